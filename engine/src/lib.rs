@@ -1,0 +1,41 @@
+//! Vigil's per-request pipeline as plain, synchronous Rust.
+//!
+//! A [`RequestView`] goes in, a [`Verdict`] comes out. The stages run in the
+//! order the architecture names them — session, client IP, device, score,
+//! decide — and each is a small type with one method, so a new concern adds a
+//! stage instead of editing the others. Nothing here performs I/O or waits:
+//! the only state is the bounded in-memory session store the scorer keeps.
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use http::HeaderMap;
+//! use vigil_engine::{Engine, EngineConfig, Policy, RequestView, SessionHashKey, Action};
+//!
+//! let engine = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([7; 32]));
+//! let policy = Policy::default();
+//! let mut headers = HeaderMap::new();
+//! headers.insert("cookie", "session=abc".parse().unwrap());
+//! headers.insert("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".parse().unwrap());
+//! let peer: IpAddr = "192.0.2.10".parse().unwrap();
+//! let verdict = engine.evaluate(&RequestView { peer, headers: &headers, now_secs: 1 }, &policy).unwrap();
+//! assert_eq!(verdict.action, Action::Allow);
+//! ```
+
+mod client_ip;
+mod decide;
+mod device;
+mod pipeline;
+mod request;
+mod score;
+mod session;
+
+pub use client_ip::{ClientIp, ClientIpStage};
+pub use decide::{Action, ParseActionError, Policy};
+pub use device::{Browser, Device, DeviceId, DeviceStage, LanguageTag, Platform};
+pub use pipeline::{Engine, EngineConfig, Verdict};
+pub use request::{RequestError, RequestView};
+pub use score::{Contribution, Reason, Risk, RiskLevel, ScoreConfig, Scorer};
+pub use session::{
+    CredentialSource, HASH_KEY_LEN, Session, SessionConfig, SessionError, SessionHashKey,
+    SessionKey, SessionLimits, SessionStage, ShortKey,
+};

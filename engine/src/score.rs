@@ -1,0 +1,328 @@
+//! Score: this request against the session's own baseline.
+//!
+//! On first sight of a session the scorer records a baseline (device, client
+//! address). Later requests are compared to it and each difference adds its
+//! configured points to a score from 0 to 100, with the reason kept beside
+//! its contribution so that every decision can be explained. The store is a
+//! pair of bounded `moka` caches: baselines expire after the idle timeout,
+//! revocations after the revocation TTL.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use crate::client_ip::ClientIp;
+use crate::device::{Device, DeviceId};
+use crate::session::SessionKey;
+
+/// Risk level, the coarse summary of a score that policies map to actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RiskLevel {
+    /// Below the medium threshold.
+    Low,
+    /// At or above the medium threshold, below the high one.
+    Medium,
+    /// At or above the high threshold.
+    High,
+}
+
+/// Why a request scored what it did. Codes are stable: they appear in
+/// headers, logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The device fingerprint differs from the session's baseline.
+    DeviceChanged,
+    /// The client address differs from the one last accepted for the session.
+    IpChanged,
+    /// The session was revoked.
+    Revoked,
+}
+
+/// One reason and the points it added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contribution {
+    /// The reason.
+    pub reason: Reason,
+    /// Points added to the score.
+    pub points: u8,
+}
+
+/// The risk of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risk {
+    /// Coarse level.
+    pub level: RiskLevel,
+    /// Sum of the contributions, capped at 100.
+    pub score: u8,
+    /// Each reason with its points, in the order they were found.
+    pub reasons: Vec<Contribution>,
+}
+
+/// Weights and thresholds of the session scorer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreConfig {
+    /// Points when the device fingerprint changed. Default 70.
+    pub device_changed: u8,
+    /// Points when the client address changed. Default 30.
+    pub ip_changed: u8,
+    /// Score at which risk becomes medium. Default 30.
+    pub medium_at: u8,
+    /// Score at which risk becomes high. Default 60.
+    pub high_at: u8,
+    /// Most sessions whose baselines are kept; the least recently used go
+    /// first. Default 1,000,000.
+    pub max_sessions: u64,
+    /// A baseline unused for this long is forgotten. Default 24 h.
+    pub session_idle_timeout: Duration,
+    /// How long a revocation is remembered. Default 7 days.
+    pub revocation_ttl: Duration,
+}
+
+/// What the scorer remembers of a session: the first device, the last
+/// accepted client address and when the session was first and last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Baseline {
+    /// Device fingerprint at first sight.
+    pub device: DeviceId,
+    /// Client address last accepted.
+    pub addr: IpAddr,
+    /// First request, seconds since the Unix epoch.
+    pub first_seen: u64,
+}
+
+/// The scorer and its session store.
+#[derive(Clone)]
+pub struct Scorer {
+    config: ScoreConfig,
+    baselines: Cache<SessionKey, Baseline>,
+    revoked: Cache<SessionKey, u64>,
+}
+
+/// What scoring found, to be committed once the decision is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Observation {
+    /// No session: nothing to remember.
+    Anonymous,
+    /// The session was unknown; this request's facts become its baseline.
+    First(SessionKey, Baseline),
+    /// The session was known.
+    Known(SessionKey, Baseline),
+    /// The session is revoked.
+    Revoked,
+}
+
+// === impl ScoreConfig ===
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            device_changed: 70,
+            ip_changed: 30,
+            medium_at: 30,
+            high_at: 60,
+            max_sessions: 1_000_000,
+            session_idle_timeout: Duration::from_secs(24 * 3600),
+            revocation_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+// === impl Risk ===
+
+impl Risk {
+    /// No risk found.
+    pub fn none() -> Self {
+        Self {
+            level: RiskLevel::Low,
+            score: 0,
+            reasons: Vec::new(),
+        }
+    }
+
+    /// Whether `reason` contributed.
+    pub fn has(&self, reason: Reason) -> bool {
+        self.reasons.iter().any(|c| c.reason == reason)
+    }
+
+    fn from_contributions(config: &ScoreConfig, reasons: Vec<Contribution>) -> Self {
+        let sum: u32 = reasons.iter().map(|c| u32::from(c.points)).sum();
+        let score = u8::try_from(sum.min(100)).unwrap_or(100);
+        let level = if score >= config.high_at {
+            RiskLevel::High
+        } else if score >= config.medium_at {
+            RiskLevel::Medium
+        } else {
+            RiskLevel::Low
+        };
+        Self {
+            level,
+            score,
+            reasons,
+        }
+    }
+}
+
+// === impl Scorer ===
+
+impl Scorer {
+    /// Builds a scorer with an empty store.
+    pub fn new(config: ScoreConfig) -> Self {
+        let baselines = Cache::builder()
+            .max_capacity(config.max_sessions)
+            .time_to_idle(config.session_idle_timeout)
+            .build();
+        let revoked = Cache::builder()
+            .max_capacity(config.max_sessions)
+            .time_to_live(config.revocation_ttl)
+            .build();
+        Self {
+            config,
+            baselines,
+            revoked,
+        }
+    }
+
+    /// Scores a request of `session` against its baseline. Does not change
+    /// the store: [`Scorer::commit`] does, once the decision is known.
+    pub(crate) fn score(
+        &self,
+        session: Option<SessionKey>,
+        device: &Device,
+        client: &ClientIp,
+        now_secs: u64,
+    ) -> (Risk, Observation) {
+        let Some(key) = session else {
+            return (Risk::none(), Observation::Anonymous);
+        };
+        if self.revoked.contains_key(&key) {
+            let risk = Risk {
+                level: RiskLevel::High,
+                score: 100,
+                reasons: vec![Contribution {
+                    reason: Reason::Revoked,
+                    points: 100,
+                }],
+            };
+            return (risk, Observation::Revoked);
+        }
+        let Some(baseline) = self.baselines.get(&key) else {
+            let baseline = Baseline {
+                device: device.id,
+                addr: client.addr,
+                first_seen: now_secs,
+            };
+            return (Risk::none(), Observation::First(key, baseline));
+        };
+        let mut reasons = Vec::new();
+        if baseline.device != device.id {
+            reasons.push(Contribution {
+                reason: Reason::DeviceChanged,
+                points: self.config.device_changed,
+            });
+        }
+        if baseline.addr != client.addr {
+            reasons.push(Contribution {
+                reason: Reason::IpChanged,
+                points: self.config.ip_changed,
+            });
+        }
+        let risk = Risk::from_contributions(&self.config, reasons);
+        (risk, Observation::Known(key, baseline))
+    }
+
+    /// Records what a decided request taught us. A first request becomes the
+    /// baseline. A request that was allowed from a new address moves the
+    /// baseline there (the user roamed), but never to a new device: the
+    /// device at first sight is what a replay cannot match.
+    pub(crate) fn commit(&self, observation: Observation, client: &ClientIp, allowed: bool) {
+        match observation {
+            Observation::First(key, baseline) if allowed => self.baselines.insert(key, baseline),
+            Observation::Known(key, baseline) if allowed && baseline.addr != client.addr => {
+                self.baselines.insert(
+                    key,
+                    Baseline {
+                        addr: client.addr,
+                        ..baseline
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a session on this node: later requests with it score
+    /// [`Reason::Revoked`]. Its baseline is dropped.
+    pub fn revoke(&self, key: SessionKey, now_secs: u64) {
+        self.revoked.insert(key, now_secs);
+        self.baselines.invalidate(&key);
+    }
+
+    /// Whether the session is revoked on this node.
+    pub fn is_revoked(&self, key: &SessionKey) -> bool {
+        self.revoked.contains_key(key)
+    }
+
+    /// Approximate number of sessions with a baseline.
+    pub fn tracked_sessions(&self) -> u64 {
+        self.baselines.entry_count()
+    }
+
+    /// Approximate number of revoked sessions remembered.
+    pub fn revoked_sessions(&self) -> u64 {
+        self.revoked.entry_count()
+    }
+
+    /// Runs the caches' pending maintenance (eviction, counts). Cheap; the
+    /// caches also do it on their own as they are used.
+    pub fn run_pending_tasks(&self) {
+        self.baselines.run_pending_tasks();
+        self.revoked.run_pending_tasks();
+    }
+}
+
+impl fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scorer")
+            .field("config", &self.config)
+            .field("tracked_sessions", &self.baselines.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Reason, RiskLevel ===
+
+impl Reason {
+    /// The stable code of this reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::DeviceChanged => "device_changed",
+            Reason::IpChanged => "ip_changed",
+            Reason::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl RiskLevel {
+    /// `low`, `medium` or `high`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,312 @@
+//! Session identity: find the session credential and reduce it at once to a
+//! keyed hash. The raw credential never leaves this module.
+
+use std::fmt;
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+
+/// Length in bytes of the secret key that session credentials are hashed with.
+pub const HASH_KEY_LEN: usize = 32;
+
+/// The secret key for session hashing. Its `Debug` output is redacted.
+#[derive(Clone)]
+pub struct SessionHashKey([u8; HASH_KEY_LEN]);
+
+/// A session credential reduced to a 128-bit keyed hash (BLAKE3 in keyed
+/// mode). Safe to store, log (see [`SessionKey::short`]) and send to the
+/// controller: without the hash key it reveals nothing about the credential.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey([u8; 16]);
+
+/// The first 8 hex digits of a [`SessionKey`], for logs: enough to correlate
+/// records, too short to serve as the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortKey([u8; 4]);
+
+/// Where a session credential was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A cookie; the index is its position in [`SessionConfig::cookie_names`].
+    Cookie(usize),
+    /// An `Authorization: Bearer` token.
+    Bearer,
+}
+
+/// The session a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The keyed hash of the credential.
+    pub key: SessionKey,
+    /// Where the credential came from.
+    pub source: CredentialSource,
+}
+
+/// Caps on the bytes the session stage reads from one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most cookies accepted across all `Cookie` header lines. Default 200.
+    pub max_cookies: usize,
+    /// Longest session credential (cookie value or bearer token), in bytes.
+    /// Default 4096.
+    pub max_credential_bytes: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_cookies: 200,
+            max_credential_bytes: 4096,
+        }
+    }
+}
+
+/// How sessions are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Cookie names that carry a session, most preferred first.
+    /// Default `["session"]`.
+    pub cookie_names: Vec<String>,
+    /// Whether `Authorization: Bearer` tokens identify sessions when no session
+    /// cookie is present. Default true.
+    pub bearer: bool,
+    /// Bounds on what is read.
+    pub limits: SessionLimits,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_names: vec!["session".to_owned()],
+            bearer: true,
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// A request whose session credential cannot be read within bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// More cookies than [`SessionLimits::max_cookies`].
+    #[error("request carries {count} cookies, more than the limit of {limit}")]
+    TooManyCookies {
+        /// Cookies counted before giving up (the limit plus one).
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A session credential longer than [`SessionLimits::max_credential_bytes`].
+    #[error("session credential is {len} bytes, more than the limit of {limit}")]
+    CredentialTooLong {
+        /// Length of the credential in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A `Cookie` header that is not UTF-8.
+    #[error("cookie header is not valid UTF-8")]
+    CookieNotUtf8,
+}
+
+impl SessionError {
+    /// A short, stable code for metrics labels and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::TooManyCookies { .. } => "too_many_cookies",
+            SessionError::CredentialTooLong { .. } => "credential_too_long",
+            SessionError::CookieNotUtf8 => "cookie_not_utf8",
+        }
+    }
+}
+
+/// The session stage: finds the credential and hashes it.
+#[derive(Clone)]
+pub struct SessionStage {
+    config: SessionConfig,
+    key: SessionHashKey,
+}
+
+// === impl SessionHashKey ===
+
+impl SessionHashKey {
+    /// Wraps key bytes read from config or a key file.
+    pub fn from_bytes(bytes: [u8; HASH_KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key bytes, for persisting a generated key.
+    pub fn as_bytes(&self) -> &[u8; HASH_KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionHashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionHashKey(<redacted>)")
+    }
+}
+
+// === impl SessionKey ===
+
+impl SessionKey {
+    /// Builds a key from its 16 bytes, e.g. when read back from a store.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 16 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The log-safe prefix of this key.
+    pub fn short(&self) -> ShortKey {
+        ShortKey([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({})", self.short())
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+// === impl SessionStage ===
+
+impl SessionStage {
+    /// Builds the stage from its config and the hashing key.
+    pub fn new(config: SessionConfig, key: SessionHashKey) -> Self {
+        Self { config, key }
+    }
+
+    /// Finds the session of a request. A session cookie wins over a bearer
+    /// token; among cookies, the earliest configured name wins. `Ok(None)`
+    /// means the request carries no session credential.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Session>, SessionError> {
+        let limits = self.config.limits;
+        let mut best: Option<(usize, &str)> = None;
+        let mut count = 0usize;
+        // HTTP/2 clients may split cookies over several header fields.
+        for value in headers.get_all(COOKIE) {
+            let text =
+                std::str::from_utf8(value.as_bytes()).map_err(|_| SessionError::CookieNotUtf8)?;
+            for cookie in cookie::Cookie::split_parse(text) {
+                count += 1;
+                if count > limits.max_cookies {
+                    return Err(SessionError::TooManyCookies {
+                        count,
+                        limit: limits.max_cookies,
+                    });
+                }
+                // A malformed cookie next to ours is the browser's business,
+                // not a reason to lose the session: skip it.
+                let Ok(cookie) = cookie else { continue };
+                let Some(rank) = self.rank(cookie.name()) else {
+                    continue;
+                };
+                // The raw value borrows the header, not the parsed cookie.
+                let Some(value) = cookie.value_raw() else {
+                    continue;
+                };
+                if best.is_some_and(|(r, _)| r <= rank) || value.is_empty() {
+                    continue;
+                }
+                best = Some((rank, value));
+            }
+        }
+        if let Some((rank, value)) = best {
+            let name = self
+                .config
+                .cookie_names
+                .get(rank)
+                .map_or("", String::as_str);
+            return self
+                .hash(b"cookie", name.as_bytes(), value.as_bytes())
+                .map(|key| {
+                    Some(Session {
+                        key,
+                        source: CredentialSource::Cookie(rank),
+                    })
+                });
+        }
+        if self.config.bearer
+            && let Some(token) = headers
+                .get(AUTHORIZATION)
+                .and_then(|v| bearer(v.as_bytes()))
+        {
+            return self.hash(b"bearer", b"", token).map(|key| {
+                Some(Session {
+                    key,
+                    source: CredentialSource::Bearer,
+                })
+            });
+        }
+        Ok(None)
+    }
+
+    fn rank(&self, name: &str) -> Option<usize> {
+        self.config.cookie_names.iter().position(|n| n == name)
+    }
+
+    fn hash(&self, kind: &[u8], name: &[u8], value: &[u8]) -> Result<SessionKey, SessionError> {
+        let limit = self.config.limits.max_credential_bytes;
+        if value.len() > limit {
+            return Err(SessionError::CredentialTooLong {
+                len: value.len(),
+                limit,
+            });
+        }
+        // Domain separation: the same bytes under another cookie name or as a
+        // bearer token are another session.
+        let mut h = blake3::Hasher::new_keyed(self.key.as_bytes());
+        h.update(kind);
+        h.update(&[0]);
+        h.update(name);
+        h.update(&[0]);
+        h.update(value);
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest.as_bytes()[..16]);
+        Ok(SessionKey(out))
+    }
+}
+
+impl fmt::Debug for SessionStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStage")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value, if that is what it is.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let head = value.get(..SCHEME.len())?;
+    if !head.eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let token = value.get(SCHEME.len()..)?.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests;

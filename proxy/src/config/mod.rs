@@ -1,0 +1,843 @@
+//! The proxy's configuration: one TOML file, read strictly.
+//!
+//! [`Config::load`] reads a file and returns either a complete, validated
+//! [`Config`] or every problem in the file at once, each with its dotted key
+//! (STYLE.md 7). Unknown keys are problems. Nothing here binds sockets or
+//! starts anything; certificate and key files are read to prove they load.
+
+mod fields;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vigil_engine::{Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits};
+
+pub use self::fields::Problem;
+use self::fields::{Fields, Problems};
+
+/// A validated proxy configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Process and runtime settings.
+    pub server: Server,
+    /// Logging.
+    pub log: Log,
+    /// The admin listener.
+    pub admin: Admin,
+    /// The engine: session discovery and scoring.
+    pub engine: EngineConfig,
+    /// Where the session hash key comes from.
+    pub hash_key: HashKeySource,
+    /// Whether risk headers are sent to the app.
+    pub risk_to_app: bool,
+    /// Client-facing listeners; at least one.
+    pub listeners: Vec<Listener>,
+    /// Upstream groups; at least one.
+    pub upstreams: Vec<Upstream>,
+    /// Routes, in file order; at least one.
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Worker threads per listener. Default: the number of cores.
+    pub threads: usize,
+    /// Whether worker runtimes steal work from each other. Default false.
+    pub work_stealing: bool,
+    /// Seconds to keep serving after SIGTERM. Default 5.
+    pub grace_period: Duration,
+    /// Seconds for in-flight requests at shutdown. Default 5.
+    pub graceful_shutdown_timeout: Duration,
+    /// Directory for state Vigil creates. Default `/var/lib/vigil`.
+    pub state_dir: PathBuf,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// Output format. Default text.
+    pub format: LogFormat,
+    /// A `tracing` filter. Default `info`.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+}
+
+/// Where the session hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKeySource {
+    /// A file holding 32 raw bytes or 64 hex digits, created when absent.
+    File(PathBuf),
+    /// A fresh random key for this process only (the demo).
+    Ephemeral,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name, for logs and metrics.
+    pub name: String,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Accept cleartext HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// Offer HTTP/2 by ALPN (TLS listeners only).
+    pub http2: bool,
+    /// Certificates; a non-empty list makes this a TLS listener.
+    pub certificates: Vec<Certificate>,
+}
+
+/// `[[listeners.certificates]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// SNI names served with this certificate, lower case; `*.` prefixes match
+    /// one or more labels.
+    pub server_names: Vec<String>,
+}
+
+/// `[[upstreams]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Addresses, balanced round robin.
+    pub addresses: Vec<SocketAddr>,
+    /// Speak TLS to the upstream.
+    pub tls: bool,
+    /// SNI for upstream TLS. Default empty.
+    pub sni: String,
+    /// Connect timeout. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Per-read timeout. Default 60 s.
+    pub read_timeout: Duration,
+    /// Health checking.
+    pub health: Health,
+}
+
+/// `[upstreams.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Active check kind.
+    pub kind: HealthKind,
+    /// Active check interval; zero disables active checks. Default 5 s.
+    pub interval: Duration,
+    /// How long an address that failed a connection is skipped; zero
+    /// disables passive checks. Default 10 s.
+    pub eject: Duration,
+}
+
+/// Active health check kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connection succeeds.
+    Tcp,
+    /// `GET path` answers 2xx.
+    Http {
+        /// Path to request.
+        path: String,
+    },
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique name, for logs and metrics.
+    pub name: String,
+    /// Hosts served, lower case, without port; empty means any.
+    pub hosts: Vec<String>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// What the route does with the engine.
+    pub mode: Mode,
+    /// What happens when a request cannot be evaluated.
+    pub on_error: FailMode,
+    /// Sign-in page for revoked sessions.
+    pub login_url: Option<String>,
+    /// Where `step_up` sends browsers.
+    pub step_up_url: Option<String>,
+    /// Risk level → action.
+    pub policy: Policy,
+}
+
+/// A route's enforcement mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Carry out decisions.
+    Enforce,
+    /// Decide, log and count, but always forward.
+    Monitor,
+    /// Do not evaluate; forward as a plain reverse proxy.
+    Off,
+}
+
+/// Fail-open or fail-closed, chosen per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse what cannot be judged (400).
+    Closed,
+    /// Forward what cannot be judged, unjudged, and count it.
+    Open,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config.
+    #[error("{}", display_problems(file, problems))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn display_problems(file: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if p.key.is_empty() {
+            out.push_str(&format!("{}: {}", file.display(), p.message));
+        } else {
+            out.push_str(&format!("{}: {}: {}", file.display(), p.key, p.message));
+        }
+    }
+    out
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names the file in problems and anchors
+    /// relative paths inside it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            file: path.to_owned(),
+            problems,
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                key: String::new(),
+                message: format!(
+                    "not valid TOML: {}",
+                    e.to_string().trim().replace('\n', " ")
+                ),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut p = Problems::default();
+        let config = read(&table, base, &mut p);
+        match config {
+            Some(c) if p.is_empty() => Ok(c),
+            _ => Err(invalid(p.into_vec())),
+        }
+    }
+
+    /// The route for `host` (without port, any case) and `path`: hosts match
+    /// exactly before wildcards before any-host, then the longest prefix wins.
+    pub fn route_index(&self, host: &str, path: &str) -> Option<usize> {
+        let mut best: Option<(u8, usize, usize)> = None;
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(host_rank) = host_rank(&route.hosts, host) else {
+                continue;
+            };
+            if !prefix_matches(&route.path_prefix, path) {
+                continue;
+            }
+            let rank = (host_rank, route.path_prefix.len(), usize::MAX - i);
+            if best.is_none_or(|b| rank > b) {
+                best = Some(rank);
+            }
+        }
+        best.map(|(_, _, inv)| usize::MAX - inv)
+    }
+}
+
+/// 2 for an exact host, 1 for a wildcard, 0 for any host; `None` for no match.
+fn host_rank(hosts: &[String], host: &str) -> Option<u8> {
+    if hosts.is_empty() {
+        return Some(0);
+    }
+    let mut rank = None;
+    for h in hosts {
+        if h.eq_ignore_ascii_case(host) {
+            return Some(2);
+        }
+        if let Some(suffix) = h.strip_prefix("*") {
+            // "*.example.com" matches "a.example.com" but not "example.com".
+            if host.len() > suffix.len()
+                && host
+                    .get(host.len() - suffix.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+            {
+                rank = Some(1);
+            }
+        }
+    }
+    rank
+}
+
+/// `/api` matches `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
+}
+
+// === reading ===
+
+fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
+    let mut f = Fields::root(root);
+
+    let mut t = f.table(p, "server");
+    let default_threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = t.or(p, "threads", default_threads);
+    if !(1..=1024).contains(&threads) {
+        p.push(
+            t.key("threads"),
+            format!("{threads} is out of range; expected 1 to 1024"),
+        );
+    }
+    let server = Server {
+        threads,
+        work_stealing: t.or(p, "work_stealing", false),
+        grace_period: Duration::from_secs(t.or(p, "grace_period_seconds", 5)),
+        graceful_shutdown_timeout: Duration::from_secs(t.or(
+            p,
+            "graceful_shutdown_timeout_seconds",
+            5,
+        )),
+        state_dir: resolve(base, t.or(p, "state_dir", PathBuf::from("/var/lib/vigil"))),
+    };
+    t.finish(p);
+
+    let mut t = f.table(p, "log");
+    let format = match t.or(p, "format", "text".to_owned()).as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            p.push(
+                t.key("format"),
+                format!("{other:?} is not a log format; expected \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    let level: String = t.or(p, "level", "info".to_owned());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        p.push(
+            t.key("level"),
+            format!("{level:?} is not a log filter: {e}"),
+        );
+    }
+    let log = Log { format, level };
+    t.finish(p);
+
+    let mut t = f.table(p, "admin");
+    let admin = Admin {
+        listen: addr(&mut t, p, "listen", false)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+    };
+    t.finish(p);
+
+    let mut t = f.table(p, "session");
+    let cookies: Vec<String> = t.or(p, "cookies", vec!["session".to_owned()]);
+    for (i, name) in cookies.iter().enumerate() {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            p.push(
+                format!("{}[{i}]", t.key("cookies")),
+                format!("{name:?} is not a valid cookie name"),
+            );
+        }
+    }
+    let bearer = t.or(p, "bearer", true);
+    if cookies.is_empty() && !bearer {
+        p.push(
+            t.key("cookies"),
+            "no way to find a session: list a cookie or set bearer = true",
+        );
+    }
+    let hash_key = HashKeySource::File(match t.opt::<PathBuf>(p, "hash_key_file") {
+        Some(file) => resolve(base, file),
+        None => server.state_dir.join("session-hash.key"),
+    });
+    let max_sessions: u64 = t.or(p, "max_sessions", 1_000_000);
+    if max_sessions == 0 {
+        p.push(t.key("max_sessions"), "must be at least 1");
+    }
+    let idle: u64 = t.or(p, "idle_timeout_seconds", 86_400);
+    let revocation_ttl: u64 = t.or(p, "revocation_ttl_seconds", 604_800);
+    for (key, v) in [
+        ("idle_timeout_seconds", idle),
+        ("revocation_ttl_seconds", revocation_ttl),
+    ] {
+        if v == 0 {
+            p.push(t.key(key), "must be at least 1");
+        }
+    }
+    t.finish(p);
+
+    let mut t = f.table(p, "limits");
+    let defaults = SessionLimits::default();
+    let limits = SessionLimits {
+        max_cookies: t.or(p, "max_cookies", defaults.max_cookies),
+        max_credential_bytes: t.or(p, "max_credential_bytes", defaults.max_credential_bytes),
+    };
+    if limits.max_cookies == 0 {
+        p.push(t.key("max_cookies"), "must be at least 1");
+    }
+    if limits.max_credential_bytes < 16 {
+        p.push(t.key("max_credential_bytes"), "must be at least 16");
+    }
+    t.finish(p);
+
+    let mut t = f.table(p, "risk");
+    let d = ScoreConfig::default();
+    let mut points = |t: &mut Fields<'_>, key: &'static str, default: u8| {
+        let v: u8 = t.or(p, key, default);
+        if v > 100 {
+            p.push(
+                t.key(key),
+                format!("{v} is out of range; expected 0 to 100"),
+            );
+        }
+        v
+    };
+    let score = ScoreConfig {
+        device_changed: points(&mut t, "device_changed", d.device_changed),
+        ip_changed: points(&mut t, "ip_changed", d.ip_changed),
+        medium_at: points(&mut t, "medium_at", d.medium_at),
+        high_at: points(&mut t, "high_at", d.high_at),
+        max_sessions,
+        session_idle_timeout: Duration::from_secs(idle),
+        revocation_ttl: Duration::from_secs(revocation_ttl),
+    };
+    if score.medium_at == 0 || score.medium_at > score.high_at {
+        p.push(
+            t.key("medium_at"),
+            format!(
+                "{} must be at least 1 and at most high_at ({})",
+                score.medium_at, score.high_at
+            ),
+        );
+    }
+    t.finish(p);
+
+    let mut t = f.table(p, "headers");
+    let risk_to_app = t.or(p, "risk_to_app", true);
+    t.finish(p);
+
+    let listeners = read_listeners(&mut f, base, p);
+    let upstreams = read_upstreams(&mut f, p);
+    let routes = read_routes(&mut f, &upstreams, p);
+    f.finish(p);
+
+    Some(Config {
+        server,
+        log,
+        admin,
+        engine: EngineConfig {
+            session: SessionConfig {
+                cookie_names: cookies,
+                bearer,
+                limits,
+            },
+            score,
+        },
+        hash_key,
+        risk_to_app,
+        listeners,
+        upstreams,
+        routes,
+    })
+}
+
+fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<Listener> {
+    let tables = f.tables(p, "listeners");
+    if tables.is_empty() {
+        p.push("listeners", "at least one [[listeners]] is required");
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    let mut out = Vec::new();
+    for mut t in tables {
+        let name = unique_name(&mut t, p, &mut names);
+        let listen = addr(&mut t, p, "listen", true);
+        if let Some(a) = listen
+            && !addrs.insert(a)
+        {
+            p.push(t.key("listen"), format!("{a} is used by another listener"));
+        }
+        let h2c = t.or(p, "h2c", false);
+        let http2 = t.or(p, "http2", false);
+        let mut certificates = Vec::new();
+        for mut c in t.tables(p, "certificates") {
+            let cert = c
+                .req::<PathBuf>(p, "cert", "a PEM certificate chain file")
+                .map(|x| resolve(base, x));
+            let key = c
+                .req::<PathBuf>(p, "key", "a PEM private key file")
+                .map(|x| resolve(base, x));
+            let server_names: Vec<String> = c.or(p, "server_names", Vec::new());
+            for (i, n) in server_names.iter().enumerate() {
+                if !is_server_name(n) {
+                    p.push(
+                        format!("{}[{i}]", c.key("server_names")),
+                        format!("{n:?} is not a DNS name or *.wildcard"),
+                    );
+                }
+            }
+            if let (Some(cert), Some(key)) = (&cert, &key)
+                && let Err(e) = crate::tls::load_certified_key(cert, key)
+            {
+                p.push(c.key("cert"), e.to_string());
+            }
+            c.finish(p);
+            if let (Some(cert), Some(key)) = (cert, key) {
+                certificates.push(Certificate {
+                    cert,
+                    key,
+                    server_names: server_names
+                        .into_iter()
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect(),
+                });
+            }
+        }
+        if http2 && certificates.is_empty() {
+            p.push(t.key("http2"), "HTTP/2 by ALPN needs TLS: add [[listeners.certificates]], or use h2c for cleartext");
+        }
+        if h2c && !certificates.is_empty() {
+            p.push(
+                t.key("h2c"),
+                "h2c is cleartext HTTP/2; on a TLS listener use http2 = true",
+            );
+        }
+        t.finish(p);
+        if let (Some(name), Some(listen)) = (name, listen) {
+            out.push(Listener {
+                name,
+                listen,
+                h2c,
+                http2,
+                certificates,
+            });
+        }
+    }
+    out
+}
+
+fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
+    let tables = f.tables(p, "upstreams");
+    if tables.is_empty() {
+        p.push("upstreams", "at least one [[upstreams]] is required");
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for mut t in tables {
+        let name = unique_name(&mut t, p, &mut names);
+        let raw: Vec<String> = t
+            .req(p, "addresses", "a list of \"ip:port\" strings")
+            .unwrap_or_default();
+        let mut addresses = Vec::new();
+        for (i, a) in raw.iter().enumerate() {
+            match a.parse::<SocketAddr>() {
+                Ok(a) => addresses.push(a),
+                Err(_) => p.push(
+                    format!("{}[{i}]", t.key("addresses")),
+                    format!("{a:?} is not an \"ip:port\" address"),
+                ),
+            }
+        }
+        if raw.is_empty() && t.has("addresses") {
+            p.push(t.key("addresses"), "must list at least one address");
+        }
+        let tls = t.or(p, "tls", false);
+        let sni = t.or(p, "sni", String::new());
+        let connect_timeout = Duration::from_millis(t.or(p, "connect_timeout_ms", 2000));
+        let read_timeout = Duration::from_millis(t.or(p, "read_timeout_ms", 60_000));
+        for (key, d) in [
+            ("connect_timeout_ms", connect_timeout),
+            ("read_timeout_ms", read_timeout),
+        ] {
+            if d.is_zero() {
+                p.push(t.key(key), "must be at least 1");
+            }
+        }
+        let mut h = t.table(p, "health");
+        let kind = match h.or(p, "kind", "tcp".to_owned()).as_str() {
+            "tcp" => HealthKind::Tcp,
+            "http" => {
+                let path: String = h.or(p, "path", "/".to_owned());
+                if !path.starts_with('/') {
+                    p.push(h.key("path"), format!("{path:?} must start with /"));
+                }
+                HealthKind::Http { path }
+            }
+            other => {
+                p.push(
+                    h.key("kind"),
+                    format!("{other:?} is not a health check; expected \"tcp\" or \"http\""),
+                );
+                HealthKind::Tcp
+            }
+        };
+        if kind == HealthKind::Tcp {
+            // Asked for so that it is known; only meaningful for http.
+            if h.opt::<String>(p, "path").is_some() {
+                p.push(h.key("path"), "only used with kind = \"http\"");
+            }
+        }
+        let health = Health {
+            kind,
+            interval: Duration::from_secs(h.or(p, "interval_seconds", 5)),
+            eject: Duration::from_secs(h.or(p, "eject_seconds", 10)),
+        };
+        h.finish(p);
+        t.finish(p);
+        if let Some(name) = name {
+            out.push(Upstream {
+                name,
+                addresses,
+                tls,
+                sni,
+                connect_timeout,
+                read_timeout,
+                health,
+            });
+        }
+    }
+    out
+}
+
+fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> Vec<Route> {
+    let tables = f.tables(p, "routes");
+    if tables.is_empty() {
+        p.push("routes", "at least one [[routes]] is required");
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for mut t in tables {
+        let name = unique_name(&mut t, p, &mut names);
+        let hosts: Vec<String> = t.or(p, "hosts", Vec::new());
+        for (i, h) in hosts.iter().enumerate() {
+            if !is_server_name(h) {
+                p.push(
+                    format!("{}[{i}]", t.key("hosts")),
+                    format!("{h:?} is not a host name or *.wildcard (no port)"),
+                );
+            }
+        }
+        let path_prefix: String = t.or(p, "path_prefix", "/".to_owned());
+        if !path_prefix.starts_with('/') {
+            p.push(
+                t.key("path_prefix"),
+                format!("{path_prefix:?} must start with /"),
+            );
+        }
+        let upstream = t
+            .req::<String>(p, "upstream", "the name of an [[upstreams]] entry")
+            .and_then(|u| {
+                let found = upstreams.iter().position(|x| x.name == u);
+                if found.is_none() {
+                    let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                    p.push(
+                        t.key("upstream"),
+                        format!("no upstream named {u:?}; defined: {}", known.join(", ")),
+                    );
+                }
+                found
+            });
+        let mode = match t.or(p, "mode", "enforce".to_owned()).as_str() {
+            "enforce" => Mode::Enforce,
+            "monitor" => Mode::Monitor,
+            "off" => Mode::Off,
+            other => {
+                p.push(
+                    t.key("mode"),
+                    format!(
+                        "{other:?} is not a mode; expected \"enforce\", \"monitor\" or \"off\""
+                    ),
+                );
+                Mode::Enforce
+            }
+        };
+        let on_error = match t.or(p, "on_error", "closed".to_owned()).as_str() {
+            "closed" => FailMode::Closed,
+            "open" => FailMode::Open,
+            other => {
+                p.push(
+                    t.key("on_error"),
+                    format!("{other:?} is not a failure mode; expected \"closed\" or \"open\""),
+                );
+                FailMode::Closed
+            }
+        };
+        let login_url: Option<String> = t.opt(p, "login_url");
+        let step_up_url: Option<String> = t.opt(p, "step_up_url");
+        let mut pt = t.table(p, "policy");
+        let d = Policy::default();
+        let mut action = |pt: &mut Fields<'_>, key: &'static str, default: Action| match pt
+            .opt::<String>(p, key)
+            .map(|s| s.parse::<Action>())
+        {
+            None => default,
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                p.push(pt.key(key), e.to_string());
+                default
+            }
+        };
+        let policy = Policy {
+            low: action(&mut pt, "low", d.low),
+            medium: action(&mut pt, "medium", d.medium),
+            high: action(&mut pt, "high", d.high),
+        };
+        pt.finish(p);
+        let uses = |a: Action| [policy.low, policy.medium, policy.high].contains(&a);
+        if uses(Action::StepUp) && step_up_url.is_none() {
+            p.push(
+                t.key("step_up_url"),
+                "missing; required when the policy uses step_up",
+            );
+        }
+        if uses(Action::Revoke) && login_url.is_none() {
+            p.push(
+                t.key("login_url"),
+                "missing; required when the policy uses revoke",
+            );
+        }
+        t.finish(p);
+        if let (Some(name), Some(upstream)) = (name, upstream) {
+            out.push(Route {
+                name,
+                hosts: hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+                path_prefix,
+                upstream,
+                mode,
+                on_error,
+                login_url,
+                step_up_url,
+                policy,
+            });
+        }
+    }
+    out
+}
+
+fn unique_name(t: &mut Fields<'_>, p: &mut Problems, seen: &mut HashSet<String>) -> Option<String> {
+    let name: String = t.req(p, "name", "a unique name")?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        p.push(
+            t.key("name"),
+            format!("{name:?} must be non-empty letters, digits, - or _"),
+        );
+        return None;
+    }
+    if !seen.insert(name.clone()) {
+        p.push(t.key("name"), format!("{name:?} is used twice"));
+        return None;
+    }
+    Some(name)
+}
+
+fn addr(
+    t: &mut Fields<'_>,
+    p: &mut Problems,
+    key: &'static str,
+    required: bool,
+) -> Option<SocketAddr> {
+    let raw: String = if required {
+        t.req(p, key, "an \"ip:port\" address")?
+    } else {
+        t.opt(p, key)?
+    };
+    match raw.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(t.key(key), format!("{raw:?} is not an \"ip:port\" address"));
+            None
+        }
+    }
+}
+
+fn resolve(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// RFC 6265 cookie names are RFC 7230 tokens.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_server_name(name: &str) -> bool {
+    let labels = name.strip_prefix("*.").unwrap_or(name);
+    !labels.is_empty()
+        && labels.len() <= 253
+        && labels.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+"#;
+
+fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    Config::parse(text, Path::new("/etc/vigil/proxy.toml")).map_err(|e| match e {
+        ConfigError::Invalid { problems, .. } => problems,
+        ConfigError::Read { .. } => unreachable!(),
+    })
+}
+
+fn keys(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.engine.session.cookie_names, vec!["session"]);
+    assert!(c.engine.session.bearer);
+    assert_eq!(c.routes[0].policy, Policy::default());
+    assert_eq!(c.routes[0].mode, Mode::Enforce);
+    assert_eq!(c.routes[0].on_error, FailMode::Closed);
+    assert_eq!(c.routes[0].path_prefix, "/");
+    assert!(!c.server.work_stealing);
+    assert_eq!(
+        c.hash_key,
+        HashKeySource::File("/var/lib/vigil/session-hash.key".into())
+    );
+    assert_eq!(c.upstreams[0].health.kind, HealthKind::Tcp);
+}
+
+#[test]
+fn the_example_config_is_valid_apart_from_its_certificate_paths() {
+    let text = include_str!("../../../examples/vigil-proxy.toml");
+    let problems = parse(text).unwrap_err();
+    // The example points at certificates that exist only on a real host.
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.key.starts_with("listeners[1].certificates")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[server]
+threads = "many"
+colour = "blue"
+
+[log]
+format = "xml"
+
+[risk]
+device_changed = 300
+
+[[listeners]]
+name = "http"
+listen = "not-an-address"
+http2 = true
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000", "localhost"]
+
+[[routes]]
+name = "app"
+upstream = "missing"
+mode = "loud"
+[routes.policy]
+high = "deny"
+"#;
+    let problems = parse(text).unwrap_err();
+    let keys = keys(&problems);
+    for expected in [
+        "server.threads",
+        "server.colour",
+        "log.format",
+        "risk.device_changed",
+        "listeners[0].listen",
+        "listeners[0].http2",
+        "upstreams[0].addresses[1]",
+        "routes[0].upstream",
+        "routes[0].mode",
+        "routes[0].policy.high",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "{expected} missing from {problems:#?}"
+        );
+    }
+    let unknown = problems.iter().find(|p| p.key == "server.colour").unwrap();
+    assert!(unknown.message.contains("unknown key"), "{unknown:?}");
+    assert!(
+        unknown.message.contains("threads"),
+        "lists the known keys: {unknown:?}"
+    );
+}
+
+#[test]
+fn problems_render_with_file_and_key() {
+    let err = Config::parse("[server]\nthreads = 0\n", Path::new("proxy.toml")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("proxy.toml: server.threads: 0 is out of range"),
+        "{text}"
+    );
+    assert!(
+        text.contains("proxy.toml: listeners: at least one"),
+        "{text}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let err = Config::parse("[server\n", Path::new("bad.toml")).unwrap_err();
+    assert!(
+        err.to_string().starts_with("bad.toml: not valid TOML"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policies_that_redirect_need_their_urls() {
+    let text = format!("{MINIMAL}[routes.policy]\nmedium = \"step_up\"\nhigh = \"revoke\"\n");
+    let problems = parse(&text).unwrap_err();
+    let keys = keys(&problems);
+    assert!(keys.contains(&"routes[0].step_up_url"));
+    assert!(keys.contains(&"routes[0].login_url"));
+}
+
+#[test]
+fn duplicate_names_and_addresses_are_problems() {
+    let text = r#"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:8080"
+[[listeners]]
+name = "a"
+listen = "127.0.0.1:8080"
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+[[routes]]
+name = "app"
+upstream = "app"
+"#;
+    let problems = parse(text).unwrap_err();
+    assert!(keys(&problems).contains(&"listeners[1].name"));
+    assert!(keys(&problems).contains(&"listeners[1].listen"));
+}
+
+#[test]
+fn missing_certificate_files_are_reported_with_their_key() {
+    let text = format!(
+        "{MINIMAL}[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:8443\"\n\
+         [[listeners.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n"
+    );
+    let problems = parse(&text).unwrap_err();
+    let p = problems
+        .iter()
+        .find(|p| p.key == "listeners[1].certificates[0].cert")
+        .unwrap();
+    assert!(
+        p.message.contains("/etc/vigil/nope.pem"),
+        "relative to the file: {p:?}"
+    );
+}
+
+fn routes(defs: &str) -> Config {
+    parse(&format!(
+        "[[listeners]]\nname = \"h\"\nlisten = \"127.0.0.1:1\"\n\
+         [[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:2\"]\n{defs}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn routing_prefers_exact_host_then_wildcard_then_longest_prefix() {
+    let c = routes(
+        r#"
+[[routes]]
+name = "any"
+upstream = "u"
+[[routes]]
+name = "api"
+upstream = "u"
+path_prefix = "/api"
+[[routes]]
+name = "wild"
+upstream = "u"
+hosts = ["*.example.com"]
+[[routes]]
+name = "exact"
+upstream = "u"
+hosts = ["app.example.com"]
+"#,
+    );
+    let name =
+        |host: &str, path: &str| c.route_index(host, path).map(|i| c.routes[i].name.as_str());
+    assert_eq!(name("other.org", "/"), Some("any"));
+    assert_eq!(name("other.org", "/api/v1"), Some("api"));
+    assert_eq!(name("other.org", "/api"), Some("api"));
+    assert_eq!(name("other.org", "/apix"), Some("any"));
+    assert_eq!(name("x.example.com", "/api"), Some("wild"));
+    assert_eq!(name("APP.example.com", "/"), Some("exact"));
+    assert_eq!(
+        name("example.com", "/"),
+        Some("any"),
+        "wildcard needs a label"
+    );
+}
+
+#[test]
+fn no_route_when_nothing_matches() {
+    let c = routes("[[routes]]\nname = \"r\"\nupstream = \"u\"\nhosts = [\"a.test\"]\n");
+    assert_eq!(c.route_index("b.test", "/"), None);
+}

@@ -1,0 +1,14 @@
+//! `vigil-proxy`: the Pingora server that puts Vigil's engine in front of web
+//! apps. The binary in `main.rs` only parses the command line and calls in.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod keyfile;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod respond;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,122 @@
+//! Every metric the proxy exports, in one place (STYLE.md 9).
+//!
+//! Names follow `vigil_<area>_<name>_<unit>`; labels are bounded sets taken
+//! from config (route and upstream names) or from code (actions, reasons,
+//! error codes) — never a user, address or session.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
+};
+use vigil_engine::Action;
+
+/// The proxy's metrics, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry the admin listener exports.
+    pub registry: Registry,
+    /// `vigil_proxy_requests_total{route}`: requests matched to a route
+    /// (`route="none"` for no match).
+    pub requests: IntCounterVec,
+    /// `vigil_proxy_decisions_total{action,enforced}`: engine decisions;
+    /// `enforced="false"` in monitor mode.
+    pub decisions: IntCounterVec,
+    /// `vigil_proxy_decision_reasons_total{reason}`: reasons behind decisions.
+    pub reasons: IntCounterVec,
+    /// `vigil_proxy_pipeline_duration_seconds`: time in the engine per request.
+    pub pipeline_seconds: Histogram,
+    /// `vigil_proxy_request_errors_total{code,outcome}`: requests the engine
+    /// could not evaluate; `outcome` is `refused` or `forwarded` (fail-open).
+    pub request_errors: IntCounterVec,
+    /// `vigil_proxy_upstream_errors_total{upstream}`: requests that ended in an
+    /// upstream error (the client got a 5xx).
+    pub upstream_errors: IntCounterVec,
+    /// `vigil_proxy_upstream_connect_failures_total{upstream}`: failed
+    /// connection attempts, including ones retried elsewhere.
+    pub connect_failures: IntCounterVec,
+    /// `vigil_engine_sessions_tracked`: sessions with a baseline on this node.
+    pub sessions_tracked: IntGauge,
+    /// `vigil_engine_sessions_revoked`: revoked sessions remembered on this node.
+    pub sessions_revoked: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let requests = counter(
+            "vigil_proxy_requests_total",
+            "Requests by matched route.",
+            &["route"],
+        )?;
+        let decisions = counter(
+            "vigil_proxy_decisions_total",
+            "Engine decisions by action; enforced=false in monitor mode.",
+            &["action", "enforced"],
+        )?;
+        let reasons = counter(
+            "vigil_proxy_decision_reasons_total",
+            "Reasons found by the scorer.",
+            &["reason"],
+        )?;
+        let request_errors = counter(
+            "vigil_proxy_request_errors_total",
+            "Requests the engine could not evaluate, by code and what was done.",
+            &["code", "outcome"],
+        )?;
+        let upstream_errors = counter(
+            "vigil_proxy_upstream_errors_total",
+            "Requests that ended in an upstream error.",
+            &["upstream"],
+        )?;
+        let connect_failures = counter(
+            "vigil_proxy_upstream_connect_failures_total",
+            "Failed upstream connection attempts, retried or not.",
+            &["upstream"],
+        )?;
+        // 1 µs to ~16 ms: the engine's budget is microseconds.
+        let pipeline_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_proxy_pipeline_duration_seconds",
+                "Time spent in the engine per evaluated request.",
+            )
+            .buckets(exponential_buckets(1e-6, 2.0, 15)?),
+        )?;
+        registry.register(Box::new(pipeline_seconds.clone()))?;
+        let sessions_tracked = IntGauge::new(
+            "vigil_engine_sessions_tracked",
+            "Sessions with a baseline on this node.",
+        )?;
+        registry.register(Box::new(sessions_tracked.clone()))?;
+        let sessions_revoked = IntGauge::new(
+            "vigil_engine_sessions_revoked",
+            "Revoked sessions remembered on this node.",
+        )?;
+        registry.register(Box::new(sessions_revoked.clone()))?;
+
+        // Export every action at zero so dashboards and alerts see the series
+        // before the first block.
+        for action in Action::ALL {
+            for enforced in ["true", "false"] {
+                decisions.with_label_values(&[action.as_str(), enforced]);
+            }
+        }
+        Ok(Self {
+            registry,
+            requests,
+            decisions,
+            reasons,
+            pipeline_seconds,
+            request_errors,
+            upstream_errors,
+            connect_failures,
+            sessions_tracked,
+            sessions_revoked,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! The Pingora side of the request path: translate a request into the
+//! engine's view, run the engine, carry out its verdict. Deciding lives in
+//! `vigil-engine`; this file only translates (STYLE.md 3).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{ProxyHttp, Session};
+use vigil_engine::{Action, CredentialSource, Engine, Reason, RequestView, Verdict};
+
+use crate::config::{Config, FailMode, Mode, Route};
+use crate::metrics::Metrics;
+use crate::respond::{self, Refusal};
+use crate::upstream::UpstreamGroup;
+
+/// Prefix of the headers Vigil sends to the app; client-sent ones are removed.
+const VIGIL_HEADER_PREFIX: &str = "vigil-";
+
+/// The proxy application. Each listener gets a clone; clones share the
+/// config, engine, upstreams and metrics.
+#[derive(Clone)]
+pub struct VigilProxy {
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    upstreams: Arc<Vec<UpstreamGroup>>,
+    metrics: Metrics,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    route: Option<usize>,
+    /// Risk headers for the app, when the request was evaluated and allowed.
+    risk: Option<RiskHeaders>,
+    /// Connection attempts so far, for bounded retries.
+    attempts: usize,
+}
+
+#[derive(Debug)]
+struct RiskHeaders {
+    level: &'static str,
+    score: u8,
+    reasons: String,
+}
+
+// === impl VigilProxy ===
+
+impl VigilProxy {
+    /// Builds the application.
+    pub fn new(
+        config: Arc<Config>,
+        engine: Arc<Engine>,
+        upstreams: Arc<Vec<UpstreamGroup>>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            config,
+            engine,
+            upstreams,
+            metrics,
+        }
+    }
+
+    fn route(&self, ctx: &RequestCtx) -> Option<&Route> {
+        ctx.route.and_then(|i| self.config.routes.get(i))
+    }
+
+    /// Carries out a verdict. Returns true when a response was sent.
+    async fn enforce(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        verdict: &Verdict,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let enforced = route.mode == Mode::Enforce;
+        self.metrics
+            .decisions
+            .with_label_values(&[
+                verdict.action.as_str(),
+                if enforced { "true" } else { "false" },
+            ])
+            .inc();
+        for c in &verdict.risk.reasons {
+            self.metrics
+                .reasons
+                .with_label_values(&[c.reason.code()])
+                .inc();
+        }
+
+        if verdict.action == Action::Allow || !enforced {
+            if verdict.action != Action::Allow {
+                log_decision(route, verdict, &reference(), false);
+            }
+            ctx.risk = Some(RiskHeaders {
+                level: verdict.risk.level.as_str(),
+                score: verdict.risk.score,
+                reasons: reasons_list(verdict),
+            });
+            return Ok(false);
+        }
+
+        let reference = reference();
+        log_decision(route, verdict, &reference, true);
+        let cookie = match verdict.session.map(|s| s.source) {
+            Some(CredentialSource::Cookie(i)) => self.config.engine.session.cookie_names.get(i),
+            _ => None,
+        };
+        let refusal = match verdict.action {
+            Action::Block if verdict.risk.has(Reason::Revoked) => Refusal::SessionEnded {
+                reference: &reference,
+                login_url: route.login_url.as_deref(),
+            },
+            Action::StepUp => Refusal::StepUp {
+                reference: &reference,
+                // Config validation requires step_up_url when a policy steps up.
+                url: route.step_up_url.as_deref().unwrap_or("/"),
+                bearer: matches!(
+                    verdict.session.map(|s| s.source),
+                    Some(CredentialSource::Bearer)
+                ),
+            },
+            Action::Revoke => Refusal::Revoked {
+                reference: &reference,
+                // Config validation requires login_url when a policy revokes.
+                login_url: route.login_url.as_deref().unwrap_or("/"),
+                cookie: cookie.map(String::as_str),
+            },
+            Action::Block | Action::Allow => Refusal::Blocked {
+                reference: &reference,
+            },
+        };
+        respond::send(session, refusal).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for VigilProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(req);
+        ctx.route = self.config.route_index(host, req.uri.path());
+        let Some(route) = self.route(ctx) else {
+            self.metrics.requests.with_label_values(&["none"]).inc();
+            respond::send(session, Refusal::NoRoute).await?;
+            return Ok(true);
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&route.name])
+            .inc();
+        if route.mode == Mode::Off {
+            return Ok(false);
+        }
+
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let view = RequestView {
+            peer,
+            headers: &session.req_header().headers,
+            now_secs: now_secs(),
+        };
+        let started = Instant::now();
+        let result = self.engine.evaluate(&view, &route.policy);
+        self.metrics
+            .pipeline_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        match result {
+            Ok(verdict) => self.enforce(session, route, &verdict, ctx).await,
+            Err(e) => {
+                let outcome = match route.on_error {
+                    FailMode::Closed => "refused",
+                    FailMode::Open => "forwarded",
+                };
+                self.metrics
+                    .request_errors
+                    .with_label_values(&[e.code(), outcome])
+                    .inc();
+                tracing::debug!(route = %route.name, error = %e, outcome, "request not evaluated");
+                if route.on_error == FailMode::Open {
+                    return Ok(false);
+                }
+                respond::send(session, Refusal::Malformed { code: e.code() }).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        let group = self
+            .route(ctx)
+            .and_then(|r| self.upstreams.get(r.upstream))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no route"))?;
+        group.select().ok_or_else(|| {
+            let mut e = Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream {}: no healthy address", group.config.name),
+            );
+            e.esource = ErrorSource::Upstream;
+            e
+        })
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream)) {
+            self.metrics
+                .connect_failures
+                .with_label_values(&[&group.config.name])
+                .inc();
+            if let Some(addr) = peer._address.as_inet() {
+                group.eject(addr);
+            }
+            // Nothing was sent yet: another address may take the request.
+            if ctx.attempts < group.config.addresses.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The app must be able to trust every Vigil-* header it sees.
+        let spoofed: Vec<_> = upstream_request
+            .headers
+            .keys()
+            .filter(|n| n.as_str().starts_with(VIGIL_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            upstream_request.remove_header(&name);
+        }
+        if let (true, Some(risk)) = (self.config.risk_to_app, &ctx.risk) {
+            upstream_request.insert_header("vigil-risk-level", risk.level)?;
+            upstream_request.insert_header("vigil-risk-score", risk.score.to_string())?;
+            upstream_request.insert_header(
+                "vigil-risk-reasons",
+                HeaderValue::from_str(&risk.reasons).unwrap_or(HeaderValue::from_static("")),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let Some(e) = e else { return };
+        if e.esource() == &ErrorSource::Upstream
+            && let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream))
+        {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[&group.config.name])
+                .inc();
+        }
+    }
+}
+
+impl std::fmt::Debug for VigilProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VigilProxy").finish_non_exhaustive()
+    }
+}
+
+/// The host a request is for, without port: the URI's authority (HTTP/2,
+/// absolute-form) or the Host header.
+fn request_host(req: &RequestHeader) -> &str {
+    let raw = req.uri.host().or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let Some(raw) = raw else { return "" };
+    // "[::1]:8080" → "[::1]", "example.com:8080" → "example.com".
+    if raw.starts_with('[') {
+        return raw.split_inclusive(']').next().unwrap_or(raw);
+    }
+    raw.split(':').next().unwrap_or(raw)
+}
+
+fn reasons_list(verdict: &Verdict) -> String {
+    let mut out = String::new();
+    for (i, c) in verdict.risk.reasons.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(c.reason.code());
+    }
+    out
+}
+
+/// A short random id that ties a refusal page to its log record.
+fn reference() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One structured record per non-allow decision. Only the session key's
+/// short prefix is logged, never the credential.
+fn log_decision(route: &Route, verdict: &Verdict, reference: &str, enforced: bool) {
+    let session = verdict
+        .session
+        .map(|s| s.key.short().to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "vigil::decision",
+        reference,
+        route = %route.name,
+        action = %verdict.action,
+        enforced,
+        level = %verdict.risk.level,
+        score = verdict.risk.score,
+        reasons = %reasons_list(verdict),
+        session = %session,
+        client = %verdict.client.addr,
+        device = %verdict.device.id,
+        browser = verdict.device.browser.as_str(),
+        platform = verdict.device.platform.as_str(),
+        "decision"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.set_uri(uri.parse().unwrap());
+        if let Some(h) = host {
+            r.insert_header("host", h).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn host_comes_from_authority_or_header_without_port() {
+        assert_eq!(
+            request_host(&req("/", Some("app.example.com:8443"))),
+            "app.example.com"
+        );
+        assert_eq!(request_host(&req("/", Some("[::1]:8080"))), "[::1]");
+        assert_eq!(
+            request_host(&req("https://a.example.org/x", Some("b"))),
+            "a.example.org"
+        );
+        assert_eq!(request_host(&req("/", None)), "");
+    }
+}

@@ -1,0 +1,174 @@
+//! Builds the Pingora server from a validated config and runs it.
+
+use std::sync::Arc;
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::Server;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::services::listening::Service;
+use vigil_engine::{Engine, SessionHashKey};
+
+use crate::admin::AdminApp;
+use crate::config::{Config, HashKeySource};
+use crate::keyfile;
+use crate::metrics::Metrics;
+use crate::proxy::VigilProxy;
+use crate::tls::SniResolver;
+use crate::upstream::UpstreamGroup;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The session hash key could not be read or created.
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    /// A certificate could not be loaded.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// The cause.
+        source: crate::tls::TlsError,
+    },
+    /// An upstream group could not be built.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A server with every service added, ready to run.
+pub struct Vigil {
+    server: Server,
+}
+
+impl Vigil {
+    /// Builds every service of `config`: one proxy service per listener, the
+    /// admin listener, and a health-check service per upstream group.
+    /// Extra services (the demo app) can be added before [`Vigil::run`].
+    pub fn build(config: Config) -> Result<Self, StartError> {
+        let hash_key = match &config.hash_key {
+            HashKeySource::File(path) => keyfile::load_or_create(path)?,
+            HashKeySource::Ephemeral => SessionHashKey::from_bytes(rand::random()),
+        };
+        let config = Arc::new(config);
+        let engine = Arc::new(Engine::new(config.engine.clone(), hash_key));
+        let metrics = Metrics::new()?;
+        let mut upstreams = Vec::new();
+        let mut health_services = Vec::new();
+        for u in &config.upstreams {
+            let (group, health) = UpstreamGroup::new(u.clone())?;
+            upstreams.push(group);
+            health_services.extend(health);
+        }
+        let upstreams = Arc::new(upstreams);
+
+        let mut conf = ServerConf {
+            threads: config.server.threads,
+            work_stealing: config.server.work_stealing,
+            grace_period_seconds: Some(config.server.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(
+                config.server.graceful_shutdown_timeout.as_secs(),
+            ),
+            ..ServerConf::default()
+        };
+        // Pingora's defaults put these in /tmp, shared by every instance.
+        conf.pid_file = config
+            .server
+            .state_dir
+            .join("vigil-proxy.pid")
+            .display()
+            .to_string();
+        conf.upgrade_sock = config
+            .server
+            .state_dir
+            .join("vigil-proxy.upgrade.sock")
+            .display()
+            .to_string();
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+
+        let app = VigilProxy::new(
+            config.clone(),
+            engine.clone(),
+            upstreams.clone(),
+            metrics.clone(),
+        );
+        for listener in &config.listeners {
+            let mut service = pingora_proxy::http_proxy_service_with_name(
+                &server.configuration,
+                app.clone(),
+                &format!("proxy {}", listener.name),
+            );
+            if listener.h2c
+                && let Some(logic) = service.app_logic_mut()
+            {
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                logic.server_options = Some(options);
+            }
+            let addr = listener.listen.to_string();
+            if listener.certificates.is_empty() {
+                service.add_tcp(&addr);
+            } else {
+                let resolver = SniResolver::load(&listener.certificates).map_err(|source| {
+                    StartError::Tls {
+                        listener: listener.name.clone(),
+                        source,
+                    }
+                })?;
+                // The paths are unused: the resolver serves the certificates.
+                let mut tls = TlsSettings::intermediate("", "").map_err(|e| StartError::Tls {
+                    listener: listener.name.clone(),
+                    source: crate::tls::TlsError::Load {
+                        cert: String::new(),
+                        key: String::new(),
+                        reason: e.to_string(),
+                    },
+                })?;
+                tls.set_cert_resolver(Arc::new(resolver));
+                if listener.http2 {
+                    tls.enable_h2();
+                }
+                service.add_tls_with_settings(&addr, None, tls);
+            }
+            server.add_service(service);
+        }
+
+        for health in health_services {
+            server.add_service(health);
+        }
+
+        let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
+        let admin = AdminApp::new(metrics, engine, listen_addrs);
+        let mut admin = Service::new(
+            "admin".to_owned(),
+            pingora_core::apps::http_app::HttpServer::new_app(admin),
+        );
+        admin.add_tcp(&config.admin.listen.to_string());
+        server.add_service(admin);
+
+        Ok(Self { server })
+    }
+
+    /// Adds another service to run in the same process.
+    pub fn add_service(
+        &mut self,
+        service: impl pingora_core::services::ServiceWithDependents + 'static,
+    ) {
+        self.server.add_service(service);
+    }
+
+    /// Runs until SIGTERM (graceful) or SIGINT (fast); exits the process.
+    pub fn run(self) -> ! {
+        self.server.run_forever()
+    }
+}
+
+impl std::fmt::Debug for Vigil {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vigil").finish_non_exhaustive()
+    }
+}
