@@ -1,6 +1,9 @@
 //! The whole per-request pipeline on warm caches: one known session, same
 //! device, and a replay from another device.
-#![allow(clippy::unwrap_used, reason = "bench set-up: a panic is a broken bench")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "bench set-up: a panic is a broken bench"
+)]
 
 use std::hint::black_box;
 use std::net::IpAddr;

@@ -151,6 +151,14 @@ impl ProxyHttp for VigilProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let req = session.req_header();
+        if header_bytes(req) > self.config.max_header_bytes {
+            self.metrics
+                .request_errors
+                .with_label_values(&["headers_too_large", "refused"])
+                .inc();
+            respond::send(session, Refusal::HeadersTooLarge).await?;
+            return Ok(true);
+        }
         let host = request_host(req);
         ctx.route = self.config.route_index(host, req.uri.path());
         let Some(route) = self.route(ctx) else {
@@ -305,6 +313,14 @@ fn request_host(req: &RequestHeader) -> &str {
         return raw.split_inclusive(']').next().unwrap_or(raw);
     }
     raw.split(':').next().unwrap_or(raw)
+}
+
+/// Size of the header section as sent: each `name: value\r\n` line.
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
 }
 
 fn reasons_list(verdict: &Verdict) -> String {

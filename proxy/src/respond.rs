@@ -11,6 +11,8 @@ use pingora_proxy::Session;
 pub enum Refusal<'a> {
     /// No route matches the host and path.
     NoRoute,
+    /// The request's header section is larger than `limits.max_header_bytes`.
+    HeadersTooLarge,
     /// The engine could not evaluate the request and the route fails closed.
     Malformed {
         /// The error's stable code.
@@ -76,6 +78,15 @@ fn render(refusal: Refusal<'_>) -> Rendered {
             page(
                 "Not found",
                 "No application is served at this address.",
+                None,
+            ),
+        ),
+        Refusal::HeadersTooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            vec![],
+            page(
+                "Request headers too large",
+                "The request's headers are larger than this server accepts.",
                 None,
             ),
         ),

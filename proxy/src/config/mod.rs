@@ -18,6 +18,10 @@ use vigil_engine::{Action, EngineConfig, Policy, ScoreConfig, SessionConfig, Ses
 pub use self::fields::Problem;
 use self::fields::{Fields, Problems};
 
+/// Pingora itself refuses header sections above about 1 MiB; a larger
+/// setting would be a promise we cannot keep.
+const MAX_HEADER_BYTES_CEILING: usize = 1024 * 1024;
+
 /// A validated proxy configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,6 +37,9 @@ pub struct Config {
     pub hash_key: HashKeySource,
     /// Whether risk headers are sent to the app.
     pub risk_to_app: bool,
+    /// Largest request header section accepted, in bytes (names, values and
+    /// line overhead). Default 64 KiB.
+    pub max_header_bytes: usize,
     /// Client-facing listeners; at least one.
     pub listeners: Vec<Listener>,
     /// Upstream groups; at least one.
@@ -433,6 +440,15 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     if limits.max_credential_bytes < 16 {
         p.push(t.key("max_credential_bytes"), "must be at least 16");
     }
+    let max_header_bytes: usize = t.or(p, "max_header_bytes", 65_536);
+    if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&max_header_bytes) {
+        p.push(
+            t.key("max_header_bytes"),
+            format!(
+                "{max_header_bytes} is out of range; expected 1024 to {MAX_HEADER_BYTES_CEILING}"
+            ),
+        );
+    }
     t.finish(p);
 
     let mut t = f.table(p, "risk");
@@ -490,6 +506,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         },
         hash_key,
         risk_to_app,
+        max_header_bytes,
         listeners,
         upstreams,
         routes,

@@ -1,0 +1,233 @@
+//! Proxy configs for tests, written in the format of
+//! `examples/vigil-proxy.toml`, and loopback ports to put in them.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Mutex;
+
+use super::tls::Leaf;
+
+/// `login_url` of every [`Route`].
+pub(crate) const LOGIN_URL: &str = "/login";
+/// `step_up_url` of every [`Route`].
+pub(crate) const STEP_UP_URL: &str = "/login?step_up=1";
+
+/// A whole config: `[server]` with one thread, `[admin]` and a cleartext
+/// listener `http` on free ports, plus whatever is added. The proxy harness
+/// fills in `server.state_dir`.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    http: SocketAddr,
+    admin: SocketAddr,
+    h2c: bool,
+    sections: String,
+    listeners: String,
+    upstreams: String,
+    routes: String,
+}
+
+/// One `[[routes]]` table. Defaults: mode `enforce`, on_error `closed`, any
+/// host, policy low/medium `allow`, high `block`, login and step-up URLs
+/// [`LOGIN_URL`] and [`STEP_UP_URL`].
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    name: String,
+    path_prefix: String,
+    upstream: String,
+    hosts: Vec<String>,
+    mode: String,
+    on_error: String,
+    medium: String,
+    high: String,
+}
+
+/// A loopback address with a port that was free a moment ago and that no
+/// other caller in this test process has been given.
+///
+/// The proxy binds it later, so another process could take it in between;
+/// the kernel hands out ephemeral ports in turn, which makes that rare.
+pub(crate) fn free_addr() -> SocketAddr {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if given.get_or_insert_with(HashSet::new).insert(addr.port()) {
+            return addr;
+        }
+    }
+}
+
+/// An address nothing listens on: connections to it are refused.
+pub(crate) fn closed_port() -> SocketAddr {
+    free_addr()
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The minimal parts every test proxy has.
+    pub(crate) fn new() -> Config {
+        Config {
+            http: free_addr(),
+            admin: free_addr(),
+            h2c: false,
+            sections: String::new(),
+            listeners: String::new(),
+            upstreams: String::new(),
+            routes: String::new(),
+        }
+    }
+
+    /// The cleartext listener's address.
+    pub(crate) fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Accepts cleartext HTTP/2 with prior knowledge on the `http` listener.
+    pub(crate) fn h2c(mut self) -> Config {
+        self.h2c = true;
+        self
+    }
+
+    /// Adds a TLS listener `name` on `addr` with `certs`, the first being the
+    /// default.
+    pub(crate) fn tls_listener(
+        mut self,
+        name: &str,
+        addr: SocketAddr,
+        http2: bool,
+        certs: &[&Leaf],
+    ) -> Config {
+        write!(
+            self.listeners,
+            "\n[[listeners]]\nname = {name:?}\nlisten = \"{addr}\"\nhttp2 = {http2}\n"
+        )
+        .unwrap();
+        for leaf in certs {
+            write!(
+                self.listeners,
+                "[[listeners.certificates]]\ncert = {:?}\nkey = {:?}\nserver_names = {:?}\n",
+                leaf.cert_path().display().to_string(),
+                leaf.key_path().display().to_string(),
+                leaf.names(),
+            )
+            .unwrap();
+        }
+        self
+    }
+
+    /// Adds an upstream `name` with one address and default settings.
+    pub(crate) fn upstream(mut self, name: &str, addr: SocketAddr) -> Config {
+        write!(
+            self.upstreams,
+            "\n[[upstreams]]\nname = {name:?}\naddresses = [\"{addr}\"]\n"
+        )
+        .unwrap();
+        self
+    }
+
+    /// Adds a route.
+    pub(crate) fn route(mut self, route: Route) -> Config {
+        self.routes.push_str(&route.render());
+        self
+    }
+
+    /// Adds top-level tables written out in TOML, such as `[limits]`.
+    pub(crate) fn section(mut self, toml: &str) -> Config {
+        self.sections.push('\n');
+        self.sections.push_str(toml);
+        self.sections.push('\n');
+        self
+    }
+
+    /// The config file's text.
+    pub(crate) fn render(&self) -> String {
+        format!(
+            "[server]\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n{sections}\n\
+             [[listeners]]\nname = \"http\"\nlisten = \"{http}\"\nh2c = {h2c}\n\
+             {listeners}{upstreams}{routes}",
+            admin = self.admin,
+            http = self.http,
+            h2c = self.h2c,
+            sections = self.sections,
+            listeners = self.listeners,
+            upstreams = self.upstreams,
+            routes = self.routes,
+        )
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// A route `name` for requests under `path_prefix`, to `upstream`.
+    pub(crate) fn new(name: &str, path_prefix: &str, upstream: &str) -> Route {
+        Route {
+            name: name.to_owned(),
+            path_prefix: path_prefix.to_owned(),
+            upstream: upstream.to_owned(),
+            hosts: Vec::new(),
+            mode: "enforce".to_owned(),
+            on_error: "closed".to_owned(),
+            medium: "allow".to_owned(),
+            high: "block".to_owned(),
+        }
+    }
+
+    /// Serves only these hosts.
+    pub(crate) fn hosts(mut self, hosts: &[&str]) -> Route {
+        self.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        self
+    }
+
+    /// `enforce`, `monitor` or `off`.
+    pub(crate) fn mode(mut self, mode: &str) -> Route {
+        self.mode = mode.to_owned();
+        self
+    }
+
+    /// `closed` or `open`.
+    pub(crate) fn on_error(mut self, on_error: &str) -> Route {
+        self.on_error = on_error.to_owned();
+        self
+    }
+
+    /// The action at high risk.
+    pub(crate) fn high(mut self, action: &str) -> Route {
+        self.high = action.to_owned();
+        self
+    }
+
+    /// The action at medium risk.
+    pub(crate) fn medium(mut self, action: &str) -> Route {
+        self.medium = action.to_owned();
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut out = format!(
+            "\n[[routes]]\nname = {:?}\npath_prefix = {:?}\nupstream = {:?}\n",
+            self.name, self.path_prefix, self.upstream
+        );
+        if !self.hosts.is_empty() {
+            writeln!(out, "hosts = {:?}", self.hosts).unwrap();
+        }
+        write!(
+            out,
+            "mode = {:?}\non_error = {:?}\nlogin_url = {LOGIN_URL:?}\nstep_up_url = {STEP_UP_URL:?}\n\
+             [routes.policy]\nlow = \"allow\"\nmedium = {:?}\nhigh = {:?}\n",
+            self.mode, self.on_error, self.medium, self.high
+        )
+        .unwrap();
+        out
+    }
+}

@@ -1,0 +1,42 @@
+//! Helpers for the integration tests: a real origin, a real proxy process,
+//! certificates, clients and a raw socket, all on loopback (STYLE.md 14).
+//!
+//! Every test starts its own processes on its own ports and in its own
+//! temporary directory, so tests run in parallel; every process is stopped by
+//! the handle that started it when its helper is dropped.
+//!
+//! ```rust,ignore
+//! let origin = Origin::start();
+//! let config = Config::new()
+//!     .upstream("app", origin.addr())
+//!     .route(Route::new("app", "/", "app").high("revoke"));
+//! let proxy = Proxy::start(&config.render()).await;
+//! let echo = Browser::firefox().cookie("session=a").echo(&proxy.url("/echo")).await;
+//! assert_eq!(echo.header("vigil-risk-level"), Some("low"));
+//! let blocked = proxy.metric("vigil_proxy_decisions_total", &[("action", "block")]).await;
+//! ```
+
+// Each test crate compiles this module and uses a subset of it.
+#![allow(dead_code)]
+
+mod client;
+mod config;
+mod origin;
+mod proxy;
+mod raw;
+mod tls;
+
+#[allow(unused_imports)] // Each test crate uses a subset.
+pub(crate) use client::{Browser, CHROME, Echo, FIREFOX, REQUEST_TIMEOUT, curl, http_client};
+#[allow(unused_imports)]
+pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
+#[allow(unused_imports)]
+pub(crate) use origin::{
+    Origin, STREAM_CHUNK_BYTES, STREAM_CHUNKS, WsOrigin, expected_stream_body, fnv1a,
+};
+#[allow(unused_imports)]
+pub(crate) use proxy::{Metrics, Proxy};
+#[allow(unused_imports)]
+pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get};
+#[allow(unused_imports)]
+pub(crate) use tls::{Ca, Leaf};

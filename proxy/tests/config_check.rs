@@ -1,0 +1,238 @@
+//! `vigil-proxy check` and `run` on good and bad config files.
+
+// Test code: a failed unwrap is a failed test. clippy.toml allows these in
+// #[test] functions; this also covers the helpers in `common`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Ca, Config, Route};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vigil-proxy");
+
+fn check(path: &Path) -> Output {
+    Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_example_config_passes_once_its_files_exist() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/vigil-proxy.toml"
+    ))
+    .unwrap();
+    let ca = Ca::new("Test CA");
+    let app = ca.leaf(&["app.example.com"]);
+    let wildcard = ca.leaf(&["*.example.org"]);
+    let dir = TempDir::new().unwrap();
+    let config = example
+        .replace(
+            "/etc/vigil/tls/app.example.com.pem",
+            app.cert_path().to_str().unwrap(),
+        )
+        .replace(
+            "/etc/vigil/tls/app.example.com.key",
+            app.key_path().to_str().unwrap(),
+        )
+        .replace(
+            "/etc/vigil/tls/wildcard.example.org.pem",
+            wildcard.cert_path().to_str().unwrap(),
+        )
+        .replace(
+            "/etc/vigil/tls/wildcard.example.org.key",
+            wildcard.key_path().to_str().unwrap(),
+        )
+        .replace("/var/lib/vigil", dir.path().to_str().unwrap());
+    let path = write(&dir, "vigil-proxy.toml", &config);
+
+    let output = check(&path);
+
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), format!("{}: ok\n", path.display()));
+}
+
+#[test]
+fn a_config_like_the_tests_run_passes() {
+    let dir = TempDir::new().unwrap();
+    let config = Config::new()
+        .section("[limits]\nmax_cookies = 200\n\n[headers]\nrisk_to_app = true")
+        .upstream("app", "127.0.0.1:3000".parse().unwrap())
+        .route(Route::new("app", "/", "app").mode("monitor").high("revoke"))
+        .render()
+        .replace(
+            "[server]\n",
+            &format!(
+                "[server]\nstate_dir = {:?}\n",
+                dir.path().display().to_string()
+            ),
+        );
+    let path = write(&dir, "vigil-proxy.toml", &config);
+
+    let output = check(&path);
+
+    assert!(
+        output.status.success(),
+        "{}\n{config}",
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stdout), format!("{}: ok\n", path.display()));
+}
+
+#[test]
+fn check_reports_every_problem_in_one_run() {
+    let dir = TempDir::new().unwrap();
+    let config = format!(
+        r#"
+[server]
+threads = "two"
+colour = "blue"
+state_dir = {state_dir:?}
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[[listeners]]
+name = "http"
+listen = "not-an-address"
+
+[[listeners]]
+name = "https"
+listen = "127.0.0.1:8443"
+[[listeners.certificates]]
+cert = "/nonexistent/vigil/cert.pem"
+key = "/nonexistent/vigil/key.pem"
+server_names = ["app.example.com"]
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "app"
+mode = "loud"
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "nope"
+[routes.policy]
+high = "deny"
+"#,
+        state_dir = dir.path().display().to_string()
+    );
+    let path = write(&dir, "bad.toml", &config);
+
+    let output = check(&path);
+
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    let prefix = format!("error: {}: ", path.display());
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.starts_with(&prefix),
+            "not an `error: FILE: KEY: PROBLEM` line: {line}"
+        );
+    }
+    let expected = [
+        "server.threads",
+        "server.colour",
+        "listeners[0].listen",
+        "listeners[1].certificates[0].cert",
+        "routes[0].mode",
+        "routes[1].upstream",
+        "routes[1].policy.high",
+    ];
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|key| !stderr.contains(&format!("{prefix}{key}: ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not reported: {missing:?}\nstderr:\n{stderr}"
+    );
+    assert!(!text(&output.stdout).contains("ok"));
+}
+
+#[test]
+fn a_file_that_is_not_toml_fails_check() {
+    let dir = TempDir::new().unwrap();
+    let path = write(&dir, "garbage.toml", "[server\nthreads = = 2\n");
+
+    let output = check(&path);
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: {}: ", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_file_fails_check() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("absent.toml");
+
+    let output = check(&path);
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains(&path.display().to_string()));
+}
+
+#[test]
+fn run_refuses_a_bad_config() {
+    let dir = TempDir::new().unwrap();
+    let path = write(
+        &dir,
+        "bad.toml",
+        "[server]\nthreads = \"two\"\n\n[[listeners]]\nname = \"http\"\nlisten = \"nowhere\"\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Polls the process itself; a proxy that starts anyway is killed here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let status = status.expect("run exits on a bad config instead of serving");
+    assert!(!status.success());
+}
