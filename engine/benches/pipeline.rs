@@ -72,4 +72,21 @@ fn pipeline(c: &mut Criterion) {
 }
 
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+fn stages(c: &mut Criterion) {
+    let h = headers(CHROME);
+    let session = vigil_engine::SessionStage::new(
+        vigil_engine::SessionConfig::default(),
+        SessionHashKey::from_bytes([5; 32]),
+    );
+    let device = vigil_engine::DeviceStage::default();
+    let mut g = c.benchmark_group("stage");
+    g.bench_function("session", |b| {
+        b.iter(|| session.identify(black_box(&h)).unwrap())
+    });
+    g.bench_function("device", |b| b.iter(|| device.observe(black_box(&h))));
+    g.finish();
+}
+
+criterion_group!(stage_benches, stages);
+criterion_main!(benches, stage_benches);

@@ -5,9 +5,10 @@
 //! primary Accept-Language tag. Minor version bumps do not change the
 //! fingerprint; a different browser, platform or language does.
 //!
-//! The User-Agent classifier here is deliberately small: it looks for a
-//! handful of product tokens in a bounded prefix of the header. A full parser
-//! (and JA4 from the TLS ClientHello) arrive with the device fingerprint work.
+//! The User-Agent classifier here is deliberately small: one pass over the
+//! words of a bounded prefix of the header, looking for a handful of products.
+//! A full parser (and JA4 from the TLS ClientHello) arrive with the device
+//! fingerprint work.
 
 use std::fmt;
 
@@ -20,46 +21,49 @@ const MAX_TRAIT_BYTES: usize = 512;
 /// Longest language tag kept.
 const MAX_LANG_BYTES: usize = 16;
 
-/// A browser family.
+/// A browser family. Discriminants are part of [`DeviceId`]: never reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Browser {
     /// Chromium-based Chrome (desktop or iOS `CriOS`).
-    Chrome,
+    Chrome = 1,
     /// Microsoft Edge.
-    Edge,
+    Edge = 2,
     /// Mozilla Firefox (desktop or iOS `FxiOS`).
-    Firefox,
+    Firefox = 3,
     /// Apple Safari.
-    Safari,
+    Safari = 4,
     /// Opera.
-    Opera,
+    Opera = 5,
     /// Samsung Internet.
-    Samsung,
+    Samsung = 6,
     /// The curl command-line client.
-    Curl,
+    Curl = 7,
     /// Another HTTP library or tool that names itself (wget, python, Go, …).
-    Tool,
+    Tool = 8,
     /// Nothing recognised, or no User-Agent.
-    Other,
+    Other = 9,
 }
 
-/// An operating system family.
+/// An operating system family. Discriminants are part of [`DeviceId`]:
+/// never reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Platform {
     /// Microsoft Windows.
-    Windows,
+    Windows = 1,
     /// Apple macOS.
-    MacOs,
+    MacOs = 2,
     /// Apple iOS and iPadOS.
-    Ios,
+    Ios = 3,
     /// Google Android.
-    Android,
+    Android = 4,
     /// ChromeOS.
-    ChromeOs,
+    ChromeOs = 5,
     /// Linux and other Unix desktops.
-    Linux,
+    Linux = 6,
     /// Not known.
-    Unknown,
+    Unknown = 7,
 }
 
 /// A stable 64-bit identifier of a device's traits: equal traits give equal
@@ -105,11 +109,11 @@ impl DeviceStage {
             .get(USER_AGENT)
             .map(|v| bounded(v.as_bytes()))
             .unwrap_or_default();
-        let (browser, major) = browser(ua);
+        let (browser, major, ua_platform) = classify(ua);
         let platform = headers
             .get("sec-ch-ua-platform")
             .and_then(|v| platform_hint(bounded(v.as_bytes())))
-            .unwrap_or_else(|| platform_from_ua(ua));
+            .unwrap_or(ua_platform);
         let language = headers
             .get(ACCEPT_LANGUAGE)
             .map(|v| LanguageTag::primary(bounded(v.as_bytes())))
@@ -129,71 +133,93 @@ fn bounded(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.len().min(MAX_TRAIT_BYTES)]
 }
 
+/// The id packs the traits instead of hashing them: browser, platform and
+/// major version verbatim, the language tag through 32-bit FNV-1a. It is the
+/// same on every node and release as long as the enum discriminants stay
+/// fixed (they are explicit for that reason), and it costs nothing.
 fn device_id(browser: Browser, major: u16, platform: Platform, lang: &LanguageTag) -> DeviceId {
-    // BLAKE3 rather than std's hasher: the id must be the same on every node
-    // and every release, which `DefaultHasher` does not promise.
-    let mut h = blake3::Hasher::new();
-    h.update(&[browser as u8, platform as u8]);
-    h.update(&major.to_le_bytes());
-    h.update(lang.as_bytes());
-    let d = h.finalize();
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&d.as_bytes()[..8]);
-    DeviceId(u64::from_le_bytes(id))
+    let lang = lang.as_bytes().iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    });
+    DeviceId(
+        (u64::from(browser as u8) << 56)
+            | (u64::from(platform as u8) << 48)
+            | (u64::from(major) << 32)
+            | u64::from(lang),
+    )
 }
 
-/// Product tokens, most specific first: Edge and Opera also claim Chrome, and
-/// Chrome also claims Safari.
+/// Product names (the part before `/`), most specific first: Edge and Opera
+/// also claim Chrome, and Chrome also claims Safari.
 const PRODUCTS: &[(&[u8], Browser)] = &[
-    (b"Edg/", Browser::Edge),
-    (b"EdgA/", Browser::Edge),
-    (b"EdgiOS/", Browser::Edge),
-    (b"OPR/", Browser::Opera),
-    (b"SamsungBrowser/", Browser::Samsung),
-    (b"Firefox/", Browser::Firefox),
-    (b"FxiOS/", Browser::Firefox),
-    (b"CriOS/", Browser::Chrome),
-    (b"Chrome/", Browser::Chrome),
-    (b"curl/", Browser::Curl),
-    (b"Wget/", Browser::Tool),
-    (b"python-requests/", Browser::Tool),
-    (b"python-httpx/", Browser::Tool),
-    (b"Go-http-client/", Browser::Tool),
-    (b"okhttp/", Browser::Tool),
+    (b"Edg", Browser::Edge),
+    (b"EdgA", Browser::Edge),
+    (b"EdgiOS", Browser::Edge),
+    (b"OPR", Browser::Opera),
+    (b"SamsungBrowser", Browser::Samsung),
+    (b"Firefox", Browser::Firefox),
+    (b"FxiOS", Browser::Firefox),
+    (b"CriOS", Browser::Chrome),
+    (b"Chrome", Browser::Chrome),
+    (b"curl", Browser::Curl),
+    (b"Wget", Browser::Tool),
+    (b"python-requests", Browser::Tool),
+    (b"python-httpx", Browser::Tool),
+    (b"Go-http-client", Browser::Tool),
+    (b"okhttp", Browser::Tool),
 ];
 
-fn browser(ua: &[u8]) -> (Browser, u16) {
-    for (token, family) in PRODUCTS {
-        if let Some(rest) = after(ua, token) {
-            return (*family, major(rest));
+/// Platform words of the User-Agent comment, most specific first: Android
+/// UAs also say Linux.
+const PLATFORMS: &[(&[u8], Platform)] = &[
+    (b"Android", Platform::Android),
+    (b"iPhone", Platform::Ios),
+    (b"iPad", Platform::Ios),
+    (b"CrOS", Platform::ChromeOs),
+    (b"Windows", Platform::Windows),
+    (b"Macintosh", Platform::MacOs),
+    (b"Linux", Platform::Linux),
+    (b"X11", Platform::Linux),
+];
+
+/// Browser, major version and platform from one pass over the words of a
+/// User-Agent. A substring search per known token was measured at ~3 µs per
+/// request; this is one scan.
+fn classify(ua: &[u8]) -> (Browser, u16, Platform) {
+    let mut product: Option<(usize, u16)> = None;
+    let mut platform: Option<usize> = None;
+    let mut safari = false;
+    let mut version = None;
+    for word in ua.split(|b| matches!(b, b' ' | b';' | b'(' | b')' | b',')) {
+        if word.is_empty() {
+            continue;
+        }
+        if let Some(slash) = word.iter().position(|b| *b == b'/') {
+            let (name, rest) = word.split_at(slash);
+            let rest = rest.get(1..).unwrap_or_default();
+            if let Some(rank) = PRODUCTS.iter().position(|(n, _)| *n == name) {
+                if product.is_none_or(|(r, _)| rank < r) {
+                    product = Some((rank, major(rest)));
+                }
+            } else if name == b"Safari" {
+                safari = true;
+            } else if name == b"Version" {
+                version = Some(major(rest));
+            }
+        } else if let Some(rank) = PLATFORMS.iter().position(|(n, _)| *n == word) {
+            if platform.is_none_or(|r| rank < r) {
+                platform = Some(rank);
+            }
         }
     }
-    // Safari names its version in `Version/x.y` next to `Safari/`.
-    if find(ua, b"Safari/").is_some()
-        && let Some(rest) = after(ua, b"Version/")
-    {
-        return (Browser::Safari, major(rest));
-    }
-    (Browser::Other, 0)
-}
-
-fn platform_from_ua(ua: &[u8]) -> Platform {
-    // Order matters: Android UAs say Linux, iOS UAs say "like Mac OS X".
-    const PLATFORMS: &[(&[u8], Platform)] = &[
-        (b"Android", Platform::Android),
-        (b"iPhone", Platform::Ios),
-        (b"iPad", Platform::Ios),
-        (b"CrOS", Platform::ChromeOs),
-        (b"Windows", Platform::Windows),
-        (b"Macintosh", Platform::MacOs),
-        (b"Mac OS X", Platform::MacOs),
-        (b"Linux", Platform::Linux),
-        (b"X11", Platform::Linux),
-    ];
-    PLATFORMS
-        .iter()
-        .find(|(token, _)| find(ua, token).is_some())
-        .map_or(Platform::Unknown, |(_, p)| *p)
+    let platform = platform.map_or(Platform::Unknown, |r| PLATFORMS[r].1);
+    let (browser, major) = match (product, safari, version) {
+        (Some((rank, major)), _, _) => (PRODUCTS[rank].1, major),
+        // Safari names its version in `Version/x.y` next to `Safari/`.
+        (None, true, Some(major)) => (Browser::Safari, major),
+        _ => (Browser::Other, 0),
+    };
+    (browser, major, platform)
 }
 
 /// `Sec-CH-UA-Platform` is a quoted string such as `"Windows"`.
@@ -211,14 +237,6 @@ fn platform_hint(value: &[u8]) -> Option<Platform> {
         _ => return None,
     };
     Some(p)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn after<'a>(haystack: &'a [u8], needle: &[u8]) -> Option<&'a [u8]> {
-    find(haystack, needle).and_then(|i| haystack.get(i + needle.len()..))
 }
 
 /// The leading decimal digits of `rest`, saturating at `u16::MAX`.
