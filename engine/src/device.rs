@@ -206,10 +206,10 @@ fn classify(ua: &[u8]) -> (Browser, u16, Platform) {
             } else if name == b"Version" {
                 version = Some(major(rest));
             }
-        } else if let Some(rank) = PLATFORMS.iter().position(|(n, _)| *n == word) {
-            if platform.is_none_or(|r| rank < r) {
-                platform = Some(rank);
-            }
+        } else if let Some(rank) = PLATFORMS.iter().position(|(n, _)| *n == word)
+            && platform.is_none_or(|r| rank < r)
+        {
+            platform = Some(rank);
         }
     }
     let platform = platform.map_or(Platform::Unknown, |r| PLATFORMS[r].1);
