@@ -28,8 +28,13 @@ for tool in wrk nginx taskset; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light util-linux)"; exit 1; }
 done
 
-cargo build --release -p vigil-proxy >/dev/null
-bin=target/release/vigil-proxy
+# VIGIL_BIN runs another build (e.g. one without mimalloc); VIGIL_WORK_STEALING=true
+# turns on tokio's work-stealing runtime.
+if [ -z "${VIGIL_BIN:-}" ]; then
+  cargo build --release -p vigil-proxy >/dev/null
+fi
+bin=${VIGIL_BIN:-target/release/vigil-proxy}
+work_stealing=${VIGIL_WORK_STEALING:-false}
 
 origin_port=18091; vigil_port=18092; vigil_admin=18093; nginx_port=18094
 
@@ -76,6 +81,7 @@ NGINX
 cat > "$work/vigil.toml" <<TOML
 [server]
 threads = 1
+work_stealing = $work_stealing
 state_dir = "$work/vigil-state"
 [log]
 level = "warn"

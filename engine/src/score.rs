@@ -294,6 +294,9 @@ impl fmt::Debug for Scorer {
 // === impl Reason, RiskLevel ===
 
 impl Reason {
+    /// Every reason, for metrics initialisation and docs.
+    pub const ALL: [Reason; 3] = [Reason::DeviceChanged, Reason::IpChanged, Reason::Revoked];
+
     /// The stable code of this reason.
     pub fn code(self) -> &'static str {
         match self {

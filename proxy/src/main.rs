@@ -12,6 +12,7 @@ use vigil_proxy::server::Vigil;
 
 // mimalloc was measured faster than the system allocator on the proxy path;
 // see docs/performance.md.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

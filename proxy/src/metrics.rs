@@ -5,9 +5,10 @@
 //! error codes) — never a user, address or session.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets,
 };
-use vigil_engine::Action;
+use vigil_engine::{Action, Reason};
 
 /// The proxy's metrics, registered in one registry.
 #[derive(Debug, Clone)]
@@ -118,5 +119,72 @@ impl Metrics {
             sessions_tracked,
             sessions_revoked,
         })
+    }
+}
+
+/// The counters every request touches, resolved once at start so that the
+/// request path indexes an array instead of hashing label values.
+#[derive(Debug, Clone)]
+pub struct RequestCounters {
+    /// `requests_total` per route, in config order.
+    routes: Vec<IntCounter>,
+    no_route: IntCounter,
+    /// `decisions_total` per action (in `Action::ALL` order) × enforced.
+    decisions: Vec<[IntCounter; 2]>,
+    /// `decision_reasons_total` per reason (in `Reason::ALL` order).
+    reasons: Vec<IntCounter>,
+}
+
+impl RequestCounters {
+    /// Resolves the counters for `route_names`.
+    pub fn new<'a>(metrics: &Metrics, route_names: impl IntoIterator<Item = &'a str>) -> Self {
+        let requests = |name: &str| metrics.requests.with_label_values(&[name]);
+        Self {
+            routes: route_names.into_iter().map(requests).collect(),
+            no_route: requests("none"),
+            decisions: Action::ALL
+                .iter()
+                .map(|a| {
+                    [
+                        metrics.decisions.with_label_values(&[a.as_str(), "false"]),
+                        metrics.decisions.with_label_values(&[a.as_str(), "true"]),
+                    ]
+                })
+                .collect(),
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| metrics.reasons.with_label_values(&[r.code()]))
+                .collect(),
+        }
+    }
+
+    /// Counts a request for route `index`, or for no route.
+    pub fn request(&self, index: Option<usize>) {
+        index
+            .and_then(|i| self.routes.get(i))
+            .unwrap_or(&self.no_route)
+            .inc();
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, action: Action, enforced: bool) {
+        if let Some(pair) = Action::ALL
+            .iter()
+            .position(|a| *a == action)
+            .and_then(|i| self.decisions.get(i))
+        {
+            pair[usize::from(enforced)].inc();
+        }
+    }
+
+    /// Counts a reason.
+    pub fn reason(&self, reason: Reason) {
+        if let Some(c) = Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.reasons.get(i))
+        {
+            c.inc();
+        }
     }
 }

@@ -15,7 +15,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{Action, CredentialSource, Engine, Reason, RequestView, Verdict};
 
 use crate::config::{Config, FailMode, Mode, Route};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestCounters};
 use crate::respond::{self, Refusal};
 use crate::upstream::UpstreamGroup;
 
@@ -30,6 +30,7 @@ pub struct VigilProxy {
     engine: Arc<Engine>,
     upstreams: Arc<Vec<UpstreamGroup>>,
     metrics: Metrics,
+    counters: RequestCounters,
 }
 
 /// Per-request state.
@@ -42,11 +43,13 @@ pub struct RequestCtx {
     attempts: usize,
 }
 
+/// Header values built once the verdict is known; the common case (low risk,
+/// no reasons) allocates nothing.
 #[derive(Debug)]
 struct RiskHeaders {
-    level: &'static str,
-    score: u8,
-    reasons: String,
+    level: HeaderValue,
+    score: HeaderValue,
+    reasons: HeaderValue,
 }
 
 // === impl VigilProxy ===
@@ -59,11 +62,14 @@ impl VigilProxy {
         upstreams: Arc<Vec<UpstreamGroup>>,
         metrics: Metrics,
     ) -> Self {
+        let counters =
+            RequestCounters::new(&metrics, config.routes.iter().map(|r| r.name.as_str()));
         Self {
             config,
             engine,
             upstreams,
             metrics,
+            counters,
         }
     }
 
@@ -80,29 +86,28 @@ impl VigilProxy {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         let enforced = route.mode == Mode::Enforce;
-        self.metrics
-            .decisions
-            .with_label_values(&[
-                verdict.action.as_str(),
-                if enforced { "true" } else { "false" },
-            ])
-            .inc();
+        self.counters.decision(verdict.action, enforced);
         for c in &verdict.risk.reasons {
-            self.metrics
-                .reasons
-                .with_label_values(&[c.reason.code()])
-                .inc();
+            self.counters.reason(c.reason);
         }
 
         if verdict.action == Action::Allow || !enforced {
             if verdict.action != Action::Allow {
                 log_decision(route, verdict, &reference(), false);
             }
-            ctx.risk = Some(RiskHeaders {
-                level: verdict.risk.level.as_str(),
-                score: verdict.risk.score,
-                reasons: reasons_list(verdict),
-            });
+            if self.config.risk_to_app {
+                ctx.risk = Some(RiskHeaders {
+                    level: HeaderValue::from_static(verdict.risk.level.as_str()),
+                    score: HeaderValue::from(u16::from(verdict.risk.score)),
+                    reasons: if verdict.risk.reasons.is_empty() {
+                        HeaderValue::from_static("")
+                    } else {
+                        // Reason codes are ASCII identifiers joined by commas.
+                        HeaderValue::from_str(&reasons_list(verdict))
+                            .unwrap_or(HeaderValue::from_static(""))
+                    },
+                });
+            }
             return Ok(false);
         }
 
@@ -162,14 +167,11 @@ impl ProxyHttp for VigilProxy {
         let host = request_host(req);
         ctx.route = self.config.route_index(host, req.uri.path());
         let Some(route) = self.route(ctx) else {
-            self.metrics.requests.with_label_values(&["none"]).inc();
+            self.counters.request(None);
             respond::send(session, Refusal::NoRoute).await?;
             return Ok(true);
         };
-        self.metrics
-            .requests
-            .with_label_values(&[&route.name])
-            .inc();
+        self.counters.request(ctx.route);
         if route.mode == Mode::Off {
             return Ok(false);
         }
@@ -269,13 +271,11 @@ impl ProxyHttp for VigilProxy {
         for name in spoofed {
             upstream_request.remove_header(&name);
         }
-        if let (true, Some(risk)) = (self.config.risk_to_app, &ctx.risk) {
-            upstream_request.insert_header("vigil-risk-level", risk.level)?;
-            upstream_request.insert_header("vigil-risk-score", risk.score.to_string())?;
-            upstream_request.insert_header(
-                "vigil-risk-reasons",
-                HeaderValue::from_str(&risk.reasons).unwrap_or(HeaderValue::from_static("")),
-            )?;
+        // Not taken: a retried connection builds the upstream request again.
+        if let Some(risk) = &ctx.risk {
+            upstream_request.insert_header("vigil-risk-level", risk.level.clone())?;
+            upstream_request.insert_header("vigil-risk-score", risk.score.clone())?;
+            upstream_request.insert_header("vigil-risk-reasons", risk.reasons.clone())?;
         }
         Ok(())
     }

@@ -405,3 +405,64 @@ async fn an_upstream_that_is_down_gets_502_and_other_routes_keep_serving() {
         )
         .await;
 }
+
+/// An upstream group of a dead address and a live origin.
+async fn dead_and_live(eject_seconds: u64) -> (Origin, Proxy) {
+    let origin = Origin::start();
+    let dead = closed_port();
+    let config = Config::new()
+        .section(&format!(
+            "[[upstreams]]\nname = \"pair\"\naddresses = [\"{dead}\", \"{live}\"]\n\
+             [upstreams.health]\ninterval_seconds = 0\neject_seconds = {eject_seconds}\n",
+            live = origin.addr()
+        ))
+        .route(Route::new("app", "/", "pair"));
+    let proxy = Proxy::start(&config.render()).await;
+    (origin, proxy)
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_the_next_address() {
+    let (origin, proxy) = dead_and_live(0).await;
+    let browser = Browser::firefox();
+
+    for _ in 0..6 {
+        browser.echo(&proxy.url("/echo")).await;
+    }
+
+    assert_eq!(origin.hits(), 6);
+    // Without ejection round robin keeps offering the dead address.
+    let failures = proxy
+        .metric(
+            "vigil_proxy_upstream_connect_failures_total",
+            &[("upstream", "pair")],
+        )
+        .await;
+    assert!(failures >= 2.0, "dead address tried {failures} times");
+}
+
+#[tokio::test]
+async fn a_dead_address_is_ejected_after_one_failure() {
+    let (origin, proxy) = dead_and_live(60).await;
+    let browser = Browser::firefox();
+
+    for _ in 0..6 {
+        browser.echo(&proxy.url("/echo")).await;
+    }
+
+    assert_eq!(origin.hits(), 6);
+    let failures = proxy
+        .metric(
+            "vigil_proxy_upstream_connect_failures_total",
+            &[("upstream", "pair")],
+        )
+        .await;
+    assert_eq!(failures, 1.0, "ejected after its first failure");
+    assert_eq!(
+        proxy
+            .metric("vigil_proxy_upstream_errors_total", &[("upstream", "pair")])
+            .await,
+        0.0,
+        "no client saw an error"
+    );
+}
