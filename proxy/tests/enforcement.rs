@@ -448,3 +448,40 @@ async fn admin_answers_health_and_readiness() {
     assert_eq!(proxy.admin_get("/healthz").await.unwrap().status(), 200);
     assert_eq!(proxy.admin_get("/readyz").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_structured_decision_record_without_the_credential() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .section("[log]\nformat = \"json\"")
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let secret = "session=s3cr3t-cookie-value";
+    Browser::firefox()
+        .cookie(secret)
+        .echo(&proxy.url("/echo"))
+        .await;
+
+    let response = Browser::chrome().cookie(secret).get(&proxy.url("/")).await;
+    let reference = header(&response, "vigil-reference");
+
+    let line = proxy.wait_for_log(&reference).await;
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "one JSON object: {line}"
+    );
+    for field in [
+        format!("\"reference\":\"{reference}\""),
+        "\"action\":\"block\"".to_owned(),
+        "\"enforced\":true".to_owned(),
+        "\"reasons\":\"device_changed\"".to_owned(),
+        "\"target\":\"vigil::decision\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} missing from {line}");
+    }
+    assert!(
+        !proxy.log().contains("s3cr3t"),
+        "the raw cookie never reaches the log"
+    );
+}
