@@ -1,5 +1,6 @@
 //! The whole per-request pipeline on warm caches: one known session, same
-//! device, and a replay from another device.
+//! device, and a replay from another device; the stages alone; and the
+//! client IP chain through ~2,000 trusted CIDRs.
 #![allow(
     clippy::unwrap_used,
     reason = "bench set-up: a panic is a broken bench"
@@ -10,7 +11,11 @@ use std::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
-use vigil_engine::{Engine, EngineConfig, Policy, RequestView, SessionHashKey};
+use ipnet::IpNet;
+use vigil_engine::{
+    ClientIpConfig, ClientIpStage, Engine, EngineConfig, ForwardedHeaders, Policy, RequestView,
+    SessionHashKey, TrustedProxies,
+};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
@@ -89,4 +94,156 @@ fn stages(c: &mut Criterion) {
 }
 
 criterion_group!(stage_benches, stages);
-criterion_main!(benches, stage_benches);
+
+/// Trusted sets of 2,002 networks: a load balancer, a CDN (500 IPv4 /24s)
+/// and a Zscaler-sized list (1,200 IPv4 /23s–/26s, 300 IPv6 /32s–/48s),
+/// spread pseudo-randomly over the address space.
+fn big_sets() -> TrustedProxies {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut cdn: Vec<IpNet> = vec!["203.0.113.0/24".parse().unwrap()];
+    for _ in 0..499 {
+        let a = u32::try_from(next() & 0xffff_ff00).unwrap();
+        cdn.push(
+            format!("{}/24", std::net::Ipv4Addr::from(a))
+                .parse()
+                .unwrap(),
+        );
+    }
+    let mut zscaler: Vec<IpNet> = vec!["185.46.212.0/22".parse().unwrap()];
+    for _ in 0..1199 {
+        let len = 23 + u8::try_from(next() % 4).unwrap();
+        let a = u32::try_from(next() & 0xffff_ffff).unwrap();
+        zscaler.push(
+            format!("{}/{len}", std::net::Ipv4Addr::from(a))
+                .parse()
+                .unwrap(),
+        );
+    }
+    zscaler.push("2a03:eec0::/32".parse().unwrap());
+    for _ in 0..299 {
+        let len = 32 + u8::try_from(next() % 17).unwrap();
+        let a = (u128::from(next()) << 64) | u128::from(next());
+        zscaler.push(
+            format!("{}/{len}", std::net::Ipv6Addr::from(a))
+                .parse()
+                .unwrap(),
+        );
+    }
+    let lb: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+    TrustedProxies::new(vec![
+        ("lb".to_owned(), lb),
+        ("cdn".to_owned(), cdn),
+        ("zscaler".to_owned(), zscaler),
+    ])
+    .unwrap()
+}
+
+fn client_ip(c: &mut Criterion) {
+    let trusted = big_sets();
+    let stage = ClientIpStage::new(ClientIpConfig {
+        headers: ForwardedHeaders::BOTH,
+        trusted: trusted.clone(),
+        ..ClientIpConfig::default()
+    });
+    let lb: IpAddr = "10.0.0.2".parse().unwrap();
+    let view = |peer, headers| RequestView {
+        peer,
+        headers,
+        now_secs: 1_700_000_000,
+    };
+    let none = headers(CHROME);
+    let mut xff = headers(CHROME);
+    xff.insert(
+        "x-forwarded-for",
+        "198.51.100.7, 185.46.212.10, 203.0.113.10".parse().unwrap(),
+    );
+    let mut fwd = headers(CHROME);
+    fwd.insert(
+        "forwarded",
+        "for=198.51.100.7;proto=https, for=\"[2a03:eec0::10]:443\", for=203.0.113.10;by=_edge"
+            .parse()
+            .unwrap(),
+    );
+    // The shapes the benches claim.
+    let got = stage.resolve(&view(lb, &xff));
+    assert_eq!(
+        (got.addr.to_string(), got.chain.len()),
+        ("198.51.100.7".to_owned(), 3)
+    );
+    let got = stage.resolve(&view(lb, &fwd));
+    assert_eq!(
+        (got.addr.to_string(), got.chain.len()),
+        ("198.51.100.7".to_owned(), 3)
+    );
+
+    let mut g = c.benchmark_group("client_ip");
+    let default = ClientIpStage::default();
+    let direct: IpAddr = "192.0.2.44".parse().unwrap();
+    g.bench_function("no_headers_default", |b| {
+        b.iter(|| default.resolve(black_box(&view(direct, &none))))
+    });
+    g.bench_function("no_headers_untrusted_peer", |b| {
+        b.iter(|| stage.resolve(black_box(&view(direct, &xff))))
+    });
+    g.bench_function("no_headers_trusted_peer", |b| {
+        b.iter(|| stage.resolve(black_box(&view(lb, &none))))
+    });
+    g.bench_function("xff_3_hops_2000_cidrs", |b| {
+        b.iter(|| stage.resolve(black_box(&view(lb, &xff))))
+    });
+    g.bench_function("forwarded_3_hops_2000_cidrs", |b| {
+        b.iter(|| stage.resolve(black_box(&view(lb, &fwd))))
+    });
+    let probes: Vec<IpAddr> = [
+        "185.46.213.7",
+        "198.51.100.7",
+        "203.0.113.10",
+        "2a03:eec0::10",
+        "2001:db8::1",
+        "10.0.0.2",
+        "8.8.8.8",
+        "100.64.1.1",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    g.bench_function("lookup_2000_cidrs", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % probes.len();
+            trusted.lookup(black_box(probes[i]))
+        })
+    });
+
+    // The whole pipeline behind the chain, known session.
+    let engine = Engine::new(
+        EngineConfig {
+            client_ip: ClientIpConfig {
+                headers: ForwardedHeaders::X_FORWARDED_FOR,
+                trusted,
+                ..ClientIpConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        SessionHashKey::from_bytes([5; 32]),
+    );
+    let policy = Policy::default();
+    engine.evaluate(&view(lb, &xff), &policy).unwrap();
+    g.bench_function("pipeline_known_session_xff_3_hops", |b| {
+        b.iter(|| {
+            engine
+                .evaluate(black_box(&view(lb, &xff)), &policy)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(client_ip_benches, client_ip);
+criterion_main!(benches, stage_benches, client_ip_benches);

@@ -1,8 +1,8 @@
 //! Vigil's per-request pipeline as plain, synchronous Rust.
 //!
 //! A [`RequestView`] goes in, a [`Verdict`] comes out. The stages run in the
-//! order the architecture names them — session, client IP, device, score,
-//! decide — and each is a small type with one method, so a new concern adds a
+//! order the architecture names them — session, client IP chain, device,
+//! score, decide — and each is a small type with one method, so a new concern adds a
 //! stage instead of editing the others. Nothing here performs I/O or waits:
 //! the only state is the bounded in-memory session store the scorer keeps.
 //!
@@ -24,14 +24,22 @@
 mod client_ip;
 mod decide;
 mod device;
+mod network;
 mod pipeline;
 mod request;
 mod score;
 mod session;
 
-pub use client_ip::{ClientIp, ClientIpStage};
+pub use client_ip::{
+    Chain, ChainFlags, ChainSource, ChainStrategy, ClientIp, ClientIpConfig, ClientIpStage,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HOPS, ForwardedHeaders, Hop, MAX_PROVIDER_NAME_BYTES,
+    MAX_TRUSTED_SETS, Node, Provider, TrustedProxies, TrustedSetError,
+};
 pub use decide::{Action, ParseActionError, Policy};
 pub use device::{Browser, Device, DeviceId, DeviceStage, LanguageTag, Platform};
+pub use network::{
+    NetworkChange, NetworkFacts, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
+};
 pub use pipeline::{Engine, EngineConfig, Verdict};
 pub use request::{RequestError, RequestView};
 pub use score::{Contribution, Reason, Risk, RiskLevel, ScoreConfig, Scorer};

@@ -1,8 +1,14 @@
 //! The pipeline: the stages in order, top to bottom.
 
-use crate::client_ip::{ClientIp, ClientIpStage};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use vigil_geoip::GeoIp;
+
+use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
 use crate::decide::{Action, Policy};
 use crate::device::{Device, DeviceStage};
+use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView};
 use crate::score::{Risk, ScoreConfig, Scorer};
 use crate::session::{Session, SessionConfig, SessionHashKey, SessionStage};
@@ -14,14 +20,22 @@ pub struct EngineConfig {
     pub session: SessionConfig,
     /// How requests are scored.
     pub score: ScoreConfig,
+    /// How the client address is found behind proxies. Default: no
+    /// forwarding header believed, the client is the TCP peer.
+    pub client_ip: ClientIpConfig,
 }
 
 /// The engine: the stages and the session store they share.
-#[derive(Debug, Clone)]
+///
+/// The client IP stage sits behind an `ArcSwap` so that trusted proxy sets
+/// read from files can be replaced whole while requests run, without losing
+/// the session store; each request loads one snapshot of it.
+#[derive(Debug)]
 pub struct Engine {
     session: SessionStage,
-    client_ip: ClientIpStage,
+    client_ip: ArcSwap<ClientIpStage>,
     device: DeviceStage,
+    geo: Option<Arc<GeoIp>>,
     scorer: Scorer,
 }
 
@@ -30,8 +44,11 @@ pub struct Engine {
 pub struct Verdict {
     /// The session, if the request carried one.
     pub session: Option<Session>,
-    /// The client the request was judged as.
+    /// The client the request was judged as, and the chain it was found in.
     pub client: ClientIp,
+    /// How the session's network moved since its baseline; `None` for an
+    /// anonymous, new or revoked session.
+    pub network_change: Option<NetworkChange>,
     /// The device observed.
     pub device: Device,
     /// The risk found.
@@ -45,36 +62,83 @@ impl Engine {
     pub fn new(config: EngineConfig, hash_key: SessionHashKey) -> Self {
         Self {
             session: SessionStage::new(config.session, hash_key),
-            client_ip: ClientIpStage::default(),
+            client_ip: ArcSwap::from_pointee(ClientIpStage::new(config.client_ip)),
             device: DeviceStage::default(),
+            geo: None,
             scorer: Scorer::new(config.score),
         }
     }
 
+    /// Adds the geo stage: the derived client's ASN and country from these
+    /// databases feed the network-change classification. Without it, ASN
+    /// and country are unknown (never "different").
+    pub fn with_geo(mut self, geo: Arc<GeoIp>) -> Self {
+        self.geo = Some(geo);
+        self
+    }
+
+    /// Replaces the client IP stage (new trusted sets read from a changed
+    /// file). Requests under way finish with the stage they started with.
+    pub fn set_client_ip(&self, config: ClientIpConfig) {
+        self.client_ip.store(Arc::new(ClientIpStage::new(config)));
+    }
+
+    /// Only the client IP stage, for requests that are forwarded without
+    /// being judged (route mode `off`, fail-open): the app still gets a
+    /// clean client address.
+    pub fn resolve_client(
+        &self,
+        request: &RequestView<'_>,
+        forwarded: ForwardedHeaders,
+    ) -> ClientIp {
+        self.client_ip.load().resolve_with(request, forwarded)
+    }
+
     /// Runs every stage on one request and records what it taught the
-    /// session store. A `Revoke` verdict has already ended the session here
-    /// when this returns.
+    /// session store, believing the forwarding headers of
+    /// [`EngineConfig::client_ip`]. A `Revoke` verdict has already ended the
+    /// session here when this returns.
     pub fn evaluate(
         &self,
         request: &RequestView<'_>,
         policy: &Policy,
     ) -> Result<Verdict, RequestError> {
+        let headers = self.client_ip.load().config().headers;
+        self.evaluate_with(request, policy, headers)
+    }
+
+    /// [`Engine::evaluate`], believing the forwarding headers `forwarded`
+    /// instead of the configured ones: the proxy passes its listener's
+    /// choice. Headers are believed only from a peer in a trusted set.
+    pub fn evaluate_with(
+        &self,
+        request: &RequestView<'_>,
+        policy: &Policy,
+        forwarded: ForwardedHeaders,
+    ) -> Result<Verdict, RequestError> {
         let session = self.session.identify(request.headers)?;
-        let client = self.client_ip.resolve(request);
+        let client = self.client_ip.load().resolve_with(request, forwarded);
         let device = self.device.observe(request.headers);
-        let (risk, observation) =
+        let mut network = NetworkFacts::from(&client);
+        if let Some(geo) = &self.geo {
+            let facts = geo.lookup(client.addr);
+            network.asn = facts.asn;
+            network.country = facts.country.map(|c| c.as_bytes());
+        }
+        let (risk, network_change, observation) =
             self.scorer
-                .score(session.map(|s| s.key), &device, &client, request.now_secs);
+                .score(session.map(|s| s.key), &device, &network, request.now_secs);
         let action = policy.decide(&risk);
 
         self.scorer
-            .commit(observation, &client, action == Action::Allow);
+            .commit(observation, &network, action == Action::Allow);
         if let (Action::Revoke, Some(s)) = (action, session) {
             self.scorer.revoke(s.key, request.now_secs);
         }
         Ok(Verdict {
             session,
             client,
+            network_change,
             device,
             risk,
             action,

@@ -1,20 +1,22 @@
 //! Score: this request against the session's own baseline.
 //!
-//! On first sight of a session the scorer records a baseline (device, client
-//! address). Later requests are compared to it and each difference adds its
+//! On first sight of a session the scorer records a baseline (device, network
+//! facts). Later requests are compared to it and each difference adds its
 //! configured points to a score from 0 to 100, with the reason kept beside
-//! its contribution so that every decision can be explained. The store is a
+//! its contribution so that every decision can be explained. The network is
+//! compared through [`classify`](crate::classify): only a change of
+//! the derived client address is `ip_changed`; a new egress node of the same
+//! trusted provider (or a new path to the same client) is not. The store is a
 //! pair of bounded `moka` caches: baselines expire after the idle timeout,
 //! revocations after the revocation TTL.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::client_ip::ClientIp;
 use crate::device::{Device, DeviceId};
+use crate::network::{NetworkChange, NetworkFacts};
 use crate::session::SessionKey;
 
 /// Risk level, the coarse summary of a score that policies map to actions.
@@ -34,7 +36,9 @@ pub enum RiskLevel {
 pub enum Reason {
     /// The device fingerprint differs from the session's baseline.
     DeviceChanged,
-    /// The client address differs from the one last accepted for the session.
+    /// The derived client address differs from the one last accepted for the
+    /// session ([`NetworkChange::client_changed`]). A new egress node of the
+    /// same provider is not a change of client.
     IpChanged,
     /// The session was revoked.
     Revoked,
@@ -80,14 +84,15 @@ pub struct ScoreConfig {
     pub revocation_ttl: Duration,
 }
 
-/// What the scorer remembers of a session: the first device, the last
-/// accepted client address and when the session was first and last seen.
+/// What the scorer remembers of a session: the first device, the network
+/// facts last accepted and when the session was first seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Baseline {
     /// Device fingerprint at first sight.
     pub device: DeviceId,
-    /// Client address last accepted.
-    pub addr: IpAddr,
+    /// Network facts last accepted: client address, provider and egress
+    /// (ASN and country once the geo stage fills them).
+    pub network: NetworkFacts,
     /// First request, seconds since the Unix epoch.
     pub first_seen: u64,
 }
@@ -184,17 +189,19 @@ impl Scorer {
         }
     }
 
-    /// Scores a request of `session` against its baseline. Does not change
-    /// the store: [`Scorer::commit`] does, once the decision is known.
+    /// Scores a request of `session` against its baseline, and says how its
+    /// network moved (`None` for an anonymous, new or revoked session). Does
+    /// not change the store: [`Scorer::commit`] does, once the decision is
+    /// known.
     pub(crate) fn score(
         &self,
         session: Option<SessionKey>,
         device: &Device,
-        client: &ClientIp,
+        network: &NetworkFacts,
         now_secs: u64,
-    ) -> (Risk, Observation) {
+    ) -> (Risk, Option<NetworkChange>, Observation) {
         let Some(key) = session else {
-            return (Risk::none(), Observation::Anonymous);
+            return (Risk::none(), None, Observation::Anonymous);
         };
         if self.revoked.contains_key(&key) {
             let risk = Risk {
@@ -205,15 +212,15 @@ impl Scorer {
                     points: 100,
                 }],
             };
-            return (risk, Observation::Revoked);
+            return (risk, None, Observation::Revoked);
         }
         let Some(baseline) = self.baselines.get(&key) else {
             let baseline = Baseline {
                 device: device.id,
-                addr: client.addr,
+                network: *network,
                 first_seen: now_secs,
             };
-            return (Risk::none(), Observation::First(key, baseline));
+            return (Risk::none(), None, Observation::First(key, baseline));
         };
         let mut reasons = Vec::new();
         if baseline.device != device.id {
@@ -222,28 +229,30 @@ impl Scorer {
                 points: self.config.device_changed,
             });
         }
-        if baseline.addr != client.addr {
+        let change = network.change_from(&baseline.network);
+        if change.client_changed() {
             reasons.push(Contribution {
                 reason: Reason::IpChanged,
                 points: self.config.ip_changed,
             });
         }
         let risk = Risk::from_contributions(&self.config, reasons);
-        (risk, Observation::Known(key, baseline))
+        (risk, Some(change), Observation::Known(key, baseline))
     }
 
     /// Records what a decided request taught us. A first request becomes the
-    /// baseline. A request that was allowed from a new address moves the
-    /// baseline there (the user roamed), but never to a new device: the
-    /// device at first sight is what a replay cannot match.
-    pub(crate) fn commit(&self, observation: Observation, client: &ClientIp, allowed: bool) {
+    /// baseline. A request that was allowed from a new network moves the
+    /// baseline there (the user roamed, or the provider moved them to another
+    /// egress node), but never to a new device: the device at first sight is
+    /// what a replay cannot match.
+    pub(crate) fn commit(&self, observation: Observation, network: &NetworkFacts, allowed: bool) {
         match observation {
             Observation::First(key, baseline) if allowed => self.baselines.insert(key, baseline),
-            Observation::Known(key, baseline) if allowed && baseline.addr != client.addr => {
+            Observation::Known(key, baseline) if allowed && baseline.network != *network => {
                 self.baselines.insert(
                     key,
                     Baseline {
-                        addr: client.addr,
+                        network: *network,
                         ..baseline
                     },
                 );

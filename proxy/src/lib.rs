@@ -2,12 +2,16 @@
 //! apps. The binary in `main.rs` only parses the command line and calls in.
 
 pub mod admin;
+pub mod cidrs;
 pub mod config;
 pub mod demo;
+pub mod forwarding;
+pub mod geo;
 pub mod keyfile;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod server;
 pub mod tls;

@@ -1,10 +1,11 @@
 //! `vigil-proxy`: parse the command line, load config, start services.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vigil_geoip::{GeoDatabases, GeoPaths};
 use vigil_proxy::config::{Config, ConfigError};
 use vigil_proxy::demo::{self, DemoAddrs};
 use vigil_proxy::logging;
@@ -41,6 +42,11 @@ enum Command {
         #[arg(short, long, env = "VIGIL_CONFIG")]
         config: PathBuf,
     },
+    /// Geo and ASN databases.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
     /// Run a built-in demo: Vigil in front of a small app, on loopback.
     Demo {
         /// Vigil's proxy listener.
@@ -52,6 +58,24 @@ enum Command {
         /// The demo app's listener.
         #[arg(long, default_value = "127.0.0.1:3000")]
         origin: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GeoipCommand {
+    /// Print what Vigil sees for an address: country, city, coordinates, ASN.
+    Lookup {
+        /// The address.
+        ip: IpAddr,
+        /// Take the databases from this config file's [geoip] section.
+        #[arg(short, long, env = "VIGIL_CONFIG", conflicts_with_all = ["city", "asn"])]
+        config: Option<PathBuf>,
+        /// A City or Country database (repeatable).
+        #[arg(long)]
+        city: Vec<PathBuf>,
+        /// An ASN database (repeatable).
+        #[arg(long)]
+        asn: Vec<PathBuf>,
     },
 }
 
@@ -68,6 +92,36 @@ fn main() -> ExitCode {
             Ok(c) => start(c, None),
             Err(e) => config_failed(&e),
         },
+        Command::Geoip {
+            command:
+                GeoipCommand::Lookup {
+                    ip,
+                    config,
+                    city,
+                    asn,
+                },
+        } => {
+            let paths = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(c) => GeoPaths {
+                        geo: c.geoip.city,
+                        asn: c.geoip.asn,
+                    },
+                    Err(e) => return config_failed(&e),
+                },
+                None => GeoPaths { geo: city, asn },
+            };
+            match GeoDatabases::open(&paths) {
+                Ok(dbs) => {
+                    print!("{}", vigil_proxy::geo::report(&dbs, ip));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo {
             listen,
             admin,

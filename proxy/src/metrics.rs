@@ -34,6 +34,13 @@ pub struct Metrics {
     /// `vigil_proxy_upstream_connect_failures_total{upstream}`: failed
     /// connection attempts, including ones retried elsewhere.
     pub connect_failures: IntCounterVec,
+    /// `vigil_proxy_reloads_total{source,result}`: file reloads, `result` is
+    /// `reloaded` or `failed` (the old data stays).
+    pub reloads: IntCounterVec,
+    /// `vigil_proxy_client_ip_chain_total{outcome}`: forwarding chains that
+    /// were not clean: `malformed`, `truncated`, `ignored` (sent by an
+    /// untrusted peer), `inconsistent`, `opaque_hop`, `all_trusted`.
+    pub chain_anomalies: IntCounterVec,
     /// `vigil_engine_sessions_tracked`: sessions with a baseline on this node.
     pub sessions_tracked: IntGauge,
     /// `vigil_engine_sessions_revoked`: revoked sessions remembered on this node.
@@ -80,6 +87,16 @@ impl Metrics {
             "Failed upstream connection attempts, retried or not.",
             &["upstream"],
         )?;
+        let reloads = counter(
+            "vigil_proxy_reloads_total",
+            "File reloads by source and result; a failed reload keeps the old data.",
+            &["source", "result"],
+        )?;
+        let chain_anomalies = counter(
+            "vigil_proxy_client_ip_chain_total",
+            "Forwarding chains that were malformed, truncated, ignored, inconsistent, opaque or all trusted.",
+            &["outcome"],
+        )?;
         // 1 µs to ~16 ms: the engine's budget is microseconds.
         let pipeline_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -116,6 +133,8 @@ impl Metrics {
             request_errors,
             upstream_errors,
             connect_failures,
+            reloads,
+            chain_anomalies,
             sessions_tracked,
             sessions_revoked,
         })

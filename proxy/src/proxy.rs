@@ -12,9 +12,12 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
-use vigil_engine::{Action, CredentialSource, Engine, Reason, RequestView, Verdict};
+use vigil_engine::{
+    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, Reason, RequestView, Verdict,
+};
 
-use crate::config::{Config, FailMode, Mode, Route};
+use crate::config::{Config, FailMode, Listener, Mode, Route};
+use crate::forwarding;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::respond::{self, Refusal};
 use crate::upstream::UpstreamGroup;
@@ -31,6 +34,10 @@ pub struct VigilProxy {
     upstreams: Arc<Vec<UpstreamGroup>>,
     metrics: Metrics,
     counters: RequestCounters,
+    /// Which forwarding headers this listener believes.
+    forwarded: ForwardedHeaders,
+    /// Whether this listener terminates TLS (the scheme told to the app).
+    tls: bool,
 }
 
 /// Per-request state.
@@ -41,6 +48,8 @@ pub struct RequestCtx {
     risk: Option<RiskHeaders>,
     /// Connection attempts so far, for bounded retries.
     attempts: usize,
+    /// The client as derived, for the forwarding headers sent to the app.
+    client: Option<ClientIp>,
 }
 
 /// Header values built once the verdict is known; the common case (low risk,
@@ -70,6 +79,40 @@ impl VigilProxy {
             upstreams,
             metrics,
             counters,
+            forwarded: ForwardedHeaders::default(),
+            tls: false,
+        }
+    }
+
+    /// The application as one listener runs it: with that listener's
+    /// choice of forwarding headers and scheme.
+    pub fn for_listener(&self, listener: &Listener) -> Self {
+        let mut app = self.clone();
+        app.forwarded = vigil_engine::ForwardedHeaders {
+            forwarded: listener.forwarded.forwarded,
+            x_forwarded_for: listener.forwarded.x_forwarded_for,
+        };
+        app.tls = !listener.certificates.is_empty();
+        app
+    }
+
+    /// Counts what was unusual about a forwarding chain.
+    fn count_chain(&self, client: &ClientIp) {
+        let f = client.flags;
+        for (set, outcome) in [
+            (f.malformed, "malformed"),
+            (f.truncated, "truncated"),
+            (f.headers_ignored, "ignored"),
+            (f.inconsistent, "inconsistent"),
+            (f.opaque_hop, "opaque_hop"),
+            (f.all_trusted, "all_trusted"),
+        ] {
+            if set {
+                self.metrics
+                    .chain_anomalies
+                    .with_label_values(&[outcome])
+                    .inc();
+            }
         }
     }
 
@@ -172,10 +215,6 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         };
         self.counters.request(ctx.route);
-        if route.mode == Mode::Off {
-            return Ok(false);
-        }
-
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -185,14 +224,27 @@ impl ProxyHttp for VigilProxy {
             headers: &session.req_header().headers,
             now_secs: now_secs(),
         };
+        if route.mode == Mode::Off {
+            if self.config.client_ip.to_app {
+                ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
+            }
+            return Ok(false);
+        }
         let started = Instant::now();
-        let result = self.engine.evaluate(&view, &route.policy);
+        let result = self
+            .engine
+            .evaluate_with(&view, &route.policy, self.forwarded);
         self.metrics
             .pipeline_seconds
             .observe(started.elapsed().as_secs_f64());
 
         match result {
-            Ok(verdict) => self.enforce(session, route, &verdict, ctx).await,
+            Ok(verdict) => {
+                self.count_chain(&verdict.client);
+                let refused = self.enforce(session, route, &verdict, ctx).await?;
+                ctx.client = Some(verdict.client);
+                Ok(refused)
+            }
             Err(e) => {
                 let outcome = match route.on_error {
                     FailMode::Closed => "refused",
@@ -204,6 +256,14 @@ impl ProxyHttp for VigilProxy {
                     .inc();
                 tracing::debug!(route = %route.name, error = %e, outcome, "request not evaluated");
                 if route.on_error == FailMode::Open {
+                    if self.config.client_ip.to_app {
+                        let view = RequestView {
+                            peer,
+                            headers: &session.req_header().headers,
+                            now_secs: 0,
+                        };
+                        ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
+                    }
                     return Ok(false);
                 }
                 respond::send(session, Refusal::Malformed { code: e.code() }).await?;
@@ -270,6 +330,19 @@ impl ProxyHttp for VigilProxy {
             .collect();
         for name in spoofed {
             upstream_request.remove_header(&name);
+        }
+        if self.config.client_ip.to_app {
+            for name in forwarding::REPLACED {
+                upstream_request.remove_header(name);
+            }
+            if let Some(client) = &ctx.client {
+                let path = forwarding::verified_path(client);
+                let proto = if self.tls { "https" } else { "http" };
+                upstream_request
+                    .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
+                upstream_request.insert_header("forwarded", forwarding::forwarded(&path, proto))?;
+                upstream_request.insert_header("vigil-client-ip", client.addr.to_string())?;
+            }
         }
         // Not taken: a retried connection builds the upstream request again.
         if let Some(risk) = &ctx.risk {

@@ -9,11 +9,15 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::services::listening::Service;
 use vigil_engine::{Engine, SessionHashKey};
 
+use pingora_core::services::background::background_service;
+use vigil_geoip::{GeoIp, GeoPaths};
+
 use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource};
 use crate::keyfile;
 use crate::metrics::Metrics;
 use crate::proxy::VigilProxy;
+use crate::reload::{GeoReload, Reloadable, Reloader, TrustedFiles};
 use crate::tls::SniResolver;
 use crate::upstream::UpstreamGroup;
 
@@ -34,6 +38,9 @@ pub enum StartError {
     /// An upstream group could not be built.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// A geo database could not be opened.
+    #[error(transparent)]
+    Geo(#[from] vigil_geoip::GeoError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -54,7 +61,19 @@ impl Vigil {
             HashKeySource::Ephemeral => SessionHashKey::from_bytes(rand::random()),
         };
         let config = Arc::new(config);
-        let engine = Arc::new(Engine::new(config.engine.clone(), hash_key));
+        let mut engine = Engine::new(config.engine.clone(), hash_key);
+        let paths = GeoPaths {
+            geo: config.geoip.city.clone(),
+            asn: config.geoip.asn.clone(),
+        };
+        let geo = if paths.is_empty() {
+            None
+        } else {
+            let geo = Arc::new(GeoIp::open(&paths)?);
+            engine = engine.with_geo(geo.clone());
+            Some(geo)
+        };
+        let engine = Arc::new(engine);
         let metrics = Metrics::new()?;
         let mut upstreams = Vec::new();
         let mut health_services = Vec::new();
@@ -99,7 +118,7 @@ impl Vigil {
         for listener in &config.listeners {
             let mut service = pingora_proxy::http_proxy_service_with_name(
                 &server.configuration,
-                app.clone(),
+                app.for_listener(listener),
                 &format!("proxy {}", listener.name),
             );
             if listener.h2c
@@ -139,6 +158,24 @@ impl Vigil {
 
         for health in health_services {
             server.add_service(health);
+        }
+
+        let mut watched: Vec<Box<dyn Reloadable>> = Vec::new();
+        if let Some(geo) = geo {
+            watched.push(Box::new(GeoReload(geo)));
+        }
+        let trusted = TrustedFiles::new(
+            engine.clone(),
+            config.engine.client_ip.clone(),
+            config.trusted_proxies.clone(),
+        );
+        if trusted.watches_files() {
+            watched.push(Box::new(trusted));
+        }
+        if !watched.is_empty() {
+            let reloader =
+                Reloader::new(config.server.file_check, watched, metrics.reloads.clone());
+            server.add_service(background_service("file reload", reloader));
         }
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();

@@ -63,6 +63,8 @@ fn the_example_config_passes_once_its_files_exist() {
             wildcard.key_path().to_str().unwrap(),
         )
         .replace("/var/lib/vigil", dir.path().to_str().unwrap());
+    let egress = write(&dir, "zscaler-egress.txt", "# egress\n185.46.212.0/22\n");
+    let config = config.replace("/etc/vigil/zscaler-egress.txt", egress.to_str().unwrap());
     let path = write(&dir, "vigil-proxy.toml", &config);
 
     let output = check(&path);

@@ -337,10 +337,10 @@ async fn client_sent_vigil_headers_never_reach_the_app() {
 }
 
 #[tokio::test]
-async fn without_risk_to_app_no_vigil_header_reaches_the_app() {
+async fn without_risk_or_client_headers_no_vigil_header_reaches_the_app() {
     let origin = Origin::start();
     let config = Config::new()
-        .section("[headers]\nrisk_to_app = false")
+        .section("[headers]\nrisk_to_app = false\n[client_ip]\nto_app = false")
         .upstream("app", origin.addr())
         .route(Route::new("app", "/", "app"));
     let proxy = Proxy::start(&config.render()).await;

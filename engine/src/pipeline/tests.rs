@@ -166,3 +166,105 @@ fn the_store_is_bounded() {
     e.scorer().run_pending_tasks();
     assert!(e.scorer().tracked_sessions() <= 100);
 }
+
+// === client IP chain through the pipeline ===
+
+const LB: &str = "10.0.0.2";
+
+fn chain_engine(headers: crate::ForwardedHeaders) -> Engine {
+    let nets =
+        |list: &[&str]| -> Vec<ipnet::IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+    let trusted = crate::TrustedProxies::new(vec![
+        ("lb".to_owned(), nets(&["10.0.0.0/24"])),
+        (
+            "zscaler".to_owned(),
+            nets(&["185.46.212.0/22", "165.225.0.0/17", "2a03:eec0::/32"]),
+        ),
+    ])
+    .unwrap();
+    let config = EngineConfig {
+        client_ip: crate::ClientIpConfig {
+            headers,
+            trusted,
+            ..crate::ClientIpConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    Engine::new(config, SessionHashKey::from_bytes([4; 32]))
+}
+
+fn forwarded_req(engine: &Engine, peer: &str, xff: &str) -> Verdict {
+    let mut h = HeaderMap::new();
+    h.insert("cookie", "session=z".parse().unwrap());
+    h.insert("user-agent", FIREFOX.parse().unwrap());
+    h.insert("x-forwarded-for", xff.parse().unwrap());
+    engine
+        .evaluate(
+            &RequestView {
+                peer: peer.parse().unwrap(),
+                headers: &h,
+                now_secs: 1_700_000_000,
+            },
+            &Policy::default(),
+        )
+        .unwrap()
+}
+
+#[test]
+fn zscaler_egress_changes_are_not_client_changes() {
+    use crate::NetworkChange;
+    let e = chain_engine(crate::ForwardedHeaders::X_FORWARDED_FOR);
+    let first = forwarded_req(&e, LB, "198.51.100.7, 185.46.212.10");
+    assert_eq!(first.client.addr, "198.51.100.7".parse::<IpAddr>().unwrap());
+    assert_eq!(first.client.provider.unwrap().as_str(), "zscaler");
+    assert_eq!(first.network_change, None);
+
+    // Zscaler moved the user to another egress node; the client is the same.
+    let moved = forwarded_req(&e, LB, "198.51.100.7, 165.225.4.33");
+    assert_eq!(moved.network_change, Some(NetworkChange::EgressChanged));
+    assert!(!moved.risk.has(Reason::IpChanged), "{:?}", moved.risk);
+    assert_eq!(moved.risk, Risk::none());
+    assert_eq!(moved.client.egress, Some("165.225.4.33".parse().unwrap()));
+
+    // The allowed request moved the baseline: the new egress is now the norm.
+    let again = forwarded_req(&e, LB, "198.51.100.7, 165.225.4.33");
+    assert_eq!(again.network_change, Some(NetworkChange::Same));
+
+    // A different client behind the same provider is a client change.
+    let other = forwarded_req(&e, LB, "192.0.2.200, 165.225.4.33");
+    assert_eq!(other.network_change, Some(NetworkChange::DifferentPrefix));
+    assert!(other.risk.has(Reason::IpChanged));
+}
+
+#[test]
+fn a_client_cannot_claim_the_session_owners_address() {
+    let e = chain_engine(crate::ForwardedHeaders::X_FORWARDED_FOR);
+    forwarded_req(&e, LB, "198.51.100.7");
+    // The thief connects directly and claims to be the owner.
+    let thief = forwarded_req(&e, "192.0.2.66", "198.51.100.7");
+    assert_eq!(thief.client.addr, "192.0.2.66".parse::<IpAddr>().unwrap());
+    assert!(thief.client.flags.headers_ignored);
+    assert!(thief.risk.has(Reason::IpChanged));
+}
+
+#[test]
+fn the_listener_chooses_the_headers_per_request() {
+    let e = chain_engine(crate::ForwardedHeaders::NONE);
+    let mut h = HeaderMap::new();
+    h.insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    let view = RequestView {
+        peer: LB.parse().unwrap(),
+        headers: &h,
+        now_secs: 0,
+    };
+    let p = Policy::default();
+    let configured = e.evaluate(&view, &p).unwrap();
+    assert_eq!(configured.client.addr, LB.parse::<IpAddr>().unwrap());
+    let listener = e
+        .evaluate_with(&view, &p, crate::ForwardedHeaders::X_FORWARDED_FOR)
+        .unwrap();
+    assert_eq!(
+        listener.client.addr,
+        "198.51.100.7".parse::<IpAddr>().unwrap()
+    );
+}

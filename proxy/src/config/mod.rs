@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use vigil_engine::{Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits};
 
 pub use self::fields::Problem;
@@ -40,6 +41,12 @@ pub struct Config {
     /// Largest request header section accepted, in bytes (names, values and
     /// line overhead). Default 64 KiB.
     pub max_header_bytes: usize,
+    /// Finding the client behind proxies.
+    pub client_ip: ClientIpSettings,
+    /// Trusted proxy sets, in file order.
+    pub trusted_proxies: Vec<TrustedSet>,
+    /// Geo and ASN databases.
+    pub geoip: GeoSettings,
     /// Client-facing listeners; at least one.
     pub listeners: Vec<Listener>,
     /// Upstream groups; at least one.
@@ -61,6 +68,9 @@ pub struct Server {
     pub graceful_shutdown_timeout: Duration,
     /// Directory for state Vigil creates. Default `/var/lib/vigil`.
     pub state_dir: PathBuf,
+    /// How often files named in the config (trusted proxy lists, geo
+    /// databases) are checked for change. Default 30 s.
+    pub file_check: Duration,
 }
 
 /// `[log]`.
@@ -110,6 +120,79 @@ pub struct Listener {
     pub http2: bool,
     /// Certificates; a non-empty list makes this a TLS listener.
     pub certificates: Vec<Certificate>,
+    /// Forwarding headers believed on this listener (from trusted peers only).
+    pub forwarded: ForwardedHeaders,
+}
+
+/// Which client-address headers a listener believes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardedHeaders {
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+    /// `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+}
+
+/// `[client_ip]`: how the client is found behind proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpSettings {
+    /// How the chain is walked.
+    pub strategy: ChainStrategy,
+    /// Most bytes of forwarding headers read. Default 8192.
+    pub max_header_bytes: usize,
+    /// Most hops read. Default 32.
+    pub max_hops: usize,
+    /// Send `Vigil-Client-IP` and a clean `X-Forwarded-For`/`Forwarded` to
+    /// the app. Default true.
+    pub to_app: bool,
+}
+
+/// How the forwarding chain is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainStrategy {
+    /// Right to left from the TCP peer, skipping trusted hops.
+    Walk,
+    /// Exactly this many trusted hops in front of Vigil.
+    Hops(u8),
+}
+
+/// `[[trusted_proxies]]`: a named set of proxy networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedSet {
+    /// Unique name, reported as the client's provider (`lb`, `zscaler`, …).
+    pub name: String,
+    /// Networks given inline.
+    pub cidrs: Vec<IpNet>,
+    /// A CIDR file, re-read when it changes.
+    pub file: Option<PathBuf>,
+    /// The networks of `file` as read at load time.
+    pub file_cidrs: Vec<IpNet>,
+}
+
+/// `[geoip]`: MaxMind DB files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GeoSettings {
+    /// City or Country databases (several for layouts split by IP version).
+    pub city: Vec<PathBuf>,
+    /// ASN databases.
+    pub asn: Vec<PathBuf>,
+}
+
+/// A path, or a list of paths.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl OneOrMany {
+    fn into_vec(self, base: &Path) -> Vec<PathBuf> {
+        match self {
+            OneOrMany::One(p) => vec![resolve(base, p)],
+            OneOrMany::Many(v) => v.into_iter().map(|p| resolve(base, p)).collect(),
+        }
+    }
 }
 
 /// `[[listeners.certificates]]`.
@@ -337,6 +420,10 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 // === reading ===
 
+#[allow(
+    clippy::field_reassign_with_default,
+    reason = "engine settings this file does not read yet must keep their defaults"
+)]
 fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut f = Fields::root(root);
 
@@ -359,7 +446,11 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             5,
         )),
         state_dir: resolve(base, t.or(p, "state_dir", PathBuf::from("/var/lib/vigil"))),
+        file_check: Duration::from_secs(t.or(p, "file_check_seconds", 30)),
     };
+    if server.file_check.is_zero() {
+        p.push(t.key("file_check_seconds"), "must be at least 1");
+    }
     t.finish(p);
 
     let mut t = f.table(p, "log");
@@ -487,7 +578,41 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let risk_to_app = t.or(p, "risk_to_app", true);
     t.finish(p);
 
+    let client_ip = read_client_ip(&mut f, p);
+    let trusted_proxies = read_trusted(&mut f, base, p);
+    let mut t = f.table(p, "geoip");
+    let geoip = GeoSettings {
+        city: t
+            .opt::<OneOrMany>(p, "city")
+            .map_or_else(Vec::new, |x| x.into_vec(base)),
+        asn: t
+            .opt::<OneOrMany>(p, "asn")
+            .map_or_else(Vec::new, |x| x.into_vec(base)),
+    };
+    let paths = vigil_geoip::GeoPaths {
+        geo: geoip.city.clone(),
+        asn: geoip.asn.clone(),
+    };
+    if !paths.is_empty()
+        && let Err(e) = vigil_geoip::GeoDatabases::open(&paths)
+    {
+        let key = if geoip.city.contains(&e.path().to_path_buf()) {
+            "city"
+        } else {
+            "asn"
+        };
+        p.push(t.key(key), e.to_string());
+    }
+    t.finish(p);
     let listeners = read_listeners(&mut f, base, p);
+    for (i, l) in listeners.iter().enumerate() {
+        if (l.forwarded.forwarded || l.forwarded.x_forwarded_for) && trusted_proxies.is_empty() {
+            p.push(
+                format!("listeners[{i}].forwarded_headers"),
+                "no [[trusted_proxies]] are defined, so these headers would never be believed",
+            );
+        }
+    }
     let upstreams = read_upstreams(&mut f, p);
     let routes = read_routes(&mut f, &upstreams, p);
     f.finish(p);
@@ -496,17 +621,23 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         server,
         log,
         admin,
-        engine: EngineConfig {
-            session: SessionConfig {
+        engine: {
+            let mut engine = EngineConfig::default();
+            engine.session = SessionConfig {
                 cookie_names: cookies,
                 bearer,
                 limits,
-            },
-            score,
+            };
+            engine.score = score;
+            engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
+            engine
         },
         hash_key,
         risk_to_app,
         max_header_bytes,
+        client_ip,
+        trusted_proxies,
+        geoip,
         listeners,
         upstreams,
         routes,
@@ -531,6 +662,18 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
         }
         let h2c = t.or(p, "h2c", false);
         let http2 = t.or(p, "http2", false);
+        let mut forwarded = ForwardedHeaders::default();
+        let names: Vec<String> = t.or(p, "forwarded_headers", Vec::new());
+        for (i, name) in names.iter().enumerate() {
+            match name.to_ascii_lowercase().as_str() {
+                "forwarded" => forwarded.forwarded = true,
+                "x-forwarded-for" => forwarded.x_forwarded_for = true,
+                other => p.push(
+                    format!("{}[{i}]", t.key("forwarded_headers")),
+                    format!("{other:?} is not a forwarding header; expected \"forwarded\" or \"x-forwarded-for\""),
+                ),
+            }
+        }
         let mut certificates = Vec::new();
         for mut c in t.tables(p, "certificates") {
             let cert = c
@@ -582,6 +725,147 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 h2c,
                 http2,
                 certificates,
+                forwarded,
+            });
+        }
+    }
+    out
+}
+
+fn read_client_ip(f: &mut Fields<'_>, p: &mut Problems) -> ClientIpSettings {
+    let mut t = f.table(p, "client_ip");
+    let strategy = match t.or(p, "strategy", "walk".to_owned()).as_str() {
+        "walk" => {
+            if t.has("trusted_hops") {
+                let _ = t.opt::<u8>(p, "trusted_hops");
+                p.push(t.key("trusted_hops"), "only used with strategy = \"hops\"");
+            }
+            ChainStrategy::Walk
+        }
+        "hops" => match t.req::<u8>(
+            p,
+            "trusted_hops",
+            "the number of trusted proxies in front of Vigil",
+        ) {
+            Some(n) if n >= 1 => ChainStrategy::Hops(n),
+            Some(_) => {
+                p.push(t.key("trusted_hops"), "must be at least 1");
+                ChainStrategy::Walk
+            }
+            None => ChainStrategy::Walk,
+        },
+        other => {
+            p.push(
+                t.key("strategy"),
+                format!("{other:?} is not a strategy; expected \"walk\" or \"hops\""),
+            );
+            ChainStrategy::Walk
+        }
+    };
+    let settings = ClientIpSettings {
+        strategy,
+        max_header_bytes: t.or(p, "max_header_bytes", 8192),
+        max_hops: t.or(p, "max_hops", 32),
+        to_app: t.or(p, "to_app", true),
+    };
+    if !(64..=65_536).contains(&settings.max_header_bytes) {
+        p.push(
+            t.key("max_header_bytes"),
+            format!(
+                "{} is out of range; expected 64 to 65536",
+                settings.max_header_bytes
+            ),
+        );
+    }
+    if !(1..=256).contains(&settings.max_hops) {
+        p.push(
+            t.key("max_hops"),
+            format!("{} is out of range; expected 1 to 256", settings.max_hops),
+        );
+    }
+    t.finish(p);
+    settings
+}
+
+/// The engine's client-IP config from the settings and the trusted sets as
+/// read now (files included). Problems with the sets as a whole (too many,
+/// a name too long) are reported under `trusted_proxies`.
+fn client_ip_config(
+    settings: &ClientIpSettings,
+    sets: &[TrustedSet],
+    p: &mut Problems,
+) -> vigil_engine::ClientIpConfig {
+    let trusted = match trusted_proxies(sets) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in errors {
+                p.push("trusted_proxies", e.to_string());
+            }
+            vigil_engine::TrustedProxies::default()
+        }
+    };
+    vigil_engine::ClientIpConfig {
+        // Each listener chooses its headers; the engine's default is unused.
+        headers: vigil_engine::ForwardedHeaders::default(),
+        strategy: match settings.strategy {
+            ChainStrategy::Walk => vigil_engine::ChainStrategy::Walk,
+            ChainStrategy::Hops(n) => vigil_engine::ChainStrategy::Hops(n),
+        },
+        trusted,
+        max_header_bytes: settings.max_header_bytes,
+        max_hops: settings.max_hops,
+    }
+}
+
+/// Builds the engine's trusted sets from inline and file networks.
+pub fn trusted_proxies(
+    sets: &[TrustedSet],
+) -> Result<vigil_engine::TrustedProxies, Vec<vigil_engine::TrustedSetError>> {
+    vigil_engine::TrustedProxies::new(
+        sets.iter()
+            .map(|s| {
+                let mut nets = s.cidrs.clone();
+                nets.extend(s.file_cidrs.iter().copied());
+                (s.name.clone(), nets)
+            })
+            .collect(),
+    )
+}
+
+fn read_trusted(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<TrustedSet> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for mut t in f.tables(p, "trusted_proxies") {
+        let name = unique_name(&mut t, p, &mut names);
+        let raw: Vec<String> = t.or(p, "cidrs", Vec::new());
+        let mut cidrs = Vec::new();
+        for (i, c) in raw.iter().enumerate() {
+            match crate::cidrs::parse_one(c) {
+                Some(net) => cidrs.push(net),
+                None => p.push(
+                    format!("{}[{i}]", t.key("cidrs")),
+                    format!("{c:?} is not a CIDR or an address"),
+                ),
+            }
+        }
+        let file = t.opt::<PathBuf>(p, "file").map(|x| resolve(base, x));
+        let file_cidrs = match &file {
+            Some(path) => crate::cidrs::read_file(path).unwrap_or_else(|e| {
+                p.push(t.key("file"), e.to_string());
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        if raw.is_empty() && file.is_none() {
+            p.push(t.key("cidrs"), "a trusted set needs cidrs, a file, or both");
+        }
+        t.finish(p);
+        if let Some(name) = name {
+            out.push(TrustedSet {
+                name,
+                cidrs,
+                file,
+                file_cidrs,
             });
         }
     }

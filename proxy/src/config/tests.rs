@@ -46,14 +46,14 @@ fn minimal_config_gets_documented_defaults() {
 }
 
 #[test]
-fn the_example_config_is_valid_apart_from_its_certificate_paths() {
+fn the_example_config_is_valid_apart_from_its_file_paths() {
     let text = include_str!("../../../examples/vigil-proxy.toml");
     let problems = parse(text).unwrap_err();
-    // The example points at certificates that exist only on a real host.
+    // The example points at files that exist only on a real host.
     assert!(
-        problems
-            .iter()
-            .all(|p| p.key.starts_with("listeners[1].certificates")),
+        problems.iter().all(|p| {
+            p.key.starts_with("listeners[1].certificates") || p.key == "trusted_proxies[1].file"
+        }),
         "{problems:#?}"
     );
 }
@@ -232,4 +232,80 @@ hosts = ["app.example.com"]
 fn no_route_when_nothing_matches() {
     let c = routes("[[routes]]\nname = \"r\"\nupstream = \"u\"\nhosts = [\"a.test\"]\n");
     assert_eq!(c.route_index("b.test", "/"), None);
+}
+
+#[test]
+fn trusted_sets_come_inline_and_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zscaler.txt"),
+        "# egress\n185.46.212.0/22\n2a03:eec0::/32\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{MINIMAL}[[trusted_proxies]]\nname = \"lb\"\ncidrs = [\"10.0.0.0/8\", \"192.0.2.1\"]\n\
+         [[trusted_proxies]]\nname = \"zscaler\"\nfile = \"zscaler.txt\"\n\
+         [client_ip]\nstrategy = \"walk\"\n"
+    );
+    let c = Config::parse(&text, &dir.path().join("proxy.toml")).unwrap();
+    assert_eq!(c.trusted_proxies.len(), 2);
+    assert_eq!(c.trusted_proxies[0].cidrs.len(), 2);
+    assert_eq!(c.trusted_proxies[1].file_cidrs.len(), 2);
+    assert_eq!(c.client_ip.strategy, ChainStrategy::Walk);
+}
+
+#[test]
+fn forwarding_and_trust_problems_are_reported() {
+    let text = r#"
+[client_ip]
+strategy = "hops"
+max_hops = 0
+
+[[trusted_proxies]]
+name = "cdn"
+cidrs = ["203.0.113.0/24", "nonsense"]
+[[trusted_proxies]]
+name = "empty"
+[[trusted_proxies]]
+name = "list"
+file = "/nonexistent/list.txt"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+forwarded_headers = ["x-forwarded-for", "x-real-ip"]
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+"#;
+    let problems = parse(text).unwrap_err();
+    let keys = keys(&problems);
+    for expected in [
+        "client_ip.trusted_hops",
+        "client_ip.max_hops",
+        "trusted_proxies[0].cidrs[1]",
+        "trusted_proxies[1].cidrs",
+        "trusted_proxies[2].file",
+        "listeners[0].forwarded_headers[1]",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "{expected} missing from {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn believing_forwarding_headers_needs_a_trusted_set() {
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nforwarded_headers = [\"forwarded\"]",
+    );
+    let problems = parse(&text).unwrap_err();
+    assert_eq!(keys(&problems), ["listeners[0].forwarded_headers"]);
 }

@@ -1,0 +1,140 @@
+//! The forwarding headers the app receives.
+//!
+//! Clients can write `X-Forwarded-For`, `Forwarded` and `X-Real-IP`
+//! themselves, so none of what arrived is passed on. The app gets a clean
+//! chain instead: the client Vigil derived, every hop between it and Vigil
+//! (each one vouched for by a trusted set), and Vigil's own peer; plus the
+//! client alone in `Vigil-Client-IP`.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use vigil_engine::{ClientIp, Node};
+
+/// Header names replaced on the way to the app.
+pub const REPLACED: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// The verified path from the client to Vigil: the client first, the peer
+/// last. Entries left of the client came from the client and are dropped.
+pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
+    let hops = client.chain.as_slice();
+    // The walk went right to left and stopped at the client, so everything
+    // right of the client's rightmost appearance was trusted.
+    let from = hops
+        .iter()
+        .rposition(|h| h.node == Node::Ip(client.addr))
+        .filter(|_| client.addr != client.peer);
+    let mut path: Vec<IpAddr> = match from {
+        Some(i) => hops[i..]
+            .iter()
+            .filter_map(|h| match h.node {
+                Node::Ip(ip) => Some(ip),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    if path.first() != Some(&client.addr) {
+        path.insert(0, client.addr);
+    }
+    if path.last() != Some(&client.peer) {
+        path.push(client.peer);
+    }
+    path
+}
+
+/// `X-Forwarded-For` for the app.
+pub fn x_forwarded_for(path: &[IpAddr]) -> String {
+    let mut out = String::new();
+    for (i, ip) in path.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{ip}");
+    }
+    out
+}
+
+/// RFC 7239 `Forwarded` for the app; `proto` is the scheme the client used
+/// to reach Vigil, on the last element.
+pub fn forwarded(path: &[IpAddr], proto: &str) -> String {
+    let mut out = String::new();
+    for (i, ip) in path.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                let _ = write!(out, "for={v4}");
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(out, "for=\"[{v6}]\"");
+            }
+        }
+        if i + 1 == path.len() {
+            let _ = write!(out, ";proto={proto}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+    use vigil_engine::{
+        ClientIpConfig, ClientIpStage, ForwardedHeaders, RequestView, TrustedProxies,
+    };
+
+    use super::*;
+
+    fn resolve(peer: &str, xff: &str) -> ClientIp {
+        let trusted = TrustedProxies::new(vec![
+            ("lb".to_owned(), vec!["10.0.0.0/24".parse().unwrap()]),
+            (
+                "zscaler".to_owned(),
+                vec!["185.46.212.0/22".parse().unwrap()],
+            ),
+        ])
+        .unwrap();
+        let stage = ClientIpStage::new(ClientIpConfig {
+            trusted,
+            ..ClientIpConfig::default()
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", xff.parse().unwrap());
+        let view = RequestView {
+            peer: peer.parse().unwrap(),
+            headers: &headers,
+            now_secs: 0,
+        };
+        stage.resolve_with(&view, ForwardedHeaders::X_FORWARDED_FOR)
+    }
+
+    fn shown(path: &[IpAddr]) -> String {
+        x_forwarded_for(path)
+    }
+
+    #[test]
+    fn forged_entries_left_of_the_client_are_dropped() {
+        let c = resolve("10.0.0.2", "6.6.6.6, 198.51.100.7, 185.46.212.10");
+        assert_eq!(
+            shown(&verified_path(&c)),
+            "198.51.100.7, 185.46.212.10, 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_whole_path() {
+        let c = resolve("203.0.113.9", "1.2.3.4, 5.6.7.8");
+        assert_eq!(shown(&verified_path(&c)), "203.0.113.9");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_and_names_the_scheme() {
+        let path: Vec<IpAddr> = vec!["2001:db8::1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        assert_eq!(
+            forwarded(&path, "https"),
+            "for=\"[2001:db8::1]\", for=10.0.0.2;proto=https"
+        );
+    }
+}
