@@ -436,6 +436,8 @@ fn log_decision(route: &Route, verdict: &Verdict, reference: &str, enforced: boo
         reasons = %reasons_list(verdict),
         session = %session,
         client = %verdict.client.addr,
+        provider = verdict.client.provider.as_ref().map_or("", |p| p.as_str()),
+        network_change = verdict.network_change.map_or("", |c| c.code()),
         device = %verdict.device.id,
         browser = verdict.device.browser.as_str(),
         platform = verdict.device.platform.as_str(),

@@ -21,6 +21,7 @@ pub(crate) struct Config {
     http: SocketAddr,
     admin: SocketAddr,
     h2c: bool,
+    believe: Vec<String>,
     sections: String,
     listeners: String,
     upstreams: String,
@@ -74,6 +75,7 @@ impl Config {
             http: free_addr(),
             admin: free_addr(),
             h2c: false,
+            believe: Vec::new(),
             sections: String::new(),
             listeners: String::new(),
             upstreams: String::new(),
@@ -84,6 +86,12 @@ impl Config {
     /// The cleartext listener's address.
     pub(crate) fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// Believes these forwarding headers on the `http` listener.
+    pub(crate) fn believe(mut self, headers: &[&str]) -> Config {
+        self.believe = headers.iter().map(|h| (*h).to_owned()).collect();
+        self
     }
 
     /// Accepts cleartext HTTP/2 with prior knowledge on the `http` listener.
@@ -148,7 +156,8 @@ impl Config {
         format!(
             "[server]\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n{sections}\n\
              [[listeners]]\nname = \"http\"\nlisten = \"{http}\"\nh2c = {h2c}\n\
-             {listeners}{upstreams}{routes}",
+             forwarded_headers = {believe:?}\n{listeners}{upstreams}{routes}",
+            believe = self.believe,
             admin = self.admin,
             http = self.http,
             h2c = self.h2c,
