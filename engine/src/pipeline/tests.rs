@@ -268,3 +268,52 @@ fn the_listener_chooses_the_headers_per_request() {
         "198.51.100.7".parse::<IpAddr>().unwrap()
     );
 }
+
+/// An engine whose geo stage knows two networks: one in GB on AS 64500 and
+/// one in FR on AS 64501, and a second GB network on AS 64500.
+fn engine_with_geo(dir: &std::path::Path) -> Engine {
+    use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
+    let city = dir.join("city.mmdb");
+    let asn = dir.join("asn.mmdb");
+    TestDb::new(Layout::GeoLite2)
+        .network("81.2.69.0/24", TestRecord::new().country("GB"))
+        .network("81.2.70.0/24", TestRecord::new().country("GB"))
+        .network("90.0.0.0/24", TestRecord::new().country("FR"))
+        .write(&city)
+        .unwrap();
+    TestDb::new(Layout::GeoLite2)
+        .network("81.2.69.0/24", TestRecord::new().asn(64500))
+        .network("81.2.70.0/24", TestRecord::new().asn(64500))
+        .network("90.0.0.0/24", TestRecord::new().asn(64501))
+        .write(&asn)
+        .unwrap();
+    let geo = vigil_geoip::GeoIp::open(&vigil_geoip::GeoPaths {
+        geo: vec![city],
+        asn: vec![asn],
+    })
+    .unwrap();
+    engine().with_geo(Arc::new(geo))
+}
+
+#[test]
+fn the_geo_stage_tells_asn_and_country_changes_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine_with_geo(dir.path());
+    let p = Policy::default();
+    req(&e, &p, "session=g", FIREFOX, "81.2.69.10");
+
+    let same_asn = req(&e, &p, "session=g", FIREFOX, "81.2.70.10");
+    assert_eq!(same_asn.network_change, Some(NetworkChange::SameAsn));
+
+    let abroad = req(&e, &p, "session=g", FIREFOX, "90.0.0.10");
+    assert_eq!(abroad.network_change, Some(NetworkChange::DifferentCountry));
+}
+
+#[test]
+fn without_geo_a_new_prefix_is_not_called_a_new_country() {
+    let e = engine();
+    let p = Policy::default();
+    req(&e, &p, "session=g", FIREFOX, "81.2.69.10");
+    let moved = req(&e, &p, "session=g", FIREFOX, "90.0.0.10");
+    assert_eq!(moved.network_change, Some(NetworkChange::DifferentPrefix));
+}
