@@ -1,5 +1,8 @@
 //! `vigil-proxy geoip lookup` against databases built in the test.
 
+// Test code: a failed expect is a failed test.
+#![allow(clippy::expect_used)]
+
 use std::process::{Command, Stdio};
 
 use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
