@@ -33,7 +33,7 @@ async fn tls_proxy(certs: &[&Leaf], http2: bool) -> (Origin, Proxy) {
 /// A client that trusts only `roots`, reaches `names` at `addr`, and records
 /// the certificate it was shown.
 fn tls_client(roots: &[&Ca], names: &[&str], addr: SocketAddr) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
+    let mut builder = common::tls_client_builder()
         .tls_certs_only(roots.iter().map(|ca| ca.root()))
         .tls_info(true)
         .timeout(REQUEST_TIMEOUT);
@@ -109,7 +109,7 @@ async fn an_unknown_or_missing_server_name_gets_the_first_certificate() {
     // b first, so that "first" cannot be mistaken for "sorted first".
     let (_origin, proxy) = tls_proxy(&[&b, &a], true).await;
     let https = proxy.listener("https");
-    let client = reqwest::Client::builder()
+    let client = common::tls_client_builder()
         .tls_danger_accept_invalid_certs(true)
         .tls_info(true)
         .timeout(REQUEST_TIMEOUT)
@@ -215,7 +215,7 @@ async fn cleartext_http2_with_prior_knowledge_works_when_h2c_is_on() {
         .upstream("app", origin.addr())
         .route(Route::new("app", "/", "app"));
     let proxy = Proxy::start(&config.render()).await;
-    let client = reqwest::Client::builder()
+    let client = common::tls_client_builder()
         .http2_prior_knowledge()
         .timeout(REQUEST_TIMEOUT)
         .build()

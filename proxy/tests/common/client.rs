@@ -24,7 +24,7 @@ pub(crate) fn http_client() -> reqwest::Client {
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    tls_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
 }
@@ -184,4 +184,12 @@ impl Echo {
             .filter(|n| n.starts_with(prefix))
             .collect()
     }
+}
+
+/// A reqwest client builder with rustls's ring provider installed, the one
+/// Pingora uses, so the tests build no second TLS library.
+pub(crate) fn tls_client_builder() -> reqwest::ClientBuilder {
+    // Installing twice fails harmlessly: another test got there first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }

@@ -27,7 +27,9 @@ mod raw;
 mod tls;
 
 #[allow(unused_imports)] // Each test crate uses a subset.
-pub(crate) use client::{Browser, CHROME, Echo, FIREFOX, REQUEST_TIMEOUT, curl, http_client};
+pub(crate) use client::{
+    Browser, CHROME, Echo, FIREFOX, REQUEST_TIMEOUT, curl, http_client, tls_client_builder,
+};
 #[allow(unused_imports)]
 pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
 #[allow(unused_imports)]
