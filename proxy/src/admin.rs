@@ -12,21 +12,29 @@ use prometheus::{Encoder, TextEncoder};
 use vigil_engine::Engine;
 
 use crate::metrics::Metrics;
+use crate::upstream::UpstreamGroup;
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     metrics: Metrics,
     engine: Arc<Engine>,
+    upstreams: Arc<Vec<UpstreamGroup>>,
     listeners: Vec<SocketAddr>,
 }
 
 impl AdminApp {
     /// Builds the admin app over the proxy's metrics and engine; `listeners`
     /// are the proxy's addresses that readiness checks.
-    pub fn new(metrics: Metrics, engine: Arc<Engine>, listeners: Vec<SocketAddr>) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        engine: Arc<Engine>,
+        upstreams: Arc<Vec<UpstreamGroup>>,
+        listeners: Vec<SocketAddr>,
+    ) -> Self {
         Self {
             metrics,
             engine,
+            upstreams,
             listeners,
         }
     }
@@ -60,6 +68,13 @@ impl AdminApp {
         self.metrics
             .sessions_revoked
             .set(i64::try_from(scorer.revoked_sessions()).unwrap_or(i64::MAX));
+        for group in self.upstreams.iter() {
+            let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
+            self.metrics
+                .upstream_healthy
+                .with_label_values(&[&group.config.name])
+                .set(healthy);
+        }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.metrics.registry.gather(), &mut out)?;
         Ok(out)

@@ -41,6 +41,9 @@ pub struct Metrics {
     /// were not clean: `malformed`, `truncated`, `ignored` (sent by an
     /// untrusted peer), `inconsistent`, `opaque_hop`, `all_trusted`.
     pub chain_anomalies: IntCounterVec,
+    /// `vigil_proxy_upstream_healthy_addresses{upstream}`: addresses passing
+    /// their active check and not ejected, at the last scrape.
+    pub upstream_healthy: prometheus::IntGaugeVec,
     /// `vigil_engine_sessions_tracked`: sessions with a baseline on this node.
     pub sessions_tracked: IntGauge,
     /// `vigil_engine_sessions_revoked`: revoked sessions remembered on this node.
@@ -97,6 +100,14 @@ impl Metrics {
             "Forwarding chains that were malformed, truncated, ignored, inconsistent, opaque or all trusted.",
             &["outcome"],
         )?;
+        let upstream_healthy = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "vigil_proxy_upstream_healthy_addresses",
+                "Upstream addresses passing their active check and not ejected.",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
         // 1 µs to ~16 ms: the engine's budget is microseconds.
         let pipeline_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -135,6 +146,7 @@ impl Metrics {
             connect_failures,
             reloads,
             chain_anomalies,
+            upstream_healthy,
             sessions_tracked,
             sessions_revoked,
         })

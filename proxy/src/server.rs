@@ -179,7 +179,7 @@ impl Vigil {
         }
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
-        let admin = AdminApp::new(metrics, engine, listen_addrs);
+        let admin = AdminApp::new(metrics, engine, upstreams, listen_addrs);
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora_core::apps::http_app::HttpServer::new_app(admin),

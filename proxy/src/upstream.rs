@@ -91,6 +91,17 @@ impl UpstreamGroup {
         Some(Box::new(self.peer(&backend)))
     }
 
+    /// Addresses that are neither failing their active check nor ejected.
+    pub fn healthy_addresses(&self) -> usize {
+        let now = self.now_ms();
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b) && !self.is_ejected(b, now))
+            .count()
+    }
+
     /// Skips `addr` for the configured eject period after a failed connection.
     pub fn eject(&self, addr: &SocketAddr) {
         if self.config.health.eject.is_zero() {

@@ -466,3 +466,43 @@ async fn a_dead_address_is_ejected_after_one_failure() {
         "no client saw an error"
     );
 }
+
+#[tokio::test]
+async fn the_active_health_check_takes_a_dead_address_out_of_rotation() {
+    let origin = Origin::start();
+    let dead = closed_port();
+    let config = Config::new()
+        .section(&format!(
+            "[[upstreams]]\nname = \"pair\"\naddresses = [\"{dead}\", \"{live}\"]\n\
+             [upstreams.health]\nkind = \"tcp\"\ninterval_seconds = 1\neject_seconds = 0\n",
+            live = origin.addr()
+        ))
+        .route(Route::new("app", "/", "pair"));
+    let proxy = Proxy::start(&config.render()).await;
+
+    // Without passive ejection only the active check can find the dead one.
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_upstream_healthy_addresses",
+            &[("upstream", "pair")],
+            |v| v == 1.0,
+        )
+        .await;
+    let before = proxy
+        .metric(
+            "vigil_proxy_upstream_connect_failures_total",
+            &[("upstream", "pair")],
+        )
+        .await;
+    let browser = Browser::firefox();
+    for _ in 0..6 {
+        browser.echo(&proxy.url("/echo")).await;
+    }
+    let after = proxy
+        .metric(
+            "vigil_proxy_upstream_connect_failures_total",
+            &[("upstream", "pair")],
+        )
+        .await;
+    assert_eq!(after, before, "no request was sent to the dead address");
+}
