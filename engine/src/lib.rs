@@ -24,6 +24,7 @@
 mod client_ip;
 mod decide;
 mod device;
+mod ja4;
 mod network;
 mod pipeline;
 mod request;
@@ -37,6 +38,9 @@ pub use client_ip::{
 };
 pub use decide::{Action, ParseActionError, Policy};
 pub use device::{Browser, Device, DeviceId, DeviceStage, LanguageTag, Platform};
+pub use ja4::{
+    ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, Transport, ja4, ja4_o, ja4_r, ja4_ro,
+};
 pub use network::{
     NetworkChange, NetworkFacts, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
 };
