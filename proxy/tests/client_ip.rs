@@ -188,12 +188,13 @@ async fn unjudged_routes_still_get_clean_forwarding_headers() {
     );
 }
 
-#[tokio::test]
-async fn a_changed_trusted_proxy_file_is_reloaded() {
+/// A proxy whose only trusted set `lb` is read from `lb.txt` (with
+/// `contents`) in the returned directory, checked for change every second.
+async fn trusting_file(contents: &str) -> (tempfile::TempDir, Origin, Proxy) {
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("lb.txt");
-    std::fs::write(&list, "# not our balancer yet\n127.0.0.3\n").unwrap();
+    std::fs::write(&list, contents).unwrap();
     let config = Config::new()
         .section(&format!(
             "[[trusted_proxies]]\nname = \"lb\"\nfile = {:?}\n",
@@ -206,6 +207,13 @@ async fn a_changed_trusted_proxy_file_is_reloaded() {
         .render()
         .replace("[server]\n", "[server]\nfile_check_seconds = 1\n");
     let proxy = Proxy::start(&text).await;
+    (dir, origin, proxy)
+}
+
+#[tokio::test]
+async fn a_changed_trusted_proxy_file_is_reloaded() {
+    let (dir, _origin, proxy) = trusting_file("# not our balancer yet\n127.0.0.3\n").await;
+    let list = dir.path().join("lb.txt");
     let before = send(
         &proxy,
         BALANCER,
@@ -236,22 +244,8 @@ async fn a_changed_trusted_proxy_file_is_reloaded() {
 
 #[tokio::test]
 async fn a_broken_trusted_proxy_file_keeps_the_old_sets() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _origin, proxy) = trusting_file("127.0.0.2\n").await;
     let list = dir.path().join("lb.txt");
-    std::fs::write(&list, "127.0.0.2\n").unwrap();
-    let config = Config::new()
-        .section(&format!(
-            "[[trusted_proxies]]\nname = \"lb\"\nfile = {:?}\n",
-            list.display().to_string()
-        ))
-        .believe(&["x-forwarded-for"])
-        .upstream("app", origin.addr())
-        .route(Route::new("app", "/", "app"));
-    let text = config
-        .render()
-        .replace("[server]\n", "[server]\nfile_check_seconds = 1\n");
-    let proxy = Proxy::start(&text).await;
 
     std::fs::write(&list, "127.0.0.2\nthis is not a network\n").unwrap();
     proxy

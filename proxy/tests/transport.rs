@@ -421,42 +421,39 @@ async fn dead_and_live(eject_seconds: u64) -> (Origin, Proxy) {
     (origin, proxy)
 }
 
-#[tokio::test]
-async fn a_refused_connection_is_retried_on_the_next_address() {
-    let (origin, proxy) = dead_and_live(0).await;
+/// Sends six requests that must all succeed; returns the group's connect
+/// failures afterwards.
+async fn six_requests(proxy: &Proxy) -> f64 {
     let browser = Browser::firefox();
-
     for _ in 0..6 {
         browser.echo(&proxy.url("/echo")).await;
     }
-
-    assert_eq!(origin.hits(), 6);
-    // Without ejection round robin keeps offering the dead address.
-    let failures = proxy
+    proxy
         .metric(
             "vigil_proxy_upstream_connect_failures_total",
             &[("upstream", "pair")],
         )
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_the_next_address() {
+    let (origin, proxy) = dead_and_live(0).await;
+
+    let failures = six_requests(&proxy).await;
+
+    assert_eq!(origin.hits(), 6);
+    // Without ejection round robin keeps offering the dead address.
     assert!(failures >= 2.0, "dead address tried {failures} times");
 }
 
 #[tokio::test]
 async fn a_dead_address_is_ejected_after_one_failure() {
     let (origin, proxy) = dead_and_live(60).await;
-    let browser = Browser::firefox();
 
-    for _ in 0..6 {
-        browser.echo(&proxy.url("/echo")).await;
-    }
+    let failures = six_requests(&proxy).await;
 
     assert_eq!(origin.hits(), 6);
-    let failures = proxy
-        .metric(
-            "vigil_proxy_upstream_connect_failures_total",
-            &[("upstream", "pair")],
-        )
-        .await;
     assert_eq!(failures, 1.0, "ejected after its first failure");
     assert_eq!(
         proxy
@@ -494,15 +491,6 @@ async fn the_active_health_check_takes_a_dead_address_out_of_rotation() {
             &[("upstream", "pair")],
         )
         .await;
-    let browser = Browser::firefox();
-    for _ in 0..6 {
-        browser.echo(&proxy.url("/echo")).await;
-    }
-    let after = proxy
-        .metric(
-            "vigil_proxy_upstream_connect_failures_total",
-            &[("upstream", "pair")],
-        )
-        .await;
+    let after = six_requests(&proxy).await;
     assert_eq!(after, before, "no request was sent to the dead address");
 }
