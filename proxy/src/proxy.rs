@@ -88,10 +88,7 @@ impl VigilProxy {
     /// choice of forwarding headers and scheme.
     pub fn for_listener(&self, listener: &Listener) -> Self {
         let mut app = self.clone();
-        app.forwarded = vigil_engine::ForwardedHeaders {
-            forwarded: listener.forwarded.forwarded,
-            x_forwarded_for: listener.forwarded.x_forwarded_for,
-        };
+        app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
         app
     }
@@ -257,11 +254,6 @@ impl ProxyHttp for VigilProxy {
                 tracing::debug!(route = %route.name, error = %e, outcome, "request not evaluated");
                 if route.on_error == FailMode::Open {
                     if self.config.client_ip.to_app {
-                        let view = RequestView {
-                            peer,
-                            headers: &session.req_header().headers,
-                            now_secs: 0,
-                        };
                         ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
                     }
                     return Ok(false);

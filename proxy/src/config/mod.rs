@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+// The engine's own types: the file's choices are the engine's settings.
 use vigil_engine::{Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits};
+pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
 use self::fields::{Fields, Problems};
@@ -124,15 +126,6 @@ pub struct Listener {
     pub forwarded: ForwardedHeaders,
 }
 
-/// Which client-address headers a listener believes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ForwardedHeaders {
-    /// RFC 7239 `Forwarded`.
-    pub forwarded: bool,
-    /// `X-Forwarded-For`.
-    pub x_forwarded_for: bool,
-}
-
 /// `[client_ip]`: how the client is found behind proxies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIpSettings {
@@ -145,15 +138,6 @@ pub struct ClientIpSettings {
     /// Send `Vigil-Client-IP` and a clean `X-Forwarded-For`/`Forwarded` to
     /// the app. Default true.
     pub to_app: bool,
-}
-
-/// How the forwarding chain is walked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainStrategy {
-    /// Right to left from the TCP peer, skipping trusted hops.
-    Walk,
-    /// Exactly this many trusted hops in front of Vigil.
-    Hops(u8),
 }
 
 /// `[[trusted_proxies]]`: a named set of proxy networks.
@@ -807,10 +791,7 @@ fn client_ip_config(
     vigil_engine::ClientIpConfig {
         // Each listener chooses its headers; the engine's default is unused.
         headers: vigil_engine::ForwardedHeaders::default(),
-        strategy: match settings.strategy {
-            ChainStrategy::Walk => vigil_engine::ChainStrategy::Walk,
-            ChainStrategy::Hops(n) => vigil_engine::ChainStrategy::Hops(n),
-        },
+        strategy: settings.strategy,
         trusted,
         max_header_bytes: settings.max_header_bytes,
         max_hops: settings.max_hops,
