@@ -50,6 +50,7 @@ fn pipeline(c: &mut Criterion) {
         peer,
         headers: h,
         now_secs: 1_700_000_000,
+        tls: chrome_tls(),
     };
     // Warm: the session's baseline is known.
     engine.evaluate(&view(&owner), &policy).unwrap();
@@ -78,6 +79,11 @@ fn pipeline(c: &mut Criterion) {
 
 criterion_group!(benches, pipeline);
 
+/// The JA4 the proxy would have captured for a Chrome connection.
+fn chrome_tls() -> vigil_engine::TlsFingerprint {
+    vigil_engine::TlsFingerprint::captured("t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap())
+}
+
 fn stages(c: &mut Criterion) {
     let h = headers(CHROME);
     let session = vigil_engine::SessionStage::new(
@@ -89,7 +95,26 @@ fn stages(c: &mut Criterion) {
     g.bench_function("session", |b| {
         b.iter(|| session.identify(black_box(&h)).unwrap())
     });
-    g.bench_function("device", |b| b.iter(|| device.observe(black_box(&h))));
+    let tls = vigil_engine::TlsFingerprint::captured(
+        "t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap(),
+    );
+    // The User-Agent parse is cached after the first request: this is the
+    // per-request cost of a returning browser.
+    g.bench_function("device", |b| {
+        b.iter(|| device.traits(black_box(&h), black_box(tls)))
+    });
+    // A User-Agent never seen before: the uap patterns run (once per
+    // distinct User-Agent in the cache's lifetime).
+    let mut n = 0u64;
+    g.bench_function("device_new_user_agent", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut h = h.clone();
+            let ua = format!("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.{n}.0 Safari/537.36");
+            h.insert("user-agent", ua.parse().unwrap());
+            device.traits(&h, tls)
+        })
+    });
     g.finish();
 }
 
@@ -156,6 +181,7 @@ fn client_ip(c: &mut Criterion) {
         peer,
         headers,
         now_secs: 1_700_000_000,
+        tls: chrome_tls(),
     };
     let none = headers(CHROME);
     let mut xff = headers(CHROME);

@@ -1,31 +1,45 @@
-//! Device: a fingerprint of the stable HTTP traits of the client software.
+//! Device: what the client software is, from its TLS stack and its stable
+//! HTTP traits, and how two observations of one session compare.
 //!
 //! The traits are the User-Agent's browser family and major version, the
-//! platform (from `Sec-CH-UA-Platform` when sent, else the User-Agent) and the
-//! primary Accept-Language tag. Minor version bumps do not change the
-//! fingerprint; a different browser, platform or language does.
+//! operating system and device class (the ua-parser project's patterns, see
+//! [`ua`]), the client hints `Sec-CH-UA-Platform` and `Sec-CH-UA-Mobile`
+//! (which win over the User-Agent when sent), the primary Accept-Language
+//! tag, and a coarse shape of the header set: whether the client sends
+//! Chromium's client hints, fetch metadata (`Sec-Fetch-*`) and
+//! Accept-Language at all. A copied User-Agent does not bring those along.
 //!
-//! The User-Agent classifier here is deliberately small: one pass over the
-//! words of a bounded prefix of the header, looking for a handful of products.
-//! A full parser (and JA4 from the TLS ClientHello) arrive with the device
-//! fingerprint work.
+//! [`DeviceId`] packs the traits that a browser's minor update leaves alone,
+//! so it is equal across minor updates and equal on every node. The TLS
+//! fingerprint of the connection (JA4, see [`crate::fingerprint`]) is kept
+//! beside the traits and compared on its own.
+
+mod ua;
 
 use std::fmt;
 
 use http::HeaderMap;
 use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
 
+use crate::client_ip::TrustedProxies;
+use crate::fingerprint::{TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints};
+use crate::ja4::Ja4;
+use crate::request::RequestView;
+
 /// Longest prefix of a header the device stage reads, in bytes. Real
 /// User-Agents are well under this; longer ones are truncated, not rejected.
 const MAX_TRAIT_BYTES: usize = 512;
 /// Longest language tag kept.
 const MAX_LANG_BYTES: usize = 16;
+/// Most major versions a browser may move forward within one session and
+/// still count as the same browser updated.
+const MAX_UPGRADE_STEP: u16 = 2;
 
-/// A browser family. Discriminants are part of [`DeviceId`]: never reuse one.
+/// A browser family. Discriminants are stable: never reuse one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Browser {
-    /// Chromium-based Chrome (desktop or iOS `CriOS`).
+    /// Chromium-based Chrome (desktop, Android, iOS `CriOS`, headless).
     Chrome = 1,
     /// Microsoft Edge.
     Edge = 2,
@@ -66,15 +80,44 @@ pub enum Platform {
     Unknown = 7,
 }
 
+/// What kind of device. Discriminants are part of [`DeviceId`]: never reuse
+/// one; at most 15.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DeviceClass {
+    /// A desktop or laptop browser.
+    Desktop = 1,
+    /// A phone.
+    Mobile = 2,
+    /// A tablet.
+    Tablet = 3,
+    /// A command-line tool or HTTP library.
+    Tool = 4,
+    /// A crawler that says so.
+    Bot = 5,
+    /// Not known.
+    Unknown = 6,
+}
+
 /// A stable 64-bit identifier of a device's traits: equal traits give equal
 /// ids on every node and across restarts.
+///
+/// Layout, high bits first: browser family (16-bit hash of the uap family
+/// name), platform (8), class (4), major version (16), language (20-bit
+/// hash). The major version sits in its own field so that an update can be
+/// told from another browser ([`DeviceId::same_but_major`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(pub u64);
+
+/// Which header families a client sends at all: stable for one browser,
+/// different between browsers and tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct HeaderShape(u8);
 
 /// What the device stage observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    /// The fingerprint of the traits below.
+    /// The fingerprint of the traits below (not of the TLS fingerprint).
     pub id: DeviceId,
     /// Browser family.
     pub browser: Browser,
@@ -82,8 +125,50 @@ pub struct Device {
     pub major: u16,
     /// Platform.
     pub platform: Platform,
+    /// Device class.
+    pub class: DeviceClass,
     /// Primary Accept-Language tag, lower case, at most 16 bytes; empty when absent.
     pub language: LanguageTag,
+    /// Which header families were sent.
+    pub shape: HeaderShape,
+    /// The TLS fingerprint of the connection.
+    pub tls: TlsFingerprint,
+}
+
+/// What a session remembers of its device: 40 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceSummary {
+    /// The traits.
+    pub id: DeviceId,
+    /// The header shape.
+    pub shape: HeaderShape,
+    /// Where the TLS fingerprint came from.
+    pub tls_source: TlsSource,
+    /// The JA4, when known.
+    pub ja4: Option<Ja4>,
+}
+
+/// How the HTTP traits of two observations compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TraitMatch {
+    /// The same traits.
+    Same,
+    /// The same browser, platform, class and language, a major version or
+    /// two newer: an update.
+    Upgraded,
+    /// Another browser, platform, class, language or header shape.
+    Different,
+}
+
+/// How a request's device compares with a session's: traits and TLS apart,
+/// so that each can be weighed (a copied User-Agent shows up as `traits:
+/// Same, tls: Different`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceMatch {
+    /// The HTTP traits.
+    pub traits: TraitMatch,
+    /// The TLS fingerprints.
+    pub tls: TlsMatch,
 }
 
 /// A short lower-case language tag stored inline (no allocation per request).
@@ -94,37 +179,73 @@ pub struct LanguageTag {
 }
 
 /// The device stage.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DeviceStage {
-    _private: (),
+    ua: ua::UaParser,
+    upstream: UpstreamFingerprints,
 }
 
 // === impl DeviceStage ===
 
+impl Default for DeviceStage {
+    fn default() -> Self {
+        Self::new(UpstreamFingerprints::default())
+    }
+}
+
 impl DeviceStage {
-    /// Fingerprints the client software of a request. Never fails: missing or
-    /// garbled headers are traits too (`Other`, `Unknown`, empty language).
-    pub fn observe(&self, headers: &HeaderMap) -> Device {
+    /// A stage that believes `upstream` fingerprint headers from trusted
+    /// balancers.
+    pub fn new(upstream: UpstreamFingerprints) -> Self {
+        Self {
+            ua: ua::UaParser::new(),
+            upstream,
+        }
+    }
+
+    /// Fingerprints the client of a request. Never fails: missing or garbled
+    /// headers are traits too (`Other`, `Unknown`, empty language). The TLS
+    /// fingerprint is a trusted balancer's, when it sent one and the peer is
+    /// in a set `upstream` names; otherwise the one the proxy captured.
+    pub fn observe(&self, request: &RequestView<'_>, trusted: &TrustedProxies) -> Device {
+        let tls = self
+            .upstream
+            .read(trusted, request.peer, request.headers)
+            .unwrap_or(request.tls);
+        self.traits(request.headers, tls)
+    }
+
+    /// The HTTP traits of `headers`, with `tls` as the connection's
+    /// fingerprint.
+    pub fn traits(&self, headers: &HeaderMap, tls: TlsFingerprint) -> Device {
         let ua = headers
             .get(USER_AGENT)
             .map(|v| bounded(v.as_bytes()))
             .unwrap_or_default();
-        let (browser, major, ua_platform) = classify(ua);
+        let t = self.ua.traits(ua);
         let platform = headers
             .get("sec-ch-ua-platform")
             .and_then(|v| platform_hint(bounded(v.as_bytes())))
-            .unwrap_or(ua_platform);
+            .unwrap_or(t.platform);
+        let class = match headers.get("sec-ch-ua-mobile").map(|v| v.as_bytes()) {
+            Some(b"?1") => DeviceClass::Mobile,
+            _ => t.class,
+        };
         let language = headers
             .get(ACCEPT_LANGUAGE)
             .map(|v| LanguageTag::primary(bounded(v.as_bytes())))
             .unwrap_or_default();
-        let id = device_id(browser, major, platform, &language);
+        let shape = HeaderShape::of(headers);
+        let id = DeviceId::pack(t.family, platform, class, t.major, &language);
         Device {
             id,
-            browser,
-            major,
+            browser: t.browser,
+            major: t.major,
             platform,
+            class,
             language,
+            shape,
+            tls,
         }
     }
 }
@@ -133,96 +254,6 @@ fn bounded(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.len().min(MAX_TRAIT_BYTES)]
 }
 
-/// The id packs the traits instead of hashing them: browser, platform and
-/// major version verbatim, the language tag through 32-bit FNV-1a. It is the
-/// same on every node and release as long as the enum discriminants stay
-/// fixed (they are explicit for that reason), and it costs nothing.
-fn device_id(browser: Browser, major: u16, platform: Platform, lang: &LanguageTag) -> DeviceId {
-    let lang = lang.as_bytes().iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    });
-    DeviceId(
-        (u64::from(browser as u8) << 56)
-            | (u64::from(platform as u8) << 48)
-            | (u64::from(major) << 32)
-            | u64::from(lang),
-    )
-}
-
-/// Product names (the part before `/`), most specific first: Edge and Opera
-/// also claim Chrome, and Chrome also claims Safari.
-const PRODUCTS: &[(&[u8], Browser)] = &[
-    (b"Edg", Browser::Edge),
-    (b"EdgA", Browser::Edge),
-    (b"EdgiOS", Browser::Edge),
-    (b"OPR", Browser::Opera),
-    (b"SamsungBrowser", Browser::Samsung),
-    (b"Firefox", Browser::Firefox),
-    (b"FxiOS", Browser::Firefox),
-    (b"CriOS", Browser::Chrome),
-    (b"Chrome", Browser::Chrome),
-    (b"curl", Browser::Curl),
-    (b"Wget", Browser::Tool),
-    (b"python-requests", Browser::Tool),
-    (b"python-httpx", Browser::Tool),
-    (b"Go-http-client", Browser::Tool),
-    (b"okhttp", Browser::Tool),
-];
-
-/// Platform words of the User-Agent comment, most specific first: Android
-/// UAs also say Linux.
-const PLATFORMS: &[(&[u8], Platform)] = &[
-    (b"Android", Platform::Android),
-    (b"iPhone", Platform::Ios),
-    (b"iPad", Platform::Ios),
-    (b"CrOS", Platform::ChromeOs),
-    (b"Windows", Platform::Windows),
-    (b"Macintosh", Platform::MacOs),
-    (b"Linux", Platform::Linux),
-    (b"X11", Platform::Linux),
-];
-
-/// Browser, major version and platform from one pass over the words of a
-/// User-Agent. A substring search per known token was measured at ~3 µs per
-/// request; this is one scan.
-fn classify(ua: &[u8]) -> (Browser, u16, Platform) {
-    let mut product: Option<(usize, u16)> = None;
-    let mut platform: Option<usize> = None;
-    let mut safari = false;
-    let mut version = None;
-    for word in ua.split(|b| matches!(b, b' ' | b';' | b'(' | b')' | b',')) {
-        if word.is_empty() {
-            continue;
-        }
-        if let Some(slash) = word.iter().position(|b| *b == b'/') {
-            let (name, rest) = word.split_at(slash);
-            let rest = rest.get(1..).unwrap_or_default();
-            if let Some(rank) = PRODUCTS.iter().position(|(n, _)| *n == name) {
-                if product.is_none_or(|(r, _)| rank < r) {
-                    product = Some((rank, major(rest)));
-                }
-            } else if name == b"Safari" {
-                safari = true;
-            } else if name == b"Version" {
-                version = Some(major(rest));
-            }
-        } else if let Some(rank) = PLATFORMS.iter().position(|(n, _)| *n == word)
-            && platform.is_none_or(|r| rank < r)
-        {
-            platform = Some(rank);
-        }
-    }
-    let platform = platform.map_or(Platform::Unknown, |r| PLATFORMS[r].1);
-    let (browser, major) = match (product, safari, version) {
-        (Some((rank, major)), _, _) => (PRODUCTS[rank].1, major),
-        // Safari names its version in `Version/x.y` next to `Safari/`.
-        (None, true, Some(major)) => (Browser::Safari, major),
-        _ => (Browser::Other, 0),
-    };
-    (browser, major, platform)
-}
-
-/// `Sec-CH-UA-Platform` is a quoted string such as `"Windows"`.
 fn platform_hint(value: &[u8]) -> Option<Platform> {
     let v = value.trim_ascii();
     let v = v.strip_prefix(b"\"").unwrap_or(v);
@@ -239,14 +270,118 @@ fn platform_hint(value: &[u8]) -> Option<Platform> {
     Some(p)
 }
 
-/// The leading decimal digits of `rest`, saturating at `u16::MAX`.
-fn major(rest: &[u8]) -> u16 {
-    let n = rest
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .take(5)
-        .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
-    u16::try_from(n).unwrap_or(u16::MAX)
+// === impl Device ===
+
+impl Device {
+    /// What a session keeps of this device.
+    pub fn summary(&self) -> DeviceSummary {
+        DeviceSummary {
+            id: self.id,
+            shape: self.shape,
+            tls_source: self.tls.source,
+            ja4: self.tls.ja4,
+        }
+    }
+
+    /// Compares this request's device with a session's `baseline`.
+    pub fn compare(&self, baseline: &DeviceSummary) -> DeviceMatch {
+        let traits = if self.id == baseline.id && self.shape == baseline.shape {
+            TraitMatch::Same
+        } else if self.shape == baseline.shape && self.id.same_but_major(baseline.id) && {
+            let (old, new) = (baseline.id.major(), self.id.major());
+            new > old && new - old <= MAX_UPGRADE_STEP
+        } {
+            TraitMatch::Upgraded
+        } else {
+            TraitMatch::Different
+        };
+        let tls = self.tls.compare(&baseline.tls());
+        DeviceMatch { traits, tls }
+    }
+}
+
+impl DeviceSummary {
+    /// The TLS fingerprint as remembered (JA3 is not kept: it is never
+    /// compared).
+    pub fn tls(&self) -> TlsFingerprint {
+        TlsFingerprint {
+            source: self.tls_source,
+            ja4: self.ja4,
+            ja3: None,
+        }
+    }
+}
+
+// === impl DeviceId ===
+
+impl DeviceId {
+    const MAJOR_SHIFT: u32 = 20;
+
+    /// Packs the traits: no hashing of the whole, so fields can be compared
+    /// one by one, and the id is the same on every node and release as long
+    /// as the enum discriminants stay fixed (they are explicit for that).
+    fn pack(
+        family: u16,
+        platform: Platform,
+        class: DeviceClass,
+        major: u16,
+        lang: &LanguageTag,
+    ) -> DeviceId {
+        let lang = lang.as_bytes().iter().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+        let lang = u64::from((lang >> 20) ^ (lang & 0x000f_ffff));
+        DeviceId(
+            (u64::from(family) << 48)
+                | (u64::from(platform as u8) << 40)
+                | (u64::from(class as u8 & 0x0f) << 36)
+                | (u64::from(major) << Self::MAJOR_SHIFT)
+                | lang,
+        )
+    }
+
+    /// The browser major version packed in the id.
+    pub fn major(self) -> u16 {
+        // The mask leaves 16 bits: the conversion cannot fail.
+        u16::try_from((self.0 >> Self::MAJOR_SHIFT) & 0xffff).unwrap_or(0)
+    }
+
+    /// Whether `other` has the same traits but perhaps another major version.
+    pub fn same_but_major(self, other: DeviceId) -> bool {
+        let mask = !(0xffffu64 << Self::MAJOR_SHIFT);
+        self.0 & mask == other.0 & mask
+    }
+}
+
+// === impl HeaderShape ===
+
+impl HeaderShape {
+    const CLIENT_HINTS: u8 = 1;
+    const FETCH_METADATA: u8 = 2;
+    const ACCEPT_LANGUAGE: u8 = 4;
+
+    /// The shape of a request's header set. Only families a browser sends on
+    /// every request are read: Chromium's low-entropy client hints
+    /// (`Sec-CH-UA`), fetch metadata (`Sec-Fetch-Site`) and Accept-Language.
+    /// (Accept-Encoding is not: browsers change it for media range requests.)
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut bits = 0;
+        if headers.contains_key("sec-ch-ua") {
+            bits |= Self::CLIENT_HINTS;
+        }
+        if headers.contains_key("sec-fetch-site") {
+            bits |= Self::FETCH_METADATA;
+        }
+        if headers.contains_key(ACCEPT_LANGUAGE) {
+            bits |= Self::ACCEPT_LANGUAGE;
+        }
+        Self(bits)
+    }
+
+    /// The bits, for logs: 1 client hints, 2 fetch metadata, 4 Accept-Language.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
 }
 
 // === impl LanguageTag ===
@@ -330,125 +465,30 @@ impl fmt::Display for DeviceId {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn observe(pairs: &[(&'static str, &'static str)]) -> Device {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().unwrap());
-        }
-        DeviceStage::default().observe(&h)
-    }
-
-    const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.86 Safari/537.36";
-    const EDGE_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70";
-    const SAFARI_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15";
-    const FIREFOX_LINUX: &str =
-        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
-    const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36";
-    const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1";
-
-    #[test]
-    fn classifies_common_user_agents() {
-        let cases = [
-            (CHROME_WIN, Browser::Chrome, 131, Platform::Windows),
-            (EDGE_WIN, Browser::Edge, 131, Platform::Windows),
-            (SAFARI_MAC, Browser::Safari, 18, Platform::MacOs),
-            (FIREFOX_LINUX, Browser::Firefox, 133, Platform::Linux),
-            (CHROME_ANDROID, Browser::Chrome, 131, Platform::Android),
-            (SAFARI_IPHONE, Browser::Safari, 18, Platform::Ios),
-            ("curl/7.88.1", Browser::Curl, 7, Platform::Unknown),
-            (
-                "python-requests/2.32.3",
-                Browser::Tool,
-                2,
-                Platform::Unknown,
-            ),
-            ("", Browser::Other, 0, Platform::Unknown),
-        ];
-        for (ua, browser, major, platform) in cases {
-            let d = observe(&[("user-agent", ua)]);
-            assert_eq!(
-                (d.browser, d.major, d.platform),
-                (browser, major, platform),
-                "{ua}"
-            );
-        }
-    }
-
-    #[test]
-    fn minor_update_keeps_the_id_major_update_changes_it() {
-        let a = observe(&[(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.6778.86 Safari/537.36",
-        )]);
-        let b = observe(&[(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.6778.108 Safari/537.36",
-        )]);
-        let c = observe(&[(
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) Chrome/132.0.6834.57 Safari/537.36",
-        )]);
-        assert_eq!(a.id, b.id);
-        assert_ne!(a.id, c.id);
-    }
-
-    #[test]
-    fn client_hint_platform_wins_over_user_agent() {
-        let d = observe(&[
-            ("user-agent", CHROME_WIN),
-            ("sec-ch-ua-platform", "\"macOS\""),
-        ]);
-        assert_eq!(d.platform, Platform::MacOs);
-        let d = observe(&[
-            ("user-agent", CHROME_WIN),
-            ("sec-ch-ua-platform", "\"Plan9\""),
-        ]);
-        assert_eq!(
-            d.platform,
-            Platform::Windows,
-            "unknown hints fall back to the UA"
-        );
-    }
-
-    #[test]
-    fn language_is_part_of_the_device() {
-        let en = observe(&[
-            ("user-agent", FIREFOX_LINUX),
-            ("accept-language", "en-US,en;q=0.5"),
-        ]);
-        let de = observe(&[
-            ("user-agent", FIREFOX_LINUX),
-            ("accept-language", "de-DE,de;q=0.9"),
-        ]);
-        assert_eq!(en.language.as_str(), "en-us");
-        assert_ne!(en.id, de.id);
-    }
-
-    #[test]
-    fn hostile_values_are_bounded() {
-        let long = "9".repeat(10_000);
-        let mut h = HeaderMap::new();
-        h.insert("user-agent", format!("Chrome/{long}").parse().unwrap());
-        h.insert("accept-language", format!("{long},en").parse().unwrap());
-        let d = DeviceStage::default().observe(&h);
-        assert_eq!(d.browser, Browser::Chrome);
-        assert_eq!(d.major, u16::MAX);
-        assert_eq!(d.language.as_bytes().len(), MAX_LANG_BYTES);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn never_panics_on_arbitrary_bytes(ua in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
-                                           lang in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let mut h = HeaderMap::new();
-            if let Ok(v) = http::HeaderValue::from_bytes(&ua) { h.insert("user-agent", v); }
-            if let Ok(v) = http::HeaderValue::from_bytes(&lang) { h.insert("accept-language", v); }
-            let d = DeviceStage::default().observe(&h);
-            proptest::prop_assert!(d.language.as_str().len() <= MAX_LANG_BYTES);
+impl DeviceClass {
+    /// Lower-case name for logs and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Desktop => "desktop",
+            DeviceClass::Mobile => "mobile",
+            DeviceClass::Tablet => "tablet",
+            DeviceClass::Tool => "tool",
+            DeviceClass::Bot => "bot",
+            DeviceClass::Unknown => "unknown",
         }
     }
 }
+
+impl TraitMatch {
+    /// `same`, `upgraded` or `different`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraitMatch::Same => "same",
+            TraitMatch::Upgraded => "upgraded",
+            TraitMatch::Different => "different",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

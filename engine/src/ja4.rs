@@ -295,6 +295,44 @@ impl Ja4 {
     pub fn c(&self) -> [u8; 6] {
         self.c
     }
+
+    /// Whether `other` is the same TLS stack in another configuration: the
+    /// same transport, TLS version, SNI presence, cipher count, ALPN and
+    /// cipher list (`b`), with only the extensions (their count in `a`, and
+    /// `c`) differing. That is what a browser update or a feature trial
+    /// changes; another library changes the ciphers too.
+    pub fn same_family(&self, other: &Ja4) -> bool {
+        // a = transport(1) version(2) sni(1) ciphers(2) extensions(2) alpn(2)
+        self.a[..6] == other.a[..6] && self.a[8..] == other.a[8..] && self.b == other.b
+    }
+}
+
+impl std::str::FromStr for Ja4 {
+    type Err = crate::fingerprint::ParseFingerprintError;
+
+    /// Parses the `a_b_c` form, as a balancer reports it: `a` is 10 ASCII
+    /// letters and digits (lower-cased), `b` and `c` 12 hex digits each.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = crate::fingerprint::ParseFingerprintError::Ja4;
+        let mut parts = s.split('_');
+        let (Some(a), Some(b), Some(c), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err);
+        };
+        let a: [u8; 10] = a.as_bytes().try_into().map_err(|_| err)?;
+        if !a.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(err);
+        }
+        let mut out = Ja4 {
+            a: a.map(|c| c.to_ascii_lowercase()),
+            b: [0; 6],
+            c: [0; 6],
+        };
+        crate::fingerprint::decode_hex(b.as_bytes(), &mut out.b).ok_or(err)?;
+        crate::fingerprint::decode_hex(c.as_bytes(), &mut out.c).ok_or(err)?;
+        Ok(out)
+    }
 }
 
 impl fmt::Display for Ja4 {

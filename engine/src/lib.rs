@@ -17,13 +17,14 @@
 //! headers.insert("cookie", "session=abc".parse().unwrap());
 //! headers.insert("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".parse().unwrap());
 //! let peer: IpAddr = "192.0.2.10".parse().unwrap();
-//! let verdict = engine.evaluate(&RequestView { peer, headers: &headers, now_secs: 1 }, &policy).unwrap();
+//! let verdict = engine.evaluate(&RequestView { peer, headers: &headers, now_secs: 1, tls: Default::default() }, &policy).unwrap();
 //! assert_eq!(verdict.action, Action::Allow);
 //! ```
 
 mod client_ip;
 mod decide;
 mod device;
+mod fingerprint;
 mod ja4;
 mod network;
 mod pipeline;
@@ -37,7 +38,13 @@ pub use client_ip::{
     MAX_TRUSTED_SETS, Node, Provider, TrustedProxies, TrustedSetError,
 };
 pub use decide::{Action, ParseActionError, Policy};
-pub use device::{Browser, Device, DeviceId, DeviceStage, LanguageTag, Platform};
+pub use device::{
+    Browser, Device, DeviceClass, DeviceId, DeviceMatch, DeviceStage, DeviceSummary, HeaderShape,
+    LanguageTag, Platform, TraitMatch,
+};
+pub use fingerprint::{
+    Ja3, ParseFingerprintError, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints,
+};
 pub use ja4::{
     ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, Transport, ja4, ja4_o, ja4_r, ja4_ro,
 };

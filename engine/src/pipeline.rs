@@ -8,6 +8,7 @@ use vigil_geoip::GeoIp;
 use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
 use crate::decide::{Action, Policy};
 use crate::device::{Device, DeviceStage};
+use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView};
 use crate::score::{Risk, ScoreConfig, Scorer};
@@ -23,6 +24,9 @@ pub struct EngineConfig {
     /// How the client address is found behind proxies. Default: no
     /// forwarding header believed, the client is the TCP peer.
     pub client_ip: ClientIpConfig,
+    /// Fingerprint headers believed from trusted balancers that end TLS
+    /// before Vigil. Default: none.
+    pub upstream_fingerprints: UpstreamFingerprints,
 }
 
 /// The engine: the stages and the session store they share.
@@ -63,7 +67,7 @@ impl Engine {
         Self {
             session: SessionStage::new(config.session, hash_key),
             client_ip: ArcSwap::from_pointee(ClientIpStage::new(config.client_ip)),
-            device: DeviceStage::default(),
+            device: DeviceStage::new(config.upstream_fingerprints),
             geo: None,
             scorer: Scorer::new(config.score),
         }
@@ -117,8 +121,9 @@ impl Engine {
         forwarded: ForwardedHeaders,
     ) -> Result<Verdict, RequestError> {
         let session = self.session.identify(request.headers)?;
-        let client = self.client_ip.load().resolve_with(request, forwarded);
-        let device = self.device.observe(request.headers);
+        let client_ip = self.client_ip.load();
+        let client = client_ip.resolve_with(request, forwarded);
+        let device = self.device.observe(request, &client_ip.config().trusted);
         let mut network = NetworkFacts::from(&client);
         if let Some(geo) = &self.geo {
             let facts = geo.lookup(client.addr);

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
+use crate::fingerprint::TlsFingerprint;
 use crate::session::SessionError;
 
 /// What the engine sees of one request, borrowed from the proxy's parsed
@@ -17,6 +18,11 @@ pub struct RequestView<'a> {
     /// Wall-clock time of the request, in seconds since the Unix epoch.
     /// Passed in so that the pipeline stays a pure function of its inputs.
     pub now_secs: u64,
+    /// The TLS fingerprint of the connection the request came on, as the
+    /// proxy captured it: [`TlsFingerprint::NONE`] on a cleartext listener.
+    /// A trusted balancer's fingerprint headers take its place (see
+    /// [`UpstreamFingerprints`](crate::UpstreamFingerprints)).
+    pub tls: TlsFingerprint,
 }
 
 /// Why the engine could not evaluate a request. The proxy maps each variant to

@@ -1,7 +1,8 @@
 //! Score: this request against the session's own baseline.
 //!
-//! On first sight of a session the scorer records a baseline (device, network
-//! facts). Later requests are compared to it and each difference adds its
+//! On first sight of a session the scorer records a baseline (device traits
+//! and TLS fingerprint, network facts). Later requests are compared to it
+//! ([`Device::compare`]) and each difference adds its
 //! configured points to a score from 0 to 100, with the reason kept beside
 //! its contribution so that every decision can be explained. The network is
 //! compared through [`classify`](crate::classify): only a change of
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::device::{Device, DeviceId};
+use crate::device::{Device, DeviceSummary, TraitMatch};
+use crate::fingerprint::{TlsMatch, TlsSource};
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::session::SessionKey;
 
@@ -34,8 +36,17 @@ pub enum RiskLevel {
 /// headers, logs and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// The device fingerprint differs from the session's baseline.
+    /// The device's HTTP traits (browser, platform, class, language, header
+    /// shape) differ from the session's baseline, beyond an update.
     DeviceChanged,
+    /// The connection's TLS fingerprint (JA4) differs from the session's:
+    /// another TLS stack (full points), the same stack with other
+    /// extensions and no browser update to explain it (family points), or a
+    /// hello Vigil could not read where it could before (full points).
+    Ja4Mismatch,
+    /// The same browser a major version or two newer, on the same TLS
+    /// family: an update, noted with few points.
+    DeviceUpgraded,
     /// The derived client address differs from the one last accepted for the
     /// session ([`NetworkChange::client_changed`]). A new egress node of the
     /// same provider is not a change of client.
@@ -67,8 +78,15 @@ pub struct Risk {
 /// Weights and thresholds of the session scorer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreConfig {
-    /// Points when the device fingerprint changed. Default 70.
+    /// Points when the device traits changed. Default 70.
     pub device_changed: u8,
+    /// Points when the JA4 is another stack's. Default 70.
+    pub ja4_mismatch: u8,
+    /// Points when the JA4 changed within its family with no browser update.
+    /// Default 30.
+    pub ja4_family_changed: u8,
+    /// Points when the browser updated mid-session. Default 10.
+    pub device_upgraded: u8,
     /// Points when the client address changed. Default 30.
     pub ip_changed: u8,
     /// Score at which risk becomes medium. Default 30.
@@ -84,12 +102,13 @@ pub struct ScoreConfig {
     pub revocation_ttl: Duration,
 }
 
-/// What the scorer remembers of a session: the first device, the network
-/// facts last accepted and when the session was first seen.
+/// What the scorer remembers of a session: its device (updated only by a
+/// browser update or a first TLS fingerprint), the network facts last
+/// accepted and when the session was first seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Baseline {
-    /// Device fingerprint at first sight.
-    pub device: DeviceId,
+    /// Device traits and TLS fingerprint.
+    pub device: DeviceSummary,
     /// Network facts last accepted: client address, provider and egress
     /// (ASN and country once the geo stage fills them).
     pub network: NetworkFacts,
@@ -112,8 +131,8 @@ pub(crate) enum Observation {
     Anonymous,
     /// The session was unknown; this request's facts become its baseline.
     First(SessionKey, Baseline),
-    /// The session was known.
-    Known(SessionKey, Baseline),
+    /// The session was known; the device to remember from now on.
+    Known(SessionKey, Baseline, DeviceSummary),
     /// The session is revoked.
     Revoked,
 }
@@ -124,6 +143,9 @@ impl Default for ScoreConfig {
     fn default() -> Self {
         Self {
             device_changed: 70,
+            ja4_mismatch: 70,
+            ja4_family_changed: 30,
+            device_upgraded: 10,
             ip_changed: 30,
             medium_at: 30,
             high_at: 60,
@@ -216,18 +238,40 @@ impl Scorer {
         }
         let Some(baseline) = self.baselines.get(&key) else {
             let baseline = Baseline {
-                device: device.id,
+                device: device.summary(),
                 network: *network,
                 first_seen: now_secs,
             };
             return (Risk::none(), None, Observation::First(key, baseline));
         };
         let mut reasons = Vec::new();
-        if baseline.device != device.id {
-            reasons.push(Contribution {
-                reason: Reason::DeviceChanged,
-                points: self.config.device_changed,
-            });
+        let mut remember = baseline.device;
+        let m = device.compare(&baseline.device);
+        let mut add = |reason, points| reasons.push(Contribution { reason, points });
+        match m.traits {
+            TraitMatch::Same => {}
+            TraitMatch::Upgraded if m.tls != TlsMatch::Different => {
+                add(Reason::DeviceUpgraded, self.config.device_upgraded);
+                remember = device.summary();
+            }
+            TraitMatch::Upgraded | TraitMatch::Different => {
+                add(Reason::DeviceChanged, self.config.device_changed);
+            }
+        }
+        match m.tls {
+            TlsMatch::Same => {}
+            TlsMatch::NoEvidence => {
+                // A first fingerprint for a session that had none is learnt.
+                if baseline.device.tls_source == TlsSource::None
+                    && device.tls.source != TlsSource::None
+                {
+                    remember.tls_source = device.tls.source;
+                    remember.ja4 = device.tls.ja4;
+                }
+            }
+            TlsMatch::SameFamily if m.traits == TraitMatch::Upgraded => {}
+            TlsMatch::SameFamily => add(Reason::Ja4Mismatch, self.config.ja4_family_changed),
+            TlsMatch::Different => add(Reason::Ja4Mismatch, self.config.ja4_mismatch),
         }
         let change = network.change_from(&baseline.network);
         if change.client_changed() {
@@ -237,22 +281,30 @@ impl Scorer {
             });
         }
         let risk = Risk::from_contributions(&self.config, reasons);
-        (risk, Some(change), Observation::Known(key, baseline))
+        (
+            risk,
+            Some(change),
+            Observation::Known(key, baseline, remember),
+        )
     }
 
     /// Records what a decided request taught us. A first request becomes the
     /// baseline. A request that was allowed from a new network moves the
     /// baseline there (the user roamed, or the provider moved them to another
-    /// egress node), but never to a new device: the device at first sight is
-    /// what a replay cannot match.
+    /// egress node), but never to another device: only a browser update of
+    /// the same device, or a first TLS fingerprint, is learnt. The device at
+    /// first sight is what a replay cannot match.
     pub(crate) fn commit(&self, observation: Observation, network: &NetworkFacts, allowed: bool) {
         match observation {
             Observation::First(key, baseline) if allowed => self.baselines.insert(key, baseline),
-            Observation::Known(key, baseline) if allowed && baseline.network != *network => {
+            Observation::Known(key, baseline, device)
+                if allowed && (baseline.network != *network || baseline.device != device) =>
+            {
                 self.baselines.insert(
                     key,
                     Baseline {
                         network: *network,
+                        device,
                         ..baseline
                     },
                 );
@@ -304,12 +356,20 @@ impl fmt::Debug for Scorer {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 3] = [Reason::DeviceChanged, Reason::IpChanged, Reason::Revoked];
+    pub const ALL: [Reason; 5] = [
+        Reason::DeviceChanged,
+        Reason::Ja4Mismatch,
+        Reason::DeviceUpgraded,
+        Reason::IpChanged,
+        Reason::Revoked,
+    ];
 
     /// The stable code of this reason.
     pub fn code(self) -> &'static str {
         match self {
             Reason::DeviceChanged => "device_changed",
+            Reason::Ja4Mismatch => "ja4_mismatch",
+            Reason::DeviceUpgraded => "device_upgraded",
             Reason::IpChanged => "ip_changed",
             Reason::Revoked => "revoked",
         }

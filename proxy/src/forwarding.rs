@@ -106,6 +106,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             headers: &headers,
             now_secs: 0,
+            tls: Default::default(),
         };
         stage.resolve_with(&view, ForwardedHeaders::X_FORWARDED_FOR)
     }

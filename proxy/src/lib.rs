@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod forwarding;
 pub mod geo;
+pub mod hello;
 pub mod keyfile;
 pub mod logging;
 pub mod metrics;

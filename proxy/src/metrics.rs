@@ -44,6 +44,18 @@ pub struct Metrics {
     /// `vigil_proxy_upstream_healthy_addresses{upstream}`: addresses passing
     /// their active check and not ejected, at the last scrape.
     pub upstream_healthy: prometheus::IntGaugeVec,
+    /// `vigil_proxy_tls_hello_total{outcome}`: ClientHellos read on TLS
+    /// listeners: `captured`, `unreadable` (not a hello, or beyond the caps),
+    /// `timeout`, `closed` (the peer went away first), `untracked` (no socket
+    /// cookie to file it under).
+    pub tls_hello: IntCounterVec,
+    /// `vigil_proxy_tls_fingerprint_missing_total`: requests on a TLS
+    /// listener whose connection's fingerprint was no longer stored (judged
+    /// as unreadable); raise `fingerprint.max_connections` if this grows.
+    pub tls_fingerprint_missing: IntCounter,
+    /// `vigil_proxy_tls_fingerprints_tracked`: connections whose fingerprint
+    /// is stored, as of the last capture.
+    pub tls_fingerprints_tracked: IntGauge,
     /// `vigil_engine_sessions_tracked`: sessions with a baseline on this node.
     pub sessions_tracked: IntGauge,
     /// `vigil_engine_sessions_revoked`: revoked sessions remembered on this node.
@@ -117,6 +129,24 @@ impl Metrics {
             .buckets(exponential_buckets(1e-6, 2.0, 15)?),
         )?;
         registry.register(Box::new(pipeline_seconds.clone()))?;
+        let tls_hello = counter(
+            "vigil_proxy_tls_hello_total",
+            "ClientHellos read on TLS listeners, by outcome.",
+            &["outcome"],
+        )?;
+        for outcome in ["captured", "unreadable", "timeout", "closed", "untracked"] {
+            tls_hello.with_label_values(&[outcome]);
+        }
+        let tls_fingerprint_missing = IntCounter::new(
+            "vigil_proxy_tls_fingerprint_missing_total",
+            "Requests on TLS listeners whose connection fingerprint was no longer stored.",
+        )?;
+        registry.register(Box::new(tls_fingerprint_missing.clone()))?;
+        let tls_fingerprints_tracked = IntGauge::new(
+            "vigil_proxy_tls_fingerprints_tracked",
+            "Connections whose TLS fingerprint is stored.",
+        )?;
+        registry.register(Box::new(tls_fingerprints_tracked.clone()))?;
         let sessions_tracked = IntGauge::new(
             "vigil_engine_sessions_tracked",
             "Sessions with a baseline on this node.",
@@ -147,6 +177,9 @@ impl Metrics {
             reloads,
             chain_anomalies,
             upstream_healthy,
+            tls_hello,
+            tls_fingerprint_missing,
+            tls_fingerprints_tracked,
             sessions_tracked,
             sessions_revoked,
         })

@@ -13,17 +13,16 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
-    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, Reason, RequestView, Verdict,
+    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, Reason, RequestView,
+    TlsFingerprint, Verdict,
 };
 
-use crate::config::{Config, FailMode, Listener, Mode, Route};
+use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
 use crate::forwarding;
+use crate::hello::ConnectionFingerprints;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::respond::{self, Refusal};
 use crate::upstream::UpstreamGroup;
-
-/// Prefix of the headers Vigil sends to the app; client-sent ones are removed.
-const VIGIL_HEADER_PREFIX: &str = "vigil-";
 
 /// The proxy application. Each listener gets a clone; clones share the
 /// config, engine, upstreams and metrics.
@@ -38,6 +37,8 @@ pub struct VigilProxy {
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
     tls: bool,
+    /// TLS fingerprints of live connections; `None` when capture is off.
+    fingerprints: Option<ConnectionFingerprints>,
 }
 
 /// Per-request state.
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     attempts: usize,
     /// The client as derived, for the forwarding headers sent to the app.
     client: Option<ClientIp>,
+    /// The TLS fingerprint judged, for `Vigil-JA4`/`Vigil-JA3`.
+    tls: TlsFingerprint,
 }
 
 /// Header values built once the verdict is known; the common case (low risk,
@@ -70,6 +73,7 @@ impl VigilProxy {
         engine: Arc<Engine>,
         upstreams: Arc<Vec<UpstreamGroup>>,
         metrics: Metrics,
+        fingerprints: Option<ConnectionFingerprints>,
     ) -> Self {
         let counters =
             RequestCounters::new(&metrics, config.routes.iter().map(|r| r.name.as_str()));
@@ -81,6 +85,7 @@ impl VigilProxy {
             counters,
             forwarded: ForwardedHeaders::default(),
             tls: false,
+            fingerprints,
         }
     }
 
@@ -91,6 +96,26 @@ impl VigilProxy {
         app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
         app
+    }
+
+    /// The TLS fingerprint of the connection `session` arrived on: the one
+    /// captured from its ClientHello, found by the socket cookie (the same
+    /// for every HTTP/2 stream of a connection). On a TLS listener a
+    /// connection without one (evicted from the store) is unreadable, never
+    /// "no fingerprint": see [`crate::hello`].
+    fn connection_fingerprint(&self, session: &Session) -> TlsFingerprint {
+        let Some(store) = self.fingerprints.as_ref().filter(|_| self.tls) else {
+            return TlsFingerprint::NONE;
+        };
+        let found = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.socket_cookie().ok())
+            .and_then(|cookie| store.get(cookie));
+        found.unwrap_or_else(|| {
+            self.metrics.tls_fingerprint_missing.inc();
+            TlsFingerprint::unreadable()
+        })
     }
 
     /// Counts what was unusual about a forwarding chain.
@@ -220,6 +245,7 @@ impl ProxyHttp for VigilProxy {
             peer,
             headers: &session.req_header().headers,
             now_secs: now_secs(),
+            tls: self.connection_fingerprint(session),
         };
         if route.mode == Mode::Off {
             if self.config.client_ip.to_app {
@@ -239,6 +265,7 @@ impl ProxyHttp for VigilProxy {
             Ok(verdict) => {
                 self.count_chain(&verdict.client);
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
+                ctx.tls = verdict.device.tls;
                 ctx.client = Some(verdict.client);
                 Ok(refused)
             }
@@ -322,6 +349,23 @@ impl ProxyHttp for VigilProxy {
             .collect();
         for name in spoofed {
             upstream_request.remove_header(&name);
+        }
+        // A balancer's fingerprint headers were read by the engine (from a
+        // trusted peer only); the app gets Vigil's own headers instead.
+        let upstream_fp = &self.config.engine.upstream_fingerprints;
+        for name in [&upstream_fp.ja4_header, &upstream_fp.ja3_header]
+            .into_iter()
+            .flatten()
+        {
+            upstream_request.remove_header(name);
+        }
+        if self.config.fingerprint.to_app {
+            if let Some(ja4) = ctx.tls.ja4 {
+                upstream_request.insert_header("vigil-ja4", ja4.to_string())?;
+            }
+            if let Some(ja3) = ctx.tls.ja3 {
+                upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
+            }
         }
         if self.config.client_ip.to_app {
             for name in forwarding::REPLACED {
@@ -432,7 +476,11 @@ fn log_decision(route: &Route, verdict: &Verdict, reference: &str, enforced: boo
         network_change = verdict.network_change.map_or("", |c| c.code()),
         device = %verdict.device.id,
         browser = verdict.device.browser.as_str(),
+        major = verdict.device.major,
         platform = verdict.device.platform.as_str(),
+        class = verdict.device.class.as_str(),
+        tls = verdict.device.tls.source.as_str(),
+        ja4 = %verdict.device.tls.ja4.map(|j| j.to_string()).unwrap_or_default(),
         "decision"
     );
 }

@@ -14,6 +14,7 @@ use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource};
+use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
 use crate::proxy::VigilProxy;
@@ -109,11 +110,16 @@ impl Vigil {
         let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
         server.bootstrap();
 
+        let fingerprints = config
+            .fingerprint
+            .capture
+            .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
         let app = VigilProxy::new(
             config.clone(),
             engine.clone(),
             upstreams.clone(),
             metrics.clone(),
+            fingerprints.clone(),
         );
         for listener in &config.listeners {
             let mut service = pingora_proxy::http_proxy_service_with_name(
@@ -152,6 +158,14 @@ impl Vigil {
                     tls.enable_h2();
                 }
                 service.add_tls_with_settings(&addr, None, tls);
+                if let Some(store) = &fingerprints {
+                    service.endpoints().set_pre_tls_callback(HelloCapture::new(
+                        config.fingerprint.settings,
+                        store.clone(),
+                        metrics.tls_hello.clone(),
+                        metrics.tls_fingerprints_tracked.clone(),
+                    ));
+                }
             }
             server.add_service(service);
         }

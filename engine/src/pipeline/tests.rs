@@ -3,7 +3,8 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 use super::*;
-use crate::score::{Reason, RiskLevel};
+use crate::fingerprint::TlsFingerprint;
+use crate::score::{Contribution, Reason, RiskLevel};
 use crate::session::SessionHashKey;
 
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
@@ -24,6 +25,7 @@ fn req(engine: &Engine, policy: &Policy, cookie: &str, ua: &str, peer: &str) -> 
                 peer,
                 headers: &h,
                 now_secs: 1_700_000_000,
+                tls: Default::default(),
             },
             policy,
         )
@@ -137,6 +139,7 @@ fn session_errors_surface_as_request_errors() {
                 peer: "192.0.2.1".parse().unwrap(),
                 headers: &h,
                 now_secs: 0,
+                tls: Default::default(),
             },
             &Policy::default(),
         )
@@ -204,6 +207,7 @@ fn forwarded_req(engine: &Engine, peer: &str, xff: &str) -> Verdict {
                 peer: peer.parse().unwrap(),
                 headers: &h,
                 now_secs: 1_700_000_000,
+                tls: Default::default(),
             },
             &Policy::default(),
         )
@@ -256,6 +260,7 @@ fn the_listener_chooses_the_headers_per_request() {
         peer: LB.parse().unwrap(),
         headers: &h,
         now_secs: 0,
+        tls: Default::default(),
     };
     let p = Policy::default();
     let configured = e.evaluate(&view, &p).unwrap();
@@ -316,4 +321,127 @@ fn without_geo_a_new_prefix_is_not_called_a_new_country() {
     req(&e, &p, "session=g", FIREFOX, "81.2.69.10");
     let moved = req(&e, &p, "session=g", FIREFOX, "90.0.0.10");
     assert_eq!(moved.network_change, Some(NetworkChange::DifferentPrefix));
+}
+
+// --- TLS fingerprint (JA4) ---
+
+const CHROME_JA4: &str = "t13d1516h2_8daaf6152771_02713d6af862";
+const CHROME_NEXT_JA4: &str = "t13d1517h2_8daaf6152771_b1ff8ab2d16f";
+const PYTHON_JA4: &str = "t13d3112h2_e8f1e7e78f70_6bebaf5329ac";
+
+fn tls_req(engine: &Engine, cookie: &str, ua: &str, tls: TlsFingerprint) -> Verdict {
+    let mut h = HeaderMap::new();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("user-agent", ua.parse().unwrap());
+    engine
+        .evaluate(
+            &RequestView {
+                peer: "192.0.2.1".parse().unwrap(),
+                headers: &h,
+                now_secs: 1_700_000_000,
+                tls,
+            },
+            &Policy::default(),
+        )
+        .unwrap()
+}
+
+fn captured(ja4: &str) -> TlsFingerprint {
+    TlsFingerprint::captured(ja4.parse().unwrap())
+}
+
+fn chrome(major: u16) -> String {
+    format!(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{major}.0.0.0 Safari/537.36"
+    )
+}
+
+#[test]
+fn a_copied_user_agent_on_another_tls_stack_is_caught_by_ja4_alone() {
+    let e = engine();
+    tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
+    // Same cookie, same User-Agent, same address: only the TLS stack differs.
+    let v = tls_req(&e, "session=a", CHROME, captured(PYTHON_JA4));
+    assert_eq!(
+        v.risk.reasons,
+        vec![Contribution {
+            reason: Reason::Ja4Mismatch,
+            points: 70
+        }]
+    );
+    assert_eq!(v.risk.level, RiskLevel::High);
+    assert_eq!(v.action, Action::Block);
+    assert_eq!(v.device.tls.ja4.unwrap().to_string(), PYTHON_JA4);
+    // The victim is unaffected: the baseline did not move to the replay.
+    let v = tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
+    assert!(v.risk.reasons.is_empty());
+}
+
+#[test]
+fn a_browser_update_is_learnt_not_blocked() {
+    let e = engine();
+    tls_req(&e, "session=a", &chrome(131), captured(CHROME_JA4));
+    let v = tls_req(&e, "session=a", &chrome(132), captured(CHROME_NEXT_JA4));
+    assert_eq!(
+        v.risk.reasons,
+        vec![Contribution {
+            reason: Reason::DeviceUpgraded,
+            points: 10
+        }]
+    );
+    assert_eq!(v.action, Action::Allow);
+    // The updated browser is the session's device now.
+    let v = tls_req(&e, "session=a", &chrome(132), captured(CHROME_NEXT_JA4));
+    assert!(v.risk.reasons.is_empty());
+    // And the old one is no longer it.
+    let v = tls_req(&e, "session=a", &chrome(131), captured(CHROME_JA4));
+    assert!(v.risk.has(Reason::DeviceChanged));
+}
+
+#[test]
+fn an_update_on_another_stack_is_no_update() {
+    let e = engine();
+    tls_req(&e, "session=a", &chrome(131), captured(CHROME_JA4));
+    let v = tls_req(&e, "session=a", &chrome(132), captured(PYTHON_JA4));
+    assert!(v.risk.has(Reason::DeviceChanged));
+    assert!(v.risk.has(Reason::Ja4Mismatch));
+    assert_eq!(v.risk.score, 100);
+}
+
+#[test]
+fn extensions_changing_without_an_update_are_medium() {
+    let e = engine();
+    tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
+    let v = tls_req(&e, "session=a", CHROME, captured(CHROME_NEXT_JA4));
+    assert_eq!(
+        v.risk.reasons,
+        vec![Contribution {
+            reason: Reason::Ja4Mismatch,
+            points: 30
+        }]
+    );
+    assert_eq!(v.risk.level, RiskLevel::Medium);
+}
+
+#[test]
+fn hiding_the_hello_is_a_mismatch_not_an_escape() {
+    let e = engine();
+    tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
+    let v = tls_req(&e, "session=a", CHROME, TlsFingerprint::unreadable());
+    assert!(v.risk.has(Reason::Ja4Mismatch));
+    assert_eq!(v.risk.level, RiskLevel::High);
+}
+
+#[test]
+fn a_first_fingerprint_is_learnt_then_held() {
+    let e = engine();
+    // Opened over cleartext (no fingerprint): nothing to compare yet.
+    tls_req(&e, "session=a", CHROME, TlsFingerprint::NONE);
+    let v = tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
+    assert!(v.risk.reasons.is_empty());
+    let v = tls_req(&e, "session=a", CHROME, captured(PYTHON_JA4));
+    assert!(v.risk.has(Reason::Ja4Mismatch));
+    // Cleartext again says nothing either way.
+    let v = tls_req(&e, "session=a", CHROME, TlsFingerprint::NONE);
+    assert!(v.risk.reasons.is_empty());
 }

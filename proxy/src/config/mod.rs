@@ -20,6 +20,10 @@ pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
 use self::fields::{Fields, Problems};
+use crate::hello::CaptureSettings;
+
+/// Prefix of the headers Vigil sends to the app (client-sent ones are removed).
+pub const VIGIL_HEADER_PREFIX: &str = "vigil-";
 
 /// Pingora itself refuses header sections above about 1 MiB; a larger
 /// setting would be a promise we cannot keep.
@@ -49,6 +53,8 @@ pub struct Config {
     pub trusted_proxies: Vec<TrustedSet>,
     /// Geo and ASN databases.
     pub geoip: GeoSettings,
+    /// TLS fingerprinting.
+    pub fingerprint: FingerprintSettings,
     /// Client-facing listeners; at least one.
     pub listeners: Vec<Listener>,
     /// Upstream groups; at least one.
@@ -151,6 +157,19 @@ pub struct TrustedSet {
     pub file: Option<PathBuf>,
     /// The networks of `file` as read at load time.
     pub file_cidrs: Vec<IpNet>,
+}
+
+/// `[fingerprint]`: the TLS fingerprint of each connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintSettings {
+    /// Read the ClientHello of every connection on TLS listeners and compute
+    /// its JA4. Default true.
+    pub capture: bool,
+    /// Caps and store size of the capture.
+    pub settings: CaptureSettings,
+    /// Send `Vigil-JA4` (and `Vigil-JA3` when a balancer sent one) to the
+    /// app. Default true.
+    pub to_app: bool,
 }
 
 /// `[geoip]`: MaxMind DB files.
@@ -540,6 +559,9 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     };
     let score = ScoreConfig {
         device_changed: points(&mut t, "device_changed", d.device_changed),
+        ja4_mismatch: points(&mut t, "ja4_mismatch", d.ja4_mismatch),
+        ja4_family_changed: points(&mut t, "ja4_family_changed", d.ja4_family_changed),
+        device_upgraded: points(&mut t, "device_upgraded", d.device_upgraded),
         ip_changed: points(&mut t, "ip_changed", d.ip_changed),
         medium_at: points(&mut t, "medium_at", d.medium_at),
         high_at: points(&mut t, "high_at", d.high_at),
@@ -588,6 +610,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         p.push(t.key(key), e.to_string());
     }
     t.finish(p);
+    let (fingerprint, upstream_fingerprints) = read_fingerprint(&mut f, &trusted_proxies, p);
     let listeners = read_listeners(&mut f, base, p);
     for (i, l) in listeners.iter().enumerate() {
         if (l.forwarded.forwarded || l.forwarded.x_forwarded_for) && trusted_proxies.is_empty() {
@@ -614,6 +637,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             };
             engine.score = score;
             engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
+            engine.upstream_fingerprints = upstream_fingerprints;
             engine
         },
         hash_key,
@@ -622,10 +646,99 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         client_ip,
         trusted_proxies,
         geoip,
+        fingerprint,
         listeners,
         upstreams,
         routes,
     })
+}
+
+fn read_fingerprint(
+    f: &mut Fields<'_>,
+    sets: &[TrustedSet],
+    p: &mut Problems,
+) -> (FingerprintSettings, vigil_engine::UpstreamFingerprints) {
+    let mut t = f.table(p, "fingerprint");
+    let max_hello_bytes: usize = t.or(p, "max_hello_bytes", 20_480);
+    if !(1024..=65_536).contains(&max_hello_bytes) {
+        p.push(
+            t.key("max_hello_bytes"),
+            format!("{max_hello_bytes} is out of range; expected 1024 to 65536"),
+        );
+    }
+    let timeout_ms: u64 = t.or(p, "hello_timeout_ms", 5_000);
+    if !(10..=60_000).contains(&timeout_ms) {
+        p.push(
+            t.key("hello_timeout_ms"),
+            format!("{timeout_ms} is out of range; expected 10 to 60000"),
+        );
+    }
+    let max_connections: u64 = t.or(p, "max_connections", 131_072);
+    if max_connections == 0 {
+        p.push(t.key("max_connections"), "must be at least 1");
+    }
+    let idle: u64 = t.or(p, "connection_idle_timeout_seconds", 3_600);
+    if idle == 0 {
+        p.push(
+            t.key("connection_idle_timeout_seconds"),
+            "must be at least 1",
+        );
+    }
+    let settings = FingerprintSettings {
+        capture: t.or(p, "capture", true),
+        settings: CaptureSettings {
+            max_hello_bytes,
+            hello_timeout: Duration::from_millis(timeout_ms),
+            max_connections,
+            idle_timeout: Duration::from_secs(idle),
+        },
+        to_app: t.or(p, "to_app", true),
+    };
+    let mut header = |t: &mut Fields<'_>, key: &'static str| {
+        let name: String = t.opt(p, key)?;
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if !h.as_str().starts_with(VIGIL_HEADER_PREFIX) => Some(h),
+            Ok(_) => {
+                p.push(t.key(key), format!("{name:?} is Vigil's own header prefix"));
+                None
+            }
+            Err(_) => {
+                p.push(t.key(key), format!("{name:?} is not a header name"));
+                None
+            }
+        }
+    };
+    let ja4_header = header(&mut t, "upstream_ja4_header");
+    let ja3_header = header(&mut t, "upstream_ja3_header");
+    let trusted_sets: Vec<String> = t.or(p, "upstream_trusted", Vec::new());
+    for (i, name) in trusted_sets.iter().enumerate() {
+        if !sets.iter().any(|s| &s.name == name) {
+            p.push(
+                format!("{}[{i}]", t.key("upstream_trusted")),
+                format!("{name:?} is not the name of a [[trusted_proxies]] set"),
+            );
+        }
+    }
+    let has_header = ja4_header.is_some() || ja3_header.is_some();
+    if has_header && trusted_sets.is_empty() {
+        p.push(
+            t.key("upstream_trusted"),
+            "name the [[trusted_proxies]] sets allowed to send the fingerprint headers",
+        );
+    }
+    if !has_header && !trusted_sets.is_empty() {
+        p.push(
+            t.key("upstream_trusted"),
+            "set upstream_ja4_header or upstream_ja3_header, or remove this",
+        );
+    }
+    t.finish(p);
+    let upstream = vigil_engine::UpstreamFingerprints {
+        ja4_header,
+        ja3_header,
+        trusted_sets,
+    };
+    (settings, upstream)
 }
 
 fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<Listener> {

@@ -1,0 +1,203 @@
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+use super::*;
+
+const CHROME: &str = "t13d1516h2_8daaf6152771_02713d6af862";
+/// Chrome with one extension more (a field trial): same family.
+const CHROME_TRIAL: &str = "t13d1517h2_8daaf6152771_b1ff8ab2d16f";
+const CURL: &str = "t13d3112h2_e8f1e7e78f70_6bebaf5329ac";
+
+fn ja4(s: &str) -> Ja4 {
+    s.parse().unwrap()
+}
+
+fn trusted() -> TrustedProxies {
+    TrustedProxies::new(vec![
+        (
+            "cdn".to_owned(),
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()],
+        ),
+        ("office".to_owned(), vec!["192.168.0.0/16".parse().unwrap()]),
+    ])
+    .unwrap()
+}
+
+fn upstream() -> UpstreamFingerprints {
+    UpstreamFingerprints {
+        ja4_header: Some(HeaderName::from_static("cloudfront-viewer-ja4-fingerprint")),
+        ja3_header: Some(HeaderName::from_static("cloudfront-viewer-ja3-fingerprint")),
+        trusted_sets: vec!["cdn".to_owned()],
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn ja4_parses_and_prints_back() {
+    assert_eq!(ja4(CHROME).to_string(), CHROME);
+    // Upper-case hex and `a` are accepted and printed in the canonical case.
+    assert_eq!(
+        ja4("T13D1516H2_8DAAF6152771_02713D6AF862").to_string(),
+        CHROME
+    );
+}
+
+#[test]
+fn ja4_rejects_what_is_not_one() {
+    for bad in [
+        "",
+        "t13d1516h2",
+        "t13d1516h2_8daaf6152771",
+        "t13d1516h2_8daaf6152771_02713d6af862_",
+        "t13d1516h2_8daaf6152771_02713d6af86",
+        "t13d1516h_8daaf6152771_02713d6af862",
+        "t13d1516h2_8daaf615277g_02713d6af862",
+        "t13d-516h2_8daaf6152771_02713d6af862",
+        "t13d1516h2__8daaf6152771_02713d6af862",
+    ] {
+        assert_eq!(
+            bad.parse::<Ja4>(),
+            Err(ParseFingerprintError::Ja4),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn ja3_parses_32_hex_digits_only() {
+    let s = "e7d705a3286e19ea42f587b344ee6865";
+    assert_eq!(s.parse::<Ja3>().unwrap().to_string(), s);
+    assert_eq!(
+        "e7d705a3286e19ea42f587b344ee686".parse::<Ja3>(),
+        Err(ParseFingerprintError::Ja3)
+    );
+    assert_eq!(
+        "e7d705a3286e19ea42f587b344ee686z".parse::<Ja3>(),
+        Err(ParseFingerprintError::Ja3)
+    );
+}
+
+#[test]
+fn family_is_the_stack_without_its_extensions() {
+    assert!(ja4(CHROME).same_family(&ja4(CHROME_TRIAL)));
+    assert!(!ja4(CHROME).same_family(&ja4(CURL)));
+    // Same ciphers but another ALPN (http/1.1 only) is another client setup.
+    assert!(!ja4(CHROME).same_family(&ja4("t13d1516h1_8daaf6152771_02713d6af862")));
+    // No SNI: connected by address, another client.
+    assert!(!ja4(CHROME).same_family(&ja4("t13i1516h2_8daaf6152771_02713d6af862")));
+}
+
+#[test]
+fn comparison_covers_every_pair_of_sources() {
+    let chrome = TlsFingerprint::captured(ja4(CHROME));
+    let curl = TlsFingerprint::captured(ja4(CURL));
+    let trial = TlsFingerprint::captured(ja4(CHROME_TRIAL));
+    let none = TlsFingerprint::NONE;
+    let unreadable = TlsFingerprint::unreadable();
+    let upstream_chrome = TlsFingerprint {
+        source: TlsSource::Upstream,
+        ..chrome
+    };
+    let ja3_only = TlsFingerprint {
+        source: TlsSource::Upstream,
+        ja4: None,
+        ja3: Some("e7d705a3286e19ea42f587b344ee6865".parse().unwrap()),
+    };
+
+    assert_eq!(chrome.compare(&chrome), TlsMatch::Same);
+    assert_eq!(upstream_chrome.compare(&chrome), TlsMatch::Same);
+    assert_eq!(trial.compare(&chrome), TlsMatch::SameFamily);
+    assert_eq!(curl.compare(&chrome), TlsMatch::Different);
+    assert_eq!(none.compare(&chrome), TlsMatch::NoEvidence);
+    assert_eq!(chrome.compare(&none), TlsMatch::NoEvidence);
+    assert_eq!(unreadable.compare(&chrome), TlsMatch::Different);
+    assert_eq!(chrome.compare(&unreadable), TlsMatch::Different);
+    assert_eq!(unreadable.compare(&unreadable), TlsMatch::Same);
+    assert_eq!(ja3_only.compare(&chrome), TlsMatch::NoEvidence);
+    assert_eq!(ja3_only.compare(&ja3_only), TlsMatch::NoEvidence);
+}
+
+#[test]
+fn upstream_headers_are_read_from_a_trusted_balancer_only() {
+    let h = headers(&[
+        ("cloudfront-viewer-ja4-fingerprint", CHROME),
+        (
+            "cloudfront-viewer-ja3-fingerprint",
+            "e7d705a3286e19ea42f587b344ee6865",
+        ),
+    ]);
+    let cdn: IpAddr = "10.1.2.3".parse().unwrap();
+    let got = upstream().read(&trusted(), cdn, &h).unwrap();
+    assert_eq!(got.source, TlsSource::Upstream);
+    assert_eq!(got.ja4, Some(ja4(CHROME)));
+    assert_eq!(
+        got.ja3.unwrap().to_string(),
+        "e7d705a3286e19ea42f587b344ee6865"
+    );
+
+    // A client on the Internet sending the same headers is not believed.
+    let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+    assert_eq!(upstream().read(&trusted(), stranger, &h), None);
+    // Nor is a trusted proxy of another set (it forwards, it does not
+    // terminate TLS for the client).
+    let office: IpAddr = "192.168.1.1".parse().unwrap();
+    assert_eq!(upstream().read(&trusted(), office, &h), None);
+    // Nothing configured: nothing read.
+    assert_eq!(
+        UpstreamFingerprints::default().read(&trusted(), cdn, &h),
+        None
+    );
+}
+
+#[test]
+fn malformed_upstream_values_are_ignored_one_by_one() {
+    let cdn: IpAddr = "10.1.2.3".parse().unwrap();
+    let h = headers(&[
+        ("cloudfront-viewer-ja4-fingerprint", "not-a-ja4"),
+        (
+            "cloudfront-viewer-ja3-fingerprint",
+            "e7d705a3286e19ea42f587b344ee6865",
+        ),
+    ]);
+    let got = upstream().read(&trusted(), cdn, &h).unwrap();
+    assert_eq!(got.ja4, None);
+    assert!(got.ja3.is_some());
+
+    let h = headers(&[("cloudfront-viewer-ja4-fingerprint", "x")]);
+    assert_eq!(upstream().read(&trusted(), cdn, &h), None);
+    // Surrounding whitespace is tolerated.
+    let h = headers(&[("cloudfront-viewer-ja4-fingerprint", &format!(" {CHROME} "))]);
+    assert_eq!(
+        upstream().read(&trusted(), cdn, &h).unwrap().ja4,
+        Some(ja4(CHROME))
+    );
+}
+
+proptest! {
+    #[test]
+    fn ja4_parse_never_panics(s in "\\PC{0,64}") {
+        let _ = s.parse::<Ja4>();
+        let _ = s.parse::<Ja3>();
+    }
+
+    #[test]
+    fn ja4_round_trips(a in "[a-z0-9]{10}", b in "[0-9a-f]{12}", c in "[0-9a-f]{12}") {
+        let s = format!("{a}_{b}_{c}");
+        let parsed: Ja4 = s.parse().unwrap();
+        prop_assert_eq!(parsed.to_string(), s);
+        prop_assert!(parsed.same_family(&parsed));
+    }
+}
