@@ -1,11 +1,16 @@
 //! Arbitrary request headers through the whole engine pipeline: session
-//! (cookies, bearer tokens), device traits, scoring and decision. Each input
-//! is evaluated twice so that the known-session path runs too.
+//! (cookies, bearer tokens), device traits (User-Agent patterns, client
+//! hints, a trusted balancer's `x-ja4`/`x-ja3` headers), scoring and
+//! decision. Each input is evaluated twice so that the known-session path
+//! runs too.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use vigil_engine::{Engine, EngineConfig, Policy, RequestView, SessionHashKey};
+use vigil_engine::{
+    ClientIpConfig, Engine, EngineConfig, Policy, RequestView, SessionHashKey, TlsFingerprint,
+    TrustedProxies, UpstreamFingerprints,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut headers = HeaderMap::new();
@@ -16,8 +21,25 @@ fuzz_target!(|data: &[u8]| {
             headers.append(n, v);
         }
     }
-    let engine = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([0; 32]));
-    let view = RequestView { peer: [192, 0, 2, 1].into(), headers: &headers, now_secs: 0 };
+    let mut config = EngineConfig::default();
+    // The peer is a trusted balancer whose fingerprint headers are read.
+    config.client_ip = ClientIpConfig {
+        trusted: TrustedProxies::new(vec![("cdn".into(), vec!["192.0.2.0/24".parse().unwrap()])])
+            .unwrap(),
+        ..ClientIpConfig::default()
+    };
+    config.upstream_fingerprints = UpstreamFingerprints {
+        ja4_header: Some(HeaderName::from_static("x-ja4")),
+        ja3_header: Some(HeaderName::from_static("x-ja3")),
+        trusted_sets: vec!["cdn".into()],
+    };
+    let engine = Engine::new(config, SessionHashKey::from_bytes([0; 32]));
+    let view = RequestView {
+        peer: [192, 0, 2, 1].into(),
+        headers: &headers,
+        now_secs: 0,
+        tls: TlsFingerprint::captured("t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap()),
+    };
     let _ = engine.evaluate(&view, &Policy::default());
     let _ = engine.evaluate(&view, &Policy::default());
 });
