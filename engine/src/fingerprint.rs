@@ -181,8 +181,10 @@ impl UpstreamFingerprints {
 
     /// The fingerprint a trusted balancer reported for this request, or
     /// `None` when the peer is not in one of the trusted sets (the headers are
-    /// then ignored) or sent nothing usable. A malformed value is ignored, not
-    /// an error: the request is judged without it.
+    /// then ignored). From a trusted balancer that sent nothing usable the
+    /// answer is [`TlsFingerprint::NONE`], not `None`: what Vigil captured on
+    /// that connection is the balancer's own stack and says nothing of the
+    /// client. A malformed value is ignored, not an error.
     pub fn read(
         &self,
         trusted: &TrustedProxies,
@@ -205,7 +207,7 @@ impl UpstreamFingerprints {
         let ja4 = value(&self.ja4_header).and_then(|v| v.parse::<Ja4>().ok());
         let ja3 = value(&self.ja3_header).and_then(|v| v.parse::<Ja3>().ok());
         if ja4.is_none() && ja3.is_none() {
-            return None;
+            return Some(TlsFingerprint::NONE);
         }
         Some(TlsFingerprint {
             source: TlsSource::Upstream,

@@ -222,6 +222,16 @@ fn upstream_fingerprint_replaces_the_captured_one_only_from_trusted_peers() {
     assert_eq!(from_cdn.tls.ja4.unwrap().to_string(), CHROME_JA4);
     let direct = stage.observe(&view("198.51.100.1"), &trusted);
     assert_eq!(direct.tls, captured);
+    // From the balancer without the header, the captured hello is the
+    // balancer's: no fingerprint.
+    let bare = headers(&[("user-agent", CHROME_WIN)]);
+    let view = RequestView {
+        peer: "10.0.0.1".parse::<IpAddr>().unwrap(),
+        headers: &bare,
+        now_secs: 0,
+        tls: captured,
+    };
+    assert_eq!(stage.observe(&view, &trusted).tls, TlsFingerprint::NONE);
 }
 
 #[test]

@@ -176,8 +176,17 @@ fn malformed_upstream_values_are_ignored_one_by_one() {
     assert_eq!(got.ja4, None);
     assert!(got.ja3.is_some());
 
+    // Nothing usable from the balancer: no fingerprint at all (the
+    // connection's own hello would be the balancer's).
     let h = headers(&[("cloudfront-viewer-ja4-fingerprint", "x")]);
-    assert_eq!(upstream().read(&trusted(), cdn, &h), None);
+    assert_eq!(
+        upstream().read(&trusted(), cdn, &h),
+        Some(TlsFingerprint::NONE)
+    );
+    assert_eq!(
+        upstream().read(&trusted(), cdn, &HeaderMap::new()),
+        Some(TlsFingerprint::NONE)
+    );
     // Surrounding whitespace is tolerated.
     let h = headers(&[("cloudfront-viewer-ja4-fingerprint", &format!(" {CHROME} "))]);
     assert_eq!(
