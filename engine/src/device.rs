@@ -327,9 +327,8 @@ impl DeviceId {
         major: u16,
         lang: &LanguageTag,
     ) -> DeviceId {
-        let lang = lang.as_bytes().iter().fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-        });
+        let lang = ua::fnv1a(lang.as_bytes());
+        // xor-fold to the 20 bits the layout gives the language.
         let lang = u64::from((lang >> 20) ^ (lang & 0x000f_ffff));
         DeviceId(
             (u64::from(family) << 48)

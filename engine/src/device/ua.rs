@@ -168,10 +168,16 @@ fn class(ua: &str, browser: Browser, platform: Platform, device: &str) -> Device
     }
 }
 
-pub(crate) fn fnv16(bytes: &[u8]) -> u16 {
-    let h = bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+/// 32-bit FNV-1a: stable across releases and nodes (the device id is
+/// compared between them), which std's hashers do not promise.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    });
+    })
+}
+
+pub(crate) fn fnv16(bytes: &[u8]) -> u16 {
+    let h = fnv1a(bytes);
     // xor-fold to 16 bits, as FNV's authors recommend for short hashes.
     let [a, b, c, d] = h.to_be_bytes();
     u16::from_be_bytes([a ^ c, b ^ d])
