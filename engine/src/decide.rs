@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::score::{Reason, Risk, RiskLevel};
+use crate::score::{Risk, RiskLevel};
 
 /// What the proxy does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +30,18 @@ pub struct Policy {
     pub medium: Action,
     /// Action at high risk. Default `block`.
     pub high: Action,
+    /// The route's own sensitivity: thresholds that replace the engine's
+    /// when the level is read from the score. `None`: the engine's.
+    pub thresholds: Option<Thresholds>,
+}
+
+/// Scores at which risk becomes medium and high.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Score at which risk becomes medium; at least 1.
+    pub medium_at: u8,
+    /// Score at which risk becomes high; at least `medium_at`.
+    pub high_at: u8,
 }
 
 /// An action name that is not one of `allow`, `step_up`, `block`, `revoke`.
@@ -45,21 +57,34 @@ impl Default for Policy {
             low: Action::Allow,
             medium: Action::Allow,
             high: Action::Block,
+            thresholds: None,
         }
     }
 }
 
 impl Policy {
-    /// The action for `risk`. A revoked session is refused whatever the
-    /// policy says: revocation is not a risk to weigh but a fact.
+    /// The action for `risk`. A revoked session (or user) is refused
+    /// whatever the policy says: revocation is not a risk to weigh but a
+    /// fact.
     pub fn decide(&self, risk: &Risk) -> Action {
-        if risk.has(Reason::Revoked) {
+        if risk.reasons.iter().any(|c| c.reason.is_final()) {
             return Action::Block;
         }
-        match risk.level {
+        match self.level(risk) {
             RiskLevel::Low => self.low,
             RiskLevel::Medium => self.medium,
             RiskLevel::High => self.high,
+        }
+    }
+
+    /// The level of `risk` on this route: its own, or re-read from its
+    /// score under the route's thresholds.
+    pub fn level(&self, risk: &Risk) -> RiskLevel {
+        match self.thresholds {
+            None => risk.level,
+            Some(t) if risk.score >= t.high_at => RiskLevel::High,
+            Some(t) if risk.score >= t.medium_at => RiskLevel::Medium,
+            Some(_) => RiskLevel::Low,
         }
     }
 }
@@ -101,7 +126,7 @@ impl fmt::Display for Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::Contribution;
+    use crate::score::{Contribution, Reason};
 
     fn risk(level: RiskLevel, reasons: &[Reason]) -> Risk {
         Risk {
@@ -123,6 +148,7 @@ mod tests {
             low: Action::Allow,
             medium: Action::StepUp,
             high: Action::Revoke,
+            thresholds: None,
         };
         assert_eq!(p.decide(&risk(RiskLevel::Low, &[])), Action::Allow);
         assert_eq!(p.decide(&risk(RiskLevel::Medium, &[])), Action::StepUp);
@@ -135,11 +161,31 @@ mod tests {
             low: Action::Allow,
             medium: Action::Allow,
             high: Action::Allow,
+            thresholds: None,
         };
-        assert_eq!(
-            p.decide(&risk(RiskLevel::High, &[Reason::Revoked])),
-            Action::Block
-        );
+        for reason in [Reason::Revoked, Reason::UserRevoked] {
+            assert_eq!(p.decide(&risk(RiskLevel::High, &[reason])), Action::Block);
+        }
+    }
+
+    #[test]
+    fn a_route_can_be_more_sensitive_than_the_engine() {
+        let sensitive = Policy {
+            medium: Action::StepUp,
+            thresholds: Some(Thresholds {
+                medium_at: 10,
+                high_at: 40,
+            }),
+            ..Policy::default()
+        };
+        let mut r = risk(RiskLevel::Low, &[Reason::IpChanged]);
+        r.score = 10;
+        assert_eq!(Policy::default().decide(&r), Action::Allow);
+        assert_eq!(sensitive.decide(&r), Action::StepUp);
+        r.score = 45;
+        r.level = RiskLevel::Medium;
+        assert_eq!(sensitive.level(&r), RiskLevel::High);
+        assert_eq!(sensitive.decide(&r), Action::Block);
     }
 
     #[test]

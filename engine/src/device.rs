@@ -16,6 +16,8 @@
 
 mod ua;
 
+pub(crate) use ua::fnv1a;
+
 use std::fmt;
 
 use http::HeaderMap;
@@ -301,6 +303,14 @@ impl Device {
 }
 
 impl DeviceSummary {
+    /// No device: a session bound to a user before its first request.
+    pub const NONE: DeviceSummary = DeviceSummary {
+        id: DeviceId(0),
+        shape: HeaderShape(0),
+        tls_source: TlsSource::None,
+        ja4: None,
+    };
+
     /// The TLS fingerprint as remembered (JA3 is not kept: it is never
     /// compared).
     pub fn tls(&self) -> TlsFingerprint {
@@ -350,6 +360,22 @@ impl DeviceId {
         let mask = !(0xffffu64 << Self::MAJOR_SHIFT);
         self.0 & mask == other.0 & mask
     }
+
+    /// The id with its major version zeroed: one value per browser, platform,
+    /// class and language, whatever the version. What a user profile counts.
+    pub fn without_major(self) -> DeviceId {
+        DeviceId(self.0 & !(0xffffu64 << Self::MAJOR_SHIFT))
+    }
+
+    /// The 16-bit browser family hash packed in the id.
+    pub fn family(self) -> u16 {
+        u16::try_from(self.0 >> 48).unwrap_or(0)
+    }
+
+    /// The platform byte packed in the id.
+    pub fn platform_code(self) -> u8 {
+        u8::try_from((self.0 >> 40) & 0xff).unwrap_or(0)
+    }
 }
 
 // === impl HeaderShape ===
@@ -380,6 +406,11 @@ impl HeaderShape {
     /// The bits, for logs: 1 client hints, 2 fetch metadata, 4 Accept-Language.
     pub fn bits(self) -> u8 {
         self.0
+    }
+
+    /// A shape from [`HeaderShape::bits`]; unknown bits are dropped.
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & (Self::CLIENT_HINTS | Self::FETCH_METADATA | Self::ACCEPT_LANGUAGE))
     }
 }
 

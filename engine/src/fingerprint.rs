@@ -157,6 +157,27 @@ impl TlsSource {
             TlsSource::Unreadable => "unreadable",
         }
     }
+
+    /// The byte a compact record stores.
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            TlsSource::None => 0,
+            TlsSource::Captured => 1,
+            TlsSource::Upstream => 2,
+            TlsSource::Unreadable => 3,
+        }
+    }
+
+    /// Reads [`TlsSource::to_u8`] back.
+    pub(crate) fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => TlsSource::None,
+            1 => TlsSource::Captured,
+            2 => TlsSource::Upstream,
+            3 => TlsSource::Unreadable,
+            _ => return None,
+        })
+    }
 }
 
 impl TlsMatch {

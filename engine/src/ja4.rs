@@ -305,6 +305,29 @@ impl Ja4 {
         // a = transport(1) version(2) sni(1) ciphers(2) extensions(2) alpn(2)
         self.a[..6] == other.a[..6] && self.a[8..] == other.a[8..] && self.b == other.b
     }
+
+    /// The 22 bytes a compact record stores: `a`, then `b` and `c` raw.
+    pub(crate) fn to_raw(self) -> [u8; 22] {
+        let mut out = [0u8; 22];
+        out[..10].copy_from_slice(&self.a);
+        out[10..16].copy_from_slice(&self.b);
+        out[16..].copy_from_slice(&self.c);
+        out
+    }
+
+    /// Reads [`Ja4::to_raw`] back; `None` when `a` is not printable ASCII
+    /// (a record from elsewhere is checked, not trusted).
+    pub(crate) fn from_raw(raw: &[u8; 22]) -> Option<Ja4> {
+        let mut ja4 = Ja4 {
+            a: [0; 10],
+            b: [0; 6],
+            c: [0; 6],
+        };
+        ja4.a.copy_from_slice(&raw[..10]);
+        ja4.b.copy_from_slice(&raw[10..16]);
+        ja4.c.copy_from_slice(&raw[16..]);
+        ja4.a.iter().all(u8::is_ascii_alphanumeric).then_some(ja4)
+    }
 }
 
 impl std::str::FromStr for Ja4 {

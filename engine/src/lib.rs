@@ -37,7 +37,7 @@ pub use client_ip::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HOPS, ForwardedHeaders, Hop, MAX_PROVIDER_NAME_BYTES,
     MAX_TRUSTED_SETS, Node, Provider, TrustedProxies, TrustedSetError,
 };
-pub use decide::{Action, ParseActionError, Policy};
+pub use decide::{Action, ParseActionError, Policy, Thresholds};
 pub use device::{
     Browser, Device, DeviceClass, DeviceId, DeviceMatch, DeviceStage, DeviceSummary, HeaderShape,
     LanguageTag, Platform, TraitMatch,
@@ -49,11 +49,14 @@ pub use ja4::{
     ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, Transport, ja4, ja4_o, ja4_r, ja4_ro,
 };
 pub use network::{
-    NetworkChange, NetworkFacts, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
+    NetworkChange, NetworkFacts, NetworkMark, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
 };
 pub use pipeline::{Engine, EngineConfig, Verdict};
 pub use request::{RequestError, RequestView};
-pub use score::{Contribution, Reason, Risk, RiskLevel, ScoreConfig, Scorer};
+pub use score::{
+    Contribution, FeatureWeights, Feedback, Reason, RecordError, Risk, RiskLevel, Risks,
+    ScoreConfig, Scorer, SessionState, TrustedNetwork, UserKey, UserModelConfig,
+};
 pub use session::{
     CredentialSource, HASH_KEY_LEN, Session, SessionConfig, SessionError, SessionHashKey,
     SessionKey, SessionLimits, SessionStage, ShortKey,

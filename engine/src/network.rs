@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::client_ip::{ClientIp, Provider};
+use crate::device::fnv1a;
 
 /// Prefix length within which an IPv4 client is deemed not to have moved:
 /// the smallest block routed on the Internet, typically one site.
@@ -37,6 +38,27 @@ pub struct NetworkFacts {
     /// The client's ISO 3166-1 alpha-2 country code (ASCII letters, compared
     /// without regard to case); `None` when unknown.
     pub country: Option<[u8; 2]>,
+}
+
+/// What a session remembers of a network, in 24 bytes: 32-bit FNV-1a
+/// hashes of the client address, its /24 or /48 prefix, the provider name
+/// and the egress node (0 for none) — equality is all the classification
+/// needs of them, and a collision (one in four billion) only hides a move —
+/// and the ASN and country (0 for unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct NetworkMark {
+    /// Hash of the client address (IPv4 as IPv4-mapped IPv6).
+    pub client: u32,
+    /// Hash of the client's /24 (IPv4) or /48 (IPv6), tagged by family.
+    pub prefix: u32,
+    /// Hash of the trusted provider's name; 0 for none.
+    pub provider: u32,
+    /// Hash of the provider's egress address; 0 for none.
+    pub egress: u32,
+    /// Autonomous system number; 0 for unknown.
+    pub asn: u32,
+    /// Upper-case ISO country code; `[0, 0]` for unknown.
+    pub country: [u8; 2],
 }
 
 /// How the network of a session's request differs from its baseline,
@@ -82,6 +104,80 @@ impl NetworkFacts {
     pub fn change_from(&self, prev: &NetworkFacts) -> NetworkChange {
         classify(prev, self)
     }
+
+    /// The compact form a session remembers.
+    pub fn mark(&self) -> NetworkMark {
+        let hash = |bytes: &[u8]| fnv1a(bytes).max(1);
+        let client = mapped(self.client);
+        NetworkMark {
+            client: hash(&client),
+            prefix: hash(&prefix_bytes(&client)),
+            provider: self.provider.map_or(0, |p| hash(p.as_str().as_bytes())),
+            egress: self.egress.map_or(0, |e| hash(&mapped(e))),
+            asn: self.asn.unwrap_or(0),
+            country: self.country.map_or([0; 2], |c| {
+                [c[0].to_ascii_uppercase(), c[1].to_ascii_uppercase()]
+            }),
+        }
+    }
+}
+
+// === impl NetworkMark ===
+
+impl NetworkMark {
+    /// How the network moved from `self` (the baseline) to `cur`; see
+    /// [`classify`].
+    pub fn change_to(&self, cur: &NetworkMark) -> NetworkChange {
+        if self.client == cur.client {
+            return if self.provider != cur.provider {
+                NetworkChange::ProviderChanged
+            } else if self.egress != cur.egress {
+                NetworkChange::EgressChanged
+            } else {
+                NetworkChange::Same
+            };
+        }
+        if self.prefix == cur.prefix {
+            return NetworkChange::SamePrefix;
+        }
+        if self.country != [0; 2] && cur.country != [0; 2] && self.country != cur.country {
+            return NetworkChange::DifferentCountry;
+        }
+        match (self.asn, cur.asn) {
+            (0, _) | (_, 0) => NetworkChange::DifferentPrefix,
+            (a, b) if a != b => NetworkChange::DifferentAsn,
+            _ => NetworkChange::SameAsn,
+        }
+    }
+
+    /// The ASN, when known.
+    pub fn asn(&self) -> Option<u32> {
+        (self.asn != 0).then_some(self.asn)
+    }
+
+    /// The country code, when known.
+    pub fn country(&self) -> Option<[u8; 2]> {
+        (self.country != [0; 2]).then_some(self.country)
+    }
+}
+
+/// The /24 of an IPv4 (mapped) address or the /48 of an IPv6 one, with a
+/// family tag so that the two never collide.
+fn prefix_bytes(c: &[u8; 16]) -> [u8; 7] {
+    let v4 = c[..10].iter().all(|b| *b == 0) && c[10] == 0xff && c[11] == 0xff;
+    if v4 {
+        [4, c[12], c[13], c[14], 0, 0, 0]
+    } else {
+        [6, c[0], c[1], c[2], c[3], c[4], c[5]]
+    }
+}
+
+/// An address as 16 bytes, IPv4 (and IPv4-mapped IPv6) as IPv4-mapped.
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 impl From<&ClientIp> for NetworkFacts {
@@ -104,28 +200,7 @@ impl From<&ClientIp> for NetworkFacts {
 /// than a /24), then proven differences (country, then ASN), then a proven
 /// same ASN; with ASN unknown on either side, [`NetworkChange::DifferentPrefix`].
 pub fn classify(prev: &NetworkFacts, cur: &NetworkFacts) -> NetworkChange {
-    if prev.client == cur.client {
-        return if prev.provider != cur.provider {
-            NetworkChange::ProviderChanged
-        } else if prev.egress != cur.egress {
-            NetworkChange::EgressChanged
-        } else {
-            NetworkChange::Same
-        };
-    }
-    if same_prefix(prev.client, cur.client) {
-        return NetworkChange::SamePrefix;
-    }
-    if let (Some(a), Some(b)) = (prev.country, cur.country)
-        && !a.eq_ignore_ascii_case(&b)
-    {
-        return NetworkChange::DifferentCountry;
-    }
-    match (prev.asn, cur.asn) {
-        (Some(a), Some(b)) if a != b => NetworkChange::DifferentAsn,
-        (Some(_), Some(_)) => NetworkChange::SameAsn,
-        _ => NetworkChange::DifferentPrefix,
-    }
+    prev.mark().change_to(&cur.mark())
 }
 
 /// Whether two addresses share a /24 (IPv4) or /48 (IPv6). Addresses of

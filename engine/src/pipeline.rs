@@ -11,8 +11,8 @@ use crate::device::{Device, DeviceStage};
 use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView};
-use crate::score::{Risk, ScoreConfig, Scorer};
-use crate::session::{Session, SessionConfig, SessionHashKey, SessionStage};
+use crate::score::{Feedback, Place, Risk, Risks, ScoreConfig, Scorer, UserKey};
+use crate::session::{Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
 
 /// Everything the engine is configured with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct Engine {
     device: DeviceStage,
     geo: Option<Arc<GeoIp>>,
     scorer: Scorer,
+    /// The secret user keys are derived with (the session hash key's).
+    user_secret: SessionHashKey,
 }
 
 /// The engine's answer for one request, with the facts behind it.
@@ -55,8 +57,10 @@ pub struct Verdict {
     pub network_change: Option<NetworkChange>,
     /// The device observed.
     pub device: Device,
-    /// The risk found.
+    /// The request's overall risk: the three risks' contributions added up.
     pub risk: Risk,
+    /// Login, session and entity risk apart.
+    pub risks: Risks,
     /// What to do.
     pub action: Action,
 }
@@ -65,11 +69,12 @@ impl Engine {
     /// Builds an engine with an empty session store.
     pub fn new(config: EngineConfig, hash_key: SessionHashKey) -> Self {
         Self {
-            session: SessionStage::new(config.session, hash_key),
+            session: SessionStage::new(config.session, hash_key.clone()),
             client_ip: ArcSwap::from_pointee(ClientIpStage::new(config.client_ip)),
             device: DeviceStage::new(config.upstream_fingerprints),
             geo: None,
             scorer: Scorer::new(config.score),
+            user_secret: hash_key.clone(),
         }
     }
 
@@ -124,30 +129,102 @@ impl Engine {
         let client_ip = self.client_ip.load();
         let client = client_ip.resolve_with(request, forwarded);
         let device = self.device.observe(request, &client_ip.config().trusted);
-        let mut network = NetworkFacts::from(&client);
-        if let Some(geo) = &self.geo {
-            let facts = geo.lookup(client.addr);
-            network.asn = facts.asn;
-            network.country = facts.country.map(|c| c.as_bytes());
-        }
-        let (risk, network_change, observation) =
-            self.scorer
-                .score(session.map(|s| s.key), &device, &network, request.now_secs);
+        let (network, place) = self.locate(&client);
+        let scored = self.scorer.score(
+            session.map(|s| s.key),
+            &device,
+            &network.mark(),
+            place,
+            request.now_secs,
+        );
+        let risk = scored.risks.overall(self.scorer.config());
         let action = policy.decide(&risk);
 
-        self.scorer
-            .commit(observation, &network, action == Action::Allow);
+        self.scorer.commit(
+            scored.observation,
+            policy.level(&risk),
+            action == Action::Allow,
+            request.now_secs,
+        );
         if let (Action::Revoke, Some(s)) = (action, session) {
             self.scorer.revoke(s.key, request.now_secs);
         }
         Ok(Verdict {
             session,
             client,
-            network_change,
+            network_change: scored.change,
             device,
             risk,
+            risks: scored.risks,
             action,
         })
+    }
+
+    /// The network facts of the client, with ASN, country and place from the
+    /// geo stage when there is one.
+    fn locate(&self, client: &ClientIp) -> (NetworkFacts, Option<Place>) {
+        let mut network = NetworkFacts::from(client);
+        let mut place = None;
+        if let Some(geo) = &self.geo {
+            let facts = geo.lookup(client.addr);
+            network.asn = facts.asn;
+            network.country = facts.country.map(|c| c.as_bytes());
+            place = facts.location.as_ref().and_then(Place::from_location);
+        }
+        (network, place)
+    }
+
+    /// The user key of the user named `name` (as the app or identity
+    /// provider names them): a keyed hash, so that no store holds names.
+    pub fn user_key(&self, name: &str) -> UserKey {
+        UserKey::derive(self.user_secret.as_bytes(), name)
+    }
+
+    /// The session key of a credential sent as the first configured session
+    /// cookie, e.g. to bind the session a login response sets before its
+    /// first request. `None` when no cookie is configured or the value is
+    /// longer than the session limits allow.
+    pub fn key_for_credential(&self, value: &[u8]) -> Option<SessionKey> {
+        self.session.cookie_key(0, value)
+    }
+
+    /// The session key of `value` sent as the session cookie `name`; `None`
+    /// when `name` is not a configured session cookie or the value is too
+    /// long. The proxy binds the session a login response sets with it.
+    pub fn key_for_cookie(&self, name: &str, value: &[u8]) -> Option<SessionKey> {
+        self.session.cookie_key(self.session.rank_of(name)?, value)
+    }
+
+    /// Binds a session to the user named `name`; see [`Scorer::bind_user`].
+    pub fn bind_user(&self, session: SessionKey, name: &str, now_secs: u64) {
+        self.scorer
+            .bind_user(session, self.user_key(name), now_secs);
+    }
+
+    /// This request's client passed a step-up: its device and network become
+    /// its session's baseline and are learnt for the user. Returns the
+    /// session, if the request carried one.
+    pub fn confirm(&self, request: &RequestView<'_>) -> Result<Option<SessionKey>, RequestError> {
+        let Some(session) = self.session.identify(request.headers)? else {
+            return Ok(None);
+        };
+        let client_ip = self.client_ip.load();
+        let client = client_ip.resolve_with(request, client_ip.config().headers);
+        let device = self.device.observe(request, &client_ip.config().trusted);
+        let (network, place) = self.locate(&client);
+        self.scorer.confirm(
+            session.key,
+            &device,
+            &network.mark(),
+            place,
+            request.now_secs,
+        );
+        Ok(Some(session.key))
+    }
+
+    /// Applies an operator's feedback; see [`Feedback`].
+    pub fn feedback(&self, feedback: Feedback, now_secs: u64) {
+        self.scorer.feedback(feedback, now_secs);
     }
 
     /// The session store, for revocations from outside the request path and

@@ -1,25 +1,51 @@
-//! Score: this request against the session's own baseline.
+//! Score: three risks per request, each explained by its reasons.
 //!
-//! On first sight of a session the scorer records a baseline (device traits
-//! and TLS fingerprint, network facts). Later requests are compared to it
-//! ([`Device::compare`]) and each difference adds its
-//! configured points to a score from 0 to 100, with the reason kept beside
-//! its contribution so that every decision can be explained. The network is
-//! compared through [`classify`](crate::classify): only a change of
-//! the derived client address is `ip_changed`; a new egress node of the same
-//! trusted provider (or a new path to the same client) is not. The store is a
-//! pair of bounded `moka` caches: baselines expire after the idle timeout,
-//! revocations after the revocation TTL.
+//! * **Session risk** — this request against the session's own baseline:
+//!   the device's traits and TLS fingerprint ([`Device::compare`]), the
+//!   network through [`NetworkMark::change_to`] (an egress node change behind
+//!   the same trusted provider is not a move), impossible travel between the
+//!   places the geo stage gave, and a return to the previous network soon
+//!   after leaving it (two places using one session at once: a replayed
+//!   cookie).
+//! * **Login risk** — the first request at which the session's user is known,
+//!   against the user's history (the likelihood model of [`profile`]).
+//! * **Entity risk** — the user across sessions: revoked everywhere, reported
+//!   by a partner, or caught on another session recently.
+//!
+//! Each is a [`Risk`]: a score from 0 to 100, its level and the reasons with
+//! their points; the request's overall risk adds them up. Nothing here
+//! changes state: [`Scorer::commit`] learns from a request once the decision
+//! says it was allowed, so a blocked replay teaches nothing.
+//!
+//! State is bounded: session states (96 bytes each, with a fixed record form
+//! for snapshots and sync — see [`state`]) in a store of our own sized to
+//! the per-session memory budget ([`store`]); user profiles (320 bytes),
+//! entity flags (only for users that have some) and revocations in `moka`
+//! caches; the population's frequency sketches (6 × 256 KiB).
+
+mod profile;
+mod state;
+mod store;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::sync::Cache;
+use vigil_geoip::Location;
+use vigil_geoip::travel::{Travel, TravelConfig, classify as travel};
 
-use crate::device::{Device, DeviceSummary, TraitMatch};
+use crate::device::{Device, DeviceId, TraitMatch};
 use crate::fingerprint::{TlsMatch, TlsSource};
-use crate::network::{NetworkChange, NetworkFacts};
+use crate::network::{NetworkChange, NetworkFacts, NetworkMark};
 use crate::session::SessionKey;
+use profile::{ALL, Evidence, Feature, Features, NETWORK, Population, UserProfile};
+pub(crate) use state::{Place, secs32};
+pub use state::{RecordError, SessionState, UserKey};
+use store::SessionStore;
 
 /// Risk level, the coarse summary of a score that policies map to actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,12 +73,38 @@ pub enum Reason {
     /// The same browser a major version or two newer, on the same TLS
     /// family: an update, noted with few points.
     DeviceUpgraded,
-    /// The derived client address differs from the one last accepted for the
-    /// session ([`NetworkChange::client_changed`]). A new egress node of the
-    /// same provider is not a change of client.
+    /// The client moved to another address: within its ASN (few points), or
+    /// to a prefix whose ASN is not known (more). A new egress node of the
+    /// same provider, or another address in the same /24 or /48, is not a
+    /// move.
     IpChanged,
+    /// The client moved to another autonomous system, in the same or an
+    /// unknown country.
+    AsnChanged,
+    /// The client moved to another country.
+    CountryChanged,
+    /// The move from the last place to this one is faster than an airliner,
+    /// after both places' accuracy radii are taken off the distance.
+    ImpossibleTravel,
+    /// The session came back to the network it left a moment ago: two
+    /// places are using it at once.
+    ConcurrentNetworks,
+    /// The device (browser, platform, device traits) is unusual for the
+    /// user, by the likelihood model.
+    NewDeviceForUser,
+    /// The network (prefix, ASN) is unusual for the user.
+    NewNetworkForUser,
+    /// The country is unusual for the user.
+    NewCountryForUser,
     /// The session was revoked.
     Revoked,
+    /// The user's sessions were all revoked after this one began.
+    UserRevoked,
+    /// A partner (identity provider, security tool) reported the user at
+    /// risk.
+    PartnerReported,
+    /// Another session of the user was flagged high recently.
+    RecentDetections,
 }
 
 /// One reason and the points it added.
@@ -64,7 +116,7 @@ pub struct Contribution {
     pub points: u8,
 }
 
-/// The risk of one request.
+/// One risk of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Risk {
     /// Coarse level.
@@ -75,7 +127,58 @@ pub struct Risk {
     pub reasons: Vec<Contribution>,
 }
 
-/// Weights and thresholds of the session scorer.
+/// The three risks of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risks {
+    /// Login risk: only on the first request at which the session's user is
+    /// known.
+    pub login: Option<Risk>,
+    /// Session risk: against the session's baseline.
+    pub session: Risk,
+    /// Entity risk: the user across sessions; none when no user is known.
+    pub entity: Risk,
+    /// The user is known but still in the learning period: the likelihood
+    /// model's points were left out.
+    pub learning: bool,
+}
+
+/// Points per nat of likelihood ratio, per feature of the user model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureWeights {
+    /// Client /24 or /48. Default 2.
+    pub prefix: u8,
+    /// ASN. Default 3.
+    pub asn: u8,
+    /// Country. Default 4.
+    pub country: u8,
+    /// Device traits without the browser version. Default 4.
+    pub device: u8,
+    /// Browser family. Default 2.
+    pub browser: u8,
+    /// Platform. Default 2.
+    pub platform: u8,
+}
+
+/// The user model's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserModelConfig {
+    /// Points per nat of evidence, per feature.
+    pub weights: FeatureWeights,
+    /// Most nats one feature can contribute. Default 6 (a ratio of ~400).
+    pub llr_cap: u8,
+    /// Sessions a user needs before the model's points count. Default 5.
+    pub learning_sessions: u32,
+    /// Time since a user's first session before the model's points count.
+    /// Default 3 days.
+    pub learning_period: Duration,
+    /// Sightings after which a network is familiar: moving to it mid-session
+    /// is not evidence. Default 2.
+    pub familiar_after: u16,
+    /// Most points the model adds to a mid-session network move. Default 20.
+    pub session_cap: u8,
+}
+
+/// Weights and thresholds of the risk engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreConfig {
     /// Points when the device traits changed. Default 70.
@@ -87,55 +190,154 @@ pub struct ScoreConfig {
     pub ja4_family_changed: u8,
     /// Points when the browser updated mid-session. Default 10.
     pub device_upgraded: u8,
-    /// Points when the client address changed. Default 30.
+    /// Points when the client moved to a prefix of unknown ASN. Default 30.
     pub ip_changed: u8,
+    /// Points when the client moved within its ASN. Default 10.
+    pub ip_changed_same_asn: u8,
+    /// Points when the client moved to another ASN. Default 30.
+    pub asn_changed: u8,
+    /// Points when the client moved to another country. Default 35.
+    pub country_changed: u8,
+    /// Points for a move faster than `max_kmh`. Default 50.
+    pub impossible_travel: u8,
+    /// Fastest plausible travel in km/h. Default 1000.
+    pub max_kmh: u16,
+    /// Points when the session returns to the network it left less than
+    /// `concurrent_window` ago. Default 40.
+    pub concurrent_networks: u8,
+    /// See `concurrent_networks`. Default 10 minutes.
+    pub concurrent_window: Duration,
+    /// Points per other-session detection of the user within
+    /// `detection_window`, up to three. Default 15.
+    pub recent_detection: u8,
+    /// How long a detection raises the user's entity risk. Default 1 hour.
+    pub detection_window: Duration,
+    /// The user model.
+    pub model: UserModelConfig,
     /// Score at which risk becomes medium. Default 30.
     pub medium_at: u8,
     /// Score at which risk becomes high. Default 60.
     pub high_at: u8,
-    /// Most sessions whose baselines are kept; the least recently used go
-    /// first. Default 1,000,000.
+    /// Most sessions whose state is kept; the least recently used go first.
+    /// Default 1,000,000.
     pub max_sessions: u64,
-    /// A baseline unused for this long is forgotten. Default 24 h.
+    /// A session state unused for this long is forgotten. Default 24 h.
     pub session_idle_timeout: Duration,
     /// How long a revocation is remembered. Default 7 days.
     pub revocation_ttl: Duration,
+    /// Most user profiles kept. Default 1,000,000.
+    pub max_users: u64,
+    /// A profile unused for this long is forgotten. Default 90 days.
+    pub user_idle_timeout: Duration,
 }
 
-/// What the scorer remembers of a session: its device (updated only by a
-/// browser update or a first TLS fingerprint), the network facts last
-/// accepted and when the session was first seen.
+/// An operator's or the user's word on a detection, taken into account from
+/// the next request on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Baseline {
-    /// Device traits and TLS fingerprint.
-    pub device: DeviceSummary,
-    /// Network facts last accepted: client address, provider and egress
-    /// (ASN and country once the geo stage fills them).
-    pub network: NetworkFacts,
-    /// First request, seconds since the Unix epoch.
-    pub first_seen: u64,
+pub enum Feedback {
+    /// The session's last detection was a false positive: its next request
+    /// becomes its baseline, and that request's device and network are
+    /// trusted for its user.
+    FalsePositive {
+        /// The session.
+        session: SessionKey,
+    },
+    /// This device (whatever its browser version) is the user's.
+    TrustDevice {
+        /// The user.
+        user: UserKey,
+        /// The device.
+        device: DeviceId,
+    },
+    /// This network is the user's: moving to it is not evidence and the
+    /// model does not count it against them.
+    TrustNetwork {
+        /// The user.
+        user: UserKey,
+        /// The network.
+        network: TrustedNetwork,
+    },
 }
 
-/// The scorer and its session store.
+/// A network an operator can trust for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustedNetwork {
+    /// Every address of an autonomous system.
+    Asn(u32),
+    /// The /24 (IPv4) or /48 (IPv6) holding this address.
+    Prefix(IpAddr),
+    /// A country (ISO 3166-1 alpha-2, either case).
+    Country([u8; 2]),
+}
+
+/// What the user-level flags say; kept only for users that have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct EntityState {
+    /// How many times the user was revoked: a session bound to the user
+    /// under an older count is ended.
+    generation: u16,
+    reported_points: u8,
+    reported_until: u32,
+    detections: u8,
+    detections_until: u32,
+}
+
+/// The scorer and its stores.
 #[derive(Clone)]
 pub struct Scorer {
     config: ScoreConfig,
-    baselines: Cache<SessionKey, Baseline>,
+    sessions: Arc<SessionStore>,
     revoked: Cache<SessionKey, u64>,
+    profiles: Cache<UserKey, Arc<Mutex<UserProfile>>>,
+    entities: Cache<UserKey, EntityState>,
+    population: Arc<Population>,
 }
 
 /// What scoring found, to be committed once the decision is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one request; boxing it would allocate on every request"
+)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Observation {
     /// No session: nothing to remember.
     Anonymous,
-    /// The session was unknown; this request's facts become its baseline.
-    First(SessionKey, Baseline),
-    /// The session was known; the device to remember from now on.
-    Known(SessionKey, Baseline, DeviceSummary),
     /// The session is revoked.
     Revoked,
+    /// A session's request: the state to keep if it is allowed, and what to
+    /// learn of the user.
+    Session {
+        key: SessionKey,
+        prior: Option<SessionState>,
+        next: SessionState,
+        learn: Learn,
+    },
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Learn {
+    features: Features,
+    which: &'static [Feature],
+    /// A new session of the user (counted toward the learning period).
+    new_session: bool,
+    /// Learn the values as trusted (confirmed by an operator).
+    trust: bool,
+}
+
+/// What [`Scorer::score`] found.
+#[derive(Debug)]
+pub(crate) struct Scored {
+    pub risks: Risks,
+    pub change: Option<NetworkChange>,
+    pub observation: Observation,
+}
+
+/// How often an unchanged session's last-seen time is rewritten, in
+/// seconds: travel speed is then judged to within a minute, and a busy
+/// session costs one cache write a minute, not one a request.
+const LAST_SEEN_GRANULARITY: u32 = 60;
+/// Other-session detections counted toward entity risk.
+const MAX_DETECTIONS: u8 = 3;
 
 // === impl ScoreConfig ===
 
@@ -147,11 +349,69 @@ impl Default for ScoreConfig {
             ja4_family_changed: 30,
             device_upgraded: 10,
             ip_changed: 30,
+            ip_changed_same_asn: 10,
+            asn_changed: 30,
+            country_changed: 35,
+            impossible_travel: 50,
+            max_kmh: 1000,
+            concurrent_networks: 40,
+            concurrent_window: Duration::from_secs(600),
+            recent_detection: 15,
+            detection_window: Duration::from_secs(3600),
+            model: UserModelConfig::default(),
             medium_at: 30,
             high_at: 60,
             max_sessions: 1_000_000,
             session_idle_timeout: Duration::from_secs(24 * 3600),
             revocation_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_users: 1_000_000,
+            user_idle_timeout: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for UserModelConfig {
+    fn default() -> Self {
+        Self {
+            weights: FeatureWeights {
+                prefix: 2,
+                asn: 3,
+                country: 4,
+                device: 4,
+                browser: 2,
+                platform: 2,
+            },
+            llr_cap: 6,
+            learning_sessions: 5,
+            learning_period: Duration::from_secs(3 * 24 * 3600),
+            familiar_after: 2,
+            session_cap: 20,
+        }
+    }
+}
+
+impl ScoreConfig {
+    /// The level of `score` under these thresholds.
+    pub fn level(&self, score: u8) -> RiskLevel {
+        if score >= self.high_at {
+            RiskLevel::High
+        } else if score >= self.medium_at {
+            RiskLevel::Medium
+        } else {
+            RiskLevel::Low
+        }
+    }
+}
+
+impl FeatureWeights {
+    fn of(&self, f: Feature) -> u8 {
+        match f {
+            Feature::Prefix => self.prefix,
+            Feature::Asn => self.asn,
+            Feature::Country => self.country,
+            Feature::Device => self.device,
+            Feature::Browser => self.browser,
+            Feature::Platform => self.platform,
         }
     }
 }
@@ -173,151 +433,612 @@ impl Risk {
         self.reasons.iter().any(|c| c.reason == reason)
     }
 
+    /// The points `reason` contributed (0 when it did not).
+    pub fn points(&self, reason: Reason) -> u32 {
+        self.reasons
+            .iter()
+            .filter(|c| c.reason == reason)
+            .map(|c| u32::from(c.points))
+            .sum()
+    }
+
     fn from_contributions(config: &ScoreConfig, reasons: Vec<Contribution>) -> Self {
         let sum: u32 = reasons.iter().map(|c| u32::from(c.points)).sum();
         let score = u8::try_from(sum.min(100)).unwrap_or(100);
-        let level = if score >= config.high_at {
-            RiskLevel::High
-        } else if score >= config.medium_at {
-            RiskLevel::Medium
-        } else {
-            RiskLevel::Low
-        };
         Self {
-            level,
+            level: config.level(score),
             score,
             reasons,
         }
     }
 }
 
+impl Risks {
+    /// No risk of any kind.
+    pub fn none() -> Self {
+        Self {
+            login: None,
+            session: Risk::none(),
+            entity: Risk::none(),
+            learning: false,
+        }
+    }
+
+    /// The request's overall risk: every contribution of the three, login
+    /// first, then session, then entity; the score is their sum, capped.
+    pub fn overall(&self, config: &ScoreConfig) -> Risk {
+        let reasons = self
+            .login
+            .iter()
+            .flat_map(|r| r.reasons.iter())
+            .chain(&self.session.reasons)
+            .chain(&self.entity.reasons)
+            .copied()
+            .collect();
+        Risk::from_contributions(config, reasons)
+    }
+}
+
 // === impl Scorer ===
 
 impl Scorer {
-    /// Builds a scorer with an empty store.
+    /// Builds a scorer with empty stores.
     pub fn new(config: ScoreConfig) -> Self {
-        let baselines = Cache::builder()
-            .max_capacity(config.max_sessions)
-            .time_to_idle(config.session_idle_timeout)
-            .build();
+        let sessions = Arc::new(SessionStore::new(
+            config.max_sessions,
+            config.session_idle_timeout,
+        ));
         let revoked = Cache::builder()
             .max_capacity(config.max_sessions)
             .time_to_live(config.revocation_ttl)
             .build();
+        let profiles = Cache::builder()
+            .max_capacity(config.max_users)
+            .time_to_idle(config.user_idle_timeout)
+            .build();
+        let entities = Cache::builder()
+            .max_capacity(config.max_users)
+            .time_to_idle(config.user_idle_timeout)
+            .build();
         Self {
             config,
-            baselines,
+            sessions,
             revoked,
+            profiles,
+            entities,
+            population: Arc::new(Population::new()),
         }
     }
 
-    /// Scores a request of `session` against its baseline, and says how its
-    /// network moved (`None` for an anonymous, new or revoked session). Does
-    /// not change the store: [`Scorer::commit`] does, once the decision is
-    /// known.
+    /// The configuration.
+    pub fn config(&self) -> &ScoreConfig {
+        &self.config
+    }
+
+    /// Scores a request of `session`. Does not change the stores:
+    /// [`Scorer::commit`] does, once the decision is known.
     pub(crate) fn score(
         &self,
         session: Option<SessionKey>,
         device: &Device,
-        network: &NetworkFacts,
+        network: &NetworkMark,
+        place: Option<Place>,
         now_secs: u64,
-    ) -> (Risk, Option<NetworkChange>, Observation) {
+    ) -> Scored {
         let Some(key) = session else {
-            return (Risk::none(), None, Observation::Anonymous);
+            return Scored {
+                risks: Risks::none(),
+                change: None,
+                observation: Observation::Anonymous,
+            };
         };
         if self.revoked.contains_key(&key) {
-            let risk = Risk {
-                level: RiskLevel::High,
-                score: 100,
-                reasons: vec![Contribution {
+            let mut risks = Risks::none();
+            risks.session = Risk::from_contributions(
+                &self.config,
+                vec![Contribution {
                     reason: Reason::Revoked,
                     points: 100,
                 }],
+            );
+            return Scored {
+                risks,
+                change: None,
+                observation: Observation::Revoked,
             };
-            return (risk, None, Observation::Revoked);
         }
-        let Some(baseline) = self.baselines.get(&key) else {
-            let baseline = Baseline {
-                device: device.summary(),
-                network: *network,
-                first_seen: now_secs,
-            };
-            return (Risk::none(), None, Observation::First(key, baseline));
+        let now = secs32(now_secs);
+        let prior = self.sessions.get(&key, now);
+        let features = Features::of(network, device.id);
+        let mut risks = Risks::none();
+        let mut change = None;
+        let mut learn = Learn {
+            features,
+            which: &[],
+            new_session: false,
+            trust: false,
         };
+        let fresh = |base: Option<&SessionState>| SessionState {
+            user: base.and_then(|s| s.user),
+            first_seen: base.map_or(now, |s| s.first_seen.min(now)),
+            generation: base.map_or(0, |s| s.generation),
+            flags: SessionState::BASELINED,
+            ..SessionState::new(&device.summary(), *network, place, now)
+        };
+        let mut next = match prior {
+            Some(s) if s.has(SessionState::BASELINED) && !s.has(SessionState::REBASELINE) => {
+                let (risk, moved, next) = self.session_risk(&s, device, network, place, now);
+                risks.session = risk;
+                change = Some(moved);
+                if moved >= NetworkChange::SameAsn {
+                    learn.which = &NETWORK;
+                }
+                next
+            }
+            Some(s) if s.has(SessionState::REBASELINE) => {
+                learn.which = &ALL;
+                learn.trust = true;
+                let mut next = fresh(Some(&s));
+                next.flags |= s.flags & SessionState::LOGIN_SCORED;
+                next
+            }
+            _ => fresh(prior.as_ref()),
+        };
+        if let Some(user) = next.user {
+            if !next.has(SessionState::LOGIN_SCORED) {
+                let (risk, learning) = self.login_risk(user, &features, now);
+                risks.login = Some(risk);
+                risks.learning = learning;
+                next.flags |= SessionState::LOGIN_SCORED;
+                learn.which = &ALL;
+                learn.new_session = true;
+            }
+            risks.entity = self.entity_risk(user, next.generation, now);
+        } else if prior.is_none() {
+            // The population counts every session, bound or not.
+            learn.which = &ALL;
+            learn.new_session = true;
+        }
+        Scored {
+            risks,
+            change,
+            observation: Observation::Session {
+                key,
+                prior,
+                next,
+                learn,
+            },
+        }
+    }
+
+    /// This request against the session's baseline; also the state to keep
+    /// if the request is allowed.
+    fn session_risk(
+        &self,
+        s: &SessionState,
+        device: &Device,
+        network: &NetworkMark,
+        place: Option<Place>,
+        now: u32,
+    ) -> (Risk, NetworkChange, SessionState) {
+        let c = &self.config;
         let mut reasons = Vec::new();
-        let mut remember = baseline.device;
-        let m = device.compare(&baseline.device);
         let mut add = |reason, points| reasons.push(Contribution { reason, points });
+        let mut next = *s;
+        let m = device.compare(&s.device());
         match m.traits {
             TraitMatch::Same => {}
             TraitMatch::Upgraded if m.tls != TlsMatch::Different => {
-                add(Reason::DeviceUpgraded, self.config.device_upgraded);
-                remember = device.summary();
+                add(Reason::DeviceUpgraded, c.device_upgraded);
+                next.set_device(&device.summary());
             }
             TraitMatch::Upgraded | TraitMatch::Different => {
-                add(Reason::DeviceChanged, self.config.device_changed);
+                add(Reason::DeviceChanged, c.device_changed);
             }
         }
         match m.tls {
             TlsMatch::Same => {}
             TlsMatch::NoEvidence => {
                 // A first fingerprint for a session that had none is learnt.
-                if baseline.device.tls_source == TlsSource::None
-                    && device.tls.source != TlsSource::None
-                {
-                    remember.tls_source = device.tls.source;
-                    remember.ja4 = device.tls.ja4;
+                if s.tls_source == TlsSource::None && device.tls.source != TlsSource::None {
+                    next.tls_source = device.tls.source;
+                    next.ja4 = device.tls.ja4;
                 }
             }
             TlsMatch::SameFamily if m.traits == TraitMatch::Upgraded => {}
-            TlsMatch::SameFamily => add(Reason::Ja4Mismatch, self.config.ja4_family_changed),
-            TlsMatch::Different => add(Reason::Ja4Mismatch, self.config.ja4_mismatch),
+            TlsMatch::SameFamily => add(Reason::Ja4Mismatch, c.ja4_family_changed),
+            TlsMatch::Different => add(Reason::Ja4Mismatch, c.ja4_mismatch),
         }
-        let change = network.change_from(&baseline.network);
-        if change.client_changed() {
-            reasons.push(Contribution {
-                reason: Reason::IpChanged,
-                points: self.config.ip_changed,
-            });
+
+        let change = s.network.change_to(network);
+        if change >= NetworkChange::SameAsn {
+            let features = Features::of(network, device.id);
+            let (familiar, surprise) = match s.user {
+                Some(user) => self.network_surprise(user, &features, change, now),
+                None => (false, Vec::new()),
+            };
+            if !familiar {
+                match change {
+                    NetworkChange::SameAsn => add(Reason::IpChanged, c.ip_changed_same_asn),
+                    NetworkChange::DifferentPrefix => add(Reason::IpChanged, c.ip_changed),
+                    NetworkChange::DifferentAsn => add(Reason::AsnChanged, c.asn_changed),
+                    _ => add(Reason::CountryChanged, c.country_changed),
+                }
+            }
+            reasons.extend(surprise);
+            if let (Some(a), Some(b)) = (s.place, place) {
+                let elapsed = f64::from(now.saturating_sub(s.last_seen));
+                let config = TravelConfig {
+                    max_kmh: f64::from(c.max_kmh),
+                };
+                if let Travel::Impossible { .. } =
+                    travel(&a.location(), &b.location(), elapsed, &config)
+                {
+                    reasons.push(Contribution {
+                        reason: Reason::ImpossibleTravel,
+                        points: c.impossible_travel,
+                    });
+                }
+            }
+            let window = secs32(c.concurrent_window.as_secs());
+            if s.previous != 0
+                && network.prefix == s.previous
+                && now.saturating_sub(s.moved_at) <= window
+            {
+                reasons.push(Contribution {
+                    reason: Reason::ConcurrentNetworks,
+                    points: c.concurrent_networks,
+                });
+            }
         }
-        let risk = Risk::from_contributions(&self.config, reasons);
-        (
-            risk,
-            Some(change),
-            Observation::Known(key, baseline, remember),
-        )
+        if *network != s.network {
+            if network.prefix != s.network.prefix {
+                next.previous = s.network.prefix;
+                next.moved_at = now;
+            }
+            next.network = *network;
+            next.place = place.or(s.place);
+            next.last_seen = now;
+        } else if now.saturating_sub(s.last_seen) >= LAST_SEEN_GRANULARITY {
+            next.last_seen = now;
+        }
+        (Risk::from_contributions(c, reasons), change, next)
     }
 
-    /// Records what a decided request taught us. A first request becomes the
-    /// baseline. A request that was allowed from a new network moves the
-    /// baseline there (the user roamed, or the provider moved them to another
-    /// egress node), but never to another device: only a browser update of
-    /// the same device, or a first TLS fingerprint, is learnt. The device at
-    /// first sight is what a replay cannot match.
-    pub(crate) fn commit(&self, observation: Observation, network: &NetworkFacts, allowed: bool) {
-        match observation {
-            Observation::First(key, baseline) if allowed => self.baselines.insert(key, baseline),
-            Observation::Known(key, baseline, device)
-                if allowed && (baseline.network != *network || baseline.device != device) =>
-            {
-                self.baselines.insert(
-                    key,
-                    Baseline {
-                        network: *network,
-                        device,
-                        ..baseline
-                    },
+    /// The first request of a user's session against their history.
+    fn login_risk(&self, user: UserKey, features: &Features, now: u32) -> (Risk, bool) {
+        let Some(profile) = self.profiles.get(&user) else {
+            return (Risk::none(), true);
+        };
+        let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = &self.config.model;
+        if profile.learning(
+            now,
+            m.learning_sessions,
+            secs32(m.learning_period.as_secs()),
+        ) {
+            return (Risk::none(), true);
+        }
+        let evidence = profile.evidence(&self.population, features, &ALL, f64::from(m.llr_cap));
+        let reasons = self.model_points(evidence, 100);
+        (Risk::from_contributions(&self.config, reasons), false)
+    }
+
+    /// Whether a mid-session move lands on a network familiar to the user
+    /// (then the move is no evidence), and the model's points otherwise.
+    fn network_surprise(
+        &self,
+        user: UserKey,
+        features: &Features,
+        change: NetworkChange,
+        now: u32,
+    ) -> (bool, Vec<Contribution>) {
+        let Some(profile) = self.profiles.get(&user) else {
+            return (false, Vec::new());
+        };
+        let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = &self.config.model;
+        let after = m.familiar_after;
+        let asn = features.get(Feature::Asn);
+        let network_known = if asn != 0 {
+            profile.familiar(Feature::Asn, asn, after)
+        } else {
+            profile.familiar(Feature::Prefix, features.get(Feature::Prefix), after)
+        } || profile
+            .count(Feature::Prefix, features.get(Feature::Prefix))
+            .1;
+        let familiar = network_known
+            && (change < NetworkChange::DifferentCountry
+                || profile.familiar(Feature::Country, features.get(Feature::Country), after));
+        if familiar
+            || profile.learning(
+                now,
+                m.learning_sessions,
+                secs32(m.learning_period.as_secs()),
+            )
+        {
+            return (familiar, Vec::new());
+        }
+        let evidence = profile.evidence(&self.population, features, &NETWORK, f64::from(m.llr_cap));
+        (false, self.model_points(evidence, m.session_cap))
+    }
+
+    /// Turns the model's evidence into contributions, one per reason, the
+    /// total held to `cap`.
+    fn model_points(&self, evidence: impl Iterator<Item = Evidence>, cap: u8) -> Vec<Contribution> {
+        let w = &self.config.model.weights;
+        let mut sums = [0.0f64; 3];
+        for e in evidence {
+            let slot = match e.feature {
+                Feature::Prefix | Feature::Asn => 0,
+                Feature::Country => 1,
+                Feature::Device | Feature::Browser | Feature::Platform => 2,
+            };
+            sums[slot] += f64::from(w.of(e.feature)) * e.llr;
+        }
+        let mut left = u32::from(cap);
+        let mut out = Vec::new();
+        for (sum, reason) in sums.into_iter().zip([
+            Reason::NewNetworkForUser,
+            Reason::NewCountryForUser,
+            Reason::NewDeviceForUser,
+        ]) {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "clamped to 0..=255 first, so the cast is exact"
+            )]
+            let points = (sum.round().clamp(0.0, 255.0) as u32).min(left);
+            if points > 0 {
+                left -= points;
+                out.push(Contribution {
+                    reason,
+                    points: u8::try_from(points).unwrap_or(u8::MAX),
+                });
+            }
+        }
+        out
+    }
+
+    /// The user's flags, for a session bound to them under revocation
+    /// `generation`.
+    fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
+        let Some(e) = self.entities.get(&user) else {
+            return Risk::none();
+        };
+        let mut reasons = Vec::new();
+        if e.generation > generation {
+            reasons.push(Contribution {
+                reason: Reason::UserRevoked,
+                points: 100,
+            });
+        }
+        if e.reported_until > now && e.reported_points > 0 {
+            reasons.push(Contribution {
+                reason: Reason::PartnerReported,
+                points: e.reported_points,
+            });
+        }
+        if e.detections_until > now && e.detections > 0 {
+            let n = e.detections.min(MAX_DETECTIONS);
+            reasons.push(Contribution {
+                reason: Reason::RecentDetections,
+                points: self.config.recent_detection.saturating_mul(n),
+            });
+        }
+        Risk::from_contributions(&self.config, reasons)
+    }
+
+    /// Records what a decided request taught. An allowed request's state is
+    /// kept (a first request becomes the baseline; a move of network, a
+    /// browser update, a first TLS fingerprint are learnt — never another
+    /// device), and its features are learnt for the user and the population.
+    /// A refused request teaches nothing, except that a high one counts
+    /// against its user for a while.
+    pub(crate) fn commit(
+        &self,
+        observation: Observation,
+        level: RiskLevel,
+        allowed: bool,
+        now_secs: u64,
+    ) {
+        let Observation::Session {
+            key,
+            prior,
+            next,
+            learn,
+        } = observation
+        else {
+            return;
+        };
+        let now = secs32(now_secs);
+        if !allowed {
+            if let (RiskLevel::High, Some(user)) = (level, next.user) {
+                self.record_detection(user, now);
+            }
+            return;
+        }
+        if prior != Some(next) {
+            self.sessions.insert(key, next, now);
+        }
+        self.learn(next.user, &learn, now);
+    }
+
+    fn learn(&self, user: Option<UserKey>, learn: &Learn, now: u32) {
+        if learn.which.is_empty() {
+            return;
+        }
+        self.population.observe(&learn.features, learn.which);
+        let Some(user) = user else { return };
+        let profile = self
+            .profiles
+            .get_with(user, || Arc::new(Mutex::new(UserProfile::new(now))));
+        let mut p = profile.lock().unwrap_or_else(PoisonError::into_inner);
+        if learn.new_session {
+            p.add_session();
+        }
+        p.observe(&learn.features, learn.which, now);
+        if learn.trust {
+            for &f in learn.which {
+                p.trust(f, learn.features.get(f), now);
+            }
+        }
+    }
+
+    fn record_detection(&self, user: UserKey, now: u32) {
+        let window = secs32(self.config.detection_window.as_secs());
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        e.detections = if e.detections_until > now {
+            e.detections.saturating_add(1)
+        } else {
+            1
+        };
+        e.detections_until = now.saturating_add(window);
+        self.entities.insert(user, e);
+    }
+
+    /// Binds a session to its user (the app or identity provider said who
+    /// opened it). The session's next request is judged against the user's
+    /// history (login risk) and counts toward it.
+    pub fn bind_user(&self, key: SessionKey, user: UserKey, now_secs: u64) {
+        let now = secs32(now_secs);
+        let generation = self.entities.get(&user).map_or(0, |e| e.generation);
+        match self.sessions.get(&key, now) {
+            Some(s) if s.user == Some(user) => {}
+            Some(mut s) => {
+                s.user = Some(user);
+                s.generation = generation;
+                s.flags &= !SessionState::LOGIN_SCORED;
+                self.sessions.insert(key, s, now);
+            }
+            None => {
+                let state = SessionState {
+                    generation,
+                    ..SessionState::bound(user, now)
+                };
+                self.sessions.insert(key, state, now);
+            }
+        }
+    }
+
+    /// The session's user proved themselves from this request's device and
+    /// network (a step-up passed): those become the session's baseline and
+    /// are learnt for the user, and the user's recent detections are
+    /// cleared.
+    pub(crate) fn confirm(
+        &self,
+        key: SessionKey,
+        device: &Device,
+        network: &NetworkMark,
+        place: Option<Place>,
+        now_secs: u64,
+    ) {
+        if self.revoked.contains_key(&key) {
+            return;
+        }
+        let now = secs32(now_secs);
+        let prior = self.sessions.get(&key, now);
+        let mut next =
+            prior.unwrap_or_else(|| SessionState::new(&device.summary(), *network, place, now));
+        if next.network.prefix != network.prefix && next.has(SessionState::BASELINED) {
+            next.previous = next.network.prefix;
+            next.moved_at = now;
+        }
+        next.set_device(&device.summary());
+        next.network = *network;
+        next.place = place.or(next.place);
+        next.last_seen = now;
+        next.flags = (next.flags | SessionState::BASELINED) & !SessionState::REBASELINE;
+        self.sessions.insert(key, next, now);
+        let learn = Learn {
+            features: Features::of(network, device.id),
+            which: &ALL,
+            new_session: false,
+            trust: false,
+        };
+        self.learn(next.user, &learn, now);
+        if let Some(user) = next.user
+            && let Some(mut e) = self.entities.get(&user)
+        {
+            e.detections = 0;
+            e.detections_until = 0;
+            self.entities.insert(user, e);
+        }
+    }
+
+    /// Applies an operator's feedback.
+    pub fn feedback(&self, feedback: Feedback, now_secs: u64) {
+        let now = secs32(now_secs);
+        let trust = |user: UserKey, values: &[(Feature, u32)]| {
+            let profile = self
+                .profiles
+                .get_with(user, || Arc::new(Mutex::new(UserProfile::new(now))));
+            let mut p = profile.lock().unwrap_or_else(PoisonError::into_inner);
+            for &(f, v) in values {
+                p.trust(f, v, now);
+            }
+        };
+        match feedback {
+            Feedback::FalsePositive { session } => {
+                if let Some(mut s) = self.sessions.peek(&session) {
+                    s.flags |= SessionState::REBASELINE;
+                    self.sessions.insert(session, s, now);
+                }
+            }
+            Feedback::TrustDevice { user, device } => {
+                let f = Features::of(&NetworkMark::default(), device);
+                trust(
+                    user,
+                    &[Feature::Device, Feature::Browser, Feature::Platform].map(|k| (k, f.get(k))),
                 );
             }
-            _ => {}
+            Feedback::TrustNetwork { user, network } => {
+                let (feature, facts) = match network {
+                    TrustedNetwork::Asn(asn) => (
+                        Feature::Asn,
+                        NetworkMark {
+                            asn,
+                            ..NetworkMark::default()
+                        },
+                    ),
+                    TrustedNetwork::Prefix(ip) => (Feature::Prefix, NetworkFacts::new(ip).mark()),
+                    TrustedNetwork::Country(c) => (
+                        Feature::Country,
+                        NetworkMark {
+                            country: [c[0].to_ascii_uppercase(), c[1].to_ascii_uppercase()],
+                            ..NetworkMark::default()
+                        },
+                    ),
+                };
+                let value = Features::of(&facts, DeviceId(0)).get(feature);
+                trust(user, &[(feature, value)]);
+            }
         }
     }
 
     /// Ends a session on this node: later requests with it score
-    /// [`Reason::Revoked`]. Its baseline is dropped.
+    /// [`Reason::Revoked`]. Its state is dropped.
     pub fn revoke(&self, key: SessionKey, now_secs: u64) {
         self.revoked.insert(key, now_secs);
-        self.baselines.invalidate(&key);
+        self.sessions.remove(&key);
+    }
+
+    /// Ends every session bound to `user` so far (universal logout): their
+    /// later requests score [`Reason::UserRevoked`]. Sessions bound to the
+    /// user afterwards (the user signed in again) are not affected: each
+    /// binding records how many revocations the user had had.
+    pub fn revoke_user(&self, user: UserKey) {
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        e.generation = e.generation.saturating_add(1);
+        self.entities.insert(user, e);
+    }
+
+    /// A partner reported the user at risk: `points` of entity risk
+    /// ([`Reason::PartnerReported`]) on every session of theirs for `ttl`.
+    pub fn report_user(&self, user: UserKey, points: u8, ttl: Duration, now_secs: u64) {
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        e.reported_points = points.min(100);
+        e.reported_until = secs32(now_secs.saturating_add(ttl.as_secs()));
+        self.entities.insert(user, e);
     }
 
     /// Whether the session is revoked on this node.
@@ -325,9 +1046,43 @@ impl Scorer {
         self.revoked.contains_key(key)
     }
 
-    /// Approximate number of sessions with a baseline.
+    /// The state kept for a session.
+    pub fn session(&self, key: &SessionKey) -> Option<SessionState> {
+        self.sessions.peek(key)
+    }
+
+    /// The session's state as a record ([`SessionState::encode`]).
+    pub fn export(&self, key: &SessionKey) -> Option<[u8; SessionState::RECORD_LEN]> {
+        self.sessions.peek(key).map(|s| s.encode(key))
+    }
+
+    /// Every session's record, for a snapshot.
+    pub fn export_all(&self) -> Vec<[u8; SessionState::RECORD_LEN]> {
+        self.sessions
+            .entries()
+            .iter()
+            .map(|(k, s)| s.encode(k))
+            .collect()
+    }
+
+    /// Takes in a session's record from a snapshot or another node. A
+    /// revoked session stays revoked.
+    pub fn import(&self, record: &[u8]) -> Result<SessionKey, RecordError> {
+        let (key, state) = SessionState::decode(record)?;
+        if !self.revoked.contains_key(&key) {
+            self.sessions.insert(key, state, state.last_seen);
+        }
+        Ok(key)
+    }
+
+    /// Approximate number of sessions with a state.
     pub fn tracked_sessions(&self) -> u64 {
-        self.baselines.entry_count()
+        self.sessions.len()
+    }
+
+    /// Approximate number of user profiles.
+    pub fn tracked_users(&self) -> u64 {
+        self.profiles.entry_count()
     }
 
     /// Approximate number of revoked sessions remembered.
@@ -335,11 +1090,19 @@ impl Scorer {
         self.revoked.entry_count()
     }
 
+    /// Drops the session states idle for the timeout at `now_secs`. The
+    /// store also drops them as it is used; this returns their memory
+    /// sooner. The proxy calls it once a minute.
+    pub fn sweep(&self, now_secs: u64) {
+        self.sessions.sweep(secs32(now_secs));
+    }
+
     /// Runs the caches' pending maintenance (eviction, counts). Cheap; the
     /// caches also do it on their own as they are used.
     pub fn run_pending_tasks(&self) {
-        self.baselines.run_pending_tasks();
         self.revoked.run_pending_tasks();
+        self.profiles.run_pending_tasks();
+        self.entities.run_pending_tasks();
     }
 }
 
@@ -347,8 +1110,38 @@ impl fmt::Debug for Scorer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scorer")
             .field("config", &self.config)
-            .field("tracked_sessions", &self.baselines.entry_count())
+            .field("sessions", &self.sessions)
+            .field("tracked_users", &self.profiles.entry_count())
             .finish_non_exhaustive()
+    }
+}
+
+// === impl Place ===
+
+impl Place {
+    /// The geo stage's location, at `f32` precision (a metre or so).
+    /// The geo stage's location in hundredths of a degree; `None` off the
+    /// globe.
+    pub(crate) fn from_location(l: &Location) -> Option<Self> {
+        let on_globe = l.lat.abs() <= 90.0 && l.lon.abs() <= 180.0;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "in range (checked just above; NaN fails the check): at most ±18,000"
+        )]
+        let hundredths = |deg: f64| (deg * 100.0).round() as i16;
+        on_globe.then(|| Self {
+            lat: hundredths(l.lat),
+            lon: hundredths(l.lon),
+            accuracy_km: l.accuracy_km,
+        })
+    }
+
+    fn location(self) -> Location {
+        Location {
+            lat: f64::from(self.lat) / 100.0,
+            lon: f64::from(self.lon) / 100.0,
+            accuracy_km: self.accuracy_km,
+        }
     }
 }
 
@@ -356,12 +1149,22 @@ impl fmt::Debug for Scorer {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 15] = [
         Reason::DeviceChanged,
         Reason::Ja4Mismatch,
         Reason::DeviceUpgraded,
         Reason::IpChanged,
+        Reason::AsnChanged,
+        Reason::CountryChanged,
+        Reason::ImpossibleTravel,
+        Reason::ConcurrentNetworks,
+        Reason::NewDeviceForUser,
+        Reason::NewNetworkForUser,
+        Reason::NewCountryForUser,
         Reason::Revoked,
+        Reason::UserRevoked,
+        Reason::PartnerReported,
+        Reason::RecentDetections,
     ];
 
     /// The stable code of this reason.
@@ -371,8 +1174,24 @@ impl Reason {
             Reason::Ja4Mismatch => "ja4_mismatch",
             Reason::DeviceUpgraded => "device_upgraded",
             Reason::IpChanged => "ip_changed",
+            Reason::AsnChanged => "asn_changed",
+            Reason::CountryChanged => "country_changed",
+            Reason::ImpossibleTravel => "impossible_travel",
+            Reason::ConcurrentNetworks => "concurrent_networks",
+            Reason::NewDeviceForUser => "new_device_for_user",
+            Reason::NewNetworkForUser => "new_network_for_user",
+            Reason::NewCountryForUser => "new_country_for_user",
             Reason::Revoked => "revoked",
+            Reason::UserRevoked => "user_revoked",
+            Reason::PartnerReported => "partner_reported",
+            Reason::RecentDetections => "recent_detections",
         }
+    }
+
+    /// Whether the reason is a fact rather than a weight: the request is
+    /// refused whatever the policy says.
+    pub fn is_final(self) -> bool {
+        matches!(self, Reason::Revoked | Reason::UserRevoked)
     }
 }
 

@@ -262,6 +262,18 @@ impl SessionStage {
         Ok(None)
     }
 
+    /// The key of `value` sent as the `rank`th configured cookie; `None`
+    /// when there is no such cookie name or the value is too long.
+    pub fn cookie_key(&self, rank: usize, value: &[u8]) -> Option<SessionKey> {
+        let name = self.config.cookie_names.get(rank)?;
+        self.hash(b"cookie", name.as_bytes(), value).ok()
+    }
+
+    /// The position of `name` among the configured session cookies.
+    pub fn rank_of(&self, name: &str) -> Option<usize> {
+        self.rank(name)
+    }
+
     fn rank(&self, name: &str) -> Option<usize> {
         self.config.cookie_names.iter().position(|n| n == name)
     }

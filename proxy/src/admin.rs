@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the
+//! authenticated operator calls under `/v1/` ([`crate::feedback`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 use vigil_engine::Engine;
 
+use crate::feedback::{self, AdminToken, Decisions};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamGroup;
 
@@ -20,6 +22,8 @@ pub struct AdminApp {
     engine: Arc<Engine>,
     upstreams: Arc<Vec<UpstreamGroup>>,
     listeners: Vec<SocketAddr>,
+    token: Option<AdminToken>,
+    decisions: Decisions,
 }
 
 impl AdminApp {
@@ -36,7 +40,74 @@ impl AdminApp {
             engine,
             upstreams,
             listeners,
+            token: None,
+            decisions: Decisions::new(),
         }
+    }
+
+    /// Serves the operator calls (`POST /v1/…`, see [`crate::feedback`])
+    /// to holders of `token`; without a token they are refused.
+    pub fn with_operator_api(mut self, token: Option<AdminToken>, decisions: Decisions) -> Self {
+        self.token = token;
+        self.decisions = decisions;
+        self
+    }
+
+    /// An authenticated operator call.
+    async fn operator_call(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
+        let req = session.req_header();
+        let Some(token) = &self.token else {
+            return (
+                StatusCode::FORBIDDEN,
+                feedback::error_json("operator calls are off: set [admin] token_file").into_bytes(),
+            );
+        };
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !token.accepts(authorization) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                feedback::error_json("missing or wrong bearer token").into_bytes(),
+            );
+        }
+        if req.method != http::Method::POST {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                feedback::error_json("use POST").into_bytes(),
+            );
+        }
+        let path = req.uri.path().to_owned();
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= feedback::MAX_BODY_BYTES => {
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        feedback::error_json("body over 16 KiB").into_bytes(),
+                    );
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        feedback::error_json("body unreadable").into_bytes(),
+                    );
+                }
+            }
+        }
+        let answer = feedback::handle(&self.engine, &self.decisions, &path, &body, now_secs());
+        tracing::info!(
+            target: "vigil::admin",
+            call = %path,
+            status = answer.status.as_u16(),
+            "operator call"
+        );
+        (answer.status, answer.body.into_bytes())
     }
 
     /// Ready when every proxy listener accepts a connection. Services start
@@ -84,6 +155,10 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path().starts_with("/v1/") {
+            let (status, body) = self.operator_call(session).await;
+            return respond(status, "application/json", body);
+        }
         let (status, content_type, body) = match session.req_header().uri.path() {
             "/metrics" => match self.metrics_text() {
                 Ok(body) => (StatusCode::OK, "text/plain; version=0.0.4", body),
@@ -111,14 +186,24 @@ impl ServeHttp for AdminApp {
             }
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         };
-        let len = body.len();
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .header("content-length", len)
-            .body(body)
-            .unwrap_or_else(|_| Response::new(Vec::new()))
+        respond(status, content_type, body)
     }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let len = body.len();
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", len)
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for AdminApp {

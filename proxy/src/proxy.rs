@@ -10,14 +10,15 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
-    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, Reason, RequestView,
+    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, RequestView, SessionKey,
     TlsFingerprint, Verdict,
 };
 
 use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::feedback::Decisions;
 use crate::forwarding;
 use crate::hello::ConnectionFingerprints;
 use crate::metrics::{Metrics, RequestCounters};
@@ -39,6 +40,8 @@ pub struct VigilProxy {
     tls: bool,
     /// TLS fingerprints of live connections; `None` when capture is off.
     fingerprints: Option<ConnectionFingerprints>,
+    /// Recent refusals, for false-positive feedback.
+    decisions: Decisions,
 }
 
 /// Per-request state.
@@ -53,6 +56,8 @@ pub struct RequestCtx {
     client: Option<ClientIp>,
     /// The TLS fingerprint judged, for `Vigil-JA4`/`Vigil-JA3`.
     tls: TlsFingerprint,
+    /// The request's session, to bind to the user the app names.
+    session: Option<SessionKey>,
 }
 
 /// Header values built once the verdict is known; the common case (low risk,
@@ -74,6 +79,7 @@ impl VigilProxy {
         upstreams: Arc<Vec<UpstreamGroup>>,
         metrics: Metrics,
         fingerprints: Option<ConnectionFingerprints>,
+        decisions: Decisions,
     ) -> Self {
         let counters =
             RequestCounters::new(&metrics, config.routes.iter().map(|r| r.name.as_str()));
@@ -86,6 +92,7 @@ impl VigilProxy {
             forwarded: ForwardedHeaders::default(),
             tls: false,
             fingerprints,
+            decisions,
         }
     }
 
@@ -138,6 +145,13 @@ impl VigilProxy {
         }
     }
 
+    /// Keeps a refusal's session under its reference, for feedback.
+    fn remember(&self, reference: &str, verdict: &Verdict) {
+        if let Some(s) = verdict.session {
+            self.decisions.record(reference, s.key);
+        }
+    }
+
     fn route(&self, ctx: &RequestCtx) -> Option<&Route> {
         ctx.route.and_then(|i| self.config.routes.get(i))
     }
@@ -158,7 +172,9 @@ impl VigilProxy {
 
         if verdict.action == Action::Allow || !enforced {
             if verdict.action != Action::Allow {
-                log_decision(route, verdict, &reference(), false);
+                let reference = reference();
+                self.remember(&reference, verdict);
+                log_decision(route, verdict, &reference, false);
             }
             if self.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
@@ -177,16 +193,19 @@ impl VigilProxy {
         }
 
         let reference = reference();
+        self.remember(&reference, verdict);
         log_decision(route, verdict, &reference, true);
         let cookie = match verdict.session.map(|s| s.source) {
             Some(CredentialSource::Cookie(i)) => self.config.engine.session.cookie_names.get(i),
             _ => None,
         };
         let refusal = match verdict.action {
-            Action::Block if verdict.risk.has(Reason::Revoked) => Refusal::SessionEnded {
-                reference: &reference,
-                login_url: route.login_url.as_deref(),
-            },
+            Action::Block if verdict.risk.reasons.iter().any(|c| c.reason.is_final()) => {
+                Refusal::SessionEnded {
+                    reference: &reference,
+                    login_url: route.login_url.as_deref(),
+                }
+            }
             Action::StepUp => Refusal::StepUp {
                 reference: &reference,
                 // Config validation requires step_up_url when a policy steps up.
@@ -265,6 +284,7 @@ impl ProxyHttp for VigilProxy {
             Ok(verdict) => {
                 self.count_chain(&verdict.client);
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
+                ctx.session = verdict.session.map(|s| s.key);
                 ctx.tls = verdict.device.tls;
                 ctx.client = Some(verdict.client);
                 Ok(refused)
@@ -389,6 +409,59 @@ impl ProxyHttp for VigilProxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(name) = &self.config.user_header else {
+            return Ok(());
+        };
+        // Never for the client's eyes, judged route or not.
+        let Some(user) = upstream_response.remove_header(name) else {
+            return Ok(());
+        };
+        if ctx.route.is_none() || self.route(ctx).is_some_and(|r| r.mode == Mode::Off) {
+            return Ok(());
+        }
+        let Some(user) = user_name(&user) else {
+            self.metrics
+                .request_errors
+                .with_label_values(&["bad_user_header", "ignored"])
+                .inc();
+            return Ok(());
+        };
+        let now = now_secs();
+        // A login response opens the session in a Set-Cookie: bind that one,
+        // so the session's first request is judged against the user.
+        let mut bound = false;
+        for value in upstream_response.headers.get_all(http::header::SET_COOKIE) {
+            let Some(cookie) = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| cookie::Cookie::parse(v).ok())
+            else {
+                continue;
+            };
+            let deleted = cookie.value().is_empty()
+                || cookie
+                    .max_age()
+                    .is_some_and(|a| a.is_zero() || a.is_negative());
+            if let (false, Some(key)) = (
+                deleted,
+                self.engine
+                    .key_for_cookie(cookie.name(), cookie.value().as_bytes()),
+            ) {
+                self.engine.bind_user(key, user, now);
+                bound = true;
+            }
+        }
+        if !bound && let Some(key) = ctx.session {
+            self.engine.bind_user(key, user, now);
+        }
+        Ok(())
+    }
+
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(e) = e else { return };
         if e.esource() == &ErrorSource::Upstream
@@ -444,6 +517,14 @@ fn reasons_list(verdict: &Verdict) -> String {
 }
 
 /// A short random id that ties a refusal page to its log record.
+/// The user the app named: 1 to 256 bytes of visible UTF-8 (an id or an
+/// email address), trimmed.
+fn user_name(value: &HeaderValue) -> Option<&str> {
+    let name = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+    let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
+    ok.then_some(name)
+}
+
 fn reference() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

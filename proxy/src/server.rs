@@ -14,6 +14,7 @@ use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource};
+use crate::feedback::{AdminToken, Decisions};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The admin token could not be read.
+    #[error(transparent)]
+    Token(#[from] crate::feedback::TokenError),
 }
 
 /// A server with every service added, ready to run.
@@ -114,12 +118,20 @@ impl Vigil {
             .fingerprint
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
+        let decisions = Decisions::new();
+        let token = config
+            .admin
+            .token_file
+            .as_deref()
+            .map(AdminToken::load)
+            .transpose()?;
         let app = VigilProxy::new(
             config.clone(),
             engine.clone(),
             upstreams.clone(),
             metrics.clone(),
             fingerprints.clone(),
+            decisions.clone(),
         );
         for listener in &config.listeners {
             let mut service = pingora_proxy::http_proxy_service_with_name(
@@ -193,7 +205,8 @@ impl Vigil {
         }
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
-        let admin = AdminApp::new(metrics, engine, upstreams, listen_addrs);
+        let admin = AdminApp::new(metrics, engine, upstreams, listen_addrs)
+            .with_operator_api(token, decisions);
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora_core::apps::http_app::HttpServer::new_app(admin),

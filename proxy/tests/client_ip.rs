@@ -121,11 +121,11 @@ async fn a_zscaler_egress_change_is_not_a_new_client_but_a_new_client_is() {
     let other = send(
         &proxy,
         BALANCER,
-        ("x-forwarded-for", &via("198.51.100.20", "203.0.113.50")),
+        ("x-forwarded-for", &via("198.51.100.20", "192.0.2.50")),
         "session=z",
     )
     .await;
-    assert_eq!(other.header("vigil-client-ip"), Some("203.0.113.50"));
+    assert_eq!(other.header("vigil-client-ip"), Some("192.0.2.50"));
     assert_eq!(other.header("vigil-risk-reasons"), Some("ip_changed"));
 }
 

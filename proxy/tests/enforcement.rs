@@ -54,12 +54,21 @@ async fn the_same_browser_from_another_address_is_medium_risk() {
         .echo(&proxy.url("/echo"))
         .await;
 
+    // Another address on the same /24 (DHCP on the same site) is no move.
     let echo = Browser::firefox()
         .cookie("session=alice")
         .via_address([127, 0, 0, 2].into())
         .echo(&proxy.url("/echo"))
         .await;
+    assert_eq!(echo.header("vigil-risk-level"), Some("low"));
+    assert_eq!(echo.header("vigil-risk-reasons"), Some(""));
 
+    // Another /24 with no geo data to say more: medium.
+    let echo = Browser::firefox()
+        .cookie("session=alice")
+        .via_address([127, 0, 1, 2].into())
+        .echo(&proxy.url("/echo"))
+        .await;
     assert_eq!(echo.header("vigil-risk-level"), Some("medium"));
     assert_eq!(echo.header("vigil-risk-score"), Some("30"));
     assert_eq!(echo.header("vigil-risk-reasons"), Some("ip_changed"));

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 // The engine's own types: the file's choices are the engine's settings.
-use vigil_engine::{Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits};
+use vigil_engine::{
+    Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits, Thresholds,
+};
 pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
@@ -44,6 +46,9 @@ pub struct Config {
     pub hash_key: HashKeySource,
     /// Whether risk headers are sent to the app.
     pub risk_to_app: bool,
+    /// The response header in which the app names the user of the session
+    /// (`[session] user_header`); `None` when the app never does.
+    pub user_header: Option<http::HeaderName>,
     /// Largest request header section accepted, in bytes (names, values and
     /// line overhead). Default 64 KiB.
     pub max_header_bytes: usize,
@@ -104,6 +109,9 @@ pub enum LogFormat {
 pub struct Admin {
     /// Address of the admin listener. Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
+    /// File holding the bearer token of the `/v1` operator calls; without
+    /// it those calls are refused.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where the session hash key comes from.
@@ -482,6 +490,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let admin = Admin {
         listen: addr(&mut t, p, "listen", false)
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901))),
+        token_file: t.opt::<PathBuf>(p, "token_file").map(|f| resolve(base, f)),
     };
     t.finish(p);
 
@@ -495,6 +504,19 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             );
         }
     }
+    let user_header = match t.or(p, "user_header", "vigil-user".to_owned()) {
+        name if name.is_empty() => None,
+        name => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.push(
+                    t.key("user_header"),
+                    format!("{name:?} is not a header name"),
+                );
+                None
+            }
+        },
+    };
     let bearer = t.or(p, "bearer", true);
     if cookies.is_empty() && !bearer {
         p.push(
@@ -547,6 +569,27 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
 
     let mut t = f.table(p, "risk");
     let d = ScoreConfig::default();
+    let mut seconds = |t: &mut Fields<'_>, key: &'static str, default: Duration| {
+        let v: u64 = t.or(p, key, default.as_secs());
+        if v == 0 {
+            p.push(t.key(key), "must be at least 1");
+        }
+        Duration::from_secs(v)
+    };
+    let concurrent_window = seconds(&mut t, "concurrent_window_seconds", d.concurrent_window);
+    let detection_window = seconds(&mut t, "detection_window_seconds", d.detection_window);
+    let user_idle_timeout = seconds(&mut t, "user_idle_timeout_seconds", d.user_idle_timeout);
+    let max_kmh: u16 = t.or(p, "max_kmh", d.max_kmh);
+    if max_kmh < 100 {
+        p.push(
+            t.key("max_kmh"),
+            format!("{max_kmh} is too slow for a plane; expected at least 100"),
+        );
+    }
+    let max_users: u64 = t.or(p, "max_users", d.max_users);
+    if max_users == 0 {
+        p.push(t.key("max_users"), "must be at least 1");
+    }
     let mut points = |t: &mut Fields<'_>, key: &'static str, default: u8| {
         let v: u8 = t.or(p, key, default);
         if v > 100 {
@@ -557,17 +600,29 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         }
         v
     };
-    let score = ScoreConfig {
+    let mut score = ScoreConfig {
         device_changed: points(&mut t, "device_changed", d.device_changed),
         ja4_mismatch: points(&mut t, "ja4_mismatch", d.ja4_mismatch),
         ja4_family_changed: points(&mut t, "ja4_family_changed", d.ja4_family_changed),
         device_upgraded: points(&mut t, "device_upgraded", d.device_upgraded),
         ip_changed: points(&mut t, "ip_changed", d.ip_changed),
+        ip_changed_same_asn: points(&mut t, "ip_changed_same_asn", d.ip_changed_same_asn),
+        asn_changed: points(&mut t, "asn_changed", d.asn_changed),
+        country_changed: points(&mut t, "country_changed", d.country_changed),
+        impossible_travel: points(&mut t, "impossible_travel", d.impossible_travel),
+        concurrent_networks: points(&mut t, "concurrent_networks", d.concurrent_networks),
+        recent_detection: points(&mut t, "recent_detection", d.recent_detection),
         medium_at: points(&mut t, "medium_at", d.medium_at),
         high_at: points(&mut t, "high_at", d.high_at),
+        max_kmh,
+        concurrent_window,
+        detection_window,
+        model: d.model,
         max_sessions,
         session_idle_timeout: Duration::from_secs(idle),
         revocation_ttl: Duration::from_secs(revocation_ttl),
+        max_users,
+        user_idle_timeout,
     };
     if score.medium_at == 0 || score.medium_at > score.high_at {
         p.push(
@@ -578,6 +633,55 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             ),
         );
     }
+    let mut mt = t.table(p, "model");
+    let m = d.model;
+    let mut weight = |mt: &mut Fields<'_>, key: &'static str, default: u8| {
+        let v: u8 = mt.or(p, key, default);
+        if v > 20 {
+            p.push(
+                mt.key(key),
+                format!("{v} points per nat is out of range; expected 0 to 20"),
+            );
+        }
+        v
+    };
+    score.model.weights = vigil_engine::FeatureWeights {
+        prefix: weight(&mut mt, "prefix_weight", m.weights.prefix),
+        asn: weight(&mut mt, "asn_weight", m.weights.asn),
+        country: weight(&mut mt, "country_weight", m.weights.country),
+        device: weight(&mut mt, "device_weight", m.weights.device),
+        browser: weight(&mut mt, "browser_weight", m.weights.browser),
+        platform: weight(&mut mt, "platform_weight", m.weights.platform),
+    };
+    score.model.llr_cap = mt.or(p, "llr_cap", m.llr_cap);
+    if !(1..=20).contains(&score.model.llr_cap) {
+        p.push(
+            mt.key("llr_cap"),
+            format!("{} is out of range; expected 1 to 20", score.model.llr_cap),
+        );
+    }
+    score.model.learning_sessions = mt.or(p, "learning_sessions", m.learning_sessions);
+    let learning_days: u64 = mt.or(
+        p,
+        "learning_period_days",
+        m.learning_period.as_secs() / 86_400,
+    );
+    score.model.learning_period = Duration::from_secs(learning_days.saturating_mul(86_400));
+    score.model.familiar_after = mt.or(p, "familiar_after", m.familiar_after);
+    if score.model.familiar_after == 0 {
+        p.push(mt.key("familiar_after"), "must be at least 1");
+    }
+    score.model.session_cap = mt.or(p, "session_cap", m.session_cap);
+    if score.model.session_cap > 100 {
+        p.push(
+            mt.key("session_cap"),
+            format!(
+                "{} is out of range; expected 0 to 100",
+                score.model.session_cap
+            ),
+        );
+    }
+    mt.finish(p);
     t.finish(p);
 
     let mut t = f.table(p, "headers");
@@ -642,6 +746,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         },
         hash_key,
         risk_to_app,
+        user_header,
         max_header_bytes,
         client_ip,
         trusted_proxies,
@@ -1115,6 +1220,32 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         let login_url: Option<String> = t.opt(p, "login_url");
         let step_up_url: Option<String> = t.opt(p, "step_up_url");
         let mut pt = t.table(p, "policy");
+        let medium_at: Option<u8> = pt.opt(p, "medium_at");
+        let high_at: Option<u8> = pt.opt(p, "high_at");
+        let thresholds = match (medium_at, high_at) {
+            (None, None) => None,
+            (Some(medium_at), Some(high_at))
+                if (1..=high_at).contains(&medium_at) && high_at <= 100 =>
+            {
+                Some(Thresholds { medium_at, high_at })
+            }
+            (Some(m), Some(h)) => {
+                p.push(
+                    pt.key("medium_at"),
+                    format!(
+                        "{m} must be at least 1 and at most high_at ({h}), which is at most 100"
+                    ),
+                );
+                None
+            }
+            _ => {
+                p.push(
+                    pt.key("medium_at"),
+                    "set medium_at and high_at together, or neither",
+                );
+                None
+            }
+        };
         let d = Policy::default();
         let mut action = |pt: &mut Fields<'_>, key: &'static str, default: Action| match pt
             .opt::<String>(p, key)
@@ -1131,6 +1262,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
             low: action(&mut pt, "low", d.low),
             medium: action(&mut pt, "medium", d.medium),
             high: action(&mut pt, "high", d.high),
+            thresholds,
         };
         pt.finish(p);
         let uses = |a: Action| [policy.low, policy.medium, policy.high].contains(&a);

@@ -20,6 +20,7 @@ pub(crate) const STEP_UP_URL: &str = "/login?step_up=1";
 pub(crate) struct Config {
     http: SocketAddr,
     admin: SocketAddr,
+    admin_extra: String,
     h2c: bool,
     believe: Vec<String>,
     sections: String,
@@ -74,6 +75,7 @@ impl Config {
         Config {
             http: free_addr(),
             admin: free_addr(),
+            admin_extra: String::new(),
             h2c: false,
             believe: Vec::new(),
             sections: String::new(),
@@ -151,14 +153,21 @@ impl Config {
         self
     }
 
+    /// Sets `[admin] token_file`, turning the operator calls on.
+    pub(crate) fn admin_token_file(mut self, path: &std::path::Path) -> Config {
+        self.admin_extra = format!("token_file = {:?}\n", path.display().to_string());
+        self
+    }
+
     /// The config file's text.
     pub(crate) fn render(&self) -> String {
         format!(
-            "[server]\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n{sections}\n\
+            "[server]\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}{sections}\n\
              [[listeners]]\nname = \"http\"\nlisten = \"{http}\"\nh2c = {h2c}\n\
              forwarded_headers = {believe:?}\n{listeners}{upstreams}{routes}",
             believe = self.believe,
             admin = self.admin,
+            admin_extra = self.admin_extra,
             http = self.http,
             h2c = self.h2c,
             sections = self.sections,

@@ -36,6 +36,9 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 ///   waits for [`Origin::release_stream`] before the rest.
 /// - `/upload`: reads the request body as it streams in and answers
 ///   `<byte count> <fnv1a hex>` of what arrived.
+/// - `/login?user=NAME[&session=VALUE]`: what an app's login does — names
+///   the user in `Vigil-User`, and with `session`, opens a session with
+///   `Set-Cookie: session=VALUE`.
 /// - any other path: 200 with `<METHOD> <path?query>` on the first line, then
 ///   every request header it received as `name: value`, one per line.
 #[derive(Debug)]
@@ -137,6 +140,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             stream(state, gated)
         }
         "/upload" => upload(req).await,
+        "/login" => login(&req),
         _ => echo(&req),
     };
     Ok(response)
@@ -154,6 +158,27 @@ fn echo(req: &Request<Incoming>) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from(text)).boxed_unsync())
+        .unwrap()
+}
+
+fn login(req: &Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut response = Response::builder()
+        .header("content-type", "text/plain")
+        .header("vigil-user", param("user"));
+    let session = param("session");
+    if !session.is_empty() {
+        response = response.header("set-cookie", format!("session={session}; Path=/; HttpOnly"));
+    }
+    response
+        .body(Full::new(Bytes::from("welcome\n")).boxed_unsync())
         .unwrap()
 }
 

@@ -1,0 +1,100 @@
+//! Measures the memory a tracked session and a user profile cost, through
+//! the public engine: resident set size before and after filling the
+//! stores, divided by the entries added.
+//!
+//! ```text
+//! cargo run --release -p vigil-engine --example session_memory -- [sessions] [users]
+//! ```
+//!
+//! Defaults: 1,000,000 sessions, then 200,000 users with one session each.
+//! RSS counts what the allocator took from the kernel, so the figure
+//! includes the cache's own bookkeeping and allocator overhead, not just
+//! `size_of` of the state.
+
+use std::error::Error;
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::HeaderMap;
+use vigil_engine::{
+    Engine, EngineConfig, Policy, RequestView, ScoreConfig, SessionHashKey, SessionState,
+};
+
+const UAS: [&str; 3] = [
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+];
+
+fn rss_bytes() -> Result<u64, Box<dyn Error>> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .ok_or("no RSS field in /proc/self/statm")?
+        .parse()?;
+    Ok(pages * 4096)
+}
+
+fn fill(engine: &Engine, from: u64, n: u64, bind: bool) -> Result<(), Box<dyn Error>> {
+    let policy = Policy::default();
+    for i in from..from + n {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", format!("session=s{i}").parse()?);
+        h.insert("user-agent", UAS[(i % 3) as usize].parse()?);
+        h.insert("accept-language", "en-GB,en;q=0.9".parse()?);
+        if bind {
+            let key = engine
+                .key_for_credential(format!("s{i}").as_bytes())
+                .ok_or("no session cookie configured")?;
+            engine.bind_user(key, &format!("user{i}"), 1_700_000_000);
+        }
+        let host = u32::try_from(i % (1 << 24)).unwrap_or(0);
+        let peer = IpAddr::V4(Ipv4Addr::from(0x5100_0000 + host));
+        engine.evaluate(
+            &RequestView {
+                peer,
+                headers: &h,
+                now_secs: 1_700_000_000,
+                tls: Default::default(),
+            },
+            &policy,
+        )?;
+    }
+    engine.scorer().run_pending_tasks();
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let mut args = std::env::args().skip(1);
+    let sessions: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let users: u64 = args.next().map_or(Ok(200_000), |a| a.parse())?;
+    let config = EngineConfig {
+        score: ScoreConfig {
+            max_sessions: sessions + users + 10,
+            ..ScoreConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(config, SessionHashKey::from_bytes([1; 32]));
+    fill(&engine, 0, 1000, false)?;
+
+    let before = rss_bytes()?;
+    fill(&engine, 1000, sessions, false)?;
+    let after = rss_bytes()?;
+    let tracked = engine.scorer().tracked_sessions() - 1000;
+    let per_session = (after - before) as f64 / tracked as f64;
+    println!(
+        "sessions: {tracked} tracked, {:.1} MiB, {per_session:.0} bytes each (state {} bytes, record {} bytes)",
+        (after - before) as f64 / 1_048_576.0,
+        std::mem::size_of::<SessionState>(),
+        SessionState::RECORD_LEN,
+    );
+
+    let before = rss_bytes()?;
+    fill(&engine, 10_000_000, users, true)?;
+    let after = rss_bytes()?;
+    let profiles = engine.scorer().tracked_users();
+    let per_user = (after - before) as f64 / profiles as f64 - per_session;
+    println!("users: {profiles} profiles, {per_user:.0} bytes each beyond their session's");
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The user's normal: per-user histories of request features, the whole
+//! population's frequencies, and the likelihood model that compares them.
+//!
+//! In the spirit of Freeman et al., *Who Are You? A Statistical Approach to
+//! Measuring User Authenticity* (NDSS 2016): for each feature `k` of a
+//! request (client prefix, ASN, country; device, browser, platform) the
+//! evidence is the likelihood ratio
+//!
+//! ```text
+//!   p(x_k | attacker) / p(x_k | user)
+//! ```
+//!
+//! * `p(x | user) = (c_u(x) + α·p(x)) / (n_u + α)`: the user's own history,
+//!   smoothed toward the population so that a value the user never showed
+//!   keeps a probability that grows with its global frequency;
+//! * `p(x) = (c(x) + 1) / (n + D_k)`: the population's frequency, with `D_k`
+//!   a prior number of distinct values of the feature;
+//! * `p(x | attacker) = ½·p(x) + ½/D_k`: an attacker may come from anywhere —
+//!   half like the population, half uniformly — so a never-seen value that
+//!   is also rare globally (a hosting ASN nobody uses) weighs more than a
+//!   popular one.
+//!
+//! The natural log of the ratio, clipped to `[0, llr_cap]` and multiplied by
+//! the feature's weight (points per nat), is the feature's contribution. A
+//! user's score is not trusted until they have `learning_sessions` sessions
+//! over `learning_period`: until then it is computed and reported but adds
+//! nothing.
+//!
+//! Memory: a profile keeps the [`SLOTS`] most frequent values per feature
+//! (8 bytes each) — 320 bytes a user. The population is one count-min sketch
+//! per feature, 4 × 16,384 atomic counters (256 KiB) each. The sketch is our
+//! own: the crates on offer need `&mut self` to count (or a lock around
+//! every update), where relaxed atomic increments make it lock-free.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::device::DeviceId;
+use crate::network::NetworkMark;
+
+/// Values kept per feature in a user's profile.
+pub(crate) const SLOTS: usize = 6;
+/// Features the model weighs.
+pub(crate) const FEATURES: usize = 6;
+
+/// The features, in the order of [`Features`] and the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feature {
+    Prefix = 0,
+    Asn = 1,
+    Country = 2,
+    Device = 3,
+    Browser = 4,
+    Platform = 5,
+}
+
+/// One request's feature values, each reduced to a non-zero `u32`; zero
+/// means unknown and is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Features(pub [u32; FEATURES]);
+
+/// Which features to learn or score.
+pub(crate) const NETWORK: [Feature; 3] = [Feature::Prefix, Feature::Asn, Feature::Country];
+pub(crate) const ALL: [Feature; FEATURES] = [
+    Feature::Prefix,
+    Feature::Asn,
+    Feature::Country,
+    Feature::Device,
+    Feature::Browser,
+    Feature::Platform,
+];
+
+/// Prior number of distinct values per feature (`D_k`).
+const DOMAIN: [f64; FEATURES] = [200_000.0, 20_000.0, 250.0, 20_000.0, 200.0, 20.0];
+/// Smoothing toward the population (`α`).
+const ALPHA: f64 = 1.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Slot {
+    value: u32,
+    /// Sightings; the top bit marks a value an operator trusted.
+    count: u16,
+    /// Day of the last sighting (days since the epoch, wrapping).
+    day: u16,
+}
+
+/// One user's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserProfile {
+    slots: [[Slot; SLOTS]; FEATURES],
+    seen: [u32; FEATURES],
+    sessions: u32,
+    first_seen: u32,
+}
+
+/// What the model says of one feature.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Evidence {
+    pub feature: Feature,
+    /// Log-likelihood ratio, clipped to `[0, cap]`.
+    pub llr: f64,
+}
+
+/// A count-min sketch of feature values across every user.
+pub(crate) struct Sketch {
+    counters: Box<[AtomicU32]>,
+}
+
+/// The population's frequencies, one sketch per feature.
+pub(crate) struct Population {
+    sketches: [Sketch; FEATURES],
+    totals: [AtomicU64; FEATURES],
+}
+
+// === impl Features ===
+
+impl Features {
+    /// The features of a request: its network and device.
+    pub(crate) fn of(network: &NetworkMark, device: DeviceId) -> Self {
+        let fold = |v: u64| {
+            u32::try_from((v ^ (v >> 32)) & 0xffff_ffff)
+                .unwrap_or(0)
+                .max(1)
+        };
+        let country = network
+            .country()
+            .map_or(0, |c| u32::from(u16::from_be_bytes(c)));
+        Self([
+            network.prefix,
+            network.asn,
+            country,
+            fold(device.without_major().0),
+            u32::from(device.family()) | 0x1_0000,
+            u32::from(device.platform_code()) | 0x100,
+        ])
+    }
+
+    pub(crate) fn get(&self, f: Feature) -> u32 {
+        self.0[f as usize]
+    }
+}
+
+// === impl UserProfile ===
+
+impl UserProfile {
+    const TRUSTED: u16 = 0x8000;
+
+    pub(crate) fn new(now: u32) -> Self {
+        Self {
+            slots: [[Slot::default(); SLOTS]; FEATURES],
+            seen: [0; FEATURES],
+            sessions: 0,
+            first_seen: now,
+        }
+    }
+
+    /// Records one sighting of each of `which` features. A value not kept
+    /// yet takes the slot of the least seen (then least recent) value that
+    /// no operator trusted.
+    pub(crate) fn observe(&mut self, features: &Features, which: &[Feature], now: u32) {
+        let day = day(now);
+        for &f in which {
+            let value = features.get(f);
+            if value == 0 {
+                continue;
+            }
+            let k = f as usize;
+            self.seen[k] = self.seen[k].saturating_add(1);
+            let slots = &mut self.slots[k];
+            if let Some(s) = slots.iter_mut().find(|s| s.value == value) {
+                let trusted = s.count & Self::TRUSTED;
+                s.count = ((s.count & !Self::TRUSTED).saturating_add(1)).min(0x7fff) | trusted;
+                s.day = day;
+            } else if let Some(s) = slots
+                .iter_mut()
+                .filter(|s| s.count & Self::TRUSTED == 0)
+                .min_by_key(|s| (s.count, s.day))
+            {
+                *s = Slot {
+                    value,
+                    count: 1,
+                    day,
+                };
+            }
+        }
+    }
+
+    /// Counts one more session of the user.
+    pub(crate) fn add_session(&mut self) {
+        self.sessions = self.sessions.saturating_add(1);
+    }
+
+    /// Marks `value` of feature `f` trusted: it never counts against the user
+    /// and is never evicted.
+    pub(crate) fn trust(&mut self, f: Feature, value: u32, now: u32) {
+        if value == 0 {
+            return;
+        }
+        let slots = &mut self.slots[f as usize];
+        if let Some(s) = slots.iter_mut().find(|s| s.value == value) {
+            s.count |= Self::TRUSTED;
+            return;
+        }
+        let day = day(now);
+        if let Some(s) = slots
+            .iter_mut()
+            .filter(|s| s.count & Self::TRUSTED == 0)
+            .min_by_key(|s| (s.count, s.day))
+        {
+            *s = Slot {
+                value,
+                count: 1 | Self::TRUSTED,
+                day,
+            };
+        }
+    }
+
+    /// How often the user showed `value` of feature `f`, and whether it is
+    /// trusted.
+    pub(crate) fn count(&self, f: Feature, value: u32) -> (u16, bool) {
+        self.slots[f as usize]
+            .iter()
+            .find(|s| s.value == value && value != 0)
+            .map_or((0, false), |s| {
+                (s.count & !Self::TRUSTED, s.count & Self::TRUSTED != 0)
+            })
+    }
+
+    /// Whether the value is familiar: trusted, or seen at least `after` times.
+    pub(crate) fn familiar(&self, f: Feature, value: u32, after: u16) -> bool {
+        let (count, trusted) = self.count(f, value);
+        trusted || (value != 0 && count >= after)
+    }
+
+    /// Whether the user is still in the learning period.
+    pub(crate) fn learning(&self, now: u32, min_sessions: u32, min_secs: u32) -> bool {
+        self.sessions < min_sessions || now.saturating_sub(self.first_seen) < min_secs
+    }
+
+    /// The evidence of each of `which` features (unknown values skipped).
+    pub(crate) fn evidence(
+        &self,
+        population: &Population,
+        features: &Features,
+        which: &[Feature],
+        cap: f64,
+    ) -> impl Iterator<Item = Evidence> {
+        which.iter().filter_map(move |&f| {
+            let value = features.get(f);
+            if value == 0 {
+                return None;
+            }
+            let (count, trusted) = self.count(f, value);
+            if trusted {
+                return Some(Evidence {
+                    feature: f,
+                    llr: 0.0,
+                });
+            }
+            let k = f as usize;
+            let d = DOMAIN[k];
+            let p = population.frequency(f, value, d);
+            let attacker = 0.5 * p + 0.5 / d;
+            let user = (f64::from(count) + ALPHA * p) / (f64::from(self.seen[k]) + ALPHA);
+            let llr = (attacker / user).ln();
+            Some(Evidence {
+                feature: f,
+                llr: if llr.is_finite() {
+                    llr.clamp(0.0, cap)
+                } else {
+                    cap
+                },
+            })
+        })
+    }
+}
+
+fn day(secs: u32) -> u16 {
+    u16::try_from((secs / 86_400) & 0xffff).unwrap_or(0)
+}
+
+// === impl Sketch ===
+
+impl Sketch {
+    const ROWS: usize = 4;
+    const WIDTH_BITS: u32 = 14;
+    const WIDTH: usize = 1 << Self::WIDTH_BITS;
+    /// Odd multipliers, one per row (multiplicative hashing).
+    const SEEDS: [u64; Self::ROWS] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0xd6e8_feb8_6659_fd93,
+    ];
+
+    fn new() -> Self {
+        Self {
+            counters: (0..Self::ROWS * Self::WIDTH)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+        }
+    }
+
+    fn index(row: usize, value: u32) -> usize {
+        let h = (u64::from(value) | (u64::from(value) << 32)).wrapping_mul(Self::SEEDS[row]);
+        let col = usize::try_from(h >> (64 - Self::WIDTH_BITS)).unwrap_or(0);
+        row * Self::WIDTH + col
+    }
+
+    fn add(&self, value: u32) {
+        for row in 0..Self::ROWS {
+            if let Some(c) = self.counters.get(Self::index(row, value)) {
+                // Saturating: a wrapped counter would make a common value rare.
+                let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+            }
+        }
+    }
+
+    /// The count of `value`: never below the truth, above it only by
+    /// collisions.
+    fn estimate(&self, value: u32) -> u32 {
+        (0..Self::ROWS)
+            .filter_map(|row| self.counters.get(Self::index(row, value)))
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+// === impl Population ===
+
+impl Population {
+    pub(crate) fn new() -> Self {
+        Self {
+            sketches: std::array::from_fn(|_| Sketch::new()),
+            totals: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts one sighting of each of `which` features.
+    pub(crate) fn observe(&self, features: &Features, which: &[Feature]) {
+        for &f in which {
+            let value = features.get(f);
+            if value != 0 {
+                self.sketches[f as usize].add(value);
+                self.totals[f as usize].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `p(x)`, smoothed with `domain` pseudo-values.
+    fn frequency(&self, f: Feature, value: u32, domain: f64) -> f64 {
+        let k = f as usize;
+        let count = f64::from(self.sketches[k].estimate(value));
+        let total = self.totals[k].load(Ordering::Relaxed) as f64;
+        (count + 1.0) / (total + domain)
+    }
+}
+
+impl std::fmt::Debug for Population {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Population")
+            .field(
+                "totals",
+                &self
+                    .totals
+                    .iter()
+                    .map(|t| t.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}

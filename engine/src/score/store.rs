@@ -1,0 +1,253 @@
+//! The session store: a sharded, bounded hash map of [`SessionState`]s with
+//! idle expiry and approximate least-recently-used eviction.
+//!
+//! Our own rather than a `moka` cache, because of memory: a `moka` entry
+//! costs about 300 bytes of bookkeeping on top of key and value (measured:
+//! 433 bytes per 136-byte entry at a million entries), which alone breaks
+//! the budget of 256 bytes per tracked session. Here an entry is the 16-byte
+//! key and the 96-byte state in the table itself, nothing else: 113 bytes
+//! with the control byte, at most 237 bytes per session when a table has
+//! just doubled.
+//!
+//! * Keys are keyed BLAKE3 hashes ([`SessionKey`]), uniform and not chosen by
+//!   clients, so the table hashes them by taking their first eight bytes
+//!   (no second hash), and the shard is picked by their last byte.
+//! * Each shard holds at most its share of `max_sessions`. When a full shard
+//!   must take a new key, it drops the entries idle for longer than the
+//!   timeout, and if that is not enough, the least recently used sixteenth
+//!   (the age threshold is found with a linear-time selection over the
+//!   shard's ages). The pass is O(shard) and runs once per sixteenth of a
+//!   shard's inserts: amortised, a few dozen nanoseconds an insert.
+//! * Expiry is by the request clock the engine is given (`now_secs`), so the
+//!   engine stays a pure function of its inputs: an entry idle past the
+//!   timeout is gone at its next read, and [`SessionStore::sweep`] drops the
+//!   rest.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use super::state::{SessionState, secs32};
+use crate::session::SessionKey;
+
+/// Most shards; a small store has fewer, so that shards are never tiny.
+const MAX_SHARDS: usize = 64;
+const MIN_SHARD: usize = 1024;
+
+/// Takes a session key's first eight bytes as its hash (see the module docs).
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+type Shard = HashMap<SessionKey, SessionState, BuildHasherDefault<KeyHasher>>;
+
+/// The bounded session store.
+pub(crate) struct SessionStore {
+    shards: Box<[Mutex<Shard>]>,
+    shard_cap: usize,
+    idle: u32,
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut eight = [0u8; 8];
+        let n = bytes.len().min(8);
+        eight[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(eight);
+    }
+}
+
+impl SessionStore {
+    pub(crate) fn new(max_sessions: u64, idle: Duration) -> Self {
+        let max = usize::try_from(max_sessions).unwrap_or(usize::MAX).max(1);
+        let shards = (max / MIN_SHARD).clamp(1, MAX_SHARDS);
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            // Rounded down: the store never holds more than `max_sessions`.
+            shard_cap: max / shards,
+            idle: secs32(idle.as_secs()).max(1),
+        }
+    }
+
+    fn shard(&self, key: &SessionKey) -> std::sync::MutexGuard<'_, Shard> {
+        let i = usize::from(key.as_bytes()[15]) % self.shards.len();
+        // A poisoned shard still holds consistent entries: each is replaced
+        // whole.
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session's state, if it has one that has not idled out by `now`;
+    /// marks it used at `now`.
+    pub(crate) fn get(&self, key: &SessionKey, now: u32) -> Option<SessionState> {
+        let mut shard = self.shard(key);
+        let entry = shard.get_mut(key)?;
+        if now.saturating_sub(entry.touched) >= self.idle {
+            shard.remove(key);
+            return None;
+        }
+        entry.touched = entry.touched.max(now);
+        Some(*entry)
+    }
+
+    /// The session's state, without marking it used or expiring it.
+    pub(crate) fn peek(&self, key: &SessionKey) -> Option<SessionState> {
+        self.shard(key).get(key).copied()
+    }
+
+    /// Stores the state, used at `now`, making room first if the session is
+    /// new and its shard full.
+    pub(crate) fn insert(&self, key: SessionKey, mut state: SessionState, now: u32) {
+        state.touched = state.touched.max(now);
+        let mut shard = self.shard(&key);
+        if shard.len() >= self.shard_cap && !shard.contains_key(&key) {
+            self.make_room(&mut shard, now);
+        }
+        shard.insert(key, state);
+    }
+
+    pub(crate) fn remove(&self, key: &SessionKey) {
+        self.shard(key).remove(key);
+    }
+
+    fn make_room(&self, shard: &mut Shard, now: u32) {
+        let idle = self.idle;
+        shard.retain(|_, s| now.saturating_sub(s.touched) < idle);
+        if shard.len() < self.shard_cap {
+            return;
+        }
+        // The exact 1/16 quantile of the shard's ages: everything older
+        // goes, and entries of exactly that age until the sixteenth is made.
+        let mut ages: Vec<u32> = shard.values().map(|s| s.touched).collect();
+        let quota = (ages.len() / 16).max(1);
+        if ages.len() < quota {
+            return;
+        }
+        let (older, &mut threshold, _) = ages.select_nth_unstable(quota - 1);
+        let mut ties = quota - older.iter().filter(|t| **t < threshold).count();
+        shard.retain(|_, s| {
+            if s.touched < threshold {
+                false
+            } else if s.touched == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Drops every state idle for the timeout at `now`.
+    pub(crate) fn sweep(&self, now: u32) {
+        for shard in &*self.shards {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|_, s| now.saturating_sub(s.touched) < self.idle);
+        }
+    }
+
+    /// Sessions held.
+    pub(crate) fn len(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64)
+            .sum()
+    }
+
+    /// A copy of every entry, shard by shard (each shard is locked only
+    /// while it is copied).
+    pub(crate) fn entries(&self) -> Vec<(SessionKey, SessionState)> {
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(shard.iter().map(|(k, s)| (*k, *s)));
+        }
+        out
+    }
+
+    /// Most sessions held.
+    pub(crate) fn capacity(&self) -> u64 {
+        (self.shard_cap * self.shards.len()) as u64
+    }
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("capacity", &self.capacity())
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceSummary;
+    use crate::network::NetworkMark;
+
+    fn key(i: u64) -> SessionKey {
+        // Spread like the real keys: hash the counter.
+        let h = blake3::hash(&i.to_le_bytes());
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&h.as_bytes()[..16]);
+        SessionKey::from_bytes(k)
+    }
+
+    fn state(now: u32) -> SessionState {
+        SessionState::new(&DeviceSummary::NONE, NetworkMark::default(), None, now)
+    }
+
+    #[test]
+    fn holds_no_more_than_its_capacity_and_keeps_the_recent() {
+        let store = SessionStore::new(8_192, Duration::from_secs(1_000_000));
+        for i in 0..20_000u32 {
+            store.insert(key(u64::from(i)), state(i), i);
+            // A few sessions stay busy all along.
+            for hot in 0..10 {
+                store.get(&key(hot), i);
+            }
+        }
+        assert!(store.len() <= store.capacity(), "{}", store.len());
+        assert!(store.len() >= store.capacity() * 7 / 8, "{}", store.len());
+        for hot in 0..10 {
+            assert!(
+                store.get(&key(hot), 20_000).is_some(),
+                "busy session {hot} evicted"
+            );
+        }
+        // The newest are all there; the oldest idle ones are gone.
+        assert!((19_900..20_000).all(|i| store.peek(&key(i)).is_some()));
+        let old = (10..1_000)
+            .filter(|i| store.peek(&key(*i)).is_some())
+            .count();
+        assert!(old < 50, "{old} of the oldest kept, {} held", store.len());
+        assert_eq!(store.shards.len(), 8);
+    }
+
+    #[test]
+    fn idle_entries_expire_on_read_and_on_sweep() {
+        let store = SessionStore::new(100, Duration::from_secs(60));
+        store.insert(key(1), state(0), 0);
+        store.insert(key(2), state(0), 0);
+        assert!(store.get(&key(1), 59).is_some());
+        // Used at 59: still there at 100.
+        assert!(store.get(&key(1), 100).is_some());
+        assert!(store.get(&key(2), 100).is_none());
+        store.sweep(1_000);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn entries_of_the_same_age_are_evicted_a_few_at_a_time() {
+        let store = SessionStore::new(640, Duration::from_secs(1_000));
+        for i in 0..5_000u64 {
+            store.insert(key(i), state(7), 7);
+        }
+        assert!(store.len() > 500, "{}", store.len());
+    }
+}

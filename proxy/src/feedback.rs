@@ -1,0 +1,337 @@
+//! The operator's side of the risk engine, on the admin listener:
+//! authenticated `POST /v1/…` calls that revoke a user everywhere on this
+//! node, raise a user's risk for a while, trust a device or network for a
+//! user, or mark a decision a false positive.
+//!
+//! Every call needs `Authorization: Bearer <token>` with the token in
+//! `[admin] token_file`; without that file the calls are refused (403) and
+//! only `/metrics`, `/healthz` and `/readyz` are served. The token is
+//! compared through its SHA-256 digest, so the comparison's timing says
+//! nothing about the token.
+//!
+//! A decision is named by its reference id (from the 403 page, the
+//! `Vigil-Reference` header or the decision log): the proxy keeps the last
+//! [`DECISIONS_KEPT`] references of refusals and their session keys for
+//! [`DECISIONS_TTL`], so an operator never handles a session key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+use moka::sync::Cache;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use vigil_engine::{DeviceId, Engine, Feedback, SessionKey, TrustedNetwork};
+
+/// References of refusals remembered for false-positive feedback.
+pub const DECISIONS_KEPT: u64 = 100_000;
+/// How long a refusal can be reported a false positive.
+pub const DECISIONS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Recent refusals: reference id → session.
+#[derive(Clone)]
+pub struct Decisions(Cache<String, SessionKey>);
+
+/// The admin API token, as its digest.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+/// Why the token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Reading failed.
+    #[error("admin token {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Too short to resist guessing.
+    #[error("admin token {path}: {len} characters; use at least 32 (e.g. `openssl rand -hex 32`)")]
+    TooShort {
+        /// The file.
+        path: PathBuf,
+        /// Characters found, after trimming.
+        len: usize,
+    },
+}
+
+/// One call's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// A one-line JSON body.
+    pub body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    user: String,
+    points: u8,
+    ttl_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkBody {
+    user: String,
+    asn: Option<u32>,
+    prefix: Option<std::net::IpAddr>,
+    country: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceBody {
+    user: String,
+    /// The device id as logged: 16 hex digits.
+    device: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    reference: String,
+}
+
+// === impl Decisions ===
+
+impl Decisions {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self(
+            Cache::builder()
+                .max_capacity(DECISIONS_KEPT)
+                .time_to_live(DECISIONS_TTL)
+                .build(),
+        )
+    }
+
+    /// Remembers a refusal.
+    pub fn record(&self, reference: &str, session: SessionKey) {
+        self.0.insert(reference.to_owned(), session);
+    }
+
+    fn session(&self, reference: &str) -> Option<SessionKey> {
+        self.0.get(reference)
+    }
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Decisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decisions")
+            .field("kept", &self.0.entry_count())
+            .finish()
+    }
+}
+
+// === impl AdminToken ===
+
+impl AdminToken {
+    /// Reads the token from `path` (surrounding whitespace ignored).
+    pub fn load(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.len() < 32 {
+            return Err(TokenError::TooShort {
+                path: path.to_owned(),
+                len: token.len(),
+            });
+        }
+        Ok(Self(Sha256::digest(token.as_bytes()).into()))
+    }
+
+    /// Whether an `Authorization` header value carries the token.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .map(<[u8]>::trim_ascii)
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        digest == self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+// === the calls ===
+
+/// Carries out `POST path` with `body`, already authenticated.
+pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], now: u64) -> Answer {
+    let result = match path {
+        "/v1/users/revoke" => parse::<UserBody>(body).map(|b| {
+            engine.scorer().revoke_user(engine.user_key(&b.user));
+            "revoked every session of the user begun until now"
+        }),
+        "/v1/users/report" => parse::<ReportBody>(body).and_then(|b| {
+            if b.points > 100 || b.ttl_seconds == 0 {
+                return Err("points must be 0 to 100 and ttl_seconds at least 1".to_owned());
+            }
+            engine.scorer().report_user(
+                engine.user_key(&b.user),
+                b.points,
+                Duration::from_secs(b.ttl_seconds),
+                now,
+            );
+            Ok("reported")
+        }),
+        "/v1/users/trust-network" => parse::<NetworkBody>(body).and_then(|b| {
+            let network = match (b.asn, b.prefix, b.country) {
+                (Some(asn), None, None) => TrustedNetwork::Asn(asn),
+                (None, Some(ip), None) => TrustedNetwork::Prefix(ip),
+                (None, None, Some(c)) => match *c.as_bytes() {
+                    [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                        TrustedNetwork::Country([a, b])
+                    }
+                    _ => return Err(format!("{c:?} is not a two-letter country code")),
+                },
+                _ => return Err("give exactly one of asn, prefix, country".to_owned()),
+            };
+            engine.feedback(
+                Feedback::TrustNetwork {
+                    user: engine.user_key(&b.user),
+                    network,
+                },
+                now,
+            );
+            Ok("network trusted for the user")
+        }),
+        "/v1/users/trust-device" => parse::<DeviceBody>(body).and_then(|b| {
+            let id = u64::from_str_radix(&b.device, 16)
+                .ok()
+                .filter(|_| b.device.len() == 16)
+                .ok_or_else(|| format!("{:?} is not a device id (16 hex digits)", b.device))?;
+            engine.feedback(
+                Feedback::TrustDevice {
+                    user: engine.user_key(&b.user),
+                    device: DeviceId(id),
+                },
+                now,
+            );
+            Ok("device trusted for the user")
+        }),
+        "/v1/decisions/false-positive" => parse::<DecisionBody>(body).and_then(|b| {
+            let session = decisions.session(&b.reference).ok_or_else(|| {
+                format!(
+                    "no refusal {:?} in the last {} days on this node",
+                    b.reference,
+                    DECISIONS_TTL.as_secs() / 86_400
+                )
+            })?;
+            engine.feedback(Feedback::FalsePositive { session }, now);
+            Ok("the session's next request becomes its baseline")
+        }),
+        _ => {
+            return Answer {
+                status: StatusCode::NOT_FOUND,
+                body: error_json("no such call"),
+            };
+        }
+    };
+    match result {
+        Ok(done) => Answer {
+            status: StatusCode::OK,
+            body: serde_json::json!({ "ok": done }).to_string(),
+        },
+        Err(e) => Answer {
+            status: StatusCode::BAD_REQUEST,
+            body: error_json(&e),
+        },
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))
+}
+
+/// `{"error": …}`.
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_engine::{EngineConfig, SessionHashKey};
+
+    fn engine() -> Engine {
+        Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([3; 32]))
+    }
+
+    #[test]
+    fn the_token_is_checked_by_digest_and_must_be_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(matches!(
+            AdminToken::load(&path),
+            Err(TokenError::TooShort { len: 5, .. })
+        ));
+        let secret = "0123456789abcdef0123456789abcdef";
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        let token = AdminToken::load(&path).unwrap();
+        assert!(token.accepts(Some(format!("Bearer {secret}").as_bytes())));
+        assert!(!token.accepts(Some(format!("Bearer {secret}x").as_bytes())));
+        assert!(!token.accepts(Some(secret.as_bytes())));
+        assert!(!token.accepts(None));
+        assert!(!format!("{token:?}").contains(secret));
+    }
+
+    #[test]
+    fn bad_calls_say_what_is_wrong() {
+        let e = engine();
+        let d = Decisions::new();
+        let call = |path: &str, body: &str| handle(&e, &d, path, body.as_bytes(), 1);
+        assert_eq!(call("/v1/nope", "{}").status, StatusCode::NOT_FOUND);
+        let bad = call("/v1/users/revoke", "{\"usr\": \"a\"}");
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert!(bad.body.contains("unknown field"), "{}", bad.body);
+        let bad = call(
+            "/v1/users/trust-network",
+            "{\"user\": \"a\", \"asn\": 1, \"country\": \"GB\"}",
+        );
+        assert!(bad.body.contains("exactly one"), "{}", bad.body);
+        let bad = call(
+            "/v1/users/trust-device",
+            "{\"user\": \"a\", \"device\": \"xyz\"}",
+        );
+        assert!(bad.body.contains("not a device id"), "{}", bad.body);
+        let bad = call("/v1/decisions/false-positive", "{\"reference\": \"r-1\"}");
+        assert!(bad.body.contains("no refusal"), "{}", bad.body);
+        let bad = call(
+            "/v1/users/report",
+            "{\"user\": \"a\", \"points\": 101, \"ttl_seconds\": 5}",
+        );
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            call("/v1/users/revoke", "{\"user\": \"a\"}").status,
+            StatusCode::OK
+        );
+    }
+}
