@@ -89,6 +89,9 @@ pub enum Reason {
     /// The session came back to the network it left a moment ago: two
     /// places are using it at once.
     ConcurrentNetworks,
+    /// The session keeps hopping to new networks minutes apart, as traffic
+    /// through a rotating proxy pool does.
+    NetworkChurn,
     /// The device (browser, platform, device traits) is unusual for the
     /// user, by the likelihood model.
     NewDeviceForUser,
@@ -202,9 +205,20 @@ pub struct ScoreConfig {
     pub impossible_travel: u8,
     /// Fastest plausible travel in km/h. Default 1000.
     pub max_kmh: u16,
+    /// An accuracy radius at or above which a place is only a country (geo
+    /// databases put mobile carriers at the country's centre with a radius
+    /// of about 1,000 km): travel is not judged between such a place and
+    /// another in the same country. Default 500 km.
+    pub coarse_location_km: u16,
     /// Points when the session returns to the network it left less than
     /// `concurrent_window` ago. Default 40.
     pub concurrent_networks: u8,
+    /// Points when the session has moved to another prefix `churn_moves`
+    /// times in a row, each within `concurrent_window` of the one before:
+    /// the pattern of rotating proxies. Default 30.
+    pub network_churn: u8,
+    /// See `network_churn`. Default 3.
+    pub churn_moves: u8,
     /// See `concurrent_networks`. Default 10 minutes.
     pub concurrent_window: Duration,
     /// Points per other-session detection of the user within
@@ -221,7 +235,9 @@ pub struct ScoreConfig {
     /// Most sessions whose state is kept; the least recently used go first.
     /// Default 1,000,000.
     pub max_sessions: u64,
-    /// A session state unused for this long is forgotten. Default 24 h.
+    /// A session state unused for this long is forgotten. Default 30 days:
+    /// at least as long as the apps keep sessions, or a cookie stolen and
+    /// replayed after the owner's last visit meets no baseline.
     pub session_idle_timeout: Duration,
     /// How long a revocation is remembered. Default 7 days.
     pub revocation_ttl: Duration,
@@ -354,7 +370,10 @@ impl Default for ScoreConfig {
             country_changed: 35,
             impossible_travel: 50,
             max_kmh: 1000,
+            coarse_location_km: 100,
             concurrent_networks: 40,
+            network_churn: 30,
+            churn_moves: 3,
             concurrent_window: Duration::from_secs(600),
             recent_detection: 15,
             detection_window: Duration::from_secs(3600),
@@ -362,7 +381,7 @@ impl Default for ScoreConfig {
             medium_at: 30,
             high_at: 60,
             max_sessions: 1_000_000,
-            session_idle_timeout: Duration::from_secs(24 * 3600),
+            session_idle_timeout: Duration::from_secs(30 * 24 * 3600),
             revocation_ttl: Duration::from_secs(7 * 24 * 3600),
             max_users: 1_000_000,
             user_idle_timeout: Duration::from_secs(90 * 24 * 3600),
@@ -651,10 +670,11 @@ impl Scorer {
         }
 
         let change = s.network.change_to(network);
+        let window = secs32(c.concurrent_window.as_secs());
         if change >= NetworkChange::SameAsn {
             let features = Features::of(network, device.id);
             let (familiar, surprise) = match s.user {
-                Some(user) => self.network_surprise(user, &features, change, now),
+                Some(user) => self.network_surprise(user, &features, change, place, now),
                 None => (false, Vec::new()),
             };
             if !familiar {
@@ -666,7 +686,11 @@ impl Scorer {
                 }
             }
             reasons.extend(surprise);
-            if let (Some(a), Some(b)) = (s.place, place) {
+            let coarse = |p: &Place| p.accuracy_km >= c.coarse_location_km;
+            let same_country = change < NetworkChange::DifferentCountry;
+            if let (Some(a), Some(b)) = (s.place, place)
+                && !(same_country && (coarse(&a) || coarse(&b)))
+            {
                 let elapsed = f64::from(now.saturating_sub(s.last_seen));
                 let config = TravelConfig {
                     max_kmh: f64::from(c.max_kmh),
@@ -680,7 +704,6 @@ impl Scorer {
                     });
                 }
             }
-            let window = secs32(c.concurrent_window.as_secs());
             if s.previous != 0
                 && network.prefix == s.previous
                 && now.saturating_sub(s.moved_at) <= window
@@ -690,6 +713,21 @@ impl Scorer {
                     points: c.concurrent_networks,
                 });
             }
+        }
+        if network.prefix != s.network.prefix {
+            let quick = s.moved_at != 0 && now.saturating_sub(s.moved_at) <= window;
+            let moves = if quick {
+                s.moves().saturating_add(1)
+            } else {
+                1
+            };
+            if moves >= c.churn_moves && c.churn_moves > 0 {
+                reasons.push(Contribution {
+                    reason: Reason::NetworkChurn,
+                    points: c.network_churn,
+                });
+            }
+            next.set_moves(moves);
         }
         if *network != s.network {
             if network.prefix != s.network.prefix {
@@ -726,11 +764,20 @@ impl Scorer {
 
     /// Whether a mid-session move lands on a network familiar to the user
     /// (then the move is no evidence), and the model's points otherwise.
+    ///
+    /// A network is familiar when its prefix is (seen `familiar_after`
+    /// times, or trusted), when its ASN was trusted, or when its ASN is
+    /// familiar and the place is coarse or unknown: mobile carriers move a
+    /// user across their prefixes all day and are placed at the country's
+    /// centre, while a home or office line keeps its prefix — a new prefix
+    /// of a familiar fixed-line ISP, placed at a city, is someone else's
+    /// line.
     fn network_surprise(
         &self,
         user: UserKey,
         features: &Features,
         change: NetworkChange,
+        place: Option<Place>,
         now: u32,
     ) -> (bool, Vec<Contribution>) {
         let Some(profile) = self.profiles.get(&user) else {
@@ -740,13 +787,10 @@ impl Scorer {
         let m = &self.config.model;
         let after = m.familiar_after;
         let asn = features.get(Feature::Asn);
-        let network_known = if asn != 0 {
-            profile.familiar(Feature::Asn, asn, after)
-        } else {
-            profile.familiar(Feature::Prefix, features.get(Feature::Prefix), after)
-        } || profile
-            .count(Feature::Prefix, features.get(Feature::Prefix))
-            .1;
+        let coarse = place.is_none_or(|p| p.accuracy_km >= self.config.coarse_location_km);
+        let network_known = profile.familiar(Feature::Prefix, features.get(Feature::Prefix), after)
+            || profile.count(Feature::Asn, asn).1
+            || (coarse && profile.familiar(Feature::Asn, asn, after));
         let familiar = network_known
             && (change < NetworkChange::DifferentCountry
                 || profile.familiar(Feature::Country, features.get(Feature::Country), after));
@@ -887,12 +931,20 @@ impl Scorer {
     fn record_detection(&self, user: UserKey, now: u32) {
         let window = secs32(self.config.detection_window.as_secs());
         let mut e = self.entities.get(&user).unwrap_or_default();
+        let until = now.saturating_add(window);
+        // A replay loop would otherwise write on every request: once the
+        // count is full and the window fresh, there is nothing to add.
+        if e.detections >= MAX_DETECTIONS
+            && until.saturating_sub(e.detections_until) < LAST_SEEN_GRANULARITY
+        {
+            return;
+        }
         e.detections = if e.detections_until > now {
-            e.detections.saturating_add(1)
+            e.detections.saturating_add(1).min(MAX_DETECTIONS)
         } else {
             1
         };
-        e.detections_until = now.saturating_add(window);
+        e.detections_until = until;
         self.entities.insert(user, e);
     }
 
@@ -1149,7 +1201,7 @@ impl Place {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::DeviceChanged,
         Reason::Ja4Mismatch,
         Reason::DeviceUpgraded,
@@ -1158,6 +1210,7 @@ impl Reason {
         Reason::CountryChanged,
         Reason::ImpossibleTravel,
         Reason::ConcurrentNetworks,
+        Reason::NetworkChurn,
         Reason::NewDeviceForUser,
         Reason::NewNetworkForUser,
         Reason::NewCountryForUser,
@@ -1178,6 +1231,7 @@ impl Reason {
             Reason::CountryChanged => "country_changed",
             Reason::ImpossibleTravel => "impossible_travel",
             Reason::ConcurrentNetworks => "concurrent_networks",
+            Reason::NetworkChurn => "network_churn",
             Reason::NewDeviceForUser => "new_device_for_user",
             Reason::NewNetworkForUser => "new_network_for_user",
             Reason::NewCountryForUser => "new_country_for_user",

@@ -71,6 +71,9 @@ pub struct SessionState {
     /// How many times the user had been revoked when the session was bound
     /// to them.
     pub(crate) generation: u16,
+    /// [`Self::BASELINED`], [`Self::LOGIN_SCORED`], [`Self::REBASELINE`],
+    /// and in the top three bits the count of quick moves (see
+    /// [`SessionState::moves`]).
     pub(crate) flags: u8,
 }
 
@@ -146,6 +149,9 @@ impl SessionState {
     const HAS_PLACE: u8 = 8;
     const HAS_JA4: u8 = 16;
     const STORED_FLAGS: u8 = Self::BASELINED | Self::LOGIN_SCORED | Self::REBASELINE;
+    const MOVES_SHIFT: u8 = 5;
+    /// Most quick moves counted.
+    pub(crate) const MAX_MOVES: u8 = 7;
 
     /// Bytes of [`SessionState::encode`]'s record: the session key and the
     /// state.
@@ -206,6 +212,17 @@ impl SessionState {
         self.flags & flag != 0
     }
 
+    /// Moves to another prefix in a row, each soon after the one before:
+    /// a session hopping networks the way rotating proxies do.
+    pub(crate) fn moves(&self) -> u8 {
+        self.flags >> Self::MOVES_SHIFT
+    }
+
+    pub(crate) fn set_moves(&mut self, n: u8) {
+        self.flags =
+            (self.flags & Self::STORED_FLAGS) | (n.min(Self::MAX_MOVES) << Self::MOVES_SHIFT);
+    }
+
     /// The user the session is bound to.
     pub fn user(&self) -> Option<UserKey> {
         self.user
@@ -227,7 +244,7 @@ impl SessionState {
             buf: [0; Self::RECORD_LEN],
             at: 0,
         };
-        let mut flags = self.flags & Self::STORED_FLAGS;
+        let mut flags = self.flags & (Self::STORED_FLAGS | Self::MAX_MOVES << Self::MOVES_SHIFT);
         if self.place.is_some() {
             flags |= Self::HAS_PLACE;
         }
@@ -279,9 +296,7 @@ impl SessionState {
         if version != Self::VERSION {
             return Err(RecordError::Version(version));
         }
-        if flags & !(Self::STORED_FLAGS | Self::HAS_PLACE | Self::HAS_JA4) != 0 {
-            return Err(RecordError::Field("flags"));
-        }
+        // Every bit of the flags byte has a meaning: nothing to refuse.
         let device_id = DeviceId(u64::from_le_bytes(r.take()));
         let [shape, source] = r.take::<2>();
         if HeaderShape::from_bits(shape).bits() != shape {
@@ -339,7 +354,7 @@ impl SessionState {
             moved_at,
             touched: last_seen,
             generation,
-            flags: flags & Self::STORED_FLAGS,
+            flags: flags & (Self::STORED_FLAGS | Self::MAX_MOVES << Self::MOVES_SHIFT),
         };
         Ok((key, state))
     }

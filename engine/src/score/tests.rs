@@ -29,6 +29,7 @@ const MANCHESTER: &str = "86.1.1.10";
 const PARIS: &str = "62.4.1.10";
 const NEW_YORK: &str = "89.160.1.10";
 const HOSTING: &str = "45.33.1.10";
+const CARRIER: &str = "5.1.1.10";
 
 const T0: u64 = 1_700_000_000;
 const DAY: u64 = 86_400;
@@ -56,6 +57,8 @@ fn world_with(config: ScoreConfig) -> World {
         .network("62.4.0.0/16", net("FR", 48.86, 2.35, 20, 3215))
         .network("89.160.0.0/16", net("US", 40.71, -74.0, 20, 7922))
         .network("45.33.0.0/16", net("US", 37.55, -121.98, 20, 63949))
+        // A carrier placed at the country's centre, as geo databases do.
+        .network("5.1.0.0/16", net("GB", 54.0, -2.0, 1000, 25135))
         .write(&path)
         .unwrap();
     let geo = vigil_geoip::GeoIp::open(&vigil_geoip::GeoPaths {
@@ -225,6 +228,44 @@ fn travel_is_timed_from_the_last_request_not_the_first() {
     }
     let v = w.req(&p, "s", FIREFOX, NEW_YORK, T0 + 10 * 3600 + 600);
     assert!(v.risk.has(Reason::ImpossibleTravel), "{:?}", v.risk);
+}
+
+#[test]
+fn a_coarse_place_in_the_same_country_is_no_travel() {
+    let w = world();
+    let p = lenient();
+    w.req(&p, "s", FIREFOX, HOME, T0);
+    // London to "the middle of Britain, give or take 1,000 km" in a minute.
+    let v = w.req(&p, "s", FIREFOX, CARRIER, T0 + 60);
+    assert!(v.risk.has(Reason::AsnChanged));
+    assert!(!v.risk.has(Reason::ImpossibleTravel), "{:?}", v.risk);
+}
+
+#[test]
+fn hopping_to_a_new_network_every_few_minutes_is_churn() {
+    let w = world();
+    let p = lenient();
+    w.req(&p, "s", FIREFOX, "31.94.1.10", T0);
+    let hops: Vec<_> = ["31.94.2.10", "31.94.3.10", "31.94.4.10", "31.94.5.10"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| w.req(&p, "s", FIREFOX, ip, T0 + 120 * (i as u64 + 1)))
+        .collect();
+    let churned: Vec<bool> = hops
+        .iter()
+        .map(|v| v.risk.has(Reason::NetworkChurn))
+        .collect();
+    assert_eq!(churned, [false, false, true, true]);
+    explained(&hops[2]);
+    // The same hops an hour apart are roaming.
+    w.req(&p, "t", FIREFOX, "31.94.1.10", T0);
+    for (i, ip) in ["31.94.2.10", "31.94.3.10", "31.94.4.10"]
+        .iter()
+        .enumerate()
+    {
+        let v = w.req(&p, "t", FIREFOX, ip, T0 + 3600 * (i as u64 + 1));
+        assert!(!v.risk.has(Reason::NetworkChurn));
+    }
 }
 
 #[test]
@@ -547,8 +588,11 @@ fn records_refuse_what_no_release_writes() {
     bad[16] = 9;
     assert_eq!(scorer.import(&bad), Err(RecordError::Version(9)));
     let mut bad = record;
-    bad[17] = 0xff;
-    assert_eq!(scorer.import(&bad), Err(RecordError::Field("flags")));
+    bad[26] = 0x80;
+    assert_eq!(scorer.import(&bad), Err(RecordError::Field("header shape")));
+    let mut bad = record;
+    bad[27] = 9;
+    assert_eq!(scorer.import(&bad), Err(RecordError::Field("tls source")));
 }
 
 #[test]

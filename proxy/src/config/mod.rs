@@ -532,7 +532,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     if max_sessions == 0 {
         p.push(t.key("max_sessions"), "must be at least 1");
     }
-    let idle: u64 = t.or(p, "idle_timeout_seconds", 86_400);
+    let idle: u64 = t.or(p, "idle_timeout_seconds", 2_592_000);
     let revocation_ttl: u64 = t.or(p, "revocation_ttl_seconds", 604_800);
     for (key, v) in [
         ("idle_timeout_seconds", idle),
@@ -580,12 +580,14 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let detection_window = seconds(&mut t, "detection_window_seconds", d.detection_window);
     let user_idle_timeout = seconds(&mut t, "user_idle_timeout_seconds", d.user_idle_timeout);
     let max_kmh: u16 = t.or(p, "max_kmh", d.max_kmh);
+    let coarse_location_km: u16 = t.or(p, "coarse_location_km", d.coarse_location_km);
     if max_kmh < 100 {
         p.push(
             t.key("max_kmh"),
             format!("{max_kmh} is too slow for a plane; expected at least 100"),
         );
     }
+    let churn_moves: u8 = t.or(p, "churn_moves", d.churn_moves);
     let max_users: u64 = t.or(p, "max_users", d.max_users);
     if max_users == 0 {
         p.push(t.key("max_users"), "must be at least 1");
@@ -611,10 +613,13 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         country_changed: points(&mut t, "country_changed", d.country_changed),
         impossible_travel: points(&mut t, "impossible_travel", d.impossible_travel),
         concurrent_networks: points(&mut t, "concurrent_networks", d.concurrent_networks),
+        network_churn: points(&mut t, "network_churn", d.network_churn),
+        churn_moves,
         recent_detection: points(&mut t, "recent_detection", d.recent_detection),
         medium_at: points(&mut t, "medium_at", d.medium_at),
         high_at: points(&mut t, "high_at", d.high_at),
         max_kmh,
+        coarse_location_km,
         concurrent_window,
         detection_window,
         model: d.model,
