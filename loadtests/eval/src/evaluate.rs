@@ -1,0 +1,1020 @@
+//! The evaluator: feeds a corpus to a real [`Engine`], request by request in
+//! time order, and reports per scenario class how often replays were caught
+//! and legitimate sessions disturbed.
+//!
+//! Set-up, as a deployment would have it:
+//!
+//! - the IP plan becomes one GeoLite2-layout `.mmdb` (country, city,
+//!   location, accuracy radius, ASN, organisation) in a temporary
+//!   directory, opened as the geo database (the same file answers the ASN
+//!   facts);
+//! - the `zscaler-egress` networks are the trusted proxy set `zscaler`, and
+//!   `X-Forwarded-For` is believed from it;
+//! - everything else is `EngineConfig::default()`, and the route policy is
+//!   low → allow, medium → step-up, high → block.
+//!
+//! Per request: when the event says `bind`, the session is bound to its
+//! user first (the app named the user at login). When the *owner* gets a
+//! step-up they pass it: [`Engine::confirm`] is called with the same request.
+//! The attacker cannot pass a step-up and simply goes on. Traces are open
+//! loop: a blocked owner also goes on, as a user would after logging in
+//! again, so one false block does not hide later ones.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::header::{ACCEPT_LANGUAGE, COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use vigil_engine::{
+    Action, ClientIpConfig, Engine, EngineConfig, ForwardedHeaders, Ja4, Policy, RequestView,
+    SessionHashKey, TlsFingerprint, TrustedProxies,
+};
+use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
+use vigil_geoip::{GeoIp, GeoPaths};
+
+use crate::scenario::{
+    Actor, Corpus, CorpusError, EVENTS_FILE, Event, EventReader, Label, NetworkKind, NetworkPlan,
+    Scenario, read_networks,
+};
+
+/// The share of legitimate sessions that may be flagged high: 0.1%.
+pub const LEGIT_HIGH_TARGET: f64 = 0.001;
+
+/// Name of the trusted proxy set the egress networks form.
+pub const PROXY_SET: &str = "zscaler";
+
+/// How to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Session ids listed per class for misses and false positives, so that
+    /// a trace can be looked up. Default 3.
+    pub examples: usize,
+}
+
+/// Why a corpus could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Reading the corpus failed.
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    /// The IP plan could not be turned into a database or proxy set.
+    #[error("networks.json: {0}")]
+    Plan(String),
+    /// An event cannot be turned into a request.
+    #[error("event {index} (session {session}): {what}")]
+    Event {
+        /// 0-based position in the corpus.
+        index: usize,
+        /// Its session.
+        session: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The evaluator's state: the engine and what each session saw.
+#[derive(Debug)]
+pub struct Evaluator {
+    engine: Engine,
+    policy: Policy,
+    sessions: HashMap<String, SessionTally>,
+    events: u64,
+    engine_errors: u64,
+    options: Options,
+    /// Keeps the database file alive as long as the engine.
+    _dir: tempfile::TempDir,
+}
+
+/// What one session saw.
+#[derive(Debug, Clone)]
+struct SessionTally {
+    scenario: Scenario,
+    bound: bool,
+    owner: Tally,
+    attacker: Tally,
+    /// Reason codes seen on the attacker's requests.
+    attacker_reasons: BTreeSet<&'static str>,
+    /// Reason codes on the owner's blocked requests.
+    blocked_reasons: BTreeSet<&'static str>,
+    /// Reason codes on the owner's step-ups.
+    step_up_reasons: BTreeSet<&'static str>,
+    /// Risks (login, session, entity) at medium or above on the owner's
+    /// blocked requests.
+    blocked_by: BTreeSet<&'static str>,
+    /// Time of the owner's latest request so far.
+    last_owner: Option<u64>,
+    /// Seconds from the owner's latest request to the attacker's first.
+    replay_gap: Option<u64>,
+}
+
+/// Actions one actor of a session got.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    requests: u64,
+    allowed: u64,
+    step_ups: u64,
+    blocked: u64,
+    /// 1-based index of the first request that was not allowed.
+    first_detection: Option<u64>,
+}
+
+/// The report: one row per class, the targets and whether they were met.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Requests evaluated.
+    pub events: u64,
+    /// Sessions seen.
+    pub sessions: u64,
+    /// Requests the engine could not evaluate (counted as allowed).
+    pub engine_errors: u64,
+    /// Per class, in [`Scenario::ALL`] order.
+    pub classes: Vec<ClassReport>,
+    /// All legitimate sessions together.
+    pub legit: LegitTotal,
+    /// Each target and its outcome.
+    pub targets: Vec<TargetOutcome>,
+}
+
+/// One class's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassReport {
+    /// The class.
+    pub class: Scenario,
+    /// Its label.
+    pub label: Label,
+    /// Sessions.
+    pub sessions: u64,
+    /// Requests, owner's and attacker's.
+    pub requests: u64,
+    /// The owner's requests.
+    pub owner_requests: u64,
+    /// Sessions with an owner request blocked (for legit classes: the false
+    /// positives).
+    pub owner_blocked_sessions: u64,
+    /// Sessions with an owner step-up.
+    pub owner_stepped_up_sessions: u64,
+    /// Owner step-ups in all.
+    pub owner_step_ups: u64,
+    /// Legit classes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legit: Option<LegitFigures>,
+    /// Attack classes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<AttackFigures>,
+}
+
+/// Friction and false positives of a legit class.
+#[derive(Debug, Clone, Serialize)]
+pub struct LegitFigures {
+    /// Share of sessions with a request blocked (flagged high).
+    pub false_positive_rate: f64,
+    /// Share of sessions stepped up at least once.
+    pub step_up_rate: f64,
+    /// Step-ups per session.
+    pub mean_step_ups: f64,
+    /// Reason codes on blocked requests: sessions per code.
+    pub false_positive_reasons: BTreeMap<String, u64>,
+    /// Which risk was medium or high on blocked requests: sessions per
+    /// `login`, `session`, `entity`.
+    pub false_positive_risks: BTreeMap<String, u64>,
+    /// Reason codes on step-ups: sessions per code.
+    pub step_up_reasons: BTreeMap<String, u64>,
+    /// Some blocked sessions' ids.
+    pub false_positive_examples: Vec<String>,
+}
+
+/// Detection figures of an attack class.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttackFigures {
+    /// The attacker's requests.
+    pub attacker_requests: u64,
+    /// Sessions whose attacker got at least one action other than allow.
+    pub detected: u64,
+    /// `detected / sessions`.
+    pub detection_rate: f64,
+    /// Sessions whose attacker got a block.
+    pub detected_high: u64,
+    /// `detected_high / sessions`.
+    pub detection_high_rate: f64,
+    /// Attacker requests up to and including the first one not allowed,
+    /// over detected sessions.
+    pub requests_until_detection: Option<Summary>,
+    /// Attacker requests allowed, over all sessions.
+    pub attacker_requests_allowed: u64,
+    /// The target detection rate.
+    pub target: f64,
+    /// Reason codes seen on the attacker's requests of undetected
+    /// sessions: sessions per code; `(none)` when there was none.
+    pub miss_reasons: BTreeMap<String, u64>,
+    /// Some undetected sessions' ids.
+    pub miss_examples: Vec<String>,
+    /// Detection by the time from the owner's latest request to the
+    /// replay's first: `<1h`, `1h-24h`, `>=24h`, each `[detected,
+    /// sessions]`. Shows what a session store that forgets idle sessions
+    /// misses.
+    pub by_replay_gap: BTreeMap<String, [u64; 2]>,
+}
+
+/// Mean, median and 95th percentile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Summary {
+    /// Mean.
+    pub mean: f64,
+    /// Median (nearest rank).
+    pub median: u64,
+    /// 95th percentile (nearest rank).
+    pub p95: u64,
+}
+
+/// All legitimate sessions together.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LegitTotal {
+    /// Sessions.
+    pub sessions: u64,
+    /// Sessions with a request blocked.
+    pub flagged_high: u64,
+    /// `flagged_high / sessions`.
+    pub false_positive_rate: f64,
+    /// Sessions stepped up.
+    pub stepped_up: u64,
+    /// `stepped_up / sessions`.
+    pub step_up_rate: f64,
+}
+
+/// One target and how it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetOutcome {
+    /// What is measured.
+    pub name: String,
+    /// `>=` or `<=`.
+    pub comparison: &'static str,
+    /// The target.
+    pub target: f64,
+    /// The measured value; `None` when the corpus had no such session.
+    pub actual: Option<f64>,
+    /// Whether it was met.
+    pub met: bool,
+}
+
+// === impl Options ===
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { examples: 3 }
+    }
+}
+
+/// Evaluates a corpus held in memory.
+pub fn evaluate_corpus(corpus: &Corpus, options: &Options) -> Result<Report, EvalError> {
+    let mut evaluator = Evaluator::new(&corpus.networks, options.clone())?;
+    for event in &corpus.events {
+        evaluator.feed(event)?;
+    }
+    Ok(evaluator.finish())
+}
+
+/// Evaluates a corpus directory, streaming its events.
+pub fn evaluate_dir(dir: &Path, options: &Options) -> Result<Report, EvalError> {
+    let plan = read_networks(dir)?;
+    let mut evaluator = Evaluator::new(&plan, options.clone())?;
+    for event in EventReader::open(&dir.join(EVENTS_FILE))? {
+        evaluator.feed(&event?)?;
+    }
+    Ok(evaluator.finish())
+}
+
+// === impl Evaluator ===
+
+impl Evaluator {
+    /// An engine set up for the world of `plan`.
+    pub fn new(plan: &NetworkPlan, options: Options) -> Result<Self, EvalError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| EvalError::Plan(format!("cannot create a temporary directory: {e}")))?;
+        let path = dir.path().join("world.mmdb");
+        geo_database(plan)
+            .write(&path)
+            .map_err(|e| EvalError::Plan(e.to_string()))?;
+        let geo = GeoIp::open(&GeoPaths::new().with_geo(&path))
+            .map_err(|e| EvalError::Plan(e.to_string()))?;
+        let engine = Engine::new(engine_config(plan)?, SessionHashKey::from_bytes([0x5e; 32]))
+            .with_geo(Arc::new(geo));
+        Ok(Self {
+            engine,
+            policy: policy(),
+            sessions: HashMap::new(),
+            events: 0,
+            engine_errors: 0,
+            options,
+            _dir: dir,
+        })
+    }
+
+    /// Evaluates one request. Events must come in time order.
+    pub fn feed(&mut self, event: &Event) -> Result<(), EvalError> {
+        let index = self.events;
+        self.events += 1;
+        let bad = |what: String| EvalError::Event {
+            index: usize::try_from(index).unwrap_or(usize::MAX),
+            session: event.session.clone(),
+            what,
+        };
+        let headers = headers(event).map_err(&bad)?;
+        let ja4: Ja4 = event
+            .ja4
+            .parse()
+            .map_err(|e| bad(format!("ja4 {:?}: {e}", event.ja4)))?;
+        let view = RequestView {
+            peer: event.peer,
+            headers: &headers,
+            now_secs: event.t,
+            tls: TlsFingerprint::captured(ja4),
+        };
+        let tally = self
+            .sessions
+            .entry(event.session.clone())
+            .or_insert_with(|| SessionTally::new(event.scenario));
+        if event.bind && !tally.bound {
+            let key = self
+                .engine
+                .key_for_credential(event.session.as_bytes())
+                .ok_or_else(|| bad("session id is not a usable cookie value".into()))?;
+            self.engine.bind_user(key, &event.user, event.t);
+            tally.bound = true;
+        }
+        let verdict = match self.engine.evaluate(&view, &self.policy) {
+            Ok(v) => v,
+            Err(_) => {
+                self.engine_errors += 1;
+                return Ok(());
+            }
+        };
+        let codes = || verdict.risk.reasons.iter().map(|c| c.reason.code());
+        let action = verdict.action;
+        match event.actor {
+            Actor::Owner => {
+                tally.last_owner = Some(event.t);
+                tally.owner.count(action);
+                match action {
+                    Action::StepUp => {
+                        tally.step_up_reasons.extend(codes());
+                        // The owner passes the step-up.
+                        if self.engine.confirm(&view).is_err() {
+                            self.engine_errors += 1;
+                        }
+                    }
+                    Action::Block | Action::Revoke => {
+                        tally.blocked_reasons.extend(codes());
+                        let risks = &verdict.risks;
+                        let raised =
+                            |r: &vigil_engine::Risk| r.level > vigil_engine::RiskLevel::Low;
+                        if risks.login.as_ref().is_some_and(raised) {
+                            tally.blocked_by.insert("login");
+                        }
+                        if raised(&risks.session) {
+                            tally.blocked_by.insert("session");
+                        }
+                        if raised(&risks.entity) {
+                            tally.blocked_by.insert("entity");
+                        }
+                    }
+                    Action::Allow => {}
+                }
+            }
+            Actor::Attacker => {
+                if tally.attacker.requests == 0 {
+                    tally.replay_gap = tally.last_owner.map(|t| event.t.saturating_sub(t));
+                }
+                tally.attacker.count(action);
+                tally.attacker_reasons.extend(codes());
+            }
+        }
+        Ok(())
+    }
+
+    /// The report.
+    pub fn finish(self) -> Report {
+        let examples = self.options.examples;
+        let mut by_class: BTreeMap<Scenario, Vec<(&String, &SessionTally)>> = BTreeMap::new();
+        for (id, tally) in &self.sessions {
+            by_class
+                .entry(tally.scenario)
+                .or_default()
+                .push((id, tally));
+        }
+        for list in by_class.values_mut() {
+            // Deterministic example ids whatever the hash map's order.
+            list.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        let mut classes = Vec::new();
+        let mut legit = LegitTotal {
+            sessions: 0,
+            flagged_high: 0,
+            false_positive_rate: 0.0,
+            stepped_up: 0,
+            step_up_rate: 0.0,
+        };
+        let mut targets = Vec::new();
+        for class in Scenario::ALL {
+            let list = by_class.get(&class).map(Vec::as_slice).unwrap_or(&[]);
+            let report = ClassReport::of(class, list, examples);
+            if class.label() == Label::Legit {
+                legit.sessions += report.sessions;
+                legit.flagged_high += report.owner_blocked_sessions;
+                legit.stepped_up += report.owner_stepped_up_sessions;
+            }
+            if let (Some(a), Some(target)) = (&report.attack, class.detection_target()) {
+                let actual = (report.sessions > 0).then_some(a.detection_rate);
+                targets.push(TargetOutcome {
+                    name: format!("{class} detected"),
+                    comparison: ">=",
+                    target,
+                    actual,
+                    met: actual.is_some_and(|v| v >= target),
+                });
+            } else if let Some(target) = class.detection_target() {
+                targets.push(TargetOutcome {
+                    name: format!("{class} detected"),
+                    comparison: ">=",
+                    target,
+                    actual: None,
+                    met: false,
+                });
+            }
+            if report.sessions > 0 {
+                classes.push(report);
+            }
+        }
+        legit.false_positive_rate = ratio(legit.flagged_high, legit.sessions);
+        legit.step_up_rate = ratio(legit.stepped_up, legit.sessions);
+        let actual = (legit.sessions > 0).then_some(legit.false_positive_rate);
+        targets.push(TargetOutcome {
+            name: "legit sessions flagged high".to_owned(),
+            comparison: "<=",
+            target: LEGIT_HIGH_TARGET,
+            actual,
+            met: actual.is_some_and(|v| v <= LEGIT_HIGH_TARGET),
+        });
+        Report {
+            events: self.events,
+            sessions: self.sessions.len() as u64,
+            engine_errors: self.engine_errors,
+            classes,
+            legit,
+            targets,
+        }
+    }
+}
+
+/// The route policy of the evaluation: low → allow, medium → step-up, high
+/// → block.
+pub fn policy() -> Policy {
+    Policy {
+        low: Action::Allow,
+        medium: Action::StepUp,
+        high: Action::Block,
+        ..Policy::default()
+    }
+}
+
+/// `EngineConfig::default()` with the plan's egress networks trusted as
+/// [`PROXY_SET`] and `X-Forwarded-For` believed from them.
+pub fn engine_config(plan: &NetworkPlan) -> Result<EngineConfig, EvalError> {
+    let mut cidrs = Vec::new();
+    for n in &plan.networks {
+        if n.kind == NetworkKind::ZscalerEgress {
+            let net: ipnet::IpNet = n.cidr.parse().map_err(|e| {
+                EvalError::Plan(format!("network {}: cidr {:?}: {e}", n.name, n.cidr))
+            })?;
+            cidrs.push(net);
+        }
+    }
+    let trusted = if cidrs.is_empty() {
+        TrustedProxies::default()
+    } else {
+        TrustedProxies::new(vec![(PROXY_SET.to_owned(), cidrs)]).map_err(|errors| {
+            EvalError::Plan(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?
+    };
+    Ok(EngineConfig {
+        client_ip: ClientIpConfig {
+            headers: ForwardedHeaders::X_FORWARDED_FOR,
+            trusted,
+            ..ClientIpConfig::default()
+        },
+        ..EngineConfig::default()
+    })
+}
+
+/// The plan as a GeoLite2-layout database.
+pub fn geo_database(plan: &NetworkPlan) -> TestDb {
+    let mut db = TestDb::new(Layout::GeoLite2);
+    for n in &plan.networks {
+        let mut record = TestRecord::new()
+            .country(&n.country)
+            .location(n.lat, n.lon)
+            .accuracy_km(n.accuracy_km)
+            .asn(n.asn)
+            .org(&n.org);
+        if let Some(city) = &n.city {
+            record = record.city(city);
+        }
+        db.push(&n.cidr, record);
+    }
+    db
+}
+
+/// The request headers an event describes.
+fn headers(event: &Event) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    let value = |name: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| format!("{name} {v:?} is not a valid header value"))
+    };
+    h.insert(
+        COOKIE,
+        value("session", &format!("session={}", event.session))?,
+    );
+    h.insert(USER_AGENT, value("ua", &event.ua)?);
+    if let Some(v) = &event.accept_language {
+        h.insert(ACCEPT_LANGUAGE, value("accept_language", v)?);
+    }
+    let optional = [
+        ("sec-ch-ua-platform", &event.ch_platform),
+        ("sec-ch-ua-mobile", &event.ch_mobile),
+        ("sec-ch-ua", &event.ch_ua),
+        ("x-forwarded-for", &event.xff),
+    ];
+    for (name, v) in optional {
+        if let Some(v) = v {
+            h.insert(HeaderName::from_static(name), value(name, v)?);
+        }
+    }
+    if event.fetch_metadata {
+        h.insert(
+            HeaderName::from_static("sec-fetch-site"),
+            HeaderValue::from_static("same-origin"),
+        );
+    }
+    Ok(h)
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 { 0.0 } else { n as f64 / d as f64 }
+}
+
+// === impl SessionTally, Tally ===
+
+impl SessionTally {
+    fn new(scenario: Scenario) -> Self {
+        Self {
+            scenario,
+            bound: false,
+            owner: Tally::default(),
+            attacker: Tally::default(),
+            attacker_reasons: BTreeSet::new(),
+            blocked_reasons: BTreeSet::new(),
+            step_up_reasons: BTreeSet::new(),
+            blocked_by: BTreeSet::new(),
+            last_owner: None,
+            replay_gap: None,
+        }
+    }
+}
+
+impl Tally {
+    fn count(&mut self, action: Action) {
+        self.requests += 1;
+        match action {
+            Action::Allow => self.allowed += 1,
+            Action::StepUp => self.step_ups += 1,
+            Action::Block | Action::Revoke => self.blocked += 1,
+        }
+        if action != Action::Allow && self.first_detection.is_none() {
+            self.first_detection = Some(self.requests);
+        }
+    }
+}
+
+// === impl ClassReport ===
+
+impl ClassReport {
+    fn of(class: Scenario, list: &[(&String, &SessionTally)], examples: usize) -> Self {
+        let sessions = list.len() as u64;
+        let sum = |f: &dyn Fn(&SessionTally) -> u64| list.iter().map(|(_, s)| f(s)).sum::<u64>();
+        let owner_requests = sum(&|s| s.owner.requests);
+        let attacker_requests = sum(&|s| s.attacker.requests);
+        let owner_blocked_sessions = sum(&|s| u64::from(s.owner.blocked > 0));
+        let owner_stepped_up_sessions = sum(&|s| u64::from(s.owner.step_ups > 0));
+        let owner_step_ups = sum(&|s| s.owner.step_ups);
+        let count_codes = |pick: &dyn Fn(&SessionTally) -> Option<&BTreeSet<&'static str>>| {
+            let mut out: BTreeMap<String, u64> = BTreeMap::new();
+            for (_, s) in list {
+                if let Some(codes) = pick(s) {
+                    if codes.is_empty() {
+                        *out.entry("(none)".to_owned()).or_default() += 1;
+                    }
+                    for c in codes {
+                        *out.entry((*c).to_owned()).or_default() += 1;
+                    }
+                }
+            }
+            out
+        };
+        let ids = |pred: &dyn Fn(&SessionTally) -> bool| {
+            list.iter()
+                .filter(|(_, s)| pred(s))
+                .take(examples)
+                .map(|(id, _)| (*id).clone())
+                .collect::<Vec<_>>()
+        };
+        let legit = (class.label() == Label::Legit).then(|| LegitFigures {
+            false_positive_rate: ratio(owner_blocked_sessions, sessions),
+            step_up_rate: ratio(owner_stepped_up_sessions, sessions),
+            mean_step_ups: ratio(owner_step_ups, sessions),
+            false_positive_reasons: count_codes(&|s| {
+                (s.owner.blocked > 0).then_some(&s.blocked_reasons)
+            }),
+            false_positive_risks: count_codes(&|s| (s.owner.blocked > 0).then_some(&s.blocked_by)),
+            step_up_reasons: count_codes(&|s| (s.owner.step_ups > 0).then_some(&s.step_up_reasons)),
+            false_positive_examples: ids(&|s| s.owner.blocked > 0),
+        });
+        let attack = match (class.label(), class.detection_target()) {
+            (Label::Attack, Some(target)) => {
+                let detected = sum(&|s| u64::from(s.attacker.first_detection.is_some()));
+                let detected_high = sum(&|s| u64::from(s.attacker.blocked > 0));
+                let mut until: Vec<u64> = list
+                    .iter()
+                    .filter_map(|(_, s)| s.attacker.first_detection)
+                    .collect();
+                until.sort_unstable();
+                Some(AttackFigures {
+                    attacker_requests,
+                    detected,
+                    detection_rate: ratio(detected, sessions),
+                    detected_high,
+                    detection_high_rate: ratio(detected_high, sessions),
+                    requests_until_detection: summary(&until),
+                    attacker_requests_allowed: sum(&|s| s.attacker.allowed),
+                    target,
+                    miss_reasons: count_codes(&|s| {
+                        s.attacker
+                            .first_detection
+                            .is_none()
+                            .then_some(&s.attacker_reasons)
+                    }),
+                    miss_examples: ids(&|s| s.attacker.first_detection.is_none()),
+                    by_replay_gap: by_gap(list),
+                })
+            }
+            _ => None,
+        };
+        Self {
+            class,
+            label: class.label(),
+            sessions,
+            requests: owner_requests + attacker_requests,
+            owner_requests,
+            owner_blocked_sessions,
+            owner_stepped_up_sessions,
+            owner_step_ups,
+            legit,
+            attack,
+        }
+    }
+}
+
+/// Detected and all sessions per replay-gap bucket.
+fn by_gap(list: &[(&String, &SessionTally)]) -> BTreeMap<String, [u64; 2]> {
+    let mut out: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+    for (_, s) in list {
+        let Some(gap) = s.replay_gap else { continue };
+        let bucket = match gap {
+            g if g < 3_600 => "<1h",
+            g if g < 86_400 => "1h-24h",
+            _ => ">=24h",
+        };
+        let e = out.entry(bucket.to_owned()).or_default();
+        e[0] += u64::from(s.attacker.first_detection.is_some());
+        e[1] += 1;
+    }
+    out
+}
+
+/// Mean, median and p95 of sorted values; `None` when empty.
+fn summary(sorted: &[u64]) -> Option<Summary> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = |percent: usize| {
+        // Nearest rank: ceil(p/100 * n), at least 1.
+        let i = (percent * sorted.len())
+            .div_ceil(100)
+            .clamp(1, sorted.len());
+        sorted[i - 1]
+    };
+    Some(Summary {
+        mean: sorted.iter().sum::<u64>() as f64 / sorted.len() as f64,
+        median: rank(50),
+        p95: rank(95),
+    })
+}
+
+// === impl Report ===
+
+impl Report {
+    /// Whether every target was met.
+    pub fn passed(&self) -> bool {
+        self.targets.iter().all(|t| t.met)
+    }
+
+    /// The targets that were missed.
+    pub fn misses(&self) -> impl Iterator<Item = &TargetOutcome> {
+        self.targets.iter().filter(|t| !t.met)
+    }
+
+    /// The report as text tables: attack classes, legit classes, targets,
+    /// then the reasons behind misses, false positives and step-ups.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let pct = |v: f64| format!("{:.2}%", v * 100.0);
+        let _ = writeln!(
+            out,
+            "{} requests in {} sessions; {} engine errors\n",
+            self.events, self.sessions, self.engine_errors
+        );
+        let _ = writeln!(
+            out,
+            "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9}",
+            "attack class",
+            "sessions",
+            "attacker",
+            "detected",
+            "at high",
+            "until mean/med/p95",
+            "allowed",
+            "owner blk"
+        );
+        for c in &self.classes {
+            let Some(a) = &c.attack else { continue };
+            let until = a.requests_until_detection.map_or_else(
+                || "-".to_owned(),
+                |s| format!("{:.2}/{}/{}", s.mean, s.median, s.p95),
+            );
+            let _ = writeln!(
+                out,
+                "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9}",
+                c.class.as_str(),
+                c.sessions,
+                a.attacker_requests,
+                pct(a.detection_rate),
+                pct(a.detection_high_rate),
+                until,
+                a.attacker_requests_allowed,
+                c.owner_blocked_sessions
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<38} {:>8} {:>9} {:>12} {:>11} {:>13}",
+            "legit class", "sessions", "requests", "flagged high", "stepped up", "step-ups/sess"
+        );
+        for c in &self.classes {
+            let Some(l) = &c.legit else { continue };
+            let _ = writeln!(
+                out,
+                "{:<38} {:>8} {:>9} {:>12} {:>11} {:>13.3}",
+                c.class.as_str(),
+                c.sessions,
+                c.requests,
+                format!(
+                    "{} ({})",
+                    c.owner_blocked_sessions,
+                    pct(l.false_positive_rate)
+                ),
+                pct(l.step_up_rate),
+                l.mean_step_ups
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<38} {:>8} {:>9} {:>12} {:>11}",
+            "all legit",
+            self.legit.sessions,
+            "",
+            format!(
+                "{} ({})",
+                self.legit.flagged_high,
+                pct(self.legit.false_positive_rate)
+            ),
+            pct(self.legit.step_up_rate)
+        );
+        let _ = writeln!(out, "\ntargets:");
+        for t in &self.targets {
+            let actual = t.actual.map_or_else(|| "no sessions".to_owned(), pct);
+            let _ = writeln!(
+                out,
+                "  {:<4} {:<50} {} {:<8} actual {}",
+                if t.met { "ok" } else { "MISS" },
+                t.name,
+                t.comparison,
+                pct(t.target),
+                actual
+            );
+        }
+        let reasons = |m: &BTreeMap<String, u64>| {
+            let mut v: Vec<_> = m.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            v.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let header = |out: &mut String, title: &str, printed: &mut bool| {
+            if !*printed {
+                let _ = writeln!(out, "\n{title}");
+                *printed = true;
+            }
+        };
+        let _ = writeln!(
+            out,
+            "\ndetection by time from the owner's latest request to the replay (detected/sessions)"
+        );
+        for c in &self.classes {
+            let Some(a) = &c.attack else { continue };
+            let cell = |k: &str| {
+                a.by_replay_gap.get(k).map_or_else(
+                    || "-".to_owned(),
+                    |[d, n]| format!("{d}/{n} ({})", pct(ratio(*d, *n))),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "  {:<38} <1h {:<20} 1h-24h {:<20} >=24h {}",
+                c.class.as_str(),
+                cell("<1h"),
+                cell("1h-24h"),
+                cell(">=24h")
+            );
+        }
+        let mut printed = false;
+        for c in &self.classes {
+            if let Some(a) = &c.attack
+                && a.detected < c.sessions
+            {
+                header(
+                    &mut out,
+                    "missed replays (attacker never challenged): reason codes seen, sessions per code",
+                    &mut printed,
+                );
+                let _ = writeln!(
+                    out,
+                    "  {}: {} missed; {}; e.g. {}",
+                    c.class,
+                    c.sessions - a.detected,
+                    reasons(&a.miss_reasons),
+                    a.miss_examples.join(" ")
+                );
+            }
+        }
+        let mut printed = false;
+        for c in &self.classes {
+            if let Some(l) = &c.legit
+                && c.owner_blocked_sessions > 0
+            {
+                header(
+                    &mut out,
+                    "false positives (legit session blocked): reason codes, sessions per code [risks]",
+                    &mut printed,
+                );
+                let _ = writeln!(
+                    out,
+                    "  {}: {}; [{}]; e.g. {}",
+                    c.class,
+                    reasons(&l.false_positive_reasons),
+                    reasons(&l.false_positive_risks),
+                    l.false_positive_examples.join(" ")
+                );
+            }
+        }
+        let mut printed = false;
+        for c in &self.classes {
+            if let Some(l) = &c.legit
+                && c.owner_stepped_up_sessions > 0
+            {
+                header(
+                    &mut out,
+                    "step-ups of legit sessions: reason codes, sessions per code",
+                    &mut printed,
+                );
+                let _ = writeln!(out, "  {}: {}", c.class, reasons(&l.step_up_reasons));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Network;
+
+    fn plan() -> NetworkPlan {
+        let net = |name: &str, cidr: &str, country: &str, asn: u32, kind| Network {
+            name: name.into(),
+            cidr: cidr.into(),
+            country: country.into(),
+            city: None,
+            lat: 51.5,
+            lon: -0.12,
+            accuracy_km: 20,
+            asn,
+            org: format!("org {asn}"),
+            kind,
+        };
+        NetworkPlan {
+            networks: vec![
+                net("home", "81.2.0.0/16", "GB", 2856, NetworkKind::Residential),
+                net(
+                    "zs",
+                    "165.225.8.0/23",
+                    "GB",
+                    62044,
+                    NetworkKind::ZscalerEgress,
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn one_file_serves_geo_and_asn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.mmdb");
+        geo_database(&plan()).write(&path).unwrap();
+        let geo = GeoIp::open(&GeoPaths::new().with_geo(&path)).unwrap();
+        let facts = geo.lookup("81.2.69.7".parse().unwrap());
+        assert_eq!(facts.asn, Some(2856));
+        assert_eq!(
+            facts.country.map(|c| c.as_str().to_owned()).as_deref(),
+            Some("GB")
+        );
+        assert_eq!(facts.location.map(|l| l.accuracy_km), Some(20));
+    }
+
+    #[test]
+    fn the_proxy_set_is_trusted_and_its_forwarded_client_believed() {
+        let config = engine_config(&plan()).unwrap();
+        let engine = Engine::new(config, SessionHashKey::from_bytes([1; 32]));
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "81.2.69.7".parse().unwrap());
+        let view = RequestView {
+            peer: "165.225.8.9".parse().unwrap(),
+            headers: &h,
+            now_secs: 1,
+            tls: TlsFingerprint::NONE,
+        };
+        let client = engine.resolve_client(&view, ForwardedHeaders::X_FORWARDED_FOR);
+        assert_eq!(client.addr.to_string(), "81.2.69.7");
+        assert_eq!(
+            client.provider.map(|p| p.as_str().to_owned()).as_deref(),
+            Some(PROXY_SET)
+        );
+        // From an untrusted peer the header is not believed.
+        let view = RequestView {
+            peer: "81.2.1.1".parse().unwrap(),
+            ..view
+        };
+        assert_eq!(
+            engine
+                .resolve_client(&view, ForwardedHeaders::X_FORWARDED_FOR)
+                .addr
+                .to_string(),
+            "81.2.1.1"
+        );
+    }
+
+    #[test]
+    fn summaries_use_nearest_rank() {
+        assert_eq!(summary(&[]), None);
+        let s = summary(&[1, 1, 1, 2, 9]).unwrap();
+        assert_eq!((s.median, s.p95), (1, 9));
+        assert!((s.mean - 2.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tallies_record_the_first_detection() {
+        let mut t = Tally::default();
+        for a in [Action::Allow, Action::Allow, Action::StepUp, Action::Block] {
+            t.count(a);
+        }
+        assert_eq!(t.first_detection, Some(3));
+        assert_eq!((t.allowed, t.step_ups, t.blocked), (2, 1, 1));
+    }
+}
