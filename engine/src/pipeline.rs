@@ -61,6 +61,9 @@ pub struct Verdict {
     pub risk: Risk,
     /// Login, session and entity risk apart.
     pub risks: Risks,
+    /// The user the session is bound to, when the app or identity provider
+    /// named one.
+    pub user: Option<UserKey>,
     /// What to do.
     pub action: Action,
 }
@@ -156,6 +159,7 @@ impl Engine {
             device,
             risk,
             risks: scored.risks,
+            user: scored.user,
             action,
         })
     }

@@ -344,6 +344,8 @@ pub(crate) struct Learn {
 #[derive(Debug)]
 pub(crate) struct Scored {
     pub risks: Risks,
+    /// The user the session is bound to.
+    pub user: Option<UserKey>,
     pub change: Option<NetworkChange>,
     pub observation: Observation,
 }
@@ -547,6 +549,7 @@ impl Scorer {
         let Some(key) = session else {
             return Scored {
                 risks: Risks::none(),
+                user: None,
                 change: None,
                 observation: Observation::Anonymous,
             };
@@ -562,6 +565,7 @@ impl Scorer {
             );
             return Scored {
                 risks,
+                user: None,
                 change: None,
                 observation: Observation::Revoked,
             };
@@ -620,6 +624,7 @@ impl Scorer {
         }
         Scored {
             risks,
+            user: next.user,
             change,
             observation: Observation::Session {
                 key,

@@ -139,6 +139,9 @@ impl AdminApp {
         self.metrics
             .sessions_revoked
             .set(i64::try_from(scorer.revoked_sessions()).unwrap_or(i64::MAX));
+        self.metrics
+            .users_tracked
+            .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
         for group in self.upstreams.iter() {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
             self.metrics

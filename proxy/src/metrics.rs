@@ -60,6 +60,8 @@ pub struct Metrics {
     pub sessions_tracked: IntGauge,
     /// `vigil_engine_sessions_revoked`: revoked sessions remembered on this node.
     pub sessions_revoked: IntGauge,
+    /// `vigil_engine_users_tracked`: user profiles on this node.
+    pub users_tracked: IntGauge,
 }
 
 impl Metrics {
@@ -157,6 +159,11 @@ impl Metrics {
             "Revoked sessions remembered on this node.",
         )?;
         registry.register(Box::new(sessions_revoked.clone()))?;
+        let users_tracked = IntGauge::new(
+            "vigil_engine_users_tracked",
+            "User profiles (history of networks and devices) on this node.",
+        )?;
+        registry.register(Box::new(users_tracked.clone()))?;
 
         // Export every action at zero so dashboards and alerts see the series
         // before the first block.
@@ -182,6 +189,7 @@ impl Metrics {
             tls_fingerprints_tracked,
             sessions_tracked,
             sessions_revoked,
+            users_tracked,
         })
     }
 }

@@ -3,7 +3,10 @@
 //! fails to load keeps what was loaded before; the failure is logged and
 //! counted (STYLE.md 8).
 
+use std::sync::Arc;
+
 use std::time::Duration;
+use vigil_engine::Engine;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -194,5 +197,46 @@ impl Reloadable for TrustedFiles {
         self.engine.set_client_ip(config);
         *seen = now;
         Ok(true)
+    }
+}
+
+/// Drops session states that idled out, once a minute, so that their memory
+/// returns before the store would reuse it.
+pub struct Sweeper {
+    engine: Arc<Engine>,
+    every: Duration,
+}
+
+impl Sweeper {
+    /// A sweeper of `engine`'s session store every `every`.
+    pub fn new(engine: Arc<Engine>, every: Duration) -> Self {
+        Self { engine, every }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    self.engine.scorer().sweep(now);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Sweeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweeper")
+            .field("every", &self.every)
+            .finish()
     }
 }

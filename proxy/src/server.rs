@@ -19,7 +19,7 @@ use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
 use crate::proxy::VigilProxy;
-use crate::reload::{GeoReload, Reloadable, Reloader, TrustedFiles};
+use crate::reload::{GeoReload, Reloadable, Reloader, Sweeper, TrustedFiles};
 use crate::tls::SniResolver;
 use crate::upstream::UpstreamGroup;
 
@@ -186,6 +186,10 @@ impl Vigil {
             server.add_service(health);
         }
 
+        server.add_service(background_service(
+            "session sweep",
+            Sweeper::new(engine.clone(), std::time::Duration::from_secs(60)),
+        ));
         let mut watched: Vec<Box<dyn Reloadable>> = Vec::new();
         if let Some(geo) = geo {
             watched.push(Box::new(GeoReload(geo)));

@@ -104,6 +104,19 @@ async fn revoking_a_user_ends_every_session_the_app_bound_to_them() {
         assert!(response.headers().contains_key("vigil-reference"));
     }
     assert_eq!(bob.get(&proxy.url("/echo")).await.status(), 200);
+    // The decision record names the user by key only, with the entity score.
+    let line = proxy.wait_for_log("reasons=user_revoked").await;
+    assert!(line.contains("entity_score=100"), "{line}");
+    let user = line
+        .split("user=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_eq!(user.len(), 16, "{line}");
+    assert!(user.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    assert!(!line.contains("alice"), "{line}");
     proxy
         .wait_for_metric(
             "vigil_proxy_decision_reasons_total",

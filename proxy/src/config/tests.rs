@@ -309,3 +309,89 @@ fn believing_forwarding_headers_needs_a_trusted_set() {
     let problems = parse(&text).unwrap_err();
     assert_eq!(keys(&problems), ["listeners[0].forwarded_headers"]);
 }
+
+#[test]
+fn risk_engine_settings_are_checked_together() {
+    let text = r#"
+[session]
+user_header = "not a header"
+
+[risk]
+max_kmh = 20
+concurrent_window_seconds = 0
+max_users = 0
+
+[risk.model]
+device_weight = 50
+llr_cap = 0
+familiar_after = 0
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+[routes.policy]
+medium_at = 70
+high_at = 40
+"#;
+    let problems = parse(text).unwrap_err();
+    let keys = keys(&problems);
+    for expected in [
+        "session.user_header",
+        "risk.max_kmh",
+        "risk.concurrent_window_seconds",
+        "risk.max_users",
+        "risk.model.device_weight",
+        "risk.model.llr_cap",
+        "risk.model.familiar_after",
+        "routes[0].policy.medium_at",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "{expected} missing from {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_route_can_set_its_own_thresholds_and_the_user_header_can_be_off() {
+    let text = r#"
+[session]
+user_header = ""
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+[routes.policy]
+medium_at = 20
+high_at = 50
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.user_header, None);
+    assert_eq!(
+        config.routes[0].policy.thresholds,
+        Some(vigil_engine::Thresholds {
+            medium_at: 20,
+            high_at: 50
+        })
+    );
+    assert_eq!(
+        config.engine.score.session_idle_timeout,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+}
