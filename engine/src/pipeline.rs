@@ -11,7 +11,9 @@ use crate::device::{Device, DeviceStage};
 use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView};
-use crate::score::{Feedback, Place, Risk, Risks, ScoreConfig, Scorer, UserKey};
+use crate::score::{
+    Commit, Feedback, FeedbackError, Place, Risk, RiskLevel, Risks, ScoreConfig, Scorer, UserKey,
+};
 use crate::session::{Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
 
 /// Everything the engine is configured with.
@@ -143,12 +145,14 @@ impl Engine {
         let risk = scored.risks.overall(self.scorer.config());
         let action = policy.decide(&risk);
 
-        self.scorer.commit(
-            scored.observation,
-            policy.level(&risk),
-            action == Action::Allow,
-            request.now_secs,
-        );
+        let revoked = risk.reasons.iter().any(|c| c.reason.is_final());
+        let commit = match action {
+            Action::Allow => Commit::Allowed,
+            _ if policy.level(&risk) == RiskLevel::High && !revoked => Commit::Detected,
+            _ => Commit::Refused,
+        };
+        self.scorer
+            .commit(scored.observation, commit, request.now_secs);
         if let (Action::Revoke, Some(s)) = (action, session) {
             self.scorer.revoke(s.key, request.now_secs);
         }
@@ -227,8 +231,36 @@ impl Engine {
     }
 
     /// Applies an operator's feedback; see [`Feedback`].
-    pub fn feedback(&self, feedback: Feedback, now_secs: u64) {
-        self.scorer.feedback(feedback, now_secs);
+    pub fn feedback(&self, feedback: Feedback, now_secs: u64) -> Result<(), FeedbackError> {
+        let place = match &feedback {
+            Feedback::FalsePositive { network, .. } => self.geo.as_ref().and_then(|g| {
+                g.lookup(network.client)
+                    .location
+                    .as_ref()
+                    .and_then(Place::from_location)
+            }),
+            _ => None,
+        };
+        let feedback = match feedback {
+            Feedback::FalsePositive {
+                session,
+                device,
+                mut network,
+            } => {
+                if let Some(geo) = &self.geo {
+                    let facts = geo.lookup(network.client);
+                    network.asn = facts.asn;
+                    network.country = facts.country.map(|c| c.as_bytes());
+                }
+                Feedback::FalsePositive {
+                    session,
+                    device,
+                    network,
+                }
+            }
+            other => other,
+        };
+        self.scorer.feedback(feedback, place, now_secs)
     }
 
     /// The session store, for revocations from outside the request path and

@@ -34,11 +34,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use vigil_geoip::Location;
 use vigil_geoip::travel::{Travel, TravelConfig, classify as travel};
 
-use crate::device::{Device, DeviceId, TraitMatch};
+use crate::device::{Device, DeviceId, DeviceSummary, TraitMatch};
 use crate::fingerprint::{TlsMatch, TlsSource};
 use crate::network::{NetworkChange, NetworkFacts, NetworkMark};
 use crate::session::SessionKey;
@@ -208,7 +209,7 @@ pub struct ScoreConfig {
     /// An accuracy radius at or above which a place is only a country (geo
     /// databases put mobile carriers at the country's centre with a radius
     /// of about 1,000 km): travel is not judged between such a place and
-    /// another in the same country. Default 500 km.
+    /// another in the same country. Default 100 km.
     pub coarse_location_km: u16,
     /// Points when the session returns to the network it left less than
     /// `concurrent_window` ago. Default 40.
@@ -239,7 +240,8 @@ pub struct ScoreConfig {
     /// at least as long as the apps keep sessions, or a cookie stolen and
     /// replayed after the owner's last visit meets no baseline.
     pub session_idle_timeout: Duration,
-    /// How long a revocation is remembered. Default 7 days.
+    /// How long a revocation is remembered; never less than
+    /// `session_idle_timeout`. Default 30 days.
     pub revocation_ttl: Duration,
     /// Most user profiles kept. Default 1,000,000.
     pub max_users: u64,
@@ -251,12 +253,16 @@ pub struct ScoreConfig {
 /// the next request on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feedback {
-    /// The session's last detection was a false positive: its next request
-    /// becomes its baseline, and that request's device and network are
-    /// trusted for its user.
+    /// A refusal was a false positive: the refused request's device and
+    /// network become the session's baseline and are trusted for its user.
     FalsePositive {
         /// The session.
         session: SessionKey,
+        /// The refused request's device.
+        device: DeviceSummary,
+        /// The refused request's network (ASN, country and place are looked
+        /// up again).
+        network: NetworkFacts,
     },
     /// This device (whatever its browser version) is the user's.
     TrustDevice {
@@ -273,6 +279,17 @@ pub enum Feedback {
         /// The network.
         network: TrustedNetwork,
     },
+}
+
+/// Why feedback could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FeedbackError {
+    /// The session was revoked since: it stays revoked.
+    #[error("the session was revoked")]
+    Revoked,
+    /// The session is no longer remembered on this node.
+    #[error("the session is no longer known on this node")]
+    NoSession,
 }
 
 /// A network an operator can trust for a user.
@@ -303,7 +320,7 @@ struct EntityState {
 pub struct Scorer {
     config: ScoreConfig,
     sessions: Arc<SessionStore>,
-    revoked: Cache<SessionKey, u64>,
+    revoked: Cache<SessionKey, Revocation>,
     profiles: Cache<UserKey, Arc<Mutex<UserProfile>>>,
     entities: Cache<UserKey, EntityState>,
     population: Arc<Population>,
@@ -340,6 +357,18 @@ pub(crate) struct Learn {
     trust: bool,
 }
 
+/// What the decision made of a request, for [`Scorer::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// Allowed: learn from it.
+    Allowed,
+    /// Refused at high risk for what it showed (not for a revocation):
+    /// count it against the user.
+    Detected,
+    /// Refused otherwise: nothing to learn or count.
+    Refused,
+}
+
 /// What [`Scorer::score`] found.
 #[derive(Debug)]
 pub(crate) struct Scored {
@@ -354,6 +383,13 @@ pub(crate) struct Scored {
 /// seconds: travel speed is then judged to within a minute, and a busy
 /// session costs one cache write a minute, not one a request.
 const LAST_SEEN_GRANULARITY: u32 = 60;
+/// A revoked session: when, and the user whose revocation it was (`None`
+/// when the session itself was revoked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revocation {
+    at: u64,
+    by_user: Option<UserKey>,
+}
 /// Other-session detections counted toward entity risk.
 const MAX_DETECTIONS: u8 = 3;
 
@@ -384,7 +420,7 @@ impl Default for ScoreConfig {
             high_at: 60,
             max_sessions: 1_000_000,
             session_idle_timeout: Duration::from_secs(30 * 24 * 3600),
-            revocation_ttl: Duration::from_secs(7 * 24 * 3600),
+            revocation_ttl: Duration::from_secs(30 * 24 * 3600),
             max_users: 1_000_000,
             user_idle_timeout: Duration::from_secs(90 * 24 * 3600),
         }
@@ -509,17 +545,26 @@ impl Scorer {
             config.max_sessions,
             config.session_idle_timeout,
         ));
+        // Least recently used eviction everywhere: moka's default admission
+        // policy turns a new entry away when the cache is full of ones used
+        // more often, and a revocation, a new user or a first detection is
+        // used once before it matters.
         let revoked = Cache::builder()
             .max_capacity(config.max_sessions)
-            .time_to_live(config.revocation_ttl)
+            // Never shorter than a session can live, or the cookie outlives
+            // its revocation.
+            .time_to_live(config.revocation_ttl.max(config.session_idle_timeout))
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         let profiles = Cache::builder()
             .max_capacity(config.max_users)
             .time_to_idle(config.user_idle_timeout)
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         let entities = Cache::builder()
             .max_capacity(config.max_users)
             .time_to_idle(config.user_idle_timeout)
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         Self {
             config,
@@ -554,18 +599,23 @@ impl Scorer {
                 observation: Observation::Anonymous,
             };
         };
-        if self.revoked.contains_key(&key) {
+        if let Some(revocation) = self.revoked.get(&key) {
             let mut risks = Risks::none();
-            risks.session = Risk::from_contributions(
+            let (reason, part) = if revocation.by_user.is_some() {
+                (Reason::UserRevoked, &mut risks.entity)
+            } else {
+                (Reason::Revoked, &mut risks.session)
+            };
+            *part = Risk::from_contributions(
                 &self.config,
                 vec![Contribution {
-                    reason: Reason::Revoked,
+                    reason,
                     points: 100,
                 }],
             );
             return Scored {
                 risks,
-                user: None,
+                user: revocation.by_user,
                 change: None,
                 observation: Observation::Revoked,
             };
@@ -589,20 +639,13 @@ impl Scorer {
             ..SessionState::new(&device.summary(), *network, place, now)
         };
         let mut next = match prior {
-            Some(s) if s.has(SessionState::BASELINED) && !s.has(SessionState::REBASELINE) => {
+            Some(s) if s.has(SessionState::BASELINED) => {
                 let (risk, moved, next) = self.session_risk(&s, device, network, place, now);
                 risks.session = risk;
                 change = Some(moved);
                 if moved >= NetworkChange::SameAsn {
                     learn.which = &NETWORK;
                 }
-                next
-            }
-            Some(s) if s.has(SessionState::REBASELINE) => {
-                learn.which = &ALL;
-                learn.trust = true;
-                let mut next = fresh(Some(&s));
-                next.flags |= s.flags & SessionState::LOGIN_SCORED;
                 next
             }
             _ => fresh(prior.as_ref()),
@@ -617,10 +660,6 @@ impl Scorer {
                 learn.new_session = true;
             }
             risks.entity = self.entity_risk(user, next.generation, now);
-        } else if prior.is_none() {
-            // The population counts every session, bound or not.
-            learn.which = &ALL;
-            learn.new_session = true;
         }
         Scored {
             risks,
@@ -654,7 +693,13 @@ impl Scorer {
             TraitMatch::Same => {}
             TraitMatch::Upgraded if m.tls != TlsMatch::Different => {
                 add(Reason::DeviceUpgraded, c.device_upgraded);
-                next.set_device(&device.summary());
+                let mut upgraded = device.summary();
+                if m.tls == TlsMatch::NoEvidence && s.tls_source != TlsSource::None {
+                    // No TLS evidence this time: the fingerprint stays.
+                    upgraded.tls_source = s.tls_source;
+                    upgraded.ja4 = s.ja4;
+                }
+                next.set_device(&upgraded);
             }
             TraitMatch::Upgraded | TraitMatch::Different => {
                 add(Reason::DeviceChanged, c.device_changed);
@@ -883,13 +928,7 @@ impl Scorer {
     /// device), and its features are learnt for the user and the population.
     /// A refused request teaches nothing, except that a high one counts
     /// against its user for a while.
-    pub(crate) fn commit(
-        &self,
-        observation: Observation,
-        level: RiskLevel,
-        allowed: bool,
-        now_secs: u64,
-    ) {
+    pub(crate) fn commit(&self, observation: Observation, verdict: Commit, now_secs: u64) {
         let Observation::Session {
             key,
             prior,
@@ -900,24 +939,45 @@ impl Scorer {
             return;
         };
         let now = secs32(now_secs);
-        if !allowed {
-            if let (RiskLevel::High, Some(user)) = (level, next.user) {
-                self.record_detection(user, now);
+        match verdict {
+            Commit::Allowed => {}
+            Commit::Detected => {
+                if let Some(user) = next.user {
+                    self.record_detection(user, now);
+                }
+                return;
             }
-            return;
+            Commit::Refused => return,
         }
         if prior != Some(next) {
-            self.sessions.insert(key, next, now);
+            // Merged under the shard's lock: a binding or confirmation that
+            // landed while this request was scored is kept, not overwritten.
+            self.sessions.update(key, now, |stored| {
+                let mut next = next;
+                if let Some(stored) = stored
+                    && prior
+                        .is_some_and(|p| p.user != stored.user || p.generation != stored.generation)
+                {
+                    next.user = stored.user;
+                    next.generation = stored.generation;
+                    next.flags = (next.flags & !SessionState::LOGIN_SCORED)
+                        | (stored.flags & SessionState::LOGIN_SCORED);
+                }
+                next
+            });
         }
         self.learn(next.user, &learn, now);
     }
 
     fn learn(&self, user: Option<UserKey>, learn: &Learn, now: u32) {
+        // The population counts only sessions an app bound to a user:
+        // anyone can open unbound sessions by the thousand to make their
+        // network look common.
+        let Some(user) = user else { return };
         if learn.which.is_empty() {
             return;
         }
         self.population.observe(&learn.features, learn.which);
-        let Some(user) = user else { return };
         let profile = self
             .profiles
             .get_with(user, || Arc::new(Mutex::new(UserProfile::new(now))));
@@ -933,6 +993,16 @@ impl Scorer {
         }
     }
 
+    fn clear_detections(&self, user: UserKey) {
+        if let Some(mut e) = self.entities.get(&user)
+            && e.detections > 0
+        {
+            e.detections = 0;
+            e.detections_until = 0;
+            self.entities.insert(user, e);
+        }
+    }
+
     fn record_detection(&self, user: UserKey, now: u32) {
         let window = secs32(self.config.detection_window.as_secs());
         let mut e = self.entities.get(&user).unwrap_or_default();
@@ -940,6 +1010,7 @@ impl Scorer {
         // A replay loop would otherwise write on every request: once the
         // count is full and the window fresh, there is nothing to add.
         if e.detections >= MAX_DETECTIONS
+            && e.detections_until > now
             && until.saturating_sub(e.detections_until) < LAST_SEEN_GRANULARITY
         {
             return;
@@ -1004,7 +1075,12 @@ impl Scorer {
         next.network = *network;
         next.place = place.or(next.place);
         next.last_seen = now;
-        next.flags = (next.flags | SessionState::BASELINED) & !SessionState::REBASELINE;
+        next.flags |= SessionState::BASELINED;
+        if next.user.is_some() {
+            // The user just proved themselves: that is their login.
+            next.flags |= SessionState::LOGIN_SCORED;
+        }
+        next.set_moves(0);
         self.sessions.insert(key, next, now);
         let learn = Learn {
             features: Features::of(network, device.id),
@@ -1013,17 +1089,19 @@ impl Scorer {
             trust: false,
         };
         self.learn(next.user, &learn, now);
-        if let Some(user) = next.user
-            && let Some(mut e) = self.entities.get(&user)
-        {
-            e.detections = 0;
-            e.detections_until = 0;
-            self.entities.insert(user, e);
+        if let Some(user) = next.user {
+            self.clear_detections(user);
         }
     }
 
-    /// Applies an operator's feedback.
-    pub fn feedback(&self, feedback: Feedback, now_secs: u64) {
+    /// Applies an operator's feedback; `place` is where the geo stage puts
+    /// a false positive's network.
+    pub(crate) fn feedback(
+        &self,
+        feedback: Feedback,
+        place: Option<Place>,
+        now_secs: u64,
+    ) -> Result<(), FeedbackError> {
         let now = secs32(now_secs);
         let trust = |user: UserKey, values: &[(Feature, u32)]| {
             let profile = self
@@ -1035,10 +1113,37 @@ impl Scorer {
             }
         };
         match feedback {
-            Feedback::FalsePositive { session } => {
-                if let Some(mut s) = self.sessions.peek(&session) {
-                    s.flags |= SessionState::REBASELINE;
-                    self.sessions.insert(session, s, now);
+            Feedback::FalsePositive {
+                session,
+                device,
+                network,
+            } => {
+                if self.revoked.contains_key(&session) {
+                    return Err(FeedbackError::Revoked);
+                }
+                let Some(mut state) = self.sessions.peek(&session) else {
+                    return Err(FeedbackError::NoSession);
+                };
+                let mark = network.mark();
+                if state.network.prefix != mark.prefix {
+                    state.previous = state.network.prefix;
+                    state.moved_at = now;
+                }
+                state.set_device(&device);
+                state.network = mark;
+                state.place = place.or(state.place);
+                state.last_seen = now;
+                state.set_moves(0);
+                self.sessions.insert(session, state, now);
+                let learn = Learn {
+                    features: Features::of(&mark, device.id),
+                    which: &ALL,
+                    new_session: false,
+                    trust: true,
+                };
+                self.learn(state.user, &learn, now);
+                if let Some(user) = state.user {
+                    self.clear_detections(user);
                 }
             }
             Feedback::TrustDevice { user, device } => {
@@ -1070,12 +1175,19 @@ impl Scorer {
                 trust(user, &[(feature, value)]);
             }
         }
+        Ok(())
     }
 
     /// Ends a session on this node: later requests with it score
     /// [`Reason::Revoked`]. Its state is dropped.
     pub fn revoke(&self, key: SessionKey, now_secs: u64) {
-        self.revoked.insert(key, now_secs);
+        self.revoked.insert(
+            key,
+            Revocation {
+                at: now_secs,
+                by_user: None,
+            },
+        );
         self.sessions.remove(&key);
     }
 
@@ -1083,7 +1195,22 @@ impl Scorer {
     /// later requests score [`Reason::UserRevoked`]. Sessions bound to the
     /// user afterwards (the user signed in again) are not affected: each
     /// binding records how many revocations the user had had.
-    pub fn revoke_user(&self, user: UserKey) {
+    pub fn revoke_user(&self, user: UserKey, now_secs: u64) {
+        // Each session bound to the user is revoked outright, so that the
+        // revocation holds even if its state is later evicted; the count
+        // covers sessions bound while the scan runs.
+        for (key, state) in self.sessions.entries() {
+            if state.user == Some(user) {
+                self.revoked.insert(
+                    key,
+                    Revocation {
+                        at: now_secs,
+                        by_user: Some(user),
+                    },
+                );
+                self.sessions.remove(&key);
+            }
+        }
         let mut e = self.entities.get(&user).unwrap_or_default();
         e.generation = e.generation.saturating_add(1);
         self.entities.insert(user, e);
@@ -1122,13 +1249,25 @@ impl Scorer {
             .collect()
     }
 
-    /// Takes in a session's record from a snapshot or another node. A
-    /// revoked session stays revoked.
-    pub fn import(&self, record: &[u8]) -> Result<SessionKey, RecordError> {
-        let (key, state) = SessionState::decode(record)?;
-        if !self.revoked.contains_key(&key) {
-            self.sessions.insert(key, state, state.last_seen);
+    /// Takes in a session's record from a snapshot or another node, at
+    /// `now_secs`. A revoked session stays revoked; a record older than the
+    /// state held is ignored; times ahead of `now_secs` are brought back to
+    /// it.
+    pub fn import(&self, record: &[u8], now_secs: u64) -> Result<SessionKey, RecordError> {
+        let (key, mut state) = SessionState::decode(record)?;
+        let now = secs32(now_secs);
+        state.last_seen = state.last_seen.min(now);
+        state.first_seen = state.first_seen.min(state.last_seen);
+        state.moved_at = state.moved_at.min(now);
+        state.touched = state.last_seen;
+        if self.revoked.contains_key(&key) {
+            return Ok(key);
         }
+        self.sessions
+            .update(key, state.last_seen, |held| match held {
+                Some(held) if held.last_seen > state.last_seen => *held,
+                _ => state,
+            });
         Ok(key)
     }
 

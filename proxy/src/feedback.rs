@@ -21,7 +21,9 @@ use http::StatusCode;
 use moka::sync::Cache;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use vigil_engine::{DeviceId, Engine, Feedback, SessionKey, TrustedNetwork};
+use vigil_engine::{
+    DeviceId, DeviceSummary, Engine, Feedback, NetworkFacts, SessionKey, TrustedNetwork,
+};
 
 /// References of refusals remembered for false-positive feedback.
 pub const DECISIONS_KEPT: u64 = 100_000;
@@ -30,9 +32,21 @@ pub const DECISIONS_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Recent refusals: reference id → session.
+/// Recent refusals: reference id → the session and the refused request's
+/// device and network, so that a false positive adopts exactly those.
 #[derive(Clone)]
-pub struct Decisions(Cache<String, SessionKey>);
+pub struct Decisions(Cache<String, Refused>);
+
+/// What is kept of a refusal (about 150 bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// The session.
+    pub session: SessionKey,
+    /// The refused request's device.
+    pub device: DeviceSummary,
+    /// The refused request's network.
+    pub network: NetworkFacts,
+}
 
 /// The admin API token, as its digest.
 #[derive(Clone)]
@@ -114,16 +128,19 @@ impl Decisions {
             Cache::builder()
                 .max_capacity(DECISIONS_KEPT)
                 .time_to_live(DECISIONS_TTL)
+                // The newest refusal is the one an operator asks about: no
+                // frequency-based admission.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
         )
     }
 
     /// Remembers a refusal.
-    pub fn record(&self, reference: &str, session: SessionKey) {
-        self.0.insert(reference.to_owned(), session);
+    pub fn record(&self, reference: &str, refused: Refused) {
+        self.0.insert(reference.to_owned(), refused);
     }
 
-    fn session(&self, reference: &str) -> Option<SessionKey> {
+    fn get(&self, reference: &str) -> Option<Refused> {
         self.0.get(reference)
     }
 }
@@ -185,16 +202,16 @@ impl std::fmt::Debug for AdminToken {
 /// Carries out `POST path` with `body`, already authenticated.
 pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], now: u64) -> Answer {
     let result = match path {
-        "/v1/users/revoke" => parse::<UserBody>(body).map(|b| {
-            engine.scorer().revoke_user(engine.user_key(&b.user));
-            "revoked every session of the user begun until now"
+        "/v1/users/revoke" => parse::<UserBody>(body).and_then(|b| {
+            engine.scorer().revoke_user(user_key(engine, &b.user)?, now);
+            Ok("revoked every session bound to the user so far")
         }),
         "/v1/users/report" => parse::<ReportBody>(body).and_then(|b| {
             if b.points > 100 || b.ttl_seconds == 0 {
                 return Err("points must be 0 to 100 and ttl_seconds at least 1".to_owned());
             }
             engine.scorer().report_user(
-                engine.user_key(&b.user),
+                user_key(engine, &b.user)?,
                 b.points,
                 Duration::from_secs(b.ttl_seconds),
                 now,
@@ -203,6 +220,7 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
         }),
         "/v1/users/trust-network" => parse::<NetworkBody>(body).and_then(|b| {
             let network = match (b.asn, b.prefix, b.country) {
+                (Some(0), None, None) => return Err("ASN 0 is no network".to_owned()),
                 (Some(asn), None, None) => TrustedNetwork::Asn(asn),
                 (None, Some(ip), None) => TrustedNetwork::Prefix(ip),
                 (None, None, Some(c)) => match *c.as_bytes() {
@@ -213,13 +231,10 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
                 },
                 _ => return Err("give exactly one of asn, prefix, country".to_owned()),
             };
-            engine.feedback(
-                Feedback::TrustNetwork {
-                    user: engine.user_key(&b.user),
-                    network,
-                },
-                now,
-            );
+            let user = user_key(engine, &b.user)?;
+            engine
+                .feedback(Feedback::TrustNetwork { user, network }, now)
+                .map_err(|e| e.to_string())?;
             Ok("network trusted for the user")
         }),
         "/v1/users/trust-device" => parse::<DeviceBody>(body).and_then(|b| {
@@ -227,25 +242,37 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
                 .ok()
                 .filter(|_| b.device.len() == 16)
                 .ok_or_else(|| format!("{:?} is not a device id (16 hex digits)", b.device))?;
-            engine.feedback(
-                Feedback::TrustDevice {
-                    user: engine.user_key(&b.user),
-                    device: DeviceId(id),
-                },
-                now,
-            );
+            let user = user_key(engine, &b.user)?;
+            engine
+                .feedback(
+                    Feedback::TrustDevice {
+                        user,
+                        device: DeviceId(id),
+                    },
+                    now,
+                )
+                .map_err(|e| e.to_string())?;
             Ok("device trusted for the user")
         }),
         "/v1/decisions/false-positive" => parse::<DecisionBody>(body).and_then(|b| {
-            let session = decisions.session(&b.reference).ok_or_else(|| {
+            let refused = decisions.get(&b.reference).ok_or_else(|| {
                 format!(
                     "no refusal {:?} in the last {} days on this node",
                     b.reference,
                     DECISIONS_TTL.as_secs() / 86_400
                 )
             })?;
-            engine.feedback(Feedback::FalsePositive { session }, now);
-            Ok("the session's next request becomes its baseline")
+            engine
+                .feedback(
+                    Feedback::FalsePositive {
+                        session: refused.session,
+                        device: refused.device,
+                        network: refused.network,
+                    },
+                    now,
+                )
+                .map_err(|e| format!("refusal {:?}: {e}", b.reference))?;
+            Ok("the refused request's device and network are now the session's")
         }),
         _ => {
             return Answer {
@@ -264,6 +291,13 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
             body: error_json(&e),
         },
     }
+}
+
+/// The key of a user named in a call, checked as the `Vigil-User` header is.
+fn user_key(engine: &Engine, name: &str) -> Result<vigil_engine::UserKey, String> {
+    crate::proxy::valid_user_name(name)
+        .map(|n| engine.user_key(n))
+        .ok_or_else(|| format!("{name:?} is not a user name (1 to 256 visible characters)"))
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
@@ -322,6 +356,8 @@ mod tests {
             "{\"user\": \"a\", \"device\": \"xyz\"}",
         );
         assert!(bad.body.contains("not a device id"), "{}", bad.body);
+        let bad = call("/v1/users/revoke", "{\"user\": \"  \"}");
+        assert!(bad.body.contains("not a user name"), "{}", bad.body);
         let bad = call("/v1/decisions/false-positive", "{\"reference\": \"r-1\"}");
         assert!(bad.body.contains("no refusal"), "{}", bad.body);
         let bad = call(

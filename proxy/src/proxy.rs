@@ -13,12 +13,12 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
-    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, RequestView, SessionKey,
-    TlsFingerprint, Verdict,
+    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, NetworkFacts, RequestView,
+    SessionKey, TlsFingerprint, Verdict,
 };
 
 use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
-use crate::feedback::Decisions;
+use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
 use crate::hello::ConnectionFingerprints;
 use crate::metrics::{Metrics, RequestCounters};
@@ -145,10 +145,18 @@ impl VigilProxy {
         }
     }
 
-    /// Keeps a refusal's session under its reference, for feedback.
+    /// Keeps a refusal's session and facts under its reference, for
+    /// feedback.
     fn remember(&self, reference: &str, verdict: &Verdict) {
         if let Some(s) = verdict.session {
-            self.decisions.record(reference, s.key);
+            self.decisions.record(
+                reference,
+                Refused {
+                    session: s.key,
+                    device: verdict.device.summary(),
+                    network: NetworkFacts::from(&verdict.client),
+                },
+            );
         }
     }
 
@@ -411,18 +419,46 @@ impl ProxyHttp for VigilProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let Some(name) = &self.config.user_header else {
-            return Ok(());
-        };
         // Never for the client's eyes, judged route or not.
-        let Some(user) = upstream_response.remove_header(name) else {
+        let confirmed = self
+            .config
+            .confirm_header
+            .as_ref()
+            .and_then(|name| upstream_response.remove_header(name))
+            .is_some();
+        let user = self
+            .config
+            .user_header
+            .as_ref()
+            .and_then(|name| upstream_response.remove_header(name));
+        if ctx.route.is_none() {
+            return Ok(());
+        }
+        if confirmed {
+            // The app says this request's user just re-authenticated (a
+            // step-up passed): its device and network become the session's.
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            let view = RequestView {
+                peer,
+                headers: &session.req_header().headers,
+                now_secs: now_secs(),
+                tls: self.connection_fingerprint(session),
+            };
+            if let Err(e) = self.engine.confirm(&view) {
+                tracing::debug!(error = %e, "step-up confirmation not applied");
+            }
+        }
+        let Some(user) = user else {
             return Ok(());
         };
-        if ctx.route.is_none() || self.route(ctx).is_some_and(|r| r.mode == Mode::Off) {
+        if self.route(ctx).is_some_and(|r| r.mode == Mode::Off) {
             return Ok(());
         }
         let Some(user) = user_name(&user) else {
@@ -443,10 +479,14 @@ impl ProxyHttp for VigilProxy {
             else {
                 continue;
             };
+            let now_unix = i64::try_from(now).unwrap_or(i64::MAX);
             let deleted = cookie.value().is_empty()
                 || cookie
                     .max_age()
-                    .is_some_and(|a| a.is_zero() || a.is_negative());
+                    .is_some_and(|a| a.is_zero() || a.is_negative())
+                || cookie
+                    .expires_datetime()
+                    .is_some_and(|t| t.unix_timestamp() <= now_unix);
             if let (false, Some(key)) = (
                 deleted,
                 self.engine
@@ -520,7 +560,13 @@ fn reasons_list(verdict: &Verdict) -> String {
 /// The user the app named: 1 to 256 bytes of visible UTF-8 (an id or an
 /// email address), trimmed.
 fn user_name(value: &HeaderValue) -> Option<&str> {
-    let name = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+    valid_user_name(std::str::from_utf8(value.as_bytes()).ok()?)
+}
+
+/// A user name as Vigil takes it, from the app or an operator: trimmed, 1 to
+/// 256 bytes, no control characters.
+pub(crate) fn valid_user_name(name: &str) -> Option<&str> {
+    let name = name.trim();
     let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
     ok.then_some(name)
 }

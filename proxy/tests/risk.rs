@@ -215,3 +215,34 @@ async fn operator_calls_need_the_configured_token() {
     assert_eq!(status, 403);
     assert!(body.contains("token_file"), "{body}");
 }
+
+#[tokio::test]
+async fn a_passed_step_up_moves_the_session_to_where_the_user_proved_themselves() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        // Re-authentication is not judged (or it would be stepped up too).
+        .route(Route::new("reauth", "/reauth", "app").mode("off"))
+        .route(Route::new("app", "/", "app").medium("step_up"));
+    let proxy = Proxy::start(&config.render()).await;
+    let home = Browser::firefox().cookie("session=m1");
+    assert_eq!(home.get(&proxy.url("/echo")).await.status(), 200);
+    // The same browser from another network: stepped up, and again.
+    let away = Browser::firefox()
+        .cookie("session=m1")
+        .via_address([127, 0, 1, 9].into());
+    for _ in 0..2 {
+        let r = away.get(&proxy.url("/echo")).await;
+        assert_eq!(r.status(), 303);
+    }
+    // The user re-authenticates from there; the app says so.
+    let r = away.get(&proxy.url("/reauth")).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("vigil-confirm").is_none(),
+        "leaked to the client"
+    );
+    let echo = away.echo(&proxy.url("/echo")).await;
+    assert_eq!(echo.header("vigil-risk-level"), Some("low"));
+    assert_eq!(echo.header("vigil-risk-reasons"), Some(""));
+}

@@ -71,8 +71,8 @@ pub struct SessionState {
     /// How many times the user had been revoked when the session was bound
     /// to them.
     pub(crate) generation: u16,
-    /// [`Self::BASELINED`], [`Self::LOGIN_SCORED`], [`Self::REBASELINE`],
-    /// and in the top three bits the count of quick moves (see
+    /// [`Self::BASELINED`], [`Self::LOGIN_SCORED`], and in the top three
+    /// bits the count of quick moves (see
     /// [`SessionState::moves`]).
     pub(crate) flags: u8,
 }
@@ -143,12 +143,11 @@ impl SessionState {
     pub(crate) const BASELINED: u8 = 1;
     /// Login risk was judged for the session.
     pub(crate) const LOGIN_SCORED: u8 = 2;
-    /// An operator marked a detection false positive: the next request
-    /// becomes the baseline and its facts are trusted for the user.
-    pub(crate) const REBASELINE: u8 = 4;
     const HAS_PLACE: u8 = 8;
     const HAS_JA4: u8 = 16;
-    const STORED_FLAGS: u8 = Self::BASELINED | Self::LOGIN_SCORED | Self::REBASELINE;
+    const STORED_FLAGS: u8 = Self::BASELINED | Self::LOGIN_SCORED;
+    /// Bit 2 is free (it marked a pending rebaseline in no released form).
+    const FREE_BIT: u8 = 4;
     const MOVES_SHIFT: u8 = 5;
     /// Most quick moves counted.
     pub(crate) const MAX_MOVES: u8 = 7;
@@ -296,7 +295,9 @@ impl SessionState {
         if version != Self::VERSION {
             return Err(RecordError::Version(version));
         }
-        // Every bit of the flags byte has a meaning: nothing to refuse.
+        if flags & Self::FREE_BIT != 0 {
+            return Err(RecordError::Field("flags"));
+        }
         let device_id = DeviceId(u64::from_le_bytes(r.take()));
         let [shape, source] = r.take::<2>();
         if HeaderShape::from_bits(shape).bits() != shape {

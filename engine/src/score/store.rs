@@ -111,6 +111,23 @@ impl SessionStore {
         shard.insert(key, state);
     }
 
+    /// Replaces the session's state with `f` of the one held, in one step
+    /// under the shard's lock, used at `now`.
+    pub(crate) fn update(
+        &self,
+        key: SessionKey,
+        now: u32,
+        f: impl FnOnce(Option<&SessionState>) -> SessionState,
+    ) {
+        let mut shard = self.shard(&key);
+        let mut state = f(shard.get(&key));
+        state.touched = state.touched.max(now);
+        if shard.len() >= self.shard_cap && !shard.contains_key(&key) {
+            self.make_room(&mut shard, now);
+        }
+        shard.insert(key, state);
+    }
+
     pub(crate) fn remove(&self, key: &SessionKey) {
         self.shard(key).remove(key);
     }
@@ -118,7 +135,9 @@ impl SessionStore {
     fn make_room(&self, shard: &mut Shard, now: u32) {
         let idle = self.idle;
         shard.retain(|_, s| now.saturating_sub(s.touched) < idle);
-        if shard.len() < self.shard_cap {
+        // Stop only if a sixteenth came free: otherwise a shard where a
+        // session idles out now and then would scan on every insert.
+        if shard.len() + (self.shard_cap / 16).max(1) <= self.shard_cap {
             return;
         }
         // The exact 1/16 quantile of the shard's ages: everything older

@@ -424,7 +424,7 @@ fn revoking_a_user_ends_the_sessions_they_had() {
     w.login("old", "frank", T0);
     w.req(&p, "old", FIREFOX, HOME, T0);
     let user = w.engine.user_key("frank");
-    w.engine.scorer().revoke_user(user);
+    w.engine.scorer().revoke_user(user, T0 + 10);
     let v = w.req(&p, "old", FIREFOX, HOME, T0 + 20);
     assert!(v.risks.entity.has(Reason::UserRevoked));
     assert_eq!(v.action, Action::Block, "refused even by a lenient policy");
@@ -433,6 +433,16 @@ fn revoking_a_user_ends_the_sessions_they_had() {
     let v = w.req(&p, "new", FIREFOX, HOME, T0 + 10);
     assert!(!v.risk.has(Reason::UserRevoked));
     assert_eq!(v.action, Action::Allow);
+    // The old cookie, replayed on and on, is refused without counting
+    // against frank's new session: a revocation is not a detection.
+    for i in 0..5 {
+        assert_eq!(
+            w.req(&strict(), "old", CHROME, HOSTING, T0 + 20 + i).action,
+            Action::Block
+        );
+    }
+    let v = w.req(&p, "new", FIREFOX, HOME, T0 + 30);
+    assert!(v.risk.reasons.is_empty(), "{:?}", v.risk);
 }
 
 #[test]
@@ -501,16 +511,37 @@ fn a_false_positive_rebaselines_the_session_and_trusts_its_facts() {
     w.login("s", "ivy", t);
     w.req(&p, "s", FIREFOX, HOME, t);
     // Ivy got a new laptop mid-session (same cookie synced): blocked.
-    assert_eq!(w.req(&p, "s", CHROME, HOME, t + 60).action, Action::Block);
+    let refused = w.req(&p, "s", CHROME, HOME, t + 60);
+    assert_eq!(refused.action, Action::Block);
     let key = w.engine.key_for_credential(b"s").unwrap();
-    w.engine
-        .feedback(Feedback::FalsePositive { session: key }, t + 100);
+    let false_positive = Feedback::FalsePositive {
+        session: key,
+        device: refused.device.summary(),
+        network: crate::NetworkFacts::from(&refused.client),
+    };
+    // Someone else's request in between changes nothing: the refused
+    // request's own facts are adopted, not whoever comes next.
+    assert_eq!(
+        w.req(&p, "s", SAFARI, HOSTING, t + 90).action,
+        Action::Block
+    );
+    assert_eq!(w.engine.feedback(false_positive, t + 100), Ok(()));
     assert_eq!(w.req(&p, "s", CHROME, HOME, t + 120).action, Action::Allow);
     assert_eq!(w.req(&p, "s", CHROME, HOME, t + 180).action, Action::Allow);
+    assert_eq!(
+        w.req(&p, "s", SAFARI, HOSTING, t + 200).action,
+        Action::Block
+    );
+    // A revoked session stays revoked whatever the feedback.
+    w.engine.scorer().revoke(key, t + 210);
+    assert_eq!(
+        w.engine.feedback(false_positive, t + 220),
+        Err(FeedbackError::Revoked)
+    );
     // The device is now trusted for Ivy: a new session on it has no device
     // points at login.
-    w.login("s2", "ivy", t + 200);
-    let v = w.req(&p, "s2", CHROME, HOME, t + 200);
+    w.login("s2", "ivy", t + 300);
+    let v = w.req(&p, "s2", CHROME, HOME, t + 300);
     assert!(!v.risk.has(Reason::NewDeviceForUser), "{:?}", v.risk);
 }
 
@@ -526,23 +557,27 @@ fn a_trusted_network_is_no_evidence_and_costs_no_points() {
     let before = w.req(&p, "s", FIREFOX, MANCHESTER, t + 7200);
     assert!(before.risk.has(Reason::AsnChanged));
     w.req(&p, "s", FIREFOX, HOME, t + 20_000);
-    w.engine.feedback(
-        Feedback::TrustNetwork {
-            user,
-            network: TrustedNetwork::Asn(5089),
-        },
-        t + 20_001,
-    );
+    w.engine
+        .feedback(
+            Feedback::TrustNetwork {
+                user,
+                network: TrustedNetwork::Asn(5089),
+            },
+            t + 20_001,
+        )
+        .unwrap();
     let after = w.req(&p, "s", FIREFOX, MANCHESTER, t + 40_000);
     assert!(after.risk.reasons.is_empty(), "{:?}", after.risk);
 
-    w.engine.feedback(
-        Feedback::TrustDevice {
-            user,
-            device: w.req(&p, "probe", SAFARI, HOME, t).device.id,
-        },
-        t,
-    );
+    w.engine
+        .feedback(
+            Feedback::TrustDevice {
+                user,
+                device: w.req(&p, "probe", SAFARI, HOME, t).device.id,
+            },
+            t,
+        )
+        .unwrap();
     w.login("mac", "jack", t + 50_000);
     let v = w.req(&p, "mac", SAFARI, HOME, t + 50_000);
     assert!(!v.risk.has(Reason::NewDeviceForUser), "{:?}", v.risk);
@@ -559,7 +594,7 @@ fn a_session_record_carries_the_baseline_to_another_node() {
     a.req(&p, "s", FIREFOX, HOME, T0);
     let key = a.engine.key_for_credential(b"s").unwrap();
     let record = a.engine.scorer().export(&key).unwrap();
-    assert_eq!(b.engine.scorer().import(&record), Ok(key));
+    assert_eq!(b.engine.scorer().import(&record, T0 + 30), Ok(key));
     assert_eq!(
         b.engine.scorer().session(&key),
         a.engine.scorer().session(&key)
@@ -581,18 +616,27 @@ fn records_refuse_what_no_release_writes() {
     let record = w.engine.scorer().export(&key).unwrap();
     let scorer = w.engine.scorer();
     assert!(matches!(
-        scorer.import(&record[..100]),
+        scorer.import(&record[..100], T0),
         Err(RecordError::Length { .. })
     ));
     let mut bad = record;
     bad[16] = 9;
-    assert_eq!(scorer.import(&bad), Err(RecordError::Version(9)));
+    assert_eq!(scorer.import(&bad, T0), Err(RecordError::Version(9)));
+    let mut bad = record;
+    bad[17] |= 4;
+    assert_eq!(scorer.import(&bad, T0), Err(RecordError::Field("flags")));
     let mut bad = record;
     bad[26] = 0x80;
-    assert_eq!(scorer.import(&bad), Err(RecordError::Field("header shape")));
+    assert_eq!(
+        scorer.import(&bad, T0),
+        Err(RecordError::Field("header shape"))
+    );
     let mut bad = record;
     bad[27] = 9;
-    assert_eq!(scorer.import(&bad), Err(RecordError::Field("tls source")));
+    assert_eq!(
+        scorer.import(&bad, T0),
+        Err(RecordError::Field("tls source"))
+    );
 }
 
 #[test]
@@ -645,7 +689,9 @@ fn arb_state() -> impl Strategy<Value = SessionState> {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
-            0u8..8,
+            // In memory: bits 0-1 flags, 5-7 the move count (2 is free,
+            // 3-4 exist only in records).
+            any::<u8>().prop_map(|f| f & 0xe3),
             any::<u16>(),
         ),
     )
@@ -750,4 +796,57 @@ proptest! {
             last_ip = Some(ip);
         }
     }
+}
+
+#[test]
+fn an_update_seen_without_tls_keeps_the_sessions_fingerprint() {
+    let w = world();
+    let p = lenient();
+    let chrome = |major: u16| {
+        format!(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{major}.0.0.0 Safari/537.36"
+        )
+    };
+    let req = |ua: &str, tls: TlsFingerprint, at: u64| {
+        let h = headers("s", ua);
+        let mut v = view(&h, HOME, at);
+        v.tls = tls;
+        w.engine.evaluate(&v, &p).unwrap()
+    };
+    let chrome_tls =
+        TlsFingerprint::captured("t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap());
+    let python_tls =
+        TlsFingerprint::captured("t13d3112h2_e8f1e7e78f70_6bebaf5329ac".parse().unwrap());
+    req(&chrome(131), chrome_tls, T0);
+    // An "update" through a path with no TLS evidence...
+    let v = req(&chrome(132), TlsFingerprint::default(), T0 + 60);
+    assert!(v.risk.has(Reason::DeviceUpgraded));
+    // ...does not wipe the JA4, so another stack is still a mismatch.
+    let v = req(&chrome(132), python_tls, T0 + 120);
+    assert!(v.risk.has(Reason::Ja4Mismatch), "{:?}", v.risk);
+}
+
+#[test]
+fn revocations_are_kept_when_the_store_is_full() {
+    let w = world_with(ScoreConfig {
+        max_sessions: 16,
+        ..ScoreConfig::default()
+    });
+    let scorer = w.engine.scorer();
+    let key = |i: u32| {
+        w.engine
+            .key_for_credential(format!("r{i}").as_bytes())
+            .unwrap()
+    };
+    for i in 0..64 {
+        scorer.revoke(key(i), T0);
+        // Used often, as a replay loop would.
+        for _ in 0..3 {
+            assert!(scorer.is_revoked(&key(i)));
+        }
+    }
+    // The newest revocation is never the one turned away.
+    assert!(scorer.is_revoked(&key(63)));
+    let v = w.req(&strict(), "r63", FIREFOX, HOME, T0 + 1);
+    assert!(v.risk.has(Reason::Revoked));
 }

@@ -49,6 +49,9 @@ pub struct Config {
     /// The response header in which the app names the user of the session
     /// (`[session] user_header`); `None` when the app never does.
     pub user_header: Option<http::HeaderName>,
+    /// The response header with which the app says the request's user just
+    /// re-authenticated (`[session] confirm_header`).
+    pub confirm_header: Option<http::HeaderName>,
     /// Largest request header section accepted, in bytes (names, values and
     /// line overhead). Default 64 KiB.
     pub max_header_bytes: usize,
@@ -504,19 +507,22 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             );
         }
     }
-    let user_header = match t.or(p, "user_header", "vigil-user".to_owned()) {
+    let mut header = |t: &mut Fields<'_>, key: &'static str, default: &str| match t.or(
+        p,
+        key,
+        default.to_owned(),
+    ) {
         name if name.is_empty() => None,
         name => match http::HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) => Some(h),
             Err(_) => {
-                p.push(
-                    t.key("user_header"),
-                    format!("{name:?} is not a header name"),
-                );
+                p.push(t.key(key), format!("{name:?} is not a header name"));
                 None
             }
         },
     };
+    let user_header = header(&mut t, "user_header", "vigil-user");
+    let confirm_header = header(&mut t, "confirm_header", "vigil-confirm");
     let bearer = t.or(p, "bearer", true);
     if cookies.is_empty() && !bearer {
         p.push(
@@ -533,7 +539,15 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         p.push(t.key("max_sessions"), "must be at least 1");
     }
     let idle: u64 = t.or(p, "idle_timeout_seconds", 2_592_000);
-    let revocation_ttl: u64 = t.or(p, "revocation_ttl_seconds", 604_800);
+    let revocation_ttl: u64 = t.or(p, "revocation_ttl_seconds", 2_592_000);
+    if revocation_ttl < idle {
+        p.push(
+            t.key("revocation_ttl_seconds"),
+            format!(
+                "{revocation_ttl} is shorter than idle_timeout_seconds ({idle}): a revoked cookie would outlive its revocation"
+            ),
+        );
+    }
     for (key, v) in [
         ("idle_timeout_seconds", idle),
         ("revocation_ttl_seconds", revocation_ttl),
@@ -588,6 +602,12 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         );
     }
     let churn_moves: u8 = t.or(p, "churn_moves", d.churn_moves);
+    if !(2..=7).contains(&churn_moves) {
+        p.push(
+            t.key("churn_moves"),
+            format!("{churn_moves} is out of range; expected 2 to 7"),
+        );
+    }
     let max_users: u64 = t.or(p, "max_users", d.max_users);
     if max_users == 0 {
         p.push(t.key("max_users"), "must be at least 1");
@@ -752,6 +772,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         hash_key,
         risk_to_app,
         user_header,
+        confirm_header,
         max_header_bytes,
         client_ip,
         trusted_proxies,

@@ -39,6 +39,8 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// - `/login?user=NAME[&session=VALUE]`: what an app's login does — names
 ///   the user in `Vigil-User`, and with `session`, opens a session with
 ///   `Set-Cookie: session=VALUE`.
+/// - `/reauth`: what an app says once its user re-authenticated (passed a
+///   step-up): `Vigil-Confirm: 1`.
 /// - any other path: 200 with `<METHOD> <path?query>` on the first line, then
 ///   every request header it received as `name: value`, one per line.
 #[derive(Debug)]
@@ -141,6 +143,10 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         }
         "/upload" => upload(req).await,
         "/login" => login(&req),
+        "/reauth" => Response::builder()
+            .header("vigil-confirm", "1")
+            .body(Full::new(Bytes::from("welcome back\n")).boxed_unsync())
+            .unwrap(),
         _ => echo(&req),
     };
     Ok(response)
