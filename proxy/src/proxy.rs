@@ -145,6 +145,20 @@ impl VigilProxy {
         }
     }
 
+    /// The engine's view of the request `session` is handling, now.
+    fn request_view<'a>(&self, session: &'a Session) -> RequestView<'a> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        RequestView {
+            peer,
+            headers: &session.req_header().headers,
+            now_secs: now_secs(),
+            tls: self.connection_fingerprint(session),
+        }
+    }
+
     /// Keeps a refusal's session and facts under its reference, for
     /// feedback.
     fn remember(&self, reference: &str, verdict: &Verdict) {
@@ -264,16 +278,7 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         };
         self.counters.request(ctx.route);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        let view = RequestView {
-            peer,
-            headers: &session.req_header().headers,
-            now_secs: now_secs(),
-            tls: self.connection_fingerprint(session),
-        };
+        let view = self.request_view(session);
         if route.mode == Mode::Off {
             if self.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
@@ -441,17 +446,7 @@ impl ProxyHttp for VigilProxy {
         if confirmed {
             // The app says this request's user just re-authenticated (a
             // step-up passed): its device and network become the session's.
-            let peer = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-            let view = RequestView {
-                peer,
-                headers: &session.req_header().headers,
-                now_secs: now_secs(),
-                tls: self.connection_fingerprint(session),
-            };
-            if let Err(e) = self.engine.confirm(&view) {
+            if let Err(e) = self.engine.confirm(&self.request_view(session)) {
                 tracing::debug!(error = %e, "step-up confirmation not applied");
             }
         }
