@@ -599,7 +599,14 @@ impl Scorer {
                 observation: Observation::Anonymous,
             };
         };
-        if let Some(revocation) = self.revoked.get(&key) {
+        // `contains_key` records no read in the cache's log (a `get` on every
+        // request would run its housekeeping more often, which is the tail).
+        if let Some(revocation) = self
+            .revoked
+            .contains_key(&key)
+            .then(|| self.revoked.get(&key))
+            .flatten()
+        {
             let mut risks = Risks::none();
             let (reason, part) = if revocation.by_user.is_some() {
                 (Reason::UserRevoked, &mut risks.entity)
@@ -896,7 +903,14 @@ impl Scorer {
     /// The user's flags, for a session bound to them under revocation
     /// `generation`.
     fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
-        let Some(e) = self.entities.get(&user) else {
+        // Most users have no flags: `contains_key` answers without logging
+        // a read (see `score`).
+        let Some(e) = self
+            .entities
+            .contains_key(&user)
+            .then(|| self.entities.get(&user))
+            .flatten()
+        else {
             return Risk::none();
         };
         let mut reasons = Vec::new();
