@@ -1271,7 +1271,6 @@ impl Scorer {
         let (key, mut state) = SessionState::decode(record)?;
         let now = secs32(now_secs);
         state.last_seen = state.last_seen.min(now);
-        state.first_seen = state.first_seen.min(state.last_seen);
         state.moved_at = state.moved_at.min(now);
         state.touched = state.last_seen;
         if self.revoked.contains_key(&key) {

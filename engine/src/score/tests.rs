@@ -850,3 +850,47 @@ fn revocations_are_kept_when_the_store_is_full() {
     let v = w.req(&strict(), "r63", FIREFOX, HOME, T0 + 1);
     assert!(v.risk.has(Reason::Revoked));
 }
+
+#[test]
+fn a_binding_that_lands_while_a_request_is_scored_is_kept() {
+    let w = world();
+    let p = lenient();
+    w.req(&p, "s", FIREFOX, HOME, T0);
+    let scorer = w.engine.scorer();
+    let key = w.engine.key_for_credential(b"s").unwrap();
+    let device =
+        crate::DeviceStage::default().traits(&headers("s", FIREFOX), TlsFingerprint::default());
+    let moved = NetworkFacts::new(MANCHESTER.parse().unwrap()).mark();
+    // The request is scored (a move: its state will be written)...
+    let scored = scorer.score(Some(key), &device, &moved, None, T0 + 60);
+    // ...the login response binds the session meanwhile...
+    let user = w.engine.user_key("lena");
+    scorer.bind_user(key, user, T0 + 61);
+    // ...and the request's state lands after: the binding stays.
+    scorer.commit(scored.observation, Commit::Allowed, T0 + 62);
+    let state = scorer.session(&key).unwrap();
+    assert_eq!(state.user(), Some(user));
+    assert_eq!(state.network, moved, "the move is kept too");
+}
+
+#[test]
+fn an_import_keeps_to_the_local_clock_and_never_rolls_a_session_back() {
+    let a = world();
+    let b = world();
+    a.req(&strict(), "s", FIREFOX, HOME, T0);
+    let key = a.engine.key_for_credential(b"s").unwrap();
+    let mut record = a.engine.scorer().export(&key).unwrap();
+    // A record from a node whose clock runs far ahead.
+    record[90..94].copy_from_slice(&u32::MAX.to_le_bytes());
+    b.engine.scorer().import(&record, T0 + 5).unwrap();
+    assert_eq!(
+        b.engine.scorer().session(&key).unwrap().last_seen,
+        (T0 + 5) as u32
+    );
+    // The session moves on at b; an older record from a changes nothing.
+    b.req(&strict(), "s", FIREFOX, HOME_OTHER_PREFIX, T0 + 600);
+    let now_at_b = b.engine.scorer().session(&key).unwrap();
+    let stale = a.engine.scorer().export(&key).unwrap();
+    b.engine.scorer().import(&stale, T0 + 700).unwrap();
+    assert_eq!(b.engine.scorer().session(&key).unwrap(), now_at_b);
+}
