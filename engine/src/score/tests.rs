@@ -885,7 +885,7 @@ fn an_import_keeps_to_the_local_clock_and_never_rolls_a_session_back() {
     b.engine.scorer().import(&record, T0 + 5).unwrap();
     assert_eq!(
         b.engine.scorer().session(&key).unwrap().last_seen,
-        (T0 + 5) as u32
+        u32::try_from(T0 + 5).unwrap()
     );
     // The session moves on at b; an older record from a changes nothing.
     b.req(&strict(), "s", FIREFOX, HOME_OTHER_PREFIX, T0 + 600);
