@@ -54,8 +54,9 @@ pub use network::{
 pub use pipeline::{Engine, EngineConfig, Verdict};
 pub use request::{RequestError, RequestView};
 pub use score::{
-    Contribution, FeatureWeights, Feedback, FeedbackError, Reason, RecordError, Risk, RiskLevel,
-    Risks, ScoreConfig, Scorer, SessionState, TrustedNetwork, UserKey, UserModelConfig,
+    Contribution, FeatureWeights, Feedback, FeedbackError, Reason, RecordError, Restored, Risk,
+    RiskLevel, Risks, ScoreConfig, Scorer, SessionState, SnapshotError, TrustedNetwork, UserKey,
+    UserModelConfig,
 };
 pub use session::{
     CredentialSource, HASH_KEY_LEN, Session, SessionConfig, SessionError, SessionHashKey,

@@ -281,6 +281,37 @@ pub enum Feedback {
     },
 }
 
+/// What [`Scorer::restore`] took in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restored {
+    /// Sessions restored.
+    pub sessions: u64,
+    /// Revocations restored.
+    pub revocations: u64,
+    /// Records skipped: not decodable, or revocations out of their time.
+    pub refused: u64,
+}
+
+/// A snapshot that cannot be restored at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// It does not start with the snapshot header.
+    #[error("not a Vigil session snapshot")]
+    NotASnapshot,
+    /// Its length does not match the counts in its header.
+    #[error(
+        "the snapshot announces {sessions} sessions and {revocations} revocations but holds {bytes} bytes of them"
+    )]
+    Length {
+        /// Sessions announced.
+        sessions: usize,
+        /// Revocations announced.
+        revocations: usize,
+        /// Bytes after the header.
+        bytes: usize,
+    },
+}
+
 /// Why feedback could not be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FeedbackError {
@@ -390,6 +421,12 @@ struct Revocation {
     at: u64,
     by_user: Option<UserKey>,
 }
+/// A snapshot starts with this, then the session and revocation counts
+/// (u64, little endian), then the session records and the revocations (key,
+/// time, user key or 0).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS1";
+const SNAPSHOT_HEADER: usize = 24;
+const REVOCATION_LEN: usize = 32;
 /// Other-session detections counted toward entity risk.
 const MAX_DETECTIONS: u8 = 3;
 
@@ -1261,6 +1298,96 @@ impl Scorer {
             .iter()
             .map(|(k, s)| s.encode(k))
             .collect()
+    }
+
+    /// The node's sessions and revocations as one snapshot, to restore
+    /// after a restart with [`Scorer::restore`]: a header (`VIGILSS1`, the
+    /// session and revocation counts as u64), the session records
+    /// ([`SessionState::encode`]), then each revocation as the session key,
+    /// its time and the revoked user's key (0 for a session revoked alone).
+    /// Profiles and entity flags are not in it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let sessions = self.sessions.entries();
+        let revoked: Vec<_> = self.revoked.iter().collect();
+        let mut out = Vec::with_capacity(
+            SNAPSHOT_HEADER
+                + sessions.len() * SessionState::RECORD_LEN
+                + revoked.len() * REVOCATION_LEN,
+        );
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(revoked.len() as u64).to_le_bytes());
+        for (key, state) in &sessions {
+            out.extend_from_slice(&state.encode(key));
+        }
+        for (key, r) in &revoked {
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(&r.at.to_le_bytes());
+            out.extend_from_slice(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes());
+        }
+        out
+    }
+
+    /// Takes in a [`Scorer::snapshot`] at `now_secs`: every session record
+    /// that decodes (as [`Scorer::import`]) and every revocation still
+    /// within its time. A file that is not a snapshot, or whose length does
+    /// not match its counts, is refused whole; a record that does not decode
+    /// is skipped and counted.
+    pub fn restore(&self, snapshot: &[u8], now_secs: u64) -> Result<Restored, SnapshotError> {
+        let (header, body) = snapshot
+            .split_at_checked(SNAPSHOT_HEADER)
+            .ok_or(SnapshotError::NotASnapshot)?;
+        if &header[..8] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::NotASnapshot);
+        }
+        let count = |at: usize| {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(&header[at..at + 8]);
+            usize::try_from(u64::from_le_bytes(eight)).unwrap_or(usize::MAX)
+        };
+        let (sessions, revocations) = (count(8), count(16));
+        let expected = sessions
+            .checked_mul(SessionState::RECORD_LEN)
+            .zip(revocations.checked_mul(REVOCATION_LEN))
+            .and_then(|(a, b)| a.checked_add(b));
+        if expected != Some(body.len()) {
+            return Err(SnapshotError::Length {
+                sessions,
+                revocations,
+                bytes: body.len(),
+            });
+        }
+        let (records, revoked) = body.split_at(sessions * SessionState::RECORD_LEN);
+        let mut restored = Restored::default();
+        for record in records.chunks_exact(SessionState::RECORD_LEN) {
+            match self.import(record, now_secs) {
+                Ok(_) => restored.sessions += 1,
+                Err(_) => restored.refused += 1,
+            }
+        }
+        let ttl = self
+            .config
+            .revocation_ttl
+            .max(self.config.session_idle_timeout)
+            .as_secs();
+        for entry in revoked.chunks_exact(REVOCATION_LEN) {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&entry[..16]);
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(&entry[16..24]);
+            let at = u64::from_le_bytes(eight);
+            eight.copy_from_slice(&entry[24..32]);
+            let by_user = UserKey::from_u64(u64::from_le_bytes(eight));
+            if at.saturating_add(ttl) <= now_secs || at > now_secs {
+                restored.refused += 1;
+                continue;
+            }
+            let key = SessionKey::from_bytes(key);
+            self.sessions.remove(&key);
+            self.revoked.insert(key, Revocation { at, by_user });
+            restored.revocations += 1;
+        }
+        Ok(restored)
     }
 
     /// Takes in a session's record from a snapshot or another node, at

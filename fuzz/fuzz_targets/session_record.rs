@@ -1,4 +1,5 @@
-//! Arbitrary bytes as a session record from a snapshot or another node:
+//! Arbitrary bytes as a session snapshot file and as a session record from
+//! a snapshot or another node:
 //! decoding never panics, and whatever decodes encodes back to the same
 //! bytes' meaning (decode ∘ encode is the identity on decoded states), and
 //! an engine takes it in or refuses it without harm.
@@ -12,6 +13,12 @@ use vigil_engine::{Engine, EngineConfig, SessionHashKey, SessionState};
 
 fuzz_target!(|data: &[u8]| {
     let _ = SessionState::decode(data);
+    // The same bytes as a whole snapshot file, and behind a valid header.
+    let engine = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([1; 32]));
+    let _ = engine.scorer().restore(data, 1_700_000_000);
+    let mut snapshot = b"VIGILSS1".to_vec();
+    snapshot.extend_from_slice(data);
+    let _ = engine.scorer().restore(&snapshot, 1_700_000_000);
     let mut record = [0u8; SessionState::RECORD_LEN];
     for (d, s) in record.iter_mut().zip(data) {
         *d = *s;

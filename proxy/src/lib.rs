@@ -16,5 +16,6 @@ pub mod proxy;
 pub mod reload;
 pub mod respond;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -20,6 +20,7 @@ use crate::keyfile;
 use crate::metrics::Metrics;
 use crate::proxy::VigilProxy;
 use crate::reload::{GeoReload, Reloadable, Reloader, Sweeper, TrustedFiles};
+use crate::snapshot::{self, Snapshotter};
 use crate::tls::SniResolver;
 use crate::upstream::UpstreamGroup;
 
@@ -54,6 +55,9 @@ pub enum StartError {
 /// A server with every service added, ready to run.
 pub struct Vigil {
     server: Server,
+    /// The engine and where its snapshot goes, written once more after the
+    /// last request has been served.
+    snapshot: Option<(Arc<Engine>, std::path::PathBuf)>,
 }
 
 impl Vigil {
@@ -79,6 +83,15 @@ impl Vigil {
             Some(geo)
         };
         let engine = Arc::new(engine);
+        // Sessions and revocations from before a restart; an ephemeral key
+        // (the demo) could not recognise them.
+        let snapshot = config
+            .snapshot_every
+            .filter(|_| matches!(config.hash_key, HashKeySource::File(_)))
+            .map(|every| (config.server.state_dir.join(snapshot::FILE_NAME), every));
+        if let Some((path, _)) = &snapshot {
+            snapshot::restore(&engine, path);
+        }
         let metrics = Metrics::new()?;
         let mut upstreams = Vec::new();
         let mut health_services = Vec::new();
@@ -186,6 +199,15 @@ impl Vigil {
             server.add_service(health);
         }
 
+        let final_snapshot = snapshot
+            .as_ref()
+            .map(|(path, _)| (engine.clone(), path.clone()));
+        if let Some((path, every)) = snapshot {
+            server.add_service(background_service(
+                "session snapshot",
+                Snapshotter::new(engine.clone(), path, every),
+            ));
+        }
         server.add_service(background_service(
             "session sweep",
             Sweeper::new(engine.clone(), std::time::Duration::from_secs(60)),
@@ -218,7 +240,10 @@ impl Vigil {
         admin.add_tcp(&config.admin.listen.to_string());
         server.add_service(admin);
 
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            snapshot: final_snapshot,
+        })
     }
 
     /// Adds another service to run in the same process.
@@ -229,9 +254,14 @@ impl Vigil {
         self.server.add_service(service);
     }
 
-    /// Runs until SIGTERM (graceful) or SIGINT (fast); exits the process.
+    /// Runs until SIGTERM (graceful) or SIGINT (fast), writes the session
+    /// snapshot once every service has stopped, and exits the process.
     pub fn run(self) -> ! {
-        self.server.run_forever()
+        self.server.run(pingora_core::server::RunArgs::default());
+        if let Some((engine, path)) = &self.snapshot {
+            snapshot::write_logged(engine, path);
+        }
+        std::process::exit(0)
     }
 }
 

@@ -246,3 +246,33 @@ async fn a_passed_step_up_moves_the_session_to_where_the_user_proved_themselves(
     assert_eq!(echo.header("vigil-risk-level"), Some("low"));
     assert_eq!(echo.header("vigil-risk-reasons"), Some(""));
 }
+
+#[tokio::test]
+async fn baselines_and_revocations_survive_a_restart() {
+    let origin = Origin::start();
+    let state = tempfile::tempdir().unwrap();
+    let config = || {
+        Config::new()
+            .state_dir(state.path())
+            .upstream("app", origin.addr())
+            .route(Route::new("app", "/", "app").high("revoke"))
+    };
+    let first = Proxy::start(&config().render()).await;
+    let keep = Browser::firefox().cookie("session=keep");
+    assert_eq!(keep.get(&first.url("/echo")).await.status(), 200);
+    let dead = Browser::firefox().cookie("session=dead");
+    assert_eq!(dead.get(&first.url("/echo")).await.status(), 200);
+    // A replay of "dead" from another browser: the session is revoked.
+    let replay = Browser::chrome().cookie("session=dead");
+    assert_eq!(replay.get(&first.url("/echo")).await.status(), 303);
+    let log = first.terminate();
+    assert!(state.path().join("sessions.snapshot").exists(), "{log}");
+
+    let second = Proxy::start(&config().render()).await;
+    second.wait_for_log("session snapshot restored").await;
+    // The baseline came back: another browser with "keep" is refused...
+    let thief = Browser::chrome().cookie("session=keep");
+    assert_ne!(thief.get(&second.url("/echo")).await.status(), 200);
+    // ...and the revoked cookie stays dead, even from its own browser.
+    assert_eq!(dead.get(&second.url("/echo")).await.status(), 401);
+}

@@ -894,3 +894,85 @@ fn an_import_keeps_to_the_local_clock_and_never_rolls_a_session_back() {
     b.engine.scorer().import(&stale, T0 + 700).unwrap();
     assert_eq!(b.engine.scorer().session(&key).unwrap(), now_at_b);
 }
+
+#[test]
+fn a_snapshot_restores_sessions_and_revocations_after_a_restart() {
+    let before = world();
+    let p = strict();
+    before.req(&p, "kept", FIREFOX, HOME, T0);
+    before.login("gone", "olga", T0);
+    before.req(&p, "gone", FIREFOX, HOME, T0);
+    before.req(&p, "cut", FIREFOX, HOME, T0);
+    let cut = before.engine.key_for_credential(b"cut").unwrap();
+    before.engine.scorer().revoke(cut, T0 + 1);
+    before
+        .engine
+        .scorer()
+        .revoke_user(before.engine.user_key("olga"), T0 + 2);
+    let snapshot = before.engine.scorer().snapshot();
+
+    let after = world();
+    let restored = after.engine.scorer().restore(&snapshot, T0 + 10).unwrap();
+    assert_eq!(
+        restored,
+        Restored {
+            sessions: 1,
+            revocations: 2,
+            refused: 0
+        }
+    );
+    // The baseline survived: a replay from another device is caught...
+    assert_eq!(
+        after.req(&p, "kept", CHROME, HOME, T0 + 20).action,
+        Action::Block
+    );
+    assert_eq!(
+        after.req(&p, "kept", FIREFOX, HOME, T0 + 21).action,
+        Action::Allow
+    );
+    // ...and the revocations hold, each with its reason.
+    assert!(
+        after
+            .req(&p, "cut", FIREFOX, HOME, T0 + 22)
+            .risk
+            .has(Reason::Revoked)
+    );
+    assert!(
+        after
+            .req(&p, "gone", FIREFOX, HOME, T0 + 23)
+            .risk
+            .has(Reason::UserRevoked)
+    );
+
+    // A revocation past its time is not brought back.
+    let late = world();
+    let ttl = ScoreConfig::default().revocation_ttl.as_secs();
+    let restored = late
+        .engine
+        .scorer()
+        .restore(&snapshot, T0 + ttl + 100)
+        .unwrap();
+    assert_eq!((restored.revocations, restored.refused), (0, 2));
+
+    // What is not a snapshot is refused whole.
+    let scorer = after.engine.scorer();
+    assert_eq!(
+        scorer.restore(b"hello", T0),
+        Err(SnapshotError::NotASnapshot)
+    );
+    assert!(matches!(
+        scorer.restore(&snapshot[..snapshot.len() - 1], T0),
+        Err(SnapshotError::Length { .. })
+    ));
+}
+
+proptest! {
+    #[test]
+    fn restoring_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let w = world();
+        let mut input = b"VIGILSS1".to_vec();
+        input.extend_from_slice(&bytes);
+        let _ = w.engine.scorer().restore(&bytes, T0);
+        let _ = w.engine.scorer().restore(&input, T0);
+    }
+}

@@ -52,6 +52,9 @@ pub struct Config {
     /// The response header with which the app says the request's user just
     /// re-authenticated (`[session] confirm_header`).
     pub confirm_header: Option<http::HeaderName>,
+    /// How often the session snapshot is written (`[session]
+    /// snapshot_interval_seconds`); `None` when snapshots are off.
+    pub snapshot_every: Option<Duration>,
     /// Largest request header section accepted, in bytes (names, values and
     /// line overhead). Default 64 KiB.
     pub max_header_bytes: usize,
@@ -523,6 +526,12 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     };
     let user_header = header(&mut t, "user_header", "vigil-user");
     let confirm_header = header(&mut t, "confirm_header", "vigil-confirm");
+    let snapshot: bool = t.or(p, "snapshot", true);
+    let snapshot_interval: u64 = t.or(p, "snapshot_interval_seconds", 300);
+    if snapshot_interval == 0 {
+        p.push(t.key("snapshot_interval_seconds"), "must be at least 1");
+    }
+    let snapshot_every = snapshot.then(|| Duration::from_secs(snapshot_interval.max(1)));
     let bearer = t.or(p, "bearer", true);
     if cookies.is_empty() && !bearer {
         p.push(
@@ -773,6 +782,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         risk_to_app,
         user_header,
         confirm_header,
+        snapshot_every,
         max_header_bytes,
         client_ip,
         trusted_proxies,

@@ -315,6 +315,7 @@ fn risk_engine_settings_are_checked_together() {
     let text = r#"
 [session]
 user_header = "not a header"
+snapshot_interval_seconds = 0
 
 [risk]
 max_kmh = 20
@@ -345,6 +346,7 @@ high_at = 40
     let keys = keys(&problems);
     for expected in [
         "session.user_header",
+        "session.snapshot_interval_seconds",
         "risk.max_kmh",
         "risk.concurrent_window_seconds",
         "risk.max_users",

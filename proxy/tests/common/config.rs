@@ -21,6 +21,7 @@ pub(crate) struct Config {
     http: SocketAddr,
     admin: SocketAddr,
     admin_extra: String,
+    server_extra: String,
     h2c: bool,
     believe: Vec<String>,
     sections: String,
@@ -76,6 +77,7 @@ impl Config {
             http: free_addr(),
             admin: free_addr(),
             admin_extra: String::new(),
+            server_extra: String::new(),
             h2c: false,
             believe: Vec::new(),
             sections: String::new(),
@@ -153,6 +155,16 @@ impl Config {
         self
     }
 
+    /// Keeps state in `dir` (the harness gives each proxy its own otherwise)
+    /// and shuts down at once on SIGTERM.
+    pub(crate) fn state_dir(mut self, dir: &std::path::Path) -> Config {
+        self.server_extra = format!(
+            "state_dir = {:?}\ngrace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n",
+            dir.display().to_string()
+        );
+        self
+    }
+
     /// Sets `[admin] token_file`, turning the operator calls on.
     pub(crate) fn admin_token_file(mut self, path: &std::path::Path) -> Config {
         self.admin_extra = format!("token_file = {:?}\n", path.display().to_string());
@@ -162,12 +174,13 @@ impl Config {
     /// The config file's text.
     pub(crate) fn render(&self) -> String {
         format!(
-            "[server]\nthreads = 1\n\n[admin]\nlisten = \"{admin}\"\n{admin_extra}{sections}\n\
+            "[server]\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"{admin}\"\n{admin_extra}{sections}\n\
              [[listeners]]\nname = \"http\"\nlisten = \"{http}\"\nh2c = {h2c}\n\
              forwarded_headers = {believe:?}\n{listeners}{upstreams}{routes}",
             believe = self.believe,
             admin = self.admin,
             admin_extra = self.admin_extra,
+            server_extra = self.server_extra,
             http = self.http,
             h2c = self.h2c,
             sections = self.sections,

@@ -253,6 +253,20 @@ impl Proxy {
         }
     }
 
+    /// Asks the proxy to shut down gracefully (SIGTERM to the pid this
+    /// harness started) and waits for it to exit; returns its log.
+    pub(crate) fn terminate(&self) -> String {
+        let mut child = self.child.lock().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().unwrap();
+        drop(child);
+        self.log()
+    }
+
     /// Everything the proxy has written to stderr so far.
     pub(crate) fn log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
