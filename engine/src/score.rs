@@ -288,6 +288,8 @@ pub struct Restored {
     pub sessions: u64,
     /// Revocations restored.
     pub revocations: u64,
+    /// User profiles restored.
+    pub users: u64,
     /// Records skipped: not decodable, or revocations out of their time.
     pub refused: u64,
 }
@@ -344,6 +346,32 @@ struct EntityState {
     reported_until: u32,
     detections: u8,
     detections_until: u32,
+}
+
+impl EntityState {
+    const RECORD_LEN: usize = 12;
+
+    fn encode(&self) -> [u8; Self::RECORD_LEN] {
+        let mut out = [0u8; Self::RECORD_LEN];
+        out[..2].copy_from_slice(&self.generation.to_le_bytes());
+        out[2] = self.reported_points;
+        out[3] = self.detections;
+        out[4..8].copy_from_slice(&self.reported_until.to_le_bytes());
+        out[8..].copy_from_slice(&self.detections_until.to_le_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::RECORD_LEN] = b.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Some(Self {
+            generation: u16::from_le_bytes([b[0], b[1]]),
+            reported_points: b[2].min(100),
+            detections: b[3].min(MAX_DETECTIONS),
+            reported_until: u32_at(4),
+            detections_until: u32_at(8),
+        })
+    }
 }
 
 /// The scorer and its stores.
@@ -421,11 +449,18 @@ struct Revocation {
     at: u64,
     by_user: Option<UserKey>,
 }
-/// A snapshot starts with this, then the session and revocation counts
-/// (u64, little endian), then the session records and the revocations (key,
-/// time, user key or 0).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS1";
-const SNAPSHOT_HEADER: usize = 24;
+/// A snapshot starts with this, then the counts of sessions, revocations,
+/// profiles and entity flags (u64, little endian), then the session
+/// records, the revocations (key, time, user key or 0), the profiles (user
+/// key, profile record) and the entity flags (user key, record).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS2";
+const SNAPSHOT_HEADER: usize = 40;
+
+/// A little-endian u64 from up to 8 bytes (0 for fewer: lengths are checked
+/// before).
+fn u64_of(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}
 const REVOCATION_LEN: usize = 32;
 /// Other-session detections counted toward entity risk.
 const MAX_DETECTIONS: u8 = 3;
@@ -1300,23 +1335,35 @@ impl Scorer {
             .collect()
     }
 
-    /// The node's sessions and revocations as one snapshot, to restore
-    /// after a restart with [`Scorer::restore`]: a header (`VIGILSS1`, the
-    /// session and revocation counts as u64), the session records
-    /// ([`SessionState::encode`]), then each revocation as the session key,
-    /// its time and the revoked user's key (0 for a session revoked alone).
-    /// Profiles and entity flags are not in it.
+    /// The node's state as one snapshot, to restore after a restart with
+    /// [`Scorer::restore`]: a header (`VIGILSS2`, then the counts of
+    /// sessions, revocations, user profiles and entity flags as u64), the
+    /// session records ([`SessionState::encode`]), each revocation as the
+    /// session key, its time and the revoked user's key (0 for a session
+    /// revoked alone), each profile as the user key and a fixed 320-byte
+    /// record, each entity flag as the user key and 12 bytes. The
+    /// population sketches are not in it: they refill as users sign in.
     pub fn snapshot(&self) -> Vec<u8> {
         let sessions = self.sessions.entries();
         let revoked: Vec<_> = self.revoked.iter().collect();
+        let profiles: Vec<_> = self.profiles.iter().collect();
+        let entities: Vec<_> = self.entities.iter().collect();
         let mut out = Vec::with_capacity(
             SNAPSHOT_HEADER
                 + sessions.len() * SessionState::RECORD_LEN
-                + revoked.len() * REVOCATION_LEN,
+                + revoked.len() * REVOCATION_LEN
+                + profiles.len() * (8 + UserProfile::RECORD_LEN)
+                + entities.len() * (8 + EntityState::RECORD_LEN),
         );
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(revoked.len() as u64).to_le_bytes());
+        for n in [
+            sessions.len(),
+            revoked.len(),
+            profiles.len(),
+            entities.len(),
+        ] {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
         for (key, state) in &sessions {
             out.extend_from_slice(&state.encode(key));
         }
@@ -1325,14 +1372,23 @@ impl Scorer {
             out.extend_from_slice(&r.at.to_le_bytes());
             out.extend_from_slice(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes());
         }
+        for (user, profile) in &profiles {
+            out.extend_from_slice(&user.as_u64().to_le_bytes());
+            let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend_from_slice(&profile.encode());
+        }
+        for (user, entity) in &entities {
+            out.extend_from_slice(&user.as_u64().to_le_bytes());
+            out.extend_from_slice(&entity.encode());
+        }
         out
     }
 
     /// Takes in a [`Scorer::snapshot`] at `now_secs`: every session record
-    /// that decodes (as [`Scorer::import`]) and every revocation still
-    /// within its time. A file that is not a snapshot, or whose length does
-    /// not match its counts, is refused whole; a record that does not decode
-    /// is skipped and counted.
+    /// that decodes (as [`Scorer::import`]), every revocation still within
+    /// its time, every user profile and entity flag. A file that is not a
+    /// snapshot, or whose length does not match its counts, is refused
+    /// whole; a record that does not decode is skipped and counted.
     pub fn restore(&self, snapshot: &[u8], now_secs: u64) -> Result<Restored, SnapshotError> {
         let (header, body) = snapshot
             .split_at_checked(SNAPSHOT_HEADER)
@@ -1340,24 +1396,43 @@ impl Scorer {
         if &header[..8] != SNAPSHOT_MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
-        let count = |at: usize| {
+        let count = |i: usize| {
             let mut eight = [0u8; 8];
-            eight.copy_from_slice(&header[at..at + 8]);
+            eight.copy_from_slice(&header[8 + 8 * i..16 + 8 * i]);
             usize::try_from(u64::from_le_bytes(eight)).unwrap_or(usize::MAX)
         };
-        let (sessions, revocations) = (count(8), count(16));
-        let expected = sessions
-            .checked_mul(SessionState::RECORD_LEN)
-            .zip(revocations.checked_mul(REVOCATION_LEN))
-            .and_then(|(a, b)| a.checked_add(b));
-        if expected != Some(body.len()) {
+        let counts = [count(0), count(1), count(2), count(3)];
+        let sizes = [
+            SessionState::RECORD_LEN,
+            REVOCATION_LEN,
+            8 + UserProfile::RECORD_LEN,
+            8 + EntityState::RECORD_LEN,
+        ];
+        let lengths: Option<Vec<usize>> = counts
+            .iter()
+            .zip(sizes)
+            .map(|(n, size)| n.checked_mul(size))
+            .collect();
+        let total = lengths
+            .as_ref()
+            .and_then(|l| l.iter().try_fold(0usize, |a, b| a.checked_add(*b)));
+        let (Some(lengths), Some(total)) = (lengths, total) else {
             return Err(SnapshotError::Length {
-                sessions,
-                revocations,
+                sessions: counts[0],
+                revocations: counts[1],
+                bytes: body.len(),
+            });
+        };
+        if total != body.len() {
+            return Err(SnapshotError::Length {
+                sessions: counts[0],
+                revocations: counts[1],
                 bytes: body.len(),
             });
         }
-        let (records, revoked) = body.split_at(sessions * SessionState::RECORD_LEN);
+        let (records, rest) = body.split_at(lengths[0]);
+        let (revoked, rest) = rest.split_at(lengths[1]);
+        let (profiles, entities) = rest.split_at(lengths[2]);
         let mut restored = Restored::default();
         for record in records.chunks_exact(SessionState::RECORD_LEN) {
             match self.import(record, now_secs) {
@@ -1371,21 +1446,37 @@ impl Scorer {
             .max(self.config.session_idle_timeout)
             .as_secs();
         for entry in revoked.chunks_exact(REVOCATION_LEN) {
-            let mut key = [0u8; 16];
-            key.copy_from_slice(&entry[..16]);
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(&entry[16..24]);
-            let at = u64::from_le_bytes(eight);
-            eight.copy_from_slice(&entry[24..32]);
-            let by_user = UserKey::from_u64(u64::from_le_bytes(eight));
+            let (key, times) = entry.split_at(16);
+            let (at, user) = times.split_at(8);
+            let mut key_bytes = [0u8; 16];
+            key_bytes.copy_from_slice(key);
+            let at = u64_of(at);
+            let by_user = UserKey::from_u64(u64_of(user));
             if at.saturating_add(ttl) <= now_secs || at > now_secs {
                 restored.refused += 1;
                 continue;
             }
-            let key = SessionKey::from_bytes(key);
+            let key = SessionKey::from_bytes(key_bytes);
             self.sessions.remove(&key);
             self.revoked.insert(key, Revocation { at, by_user });
             restored.revocations += 1;
+        }
+        for entry in profiles.chunks_exact(8 + UserProfile::RECORD_LEN) {
+            let (user, record) = entry.split_at(8);
+            match (UserKey::from_u64(u64_of(user)), UserProfile::decode(record)) {
+                (Some(user), Some(profile)) => {
+                    self.profiles.insert(user, Arc::new(Mutex::new(profile)));
+                    restored.users += 1;
+                }
+                _ => restored.refused += 1,
+            }
+        }
+        for entry in entities.chunks_exact(8 + EntityState::RECORD_LEN) {
+            let (user, record) = entry.split_at(8);
+            match (UserKey::from_u64(u64_of(user)), EntityState::decode(record)) {
+                (Some(user), Some(entity)) => self.entities.insert(user, entity),
+                _ => restored.refused += 1,
+            }
         }
         Ok(restored)
     }

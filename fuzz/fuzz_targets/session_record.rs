@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     // The same bytes as a whole snapshot file, and behind a valid header.
     let engine = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([1; 32]));
     let _ = engine.scorer().restore(data, 1_700_000_000);
-    let mut snapshot = b"VIGILSS1".to_vec();
+    let mut snapshot = b"VIGILSS2".to_vec();
     snapshot.extend_from_slice(data);
     let _ = engine.scorer().restore(&snapshot, 1_700_000_000);
     let mut record = [0u8; SessionState::RECORD_LEN];

@@ -3,9 +3,10 @@
 //! `<state_dir>/sessions.snapshot` every `[session] snapshot_interval_seconds`
 //! and once more after the server stops, and read back on start.
 //!
-//! Without it a restart forgets every baseline and every revocation: the
-//! next request of each session — a replay included — would become its
-//! baseline, and a revoked cookie would work again. The file holds keyed
+//! Without it a restart forgets every baseline, revocation and user
+//! history: the next request of each session — a replay included — would
+//! become its baseline, a revoked cookie would work again, and every user
+//! would start a new learning period. The file holds keyed
 //! hashes and network hashes, never a credential, an address or a user's
 //! name; it is written to a temporary file (mode 0600) and renamed over the
 //! old one, so a crash mid-write leaves the previous snapshot whole. A file

@@ -184,6 +184,64 @@ impl UserProfile {
         }
     }
 
+    /// Bytes of [`UserProfile::encode`].
+    pub(crate) const RECORD_LEN: usize = FEATURES * (SLOTS * 8 + 4) + 8;
+
+    /// The profile as a fixed little-endian record: per feature its slots
+    /// (value u32, count u16 with the trusted bit, day u16) and sightings
+    /// (u32), then sessions and first seen (u32 each).
+    pub(crate) fn encode(&self) -> [u8; Self::RECORD_LEN] {
+        let mut out = [0u8; Self::RECORD_LEN];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(dst) = out.get_mut(at..at + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        for (slots, seen) in self.slots.iter().zip(self.seen) {
+            for s in slots {
+                put(&s.value.to_le_bytes());
+                put(&s.count.to_le_bytes());
+                put(&s.day.to_le_bytes());
+            }
+            put(&seen.to_le_bytes());
+        }
+        put(&self.sessions.to_le_bytes());
+        put(&self.first_seen.to_le_bytes());
+        out
+    }
+
+    /// Reads [`UserProfile::encode`] back; `None` for another length. Any
+    /// values are a profile: counts and values need no check.
+    pub(crate) fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() != Self::RECORD_LEN {
+            return None;
+        }
+        let mut rest = record;
+        let mut take = |n: usize| {
+            let (head, tail) = rest.split_at_checked(n).unwrap_or((&[], &[]));
+            rest = tail;
+            head
+        };
+        let u32_of = |b: &[u8]| b.try_into().map(u32::from_le_bytes).unwrap_or(0);
+        let u16_of = |b: &[u8]| b.try_into().map(u16::from_le_bytes).unwrap_or(0);
+        let mut profile = Self::new(0);
+        for k in 0..FEATURES {
+            for slot in 0..SLOTS {
+                profile.slots[k][slot] = Slot {
+                    value: u32_of(take(4)),
+                    count: u16_of(take(2)),
+                    day: u16_of(take(2)),
+                };
+            }
+            profile.seen[k] = u32_of(take(4));
+        }
+        profile.sessions = u32_of(take(4));
+        profile.first_seen = u32_of(take(4));
+        Some(profile)
+    }
+
     /// Counts one more session of the user.
     pub(crate) fn add_session(&mut self) {
         self.sessions = self.sessions.saturating_add(1);

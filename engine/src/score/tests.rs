@@ -899,6 +899,10 @@ fn an_import_keeps_to_the_local_clock_and_never_rolls_a_session_back() {
 fn a_snapshot_restores_sessions_and_revocations_after_a_restart() {
     let before = world();
     let p = strict();
+    before.history("pia", 10);
+    let pia = before.engine.user_key("pia");
+    let month = std::time::Duration::from_secs(30 * DAY);
+    before.engine.scorer().report_user(pia, 40, month, T0);
     before.req(&p, "kept", FIREFOX, HOME, T0);
     before.login("gone", "olga", T0);
     before.req(&p, "gone", FIREFOX, HOME, T0);
@@ -916,11 +920,19 @@ fn a_snapshot_restores_sessions_and_revocations_after_a_restart() {
     assert_eq!(
         restored,
         Restored {
-            sessions: 1,
+            sessions: 11,
             revocations: 2,
+            users: 2,
             refused: 0
         }
     );
+    // Pia's history came back: her next login is judged, not learning, and
+    // the partner's report still counts.
+    let t = T0 + 11 * DAY;
+    after.login("pia-new", "pia", t);
+    let v = after.req(&lenient(), "pia-new", FIREFOX, HOME, t);
+    assert!(!v.risks.learning, "{:?}", v.risks);
+    assert_eq!(v.risks.entity.points(Reason::PartnerReported), 40);
     // The baseline survived: a replay from another device is caught...
     assert_eq!(
         after.req(&p, "kept", CHROME, HOME, T0 + 20).action,
@@ -970,9 +982,27 @@ proptest! {
     #[test]
     fn restoring_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let w = world();
-        let mut input = b"VIGILSS1".to_vec();
+        let mut input = b"VIGILSS2".to_vec();
         input.extend_from_slice(&bytes);
         let _ = w.engine.scorer().restore(&bytes, T0);
         let _ = w.engine.scorer().restore(&input, T0);
+    }
+}
+
+proptest! {
+    #[test]
+    fn profiles_round_trip(seen in proptest::collection::vec((any::<[u32; 6]>(), any::<u32>(), any::<bool>()), 0..40)) {
+        let mut p = UserProfile::new(7);
+        for (values, at, trust) in seen {
+            let f = Features(values);
+            p.observe(&f, &super::profile::ALL, at);
+            if trust {
+                p.trust(Feature::Asn, values[1], at);
+            }
+            p.add_session();
+        }
+        let record = p.encode();
+        prop_assert_eq!(UserProfile::decode(&record), Some(p));
+        prop_assert_eq!(UserProfile::decode(&record[1..]), None);
     }
 }
