@@ -213,11 +213,22 @@ impl Engine {
     /// its session's baseline and are learnt for the user. Returns the
     /// session, if the request carried one.
     pub fn confirm(&self, request: &RequestView<'_>) -> Result<Option<SessionKey>, RequestError> {
+        let headers = self.client_ip.load().config().headers;
+        self.confirm_with(request, headers)
+    }
+
+    /// [`Engine::confirm`], believing the forwarding headers `forwarded`
+    /// (the listener's), as [`Engine::evaluate_with`] does.
+    pub fn confirm_with(
+        &self,
+        request: &RequestView<'_>,
+        forwarded: ForwardedHeaders,
+    ) -> Result<Option<SessionKey>, RequestError> {
         let Some(session) = self.session.identify(request.headers)? else {
             return Ok(None);
         };
         let client_ip = self.client_ip.load();
-        let client = client_ip.resolve_with(request, client_ip.config().headers);
+        let client = client_ip.resolve_with(request, forwarded);
         let device = self.device.observe(request, &client_ip.config().trusted);
         let (network, place) = self.locate(&client);
         self.scorer.confirm(

@@ -456,6 +456,41 @@ struct Revocation {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS2";
 const SNAPSHOT_HEADER: usize = 40;
 
+/// The session state after its user proved themselves (or an operator
+/// vouched) from this device and network: they become the baseline, the
+/// TLS fingerprint kept if this device showed none, the move counter reset,
+/// and login judged.
+fn adopt(
+    held: Option<&SessionState>,
+    device: &DeviceSummary,
+    network: &NetworkMark,
+    place: Option<Place>,
+    now: u32,
+) -> SessionState {
+    let mut next = held
+        .copied()
+        .unwrap_or_else(|| SessionState::new(device, *network, place, now));
+    if next.network.prefix != network.prefix && next.has(SessionState::BASELINED) {
+        next.previous = next.network.prefix;
+        next.moved_at = now;
+    }
+    let mut device = *device;
+    if device.tls_source == TlsSource::None && next.tls_source != TlsSource::None {
+        device.tls_source = next.tls_source;
+        device.ja4 = next.ja4;
+    }
+    next.set_device(&device);
+    next.network = *network;
+    next.place = place.or(next.place);
+    next.last_seen = now;
+    next.flags |= SessionState::BASELINED;
+    if next.user.is_some() {
+        next.flags |= SessionState::LOGIN_SCORED;
+    }
+    next.set_moves(0);
+    next
+}
+
 /// A little-endian u64 from up to 8 bytes (0 for fewer: lengths are checked
 /// before).
 fn u64_of(bytes: &[u8]) -> u64 {
@@ -1040,9 +1075,9 @@ impl Scorer {
             // landed while this request was scored is kept, not overwritten.
             self.sessions.update(key, now, |stored| {
                 let mut next = next;
+                let before = prior.map_or((None, 0), |p| (p.user, p.generation));
                 if let Some(stored) = stored
-                    && prior
-                        .is_some_and(|p| p.user != stored.user || p.generation != stored.generation)
+                    && (stored.user, stored.generation) != before
                 {
                     next.user = stored.user;
                     next.generation = stored.generation;
@@ -1116,22 +1151,20 @@ impl Scorer {
     pub fn bind_user(&self, key: SessionKey, user: UserKey, now_secs: u64) {
         let now = secs32(now_secs);
         let generation = self.entities.get(&user).map_or(0, |e| e.generation);
-        match self.sessions.get(&key, now) {
-            Some(s) if s.user == Some(user) => {}
-            Some(mut s) => {
+        self.sessions.update(key, now, |held| match held {
+            Some(s) if s.user == Some(user) => *s,
+            Some(s) => {
+                let mut s = *s;
                 s.user = Some(user);
                 s.generation = generation;
                 s.flags &= !SessionState::LOGIN_SCORED;
-                self.sessions.insert(key, s, now);
+                s
             }
-            None => {
-                let state = SessionState {
-                    generation,
-                    ..SessionState::bound(user, now)
-                };
-                self.sessions.insert(key, state, now);
-            }
-        }
+            None => SessionState {
+                generation,
+                ..SessionState::bound(user, now)
+            },
+        });
     }
 
     /// The session's user proved themselves from this request's device and
@@ -1150,24 +1183,11 @@ impl Scorer {
             return;
         }
         let now = secs32(now_secs);
-        let prior = self.sessions.get(&key, now);
-        let mut next =
-            prior.unwrap_or_else(|| SessionState::new(&device.summary(), *network, place, now));
-        if next.network.prefix != network.prefix && next.has(SessionState::BASELINED) {
-            next.previous = next.network.prefix;
-            next.moved_at = now;
-        }
-        next.set_device(&device.summary());
-        next.network = *network;
-        next.place = place.or(next.place);
-        next.last_seen = now;
-        next.flags |= SessionState::BASELINED;
-        if next.user.is_some() {
-            // The user just proved themselves: that is their login.
-            next.flags |= SessionState::LOGIN_SCORED;
-        }
-        next.set_moves(0);
-        self.sessions.insert(key, next, now);
+        let mut next = SessionState::new(&device.summary(), *network, place, now);
+        self.sessions.update(key, now, |held| {
+            next = adopt(held, &device.summary(), network, place, now);
+            next
+        });
         let learn = Learn {
             features: Features::of(network, device.id),
             which: &ALL,
@@ -1207,20 +1227,15 @@ impl Scorer {
                 if self.revoked.contains_key(&session) {
                     return Err(FeedbackError::Revoked);
                 }
-                let Some(mut state) = self.sessions.peek(&session) else {
+                if self.sessions.peek(&session).is_none() {
                     return Err(FeedbackError::NoSession);
-                };
-                let mark = network.mark();
-                if state.network.prefix != mark.prefix {
-                    state.previous = state.network.prefix;
-                    state.moved_at = now;
                 }
-                state.set_device(&device);
-                state.network = mark;
-                state.place = place.or(state.place);
-                state.last_seen = now;
-                state.set_moves(0);
-                self.sessions.insert(session, state, now);
+                let mark = network.mark();
+                let mut state = SessionState::new(&device, mark, place, now);
+                self.sessions.update(session, now, |held| {
+                    state = adopt(held, &device, &mark, place, now);
+                    state
+                });
                 let learn = Learn {
                     features: Features::of(&mark, device.id),
                     which: &ALL,
@@ -1285,17 +1300,15 @@ impl Scorer {
         // Each session bound to the user is revoked outright, so that the
         // revocation holds even if its state is later evicted; the count
         // covers sessions bound while the scan runs.
-        for (key, state) in self.sessions.entries() {
-            if state.user == Some(user) {
-                self.revoked.insert(
-                    key,
-                    Revocation {
-                        at: now_secs,
-                        by_user: Some(user),
-                    },
-                );
-                self.sessions.remove(&key);
-            }
+        for key in self.sessions.keys_where(|s| s.user == Some(user)) {
+            self.revoked.insert(
+                key,
+                Revocation {
+                    at: now_secs,
+                    by_user: Some(user),
+                },
+            );
+            self.sessions.remove(&key);
         }
         let mut e = self.entities.get(&user).unwrap_or_default();
         e.generation = e.generation.saturating_add(1);
@@ -1344,44 +1357,60 @@ impl Scorer {
     /// record, each entity flag as the user key and 12 bytes. The
     /// population sketches are not in it: they refill as users sign in.
     pub fn snapshot(&self) -> Vec<u8> {
-        let sessions = self.sessions.entries();
-        let revoked: Vec<_> = self.revoked.iter().collect();
-        let profiles: Vec<_> = self.profiles.iter().collect();
-        let entities: Vec<_> = self.entities.iter().collect();
-        let mut out = Vec::with_capacity(
-            SNAPSHOT_HEADER
-                + sessions.len() * SessionState::RECORD_LEN
-                + revoked.len() * REVOCATION_LEN
-                + profiles.len() * (8 + UserProfile::RECORD_LEN)
-                + entities.len() * (8 + EntityState::RECORD_LEN),
-        );
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        for n in [
-            sessions.len(),
-            revoked.len(),
-            profiles.len(),
-            entities.len(),
-        ] {
-            out.extend_from_slice(&(n as u64).to_le_bytes());
+        let mut out = std::io::Cursor::new(Vec::new());
+        // Writing to memory cannot fail.
+        let _ = self.write_snapshot(&mut out);
+        out.into_inner()
+    }
+
+    /// Streams [`Scorer::snapshot`] into `w`, a shard of sessions at a time
+    /// (so that it needs no copy of the whole store), then goes back to
+    /// write the counts into the header.
+    pub fn write_snapshot<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let start = w.stream_position()?;
+        w.write_all(&[0u8; SNAPSHOT_HEADER])?;
+        let mut counts = [0u64; 4];
+        let mut failed = Ok(());
+        self.sessions.for_each_shard(|entries| {
+            for (key, state) in entries {
+                if failed.is_ok() {
+                    failed = w.write_all(&state.encode(key));
+                    counts[0] += 1;
+                }
+            }
+        });
+        failed?;
+        for (key, r) in self.revoked.iter() {
+            w.write_all(key.as_bytes())?;
+            w.write_all(&r.at.to_le_bytes())?;
+            w.write_all(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes())?;
+            counts[1] += 1;
         }
-        for (key, state) in &sessions {
-            out.extend_from_slice(&state.encode(key));
+        for (user, profile) in self.profiles.iter() {
+            let record = profile
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .encode();
+            w.write_all(&user.as_u64().to_le_bytes())?;
+            w.write_all(&record)?;
+            counts[2] += 1;
         }
-        for (key, r) in &revoked {
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(&r.at.to_le_bytes());
-            out.extend_from_slice(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes());
+        for (user, entity) in self.entities.iter() {
+            w.write_all(&user.as_u64().to_le_bytes())?;
+            w.write_all(&entity.encode())?;
+            counts[3] += 1;
         }
-        for (user, profile) in &profiles {
-            out.extend_from_slice(&user.as_u64().to_le_bytes());
-            let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend_from_slice(&profile.encode());
+        let end = w.stream_position()?;
+        w.seek(std::io::SeekFrom::Start(start))?;
+        w.write_all(SNAPSHOT_MAGIC)?;
+        for n in counts {
+            w.write_all(&n.to_le_bytes())?;
         }
-        for (user, entity) in &entities {
-            out.extend_from_slice(&user.as_u64().to_le_bytes());
-            out.extend_from_slice(&entity.encode());
-        }
-        out
+        w.seek(std::io::SeekFrom::Start(end))?;
+        Ok(())
     }
 
     /// Takes in a [`Scorer::snapshot`] at `now_secs`: every session record
@@ -1452,7 +1481,10 @@ impl Scorer {
             key_bytes.copy_from_slice(key);
             let at = u64_of(at);
             let by_user = UserKey::from_u64(u64_of(user));
-            if at.saturating_add(ttl) <= now_secs || at > now_secs {
+            // A clock behind the snapshot's must not drop a revocation: the
+            // time is brought back to now, not refused.
+            let at = at.min(now_secs);
+            if at.saturating_add(ttl) <= now_secs {
                 restored.refused += 1;
                 continue;
             }
@@ -1488,6 +1520,7 @@ impl Scorer {
     pub fn import(&self, record: &[u8], now_secs: u64) -> Result<SessionKey, RecordError> {
         let (key, mut state) = SessionState::decode(record)?;
         let now = secs32(now_secs);
+        state.first_seen = state.first_seen.min(now);
         state.last_seen = state.last_seen.min(now);
         state.moved_at = state.moved_at.min(now);
         state.touched = state.last_seen;

@@ -446,7 +446,8 @@ impl ProxyHttp for VigilProxy {
         if confirmed {
             // The app says this request's user just re-authenticated (a
             // step-up passed): its device and network become the session's.
-            if let Err(e) = self.engine.confirm(&self.request_view(session)) {
+            let view = self.request_view(session);
+            if let Err(e) = self.engine.confirm_with(&view, self.forwarded) {
                 tracing::debug!(error = %e, "step-up confirmation not applied");
             }
         }

@@ -58,24 +58,45 @@ pub fn restore(engine: &Engine, path: &Path) {
     }
 }
 
-/// Writes the engine's snapshot to `path` through a temporary file.
-pub fn write(engine: &Engine, path: &Path) -> std::io::Result<usize> {
-    let bytes = engine.scorer().snapshot();
+/// One writer at a time: the timer's and the final one share the
+/// temporary file.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Writes the engine's snapshot to `path` through a temporary file (mode
+/// 0600), renamed over the old snapshot and made durable (file and folder
+/// synced). Returns the bytes written.
+pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
+    let _one_at_a_time = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = path.with_extension("snapshot.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
     {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
+    let file = options.open(&tmp)?;
+    #[cfg(unix)]
+    {
+        // A leftover temporary file keeps its old mode through `open`.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut out = std::io::BufWriter::new(file);
+    engine.scorer().write_snapshot(&mut out)?;
+    out.flush()?;
+    let file = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    let bytes = file.metadata()?.len();
+    file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    Ok(bytes.len())
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(bytes)
 }
 
 impl Snapshotter {

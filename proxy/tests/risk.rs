@@ -276,3 +276,40 @@ async fn baselines_and_revocations_survive_a_restart() {
     // ...and the revoked cookie stays dead, even from its own browser.
     assert_eq!(dead.get(&second.url("/echo")).await.status(), 401);
 }
+
+#[tokio::test]
+async fn a_step_up_behind_a_balancer_is_confirmed_for_the_client_not_the_balancer() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .believe(&["x-forwarded-for"])
+        .section("[[trusted_proxies]]\nname = \"lb\"\ncidrs = [\"127.0.0.2/32\"]\n")
+        .upstream("app", origin.addr())
+        .route(Route::new("reauth", "/reauth", "app").mode("off"))
+        .route(Route::new("app", "/", "app").medium("step_up"));
+    let proxy = Proxy::start(&config.render()).await;
+    let browser = Browser::firefox()
+        .cookie("session=lb1")
+        .via_address([127, 0, 0, 2].into());
+    let from = |client: &'static str, path: &str| {
+        browser
+            .request(&proxy.url(path))
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_eq!(from("198.51.100.7", "/echo").await.unwrap().status(), 200);
+    // The user moves to another network: stepped up.
+    assert_eq!(from("203.0.113.9", "/echo").await.unwrap().status(), 303);
+    // They re-authenticate from there, through the same balancer.
+    assert_eq!(from("203.0.113.9", "/reauth").await.unwrap().status(), 200);
+    // The session is now at the client's network, not the balancer's.
+    let echo = from("203.0.113.9", "/echo").await.unwrap();
+    assert_eq!(echo.status(), 200);
+    assert_eq!(
+        echo.text()
+            .await
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("vigil-risk-reasons")),
+        Some("vigil-risk-reasons: ")
+    );
+}

@@ -100,19 +100,8 @@ impl SessionStore {
         self.shard(key).get(key).copied()
     }
 
-    /// Stores the state, used at `now`, making room first if the session is
-    /// new and its shard full.
-    pub(crate) fn insert(&self, key: SessionKey, mut state: SessionState, now: u32) {
-        state.touched = state.touched.max(now);
-        let mut shard = self.shard(&key);
-        if shard.len() >= self.shard_cap && !shard.contains_key(&key) {
-            self.make_room(&mut shard, now);
-        }
-        shard.insert(key, state);
-    }
-
-    /// Replaces the session's state with `f` of the one held, in one step
-    /// under the shard's lock, used at `now`.
+    /// Replaces the session's state with `f` of the one held (none if it
+    /// idled out), in one step under the shard's lock, used at `now`.
     pub(crate) fn update(
         &self,
         key: SessionKey,
@@ -120,7 +109,10 @@ impl SessionStore {
         f: impl FnOnce(Option<&SessionState>) -> SessionState,
     ) {
         let mut shard = self.shard(&key);
-        let mut state = f(shard.get(&key));
+        let held = shard
+            .get(&key)
+            .filter(|s| now.saturating_sub(s.touched) < self.idle);
+        let mut state = f(held);
         state.touched = state.touched.max(now);
         if shard.len() >= self.shard_cap && !shard.contains_key(&key) {
             self.make_room(&mut shard, now);
@@ -177,6 +169,35 @@ impl SessionStore {
             .sum()
     }
 
+    /// Calls `f` with a copy of each shard's entries in turn: the shard is
+    /// locked only while it is copied, and only one shard is copied at a
+    /// time, so a snapshot of a million sessions needs one shard's worth of
+    /// memory, not the store's.
+    pub(crate) fn for_each_shard(&self, mut f: impl FnMut(&[(SessionKey, SessionState)])) {
+        let mut copy = Vec::new();
+        for shard in &*self.shards {
+            copy.clear();
+            copy.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .map(|(k, s)| (*k, *s)),
+            );
+            f(&copy);
+        }
+    }
+
+    /// The keys of the sessions `pred` holds of.
+    pub(crate) fn keys_where(&self, pred: impl Fn(&SessionState) -> bool) -> Vec<SessionKey> {
+        let mut keys = Vec::new();
+        for shard in &*self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.extend(shard.iter().filter(|(_, s)| pred(s)).map(|(k, _)| *k));
+        }
+        keys
+    }
+
     /// A copy of every entry, shard by shard (each shard is locked only
     /// while it is copied).
     pub(crate) fn entries(&self) -> Vec<(SessionKey, SessionState)> {
@@ -225,7 +246,7 @@ mod tests {
     fn holds_no_more_than_its_capacity_and_keeps_the_recent() {
         let store = SessionStore::new(8_192, Duration::from_secs(1_000_000));
         for i in 0..20_000u32 {
-            store.insert(key(u64::from(i)), state(i), i);
+            store.update(key(u64::from(i)), i, |_| state(i));
             // A few sessions stay busy all along.
             for hot in 0..10 {
                 store.get(&key(hot), i);
@@ -251,8 +272,8 @@ mod tests {
     #[test]
     fn idle_entries_expire_on_read_and_on_sweep() {
         let store = SessionStore::new(100, Duration::from_secs(60));
-        store.insert(key(1), state(0), 0);
-        store.insert(key(2), state(0), 0);
+        store.update(key(1), 0, |_| state(0));
+        store.update(key(2), 0, |_| state(0));
         assert!(store.get(&key(1), 59).is_some());
         // Used at 59: still there at 100.
         assert!(store.get(&key(1), 100).is_some());
@@ -265,7 +286,7 @@ mod tests {
     fn entries_of_the_same_age_are_evicted_a_few_at_a_time() {
         let store = SessionStore::new(640, Duration::from_secs(1_000));
         for i in 0..5_000u64 {
-            store.insert(key(i), state(7), 7);
+            store.update(key(i), 7, |_| state(7));
         }
         assert!(store.len() > 500, "{}", store.len());
     }

@@ -1006,3 +1006,57 @@ proptest! {
         prop_assert_eq!(UserProfile::decode(&record[1..]), None);
     }
 }
+
+#[test]
+fn a_first_request_committing_after_its_login_binding_keeps_the_user() {
+    let w = world();
+    let scorer = w.engine.scorer();
+    let key = w.engine.key_for_credential(b"new").unwrap();
+    let device =
+        crate::DeviceStage::default().traits(&headers("new", FIREFOX), TlsFingerprint::default());
+    let home = NetworkFacts::new(HOME.parse().unwrap()).mark();
+    let scored = scorer.score(Some(key), &device, &home, None, T0);
+    let user = w.engine.user_key("max");
+    scorer.bind_user(key, user, T0 + 1);
+    scorer.commit(scored.observation, Commit::Allowed, T0 + 2);
+    assert_eq!(scorer.session(&key).unwrap().user(), Some(user));
+}
+
+#[test]
+fn a_false_positive_on_a_session_refused_at_its_first_request_gives_it_a_baseline() {
+    let w = world();
+    let p = strict();
+    w.login("s", "nina", T0);
+    let key = w.engine.key_for_credential(b"s").unwrap();
+    // Say the first request was refused (login risk): the operator vouches
+    // for its device.
+    let firefox = crate::DeviceStage::default()
+        .traits(&headers("s", FIREFOX), TlsFingerprint::default())
+        .summary();
+    w.engine
+        .feedback(
+            Feedback::FalsePositive {
+                session: key,
+                device: firefox,
+                network: NetworkFacts::new(HOME.parse().unwrap()),
+            },
+            T0 + 10,
+        )
+        .unwrap();
+    // Now it is the session's device: another is refused.
+    assert_eq!(w.req(&p, "s", CHROME, HOME, T0 + 20).action, Action::Block);
+    assert_eq!(w.req(&p, "s", FIREFOX, HOME, T0 + 30).action, Action::Allow);
+}
+
+#[test]
+fn a_clock_behind_the_snapshot_keeps_its_revocations() {
+    let before = world();
+    before.req(&strict(), "r", FIREFOX, HOME, T0);
+    let key = before.engine.key_for_credential(b"r").unwrap();
+    before.engine.scorer().revoke(key, T0 + 100);
+    let snapshot = before.engine.scorer().snapshot();
+    let after = world();
+    let restored = after.engine.scorer().restore(&snapshot, T0 + 50).unwrap();
+    assert_eq!(restored.revocations, 1);
+    assert!(after.engine.scorer().is_revoked(&key));
+}
