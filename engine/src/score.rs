@@ -1363,6 +1363,19 @@ impl Scorer {
         out.into_inner()
     }
 
+    /// Twice the largest snapshot this scorer could write with its stores
+    /// full (the `moka` caches may run over their bound until their
+    /// housekeeping catches up): a larger file is not one of its snapshots.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        let c = &self.config;
+        let per_session = (SessionState::RECORD_LEN + REVOCATION_LEN) as u64;
+        let per_user = (16 + UserProfile::RECORD_LEN + EntityState::RECORD_LEN) as u64;
+        (SNAPSHOT_HEADER as u64)
+            .saturating_add(c.max_sessions.saturating_mul(per_session))
+            .saturating_add(c.max_users.saturating_mul(per_user))
+            .saturating_mul(2)
+    }
+
     /// Streams [`Scorer::snapshot`] into `w`, a shard of sessions at a time
     /// (so that it needs no copy of the whole store), then goes back to
     /// write the counts into the header.

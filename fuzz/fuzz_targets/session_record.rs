@@ -19,6 +19,25 @@ fuzz_target!(|data: &[u8]| {
     let mut snapshot = b"VIGILSS2".to_vec();
     snapshot.extend_from_slice(data);
     let _ = engine.scorer().restore(&snapshot, 1_700_000_000);
+    // Counts that match the body, chosen by the first bytes, so that the
+    // revocation, profile and flag decoders are reached too.
+    if let [a, b, c, d, body @ ..] = data {
+        let sizes = [104usize, 32, 328, 20];
+        let mut counts = [usize::from(*a % 3), usize::from(*b % 3), usize::from(*c % 3), usize::from(*d % 3)];
+        let mut body = body.to_vec();
+        let need: usize = counts.iter().zip(sizes).map(|(n, s)| n * s).sum();
+        if body.len() < need {
+            counts = [0; 4];
+        }
+        let need: usize = counts.iter().zip(sizes).map(|(n, s)| n * s).sum();
+        body.truncate(need);
+        let mut shaped = b"VIGILSS2".to_vec();
+        for n in counts {
+            shaped.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        shaped.extend_from_slice(&body);
+        let _ = engine.scorer().restore(&shaped, 1_700_000_000);
+    }
     let mut record = [0u8; SessionState::RECORD_LEN];
     for (d, s) in record.iter_mut().zip(data) {
         *d = *s;

@@ -36,6 +36,18 @@ pub struct Snapshotter {
 /// Restores the snapshot at `path`, if there is one. Problems are logged,
 /// never fatal.
 pub fn restore(engine: &Engine, path: &Path) {
+    let cap = engine.scorer().max_snapshot_bytes();
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > cap
+    {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = meta.len(),
+            cap,
+            "session snapshot larger than these stores could ever write; starting empty"
+        );
+        return;
+    }
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,

@@ -1060,3 +1060,33 @@ fn a_clock_behind_the_snapshot_keeps_its_revocations() {
     assert_eq!(restored.revocations, 1);
     assert!(after.engine.scorer().is_revoked(&key));
 }
+
+#[test]
+fn a_full_store_snapshot_fits_the_announced_bound() {
+    let w = world_with(ScoreConfig {
+        max_sessions: 16,
+        max_users: 16,
+        ..ScoreConfig::default()
+    });
+    for i in 0..40 {
+        let s = format!("s{i}");
+        w.login(&s, &format!("u{}", i % 20), T0 + i);
+        w.req(&strict(), &s, FIREFOX, HOME, T0 + i);
+        w.engine.scorer().revoke(
+            w.engine
+                .key_for_credential(format!("r{i}").as_bytes())
+                .unwrap(),
+            T0,
+        );
+        w.engine.scorer().report_user(
+            w.engine.user_key(&format!("u{i}")),
+            10,
+            std::time::Duration::from_secs(60),
+            T0,
+        );
+    }
+    w.engine.scorer().run_pending_tasks();
+    let snapshot = w.engine.scorer().snapshot();
+    assert!(snapshot.len() as u64 <= w.engine.scorer().max_snapshot_bytes());
+    assert!(snapshot.len() > 40 * 16, "{}", snapshot.len());
+}
