@@ -754,7 +754,8 @@ impl Scorer {
         };
         let mut next = match prior {
             Some(s) if s.has(SessionState::BASELINED) => {
-                let (risk, moved, next) = self.session_risk(&s, device, network, place, now);
+                let (risk, moved, next) =
+                    self.session_risk(&s, device, network, &features, place, now);
                 risks.session = risk;
                 change = Some(moved);
                 if moved >= NetworkChange::SameAsn {
@@ -795,6 +796,7 @@ impl Scorer {
         s: &SessionState,
         device: &Device,
         network: &NetworkMark,
+        features: &Features,
         place: Option<Place>,
         now: u32,
     ) -> (Risk, NetworkChange, SessionState) {
@@ -836,9 +838,8 @@ impl Scorer {
         let change = s.network.change_to(network);
         let window = secs32(c.concurrent_window.as_secs());
         if change >= NetworkChange::SameAsn {
-            let features = Features::of(network, device.id);
             let (familiar, surprise) = match s.user {
-                Some(user) => self.network_surprise(user, &features, change, place, now),
+                Some(user) => self.network_surprise(user, features, change, place, now),
                 None => (false, Vec::new()),
             };
             if !familiar {
