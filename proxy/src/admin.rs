@@ -100,7 +100,13 @@ impl AdminApp {
                 }
             }
         }
-        let answer = feedback::handle(&self.engine, &self.decisions, &path, &body, now_secs());
+        let answer = feedback::handle(
+            &self.engine,
+            &self.decisions,
+            &path,
+            &body,
+            crate::proxy::now_secs(),
+        );
         tracing::info!(
             target: "vigil::admin",
             call = %path,
@@ -201,12 +207,6 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .header("content-length", len)
         .body(body)
         .unwrap_or_else(|_| Response::new(Vec::new()))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for AdminApp {

@@ -571,7 +571,8 @@ fn reference() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn now_secs() -> u64 {
+/// Wall-clock seconds since the Unix epoch: the time the engine is given.
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

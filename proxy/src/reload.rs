@@ -63,19 +63,25 @@ impl Reloader {
     }
 }
 
+/// Runs `f` every `period` until shutdown. The first run is one period
+/// after the start: everything was just loaded.
+pub(crate) async fn every(period: Duration, mut shutdown: ShutdownWatch, mut f: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An interval's first tick fires at once.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => f(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick fires at once; everything was just loaded.
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.check_all(),
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        every(self.every, shutdown, || self.check_all()).await;
     }
 }
 
@@ -216,20 +222,11 @@ impl Sweeper {
 
 #[async_trait]
 impl BackgroundService for Sweeper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    self.engine.scorer().sweep(now);
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        every(self.every, shutdown, || {
+            self.engine.scorer().sweep(crate::proxy::now_secs());
+        })
+        .await;
     }
 }
 

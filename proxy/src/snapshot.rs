@@ -56,7 +56,7 @@ pub fn restore(engine: &Engine, path: &Path) {
             return;
         }
     };
-    match engine.scorer().restore(&bytes, now_secs()) {
+    match engine.scorer().restore(&bytes, crate::proxy::now_secs()) {
         Ok(r) => tracing::info!(
             path = %path.display(),
             sessions = r.sessions,
@@ -134,19 +134,13 @@ pub fn write_logged(engine: &Engine, path: &Path) {
 
 #[async_trait]
 impl BackgroundService for Snapshotter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick fires at once; nothing new to write yet.
-        tick.tick().await;
+    async fn start(&self, shutdown: ShutdownWatch) {
         // The last snapshot is written after the server has stopped
         // (`Vigil::run`), when no request can change it any more.
-        loop {
-            tokio::select! {
-                _ = tick.tick() => write_logged(&self.engine, &self.path),
-                _ = shutdown.changed() => return,
-            }
-        }
+        crate::reload::every(self.every, shutdown, || {
+            write_logged(&self.engine, &self.path);
+        })
+        .await;
     }
 }
 
@@ -157,10 +151,4 @@ impl std::fmt::Debug for Snapshotter {
             .field("every", &self.every)
             .finish()
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
