@@ -34,6 +34,40 @@ const MINUTE: u64 = 60;
 /// Days a scenario slot lasts; a scenario takes one or more ([`span`]).
 const SLOT_DAYS: u64 = 2;
 
+/// The generator's settings on a command line, shared by `vigil-corpus`
+/// and `vigil-eval --generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// Seed of every random draw: a seed gives the same corpus.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of users.
+    #[arg(long, default_value_t = 2000)]
+    pub users: usize,
+    /// Sessions of each scenario class other than the history.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions_per_class: usize,
+    /// Days of ordinary history before the scenarios.
+    #[arg(long, default_value_t = 14)]
+    pub history_days: u64,
+    /// Start of the history (Unix seconds, 00:00 UTC of a Monday).
+    #[arg(long, default_value_t = DEFAULT_START)]
+    pub start: u64,
+}
+
+impl GenerateArgs {
+    /// The generator's config.
+    pub fn config(&self) -> GenerateConfig {
+        GenerateConfig {
+            seed: self.seed,
+            users: self.users,
+            sessions_per_class: self.sessions_per_class,
+            history_days: self.history_days,
+            start: self.start,
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GenerateConfig {

@@ -7,28 +7,15 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use vigil_eval::generate::{DEFAULT_START, GenerateConfig, generate};
+use vigil_eval::generate::{GenerateArgs, generate};
 
 /// Generate a labelled corpus of session traces (networks.json,
 /// events.jsonl, manifest.json).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Seed of every random draw: a seed gives the same corpus.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Number of users.
-    #[arg(long, default_value_t = 2000)]
-    users: usize,
-    /// Sessions of each scenario class other than the history.
-    #[arg(long, default_value_t = 1000)]
-    sessions_per_class: usize,
-    /// Days of ordinary history before the scenarios.
-    #[arg(long, default_value_t = 14)]
-    history_days: u64,
-    /// Start of the history (Unix seconds, 00:00 UTC of a Monday).
-    #[arg(long, default_value_t = DEFAULT_START)]
-    start: u64,
+    #[command(flatten)]
+    corpus: GenerateArgs,
     /// Directory to write; created if missing, files replaced.
     #[arg(long)]
     out: PathBuf,
@@ -36,14 +23,7 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let config = GenerateConfig {
-        seed: args.seed,
-        users: args.users,
-        sessions_per_class: args.sessions_per_class,
-        history_days: args.history_days,
-        start: args.start,
-    };
-    let (corpus, stats) = generate(&config);
+    let (corpus, stats) = generate(&args.corpus.config());
     corpus.write_dir(&args.out)?;
     eprintln!(
         "wrote {} requests of {} sessions to {}",

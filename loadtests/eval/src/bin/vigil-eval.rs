@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use vigil_eval::evaluate::{Options, evaluate_corpus, evaluate_dir};
-use vigil_eval::generate::{DEFAULT_START, GenerateConfig, generate};
+use vigil_eval::generate::{GenerateArgs, generate};
 
 /// Feed a labelled corpus to Vigil's engine and report detection rate,
 /// false-positive rate and requests until detection per scenario class.
@@ -25,18 +25,9 @@ struct Args {
     /// Generate the corpus in memory instead of reading one.
     #[arg(long)]
     generate: bool,
-    /// With --generate: seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// With --generate: number of users.
-    #[arg(long, default_value_t = 2000)]
-    users: usize,
-    /// With --generate: sessions of each scenario class besides the history.
-    #[arg(long, default_value_t = 1000)]
-    sessions_per_class: usize,
-    /// With --generate: days of history.
-    #[arg(long, default_value_t = 14)]
-    history_days: u64,
+    /// With --generate: the corpus to generate.
+    #[command(flatten)]
+    corpus_args: GenerateArgs,
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -57,14 +48,7 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let report = match &args.corpus {
         Some(dir) => evaluate_dir(dir, &options)?,
         None => {
-            let config = GenerateConfig {
-                seed: args.seed,
-                users: args.users,
-                sessions_per_class: args.sessions_per_class,
-                history_days: args.history_days,
-                start: DEFAULT_START,
-            };
-            let (corpus, stats) = generate(&config);
+            let (corpus, stats) = generate(&args.corpus_args.config());
             for (class, missing) in &stats.shortfall {
                 eprintln!("warning: {class}: {missing} sessions short (too few eligible users)");
             }
