@@ -51,6 +51,7 @@ fn pipeline(c: &mut Criterion) {
         headers: h,
         now_secs: 1_700_000_000,
         tls: chrome_tls(),
+        facts: Default::default(),
     };
     // Warm: the session's baseline is known.
     engine.evaluate(&view(&owner), &policy).unwrap();
@@ -182,6 +183,7 @@ fn client_ip(c: &mut Criterion) {
         headers,
         now_secs: 1_700_000_000,
         tls: chrome_tls(),
+        facts: Default::default(),
     };
     let none = headers(CHROME);
     let mut xff = headers(CHROME);

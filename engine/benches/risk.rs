@@ -121,6 +121,7 @@ fn view(h: &HeaderMap, at: u64) -> RequestView<'_> {
         headers: h,
         now_secs: at,
         tls: TlsFingerprint::captured("t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap()),
+        facts: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ fn fill(engine: &Engine, from: u64, n: u64, bind: bool) -> Result<(), Box<dyn Er
                 headers: &h,
                 now_secs: 1_700_000_000,
                 tls: Default::default(),
+                facts: Default::default(),
             },
             &policy,
         )?;

@@ -233,7 +233,7 @@ pub struct ClientIp {
 /// let mut headers = HeaderMap::new();
 /// // The client forged the first entry; Zscaler and the load balancer appended theirs.
 /// headers.insert("x-forwarded-for", "6.6.6.6, 198.51.100.7, 185.46.212.10".parse().unwrap());
-/// let view = RequestView { peer: "10.0.0.2".parse().unwrap(), headers: &headers, now_secs: 0, tls: Default::default() };
+/// let view = RequestView { peer: "10.0.0.2".parse().unwrap(), headers: &headers, now_secs: 0, tls: Default::default(), facts: Default::default() };
 /// let client = stage.resolve_with(&view, ForwardedHeaders::X_FORWARDED_FOR);
 /// assert_eq!(client.addr.to_string(), "198.51.100.7");
 /// assert_eq!(client.provider.unwrap().as_str(), "zscaler");

@@ -17,13 +17,14 @@
 //! headers.insert("cookie", "session=abc".parse().unwrap());
 //! headers.insert("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".parse().unwrap());
 //! let peer: IpAddr = "192.0.2.10".parse().unwrap();
-//! let verdict = engine.evaluate(&RequestView { peer, headers: &headers, now_secs: 1, tls: Default::default() }, &policy).unwrap();
+//! let verdict = engine.evaluate(&RequestView { peer, headers: &headers, now_secs: 1, tls: Default::default(), facts: Default::default() }, &policy).unwrap();
 //! assert_eq!(verdict.action, Action::Allow);
 //! ```
 
 mod client_ip;
 mod decide;
 mod device;
+pub mod events;
 mod fingerprint;
 mod ja4;
 mod network;
@@ -42,6 +43,7 @@ pub use device::{
     Browser, Device, DeviceClass, DeviceId, DeviceMatch, DeviceStage, DeviceSummary, HeaderShape,
     LanguageTag, Platform, TraitMatch,
 };
+pub use events::{Event, EventClass, EventSink, EventStreams, Reference};
 pub use fingerprint::{
     Ja3, ParseFingerprintError, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints,
 };
@@ -51,8 +53,11 @@ pub use ja4::{
 pub use network::{
     NetworkChange, NetworkFacts, NetworkMark, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
 };
-pub use pipeline::{Engine, EngineConfig, Verdict};
-pub use request::{RequestError, RequestView};
+pub use pipeline::{
+    Applied, Decision, Effects, Enforcement, Engine, EngineConfig, Responded, ResponseEffects,
+    Verdict, valid_user_name,
+};
+pub use request::{RequestError, RequestFacts, RequestView, ResponseView};
 pub use score::{
     Contribution, FeatureWeights, Feedback, FeedbackError, Reason, RecordError, Restored, Risk,
     RiskLevel, Risks, ScoreConfig, Scorer, SessionState, SnapshotError, TrustedNetwork, UserKey,

@@ -1,18 +1,23 @@
 //! The pipeline: the stages in order, top to bottom.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
+use smallvec::SmallVec;
 use vigil_geoip::GeoIp;
 
 use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
 use crate::decide::{Action, Policy};
 use crate::device::{Device, DeviceStage};
+use crate::events::{Detection, Event, EventSink, FeedbackKind, Reference, RevocationCause};
 use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
-use crate::request::{RequestError, RequestView};
+use crate::request::{RequestError, RequestView, ResponseView};
 use crate::score::{
-    Commit, Feedback, FeedbackError, Place, Risk, RiskLevel, Risks, ScoreConfig, Scorer, UserKey,
+    Commit, Feedback, FeedbackError, Observation, Place, Risk, RiskLevel, Risks, ScoreConfig,
+    Scorer, UserKey,
 };
 use crate::session::{Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
 
@@ -45,10 +50,14 @@ pub struct Engine {
     scorer: Scorer,
     /// The secret user keys are derived with (the session hash key's).
     user_secret: SessionHashKey,
+    /// Where state changes are told; `None`: nobody listens.
+    events: Option<EventSink>,
+    /// Requests evaluated so far ([`Engine::evaluations`]).
+    evaluations: AtomicU64,
 }
 
 /// The engine's answer for one request, with the facts behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     /// The session, if the request carried one.
     pub session: Option<Session>,
@@ -68,7 +77,116 @@ pub struct Verdict {
     pub user: Option<UserKey>,
     /// What to do.
     pub action: Action,
+    /// The client's network facts (ASN and country from the geo stage).
+    pub network: NetworkFacts,
+    /// What carrying out `action` would change; applied by
+    /// [`Engine::apply`] as the route's mode allows.
+    pub effects: Effects,
+    /// The request's time, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Where the geo stage placed the client, for the response side.
+    place: Option<Place>,
 }
+
+/// The state changes a verdict implies, as data: nothing has changed when
+/// [`Engine::decide`] returns. [`Engine::apply`] carries them out as the
+/// route's [`Enforcement`] allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effects {
+    observation: Observation,
+    commit: Commit,
+    revoke: Option<SessionKey>,
+}
+
+impl Effects {
+    /// Whether applying keeps the request's state and learns from it.
+    pub fn learns(&self) -> bool {
+        self.commit == Commit::Allowed && self.observation.is_session()
+    }
+
+    /// Whether applying counts a detection against the session's user.
+    pub fn records_detection(&self) -> bool {
+        self.commit == Commit::Detected
+            && matches!(self.observation, Observation::Session { next, .. } if next.user().is_some())
+    }
+
+    /// The session applying revokes, if any.
+    pub fn revokes(&self) -> Option<SessionKey> {
+        self.revoke
+    }
+}
+
+/// How far a route lets a verdict's effects go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Enforcement {
+    /// Carry out the decision and every effect it implies.
+    Enforce,
+    /// Forward every request; learn from a request only when it would have
+    /// been allowed; a would-be refusal changes no state at all (no
+    /// revocation, no detection counted, no baseline change) and is only
+    /// told ([`Event::Detection`] with `enforced: false`).
+    Monitor,
+    /// Change nothing and tell nothing; only a step-up confirmation from an
+    /// app trusted to confirm applies on the response side.
+    Off,
+}
+
+/// Where a decision was made, for its event and log record.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// How far the route lets the verdict go.
+    pub enforcement: Enforcement,
+    /// The route's name.
+    pub route: &'a str,
+    /// The reference id of a refusal (shown to the client); `None` for an
+    /// allowed request.
+    pub reference: Option<Reference>,
+}
+
+/// What [`Engine::apply`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The request's state was kept and its features learnt.
+    pub learnt: bool,
+    /// A detection was counted against the user.
+    pub detection_recorded: bool,
+    /// The session was revoked.
+    pub revoked: bool,
+}
+
+/// What the app's response asks of the engine, read from its headers;
+/// see [`Engine::response_effects`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseEffects {
+    /// The user the app named, as a key.
+    pub user: Option<UserKey>,
+    /// The user header was present but not a usable name (empty, too long,
+    /// control characters, not UTF-8, or sent twice).
+    pub bad_user: bool,
+    /// Session cookies the response sets (deleted ones left out): each is a
+    /// new session, baselined at issuance.
+    pub issued: SmallVec<[SessionKey; 2]>,
+    /// The app confirmed that the user has just re-authenticated.
+    pub confirm: bool,
+}
+
+/// What [`Engine::respond`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Responded {
+    /// Sessions baselined at issuance.
+    pub issued: usize,
+    /// The request's own session was bound to the named user.
+    pub bound: bool,
+    /// The request's session was confirmed.
+    pub confirmed: bool,
+    /// The user header was present but unusable.
+    pub bad_user: bool,
+}
+
+/// `Set-Cookie` lines read from one response; more are ignored (an app
+/// sets a handful).
+const MAX_SET_COOKIES: usize = 32;
 
 impl Engine {
     /// Builds an engine with an empty session store.
@@ -80,7 +198,32 @@ impl Engine {
             geo: None,
             scorer: Scorer::new(config.score),
             user_secret: hash_key.clone(),
+            events: None,
+            evaluations: AtomicU64::new(0),
         }
+    }
+
+    /// Tells every state change to `sink`; see [`crate::events`].
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// The sink events go to, for its counters.
+    pub fn events(&self) -> Option<&EventSink> {
+        self.events.as_ref()
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(sink) = &self.events {
+            sink.emit(event());
+        }
+    }
+
+    /// Requests evaluated ([`Engine::decide`]) since the engine was built:
+    /// one per judged request, whatever its response does.
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(Ordering::Relaxed)
     }
 
     /// Adds the geo stage: the derived client's ASN and country from these
@@ -108,10 +251,11 @@ impl Engine {
         self.client_ip.load().resolve_with(request, forwarded)
     }
 
-    /// Runs every stage on one request and records what it taught the
-    /// session store, believing the forwarding headers of
-    /// [`EngineConfig::client_ip`]. A `Revoke` verdict has already ended the
-    /// session here when this returns.
+    /// Runs every stage on one request and carries out the verdict as an
+    /// enforcing route does, believing the forwarding headers of
+    /// [`EngineConfig::client_ip`]: [`Engine::decide`] then
+    /// [`Engine::apply`] with [`Enforcement::Enforce`]. A `Revoke` verdict
+    /// has already ended the session here when this returns.
     pub fn evaluate(
         &self,
         request: &RequestView<'_>,
@@ -122,14 +266,37 @@ impl Engine {
     }
 
     /// [`Engine::evaluate`], believing the forwarding headers `forwarded`
-    /// instead of the configured ones: the proxy passes its listener's
-    /// choice. Headers are believed only from a peer in a trusted set.
+    /// instead of the configured ones.
     pub fn evaluate_with(
         &self,
         request: &RequestView<'_>,
         policy: &Policy,
         forwarded: ForwardedHeaders,
     ) -> Result<Verdict, RequestError> {
+        let verdict = self.decide(request, policy, forwarded)?;
+        self.apply(
+            &verdict,
+            &Decision {
+                enforcement: Enforcement::Enforce,
+                route: request.facts.route,
+                reference: None,
+            },
+        );
+        Ok(verdict)
+    }
+
+    /// Runs every stage on one request and decides, believing the
+    /// forwarding headers `forwarded` (the proxy passes its listener's
+    /// choice; headers are believed only from a peer in a trusted set).
+    /// Changes nothing: what the decision implies is in
+    /// [`Verdict::effects`], for [`Engine::apply`].
+    pub fn decide(
+        &self,
+        request: &RequestView<'_>,
+        policy: &Policy,
+        forwarded: ForwardedHeaders,
+    ) -> Result<Verdict, RequestError> {
+        self.evaluations.fetch_add(1, Ordering::Relaxed);
         let session = self.session.identify(request.headers)?;
         let client_ip = self.client_ip.load();
         let client = client_ip.resolve_with(request, forwarded);
@@ -151,11 +318,7 @@ impl Engine {
             _ if policy.level(&risk) == RiskLevel::High && !revoked => Commit::Detected,
             _ => Commit::Refused,
         };
-        self.scorer
-            .commit(scored.observation, commit, request.now_secs);
-        if let (Action::Revoke, Some(s)) = (action, session) {
-            self.scorer.revoke(s.key, request.now_secs);
-        }
+        let revoke = session.filter(|_| action == Action::Revoke).map(|s| s.key);
         Ok(Verdict {
             session,
             client,
@@ -165,7 +328,215 @@ impl Engine {
             risks: scored.risks,
             user: scored.user,
             action,
+            network,
+            effects: Effects {
+                observation: scored.observation,
+                commit,
+                revoke,
+            },
+            at: request.now_secs,
+            place,
         })
+    }
+
+    /// Carries out `verdict`'s effects as far as `decision.enforcement`
+    /// allows (see [`Enforcement`]), and tells what changed. A refusal is
+    /// told as an [`Event::Detection`] whether or not it was enforced.
+    pub fn apply(&self, verdict: &Verdict, decision: &Decision<'_>) -> Applied {
+        let now = self.now_of(verdict);
+        let effects = &verdict.effects;
+        let commit = match decision.enforcement {
+            Enforcement::Enforce => Some(effects.commit),
+            Enforcement::Monitor => (verdict.action == Action::Allow).then_some(Commit::Allowed),
+            Enforcement::Off => return Applied::default(),
+        };
+        let mut applied = Applied::default();
+        if let Some(commit) = commit {
+            let first = effects.observation.first_sighting();
+            self.scorer.commit(effects.observation, commit, now);
+            applied.learnt = commit == Commit::Allowed && effects.observation.is_session();
+            applied.detection_recorded = commit == Commit::Detected && verdict.user.is_some();
+            if let (true, Some(session)) = (applied.learnt && first, verdict.session) {
+                self.emit(|| Event::SessionSeen {
+                    session: session.key,
+                    user: verdict.user,
+                    at: now,
+                });
+            }
+        }
+        if verdict.action != Action::Allow {
+            self.emit(|| {
+                Event::Detection(Box::new(Detection {
+                    reference: decision.reference.unwrap_or(Reference(0)),
+                    route: decision.route.into(),
+                    enforced: decision.enforcement == Enforcement::Enforce,
+                    at: now,
+                    verdict: verdict.clone(),
+                }))
+            });
+        }
+        if let (Enforcement::Enforce, Some(key)) = (decision.enforcement, effects.revoke) {
+            self.scorer.revoke(key, now);
+            applied.revoked = true;
+            self.emit(|| Event::SessionRevoked {
+                session: key,
+                user: verdict.user,
+                cause: RevocationCause::Decision,
+                at: now,
+            });
+        }
+        applied
+    }
+
+    /// The time a verdict was made at: the request's.
+    fn now_of(&self, verdict: &Verdict) -> u64 {
+        verdict.at
+    }
+
+    /// What the app's response asks of the engine, read from its headers
+    /// alone: the user it names, the session cookies it sets (deleted ones
+    /// left out), and a step-up confirmation (the confirm header with the
+    /// value `1`, from an app trusted to confirm). Changes nothing.
+    pub fn response_effects(&self, response: &ResponseView<'_>) -> ResponseEffects {
+        let mut out = ResponseEffects::default();
+        if let Some(name) = response.user_header {
+            let mut values = response.headers.get_all(name).iter();
+            if let Some(first) = values.next() {
+                match (user_name(first), values.next()) {
+                    (Some(user), None) => out.user = Some(self.user_key(user)),
+                    _ => out.bad_user = true,
+                }
+            }
+        }
+        out.confirm = response.app_confirms
+            && response.confirm_header.is_some_and(|name| {
+                let mut values = response.headers.get_all(name).iter();
+                values.next().is_some_and(|v| v.as_bytes() == b"1") && values.next().is_none()
+            });
+        let now = i64::try_from(response.now_secs).unwrap_or(i64::MAX);
+        for value in response
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .take(MAX_SET_COOKIES)
+        {
+            let Some(cookie) = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| cookie::Cookie::parse(v).ok())
+            else {
+                continue;
+            };
+            let deleted = cookie.value().is_empty()
+                || cookie
+                    .max_age()
+                    .is_some_and(|a| a.is_zero() || a.is_negative())
+                || cookie
+                    .expires_datetime()
+                    .is_some_and(|t| t.unix_timestamp() <= now);
+            if deleted {
+                continue;
+            }
+            if let Some(key) = self.key_for_cookie(cookie.name(), cookie.value().as_bytes())
+                && !out.issued.contains(&key)
+            {
+                out.issued.push(key);
+            }
+        }
+        out
+    }
+
+    /// The response side of the request `verdict` judged: one evaluation
+    /// per request, never a second identify or resolve. Sessions the
+    /// response opens are baselined with the *requesting* client's device
+    /// and network (so a thief's first use of a cookie stolen at issuance
+    /// is judged against the victim's), and bound to the user the app
+    /// names; without a new session, the request's own session is bound; a
+    /// confirmation makes the request's device and network its session's
+    /// baseline. On an enforcing or monitoring route this happens only for
+    /// a request that was (or would have been) allowed; on an `off` route
+    /// only a confirmation applies.
+    pub fn respond(
+        &self,
+        verdict: &Verdict,
+        response: &ResponseView<'_>,
+        enforcement: Enforcement,
+    ) -> Responded {
+        let effects = self.response_effects(response);
+        let mut done = Responded {
+            bad_user: effects.bad_user,
+            ..Responded::default()
+        };
+        let now = response.now_secs;
+        let learning = match enforcement {
+            Enforcement::Enforce | Enforcement::Monitor => verdict.action == Action::Allow,
+            Enforcement::Off => false,
+        };
+        let confirming = effects.confirm
+            && (learning || enforcement == Enforcement::Off)
+            && verdict.session.is_some();
+        if learning {
+            let device = verdict.device.summary();
+            let mark = verdict.network.mark();
+            for &key in &effects.issued {
+                if self
+                    .scorer
+                    .issue(key, effects.user, &device, &mark, verdict.place, now)
+                {
+                    done.issued += 1;
+                    self.emit(|| Event::SessionIssued {
+                        session: key,
+                        user: effects.user,
+                        at: now,
+                    });
+                }
+            }
+            if let (0, Some(user), Some(session)) = (done.issued, effects.user, verdict.session)
+                && effects.issued.is_empty()
+            {
+                self.scorer.bind_user(session.key, user, now);
+                done.bound = true;
+                self.emit(|| Event::SessionBound {
+                    session: session.key,
+                    user,
+                    at: now,
+                });
+            }
+        }
+        if let (true, Some(session)) = (confirming, verdict.session) {
+            done.confirmed = self.confirm_verdict(session.key, verdict, now);
+        }
+        done
+    }
+
+    /// Confirms `session` from `verdict`'s device and network.
+    fn confirm_verdict(&self, session: SessionKey, verdict: &Verdict, now: u64) -> bool {
+        let Some(user) = self.scorer.confirm(
+            session,
+            &verdict.device,
+            &verdict.network.mark(),
+            verdict.place,
+            now,
+        ) else {
+            return false;
+        };
+        self.emit(|| Event::Confirmed {
+            session,
+            user,
+            at: now,
+        });
+        true
+    }
+
+    /// The request `verdict` judged passed a step-up (its client proved
+    /// to be the session's user): its device and network become the
+    /// session's baseline and are learnt for the user. No second
+    /// evaluation: the verdict's facts are used. Returns whether a session
+    /// was confirmed (not for an anonymous or revoked one).
+    pub fn confirm(&self, verdict: &Verdict) -> bool {
+        let now = self.now_of(verdict);
+        verdict
+            .session
+            .is_some_and(|s| self.confirm_verdict(s.key, verdict, now))
     }
 
     /// The network facts of the client, with ASN, country and place from the
@@ -205,40 +576,48 @@ impl Engine {
 
     /// Binds a session to the user named `name`; see [`Scorer::bind_user`].
     pub fn bind_user(&self, session: SessionKey, name: &str, now_secs: u64) {
-        self.scorer
-            .bind_user(session, self.user_key(name), now_secs);
+        let user = self.user_key(name);
+        self.scorer.bind_user(session, user, now_secs);
+        self.emit(|| Event::SessionBound {
+            session,
+            user,
+            at: now_secs,
+        });
     }
 
-    /// This request's client passed a step-up: its device and network become
-    /// its session's baseline and are learnt for the user. Returns the
-    /// session, if the request carried one.
-    pub fn confirm(&self, request: &RequestView<'_>) -> Result<Option<SessionKey>, RequestError> {
-        let headers = self.client_ip.load().config().headers;
-        self.confirm_with(request, headers)
+    /// Ends a session on this node, from outside the request path (an
+    /// operator, the fleet); see [`Scorer::revoke`].
+    pub fn revoke(&self, session: SessionKey, now_secs: u64) {
+        let user = self.scorer.session(&session).and_then(|s| s.user());
+        self.scorer.revoke(session, now_secs);
+        self.emit(|| Event::SessionRevoked {
+            session,
+            user,
+            cause: RevocationCause::Operator,
+            at: now_secs,
+        });
     }
 
-    /// [`Engine::confirm`], believing the forwarding headers `forwarded`
-    /// (the listener's), as [`Engine::evaluate_with`] does.
-    pub fn confirm_with(
-        &self,
-        request: &RequestView<'_>,
-        forwarded: ForwardedHeaders,
-    ) -> Result<Option<SessionKey>, RequestError> {
-        let Some(session) = self.session.identify(request.headers)? else {
-            return Ok(None);
-        };
-        let client_ip = self.client_ip.load();
-        let client = client_ip.resolve_with(request, forwarded);
-        let device = self.device.observe(request, &client_ip.config().trusted);
-        let (network, place) = self.locate(&client);
-        self.scorer.confirm(
-            session.key,
-            &device,
-            &network.mark(),
-            place,
-            request.now_secs,
-        );
-        Ok(Some(session.key))
+    /// Ends every session bound to `user` so far; see
+    /// [`Scorer::revoke_user`].
+    pub fn revoke_user(&self, user: UserKey, now_secs: u64) {
+        let sessions = self.scorer.revoke_user(user, now_secs);
+        self.emit(|| Event::UserRevoked {
+            user,
+            sessions,
+            at: now_secs,
+        });
+    }
+
+    /// A partner reported `user` at risk; see [`Scorer::report_user`].
+    pub fn report_user(&self, user: UserKey, points: u8, ttl: std::time::Duration, now_secs: u64) {
+        self.scorer.report_user(user, points, ttl, now_secs);
+        self.emit(|| Event::PartnerReported {
+            user,
+            points: points.min(100),
+            until: now_secs.saturating_add(ttl.as_secs()),
+            at: now_secs,
+        });
     }
 
     /// Applies an operator's feedback; see [`Feedback`].
@@ -271,7 +650,23 @@ impl Engine {
             }
             other => other,
         };
-        self.scorer.feedback(feedback, place, now_secs)
+        let (kind, session, user) = match &feedback {
+            Feedback::FalsePositive { session, .. } => (
+                FeedbackKind::FalsePositive,
+                Some(*session),
+                self.scorer.session(session).and_then(|s| s.user()),
+            ),
+            Feedback::TrustDevice { user, .. } => (FeedbackKind::TrustDevice, None, Some(*user)),
+            Feedback::TrustNetwork { user, .. } => (FeedbackKind::TrustNetwork, None, Some(*user)),
+        };
+        self.scorer.feedback(feedback, place, now_secs)?;
+        self.emit(|| Event::FeedbackApplied {
+            kind,
+            session,
+            user,
+            at: now_secs,
+        });
+        Ok(())
     }
 
     /// The session store, for revocations from outside the request path and
@@ -281,5 +676,22 @@ impl Engine {
     }
 }
 
+/// The user the app named: one value of 1 to 256 bytes of visible UTF-8
+/// (an id or an email address), trimmed.
+fn user_name(value: &HeaderValue) -> Option<&str> {
+    valid_user_name(std::str::from_utf8(value.as_bytes()).ok()?)
+}
+
+/// A user name as Vigil takes it, from the app or an operator: trimmed, 1 to
+/// 256 bytes, no control characters.
+pub fn valid_user_name(name: &str) -> Option<&str> {
+    let name = name.trim();
+    let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
+    ok.then_some(name)
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod effects_tests;

@@ -416,6 +416,20 @@ pub(crate) struct Learn {
     trust: bool,
 }
 
+impl Observation {
+    /// Whether the request carried a live session.
+    pub(crate) fn is_session(&self) -> bool {
+        matches!(self, Observation::Session { .. })
+    }
+
+    /// Whether committing this as allowed takes the session's first
+    /// baseline.
+    pub(crate) fn first_sighting(&self) -> bool {
+        matches!(self, Observation::Session { prior, .. }
+            if !prior.is_some_and(|p| p.has(SessionState::BASELINED)))
+    }
+}
+
 /// What the decision made of a request, for [`Scorer::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
@@ -1168,10 +1182,52 @@ impl Scorer {
         });
     }
 
+    /// The app opened a session in a response to a request from this device
+    /// and network: they are its baseline before anyone presents the new
+    /// value, and it is bound to `user` when the app named one. A session
+    /// already known keeps its baseline (apps re-set the same cookie to
+    /// extend it); a revoked one stays revoked. Returns whether a new
+    /// session was recorded.
+    pub(crate) fn issue(
+        &self,
+        key: SessionKey,
+        user: Option<UserKey>,
+        device: &DeviceSummary,
+        network: &NetworkMark,
+        place: Option<Place>,
+        now_secs: u64,
+    ) -> bool {
+        if self.revoked.contains_key(&key) {
+            return false;
+        }
+        let now = secs32(now_secs);
+        let generation = user
+            .and_then(|u| self.entities.get(&u))
+            .map_or(0, |e| e.generation);
+        let mut issued = false;
+        self.sessions.update(key, now, |held| match held {
+            Some(s) => *s,
+            None => {
+                issued = true;
+                SessionState {
+                    user,
+                    generation,
+                    flags: SessionState::BASELINED,
+                    ..SessionState::new(device, *network, place, now)
+                }
+            }
+        });
+        if !issued && let Some(user) = user {
+            self.bind_user(key, user, now_secs);
+        }
+        issued
+    }
+
     /// The session's user proved themselves from this request's device and
     /// network (a step-up passed): those become the session's baseline and
     /// are learnt for the user, and the user's recent detections are
-    /// cleared.
+    /// cleared. Returns the session's user, or `None` when nothing was
+    /// confirmed (the session is revoked).
     pub(crate) fn confirm(
         &self,
         key: SessionKey,
@@ -1179,9 +1235,9 @@ impl Scorer {
         network: &NetworkMark,
         place: Option<Place>,
         now_secs: u64,
-    ) {
+    ) -> Option<Option<UserKey>> {
         if self.revoked.contains_key(&key) {
-            return;
+            return None;
         }
         let now = secs32(now_secs);
         let mut next = SessionState::new(&device.summary(), *network, place, now);
@@ -1199,6 +1255,7 @@ impl Scorer {
         if let Some(user) = next.user {
             self.clear_detections(user);
         }
+        Some(next.user)
     }
 
     /// Applies an operator's feedback; `place` is where the geo stage puts
@@ -1297,11 +1354,14 @@ impl Scorer {
     /// later requests score [`Reason::UserRevoked`]. Sessions bound to the
     /// user afterwards (the user signed in again) are not affected: each
     /// binding records how many revocations the user had had.
-    pub fn revoke_user(&self, user: UserKey, now_secs: u64) {
+    /// Returns how many sessions were ended on this node.
+    pub fn revoke_user(&self, user: UserKey, now_secs: u64) -> u64 {
         // Each session bound to the user is revoked outright, so that the
         // revocation holds even if its state is later evicted; the count
         // covers sessions bound while the scan runs.
-        for key in self.sessions.keys_where(|s| s.user == Some(user)) {
+        let keys = self.sessions.keys_where(|s| s.user == Some(user));
+        let ended = keys.len() as u64;
+        for key in keys {
             self.revoked.insert(
                 key,
                 Revocation {
@@ -1314,6 +1374,7 @@ impl Scorer {
         let mut e = self.entities.get(&user).unwrap_or_default();
         e.generation = e.generation.saturating_add(1);
         self.entities.insert(user, e);
+        ended
     }
 
     /// A partner reported the user at risk: `points` of entity risk

@@ -148,6 +148,11 @@ impl AdminApp {
         self.metrics
             .users_tracked
             .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
+        crate::metrics::catch_up(&self.metrics.evaluations, self.engine.evaluations());
+        if let Some(sink) = self.engine.events() {
+            crate::metrics::catch_up(&self.metrics.events_dropped, sink.dropped());
+            crate::metrics::catch_up(&self.metrics.events_lost, sink.lost());
+        }
         for group in self.upstreams.iter() {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
             self.metrics

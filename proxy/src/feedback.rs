@@ -203,14 +203,14 @@ impl std::fmt::Debug for AdminToken {
 pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], now: u64) -> Answer {
     let result = match path {
         "/v1/users/revoke" => parse::<UserBody>(body).and_then(|b| {
-            engine.scorer().revoke_user(user_key(engine, &b.user)?, now);
+            engine.revoke_user(user_key(engine, &b.user)?, now);
             Ok("revoked every session bound to the user so far")
         }),
         "/v1/users/report" => parse::<ReportBody>(body).and_then(|b| {
             if b.points > 100 || b.ttl_seconds == 0 {
                 return Err("points must be 0 to 100 and ttl_seconds at least 1".to_owned());
             }
-            engine.scorer().report_user(
+            engine.report_user(
                 user_key(engine, &b.user)?,
                 b.points,
                 Duration::from_secs(b.ttl_seconds),
@@ -295,7 +295,7 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
 
 /// The key of a user named in a call, checked as the `Vigil-User` header is.
 fn user_key(engine: &Engine, name: &str) -> Result<vigil_engine::UserKey, String> {
-    crate::proxy::valid_user_name(name)
+    vigil_engine::valid_user_name(name)
         .map(|n| engine.user_key(n))
         .ok_or_else(|| format!("{name:?} is not a user name (1 to 256 visible characters)"))
 }

@@ -107,6 +107,7 @@ mod tests {
             headers: &headers,
             now_secs: 0,
             tls: Default::default(),
+            facts: Default::default(),
         };
         stage.resolve_with(&view, ForwardedHeaders::X_FORWARDED_FOR)
     }

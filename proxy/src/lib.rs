@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cidrs;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod feedback;
 pub mod forwarding;
 pub mod geo;

@@ -62,6 +62,22 @@ pub struct Metrics {
     pub sessions_revoked: IntGauge,
     /// `vigil_engine_users_tracked`: user profiles on this node.
     pub users_tracked: IntGauge,
+    /// `vigil_engine_evaluations_total`: requests the engine judged (one
+    /// evaluation per judged request, response side included), as of the
+    /// last scrape.
+    pub evaluations: IntCounter,
+    /// `vigil_proxy_events_total{kind}`: engine events written to the logs
+    /// and metrics (the observability lane).
+    pub events: IntCounterVec,
+    /// `vigil_proxy_fleet_events_total{kind}`: engine events taken by the
+    /// fleet lane (what the controller client will carry).
+    pub fleet_events: IntCounterVec,
+    /// `vigil_engine_events_dropped_total`: events the observability lane
+    /// had no room for (logs and metrics may drop under a flood).
+    pub events_dropped: IntCounter,
+    /// `vigil_engine_events_lost_total`: fleet events that could not be
+    /// queued; each gap is announced on the fleet lane and logged at warn.
+    pub events_lost: IntCounter,
 }
 
 impl Metrics {
@@ -164,6 +180,37 @@ impl Metrics {
             "User profiles (history of networks and devices) on this node.",
         )?;
         registry.register(Box::new(users_tracked.clone()))?;
+        let plain = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let evaluations = plain(
+            "vigil_engine_evaluations_total",
+            "Requests the engine judged: one evaluation per judged request.",
+        )?;
+        let events_dropped = plain(
+            "vigil_engine_events_dropped_total",
+            "Engine events dropped by the observability lane (logs, metrics) for want of room.",
+        )?;
+        let events_lost = plain(
+            "vigil_engine_events_lost_total",
+            "Engine events the fleet lane could not queue; each gap is announced and logged.",
+        )?;
+        let events = counter(
+            "vigil_proxy_events_total",
+            "Engine events written to logs and metrics, by kind.",
+            &["kind"],
+        )?;
+        let fleet_events = counter(
+            "vigil_proxy_fleet_events_total",
+            "Engine events taken by the fleet lane, by kind.",
+            &["kind"],
+        )?;
+        for kind in vigil_engine::Event::KINDS {
+            events.with_label_values(&[kind]);
+            fleet_events.with_label_values(&[kind]);
+        }
 
         // Export every action at zero so dashboards and alerts see the series
         // before the first block.
@@ -190,6 +237,11 @@ impl Metrics {
             sessions_tracked,
             sessions_revoked,
             users_tracked,
+            evaluations,
+            events,
+            fleet_events,
+            events_dropped,
+            events_lost,
         })
     }
 }
@@ -259,4 +311,9 @@ impl RequestCounters {
             c.inc();
         }
     }
+}
+
+/// Brings a counter kept elsewhere (the engine's) up to `value`.
+pub(crate) fn catch_up(counter: &IntCounter, value: u64) {
+    counter.inc_by(value.saturating_sub(counter.get()));
 }

@@ -13,11 +13,12 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
-    Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, NetworkFacts, RequestView,
-    SessionKey, TlsFingerprint, Verdict,
+    Action, ClientIp, CredentialSource, Decision, Enforcement, Engine, ForwardedHeaders,
+    NetworkFacts, Reference, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
 use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::events::reasons_list;
 use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
 use crate::hello::ConnectionFingerprints;
@@ -38,6 +39,8 @@ pub struct VigilProxy {
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
     tls: bool,
+    /// This listener's name, a fact of every request it takes.
+    listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
     fingerprints: Option<ConnectionFingerprints>,
     /// Recent refusals, for false-positive feedback.
@@ -52,12 +55,12 @@ pub struct RequestCtx {
     risk: Option<RiskHeaders>,
     /// Connection attempts so far, for bounded retries.
     attempts: usize,
-    /// The client as derived, for the forwarding headers sent to the app.
+    /// The client as derived, for the forwarding headers sent to the app
+    /// (also on routes that are not judged).
     client: Option<ClientIp>,
-    /// The TLS fingerprint judged, for `Vigil-JA4`/`Vigil-JA3`.
-    tls: TlsFingerprint,
-    /// The request's session, to bind to the user the app names.
-    session: Option<SessionKey>,
+    /// The request's verdict: the response side is judged against it, so
+    /// that a request is evaluated once.
+    verdict: Option<Verdict>,
 }
 
 /// Header values built once the verdict is known; the common case (low risk,
@@ -91,6 +94,7 @@ impl VigilProxy {
             counters,
             forwarded: ForwardedHeaders::default(),
             tls: false,
+            listener: Arc::from(""),
             fingerprints,
             decisions,
         }
@@ -102,6 +106,7 @@ impl VigilProxy {
         let mut app = self.clone();
         app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
+        app.listener = Arc::from(listener.name.as_str());
         app
     }
 
@@ -145,17 +150,27 @@ impl VigilProxy {
         }
     }
 
-    /// The engine's view of the request `session` is handling, now.
-    fn request_view<'a>(&self, session: &'a Session) -> RequestView<'a> {
+    /// The engine's view of the request `session` is handling, now, on
+    /// `route`.
+    fn request_view<'a>(&'a self, session: &'a Session, route: &'a Route) -> RequestView<'a> {
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let req = session.req_header();
         RequestView {
             peer,
-            headers: &session.req_header().headers,
+            headers: &req.headers,
             now_secs: now_secs(),
             tls: self.connection_fingerprint(session),
+            facts: RequestFacts {
+                method: req.method.as_str(),
+                scheme: if self.tls { "https" } else { "http" },
+                host: request_host(req),
+                path: req.uri.path(),
+                listener: &self.listener,
+                route: &route.name,
+            },
         }
     }
 
@@ -178,7 +193,9 @@ impl VigilProxy {
         ctx.route.and_then(|i| self.config.routes.get(i))
     }
 
-    /// Carries out a verdict. Returns true when a response was sent.
+    /// Carries out a verdict as far as the route's mode allows: its
+    /// effects through the engine, the refusal as a response. Returns true
+    /// when a response was sent.
     async fn enforce(
         &self,
         session: &mut Session,
@@ -191,13 +208,21 @@ impl VigilProxy {
         for c in &verdict.risk.reasons {
             self.counters.reason(c.reason);
         }
+        let reference = (verdict.action != Action::Allow).then(|| Reference(rand::random()));
+        self.engine.apply(
+            verdict,
+            &Decision {
+                enforcement: enforcement(route.mode),
+                route: &route.name,
+                reference,
+            },
+        );
+        let reference = reference.map(|r| r.to_string()).unwrap_or_default();
+        if verdict.action != Action::Allow {
+            self.remember(&reference, verdict);
+        }
 
         if verdict.action == Action::Allow || !enforced {
-            if verdict.action != Action::Allow {
-                let reference = reference();
-                self.remember(&reference, verdict);
-                log_decision(route, verdict, &reference, false);
-            }
             if self.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
                     level: HeaderValue::from_static(verdict.risk.level.as_str()),
@@ -214,9 +239,6 @@ impl VigilProxy {
             return Ok(false);
         }
 
-        let reference = reference();
-        self.remember(&reference, verdict);
-        log_decision(route, verdict, &reference, true);
         let cookie = match verdict.session.map(|s| s.source) {
             Some(CredentialSource::Cookie(i)) => self.config.engine.session.cookie_names.get(i),
             _ => None,
@@ -278,28 +300,32 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         };
         self.counters.request(ctx.route);
-        let view = self.request_view(session);
-        if route.mode == Mode::Off {
+        let view = self.request_view(session, route);
+        if route.mode == Mode::Off && !route.app_confirms {
             if self.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
             }
             return Ok(false);
         }
         let started = Instant::now();
-        let result = self
-            .engine
-            .evaluate_with(&view, &route.policy, self.forwarded);
+        let result = self.engine.decide(&view, &route.policy, self.forwarded);
         self.metrics
             .pipeline_seconds
             .observe(started.elapsed().as_secs_f64());
 
         match result {
+            // An `off` route whose app confirms step-ups: judged only so that
+            // a confirmation has the request's facts; nothing applied.
+            Ok(verdict) if route.mode == Mode::Off => {
+                ctx.client = Some(verdict.client.clone());
+                ctx.verdict = Some(verdict);
+                Ok(false)
+            }
             Ok(verdict) => {
                 self.count_chain(&verdict.client);
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
-                ctx.session = verdict.session.map(|s| s.key);
-                ctx.tls = verdict.device.tls;
-                ctx.client = Some(verdict.client);
+                ctx.client = Some(verdict.client.clone());
+                ctx.verdict = Some(verdict);
                 Ok(refused)
             }
             Err(e) => {
@@ -392,11 +418,13 @@ impl ProxyHttp for VigilProxy {
         {
             upstream_request.remove_header(name);
         }
-        if self.config.fingerprint.to_app {
-            if let Some(ja4) = ctx.tls.ja4 {
+        if self.config.fingerprint.to_app
+            && let Some(tls) = ctx.verdict.as_ref().map(|v| v.device.tls)
+        {
+            if let Some(ja4) = tls.ja4 {
                 upstream_request.insert_header("vigil-ja4", ja4.to_string())?;
             }
-            if let Some(ja3) = ctx.tls.ja3 {
+            if let Some(ja3) = tls.ja3 {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
@@ -424,76 +452,37 @@ impl ProxyHttp for VigilProxy {
 
     async fn response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // Judged against the request's verdict: the response side is part
+        // of the same, single evaluation.
+        if let (Some(verdict), Some(route)) = (&ctx.verdict, self.route(ctx)) {
+            let done = self.engine.respond(
+                verdict,
+                &ResponseView {
+                    headers: &upstream_response.headers,
+                    now_secs: now_secs(),
+                    user_header: self.config.user_header.as_ref(),
+                    confirm_header: self.config.confirm_header.as_ref(),
+                    app_confirms: route.app_confirms,
+                },
+                enforcement(route.mode),
+            );
+            if done.bad_user {
+                self.metrics
+                    .request_errors
+                    .with_label_values(&["bad_user_header", "ignored"])
+                    .inc();
+            }
+        }
         // Never for the client's eyes, judged route or not.
-        let confirmed = self
-            .config
-            .confirm_header
-            .as_ref()
-            .and_then(|name| upstream_response.remove_header(name))
-            .is_some();
-        let user = self
-            .config
-            .user_header
-            .as_ref()
-            .and_then(|name| upstream_response.remove_header(name));
-        if ctx.route.is_none() {
-            return Ok(());
-        }
-        if confirmed {
-            // The app says this request's user just re-authenticated (a
-            // step-up passed): its device and network become the session's.
-            let view = self.request_view(session);
-            if let Err(e) = self.engine.confirm_with(&view, self.forwarded) {
-                tracing::debug!(error = %e, "step-up confirmation not applied");
-            }
-        }
-        let Some(user) = user else {
-            return Ok(());
-        };
-        if self.route(ctx).is_some_and(|r| r.mode == Mode::Off) {
-            return Ok(());
-        }
-        let Some(user) = user_name(&user) else {
-            self.metrics
-                .request_errors
-                .with_label_values(&["bad_user_header", "ignored"])
-                .inc();
-            return Ok(());
-        };
-        let now = now_secs();
-        // A login response opens the session in a Set-Cookie: bind that one,
-        // so the session's first request is judged against the user.
-        let mut bound = false;
-        for value in upstream_response.headers.get_all(http::header::SET_COOKIE) {
-            let Some(cookie) = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| cookie::Cookie::parse(v).ok())
-            else {
-                continue;
-            };
-            let now_unix = i64::try_from(now).unwrap_or(i64::MAX);
-            let deleted = cookie.value().is_empty()
-                || cookie
-                    .max_age()
-                    .is_some_and(|a| a.is_zero() || a.is_negative())
-                || cookie
-                    .expires_datetime()
-                    .is_some_and(|t| t.unix_timestamp() <= now_unix);
-            if let (false, Some(key)) = (
-                deleted,
-                self.engine
-                    .key_for_cookie(cookie.name(), cookie.value().as_bytes()),
-            ) {
-                self.engine.bind_user(key, user, now);
-                bound = true;
-            }
-        }
-        if !bound && let Some(key) = ctx.session {
-            self.engine.bind_user(key, user, now);
+        for name in [&self.config.confirm_header, &self.config.user_header]
+            .into_iter()
+            .flatten()
+        {
+            upstream_response.remove_header(name);
         }
         Ok(())
     }
@@ -541,34 +530,13 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .sum()
 }
 
-fn reasons_list(verdict: &Verdict) -> String {
-    let mut out = String::new();
-    for (i, c) in verdict.risk.reasons.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(c.reason.code());
+/// How far a route's mode lets a verdict go.
+fn enforcement(mode: Mode) -> Enforcement {
+    match mode {
+        Mode::Enforce => Enforcement::Enforce,
+        Mode::Monitor => Enforcement::Monitor,
+        Mode::Off => Enforcement::Off,
     }
-    out
-}
-
-/// A short random id that ties a refusal page to its log record.
-/// The user the app named: 1 to 256 bytes of visible UTF-8 (an id or an
-/// email address), trimmed.
-fn user_name(value: &HeaderValue) -> Option<&str> {
-    valid_user_name(std::str::from_utf8(value.as_bytes()).ok()?)
-}
-
-/// A user name as Vigil takes it, from the app or an operator: trimmed, 1 to
-/// 256 bytes, no control characters.
-pub(crate) fn valid_user_name(name: &str) -> Option<&str> {
-    let name = name.trim();
-    let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
-    ok.then_some(name)
-}
-
-fn reference() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Wall-clock seconds since the Unix epoch: the time the engine is given.
@@ -576,42 +544,6 @@ pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// One structured record per non-allow decision. Only the session key's
-/// short prefix is logged, never the credential.
-fn log_decision(route: &Route, verdict: &Verdict, reference: &str, enforced: bool) {
-    let session = verdict
-        .session
-        .map(|s| s.key.short().to_string())
-        .unwrap_or_default();
-    tracing::info!(
-        target: "vigil::decision",
-        reference,
-        route = %route.name,
-        action = %verdict.action,
-        enforced,
-        level = %verdict.risk.level,
-        score = verdict.risk.score,
-        reasons = %reasons_list(verdict),
-        login_score = verdict.risks.login.as_ref().map_or(0, |r| r.score),
-        session_score = verdict.risks.session.score,
-        entity_score = verdict.risks.entity.score,
-        learning = verdict.risks.learning,
-        session = %session,
-        user = %verdict.user.map(|u| u.to_string()).unwrap_or_default(),
-        client = %verdict.client.addr,
-        provider = verdict.client.provider.as_ref().map_or("", |p| p.as_str()),
-        network_change = verdict.network_change.map_or("", |c| c.code()),
-        device = %verdict.device.id,
-        browser = verdict.device.browser.as_str(),
-        major = verdict.device.major,
-        platform = verdict.device.platform.as_str(),
-        class = verdict.device.class.as_str(),
-        tls = verdict.device.tls.source.as_str(),
-        ja4 = %verdict.device.tls.ja4.map(|j| j.to_string()).unwrap_or_default(),
-        "decision"
-    );
 }
 
 #[cfg(test)]

@@ -50,7 +50,14 @@ pub enum StartError {
     /// The admin token could not be read.
     #[error(transparent)]
     Token(#[from] crate::feedback::TokenError),
+    /// The event consumers could not be started.
+    #[error("event consumers: {0}")]
+    Events(std::io::Error),
 }
+
+/// Events each lane of the engine's event sink holds before it drops
+/// (observability) or announces a gap (fleet).
+const EVENT_LANE: usize = 65_536;
 
 /// A server with every service added, ready to run.
 pub struct Vigil {
@@ -82,7 +89,17 @@ impl Vigil {
             engine = engine.with_geo(geo.clone());
             Some(geo)
         };
-        let engine = Arc::new(engine);
+        let metrics = Metrics::new()?;
+        // Events are told to logs and metrics now, to the controller later;
+        // room for a burst of refusals without a request ever waiting.
+        let (sink, streams) = vigil_engine::events::channel(EVENT_LANE, EVENT_LANE);
+        crate::events::consume(
+            streams,
+            metrics.events.clone(),
+            metrics.fleet_events.clone(),
+        )
+        .map_err(StartError::Events)?;
+        let engine = Arc::new(engine.with_events(sink));
         // Sessions and revocations from before a restart; an ephemeral key
         // (the demo) could not recognise them.
         let snapshot = config
@@ -92,7 +109,6 @@ impl Vigil {
         if let Some((path, _)) = &snapshot {
             snapshot::restore(&engine, path);
         }
-        let metrics = Metrics::new()?;
         let mut upstreams = Vec::new();
         let mut health_services = Vec::new();
         for u in &config.upstreams {

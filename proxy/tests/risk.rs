@@ -222,7 +222,11 @@ async fn a_passed_step_up_moves_the_session_to_where_the_user_proved_themselves(
     let config = Config::new()
         .upstream("app", origin.addr())
         // Re-authentication is not judged (or it would be stepped up too).
-        .route(Route::new("reauth", "/reauth", "app").mode("off"))
+        .route(
+            Route::new("reauth", "/reauth", "app")
+                .mode("off")
+                .app_confirms(),
+        )
         .route(Route::new("app", "/", "app").medium("step_up"));
     let proxy = Proxy::start(&config.render()).await;
     let home = Browser::firefox().cookie("session=m1");
@@ -284,7 +288,11 @@ async fn a_step_up_behind_a_balancer_is_confirmed_for_the_client_not_the_balance
         .believe(&["x-forwarded-for"])
         .section("[[trusted_proxies]]\nname = \"lb\"\ncidrs = [\"127.0.0.2/32\"]\n")
         .upstream("app", origin.addr())
-        .route(Route::new("reauth", "/reauth", "app").mode("off"))
+        .route(
+            Route::new("reauth", "/reauth", "app")
+                .mode("off")
+                .app_confirms(),
+        )
         .route(Route::new("app", "/", "app").medium("step_up"));
     let proxy = Proxy::start(&config.render()).await;
     let browser = Browser::firefox()

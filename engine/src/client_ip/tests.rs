@@ -60,6 +60,7 @@ fn resolve(stage: &ClientIpStage, peer: &str, headers: &[(&str, &str)]) -> Clien
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     })
 }
 
@@ -763,6 +764,7 @@ fn default_stage_is_the_peer() {
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     });
     assert_eq!(got, ClientIp::from_peer(ip("192.0.2.10")));
 }
@@ -776,6 +778,7 @@ fn per_request_choice_overrides_the_configured_headers() {
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     };
     assert_eq!(s.resolve(&view).addr, ip(LB_PEER));
     assert_eq!(s.resolve_with(&view, XFF).addr, ip(CLIENT));
@@ -865,6 +868,7 @@ fn caps_keep_the_right_end_of_the_chain() {
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     });
     assert_eq!(got.addr, ip(CLIENT));
     assert_eq!(got.chain.len(), 2);
@@ -881,6 +885,7 @@ fn caps_keep_the_right_end_of_the_chain() {
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     });
     assert_eq!(got.addr, ip(CLIENT));
     assert_eq!(got.flags, flags("truncated"));
@@ -1132,7 +1137,7 @@ proptest! {
         for chunk in text.chunks(per) {
             h.append(name, HeaderValue::from_str(&chunk.join(", ")).unwrap());
         }
-        let got = s.resolve(&RequestView { peer, headers: &h, now_secs: 0, tls: Default::default() });
+        let got = s.resolve(&RequestView { peer, headers: &h, now_secs: 0, tls: Default::default(), facts: Default::default() });
         let want = reference_client(&trusted, peer, &entries);
         prop_assert_eq!(got.addr, want);
         let client_trusted = trusted.lookup(got.addr).is_some();
@@ -1172,7 +1177,7 @@ proptest! {
                 h.append("x-forwarded-for", v);
             }
         }
-        let got = s.resolve(&RequestView { peer, headers: &h, now_secs: 0, tls: Default::default() });
+        let got = s.resolve(&RequestView { peer, headers: &h, now_secs: 0, tls: Default::default(), facts: Default::default() });
         prop_assert!(got.chain.len() <= max_hops);
         // Reading within the byte cap means reading at most that many bytes.
         let total: usize = h.get_all("forwarded").iter().map(|v| v.len()).sum();
@@ -1205,7 +1210,7 @@ proptest! {
         let resolve_line = |bytes: &[u8]| {
             let mut h = HeaderMap::new();
             h.append(name, HeaderValue::from_bytes(bytes).unwrap());
-            s.resolve(&RequestView { peer: ip(LB_PEER), headers: &h, now_secs: 0, tls: Default::default() })
+            s.resolve(&RequestView { peer: ip(LB_PEER), headers: &h, now_secs: 0, tls: Default::default(), facts: Default::default() })
         };
         let mut longer = prefix.clone();
         longer.extend_from_slice(&line);

@@ -216,6 +216,7 @@ fn upstream_fingerprint_replaces_the_captured_one_only_from_trusted_peers() {
         headers: &h,
         now_secs: 0,
         tls: captured,
+        facts: Default::default(),
     };
     let from_cdn = stage.observe(&view("10.0.0.1"), &trusted);
     assert_eq!(from_cdn.tls.source, TlsSource::Upstream);
@@ -230,6 +231,7 @@ fn upstream_fingerprint_replaces_the_captured_one_only_from_trusted_peers() {
         headers: &bare,
         now_secs: 0,
         tls: captured,
+        facts: Default::default(),
     };
     assert_eq!(stage.observe(&view, &trusted).tls, TlsFingerprint::NONE);
 }

@@ -26,6 +26,7 @@ fn req(engine: &Engine, policy: &Policy, cookie: &str, ua: &str, peer: &str) -> 
                 headers: &h,
                 now_secs: 1_700_000_000,
                 tls: Default::default(),
+                facts: Default::default(),
             },
             policy,
         )
@@ -140,6 +141,7 @@ fn session_errors_surface_as_request_errors() {
                 headers: &h,
                 now_secs: 0,
                 tls: Default::default(),
+                facts: Default::default(),
             },
             &Policy::default(),
         )
@@ -208,6 +210,7 @@ fn forwarded_req(engine: &Engine, peer: &str, xff: &str) -> Verdict {
                 headers: &h,
                 now_secs: 1_700_000_000,
                 tls: Default::default(),
+                facts: Default::default(),
             },
             &Policy::default(),
         )
@@ -261,6 +264,7 @@ fn the_listener_chooses_the_headers_per_request() {
         headers: &h,
         now_secs: 0,
         tls: Default::default(),
+        facts: Default::default(),
     };
     let p = Policy::default();
     let configured = e.evaluate(&view, &p).unwrap();
@@ -340,6 +344,7 @@ fn tls_req(engine: &Engine, cookie: &str, ua: &str, tls: TlsFingerprint) -> Verd
                 headers: &h,
                 now_secs: 1_700_000_000,
                 tls,
+                facts: Default::default(),
             },
             &Policy::default(),
         )

@@ -106,6 +106,7 @@ fn view<'a>(headers: &'a HeaderMap, ip: &str, at: u64) -> RequestView<'a> {
         headers,
         now_secs: at,
         tls: TlsFingerprint::default(),
+        facts: Default::default(),
     }
 }
 
@@ -475,8 +476,8 @@ fn a_detection_on_one_session_raises_the_users_others_until_confirmed() {
     let phone = w.req(&p, "phone", SAFARI, MOBILE, T0 + 120);
     assert_eq!(phone.risks.entity.points(Reason::RecentDetections), 15);
     // The user passes a step-up on the phone: the detections are cleared.
-    let h = headers("phone", SAFARI);
-    w.engine.confirm(&view(&h, MOBILE, T0 + 130)).unwrap();
+    let passed = w.req(&p, "phone", SAFARI, MOBILE, T0 + 130);
+    assert!(w.engine.confirm(&passed));
     let phone = w.req(&p, "phone", SAFARI, MOBILE, T0 + 140);
     assert!(!phone.risk.has(Reason::RecentDetections));
 }
@@ -495,8 +496,9 @@ fn a_passed_step_up_makes_the_new_network_the_baseline() {
         w.req(&p, "s", FIREFOX, MANCHESTER, T0 + 7260).action,
         Action::StepUp
     );
-    let h = headers("s", FIREFOX);
-    w.engine.confirm(&view(&h, MANCHESTER, T0 + 7300)).unwrap();
+    let passed = w.req(&p, "s", FIREFOX, MANCHESTER, T0 + 7300);
+    assert_eq!(passed.action, Action::StepUp);
+    assert!(w.engine.confirm(&passed));
     let after = w.req(&p, "s", FIREFOX, MANCHESTER, T0 + 7360);
     assert_eq!(after.action, Action::Allow);
     assert!(after.risk.reasons.is_empty());

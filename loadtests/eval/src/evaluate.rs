@@ -29,8 +29,8 @@ use http::header::{ACCEPT_LANGUAGE, COOKIE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use vigil_engine::{
-    Action, ClientIpConfig, Engine, EngineConfig, ForwardedHeaders, Ja4, Policy, RequestView,
-    SessionHashKey, TlsFingerprint, TrustedProxies,
+    Action, ClientIpConfig, Decision, Enforcement, Engine, EngineConfig, ForwardedHeaders, Ja4,
+    Policy, RequestView, ResponseView, SessionHashKey, TlsFingerprint, TrustedProxies,
 };
 use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
 use vigil_geoip::{GeoIp, GeoPaths};
@@ -331,19 +331,17 @@ impl Evaluator {
             headers: &headers,
             now_secs: event.t,
             tls: TlsFingerprint::captured(ja4),
+            facts: Default::default(),
         };
+        let first_bind = event.bind && !self.sessions.get(&event.session).is_some_and(|t| t.bound);
+        if first_bind {
+            self.login(&view, event).map_err(bad)?;
+        }
         let tally = self
             .sessions
             .entry(event.session.clone())
             .or_insert_with(|| SessionTally::new(event.scenario));
-        if event.bind && !tally.bound {
-            let key = self
-                .engine
-                .key_for_credential(event.session.as_bytes())
-                .ok_or_else(|| bad("session id is not a usable cookie value".into()))?;
-            self.engine.bind_user(key, &event.user, event.t);
-            tally.bound = true;
-        }
+        tally.bound |= first_bind;
         let verdict = match self.engine.evaluate(&view, &self.policy) {
             Ok(v) => v,
             Err(_) => {
@@ -361,9 +359,7 @@ impl Evaluator {
                     Action::StepUp => {
                         tally.step_up_reasons.extend(codes());
                         // The owner passes the step-up.
-                        if self.engine.confirm(&view).is_err() {
-                            self.engine_errors += 1;
-                        }
+                        self.engine.confirm(&verdict);
                     }
                     Action::Block | Action::Revoke => {
                         tally.blocked_reasons.extend(codes());
@@ -533,6 +529,61 @@ pub fn geo_database(plan: &NetworkPlan) -> TestDb {
 }
 
 /// The request headers an event describes.
+/// The header the corpus's app names its user in.
+const USER_HEADER: HeaderName = HeaderName::from_static("vigil-user");
+
+impl Evaluator {
+    /// The session's login, as the proxy sees it: the same client's request
+    /// without the cookie, whose response sets it and names the user. It
+    /// goes through the engine's response side, the same code the proxy
+    /// runs, so the session is baselined at issuance and bound.
+    fn login(&self, request: &RequestView<'_>, event: &Event) -> Result<(), String> {
+        let mut headers = request.headers.clone();
+        headers.remove(COOKIE);
+        let view = RequestView {
+            headers: &headers,
+            ..*request
+        };
+        let verdict = self
+            .engine
+            .decide(&view, &self.policy, ForwardedHeaders::X_FORWARDED_FOR)
+            .map_err(|e| e.to_string())?;
+        self.engine.apply(
+            &verdict,
+            &Decision {
+                enforcement: Enforcement::Enforce,
+                route: "",
+                reference: None,
+            },
+        );
+        let mut response = HeaderMap::new();
+        let cookie = format!("session={}; Path=/; HttpOnly", event.session);
+        response.insert(
+            http::header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).map_err(|_| "session id is not a cookie value")?,
+        );
+        response.insert(
+            USER_HEADER,
+            HeaderValue::from_str(&event.user).map_err(|_| "user is not a header value")?,
+        );
+        let done = self.engine.respond(
+            &verdict,
+            &ResponseView {
+                headers: &response,
+                now_secs: event.t,
+                user_header: Some(&USER_HEADER),
+                confirm_header: None,
+                app_confirms: false,
+            },
+            Enforcement::Enforce,
+        );
+        if done.bad_user {
+            return Err(format!("user {:?} is not a usable name", event.user));
+        }
+        Ok(())
+    }
+}
+
 fn headers(event: &Event) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::new();
     let value = |name: &str, v: &str| {
@@ -979,6 +1030,7 @@ mod tests {
             headers: &h,
             now_secs: 1,
             tls: TlsFingerprint::NONE,
+            facts: Default::default(),
         };
         let client = engine.resolve_client(&view, ForwardedHeaders::X_FORWARDED_FOR);
         assert_eq!(client.addr.to_string(), "81.2.69.7");

@@ -286,6 +286,11 @@ pub struct Route {
     pub login_url: Option<String>,
     /// Where `step_up` sends browsers.
     pub step_up_url: Option<String>,
+    /// Whether this route's app is trusted to confirm a passed step-up
+    /// with the confirm header (`app_confirms`, default false). On an `off`
+    /// route the request is then judged (nothing applied) so that the
+    /// confirmation has its facts.
+    pub app_confirms: bool,
     /// Risk level → action.
     pub policy: Policy,
 }
@@ -1255,6 +1260,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         };
         let login_url: Option<String> = t.opt(p, "login_url");
         let step_up_url: Option<String> = t.opt(p, "step_up_url");
+        let app_confirms = t.or(p, "app_confirms", false);
         let mut pt = t.table(p, "policy");
         let medium_at: Option<u8> = pt.opt(p, "medium_at");
         let high_at: Option<u8> = pt.opt(p, "high_at");
@@ -1325,6 +1331,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
                 on_error,
                 login_url,
                 step_up_url,
+                app_confirms,
                 policy,
             });
         }

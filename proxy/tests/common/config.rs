@@ -43,6 +43,7 @@ pub(crate) struct Route {
     on_error: String,
     medium: String,
     high: String,
+    app_confirms: bool,
 }
 
 /// A loopback address with a port that was free a moment ago and that no
@@ -211,7 +212,14 @@ impl Route {
             on_error: "closed".to_owned(),
             medium: "allow".to_owned(),
             high: "block".to_owned(),
+            app_confirms: false,
         }
+    }
+
+    /// The app on this route is trusted to confirm a passed step-up.
+    pub(crate) fn app_confirms(mut self) -> Route {
+        self.app_confirms = true;
+        self
     }
 
     /// Serves only these hosts.
@@ -255,8 +263,8 @@ impl Route {
         write!(
             out,
             "mode = {:?}\non_error = {:?}\nlogin_url = {LOGIN_URL:?}\nstep_up_url = {STEP_UP_URL:?}\n\
-             [routes.policy]\nlow = \"allow\"\nmedium = {:?}\nhigh = {:?}\n",
-            self.mode, self.on_error, self.medium, self.high
+             app_confirms = {}\n[routes.policy]\nlow = \"allow\"\nmedium = {:?}\nhigh = {:?}\n",
+            self.mode, self.on_error, self.app_confirms, self.medium, self.high
         )
         .unwrap();
         out

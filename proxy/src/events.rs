@@ -1,0 +1,108 @@
+//! The proxy's consumers of the engine's event stream (see
+//! `vigil_engine::events` and `docs/events.md`).
+//!
+//! Each lane is drained by one thread of its own, so a slow log sink never
+//! holds a request: the engine only ever `try_send`s. The observability
+//! lane writes the decision log (one record per refusal, target
+//! `vigil::decision`) and counts every event; the fleet lane is where the
+//! controller client will attach — until then it counts what it would
+//! carry and warns when a gap was announced.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use prometheus::IntCounterVec;
+use vigil_engine::events::{Detection, Event, EventStreams};
+
+/// Starts one named thread per lane; they end when the engine (and with it
+/// every sender) is dropped.
+pub fn consume(
+    streams: EventStreams,
+    told: IntCounterVec,
+    fleet: IntCounterVec,
+) -> std::io::Result<()> {
+    let EventStreams {
+        observe,
+        fleet: fleet_rx,
+    } = streams;
+    std::thread::Builder::new()
+        .name("vigil-events".into())
+        .spawn(move || observe_lane(&observe, &told))?;
+    std::thread::Builder::new()
+        .name("vigil-fleet".into())
+        .spawn(move || fleet_lane(&fleet_rx, &fleet))?;
+    Ok(())
+}
+
+fn observe_lane(rx: &Receiver<Arc<Event>>, told: &IntCounterVec) {
+    for event in rx {
+        told.with_label_values(&[event.kind()]).inc();
+        match &*event {
+            Event::Detection(d) => log_detection(d),
+            other => tracing::debug!(target: "vigil::event", event = ?other, "event"),
+        }
+    }
+}
+
+fn fleet_lane(rx: &Receiver<Arc<Event>>, carried: &IntCounterVec) {
+    for event in rx {
+        carried.with_label_values(&[event.kind()]).inc();
+        if let Event::Lost { count } = &*event {
+            tracing::warn!(
+                target: "vigil::event",
+                count,
+                "fleet events were not delivered (event queue full); the fleet view has a gap"
+            );
+        }
+    }
+}
+
+/// One structured record per refusal. Only the session key's short prefix
+/// is logged, never the credential; the user only as its keyed hash.
+fn log_detection(d: &Detection) {
+    let v = &d.verdict;
+    let session = v
+        .session
+        .map(|s| s.key.short().to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "vigil::decision",
+        reference = %d.reference,
+        route = %d.route,
+        action = %v.action,
+        enforced = d.enforced,
+        level = %v.risk.level,
+        score = v.risk.score,
+        reasons = %reasons_list(v),
+        login_score = v.risks.login.as_ref().map_or(0, |r| r.score),
+        session_score = v.risks.session.score,
+        entity_score = v.risks.entity.score,
+        learning = v.risks.learning,
+        session = %session,
+        user = %v.user.map(|u| u.to_string()).unwrap_or_default(),
+        client = %v.client.addr,
+        provider = v.client.provider.as_ref().map_or("", |p| p.as_str()),
+        network_change = v.network_change.map_or("", |c| c.code()),
+        device = %v.device.id,
+        browser = v.device.browser.as_str(),
+        major = v.device.major,
+        platform = v.device.platform.as_str(),
+        class = v.device.class.as_str(),
+        tls = v.device.tls.source.as_str(),
+        ja4 = %v.device.tls.ja4.map(|j| j.to_string()).unwrap_or_default(),
+        "decision"
+    );
+}
+
+/// The verdict's reason codes, comma-separated (the `Vigil-Risk-Reasons`
+/// header and the log's `reasons` field).
+pub(crate) fn reasons_list(verdict: &vigil_engine::Verdict) -> String {
+    let mut out = String::new();
+    for (i, c) in verdict.risk.reasons.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(c.reason.code());
+    }
+    out
+}
