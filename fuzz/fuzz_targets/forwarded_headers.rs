@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         max_header_bytes,
         max_hops,
     });
-    let view = RequestView { peer, headers: &headers, now_secs: 0, tls: Default::default() };
+    let view = RequestView { peer, headers: &headers, now_secs: 0, tls: Default::default(), facts: Default::default() };
     let got = stage.resolve(&view);
 
     assert!(got.chain.len() <= max_hops, "hop cap broken");

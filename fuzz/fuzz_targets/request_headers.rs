@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &headers,
         now_secs: 0,
         tls: TlsFingerprint::captured("t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap()),
+        facts: Default::default(),
     };
     let _ = engine.evaluate(&view, &Policy::default());
     let _ = engine.evaluate(&view, &Policy::default());

@@ -1,0 +1,215 @@
+//! Decide, then effect, end to end: a monitoring route changes no state, the
+//! response side is judged against the request's one evaluation, a session
+//! is baselined when the app issues it, and every state change is told as
+//! an event.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Browser, Config, Origin, Proxy, Route};
+use reqwest::header::LOCATION;
+
+const EVALUATIONS: &str = "vigil_engine_evaluations_total";
+const EVENTS: &str = "vigil_proxy_events_total";
+
+fn monitored(state: &std::path::Path, origin: &Origin, mode: &str) -> String {
+    Config::new()
+        .state_dir(state)
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app").mode(mode).high("revoke"))
+        .render()
+}
+
+#[tokio::test]
+async fn monitor_with_revoke_forwards_a_replay_and_changes_nothing() {
+    let origin = Origin::start();
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&monitored(state.path(), &origin, "monitor")).await;
+    let owner = Browser::firefox().cookie("session=mon");
+    let thief = Browser::chrome().cookie("session=mon");
+    assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
+    // The replay from another device would be revoked: forwarded, told.
+    let hits = origin.hits();
+    let replay = thief.echo(&proxy.url("/echo")).await;
+    assert_eq!(replay.header("vigil-risk-level"), Some("high"));
+    assert_eq!(origin.hits(), hits + 1);
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_decisions_total",
+            &[("action", "revoke"), ("enforced", "false")],
+            |v| v == 1.0,
+        )
+        .await;
+    let line = proxy.wait_for_log("enforced=false").await;
+    assert!(line.contains("action=revoke"), "{line}");
+    // Nothing was revoked: the owner is still the owner.
+    let echo = owner.echo(&proxy.url("/echo")).await;
+    assert_eq!(echo.header("vigil-risk-level"), Some("low"));
+    assert_eq!(
+        proxy.metric("vigil_engine_sessions_revoked", &[]).await,
+        0.0
+    );
+    proxy.terminate();
+
+    // The route is switched to enforce, state kept: the owner is allowed,
+    // the same replay is refused and ends the session.
+    let proxy = Proxy::start(&monitored(state.path(), &origin, "enforce")).await;
+    proxy.wait_for_log("session snapshot restored").await;
+    assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
+    let refused = thief.get(&proxy.url("/echo")).await;
+    assert_eq!(refused.status(), 303);
+    assert_eq!(
+        refused.headers()[LOCATION].to_str().unwrap(),
+        common::LOGIN_URL
+    );
+    assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_thief_who_uses_a_cookie_first_is_judged_against_the_login() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    // The victim signs in; the thief copies the cookie as it is issued.
+    let victim = Browser::firefox();
+    let login = victim.get(&proxy.url("/login?user=vic&session=v1")).await;
+    assert_eq!(login.status(), 200);
+    assert!(login.headers().get("vigil-user").is_none(), "leaked");
+    // The thief comes first, from another device: judged against the
+    // device and network that signed in.
+    let thief = Browser::chrome().cookie("session=v1");
+    let refused = thief.get(&proxy.url("/echo")).await;
+    assert_eq!(refused.status(), 403);
+    // The victim is not the one refused.
+    let echo = victim.cookie("session=v1").echo(&proxy.url("/echo")).await;
+    assert_eq!(echo.header("vigil-risk-level"), Some("low"));
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "session_issued")], |v| v == 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn the_response_side_is_judged_on_the_requests_one_evaluation() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(
+            Route::new("reauth", "/reauth", "app")
+                .mode("off")
+                .app_confirms(),
+        )
+        .route(Route::new("app", "/", "app").medium("step_up"));
+    let proxy = Proxy::start(&config.render()).await;
+    let home = Browser::firefox();
+    // A login (binding and baseline at issuance), a request, a step-up
+    // passed (confirmation): three judged requests, three evaluations.
+    assert_eq!(
+        home.get(&proxy.url("/login?user=ann&session=a1"))
+            .await
+            .status(),
+        200
+    );
+    let home = home.cookie("session=a1");
+    assert_eq!(home.get(&proxy.url("/echo")).await.status(), 200);
+    let away = Browser::firefox()
+        .cookie("session=a1")
+        .via_address([127, 0, 1, 9].into());
+    assert_eq!(away.get(&proxy.url("/echo")).await.status(), 303);
+    assert_eq!(away.get(&proxy.url("/reauth")).await.status(), 200);
+    let echo = away.echo(&proxy.url("/echo")).await;
+    assert_eq!(echo.header("vigil-risk-reasons"), Some(""));
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "confirmed")], |v| v == 1.0)
+        .await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(metrics.value(EVALUATIONS, &[]), 5.0);
+    assert_eq!(
+        metrics.value("vigil_proxy_requests_total", &[("route", "app")])
+            + metrics.value("vigil_proxy_requests_total", &[("route", "reauth")]),
+        5.0
+    );
+    for kind in ["session_issued", "detection"] {
+        assert_eq!(metrics.value(EVENTS, &[("kind", kind)]), 1.0, "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn a_reflected_confirmation_re_baselines_nobody() {
+    let origin = Origin::start();
+    // `/reauth` answers `Vigil-Confirm: 1` to anyone, but its route is not
+    // declared as an app that confirms step-ups.
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(Route::new("reauth", "/reauth", "app").mode("off"))
+        .route(Route::new("app", "/", "app").medium("step_up"));
+    let proxy = Proxy::start(&config.render()).await;
+    let home = Browser::firefox().cookie("session=r1");
+    assert_eq!(home.get(&proxy.url("/echo")).await.status(), 200);
+    let away = Browser::firefox()
+        .cookie("session=r1")
+        .via_address([127, 0, 1, 9].into());
+    assert_eq!(away.get(&proxy.url("/echo")).await.status(), 303);
+    let r = away.get(&proxy.url("/reauth")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("vigil-confirm").is_none(), "leaked");
+    assert_eq!(away.get(&proxy.url("/echo")).await.status(), 303);
+    assert_eq!(proxy.metric(EVENTS, &[("kind", "confirmed")]).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_refusal_is_told_with_the_reference_the_client_sees() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    assert_eq!(
+        Browser::firefox()
+            .cookie("session=t1")
+            .get(&proxy.url("/echo"))
+            .await
+            .status(),
+        200
+    );
+    let refused = Browser::chrome()
+        .cookie("session=t1")
+        .get(&proxy.url("/echo"))
+        .await;
+    assert_eq!(refused.status(), 403);
+    let reference = refused.headers()["vigil-reference"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = proxy.wait_for_log(&format!("reference={reference}")).await;
+    for field in [
+        "action=block",
+        "enforced=true",
+        "route=app",
+        "device_changed",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "detection")], |v| v == 1.0)
+        .await;
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_fleet_events_total",
+            &[("kind", "detection")],
+            |v| v == 1.0,
+        )
+        .await;
+    assert_eq!(
+        proxy
+            .metric(
+                "vigil_proxy_fleet_events_total",
+                &[("kind", "session_seen")]
+            )
+            .await,
+        1.0
+    );
+}
