@@ -182,22 +182,22 @@ pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error:
 /// or the client is gone, when nothing can be said. Either way one log
 /// record and `vigil_proxy_failures_total` tell of it.
 ///
-/// Returns the status written, 0 when none.
+/// Returns the status written, 0 when nothing was.
 pub async fn fail(session: &mut Session, e: &Error, scope: Scope<'_>, metrics: &Metrics) -> u16 {
     let failure = Failure::of(e);
     let reference = reference();
     let started = session.response_written().is_some();
-    let status = failure.status().filter(|_| !started);
-    let mut answered = false;
-    if status.is_some() {
+    let mut status = 0;
+    if let Some(s) = failure.status().filter(|_| !started) {
         let format = Format::of(&session.req_header().headers);
         match write(session, &failure.answer(&reference), format).await {
-            Ok(()) => answered = true,
+            Ok(()) => status = s.as_u16(),
             Err(w) => {
                 tracing::debug!(target: LOG_TARGET, reference = %reference, error = %w, "answer not written")
             }
         }
     }
+    let answered = status != 0;
     metrics
         .failures
         .with_label_values(&[failure.code(), if answered { "true" } else { "false" }])
@@ -209,7 +209,6 @@ pub async fn fail(session: &mut Session, e: &Error, scope: Scope<'_>, metrics: &
         ErrorSource::Downstream => String::new(),
         _ => e.to_string(),
     };
-    let status = status.map_or(0, |s| s.as_u16());
     macro_rules! record {
         ($level:ident) => {
             tracing::$level!(
@@ -455,7 +454,16 @@ impl Failure {
                 T::ReadTimedout => Failure::RequestTimeout,
                 _ => Failure::BadRequest,
             },
-            ErrorSource::Internal | ErrorSource::Unset => Failure::Internal,
+            // Pingora tags the errors of its own I/O with a side. An untagged
+            // I/O error is one of Vigil's phases failing to write a refusal
+            // to the client: the client is the one gone.
+            ErrorSource::Unset => match e.etype() {
+                T::ReadError | T::WriteError | T::ConnectionClosed | T::WriteTimedout => {
+                    Failure::ClientGone
+                }
+                _ => Failure::Internal,
+            },
+            ErrorSource::Internal => Failure::Internal,
         }
     }
 

@@ -185,6 +185,17 @@ fn a_broken_client_request_is_400() {
 }
 
 #[test]
+fn a_refusal_that_could_not_be_written_is_a_client_gone() {
+    for t in [T::WriteError, T::ConnectionClosed] {
+        assert_eq!(
+            Failure::of(&Error::new(t.clone())),
+            Failure::ClientGone,
+            "{t:?}"
+        );
+    }
+}
+
+#[test]
 fn a_client_too_slow_to_send_is_408() {
     let f = Failure::of(&Error::new_down(T::ReadTimedout));
     assert_eq!(f, Failure::RequestTimeout);
@@ -209,8 +220,8 @@ fn a_client_that_is_gone_gets_no_answer() {
 fn vigils_own_errors_are_500() {
     for e in [
         Error::new_in(T::InternalError),
+        Error::new_in(T::WriteError),
         Error::new(T::InternalError),
-        Error::new(T::WriteError),
     ] {
         let f = Failure::of(&e);
         assert_eq!(f, Failure::Internal, "{e}");
