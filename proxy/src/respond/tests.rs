@@ -340,3 +340,37 @@ fn quality_values_are_read_in_thousandths() {
     assert_eq!(quality(""), None);
     assert_eq!(quality("0.+1"), None);
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_accept_header_is_read_without_panicking(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        if let Ok(value) = HeaderValue::from_bytes(&raw) {
+            let mut headers = HeaderMap::new();
+            headers.append(ACCEPT, value);
+            let _ = Format::of(&headers);
+        }
+    }
+
+    #[test]
+    fn json_asked_for_first_wins_over_anything_after_it(rest in "[ -~]{0,200}") {
+        let value = format!("application/json, {rest}");
+        proptest::prop_assume!(HeaderValue::from_str(&value).is_ok());
+        // Only a page weighted 1 and a JSON range weighted 0 could beat it;
+        // neither is in a tail without those words.
+        proptest::prop_assume!(!rest.to_ascii_lowercase().contains("html") && !rest.to_ascii_lowercase().contains("json"));
+        proptest::prop_assert_eq!(accept(&[&value]), Format::Json);
+    }
+
+    #[test]
+    fn a_weight_is_read_exactly_or_not_at_all(int in 0u8..3, frac in "[0-9]{0,4}") {
+        let text = if frac.is_empty() { int.to_string() } else { format!("{int}.{frac}") };
+        let padded: u16 = format!("{frac:0<3}").get(..3).and_then(|f| f.parse().ok()).unwrap_or(0);
+        let want = match (int, frac.len()) {
+            (_, 4) => None,
+            (0, _) => Some(padded),
+            (1, _) if padded == 0 => Some(1000),
+            _ => None,
+        };
+        proptest::prop_assert_eq!(quality(&text), want);
+    }
+}
