@@ -407,3 +407,30 @@ async fn an_invalid_request_line_gets_pingoras_bare_400_before_any_of_vigils_cod
     assert_eq!(response.body, b"");
     assert_eq!(origin.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_failure_over_http2_gets_the_same_answer() {
+    let config = Config::new()
+        .h2c()
+        .section("[log]\nformat = \"json\"")
+        .section(&upstream(closed_port(), ""))
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let client = common::tls_client_builder()
+        .http2_prior_knowledge()
+        .timeout(common::REQUEST_TIMEOUT)
+        .build()
+        .unwrap();
+
+    let response = client
+        .get(proxy.url("/"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let (reference, body) = vigils_answer(response, 502, JSON).await;
+    assert_eq!(json_body(&body)["error"], "upstream_unavailable");
+    assert_failure_logged(&proxy, &reference, "upstream_unavailable", 502).await;
+}
