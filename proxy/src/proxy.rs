@@ -11,7 +11,7 @@ use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
     Action, ClientIp, CredentialSource, Engine, ForwardedHeaders, NetworkFacts, RequestView,
     SessionKey, TlsFingerprint, Verdict,
@@ -22,7 +22,7 @@ use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
 use crate::hello::ConnectionFingerprints;
 use crate::metrics::{Metrics, RequestCounters};
-use crate::respond::{self, Refusal, reference};
+use crate::respond::{self, Refusal};
 use crate::upstream::UpstreamGroup;
 
 /// The proxy application. Each listener gets a clone; clones share the
@@ -374,7 +374,7 @@ impl ProxyHttp for VigilProxy {
         session: &mut Session,
         e: &Error,
         ctx: &mut Self::CTX,
-    ) -> FailToProxy {
+    ) -> pingora_proxy::FailToProxy {
         let route = self.route(ctx);
         let scope = respond::Scope {
             route: route.map(|r| r.name.as_str()),
@@ -383,7 +383,7 @@ impl ProxyHttp for VigilProxy {
                 .map(|g| g.config.name.as_str()),
         };
         let status = respond::fail(session, e, scope, &self.metrics).await;
-        FailToProxy {
+        pingora_proxy::FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
@@ -579,6 +579,7 @@ fn reasons_list(verdict: &Verdict) -> String {
     out
 }
 
+/// A short random id that ties a refusal page to its log record.
 /// The user the app named: 1 to 256 bytes of visible UTF-8 (an id or an
 /// email address), trimmed.
 fn user_name(value: &HeaderValue) -> Option<&str> {
@@ -591,6 +592,10 @@ pub(crate) fn valid_user_name(name: &str) -> Option<&str> {
     let name = name.trim();
     let ok = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
     ok.then_some(name)
+}
+
+fn reference() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Wall-clock seconds since the Unix epoch: the time the engine is given.

@@ -145,8 +145,9 @@ struct Answer<'a> {
     headers: Vec<(&'static str, String)>,
 }
 
-/// A short random id that ties an answer to its log record.
-pub fn reference() -> String {
+/// A short random id that ties an answer to its log record: 16 hex digits,
+/// the form of a decision's reference too.
+fn reference() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
