@@ -10,6 +10,8 @@ use prometheus::{
 };
 use vigil_engine::{Action, Reason};
 
+use crate::respond::Failure;
+
 /// The proxy's metrics, registered in one registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -31,6 +33,11 @@ pub struct Metrics {
     /// `vigil_proxy_upstream_errors_total{upstream}`: requests that ended in an
     /// upstream error (the client got a 5xx).
     pub upstream_errors: IntCounterVec,
+    /// `vigil_proxy_failures_total{code,answered}`: requests Vigil could not
+    /// complete, by [`crate::respond::Failure`] code; `answered="false"`
+    /// when nothing could be said (the response had begun, or the client
+    /// was gone).
+    pub failures: IntCounterVec,
     /// `vigil_proxy_upstream_connect_failures_total{upstream}`: failed
     /// connection attempts, including ones retried elsewhere.
     pub connect_failures: IntCounterVec,
@@ -115,6 +122,16 @@ impl Metrics {
             "Requests that ended in an upstream error.",
             &["upstream"],
         )?;
+        let failures = counter(
+            "vigil_proxy_failures_total",
+            "Requests Vigil could not complete, by failure code and whether the client was answered.",
+            &["code", "answered"],
+        )?;
+        for code in Failure::CODES {
+            for answered in ["true", "false"] {
+                failures.with_label_values(&[code, answered]);
+            }
+        }
         let connect_failures = counter(
             "vigil_proxy_upstream_connect_failures_total",
             "Failed upstream connection attempts, retried or not.",
@@ -227,6 +244,7 @@ impl Metrics {
             pipeline_seconds,
             request_errors,
             upstream_errors,
+            failures,
             connect_failures,
             reloads,
             chain_anomalies,

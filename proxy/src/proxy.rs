@@ -393,6 +393,33 @@ impl ProxyHttp for VigilProxy {
         e
     }
 
+    // Pingora's default would answer with its own bare page (STYLE.md 20).
+    // `error_while_proxy` is left alone: it only decides retries, never answers.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> pingora_proxy::FailToProxy {
+        let route = self.route(ctx);
+        let scope = respond::Scope {
+            route: route.map(|r| r.name.as_str()),
+            upstream: route
+                .and_then(|r| self.upstreams.get(r.upstream))
+                .map(|g| g.config.name.as_str()),
+        };
+        let status = respond::fail(session, e, scope, &self.metrics).await;
+        pingora_proxy::FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _e: &Error) -> bool {
+        // `fail_to_proxy` has logged it, with the reference the client saw.
+        true
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,

@@ -1,10 +1,36 @@
 //! Every answer Vigil gives in place of the app, built in one place
-//! (STYLE.md 6): each [`Refusal`] maps to exactly one response.
+//! (STYLE.md 6 and 20): each [`Refusal`] and each [`Failure`] maps to
+//! exactly one [`Answer`], and one renderer writes it — an HTML page for
+//! people or JSON for programs, chosen by the request's `Accept` ([`Format`]),
+//! always with `Vigil-Reference`, `Cache-Control: no-store` and the same
+//! reference id in the body and in a log record.
+//!
+//! The log record of a decision (block, step-up, revoke, ended session) is
+//! the decision's own, target `vigil::decision`. Every other answer, and
+//! every failure that could no longer be answered, gets one record with
+//! target [`LOG_TARGET`].
+//!
+//! One thing is answered before any of Vigil's code runs: a request whose
+//! head is not HTTP (an invalid request line or header line) gets Pingora's
+//! bare `400` with no body and no reference, because Pingora refuses it while
+//! reading it, before it calls any `ProxyHttp` phase. See
+//! `docs/answers.md`.
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode, header::ACCEPT};
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+
+use crate::metrics::Metrics;
+
+/// Target of the log record of every answer that is not a decision, and of
+/// every failure (answered or not): `vigil::error`.
+pub const LOG_TARGET: &str = "vigil::error";
+
+/// At most this many media ranges of `Accept` are read; the rest are
+/// ignored, so a hostile header costs a bounded amount of work.
+const MAX_MEDIA_RANGES: usize = 32;
 
 /// Why Vigil answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, Copy)]
@@ -50,15 +76,193 @@ pub enum Refusal<'a> {
     },
 }
 
-/// Writes the response for `refusal` and ends the exchange.
+/// Why a request Vigil forwarded could not be completed, as the client is
+/// told: Pingora's error reduced by [`Failure::of`], the one mapping from
+/// error to status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The client's request broke HTTP after its head was read (a bad body
+    /// framing, say): `400 bad_request`.
+    BadRequest,
+    /// The client stopped sending its request: `408 request_timeout`.
+    RequestTimeout,
+    /// The client is gone (reset, closed, not reading): nothing can be
+    /// answered. `client_gone`.
+    ClientGone,
+    /// No upstream address could be reached: none healthy, connection
+    /// refused, no route, TLS to the app failed: `502 upstream_unavailable`.
+    UpstreamUnavailable,
+    /// The upstream did not accept the connection, or answer, within its
+    /// `connect_timeout_ms`/`read_timeout_ms`: `504 upstream_timeout`.
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection: `502 upstream_closed`.
+    UpstreamClosed,
+    /// The upstream answered with something that is not HTTP:
+    /// `502 bad_upstream_response`.
+    BadUpstreamResponse,
+    /// Any other upstream error: `502 upstream_error`.
+    UpstreamError,
+    /// Vigil itself failed: `500 internal_error`.
+    Internal,
+    /// A phase asked for this status explicitly (Pingora's `HTTPStatus`;
+    /// nothing in Vigil does today): `http_status`.
+    Status(StatusCode),
+}
+
+/// How the client wants to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A page, for people: the default.
+    Html,
+    /// `application/json`, for programs that ask for JSON.
+    Json,
+}
+
+/// Where a failure happened, for its log record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The matched route's name.
+    pub route: Option<&'a str>,
+    /// The route's upstream group.
+    pub upstream: Option<&'a str>,
+}
+
+/// One answer before it is rendered: what the page and the JSON both say.
+#[derive(Debug)]
+struct Answer<'a> {
+    status: StatusCode,
+    /// Stable and machine-readable: JSON's `error`.
+    code: &'static str,
+    title: &'static str,
+    message: &'static str,
+    reference: &'a str,
+    /// Where to go next: JSON key, URL, and the link's text in the page.
+    link: Option<(&'static str, &'a str, &'static str)>,
+    /// The engine's error code behind a malformed request: JSON's `reason`.
+    reason: Option<&'static str>,
+    /// Headers beside the ones every answer has.
+    headers: Vec<(&'static str, String)>,
+}
+
+/// A short random id that ties an answer to its log record: 16 hex digits,
+/// the form of a decision's reference too.
+fn reference() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Writes the response for `refusal` and ends the exchange. A refusal that
+/// is not a decision gets a fresh reference, logged here.
 pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error::Result<()> {
-    let (status, mut headers, body) = render(refusal);
-    headers.push(("content-type", "text/html; charset=utf-8".to_owned()));
-    headers.push(("cache-control", "no-store".to_owned()));
-    let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
-    for (name, value) in headers {
-        resp.append_header(name, value)?;
+    let format = Format::of(&session.req_header().headers);
+    let own;
+    let reference = match refusal.reference() {
+        Some(r) => r,
+        None => {
+            own = reference();
+            &own
+        }
+    };
+    let answer = refusal.answer(reference);
+    if refusal.reference().is_none() {
+        tracing::info!(
+            target: LOG_TARGET,
+            reference,
+            code = answer.code,
+            status = answer.status.as_u16(),
+            answered = true,
+            "request refused"
+        );
     }
+    write(session, &answer, format).await
+}
+
+/// Answers a request Pingora could not complete (`fail_to_proxy`) with its
+/// [`Failure`]'s page or JSON and a fresh reference — unless the response
+/// has already begun (its head was sent: the client sees a cut-short body)
+/// or the client is gone, when nothing can be said. Either way one log
+/// record and `vigil_proxy_failures_total` tell of it.
+///
+/// Returns the status written, 0 when nothing was.
+pub async fn fail(session: &mut Session, e: &Error, scope: Scope<'_>, metrics: &Metrics) -> u16 {
+    let failure = Failure::of(e);
+    let reference = reference();
+    let started = session.response_written().is_some();
+    let mut status = 0;
+    if let Some(s) = failure.status().filter(|_| !started) {
+        let format = Format::of(&session.req_header().headers);
+        match write(session, &failure.answer(&reference), format).await {
+            Ok(()) => status = s.as_u16(),
+            Err(w) => {
+                tracing::debug!(target: LOG_TARGET, reference = %reference, error = %w, "answer not written")
+            }
+        }
+    }
+    let answered = status != 0;
+    metrics
+        .failures
+        .with_label_values(&[failure.code(), if answered { "true" } else { "false" }])
+        .inc();
+
+    // A downstream error's text may quote what the client sent; the kind is
+    // enough there. An upstream error's text names the peer, which helps.
+    let detail = match e.esource() {
+        ErrorSource::Downstream => String::new(),
+        _ => e.to_string(),
+    };
+    macro_rules! record {
+        ($level:ident) => {
+            tracing::$level!(
+                target: LOG_TARGET,
+                reference = %reference,
+                code = failure.code(),
+                status,
+                answered,
+                response_started = started,
+                route = scope.route.unwrap_or(""),
+                upstream = scope.upstream.unwrap_or(""),
+                kind = e.etype().as_str(),
+                side = e.esource().as_str(),
+                detail = %detail,
+                "request failed"
+            )
+        };
+    }
+    match failure {
+        // An operator should look: the app is down, slow or broken, or Vigil is.
+        Failure::UpstreamUnavailable
+        | Failure::UpstreamTimeout
+        | Failure::UpstreamClosed
+        | Failure::BadUpstreamResponse
+        | Failure::UpstreamError
+        | Failure::Internal => record!(warn),
+        // Nobody saw a reference; nobody will ask about it.
+        Failure::ClientGone => record!(debug),
+        Failure::BadRequest | Failure::RequestTimeout | Failure::Status(_) => record!(info),
+    }
+    status
+}
+
+/// Renders `answer` in `format` and writes it as the whole response; the
+/// connection is not kept alive afterwards.
+async fn write(
+    session: &mut Session,
+    answer: &Answer<'_>,
+    format: Format,
+) -> pingora_error::Result<()> {
+    let (content_type, body) = match format {
+        Format::Html => ("text/html; charset=utf-8", answer.html()),
+        Format::Json => ("application/json", answer.json()),
+    };
+    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 6))?;
+    for (name, value) in &answer.headers {
+        resp.append_header(*name, value.as_str())?;
+    }
+    resp.append_header("vigil-reference", answer.reference)?;
+    resp.append_header("content-type", content_type)?;
+    resp.append_header("cache-control", "no-store")?;
+    // The body depends on Accept.
+    resp.append_header("vary", "accept")?;
     resp.append_header("content-length", body.len().to_string())?;
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
@@ -68,129 +272,391 @@ pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error:
     Ok(())
 }
 
-type Rendered = (StatusCode, Vec<(&'static str, String)>, String);
+// === impl Refusal ===
 
-fn render(refusal: Refusal<'_>) -> Rendered {
-    match refusal {
-        Refusal::NoRoute => (
-            StatusCode::NOT_FOUND,
-            vec![],
-            page(
+impl<'a> Refusal<'a> {
+    /// The decision's reference, when the refusal is a decision's.
+    fn reference(&self) -> Option<&'a str> {
+        match *self {
+            Refusal::NoRoute | Refusal::HeadersTooLarge | Refusal::Malformed { .. } => None,
+            Refusal::Blocked { reference }
+            | Refusal::SessionEnded { reference, .. }
+            | Refusal::StepUp { reference, .. }
+            | Refusal::Revoked { reference, .. } => Some(reference),
+        }
+    }
+
+    fn answer(self, reference: &'a str) -> Answer<'a> {
+        let plain = |status: StatusCode,
+                     code: &'static str,
+                     title: &'static str,
+                     message: &'static str| Answer {
+            status,
+            code,
+            title,
+            message,
+            reference,
+            link: None,
+            reason: None,
+            headers: Vec::new(),
+        };
+        match self {
+            Refusal::NoRoute => plain(
+                StatusCode::NOT_FOUND,
+                "no_route",
                 "Not found",
                 "No application is served at this address.",
-                None,
             ),
-        ),
-        Refusal::HeadersTooLarge => (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            vec![],
-            page(
+            Refusal::HeadersTooLarge => plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
                 "Request headers too large",
                 "The request's headers are larger than this server accepts.",
-                None,
             ),
-        ),
-        Refusal::Malformed { code } => (
-            StatusCode::BAD_REQUEST,
-            vec![],
-            page(
-                "Bad request",
-                &format!("The request could not be read ({}).", escape(code)),
-                None,
-            ),
-        ),
-        Refusal::Blocked { reference } => (
-            StatusCode::FORBIDDEN,
-            vec![("vigil-reference", reference.to_owned())],
-            page(
+            Refusal::Malformed { code } => Answer {
+                reason: Some(code),
+                ..plain(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_request",
+                    "Bad request",
+                    "The request could not be read.",
+                )
+            },
+            Refusal::Blocked { .. } => plain(
+                StatusCode::FORBIDDEN,
+                "blocked",
                 "Access blocked",
                 "This request was blocked to protect your account.",
-                Some(reference),
             ),
-        ),
-        Refusal::SessionEnded {
-            reference,
-            login_url,
-        } => {
-            let body = match login_url {
-                Some(url) => format!(
-                    "This session has ended. <a href=\"{}\">Sign in again</a>.",
-                    escape(url)
-                ),
-                None => "This session has ended. Sign in again.".to_owned(),
-            };
-            (
-                StatusCode::UNAUTHORIZED,
-                vec![("vigil-reference", reference.to_owned())],
-                page("Session ended", &body, Some(reference)),
-            )
+            Refusal::SessionEnded { login_url, .. } => Answer {
+                link: login_url.map(|url| ("login_url", url, "Sign in again")),
+                ..plain(
+                    StatusCode::UNAUTHORIZED,
+                    "session_ended",
+                    "Session ended",
+                    "This session has ended. Sign in again.",
+                )
+            },
+            // RFC 9470: the error code is the one in WWW-Authenticate.
+            Refusal::StepUp {
+                url, bearer: true, ..
+            } => Answer {
+                link: Some(("step_up_url", url, "Sign in again")),
+                headers: vec![
+                    (
+                        "www-authenticate",
+                        "Bearer error=\"insufficient_user_authentication\", \
+                         error_description=\"Re-authentication required\""
+                            .to_owned(),
+                    ),
+                    ("link", format!("<{url}>; rel=\"authenticate\"")),
+                ],
+                ..plain(
+                    StatusCode::UNAUTHORIZED,
+                    "insufficient_user_authentication",
+                    "Re-authentication required",
+                    "Sign in again to continue.",
+                )
+            },
+            Refusal::StepUp {
+                url, bearer: false, ..
+            } => redirect(plain, "step_up_required", url, None),
+            Refusal::Revoked {
+                login_url, cookie, ..
+            } => redirect(plain, "session_revoked", login_url, cookie),
         }
-        Refusal::StepUp {
-            reference,
-            url,
-            bearer: true,
-        } => (
-            StatusCode::UNAUTHORIZED,
-            vec![
-                (
-                    "www-authenticate",
-                    "Bearer error=\"insufficient_user_authentication\", \
-                     error_description=\"Re-authentication required\""
-                        .to_owned(),
-                ),
-                ("vigil-reference", reference.to_owned()),
-                ("link", format!("<{url}>; rel=\"authenticate\"")),
-            ],
-            page(
-                "Re-authentication required",
-                "Sign in again to continue.",
-                Some(reference),
-            ),
-        ),
-        Refusal::StepUp {
-            reference,
-            url,
-            bearer: false,
-        } => redirect(url, reference, None),
-        Refusal::Revoked {
-            reference,
-            login_url,
-            cookie,
-        } => redirect(login_url, reference, cookie),
     }
 }
 
-fn redirect(url: &str, reference: &str, clear_cookie: Option<&str>) -> Rendered {
-    let mut headers = vec![
-        ("location", url.to_owned()),
-        ("vigil-reference", reference.to_owned()),
-    ];
+fn redirect<'a>(
+    plain: impl Fn(StatusCode, &'static str, &'static str, &'static str) -> Answer<'a>,
+    code: &'static str,
+    url: &'a str,
+    clear_cookie: Option<&str>,
+) -> Answer<'a> {
+    let mut headers = vec![("location", url.to_owned())];
     if let Some(name) = clear_cookie {
         headers.push((
             "set-cookie",
             format!("{name}=; Max-Age=0; Path=/; HttpOnly"),
         ));
     }
-    let body = page(
-        "Sign in again",
-        &format!(
-            "Continue at <a href=\"{}\">{}</a>.",
-            escape(url),
-            escape(url)
-        ),
-        Some(reference),
-    );
-    (StatusCode::SEE_OTHER, headers, body)
+    Answer {
+        link: Some(("location", url, "Continue")),
+        headers,
+        ..plain(
+            StatusCode::SEE_OTHER,
+            code,
+            "Sign in again",
+            "Sign in again to continue.",
+        )
+    }
 }
 
-fn page(title: &str, message: &str, reference: Option<&str>) -> String {
-    let reference = reference
-        .map(|r| format!("<p><small>Reference: {}</small></p>", escape(r)))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body><h1>{title}</h1><p>{message}</p>{reference}</body></html>\n"
-    )
+// === impl Failure ===
+
+impl Failure {
+    /// Every [`Failure::code`], for exporting each series at zero.
+    pub const CODES: [&'static str; 10] = [
+        "bad_request",
+        "request_timeout",
+        "client_gone",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "upstream_closed",
+        "bad_upstream_response",
+        "upstream_error",
+        "internal_error",
+        "http_status",
+    ];
+
+    /// The one mapping from a Pingora error to what the client is told.
+    ///
+    /// Pingora's own default (`fail_to_proxy`) answers 502 for every
+    /// upstream error, 400 for a downstream one unless the connection is
+    /// dead, 500 otherwise; this keeps that and tells timeouts (504, and 408
+    /// for a client too slow to send its request) and the kinds of upstream
+    /// failure apart.
+    pub fn of(e: &Error) -> Failure {
+        use ErrorType as T;
+        if let T::HTTPStatus(code) = e.etype() {
+            return StatusCode::from_u16(*code)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .map_or(Failure::Internal, Failure::Status);
+        }
+        match e.esource() {
+            ErrorSource::Upstream => match e.etype() {
+                T::ConnectTimedout
+                | T::TLSHandshakeTimedout
+                | T::ReadTimedout
+                | T::WriteTimedout => Failure::UpstreamTimeout,
+                T::ConnectRefused
+                | T::ConnectNoRoute
+                | T::ConnectError
+                | T::ConnectProxyFailure
+                | T::BindError
+                | T::SocketError
+                | T::TLSWantX509Lookup
+                | T::TLSHandshakeFailure
+                | T::InvalidCert
+                | T::HandshakeError => Failure::UpstreamUnavailable,
+                T::ConnectionClosed | T::ReadError | T::WriteError => Failure::UpstreamClosed,
+                T::InvalidHTTPHeader | T::H1Error | T::H2Error | T::InvalidH2 | T::H2Downgrade => {
+                    Failure::BadUpstreamResponse
+                }
+                _ => Failure::UpstreamError,
+            },
+            ErrorSource::Downstream => match e.etype() {
+                // Writing to a client that does not read only waits longer.
+                T::ReadError | T::WriteError | T::ConnectionClosed | T::WriteTimedout => {
+                    Failure::ClientGone
+                }
+                T::ReadTimedout => Failure::RequestTimeout,
+                _ => Failure::BadRequest,
+            },
+            // Pingora tags the errors of its own I/O with a side. An untagged
+            // I/O error is one of Vigil's phases failing to write a refusal
+            // to the client: the client is the one gone.
+            ErrorSource::Unset => match e.etype() {
+                T::ReadError | T::WriteError | T::ConnectionClosed | T::WriteTimedout => {
+                    Failure::ClientGone
+                }
+                _ => Failure::Internal,
+            },
+            ErrorSource::Internal => Failure::Internal,
+        }
+    }
+
+    /// The status the client gets; `None` when nothing can be answered.
+    pub fn status(self) -> Option<StatusCode> {
+        Some(match self {
+            Failure::BadRequest => StatusCode::BAD_REQUEST,
+            Failure::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Failure::ClientGone => return None,
+            Failure::UpstreamUnavailable
+            | Failure::UpstreamClosed
+            | Failure::BadUpstreamResponse
+            | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
+            Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Failure::Status(s) => s,
+        })
+    }
+
+    /// The stable code: JSON's `error`, the log's `code`, the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::BadRequest => "bad_request",
+            Failure::RequestTimeout => "request_timeout",
+            Failure::ClientGone => "client_gone",
+            Failure::UpstreamUnavailable => "upstream_unavailable",
+            Failure::UpstreamTimeout => "upstream_timeout",
+            Failure::UpstreamClosed => "upstream_closed",
+            Failure::BadUpstreamResponse => "bad_upstream_response",
+            Failure::UpstreamError => "upstream_error",
+            Failure::Internal => "internal_error",
+            Failure::Status(_) => "http_status",
+        }
+    }
+
+    fn answer(self, reference: &str) -> Answer<'_> {
+        let (title, message) = match self {
+            Failure::BadRequest | Failure::ClientGone => {
+                ("Bad request", "The request could not be read.")
+            }
+            Failure::RequestTimeout => ("Request timeout", "The request took too long to arrive."),
+            Failure::UpstreamUnavailable => (
+                "Application unavailable",
+                "The application cannot be reached right now. Try again shortly.",
+            ),
+            Failure::UpstreamTimeout => (
+                "Application timed out",
+                "The application did not answer in time. Try again shortly.",
+            ),
+            Failure::UpstreamClosed | Failure::BadUpstreamResponse | Failure::UpstreamError => (
+                "Application error",
+                "The application could not answer this request.",
+            ),
+            Failure::Internal => (
+                "Internal error",
+                "Something went wrong while handling this request.",
+            ),
+            Failure::Status(s) => (
+                s.canonical_reason().unwrap_or("Error"),
+                "This request could not be completed.",
+            ),
+        };
+        Answer {
+            status: self.status().unwrap_or(StatusCode::BAD_REQUEST),
+            code: self.code(),
+            title,
+            message,
+            reference,
+            link: None,
+            reason: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+// === impl Format ===
+
+impl Format {
+    /// JSON when `Accept` asks for `application/json` or any
+    /// `application/*+json` at least as much as for `text/html` or
+    /// `application/xhtml+xml`; a page otherwise — browsers, and clients
+    /// that accept anything (`*/*`), get the page.
+    pub fn of(headers: &HeaderMap) -> Format {
+        // Best quality seen, in thousandths.
+        let (mut json, mut html) = (0u16, 0u16);
+        let ranges = headers
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .take(MAX_MEDIA_RANGES);
+        for range in ranges {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .find_map(|p| {
+                    let (name, value) = p.split_once('=')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| quality(value.trim()))
+                })
+                .unwrap_or(Some(1000));
+            // An unreadable weight discards its range, as RFC 9110 12.4.2 allows.
+            let Some(q) = q else { continue };
+            if is_json(media) {
+                json = json.max(q);
+            } else if is_html(media) {
+                html = html.max(q);
+            }
+        }
+        if json > 0 && json >= html {
+            Format::Json
+        } else {
+            Format::Html
+        }
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, any case.
+fn is_json(media: &str) -> bool {
+    let Some((kind, sub)) = media.split_once('/') else {
+        return false;
+    };
+    let sub = sub.as_bytes();
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case(b"json")
+            || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json")))
+}
+
+fn is_html(media: &str) -> bool {
+    media.eq_ignore_ascii_case("text/html") || media.eq_ignore_ascii_case("application/xhtml+xml")
+}
+
+/// An RFC 9110 `qvalue` in thousandths: `0`, `0.5`, `1.000`; `None` if it
+/// is not one.
+fn quality(value: &str) -> Option<u16> {
+    let (int, frac) = value.split_once('.').unwrap_or((value, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+// === impl Answer ===
+
+impl Answer<'_> {
+    fn html(&self) -> String {
+        let title = self.title;
+        let mut body = format!("<p>{}</p>", escape(self.message));
+        if let Some(reason) = self.reason {
+            body.push_str(&format!("<p>({})</p>", escape(reason)));
+        }
+        if let Some((_, url, text)) = self.link {
+            body.push_str(&format!(
+                "<p><a href=\"{}\">{}</a>: {}</p>",
+                escape(url),
+                escape(text),
+                escape(url)
+            ));
+        }
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1>{body}<p><small>Reference: {}</small></p></body></html>\n",
+            escape(self.reference)
+        )
+    }
+
+    fn json(&self) -> String {
+        let mut body = serde_json::Map::new();
+        body.insert("error".to_owned(), self.code.into());
+        body.insert("status".to_owned(), self.status.as_u16().into());
+        body.insert("message".to_owned(), self.message.into());
+        body.insert("reference".to_owned(), self.reference.into());
+        if let Some(reason) = self.reason {
+            body.insert("reason".to_owned(), reason.into());
+        }
+        if let Some((key, url, _)) = self.link {
+            body.insert(key.to_owned(), url.into());
+        }
+        let mut out = serde_json::Value::Object(body).to_string();
+        out.push('\n');
+        out
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -209,57 +675,4 @@ fn escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn block_page_carries_the_reference() {
-        let (status, headers, body) = render(Refusal::Blocked {
-            reference: "abc123",
-        });
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(body.contains("Reference: abc123"));
-        assert!(headers.contains(&("vigil-reference", "abc123".to_owned())));
-    }
-
-    #[test]
-    fn api_step_up_follows_rfc_9470() {
-        let (status, headers, _) = render(Refusal::StepUp {
-            reference: "r",
-            url: "/login",
-            bearer: true,
-        });
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let auth = &headers
-            .iter()
-            .find(|(n, _)| *n == "www-authenticate")
-            .unwrap()
-            .1;
-        assert!(auth.contains("insufficient_user_authentication"));
-    }
-
-    #[test]
-    fn revoke_clears_the_cookie_and_redirects() {
-        let (status, headers, _) = render(Refusal::Revoked {
-            reference: "r",
-            login_url: "/login",
-            cookie: Some("sid"),
-        });
-        assert_eq!(status, StatusCode::SEE_OTHER);
-        assert!(headers.contains(&("location", "/login".to_owned())));
-        assert!(
-            headers
-                .iter()
-                .any(|(n, v)| *n == "set-cookie" && v.starts_with("sid=;"))
-        );
-    }
-
-    #[test]
-    fn config_urls_are_escaped_in_pages() {
-        let (_, _, body) = render(Refusal::SessionEnded {
-            reference: "r",
-            login_url: Some("/login?a=\"><script>"),
-        });
-        assert!(!body.contains("<script>"));
-    }
-}
+mod tests;

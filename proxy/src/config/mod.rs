@@ -1112,6 +1112,11 @@ fn read_trusted(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<Truste
     out
 }
 
+/// Upper bound of an upstream's `connect_timeout_ms`: one minute.
+const MAX_CONNECT_TIMEOUT_MS: u64 = 60_000;
+/// Upper bound of an upstream's `read_timeout_ms`: one hour.
+const MAX_READ_TIMEOUT_MS: u64 = 3_600_000;
+
 fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
     let tables = f.tables(p, "upstreams");
     if tables.is_empty() {
@@ -1141,12 +1146,21 @@ fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
         let sni = t.or(p, "sni", String::new());
         let connect_timeout = Duration::from_millis(t.or(p, "connect_timeout_ms", 2000));
         let read_timeout = Duration::from_millis(t.or(p, "read_timeout_ms", 60_000));
-        for (key, d) in [
-            ("connect_timeout_ms", connect_timeout),
-            ("read_timeout_ms", read_timeout),
+        // A longer wait only holds the client and a connection on a dead app;
+        // beyond these the client has long given up.
+        for (key, d, max) in [
+            (
+                "connect_timeout_ms",
+                connect_timeout,
+                MAX_CONNECT_TIMEOUT_MS,
+            ),
+            ("read_timeout_ms", read_timeout, MAX_READ_TIMEOUT_MS),
         ] {
-            if d.is_zero() {
-                p.push(t.key(key), "must be at least 1");
+            if d.is_zero() || d > Duration::from_millis(max) {
+                p.push(
+                    t.key(key),
+                    format!("{} is out of range; expected 1 to {max}", d.as_millis()),
+                );
             }
         }
         let mut h = t.table(p, "health");

@@ -397,3 +397,38 @@ high_at = 50
         std::time::Duration::from_secs(30 * 86_400)
     );
 }
+
+#[test]
+fn upstream_timeouts_are_bounded() {
+    let upstream = |extra: &str| {
+        format!(
+            "[[listeners]]\nname = \"h\"\nlisten = \"127.0.0.1:1\"\n\
+             [[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:2\"]\n{extra}\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\n"
+        )
+    };
+    let c = parse(&upstream(
+        "connect_timeout_ms = 60000\nread_timeout_ms = 3600000",
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstreams[0].read_timeout, Duration::from_secs(3600));
+
+    let problems = parse(&upstream("connect_timeout_ms = 60001\nread_timeout_ms = 0")).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "upstreams[0].connect_timeout_ms",
+            "upstreams[0].read_timeout_ms"
+        ]
+    );
+    assert!(
+        problems[0].message.contains("expected 1 to 60000"),
+        "{problems:?}"
+    );
+    let problems = parse(&upstream("read_timeout_ms = 3600001")).unwrap_err();
+    assert!(
+        problems[0].message.contains("expected 1 to 3600000"),
+        "{problems:?}"
+    );
+}

@@ -34,7 +34,8 @@ pub(crate) use client::{
 pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
 #[allow(unused_imports)]
 pub(crate) use origin::{
-    Origin, STREAM_CHUNK_BYTES, STREAM_CHUNKS, WsOrigin, expected_stream_body, fnv1a,
+    BadOrigin, Misbehaviour, Origin, STREAM_CHUNK_BYTES, STREAM_CHUNKS, WsOrigin,
+    expected_stream_body, fnv1a,
 };
 #[allow(unused_imports)]
 pub(crate) use proxy::{Metrics, Proxy};

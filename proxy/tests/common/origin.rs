@@ -18,6 +18,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
@@ -61,6 +62,26 @@ pub(crate) struct WsOrigin {
 struct State {
     hits: AtomicUsize,
     stream_gate: Notify,
+}
+
+/// An app that reads each request's head and then misbehaves, the same way
+/// on every connection, to drive the proxy's answers to upstream failures.
+#[derive(Debug)]
+pub(crate) struct BadOrigin {
+    addr: SocketAddr,
+    server: Server,
+}
+
+/// What a [`BadOrigin`] does once it has read a request's head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Misbehaviour {
+    /// Keeps the connection open and never answers.
+    Silent,
+    /// Writes these bytes, then closes the connection (an empty slice:
+    /// closes without answering).
+    Send(&'static [u8]),
+    /// Resets the connection (RST) without answering.
+    Reset,
 }
 
 /// A thread running an accept loop; stopped and joined on drop.
@@ -258,6 +279,57 @@ impl WsOrigin {
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+// === impl BadOrigin ===
+
+impl BadOrigin {
+    /// Starts it on a free loopback port.
+    pub(crate) fn start(misbehaviour: Misbehaviour) -> BadOrigin {
+        let (addr, server) = Server::spawn(move |mut stream| async move {
+            if !read_head(&mut stream).await {
+                return;
+            }
+            match misbehaviour {
+                Misbehaviour::Silent => {
+                    // Held until the server stops and its runtime drops the task.
+                    std::future::pending::<()>().await;
+                }
+                Misbehaviour::Send(bytes) => {
+                    let _ = stream.write_all(bytes).await;
+                    let _ = stream.shutdown().await;
+                }
+                Misbehaviour::Reset => {
+                    // Closing with a zero linger sends RST instead of FIN.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                }
+            }
+        });
+        BadOrigin { addr, server }
+    }
+
+    /// The address the proxy's upstream should name.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Reads up to the end of a request head; false if the peer went away
+/// first or the head is implausibly large.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return false;
+        }
+    }
+    true
 }
 
 // === impl Server ===
