@@ -14,7 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use vigil_engine::{
     Action, ClientIp, CredentialSource, Decision, Enforcement, Engine, ForwardedHeaders,
-    NetworkFacts, Reference, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
+    NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
 use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
@@ -208,7 +208,7 @@ impl VigilProxy {
         for c in &verdict.risk.reasons {
             self.counters.reason(c.reason);
         }
-        let reference = (verdict.action != Action::Allow).then(|| Reference(rand::random()));
+        let reference = (verdict.action != Action::Allow).then(respond::new_reference);
         self.engine.apply(
             verdict,
             &Decision {

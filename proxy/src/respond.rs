@@ -145,10 +145,14 @@ struct Answer<'a> {
     headers: Vec<(&'static str, String)>,
 }
 
-/// A short random id that ties an answer to its log record: 16 hex digits,
-/// the form of a decision's reference too.
+/// A fresh random id that ties an answer to its log record, in the one
+/// form every reference takes (a decision's too).
+pub(crate) fn new_reference() -> vigil_engine::Reference {
+    vigil_engine::Reference(rand::random())
+}
+
 fn reference() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    new_reference().to_string()
 }
 
 /// Writes the response for `refusal` and ends the exchange. A refusal that
