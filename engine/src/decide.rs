@@ -10,6 +10,7 @@ use crate::score::{Risk, RiskLevel};
 
 /// What the proxy does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Action {
     /// Forward to the app.
     Allow,

@@ -62,6 +62,7 @@ pub enum RiskLevel {
 /// Why a request scored what it did. Codes are stable: they appear in
 /// headers, logs and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Reason {
     /// The device's HTTP traits (browser, platform, class, language, header
     /// shape) differ from the session's baseline, beyond an update.
@@ -252,6 +253,7 @@ pub struct ScoreConfig {
 /// An operator's or the user's word on a detection, taken into account from
 /// the next request on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Feedback {
     /// A refusal was a false positive: the refused request's device and
     /// network become the session's baseline and are trusted for its user.

@@ -265,7 +265,8 @@ impl VigilProxy {
                 login_url: route.login_url.as_deref().unwrap_or("/"),
                 cookie: cookie.map(String::as_str),
             },
-            Action::Block | Action::Allow => Refusal::Blocked {
+            // Block, and any action this build does not know: refused.
+            _ => Refusal::Blocked {
                 reference: &reference,
             },
         };

@@ -361,7 +361,9 @@ impl Evaluator {
                         // The owner passes the step-up.
                         self.engine.confirm(&verdict);
                     }
-                    Action::Block | Action::Revoke => {
+                    Action::Allow => {}
+                    // Block, revoke, and any refusal added later.
+                    _ => {
                         tally.blocked_reasons.extend(codes());
                         let risks = &verdict.risks;
                         let raised =
@@ -376,7 +378,6 @@ impl Evaluator {
                             tally.blocked_by.insert("entity");
                         }
                     }
-                    Action::Allow => {}
                 }
             }
             Actor::Attacker => {
@@ -646,7 +647,7 @@ impl Tally {
         match action {
             Action::Allow => self.allowed += 1,
             Action::StepUp => self.step_ups += 1,
-            Action::Block | Action::Revoke => self.blocked += 1,
+            _ => self.blocked += 1,
         }
         if action != Action::Allow && self.first_detection.is_none() {
             self.first_detection = Some(self.requests);
