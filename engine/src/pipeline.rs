@@ -16,8 +16,8 @@ use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView, ResponseView};
 use crate::score::{
-    Commit, Feedback, FeedbackError, Observation, Place, Risk, RiskLevel, Risks, ScoreConfig,
-    Scorer, UserKey,
+    Commit, Feedback, FeedbackError, Issued, Observation, Place, Risk, RiskLevel, Risks,
+    ScoreConfig, Scorer, UserKey,
 };
 use crate::session::{Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
 
@@ -478,16 +478,28 @@ impl Engine {
             let device = verdict.device.summary();
             let mark = verdict.network.mark();
             for &key in &effects.issued {
-                if self
+                match self
                     .scorer
                     .issue(key, effects.user, &device, &mark, verdict.place, now)
                 {
-                    done.issued += 1;
-                    self.emit(|| Event::SessionIssued {
-                        session: key,
-                        user: effects.user,
-                        at: now,
-                    });
+                    Issued::New => {
+                        done.issued += 1;
+                        self.emit(|| Event::SessionIssued {
+                            session: key,
+                            user: effects.user,
+                            at: now,
+                        });
+                    }
+                    Issued::Bound => {
+                        if let Some(user) = effects.user {
+                            self.emit(|| Event::SessionBound {
+                                session: key,
+                                user,
+                                at: now,
+                            });
+                        }
+                    }
+                    Issued::Known | Issued::Revoked => {}
                 }
             }
             if let (0, Some(user), Some(session)) = (done.issued, effects.user, verdict.session)

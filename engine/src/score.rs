@@ -432,6 +432,19 @@ impl Observation {
     }
 }
 
+/// What [`Scorer::issue`] did with a session the app set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Issued {
+    /// A new session, baselined.
+    New,
+    /// A known session, kept as it was and bound to the named user.
+    Bound,
+    /// A known session, kept as it was.
+    Known,
+    /// A revoked session: nothing recorded.
+    Revoked,
+}
+
 /// What the decision made of a request, for [`Scorer::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
@@ -1188,8 +1201,8 @@ impl Scorer {
     /// and network: they are its baseline before anyone presents the new
     /// value, and it is bound to `user` when the app named one. A session
     /// already known keeps its baseline (apps re-set the same cookie to
-    /// extend it); a revoked one stays revoked. Returns whether a new
-    /// session was recorded.
+    /// extend it) and is bound to `user` if one is named; a revoked one
+    /// stays revoked. Returns what was done.
     pub(crate) fn issue(
         &self,
         key: SessionKey,
@@ -1198,9 +1211,9 @@ impl Scorer {
         network: &NetworkMark,
         place: Option<Place>,
         now_secs: u64,
-    ) -> bool {
+    ) -> Issued {
         if self.revoked.contains_key(&key) {
-            return false;
+            return Issued::Revoked;
         }
         let now = secs32(now_secs);
         let generation = user
@@ -1219,10 +1232,14 @@ impl Scorer {
                 }
             }
         });
-        if !issued && let Some(user) = user {
-            self.bind_user(key, user, now_secs);
+        match (issued, user) {
+            (true, _) => Issued::New,
+            (false, Some(user)) => {
+                self.bind_user(key, user, now_secs);
+                Issued::Bound
+            }
+            (false, None) => Issued::Known,
         }
-        issued
     }
 
     /// The session's user proved themselves from this request's device and

@@ -513,3 +513,40 @@ fn evaluations_are_counted_once_per_decision() {
     e.confirm(&v);
     assert_eq!(e.evaluations(), 1);
 }
+
+#[test]
+fn a_known_session_set_again_with_a_user_is_bound_and_told() {
+    let (e, streams) = engine();
+    let p = Policy::default();
+    let (user_h, confirm_h) = (
+        HeaderName::from_static(USER),
+        HeaderName::from_static(CONFIRM),
+    );
+    let v = decide(&e, &p, Some("session=kb"), FIREFOX, "192.0.2.1", T);
+    run(&e, Enforcement::Enforce, &v);
+    drain(&streams);
+    let mut resp = HeaderMap::new();
+    resp.append("set-cookie", "session=kb; Max-Age=3600".parse().unwrap());
+    resp.insert(USER, "kim".parse().unwrap());
+    let done = e.respond(
+        &v,
+        &response(&resp, &user_h, &confirm_h, false),
+        Enforcement::Enforce,
+    );
+    assert_eq!(done.issued, 0);
+    let key = v.session.unwrap().key;
+    assert_eq!(
+        e.scorer().session(&key).unwrap().user(),
+        Some(e.user_key("kim"))
+    );
+    let told = drain(&streams);
+    assert_eq!(
+        *told[0],
+        Event::SessionBound {
+            session: key,
+            user: e.user_key("kim"),
+            at: T
+        }
+    );
+    assert_eq!(told.len(), 1);
+}
