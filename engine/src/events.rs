@@ -20,12 +20,16 @@
 //!   ([`EventSink::lost`]), and the next fleet event that fits is preceded
 //!   by [`Event::Lost`] with the number missed, so the consumer knows its
 //!   view has a gap and must resynchronise (the controller's durable queue
-//!   and sync stream close that gap).
+//!   and sync stream close that gap). A quarter of the lane is kept for the
+//!   events a client cannot mint by the thousand — revocations,
+//!   confirmations, feedback, partner reports ([`Event::is_critical`]) — so
+//!   that a flood of new sessions or refusals never crowds them out.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Mutex, PoisonError};
 
 use crate::pipeline::Verdict;
 use crate::score::UserKey;
@@ -190,10 +194,16 @@ pub struct EventSink {
 struct SinkInner {
     observe: SyncSender<Arc<Event>>,
     fleet: SyncSender<Arc<Event>>,
+    /// Fleet events queued and not yet received (shared with the
+    /// [`FleetStream`]), for the room kept for critical events.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     dropped: AtomicU64,
     lost: AtomicU64,
     /// Fleet events lost since the last [`Event::Lost`] was delivered.
-    unreported: AtomicU64,
+    /// Behind the lock every fleet send takes, so that a gap is announced
+    /// before any event after it.
+    unreported: Mutex<u64>,
 }
 
 /// The consuming side: one receiver per lane, each for one consumer.
@@ -203,28 +213,39 @@ pub struct EventStreams {
     pub observe: Receiver<Arc<Event>>,
     /// Fleet events and [`Event::Lost`] markers; drained by the fleet
     /// client.
-    pub fleet: Receiver<Arc<Event>>,
+    pub fleet: FleetStream,
+}
+
+/// The fleet lane's receiving end.
+#[derive(Debug)]
+pub struct FleetStream {
+    rx: Receiver<Arc<Event>>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// A sink with room for `observe` events on the observability lane and
 /// `fleet` events on the fleet lane (each at least 1).
 pub fn channel(observe: usize, fleet: usize) -> (EventSink, EventStreams) {
+    let fleet = fleet.max(4);
     let (otx, orx) = sync_channel(observe.max(1));
-    let (ftx, frx) = sync_channel(fleet.max(1));
+    let (ftx, frx) = sync_channel(fleet);
+    let queued = Arc::new(AtomicUsize::new(0));
     let sink = EventSink {
         inner: Arc::new(SinkInner {
             observe: otx,
             fleet: ftx,
+            queued: queued.clone(),
+            capacity: fleet,
             dropped: AtomicU64::new(0),
             lost: AtomicU64::new(0),
-            unreported: AtomicU64::new(0),
+            unreported: Mutex::new(0),
         }),
     };
     (
         sink,
         EventStreams {
             observe: orx,
-            fleet: frx,
+            fleet: FleetStream { rx: frx, queued },
         },
     )
 }
@@ -233,11 +254,33 @@ pub fn channel(observe: usize, fleet: usize) -> (EventSink, EventStreams) {
 
 impl Event {
     /// Which consumers the event is for.
+    ///
+    /// A detection is for the fleet only when it was enforced and was not
+    /// the refusal of a session already revoked: replaying a dead cookie
+    /// changes no state, and must not cost the fleet anything.
     pub fn class(&self) -> EventClass {
         match self {
-            Event::Detection(d) if !d.enforced => EventClass::Observability,
+            Event::Detection(d)
+                if !d.enforced || d.verdict.risk.reasons.iter().any(|c| c.reason.is_final()) =>
+            {
+                EventClass::Observability
+            }
             _ => EventClass::Fleet,
         }
+    }
+
+    /// Whether the event may use the fleet lane's reserved room: state
+    /// changes a client cannot cause by the thousand.
+    pub fn is_critical(&self) -> bool {
+        matches!(
+            self,
+            Event::SessionRevoked { .. }
+                | Event::UserRevoked { .. }
+                | Event::Confirmed { .. }
+                | Event::FeedbackApplied { .. }
+                | Event::PartnerReported { .. }
+                | Event::Lost { .. }
+        )
     }
 
     /// A short, stable name for metrics labels and logs.
@@ -269,6 +312,30 @@ impl Event {
         "partner_reported",
         "lost",
     ];
+}
+
+// === impl FleetStream ===
+
+impl FleetStream {
+    /// The next fleet event, waiting for one; an error once the engine and
+    /// every sender are gone.
+    pub fn recv(&self) -> Result<Arc<Event>, RecvError> {
+        let event = self.rx.recv()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(event)
+    }
+
+    /// The next fleet event if one is queued.
+    pub fn try_recv(&self) -> Result<Arc<Event>, TryRecvError> {
+        let event = self.rx.try_recv()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(event)
+    }
+
+    /// Every event queued now, without waiting.
+    pub fn try_iter(&self) -> impl Iterator<Item = Arc<Event>> + '_ {
+        std::iter::from_fn(|| self.try_recv().ok())
+    }
 }
 
 // === impl Reference ===
@@ -317,25 +384,43 @@ impl EventSink {
         if !fleet {
             return;
         }
-        // Taken whole, so that two threads never announce the same gap.
-        let missed = s.unreported.swap(0, Ordering::AcqRel);
-        if missed > 0
-            && s.fleet
-                .try_send(Arc::new(Event::Lost { count: missed }))
-                .is_err()
-        {
-            s.unreported.fetch_add(missed, Ordering::AcqRel);
-            return self.lose();
-        }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = s.fleet.try_send(event)
-        {
-            self.lose();
+        // One fleet send at a time: a gap's marker then always comes before
+        // any event emitted after the gap.
+        let mut unreported = s.unreported.lock().unwrap_or_else(PoisonError::into_inner);
+        // The marker goes only in front of an event that fits behind it, so
+        // markers never fill the room kept for critical events.
+        let needed = 1 + usize::from(*unreported > 0);
+        let limit = if event.is_critical() {
+            s.capacity
+        } else {
+            s.capacity - s.capacity / 4
+        };
+        let delivered = s.queued.load(Ordering::Acquire) + needed <= limit
+            && (*unreported == 0 || self.send_fleet(Event::Lost { count: *unreported }))
+            && {
+                *unreported = 0;
+                self.send_fleet_arc(event)
+            };
+        if !delivered {
+            *unreported += 1;
+            s.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn lose(&self) {
-        self.inner.lost.fetch_add(1, Ordering::Relaxed);
-        self.inner.unreported.fetch_add(1, Ordering::AcqRel);
+    fn send_fleet(&self, event: Event) -> bool {
+        self.send_fleet_arc(Arc::new(event))
+    }
+
+    /// Queues one fleet event; false when the lane is full or its receiver
+    /// gone.
+    fn send_fleet_arc(&self, event: Arc<Event>) -> bool {
+        let s = &self.inner;
+        s.queued.fetch_add(1, Ordering::AcqRel);
+        if s.fleet.try_send(event).is_err() {
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Events dropped from the observability lane because it was full.

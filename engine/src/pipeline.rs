@@ -339,6 +339,43 @@ impl Engine {
         })
     }
 
+    /// [`Engine::decide`] for a request whose credentials could not be read
+    /// (the route fails open): judged as carrying no session, so that the
+    /// response side still has its client and device — a session the app
+    /// opens in answer to it is baselined and bound like any other. Not
+    /// counted again in [`Engine::evaluations`]: the failed decision was.
+    pub fn decide_without_session(
+        &self,
+        request: &RequestView<'_>,
+        policy: &Policy,
+        forwarded: ForwardedHeaders,
+    ) -> Verdict {
+        let client_ip = self.client_ip.load();
+        let client = client_ip.resolve_with(request, forwarded);
+        let device = self.device.observe(request, &client_ip.config().trusted);
+        let (network, place) = self.locate(&client);
+        let risk = Risk::none();
+        let action = policy.decide(&risk);
+        Verdict {
+            session: None,
+            client,
+            network_change: None,
+            device,
+            risk,
+            risks: Risks::none(),
+            user: None,
+            action,
+            network,
+            effects: Effects {
+                observation: Observation::Anonymous,
+                commit: Commit::Allowed,
+                revoke: None,
+            },
+            at: request.now_secs,
+            place,
+        }
+    }
+
     /// Carries out `verdict`'s effects as far as `decision.enforcement`
     /// allows (see [`Enforcement`]), and tells what changed. A refusal is
     /// told as an [`Event::Detection`] whether or not it was enforced.
@@ -426,13 +463,14 @@ impl Engine {
             else {
                 continue;
             };
+            // Max-Age wins over Expires (RFC 6265, 5.3 step 3).
             let deleted = cookie.value().is_empty()
-                || cookie
-                    .max_age()
-                    .is_some_and(|a| a.is_zero() || a.is_negative())
-                || cookie
-                    .expires_datetime()
-                    .is_some_and(|t| t.unix_timestamp() <= now);
+                || match cookie.max_age() {
+                    Some(age) => age.is_zero() || age.is_negative(),
+                    None => cookie
+                        .expires_datetime()
+                        .is_some_and(|t| t.unix_timestamp() <= now),
+                };
             if deleted {
                 continue;
             }
@@ -491,6 +529,7 @@ impl Engine {
                         });
                     }
                     Issued::Bound => {
+                        done.bound = true;
                         if let Some(user) = effects.user {
                             self.emit(|| Event::SessionBound {
                                 session: key,
@@ -504,8 +543,8 @@ impl Engine {
             }
             if let (0, Some(user), Some(session)) = (done.issued, effects.user, verdict.session)
                 && effects.issued.is_empty()
+                && self.scorer.bind_user(session.key, user, now)
             {
-                self.scorer.bind_user(session.key, user, now);
                 done.bound = true;
                 self.emit(|| Event::SessionBound {
                     session: session.key,
@@ -589,12 +628,13 @@ impl Engine {
     /// Binds a session to the user named `name`; see [`Scorer::bind_user`].
     pub fn bind_user(&self, session: SessionKey, name: &str, now_secs: u64) {
         let user = self.user_key(name);
-        self.scorer.bind_user(session, user, now_secs);
-        self.emit(|| Event::SessionBound {
-            session,
-            user,
-            at: now_secs,
-        });
+        if self.scorer.bind_user(session, user, now_secs) {
+            self.emit(|| Event::SessionBound {
+                session,
+                user,
+                at: now_secs,
+            });
+        }
     }
 
     /// Ends a session on this node, from outside the request path (an

@@ -764,7 +764,9 @@ impl Scorer {
             };
         }
         let now = secs32(now_secs);
-        let prior = self.sessions.get(&key, now);
+        // Read without touching: the store changes only when the decision
+        // is applied (`commit`).
+        let prior = self.sessions.read(&key, now);
         let features = Features::of(network, device.id);
         let mut risks = Risks::none();
         let mut change = None;
@@ -1100,7 +1102,13 @@ impl Scorer {
             }
             Commit::Refused => return,
         }
-        if prior != Some(next) {
+        if prior == Some(next) {
+            // Nothing new to keep: only mark the session used, as often as
+            // its last-seen time is kept.
+            if prior.is_some_and(|p| now.saturating_sub(p.touched) >= LAST_SEEN_GRANULARITY) {
+                self.sessions.touch(&key, now);
+            }
+        } else {
             // Merged under the shard's lock: a binding or confirmation that
             // landed while this request was scored is kept, not overwritten.
             self.sessions.update(key, now, |stored| {
@@ -1178,11 +1186,24 @@ impl Scorer {
     /// Binds a session to its user (the app or identity provider said who
     /// opened it). The session's next request is judged against the user's
     /// history (login risk) and counts toward it.
-    pub fn bind_user(&self, key: SessionKey, user: UserKey, now_secs: u64) {
+    /// Returns whether the binding changed anything (a session already
+    /// bound to `user` is left as it is).
+    pub fn bind_user(&self, key: SessionKey, user: UserKey, now_secs: u64) -> bool {
         let now = secs32(now_secs);
+        if self
+            .sessions
+            .read(&key, now)
+            .is_some_and(|s| s.user == Some(user))
+        {
+            return false;
+        }
         let generation = self.entities.get(&user).map_or(0, |e| e.generation);
+        let mut changed = true;
         self.sessions.update(key, now, |held| match held {
-            Some(s) if s.user == Some(user) => *s,
+            Some(s) if s.user == Some(user) => {
+                changed = false;
+                *s
+            }
             Some(s) => {
                 let mut s = *s;
                 s.user = Some(user);
@@ -1195,6 +1216,7 @@ impl Scorer {
                 ..SessionState::bound(user, now)
             },
         });
+        changed
     }
 
     /// The app opened a session in a response to a request from this device
@@ -1234,10 +1256,8 @@ impl Scorer {
         });
         match (issued, user) {
             (true, _) => Issued::New,
-            (false, Some(user)) => {
-                self.bind_user(key, user, now_secs);
-                Issued::Bound
-            }
+            (false, Some(user)) if self.bind_user(key, user, now_secs) => Issued::Bound,
+            (false, Some(_)) => Issued::Known,
             (false, None) => Issued::Known,
         }
     }

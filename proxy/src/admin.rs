@@ -24,6 +24,8 @@ pub struct AdminApp {
     listeners: Vec<SocketAddr>,
     token: Option<AdminToken>,
     decisions: Decisions,
+    /// Held while a scrape copies the engine's counters.
+    catching_up: Arc<std::sync::Mutex<()>>,
 }
 
 impl AdminApp {
@@ -36,6 +38,7 @@ impl AdminApp {
         listeners: Vec<SocketAddr>,
     ) -> Self {
         Self {
+            catching_up: Arc::default(),
             metrics,
             engine,
             upstreams,
@@ -148,10 +151,18 @@ impl AdminApp {
         self.metrics
             .users_tracked
             .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
-        crate::metrics::catch_up(&self.metrics.evaluations, self.engine.evaluations());
-        if let Some(sink) = self.engine.events() {
-            crate::metrics::catch_up(&self.metrics.events_dropped, sink.dropped());
-            crate::metrics::catch_up(&self.metrics.events_lost, sink.lost());
+        {
+            // One scrape at a time brings the engine's counters up, or two
+            // would both add the same difference.
+            let _one = self
+                .catching_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            crate::metrics::catch_up(&self.metrics.evaluations, self.engine.evaluations());
+            if let Some(sink) = self.engine.events() {
+                crate::metrics::catch_up(&self.metrics.events_dropped, sink.dropped());
+                crate::metrics::catch_up(&self.metrics.events_lost, sink.lost());
+            }
         }
         for group in self.upstreams.iter() {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 use prometheus::IntCounterVec;
-use vigil_engine::events::{Detection, Event, EventStreams};
+use vigil_engine::events::{Detection, Event, EventStreams, FleetStream};
 
 /// Starts one named thread per lane; they end when the engine (and with it
 /// every sender) is dropped.
@@ -44,8 +44,8 @@ fn observe_lane(rx: &Receiver<Arc<Event>>, told: &IntCounterVec) {
     }
 }
 
-fn fleet_lane(rx: &Receiver<Arc<Event>>, carried: &IntCounterVec) {
-    for event in rx {
+fn fleet_lane(rx: &FleetStream, carried: &IntCounterVec) {
+    while let Ok(event) = rx.recv() {
         carried.with_label_values(&[event.kind()]).inc();
         if let Event::Lost { count } = &*event {
             tracing::warn!(

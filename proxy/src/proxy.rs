@@ -55,8 +55,8 @@ pub struct RequestCtx {
     risk: Option<RiskHeaders>,
     /// Connection attempts so far, for bounded retries.
     attempts: usize,
-    /// The client as derived, for the forwarding headers sent to the app
-    /// (also on routes that are not judged).
+    /// The client as derived, for the forwarding headers sent to the app,
+    /// when the request has no verdict to carry it (routes not judged).
     client: Option<ClientIp>,
     /// The request's verdict: the response side is judged against it, so
     /// that a request is evaluated once.
@@ -318,30 +318,36 @@ impl ProxyHttp for VigilProxy {
             // An `off` route whose app confirms step-ups: judged only so that
             // a confirmation has the request's facts; nothing applied.
             Ok(verdict) if route.mode == Mode::Off => {
-                ctx.client = Some(verdict.client.clone());
                 ctx.verdict = Some(verdict);
                 Ok(false)
             }
             Ok(verdict) => {
                 self.count_chain(&verdict.client);
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
-                ctx.client = Some(verdict.client.clone());
                 ctx.verdict = Some(verdict);
                 Ok(refused)
             }
             Err(e) => {
-                let outcome = match route.on_error {
-                    FailMode::Closed => "refused",
-                    FailMode::Open => "forwarded",
-                };
+                // An `off` route forwards whatever it is sent: it was judged
+                // only for a confirmation, and there is none to be had.
+                let open = route.on_error == FailMode::Open || route.mode == Mode::Off;
+                let outcome = if open { "forwarded" } else { "refused" };
                 self.metrics
                     .request_errors
                     .with_label_values(&[e.code(), outcome])
                     .inc();
                 tracing::debug!(route = %route.name, error = %e, outcome, "request not evaluated");
-                if route.on_error == FailMode::Open {
-                    if self.config.client_ip.to_app {
-                        ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
+                if open {
+                    // No session judged, but the response side still sees
+                    // the client: a session the app opens now is baselined
+                    // and bound like any other.
+                    let verdict =
+                        self.engine
+                            .decide_without_session(&view, &route.policy, self.forwarded);
+                    if route.mode == Mode::Off {
+                        ctx.client = Some(verdict.client);
+                    } else {
+                        ctx.verdict = Some(verdict);
                     }
                     return Ok(false);
                 }
@@ -460,7 +466,12 @@ impl ProxyHttp for VigilProxy {
             for name in forwarding::REPLACED {
                 upstream_request.remove_header(name);
             }
-            if let Some(client) = &ctx.client {
+            if let Some(client) = ctx
+                .verdict
+                .as_ref()
+                .map(|v| &v.client)
+                .or(ctx.client.as_ref())
+            {
                 let path = forwarding::verified_path(client);
                 let proto = if self.tls { "https" } else { "http" };
                 upstream_request
@@ -485,8 +496,13 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Judged against the request's verdict: the response side is part
-        // of the same, single evaluation.
-        if let (Some(verdict), Some(route)) = (&ctx.verdict, self.route(ctx)) {
+        // of the same, single evaluation. Informational heads (103 Early
+        // Hints) set nothing a browser keeps, and come before the real one.
+        if let (Some(verdict), Some(route), false) = (
+            &ctx.verdict,
+            self.route(ctx),
+            upstream_response.status.is_informational(),
+        ) {
             let done = self.engine.respond(
                 verdict,
                 &ResponseView {

@@ -168,17 +168,20 @@ pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error:
         }
     };
     let answer = refusal.answer(reference);
+    let written = write(session, &answer, format).await;
+    // Logged once written, with whether it was: a decision's refusal is
+    // logged with its facts by the decision log instead.
     if refusal.reference().is_none() {
         tracing::info!(
             target: LOG_TARGET,
             reference,
             code = answer.code,
             status = answer.status.as_u16(),
-            answered = true,
+            answered = written.is_ok(),
             "request refused"
         );
     }
-    write(session, &answer, format).await
+    written
 }
 
 /// Answers a request Pingora could not complete (`fail_to_proxy`) with its

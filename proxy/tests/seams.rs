@@ -213,3 +213,70 @@ async fn a_refusal_is_told_with_the_reference_the_client_sees() {
         1.0
     );
 }
+
+/// A `Cookie` header with more cookies than the session stage reads.
+fn too_many_cookies(session: &str) -> String {
+    let mut v: Vec<String> = (0..201).map(|i| format!("junk{i}=x")).collect();
+    if !session.is_empty() {
+        v.push(session.to_owned());
+    }
+    v.join("; ")
+}
+
+#[tokio::test]
+async fn an_unreadable_cookie_header_cannot_lock_anyone_out_of_re_authentication() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(
+            Route::new("reauth", "/reauth", "app")
+                .mode("off")
+                .app_confirms(),
+        )
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    // Cookies tossed from a sibling domain overflow the limit: the `off`
+    // route still forwards (it fails closed nowhere), and confirms nothing.
+    let r = Browser::firefox()
+        .request(&proxy.url("/reauth"))
+        .header("cookie", too_many_cookies("session=x1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(proxy.metric(EVENTS, &[("kind", "confirmed")]).await, 0.0);
+    // On the enforcing route the same header is refused (fail closed).
+    let r = Browser::firefox()
+        .request(&proxy.url("/echo"))
+        .header("cookie", too_many_cookies(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn a_login_padded_to_fail_open_is_still_baselined_at_issuance() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app").on_error("open"));
+    let proxy = Proxy::start(&config.render()).await;
+    // Someone with the victim's password pads the login past the cookie
+    // limit so that it is forwarded unjudged.
+    let r = Browser::firefox()
+        .request(&proxy.url("/login?user=fay&session=f1"))
+        .header("cookie", too_many_cookies(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "session_issued")], |v| v == 1.0)
+        .await;
+    // The session still has the login's device as its baseline.
+    let thief = Browser::chrome().cookie("session=f1");
+    assert_eq!(thief.get(&proxy.url("/echo")).await.status(), 403);
+    let owner = Browser::firefox().cookie("session=f1");
+    assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
+}

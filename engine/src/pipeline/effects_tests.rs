@@ -111,13 +111,14 @@ fn deciding_changes_nothing() {
         Enforcement::Enforce,
         &decide(&e, &p, Some("session=a"), FIREFOX, "192.0.2.1", T),
     );
-    let before = state(&e, &e.key_for_credential(b"a").unwrap());
+    // The whole state, idle clock included: reading is not using.
+    let before = e.scorer().session(&e.key_for_credential(b"a").unwrap());
     drain(&streams);
     let replay = decide(&e, &p, Some("session=a"), CHROME, "203.0.113.5", T + 60);
     assert_eq!(replay.action, Action::Revoke);
     assert_eq!(replay.effects.revokes(), replay.session.map(|s| s.key));
     assert!(!e.scorer().is_revoked(&replay.session.unwrap().key));
-    assert_eq!(state(&e, &replay.session.unwrap().key), before);
+    assert_eq!(e.scorer().session(&replay.session.unwrap().key), before);
     assert!(drain(&streams).is_empty());
 }
 
@@ -286,15 +287,14 @@ fn deleted_and_foreign_cookies_open_no_session() {
     );
     let mut resp = HeaderMap::new();
     for c in [
-        "session=; Path=/",
-        "session=gone; Max-Age=0",
-        "session=old; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
-        "other=x",
-        "\u{0}bad",
+        &b"session=; Path=/"[..],
+        b"session=gone; Max-Age=0",
+        b"session=old; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        b"other=x",
+        b"no equals sign",
+        b"session=\xff\xfe",
     ] {
-        if let Ok(v) = c.parse() {
-            resp.append("set-cookie", v);
-        }
+        resp.append("set-cookie", http::HeaderValue::from_bytes(c).unwrap());
     }
     let fx = e.response_effects(&response(&resp, &user_h, &confirm_h, false));
     assert!(fx.issued.is_empty(), "{fx:?}");
@@ -549,4 +549,49 @@ fn a_known_session_set_again_with_a_user_is_bound_and_told() {
         }
     );
     assert_eq!(told.len(), 1);
+}
+
+#[test]
+fn max_age_wins_over_a_past_expires() {
+    let (e, _streams) = engine();
+    let (user_h, confirm_h) = (
+        HeaderName::from_static(USER),
+        HeaderName::from_static(CONFIRM),
+    );
+    let mut resp = HeaderMap::new();
+    resp.append(
+        "set-cookie",
+        "session=live; Max-Age=3600; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+            .parse()
+            .unwrap(),
+    );
+    let fx = e.response_effects(&response(&resp, &user_h, &confirm_h, false));
+    assert_eq!(
+        fx.issued.as_slice(),
+        [e.key_for_credential(b"live").unwrap()]
+    );
+}
+
+#[test]
+fn an_app_naming_the_user_on_every_response_binds_once() {
+    let (e, streams) = engine();
+    let p = Policy::default();
+    let (user_h, confirm_h) = (
+        HeaderName::from_static(USER),
+        HeaderName::from_static(CONFIRM),
+    );
+    let mut resp = HeaderMap::new();
+    resp.insert(USER, "ria".parse().unwrap());
+    resp.append("set-cookie", "session=ri; Max-Age=600".parse().unwrap());
+    for i in 0..5 {
+        let v = decide(&e, &p, Some("session=ri"), FIREFOX, "192.0.2.1", T + i);
+        run(&e, Enforcement::Enforce, &v);
+        e.respond(
+            &v,
+            &response(&resp, &user_h, &confirm_h, false),
+            Enforcement::Enforce,
+        );
+    }
+    let told = drain(&streams);
+    assert_eq!(kinds(&told), ["session_seen", "session_bound"]);
 }

@@ -82,17 +82,20 @@ impl SessionStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The session's state, if it has one that has not idled out by `now`;
-    /// marks it used at `now`.
-    pub(crate) fn get(&self, key: &SessionKey, now: u32) -> Option<SessionState> {
-        let mut shard = self.shard(key);
-        let entry = shard.get_mut(key)?;
-        if now.saturating_sub(entry.touched) >= self.idle {
-            shard.remove(key);
-            return None;
+    /// The session's state, if it has one that has not idled out by `now`,
+    /// changing nothing: deciding must not change the store.
+    pub(crate) fn read(&self, key: &SessionKey, now: u32) -> Option<SessionState> {
+        self.shard(key)
+            .get(key)
+            .filter(|s| now.saturating_sub(s.touched) < self.idle)
+            .copied()
+    }
+
+    /// Marks the session used at `now`, if it is held.
+    pub(crate) fn touch(&self, key: &SessionKey, now: u32) {
+        if let Some(entry) = self.shard(key).get_mut(key) {
+            entry.touched = entry.touched.max(now);
         }
-        entry.touched = entry.touched.max(now);
-        Some(*entry)
     }
 
     /// The session's state, without marking it used or expiring it.
@@ -249,14 +252,14 @@ mod tests {
             store.update(key(u64::from(i)), i, |_| state(i));
             // A few sessions stay busy all along.
             for hot in 0..10 {
-                store.get(&key(hot), i);
+                store.touch(&key(hot), i);
             }
         }
         assert!(store.len() <= store.capacity(), "{}", store.len());
         assert!(store.len() >= store.capacity() * 7 / 8, "{}", store.len());
         for hot in 0..10 {
             assert!(
-                store.get(&key(hot), 20_000).is_some(),
+                store.read(&key(hot), 20_000).is_some(),
                 "busy session {hot} evicted"
             );
         }
@@ -274,10 +277,11 @@ mod tests {
         let store = SessionStore::new(100, Duration::from_secs(60));
         store.update(key(1), 0, |_| state(0));
         store.update(key(2), 0, |_| state(0));
-        assert!(store.get(&key(1), 59).is_some());
-        // Used at 59: still there at 100.
-        assert!(store.get(&key(1), 100).is_some());
-        assert!(store.get(&key(2), 100).is_none());
+        assert!(store.read(&key(1), 59).is_some());
+        // Reading does not count as use; touching does.
+        store.touch(&key(1), 59);
+        assert!(store.read(&key(1), 100).is_some());
+        assert!(store.read(&key(2), 100).is_none());
         store.sweep(1_000);
         assert_eq!(store.len(), 0);
     }

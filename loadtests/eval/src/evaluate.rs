@@ -529,7 +529,6 @@ pub fn geo_database(plan: &NetworkPlan) -> TestDb {
     db
 }
 
-/// The request headers an event describes.
 /// The header the corpus's app names its user in.
 const USER_HEADER: HeaderName = HeaderName::from_static("vigil-user");
 
@@ -581,10 +580,17 @@ impl Evaluator {
         if done.bad_user {
             return Err(format!("user {:?} is not a usable name", event.user));
         }
+        if done.issued + usize::from(done.bound) == 0 {
+            return Err(format!(
+                "session {:?} was neither opened nor bound by its login",
+                event.session
+            ));
+        }
         Ok(())
     }
 }
 
+/// The request headers an event describes.
 fn headers(event: &Event) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::new();
     let value = |name: &str, v: &str| {
