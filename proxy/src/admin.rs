@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,33 +14,39 @@ use prometheus::{Encoder, TextEncoder};
 use vigil_engine::Engine;
 
 use crate::feedback::{self, AdminToken, Decisions};
+use crate::generation::Current;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamGroup;
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     metrics: Metrics,
     engine: Arc<Engine>,
-    upstreams: Arc<Vec<UpstreamGroup>>,
+    current: Current,
     listeners: Vec<SocketAddr>,
+    /// Set once the process listens for `SIGHUP`: before that a reload
+    /// signal would be lost.
+    signals: Arc<AtomicBool>,
     token: Option<AdminToken>,
     decisions: Decisions,
 }
 
 impl AdminApp {
-    /// Builds the admin app over the proxy's metrics and engine; `listeners`
-    /// are the proxy's addresses that readiness checks.
+    /// Builds the admin app over the proxy's metrics, engine and config
+    /// generation; `listeners` are the proxy's addresses and `signals` the
+    /// flag of [`crate::reload::Signals`], both of which readiness checks.
     pub fn new(
         metrics: Metrics,
         engine: Arc<Engine>,
-        upstreams: Arc<Vec<UpstreamGroup>>,
+        current: Current,
         listeners: Vec<SocketAddr>,
+        signals: Arc<AtomicBool>,
     ) -> Self {
         Self {
             metrics,
             engine,
-            upstreams,
+            current,
             listeners,
+            signals,
             token: None,
             decisions: Decisions::new(),
         }
@@ -116,9 +123,13 @@ impl AdminApp {
         (answer.status, answer.body.into_bytes())
     }
 
-    /// Ready when every proxy listener accepts a connection. Services start
-    /// independently, so the admin listener answering says nothing by itself.
+    /// Ready when the process listens for its signals and every proxy
+    /// listener accepts a connection. Services start independently, so the
+    /// admin listener answering says nothing by itself.
     async fn ready(&self) -> bool {
+        if !self.signals.load(Ordering::Acquire) {
+            return false;
+        }
         for addr in &self.listeners {
             let mut target = *addr;
             if target.ip().is_unspecified() {
@@ -148,7 +159,7 @@ impl AdminApp {
         self.metrics
             .users_tracked
             .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
-        for group in self.upstreams.iter() {
+        for group in &self.current.load().upstreams {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
             self.metrics
                 .upstream_healthy

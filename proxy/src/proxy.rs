@@ -17,23 +17,22 @@ use vigil_engine::{
     SessionKey, TlsFingerprint, Verdict,
 };
 
-use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
 use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
+use crate::generation::{Current, Generation};
 use crate::hello::ConnectionFingerprints;
-use crate::metrics::{Metrics, RequestCounters};
+use crate::metrics::Metrics;
 use crate::respond::{self, Refusal};
-use crate::upstream::UpstreamGroup;
 
 /// The proxy application. Each listener gets a clone; clones share the
-/// config, engine, upstreams and metrics.
+/// config generation in force, engine and metrics.
 #[derive(Clone)]
 pub struct VigilProxy {
-    config: Arc<Config>,
+    /// Loaded once per request, into its [`RequestCtx`].
+    current: Current,
     engine: Arc<Engine>,
-    upstreams: Arc<Vec<UpstreamGroup>>,
     metrics: Metrics,
-    counters: RequestCounters,
     /// Which forwarding headers this listener believes.
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
@@ -45,8 +44,12 @@ pub struct VigilProxy {
 }
 
 /// Per-request state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCtx {
+    /// The config generation in force when the request started: its route,
+    /// policy and upstream stay those of this generation whatever reloads
+    /// happen meanwhile.
+    generation: Arc<Generation>,
     route: Option<usize>,
     /// Risk headers for the app, when the request was evaluated and allowed.
     risk: Option<RiskHeaders>,
@@ -74,21 +77,16 @@ struct RiskHeaders {
 impl VigilProxy {
     /// Builds the application.
     pub fn new(
-        config: Arc<Config>,
+        current: Current,
         engine: Arc<Engine>,
-        upstreams: Arc<Vec<UpstreamGroup>>,
         metrics: Metrics,
         fingerprints: Option<ConnectionFingerprints>,
         decisions: Decisions,
     ) -> Self {
-        let counters =
-            RequestCounters::new(&metrics, config.routes.iter().map(|r| r.name.as_str()));
         Self {
-            config,
+            current,
             engine,
-            upstreams,
             metrics,
-            counters,
             forwarded: ForwardedHeaders::default(),
             tls: false,
             fingerprints,
@@ -174,10 +172,6 @@ impl VigilProxy {
         }
     }
 
-    fn route(&self, ctx: &RequestCtx) -> Option<&Route> {
-        ctx.route.and_then(|i| self.config.routes.get(i))
-    }
-
     /// Carries out a verdict. Returns true when a response was sent.
     async fn enforce(
         &self,
@@ -186,10 +180,11 @@ impl VigilProxy {
         verdict: &Verdict,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        let generation = Arc::clone(&ctx.generation);
         let enforced = route.mode == Mode::Enforce;
-        self.counters.decision(verdict.action, enforced);
+        generation.counters.decision(verdict.action, enforced);
         for c in &verdict.risk.reasons {
-            self.counters.reason(c.reason);
+            generation.counters.reason(c.reason);
         }
 
         if verdict.action == Action::Allow || !enforced {
@@ -198,7 +193,7 @@ impl VigilProxy {
                 self.remember(&reference, verdict);
                 log_decision(route, verdict, &reference, false);
             }
-            if self.config.risk_to_app {
+            if generation.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
                     level: HeaderValue::from_static(verdict.risk.level.as_str()),
                     score: HeaderValue::from(u16::from(verdict.risk.score)),
@@ -218,7 +213,9 @@ impl VigilProxy {
         self.remember(&reference, verdict);
         log_decision(route, verdict, &reference, true);
         let cookie = match verdict.session.map(|s| s.source) {
-            Some(CredentialSource::Cookie(i)) => self.config.engine.session.cookie_names.get(i),
+            Some(CredentialSource::Cookie(i)) => {
+                generation.config.engine.session.cookie_names.get(i)
+            }
             _ => None,
         };
         let refusal = match verdict.action {
@@ -257,12 +254,21 @@ impl ProxyHttp for VigilProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            generation: self.current.load_full(),
+            route: None,
+            risk: None,
+            attempts: 0,
+            client: None,
+            tls: TlsFingerprint::default(),
+            session: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let generation = Arc::clone(&ctx.generation);
         let req = session.req_header();
-        if header_bytes(req) > self.config.max_header_bytes {
+        if header_bytes(req) > generation.config.max_header_bytes {
             self.metrics
                 .request_errors
                 .with_label_values(&["headers_too_large", "refused"])
@@ -271,16 +277,16 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         }
         let host = request_host(req);
-        ctx.route = self.config.route_index(host, req.uri.path());
-        let Some(route) = self.route(ctx) else {
-            self.counters.request(None);
+        ctx.route = crate::routes::route_index(&generation.config.routes, host, req.uri.path());
+        let Some(route) = generation.route(ctx.route) else {
+            generation.counters.request(None);
             respond::send(session, Refusal::NoRoute).await?;
             return Ok(true);
         };
-        self.counters.request(ctx.route);
+        generation.counters.request(ctx.route);
         let view = self.request_view(session);
         if route.mode == Mode::Off {
-            if self.config.client_ip.to_app {
+            if generation.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
             }
             return Ok(false);
@@ -313,7 +319,7 @@ impl ProxyHttp for VigilProxy {
                     .inc();
                 tracing::debug!(route = %route.name, error = %e, outcome, "request not evaluated");
                 if route.on_error == FailMode::Open {
-                    if self.config.client_ip.to_app {
+                    if generation.config.client_ip.to_app {
                         ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
                     }
                     return Ok(false);
@@ -330,9 +336,9 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
-        let group = self
-            .route(ctx)
-            .and_then(|r| self.upstreams.get(r.upstream))
+        let group = ctx
+            .generation
+            .upstream(ctx.route)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no route"))?;
         group.select().ok_or_else(|| {
             let mut e = Error::explain(
@@ -351,7 +357,7 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream)) {
+        if let Some(group) = ctx.generation.upstream(ctx.route) {
             self.metrics
                 .connect_failures
                 .with_label_values(&[&group.config.name])
@@ -385,14 +391,15 @@ impl ProxyHttp for VigilProxy {
         }
         // A balancer's fingerprint headers were read by the engine (from a
         // trusted peer only); the app gets Vigil's own headers instead.
-        let upstream_fp = &self.config.engine.upstream_fingerprints;
+        let config = &ctx.generation.config;
+        let upstream_fp = &config.engine.upstream_fingerprints;
         for name in [&upstream_fp.ja4_header, &upstream_fp.ja3_header]
             .into_iter()
             .flatten()
         {
             upstream_request.remove_header(name);
         }
-        if self.config.fingerprint.to_app {
+        if config.fingerprint.to_app {
             if let Some(ja4) = ctx.tls.ja4 {
                 upstream_request.insert_header("vigil-ja4", ja4.to_string())?;
             }
@@ -400,7 +407,7 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
-        if self.config.client_ip.to_app {
+        if config.client_ip.to_app {
             for name in forwarding::REPLACED {
                 upstream_request.remove_header(name);
             }
@@ -429,14 +436,13 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // Never for the client's eyes, judged route or not.
-        let confirmed = self
-            .config
+        let config = &ctx.generation.config;
+        let confirmed = config
             .confirm_header
             .as_ref()
             .and_then(|name| upstream_response.remove_header(name))
             .is_some();
-        let user = self
-            .config
+        let user = config
             .user_header
             .as_ref()
             .and_then(|name| upstream_response.remove_header(name));
@@ -454,7 +460,11 @@ impl ProxyHttp for VigilProxy {
         let Some(user) = user else {
             return Ok(());
         };
-        if self.route(ctx).is_some_and(|r| r.mode == Mode::Off) {
+        if ctx
+            .generation
+            .route(ctx.route)
+            .is_some_and(|r| r.mode == Mode::Off)
+        {
             return Ok(());
         }
         let Some(user) = user_name(&user) else {
@@ -501,7 +511,7 @@ impl ProxyHttp for VigilProxy {
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(e) = e else { return };
         if e.esource() == &ErrorSource::Upstream
-            && let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream))
+            && let Some(group) = ctx.generation.upstream(ctx.route)
         {
             self.metrics
                 .upstream_errors

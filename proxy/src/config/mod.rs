@@ -6,6 +6,7 @@
 //! starts anything; certificate and key files are read to prove they load.
 
 mod fields;
+mod restart;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,6 +23,7 @@ pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
 use self::fields::{Fields, Problems};
+pub use self::restart::{Merged, merge};
 use crate::hello::CaptureSettings;
 
 /// Prefix of the headers Vigil sends to the app (client-sent ones are removed).
@@ -88,8 +90,13 @@ pub struct Server {
     /// Directory for state Vigil creates. Default `/var/lib/vigil`.
     pub state_dir: PathBuf,
     /// How often files named in the config (trusted proxy lists, geo
-    /// databases) are checked for change. Default 30 s.
+    /// databases, and the config file itself when `watch_config` is set)
+    /// are checked for change. Default 30 s.
     pub file_check: Duration,
+    /// Reload the config when its file's content changes, as `SIGHUP`
+    /// does (for Kubernetes ConfigMaps, which are swapped under a symlink
+    /// and send no signal). Default false.
+    pub watch_config: bool,
 }
 
 /// `[log]`.
@@ -382,57 +389,6 @@ impl Config {
             _ => Err(invalid(p.into_vec())),
         }
     }
-
-    /// The route for `host` (without port, any case) and `path`: hosts match
-    /// exactly before wildcards before any-host, then the longest prefix wins.
-    pub fn route_index(&self, host: &str, path: &str) -> Option<usize> {
-        let mut best: Option<(u8, usize, usize)> = None;
-        for (i, route) in self.routes.iter().enumerate() {
-            let Some(host_rank) = host_rank(&route.hosts, host) else {
-                continue;
-            };
-            if !prefix_matches(&route.path_prefix, path) {
-                continue;
-            }
-            let rank = (host_rank, route.path_prefix.len(), usize::MAX - i);
-            if best.is_none_or(|b| rank > b) {
-                best = Some(rank);
-            }
-        }
-        best.map(|(_, _, inv)| usize::MAX - inv)
-    }
-}
-
-/// 2 for an exact host, 1 for a wildcard, 0 for any host; `None` for no match.
-fn host_rank(hosts: &[String], host: &str) -> Option<u8> {
-    if hosts.is_empty() {
-        return Some(0);
-    }
-    let mut rank = None;
-    for h in hosts {
-        if h.eq_ignore_ascii_case(host) {
-            return Some(2);
-        }
-        if let Some(suffix) = h.strip_prefix("*") {
-            // "*.example.com" matches "a.example.com" but not "example.com".
-            if host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
-            {
-                rank = Some(1);
-            }
-        }
-    }
-    rank
-}
-
-/// `/api` matches `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return false;
-    };
-    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
 
 // === reading ===
@@ -464,6 +420,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         )),
         state_dir: resolve(base, t.or(p, "state_dir", PathBuf::from("/var/lib/vigil"))),
         file_check: Duration::from_secs(t.or(p, "file_check_seconds", 30)),
+        watch_config: t.or(p, "watch_config", false),
     };
     if server.file_check.is_zero() {
         p.push(t.key("file_check_seconds"), "must be at least 1");

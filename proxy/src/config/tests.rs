@@ -213,8 +213,9 @@ upstream = "u"
 hosts = ["app.example.com"]
 "#,
     );
-    let name =
-        |host: &str, path: &str| c.route_index(host, path).map(|i| c.routes[i].name.as_str());
+    let name = |host: &str, path: &str| {
+        crate::routes::route_index(&c.routes, host, path).map(|i| c.routes[i].name.as_str())
+    };
     assert_eq!(name("other.org", "/"), Some("any"));
     assert_eq!(name("other.org", "/api/v1"), Some("api"));
     assert_eq!(name("other.org", "/api"), Some("api"));
@@ -231,7 +232,7 @@ hosts = ["app.example.com"]
 #[test]
 fn no_route_when_nothing_matches() {
     let c = routes("[[routes]]\nname = \"r\"\nupstream = \"u\"\nhosts = [\"a.test\"]\n");
-    assert_eq!(c.route_index("b.test", "/"), None);
+    assert_eq!(crate::routes::route_index(&c.routes, "b.test", "/"), None);
 }
 
 #[test]
