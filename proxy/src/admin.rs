@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the
-//! authenticated operator calls under `/v1/` ([`crate::feedback`]).
+//! authenticated operator calls under `/v1/` ([`crate::operator`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 use vigil_engine::Engine;
 
-use crate::feedback::{self, AdminToken, Decisions};
 use crate::generation::Current;
 use crate::metrics::Metrics;
+use crate::operator::{self, AdminToken, Decisions};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
@@ -52,7 +52,7 @@ impl AdminApp {
         }
     }
 
-    /// Serves the operator calls (`POST /v1/…`, see [`crate::feedback`])
+    /// Serves the operator calls (`POST /v1/…`, see [`crate::operator`])
     /// to holders of `token`; without a token they are refused.
     pub fn with_operator_api(mut self, token: Option<AdminToken>, decisions: Decisions) -> Self {
         self.token = token;
@@ -66,7 +66,7 @@ impl AdminApp {
         let Some(token) = &self.token else {
             return (
                 StatusCode::FORBIDDEN,
-                feedback::error_json("operator calls are off: set [admin] token_file").into_bytes(),
+                operator::error_json("operator calls are off: set [admin] token_file").into_bytes(),
             );
         };
         let authorization = req
@@ -76,38 +76,38 @@ impl AdminApp {
         if !token.accepts(authorization) {
             return (
                 StatusCode::UNAUTHORIZED,
-                feedback::error_json("missing or wrong bearer token").into_bytes(),
+                operator::error_json("missing or wrong bearer token").into_bytes(),
             );
         }
         if req.method != http::Method::POST {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                feedback::error_json("use POST").into_bytes(),
+                operator::error_json("use POST").into_bytes(),
             );
         }
         let path = req.uri.path().to_owned();
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= feedback::MAX_BODY_BYTES => {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= operator::MAX_BODY_BYTES => {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(Some(_)) => {
                     return (
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        feedback::error_json("body over 16 KiB").into_bytes(),
+                        operator::error_json("body over 16 KiB").into_bytes(),
                     );
                 }
                 Ok(None) => break,
                 Err(_) => {
                     return (
                         StatusCode::BAD_REQUEST,
-                        feedback::error_json("body unreadable").into_bytes(),
+                        operator::error_json("body unreadable").into_bytes(),
                     );
                 }
             }
         }
-        let answer = feedback::handle(
+        let answer = operator::handle(
             &self.engine,
             &self.decisions,
             &path,
@@ -159,6 +159,8 @@ impl AdminApp {
         self.metrics
             .users_tracked
             .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
+        // Only the groups in force: a reload may have removed some.
+        self.metrics.upstream_healthy.reset();
         for group in &self.current.load().upstreams {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
             self.metrics

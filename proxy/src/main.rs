@@ -151,7 +151,7 @@ fn main() -> ExitCode {
             };
             match GeoDatabases::open(&paths) {
                 Ok(dbs) => {
-                    print!("{}", vigil_proxy::geo::report(&dbs, ip));
+                    print!("{}", vigil_proxy::geoip_cli::report(&dbs, ip));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -18,11 +18,11 @@ use vigil_engine::{
 };
 
 use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
-use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
 use crate::generation::{Current, Generation};
 use crate::hello::ConnectionFingerprints;
 use crate::metrics::Metrics;
+use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
 
 /// The proxy application. Each listener gets a clone; clones share the

@@ -295,6 +295,13 @@ impl ShutdownSignalWatch for Signals {
 /// its default action would end the process. Pingora only starts listening
 /// once every service has started, and a `systemctl reload` may come sooner.
 pub fn ignore_hangup_until_listening() {
+    // Inside a runtime already (an embedding test), register there.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        if let Err(e) = signal(SignalKind::hangup()) {
+            tracing::warn!(error = %e, "cannot take over SIGHUP");
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build();

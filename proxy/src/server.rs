@@ -16,12 +16,12 @@ use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource};
-use crate::feedback::{AdminToken, Decisions};
 use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
 use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
+use crate::operator::{AdminToken, Decisions};
 use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
 use crate::snapshot::{self, Snapshotter};
@@ -54,7 +54,7 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     /// The admin token could not be read.
     #[error(transparent)]
-    Token(#[from] crate::feedback::TokenError),
+    Token(#[from] crate::operator::TokenError),
 }
 
 /// How the process was started, beyond its config.
@@ -84,6 +84,7 @@ impl Vigil {
     /// admin listener, the upstream health checks and the reloaders.
     /// Extra services (the demo app) can be added before [`Vigil::run`].
     pub fn build(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        crate::reload::ignore_hangup_until_listening();
         let hash_key = match &config.hash_key {
             HashKeySource::File(path) => keyfile::load_or_create(path)?,
             HashKeySource::Ephemeral => SessionHashKey::from_bytes(rand::random()),
@@ -291,7 +292,6 @@ impl Vigil {
     /// session snapshot once every service has stopped, and exits the
     /// process.
     pub fn run(self) -> ! {
-        crate::reload::ignore_hangup_until_listening();
         write_pid_file(&self.pid_file);
         self.server.run(pingora_core::server::RunArgs {
             shutdown_signal: Box::new(self.signals),
