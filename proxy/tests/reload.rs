@@ -12,7 +12,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Browser, Config, Origin, Proxy, Route, free_addr};
+use common::{
+    Browser, Ca, Config, Leaf, Origin, Proxy, REQUEST_TIMEOUT, Route, expected_stream_body,
+    free_addr, tls_client_builder,
+};
 use tokio::time::Instant;
 
 const RELOADS: &str = "vigil_proxy_config_reloads_total";
@@ -219,4 +222,86 @@ async fn a_watched_config_file_reloads_without_a_signal() {
     proxy.rewrite_config(&with_low(&base, &origin, "block"));
     reloaded(&proxy, "applied", 1).await;
     assert_eq!(status(&proxy).await, 403);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let (first, second) = (Origin::start(), Origin::start());
+    let base = Config::new();
+    let proxy = Proxy::start(&with_low(&base, &first, "allow")).await;
+
+    // A response the first origin holds open until released.
+    let url = proxy.url("/stream?gated");
+    let in_flight = tokio::spawn(async move {
+        let response = Browser::firefox().get(&url).await;
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap().to_vec())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.hits() == 0 {
+        assert!(Instant::now() < deadline, "the gated request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.rewrite_config(&with_low(&base, &second, "allow"));
+    proxy.hangup();
+    reloaded(&proxy, "applied", 1).await;
+    assert_eq!(status(&proxy).await, 200);
+    assert_eq!(second.hits(), 1, "a new request goes to the new upstream");
+
+    first.release_stream();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        expected_stream_body(),
+        "the old upstream's body, whole"
+    );
+    assert_eq!(first.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_serves_new_certificates_to_new_handshakes() {
+    // Two issuers: each writes its leaf to a directory of its own.
+    let (old_ca, new_ca) = (Ca::new("Old CA"), Ca::new("New CA"));
+    let (old, new) = (old_ca.leaf(&["a.test"]), new_ca.leaf(&["a.test"]));
+    let origin = Origin::start();
+    let (plain, https) = (Config::new(), free_addr());
+    let with_cert = |leaf: &Leaf| {
+        plain
+            .clone()
+            .tls_listener("https", https, false, &[leaf])
+            .upstream("app", origin.addr())
+            .route(Route::new("app", "/", "app"))
+            .render()
+    };
+    // A new client for each request: a new handshake.
+    let served = || async {
+        let client = tls_client_builder()
+            .tls_certs_only([old_ca.root(), new_ca.root()])
+            .tls_info(true)
+            .timeout(REQUEST_TIMEOUT)
+            .resolve("a.test", https)
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("https://a.test:{}/echo", https.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .expect("TLS info with the peer certificate")
+            .to_vec()
+    };
+    let proxy = Proxy::start(&with_cert(&old)).await;
+    assert_eq!(served().await, old.der());
+
+    proxy.rewrite_config(&with_cert(&new));
+    proxy.hangup();
+    reloaded(&proxy, "applied", 1).await;
+    assert_eq!(served().await, new.der());
 }
