@@ -98,12 +98,14 @@ impl Engine {
     }
 
     /// Applies a reloaded config to requests evaluated from now on: score
-    /// weights and thresholds, the client IP config and the fingerprint
-    /// headers believed from balancers. The session store stays, and so does
-    /// what would re-key or resize it: `config.session` and the store sizes
-    /// in `config.score` are ignored (a restart applies them). Requests
-    /// under way finish with the stages they started with.
+    /// weights and thresholds, bearer tokens and session limits, the client
+    /// IP config and the fingerprint headers believed from balancers. The
+    /// session store stays, and so does what would re-key or resize it: the
+    /// cookie names in `config.session` and the store sizes in
+    /// `config.score` are ignored (a restart applies them). Requests under
+    /// way finish with the stages they started with.
     pub fn reconfigure(&self, config: EngineConfig) {
+        self.session.reconfigure(config.session);
         self.scorer.reconfigure(config.score);
         self.set_client_ip(config.client_ip);
         self.device.set_upstream(config.upstream_fingerprints);

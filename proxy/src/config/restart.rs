@@ -49,13 +49,8 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
 
     // The session key: changing how it is derived orphans every session.
     hold!("session.hash_key_file", hash_key);
+    // A session's key is derived from its cookie's name.
     hold!("session.cookies", engine.session.cookie_names);
-    hold!("session.bearer", engine.session.bearer);
-    hold!("limits.max_cookies", engine.session.limits.max_cookies);
-    hold!(
-        "limits.max_credential_bytes",
-        engine.session.limits.max_credential_bytes
-    );
     if next.snapshot_every.is_some() != running.snapshot_every.is_some() {
         restart.push("session.snapshot".to_owned());
     }
@@ -191,6 +186,7 @@ mod tests {
         let running = config("", "127.0.0.1:8080", "enforce");
         let next = config(
             "[session]\ncookies = [\"sid\"]\nmax_sessions = 10\nhash_key_file = \"other.key\"\n\
+             [limits]\nmax_cookies = 50\n\
              [risk]\nmax_users = 5\nmedium_at = 20\n[log]\nlevel = \"debug\"",
             "127.0.0.1:8080",
             "enforce",
@@ -206,7 +202,14 @@ mod tests {
                 "risk.max_users",
             ]
         );
-        assert_eq!(merged.config.engine.session, running.engine.session);
+        assert_eq!(
+            merged.config.engine.session.cookie_names,
+            running.engine.session.cookie_names
+        );
+        assert_eq!(
+            merged.config.engine.session.limits.max_cookies, 50,
+            "a limit applies"
+        );
         assert_eq!(merged.config.hash_key, running.hash_key);
         assert_eq!(merged.config.engine.score.max_sessions, 1_000_000);
         assert_eq!(merged.config.engine.score.medium_at, 20, "a weight applies");
