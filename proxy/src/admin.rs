@@ -15,7 +15,7 @@ use vigil_engine::Engine;
 
 use crate::generation::Current;
 use crate::metrics::Metrics;
-use crate::operator::{self, AdminToken, Decisions};
+use crate::operator::{self, Decisions};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
@@ -26,7 +26,6 @@ pub struct AdminApp {
     /// Set once the process listens for `SIGHUP`: before that a reload
     /// signal would be lost.
     signals: Arc<AtomicBool>,
-    token: Option<AdminToken>,
     decisions: Decisions,
 }
 
@@ -47,15 +46,14 @@ impl AdminApp {
             current,
             listeners,
             signals,
-            token: None,
             decisions: Decisions::new(),
         }
     }
 
     /// Serves the operator calls (`POST /v1/…`, see [`crate::operator`])
-    /// to holders of `token`; without a token they are refused.
-    pub fn with_operator_api(mut self, token: Option<AdminToken>, decisions: Decisions) -> Self {
-        self.token = token;
+    /// over `decisions` to holders of the generation's admin token; without
+    /// a token they are refused.
+    pub fn with_operator_api(mut self, decisions: Decisions) -> Self {
         self.decisions = decisions;
         self
     }
@@ -63,7 +61,9 @@ impl AdminApp {
     /// An authenticated operator call.
     async fn operator_call(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
         let req = session.req_header();
-        let Some(token) = &self.token else {
+        // The generation in force: a reload may have rotated the token.
+        let generation = self.current.load();
+        let Some(token) = &generation.admin_token else {
             return (
                 StatusCode::FORBIDDEN,
                 operator::error_json("operator calls are off: set [admin] token_file").into_bytes(),

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Route};
 use crate::metrics::{Metrics, RequestCounters};
+use crate::operator::{AdminToken, TokenError};
 use crate::upstream::{UpstreamError, UpstreamGroup};
 
 /// The generation in force, shared by the proxy, the admin listener, the
@@ -31,6 +32,21 @@ pub struct Generation {
     pub upstreams: Vec<Arc<UpstreamGroup>>,
     /// The per-request counters, resolved for `config.routes`.
     pub counters: RequestCounters,
+    /// The operator API's token, read from `[admin] token_file` when the
+    /// generation was built (a reload rotates it); `None` turns the calls
+    /// off.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// Why a generation could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// An upstream group could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The admin token file could not be used.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 // === impl Generation ===
@@ -43,7 +59,7 @@ impl Generation {
         config: Config,
         previous: Option<&Generation>,
         metrics: &Metrics,
-    ) -> Result<Self, UpstreamError> {
+    ) -> Result<Self, GenerationError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             let kept = previous
@@ -56,10 +72,17 @@ impl Generation {
             upstreams.push(group);
         }
         let counters = RequestCounters::new(metrics, config.routes.iter().map(|r| r.name.as_str()));
+        let admin_token = config
+            .admin
+            .token_file
+            .as_deref()
+            .map(AdminToken::load)
+            .transpose()?;
         Ok(Self {
             config,
             upstreams,
             counters,
+            admin_token,
         })
     }
 

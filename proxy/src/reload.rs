@@ -28,10 +28,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use vigil_engine::Engine;
 
 use crate::config::{Config, ConfigError, Merged, merge};
-use crate::generation::{ApplyLock, Current, Generation};
+use crate::generation::{ApplyLock, Current, Generation, GenerationError};
 use crate::metrics::Metrics;
 use crate::tls::{ListenerCertificates, SniResolver, TlsError};
-use crate::upstream::UpstreamError;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +49,9 @@ pub enum ReloadError {
         /// The cause.
         source: TlsError,
     },
-    /// An upstream group could not be built.
+    /// An upstream group or the admin token could not be built.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Generation(#[from] GenerationError),
 }
 
 /// What a reload did.
@@ -216,6 +215,7 @@ impl ConfigReloader {
         }
         let generation = Generation::new(config, Some(&running), &self.metrics)?;
 
+        crate::logging::set_level(&generation.config.log.level);
         self.engine.reconfigure(generation.config.engine.clone());
         for (certificates, resolver) in resolvers {
             certificates.replace(resolver);

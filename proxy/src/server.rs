@@ -21,7 +21,7 @@ use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
-use crate::operator::{AdminToken, Decisions};
+use crate::operator::Decisions;
 use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
 use crate::snapshot::{self, Snapshotter};
@@ -43,18 +43,15 @@ pub enum StartError {
         /// The cause.
         source: crate::tls::TlsError,
     },
-    /// An upstream group could not be built.
+    /// An upstream group or the admin token could not be built.
     #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamError),
+    Generation(#[from] crate::generation::GenerationError),
     /// A geo database could not be opened.
     #[error(transparent)]
     Geo(#[from] vigil_geoip::GeoError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The admin token could not be read.
-    #[error(transparent)]
-    Token(#[from] crate::operator::TokenError),
 }
 
 /// How the process was started, beyond its config.
@@ -150,12 +147,6 @@ impl Vigil {
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
         let decisions = Decisions::new();
-        let token = config
-            .admin
-            .token_file
-            .as_deref()
-            .map(AdminToken::load)
-            .transpose()?;
         let app = VigilProxy::new(
             current.clone(),
             engine.clone(),
@@ -263,7 +254,7 @@ impl Vigil {
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
         let admin = AdminApp::new(metrics, engine, current.clone(), listen_addrs, listening)
-            .with_operator_api(token, decisions);
+            .with_operator_api(decisions);
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora_core::apps::http_app::HttpServer::new_app(admin),

@@ -305,3 +305,28 @@ async fn a_reload_serves_new_certificates_to_new_handshakes() {
     reloaded(&proxy, "applied", 1).await;
     assert_eq!(served().await, new.der());
 }
+
+#[tokio::test]
+async fn a_reload_rotates_the_admin_token() {
+    let (old, new) = ("0".repeat(32), "1".repeat(32));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &old).unwrap();
+    let origin = Origin::start();
+    let base = Config::new().admin_token_file(&token_file);
+    let proxy = Proxy::start(&with_low(&base, &origin, "allow")).await;
+    let revoke = |token: &str| {
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/v1/users/revoke", proxy.admin()))
+            .bearer_auth(token)
+            .body(r#"{"user": "alice"}"#);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(revoke(&old).await, 200);
+
+    std::fs::write(&token_file, &new).unwrap();
+    proxy.hangup();
+    reloaded(&proxy, "applied", 1).await;
+    assert_eq!(revoke(&old).await, 401, "the old token is refused");
+    assert_eq!(revoke(&new).await, 200);
+}

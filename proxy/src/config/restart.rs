@@ -43,9 +43,7 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
     hold!("server.state_dir", server.state_dir);
     hold!("server.file_check_seconds", server.file_check);
     hold!("log.format", log.format);
-    hold!("log.level", log.level);
     hold!("admin.listen", admin.listen);
-    hold!("admin.token_file", admin.token_file);
 
     // The session key: changing how it is derived orphans every session.
     hold!("session.hash_key_file", hash_key);
@@ -195,7 +193,6 @@ mod tests {
         assert_eq!(
             merged.restart,
             [
-                "log.level",
                 "session.hash_key_file",
                 "session.cookies",
                 "session.max_sessions",
@@ -213,6 +210,7 @@ mod tests {
         assert_eq!(merged.config.hash_key, running.hash_key);
         assert_eq!(merged.config.engine.score.max_sessions, 1_000_000);
         assert_eq!(merged.config.engine.score.medium_at, 20, "a weight applies");
+        assert_eq!(merged.config.log.level, "debug", "the log level applies");
     }
 
     #[test]
