@@ -45,14 +45,6 @@ pub enum FileReloadError {
     TrustedSets(Vec<vigil_engine::TrustedSetError>),
 }
 
-fn list(errors: &[vigil_engine::TrustedSetError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// The background service that drives every [`Reloadable`].
 pub struct Reloader {
     every: Duration,
@@ -230,4 +222,12 @@ impl Reloadable for TrustedFiles {
         *seen = now;
         Ok(true)
     }
+}
+
+fn list(errors: &[vigil_engine::TrustedSetError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

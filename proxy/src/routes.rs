@@ -55,3 +55,55 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     };
     prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FailMode, Mode};
+
+    fn route(name: &str, hosts: &[&str], path_prefix: &str) -> Route {
+        Route {
+            name: name.to_owned(),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            path_prefix: path_prefix.to_owned(),
+            upstream: 0,
+            mode: Mode::Enforce,
+            on_error: FailMode::Closed,
+            login_url: None,
+            step_up_url: None,
+            policy: vigil_engine::Policy::default(),
+        }
+    }
+
+    #[test]
+    fn exact_host_then_wildcard_then_longest_prefix() {
+        let routes = [
+            route("any", &[], "/"),
+            route("api", &[], "/api"),
+            route("wild", &["*.example.com"], "/"),
+            route("exact", &["app.example.com"], "/"),
+        ];
+        let name = |host: &str, path: &str| {
+            route_index(&routes, host, path).map(|i| routes[i].name.as_str())
+        };
+        assert_eq!(name("other.org", "/"), Some("any"));
+        assert_eq!(name("other.org", "/api/v1"), Some("api"));
+        assert_eq!(name("other.org", "/api"), Some("api"));
+        assert_eq!(name("other.org", "/api?q=1"), Some("api"));
+        assert_eq!(name("other.org", "/apix"), Some("any"));
+        assert_eq!(name("x.example.com", "/api"), Some("wild"));
+        assert_eq!(name("APP.example.com", "/"), Some("exact"));
+        assert_eq!(
+            name("example.com", "/"),
+            Some("any"),
+            "wildcard needs a label"
+        );
+    }
+
+    #[test]
+    fn the_first_of_equal_routes_wins_and_none_may_match() {
+        let routes = [route("a", &["a.test"], "/"), route("b", &["a.test"], "/")];
+        assert_eq!(route_index(&routes, "a.test", "/x"), Some(0));
+        assert_eq!(route_index(&routes, "b.test", "/"), None);
+    }
+}
