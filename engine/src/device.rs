@@ -19,6 +19,9 @@ mod ua;
 pub(crate) use ua::fnv1a;
 
 use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use http::HeaderMap;
 use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
@@ -181,13 +184,23 @@ pub struct LanguageTag {
 }
 
 /// The device stage.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeviceStage {
     ua: ua::UaParser,
-    upstream: UpstreamFingerprints,
+    /// Replaced whole on reload ([`DeviceStage::set_upstream`]).
+    upstream: ArcSwap<UpstreamFingerprints>,
 }
 
 // === impl DeviceStage ===
+
+impl Clone for DeviceStage {
+    fn clone(&self) -> Self {
+        Self {
+            ua: self.ua.clone(),
+            upstream: ArcSwap::new(self.upstream.load_full()),
+        }
+    }
+}
 
 impl Default for DeviceStage {
     fn default() -> Self {
@@ -201,8 +214,14 @@ impl DeviceStage {
     pub fn new(upstream: UpstreamFingerprints) -> Self {
         Self {
             ua: ua::UaParser::new(),
-            upstream,
+            upstream: ArcSwap::from_pointee(upstream),
         }
+    }
+
+    /// Believes `upstream` fingerprint headers from now on; requests under
+    /// way finish with the ones they started with.
+    pub fn set_upstream(&self, upstream: UpstreamFingerprints) {
+        self.upstream.store(Arc::new(upstream));
     }
 
     /// Fingerprints the client of a request. Never fails: missing or garbled
@@ -212,6 +231,7 @@ impl DeviceStage {
     pub fn observe(&self, request: &RequestView<'_>, trusted: &TrustedProxies) -> Device {
         let tls = self
             .upstream
+            .load()
             .read(trusted, request.peer, request.headers)
             .unwrap_or(request.tls);
         self.traits(request.headers, tls)

@@ -240,6 +240,20 @@ impl Engine {
         self.client_ip.store(Arc::new(ClientIpStage::new(config)));
     }
 
+    /// Applies a reloaded config to requests evaluated from now on: score
+    /// weights and thresholds, bearer tokens and session limits, the client
+    /// IP config and the fingerprint headers believed from balancers. The
+    /// session store stays, and so does what would re-key or resize it: the
+    /// cookie names in `config.session` and the store sizes in
+    /// `config.score` are ignored (a restart applies them). Requests under
+    /// way finish with the stages they started with.
+    pub fn reconfigure(&self, config: EngineConfig) {
+        self.session.reconfigure(config.session);
+        self.scorer.reconfigure(config.score);
+        self.set_client_ip(config.client_ip);
+        self.device.set_upstream(config.upstream_fingerprints);
+    }
+
     /// Only the client IP stage, for requests that are forwarded without
     /// being judged (route mode `off`, fail-open): the app still gets a
     /// clean client address.
@@ -309,7 +323,7 @@ impl Engine {
             place,
             request.now_secs,
         );
-        let risk = scored.risks.overall(self.scorer.config());
+        let risk = scored.risks.overall(&self.scorer.config());
         let action = policy.decide(&risk);
 
         let revoked = risk.reasons.iter().any(|c| c.reason.is_final());

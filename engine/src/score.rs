@@ -34,6 +34,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use vigil_geoip::Location;
@@ -379,7 +380,11 @@ impl EntityState {
 /// The scorer and its stores.
 #[derive(Clone)]
 pub struct Scorer {
-    config: ScoreConfig,
+    /// Behind an `ArcSwap` so that weights and thresholds can be replaced
+    /// while requests run ([`Scorer::reconfigure`]); the store sizes in it
+    /// stay those the stores were built with.
+    /// Shared by clones, as the stores are.
+    config: Arc<ArcSwap<ScoreConfig>>,
     sessions: Arc<SessionStore>,
     revoked: Cache<SessionKey, Revocation>,
     profiles: Cache<UserKey, Arc<Mutex<UserProfile>>>,
@@ -703,7 +708,7 @@ impl Scorer {
             .eviction_policy(EvictionPolicy::lru())
             .build();
         Self {
-            config,
+            config: Arc::new(ArcSwap::from_pointee(config)),
             sessions,
             revoked,
             profiles,
@@ -712,9 +717,24 @@ impl Scorer {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ScoreConfig {
-        &self.config
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<ScoreConfig> {
+        self.config.load_full()
+    }
+
+    /// Replaces weights and thresholds for requests scored from now on. The
+    /// stores keep their sizes and lifetimes (`max_sessions`,
+    /// `session_idle_timeout`, `revocation_ttl`, `max_users`,
+    /// `user_idle_timeout` of `config` are ignored): resizing them would
+    /// mean rebuilding them, and losing every session.
+    pub fn reconfigure(&self, mut config: ScoreConfig) {
+        let running = self.config.load();
+        config.max_sessions = running.max_sessions;
+        config.session_idle_timeout = running.session_idle_timeout;
+        config.revocation_ttl = running.revocation_ttl;
+        config.max_users = running.max_users;
+        config.user_idle_timeout = running.user_idle_timeout;
+        self.config.store(Arc::new(config));
     }
 
     /// Scores a request of `session`. Does not change the stores:
@@ -750,7 +770,7 @@ impl Scorer {
                 (Reason::Revoked, &mut risks.session)
             };
             *part = Risk::from_contributions(
-                &self.config,
+                &self.config.load(),
                 vec![Contribution {
                     reason,
                     points: 100,
@@ -831,7 +851,7 @@ impl Scorer {
         place: Option<Place>,
         now: u32,
     ) -> (Risk, NetworkChange, SessionState) {
-        let c = &self.config;
+        let c = &*self.config.load();
         let mut reasons = Vec::new();
         let mut add = |reason, points| reasons.push(Contribution { reason, points });
         let mut next = *s;
@@ -945,7 +965,8 @@ impl Scorer {
             return (Risk::none(), true);
         };
         let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
-        let m = &self.config.model;
+        let config = self.config.load();
+        let m = &config.model;
         if profile.learning(
             now,
             m.learning_sessions,
@@ -955,7 +976,7 @@ impl Scorer {
         }
         let evidence = profile.evidence(&self.population, features, &ALL, f64::from(m.llr_cap));
         let reasons = self.model_points(evidence, 100);
-        (Risk::from_contributions(&self.config, reasons), false)
+        (Risk::from_contributions(&config, reasons), false)
     }
 
     /// Whether a mid-session move lands on a network familiar to the user
@@ -980,10 +1001,11 @@ impl Scorer {
             return (false, Vec::new());
         };
         let profile = profile.lock().unwrap_or_else(PoisonError::into_inner);
-        let m = &self.config.model;
+        let config = self.config.load();
+        let m = &config.model;
         let after = m.familiar_after;
         let asn = features.get(Feature::Asn);
-        let coarse = place.is_none_or(|p| p.accuracy_km >= self.config.coarse_location_km);
+        let coarse = place.is_none_or(|p| p.accuracy_km >= config.coarse_location_km);
         let network_known = profile.familiar(Feature::Prefix, features.get(Feature::Prefix), after)
             || profile.count(Feature::Asn, asn).1
             || (coarse && profile.familiar(Feature::Asn, asn, after));
@@ -1006,7 +1028,8 @@ impl Scorer {
     /// Turns the model's evidence into contributions, one per reason, the
     /// total held to `cap`.
     fn model_points(&self, evidence: impl Iterator<Item = Evidence>, cap: u8) -> Vec<Contribution> {
-        let w = &self.config.model.weights;
+        let config = self.config.load();
+        let w = &config.model.weights;
         let mut sums = [0.0f64; 3];
         for e in evidence {
             let slot = match e.feature {
@@ -1042,6 +1065,7 @@ impl Scorer {
     /// The user's flags, for a session bound to them under revocation
     /// `generation`.
     fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
+        let config = self.config.load();
         // Most users have no flags: `contains_key` answers without logging
         // a read (see `score`).
         let Some(e) = self
@@ -1069,10 +1093,10 @@ impl Scorer {
             let n = e.detections.min(MAX_DETECTIONS);
             reasons.push(Contribution {
                 reason: Reason::RecentDetections,
-                points: self.config.recent_detection.saturating_mul(n),
+                points: config.recent_detection.saturating_mul(n),
             });
         }
-        Risk::from_contributions(&self.config, reasons)
+        Risk::from_contributions(&config, reasons)
     }
 
     /// Records what a decided request taught. An allowed request's state is
@@ -1163,7 +1187,7 @@ impl Scorer {
     }
 
     fn record_detection(&self, user: UserKey, now: u32) {
-        let window = secs32(self.config.detection_window.as_secs());
+        let window = secs32(self.config.load().detection_window.as_secs());
         let mut e = self.entities.get(&user).unwrap_or_default();
         let until = now.saturating_add(window);
         // A replay loop would otherwise write on every request: once the
@@ -1468,7 +1492,7 @@ impl Scorer {
     /// full (the `moka` caches may run over their bound until their
     /// housekeeping catches up): a larger file is not one of its snapshots.
     pub fn max_snapshot_bytes(&self) -> u64 {
-        let c = &self.config;
+        let c = self.config.load();
         let per_session = (SessionState::RECORD_LEN + REVOCATION_LEN) as u64;
         let per_user = (16 + UserProfile::RECORD_LEN + EntityState::RECORD_LEN) as u64;
         (SNAPSHOT_HEADER as u64)
@@ -1583,10 +1607,10 @@ impl Scorer {
                 Err(_) => restored.refused += 1,
             }
         }
-        let ttl = self
-            .config
+        let config = self.config.load();
+        let ttl = config
             .revocation_ttl
-            .max(self.config.session_idle_timeout)
+            .max(config.session_idle_timeout)
             .as_secs();
         for entry in revoked.chunks_exact(REVOCATION_LEN) {
             let (key, times) = entry.split_at(16);
@@ -1683,7 +1707,7 @@ impl Scorer {
 impl fmt::Debug for Scorer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scorer")
-            .field("config", &self.config)
+            .field("config", &self.config.load())
             .field("sessions", &self.sessions)
             .field("tracked_users", &self.profiles.entry_count())
             .finish_non_exhaustive()

@@ -2,6 +2,9 @@
 //! keyed hash. The raw credential never leaves this module.
 
 use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -122,7 +125,9 @@ impl SessionError {
 /// The session stage: finds the credential and hashes it.
 #[derive(Clone)]
 pub struct SessionStage {
-    config: SessionConfig,
+    /// Behind an `ArcSwap` for [`SessionStage::reconfigure`]; shared by
+    /// clones.
+    config: Arc<ArcSwap<SessionConfig>>,
     key: SessionHashKey,
 }
 
@@ -194,14 +199,29 @@ impl fmt::Display for ShortKey {
 impl SessionStage {
     /// Builds the stage from its config and the hashing key.
     pub fn new(config: SessionConfig, key: SessionHashKey) -> Self {
-        Self { config, key }
+        Self {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            key,
+        }
+    }
+
+    /// Applies a reloaded config's `bearer` and `limits` to requests from now
+    /// on. The cookie names stay: a session's key is derived from its
+    /// cookie's name, so changing them would re-key every session.
+    pub fn reconfigure(&self, config: SessionConfig) {
+        let cookie_names = self.config.load().cookie_names.clone();
+        self.config.store(Arc::new(SessionConfig {
+            cookie_names,
+            ..config
+        }));
     }
 
     /// Finds the session of a request. A session cookie wins over a bearer
     /// token; among cookies, the earliest configured name wins. `Ok(None)`
     /// means the request carries no session credential.
     pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Session>, SessionError> {
-        let limits = self.config.limits;
+        let config = self.config.load();
+        let limits = config.limits;
         let mut best: Option<(usize, &str)> = None;
         let mut count = 0usize;
         // HTTP/2 clients may split cookies over several header fields.
@@ -219,7 +239,7 @@ impl SessionStage {
                 // A malformed cookie next to ours is the browser's business,
                 // not a reason to lose the session: skip it.
                 let Ok(cookie) = cookie else { continue };
-                let Some(rank) = self.rank(cookie.name()) else {
+                let Some(rank) = rank(&config, cookie.name()) else {
                     continue;
                 };
                 // The raw value borrows the header, not the parsed cookie.
@@ -233,11 +253,7 @@ impl SessionStage {
             }
         }
         if let Some((rank, value)) = best {
-            let name = self
-                .config
-                .cookie_names
-                .get(rank)
-                .map_or("", String::as_str);
+            let name = config.cookie_names.get(rank).map_or("", String::as_str);
             return self
                 .hash(b"cookie", name.as_bytes(), value.as_bytes())
                 .map(|key| {
@@ -247,7 +263,7 @@ impl SessionStage {
                     })
                 });
         }
-        if self.config.bearer
+        if config.bearer
             && let Some(token) = headers
                 .get(AUTHORIZATION)
                 .and_then(|v| bearer(v.as_bytes()))
@@ -265,21 +281,18 @@ impl SessionStage {
     /// The key of `value` sent as the `rank`th configured cookie; `None`
     /// when there is no such cookie name or the value is too long.
     pub fn cookie_key(&self, rank: usize, value: &[u8]) -> Option<SessionKey> {
-        let name = self.config.cookie_names.get(rank)?;
+        let config = self.config.load();
+        let name = config.cookie_names.get(rank)?;
         self.hash(b"cookie", name.as_bytes(), value).ok()
     }
 
     /// The position of `name` among the configured session cookies.
     pub fn rank_of(&self, name: &str) -> Option<usize> {
-        self.rank(name)
-    }
-
-    fn rank(&self, name: &str) -> Option<usize> {
-        self.config.cookie_names.iter().position(|n| n == name)
+        rank(&self.config.load(), name)
     }
 
     fn hash(&self, kind: &[u8], name: &[u8], value: &[u8]) -> Result<SessionKey, SessionError> {
-        let limit = self.config.limits.max_credential_bytes;
+        let limit = self.config.load().limits.max_credential_bytes;
         if value.len() > limit {
             return Err(SessionError::CredentialTooLong {
                 len: value.len(),
@@ -304,9 +317,13 @@ impl SessionStage {
 impl fmt::Debug for SessionStage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionStage")
-            .field("config", &self.config)
+            .field("config", &self.config.load())
             .finish_non_exhaustive()
     }
+}
+
+fn rank(config: &SessionConfig, name: &str) -> Option<usize> {
+    config.cookie_names.iter().position(|n| n == name)
 }
 
 /// The token of an `Authorization: Bearer <token>` value, if that is what it is.

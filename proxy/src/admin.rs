@@ -1,8 +1,9 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the
-//! authenticated operator calls under `/v1/` ([`crate::feedback`]).
+//! authenticated operator calls under `/v1/` ([`crate::operator`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,46 +13,50 @@ use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 use vigil_engine::Engine;
 
-use crate::feedback::{self, AdminToken, Decisions};
+use crate::generation::Current;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamGroup;
+use crate::operator::{self, Decisions};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     metrics: Metrics,
     engine: Arc<Engine>,
-    upstreams: Arc<Vec<UpstreamGroup>>,
+    current: Current,
     listeners: Vec<SocketAddr>,
-    token: Option<AdminToken>,
+    /// Set once the process listens for `SIGHUP`: before that a reload
+    /// signal would be lost.
+    signals: Arc<AtomicBool>,
     decisions: Decisions,
     /// Held while a scrape copies the engine's counters.
     catching_up: Arc<std::sync::Mutex<()>>,
 }
 
 impl AdminApp {
-    /// Builds the admin app over the proxy's metrics and engine; `listeners`
-    /// are the proxy's addresses that readiness checks.
+    /// Builds the admin app over the proxy's metrics, engine and config
+    /// generation; `listeners` are the proxy's addresses and `signals` the
+    /// flag of [`crate::reload::Signals`], both of which readiness checks.
     pub fn new(
         metrics: Metrics,
         engine: Arc<Engine>,
-        upstreams: Arc<Vec<UpstreamGroup>>,
+        current: Current,
         listeners: Vec<SocketAddr>,
+        signals: Arc<AtomicBool>,
     ) -> Self {
         Self {
             catching_up: Arc::default(),
             metrics,
             engine,
-            upstreams,
+            current,
             listeners,
-            token: None,
+            signals,
             decisions: Decisions::new(),
         }
     }
 
-    /// Serves the operator calls (`POST /v1/…`, see [`crate::feedback`])
-    /// to holders of `token`; without a token they are refused.
-    pub fn with_operator_api(mut self, token: Option<AdminToken>, decisions: Decisions) -> Self {
-        self.token = token;
+    /// Serves the operator calls (`POST /v1/…`, see [`crate::operator`])
+    /// over `decisions` to holders of the generation's admin token; without
+    /// a token they are refused.
+    pub fn with_operator_api(mut self, decisions: Decisions) -> Self {
         self.decisions = decisions;
         self
     }
@@ -59,10 +64,12 @@ impl AdminApp {
     /// An authenticated operator call.
     async fn operator_call(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
         let req = session.req_header();
-        let Some(token) = &self.token else {
+        // The generation in force: a reload may have rotated the token.
+        let generation = self.current.load();
+        let Some(token) = &generation.admin_token else {
             return (
                 StatusCode::FORBIDDEN,
-                feedback::error_json("operator calls are off: set [admin] token_file").into_bytes(),
+                operator::error_json("operator calls are off: set [admin] token_file").into_bytes(),
             );
         };
         let authorization = req
@@ -72,38 +79,38 @@ impl AdminApp {
         if !token.accepts(authorization) {
             return (
                 StatusCode::UNAUTHORIZED,
-                feedback::error_json("missing or wrong bearer token").into_bytes(),
+                operator::error_json("missing or wrong bearer token").into_bytes(),
             );
         }
         if req.method != http::Method::POST {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                feedback::error_json("use POST").into_bytes(),
+                operator::error_json("use POST").into_bytes(),
             );
         }
         let path = req.uri.path().to_owned();
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= feedback::MAX_BODY_BYTES => {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= operator::MAX_BODY_BYTES => {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(Some(_)) => {
                     return (
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        feedback::error_json("body over 16 KiB").into_bytes(),
+                        operator::error_json("body over 16 KiB").into_bytes(),
                     );
                 }
                 Ok(None) => break,
                 Err(_) => {
                     return (
                         StatusCode::BAD_REQUEST,
-                        feedback::error_json("body unreadable").into_bytes(),
+                        operator::error_json("body unreadable").into_bytes(),
                     );
                 }
             }
         }
-        let answer = feedback::handle(
+        let answer = operator::handle(
             &self.engine,
             &self.decisions,
             &path,
@@ -119,9 +126,13 @@ impl AdminApp {
         (answer.status, answer.body.into_bytes())
     }
 
-    /// Ready when every proxy listener accepts a connection. Services start
-    /// independently, so the admin listener answering says nothing by itself.
+    /// Ready when the process listens for its signals and every proxy
+    /// listener accepts a connection. Services start independently, so the
+    /// admin listener answering says nothing by itself.
     async fn ready(&self) -> bool {
+        if !self.signals.load(Ordering::Acquire) {
+            return false;
+        }
         for addr in &self.listeners {
             let mut target = *addr;
             if target.ip().is_unspecified() {
@@ -164,7 +175,9 @@ impl AdminApp {
                 crate::metrics::catch_up(&self.metrics.events_lost, sink.lost());
             }
         }
-        for group in self.upstreams.iter() {
+        // Only the groups in force: a reload may have removed some.
+        self.metrics.upstream_healthy.reset();
+        for group in &self.current.load().upstreams {
             let healthy = i64::try_from(group.healthy_addresses()).unwrap_or(i64::MAX);
             self.metrics
                 .upstream_healthy

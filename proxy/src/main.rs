@@ -9,7 +9,7 @@ use vigil_geoip::{GeoDatabases, GeoPaths};
 use vigil_proxy::config::{Config, ConfigError};
 use vigil_proxy::demo::{self, DemoAddrs};
 use vigil_proxy::logging;
-use vigil_proxy::server::Vigil;
+use vigil_proxy::server::{StartOptions, Vigil};
 
 // mimalloc was measured faster than the system allocator on the proxy path;
 // see docs/performance.md.
@@ -30,8 +30,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy with a config file.
+    /// Run the proxy with a config file. SIGHUP reloads the file.
     Run {
+        /// The config file (TOML).
+        #[arg(short, long, env = "VIGIL_CONFIG")]
+        config: PathBuf,
+        /// Take the listening sockets over from the running instance with the
+        /// same state_dir, which then stops gracefully: send it SIGQUIT once
+        /// this one is started. For a new binary; a new config only needs
+        /// `reload`.
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Check a config file, then tell the proxy running with it (found by
+    /// the pid file in its state_dir) to reload it.
+    Reload {
         /// The config file (TOML).
         #[arg(short, long, env = "VIGIL_CONFIG")]
         config: PathBuf,
@@ -88,8 +101,33 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&e),
         },
-        Command::Run { config } => match Config::load(&config) {
-            Ok(c) => start(c, None),
+        Command::Run { config, upgrade } => match Config::load(&config) {
+            Ok(c) => {
+                let options = StartOptions {
+                    config_file: Some(config),
+                    upgrade,
+                };
+                start(c, options, None)
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Reload { config } => match Config::load(&config) {
+            Ok(c) => {
+                let pid_file = vigil_proxy::server::pid_file(&c.server.state_dir);
+                match vigil_proxy::signal::reload(&pid_file) {
+                    Ok(pid) => {
+                        println!(
+                            "{}: ok; asked process {pid} to reload it (the outcome is in its log and vigil_proxy_config_reloads_total)",
+                            config.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Err(e) => config_failed(&e),
         },
         Command::Geoip {
@@ -113,7 +151,7 @@ fn main() -> ExitCode {
             };
             match GeoDatabases::open(&paths) {
                 Ok(dbs) => {
-                    print!("{}", vigil_proxy::geo::report(&dbs, ip));
+                    print!("{}", vigil_proxy::geoip_cli::report(&dbs, ip));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -133,16 +171,16 @@ fn main() -> ExitCode {
                 origin,
             };
             match demo::config(addrs) {
-                Ok(c) => start(c, Some(addrs)),
+                Ok(c) => start(c, StartOptions::default(), Some(addrs)),
                 Err(e) => config_failed(&e),
             }
         }
     }
 }
 
-fn start(config: Config, demo: Option<DemoAddrs>) -> ExitCode {
+fn start(config: Config, options: StartOptions, demo: Option<DemoAddrs>) -> ExitCode {
     logging::init(&config.log);
-    let mut vigil = match Vigil::build(config) {
+    let mut vigil = match Vigil::build(config, options) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// `vigil_proxy_reloads_total{source,result}`: file reloads, `result` is
     /// `reloaded` or `failed` (the old data stays).
     pub reloads: IntCounterVec,
+    /// `vigil_proxy_config_reloads_total{result}`: reloads of the config
+    /// file, `result` is `applied`, `partial` (applied but for settings that
+    /// need a restart) or `failed` (nothing changed).
+    pub config_reloads: IntCounterVec,
     /// `vigil_proxy_client_ip_chain_total{outcome}`: forwarding chains that
     /// were not clean: `malformed`, `truncated`, `ignored` (sent by an
     /// untrusted peer), `inconsistent`, `opaque_hop`, `all_trusted`.
@@ -142,6 +146,14 @@ impl Metrics {
             "File reloads by source and result; a failed reload keeps the old data.",
             &["source", "result"],
         )?;
+        let config_reloads = counter(
+            "vigil_proxy_config_reloads_total",
+            "Config file reloads by result; partial leaves settings that need a restart, failed changes nothing.",
+            &["result"],
+        )?;
+        for result in ["applied", "partial", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let chain_anomalies = counter(
             "vigil_proxy_client_ip_chain_total",
             "Forwarding chains that were malformed, truncated, ignored, inconsistent, opaque or all trusted.",
@@ -247,6 +259,7 @@ impl Metrics {
             failures,
             connect_failures,
             reloads,
+            config_reloads,
             chain_anomalies,
             upstream_healthy,
             tls_hello,

@@ -17,24 +17,23 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{Config, FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
 use crate::events::reasons_list;
-use crate::feedback::{Decisions, Refused};
 use crate::forwarding;
+use crate::generation::{Current, Generation};
 use crate::hello::ConnectionFingerprints;
-use crate::metrics::{Metrics, RequestCounters};
+use crate::metrics::Metrics;
+use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
-use crate::upstream::UpstreamGroup;
 
 /// The proxy application. Each listener gets a clone; clones share the
-/// config, engine, upstreams and metrics.
+/// config generation in force, engine and metrics.
 #[derive(Clone)]
 pub struct VigilProxy {
-    config: Arc<Config>,
+    /// Loaded once per request, into its [`RequestCtx`].
+    current: Current,
     engine: Arc<Engine>,
-    upstreams: Arc<Vec<UpstreamGroup>>,
     metrics: Metrics,
-    counters: RequestCounters,
     /// Which forwarding headers this listener believes.
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
@@ -48,8 +47,12 @@ pub struct VigilProxy {
 }
 
 /// Per-request state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCtx {
+    /// The config generation in force when the request started: its route,
+    /// policy and upstream stay those of this generation whatever reloads
+    /// happen meanwhile.
+    generation: Arc<Generation>,
     route: Option<usize>,
     /// Risk headers for the app, when the request was evaluated and allowed.
     risk: Option<RiskHeaders>,
@@ -77,21 +80,16 @@ struct RiskHeaders {
 impl VigilProxy {
     /// Builds the application.
     pub fn new(
-        config: Arc<Config>,
+        current: Current,
         engine: Arc<Engine>,
-        upstreams: Arc<Vec<UpstreamGroup>>,
         metrics: Metrics,
         fingerprints: Option<ConnectionFingerprints>,
         decisions: Decisions,
     ) -> Self {
-        let counters =
-            RequestCounters::new(&metrics, config.routes.iter().map(|r| r.name.as_str()));
         Self {
-            config,
+            current,
             engine,
-            upstreams,
             metrics,
-            counters,
             forwarded: ForwardedHeaders::default(),
             tls: false,
             listener: Arc::from(""),
@@ -189,10 +187,6 @@ impl VigilProxy {
         }
     }
 
-    fn route(&self, ctx: &RequestCtx) -> Option<&Route> {
-        ctx.route.and_then(|i| self.config.routes.get(i))
-    }
-
     /// Carries out a verdict as far as the route's mode allows: its
     /// effects through the engine, the refusal as a response. Returns true
     /// when a response was sent.
@@ -203,10 +197,11 @@ impl VigilProxy {
         verdict: &Verdict,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        let generation = Arc::clone(&ctx.generation);
         let enforced = route.mode == Mode::Enforce;
-        self.counters.decision(verdict.action, enforced);
+        generation.counters.decision(verdict.action, enforced);
         for c in &verdict.risk.reasons {
-            self.counters.reason(c.reason);
+            generation.counters.reason(c.reason);
         }
         let reference = (verdict.action != Action::Allow).then(respond::new_reference);
         self.engine.apply(
@@ -223,7 +218,7 @@ impl VigilProxy {
         }
 
         if verdict.action == Action::Allow || !enforced {
-            if self.config.risk_to_app {
+            if generation.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
                     level: HeaderValue::from_static(verdict.risk.level.as_str()),
                     score: HeaderValue::from(u16::from(verdict.risk.score)),
@@ -240,7 +235,9 @@ impl VigilProxy {
         }
 
         let cookie = match verdict.session.map(|s| s.source) {
-            Some(CredentialSource::Cookie(i)) => self.config.engine.session.cookie_names.get(i),
+            Some(CredentialSource::Cookie(i)) => {
+                generation.config.engine.session.cookie_names.get(i)
+            }
             _ => None,
         };
         let refusal = match verdict.action {
@@ -280,12 +277,20 @@ impl ProxyHttp for VigilProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            generation: self.current.load_full(),
+            route: None,
+            risk: None,
+            attempts: 0,
+            client: None,
+            verdict: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let generation = Arc::clone(&ctx.generation);
         let req = session.req_header();
-        if header_bytes(req) > self.config.max_header_bytes {
+        if header_bytes(req) > generation.config.max_header_bytes {
             self.metrics
                 .request_errors
                 .with_label_values(&["headers_too_large", "refused"])
@@ -294,16 +299,16 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         }
         let host = request_host(req);
-        ctx.route = self.config.route_index(host, req.uri.path());
-        let Some(route) = self.route(ctx) else {
-            self.counters.request(None);
+        ctx.route = crate::routes::route_index(&generation.config.routes, host, req.uri.path());
+        let Some(route) = generation.route(ctx.route) else {
+            generation.counters.request(None);
             respond::send(session, Refusal::NoRoute).await?;
             return Ok(true);
         };
-        self.counters.request(ctx.route);
+        generation.counters.request(ctx.route);
         let view = self.request_view(session, route);
         if route.mode == Mode::Off && !route.app_confirms {
-            if self.config.client_ip.to_app {
+            if generation.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
             }
             return Ok(false);
@@ -363,9 +368,9 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
-        let group = self
-            .route(ctx)
-            .and_then(|r| self.upstreams.get(r.upstream))
+        let group = ctx
+            .generation
+            .upstream(ctx.route)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no route"))?;
         group.select().ok_or_else(|| {
             let mut e = Error::explain(
@@ -384,7 +389,7 @@ impl ProxyHttp for VigilProxy {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream)) {
+        if let Some(group) = ctx.generation.upstream(ctx.route) {
             self.metrics
                 .connect_failures
                 .with_label_values(&[&group.config.name])
@@ -408,11 +413,11 @@ impl ProxyHttp for VigilProxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> pingora_proxy::FailToProxy {
-        let route = self.route(ctx);
+        let generation = Arc::clone(&ctx.generation);
         let scope = respond::Scope {
-            route: route.map(|r| r.name.as_str()),
-            upstream: route
-                .and_then(|r| self.upstreams.get(r.upstream))
+            route: generation.route(ctx.route).map(|r| r.name.as_str()),
+            upstream: generation
+                .upstream(ctx.route)
                 .map(|g| g.config.name.as_str()),
         };
         let status = respond::fail(session, e, scope, &self.metrics).await;
@@ -445,14 +450,15 @@ impl ProxyHttp for VigilProxy {
         }
         // A balancer's fingerprint headers were read by the engine (from a
         // trusted peer only); the app gets Vigil's own headers instead.
-        let upstream_fp = &self.config.engine.upstream_fingerprints;
+        let config = &ctx.generation.config;
+        let upstream_fp = &config.engine.upstream_fingerprints;
         for name in [&upstream_fp.ja4_header, &upstream_fp.ja3_header]
             .into_iter()
             .flatten()
         {
             upstream_request.remove_header(name);
         }
-        if self.config.fingerprint.to_app
+        if config.fingerprint.to_app
             && let Some(tls) = ctx.verdict.as_ref().map(|v| v.device.tls)
         {
             if let Some(ja4) = tls.ja4 {
@@ -462,7 +468,7 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
-        if self.config.client_ip.to_app {
+        if config.client_ip.to_app {
             for name in forwarding::REPLACED {
                 upstream_request.remove_header(name);
             }
@@ -495,12 +501,14 @@ impl ProxyHttp for VigilProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let generation = &ctx.generation;
+        let config = &generation.config;
         // Judged against the request's verdict: the response side is part
         // of the same, single evaluation. Informational heads (103 Early
         // Hints) set nothing a browser keeps, and come before the real one.
         if let (Some(verdict), Some(route), false) = (
             &ctx.verdict,
-            self.route(ctx),
+            generation.route(ctx.route),
             upstream_response.status.is_informational(),
         ) {
             let done = self.engine.respond(
@@ -508,8 +516,8 @@ impl ProxyHttp for VigilProxy {
                 &ResponseView {
                     headers: &upstream_response.headers,
                     now_secs: now_secs(),
-                    user_header: self.config.user_header.as_ref(),
-                    confirm_header: self.config.confirm_header.as_ref(),
+                    user_header: config.user_header.as_ref(),
+                    confirm_header: config.confirm_header.as_ref(),
                     app_confirms: route.app_confirms,
                 },
                 enforcement(route.mode),
@@ -522,7 +530,7 @@ impl ProxyHttp for VigilProxy {
             }
         }
         // Never for the client's eyes, judged route or not.
-        for name in [&self.config.confirm_header, &self.config.user_header]
+        for name in [&config.confirm_header, &config.user_header]
             .into_iter()
             .flatten()
         {
@@ -534,7 +542,7 @@ impl ProxyHttp for VigilProxy {
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let Some(e) = e else { return };
         if e.esource() == &ErrorSource::Upstream
-            && let Some(group) = self.route(ctx).and_then(|r| self.upstreams.get(r.upstream))
+            && let Some(group) = ctx.generation.upstream(ctx.route)
         {
             self.metrics
                 .upstream_errors

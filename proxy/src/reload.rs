@@ -1,239 +1,343 @@
-//! Files named in the config — trusted proxy lists and geo databases — are
-//! checked for change on a timer and reloaded in the background. A file that
-//! fails to load keeps what was loaded before; the failure is logged and
-//! counted (STYLE.md 8).
+//! Whole-config reload: `SIGHUP` (what `systemctl reload` sends), the
+//! `vigil-proxy reload` command (which sends it), and, when
+//! `[server] watch_config` is set, a change of the config file's content.
+//!
+//! A reload reads the file again and validates it exactly as `check` does.
+//! A file with problems changes nothing: every problem is logged at warn and
+//! the failure counted. A valid file becomes the next [`Generation`] —
+//! routes, policies, upstream groups, risk weights, trusted proxy sets,
+//! fingerprint headers, certificates — for requests that start after it;
+//! requests in flight finish with the generation they started with.
+//! Settings that need new sockets, would re-key sessions or resize a store
+//! keep their running values and are reported as needing a restart
+//! ([`crate::config::merge`]).
+//!
+//! Every outcome is counted in
+//! `vigil_proxy_config_reloads_total{result="applied"|"partial"|"failed"}`.
 
-use std::sync::Arc;
-
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use vigil_engine::Engine;
 
 use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
-use prometheus::IntCounterVec;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use vigil_engine::Engine;
 
-/// Something that can re-read its files.
-pub trait Reloadable: Send + Sync {
-    /// A short, stable name for logs and the `source` metric label.
-    fn name(&self) -> &'static str;
+use crate::config::{Config, ConfigError, Merged, merge};
+use crate::generation::{ApplyLock, Current, Generation, GenerationError};
+use crate::metrics::Metrics;
+use crate::tls::{ListenerCertificates, SniResolver, TlsError};
 
-    /// Re-reads the files if they changed. `Ok(true)` when something new was
-    /// loaded, `Ok(false)` when nothing changed; on `Err` the old data stays.
-    fn reload(&self) -> Result<bool, String>;
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The process was started without a config file (the demo).
+    #[error("this process was started without a config file")]
+    NoFile,
+    /// The file could not be read or has problems.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener's certificates could not be loaded again.
+    #[error("listener {listener}: {source}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// The cause.
+        source: TlsError,
+    },
+    /// An upstream group or the admin token could not be built.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
 }
 
-/// The background service that drives every [`Reloadable`].
-pub struct Reloader {
+/// What a reload did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Everything in the file is in force.
+    Applied,
+    /// Everything is in force but these keys, which need a restart.
+    Partial {
+        /// The dotted keys.
+        restart: Vec<String>,
+    },
+    /// Nothing changed.
+    Failed(ReloadError),
+}
+
+/// Reloads the config file into the running process.
+pub struct ConfigReloader {
+    path: Option<PathBuf>,
+    engine: Arc<Engine>,
+    current: Current,
+    metrics: Metrics,
+    /// The TLS listeners' certificates, by listener name.
+    certificates: Vec<(String, Arc<ListenerCertificates>)>,
+    apply: ApplyLock,
+    /// SHA-256 of the config text last read, for [`ConfigWatch`].
+    seen: Mutex<Option<[u8; 32]>>,
+}
+
+/// Listens for `SIGHUP` (reload) next to Pingora's own signals: `SIGTERM`
+/// (graceful stop), `SIGINT` (fast stop) and `SIGQUIT` (hand the sockets to
+/// a new binary started with `run --upgrade`).
+#[derive(Debug)]
+pub struct Signals {
+    reloader: Arc<ConfigReloader>,
+    listening: Arc<AtomicBool>,
+}
+
+/// Reloads the config when its file's content changes and
+/// `[server] watch_config` is set.
+#[derive(Debug)]
+pub struct ConfigWatch {
+    reloader: Arc<ConfigReloader>,
     every: Duration,
-    sources: Vec<Box<dyn Reloadable>>,
-    /// `vigil_proxy_reloads_total{source,result}`.
-    counter: IntCounterVec,
 }
 
-impl Reloader {
-    /// Checks `sources` every `every`, counting outcomes in `counter`.
-    pub fn new(every: Duration, sources: Vec<Box<dyn Reloadable>>, counter: IntCounterVec) -> Self {
+// === impl ConfigReloader ===
+
+impl ConfigReloader {
+    /// A reloader of the file at `path` (`None`: reloads fail, there is no
+    /// file) into `current` and `engine`; `certificates` are the TLS
+    /// listeners'.
+    pub fn new(
+        path: Option<PathBuf>,
+        engine: Arc<Engine>,
+        current: Current,
+        metrics: Metrics,
+        certificates: Vec<(String, Arc<ListenerCertificates>)>,
+        apply: ApplyLock,
+    ) -> Self {
+        let seen = path.as_deref().and_then(digest_of);
         Self {
-            every,
-            sources,
-            counter,
+            path,
+            engine,
+            current,
+            metrics,
+            certificates,
+            apply,
+            seen: Mutex::new(seen),
         }
     }
 
-    /// Runs one round of checks; public so that tests and a future admin
-    /// endpoint can trigger it.
-    pub fn check_all(&self) {
-        for source in &self.sources {
-            let result = match source.reload() {
-                Ok(true) => {
-                    tracing::info!(source = source.name(), "reloaded");
-                    "reloaded"
+    /// Reloads the file, logs and counts the outcome, and returns it.
+    pub fn reload(&self) -> Outcome {
+        let outcome = match self.try_reload() {
+            Ok(restart) if restart.is_empty() => Outcome::Applied,
+            Ok(restart) => Outcome::Partial { restart },
+            Err(e) => Outcome::Failed(e),
+        };
+        let file = self
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let result = match &outcome {
+            Outcome::Applied => {
+                tracing::info!(file, "config reloaded");
+                "applied"
+            }
+            Outcome::Partial { restart } => {
+                for key in restart {
+                    tracing::warn!(
+                        file,
+                        key,
+                        "config reloaded but this setting needs a restart; its running value stays"
+                    );
                 }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(source = source.name(), error = %e, "reload failed; keeping the previous data");
-                    "failed"
+                tracing::info!(
+                    file,
+                    "config reloaded, but for settings that need a restart"
+                );
+                "partial"
+            }
+            Outcome::Failed(ReloadError::Config(ConfigError::Invalid { problems, .. })) => {
+                for problem in problems {
+                    tracing::warn!(file, key = %problem.key, problem = %problem.message, "config reload refused");
                 }
+                tracing::warn!(
+                    file,
+                    problems = problems.len(),
+                    "config reload refused; the running config stays"
+                );
+                "failed"
+            }
+            Outcome::Failed(e) => {
+                tracing::warn!(file, error = %e, "config reload failed; the running config stays");
+                "failed"
+            }
+        };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        outcome
+    }
+
+    /// Reads, validates, merges and applies the file; returns the keys that
+    /// need a restart. Everything fallible happens before anything is
+    /// replaced, so an error leaves the running config whole.
+    fn try_reload(&self) -> Result<Vec<String>, ReloadError> {
+        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
+        // Reloads are rare; holding the lock across the file read keeps a
+        // SIGHUP and the file watch from applying the same file twice over
+        // each other.
+        let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        // Remembered even when the file is bad: the watch retries only
+        // once the file changes again.
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Sha256::digest(text.as_bytes()).into());
+        let next = Config::parse(&text, path)?;
+        let running = self.current.load_full();
+        let Merged { config, restart } = merge(&running.config, next);
+
+        let mut resolvers = Vec::with_capacity(self.certificates.len());
+        for (name, certificates) in &self.certificates {
+            // The merge keeps the running listener set, so every TLS
+            // listener is still there, and still TLS.
+            let Some(listener) = config.listeners.iter().find(|l| &l.name == name) else {
+                continue;
             };
-            self.counter
-                .with_label_values(&[source.name(), result])
-                .inc();
+            let resolver =
+                SniResolver::load(&listener.certificates).map_err(|source| ReloadError::Tls {
+                    listener: name.clone(),
+                    source,
+                })?;
+            resolvers.push((certificates, resolver));
         }
+        let generation = Generation::new(config, Some(&running), &self.metrics)?;
+
+        crate::logging::set_level(&generation.config.log.level);
+        self.engine.reconfigure(generation.config.engine.clone());
+        for (certificates, resolver) in resolvers {
+            certificates.replace(resolver);
+        }
+        self.current.store(Arc::new(generation));
+        Ok(restart)
+    }
+
+    /// Whether the file's content differs from what was last read. An
+    /// unreadable file (a ConfigMap mid-swap) is no change.
+    fn file_changed(&self) -> bool {
+        let Some(now) = self.path.as_deref().and_then(digest_of) else {
+            return false;
+        };
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) != Some(now)
     }
 }
 
-/// Runs `f` every `period` until shutdown. The first run is one period
-/// after the start: everything was just loaded.
-pub(crate) async fn every(period: Duration, mut shutdown: ShutdownWatch, mut f: impl FnMut()) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // An interval's first tick fires at once.
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => f(),
-            _ = shutdown.changed() => return,
+fn digest_of(path: &std::path::Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(Sha256::digest(&bytes).into())
+}
+
+impl std::fmt::Debug for ConfigReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigReloader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Signals ===
+
+impl Signals {
+    /// Reloads with `reloader` on `SIGHUP`; sets `listening` once every
+    /// signal is being listened for (the admin listener's readiness waits
+    /// for it, so a reload sent to a ready proxy is never lost).
+    pub fn new(reloader: Arc<ConfigReloader>, listening: Arc<AtomicBool>) -> Self {
+        Self {
+            reloader,
+            listening,
         }
     }
 }
 
 #[async_trait]
-impl BackgroundService for Reloader {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        every(self.every, shutdown, || self.check_all()).await;
-    }
-}
-
-impl std::fmt::Debug for Reloader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reloader")
-            .field("every", &self.every)
-            .field(
-                "sources",
-                &self.sources.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-/// Geo databases: [`vigil_geoip::GeoIp::reload`] does the change detection
-/// and keeps the old set on failure.
-#[derive(Debug)]
-pub struct GeoReload(pub std::sync::Arc<vigil_geoip::GeoIp>);
-
-impl Reloadable for GeoReload {
-    fn name(&self) -> &'static str {
-        "geoip"
-    }
-
-    fn reload(&self) -> Result<bool, String> {
-        match self.0.reload() {
-            Ok(vigil_geoip::ReloadOutcome::Unchanged) => Ok(false),
-            Ok(vigil_geoip::ReloadOutcome::Reloaded { .. }) => Ok(true),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-/// Trusted proxy sets read from files: when any file changes, every set is
-/// rebuilt and the engine's client IP stage replaced whole.
-#[derive(Debug)]
-pub struct TrustedFiles {
-    engine: std::sync::Arc<vigil_engine::Engine>,
-    base: vigil_engine::ClientIpConfig,
-    sets: Vec<crate::config::TrustedSet>,
-    stamps: std::sync::Mutex<Vec<Option<FileStamp>>>,
-}
-
-/// What identifies a version of a file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-}
-
-impl TrustedFiles {
-    /// Watches the files of `sets`; `base` is the client IP config the
-    /// engine started with.
-    pub fn new(
-        engine: std::sync::Arc<vigil_engine::Engine>,
-        base: vigil_engine::ClientIpConfig,
-        sets: Vec<crate::config::TrustedSet>,
-    ) -> Self {
-        let stamps = sets
-            .iter()
-            .map(|s| s.file.as_deref().and_then(stamp))
-            .collect();
-        Self {
-            engine,
-            base,
-            sets,
-            stamps: std::sync::Mutex::new(stamps),
-        }
-    }
-
-    /// Whether any set reads a file.
-    pub fn watches_files(&self) -> bool {
-        self.sets.iter().any(|s| s.file.is_some())
-    }
-}
-
-fn stamp(path: &std::path::Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-    })
-}
-
-impl Reloadable for TrustedFiles {
-    fn name(&self) -> &'static str {
-        "trusted_proxies"
-    }
-
-    fn reload(&self) -> Result<bool, String> {
-        let now: Vec<Option<FileStamp>> = self
-            .sets
-            .iter()
-            .map(|s| s.file.as_deref().and_then(stamp))
-            .collect();
-        let mut seen = self
-            .stamps
-            .lock()
-            .map_err(|_| "trusted file state poisoned".to_owned())?;
-        if *seen == now {
-            return Ok(false);
-        }
-        let mut sets = self.sets.clone();
-        for set in &mut sets {
-            if let Some(path) = &set.file {
-                set.file_cidrs = crate::cidrs::read_file(path).map_err(|e| e.to_string())?;
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let streams = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (Ok(mut hangup), Ok(mut quit), Ok(mut terminate), Ok(mut interrupt)) = streams else {
+            tracing::warn!("cannot listen for SIGHUP; config reload by signal is off");
+            self.listening.store(true, Ordering::Release);
+            return pingora_core::server::UnixShutdownSignalWatch.recv().await;
+        };
+        self.listening.store(true, Ordering::Release);
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    // On the main thread, which does nothing else: a reload
+                    // takes milliseconds and a stop signal waits for it.
+                    self.reloader.reload();
+                }
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+                _ = terminate.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
             }
         }
-        let trusted = crate::config::trusted_proxies(&sets).map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
-        let mut config = self.base.clone();
-        config.trusted = trusted;
-        self.engine.set_client_ip(config);
-        *seen = now;
-        Ok(true)
     }
 }
 
-/// Drops session states that idled out, once a minute, so that their memory
-/// returns before the store would reuse it.
-pub struct Sweeper {
-    engine: Arc<Engine>,
-    every: Duration,
+/// Makes `SIGHUP` harmless from now on, before the proxy listens for it:
+/// its default action would end the process. Pingora only starts listening
+/// once every service has started, and a `systemctl reload` may come sooner.
+pub fn ignore_hangup_until_listening() {
+    // Inside a runtime already (an embedding test), register there.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        if let Err(e) = signal(SignalKind::hangup()) {
+            tracing::warn!(error = %e, "cannot take over SIGHUP");
+        }
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    match runtime {
+        // Registering installs tokio's process-wide handler, which stays
+        // after this runtime is gone; the signals it records meanwhile are
+        // dropped.
+        Ok(rt) => rt.block_on(async {
+            if let Err(e) = signal(SignalKind::hangup()) {
+                tracing::warn!(error = %e, "cannot take over SIGHUP");
+            }
+        }),
+        Err(e) => tracing::warn!(error = %e, "cannot take over SIGHUP"),
+    }
 }
 
-impl Sweeper {
-    /// A sweeper of `engine`'s session store every `every`.
-    pub fn new(engine: Arc<Engine>, every: Duration) -> Self {
-        Self { engine, every }
+// === impl ConfigWatch ===
+
+impl ConfigWatch {
+    /// Checks the file every `every`.
+    pub fn new(reloader: Arc<ConfigReloader>, every: Duration) -> Self {
+        Self { reloader, every }
     }
 }
 
 #[async_trait]
-impl BackgroundService for Sweeper {
+impl BackgroundService for ConfigWatch {
     async fn start(&self, shutdown: ShutdownWatch) {
-        every(self.every, shutdown, || {
-            self.engine.scorer().sweep(crate::proxy::now_secs());
+        crate::periodic::every(self.every, shutdown, || {
+            // Read from the generation in force: the key itself reloads.
+            if self.reloader.current.load().config.server.watch_config
+                && self.reloader.file_changed()
+            {
+                self.reloader.reload();
+            }
         })
         .await;
-    }
-}
-
-impl std::fmt::Debug for Sweeper {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sweeper")
-            .field("every", &self.every)
-            .finish()
     }
 }

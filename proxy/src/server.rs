@@ -1,6 +1,8 @@
 //! Builds the Pingora server from a validated config and runs it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
@@ -14,15 +16,18 @@ use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource};
-use crate::feedback::{AdminToken, Decisions};
+use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
+use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
+use crate::operator::Decisions;
 use crate::proxy::VigilProxy;
-use crate::reload::{GeoReload, Reloadable, Reloader, Sweeper, TrustedFiles};
+use crate::reload::{ConfigReloader, ConfigWatch, Signals};
 use crate::snapshot::{self, Snapshotter};
-use crate::tls::SniResolver;
-use crate::upstream::UpstreamGroup;
+use crate::sweeper::Sweeper;
+use crate::tls::{ListenerCertificates, SniResolver};
+use crate::upstream::HealthChecks;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,21 +43,29 @@ pub enum StartError {
         /// The cause.
         source: crate::tls::TlsError,
     },
-    /// An upstream group could not be built.
+    /// An upstream group or the admin token could not be built.
     #[error(transparent)]
-    Upstream(#[from] crate::upstream::UpstreamError),
+    Generation(#[from] crate::generation::GenerationError),
     /// A geo database could not be opened.
     #[error(transparent)]
     Geo(#[from] vigil_geoip::GeoError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The admin token could not be read.
-    #[error(transparent)]
-    Token(#[from] crate::feedback::TokenError),
     /// The event consumers could not be started.
     #[error("event consumers: {0}")]
     Events(std::io::Error),
+}
+
+/// How the process was started, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The config file, read again on reload; `None` (the demo) makes
+    /// every reload fail.
+    pub config_file: Option<PathBuf>,
+    /// Take the listening sockets over from a running instance through the
+    /// upgrade socket (`run --upgrade`), which then stops gracefully.
+    pub upgrade: bool,
 }
 
 /// Events each lane of the engine's event sink holds before it drops
@@ -65,18 +78,21 @@ pub struct Vigil {
     /// The engine and where its snapshot goes, written once more after the
     /// last request has been served.
     snapshot: Option<(Arc<Engine>, std::path::PathBuf)>,
+    /// Where this process writes its pid, for `vigil-proxy reload`.
+    pid_file: PathBuf,
+    signals: Signals,
 }
 
 impl Vigil {
     /// Builds every service of `config`: one proxy service per listener, the
-    /// admin listener, and a health-check service per upstream group.
+    /// admin listener, the upstream health checks and the reloaders.
     /// Extra services (the demo app) can be added before [`Vigil::run`].
-    pub fn build(config: Config) -> Result<Self, StartError> {
+    pub fn build(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        crate::reload::ignore_hangup_until_listening();
         let hash_key = match &config.hash_key {
             HashKeySource::File(path) => keyfile::load_or_create(path)?,
             HashKeySource::Ephemeral => SessionHashKey::from_bytes(rand::random()),
         };
-        let config = Arc::new(config);
         let mut engine = Engine::new(config.engine.clone(), hash_key);
         let paths = GeoPaths {
             geo: config.geoip.city.clone(),
@@ -109,14 +125,13 @@ impl Vigil {
         if let Some((path, _)) = &snapshot {
             snapshot::restore(&engine, path);
         }
-        let mut upstreams = Vec::new();
-        let mut health_services = Vec::new();
-        for u in &config.upstreams {
-            let (group, health) = UpstreamGroup::new(u.clone())?;
-            upstreams.push(group);
-            health_services.extend(health);
-        }
-        let upstreams = Arc::new(upstreams);
+        let current = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
+            config, None, &metrics,
+        )?));
+        // The start-time settings: sockets, stores and services are built
+        // from these, and reloads keep them (see `config::merge`).
+        let started = current.load_full();
+        let config = &started.config;
 
         let mut conf = ServerConf {
             threads: config.server.threads,
@@ -128,19 +143,19 @@ impl Vigil {
             ..ServerConf::default()
         };
         // Pingora's defaults put these in /tmp, shared by every instance.
-        conf.pid_file = config
-            .server
-            .state_dir
-            .join("vigil-proxy.pid")
-            .display()
-            .to_string();
+        let pid_file = pid_file(&config.server.state_dir);
+        conf.pid_file = pid_file.display().to_string();
         conf.upgrade_sock = config
             .server
             .state_dir
             .join("vigil-proxy.upgrade.sock")
             .display()
             .to_string();
-        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        let opt = Opt {
+            upgrade: options.upgrade,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
 
         let fingerprints = config
@@ -148,20 +163,14 @@ impl Vigil {
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
         let decisions = Decisions::new();
-        let token = config
-            .admin
-            .token_file
-            .as_deref()
-            .map(AdminToken::load)
-            .transpose()?;
         let app = VigilProxy::new(
-            config.clone(),
+            current.clone(),
             engine.clone(),
-            upstreams.clone(),
             metrics.clone(),
             fingerprints.clone(),
             decisions.clone(),
         );
+        let mut certificates = Vec::new();
         for listener in &config.listeners {
             let mut service = pingora_proxy::http_proxy_service_with_name(
                 &server.configuration,
@@ -194,7 +203,9 @@ impl Vigil {
                         reason: e.to_string(),
                     },
                 })?;
-                tls.set_cert_resolver(Arc::new(resolver));
+                let resolver = Arc::new(ListenerCertificates::new(resolver));
+                certificates.push((listener.name.clone(), resolver.clone()));
+                tls.set_cert_resolver(resolver);
                 if listener.http2 {
                     tls.enable_h2();
                 }
@@ -211,9 +222,10 @@ impl Vigil {
             server.add_service(service);
         }
 
-        for health in health_services {
-            server.add_service(health);
-        }
+        server.add_service(background_service(
+            "upstream health",
+            HealthChecks::new(current.clone()),
+        ));
 
         let final_snapshot = snapshot
             .as_ref()
@@ -228,27 +240,37 @@ impl Vigil {
             "session sweep",
             Sweeper::new(engine.clone(), std::time::Duration::from_secs(60)),
         ));
-        let mut watched: Vec<Box<dyn Reloadable>> = Vec::new();
+        let apply = ApplyLock::default();
+        // Always watched: a reload may add trusted sets read from files.
+        let mut watched: Vec<Box<dyn Reloadable>> = vec![Box::new(TrustedFiles::new(
+            engine.clone(),
+            current.clone(),
+            apply.clone(),
+        ))];
         if let Some(geo) = geo {
             watched.push(Box::new(GeoReload(geo)));
         }
-        let trusted = TrustedFiles::new(
+        let reloader = Reloader::new(config.server.file_check, watched, metrics.reloads.clone());
+        server.add_service(background_service("file reload", reloader));
+
+        let config_reloader = Arc::new(ConfigReloader::new(
+            options.config_file,
             engine.clone(),
-            config.engine.client_ip.clone(),
-            config.trusted_proxies.clone(),
-        );
-        if trusted.watches_files() {
-            watched.push(Box::new(trusted));
-        }
-        if !watched.is_empty() {
-            let reloader =
-                Reloader::new(config.server.file_check, watched, metrics.reloads.clone());
-            server.add_service(background_service("file reload", reloader));
-        }
+            current.clone(),
+            metrics.clone(),
+            certificates,
+            apply,
+        ));
+        server.add_service(background_service(
+            "config watch",
+            ConfigWatch::new(config_reloader.clone(), config.server.file_check),
+        ));
+        let listening = Arc::new(AtomicBool::new(false));
+        let signals = Signals::new(config_reloader, listening.clone());
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
-        let admin = AdminApp::new(metrics, engine, upstreams, listen_addrs)
-            .with_operator_api(token, decisions);
+        let admin = AdminApp::new(metrics, engine, current.clone(), listen_addrs, listening)
+            .with_operator_api(decisions);
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora_core::apps::http_app::HttpServer::new_app(admin),
@@ -259,6 +281,8 @@ impl Vigil {
         Ok(Self {
             server,
             snapshot: final_snapshot,
+            pid_file,
+            signals,
         })
     }
 
@@ -270,14 +294,43 @@ impl Vigil {
         self.server.add_service(service);
     }
 
-    /// Runs until SIGTERM (graceful) or SIGINT (fast), writes the session
-    /// snapshot once every service has stopped, and exits the process.
+    /// Runs until SIGTERM (graceful), SIGINT (fast) or SIGQUIT (sockets
+    /// handed to a new binary), reloading the config on SIGHUP; writes the
+    /// session snapshot once every service has stopped, and exits the
+    /// process.
     pub fn run(self) -> ! {
-        self.server.run(pingora_core::server::RunArgs::default());
+        write_pid_file(&self.pid_file);
+        self.server.run(pingora_core::server::RunArgs {
+            shutdown_signal: Box::new(self.signals),
+        });
         if let Some((engine, path)) = &self.snapshot {
             snapshot::write_logged(engine, path);
         }
+        remove_pid_file(&self.pid_file);
         std::process::exit(0)
+    }
+}
+
+/// The pid file of the instance whose state lives in `state_dir`.
+pub fn pid_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("vigil-proxy.pid")
+}
+
+/// Pingora writes the pid file only when it daemonizes; `vigil-proxy
+/// reload` needs it always. A new binary taking over (`run --upgrade`)
+/// writes its own over the old one's.
+fn write_pid_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file; `vigil-proxy reload` will not find this process");
+    }
+}
+
+/// Removes the pid file unless a newer instance has written its own.
+fn remove_pid_file(path: &std::path::Path) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
     }
 }
 

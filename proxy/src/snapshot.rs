@@ -137,7 +137,7 @@ impl BackgroundService for Snapshotter {
     async fn start(&self, shutdown: ShutdownWatch) {
         // The last snapshot is written after the server has stopped
         // (`Vigil::run`), when no request can change it any more.
-        crate::reload::every(self.every, shutdown, || {
+        crate::periodic::every(self.every, shutdown, || {
             write_logged(&self.engine, &self.path);
         })
         .await;

@@ -1,5 +1,5 @@
-//! TLS for client-facing listeners: certificates loaded once at start and
-//! chosen by SNI.
+//! TLS for client-facing listeners: certificates chosen by SNI, loaded at
+//! start and again on every config reload.
 //!
 //! rustls's own `ResolvesServerCertUsingSni` matches exact names only; ours
 //! adds `*.` wildcards and a default for clients that send no (or an unknown)
@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use pingora_rustls::sign::CertifiedKey;
 use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
 
@@ -37,6 +38,12 @@ pub struct SniResolver {
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
 }
+
+/// A listener's certificates as the TLS layer sees them: replaced whole on
+/// reload, while handshakes under way finish with the set they started
+/// with.
+#[derive(Debug)]
+pub struct ListenerCertificates(ArcSwap<SniResolver>);
 
 /// Loads a certificate chain and its private key, and checks they match.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
@@ -104,6 +111,26 @@ impl SniResolver {
             .iter()
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
             .map_or_else(|| self.default.clone(), |(_, ck)| ck.clone())
+    }
+}
+
+// === impl ListenerCertificates ===
+
+impl ListenerCertificates {
+    /// Serves `resolver` until [`ListenerCertificates::replace`].
+    pub fn new(resolver: SniResolver) -> Self {
+        Self(ArcSwap::from_pointee(resolver))
+    }
+
+    /// Serves `resolver` to handshakes from now on.
+    pub fn replace(&self, resolver: SniResolver) {
+        self.0.store(Arc::new(resolver));
+    }
+}
+
+impl ResolvesServerCert for ListenerCertificates {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(client_hello.server_name()))
     }
 }
 

@@ -1,34 +1,50 @@
 //! Upstream groups: round robin over healthy addresses.
 //!
-//! Active health checks are Pingora's load balancer running as a background
-//! service. Passive checks are ours: an address whose connection failed is
-//! skipped for `eject_seconds`, and the request is retried on the next one.
+//! Active health checks run in one background service, [`HealthChecks`],
+//! over the groups of the config generation in force: a reload that changes
+//! a group's addresses replaces the group, and the service checks the new
+//! one from its next tick and forgets the old one. Passive checks are ours:
+//! an address whose connection failed is skipped for `eject_seconds`, and
+//! the request is retried on the next one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pingora_core::services::background::{GenBackgroundService, background_service};
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
 
 use crate::config::{HealthKind, Upstream};
+use crate::generation::Current;
 
-/// The background service running a group's active health checks.
-pub type HealthService = GenBackgroundService<LoadBalancer<RoundRobin>>;
+/// How often the health service looks for groups whose check is due: the
+/// resolution of `health.interval_seconds`.
+const HEALTH_TICK: Duration = Duration::from_millis(250);
 
 /// One upstream group and its health state.
 pub struct UpstreamGroup {
     /// The group's config.
     pub config: Upstream,
-    lb: Arc<LoadBalancer<RoundRobin>>,
+    lb: LoadBalancer<RoundRobin>,
     /// Per address, in `config.addresses` order: until when (in ms since
     /// `epoch`) it is ejected.
     ejected_until: Vec<AtomicU64>,
+    /// When (in ms since `epoch`) the next active check is due; 0 at first,
+    /// so that a new group is checked at once.
+    next_check: AtomicU64,
     epoch: Instant,
+}
+
+/// Runs the active health checks of every group in the generation in
+/// force, each at its own interval.
+pub struct HealthChecks {
+    current: Current,
 }
 
 /// Why a group could not be built.
@@ -42,9 +58,8 @@ pub struct UpstreamError {
 // === impl UpstreamGroup ===
 
 impl UpstreamGroup {
-    /// Builds a group and, when active checks are on, the background service
-    /// that runs them; add it to the server.
-    pub fn new(config: Upstream) -> Result<(Self, Option<HealthService>), UpstreamError> {
+    /// Builds a group; its active checks, when on, run in [`HealthChecks`].
+    pub fn new(config: Upstream) -> Result<Self, UpstreamError> {
         let err = |reason: String| UpstreamError {
             name: config.name.clone(),
             reason,
@@ -61,23 +76,27 @@ impl UpstreamGroup {
                     lb.set_health_check(Box::new(hc));
                 }
             }
-            lb.health_check_frequency = Some(config.health.interval);
-            lb.parallel_health_check = true;
         }
         let ejected_until = config.addresses.iter().map(|_| AtomicU64::new(0)).collect();
-        let (lb, service) = if config.health.interval.is_zero() {
-            (Arc::new(lb), None)
-        } else {
-            let service = background_service(&format!("health {}", config.name), lb);
-            (service.task(), Some(service))
-        };
-        let group = Self {
+        Ok(Self {
             config,
             lb,
             ejected_until,
+            next_check: AtomicU64::new(0),
             epoch: Instant::now(),
-        };
-        Ok((group, service))
+        })
+    }
+
+    /// Runs the active check of every address when one is due.
+    async fn check_if_due(&self) {
+        let interval = self.config.health.interval;
+        let now = self.now_ms();
+        if interval.is_zero() || self.next_check.load(Ordering::Relaxed) > now {
+            return;
+        }
+        self.next_check
+            .store(now.saturating_add(millis(interval)), Ordering::Relaxed);
+        self.lb.backends().run_health_check(true).await;
     }
 
     /// The next healthy, non-ejected address as a peer, or `None` when there
@@ -136,6 +155,50 @@ impl UpstreamGroup {
 
     fn now_ms(&self) -> u64 {
         millis(self.epoch.elapsed())
+    }
+}
+
+// === impl HealthChecks ===
+
+impl HealthChecks {
+    /// Checks the groups of whichever generation `current` holds.
+    pub fn new(current: Current) -> Self {
+        Self { current }
+    }
+
+    /// One round: every group whose check is due, concurrently.
+    async fn round(&self) {
+        let generation = self.current.load_full();
+        let mut checks = Vec::new();
+        for group in &generation.upstreams {
+            let group = Arc::clone(group);
+            checks.push(tokio::spawn(async move { group.check_if_due().await }));
+        }
+        for check in checks {
+            if let Err(e) = check.await {
+                tracing::warn!(error = %e, "upstream health check task failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HEALTH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.round().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for HealthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecks").finish_non_exhaustive()
     }
 }
 

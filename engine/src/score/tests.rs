@@ -1092,3 +1092,32 @@ fn a_full_store_snapshot_fits_the_announced_bound() {
     assert!(snapshot.len() as u64 <= w.engine.scorer().max_snapshot_bytes());
     assert!(snapshot.len() > 40 * 16, "{}", snapshot.len());
 }
+
+#[test]
+fn reconfigure_weighs_the_next_request_anew_and_keeps_the_sessions() {
+    let w = world();
+    let p = lenient();
+    w.req(&p, "s", FIREFOX, HOME, T0);
+    w.engine.reconfigure(EngineConfig {
+        score: ScoreConfig {
+            asn_changed: 50,
+            max_sessions: 1,
+            ..ScoreConfig::default()
+        },
+        ..EngineConfig::default()
+    });
+    // The baseline learnt before the reload, judged with the new weight.
+    let moved = w.req(&p, "s", FIREFOX, MANCHESTER, T0 + 7200);
+    assert_eq!(
+        moved.risk.reasons,
+        vec![Contribution {
+            reason: Reason::AsnChanged,
+            points: 50
+        }]
+    );
+    assert_eq!(
+        w.engine.scorer().config().max_sessions,
+        ScoreConfig::default().max_sessions,
+        "a store keeps its size until a restart"
+    );
+}

@@ -205,3 +205,27 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got.key, alone.key);
     }
 }
+
+#[test]
+fn reconfigure_applies_bearer_and_limits_and_keeps_the_cookie_names() {
+    let s = stage(&["sid"]);
+    let before = key(&s, &[("cookie", b"sid=abc")]).unwrap();
+    s.reconfigure(SessionConfig {
+        cookie_names: vec!["other".to_owned()],
+        bearer: false,
+        limits: SessionLimits {
+            max_cookies: 1,
+            ..SessionLimits::default()
+        },
+    });
+    assert_eq!(
+        key(&s, &[("cookie", b"sid=abc")]),
+        Some(before),
+        "the same cookie is the same session"
+    );
+    assert_eq!(key(&s, &[("authorization", b"Bearer tok.en")]), None);
+    assert!(matches!(
+        s.identify(&headers(&[("cookie", b"a=1; sid=abc")])),
+        Err(SessionError::TooManyCookies { limit: 1, .. })
+    ));
+}

@@ -6,6 +6,7 @@
 //! starts anything; certificate and key files are read to prove they load.
 
 mod fields;
+mod restart;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,11 +18,13 @@ use ipnet::IpNet;
 // The engine's own types: the file's choices are the engine's settings.
 use vigil_engine::{
     Action, EngineConfig, Policy, ScoreConfig, SessionConfig, SessionLimits, Thresholds,
+    UserModelConfig,
 };
 pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
 use self::fields::{Fields, Problems};
+pub use self::restart::{Merged, merge};
 use crate::hello::CaptureSettings;
 
 /// Prefix of the headers Vigil sends to the app (client-sent ones are removed).
@@ -88,8 +91,13 @@ pub struct Server {
     /// Directory for state Vigil creates. Default `/var/lib/vigil`.
     pub state_dir: PathBuf,
     /// How often files named in the config (trusted proxy lists, geo
-    /// databases) are checked for change. Default 30 s.
+    /// databases, and the config file itself when `watch_config` is set)
+    /// are checked for change. Default 30 s.
     pub file_check: Duration,
+    /// Reload the config when its file's content changes, as `SIGHUP`
+    /// does (for Kubernetes ConfigMaps, which are swapped under a symlink
+    /// and send no signal). Default false.
+    pub watch_config: bool,
 }
 
 /// `[log]`.
@@ -387,68 +395,68 @@ impl Config {
             _ => Err(invalid(p.into_vec())),
         }
     }
-
-    /// The route for `host` (without port, any case) and `path`: hosts match
-    /// exactly before wildcards before any-host, then the longest prefix wins.
-    pub fn route_index(&self, host: &str, path: &str) -> Option<usize> {
-        let mut best: Option<(u8, usize, usize)> = None;
-        for (i, route) in self.routes.iter().enumerate() {
-            let Some(host_rank) = host_rank(&route.hosts, host) else {
-                continue;
-            };
-            if !prefix_matches(&route.path_prefix, path) {
-                continue;
-            }
-            let rank = (host_rank, route.path_prefix.len(), usize::MAX - i);
-            if best.is_none_or(|b| rank > b) {
-                best = Some(rank);
-            }
-        }
-        best.map(|(_, _, inv)| usize::MAX - inv)
-    }
-}
-
-/// 2 for an exact host, 1 for a wildcard, 0 for any host; `None` for no match.
-fn host_rank(hosts: &[String], host: &str) -> Option<u8> {
-    if hosts.is_empty() {
-        return Some(0);
-    }
-    let mut rank = None;
-    for h in hosts {
-        if h.eq_ignore_ascii_case(host) {
-            return Some(2);
-        }
-        if let Some(suffix) = h.strip_prefix("*") {
-            // "*.example.com" matches "a.example.com" but not "example.com".
-            if host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
-            {
-                rank = Some(1);
-            }
-        }
-    }
-    rank
-}
-
-/// `/api` matches `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return false;
-    };
-    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
 
 // === reading ===
 
+/// Reads every section in file order of the docs; each reader reports its
+/// own problems and unknown keys, so one pass finds them all.
 #[allow(
     clippy::field_reassign_with_default,
     reason = "engine settings this file does not read yet must keep their defaults"
 )]
 fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut f = Fields::root(root);
+    let server = read_server(&mut f, base, p);
+    let log = read_log(&mut f, p);
+    let admin = read_admin(&mut f, base, p);
+    let session = read_session(&mut f, base, &server.state_dir, p);
+    let (limits, max_header_bytes) = read_limits(&mut f, p);
+    let score = read_risk(&mut f, &session, p);
+    let mut t = f.table(p, "headers");
+    let risk_to_app = t.or(p, "risk_to_app", true);
+    t.finish(p);
+    let client_ip = read_client_ip(&mut f, p);
+    let trusted_proxies = read_trusted(&mut f, base, p);
+    let geoip = read_geoip(&mut f, base, p);
+    let (fingerprint, upstream_fingerprints) = read_fingerprint(&mut f, &trusted_proxies, p);
+    let listeners = read_listeners(&mut f, base, p);
+    check_forwarded(&listeners, &trusted_proxies, p);
+    let upstreams = read_upstreams(&mut f, p);
+    let routes = read_routes(&mut f, &upstreams, p);
+    f.finish(p);
 
+    let mut engine = EngineConfig::default();
+    engine.session = SessionConfig {
+        cookie_names: session.cookies,
+        bearer: session.bearer,
+        limits,
+    };
+    engine.score = score;
+    engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
+    engine.upstream_fingerprints = upstream_fingerprints;
+    Some(Config {
+        server,
+        log,
+        admin,
+        engine,
+        hash_key: session.hash_key,
+        risk_to_app,
+        user_header: session.user_header,
+        confirm_header: session.confirm_header,
+        snapshot_every: session.snapshot_every,
+        max_header_bytes,
+        client_ip,
+        trusted_proxies,
+        geoip,
+        fingerprint,
+        listeners,
+        upstreams,
+        routes,
+    })
+}
+
+fn read_server(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Server {
     let mut t = f.table(p, "server");
     let default_threads = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = t.or(p, "threads", default_threads);
@@ -469,12 +477,16 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         )),
         state_dir: resolve(base, t.or(p, "state_dir", PathBuf::from("/var/lib/vigil"))),
         file_check: Duration::from_secs(t.or(p, "file_check_seconds", 30)),
+        watch_config: t.or(p, "watch_config", false),
     };
     if server.file_check.is_zero() {
         p.push(t.key("file_check_seconds"), "must be at least 1");
     }
     t.finish(p);
+    server
+}
 
+fn read_log(f: &mut Fields<'_>, p: &mut Problems) -> Log {
     let mut t = f.table(p, "log");
     let format = match t.or(p, "format", "text".to_owned()).as_str() {
         "text" => LogFormat::Text,
@@ -496,7 +508,10 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     }
     let log = Log { format, level };
     t.finish(p);
+    log
+}
 
+fn read_admin(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Admin {
     let mut t = f.table(p, "admin");
     let admin = Admin {
         listen: addr(&mut t, p, "listen", false)
@@ -504,7 +519,29 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         token_file: t.opt::<PathBuf>(p, "token_file").map(|f| resolve(base, f)),
     };
     t.finish(p);
+    admin
+}
 
+/// What `[session]` sets, before it is spread over the config and the
+/// engine's session and score settings.
+struct SessionSection {
+    cookies: Vec<String>,
+    bearer: bool,
+    user_header: Option<http::HeaderName>,
+    confirm_header: Option<http::HeaderName>,
+    snapshot_every: Option<Duration>,
+    hash_key: HashKeySource,
+    max_sessions: u64,
+    idle: Duration,
+    revocation_ttl: Duration,
+}
+
+fn read_session(
+    f: &mut Fields<'_>,
+    base: &Path,
+    state_dir: &Path,
+    p: &mut Problems,
+) -> SessionSection {
     let mut t = f.table(p, "session");
     let cookies: Vec<String> = t.or(p, "cookies", vec!["session".to_owned()]);
     for (i, name) in cookies.iter().enumerate() {
@@ -546,7 +583,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     }
     let hash_key = HashKeySource::File(match t.opt::<PathBuf>(p, "hash_key_file") {
         Some(file) => resolve(base, file),
-        None => server.state_dir.join("session-hash.key"),
+        None => state_dir.join("session-hash.key"),
     });
     let max_sessions: u64 = t.or(p, "max_sessions", 1_000_000);
     if max_sessions == 0 {
@@ -571,7 +608,21 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         }
     }
     t.finish(p);
+    SessionSection {
+        cookies,
+        bearer,
+        user_header,
+        confirm_header,
+        snapshot_every,
+        hash_key,
+        max_sessions,
+        idle: Duration::from_secs(idle),
+        revocation_ttl: Duration::from_secs(revocation_ttl),
+    }
+}
 
+/// `[limits]`: the session stage's bounds and the header section's.
+fn read_limits(f: &mut Fields<'_>, p: &mut Problems) -> (SessionLimits, usize) {
     let mut t = f.table(p, "limits");
     let defaults = SessionLimits::default();
     let limits = SessionLimits {
@@ -594,7 +645,11 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         );
     }
     t.finish(p);
+    (limits, max_header_bytes)
+}
 
+/// `[risk]` and `[risk.model]`; the store sizes come from `[session]`.
+fn read_risk(f: &mut Fields<'_>, session: &SessionSection, p: &mut Problems) -> ScoreConfig {
     let mut t = f.table(p, "risk");
     let d = ScoreConfig::default();
     let mut seconds = |t: &mut Fields<'_>, key: &'static str, default: Duration| {
@@ -657,9 +712,9 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         concurrent_window,
         detection_window,
         model: d.model,
-        max_sessions,
-        session_idle_timeout: Duration::from_secs(idle),
-        revocation_ttl: Duration::from_secs(revocation_ttl),
+        max_sessions: session.max_sessions,
+        session_idle_timeout: session.idle,
+        revocation_ttl: session.revocation_ttl,
         max_users,
         user_idle_timeout,
     };
@@ -672,8 +727,15 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             ),
         );
     }
+    score.model = read_model(&mut t, p);
+    t.finish(p);
+    score
+}
+
+fn read_model(t: &mut Fields<'_>, p: &mut Problems) -> UserModelConfig {
     let mut mt = t.table(p, "model");
-    let m = d.model;
+    let m = UserModelConfig::default();
+    let mut model = m;
     let mut weight = |mt: &mut Fields<'_>, key: &'static str, default: u8| {
         let v: u8 = mt.or(p, key, default);
         if v > 20 {
@@ -684,7 +746,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         }
         v
     };
-    score.model.weights = vigil_engine::FeatureWeights {
+    model.weights = vigil_engine::FeatureWeights {
         prefix: weight(&mut mt, "prefix_weight", m.weights.prefix),
         asn: weight(&mut mt, "asn_weight", m.weights.asn),
         country: weight(&mut mt, "country_weight", m.weights.country),
@@ -692,43 +754,36 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         browser: weight(&mut mt, "browser_weight", m.weights.browser),
         platform: weight(&mut mt, "platform_weight", m.weights.platform),
     };
-    score.model.llr_cap = mt.or(p, "llr_cap", m.llr_cap);
-    if !(1..=20).contains(&score.model.llr_cap) {
+    model.llr_cap = mt.or(p, "llr_cap", m.llr_cap);
+    if !(1..=20).contains(&model.llr_cap) {
         p.push(
             mt.key("llr_cap"),
-            format!("{} is out of range; expected 1 to 20", score.model.llr_cap),
+            format!("{} is out of range; expected 1 to 20", model.llr_cap),
         );
     }
-    score.model.learning_sessions = mt.or(p, "learning_sessions", m.learning_sessions);
+    model.learning_sessions = mt.or(p, "learning_sessions", m.learning_sessions);
     let learning_days: u64 = mt.or(
         p,
         "learning_period_days",
         m.learning_period.as_secs() / 86_400,
     );
-    score.model.learning_period = Duration::from_secs(learning_days.saturating_mul(86_400));
-    score.model.familiar_after = mt.or(p, "familiar_after", m.familiar_after);
-    if score.model.familiar_after == 0 {
+    model.learning_period = Duration::from_secs(learning_days.saturating_mul(86_400));
+    model.familiar_after = mt.or(p, "familiar_after", m.familiar_after);
+    if model.familiar_after == 0 {
         p.push(mt.key("familiar_after"), "must be at least 1");
     }
-    score.model.session_cap = mt.or(p, "session_cap", m.session_cap);
-    if score.model.session_cap > 100 {
+    model.session_cap = mt.or(p, "session_cap", m.session_cap);
+    if model.session_cap > 100 {
         p.push(
             mt.key("session_cap"),
-            format!(
-                "{} is out of range; expected 0 to 100",
-                score.model.session_cap
-            ),
+            format!("{} is out of range; expected 0 to 100", model.session_cap),
         );
     }
     mt.finish(p);
-    t.finish(p);
+    model
+}
 
-    let mut t = f.table(p, "headers");
-    let risk_to_app = t.or(p, "risk_to_app", true);
-    t.finish(p);
-
-    let client_ip = read_client_ip(&mut f, p);
-    let trusted_proxies = read_trusted(&mut f, base, p);
+fn read_geoip(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> GeoSettings {
     let mut t = f.table(p, "geoip");
     let geoip = GeoSettings {
         city: t
@@ -753,50 +808,20 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         p.push(t.key(key), e.to_string());
     }
     t.finish(p);
-    let (fingerprint, upstream_fingerprints) = read_fingerprint(&mut f, &trusted_proxies, p);
-    let listeners = read_listeners(&mut f, base, p);
+    geoip
+}
+
+/// Forwarding headers are believed only from trusted proxies: without any,
+/// a listener's choice of headers would do nothing.
+fn check_forwarded(listeners: &[Listener], trusted: &[TrustedSet], p: &mut Problems) {
     for (i, l) in listeners.iter().enumerate() {
-        if (l.forwarded.forwarded || l.forwarded.x_forwarded_for) && trusted_proxies.is_empty() {
+        if (l.forwarded.forwarded || l.forwarded.x_forwarded_for) && trusted.is_empty() {
             p.push(
                 format!("listeners[{i}].forwarded_headers"),
                 "no [[trusted_proxies]] are defined, so these headers would never be believed",
             );
         }
     }
-    let upstreams = read_upstreams(&mut f, p);
-    let routes = read_routes(&mut f, &upstreams, p);
-    f.finish(p);
-
-    Some(Config {
-        server,
-        log,
-        admin,
-        engine: {
-            let mut engine = EngineConfig::default();
-            engine.session = SessionConfig {
-                cookie_names: cookies,
-                bearer,
-                limits,
-            };
-            engine.score = score;
-            engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
-            engine.upstream_fingerprints = upstream_fingerprints;
-            engine
-        },
-        hash_key,
-        risk_to_app,
-        user_header,
-        confirm_header,
-        snapshot_every,
-        max_header_bytes,
-        client_ip,
-        trusted_proxies,
-        geoip,
-        fingerprint,
-        listeners,
-        upstreams,
-        routes,
-    })
 }
 
 fn read_fingerprint(

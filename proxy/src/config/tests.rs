@@ -184,56 +184,6 @@ fn missing_certificate_files_are_reported_with_their_key() {
     );
 }
 
-fn routes(defs: &str) -> Config {
-    parse(&format!(
-        "[[listeners]]\nname = \"h\"\nlisten = \"127.0.0.1:1\"\n\
-         [[upstreams]]\nname = \"u\"\naddresses = [\"127.0.0.1:2\"]\n{defs}"
-    ))
-    .unwrap()
-}
-
-#[test]
-fn routing_prefers_exact_host_then_wildcard_then_longest_prefix() {
-    let c = routes(
-        r#"
-[[routes]]
-name = "any"
-upstream = "u"
-[[routes]]
-name = "api"
-upstream = "u"
-path_prefix = "/api"
-[[routes]]
-name = "wild"
-upstream = "u"
-hosts = ["*.example.com"]
-[[routes]]
-name = "exact"
-upstream = "u"
-hosts = ["app.example.com"]
-"#,
-    );
-    let name =
-        |host: &str, path: &str| c.route_index(host, path).map(|i| c.routes[i].name.as_str());
-    assert_eq!(name("other.org", "/"), Some("any"));
-    assert_eq!(name("other.org", "/api/v1"), Some("api"));
-    assert_eq!(name("other.org", "/api"), Some("api"));
-    assert_eq!(name("other.org", "/apix"), Some("any"));
-    assert_eq!(name("x.example.com", "/api"), Some("wild"));
-    assert_eq!(name("APP.example.com", "/"), Some("exact"));
-    assert_eq!(
-        name("example.com", "/"),
-        Some("any"),
-        "wildcard needs a label"
-    );
-}
-
-#[test]
-fn no_route_when_nothing_matches() {
-    let c = routes("[[routes]]\nname = \"r\"\nupstream = \"u\"\nhosts = [\"a.test\"]\n");
-    assert_eq!(c.route_index("b.test", "/"), None);
-}
-
 #[test]
 fn trusted_sets_come_inline_and_from_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,6 +41,7 @@ pub(crate) struct Route {
     hosts: Vec<String>,
     mode: String,
     on_error: String,
+    low: String,
     medium: String,
     high: String,
     app_confirms: bool,
@@ -166,6 +167,19 @@ impl Config {
         self
     }
 
+    /// Moves the cleartext listener `http` to `addr`.
+    pub(crate) fn http_at(mut self, addr: SocketAddr) -> Config {
+        self.http = addr;
+        self
+    }
+
+    /// Adds lines to `[server]`, such as `watch_config = true`.
+    pub(crate) fn server(mut self, lines: &str) -> Config {
+        self.server_extra.push_str(lines);
+        self.server_extra.push('\n');
+        self
+    }
+
     /// Sets `[admin] token_file`, turning the operator calls on.
     pub(crate) fn admin_token_file(mut self, path: &std::path::Path) -> Config {
         self.admin_extra = format!("token_file = {:?}\n", path.display().to_string());
@@ -210,6 +224,7 @@ impl Route {
             hosts: Vec::new(),
             mode: "enforce".to_owned(),
             on_error: "closed".to_owned(),
+            low: "allow".to_owned(),
             medium: "allow".to_owned(),
             high: "block".to_owned(),
             app_confirms: false,
@@ -246,6 +261,12 @@ impl Route {
         self
     }
 
+    /// The action at low risk (every request without a session).
+    pub(crate) fn low(mut self, action: &str) -> Route {
+        self.low = action.to_owned();
+        self
+    }
+
     /// The action at medium risk.
     pub(crate) fn medium(mut self, action: &str) -> Route {
         self.medium = action.to_owned();
@@ -263,8 +284,8 @@ impl Route {
         write!(
             out,
             "mode = {:?}\non_error = {:?}\nlogin_url = {LOGIN_URL:?}\nstep_up_url = {STEP_UP_URL:?}\n\
-             app_confirms = {}\n[routes.policy]\nlow = \"allow\"\nmedium = {:?}\nhigh = {:?}\n",
-            self.mode, self.on_error, self.app_confirms, self.medium, self.high
+             app_confirms = {}\n[routes.policy]\nlow = {:?}\nmedium = {:?}\nhigh = {:?}\n",
+            self.mode, self.on_error, self.app_confirms, self.low, self.medium, self.high
         )
         .unwrap();
         out

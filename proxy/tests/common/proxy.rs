@@ -55,17 +55,7 @@ impl Proxy {
     /// or is not ready within the deadline.
     pub(crate) async fn start(config: &str) -> Proxy {
         let dir = TempDir::new().unwrap();
-        let mut table: toml::Table = config.parse().unwrap_or_else(|e| {
-            panic!("Proxy::start wants a config that is valid TOML: {e}\n{config}")
-        });
-        let server = table
-            .entry("server")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let Some(server) = server.as_table_mut() {
-            server
-                .entry("state_dir")
-                .or_insert_with(|| toml::Value::String(dir.path().display().to_string()));
-        }
+        let table = with_state_dir(config, dir.path());
         let listeners = listeners_of(&table);
         let admin = table
             .get("admin")
@@ -253,6 +243,29 @@ impl Proxy {
         }
     }
 
+    /// Replaces the config file with `config` (given `server.state_dir` as
+    /// [`Proxy::start`] does), in one rename so that no reader sees half a
+    /// file. Invalid TOML is written as it is.
+    pub(crate) fn rewrite_config(&self, config: &str) {
+        let text = match config.parse::<toml::Table>() {
+            Ok(_) => toml::to_string(&with_state_dir(config, self.dir.path())).unwrap(),
+            Err(_) => config.to_owned(),
+        };
+        let staged = self.dir.path().join("vigil-proxy.toml.new");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, &self.config_path).unwrap();
+    }
+
+    /// Sends SIGHUP (reload the config) to the pid this harness started.
+    pub(crate) fn hangup(&self) {
+        let child = self.child.lock().unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Asks the proxy to shut down gracefully (SIGTERM to the pid this
     /// harness started) and waits for it to exit; returns its log.
     pub(crate) fn terminate(&self) -> String {
@@ -315,6 +328,22 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
     }
+}
+
+/// `config` parsed, with `server.state_dir` set to `dir` unless it names one.
+fn with_state_dir(config: &str, dir: &Path) -> toml::Table {
+    let mut table: toml::Table = config
+        .parse()
+        .unwrap_or_else(|e| panic!("the proxy wants a config that is valid TOML: {e}\n{config}"));
+    let server = table
+        .entry("server")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(server) = server.as_table_mut() {
+        server
+            .entry("state_dir")
+            .or_insert_with(|| toml::Value::String(dir.display().to_string()));
+    }
+    table
 }
 
 fn listeners_of(table: &toml::Table) -> Vec<Listener> {

@@ -73,6 +73,47 @@ pub enum TokenError {
     },
 }
 
+/// Why an operator call was refused; every one answers `400` with its
+/// message (see [`handle`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The body is not the call's JSON.
+    #[error("bad request body: {0}")]
+    Body(#[from] serde_json::Error),
+    /// A report out of its bounds.
+    #[error("points must be 0 to 100 and ttl_seconds at least 1")]
+    Report,
+    /// ASN 0 is reserved: no network has it.
+    #[error("ASN 0 is no network")]
+    AsnZero,
+    /// Not an ISO 3166 alpha-2 code.
+    #[error("{0:?} is not a two-letter country code")]
+    Country(String),
+    /// A network is one of an ASN, a prefix or a country.
+    #[error("give exactly one of asn, prefix, country")]
+    NetworkChoice,
+    /// Not a device id as logged.
+    #[error("{0:?} is not a device id (16 hex digits)")]
+    Device(String),
+    /// Not a user name as Vigil takes them.
+    #[error("{0:?} is not a user name (1 to 256 visible characters)")]
+    User(String),
+    /// The reference is unknown here: another node's, or too old.
+    #[error("no refusal {reference:?} in the last {days} days on this node", days = DECISIONS_TTL.as_secs() / 86_400)]
+    NoRefusal {
+        /// The reference id given.
+        reference: String,
+    },
+    /// The engine refused the feedback.
+    #[error("{context}{source}")]
+    Feedback {
+        /// What the feedback was about, with a trailing `": "`, or empty.
+        context: String,
+        /// The cause.
+        source: vigil_engine::FeedbackError,
+    },
+}
+
 /// One call's answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -202,78 +243,11 @@ impl std::fmt::Debug for AdminToken {
 /// Carries out `POST path` with `body`, already authenticated.
 pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], now: u64) -> Answer {
     let result = match path {
-        "/v1/users/revoke" => parse::<UserBody>(body).and_then(|b| {
-            engine.revoke_user(user_key(engine, &b.user)?, now);
-            Ok("revoked every session bound to the user so far")
-        }),
-        "/v1/users/report" => parse::<ReportBody>(body).and_then(|b| {
-            if b.points > 100 || b.ttl_seconds == 0 {
-                return Err("points must be 0 to 100 and ttl_seconds at least 1".to_owned());
-            }
-            engine.report_user(
-                user_key(engine, &b.user)?,
-                b.points,
-                Duration::from_secs(b.ttl_seconds),
-                now,
-            );
-            Ok("reported")
-        }),
-        "/v1/users/trust-network" => parse::<NetworkBody>(body).and_then(|b| {
-            let network = match (b.asn, b.prefix, b.country) {
-                (Some(0), None, None) => return Err("ASN 0 is no network".to_owned()),
-                (Some(asn), None, None) => TrustedNetwork::Asn(asn),
-                (None, Some(ip), None) => TrustedNetwork::Prefix(ip),
-                (None, None, Some(c)) => match *c.as_bytes() {
-                    [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                        TrustedNetwork::Country([a, b])
-                    }
-                    _ => return Err(format!("{c:?} is not a two-letter country code")),
-                },
-                _ => return Err("give exactly one of asn, prefix, country".to_owned()),
-            };
-            let user = user_key(engine, &b.user)?;
-            engine
-                .feedback(Feedback::TrustNetwork { user, network }, now)
-                .map_err(|e| e.to_string())?;
-            Ok("network trusted for the user")
-        }),
-        "/v1/users/trust-device" => parse::<DeviceBody>(body).and_then(|b| {
-            let id = u64::from_str_radix(&b.device, 16)
-                .ok()
-                .filter(|_| b.device.len() == 16)
-                .ok_or_else(|| format!("{:?} is not a device id (16 hex digits)", b.device))?;
-            let user = user_key(engine, &b.user)?;
-            engine
-                .feedback(
-                    Feedback::TrustDevice {
-                        user,
-                        device: DeviceId(id),
-                    },
-                    now,
-                )
-                .map_err(|e| e.to_string())?;
-            Ok("device trusted for the user")
-        }),
-        "/v1/decisions/false-positive" => parse::<DecisionBody>(body).and_then(|b| {
-            let refused = decisions.get(&b.reference).ok_or_else(|| {
-                format!(
-                    "no refusal {:?} in the last {} days on this node",
-                    b.reference,
-                    DECISIONS_TTL.as_secs() / 86_400
-                )
-            })?;
-            engine
-                .feedback(
-                    Feedback::FalsePositive {
-                        session: refused.session,
-                        device: refused.device,
-                        network: refused.network,
-                    },
-                    now,
-                )
-                .map_err(|e| format!("refusal {:?}: {e}", b.reference))?;
-            Ok("the refused request's device and network are now the session's")
-        }),
+        "/v1/users/revoke" => revoke_user(engine, body, now),
+        "/v1/users/report" => report_user(engine, body, now),
+        "/v1/users/trust-network" => trust_network(engine, body, now),
+        "/v1/users/trust-device" => trust_device(engine, body, now),
+        "/v1/decisions/false-positive" => false_positive(engine, decisions, body, now),
         _ => {
             return Answer {
                 status: StatusCode::NOT_FOUND,
@@ -281,6 +255,7 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
             };
         }
     };
+    // The one place a call's outcome becomes an answer.
     match result {
         Ok(done) => Answer {
             status: StatusCode::OK,
@@ -288,20 +263,114 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
         },
         Err(e) => Answer {
             status: StatusCode::BAD_REQUEST,
-            body: error_json(&e),
+            body: error_json(&e.to_string()),
         },
     }
 }
 
-/// The key of a user named in a call, checked as the `Vigil-User` header is.
-fn user_key(engine: &Engine, name: &str) -> Result<vigil_engine::UserKey, String> {
-    vigil_engine::valid_user_name(name)
-        .map(|n| engine.user_key(n))
-        .ok_or_else(|| format!("{name:?} is not a user name (1 to 256 visible characters)"))
+fn revoke_user(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
+    let b: UserBody = parse(body)?;
+    engine.revoke_user(user_key(engine, &b.user)?, now);
+    Ok("revoked every session bound to the user so far")
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))
+fn report_user(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
+    let b: ReportBody = parse(body)?;
+    if b.points > 100 || b.ttl_seconds == 0 {
+        return Err(CallError::Report);
+    }
+    engine.report_user(
+        user_key(engine, &b.user)?,
+        b.points,
+        Duration::from_secs(b.ttl_seconds),
+        now,
+    );
+    Ok("reported")
+}
+
+fn trust_network(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
+    let b: NetworkBody = parse(body)?;
+    let network = match (b.asn, b.prefix, b.country) {
+        (Some(0), None, None) => return Err(CallError::AsnZero),
+        (Some(asn), None, None) => TrustedNetwork::Asn(asn),
+        (None, Some(ip), None) => TrustedNetwork::Prefix(ip),
+        (None, None, Some(c)) => match *c.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                TrustedNetwork::Country([a, b])
+            }
+            _ => return Err(CallError::Country(c)),
+        },
+        _ => return Err(CallError::NetworkChoice),
+    };
+    let user = user_key(engine, &b.user)?;
+    engine
+        .feedback(Feedback::TrustNetwork { user, network }, now)
+        .map_err(|source| CallError::Feedback {
+            context: String::new(),
+            source,
+        })?;
+    Ok("network trusted for the user")
+}
+
+fn trust_device(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
+    let b: DeviceBody = parse(body)?;
+    let id = u64::from_str_radix(&b.device, 16)
+        .ok()
+        .filter(|_| b.device.len() == 16)
+        .ok_or_else(|| CallError::Device(b.device.clone()))?;
+    let user = user_key(engine, &b.user)?;
+    engine
+        .feedback(
+            Feedback::TrustDevice {
+                user,
+                device: DeviceId(id),
+            },
+            now,
+        )
+        .map_err(|source| CallError::Feedback {
+            context: String::new(),
+            source,
+        })?;
+    Ok("device trusted for the user")
+}
+
+fn false_positive(
+    engine: &Engine,
+    decisions: &Decisions,
+    body: &[u8],
+    now: u64,
+) -> Result<&'static str, CallError> {
+    let b: DecisionBody = parse(body)?;
+    let refused = decisions
+        .get(&b.reference)
+        .ok_or_else(|| CallError::NoRefusal {
+            reference: b.reference.clone(),
+        })?;
+    engine
+        .feedback(
+            Feedback::FalsePositive {
+                session: refused.session,
+                device: refused.device,
+                network: refused.network,
+            },
+            now,
+        )
+        .map_err(|source| CallError::Feedback {
+            context: format!("refusal {:?}: ", b.reference),
+            source,
+        })?;
+    Ok("the refused request's device and network are now the session's")
+}
+
+/// The key of a user named in a call, checked as the `Vigil-User` header is.
+fn user_key(engine: &Engine, name: &str) -> Result<vigil_engine::UserKey, CallError> {
+    vigil_engine::valid_user_name(name)
+        .map(|n| engine.user_key(n))
+        .ok_or_else(|| CallError::User(name.to_owned()))
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CallError> {
+    Ok(serde_json::from_slice(body)?)
 }
 
 /// `{"error": …}`.
