@@ -64,6 +64,6 @@ pub use score::{
     UserModelConfig,
 };
 pub use session::{
-    CredentialSource, HASH_KEY_LEN, Session, SessionConfig, SessionError, SessionHashKey,
-    SessionKey, SessionLimits, SessionStage, ShortKey,
+    Ambiguity, CredentialSource, Credentials, HASH_KEY_LEN, MAX_CREDENTIALS, Session,
+    SessionConfig, SessionError, SessionHashKey, SessionKey, SessionLimits, SessionStage, ShortKey,
 };

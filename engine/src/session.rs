@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
+use smallvec::SmallVec;
 
 /// Length in bytes of the secret key that session credentials are hashed with.
 pub const HASH_KEY_LEN: usize = 32;
@@ -34,6 +35,34 @@ pub enum CredentialSource {
     Cookie(usize),
     /// An `Authorization: Bearer` token.
     Bearer,
+}
+
+/// Most distinct session credentials judged in one request; more is an
+/// error (browsers send a name twice or three times, for cookies of
+/// different paths or domains).
+pub const MAX_CREDENTIALS: usize = 8;
+
+/// Every session credential a request carries, as [`SessionStage::credentials`]
+/// read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    sessions: SmallVec<[Session; 2]>,
+    problem: Option<SessionError>,
+    overflow: bool,
+}
+
+/// What to do with a request that carries more than one session credential
+/// (`[session] ambiguous_credentials`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// Judge every credential; the worst verdict decides, its effects apply
+    /// to the credential that earned it, and nothing is learnt unless every
+    /// credential would be allowed. The default: browsers send a name twice
+    /// for cookies of different paths or domains.
+    #[default]
+    Worst,
+    /// Refuse the request (`400`, reason `ambiguous_credentials`).
+    Refuse,
 }
 
 /// The session a request belongs to.
@@ -75,6 +104,9 @@ pub struct SessionConfig {
     pub bearer: bool,
     /// Bounds on what is read.
     pub limits: SessionLimits,
+    /// What to do with several session credentials in one request.
+    /// Default [`Ambiguity::Worst`].
+    pub ambiguous: Ambiguity,
 }
 
 impl Default for SessionConfig {
@@ -83,6 +115,7 @@ impl Default for SessionConfig {
             cookie_names: vec!["session".to_owned()],
             bearer: true,
             limits: SessionLimits::default(),
+            ambiguous: Ambiguity::Worst,
         }
     }
 }
@@ -109,6 +142,21 @@ pub enum SessionError {
     /// A `Cookie` header that is not UTF-8.
     #[error("cookie header is not valid UTF-8")]
     CookieNotUtf8,
+    /// More than one `Authorization` header: apps differ in which they read.
+    #[error("request carries more than one Authorization header")]
+    SeveralAuthorizations,
+    /// More distinct session credentials than [`MAX_CREDENTIALS`].
+    #[error("request carries more than {limit} session credentials")]
+    TooManyCredentials {
+        /// The limit.
+        limit: usize,
+    },
+    /// Several session credentials where the config refuses ambiguity.
+    #[error("request carries {count} session credentials")]
+    Ambiguous {
+        /// How many distinct credentials.
+        count: usize,
+    },
 }
 
 impl SessionError {
@@ -118,6 +166,9 @@ impl SessionError {
             SessionError::TooManyCookies { .. } => "too_many_cookies",
             SessionError::CredentialTooLong { .. } => "credential_too_long",
             SessionError::CookieNotUtf8 => "cookie_not_utf8",
+            SessionError::SeveralAuthorizations => "several_authorizations",
+            SessionError::TooManyCredentials { .. } => "too_many_credentials",
+            SessionError::Ambiguous { .. } => "ambiguous_credentials",
         }
     }
 }
@@ -194,6 +245,33 @@ impl fmt::Display for ShortKey {
     }
 }
 
+// === impl Credentials ===
+
+impl Credentials {
+    /// The distinct sessions found, in the order read (cookies, then the
+    /// bearer token).
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
+    }
+
+    /// What could not be read, if anything: the request must then not be
+    /// treated as readable, whatever the sessions found say.
+    pub fn problem(&self) -> Option<&SessionError> {
+        self.problem.as_ref()
+    }
+
+    fn push(&mut self, session: Session) {
+        if self.sessions.iter().any(|s| s.key == session.key) {
+            return;
+        }
+        if self.sessions.len() == MAX_CREDENTIALS {
+            self.overflow = true;
+            return;
+        }
+        self.sessions.push(session);
+    }
+}
+
 // === impl SessionStage ===
 
 impl SessionStage {
@@ -214,6 +292,100 @@ impl SessionStage {
             cookie_names,
             ..config
         }));
+    }
+
+    /// Every session credential in the request that an app could honour,
+    /// each reduced to its key: every occurrence of every configured cookie
+    /// name across all `Cookie` lines, each in every form an app's cookie
+    /// parser may read it in (as sent; unquoted, with backslash escapes
+    /// undone as Python's `http.cookies` does; percent-decoded as Node's
+    /// `cookie` package does), and the bearer token whenever one is present.
+    /// Apps differ in which duplicate they take (first, last) and in whether
+    /// they unquote or decode, so Vigil judges them all (see
+    /// `docs/security.md`).
+    ///
+    /// Reading goes on past what cannot be read — a line that is not UTF-8,
+    /// cookies beyond the limit, an overlong value, a second `Authorization`
+    /// header — so that the credentials that *can* be read are still judged;
+    /// the first such problem is reported beside them, and the caller must
+    /// not treat the request as readable.
+    pub fn credentials(&self, headers: &HeaderMap) -> Credentials {
+        let config = self.config.load();
+        let limits = config.limits;
+        let mut out = Credentials::default();
+        let mut count = 0usize;
+        let problem = |out: &mut Credentials, e: SessionError| {
+            if out.problem.is_none() {
+                out.problem = Some(e);
+            }
+        };
+        // HTTP/2 clients may split cookies over several header fields.
+        for value in headers.get_all(COOKIE) {
+            let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
+                problem(&mut out, SessionError::CookieNotUtf8);
+                continue;
+            };
+            for cookie in cookie::Cookie::split_parse(text) {
+                count += 1;
+                if count == limits.max_cookies + 1 {
+                    problem(
+                        &mut out,
+                        SessionError::TooManyCookies {
+                            count,
+                            limit: limits.max_cookies,
+                        },
+                    );
+                }
+                // A malformed cookie next to ours is the browser's business,
+                // not a reason to lose the session: skip it.
+                let Ok(cookie) = cookie else { continue };
+                let Some(rank) = rank(&config, cookie.name()) else {
+                    continue;
+                };
+                let Some(raw) = cookie.value_raw() else {
+                    continue;
+                };
+                let name = config.cookie_names.get(rank).map_or("", String::as_str);
+                for form in value_forms(raw) {
+                    match self.hash(b"cookie", name.as_bytes(), form.as_bytes()) {
+                        Ok(key) => out.push(Session {
+                            key,
+                            source: CredentialSource::Cookie(rank),
+                        }),
+                        Err(e) => problem(&mut out, e),
+                    }
+                }
+            }
+        }
+        if config.bearer {
+            let mut values = headers.get_all(AUTHORIZATION).iter();
+            let first = values.next();
+            if values.next().is_some() {
+                problem(&mut out, SessionError::SeveralAuthorizations);
+            }
+            if let Some(token) = first.and_then(|v| bearer(v.as_bytes())) {
+                match self.hash(b"bearer", b"", token) {
+                    Ok(key) => out.push(Session {
+                        key,
+                        source: CredentialSource::Bearer,
+                    }),
+                    Err(e) => problem(&mut out, e),
+                }
+            }
+        }
+        if out.overflow {
+            problem(
+                &mut out,
+                SessionError::TooManyCredentials {
+                    limit: MAX_CREDENTIALS,
+                },
+            );
+        }
+        if out.sessions.len() > 1 && config.ambiguous == Ambiguity::Refuse {
+            let count = out.sessions.len();
+            problem(&mut out, SessionError::Ambiguous { count });
+        }
+        out
     }
 
     /// Finds the session of a request. A session cookie wins over a bearer
@@ -327,14 +499,110 @@ fn rank(config: &SessionConfig, name: &str) -> Option<usize> {
 }
 
 /// The token of an `Authorization: Bearer <token>` value, if that is what it is.
+/// Any run of spaces and tabs may follow the scheme (RFC 9110's `1*SP`,
+/// and the tabs some servers accept): whatever an app would take as a
+/// bearer token is judged as one.
 fn bearer(value: &[u8]) -> Option<&[u8]> {
-    const SCHEME: &[u8] = b"bearer ";
+    const SCHEME: &[u8] = b"bearer";
+    let value = value.trim_ascii_start();
     let head = value.get(..SCHEME.len())?;
     if !head.eq_ignore_ascii_case(SCHEME) {
         return None;
     }
-    let token = value.get(SCHEME.len()..)?.trim_ascii();
+    let rest = value.get(SCHEME.len()..)?;
+    if !rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        return None;
+    }
+    let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
+}
+
+/// The forms in which an app's cookie parser may read a raw cookie value:
+/// as sent; without surrounding double quotes, backslash escapes undone
+/// (Python's `http.cookies` also turns `\ooo` octal escapes into bytes);
+/// percent-decoded when that gives UTF-8 (Node's `cookie` package). Empty
+/// forms are left out; at most three.
+fn value_forms(raw: &str) -> SmallVec<[std::borrow::Cow<'_, str>; 3]> {
+    use std::borrow::Cow;
+    fn add<'a>(form: Cow<'a, str>, forms: &mut SmallVec<[Cow<'a, str>; 3]>) {
+        if !form.is_empty() && !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    let mut forms: SmallVec<[Cow<'_, str>; 3]> = SmallVec::new();
+    add(Cow::Borrowed(raw), &mut forms);
+    let unquoted = raw
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .map(|inner| {
+            if inner.contains('\\') {
+                Cow::Owned(unescape(inner))
+            } else {
+                Cow::Borrowed(inner)
+            }
+        });
+    let base = unquoted.clone().unwrap_or(Cow::Borrowed(raw));
+    if let Some(u) = unquoted {
+        add(u, &mut forms);
+    }
+    if base.contains('%')
+        && let Some(decoded) = percent_decode(&base)
+    {
+        add(Cow::Owned(decoded), &mut forms);
+    }
+    forms
+}
+
+/// Backslash escapes inside a quoted cookie value, undone as Python's
+/// `http.cookies` does: `\ooo` (three octal digits) is that byte, `\x` is
+/// `x`. Bytes that do not make UTF-8 are replaced, as no app would match
+/// them either.
+fn unescape(inner: &str) -> String {
+    let b = inner.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            if let Some(d) = octal {
+                let v = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
+                out.push(u8::try_from(v & 0xff).unwrap_or(0));
+                i += 4;
+            } else {
+                out.push(b[i + 1]);
+                i += 2;
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `%XX` decoded as `decodeURIComponent` does; `None` when an escape is
+/// malformed or the result is not UTF-8 (Node then keeps the raw value).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hi = char::from(hex[0]).to_digit(16)?;
+            let lo = char::from(hex[1]).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

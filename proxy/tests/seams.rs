@@ -14,9 +14,10 @@ use reqwest::header::LOCATION;
 const EVALUATIONS: &str = "vigil_engine_evaluations_total";
 const EVENTS: &str = "vigil_proxy_events_total";
 
-fn monitored(state: &std::path::Path, origin: &Origin, mode: &str) -> String {
-    Config::new()
-        .state_dir(state)
+/// `base` (its ports) in front of `origin`, one route in `mode` that
+/// revokes at high risk.
+fn monitored(base: &Config, origin: &Origin, mode: &str) -> String {
+    base.clone()
         .upstream("app", origin.addr())
         .route(Route::new("app", "/", "app").mode(mode).high("revoke"))
         .render()
@@ -25,8 +26,8 @@ fn monitored(state: &std::path::Path, origin: &Origin, mode: &str) -> String {
 #[tokio::test]
 async fn monitor_with_revoke_forwards_a_replay_and_changes_nothing() {
     let origin = Origin::start();
-    let state = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&monitored(state.path(), &origin, "monitor")).await;
+    let base = Config::new();
+    let proxy = Proxy::start(&monitored(&base, &origin, "monitor")).await;
     let owner = Browser::firefox().cookie("session=mon");
     let thief = Browser::chrome().cookie("session=mon");
     assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
@@ -51,12 +52,18 @@ async fn monitor_with_revoke_forwards_a_replay_and_changes_nothing() {
         proxy.metric("vigil_engine_sessions_revoked", &[]).await,
         0.0
     );
-    proxy.terminate();
 
-    // The route is switched to enforce, state kept: the owner is allowed,
+    // The route is switched to enforce by a reload: the owner is allowed,
     // the same replay is refused and ends the session.
-    let proxy = Proxy::start(&monitored(state.path(), &origin, "enforce")).await;
-    proxy.wait_for_log("session snapshot restored").await;
+    proxy.rewrite_config(&monitored(&base, &origin, "enforce"));
+    proxy.hangup();
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_config_reloads_total",
+            &[("result", "applied")],
+            |v| v == 1.0,
+        )
+        .await;
     assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
     let refused = thief.get(&proxy.url("/echo")).await;
     assert_eq!(refused.status(), 303);

@@ -6,6 +6,7 @@ fn stage(names: &[&str]) -> SessionStage {
             cookie_names: names.iter().map(|s| s.to_string()).collect(),
             bearer: true,
             limits: SessionLimits::default(),
+            ambiguous: Ambiguity::Worst,
         },
         SessionHashKey::from_bytes([1; HASH_KEY_LEN]),
     )
@@ -211,6 +212,7 @@ fn reconfigure_applies_bearer_and_limits_and_keeps_the_cookie_names() {
     let s = stage(&["sid"]);
     let before = key(&s, &[("cookie", b"sid=abc")]).unwrap();
     s.reconfigure(SessionConfig {
+        ambiguous: Ambiguity::Worst,
         cookie_names: vec!["other".to_owned()],
         bearer: false,
         limits: SessionLimits {
@@ -228,4 +230,161 @@ fn reconfigure_applies_bearer_and_limits_and_keeps_the_cookie_names() {
         s.identify(&headers(&[("cookie", b"a=1; sid=abc")])),
         Err(SessionError::TooManyCookies { limit: 1, .. })
     ));
+}
+
+// --- every credential an app could honour ---
+
+fn creds(stage: &SessionStage, pairs: &[(&str, &[u8])]) -> Credentials {
+    stage.credentials(&headers(pairs))
+}
+
+fn keys_of(c: &Credentials) -> Vec<SessionKey> {
+    c.sessions().iter().map(|s| s.key).collect()
+}
+
+#[test]
+fn a_quoted_value_is_also_judged_as_the_app_unquotes_it() {
+    let s = stage(&["sid"]);
+    let victim = key(&s, &[("cookie", b"sid=abc")]).unwrap().key;
+    for sent in [
+        &b"sid=\"abc\""[..],
+        b"sid=\"\\141bc\"",
+        b"sid=%61bc",
+        b"sid=\"%61bc\"",
+    ] {
+        let c = creds(&s, &[("cookie", sent)]);
+        assert!(
+            keys_of(&c).contains(&victim),
+            "{}",
+            String::from_utf8_lossy(sent)
+        );
+        assert_eq!(c.problem(), None);
+    }
+}
+
+#[test]
+fn every_duplicate_on_every_line_is_judged() {
+    let s = stage(&["sid"]);
+    let victim = key(&s, &[("cookie", b"sid=victim")]).unwrap().key;
+    for pairs in [
+        &[("cookie", &b"sid=decoy; sid=victim"[..])][..],
+        &[("cookie", b"sid=victim; sid=decoy")],
+        &[("cookie", b"sid=decoy"), ("cookie", b"sid=victim")],
+        &[("cookie", b"a=1"), ("cookie", b"b=2; sid=victim")],
+    ] {
+        let c = creds(&s, pairs);
+        assert!(keys_of(&c).contains(&victim), "{pairs:?}");
+    }
+}
+
+#[test]
+fn a_bearer_token_is_judged_next_to_a_cookie_and_after_any_whitespace() {
+    let s = stage(&["sid"]);
+    let token = key(&s, &[("authorization", b"Bearer tok.en")]).unwrap().key;
+    for auth in [
+        &b"Bearer\ttok.en"[..],
+        b"bearer   tok.en",
+        b"BEARER tok.en ",
+    ] {
+        let c = creds(&s, &[("cookie", b"sid=any"), ("authorization", auth)]);
+        assert_eq!(c.sessions().len(), 2);
+        assert!(
+            keys_of(&c).contains(&token),
+            "{}",
+            String::from_utf8_lossy(auth)
+        );
+    }
+    assert_eq!(
+        creds(&s, &[("authorization", b"Bearertok.en")]).sessions(),
+        []
+    );
+}
+
+#[test]
+fn two_authorization_headers_are_a_problem_but_the_first_is_still_judged() {
+    let s = stage(&["sid"]);
+    let c = creds(
+        &s,
+        &[
+            ("authorization", b"Bearer one"),
+            ("authorization", b"Bearer two"),
+        ],
+    );
+    assert_eq!(c.problem(), Some(&SessionError::SeveralAuthorizations));
+    assert_eq!(c.sessions().len(), 1);
+}
+
+#[test]
+fn what_cannot_be_read_does_not_hide_what_can() {
+    let s = stage(&["sid"]);
+    let victim = key(&s, &[("cookie", b"sid=victim")]).unwrap().key;
+    // A second line that is not UTF-8.
+    let c = creds(&s, &[("cookie", b"sid=victim"), ("cookie", b"x=\xff")]);
+    assert_eq!(c.problem(), Some(&SessionError::CookieNotUtf8));
+    assert_eq!(keys_of(&c), [victim]);
+    // The session cookie past the cookie limit.
+    let mut many: Vec<String> = (0..250).map(|i| format!("j{i}=x")).collect();
+    many.push("sid=victim".to_owned());
+    let c = creds(&s, &[("cookie", many.join("; ").as_bytes())]);
+    assert!(matches!(
+        c.problem(),
+        Some(SessionError::TooManyCookies { limit: 200, .. })
+    ));
+    assert_eq!(keys_of(&c), [victim]);
+    // An overlong value next to a readable one.
+    let long = format!("sid={}; sid=victim", "a".repeat(5000));
+    let c = creds(&s, &[("cookie", long.as_bytes())]);
+    assert!(matches!(
+        c.problem(),
+        Some(SessionError::CredentialTooLong { .. })
+    ));
+    assert_eq!(keys_of(&c), [victim]);
+}
+
+#[test]
+fn more_credentials_than_the_bound_is_a_problem() {
+    let s = stage(&["sid"]);
+    let many: Vec<String> = (0..20).map(|i| format!("sid=v{i}")).collect();
+    let c = creds(&s, &[("cookie", many.join("; ").as_bytes())]);
+    assert_eq!(c.sessions().len(), MAX_CREDENTIALS);
+    assert_eq!(
+        c.problem(),
+        Some(&SessionError::TooManyCredentials {
+            limit: MAX_CREDENTIALS
+        })
+    );
+}
+
+#[test]
+fn refuse_mode_makes_two_credentials_a_problem() {
+    let s = SessionStage::new(
+        SessionConfig {
+            cookie_names: vec!["sid".to_owned()],
+            ambiguous: Ambiguity::Refuse,
+            ..SessionConfig::default()
+        },
+        SessionHashKey::from_bytes([1; HASH_KEY_LEN]),
+    );
+    let c = creds(&s, &[("cookie", b"sid=a; sid=b")]);
+    assert_eq!(c.problem(), Some(&SessionError::Ambiguous { count: 2 }));
+    // The same value twice is one credential.
+    assert_eq!(creds(&s, &[("cookie", b"sid=a; sid=a")]).problem(), None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn credentials_never_panic_and_stay_bounded(
+        lines in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..512), 0..6)
+    ) {
+        let s = stage(&["sid", "remember"]);
+        let mut h = HeaderMap::new();
+        for (i, l) in lines.iter().enumerate() {
+            let name = if i % 3 == 2 { "authorization" } else { "cookie" };
+            if let Ok(v) = http::HeaderValue::from_bytes(l) {
+                h.append(name, v);
+            }
+        }
+        let c = s.credentials(&h);
+        proptest::prop_assert!(c.sessions().len() <= MAX_CREDENTIALS);
+    }
 }

@@ -431,6 +431,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         cookie_names: session.cookies,
         bearer: session.bearer,
         limits,
+        ambiguous: session.ambiguous,
     };
     engine.score = score;
     engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
@@ -527,6 +528,7 @@ fn read_admin(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Admin {
 struct SessionSection {
     cookies: Vec<String>,
     bearer: bool,
+    ambiguous: vigil_engine::Ambiguity,
     user_header: Option<http::HeaderName>,
     confirm_header: Option<http::HeaderName>,
     snapshot_every: Option<Duration>,
@@ -574,6 +576,20 @@ fn read_session(
         p.push(t.key("snapshot_interval_seconds"), "must be at least 1");
     }
     let snapshot_every = snapshot.then(|| Duration::from_secs(snapshot_interval.max(1)));
+    let ambiguous = match t
+        .or(p, "ambiguous_credentials", "worst".to_owned())
+        .as_str()
+    {
+        "worst" => vigil_engine::Ambiguity::Worst,
+        "refuse" => vigil_engine::Ambiguity::Refuse,
+        other => {
+            p.push(
+                t.key("ambiguous_credentials"),
+                format!("{other:?} is not a choice; expected \"worst\" or \"refuse\""),
+            );
+            vigil_engine::Ambiguity::Worst
+        }
+    };
     let bearer = t.or(p, "bearer", true);
     if cookies.is_empty() && !bearer {
         p.push(
@@ -611,6 +627,7 @@ fn read_session(
     SessionSection {
         cookies,
         bearer,
+        ambiguous,
         user_header,
         confirm_header,
         snapshot_every,
