@@ -22,17 +22,27 @@
 //! the per-session memory budget ([`store`]); user profiles (320 bytes),
 //! entity flags (only for users that have some) and revocations in `moka`
 //! caches; the population's frequency sketches (6 × 256 KiB).
+//!
+//! This file holds the scoring path, read top-down: the [`Scorer`], the
+//! session and login risks, and what a decided request commits. Around it,
+//! one concern per file: [`reason`] (reasons, levels, risks), [`config`]
+//! (weights and thresholds), [`entity`] (entity risk and the user-level
+//! flags), [`vouch`] (sessions the app set, step-ups, operators' feedback)
+//! and [`snapshot`] (snapshots and session records).
 
+mod config;
+mod entity;
 mod profile;
+mod reason;
+mod snapshot;
 mod state;
 mod store;
 #[cfg(test)]
 mod tests;
+mod vouch;
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use moka::policy::EvictionPolicy;
@@ -40,342 +50,20 @@ use moka::sync::Cache;
 use vigil_geoip::Location;
 use vigil_geoip::travel::{Travel, TravelConfig, classify as travel};
 
-use crate::device::{Device, DeviceId, DeviceSummary, TraitMatch};
+use crate::device::{Device, TraitMatch};
 use crate::fingerprint::{TlsMatch, TlsSource};
-use crate::network::{NetworkChange, NetworkFacts, NetworkMark};
+use crate::network::{NetworkChange, NetworkMark};
 use crate::session::SessionKey;
+pub use config::{FeatureWeights, ScoreConfig, UserModelConfig};
+use entity::EntityState;
 use profile::{ALL, Evidence, Feature, Features, NETWORK, Population, UserProfile};
+pub use reason::{Contribution, Reason, Risk, RiskLevel, Risks};
+pub use snapshot::{Restored, SnapshotError};
 pub(crate) use state::{Place, secs32};
 pub use state::{RecordError, SessionState, UserKey};
 use store::SessionStore;
-
-/// Risk level, the coarse summary of a score that policies map to actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RiskLevel {
-    /// Below the medium threshold.
-    Low,
-    /// At or above the medium threshold, below the high one.
-    Medium,
-    /// At or above the high threshold.
-    High,
-}
-
-/// Why a request scored what it did. Codes are stable: they appear in
-/// headers, logs and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Reason {
-    /// The device's HTTP traits (browser, platform, class, language, header
-    /// shape) differ from the session's baseline, beyond an update.
-    DeviceChanged,
-    /// The connection's TLS fingerprint (JA4) differs from the session's:
-    /// another TLS stack (full points), the same stack with other
-    /// extensions and no browser update to explain it (family points), or a
-    /// hello Vigil could not read where it could before (full points).
-    Ja4Mismatch,
-    /// The same browser a major version or two newer, on the same TLS
-    /// family: an update, noted with few points.
-    DeviceUpgraded,
-    /// The client moved to another address: within its ASN (few points), or
-    /// to a prefix whose ASN is not known (more). A new egress node of the
-    /// same provider, or another address in the same /24 or /48, is not a
-    /// move.
-    IpChanged,
-    /// The client moved to another autonomous system, in the same or an
-    /// unknown country.
-    AsnChanged,
-    /// The client moved to another country.
-    CountryChanged,
-    /// The move from the last place to this one is faster than an airliner,
-    /// after both places' accuracy radii are taken off the distance.
-    ImpossibleTravel,
-    /// The session came back to the network it left a moment ago: two
-    /// places are using it at once.
-    ConcurrentNetworks,
-    /// The session keeps hopping to new networks minutes apart, as traffic
-    /// through a rotating proxy pool does.
-    NetworkChurn,
-    /// The device (browser, platform, device traits) is unusual for the
-    /// user, by the likelihood model.
-    NewDeviceForUser,
-    /// The network (prefix, ASN) is unusual for the user.
-    NewNetworkForUser,
-    /// The country is unusual for the user.
-    NewCountryForUser,
-    /// The session was revoked.
-    Revoked,
-    /// The user's sessions were all revoked after this one began.
-    UserRevoked,
-    /// A partner (identity provider, security tool) reported the user at
-    /// risk.
-    PartnerReported,
-    /// Another session of the user was flagged high recently.
-    RecentDetections,
-}
-
-/// One reason and the points it added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Contribution {
-    /// The reason.
-    pub reason: Reason,
-    /// Points added to the score.
-    pub points: u8,
-}
-
-/// One risk of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Risk {
-    /// Coarse level.
-    pub level: RiskLevel,
-    /// Sum of the contributions, capped at 100.
-    pub score: u8,
-    /// Each reason with its points, in the order they were found.
-    pub reasons: Vec<Contribution>,
-}
-
-/// The three risks of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Risks {
-    /// Login risk: only on the first request at which the session's user is
-    /// known.
-    pub login: Option<Risk>,
-    /// Session risk: against the session's baseline.
-    pub session: Risk,
-    /// Entity risk: the user across sessions; none when no user is known.
-    pub entity: Risk,
-    /// The user is known but still in the learning period: the likelihood
-    /// model's points were left out.
-    pub learning: bool,
-}
-
-/// Points per nat of likelihood ratio, per feature of the user model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeatureWeights {
-    /// Client /24 or /48. Default 2.
-    pub prefix: u8,
-    /// ASN. Default 3.
-    pub asn: u8,
-    /// Country. Default 4.
-    pub country: u8,
-    /// Device traits without the browser version. Default 4.
-    pub device: u8,
-    /// Browser family. Default 2.
-    pub browser: u8,
-    /// Platform. Default 2.
-    pub platform: u8,
-}
-
-/// The user model's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserModelConfig {
-    /// Points per nat of evidence, per feature.
-    pub weights: FeatureWeights,
-    /// Most nats one feature can contribute. Default 6 (a ratio of ~400).
-    pub llr_cap: u8,
-    /// Sessions a user needs before the model's points count. Default 5.
-    pub learning_sessions: u32,
-    /// Time since a user's first session before the model's points count.
-    /// Default 3 days.
-    pub learning_period: Duration,
-    /// Sightings after which a network is familiar: moving to it mid-session
-    /// is not evidence. Default 2.
-    pub familiar_after: u16,
-    /// Most points the model adds to a mid-session network move. Default 20.
-    pub session_cap: u8,
-}
-
-/// Weights and thresholds of the risk engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScoreConfig {
-    /// Points when the device traits changed. Default 70.
-    pub device_changed: u8,
-    /// Points when the JA4 is another stack's. Default 70.
-    pub ja4_mismatch: u8,
-    /// Points when the JA4 changed within its family with no browser update.
-    /// Default 30.
-    pub ja4_family_changed: u8,
-    /// Points when the browser updated mid-session. Default 10.
-    pub device_upgraded: u8,
-    /// Points when the client moved to a prefix of unknown ASN. Default 30.
-    pub ip_changed: u8,
-    /// Points when the client moved within its ASN. Default 10.
-    pub ip_changed_same_asn: u8,
-    /// Points when the client moved to another ASN. Default 30.
-    pub asn_changed: u8,
-    /// Points when the client moved to another country. Default 35.
-    pub country_changed: u8,
-    /// Points for a move faster than `max_kmh`. Default 50.
-    pub impossible_travel: u8,
-    /// Fastest plausible travel in km/h. Default 1000.
-    pub max_kmh: u16,
-    /// An accuracy radius at or above which a place is only a country (geo
-    /// databases put mobile carriers at the country's centre with a radius
-    /// of about 1,000 km): travel is not judged between such a place and
-    /// another in the same country. Default 100 km.
-    pub coarse_location_km: u16,
-    /// Points when the session returns to the network it left less than
-    /// `concurrent_window` ago. Default 40.
-    pub concurrent_networks: u8,
-    /// Points when the session has moved to another prefix `churn_moves`
-    /// times in a row, each within `concurrent_window` of the one before:
-    /// the pattern of rotating proxies. Default 30.
-    pub network_churn: u8,
-    /// See `network_churn`. Default 3.
-    pub churn_moves: u8,
-    /// See `concurrent_networks`. Default 10 minutes.
-    pub concurrent_window: Duration,
-    /// Points per other-session detection of the user within
-    /// `detection_window`, up to three. Default 15.
-    pub recent_detection: u8,
-    /// How long a detection raises the user's entity risk. Default 1 hour.
-    pub detection_window: Duration,
-    /// The user model.
-    pub model: UserModelConfig,
-    /// Score at which risk becomes medium. Default 30.
-    pub medium_at: u8,
-    /// Score at which risk becomes high. Default 60.
-    pub high_at: u8,
-    /// Most sessions whose state is kept; the least recently used go first.
-    /// Default 1,000,000.
-    pub max_sessions: u64,
-    /// A session state unused for this long is forgotten. Default 30 days:
-    /// at least as long as the apps keep sessions, or a cookie stolen and
-    /// replayed after the owner's last visit meets no baseline.
-    pub session_idle_timeout: Duration,
-    /// How long a revocation is remembered; never less than
-    /// `session_idle_timeout`. Default 30 days.
-    pub revocation_ttl: Duration,
-    /// Most user profiles kept. Default 1,000,000.
-    pub max_users: u64,
-    /// A profile unused for this long is forgotten. Default 90 days.
-    pub user_idle_timeout: Duration,
-}
-
-/// An operator's or the user's word on a detection, taken into account from
-/// the next request on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Feedback {
-    /// A refusal was a false positive: the refused request's device and
-    /// network become the session's baseline and are trusted for its user.
-    FalsePositive {
-        /// The session.
-        session: SessionKey,
-        /// The refused request's device.
-        device: DeviceSummary,
-        /// The refused request's network (ASN, country and place are looked
-        /// up again).
-        network: NetworkFacts,
-    },
-    /// This device (whatever its browser version) is the user's.
-    TrustDevice {
-        /// The user.
-        user: UserKey,
-        /// The device.
-        device: DeviceId,
-    },
-    /// This network is the user's: moving to it is not evidence and the
-    /// model does not count it against them.
-    TrustNetwork {
-        /// The user.
-        user: UserKey,
-        /// The network.
-        network: TrustedNetwork,
-    },
-}
-
-/// What [`Scorer::restore`] took in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Restored {
-    /// Sessions restored.
-    pub sessions: u64,
-    /// Revocations restored.
-    pub revocations: u64,
-    /// User profiles restored.
-    pub users: u64,
-    /// Records skipped: not decodable, or revocations out of their time.
-    pub refused: u64,
-}
-
-/// A snapshot that cannot be restored at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// It does not start with the snapshot header.
-    #[error("not a Vigil session snapshot")]
-    NotASnapshot,
-    /// Its length does not match the counts in its header.
-    #[error(
-        "the snapshot announces {sessions} sessions and {revocations} revocations but holds {bytes} bytes of them"
-    )]
-    Length {
-        /// Sessions announced.
-        sessions: usize,
-        /// Revocations announced.
-        revocations: usize,
-        /// Bytes after the header.
-        bytes: usize,
-    },
-}
-
-/// Why feedback could not be applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FeedbackError {
-    /// The session was revoked since: it stays revoked.
-    #[error("the session was revoked")]
-    Revoked,
-    /// The session is no longer remembered on this node.
-    #[error("the session is no longer known on this node")]
-    NoSession,
-}
-
-/// A network an operator can trust for a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrustedNetwork {
-    /// Every address of an autonomous system.
-    Asn(u32),
-    /// The /24 (IPv4) or /48 (IPv6) holding this address.
-    Prefix(IpAddr),
-    /// A country (ISO 3166-1 alpha-2, either case).
-    Country([u8; 2]),
-}
-
-/// What the user-level flags say; kept only for users that have one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct EntityState {
-    /// How many times the user was revoked: a session bound to the user
-    /// under an older count is ended.
-    generation: u16,
-    reported_points: u8,
-    reported_until: u32,
-    detections: u8,
-    detections_until: u32,
-}
-
-impl EntityState {
-    const RECORD_LEN: usize = 12;
-
-    fn encode(&self) -> [u8; Self::RECORD_LEN] {
-        let mut out = [0u8; Self::RECORD_LEN];
-        out[..2].copy_from_slice(&self.generation.to_le_bytes());
-        out[2] = self.reported_points;
-        out[3] = self.detections;
-        out[4..8].copy_from_slice(&self.reported_until.to_le_bytes());
-        out[8..].copy_from_slice(&self.detections_until.to_le_bytes());
-        out
-    }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::RECORD_LEN] = b.try_into().ok()?;
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Some(Self {
-            generation: u16::from_le_bytes([b[0], b[1]]),
-            reported_points: b[2].min(100),
-            detections: b[3].min(MAX_DETECTIONS),
-            reported_until: u32_at(4),
-            detections_until: u32_at(8),
-        })
-    }
-}
+pub(crate) use vouch::Issued;
+pub use vouch::{Feedback, FeedbackError, TrustedNetwork};
 
 /// The scorer and its stores.
 #[derive(Clone)]
@@ -423,33 +111,6 @@ pub(crate) struct Learn {
     trust: bool,
 }
 
-impl Observation {
-    /// Whether the request carried a live session.
-    pub(crate) fn is_session(&self) -> bool {
-        matches!(self, Observation::Session { .. })
-    }
-
-    /// Whether committing this as allowed takes the session's first
-    /// baseline.
-    pub(crate) fn first_sighting(&self) -> bool {
-        matches!(self, Observation::Session { prior, .. }
-            if !prior.is_some_and(|p| p.has(SessionState::BASELINED)))
-    }
-}
-
-/// What [`Scorer::issue`] did with a session the app set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Issued {
-    /// A new session, baselined.
-    New,
-    /// A known session, kept as it was and bound to the named user.
-    Bound,
-    /// A known session, kept as it was.
-    Known,
-    /// A revoked session: nothing recorded.
-    Revoked,
-}
-
 /// What the decision made of a request, for [`Scorer::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
@@ -482,199 +143,6 @@ const LAST_SEEN_GRANULARITY: u32 = 60;
 struct Revocation {
     at: u64,
     by_user: Option<UserKey>,
-}
-/// A snapshot starts with this, then the counts of sessions, revocations,
-/// profiles and entity flags (u64, little endian), then the session
-/// records, the revocations (key, time, user key or 0), the profiles (user
-/// key, profile record) and the entity flags (user key, record).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS2";
-const SNAPSHOT_HEADER: usize = 40;
-
-/// The session state after its user proved themselves (or an operator
-/// vouched) from this device and network: they become the baseline, the
-/// TLS fingerprint kept if this device showed none, the move counter reset,
-/// and login judged.
-fn adopt(
-    held: Option<&SessionState>,
-    device: &DeviceSummary,
-    network: &NetworkMark,
-    place: Option<Place>,
-    now: u32,
-) -> SessionState {
-    let mut next = held
-        .copied()
-        .unwrap_or_else(|| SessionState::new(device, *network, place, now));
-    if next.network.prefix != network.prefix && next.has(SessionState::BASELINED) {
-        next.previous = next.network.prefix;
-        next.moved_at = now;
-    }
-    let mut device = *device;
-    if device.tls_source == TlsSource::None && next.tls_source != TlsSource::None {
-        device.tls_source = next.tls_source;
-        device.ja4 = next.ja4;
-    }
-    next.set_device(&device);
-    next.network = *network;
-    next.place = place.or(next.place);
-    next.last_seen = now;
-    next.flags |= SessionState::BASELINED;
-    if next.user.is_some() {
-        next.flags |= SessionState::LOGIN_SCORED;
-    }
-    next.set_moves(0);
-    next
-}
-
-/// A little-endian u64 from up to 8 bytes (0 for fewer: lengths are checked
-/// before).
-fn u64_of(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
-}
-const REVOCATION_LEN: usize = 32;
-/// Other-session detections counted toward entity risk.
-const MAX_DETECTIONS: u8 = 3;
-
-// === impl ScoreConfig ===
-
-impl Default for ScoreConfig {
-    fn default() -> Self {
-        Self {
-            device_changed: 70,
-            ja4_mismatch: 70,
-            ja4_family_changed: 30,
-            device_upgraded: 10,
-            ip_changed: 30,
-            ip_changed_same_asn: 10,
-            asn_changed: 30,
-            country_changed: 35,
-            impossible_travel: 50,
-            max_kmh: 1000,
-            coarse_location_km: 100,
-            concurrent_networks: 40,
-            network_churn: 30,
-            churn_moves: 3,
-            concurrent_window: Duration::from_secs(600),
-            recent_detection: 15,
-            detection_window: Duration::from_secs(3600),
-            model: UserModelConfig::default(),
-            medium_at: 30,
-            high_at: 60,
-            max_sessions: 1_000_000,
-            session_idle_timeout: Duration::from_secs(30 * 24 * 3600),
-            revocation_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_users: 1_000_000,
-            user_idle_timeout: Duration::from_secs(90 * 24 * 3600),
-        }
-    }
-}
-
-impl Default for UserModelConfig {
-    fn default() -> Self {
-        Self {
-            weights: FeatureWeights {
-                prefix: 2,
-                asn: 3,
-                country: 4,
-                device: 4,
-                browser: 2,
-                platform: 2,
-            },
-            llr_cap: 6,
-            learning_sessions: 5,
-            learning_period: Duration::from_secs(3 * 24 * 3600),
-            familiar_after: 2,
-            session_cap: 20,
-        }
-    }
-}
-
-impl ScoreConfig {
-    /// The level of `score` under these thresholds.
-    pub fn level(&self, score: u8) -> RiskLevel {
-        if score >= self.high_at {
-            RiskLevel::High
-        } else if score >= self.medium_at {
-            RiskLevel::Medium
-        } else {
-            RiskLevel::Low
-        }
-    }
-}
-
-impl FeatureWeights {
-    fn of(&self, f: Feature) -> u8 {
-        match f {
-            Feature::Prefix => self.prefix,
-            Feature::Asn => self.asn,
-            Feature::Country => self.country,
-            Feature::Device => self.device,
-            Feature::Browser => self.browser,
-            Feature::Platform => self.platform,
-        }
-    }
-}
-
-// === impl Risk ===
-
-impl Risk {
-    /// No risk found.
-    pub fn none() -> Self {
-        Self {
-            level: RiskLevel::Low,
-            score: 0,
-            reasons: Vec::new(),
-        }
-    }
-
-    /// Whether `reason` contributed.
-    pub fn has(&self, reason: Reason) -> bool {
-        self.reasons.iter().any(|c| c.reason == reason)
-    }
-
-    /// The points `reason` contributed (0 when it did not).
-    pub fn points(&self, reason: Reason) -> u32 {
-        self.reasons
-            .iter()
-            .filter(|c| c.reason == reason)
-            .map(|c| u32::from(c.points))
-            .sum()
-    }
-
-    fn from_contributions(config: &ScoreConfig, reasons: Vec<Contribution>) -> Self {
-        let sum: u32 = reasons.iter().map(|c| u32::from(c.points)).sum();
-        let score = u8::try_from(sum.min(100)).unwrap_or(100);
-        Self {
-            level: config.level(score),
-            score,
-            reasons,
-        }
-    }
-}
-
-impl Risks {
-    /// No risk of any kind.
-    pub fn none() -> Self {
-        Self {
-            login: None,
-            session: Risk::none(),
-            entity: Risk::none(),
-            learning: false,
-        }
-    }
-
-    /// The request's overall risk: every contribution of the three, login
-    /// first, then session, then entity; the score is their sum, capped.
-    pub fn overall(&self, config: &ScoreConfig) -> Risk {
-        let reasons = self
-            .login
-            .iter()
-            .flat_map(|r| r.reasons.iter())
-            .chain(&self.session.reasons)
-            .chain(&self.entity.reasons)
-            .copied()
-            .collect();
-        Risk::from_contributions(config, reasons)
-    }
 }
 
 // === impl Scorer ===
@@ -1062,43 +530,6 @@ impl Scorer {
         out
     }
 
-    /// The user's flags, for a session bound to them under revocation
-    /// `generation`.
-    fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
-        let config = self.config.load();
-        // Most users have no flags: `contains_key` answers without logging
-        // a read (see `score`).
-        let Some(e) = self
-            .entities
-            .contains_key(&user)
-            .then(|| self.entities.get(&user))
-            .flatten()
-        else {
-            return Risk::none();
-        };
-        let mut reasons = Vec::new();
-        if e.generation > generation {
-            reasons.push(Contribution {
-                reason: Reason::UserRevoked,
-                points: 100,
-            });
-        }
-        if e.reported_until > now && e.reported_points > 0 {
-            reasons.push(Contribution {
-                reason: Reason::PartnerReported,
-                points: e.reported_points,
-            });
-        }
-        if e.detections_until > now && e.detections > 0 {
-            let n = e.detections.min(MAX_DETECTIONS);
-            reasons.push(Contribution {
-                reason: Reason::RecentDetections,
-                points: config.recent_detection.saturating_mul(n),
-            });
-        }
-        Risk::from_contributions(&config, reasons)
-    }
-
     /// Records what a decided request taught. An allowed request's state is
     /// kept (a first request becomes the baseline; a move of network, a
     /// browser update, a first TLS fingerprint are learnt — never another
@@ -1176,37 +607,6 @@ impl Scorer {
         }
     }
 
-    fn clear_detections(&self, user: UserKey) {
-        if let Some(mut e) = self.entities.get(&user)
-            && e.detections > 0
-        {
-            e.detections = 0;
-            e.detections_until = 0;
-            self.entities.insert(user, e);
-        }
-    }
-
-    fn record_detection(&self, user: UserKey, now: u32) {
-        let window = secs32(self.config.load().detection_window.as_secs());
-        let mut e = self.entities.get(&user).unwrap_or_default();
-        let until = now.saturating_add(window);
-        // A replay loop would otherwise write on every request: once the
-        // count is full and the window fresh, there is nothing to add.
-        if e.detections >= MAX_DETECTIONS
-            && e.detections_until > now
-            && until.saturating_sub(e.detections_until) < LAST_SEEN_GRANULARITY
-        {
-            return;
-        }
-        e.detections = if e.detections_until > now {
-            e.detections.saturating_add(1).min(MAX_DETECTIONS)
-        } else {
-            1
-        };
-        e.detections_until = until;
-        self.entities.insert(user, e);
-    }
-
     /// Binds a session to its user (the app or identity provider said who
     /// opened it). The session's next request is judged against the user's
     /// history (login risk) and counts toward it.
@@ -1243,163 +643,6 @@ impl Scorer {
         changed
     }
 
-    /// The app opened a session in a response to a request from this device
-    /// and network: they are its baseline before anyone presents the new
-    /// value, and it is bound to `user` when the app named one. A session
-    /// already known keeps its baseline (apps re-set the same cookie to
-    /// extend it) and is bound to `user` if one is named; a revoked one
-    /// stays revoked. Returns what was done.
-    pub(crate) fn issue(
-        &self,
-        key: SessionKey,
-        user: Option<UserKey>,
-        device: &DeviceSummary,
-        network: &NetworkMark,
-        place: Option<Place>,
-        now_secs: u64,
-    ) -> Issued {
-        if self.revoked.contains_key(&key) {
-            return Issued::Revoked;
-        }
-        let now = secs32(now_secs);
-        let generation = user
-            .and_then(|u| self.entities.get(&u))
-            .map_or(0, |e| e.generation);
-        let mut issued = false;
-        self.sessions.update(key, now, |held| match held {
-            Some(s) => *s,
-            None => {
-                issued = true;
-                SessionState {
-                    user,
-                    generation,
-                    flags: SessionState::BASELINED,
-                    ..SessionState::new(device, *network, place, now)
-                }
-            }
-        });
-        match (issued, user) {
-            (true, _) => Issued::New,
-            (false, Some(user)) if self.bind_user(key, user, now_secs) => Issued::Bound,
-            (false, Some(_)) => Issued::Known,
-            (false, None) => Issued::Known,
-        }
-    }
-
-    /// The session's user proved themselves from this request's device and
-    /// network (a step-up passed): those become the session's baseline and
-    /// are learnt for the user, and the user's recent detections are
-    /// cleared. Returns the session's user, or `None` when nothing was
-    /// confirmed (the session is revoked).
-    pub(crate) fn confirm(
-        &self,
-        key: SessionKey,
-        device: &Device,
-        network: &NetworkMark,
-        place: Option<Place>,
-        now_secs: u64,
-    ) -> Option<Option<UserKey>> {
-        if self.revoked.contains_key(&key) {
-            return None;
-        }
-        let now = secs32(now_secs);
-        let mut next = SessionState::new(&device.summary(), *network, place, now);
-        self.sessions.update(key, now, |held| {
-            next = adopt(held, &device.summary(), network, place, now);
-            next
-        });
-        let learn = Learn {
-            features: Features::of(network, device.id),
-            which: &ALL,
-            new_session: false,
-            trust: false,
-        };
-        self.learn(next.user, &learn, now);
-        if let Some(user) = next.user {
-            self.clear_detections(user);
-        }
-        Some(next.user)
-    }
-
-    /// Applies an operator's feedback; `place` is where the geo stage puts
-    /// a false positive's network.
-    pub(crate) fn feedback(
-        &self,
-        feedback: Feedback,
-        place: Option<Place>,
-        now_secs: u64,
-    ) -> Result<(), FeedbackError> {
-        let now = secs32(now_secs);
-        let trust = |user: UserKey, values: &[(Feature, u32)]| {
-            let profile = self
-                .profiles
-                .get_with(user, || Arc::new(Mutex::new(UserProfile::new(now))));
-            let mut p = profile.lock().unwrap_or_else(PoisonError::into_inner);
-            for &(f, v) in values {
-                p.trust(f, v, now);
-            }
-        };
-        match feedback {
-            Feedback::FalsePositive {
-                session,
-                device,
-                network,
-            } => {
-                if self.revoked.contains_key(&session) {
-                    return Err(FeedbackError::Revoked);
-                }
-                if self.sessions.peek(&session).is_none() {
-                    return Err(FeedbackError::NoSession);
-                }
-                let mark = network.mark();
-                let mut state = SessionState::new(&device, mark, place, now);
-                self.sessions.update(session, now, |held| {
-                    state = adopt(held, &device, &mark, place, now);
-                    state
-                });
-                let learn = Learn {
-                    features: Features::of(&mark, device.id),
-                    which: &ALL,
-                    new_session: false,
-                    trust: true,
-                };
-                self.learn(state.user, &learn, now);
-                if let Some(user) = state.user {
-                    self.clear_detections(user);
-                }
-            }
-            Feedback::TrustDevice { user, device } => {
-                let f = Features::of(&NetworkMark::default(), device);
-                trust(
-                    user,
-                    &[Feature::Device, Feature::Browser, Feature::Platform].map(|k| (k, f.get(k))),
-                );
-            }
-            Feedback::TrustNetwork { user, network } => {
-                let (feature, facts) = match network {
-                    TrustedNetwork::Asn(asn) => (
-                        Feature::Asn,
-                        NetworkMark {
-                            asn,
-                            ..NetworkMark::default()
-                        },
-                    ),
-                    TrustedNetwork::Prefix(ip) => (Feature::Prefix, NetworkFacts::new(ip).mark()),
-                    TrustedNetwork::Country(c) => (
-                        Feature::Country,
-                        NetworkMark {
-                            country: [c[0].to_ascii_uppercase(), c[1].to_ascii_uppercase()],
-                            ..NetworkMark::default()
-                        },
-                    ),
-                };
-                let value = Features::of(&facts, DeviceId(0)).get(feature);
-                trust(user, &[(feature, value)]);
-            }
-        }
-        Ok(())
-    }
-
     /// Ends a session on this node: later requests with it score
     /// [`Reason::Revoked`]. Its state is dropped.
     pub fn revoke(&self, key: SessionKey, now_secs: u64) {
@@ -1413,42 +656,6 @@ impl Scorer {
         self.sessions.remove(&key);
     }
 
-    /// Ends every session bound to `user` so far (universal logout): their
-    /// later requests score [`Reason::UserRevoked`]. Sessions bound to the
-    /// user afterwards (the user signed in again) are not affected: each
-    /// binding records how many revocations the user had had.
-    /// Returns how many sessions were ended on this node.
-    pub fn revoke_user(&self, user: UserKey, now_secs: u64) -> u64 {
-        // Each session bound to the user is revoked outright, so that the
-        // revocation holds even if its state is later evicted; the count
-        // covers sessions bound while the scan runs.
-        let keys = self.sessions.keys_where(|s| s.user == Some(user));
-        let ended = keys.len() as u64;
-        for key in keys {
-            self.revoked.insert(
-                key,
-                Revocation {
-                    at: now_secs,
-                    by_user: Some(user),
-                },
-            );
-            self.sessions.remove(&key);
-        }
-        let mut e = self.entities.get(&user).unwrap_or_default();
-        e.generation = e.generation.saturating_add(1);
-        self.entities.insert(user, e);
-        ended
-    }
-
-    /// A partner reported the user at risk: `points` of entity risk
-    /// ([`Reason::PartnerReported`]) on every session of theirs for `ttl`.
-    pub fn report_user(&self, user: UserKey, points: u8, ttl: Duration, now_secs: u64) {
-        let mut e = self.entities.get(&user).unwrap_or_default();
-        e.reported_points = points.min(100);
-        e.reported_until = secs32(now_secs.saturating_add(ttl.as_secs()));
-        self.entities.insert(user, e);
-    }
-
     /// Whether the session is revoked on this node.
     pub fn is_revoked(&self, key: &SessionKey) -> bool {
         self.revoked.contains_key(key)
@@ -1457,220 +664,6 @@ impl Scorer {
     /// The state kept for a session.
     pub fn session(&self, key: &SessionKey) -> Option<SessionState> {
         self.sessions.peek(key)
-    }
-
-    /// The session's state as a record ([`SessionState::encode`]).
-    pub fn export(&self, key: &SessionKey) -> Option<[u8; SessionState::RECORD_LEN]> {
-        self.sessions.peek(key).map(|s| s.encode(key))
-    }
-
-    /// Every session's record, for a snapshot.
-    pub fn export_all(&self) -> Vec<[u8; SessionState::RECORD_LEN]> {
-        self.sessions
-            .entries()
-            .iter()
-            .map(|(k, s)| s.encode(k))
-            .collect()
-    }
-
-    /// The node's state as one snapshot, to restore after a restart with
-    /// [`Scorer::restore`]: a header (`VIGILSS2`, then the counts of
-    /// sessions, revocations, user profiles and entity flags as u64), the
-    /// session records ([`SessionState::encode`]), each revocation as the
-    /// session key, its time and the revoked user's key (0 for a session
-    /// revoked alone), each profile as the user key and a fixed 320-byte
-    /// record, each entity flag as the user key and 12 bytes. The
-    /// population sketches are not in it: they refill as users sign in.
-    pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = std::io::Cursor::new(Vec::new());
-        // Writing to memory cannot fail.
-        let _ = self.write_snapshot(&mut out);
-        out.into_inner()
-    }
-
-    /// Twice the largest snapshot this scorer could write with its stores
-    /// full (the `moka` caches may run over their bound until their
-    /// housekeeping catches up): a larger file is not one of its snapshots.
-    pub fn max_snapshot_bytes(&self) -> u64 {
-        let c = self.config.load();
-        let per_session = (SessionState::RECORD_LEN + REVOCATION_LEN) as u64;
-        let per_user = (16 + UserProfile::RECORD_LEN + EntityState::RECORD_LEN) as u64;
-        (SNAPSHOT_HEADER as u64)
-            .saturating_add(c.max_sessions.saturating_mul(per_session))
-            .saturating_add(c.max_users.saturating_mul(per_user))
-            .saturating_mul(2)
-    }
-
-    /// Streams [`Scorer::snapshot`] into `w`, a shard of sessions at a time
-    /// (so that it needs no copy of the whole store), then goes back to
-    /// write the counts into the header.
-    pub fn write_snapshot<W: std::io::Write + std::io::Seek>(
-        &self,
-        w: &mut W,
-    ) -> std::io::Result<()> {
-        let start = w.stream_position()?;
-        w.write_all(&[0u8; SNAPSHOT_HEADER])?;
-        let mut counts = [0u64; 4];
-        let mut failed = Ok(());
-        self.sessions.for_each_shard(|entries| {
-            for (key, state) in entries {
-                if failed.is_ok() {
-                    failed = w.write_all(&state.encode(key));
-                    counts[0] += 1;
-                }
-            }
-        });
-        failed?;
-        for (key, r) in self.revoked.iter() {
-            w.write_all(key.as_bytes())?;
-            w.write_all(&r.at.to_le_bytes())?;
-            w.write_all(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes())?;
-            counts[1] += 1;
-        }
-        for (user, profile) in self.profiles.iter() {
-            let record = profile
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .encode();
-            w.write_all(&user.as_u64().to_le_bytes())?;
-            w.write_all(&record)?;
-            counts[2] += 1;
-        }
-        for (user, entity) in self.entities.iter() {
-            w.write_all(&user.as_u64().to_le_bytes())?;
-            w.write_all(&entity.encode())?;
-            counts[3] += 1;
-        }
-        let end = w.stream_position()?;
-        w.seek(std::io::SeekFrom::Start(start))?;
-        w.write_all(SNAPSHOT_MAGIC)?;
-        for n in counts {
-            w.write_all(&n.to_le_bytes())?;
-        }
-        w.seek(std::io::SeekFrom::Start(end))?;
-        Ok(())
-    }
-
-    /// Takes in a [`Scorer::snapshot`] at `now_secs`: every session record
-    /// that decodes (as [`Scorer::import`]), every revocation still within
-    /// its time, every user profile and entity flag. A file that is not a
-    /// snapshot, or whose length does not match its counts, is refused
-    /// whole; a record that does not decode is skipped and counted.
-    pub fn restore(&self, snapshot: &[u8], now_secs: u64) -> Result<Restored, SnapshotError> {
-        let (header, body) = snapshot
-            .split_at_checked(SNAPSHOT_HEADER)
-            .ok_or(SnapshotError::NotASnapshot)?;
-        if &header[..8] != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::NotASnapshot);
-        }
-        let count = |i: usize| {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(&header[8 + 8 * i..16 + 8 * i]);
-            usize::try_from(u64::from_le_bytes(eight)).unwrap_or(usize::MAX)
-        };
-        let counts = [count(0), count(1), count(2), count(3)];
-        let sizes = [
-            SessionState::RECORD_LEN,
-            REVOCATION_LEN,
-            8 + UserProfile::RECORD_LEN,
-            8 + EntityState::RECORD_LEN,
-        ];
-        let lengths: Option<Vec<usize>> = counts
-            .iter()
-            .zip(sizes)
-            .map(|(n, size)| n.checked_mul(size))
-            .collect();
-        let total = lengths
-            .as_ref()
-            .and_then(|l| l.iter().try_fold(0usize, |a, b| a.checked_add(*b)));
-        let (Some(lengths), Some(total)) = (lengths, total) else {
-            return Err(SnapshotError::Length {
-                sessions: counts[0],
-                revocations: counts[1],
-                bytes: body.len(),
-            });
-        };
-        if total != body.len() {
-            return Err(SnapshotError::Length {
-                sessions: counts[0],
-                revocations: counts[1],
-                bytes: body.len(),
-            });
-        }
-        let (records, rest) = body.split_at(lengths[0]);
-        let (revoked, rest) = rest.split_at(lengths[1]);
-        let (profiles, entities) = rest.split_at(lengths[2]);
-        let mut restored = Restored::default();
-        for record in records.chunks_exact(SessionState::RECORD_LEN) {
-            match self.import(record, now_secs) {
-                Ok(_) => restored.sessions += 1,
-                Err(_) => restored.refused += 1,
-            }
-        }
-        let config = self.config.load();
-        let ttl = config
-            .revocation_ttl
-            .max(config.session_idle_timeout)
-            .as_secs();
-        for entry in revoked.chunks_exact(REVOCATION_LEN) {
-            let (key, times) = entry.split_at(16);
-            let (at, user) = times.split_at(8);
-            let mut key_bytes = [0u8; 16];
-            key_bytes.copy_from_slice(key);
-            let at = u64_of(at);
-            let by_user = UserKey::from_u64(u64_of(user));
-            // A clock behind the snapshot's must not drop a revocation: the
-            // time is brought back to now, not refused.
-            let at = at.min(now_secs);
-            if at.saturating_add(ttl) <= now_secs {
-                restored.refused += 1;
-                continue;
-            }
-            let key = SessionKey::from_bytes(key_bytes);
-            self.sessions.remove(&key);
-            self.revoked.insert(key, Revocation { at, by_user });
-            restored.revocations += 1;
-        }
-        for entry in profiles.chunks_exact(8 + UserProfile::RECORD_LEN) {
-            let (user, record) = entry.split_at(8);
-            match (UserKey::from_u64(u64_of(user)), UserProfile::decode(record)) {
-                (Some(user), Some(profile)) => {
-                    self.profiles.insert(user, Arc::new(Mutex::new(profile)));
-                    restored.users += 1;
-                }
-                _ => restored.refused += 1,
-            }
-        }
-        for entry in entities.chunks_exact(8 + EntityState::RECORD_LEN) {
-            let (user, record) = entry.split_at(8);
-            match (UserKey::from_u64(u64_of(user)), EntityState::decode(record)) {
-                (Some(user), Some(entity)) => self.entities.insert(user, entity),
-                _ => restored.refused += 1,
-            }
-        }
-        Ok(restored)
-    }
-
-    /// Takes in a session's record from a snapshot or another node, at
-    /// `now_secs`. A revoked session stays revoked; a record older than the
-    /// state held is ignored; times ahead of `now_secs` are brought back to
-    /// it.
-    pub fn import(&self, record: &[u8], now_secs: u64) -> Result<SessionKey, RecordError> {
-        let (key, mut state) = SessionState::decode(record)?;
-        let now = secs32(now_secs);
-        state.first_seen = state.first_seen.min(now);
-        state.last_seen = state.last_seen.min(now);
-        state.moved_at = state.moved_at.min(now);
-        state.touched = state.last_seen;
-        if self.revoked.contains_key(&key) {
-            return Ok(key);
-        }
-        self.sessions
-            .update(key, state.last_seen, |held| match held {
-                Some(held) if held.last_seen > state.last_seen => *held,
-                _ => state,
-            });
-        Ok(key)
     }
 
     /// Approximate number of sessions with a state.
@@ -1714,6 +707,22 @@ impl fmt::Debug for Scorer {
     }
 }
 
+// === impl Observation ===
+
+impl Observation {
+    /// Whether the request carried a live session.
+    pub(crate) fn is_session(&self) -> bool {
+        matches!(self, Observation::Session { .. })
+    }
+
+    /// Whether committing this as allowed takes the session's first
+    /// baseline.
+    pub(crate) fn first_sighting(&self) -> bool {
+        matches!(self, Observation::Session { prior, .. }
+            if !prior.is_some_and(|p| p.has(SessionState::BASELINED)))
+    }
+}
+
 // === impl Place ===
 
 impl Place {
@@ -1740,80 +749,5 @@ impl Place {
             lon: f64::from(self.lon) / 100.0,
             accuracy_km: self.accuracy_km,
         }
-    }
-}
-
-// === impl Reason, RiskLevel ===
-
-impl Reason {
-    /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 16] = [
-        Reason::DeviceChanged,
-        Reason::Ja4Mismatch,
-        Reason::DeviceUpgraded,
-        Reason::IpChanged,
-        Reason::AsnChanged,
-        Reason::CountryChanged,
-        Reason::ImpossibleTravel,
-        Reason::ConcurrentNetworks,
-        Reason::NetworkChurn,
-        Reason::NewDeviceForUser,
-        Reason::NewNetworkForUser,
-        Reason::NewCountryForUser,
-        Reason::Revoked,
-        Reason::UserRevoked,
-        Reason::PartnerReported,
-        Reason::RecentDetections,
-    ];
-
-    /// The stable code of this reason.
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::DeviceChanged => "device_changed",
-            Reason::Ja4Mismatch => "ja4_mismatch",
-            Reason::DeviceUpgraded => "device_upgraded",
-            Reason::IpChanged => "ip_changed",
-            Reason::AsnChanged => "asn_changed",
-            Reason::CountryChanged => "country_changed",
-            Reason::ImpossibleTravel => "impossible_travel",
-            Reason::ConcurrentNetworks => "concurrent_networks",
-            Reason::NetworkChurn => "network_churn",
-            Reason::NewDeviceForUser => "new_device_for_user",
-            Reason::NewNetworkForUser => "new_network_for_user",
-            Reason::NewCountryForUser => "new_country_for_user",
-            Reason::Revoked => "revoked",
-            Reason::UserRevoked => "user_revoked",
-            Reason::PartnerReported => "partner_reported",
-            Reason::RecentDetections => "recent_detections",
-        }
-    }
-
-    /// Whether the reason is a fact rather than a weight: the request is
-    /// refused whatever the policy says.
-    pub fn is_final(self) -> bool {
-        matches!(self, Reason::Revoked | Reason::UserRevoked)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl RiskLevel {
-    /// `low`, `medium` or `high`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RiskLevel::Low => "low",
-            RiskLevel::Medium => "medium",
-            RiskLevel::High => "high",
-        }
-    }
-}
-
-impl fmt::Display for RiskLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName};
 
 use super::*;
 use crate::events::{self, EventStreams};
-use crate::request::RequestFacts;
+use crate::request::{RequestFacts, ResponseView};
 use crate::score::Reason;
 use crate::session::SessionHashKey;
 

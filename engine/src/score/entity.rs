@@ -1,0 +1,160 @@
+//! Entity risk: the user across sessions — revoked everywhere, reported by
+//! a partner, or caught on another session recently — and the flags kept
+//! for it, only for users that have some.
+
+use std::time::Duration;
+
+use super::{
+    Contribution, LAST_SEEN_GRANULARITY, Reason, Revocation, Risk, Scorer, UserKey, secs32,
+};
+
+/// What the user-level flags say; kept only for users that have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct EntityState {
+    /// How many times the user was revoked: a session bound to the user
+    /// under an older count is ended.
+    pub(super) generation: u16,
+    reported_points: u8,
+    reported_until: u32,
+    detections: u8,
+    detections_until: u32,
+}
+
+/// Other-session detections counted toward entity risk.
+const MAX_DETECTIONS: u8 = 3;
+
+// === impl EntityState ===
+
+impl EntityState {
+    pub(super) const RECORD_LEN: usize = 12;
+
+    pub(super) fn encode(&self) -> [u8; Self::RECORD_LEN] {
+        let mut out = [0u8; Self::RECORD_LEN];
+        out[..2].copy_from_slice(&self.generation.to_le_bytes());
+        out[2] = self.reported_points;
+        out[3] = self.detections;
+        out[4..8].copy_from_slice(&self.reported_until.to_le_bytes());
+        out[8..].copy_from_slice(&self.detections_until.to_le_bytes());
+        out
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::RECORD_LEN] = b.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Some(Self {
+            generation: u16::from_le_bytes([b[0], b[1]]),
+            reported_points: b[2].min(100),
+            detections: b[3].min(MAX_DETECTIONS),
+            reported_until: u32_at(4),
+            detections_until: u32_at(8),
+        })
+    }
+}
+
+// === impl Scorer ===
+
+impl Scorer {
+    /// The user's flags, for a session bound to them under revocation
+    /// `generation`.
+    pub(super) fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
+        let config = self.config.load();
+        // Most users have no flags: `contains_key` answers without logging
+        // a read (see `score`).
+        let Some(e) = self
+            .entities
+            .contains_key(&user)
+            .then(|| self.entities.get(&user))
+            .flatten()
+        else {
+            return Risk::none();
+        };
+        let mut reasons = Vec::new();
+        if e.generation > generation {
+            reasons.push(Contribution {
+                reason: Reason::UserRevoked,
+                points: 100,
+            });
+        }
+        if e.reported_until > now && e.reported_points > 0 {
+            reasons.push(Contribution {
+                reason: Reason::PartnerReported,
+                points: e.reported_points,
+            });
+        }
+        if e.detections_until > now && e.detections > 0 {
+            let n = e.detections.min(MAX_DETECTIONS);
+            reasons.push(Contribution {
+                reason: Reason::RecentDetections,
+                points: config.recent_detection.saturating_mul(n),
+            });
+        }
+        Risk::from_contributions(&config, reasons)
+    }
+
+    pub(super) fn clear_detections(&self, user: UserKey) {
+        if let Some(mut e) = self.entities.get(&user)
+            && e.detections > 0
+        {
+            e.detections = 0;
+            e.detections_until = 0;
+            self.entities.insert(user, e);
+        }
+    }
+
+    pub(super) fn record_detection(&self, user: UserKey, now: u32) {
+        let window = secs32(self.config.load().detection_window.as_secs());
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        let until = now.saturating_add(window);
+        // A replay loop would otherwise write on every request: once the
+        // count is full and the window fresh, there is nothing to add.
+        if e.detections >= MAX_DETECTIONS
+            && e.detections_until > now
+            && until.saturating_sub(e.detections_until) < LAST_SEEN_GRANULARITY
+        {
+            return;
+        }
+        e.detections = if e.detections_until > now {
+            e.detections.saturating_add(1).min(MAX_DETECTIONS)
+        } else {
+            1
+        };
+        e.detections_until = until;
+        self.entities.insert(user, e);
+    }
+
+    /// Ends every session bound to `user` so far (universal logout): their
+    /// later requests score [`Reason::UserRevoked`]. Sessions bound to the
+    /// user afterwards (the user signed in again) are not affected: each
+    /// binding records how many revocations the user had had.
+    /// Returns how many sessions were ended on this node.
+    pub fn revoke_user(&self, user: UserKey, now_secs: u64) -> u64 {
+        // Each session bound to the user is revoked outright, so that the
+        // revocation holds even if its state is later evicted; the count
+        // covers sessions bound while the scan runs.
+        let keys = self.sessions.keys_where(|s| s.user == Some(user));
+        let ended = keys.len() as u64;
+        for key in keys {
+            self.revoked.insert(
+                key,
+                Revocation {
+                    at: now_secs,
+                    by_user: Some(user),
+                },
+            );
+            self.sessions.remove(&key);
+        }
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        e.generation = e.generation.saturating_add(1);
+        self.entities.insert(user, e);
+        ended
+    }
+
+    /// A partner reported the user at risk: `points` of entity risk
+    /// ([`Reason::PartnerReported`]) on every session of theirs for `ttl`.
+    pub fn report_user(&self, user: UserKey, points: u8, ttl: Duration, now_secs: u64) {
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        e.reported_points = points.min(100);
+        e.reported_until = secs32(now_secs.saturating_add(ttl.as_secs()));
+        self.entities.insert(user, e);
+    }
+}
