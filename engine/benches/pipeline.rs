@@ -93,9 +93,7 @@ fn stages(c: &mut Criterion) {
     );
     let device = vigil_engine::DeviceStage::default();
     let mut g = c.benchmark_group("stage");
-    g.bench_function("session", |b| {
-        b.iter(|| session.identify(black_box(&h)).unwrap())
-    });
+    g.bench_function("session", |b| b.iter(|| session.credentials(black_box(&h))));
     let tls = vigil_engine::TlsFingerprint::captured(
         "t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap(),
     );

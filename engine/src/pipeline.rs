@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use smallvec::SmallVec;
 use vigil_geoip::GeoIp;
 
 use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
@@ -96,7 +97,10 @@ pub struct Verdict {
 /// route's [`Enforcement`] allows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effects {
-    observation: Observation,
+    /// One per credential whose state is committed: the request's session,
+    /// every credential when several were all allowed, the decisive one of
+    /// a refusal.
+    observations: SmallVec<[Observation; 1]>,
     commit: Commit,
     revoke: Option<SessionKey>,
 }
@@ -104,18 +108,33 @@ pub struct Effects {
 impl Effects {
     /// Whether applying keeps the request's state and learns from it.
     pub fn learns(&self) -> bool {
-        self.commit == Commit::Allowed && self.observation.is_session()
+        self.commit == Commit::Allowed && self.observations.iter().any(Observation::is_session)
     }
 
     /// Whether applying counts a detection against the session's user.
     pub fn records_detection(&self) -> bool {
         self.commit == Commit::Detected
-            && matches!(self.observation, Observation::Session { next, .. } if next.user().is_some())
+            && self
+                .observations
+                .iter()
+                .any(|o| matches!(o, Observation::Session { next, .. } if next.user().is_some()))
     }
 
     /// The session applying revokes, if any.
     pub fn revokes(&self) -> Option<SessionKey> {
         self.revoke
+    }
+}
+
+/// How much worse one action is than another, for choosing the verdict
+/// among several credentials. An action this build does not know counts as
+/// a block.
+fn severity(action: Action) -> u8 {
+    match action {
+        Action::Allow => 0,
+        Action::StepUp => 1,
+        Action::Revoke => 3,
+        _ => 2,
     }
 }
 
@@ -281,20 +300,64 @@ impl Engine {
         forwarded: ForwardedHeaders,
     ) -> Result<Verdict, RequestError> {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
-        let session = self.session.identify(request.headers)?;
+        let credentials = self.session.credentials(request.headers);
         let client_ip = self.client_ip.load();
         let client = client_ip.resolve_with(request, forwarded);
         let device = self.device.observe(request, &client_ip.config().trusted);
         let (network, place) = self.locate(&client);
-        let scored = self.scorer.score(
-            session.map(|s| s.key),
-            &device,
-            &network.mark(),
-            place,
-            request.now_secs,
-        );
-        let risk = scored.risks.overall(&self.scorer.config());
-        let action = policy.decide(&risk);
+        let mark = network.mark();
+        let config = self.scorer.config();
+        // Every credential an app could honour is judged; the worst verdict
+        // decides (docs/security.md, "Which session is judged").
+        let judge = |session: Option<Session>| {
+            let scored = self.scorer.score(
+                session.map(|s| s.key),
+                &device,
+                &mark,
+                place,
+                request.now_secs,
+            );
+            let risk = scored.risks.overall(&config);
+            let action = policy.decide(&risk);
+            (session, scored, risk, action)
+        };
+        let sessions = credentials.sessions();
+        let (session, scored, risk, action, observations) = match sessions {
+            [] | [_] => {
+                let (session, scored, risk, action) = judge(sessions.first().copied());
+                let observations = smallvec::smallvec![scored.observation];
+                (session, scored, risk, action, observations)
+            }
+            many => {
+                let mut judged: SmallVec<[_; 2]> = many.iter().map(|s| judge(Some(*s))).collect();
+                let all_allowed = judged.iter().all(|j| j.3 == Action::Allow);
+                // Nothing is learnt unless every credential would be allowed;
+                // a refusal's effects apply to the credential that earned it.
+                let observations: SmallVec<[Observation; 1]> = if all_allowed {
+                    judged.iter().map(|j| j.1.observation).collect()
+                } else {
+                    SmallVec::new()
+                };
+                let worst = (0..judged.len())
+                    .max_by_key(|&i| (severity(judged[i].3), judged[i].2.score))
+                    .unwrap_or(0);
+                let (session, scored, risk, action) = judged.swap_remove(worst);
+                let observations = if all_allowed {
+                    observations
+                } else {
+                    smallvec::smallvec![scored.observation]
+                };
+                (session, scored, risk, action, observations)
+            }
+        };
+        // What could not be read never turns a session into an unjudged one:
+        // a refusal of a readable credential holds; otherwise the route's
+        // fail mode decides.
+        if let Some(problem) = credentials.problem()
+            && action == Action::Allow
+        {
+            return Err(RequestError::Session(problem.clone()));
+        }
 
         let revoked = risk.reasons.iter().any(|c| c.reason.is_final());
         let commit = match action {
@@ -314,13 +377,25 @@ impl Engine {
             action,
             network,
             effects: Effects {
-                observation: scored.observation,
+                observations,
                 commit,
                 revoke,
             },
             at: request.now_secs,
             place,
         })
+    }
+
+    /// The first credential of the request that is revoked on this node, if
+    /// any: the one lookup a route that judges nothing (`off`) still makes,
+    /// so that a revocation holds on every route. Not an evaluation.
+    pub fn revoked_credential(&self, request: &RequestView<'_>) -> Option<Session> {
+        self.session
+            .credentials(request.headers)
+            .sessions()
+            .iter()
+            .find(|s| self.scorer.is_revoked(&s.key))
+            .copied()
     }
 
     /// [`Engine::decide`] for a request whose credentials could not be read
@@ -351,7 +426,7 @@ impl Engine {
             action,
             network,
             effects: Effects {
-                observation: Observation::Anonymous,
+                observations: smallvec::smallvec![Observation::Anonymous],
                 commit: Commit::Allowed,
                 revoke: None,
             },
@@ -373,17 +448,20 @@ impl Engine {
         };
         let mut applied = Applied::default();
         if let Some(commit) = commit {
-            let first = effects.observation.first_sighting();
-            self.scorer.commit(effects.observation, commit, now);
-            applied.learnt = commit == Commit::Allowed && effects.observation.is_session();
-            applied.detection_recorded = commit == Commit::Detected && verdict.user.is_some();
-            if let (true, Some(session)) = (applied.learnt && first, verdict.session) {
-                self.emit(|| Event::SessionSeen {
-                    session: session.key,
-                    user: verdict.user,
-                    at: now,
-                });
+            for observation in &effects.observations {
+                let first = observation.first_sighting();
+                self.scorer.commit(*observation, commit, now);
+                let learnt = commit == Commit::Allowed && observation.is_session();
+                applied.learnt |= learnt;
+                if let (true, Some((session, user))) = (learnt && first, observation.session()) {
+                    self.emit(|| Event::SessionSeen {
+                        session,
+                        user,
+                        at: now,
+                    });
+                }
             }
+            applied.detection_recorded = commit == Commit::Detected && verdict.user.is_some();
         }
         if verdict.action != Action::Allow {
             self.emit(|| {

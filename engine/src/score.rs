@@ -710,6 +710,14 @@ impl fmt::Debug for Scorer {
 // === impl Observation ===
 
 impl Observation {
+    /// The session and its user, when the request carried a live one.
+    pub(crate) fn session(&self) -> Option<(SessionKey, Option<UserKey>)> {
+        match self {
+            Observation::Session { key, next, .. } => Some((*key, next.user)),
+            _ => None,
+        }
+    }
+
     /// Whether the request carried a live session.
     pub(crate) fn is_session(&self) -> bool {
         matches!(self, Observation::Session { .. })

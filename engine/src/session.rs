@@ -388,68 +388,6 @@ impl SessionStage {
         out
     }
 
-    /// Finds the session of a request. A session cookie wins over a bearer
-    /// token; among cookies, the earliest configured name wins. `Ok(None)`
-    /// means the request carries no session credential.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Session>, SessionError> {
-        let config = self.config.load();
-        let limits = config.limits;
-        let mut best: Option<(usize, &str)> = None;
-        let mut count = 0usize;
-        // HTTP/2 clients may split cookies over several header fields.
-        for value in headers.get_all(COOKIE) {
-            let text =
-                std::str::from_utf8(value.as_bytes()).map_err(|_| SessionError::CookieNotUtf8)?;
-            for cookie in cookie::Cookie::split_parse(text) {
-                count += 1;
-                if count > limits.max_cookies {
-                    return Err(SessionError::TooManyCookies {
-                        count,
-                        limit: limits.max_cookies,
-                    });
-                }
-                // A malformed cookie next to ours is the browser's business,
-                // not a reason to lose the session: skip it.
-                let Ok(cookie) = cookie else { continue };
-                let Some(rank) = rank(&config, cookie.name()) else {
-                    continue;
-                };
-                // The raw value borrows the header, not the parsed cookie.
-                let Some(value) = cookie.value_raw() else {
-                    continue;
-                };
-                if best.is_some_and(|(r, _)| r <= rank) || value.is_empty() {
-                    continue;
-                }
-                best = Some((rank, value));
-            }
-        }
-        if let Some((rank, value)) = best {
-            let name = config.cookie_names.get(rank).map_or("", String::as_str);
-            return self
-                .hash(b"cookie", name.as_bytes(), value.as_bytes())
-                .map(|key| {
-                    Some(Session {
-                        key,
-                        source: CredentialSource::Cookie(rank),
-                    })
-                });
-        }
-        if config.bearer
-            && let Some(token) = headers
-                .get(AUTHORIZATION)
-                .and_then(|v| bearer(v.as_bytes()))
-        {
-            return self.hash(b"bearer", b"", token).map(|key| {
-                Some(Session {
-                    key,
-                    source: CredentialSource::Bearer,
-                })
-            });
-        }
-        Ok(None)
-    }
-
     /// The key of `value` sent as the `rank`th configured cookie; `None`
     /// when there is no such cookie name or the value is too long.
     pub fn cookie_key(&self, rank: usize, value: &[u8]) -> Option<SessionKey> {

@@ -187,6 +187,25 @@ impl VigilProxy {
         }
     }
 
+    /// Refuses a revoked session on a route that does not judge requests:
+    /// a revocation holds on every route.
+    async fn refuse_revoked(&self, session: &mut Session, route: &Route) -> Result<bool> {
+        self.metrics
+            .request_errors
+            .with_label_values(&["session_revoked", "refused"])
+            .inc();
+        let reference = respond::new_reference().to_string();
+        respond::send(
+            session,
+            Refusal::SessionEnded {
+                reference: &reference,
+                login_url: route.login_url.as_deref(),
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Carries out a verdict as far as the route's mode allows: its
     /// effects through the engine, the refusal as a response. Returns true
     /// when a response was sent.
@@ -308,6 +327,10 @@ impl ProxyHttp for VigilProxy {
         generation.counters.request(ctx.route);
         let view = self.request_view(session, route);
         if route.mode == Mode::Off && !route.app_confirms {
+            // `off` skips scoring and learning, not the revocation lookup.
+            if route.revocation_check && self.engine.revoked_credential(&view).is_some() {
+                return self.refuse_revoked(session, route).await;
+            }
             if generation.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
             }
@@ -323,6 +346,11 @@ impl ProxyHttp for VigilProxy {
             // An `off` route whose app confirms step-ups: judged only so that
             // a confirmation has the request's facts; nothing applied.
             Ok(verdict) if route.mode == Mode::Off => {
+                if route.revocation_check
+                    && verdict.risk.reasons.iter().any(|c| c.reason.is_final())
+                {
+                    return self.refuse_revoked(session, route).await;
+                }
                 ctx.verdict = Some(verdict);
                 Ok(false)
             }

@@ -72,6 +72,7 @@ mod tests {
             login_url: None,
             step_up_url: None,
             app_confirms: false,
+            revocation_check: true,
             policy: vigil_engine::Policy::default(),
         }
     }

@@ -595,3 +595,89 @@ fn an_app_naming_the_user_on_every_response_binds_once() {
     let told = drain(&streams);
     assert_eq!(kinds(&told), ["session_seen", "session_bound"]);
 }
+
+#[test]
+fn of_several_credentials_the_worst_decides_and_only_it_is_charged() {
+    let (e, _streams) = engine();
+    let p = revoking();
+    // Two sessions of the same browser (cookies of two paths).
+    run(
+        &e,
+        Enforcement::Enforce,
+        &decide(&e, &p, Some("session=one"), FIREFOX, "192.0.2.1", T),
+    );
+    run(
+        &e,
+        Enforcement::Enforce,
+        &decide(&e, &p, Some("session=two"), FIREFOX, "192.0.2.1", T),
+    );
+    let one = e.key_for_credential(b"one").unwrap();
+    let two = e.key_for_credential(b"two").unwrap();
+    // Both together from the same browser: allowed, both learnt.
+    let both = decide(
+        &e,
+        &p,
+        Some("session=one; session=two"),
+        FIREFOX,
+        "192.0.2.1",
+        T + 60,
+    );
+    assert_eq!(both.action, Action::Allow);
+    assert!(both.effects.learns());
+    // A thief sends a fresh decoy next to the stolen one.
+    let thief = decide(
+        &e,
+        &p,
+        Some("session=decoy; session=one"),
+        CHROME,
+        "203.0.113.5",
+        T + 120,
+    );
+    assert_eq!(thief.action, Action::Revoke);
+    assert_eq!(thief.session.map(|s| s.key), Some(one));
+    run(&e, Enforcement::Enforce, &thief);
+    assert!(e.scorer().is_revoked(&one));
+    assert!(!e.scorer().is_revoked(&two));
+    // The decoy learnt nothing: it has no baseline to adopt later.
+    assert_eq!(
+        e.scorer().session(&e.key_for_credential(b"decoy").unwrap()),
+        None
+    );
+}
+
+#[test]
+fn an_unreadable_request_still_refuses_a_readable_revoked_credential() {
+    let (e, _streams) = engine();
+    let p = Policy::default();
+    let key = e.key_for_credential(b"dead").unwrap();
+    e.revoke(key, T);
+    let mut h = HeaderMap::new();
+    h.append("cookie", "session=dead".parse().unwrap());
+    h.append("cookie", http::HeaderValue::from_bytes(b"x=\xff").unwrap());
+    h.insert("user-agent", FIREFOX.parse().unwrap());
+    let view = RequestView {
+        peer: "192.0.2.1".parse().unwrap(),
+        headers: &h,
+        now_secs: T + 1,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let v = e.decide(&view, &p, ForwardedHeaders::default()).unwrap();
+    assert_eq!(v.action, Action::Block);
+    assert!(v.risk.has(Reason::Revoked));
+    // Without the revoked cookie, the same bytes are a problem to report.
+    let mut fine = h.clone();
+    fine.remove("cookie");
+    fine.append("cookie", "session=fine".parse().unwrap());
+    fine.append("cookie", http::HeaderValue::from_bytes(b"x=\xff").unwrap());
+    let view = RequestView {
+        headers: &fine,
+        ..view
+    };
+    assert_eq!(
+        e.decide(&view, &p, ForwardedHeaders::default()),
+        Err(crate::RequestError::Session(
+            crate::SessionError::CookieNotUtf8
+        ))
+    );
+}

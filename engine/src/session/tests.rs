@@ -23,8 +23,18 @@ fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
     h
 }
 
+/// The first credential read, or the problem: what a request with one
+/// credential comes down to.
+fn identify(stage: &SessionStage, h: &HeaderMap) -> Result<Option<Session>, SessionError> {
+    let c = stage.credentials(h);
+    match c.problem() {
+        Some(p) => Err(p.clone()),
+        None => Ok(c.sessions().first().copied()),
+    }
+}
+
 fn key(stage: &SessionStage, pairs: &[(&str, &[u8])]) -> Option<Session> {
-    stage.identify(&headers(pairs)).unwrap()
+    identify(stage, &headers(pairs)).unwrap()
 }
 
 #[test]
@@ -61,16 +71,20 @@ fn cookies_split_over_several_header_lines_are_read() {
 }
 
 #[test]
-fn earlier_configured_cookie_name_wins_regardless_of_order() {
+fn every_configured_cookie_name_is_judged_whatever_the_order() {
     let s = stage(&["primary", "fallback"]);
-    let got = key(&s, &[("cookie", b"fallback=f; primary=p")]).unwrap();
-    assert_eq!(got.source, CredentialSource::Cookie(0));
+    let c = s.credentials(&headers(&[("cookie", b"fallback=f; primary=p")]));
+    let sources: Vec<_> = c.sessions().iter().map(|s| s.source).collect();
+    assert_eq!(
+        sources,
+        [CredentialSource::Cookie(1), CredentialSource::Cookie(0)]
+    );
     let only_fallback = key(&s, &[("cookie", b"fallback=f")]).unwrap();
     assert_eq!(only_fallback.source, CredentialSource::Cookie(1));
 }
 
 #[test]
-fn bearer_tokens_identify_sessions_when_no_cookie() {
+fn bearer_tokens_identify_sessions() {
     let s = stage(&["sid"]);
     let a = key(&s, &[("authorization", b"Bearer tok.en.value")]).unwrap();
     let b = key(&s, &[("authorization", b"bearer   tok.en.value  ")]).unwrap();
@@ -79,15 +93,16 @@ fn bearer_tokens_identify_sessions_when_no_cookie() {
         a.key, b.key,
         "scheme is case-insensitive, whitespace trimmed"
     );
-    let with_cookie = key(
-        &s,
-        &[
-            ("authorization", b"Bearer tok.en.value"),
-            ("cookie", b"sid=c"),
-        ],
-    )
-    .unwrap();
-    assert_eq!(with_cookie.source, CredentialSource::Cookie(0));
+    // With a cookie, both are judged.
+    let both = s.credentials(&headers(&[
+        ("authorization", b"Bearer tok.en.value"),
+        ("cookie", b"sid=c"),
+    ]));
+    let sources: Vec<_> = both.sessions().iter().map(|s| s.source).collect();
+    assert_eq!(
+        sources,
+        [CredentialSource::Cookie(0), CredentialSource::Bearer]
+    );
 }
 
 #[test]
@@ -103,18 +118,22 @@ fn same_bytes_in_another_place_are_another_session() {
 #[test]
 fn the_hash_key_matters() {
     let h = headers(&[("cookie", b"session=v")]);
-    let k1 = SessionStage::new(
-        SessionConfig::default(),
-        SessionHashKey::from_bytes([1; 32]),
+    let k1 = identify(
+        &SessionStage::new(
+            SessionConfig::default(),
+            SessionHashKey::from_bytes([1; 32]),
+        ),
+        &h,
     )
-    .identify(&h)
     .unwrap()
     .unwrap();
-    let k2 = SessionStage::new(
-        SessionConfig::default(),
-        SessionHashKey::from_bytes([2; 32]),
+    let k2 = identify(
+        &SessionStage::new(
+            SessionConfig::default(),
+            SessionHashKey::from_bytes([2; 32]),
+        ),
+        &h,
     )
-    .identify(&h)
     .unwrap()
     .unwrap();
     assert_ne!(k1.key, k2.key);
@@ -132,9 +151,7 @@ fn malformed_neighbours_do_not_hide_the_session() {
 fn too_many_cookies_is_an_error() {
     let s = stage(&["sid"]);
     let many: String = (0..1000).map(|i| format!("c{i}=v; ")).collect();
-    let err = s
-        .identify(&headers(&[("cookie", many.as_bytes())]))
-        .unwrap_err();
+    let err = identify(&s, &headers(&[("cookie", many.as_bytes())])).unwrap_err();
     assert_eq!(
         err,
         SessionError::TooManyCookies {
@@ -149,12 +166,12 @@ fn overlong_credentials_are_an_error() {
     let s = stage(&["sid"]);
     let long = format!("sid={}", "x".repeat(5000));
     assert!(matches!(
-        s.identify(&headers(&[("cookie", long.as_bytes())])),
+        identify(&s, &headers(&[("cookie", long.as_bytes())])),
         Err(SessionError::CredentialTooLong { len: 5000, .. })
     ));
     let long = format!("Bearer {}", "x".repeat(5000));
     assert!(matches!(
-        s.identify(&headers(&[("authorization", long.as_bytes())])),
+        identify(&s, &headers(&[("authorization", long.as_bytes())])),
         Err(SessionError::CredentialTooLong { .. })
     ));
 }
@@ -163,7 +180,7 @@ fn overlong_credentials_are_an_error() {
 fn non_utf8_cookie_header_is_an_error() {
     let s = stage(&["sid"]);
     assert_eq!(
-        s.identify(&headers(&[("cookie", b"sid=\xff\xfe")])),
+        identify(&s, &headers(&[("cookie", b"sid=\xff\xfe")])),
         Err(SessionError::CookieNotUtf8)
     );
 }
@@ -187,7 +204,7 @@ proptest::proptest! {
         let mut h = HeaderMap::new();
         if let Ok(v) = http::HeaderValue::from_bytes(&bytes) { h.insert("cookie", v); }
         if let Ok(v) = http::HeaderValue::from_bytes(&auth) { h.insert("authorization", v); }
-        let _ = s.identify(&h);
+        let _ = identify(&s, &h);
     }
 
     #[test]
@@ -227,7 +244,7 @@ fn reconfigure_applies_bearer_and_limits_and_keeps_the_cookie_names() {
     );
     assert_eq!(key(&s, &[("authorization", b"Bearer tok.en")]), None);
     assert!(matches!(
-        s.identify(&headers(&[("cookie", b"a=1; sid=abc")])),
+        identify(&s, &headers(&[("cookie", b"a=1; sid=abc")])),
         Err(SessionError::TooManyCookies { limit: 1, .. })
     ));
 }

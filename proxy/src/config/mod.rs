@@ -299,6 +299,10 @@ pub struct Route {
     /// route the request is then judged (nothing applied) so that the
     /// confirmation has its facts.
     pub app_confirms: bool,
+    /// Whether an `off` route still refuses revoked sessions
+    /// (`revocation_check`, default true); false only for routes that must
+    /// not pay even that lookup.
+    pub revocation_check: bool,
     /// Risk level → action.
     pub policy: Policy,
 }
@@ -1317,6 +1321,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         let login_url: Option<String> = t.opt(p, "login_url");
         let step_up_url: Option<String> = t.opt(p, "step_up_url");
         let app_confirms = t.or(p, "app_confirms", false);
+        let revocation_check = t.or(p, "revocation_check", true);
         let mut pt = t.table(p, "policy");
         let medium_at: Option<u8> = pt.opt(p, "medium_at");
         let high_at: Option<u8> = pt.opt(p, "high_at");
@@ -1388,6 +1393,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
                 login_url,
                 step_up_url,
                 app_confirms,
+                revocation_check,
                 policy,
             });
         }
