@@ -14,6 +14,26 @@ use vigil_engine::{ClientIp, Node};
 /// Header names replaced on the way to the app.
 pub const REPLACED: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 
+/// Headers a client can send that apps and frameworks take as the client's
+/// address, scheme, host or path from a proxy in front of them: removed
+/// from every request, on every route. `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` are then set by Vigil, truthfully.
+pub const SPOOFABLE: [&str; 13] = [
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "client-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// The verified path from the client to Vigil: the client first, the peer
 /// last. Entries left of the client came from the client and are dropped.
 pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {

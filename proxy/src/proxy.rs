@@ -496,6 +496,29 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
+        // Whatever the client said about its address, scheme or host goes;
+        // Vigil says what it saw.
+        for name in forwarding::SPOOFABLE {
+            upstream_request.remove_header(name);
+        }
+        for name in &config.client_ip.strip_headers {
+            upstream_request.remove_header(name);
+        }
+        let proto = if self.tls { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if let Some(host) = upstream_request
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                upstream_request
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            })
+        {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
         if config.client_ip.to_app {
             for name in forwarding::REPLACED {
                 upstream_request.remove_header(name);
@@ -507,7 +530,6 @@ impl ProxyHttp for VigilProxy {
                 .or(ctx.client.as_ref())
             {
                 let path = forwarding::verified_path(client);
-                let proto = if self.tls { "https" } else { "http" };
                 upstream_request
                     .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
                 upstream_request.insert_header("forwarded", forwarding::forwarded(&path, proto))?;

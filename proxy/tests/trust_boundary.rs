@@ -274,3 +274,44 @@ async fn a_client_cannot_choose_the_fail_open_path_for_a_known_session() {
     let only_junk = junk.join("; ");
     assert_eq!(replay(&proxy, &[only_junk.as_bytes()], "/echo").await, 200);
 }
+
+#[tokio::test]
+async fn headers_apps_trust_for_address_scheme_and_host_come_from_vigil_only() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .section("[client_ip]\nstrip_headers = [\"x-app-client\"]\n")
+        .upstream("app", origin.addr())
+        .route(Route::new("static", "/static", "app").mode("off"))
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let spoofed = [
+        ("true-client-ip", "1.1.1.1"),
+        ("cf-connecting-ip", "1.1.1.1"),
+        ("x-client-ip", "1.1.1.1"),
+        ("x-cluster-client-ip", "1.1.1.1"),
+        ("fastly-client-ip", "1.1.1.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-forwarded-port", "443"),
+        ("x-original-url", "/admin"),
+        ("x-app-client", "1.1.1.1"),
+    ];
+    for path in ["/echo", "/static/echo"] {
+        let mut request = Browser::firefox().request(&proxy.url(path));
+        for (name, value) in spoofed {
+            request = request.header(name, value);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let echo = common::Echo::parse(&r.text().await.unwrap());
+        for (name, _) in spoofed {
+            if name == "x-forwarded-proto" || name == "x-forwarded-host" {
+                continue;
+            }
+            assert_eq!(echo.header(name), None, "{name} reached the app on {path}");
+        }
+        assert_eq!(echo.all("x-forwarded-proto"), ["http"], "{path}");
+        let host = proxy.addr().to_string();
+        assert_eq!(echo.all("x-forwarded-host"), [host.as_str()], "{path}");
+    }
+}

@@ -166,6 +166,10 @@ pub struct ClientIpSettings {
     /// Send `Vigil-Client-IP` and a clean `X-Forwarded-For`/`Forwarded` to
     /// the app. Default true.
     pub to_app: bool,
+    /// Request headers removed before the app, beyond the ones Vigil always
+    /// removes (`forwarding::SPOOFABLE`): names an app behind Vigil trusts
+    /// for the client's address, scheme or host. Lower case. Default none.
+    pub strip_headers: Vec<http::HeaderName>,
 }
 
 /// `[[trusted_proxies]]`: a named set of proxy networks.
@@ -1056,6 +1060,26 @@ fn read_client_ip(f: &mut Fields<'_>, p: &mut Problems) -> ClientIpSettings {
         max_header_bytes: t.or(p, "max_header_bytes", 8192),
         max_hops: t.or(p, "max_hops", 32),
         to_app: t.or(p, "to_app", true),
+        strip_headers: {
+            let names: Vec<String> = t.or(p, "strip_headers", Vec::new());
+            if names.len() > 64 {
+                p.push(t.key("strip_headers"), "at most 64 names");
+            }
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| match http::HeaderName::from_bytes(n.as_bytes()) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        p.push(
+                            format!("{}[{i}]", t.key("strip_headers")),
+                            format!("{n:?} is not a header name"),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        },
     };
     if !(64..=65_536).contains(&settings.max_header_bytes) {
         p.push(
