@@ -219,6 +219,18 @@ impl UpstreamFingerprints {
         if !self.trusted_sets.iter().any(|s| s == set.as_str()) {
             return None;
         }
+        // A header sent twice is a client's forged line next to the
+        // balancer's (balancers that append put theirs last, others first):
+        // neither can be believed, and the request is marked unreadable —
+        // evidence that something stood between the client and the
+        // balancer, judged like a hello Vigil could not read.
+        let lines = |name: &Option<HeaderName>| {
+            name.as_ref()
+                .map_or(0, |n| headers.get_all(n).iter().count())
+        };
+        if lines(&self.ja4_header) > 1 || lines(&self.ja3_header) > 1 {
+            return Some(TlsFingerprint::unreadable());
+        }
         let value = |name: &Option<HeaderName>| {
             name.as_ref()
                 .and_then(|n| headers.get(n))

@@ -193,7 +193,9 @@ pub(super) fn xff_entry(entry: &[u8]) -> Hop {
 /// case-insensitive, values tokens or quoted strings. Only `for` is read;
 /// the others are checked for syntax and skipped. A `for` given twice makes
 /// the element malformed; an element without `for` is [`Node::Unknown`].
-/// Whitespace around pairs, `;` and `=` is tolerated.
+/// Whitespace around pairs and `;` is tolerated; around `=` it is not
+/// (RFC 7239's `token "=" value`): `For =1.1.1.1` is malformed, as an app
+/// reading the header strictly would not take it.
 pub(super) fn forwarded_element(element: &[u8]) -> Hop {
     let mut i = 0;
     let mut found: Option<Hop> = None;
@@ -211,11 +213,10 @@ pub(super) fn forwarded_element(element: &[u8]) -> Hop {
         let Some(name) = element.get(name_start..i).filter(|n| !n.is_empty()) else {
             return MALFORMED;
         };
-        i = skip_ows(element, i);
         if element.get(i) != Some(&b'=') {
             return MALFORMED;
         }
-        i = skip_ows(element, i + 1);
+        i += 1;
         let value = if element.get(i) == Some(&b'"') {
             let Some(close) = closing_quote(element, i + 1) else {
                 return MALFORMED;
@@ -349,13 +350,17 @@ fn port(p: &[u8], obfuscated: bool) -> Option<Option<u16>> {
     u16::try_from(n).ok().map(Some)
 }
 
-/// Dotted-quad IPv4, strict (no leading zeros, no shorthand).
+/// Dotted-quad IPv4, strict (no leading zeros, no shorthand). `0.0.0.0`
+/// names no host, so it is no chain entry either.
 fn ipv4(s: &[u8]) -> Option<IpAddr> {
     if s.len() > 15 {
         return None;
     }
     let text = std::str::from_utf8(s).ok()?;
-    text.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    text.parse::<Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+        .filter(|ip| !ip.is_unspecified())
 }
 
 /// IPv6 text with an optional `%zone` suffix, which is validated and
@@ -376,7 +381,8 @@ fn ipv6(s: &[u8]) -> Option<IpAddr> {
     }
     let text = std::str::from_utf8(addr).ok()?;
     let ip = text.parse::<Ipv6Addr>().ok()?;
-    Some(IpAddr::V6(ip).to_canonical())
+    // `::` (and `::ffff:0.0.0.0`) name no host.
+    Some(IpAddr::V6(ip).to_canonical()).filter(|ip| !ip.is_unspecified())
 }
 
 /// RFC 7239 `obfnode`/`obfport`: `_` then letters, digits, `.`, `_`, `-`.

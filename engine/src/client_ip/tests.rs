@@ -1234,3 +1234,75 @@ fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
         }),
     ]
 }
+
+#[test]
+fn unspecified_addresses_and_loose_forwarded_syntax_are_malformed() {
+    run(&[
+        Case {
+            name: "0.0.0.0 nearest the peer names no host: the peer is the client",
+            strategy: WALK,
+            honour: XFF,
+            peer: LB_PEER,
+            headers: &[("x-forwarded-for", "0.0.0.0")],
+            client: LB_PEER,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "malformed,opaque_hop",
+        },
+        Case {
+            name: ":: nearest the peer names no host either",
+            strategy: WALK,
+            honour: XFF,
+            peer: LB_PEER,
+            headers: &[("x-forwarded-for", "::")],
+            client: LB_PEER,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "malformed,opaque_hop",
+        },
+        Case {
+            name: "forwarded: [::] bracketed",
+            strategy: WALK,
+            honour: FWD,
+            peer: LB_PEER,
+            headers: &[("forwarded", "for=\"[::]\"")],
+            client: LB_PEER,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "malformed,opaque_hop",
+        },
+        Case {
+            name: "forwarded: space before =",
+            strategy: WALK,
+            honour: FWD,
+            peer: LB_PEER,
+            headers: &[("forwarded", "For =1.1.1.1")],
+            client: LB_PEER,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "malformed,opaque_hop",
+        },
+        Case {
+            name: "forwarded: space after =",
+            strategy: WALK,
+            honour: FWD,
+            peer: LB_PEER,
+            headers: &[("forwarded", "for= 1.1.1.1")],
+            client: LB_PEER,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "malformed,opaque_hop",
+        },
+        Case {
+            name: "forwarded: spaces around ; stay tolerated",
+            strategy: WALK,
+            honour: FWD,
+            peer: LB_PEER,
+            headers: &[("forwarded", "for=198.51.100.7 ; proto=https")],
+            client: CLIENT,
+            provider: Some("lb"),
+            egress: Some(LB_PEER),
+            flags: "",
+        },
+    ]);
+}

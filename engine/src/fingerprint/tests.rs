@@ -210,3 +210,16 @@ proptest! {
         prop_assert!(parsed.same_family(&parsed));
     }
 }
+
+#[test]
+fn a_balancer_header_sent_twice_is_believed_from_neither_line() {
+    // The client forged a line; the balancer appended its own.
+    let h = headers(&[
+        ("cloudfront-viewer-ja4-fingerprint", CHROME),
+        ("cloudfront-viewer-ja4-fingerprint", CHROME),
+    ]);
+    let cdn: IpAddr = "10.1.2.3".parse().unwrap();
+    let got = upstream().read(&trusted(), cdn, &h).unwrap();
+    assert_eq!(got, TlsFingerprint::unreadable());
+    assert_eq!(got.ja4, None);
+}
