@@ -238,3 +238,126 @@ fn run_refuses_a_bad_config() {
     let status = status.expect("run exits on a bad config instead of serving");
     assert!(!status.success());
 }
+
+/// Every bounded number at its upper bound (and again at its lower bound):
+/// `check` accepts the file, and `run` starts on it and judges requests —
+/// the stores it sizes and the clocks it sets take the extremes.
+#[tokio::test]
+async fn what_check_accepts_at_every_bound_run_runs() {
+    use common::{Browser, Origin, Proxy};
+    let origin = Origin::start();
+    for (label, v) in [("upper", Bounds::UPPER), ("lower", Bounds::LOWER)] {
+        let config = Config::new()
+            .server(&format!("file_check_seconds = {}", v.file_check))
+            .section(&format!(
+                "[session]\nmax_sessions = {ms}\nidle_timeout_seconds = {idle}\n\
+                 revocation_ttl_seconds = {ttl}\nsnapshot_interval_seconds = {snap}\n\
+                 [limits]\nmax_cookies = {mc}\nmax_credential_bytes = {mcb}\n\
+                 [risk]\nconcurrent_window_seconds = {win}\ndetection_window_seconds = {win}\n\
+                 user_idle_timeout_seconds = {win}\nmax_users = {mu}\n\
+                 [risk.model]\nlearning_period_days = {days}\n\
+                 [fingerprint]\nmax_connections = {conns}\nconnection_idle_timeout_seconds = {cidle}\n",
+                ms = v.max_sessions,
+                idle = v.idle,
+                ttl = v.idle.max(v.ttl),
+                snap = v.snapshot,
+                mc = v.max_cookies,
+                mcb = v.max_credential_bytes,
+                win = v.window,
+                mu = v.max_users,
+                days = v.learning_days,
+                conns = v.max_connections,
+                cidle = v.connection_idle,
+            ))
+            .upstream("app", origin.addr())
+            .route(Route::new("app", "/", "app"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "bounds.toml", &config.render());
+        let out = check(&path);
+        assert!(out.status.success(), "{label}: {}", text(&out.stderr));
+        let proxy = Proxy::start(&config.render()).await;
+        let owner = Browser::firefox().cookie("session=bounds");
+        for _ in 0..2 {
+            assert_eq!(
+                owner.get(&proxy.url("/echo")).await.status(),
+                200,
+                "{label}"
+            );
+        }
+        let thief = Browser::chrome().cookie("session=bounds");
+        assert_eq!(
+            thief.get(&proxy.url("/echo")).await.status(),
+            403,
+            "{label}"
+        );
+        assert!(proxy.is_running(), "{label}");
+    }
+}
+
+#[test]
+fn a_number_past_its_bound_is_refused_by_check_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .section(
+            "[session]\nidle_timeout_seconds = 40000000000\nrevocation_ttl_seconds = 40000000000\n",
+        )
+        .upstream("app", "127.0.0.1:9".parse().unwrap())
+        .route(Route::new("app", "/", "app"));
+    let path = write(&dir, "over.toml", &config.render());
+    let out = check(&path);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "session.idle_timeout_seconds: 40000000000 is out of range; expected 1 to 31536000"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("session.revocation_ttl_seconds"), "{err}");
+}
+
+struct Bounds {
+    file_check: u64,
+    max_sessions: u64,
+    idle: u64,
+    ttl: u64,
+    snapshot: u64,
+    max_cookies: u64,
+    max_credential_bytes: u64,
+    window: u64,
+    max_users: u64,
+    learning_days: u64,
+    max_connections: u64,
+    connection_idle: u64,
+}
+
+impl Bounds {
+    const UPPER: Bounds = Bounds {
+        file_check: 86_400,
+        max_sessions: 100_000_000,
+        idle: 31_536_000,
+        ttl: 157_680_000,
+        snapshot: 86_400,
+        max_cookies: 10_000,
+        max_credential_bytes: 65_536,
+        window: 31_536_000,
+        max_users: 100_000_000,
+        learning_days: 3_650,
+        max_connections: 10_000_000,
+        connection_idle: 604_800,
+    };
+    const LOWER: Bounds = Bounds {
+        file_check: 1,
+        max_sessions: 1,
+        idle: 1,
+        ttl: 1,
+        snapshot: 1,
+        max_cookies: 1,
+        max_credential_bytes: 16,
+        window: 1,
+        max_users: 1,
+        learning_days: 0,
+        max_connections: 1,
+        connection_idle: 1,
+    };
+}

@@ -407,6 +407,30 @@ impl Config {
 
 // === reading ===
 
+/// Reports `v` under `key` unless it lies in `range`: every number the
+/// config takes has an upper bound, so that what `check` accepts, `run`
+/// can build (a timeout of 40 billion seconds overflows the clocks of the
+/// caches it configures).
+fn within<T>(p: &mut Problems, key: String, v: T, range: std::ops::RangeInclusive<T>)
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if !range.contains(&v) {
+        p.push(
+            key,
+            format!(
+                "{v} is out of range; expected {} to {}",
+                range.start(),
+                range.end()
+            ),
+        );
+    }
+}
+
+/// A day and a year in seconds, for the bounds of durations.
+const DAY: u64 = 86_400;
+const YEAR: u64 = 365 * DAY;
+
 /// Reads every section in file order of the docs; each reader reports its
 /// own problems and unknown keys, so one pass finds them all.
 #[allow(
@@ -475,22 +499,23 @@ fn read_server(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Server {
             format!("{threads} is out of range; expected 1 to 1024"),
         );
     }
+    let mut secs = |t: &mut Fields<'_>, key: &'static str, default: u64, lo: u64, hi: u64| {
+        let v: u64 = t.or(p, key, default);
+        within(p, t.key(key), v, lo..=hi);
+        Duration::from_secs(v.clamp(lo, hi))
+    };
+    let grace_period = secs(&mut t, "grace_period_seconds", 5, 0, 3_600);
+    let graceful_shutdown_timeout = secs(&mut t, "graceful_shutdown_timeout_seconds", 5, 0, 3_600);
+    let file_check = secs(&mut t, "file_check_seconds", 30, 1, DAY);
     let server = Server {
         threads,
         work_stealing: t.or(p, "work_stealing", false),
-        grace_period: Duration::from_secs(t.or(p, "grace_period_seconds", 5)),
-        graceful_shutdown_timeout: Duration::from_secs(t.or(
-            p,
-            "graceful_shutdown_timeout_seconds",
-            5,
-        )),
+        grace_period,
+        graceful_shutdown_timeout,
         state_dir: resolve(base, t.or(p, "state_dir", PathBuf::from("/var/lib/vigil"))),
-        file_check: Duration::from_secs(t.or(p, "file_check_seconds", 30)),
+        file_check,
         watch_config: t.or(p, "watch_config", false),
     };
-    if server.file_check.is_zero() {
-        p.push(t.key("file_check_seconds"), "must be at least 1");
-    }
     t.finish(p);
     server
 }
@@ -580,9 +605,12 @@ fn read_session(
     let confirm_header = header(&mut t, "confirm_header", "vigil-confirm");
     let snapshot: bool = t.or(p, "snapshot", true);
     let snapshot_interval: u64 = t.or(p, "snapshot_interval_seconds", 300);
-    if snapshot_interval == 0 {
-        p.push(t.key("snapshot_interval_seconds"), "must be at least 1");
-    }
+    within(
+        p,
+        t.key("snapshot_interval_seconds"),
+        snapshot_interval,
+        1..=DAY,
+    );
     let snapshot_every = snapshot.then(|| Duration::from_secs(snapshot_interval.max(1)));
     let ambiguous = match t
         .or(p, "ambiguous_credentials", "worst".to_owned())
@@ -610,9 +638,7 @@ fn read_session(
         None => state_dir.join("session-hash.key"),
     });
     let max_sessions: u64 = t.or(p, "max_sessions", 1_000_000);
-    if max_sessions == 0 {
-        p.push(t.key("max_sessions"), "must be at least 1");
-    }
+    within(p, t.key("max_sessions"), max_sessions, 1..=100_000_000);
     let idle: u64 = t.or(p, "idle_timeout_seconds", 2_592_000);
     let revocation_ttl: u64 = t.or(p, "revocation_ttl_seconds", 2_592_000);
     if revocation_ttl < idle {
@@ -623,14 +649,13 @@ fn read_session(
             ),
         );
     }
-    for (key, v) in [
-        ("idle_timeout_seconds", idle),
-        ("revocation_ttl_seconds", revocation_ttl),
-    ] {
-        if v == 0 {
-            p.push(t.key(key), "must be at least 1");
-        }
-    }
+    within(p, t.key("idle_timeout_seconds"), idle, 1..=YEAR);
+    within(
+        p,
+        t.key("revocation_ttl_seconds"),
+        revocation_ttl,
+        1..=5 * YEAR,
+    );
     t.finish(p);
     SessionSection {
         cookies,
@@ -654,12 +679,13 @@ fn read_limits(f: &mut Fields<'_>, p: &mut Problems) -> (SessionLimits, usize) {
         max_cookies: t.or(p, "max_cookies", defaults.max_cookies),
         max_credential_bytes: t.or(p, "max_credential_bytes", defaults.max_credential_bytes),
     };
-    if limits.max_cookies == 0 {
-        p.push(t.key("max_cookies"), "must be at least 1");
-    }
-    if limits.max_credential_bytes < 16 {
-        p.push(t.key("max_credential_bytes"), "must be at least 16");
-    }
+    within(p, t.key("max_cookies"), limits.max_cookies, 1..=10_000);
+    within(
+        p,
+        t.key("max_credential_bytes"),
+        limits.max_credential_bytes,
+        16..=MAX_HEADER_BYTES_CEILING,
+    );
     let max_header_bytes: usize = t.or(p, "max_header_bytes", 65_536);
     if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&max_header_bytes) {
         p.push(
@@ -679,10 +705,8 @@ fn read_risk(f: &mut Fields<'_>, session: &SessionSection, p: &mut Problems) -> 
     let d = ScoreConfig::default();
     let mut seconds = |t: &mut Fields<'_>, key: &'static str, default: Duration| {
         let v: u64 = t.or(p, key, default.as_secs());
-        if v == 0 {
-            p.push(t.key(key), "must be at least 1");
-        }
-        Duration::from_secs(v)
+        within(p, t.key(key), v, 1..=YEAR);
+        Duration::from_secs(v.clamp(1, YEAR))
     };
     let concurrent_window = seconds(&mut t, "concurrent_window_seconds", d.concurrent_window);
     let detection_window = seconds(&mut t, "detection_window_seconds", d.detection_window);
@@ -703,9 +727,7 @@ fn read_risk(f: &mut Fields<'_>, session: &SessionSection, p: &mut Problems) -> 
         );
     }
     let max_users: u64 = t.or(p, "max_users", d.max_users);
-    if max_users == 0 {
-        p.push(t.key("max_users"), "must be at least 1");
-    }
+    within(p, t.key("max_users"), max_users, 1..=100_000_000);
     let mut points = |t: &mut Fields<'_>, key: &'static str, default: u8| {
         let v: u8 = t.or(p, key, default);
         if v > 100 {
@@ -792,7 +814,8 @@ fn read_model(t: &mut Fields<'_>, p: &mut Problems) -> UserModelConfig {
         "learning_period_days",
         m.learning_period.as_secs() / 86_400,
     );
-    model.learning_period = Duration::from_secs(learning_days.saturating_mul(86_400));
+    within(p, mt.key("learning_period_days"), learning_days, 0..=3_650);
+    model.learning_period = Duration::from_secs(learning_days.min(3_650) * 86_400);
     model.familiar_after = mt.or(p, "familiar_after", m.familiar_after);
     if model.familiar_after == 0 {
         p.push(mt.key("familiar_after"), "must be at least 1");
@@ -870,16 +893,14 @@ fn read_fingerprint(
         );
     }
     let max_connections: u64 = t.or(p, "max_connections", 131_072);
-    if max_connections == 0 {
-        p.push(t.key("max_connections"), "must be at least 1");
-    }
+    within(p, t.key("max_connections"), max_connections, 1..=10_000_000);
     let idle: u64 = t.or(p, "connection_idle_timeout_seconds", 3_600);
-    if idle == 0 {
-        p.push(
-            t.key("connection_idle_timeout_seconds"),
-            "must be at least 1",
-        );
-    }
+    within(
+        p,
+        t.key("connection_idle_timeout_seconds"),
+        idle,
+        1..=7 * DAY,
+    );
     let settings = FingerprintSettings {
         capture: t.or(p, "capture", true),
         settings: CaptureSettings {
@@ -1257,10 +1278,15 @@ fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
                 p.push(h.key("path"), "only used with kind = \"http\"");
             }
         }
+        // 0 turns each off.
+        let interval: u64 = h.or(p, "interval_seconds", 5);
+        within(p, h.key("interval_seconds"), interval, 0..=3_600);
+        let eject: u64 = h.or(p, "eject_seconds", 10);
+        within(p, h.key("eject_seconds"), eject, 0..=3_600);
         let health = Health {
             kind,
-            interval: Duration::from_secs(h.or(p, "interval_seconds", 5)),
-            eject: Duration::from_secs(h.or(p, "eject_seconds", 10)),
+            interval: Duration::from_secs(interval.min(3_600)),
+            eject: Duration::from_secs(eject.min(3_600)),
         };
         h.finish(p);
         t.finish(p);
