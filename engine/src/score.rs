@@ -348,6 +348,12 @@ impl Scorer {
                     next.tls_source = device.tls.source;
                     next.ja4 = device.tls.ja4;
                 }
+                // A session that had one and now shows none lost evidence:
+                // a thief replaying on a cleartext listener must not score
+                // as nothing. The baseline keeps its fingerprint.
+                if s.tls_source != TlsSource::None && device.tls.source == TlsSource::None {
+                    add(Reason::TlsEvidenceLost, c.tls_evidence_lost);
+                }
             }
             TlsMatch::SameFamily if m.traits == TraitMatch::Upgraded => {}
             TlsMatch::SameFamily => add(Reason::Ja4Mismatch, c.ja4_family_changed),

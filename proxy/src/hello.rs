@@ -13,14 +13,20 @@
 //! HTTP/1.1 or any stream of an HTTP/2 connection — finds it by the same
 //! cookie through its session digest ([`ConnectionFingerprints::get`]).
 //!
-//! The store is a bounded `moka` cache. Pingora has no connection-closed
-//! hook, so entries of closed connections are not removed at once; they
-//! expire after the idle timeout (each lookup refreshes it) or give way,
-//! least recently used first, when the store is full. A TLS connection whose
-//! entry is gone is reported as [`TlsSource::Unreadable`](vigil_engine::TlsSource),
-//! not as "no fingerprint": otherwise a client could flood the store to shed
-//! its own fingerprint. Size `max_connections` above the peak of concurrent
-//! TLS connections (the `vigil_proxy_tls_fingerprints_tracked` gauge).
+//! An entry lives exactly as long as its connection. Pingora has no
+//! connection-closed callback for servers, but its L4 stream calls the
+//! `on_disconnected` of the [`Tracer`] it holds when it is dropped — a hook
+//! Pingora uses for upstream connections, and that a downstream stream
+//! carries unused. The capture puts a [`Forget`] there, which removes the
+//! connection's entry when the connection goes, so closed connections never
+//! fill the store and a flood of handshakes cannot push out the entries of
+//! live ones. The store is still a bounded `moka` cache (`max_connections`,
+//! least recently used first) as a backstop; a request whose connection's
+//! entry is missing anyway (more live TLS connections than the bound) gets
+//! *no evidence* and is counted (`vigil_proxy_tls_fingerprint_missing_total`)
+//! — never evidence of another device, which would let a flood get other
+//! users' sessions refused. The engine still notes a session whose baseline
+//! had a fingerprint arriving without one (`tls_evidence_lost`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +37,7 @@ use moka::sync::Cache;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::GetSocketDigest;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::upstreams::peer::{Tracer, Tracing};
 use pingora_error::Result;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::AsyncReadExt;
@@ -87,6 +94,13 @@ enum Outcome {
     Closed,
 }
 
+/// Removes a connection's entry when Pingora drops its stream.
+#[derive(Debug, Clone)]
+struct Forget {
+    entries: Cache<u64, TlsFingerprint>,
+    cookie: u64,
+}
+
 // === impl ConnectionFingerprints ===
 
 impl ConnectionFingerprints {
@@ -117,6 +131,11 @@ impl ConnectionFingerprints {
     /// Files `fingerprint` under the socket cookie `cookie`.
     pub fn insert(&self, cookie: u64, fingerprint: TlsFingerprint) {
         self.entries.insert(cookie, fingerprint);
+    }
+
+    /// Forgets the connection whose socket cookie is `cookie`.
+    pub fn remove(&self, cookie: u64) {
+        self.entries.invalidate(&cookie);
     }
 }
 
@@ -180,6 +199,15 @@ impl PreTlsProcess for HelloCapture {
         {
             self.store.insert(cookie, TlsFingerprint::unreadable());
         }
+        // The entry goes with the connection. A stream that already carries
+        // a tracer (none does downstream today) keeps it, and its entry
+        // ages out of the bounded store instead.
+        if let (Some(cookie), None) = (cookie, stream.tracer.as_ref()) {
+            stream.tracer = Some(Tracer(Box::new(Forget {
+                entries: self.store.entries.clone(),
+                cookie,
+            })));
+        }
         self.outcomes
             .with_label_values(&[if cookie.is_none() {
                 "untracked"
@@ -193,6 +221,18 @@ impl PreTlsProcess for HelloCapture {
         // handshake, Vigil only watched it.
         stream.rewind(&buf);
         Ok(())
+    }
+}
+
+impl Tracing for Forget {
+    fn on_connected(&self) {}
+
+    fn on_disconnected(&self) {
+        self.entries.invalidate(&self.cookie);
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Tracing> {
+        Box::new(self.clone())
     }
 }
 

@@ -111,8 +111,9 @@ impl VigilProxy {
     /// The TLS fingerprint of the connection `session` arrived on: the one
     /// captured from its ClientHello, found by the socket cookie (the same
     /// for every HTTP/2 stream of a connection). On a TLS listener a
-    /// connection without one (evicted from the store) is unreadable, never
-    /// "no fingerprint": see [`crate::hello`].
+    /// connection without one (more live connections than the store holds)
+    /// has no evidence, counted: never evidence of another device, or a
+    /// flood could get other users refused. See [`crate::hello`].
     fn connection_fingerprint(&self, session: &Session) -> TlsFingerprint {
         let Some(store) = self.fingerprints.as_ref().filter(|_| self.tls) else {
             return TlsFingerprint::NONE;
@@ -124,7 +125,7 @@ impl VigilProxy {
             .and_then(|cookie| store.get(cookie));
         found.unwrap_or_else(|| {
             self.metrics.tls_fingerprint_missing.inc();
-            TlsFingerprint::unreadable()
+            TlsFingerprint::NONE
         })
     }
 

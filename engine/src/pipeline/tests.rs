@@ -446,7 +446,16 @@ fn a_first_fingerprint_is_learnt_then_held() {
     assert!(v.risk.reasons.is_empty());
     let v = tls_req(&e, "session=a", CHROME, captured(PYTHON_JA4));
     assert!(v.risk.has(Reason::Ja4Mismatch));
-    // Cleartext again says nothing either way.
+    // Cleartext again erases the evidence: noted on its own, never a
+    // mismatch, and the baseline keeps its fingerprint.
     let v = tls_req(&e, "session=a", CHROME, TlsFingerprint::NONE);
+    assert_eq!(
+        v.risk.reasons,
+        vec![Contribution {
+            reason: Reason::TlsEvidenceLost,
+            points: 30
+        }]
+    );
+    let v = tls_req(&e, "session=a", CHROME, captured(CHROME_JA4));
     assert!(v.risk.reasons.is_empty());
 }

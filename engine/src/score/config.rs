@@ -53,6 +53,11 @@ pub struct ScoreConfig {
     /// Points when the JA4 changed within its family with no browser update.
     /// Default 30.
     pub ja4_family_changed: u8,
+    /// Points when the session's baseline has a TLS fingerprint and the
+    /// request brings no TLS evidence at all (a cleartext listener, a
+    /// connection whose capture was lost): the evidence was erased, which
+    /// is no proof of another device. Default 30.
+    pub tls_evidence_lost: u8,
     /// Points when the browser updated mid-session. Default 10.
     pub device_upgraded: u8,
     /// Points when the client moved to a prefix of unknown ASN. Default 30.
@@ -118,6 +123,7 @@ impl Default for ScoreConfig {
             device_changed: 70,
             ja4_mismatch: 70,
             ja4_family_changed: 30,
+            tls_evidence_lost: 30,
             device_upgraded: 10,
             ip_changed: 30,
             ip_changed_same_asn: 10,

@@ -33,6 +33,10 @@ pub enum Reason {
     /// The same browser a major version or two newer, on the same TLS
     /// family: an update, noted with few points.
     DeviceUpgraded,
+    /// The session's baseline has a TLS fingerprint but this request brings
+    /// no TLS evidence (a cleartext listener of the same Vigil, a
+    /// connection whose capture was lost): the evidence was erased.
+    TlsEvidenceLost,
     /// The client moved to another address: within its ASN (few points), or
     /// to a prefix whose ASN is not known (more). A new egress node of the
     /// same provider, or another address in the same /24 or /48, is not a
@@ -172,10 +176,11 @@ impl Risks {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::DeviceChanged,
         Reason::Ja4Mismatch,
         Reason::DeviceUpgraded,
+        Reason::TlsEvidenceLost,
         Reason::IpChanged,
         Reason::AsnChanged,
         Reason::CountryChanged,
@@ -197,6 +202,7 @@ impl Reason {
             Reason::DeviceChanged => "device_changed",
             Reason::Ja4Mismatch => "ja4_mismatch",
             Reason::DeviceUpgraded => "device_upgraded",
+            Reason::TlsEvidenceLost => "tls_evidence_lost",
             Reason::IpChanged => "ip_changed",
             Reason::AsnChanged => "asn_changed",
             Reason::CountryChanged => "country_changed",

@@ -742,6 +742,7 @@ fn read_risk(f: &mut Fields<'_>, session: &SessionSection, p: &mut Problems) -> 
         device_changed: points(&mut t, "device_changed", d.device_changed),
         ja4_mismatch: points(&mut t, "ja4_mismatch", d.ja4_mismatch),
         ja4_family_changed: points(&mut t, "ja4_family_changed", d.ja4_family_changed),
+        tls_evidence_lost: points(&mut t, "tls_evidence_lost", d.tls_evidence_lost),
         device_upgraded: points(&mut t, "device_upgraded", d.device_upgraded),
         ip_changed: points(&mut t, "ip_changed", d.ip_changed),
         ip_changed_same_asn: points(&mut t, "ip_changed_same_asn", d.ip_changed_same_asn),
