@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Browser, Config, Origin, Proxy, Route, read_response};
+use common::{Browser, Config, Origin, Proxy, Route, expected_stream_body, read_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -171,6 +171,49 @@ async fn a_silent_connection_is_closed_at_the_head_deadline() {
             |v| v == 1.0,
         )
         .await;
+}
+
+#[tokio::test]
+async fn a_served_request_and_an_idle_keep_alive_outlive_the_head_deadline() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    const DEADLINE_MS: u64 = 300;
+    let (origin, proxy) = proxy(&format!("header_timeout_ms = {DEADLINE_MS}"), "").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /stream?gated HTTP/1.1\r\nHost: x\r\nCookie: session=slow\r\n\r\n")
+        .await
+        .unwrap();
+    // The head is in and the origin has begun: the deadline no longer
+    // applies to this request, however long its response takes.
+    let until = Instant::now() + BOUND;
+    while origin.hits() == 0 {
+        assert!(
+            Instant::now() < until,
+            "the request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Waits, not synchronisation: the deadline passes three times over
+    // while the response is held, then again while the connection idles.
+    let thrice = Duration::from_millis(3 * DEADLINE_MS);
+    tokio::time::sleep(thrice).await;
+    origin.release_stream();
+    let response = tokio::time::timeout(BOUND, read_response(&mut stream))
+        .await
+        .unwrap();
+    assert_eq!(response.status, Some(200), "{}", response.head);
+    assert_eq!(response.body, expected_stream_body());
+    tokio::time::sleep(thrice).await;
+    assert_eq!(get_on(&mut stream).await, Some(200));
+    assert_eq!(
+        proxy
+            .metric(
+                REFUSED,
+                &[("listener", "http"), ("reason", "header_timeout")]
+            )
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -173,9 +173,11 @@ pub struct ListenerLimits {
     /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`, in decoded bytes. Default
     /// 65 536, 1024 to 1 MiB.
     pub h2_max_header_list_bytes: u32,
-    /// Streams a client may reset before the server took them (the rapid
-    /// reset pattern, CVE-2023-44487) before the connection is closed with
-    /// `ENHANCE_YOUR_CALM`. Default 20, 1 to 1000.
+    /// The rapid-reset bound (CVE-2023-44487), counted twice: streams a
+    /// client may reset before the proxy took them (the h2 codec closes with
+    /// `ENHANCE_YOUR_CALM` beyond it), and streams of one connection that
+    /// ended in an error on the client's side, net of streams served whole
+    /// (Vigil closes the connection beyond it). Default 20, 1 to 1000.
     pub h2_max_pending_resets: usize,
 }
 
