@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cidrs;
 pub mod config;
+pub mod conn_limits;
 pub mod demo;
 pub mod events;
 pub mod file_watch;

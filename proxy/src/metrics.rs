@@ -60,6 +60,14 @@ pub struct Metrics {
     /// `timeout`, `closed` (the peer went away first), `untracked` (no socket
     /// cookie to file it under).
     pub tls_hello: IntCounterVec,
+    /// `vigil_proxy_connections_open{listener}`: client connections a
+    /// listener holds now (after the TLS handshake on TLS listeners).
+    pub connections_open: prometheus::IntGaugeVec,
+    /// `vigil_proxy_connections_refused_total{listener,reason}`: client
+    /// connections closed by a connection limit: `max_connections` (closed
+    /// at once, nothing read), `header_timeout` (no whole request head in
+    /// time), `header_too_large` (a request head beyond the wire cap).
+    pub connections_refused: IntCounterVec,
     /// `vigil_proxy_tls_fingerprint_missing_total`: requests on a TLS
     /// listener whose connection's fingerprint was no longer stored (judged
     /// as unreadable); raise `fingerprint.max_connections` if this grows.
@@ -184,6 +192,19 @@ impl Metrics {
         for outcome in ["captured", "unreadable", "timeout", "closed", "untracked"] {
             tls_hello.with_label_values(&[outcome]);
         }
+        let connections_open = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "vigil_proxy_connections_open",
+                "Client connections a listener holds now.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let connections_refused = counter(
+            "vigil_proxy_connections_refused_total",
+            "Client connections closed by a connection limit, by listener and reason.",
+            &["listener", "reason"],
+        )?;
         let tls_fingerprint_missing = IntCounter::new(
             "vigil_proxy_tls_fingerprint_missing_total",
             "Requests on TLS listeners whose connection fingerprint was no longer stored.",
@@ -263,6 +284,8 @@ impl Metrics {
             chain_anomalies,
             upstream_healthy,
             tls_hello,
+            connections_open,
+            connections_refused,
             tls_fingerprint_missing,
             tls_fingerprints_tracked,
             sessions_tracked,

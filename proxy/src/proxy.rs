@@ -18,6 +18,7 @@ use vigil_engine::{
 };
 
 use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::conn_limits::H2Connections;
 use crate::events::reasons_list;
 use crate::forwarding;
 use crate::generation::{Current, Generation};
@@ -44,6 +45,8 @@ pub struct VigilProxy {
     fingerprints: Option<ConnectionFingerprints>,
     /// Recent refusals, for false-positive feedback.
     decisions: Decisions,
+    /// Live HTTP/2 connections, told how each stream ended (rapid reset).
+    h2: H2Connections,
 }
 
 /// Per-request state.
@@ -95,7 +98,15 @@ impl VigilProxy {
             listener: Arc::from(""),
             fingerprints,
             decisions,
+            h2: H2Connections::default(),
         }
+    }
+
+    /// Reports the end of every HTTP/2 stream to `h2`, where the listeners'
+    /// connection limits count client resets.
+    pub fn with_h2_connections(mut self, h2: H2Connections) -> Self {
+        self.h2 = h2;
+        self
     }
 
     /// The application as one listener runs it: with that listener's
@@ -305,6 +316,16 @@ impl ProxyHttp for VigilProxy {
             client: None,
             verdict: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The head is in: the connection's head deadline and size cap stop.
+        crate::conn_limits::head_received();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -590,7 +611,18 @@ impl ProxyHttp for VigilProxy {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // The next byte on this connection starts a new head.
+        crate::conn_limits::request_finished();
+        if session.is_http2()
+            && let Some(cookie) = session
+                .digest()
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|s| s.socket_cookie().ok())
+        {
+            let client_error = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+            self.h2.stream_ended(cookie, client_error);
+        }
         let Some(e) = e else { return };
         if e.esource() == &ErrorSource::Upstream
             && let Some(group) = ctx.generation.upstream(ctx.route)

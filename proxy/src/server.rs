@@ -15,7 +15,8 @@ use pingora_core::services::background::background_service;
 use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
-use crate::config::{Config, HashKeySource};
+use crate::config::{Config, HashKeySource, ListenerLimits};
+use crate::conn_limits::{ConnectionLimits, H2Connections, LimitMetrics, Limited};
 use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
 use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
@@ -71,6 +72,15 @@ pub struct StartOptions {
 /// Events each lane of the engine's event sink holds before it drops
 /// (observability) or announces a gap (fleet).
 const EVENT_LANE: usize = 65_536;
+
+/// Bytes a request head may take on the wire beyond twice
+/// `max_header_bytes` (which counts header lines only): room for the
+/// request line. A head over `max_header_bytes` but within the wire cap is
+/// read and answered 431 by the proxy's one renderer; one beyond the wire
+/// cap is cut off unanswered, before Pingora buffers it. Twice: a client
+/// that overshoots a little still learns why; one sending twice the limit
+/// is not a browser, and each connection's buffer stays bounded.
+const REQUEST_LINE_ALLOWANCE: usize = 8192;
 
 /// A server with every service added, ready to run.
 pub struct Vigil {
@@ -163,27 +173,41 @@ impl Vigil {
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
         let decisions = Decisions::new();
+        let h2_connections = H2Connections::new();
         let app = VigilProxy::new(
             current.clone(),
             engine.clone(),
             metrics.clone(),
             fingerprints.clone(),
             decisions.clone(),
-        );
+        )
+        .with_h2_connections(h2_connections.clone());
         let mut certificates = Vec::new();
         for listener in &config.listeners {
-            let mut service = pingora_proxy::http_proxy_service_with_name(
-                &server.configuration,
-                app.for_listener(listener),
-                &format!("proxy {}", listener.name),
-            );
-            if listener.h2c
-                && let Some(logic) = service.app_logic_mut()
-            {
+            let mut proxy =
+                pingora_proxy::http_proxy(&server.configuration, app.for_listener(listener));
+            if listener.h2c {
                 let mut options = HttpServerOptions::default();
                 options.h2c = true;
-                logic.server_options = Some(options);
+                proxy.server_options = Some(options);
             }
+            proxy.h2_options = Some(h2_options(&listener.limits));
+            let limits = ConnectionLimits {
+                max_connections: listener.limits.max_connections,
+                header_timeout: listener.limits.header_timeout,
+                max_head_bytes: 2 * config.max_header_bytes + REQUEST_LINE_ALLOWANCE,
+                h2c: listener.h2c,
+                h2_max_resets: listener.limits.h2_max_pending_resets,
+            };
+            let mut service = Service::new(
+                format!("proxy {}", listener.name),
+                Limited::new(
+                    proxy,
+                    limits,
+                    limit_metrics(&metrics, &listener.name),
+                    h2_connections.clone(),
+                ),
+            );
             let addr = listener.listen.to_string();
             if listener.certificates.is_empty() {
                 service.add_tcp(&addr);
@@ -308,6 +332,34 @@ impl Vigil {
         }
         remove_pid_file(&self.pid_file);
         std::process::exit(0)
+    }
+}
+
+/// Pingora's HTTP/2 settings for a listener: its own bounded defaults with
+/// the listener's limits on top.
+fn h2_options(limits: &ListenerLimits) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut options = pingora_core::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets);
+    options
+}
+
+/// The connection-limit series of `listener`, created at zero so that
+/// dashboards see them before the first refusal.
+fn limit_metrics(metrics: &Metrics, listener: &str) -> LimitMetrics {
+    let refused = |reason: &str| {
+        metrics
+            .connections_refused
+            .with_label_values(&[listener, reason])
+    };
+    LimitMetrics {
+        open: metrics.connections_open.with_label_values(&[listener]),
+        over_capacity: refused("max_connections"),
+        header_timeout: refused("header_timeout"),
+        header_too_large: refused("header_too_large"),
+        h2_resets: refused("h2_resets"),
     }
 }
 

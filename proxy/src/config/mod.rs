@@ -152,6 +152,45 @@ pub struct Listener {
     pub certificates: Vec<Certificate>,
     /// Forwarding headers believed on this listener (from trusted peers only).
     pub forwarded: ForwardedHeaders,
+    /// Connection limits: how many, how long a request head may take, and
+    /// the HTTP/2 settings.
+    pub limits: ListenerLimits,
+}
+
+/// A listener's connection limits (`max_connections`, `header_timeout_ms`,
+/// `h2_*` in `[[listeners]]`). All need a restart to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Most connections held at once; more are closed on accept. Default
+    /// 10 000, at most 1 000 000.
+    pub max_connections: usize,
+    /// Longest time a whole request head may take, from its first byte (from
+    /// accept for a connection's first request). Default 10 s, 100 ms to
+    /// 300 s.
+    pub header_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`. Default 100, 1 to 1000.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`, in decoded bytes. Default
+    /// 65 536, 1024 to 1 MiB.
+    pub h2_max_header_list_bytes: u32,
+    /// The rapid-reset bound (CVE-2023-44487), counted twice: streams a
+    /// client may reset before the proxy took them (the h2 codec closes with
+    /// `ENHANCE_YOUR_CALM` beyond it), and streams of one connection that
+    /// ended in an error on the client's side, net of streams served whole
+    /// (Vigil closes the connection beyond it). Default 20, 1 to 1000.
+    pub h2_max_pending_resets: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 65_536,
+            h2_max_pending_resets: 20,
+        }
+    }
 }
 
 /// `[client_ip]`: how the client is found behind proxies.
@@ -1032,6 +1071,7 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 "h2c is cleartext HTTP/2; on a TLS listener use http2 = true",
             );
         }
+        let limits = read_listener_limits(&mut t, p);
         t.finish(p);
         if let (Some(name), Some(listen)) = (name, listen) {
             out.push(Listener {
@@ -1041,10 +1081,40 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 http2,
                 certificates,
                 forwarded,
+                limits,
             });
         }
     }
     out
+}
+
+/// The connection limits of one `[[listeners]]` table, each checked
+/// against its range.
+fn read_listener_limits(t: &mut Fields<'_>, p: &mut Problems) -> ListenerLimits {
+    let d = ListenerLimits::default();
+    let mut ranged = |t: &mut Fields<'_>, key: &'static str, default: u64, min: u64, max: u64| {
+        let v: u64 = t.or(p, key, default);
+        if !(min..=max).contains(&v) {
+            p.push(
+                t.key(key),
+                format!("{v} is out of range; expected {min} to {max}"),
+            );
+        }
+        v.clamp(min, max)
+    };
+    let max_connections = ranged(t, "max_connections", 10_000, 1, 1_000_000);
+    let header_timeout_ms = ranged(t, "header_timeout_ms", 10_000, 100, 300_000);
+    let streams = ranged(t, "h2_max_concurrent_streams", 100, 1, 1000);
+    let header_list = ranged(t, "h2_max_header_list_bytes", 65_536, 1024, 1 << 20);
+    let resets = ranged(t, "h2_max_pending_resets", 20, 1, 1000);
+    // The ranges above fit every target type.
+    ListenerLimits {
+        max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+        header_timeout: Duration::from_millis(header_timeout_ms),
+        h2_max_concurrent_streams: u32::try_from(streams).unwrap_or(d.h2_max_concurrent_streams),
+        h2_max_header_list_bytes: u32::try_from(header_list).unwrap_or(d.h2_max_header_list_bytes),
+        h2_max_pending_resets: usize::try_from(resets).unwrap_or(d.h2_max_pending_resets),
+    }
 }
 
 fn read_client_ip(f: &mut Fields<'_>, p: &mut Problems) -> ClientIpSettings {

@@ -43,6 +43,8 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
     hold!("server.state_dir", server.state_dir);
     hold!("server.file_check_seconds", server.file_check);
     hold!("log.format", log.format);
+    // Pingora's buffer is capped from it when the listeners start.
+    hold!("limits.max_header_bytes", max_header_bytes);
     hold!("admin.listen", admin.listen);
 
     // The session key: changing how it is derived orphans every session.
@@ -136,6 +138,28 @@ fn merge_listeners(running: &Config, next: &mut Config, restart: &mut Vec<String
         if hold("forwarded_headers", new.forwarded != old.forwarded) {
             new.forwarded = old.forwarded;
         }
+        // The connection limits are built into the listener's accept path
+        // and its HTTP/2 settings.
+        let (o, n) = (old.limits, new.limits);
+        for (key, differs) in [
+            ("max_connections", n.max_connections != o.max_connections),
+            ("header_timeout_ms", n.header_timeout != o.header_timeout),
+            (
+                "h2_max_concurrent_streams",
+                n.h2_max_concurrent_streams != o.h2_max_concurrent_streams,
+            ),
+            (
+                "h2_max_header_list_bytes",
+                n.h2_max_header_list_bytes != o.h2_max_header_list_bytes,
+            ),
+            (
+                "h2_max_pending_resets",
+                n.h2_max_pending_resets != o.h2_max_pending_resets,
+            ),
+        ] {
+            hold(key, differs);
+        }
+        new.limits = old.limits;
         // Adding the first certificate or removing the last turns a
         // cleartext socket into a TLS one or back.
         let flips = new.certificates.is_empty() != old.certificates.is_empty();
@@ -221,5 +245,31 @@ mod tests {
         let merged = merge(&running, next);
         assert_eq!(merged.restart, ["listeners"]);
         assert_eq!(merged.config.listeners, running.listeners);
+    }
+
+    #[test]
+    fn connection_limits_and_the_header_cap_are_held_until_a_restart() {
+        let running = config("", "127.0.0.1:8080", "enforce");
+        let mut next = config(
+            "[limits]\nmax_header_bytes = 8192",
+            "127.0.0.1:8080",
+            "monitor",
+        );
+        next.listeners[0].limits.max_connections = 5;
+        next.listeners[0].limits.header_timeout = std::time::Duration::from_secs(1);
+        next.listeners[0].limits.h2_max_pending_resets = 3;
+        let merged = merge(&running, next);
+        assert_eq!(
+            merged.restart,
+            [
+                "limits.max_header_bytes",
+                "listeners[0].max_connections",
+                "listeners[0].header_timeout_ms",
+                "listeners[0].h2_max_pending_resets",
+            ]
+        );
+        assert_eq!(merged.config.listeners, running.listeners);
+        assert_eq!(merged.config.max_header_bytes, running.max_header_bytes);
+        assert_eq!(merged.config.routes[0].mode, super::super::Mode::Monitor);
     }
 }

@@ -382,3 +382,36 @@ fn upstream_timeouts_are_bounded() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn connection_limits_default_and_every_out_of_range_one_is_reported() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listeners[0].limits, ListenerLimits::default());
+    assert_eq!(c.listeners[0].limits.max_connections, 10_000);
+    assert_eq!(
+        c.listeners[0].limits.header_timeout,
+        Duration::from_secs(10)
+    );
+
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nmax_connections = 0\nheader_timeout_ms = 10\n\
+         h2_max_concurrent_streams = 5000\nh2_max_header_list_bytes = 100\n\
+         h2_max_pending_resets = 0",
+    );
+    let problems = parse(&text).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "listeners[0].max_connections",
+            "listeners[0].header_timeout_ms",
+            "listeners[0].h2_max_concurrent_streams",
+            "listeners[0].h2_max_header_list_bytes",
+            "listeners[0].h2_max_pending_resets",
+        ]
+    );
+    assert!(
+        problems[1].message.contains("expected 100 to 300000"),
+        "{problems:#?}"
+    );
+}

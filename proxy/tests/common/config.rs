@@ -23,6 +23,8 @@ pub(crate) struct Config {
     admin_extra: String,
     server_extra: String,
     h2c: bool,
+    /// Extra lines of the `http` listener's table.
+    http_extra: String,
     believe: Vec<String>,
     sections: String,
     listeners: String,
@@ -81,6 +83,7 @@ impl Config {
             admin_extra: String::new(),
             server_extra: String::new(),
             h2c: false,
+            http_extra: String::new(),
             believe: Vec::new(),
             sections: String::new(),
             listeners: String::new(),
@@ -103,6 +106,14 @@ impl Config {
     /// Accepts cleartext HTTP/2 with prior knowledge on the `http` listener.
     pub(crate) fn h2c(mut self) -> Config {
         self.h2c = true;
+        self
+    }
+
+    /// Adds `key = value` lines to the `http` listener's table, such as
+    /// `max_connections = 5`.
+    pub(crate) fn http_listener(mut self, lines: &str) -> Config {
+        self.http_extra.push_str(lines);
+        self.http_extra.push('\n');
         self
     }
 
@@ -191,7 +202,8 @@ impl Config {
         format!(
             "[server]\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"{admin}\"\n{admin_extra}{sections}\n\
              [[listeners]]\nname = \"http\"\nlisten = \"{http}\"\nh2c = {h2c}\n\
-             forwarded_headers = {believe:?}\n{listeners}{upstreams}{routes}",
+             forwarded_headers = {believe:?}\n{http_extra}{listeners}{upstreams}{routes}",
+            http_extra = self.http_extra,
             believe = self.believe,
             admin = self.admin,
             admin_extra = self.admin_extra,

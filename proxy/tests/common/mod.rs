@@ -40,6 +40,6 @@ pub(crate) use origin::{
 #[allow(unused_imports)]
 pub(crate) use proxy::{Metrics, Proxy};
 #[allow(unused_imports)]
-pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get};
+pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get, read_response};
 #[allow(unused_imports)]
 pub(crate) use tls::{Ca, Leaf};

@@ -301,6 +301,12 @@ impl Proxy {
         }
     }
 
+    /// The process id of the proxy this harness started, to read its
+    /// `/proc/<pid>/status`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
     /// Whether the process is still running.
     pub(crate) fn is_running(&self) -> bool {
         self.exit_status().is_none()

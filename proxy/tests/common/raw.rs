@@ -77,7 +77,9 @@ pub(crate) async fn raw_chunked_upload(
         .unwrap_or_else(|_| panic!("upload not answered within {:?}", REQUEST_TIMEOUT * 3))
 }
 
-async fn read_response(stream: &mut TcpStream) -> RawResponse {
+/// Reads one response off `stream`, leaving the connection open for the
+/// next when the response is framed (a length or chunks).
+pub(crate) async fn read_response(stream: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
