@@ -86,6 +86,11 @@ pub struct Verdict {
     /// What carrying out `action` would change; applied by
     /// [`Engine::apply`] as the route's mode allows.
     pub effects: Effects,
+    /// How many session credentials the request carried (all judged; the
+    /// worst decided). The response side binds and confirms only a request
+    /// with exactly one: with several, which one the app honoured cannot be
+    /// told.
+    pub credentials: usize,
     /// The request's time, in seconds since the Unix epoch.
     pub at: u64,
     /// Where the geo stage placed the client, for the response side.
@@ -97,32 +102,33 @@ pub struct Verdict {
 /// route's [`Enforcement`] allows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effects {
-    /// One per credential whose state is committed: the request's session,
-    /// every credential when several were all allowed, the decisive one of
-    /// a refusal.
-    observations: SmallVec<[Observation; 1]>,
-    commit: Commit,
-    revoke: Option<SessionKey>,
+    /// What to commit, one per credential whose state changes: the
+    /// request's session; every credential when several were all allowed;
+    /// otherwise each credential that earned a refusal, with its own.
+    commits: SmallVec<[(Observation, Commit); 1]>,
+    /// Every credential whose own verdict was `revoke`.
+    revoke: SmallVec<[SessionKey; 1]>,
 }
 
 impl Effects {
     /// Whether applying keeps the request's state and learns from it.
     pub fn learns(&self) -> bool {
-        self.commit == Commit::Allowed && self.observations.iter().any(Observation::is_session)
+        self.commits
+            .iter()
+            .any(|(o, c)| *c == Commit::Allowed && o.is_session())
     }
 
-    /// Whether applying counts a detection against the session's user.
+    /// Whether applying counts a detection against a session's user.
     pub fn records_detection(&self) -> bool {
-        self.commit == Commit::Detected
-            && self
-                .observations
-                .iter()
-                .any(|o| matches!(o, Observation::Session { next, .. } if next.user().is_some()))
+        self.commits.iter().any(|(o, c)| {
+            *c == Commit::Detected
+                && matches!(o, Observation::Session { next, .. } if next.user().is_some())
+        })
     }
 
-    /// The session applying revokes, if any.
-    pub fn revokes(&self) -> Option<SessionKey> {
-        self.revoke
+    /// The sessions applying revokes.
+    pub fn revokes(&self) -> &[SessionKey] {
+        &self.revoke
     }
 }
 
@@ -322,34 +328,38 @@ impl Engine {
             (session, scored, risk, action)
         };
         let sessions = credentials.sessions();
-        let (session, scored, risk, action, observations) = match sessions {
-            [] | [_] => {
-                let (session, scored, risk, action) = judge(sessions.first().copied());
-                let observations = smallvec::smallvec![scored.observation];
-                (session, scored, risk, action, observations)
-            }
-            many => {
-                let mut judged: SmallVec<[_; 2]> = many.iter().map(|s| judge(Some(*s))).collect();
-                let all_allowed = judged.iter().all(|j| j.3 == Action::Allow);
-                // Nothing is learnt unless every credential would be allowed;
-                // a refusal's effects apply to the credential that earned it.
-                let observations: SmallVec<[Observation; 1]> = if all_allowed {
-                    judged.iter().map(|j| j.1.observation).collect()
-                } else {
-                    SmallVec::new()
-                };
-                let worst = (0..judged.len())
-                    .max_by_key(|&i| (severity(judged[i].3), judged[i].2.score))
-                    .unwrap_or(0);
-                let (session, scored, risk, action) = judged.swap_remove(worst);
-                let observations = if all_allowed {
-                    observations
-                } else {
-                    smallvec::smallvec![scored.observation]
-                };
-                (session, scored, risk, action, observations)
+        let commit_of = |risk: &Risk, action: Action| {
+            let revoked = risk.reasons.iter().any(|c| c.reason.is_final());
+            match action {
+                Action::Allow => Commit::Allowed,
+                _ if policy.level(risk) == RiskLevel::High && !revoked => Commit::Detected,
+                _ => Commit::Refused,
             }
         };
+        let mut judged: SmallVec<[_; 1]> = if sessions.is_empty() {
+            smallvec::smallvec![judge(None)]
+        } else {
+            sessions.iter().map(|s| judge(Some(*s))).collect()
+        };
+        // Nothing is learnt unless every credential would be allowed; each
+        // refusal's effects apply to the credential that earned it, so a
+        // decoy (even a revoked one) shields no stolen credential beside it.
+        let all_allowed = judged.iter().all(|j| j.3 == Action::Allow);
+        let mut commits: SmallVec<[(Observation, Commit); 1]> = SmallVec::new();
+        let mut revoke: SmallVec<[SessionKey; 1]> = SmallVec::new();
+        for (session, scored, risk, action) in &judged {
+            if all_allowed || *action != Action::Allow {
+                commits.push((scored.observation, commit_of(risk, *action)));
+            }
+            if let (Action::Revoke, Some(s)) = (action, session) {
+                revoke.push(s.key);
+            }
+        }
+        let worst = (0..judged.len())
+            .max_by_key(|&i| (severity(judged[i].3), judged[i].2.score))
+            .unwrap_or(0);
+        let count = judged.len();
+        let (session, scored, risk, action) = judged.swap_remove(worst);
         // What could not be read never turns a session into an unjudged one:
         // a refusal of a readable credential holds; otherwise the route's
         // fail mode decides.
@@ -358,14 +368,6 @@ impl Engine {
         {
             return Err(RequestError::Session(problem.clone()));
         }
-
-        let revoked = risk.reasons.iter().any(|c| c.reason.is_final());
-        let commit = match action {
-            Action::Allow => Commit::Allowed,
-            _ if policy.level(&risk) == RiskLevel::High && !revoked => Commit::Detected,
-            _ => Commit::Refused,
-        };
-        let revoke = session.filter(|_| action == Action::Revoke).map(|s| s.key);
         Ok(Verdict {
             session,
             client,
@@ -376,11 +378,8 @@ impl Engine {
             user: scored.user,
             action,
             network,
-            effects: Effects {
-                observations,
-                commit,
-                revoke,
-            },
+            effects: Effects { commits, revoke },
+            credentials: if sessions.is_empty() { 0 } else { count },
             at: request.now_secs,
             place,
         })
@@ -389,13 +388,20 @@ impl Engine {
     /// The first credential of the request that is revoked on this node, if
     /// any: the one lookup a route that judges nothing (`off`) still makes,
     /// so that a revocation holds on every route. Not an evaluation.
-    pub fn revoked_credential(&self, request: &RequestView<'_>) -> Option<Session> {
-        self.session
-            .credentials(request.headers)
+    /// Input no browser sends is an error here too.
+    pub fn revoked_credential(
+        &self,
+        request: &RequestView<'_>,
+    ) -> Result<Option<Session>, RequestError> {
+        let credentials = self.session.credentials(request.headers);
+        if let Some(problem) = credentials.problem().filter(|p| p.fails_closed()) {
+            return Err(RequestError::Session(problem.clone()));
+        }
+        Ok(credentials
             .sessions()
             .iter()
             .find(|s| self.scorer.is_revoked(&s.key))
-            .copied()
+            .copied())
     }
 
     /// [`Engine::decide`] for a request whose credentials could not be read
@@ -426,10 +432,10 @@ impl Engine {
             action,
             network,
             effects: Effects {
-                observations: smallvec::smallvec![Observation::Anonymous],
-                commit: Commit::Allowed,
-                revoke: None,
+                commits: smallvec::smallvec![(Observation::Anonymous, Commit::Allowed)],
+                revoke: SmallVec::new(),
             },
+            credentials: 0,
             at: request.now_secs,
             place,
         }
@@ -441,27 +447,29 @@ impl Engine {
     pub fn apply(&self, verdict: &Verdict, decision: &Decision<'_>) -> Applied {
         let now = self.now_of(verdict);
         let effects = &verdict.effects;
-        let commit = match decision.enforcement {
-            Enforcement::Enforce => Some(effects.commit),
-            Enforcement::Monitor => (verdict.action == Action::Allow).then_some(Commit::Allowed),
+        let commits = match decision.enforcement {
+            Enforcement::Enforce => true,
+            // A monitored request changes state only as an allowed one.
+            Enforcement::Monitor => verdict.action == Action::Allow,
             Enforcement::Off => return Applied::default(),
         };
         let mut applied = Applied::default();
-        if let Some(commit) = commit {
-            for observation in &effects.observations {
-                let first = observation.first_sighting();
-                self.scorer.commit(*observation, commit, now);
-                let learnt = commit == Commit::Allowed && observation.is_session();
-                applied.learnt |= learnt;
-                if let (true, Some((session, user))) = (learnt && first, observation.session()) {
-                    self.emit(|| Event::SessionSeen {
-                        session,
-                        user,
-                        at: now,
-                    });
-                }
+        for (observation, commit) in effects.commits.iter().filter(|_| commits) {
+            let first = observation.first_sighting();
+            self.scorer.commit(*observation, *commit, now);
+            let learnt = *commit == Commit::Allowed && observation.is_session();
+            applied.learnt |= learnt;
+            applied.detection_recorded |= *commit == Commit::Detected
+                && observation
+                    .session()
+                    .is_some_and(|(_, user)| user.is_some());
+            if let (true, Some((session, user))) = (learnt && first, observation.session()) {
+                self.emit(|| Event::SessionSeen {
+                    session,
+                    user,
+                    at: now,
+                });
             }
-            applied.detection_recorded = commit == Commit::Detected && verdict.user.is_some();
         }
         if verdict.action != Action::Allow {
             self.emit(|| {
@@ -474,12 +482,17 @@ impl Engine {
                 }))
             });
         }
-        if let (Enforcement::Enforce, Some(key)) = (decision.enforcement, effects.revoke) {
+        for &key in effects
+            .revoke
+            .iter()
+            .filter(|_| decision.enforcement == Enforcement::Enforce)
+        {
+            let user = self.scorer.session(&key).and_then(|s| s.user());
             self.scorer.revoke(key, now);
             applied.revoked = true;
             self.emit(|| Event::SessionRevoked {
                 session: key,
-                user: verdict.user,
+                user: user.or(verdict.user),
                 cause: RevocationCause::Decision,
                 at: now,
             });

@@ -80,6 +80,15 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// Whether the request must be refused on every route whatever its
+    /// `on_error` says: input no browser sends (see
+    /// [`SessionError::fails_closed`]).
+    pub fn fails_closed(&self) -> bool {
+        match self {
+            RequestError::Session(e) => e.fails_closed(),
+        }
+    }
+
     /// A short, stable code for metrics labels and logs.
     pub fn code(&self) -> &'static str {
         match self {

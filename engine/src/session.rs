@@ -40,7 +40,7 @@ pub enum CredentialSource {
 /// Most distinct session credentials judged in one request; more is an
 /// error (browsers send a name twice or three times, for cookies of
 /// different paths or domains).
-pub const MAX_CREDENTIALS: usize = 8;
+pub const MAX_CREDENTIALS: usize = 16;
 
 /// Every session credential a request carries, as [`SessionStage::credentials`]
 /// read them.
@@ -139,9 +139,6 @@ pub enum SessionError {
         /// The configured limit.
         limit: usize,
     },
-    /// A `Cookie` header that is not UTF-8.
-    #[error("cookie header is not valid UTF-8")]
-    CookieNotUtf8,
     /// More than one `Authorization` header: apps differ in which they read.
     #[error("request carries more than one Authorization header")]
     SeveralAuthorizations,
@@ -160,12 +157,21 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Whether no browser causes this problem, so that the request is
+    /// refused on every route whatever its `on_error` says: two
+    /// `Authorization` headers, more session credentials than judged, a
+    /// session cookie longer than a browser stores, or ambiguity where the
+    /// config refuses it. A client must not be able to choose the
+    /// fail-open path.
+    pub fn fails_closed(&self) -> bool {
+        !matches!(self, SessionError::TooManyCookies { .. })
+    }
+
     /// A short, stable code for metrics labels and logs.
     pub fn code(&self) -> &'static str {
         match self {
             SessionError::TooManyCookies { .. } => "too_many_cookies",
             SessionError::CredentialTooLong { .. } => "credential_too_long",
-            SessionError::CookieNotUtf8 => "cookie_not_utf8",
             SessionError::SeveralAuthorizations => "several_authorizations",
             SessionError::TooManyCredentials { .. } => "too_many_credentials",
             SessionError::Ambiguous { .. } => "ambiguous_credentials",
@@ -296,22 +302,32 @@ impl SessionStage {
 
     /// Every session credential in the request that an app could honour,
     /// each reduced to its key: every occurrence of every configured cookie
-    /// name across all `Cookie` lines, each in every form an app's cookie
-    /// parser may read it in (as sent; unquoted, with backslash escapes
-    /// undone as Python's `http.cookies` does; percent-decoded as Node's
-    /// `cookie` package does), and the bearer token whenever one is present.
-    /// Apps differ in which duplicate they take (first, last) and in whether
-    /// they unquote or decode, so Vigil judges them all (see
-    /// `docs/security.md`).
+    /// name across all `Cookie` lines, and the bearer token whenever one is
+    /// present. Apps differ in which duplicate they take (first, last), in
+    /// how they split a line (`;`; also `,` and spaces, as Python's
+    /// `http.cookies` and older RFC 2965 parsers do), in how they match
+    /// names (ASP.NET ignores case; PHP turns `.` and spaces into `_`) and
+    /// in whether they unquote or decode a value, so Vigil reads each line
+    /// as the most lenient of them would and judges everything it finds
+    /// (see `docs/security.md`, "Which session is judged"). Each value is
+    /// reduced to one canonical form ([`canonical_value`]), so that the
+    /// quoted, escaped and percent-encoded spellings of a session are the
+    /// same session.
     ///
-    /// Reading goes on past what cannot be read — a line that is not UTF-8,
-    /// cookies beyond the limit, an overlong value, a second `Authorization`
-    /// header — so that the credentials that *can* be read are still judged;
-    /// the first such problem is reported beside them, and the caller must
-    /// not treat the request as readable.
+    /// Reading goes on past what cannot be used — cookies beyond the limit,
+    /// an overlong value, a second `Authorization` header — so that the
+    /// credentials that *can* be read are still judged; the first such
+    /// problem is reported beside them, and the caller must not treat the
+    /// request as readable ([`SessionError::fails_closed`] says which
+    /// problems no browser causes).
     pub fn credentials(&self, headers: &HeaderMap) -> Credentials {
         let config = self.config.load();
         let limits = config.limits;
+        let names: SmallVec<[Vec<u8>; 2]> = config
+            .cookie_names
+            .iter()
+            .map(|n| normalised_name(n.as_bytes()))
+            .collect();
         let mut out = Credentials::default();
         let mut count = 0usize;
         let problem = |out: &mut Credentials, e: SessionError| {
@@ -321,11 +337,7 @@ impl SessionStage {
         };
         // HTTP/2 clients may split cookies over several header fields.
         for value in headers.get_all(COOKIE) {
-            let Ok(text) = std::str::from_utf8(value.as_bytes()) else {
-                problem(&mut out, SessionError::CookieNotUtf8);
-                continue;
-            };
-            for cookie in cookie::Cookie::split_parse(text) {
+            for (name, raw) in cookie_pairs(value.as_bytes()) {
                 count += 1;
                 if count == limits.max_cookies + 1 {
                     problem(
@@ -336,24 +348,21 @@ impl SessionStage {
                         },
                     );
                 }
-                // A malformed cookie next to ours is the browser's business,
-                // not a reason to lose the session: skip it.
-                let Ok(cookie) = cookie else { continue };
-                let Some(rank) = rank(&config, cookie.name()) else {
+                let wanted = normalised_name(name);
+                let Some(rank) = names.iter().position(|n| *n == wanted) else {
                     continue;
                 };
-                let Some(raw) = cookie.value_raw() else {
+                let value = canonical_value(raw);
+                if value.is_empty() {
                     continue;
-                };
+                }
                 let name = config.cookie_names.get(rank).map_or("", String::as_str);
-                for form in value_forms(raw) {
-                    match self.hash(b"cookie", name.as_bytes(), form.as_bytes()) {
-                        Ok(key) => out.push(Session {
-                            key,
-                            source: CredentialSource::Cookie(rank),
-                        }),
-                        Err(e) => problem(&mut out, e),
-                    }
+                match self.hash(b"cookie", name.as_bytes(), &value) {
+                    Ok(key) => out.push(Session {
+                        key,
+                        source: CredentialSource::Cookie(rank),
+                    }),
+                    Err(e) => problem(&mut out, e),
                 }
             }
         }
@@ -393,7 +402,8 @@ impl SessionStage {
     pub fn cookie_key(&self, rank: usize, value: &[u8]) -> Option<SessionKey> {
         let config = self.config.load();
         let name = config.cookie_names.get(rank)?;
-        self.hash(b"cookie", name.as_bytes(), value).ok()
+        self.hash(b"cookie", name.as_bytes(), &canonical_value(value))
+            .ok()
     }
 
     /// The position of `name` among the configured session cookies.
@@ -432,8 +442,14 @@ impl fmt::Debug for SessionStage {
     }
 }
 
+/// The position of the configured cookie `name` stands for, matched as
+/// [`SessionStage::credentials`] matches names.
 fn rank(config: &SessionConfig, name: &str) -> Option<usize> {
-    config.cookie_names.iter().position(|n| n == name)
+    let wanted = normalised_name(name.as_bytes());
+    config
+        .cookie_names
+        .iter()
+        .position(|n| normalised_name(n.as_bytes()) == wanted)
 }
 
 /// The token of an `Authorization: Bearer <token>` value, if that is what it is.
@@ -455,92 +471,134 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The forms in which an app's cookie parser may read a raw cookie value:
-/// as sent; without surrounding double quotes, backslash escapes undone
-/// (Python's `http.cookies` also turns `\ooo` octal escapes into bytes);
-/// percent-decoded when that gives UTF-8 (Node's `cookie` package). Empty
-/// forms are left out; at most three.
-fn value_forms(raw: &str) -> SmallVec<[std::borrow::Cow<'_, str>; 3]> {
-    use std::borrow::Cow;
-    fn add<'a>(form: Cow<'a, str>, forms: &mut SmallVec<[Cow<'a, str>; 3]>) {
-        if !form.is_empty() && !forms.contains(&form) {
-            forms.push(form);
-        }
+/// The `name=value` pairs of one `Cookie` line, split as the most lenient
+/// app parser would: on `;`, and also on `,`, spaces and tabs (Python's
+/// `http.cookies` splits on whitespace, RFC 2965 parsers on commas; an RFC
+/// 6265 value contains none of them, so no real cookie is cut). Works on
+/// bytes: a byte that is not UTF-8 spoils only its own pair. Pieces without
+/// `=` are skipped.
+///
+/// Each `;` piece is read whole too, so that a name with a space in it
+/// (which PHP reads with `_`) is found as well as the pairs a whitespace
+/// splitter sees in it.
+fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fn pair(piece: &[u8]) -> Option<(&[u8], &[u8])> {
+        let eq = piece.iter().position(|b| *b == b'=')?;
+        let name = piece.get(..eq)?.trim_ascii();
+        let value = piece.get(eq + 1..)?.trim_ascii();
+        (!name.is_empty()).then_some((name, value))
     }
-    let mut forms: SmallVec<[Cow<'_, str>; 3]> = SmallVec::new();
-    add(Cow::Borrowed(raw), &mut forms);
-    let unquoted = raw
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .map(|inner| {
-            if inner.contains('\\') {
-                Cow::Owned(unescape(inner))
-            } else {
-                Cow::Borrowed(inner)
-            }
-        });
-    let base = unquoted.clone().unwrap_or(Cow::Borrowed(raw));
-    if let Some(u) = unquoted {
-        add(u, &mut forms);
-    }
-    if base.contains('%')
-        && let Some(decoded) = percent_decode(&base)
-    {
-        add(Cow::Owned(decoded), &mut forms);
-    }
-    forms
+    line.split(|b| *b == b';').flat_map(|piece| {
+        let whole = pair(piece);
+        let split = piece
+            .trim_ascii()
+            .iter()
+            .any(|b| matches!(b, b',' | b' ' | b'\t'))
+            .then(|| {
+                piece
+                    .split(|b| matches!(b, b',' | b' ' | b'\t'))
+                    .filter_map(pair)
+            });
+        whole.into_iter().chain(split.into_iter().flatten())
+    })
 }
 
-/// Backslash escapes inside a quoted cookie value, undone as Python's
-/// `http.cookies` does: `\ooo` (three octal digits) is that byte, `\x` is
-/// `x`. Bytes that do not make UTF-8 are replaced, as no app would match
-/// them either.
-fn unescape(inner: &str) -> String {
-    let b = inner.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            let octal = b
-                .get(i + 1..i + 4)
-                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-            if let Some(d) = octal {
-                let v = u32::from(d[0] - b'0') * 64
-                    + u32::from(d[1] - b'0') * 8
-                    + u32::from(d[2] - b'0');
-                out.push(u8::try_from(v & 0xff).unwrap_or(0));
-                i += 4;
-            } else {
-                out.push(b[i + 1]);
-                i += 2;
-            }
+/// A cookie name as lenient apps match it: percent-decoded (PHP), ASCII
+/// lower case (ASP.NET), with `.`, space and `[` as `_` (PHP). Over-matching
+/// only judges more.
+fn normalised_name(name: &[u8]) -> Vec<u8> {
+    let decoded = percent_decode(name).unwrap_or_else(|| name.to_vec());
+    decoded
+        .into_iter()
+        .map(|b| match b.to_ascii_lowercase() {
+            b'.' | b' ' | b'[' => b'_',
+            other => other,
+        })
+        .collect()
+}
+
+/// One canonical form of a cookie value, so that every spelling an app
+/// could read as the same session is one session to Vigil: surrounding
+/// double quotes removed (and, for a value that opens a quote it never
+/// closes, its first and last byte, as Node's `cookie` up to 0.6 does),
+/// backslash escapes inside quotes undone as Python's `http.cookies` does
+/// (`\\[0-3][0-7][0-7]` is that character, `\\x` is `x`), then `%XX`
+/// decoded as `decodeURIComponent` does when the result is UTF-8. A plain
+/// value is its own canonical form (no allocation).
+pub(crate) fn canonical_value(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    let raw = raw.trim_ascii();
+    let mut value: Cow<'_, [u8]> = Cow::Borrowed(raw);
+    if let Some(rest) = raw.strip_prefix(b"\"") {
+        let inner = rest.strip_suffix(b"\"").unwrap_or_else(|| {
+            // Node's old parser drops the last byte whatever it is.
+            rest.get(..rest.len().saturating_sub(1)).unwrap_or_default()
+        });
+        value = if inner.contains(&b'\\') {
+            Cow::Owned(unescape(inner))
         } else {
-            out.push(b[i]);
+            Cow::Borrowed(inner)
+        };
+    }
+    if value.contains(&b'%')
+        && let Some(decoded) = percent_decode(&value)
+        && std::str::from_utf8(&decoded).is_ok()
+    {
+        value = Cow::Owned(decoded);
+    }
+    value
+}
+
+/// Backslash escapes inside a quoted value, undone as Python's
+/// `http.cookies` does: `\\` and three octal digits starting 0 to 3 is that
+/// character (U+0000 to U+00FF, written as UTF-8), `\\x` is `x`.
+fn unescape(inner: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while let Some(&b) = inner.get(i) {
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let octal = inner.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|c| (b'0'..=b'7').contains(c))
+        });
+        if let Some(d) = octal {
+            let code =
+                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            let mut utf8 = [0u8; 4];
+            let c = char::from_u32(code).unwrap_or('\u{fffd}');
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            i += 4;
+        } else if let Some(&next) = inner.get(i + 1) {
+            out.push(next);
+            i += 2;
+        } else {
+            out.push(b);
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-/// `%XX` decoded as `decodeURIComponent` does; `None` when an escape is
-/// malformed or the result is not UTF-8 (Node then keeps the raw value).
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+/// `%XX` decoded; `None` when an escape is malformed.
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
+    while let Some(&b) = s.get(i) {
+        if b == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
             let hi = char::from(hex[0]).to_digit(16)?;
             let lo = char::from(hex[1]).to_digit(16)?;
             out.push(u8::try_from(hi * 16 + lo).ok()?);
             i += 3;
         } else {
-            out.push(b[i]);
+            out.push(b);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]

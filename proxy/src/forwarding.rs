@@ -18,7 +18,7 @@ pub const REPLACED: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 /// address, scheme, host or path from a proxy in front of them: removed
 /// from every request, on every route. `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` are then set by Vigil, truthfully.
-pub const SPOOFABLE: [&str; 13] = [
+pub const SPOOFABLE: [&str; 15] = [
     "true-client-ip",
     "cf-connecting-ip",
     "x-client-ip",
@@ -30,6 +30,8 @@ pub const SPOOFABLE: [&str; 13] = [
     "x-forwarded-port",
     "x-forwarded-server",
     "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
     "x-original-url",
     "x-rewrite-url",
 ];
@@ -73,6 +75,20 @@ pub fn x_forwarded_for(path: &[IpAddr]) -> String {
         let _ = write!(out, "{ip}");
     }
     out
+}
+
+/// Whether a request header named `name` is one a CGI-style server would
+/// read as a spoofable or Vigil header once `_` becomes `-` (WSGI, Rack and
+/// PHP map both to the same `HTTP_*` variable): `X_Forwarded_Host`,
+/// `Vigil_Client_Ip`.
+pub fn is_underscore_alias(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-").to_ascii_lowercase();
+    dashed.starts_with("vigil-")
+        || SPOOFABLE.contains(&dashed.as_str())
+        || REPLACED.contains(&dashed.as_str())
 }
 
 /// RFC 7239 `Forwarded` for the app; `proto` is the scheme the client used

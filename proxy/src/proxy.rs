@@ -218,6 +218,22 @@ impl VigilProxy {
         Ok(true)
     }
 
+    /// Refuses input no browser sends, on a route that judges nothing.
+    async fn refuse_malformed(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        e: &vigil_engine::RequestError,
+    ) -> Result<bool> {
+        self.metrics
+            .request_errors
+            .with_label_values(&[e.code(), "refused"])
+            .inc();
+        tracing::debug!(route = %route.name, error = %e, "request refused unjudged");
+        respond::send(session, Refusal::Malformed { code: e.code() }).await?;
+        Ok(true)
+    }
+
     /// Carries out a verdict as far as the route's mode allows: its
     /// effects through the engine, the refusal as a response. Returns true
     /// when a response was sent.
@@ -350,8 +366,12 @@ impl ProxyHttp for VigilProxy {
         let view = self.request_view(session, route);
         if route.mode == Mode::Off && !route.app_confirms {
             // `off` skips scoring and learning, not the revocation lookup.
-            if route.revocation_check && self.engine.revoked_credential(&view).is_some() {
-                return self.refuse_revoked(session, route).await;
+            if route.revocation_check {
+                match self.engine.revoked_credential(&view) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => return self.refuse_revoked(session, route).await,
+                    Err(e) => return self.refuse_malformed(session, route, &e).await,
+                }
             }
             if generation.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
@@ -368,8 +388,9 @@ impl ProxyHttp for VigilProxy {
             // An `off` route whose app confirms step-ups: judged only so that
             // a confirmation has the request's facts; nothing applied.
             Ok(verdict) if route.mode == Mode::Off => {
+                // Any credential revoked, not only the one that decided.
                 if route.revocation_check
-                    && verdict.risk.reasons.iter().any(|c| c.reason.is_final())
+                    && !matches!(self.engine.revoked_credential(&view), Ok(None))
                 {
                     return self.refuse_revoked(session, route).await;
                 }
@@ -384,8 +405,11 @@ impl ProxyHttp for VigilProxy {
             }
             Err(e) => {
                 // An `off` route forwards whatever it is sent: it was judged
-                // only for a confirmation, and there is none to be had.
-                let open = route.on_error == FailMode::Open || route.mode == Mode::Off;
+                // only for a confirmation, and there is none to be had. Input
+                // no browser sends is refused everywhere: a client must not
+                // choose the fail-open path.
+                let open = !e.fails_closed()
+                    && (route.on_error == FailMode::Open || route.mode == Mode::Off);
                 let outcome = if open { "forwarded" } else { "refused" };
                 self.metrics
                     .request_errors
@@ -518,17 +542,40 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
-        // Whatever the client said about its address, scheme or host goes;
-        // Vigil says what it saw.
+        // Whatever a client said about its address, scheme or host goes;
+        // Vigil says what it saw. A trusted balancer in front (the peer is
+        // in a trusted set) ends TLS itself, so its scheme and host stand.
+        let client = ctx
+            .verdict
+            .as_ref()
+            .map(|v| &v.client)
+            .or(ctx.client.as_ref());
+        let from_trusted_peer = client.is_some_and(|c| c.provider.is_some());
+        let aliases: Vec<_> = upstream_request
+            .headers
+            .keys()
+            .filter(|n| forwarding::is_underscore_alias(n.as_str()))
+            .cloned()
+            .collect();
+        for name in aliases {
+            upstream_request.remove_header(&name);
+        }
         for name in forwarding::SPOOFABLE {
+            if from_trusted_peer && matches!(name, "x-forwarded-proto" | "x-forwarded-host") {
+                continue;
+            }
             upstream_request.remove_header(name);
         }
         for name in &config.client_ip.strip_headers {
             upstream_request.remove_header(name);
         }
         let proto = if self.tls { "https" } else { "http" };
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = upstream_request
+        if !(from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-proto")) {
+            upstream_request.insert_header("x-forwarded-proto", proto)?;
+        }
+        if from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-host") {
+            // The balancer's word on the host stands.
+        } else if let Some(host) = upstream_request
             .headers
             .get(http::header::HOST)
             .cloned()

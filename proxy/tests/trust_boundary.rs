@@ -132,7 +132,16 @@ async fn a_stolen_cookie_is_judged_however_it_is_quoted_encoded_or_duplicated() 
     let decoy_last = format!("session={VICTIM}; session=decoy");
     let decoy_line = "session=decoy".to_owned();
     let victim_line = format!("session={VICTIM}");
-    let attacks: [&[&[u8]]; 6] = [
+    let spaced = format!("x=1 session={VICTIM}");
+    let commas = format!("x=1, session={VICTIM}");
+    let upper = format!("SESSION={VICTIM}");
+    let mut same_line_junk = format!("session={VICTIM}; x=").into_bytes();
+    same_line_junk.push(0xff);
+    let attacks: [&[&[u8]]; 10] = [
+        &[spaced.as_bytes()],
+        &[commas.as_bytes()],
+        &[upper.as_bytes()],
+        &[same_line_junk.as_slice()],
         &[quoted.as_bytes()],
         &[escaped.as_bytes()],
         &[encoded.as_bytes()],
@@ -294,7 +303,10 @@ async fn headers_apps_trust_for_address_scheme_and_host_come_from_vigil_only() {
         ("x-forwarded-host", "admin.internal"),
         ("x-forwarded-port", "443"),
         ("x-original-url", "/admin"),
+        ("x-forwarded-prefix", "/admin"),
         ("x-app-client", "1.1.1.1"),
+        ("x_forwarded_host", "admin.internal"),
+        ("vigil_client_ip", "1.1.1.1"),
     ];
     for path in ["/echo", "/static/echo"] {
         let mut request = Browser::firefox().request(&proxy.url(path));
@@ -314,4 +326,35 @@ async fn headers_apps_trust_for_address_scheme_and_host_come_from_vigil_only() {
         let host = proxy.addr().to_string();
         assert_eq!(echo.all("x-forwarded-host"), [host.as_str()], "{path}");
     }
+}
+
+#[tokio::test]
+async fn a_trusted_balancer_keeps_its_word_on_scheme_and_host() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .believe(&["x-forwarded-for"])
+        .section("[[trusted_proxies]]\nname = \"lb\"\ncidrs = [\"127.0.0.2/32\"]\n")
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let send = |from: [u8; 4]| {
+        Browser::firefox()
+            .via_address(from.into())
+            .request(&proxy.url("/echo"))
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "app.example.com")
+            .send()
+    };
+    // From the balancer, which ended TLS: its scheme and host stand.
+    let echo = common::Echo::parse(&send([127, 0, 0, 2]).await.unwrap().text().await.unwrap());
+    assert_eq!(echo.all("x-forwarded-proto"), ["https"]);
+    assert_eq!(echo.all("x-forwarded-host"), ["app.example.com"]);
+    // From anyone else, Vigil's own.
+    let echo = common::Echo::parse(&send([127, 0, 0, 3]).await.unwrap().text().await.unwrap());
+    assert_eq!(echo.all("x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        echo.all("x-forwarded-host"),
+        [proxy.addr().to_string().as_str()]
+    );
 }

@@ -116,7 +116,7 @@ fn deciding_changes_nothing() {
     drain(&streams);
     let replay = decide(&e, &p, Some("session=a"), CHROME, "203.0.113.5", T + 60);
     assert_eq!(replay.action, Action::Revoke);
-    assert_eq!(replay.effects.revokes(), replay.session.map(|s| s.key));
+    assert_eq!(replay.effects.revokes(), [replay.session.unwrap().key]);
     assert!(!e.scorer().is_revoked(&replay.session.unwrap().key));
     assert_eq!(e.scorer().session(&replay.session.unwrap().key), before);
     assert!(drain(&streams).is_empty());
@@ -653,7 +653,8 @@ fn an_unreadable_request_still_refuses_a_readable_revoked_credential() {
     e.revoke(key, T);
     let mut h = HeaderMap::new();
     h.append("cookie", "session=dead".parse().unwrap());
-    h.append("cookie", http::HeaderValue::from_bytes(b"x=\xff").unwrap());
+    h.append("authorization", "Bearer a".parse().unwrap());
+    h.append("authorization", "Bearer b".parse().unwrap());
     h.insert("user-agent", FIREFOX.parse().unwrap());
     let view = RequestView {
         peer: "192.0.2.1".parse().unwrap(),
@@ -669,7 +670,7 @@ fn an_unreadable_request_still_refuses_a_readable_revoked_credential() {
     let mut fine = h.clone();
     fine.remove("cookie");
     fine.append("cookie", "session=fine".parse().unwrap());
-    fine.append("cookie", http::HeaderValue::from_bytes(b"x=\xff").unwrap());
+
     let view = RequestView {
         headers: &fine,
         ..view
@@ -677,7 +678,79 @@ fn an_unreadable_request_still_refuses_a_readable_revoked_credential() {
     assert_eq!(
         e.decide(&view, &p, ForwardedHeaders::default()),
         Err(crate::RequestError::Session(
-            crate::SessionError::CookieNotUtf8
+            crate::SessionError::SeveralAuthorizations
         ))
     );
+}
+
+#[test]
+fn a_revoked_decoy_shields_no_stolen_credential_beside_it() {
+    let (e, _streams) = engine();
+    let p = revoking();
+    run(
+        &e,
+        Enforcement::Enforce,
+        &decide(&e, &p, Some("session=victim"), FIREFOX, "192.0.2.1", T),
+    );
+    let decoy = e.key_for_credential(b"decoy").unwrap();
+    e.revoke(decoy, T);
+    let victim = e.key_for_credential(b"victim").unwrap();
+    // The thief's replay carries a revoked decoy beside the stolen cookie.
+    let v = decide(
+        &e,
+        &p,
+        Some("session=decoy; session=victim"),
+        CHROME,
+        "203.0.113.5",
+        T + 60,
+    );
+    assert_eq!(v.credentials, 2);
+    assert_eq!(v.effects.revokes(), [victim]);
+    run(&e, Enforcement::Enforce, &v);
+    // The stolen credential earned its own revocation.
+    assert!(e.scorer().is_revoked(&victim));
+}
+
+#[test]
+fn with_two_credentials_nothing_is_bound_or_confirmed() {
+    let (e, _streams) = engine();
+    let p = Policy::default();
+    let (user_h, confirm_h) = (
+        HeaderName::from_static(USER),
+        HeaderName::from_static(CONFIRM),
+    );
+    run(
+        &e,
+        Enforcement::Enforce,
+        &decide(&e, &p, Some("session=own"), FIREFOX, "192.0.2.1", T),
+    );
+    run(
+        &e,
+        Enforcement::Enforce,
+        &decide(&e, &p, Some("session=vic"), FIREFOX, "192.0.2.1", T),
+    );
+    let both = decide(
+        &e,
+        &p,
+        Some("session=own; session=vic"),
+        FIREFOX,
+        "192.0.2.1",
+        T + 5,
+    );
+    assert_eq!(both.credentials, 2);
+    let mut resp = HeaderMap::new();
+    resp.insert(USER, "mallory".parse().unwrap());
+    resp.insert(CONFIRM, "1".parse().unwrap());
+    let done = e.respond(
+        &both,
+        &response(&resp, &user_h, &confirm_h, true),
+        Enforcement::Off,
+    );
+    assert!(!done.confirmed);
+    let done = e.respond(
+        &both,
+        &response(&resp, &user_h, &confirm_h, true),
+        Enforcement::Enforce,
+    );
+    assert!(!done.bound && !done.confirmed);
 }

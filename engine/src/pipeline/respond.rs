@@ -127,8 +127,15 @@ impl Engine {
             Enforcement::Enforce | Enforcement::Monitor => verdict.action == Action::Allow,
             Enforcement::Off => false,
         };
+        // With several credentials in the request, which one the app
+        // honoured cannot be told: a thief could pass a step-up for his own
+        // account next to the victim's cookie and have the victim's session
+        // adopt his device. Only a request with one credential binds or
+        // confirms the request's session.
+        let single = verdict.credentials == 1;
         let confirming = effects.confirm
             && (learning || enforcement == Enforcement::Off)
+            && single
             && verdict.session.is_some();
         if learning {
             let device = verdict.device.summary();
@@ -159,7 +166,8 @@ impl Engine {
                     Issued::Known | Issued::Revoked => {}
                 }
             }
-            if let (0, Some(user), Some(session)) = (done.issued, effects.user, verdict.session)
+            if let (0, Some(user), Some(session), true) =
+                (done.issued, effects.user, verdict.session, single)
                 && effects.issued.is_empty()
                 && self.scorer.bind_user(session.key, user, now)
             {

@@ -177,12 +177,11 @@ fn overlong_credentials_are_an_error() {
 }
 
 #[test]
-fn non_utf8_cookie_header_is_an_error() {
+fn a_value_that_is_not_utf8_is_still_a_credential() {
     let s = stage(&["sid"]);
-    assert_eq!(
-        identify(&s, &headers(&[("cookie", b"sid=\xff\xfe")])),
-        Err(SessionError::CookieNotUtf8)
-    );
+    let c = s.credentials(&headers(&[("cookie", b"sid=\xff\xfe")]));
+    assert_eq!(c.problem(), None);
+    assert_eq!(c.sessions().len(), 1);
 }
 
 #[test]
@@ -335,9 +334,11 @@ fn two_authorization_headers_are_a_problem_but_the_first_is_still_judged() {
 fn what_cannot_be_read_does_not_hide_what_can() {
     let s = stage(&["sid"]);
     let victim = key(&s, &[("cookie", b"sid=victim")]).unwrap().key;
-    // A second line that is not UTF-8.
-    let c = creds(&s, &[("cookie", b"sid=victim"), ("cookie", b"x=\xff")]);
-    assert_eq!(c.problem(), Some(&SessionError::CookieNotUtf8));
+    // Bytes that are not UTF-8, on the same line or another.
+    let c = creds(&s, &[("cookie", b"sid=victim; x=\xff")]);
+    assert_eq!(c.problem(), None);
+    assert_eq!(keys_of(&c), [victim]);
+    let c = creds(&s, &[("cookie", b"x=\xff"), ("cookie", b"sid=victim")]);
     assert_eq!(keys_of(&c), [victim]);
     // The session cookie past the cookie limit.
     let mut many: Vec<String> = (0..250).map(|i| format!("j{i}=x")).collect();
@@ -403,5 +404,76 @@ proptest::proptest! {
         }
         let c = s.credentials(&h);
         proptest::prop_assert!(c.sessions().len() <= MAX_CREDENTIALS);
+    }
+}
+
+#[test]
+fn cookies_hidden_behind_other_separators_or_name_spellings_are_found() {
+    let s = stage(&["sess_id"]);
+    let victim = key(&s, &[("cookie", b"sess_id=victim")]).unwrap().key;
+    for line in [
+        &b"x=1 sess_id=victim"[..],
+        b"x=1, sess_id=victim",
+        b"x=1,sess_id=victim",
+        b"SESS_ID=victim",
+        b"sess.id=victim",
+        b"sess id=victim",
+        b"%73ess_id=victim",
+        b"x=\xff; sess_id=victim",
+    ] {
+        let c = creds(&s, &[("cookie", line)]);
+        assert_eq!(keys_of(&c), [victim], "{}", String::from_utf8_lossy(line));
+    }
+}
+
+#[test]
+fn every_spelling_of_one_value_is_one_session() {
+    let s = stage(&["sid"]);
+    // A token with "477" in it: Python reads "\477" as the three
+    // characters, not an octal escape.
+    let victim = key(&s, &[("cookie", b"sid=ab477c")]).unwrap().key;
+    for line in [
+        &b"sid=\"ab477c\""[..],
+        b"sid=\"ab\\477c\"",
+        b"sid=\"\\141b477c\"",
+        b"sid=ab%34%377c",
+        b"sid=\"ab477cX",
+    ] {
+        let c = creds(&s, &[("cookie", line)]);
+        assert_eq!(keys_of(&c), [victim], "{}", String::from_utf8_lossy(line));
+        assert_eq!(c.problem(), None);
+    }
+    // A value the app issued percent-encoded is the same session as its
+    // decoded spelling (Express's "s%3A…").
+    let issued = s.cookie_key(0, b"s%3Aabc.def").unwrap();
+    let decoded = key(&s, &[("cookie", b"sid=s:abc.def")]).unwrap().key;
+    assert_eq!(issued, decoded);
+}
+
+#[test]
+fn refuse_mode_counts_spellings_of_one_value_once() {
+    let s = SessionStage::new(
+        SessionConfig {
+            cookie_names: vec!["sid".to_owned()],
+            ambiguous: Ambiguity::Refuse,
+            ..SessionConfig::default()
+        },
+        SessionHashKey::from_bytes([1; HASH_KEY_LEN]),
+    );
+    let c = creds(&s, &[("cookie", b"sid=\"a%62c\"; sid=abc")]);
+    assert_eq!(c.problem(), None);
+    assert_eq!(c.sessions().len(), 1);
+}
+
+#[test]
+fn only_a_cookie_limit_is_a_problem_a_browser_can_cause() {
+    assert!(!SessionError::TooManyCookies { count: 2, limit: 1 }.fails_closed());
+    for e in [
+        SessionError::SeveralAuthorizations,
+        SessionError::TooManyCredentials { limit: 1 },
+        SessionError::Ambiguous { count: 2 },
+        SessionError::CredentialTooLong { len: 2, limit: 1 },
+    ] {
+        assert!(e.fails_closed(), "{e:?}");
     }
 }
