@@ -519,6 +519,25 @@ impl Engine {
         (network, place)
     }
 
+    /// The key snapshots of this engine's state are authenticated with,
+    /// derived from the session hash key (so a snapshot made under another
+    /// key, or edited, is told apart), and the hash key's public
+    /// fingerprint, written in the snapshot to say which key it was made
+    /// under.
+    pub fn snapshot_keys(&self) -> ([u8; 32], [u8; 16]) {
+        let mac = blake3::derive_key(
+            "vigil 2026-12 session snapshot mac",
+            self.user_secret.as_bytes(),
+        );
+        let id = blake3::derive_key(
+            "vigil 2026-12 session hash key fingerprint",
+            self.user_secret.as_bytes(),
+        );
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&id[..16]);
+        (mac, fingerprint)
+    }
+
     /// The user key of the user named `name` (as the app or identity
     /// provider names them): a keyed hash, so that no store holds names.
     pub fn user_key(&self, name: &str) -> UserKey {

@@ -97,6 +97,10 @@ pub struct Metrics {
     /// `vigil_engine_events_lost_total`: fleet events that could not be
     /// queued; each gap is announced on the fleet lane and logged at warn.
     pub events_lost: IntCounter,
+    /// `vigil_proxy_snapshots_rejected_total{reason}`: session snapshots
+    /// set aside at start (`unauthenticated`, `other_key`, `tampered`,
+    /// `rolled_back`, `contents`).
+    pub snapshots_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -257,6 +261,20 @@ impl Metrics {
             "Engine events taken by the fleet lane, by kind.",
             &["kind"],
         )?;
+        let snapshots_rejected = counter(
+            "vigil_proxy_snapshots_rejected_total",
+            "Session snapshots set aside at start, by reason.",
+            &["reason"],
+        )?;
+        for reason in [
+            "unauthenticated",
+            "other_key",
+            "tampered",
+            "rolled_back",
+            "contents",
+        ] {
+            snapshots_rejected.with_label_values(&[reason]);
+        }
         for kind in vigil_engine::Event::KINDS {
             events.with_label_values(&[kind]);
             fleet_events.with_label_values(&[kind]);
@@ -296,6 +314,7 @@ impl Metrics {
             fleet_events,
             events_dropped,
             events_lost,
+            snapshots_rejected,
         })
     }
 }

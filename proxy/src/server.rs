@@ -133,7 +133,7 @@ impl Vigil {
             .filter(|_| matches!(config.hash_key, HashKeySource::File(_)))
             .map(|every| (config.server.state_dir.join(snapshot::FILE_NAME), every));
         if let Some((path, _)) = &snapshot {
-            snapshot::restore(&engine, path);
+            snapshot::restore(&engine, path, &metrics.snapshots_rejected);
         }
         let current = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
             config, None, &metrics,

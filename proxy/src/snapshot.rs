@@ -12,6 +12,21 @@
 //! old one, so a crash mid-write leaves the previous snapshot whole. A file
 //! that cannot be read is logged and left alone: the proxy starts empty
 //! rather than not at all.
+//!
+//! **Authenticated.** The engine's bytes are followed by a trailer: a magic,
+//! a generation number, the session hash key's fingerprint and a BLAKE3
+//! MAC over all of it under a key derived from the session hash key. A file
+//! whose MAC does not verify (edited, truncated, made under another key)
+//! is set aside as `sessions.snapshot.rejected-<unix time>` — never
+//! overwritten, for the operator to look at — logged at warn and counted
+//! (`vigil_proxy_snapshots_rejected_total{reason}`), and the node starts
+//! empty. Each write raises the generation, recorded beside the key in
+//! `sessions.generation` after the snapshot is in place; a snapshot older
+//! than that record (an authentic one rolled back to bring revoked
+//! sessions back) is refused the same way. Someone who can write both
+//! files and knows the hash key defeats this; someone who can only replace
+//! both files with older copies of both does too — a rollback the node
+//! cannot tell (`docs/security.md`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +40,124 @@ use vigil_engine::Engine;
 
 /// The snapshot's file name in the state directory.
 pub const FILE_NAME: &str = "sessions.snapshot";
+/// The generation of the last snapshot written, beside the snapshot.
+pub const GENERATION_FILE: &str = "sessions.generation";
+
+/// The trailer after the engine's bytes: magic, generation (u64 LE), key
+/// fingerprint, MAC.
+const TRAILER_MAGIC: &[u8; 8] = b"VIGILMAC";
+const TRAILER_LEN: usize = 8 + 8 + 16 + 32;
+
+/// Why a snapshot file was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// No trailer: not written by this version, or truncated.
+    #[error("the snapshot carries no authentication trailer")]
+    Unauthenticated,
+    /// Made under another session hash key.
+    #[error("the snapshot was made under another session hash key")]
+    OtherKey,
+    /// The MAC does not verify: the file was changed.
+    #[error("the snapshot's MAC does not verify: it was changed")]
+    Tampered,
+    /// Older than the last snapshot this node wrote.
+    #[error("the snapshot is generation {found}, older than the last written ({expected})")]
+    RolledBack {
+        /// Its generation.
+        found: u64,
+        /// The generation last written.
+        expected: u64,
+    },
+    /// Authentic, but the engine refused its contents.
+    #[error("the snapshot's contents were refused")]
+    Contents,
+}
+
+impl Rejected {
+    /// The metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejected::Unauthenticated => "unauthenticated",
+            Rejected::OtherKey => "other_key",
+            Rejected::Tampered => "tampered",
+            Rejected::RolledBack { .. } => "rolled_back",
+            Rejected::Contents => "contents",
+        }
+    }
+}
+
+/// The engine's bytes of an authentic snapshot, or why it is not one.
+pub fn verify<'a>(
+    engine: &Engine,
+    file: &'a [u8],
+    generation: Option<u64>,
+) -> Result<&'a [u8], Rejected> {
+    let (mac_key, fingerprint) = engine.snapshot_keys();
+    let split = file
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .ok_or(Rejected::Unauthenticated)?;
+    let (body, trailer) = file.split_at(split);
+    if trailer.get(..8) != Some(TRAILER_MAGIC.as_slice()) {
+        return Err(Rejected::Unauthenticated);
+    }
+    let found = trailer
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    if trailer.get(16..32) != Some(fingerprint.as_slice()) {
+        return Err(Rejected::OtherKey);
+    }
+    let mac = mac_of(&mac_key, body, found, &fingerprint);
+    // blake3::Hash compares in constant time.
+    if trailer
+        .get(32..)
+        .and_then(|m| <[u8; 32]>::try_from(m).ok())
+        .map(blake3::Hash::from)
+        != Some(mac)
+    {
+        return Err(Rejected::Tampered);
+    }
+    if let Some(expected) = generation.filter(|g| found < *g) {
+        return Err(Rejected::RolledBack { found, expected });
+    }
+    Ok(body)
+}
+
+fn mac_of(key: &[u8; 32], body: &[u8], generation: u64, fingerprint: &[u8; 16]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(body);
+    h.update(TRAILER_MAGIC);
+    h.update(&generation.to_le_bytes());
+    h.update(fingerprint);
+    h.finalize()
+}
+
+/// The generation last written beside `path`, if recorded.
+fn read_generation(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(generation_path(path))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+fn generation_path(path: &Path) -> PathBuf {
+    path.with_file_name(GENERATION_FILE)
+}
+
+/// Moves a rejected snapshot aside, never over anything.
+fn set_aside(path: &Path) -> Option<PathBuf> {
+    let stamp = crate::proxy::now_secs();
+    (0..100u32)
+        .map(|i| {
+            let name = match i {
+                0 => format!("{FILE_NAME}.rejected-{stamp}"),
+                i => format!("{FILE_NAME}.rejected-{stamp}-{i}"),
+            };
+            path.with_file_name(name)
+        })
+        .find(|p| !p.exists())
+        .and_then(|aside| std::fs::rename(path, &aside).ok().map(|()| aside))
+}
 
 /// Writes the engine's snapshot now and then, and on shutdown.
 pub struct Snapshotter {
@@ -34,8 +167,9 @@ pub struct Snapshotter {
 }
 
 /// Restores the snapshot at `path`, if there is one. Problems are logged,
-/// never fatal.
-pub fn restore(engine: &Engine, path: &Path) {
+/// never fatal; a snapshot that is not authentic is set aside and counted
+/// in `rejected` (`vigil_proxy_snapshots_rejected_total{reason}`).
+pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVec) {
     let cap = engine.scorer().max_snapshot_bytes();
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() > cap
@@ -56,7 +190,21 @@ pub fn restore(engine: &Engine, path: &Path) {
             return;
         }
     };
-    match engine.scorer().restore(&bytes, crate::proxy::now_secs()) {
+    let reject = |why: Rejected| {
+        rejected.with_label_values(&[why.code()]).inc();
+        let aside = set_aside(path);
+        tracing::warn!(
+            path = %path.display(),
+            set_aside = %aside.as_deref().map_or_else(|| "(not moved)".into(), |p| p.display().to_string()),
+            error = %why,
+            "session snapshot rejected; starting empty"
+        );
+    };
+    let body = match verify(engine, &bytes, read_generation(path)) {
+        Ok(body) => body,
+        Err(why) => return reject(why),
+    };
+    match engine.scorer().restore(body, crate::proxy::now_secs()) {
         Ok(r) => tracing::info!(
             path = %path.display(),
             sessions = r.sessions,
@@ -65,7 +213,8 @@ pub fn restore(engine: &Engine, path: &Path) {
             "session snapshot restored"
         ),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "session snapshot refused; starting empty");
+            tracing::warn!(path = %path.display(), error = %e, "session snapshot contents refused");
+            reject(Rejected::Contents);
         }
     }
 }
@@ -83,7 +232,7 @@ pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = path.with_extension("snapshot.tmp");
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.read(true).write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -99,12 +248,44 @@ pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
     let mut out = std::io::BufWriter::new(file);
     engine.scorer().write_snapshot(&mut out)?;
     out.flush()?;
-    let file = out
+    let mut file = out
         .into_inner()
         .map_err(std::io::IntoInnerError::into_error)?;
+    // The engine seeks back to fill in its header, so the MAC is taken over
+    // the finished bytes, read back in chunks.
+    let generation = read_generation(path).unwrap_or(0).saturating_add(1);
+    let (mac_key, fingerprint) = engine.snapshot_keys();
+    let mut hasher = blake3::Hasher::new_keyed(&mac_key);
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))?;
+        let mut reader = std::io::BufReader::new(&file);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(chunk.get(..n).unwrap_or_default());
+        }
+        file.seek(SeekFrom::End(0))?;
+    }
+    hasher.update(TRAILER_MAGIC);
+    hasher.update(&generation.to_le_bytes());
+    hasher.update(&fingerprint);
+    let mac = hasher.finalize();
+    file.write_all(TRAILER_MAGIC)?;
+    file.write_all(&generation.to_le_bytes())?;
+    file.write_all(&fingerprint)?;
+    file.write_all(mac.as_bytes())?;
     let bytes = file.metadata()?.len();
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    // The generation is recorded once its snapshot is in place: a crash in
+    // between leaves a snapshot newer than the record, which is accepted.
+    let gen_tmp = generation_path(path).with_extension("generation.tmp");
+    std::fs::write(&gen_tmp, format!("{generation}\n"))?;
+    std::fs::rename(&gen_tmp, generation_path(path))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
