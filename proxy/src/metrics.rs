@@ -29,6 +29,9 @@ pub struct Metrics {
     pub pipeline_seconds: Histogram,
     /// `vigil_proxy_request_errors_total{code,outcome}`: requests the engine
     /// could not evaluate; `outcome` is `refused` or `forwarded` (fail-open).
+    /// Also requests refused before any route judged them: `headers_too_large`,
+    /// `ambiguous_path` and `nul_in_path` (a path with more than one meaning),
+    /// `misdirected` (a host the connection's certificate does not cover).
     pub request_errors: IntCounterVec,
     /// `vigil_proxy_upstream_errors_total{upstream}`: requests that ended in an
     /// upstream error (the client got a 5xx).

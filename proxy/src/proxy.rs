@@ -149,8 +149,14 @@ impl VigilProxy {
     }
 
     /// The engine's view of the request `session` is handling, now, on
-    /// `route`.
-    fn request_view<'a>(&'a self, session: &'a Session, route: &'a Route) -> RequestView<'a> {
+    /// `route`, whose path normalises to `path` (what the route was chosen
+    /// by, so rules see the same path).
+    fn request_view<'a>(
+        &'a self,
+        session: &'a Session,
+        route: &'a Route,
+        path: &'a str,
+    ) -> RequestView<'a> {
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -165,7 +171,7 @@ impl VigilProxy {
                 method: req.method.as_str(),
                 scheme: if self.tls { "https" } else { "http" },
                 host: request_host(req),
-                path: req.uri.path(),
+                path,
                 listener: &self.listener,
                 route: &route.name,
             },
@@ -299,14 +305,28 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         }
         let host = request_host(req);
-        ctx.route = crate::routes::route_index(&generation.config.routes, host, req.uri.path());
+        let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
+        {
+            Ok(selected) => selected,
+            Err(e) => {
+                self.metrics
+                    .request_errors
+                    .with_label_values(&[e.code(), "refused"])
+                    .inc();
+                generation.counters.request(None);
+                respond::send(session, Refusal::Path { code: e.code() }).await?;
+                return Ok(true);
+            }
+        };
+        ctx.route = selected.index;
+        let path = selected.path;
         let Some(route) = generation.route(ctx.route) else {
             generation.counters.request(None);
             respond::send(session, Refusal::NoRoute).await?;
             return Ok(true);
         };
         generation.counters.request(ctx.route);
-        let view = self.request_view(session, route);
+        let view = self.request_view(session, route, &path);
         if route.mode == Mode::Off && !route.app_confirms {
             if generation.config.client_ip.to_app {
                 ctx.client = Some(self.engine.resolve_client(&view, self.forwarded));
