@@ -95,7 +95,10 @@ enum GeoipCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for warning in c.warnings() {
+                    eprintln!("warning: {}: {warning}", config.display());
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -18,7 +18,8 @@ pub struct Metrics {
     /// The registry the admin listener exports.
     pub registry: Registry,
     /// `vigil_proxy_requests_total{route}`: requests matched to a route
-    /// (`route="none"` for no match).
+    /// (`route="none"` for no match, and for requests refused before a
+    /// route was chosen: a path with two meanings, a misdirected host).
     pub requests: IntCounterVec,
     /// `vigil_proxy_decisions_total{action,enforced}`: engine decisions;
     /// `enforced="false"` in monitor mode.

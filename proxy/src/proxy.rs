@@ -17,7 +17,7 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::config::{FailMode, Listener, Misdirected, Mode, Route, VIGIL_HEADER_PREFIX};
 use crate::events::reasons_list;
 use crate::forwarding;
 use crate::generation::{Current, Generation};
@@ -25,6 +25,7 @@ use crate::hello::ConnectionFingerprints;
 use crate::metrics::Metrics;
 use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
+use crate::tls::Presented;
 
 /// The proxy application. Each listener gets a clone; clones share the
 /// config generation in force, engine and metrics.
@@ -38,6 +39,9 @@ pub struct VigilProxy {
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
     tls: bool,
+    /// Whether a TLS request for a host its connection's certificate does
+    /// not cover is refused (421).
+    misdirected: Misdirected,
     /// This listener's name, a fact of every request it takes.
     listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
@@ -92,6 +96,7 @@ impl VigilProxy {
             metrics,
             forwarded: ForwardedHeaders::default(),
             tls: false,
+            misdirected: Misdirected::Refuse,
             listener: Arc::from(""),
             fingerprints,
             decisions,
@@ -104,6 +109,7 @@ impl VigilProxy {
         let mut app = self.clone();
         app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
+        app.misdirected = listener.misdirected;
         app.listener = Arc::from(listener.name.as_str());
         app
     }
@@ -126,6 +132,22 @@ impl VigilProxy {
             self.metrics.tls_fingerprint_missing.inc();
             TlsFingerprint::unreadable()
         })
+    }
+
+    /// Whether `session` asks a TLS listener that refuses misdirected
+    /// requests for a host its connection's certificate does not cover:
+    /// then the host, and so the route and its mode, would be the client's
+    /// choice rather than the TLS name's. A TLS connection whose
+    /// certificate is not known is refused too.
+    fn misdirected(&self, session: &Session, host: &str) -> bool {
+        if !self.tls || self.misdirected == Misdirected::Allow {
+            return false;
+        }
+        let presented = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|t| t.extension.get::<Presented>().map(|p| p.covers(host)));
+        !presented.unwrap_or(false)
     }
 
     /// Counts what was unusual about a forwarding chain.
@@ -305,6 +327,15 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         }
         let host = request_host(req);
+        if self.misdirected(session, host) {
+            self.metrics
+                .request_errors
+                .with_label_values(&["misdirected", "refused"])
+                .inc();
+            generation.counters.request(None);
+            respond::send(session, Refusal::Misdirected).await?;
+            return Ok(true);
+        }
         let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
         {
             Ok(selected) => selected,
