@@ -117,6 +117,40 @@ async fn a_nul_in_the_path_is_refused_however_encoded() {
 }
 
 #[tokio::test]
+async fn dot_segments_in_an_http2_path_are_refused_too() {
+    let origin = Origin::start();
+    let config = Config::new()
+        .h2c()
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app").high("block"))
+        .route(Route::new("static", "/static", "app").mode("off"));
+    let proxy = Proxy::start(&config.render()).await;
+    let hits = origin.hits();
+
+    for path in [
+        "/static/../echo",
+        "/static/%2e%2e/echo",
+        "/static/..%2fecho",
+    ] {
+        let output = curl(&[
+            "--http2-prior-knowledge",
+            "--path-as-is",
+            "-A",
+            CHROME,
+            "-b",
+            "session=alice",
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &proxy.url(path),
+        ])
+        .await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.lines().last(), Some("400 2"), "{path}: {stdout}");
+    }
+    assert_eq!(origin.hits(), hits);
+}
+
+#[tokio::test]
 async fn paths_that_pick_the_enforcing_route_either_way_are_judged_there() {
     let (_origin, proxy) = static_off_app_enforced().await;
 
