@@ -306,6 +306,10 @@ async fn a_stolen_cookie_fronted_to_an_off_host_gets_421_over_http1_and_http2() 
     // Each name on its own connection is served as its route says.
     let (status, _) = over_tls(&ca, https, "off.test", None, CHROME, "--http2").await;
     assert_eq!(status, "200", "the off host, asked for by its own name");
+    // The split itself is what `check` warns about; a running proxy says so too.
+    proxy
+        .wait_for_log("routes of different modes share it")
+        .await;
 }
 
 #[tokio::test]
