@@ -16,6 +16,7 @@ pub mod keyfile;
 pub mod logging;
 pub mod metrics;
 pub mod operator;
+pub mod path;
 pub mod periodic;
 pub mod proxy;
 pub mod reload;

@@ -95,7 +95,10 @@ enum GeoipCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for warning in c.warnings() {
+                    eprintln!("warning: {}: {warning}", config.display());
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -180,6 +183,10 @@ fn main() -> ExitCode {
 
 fn start(config: Config, options: StartOptions, demo: Option<DemoAddrs>) -> ExitCode {
     logging::init(&config.log);
+    // What `check` prints, said again where an operator running it will look.
+    for warning in config.warnings() {
+        tracing::warn!(%warning, "config warning");
+    }
     let mut vigil = match Vigil::build(config, options) {
         Ok(v) => v,
         Err(e) => {

@@ -18,7 +18,8 @@ pub struct Metrics {
     /// The registry the admin listener exports.
     pub registry: Registry,
     /// `vigil_proxy_requests_total{route}`: requests matched to a route
-    /// (`route="none"` for no match).
+    /// (`route="none"` for no match, and for requests refused before a
+    /// route was chosen: a path with two meanings, a misdirected host).
     pub requests: IntCounterVec,
     /// `vigil_proxy_decisions_total{action,enforced}`: engine decisions;
     /// `enforced="false"` in monitor mode.
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub pipeline_seconds: Histogram,
     /// `vigil_proxy_request_errors_total{code,outcome}`: requests the engine
     /// could not evaluate; `outcome` is `refused` or `forwarded` (fail-open).
+    /// Also requests refused before any route judged them: `headers_too_large`,
+    /// `ambiguous_path` and `nul_in_path` (a path with more than one meaning),
+    /// `misdirected` (a host the connection's certificate does not cover).
     pub request_errors: IntCounterVec,
     /// `vigil_proxy_upstream_errors_total{upstream}`: requests that ended in an
     /// upstream error (the client got a 5xx).

@@ -17,7 +17,7 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{FailMode, Listener, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::config::{FailMode, Listener, Misdirected, Mode, Route, VIGIL_HEADER_PREFIX};
 use crate::conn_limits::H2Connections;
 use crate::events::reasons_list;
 use crate::forwarding;
@@ -26,6 +26,7 @@ use crate::hello::ConnectionFingerprints;
 use crate::metrics::Metrics;
 use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
+use crate::tls::Presented;
 
 /// The proxy application. Each listener gets a clone; clones share the
 /// config generation in force, engine and metrics.
@@ -39,6 +40,9 @@ pub struct VigilProxy {
     forwarded: ForwardedHeaders,
     /// Whether this listener terminates TLS (the scheme told to the app).
     tls: bool,
+    /// Whether a TLS request for a host its connection's certificate does
+    /// not cover is refused (421).
+    misdirected: Misdirected,
     /// This listener's name, a fact of every request it takes.
     listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
@@ -95,6 +99,7 @@ impl VigilProxy {
             metrics,
             forwarded: ForwardedHeaders::default(),
             tls: false,
+            misdirected: Misdirected::Refuse,
             listener: Arc::from(""),
             fingerprints,
             decisions,
@@ -115,6 +120,7 @@ impl VigilProxy {
         let mut app = self.clone();
         app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
+        app.misdirected = listener.misdirected;
         app.listener = Arc::from(listener.name.as_str());
         app
     }
@@ -140,6 +146,22 @@ impl VigilProxy {
         })
     }
 
+    /// Whether `session` asks a TLS listener that refuses misdirected
+    /// requests for a host its connection's certificate does not cover:
+    /// then the host, and so the route and its mode, would be the client's
+    /// choice rather than the TLS name's. A TLS connection whose
+    /// certificate is not known is refused too.
+    fn misdirected(&self, session: &Session, host: &str) -> bool {
+        if !self.tls || self.misdirected == Misdirected::Allow {
+            return false;
+        }
+        let presented = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|t| t.extension.get::<Presented>().map(|p| p.covers(host)));
+        !presented.unwrap_or(false)
+    }
+
     /// Counts what was unusual about a forwarding chain.
     fn count_chain(&self, client: &ClientIp) {
         let f = client.flags;
@@ -161,8 +183,14 @@ impl VigilProxy {
     }
 
     /// The engine's view of the request `session` is handling, now, on
-    /// `route`.
-    fn request_view<'a>(&'a self, session: &'a Session, route: &'a Route) -> RequestView<'a> {
+    /// `route`, whose path normalises to `path` (what the route was chosen
+    /// by, so rules see the same path).
+    fn request_view<'a>(
+        &'a self,
+        session: &'a Session,
+        route: &'a Route,
+        path: &'a str,
+    ) -> RequestView<'a> {
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -177,7 +205,7 @@ impl VigilProxy {
                 method: req.method.as_str(),
                 scheme: if self.tls { "https" } else { "http" },
                 host: request_host(req),
-                path: req.uri.path(),
+                path,
                 listener: &self.listener,
                 route: &route.name,
             },
@@ -356,14 +384,37 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         }
         let host = request_host(req);
-        ctx.route = crate::routes::route_index(&generation.config.routes, host, req.uri.path());
+        if self.misdirected(session, host) {
+            self.metrics
+                .request_errors
+                .with_label_values(&["misdirected", "refused"])
+                .inc();
+            generation.counters.request(None);
+            respond::send(session, Refusal::Misdirected).await?;
+            return Ok(true);
+        }
+        let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
+        {
+            Ok(selected) => selected,
+            Err(e) => {
+                self.metrics
+                    .request_errors
+                    .with_label_values(&[e.code(), "refused"])
+                    .inc();
+                generation.counters.request(None);
+                respond::send(session, Refusal::Path { code: e.code() }).await?;
+                return Ok(true);
+            }
+        };
+        ctx.route = selected.index;
+        let path = selected.path;
         let Some(route) = generation.route(ctx.route) else {
             generation.counters.request(None);
             respond::send(session, Refusal::NoRoute).await?;
             return Ok(true);
         };
         generation.counters.request(ctx.route);
-        let view = self.request_view(session, route);
+        let view = self.request_view(session, route, &path);
         if route.mode == Mode::Off && !route.app_confirms {
             // `off` skips scoring and learning, not the revocation lookup.
             if route.revocation_check {

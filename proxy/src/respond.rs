@@ -44,6 +44,17 @@ pub enum Refusal<'a> {
         /// The error's stable code.
         code: &'static str,
     },
+    /// The request's path has no single meaning (`docs/security.md`,
+    /// Paths): `400` with error `bad_path` and the reason, `ambiguous_path`
+    /// or `nul_in_path`.
+    Path {
+        /// The reason's stable code.
+        code: &'static str,
+    },
+    /// The request names a host that the certificate its TLS connection
+    /// was given does not cover: `421 misdirected_request`
+    /// (`docs/security.md`, Hosts and certificates).
+    Misdirected,
     /// The decision was `block`.
     Blocked {
         /// The decision's reference id.
@@ -285,7 +296,11 @@ impl<'a> Refusal<'a> {
     /// The decision's reference, when the refusal is a decision's.
     fn reference(&self) -> Option<&'a str> {
         match *self {
-            Refusal::NoRoute | Refusal::HeadersTooLarge | Refusal::Malformed { .. } => None,
+            Refusal::NoRoute
+            | Refusal::HeadersTooLarge
+            | Refusal::Malformed { .. }
+            | Refusal::Path { .. }
+            | Refusal::Misdirected => None,
             Refusal::Blocked { reference }
             | Refusal::SessionEnded { reference, .. }
             | Refusal::StepUp { reference, .. }
@@ -329,6 +344,21 @@ impl<'a> Refusal<'a> {
                     "The request could not be read.",
                 )
             },
+            Refusal::Path { code } => Answer {
+                reason: Some(code),
+                ..plain(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    "Bad request",
+                    "The request's path can be read in more than one way.",
+                )
+            },
+            Refusal::Misdirected => plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                "Misdirected request",
+                "This connection cannot serve the requested host. Connect to it by its own name.",
+            ),
             Refusal::Blocked { .. } => plain(
                 StatusCode::FORBIDDEN,
                 "blocked",

@@ -2,8 +2,65 @@
 //! host, then the longest path prefix, then file order. Runs on every
 //! request, over the routes of the config generation the request started
 //! with.
+//!
+//! Routes match on the normalised path ([`crate::path::normalise`]), and a
+//! request whose path as sent would select another route than its
+//! normalised path is refused ([`select`]): which route judges a request is
+//! never the client's choice.
+
+use std::borrow::Cow;
 
 use crate::config::Route;
+use crate::path::{PathError, normalise};
+
+/// The route a request takes, and the path it was matched on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected<'a> {
+    /// Index into the routes; `None` when no route matches.
+    pub index: Option<usize>,
+    /// The normalised path: what routes, rules and logs see.
+    pub path: Cow<'a, str>,
+}
+
+/// Why a request's path cannot pick a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The path has no single meaning.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The path as sent and the normalised path select different routes:
+    /// an app reading the path one way would be judged by the route of
+    /// the other.
+    #[error("the path as sent and its normalised form select different routes")]
+    Ambiguous,
+}
+
+impl RouteError {
+    /// The stable code: the refusal's `reason`, the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            RouteError::Path(e) => e.code(),
+            RouteError::Ambiguous => "ambiguous_path",
+        }
+    }
+}
+
+/// The route for `host` (without port, any case) and the request path
+/// `raw` (as sent, without query): matched on the normalised path, refused
+/// when the path has no single meaning or when `raw` itself would match a
+/// different route (or none). Paths that normalise to themselves, the
+/// common case, are matched once and not copied.
+pub fn select<'a>(routes: &[Route], host: &str, raw: &'a str) -> Result<Selected<'a>, RouteError> {
+    let path = normalise(raw)?;
+    let index = route_index(routes, host, &path);
+    if let Cow::Owned(_) = path
+        && route_index(routes, host, raw) != index
+    {
+        return Err(RouteError::Ambiguous);
+    }
+    Ok(Selected { index, path })
+}
 
 /// The index in `routes` of the route for `host` (without port, any case)
 /// and `path`; `None` when no route matches.
@@ -100,6 +157,48 @@ mod tests {
             Some("any"),
             "wildcard needs a label"
         );
+    }
+
+    #[test]
+    fn routes_match_the_normalised_path_and_refuse_a_disagreeing_raw_one() {
+        let routes = [
+            route("app", &[], "/"),
+            route("static", &[], "/static"),
+            route("api", &[], "/api"),
+        ];
+        let name = |path: &str| {
+            select(&routes, "a.test", path)
+                .map(|s| s.index.map(|i| routes[i].name.as_str()))
+                .map_err(RouteError::code)
+        };
+        // Normalised but choosing the same route: allowed, matched normalised.
+        assert_eq!(name("/static//app.js"), Ok(Some("static")));
+        assert_eq!(name("/static/./app.js"), Ok(Some("static")));
+        assert_eq!(name("/api/a%2Fb"), Ok(Some("api")));
+        assert_eq!(name("/echo/../x"), Ok(Some("app")));
+        // `\` is not `/` to the prefix, so both readings land on "app".
+        assert_eq!(name("/static\\..\\echo"), Ok(Some("app")));
+        assert_eq!(
+            select(&routes, "a.test", "/static//a.js").map(|s| s.path),
+            Ok(Cow::Owned("/static/a.js".to_owned()))
+        );
+        // The attacks: the prefix of one route, the path of another.
+        for attack in [
+            "/static/../echo",
+            "/static/%2e%2e/echo",
+            "/static/..%2fecho",
+            "/static/%252e%252e/echo",
+            "/static/..;/echo",
+            "/echo\\..\\static\\x",
+            "/static/..%5cecho",
+            "//static/x",
+            "/echo/../static/x",
+            "/st%61tic/x",
+            "/api;x/../static",
+        ] {
+            assert_eq!(name(attack), Err("ambiguous_path"), "{attack}");
+        }
+        assert_eq!(name("/static/%00"), Err("nul_in_path"));
     }
 
     #[test]

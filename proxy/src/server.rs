@@ -27,7 +27,7 @@ use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
 use crate::snapshot::{self, Snapshotter};
 use crate::sweeper::Sweeper;
-use crate::tls::{ListenerCertificates, SniResolver};
+use crate::tls::{CertificateCheck, ListenerCertificates, SniResolver};
 use crate::upstream::HealthChecks;
 
 /// Why the server could not start.
@@ -218,16 +218,19 @@ impl Vigil {
                         source,
                     }
                 })?;
-                // The paths are unused: the resolver serves the certificates.
-                let mut tls = TlsSettings::intermediate("", "").map_err(|e| StartError::Tls {
-                    listener: listener.name.clone(),
-                    source: crate::tls::TlsError::Load {
-                        cert: String::new(),
-                        key: String::new(),
-                        reason: e.to_string(),
-                    },
-                })?;
                 let resolver = Arc::new(ListenerCertificates::new(resolver));
+                // No paths: the resolver serves the certificates. The
+                // callback tells requests what their connection was shown.
+                let check = CertificateCheck::new(resolver.clone());
+                let mut tls =
+                    TlsSettings::with_callbacks(Box::new(check)).map_err(|e| StartError::Tls {
+                        listener: listener.name.clone(),
+                        source: crate::tls::TlsError::Load {
+                            cert: String::new(),
+                            key: String::new(),
+                            reason: e.to_string(),
+                        },
+                    })?;
                 certificates.push((listener.name.clone(), resolver.clone()));
                 tls.set_cert_resolver(resolver);
                 if listener.http2 {

@@ -4,14 +4,26 @@
 //! rustls's own `ResolvesServerCertUsingSni` matches exact names only; ours
 //! adds `*.` wildcards and a default for clients that send no (or an unknown)
 //! name, which is what operators expect of a reverse proxy.
+//!
+//! Once a handshake is done, [`CertificateCheck`] files what the connection
+//! was given ([`Presented`]: the SNI name and the certificate) in the
+//! connection's TLS digest, where every request on it — HTTP/1.1 or any
+//! HTTP/2 stream — finds it, so that a request for a host the certificate
+//! does not cover can be refused (`docs/security.md`, Hosts and
+//! certificates).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
 use pingora_rustls::sign::CertifiedKey;
-use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert, ServerName};
+use rustls::server::ParsedCertificate;
 
 use crate::config::Certificate;
 
@@ -44,6 +56,22 @@ pub struct SniResolver {
 /// with.
 #[derive(Debug)]
 pub struct ListenerCertificates(ArcSwap<SniResolver>);
+
+/// What a TLS connection was given: the name it asked for and the
+/// certificate it was shown. Filed in the connection's TLS digest by
+/// [`CertificateCheck`].
+#[derive(Debug)]
+pub struct Presented {
+    /// The SNI name, lower case; `None` when the client sent none.
+    sni: Option<String>,
+    /// The certificate chosen for that name.
+    certificate: Arc<CertifiedKey>,
+}
+
+/// The post-handshake callback of every TLS listener: files the
+/// [`Presented`] of each connection.
+#[derive(Debug)]
+pub struct CertificateCheck(Arc<ListenerCertificates>);
 
 /// Loads a certificate chain and its private key, and checks they match.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
@@ -114,6 +142,64 @@ impl SniResolver {
     }
 }
 
+// === impl Presented ===
+
+impl Presented {
+    /// Whether a request for `host` (without port, any case) may be served
+    /// on this connection: `host` is the name the connection was opened
+    /// for, or one its certificate covers (as a browser reusing an HTTP/2
+    /// connection across names requires). An empty host, or one that is
+    /// not a DNS name or IP address, is not covered.
+    pub fn covers(&self, host: &str) -> bool {
+        if host.is_empty() {
+            return false;
+        }
+        if self
+            .sni
+            .as_deref()
+            .is_some_and(|sni| sni.eq_ignore_ascii_case(host))
+        {
+            return true;
+        }
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let Ok(name) = ServerName::try_from(host) else {
+            return false;
+        };
+        let Some(leaf) = self.certificate.cert.first() else {
+            return false;
+        };
+        ParsedCertificate::try_from(leaf)
+            .is_ok_and(|cert| rustls::client::verify_server_name(&cert, &name).is_ok())
+    }
+}
+
+// === impl CertificateCheck ===
+
+impl CertificateCheck {
+    /// Files what `certificates` give each connection.
+    pub fn new(certificates: Arc<ListenerCertificates>) -> Self {
+        Self(certificates)
+    }
+}
+
+#[async_trait]
+impl TlsAccept for CertificateCheck {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        // The resolver picks again by the same name: the same certificate,
+        // unless a reload replaced the set during this handshake, when the
+        // new set is the one the listener now serves anyway.
+        let sni = tls.server_name().map(str::to_ascii_lowercase);
+        let certificate = self.0.0.load().pick(sni.as_deref());
+        Some(Arc::new(Presented { sni, certificate }))
+    }
+}
+
 // === impl ListenerCertificates ===
 
 impl ListenerCertificates {
@@ -137,5 +223,57 @@ impl ResolvesServerCert for ListenerCertificates {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.pick(client_hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presented(sni: Option<&str>, names: &[&str]) -> Presented {
+        pingora_rustls::install_default_crypto_provider();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = pingora_rustls::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = CryptoProvider::get_default().unwrap();
+        let certificate =
+            Arc::new(CertifiedKey::from_der(vec![cert.der().clone()], der, provider).unwrap());
+        Presented {
+            sni: sni.map(str::to_owned),
+            certificate,
+        }
+    }
+
+    #[test]
+    fn a_host_is_covered_by_the_sni_name_or_the_certificate() {
+        let both = presented(
+            Some("enforce.test"),
+            &["enforce.test", "off.test", "*.w.test"],
+        );
+        assert!(both.covers("enforce.test"));
+        assert!(both.covers("OFF.test"), "a name on the same certificate");
+        assert!(both.covers("a.w.test"), "a wildcard of the certificate");
+        assert!(!both.covers("other.test"));
+        assert!(!both.covers("w.test"));
+        assert!(!both.covers(""));
+
+        let one = presented(Some("enforce.test"), &["enforce.test"]);
+        assert!(!one.covers("off.test"), "the fronting attack");
+        assert!(!one.covers("127.0.0.1"));
+        assert!(!one.covers("not a name"));
+
+        let none = presented(None, &["default.test"]);
+        assert!(
+            none.covers("default.test"),
+            "no SNI: the default certificate"
+        );
+        assert!(!none.covers("enforce.test"));
+
+        let ip = presented(None, &["127.0.0.1"]);
+        assert!(ip.covers("127.0.0.1"));
     }
 }

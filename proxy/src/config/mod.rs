@@ -155,6 +155,9 @@ pub struct Listener {
     /// Connection limits: how many, how long a request head may take, and
     /// the HTTP/2 settings.
     pub limits: ListenerLimits,
+    /// What a TLS listener does with a request for a host the connection's
+    /// certificate does not cover (`misdirected`, default `refuse`).
+    pub misdirected: Misdirected,
 }
 
 /// A listener's connection limits (`max_connections`, `header_timeout_ms`,
@@ -191,6 +194,19 @@ impl Default for ListenerLimits {
             h2_max_pending_resets: 20,
         }
     }
+}
+
+/// `misdirected` of a TLS listener: a request whose `Host`/`:authority` is
+/// not covered by the certificate its connection was given (chosen by SNI)
+/// could pick a route the TLS name did not: `docs/security.md`, Hosts and
+/// certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Misdirected {
+    /// Answer `421 Misdirected Request` (the default).
+    #[default]
+    Refuse,
+    /// Route it by its host as if the connection had been made for it.
+    Allow,
 }
 
 /// `[client_ip]`: how the client is found behind proxies.
@@ -406,6 +422,19 @@ fn display_problems(file: &Path, problems: &[Problem]) -> String {
     out
 }
 
+// === impl Mode ===
+
+impl Mode {
+    /// The mode as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+            Mode::Off => "off",
+        }
+    }
+}
+
 // === impl Config ===
 
 impl Config {
@@ -441,6 +470,51 @@ impl Config {
             Some(c) if p.is_empty() => Ok(c),
             _ => Err(invalid(p.into_vec())),
         }
+    }
+
+    /// What is valid but may not do what the operator means, one line
+    /// each; `vigil-proxy check` prints them and still succeeds.
+    ///
+    /// Today: routes of different modes in front of one upstream. They are
+    /// told apart only by host and path, which the client writes, so the
+    /// client can reach the app through the laxer route unless the app
+    /// itself routes by the same key (`docs/security.md`, Hosts and
+    /// certificates).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (u, upstream) in self.upstreams.iter().enumerate() {
+            let routes: Vec<&Route> = self.routes.iter().filter(|r| r.upstream == u).collect();
+            let Some(first) = routes.first() else {
+                continue;
+            };
+            if routes.iter().all(|r| r.mode == first.mode) {
+                continue;
+            }
+            let list: Vec<String> = routes
+                .iter()
+                .map(|r| {
+                    let hosts = if r.hosts.is_empty() {
+                        "any host".to_owned()
+                    } else {
+                        r.hosts.join(", ")
+                    };
+                    format!(
+                        "{:?} (mode {}, {hosts}, path {})",
+                        r.name,
+                        r.mode.as_str(),
+                        r.path_prefix
+                    )
+                })
+                .collect();
+            out.push(format!(
+                "upstreams {:?}: routes of different modes share it, told apart only by host or \
+                 path, which the client chooses: {}; unless the app routes by the same host \
+                 and path, a client can pick the laxer mode (docs/security.md, Hosts and certificates)",
+                upstream.name,
+                list.join("; ")
+            ));
+        }
+        out
     }
 }
 
@@ -1072,6 +1146,23 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
             );
         }
         let limits = read_listener_limits(&mut t, p);
+        let misdirected = match t.or(p, "misdirected", "refuse".to_owned()).as_str() {
+            "refuse" => Misdirected::Refuse,
+            "allow" => Misdirected::Allow,
+            other => {
+                p.push(
+                    t.key("misdirected"),
+                    format!("{other:?} is not a choice; expected \"refuse\" or \"allow\""),
+                );
+                Misdirected::Refuse
+            }
+        };
+        if t.has("misdirected") && certificates.is_empty() {
+            p.push(
+                t.key("misdirected"),
+                "only used on a TLS listener (with [[listeners.certificates]])",
+            );
+        }
         t.finish(p);
         if let (Some(name), Some(listen)) = (name, listen) {
             out.push(Listener {
@@ -1082,6 +1173,7 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 certificates,
                 forwarded,
                 limits,
+                misdirected,
             });
         }
     }

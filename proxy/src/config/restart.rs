@@ -160,6 +160,11 @@ fn merge_listeners(running: &Config, next: &mut Config, restart: &mut Vec<String
             hold(key, differs);
         }
         new.limits = old.limits;
+        // Read into the listener's application when it starts, like the
+        // forwarding headers.
+        if hold("misdirected", new.misdirected != old.misdirected) {
+            new.misdirected = old.misdirected;
+        }
         // Adding the first certificate or removing the last turns a
         // cleartext socket into a TLS one or back.
         let flips = new.certificates.is_empty() != old.certificates.is_empty();
@@ -271,5 +276,15 @@ mod tests {
         assert_eq!(merged.config.listeners, running.listeners);
         assert_eq!(merged.config.max_header_bytes, running.max_header_bytes);
         assert_eq!(merged.config.routes[0].mode, super::super::Mode::Monitor);
+    }
+
+    #[test]
+    fn a_changed_misdirected_choice_waits_for_a_restart() {
+        let running = config("", "127.0.0.1:8080", "enforce");
+        let mut next = config("", "127.0.0.1:8080", "enforce");
+        next.listeners[0].misdirected = crate::config::Misdirected::Allow;
+        let merged = merge(&running, next);
+        assert_eq!(merged.restart, ["listeners[0].misdirected"]);
+        assert_eq!(merged.config.listeners, running.listeners);
     }
 }

@@ -415,3 +415,43 @@ fn connection_limits_default_and_every_out_of_range_one_is_reported() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn routes_of_different_modes_on_one_upstream_are_a_warning_not_an_error() {
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"static\"\nupstream = \"app\"\npath_prefix = \"/static\"\nmode = \"off\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("upstreams \"app\"")
+            && warnings[0].contains("\"app\" (mode enforce, any host, path /)")
+            && warnings[0].contains("\"static\" (mode off, any host, path /static)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(parse(MINIMAL).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn misdirected_is_a_tls_listener_choice() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listeners[0].misdirected, Misdirected::Refuse);
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\nmisdirected = \"maybe\"\n",
+    );
+    let problems = parse(&text).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        ["listeners[0].misdirected", "listeners[0].misdirected"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("expected \"refuse\" or \"allow\"")
+    );
+    assert!(problems[1].message.contains("only used on a TLS listener"));
+}

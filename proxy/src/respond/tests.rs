@@ -90,6 +90,8 @@ fn refusals_that_are_not_decisions_have_no_reference_of_their_own() {
         Refusal::NoRoute,
         Refusal::HeadersTooLarge,
         Refusal::Malformed { code: "x" },
+        Refusal::Path { code: "x" },
+        Refusal::Misdirected,
     ] {
         assert_eq!(refusal.reference(), None, "{refusal:?}");
     }
@@ -105,6 +107,21 @@ fn a_malformed_request_says_why_in_json() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(json(&answer)["error"], "malformed_request");
     assert_eq!(json(&answer)["reason"], "too_many_cookies");
+}
+
+#[test]
+fn a_path_refusal_is_400_with_its_reason_and_a_misdirected_request_421() {
+    let answer = Refusal::Path {
+        code: "ambiguous_path",
+    }
+    .answer("r");
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&answer)["error"], "bad_path");
+    assert_eq!(json(&answer)["reason"], "ambiguous_path");
+    assert!(answer.html().contains("(ambiguous_path)"));
+    let answer = Refusal::Misdirected.answer("r");
+    assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(json(&answer)["error"], "misdirected_request");
 }
 
 #[test]
