@@ -74,7 +74,13 @@ pub struct Scorer {
     /// Shared by clones, as the stores are.
     config: Arc<ArcSwap<ScoreConfig>>,
     sessions: Arc<SessionStore>,
+    /// Revocations of sessions the app issued or a user is bound to.
     revoked: Cache<SessionKey, Revocation>,
+    /// Revocations of sessions a client could have made up (first seen
+    /// without issuance or binding): a budget of their own, so that a flood
+    /// of minted cookies replayed from a second device — each revoked —
+    /// never evicts the revocation of a real session.
+    minted: Cache<SessionKey, Revocation>,
     profiles: Cache<UserKey, Arc<Mutex<UserProfile>>>,
     entities: Cache<UserKey, EntityState>,
     population: Arc<Population>,
@@ -165,6 +171,11 @@ impl Scorer {
             .time_to_live(config.revocation_ttl.max(config.session_idle_timeout))
             .eviction_policy(EvictionPolicy::lru())
             .build();
+        let minted = Cache::builder()
+            .max_capacity(minted_budget(config.max_sessions))
+            .time_to_live(config.revocation_ttl.max(config.session_idle_timeout))
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
         let profiles = Cache::builder()
             .max_capacity(config.max_users)
             .time_to_idle(config.user_idle_timeout)
@@ -179,6 +190,7 @@ impl Scorer {
             config: Arc::new(ArcSwap::from_pointee(config)),
             sessions,
             revoked,
+            minted,
             profiles,
             entities,
             population: Arc::new(Population::new()),
@@ -225,12 +237,7 @@ impl Scorer {
         };
         // `contains_key` records no read in the cache's log (a `get` on every
         // request would run its housekeeping more often, which is the tail).
-        if let Some(revocation) = self
-            .revoked
-            .contains_key(&key)
-            .then(|| self.revoked.get(&key))
-            .flatten()
-        {
+        if let Some(revocation) = self.revocation(&key) {
             let mut risks = Risks::none();
             let (reason, part) = if revocation.by_user.is_some() {
                 (Reason::UserRevoked, &mut risks.entity)
@@ -651,20 +658,51 @@ impl Scorer {
 
     /// Ends a session on this node: later requests with it score
     /// [`Reason::Revoked`]. Its state is dropped.
+    /// A session the app issued or a user is bound to goes to the main
+    /// budget; one a client could have made up, to the minted one.
     pub fn revoke(&self, key: SessionKey, now_secs: u64) {
-        self.revoked.insert(
-            key,
-            Revocation {
-                at: now_secs,
-                by_user: None,
-            },
-        );
+        let vouched = self
+            .sessions
+            .peek(&key)
+            .is_some_and(|s| s.user.is_some() || s.has(SessionState::VOUCHED));
+        let revocation = Revocation {
+            at: now_secs,
+            by_user: None,
+        };
+        if vouched {
+            self.minted.invalidate(&key);
+            self.revoked.insert(key, revocation);
+        } else if !self.revoked.contains_key(&key) {
+            self.minted.insert(key, revocation);
+        }
         self.sessions.remove(&key);
+    }
+
+    /// The session's revocation, from either budget. `contains_key` first:
+    /// it records no read in the cache's log (a `get` on every request
+    /// would run its housekeeping more often, which is the tail).
+    fn revocation(&self, key: &SessionKey) -> Option<Revocation> {
+        if self.revoked.contains_key(key) {
+            return self.revoked.get(key);
+        }
+        self.minted
+            .contains_key(key)
+            .then(|| self.minted.get(key))
+            .flatten()
+    }
+
+    /// Approximate number of revocations in the minted budget, and its
+    /// size: a budget nearly full means someone mints sessions to revoke.
+    pub fn minted_revocations(&self) -> (u64, u64) {
+        (
+            self.minted.entry_count(),
+            self.minted.policy().max_capacity().unwrap_or(0),
+        )
     }
 
     /// Whether the session is revoked on this node.
     pub fn is_revoked(&self, key: &SessionKey) -> bool {
-        self.revoked.contains_key(key)
+        self.revoked.contains_key(key) || self.minted.contains_key(key)
     }
 
     /// The state kept for a session.
@@ -684,7 +722,7 @@ impl Scorer {
 
     /// Approximate number of revoked sessions remembered.
     pub fn revoked_sessions(&self) -> u64 {
-        self.revoked.entry_count()
+        self.revoked.entry_count() + self.minted.entry_count()
     }
 
     /// Drops the session states idle for the timeout at `now_secs`. The
@@ -698,6 +736,7 @@ impl Scorer {
     /// caches also do it on their own as they are used.
     pub fn run_pending_tasks(&self) {
         self.revoked.run_pending_tasks();
+        self.minted.run_pending_tasks();
         self.profiles.run_pending_tasks();
         self.entities.run_pending_tasks();
     }
@@ -764,4 +803,10 @@ impl Place {
             accuracy_km: self.accuracy_km,
         }
     }
+}
+
+/// The minted-revocation budget for a store of `max_sessions`: a sixteenth,
+/// at least 1,024 (`docs/risk.md`, state and memory).
+pub(crate) fn minted_budget(max_sessions: u64) -> u64 {
+    (max_sessions / 16).max(1_024)
 }

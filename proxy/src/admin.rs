@@ -170,6 +170,10 @@ impl AdminApp {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             crate::metrics::catch_up(&self.metrics.evaluations, self.engine.evaluations());
+            let (minted, _) = scorer.minted_revocations();
+            self.metrics
+                .revocations_minted
+                .set(i64::try_from(minted).unwrap_or(i64::MAX));
             if let Some(sink) = self.engine.events() {
                 crate::metrics::catch_up(&self.metrics.events_dropped, sink.dropped());
                 crate::metrics::catch_up(&self.metrics.events_lost, sink.lost());

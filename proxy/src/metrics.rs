@@ -85,6 +85,11 @@ pub struct Metrics {
     pub sessions_revoked: IntGauge,
     /// `vigil_engine_users_tracked`: user profiles on this node.
     pub users_tracked: IntGauge,
+    /// `vigil_engine_revocations_minted`: revocations in the budget of
+    /// sessions a client could have made up (a sixteenth of
+    /// `max_sessions`, at least 1,024); near full, someone mints sessions
+    /// to get them revoked.
+    pub revocations_minted: IntGauge,
     /// `vigil_engine_evaluations_total`: requests the engine judged (one
     /// evaluation per judged request, response side included), as of the
     /// last scrape.
@@ -238,6 +243,11 @@ impl Metrics {
             "User profiles (history of networks and devices) on this node.",
         )?;
         registry.register(Box::new(users_tracked.clone()))?;
+        let revocations_minted = IntGauge::new(
+            "vigil_engine_revocations_minted",
+            "Revocations of sessions a client could have made up, in their own budget.",
+        )?;
+        registry.register(Box::new(revocations_minted.clone()))?;
         let plain = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
@@ -313,6 +323,7 @@ impl Metrics {
             sessions_tracked,
             sessions_revoked,
             users_tracked,
+            revocations_minted,
             evaluations,
             events,
             fleet_events,

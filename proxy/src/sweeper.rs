@@ -28,7 +28,18 @@ impl Sweeper {
 impl BackgroundService for Sweeper {
     async fn start(&self, shutdown: ShutdownWatch) {
         crate::periodic::every(self.every, shutdown, || {
-            self.engine.scorer().sweep(crate::proxy::now_secs());
+            let scorer = self.engine.scorer();
+            scorer.sweep(crate::proxy::now_secs());
+            // Revocations of minted sessions evict each other, never a real
+            // session's, but a full budget means someone is at it.
+            let (minted, budget) = scorer.minted_revocations();
+            if budget > 0 && minted.saturating_mul(10) >= budget.saturating_mul(9) {
+                tracing::warn!(
+                    minted,
+                    budget,
+                    "the budget of revocations of made-up sessions is nearly full: a client is minting sessions to get them revoked"
+                );
+            }
         })
         .await;
     }

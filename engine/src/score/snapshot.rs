@@ -92,6 +92,9 @@ impl Scorer {
         let per_user = (16 + UserProfile::RECORD_LEN + EntityState::RECORD_LEN) as u64;
         (SNAPSHOT_HEADER as u64)
             .saturating_add(c.max_sessions.saturating_mul(per_session))
+            .saturating_add(
+                super::minted_budget(c.max_sessions).saturating_mul(REVOCATION_LEN as u64),
+            )
             .saturating_add(c.max_users.saturating_mul(per_user))
             .saturating_mul(2)
     }
@@ -116,7 +119,9 @@ impl Scorer {
             }
         });
         failed?;
-        for (key, r) in self.revoked.iter() {
+        // Both budgets; restored into the main one (the file's size is
+        // bounded all the same).
+        for (key, r) in self.revoked.iter().chain(self.minted.iter()) {
             w.write_all(key.as_bytes())?;
             w.write_all(&r.at.to_le_bytes())?;
             w.write_all(&r.by_user.map_or(0, UserKey::as_u64).to_le_bytes())?;
@@ -257,7 +262,7 @@ impl Scorer {
         state.last_seen = state.last_seen.min(now);
         state.moved_at = state.moved_at.min(now);
         state.touched = state.last_seen;
-        if self.revoked.contains_key(&key) {
+        if self.is_revoked(&key) {
             return Ok(key);
         }
         self.sessions

@@ -143,11 +143,13 @@ impl SessionState {
     pub(crate) const BASELINED: u8 = 1;
     /// Login risk was judged for the session.
     pub(crate) const LOGIN_SCORED: u8 = 2;
+    /// The app issued the session (its `Set-Cookie` was seen) or its user
+    /// proved themselves on it: not a value a client made up. Its
+    /// revocation goes to the main budget.
+    pub(crate) const VOUCHED: u8 = 4;
     const HAS_PLACE: u8 = 8;
     const HAS_JA4: u8 = 16;
-    const STORED_FLAGS: u8 = Self::BASELINED | Self::LOGIN_SCORED;
-    /// Bit 2 is free (it marked a pending rebaseline in no released form).
-    const FREE_BIT: u8 = 4;
+    const STORED_FLAGS: u8 = Self::BASELINED | Self::LOGIN_SCORED | Self::VOUCHED;
     const MOVES_SHIFT: u8 = 5;
     /// Most quick moves counted.
     pub(crate) const MAX_MOVES: u8 = 7;
@@ -294,9 +296,6 @@ impl SessionState {
         let [version, flags] = r.take::<2>();
         if version != Self::VERSION {
             return Err(RecordError::Version(version));
-        }
-        if flags & Self::FREE_BIT != 0 {
-            return Err(RecordError::Field("flags"));
         }
         let device_id = DeviceId(u64::from_le_bytes(r.take()));
         let [shape, source] = r.take::<2>();

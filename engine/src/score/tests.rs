@@ -626,9 +626,8 @@ fn records_refuse_what_no_release_writes() {
     let mut bad = record;
     bad[16] = 9;
     assert_eq!(scorer.import(&bad, T0), Err(RecordError::Version(9)));
-    let mut bad = record;
-    bad[17] |= 4;
-    assert_eq!(scorer.import(&bad, T0), Err(RecordError::Field("flags")));
+    // Every bit of the flags byte now has a meaning (bit 2 marks a session
+    // the app issued or its user proved themselves on).
     let mut bad = record;
     bad[26] = 0x80;
     assert_eq!(
@@ -1122,4 +1121,35 @@ fn reconfigure_weighs_the_next_request_anew_and_keeps_the_sessions() {
         ScoreConfig::default().max_sessions,
         "a store keeps its size until a restart"
     );
+}
+
+#[test]
+fn a_flood_of_minted_revocations_never_evicts_a_real_one() {
+    // Revocations are budgeted by max_sessions: a flood three times that
+    // would have evicted every older revocation from one shared budget.
+    let w = world_with(ScoreConfig {
+        max_sessions: 1_024,
+        ..ScoreConfig::default()
+    });
+    let p = Policy {
+        high: Action::Revoke,
+        ..Policy::default()
+    };
+    // A real session: the app bound it to a user; then it is revoked.
+    w.login("real", "rita", T0);
+    w.req(&p, "real", FIREFOX, HOME, T0);
+    let real = w.req(&p, "real", CHROME, HOSTING, T0 + 60);
+    assert_eq!(real.action, Action::Revoke);
+    let key = real.session.unwrap().key;
+    // A client mints thousands of cookies and gets each revoked.
+    for i in 0..3_000u64 {
+        let s = format!("minted{i}");
+        w.req(&p, &s, FIREFOX, HOME, T0 + 100);
+        w.req(&p, &s, CHROME, HOSTING, T0 + 101);
+    }
+    w.engine.scorer().run_pending_tasks();
+    let (minted, budget) = w.engine.scorer().minted_revocations();
+    assert_eq!(budget, 1_024);
+    assert!(minted <= budget, "{minted}");
+    assert!(w.engine.scorer().is_revoked(&key));
 }

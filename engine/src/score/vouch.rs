@@ -99,7 +99,7 @@ impl Scorer {
         place: Option<Place>,
         now_secs: u64,
     ) -> Issued {
-        if self.revoked.contains_key(&key) {
+        if self.is_revoked(&key) {
             return Issued::Revoked;
         }
         let now = secs32(now_secs);
@@ -114,7 +114,7 @@ impl Scorer {
                 SessionState {
                     user,
                     generation,
-                    flags: SessionState::BASELINED,
+                    flags: SessionState::BASELINED | SessionState::VOUCHED,
                     ..SessionState::new(device, *network, place, now)
                 }
             }
@@ -140,7 +140,7 @@ impl Scorer {
         place: Option<Place>,
         now_secs: u64,
     ) -> Option<Option<UserKey>> {
-        if self.revoked.contains_key(&key) {
+        if self.is_revoked(&key) {
             return None;
         }
         let now = secs32(now_secs);
@@ -186,7 +186,7 @@ impl Scorer {
                 device,
                 network,
             } => {
-                if self.revoked.contains_key(&session) {
+                if self.is_revoked(&session) {
                     return Err(FeedbackError::Revoked);
                 }
                 if self.sessions.peek(&session).is_none() {
@@ -269,7 +269,8 @@ fn adopt(
     next.network = *network;
     next.place = place.or(next.place);
     next.last_seen = now;
-    next.flags |= SessionState::BASELINED;
+    // Its user proved themselves on it (or an operator vouched).
+    next.flags |= SessionState::BASELINED | SessionState::VOUCHED;
     if next.user.is_some() {
         next.flags |= SessionState::LOGIN_SCORED;
     }
