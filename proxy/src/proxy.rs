@@ -43,6 +43,8 @@ pub struct VigilProxy {
     /// Whether a TLS request for a host its connection's certificate does
     /// not cover is refused (421).
     misdirected: Misdirected,
+    /// Whether this cleartext listener refuses sessions baselined over TLS.
+    tls_required: bool,
     /// This listener's name, a fact of every request it takes.
     listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
@@ -100,6 +102,7 @@ impl VigilProxy {
             forwarded: ForwardedHeaders::default(),
             tls: false,
             misdirected: Misdirected::Refuse,
+            tls_required: false,
             listener: Arc::from(""),
             fingerprints,
             decisions,
@@ -121,6 +124,7 @@ impl VigilProxy {
         app.forwarded = listener.forwarded;
         app.tls = !listener.certificates.is_empty();
         app.misdirected = listener.misdirected;
+        app.tls_required = listener.tls_required_for_tls_sessions;
         app.listener = Arc::from(listener.name.as_str());
         app
     }
@@ -450,6 +454,27 @@ impl ProxyHttp for VigilProxy {
             }
             Ok(verdict) => {
                 self.count_chain(&verdict.client);
+                // A session born over TLS has no business on this cleartext
+                // listener: the erased evidence is a refusal here, and
+                // nothing of the request is applied or learnt.
+                if self.tls_required
+                    && route.mode == Mode::Enforce
+                    && verdict.risk.has(vigil_engine::Reason::TlsEvidenceLost)
+                {
+                    self.metrics
+                        .request_errors
+                        .with_label_values(&["tls_required", "refused"])
+                        .inc();
+                    let reference = respond::new_reference().to_string();
+                    respond::send(
+                        session,
+                        Refusal::Blocked {
+                            reference: &reference,
+                        },
+                    )
+                    .await?;
+                    return Ok(true);
+                }
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
                 ctx.verdict = Some(verdict);
                 Ok(refused)

@@ -153,3 +153,42 @@ async fn a_tls_session_replayed_on_a_cleartext_listener_loses_its_evidence_visib
         )
         .await;
 }
+
+#[tokio::test]
+async fn a_cleartext_listener_can_refuse_sessions_born_over_tls() {
+    let ca = Ca::new("Test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let origin = Origin::start();
+    let config = Config::new()
+        .http_listener("tls_required_for_tls_sessions = true")
+        .tls_listener("https", free_addr(), true, &[&leaf])
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let https = proxy.listener("https");
+    let owner = common::tls_client_builder()
+        .tls_certs_only([ca.root()])
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap();
+    let r = owner
+        .get(format!("https://localhost:{}/echo", https.port()))
+        .header("user-agent", CHROME)
+        .header("cookie", "session=tls-only")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cleartext = |cookie: &'static str| {
+        common::http_client()
+            .get(proxy.url("/echo"))
+            .header("user-agent", CHROME)
+            .header("cookie", cookie)
+            .send()
+    };
+    // The same session over cleartext: refused outright.
+    assert_eq!(cleartext("session=tls-only").await.unwrap().status(), 403);
+    // A session that never saw TLS is served over cleartext as before.
+    assert_eq!(cleartext("session=plain").await.unwrap().status(), 200);
+    assert_eq!(cleartext("session=plain").await.unwrap().status(), 200);
+}

@@ -158,6 +158,11 @@ pub struct Listener {
     /// What a TLS listener does with a request for a host the connection's
     /// certificate does not cover (`misdirected`, default `refuse`).
     pub misdirected: Misdirected,
+    /// On a cleartext listener, refuse a session whose baseline was taken
+    /// over TLS (`tls_required_for_tls_sessions`, default false): a thief
+    /// replaying on the cleartext port of the same Vigil erases the TLS
+    /// evidence; this makes the erasure a refusal, not only a reason.
+    pub tls_required_for_tls_sessions: bool,
 }
 
 /// A listener's connection limits (`max_connections`, `header_timeout_ms`,
@@ -1157,6 +1162,13 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 Misdirected::Refuse
             }
         };
+        let tls_required_for_tls_sessions = t.or(p, "tls_required_for_tls_sessions", false);
+        if tls_required_for_tls_sessions && !certificates.is_empty() {
+            p.push(
+                t.key("tls_required_for_tls_sessions"),
+                "only used on a cleartext listener (this one has certificates)",
+            );
+        }
         if t.has("misdirected") && certificates.is_empty() {
             p.push(
                 t.key("misdirected"),
@@ -1174,6 +1186,7 @@ fn read_listeners(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Vec<List
                 forwarded,
                 limits,
                 misdirected,
+                tls_required_for_tls_sessions,
             });
         }
     }

@@ -135,6 +135,12 @@ fn merge_listeners(running: &Config, next: &mut Config, restart: &mut Vec<String
         if hold("http2", new.http2 != old.http2) {
             new.http2 = old.http2;
         }
+        if hold(
+            "tls_required_for_tls_sessions",
+            new.tls_required_for_tls_sessions != old.tls_required_for_tls_sessions,
+        ) {
+            new.tls_required_for_tls_sessions = old.tls_required_for_tls_sessions;
+        }
         if hold("forwarded_headers", new.forwarded != old.forwarded) {
             new.forwarded = old.forwarded;
         }
