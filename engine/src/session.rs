@@ -186,6 +186,9 @@ pub struct SessionStage {
     /// clones.
     config: Arc<ArcSwap<SessionConfig>>,
     key: SessionHashKey,
+    /// The configured cookie names as [`normalised_name`] makes them, once:
+    /// they never change while the stage lives (a reload keeps them).
+    names: Arc<[Vec<u8>]>,
 }
 
 // === impl SessionHashKey ===
@@ -283,9 +286,15 @@ impl Credentials {
 impl SessionStage {
     /// Builds the stage from its config and the hashing key.
     pub fn new(config: SessionConfig, key: SessionHashKey) -> Self {
+        let names = config
+            .cookie_names
+            .iter()
+            .map(|n| normalised_name(n.as_bytes()))
+            .collect();
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             key,
+            names,
         }
     }
 
@@ -323,11 +332,6 @@ impl SessionStage {
     pub fn credentials(&self, headers: &HeaderMap) -> Credentials {
         let config = self.config.load();
         let limits = config.limits;
-        let names: SmallVec<[Vec<u8>; 2]> = config
-            .cookie_names
-            .iter()
-            .map(|n| normalised_name(n.as_bytes()))
-            .collect();
         let mut out = Credentials::default();
         let mut count = 0usize;
         let problem = |out: &mut Credentials, e: SessionError| {
@@ -348,8 +352,7 @@ impl SessionStage {
                         },
                     );
                 }
-                let wanted = normalised_name(name);
-                let Some(rank) = names.iter().position(|n| *n == wanted) else {
+                let Some(rank) = self.names.iter().position(|n| name_matches(name, n)) else {
                     continue;
                 };
                 let value = canonical_value(raw);
@@ -408,7 +411,10 @@ impl SessionStage {
 
     /// The position of `name` among the configured session cookies.
     pub fn rank_of(&self, name: &str) -> Option<usize> {
-        rank(&self.config.load(), name)
+        // Matched as `credentials` matches names.
+        self.names
+            .iter()
+            .position(|n| name_matches(name.as_bytes(), n))
     }
 
     fn hash(&self, kind: &[u8], name: &[u8], value: &[u8]) -> Result<SessionKey, SessionError> {
@@ -440,16 +446,6 @@ impl fmt::Debug for SessionStage {
             .field("config", &self.config.load())
             .finish_non_exhaustive()
     }
-}
-
-/// The position of the configured cookie `name` stands for, matched as
-/// [`SessionStage::credentials`] matches names.
-fn rank(config: &SessionConfig, name: &str) -> Option<usize> {
-    let wanted = normalised_name(name.as_bytes());
-    config
-        .cookie_names
-        .iter()
-        .position(|n| normalised_name(n.as_bytes()) == wanted)
 }
 
 /// The token of an `Authorization: Bearer <token>` value, if that is what it is.
@@ -515,6 +511,22 @@ fn normalised_name(name: &[u8]) -> Vec<u8> {
             other => other,
         })
         .collect()
+}
+
+/// Whether the cookie name `name` (as sent) is `normalised` (a configured
+/// name through [`normalised_name`]). Allocates only for a name with `%`.
+fn name_matches(name: &[u8], normalised: &[u8]) -> bool {
+    if name.contains(&b'%') {
+        return normalised_name(name) == normalised;
+    }
+    name.len() == normalised.len()
+        && name.iter().zip(normalised).all(|(b, n)| {
+            let b = match b.to_ascii_lowercase() {
+                b'.' | b' ' | b'[' => b'_',
+                other => other,
+            };
+            b == *n
+        })
 }
 
 /// One canonical form of a cookie value, so that every spelling an app
