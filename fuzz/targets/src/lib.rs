@@ -16,6 +16,7 @@
 //! crash).
 
 use std::net::IpAddr;
+#[cfg(feature = "proxy")]
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -33,6 +34,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target by its cargo-fuzz name, for the corpus replay.
 pub const TARGETS: &[(&str, Target)] = &[
+    #[cfg(feature = "proxy")]
     ("config", config),
     ("cookies", cookies),
     ("forwarded_headers", forwarded_headers),
@@ -73,11 +75,13 @@ fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
 /// `/dev/zero` never ends. Such inputs are skipped so that a run stays
 /// hermetic; `cidrs::read_file` trusting a file's reported length is a
 /// known limit for operators, not for the network.
+#[cfg(feature = "proxy")]
 const NOT_FILES: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 
 /// Arbitrary bytes (as lossy UTF-8) through the proxy's config parser and
 /// the CIDR-list parser of trusted proxy files: errors are fine, a panic is
 /// not, and every error renders.
+#[cfg(feature = "proxy")]
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if NOT_FILES.iter().any(|p| text.contains(p)) {
@@ -216,7 +220,8 @@ static PEER_ADDRS: LazyLock<Vec<IpAddr>> =
 
 /// Arbitrary bytes as `Forwarded` and `X-Forwarded-For` lines through the
 /// client IP stage, with three trusted sets, every strategy and small caps,
-/// then through the proxy's rendering of the verified path for the app.
+/// then (with the `proxy` feature) through the proxy's rendering of the
+/// verified path for the app.
 ///
 /// Input: byte 0 picks the honoured headers (bits 0-1), the strategy (bits
 /// 2-4) and the peer (bits 5-7); byte 1 the caps; the rest is split on `\n`
@@ -301,19 +306,22 @@ pub fn forwarded_headers(data: &[u8]) {
     }
 
     // What the proxy tells the app: the client first, the peer last.
-    let path = vigil_proxy::forwarding::verified_path(&got);
-    assert_eq!(
-        path.first(),
-        Some(&got.addr),
-        "path does not start at the client"
-    );
-    assert_eq!(
-        path.last(),
-        Some(&got.peer),
-        "path does not end at the peer"
-    );
-    let _ = vigil_proxy::forwarding::x_forwarded_for(&path);
-    let _ = vigil_proxy::forwarding::forwarded(&path, "https");
+    #[cfg(feature = "proxy")]
+    {
+        let path = vigil_proxy::forwarding::verified_path(&got);
+        assert_eq!(
+            path.first(),
+            Some(&got.addr),
+            "path does not start at the client"
+        );
+        assert_eq!(
+            path.last(),
+            Some(&got.peer),
+            "path does not end at the peer"
+        );
+        let _ = vigil_proxy::forwarding::x_forwarded_for(&path);
+        let _ = vigil_proxy::forwarding::forwarded(&path, "https");
+    }
 
     // The other honoured set on the same request, and how the two compare.
     let other = stage.resolve_with(&view, ForwardedHeaders::BOTH);
