@@ -122,6 +122,7 @@ static SESSION_STAGES: LazyLock<Vec<(bool, SessionStage)>> = LazyLock::new(|| {
                     cookie_names: names.iter().map(|n| (*n).to_owned()).collect(),
                     bearer,
                     limits,
+                    ambiguous: vigil_engine::Ambiguity::Worst,
                 };
                 let stage = SessionStage::new(config, SessionHashKey::from_bytes([3; 32]));
                 stages.push((bearer, stage));
@@ -137,9 +138,10 @@ static SESSION_STAGES: LazyLock<Vec<(bool, SessionStage)>> = LazyLock::new(|| {
 /// Input: byte 0 picks the stage (cookie names, bearer on or off, default
 /// or tiny caps); the rest is split on `\n` into header values, each line's
 /// first byte choosing the header (even: `Cookie`, odd: `Authorization`).
-/// Checks that the answer is the same twice, that a cookie session names a
-/// configured cookie, that a bearer session comes only with bearer on and
-/// an `Authorization` header, and that an error is one of the caps.
+/// Checks that the answer is the same twice, that every cookie session
+/// names a configured cookie, that a bearer session comes only with bearer
+/// on and an `Authorization` header, that the credentials stay within their
+/// bound, and that a problem is one of the caps.
 pub fn cookies(data: &[u8]) {
     let Some((&select, rest)) = data.split_first() else {
         return;
@@ -163,13 +165,18 @@ pub fn cookies(data: &[u8]) {
         };
         headers.append(name, v);
     }
-    let got = stage.identify(&headers);
-    assert_eq!(got, stage.identify(&headers), "identify is not a function");
-    match got {
-        Ok(Some(session)) => match session.source {
+    let got = stage.credentials(&headers);
+    assert_eq!(
+        got,
+        stage.credentials(&headers),
+        "credentials is not a function"
+    );
+    assert!(got.sessions().len() <= vigil_engine::MAX_CREDENTIALS);
+    for session in got.sessions() {
+        match session.source {
             CredentialSource::Cookie(rank) => {
                 assert!(
-                    stage.cookie_key(rank, b"").is_some(),
+                    stage.cookie_key(rank, b"x").is_some(),
                     "cookie rank {rank} is not configured: {stage:?}"
                 );
             }
@@ -177,15 +184,17 @@ pub fn cookies(data: &[u8]) {
                 assert!(*bearer, "a bearer session while bearer is off");
                 assert!(headers.contains_key(http::header::AUTHORIZATION));
             }
-        },
-        Ok(None) => {}
-        Err(e) => {
-            let _ = e.code();
-            match e {
-                SessionError::TooManyCookies { count, limit } => assert!(count > limit),
-                SessionError::CredentialTooLong { len, limit } => assert!(len > limit),
-                SessionError::CookieNotUtf8 => {}
+        }
+    }
+    if let Some(e) = got.problem() {
+        let _ = e.code();
+        match e {
+            SessionError::TooManyCookies { count, limit } => assert!(count > limit),
+            SessionError::CredentialTooLong { len, limit } => assert!(len > limit),
+            SessionError::TooManyCredentials { limit } => {
+                assert_eq!(*limit, vigil_engine::MAX_CREDENTIALS);
             }
+            SessionError::SeveralAuthorizations | SessionError::Ambiguous { .. } => {}
         }
     }
 }
