@@ -59,10 +59,24 @@ pub fn read_file(path: &Path) -> Result<Vec<IpNet>, CidrFileError> {
             len: meta.len(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| CidrFileError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    // The reported length is 0 for a device or a FIFO (`/dev/zero`): read
+    // through a cap as well, or such a path would be read without end.
+    let mut text = String::new();
+    {
+        use std::io::Read;
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(|source| CidrFileError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+    }
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(CidrFileError::TooLarge {
+            path: shown,
+            len: text.len() as u64,
+        });
+    }
     parse(&text).map_err(|lines| CidrFileError::BadLines { path: shown, lines })
 }
 
@@ -128,5 +142,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("none.txt: cannot read"), "{missing}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_without_a_length_is_read_through_the_cap() {
+        // /dev/zero reports length 0 and never ends: refused, not read forever.
+        let err = read_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, CidrFileError::TooLarge { .. }), "{err}");
     }
 }
