@@ -22,6 +22,28 @@ fn flood_size() -> usize {
         .unwrap_or(3_000)
 }
 
+/// A client that trusts `ca`, as the session's owner uses it.
+fn tls_client(ca: &Ca) -> reqwest::Client {
+    common::tls_client_builder()
+        .tls_certs_only([ca.root()])
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// The status of one Chrome request with `cookie` over TLS to `https`.
+async fn over_tls(ca: &Ca, https: std::net::SocketAddr, cookie: &str) -> u16 {
+    tls_client(ca)
+        .get(format!("https://localhost:{}/echo", https.port()))
+        .header("user-agent", CHROME)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// A real ClientHello for `localhost`, as rustls sends it.
 fn client_hello() -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -54,11 +76,7 @@ async fn a_flood_of_handshakes_changes_no_other_sessions_decision() {
     let https = proxy.listener("https");
     let target = format!("https://localhost:{}/echo", https.port());
     // The owner keeps one HTTP/2 connection open across the flood.
-    let owner = common::tls_client_builder()
-        .tls_certs_only([ca.root()])
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap();
+    let owner = tls_client(&ca);
     let get = || {
         owner
             .get(&target)
@@ -122,19 +140,7 @@ async fn a_tls_session_replayed_on_a_cleartext_listener_loses_its_evidence_visib
         .route(Route::new("app", "/", "app").medium("step_up"));
     let proxy = Proxy::start(&config.render()).await;
     let https = proxy.listener("https");
-    let owner = common::tls_client_builder()
-        .tls_certs_only([ca.root()])
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap();
-    let r = owner
-        .get(format!("https://localhost:{}/echo", https.port()))
-        .header("user-agent", CHROME)
-        .header("cookie", "session=tls-born")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(over_tls(&ca, https, "session=tls-born").await, 200);
     // The same cookie and headers over cleartext: no TLS evidence at all,
     // which must not pass as "nothing changed".
     let r = common::http_client()
@@ -166,19 +172,7 @@ async fn a_cleartext_listener_can_refuse_sessions_born_over_tls() {
         .route(Route::new("app", "/", "app"));
     let proxy = Proxy::start(&config.render()).await;
     let https = proxy.listener("https");
-    let owner = common::tls_client_builder()
-        .tls_certs_only([ca.root()])
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap();
-    let r = owner
-        .get(format!("https://localhost:{}/echo", https.port()))
-        .header("user-agent", CHROME)
-        .header("cookie", "session=tls-only")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(over_tls(&ca, https, "session=tls-only").await, 200);
     let cleartext = |cookie: &'static str| {
         common::http_client()
             .get(proxy.url("/echo"))
