@@ -87,17 +87,16 @@ fn kinds(events: &[Arc<Event>]) -> Vec<&'static str> {
 const USER: &str = "vigil-user";
 const CONFIRM: &str = "vigil-confirm";
 
-fn response<'a>(
-    headers: &'a HeaderMap,
-    user: &'a HeaderName,
-    confirm: &'a HeaderName,
-    confirms: bool,
-) -> ResponseView<'a> {
+/// The headers the app names its user and confirms a step-up in.
+static USER_H: HeaderName = HeaderName::from_static(USER);
+static CONFIRM_H: HeaderName = HeaderName::from_static(CONFIRM);
+
+fn response(headers: &HeaderMap, confirms: bool) -> ResponseView<'_> {
     ResponseView {
         headers,
         now_secs: T,
-        user_header: Some(user),
-        confirm_header: Some(confirm),
+        user_header: Some(&USER_H),
+        confirm_header: Some(&CONFIRM_H),
         app_confirms: confirms,
     }
 }
@@ -203,10 +202,6 @@ fn off_applies_nothing() {
 fn a_session_is_baselined_at_issuance_so_the_thief_who_comes_first_is_judged() {
     let (e, streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     // The victim signs in: an anonymous request, the app sets the cookie.
     let login = decide(&e, &p, None, FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &login);
@@ -217,11 +212,7 @@ fn a_session_is_baselined_at_issuance_so_the_thief_who_comes_first_is_judged() {
     );
     resp.append("set-cookie", "theme=dark".parse().unwrap());
     resp.insert(USER, "vera@example.com".parse().unwrap());
-    let done = e.respond(
-        &login,
-        &response(&resp, &user_h, &confirm_h, false),
-        Enforcement::Enforce,
-    );
+    let done = e.respond(&login, &response(&resp, false), Enforcement::Enforce);
     assert_eq!(done.issued, 1);
     assert!(!done.bound);
     let told = drain(&streams);
@@ -245,10 +236,6 @@ fn a_session_is_baselined_at_issuance_so_the_thief_who_comes_first_is_judged() {
 fn a_known_session_set_again_keeps_its_baseline() {
     let (e, _streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let owner = decide(&e, &p, Some("session=k"), FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &owner);
     let key = owner.session.unwrap().key;
@@ -269,11 +256,7 @@ fn a_known_session_set_again_keeps_its_baseline() {
     );
     let mut resp = HeaderMap::new();
     resp.append("set-cookie", "session=k; Max-Age=3600".parse().unwrap());
-    let done = e.respond(
-        &thief,
-        &response(&resp, &user_h, &confirm_h, false),
-        Enforcement::Monitor,
-    );
+    let done = e.respond(&thief, &response(&resp, false), Enforcement::Monitor);
     assert_eq!(done.issued, 0);
     assert_eq!(state(&e, &key), before);
 }
@@ -281,10 +264,6 @@ fn a_known_session_set_again_keeps_its_baseline() {
 #[test]
 fn deleted_and_foreign_cookies_open_no_session() {
     let (e, _streams) = engine();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let mut resp = HeaderMap::new();
     for c in [
         &b"session=; Path=/"[..],
@@ -296,7 +275,7 @@ fn deleted_and_foreign_cookies_open_no_session() {
     ] {
         resp.append("set-cookie", http::HeaderValue::from_bytes(c).unwrap());
     }
-    let fx = e.response_effects(&response(&resp, &user_h, &confirm_h, false));
+    let fx = e.response_effects(&response(&resp, false));
     assert!(fx.issued.is_empty(), "{fx:?}");
 }
 
@@ -304,20 +283,12 @@ fn deleted_and_foreign_cookies_open_no_session() {
 fn the_user_header_binds_the_requests_session_and_must_be_one_usable_name() {
     let (e, streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let v = decide(&e, &p, Some("session=b"), FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &v);
     drain(&streams);
     let mut resp = HeaderMap::new();
     resp.insert(USER, " bo ".parse().unwrap());
-    let done = e.respond(
-        &v,
-        &response(&resp, &user_h, &confirm_h, false),
-        Enforcement::Enforce,
-    );
+    let done = e.respond(&v, &response(&resp, false), Enforcement::Enforce);
     assert!(done.bound);
     assert_eq!(
         e.scorer().session(&v.session.unwrap().key).unwrap().user(),
@@ -330,7 +301,7 @@ fn the_user_header_binds_the_requests_session_and_must_be_one_usable_name() {
         for v in values {
             resp.append(USER, v.parse().unwrap());
         }
-        let fx = e.response_effects(&response(&resp, &user_h, &confirm_h, false));
+        let fx = e.response_effects(&response(&resp, false));
         assert_eq!(fx.user, None, "{values:?}");
         assert!(fx.bad_user, "{values:?}");
     }
@@ -343,10 +314,6 @@ fn a_confirmation_counts_only_as_one_and_only_from_an_app_trusted_to_confirm() {
         medium: Action::StepUp,
         ..Policy::default()
     };
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let home = decide(&e, &p, Some("session=c"), FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &home);
     let key = home.session.unwrap().key;
@@ -365,28 +332,17 @@ fn a_confirmation_counts_only_as_one_and_only_from_an_app_trusted_to_confirm() {
     for (value, trusted) in [("0", true), ("yes", true), ("1 ", true), ("1", false)] {
         let mut resp = HeaderMap::new();
         resp.insert(CONFIRM, value.parse().unwrap());
-        let done = e.respond(
-            &away,
-            &response(&resp, &user_h, &confirm_h, trusted),
-            Enforcement::Off,
-        );
+        let done = e.respond(&away, &response(&resp, trusted), Enforcement::Off);
         assert!(!done.confirmed, "{value:?} trusted={trusted}");
         assert_eq!(state(&e, &key), baseline);
     }
     let mut twice = HeaderMap::new();
     twice.append(CONFIRM, "1".parse().unwrap());
     twice.append(CONFIRM, "1".parse().unwrap());
-    assert!(
-        !e.response_effects(&response(&twice, &user_h, &confirm_h, true))
-            .confirm
-    );
+    assert!(!e.response_effects(&response(&twice, true)).confirm);
     let mut resp = HeaderMap::new();
     resp.insert(CONFIRM, "1".parse().unwrap());
-    let done = e.respond(
-        &away,
-        &response(&resp, &user_h, &confirm_h, true),
-        Enforcement::Off,
-    );
+    let done = e.respond(&away, &response(&resp, true), Enforcement::Off);
     assert!(done.confirmed);
     assert_eq!(kinds(&drain(&streams)), ["confirmed"]);
     let after = decide(
@@ -405,10 +361,6 @@ fn a_confirmation_counts_only_as_one_and_only_from_an_app_trusted_to_confirm() {
 fn a_would_be_refusal_on_a_monitoring_route_binds_and_confirms_nothing() {
     let (e, _streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     run(
         &e,
         Enforcement::Enforce,
@@ -422,11 +374,7 @@ fn a_would_be_refusal_on_a_monitoring_route_binds_and_confirms_nothing() {
     resp.insert(USER, "mallory".parse().unwrap());
     resp.insert(CONFIRM, "1".parse().unwrap());
     resp.append("set-cookie", "session=w2".parse().unwrap());
-    let done = e.respond(
-        &thief,
-        &response(&resp, &user_h, &confirm_h, true),
-        Enforcement::Monitor,
-    );
+    let done = e.respond(&thief, &response(&resp, true), Enforcement::Monitor);
     assert_eq!(done, Responded::default());
     assert_eq!(state(&e, &key), before);
     assert_eq!(
@@ -496,20 +444,12 @@ fn operator_calls_are_told() {
 fn evaluations_are_counted_once_per_decision() {
     let (e, _streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let v = decide(&e, &p, Some("session=n"), FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &v);
     let mut resp = HeaderMap::new();
     resp.insert(USER, "nora".parse().unwrap());
     resp.insert(CONFIRM, "1".parse().unwrap());
-    e.respond(
-        &v,
-        &response(&resp, &user_h, &confirm_h, true),
-        Enforcement::Enforce,
-    );
+    e.respond(&v, &response(&resp, true), Enforcement::Enforce);
     e.confirm(&v);
     assert_eq!(e.evaluations(), 1);
 }
@@ -518,21 +458,13 @@ fn evaluations_are_counted_once_per_decision() {
 fn a_known_session_set_again_with_a_user_is_bound_and_told() {
     let (e, streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let v = decide(&e, &p, Some("session=kb"), FIREFOX, "192.0.2.1", T);
     run(&e, Enforcement::Enforce, &v);
     drain(&streams);
     let mut resp = HeaderMap::new();
     resp.append("set-cookie", "session=kb; Max-Age=3600".parse().unwrap());
     resp.insert(USER, "kim".parse().unwrap());
-    let done = e.respond(
-        &v,
-        &response(&resp, &user_h, &confirm_h, false),
-        Enforcement::Enforce,
-    );
+    let done = e.respond(&v, &response(&resp, false), Enforcement::Enforce);
     assert_eq!(done.issued, 0);
     let key = v.session.unwrap().key;
     assert_eq!(
@@ -554,10 +486,6 @@ fn a_known_session_set_again_with_a_user_is_bound_and_told() {
 #[test]
 fn max_age_wins_over_a_past_expires() {
     let (e, _streams) = engine();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let mut resp = HeaderMap::new();
     resp.append(
         "set-cookie",
@@ -565,7 +493,7 @@ fn max_age_wins_over_a_past_expires() {
             .parse()
             .unwrap(),
     );
-    let fx = e.response_effects(&response(&resp, &user_h, &confirm_h, false));
+    let fx = e.response_effects(&response(&resp, false));
     assert_eq!(
         fx.issued.as_slice(),
         [e.key_for_credential(b"live").unwrap()]
@@ -576,21 +504,13 @@ fn max_age_wins_over_a_past_expires() {
 fn an_app_naming_the_user_on_every_response_binds_once() {
     let (e, streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     let mut resp = HeaderMap::new();
     resp.insert(USER, "ria".parse().unwrap());
     resp.append("set-cookie", "session=ri; Max-Age=600".parse().unwrap());
     for i in 0..5 {
         let v = decide(&e, &p, Some("session=ri"), FIREFOX, "192.0.2.1", T + i);
         run(&e, Enforcement::Enforce, &v);
-        e.respond(
-            &v,
-            &response(&resp, &user_h, &confirm_h, false),
-            Enforcement::Enforce,
-        );
+        e.respond(&v, &response(&resp, false), Enforcement::Enforce);
     }
     let told = drain(&streams);
     assert_eq!(kinds(&told), ["session_seen", "session_bound"]);
@@ -715,10 +635,6 @@ fn a_revoked_decoy_shields_no_stolen_credential_beside_it() {
 fn with_two_credentials_nothing_is_bound_or_confirmed() {
     let (e, _streams) = engine();
     let p = Policy::default();
-    let (user_h, confirm_h) = (
-        HeaderName::from_static(USER),
-        HeaderName::from_static(CONFIRM),
-    );
     run(
         &e,
         Enforcement::Enforce,
@@ -741,16 +657,8 @@ fn with_two_credentials_nothing_is_bound_or_confirmed() {
     let mut resp = HeaderMap::new();
     resp.insert(USER, "mallory".parse().unwrap());
     resp.insert(CONFIRM, "1".parse().unwrap());
-    let done = e.respond(
-        &both,
-        &response(&resp, &user_h, &confirm_h, true),
-        Enforcement::Off,
-    );
+    let done = e.respond(&both, &response(&resp, true), Enforcement::Off);
     assert!(!done.confirmed);
-    let done = e.respond(
-        &both,
-        &response(&resp, &user_h, &confirm_h, true),
-        Enforcement::Enforce,
-    );
+    let done = e.respond(&both, &response(&resp, true), Enforcement::Enforce);
     assert!(!done.bound && !done.confirmed);
 }
