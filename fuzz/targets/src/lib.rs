@@ -39,6 +39,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cookies", cookies),
     ("forwarded_headers", forwarded_headers),
     ("ja4", ja4),
+    #[cfg(feature = "proxy")]
+    ("paths", paths),
     ("request_headers", request_headers),
     ("response_headers", response_headers),
     ("session_record", session_record),
@@ -94,6 +96,125 @@ pub fn config(data: &[u8]) {
         let _ = e.to_string();
     }
     let _ = vigil_proxy::cidrs::parse(&text);
+}
+
+// === paths ===
+
+/// Routes of the kind an attacker would pick between: an enforcing app,
+/// `off` static files and health checks, a host of its own, a wildcard.
+#[cfg(feature = "proxy")]
+static ROUTES: LazyLock<Vec<vigil_proxy::config::Route>> = LazyLock::new(|| {
+    let text = r#"
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+
+[[routes]]
+name = "static"
+upstream = "app"
+path_prefix = "/static"
+mode = "off"
+
+[[routes]]
+name = "health"
+upstream = "app"
+path_prefix = "/healthz"
+mode = "off"
+
+[[routes]]
+name = "admin"
+upstream = "app"
+path_prefix = "/admin"
+hosts = ["admin.test"]
+
+[[routes]]
+name = "api"
+upstream = "app"
+path_prefix = "/api/v1"
+hosts = ["*.test"]
+mode = "monitor"
+"#;
+    let path = Path::new("/nonexistent/vigil-fuzz/paths.toml");
+    // Checked in `paths` (no routes, no route selection to fuzz).
+    vigil_proxy::config::Config::parse(text, path)
+        .map(|c| c.routes)
+        .unwrap_or_default()
+});
+
+/// Hosts the routes above tell apart.
+#[cfg(feature = "proxy")]
+const HOSTS: [&str; 4] = ["app.test", "admin.test", "ADMIN.test", "other.example"];
+
+/// Arbitrary request paths (as lossy UTF-8) through the path normaliser
+/// and route selection.
+///
+/// Input: byte 0 picks the host; the rest is the path as sent.
+///
+/// Checks: the normalised path is never longer than the path as sent,
+/// normalising it again changes nothing, and once it starts with `/` it
+/// holds no `.`, `..` or empty segment, no `\` and no `;`; a route chosen
+/// by [`vigil_proxy::routes::select`] is the route of the path as sent and
+/// of the normalised path alike, and the path it reports is the
+/// normalised one.
+#[cfg(feature = "proxy")]
+pub fn paths(data: &[u8]) {
+    use vigil_proxy::path::normalise;
+    use vigil_proxy::routes::{route_index, select};
+
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    assert_eq!(ROUTES.len(), 5, "the paths target's routes no longer parse");
+    let host = HOSTS[usize::from(pick) % HOSTS.len()];
+    let raw = String::from_utf8_lossy(rest);
+    let raw = raw.as_ref();
+    let Ok(normal) = normalise(raw) else {
+        assert!(
+            select(&ROUTES, host, raw).is_err(),
+            "a path without one meaning selected a route: {raw:?}"
+        );
+        return;
+    };
+    let sent = raw.split(['?', '#']).next().unwrap_or_default();
+    assert!(normal.len() <= sent.len(), "{raw:?} grew to {normal:?}");
+    assert_eq!(
+        normalise(&normal).as_deref(),
+        Ok(normal.as_ref()),
+        "normalising {raw:?} twice changed it"
+    );
+    if let Some(tail) = normal.strip_prefix('/') {
+        assert!(
+            !normal.contains(['\\', ';']),
+            "{raw:?} normalised to {normal:?}"
+        );
+        let segments: Vec<&str> = tail.split('/').collect();
+        for (i, seg) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            assert!(
+                *seg != "." && *seg != ".." && (last || !seg.is_empty()),
+                "{raw:?} normalised to {normal:?}, segment {seg:?} left"
+            );
+        }
+    }
+    if let Ok(selected) = select(&ROUTES, host, raw) {
+        assert_eq!(selected.path, normal, "select matched on another path");
+        assert_eq!(selected.index, route_index(&ROUTES, host, &normal));
+        if matches!(normal, std::borrow::Cow::Owned(_)) {
+            assert_eq!(
+                selected.index,
+                route_index(&ROUTES, host, raw),
+                "{raw:?} and {normal:?} take different routes, yet one was selected"
+            );
+        }
+    }
 }
 
 // === cookies ===

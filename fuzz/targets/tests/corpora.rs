@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use vigil_fuzz_targets::TARGETS;
 
+/// Targets that need the proxy crate (feature `proxy`, on by default; off in
+/// `fuzz/run-all.sh --no-proxy`).
+const PROXY_ONLY: [&str; 2] = ["config", "paths"];
+
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -73,6 +77,12 @@ fn ja4() {
     replay("ja4");
 }
 
+#[cfg(feature = "proxy")]
+#[test]
+fn paths() {
+    replay("paths");
+}
+
 #[test]
 fn request_headers() {
     replay("request_headers");
@@ -98,7 +108,7 @@ fn every_target_is_wired() {
         .filter_map(|l| l.strip_prefix("name = \""))
         .filter_map(|l| l.strip_suffix('"'))
         .filter(|n| *n != "vigil-fuzz")
-        .filter(|n| cfg!(feature = "proxy") || *n != "config")
+        .filter(|n| cfg!(feature = "proxy") || !PROXY_ONLY.contains(n))
         .collect();
     let mut names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
     let mut bins_sorted = bins.clone();
