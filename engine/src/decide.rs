@@ -1,12 +1,21 @@
-//! Decide: map a risk to an action with the route's policy.
+//! Decide: map a risk to an action with the route's policy, or let rules
+//! decide over the request's [`Facts`].
 //!
-//! Rules written in CEL will sit in front of this table and win when they
-//! match; the table stays as the default.
+//! Rules (crate `vigil-rules`, CEL conditions) sit in front of the policy
+//! table through the [`Rules`] trait and win when they match; the table is
+//! the default they are given. A revoked session is refused whatever either
+//! says.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::score::{Risk, RiskLevel};
+use smallvec::SmallVec;
+
+use crate::client_ip::ClientIp;
+use crate::device::Device;
+use crate::network::{NetworkChange, NetworkFacts};
+use crate::request::RequestView;
+use crate::score::{Risk, RiskLevel, Risks, UserKey};
 
 /// What the proxy does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +52,80 @@ pub struct Thresholds {
     pub medium_at: u8,
     /// Score at which risk becomes high; at least `medium_at`.
     pub high_at: u8,
+}
+
+/// Everything rules may read of one judged credential of one request:
+/// what the stages derived, borrowed from the decision under way.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The request: headers, time, and what it asks for
+    /// ([`RequestView::facts`]).
+    pub request: &'a RequestView<'a>,
+    /// The session judged; `None` for a request without a live session
+    /// (anonymous, or revoked).
+    pub session: Option<SessionFacts>,
+    /// How many session credentials the request carried.
+    pub credentials: usize,
+    /// The client and the chain it was found in.
+    pub client: &'a ClientIp,
+    /// The client's network: ASN and country from the geo stage.
+    pub network: &'a NetworkFacts,
+    /// How the network moved since the session's baseline.
+    pub network_change: Option<NetworkChange>,
+    /// The device observed.
+    pub device: &'a Device,
+    /// The request's overall risk.
+    pub risk: &'a Risk,
+    /// The overall level as the route reads it (its own thresholds).
+    pub level: RiskLevel,
+    /// Login, session and entity risk apart.
+    pub risks: &'a Risks,
+    /// The user the session is bound to, when known.
+    pub user: Option<UserKey>,
+    /// The policy table's action for this risk: what happens when no rule
+    /// matches.
+    pub default: Action,
+}
+
+/// What rules may read of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// No baseline yet: this is the session's first judged request.
+    pub new: bool,
+    /// First request, seconds since the Unix epoch.
+    pub first_seen: u64,
+    /// The last request before this one, seconds since the Unix epoch;
+    /// `None` for a new session.
+    pub last_seen: Option<u64>,
+}
+
+/// Rules in front of the policy table: given a credential's facts, the
+/// action and why. Implemented by `vigil-rules`; [`NoRules`] is the table
+/// alone. Called once per judged credential; must not block, allocate
+/// only where it must, and never panic.
+pub trait Rules: fmt::Debug + Send + Sync {
+    /// The ruling for `facts` (whose `default` is the table's action).
+    fn rule(&self, facts: &Facts<'_>) -> Ruling;
+}
+
+/// No rules: the policy table decides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRules;
+
+/// Which rule decided, and what the others would have done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruling {
+    /// The action.
+    pub action: Action,
+    /// The index (in its rule set) of the enforcing rule that chose the
+    /// action; `None` when the policy table did.
+    pub rule: Option<u16>,
+    /// Tags added by matching `tag` rules, one bit per tag index of the
+    /// rule set (at most 64 tags).
+    pub tags: u64,
+    /// The shadow rules that matched, by index: what they would have done
+    /// is theirs to tell; they change nothing.
+    pub shadow: SmallVec<[u16; 2]>,
 }
 
 /// An action name that is not one of `allow`, `step_up`, `block`, `revoke`.
@@ -87,6 +170,26 @@ impl Policy {
             Some(t) if risk.score >= t.medium_at => RiskLevel::Medium,
             Some(_) => RiskLevel::Low,
         }
+    }
+}
+
+// === impl Ruling, NoRules ===
+
+impl Ruling {
+    /// The policy table's ruling: `action`, no rule, no tags.
+    pub fn table(action: Action) -> Self {
+        Self {
+            action,
+            rule: None,
+            tags: 0,
+            shadow: SmallVec::new(),
+        }
+    }
+}
+
+impl Rules for NoRules {
+    fn rule(&self, facts: &Facts<'_>) -> Ruling {
+        Ruling::table(facts.default)
     }
 }
 

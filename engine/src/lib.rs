@@ -38,7 +38,9 @@ pub use client_ip::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HOPS, ForwardedHeaders, Hop, MAX_PROVIDER_NAME_BYTES,
     MAX_TRUSTED_SETS, Node, Provider, TrustedProxies, TrustedSetError,
 };
-pub use decide::{Action, ParseActionError, Policy, Thresholds};
+pub use decide::{
+    Action, Facts, NoRules, ParseActionError, Policy, Rules, Ruling, SessionFacts, Thresholds,
+};
 pub use device::{
     Browser, Device, DeviceClass, DeviceId, DeviceMatch, DeviceStage, DeviceSummary, HeaderShape,
     LanguageTag, Platform, TraitMatch,

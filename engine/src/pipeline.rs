@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use vigil_geoip::GeoIp;
 
 use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
-use crate::decide::{Action, Policy};
+use crate::decide::{Action, Facts, NoRules, Policy, Rules, Ruling};
 use crate::device::{Device, DeviceStage};
 use crate::events::{Detection, Event, EventSink, FeedbackKind, Reference, RevocationCause};
 use crate::fingerprint::UpstreamFingerprints;
@@ -81,6 +81,9 @@ pub struct Verdict {
     pub user: Option<UserKey>,
     /// What to do.
     pub action: Action,
+    /// Which rule chose `action` (none: the policy table), the tags rules
+    /// added and the shadow rules that matched.
+    pub ruling: Ruling,
     /// The client's network facts (ASN and country from the geo stage).
     pub network: NetworkFacts,
     /// What carrying out `action` would change; applied by
@@ -305,6 +308,20 @@ impl Engine {
         policy: &Policy,
         forwarded: ForwardedHeaders,
     ) -> Result<Verdict, RequestError> {
+        self.decide_with_rules(request, policy, &NoRules, forwarded)
+    }
+
+    /// [`Engine::decide`] with `rules` in front of the policy table: each
+    /// credential's action is the rules' ruling over its [`Facts`], the
+    /// table's action the default. A revoked session is refused (`block`)
+    /// whatever the rules say.
+    pub fn decide_with_rules(
+        &self,
+        request: &RequestView<'_>,
+        policy: &Policy,
+        rules: &dyn Rules,
+        forwarded: ForwardedHeaders,
+    ) -> Result<Verdict, RequestError> {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         let credentials = self.session.credentials(request.headers);
         let client_ip = self.client_ip.load();
@@ -324,8 +341,27 @@ impl Engine {
                 request.now_secs,
             );
             let risk = scored.risks.overall(&config);
-            let action = policy.decide(&risk);
-            (session, scored, risk, action)
+            let default = policy.decide(&risk);
+            let ruling = if risk.reasons.iter().any(|c| c.reason.is_final()) {
+                Ruling::table(default)
+            } else {
+                rules.rule(&Facts {
+                    request,
+                    session: scored.observation.session_facts(),
+                    credentials: credentials.sessions().len(),
+                    client: &client,
+                    network: &network,
+                    network_change: scored.change,
+                    device: &device,
+                    risk: &risk,
+                    level: policy.level(&risk),
+                    risks: &scored.risks,
+                    user: scored.user,
+                    default,
+                })
+            };
+            let action = ruling.action;
+            (session, scored, risk, action, ruling)
         };
         let sessions = credentials.sessions();
         let commit_of = |risk: &Risk, action: Action| {
@@ -347,7 +383,7 @@ impl Engine {
         let all_allowed = judged.iter().all(|j| j.3 == Action::Allow);
         let mut commits: SmallVec<[(Observation, Commit); 1]> = SmallVec::new();
         let mut revoke: SmallVec<[SessionKey; 1]> = SmallVec::new();
-        for (session, scored, risk, action) in &judged {
+        for (session, scored, risk, action, _) in &judged {
             if all_allowed || *action != Action::Allow {
                 commits.push((scored.observation, commit_of(risk, *action)));
             }
@@ -359,7 +395,7 @@ impl Engine {
             .max_by_key(|&i| (severity(judged[i].3), judged[i].2.score))
             .unwrap_or(0);
         let count = judged.len();
-        let (session, scored, risk, action) = judged.swap_remove(worst);
+        let (session, scored, risk, action, ruling) = judged.swap_remove(worst);
         // What could not be read never turns a session into an unjudged one:
         // a refusal of a readable credential holds; otherwise the route's
         // fail mode decides.
@@ -377,6 +413,7 @@ impl Engine {
             risks: scored.risks,
             user: scored.user,
             action,
+            ruling,
             network,
             effects: Effects { commits, revoke },
             credentials: if sessions.is_empty() { 0 } else { count },
@@ -422,6 +459,7 @@ impl Engine {
         let risk = Risk::none();
         let action = policy.decide(&risk);
         Verdict {
+            ruling: Ruling::table(action),
             session: None,
             client,
             network_change: None,

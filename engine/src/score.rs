@@ -50,6 +50,7 @@ use moka::sync::Cache;
 use vigil_geoip::Location;
 use vigil_geoip::travel::{Travel, TravelConfig, classify as travel};
 
+use crate::decide::SessionFacts;
 use crate::device::{Device, TraitMatch};
 use crate::fingerprint::{TlsMatch, TlsSource};
 use crate::network::{NetworkChange, NetworkMark};
@@ -759,6 +760,18 @@ impl Observation {
     pub(crate) fn session(&self) -> Option<(SessionKey, Option<UserKey>)> {
         match self {
             Observation::Session { key, next, .. } => Some((*key, next.user)),
+            _ => None,
+        }
+    }
+
+    /// What rules may read of the session: `None` without a live session.
+    pub(crate) fn session_facts(&self) -> Option<SessionFacts> {
+        match self {
+            Observation::Session { prior, next, .. } => Some(SessionFacts {
+                new: !prior.is_some_and(|p| p.has(SessionState::BASELINED)),
+                first_seen: u64::from(next.first_seen),
+                last_seen: prior.map(|p| u64::from(p.touched)),
+            }),
             _ => None,
         }
     }

@@ -1,0 +1,101 @@
+//! Evaluation of compiled conditions over a [`FactSource`]. Total: every
+//! condition is true or false; nothing here allocates but a header sent
+//! on several lines (joined, as HTTP reads it).
+
+use std::cell::OnceCell;
+
+use crate::compile::{Bool, Cmp, Int, Str};
+use crate::facts::{self, Fact, FactSource, Text};
+
+/// The facts of one evaluation, with what is worth computing once: the
+/// reason mask and the local time.
+pub(crate) struct Env<'s, S> {
+    source: &'s S,
+    reasons: OnceCell<u32>,
+    hour: OnceCell<i64>,
+    weekday: OnceCell<i64>,
+}
+
+impl<'s, S: FactSource> Env<'s, S> {
+    pub(crate) fn new(source: &'s S) -> Self {
+        Self {
+            source,
+            reasons: OnceCell::new(),
+            hour: OnceCell::new(),
+            weekday: OnceCell::new(),
+        }
+    }
+
+    fn reasons(&self) -> u32 {
+        *self.reasons.get_or_init(|| self.source.reasons())
+    }
+
+    pub(crate) fn truth(&self, b: &Bool) -> bool {
+        match b {
+            Bool::Const(v) => *v,
+            Bool::Fact(f) => self.source.boolean(*f),
+            Bool::Not(a) => !self.truth(a),
+            Bool::And(a, b) => self.truth(a) && self.truth(b),
+            Bool::Or(a, b) => self.truth(a) || self.truth(b),
+            Bool::If(c, a, b) => {
+                if self.truth(c) {
+                    self.truth(a)
+                } else {
+                    self.truth(b)
+                }
+            }
+            Bool::Same(negate, a, b) => (self.truth(a) == self.truth(b)) != *negate,
+            Bool::Int(cmp, a, b) => compare(*cmp, self.int(a).cmp(&self.int(b))),
+            Bool::Str(cmp, a, b) => compare(*cmp, self.text(a).as_str().cmp(self.text(b).as_str())),
+            Bool::IntIn(a, list) => list.contains(&self.int(a)),
+            Bool::StrIn(a, list) => {
+                let a = self.text(a);
+                list.iter().any(|v| v == a.as_str())
+            }
+            Bool::Reasons(bits) => self.reasons() & bits != 0,
+            Bool::StrInReasons(a) => facts::reason_bit(self.text(a).as_str())
+                .is_some_and(|bit| self.reasons() & bit != 0),
+            Bool::StartsWith(s, p) => self.text(s).as_str().starts_with(self.text(p).as_str()),
+            Bool::EndsWith(s, p) => self.text(s).as_str().ends_with(self.text(p).as_str()),
+            Bool::Contains(s, p) => self.text(s).as_str().contains(self.text(p).as_str()),
+            Bool::Matches(s, re) => re.is_match(self.text(s).as_str()),
+        }
+    }
+
+    fn int(&self, i: &Int) -> i64 {
+        match i {
+            Int::Const(v) => *v,
+            Int::Fact(Fact::TimeHour) => *self
+                .hour
+                .get_or_init(|| self.source.integer(Fact::TimeHour)),
+            Int::Fact(Fact::TimeWeekday) => *self
+                .weekday
+                .get_or_init(|| self.source.integer(Fact::TimeWeekday)),
+            Int::Fact(f) => self.source.integer(*f),
+            Int::Size(s) => {
+                i64::try_from(self.text(s).as_str().chars().count()).unwrap_or(i64::MAX)
+            }
+            Int::ReasonCount => i64::from(self.reasons().count_ones()),
+        }
+    }
+
+    fn text<'t>(&'t self, s: &'t Str) -> Text<'t> {
+        match s {
+            Str::Const(v) => Text::Str(std::borrow::Cow::Borrowed(v)),
+            Str::Fact(f) => self.source.text(*f),
+            Str::Header(h) => self.source.header(h),
+        }
+    }
+}
+
+fn compare(cmp: Cmp, order: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match cmp {
+        Cmp::Eq => order == Equal,
+        Cmp::Ne => order != Equal,
+        Cmp::Lt => order == Less,
+        Cmp::Le => order != Greater,
+        Cmp::Gt => order == Greater,
+        Cmp::Ge => order != Less,
+    }
+}
