@@ -139,6 +139,8 @@ pub struct Detection {
     pub reference: Reference,
     /// The route's name.
     pub route: Box<str>,
+    /// The rule that decided; `None` when the route's policy did.
+    pub rule: Option<Box<str>>,
     /// Whether the refusal was carried out (`false` on a monitoring route).
     pub enforced: bool,
     /// Seconds since the Unix epoch.

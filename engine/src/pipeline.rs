@@ -173,6 +173,8 @@ pub struct Decision<'a> {
     /// The reference id of a refusal (shown to the client); `None` for an
     /// allowed request.
     pub reference: Option<Reference>,
+    /// The name of the rule that decided (`None`: the route's policy).
+    pub rule: Option<&'a str>,
 }
 
 /// What [`Engine::apply`] changed.
@@ -292,6 +294,7 @@ impl Engine {
                 enforcement: Enforcement::Enforce,
                 route: request.facts.route,
                 reference: None,
+                rule: None,
             },
         );
         Ok(verdict)
@@ -514,6 +517,7 @@ impl Engine {
                 Event::Detection(Box::new(Detection {
                     reference: decision.reference.unwrap_or(Reference(0)),
                     route: decision.route.into(),
+                    rule: decision.rule.map(Into::into),
                     enforced: decision.enforcement == Enforcement::Enforce,
                     at: now,
                     verdict: verdict.clone(),

@@ -69,6 +69,7 @@ fn log_detection(d: &Detection) {
         target: "vigil::decision",
         reference = %d.reference,
         route = %d.route,
+        rule = d.rule.as_deref().unwrap_or(""),
         action = %v.action,
         enforced = d.enforced,
         level = %v.risk.level,

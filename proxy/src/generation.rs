@@ -71,7 +71,11 @@ impl Generation {
             };
             upstreams.push(group);
         }
-        let counters = RequestCounters::new(metrics, config.routes.iter().map(|r| r.name.as_str()));
+        let counters = RequestCounters::new(
+            metrics,
+            config.routes.iter().map(|r| r.name.as_str()),
+            &config.rules,
+        );
         let admin_token = config
             .admin
             .token_file

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// Rule files: check them, run their tests.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Run a built-in demo: Vigil in front of a small app, on loopback.
     Demo {
         /// Vigil's proxy listener.
@@ -89,6 +94,21 @@ enum GeoipCommand {
         /// An ASN database (repeatable).
         #[arg(long)]
         asn: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load every rule file of a directory and list the rules, or every
+    /// problem with its file, rule, line and column.
+    Check {
+        /// The rule directory (its `*.toml` files).
+        dir: PathBuf,
+    },
+    /// Run the test cases of DIR/tests/*.toml against the rules of DIR.
+    Test {
+        /// The rule directory.
+        dir: PathBuf,
     },
 }
 
@@ -161,6 +181,19 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Rules { command } => {
+            let (text, ok) = match command {
+                RulesCommand::Check { dir } => vigil_proxy::rules_cli::check(&dir),
+                RulesCommand::Test { dir } => vigil_proxy::rules_cli::test(&dir),
+            };
+            if ok {
+                print!("{text}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("{text}");
+                ExitCode::FAILURE
             }
         }
         Command::Demo {

@@ -8,7 +8,8 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     exponential_buckets,
 };
-use vigil_engine::{Action, Reason};
+use vigil_engine::{Action, Reason, Ruling};
+use vigil_rules::RuleSet;
 
 use crate::respond::Failure;
 
@@ -26,6 +27,13 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// `vigil_proxy_decision_reasons_total{reason}`: reasons behind decisions.
     pub reasons: IntCounterVec,
+    /// `vigil_rules_matches_total{rule,mode}`: rule matches; `mode` is
+    /// `enforce` for the rule that decided (or a `tag` rule's tag, by
+    /// `vigil_rules_tags_total`), `shadow` for a shadow rule's match or any
+    /// match on a monitored route.
+    pub rule_matches: IntCounterVec,
+    /// `vigil_rules_tags_total{tag}`: tags added by `tag` rules.
+    pub rule_tags: IntCounterVec,
     /// `vigil_proxy_pipeline_duration_seconds`: time in the engine per request.
     pub pipeline_seconds: Histogram,
     /// `vigil_proxy_request_errors_total{code,outcome}`: requests the engine
@@ -136,6 +144,16 @@ impl Metrics {
             "vigil_proxy_decision_reasons_total",
             "Reasons found by the scorer.",
             &["reason"],
+        )?;
+        let rule_matches = counter(
+            "vigil_rules_matches_total",
+            "Rule matches by rule and mode (enforce: it decided; shadow: recorded only).",
+            &["rule", "mode"],
+        )?;
+        let rule_tags = counter(
+            "vigil_rules_tags_total",
+            "Tags added by tag rules.",
+            &["tag"],
         )?;
         let request_errors = counter(
             "vigil_proxy_request_errors_total",
@@ -306,6 +324,8 @@ impl Metrics {
             requests,
             decisions,
             reasons,
+            rule_matches,
+            rule_tags,
             pipeline_seconds,
             request_errors,
             upstream_errors,
@@ -345,13 +365,40 @@ pub struct RequestCounters {
     decisions: Vec<[IntCounter; 2]>,
     /// `decision_reasons_total` per reason (in `Reason::ALL` order).
     reasons: Vec<IntCounter>,
+    /// `rules_matches_total` per rule of the generation's set, [enforce,
+    /// shadow].
+    rules: Vec<[IntCounter; 2]>,
+    /// `rules_tags_total` per tag index of the set.
+    tags: Vec<IntCounter>,
 }
 
 impl RequestCounters {
-    /// Resolves the counters for `route_names`.
-    pub fn new<'a>(metrics: &Metrics, route_names: impl IntoIterator<Item = &'a str>) -> Self {
+    /// Resolves the counters for `route_names` and the rules of `rules`.
+    pub fn new<'a>(
+        metrics: &Metrics,
+        route_names: impl IntoIterator<Item = &'a str>,
+        rules: &RuleSet,
+    ) -> Self {
         let requests = |name: &str| metrics.requests.with_label_values(&[name]);
         Self {
+            rules: rules
+                .rules()
+                .iter()
+                .map(|r| {
+                    [
+                        metrics
+                            .rule_matches
+                            .with_label_values(&[r.name.as_str(), "enforce"]),
+                        metrics
+                            .rule_matches
+                            .with_label_values(&[r.name.as_str(), "shadow"]),
+                    ]
+                })
+                .collect(),
+            tags: (0..=u8::MAX)
+                .map_while(|i| rules.tag(i))
+                .map(|t| metrics.rule_tags.with_label_values(&[t]))
+                .collect(),
             routes: route_names.into_iter().map(requests).collect(),
             no_route: requests("none"),
             decisions: Action::ALL
@@ -386,6 +433,24 @@ impl RequestCounters {
             .and_then(|i| self.decisions.get(i))
         {
             pair[usize::from(enforced)].inc();
+        }
+    }
+
+    /// Counts the rule matches of a ruling: the deciding rule as enforced
+    /// unless `monitored` (then as shadow), every shadow match, every tag.
+    pub fn ruling(&self, ruling: &Ruling, monitored: bool) {
+        if let Some(pair) = ruling.rule.and_then(|i| self.rules.get(usize::from(i))) {
+            pair[usize::from(monitored)].inc();
+        }
+        for i in &ruling.shadow {
+            if let Some(pair) = self.rules.get(usize::from(*i)) {
+                pair[1].inc();
+            }
+        }
+        for (i, tag) in self.tags.iter().enumerate() {
+            if ruling.tags & (1 << i) != 0 {
+                tag.inc();
+            }
         }
     }
 

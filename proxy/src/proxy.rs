@@ -279,18 +279,38 @@ impl VigilProxy {
         let generation = Arc::clone(&ctx.generation);
         let enforced = route.mode == Mode::Enforce;
         generation.counters.decision(verdict.action, enforced);
+        generation.counters.ruling(&verdict.ruling, !enforced);
         for c in &verdict.risk.reasons {
             generation.counters.reason(c.reason);
         }
         let reference = (verdict.action != Action::Allow).then(respond::new_reference);
+        let rules = &generation.config.rules;
+        let rule = verdict.ruling.rule.and_then(|i| rules.rule_at(i));
         self.engine.apply(
             verdict,
             &Decision {
                 enforcement: enforcement(route.mode),
                 route: &route.name,
                 reference,
+                rule: rule.map(|r| r.name.as_str()),
             },
         );
+        // Shadow rules change nothing; what they would have done is told.
+        for r in verdict
+            .ruling
+            .shadow
+            .iter()
+            .filter_map(|i| rules.rule_at(*i))
+        {
+            tracing::info!(
+                target: "vigil::rules",
+                rule = %r.name,
+                would = r.action_name(),
+                decided = %verdict.action,
+                route = %route.name,
+                "shadow rule matched"
+            );
+        }
         let reference = reference.map(|r| r.to_string()).unwrap_or_default();
         if verdict.action != Action::Allow {
             self.remember(&reference, verdict);
@@ -334,6 +354,8 @@ impl VigilProxy {
                     verdict.session.map(|s| s.source),
                     Some(CredentialSource::Bearer)
                 ),
+                acr_values: rule.and_then(|r| r.acr_values.as_deref()),
+                max_age: rule.and_then(|r| r.max_age),
             },
             Action::Revoke => Refusal::Revoked {
                 reference: &reference,
@@ -434,7 +456,12 @@ impl ProxyHttp for VigilProxy {
             return Ok(false);
         }
         let started = Instant::now();
-        let result = self.engine.decide(&view, &route.policy, self.forwarded);
+        let result = self.engine.decide_with_rules(
+            &view,
+            &route.policy,
+            generation.config.rules.as_ref(),
+            self.forwarded,
+        );
         self.metrics
             .pipeline_seconds
             .observe(started.elapsed().as_secs_f64());

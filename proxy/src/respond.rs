@@ -75,6 +75,12 @@ pub enum Refusal<'a> {
         url: &'a str,
         /// The session came as a bearer token: answer as an API (RFC 9470).
         bearer: bool,
+        /// The authentication context classes the rule asks for (RFC 9470
+        /// `acr_values`; checked printable ASCII without quotes at load).
+        acr_values: Option<&'a str>,
+        /// The most seconds since the user's authentication (RFC 9470
+        /// `max_age`).
+        max_age: Option<u32>,
     },
     /// The decision was `revoke`: the session has just been ended.
     Revoked {
@@ -376,16 +382,15 @@ impl<'a> Refusal<'a> {
             },
             // RFC 9470: the error code is the one in WWW-Authenticate.
             Refusal::StepUp {
-                url, bearer: true, ..
+                url,
+                bearer: true,
+                acr_values,
+                max_age,
+                ..
             } => Answer {
                 link: Some(("step_up_url", url, "Sign in again")),
                 headers: vec![
-                    (
-                        "www-authenticate",
-                        "Bearer error=\"insufficient_user_authentication\", \
-                         error_description=\"Re-authentication required\""
-                            .to_owned(),
-                    ),
+                    ("www-authenticate", challenge(acr_values, max_age)),
                     ("link", format!("<{url}>; rel=\"authenticate\"")),
                 ],
                 ..plain(
@@ -403,6 +408,25 @@ impl<'a> Refusal<'a> {
             } => redirect(plain, "session_revoked", login_url, cookie),
         }
     }
+}
+
+/// The RFC 9470 challenge: the error, and what the authentication must
+/// satisfy when a rule said.
+fn challenge(acr_values: Option<&str>, max_age: Option<u32>) -> String {
+    let mut out = String::from(
+        "Bearer error=\"insufficient_user_authentication\", \
+         error_description=\"Re-authentication required\"",
+    );
+    if let Some(acr) = acr_values {
+        out.push_str(", acr_values=\"");
+        out.push_str(acr);
+        out.push('"');
+    }
+    if let Some(age) = max_age {
+        out.push_str(", max_age=");
+        out.push_str(&age.to_string());
+    }
+    out
 }
 
 fn redirect<'a>(

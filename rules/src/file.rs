@@ -416,12 +416,14 @@ fn read_rule(r: &mut Reader<'_>, table: &DeTable<'_>, at: usize) -> Option<(Draf
             );
         } else if value.is_empty()
             || value.len() > 256
-            || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            || !value
+                .bytes()
+                .all(|b| (b.is_ascii_graphic() && b != b'"' && b != b'\\') || b == b' ')
         {
             r.error(
                 rule_name,
                 v.span().start,
-                "`acr_values`: 1 to 256 printable ASCII characters, space-separated".into(),
+                "`acr_values`: 1 to 256 printable ASCII characters but `\"` and `\\`, space-separated".into(),
             );
         }
     }

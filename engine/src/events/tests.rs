@@ -180,6 +180,7 @@ fn a_refused_dead_cookie_is_not_for_the_fleet() {
         Event::Detection(Box::new(Detection {
             reference: Reference(1),
             route: "app".into(),
+            rule: None,
             enforced,
             at: 0,
             verdict,

@@ -63,6 +63,7 @@ fn run(e: &Engine, mode: Enforcement, v: &Verdict) -> Applied {
             enforcement: mode,
             route: "app",
             reference: Some(Reference(7)),
+            rule: None,
         },
     )
 }

@@ -616,6 +616,7 @@ pub fn response_headers(data: &[u8]) {
                 enforcement,
                 route: "fuzz",
                 reference: None,
+                rule: None,
             },
         );
         assert!(!applied.revoked || enforcement == Enforcement::Enforce);

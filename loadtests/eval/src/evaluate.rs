@@ -554,6 +554,7 @@ impl Evaluator {
                 enforcement: Enforcement::Enforce,
                 route: "",
                 reference: None,
+                rule: None,
             },
         );
         let mut response = HeaderMap::new();

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -23,6 +24,8 @@ use vigil_engine::{
 pub use vigil_engine::{ChainStrategy, ForwardedHeaders};
 
 pub use self::fields::Problem;
+use vigil_rules::RuleSet;
+
 use self::fields::{Fields, Problems};
 pub use self::restart::{Merged, merge};
 use crate::hello::CaptureSettings;
@@ -75,6 +78,11 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order; at least one.
     pub routes: Vec<Route>,
+    /// The rules in front of every route's policy (`[rules] dir`), compiled;
+    /// empty when none are configured.
+    pub rules: Arc<RuleSet>,
+    /// Where they were read from, for `check` and reload logs.
+    pub rules_dir: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -574,6 +582,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     check_forwarded(&listeners, &trusted_proxies, p);
     let upstreams = read_upstreams(&mut f, p);
     let routes = read_routes(&mut f, &upstreams, p);
+    let (rules, rules_dir) = read_rules(&mut f, base, &routes, p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -604,6 +613,8 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         listeners,
         upstreams,
         routes,
+        rules: Arc::new(rules),
+        rules_dir,
     })
 }
 
@@ -1479,6 +1490,77 @@ fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
         }
     }
     out
+}
+
+/// `[rules]`: the rule directory (relative to the config file) and the
+/// time zone of `time.*` facts. Every problem of every rule file is
+/// reported under `rules.dir`, with its own file, line and column; rules
+/// that name a route that does not exist, or that step up or revoke on a
+/// route with nowhere to send the user, are problems too.
+fn read_rules(
+    f: &mut Fields<'_>,
+    base: &Path,
+    routes: &[Route],
+    p: &mut Problems,
+) -> (RuleSet, Option<PathBuf>) {
+    let mut t = f.table(p, "rules");
+    let dir: Option<PathBuf> = t.opt::<PathBuf>(p, "dir").map(|d| base.join(d));
+    let zone: String = t.or(p, "time_zone", "UTC".to_owned());
+    let dir_key = t.key("dir");
+    let zone_key = t.key("time_zone");
+    t.finish(p);
+    let mut set = RuleSet::empty();
+    if let Some(dir) = &dir {
+        match RuleSet::load_dir(dir) {
+            Ok(loaded) => set = loaded,
+            Err(errors) => {
+                for e in errors.0 {
+                    p.push(dir_key.clone(), e.to_string());
+                }
+            }
+        }
+    }
+    match set.clone().with_time_zone(&zone) {
+        Ok(zoned) => set = zoned,
+        Err(e) => p.push(zone_key, e),
+    }
+    for rule in set.rules() {
+        let at = format!(
+            "{}:{}: rule {:?}",
+            rule.file.display(),
+            rule.line,
+            rule.name
+        );
+        for name in &rule.scope.routes {
+            if !routes.iter().any(|r| &r.name == name) {
+                p.push(
+                    dir_key.clone(),
+                    format!("{at}: route {name:?} does not exist"),
+                );
+            }
+        }
+        let applies =
+            |r: &&Route| rule.scope.routes.is_empty() || rule.scope.routes.contains(&r.name);
+        let enforces = |action: Action| {
+            rule.mode == vigil_rules::RuleMode::Enforce
+                && rule.action == vigil_rules::RuleAction::Decide(action)
+        };
+        for route in routes.iter().filter(applies) {
+            if enforces(Action::StepUp) && route.step_up_url.is_none() {
+                p.push(
+                    dir_key.clone(),
+                    format!("{at}: steps up on route {:?}, which has no step_up_url (scope the rule with `routes`, or set one)", route.name),
+                );
+            }
+            if enforces(Action::Revoke) && route.login_url.is_none() {
+                p.push(
+                    dir_key.clone(),
+                    format!("{at}: revokes on route {:?}, which has no login_url (scope the rule with `routes`, or set one)", route.name),
+                );
+            }
+        }
+    }
+    (set, dir)
 }
 
 fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> Vec<Route> {

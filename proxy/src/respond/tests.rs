@@ -56,6 +56,8 @@ fn api_step_up_follows_rfc_9470() {
         reference: "r",
         url: "/login",
         bearer: true,
+        acr_values: None,
+        max_age: None,
     }
     .answer("r");
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
