@@ -1,4 +1,8 @@
 //! The proxy under test, as a real child process of the built binary.
+//!
+//! When the environment variable `VIGIL_PROXY_BIN` is set, the binary at that
+//! path is launched instead of this build's, so an attack test can be run
+//! against an older release to show it fails there.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -44,6 +48,14 @@ struct Listener {
 /// A scrape of the admin listener's `/metrics`.
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics(String);
+
+/// The binary to launch: `VIGIL_PROXY_BIN` when set, else this build's.
+fn proxy_bin() -> PathBuf {
+    std::env::var_os("VIGIL_PROXY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_vigil-proxy")),
+        PathBuf::from,
+    )
+}
 
 // === impl Proxy ===
 
@@ -111,7 +123,7 @@ impl Proxy {
         admin: Option<SocketAddr>,
     ) -> Proxy {
         let log_path = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil-proxy"))
+        let child = Command::new(proxy_bin())
             .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
