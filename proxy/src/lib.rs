@@ -7,6 +7,7 @@ pub mod config;
 pub mod conn_limits;
 pub mod demo;
 pub mod events;
+pub mod explain;
 pub mod file_watch;
 pub mod forwarding;
 pub mod generation;

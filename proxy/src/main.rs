@@ -60,6 +60,44 @@ enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// Show what Vigil derives from one request and why it decides what it
+    /// does: route, credential, client-IP walk, JA4, device, geo, risks,
+    /// every fact a rule reads, each rule's result, the action. The same
+    /// code as the proxy, with no network; the session is judged as new.
+    Explain {
+        /// The config file (TOML).
+        #[arg(short, long, env = "VIGIL_CONFIG")]
+        config: PathBuf,
+        /// A raw HTTP/1.1 request head; without it, one is built from
+        /// --method, --target and --header.
+        #[arg(long)]
+        request: Option<PathBuf>,
+        /// The method, without --request.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request target, without --request.
+        #[arg(long, default_value = "/")]
+        target: String,
+        /// A header line `Name: value`, without --request (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The TCP peer's address.
+        #[arg(long)]
+        peer: IpAddr,
+        /// The ClientHello as hex (TLS records, as on the wire).
+        #[arg(long, conflicts_with = "hello")]
+        hello_hex: Option<String>,
+        /// A file with the ClientHello bytes (TLS records, as on the wire).
+        #[arg(long)]
+        hello: Option<PathBuf>,
+        /// The listener the request came in on; default the first TLS one
+        /// with --hello/--hello-hex, else the first.
+        #[arg(long)]
+        listener: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rule files: check them, run their tests.
     Rules {
         #[command(subcommand)]
@@ -175,6 +213,66 @@ fn main() -> ExitCode {
             match GeoDatabases::open(&paths) {
                 Ok(dbs) => {
                     print!("{}", vigil_proxy::geoip_cli::report(&dbs, ip));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain {
+            config,
+            request,
+            method,
+            target,
+            headers,
+            peer,
+            hello_hex,
+            hello,
+            listener,
+            json,
+        } => {
+            let c = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            let prepared = (|| -> Result<_, String> {
+                let request = vigil_proxy::explain::request_bytes(
+                    request.as_deref(),
+                    &method,
+                    &target,
+                    &headers,
+                )
+                .map_err(|e| format!("cannot read the request: {e}"))?;
+                let hello = match (hello_hex, hello) {
+                    (Some(h), _) => {
+                        Some(vigil_proxy::explain::hello_from_hex(&h).map_err(|e| e.to_string())?)
+                    }
+                    (None, Some(path)) => Some(
+                        std::fs::read(&path)
+                            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                    ),
+                    (None, None) => None,
+                };
+                Ok(vigil_proxy::explain::Input {
+                    request,
+                    peer,
+                    hello,
+                    listener,
+                    now: None,
+                })
+            })();
+            let report = prepared.and_then(|input| {
+                vigil_proxy::explain::explain(&c, &input).map_err(|e| e.to_string())
+            });
+            match report {
+                Ok(report) if json => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", vigil_proxy::explain::render(&report));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -524,3 +524,164 @@ upstream_trusted = ["nobody"]
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }
 }
+
+/// The first bytes a client sends to a TLS server that never answers: its
+/// ClientHello records, read until they parse (or 10 s pass). The client
+/// then fails its handshake, which is all this listener wants of it.
+async fn capture_hello(client: impl FnOnce(SocketAddr) -> Command) -> Vec<u8> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = client(addr);
+    let child = tokio::task::spawn_blocking(move || cmd.output());
+    let read = async {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut chunk)
+                .await
+                .unwrap();
+            assert!(n > 0, "the client closed before its hello was whole");
+            buf.extend_from_slice(&chunk[..n]);
+            if vigil_engine::ClientHello::from_records(&buf).is_ok() {
+                return buf;
+            }
+        }
+    };
+    let hello = tokio::time::timeout(REQUEST_TIMEOUT, read)
+        .await
+        .expect("no ClientHello within the timeout");
+    // The client gives up on the silent server; its exit status is moot.
+    let _ = child.await;
+    hello
+}
+
+fn python_client(lib: &'static str) -> impl FnOnce(SocketAddr) -> Command {
+    move |addr| {
+        let script = r#"
+import sys
+lib, url = sys.argv[1:3]
+try:
+    if lib == "requests":
+        import requests
+        requests.get(url, verify=False, timeout=3)
+    else:
+        from curl_cffi import requests
+        requests.get(url, verify=False, timeout=3, impersonate="chrome")
+except Exception:
+    pass
+"#;
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, lib, &url(addr, "/echo")]);
+        cmd
+    }
+}
+
+/// `vigil-proxy explain --json` for a GET of /echo from 127.0.0.1 with this
+/// hello, under `config`.
+fn explain_hello(config: &std::path::Path, hello: &[u8]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.bin");
+    std::fs::write(&file, hello).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-proxy"))
+        .arg("explain")
+        .arg("-c")
+        .arg(config)
+        .args([
+            "--peer",
+            "127.0.0.1",
+            "--target",
+            "/echo",
+            "-H",
+            "Host: localhost",
+        ])
+        .arg("--hello")
+        .arg(&file)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `explain` on a hello captured from each real client computes the JA4
+/// the running proxy computes for that client's real TLS connection: an
+/// operator can record a client's hello and see what Vigil saw.
+#[tokio::test]
+async fn explain_reads_each_real_clients_captured_hello_as_the_proxy_does() {
+    let ca = Ca::new("Test CA");
+    let (_origin, proxy) = tls_proxy(&ca, "").await;
+    let https = proxy.listener("https");
+
+    let curl_hello = capture_hello(|addr| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-k", "--max-time", "3", &url(addr, "/echo")]);
+        cmd
+    })
+    .await;
+    let requests_hello = capture_hello(python_client("requests")).await;
+    let cffi_hello = capture_hello(python_client("curl_cffi")).await;
+    let profile = tempfile::TempDir::new().unwrap();
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    let chromium_hello = capture_hello(|addr| {
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--timeout=3000",
+            &profile_arg,
+            "--dump-dom",
+            &url(addr, "/echo"),
+        ]);
+        cmd
+    })
+    .await;
+
+    let cases = [
+        (
+            "curl",
+            curl_hello,
+            with_curl(&ca, https, CHROME, None).await,
+        ),
+        (
+            "requests",
+            requests_hello,
+            with_python("requests", &ca, https, CHROME, None).await,
+        ),
+        (
+            "curl_cffi",
+            cffi_hello,
+            with_python("curl_cffi", &ca, https, CHROME, None).await,
+        ),
+        ("chromium", chromium_hello, with_chromium(https).await),
+    ];
+    let mut seen = HashSet::new();
+    for (client, hello, live) in cases {
+        let report = explain_hello(proxy.config_path(), &hello);
+        let live = live.ja4();
+        assert_eq!(report["tls"]["ja4"], live.as_str(), "{client}: {report}");
+        assert_eq!(report["facts"]["device.ja4"], live.as_str(), "{client}");
+        assert!(
+            report["tls"]["ja4_r"]
+                .as_str()
+                .unwrap()
+                .starts_with(&live[..10]),
+            "{client}: {report}"
+        );
+        assert_eq!(report["request"]["scheme"], "https", "{client}");
+        seen.insert(live);
+    }
+    // Four TLS stacks; curl_cffi copies Chrome's hello, so at least three
+    // fingerprints: the comparison means something.
+    assert!(seen.len() >= 3, "{seen:?}");
+}

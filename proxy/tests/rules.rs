@@ -340,3 +340,110 @@ user-agent = "sqlmap/1.7"
     assert!(err.contains("block-scanner: match"), "{err}");
     assert!(err.contains("1 passed, 1 failed"), "{err}");
 }
+
+/// `explain` on a recorded request: the walk through a trusted proxy, the
+/// credential judged, every fact as rules read it, each rule's result and
+/// the action, as text and as JSON.
+#[test]
+fn explain_shows_what_a_recorded_request_is_judged_on_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    write(&rules, "10-scanner.toml", SCANNER);
+    write(
+        &rules,
+        "20-admin.toml",
+        r#"
+[[rule]]
+name = "zscaler-admin-tag"
+path_prefixes = ["/admin"]
+condition = 'client.provider == "zscaler"'
+action = "tag"
+tag = "corporate"
+"#,
+    );
+    let config = dir.path().join("vigil-proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:8080\"\n\
+             forwarded_headers = [\"x-forwarded-for\"]\n\n[[trusted_proxies]]\nname = \"zscaler\"\n\
+             cidrs = [\"10.1.0.0/16\"]\n\n[[upstreams]]\nname = \"app\"\naddresses = [\"127.0.0.1:3000\"]\n\n\
+             [[routes]]\nname = \"app\"\nupstream = \"app\"\n\n[rules]\ndir = {:?}\n",
+            rules.display().to_string()
+        ),
+    )
+    .unwrap();
+    let request = dir.path().join("request.http");
+    std::fs::write(
+        &request,
+        "GET /admin/users?page=2 HTTP/1.1\r\nHost: App.Example:8443\r\n\
+         User-Agent: sqlmap/1.7\r\nCookie: theme=dark; session=stolen-value\r\n\
+         X-Forwarded-For: 203.0.113.9, 10.1.4.4\r\n\r\n",
+    )
+    .unwrap();
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil-proxy"));
+        cmd.arg("explain")
+            .arg("-c")
+            .arg(&config)
+            .arg("--request")
+            .arg(&request)
+            .args(["--peer", "10.1.2.3"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(report["request"]["host"], "app.example");
+    assert_eq!(report["request"]["path"], "/admin/users");
+    assert_eq!(report["route"]["name"], "app");
+    assert_eq!(report["session"]["credential"], "cookie session");
+    assert_eq!(report["session"]["key"].as_str().unwrap().len(), 8);
+    let chain = report["client"]["chain"].as_array().unwrap();
+    assert_eq!(chain.len(), 2, "{report}");
+    assert_eq!(chain[0]["hop"], "203.0.113.9");
+    assert_eq!(chain[0]["trusted_set"], serde_json::Value::Null);
+    assert_eq!(chain[1]["hop"], "10.1.4.4");
+    assert_eq!(chain[1]["trusted_set"], "zscaler");
+    assert_eq!(report["client"]["client"], "203.0.113.9");
+    assert_eq!(report["client"]["provider"], "zscaler");
+    assert_eq!(report["facts"]["client.ip"], "203.0.113.9");
+    assert_eq!(report["facts"]["client.chain_length"], 2);
+    assert_eq!(report["facts"]["device.class"], "tool");
+    let results: Vec<(String, String)> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_owned(),
+                r["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("block-scanner".to_owned(), "match".to_owned()),
+            ("zscaler-admin-tag".to_owned(), "not reached".to_owned()),
+        ]
+    );
+    assert_eq!(report["decided_by"], "rule block-scanner");
+    assert_eq!(report["action"], "block");
+    // The raw cookie value is never printed.
+    let text = run(false);
+    assert!(!text.contains("stolen-value"), "{text}");
+    assert!(text.contains("action: block"), "{text}");
+    assert!(
+        text.contains("- hop=10.1.4.4 trusted_set=zscaler"),
+        "{text}"
+    );
+}
