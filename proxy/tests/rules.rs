@@ -102,6 +102,26 @@ async fn a_header_split_over_two_lines_is_read_whole() {
     )
     .await;
     assert_eq!(response.status, Some(403));
+    // And a byte that is not UTF-8 does not blank the value out.
+    let response = raw_get(proxy.addr(), "/echo", &[b"User-Agent: sqlmap/1.7 \xff"]).await;
+    assert_eq!(response.status, Some(403));
+}
+
+#[tokio::test]
+async fn the_host_a_condition_reads_is_lower_case_whatever_the_client_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "10-admin.toml",
+        "[[rule]]\nname = \"admin-host\"\ncondition = 'request.host == \"admin.test\"'\naction = \"block\"\n",
+    );
+    let origin = Origin::start();
+    let proxy = proxy_with_rules(&origin, Route::new("app", "/", "app"), dir.path()).await;
+    for host in ["admin.test", "ADMIN.test", "Admin.Test:80"] {
+        let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let response = common::raw_exchange(proxy.addr(), request.as_bytes()).await;
+        assert_eq!(response.status, Some(403), "{host}");
+    }
 }
 
 #[tokio::test]

@@ -265,7 +265,7 @@ pub trait FactSource {
     /// The value of a `string` fact.
     fn text(&self, fact: Fact) -> Text<'_>;
     /// The value of the header `name` (lower case): its lines joined with
-    /// `, `; `""` when absent or not text.
+    /// `, `, bytes that are not UTF-8 as U+FFFD; `""` when absent.
     fn header(&self, name: &http::HeaderName) -> Text<'_>;
     /// `risk.reasons` as a mask: bit `i` for [`Reason::ALL`]`[i]`.
     fn reasons(&self) -> u32;
@@ -344,6 +344,12 @@ impl FactSource for Request<'_, '_> {
         match fact {
             Fact::RequestMethod => borrowed(r.method),
             Fact::RequestScheme => borrowed(r.scheme),
+            // Lower case, whatever case the client wrote: `Host:
+            // ADMIN.example.com` must not slip past a condition on
+            // "admin.example.com" (routes ignore case too).
+            Fact::RequestHost if r.host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                Text::Str(Cow::Owned(r.host.to_ascii_lowercase()))
+            }
             Fact::RequestHost => borrowed(r.host),
             Fact::RequestPath => borrowed(r.path),
             Fact::RequestRoute => borrowed(r.route),
@@ -406,14 +412,16 @@ impl FactSource for Request<'_, '_> {
         let Some(first) = values.next() else {
             return Text::Str(Cow::Borrowed(""));
         };
-        let first = first.to_str().unwrap_or_default();
+        // Bytes that are not UTF-8 read as U+FFFD, never as an empty value:
+        // one stray byte must not hide the rest of a header from a rule.
+        let first = String::from_utf8_lossy(first.as_bytes());
         let Some(second) = values.next() else {
-            return Text::Str(Cow::Borrowed(first));
+            return Text::Str(first);
         };
-        let mut joined = String::from(first);
+        let mut joined = first.into_owned();
         for v in std::iter::once(second).chain(values) {
             joined.push_str(", ");
-            joined.push_str(v.to_str().unwrap_or_default());
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
         Text::Str(Cow::Owned(joined))
     }
