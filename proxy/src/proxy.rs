@@ -82,6 +82,8 @@ struct RiskHeaders {
     level: HeaderValue,
     score: HeaderValue,
     reasons: HeaderValue,
+    /// Tags added by `tag` rules, comma-separated; `None` when there are none.
+    tags: Option<HeaderValue>,
 }
 
 // === impl VigilProxy ===
@@ -328,6 +330,15 @@ impl VigilProxy {
                         HeaderValue::from_str(&reasons_list(verdict))
                             .unwrap_or(HeaderValue::from_static(""))
                     },
+                    // Tag names are checked identifiers (a-z 0-9 - _ .).
+                    tags: (verdict.ruling.tags != 0)
+                        .then(|| {
+                            rules
+                                .tags(verdict.ruling.tags)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .and_then(|t| HeaderValue::from_str(&t).ok()),
                 });
             }
             return Ok(false);
@@ -713,6 +724,9 @@ impl ProxyHttp for VigilProxy {
             upstream_request.insert_header("vigil-risk-level", risk.level.clone())?;
             upstream_request.insert_header("vigil-risk-score", risk.score.clone())?;
             upstream_request.insert_header("vigil-risk-reasons", risk.reasons.clone())?;
+            if let Some(tags) = &risk.tags {
+                upstream_request.insert_header("vigil-tags", tags.clone())?;
+            }
         }
         Ok(())
     }

@@ -125,6 +125,38 @@ async fn the_host_a_condition_reads_is_lower_case_whatever_the_client_wrote() {
 }
 
 #[tokio::test]
+async fn tags_reach_the_app_and_a_client_cannot_forge_them() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "10-tag.toml",
+        "[[rule]]\nname = \"automation-tag\"\ncondition = 'device.class in [\"tool\", \"bot\"]'\n\
+         action = \"tag\"\ntag = \"automation\"\n",
+    );
+    let origin = Origin::start();
+    let proxy = proxy_with_rules(&origin, Route::new("app", "/", "app"), dir.path()).await;
+    let tool = Browser::new("curl/8.5.0");
+    let echo = tool.echo(&proxy.url("/echo")).await;
+    assert_eq!(echo.header("vigil-tags"), Some("automation"));
+    // A browser's request carries no tags, whatever it sends itself.
+    let forged = Browser::firefox()
+        .request(&proxy.url("/echo"))
+        .header("Vigil-Tags", "trusted-partner")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(common::Echo::parse(&forged).header("vigil-tags"), None);
+    proxy
+        .wait_for_metric("vigil_rules_tags_total", &[("tag", "automation")], |v| {
+            v == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn a_shadow_rule_is_counted_and_logged_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write(
