@@ -557,7 +557,8 @@ fn content_start(text: &str, at: usize) -> usize {
 /// strings without escapes (an escape shifts what follows it).
 fn offset_in_file(text: &str, start: usize, source: &str, e: &CompileError) -> usize {
     let chars = match (e.offset, e.position) {
-        (Some(o), _) => o,
+        // The source info's offsets are bytes already.
+        (Some(o), _) => return (start + o.min(source.len())).min(text.len()),
         (None, Some((line, column))) => {
             let mut o = 0;
             for (i, l) in source.split_inclusive('\n').enumerate() {
