@@ -414,14 +414,14 @@ impl FactSource for Request<'_, '_> {
         };
         // Bytes that are not UTF-8 read as U+FFFD, never as an empty value:
         // one stray byte must not hide the rest of a header from a rule.
-        let first = String::from_utf8_lossy(first.as_bytes());
+        let first = text_of(first.as_bytes());
         let Some(second) = values.next() else {
             return Text::Str(first);
         };
         let mut joined = first.into_owned();
         for v in std::iter::once(second).chain(values) {
             joined.push_str(", ");
-            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            joined.push_str(&text_of(v.as_bytes()));
         }
         Text::Str(Cow::Owned(joined))
     }
@@ -440,6 +440,15 @@ impl FactSource for Request<'_, '_> {
             }
         }
         mask
+    }
+}
+
+/// Bytes as text: borrowed when UTF-8 (checked by the fast validator), with
+/// U+FFFD for what is not otherwise.
+fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
