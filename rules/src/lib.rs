@@ -88,7 +88,7 @@ pub struct Rule {
     pub max_age: Option<u32>,
     /// The file and line it was written at.
     pub file: PathBuf,
-    /// 1-based line of its `[[rule]]`.
+    /// 1-based line where its table's first key is.
     pub line: usize,
     condition: Option<compile::Bool>,
 }
