@@ -144,9 +144,9 @@ print(r.text, end="")
     run(cmd).await
 }
 
-/// Headless Chromium loads the echo page and prints its DOM.
-async fn with_chromium(addr: SocketAddr) -> Seen {
-    let profile = tempfile::TempDir::new().unwrap();
+/// Headless Chromium with a profile of its own, printing the DOM of
+/// `/echo` at `addr` (or giving up after `timeout_ms`).
+fn chromium(addr: SocketAddr, profile: &std::path::Path, timeout_ms: u128) -> Command {
     let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
@@ -159,10 +159,17 @@ async fn with_chromium(addr: SocketAddr) -> Seen {
         "--disable-sync",
         // The test CA is not in Chromium's store; the handshake is real.
         "--ignore-certificate-errors",
-        &format!("--timeout={}", REQUEST_TIMEOUT.as_millis()),
+        &format!("--timeout={timeout_ms}"),
     ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!("--user-data-dir={}", profile.display()))
     .args(["--dump-dom", &url(addr, "/echo")]);
+    cmd
+}
+
+/// Headless Chromium loads the echo page and prints its DOM.
+async fn with_chromium(addr: SocketAddr) -> Seen {
+    let profile = tempfile::TempDir::new().unwrap();
+    let mut cmd = chromium(addr, profile.path(), REQUEST_TIMEOUT.as_millis());
     let out = tokio::task::spawn_blocking(move || {
         let out = cmd.output().unwrap();
         drop(profile);
@@ -626,26 +633,7 @@ async fn explain_reads_each_real_clients_captured_hello_as_the_proxy_does() {
     let requests_hello = capture_hello(python_client("requests")).await;
     let cffi_hello = capture_hello(python_client("curl_cffi")).await;
     let profile = tempfile::TempDir::new().unwrap();
-    let profile_arg = format!("--user-data-dir={}", profile.path().display());
-    let chromium_hello = capture_hello(|addr| {
-        let mut cmd = Command::new("chromium");
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--timeout=3000",
-            &profile_arg,
-            "--dump-dom",
-            &url(addr, "/echo"),
-        ]);
-        cmd
-    })
-    .await;
+    let chromium_hello = capture_hello(|addr| chromium(addr, profile.path(), 3_000)).await;
 
     let cases = [
         (
