@@ -447,6 +447,9 @@ impl RequestCounters {
                 pair[1].inc();
             }
         }
+        if ruling.tags == 0 {
+            return;
+        }
         for (i, tag) in self.tags.iter().enumerate() {
             if ruling.tags & (1 << i) != 0 {
                 tag.inc();

@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 
 use crate::config::Route;
+use vigil_rules::{host_matches, prefix_matches};
+
 use crate::path::{PathError, normalise};
 
 /// The route a request takes, and the path it was matched on.
@@ -88,29 +90,14 @@ fn host_rank(hosts: &[String], host: &str) -> Option<u8> {
     }
     let mut rank = None;
     for h in hosts {
-        if h.eq_ignore_ascii_case(host) {
-            return Some(2);
-        }
-        if let Some(suffix) = h.strip_prefix("*") {
-            // "*.example.com" matches "a.example.com" but not "example.com".
-            if host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
-            {
-                rank = Some(1);
+        if host_matches(h, host) {
+            if !h.starts_with('*') {
+                return Some(2);
             }
+            rank = Some(1);
         }
     }
     rank
-}
-
-/// `/api` matches `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return false;
-    };
-    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
 
 #[cfg(test)]

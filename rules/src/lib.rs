@@ -307,8 +307,11 @@ impl Scope {
     }
 }
 
-/// `*.example.com` matches `a.example.com`, not `example.com`.
-fn host_matches(pattern: &str, host: &str) -> bool {
+/// Whether `host` is the host `pattern` names, without regard to case:
+/// an exact name, or `*.example.com` for `a.example.com` (not
+/// `example.com`). Routes and rule scopes match hosts with this one
+/// function, so that they never disagree.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix('*') {
         Some(suffix) => {
             host.len() > suffix.len()
@@ -320,12 +323,14 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// Whether `path` is under `prefix` on whole segments: `/api` matches
+/// `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`. Routes and rule
+/// scopes match paths with this one function.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let Some(rest) = path.strip_prefix(prefix) else {
         return false;
     };
-    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?'])
 }
 
 // === impl Rule ===
