@@ -1,5 +1,6 @@
 //! Helpers for the integration tests: a real origin, a real proxy process,
-//! certificates, clients and a raw socket, all on loopback (STYLE.md 14).
+//! certificates, clients, a raw socket and a real OpenID provider, all on
+//! loopback (STYLE.md 14).
 //!
 //! Every test starts its own processes on its own ports and in its own
 //! temporary directory, so tests run in parallel; every process is stopped by
@@ -21,6 +22,7 @@
 
 mod client;
 mod config;
+mod idp;
 mod origin;
 mod proxy;
 mod raw;
@@ -32,6 +34,11 @@ pub(crate) use client::{
 };
 #[allow(unused_imports)]
 pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
+#[allow(unused_imports)]
+pub(crate) use idp::{
+    ACR_MFA, ACR_PWD, Account, CLIENT_ID, CLIENT_SECRET, Followed, FormClient, Idp, IdpClient,
+    IdpConfig, Page, form_body, json_body, jwt_header, jwt_payload, run_browser,
+};
 #[allow(unused_imports)]
 pub(crate) use origin::{
     BadOrigin, Misbehaviour, Origin, STREAM_CHUNK_BYTES, STREAM_CHUNKS, WsOrigin,
