@@ -109,6 +109,12 @@ function newProvider(issuer) {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
 
+  // Nothing here relaxes oidc-provider's https or loopback rules, because
+  // none applies to this provider: it accepts an http issuer, and http
+  // redirect URIs on 127.0.0.1 or localhost for web clients of the code
+  // flow (it refuses them only for the implicit flow); and it never fetches
+  // a client's URL (no jwks_uri, request_uri or sector_identifier_uri), as
+  // the clients authenticate with secrets.
   const p = new Provider(issuer, {
     clients: (config.clients ?? []).map((c) => ({
       ...c,
