@@ -27,6 +27,7 @@ pub mod rules_cli;
 pub mod server;
 pub mod signal;
 pub mod snapshot;
+pub mod stepup;
 pub mod sweeper;
 pub mod tls;
 pub mod upstream;

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub rule_matches: IntCounterVec,
     /// `vigil_rules_tags_total{tag}`: tags added by `tag` rules.
     pub rule_tags: IntCounterVec,
+    /// `vigil_proxy_step_ups_total{stage,outcome}`: OIDC step-ups, by
+    /// stage (`start`: a user sent to the provider; `callback`: the
+    /// provider's answer) and outcome (`sent`, `passed`, or the refusal's
+    /// code, such as `step_up_state_unknown`).
+    pub step_ups: IntCounterVec,
     /// `vigil_proxy_pipeline_duration_seconds`: time in the engine per request.
     pub pipeline_seconds: Histogram,
     /// `vigil_proxy_request_errors_total{code,outcome}`: requests the engine
@@ -154,6 +159,11 @@ impl Metrics {
             "vigil_rules_tags_total",
             "Tags added by tag rules.",
             &["tag"],
+        )?;
+        let step_ups = counter(
+            "vigil_proxy_step_ups_total",
+            "OIDC step-ups by stage (start, callback) and outcome.",
+            &["stage", "outcome"],
         )?;
         let request_errors = counter(
             "vigil_proxy_request_errors_total",
@@ -326,6 +336,7 @@ impl Metrics {
             reasons,
             rule_matches,
             rule_tags,
+            step_ups,
             pipeline_seconds,
             request_errors,
             upstream_errors,

@@ -17,7 +17,7 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{FailMode, Listener, Misdirected, Mode, Route, VIGIL_HEADER_PREFIX};
+use crate::config::{FailMode, Listener, Misdirected, Mode, Route, StepUpVia, VIGIL_HEADER_PREFIX};
 use crate::conn_limits::H2Connections;
 use crate::events::reasons_list;
 use crate::forwarding;
@@ -26,6 +26,7 @@ use crate::hello::ConnectionFingerprints;
 use crate::metrics::Metrics;
 use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
+use crate::stepup::{self, Outcome, StepUps};
 use crate::tls::Presented;
 
 /// The proxy application. Each listener gets a clone; clones share the
@@ -53,6 +54,9 @@ pub struct VigilProxy {
     decisions: Decisions,
     /// Live HTTP/2 connections, told how each stream ended (rapid reset).
     h2: H2Connections,
+    /// Step-ups at the identity provider: pending, counted, and the
+    /// provider's metadata; kept across reloads.
+    step_ups: Arc<StepUps>,
 }
 
 /// Per-request state.
@@ -109,6 +113,7 @@ impl VigilProxy {
             fingerprints,
             decisions,
             h2: H2Connections::default(),
+            step_ups: Arc::new(StepUps::new()),
         }
     }
 
@@ -268,6 +273,49 @@ impl VigilProxy {
         Ok(true)
     }
 
+    /// The identity provider's answer at `route`'s callback path: never
+    /// forwarded. The callback is judged like any request of the route
+    /// (nothing applied: it is Vigil's own page), and its verdict is what
+    /// a passed step-up confirms.
+    async fn step_up_callback(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        oidc: &Arc<crate::config::Oidc>,
+        path: &str,
+    ) -> Result<bool> {
+        let view = self.request_view(session, route, path);
+        let decided = self.engine.decide_with_rules(
+            &view,
+            &route.policy,
+            self.current.load().config.rules.as_ref(),
+            self.forwarded,
+        );
+        let outcome = match decided {
+            Ok(verdict) => {
+                let query = session.req_header().uri.query();
+                self.step_ups
+                    .callback(oidc, &self.engine, &route.name, query, &verdict, verdict.at)
+                    .await
+            }
+            Err(_) => Outcome::Refuse(stepup::Problem::NoSession),
+        };
+        StepUps::count(&self.metrics, "callback", &outcome);
+        let reference = respond::new_reference().to_string();
+        let refusal = match &outcome {
+            Outcome::Redirect(url) => Refusal::StepUpPassed {
+                reference: &reference,
+                url,
+            },
+            Outcome::Refuse(problem) => Refusal::StepUpRefused {
+                problem: *problem,
+                login_url: route.login_url.as_deref(),
+            },
+        };
+        respond::send(session, refusal).await?;
+        Ok(true)
+    }
+
     /// Carries out a verdict as far as the route's mode allows: its
     /// effects through the engine, the refusal as a response. Returns true
     /// when a response was sent.
@@ -350,6 +398,49 @@ impl VigilProxy {
             }
             _ => None,
         };
+        let bearer = matches!(
+            verdict.session.map(|s| s.source),
+            Some(CredentialSource::Bearer)
+        );
+        if let (Action::StepUp, false, Some(StepUpVia::Oidc { callback_path }), Some(oidc)) = (
+            verdict.action,
+            bearer,
+            &route.step_up,
+            &generation.config.oidc,
+        ) {
+            let req = session.req_header();
+            let start = stepup::Start {
+                route: &route.name,
+                scheme: if self.tls { "https" } else { "http" },
+                authority: request_authority(req),
+                callback_path,
+                target: req
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str),
+                acr_values: rule.and_then(|r| r.acr_values.as_deref()),
+                max_age: rule.and_then(|r| r.max_age),
+                now: verdict.at,
+            };
+            let outcome = self.step_ups.start(oidc, verdict, &start).await;
+            StepUps::count(&self.metrics, "start", &outcome);
+            let refusal = match &outcome {
+                Outcome::Redirect(url) => Refusal::StepUp {
+                    reference: &reference,
+                    url,
+                    bearer: false,
+                    acr_values: None,
+                    max_age: None,
+                },
+                Outcome::Refuse(problem) => Refusal::StepUpRefused {
+                    problem: *problem,
+                    login_url: route.login_url.as_deref(),
+                },
+            };
+            respond::send(session, refusal).await?;
+            return Ok(true);
+        }
+        let issuer = generation.config.oidc.as_ref().map(|o| o.issuer.as_str());
         let refusal = match verdict.action {
             Action::Block if verdict.risk.reasons.iter().any(|c| c.reason.is_final()) => {
                 Refusal::SessionEnded {
@@ -359,12 +450,15 @@ impl VigilProxy {
             }
             Action::StepUp => Refusal::StepUp {
                 reference: &reference,
-                // Config validation requires step_up_url when a policy steps up.
-                url: route.step_up_url.as_deref().unwrap_or("/"),
-                bearer: matches!(
-                    verdict.session.map(|s| s.source),
-                    Some(CredentialSource::Bearer)
-                ),
+                // Config validation requires a way to step up when a
+                // policy or rule does; an API's client is pointed at the
+                // provider (RFC 9470 leaves the how to it).
+                url: match &route.step_up {
+                    Some(StepUpVia::Url(url)) => url,
+                    Some(StepUpVia::Oidc { .. }) => issuer.unwrap_or("/"),
+                    None => "/",
+                },
+                bearer,
                 acr_values: rule.and_then(|r| r.acr_values.as_deref()),
                 max_age: rule.and_then(|r| r.max_age),
             },
@@ -451,6 +545,13 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         };
         generation.counters.request(ctx.route);
+        if let (Some(StepUpVia::Oidc { callback_path }), Some(oidc)) =
+            (&route.step_up, &generation.config.oidc)
+            && *path == **callback_path
+        {
+            let path = path.into_owned();
+            return self.step_up_callback(session, route, oidc, &path).await;
+        }
         let view = self.request_view(session, route, &path);
         if route.mode == Mode::Off && !route.app_confirms {
             // `off` skips scoring and learning, not the revocation lookup.
@@ -819,6 +920,21 @@ fn request_host(req: &RequestHeader) -> &str {
         return raw.split_inclusive(']').next().unwrap_or(raw);
     }
     raw.split(':').next().unwrap_or(raw)
+}
+
+/// The host a request is for as the browser wrote it, port included:
+/// where Vigil's own callback is on the same origin. The route matched
+/// its host part.
+fn request_authority(req: &RequestHeader) -> &str {
+    req.uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
 }
 
 /// Size of the header section as sent: each `name: value\r\n` line.

@@ -82,6 +82,22 @@ pub enum Refusal<'a> {
         /// `max_age`).
         max_age: Option<u32>,
     },
+    /// A step-up at the identity provider was refused, at its start or at
+    /// its callback (`docs/step-up.md`).
+    StepUpRefused {
+        /// Why.
+        problem: crate::stepup::Problem,
+        /// Where to sign in afresh, offered when the session's user is not
+        /// known.
+        login_url: Option<&'a str>,
+    },
+    /// A step-up passed: back to the page the user asked for.
+    StepUpPassed {
+        /// The reference logged with the pass.
+        reference: &'a str,
+        /// The page: a relative URL on this host.
+        url: &'a str,
+    },
     /// The decision was `revoke`: the session has just been ended.
     Revoked {
         /// The decision's reference id.
@@ -306,7 +322,9 @@ impl<'a> Refusal<'a> {
             | Refusal::HeadersTooLarge
             | Refusal::Malformed { .. }
             | Refusal::Path { .. }
-            | Refusal::Misdirected => None,
+            | Refusal::Misdirected
+            | Refusal::StepUpRefused { .. } => None,
+            Refusal::StepUpPassed { reference, .. } => Some(reference),
             Refusal::Blocked { reference }
             | Refusal::SessionEnded { reference, .. }
             | Refusal::StepUp { reference, .. }
@@ -406,7 +424,103 @@ impl<'a> Refusal<'a> {
             Refusal::Revoked {
                 login_url, cookie, ..
             } => redirect(plain, "session_revoked", login_url, cookie),
+            Refusal::StepUpPassed { url, .. } => Answer {
+                link: Some(("location", url, "Continue")),
+                headers: vec![("location", url.to_owned())],
+                ..plain(
+                    StatusCode::SEE_OTHER,
+                    "step_up_passed",
+                    "Signed in",
+                    "You signed in again. Continue to the page you asked for.",
+                )
+            },
+            Refusal::StepUpRefused { problem, login_url } => {
+                let (status, title, message) = step_up_page(problem);
+                Answer {
+                    link: login_url
+                        .filter(|_| problem == crate::stepup::Problem::UnknownUser)
+                        .map(|url| ("login_url", url, "Sign in")),
+                    ..plain(status, problem.code(), title, message)
+                }
+            }
         }
+    }
+}
+
+/// The status, title and message of a refused step-up.
+fn step_up_page(problem: crate::stepup::Problem) -> (StatusCode, &'static str, &'static str) {
+    use crate::stepup::Problem as P;
+    match problem {
+        P::RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-in attempts",
+            "Too many sign-in attempts from this session or address. Wait a minute and try again.",
+        ),
+        P::Loop => (
+            StatusCode::FORBIDDEN,
+            "Sign-in loop",
+            "You just signed in again, and this page still asks for it. It cannot be reached this way; contact the service's support with the reference below.",
+        ),
+        P::NoSession => (
+            StatusCode::FORBIDDEN,
+            "Sign in first",
+            "This page needs a signed-in session before it can ask you to sign in again.",
+        ),
+        P::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "The sign-in service cannot be reached right now. Try again shortly.",
+        ),
+        P::BadCallback => (
+            StatusCode::BAD_REQUEST,
+            "Bad sign-in answer",
+            "The answer from the sign-in service could not be read.",
+        ),
+        P::StateUnknown => (
+            StatusCode::BAD_REQUEST,
+            "Sign-in link expired",
+            "This sign-in answer was already used, has expired, or was never sent. Go back to the page and try again.",
+        ),
+        P::SessionMismatch => (
+            StatusCode::FORBIDDEN,
+            "Wrong session",
+            "This sign-in was started by another session. Go back to the page and try again.",
+        ),
+        P::ProviderError => (
+            StatusCode::FORBIDDEN,
+            "Sign-in not completed",
+            "The sign-in service did not complete the sign-in.",
+        ),
+        P::ExchangeFailed => (
+            StatusCode::BAD_GATEWAY,
+            "Sign-in not completed",
+            "The sign-in could not be completed with the sign-in service. Try again.",
+        ),
+        P::TokenInvalid => (
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            "The sign-in service's answer did not pass its checks.",
+        ),
+        P::Insufficient => (
+            StatusCode::FORBIDDEN,
+            "Stronger sign-in needed",
+            "This page needs a stronger or more recent sign-in than the one completed.",
+        ),
+        P::UnknownUser => (
+            StatusCode::FORBIDDEN,
+            "Sign in afresh",
+            "This session's account is not known, so signing in again cannot confirm it. Sign in afresh.",
+        ),
+        P::WrongUser => (
+            StatusCode::FORBIDDEN,
+            "Different account",
+            "You signed in with a different account than this session's. Sign in with the session's own account.",
+        ),
+        P::Refused => (
+            StatusCode::FORBIDDEN,
+            "Access blocked",
+            "This session cannot continue.",
+        ),
     }
 }
 

@@ -114,7 +114,7 @@ mod tests {
             mode: Mode::Enforce,
             on_error: FailMode::Closed,
             login_url: None,
-            step_up_url: None,
+            step_up: None,
             app_confirms: false,
             revocation_check: true,
             policy: vigil_engine::Policy::default(),

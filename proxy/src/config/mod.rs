@@ -83,6 +83,86 @@ pub struct Config {
     pub rules: Arc<RuleSet>,
     /// Where they were read from, for `check` and reload logs.
     pub rules_dir: Option<PathBuf>,
+    /// Vigil as an OpenID Connect relying party, for routes that step up
+    /// at the identity provider (`[oidc]`); `None` when not configured.
+    pub oidc: Option<Arc<Oidc>>,
+}
+
+/// `[oidc]`: the identity provider Vigil sends users to for a step-up,
+/// and how it proves who came back (`docs/step-up.md`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Oidc {
+    /// The issuer, as the provider's discovery document names it: `https`,
+    /// or `http` on a loopback host only.
+    pub issuer: String,
+    /// Vigil's client id at the provider.
+    pub client_id: String,
+    /// The client secret, read from `client_secret_file` at load (trailing
+    /// whitespace trimmed); `None` for a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// The ID token claim that names the user as the app names it to
+    /// Vigil: `sub` (default), `email` or `preferred_username`.
+    pub user_claim: UserClaim,
+    /// PEM certificates to trust for the provider's TLS besides the
+    /// system's (`ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// How long a user may take at the provider (`pending_seconds`,
+    /// default 600).
+    pub pending: Duration,
+    /// Clock difference tolerated between Vigil and the provider
+    /// (`clock_skew_seconds`, default 30).
+    pub clock_skew: Duration,
+    /// Step-ups started and callbacks taken per session per minute
+    /// (`per_session_per_minute`, default 10).
+    pub per_session_per_minute: u32,
+    /// Step-ups started and callbacks taken per client address per minute
+    /// (`per_client_per_minute`, default 60).
+    pub per_client_per_minute: u32,
+    /// A session sent to step up again for the same page within this long
+    /// of passing a step-up is in a loop, and refused (`loop_seconds`,
+    /// default 60).
+    pub loop_window: Duration,
+    /// Upper bound on each call to the provider (`timeout_seconds`,
+    /// default 5).
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Oidc {
+    // The client secret is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oidc")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "…"))
+            .field("user_claim", &self.user_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which ID token claim names the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserClaim {
+    /// `sub`.
+    Sub,
+    /// `email`.
+    Email,
+    /// `preferred_username`.
+    PreferredUsername,
+}
+
+/// How a route steps up browsers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepUpVia {
+    /// Redirect to the route's `step_up_url`; the app re-authenticates and
+    /// confirms (`app_confirms`).
+    Url(String),
+    /// Vigil itself sends the user to `[oidc]`'s provider and takes the
+    /// answer at `callback_path` on the route's own host.
+    Oidc {
+        /// The callback's path (`callback_path`, default
+        /// `/.vigil/oidc/callback`); it must select this route.
+        callback_path: String,
+    },
 }
 
 /// `[server]`.
@@ -364,8 +444,9 @@ pub struct Route {
     pub on_error: FailMode,
     /// Sign-in page for revoked sessions.
     pub login_url: Option<String>,
-    /// Where `step_up` sends browsers.
-    pub step_up_url: Option<String>,
+    /// Where `step_up` sends browsers: the route's `step_up_url`, or the
+    /// identity provider (`step_up = "oidc"`); `None` when neither is set.
+    pub step_up: Option<StepUpVia>,
     /// Whether this route's app is trusted to confirm a passed step-up
     /// with the confirm header (`app_confirms`, default false). On an `off`
     /// route the request is then judged (nothing applied) so that the
@@ -583,6 +664,8 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let upstreams = read_upstreams(&mut f, p);
     let routes = read_routes(&mut f, &upstreams, p);
     let (rules, rules_dir) = read_rules(&mut f, base, &routes, p);
+    let oidc = read_oidc(&mut f, base, p);
+    check_step_up(&routes, oidc.as_ref(), p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -615,6 +698,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         routes,
         rules: Arc::new(rules),
         rules_dir,
+        oidc: oidc.map(Arc::new),
     })
 }
 
@@ -1546,10 +1630,10 @@ fn read_rules(
                 && rule.action == vigil_rules::RuleAction::Decide(action)
         };
         for route in routes.iter().filter(applies) {
-            if enforces(Action::StepUp) && route.step_up_url.is_none() {
+            if enforces(Action::StepUp) && route.step_up.is_none() {
                 p.push(
                     dir_key.clone(),
-                    format!("{at}: steps up on route {:?}, which has no step_up_url (scope the rule with `routes`, or set one)", route.name),
+                    format!("{at}: steps up on route {:?}, which has no step_up_url or step_up = \"oidc\" (scope the rule with `routes`, or set one)", route.name),
                 );
             }
             if enforces(Action::Revoke) && route.login_url.is_none() {
@@ -1628,6 +1712,38 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         };
         let login_url: Option<String> = t.opt(p, "login_url");
         let step_up_url: Option<String> = t.opt(p, "step_up_url");
+        let via: Option<String> = t.opt(p, "step_up");
+        let callback_path: Option<String> = t.opt(p, "callback_path");
+        if via.is_none() && callback_path.is_some() {
+            p.push(t.key("callback_path"), "only with step_up = \"oidc\"");
+        }
+        let step_up = match (via.as_deref(), step_up_url) {
+            (None, url) => url.map(StepUpVia::Url),
+            (Some("oidc"), url) => {
+                if url.is_some() {
+                    p.push(
+                        t.key("step_up_url"),
+                        "set with step_up = \"oidc\"; a route steps up one way",
+                    );
+                }
+                let callback_path =
+                    callback_path.unwrap_or_else(|| DEFAULT_CALLBACK_PATH.to_owned());
+                if !is_callback_path(&callback_path) {
+                    p.push(
+                        t.key("callback_path"),
+                        format!("{callback_path:?} is not a plain absolute path (no query, fragment, dot segments, `//`, `%` or spaces)"),
+                    );
+                }
+                Some(StepUpVia::Oidc { callback_path })
+            }
+            (Some(other), _) => {
+                p.push(
+                    t.key("step_up"),
+                    format!("{other:?} is not a step-up method; expected \"oidc\" (or leave it out and set step_up_url)"),
+                );
+                None
+            }
+        };
         let app_confirms = t.or(p, "app_confirms", false);
         let revocation_check = t.or(p, "revocation_check", true);
         let mut pt = t.table(p, "policy");
@@ -1677,10 +1793,10 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         };
         pt.finish(p);
         let uses = |a: Action| [policy.low, policy.medium, policy.high].contains(&a);
-        if uses(Action::StepUp) && step_up_url.is_none() {
+        if uses(Action::StepUp) && step_up.is_none() {
             p.push(
                 t.key("step_up_url"),
-                "missing; required when the policy uses step_up",
+                "missing; required when the policy uses step_up (or set step_up = \"oidc\")",
             );
         }
         if uses(Action::Revoke) && login_url.is_none() {
@@ -1699,7 +1815,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
                 mode,
                 on_error,
                 login_url,
-                step_up_url,
+                step_up,
                 app_confirms,
                 revocation_check,
                 policy,
@@ -1707,6 +1823,170 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         }
     }
     out
+}
+
+/// Where a route takes the provider's answer unless it says otherwise.
+pub const DEFAULT_CALLBACK_PATH: &str = "/.vigil/oidc/callback";
+
+/// A path Vigil can compare with a request's normalised path byte for
+/// byte: absolute, printable, no query or fragment, nothing a normaliser
+/// would rewrite.
+fn is_callback_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 256
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%' | b'\\'))
+        && !path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// `[oidc]`, when present: every key checked, the client secret read.
+fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> {
+    if !f.has("oidc") {
+        f.table(p, "oidc");
+        return None;
+    }
+    let mut t = f.table(p, "oidc");
+    let issuer: Option<String> = t.req(p, "issuer", "the identity provider's issuer URL");
+    if let Some(issuer) = &issuer
+        && let Err(e) = check_issuer(issuer)
+    {
+        p.push(t.key("issuer"), e);
+    }
+    let client_id: Option<String> = t.req(p, "client_id", "Vigil's client id at the provider");
+    if client_id.as_deref() == Some("") {
+        p.push(t.key("client_id"), "empty");
+    }
+    let client_secret = t.opt::<PathBuf>(p, "client_secret_file").and_then(|file| {
+        let file = resolve(base, file);
+        match std::fs::read_to_string(&file) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim_end().to_owned()),
+            Ok(_) => {
+                p.push(
+                    t.key("client_secret_file"),
+                    format!("{}: empty", file.display()),
+                );
+                None
+            }
+            Err(e) => {
+                p.push(
+                    t.key("client_secret_file"),
+                    format!("{}: cannot read: {e}", file.display()),
+                );
+                None
+            }
+        }
+    });
+    let user_claim = match t.or(p, "user_claim", "sub".to_owned()).as_str() {
+        "sub" => UserClaim::Sub,
+        "email" => UserClaim::Email,
+        "preferred_username" => UserClaim::PreferredUsername,
+        other => {
+            p.push(
+                t.key("user_claim"),
+                format!("{other:?} is not a user claim; expected \"sub\", \"email\" or \"preferred_username\""),
+            );
+            UserClaim::Sub
+        }
+    };
+    let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
+    if let Some(file) = &ca_file
+        && let Err(e) = std::fs::read(file)
+    {
+        p.push(
+            t.key("ca_file"),
+            format!("{}: cannot read: {e}", file.display()),
+        );
+    }
+    let mut secs = |t: &mut Fields<'_>, key: &'static str, default: u64, lo: u64, hi: u64| {
+        let v: u64 = t.or(p, key, default);
+        within(p, t.key(key), v, lo..=hi);
+        Duration::from_secs(v.clamp(lo, hi))
+    };
+    let pending = secs(&mut t, "pending_seconds", 600, 30, 3_600);
+    let clock_skew = secs(&mut t, "clock_skew_seconds", 30, 0, 600);
+    let loop_window = secs(&mut t, "loop_seconds", 60, 0, 3_600);
+    let timeout = secs(&mut t, "timeout_seconds", 5, 1, 60);
+    let mut per_minute = |t: &mut Fields<'_>, key: &'static str, default: u32| {
+        let v: u32 = t.or(p, key, default);
+        within(p, t.key(key), v, 1..=100_000);
+        v.clamp(1, 100_000)
+    };
+    let per_session_per_minute = per_minute(&mut t, "per_session_per_minute", 10);
+    let per_client_per_minute = per_minute(&mut t, "per_client_per_minute", 60);
+    t.finish(p);
+    Some(Oidc {
+        issuer: issuer?,
+        client_id: client_id?,
+        client_secret,
+        user_claim,
+        ca_file,
+        pending,
+        clock_skew,
+        per_session_per_minute,
+        per_client_per_minute,
+        loop_window,
+        timeout,
+    })
+}
+
+/// An issuer Vigil will talk to: an absolute `https` URL without query or
+/// fragment, or `http` to a loopback host (tests, a sidecar).
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let url = url::Url::parse(issuer).map_err(|e| format!("{issuer:?} is not a URL: {e}"))?;
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("{issuer:?}: no query, fragment or user info"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{issuer:?}: expected https (http only to a loopback host)"
+        )),
+    }
+}
+
+/// Routes that step up with OIDC need `[oidc]`, and each callback path
+/// must select its own route on every host the route serves, or the
+/// provider's answer would reach another route (or the app).
+fn check_step_up(routes: &[Route], oidc: Option<&Oidc>, p: &mut Problems) {
+    for (i, route) in routes.iter().enumerate() {
+        let Some(StepUpVia::Oidc { callback_path }) = &route.step_up else {
+            continue;
+        };
+        let key = format!("routes[{i}].step_up");
+        if oidc.is_none() {
+            p.push(key.clone(), "\"oidc\" needs an [oidc] section");
+        }
+        let hosts: Vec<&str> = if route.hosts.is_empty() {
+            vec![""]
+        } else {
+            route.hosts.iter().map(String::as_str).collect()
+        };
+        for host in hosts {
+            let selected = crate::routes::select(routes, host, callback_path)
+                .ok()
+                .and_then(|s| s.index);
+            if selected != Some(i) {
+                p.push(
+                    format!("routes[{i}].callback_path"),
+                    format!(
+                        "{callback_path:?} on host {host:?} selects {}, not this route; choose a path under the route's path_prefix",
+                        selected
+                            .and_then(|j| routes.get(j))
+                            .map_or("no route".to_owned(), |r| format!("route {:?}", r.name))
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn unique_name(t: &mut Fields<'_>, p: &mut Problems, seen: &mut HashSet<String>) -> Option<String> {

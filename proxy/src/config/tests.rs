@@ -455,3 +455,88 @@ fn misdirected_is_a_tls_listener_choice() {
     );
     assert!(problems[1].message.contains("only used on a TLS listener"));
 }
+
+#[test]
+fn oidc_step_up_is_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let good = format!(
+        r#"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "vigil"
+client_secret_file = {secret:?}
+user_claim = "email"
+
+[[listeners]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+addresses = ["127.0.0.1:3000"]
+
+[[routes]]
+name = "app"
+upstream = "app"
+step_up = "oidc"
+[routes.policy]
+high = "step_up"
+"#
+    );
+    let c = parse(&good).unwrap();
+    let oidc = c.oidc.as_deref().unwrap();
+    // Read from its file, trimmed, and never printed.
+    assert_eq!(oidc.client_secret.as_deref(), Some("s3cret"));
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(oidc.user_claim, UserClaim::Email);
+    assert_eq!(oidc.pending, Duration::from_secs(600));
+    assert_eq!(
+        c.routes[0].step_up,
+        Some(StepUpVia::Oidc {
+            callback_path: DEFAULT_CALLBACK_PATH.to_owned()
+        })
+    );
+
+    // Every problem at once: cleartext issuer off loopback, a missing
+    // secret file, an unknown claim, a route stepping up both ways with a
+    // callback path outside its prefix, a callback path with a query.
+    let bad = good
+        .replace("https://idp.example.com", "http://idp.example.com")
+        .replace(&format!("{secret:?}"), "\"/nonexistent/secret\"")
+        .replace("user_claim = \"email\"", "user_claim = \"name\"")
+        .replace(
+            "step_up = \"oidc\"",
+            "step_up = \"oidc\"\nstep_up_url = \"/x\"\npath_prefix = \"/app\"\ncallback_path = \"/cb\"",
+        )
+        .replace(
+            "[routes.policy]",
+            "[[routes]]\nname = \"b\"\nupstream = \"app\"\nstep_up = \"oidc\"\ncallback_path = \"/cb?x=1\"\n[routes.policy]",
+        );
+    let problems = parse(&bad).unwrap_err();
+    let found = keys(&problems);
+    for key in [
+        "oidc.issuer",
+        "oidc.client_secret_file",
+        "oidc.user_claim",
+        "routes[0].step_up_url",
+        "routes[0].callback_path",
+        "routes[1].callback_path",
+    ] {
+        assert!(found.contains(&key), "{key} not in {problems:#?}");
+    }
+
+    // `step_up = "oidc"` needs the section; a callback path needs oidc.
+    let no_section = good[good.find("[[listeners]]").unwrap()..].to_owned();
+    let problems = parse(&no_section).unwrap_err();
+    assert_eq!(keys(&problems), ["routes[0].step_up"], "{problems:#?}");
+    let stray = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\ncallback_path = \"/cb\"\n",
+    );
+    assert_eq!(
+        keys(&parse(&stray).unwrap_err()),
+        ["routes[0].callback_path"]
+    );
+}

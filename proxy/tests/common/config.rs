@@ -47,6 +47,8 @@ pub(crate) struct Route {
     medium: String,
     high: String,
     app_confirms: bool,
+    /// Steps up at `[oidc]`'s provider instead of `step_up_url`.
+    oidc: bool,
 }
 
 /// A loopback address with a port that was free a moment ago and that no
@@ -240,7 +242,15 @@ impl Route {
             medium: "allow".to_owned(),
             high: "block".to_owned(),
             app_confirms: false,
+            oidc: false,
         }
+    }
+
+    /// Steps up at the `[oidc]` provider (`step_up = "oidc"`), with the
+    /// default callback path.
+    pub(crate) fn oidc(mut self) -> Route {
+        self.oidc = true;
+        self
     }
 
     /// The app on this route is trusted to confirm a passed step-up.
@@ -293,9 +303,14 @@ impl Route {
         if !self.hosts.is_empty() {
             writeln!(out, "hosts = {:?}", self.hosts).unwrap();
         }
+        let step_up = if self.oidc {
+            "step_up = \"oidc\"".to_owned()
+        } else {
+            format!("step_up_url = {STEP_UP_URL:?}")
+        };
         write!(
             out,
-            "mode = {:?}\non_error = {:?}\nlogin_url = {LOGIN_URL:?}\nstep_up_url = {STEP_UP_URL:?}\n\
+            "mode = {:?}\non_error = {:?}\nlogin_url = {LOGIN_URL:?}\n{step_up}\n\
              app_confirms = {}\n[routes.policy]\nlow = {:?}\nmedium = {:?}\nhigh = {:?}\n",
             self.mode, self.on_error, self.app_confirms, self.low, self.medium, self.high
         )

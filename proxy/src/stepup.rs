@@ -1,0 +1,510 @@
+//! Step-up at the identity provider: Vigil as an OpenID Connect relying
+//! party (`docs/step-up.md`).
+//!
+//! A route with `step_up = "oidc"` answers a `step_up` decision on a page
+//! by sending the browser to the provider (authorization code flow with
+//! PKCE, `prompt=login`, and the rule's `acr_values`/`max_age`), with a
+//! one-time `state` and `nonce` remembered here against the session's key.
+//! The provider sends the browser back to the route's callback path; the
+//! callback is judged like any request of the route, then:
+//!
+//! 1. the `state` is taken (once: a replayed callback finds nothing) and
+//!    the request's one session credential must be the one that was sent;
+//! 2. the code is exchanged (PKCE verifier, client secret) and the ID
+//!    token checked: signature against the provider's keys (fetched again
+//!    once for a new `kid`), issuer, audience, expiry, the `nonce`, issued
+//!    after Vigil sent the user (Vigil's own record, since some providers
+//!    keep an old `auth_time` on re-authentication), `auth_time` within
+//!    `max_age` and `acr` among the `acr_values` when the rule asked;
+//! 3. the token's user must be the session's user: a step-up confirms who a
+//!    session belongs to, it never hands a session to whoever signs in;
+//! 4. the engine confirms the session from the callback's own facts (the
+//!    device and network become its baseline), and the browser goes back to
+//!    the page it asked for, a relative URL on the same host.
+//!
+//! Everything refused is answered with a page naming the reason
+//! ([`Problem`]), counted in `vigil_proxy_step_ups_total` and logged with
+//! target [`LOG_TARGET`]. Starts and callbacks are rate-limited per
+//! session and per client address; a session sent back to the provider for
+//! the same page just after passing is in a loop, and refused.
+//!
+//! What is remembered (pending step-ups, recent passes, counters) lives in
+//! this node's memory, across config reloads; a fleet needs the callback
+//! to reach the node that sent the user (or the controller to carry it).
+
+mod idp;
+mod limit;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openidconnect::Nonce;
+use vigil_engine::{Action, Engine, SessionKey, UserKey, Verdict};
+
+use crate::config::{Oidc, UserClaim};
+use crate::metrics::Metrics;
+
+pub use self::idp::Provider;
+use self::limit::Limiter;
+
+/// Target of every step-up log record: `vigil::stepup`.
+pub const LOG_TARGET: &str = "vigil::stepup";
+
+/// Most step-ups waiting for their callback on one node; beyond it the
+/// oldest are forgotten (their callbacks then find no state).
+const MAX_PENDING: u64 = 100_000;
+
+/// Longest original URL kept to return to; a longer one returns to `/`.
+const MAX_TARGET_BYTES: usize = 2_048;
+
+/// Longest callback query read.
+const MAX_QUERY_BYTES: usize = 8_192;
+
+/// Why a step-up was refused: each is a page with its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Too many starts or callbacks from this session or address.
+    RateLimited,
+    /// Sent to step up for the same page just after passing.
+    Loop,
+    /// The request has no session to step up (or several credentials).
+    NoSession,
+    /// The provider could not be reached or answered nonsense.
+    Unavailable,
+    /// The callback's query is missing, repeated or malformed.
+    BadCallback,
+    /// The `state` is unknown: used already, expired, or never sent.
+    StateUnknown,
+    /// The callback carries another session than the one sent.
+    SessionMismatch,
+    /// The provider answered with an error (the user cancelled, say).
+    ProviderError,
+    /// The code could not be exchanged for tokens.
+    ExchangeFailed,
+    /// The ID token failed a check (signature, issuer, audience, expiry,
+    /// nonce, issued before the user was sent).
+    TokenInvalid,
+    /// The authentication is older than `max_age`, or of another class
+    /// than `acr_values` asked for.
+    Insufficient,
+    /// The session's user is not known: it must sign in afresh.
+    UnknownUser,
+    /// Someone else signed in than the session's user.
+    WrongUser,
+    /// The session was revoked, or the callback itself is refused.
+    Refused,
+}
+
+impl Problem {
+    /// The stable code: the page's and JSON's `error`, the log's `code`,
+    /// the metric's `outcome`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Problem::RateLimited => "step_up_rate_limited",
+            Problem::Loop => "step_up_loop",
+            Problem::NoSession => "step_up_no_session",
+            Problem::Unavailable => "step_up_unavailable",
+            Problem::BadCallback => "step_up_bad_callback",
+            Problem::StateUnknown => "step_up_state_unknown",
+            Problem::SessionMismatch => "step_up_session_mismatch",
+            Problem::ProviderError => "step_up_provider_error",
+            Problem::ExchangeFailed => "step_up_exchange_failed",
+            Problem::TokenInvalid => "step_up_token_invalid",
+            Problem::Insufficient => "step_up_insufficient",
+            Problem::UnknownUser => "step_up_unknown_user",
+            Problem::WrongUser => "step_up_wrong_user",
+            Problem::Refused => "step_up_refused",
+        }
+    }
+}
+
+/// A step-up sent to the provider, waiting for its callback.
+#[derive(Debug)]
+struct Pending {
+    /// The session that was sent; the callback must carry it.
+    session: SessionKey,
+    /// The route that sent it; the callback must arrive on it.
+    route: String,
+    /// The issuer it was sent to.
+    issuer: String,
+    /// The `redirect_uri` sent, which the code exchange repeats.
+    redirect_uri: String,
+    /// The PKCE verifier.
+    verifier: String,
+    /// The nonce the ID token must carry.
+    nonce: String,
+    /// Where to return: a relative URL on the same host.
+    target: String,
+    /// When the user was sent (Unix seconds).
+    sent_at: u64,
+    /// What the rule asked for.
+    acr_values: Vec<String>,
+    /// Seconds since authentication the rule allows.
+    max_age: Option<u32>,
+}
+
+/// A step-up passed, for loop detection.
+#[derive(Debug, Clone)]
+struct Passed {
+    at: u64,
+    target: String,
+}
+
+/// What a step-up start or callback comes to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send the browser to this URL: the provider (start) or the original
+    /// page (callback passed).
+    Redirect(String),
+    /// Refuse with this problem's page.
+    Refuse(Problem),
+}
+
+/// The relying party: pending step-ups, counters and the provider's
+/// metadata, shared by every listener and kept across reloads.
+#[derive(Debug)]
+pub struct StepUps {
+    pending: moka::sync::Cache<String, Arc<Pending>>,
+    passed: moka::sync::Cache<SessionKey, Passed>,
+    per_session: Limiter<SessionKey>,
+    per_client: Limiter<IpAddr>,
+    provider: idp::Cache,
+}
+
+impl Default for StepUps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The start of a step-up: what the decision and the request say.
+#[derive(Debug)]
+pub struct Start<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// `http` or `https`: the scheme the browser used.
+    pub scheme: &'a str,
+    /// The `Host` the browser used, port included (the route matched it).
+    pub authority: &'a str,
+    /// The route's callback path.
+    pub callback_path: &'a str,
+    /// The request's path and query as sent.
+    pub target: &'a str,
+    /// The rule's `acr_values` (space-separated), if any.
+    pub acr_values: Option<&'a str>,
+    /// The rule's `max_age`, if any.
+    pub max_age: Option<u32>,
+    /// The request's time.
+    pub now: u64,
+}
+
+// === impl StepUps ===
+
+impl StepUps {
+    /// Empty state.
+    pub fn new() -> Self {
+        Self {
+            // Each pending step-up expires by its own `pending_seconds`,
+            // checked at the callback; the cache's bound is the longest.
+            pending: moka::sync::Cache::builder()
+                .max_capacity(MAX_PENDING)
+                .time_to_live(Duration::from_secs(3_600))
+                .build(),
+            passed: moka::sync::Cache::builder()
+                .max_capacity(MAX_PENDING)
+                .time_to_live(Duration::from_secs(3_600))
+                .build(),
+            per_session: Limiter::new(MAX_PENDING),
+            per_client: Limiter::new(MAX_PENDING),
+            provider: idp::Cache::default(),
+        }
+    }
+
+    /// Whether this session or client has used up its minute.
+    fn limited(&self, oidc: &Oidc, session: Option<SessionKey>, client: IpAddr) -> bool {
+        let by_client = self.per_client.hit(client, oidc.per_client_per_minute);
+        let by_session =
+            session.is_some_and(|s| self.per_session.hit(s, oidc.per_session_per_minute));
+        by_client || by_session
+    }
+
+    /// Starts a step-up for the request `verdict` judged: the URL of the
+    /// provider to send the browser to, or why not.
+    pub async fn start(&self, oidc: &Arc<Oidc>, verdict: &Verdict, start: &Start<'_>) -> Outcome {
+        let Some(session) = verdict.session.filter(|_| verdict.credentials == 1) else {
+            return Outcome::Refuse(Problem::NoSession);
+        };
+        if self.limited(oidc, Some(session.key), verdict.client.addr) {
+            return Outcome::Refuse(Problem::RateLimited);
+        }
+        let target = safe_target(start.target);
+        if let Some(p) = self.passed.get(&session.key)
+            && p.target == target
+            && start.now.saturating_sub(p.at) < oidc.loop_window.as_secs()
+        {
+            return Outcome::Refuse(Problem::Loop);
+        }
+        let provider = match self.provider.get(oidc).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, issuer = %oidc.issuer, error = %e, "identity provider unavailable");
+                return Outcome::Refuse(Problem::Unavailable);
+            }
+        };
+        let redirect_uri = format!(
+            "{}://{}{}",
+            start.scheme, start.authority, start.callback_path
+        );
+        let acr_values: Vec<String> = start
+            .acr_values
+            .map(|a| a.split_ascii_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let request = match provider.authorize(&redirect_uri, &acr_values, start.max_age) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, redirect_uri, "step-up not sent");
+                return Outcome::Refuse(Problem::Unavailable);
+            }
+        };
+        self.pending.insert(
+            request.state,
+            Arc::new(Pending {
+                session: session.key,
+                route: start.route.to_owned(),
+                issuer: oidc.issuer.clone(),
+                redirect_uri,
+                verifier: request.verifier,
+                nonce: request.nonce,
+                target,
+                sent_at: start.now,
+                acr_values,
+                max_age: start.max_age,
+            }),
+        );
+        Outcome::Redirect(request.url)
+    }
+
+    /// Takes the provider's answer at a callback path: `query` is the
+    /// request's query string, `verdict` the callback request's own
+    /// verdict on `route`. On success the session is confirmed through
+    /// `engine`, and the outcome is the page to return to.
+    pub async fn callback(
+        &self,
+        oidc: &Arc<Oidc>,
+        engine: &Engine,
+        route: &str,
+        query: Option<&str>,
+        verdict: &Verdict,
+        now: u64,
+    ) -> Outcome {
+        let session = verdict.session.filter(|_| verdict.credentials == 1);
+        if self.limited(oidc, session.map(|s| s.key), verdict.client.addr) {
+            return Outcome::Refuse(Problem::RateLimited);
+        }
+        let Some(params) = Callback::parse(query.unwrap_or("")) else {
+            return Outcome::Refuse(Problem::BadCallback);
+        };
+        // Taken, not read: a callback is good once, whatever follows.
+        let Some(pending) = params.state.as_deref().and_then(|s| self.pending.remove(s)) else {
+            return Outcome::Refuse(Problem::StateUnknown);
+        };
+        if now.saturating_sub(pending.sent_at) > oidc.pending.as_secs()
+            || pending.route != route
+            || pending.issuer != oidc.issuer
+        {
+            return Outcome::Refuse(Problem::StateUnknown);
+        }
+        let Some(session) = session.filter(|s| s.key == pending.session) else {
+            return Outcome::Refuse(Problem::SessionMismatch);
+        };
+        // RFC 9207: a provider that names itself must be ours.
+        if params.iss.as_deref().is_some_and(|iss| iss != oidc.issuer) {
+            return Outcome::Refuse(Problem::TokenInvalid);
+        }
+        if let Some(error) = &params.error {
+            tracing::info!(target: LOG_TARGET, session = %session.key.short(), error = %sanitised(error), "provider refused the step-up");
+            return Outcome::Refuse(Problem::ProviderError);
+        }
+        let Some(code) = params.code else {
+            return Outcome::Refuse(Problem::BadCallback);
+        };
+        let provider = match self.provider.get(oidc).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, issuer = %oidc.issuer, error = %e, "identity provider unavailable");
+                return Outcome::Refuse(Problem::Unavailable);
+            }
+        };
+        let skew = oidc.clock_skew.as_secs();
+        let not_before = pending.sent_at.saturating_sub(skew);
+        let claims = match self
+            .provider
+            .exchange(
+                &provider,
+                oidc,
+                &code,
+                &pending.redirect_uri,
+                &pending.verifier,
+                &Nonce::new(pending.nonce.clone()),
+                not_before,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(target: LOG_TARGET, session = %session.key.short(), error = %e, "step-up token refused");
+                return Outcome::Refuse(e.problem());
+            }
+        };
+        if let Some(max_age) = pending.max_age {
+            let fresh = claims
+                .auth_time
+                .is_some_and(|t| t.saturating_add(u64::from(max_age)).saturating_add(skew) >= now);
+            if !fresh {
+                return Outcome::Refuse(Problem::Insufficient);
+            }
+        }
+        if !pending.acr_values.is_empty()
+            && !claims
+                .acr
+                .as_ref()
+                .is_some_and(|acr| pending.acr_values.contains(acr))
+        {
+            return Outcome::Refuse(Problem::Insufficient);
+        }
+        let Some(name) = claims.user(oidc.user_claim) else {
+            return Outcome::Refuse(Problem::TokenInvalid);
+        };
+        let Some(user) = verdict.user else {
+            return Outcome::Refuse(Problem::UnknownUser);
+        };
+        let signed_in: UserKey = engine.user_key(name);
+        if signed_in != user {
+            tracing::warn!(target: LOG_TARGET, session = %session.key.short(), "someone else signed in at the step-up of this session");
+            return Outcome::Refuse(Problem::WrongUser);
+        }
+        // The callback is a request like any: a session the engine would
+        // block or has revoked does not pass by signing in.
+        if !matches!(verdict.action, Action::Allow | Action::StepUp) || !engine.confirm(verdict) {
+            return Outcome::Refuse(Problem::Refused);
+        }
+        tracing::info!(
+            target: LOG_TARGET,
+            session = %session.key.short(),
+            route,
+            acr = claims.acr.as_deref().unwrap_or(""),
+            amr = %claims.amr.join(" "),
+            auth_time = claims.auth_time.unwrap_or(0),
+            "step-up passed"
+        );
+        self.passed.insert(
+            session.key,
+            Passed {
+                at: now,
+                target: pending.target.clone(),
+            },
+        );
+        Outcome::Redirect(pending.target.clone())
+    }
+
+    /// Counts an outcome.
+    pub fn count(metrics: &Metrics, stage: &str, outcome: &Outcome) {
+        let label = match outcome {
+            Outcome::Redirect(_) if stage == "start" => "sent",
+            Outcome::Redirect(_) => "passed",
+            Outcome::Refuse(p) => p.code(),
+        };
+        metrics.step_ups.with_label_values(&[stage, label]).inc();
+    }
+}
+
+/// The callback's parameters: each at most once, or the query is refused
+/// (a duplicate is a client choosing which value counts).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    iss: Option<String>,
+}
+
+impl Callback {
+    fn parse(query: &str) -> Option<Callback> {
+        if query.len() > MAX_QUERY_BYTES {
+            return None;
+        }
+        let mut out = Callback::default();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "code" => &mut out.code,
+                "state" => &mut out.state,
+                "error" => &mut out.error,
+                "iss" => &mut out.iss,
+                _ => continue,
+            };
+            if slot.is_some() || value.is_empty() || value.len() > 2_048 {
+                return None;
+            }
+            *slot = Some(value.into_owned());
+        }
+        Some(out)
+    }
+}
+
+/// The page to return to: the request's own path and query when it is a
+/// plain relative URL on this host, `/` otherwise. Never `//host` or
+/// `/\host`, which browsers read as another host.
+fn safe_target(target: &str) -> String {
+    let ok = target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && target.len() <= MAX_TARGET_BYTES
+        && target.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        target.to_owned()
+    } else {
+        "/".to_owned()
+    }
+}
+
+/// A provider's error code as logged: its first 64 characters of
+/// `[A-Za-z0-9_.-]`.
+fn sanitised(error: &str) -> String {
+    error
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(64)
+        .collect()
+}
+
+/// What Vigil reads from a verified ID token.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    /// `sub`.
+    pub sub: String,
+    /// `email`, when present.
+    pub email: Option<String>,
+    /// `preferred_username`, when present.
+    pub preferred_username: Option<String>,
+    /// `acr`, when present.
+    pub acr: Option<String>,
+    /// `amr`, possibly empty.
+    pub amr: Vec<String>,
+    /// `auth_time`, when present (Unix seconds).
+    pub auth_time: Option<u64>,
+}
+
+impl Claims {
+    /// The user the token names by `claim`, as Vigil takes a user name.
+    fn user(&self, claim: UserClaim) -> Option<&str> {
+        let raw = match claim {
+            UserClaim::Sub => Some(self.sub.as_str()),
+            UserClaim::Email => self.email.as_deref(),
+            UserClaim::PreferredUsername => self.preferred_username.as_deref(),
+        };
+        raw.and_then(vigil_engine::valid_user_name)
+    }
+}
