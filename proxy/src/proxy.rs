@@ -282,16 +282,25 @@ impl VigilProxy {
         session: &mut Session,
         route: &Route,
         oidc: &Arc<crate::config::Oidc>,
+        rules: &vigil_rules::RuleSet,
         path: &str,
     ) -> Result<bool> {
         let view = self.request_view(session, route, path);
-        let decided = self.engine.decide_with_rules(
-            &view,
-            &route.policy,
-            self.current.load().config.rules.as_ref(),
-            self.forwarded,
-        );
+        let decided = self
+            .engine
+            .decide_with_rules(&view, &route.policy, rules, self.forwarded);
         let outcome = match decided {
+            // Only an enforcing route sends users to step up; a route
+            // switched to monitor or off since confirms nothing. A session
+            // born over TLS is not confirmed on a cleartext listener that
+            // refuses it.
+            Ok(verdict)
+                if route.mode != Mode::Enforce
+                    || (self.tls_required
+                        && verdict.risk.has(vigil_engine::Reason::TlsEvidenceLost)) =>
+            {
+                Outcome::Refuse(stepup::Problem::Refused)
+            }
             Ok(verdict) => {
                 let query = session.req_header().uri.query();
                 self.step_ups
@@ -550,7 +559,10 @@ impl ProxyHttp for VigilProxy {
             && *path == **callback_path
         {
             let path = path.into_owned();
-            return self.step_up_callback(session, route, oidc, &path).await;
+            let rules = generation.config.rules.as_ref();
+            return self
+                .step_up_callback(session, route, oidc, rules, &path)
+                .await;
         }
         let view = self.request_view(session, route, &path);
         if route.mode == Mode::Off && !route.app_confirms {

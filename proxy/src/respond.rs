@@ -466,6 +466,16 @@ fn step_up_page(problem: crate::stepup::Problem) -> (StatusCode, &'static str, &
             "Sign in first",
             "This page needs a signed-in session before it can ask you to sign in again.",
         ),
+        P::BadHost => (
+            StatusCode::BAD_REQUEST,
+            "Bad host",
+            "This request's host name cannot be signed in at.",
+        ),
+        P::NotFresh => (
+            StatusCode::FORBIDDEN,
+            "Sign in again",
+            "The sign-in service did not show a new sign-in. Sign in again with your password or key.",
+        ),
         P::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",

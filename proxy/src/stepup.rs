@@ -53,9 +53,19 @@ use self::limit::Limiter;
 /// Target of every step-up log record: `vigil::stepup`.
 pub const LOG_TARGET: &str = "vigil::stepup";
 
-/// Most step-ups waiting for their callback on one node; beyond it the
-/// oldest are forgotten (their callbacks then find no state).
-const MAX_PENDING: u64 = 100_000;
+/// Bytes of step-ups waiting for their callback on one node (each weighed
+/// by its strings); beyond it the least recently sent are forgotten (their
+/// callbacks then find no state). About 100,000 ordinary ones.
+const MAX_PENDING_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Keys each rate limiter and the loop memory track; beyond it the least
+/// recently seen are forgotten.
+const MAX_TRACKED: u64 = 100_000;
+
+/// The longest `pending_seconds` allowed: no pending step-up outlives it,
+/// whatever a reload sets meanwhile (each is also checked against the
+/// setting in force at its callback).
+const PENDING_CEILING: Duration = Duration::from_secs(3_600);
 
 /// Longest original URL kept to return to; a longer one returns to `/`.
 const MAX_TARGET_BYTES: usize = 2_048;
@@ -72,6 +82,9 @@ pub enum Problem {
     Loop,
     /// The request has no session to step up (or several credentials).
     NoSession,
+    /// The request's `Host` is not a plain `host[:port]`: no callback
+    /// address can be built from it.
+    BadHost,
     /// The provider could not be reached or answered nonsense.
     Unavailable,
     /// The callback's query is missing, repeated or malformed.
@@ -87,6 +100,10 @@ pub enum Problem {
     /// The ID token failed a check (signature, issuer, audience, expiry,
     /// nonce, issued before the user was sent).
     TokenInvalid,
+    /// The provider did not show that the user signed in after Vigil sent
+    /// them (`auth_time` missing or older), so the sign-in may be a silent
+    /// one from an existing (perhaps stolen) provider session.
+    NotFresh,
     /// The authentication is older than `max_age`, or of another class
     /// than `acr_values` asked for.
     Insufficient,
@@ -106,6 +123,7 @@ impl Problem {
             Problem::RateLimited => "step_up_rate_limited",
             Problem::Loop => "step_up_loop",
             Problem::NoSession => "step_up_no_session",
+            Problem::BadHost => "step_up_bad_host",
             Problem::Unavailable => "step_up_unavailable",
             Problem::BadCallback => "step_up_bad_callback",
             Problem::StateUnknown => "step_up_state_unknown",
@@ -113,6 +131,7 @@ impl Problem {
             Problem::ProviderError => "step_up_provider_error",
             Problem::ExchangeFailed => "step_up_exchange_failed",
             Problem::TokenInvalid => "step_up_token_invalid",
+            Problem::NotFresh => "step_up_not_fresh",
             Problem::Insufficient => "step_up_insufficient",
             Problem::UnknownUser => "step_up_unknown_user",
             Problem::WrongUser => "step_up_wrong_user",
@@ -146,6 +165,20 @@ struct Pending {
     max_age: Option<u32>,
 }
 
+impl Pending {
+    /// Bytes held, roughly, for the cache's bound.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.route.len()
+            + self.issuer.len()
+            + self.redirect_uri.len()
+            + self.verifier.len()
+            + self.nonce.len()
+            + self.target.len()
+            + self.acr_values.iter().map(String::len).sum::<usize>()
+    }
+}
+
 /// A step-up passed, for loop detection.
 #[derive(Debug, Clone)]
 struct Passed {
@@ -169,8 +202,14 @@ pub enum Outcome {
 pub struct StepUps {
     pending: moka::sync::Cache<String, Arc<Pending>>,
     passed: moka::sync::Cache<SessionKey, Passed>,
+    /// Starts per session.
     per_session: Limiter<SessionKey>,
-    per_client: Limiter<IpAddr>,
+    /// Starts per client network.
+    starts_per_client: Limiter<IpAddr>,
+    /// Callbacks per client network, counted apart from starts: a flood of
+    /// junk callbacks spends only its own address's budget, and nobody's
+    /// session budget.
+    callbacks_per_client: Limiter<IpAddr>,
     provider: idp::Cache,
 }
 
@@ -207,27 +246,37 @@ impl StepUps {
     /// Empty state.
     pub fn new() -> Self {
         Self {
-            // Each pending step-up expires by its own `pending_seconds`,
-            // checked at the callback; the cache's bound is the longest.
+            // Least recently used goes first: moka's default (TinyLFU)
+            // admits a new entry only if it is read more often than the
+            // one it would evict, and pending step-ups are read once, so a
+            // full cache would refuse every new one.
             pending: moka::sync::Cache::builder()
-                .max_capacity(MAX_PENDING)
-                .time_to_live(Duration::from_secs(3_600))
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .weigher(|state: &String, p: &Arc<Pending>| {
+                    u32::try_from(state.len() + p.weight()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(MAX_PENDING_BYTES)
+                .time_to_live(PENDING_CEILING)
                 .build(),
             passed: moka::sync::Cache::builder()
-                .max_capacity(MAX_PENDING)
-                .time_to_live(Duration::from_secs(3_600))
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .max_capacity(MAX_TRACKED)
+                .time_to_live(PENDING_CEILING)
                 .build(),
-            per_session: Limiter::new(MAX_PENDING),
-            per_client: Limiter::new(MAX_PENDING),
+            per_session: Limiter::new(MAX_TRACKED),
+            starts_per_client: Limiter::new(MAX_TRACKED),
+            callbacks_per_client: Limiter::new(MAX_TRACKED),
             provider: idp::Cache::default(),
         }
     }
 
-    /// Whether this session or client has used up its minute.
-    fn limited(&self, oidc: &Oidc, session: Option<SessionKey>, client: IpAddr) -> bool {
-        let by_client = self.per_client.hit(client, oidc.per_client_per_minute);
-        let by_session =
-            session.is_some_and(|s| self.per_session.hit(s, oidc.per_session_per_minute));
+    /// Whether this session or client network has used up its minute of
+    /// starts.
+    fn start_limited(&self, oidc: &Oidc, session: SessionKey, client: IpAddr) -> bool {
+        let by_client = self
+            .starts_per_client
+            .hit(network(client), oidc.per_client_per_minute);
+        let by_session = self.per_session.hit(session, oidc.per_session_per_minute);
         by_client || by_session
     }
 
@@ -237,9 +286,12 @@ impl StepUps {
         let Some(session) = verdict.session.filter(|_| verdict.credentials == 1) else {
             return Outcome::Refuse(Problem::NoSession);
         };
-        if self.limited(oidc, Some(session.key), verdict.client.addr) {
+        if self.start_limited(oidc, session.key, verdict.client.addr) {
             return Outcome::Refuse(Problem::RateLimited);
         }
+        let Some(authority) = plain_authority(start.authority) else {
+            return Outcome::Refuse(Problem::BadHost);
+        };
         let target = safe_target(start.target);
         if let Some(p) = self.passed.get(&session.key)
             && p.target == target
@@ -254,10 +306,7 @@ impl StepUps {
                 return Outcome::Refuse(Problem::Unavailable);
             }
         };
-        let redirect_uri = format!(
-            "{}://{}{}",
-            start.scheme, start.authority, start.callback_path
-        );
+        let redirect_uri = format!("{}://{authority}{}", start.scheme, start.callback_path);
         let acr_values: Vec<String> = start
             .acr_values
             .map(|a| a.split_ascii_whitespace().map(str::to_owned).collect())
@@ -301,7 +350,10 @@ impl StepUps {
         now: u64,
     ) -> Outcome {
         let session = verdict.session.filter(|_| verdict.credentials == 1);
-        if self.limited(oidc, session.map(|s| s.key), verdict.client.addr) {
+        if self
+            .callbacks_per_client
+            .hit(network(verdict.client.addr), oidc.per_client_per_minute)
+        {
             return Outcome::Refuse(Problem::RateLimited);
         }
         let Some(params) = Callback::parse(query.unwrap_or("")) else {
@@ -359,6 +411,16 @@ impl StepUps {
                 return Outcome::Refuse(e.problem());
             }
         };
+        // A fresh sign-in: after Vigil sent the user. Without this, a
+        // provider session (perhaps stolen along with the app's cookie)
+        // could answer silently; `prompt=login` is only a request.
+        if oidc.require_auth_time
+            && claims
+                .auth_time
+                .is_none_or(|t| t.saturating_add(skew) < pending.sent_at)
+        {
+            return Outcome::Refuse(Problem::NotFresh);
+        }
         if let Some(max_age) = pending.max_age {
             let fresh = claims
                 .auth_time
@@ -470,6 +532,53 @@ fn safe_target(target: &str) -> String {
     }
 }
 
+/// The `Host` a browser used when it is a plain `host[:port]`: a DNS name
+/// or IP literal and a port of digits, nothing else (no user info, path or
+/// query, which would move the callback elsewhere), at most 255 bytes.
+fn plain_authority(authority: &str) -> Option<&str> {
+    if authority.is_empty() || authority.len() > 255 {
+        return None;
+    }
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']')?;
+            let port = match after {
+                "" => None,
+                after => Some(after.strip_prefix(':')?),
+            };
+            (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            (ok, port)
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    (host_ok && port_ok).then_some(authority)
+}
+
+/// The network a client address is counted under: the address itself for
+/// IPv4, its /64 for IPv6 (one subscriber's usual share, which it can
+/// otherwise rotate through freely).
+fn network(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(octets))
+        }
+    }
+}
+
 /// A provider's error code as logged: its first 64 characters of
 /// `[A-Za-z0-9_.-]`.
 fn sanitised(error: &str) -> String {
@@ -485,10 +594,9 @@ fn sanitised(error: &str) -> String {
 pub struct Claims {
     /// `sub`.
     pub sub: String,
-    /// `email`, when present.
+    /// `email`, when present and `email_verified` is true: an unverified
+    /// address is whatever the account's holder typed.
     pub email: Option<String>,
-    /// `preferred_username`, when present.
-    pub preferred_username: Option<String>,
     /// `acr`, when present.
     pub acr: Option<String>,
     /// `amr`, possibly empty.
@@ -498,13 +606,14 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// The user the token names by `claim`, as Vigil takes a user name.
+    /// The user the token names by `claim`, as Vigil takes a user name,
+    /// and exactly so: a name that Vigil would trim (`"victim\u{a0}"`, an
+    /// account the provider holds apart from `victim`) names nobody.
     fn user(&self, claim: UserClaim) -> Option<&str> {
         let raw = match claim {
             UserClaim::Sub => Some(self.sub.as_str()),
             UserClaim::Email => self.email.as_deref(),
-            UserClaim::PreferredUsername => self.preferred_username.as_deref(),
         };
-        raw.and_then(vigil_engine::valid_user_name)
+        raw.filter(|r| vigil_engine::valid_user_name(r) == Some(*r))
     }
 }

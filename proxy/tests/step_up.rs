@@ -479,6 +479,53 @@ fn passed_auth_times(log: &str) -> Vec<u64> {
 }
 
 #[tokio::test]
+async fn a_silent_sign_in_from_a_provider_session_is_not_a_step_up() {
+    let stage = Stage::start("clock_skew_seconds = 0", "").await;
+    // Alice steps up once on this device: it now holds a session at the
+    // provider too.
+    let mut device = stage.session_elsewhere("alice", "s-first").await;
+    let form = stage.to_login_form(&mut device, "/").await;
+    let callback = stage
+        .sign_in(&mut device, &form, "alice", "pw-a", None)
+        .await;
+    assert_eq!(device.get(&callback).await.status, 303);
+    let signed_in_at = passed_auth_times(&stage.proxy.log())[0];
+    while now_secs() <= signed_in_at {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // An infostealer took both cookies: the app's session and the
+    // provider's. Stepped up, the thief drops prompt=login from the
+    // provider's URL, and the provider answers silently from its session.
+    let mut thief = stage.session_elsewhere("alice", "s-second").await;
+    for (name, value) in device.cookies_of(stage.idp.issuer()) {
+        thief.set_cookie(&host_port_of(stage.idp.issuer()), &name, &value);
+    }
+    let sent = thief.get(&stage.url("/")).await;
+    assert_eq!(sent.status, 303);
+    let auth = sent.location().unwrap().replace("&prompt=login", "");
+    assert!(!auth.contains("prompt="), "{auth}");
+    let callback_prefix = stage.url(CALLBACK);
+    let back = thief
+        .follow_until(&auth, 10, |next| next.starts_with(&callback_prefix))
+        .await;
+    // No form was shown: the provider signed the thief in silently.
+    assert!(
+        back.hops.iter().all(|(_, status)| *status != 200),
+        "{:?}",
+        back.hops
+    );
+    let page = thief.get(&back.page.location().unwrap()).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_not_fresh");
+    assert_eq!(thief.get(&stage.url("/")).await.status, 303);
+}
+
+fn host_port_of(url: &str) -> String {
+    let url = Url::parse(url).unwrap();
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+}
+
+#[tokio::test]
 async fn a_provider_that_keeps_an_old_auth_time_is_judged_by_vigils_own_clock() {
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -494,8 +541,9 @@ max_age = 5
 "#,
     )
     .unwrap();
+    // The operator tells Vigil this provider keeps old auth_times.
     let stage = Stage::start(
-        "clock_skew_seconds = 0",
+        "clock_skew_seconds = 0\nrequire_auth_time = false",
         &format!("[rules]\ndir = {:?}\n", rules.path().display().to_string()),
     )
     .await;
@@ -523,7 +571,8 @@ max_age = 5
     let callback = stage
         .sign_in(&mut second, &form, "stale", "pw-s", None)
         .await;
-    assert_eq!(second.get(&callback).await.status, 303);
+    let page = second.get(&callback).await;
+    assert_eq!(page.status, 303, "{}", stage.code_of(&page).await);
     assert_eq!(
         passed_auth_times(&stage.proxy.log()),
         [signed_in_at, signed_in_at]

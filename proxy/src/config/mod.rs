@@ -101,8 +101,14 @@ pub struct Oidc {
     /// whitespace trimmed); `None` for a public client (PKCE only).
     pub client_secret: Option<String>,
     /// The ID token claim that names the user as the app names it to
-    /// Vigil: `sub` (default), `email` or `preferred_username`.
+    /// Vigil: `sub` (default) or `email` (only when `email_verified`).
     pub user_claim: UserClaim,
+    /// Whether the ID token must show, by its `auth_time`, that the user
+    /// signed in after Vigil sent them (`require_auth_time`, default
+    /// true). False only for a provider that keeps an old `auth_time` on
+    /// re-authentication: then a token issued after the send is taken as
+    /// fresh, trusting the provider to have honoured `prompt=login`.
+    pub require_auth_time: bool,
     /// PEM certificates to trust for the provider's TLS besides the
     /// system's (`ca_file`).
     pub ca_file: Option<PathBuf>,
@@ -112,11 +118,11 @@ pub struct Oidc {
     /// Clock difference tolerated between Vigil and the provider
     /// (`clock_skew_seconds`, default 30).
     pub clock_skew: Duration,
-    /// Step-ups started and callbacks taken per session per minute
-    /// (`per_session_per_minute`, default 10).
+    /// Step-ups started per session per minute (`per_session_per_minute`,
+    /// default 10).
     pub per_session_per_minute: u32,
-    /// Step-ups started and callbacks taken per client address per minute
-    /// (`per_client_per_minute`, default 60).
+    /// Step-ups started, and apart from them callbacks taken, per client
+    /// network per minute (`per_client_per_minute`, default 60).
     pub per_client_per_minute: u32,
     /// A session sent to step up again for the same page within this long
     /// of passing a step-up is in a loop, and refused (`loop_seconds`,
@@ -144,10 +150,8 @@ impl fmt::Debug for Oidc {
 pub enum UserClaim {
     /// `sub`.
     Sub,
-    /// `email`.
+    /// `email`, when the token says `email_verified`.
     Email,
-    /// `preferred_username`.
-    PreferredUsername,
 }
 
 /// How a route steps up browsers.
@@ -1881,15 +1885,15 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
     let user_claim = match t.or(p, "user_claim", "sub".to_owned()).as_str() {
         "sub" => UserClaim::Sub,
         "email" => UserClaim::Email,
-        "preferred_username" => UserClaim::PreferredUsername,
         other => {
             p.push(
                 t.key("user_claim"),
-                format!("{other:?} is not a user claim; expected \"sub\", \"email\" or \"preferred_username\""),
+                format!("{other:?} is not a user claim; expected \"sub\" or \"email\" (preferred_username is not unique at a provider)"),
             );
             UserClaim::Sub
         }
     };
+    let require_auth_time = t.or(p, "require_auth_time", true);
     let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
     if let Some(file) = &ca_file
         && let Err(e) = std::fs::read(file)
@@ -1921,6 +1925,7 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
         client_id: client_id?,
         client_secret,
         user_claim,
+        require_auth_time,
         ca_file,
         pending,
         clock_skew,

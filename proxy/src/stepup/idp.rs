@@ -31,9 +31,15 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 /// long before it is tried again, so that an outage is not a flood.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// Distinct unknown `kid`s remembered: each makes one refetch of the keys,
-/// once, however many tokens name it.
-const MAX_KIDS_TRIED: usize = 64;
+/// The provider's keys are fetched again for a token naming an unknown
+/// key at most this often (the first time at once), so that a rotation is
+/// followed and nothing can make Vigil fetch them in a loop.
+const REFETCH_EVERY: Duration = Duration::from_secs(10);
+
+/// Discovery (metadata and keys) is repeated when it is this old, so that
+/// retired keys stop being trusted; if the provider cannot be reached then,
+/// the old metadata is kept.
+const METADATA_TTL: Duration = Duration::from_secs(3_600);
 
 /// Signing algorithms accepted: asymmetric only, so that knowing the
 /// client secret never lets anyone mint an ID token.
@@ -88,6 +94,7 @@ pub struct Provider {
     oidc: Arc<Oidc>,
     metadata: CoreProviderMetadata,
     http: Http,
+    discovered_at: Instant,
 }
 
 impl Provider {
@@ -125,12 +132,8 @@ impl Provider {
             )
             .set_pkce_challenge(challenge)
             .add_prompt(CoreAuthPrompt::Login);
-        match self.oidc.user_claim {
-            UserClaim::Sub => {}
-            UserClaim::Email => request = request.add_scope(Scope::new("email".to_owned())),
-            UserClaim::PreferredUsername => {
-                request = request.add_scope(Scope::new("profile".to_owned()));
-            }
+        if self.oidc.user_claim == UserClaim::Email {
+            request = request.add_scope(Scope::new("email".to_owned()));
         }
         for acr in acr_values {
             request = request.add_auth_context_value(AuthenticationContextClass::new(acr.clone()));
@@ -173,8 +176,10 @@ impl Provider {
         let claims = id_token.claims(&verifier, nonce)?;
         Ok(Claims {
             sub: claims.subject().as_str().to_owned(),
-            email: claims.email().map(|e| e.as_str().to_owned()),
-            preferred_username: claims.preferred_username().map(|u| u.as_str().to_owned()),
+            email: claims
+                .email()
+                .filter(|_| claims.email_verified() == Some(true))
+                .map(|e| e.as_str().to_owned()),
             acr: claims.auth_context_ref().map(|a| a.as_str().to_owned()),
             amr: claims
                 .auth_method_refs()
@@ -199,27 +204,32 @@ pub(super) struct Cache {
 struct Refresh {
     /// When discovery last failed, and for which settings.
     failed: Option<(Arc<Oidc>, Instant)>,
-    /// Unknown `kid`s the keys were fetched again for.
-    kids_tried: Vec<String>,
+    /// When the keys were last fetched again for an unknown `kid`.
+    refetched: Option<Instant>,
 }
 
 impl Cache {
     /// The provider for `oidc`, discovered on first use.
     pub(super) async fn get(&self, oidc: &Arc<Oidc>) -> Result<Arc<Provider>, IdpError> {
-        if let Some(p) = self.current.load_full().filter(|p| *p.oidc == **oidc) {
+        let fresh =
+            |p: &Arc<Provider>| *p.oidc == **oidc && p.discovered_at.elapsed() < METADATA_TTL;
+        if let Some(p) = self.current.load_full().filter(fresh) {
             return Ok(p);
         }
         let mut refresh = self.refresh.lock().await;
-        if let Some(p) = self.current.load_full().filter(|p| *p.oidc == **oidc) {
+        let current = self.current.load_full();
+        if let Some(p) = current.clone().filter(fresh) {
             return Ok(p);
         }
+        // Old metadata for the same settings stays in use while the
+        // provider cannot be reached.
+        let stale = current.filter(|p| *p.oidc == **oidc);
         if let Some((failed, at)) = &refresh.failed
             && **failed == **oidc
             && at.elapsed() < RETRY_AFTER
         {
-            return Err(IdpError::Unavailable(
-                "discovery failed moments ago".to_owned(),
-            ));
+            return stale
+                .ok_or_else(|| IdpError::Unavailable("discovery failed moments ago".to_owned()));
         }
         match discover(oidc).await {
             Ok(p) => {
@@ -227,12 +237,17 @@ impl Cache {
                 tracing::info!(target: super::LOG_TARGET, issuer = %oidc.issuer, "identity provider discovered");
                 self.current.store(Some(Arc::clone(&p)));
                 refresh.failed = None;
-                refresh.kids_tried.clear();
                 Ok(p)
             }
             Err(e) => {
                 refresh.failed = Some((Arc::clone(oidc), Instant::now()));
-                Err(e)
+                match stale {
+                    Some(p) => {
+                        tracing::warn!(target: super::LOG_TARGET, issuer = %oidc.issuer, error = %e, "identity provider not discovered again; its old metadata stays in use");
+                        Ok(p)
+                    }
+                    None => Err(e),
+                }
             }
         }
     }
@@ -284,8 +299,9 @@ impl Cache {
     }
 
     /// Fetches the provider's keys again for a token whose `kid` is not
-    /// among them: once per distinct `kid`, so that forged tokens naming
-    /// random keys cost one fetch each at most, and a bounded number.
+    /// among them: at once the first time, then at most every
+    /// [`REFETCH_EVERY`], so that a rotation is followed and a run of
+    /// tokens naming unknown keys costs a bounded number of fetches.
     async fn refetch_keys(
         &self,
         provider: &Arc<Provider>,
@@ -302,10 +318,15 @@ impl Cache {
             // Another request refetched meanwhile.
             return Ok(current);
         }
-        if refresh.kids_tried.contains(&kid) || refresh.kids_tried.len() >= MAX_KIDS_TRIED {
-            return Err(IdpError::Token(format!("no key {kid:?} at the provider")));
+        if refresh
+            .refetched
+            .is_some_and(|at| at.elapsed() < REFETCH_EVERY)
+        {
+            return Err(IdpError::Token(format!(
+                "no key {kid:?} among the provider's keys, fetched moments ago"
+            )));
         }
-        refresh.kids_tried.push(kid.clone());
+        refresh.refetched = Some(Instant::now());
         let jwks = JsonWebKeySet::fetch_async(provider.metadata.jwks_uri(), &provider.http)
             .await
             .map_err(|e| IdpError::Unavailable(error_chain(&e)))?;
@@ -313,6 +334,7 @@ impl Cache {
             oidc: Arc::clone(&provider.oidc),
             metadata: provider.metadata.clone().set_jwks(jwks),
             http: provider.http.clone(),
+            discovered_at: provider.discovered_at,
         });
         tracing::info!(target: super::LOG_TARGET, issuer = %oidc.issuer, kid, "identity provider keys fetched again");
         self.current.store(Some(Arc::clone(&fresh)));
@@ -330,10 +352,29 @@ async fn discover(oidc: &Arc<Oidc>) -> Result<Provider, IdpError> {
     let metadata = CoreProviderMetadata::discover_async(issuer, &http)
         .await
         .map_err(|e| IdpError::Unavailable(error_chain(&e)))?;
+    // An https issuer's endpoints are https too: the code and the keys
+    // never travel in clear because the discovery document said so.
+    if oidc.issuer.starts_with("https:") {
+        let endpoints = [
+            Some(metadata.authorization_endpoint().url()),
+            metadata.token_endpoint().map(|t| t.url()),
+            Some(metadata.jwks_uri().url()),
+        ];
+        if let Some(clear) = endpoints
+            .into_iter()
+            .flatten()
+            .find(|u| u.scheme() != "https")
+        {
+            return Err(IdpError::Unavailable(format!(
+                "discovery names a cleartext endpoint: {clear}"
+            )));
+        }
+    }
     Ok(Provider {
         oidc: Arc::clone(oidc),
         metadata,
         http,
+        discovered_at: Instant::now(),
     })
 }
 

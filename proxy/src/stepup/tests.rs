@@ -66,18 +66,25 @@ fn provider_errors_are_logged_as_plain_codes() {
 fn the_user_is_read_from_the_configured_claim() {
     let claims = Claims {
         sub: "u-1".to_owned(),
-        email: Some(" alice@example.test ".to_owned()),
-        preferred_username: None,
+        email: Some("alice@example.test".to_owned()),
         ..Claims::default()
     };
     assert_eq!(claims.user(UserClaim::Sub), Some("u-1"));
     assert_eq!(claims.user(UserClaim::Email), Some("alice@example.test"));
-    assert_eq!(claims.user(UserClaim::PreferredUsername), None);
-    let blank = Claims {
-        sub: " ".to_owned(),
+    // A name Vigil would trim is another account at the provider: nobody.
+    for sub in [" ", "victim\u{a0}", " victim", "victim\n"] {
+        let c = Claims {
+            sub: sub.to_owned(),
+            ..Claims::default()
+        };
+        assert_eq!(c.user(UserClaim::Sub), None, "{sub:?}");
+    }
+    // No verified email, no user by email.
+    let unverified = Claims {
+        sub: "u-2".to_owned(),
         ..Claims::default()
     };
-    assert_eq!(blank.user(UserClaim::Sub), None);
+    assert_eq!(unverified.user(UserClaim::Email), None);
 }
 
 #[test]
@@ -95,6 +102,7 @@ fn every_problem_has_its_own_code() {
         Problem::RateLimited,
         Problem::Loop,
         Problem::NoSession,
+        Problem::BadHost,
         Problem::Unavailable,
         Problem::BadCallback,
         Problem::StateUnknown,
@@ -102,6 +110,7 @@ fn every_problem_has_its_own_code() {
         Problem::ProviderError,
         Problem::ExchangeFailed,
         Problem::TokenInvalid,
+        Problem::NotFresh,
         Problem::Insufficient,
         Problem::UnknownUser,
         Problem::WrongUser,
@@ -111,4 +120,44 @@ fn every_problem_has_its_own_code() {
     codes.sort_unstable();
     codes.dedup();
     assert_eq!(codes.len(), all.len());
+}
+
+#[test]
+fn the_callback_host_is_a_plain_host_and_port() {
+    for ok in [
+        "app.example.com",
+        "app.example.com:8443",
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "[::1]",
+    ] {
+        assert_eq!(plain_authority(ok), Some(ok), "{ok}");
+    }
+    for hostile in [
+        "app.example.com:@evil.example",
+        "app.example.com:443/page?x=",
+        "user@app.example.com",
+        "app.example.com:",
+        "app.example.com:99999x",
+        "app.example.com:1:2",
+        "[::1",
+        "[::1]x",
+        "[evil]:80",
+        "",
+        "app example",
+    ] {
+        assert_eq!(plain_authority(hostile), None, "{hostile:?}");
+    }
+    assert_eq!(plain_authority(&"a".repeat(256)), None);
+}
+
+#[test]
+fn ipv6_clients_are_counted_by_their_64() {
+    let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+    let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+    let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert_eq!(network(a), network(b));
+    assert_ne!(network(a), network(c));
+    let v4: IpAddr = "192.0.2.7".parse().unwrap();
+    assert_eq!(network(v4), v4);
 }

@@ -360,6 +360,14 @@ impl FormClient {
             .insert(name.to_owned(), value.to_owned());
     }
 
+    /// Every cookie it holds for the host and port of `url`.
+    pub(crate) fn cookies_of(&self, url: &str) -> Vec<(String, String)> {
+        self.jar
+            .get(&host_port(url))
+            .map(|c| c.iter().map(|(n, v)| (n.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     /// The cookie `name` it holds for `host_port`.
     pub(crate) fn cookie(&self, host_port: &str, name: &str) -> Option<&str> {
         self.jar.get(host_port)?.get(name).map(String::as_str)
