@@ -8,11 +8,14 @@ use crate::compile::{Bool, Cmp, Int, Str};
 use crate::facts::{self, Fact, FactSource, Text};
 
 /// The facts of one evaluation, with what is worth computing once: the
-/// reason mask, the local time, and which of its values each enumerated
-/// fact holds (found once by comparing strings, then compared as an index
-/// by every rule that reads it).
-pub(crate) struct Env<'s, S> {
+/// reason mask, the local time, which of its values each enumerated fact
+/// holds (found once by comparing strings, then compared as an index by
+/// every rule that reads it), and the first headers read (looked up and
+/// checked as UTF-8 once, however many rules read them). `'r`: the rules
+/// evaluated; `'s`: the facts.
+pub(crate) struct Env<'r, 's, S> {
     source: &'s S,
+    headers: [OnceCell<(&'r http::HeaderName, Text<'s>)>; HEADER_SLOTS],
     reasons: OnceCell<u32>,
     hour: OnceCell<i64>,
     weekday: OnceCell<i64>,
@@ -25,10 +28,14 @@ pub(crate) struct Env<'s, S> {
 /// hold anything): in no mask.
 const NO_VARIANT: u8 = u8::MAX;
 
-impl<'s, S: FactSource> Env<'s, S> {
+/// Distinct headers remembered per evaluation; more are read each time.
+const HEADER_SLOTS: usize = 4;
+
+impl<'r, 's, S: FactSource> Env<'r, 's, S> {
     pub(crate) fn new(source: &'s S) -> Self {
         Self {
             source,
+            headers: [const { OnceCell::new() }; HEADER_SLOTS],
             reasons: OnceCell::new(),
             hour: OnceCell::new(),
             weekday: OnceCell::new(),
@@ -63,7 +70,7 @@ impl<'s, S: FactSource> Env<'s, S> {
         *self.reasons.get_or_init(|| self.source.reasons())
     }
 
-    pub(crate) fn truth(&self, b: &Bool) -> bool {
+    pub(crate) fn truth(&self, b: &'r Bool) -> bool {
         match b {
             Bool::Const(v) => *v,
             Bool::Fact(f) => self.source.boolean(*f),
@@ -109,7 +116,7 @@ impl<'s, S: FactSource> Env<'s, S> {
         }
     }
 
-    fn int(&self, i: &Int) -> i64 {
+    fn int(&self, i: &'r Int) -> i64 {
         match i {
             Int::Const(v) => *v,
             Int::Fact(Fact::TimeHour) => *self
@@ -126,12 +133,25 @@ impl<'s, S: FactSource> Env<'s, S> {
         }
     }
 
-    fn text<'t>(&'t self, s: &'t Str) -> Text<'t> {
+    fn text<'t>(&'t self, s: &'r Str) -> Text<'t> {
         match s {
             Str::Const(v) => Text::Str(std::borrow::Cow::Borrowed(v)),
             Str::Fact(f) => self.source.text(*f),
-            Str::Header(h) => self.source.header(h),
+            Str::Header(h) => self.header(h),
         }
+    }
+
+    fn header<'t>(&'t self, name: &'r http::HeaderName) -> Text<'t> {
+        for slot in &self.headers {
+            let (held, text) = match slot.get() {
+                Some(entry) => entry,
+                None => slot.get_or_init(|| (name, self.source.header(name))),
+            };
+            if *held == name {
+                return Text::Str(std::borrow::Cow::Borrowed(text.as_str()));
+            }
+        }
+        self.source.header(name)
     }
 }
 

@@ -521,6 +521,7 @@ fn read_rule(r: &mut Reader<'_>, table: &DeTable<'_>, at: usize) -> Option<(Draf
         return None;
     }
     let (line, _) = position(r.text, at);
+    let scoped = scope != Scope::default();
     Some((
         Draft {
             rule: Rule {
@@ -536,6 +537,7 @@ fn read_rule(r: &mut Reader<'_>, table: &DeTable<'_>, at: usize) -> Option<(Draf
                 line,
                 condition,
                 host_group: 0,
+                scoped,
             },
             tag,
         },

@@ -94,6 +94,9 @@ pub struct Rule {
     /// The number of this rule's host list among the set's distinct ones:
     /// one evaluation matches each distinct list once.
     host_group: u16,
+    /// Whether any scope list is set: most rules have none, and skip the
+    /// scope check.
+    scoped: bool,
 }
 
 /// A validated, compiled set of rules: what [`Rules::rule`] evaluates.
@@ -365,7 +368,11 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 impl Rule {
     /// [`Scope::matches`], with the host lists already matched in this
     /// evaluation remembered.
+    #[inline]
     fn in_scope(&self, r: &RequestFacts<'_>, memo: &mut HostMemo) -> bool {
+        if !self.scoped {
+            return true;
+        }
         let s = &self.scope;
         if !(s.routes.is_empty() || s.routes.iter().any(|x| x == r.route))
             || !(s.methods.is_empty() || s.methods.iter().any(|m| m == r.method))

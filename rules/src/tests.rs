@@ -991,6 +991,75 @@ risk.reasons = ["nope"]
 }
 
 #[test]
+fn enumerated_facts_compare_as_strings_would() {
+    // Compiled to an index of the fact's values; a value the fact does not
+    // list (a test case can give anything) equals none of them.
+    assert!(facts::FACTS.len() <= 64, "eval's per-fact cache holds 64");
+    let odd = fm(&[("risk.level", "weird"), ("device.browser", "firefox")]);
+    assert!(!holds(r#"risk.level == "low""#, &odd));
+    assert!(holds(r#"risk.level != "low" && "low" != risk.level"#, &odd));
+    assert!(!holds(r#"risk.level in ["low", "medium", "high"]"#, &odd));
+    assert!(holds(
+        r#"device.browser in ["chrome", "firefox"] && device.browser == "firefox""#,
+        &odd
+    ));
+    assert!(holds(
+        r#"device.browser != "chrome" && !(device.browser in ["edge"])"#,
+        &odd
+    ));
+    // Ordering still compares the strings.
+    assert!(holds(
+        r#"device.browser < "opera" && risk.level > "medium""#,
+        &odd
+    ));
+}
+
+#[test]
+fn rules_sharing_a_host_list_agree_on_it_whatever_the_hosts_case() {
+    let set = load(
+        r#"
+[[rule]]
+name = "a"
+hosts = ["*.example.com"]
+condition = 'risk.level == "high"'
+action = "block"
+
+[[rule]]
+name = "b"
+hosts = ["*.example.com"]
+path_prefixes = ["/x"]
+action = "tag"
+tag = "x"
+
+[[rule]]
+name = "c"
+hosts = ["other.example.org", "*.EXAMPLE.com"]
+action = "step_up"
+"#,
+    );
+    for host in ["app.example.com", "APP.Example.COM"] {
+        let (ruling, trace) = set.trace(
+            &FactMap::default(),
+            &request(host, "/x/y", "GET", "r"),
+            Action::Allow,
+        );
+        assert_eq!(ruling.action, Action::StepUp, "{host}");
+        assert_eq!(ruling.tags, 1, "{host}");
+        assert_eq!(
+            trace,
+            [RuleTrace::NoMatch, RuleTrace::Match, RuleTrace::Match],
+            "{host}"
+        );
+        let (_, trace) = set.trace(
+            &FactMap::default(),
+            &request("example.com", "/x/y", "GET", "r"),
+            Action::Allow,
+        );
+        assert_eq!(trace, [RuleTrace::OutOfScope; 3]);
+    }
+}
+
+#[test]
 fn the_shipped_rule_set_passes_its_cases() {
     // The proxy's CLI test runs them too; this needs no proxy build.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("default");
