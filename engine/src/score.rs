@@ -142,7 +142,8 @@ pub(crate) struct Scored {
 
 /// How often an unchanged session's last-seen time is rewritten, in
 /// seconds: travel speed is then judged to within a minute, and a busy
-/// session costs one cache write a minute, not one a request.
+/// session's state is rewritten once a minute, not once a request (each
+/// allowed request only adds one to its count, in place).
 const LAST_SEEN_GRANULARITY: u32 = 60;
 /// A revoked session: when, and the user whose revocation it was (`None`
 /// when the session itself was revoked).
