@@ -97,6 +97,12 @@ pub struct SessionFacts {
     /// The last request before this one, seconds since the Unix epoch;
     /// `None` for a new session.
     pub last_seen: Option<u64>,
+    /// Requests of the session the engine let through before this one,
+    /// plus this one: 1 on its first judged request.
+    pub requests: u64,
+    /// When the session's user last passed a step-up on it, seconds since
+    /// the Unix epoch; `None`: never.
+    pub stepped_up_at: Option<u64>,
 }
 
 /// Rules in front of the policy table: given a credential's facts, the

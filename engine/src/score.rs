@@ -17,7 +17,7 @@
 //! changes state: [`Scorer::commit`] learns from a request once the decision
 //! says it was allowed, so a blocked replay teaches nothing.
 //!
-//! State is bounded: session states (96 bytes each, with a fixed record form
+//! State is bounded: session states (104 bytes each, with a fixed record form
 //! for snapshots and sync — see [`state`]) in a store of our own sized to
 //! the per-session memory budget ([`store`]); user profiles (320 bytes),
 //! entity flags (only for users that have some) and revocations in `moka`
@@ -142,7 +142,8 @@ pub(crate) struct Scored {
 
 /// How often an unchanged session's last-seen time is rewritten, in
 /// seconds: travel speed is then judged to within a minute, and a busy
-/// session costs one cache write a minute, not one a request.
+/// session's state is rewritten once a minute, not once a request (each
+/// allowed request only adds one to its count, in place).
 const LAST_SEEN_GRANULARITY: u32 = 60;
 /// A revoked session: when, and the user whose revocation it was (`None`
 /// when the session itself was revoked).
@@ -275,6 +276,8 @@ impl Scorer {
         let fresh = |base: Option<&SessionState>| SessionState {
             user: base.and_then(|s| s.user),
             first_seen: base.map_or(now, |s| s.first_seen.min(now)),
+            requests: base.map_or(0, |s| s.requests),
+            stepped_up_at: base.map_or(0, |s| s.stepped_up_at),
             generation: base.map_or(0, |s| s.generation),
             flags: SessionState::BASELINED,
             ..SessionState::new(&device.summary(), *network, place, now)
@@ -572,16 +575,21 @@ impl Scorer {
             Commit::Refused => return,
         }
         if prior == Some(next) {
-            // Nothing new to keep: only mark the session used, as often as
-            // its last-seen time is kept.
-            if prior.is_some_and(|p| now.saturating_sub(p.touched) >= LAST_SEEN_GRANULARITY) {
-                self.sessions.touch(&key, now);
-            }
+            // Nothing new to keep but the count: mark the session used as
+            // often as its last-seen time is kept, and count the request.
+            self.sessions.count(&key, now, LAST_SEEN_GRANULARITY);
         } else {
             // Merged under the shard's lock: a binding or confirmation that
-            // landed while this request was scored is kept, not overwritten.
+            // landed while this request was scored is kept, not overwritten,
+            // and requests counted meanwhile are not lost.
             self.sessions.update(key, now, |stored| {
                 let mut next = next;
+                next.requests = stored
+                    .map_or(next.requests, |s| s.requests)
+                    .saturating_add(1);
+                next.stepped_up_at = stored.map_or(next.stepped_up_at, |s| {
+                    s.stepped_up_at.max(next.stepped_up_at)
+                });
                 let before = prior.map_or((None, 0), |p| (p.user, p.generation));
                 if let Some(stored) = stored
                     && (stored.user, stored.generation) != before
@@ -771,6 +779,8 @@ impl Observation {
                 new: !prior.is_some_and(|p| p.has(SessionState::BASELINED)),
                 first_seen: u64::from(next.first_seen),
                 last_seen: prior.map(|p| u64::from(p.touched)),
+                requests: u64::from(next.requests) + 1,
+                stepped_up_at: next.stepped_up_at(),
             }),
             _ => None,
         }

@@ -243,6 +243,8 @@ pub fn explain(config: &Config, input: &Input) -> Result<Value, ExplainError> {
             new: true,
             first_seen: now,
             last_seen: None,
+            requests: 1,
+            stepped_up_at: None,
         }),
         credentials: verdict.credentials,
         client: &verdict.client,

@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cel::extractors::This;
 use cel::{Context, ExecutionError, Program, Value as Cel};
@@ -400,6 +401,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    latency(&engine, &request, &policy, &set);
 
     let mut g = c.benchmark_group("cel_interpreter");
     // Per request: the context from the request's facts, then the same
@@ -426,6 +428,44 @@ fn bench(c: &mut Criterion) {
         b.iter(|| context(black_box(&snapshot), true))
     });
     g.finish();
+}
+
+/// Per-decision latency without and with the 50 rules, decision by
+/// decision (criterion reports medians, not tails), the two interleaved so
+/// that both see the same machine: p50, p90, p99 and p99.9 of each.
+/// `VIGIL_LATENCY_N` sets the number (default 200,000): fewer to count
+/// instructions under callgrind with a filter that runs no criterion bench.
+fn latency(engine: &Engine, request: &RequestView<'_>, policy: &Policy, set: &RuleSet) {
+    let fwd = ForwardedHeaders::NONE;
+    let n: usize = std::env::var("VIGIL_LATENCY_N")
+        .ok()
+        .map_or(200_000, |v| v.parse().unwrap());
+    let (mut none, mut fifty) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let start = Instant::now();
+        black_box(engine.decide(black_box(request), policy, fwd).unwrap());
+        none.push(start.elapsed().as_nanos());
+        let start = Instant::now();
+        black_box(
+            engine
+                .decide_with_rules(black_box(request), policy, set, fwd)
+                .unwrap(),
+        );
+        fifty.push(start.elapsed().as_nanos());
+    }
+    for (name, nanos) in [("no_rules", &mut none), ("50_rules", &mut fifty)] {
+        nanos.sort_unstable();
+        // Per-mille ranks, exact in integers.
+        let at = |per_mille: usize| nanos[(n * per_mille / 1000).min(n - 1)] as f64 / 1000.0;
+        println!(
+            "decide/latency {name} ({n} decisions, one thread): \
+             p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs",
+            at(500),
+            at(900),
+            at(990),
+            at(999),
+        );
+    }
 }
 
 criterion_group!(benches, bench);

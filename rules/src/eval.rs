@@ -2,35 +2,75 @@
 //! condition is true or false; nothing here allocates but a header sent
 //! on several lines (joined, as HTTP reads it).
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 
 use crate::compile::{Bool, Cmp, Int, Str};
 use crate::facts::{self, Fact, FactSource, Text};
 
 /// The facts of one evaluation, with what is worth computing once: the
-/// reason mask and the local time.
-pub(crate) struct Env<'s, S> {
+/// reason mask, the local time, which of its values each enumerated fact
+/// holds (found once by comparing strings, then compared as an index by
+/// every rule that reads it), and the first headers read (looked up and
+/// checked as UTF-8 once, however many rules read them). `'r`: the rules
+/// evaluated; `'s`: the facts.
+pub(crate) struct Env<'r, 's, S> {
     source: &'s S,
+    headers: [OnceCell<(&'r http::HeaderName, Text<'s>)>; HEADER_SLOTS],
     reasons: OnceCell<u32>,
     hour: OnceCell<i64>,
     weekday: OnceCell<i64>,
+    /// Bit `f as usize`: `variants[f as usize]` holds fact `f`'s index.
+    known: Cell<u64>,
+    variants: [Cell<u8>; 64],
 }
 
-impl<'s, S: FactSource> Env<'s, S> {
+/// The index of a value an enumerated fact does not list (a fact map can
+/// hold anything): in no mask.
+const NO_VARIANT: u8 = u8::MAX;
+
+/// Distinct headers remembered per evaluation; more are read each time.
+const HEADER_SLOTS: usize = 4;
+
+impl<'r, 's, S: FactSource> Env<'r, 's, S> {
     pub(crate) fn new(source: &'s S) -> Self {
         Self {
             source,
+            headers: [const { OnceCell::new() }; HEADER_SLOTS],
             reasons: OnceCell::new(),
             hour: OnceCell::new(),
             weekday: OnceCell::new(),
+            known: Cell::new(0),
+            variants: [const { Cell::new(0) }; 64],
         }
+    }
+
+    /// Which of `values` the enumerated fact `fact` holds.
+    fn variant(&self, fact: Fact, values: &[&str]) -> u8 {
+        let slot = fact as usize;
+        let bit = 1u64.checked_shl(u32::try_from(slot).unwrap_or(u32::MAX));
+        if let (Some(bit), Some(cell)) = (bit, self.variants.get(slot))
+            && self.known.get() & bit != 0
+        {
+            return cell.get();
+        }
+        let text = self.source.text(fact);
+        let index = values
+            .iter()
+            .position(|v| *v == text.as_str())
+            .and_then(|i| u8::try_from(i).ok())
+            .unwrap_or(NO_VARIANT);
+        if let (Some(bit), Some(cell)) = (bit, self.variants.get(slot)) {
+            cell.set(index);
+            self.known.set(self.known.get() | bit);
+        }
+        index
     }
 
     fn reasons(&self) -> u32 {
         *self.reasons.get_or_init(|| self.source.reasons())
     }
 
-    pub(crate) fn truth(&self, b: &Bool) -> bool {
+    pub(crate) fn truth(&self, b: &'r Bool) -> bool {
         match b {
             Bool::Const(v) => *v,
             Bool::Fact(f) => self.source.boolean(*f),
@@ -46,7 +86,21 @@ impl<'s, S: FactSource> Env<'s, S> {
             }
             Bool::Same(negate, a, b) => (self.truth(a) == self.truth(b)) != *negate,
             Bool::Int(cmp, a, b) => compare(*cmp, self.int(a).cmp(&self.int(b))),
+            // Equality compares lengths first: most strings that differ
+            // never reach a byte compare.
+            Bool::Str(Cmp::Eq, a, b) => self.text(a).as_str() == self.text(b).as_str(),
+            Bool::Str(Cmp::Ne, a, b) => self.text(a).as_str() != self.text(b).as_str(),
             Bool::Str(cmp, a, b) => compare(*cmp, self.text(a).as_str().cmp(self.text(b).as_str())),
+            Bool::Variant {
+                fact,
+                values,
+                mask,
+                negate,
+            } => {
+                let i = self.variant(*fact, values);
+                let hit = u32::from(i) < 32 && mask & (1 << i) != 0;
+                hit != *negate
+            }
             Bool::IntIn(a, list) => list.contains(&self.int(a)),
             Bool::StrIn(a, list) => {
                 let a = self.text(a);
@@ -62,7 +116,7 @@ impl<'s, S: FactSource> Env<'s, S> {
         }
     }
 
-    fn int(&self, i: &Int) -> i64 {
+    fn int(&self, i: &'r Int) -> i64 {
         match i {
             Int::Const(v) => *v,
             Int::Fact(Fact::TimeHour) => *self
@@ -79,12 +133,25 @@ impl<'s, S: FactSource> Env<'s, S> {
         }
     }
 
-    fn text<'t>(&'t self, s: &'t Str) -> Text<'t> {
+    fn text<'t>(&'t self, s: &'r Str) -> Text<'t> {
         match s {
             Str::Const(v) => Text::Str(std::borrow::Cow::Borrowed(v)),
             Str::Fact(f) => self.source.text(*f),
-            Str::Header(h) => self.source.header(h),
+            Str::Header(h) => self.header(h),
         }
+    }
+
+    fn header<'t>(&'t self, name: &'r http::HeaderName) -> Text<'t> {
+        for slot in &self.headers {
+            let (held, text) = match slot.get() {
+                Some(entry) => entry,
+                None => slot.get_or_init(|| (name, self.source.header(name))),
+            };
+            if *held == name {
+                return Text::Str(std::borrow::Cow::Borrowed(text.as_str()));
+            }
+        }
+        self.source.header(name)
     }
 }
 

@@ -3,7 +3,8 @@
 //! from [`FACTS`]; a test keeps the two in agreement.
 //!
 //! A fact that is not known for a request has a value of its type that
-//! says so — `""` for a string, `0` for a number, `false` for a flag — so
+//! says so — `""` for a string, `0` for a number ([`NEVER`] for the age of
+//! a step-up that never happened), `false` for a flag — so
 //! that every condition has an answer and evaluation never fails: `has()`
 //! and errors are not part of Vigil's CEL (see [`crate::compile`]).
 
@@ -42,6 +43,8 @@ pub enum Fact {
     SessionIdle,
     SessionCredentials,
     SessionUserKnown,
+    SessionRequests,
+    SessionStepUpAge,
     ClientIp,
     ClientPeer,
     ClientChainLength,
@@ -135,6 +138,8 @@ facts! {
     "session.idle" => SessionIdle, Int, &[], "seconds since the session's previous request (0 for a new session)";
     "session.credentials" => SessionCredentials, Int, &[], "session credentials the request carried (cookies and bearer)";
     "session.user_known" => SessionUserKnown, Bool, &[], "the session is bound to a user";
+    "session.requests" => SessionRequests, Int, &[], "requests of the session the engine let through before this one, plus this one (1 on its first request; 0 without a session)";
+    "session.step_up_age" => SessionStepUpAge, Int, &[], "seconds since the session's user last passed a step-up on it; `9223372036854775807` (the largest int) when never, and without a session";
     "client.ip" => ClientIp, String, &[], "the client address found through trusted proxies";
     "client.peer" => ClientPeer, String, &[], "the TCP peer's address";
     "client.chain_length" => ClientChainLength, Int, &[], "hops read from the forwarding header (0: none)";
@@ -315,6 +320,11 @@ impl FactSource for Request<'_, '_> {
                 .and_then(|s| s.last_seen)
                 .map_or(0, |l| wide(now.saturating_sub(l))),
             Fact::SessionCredentials => wide(f.credentials as u64),
+            Fact::SessionRequests => f.session.map_or(0, |s| wide(s.requests)),
+            Fact::SessionStepUpAge => f
+                .session
+                .and_then(|s| s.stepped_up_at)
+                .map_or(NEVER, |at| wide(now.saturating_sub(at))),
             Fact::ClientChainLength => wide(f.client.chain.len() as u64),
             Fact::ClientAsn => f.network.asn.map_or(0, i64::from),
             Fact::DeviceMajor => i64::from(f.device.major),
@@ -489,7 +499,7 @@ impl FactSource for FactMap {
     fn integer(&self, fact: Fact) -> i64 {
         match self.get(fact) {
             Some(Value::Int(i)) => *i,
-            _ => 0,
+            _ => default_int(fact),
         }
     }
 
@@ -518,6 +528,21 @@ impl FactSource for FactMap {
                 .fold(0, |m, b| m | b),
             _ => 0,
         }
+    }
+}
+
+/// `session.step_up_age` of a session that never passed a step-up (and
+/// of a request without a session): older than any age a rule can write,
+/// so that `session.step_up_age <= 900` is false and
+/// `session.step_up_age > 900` true for it.
+pub const NEVER: i64 = i64::MAX;
+
+/// The value an int fact has when not known: 0, but for
+/// `session.step_up_age`, whose 0 would mean "just now" ([`NEVER`]).
+pub fn default_int(fact: Fact) -> i64 {
+    match fact {
+        Fact::SessionStepUpAge => NEVER,
+        _ => 0,
     }
 }
 

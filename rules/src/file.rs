@@ -208,6 +208,18 @@ pub(crate) fn parse(files: &[(PathBuf, String)]) -> Result<RuleSet, RuleErrors> 
     }
     errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     if errors.is_empty() {
+        // Distinct host lists numbered in order of appearance.
+        let mut lists: Vec<Vec<String>> = Vec::new();
+        for rule in &mut rules {
+            let group = match lists.iter().position(|l| *l == rule.scope.hosts) {
+                Some(g) => g,
+                None => {
+                    lists.push(rule.scope.hosts.clone());
+                    lists.len() - 1
+                }
+            };
+            rule.host_group = u16::try_from(group).unwrap_or(u16::MAX);
+        }
         Ok(RuleSet {
             rules,
             tags,
@@ -509,6 +521,7 @@ fn read_rule(r: &mut Reader<'_>, table: &DeTable<'_>, at: usize) -> Option<(Draf
         return None;
     }
     let (line, _) = position(r.text, at);
+    let scoped = scope != Scope::default();
     Some((
         Draft {
             rule: Rule {
@@ -523,6 +536,8 @@ fn read_rule(r: &mut Reader<'_>, table: &DeTable<'_>, at: usize) -> Option<(Draf
                 file: r.file.to_owned(),
                 line,
                 condition,
+                host_group: 0,
+                scoped,
             },
             tag,
         },

@@ -91,6 +91,12 @@ pub struct Rule {
     /// 1-based line where its table's first key is.
     pub line: usize,
     condition: Option<compile::Bool>,
+    /// The number of this rule's host list among the set's distinct ones:
+    /// one evaluation matches each distinct list once.
+    host_group: u16,
+    /// Whether any scope list is set: most rules have none, and skip the
+    /// scope check.
+    scoped: bool,
 }
 
 /// A validated, compiled set of rules: what [`Rules::rule`] evaluates.
@@ -230,8 +236,15 @@ impl RuleSet {
         let env = eval::Env::new(source);
         let mut tags = 0u64;
         let mut shadow: SmallVec<[u16; 2]> = SmallVec::new();
+        let mut hosts = HostMemo {
+            // A set's host patterns are lower case (the loader lowers
+            // them): a lower-case host compares byte for byte.
+            lower: !request.host.bytes().any(|b| b.is_ascii_uppercase()),
+            known: 0,
+            hit: 0,
+        };
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.scope.matches(request) {
+            if !rule.in_scope(request, &mut hosts) {
                 seen(RuleTrace::OutOfScope);
                 continue;
             }
@@ -276,6 +289,14 @@ impl Rules for RuleSet {
         };
         self.run(&source, &facts.request.facts, facts.default, |_| {})
     }
+}
+
+/// Which host lists of a set matched the request, by host group (the
+/// first 64 groups; the rest are matched every time).
+struct HostMemo {
+    lower: bool,
+    known: u64,
+    hit: u64,
 }
 
 // === impl Scope ===
@@ -323,6 +344,15 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// [`host_matches`] for a lower-case pattern and host: the same answer,
+/// compared byte for byte (lengths first) instead of folding case.
+fn lower_host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
 /// Whether `path` is under `prefix` on whole segments: `/api` matches
 /// `/api`, `/api/`, `/api/x` and `/api?q`, not `/apix`. Routes and rule
 /// scopes match paths with this one function.
@@ -336,6 +366,47 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 // === impl Rule ===
 
 impl Rule {
+    /// [`Scope::matches`], with the host lists already matched in this
+    /// evaluation remembered.
+    #[inline]
+    fn in_scope(&self, r: &RequestFacts<'_>, memo: &mut HostMemo) -> bool {
+        if !self.scoped {
+            return true;
+        }
+        let s = &self.scope;
+        if !(s.routes.is_empty() || s.routes.iter().any(|x| x == r.route))
+            || !(s.methods.is_empty() || s.methods.iter().any(|m| m == r.method))
+        {
+            return false;
+        }
+        if !s.hosts.is_empty() {
+            let bit = 1u64.checked_shl(u32::from(self.host_group));
+            let hit = match bit {
+                Some(bit) if memo.known & bit != 0 => memo.hit & bit != 0,
+                _ => {
+                    let hit = s.hosts.iter().any(|h| {
+                        if memo.lower {
+                            lower_host_matches(h, r.host)
+                        } else {
+                            host_matches(h, r.host)
+                        }
+                    });
+                    if let Some(bit) = bit {
+                        memo.known |= bit;
+                        if hit {
+                            memo.hit |= bit;
+                        }
+                    }
+                    hit
+                }
+            };
+            if !hit {
+                return false;
+            }
+        }
+        s.path_prefixes.is_empty() || s.path_prefixes.iter().any(|p| prefix_matches(p, r.path))
+    }
+
     /// The action's name, as written.
     pub fn action_name(&self) -> &'static str {
         match self.action {

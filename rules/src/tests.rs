@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use http::HeaderMap;
 use proptest::prelude::*;
 use vigil_engine::{
-    Action, Engine, EngineConfig, ForwardedHeaders, Policy, RequestFacts, RequestView,
-    SessionHashKey,
+    Action, Decision, Enforcement, Engine, EngineConfig, ForwardedHeaders, Policy, RequestFacts,
+    RequestView, SessionHashKey,
 };
 
 use crate::facts::{self, FactMap, Type, Value};
@@ -860,6 +860,13 @@ fn a_fact_not_given_has_its_unknown_value() {
         &none
     ));
     assert!(holds(r#"device.tls_source == "none""#, &none));
+    // A step-up never passed is older than any age a rule writes: 0 would
+    // read as "just now".
+    assert!(holds(
+        "session.requests == 0 && session.step_up_age > 900 && !(session.step_up_age <= 900)",
+        &none
+    ));
+    assert!(holds("session.step_up_age == 9223372036854775807", &none));
     // A value of the wrong type in the map reads as unknown, too.
     let wrong = FactMap {
         values: vec![(facts::lookup("risk.score").unwrap().fact, Value::Bool(true))],
@@ -981,6 +988,87 @@ risk.reasons = ["nope"]
     assert_eq!(ok[0].expect, Action::Revoke);
     assert_eq!(ok[0].default, Action::Allow);
     assert_eq!(ok[0].facts, fm(&[("session.new", "true")]));
+}
+
+#[test]
+fn enumerated_facts_compare_as_strings_would() {
+    // Compiled to an index of the fact's values; a value the fact does not
+    // list (a test case can give anything) equals none of them.
+    assert!(facts::FACTS.len() <= 64, "eval's per-fact cache holds 64");
+    let odd = fm(&[("risk.level", "weird"), ("device.browser", "firefox")]);
+    assert!(!holds(r#"risk.level == "low""#, &odd));
+    assert!(holds(r#"risk.level != "low" && "low" != risk.level"#, &odd));
+    assert!(!holds(r#"risk.level in ["low", "medium", "high"]"#, &odd));
+    assert!(holds(
+        r#"device.browser in ["chrome", "firefox"] && device.browser == "firefox""#,
+        &odd
+    ));
+    assert!(holds(
+        r#"device.browser != "chrome" && !(device.browser in ["edge"])"#,
+        &odd
+    ));
+    // Ordering still compares the strings.
+    assert!(holds(
+        r#"device.browser < "opera" && risk.level > "medium""#,
+        &odd
+    ));
+}
+
+#[test]
+fn rules_sharing_a_host_list_agree_on_it_whatever_the_hosts_case() {
+    let set = load(
+        r#"
+[[rule]]
+name = "a"
+hosts = ["*.example.com"]
+condition = 'risk.level == "high"'
+action = "block"
+
+[[rule]]
+name = "b"
+hosts = ["*.example.com"]
+path_prefixes = ["/x"]
+action = "tag"
+tag = "x"
+
+[[rule]]
+name = "c"
+hosts = ["other.example.org", "*.EXAMPLE.com"]
+action = "step_up"
+"#,
+    );
+    for host in ["app.example.com", "APP.Example.COM"] {
+        let (ruling, trace) = set.trace(
+            &FactMap::default(),
+            &request(host, "/x/y", "GET", "r"),
+            Action::Allow,
+        );
+        assert_eq!(ruling.action, Action::StepUp, "{host}");
+        assert_eq!(ruling.tags, 1, "{host}");
+        assert_eq!(
+            trace,
+            [RuleTrace::NoMatch, RuleTrace::Match, RuleTrace::Match],
+            "{host}"
+        );
+        let (_, trace) = set.trace(
+            &FactMap::default(),
+            &request("example.com", "/x/y", "GET", "r"),
+            Action::Allow,
+        );
+        assert_eq!(trace, [RuleTrace::OutOfScope; 3]);
+    }
+}
+
+#[test]
+fn the_shipped_rule_set_passes_its_cases() {
+    // The proxy's CLI test runs them too; this needs no proxy build.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("default");
+    let set = RuleSet::load_dir(&dir).unwrap();
+    let reports = crate::run_tests(&set, &dir).unwrap();
+    assert!(reports.len() >= 12);
+    for r in &reports {
+        assert_eq!(r.outcome, CaseOutcome::Passed, "{r:#?}");
+    }
 }
 
 #[test]
@@ -1110,6 +1198,60 @@ action = "revoke"
         (Action::Revoke, Some(0)),
         "{v:#?}"
     );
+}
+
+#[test]
+fn session_requests_and_step_up_age_come_from_the_engines_session_record() {
+    let e = engine();
+    let h = headers(Some("session=abc"));
+    let set = load(
+        r#"
+[[rule]]
+name = "admin-fresh-step-up"
+path_prefixes = ["/admin"]
+condition = "session.step_up_age > 900"
+action = "step_up"
+
+[[rule]]
+name = "busy"
+condition = "session.requests > 3"
+action = "tag"
+tag = "busy"
+"#,
+    );
+    let run = |path: &str, secs: u64| {
+        let view = RequestView {
+            now_secs: NOW + secs,
+            ..view(&h, path)
+        };
+        let v = e
+            .decide_with_rules(&view, &Policy::default(), &set, ForwardedHeaders::NONE)
+            .unwrap();
+        e.apply(
+            &v,
+            &Decision {
+                enforcement: Enforcement::Enforce,
+                route: "app",
+                reference: None,
+                rule: None,
+            },
+        );
+        v
+    };
+    // This request is counted: the first reads 1, the fourth 4.
+    for i in 1..=3 {
+        let v = run("/home", i);
+        assert_eq!((v.action, v.ruling.tags), (Action::Allow, 0), "request {i}");
+    }
+    assert_eq!(run("/home", 4).ruling.tags, 1);
+    // Never stepped up: admin asks for one.
+    let asked = run("/admin/users", 5);
+    assert_eq!((asked.action, asked.ruling.rule), (Action::StepUp, Some(0)));
+    // The app confirms the passed step-up: admin is open for 15 minutes.
+    assert!(e.confirm(&asked));
+    assert_eq!(run("/admin/users", 6).action, Action::Allow);
+    assert_eq!(run("/admin/users", 5 + 900).action, Action::Allow);
+    assert_eq!(run("/admin/users", 5 + 901).action, Action::StepUp);
 }
 
 #[test]

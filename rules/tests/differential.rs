@@ -5,7 +5,8 @@
 //! over the same facts as nested maps, and the two must agree.
 //!
 //! A fact not given has, for the interpreter too, the value Vigil gives an
-//! unknown fact (`facts::default_text`, `0`, `false`, `[]`), and
+//! unknown fact (`facts::default_text`, `facts::default_int`, `false`,
+//! `[]`), and
 //! `request.headers` holds every header the corpus reads (`""` when
 //! absent), under the name as the condition writes it: CEL's map index is
 //! case-sensitive, Vigil's header names are not (a documented deviation,
@@ -81,6 +82,9 @@ const CORPUS: &[&str] = &[
     "session.present && !session.new",
     "session.age > 3600 || session.idle > 600",
     "session.credentials > 1 && session.user_known",
+    "session.requests > 100 || session.requests in [1, 2]",
+    "session.step_up_age <= 600 && session.requests >= session.credentials",
+    "session.step_up_age > 3600",
     "session.new == user.learning",
     "session.new != device.matches",
     r#"risk.default == "block" ? risk.score < 50 : risk.score >= 50"#,
@@ -125,7 +129,23 @@ const STRINGS: &[&str] = &[
 ];
 
 const INTS: &[i64] = &[
-    0, 1, 2, 5, 6, 10, 42, 50, 70, 100, 119, 120, 131, 600, 3601, -3,
+    0,
+    1,
+    2,
+    5,
+    6,
+    10,
+    42,
+    50,
+    70,
+    100,
+    119,
+    120,
+    131,
+    600,
+    3601,
+    -3,
+    i64::MAX,
 ];
 
 fn value(ty: Type, values: &'static [&'static str]) -> BoxedStrategy<Value> {
@@ -239,7 +259,7 @@ fn variables(facts: &FactMap) -> Vec<(String, Cel)> {
             (Type::Bool, Some(Value::Bool(b))) => (*b).into(),
             (Type::Bool, _) => false.into(),
             (Type::Int, Some(Value::Int(i))) => (*i).into(),
-            (Type::Int, _) => 0i64.into(),
+            (Type::Int, _) => facts::default_int(def.fact).into(),
             (Type::String, Some(Value::String(s))) => s.clone().into(),
             (Type::String, _) => facts::default_text(def.fact).into(),
             (Type::StringList, Some(Value::List(l))) => l.clone().into(),

@@ -14,7 +14,11 @@ use crate::session::SessionKey;
 /// profiles and entity flags (u64, little endian), then the session
 /// records, the revocations (key, time, user key or 0), the profiles (user
 /// key, profile record) and the entity flags (user key, record).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS2";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS3";
+/// The previous release's snapshots: the same but for version 1 session
+/// records ([`SessionState::RECORD_LEN_V1`] bytes). Still restored, so that
+/// an upgrade keeps every session.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"VIGILSS2";
 const SNAPSHOT_HEADER: usize = 40;
 const REVOCATION_LEN: usize = 32;
 
@@ -69,7 +73,7 @@ impl Scorer {
     }
 
     /// The node's state as one snapshot, to restore after a restart with
-    /// [`Scorer::restore`]: a header (`VIGILSS2`, then the counts of
+    /// [`Scorer::restore`]: a header (`VIGILSS3`, then the counts of
     /// sessions, revocations, user profiles and entity flags as u64), the
     /// session records ([`SessionState::encode`]), each revocation as the
     /// session key, its time and the revoked user's key (0 for a session
@@ -155,14 +159,18 @@ impl Scorer {
     /// that decodes (as [`Scorer::import`]), every revocation still within
     /// its time, every user profile and entity flag. A file that is not a
     /// snapshot, or whose length does not match its counts, is refused
-    /// whole; a record that does not decode is skipped and counted.
+    /// whole; a record that does not decode is skipped and counted. The
+    /// previous release's snapshots (`VIGILSS2`, version 1 session records)
+    /// are restored too.
     pub fn restore(&self, snapshot: &[u8], now_secs: u64) -> Result<Restored, SnapshotError> {
         let (header, body) = snapshot
             .split_at_checked(SNAPSHOT_HEADER)
             .ok_or(SnapshotError::NotASnapshot)?;
-        if &header[..8] != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::NotASnapshot);
-        }
+        let record_len = match &header[..8] {
+            m if m == SNAPSHOT_MAGIC => SessionState::RECORD_LEN,
+            m if m == SNAPSHOT_MAGIC_V1 => SessionState::RECORD_LEN_V1,
+            _ => return Err(SnapshotError::NotASnapshot),
+        };
         let count = |i: usize| {
             let mut eight = [0u8; 8];
             eight.copy_from_slice(&header[8 + 8 * i..16 + 8 * i]);
@@ -170,7 +178,7 @@ impl Scorer {
         };
         let counts = [count(0), count(1), count(2), count(3)];
         let sizes = [
-            SessionState::RECORD_LEN,
+            record_len,
             REVOCATION_LEN,
             8 + UserProfile::RECORD_LEN,
             8 + EntityState::RECORD_LEN,
@@ -201,7 +209,7 @@ impl Scorer {
         let (revoked, rest) = rest.split_at(lengths[1]);
         let (profiles, entities) = rest.split_at(lengths[2]);
         let mut restored = Restored::default();
-        for record in records.chunks_exact(SessionState::RECORD_LEN) {
+        for record in records.chunks_exact(record_len) {
             match self.import(record, now_secs) {
                 Ok(_) => restored.sessions += 1,
                 Err(_) => restored.refused += 1,
@@ -261,6 +269,7 @@ impl Scorer {
         state.first_seen = state.first_seen.min(now);
         state.last_seen = state.last_seen.min(now);
         state.moved_at = state.moved_at.min(now);
+        state.stepped_up_at = state.stepped_up_at.min(now);
         state.touched = state.last_seen;
         if self.is_revoked(&key) {
             return Ok(key);

@@ -1,15 +1,16 @@
 //! What the scorer remembers of one session, and its compact record.
 //!
-//! [`SessionState`] is `Copy` and 96 bytes, so that with its key a session
+//! [`SessionState`] is `Copy` and 104 bytes, so that with its key a session
 //! costs at most 256 bytes in the store even when the hash table has just
 //! doubled (measured in `docs/performance.md`). Its record form
-//! ([`SessionState::encode`]) is a fixed 104-byte layout with a version
-//! byte, so that a node can snapshot
+//! ([`SessionState::encode`]) is a fixed 112-byte layout with a version
+//! byte (version 1, 104 bytes without the request count and step-up time,
+//! is still read), so that a node can snapshot
 //! its sessions and the controller can sync them without a schema; decoding
 //! checks every field and never panics on foreign bytes.
 //!
 //! The layout is written by hand rather than through serde: it is fixed-size
-//! (a snapshot is `n × 118` bytes, seekable), it is the wire format between
+//! (a snapshot's sessions are `n × 112` bytes, seekable), it is the wire format between
 //! releases and nodes, so it must not move when a field's Rust type does,
 //! and the engine's hot types (`Ja4`, `DeviceId`, `NetworkMark`) then need no
 //! serde derives.
@@ -39,7 +40,7 @@ pub(crate) struct Place {
     pub accuracy_km: u16,
 }
 
-/// The scorer's memory of one session, 96 bytes. The device summary's
+/// The scorer's memory of one session, 104 bytes. The device summary's
 /// fields are kept flat so that none of its padding is paid twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionState {
@@ -68,6 +69,14 @@ pub struct SessionState {
     /// Last request of any kind, for the store's idle expiry and eviction;
     /// not part of the record.
     pub(crate) touched: u32,
+    /// Requests of the session the engine let through and committed
+    /// (allowed, or allowed on a monitored route), saturating: what
+    /// `session.requests` counts.
+    pub(crate) requests: u32,
+    /// When the session's user last passed a step-up on it
+    /// ([`Scorer::confirm`](super::Scorer)), seconds since the Unix epoch;
+    /// 0: never.
+    pub(crate) stepped_up_at: u32,
     /// How many times the user had been revoked when the session was bound
     /// to them.
     pub(crate) generation: u16,
@@ -88,8 +97,8 @@ pub enum RecordError {
         /// Bytes given.
         got: usize,
     },
-    /// A version this release does not write.
-    #[error("session record version {0} is not supported (expected 1)")]
+    /// A version this release does not read.
+    #[error("session record version {0} is not supported (expected 1 or 2)")]
     Version(u8),
     /// A field holds a value no release writes.
     #[error("session record field {0} holds an invalid value")]
@@ -156,8 +165,13 @@ impl SessionState {
 
     /// Bytes of [`SessionState::encode`]'s record: the session key and the
     /// state.
-    pub const RECORD_LEN: usize = 104;
-    const VERSION: u8 = 1;
+    pub const RECORD_LEN: usize = 112;
+    /// Bytes of a version 1 record (before the request count and the
+    /// step-up time), which [`SessionState::decode`] still reads: snapshots
+    /// written by the previous release stay loadable.
+    pub const RECORD_LEN_V1: usize = 104;
+    const VERSION: u8 = 2;
+    const VERSION_1: u8 = 1;
 
     /// A state holding only a user binding, for a session not seen yet.
     pub(crate) fn bound(user: UserKey, now: u32) -> Self {
@@ -187,6 +201,8 @@ impl SessionState {
             previous: 0,
             moved_at: 0,
             touched: now,
+            requests: 0,
+            stepped_up_at: 0,
             generation: 0,
             flags: 0,
         }
@@ -234,12 +250,26 @@ impl SessionState {
         u64::from(self.first_seen)
     }
 
+    /// Requests of the session the engine let through (committed as
+    /// allowed), saturating at `u32::MAX`.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    /// When the session's user last passed a step-up on it, seconds since
+    /// the Unix epoch; `None`: never.
+    pub fn stepped_up_at(&self) -> Option<u64> {
+        (self.stepped_up_at != 0).then_some(u64::from(self.stepped_up_at))
+    }
+
     /// The session key and this state as a fixed-layout record (little
     /// endian): key (16), version, flags, device id (8), header shape, TLS
     /// source, JA4 (22), client, prefix, provider, egress, ASN hashes (4
     /// each), country (2), latitude, longitude (i16, 1/100 degree),
     /// accuracy (u16), user (8), first seen, last seen, previous prefix,
-    /// moved at (4 each), the user's revocation count at binding (u16).
+    /// moved at (4 each), the user's revocation count at binding (u16),
+    /// then (version 2) the request count and the step-up time (4 each,
+    /// 0: never).
     pub fn encode(&self, key: &SessionKey) -> [u8; Self::RECORD_LEN] {
         let mut w = Writer {
             buf: [0; Self::RECORD_LEN],
@@ -280,21 +310,29 @@ impl SessionState {
             w.put(&v.to_le_bytes());
         }
         w.put(&self.generation.to_le_bytes());
+        w.put(&self.requests.to_le_bytes());
+        w.put(&self.stepped_up_at.to_le_bytes());
         w.buf
     }
 
     /// Reads [`SessionState::encode`]'s record back, checking every field.
+    /// A version 1 record ([`Self::RECORD_LEN_V1`] bytes) reads as a
+    /// session with no request counted and no step-up.
     pub fn decode(record: &[u8]) -> Result<(SessionKey, Self), RecordError> {
-        if record.len() != Self::RECORD_LEN {
+        let expected = match record.get(16) {
+            Some(&Self::VERSION_1) => Self::RECORD_LEN_V1,
+            _ => Self::RECORD_LEN,
+        };
+        if record.len() != expected {
             return Err(RecordError::Length {
-                expected: Self::RECORD_LEN,
+                expected,
                 got: record.len(),
             });
         }
         let mut r = Reader { buf: record };
         let key = SessionKey::from_bytes(r.take::<16>());
         let [version, flags] = r.take::<2>();
-        if version != Self::VERSION {
+        if version != Self::VERSION && version != Self::VERSION_1 {
             return Err(RecordError::Version(version));
         }
         let device_id = DeviceId(u64::from_le_bytes(r.take()));
@@ -340,6 +378,13 @@ impl SessionState {
         let mut u32s = || u32::from_le_bytes(r.take());
         let (first_seen, last_seen, previous, moved_at) = (u32s(), u32s(), u32s(), u32s());
         let generation = u16::from_le_bytes(r.take());
+        // Version 1 ends here: the reader yields zeros past its end.
+        let (requests, stepped_up_at) = if version == Self::VERSION {
+            let mut u32s = || u32::from_le_bytes(r.take());
+            (u32s(), u32s())
+        } else {
+            (0, 0)
+        };
         let state = SessionState {
             device_id,
             shape: HeaderShape::from_bits(shape),
@@ -353,6 +398,8 @@ impl SessionState {
             previous,
             moved_at,
             touched: last_seen,
+            requests,
+            stepped_up_at,
             generation,
             flags: flags & (Self::STORED_FLAGS | Self::MAX_MOVES << Self::MOVES_SHIFT),
         };

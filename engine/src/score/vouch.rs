@@ -130,8 +130,9 @@ impl Scorer {
     /// The session's user proved themselves from this request's device and
     /// network (a step-up passed): those become the session's baseline and
     /// are learnt for the user, and the user's recent detections are
-    /// cleared. Returns the session's user, or `None` when nothing was
-    /// confirmed (the session is revoked).
+    /// cleared. The session's step-up time becomes `now_secs`. Returns the
+    /// session's user, or `None` when nothing was confirmed (the session is
+    /// revoked).
     pub(crate) fn confirm(
         &self,
         key: SessionKey,
@@ -147,6 +148,8 @@ impl Scorer {
         let mut next = SessionState::new(&device.summary(), *network, place, now);
         self.sessions.update(key, now, |held| {
             next = adopt(held, &device.summary(), network, place, now);
+            // 0 means never: a step-up at the epoch reads as one second in.
+            next.stepped_up_at = now.max(1);
             next
         });
         let learn = Learn {

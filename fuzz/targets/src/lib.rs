@@ -665,7 +665,7 @@ static IMPORT_ENGINE: LazyLock<Engine> = LazyLock::new(|| {
 });
 
 /// Snapshot magic of the current format.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS2";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS3";
 /// Record sizes of a snapshot's four sections, in header order: sessions,
 /// revocations, user profiles, user flags.
 const SECTION_SIZES: [usize; 4] = [SessionState::RECORD_LEN, 32, 328, 20];
