@@ -141,6 +141,8 @@ pub struct Detection {
     pub route: Box<str>,
     /// The rule that decided; `None` when the route's policy did.
     pub rule: Option<Box<str>>,
+    /// The tags rules added, comma-separated; `None` when none did.
+    pub tags: Option<Box<str>>,
     /// Whether the refusal was carried out (`false` on a monitoring route).
     pub enforced: bool,
     /// Seconds since the Unix epoch.

@@ -175,6 +175,8 @@ pub struct Decision<'a> {
     pub reference: Option<Reference>,
     /// The name of the rule that decided (`None`: the route's policy).
     pub rule: Option<&'a str>,
+    /// The tags rules added, comma-separated (`None`: none).
+    pub tags: Option<&'a str>,
 }
 
 /// What [`Engine::apply`] changed.
@@ -295,6 +297,7 @@ impl Engine {
                 route: request.facts.route,
                 reference: None,
                 rule: None,
+                tags: None,
             },
         );
         Ok(verdict)
@@ -518,6 +521,7 @@ impl Engine {
                     reference: decision.reference.unwrap_or(Reference(0)),
                     route: decision.route.into(),
                     rule: decision.rule.map(Into::into),
+                    tags: decision.tags.map(Into::into),
                     enforced: decision.enforcement == Enforcement::Enforce,
                     at: now,
                     verdict: verdict.clone(),

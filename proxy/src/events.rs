@@ -70,6 +70,7 @@ fn log_detection(d: &Detection) {
         reference = %d.reference,
         route = %d.route,
         rule = d.rule.as_deref().unwrap_or(""),
+        tags = d.tags.as_deref().unwrap_or(""),
         action = %v.action,
         enforced = d.enforced,
         level = %v.risk.level,

@@ -345,6 +345,14 @@ impl VigilProxy {
         let reference = (verdict.action != Action::Allow).then(respond::new_reference);
         let rules = &generation.config.rules;
         let rule = verdict.ruling.rule.and_then(|i| rules.rule_at(i));
+        // Tag names are checked identifiers (a-z 0-9 - _ .): a header value
+        // and a log field as they are.
+        let tags = (verdict.ruling.tags != 0).then(|| {
+            rules
+                .tags(verdict.ruling.tags)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         self.engine.apply(
             verdict,
             &Decision {
@@ -352,6 +360,7 @@ impl VigilProxy {
                 route: &route.name,
                 reference,
                 rule: rule.map(|r| r.name.as_str()),
+                tags: tags.as_deref(),
             },
         );
         // Shadow rules change nothing; what they would have done is told.
@@ -387,15 +396,7 @@ impl VigilProxy {
                         HeaderValue::from_str(&reasons_list(verdict))
                             .unwrap_or(HeaderValue::from_static(""))
                     },
-                    // Tag names are checked identifiers (a-z 0-9 - _ .).
-                    tags: (verdict.ruling.tags != 0)
-                        .then(|| {
-                            rules
-                                .tags(verdict.ruling.tags)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .and_then(|t| HeaderValue::from_str(&t).ok()),
+                    tags: tags.as_deref().and_then(|t| HeaderValue::from_str(t).ok()),
                 });
             }
             return Ok(false);

@@ -133,11 +133,22 @@ async fn tags_reach_the_app_and_a_client_cannot_forge_them() {
         "[[rule]]\nname = \"automation-tag\"\ncondition = 'device.class in [\"tool\", \"bot\"]'\n\
          action = \"tag\"\ntag = \"automation\"\n",
     );
+    write(
+        dir.path(),
+        "20-admin.toml",
+        "[[rule]]\nname = \"no-tools-on-admin\"\npath_prefixes = [\"/admin\"]\n\
+         condition = 'device.class in [\"tool\", \"bot\"]'\naction = \"block\"\n",
+    );
     let origin = Origin::start();
     let proxy = proxy_with_rules(&origin, Route::new("app", "/", "app"), dir.path()).await;
     let tool = Browser::new("curl/8.5.0");
     let echo = tool.echo(&proxy.url("/echo")).await;
     assert_eq!(echo.header("vigil-tags"), Some("automation"));
+    // A refusal's decision log names the rule and the tags added before it.
+    let refused = tool.get(&proxy.url("/admin")).await;
+    assert_eq!(refused.status(), 403);
+    let line = log_line(&proxy, "rule=\"no-tools-on-admin\"").await;
+    assert!(line.contains("tags=\"automation\""), "{line}");
     // A browser's request carries no tags, whatever it sends itself.
     let forged = Browser::firefox()
         .request(&proxy.url("/echo"))
@@ -150,8 +161,9 @@ async fn tags_reach_the_app_and_a_client_cannot_forge_them() {
         .unwrap();
     assert_eq!(common::Echo::parse(&forged).header("vigil-tags"), None);
     proxy
+        // The allowed request and the refused one were both tagged.
         .wait_for_metric("vigil_rules_tags_total", &[("tag", "automation")], |v| {
-            v == 1.0
+            v == 2.0
         })
         .await;
 }

@@ -1234,6 +1234,7 @@ tag = "busy"
                 route: "app",
                 reference: None,
                 rule: None,
+                tags: None,
             },
         );
         v

@@ -181,6 +181,7 @@ fn a_refused_dead_cookie_is_not_for_the_fleet() {
             reference: Reference(1),
             route: "app".into(),
             rule: None,
+            tags: None,
             enforced,
             at: 0,
             verdict,

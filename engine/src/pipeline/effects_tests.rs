@@ -64,6 +64,7 @@ fn run(e: &Engine, mode: Enforcement, v: &Verdict) -> Applied {
             route: "app",
             reference: Some(Reference(7)),
             rule: None,
+            tags: None,
         },
     )
 }

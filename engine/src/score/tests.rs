@@ -522,6 +522,7 @@ impl World {
                 route: "",
                 reference: None,
                 rule: None,
+                tags: None,
             },
         );
         v

@@ -617,6 +617,7 @@ pub fn response_headers(data: &[u8]) {
                 route: "fuzz",
                 reference: None,
                 rule: None,
+                tags: None,
             },
         );
         assert!(!applied.revoked || enforcement == Enforcement::Enforce);

@@ -555,6 +555,7 @@ impl Evaluator {
                 route: "",
                 reference: None,
                 rule: None,
+                tags: None,
             },
         );
         let mut response = HeaderMap::new();
