@@ -91,7 +91,10 @@ fn events_carry_their_id_and_kind_flat() {
         }],
     };
     let json = serde_json::to_string(&batch).unwrap();
-    assert!(json.contains(r#""id":"node-a-1","kind":"session_revoked""#), "{json}");
+    assert!(
+        json.contains(r#""id":"node-a-1","kind":"session_revoked""#),
+        "{json}"
+    );
     assert_eq!(serde_json::from_str::<EventBatch>(&json).unwrap(), batch);
 }
 
