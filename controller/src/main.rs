@@ -82,8 +82,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // SIGTERM (systemd, Kubernetes) or SIGINT (a terminal) stops it.
             let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = term.recv() => {},
+                            _ = tokio::signal::ctrl_c() => {},
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
             };
             match runtime.block_on(vigil_controller::run(config, shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
