@@ -4,9 +4,10 @@
 //! Each lane is drained by one thread of its own, so a slow log sink never
 //! holds a request: the engine only ever `try_send`s. The observability
 //! lane writes the decision log (one record per refusal, target
-//! `vigil::decision`) and counts every event; the fleet lane is where the
-//! controller client will attach — until then it counts what it would
-//! carry and warns when a gap was announced.
+//! `vigil::decision`) and counts every event; the fleet lane counts what
+//! it carries, hands the revocations this node decided to the controller
+//! client's outbox (`crate::fleet_sync`) when a controller is configured,
+//! and warns when a gap was announced.
 
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -14,12 +15,16 @@ use std::sync::mpsc::Receiver;
 use prometheus::IntCounterVec;
 use vigil_engine::events::{Detection, Event, EventStreams, FleetStream};
 
+use crate::fleet_sync::Outbox;
+
 /// Starts one named thread per lane; they end when the engine (and with it
-/// every sender) is dropped.
+/// every sender) is dropped. `outbox` takes the fleet lane's events for
+/// the controller, when there is one.
 pub fn consume(
     streams: EventStreams,
     told: IntCounterVec,
     fleet: IntCounterVec,
+    outbox: Option<Arc<Outbox>>,
 ) -> std::io::Result<()> {
     let EventStreams {
         observe,
@@ -30,7 +35,7 @@ pub fn consume(
         .spawn(move || observe_lane(&observe, &told))?;
     std::thread::Builder::new()
         .name("vigil-fleet".into())
-        .spawn(move || fleet_lane(&fleet_rx, &fleet))?;
+        .spawn(move || fleet_lane(&fleet_rx, &fleet, outbox.as_deref()))?;
     Ok(())
 }
 
@@ -44,15 +49,20 @@ fn observe_lane(rx: &Receiver<Arc<Event>>, told: &IntCounterVec) {
     }
 }
 
-fn fleet_lane(rx: &FleetStream, carried: &IntCounterVec) {
+fn fleet_lane(rx: &FleetStream, carried: &IntCounterVec, outbox: Option<&Outbox>) {
     while let Ok(event) = rx.recv() {
         carried.with_label_values(&[event.kind()]).inc();
         if let Event::Lost { count } = &*event {
+            // Counted by kind above (`lost`) and, per event, by the engine
+            // (`vigil_engine_events_lost_total`).
             tracing::warn!(
                 target: "vigil::event",
                 count,
                 "fleet events were not delivered (event queue full); the fleet view has a gap"
             );
+        }
+        if let Some(outbox) = outbox {
+            outbox.offer(&event);
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod events;
 pub mod explain;
 pub mod file_watch;
+pub mod fleet_sync;
 pub mod forwarding;
 pub mod generation;
 pub mod geoip_cli;

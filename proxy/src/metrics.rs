@@ -123,7 +123,59 @@ pub struct Metrics {
     /// set aside at start (`unauthenticated`, `other_key`, `tampered`,
     /// `rolled_back`, `contents`).
     pub snapshots_rejected: IntCounterVec,
+    /// The sync stream from the fleet controller and the events posted to
+    /// it (`vigil_proxy_fleet_*`).
+    pub fleet: FleetMetrics,
 }
+
+/// The controller client's metrics (`docs/controller.md`, Edge node).
+#[derive(Debug, Clone)]
+pub struct FleetMetrics {
+    /// `vigil_proxy_fleet_connected`: 1 while a sync stream is open and
+    /// its hello was read, else 0.
+    pub connected: IntGauge,
+    /// `vigil_proxy_fleet_applied_sequence`: the controller's change
+    /// sequence this node's engine holds everything up to.
+    pub applied: IntGauge,
+    /// `vigil_proxy_fleet_head_sequence`: the newest sequence the
+    /// controller announced; `head - applied` is the node's lag.
+    pub head: IntGauge,
+    /// `vigil_proxy_fleet_resyncs_total{reason}`: full snapshots asked for
+    /// because the stream skipped a sequence (`gap`) or the controller is
+    /// behind this node (`ahead`).
+    pub resyncs: IntCounterVec,
+    /// `vigil_proxy_fleet_reconnects_total{reason}`: sync streams ended and
+    /// opened again: `connect` (no answer), `unauthorized` (401),
+    /// `status` (another answer), `protocol` (a line that is not a frame,
+    /// or out of order), `silent` (no line for three heartbeats),
+    /// `closed` (the controller ended it), `resync`.
+    pub reconnects: IntCounterVec,
+    /// `vigil_proxy_fleet_changes_applied_total{kind}`: changes from the
+    /// controller applied to the engine, snapshots included.
+    pub changes: IntCounterVec,
+    /// `vigil_proxy_fleet_events_sent_total`: events the controller took.
+    pub events_sent: IntCounter,
+    /// `vigil_proxy_fleet_events_dropped_total`: events dropped unsent: the
+    /// oldest when the queue was full, or a batch the controller refused
+    /// as malformed.
+    pub events_dropped: IntCounter,
+    /// `vigil_proxy_fleet_events_retried_total`: posts of a batch that
+    /// failed and will be sent again (same ids).
+    pub events_retried: IntCounter,
+    /// `vigil_proxy_fleet_events_queued`: events waiting to be sent.
+    pub events_queued: IntGauge,
+}
+
+/// The `reason` values of `vigil_proxy_fleet_reconnects_total`.
+pub const FLEET_RECONNECT_REASONS: [&str; 7] = [
+    "connect",
+    "unauthorized",
+    "status",
+    "protocol",
+    "silent",
+    "closed",
+    "resync",
+];
 
 impl Metrics {
     /// Creates and registers every metric in a fresh registry.
@@ -317,6 +369,7 @@ impl Metrics {
         ] {
             snapshots_rejected.with_label_values(&[reason]);
         }
+        let fleet = FleetMetrics::new(&registry)?;
         for kind in vigil_engine::Event::KINDS {
             events.with_label_values(&[kind]);
             fleet_events.with_label_values(&[kind]);
@@ -361,6 +414,85 @@ impl Metrics {
             events_dropped,
             events_lost,
             snapshots_rejected,
+            fleet,
+        })
+    }
+}
+
+impl FleetMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let plain = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let resyncs = counter(
+            "vigil_proxy_fleet_resyncs_total",
+            "Full snapshots asked of the controller, by reason (gap, ahead).",
+            "reason",
+        )?;
+        for reason in ["gap", "ahead"] {
+            resyncs.with_label_values(&[reason]);
+        }
+        let reconnects = counter(
+            "vigil_proxy_fleet_reconnects_total",
+            "Sync streams ended and opened again, by reason.",
+            "reason",
+        )?;
+        for reason in FLEET_RECONNECT_REASONS {
+            reconnects.with_label_values(&[reason]);
+        }
+        let changes = counter(
+            "vigil_proxy_fleet_changes_applied_total",
+            "Changes from the controller applied to the engine, by kind.",
+            "kind",
+        )?;
+        for kind in ["session_revoked", "user_revoked", "user_risk"] {
+            changes.with_label_values(&[kind]);
+        }
+        Ok(Self {
+            connected: gauge(
+                "vigil_proxy_fleet_connected",
+                "1 while the sync stream from the controller is open.",
+            )?,
+            applied: gauge(
+                "vigil_proxy_fleet_applied_sequence",
+                "The controller's change sequence this node holds everything up to.",
+            )?,
+            head: gauge(
+                "vigil_proxy_fleet_head_sequence",
+                "The newest change sequence the controller announced.",
+            )?,
+            resyncs,
+            reconnects,
+            changes,
+            events_sent: plain(
+                "vigil_proxy_fleet_events_sent_total",
+                "Events the controller took.",
+            )?,
+            events_dropped: plain(
+                "vigil_proxy_fleet_events_dropped_total",
+                "Events dropped unsent: the oldest of a full queue, or a batch refused as malformed.",
+            )?,
+            events_retried: plain(
+                "vigil_proxy_fleet_events_retried_total",
+                "Failed posts of an event batch, sent again with the same ids.",
+            )?,
+            events_queued: gauge(
+                "vigil_proxy_fleet_events_queued",
+                "Events waiting to be sent to the controller.",
+            )?,
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
@@ -18,6 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource, ListenerLimits};
 use crate::conn_limits::{ConnectionLimits, H2Connections, LimitMetrics, Limited};
 use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
+use crate::fleet_sync::{self, FleetSync, Outbox};
 use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
@@ -56,6 +57,9 @@ pub enum StartError {
     /// The event consumers could not be started.
     #[error("event consumers: {0}")]
     Events(std::io::Error),
+    /// The controller client could not be built (its CA file, say).
+    #[error("controller: {0}")]
+    Controller(String),
 }
 
 /// How the process was started, beyond its config.
@@ -86,8 +90,8 @@ const REQUEST_LINE_ALLOWANCE: usize = 8192;
 pub struct Vigil {
     server: Server,
     /// The engine and where its snapshot goes, written once more after the
-    /// last request has been served.
-    snapshot: Option<(Arc<Engine>, std::path::PathBuf)>,
+    /// last request has been served, with the controller cursor.
+    snapshot: Option<(Arc<Engine>, std::path::PathBuf, Option<Arc<AtomicU64>>)>,
     /// Where this process writes its pid, for `vigil-proxy reload`.
     pid_file: PathBuf,
     signals: Signals,
@@ -116,13 +120,19 @@ impl Vigil {
             Some(geo)
         };
         let metrics = Metrics::new()?;
-        // Events are told to logs and metrics now, to the controller later;
-        // room for a burst of refusals without a request ever waiting.
+        // What this node decides for the controller, held while it is away.
+        let outbox = config
+            .controller
+            .as_ref()
+            .map(|c| Arc::new(Outbox::new(c.events_queue, &metrics.fleet)));
+        // Events are told to logs and metrics, and to the controller; room
+        // for a burst of refusals without a request ever waiting.
         let (sink, streams) = vigil_engine::events::channel(EVENT_LANE, EVENT_LANE);
         crate::events::consume(
             streams,
             metrics.events.clone(),
             metrics.fleet_events.clone(),
+            outbox.clone(),
         )
         .map_err(StartError::Events)?;
         let engine = Arc::new(engine.with_events(sink));
@@ -132,9 +142,38 @@ impl Vigil {
             .snapshot_every
             .filter(|_| matches!(config.hash_key, HashKeySource::File(_)))
             .map(|every| (config.server.state_dir.join(snapshot::FILE_NAME), every));
-        if let Some((path, _)) = &snapshot {
-            snapshot::restore(&engine, path, &metrics.snapshots_rejected);
-        }
+        let restored = snapshot
+            .as_ref()
+            .is_some_and(|(path, _)| snapshot::restore(&engine, path, &metrics.snapshots_rejected));
+        // The controller cursor counts only with the snapshot it was
+        // written beside; without that snapshot the node asks for all.
+        let fleet_applied = config.controller.as_ref().map(|_| {
+            let from = snapshot
+                .as_ref()
+                .filter(|_| restored)
+                .and_then(|(path, _)| fleet_sync::read_cursor(&fleet_sync::cursor_path(path)))
+                .unwrap_or(0);
+            if from > 0 {
+                tracing::info!(
+                    applied = from,
+                    "fleet sync: resuming after the restored snapshot"
+                );
+            }
+            Arc::new(AtomicU64::new(from))
+        });
+        let fleet_sync = match (&config.controller, &fleet_applied, &outbox) {
+            (Some(controller), Some(applied), Some(outbox)) => Some(
+                FleetSync::new(
+                    engine.clone(),
+                    controller.clone(),
+                    applied.clone(),
+                    outbox.clone(),
+                    metrics.fleet.clone(),
+                )
+                .map_err(StartError::Controller)?,
+            ),
+            _ => None,
+        };
         let current = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
             config, None, &metrics,
         )?));
@@ -256,12 +295,15 @@ impl Vigil {
 
         let final_snapshot = snapshot
             .as_ref()
-            .map(|(path, _)| (engine.clone(), path.clone()));
+            .map(|(path, _)| (engine.clone(), path.clone(), fleet_applied.clone()));
         if let Some((path, every)) = snapshot {
             server.add_service(background_service(
                 "session snapshot",
-                Snapshotter::new(engine.clone(), path, every),
+                Snapshotter::new(engine.clone(), path, every, fleet_applied.clone()),
             ));
+        }
+        if let Some(fleet_sync) = fleet_sync {
+            server.add_service(background_service("fleet sync", fleet_sync));
         }
         server.add_service(background_service(
             "session sweep",
@@ -330,8 +372,8 @@ impl Vigil {
         self.server.run(pingora_core::server::RunArgs {
             shutdown_signal: Box::new(self.signals),
         });
-        if let Some((engine, path)) = &self.snapshot {
-            snapshot::write_logged(engine, path);
+        if let Some((engine, path, fleet)) = &self.snapshot {
+            snapshot::write_logged(engine, path, fleet.as_deref());
         }
         remove_pid_file(&self.pid_file);
         std::process::exit(0)

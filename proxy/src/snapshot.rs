@@ -27,10 +27,18 @@
 //! files and knows the hash key defeats this; someone who can only replace
 //! both files with older copies of both does too — a rollback the node
 //! cannot tell (`docs/security.md`).
+//!
+//! **The controller cursor.** With a `[controller]`, each write also
+//! records in `controller.cursor` the controller sequence the engine held
+//! everything up to — read before the engine's bytes are taken, written
+//! after the snapshot is in place — so that a restarted node resumes the
+//! sync stream where its snapshot stands, never past it
+//! (`crate::fleet_sync`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -164,12 +172,14 @@ pub struct Snapshotter {
     engine: Arc<Engine>,
     path: PathBuf,
     every: Duration,
+    fleet: Option<Arc<AtomicU64>>,
 }
 
-/// Restores the snapshot at `path`, if there is one. Problems are logged,
-/// never fatal; a snapshot that is not authentic is set aside and counted
-/// in `rejected` (`vigil_proxy_snapshots_rejected_total{reason}`).
-pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVec) {
+/// Restores the snapshot at `path`, if there is one; whether one was.
+/// Problems are logged, never fatal; a snapshot that is not authentic is
+/// set aside and counted in `rejected`
+/// (`vigil_proxy_snapshots_rejected_total{reason}`).
+pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVec) -> bool {
     let cap = engine.scorer().max_snapshot_bytes();
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() > cap
@@ -180,14 +190,14 @@ pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVe
             cap,
             "session snapshot larger than these stores could ever write; starting empty"
         );
-        return;
+        return false;
     }
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "session snapshot not read; starting empty");
-            return;
+            return false;
         }
     };
     let reject = |why: Rejected| {
@@ -202,19 +212,26 @@ pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVe
     };
     let body = match verify(engine, &bytes, read_generation(path)) {
         Ok(body) => body,
-        Err(why) => return reject(why),
+        Err(why) => {
+            reject(why);
+            return false;
+        }
     };
     match engine.scorer().restore(body, crate::proxy::now_secs()) {
-        Ok(r) => tracing::info!(
-            path = %path.display(),
-            sessions = r.sessions,
-            revocations = r.revocations,
-            skipped = r.refused,
-            "session snapshot restored"
-        ),
+        Ok(r) => {
+            tracing::info!(
+                path = %path.display(),
+                sessions = r.sessions,
+                revocations = r.revocations,
+                skipped = r.refused,
+                "session snapshot restored"
+            );
+            true
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "session snapshot contents refused");
             reject(Rejected::Contents);
+            false
         }
     }
 }
@@ -226,10 +243,18 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Writes the engine's snapshot to `path` through a temporary file (mode
 /// 0600), renamed over the old snapshot and made durable (file and folder
 /// synced). Returns the bytes written.
-pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
+///
+/// `fleet` is the controller sequence the engine holds everything up to
+/// (`crate::fleet_sync`), when a controller is configured: read before the
+/// engine's snapshot is taken and recorded in `controller.cursor` after
+/// the snapshot is in place, so that the cursor never claims more than the
+/// snapshot holds. Without one, a cursor left from an earlier run is
+/// removed: it would describe another snapshot.
+pub fn write(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) -> std::io::Result<u64> {
     let _one_at_a_time = WRITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let applied = fleet.map(|a| a.load(Ordering::Acquire));
     let tmp = path.with_extension("snapshot.tmp");
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(true);
@@ -286,6 +311,14 @@ pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
     let gen_tmp = generation_path(path).with_extension("generation.tmp");
     std::fs::write(&gen_tmp, format!("{generation}\n"))?;
     std::fs::rename(&gen_tmp, generation_path(path))?;
+    let cursor = crate::fleet_sync::cursor_path(path);
+    match applied {
+        Some(applied) => crate::fleet_sync::write_cursor(&cursor, applied)?,
+        None => match std::fs::remove_file(&cursor) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        },
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -293,19 +326,26 @@ pub fn write(engine: &Engine, path: &Path) -> std::io::Result<u64> {
 }
 
 impl Snapshotter {
-    /// A writer of `engine`'s snapshot to `path` every `every`.
-    pub fn new(engine: Arc<Engine>, path: PathBuf, every: Duration) -> Self {
+    /// A writer of `engine`'s snapshot to `path` every `every`, with the
+    /// controller cursor `fleet` when there is one (see [`write`]).
+    pub fn new(
+        engine: Arc<Engine>,
+        path: PathBuf,
+        every: Duration,
+        fleet: Option<Arc<AtomicU64>>,
+    ) -> Self {
         Self {
             engine,
             path,
             every,
+            fleet,
         }
     }
 }
 
 /// [`write`], with the outcome logged.
-pub fn write_logged(engine: &Engine, path: &Path) {
-    match write(engine, path) {
+pub fn write_logged(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) {
+    match write(engine, path, fleet) {
         Ok(bytes) => tracing::info!(path = %path.display(), bytes, "session snapshot written"),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "session snapshot not written")
@@ -319,7 +359,7 @@ impl BackgroundService for Snapshotter {
         // The last snapshot is written after the server has stopped
         // (`Vigil::run`), when no request can change it any more.
         crate::periodic::every(self.every, shutdown, || {
-            write_logged(&self.engine, &self.path);
+            write_logged(&self.engine, &self.path, self.fleet.as_deref());
         })
         .await;
     }

@@ -120,6 +120,13 @@ impl UserKey {
         Self(NonZeroU64::new(u64::from_le_bytes(eight)).unwrap_or(NonZeroU64::MIN))
     }
 
+    /// The key of the user named `name` in a fleet whose session hash key
+    /// is `key`: what [`crate::Engine::user_key`] gives on every node with
+    /// that key, for a controller that names users to its nodes.
+    pub fn for_name(key: &crate::SessionHashKey, name: &str) -> Self {
+        Self::derive(key.as_bytes(), name)
+    }
+
     /// The key as a number, for records and logs (it reveals nothing of the
     /// name without the engine's secret).
     pub fn as_u64(self) -> u64 {

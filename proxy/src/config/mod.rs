@@ -86,6 +86,41 @@ pub struct Config {
     /// Vigil as an OpenID Connect relying party, for routes that step up
     /// at the identity provider (`[oidc]`); `None` when not configured.
     pub oidc: Option<Arc<Oidc>>,
+    /// The fleet controller this node syncs with (`[controller]`); `None`
+    /// when the node runs alone.
+    pub controller: Option<Arc<Controller>>,
+}
+
+/// `[controller]`: the fleet controller that streams revocations and
+/// user risk to this node and takes the revocations it decides
+/// (`docs/controller.md`, Edge node). Needs a restart to change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// The controller's base URL, without a trailing `/`: `https`, or
+    /// `http` to a loopback host only (the node's token travels in it).
+    pub url: String,
+    /// The node's bearer token, read from `token_file` at load (surrounding
+    /// whitespace trimmed, never empty). Never logged.
+    pub token: String,
+    /// PEM certificates to trust for the controller's TLS besides the
+    /// system's (`ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// Most events kept in memory for the controller while it is away
+    /// (`events_queue`, default 10 000, 1 to 1 000 000); the oldest are
+    /// dropped, and counted, beyond it.
+    pub events_queue: usize,
+}
+
+impl fmt::Debug for Controller {
+    // The token is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("url", &self.url)
+            .field("token", &"…")
+            .field("ca_file", &self.ca_file)
+            .field("events_queue", &self.events_queue)
+            .finish()
+    }
 }
 
 /// `[oidc]`: the identity provider Vigil sends users to for a step-up,
@@ -670,6 +705,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let (rules, rules_dir) = read_rules(&mut f, base, &routes, p);
     let oidc = read_oidc(&mut f, base, p);
     check_step_up(&routes, oidc.as_ref(), p);
+    let controller = read_controller(&mut f, base, p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -703,6 +739,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         rules: Arc::new(rules),
         rules_dir,
         oidc: oidc.map(Arc::new),
+        controller: controller.map(Arc::new),
     })
 }
 
@@ -1934,6 +1971,74 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
         loop_window,
         timeout,
     })
+}
+
+/// `[controller]`, when present: the URL checked, the token read.
+fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Controller> {
+    if !f.has("controller") {
+        f.table(p, "controller");
+        return None;
+    }
+    let mut t = f.table(p, "controller");
+    let url: Option<String> = t.req(p, "url", "the controller's base URL");
+    let url = url.and_then(|url| match check_controller_url(&url) {
+        Ok(()) => Some(url.trim_end_matches('/').to_owned()),
+        Err(e) => {
+            p.push(t.key("url"), e);
+            None
+        }
+    });
+    let token_file: Option<PathBuf> = t.req(p, "token_file", "a file holding this node's token");
+    let token = token_file.and_then(|file| {
+        let file = resolve(base, file);
+        match std::fs::read_to_string(&file) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+            Ok(_) => {
+                p.push(t.key("token_file"), format!("{}: empty", file.display()));
+                None
+            }
+            Err(e) => {
+                p.push(
+                    t.key("token_file"),
+                    format!("{}: cannot read: {e}", file.display()),
+                );
+                None
+            }
+        }
+    });
+    if let Some(token) = &token
+        && !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        // It goes into an `Authorization` header as it is.
+        p.push(
+            t.key("token_file"),
+            "the token must be one line of printable ASCII without spaces",
+        );
+    }
+    let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
+    if let Some(file) = &ca_file
+        && let Err(e) = std::fs::read(file)
+    {
+        p.push(
+            t.key("ca_file"),
+            format!("{}: cannot read: {e}", file.display()),
+        );
+    }
+    let events_queue: usize = t.or(p, "events_queue", 10_000);
+    within(p, t.key("events_queue"), events_queue, 1..=1_000_000);
+    t.finish(p);
+    Some(Controller {
+        url: url?,
+        token: token?,
+        ca_file,
+        events_queue: events_queue.clamp(1, 1_000_000),
+    })
+}
+
+/// A controller URL Vigil will send its token to: an absolute `https`
+/// URL without query, fragment or user info, or `http` to a loopback host.
+fn check_controller_url(url: &str) -> Result<(), String> {
+    check_issuer(url)
 }
 
 /// An issuer Vigil will talk to: an absolute `https` URL without query or

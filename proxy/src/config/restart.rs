@@ -93,6 +93,9 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
         fingerprint.settings.idle_timeout
     );
 
+    // The sync stream and the event poster are started with the process.
+    hold!("controller", controller);
+
     merge_listeners(running, &mut next, &mut restart);
     Merged {
         config: next,

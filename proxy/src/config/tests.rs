@@ -540,3 +540,61 @@ high = "step_up"
         ["routes[0].callback_path"]
     );
 }
+
+#[test]
+fn controller_is_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "  node-t0ken\n").unwrap();
+    let good = format!(
+        "[controller]\nurl = \"https://ctl.example.com/\"\ntoken_file = {token:?}\n{MINIMAL}"
+    );
+    let c = parse(&good).unwrap();
+    let ctl = c.controller.as_deref().unwrap();
+    // The trailing slash is dropped; the token is read, trimmed, never printed.
+    assert_eq!(ctl.url, "https://ctl.example.com");
+    assert_eq!(ctl.token, "node-t0ken");
+    assert_eq!(ctl.events_queue, 10_000);
+    assert!(!format!("{c:?}").contains("node-t0ken"));
+    assert!(parse(MINIMAL).unwrap().controller.is_none());
+    // Cleartext to a loopback controller is allowed.
+    let local = good.replace("https://ctl.example.com/", "http://127.0.0.1:7000");
+    assert_eq!(
+        parse(&local).unwrap().controller.unwrap().url,
+        "http://127.0.0.1:7000"
+    );
+
+    // Every problem at once: cleartext off loopback, an empty token file,
+    // a queue out of bounds, an unknown key.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    let bad = good
+        .replace("https://ctl.example.com/", "http://ctl.example.com")
+        .replace(&format!("{token:?}"), &format!("{empty:?}"))
+        .replace(
+            "[controller]\n",
+            "[controller]\nevents_queue = 0\nresync = true\n",
+        );
+    let problems = parse(&bad).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "controller.url",
+            "controller.token_file",
+            "controller.events_queue",
+            "controller.resync"
+        ],
+        "{problems:#?}"
+    );
+    // The section needs its URL and its token.
+    let problems = parse(&format!("[controller]\n{MINIMAL}")).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        ["controller.url", "controller.token_file"],
+        "{problems:#?}"
+    );
+    let spaced = dir.path().join("spaced");
+    std::fs::write(&spaced, "two words").unwrap();
+    let problems = parse(&good.replace(&format!("{token:?}"), &format!("{spaced:?}"))).unwrap_err();
+    assert_eq!(keys(&problems), ["controller.token_file"]);
+}

@@ -1,0 +1,430 @@
+//! The controller's HTTP API (`docs/controller.md`): the sync stream and
+//! event intake for edge nodes (a node's bearer token), and the admin API
+//! (the admin's bearer token). Every error is JSON `{"error", "message"}`
+//! with its status, from one place ([`ApiError`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use vigil_engine::UserKey;
+use vigil_fleet::{
+    Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, SessionId, UserId, VERSION, write_frame,
+};
+
+use crate::config::{Config, Node, token_hash};
+use crate::store::{Store, StoreError};
+
+/// A quiet stream gets a heartbeat this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How often a stream looks at the store even without a local commit: the
+/// fallback by which a replica learns of changes another one wrote.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Largest request body: an event batch.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The controller's shared state.
+#[derive(Debug)]
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// The config in force.
+    pub config: Config,
+    /// The head committed by this process, for streams to wake on.
+    pub head: watch::Sender<u64>,
+}
+
+/// An API error: its status, stable code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "store failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store failed; try again",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "message": self.message});
+        (
+            self.status,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// The router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/sync", get(sync))
+        .route("/v1/events", post(events))
+        .route("/v1/admin/log", get(log_bounds))
+        .route("/v1/admin/sessions/revoke", post(revoke_session))
+        .route("/v1/admin/users/revoke", post(revoke_user))
+        .route("/v1/admin/users/risk", post(user_risk))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The node a request's token names, if enabled. Tokens are compared as
+/// their SHA-256: the stored form, which says nothing of the token.
+fn node<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Node, ApiError> {
+    let hash = token_hash(bearer(headers).ok_or_else(ApiError::unauthorized)?);
+    app.config
+        .nodes
+        .iter()
+        .find(|n| n.token_sha256 == hash && !n.disabled)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if token_hash(token) == app.config.admin_token {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// Reads a JSON body, after the caller is authenticated: an unknown
+/// caller learns nothing about what a good body looks like.
+fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
+}
+
+/// Appends and wakes the streams.
+async fn commit(app: &App, changes: &[Change]) -> Result<u64, ApiError> {
+    let head = app.store.append(changes, now_secs()).await?;
+    app.head.send_replace(head);
+    Ok(head)
+}
+
+#[derive(Deserialize)]
+struct SyncQuery {
+    since: Option<u64>,
+}
+
+/// `GET /v1/sync?since=N`: the stream of changes after `N`, or a snapshot
+/// first when `N` is zero, behind the log's oldest, or ahead of its head.
+async fn sync(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<SyncQuery>,
+) -> Result<Response, ApiError> {
+    let node = node(&app, &headers)?.name.clone();
+    let since = query.since.unwrap_or(0);
+    let bounds = app.store.bounds().await?;
+    let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
+    tracing::info!(node, since, head = bounds.head, snapshot, "node subscribed");
+    tokio::spawn(async move {
+        if let Err(e) = stream(&app, &tx, since, snapshot, bounds.head, bounds.oldest).await {
+            tracing::info!(node, error = %e, "stream ended");
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default())
+}
+
+/// Why a stream stopped.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("the node went away")]
+    Gone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the log has a gap at {0}")]
+    Gap(u64),
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    frame: &Frame,
+) -> Result<(), StreamEnd> {
+    tx.send(Ok(Bytes::from(write_frame(frame))))
+        .await
+        .map_err(|_| StreamEnd::Gone)
+}
+
+async fn stream(
+    app: &App,
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    since: u64,
+    snapshot: bool,
+    head: u64,
+    oldest: u64,
+) -> Result<(), StreamEnd> {
+    let mut woken = app.head.subscribe();
+    send(
+        tx,
+        &Frame::Hello {
+            v: VERSION,
+            head,
+            oldest,
+            snapshot,
+        },
+    )
+    .await?;
+    let mut cursor = since;
+    if snapshot {
+        let (seq, changes) = app.store.snapshot().await?;
+        for chunk in changes.chunks(MAX_BATCH) {
+            send(
+                tx,
+                &Frame::Snapshot {
+                    seq,
+                    changes: chunk.to_vec(),
+                },
+            )
+            .await?;
+        }
+        send(tx, &Frame::SnapshotEnd { seq }).await?;
+        cursor = seq;
+    }
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let batch = app.store.since(cursor, MAX_BATCH).await?;
+        if let Some(&(first, _)) = batch.first() {
+            // Numbers are contiguous by construction (store.rs); a hole
+            // here is compaction overtaking a slow node: it resyncs.
+            if first != cursor + 1 {
+                return Err(StreamEnd::Gap(cursor + 1));
+            }
+            cursor = first + batch.len() as u64 - 1;
+            let changes = batch.into_iter().map(|(_, c)| c).collect();
+            send(tx, &Frame::Changes { first, changes }).await?;
+            last_sent = tokio::time::Instant::now();
+            continue;
+        }
+        if last_sent.elapsed() >= HEARTBEAT {
+            send(tx, &Frame::Heartbeat { head: cursor }).await?;
+            last_sent = tokio::time::Instant::now();
+        }
+        tokio::select! {
+            changed = woken.changed() => if changed.is_err() { return Err(StreamEnd::Gone) },
+            () = tokio::time::sleep(POLL) => {},
+            () = tx.closed() => return Err(StreamEnd::Gone),
+        }
+    }
+}
+
+/// `POST /v1/events`: a node's events, taken once each.
+async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let node = node(&app, &headers)?.name.clone();
+    let batch: EventBatch = json(&body)?;
+    if batch.v != VERSION {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "version",
+            format!("protocol version {} is not {VERSION}", batch.v),
+        ));
+    }
+    if batch.events.len() > MAX_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {MAX_EVENTS} events"),
+        ));
+    }
+    if batch
+        .events
+        .iter()
+        .any(|e| e.id.is_empty() || e.id.len() > 128)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_event_id",
+            "event ids are 1 to 128 bytes",
+        ));
+    }
+    let (ack, head) = app
+        .store
+        .take_events(&node, &batch.events, now_secs())
+        .await?;
+    app.head.send_replace(head);
+    Ok(Json(ack).into_response())
+}
+
+async fn log_bounds(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let b = app.store.bounds().await?;
+    Ok(Json(serde_json::json!({"head": b.head, "oldest": b.oldest})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeSession {
+    /// The session key, 32 hex digits (as in the proxy's logs and events).
+    session: String,
+}
+
+async fn revoke_session(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let req: RevokeSession = json(&body)?;
+    let session = SessionId::parse(&req.session).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_session",
+            "expected 32 lower-case hex digits",
+        )
+    })?;
+    let seq = commit(
+        &app,
+        &[Change::SessionRevoked {
+            session,
+            at: now_secs(),
+        }],
+    )
+    .await?;
+    tracing::info!(session = %req.session.get(..8).unwrap_or(""), seq, "session revoked by the admin API");
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRef {
+    /// The user's name as the app names it to Vigil.
+    user: String,
+}
+
+fn user_id(app: &App, name: &str) -> Result<UserId, ApiError> {
+    let name = vigil_engine::valid_user_name(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_user",
+            "a user name of 1 to 256 visible characters",
+        )
+    })?;
+    Ok(UserId(
+        UserKey::for_name(&app.config.hash_key, name).as_u64(),
+    ))
+}
+
+async fn revoke_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let seq = commit(
+        &app,
+        &[Change::UserRevoked {
+            user,
+            at: now_secs(),
+        }],
+    )
+    .await?;
+    tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRisk {
+    user: String,
+    /// 0 to 100; 0 clears.
+    points: u8,
+    /// How long it holds.
+    ttl_seconds: u64,
+}
+
+async fn user_risk(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let req: UserRisk = json(&body)?;
+    if req.points > 100 || req.ttl_seconds > 365 * 86_400 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_risk",
+            "points 0 to 100, ttl_seconds at most a year",
+        ));
+    }
+    let user = user_id(&app, &req.user)?;
+    let now = now_secs();
+    let seq = commit(
+        &app,
+        &[Change::UserRisk {
+            user,
+            points: req.points,
+            until: now.saturating_add(req.ttl_seconds),
+            at: now,
+        }],
+    )
+    .await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}

@@ -1,0 +1,214 @@
+//! The controller's configuration: one TOML file. Unknown keys and bad
+//! values are problems; the file's problems that can be found together are
+//! reported together, each with its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use vigil_engine::SessionHashKey;
+
+/// A validated config.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// The store's URL: `sqlite://PATH` or `postgres://…`.
+    pub store: String,
+    /// The fleet's session hash key: user names in admin calls become the
+    /// keys every node computes.
+    pub hash_key: SessionHashKey,
+    /// SHA-256 of the admin token.
+    pub admin_token: [u8; 32],
+    /// The edge nodes allowed to sync, each with its token's SHA-256.
+    pub nodes: Vec<Node>,
+    /// Changes kept in the log; older ones are compacted away and a node
+    /// further behind gets a snapshot.
+    pub keep_changes: u64,
+}
+
+/// An edge node allowed to sync.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its name, in logs and in the events it posts.
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+    /// A disabled node's token is refused at once.
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for Config {
+    // Secrets and key material are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("store", &self.store)
+            .field("nodes", &self.nodes.len())
+            .field("keep_changes", &self.keep_changes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a config could not be used: every problem found, each with its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}", .problems.join("; "))]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// `key: problem`, one each.
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<SocketAddr>,
+    store: Option<String>,
+    hash_key_file: PathBuf,
+    admin_token_file: PathBuf,
+    keep_changes: Option<u64>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    token_sha256: String,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// SHA-256 of a token as stored: what `vigil-controller hash-token` prints.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            file: path.to_owned(),
+            problems,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
+        let raw: Raw = toml::from_str(&text)
+            .map_err(|e| fail(vec![e.to_string().trim().replace('\n', " ")]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut problems = Vec::new();
+
+        let hash_key = match std::fs::read(resolve(&raw.hash_key_file)) {
+            Ok(bytes) => parse_key(&bytes).or_else(|| {
+                problems.push(format!(
+                    "hash_key_file: {}: expected 32 raw bytes or 64 hex digits",
+                    raw.hash_key_file.display()
+                ));
+                None
+            }),
+            Err(e) => {
+                problems.push(format!(
+                    "hash_key_file: {}: {e}",
+                    raw.hash_key_file.display()
+                ));
+                None
+            }
+        };
+        let admin_token = match std::fs::read_to_string(resolve(&raw.admin_token_file)) {
+            Ok(t) if t.trim().len() >= 16 => Some(token_hash(&t)),
+            Ok(_) => {
+                problems.push(format!(
+                    "admin_token_file: {}: a token of at least 16 characters",
+                    raw.admin_token_file.display()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "admin_token_file: {}: {e}",
+                    raw.admin_token_file.display()
+                ));
+                None
+            }
+        };
+        let mut nodes = Vec::new();
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let name_ok = !n.name.is_empty()
+                && n.name.len() <= 64
+                && n.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                problems.push(format!(
+                    "nodes[{i}].name: {:?}: 1 to 64 of a-z A-Z 0-9 - _",
+                    n.name
+                ));
+            }
+            if raw.nodes[..i].iter().any(|o| o.name == n.name) {
+                problems.push(format!("nodes[{i}].name: {:?} appears twice", n.name));
+            }
+            match hex::decode(&n.token_sha256)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
+                Some(token_sha256) => nodes.push(Node {
+                    name: n.name.clone(),
+                    token_sha256,
+                    disabled: n.disabled,
+                }),
+                None => problems.push(format!(
+                    "nodes[{i}].token_sha256: expected 64 hex digits (vigil-controller hash-token)"
+                )),
+            }
+        }
+        let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
+        if !(1_000..=100_000_000).contains(&keep_changes) {
+            problems.push(format!(
+                "keep_changes: {keep_changes} is out of range; expected 1000 to 100000000"
+            ));
+        }
+        let store = raw
+            .store
+            .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
+        if !(store.starts_with("sqlite:")
+            || store.starts_with("postgres:")
+            || store.starts_with("postgresql:"))
+        {
+            problems.push(format!(
+                "store: {store:?}: expected sqlite://PATH or postgres://…"
+            ));
+        }
+        match (hash_key, admin_token, problems.is_empty()) {
+            (Some(hash_key), Some(admin_token), true) => Ok(Config {
+                listen: raw
+                    .listen
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9700))),
+                store,
+                hash_key,
+                admin_token,
+                nodes,
+                keep_changes,
+            }),
+            _ => Err(fail(problems)),
+        }
+    }
+}
+
+fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
+        return Some(SessionHashKey::from_bytes(raw));
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let raw = <[u8; 32]>::try_from(hex::decode(text).ok()?).ok()?;
+    Some(SessionHashKey::from_bytes(raw))
+}

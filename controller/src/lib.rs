@@ -1,0 +1,68 @@
+//! `vigil-controller`: one source of truth for the fleet's revocations and
+//! user risk, streamed to every edge node (`docs/controller.md`).
+//!
+//! The store ([`store`]) keeps a contiguous change log and the state it
+//! builds; the API ([`api`]) streams it to nodes, takes their events, and
+//! lets an operator revoke a session or a user everywhere.
+
+pub mod api;
+pub mod config;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use crate::config::Config;
+use crate::store::Store;
+
+/// How often the log is compacted.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The listener could not be bound or served.
+    #[error("listen {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+}
+
+/// Opens the store and serves the API until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = Store::open(&config.store).await?;
+    let bounds = store.bounds().await?;
+    let listen = config.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::Listen(listen, e))?;
+    let (head, _) = tokio::sync::watch::channel(bounds.head);
+    let app = Arc::new(api::App {
+        store: store.clone(),
+        config: config.clone(),
+        head,
+    });
+    let keep = config.keep_changes;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COMPACT_EVERY);
+        loop {
+            tick.tick().await;
+            match store.compact(keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "change log compacted"),
+                Err(e) => tracing::warn!(error = %e, "change log not compacted"),
+            }
+        }
+    });
+    tracing::info!(%listen, head = bounds.head, backend = ?app.store.backend(), "controller listening");
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| RunError::Listen(listen, e))
+}

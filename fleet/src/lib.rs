@@ -1,0 +1,271 @@
+//! The fleet sync protocol, version 1: what a controller streams to edge
+//! nodes and what nodes post back (`docs/controller.md`, Sync protocol).
+//!
+//! Plain data with serde, no I/O: the controller and the proxy share these
+//! types, so that both ends read and write one format. Every key is a keyed
+//! hash made with the fleet's one session hash key; nothing here carries a
+//! credential or, in this version, a user's name.
+//!
+//! The stream is newline-delimited JSON ([`Frame`] per line, at most
+//! [`MAX_LINE_BYTES`]); [`read_frame`] is its bounded parser. Numbers in a
+//! stream are the controller's change sequence: contiguous, starting at 1,
+//! so that a node that sees `n + 2` after `n` knows it missed one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// Longest line of a stream or event batch accepted.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Most changes in one [`Frame::Changes`] or snapshot chunk.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Most events in one posted [`EventBatch`].
+pub const MAX_EVENTS: usize = 1_000;
+
+/// A session key: 16 bytes, written as 32 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 16]);
+
+/// A user key: 8 bytes (non-zero), written as 16 lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub u64);
+
+/// One line of the sync stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    /// First line: who answers, and where its log stands.
+    Hello {
+        /// The protocol version the controller speaks.
+        v: u32,
+        /// The newest sequence committed.
+        head: u64,
+        /// The oldest sequence still in the log; a node behind it gets a
+        /// snapshot.
+        oldest: u64,
+        /// Whether a snapshot follows (the node's cursor was too old,
+        /// unknown, or zero).
+        snapshot: bool,
+    },
+    /// Part of a snapshot: state as of `seq`, in chunks.
+    Snapshot {
+        /// The sequence the snapshot is as of.
+        seq: u64,
+        /// Records of the state.
+        changes: Vec<Change>,
+    },
+    /// The snapshot is whole: the node's state is as of `seq`; deltas
+    /// after it follow.
+    SnapshotEnd {
+        /// The sequence the snapshot is as of.
+        seq: u64,
+    },
+    /// Changes `first`, `first + 1`, … in order.
+    Changes {
+        /// The sequence of the first change.
+        first: u64,
+        /// The changes.
+        changes: Vec<Change>,
+    },
+    /// Nothing new; where the log stands, so the node can tell its lag and
+    /// that the stream is alive.
+    Heartbeat {
+        /// The newest sequence committed.
+        head: u64,
+    },
+}
+
+/// A change to the fleet's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// A session is ended everywhere.
+    SessionRevoked {
+        /// The session.
+        session: SessionId,
+        /// When it was ended (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// Every session of a user bound so far is ended everywhere (universal
+    /// logout at the edge).
+    UserRevoked {
+        /// The user.
+        user: UserId,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// A user's entity risk set from outside (an operator, a partner):
+    /// `points` until `until`; zero points clears it.
+    UserRisk {
+        /// The user.
+        user: UserId,
+        /// Entity-risk points, 0 to 100.
+        points: u8,
+        /// Until when (seconds since the Unix epoch).
+        until: u64,
+        /// When it was set.
+        at: u64,
+    },
+}
+
+/// What a node posts: events of its engine, each with an id unique to the
+/// node, so that a batch sent twice changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// The protocol version the node speaks.
+    pub v: u32,
+    /// The events, oldest first.
+    pub events: Vec<NodeEvent>,
+}
+
+/// One event from a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Unique per node: the node's own counter or random id.
+    pub id: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: NodeEventKind,
+}
+
+/// What a node tells the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NodeEventKind {
+    /// The node's engine ended a session by a decision (the request's
+    /// facts were judged `revoke`).
+    SessionRevoked {
+        /// The session.
+        session: SessionId,
+        /// Its user, when bound.
+        user: Option<UserId>,
+        /// The decision's reference id, the evidence's handle.
+        reference: Option<String>,
+        /// When.
+        at: u64,
+    },
+}
+
+/// What the controller answers to a posted batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAck {
+    /// Events taken now.
+    pub accepted: usize,
+    /// Events already taken before (same id): nothing changed.
+    pub duplicates: usize,
+}
+
+/// Why a line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Longer than [`MAX_LINE_BYTES`].
+    #[error("line of {0} bytes is longer than {MAX_LINE_BYTES}")]
+    TooLong(usize),
+    /// Not a frame of this version.
+    #[error("not a frame: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A batch larger than [`MAX_BATCH`].
+    #[error("a batch of {0} changes is larger than {MAX_BATCH}")]
+    Batch(usize),
+}
+
+/// Reads one line of a stream (without its newline).
+pub fn read_frame(line: &[u8]) -> Result<Frame, FrameError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(FrameError::TooLong(line.len()));
+    }
+    let frame: Frame = serde_json::from_slice(line)?;
+    match &frame {
+        Frame::Snapshot { changes, .. } | Frame::Changes { changes, .. }
+            if changes.len() > MAX_BATCH =>
+        {
+            Err(FrameError::Batch(changes.len()))
+        }
+        _ => Ok(frame),
+    }
+}
+
+/// Writes one frame as a line, newline included.
+pub fn write_frame(frame: &Frame) -> Vec<u8> {
+    // Serialising these plain types cannot fail: no maps with non-string
+    // keys, no floats.
+    let mut out = serde_json::to_vec(frame).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+// === hex forms ===
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+    }
+    Some(out)
+}
+
+impl SessionId {
+    /// Reads 32 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        parse_hex::<16>(s).map(Self)
+    }
+}
+
+impl UserId {
+    /// Reads 16 lower-case hex digits of a non-zero key.
+    pub fn parse(s: &str) -> Option<Self> {
+        let v = u64::from_be_bytes(parse_hex::<8>(s)?);
+        (v != 0).then_some(Self(v))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+macro_rules! hex_serde {
+    ($t:ty, $what:literal) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                <$t>::parse(&s).ok_or_else(|| serde::de::Error::custom($what))
+            }
+        }
+    };
+}
+
+hex_serde!(SessionId, "expected 32 lower-case hex digits");
+hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
+
+#[cfg(test)]
+mod tests;

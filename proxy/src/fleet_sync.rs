@@ -1,0 +1,908 @@
+//! The edge side of the fleet controller (`docs/controller.md`, Edge
+//! node): the sync stream down, this node's revocations up.
+//!
+//! **Down.** [`FleetSync`] keeps `GET {url}/v1/sync?since={cursor}` open
+//! and applies every change it streams to the engine: sessions and users
+//! revoked, user risk set. The stream is read through a bounded line
+//! splitter ([`Lines`]) and the protocol is judged by a pure state machine
+//! ([`Cursor::on_frame`]) that says what to do with each frame; the shell
+//! here only does it (STYLE.md 18). A change numbered other than the next
+//! one expected is never skipped: the stream is dropped and a full
+//! snapshot asked for (`since=0`). A stream silent for three heartbeats is
+//! dead. Reconnects back off (0.5 s doubling to 30 s, ±50 % jitter).
+//!
+//! **Fail-static.** What the engine holds survives a restart in the
+//! session snapshot (`crate::snapshot`); the sequence it holds everything
+//! up to (`applied`) is written beside it, in `controller.cursor`, by the
+//! snapshot writer only: `applied` is read before the engine's snapshot is
+//! taken and written after the snapshot file is in place, so the cursor
+//! never claims more than the snapshot holds. On start the cursor is read
+//! only when the snapshot was restored; otherwise the node asks for
+//! everything. Whatever happens to the controller, the node keeps
+//! enforcing with what it has.
+//!
+//! **Up.** Revocations this node decided (`RevocationCause::Decision`;
+//! the ones the controller or an operator made are not echoed back) go
+//! into a bounded in-memory [`Outbox`] (the oldest dropped, counted, when
+//! it is full) and are posted to `POST {url}/v1/events` in batches, again
+//! and again with the same ids until the controller takes them; it
+//! deduplicates by id.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use vigil_engine::{Engine, SessionKey, UserKey};
+use vigil_fleet::{
+    Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
+    SessionId, UserId, VERSION,
+};
+
+use crate::config::Controller;
+use crate::metrics::FleetMetrics;
+
+/// The cursor's file name in the state directory, beside the session
+/// snapshot.
+pub const CURSOR_FILE: &str = "controller.cursor";
+
+/// How often an idle controller sends a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A stream with no line for three heartbeats is dead.
+const SILENCE: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
+/// The first reconnect delay, doubled on each failure…
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// …up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A stream that lived this long was healthy: the back-off starts over.
+const HEALTHY: Duration = Duration::from_secs(15);
+/// Longest wait for a connection and for the answer's head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a posted batch's answer.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer to a post read.
+const MAX_ACK_BYTES: usize = 64 * 1024;
+
+// === the pure core ===
+
+/// Splits a byte stream into lines of at most [`MAX_LINE_BYTES`] (without
+/// the newline, and without a `\r` before it); empty lines are skipped.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+}
+
+/// A line longer than [`MAX_LINE_BYTES`]: the stream is not one to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a line of more than {MAX_LINE_BYTES} bytes")]
+pub struct LineTooLong;
+
+/// Where the node stands in the controller's change log, and what each
+/// frame of a stream means for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The engine holds every change up to this sequence (once the
+    /// [`Action::Apply`] that set it was carried out).
+    applied: u64,
+    /// The newest sequence the controller announced.
+    head: u64,
+    /// Ask for a full snapshot on the next connect (`since=0`).
+    want_snapshot: bool,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A new stream: its hello is due.
+    Hello,
+    /// Inside a snapshot (as of `seq`, once its first chunk told).
+    Snapshot { seq: Option<u64> },
+    /// Deltas, contiguous from `applied + 1`.
+    Deltas,
+}
+
+/// What to do with a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Apply `changes` to the engine, in order; then, when `then` is
+    /// set, the engine holds everything up to that sequence.
+    Apply {
+        /// The changes.
+        changes: Vec<Change>,
+        /// The sequence held once they are applied.
+        then: Option<u64>,
+    },
+    /// Nothing to apply (a hello, a heartbeat, an empty batch).
+    Nothing,
+    /// Drop the stream and ask for a full snapshot.
+    Resync(Resync),
+    /// Drop the stream and connect again from the cursor: the controller
+    /// broke the protocol.
+    Reconnect(Violation),
+}
+
+/// Why a full snapshot is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Resync {
+    /// The stream skipped (or repeated) a sequence.
+    #[error("expected change {expected}, the stream sent {got}")]
+    Gap {
+        /// The next sequence the node needed.
+        expected: u64,
+        /// The one the stream sent.
+        got: u64,
+    },
+    /// The controller's log ends before what the node holds (its store
+    /// was replaced or rolled back).
+    #[error("the controller's head is {head}, behind this node's {applied}")]
+    Ahead {
+        /// What the node holds.
+        applied: u64,
+        /// The controller's head.
+        head: u64,
+    },
+}
+
+/// A stream that does not follow protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// Another protocol version.
+    #[error("the controller speaks protocol version {0}, this node {VERSION}")]
+    Version(u32),
+    /// The first frame was not a hello.
+    #[error("a stream must start with hello")]
+    NoHello,
+    /// A second hello.
+    #[error("a hello in the middle of a stream")]
+    Hello,
+    /// A full snapshot was asked for (`since=0`) and not announced.
+    #[error("a snapshot was asked for and not announced")]
+    NoSnapshot,
+    /// Snapshot records outside a snapshot, or of two sequences in one.
+    #[error("snapshot records out of place")]
+    Snapshot,
+    /// Deltas inside a snapshot.
+    #[error("changes before the snapshot ended")]
+    Deltas,
+    /// A batch whose numbers run past `u64`.
+    #[error("change sequence overflows")]
+    Overflow,
+}
+
+impl Resync {
+    /// The metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Resync::Gap { .. } => "gap",
+            Resync::Ahead { .. } => "ahead",
+        }
+    }
+}
+
+/// The delay before reconnect number `attempt` (0 for the first after a
+/// healthy stream): [`BACKOFF_MIN`] doubled per attempt up to
+/// [`BACKOFF_MAX`], times `jitter` (0.5 to 1.5).
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    base.mul_f64(jitter.clamp(0.5, 1.5))
+}
+
+fn jittered(attempt: u32) -> Duration {
+    backoff(attempt, rand::random_range(0.5..1.5))
+}
+
+// === impl Lines ===
+
+impl Lines {
+    /// Adds `bytes` and returns the lines they complete, oldest first; an
+    /// error when a line (complete or not) is longer than
+    /// [`MAX_LINE_BYTES`].
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, LineTooLong> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(i) = self
+            .buf
+            .get(self.scanned..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+        {
+            let end = self.scanned + i;
+            let line = self.buf.get(start..end).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.len() > MAX_LINE_BYTES {
+                return Err(LineTooLong);
+            }
+            if !line.is_empty() {
+                out.push(line.to_vec());
+            }
+            start = end + 1;
+            self.scanned = start;
+        }
+        self.buf.drain(..start);
+        self.scanned = self.buf.len();
+        if self.buf.len() > MAX_LINE_BYTES + 1 {
+            return Err(LineTooLong);
+        }
+        Ok(out)
+    }
+}
+
+// === impl Cursor ===
+
+impl Cursor {
+    /// A node that holds everything up to `applied` (0: nothing).
+    pub fn new(applied: u64) -> Self {
+        Self {
+            applied,
+            head: applied,
+            want_snapshot: applied == 0,
+            phase: Phase::Hello,
+        }
+    }
+
+    /// What the node holds everything up to.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The newest sequence the controller announced.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The `since` of the next connect: 0 when a snapshot is needed.
+    pub fn since(&self) -> u64 {
+        if self.want_snapshot { 0 } else { self.applied }
+    }
+
+    /// A new stream begins: its hello is due.
+    pub fn connected(&mut self) {
+        self.phase = Phase::Hello;
+    }
+
+    /// What `frame`, the next of the stream, means. The cursor moves as
+    /// if the returned action will be carried out.
+    pub fn on_frame(&mut self, frame: Frame) -> Action {
+        match (self.phase, frame) {
+            (
+                Phase::Hello,
+                Frame::Hello {
+                    v,
+                    head,
+                    oldest,
+                    snapshot,
+                },
+            ) => {
+                if v != VERSION {
+                    return Action::Reconnect(Violation::Version(v));
+                }
+                self.head = head;
+                if snapshot {
+                    self.phase = Phase::Snapshot { seq: None };
+                    return Action::Nothing;
+                }
+                if self.want_snapshot {
+                    return Action::Reconnect(Violation::NoSnapshot);
+                }
+                if head < self.applied {
+                    return self.resync(Resync::Ahead {
+                        applied: self.applied,
+                        head,
+                    });
+                }
+                if oldest > self.applied.saturating_add(1) {
+                    return self.resync(Resync::Gap {
+                        expected: self.applied.saturating_add(1),
+                        got: oldest,
+                    });
+                }
+                self.phase = Phase::Deltas;
+                Action::Nothing
+            }
+            (Phase::Hello, _) => Action::Reconnect(Violation::NoHello),
+            (_, Frame::Hello { .. }) => Action::Reconnect(Violation::Hello),
+            (Phase::Snapshot { seq: current }, Frame::Snapshot { seq, changes }) => {
+                if current.is_some_and(|c| c != seq) {
+                    return Action::Reconnect(Violation::Snapshot);
+                }
+                self.phase = Phase::Snapshot { seq: Some(seq) };
+                Action::Apply {
+                    changes,
+                    then: None,
+                }
+            }
+            (Phase::Snapshot { seq: current }, Frame::SnapshotEnd { seq }) => {
+                if current.is_some_and(|c| c != seq) {
+                    return Action::Reconnect(Violation::Snapshot);
+                }
+                self.phase = Phase::Deltas;
+                self.applied = seq;
+                self.head = self.head.max(seq);
+                self.want_snapshot = false;
+                Action::Apply {
+                    changes: Vec::new(),
+                    then: Some(seq),
+                }
+            }
+            (Phase::Snapshot { .. }, Frame::Changes { .. }) => Action::Reconnect(Violation::Deltas),
+            (Phase::Deltas, Frame::Snapshot { .. } | Frame::SnapshotEnd { .. }) => {
+                Action::Reconnect(Violation::Snapshot)
+            }
+            (Phase::Deltas, Frame::Changes { first, changes }) => {
+                if changes.is_empty() {
+                    return Action::Nothing;
+                }
+                let expected = self.applied.saturating_add(1);
+                if first != expected {
+                    return self.resync(Resync::Gap {
+                        expected,
+                        got: first,
+                    });
+                }
+                let Some(last) = u64::try_from(changes.len() - 1)
+                    .ok()
+                    .and_then(|n| first.checked_add(n))
+                else {
+                    return Action::Reconnect(Violation::Overflow);
+                };
+                self.applied = last;
+                self.head = self.head.max(last);
+                Action::Apply {
+                    changes,
+                    then: Some(last),
+                }
+            }
+            (phase, Frame::Heartbeat { head }) => {
+                if phase == Phase::Deltas && head < self.applied {
+                    return self.resync(Resync::Ahead {
+                        applied: self.applied,
+                        head,
+                    });
+                }
+                self.head = head;
+                Action::Nothing
+            }
+        }
+    }
+
+    fn resync(&mut self, why: Resync) -> Action {
+        self.want_snapshot = true;
+        Action::Resync(why)
+    }
+}
+
+// === the cursor file ===
+
+/// The cursor file beside the session snapshot at `snapshot`.
+pub fn cursor_path(snapshot: &Path) -> PathBuf {
+    snapshot.with_file_name(CURSOR_FILE)
+}
+
+/// The sequence recorded in the cursor file at `path`, if it holds one.
+pub fn read_cursor(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Records `applied` at `path` through a temporary file (mode 0600) renamed
+/// over the old one. The caller syncs the folder.
+pub fn write_cursor(path: &Path, applied: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("cursor.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(format!("{applied}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+// === the outbox ===
+
+/// Events for the controller, waiting in memory: bounded, the oldest
+/// dropped (and counted) when full, each with an id unique to this run of
+/// this node: `<random prefix>-<counter>`.
+pub struct Outbox {
+    inner: Mutex<Queue>,
+    capacity: usize,
+    prefix: String,
+    ready: Notify,
+    dropped: IntCounter,
+    queued: IntGauge,
+}
+
+struct Queue {
+    next: u64,
+    events: VecDeque<(u64, NodeEvent)>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `capacity` events.
+    pub fn new(capacity: usize, metrics: &FleetMetrics) -> Self {
+        // A fresh prefix per start: the counter starts over, the ids must
+        // not repeat an earlier run's.
+        let prefix: [u8; 8] = rand::random();
+        Self {
+            inner: Mutex::new(Queue {
+                next: 1,
+                events: VecDeque::new(),
+            }),
+            capacity: capacity.max(1),
+            prefix: hex::encode(prefix),
+            ready: Notify::new(),
+            dropped: metrics.events_dropped.clone(),
+            queued: metrics.events_queued.clone(),
+        }
+    }
+
+    /// Takes an engine event, if it is one the controller wants: a
+    /// revocation this node decided. Never blocks on the network.
+    pub fn offer(&self, event: &vigil_engine::Event) {
+        if let vigil_engine::Event::SessionRevoked {
+            session,
+            user,
+            cause: vigil_engine::events::RevocationCause::Decision,
+            at,
+        } = event
+        {
+            self.push(NodeEventKind::SessionRevoked {
+                session: SessionId(*session.as_bytes()),
+                user: user.map(|u| UserId(u.as_u64())),
+                reference: None,
+                at: *at,
+            });
+        }
+    }
+
+    /// Queues `kind` under the next id.
+    pub fn push(&self, kind: NodeEventKind) {
+        let mut q = self.lock();
+        let seq = q.next;
+        q.next += 1;
+        q.events.push_back((
+            seq,
+            NodeEvent {
+                id: format!("{}-{seq}", self.prefix),
+                kind,
+            },
+        ));
+        while q.events.len() > self.capacity {
+            q.events.pop_front();
+            self.dropped.inc();
+        }
+        self.queued.set(gauge(q.events.len() as u64));
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// The oldest events, at most [`MAX_EVENTS`], and the counter of the
+    /// last; `None` when empty.
+    fn batch(&self) -> Option<(u64, Vec<NodeEvent>)> {
+        let q = self.lock();
+        let events: Vec<NodeEvent> = q
+            .events
+            .iter()
+            .take(MAX_EVENTS)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let last = q.events.get(events.len().checked_sub(1)?)?.0;
+        Some((last, events))
+    }
+
+    /// Removes every event up to counter `last` (some may have been
+    /// dropped meanwhile); returns how many were removed.
+    fn remove_through(&self, last: u64) -> u64 {
+        let mut q = self.lock();
+        let mut n = 0;
+        while q.events.front().is_some_and(|(seq, _)| *seq <= last) {
+            q.events.pop_front();
+            n += 1;
+        }
+        self.queued.set(gauge(q.events.len() as u64));
+        n
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("capacity", &self.capacity)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+// === the service ===
+
+/// The controller client: the sync stream and the event poster.
+pub struct FleetSync {
+    engine: Arc<Engine>,
+    controller: Arc<Controller>,
+    client: reqwest::Client,
+    /// What the engine holds everything up to; read by the snapshot writer.
+    applied: Arc<AtomicU64>,
+    outbox: Arc<Outbox>,
+    metrics: FleetMetrics,
+}
+
+/// Why a sync stream ended.
+#[derive(Debug)]
+enum End {
+    Connect(String),
+    Unauthorized,
+    Status(u16),
+    Protocol(String),
+    Silent,
+    Closed(Option<String>),
+    Resync(Resync),
+}
+
+impl End {
+    fn code(&self) -> &'static str {
+        match self {
+            End::Connect(_) => "connect",
+            End::Unauthorized => "unauthorized",
+            End::Status(_) => "status",
+            End::Protocol(_) => "protocol",
+            End::Silent => "silent",
+            End::Closed(_) => "closed",
+            End::Resync(_) => "resync",
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Connect(e) => write!(f, "cannot connect: {e}"),
+            End::Unauthorized => f.write_str("the controller refused this node's token (401)"),
+            End::Status(s) => write!(f, "the controller answered {s}"),
+            End::Protocol(e) => write!(f, "protocol error: {e}"),
+            End::Silent => write!(f, "no line for {}s", SILENCE.as_secs()),
+            End::Closed(None) => f.write_str("the controller closed the stream"),
+            End::Closed(Some(e)) => write!(f, "the stream broke: {e}"),
+            End::Resync(r) => write!(f, "resync: {r}"),
+        }
+    }
+}
+
+/// A failed post.
+enum PostError {
+    /// Worth sending again.
+    Retry(String),
+    /// The controller will never take this batch.
+    Refused(u16),
+}
+
+impl FleetSync {
+    /// A client of `controller` applying to `engine`, starting from
+    /// `applied` (shared with the snapshot writer).
+    pub fn new(
+        engine: Arc<Engine>,
+        controller: Arc<Controller>,
+        applied: Arc<AtomicU64>,
+        outbox: Arc<Outbox>,
+        metrics: FleetMetrics,
+    ) -> Result<Self, String> {
+        pingora_rustls::install_default_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(file) = &controller.ca_file {
+            let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {e}", file.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        metrics.applied.set(gauge(applied.load(Ordering::Acquire)));
+        Ok(Self {
+            engine,
+            controller,
+            client,
+            applied,
+            outbox,
+            metrics,
+        })
+    }
+
+    async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
+        let mut cursor = Cursor::new(self.applied.load(Ordering::Acquire));
+        let mut attempt: u32 = 0;
+        let mut was_up = true;
+        loop {
+            let started = Instant::now();
+            let (end, hello) = tokio::select! {
+                r = self.stream(&mut cursor) => r,
+                _ = shutdown.changed() => return,
+            };
+            self.metrics.connected.set(0);
+            self.metrics
+                .reconnects
+                .with_label_values(&[end.code()])
+                .inc();
+            let healthy = hello && started.elapsed() >= HEALTHY;
+            match &end {
+                End::Resync(why) => {
+                    self.metrics.resyncs.with_label_values(&[why.code()]).inc();
+                    tracing::info!(reason = %why, "fleet sync: asking the controller for a full snapshot");
+                    attempt = 0;
+                }
+                _ if healthy => attempt = 0,
+                _ => attempt = attempt.saturating_add(1),
+            }
+            // Said once when the controller goes away, not on every retry.
+            if was_up && !matches!(end, End::Resync(_)) {
+                tracing::warn!(
+                    url = %self.controller.url,
+                    error = %end,
+                    applied = cursor.applied(),
+                    "fleet sync: controller stream down; enforcing with what this node has"
+                );
+            } else {
+                tracing::debug!(error = %end, "fleet sync: reconnecting");
+            }
+            was_up = hello;
+            tokio::select! {
+                () = tokio::time::sleep(jittered(attempt)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One stream, until it ends; whether its hello was read.
+    async fn stream(&self, cursor: &mut Cursor) -> (End, bool) {
+        let since = cursor.since();
+        let url = format!("{}/v1/sync?since={since}", self.controller.url);
+        let request = self
+            .client
+            .get(&url)
+            .bearer_auth(&self.controller.token)
+            .header(http::header::ACCEPT, "application/x-ndjson")
+            .send();
+        let mut response = match tokio::time::timeout(CONNECT_TIMEOUT, request).await {
+            Err(_) => return (End::Connect("timed out".into()), false),
+            Ok(Err(e)) => return (End::Connect(error_chain(&e)), false),
+            Ok(Ok(r)) => r,
+        };
+        match response.status().as_u16() {
+            200 => {}
+            401 => return (End::Unauthorized, false),
+            s => return (End::Status(s), false),
+        }
+        cursor.connected();
+        let mut lines = Lines::default();
+        let mut hello = false;
+        let mut deadline = Instant::now() + SILENCE;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Err(_) => return (End::Silent, hello),
+                Ok(Err(e)) => return (End::Closed(Some(error_chain(&e))), hello),
+                Ok(Ok(None)) => return (End::Closed(None), hello),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let complete = match lines.push(&chunk) {
+                Ok(l) => l,
+                Err(e) => return (End::Protocol(e.to_string()), hello),
+            };
+            if !complete.is_empty() {
+                deadline = Instant::now() + SILENCE;
+            }
+            for line in complete {
+                let frame = match vigil_fleet::read_frame(&line) {
+                    Ok(f) => f,
+                    Err(e) => return (End::Protocol(e.to_string()), hello),
+                };
+                match cursor.on_frame(frame) {
+                    Action::Apply { changes, then } => {
+                        self.apply(&changes);
+                        if let Some(seq) = then {
+                            self.applied.store(seq, Ordering::Release);
+                            self.metrics.applied.set(gauge(seq));
+                        }
+                    }
+                    Action::Nothing => {}
+                    Action::Resync(why) => return (End::Resync(why), hello),
+                    Action::Reconnect(v) => return (End::Protocol(v.to_string()), hello),
+                }
+                if !hello {
+                    hello = true;
+                    self.metrics.connected.set(1);
+                    tracing::debug!(since, head = cursor.head(), "fleet sync: stream open");
+                }
+                self.metrics.head.set(gauge(cursor.head()));
+            }
+        }
+    }
+
+    /// Carries `changes` out on the engine.
+    fn apply(&self, changes: &[Change]) {
+        let now = crate::proxy::now_secs();
+        for change in changes {
+            // A controller's clock ahead of ours must not lengthen what it
+            // sets here.
+            let kind = match *change {
+                Change::SessionRevoked { session, at } => {
+                    self.engine
+                        .revoke(SessionKey::from_bytes(session.0), at.min(now));
+                    "session_revoked"
+                }
+                Change::UserRevoked { user, at } => {
+                    if let Some(user) = UserKey::from_u64(user.0) {
+                        self.engine.revoke_user(user, at.min(now));
+                    }
+                    "user_revoked"
+                }
+                Change::UserRisk {
+                    user,
+                    points,
+                    until,
+                    ..
+                } => {
+                    if let Some(user) = UserKey::from_u64(user.0) {
+                        let ttl = Duration::from_secs(until.saturating_sub(now));
+                        self.engine.report_user(user, points, ttl, now);
+                    }
+                    "user_risk"
+                }
+            };
+            self.metrics.changes.with_label_values(&[kind]).inc();
+        }
+    }
+
+    async fn post_loop(&self, mut shutdown: ShutdownWatch) {
+        let mut attempt: u32 = 0;
+        loop {
+            let Some((last, events)) = self.outbox.batch() else {
+                tokio::select! {
+                    () = self.outbox.ready.notified() => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let count = events.len();
+            let result = tokio::select! {
+                r = self.post(events) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(()) => {
+                    self.outbox.remove_through(last);
+                    self.metrics.events_sent.inc_by(count as u64);
+                    attempt = 0;
+                    continue;
+                }
+                Err(PostError::Refused(status)) => {
+                    let n = self.outbox.remove_through(last);
+                    self.metrics.events_dropped.inc_by(n);
+                    tracing::warn!(
+                        status,
+                        events = n,
+                        "fleet events: the controller refused a batch as malformed; dropped"
+                    );
+                    continue;
+                }
+                Err(PostError::Retry(e)) => {
+                    self.metrics.events_retried.inc();
+                    if attempt == 0 {
+                        tracing::warn!(error = %e, events = count, "fleet events: not delivered; retrying");
+                    } else {
+                        tracing::debug!(error = %e, attempt, "fleet events: not delivered; retrying");
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(jittered(attempt)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn post(&self, events: Vec<NodeEvent>) -> Result<(), PostError> {
+        let body = serde_json::to_vec(&EventBatch { v: VERSION, events })
+            .map_err(|e| PostError::Retry(e.to_string()))?;
+        let mut response = self
+            .client
+            .post(format!("{}/v1/events", self.controller.url))
+            .bearer_auth(&self.controller.token)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .timeout(POST_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| PostError::Retry(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            // Not the batch's fault: the token, a timeout, a busy server.
+            401 | 403 | 408 | 429 => {
+                return Err(PostError::Retry(format!(
+                    "the controller answered {status}"
+                )));
+            }
+            400..=499 => return Err(PostError::Refused(status)),
+            _ => {
+                return Err(PostError::Retry(format!(
+                    "the controller answered {status}"
+                )));
+            }
+        }
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_ACK_BYTES {
+                break;
+            }
+        }
+        // The status says the batch was taken; the ack's counts are for
+        // the log only.
+        if let Ok(ack) = serde_json::from_slice::<EventAck>(&body) {
+            tracing::debug!(
+                accepted = ack.accepted,
+                duplicates = ack.duplicates,
+                "fleet events: delivered"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for FleetSync {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        tokio::join!(self.sync_loop(shutdown.clone()), self.post_loop(shutdown));
+    }
+}
+
+impl std::fmt::Debug for FleetSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSync")
+            .field("controller", &self.controller)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A gauge's value: sequences beyond `i64` are shown as its maximum.
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// An error with its sources, for logs (reqwest's own message hides the
+/// cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

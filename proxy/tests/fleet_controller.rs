@@ -1,0 +1,277 @@
+//! The fleet for real: one `vigil-controller` (in this test process, on
+//! SQLite or the PostgreSQL server on 127.0.0.1:5432) and two proxy
+//! processes sharing one session hash key. What one node decides, and what
+//! an operator does at the controller, holds on the other node.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Browser, Config, Origin, Proxy, Route};
+
+const ADMIN: &str = "fleet-admin-token-0123456789";
+const NODE_A: &str = "fleet-node-a-token-0123";
+const NODE_B: &str = "fleet-node-b-token-0123";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Fleet {
+    controller: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    a: Proxy,
+    b: Proxy,
+    _origin: Origin,
+    dir: tempfile::TempDir,
+    pg: Option<String>,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Fleet {
+    async fn start(postgres: bool) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("fleet-hash.key");
+        std::fs::write(&key, "5a".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        let pg = if postgres {
+            sqlx::any::install_default_drivers();
+            let name = format!("vigil_fleet_{:016x}", rand::random::<u64>());
+            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            Some(name)
+        } else {
+            None
+        };
+        let store = match &pg {
+            Some(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            None => format!("sqlite://{}", dir.path().join("controller.db").display()),
+        };
+        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
+        let controller = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{controller}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
+                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
+                key.display().to_string(),
+                hash(NODE_A),
+                hash(NODE_B),
+            ),
+        )
+        .unwrap();
+        let config = vigil_controller::Config::load(&config).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            vigil_controller::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let origin = Origin::start();
+        let node = |name: &str, token: &str| {
+            let state = dir.path().join(name);
+            std::fs::create_dir_all(&state).unwrap();
+            let token_file = state.join("controller.token");
+            std::fs::write(&token_file, token).unwrap();
+            Config::new()
+                .state_dir(&state)
+                .upstream("app", origin.addr())
+                .route(Route::new("app", "/", "app").high("revoke"))
+                .section(&format!(
+                    "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{controller}\"\ntoken_file = {:?}\n",
+                    key.display().to_string(),
+                    token_file.display().to_string()
+                ))
+                .render()
+        };
+        let a = Proxy::start(&node("a", NODE_A)).await;
+        let b = Proxy::start(&node("b", NODE_B)).await;
+        for p in [&a, &b] {
+            p.wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
+                .await;
+        }
+        Fleet {
+            controller,
+            stop: Some(stop),
+            a,
+            b,
+            _origin: origin,
+            dir,
+            pg,
+        }
+    }
+
+    async fn admin(&self, path: &str, body: serde_json::Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.controller))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        drop(self.a);
+        drop(self.b);
+        if let Some(name) = self.pg.take() {
+            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+        }
+        let _ = self.dir.path();
+    }
+}
+
+/// Polls until `browser` is refused on `proxy` as an ended session.
+async fn until_ended(proxy: &Proxy, browser: &Browser) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = browser.get(&proxy.url("/echo")).await.status();
+        if status == 401 {
+            return;
+        }
+        assert_eq!(
+            status, 200,
+            "allowed until the revocation arrives, then 401"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revocation never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_session_revoked_on_one_node_is_refused_on_the_other(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    // The owner signs in through node A and uses the session on both.
+    let owner = Browser::firefox();
+    assert_eq!(
+        owner
+            .get(&fleet.a.url("/login?user=ann&session=s-ann"))
+            .await
+            .status(),
+        200
+    );
+    let owner = owner.cookie("session=s-ann");
+    assert_eq!(owner.get(&fleet.b.url("/echo")).await.status(), 200);
+    // A thief replays it on node A from another device: revoked there.
+    let thief = Browser::chrome().cookie("session=s-ann");
+    assert_eq!(thief.get(&fleet.a.url("/echo")).await.status(), 303);
+    // Node B learns it from the controller: the cookie is dead there too.
+    until_ended(&fleet.b, &owner).await;
+    fleet
+        .b
+        .wait_for_metric(
+            "vigil_proxy_fleet_changes_applied_total",
+            &[("kind", "session_revoked")],
+            |v| v >= 1.0,
+        )
+        .await;
+    fleet.stop().await;
+}
+
+async fn an_operator_revokes_a_user_at_the_controller_and_every_node_obeys(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    // Bob has one session on each node, each opened there.
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=bob&session=s-bob-1"))
+            .await
+            .status(),
+        200
+    );
+    let phone = Browser::chrome();
+    assert_eq!(
+        phone
+            .get(&fleet.b.url("/login?user=bob&session=s-bob-2"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-bob-1");
+    let phone = phone.cookie("session=s-bob-2");
+    // A bystander's session is untouched.
+    let carol = Browser::firefox();
+    assert_eq!(
+        carol
+            .get(&fleet.b.url("/login?user=carol&session=s-carol"))
+            .await
+            .status(),
+        200
+    );
+    let carol = carol.cookie("session=s-carol");
+
+    fleet
+        .admin("/v1/admin/users/revoke", serde_json::json!({"user": "bob"}))
+        .await;
+    until_ended(&fleet.a, &laptop).await;
+    until_ended(&fleet.b, &phone).await;
+    assert_eq!(carol.get(&fleet.b.url("/echo")).await.status(), 200);
+
+    // And a single session by its key, as the proxies log it.
+    let key = session_key(&fleet.dir.path().join("fleet-hash.key"), "s-carol");
+    fleet
+        .admin(
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": key}),
+        )
+        .await;
+    until_ended(&fleet.b, &carol).await;
+    fleet.stop().await;
+}
+
+fn session_key(key_file: &Path, value: &str) -> String {
+    let text = std::fs::read_to_string(key_file).unwrap();
+    let key: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes(key),
+    );
+    engine
+        .key_for_cookie("session", value.as_bytes())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sqlite_a_session_revoked_on_one_node_is_refused_on_the_other() {
+    a_session_revoked_on_one_node_is_refused_on_the_other(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_session_revoked_on_one_node_is_refused_on_the_other() {
+    a_session_revoked_on_one_node_is_refused_on_the_other(true).await;
+}
+
+#[tokio::test]
+async fn sqlite_an_operator_revokes_a_user_at_the_controller_and_every_node_obeys() {
+    an_operator_revokes_a_user_at_the_controller_and_every_node_obeys(false).await;
+}
+
+#[tokio::test]
+async fn postgres_an_operator_revokes_a_user_at_the_controller_and_every_node_obeys() {
+    an_operator_revokes_a_user_at_the_controller_and_every_node_obeys(true).await;
+}
