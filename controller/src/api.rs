@@ -43,6 +43,40 @@ pub struct App {
     pub config: Config,
     /// The head committed by this process, for streams to wake on.
     pub head: watch::Sender<u64>,
+    /// Events each node posted in its current minute.
+    pub posted: std::sync::Mutex<std::collections::HashMap<String, (tokio::time::Instant, u32)>>,
+}
+
+impl App {
+    /// The controller's state over `store` with `config`.
+    pub fn new(store: Store, config: Config, head: u64) -> App {
+        App {
+            store,
+            config,
+            head: watch::channel(head).0,
+            posted: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts `n` events posted by `node`; false when that goes beyond its
+    /// minute's allowance (nothing is counted then).
+    fn allow_events(&self, node: &str, n: usize) -> bool {
+        let mut posted = self
+            .posted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = tokio::time::Instant::now();
+        let entry = posted.entry(node.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if entry.1.saturating_add(n) > self.config.node_events_per_minute {
+            return false;
+        }
+        entry.1 += n;
+        true
+    }
 }
 
 /// An API error: its status, stable code and message.
@@ -301,6 +335,21 @@ async fn events(
             StatusCode::BAD_REQUEST,
             "bad_event_id",
             "event ids are 1 to 128 bytes",
+        ));
+    }
+    if !app.allow_events(&node, batch.events.len()) {
+        tracing::warn!(
+            node,
+            events = batch.events.len(),
+            "node over its events per minute; batch refused"
+        );
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "at most {} events per node per minute",
+                app.config.node_events_per_minute
+            ),
         ));
     }
     let (ack, head) = app

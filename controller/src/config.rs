@@ -26,6 +26,10 @@ pub struct Config {
     /// Changes kept in the log; older ones are compacted away and a node
     /// further behind gets a snapshot.
     pub keep_changes: u64,
+    /// Events a node may post per minute; beyond it its posts are answered
+    /// `429` until the minute is over. A stolen node token can end sessions
+    /// at this pace at most, and the operator sees it.
+    pub node_events_per_minute: u32,
 }
 
 /// An edge node allowed to sync.
@@ -69,6 +73,7 @@ struct Raw {
     hash_key_file: PathBuf,
     admin_token_file: PathBuf,
     keep_changes: Option<u64>,
+    node_events_per_minute: Option<u32>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -177,6 +182,12 @@ impl Config {
                 "keep_changes: {keep_changes} is out of range; expected 1000 to 100000000"
             ));
         }
+        let node_events_per_minute = raw.node_events_per_minute.unwrap_or(6_000);
+        if !(1..=1_000_000).contains(&node_events_per_minute) {
+            problems.push(format!(
+                "node_events_per_minute: {node_events_per_minute} is out of range; expected 1 to 1000000"
+            ));
+        }
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -198,6 +209,7 @@ impl Config {
                 admin_token,
                 nodes,
                 keep_changes,
+                node_events_per_minute,
             }),
             _ => Err(fail(problems)),
         }

@@ -42,12 +42,7 @@ pub async fn run(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| RunError::Listen(listen, e))?;
-    let (head, _) = tokio::sync::watch::channel(bounds.head);
-    let app = Arc::new(api::App {
-        store: store.clone(),
-        config: config.clone(),
-        head,
-    });
+    let app = Arc::new(api::App::new(store.clone(), config.clone(), bounds.head));
     let keep = config.keep_changes;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMPACT_EVERY);

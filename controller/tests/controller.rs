@@ -84,6 +84,10 @@ struct Controller {
 
 impl Controller {
     async fn start(store: &str) -> Controller {
+        Controller::start_with(store, "").await
+    }
+
+    async fn start_with(store: &str, extra: &str) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
@@ -93,7 +97,7 @@ impl Controller {
             .local_addr()
             .unwrap();
         let toml = format!(
-            "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+            "{extra}\nlisten = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
             hash(NODE_A),
             hash(NODE_B)
@@ -421,4 +425,48 @@ async fn concurrent_writers_get_contiguous_numbers_and_compaction_forces_a_snaps
         db.drop_db().await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_node_posting_beyond_its_allowance_is_held_back_and_others_are_not() {
+    // A stolen node token ends sessions at this pace at most.
+    let db = Db::new(false).await;
+    let c = Controller::start_with(&db.url(), "node_events_per_minute = 3").await;
+    let post = |token: &'static str, ids: &[&str]| {
+        let batch = EventBatch {
+            v: VERSION,
+            events: ids
+                .iter()
+                .map(|id| NodeEvent {
+                    id: (*id).to_owned(),
+                    kind: NodeEventKind::SessionRevoked {
+                        session: session(u8::try_from(id.len()).unwrap()),
+                        user: None,
+                        reference: None,
+                        at: 1,
+                    },
+                })
+                .collect(),
+        };
+        let url = c.url("/v1/events");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(serde_json::to_string(&batch).unwrap())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post(NODE_A, &["1", "22"]).await.status(), 200);
+    let over = post(NODE_A, &["333", "4444"]).await;
+    assert_eq!(over.status(), 429);
+    let body: serde_json::Value = serde_json::from_str(&over.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // Within what is left, it is still heard; and node B has its own.
+    assert_eq!(post(NODE_A, &["55555"]).await.status(), 200);
+    assert_eq!(post(NODE_B, &["1", "22", "333"]).await.status(), 200);
+    c.stop().await;
 }

@@ -1,8 +1,12 @@
 //! The embedded demo: a small app that hands out session cookies, and a
-//! built-in config that puts Vigil in front of it, all on loopback.
+//! fleet in front of it, all on loopback and in temporary files — a
+//! controller on SQLite and two Vigil nodes sharing one session hash key:
+//! node A in this process, node B a second `vigil-proxy run` started by it
+//! (it exits when this process does).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -10,23 +14,142 @@ use pingora_core::apps::http_app::{HttpServer, ServeHttp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::services::listening::Service;
 
-use crate::config::{Config, ConfigError, HashKeySource};
+use crate::config::{Config, ConfigError};
 
 /// Addresses the demo listens on.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoAddrs {
-    /// Vigil's proxy listener.
+    /// Node A's proxy listener.
     pub listen: SocketAddr,
-    /// Vigil's admin listener.
+    /// Node A's admin listener.
     pub admin: SocketAddr,
     /// The demo app.
     pub origin: SocketAddr,
+    /// Node B's proxy listener.
+    pub listen_b: SocketAddr,
+    /// Node B's admin listener.
+    pub admin_b: SocketAddr,
+    /// The controller's API.
+    pub controller: SocketAddr,
 }
 
-/// The demo's config: one route in front of the demo app, blocking high risk.
-pub fn config(addrs: DemoAddrs) -> Result<Config, ConfigError> {
-    let state_dir = std::env::temp_dir().join("vigil-demo");
-    let text = format!(
+/// The fleet's files, made fresh for each run.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// The run's directory.
+    pub dir: PathBuf,
+    /// The controller's admin token, for the walk-through.
+    pub admin_token: String,
+}
+
+/// Why the fleet could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A file could not be written.
+    #[error("demo files in {0}: {1}")]
+    Files(PathBuf, std::io::Error),
+    /// The controller's config was refused.
+    #[error("demo controller: {0}")]
+    Controller(String),
+    /// Node B could not be started.
+    #[error("demo node B: {0}")]
+    NodeB(std::io::Error),
+    /// A node's config was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Writes the fleet's files in a fresh directory: the shared session hash
+/// key, each node's token and the controller's config.
+pub fn prepare(addrs: DemoAddrs) -> Result<Fleet, DemoError> {
+    let dir = std::env::temp_dir().join(format!("vigil-demo-{}", std::process::id()));
+    let io = |e| DemoError::Files(dir.clone(), e);
+    for node in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(node)).map_err(io)?;
+    }
+    let secret = |n: usize| hex::encode((0..n).map(|_| rand::random::<u8>()).collect::<Vec<_>>());
+    std::fs::write(dir.join("session-hash.key"), secret(32)).map_err(io)?;
+    let admin_token = secret(16);
+    std::fs::write(dir.join("admin.token"), &admin_token).map_err(io)?;
+    let mut nodes = String::new();
+    for node in ["a", "b"] {
+        let token = secret(16);
+        std::fs::write(dir.join(node).join("controller.token"), &token).map_err(io)?;
+        nodes.push_str(&format!(
+            "[[nodes]]\nname = \"node-{node}\"\ntoken_sha256 = \"{}\"\n",
+            hex::encode(vigil_controller::config::token_hash(&token))
+        ));
+    }
+    let controller = format!(
+        "listen = \"{}\"\nstore = \"sqlite://{}\"\nhash_key_file = \"session-hash.key\"\n\
+         admin_token_file = \"admin.token\"\n{nodes}",
+        addrs.controller,
+        dir.join("controller.db").display(),
+    );
+    std::fs::write(dir.join("controller.toml"), controller).map_err(io)?;
+    Ok(Fleet { dir, admin_token })
+}
+
+/// Starts the controller on its own thread and runtime, for the life of
+/// the process.
+pub fn start_controller(fleet: &Fleet) -> Result<(), DemoError> {
+    let config = vigil_controller::Config::load(&fleet.dir.join("controller.toml"))
+        .map_err(|e| DemoError::Controller(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| DemoError::Controller(e.to_string()))?;
+    std::thread::spawn(move || {
+        if let Err(e) = runtime.block_on(vigil_controller::run(config, std::future::pending())) {
+            tracing::error!(error = %e, "demo controller stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Starts node B: this binary, `run` with node B's config, told to exit
+/// when this process does (its standard input closes).
+pub fn start_node_b(fleet: &Fleet, addrs: DemoAddrs) -> Result<Child, DemoError> {
+    let path = fleet.dir.join("b").join("proxy.toml");
+    let text = node_text(fleet, "b", addrs.listen_b, addrs.admin_b, addrs);
+    std::fs::write(&path, text).map_err(|e| DemoError::Files(fleet.dir.clone(), e))?;
+    // Checked here so that a problem is said once, in this terminal.
+    Config::parse(
+        &node_text(fleet, "b", addrs.listen_b, addrs.admin_b, addrs),
+        &path,
+    )?;
+    let log = std::fs::File::create(fleet.dir.join("b").join("node.log"))
+        .map_err(|e| DemoError::Files(fleet.dir.clone(), e))?;
+    let exe = std::env::current_exe().map_err(DemoError::NodeB)?;
+    Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .arg("--exit-with-parent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(DemoError::NodeB)
+}
+
+/// Node A's config: the demo's route in front of the demo app, revoking a
+/// session replayed from another device, syncing with the controller.
+pub fn config(fleet: &Fleet, addrs: DemoAddrs) -> Result<Config, ConfigError> {
+    let text = node_text(fleet, "a", addrs.listen, addrs.admin, addrs);
+    Config::parse(&text, Path::new("<built-in demo config>"))
+}
+
+fn node_text(
+    fleet: &Fleet,
+    node: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    addrs: DemoAddrs,
+) -> String {
+    let state_dir = fleet.dir.join(node);
+    format!(
         r#"
 [server]
 threads = 1
@@ -39,6 +162,11 @@ listen = "{admin}"
 
 [session]
 cookies = ["session"]
+hash_key_file = "{key}"
+
+[controller]
+url = "http://{controller}"
+token_file = "{token}"
 
 [[listeners]]
 name = "demo"
@@ -57,17 +185,14 @@ login_url = "/login"
 [routes.policy]
 low = "allow"
 medium = "allow"
-high = "block"
+high = "revoke"
 "#,
         state_dir = state_dir.display(),
-        admin = addrs.admin,
-        listen = addrs.listen,
+        key = fleet.dir.join("session-hash.key").display(),
+        controller = addrs.controller,
+        token = state_dir.join("controller.token").display(),
         origin = addrs.origin,
-    );
-    let mut config = Config::parse(&text, Path::new("<built-in demo config>"))?;
-    // Nothing to keep: a demo session need not survive a restart.
-    config.hash_key = HashKeySource::Ephemeral;
-    Ok(config)
+    )
 }
 
 /// The demo app as a service on `origin`.
@@ -78,26 +203,39 @@ pub fn app_service(origin: SocketAddr) -> Service<HttpServer<DemoApp>> {
 }
 
 /// What to try, printed at start.
-pub fn banner(addrs: DemoAddrs) -> String {
-    let proxy = format!("http://{}", addrs.listen);
+pub fn banner(addrs: DemoAddrs, fleet: &Fleet) -> String {
+    let a = format!("http://{}", addrs.listen);
+    let b = format!("http://{}", addrs.listen_b);
     let admin = format!("http://{}", addrs.admin);
+    let controller = format!("http://{}", addrs.controller);
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0.0.0 Safari/537.36";
     format!(
-        r#"Vigil demo — enforcing in front of a demo app.
-  proxy  {proxy}   (the demo app itself listens on http://{origin})
-  admin  {admin}/metrics
+        r#"Vigil demo — a fleet enforcing in front of a demo app.
+  node A      {a}   (admin {admin}/metrics)
+  node B      {b}   (admin http://{admin_b}/metrics)
+  controller  {controller}   (SQLite in {dir})
+  demo app    http://{origin}
 
-1. Sign in and keep the session cookie (curl is your "device"):
-     curl -s -c /tmp/vigil-demo.jar {proxy}/login
-2. Use the session from the same device: allowed, and the app is told the risk:
-     curl -s -b /tmp/vigil-demo.jar {proxy}/
-3. Replay the stolen cookie from another device: blocked with 403 and a reference id:
-     curl -si -b /tmp/vigil-demo.jar -A 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0.0.0 Safari/537.36' {proxy}/
-4. See the block counted:
-     curl -s {admin}/metrics | grep -E 'vigil_proxy_(decisions|decision_reasons)_total'
+1. Sign in through node A and keep the session cookie (curl is your "device"):
+     curl -s -c /tmp/vigil-demo.jar {a}/login
+2. Use the session from the same device, on either node: allowed, and the app is told the risk:
+     curl -s -b /tmp/vigil-demo.jar {a}/
+     curl -s -b /tmp/vigil-demo.jar {b}/
+3. Replay the stolen cookie on node A from another device: the session is revoked (303 to /login):
+     curl -si -b /tmp/vigil-demo.jar -A '{chrome}' {a}/
+4. Node B learnt it from the controller: the owner's cookie is dead there too (401):
+     curl -si -b /tmp/vigil-demo.jar {b}/
+5. Or end every session of a user everywhere, as an operator (sign in again first):
+     curl -s -H 'Authorization: Bearer {token}' -d '{{"user":"demo"}}' {controller}/v1/admin/users/revoke
+6. See it counted:
+     curl -s {admin}/metrics | grep -E 'vigil_proxy_(decisions_total|fleet_)'
 
 Stop with Ctrl-C.
 "#,
+        admin_b = addrs.admin_b,
         origin = addrs.origin,
+        dir = fleet.dir.display(),
+        token = fleet.admin_token,
     )
 }
 
@@ -121,10 +259,14 @@ impl ServeHttp for DemoApp {
         let body = match req.uri.path() {
             "/login" => {
                 let token = hex::encode(rand::random::<[u8; 24]>());
-                resp = resp.header(
-                    "set-cookie",
-                    format!("session={token}; Path=/; HttpOnly; SameSite=Lax"),
-                );
+                resp = resp
+                    .header(
+                        "set-cookie",
+                        format!("session={token}; Path=/; HttpOnly; SameSite=Lax"),
+                    )
+                    // Names the session's user to Vigil (removed before the
+                    // browser sees it).
+                    .header("vigil-user", "demo");
                 "Signed in. Your browser now holds a session cookie.\n".to_owned()
             }
             "/logout" => {

@@ -41,6 +41,10 @@ enum Command {
         /// `reload`.
         #[arg(short, long)]
         upgrade: bool,
+        /// Stop (as on SIGTERM) when standard input closes: for a process
+        /// started by another that must not outlive it (the demo's node B).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
     },
     /// Check a config file, then tell the proxy running with it (found by
     /// the pid file in its state_dir) to reload it.
@@ -114,6 +118,15 @@ enum Command {
         /// The demo app's listener.
         #[arg(long, default_value = "127.0.0.1:3000")]
         origin: SocketAddr,
+        /// Node B's proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen_b: SocketAddr,
+        /// Node B's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        admin_b: SocketAddr,
+        /// The controller's API.
+        #[arg(long, default_value = "127.0.0.1:9700")]
+        controller: SocketAddr,
     },
 }
 
@@ -162,8 +175,15 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&e),
         },
-        Command::Run { config, upgrade } => match Config::load(&config) {
+        Command::Run {
+            config,
+            upgrade,
+            exit_with_parent,
+        } => match Config::load(&config) {
             Ok(c) => {
+                if exit_with_parent {
+                    exit_when_stdin_closes();
+                }
                 let options = StartOptions {
                     config_file: Some(config),
                     upgrade,
@@ -298,21 +318,42 @@ fn main() -> ExitCode {
             listen,
             admin,
             origin,
+            listen_b,
+            admin_b,
+            controller,
         } => {
             let addrs = DemoAddrs {
                 listen,
                 admin,
                 origin,
+                listen_b,
+                admin_b,
+                controller,
             };
-            match demo::config(addrs) {
-                Ok(c) => start(c, StartOptions::default(), Some(addrs)),
-                Err(e) => config_failed(&e),
+            let started = demo::prepare(addrs).and_then(|fleet| {
+                let config = demo::config(&fleet, addrs)?;
+                demo::start_controller(&fleet)?;
+                let node_b = demo::start_node_b(&fleet, addrs)?;
+                Ok((fleet, config, node_b))
+            });
+            match started {
+                // Node B's standard input is held open by this process
+                // until it exits: then node B stops too.
+                Ok((fleet, config, node_b)) => {
+                    let banner = demo::banner(addrs, &fleet);
+                    std::mem::forget(node_b);
+                    start(config, StartOptions::default(), Some((addrs, banner)))
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
     }
 }
 
-fn start(config: Config, options: StartOptions, demo: Option<DemoAddrs>) -> ExitCode {
+fn start(config: Config, options: StartOptions, demo: Option<(DemoAddrs, String)>) -> ExitCode {
     logging::init(&config.log);
     // What `check` prints, said again where an operator running it will look.
     for warning in config.warnings() {
@@ -325,11 +366,27 @@ fn start(config: Config, options: StartOptions, demo: Option<DemoAddrs>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    if let Some(addrs) = demo {
+    if let Some((addrs, banner)) = demo {
         vigil.add_service(demo::app_service(addrs.origin));
-        print!("{}", demo::banner(addrs));
+        print!("{banner}");
     }
     vigil.run()
+}
+
+/// Sends this process SIGTERM (a graceful stop) once its standard input
+/// reaches its end: the process that started it, holding the other end,
+/// has exited.
+fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        let pid = i32::try_from(std::process::id()).unwrap_or(0);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    });
 }
 
 fn config_failed(e: &ConfigError) -> ExitCode {

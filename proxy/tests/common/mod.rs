@@ -45,7 +45,7 @@ pub(crate) use origin::{
     expected_stream_body, fnv1a,
 };
 #[allow(unused_imports)]
-pub(crate) use proxy::{Metrics, Proxy};
+pub(crate) use proxy::{DemoAddrs, Metrics, Proxy};
 #[allow(unused_imports)]
 pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get, read_response};
 #[allow(unused_imports)]

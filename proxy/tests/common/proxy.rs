@@ -59,6 +59,17 @@ fn proxy_bin() -> PathBuf {
 
 // === impl Proxy ===
 
+/// The demo's addresses, as `vigil-proxy demo` takes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DemoAddrs {
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) origin: SocketAddr,
+    pub(crate) listen_b: SocketAddr,
+    pub(crate) admin_b: SocketAddr,
+    pub(crate) controller: SocketAddr,
+}
+
 impl Proxy {
     /// Runs `vigil-proxy run -c FILE` with `config` written to FILE and
     /// waits until every listener accepts connections and admin `/readyz`
@@ -85,9 +96,18 @@ impl Proxy {
         Self::spawn(dir, config_path, &args, listeners, admin).await
     }
 
-    /// Runs `vigil-proxy demo` with the given addresses and waits until it
+    /// Runs `vigil-proxy demo` with the given addresses (node A is the proxy
+    /// returned; node B and the controller run beside it) and waits until it
     /// serves, like [`Proxy::start`].
-    pub(crate) async fn demo(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Proxy {
+    pub(crate) async fn demo(addrs: DemoAddrs) -> Proxy {
+        let DemoAddrs {
+            listen,
+            admin,
+            origin,
+            listen_b,
+            admin_b,
+            controller,
+        } = addrs;
         let dir = TempDir::new().unwrap();
         let args = [
             "demo".to_owned(),
@@ -97,6 +117,12 @@ impl Proxy {
             admin.to_string(),
             "--origin".to_owned(),
             origin.to_string(),
+            "--listen-b".to_owned(),
+            listen_b.to_string(),
+            "--admin-b".to_owned(),
+            admin_b.to_string(),
+            "--controller".to_owned(),
+            controller.to_string(),
         ];
         // The demo app listens too; waiting for it keeps the first request
         // from racing its start.
@@ -111,8 +137,23 @@ impl Proxy {
                 addr: origin,
                 tls: false,
             },
+            Listener {
+                name: "demo-node-b".to_owned(),
+                addr: listen_b,
+                tls: false,
+            },
+            Listener {
+                name: "demo-controller".to_owned(),
+                addr: controller,
+                tls: false,
+            },
         ];
         Self::spawn(dir, PathBuf::new(), &args, listeners, Some(admin)).await
+    }
+
+    /// `http://<the listener called name><path>`.
+    pub(crate) fn url_of(&self, name: &str, path: &str) -> String {
+        format!("http://{}{path}", self.listener(name))
     }
 
     async fn spawn(
