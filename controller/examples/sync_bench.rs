@@ -385,6 +385,7 @@ async fn write(
                     .map(|&session| Change::SessionRevoked {
                         session,
                         at: now_secs,
+                        vouched: true,
                     })
                     .collect();
                 store.append(&changes, now_secs).await?;

@@ -389,9 +389,11 @@ async fn revoke_session(
     })?;
     let seq = commit(
         &app,
+        // An operator's word: every node keeps it, seen the session or not.
         &[Change::SessionRevoked {
             session,
             at: now_secs(),
+            vouched: true,
         }],
     )
     .await?;

@@ -161,10 +161,15 @@ impl Store {
             }
             ack.accepted += 1;
             match &event.kind {
-                NodeEventKind::SessionRevoked { session, at, .. } => {
+                // A node vouches for a session bound to a user; a cookie
+                // it saw only as a replay could have been made up.
+                NodeEventKind::SessionRevoked {
+                    session, user, at, ..
+                } => {
                     changes.push(Change::SessionRevoked {
                         session: *session,
                         at: *at,
+                        vouched: user.is_some(),
                     });
                 }
             }
@@ -211,7 +216,7 @@ impl Store {
                 .try_get(0)?,
         );
         let mut out = Vec::new();
-        for row in sqlx::query("SELECT session, at FROM revoked_sessions ORDER BY seq")
+        for row in sqlx::query("SELECT session, at, vouched FROM revoked_sessions ORDER BY seq")
             .fetch_all(&mut *tx)
             .await?
         {
@@ -222,6 +227,7 @@ impl Store {
             out.push(Change::SessionRevoked {
                 session,
                 at: to_u64(row.try_get(1)?),
+                vouched: row.try_get::<i64, _>(2)? != 0,
             });
         }
         for row in sqlx::query("SELECT user_key, at FROM revoked_users ORDER BY seq")
@@ -302,14 +308,23 @@ async fn append_in(
             .execute(&mut **tx)
             .await?;
         match change {
-            Change::SessionRevoked { session, at } => {
+            Change::SessionRevoked {
+                session,
+                at,
+                vouched,
+            } => {
+                // A later vouched revocation of the same session vouches
+                // for it; nothing takes a vouch back.
                 sqlx::query(
-                    "INSERT INTO revoked_sessions (session, at, seq) VALUES ($1, $2, $3) \
-                     ON CONFLICT (session) DO NOTHING",
+                    "INSERT INTO revoked_sessions (session, at, seq, vouched) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (session) DO UPDATE SET vouched = CASE \
+                     WHEN excluded.vouched > revoked_sessions.vouched THEN excluded.vouched \
+                     ELSE revoked_sessions.vouched END",
                 )
                 .bind(session.to_string())
                 .bind(to_i64(*at))
                 .bind(seq)
+                .bind(i64::from(*vouched))
                 .execute(&mut **tx)
                 .await?;
             }

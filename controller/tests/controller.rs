@@ -373,9 +373,11 @@ async fn a_node_event_posted_twice_is_one_change() {
         };
         assert_eq!(
             changes,
+            // The node named the session's user: it vouches for it.
             vec![Change::SessionRevoked {
                 session: session(3),
-                at: 100
+                at: 100,
+                vouched: true,
             }]
         );
         c.stop().await;
@@ -401,6 +403,7 @@ async fn concurrent_writers_get_contiguous_numbers_and_compaction_forces_a_snaps
                             &[Change::SessionRevoked {
                                 session: SessionId(id),
                                 at: 1,
+                                vouched: false,
                             }],
                             1,
                         )

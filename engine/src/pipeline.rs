@@ -630,6 +630,21 @@ impl Engine {
         });
     }
 
+    /// Ends a session on this node on a trusted word (an operator, a
+    /// vouched fleet revocation): kept in the main revocation budget even
+    /// for a session this node has never seen; see
+    /// [`Scorer::revoke_vouched`].
+    pub fn revoke_vouched(&self, session: SessionKey, now_secs: u64) {
+        let user = self.scorer.session(&session).and_then(|s| s.user());
+        self.scorer.revoke_vouched(session, now_secs);
+        self.emit(|| Event::SessionRevoked {
+            session,
+            user,
+            cause: RevocationCause::Operator,
+            at: now_secs,
+        });
+    }
+
     /// Ends every session bound to `user` so far; see
     /// [`Scorer::revoke_user`].
     pub fn revoke_user(&self, user: UserKey, now_secs: u64) {

@@ -687,6 +687,21 @@ impl Scorer {
         self.sessions.remove(&key);
     }
 
+    /// Ends a session on this node on the word of someone trusted (an
+    /// operator, the fleet's controller for a vouched revocation): the
+    /// main budget, whatever this node knows of the session.
+    pub fn revoke_vouched(&self, key: SessionKey, now_secs: u64) {
+        self.minted.invalidate(&key);
+        self.revoked.insert(
+            key,
+            Revocation {
+                at: now_secs,
+                by_user: None,
+            },
+        );
+        self.sessions.remove(&key);
+    }
+
     /// The session's revocation, from either budget. `contains_key` first:
     /// it records no read in the cache's log (a `get` on every request
     /// would run its housekeeping more often, which is the tail).

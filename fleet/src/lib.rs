@@ -90,6 +90,15 @@ pub enum Change {
         session: SessionId,
         /// When it was ended (seconds since the Unix epoch).
         at: u64,
+        /// Whether the revocation is vouched for: an operator's, or a
+        /// node's for a session bound to a user. A node keeps a vouched
+        /// revocation in its main budget, which nothing evicts but age;
+        /// any other (a cookie a client could have made up, revoked by a
+        /// decision) in the budget of its own for those, so that a flood
+        /// of made-up cookies revoked on one node cannot push real
+        /// revocations out on every node.
+        #[serde(default)]
+        vouched: bool,
     },
     /// Every session of a user bound so far is ended everywhere (universal
     /// logout at the edge).

@@ -17,6 +17,7 @@ fn frames_read_back_as_written() {
                 Change::SessionRevoked {
                     session: SessionId([0xab; 16]),
                     at: 10,
+                    vouched: false,
                 },
                 Change::UserRevoked {
                     user: UserId(0x0102_0304_0506_0708),
@@ -58,7 +59,8 @@ fn oversized_lines_and_batches_are_refused() {
     let changes = vec![
         Change::SessionRevoked {
             session: SessionId([1; 16]),
-            at: 1
+            at: 1,
+            vouched: false,
         };
         MAX_BATCH + 1
     ];

@@ -745,9 +745,17 @@ impl FleetSync {
             // A controller's clock ahead of ours must not lengthen what it
             // sets here.
             let kind = match *change {
-                Change::SessionRevoked { session, at } => {
-                    self.engine
-                        .revoke(SessionKey::from_bytes(session.0), at.min(now));
+                Change::SessionRevoked {
+                    session,
+                    at,
+                    vouched,
+                } => {
+                    let key = SessionKey::from_bytes(session.0);
+                    if vouched {
+                        self.engine.revoke_vouched(key, at.min(now));
+                    } else {
+                        self.engine.revoke(key, at.min(now));
+                    }
                     "session_revoked"
                 }
                 Change::UserRevoked { user, at } => {

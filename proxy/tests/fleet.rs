@@ -241,7 +241,11 @@ fn hello(head: u64, snapshot: bool) -> Frame {
 }
 
 fn revoked(session: SessionId) -> Change {
-    Change::SessionRevoked { session, at: now() }
+    Change::SessionRevoked {
+        session,
+        at: now(),
+        vouched: true,
+    }
 }
 
 fn now() -> u64 {

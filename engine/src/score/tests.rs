@@ -1365,3 +1365,27 @@ fn a_flood_of_minted_revocations_never_evicts_a_real_one() {
     assert!(minted <= budget, "{minted}");
     assert!(w.engine.scorer().is_revoked(&key));
 }
+
+#[test]
+fn a_vouched_revocation_of_an_unseen_session_outlives_a_flood_of_minted_ones() {
+    // The fleet's controller ends sessions this node has never seen. An
+    // operator's word (vouched) goes to the main budget; a plain revoke of
+    // an unknown session to the minted one, which a flood empties.
+    let w = world_with(ScoreConfig {
+        max_sessions: 1_024,
+        ..ScoreConfig::default()
+    });
+    let scorer = w.engine.scorer();
+    let key = |s: &str| w.engine.key_for_cookie("session", s.as_bytes()).unwrap();
+    w.engine.revoke_vouched(key("operator-ended"), T0);
+    w.engine.revoke(key("plain-ended"), T0);
+    for i in 0..3_000u64 {
+        scorer.revoke(key(&format!("minted{i}")), T0 + 1);
+    }
+    scorer.run_pending_tasks();
+    assert!(scorer.is_revoked(&key("operator-ended")));
+    assert!(
+        !scorer.is_revoked(&key("plain-ended")),
+        "evicted by the flood"
+    );
+}

@@ -7,6 +7,7 @@ fn revoked(n: u8) -> Change {
     Change::SessionRevoked {
         session: SessionId([n; 16]),
         at: 1_000,
+        vouched: false,
     }
 }
 
