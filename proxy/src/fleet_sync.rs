@@ -49,6 +49,7 @@ use vigil_fleet::{
 
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
+use crate::outbound::{self, error_chain};
 
 /// The cursor's file name in the state directory, beside the session
 /// snapshot.
@@ -605,19 +606,8 @@ impl FleetSync {
         outbox: Arc<Outbox>,
         metrics: FleetMetrics,
     ) -> Result<Self, String> {
-        pingora_rustls::install_default_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(file) = &controller.ca_file {
-            let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: {e}", file.display()))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|e| e.to_string())?;
+        // No whole-call timeout: the sync stream lives for hours.
+        let client = outbound::client(controller.ca_file.as_deref(), CONNECT_TIMEOUT, None)?;
         metrics.applied.set(gauge(applied.load(Ordering::Acquire)));
         Ok(Self {
             engine,
@@ -832,7 +822,7 @@ impl FleetSync {
     async fn post(&self, events: Vec<NodeEvent>) -> Result<(), PostError> {
         let body = serde_json::to_vec(&EventBatch { v: VERSION, events })
             .map_err(|e| PostError::Retry(e.to_string()))?;
-        let mut response = self
+        let response = self
             .client
             .post(format!("{}/v1/events", self.controller.url))
             .bearer_auth(&self.controller.token)
@@ -858,15 +848,11 @@ impl FleetSync {
                 )));
             }
         }
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_ACK_BYTES {
-                break;
-            }
-        }
         // The status says the batch was taken; the ack's counts are for
         // the log only.
+        let body = outbound::body(response, MAX_ACK_BYTES)
+            .await
+            .unwrap_or_default();
         if let Ok(ack) = serde_json::from_slice::<EventAck>(&body) {
             tracing::debug!(
                 accepted = ack.accepted,
@@ -897,19 +883,6 @@ impl std::fmt::Debug for FleetSync {
 /// A gauge's value: sequences beyond `i64` are shown as its maximum.
 fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// An error with its sources, for logs (reqwest's own message hides the
-/// cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod keyfile;
 pub mod logging;
 pub mod metrics;
 pub mod operator;
+pub mod outbound;
 pub mod path;
 pub mod periodic;
 pub mod proxy;

@@ -132,8 +132,8 @@ pub struct Oidc {
     pub issuer: String,
     /// Vigil's client id at the provider.
     pub client_id: String,
-    /// The client secret, read from `client_secret_file` at load (trailing
-    /// whitespace trimmed); `None` for a public client (PKCE only).
+    /// The client secret, read from `client_secret_file` at load
+    /// (surrounding whitespace trimmed); `None` for a public client (PKCE only).
     pub client_secret: Option<String>,
     /// The ID token claim that names the user as the app names it to
     /// Vigil: `sub` (default) or `email` (only when `email_verified`).
@@ -1891,7 +1891,7 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
     let mut t = f.table(p, "oidc");
     let issuer: Option<String> = t.req(p, "issuer", "the identity provider's issuer URL");
     if let Some(issuer) = &issuer
-        && let Err(e) = check_issuer(issuer)
+        && let Err(e) = check_outbound_url(issuer)
     {
         p.push(t.key("issuer"), e);
     }
@@ -1899,26 +1899,9 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
     if client_id.as_deref() == Some("") {
         p.push(t.key("client_id"), "empty");
     }
-    let client_secret = t.opt::<PathBuf>(p, "client_secret_file").and_then(|file| {
-        let file = resolve(base, file);
-        match std::fs::read_to_string(&file) {
-            Ok(text) if !text.trim().is_empty() => Some(text.trim_end().to_owned()),
-            Ok(_) => {
-                p.push(
-                    t.key("client_secret_file"),
-                    format!("{}: empty", file.display()),
-                );
-                None
-            }
-            Err(e) => {
-                p.push(
-                    t.key("client_secret_file"),
-                    format!("{}: cannot read: {e}", file.display()),
-                );
-                None
-            }
-        }
-    });
+    let client_secret = t
+        .opt::<PathBuf>(p, "client_secret_file")
+        .and_then(|file| read_secret(&t, p, base, "client_secret_file", file));
     let user_claim = match t.or(p, "user_claim", "sub".to_owned()).as_str() {
         "sub" => UserClaim::Sub,
         "email" => UserClaim::Email,
@@ -1931,15 +1914,7 @@ fn read_oidc(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<Oidc> 
         }
     };
     let require_auth_time = t.or(p, "require_auth_time", true);
-    let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
-    if let Some(file) = &ca_file
-        && let Err(e) = std::fs::read(file)
-    {
-        p.push(
-            t.key("ca_file"),
-            format!("{}: cannot read: {e}", file.display()),
-        );
-    }
+    let ca_file = read_ca_file(&mut t, p, base);
     let mut secs = |t: &mut Fields<'_>, key: &'static str, default: u64, lo: u64, hi: u64| {
         let v: u64 = t.or(p, key, default);
         within(p, t.key(key), v, lo..=hi);
@@ -1981,7 +1956,7 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
     }
     let mut t = f.table(p, "controller");
     let url: Option<String> = t.req(p, "url", "the controller's base URL");
-    let url = url.and_then(|url| match check_controller_url(&url) {
+    let url = url.and_then(|url| match check_outbound_url(&url) {
         Ok(()) => Some(url.trim_end_matches('/').to_owned()),
         Err(e) => {
             p.push(t.key("url"), e);
@@ -1989,23 +1964,7 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
         }
     });
     let token_file: Option<PathBuf> = t.req(p, "token_file", "a file holding this node's token");
-    let token = token_file.and_then(|file| {
-        let file = resolve(base, file);
-        match std::fs::read_to_string(&file) {
-            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
-            Ok(_) => {
-                p.push(t.key("token_file"), format!("{}: empty", file.display()));
-                None
-            }
-            Err(e) => {
-                p.push(
-                    t.key("token_file"),
-                    format!("{}: cannot read: {e}", file.display()),
-                );
-                None
-            }
-        }
-    });
+    let token = token_file.and_then(|file| read_secret(&t, p, base, "token_file", file));
     if let Some(token) = &token
         && !token.bytes().all(|b| b.is_ascii_graphic())
     {
@@ -2015,15 +1974,7 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
             "the token must be one line of printable ASCII without spaces",
         );
     }
-    let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
-    if let Some(file) = &ca_file
-        && let Err(e) = std::fs::read(file)
-    {
-        p.push(
-            t.key("ca_file"),
-            format!("{}: cannot read: {e}", file.display()),
-        );
-    }
+    let ca_file = read_ca_file(&mut t, p, base);
     let events_queue: usize = t.or(p, "events_queue", 10_000);
     within(p, t.key("events_queue"), events_queue, 1..=1_000_000);
     t.finish(p);
@@ -2035,15 +1986,48 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
     })
 }
 
-/// A controller URL Vigil will send its token to: an absolute `https`
-/// URL without query, fragment or user info, or `http` to a loopback host.
-fn check_controller_url(url: &str) -> Result<(), String> {
-    check_issuer(url)
+/// A secret read from `file` (the value of `key`), trimmed: the client
+/// secret, the node's token. An unreadable or empty file is a problem.
+fn read_secret(
+    t: &Fields<'_>,
+    p: &mut Problems,
+    base: &Path,
+    key: &str,
+    file: PathBuf,
+) -> Option<String> {
+    let file = resolve(base, file);
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+        Ok(_) => {
+            p.push(t.key(key), format!("{}: empty", file.display()));
+            None
+        }
+        Err(e) => {
+            p.push(t.key(key), format!("{}: cannot read: {e}", file.display()));
+            None
+        }
+    }
 }
 
-/// An issuer Vigil will talk to: an absolute `https` URL without query or
-/// fragment, or `http` to a loopback host (tests, a sidecar).
-fn check_issuer(issuer: &str) -> Result<(), String> {
+/// `ca_file`, when set: PEM certificates trusted for an outbound
+/// connection besides the system's; an unreadable file is a problem.
+fn read_ca_file(t: &mut Fields<'_>, p: &mut Problems, base: &Path) -> Option<PathBuf> {
+    let ca_file = t.opt::<PathBuf>(p, "ca_file").map(|f| resolve(base, f));
+    if let Some(file) = &ca_file
+        && let Err(e) = std::fs::read(file)
+    {
+        p.push(
+            t.key("ca_file"),
+            format!("{}: cannot read: {e}", file.display()),
+        );
+    }
+    ca_file
+}
+
+/// A URL Vigil calls out to with a secret (the provider's issuer, the
+/// controller): an absolute `https` URL without query, fragment or user
+/// info, or `http` to a loopback host (tests, a sidecar).
+fn check_outbound_url(issuer: &str) -> Result<(), String> {
     let url = url::Url::parse(issuer).map_err(|e| format!("{issuer:?} is not a URL: {e}"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(format!("{issuer:?}: no query, fragment or user info"));

@@ -468,19 +468,7 @@ issuer = "https://idp.example.com"
 client_id = "vigil"
 client_secret_file = {secret:?}
 user_claim = "email"
-
-[[listeners]]
-name = "http"
-listen = "127.0.0.1:8080"
-
-[[upstreams]]
-name = "app"
-addresses = ["127.0.0.1:3000"]
-
-[[routes]]
-name = "app"
-upstream = "app"
-step_up = "oidc"
+{MINIMAL}step_up = "oidc"
 [routes.policy]
 high = "step_up"
 "#

@@ -23,6 +23,7 @@ use openidconnect::{
 
 use super::{Claims, Problem};
 use crate::config::{Oidc, UserClaim};
+use crate::outbound::{self, error_chain};
 
 /// Largest body read from the provider.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -389,21 +390,8 @@ fn token_kid(jwt: &str) -> Option<String> {
     (kid.len() <= 256).then(|| kid.to_owned())
 }
 
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// The HTTP client `openidconnect` calls: reqwest, no redirects (a
-/// provider endpoint that redirects is refused, not followed elsewhere),
-/// a timeout per call, bodies cut at [`MAX_BODY_BYTES`].
+/// The HTTP client `openidconnect` calls: an [`outbound`] client with a
+/// timeout per call, bodies refused beyond [`MAX_BODY_BYTES`].
 #[derive(Debug, Clone)]
 struct Http {
     client: reqwest::Client,
@@ -416,30 +404,15 @@ pub(super) struct HttpError(String);
 
 impl Http {
     fn new(oidc: &Oidc) -> Result<Self, IdpError> {
-        pingora_rustls::install_default_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(oidc.timeout)
-            .connect_timeout(oidc.timeout);
-        if let Some(file) = &oidc.ca_file {
-            let pem = std::fs::read(file)
-                .map_err(|e| IdpError::Unavailable(format!("{}: {e}", file.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| IdpError::Unavailable(format!("{}: {e}", file.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| IdpError::Unavailable(error_chain(&e)))?;
+        let client = outbound::client(oidc.ca_file.as_deref(), oidc.timeout, Some(oidc.timeout))
+            .map_err(IdpError::Unavailable)?;
         Ok(Self { client })
     }
 
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let request =
             reqwest::Request::try_from(request).map_err(|e| HttpError(error_chain(&e)))?;
-        let mut response = self
+        let response = self
             .client
             .execute(request)
             .await
@@ -448,19 +421,9 @@ impl Http {
         for (name, value) in response.headers() {
             out = out.header(name, value);
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = outbound::body(response, MAX_BODY_BYTES)
             .await
-            .map_err(|e| HttpError(error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(HttpError(format!(
-                    "response body larger than {MAX_BODY_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(HttpError)?;
         out.body(body).map_err(|e| HttpError(e.to_string()))
     }
 }
