@@ -139,7 +139,6 @@ impl Fleet {
             .execute(&admin)
             .await;
         }
-        let _ = self.dir.path();
     }
 }
 
