@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -190,9 +190,26 @@ async fn commit(app: &App, changes: &[Change]) -> Result<u64, ApiError> {
     Ok(head)
 }
 
-#[derive(Deserialize)]
-struct SyncQuery {
-    since: Option<u64>,
+/// The `since` of a sync query: absent is 0; anything but one decimal
+/// `since` (a second one, a sign, a non-digit) is refused rather than
+/// guessed at.
+fn since_of(query: Option<&str>) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "expected ?since=<decimal>",
+        )
+    };
+    let mut since = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let value = pair.strip_prefix("since=").ok_or_else(bad)?;
+        if since.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        since = Some(value.parse::<u64>().map_err(|_| bad())?);
+    }
+    Ok(since.unwrap_or(0))
 }
 
 /// `GET /v1/sync?since=N`: the stream of changes after `N`, or a snapshot
@@ -200,10 +217,10 @@ struct SyncQuery {
 async fn sync(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(query): Query<SyncQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = node(&app, &headers)?.name.clone();
-    let since = query.since.unwrap_or(0);
+    let since = since_of(query.as_deref())?;
     let bounds = app.store.bounds().await?;
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
@@ -478,4 +495,27 @@ async fn user_risk(
     )
     .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_query_is_one_decimal_since_or_nothing() {
+        assert_eq!(since_of(None).unwrap(), 0);
+        assert_eq!(since_of(Some("")).unwrap(), 0);
+        assert_eq!(since_of(Some("since=42")).unwrap(), 42);
+        for bad in [
+            "since=1&since=2",
+            "since=-1",
+            "since=+1",
+            "since=",
+            "since=1x",
+            "other=1",
+            "since=99999999999999999999",
+        ] {
+            assert!(since_of(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }
