@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     #[cfg(feature = "proxy")]
     ("config", config),
     ("cookies", cookies),
+    ("fleet_frames", fleet_frames),
     ("forwarded_headers", forwarded_headers),
     ("ja4", ja4),
     #[cfg(feature = "proxy")]
@@ -456,6 +457,47 @@ pub fn forwarded_headers(data: &[u8]) {
     // The other honoured set on the same request, and how the two compare.
     let other = stage.resolve_with(&view, ForwardedHeaders::BOTH);
     let _ = classify(&NetworkFacts::from(&got), &NetworkFacts::from(&other));
+}
+
+// === fleet_frames ===
+
+/// Arbitrary bytes as one line of the controller's sync stream
+/// (`vigil_fleet::read_frame`) and as a node's posted event batch: no panic,
+/// the caps hold, and what reads writes back and reads again the same.
+///
+/// Input: byte 0 picks the reader (even: a stream line; odd: an event
+/// batch); the rest is the bytes.
+pub fn fleet_frames(data: &[u8]) {
+    let Some((&select, bytes)) = data.split_first() else {
+        return;
+    };
+    if select & 1 == 0 {
+        let Ok(frame) = vigil_fleet::read_frame(bytes) else {
+            return;
+        };
+        if let vigil_fleet::Frame::Snapshot { changes, .. }
+        | vigil_fleet::Frame::Changes { changes, .. } = &frame
+        {
+            assert!(
+                changes.len() <= vigil_fleet::MAX_BATCH,
+                "batch past the cap"
+            );
+        }
+        let line = vigil_fleet::write_frame(&frame);
+        assert_eq!(line.last(), Some(&b'\n'));
+        let again = vigil_fleet::read_frame(&line[..line.len() - 1]);
+        assert!(
+            matches!(again, Ok(f) if f == frame),
+            "a frame read back differently"
+        );
+    } else if let Ok(batch) = serde_json::from_slice::<vigil_fleet::EventBatch>(bytes) {
+        let json = serde_json::to_vec(&batch).unwrap_or_default();
+        let again = serde_json::from_slice::<vigil_fleet::EventBatch>(&json);
+        assert!(
+            matches!(again, Ok(b) if b == batch),
+            "a batch read back differently"
+        );
+    }
 }
 
 // === ja4 ===

@@ -68,6 +68,11 @@ fn cookies() {
 }
 
 #[test]
+fn fleet_frames() {
+    replay("fleet_frames");
+}
+
+#[test]
 fn forwarded_headers() {
     replay("forwarded_headers");
 }
