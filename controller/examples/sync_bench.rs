@@ -506,7 +506,10 @@ async fn subscribe(
                             .record(Duration::from_nanos(now.saturating_sub(issued - 1)));
                     }
                 }
-                Frame::Hello { .. } | Frame::Snapshot { .. } | Frame::Heartbeat { .. } => {}
+                Frame::Hello { .. }
+                | Frame::Snapshot { .. }
+                | Frame::Heartbeat { .. }
+                | Frame::Unknown => {}
             }
         }
         buffer.drain(..start);

@@ -18,11 +18,12 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use vigil_engine::UserKey;
 use vigil_fleet::{
-    Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, SessionId, UserId, VERSION, write_frame,
+    Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, NodeEvent, NodeEventKind, SessionId, UserId,
+    VERSION, VERSION_HEADER, write_frame,
 };
 
 use crate::config::{Config, Node, token_hash};
-use crate::store::{Store, StoreError};
+use crate::store::{Intake, Store, StoreError};
 
 /// A quiet stream gets a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -43,8 +44,11 @@ pub struct App {
     pub config: Config,
     /// The head committed by this process, for streams to wake on.
     pub head: watch::Sender<u64>,
-    /// Events each node posted in its current minute.
-    pub posted: std::sync::Mutex<std::collections::HashMap<String, (tokio::time::Instant, u32)>>,
+    /// Events each node posted in its current minute, by allowance
+    /// ([`Allowance`]).
+    pub posted: std::sync::Mutex<
+        std::collections::HashMap<(String, Allowance), (tokio::time::Instant, u32)>,
+    >,
 }
 
 impl App {
@@ -58,24 +62,74 @@ impl App {
         }
     }
 
-    /// Counts `n` events posted by `node`; false when that goes beyond its
-    /// minute's allowance (nothing is counted then).
-    fn allow_events(&self, node: &str, n: usize) -> bool {
+    /// Counts a batch's events posted by `node` against its minute's
+    /// allowances; `Err` names the first one it would go beyond (nothing is
+    /// counted then).
+    fn allow_events(&self, node: &str, events: &[NodeEvent]) -> Result<(), Allowance> {
+        let sightings = events
+            .iter()
+            .filter(|e| Allowance::of(&e.kind) == Allowance::Sightings)
+            .count();
+        let wanted = [
+            (Allowance::Events, events.len() - sightings),
+            (Allowance::Sightings, sightings),
+        ];
         let mut posted = self
             .posted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = tokio::time::Instant::now();
-        let entry = posted.entry(node.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
+        for (allowance, n) in wanted {
+            let entry = posted
+                .entry((node.to_owned(), allowance))
+                .or_insert((now, 0));
+            if now.duration_since(entry.0) >= Duration::from_secs(60) {
+                *entry = (now, 0);
+            }
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            if entry.1.saturating_add(n) > allowance.per_minute(&self.config) {
+                return Err(allowance);
+            }
         }
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if entry.1.saturating_add(n) > self.config.node_events_per_minute {
-            return false;
+        for (allowance, n) in wanted {
+            if let Some(entry) = posted.get_mut(&(node.to_owned(), allowance)) {
+                entry.1 += u32::try_from(n).unwrap_or(u32::MAX);
+            }
         }
-        entry.1 += n;
-        true
+        Ok(())
+    }
+}
+
+/// Which per-node allowance an event counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Allowance {
+    /// Revocations, detections and anything else a stolen node token could
+    /// harm users with: `node_events_per_minute`.
+    Events,
+    /// Session records: `node_sightings_per_minute`.
+    Sightings,
+}
+
+impl Allowance {
+    fn of(kind: &NodeEventKind) -> Allowance {
+        match kind {
+            NodeEventKind::SessionBaseline { .. } => Allowance::Sightings,
+            _ => Allowance::Events,
+        }
+    }
+
+    fn per_minute(self, config: &Config) -> u32 {
+        match self {
+            Allowance::Events => config.node_events_per_minute,
+            Allowance::Sightings => config.node_sightings_per_minute,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Allowance::Events => "node_events_per_minute",
+            Allowance::Sightings => "node_sightings_per_minute",
+        }
     }
 }
 
@@ -142,7 +196,8 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -212,6 +267,29 @@ fn since_of(query: Option<&str>) -> Result<u64, ApiError> {
     Ok(since.unwrap_or(0))
 }
 
+/// The protocol version a node speaks ([`VERSION_HEADER`]; absent is 1),
+/// and the one this controller answers in: the node's, or this
+/// controller's own when the node's is newer.
+fn version_of(headers: &HeaderMap) -> Result<u32, ApiError> {
+    let Some(value) = headers.get(VERSION_HEADER) else {
+        return Ok(1);
+    };
+    let v = value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "version",
+                format!("{VERSION_HEADER}: a protocol version from 1"),
+            )
+        })?;
+    Ok(v.min(VERSION))
+}
+
 /// `GET /v1/sync?since=N`: the stream of changes after `N`, or a snapshot
 /// first when `N` is zero, behind the log's oldest, or ahead of its head.
 async fn sync(
@@ -221,12 +299,13 @@ async fn sync(
 ) -> Result<Response, ApiError> {
     let node = node(&app, &headers)?.name.clone();
     let since = since_of(query.as_deref())?;
+    let v = version_of(&headers)?;
     let bounds = app.store.bounds().await?;
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     tracing::info!(node, since, head = bounds.head, snapshot, "node subscribed");
     tokio::spawn(async move {
-        if let Err(e) = stream(&app, &tx, since, snapshot, bounds.head, bounds.oldest).await {
+        if let Err(e) = stream(&app, &tx, v, since, snapshot, bounds.head, bounds.oldest).await {
             tracing::info!(node, error = %e, "stream ended");
         }
     });
@@ -262,6 +341,7 @@ async fn send(
 async fn stream(
     app: &App,
     tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    v: u32,
     since: u64,
     snapshot: bool,
     head: u64,
@@ -271,7 +351,7 @@ async fn stream(
     send(
         tx,
         &Frame::Hello {
-            v: VERSION,
+            v,
             head,
             oldest,
             snapshot,
@@ -280,7 +360,8 @@ async fn stream(
     .await?;
     let mut cursor = since;
     if snapshot {
-        let (seq, changes) = app.store.snapshot().await?;
+        let (seq, mut changes) = app.store.snapshot().await?;
+        changes.retain(|c| c.in_snapshot_of(v));
         for chunk in changes.chunks(MAX_BATCH) {
             send(
                 tx,
@@ -304,7 +385,10 @@ async fn stream(
                 return Err(StreamEnd::Gap(cursor + 1));
             }
             cursor = first + batch.len() as u64 - 1;
-            let changes = batch.into_iter().map(|(_, c)| c).collect();
+            let changes = batch
+                .into_iter()
+                .map(|(_, c)| if v < VERSION { c.for_version(v) } else { c })
+                .collect();
             send(tx, &Frame::Changes { first, changes }).await?;
             last_sent = tokio::time::Instant::now();
             continue;
@@ -329,11 +413,14 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let node = node(&app, &headers)?.name.clone();
     let batch: EventBatch = json(&body)?;
-    if batch.v != VERSION {
+    if !(1..=VERSION).contains(&batch.v) || batch.events.iter().any(|e| e.kind.since() > batch.v) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "version",
-            format!("protocol version {} is not {VERSION}", batch.v),
+            format!(
+                "protocol version {} with only its kinds of events; this controller speaks 1 to {VERSION}",
+                batch.v
+            ),
         ));
     }
     if batch.events.len() > MAX_EVENTS {
@@ -354,27 +441,73 @@ async fn events(
             "event ids are 1 to 128 bytes",
         ));
     }
-    if !app.allow_events(&node, batch.events.len()) {
+    if let Some(bad) = batch.events.iter().find_map(|e| event_problem(&e.kind)) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_event", bad));
+    }
+    if let Err(allowance) = app.allow_events(&node, &batch.events) {
         tracing::warn!(
             node,
             events = batch.events.len(),
-            "node over its events per minute; batch refused"
+            allowance = allowance.key(),
+            "node over its allowance per minute; batch refused"
         );
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
-                "at most {} events per node per minute",
-                app.config.node_events_per_minute
+                "at most {} per node per minute ({})",
+                allowance.per_minute(&app.config),
+                allowance.key()
             ),
         ));
     }
-    let (ack, head) = app
+    let intake = Intake {
+        detection_window: app.config.detection_window,
+        max_session_age: app.config.keep_sessions,
+    };
+    let (ack, taken, head) = app
         .store
-        .take_events(&node, &batch.events, now_secs())
+        .take_events(&node, &batch.events, now_secs(), intake)
         .await?;
+    if taken.ignored > 0 {
+        tracing::debug!(
+            node,
+            ignored = taken.ignored,
+            "session records that changed nothing"
+        );
+    }
     app.head.send_replace(head);
     Ok(Json(ack).into_response())
+}
+
+/// What is wrong with an event's fields, if anything: every string is
+/// bounded, so that a node cannot fill the store through one event.
+fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
+    let short = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
+    match kind {
+        NodeEventKind::Detection {
+            reference,
+            route,
+            rule,
+            action,
+            score,
+            reasons,
+            ..
+        } => {
+            let ok = short(reference, 64)
+                && short(route, 128)
+                && rule.as_deref().is_none_or(|r| short(r, 128))
+                && short(action, 32)
+                && *score <= 100
+                && reasons.len() <= 32
+                && reasons.iter().all(|(code, _)| short(code, 64));
+            (!ok).then_some(
+                "a detection's reference (64), route (128), rule (128), action (32) and \
+                 reason codes (64, at most 32) are bounded; score 0 to 100",
+            )
+        }
+        _ => None,
+    }
 }
 
 async fn log_bounds(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -508,6 +641,7 @@ mod tests {
         assert_eq!(since_of(Some("since=42")).unwrap(), 42);
         for bad in [
             "since=1&since=2",
+            "since",
             "since=-1",
             "since=+1",
             "since=",

@@ -30,6 +30,20 @@ pub struct Config {
     /// `429` until the minute is over. A stolen node token can end sessions
     /// at this pace at most, and the operator sees it.
     pub node_events_per_minute: u32,
+    /// Session records (sightings, bindings, confirmations) a node may post
+    /// per minute, counted apart from the events above: a busy node opens
+    /// sessions by the thousand, and a record can only move a session's
+    /// baseline earlier, never end it.
+    pub node_sightings_per_minute: u32,
+    /// Seconds within which a user's enforced detections on any node are
+    /// counted together as entity risk on every node (the engine's
+    /// `detection_window`).
+    pub detection_window: u64,
+    /// Seconds a session's baseline is kept after its last update; also
+    /// the oldest first sighting a node may report.
+    pub keep_sessions: u64,
+    /// Seconds a detection and its facts are kept.
+    pub keep_detections: u64,
 }
 
 /// An edge node allowed to sync.
@@ -74,6 +88,10 @@ struct Raw {
     admin_token_file: PathBuf,
     keep_changes: Option<u64>,
     node_events_per_minute: Option<u32>,
+    node_sightings_per_minute: Option<u32>,
+    detection_window_seconds: Option<u64>,
+    keep_sessions_days: Option<u64>,
+    keep_detections_days: Option<u64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -188,6 +206,30 @@ impl Config {
                 "node_events_per_minute: {node_events_per_minute} is out of range; expected 1 to 1000000"
             ));
         }
+        let node_sightings_per_minute = raw.node_sightings_per_minute.unwrap_or(120_000);
+        if !(1..=10_000_000).contains(&node_sightings_per_minute) {
+            problems.push(format!(
+                "node_sightings_per_minute: {node_sightings_per_minute} is out of range; expected 1 to 10000000"
+            ));
+        }
+        let detection_window = raw.detection_window_seconds.unwrap_or(3600);
+        if !(60..=7 * 86_400).contains(&detection_window) {
+            problems.push(format!(
+                "detection_window_seconds: {detection_window} is out of range; expected 60 to 604800"
+            ));
+        }
+        let keep_sessions_days = raw.keep_sessions_days.unwrap_or(30);
+        if !(1..=3650).contains(&keep_sessions_days) {
+            problems.push(format!(
+                "keep_sessions_days: {keep_sessions_days} is out of range; expected 1 to 3650"
+            ));
+        }
+        let keep_detections_days = raw.keep_detections_days.unwrap_or(90);
+        if !(1..=3650).contains(&keep_detections_days) {
+            problems.push(format!(
+                "keep_detections_days: {keep_detections_days} is out of range; expected 1 to 3650"
+            ));
+        }
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -210,6 +252,10 @@ impl Config {
                 nodes,
                 keep_changes,
                 node_events_per_minute,
+                node_sightings_per_minute,
+                detection_window,
+                keep_sessions: keep_sessions_days * 86_400,
+                keep_detections: keep_detections_days * 86_400,
             }),
             _ => Err(fail(problems)),
         }

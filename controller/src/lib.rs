@@ -44,6 +44,7 @@ pub async fn run(
         .map_err(|e| RunError::Listen(listen, e))?;
     let app = Arc::new(api::App::new(store.clone(), config.clone(), bounds.head));
     let keep = config.keep_changes;
+    let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMPACT_EVERY);
         loop {
@@ -52,6 +53,14 @@ pub async fn run(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "change log compacted"),
                 Err(e) => tracing::warn!(error = %e, "change log not compacted"),
+            }
+            match store
+                .expire(api::now_secs(), keep_sessions, keep_detections)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "records past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "records past their retention not deleted"),
             }
         }
     });

@@ -16,7 +16,10 @@ use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Row, Transaction};
-use vigil_fleet::{Change, EventAck, NodeEvent, NodeEventKind, SessionId, UserId};
+use std::collections::HashMap;
+
+use vigil_engine::SessionState;
+use vigil_fleet::{Change, EventAck, NodeEvent, NodeEventKind, Record, SessionId, UserId};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,39 @@ pub struct Bounds {
     pub head: u64,
     /// The oldest sequence still in the log.
     pub oldest: u64,
+}
+
+/// How the store judges what nodes post (from the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    /// Enforced detections of a user within this many seconds are counted
+    /// together ([`Change::UserDetections`]); the engine's
+    /// `detection_window`.
+    pub detection_window: u64,
+    /// A session record whose first sighting is older than this many
+    /// seconds is refused: no node keeps an idle session that long, and a
+    /// made-up early first sighting would take the owner's place.
+    pub max_session_age: u64,
+}
+
+/// What became of the events of one batch, beyond the ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Taken {
+    /// Session records that became the session's baseline.
+    pub baselines: usize,
+    /// Session records that changed nothing (a baseline seen earlier
+    /// stands) or were refused (not a record of this release, a first
+    /// sighting in the future or too old).
+    pub ignored: usize,
+    /// Detections recorded.
+    pub detections: usize,
+}
+
+/// What the store holds of a session's baseline.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    first_seen: u64,
+    bound: bool,
 }
 
 /// The store.
@@ -130,20 +166,38 @@ impl Store {
     }
 
     /// Takes a node's events: each not taken before (by node and id)
-    /// becomes a change, all in one transaction. Returns what was taken and
-    /// the head after.
+    /// is judged and may become changes, all in one transaction. Returns
+    /// what was taken and the head after.
+    ///
+    /// - A decided revocation becomes a session revocation, vouched when
+    ///   the session was bound to a user.
+    /// - A session record becomes the session's baseline when the store has
+    ///   none, when it was seen earlier than the one held (a thief's first
+    ///   sighting on another node gives way to the owner's), when it binds
+    ///   an unbound session seen at the same time, or when its user passed
+    ///   a step-up on it (`confirmed`). A record of a session bound to a
+    ///   user revoked since it was first seen becomes that session's
+    ///   revocation instead. Records of revoked sessions change nothing.
+    /// - A detection is recorded with its facts; an enforced one of a bound
+    ///   user recounts the user's recent detections, streamed when the
+    ///   count changes.
     pub async fn take_events(
         &self,
         node: &str,
         events: &[NodeEvent],
         now: u64,
-    ) -> Result<(EventAck, u64), StoreError> {
+        intake: Intake,
+    ) -> Result<(EventAck, Taken, u64), StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut ack = EventAck {
             accepted: 0,
             duplicates: 0,
         };
+        let mut taken = Taken::default();
         let mut changes = Vec::new();
+        // Baselines taken earlier in this batch, not yet in the table.
+        let mut pending: HashMap<SessionId, Held> = HashMap::new();
+        let mut recount: Vec<UserId> = Vec::new();
         for event in events {
             let inserted = sqlx::query(
                 "INSERT INTO node_events (node, id, at) VALUES ($1, $2, $3) \
@@ -168,15 +222,112 @@ impl Store {
                 } => {
                     changes.push(Change::SessionRevoked {
                         session: *session,
-                        at: *at,
+                        at: (*at).min(now),
                         vouched: user.is_some(),
                     });
                 }
+                NodeEventKind::SessionBaseline { record, confirmed } => {
+                    match judge_baseline(&mut tx, &pending, record, *confirmed, now, intake).await?
+                    {
+                        Some((change, session, held)) => {
+                            if let Change::SessionBaseline { .. } = change {
+                                pending.insert(session, held);
+                                taken.baselines += 1;
+                            } else {
+                                taken.ignored += 1;
+                            }
+                            changes.push(change);
+                        }
+                        None => taken.ignored += 1,
+                    }
+                }
+                NodeEventKind::Detection {
+                    reference,
+                    session,
+                    user,
+                    route,
+                    rule,
+                    action,
+                    enforced,
+                    score,
+                    reasons,
+                    at,
+                } => {
+                    let reasons = reasons
+                        .iter()
+                        .map(|(code, points)| format!("{code}:{points}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    sqlx::query(
+                        "INSERT INTO detections (node, reference, session, user_key, route, rule, \
+                         action, enforced, score, reasons, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (node, reference) DO NOTHING",
+                    )
+                    .bind(node)
+                    .bind(reference.as_str())
+                    .bind(session.map(|s| s.to_string()))
+                    .bind(user.map(|u| u.to_string()))
+                    .bind(route.as_str())
+                    .bind(rule.clone())
+                    .bind(action.as_str())
+                    .bind(i64::from(*enforced))
+                    .bind(i64::from(*score))
+                    .bind(reasons)
+                    .bind(to_i64((*at).min(now)))
+                    .execute(&mut *tx)
+                    .await?;
+                    taken.detections += 1;
+                    if let (true, Some(user)) = (*enforced, user)
+                        && !recount.contains(user)
+                    {
+                        recount.push(*user);
+                    }
+                }
+                // A later version's event: its id is remembered, nothing
+                // else is done.
+                NodeEventKind::Unknown => {}
+            }
+        }
+        for user in recount {
+            if let Some(change) = recount_detections(&mut tx, user, now, intake).await? {
+                changes.push(change);
             }
         }
         let head = append_in(&mut tx, &changes, now).await?;
         tx.commit().await?;
-        Ok((ack, head))
+        Ok((ack, taken, head))
+    }
+
+    /// Deletes what is past its retention: session baselines not updated
+    /// for `keep_sessions` seconds, detections older than
+    /// `keep_detections`, detection counts lapsed. Nodes are not told:
+    /// each forgets idle sessions on its own, sooner.
+    pub async fn expire(
+        &self,
+        now: u64,
+        keep_sessions: u64,
+        keep_detections: u64,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (sql, before) in [
+            (
+                "DELETE FROM session_baselines WHERE updated < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
+                "DELETE FROM detections WHERE at < $1",
+                now.saturating_sub(keep_detections),
+            ),
+            ("DELETE FROM user_detections WHERE until < $1", now),
+        ] {
+            n += sqlx::query(sql)
+                .bind(to_i64(before))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
     }
 
     /// Up to `limit` changes after `after`, in order.
@@ -258,6 +409,36 @@ impl Store {
                 at: to_u64(row.try_get(3)?),
             });
         }
+        // After the user revocations: a session bound before its user's
+        // revocation is among the revoked sessions above, and what is
+        // here was bound after it.
+        for row in sqlx::query("SELECT record FROM session_baselines ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let record: String = row.try_get(0)?;
+            let Some(record) = Record::parse(&record) else {
+                continue;
+            };
+            out.push(Change::SessionBaseline {
+                record,
+                confirmed: false,
+            });
+        }
+        for row in sqlx::query("SELECT user_key, count, until FROM user_detections ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let Some(user) = UserId::parse(&user) else {
+                continue;
+            };
+            out.push(Change::UserDetections {
+                user,
+                count: u8::try_from(row.try_get::<i64, _>(1)?).unwrap_or(u8::MAX),
+                until: to_u64(row.try_get(2)?),
+            });
+        }
         tx.commit().await?;
         Ok((head, out))
     }
@@ -327,6 +508,10 @@ async fn append_in(
                 .bind(i64::from(*vouched))
                 .execute(&mut **tx)
                 .await?;
+                sqlx::query("DELETE FROM session_baselines WHERE session = $1")
+                    .bind(session.to_string())
+                    .execute(&mut **tx)
+                    .await?;
             }
             Change::UserRevoked { user, at } => {
                 sqlx::query(
@@ -338,7 +523,60 @@ async fn append_in(
                 .bind(seq)
                 .execute(&mut **tx)
                 .await?;
+                // The user's sessions known so far are revoked outright, so
+                // that a node starting from a snapshot ends them too (it
+                // learns their baselines after the user's revocation).
+                sqlx::query(
+                    "INSERT INTO revoked_sessions (session, at, seq, vouched) \
+                     SELECT session, $1, $2, 1 FROM session_baselines WHERE user_key = $3 \
+                     ON CONFLICT (session) DO UPDATE SET vouched = 1",
+                )
+                .bind(to_i64(*at))
+                .bind(seq)
+                .bind(user.to_string())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM session_baselines WHERE user_key = $1")
+                    .bind(user.to_string())
+                    .execute(&mut **tx)
+                    .await?;
             }
+            Change::SessionBaseline { record, .. } => {
+                let Ok((key, state)) = SessionState::decode(&record.0) else {
+                    // Judged before it was appended; nothing else writes one.
+                    continue;
+                };
+                sqlx::query(
+                    "INSERT INTO session_baselines (session, user_key, first_seen, record, seq, updated) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (session) DO UPDATE SET user_key = excluded.user_key, \
+                     first_seen = excluded.first_seen, record = excluded.record, \
+                     seq = excluded.seq, updated = excluded.updated",
+                )
+                .bind(SessionId(*key.as_bytes()).to_string())
+                .bind(state.user().map(|u| UserId(u.as_u64()).to_string()))
+                .bind(to_i64(state.first_seen()))
+                .bind(record.to_string())
+                .bind(seq)
+                .bind(to_i64(now))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Change::UserDetections { user, count, until } => {
+                sqlx::query(
+                    "INSERT INTO user_detections (user_key, count, until, seq) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_key) DO UPDATE SET count = excluded.count, \
+                     until = excluded.until, seq = excluded.seq",
+                )
+                .bind(user.to_string())
+                .bind(i64::from(*count))
+                .bind(to_i64(*until))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            }
+            // Never written: the controller appends only kinds it knows.
+            Change::Unknown => {}
             Change::UserRisk {
                 user, points: 0, ..
             } => {
@@ -369,6 +607,135 @@ async fn append_in(
         }
     }
     Ok(to_u64(head))
+}
+
+/// Judges a node's session record (see [`Store::take_events`]): the
+/// change it makes, with the session and what is held of it after, or
+/// `None` when it changes nothing.
+async fn judge_baseline(
+    tx: &mut Transaction<'static, Any>,
+    pending: &HashMap<SessionId, Held>,
+    record: &Record,
+    confirmed: bool,
+    now: u64,
+    intake: Intake,
+) -> Result<Option<(Change, SessionId, Held)>, StoreError> {
+    let Ok((key, state)) = SessionState::decode(&record.0) else {
+        return Ok(None);
+    };
+    let first_seen = state.first_seen();
+    // Nodes' clocks differ by a little; a first sighting in the future or
+    // older than any node keeps a session is not one.
+    if first_seen > now.saturating_add(300)
+        || first_seen < now.saturating_sub(intake.max_session_age)
+    {
+        return Ok(None);
+    }
+    let session = SessionId(*key.as_bytes());
+    let id = session.to_string();
+    if sqlx::query("SELECT 1 FROM revoked_sessions WHERE session = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let user = state.user().map(|u| UserId(u.as_u64()));
+    if let Some(user) = user {
+        let revoked_at = sqlx::query("SELECT at FROM revoked_users WHERE user_key = $1")
+            .bind(user.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()?
+            .map(to_u64);
+        if revoked_at.is_some_and(|at| at >= first_seen) {
+            let revocation = Change::SessionRevoked {
+                session,
+                at: now,
+                vouched: true,
+            };
+            return Ok(Some((
+                revocation,
+                session,
+                Held {
+                    first_seen,
+                    bound: true,
+                },
+            )));
+        }
+    }
+    let held = match pending.get(&session) {
+        Some(held) => Some(*held),
+        None => {
+            sqlx::query("SELECT first_seen, user_key FROM session_baselines WHERE session = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|row| -> Result<Held, sqlx::Error> {
+                    Ok(Held {
+                        first_seen: to_u64(row.try_get(0)?),
+                        bound: row.try_get::<Option<String>, _>(1)?.is_some(),
+                    })
+                })
+                .transpose()?
+        }
+    };
+    let takes = match held {
+        None => true,
+        Some(held) => {
+            confirmed
+                || first_seen < held.first_seen
+                || (first_seen == held.first_seen && !held.bound && user.is_some())
+        }
+    };
+    Ok(takes.then(|| {
+        (
+            Change::SessionBaseline {
+                record: record.clone(),
+                confirmed,
+            },
+            session,
+            Held {
+                first_seen,
+                bound: user.is_some(),
+            },
+        )
+    }))
+}
+
+/// Counts the user's enforced detections within the window; the change
+/// to stream when the count differs from the one streamed last.
+async fn recount_detections(
+    tx: &mut Transaction<'static, Any>,
+    user: UserId,
+    now: u64,
+    intake: Intake,
+) -> Result<Option<Change>, StoreError> {
+    let since = now.saturating_sub(intake.detection_window);
+    let row = sqlx::query(
+        "SELECT COUNT(*), MAX(at) FROM detections WHERE user_key = $1 AND enforced = 1 AND at > $2",
+    )
+    .bind(user.to_string())
+    .bind(to_i64(since))
+    .fetch_one(&mut **tx)
+    .await?;
+    let count = u8::try_from(to_u64(row.try_get(0)?)).unwrap_or(u8::MAX);
+    let Some(latest) = row.try_get::<Option<i64>, _>(1)? else {
+        return Ok(None);
+    };
+    let until = to_u64(latest).saturating_add(intake.detection_window);
+    let streamed = sqlx::query("SELECT count, until FROM user_detections WHERE user_key = $1")
+        .bind(user.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| -> Result<(i64, i64), sqlx::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) })
+        .transpose()?;
+    if streamed.is_some_and(|(c, u)| to_u64(c) == u64::from(count) && to_u64(u) == until) {
+        return Ok(None);
+    }
+    Ok(Some(Change::UserDetections { user, count, until }))
 }
 
 impl FromStr for Backend {

@@ -166,13 +166,21 @@ struct Stream {
 }
 
 impl Stream {
+    /// A node of this version.
     async fn open(c: &Controller, token: &str, since: u64) -> Stream {
-        let response = client()
+        Stream::open_as(c, token, since, Some(VERSION)).await
+    }
+
+    /// A node of protocol version `v` (`None`: one that does not say,
+    /// as version 1 nodes did not).
+    async fn open_as(c: &Controller, token: &str, since: u64, v: Option<u32>) -> Stream {
+        let mut request = client()
             .get(c.url(&format!("/v1/sync?since={since}")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+            .bearer_auth(token);
+        if let Some(v) = v {
+            request = request.header(vigil_fleet::VERSION_HEADER, v);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/x-ndjson");
         Stream {
@@ -472,4 +480,427 @@ async fn a_node_posting_beyond_its_allowance_is_held_back_and_others_are_not() {
     assert_eq!(post(NODE_A, &["55555"]).await.status(), 200);
     assert_eq!(post(NODE_B, &["1", "22", "333"]).await.status(), 200);
     c.stop().await;
+}
+
+// === session baselines and detections across nodes ===
+
+/// A node's engine under the controller's hash key, to make real session
+/// records.
+fn engine() -> vigil_engine::Engine {
+    vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+    )
+}
+
+/// The record of `cookie` after one request from `ua` at `ip` at `at`,
+/// bound to `user` when named.
+fn record(
+    engine: &vigil_engine::Engine,
+    cookie: &str,
+    ua: &str,
+    ip: &str,
+    user: Option<&str>,
+    at: u64,
+) -> vigil_fleet::Record {
+    let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+    if let Some(user) = user {
+        engine.bind_user(key, user, at);
+    }
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+    headers.insert("user-agent", ua.parse().unwrap());
+    let view = vigil_engine::RequestView {
+        peer: ip.parse().unwrap(),
+        headers: &headers,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let allow = vigil_engine::Policy {
+        low: vigil_engine::Action::Allow,
+        medium: vigil_engine::Action::Allow,
+        high: vigil_engine::Action::Allow,
+        thresholds: None,
+    };
+    engine.evaluate(&view, &allow).unwrap();
+    vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+}
+
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+async fn post_events(c: &Controller, token: &str, events: Vec<NodeEvent>) -> reqwest::Response {
+    client()
+        .post(c.url("/v1/events"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&EventBatch { v: VERSION, events }).unwrap())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::SessionBaseline {
+            record: record.clone(),
+            confirmed,
+        },
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn the_earliest_sighting_of_a_session_is_its_baseline_for_every_node() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 100;
+        let (a, b) = (engine(), engine());
+        // The owner is seen on node A first; the thief, with the stolen
+        // cookie, reaches node B five seconds later — and B's report
+        // reaches the controller first.
+        let owners = record(&a, "s-ann", FIREFOX, "81.2.69.10", Some("ann"), t);
+        let thiefs = record(&b, "s-ann", CHROME, "45.33.1.10", None, t + 5);
+        let mut node = Stream::open(&c, NODE_B, 0).await;
+        assert!(matches!(node.next().await, Frame::Hello { .. }));
+        assert!(matches!(node.next().await, Frame::SnapshotEnd { seq: 0 }));
+        assert_eq!(
+            post_events(&c, NODE_B, vec![baseline("b-1", &thiefs, false)])
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            post_events(&c, NODE_A, vec![baseline("a-1", &owners, false)])
+                .await
+                .status(),
+            200
+        );
+        // Both are streamed in turn: every node ends on the owner's.
+        for expected in [&thiefs, &owners] {
+            let Frame::Changes { changes, .. } = node.next_change().await else {
+                panic!()
+            };
+            assert_eq!(
+                changes,
+                vec![Change::SessionBaseline {
+                    record: expected.clone(),
+                    confirmed: false
+                }]
+            );
+        }
+        // The thief's sighting again, later, changes nothing; nor does a
+        // made-up first sighting from before any node keeps a session.
+        let again = record(&b, "s-ann", CHROME, "45.33.1.10", None, t + 50);
+        let ancient = record(&engine(), "s-ann", CHROME, "45.33.1.10", None, 1_000);
+        let r = post_events(
+            &c,
+            NODE_B,
+            vec![
+                baseline("b-2", &again, false),
+                baseline("b-3", &ancient, false),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let head = |c: &Controller| {
+            let url = c.url("/v1/admin/log");
+            async move {
+                let r = client().get(url).bearer_auth(ADMIN).send().await.unwrap();
+                serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()["head"]
+                    .as_u64()
+                    .unwrap()
+            }
+        };
+        assert_eq!(head(&c).await, 2);
+        // The owner's step-up on the phone moves the baseline.
+        let phone = record(&a, "s-ann", CHROME, "31.94.1.10", Some("ann"), t + 60);
+        post_events(&c, NODE_A, vec![baseline("a-2", &phone, true)]).await;
+        let Frame::Changes { first: 3, changes } = node.next_change().await else {
+            panic!()
+        };
+        assert_eq!(
+            changes,
+            vec![Change::SessionBaseline {
+                record: phone.clone(),
+                confirmed: true
+            }]
+        );
+        // A node starting now gets the one baseline in its snapshot.
+        let mut fresh = Stream::open(&c, NODE_A, 0).await;
+        fresh.next().await;
+        let Frame::Snapshot { seq: 3, changes } = fresh.next().await else {
+            panic!()
+        };
+        assert_eq!(
+            changes,
+            vec![Change::SessionBaseline {
+                record: phone,
+                confirmed: false
+            }]
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_user_revoked_at_the_controller_loses_the_sessions_other_nodes_saw() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 100;
+        let a = engine();
+        let laptop = record(&a, "s-bob-1", FIREFOX, "81.2.69.10", Some("bob"), t);
+        let late = record(&a, "s-bob-2", FIREFOX, "81.2.69.10", Some("bob"), t + 10);
+        assert_eq!(
+            post_events(&c, NODE_A, vec![baseline("a-1", &laptop, false)])
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            c.admin("/v1/admin/users/revoke", serde_json::json!({"user": "bob"}))
+                .await
+                .status(),
+            200
+        );
+        // A's report of a session bob had before his revocation arrives
+        // after it (A's queue was held up): the session is revoked, not
+        // taken as a baseline.
+        assert_eq!(
+            post_events(&c, NODE_A, vec![baseline("a-2", &late, false)])
+                .await
+                .status(),
+            200
+        );
+        let key = |r: &vigil_fleet::Record| SessionId(r.0[..16].try_into().unwrap());
+        // A node starting now ends both sessions, though it never saw
+        // them, and holds no baseline for them.
+        let mut fresh = Stream::open(&c, NODE_B, 0).await;
+        fresh.next().await;
+        let Frame::Snapshot { changes, .. } = fresh.next().await else {
+            panic!()
+        };
+        let mut revoked: Vec<SessionId> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::SessionRevoked {
+                    session,
+                    vouched: true,
+                    ..
+                } => Some(*session),
+                _ => None,
+            })
+            .collect();
+        revoked.sort();
+        let mut expected = vec![key(&laptop), key(&late)];
+        expected.sort();
+        assert_eq!(revoked, expected);
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, Change::SessionBaseline { .. })),
+            "{changes:?}"
+        );
+        assert!(matches!(fresh.next().await, Frame::SnapshotEnd { seq: 3 }));
+        // Bob signs in again afterwards: that session is his baseline.
+        let new = record(&a, "s-bob-3", FIREFOX, "81.2.69.10", Some("bob"), now() + 1);
+        post_events(&c, NODE_A, vec![baseline("a-3", &new, false)]).await;
+        let Frame::Changes { changes, .. } = fresh.next_change().await else {
+            panic!()
+        };
+        assert_eq!(
+            changes,
+            vec![Change::SessionBaseline {
+                record: new,
+                confirmed: false
+            }]
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+fn detection(id: &str, user: Option<UserId>, enforced: bool, at: u64) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::Detection {
+            reference: format!("ref-{id}"),
+            session: Some(session(9)),
+            user,
+            route: "app".to_owned(),
+            rule: None,
+            action: "revoke".to_owned(),
+            enforced,
+            score: 85,
+            reasons: vec![
+                ("device_changed".to_owned(), 45),
+                ("network_changed".to_owned(), 40),
+            ],
+            at,
+        },
+    }
+}
+
+#[tokio::test]
+async fn enforced_detections_on_any_node_count_toward_the_users_risk_everywhere() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "detection_window_seconds = 600").await;
+        let t = now() - 10;
+        let carl = UserId(0xca71);
+        let mut node = Stream::open(&c, NODE_B, 0).await;
+        node.next().await;
+        node.next().await;
+        // A monitored (not enforced) detection and one of no user count
+        // for nobody; the first enforced one counts one.
+        let r = post_events(
+            &c,
+            NODE_A,
+            vec![
+                detection("a-1", Some(carl), false, t),
+                detection("a-2", None, true, t),
+                detection("a-3", Some(carl), true, t),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let Frame::Changes { first: 1, changes } = node.next_change().await else {
+            panic!()
+        };
+        assert_eq!(
+            changes,
+            vec![Change::UserDetections {
+                user: carl,
+                count: 1,
+                until: t + 600
+            }]
+        );
+        // Another node catches the thief again: two, everywhere.
+        post_events(&c, NODE_B, vec![detection("b-1", Some(carl), true, t + 1)]).await;
+        let Frame::Changes { first: 2, changes } = node.next_change().await else {
+            panic!()
+        };
+        assert_eq!(
+            changes,
+            vec![Change::UserDetections {
+                user: carl,
+                count: 2,
+                until: t + 601
+            }]
+        );
+        // Bounded facts: an oversized one is refused whole.
+        let mut big = detection("a-4", Some(carl), true, t);
+        if let NodeEventKind::Detection { route, .. } = &mut big.kind {
+            *route = "r".repeat(129);
+        }
+        let r = post_events(&c, NODE_A, vec![big]).await;
+        assert_eq!(r.status(), 400);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A fleet mid-upgrade, the controller newer than some nodes: a version 1
+/// node gets, for each change it does not know, one it does that changes
+/// nothing, so that its sequence stays contiguous; a snapshot leaves them
+/// out; and its version 1 batches are taken, while a batch naming version
+/// 1 with a later kind of event is refused whole.
+#[tokio::test]
+async fn a_node_of_the_previous_version_keeps_a_contiguous_stream() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let a = engine();
+    let owners = record(&a, "s-ed", FIREFOX, "81.2.69.10", Some("ed"), now() - 10);
+    let mut old = Stream::open_as(&c, NODE_B, 0, None).await;
+    assert!(matches!(old.next().await, Frame::Hello { v: 1, .. }));
+    assert!(matches!(old.next().await, Frame::SnapshotEnd { seq: 0 }));
+    let mut new = Stream::open(&c, NODE_A, 0).await;
+    assert!(matches!(new.next().await, Frame::Hello { v: VERSION, .. }));
+    new.next().await;
+    assert_eq!(
+        post_events(&c, NODE_A, vec![baseline("a-1", &owners, false)])
+            .await
+            .status(),
+        200
+    );
+    let v1 = EventBatch {
+        v: 1,
+        events: vec![NodeEvent {
+            id: "old-1".to_owned(),
+            kind: NodeEventKind::SessionRevoked {
+                session: session(4),
+                user: None,
+                reference: None,
+                at: now(),
+            },
+        }],
+    };
+    let r = client()
+        .post(c.url("/v1/events"))
+        .bearer_auth(NODE_B)
+        .body(serde_json::to_string(&v1).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let Frame::Changes { first: 1, changes } = old.next_change().await else {
+        panic!()
+    };
+    assert_eq!(
+        changes,
+        vec![Change::UserRisk {
+            user: UserId(1),
+            points: 0,
+            until: 0,
+            at: 0
+        }]
+    );
+    let Frame::Changes { first: 2, changes } = old.next_change().await else {
+        panic!()
+    };
+    assert!(matches!(changes[..], [Change::SessionRevoked { session: s, .. }] if s == session(4)));
+    let Frame::Changes { first: 1, changes } = new.next_change().await else {
+        panic!()
+    };
+    assert_eq!(
+        changes,
+        vec![Change::SessionBaseline {
+            record: owners,
+            confirmed: false
+        }]
+    );
+    // A version 1 node starting now: the revocation only.
+    let mut late = Stream::open_as(&c, NODE_B, 0, None).await;
+    late.next().await;
+    let Frame::Snapshot { seq: 2, changes } = late.next().await else {
+        panic!()
+    };
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    // A version 1 batch with a version 2 event is refused whole.
+    let mut mixed = v1.clone();
+    mixed.events.push(detection("old-2", None, true, now()));
+    let r = client()
+        .post(c.url("/v1/events"))
+        .bearer_auth(NODE_B)
+        .body(serde_json::to_string(&mixed).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    c.stop().await;
+    db.drop_db().await;
 }

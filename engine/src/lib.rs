@@ -61,9 +61,9 @@ pub use pipeline::{
 };
 pub use request::{RequestError, RequestFacts, RequestView, ResponseView};
 pub use score::{
-    Contribution, FeatureWeights, Feedback, FeedbackError, Reason, RecordError, Restored, Risk,
-    RiskLevel, Risks, ScoreConfig, Scorer, SessionState, SnapshotError, TrustedNetwork, UserKey,
-    UserModelConfig,
+    Adopted, Contribution, FeatureWeights, Feedback, FeedbackError, Reason, RecordError, Restored,
+    Risk, RiskLevel, Risks, ScoreConfig, Scorer, SessionState, SnapshotError, TrustedNetwork,
+    UserKey, UserModelConfig,
 };
 pub use session::{
     Ambiguity, CredentialSource, Credentials, HASH_KEY_LEN, MAX_CREDENTIALS, Session,

@@ -59,7 +59,7 @@ pub use config::{FeatureWeights, ScoreConfig, UserModelConfig};
 use entity::EntityState;
 use profile::{ALL, Evidence, Feature, Features, NETWORK, Population, UserProfile};
 pub use reason::{Contribution, Reason, Risk, RiskLevel, Risks};
-pub use snapshot::{Restored, SnapshotError};
+pub use snapshot::{Adopted, Restored, SnapshotError};
 pub(crate) use state::{Place, secs32};
 pub use state::{RecordError, SessionState, UserKey};
 use store::SessionStore;

@@ -16,7 +16,29 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+///
+/// Version 2 added session baselines, user detection counts and node
+/// detections. The rules that keep a fleet mid-upgrade working
+/// (`docs/controller.md`, Versions):
+///
+/// - A node names its version in the [`VERSION_HEADER`] of its sync request
+///   (absent: 1); the controller answers in that version if it speaks it,
+///   else in its own older one ([`Frame::Hello`]'s `v`), and a node reads
+///   every version up to its own.
+/// - The controller streams to a node of an older version each change that
+///   version does not know as a change it does ([`Change::for_version`]):
+///   numbers stay contiguous, nothing is skipped.
+/// - A node posts to a controller of an older version only the events
+///   that version knows ([`NodeEventKind::since`]), in an [`EventBatch`]
+///   of that version.
+/// - Change kinds, event kinds and frame types added within a version are
+///   read by older builds of it as [`Change::Unknown`],
+///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
+pub const VERSION: u32 = 2;
+
+/// The request header in which a node names the protocol version it
+/// speaks.
+pub const VERSION_HEADER: &str = "vigil-fleet-version";
 
 /// Longest line of a stream or event batch accepted.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -78,6 +100,11 @@ pub enum Frame {
         /// The newest sequence committed.
         head: u64,
     },
+    /// A frame type of a later version: carries no change, so a node
+    /// skips it (the versioning rule: new frame types never carry
+    /// changes an older node must apply).
+    #[serde(other)]
+    Unknown,
 }
 
 /// A change to the fleet's state.
@@ -108,6 +135,30 @@ pub enum Change {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// A session's state as a node recorded it (the engine's session
+    /// record): its baseline (device, network, first seen) and its user.
+    /// A node that has not seen the session takes it as its own; one that
+    /// has keeps the earliest baseline, or this one when `confirmed` (the
+    /// user proved themselves on it). A thief who lands first on another
+    /// node is judged against the owner's baseline.
+    SessionBaseline {
+        /// The engine's session record (key included).
+        record: Record,
+        /// The session's user passed a step-up on this baseline.
+        #[serde(default)]
+        confirmed: bool,
+    },
+    /// How many of a user's sessions were caught (enforced detections)
+    /// across the fleet recently, until `until`: entity risk on every
+    /// node.
+    UserDetections {
+        /// The user.
+        user: UserId,
+        /// Detections counted (the engine weighs at most 3).
+        count: u8,
+        /// When the count lapses (seconds since the Unix epoch).
+        until: u64,
+    },
     /// A user's entity risk set from outside (an operator, a partner):
     /// `points` until `until`; zero points clears it.
     UserRisk {
@@ -120,6 +171,11 @@ pub enum Change {
         /// When it was set.
         at: u64,
     },
+    /// A change kind of a later version. A node skips it but counts its
+    /// number (the sequence stays contiguous): kinds are only ever added,
+    /// each one something an older node can do without.
+    #[serde(other)]
+    Unknown,
 }
 
 /// What a node posts: events of its engine, each with an id unique to the
@@ -158,6 +214,114 @@ pub enum NodeEventKind {
         /// When.
         at: u64,
     },
+    /// A session's state after this node saw it first, bound it to a user
+    /// or saw its user pass a step-up (`confirmed`): its engine record.
+    SessionBaseline {
+        /// The engine's session record.
+        record: Record,
+        /// The user passed a step-up on this baseline.
+        #[serde(default)]
+        confirmed: bool,
+    },
+    /// A request was refused (or, on a monitoring route, would have been):
+    /// the decision's facts, the evidence a detection is counted on.
+    Detection {
+        /// The decision's reference id (the one on the refusal page).
+        reference: String,
+        /// The session, when the request had one.
+        session: Option<SessionId>,
+        /// Its user, when bound.
+        user: Option<UserId>,
+        /// The route's name.
+        route: String,
+        /// The rule that decided, if a rule did.
+        rule: Option<String>,
+        /// The action decided.
+        action: String,
+        /// Whether it was carried out.
+        enforced: bool,
+        /// The overall risk score, 0 to 100.
+        score: u8,
+        /// The reason codes with their points.
+        reasons: Vec<(String, u8)>,
+        /// When.
+        at: u64,
+    },
+    /// An event kind of a later version: the controller takes it (the id
+    /// is remembered) and does nothing with it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Change {
+    /// This change as a node of protocol version `v` can take it. A
+    /// version 1 node does not know session baselines or detection counts:
+    /// it gets in their place a change it knows and that changes nothing —
+    /// clearing the user risk of the user key 1, which no operator or
+    /// partner sets (the chance that a user name hashes to it is 2⁻⁶⁴) —
+    /// so that its sequence stays contiguous.
+    pub fn for_version(&self, v: u32) -> Change {
+        match self {
+            Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
+                Change::UserRisk {
+                    user: UserId(1),
+                    points: 0,
+                    until: 0,
+                    at: 0,
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// Whether a node of version `v` has this change in a snapshot: one it
+    /// cannot take is left out (a snapshot has no numbers to keep).
+    pub fn in_snapshot_of(&self, v: u32) -> bool {
+        !matches!(
+            self,
+            Change::SessionBaseline { .. } | Change::UserDetections { .. }
+        ) || v >= 2
+    }
+}
+
+impl NodeEventKind {
+    /// The protocol version that introduced this kind of event: a
+    /// controller of an older one would refuse it.
+    pub fn since(&self) -> u32 {
+        match self {
+            NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
+            NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
+        }
+    }
+}
+
+/// An engine record carried opaquely: bytes written as lower-case hex, at
+/// most [`MAX_RECORD_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record(pub Vec<u8>);
+
+/// Longest record carried.
+pub const MAX_RECORD_BYTES: usize = 512;
+
+impl Record {
+    /// Reads lower-case hex of at most [`MAX_RECORD_BYTES`] bytes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        if !bytes.len().is_multiple_of(2) || bytes.len() > MAX_RECORD_BYTES * 2 {
+            return None;
+        }
+        bytes
+            .chunks_exact(2)
+            .map(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?))
+            .collect::<Option<Vec<u8>>>()
+            .map(Self)
+    }
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 /// What the controller answers to a posted batch.
@@ -275,6 +439,7 @@ macro_rules! hex_serde {
 
 hex_serde!(SessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
+hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
 
 #[cfg(test)]
 mod tests;

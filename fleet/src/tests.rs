@@ -71,11 +71,24 @@ fn oversized_lines_and_batches_are_refused() {
     ));
 }
 
+/// Only a kind this version does not know reads as unknown: a known kind
+/// with a missing or bad field is an error, never skipped.
 #[test]
-fn unknown_kinds_are_errors_not_guesses() {
-    let line = br#"{"type":"changes","first":1,"changes":[{"kind":"session_blessed","at":1}]}"#;
-    assert!(read_frame(line).is_err());
-    assert!(read_frame(br#"{"type":"gossip"}"#).is_err());
+fn a_known_kind_with_bad_fields_is_an_error_not_unknown() {
+    for line in [
+        &br#"{"type":"changes","first":1,"changes":[{"kind":"session_revoked","at":1}]}"#[..],
+        br#"{"type":"changes","first":1,"changes":[{"kind":"user_revoked","user":"0000000000000000","at":1}]}"#,
+        br#"{"type":"changes","first":1,"changes":[{"kind":"session_baseline","record":"0g"}]}"#,
+        br#"{"type":"changes","changes":[]}"#,
+        br#"{"type":"heartbeat"}"#,
+        br#"{"first":1,"changes":[]}"#,
+    ] {
+        assert!(
+            read_frame(line).is_err(),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
 }
 
 #[test]
@@ -111,4 +124,82 @@ proptest! {
         let id = SessionId(bytes);
         prop_assert_eq!(SessionId::parse(&id.to_string()), Some(id));
     }
+}
+
+#[test]
+fn baselines_and_detections_read_back_as_written() {
+    let frame = Frame::Changes {
+        first: 1,
+        changes: vec![
+            Change::SessionBaseline {
+                record: Record(vec![0, 1, 0xfe, 0xff]),
+                confirmed: true,
+            },
+            Change::UserDetections {
+                user: UserId(5),
+                count: 2,
+                until: 99,
+            },
+        ],
+    };
+    let line = write_frame(&frame);
+    assert!(String::from_utf8_lossy(&line).contains(r#""record":"0001feff""#));
+    assert_eq!(read_frame(&line[..line.len() - 1]).unwrap(), frame);
+    let batch = EventBatch {
+        v: VERSION,
+        events: vec![NodeEvent {
+            id: "n-1".into(),
+            kind: NodeEventKind::Detection {
+                reference: "00000000000000ff".into(),
+                session: Some(SessionId([1; 16])),
+                user: Some(UserId(7)),
+                route: "app".into(),
+                rule: None,
+                action: "block".into(),
+                enforced: true,
+                score: 80,
+                reasons: vec![("device_changed".into(), 40)],
+                at: 3,
+            },
+        }],
+    };
+    let json = serde_json::to_string(&batch).unwrap();
+    assert_eq!(serde_json::from_str::<EventBatch>(&json).unwrap(), batch);
+}
+
+/// The versioning rule: a node of this version reads a later version's
+/// frames and change kinds without failing, and the unknown change still
+/// holds its number, so the sequence stays contiguous.
+#[test]
+fn a_later_versions_kinds_and_frames_are_read_as_unknown() {
+    let line = br#"{"type":"changes","first":4,"changes":[{"kind":"device_trusted","user":"0000000000000001","device":"x"},{"kind":"user_revoked","user":"0000000000000002","at":5}]}"#;
+    assert_eq!(
+        read_frame(line).unwrap(),
+        Frame::Changes {
+            first: 4,
+            changes: vec![
+                Change::Unknown,
+                Change::UserRevoked {
+                    user: UserId(2),
+                    at: 5
+                }
+            ],
+        }
+    );
+    assert_eq!(
+        read_frame(br#"{"type":"bundle","version":3}"#).unwrap(),
+        Frame::Unknown
+    );
+    let batch = br#"{"v":1,"events":[{"id":"x","kind":"feedback","reference":"r"}]}"#;
+    let batch: EventBatch = serde_json::from_slice(batch).unwrap();
+    assert_eq!(batch.events[0].kind, NodeEventKind::Unknown);
+}
+
+#[test]
+fn records_are_bounded_lower_case_hex() {
+    assert_eq!(Record::parse("0a"), Some(Record(vec![10])));
+    assert_eq!(Record::parse("0A"), None);
+    assert_eq!(Record::parse("0"), None);
+    assert!(Record::parse(&"00".repeat(MAX_RECORD_BYTES)).is_some());
+    assert_eq!(Record::parse(&"00".repeat(MAX_RECORD_BYTES + 1)), None);
 }

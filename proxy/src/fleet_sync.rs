@@ -31,7 +31,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use vigil_engine::{Engine, SessionKey, UserKey};
 use vigil_fleet::{
     Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
-    SessionId, UserId, VERSION,
+    VERSION, VERSION_HEADER,
 };
 
 use crate::config::Controller;
@@ -100,6 +100,8 @@ pub struct Cursor {
     /// Ask for a full snapshot on the next connect (`since=0`).
     want_snapshot: bool,
     phase: Phase,
+    /// The protocol version of the controller's last hello (0: none yet).
+    version: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,7 +252,13 @@ impl Cursor {
             head: applied,
             want_snapshot: applied == 0,
             phase: Phase::Hello,
+            version: 0,
         }
+    }
+
+    /// The protocol version the controller answered in (0: no hello yet).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// What the node holds everything up to.
@@ -286,9 +294,12 @@ impl Cursor {
                     snapshot,
                 },
             ) => {
-                if v != VERSION {
+                // The controller answers in the version the node asked
+                // for (`v=` of the query) or an older one it speaks.
+                if v == 0 || v > VERSION {
                     return Action::Reconnect(Violation::Version(v));
                 }
+                self.version = v;
                 self.head = head;
                 if snapshot {
                     self.phase = Phase::Snapshot { seq: None };
@@ -313,6 +324,8 @@ impl Cursor {
                 Action::Nothing
             }
             (Phase::Hello, _) => Action::Reconnect(Violation::NoHello),
+            // A later version's frame type: never one with changes.
+            (_, Frame::Unknown) => Action::Nothing,
             (_, Frame::Hello { .. }) => Action::Reconnect(Violation::Hello),
             (Phase::Snapshot { seq: current }, Frame::Snapshot { seq, changes }) => {
                 if current.is_some_and(|c| c != seq) {
@@ -427,6 +440,7 @@ pub struct Outbox {
     ready: Notify,
     dropped: IntCounter,
     queued: IntGauge,
+    outgoing: outgoing::Outgoing,
 }
 
 struct Queue {
@@ -450,26 +464,21 @@ impl Outbox {
             ready: Notify::new(),
             dropped: metrics.events_dropped.clone(),
             queued: metrics.events_queued.clone(),
+            outgoing: outgoing::Outgoing::default(),
         }
     }
 
-    /// Takes an engine event, if it is one the controller wants: a
-    /// revocation this node decided. Never blocks on the network.
+    /// Takes an engine event, if it is one the controller wants
+    /// ([`outgoing`]). Never blocks on the network.
     pub fn offer(&self, event: &vigil_engine::Event) {
-        if let vigil_engine::Event::SessionRevoked {
-            session,
-            user,
-            cause: vigil_engine::events::RevocationCause::Decision,
-            at,
-        } = event
-        {
-            self.push(NodeEventKind::SessionRevoked {
-                session: SessionId(*session.as_bytes()),
-                user: user.map(|u| UserId(u.as_u64())),
-                reference: None,
-                at: *at,
-            });
+        if let Some(kind) = self.outgoing.node_event(event) {
+            self.push(kind);
         }
+    }
+
+    /// Lets the outbox read session records from `engine`.
+    pub fn attach(&self, engine: &Arc<Engine>) {
+        self.outgoing.attach(engine);
     }
 
     /// Queues `kind` under the next id.
@@ -545,6 +554,12 @@ pub struct FleetSync {
     applied: Arc<AtomicU64>,
     outbox: Arc<Outbox>,
     metrics: FleetMetrics,
+    /// The protocol version the controller answered in (0: not heard
+    /// yet): events are posted only once it is known, and only the kinds
+    /// it takes.
+    version: AtomicU32,
+    /// Wakes the poster when the version becomes known.
+    heard: Notify,
 }
 
 /// Why a sync stream ended.
@@ -616,6 +631,8 @@ impl FleetSync {
             applied,
             outbox,
             metrics,
+            version: AtomicU32::new(0),
+            heard: Notify::new(),
         })
     }
 
@@ -672,6 +689,7 @@ impl FleetSync {
             .get(&url)
             .bearer_auth(&self.controller.token)
             .header(http::header::ACCEPT, "application/x-ndjson")
+            .header(VERSION_HEADER, VERSION)
             .send();
         let mut response = match tokio::time::timeout(CONNECT_TIMEOUT, request).await {
             Err(_) => return (End::Connect("timed out".into()), false),
@@ -720,6 +738,8 @@ impl FleetSync {
                 }
                 if !hello {
                     hello = true;
+                    self.version.store(cursor.version(), Ordering::Release);
+                    self.heard.notify_one();
                     self.metrics.connected.set(1);
                     tracing::debug!(since, head = cursor.head(), "fleet sync: stream open");
                 }
@@ -766,6 +786,31 @@ impl FleetSync {
                     }
                     "user_risk"
                 }
+                Change::SessionBaseline {
+                    ref record,
+                    confirmed,
+                } => match self.engine.scorer().adopt(&record.0, confirmed, now) {
+                    Ok(_) => "session_baseline",
+                    Err(e) => {
+                        // A record of a later release: this node cannot
+                        // judge it and does without.
+                        tracing::debug!(error = %e, "fleet sync: session record not taken");
+                        "session_baseline_refused"
+                    }
+                },
+                Change::UserDetections { user, count, until } => {
+                    if let Some(user) = UserKey::from_u64(user.0) {
+                        self.engine.scorer().fleet_detections(
+                            user,
+                            count,
+                            until.min(now.saturating_add(86_400)),
+                            now,
+                        );
+                    }
+                    "user_detections"
+                }
+                // A later version's change: skipped, its number kept.
+                Change::Unknown => "unknown",
             };
             self.metrics.changes.with_label_values(&[kind]).inc();
         }
@@ -774,6 +819,13 @@ impl FleetSync {
     async fn post_loop(&self, mut shutdown: ShutdownWatch) {
         let mut attempt: u32 = 0;
         loop {
+            // Which events the controller takes is known from its hello.
+            if self.version.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = self.heard.notified() => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
             let Some((last, events)) = self.outbox.batch() else {
                 tokio::select! {
                     () = self.outbox.ready.notified() => continue,
@@ -820,7 +872,14 @@ impl FleetSync {
     }
 
     async fn post(&self, events: Vec<NodeEvent>) -> Result<(), PostError> {
-        let body = serde_json::to_vec(&EventBatch { v: VERSION, events })
+        // A controller of an older version would refuse the whole batch
+        // for an event it does not know: those are left out.
+        let v = self.version.load(Ordering::Acquire).clamp(1, VERSION);
+        let events: Vec<NodeEvent> = events.into_iter().filter(|e| e.kind.since() <= v).collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&EventBatch { v, events })
             .map_err(|e| PostError::Retry(e.to_string()))?;
         let response = self
             .client
@@ -885,5 +944,6 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+mod outgoing;
 #[cfg(test)]
 mod tests;

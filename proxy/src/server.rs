@@ -136,6 +136,9 @@ impl Vigil {
         )
         .map_err(StartError::Events)?;
         let engine = Arc::new(engine.with_events(sink));
+        if let Some(outbox) = &outbox {
+            outbox.attach(&engine);
+        }
         // Sessions and revocations from before a restart; an ephemeral key
         // (the demo) could not recognise them.
         let snapshot = config

@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use vigil_engine::{Engine, EngineConfig, SessionHashKey};
 use vigil_fleet::{
-    Change, EventAck, EventBatch, Frame, NodeEventKind, SessionId, VERSION, write_frame,
+    Change, EventAck, EventBatch, Frame, NodeEventKind, SessionId, VERSION, VERSION_HEADER,
+    write_frame,
 };
 
 /// The node's token, as the controller knows it.
@@ -59,6 +60,8 @@ struct Shared {
     posts: Mutex<Vec<EventBatch>>,
     /// Posts still to be answered 503.
     fail_posts: AtomicUsize,
+    /// The protocol version each sync request named.
+    versions: Mutex<Vec<Option<String>>>,
 }
 
 impl FakeController {
@@ -129,6 +132,13 @@ impl FakeController {
         }
     }
 
+    /// Sends one raw line (newline added) on sync connection `n`.
+    fn send_line(&self, n: usize, line: &str) {
+        let syncs = self.shared.syncs.lock().unwrap();
+        let tx = syncs[n].1.as_ref().expect("the stream is still open");
+        tx.send(Bytes::from(format!("{line}\n"))).unwrap();
+    }
+
     /// Ends sync connection `n`'s body.
     fn end(&self, n: usize) {
         self.shared.syncs.lock().unwrap()[n].1 = None;
@@ -185,6 +195,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                 .and_then(|s| s.parse().ok())
                 .expect("since=<seq>");
             let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+            shared.versions.lock().unwrap().push(
+                req.headers()
+                    .get(VERSION_HEADER)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            );
             shared.syncs.lock().unwrap().push((since, Some(tx)));
             let frames = futures_util::stream::unfold(rx, |mut rx| async move {
                 let line = rx.recv().await?;
@@ -445,6 +460,9 @@ async fn a_revocation_this_node_decides_is_posted_until_the_controller_takes_it(
     controller.fail_posts(1);
     let state = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&node(state.path(), &controller.url(), &origin)).await;
+    // Events are posted once the controller said which version it speaks.
+    assert_eq!(controller.wait_for_sync(0).await, 0);
+    controller.send(0, &[hello(0, true), Frame::SnapshotEnd { seq: 0 }]);
 
     let owner = Browser::firefox().cookie("session=stolen");
     assert_eq!(owner.get(&proxy.url("/echo")).await.status(), 200);
@@ -456,13 +474,32 @@ async fn a_revocation_this_node_decides_is_posted_until_the_controller_takes_it(
     assert_eq!(posts[0], posts[1], "a retry sends the same batch");
     let batch = &posts[1];
     assert_eq!(batch.v, VERSION);
-    assert_eq!(batch.events.len(), 1, "{batch:?}");
-    let event = &batch.events[0];
-    let NodeEventKind::SessionRevoked { session, at, .. } = &event.kind;
+    // The detection with its facts, then the revocation it decided; the
+    // owner's first sighting of a session the app never issued nor bound
+    // is not told (anyone can mint those).
+    assert_eq!(batch.events.len(), 2, "{batch:?}");
+    let NodeEventKind::Detection {
+        session: detected,
+        user: None,
+        route,
+        action,
+        enforced: true,
+        reasons,
+        ..
+    } = &batch.events[0].kind
+    else {
+        panic!("a detection first: {batch:?}");
+    };
+    assert_eq!(*detected, Some(session_id(state.path(), "stolen")));
+    assert_eq!((route.as_str(), action.as_str()), ("app", "revoke"));
+    assert!(!reasons.is_empty());
+    let NodeEventKind::SessionRevoked { session, at, .. } = &batch.events[1].kind else {
+        panic!("then the revocation: {batch:?}");
+    };
     assert_eq!(*session, session_id(state.path(), "stolen"));
     assert!(now().abs_diff(*at) < 60);
     proxy
-        .wait_for_metric("vigil_proxy_fleet_events_sent_total", &[], |v| v == 1.0)
+        .wait_for_metric("vigil_proxy_fleet_events_sent_total", &[], |v| v == 2.0)
         .await;
     assert_eq!(
         proxy
@@ -539,4 +576,105 @@ async fn a_node_restarted_while_the_controller_is_away_still_refuses_what_it_rev
     let proxy = Proxy::start(&node(state.path(), &controller.url(), &origin)).await;
     assert_eq!(controller.wait_for_sync(0).await, 0);
     drop(proxy);
+}
+
+/// A fleet mid-upgrade, the node newer than its controller: the controller
+/// answers in version 1; the node reads its stream and posts only what
+/// version 1 takes, in a version 1 batch.
+#[tokio::test]
+async fn a_node_works_with_a_controller_of_the_previous_version() {
+    let origin = Origin::start();
+    let controller = FakeController::start();
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&node(state.path(), &controller.url(), &origin)).await;
+    assert_eq!(controller.wait_for_sync(0).await, 0);
+    assert_eq!(
+        controller.shared.versions.lock().unwrap()[0].as_deref(),
+        Some(VERSION.to_string().as_str())
+    );
+    let v1 = Frame::Hello {
+        v: 1,
+        head: 0,
+        oldest: 1,
+        snapshot: true,
+    };
+    controller.send(0, &[v1, Frame::SnapshotEnd { seq: 0 }]);
+    proxy
+        .wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
+        .await;
+    // The app issues and binds a session (a baseline, version 2), a thief
+    // replays it (a detection, version 2, and a revocation, version 1).
+    let owner = Browser::firefox();
+    assert_eq!(
+        owner
+            .get(&proxy.url("/login?user=ann&session=s-ann"))
+            .await
+            .status(),
+        200
+    );
+    let thief = Browser::chrome().cookie("session=s-ann");
+    assert_eq!(thief.get(&proxy.url("/echo")).await.status(), 303);
+    proxy
+        .wait_for_metric("vigil_proxy_fleet_events_sent_total", &[], |v| v >= 1.0)
+        .await;
+    let posts = controller.wait_for_posts(1).await;
+    let events: Vec<&NodeEventKind> = posts
+        .iter()
+        .flat_map(|b| &b.events)
+        .map(|e| &e.kind)
+        .collect();
+    assert!(posts.iter().all(|b| b.v == 1), "{posts:?}");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        matches!(events[0], NodeEventKind::SessionRevoked { session, .. } if *session == session_id(state.path(), "s-ann"))
+    );
+    // Its stream's changes are applied as ever.
+    let victim = Browser::firefox().cookie("session=victim");
+    assert_eq!(victim.get(&proxy.url("/echo")).await.status(), 200);
+    controller.send(
+        0,
+        &[Frame::Changes {
+            first: 1,
+            changes: vec![revoked(session_id(state.path(), "victim"))],
+        }],
+    );
+    proxy.wait_for_metric(APPLIED, &[], |v| v == 1.0).await;
+    assert_ended(&proxy, &victim).await;
+}
+
+/// A fleet mid-upgrade, the controller newer than the node: a change kind
+/// and a frame type the node does not know are skipped in order, the
+/// sequence kept, no resync.
+#[tokio::test]
+async fn a_later_versions_changes_and_frames_are_skipped_in_order() {
+    let origin = Origin::start();
+    let controller = FakeController::start();
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&node(state.path(), &controller.url(), &origin)).await;
+    assert_eq!(controller.wait_for_sync(0).await, 0);
+    controller.send(0, &[hello(0, true), Frame::SnapshotEnd { seq: 0 }]);
+    let victim = Browser::firefox().cookie("session=victim");
+    assert_eq!(victim.get(&proxy.url("/echo")).await.status(), 200);
+    let victim_id = session_id(state.path(), "victim");
+    controller.send_line(0, r#"{"type":"rule_bundle","version":7}"#);
+    controller.send_line(
+        0,
+        &format!(
+            r#"{{"type":"changes","first":1,"changes":[{{"kind":"device_trusted","user":"00000000000000aa","device":"d"}},{{"kind":"session_revoked","session":"{victim_id}","at":{},"vouched":true}}]}}"#,
+            now()
+        ),
+    );
+    proxy.wait_for_metric(APPLIED, &[], |v| v == 2.0).await;
+    assert_ended(&proxy, &victim).await;
+    assert_eq!(
+        proxy
+            .metric(
+                "vigil_proxy_fleet_changes_applied_total",
+                &[("kind", "unknown")]
+            )
+            .await,
+        1.0
+    );
+    // Still the first stream: nothing was resynced.
+    assert_eq!(controller.shared.syncs.lock().unwrap().len(), 1);
 }

@@ -1,7 +1,8 @@
-//! The fleet for real: one `vigil-controller` (in this test process, on
-//! SQLite or the PostgreSQL server on 127.0.0.1:5432) and two proxy
-//! processes sharing one session hash key. What one node decides, and what
-//! an operator does at the controller, holds on the other node.
+//! The fleet for real: `vigil-controller` (in this test process, on SQLite,
+//! or two replicas sharing one database on the PostgreSQL server on
+//! 127.0.0.1:5432, each node attached to its own) and two proxy processes
+//! sharing one session hash key. What one node decides or sees, and what an
+//! operator does at the controller, holds on the other node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Browser, Config, Origin, Proxy, Route};
+use common::{Browser, Config, Echo, Origin, Proxy, Route};
 
 const ADMIN: &str = "fleet-admin-token-0123456789";
 const NODE_A: &str = "fleet-node-a-token-0123";
@@ -20,7 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Fleet {
     controller: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
     a: Proxy,
     b: Proxy,
     _origin: Origin,
@@ -53,33 +54,42 @@ impl Fleet {
             None => format!("sqlite://{}", dir.path().join("controller.db").display()),
         };
         let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let controller = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        // On PostgreSQL, two replicas of one database: node A on the
+        // first, node B on the second.
+        let mut replicas = Vec::new();
+        let mut stops = Vec::new();
+        for i in 0..if postgres { 2 } else { 1 } {
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let config = dir.path().join(format!("controller-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{listen}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
+                     [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
+                    key.display().to_string(),
+                    hash(NODE_A),
+                    hash(NODE_B),
+                ),
+            )
             .unwrap();
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{controller}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
-                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-                key.display().to_string(),
-                hash(NODE_A),
-                hash(NODE_B),
-            ),
-        )
-        .unwrap();
-        let config = vigil_controller::Config::load(&config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            vigil_controller::run(config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+            let config = vigil_controller::Config::load(&config).unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                vigil_controller::run(config, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+            replicas.push(listen);
+            stops.push(stop);
+        }
+        let controller = replicas[0];
         let origin = Origin::start();
-        let node = |name: &str, token: &str| {
+        let node = |name: &str, token: &str, controller: SocketAddr| {
             let state = dir.path().join(name);
             std::fs::create_dir_all(&state).unwrap();
             let token_file = state.join("controller.token");
@@ -95,15 +105,15 @@ impl Fleet {
                 ))
                 .render()
         };
-        let a = Proxy::start(&node("a", NODE_A)).await;
-        let b = Proxy::start(&node("b", NODE_B)).await;
+        let a = Proxy::start(&node("a", NODE_A, replicas[0])).await;
+        let b = Proxy::start(&node("b", NODE_B, *replicas.last().unwrap())).await;
         for p in [&a, &b] {
             p.wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
                 .await;
         }
         Fleet {
             controller,
-            stop: Some(stop),
+            stop: stops,
             a,
             b,
             _origin: origin,
@@ -126,7 +136,7 @@ impl Fleet {
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+        for stop in self.stop.drain(..) {
             let _ = stop.send(());
         }
         drop(self.a);
@@ -273,4 +283,139 @@ async fn sqlite_an_operator_revokes_a_user_at_the_controller_and_every_node_obey
 #[tokio::test]
 async fn postgres_an_operator_revokes_a_user_at_the_controller_and_every_node_obeys() {
     an_operator_revokes_a_user_at_the_controller_and_every_node_obeys(true).await;
+}
+
+/// Polls `proxy`'s metric of changes applied of `kind` until it is at
+/// least `n`.
+async fn applied(proxy: &Proxy, kind: &str, n: f64) {
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_fleet_changes_applied_total",
+            &[("kind", kind)],
+            |v| v >= n,
+        )
+        .await;
+}
+
+async fn a_thief_landing_on_node_b_is_judged_against_what_node_a_saw(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    // The owner signs in through node A only.
+    let owner = Browser::firefox();
+    assert_eq!(
+        owner
+            .get(&fleet.a.url("/login?user=ann&session=s-ann"))
+            .await
+            .status(),
+        200
+    );
+    let owner = owner.cookie("session=s-ann");
+    assert_eq!(owner.get(&fleet.a.url("/echo")).await.status(), 200);
+    // Node B learns the session's baseline from the controller...
+    applied(&fleet.b, "session_baseline", 1.0).await;
+    // ...so the thief's first request there, from another device, is not
+    // a first sighting but a replay: revoked on B, and then on A.
+    let thief = Browser::chrome().cookie("session=s-ann");
+    assert_eq!(thief.get(&fleet.b.url("/echo")).await.status(), 303);
+    until_ended(&fleet.a, &owner).await;
+    fleet.stop().await;
+}
+
+async fn a_user_revoked_at_the_controller_loses_a_session_only_the_other_node_saw(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=dan&session=s-dan"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-dan");
+    applied(&fleet.b, "session_baseline", 1.0).await;
+    fleet
+        .admin("/v1/admin/users/revoke", serde_json::json!({"user": "dan"}))
+        .await;
+    // Node B never served dan, yet ends his session: it knew its binding.
+    until_ended(&fleet.b, &laptop).await;
+    until_ended(&fleet.a, &laptop).await;
+    fleet.stop().await;
+}
+
+/// The risk reasons `proxy` told the app for `browser`'s request.
+async fn reasons(proxy: &Proxy, browser: &Browser) -> String {
+    let r = browser.get(&proxy.url("/echo")).await;
+    assert_eq!(r.status(), 200);
+    Echo::parse(&r.text().await.unwrap())
+        .header("vigil-risk-reasons")
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn a_detection_on_node_a_raises_the_users_risk_on_node_b(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    // Carl's laptop session on node A, his phone session on node B.
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=carl&session=s-carl-1"))
+            .await
+            .status(),
+        200
+    );
+    let phone = Browser::chrome();
+    assert_eq!(
+        phone
+            .get(&fleet.b.url("/login?user=carl&session=s-carl-2"))
+            .await
+            .status(),
+        200
+    );
+    let phone = phone.cookie("session=s-carl-2");
+    assert!(
+        !reasons(&fleet.b, &phone)
+            .await
+            .contains("recent_detections")
+    );
+    // A thief replays the laptop's cookie on node A: caught there.
+    let thief = Browser::new("curl/8.5.0").cookie("session=s-carl-1");
+    assert_eq!(thief.get(&fleet.a.url("/echo")).await.status(), 303);
+    // Node B hears of it: carl's phone carries entity risk there.
+    applied(&fleet.b, "user_detections", 1.0).await;
+    assert!(
+        reasons(&fleet.b, &phone)
+            .await
+            .contains("recent_detections"),
+        "the fleet's detection is entity risk on node B"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_thief_landing_on_node_b_is_judged_against_what_node_a_saw() {
+    a_thief_landing_on_node_b_is_judged_against_what_node_a_saw(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_thief_landing_on_node_b_is_judged_against_what_node_a_saw() {
+    a_thief_landing_on_node_b_is_judged_against_what_node_a_saw(true).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_user_revoked_at_the_controller_loses_a_session_only_the_other_node_saw() {
+    a_user_revoked_at_the_controller_loses_a_session_only_the_other_node_saw(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_user_revoked_at_the_controller_loses_a_session_only_the_other_node_saw() {
+    a_user_revoked_at_the_controller_loses_a_session_only_the_other_node_saw(true).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_detection_on_node_a_raises_the_users_risk_on_node_b() {
+    a_detection_on_node_a_raises_the_users_risk_on_node_b(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_detection_on_node_a_raises_the_users_risk_on_node_b() {
+    a_detection_on_node_a_raises_the_users_risk_on_node_b(true).await;
 }

@@ -149,6 +149,33 @@ impl Scorer {
         ended
     }
 
+    /// The fleet's count of the user's recent detections (every node's,
+    /// counted at the controller), recent until `until_secs`: taken here
+    /// when higher than this node's own, so that a thief caught on another
+    /// node raises the user's entity risk ([`Reason::RecentDetections`])
+    /// on this one. The fleet's count includes this node's, so it is a
+    /// maximum, never a sum.
+    pub fn fleet_detections(&self, user: UserKey, count: u8, until_secs: u64, now_secs: u64) {
+        let now = secs32(now_secs);
+        let until = secs32(until_secs);
+        if count == 0 || until <= now {
+            return;
+        }
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        let held = if e.detections_until > now {
+            e.detections
+        } else {
+            0
+        };
+        let count = count.min(MAX_DETECTIONS);
+        if held >= count && e.detections_until >= until {
+            return;
+        }
+        e.detections = held.max(count);
+        e.detections_until = e.detections_until.max(until);
+        self.entities.insert(user, e);
+    }
+
     /// A partner reported the user at risk: `points` of entity risk
     /// ([`Reason::PartnerReported`]) on every session of theirs for `ttl`.
     pub fn report_user(&self, user: UserKey, points: u8, ttl: Duration, now_secs: u64) {

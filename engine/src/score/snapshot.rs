@@ -281,6 +281,95 @@ impl Scorer {
             });
         Ok(key)
     }
+
+    /// Takes in a session's record streamed from the fleet (another node
+    /// saw the session first, bound it, or its user passed a step-up there,
+    /// `confirmed`), at `now_secs`, without emitting events: the fleet
+    /// already knows.
+    ///
+    /// Unlike [`Scorer::import`], the most recent state does not win: the
+    /// *earliest baseline* does. A thief who replays a stolen cookie on this
+    /// node before the owner's sighting on another arrives gets a baseline
+    /// here first; the owner's, seen earlier, replaces it when it comes, so
+    /// that the thief's next request is judged against the owner's device
+    /// and network. A confirmed record's baseline replaces the one held
+    /// whatever its age: the user proved themselves on that device. This
+    /// node's own counters (requests, last seen) stand. A binding is taken
+    /// when the session is unbound here; the user's revocation count is
+    /// this node's own, as of now (each node counts the revocations it
+    /// applied; the controller revokes outright a session bound before its
+    /// user's revocation).
+    pub fn adopt(
+        &self,
+        record: &[u8],
+        confirmed: bool,
+        now_secs: u64,
+    ) -> Result<(SessionKey, Adopted), RecordError> {
+        let (key, mut state) = SessionState::decode(record)?;
+        if self.is_revoked(&key) {
+            return Ok((key, Adopted::Revoked));
+        }
+        let now = secs32(now_secs);
+        state.first_seen = state.first_seen.min(now);
+        state.last_seen = state.last_seen.min(now);
+        state.moved_at = state.moved_at.min(now);
+        state.stepped_up_at = state.stepped_up_at.min(now);
+        state.touched = now;
+        if let Some(user) = state.user {
+            state.generation = self.entities.get(&user).map_or(0, |e| e.generation);
+        }
+        let mut adopted = Adopted::Kept;
+        self.sessions.update(key, now, |held| {
+            let Some(held) = held else {
+                adopted = Adopted::New;
+                return state;
+            };
+            let mut next = *held;
+            let baselined = state.has(SessionState::BASELINED);
+            let earlier = baselined
+                && (!held.has(SessionState::BASELINED) || state.first_seen < held.first_seen);
+            if baselined && (confirmed || earlier) {
+                next.set_device(&state.device());
+                next.network = state.network;
+                next.place = state.place;
+                next.previous = state.previous;
+                next.moved_at = state.moved_at;
+                next.first_seen = held.first_seen.min(state.first_seen);
+                next.stepped_up_at = held.stepped_up_at.max(state.stepped_up_at);
+                next.flags = (held.flags & (SessionState::LOGIN_SCORED | SessionState::VOUCHED))
+                    | (state.flags & !SessionState::LOGIN_SCORED);
+                adopted = Adopted::Baseline;
+            }
+            if next.user.is_none() && state.user.is_some() {
+                next.user = state.user;
+                next.generation = state.generation;
+                next.flags &= !SessionState::LOGIN_SCORED;
+                if adopted == Adopted::Kept {
+                    adopted = Adopted::Bound;
+                }
+            }
+            next
+        });
+        Ok((key, adopted))
+    }
+}
+
+/// What [`Scorer::adopt`] did with another node's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// The session was new here: the record is its state now.
+    New,
+    /// The record's baseline replaced the one held: it was seen earlier
+    /// (the owner's first sighting, not a thief's who reached this node
+    /// first), or its user proved themselves on it.
+    Baseline,
+    /// The session held here was unbound; it is bound to the record's user
+    /// now.
+    Bound,
+    /// What this node holds stands.
+    Kept,
+    /// The session is revoked here: nothing was taken in.
+    Revoked,
 }
 
 /// A little-endian u64 from up to 8 bytes (0 for fewer: lengths are checked

@@ -818,6 +818,137 @@ fn a_session_record_carries_the_baseline_to_another_node() {
 }
 
 #[test]
+fn a_thief_first_on_another_node_is_judged_against_the_owners_earlier_baseline() {
+    let a = world();
+    let b = world();
+    let p = strict();
+    // The owner is seen on node A first.
+    a.login("s", "lena", T0);
+    a.req(&p, "s", FIREFOX, HOME, T0);
+    let key = a.engine.key_for_credential(b"s").unwrap();
+    let owners = a.engine.scorer().export(&key).unwrap();
+    // The thief reaches node B before the owner's sighting does: B's
+    // first sighting is the thief's.
+    assert_eq!(
+        b.req(&p, "s", CHROME, HOSTING, T0 + 5).action,
+        Action::Allow
+    );
+    let thiefs = b.engine.scorer().export(&key).unwrap();
+    // The owner's record, seen earlier, replaces the thief's baseline on
+    // B; the thief's, arriving at A, changes nothing there.
+    assert_eq!(
+        b.engine.scorer().adopt(&owners, false, T0 + 6),
+        Ok((key, Adopted::Baseline))
+    );
+    assert_eq!(
+        a.engine.scorer().adopt(&thiefs, false, T0 + 6),
+        Ok((key, Adopted::Kept))
+    );
+    assert_eq!(
+        b.req(&p, "s", CHROME, HOSTING, T0 + 10).action,
+        Action::Block
+    );
+    // The record carried the binding: B knows whose session it is.
+    assert_eq!(
+        b.engine.scorer().session(&key).unwrap().user(),
+        Some(a.engine.user_key("lena"))
+    );
+}
+
+#[test]
+fn an_adopted_session_is_bound_under_this_nodes_revocation_count() {
+    let a = world();
+    let b = world();
+    let p = lenient();
+    let user = b.engine.user_key("mona");
+    // B revoked mona twice before; A never did.
+    b.engine.scorer().revoke_user(user, T0 - 100);
+    b.engine.scorer().revoke_user(user, T0 - 50);
+    a.login("s", "mona", T0);
+    a.req(&p, "s", FIREFOX, HOME, T0);
+    let key = a.engine.key_for_credential(b"s").unwrap();
+    let record = a.engine.scorer().export(&key).unwrap();
+    assert_eq!(
+        b.engine.scorer().adopt(&record, false, T0 + 1),
+        Ok((key, Adopted::New))
+    );
+    // Not ended by revocations B applied before it knew the session...
+    let v = b.req(&p, "s", FIREFOX, HOME, T0 + 2);
+    assert!(!v.risk.has(Reason::UserRevoked), "{:?}", v.risk);
+    // ...but by the next one.
+    b.engine.scorer().revoke_user(user, T0 + 3);
+    assert_eq!(b.req(&p, "s", FIREFOX, HOME, T0 + 4).action, Action::Block);
+    // A revoked session takes nothing in.
+    assert_eq!(
+        b.engine.scorer().adopt(&record, true, T0 + 5),
+        Ok((key, Adopted::Revoked))
+    );
+}
+
+#[test]
+fn a_confirmed_record_moves_the_baseline_and_a_later_sighting_does_not() {
+    let a = world();
+    let b = world();
+    let p = lenient();
+    b.login("s", "nina", T0);
+    b.req(&p, "s", FIREFOX, HOME, T0);
+    let key = b.engine.key_for_credential(b"s").unwrap();
+    // A saw the session later, from the phone: not the baseline.
+    a.login("s", "nina", T0);
+    a.req(&p, "s", SAFARI, MOBILE, T0 + 60);
+    let later = a.engine.scorer().export(&key).unwrap();
+    assert_eq!(
+        b.engine.scorer().adopt(&later, false, T0 + 61),
+        Ok((key, Adopted::Kept))
+    );
+    assert_eq!(b.engine.scorer().session(&key).unwrap().device().id, {
+        let v = b.req(&p, "s", FIREFOX, HOME, T0 + 62);
+        v.device.id
+    });
+    // Nina proves herself on the phone at A: B takes the phone as the
+    // baseline.
+    assert_eq!(
+        b.engine.scorer().adopt(&later, true, T0 + 70),
+        Ok((key, Adopted::Baseline))
+    );
+    let v = b.req(&p, "s", SAFARI, MOBILE, T0 + 71);
+    assert!(v.risks.session.reasons.is_empty(), "{:?}", v.risks.session);
+}
+
+#[test]
+fn the_fleets_detections_raise_the_users_risk_here_without_double_counting() {
+    let w = world();
+    let p = lenient();
+    w.login("s", "olga", T0);
+    w.req(&p, "s", FIREFOX, HOME, T0);
+    let user = w.engine.user_key("olga");
+    w.engine
+        .scorer()
+        .fleet_detections(user, 2, T0 + 3600, T0 + 1);
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 2);
+    assert_eq!(v.risks.entity.points(Reason::RecentDetections), 30);
+    // The same count again, or a lower one, adds nothing: it is the
+    // fleet's total, this node's included.
+    w.engine
+        .scorer()
+        .fleet_detections(user, 2, T0 + 3600, T0 + 3);
+    w.engine
+        .scorer()
+        .fleet_detections(user, 1, T0 + 3600, T0 + 3);
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 4);
+    assert_eq!(v.risks.entity.points(Reason::RecentDetections), 30);
+    // It lapses when the fleet's window does.
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 3601);
+    assert!(!v.risk.has(Reason::RecentDetections));
+    // A count already over is nothing.
+    w.engine
+        .scorer()
+        .fleet_detections(user, 3, T0 + 10, T0 + 3602);
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 3603);
+    assert!(!v.risk.has(Reason::RecentDetections));
+}
+
+#[test]
 fn records_refuse_what_no_release_writes() {
     let w = world();
     w.req(&strict(), "s", FIREFOX, HOME, T0);

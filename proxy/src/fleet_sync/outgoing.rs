@@ -1,0 +1,127 @@
+//! Which of the engine's events this node tells the controller, and in
+//! what form (`docs/controller.md`, Event intake).
+//!
+//! - Revocations this node decided (the controller's and operators' are
+//!   not echoed back).
+//! - Session records when a session's baseline or binding is made: its
+//!   first sighting, its issue by the app, its binding to a user, its
+//!   user's passed step-up (`confirmed`). Only for sessions a client could
+//!   not have made up — issued by the app, bound to a user, or confirmed —
+//!   so that cookies minted by the thousand cost the fleet nothing.
+//! - Enforced detections of a session, with the decision's facts, at most
+//!   one per session per [`DETECTION_EVERY`]: a replay loop is one
+//!   detection to the fleet, and the controller counts at most three per
+//!   user anyway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+
+use vigil_engine::events::RevocationCause;
+use vigil_engine::{Engine, Event, SessionKey};
+use vigil_fleet::{NodeEventKind, Record, SessionId, UserId};
+
+/// Seconds between two detections of one session told to the controller.
+pub(super) const DETECTION_EVERY: u64 = 60;
+
+/// Sessions remembered for [`DETECTION_EVERY`]; forgotten all at once when
+/// full (a flood of distinct sessions gets one detection each per window
+/// anyway).
+const RECENT_DETECTIONS: usize = 10_000;
+
+/// Turns engine events into node events.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    engine: OnceLock<Weak<Engine>>,
+    detected: Mutex<HashMap<SessionKey, u64>>,
+}
+
+impl Outgoing {
+    /// Reads session records from `engine` (set once, after the engine is
+    /// built: its events start flowing only then).
+    pub(super) fn attach(&self, engine: &Arc<Engine>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
+    }
+
+    /// The node event for `event`, if the controller wants it.
+    pub(super) fn node_event(&self, event: &Event) -> Option<NodeEventKind> {
+        match event {
+            Event::SessionRevoked {
+                session,
+                user,
+                cause: RevocationCause::Decision,
+                at,
+            } => Some(NodeEventKind::SessionRevoked {
+                session: SessionId(*session.as_bytes()),
+                user: user.map(|u| UserId(u.as_u64())),
+                reference: None,
+                at: *at,
+            }),
+            Event::SessionSeen {
+                session,
+                user: Some(_),
+                ..
+            }
+            | Event::SessionIssued { session, .. }
+            | Event::SessionBound { session, .. } => self.record(session, false),
+            Event::Confirmed { session, .. } => self.record(session, true),
+            Event::Detection(d) if d.enforced => {
+                let session = d.verdict.session.as_ref()?.key;
+                if !self.first_detection(session, d.at) {
+                    return None;
+                }
+                Some(NodeEventKind::Detection {
+                    reference: d.reference.to_string(),
+                    session: Some(SessionId(*session.as_bytes())),
+                    user: d.verdict.user.map(|u| UserId(u.as_u64())),
+                    route: d.route.to_string(),
+                    rule: d.rule.as_deref().map(str::to_owned),
+                    action: d.verdict.action.to_string(),
+                    enforced: true,
+                    score: d.verdict.risk.score,
+                    reasons: d
+                        .verdict
+                        .risk
+                        .reasons
+                        .iter()
+                        .map(|c| (c.reason.code().to_owned(), c.points))
+                        .collect(),
+                    at: d.at,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The session's record as the engine holds it now (it may have moved
+    /// on since the event: what is sent is never older than the event).
+    fn record(&self, session: &SessionKey, confirmed: bool) -> Option<NodeEventKind> {
+        let engine = self.engine.get()?.upgrade()?;
+        let record = engine.scorer().export(session)?;
+        Some(NodeEventKind::SessionBaseline {
+            record: Record(record.to_vec()),
+            confirmed,
+        })
+    }
+
+    /// Whether a detection of `session` at `at` is the first of its window.
+    fn first_detection(&self, session: SessionKey, at: u64) -> bool {
+        let mut detected = self.detected.lock().unwrap_or_else(PoisonError::into_inner);
+        if detected
+            .get(&session)
+            .is_some_and(|&told| at < told.saturating_add(DETECTION_EVERY))
+        {
+            return false;
+        }
+        if detected.len() >= RECENT_DETECTIONS {
+            detected.clear();
+        }
+        detected.insert(session, at);
+        true
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing").finish_non_exhaustive()
+    }
+}
