@@ -191,6 +191,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/log", get(log_bounds))
         .route("/v1/admin/sessions/revoke", post(revoke_session))
         .route("/v1/admin/users/revoke", post(revoke_user))
+        .route("/v1/admin/users/erase", post(erase_user))
         .route("/v1/admin/users/risk", post(user_risk))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
@@ -588,6 +589,31 @@ async fn revoke_user(
     )
     .await?;
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// `POST /v1/admin/users/erase`: the user's data erased everywhere
+/// (`docs/privacy.md`): their sessions ended, their records, detections and
+/// risk deleted, earlier changes naming them scrubbed from the log, and
+/// every node told to forget them.
+async fn erase_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let seq = commit(
+        &app,
+        &[Change::UserErased {
+            user,
+            at: now_secs(),
+        }],
+    )
+    .await?;
+    // The key, not the name: the name is what is being erased.
+    tracing::info!(user = %user, seq, "a user's data erased by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 

@@ -575,6 +575,59 @@ async fn append_in(
                 .execute(&mut **tx)
                 .await?;
             }
+            Change::UserErased { user, at } => {
+                let key = user.to_string();
+                // The user's sessions end, by their keys alone.
+                sqlx::query(
+                    "INSERT INTO revoked_sessions (session, at, seq, vouched) \
+                     SELECT session, $1, $2, 1 FROM session_baselines WHERE user_key = $3 \
+                     ON CONFLICT (session) DO UPDATE SET vouched = 1",
+                )
+                .bind(to_i64(*at))
+                .bind(seq)
+                .bind(key.as_str())
+                .execute(&mut **tx)
+                .await?;
+                for table in [
+                    "session_baselines",
+                    "detections",
+                    "user_risk",
+                    "user_detections",
+                    "revoked_users",
+                ] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE user_key = $1"
+                    )))
+                    .bind(key.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                // Earlier changes naming the user, or holding a record of
+                // theirs (the user key's little-endian bytes in hex), say
+                // nothing any more; their numbers stay, so a node catching
+                // up sees no gap, and this erasure, after them, ends what
+                // they did. This change keeps the key until compaction.
+                let nothing =
+                    serde_json::to_string(&Change::nothing()).map_err(|e| StoreError::Record {
+                        seq: to_u64(seq),
+                        problem: e.to_string(),
+                    })?;
+                let in_record: String = user
+                    .0
+                    .to_le_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                sqlx::query(
+                    "UPDATE changes SET body = $1 WHERE seq <> $2 AND (body LIKE $3 OR body LIKE $4)",
+                )
+                .bind(nothing)
+                .bind(seq)
+                .bind(format!("%\"user\":\"{key}\"%"))
+                .bind(format!("%\"record\":\"%{in_record}%"))
+                .execute(&mut **tx)
+                .await?;
+            }
             // Never written: the controller appends only kinds it knows.
             Change::Unknown => {}
             Change::UserRisk {

@@ -904,3 +904,84 @@ async fn a_node_of_the_previous_version_keeps_a_contiguous_stream() {
     c.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn erasing_a_user_leaves_nothing_that_names_them() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let a = engine();
+        let key = vigil_engine::UserKey::for_name(
+            &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+            "flo",
+        );
+        let flo = UserId(key.as_u64());
+        let hex = flo.to_string();
+        let in_record: String = key
+            .as_u64()
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let laptop = record(&a, "s-flo", FIREFOX, "81.2.69.10", Some("flo"), now() - 10);
+        let session_key = SessionId(laptop.0[..16].try_into().unwrap());
+        assert!(laptop.to_string().contains(&in_record));
+        post_events(
+            &c,
+            NODE_A,
+            vec![
+                baseline("a-1", &laptop, false),
+                detection("a-2", Some(flo), true, now() - 5),
+            ],
+        )
+        .await;
+        for (path, body) in [
+            (
+                "/v1/admin/users/risk",
+                serde_json::json!({"user": "flo", "points": 50, "ttl_seconds": 600}),
+            ),
+            ("/v1/admin/users/revoke", serde_json::json!({"user": "flo"})),
+            ("/v1/admin/users/erase", serde_json::json!({"user": "flo"})),
+        ] {
+            assert_eq!(c.admin(path, body).await.status(), 200, "{path}");
+        }
+        // The log: every change naming flo or holding a record of hers
+        // now says nothing, numbers kept; the erasure is the last.
+        let store = Store::open(&db.url()).await.unwrap();
+        let log = store.since(0, 100).await.unwrap();
+        let (last, erased) = log.last().unwrap();
+        assert!(matches!(erased, Change::UserErased { user, .. } if *user == flo));
+        assert_eq!(
+            log.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=*last).collect::<Vec<_>>()
+        );
+        for (seq, change) in &log[..log.len() - 1] {
+            let body = serde_json::to_string(change).unwrap();
+            assert!(
+                !body.contains(&hex) && !body.contains(&in_record),
+                "change {seq}: {body}"
+            );
+        }
+        // The state: her session ended by its key alone; nothing else.
+        let (_, state) = store.snapshot().await.unwrap();
+        let body = serde_json::to_string(&state).unwrap();
+        assert!(!body.contains(&hex) && !body.contains(&in_record), "{body}");
+        assert!(
+            state.iter().any(|c| matches!(
+                c,
+                Change::SessionRevoked { session, vouched: true, .. } if *session == session_key
+            )),
+            "{state:?}"
+        );
+        // A version 1 node gets the revocation it can carry out.
+        let mut old = Stream::open_as(&c, NODE_B, *last - 1, None).await;
+        old.next().await;
+        let Frame::Changes { changes, .. } = old.next_change().await else {
+            panic!()
+        };
+        assert!(matches!(changes[..], [Change::UserRevoked { user, .. }] if user == flo));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}

@@ -171,6 +171,15 @@ pub enum Change {
         /// When it was set.
         at: u64,
     },
+    /// A user's data is erased everywhere: every session bound to them is
+    /// ended (by its key alone), and what a node kept of them (history,
+    /// flags) forgotten.
+    UserErased {
+        /// The user.
+        user: UserId,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -259,16 +268,17 @@ impl Change {
     /// it gets in their place a change it knows and that changes nothing —
     /// clearing the user risk of the user key 1, which no operator or
     /// partner sets (the chance that a user name hashes to it is 2⁻⁶⁴) —
-    /// so that its sequence stays contiguous.
+    /// so that its sequence stays contiguous; for an erasure, the user's
+    /// revocation.
     pub fn for_version(&self, v: u32) -> Change {
         match self {
+            // What version 1 can do of an erasure: end every session.
+            Change::UserErased { user, at } if v < 2 => Change::UserRevoked {
+                user: *user,
+                at: *at,
+            },
             Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
-                Change::UserRisk {
-                    user: UserId(1),
-                    points: 0,
-                    until: 0,
-                    at: 0,
-                }
+                Change::nothing()
             }
             other => other.clone(),
         }
@@ -279,8 +289,21 @@ impl Change {
     pub fn in_snapshot_of(&self, v: u32) -> bool {
         !matches!(
             self,
-            Change::SessionBaseline { .. } | Change::UserDetections { .. }
+            Change::SessionBaseline { .. }
+                | Change::UserDetections { .. }
+                | Change::UserErased { .. }
         ) || v >= 2
+    }
+
+    /// The change a version 1 node gets in place of one it does not know,
+    /// and a scrubbed change in the log: it changes nothing.
+    pub fn nothing() -> Change {
+        Change::UserRisk {
+            user: UserId(1),
+            points: 0,
+            until: 0,
+            at: 0,
+        }
     }
 }
 

@@ -809,6 +809,12 @@ impl FleetSync {
                     }
                     "user_detections"
                 }
+                Change::UserErased { user, at } => {
+                    if let Some(user) = UserKey::from_u64(user.0) {
+                        self.engine.scorer().erase_user(user, at.min(now));
+                    }
+                    "user_erased"
+                }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
             };

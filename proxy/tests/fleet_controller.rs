@@ -419,3 +419,34 @@ async fn sqlite_a_detection_on_node_a_raises_the_users_risk_on_node_b() {
 async fn postgres_a_detection_on_node_a_raises_the_users_risk_on_node_b() {
     a_detection_on_node_a_raises_the_users_risk_on_node_b(true).await;
 }
+
+async fn an_erased_user_is_logged_out_and_forgotten_on_every_node(postgres: bool) {
+    let fleet = Fleet::start(postgres).await;
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=eve&session=s-eve"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-eve");
+    applied(&fleet.b, "session_baseline", 1.0).await;
+    fleet
+        .admin("/v1/admin/users/erase", serde_json::json!({"user": "eve"}))
+        .await;
+    until_ended(&fleet.a, &laptop).await;
+    until_ended(&fleet.b, &laptop).await;
+    applied(&fleet.b, "user_erased", 1.0).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
+    an_erased_user_is_logged_out_and_forgotten_on_every_node(false).await;
+}
+
+#[tokio::test]
+async fn postgres_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
+    an_erased_user_is_logged_out_and_forgotten_on_every_node(true).await;
+}

@@ -176,6 +176,40 @@ impl Scorer {
         self.entities.insert(user, e);
     }
 
+    /// Forgets `user` on this node (erasure of a person's data): every
+    /// session bound to them is ended — revoked by its key alone, no
+    /// longer linked to them, as are their sessions revoked before — and
+    /// their profile and flags are dropped. Returns how many sessions were
+    /// ended.
+    pub fn erase_user(&self, user: UserKey, now_secs: u64) -> u64 {
+        let keys = self.sessions.keys_where(|s| s.user == Some(user));
+        for key in &keys {
+            self.minted.invalidate(key);
+            self.revoked.insert(
+                *key,
+                Revocation {
+                    at: now_secs,
+                    by_user: None,
+                },
+            );
+            self.sessions.remove(key);
+        }
+        for (key, revocation) in self.revoked.iter() {
+            if revocation.by_user == Some(user) {
+                self.revoked.insert(
+                    *key,
+                    Revocation {
+                        by_user: None,
+                        ..revocation
+                    },
+                );
+            }
+        }
+        self.profiles.invalidate(&user);
+        self.entities.invalidate(&user);
+        keys.len() as u64
+    }
+
     /// A partner reported the user at risk: `points` of entity risk
     /// ([`Reason::PartnerReported`]) on every session of theirs for `ttl`.
     pub fn report_user(&self, user: UserKey, points: u8, ttl: Duration, now_secs: u64) {

@@ -949,6 +949,38 @@ fn the_fleets_detections_raise_the_users_risk_here_without_double_counting() {
 }
 
 #[test]
+fn erasing_a_user_ends_their_sessions_and_forgets_them() {
+    let w = world();
+    let p = lenient();
+    let user = w.engine.user_key("pia");
+    // An old session of hers, ended with all of hers; a new one since.
+    w.login("s0", "pia", T0);
+    w.req(&p, "s0", FIREFOX, HOME, T0);
+    w.engine.scorer().revoke_user(user, T0);
+    w.login("s1", "pia", T0 + 1);
+    w.req(&p, "s1", FIREFOX, HOME, T0 + 1);
+    w.login("other", "quin", T0);
+    w.req(&p, "other", FIREFOX, HOME, T0);
+    w.engine
+        .scorer()
+        .report_user(user, 40, std::time::Duration::from_secs(3600), T0);
+    assert_eq!(w.engine.scorer().erase_user(user, T0 + 2), 1);
+    // Her sessions are ended, and nothing left names her.
+    assert_eq!(w.req(&p, "s1", FIREFOX, HOME, T0 + 3).action, Action::Block);
+    let snapshot = w.engine.scorer().snapshot();
+    let key = user.as_u64().to_le_bytes();
+    assert!(
+        !snapshot.windows(8).any(|b| b == key),
+        "the user's key is nowhere in the node's state"
+    );
+    // Another user's session is untouched.
+    assert_eq!(
+        w.req(&p, "other", FIREFOX, HOME, T0 + 3).action,
+        Action::Allow
+    );
+}
+
+#[test]
 fn records_refuse_what_no_release_writes() {
     let w = world();
     w.req(&strict(), "s", FIREFOX, HOME, T0);
