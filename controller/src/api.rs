@@ -3,6 +3,7 @@
 //! (the admin's bearer token). Every error is JSON `{"error", "message"}`
 //! with its status, from one place ([`ApiError`]).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,7 +50,14 @@ pub struct App {
     pub posted: std::sync::Mutex<
         std::collections::HashMap<(String, Allowance), (tokio::time::Instant, u32)>,
     >,
+    /// Nodes disabled through the admin API (in the store, shared by every
+    /// replica; refreshed every [`NODES_REFRESH`]); a change wakes the
+    /// watch of every open stream.
+    pub disabled: watch::Sender<Arc<HashSet<String>>>,
 }
+
+/// How often a replica rereads the nodes disabled through any replica.
+pub const NODES_REFRESH: Duration = Duration::from_secs(1);
 
 impl App {
     /// The controller's state over `store` with `config`.
@@ -59,7 +67,22 @@ impl App {
             config,
             head: watch::channel(head).0,
             posted: std::sync::Mutex::default(),
+            disabled: watch::channel(Arc::default()).0,
         }
+    }
+
+    /// Takes the store's set of disabled nodes, waking the streams when it
+    /// changed.
+    pub async fn refresh_disabled(&self) -> Result<(), StoreError> {
+        let now = self.store.disabled_nodes().await?;
+        self.disabled.send_if_modified(|held| {
+            if **held == now {
+                return false;
+            }
+            *held = Arc::new(now);
+            true
+        });
+        Ok(())
     }
 
     /// Counts a batch's events posted by `node` against its minute's
@@ -192,6 +215,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/sessions/revoke", post(revoke_session))
         .route("/v1/admin/users/revoke", post(revoke_user))
         .route("/v1/admin/users/erase", post(erase_user))
+        .route("/v1/admin/nodes", get(list_nodes))
+        .route("/v1/admin/nodes/disable", post(disable_node))
+        .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
@@ -220,6 +246,7 @@ fn node<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Node, ApiError> {
         .nodes
         .iter()
         .find(|n| n.token_sha256 == hash && !n.disabled)
+        .filter(|n| !app.disabled.borrow().contains(&n.name))
         .ok_or_else(ApiError::unauthorized)
 }
 
@@ -305,9 +332,26 @@ async fn sync(
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     tracing::info!(node, since, head = bounds.head, snapshot, "node subscribed");
-    tokio::spawn(async move {
+    let mut disabled = app.disabled.subscribe();
+    let name = node.clone();
+    let mut task = tokio::spawn(async move {
         if let Err(e) = stream(&app, &tx, v, since, snapshot, bounds.head, bounds.oldest).await {
             tracing::info!(node, error = %e, "stream ended");
+        }
+    });
+    // A node disabled through the admin API loses its open stream at once.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut task => return,
+                changed = disabled.changed() => {
+                    if changed.is_err() || disabled.borrow_and_update().contains(&name) {
+                        task.abort();
+                        tracing::warn!(node = name, "stream ended: the node was disabled");
+                        return;
+                    }
+                }
+            }
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -590,6 +634,80 @@ async fn revoke_user(
     .await?;
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRef {
+    node: String,
+}
+
+/// `GET /v1/admin/nodes`: the configured nodes, each with whether it is
+/// disabled, and by what (the config, or the admin API).
+async fn list_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    app.refresh_disabled().await?;
+    let disabled = app.disabled.borrow().clone();
+    let nodes: Vec<_> = app
+        .config
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node": n.name,
+                "disabled": n.disabled || disabled.contains(&n.name),
+                "disabled_by": if n.disabled { "config" } else if disabled.contains(&n.name) { "admin_api" } else { "" },
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
+}
+
+async fn set_node(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+    disabled: bool,
+) -> Result<Response, ApiError> {
+    admin(app, headers)?;
+    let req: NodeRef = json(body)?;
+    if !app.config.nodes.iter().any(|n| n.name == req.node) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            "no node of that name in the config",
+        ));
+    }
+    app.store
+        .set_node_disabled(&req.node, disabled, now_secs())
+        .await?;
+    app.refresh_disabled().await?;
+    tracing::warn!(
+        node = req.node,
+        disabled,
+        "node credential changed by the admin API"
+    );
+    Ok(Json(serde_json::json!({"node": req.node, "disabled": disabled})).into_response())
+}
+
+/// `POST /v1/admin/nodes/disable`: the node's token is refused and its
+/// open streams ended, on every replica within [`NODES_REFRESH`].
+async fn disable_node(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_node(&app, &headers, &body, true).await
+}
+
+/// `POST /v1/admin/nodes/enable`: undoes the admin API's disable (not the
+/// config's).
+async fn enable_node(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    set_node(&app, &headers, &body, false).await
 }
 
 /// `POST /v1/admin/users/erase`: the user's data erased everywhere

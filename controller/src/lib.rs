@@ -43,6 +43,18 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Listen(listen, e))?;
     let app = Arc::new(api::App::new(store.clone(), config.clone(), bounds.head));
+    app.refresh_disabled().await?;
+    let watcher = Arc::downgrade(&app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(api::NODES_REFRESH);
+        loop {
+            tick.tick().await;
+            let Some(app) = watcher.upgrade() else { return };
+            if let Err(e) = app.refresh_disabled().await {
+                tracing::warn!(error = %e, "disabled nodes not reread");
+            }
+        }
+    });
     let keep = config.keep_changes;
     let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
     tokio::spawn(async move {

@@ -443,6 +443,40 @@ impl Store {
         Ok((head, out))
     }
 
+    /// The nodes an operator disabled through the admin API.
+    pub async fn disabled_nodes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        sqlx::query("SELECT name FROM disabled_nodes")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    /// Disables node `name`, or enables it again.
+    pub async fn set_node_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        if disabled {
+            sqlx::query(
+                "INSERT INTO disabled_nodes (name, at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(to_i64(now))
+            .execute(&self.pool)
+            .await?;
+        } else {
+            sqlx::query("DELETE FROM disabled_nodes WHERE name = $1")
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes the log's changes older than the newest `keep` and moves
     /// `oldest` up: a node further behind gets a snapshot. Returns how many
     /// were deleted.

@@ -145,6 +145,17 @@ impl Controller {
             .unwrap()
     }
 
+    async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let r = client()
+            .get(self.url(path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_str(&r.text().await.unwrap()).unwrap()
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -980,6 +991,79 @@ async fn erasing_a_user_leaves_nothing_that_names_them() {
             panic!()
         };
         assert!(matches!(changes[..], [Change::UserRevoked { user, .. }] if user == flo));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A stolen node token is put out of use at once, without a restart: its
+/// open stream ends, its requests are refused, the other node is untouched.
+#[tokio::test]
+async fn an_operator_disables_a_node_at_once_and_its_stream_ends() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let mut a = Stream::open(&c, NODE_A, 0).await;
+        a.next().await;
+        a.next().await;
+        let mut b = Stream::open(&c, NODE_B, 0).await;
+        b.next().await;
+        b.next().await;
+        let r = c
+            .admin("/v1/admin/nodes/disable", serde_json::json!({"node": "a"}))
+            .await;
+        assert_eq!(r.status(), 200);
+        // A's stream ends (no more frames: the body is over).
+        let ended = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match a.response.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the disabled node's stream ended");
+        let sync = client()
+            .get(c.url("/v1/sync?since=0"))
+            .bearer_auth(NODE_A)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sync.status(), 401);
+        assert_eq!(post_events(&c, NODE_A, vec![]).await.status(), 401);
+        // B is untouched: a revocation still reaches it.
+        assert_eq!(
+            c.admin(
+                "/v1/admin/sessions/revoke",
+                serde_json::json!({"session": session(1).to_string()})
+            )
+            .await
+            .status(),
+            200
+        );
+        assert!(matches!(
+            b.next_change().await,
+            Frame::Changes { first: 1, .. }
+        ));
+        let list = c.admin_get("/v1/admin/nodes").await;
+        assert_eq!(
+            list["nodes"],
+            serde_json::json!([
+                {"node": "a", "disabled": true, "disabled_by": "admin_api"},
+                {"node": "b", "disabled": false, "disabled_by": ""},
+            ])
+        );
+        // An unknown node is an error, not a silent no-op.
+        let r = c
+            .admin("/v1/admin/nodes/disable", serde_json::json!({"node": "zz"}))
+            .await;
+        assert_eq!(r.status(), 404);
+        // Enabled again: A syncs.
+        c.admin("/v1/admin/nodes/enable", serde_json::json!({"node": "a"}))
+            .await;
+        let _a = Stream::open(&c, NODE_A, 1).await;
         c.stop().await;
         db.drop_db().await;
     })
