@@ -6,6 +6,9 @@ CREATE TABLE session_baselines (
     user_key TEXT,
     first_seen BIGINT NOT NULL,
     record TEXT NOT NULL,
+    -- The baseline is one the session's user proved themselves on (a
+    -- step-up): only another confirmed record replaces it.
+    confirmed BIGINT NOT NULL,
     seq BIGINT NOT NULL,
     updated BIGINT NOT NULL
 );

@@ -85,6 +85,30 @@ impl App {
         Ok(())
     }
 
+    /// What is left of `node`'s events allowance this minute.
+    fn events_left(&self, node: &str) -> u32 {
+        let posted = self
+            .posted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let used = posted
+            .get(&(node.to_owned(), Allowance::Events))
+            .filter(|(since, _)| since.elapsed() < Duration::from_secs(60))
+            .map_or(0, |(_, n)| *n);
+        self.config.node_events_per_minute.saturating_sub(used)
+    }
+
+    /// Charges `n` more to `node`'s events allowance this minute.
+    fn charge_events(&self, node: &str, n: u32) {
+        let mut posted = self
+            .posted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = posted.get_mut(&(node.to_owned(), Allowance::Events)) {
+            entry.1 = entry.1.saturating_add(n);
+        }
+    }
+
     /// Counts a batch's events posted by `node` against its minute's
     /// allowances; `Err` names the first one it would go beyond (nothing is
     /// counted then).
@@ -136,7 +160,11 @@ pub enum Allowance {
 impl Allowance {
     fn of(kind: &NodeEventKind) -> Allowance {
         match kind {
-            NodeEventKind::SessionBaseline { .. } => Allowance::Sightings,
+            // A confirmation replaces a baseline whatever its age: rare in
+            // real traffic, and counted with what can harm.
+            NodeEventKind::SessionBaseline {
+                confirmed: false, ..
+            } => Allowance::Sightings,
             _ => Allowance::Events,
         }
     }
@@ -509,11 +537,13 @@ async fn events(
     let intake = Intake {
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
+        revocations_left: app.events_left(&node),
     };
     let (ack, taken, head) = app
         .store
         .take_events(&node, &batch.events, now_secs(), intake)
         .await?;
+    app.charge_events(&node, taken.revocations);
     if taken.ignored > 0 {
         tracing::debug!(
             node,

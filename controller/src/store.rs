@@ -65,10 +65,14 @@ pub struct Intake {
     /// together ([`Change::UserDetections`]); the engine's
     /// `detection_window`.
     pub detection_window: u64,
-    /// A session record whose first sighting is older than this many
-    /// seconds is refused: no node keeps an idle session that long, and a
-    /// made-up early first sighting would take the owner's place.
+    /// A session record whose last use is older than this many seconds is
+    /// refused: no node keeps an idle session that long.
     pub max_session_age: u64,
+    /// Session records that may still become revocations in this batch
+    /// (a record of a session bound to a user revoked since): what is left
+    /// of the node's `node_events_per_minute`, so that records cannot end
+    /// sessions faster than revocations can.
+    pub revocations_left: u32,
 }
 
 /// What became of the events of one batch, beyond the ack.
@@ -82,13 +86,18 @@ pub struct Taken {
     pub ignored: usize,
     /// Detections recorded.
     pub detections: usize,
+    /// Session records that became revocations; charged to the node's
+    /// `node_events_per_minute`.
+    pub revocations: u32,
 }
 
 /// What the store holds of a session's baseline.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     first_seen: u64,
-    bound: bool,
+    user: Option<UserId>,
+    record: Record,
+    confirmed: bool,
 }
 
 /// The store.
@@ -189,6 +198,11 @@ impl Store {
         intake: Intake,
     ) -> Result<(EventAck, Taken, u64), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The log's lock first: what is judged below (revoked users and
+        // sessions, baselines held) cannot change before this commits.
+        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         let mut ack = EventAck {
             accepted: 0,
             duplicates: 0,
@@ -227,18 +241,36 @@ impl Store {
                     });
                 }
                 NodeEventKind::SessionBaseline { record, confirmed } => {
-                    match judge_baseline(&mut tx, &pending, record, *confirmed, now, intake).await?
+                    let revocations_left =
+                        intake.revocations_left.saturating_sub(taken.revocations);
+                    match judge_baseline(
+                        &mut tx,
+                        &pending,
+                        record,
+                        *confirmed,
+                        now,
+                        intake,
+                        revocations_left > 0,
+                    )
+                    .await?
                     {
-                        Some((change, session, held)) => {
-                            if let Change::SessionBaseline { .. } = change {
-                                pending.insert(session, held);
-                                taken.baselines += 1;
-                            } else {
-                                taken.ignored += 1;
-                            }
-                            changes.push(change);
+                        Judged::Baseline(session, held) => {
+                            changes.push(Change::SessionBaseline {
+                                record: held.record.clone(),
+                                confirmed: held.confirmed,
+                            });
+                            pending.insert(session, held);
+                            taken.baselines += 1;
                         }
-                        None => taken.ignored += 1,
+                        Judged::Revoke(session) => {
+                            changes.push(Change::SessionRevoked {
+                                session,
+                                at: now,
+                                vouched: true,
+                            });
+                            taken.revocations += 1;
+                        }
+                        Judged::Nothing => taken.ignored += 1,
                     }
                 }
                 NodeEventKind::Detection {
@@ -412,7 +444,7 @@ impl Store {
         // After the user revocations: a session bound before its user's
         // revocation is among the revoked sessions above, and what is
         // here was bound after it.
-        for row in sqlx::query("SELECT record FROM session_baselines ORDER BY seq")
+        for row in sqlx::query("SELECT record, confirmed FROM session_baselines ORDER BY seq")
             .fetch_all(&mut *tx)
             .await?
         {
@@ -422,7 +454,7 @@ impl Store {
             };
             out.push(Change::SessionBaseline {
                 record,
-                confirmed: false,
+                confirmed: row.try_get::<i64, _>(1)? != 0,
             });
         }
         for row in sqlx::query("SELECT user_key, count, until FROM user_detections ORDER BY seq")
@@ -575,22 +607,23 @@ async fn append_in(
                     .execute(&mut **tx)
                     .await?;
             }
-            Change::SessionBaseline { record, .. } => {
+            Change::SessionBaseline { record, confirmed } => {
                 let Ok((key, state)) = SessionState::decode(&record.0) else {
                     // Judged before it was appended; nothing else writes one.
                     continue;
                 };
                 sqlx::query(
-                    "INSERT INTO session_baselines (session, user_key, first_seen, record, seq, updated) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                    "INSERT INTO session_baselines (session, user_key, first_seen, record, confirmed, seq, updated) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (session) DO UPDATE SET user_key = excluded.user_key, \
                      first_seen = excluded.first_seen, record = excluded.record, \
-                     seq = excluded.seq, updated = excluded.updated",
+                     confirmed = excluded.confirmed, seq = excluded.seq, updated = excluded.updated",
                 )
                 .bind(SessionId(*key.as_bytes()).to_string())
                 .bind(state.user().map(|u| UserId(u.as_u64()).to_string()))
                 .bind(to_i64(state.first_seen()))
                 .bind(record.to_string())
+                .bind(i64::from(*confirmed))
                 .bind(seq)
                 .bind(to_i64(now))
                 .execute(&mut **tx)
@@ -696,9 +729,25 @@ async fn append_in(
     Ok(to_u64(head))
 }
 
-/// Judges a node's session record (see [`Store::take_events`]): the
-/// change it makes, with the session and what is held of it after, or
-/// `None` when it changes nothing.
+/// What a node's session record comes to.
+enum Judged {
+    /// The session's baseline is now `Held` (the record's, the held one
+    /// with the record's binding, or both joined).
+    Baseline(SessionId, Held),
+    /// The record is of a session bound to a user revoked since it was
+    /// first seen: the session is revoked.
+    Revoke(SessionId),
+    /// Nothing changes.
+    Nothing,
+}
+
+/// Judges a node's session record (see [`Store::take_events`]).
+///
+/// The baseline is the earliest sighting's, or a confirmed one's (and a
+/// confirmed baseline gives way only to another confirmed one); the
+/// binding is whichever record named a user — never undone, and a record
+/// naming another user than the one held changes nothing. The two are
+/// joined into one record ([`SessionState::with_user`]).
 async fn judge_baseline(
     tx: &mut Transaction<'static, Any>,
     pending: &HashMap<SessionId, Held>,
@@ -706,17 +755,19 @@ async fn judge_baseline(
     confirmed: bool,
     now: u64,
     intake: Intake,
-) -> Result<Option<(Change, SessionId, Held)>, StoreError> {
+    may_revoke: bool,
+) -> Result<Judged, StoreError> {
     let Ok((key, state)) = SessionState::decode(&record.0) else {
-        return Ok(None);
+        return Ok(Judged::Nothing);
     };
     let first_seen = state.first_seen();
-    // Nodes' clocks differ by a little; a first sighting in the future or
-    // older than any node keeps a session is not one.
+    // Nodes' clocks differ by a little; a sighting in the future, or a
+    // session idle for longer than any node keeps one, is not taken.
     if first_seen > now.saturating_add(300)
-        || first_seen < now.saturating_sub(intake.max_session_age)
+        || state.last_seen() > now.saturating_add(300)
+        || state.last_seen() < now.saturating_sub(intake.max_session_age)
     {
-        return Ok(None);
+        return Ok(Judged::Nothing);
     }
     let session = SessionId(*key.as_bytes());
     let id = session.to_string();
@@ -726,7 +777,7 @@ async fn judge_baseline(
         .await?
         .is_some()
     {
-        return Ok(None);
+        return Ok(Judged::Nothing);
     }
     let user = state.user().map(|u| UserId(u.as_u64()));
     if let Some(user) = user {
@@ -738,62 +789,106 @@ async fn judge_baseline(
             .transpose()?
             .map(to_u64);
         if revoked_at.is_some_and(|at| at >= first_seen) {
-            let revocation = Change::SessionRevoked {
-                session,
-                at: now,
-                vouched: true,
-            };
-            return Ok(Some((
-                revocation,
-                session,
-                Held {
-                    first_seen,
-                    bound: true,
-                },
-            )));
+            return Ok(if may_revoke {
+                Judged::Revoke(session)
+            } else {
+                Judged::Nothing
+            });
         }
     }
     let held = match pending.get(&session) {
-        Some(held) => Some(*held),
+        Some(held) => Some(held.clone()),
         None => {
-            sqlx::query("SELECT first_seen, user_key FROM session_baselines WHERE session = $1")
-                .bind(id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| -> Result<Held, sqlx::Error> {
-                    Ok(Held {
-                        first_seen: to_u64(row.try_get(0)?),
-                        bound: row.try_get::<Option<String>, _>(1)?.is_some(),
-                    })
-                })
-                .transpose()?
+            let row = sqlx::query(
+                "SELECT first_seen, user_key, record, confirmed FROM session_baselines WHERE session = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            match row {
+                None => None,
+                Some(row) => {
+                    let user: Option<String> = row.try_get(1)?;
+                    let record: String = row.try_get(2)?;
+                    Record::parse(&record)
+                        .map(|record| Held {
+                            first_seen: 0,
+                            user: user.as_deref().and_then(UserId::parse),
+                            record,
+                            confirmed: false,
+                        })
+                        .map(|held| -> Result<Held, sqlx::Error> {
+                            Ok(Held {
+                                first_seen: to_u64(row.try_get(0)?),
+                                confirmed: row.try_get::<i64, _>(3)? != 0,
+                                ..held
+                            })
+                        })
+                        .transpose()?
+                }
+            }
         }
     };
-    let takes = match held {
-        None => true,
-        Some(held) => {
-            confirmed
-                || first_seen < held.first_seen
-                || (first_seen == held.first_seen && !held.bound && user.is_some())
-        }
-    };
-    Ok(takes.then(|| {
-        (
-            Change::SessionBaseline {
-                record: record.clone(),
-                confirmed,
-            },
+    let Some(held) = held else {
+        return Ok(Judged::Baseline(
             session,
             Held {
                 first_seen,
-                bound: user.is_some(),
+                user,
+                record: record.clone(),
+                confirmed,
             },
-        )
-    }))
+        ));
+    };
+    if held.user.is_some() && user.is_some() && held.user != user {
+        tracing::warn!(
+            session = %id.get(..8).unwrap_or(""),
+            "a session record names another user than the one held; ignored"
+        );
+        return Ok(Judged::Nothing);
+    }
+    let baseline = if held.confirmed {
+        confirmed
+    } else {
+        confirmed || first_seen < held.first_seen
+    };
+    let binds = held.user.is_none() && user.is_some();
+    if !baseline && !binds {
+        // Still in use somewhere: kept as long as it is.
+        sqlx::query("UPDATE session_baselines SET updated = $1 WHERE session = $2")
+            .bind(to_i64(now))
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+        return Ok(Judged::Nothing);
+    }
+    let (base, first_seen, confirmed) = if baseline {
+        (record, first_seen, confirmed)
+    } else {
+        (&held.record, held.first_seen, held.confirmed)
+    };
+    let user = user.or(held.user);
+    let Ok(joined) = SessionState::with_user(
+        &base.0,
+        user.and_then(|u| vigil_engine::UserKey::from_u64(u.0)),
+    ) else {
+        return Ok(Judged::Nothing);
+    };
+    Ok(Judged::Baseline(
+        session,
+        Held {
+            first_seen,
+            user,
+            record: Record(joined.to_vec()),
+            confirmed,
+        },
+    ))
 }
 
-/// Counts the user's enforced detections within the window; the change
-/// to stream when the count differs from the one streamed last.
+/// Counts the nodes that caught the user (enforced detections) within the
+/// window — nodes, not detections: one node, or one stolen node token,
+/// raises a user's risk by one step at most — and returns the change to
+/// stream when the count differs from the one streamed last.
 async fn recount_detections(
     tx: &mut Transaction<'static, Any>,
     user: UserId,
@@ -802,7 +897,7 @@ async fn recount_detections(
 ) -> Result<Option<Change>, StoreError> {
     let since = now.saturating_sub(intake.detection_window);
     let row = sqlx::query(
-        "SELECT COUNT(*), MAX(at) FROM detections WHERE user_key = $1 AND enforced = 1 AND at > $2",
+        "SELECT COUNT(DISTINCT node), MAX(at) FROM detections WHERE user_key = $1 AND enforced = 1 AND at > $2",
     )
     .bind(user.to_string())
     .bind(to_i64(since))

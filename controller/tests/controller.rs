@@ -646,7 +646,8 @@ async fn the_earliest_sighting_of_a_session_is_its_baseline_for_every_node() {
                 confirmed: true
             }]
         );
-        // A node starting now gets the one baseline in its snapshot.
+        // A node starting now gets the one baseline in its snapshot, still
+        // confirmed: a later sighting of an earlier time cannot undo it.
         let mut fresh = Stream::open(&c, NODE_A, 0).await;
         fresh.next().await;
         let Frame::Snapshot { seq: 3, changes } = fresh.next().await else {
@@ -656,7 +657,7 @@ async fn the_earliest_sighting_of_a_session_is_its_baseline_for_every_node() {
             changes,
             vec![Change::SessionBaseline {
                 record: phone,
-                confirmed: false
+                confirmed: true
             }]
         );
         c.stop().await;
@@ -1068,4 +1069,89 @@ async fn an_operator_disables_a_node_at_once_and_its_stream_ends() {
         db.drop_db().await;
     })
     .await;
+}
+
+/// What a stolen node token cannot do with session records: end sessions
+/// faster than its revocation allowance (records of a revoked user's
+/// sessions become revocations, counted against it), or hand a session
+/// bound to one user to another.
+#[tokio::test]
+async fn session_records_are_held_to_the_nodes_allowance_and_the_sessions_user() {
+    let db = Db::new(false).await;
+    let c = Controller::start_with(&db.url(), "node_events_per_minute = 2").await;
+    let t = now() - 100;
+    let a = engine();
+    assert_eq!(
+        c.admin("/v1/admin/users/revoke", serde_json::json!({"user": "gus"}))
+            .await
+            .status(),
+        200
+    );
+    let records: Vec<NodeEvent> = (0..4)
+        .map(|i| {
+            let r = record(
+                &a,
+                &format!("s-gus-{i}"),
+                FIREFOX,
+                "81.2.69.10",
+                Some("gus"),
+                t,
+            );
+            baseline(&format!("a-{i}"), &r, false)
+        })
+        .collect();
+    assert_eq!(post_events(&c, NODE_A, records).await.status(), 200);
+    // Two of the allowance: two revocations, the rest ignored.
+    let store = Store::open(&db.url()).await.unwrap();
+    let log = store.since(1, 100).await.unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(
+        log.iter()
+            .all(|(_, c)| matches!(c, Change::SessionRevoked { vouched: true, .. }))
+    );
+    // The allowance is spent: a revocation posted now waits.
+    let revocation = NodeEvent {
+        id: "a-9".to_owned(),
+        kind: NodeEventKind::SessionRevoked {
+            session: session(7),
+            user: None,
+            reference: None,
+            at: now(),
+        },
+    };
+    assert_eq!(
+        post_events(&c, NODE_A, vec![revocation]).await.status(),
+        429
+    );
+    // A session bound to hal is not handed to ivy, however early the
+    // record claims to have seen it.
+    let b = engine();
+    let hals = record(&a, "s-hal", FIREFOX, "81.2.69.10", Some("hal"), t + 50);
+    let ivys = record(&b, "s-hal", CHROME, "45.33.1.10", Some("ivy"), t);
+    assert_eq!(
+        post_events(&c, NODE_A, vec![baseline("h-1", &hals, false)])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_events(&c, NODE_B, vec![baseline("i-1", &ivys, true)])
+            .await
+            .status(),
+        200
+    );
+    let (_, state) = store.snapshot().await.unwrap();
+    let baselines: Vec<&Change> = state
+        .iter()
+        .filter(|c| matches!(c, Change::SessionBaseline { .. }))
+        .collect();
+    assert_eq!(
+        baselines,
+        vec![&Change::SessionBaseline {
+            record: hals,
+            confirmed: false
+        }]
+    );
+    c.stop().await;
+    db.drop_db().await;
 }

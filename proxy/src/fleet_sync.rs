@@ -41,7 +41,7 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use vigil_engine::{Engine, SessionKey, UserKey};
+use vigil_engine::{Adopted, Engine, SessionKey, UserKey};
 use vigil_fleet::{
     Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
     VERSION, VERSION_HEADER,
@@ -790,7 +790,10 @@ impl FleetSync {
                     ref record,
                     confirmed,
                 } => match self.engine.scorer().adopt(&record.0, confirmed, now) {
-                    Ok(_) => "session_baseline",
+                    Ok((_, Adopted::New | Adopted::Baseline | Adopted::Bound)) => {
+                        "session_baseline"
+                    }
+                    Ok((_, Adopted::Kept | Adopted::Revoked)) => "session_baseline_unchanged",
                     Err(e) => {
                         // A record of a later release: this node cannot
                         // judge it and does without.

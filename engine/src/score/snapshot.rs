@@ -313,18 +313,36 @@ impl Scorer {
         state.first_seen = state.first_seen.min(now);
         state.last_seen = state.last_seen.min(now);
         state.moved_at = state.moved_at.min(now);
-        state.stepped_up_at = state.stepped_up_at.min(now);
-        state.touched = now;
+        // Only a confirmed record speaks for a step-up (rules read its
+        // age): any other could carry a made-up one.
+        state.stepped_up_at = if confirmed {
+            state.stepped_up_at.min(now)
+        } else {
+            0
+        };
+        // As fresh as its last use, not as its arrival: a resync that
+        // brings a month of records must not push out the sessions in use
+        // here. One idle for longer than this node keeps sessions is not
+        // taken.
+        if now.saturating_sub(state.last_seen) >= self.sessions.idle() {
+            return Ok((key, Adopted::Kept));
+        }
+        state.touched = state.last_seen;
         if let Some(user) = state.user {
             state.generation = self.entities.get(&user).map_or(0, |e| e.generation);
         }
         let mut adopted = Adopted::Kept;
-        self.sessions.update(key, now, |held| {
+        self.sessions.update(key, state.last_seen, |held| {
             let Some(held) = held else {
                 adopted = Adopted::New;
                 return state;
             };
             let mut next = *held;
+            // A session bound here to one user is never given the baseline
+            // of a record naming another.
+            if held.user.is_some() && state.user.is_some() && held.user != state.user {
+                return next;
+            }
             let baselined = state.has(SessionState::BASELINED);
             let earlier = baselined
                 && (!held.has(SessionState::BASELINED) || state.first_seen < held.first_seen);

@@ -322,6 +322,24 @@ impl SessionState {
         w.buf
     }
 
+    /// `record` bound to `user` instead of its own (re-encoded at this
+    /// release's version): the fleet's controller joins one node's
+    /// baseline of a session with another node's binding of it.
+    pub fn with_user(
+        record: &[u8],
+        user: Option<UserKey>,
+    ) -> Result<[u8; Self::RECORD_LEN], RecordError> {
+        let (key, mut state) = Self::decode(record)?;
+        state.user = user;
+        Ok(state.encode(&key))
+    }
+
+    /// Seconds since the Unix epoch of the session's last accepted request
+    /// as recorded.
+    pub fn last_seen(&self) -> u64 {
+        u64::from(self.last_seen)
+    }
+
     /// Reads [`SessionState::encode`]'s record back, checking every field.
     /// A version 1 record ([`Self::RECORD_LEN_V1`] bytes) reads as a
     /// session with no request counted and no step-up.

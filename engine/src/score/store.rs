@@ -82,6 +82,11 @@ impl SessionStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Seconds after which an untouched session is gone.
+    pub(crate) fn idle(&self) -> u32 {
+        self.idle
+    }
+
     /// The session's state, if it has one that has not idled out by `now`,
     /// changing nothing: deciding must not change the store.
     pub(crate) fn read(&self, key: &SessionKey, now: u32) -> Option<SessionState> {

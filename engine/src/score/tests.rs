@@ -855,6 +855,49 @@ fn a_thief_first_on_another_node_is_judged_against_the_owners_earlier_baseline()
     );
 }
 
+/// What a forged or stale record cannot do: take the baseline of a
+/// session bound to another user, bring a step-up without a confirmation,
+/// or bring back a session idle for longer than this node keeps one.
+#[test]
+fn a_record_cannot_rebind_claim_a_step_up_or_revive_an_idle_session() {
+    let a = world();
+    let b = world();
+    let p = lenient();
+    b.login("s", "rita", T0);
+    b.req(&p, "s", FIREFOX, HOME, T0 + 10);
+    let key = b.engine.key_for_credential(b"s").unwrap();
+    // A record of the same session, seen earlier, bound to someone else.
+    a.login("s", "sam", T0);
+    let passed = a.req(&p, "s", CHROME, HOSTING, T0);
+    assert!(a.engine.confirm(&passed));
+    let forged = a.engine.scorer().export(&key).unwrap();
+    assert_eq!(
+        b.engine.scorer().adopt(&forged, false, T0 + 20),
+        Ok((key, Adopted::Kept))
+    );
+    assert_eq!(
+        b.engine.scorer().session(&key).unwrap().user(),
+        Some(b.engine.user_key("rita"))
+    );
+    // A node that never saw it takes it, but not its step-up.
+    let c = world();
+    assert_eq!(
+        c.engine.scorer().adopt(&forged, false, T0 + 20),
+        Ok((key, Adopted::New))
+    );
+    assert_eq!(
+        c.engine.scorer().session(&key).unwrap().stepped_up_at(),
+        None
+    );
+    // Idle for longer than sessions are kept: not taken at all.
+    let d = world();
+    assert_eq!(
+        d.engine.scorer().adopt(&forged, false, T0 + 31 * DAY),
+        Ok((key, Adopted::Kept))
+    );
+    assert_eq!(d.engine.scorer().session(&key), None);
+}
+
 #[test]
 fn an_adopted_session_is_bound_under_this_nodes_revocation_count() {
     let a = world();

@@ -5,13 +5,13 @@
 //!   not echoed back).
 //! - Session records when a session's baseline or binding is made: its
 //!   first sighting, its issue by the app, its binding to a user, its
-//!   user's passed step-up (`confirmed`). Only for sessions a client could
-//!   not have made up — issued by the app, bound to a user, or confirmed —
-//!   so that cookies minted by the thousand cost the fleet nothing.
-//! - Enforced detections of a session, with the decision's facts, at most
-//!   one per session per [`DETECTION_EVERY`]: a replay loop is one
-//!   detection to the fleet, and the controller counts at most three per
-//!   user anyway.
+//!   user's passed step-up (`confirmed`) — only for sessions bound to a
+//!   user, so that neither cookies minted by the thousand nor anonymous
+//!   sessions an app hands out to every visitor cost the fleet anything.
+//! - Enforced detections of a session bound to a user, with the decision's
+//!   facts (bounded as the controller takes them), at most one per session
+//!   per [`DETECTION_EVERY`]: a replay loop is one detection to the fleet,
+//!   and one of nobody's session is no one's risk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -61,10 +61,18 @@ impl Outgoing {
                 user: Some(_),
                 ..
             }
-            | Event::SessionIssued { session, .. }
+            | Event::SessionIssued {
+                session,
+                user: Some(_),
+                ..
+            }
             | Event::SessionBound { session, .. } => self.record(session, false),
-            Event::Confirmed { session, .. } => self.record(session, true),
-            Event::Detection(d) if d.enforced => {
+            Event::Confirmed {
+                session,
+                user: Some(_),
+                ..
+            } => self.record(session, true),
+            Event::Detection(d) if d.enforced && d.verdict.user.is_some() => {
                 let session = d.verdict.session.as_ref()?.key;
                 if !self.first_detection(session, d.at) {
                     return None;
@@ -73,9 +81,9 @@ impl Outgoing {
                     reference: d.reference.to_string(),
                     session: Some(SessionId(*session.as_bytes())),
                     user: d.verdict.user.map(|u| UserId(u.as_u64())),
-                    route: d.route.to_string(),
-                    rule: d.rule.as_deref().map(str::to_owned),
-                    action: d.verdict.action.to_string(),
+                    route: bounded(&d.route, 128),
+                    rule: d.rule.as_deref().map(|r| bounded(r, 128)),
+                    action: bounded(&d.verdict.action.to_string(), 32),
                     enforced: true,
                     score: d.verdict.risk.score,
                     reasons: d
@@ -83,6 +91,7 @@ impl Outgoing {
                         .risk
                         .reasons
                         .iter()
+                        .take(32)
                         .map(|c| (c.reason.code().to_owned(), c.points))
                         .collect(),
                     at: d.at,
@@ -118,6 +127,16 @@ impl Outgoing {
         detected.insert(session, at);
         true
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary: a name longer
+/// than the controller takes would have the whole batch refused.
+fn bounded(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 impl std::fmt::Debug for Outgoing {
