@@ -237,6 +237,7 @@ impl IntoResponse for ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/sync", get(sync))
         .route("/v1/events", post(events))
         .route("/v1/admin/log", get(log_bounds))
@@ -256,6 +257,14 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The API's OpenAPI document (`controller/api/openapi.json`, committed;
+/// a test holds it to the routes).
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

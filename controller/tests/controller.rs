@@ -1155,3 +1155,65 @@ async fn session_records_are_held_to_the_nodes_allowance_and_the_sessions_user()
     c.stop().await;
     db.drop_db().await;
 }
+
+/// The OpenAPI document is served as committed and names exactly the
+/// routes the router serves; each documented call answers as documented
+/// to a caller without a token.
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let served = client()
+        .get(c.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let doc: serde_json::Value = serde_json::from_str(&served.text().await.unwrap()).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::from_str::<serde_json::Value>(vigil_controller::api::OPENAPI).unwrap()
+    );
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    documented.sort();
+    // The router's routes, read from its source.
+    let source = include_str!("../src/api.rs");
+    let mut routed: Vec<(String, String)> = source
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix(".route(\"")?;
+            let (path, rest) = rest.split_once('"')?;
+            let method = rest.trim_start_matches(", ").split('(').next()?;
+            Some((method.to_uppercase(), path.to_owned()))
+        })
+        .collect();
+    routed.sort();
+    assert_eq!(documented, routed);
+    for (method, path) in &documented {
+        let op = &doc["paths"][path.as_str()][method.to_lowercase().as_str()];
+        let public = op["security"].as_array().is_some_and(|s| s.is_empty());
+        let r = client()
+            .request(method.parse().unwrap(), c.url(path))
+            .send()
+            .await
+            .unwrap();
+        let expected = if public { 200 } else { 401 };
+        assert_eq!(r.status(), expected, "{method} {path}");
+        assert!(
+            op["responses"][expected.to_string()].is_object(),
+            "{method} {path} documents its {expected}"
+        );
+    }
+    c.stop().await;
+    db.drop_db().await;
+}
