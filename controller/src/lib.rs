@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod copy;
 pub mod store;
 
 use std::sync::Arc;

@@ -30,6 +30,14 @@ enum Command {
     /// Print the SHA-256 of a token read from standard input, as a node's
     /// `token_sha256` in the config.
     HashToken,
+    /// Copy a store into an empty one, as of one moment: a backup (into a
+    /// new SQLite file), a restore, or a move from SQLite to PostgreSQL.
+    Copy {
+        /// The store copied: `sqlite://PATH` or `postgres://…`.
+        from: String,
+        /// The empty store written (its schema is applied first).
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +54,33 @@ fn main() -> ExitCode {
                 hex::encode(vigil_controller::config::token_hash(&token))
             );
             ExitCode::SUCCESS
+        }
+        Command::Copy { from, to } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vigil-controller: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let copied = runtime.block_on(async {
+                let source = vigil_controller::store::Store::open(&from).await?;
+                let destination = vigil_controller::store::Store::open(&to).await?;
+                vigil_controller::copy::copy(&source, &destination).await
+            });
+            match copied {
+                Ok(c) => {
+                    println!("copied {} rows; the log's head is {}", c.rows, c.head);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vigil-controller: copy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Check { config } => match vigil_controller::Config::load(&config) {
             Ok(_) => {

@@ -154,6 +154,11 @@ impl Store {
         self.backend
     }
 
+    /// The connection pool, for [`crate::copy`].
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The log's bounds now.
     pub async fn bounds(&self) -> Result<Bounds, StoreError> {
         let row = sqlx::query("SELECT head, oldest FROM log_head WHERE id = 1")

@@ -182,6 +182,18 @@ impl Stream {
         Stream::open_as(c, token, since, Some(VERSION)).await
     }
 
+    /// The status of a sync request with `token`.
+    async fn try_open(c: &Controller, token: &str) -> u16 {
+        client()
+            .get(c.url("/v1/sync?since=0"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// A node of protocol version `v` (`None`: one that does not say,
     /// as version 1 nodes did not).
     async fn open_as(c: &Controller, token: &str, since: u64, v: Option<u32>) -> Stream {
@@ -1216,4 +1228,99 @@ async fn the_openapi_document_matches_the_routes() {
     }
     c.stop().await;
     db.drop_db().await;
+}
+
+/// Backup, restore and the move from SQLite to PostgreSQL: a copy holds the
+/// log with its numbers and the state it built, a controller started on it
+/// carries on from the same head, and a copy never writes over data.
+#[tokio::test]
+async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
+    let sqlite = Db::new(false).await;
+    let c = Controller::start(&sqlite.url()).await;
+    let a = engine();
+    let t = now() - 50;
+    let ann = record(&a, "s-ann", FIREFOX, "81.2.69.10", Some("ann"), t);
+    post_events(
+        &c,
+        NODE_A,
+        vec![
+            baseline("a-1", &ann, false),
+            detection("a-2", Some(UserId(77)), true, t),
+        ],
+    )
+    .await;
+    c.admin(
+        "/v1/admin/users/risk",
+        serde_json::json!({"user": "bo", "points": 30, "ttl_seconds": 600}),
+    )
+    .await;
+    c.admin("/v1/admin/users/revoke", serde_json::json!({"user": "cy"}))
+        .await;
+    c.admin(
+        "/v1/admin/sessions/revoke",
+        serde_json::json!({"session": session(3).to_string()}),
+    )
+    .await;
+    c.admin("/v1/admin/nodes/disable", serde_json::json!({"node": "b"}))
+        .await;
+    c.stop().await;
+
+    let source = Store::open(&sqlite.url()).await.unwrap();
+    let pg = Db::new(true).await;
+    let target = Store::open(&pg.url()).await.unwrap();
+    let copied = vigil_controller::copy::copy(&source, &target)
+        .await
+        .unwrap();
+    assert_eq!(copied.head, source.bounds().await.unwrap().head);
+    assert_eq!(
+        target.bounds().await.unwrap(),
+        source.bounds().await.unwrap()
+    );
+    assert_eq!(
+        target.snapshot().await.unwrap(),
+        source.snapshot().await.unwrap()
+    );
+    assert_eq!(
+        target.since(0, 100).await.unwrap(),
+        source.since(0, 100).await.unwrap()
+    );
+    assert_eq!(
+        target.disabled_nodes().await.unwrap(),
+        source.disabled_nodes().await.unwrap()
+    );
+    // Never over data: a second copy into the same store is refused.
+    assert!(matches!(
+        vigil_controller::copy::copy(&source, &target).await,
+        Err(vigil_controller::copy::CopyError::NotEmpty(_))
+    ));
+    // A backup of the PostgreSQL store into a new SQLite file restores it.
+    let backup = Db::new(false).await;
+    let restored = Store::open(&backup.url()).await.unwrap();
+    vigil_controller::copy::copy(&target, &restored)
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.snapshot().await.unwrap(),
+        source.snapshot().await.unwrap()
+    );
+    // A controller on the copy carries on: same head, the next number next.
+    let c = Controller::start(&pg.url()).await;
+    let mut node = Stream::open(&c, NODE_A, copied.head).await;
+    assert!(
+        matches!(node.next().await, Frame::Hello { head, snapshot: false, .. } if head == copied.head)
+    );
+    c.admin(
+        "/v1/admin/sessions/revoke",
+        serde_json::json!({"session": session(4).to_string()}),
+    )
+    .await;
+    assert!(
+        matches!(node.next_change().await, Frame::Changes { first, .. } if first == copied.head + 1)
+    );
+    // The disabled node is still disabled.
+    assert_eq!(Stream::try_open(&c, NODE_B).await, 401);
+    c.stop().await;
+    for db in [sqlite, pg, backup] {
+        db.drop_db().await;
+    }
 }

@@ -1,0 +1,219 @@
+//! Copying one store into another: backup (into a fresh SQLite file),
+//! restore (back into an empty store), and moving from SQLite to
+//! PostgreSQL (`vigil-controller copy FROM TO`, `docs/controller.md`).
+//!
+//! The source is read in one consistent view (a read transaction; on
+//! PostgreSQL `REPEATABLE READ`), so a copy taken while the controller
+//! runs is the store as of one moment: the change log with its numbers and
+//! the state it built, node event ids, disabled nodes. The destination
+//! must be empty (its schema is applied first) and is written in one
+//! transaction: a copy that fails leaves it empty.
+
+use sqlx::{Any, Row, Transaction};
+
+use crate::store::{Backend, Store, StoreError};
+
+/// A column's type: every column of the schema is one of these.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+}
+
+/// The tables copied, with their columns, parents before children.
+const TABLES: &[(&str, &[(&str, Kind)])] = &[
+    (
+        "changes",
+        &[("seq", Kind::Int), ("at", Kind::Int), ("body", Kind::Text)],
+    ),
+    (
+        "revoked_sessions",
+        &[
+            ("session", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+            ("vouched", Kind::Int),
+        ],
+    ),
+    (
+        "revoked_users",
+        &[
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "user_risk",
+        &[
+            ("user_key", Kind::Text),
+            ("points", Kind::Int),
+            ("until", Kind::Int),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "node_events",
+        &[("node", Kind::Text), ("id", Kind::Text), ("at", Kind::Int)],
+    ),
+    (
+        "session_baselines",
+        &[
+            ("session", Kind::Text),
+            ("user_key", Kind::Text),
+            ("first_seen", Kind::Int),
+            ("record", Kind::Text),
+            ("confirmed", Kind::Int),
+            ("seq", Kind::Int),
+            ("updated", Kind::Int),
+        ],
+    ),
+    (
+        "detections",
+        &[
+            ("node", Kind::Text),
+            ("reference", Kind::Text),
+            ("session", Kind::Text),
+            ("user_key", Kind::Text),
+            ("route", Kind::Text),
+            ("rule", Kind::Text),
+            ("action", Kind::Text),
+            ("enforced", Kind::Int),
+            ("score", Kind::Int),
+            ("reasons", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
+    (
+        "user_detections",
+        &[
+            ("user_key", Kind::Text),
+            ("count", Kind::Int),
+            ("until", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    ("disabled_nodes", &[("name", Kind::Text), ("at", Kind::Int)]),
+];
+
+/// One value read.
+enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+/// What a copy moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Rows copied, all tables.
+    pub rows: u64,
+    /// The log's head, as copied.
+    pub head: u64,
+}
+
+/// Why a copy could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The destination holds data already.
+    #[error("the destination is not empty ({0} holds rows): restore into an empty store")]
+    NotEmpty(&'static str),
+}
+
+impl From<sqlx::Error> for CopyError {
+    fn from(e: sqlx::Error) -> Self {
+        CopyError::Store(StoreError::Db(e))
+    }
+}
+
+/// Copies everything in `from` into the empty `to`.
+pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
+    let mut dst = to.pool().begin().await?;
+    let head: i64 = sqlx::query("SELECT head FROM log_head WHERE id = 1")
+        .fetch_one(&mut *dst)
+        .await?
+        .try_get(0)?;
+    if head != 0 {
+        return Err(CopyError::NotEmpty("log_head"));
+    }
+    for (table, _) in TABLES {
+        let any = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM {table} LIMIT 1"
+        )))
+        .fetch_optional(&mut *dst)
+        .await?;
+        if any.is_some() {
+            return Err(CopyError::NotEmpty(table));
+        }
+    }
+    let mut src = from.pool().begin().await?;
+    if from.backend() == Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *src)
+            .await?;
+    }
+    let row = sqlx::query("SELECT head, oldest FROM log_head WHERE id = 1")
+        .fetch_one(&mut *src)
+        .await?;
+    let (head, oldest): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let mut rows = 0;
+    for (table, columns) in TABLES {
+        rows += copy_table(&mut src, &mut dst, table, columns).await?;
+    }
+    sqlx::query("UPDATE log_head SET head = $1, oldest = $2 WHERE id = 1")
+        .bind(head)
+        .bind(oldest)
+        .execute(&mut *dst)
+        .await?;
+    src.commit().await?;
+    dst.commit().await?;
+    Ok(Copied {
+        rows,
+        head: u64::try_from(head).unwrap_or(0),
+    })
+}
+
+async fn copy_table(
+    src: &mut Transaction<'static, Any>,
+    dst: &mut Transaction<'static, Any>,
+    table: &str,
+    columns: &[(&str, Kind)],
+) -> Result<u64, CopyError> {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let select = format!("SELECT {} FROM {table}", names.join(", "));
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let insert = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
+        placeholders.join(", ")
+    );
+    let mut n = 0;
+    for row in sqlx::query(sqlx::AssertSqlSafe(select))
+        .fetch_all(&mut **src)
+        .await?
+    {
+        let values = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind))| {
+                Ok(match kind {
+                    Kind::Text => Value::Text(row.try_get(i)?),
+                    Kind::Int => Value::Int(row.try_get(i)?),
+                })
+            })
+            .collect::<Result<Vec<Value>, sqlx::Error>>()?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
+        for value in values {
+            query = match value {
+                Value::Text(v) => query.bind(v),
+                Value::Int(v) => query.bind(v),
+            };
+        }
+        query.execute(&mut **dst).await?;
+        n += 1;
+    }
+    Ok(n)
+}
