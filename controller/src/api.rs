@@ -663,14 +663,9 @@ async fn revoke_user(
     admin(&app, &headers)?;
     let req: UserRef = json(&body)?;
     let user = user_id(&app, &req.user)?;
-    let seq = commit(
-        &app,
-        &[Change::UserRevoked {
-            user,
-            at: now_secs(),
-        }],
-    )
-    .await?;
+    let now = now_secs();
+    let seq = app.store.revoke_user(user, now, now).await?;
+    app.head.send_replace(seq);
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }

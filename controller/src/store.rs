@@ -179,6 +179,37 @@ impl Store {
         Ok(head)
     }
 
+    /// Ends every session of `user` everywhere (universal logout): the
+    /// user's revocation, and in the same transaction the revocation of
+    /// each session the store holds a baseline of for them — so that a
+    /// node that no longer holds one of them (evicted, never learnt) ends
+    /// it too. Returns the head after.
+    pub async fn revoke_user(&self, user: UserId, at: u64, now: u64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let mut changes = vec![Change::UserRevoked { user, at }];
+        for row in
+            sqlx::query("SELECT session FROM session_baselines WHERE user_key = $1 ORDER BY seq")
+                .bind(user.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            let session: String = row.try_get(0)?;
+            if let Some(session) = SessionId::parse(&session) {
+                changes.push(Change::SessionRevoked {
+                    session,
+                    at,
+                    vouched: true,
+                });
+            }
+        }
+        let head = append_in(&mut tx, &changes, now).await?;
+        tx.commit().await?;
+        Ok(head)
+    }
+
     /// Takes a node's events: each not taken before (by node and id)
     /// is judged and may become changes, all in one transaction. Returns
     /// what was taken and the head after.

@@ -693,11 +693,28 @@ async fn a_user_revoked_at_the_controller_loses_the_sessions_other_nodes_saw() {
                 .status(),
             200
         );
+        let mut watching = Stream::open(&c, NODE_B, 1).await;
+        watching.next().await;
         assert_eq!(
             c.admin("/v1/admin/users/revoke", serde_json::json!({"user": "bob"}))
                 .await
                 .status(),
             200
+        );
+        // The user's revocation comes with the revocation of each session
+        // the controller knows of theirs: a node that no longer holds one
+        // ends it too.
+        let key = |r: &vigil_fleet::Record| SessionId(r.0[..16].try_into().unwrap());
+        let Frame::Changes { first: 2, changes } = watching.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(
+                &changes[..],
+                [Change::UserRevoked { .. }, Change::SessionRevoked { session, vouched: true, .. }]
+                    if *session == key(&laptop)
+            ),
+            "{changes:?}"
         );
         // A's report of a session bob had before his revocation arrives
         // after it (A's queue was held up): the session is revoked, not
@@ -708,7 +725,6 @@ async fn a_user_revoked_at_the_controller_loses_the_sessions_other_nodes_saw() {
                 .status(),
             200
         );
-        let key = |r: &vigil_fleet::Record| SessionId(r.0[..16].try_into().unwrap());
         // A node starting now ends both sessions, though it never saw
         // them, and holds no baseline for them.
         let mut fresh = Stream::open(&c, NODE_B, 0).await;
@@ -737,7 +753,7 @@ async fn a_user_revoked_at_the_controller_loses_the_sessions_other_nodes_saw() {
                 .any(|c| matches!(c, Change::SessionBaseline { .. })),
             "{changes:?}"
         );
-        assert!(matches!(fresh.next().await, Frame::SnapshotEnd { seq: 3 }));
+        assert!(matches!(fresh.next().await, Frame::SnapshotEnd { seq: 4 }));
         // Bob signs in again afterwards: that session is his baseline.
         let new = record(&a, "s-bob-3", FIREFOX, "81.2.69.10", Some("bob"), now() + 1);
         post_events(&c, NODE_A, vec![baseline("a-3", &new, false)]).await;
