@@ -36,6 +36,8 @@ CREATE INDEX detections_at ON detections (at);
 
 -- Each user's fleet-wide count of recent enforced detections, as last
 -- streamed.
+-- A count of 0 is a clear: the user passed a step-up at `until`, and only
+-- detections after it count.
 CREATE TABLE user_detections (
     user_key TEXT PRIMARY KEY,
     count BIGINT NOT NULL,

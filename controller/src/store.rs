@@ -248,6 +248,7 @@ impl Store {
         // Baselines taken earlier in this batch, not yet in the table.
         let mut pending: HashMap<SessionId, Held> = HashMap::new();
         let mut recount: Vec<UserId> = Vec::new();
+        let mut cleared: Vec<UserId> = Vec::new();
         for event in events {
             let inserted = sqlx::query(
                 "INSERT INTO node_events (node, id, at) VALUES ($1, $2, $3) \
@@ -295,6 +296,12 @@ impl Store {
                                 record: held.record.clone(),
                                 confirmed: held.confirmed,
                             });
+                            // The user proved themselves: the fleet's count
+                            // of their detections starts over, as the
+                            // node's own does.
+                            if *confirmed && let Some(user) = held.user {
+                                cleared.push(user);
+                            }
                             pending.insert(session, held);
                             taken.baselines += 1;
                         }
@@ -357,7 +364,17 @@ impl Store {
                 NodeEventKind::Unknown => {}
             }
         }
+        for user in &cleared {
+            changes.push(Change::UserDetections {
+                user: *user,
+                count: 0,
+                until: now,
+            });
+        }
         for user in recount {
+            if cleared.contains(&user) {
+                continue;
+            }
             if let Some(change) = recount_detections(&mut tx, user, now, intake).await? {
                 changes.push(change);
             }
@@ -493,9 +510,11 @@ impl Store {
                 confirmed: row.try_get::<i64, _>(1)? != 0,
             });
         }
-        for row in sqlx::query("SELECT user_key, count, until FROM user_detections ORDER BY seq")
-            .fetch_all(&mut *tx)
-            .await?
+        for row in sqlx::query(
+            "SELECT user_key, count, until FROM user_detections WHERE count > 0 ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?
         {
             let user: String = row.try_get(0)?;
             let Some(user) = UserId::parse(&user) else {
@@ -932,11 +951,22 @@ async fn recount_detections(
     intake: Intake,
 ) -> Result<Option<Change>, StoreError> {
     let since = now.saturating_sub(intake.detection_window);
+    // A clear (count 0) holds its time in `until`: only later ones count.
+    let cleared_at =
+        sqlx::query("SELECT until FROM user_detections WHERE user_key = $1 AND count = 0")
+            .bind(user.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()?
+            .map_or(0, to_u64);
     let row = sqlx::query(
-        "SELECT COUNT(DISTINCT node), MAX(at) FROM detections WHERE user_key = $1 AND enforced = 1 AND at > $2",
+        "SELECT COUNT(DISTINCT node), MAX(at) FROM detections \
+         WHERE user_key = $1 AND enforced = 1 AND at > $2 AND at >= $3",
     )
     .bind(user.to_string())
     .bind(to_i64(since))
+    .bind(to_i64(cleared_at))
     .fetch_one(&mut **tx)
     .await?;
     let count = u8::try_from(to_u64(row.try_get(0)?)).unwrap_or(u8::MAX);

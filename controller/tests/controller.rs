@@ -800,7 +800,13 @@ async fn enforced_detections_on_any_node_count_toward_the_users_risk_everywhere(
         let db = Db::new(postgres).await;
         let c = Controller::start_with(&db.url(), "detection_window_seconds = 600").await;
         let t = now() - 10;
-        let carl = UserId(0xca71);
+        let carl = UserId(
+            vigil_engine::UserKey::for_name(
+                &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+                "carl",
+            )
+            .as_u64(),
+        );
         let mut node = Stream::open(&c, NODE_B, 0).await;
         node.next().await;
         node.next().await;
@@ -840,6 +846,25 @@ async fn enforced_detections_on_any_node_count_toward_the_users_risk_everywhere(
                 count: 2,
                 until: t + 601
             }]
+        );
+        // Carl passes a step-up on node A: the fleet's count starts over,
+        // and only what is caught after counts.
+        let phone = record(&engine(), "s-carl", FIREFOX, "81.2.69.10", Some("carl"), now() - 5);
+        post_events(&c, NODE_A, vec![baseline("a-5", &phone, true)]).await;
+        let Frame::Changes { changes, .. } = node.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(&changes[..], [Change::SessionBaseline { confirmed: true, .. }, Change::UserDetections { user, count: 0, .. }] if *user == carl),
+            "{changes:?}"
+        );
+        post_events(&c, NODE_B, vec![detection("b-2", Some(carl), true, now())]).await;
+        let Frame::Changes { changes, .. } = node.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(&changes[..], [Change::UserDetections { user, count: 1, .. }] if *user == carl),
+            "{changes:?}"
         );
         // Bounded facts: an oversized one is refused whole.
         let mut big = detection("a-4", Some(carl), true, t);

@@ -155,10 +155,17 @@ impl Scorer {
     /// node raises the user's entity risk ([`Reason::RecentDetections`])
     /// on this one. The fleet's count includes this node's, so it is a
     /// maximum, never a sum.
+    ///
+    /// A count of 0 is the fleet's clear: the user passed a step-up on
+    /// another node, and their detections count from zero here too.
     pub fn fleet_detections(&self, user: UserKey, count: u8, until_secs: u64, now_secs: u64) {
         let now = secs32(now_secs);
         let until = secs32(until_secs);
-        if count == 0 || until <= now {
+        if count == 0 {
+            self.clear_detections(user);
+            return;
+        }
+        if until <= now {
             return;
         }
         let mut e = self.entities.get(&user).unwrap_or_default();

@@ -989,6 +989,17 @@ fn the_fleets_detections_raise_the_users_risk_here_without_double_counting() {
         .fleet_detections(user, 3, T0 + 10, T0 + 3602);
     let v = w.req(&p, "s", FIREFOX, HOME, T0 + 3603);
     assert!(!v.risk.has(Reason::RecentDetections));
+    // The fleet's clear (she passed a step-up elsewhere) clears it here.
+    w.engine
+        .scorer()
+        .fleet_detections(user, 2, T0 + 7200, T0 + 3604);
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 3605);
+    assert_eq!(v.risks.entity.points(Reason::RecentDetections), 30);
+    w.engine
+        .scorer()
+        .fleet_detections(user, 0, T0 + 3606, T0 + 3606);
+    let v = w.req(&p, "s", FIREFOX, HOME, T0 + 3607);
+    assert!(!v.risk.has(Reason::RecentDetections));
 }
 
 #[test]
