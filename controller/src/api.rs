@@ -15,21 +15,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use vigil_engine::UserKey;
 use vigil_fleet::{
     Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, SessionId, UserId, VERSION, write_frame,
 };
 
 use crate::config::{Config, Node, token_hash};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::tail::{Published, Tail};
 
 /// A quiet stream gets a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// How often a stream looks at the store even without a local commit: the
-/// fallback by which a replica learns of changes another one wrote.
-const POLL: Duration = Duration::from_millis(500);
 
 /// Largest request body: an event batch.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -41,21 +39,33 @@ pub struct App {
     pub store: Store,
     /// The config in force.
     pub config: Config,
-    /// The head committed by this process, for streams to wake on.
+    /// The head committed by this process, for the tail to wake on.
     pub head: watch::Sender<u64>,
     /// Events each node posted in its current minute.
     pub posted: std::sync::Mutex<std::collections::HashMap<String, (tokio::time::Instant, u32)>>,
+    /// The one reader of the log, whose frames every stream shares.
+    pub tail: Arc<Tail>,
+    /// The metrics.
+    pub metrics: Metrics,
 }
 
 impl App {
-    /// The controller's state over `store` with `config`.
-    pub fn new(store: Store, config: Config, head: u64) -> App {
-        App {
+    /// The controller's state over `store` with `config`, its log at
+    /// `head`; `drop_seq` is the test hook of [`crate::tail::DROP_SEQ_ENV`].
+    pub fn new(
+        store: Store,
+        config: Config,
+        head: u64,
+        drop_seq: Option<u64>,
+    ) -> Result<App, prometheus::Error> {
+        Ok(App {
             store,
             config,
             head: watch::channel(head).0,
             posted: std::sync::Mutex::default(),
-        }
+            tail: Arc::new(Tail::new(head, drop_seq)),
+            metrics: Metrics::new()?,
+        })
     }
 
     /// Counts `n` events posted by `node`; false when that goes beyond its
@@ -132,6 +142,7 @@ impl IntoResponse for ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/sync", get(sync))
         .route("/v1/events", post(events))
         .route("/v1/admin/log", get(log_bounds))
@@ -183,9 +194,26 @@ fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
 }
 
-/// Appends and wakes the streams.
+/// `GET /metrics`: Prometheus text; counts and durations only
+/// (`crate::metrics`), so it needs no token.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Appends and wakes the tail.
 async fn commit(app: &App, changes: &[Change]) -> Result<u64, ApiError> {
+    let started = tokio::time::Instant::now();
     let head = app.store.append(changes, now_secs()).await?;
+    app.metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     app.head.send_replace(head);
     Ok(head)
 }
@@ -221,12 +249,18 @@ async fn sync(
 ) -> Result<Response, ApiError> {
     let node = node(&app, &headers)?.name.clone();
     let since = since_of(query.as_deref())?;
+    // Subscribed before anything is read: no frame published from here on
+    // is missed.
+    let live = app.tail.subscribe();
     let bounds = app.store.bounds().await?;
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     tracing::info!(node, since, head = bounds.head, snapshot, "node subscribed");
     tokio::spawn(async move {
-        if let Err(e) = stream(&app, &tx, since, snapshot, bounds.head, bounds.oldest).await {
+        app.metrics.subscribers.inc();
+        let ended = stream(&app, &tx, live, since, snapshot, bounds).await;
+        app.metrics.subscribers.dec();
+        if let Err(e) = ended {
             tracing::info!(node, error = %e, "stream ended");
         }
     });
@@ -250,30 +284,37 @@ enum StreamEnd {
     Gap(u64),
 }
 
-async fn send(
-    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
-    frame: &Frame,
-) -> Result<(), StreamEnd> {
-    tx.send(Ok(Bytes::from(write_frame(frame))))
-        .await
-        .map_err(|_| StreamEnd::Gone)
+type Tx = mpsc::Sender<Result<Bytes, Infallible>>;
+
+async fn send(tx: &Tx, frame: &Frame) -> Result<(), StreamEnd> {
+    send_bytes(tx, Bytes::from(write_frame(frame))).await
 }
 
+async fn send_bytes(tx: &Tx, bytes: Bytes) -> Result<(), StreamEnd> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    tx.send(Ok(bytes)).await.map_err(|_| StreamEnd::Gone)
+}
+
+/// One node's stream: the hello, a snapshot if due, then the changes after
+/// its cursor — the tail's shared frames ([`crate::tail`]) whenever the
+/// next one starts right after the cursor, and the stream's own reads of
+/// the store otherwise (joining behind, or lagging) up to a frame boundary.
 async fn stream(
     app: &App,
-    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    tx: &Tx,
+    mut live: broadcast::Receiver<Published>,
     since: u64,
     snapshot: bool,
-    head: u64,
-    oldest: u64,
+    bounds: crate::store::Bounds,
 ) -> Result<(), StreamEnd> {
-    let mut woken = app.head.subscribe();
     send(
         tx,
         &Frame::Hello {
             v: VERSION,
-            head,
-            oldest,
+            head: bounds.head,
+            oldest: bounds.oldest,
             snapshot,
         },
     )
@@ -294,31 +335,60 @@ async fn stream(
         send(tx, &Frame::SnapshotEnd { seq }).await?;
         cursor = seq;
     }
+    cursor = catch_up(app, tx, cursor, app.tail.published()).await?;
     let mut last_sent = tokio::time::Instant::now();
     loop {
-        let batch = app.store.since(cursor, MAX_BATCH).await?;
-        if let Some(&(first, _)) = batch.first() {
-            // Numbers are contiguous by construction (store.rs); a hole
-            // here is compaction overtaking a slow node: it resyncs.
-            if first != cursor + 1 {
-                return Err(StreamEnd::Gap(cursor + 1));
+        let next = tokio::select! {
+            next = live.recv() => next,
+            () = tokio::time::sleep_until(last_sent + HEARTBEAT) => {
+                send(tx, &Frame::Heartbeat { head: cursor }).await?;
+                last_sent = tokio::time::Instant::now();
+                continue;
             }
-            cursor = first + batch.len() as u64 - 1;
-            let changes = batch.into_iter().map(|(_, c)| c).collect();
-            send(tx, &Frame::Changes { first, changes }).await?;
-            last_sent = tokio::time::Instant::now();
-            continue;
-        }
-        if last_sent.elapsed() >= HEARTBEAT {
-            send(tx, &Frame::Heartbeat { head: cursor }).await?;
-            last_sent = tokio::time::Instant::now();
-        }
-        tokio::select! {
-            changed = woken.changed() => if changed.is_err() { return Err(StreamEnd::Gone) },
-            () = tokio::time::sleep(POLL) => {},
             () = tx.closed() => return Err(StreamEnd::Gone),
+        };
+        match next {
+            Ok(frame) if frame.last <= cursor => continue,
+            Ok(frame) if frame.first == cursor + 1 => {
+                send_bytes(tx, frame.bytes).await?;
+                app.metrics.sent("shared", frame.last - cursor);
+                cursor = frame.last;
+            }
+            // Frames this stream did not see (it joined or caught up
+            // between them), or one that overlaps its cursor.
+            Ok(frame) => cursor = catch_up(app, tx, cursor, frame.last).await?,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                app.metrics.lagged.inc();
+                cursor = catch_up(app, tx, cursor, app.tail.published()).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::Gone),
         }
+        last_sent = tokio::time::Instant::now();
     }
+}
+
+/// Reads the store from `cursor` up to `to` (a frame boundary of the
+/// tail's) and sends it; returns the new cursor. The log's numbers are
+/// contiguous by construction (store.rs); a hole here is compaction
+/// overtaking a slow node: the stream ends and the node resyncs.
+async fn catch_up(app: &App, tx: &Tx, mut cursor: u64, to: u64) -> Result<u64, StreamEnd> {
+    while cursor < to {
+        let limit = usize::try_from(to - cursor).map_or(MAX_BATCH, |n| n.min(MAX_BATCH));
+        let batch = app.store.since(cursor, limit).await.inspect_err(|_| {
+            app.metrics.store_read_errors.inc();
+        })?;
+        let Some(&(first, _)) = batch.first() else {
+            break;
+        };
+        if first != cursor + 1 {
+            return Err(StreamEnd::Gap(cursor + 1));
+        }
+        let n = batch.len() as u64;
+        send_bytes(tx, app.tail.encode(batch)).await?;
+        app.metrics.sent("store", n);
+        cursor = first + n - 1;
+    }
+    Ok(cursor)
 }
 
 /// `POST /v1/events`: a node's events, taken once each.
@@ -355,6 +425,8 @@ async fn events(
         ));
     }
     if !app.allow_events(&node, batch.events.len()) {
+        app.metrics
+            .events("rate_limited", batch.events.len() as u64);
         tracing::warn!(
             node,
             events = batch.events.len(),
@@ -369,10 +441,16 @@ async fn events(
             ),
         ));
     }
+    let started = tokio::time::Instant::now();
     let (ack, head) = app
         .store
         .take_events(&node, &batch.events, now_secs())
         .await?;
+    app.metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.events("taken", ack.accepted as u64);
+    app.metrics.events("duplicate", ack.duplicates as u64);
     app.head.send_replace(head);
     Ok(Json(ack).into_response())
 }

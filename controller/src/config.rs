@@ -30,6 +30,14 @@ pub struct Config {
     /// `429` until the minute is over. A stolen node token can end sessions
     /// at this pace at most, and the operator sees it.
     pub node_events_per_minute: u32,
+    /// How often this controller reads the store for changes nobody told
+    /// it of: another replica's, when the PostgreSQL notification that
+    /// should have woken it was lost (its listener's connection down), or
+    /// another process's on SQLite.
+    pub poll: std::time::Duration,
+    /// The test hook: this change is left out of every live stream. From
+    /// the environment ([`crate::tail::DROP_SEQ_ENV`]), never the file.
+    pub test_drop_seq: Option<u64>,
 }
 
 /// An edge node allowed to sync.
@@ -51,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("nodes", &self.nodes.len())
             .field("keep_changes", &self.keep_changes)
+            .field("poll", &self.poll)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +83,7 @@ struct Raw {
     admin_token_file: PathBuf,
     keep_changes: Option<u64>,
     node_events_per_minute: Option<u32>,
+    poll_ms: Option<u64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -188,6 +198,12 @@ impl Config {
                 "node_events_per_minute: {node_events_per_minute} is out of range; expected 1 to 1000000"
             ));
         }
+        let poll_ms = raw.poll_ms.unwrap_or(1_000);
+        if !(10..=3_600_000).contains(&poll_ms) {
+            problems.push(format!(
+                "poll_ms: {poll_ms} is out of range; expected 10 to 3600000"
+            ));
+        }
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -210,6 +226,10 @@ impl Config {
                 nodes,
                 keep_changes,
                 node_events_per_minute,
+                poll: std::time::Duration::from_millis(poll_ms),
+                test_drop_seq: crate::tail::drop_seq_from(
+                    std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
+                ),
             }),
             _ => Err(fail(problems)),
         }
