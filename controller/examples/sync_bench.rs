@@ -16,7 +16,8 @@
 //!   controller, as another replica is: on PostgreSQL its `NOTIFY` wakes the
 //!   controller's tail, on SQLite the tail finds it by its poll (1 s).
 //! - `events`: `POST /v1/events`, `--batch` node events per request (at
-//!   most 1000): one transaction per request, and it wakes the streams. The
+//!   most 1000), posted as each node in turn (each allowed 1,000,000 a
+//!   minute): one transaction per request, and it wakes the streams. The
 //!   batched API path.
 //! - `admin`: `POST /v1/admin/sessions/revoke`, one session per request and
 //!   per transaction, from `--writers` concurrent clients (default 8).
@@ -196,7 +197,7 @@ async fn bench(args: &Args, dir: &tempfile::TempDir, store_url: &str) -> Result<
     std::fs::write(dir.path().join("admin.token"), ADMIN)?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut toml = format!(
-        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n"
+        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\nnode_events_per_minute = 1000000\n"
     );
     for i in 0..args.subscribers.max(1) {
         toml.push_str(&format!(
@@ -436,7 +437,8 @@ async fn write(
                 let body = serde_json::to_string(&EventBatch { v: VERSION, events })?;
                 let r = client
                     .post(format!("{base}/v1/events"))
-                    .bearer_auth(node_token(0))
+                    // Round the nodes, each within its allowance.
+                    .bearer_auth(node_token(usize::try_from(k)? % args.subscribers.max(1)))
                     .header("content-type", "application/json")
                     .body(body)
                     .send()
