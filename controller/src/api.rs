@@ -578,6 +578,95 @@ async fn user_risk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_fleet::read_frame;
+
+    /// A stream whose node reads nothing while more than the broadcast
+    /// channel holds is published: it lags, reads the store, and still
+    /// hands over every change, in order, none skipped.
+    #[tokio::test]
+    async fn a_stream_that_lags_behind_the_shared_frames_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = Store::open(&config.store).await.unwrap();
+        let app = Arc::new(App::new(store.clone(), config, 0, None).unwrap());
+        let tail = tokio::spawn(crate::tail::run(
+            Arc::clone(&app.tail),
+            store.clone(),
+            app.metrics.clone(),
+            app.head.subscribe(),
+            0,
+            Duration::from_secs(3_600),
+        ));
+        // The node's queue holds one frame and nobody reads it yet.
+        let (tx, mut rx) = mpsc::channel(1);
+        let live = app.tail.subscribe();
+        let bounds = store.bounds().await.unwrap();
+        let streaming = tokio::spawn({
+            let app = Arc::clone(&app);
+            async move { stream(&app, &tx, live, 0, false, bounds).await }
+        });
+        // One frame per commit: wait for each to be published.
+        let mut published = app.tail.subscribe();
+        let total = (crate::tail::RING + 50) as u64;
+        for i in 1..=total {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            let head = store
+                .append(
+                    &[Change::SessionRevoked {
+                        session: SessionId(id),
+                        at: 1,
+                        vouched: true,
+                    }],
+                    1,
+                )
+                .await
+                .unwrap();
+            app.head.send_replace(head);
+            while published.recv().await.unwrap().last < head {}
+        }
+        // Now the node reads: every change, contiguous, none skipped.
+        let mut cursor = 0;
+        let mut buffer = Vec::new();
+        while cursor < total {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("the stream goes on")
+                .unwrap()
+                .unwrap();
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                match read_frame(&line[..end]).unwrap() {
+                    Frame::Changes { first, changes } => {
+                        assert_eq!(first, cursor + 1, "no change skipped");
+                        for (seq, change) in (first..).zip(&changes) {
+                            let Change::SessionRevoked { session, .. } = change else {
+                                panic!("{change:?}")
+                            };
+                            assert_eq!(session.0[..8], seq.to_be_bytes());
+                        }
+                        cursor = first + changes.len() as u64 - 1;
+                    }
+                    Frame::Hello { .. } | Frame::Heartbeat { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(cursor, total);
+        assert!(app.metrics.lagged.get() >= 1);
+        assert!(app.metrics.frames_sent.with_label_values(&["store"]).get() >= 1);
+        streaming.abort();
+        tail.abort();
+    }
 
     #[test]
     fn a_sync_query_is_one_decimal_since_or_nothing() {
