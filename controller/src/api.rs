@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vigil_engine::UserKey;
 use vigil_fleet::{
     Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, SessionId, UserId, VERSION, write_frame,
@@ -47,24 +47,69 @@ pub struct App {
     pub tail: Arc<Tail>,
     /// The metrics.
     pub metrics: Metrics,
+    /// Admin changes on their way to the committer ([`committer`]).
+    commits: mpsc::Sender<Pending>,
+}
+
+/// An admin change waiting to be committed, and where its sequence (and
+/// the head after its transaction) goes; `None` if the store failed.
+type Pending = (Change, oneshot::Sender<Option<(u64, u64)>>);
+
+/// Admin changes are committed by one task, as many as are waiting (up to
+/// [`MAX_BATCH`]) in one transaction: concurrent single-change calls share
+/// a commit instead of queueing for the log's head row one by one.
+async fn committer(store: Store, metrics: Metrics, mut waiting: mpsc::Receiver<Pending>) {
+    while let Some(first) = waiting.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let changes: Vec<Change> = group.iter().map(|(c, _)| c.clone()).collect();
+        let started = tokio::time::Instant::now();
+        match store.append(&changes, now_secs()).await {
+            Ok(head) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let first = head + 1 - changes.len() as u64;
+                for ((_, reply), seq) in group.into_iter().zip(first..) {
+                    let _ = reply.send(Some((seq, head)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changes.len(), "store failed; admin changes not committed");
+                for (_, reply) in group {
+                    let _ = reply.send(None);
+                }
+            }
+        }
+    }
 }
 
 impl App {
     /// The controller's state over `store` with `config`, its log at
     /// `head`; `drop_seq` is the test hook of [`crate::tail::DROP_SEQ_ENV`].
+    /// Starts its committer task: call it within a Tokio runtime.
     pub fn new(
         store: Store,
         config: Config,
         head: u64,
         drop_seq: Option<u64>,
     ) -> Result<App, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         Ok(App {
             store,
             config,
             head: watch::channel(head).0,
             posted: std::sync::Mutex::default(),
             tail: Arc::new(Tail::new(head, drop_seq)),
-            metrics: Metrics::new()?,
+            metrics,
+            commits,
         })
     }
 
@@ -207,15 +252,24 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// Appends and wakes the tail.
-async fn commit(app: &App, changes: &[Change]) -> Result<u64, ApiError> {
-    let started = tokio::time::Instant::now();
-    let head = app.store.append(changes, now_secs()).await?;
-    app.metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
+/// Commits an admin change, with whatever others are waiting
+/// ([`committer`]), and wakes the tail; its sequence number.
+async fn commit(app: &App, change: Change) -> Result<u64, ApiError> {
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store failed; try again",
+        )
+    };
+    let (reply, answer) = oneshot::channel();
+    app.commits
+        .send((change, reply))
+        .await
+        .map_err(|_| unavailable())?;
+    let (seq, head) = answer.await.ok().flatten().ok_or_else(unavailable)?;
     app.head.send_replace(head);
-    Ok(head)
+    Ok(seq)
 }
 
 /// The `since` of a sync query: absent is 0; anything but one decimal
@@ -485,11 +539,11 @@ async fn revoke_session(
     let seq = commit(
         &app,
         // An operator's word: every node keeps it, seen the session or not.
-        &[Change::SessionRevoked {
+        Change::SessionRevoked {
             session,
             at: now_secs(),
             vouched: true,
-        }],
+        },
     )
     .await?;
     tracing::info!(session = %req.session.get(..8).unwrap_or(""), seq, "session revoked by the admin API");
@@ -526,10 +580,10 @@ async fn revoke_user(
     let user = user_id(&app, &req.user)?;
     let seq = commit(
         &app,
-        &[Change::UserRevoked {
+        Change::UserRevoked {
             user,
             at: now_secs(),
-        }],
+        },
     )
     .await?;
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
@@ -564,12 +618,12 @@ async fn user_risk(
     let now = now_secs();
     let seq = commit(
         &app,
-        &[Change::UserRisk {
+        Change::UserRisk {
             user,
             points: req.points,
             until: now.saturating_add(req.ttl_seconds),
             at: now,
-        }],
+        },
     )
     .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())

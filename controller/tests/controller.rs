@@ -660,3 +660,74 @@ async fn the_drop_hook_leaves_one_change_out_of_live_streams_only() {
     };
     assert_eq!(changes.len(), 3);
 }
+
+#[tokio::test]
+async fn concurrent_admin_calls_each_get_the_number_of_their_own_change() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        // Committed together or not, each call is answered with its own
+        // change's number.
+        let calls = (0..40u8).map(|n| {
+            let c = &c;
+            async move {
+                let r = c
+                    .admin(
+                        "/v1/admin/sessions/revoke",
+                        serde_json::json!({"session": session(n).to_string()}),
+                    )
+                    .await;
+                assert_eq!(r.status(), 200);
+                let body: serde_json::Value =
+                    serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                (n, body["seq"].as_u64().unwrap())
+            }
+        });
+        let answers = futures_join_all(calls).await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let log = store.since(0, 1_000).await.unwrap();
+        assert_eq!(
+            log.iter().map(|(s, _)| *s).collect::<Vec<u64>>(),
+            (1..=40).collect::<Vec<u64>>()
+        );
+        for (n, seq) in answers {
+            let (_, change) = &log[usize::try_from(seq - 1).unwrap()];
+            assert!(
+                matches!(change, Change::SessionRevoked { session: s, vouched: true, .. } if *s == session(n)),
+                "{n} answered {seq}"
+            );
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Runs every future concurrently on this task; their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
