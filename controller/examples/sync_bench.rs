@@ -12,11 +12,12 @@
 //!
 //! Modes — how the writer revokes:
 //! - `append`: `Store::append` directly, `--batch` changes per transaction.
-//!   The store's own throughput; but a direct append does not wake the
-//!   streams (only the API's commit does), so they learn of it by their
-//!   500 ms poll, as a replica learns of another replica's writes.
+//!   The store's own throughput; a direct append is another writer to the
+//!   controller, as another replica is: on PostgreSQL its `NOTIFY` wakes the
+//!   controller's tail, on SQLite the tail finds it by its poll (1 s).
 //! - `events`: `POST /v1/events`, `--batch` node events per request (at
-//!   most 1000): one transaction per request, and it wakes the streams. The
+//!   most 1000), posted as each node in turn (each allowed 1,000,000 a
+//!   minute): one transaction per request, and it wakes the streams. The
 //!   batched API path.
 //! - `admin`: `POST /v1/admin/sessions/revoke`, one session per request and
 //!   per transaction, from `--writers` concurrent clients (default 8).
@@ -196,7 +197,7 @@ async fn bench(args: &Args, dir: &tempfile::TempDir, store_url: &str) -> Result<
     std::fs::write(dir.path().join("admin.token"), ADMIN)?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut toml = format!(
-        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n"
+        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\nnode_events_per_minute = 1000000\n"
     );
     for i in 0..args.subscribers.max(1) {
         toml.push_str(&format!(
@@ -275,10 +276,39 @@ async fn bench(args: &Args, dir: &tempfile::TempDir, store_url: &str) -> Result<
         }
     }
     let cpu = cpu_secs()? - cpu_before;
+    let scraped = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
     let _ = stop.send(());
     controller.abort();
 
     report(args, &shared, committed, write_secs, t0, &tallies)?;
+    let value = |series: &str| -> f64 {
+        scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "load average (1, 5, 15 min) at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")?
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let tail_frames = value("vigil_controller_frame_changes_count");
+    println!(
+        "controller: the tail encoded {tail_frames:.0} frames of {:.0} changes on average; frames written shared {:.0}, from a stream's own store reads {:.0}; lagged streams {:.0}; commits {:.0}, mean {:.1} ms",
+        value("vigil_controller_frame_changes_sum") / tail_frames.max(1.0),
+        value("vigil_controller_frames_sent_total{source=\"shared\"}"),
+        value("vigil_controller_frames_sent_total{source=\"store\"}"),
+        value("vigil_controller_stream_lagged_total"),
+        value("vigil_controller_commit_seconds_count"),
+        value("vigil_controller_commit_seconds_sum") * 1e3
+            / value("vigil_controller_commit_seconds_count").max(1.0),
+    );
     let delivered: u64 = tallies.iter().map(|t| t.received).sum();
     if delivered > 0 {
         println!(
@@ -407,7 +437,8 @@ async fn write(
                 let body = serde_json::to_string(&EventBatch { v: VERSION, events })?;
                 let r = client
                     .post(format!("{base}/v1/events"))
-                    .bearer_auth(node_token(0))
+                    // Round the nodes, each within its allowance.
+                    .bearer_auth(node_token(usize::try_from(k)? % args.subscribers.max(1)))
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

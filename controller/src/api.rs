@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use vigil_engine::UserKey;
 use vigil_fleet::{
     Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, NodeEvent, NodeEventKind, SessionId, UserId,
@@ -24,14 +24,12 @@ use vigil_fleet::{
 };
 
 use crate::config::{Config, Node, token_hash};
+use crate::metrics::Metrics;
 use crate::store::{Intake, Store, StoreError};
+use crate::tail::{Published, Tail};
 
 /// A quiet stream gets a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// How often a stream looks at the store even without a local commit: the
-/// fallback by which a replica learns of changes another one wrote.
-const POLL: Duration = Duration::from_millis(500);
 
 /// Largest request body: an event batch.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -43,7 +41,7 @@ pub struct App {
     pub store: Store,
     /// The config in force.
     pub config: Config,
-    /// The head committed by this process, for streams to wake on.
+    /// The head committed by this process, for the tail to wake on.
     pub head: watch::Sender<u64>,
     /// Events each node posted in its current minute, by allowance
     /// ([`Allowance`]).
@@ -54,21 +52,78 @@ pub struct App {
     /// replica; refreshed every [`NODES_REFRESH`]); a change wakes the
     /// watch of every open stream.
     pub disabled: watch::Sender<Arc<HashSet<String>>>,
+    /// The one reader of the log, whose frames every stream shares.
+    pub tail: Arc<Tail>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Admin changes on their way to the committer ([`committer`]).
+    commits: mpsc::Sender<Pending>,
+}
+
+/// An admin change waiting to be committed, and where its sequence (and
+/// the head after its transaction) goes; `None` if the store failed.
+type Pending = (Change, oneshot::Sender<Option<(u64, u64)>>);
+
+/// Admin changes are committed by one task, as many as are waiting (up to
+/// [`MAX_BATCH`]) in one transaction: concurrent single-change calls share
+/// a commit instead of queueing for the log's head row one by one.
+async fn committer(store: Store, metrics: Metrics, mut waiting: mpsc::Receiver<Pending>) {
+    while let Some(first) = waiting.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let changes: Vec<Change> = group.iter().map(|(c, _)| c.clone()).collect();
+        let started = tokio::time::Instant::now();
+        match store.append(&changes, now_secs()).await {
+            Ok(head) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let first = head + 1 - changes.len() as u64;
+                for ((_, reply), seq) in group.into_iter().zip(first..) {
+                    let _ = reply.send(Some((seq, head)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, changes = changes.len(), "store failed; admin changes not committed");
+                for (_, reply) in group {
+                    let _ = reply.send(None);
+                }
+            }
+        }
+    }
 }
 
 /// How often a replica rereads the nodes disabled through any replica.
 pub const NODES_REFRESH: Duration = Duration::from_secs(1);
 
 impl App {
-    /// The controller's state over `store` with `config`.
-    pub fn new(store: Store, config: Config, head: u64) -> App {
-        App {
+    /// The controller's state over `store` with `config`, its log at
+    /// `head`; `drop_seq` is the test hook of [`crate::tail::DROP_SEQ_ENV`].
+    /// Starts its committer task: call it within a Tokio runtime.
+    pub fn new(
+        store: Store,
+        config: Config,
+        head: u64,
+        drop_seq: Option<u64>,
+    ) -> Result<App, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
+        Ok(App {
             store,
             config,
             head: watch::channel(head).0,
             posted: std::sync::Mutex::default(),
             disabled: watch::channel(Arc::default()).0,
-        }
+            tail: Arc::new(Tail::new(head, drop_seq)),
+            metrics,
+            commits,
+        })
     }
 
     /// Takes the store's set of disabled nodes, waking the streams when it
@@ -238,6 +293,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route("/v1/sync", get(sync))
         .route("/v1/events", post(events))
         .route("/v1/admin/log", get(log_bounds))
@@ -303,11 +359,37 @@ fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
 }
 
-/// Appends and wakes the streams.
-async fn commit(app: &App, changes: &[Change]) -> Result<u64, ApiError> {
-    let head = app.store.append(changes, now_secs()).await?;
+/// `GET /metrics`: Prometheus text; counts and durations only
+/// (`crate::metrics`), so it needs no token.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Commits an admin change, with whatever others are waiting
+/// ([`committer`]), and wakes the tail; its sequence number.
+async fn commit(app: &App, change: Change) -> Result<u64, ApiError> {
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store failed; try again",
+        )
+    };
+    let (reply, answer) = oneshot::channel();
+    app.commits
+        .send((change, reply))
+        .await
+        .map_err(|_| unavailable())?;
+    let (seq, head) = answer.await.ok().flatten().ok_or_else(unavailable)?;
     app.head.send_replace(head);
-    Ok(head)
+    Ok(seq)
 }
 
 /// The `since` of a sync query: absent is 0; anything but one decimal
@@ -365,6 +447,9 @@ async fn sync(
     let node = node(&app, &headers)?.name.clone();
     let since = since_of(query.as_deref())?;
     let v = version_of(&headers)?;
+    // Subscribed before anything is read: no frame published from here on
+    // is missed.
+    let live = app.tail.subscribe();
     let bounds = app.store.bounds().await?;
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
@@ -372,7 +457,10 @@ async fn sync(
     let mut disabled = app.disabled.subscribe();
     let name = node.clone();
     let mut task = tokio::spawn(async move {
-        if let Err(e) = stream(&app, &tx, v, since, snapshot, bounds.head, bounds.oldest).await {
+        app.metrics.subscribers.inc();
+        let ended = stream(&app, &tx, live, v, since, snapshot, bounds).await;
+        app.metrics.subscribers.dec();
+        if let Err(e) = ended {
             tracing::info!(node, error = %e, "stream ended");
         }
     });
@@ -411,31 +499,38 @@ enum StreamEnd {
     Gap(u64),
 }
 
-async fn send(
-    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
-    frame: &Frame,
-) -> Result<(), StreamEnd> {
-    tx.send(Ok(Bytes::from(write_frame(frame))))
-        .await
-        .map_err(|_| StreamEnd::Gone)
+type Tx = mpsc::Sender<Result<Bytes, Infallible>>;
+
+async fn send(tx: &Tx, frame: &Frame) -> Result<(), StreamEnd> {
+    send_bytes(tx, Bytes::from(write_frame(frame))).await
 }
 
+async fn send_bytes(tx: &Tx, bytes: Bytes) -> Result<(), StreamEnd> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    tx.send(Ok(bytes)).await.map_err(|_| StreamEnd::Gone)
+}
+
+/// One node's stream: the hello, a snapshot if due, then the changes after
+/// its cursor — the tail's shared frames ([`crate::tail`]) whenever the
+/// next one starts right after the cursor, and the stream's own reads of
+/// the store otherwise (joining behind, or lagging) up to a frame boundary.
 async fn stream(
     app: &App,
-    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+    tx: &Tx,
+    mut live: broadcast::Receiver<Published>,
     v: u32,
     since: u64,
     snapshot: bool,
-    head: u64,
-    oldest: u64,
+    bounds: crate::store::Bounds,
 ) -> Result<(), StreamEnd> {
-    let mut woken = app.head.subscribe();
     send(
         tx,
         &Frame::Hello {
             v,
-            head,
-            oldest,
+            head: bounds.head,
+            oldest: bounds.oldest,
             snapshot,
         },
     )
@@ -457,34 +552,71 @@ async fn stream(
         send(tx, &Frame::SnapshotEnd { seq }).await?;
         cursor = seq;
     }
+    cursor = catch_up(app, tx, v, cursor, app.tail.published()).await?;
     let mut last_sent = tokio::time::Instant::now();
     loop {
-        let batch = app.store.since(cursor, MAX_BATCH).await?;
-        if let Some(&(first, _)) = batch.first() {
-            // Numbers are contiguous by construction (store.rs); a hole
-            // here is compaction overtaking a slow node: it resyncs.
-            if first != cursor + 1 {
-                return Err(StreamEnd::Gap(cursor + 1));
+        let next = tokio::select! {
+            next = live.recv() => next,
+            () = tokio::time::sleep_until(last_sent + HEARTBEAT) => {
+                send(tx, &Frame::Heartbeat { head: cursor }).await?;
+                last_sent = tokio::time::Instant::now();
+                continue;
             }
-            cursor = first + batch.len() as u64 - 1;
-            let changes = batch
-                .into_iter()
-                .map(|(_, c)| if v < VERSION { c.for_version(v) } else { c })
-                .collect();
-            send(tx, &Frame::Changes { first, changes }).await?;
-            last_sent = tokio::time::Instant::now();
-            continue;
-        }
-        if last_sent.elapsed() >= HEARTBEAT {
-            send(tx, &Frame::Heartbeat { head: cursor }).await?;
-            last_sent = tokio::time::Instant::now();
-        }
-        tokio::select! {
-            changed = woken.changed() => if changed.is_err() { return Err(StreamEnd::Gone) },
-            () = tokio::time::sleep(POLL) => {},
             () = tx.closed() => return Err(StreamEnd::Gone),
+        };
+        match next {
+            Ok(frame) if frame.last <= cursor => continue,
+            // A node of an older version reads the store, each change as
+            // it can take it (`Change::for_version`).
+            Ok(frame) if v < VERSION => cursor = catch_up(app, tx, v, cursor, frame.last).await?,
+            Ok(frame) if frame.first == cursor + 1 => {
+                send_bytes(tx, frame.bytes).await?;
+                app.metrics.sent("shared", frame.last - cursor);
+                cursor = frame.last;
+            }
+            // Frames this stream did not see (it joined or caught up
+            // between them), or one that overlaps its cursor.
+            Ok(frame) => cursor = catch_up(app, tx, v, cursor, frame.last).await?,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                app.metrics.lagged.inc();
+                cursor = catch_up(app, tx, v, cursor, app.tail.published()).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::Gone),
         }
+        last_sent = tokio::time::Instant::now();
     }
+}
+
+/// Reads the store from `cursor` up to `to` (a frame boundary of the
+/// tail's) and sends it; returns the new cursor. The log's numbers are
+/// contiguous by construction (store.rs); a hole here is compaction
+/// overtaking a slow node: the stream ends and the node resyncs.
+async fn catch_up(app: &App, tx: &Tx, v: u32, mut cursor: u64, to: u64) -> Result<u64, StreamEnd> {
+    while cursor < to {
+        let limit = usize::try_from(to - cursor).map_or(MAX_BATCH, |n| n.min(MAX_BATCH));
+        let batch = app.store.since(cursor, limit).await.inspect_err(|_| {
+            app.metrics.store_read_errors.inc();
+        })?;
+        let Some(&(first, _)) = batch.first() else {
+            break;
+        };
+        if first != cursor + 1 {
+            return Err(StreamEnd::Gap(cursor + 1));
+        }
+        let n = batch.len() as u64;
+        let batch = if v < VERSION {
+            batch
+                .into_iter()
+                .map(|(seq, c)| (seq, c.for_version(v)))
+                .collect()
+        } else {
+            batch
+        };
+        send_bytes(tx, app.tail.encode(batch)).await?;
+        app.metrics.sent("store", n);
+        cursor = first + n - 1;
+    }
+    Ok(cursor)
 }
 
 /// `POST /v1/events`: a node's events, taken once each.
@@ -527,6 +659,8 @@ async fn events(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_event", bad));
     }
     if let Err(allowance) = app.allow_events(&node, &batch.events) {
+        app.metrics
+            .events("rate_limited", batch.events.len() as u64);
         tracing::warn!(
             node,
             events = batch.events.len(),
@@ -548,6 +682,7 @@ async fn events(
         max_session_age: app.config.keep_sessions,
         revocations_left: app.events_left(&node),
     };
+    let started = tokio::time::Instant::now();
     let (ack, taken, head) = app
         .store
         .take_events(&node, &batch.events, now_secs(), intake)
@@ -560,6 +695,11 @@ async fn events(
             "session records that changed nothing"
         );
     }
+    app.metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics.events("taken", ack.accepted as u64);
+    app.metrics.events("duplicate", ack.duplicates as u64);
     app.head.send_replace(head);
     Ok(Json(ack).into_response())
 }
@@ -624,11 +764,11 @@ async fn revoke_session(
     let seq = commit(
         &app,
         // An operator's word: every node keeps it, seen the session or not.
-        &[Change::SessionRevoked {
+        Change::SessionRevoked {
             session,
             at: now_secs(),
             vouched: true,
-        }],
+        },
     )
     .await?;
     tracing::info!(session = %req.session.get(..8).unwrap_or(""), seq, "session revoked by the admin API");
@@ -758,10 +898,10 @@ async fn erase_user(
     let user = user_id(&app, &req.user)?;
     let seq = commit(
         &app,
-        &[Change::UserErased {
+        Change::UserErased {
             user,
             at: now_secs(),
-        }],
+        },
     )
     .await?;
     // The key, not the name: the name is what is being erased.
@@ -797,12 +937,12 @@ async fn user_risk(
     let now = now_secs();
     let seq = commit(
         &app,
-        &[Change::UserRisk {
+        Change::UserRisk {
             user,
             points: req.points,
             until: now.saturating_add(req.ttl_seconds),
             at: now,
-        }],
+        },
     )
     .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
@@ -811,6 +951,95 @@ async fn user_risk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_fleet::read_frame;
+
+    /// A stream whose node reads nothing while more than the broadcast
+    /// channel holds is published: it lags, reads the store, and still
+    /// hands over every change, in order, none skipped.
+    #[tokio::test]
+    async fn a_stream_that_lags_behind_the_shared_frames_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = Store::open(&config.store).await.unwrap();
+        let app = Arc::new(App::new(store.clone(), config, 0, None).unwrap());
+        let tail = tokio::spawn(crate::tail::run(
+            Arc::clone(&app.tail),
+            store.clone(),
+            app.metrics.clone(),
+            app.head.subscribe(),
+            0,
+            Duration::from_secs(3_600),
+        ));
+        // The node's queue holds one frame and nobody reads it yet.
+        let (tx, mut rx) = mpsc::channel(1);
+        let live = app.tail.subscribe();
+        let bounds = store.bounds().await.unwrap();
+        let streaming = tokio::spawn({
+            let app = Arc::clone(&app);
+            async move { stream(&app, &tx, live, VERSION, 0, false, bounds).await }
+        });
+        // One frame per commit: wait for each to be published.
+        let mut published = app.tail.subscribe();
+        let total = (crate::tail::RING + 50) as u64;
+        for i in 1..=total {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            let head = store
+                .append(
+                    &[Change::SessionRevoked {
+                        session: SessionId(id),
+                        at: 1,
+                        vouched: true,
+                    }],
+                    1,
+                )
+                .await
+                .unwrap();
+            app.head.send_replace(head);
+            while published.recv().await.unwrap().last < head {}
+        }
+        // Now the node reads: every change, contiguous, none skipped.
+        let mut cursor = 0;
+        let mut buffer = Vec::new();
+        while cursor < total {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("the stream goes on")
+                .unwrap()
+                .unwrap();
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                match read_frame(&line[..end]).unwrap() {
+                    Frame::Changes { first, changes } => {
+                        assert_eq!(first, cursor + 1, "no change skipped");
+                        for (seq, change) in (first..).zip(&changes) {
+                            let Change::SessionRevoked { session, .. } = change else {
+                                panic!("{change:?}")
+                            };
+                            assert_eq!(session.0[..8], seq.to_be_bytes());
+                        }
+                        cursor = first + changes.len() as u64 - 1;
+                    }
+                    Frame::Hello { .. } | Frame::Heartbeat { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(cursor, total);
+        assert!(app.metrics.lagged.get() >= 1);
+        assert!(app.metrics.frames_sent.with_label_values(&["store"]).get() >= 1);
+        streaming.abort();
+        tail.abort();
+    }
 
     #[test]
     fn a_sync_query_is_one_decimal_since_or_nothing() {

@@ -44,6 +44,14 @@ pub struct Config {
     pub keep_sessions: u64,
     /// Seconds a detection and its facts are kept.
     pub keep_detections: u64,
+    /// How often this controller reads the store for changes nobody told
+    /// it of: another replica's, when the PostgreSQL notification that
+    /// should have woken it was lost (its listener's connection down), or
+    /// another process's on SQLite.
+    pub poll: std::time::Duration,
+    /// The test hook: this change is left out of every live stream. From
+    /// the environment ([`crate::tail::DROP_SEQ_ENV`]), never the file.
+    pub test_drop_seq: Option<u64>,
 }
 
 /// An edge node allowed to sync.
@@ -65,6 +73,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("nodes", &self.nodes.len())
             .field("keep_changes", &self.keep_changes)
+            .field("poll", &self.poll)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +101,7 @@ struct Raw {
     detection_window_seconds: Option<u64>,
     keep_sessions_days: Option<u64>,
     keep_detections_days: Option<u64>,
+    poll_ms: Option<u64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -230,6 +240,12 @@ impl Config {
                 "keep_detections_days: {keep_detections_days} is out of range; expected 1 to 3650"
             ));
         }
+        let poll_ms = raw.poll_ms.unwrap_or(1_000);
+        if !(10..=3_600_000).contains(&poll_ms) {
+            problems.push(format!(
+                "poll_ms: {poll_ms} is out of range; expected 10 to 3600000"
+            ));
+        }
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -256,6 +272,10 @@ impl Config {
                 detection_window,
                 keep_sessions: keep_sessions_days * 86_400,
                 keep_detections: keep_detections_days * 86_400,
+                poll: std::time::Duration::from_millis(poll_ms),
+                test_drop_seq: crate::tail::drop_seq_from(
+                    std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
+                ),
             }),
             _ => Err(fail(problems)),
         }

@@ -8,7 +8,9 @@
 pub mod api;
 pub mod config;
 pub mod copy;
+pub mod metrics;
 pub mod store;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,20 @@ pub enum RunError {
     /// The listener could not be bound or served.
     #[error("listen {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
+    /// The metrics could not be set up.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Tasks that end with [`run`], however it ends (returned, or dropped).
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Opens the store and serves the API until `shutdown` resolves.
@@ -43,22 +59,70 @@ pub async fn run(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| RunError::Listen(listen, e))?;
-    let app = Arc::new(api::App::new(store.clone(), config.clone(), bounds.head));
+    let drop_seq = config.test_drop_seq;
+    if let Some(seq) = drop_seq {
+        tracing::warn!(
+            seq,
+            "TEST HOOK {}: change {seq} is left out of every live sync stream; never set this in production",
+            tail::DROP_SEQ_ENV
+        );
+    }
+    let app = Arc::new(api::App::new(
+        store.clone(),
+        config.clone(),
+        bounds.head,
+        drop_seq,
+    )?);
     app.refresh_disabled().await?;
     let watcher = Arc::downgrade(&app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(api::NODES_REFRESH);
-        loop {
-            tick.tick().await;
-            let Some(app) = watcher.upgrade() else { return };
-            if let Err(e) = app.refresh_disabled().await {
-                tracing::warn!(error = %e, "disabled nodes not reread");
+    let mut tasks = Tasks(Vec::new());
+    tasks.0.push(
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(api::NODES_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(app) = watcher.upgrade() else { return };
+                if let Err(e) = app.refresh_disabled().await {
+                    tracing::warn!(error = %e, "disabled nodes not reread");
+                }
             }
-        }
-    });
+        })
+        .abort_handle(),
+    );
+    tasks.0.push(
+        tokio::spawn(tail::run(
+            Arc::clone(&app.tail),
+            store.clone(),
+            app.metrics.clone(),
+            app.head.subscribe(),
+            bounds.head,
+            config.poll,
+        ))
+        .abort_handle(),
+    );
+    if store.backend() == store::Backend::Postgres {
+        // Listening before the API answers: a change committed by another
+        // replica after this one is up wakes it.
+        let first = match tail::connect(&config.store).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "change notifications: cannot listen yet; polling meanwhile");
+                None
+            }
+        };
+        tasks.0.push(
+            tokio::spawn(tail::listen(
+                config.store.clone(),
+                Arc::clone(&app.tail),
+                app.metrics.clone(),
+                first,
+            ))
+            .abort_handle(),
+        );
+    }
     let keep = config.keep_changes;
     let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
-    tokio::spawn(async move {
+    let compaction = tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMPACT_EVERY);
         loop {
             tick.tick().await;
@@ -77,6 +141,7 @@ pub async fn run(
             }
         }
     });
+    tasks.0.push(compaction.abort_handle());
     tracing::info!(%listen, head = bounds.head, backend = ?app.store.backend(), "controller listening");
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown)

@@ -584,6 +584,47 @@ impl Store {
     }
 }
 
+/// The PostgreSQL channel every writing transaction notifies at commit,
+/// with the new head as its payload.
+pub const NOTIFY_CHANNEL: &str = "vigil_changes";
+
+/// Log rows per `INSERT` statement: one round trip (and one statement to
+/// plan) for many rows, well inside SQLite's and PostgreSQL's limits on
+/// bound parameters (3 a row).
+const ROWS_PER_INSERT: usize = 250;
+
+/// Inserts the log rows of `changes`, numbered from `first`, a few hundred
+/// to a statement.
+async fn insert_log_rows(
+    tx: &mut Transaction<'static, Any>,
+    first: i64,
+    changes: &[Change],
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut seq = first;
+    for chunk in changes.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from("INSERT INTO changes (seq, at, body) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let p = 3 * i;
+            sql.push_str(&format!("(${}, ${}, ${})", p + 1, p + 2, p + 3));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for change in chunk {
+            let body = serde_json::to_string(change).map_err(|e| StoreError::Record {
+                seq: to_u64(seq),
+                problem: e.to_string(),
+            })?;
+            query = query.bind(seq).bind(to_i64(now)).bind(body);
+            seq += 1;
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Appends inside `tx`: the head row first (taking its lock), then each
 /// change and the state it builds.
 async fn append_in(
@@ -598,17 +639,16 @@ async fn append_in(
         .await?
         .try_get(0)?;
     let first = head - n + 1;
-    for (seq, change) in (first..).zip(changes) {
-        let body = serde_json::to_string(change).map_err(|e| StoreError::Record {
-            seq: to_u64(seq),
-            problem: e.to_string(),
-        })?;
-        sqlx::query("INSERT INTO changes (seq, at, body) VALUES ($1, $2, $3)")
-            .bind(seq)
-            .bind(to_i64(now))
-            .bind(body)
+    insert_log_rows(tx, first, changes, now).await?;
+    if n > 0 && tx.backend_name() == "PostgreSQL" {
+        // Delivered at commit, to every replica listening (`crate::tail`).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(head.to_string())
             .execute(&mut **tx)
             .await?;
+    }
+    for (seq, change) in (first..).zip(changes) {
         match change {
             Change::SessionRevoked {
                 session,

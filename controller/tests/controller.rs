@@ -645,24 +645,29 @@ async fn the_earliest_sighting_of_a_session_is_its_baseline_for_every_node() {
             }
         };
         assert_eq!(head(&c).await, 2);
-        // The owner's step-up on the phone moves the baseline.
+        // The owner's step-up on the phone moves the baseline (and clears
+        // her detection count).
         let phone = record(&a, "s-ann", CHROME, "31.94.1.10", Some("ann"), t + 60);
         post_events(&c, NODE_A, vec![baseline("a-2", &phone, true)]).await;
         let Frame::Changes { first: 3, changes } = node.next_change().await else {
             panic!()
         };
         assert_eq!(
-            changes,
-            vec![Change::SessionBaseline {
+            changes[0],
+            Change::SessionBaseline {
                 record: phone.clone(),
                 confirmed: true
-            }]
+            }
         );
+        assert!(matches!(
+            changes[1..],
+            [Change::UserDetections { count: 0, .. }]
+        ));
         // A node starting now gets the one baseline in its snapshot, still
         // confirmed: a later sighting of an earlier time cannot undo it.
         let mut fresh = Stream::open(&c, NODE_A, 0).await;
         fresh.next().await;
-        let Frame::Snapshot { seq: 3, changes } = fresh.next().await else {
+        let Frame::Snapshot { seq: 4, changes } = fresh.next().await else {
             panic!()
         };
         assert_eq!(
@@ -1364,4 +1369,262 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     for db in [sqlite, pg, backup] {
         db.drop_db().await;
     }
+}
+
+/// The controller's metrics, as `name{labels} value` lines.
+async fn metrics(c: &Controller) -> String {
+    let r = client().get(c.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_replica_hears_of_another_replicas_commit_by_notification_not_by_poll() {
+    let db = Db::new(true).await;
+    // Neither replica polls within the test's deadline: what arrives came
+    // by NOTIFY.
+    let one = Controller::start_with(&db.url(), "poll_ms = 600000").await;
+    let two = Controller::start_with(&db.url(), "poll_ms = 600000").await;
+    let mut s = Stream::open(&two, NODE_B, 0).await;
+    assert!(matches!(s.next().await, Frame::Hello { head: 0, .. }));
+    assert_eq!(s.next().await, Frame::SnapshotEnd { seq: 0 });
+    let started = tokio::time::Instant::now();
+    let r = one
+        .admin(
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": session(9).to_string()}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // Within DEADLINE (20 s) in all, heartbeats or not: far inside the
+    // ten minute poll.
+    let Frame::Changes { first: 1, changes } = tokio::time::timeout(DEADLINE, s.next_change())
+        .await
+        .expect("delivered by notification within the deadline")
+    else {
+        panic!()
+    };
+    assert!(started.elapsed() < DEADLINE);
+    assert_eq!(
+        changes,
+        vec![Change::SessionRevoked {
+            session: session(9),
+            at: match changes[0] {
+                Change::SessionRevoked { at, .. } => at,
+                _ => 0,
+            },
+            vouched: true,
+        }]
+    );
+    let text = metrics(&two).await;
+    assert!(metric(&text, "vigil_controller_notifications_total").unwrap() >= 1.0);
+    assert_eq!(metric(&text, "vigil_controller_head"), Some(1.0));
+    one.stop().await;
+    two.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn metrics_count_streams_and_deltas_and_name_nobody() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let mut a = Stream::open(&c, NODE_A, 0).await;
+    a.next().await;
+    a.next().await;
+    let hex = session(4).to_string();
+    let r = c
+        .admin(
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": hex}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(matches!(
+        a.next_change().await,
+        Frame::Changes { first: 1, .. }
+    ));
+    let text = metrics(&c).await;
+    assert_eq!(metric(&text, "vigil_controller_subscribers"), Some(1.0));
+    assert_eq!(metric(&text, "vigil_controller_head"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "vigil_controller_changes_sent_total{source=\"shared\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "vigil_controller_commit_seconds_count"),
+        Some(1.0)
+    );
+    // No token, session, user or node name in it.
+    for secret in [ADMIN, NODE_A, hex.as_str(), "\"a\"", "alice"] {
+        assert!(!text.contains(secret), "{secret}");
+    }
+    c.stop().await;
+}
+
+/// A `vigil-controller run` process, killed (by its handle) when dropped.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_drop_hook_leaves_one_change_out_of_live_streams_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = format!(
+        "listen = \"{addr}\"\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n",
+        hex::encode(vigil_controller::config::token_hash(NODE_A)),
+    );
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+    let _process = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil-controller"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(vigil_controller::tail::DROP_SEQ_ENV, "2")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let c = Controller {
+        addr,
+        _dir: tempfile::tempdir().unwrap(),
+        stop: None,
+        task: tokio::spawn(async {}),
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while client().get(c.url("/healthz")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "controller did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logged = std::fs::read_to_string(dir.path().join("controller.log")).unwrap();
+    assert!(logged.contains("TEST HOOK"), "{logged}");
+    let mut live = Stream::open(&c, NODE_A, 0).await;
+    live.next().await;
+    assert_eq!(live.next().await, Frame::SnapshotEnd { seq: 0 });
+    for n in 1..=3 {
+        let r = c
+            .admin(
+                "/v1/admin/sessions/revoke",
+                serde_json::json!({"session": session(n).to_string()}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    // 1, then 3: the node sees the gap.
+    assert!(matches!(
+        live.next_change().await,
+        Frame::Changes { first: 1, .. }
+    ));
+    assert!(matches!(
+        live.next_change().await,
+        Frame::Changes { first: 3, .. }
+    ));
+    // A stream catching up from the store leaves it out too.
+    let mut behind = Stream::open(&c, NODE_A, 1).await;
+    behind.next().await;
+    assert!(matches!(
+        behind.next_change().await,
+        Frame::Changes { first: 3, .. }
+    ));
+    // The snapshot has it.
+    let mut fresh = Stream::open(&c, NODE_A, 0).await;
+    fresh.next().await;
+    let Frame::Snapshot { seq: 3, changes } = fresh.next().await else {
+        panic!()
+    };
+    assert_eq!(changes.len(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_admin_calls_each_get_the_number_of_their_own_change() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        // Committed together or not, each call is answered with its own
+        // change's number.
+        let calls = (0..40u8).map(|n| {
+            let c = &c;
+            async move {
+                let r = c
+                    .admin(
+                        "/v1/admin/sessions/revoke",
+                        serde_json::json!({"session": session(n).to_string()}),
+                    )
+                    .await;
+                assert_eq!(r.status(), 200);
+                let body: serde_json::Value =
+                    serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                (n, body["seq"].as_u64().unwrap())
+            }
+        });
+        let answers = futures_join_all(calls).await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let log = store.since(0, 1_000).await.unwrap();
+        assert_eq!(
+            log.iter().map(|(s, _)| *s).collect::<Vec<u64>>(),
+            (1..=40).collect::<Vec<u64>>()
+        );
+        for (n, seq) in answers {
+            let (_, change) = &log[usize::try_from(seq - 1).unwrap()];
+            assert!(
+                matches!(change, Change::SessionRevoked { session: s, vouched: true, .. } if *s == session(n)),
+                "{n} answered {seq}"
+            );
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Runs every future concurrently on this task; their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
 }

@@ -450,3 +450,146 @@ async fn sqlite_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
 async fn postgres_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
     an_erased_user_is_logged_out_and_forgotten_on_every_node(true).await;
 }
+
+/// A controller whose live stream leaves out change `drop_seq` (its test
+/// hook, `VIGIL_CONTROLLER_TEST_DROP_SEQ`, set here on the loaded config so
+/// that no other test's controller in this process sees it) and one node.
+struct GappyFleet {
+    controller: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    node: Proxy,
+    _origin: Origin,
+    dir: tempfile::TempDir,
+}
+
+impl GappyFleet {
+    async fn start(drop_seq: u64) -> GappyFleet {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("fleet-hash.key");
+        std::fs::write(&key, "5a".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        let controller = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{controller}\"\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
+                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n",
+                key.display().to_string(),
+                hex::encode(vigil_controller::config::token_hash(NODE_A)),
+            ),
+        )
+        .unwrap();
+        let mut config = vigil_controller::Config::load(&config).unwrap();
+        config.test_drop_seq = Some(drop_seq);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            vigil_controller::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let origin = Origin::start();
+        let state = dir.path().join("a");
+        std::fs::create_dir_all(&state).unwrap();
+        let token_file = state.join("controller.token");
+        std::fs::write(&token_file, NODE_A).unwrap();
+        let node = Proxy::start(
+            &Config::new()
+                .state_dir(&state)
+                .upstream("app", origin.addr())
+                .route(Route::new("app", "/", "app").high("revoke"))
+                .section(&format!(
+                    "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{controller}\"\ntoken_file = {:?}\n",
+                    key.display().to_string(),
+                    token_file.display().to_string()
+                ))
+                .render(),
+        )
+        .await;
+        node.wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
+            .await;
+        GappyFleet {
+            controller,
+            stop: Some(stop),
+            node,
+            _origin: origin,
+            dir,
+        }
+    }
+
+    async fn revoke(&self, cookie: &str) {
+        let key = session_key(&self.dir.path().join("fleet-hash.key"), cookie);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!(
+                "http://{}/v1/admin/sessions/revoke",
+                self.controller
+            ))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "session": key }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_missing_from_the_stream_is_caught_by_the_node_and_resynced() {
+    // The controller "loses" change 2 on the live stream.
+    let fleet = GappyFleet::start(2).await;
+    let mut browsers = Vec::new();
+    for name in ["s-one", "s-two", "s-three"] {
+        let b = Browser::firefox();
+        assert_eq!(
+            b.get(
+                &fleet
+                    .node
+                    .url(&format!("/login?user=u{name}&session={name}"))
+            )
+            .await
+            .status(),
+            200
+        );
+        let b = b.cookie(&format!("session={name}"));
+        assert_eq!(b.get(&fleet.node.url("/echo")).await.status(), 200);
+        browsers.push(b);
+    }
+    assert_eq!(
+        fleet
+            .node
+            .metric("vigil_proxy_fleet_resyncs_total", &[("reason", "gap")])
+            .await,
+        0.0
+    );
+    // Changes 1, 2 and 3; the stream carries 1 and 3 only.
+    for name in ["s-one", "s-two", "s-three"] {
+        fleet.revoke(name).await;
+    }
+    // The node sees 3 where it expected 2, asks for a snapshot, and so
+    // holds the revocation the stream never carried.
+    fleet
+        .node
+        .wait_for_metric(
+            "vigil_proxy_fleet_resyncs_total",
+            &[("reason", "gap")],
+            |v| v >= 1.0,
+        )
+        .await;
+    for b in &browsers {
+        until_ended(&fleet.node, b).await;
+    }
+    fleet.stop();
+}

@@ -1,0 +1,142 @@
+//! The controller's metrics, served as Prometheus text on `GET /metrics`
+//! (`docs/controller.md`, Metrics). Unauthenticated, like the proxy's: they
+//! are counts, sizes and durations, never a token, a session key, a user or
+//! a node's name.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the controller keeps, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sync streams open now.
+    pub subscribers: IntGauge,
+    /// Frames of changes written to streams, by where they came from:
+    /// `shared` (encoded once by the tail, the same bytes to every caught-up
+    /// stream) or `store` (read by one stream for itself, catching up).
+    pub frames_sent: IntCounterVec,
+    /// Changes written to streams, by the same source.
+    pub changes_sent: IntCounterVec,
+    /// Streams that fell behind the shared frames and read the store to
+    /// catch up.
+    pub lagged: IntCounter,
+    /// Reads of the log that failed (the tail's or a stream's).
+    pub store_read_errors: IntCounter,
+    /// The newest sequence this process has read from the log.
+    pub head: IntGauge,
+    /// How long a writing transaction took, from begin to commit.
+    pub commit_seconds: Histogram,
+    /// Changes in each frame the tail encoded: the delta batch size.
+    pub frame_changes: Histogram,
+    /// PostgreSQL notifications received from writers (any replica).
+    pub notifications: IntCounter,
+    /// Node events posted, by outcome: `taken`, `duplicate`,
+    /// `rate_limited`.
+    pub events: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh set.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let subscribers = IntGauge::new("vigil_controller_subscribers", "Sync streams open now.")?;
+        let frames_sent = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_frames_sent_total",
+                "Frames of changes written to sync streams, by source (shared: encoded once for every stream; store: read by one stream catching up).",
+            ),
+            &["source"],
+        )?;
+        let changes_sent = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_changes_sent_total",
+                "Changes written to sync streams, by source.",
+            ),
+            &["source"],
+        )?;
+        let lagged = IntCounter::new(
+            "vigil_controller_stream_lagged_total",
+            "Times a sync stream fell behind the shared frames and read the store to catch up.",
+        )?;
+        let store_read_errors = IntCounter::new(
+            "vigil_controller_store_read_errors_total",
+            "Reads of the change log that failed.",
+        )?;
+        let head = IntGauge::new(
+            "vigil_controller_head",
+            "The newest sequence this controller has read from the log.",
+        )?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_controller_commit_seconds",
+                "Duration of a writing transaction, begin to commit.",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let frame_changes = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_controller_frame_changes",
+                "Changes in each frame the tail encoded (the delta batch size).",
+            )
+            .buckets(vec![1.0, 10.0, 100.0, 250.0, 500.0, 1_000.0]),
+        )?;
+        let notifications = IntCounter::new(
+            "vigil_controller_notifications_total",
+            "PostgreSQL change notifications received.",
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_events_total",
+                "Node events posted, by outcome (taken, duplicate, rate_limited).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(subscribers.clone()))?;
+        registry.register(Box::new(frames_sent.clone()))?;
+        registry.register(Box::new(changes_sent.clone()))?;
+        registry.register(Box::new(lagged.clone()))?;
+        registry.register(Box::new(store_read_errors.clone()))?;
+        registry.register(Box::new(head.clone()))?;
+        registry.register(Box::new(commit_seconds.clone()))?;
+        registry.register(Box::new(frame_changes.clone()))?;
+        registry.register(Box::new(notifications.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        Ok(Metrics {
+            registry,
+            subscribers,
+            frames_sent,
+            changes_sent,
+            lagged,
+            store_read_errors,
+            head,
+            commit_seconds,
+            frame_changes,
+            notifications,
+            events,
+        })
+    }
+
+    /// Counts a frame of `changes` sent from `source`.
+    pub fn sent(&self, source: &str, changes: u64) {
+        self.frames_sent.with_label_values(&[source]).inc();
+        self.changes_sent
+            .with_label_values(&[source])
+            .inc_by(changes);
+    }
+
+    /// Counts the outcome of a batch of node events.
+    pub fn events(&self, outcome: &str, n: u64) {
+        self.events.with_label_values(&[outcome]).inc_by(n);
+    }
+
+    /// The Prometheus text of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
