@@ -480,6 +480,8 @@ async fn subscribe(
     let mut response = client
         .get(format!("{base}/v1/sync?since=0"))
         .bearer_auth(&token)
+        // A node of this version: the shared frames, not the downgrade.
+        .header(vigil_fleet::VERSION_HEADER, vigil_fleet::VERSION)
         .send()
         .await?;
     if response.status() != 200 {

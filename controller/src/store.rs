@@ -249,18 +249,11 @@ impl Store {
         let mut pending: HashMap<SessionId, Held> = HashMap::new();
         let mut recount: Vec<UserId> = Vec::new();
         let mut cleared: Vec<UserId> = Vec::new();
+        let mut new_ids = take_ids(&mut tx, node, events, now).await?;
         for event in events {
-            let inserted = sqlx::query(
-                "INSERT INTO node_events (node, id, at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (node, id) DO NOTHING",
-            )
-            .bind(node)
-            .bind(event.id.as_str())
-            .bind(to_i64(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
+            // Each id once: a second of the same in one batch is a
+            // duplicate too.
+            if !new_ids.remove(event.id.as_str()) {
                 ack.duplicates += 1;
                 continue;
             }
@@ -648,6 +641,9 @@ async fn append_in(
             .execute(&mut **tx)
             .await?;
     }
+    // Session revocations, the bulk of the log, are written together
+    // after the rest ([`insert_revocations`]).
+    let mut revoked: HashMap<SessionId, (u64, i64, bool)> = HashMap::new();
     for (seq, change) in (first..).zip(changes) {
         match change {
             Change::SessionRevoked {
@@ -655,24 +651,10 @@ async fn append_in(
                 at,
                 vouched,
             } => {
-                // A later vouched revocation of the same session vouches
-                // for it; nothing takes a vouch back.
-                sqlx::query(
-                    "INSERT INTO revoked_sessions (session, at, seq, vouched) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (session) DO UPDATE SET vouched = CASE \
-                     WHEN excluded.vouched > revoked_sessions.vouched THEN excluded.vouched \
-                     ELSE revoked_sessions.vouched END",
-                )
-                .bind(session.to_string())
-                .bind(to_i64(*at))
-                .bind(seq)
-                .bind(i64::from(*vouched))
-                .execute(&mut **tx)
-                .await?;
-                sqlx::query("DELETE FROM session_baselines WHERE session = $1")
-                    .bind(session.to_string())
-                    .execute(&mut **tx)
-                    .await?;
+                revoked
+                    .entry(*session)
+                    .and_modify(|held| held.2 |= *vouched)
+                    .or_insert((*at, seq, *vouched));
             }
             Change::UserRevoked { user, at } => {
                 sqlx::query(
@@ -821,6 +803,7 @@ async fn append_in(
             }
         }
     }
+    insert_revocations(tx, &revoked).await?;
     Ok(to_u64(head))
 }
 
@@ -834,6 +817,93 @@ enum Judged {
     Revoke(SessionId),
     /// Nothing changes.
     Nothing,
+}
+
+/// Event ids per statement: 3 parameters each.
+const IDS_PER_STATEMENT: usize = 500;
+
+/// Records the node's event ids not taken before, in as few statements as
+/// the batch allows; returns those that were new.
+async fn take_ids(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    events: &[NodeEvent],
+    now: u64,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut new = std::collections::HashSet::new();
+    for chunk in events.chunks(IDS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO node_events (node, id, at) VALUES {} \
+             ON CONFLICT (node, id) DO NOTHING RETURNING id",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            query = query.bind(node).bind(event.id.as_str()).bind(to_i64(now));
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            new.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(new)
+}
+
+/// Rows of session revocations per statement: 4 parameters each, well
+/// inside both databases' limits.
+const REVOCATIONS_PER_STATEMENT: usize = 500;
+
+/// Writes the batch's session revocations, one statement per
+/// [`REVOCATIONS_PER_STATEMENT`] (and drops their baselines): a row each
+/// would make the commit, not the stream, the limit. A later vouched
+/// revocation of a session vouches for it; nothing takes a vouch back.
+async fn insert_revocations(
+    tx: &mut Transaction<'static, Any>,
+    revoked: &HashMap<SessionId, (u64, i64, bool)>,
+) -> Result<(), StoreError> {
+    let rows: Vec<(&SessionId, &(u64, i64, bool))> = revoked.iter().collect();
+    for chunk in rows.chunks(REVOCATIONS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * i + 1,
+                    4 * i + 2,
+                    4 * i + 3,
+                    4 * i + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO revoked_sessions (session, at, seq, vouched) VALUES {} \
+             ON CONFLICT (session) DO UPDATE SET vouched = CASE \
+             WHEN excluded.vouched > revoked_sessions.vouched THEN excluded.vouched \
+             ELSE revoked_sessions.vouched END",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (session, (at, seq, vouched)) in chunk {
+            query = query
+                .bind(session.to_string())
+                .bind(to_i64(*at))
+                .bind(*seq)
+                .bind(i64::from(*vouched));
+        }
+        query.execute(&mut **tx).await?;
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM session_baselines WHERE session IN ({})",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (session, _) in chunk {
+            query = query.bind(session.to_string());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Judges a node's session record (see [`Store::take_events`]).
