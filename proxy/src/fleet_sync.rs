@@ -620,6 +620,15 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Every event waiting, oldest first.
+    fn queued(&self) -> Vec<NodeEvent> {
+        self.lock()
+            .queue
+            .batch(usize::MAX)
+            .map(|(_, events)| events)
+            .unwrap_or_default()
+    }
+
     /// The oldest events, at most [`MAX_EVENTS`], and the queue sequence
     /// of the last; `None` when empty.
     fn batch(&self) -> Option<(u64, Vec<NodeEvent>)> {
@@ -919,6 +928,43 @@ impl FleetSync {
             applied,
             "fleet sync: journal replayed after the snapshot"
         );
+    }
+
+    /// Ends again, on the engine, the sessions this node revoked itself
+    /// and has not had taken by the controller yet: they wait in the
+    /// on-disk queue, and a node killed before its next snapshot would
+    /// otherwise forget them until the controller streams them back.
+    /// Called at start, before anything is served; the revocations are
+    /// not queued again (they are not this run's decisions).
+    #[allow(
+        irrefutable_let_patterns,
+        reason = "revocations are one kind of node event among more to come; only they are replayed"
+    )]
+    pub fn replay_queued(&self) {
+        let now = crate::proxy::now_secs();
+        let mut n = 0;
+        for event in self.outbox.queued() {
+            if let NodeEventKind::SessionRevoked {
+                session, user, at, ..
+            } = event.kind
+            {
+                let key = SessionKey::from_bytes(session.0);
+                // As the controller vouches for it: a session bound to a
+                // user.
+                if user.is_some() {
+                    self.engine.revoke_vouched(key, at.min(now));
+                } else {
+                    self.engine.revoke(key, at.min(now));
+                }
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                revocations = n,
+                "fleet events: this node's unsent revocations applied again"
+            );
+        }
     }
 
     /// Keeps `vigil_proxy_fleet_state_age_seconds` current.

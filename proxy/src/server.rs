@@ -205,6 +205,7 @@ impl Vigil {
                     sync.replay(&opened.entries);
                     state.set_journal(journal);
                 }
+                sync.replay_queued();
                 Some(sync)
             }
             _ => None,

@@ -513,7 +513,7 @@ pub struct Route {
 /// last proved the node current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stale {
-    /// Seconds (`stale_after`, 1 to 604 800).
+    /// Seconds (`stale_after`, 10 to 604 800: at least two heartbeats).
     pub after: u64,
     /// What the route does past it (`on_stale`, default `fail_open`).
     pub on_stale: OnStale,
@@ -1924,7 +1924,9 @@ fn read_stale(t: &mut Fields<'_>, has_controller: bool, p: &mut Problems) -> Opt
         p.push(t.key("on_stale"), "only with stale_after");
     }
     let after = after?;
-    within(p, t.key("stale_after"), after, 1..=604_800);
+    // A current node hears from its controller every heartbeat (5 s): less
+    // than two would call a healthy node stale between two of them.
+    within(p, t.key("stale_after"), after, 10..=604_800);
     if !has_controller {
         p.push(
             t.key("stale_after"),
@@ -1932,7 +1934,7 @@ fn read_stale(t: &mut Fields<'_>, has_controller: bool, p: &mut Problems) -> Opt
         );
     }
     Some(Stale {
-        after: after.clamp(1, 604_800),
+        after: after.clamp(10, 604_800),
         on_stale,
     })
 }

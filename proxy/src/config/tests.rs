@@ -594,7 +594,7 @@ fn staleness_is_per_route_and_needs_a_controller() {
     std::fs::write(&token, "node-t0ken\n").unwrap();
     let controller =
         format!("[controller]\nurl = \"http://127.0.0.1:7000\"\ntoken_file = {token:?}\n");
-    let routes = "[[routes]]\nname = \"closed\"\nupstream = \"app\"\nstale_after = 30\non_stale = \"fail_closed\"\n\
+    let routes = "[[routes]]\nname = \"closed\"\nupstream = \"app\"\npath_prefix = \"/c\"\nstale_after = 30\non_stale = \"fail_closed\"\n\
                   [[routes]]\nname = \"open\"\nupstream = \"app\"\npath_prefix = \"/o\"\nstale_after = 60\n";
     let c = parse(&format!("{controller}{MINIMAL}{routes}")).unwrap();
     assert_eq!(c.routes[0].stale, None, "off by default");
