@@ -11,21 +11,44 @@
 //! snapshot asked for (`since=0`). A stream silent for three heartbeats is
 //! dead. Reconnects back off (0.5 s doubling to 30 s, ±50 % jitter).
 //!
-//! **Fail-static.** What the engine holds survives a restart in the
-//! session snapshot (`crate::snapshot`); the sequence it holds everything
-//! up to (`applied`) is written beside it, in `controller.cursor`, by the
-//! snapshot writer only: `applied` is read before the engine's snapshot is
-//! taken and written after the snapshot file is in place, so the cursor
-//! never claims more than the snapshot holds. On start the cursor is read
-//! only when the snapshot was restored; otherwise the node asks for
-//! everything. Whatever happens to the controller, the node keeps
-//! enforcing with what it has.
+//! **Fail-static.** Whatever happens to the controller, the node keeps
+//! enforcing with what it has, and what it has survives a restart, a
+//! SIGKILL included:
+//!
+//! - the engine's state is in the session snapshot (`crate::snapshot`);
+//!   the sequence it holds everything up to (`applied`) is written beside
+//!   it, in `controller.cursor`, by the snapshot writer only: `applied` is
+//!   read before the engine's snapshot is taken and written after the
+//!   snapshot file is in place, so the cursor never claims more than the
+//!   snapshot holds. On start the cursor is read only when the snapshot
+//!   was restored; otherwise the node asks for everything;
+//! - every frame applied since that snapshot is in the [`journal`],
+//!   appended and fsync'd before the engine has it and before `applied`
+//!   moves (write-ahead), replayed at start after the snapshot and before
+//!   anything is served, and compacted when the next snapshot with its
+//!   cursor is in place; the replayed cursor moves only over what follows
+//!   on without a gap ([`journal::replayed_cursor`]);
+//! - this node's own revocations not yet taken by the controller wait in
+//!   the on-disk [`queue`] and are applied again at start
+//!   ([`FleetSync::replay_queued`]).
+//!
+//! **Staleness.** [`FleetState::current_at`] is when a live stream last
+//! proved the node current ([`Cursor::current`]: past the hello and any
+//! snapshot, with everything announced applied; each frame, heartbeats
+//! included, proves it again). It is recorded with the cursor, so a
+//! restarted node is as stale as its snapshot says (older by up to one
+//! snapshot interval after a SIGKILL, never younger); a node that never
+//! was current is stale from its start. Routes with `stale_after` read it
+//! with one atomic load (`crate::proxy`); `on_stale = "fail_closed"`
+//! refuses with `503 fleet_stale`.
 //!
 //! **Up.** Revocations this node decided (`RevocationCause::Decision`;
 //! the ones the controller or an operator made are not echoed back) go
-//! into a bounded in-memory [`Outbox`] (the oldest dropped, counted, when
-//! it is full) and are posted to `POST {url}/v1/events` in batches, again
-//! and again with the same ids until the controller takes them; it
+//! into the [`Outbox`], a bounded on-disk [`queue`] (the oldest dropped,
+//! counted, when it is full), appended by the event consumer thread in
+//! groups with one fsync each, and are posted to `POST {url}/v1/events` in
+//! batches, again and again with the same ids (kept on disk with the
+//! events, across restarts) until the controller takes them; it
 //! deduplicates by id.
 
 use std::io::Write;

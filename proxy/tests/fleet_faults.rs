@@ -165,6 +165,12 @@ impl Fleet {
                         .stale(STALE_AFTER, "fail_closed"),
                 )
                 .route(
+                    Route::new("watch", "/watch", "app")
+                        .mode("monitor")
+                        .high("revoke")
+                        .stale(STALE_AFTER, "fail_closed"),
+                )
+                .route(
                     Route::new("lax", "/lax", "app")
                         .high("revoke")
                         .stale(STALE_AFTER, "fail_open"),
@@ -342,6 +348,8 @@ async fn nodes_keep_enforcing_through_a_controller_crash_and_deliver_what_they_d
         assert_eq!(r.status(), 503, "{forged:?}");
     }
     assert_eq!(status(&fleet.a, &bob_a, "/strict/echo").await, 503);
+    // A monitor route never refuses, fail_closed or not.
+    assert_eq!(status(&fleet.a, &bob_a, "/watch/echo").await, 200);
     assert_eq!(status(&fleet.a, &bob_a, "/lax/echo").await, 200);
     assert_eq!(status(&fleet.a, &ann, "/lax/echo").await, 401);
     assert!(
