@@ -27,6 +27,12 @@
 //! ends at or below `A` are dropped ([`Journal::compact`]): usually all of
 //! them, and the file is emptied.
 //!
+//! One case is left to the stream: when the controller's log was replaced
+//! (its head behind the node's cursor, a full resync), a snapshot written
+//! during the resync may record the old log's cursor and drop entries of
+//! the new one; the node's next stream then finds the controller behind
+//! that cursor and resyncs whole again.
+//!
 //! **Authenticated.** Records are checked with a MAC under a key derived
 //! from the session hash key, as the snapshot is: an entry made under
 //! another key, or edited, ends the journal there (cut, logged).
@@ -219,13 +225,16 @@ impl Journal {
                 self.codec.max()
             )));
         }
-        if let Err(e) = self.file.write_all(&record) {
-            // Whatever half of it reached the file is cut now, so that
-            // later records follow a whole one.
+        if let Err(e) = self
+            .file
+            .write_all(&record)
+            .and_then(|()| self.file.sync_data())
+        {
+            // Whatever of it reached the file is cut now, so that later
+            // records follow a whole one and the index stays true.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        self.file.sync_data()?;
         self.len += record.len() as u64;
         self.index.push((self.len, entry.ends_at()));
         Ok(())

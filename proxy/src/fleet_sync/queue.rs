@@ -218,7 +218,12 @@ impl Queue {
             return Ok(None);
         }
         let bytes = std::mem::take(&mut self.pending);
-        self.active.file.write_all(&bytes)?;
+        if let Err(e) = self.active.file.write_all(&bytes) {
+            // A half-written group is cut, so that later groups follow
+            // whole records; its events stay queued in memory.
+            let _ = self.active.file.set_len(self.active.len);
+            return Err(e);
+        }
         self.active.len += bytes.len() as u64;
         self.active.last = self.events.back().map_or(self.active.last, |e| e.seq);
         let written = self.active.file.try_clone()?;
