@@ -7,7 +7,7 @@
 //! `vigil::decision`) and counts every event; the fleet lane counts what
 //! it carries, hands the revocations this node decided to the controller
 //! client's outbox (`crate::fleet_sync`) when a controller is configured,
-//! and warns when a gap was announced.
+//! made durable in groups of what was queued together, and warns when a gap was announced.
 
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -49,21 +49,35 @@ fn observe_lane(rx: &Receiver<Arc<Event>>, told: &IntCounterVec) {
     }
 }
 
+/// Most events taken from the lane before the outbox's group is made
+/// durable (one `fsync` per group, not per event).
+const GROUP: usize = 256;
+
 fn fleet_lane(rx: &FleetStream, carried: &IntCounterVec, outbox: Option<&Outbox>) {
-    while let Ok(event) = rx.recv() {
-        carried.with_label_values(&[event.kind()]).inc();
-        if let Event::Lost { count } = &*event {
-            // Counted by kind above (`lost`) and, per event, by the engine
-            // (`vigil_engine_events_lost_total`).
-            tracing::warn!(
-                target: "vigil::event",
-                count,
-                "fleet events were not delivered (event queue full); the fleet view has a gap"
-            );
+    while let Ok(first) = rx.recv() {
+        // What is queued already joins the first event's group.
+        for event in std::iter::once(first).chain(rx.try_iter().take(GROUP - 1)) {
+            fleet_event(&event, carried, outbox);
         }
         if let Some(outbox) = outbox {
-            outbox.offer(&event);
+            outbox.commit();
         }
+    }
+}
+
+fn fleet_event(event: &Event, carried: &IntCounterVec, outbox: Option<&Outbox>) {
+    carried.with_label_values(&[event.kind()]).inc();
+    if let Event::Lost { count } = event {
+        // Counted by kind above (`lost`) and, per event, by the engine
+        // (`vigil_engine_events_lost_total`).
+        tracing::warn!(
+            target: "vigil::event",
+            count,
+            "fleet events were not delivered (event queue full); the fleet view has a gap"
+        );
+    }
+    if let Some(outbox) = outbox {
+        outbox.offer(event);
     }
 }
 

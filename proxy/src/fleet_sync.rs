@@ -11,24 +11,46 @@
 //! snapshot asked for (`since=0`). A stream silent for three heartbeats is
 //! dead. Reconnects back off (0.5 s doubling to 30 s, ±50 % jitter).
 //!
-//! **Fail-static.** What the engine holds survives a restart in the
-//! session snapshot (`crate::snapshot`); the sequence it holds everything
-//! up to (`applied`) is written beside it, in `controller.cursor`, by the
-//! snapshot writer only: `applied` is read before the engine's snapshot is
-//! taken and written after the snapshot file is in place, so the cursor
-//! never claims more than the snapshot holds. On start the cursor is read
-//! only when the snapshot was restored; otherwise the node asks for
-//! everything. Whatever happens to the controller, the node keeps
-//! enforcing with what it has.
+//! **Fail-static.** Whatever happens to the controller, the node keeps
+//! enforcing with what it has, and what it has survives a restart, a
+//! SIGKILL included:
+//!
+//! - the engine's state is in the session snapshot (`crate::snapshot`);
+//!   the sequence it holds everything up to (`applied`) is written beside
+//!   it, in `controller.cursor`, by the snapshot writer only: `applied` is
+//!   read before the engine's snapshot is taken and written after the
+//!   snapshot file is in place, so the cursor never claims more than the
+//!   snapshot holds. On start the cursor is read only when the snapshot
+//!   was restored; otherwise the node asks for everything;
+//! - every frame applied since that snapshot is in the [`journal`],
+//!   appended and fsync'd before the engine has it and before `applied`
+//!   moves (write-ahead), replayed at start after the snapshot and before
+//!   anything is served, and compacted when the next snapshot with its
+//!   cursor is in place; the replayed cursor moves only over what follows
+//!   on without a gap ([`journal::replayed_cursor`]);
+//! - this node's own revocations not yet taken by the controller wait in
+//!   the on-disk [`queue`] and are applied again at start
+//!   ([`FleetSync::replay_queued`]).
+//!
+//! **Staleness.** [`FleetState::current_at`] is when a live stream last
+//! proved the node current ([`Cursor::current`]: past the hello and any
+//! snapshot, with everything announced applied; each frame, heartbeats
+//! included, proves it again). It is recorded with the cursor, so a
+//! restarted node is as stale as its snapshot says (older by up to one
+//! snapshot interval after a SIGKILL, never younger); a node that never
+//! was current is stale from its start. Routes with `stale_after` read it
+//! with one atomic load (`crate::proxy`); `on_stale = "fail_closed"`
+//! refuses with `503 fleet_stale`.
 //!
 //! **Up.** Revocations this node decided (`RevocationCause::Decision`;
 //! the ones the controller or an operator made are not echoed back) go
-//! into a bounded in-memory [`Outbox`] (the oldest dropped, counted, when
-//! it is full) and are posted to `POST {url}/v1/events` in batches, again
-//! and again with the same ids until the controller takes them; it
+//! into the [`Outbox`], a bounded on-disk [`queue`] (the oldest dropped,
+//! counted, when it is full), appended by the event consumer thread in
+//! groups with one fsync each, and are posted to `POST {url}/v1/events` in
+//! batches, again and again with the same ids (kept on disk with the
+//! events, across restarts) until the controller takes them; it
 //! deduplicates by id.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -50,6 +72,13 @@ use vigil_fleet::{
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
 use crate::outbound::{self, error_chain};
+
+pub mod journal;
+pub mod queue;
+pub mod records;
+
+use journal::Journal;
+use queue::Queue;
 
 /// The cursor's file name in the state directory, beside the session
 /// snapshot.
@@ -276,6 +305,12 @@ impl Cursor {
         if self.want_snapshot { 0 } else { self.applied }
     }
 
+    /// Whether the node is proved current: a stream past its hello (and
+    /// snapshot) with everything the controller announced applied.
+    pub fn current(&self) -> bool {
+        self.phase == Phase::Deltas && self.applied >= self.head
+    }
+
     /// A new stream begins: its hello is due.
     pub fn connected(&mut self) {
         self.phase = Phase::Hello;
@@ -404,16 +439,21 @@ pub fn cursor_path(snapshot: &Path) -> PathBuf {
     snapshot.with_file_name(CURSOR_FILE)
 }
 
-/// The sequence recorded in the cursor file at `path`, if it holds one.
-pub fn read_cursor(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
+/// What the cursor file at `path` records, if it holds it: the sequence
+/// the snapshot beside it holds everything up to, and when (unix seconds)
+/// the node was last known current (0: never, or a file written before
+/// this was recorded).
+pub fn read_cursor(path: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    let applied = words.next()?.parse().ok()?;
+    let current_at = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    Some((applied, current_at))
 }
 
-/// Records `applied` at `path` through a temporary file (mode 0600) renamed
-/// over the old one. The caller syncs the folder.
-pub fn write_cursor(path: &Path, applied: u64) -> std::io::Result<()> {
+/// Records `applied` and `current_at` at `path` through a temporary file
+/// (mode 0600) renamed over the old one. The caller syncs the folder.
+pub fn write_cursor(path: &Path, applied: u64, current_at: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("cursor.tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -423,19 +463,93 @@ pub fn write_cursor(path: &Path, applied: u64) -> std::io::Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(&tmp)?;
-    file.write_all(format!("{applied}\n").as_bytes())?;
+    file.write_all(format!("{applied} {current_at}\n").as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
+// === the shared state ===
+
+/// What the controller client shares with the snapshot writer and the
+/// request path.
+#[derive(Debug, Default)]
+pub struct FleetState {
+    /// The controller sequence the engine holds everything up to.
+    pub applied: AtomicU64,
+    /// When (unix seconds) a live stream last proved this node current —
+    /// a frame read while it held everything the controller announced,
+    /// heartbeats included; 0 for never. Restored from the cursor file
+    /// (the snapshot's), so a restarted node's state is as old as its
+    /// snapshot says, not as new as its start.
+    pub current_at: AtomicU64,
+    /// The applied-changes journal, with a snapshot to compact it.
+    journal: Mutex<Option<Journal>>,
+}
+
+impl FleetState {
+    /// A node holding everything up to `applied`, last current at
+    /// `current_at`, without a journal.
+    pub fn new(applied: u64, current_at: u64) -> Self {
+        Self {
+            applied: AtomicU64::new(applied),
+            current_at: AtomicU64::new(current_at),
+            journal: Mutex::new(None),
+        }
+    }
+
+    /// Seconds since the node was last current, at `now` (unix seconds);
+    /// a node never current is as old as `now`.
+    pub fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.current_at.load(Ordering::Relaxed))
+    }
+
+    /// Whether the node's fleet state is older than `after` seconds at
+    /// `now`: one atomic load.
+    pub fn stale(&self, after: u64, now: u64) -> bool {
+        self.age(now) > after
+    }
+
+    /// Journals from now on into `journal`.
+    pub fn set_journal(&self, journal: Journal) {
+        *self.lock_journal() = Some(journal);
+    }
+
+    /// Journals a frame's `changes` (see [`Action::Apply`]) and makes the
+    /// entry durable; called before they are applied.
+    fn journal(&self, changes: &[Change], then: Option<u64>) {
+        if changes.is_empty() && then.is_none() {
+            return;
+        }
+        if let Some(j) = self.lock_journal().as_mut()
+            && let Err(e) = j.append(&journal::Entry::of(changes, then))
+        {
+            tracing::warn!(error = %e, "fleet sync: change not journaled; a crash before the next snapshot forgets it until the controller sends it again");
+        }
+    }
+
+    /// A snapshot holding everything up to `applied` is in place with its
+    /// cursor: the journal's older entries go.
+    pub fn snapshot_written(&self, applied: u64) {
+        if let Some(j) = self.lock_journal().as_mut()
+            && let Err(e) = j.compact(applied)
+        {
+            tracing::warn!(error = %e, "fleet sync: the journal was not compacted; it is replayed whole at the next start");
+        }
+    }
+
+    fn lock_journal(&self) -> std::sync::MutexGuard<'_, Option<Journal>> {
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 // === the outbox ===
 
-/// Events for the controller, waiting in memory: bounded, the oldest
-/// dropped (and counted) when full, each with an id unique to this run of
-/// this node: `<random prefix>-<counter>`.
+/// Events for the controller, waiting in the on-disk [`Queue`]: bounded,
+/// the oldest dropped (and counted) when full, each with an id unique to
+/// this node: `<random prefix per run>-<counter>`, stored with the event,
+/// so that an event sent again after a restart keeps its id.
 pub struct Outbox {
-    inner: Mutex<Queue>,
-    capacity: usize,
+    queue: Mutex<Ids>,
     prefix: String,
     ready: Notify,
     dropped: IntCounter,
@@ -443,33 +557,51 @@ pub struct Outbox {
     outgoing: outgoing::Outgoing,
 }
 
-struct Queue {
+struct Ids {
     next: u64,
-    events: VecDeque<(u64, NodeEvent)>,
+    queue: Queue,
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `capacity` events.
-    pub fn new(capacity: usize, metrics: &FleetMetrics) -> Self {
+    /// The outbox of the queue in `dir` (`<state_dir>/controller.events`),
+    /// with what an earlier run left in it; `limits` bound it.
+    pub fn open(
+        dir: &Path,
+        limits: queue::Limits,
+        metrics: &FleetMetrics,
+    ) -> std::io::Result<Self> {
+        let (queue, opened) = Queue::open(dir, limits)?;
+        if opened.cut_bytes > 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                bytes = opened.cut_bytes,
+                "fleet events: a torn or corrupt tail of the event queue was cut off (a crash mid-write)"
+            );
+        }
+        if opened.events > 0 {
+            tracing::info!(
+                events = opened.events,
+                "fleet events: events from before the restart queued for the controller"
+            );
+        }
+        metrics.events_dropped.inc_by(opened.dropped);
+        metrics.events_queued.set(gauge(queue.len() as u64));
         // A fresh prefix per start: the counter starts over, the ids must
         // not repeat an earlier run's.
         let prefix: [u8; 8] = rand::random();
-        Self {
-            inner: Mutex::new(Queue {
-                next: 1,
-                events: VecDeque::new(),
-            }),
-            capacity: capacity.max(1),
+        Ok(Self {
+            queue: Mutex::new(Ids { next: 1, queue }),
             prefix: hex::encode(prefix),
             ready: Notify::new(),
             dropped: metrics.events_dropped.clone(),
             queued: metrics.events_queued.clone(),
             outgoing: outgoing::Outgoing::default(),
-        }
+        })
     }
 
     /// Takes an engine event, if it is one the controller wants
-    /// ([`outgoing`]). Never blocks on the network.
+    /// ([`outgoing`]); durable at the next [`Outbox::commit`]. Never
+    /// blocks on the network.
     pub fn offer(&self, event: &vigil_engine::Event) {
         if let Some(kind) = self.outgoing.node_event(event) {
             self.push(kind);
@@ -481,63 +613,70 @@ impl Outbox {
         self.outgoing.attach(engine);
     }
 
-    /// Queues `kind` under the next id.
+    /// Queues `kind` under the next id; durable at the next
+    /// [`Outbox::commit`].
     pub fn push(&self, kind: NodeEventKind) {
         let mut q = self.lock();
         let seq = q.next;
         q.next += 1;
-        q.events.push_back((
-            seq,
-            NodeEvent {
-                id: format!("{}-{seq}", self.prefix),
-                kind,
-            },
-        ));
-        while q.events.len() > self.capacity {
-            q.events.pop_front();
-            self.dropped.inc();
+        let dropped = q.queue.push(NodeEvent {
+            id: format!("{}-{seq}", self.prefix),
+            kind,
+        });
+        self.dropped.inc_by(dropped);
+        self.queued.set(gauge(q.queue.len() as u64));
+    }
+
+    /// Writes what was queued since the last commit and makes it durable
+    /// (one `fsync`, outside the lock), then wakes the poster. A write
+    /// that fails is logged; the events stay queued in memory and are
+    /// sent all the same.
+    pub fn commit(&self) {
+        let written = self.lock().queue.write();
+        match written.and_then(|file| file.map_or(Ok(()), |f| f.sync_data())) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet events: the event queue could not be written; events kept in memory only");
+            }
         }
-        self.queued.set(gauge(q.events.len() as u64));
-        drop(q);
         self.ready.notify_one();
     }
 
-    /// The oldest events, at most [`MAX_EVENTS`], and the counter of the
-    /// last; `None` when empty.
-    fn batch(&self) -> Option<(u64, Vec<NodeEvent>)> {
-        let q = self.lock();
-        let events: Vec<NodeEvent> = q
-            .events
-            .iter()
-            .take(MAX_EVENTS)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let last = q.events.get(events.len().checked_sub(1)?)?.0;
-        Some((last, events))
+    /// Every event waiting, oldest first.
+    fn queued(&self) -> Vec<NodeEvent> {
+        self.lock()
+            .queue
+            .batch(usize::MAX)
+            .map(|(_, events)| events)
+            .unwrap_or_default()
     }
 
-    /// Removes every event up to counter `last` (some may have been
+    /// The oldest events, at most [`MAX_EVENTS`], and the queue sequence
+    /// of the last; `None` when empty.
+    fn batch(&self) -> Option<(u64, Vec<NodeEvent>)> {
+        self.lock().queue.batch(MAX_EVENTS)
+    }
+
+    /// Removes every event up to queue sequence `last` (some may have been
     /// dropped meanwhile); returns how many were removed.
     fn remove_through(&self, last: u64) -> u64 {
         let mut q = self.lock();
-        let mut n = 0;
-        while q.events.front().is_some_and(|(seq, _)| *seq <= last) {
-            q.events.pop_front();
-            n += 1;
+        let (n, files) = q.queue.remove_through(last);
+        if let Err(e) = files {
+            tracing::warn!(error = %e, "fleet events: sent events not removed from the queue's files; they may be sent again");
         }
-        self.queued.set(gauge(q.events.len() as u64));
+        self.queued.set(gauge(q.queue.len() as u64));
         n
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("capacity", &self.capacity)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -550,8 +689,9 @@ pub struct FleetSync {
     engine: Arc<Engine>,
     controller: Arc<Controller>,
     client: reqwest::Client,
-    /// What the engine holds everything up to; read by the snapshot writer.
-    applied: Arc<AtomicU64>,
+    /// What the engine holds and how fresh it is; read by the snapshot
+    /// writer and the request path.
+    state: Arc<FleetState>,
     outbox: Arc<Outbox>,
     metrics: FleetMetrics,
     /// The protocol version the controller answered in (0: not heard
@@ -613,22 +753,24 @@ enum PostError {
 
 impl FleetSync {
     /// A client of `controller` applying to `engine`, starting from
-    /// `applied` (shared with the snapshot writer).
+    /// `state` (shared with the snapshot writer and the request path).
     pub fn new(
         engine: Arc<Engine>,
         controller: Arc<Controller>,
-        applied: Arc<AtomicU64>,
+        state: Arc<FleetState>,
         outbox: Arc<Outbox>,
         metrics: FleetMetrics,
     ) -> Result<Self, String> {
         // No whole-call timeout: the sync stream lives for hours.
         let client = outbound::client(controller.ca_file.as_deref(), CONNECT_TIMEOUT, None)?;
-        metrics.applied.set(gauge(applied.load(Ordering::Acquire)));
+        metrics
+            .applied
+            .set(gauge(state.applied.load(Ordering::Acquire)));
         Ok(Self {
             engine,
             controller,
             client,
-            applied,
+            state,
             outbox,
             metrics,
             version: AtomicU32::new(0),
@@ -637,7 +779,7 @@ impl FleetSync {
     }
 
     async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
-        let mut cursor = Cursor::new(self.applied.load(Ordering::Acquire));
+        let mut cursor = Cursor::new(self.state.applied.load(Ordering::Acquire));
         let mut attempt: u32 = 0;
         let mut was_up = true;
         loop {
@@ -726,15 +868,23 @@ impl FleetSync {
                 };
                 match cursor.on_frame(frame) {
                     Action::Apply { changes, then } => {
+                        // Write-ahead: on disk before the engine has it
+                        // and before `applied` says so.
+                        self.state.journal(&changes, then);
                         self.apply(&changes);
                         if let Some(seq) = then {
-                            self.applied.store(seq, Ordering::Release);
+                            self.state.applied.store(seq, Ordering::Release);
                             self.metrics.applied.set(gauge(seq));
                         }
                     }
                     Action::Nothing => {}
                     Action::Resync(why) => return (End::Resync(why), hello),
                     Action::Reconnect(v) => return (End::Protocol(v.to_string()), hello),
+                }
+                if cursor.current() {
+                    self.state
+                        .current_at
+                        .store(crate::proxy::now_secs(), Ordering::Relaxed);
                 }
                 if !hello {
                     hello = true;
@@ -822,6 +972,77 @@ impl FleetSync {
                 Change::Unknown => "unknown",
             };
             self.metrics.changes.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Applies again what the journal holds (read at start, after the
+    /// session snapshot was restored, before anything is served), and
+    /// moves the cursor as far as it proves ([`journal::replayed_cursor`]).
+    pub fn replay(&self, entries: &[journal::Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let restored = self.state.applied.load(Ordering::Acquire);
+        for entry in entries {
+            self.apply(entry.changes());
+        }
+        let applied = journal::replayed_cursor(restored, entries);
+        self.state.applied.store(applied, Ordering::Release);
+        self.metrics.applied.set(gauge(applied));
+        tracing::info!(
+            entries = entries.len(),
+            restored,
+            applied,
+            "fleet sync: journal replayed after the snapshot"
+        );
+    }
+
+    /// Ends again, on the engine, the sessions this node revoked itself
+    /// and has not had taken by the controller yet: they wait in the
+    /// on-disk queue, and a node killed before its next snapshot would
+    /// otherwise forget them until the controller streams them back.
+    /// Called at start, before anything is served; the revocations are
+    /// not queued again (they are not this run's decisions).
+    #[allow(
+        irrefutable_let_patterns,
+        reason = "revocations are one kind of node event among more to come; only they are replayed"
+    )]
+    pub fn replay_queued(&self) {
+        let now = crate::proxy::now_secs();
+        let mut n = 0;
+        for event in self.outbox.queued() {
+            if let NodeEventKind::SessionRevoked {
+                session, user, at, ..
+            } = event.kind
+            {
+                let key = SessionKey::from_bytes(session.0);
+                // As the controller vouches for it: a session bound to a
+                // user.
+                if user.is_some() {
+                    self.engine.revoke_vouched(key, at.min(now));
+                } else {
+                    self.engine.revoke(key, at.min(now));
+                }
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                revocations = n,
+                "fleet events: this node's unsent revocations applied again"
+            );
+        }
+    }
+
+    /// Keeps `vigil_proxy_fleet_state_age_seconds` current.
+    async fn age_loop(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let age = self.state.age(crate::proxy::now_secs());
+            self.metrics.state_age.set(gauge(age));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 
@@ -935,7 +1156,11 @@ impl FleetSync {
 #[async_trait]
 impl BackgroundService for FleetSync {
     async fn start(&self, shutdown: ShutdownWatch) {
-        tokio::join!(self.sync_loop(shutdown.clone()), self.post_loop(shutdown));
+        tokio::join!(
+            self.sync_loop(shutdown.clone()),
+            self.post_loop(shutdown.clone()),
+            self.age_loop(shutdown)
+        );
     }
 }
 
@@ -943,7 +1168,7 @@ impl std::fmt::Debug for FleetSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetSync")
             .field("controller", &self.controller)
-            .field("applied", &self.applied)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }

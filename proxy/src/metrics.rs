@@ -162,8 +162,18 @@ pub struct FleetMetrics {
     /// `vigil_proxy_fleet_events_retried_total`: posts of a batch that
     /// failed and will be sent again (same ids).
     pub events_retried: IntCounter,
-    /// `vigil_proxy_fleet_events_queued`: events waiting to be sent.
+    /// `vigil_proxy_fleet_events_queued`: events waiting to be sent (in
+    /// the on-disk queue).
     pub events_queued: IntGauge,
+    /// `vigil_proxy_fleet_state_age_seconds`: seconds since a live sync
+    /// stream last proved this node current (heartbeats included); as
+    /// large as the Unix time for a node never current.
+    pub state_age: IntGauge,
+    /// `vigil_proxy_fleet_stale_requests_total{route,outcome}`: requests
+    /// on a route with `stale_after` while the node's fleet state was
+    /// older: `refused` (503 `fleet_stale`, `on_stale = "fail_closed"`) or
+    /// `judged` (with what the node has).
+    pub stale_requests: IntCounterVec,
 }
 
 /// The `reason` values of `vigil_proxy_fleet_reconnects_total`.
@@ -493,6 +503,21 @@ impl FleetMetrics {
                 "vigil_proxy_fleet_events_queued",
                 "Events waiting to be sent to the controller.",
             )?,
+            state_age: gauge(
+                "vigil_proxy_fleet_state_age_seconds",
+                "Seconds since a live sync stream last proved this node current.",
+            )?,
+            stale_requests: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "vigil_proxy_fleet_stale_requests_total",
+                        "Requests on a route with stale_after while the fleet state was older, by outcome (refused, judged).",
+                    ),
+                    &["route", "outcome"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
         })
     }
 }

@@ -17,9 +17,12 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{FailMode, Listener, Misdirected, Mode, Route, StepUpVia, VIGIL_HEADER_PREFIX};
+use crate::config::{
+    FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia, VIGIL_HEADER_PREFIX,
+};
 use crate::conn_limits::H2Connections;
 use crate::events::reasons_list;
+use crate::fleet_sync::FleetState;
 use crate::forwarding;
 use crate::generation::{Current, Generation};
 use crate::hello::ConnectionFingerprints;
@@ -57,6 +60,9 @@ pub struct VigilProxy {
     /// Step-ups at the identity provider: pending, counted, and the
     /// provider's metadata; kept across reloads.
     step_ups: Arc<StepUps>,
+    /// The controller client's state, when there is one: how old this
+    /// node's fleet state is, for routes with `stale_after`.
+    fleet: Option<Arc<FleetState>>,
 }
 
 /// Per-request state.
@@ -114,7 +120,15 @@ impl VigilProxy {
             decisions,
             h2: H2Connections::default(),
             step_ups: Arc::new(StepUps::new()),
+            fleet: None,
         }
+    }
+
+    /// Judges routes with `stale_after` by the age of `fleet`, the
+    /// controller client's state.
+    pub fn with_fleet_state(mut self, fleet: Option<Arc<FleetState>>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Reports the end of every HTTP/2 stream to `h2`, where the listeners'
@@ -255,6 +269,37 @@ impl VigilProxy {
         )
         .await?;
         Ok(true)
+    }
+
+    /// Whether `route` refuses the request because this node's fleet
+    /// state is older than its `stale_after` (`503 fleet_stale`): when
+    /// the route fails closed and enforces; otherwise it goes on judging
+    /// with what the node has, counted. One atomic load when the state is
+    /// fresh; nothing the client sends bears on it.
+    fn refuses_stale(&self, route: &Route) -> bool {
+        let (Some(stale), Some(fleet)) = (route.stale, self.fleet.as_deref()) else {
+            return false;
+        };
+        if !fleet.stale(stale.after, crate::proxy::now_secs()) {
+            return false;
+        }
+        let refuse = stale.on_stale == OnStale::FailClosed && route.mode == Mode::Enforce;
+        self.metrics
+            .fleet
+            .stale_requests
+            .with_label_values(&[
+                route.name.as_str(),
+                if refuse { "refused" } else { "judged" },
+            ])
+            .inc();
+        if refuse {
+            self.metrics
+                .request_errors
+                .with_label_values(&["fleet_stale", "refused"])
+                .inc();
+            tracing::debug!(route = %route.name, "request refused: the fleet state is stale");
+        }
+        refuse
     }
 
     /// Refuses input no browser sends, on a route that judges nothing.
@@ -555,6 +600,10 @@ impl ProxyHttp for VigilProxy {
             return Ok(true);
         };
         generation.counters.request(ctx.route);
+        if self.refuses_stale(route) {
+            respond::send(session, Refusal::FleetStale).await?;
+            return Ok(true);
+        }
         if let (Some(StepUpVia::Oidc { callback_path }), Some(oidc)) =
             (&route.step_up, &generation.config.oidc)
             && *path == **callback_path

@@ -51,6 +51,10 @@ pub enum Refusal<'a> {
         /// The reason's stable code.
         code: &'static str,
     },
+    /// The route refuses while this node's fleet state is older than its
+    /// `stale_after` (`on_stale = "fail_closed"`): `503 fleet_stale`, with
+    /// `retry-after` (`docs/controller.md`, Edge node).
+    FleetStale,
     /// The request names a host that the certificate its TLS connection
     /// was given does not cover: `421 misdirected_request`
     /// (`docs/security.md`, Hosts and certificates).
@@ -323,6 +327,7 @@ impl<'a> Refusal<'a> {
             | Refusal::Malformed { .. }
             | Refusal::Path { .. }
             | Refusal::Misdirected
+            | Refusal::FleetStale
             | Refusal::StepUpRefused { .. } => None,
             Refusal::StepUpPassed { reference, .. } => Some(reference),
             Refusal::Blocked { reference }
@@ -375,6 +380,15 @@ impl<'a> Refusal<'a> {
                     "bad_path",
                     "Bad request",
                     "The request's path can be read in more than one way.",
+                )
+            },
+            Refusal::FleetStale => Answer {
+                headers: vec![("retry-after", "5".to_owned())],
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "fleet_stale",
+                    "Temporarily unavailable",
+                    "This server cannot confirm right now that sessions are still valid. Try again shortly.",
                 )
             },
             Refusal::Misdirected => plain(

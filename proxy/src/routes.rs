@@ -118,6 +118,7 @@ mod tests {
             app_confirms: false,
             revocation_check: true,
             policy: vigil_engine::Policy::default(),
+            stale: None,
         }
     }
 

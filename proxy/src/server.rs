@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
@@ -18,7 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{Config, HashKeySource, ListenerLimits};
 use crate::conn_limits::{ConnectionLimits, H2Connections, LimitMetrics, Limited};
 use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
-use crate::fleet_sync::{self, FleetSync, Outbox};
+use crate::fleet_sync::{self, FleetState, FleetSync, Outbox};
 use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
@@ -91,7 +91,7 @@ pub struct Vigil {
     server: Server,
     /// The engine and where its snapshot goes, written once more after the
     /// last request has been served, with the controller cursor.
-    snapshot: Option<(Arc<Engine>, std::path::PathBuf, Option<Arc<AtomicU64>>)>,
+    snapshot: Option<(Arc<Engine>, std::path::PathBuf, Option<Arc<FleetState>>)>,
     /// Where this process writes its pid, for `vigil-proxy reload`.
     pid_file: PathBuf,
     signals: Signals,
@@ -120,11 +120,23 @@ impl Vigil {
             Some(geo)
         };
         let metrics = Metrics::new()?;
-        // What this node decides for the controller, held while it is away.
-        let outbox = config
-            .controller
-            .as_ref()
-            .map(|c| Arc::new(Outbox::new(c.events_queue, &metrics.fleet)));
+        // What this node decides for the controller, held on disk while
+        // it is away.
+        let outbox = match &config.controller {
+            Some(c) => Some(Arc::new(
+                Outbox::open(
+                    &config.server.state_dir.join(fleet_sync::queue::DIR_NAME),
+                    fleet_sync::queue::Limits {
+                        max_events: c.events_queue,
+                        max_bytes: c.events_queue_bytes,
+                        segment_bytes: (c.events_queue_bytes / 16).clamp(64 * 1024, 8 << 20),
+                    },
+                    &metrics.fleet,
+                )
+                .map_err(|e| StartError::Controller(format!("event queue: {e}")))?,
+            )),
+            None => None,
+        };
         // Events are told to logs and metrics, and to the controller; room
         // for a burst of refusals without a request ever waiting.
         let (sink, streams) = vigil_engine::events::channel(EVENT_LANE, EVENT_LANE);
@@ -149,32 +161,56 @@ impl Vigil {
             .as_ref()
             .is_some_and(|(path, _)| snapshot::restore(&engine, path, &metrics.snapshots_rejected));
         // The controller cursor counts only with the snapshot it was
-        // written beside; without that snapshot the node asks for all.
-        let fleet_applied = config.controller.as_ref().map(|_| {
-            let from = snapshot
+        // written beside; without that snapshot the node asks for all, and
+        // counts as never current.
+        let fleet_state = config.controller.as_ref().map(|_| {
+            let (from, current_at) = snapshot
                 .as_ref()
                 .filter(|_| restored)
                 .and_then(|(path, _)| fleet_sync::read_cursor(&fleet_sync::cursor_path(path)))
-                .unwrap_or(0);
+                .unwrap_or((0, 0));
             if from > 0 {
                 tracing::info!(
                     applied = from,
                     "fleet sync: resuming after the restored snapshot"
                 );
             }
-            Arc::new(AtomicU64::new(from))
+            Arc::new(FleetState::new(from, current_at))
         });
-        let fleet_sync = match (&config.controller, &fleet_applied, &outbox) {
-            (Some(controller), Some(applied), Some(outbox)) => Some(
-                FleetSync::new(
+        let fleet_sync = match (&config.controller, &fleet_state, &outbox) {
+            (Some(controller), Some(state), Some(outbox)) => {
+                let sync = FleetSync::new(
                     engine.clone(),
                     controller.clone(),
-                    applied.clone(),
+                    state.clone(),
                     outbox.clone(),
                     metrics.fleet.clone(),
                 )
-                .map_err(StartError::Controller)?,
-            ),
+                .map_err(StartError::Controller)?;
+                // What was applied since the snapshot, back before anything
+                // is served; journaled from here on. Only beside a
+                // snapshot, which is what compacts it.
+                if snapshot.is_some() {
+                    let path = config.server.state_dir.join(fleet_sync::journal::FILE_NAME);
+                    let key = blake3::derive_key(
+                        "vigil-proxy controller journal v1",
+                        &engine.snapshot_keys().0,
+                    );
+                    let (journal, opened) = fleet_sync::journal::Journal::open(&path, key)
+                        .map_err(|e| StartError::Controller(format!("journal: {e}")))?;
+                    if opened.cut_bytes > 0 {
+                        tracing::warn!(
+                            path = %path.display(),
+                            bytes = opened.cut_bytes,
+                            "fleet sync: a torn, corrupt or foreign tail of the journal was cut off"
+                        );
+                    }
+                    sync.replay(&opened.entries);
+                    state.set_journal(journal);
+                }
+                sync.replay_queued();
+                Some(sync)
+            }
             _ => None,
         };
         let current = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
@@ -223,7 +259,8 @@ impl Vigil {
             fingerprints.clone(),
             decisions.clone(),
         )
-        .with_h2_connections(h2_connections.clone());
+        .with_h2_connections(h2_connections.clone())
+        .with_fleet_state(fleet_state.clone());
         let mut certificates = Vec::new();
         for listener in &config.listeners {
             let mut proxy =
@@ -298,11 +335,11 @@ impl Vigil {
 
         let final_snapshot = snapshot
             .as_ref()
-            .map(|(path, _)| (engine.clone(), path.clone(), fleet_applied.clone()));
+            .map(|(path, _)| (engine.clone(), path.clone(), fleet_state.clone()));
         if let Some((path, every)) = snapshot {
             server.add_service(background_service(
                 "session snapshot",
-                Snapshotter::new(engine.clone(), path, every, fleet_applied.clone()),
+                Snapshotter::new(engine.clone(), path, every, fleet_state.clone()),
             ));
         }
         if let Some(fleet_sync) = fleet_sync {

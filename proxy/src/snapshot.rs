@@ -33,18 +33,23 @@
 //! everything up to — read before the engine's bytes are taken, written
 //! after the snapshot is in place — so that a restarted node resumes the
 //! sync stream where its snapshot stands, never past it
-//! (`crate::fleet_sync`).
+//! (`crate::fleet_sync`), with when the node was last current (its
+//! staleness survives the restart); then the controller's
+//! applied-changes journal drops what the snapshot now holds
+//! (`crate::fleet_sync::journal`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use vigil_engine::Engine;
+
+use crate::fleet_sync::FleetState;
 
 /// The snapshot's file name in the state directory.
 pub const FILE_NAME: &str = "sessions.snapshot";
@@ -172,7 +177,7 @@ pub struct Snapshotter {
     engine: Arc<Engine>,
     path: PathBuf,
     every: Duration,
-    fleet: Option<Arc<AtomicU64>>,
+    fleet: Option<Arc<FleetState>>,
 }
 
 /// Restores the snapshot at `path`, if there is one; whether one was.
@@ -244,17 +249,24 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// 0600), renamed over the old snapshot and made durable (file and folder
 /// synced). Returns the bytes written.
 ///
-/// `fleet` is the controller sequence the engine holds everything up to
-/// (`crate::fleet_sync`), when a controller is configured: read before the
-/// engine's snapshot is taken and recorded in `controller.cursor` after
-/// the snapshot is in place, so that the cursor never claims more than the
+/// `fleet` is the controller client's state (`crate::fleet_sync`), when a
+/// controller is configured: the sequence the engine holds everything up
+/// to, and when the node was last current, are read before the engine's
+/// snapshot is taken and recorded in `controller.cursor` after the
+/// snapshot is in place, so that the cursor never claims more than the
+/// snapshot holds; then the applied-changes journal drops what the
 /// snapshot holds. Without one, a cursor left from an earlier run is
 /// removed: it would describe another snapshot.
-pub fn write(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) -> std::io::Result<u64> {
+pub fn write(engine: &Engine, path: &Path, fleet: Option<&FleetState>) -> std::io::Result<u64> {
     let _one_at_a_time = WRITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let applied = fleet.map(|a| a.load(Ordering::Acquire));
+    let cursor_at = fleet.map(|f| {
+        (
+            f.applied.load(Ordering::Acquire),
+            f.current_at.load(Ordering::Acquire),
+        )
+    });
     let tmp = path.with_extension("snapshot.tmp");
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(true);
@@ -312,8 +324,10 @@ pub fn write(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) -> std::io
     std::fs::write(&gen_tmp, format!("{generation}\n"))?;
     std::fs::rename(&gen_tmp, generation_path(path))?;
     let cursor = crate::fleet_sync::cursor_path(path);
-    match applied {
-        Some(applied) => crate::fleet_sync::write_cursor(&cursor, applied)?,
+    match cursor_at {
+        Some((applied, current_at)) => {
+            crate::fleet_sync::write_cursor(&cursor, applied, current_at)?;
+        }
         None => match std::fs::remove_file(&cursor) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -321,6 +335,9 @@ pub fn write(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) -> std::io
     }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
+    }
+    if let (Some(fleet), Some((applied, _))) = (fleet, cursor_at) {
+        fleet.snapshot_written(applied);
     }
     Ok(bytes)
 }
@@ -332,7 +349,7 @@ impl Snapshotter {
         engine: Arc<Engine>,
         path: PathBuf,
         every: Duration,
-        fleet: Option<Arc<AtomicU64>>,
+        fleet: Option<Arc<FleetState>>,
     ) -> Self {
         Self {
             engine,
@@ -344,7 +361,7 @@ impl Snapshotter {
 }
 
 /// [`write`], with the outcome logged.
-pub fn write_logged(engine: &Engine, path: &Path, fleet: Option<&AtomicU64>) {
+pub fn write_logged(engine: &Engine, path: &Path, fleet: Option<&FleetState>) {
     match write(engine, path, fleet) {
         Ok(bytes) => tracing::info!(path = %path.display(), bytes, "session snapshot written"),
         Err(e) => {

@@ -522,10 +522,12 @@ async fn a_node_restarted_while_the_controller_is_away_still_refuses_what_it_rev
         proxy.wait_for_metric(APPLIED, &[], |v| v == 1.0).await;
         // The periodic snapshot records the cursor beside what it holds.
         let deadline = Instant::now() + DEADLINE;
+        // It holds the sequence, then when the node was last current.
         while std::fs::read_to_string(cursor_file(state.path()))
             .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_owned))
             .as_deref()
-            != Some("1\n")
+            != Some("1")
         {
             assert!(Instant::now() < deadline, "{}", proxy.log());
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -105,10 +105,15 @@ pub struct Controller {
     /// PEM certificates to trust for the controller's TLS besides the
     /// system's (`ca_file`).
     pub ca_file: Option<PathBuf>,
-    /// Most events kept in memory for the controller while it is away
+    /// Most events kept (on disk, in the state directory's
+    /// `controller.events/`) for the controller while it is away
     /// (`events_queue`, default 10 000, 1 to 1 000 000); the oldest are
     /// dropped, and counted, beyond it.
     pub events_queue: usize,
+    /// Most bytes of events kept on disk for the controller
+    /// (`events_queue_bytes`, default 64 MiB, 64 KiB to 16 GiB); the oldest
+    /// are dropped past it, as past `events_queue`.
+    pub events_queue_bytes: u64,
 }
 
 impl fmt::Debug for Controller {
@@ -119,6 +124,7 @@ impl fmt::Debug for Controller {
             .field("token", &"…")
             .field("ca_file", &self.ca_file)
             .field("events_queue", &self.events_queue)
+            .field("events_queue_bytes", &self.events_queue_bytes)
             .finish()
     }
 }
@@ -497,6 +503,30 @@ pub struct Route {
     pub revocation_check: bool,
     /// Risk level → action.
     pub policy: Policy,
+    /// How old this node's fleet state may grow before the route treats
+    /// it as stale (`stale_after`, `on_stale`); `None` (the default): never.
+    pub stale: Option<Stale>,
+}
+
+/// A route's limit on the age of the node's fleet state
+/// (`docs/controller.md`, Edge node): the time since a live sync stream
+/// last proved the node current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stale {
+    /// Seconds (`stale_after`, 10 to 604 800: at least two heartbeats).
+    pub after: u64,
+    /// What the route does past it (`on_stale`, default `fail_open`).
+    pub on_stale: OnStale,
+}
+
+/// What a route does once the node's fleet state is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Judge with what the node has, and count it (`fail_open`).
+    FailOpen,
+    /// Refuse with `503 fleet_stale` (`fail_closed`); `enforce` routes
+    /// only: `monitor` and `off` routes never refuse for it.
+    FailClosed,
 }
 
 /// A route's enforcement mode.
@@ -701,7 +731,8 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let listeners = read_listeners(&mut f, base, p);
     check_forwarded(&listeners, &trusted_proxies, p);
     let upstreams = read_upstreams(&mut f, p);
-    let routes = read_routes(&mut f, &upstreams, p);
+    let has_controller = f.has("controller");
+    let routes = read_routes(&mut f, &upstreams, has_controller, p);
     let (rules, rules_dir) = read_rules(&mut f, base, &routes, p);
     let oidc = read_oidc(&mut f, base, p);
     check_step_up(&routes, oidc.as_ref(), p);
@@ -1688,7 +1719,12 @@ fn read_rules(
     (set, dir)
 }
 
-fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> Vec<Route> {
+fn read_routes(
+    f: &mut Fields<'_>,
+    upstreams: &[Upstream],
+    has_controller: bool,
+    p: &mut Problems,
+) -> Vec<Route> {
     let tables = f.tables(p, "routes");
     if tables.is_empty() {
         p.push("routes", "at least one [[routes]] is required");
@@ -1787,6 +1823,7 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
         };
         let app_confirms = t.or(p, "app_confirms", false);
         let revocation_check = t.or(p, "revocation_check", true);
+        let stale = read_stale(&mut t, has_controller, p);
         let mut pt = t.table(p, "policy");
         let medium_at: Option<u8> = pt.opt(p, "medium_at");
         let high_at: Option<u8> = pt.opt(p, "high_at");
@@ -1860,10 +1897,46 @@ fn read_routes(f: &mut Fields<'_>, upstreams: &[Upstream], p: &mut Problems) -> 
                 app_confirms,
                 revocation_check,
                 policy,
+                stale,
             });
         }
     }
     out
+}
+
+/// A route's `stale_after` and `on_stale`: only with a `[controller]`,
+/// whose stream is what keeps the node current.
+fn read_stale(t: &mut Fields<'_>, has_controller: bool, p: &mut Problems) -> Option<Stale> {
+    let after: Option<u64> = t.opt(p, "stale_after");
+    let on_stale: Option<String> = t.opt(p, "on_stale");
+    let on_stale = match on_stale.as_deref() {
+        None | Some("fail_open") => OnStale::FailOpen,
+        Some("fail_closed") => OnStale::FailClosed,
+        Some(other) => {
+            p.push(
+                t.key("on_stale"),
+                format!("{other:?} is not a choice; expected \"fail_open\" or \"fail_closed\""),
+            );
+            OnStale::FailOpen
+        }
+    };
+    if after.is_none() && t.has("on_stale") {
+        p.push(t.key("on_stale"), "only with stale_after");
+    }
+    let after = after?;
+    // A current node hears from its controller every heartbeat (5 s): less
+    // than two would call a healthy node stale between two of them.
+    within(p, t.key("stale_after"), after, 10..=604_800);
+    if !has_controller {
+        p.push(
+            t.key("stale_after"),
+            "only meaningful with a [controller] section: without one the node has no fleet state to grow stale",
+        );
+    }
+    Some(Stale {
+        after: after.clamp(10, 604_800),
+        on_stale,
+    })
 }
 
 /// Where a route takes the provider's answer unless it says otherwise.
@@ -1977,12 +2050,20 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
     let ca_file = read_ca_file(&mut t, p, base);
     let events_queue: usize = t.or(p, "events_queue", 10_000);
     within(p, t.key("events_queue"), events_queue, 1..=1_000_000);
+    let events_queue_bytes: u64 = t.or(p, "events_queue_bytes", 64 << 20);
+    within(
+        p,
+        t.key("events_queue_bytes"),
+        events_queue_bytes,
+        (64 << 10)..=(16 << 30),
+    );
     t.finish(p);
     Some(Controller {
         url: url?,
         token: token?,
         ca_file,
         events_queue: events_queue.clamp(1, 1_000_000),
+        events_queue_bytes: events_queue_bytes.clamp(64 << 10, 16 << 30),
     })
 }
 

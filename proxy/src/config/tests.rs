@@ -586,3 +586,63 @@ fn controller_is_checked_whole() {
     let problems = parse(&good.replace(&format!("{token:?}"), &format!("{spaced:?}"))).unwrap_err();
     assert_eq!(keys(&problems), ["controller.token_file"]);
 }
+
+#[test]
+fn staleness_is_per_route_and_needs_a_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-t0ken\n").unwrap();
+    let controller =
+        format!("[controller]\nurl = \"http://127.0.0.1:7000\"\ntoken_file = {token:?}\n");
+    let routes = "[[routes]]\nname = \"closed\"\nupstream = \"app\"\npath_prefix = \"/c\"\nstale_after = 30\non_stale = \"fail_closed\"\n\
+                  [[routes]]\nname = \"open\"\nupstream = \"app\"\npath_prefix = \"/o\"\nstale_after = 60\n";
+    let c = parse(&format!("{controller}{MINIMAL}{routes}")).unwrap();
+    assert_eq!(c.routes[0].stale, None, "off by default");
+    assert_eq!(
+        c.routes[1].stale,
+        Some(Stale {
+            after: 30,
+            on_stale: OnStale::FailClosed
+        })
+    );
+    assert_eq!(
+        c.routes[2].stale,
+        Some(Stale {
+            after: 60,
+            on_stale: OnStale::FailOpen
+        })
+    );
+    assert_eq!(c.controller.unwrap().events_queue_bytes, 64 << 20);
+
+    // Without a [controller] there is nothing to grow stale: every route
+    // that asks is told, with the rest of the file's problems.
+    let problems = parse(&format!("{MINIMAL}{routes}")).unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        ["routes[1].stale_after", "routes[2].stale_after"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].message.contains("[controller]"),
+        "{problems:#?}"
+    );
+
+    // A bad choice, a bound, on_stale alone, a queue too small in bytes.
+    let bad = "[[routes]]\nname = \"a\"\nupstream = \"app\"\npath_prefix = \"/a\"\nstale_after = 0\non_stale = \"maybe\"\n\
+               [[routes]]\nname = \"b\"\nupstream = \"app\"\npath_prefix = \"/b\"\non_stale = \"fail_closed\"\n";
+    let problems = parse(&format!(
+        "{}events_queue_bytes = 1\n{MINIMAL}{bad}",
+        controller
+    ))
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "routes[1].on_stale",
+            "routes[1].stale_after",
+            "routes[2].on_stale",
+            "controller.events_queue_bytes"
+        ],
+        "{problems:#?}"
+    );
+}

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 use vigil_fleet::{Change, Frame, MAX_LINE_BYTES, SessionId, UserId, VERSION};
 
-use super::{Action, Cursor, LineTooLong, Lines, Resync, Violation, backoff};
+use super::{Action, Cursor, FleetState, LineTooLong, Lines, Resync, Violation, backoff};
 
 fn revoked(n: u8) -> Change {
     Change::SessionRevoked {
@@ -289,4 +289,49 @@ fn backoff_doubles_to_its_cap_within_its_jitter() {
     assert_eq!(backoff(10, 1.5), Duration::from_secs(45));
     // Out-of-range jitter is clamped.
     assert_eq!(backoff(0, 9.0), Duration::from_millis(750));
+}
+
+// === staleness ===
+
+#[test]
+fn only_a_stream_holding_everything_announced_proves_the_node_current() {
+    let mut c = Cursor::new(5);
+    assert!(!c.current(), "before any hello");
+    // The controller is at 7: the node has 5 and 6 still to apply.
+    assert_eq!(c.on_frame(hello(7, 1, false)), Action::Nothing);
+    assert!(!c.current());
+    c.on_frame(changes(6, vec![revoked(6)]));
+    assert!(!c.current());
+    c.on_frame(changes(7, vec![revoked(7)]));
+    assert!(c.current());
+    // A heartbeat announcing more: behind again until it arrives.
+    c.on_frame(Frame::Heartbeat { head: 8 });
+    assert!(!c.current());
+    c.on_frame(changes(8, vec![revoked(8)]));
+    assert!(c.current());
+    // Inside a snapshot nothing is proved until it ends.
+    let mut c = Cursor::new(0);
+    c.on_frame(hello(3, 1, true));
+    c.on_frame(Frame::Snapshot {
+        seq: 3,
+        changes: vec![revoked(1)],
+    });
+    assert!(!c.current());
+    c.on_frame(Frame::SnapshotEnd { seq: 3 });
+    assert!(c.current());
+    // A new stream must say hello again.
+    c.connected();
+    assert!(!c.current());
+}
+
+#[test]
+fn the_state_is_stale_past_its_limit_and_a_node_never_current_is_stale() {
+    let state = FleetState::new(10, 1_000);
+    assert_eq!(state.age(1_030), 30);
+    assert!(!state.stale(30, 1_030));
+    assert!(state.stale(29, 1_030));
+    // A clock that went back is not a negative age.
+    assert_eq!(state.age(900), 0);
+    let never = FleetState::new(0, 0);
+    assert!(never.stale(604_800, 1_700_000_000));
 }

@@ -49,6 +49,8 @@ pub(crate) struct Route {
     app_confirms: bool,
     /// Steps up at `[oidc]`'s provider instead of `step_up_url`.
     oidc: bool,
+    /// `stale_after` and `on_stale`, when set.
+    stale: Option<(u64, String)>,
 }
 
 /// A loopback address with a port that was free a moment ago and that no
@@ -243,7 +245,15 @@ impl Route {
             high: "block".to_owned(),
             app_confirms: false,
             oidc: false,
+            stale: None,
         }
+    }
+
+    /// `stale_after = after` and `on_stale = on_stale` (needs a
+    /// `[controller]`).
+    pub(crate) fn stale(mut self, after: u64, on_stale: &str) -> Route {
+        self.stale = Some((after, on_stale.to_owned()));
+        self
     }
 
     /// Steps up at the `[oidc]` provider (`step_up = "oidc"`), with the
@@ -302,6 +312,9 @@ impl Route {
         );
         if !self.hosts.is_empty() {
             writeln!(out, "hosts = {:?}", self.hosts).unwrap();
+        }
+        if let Some((after, on_stale)) = &self.stale {
+            writeln!(out, "stale_after = {after}\non_stale = {on_stale:?}").unwrap();
         }
         let step_up = if self.oidc {
             "step_up = \"oidc\"".to_owned()
