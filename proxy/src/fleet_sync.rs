@@ -624,7 +624,6 @@ impl Outbox {
             kind,
         });
         self.dropped.inc_by(dropped);
-        self.queued.set(gauge(q.queue.len() as u64));
     }
 
     /// Writes what was queued since the last commit and makes it durable
@@ -632,13 +631,18 @@ impl Outbox {
     /// that fails is logged; the events stay queued in memory and are
     /// sent all the same.
     pub fn commit(&self) {
-        let written = self.lock().queue.write();
+        let (written, len) = {
+            let mut q = self.lock();
+            (q.queue.write(), q.queue.len())
+        };
         match written.and_then(|file| file.map_or(Ok(()), |f| f.sync_data())) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "fleet events: the event queue could not be written; events kept in memory only");
             }
         }
+        // Counted once durable: what the gauge shows survives a crash.
+        self.queued.set(gauge(len as u64));
         self.ready.notify_one();
     }
 

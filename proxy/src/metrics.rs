@@ -163,7 +163,8 @@ pub struct FleetMetrics {
     /// failed and will be sent again (same ids).
     pub events_retried: IntCounter,
     /// `vigil_proxy_fleet_events_queued`: events waiting to be sent (in
-    /// the on-disk queue).
+    /// the on-disk queue), counted once written and synced: what it shows
+    /// survives a crash.
     pub events_queued: IntGauge,
     /// `vigil_proxy_fleet_state_age_seconds`: seconds since a live sync
     /// stream last proved this node current (heartbeats included); as
