@@ -44,6 +44,11 @@ pub struct Config {
     pub keep_sessions: u64,
     /// Seconds a detection and its facts are kept.
     pub keep_detections: u64,
+    /// Seconds a user's fleet-wide history (profile) is kept after its
+    /// last update (`keep_profiles_days`, 1 to 3,650, default 90: the
+    /// engine's `user_idle_timeout`); also the oldest observation a node
+    /// may report.
+    pub keep_profiles: u64,
     /// How often this controller reads the store for changes nobody told
     /// it of: another replica's, when the PostgreSQL notification that
     /// should have woken it was lost (its listener's connection down), or
@@ -101,6 +106,7 @@ struct Raw {
     detection_window_seconds: Option<u64>,
     keep_sessions_days: Option<u64>,
     keep_detections_days: Option<u64>,
+    keep_profiles_days: Option<u64>,
     poll_ms: Option<u64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
@@ -240,6 +246,12 @@ impl Config {
                 "keep_detections_days: {keep_detections_days} is out of range; expected 1 to 3650"
             ));
         }
+        let keep_profiles_days = raw.keep_profiles_days.unwrap_or(90);
+        if !(1..=3650).contains(&keep_profiles_days) {
+            problems.push(format!(
+                "keep_profiles_days: {keep_profiles_days} is out of range; expected 1 to 3650"
+            ));
+        }
         let poll_ms = raw.poll_ms.unwrap_or(1_000);
         if !(10..=3_600_000).contains(&poll_ms) {
             problems.push(format!(
@@ -272,6 +284,7 @@ impl Config {
                 detection_window,
                 keep_sessions: keep_sessions_days * 86_400,
                 keep_detections: keep_detections_days * 86_400,
+                keep_profiles: keep_profiles_days * 86_400,
                 poll: std::time::Duration::from_millis(poll_ms),
                 test_drop_seq: crate::tail::drop_seq_from(
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),

@@ -414,6 +414,7 @@ fn operator_calls_are_told() {
         kinds(&told),
         [
             "session_bound",
+            "user_learned",
             "session_seen",
             "partner_reported",
             "feedback_applied",
@@ -422,7 +423,7 @@ fn operator_calls_are_told() {
         ]
     );
     assert_eq!(
-        *told[2],
+        *told[3],
         Event::PartnerReported {
             user: olga,
             points: 40,
@@ -431,7 +432,7 @@ fn operator_calls_are_told() {
         }
     );
     assert_eq!(
-        *told[4],
+        *told[5],
         Event::UserRevoked {
             user: olga,
             sessions: 1,
@@ -439,7 +440,7 @@ fn operator_calls_are_told() {
         }
     );
     // Every one of them is for the fleet too.
-    assert_eq!(streams.fleet.try_iter().count(), 6);
+    assert_eq!(streams.fleet.try_iter().count(), 7);
 }
 
 #[test]
@@ -515,7 +516,11 @@ fn an_app_naming_the_user_on_every_response_binds_once() {
         e.respond(&v, &response(&resp, false), Enforcement::Enforce);
     }
     let told = drain(&streams);
-    assert_eq!(kinds(&told), ["session_seen", "session_bound"]);
+    // The second request is the bound session's login: learnt, once.
+    assert_eq!(
+        kinds(&told),
+        ["session_seen", "session_bound", "user_learned"]
+    );
 }
 
 #[test]
