@@ -302,6 +302,33 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A record received from the fleet is untrusted bytes: any bytes
+        /// of the length are a profile, any other length is refused, and
+        /// joining what was decoded never panics and is idempotent.
+        #[test]
+        fn any_received_record_decodes_or_is_refused_and_joins_idempotently(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2 * ProfileRecord::LEN),
+        ) {
+            match ProfileRecord::decode(&bytes) {
+                Some(p) => {
+                    prop_assert_eq!(bytes.len(), ProfileRecord::LEN);
+                    let mut once = p.clone();
+                    once.join(&p);
+                    let mut twice = once.clone();
+                    twice.join(&p);
+                    prop_assert_eq!(once, twice);
+                }
+                None => prop_assert_ne!(bytes.len(), ProfileRecord::LEN),
+            }
+            let scorer = Scorer::new(crate::ScoreConfig::default());
+            prop_assert_eq!(
+                scorer.join_profile(user(), &bytes, 0),
+                bytes.len() == ProfileRecord::LEN
+            );
+        }
+    }
+
     #[test]
     fn a_record_of_another_length_is_refused() {
         let scorer = Scorer::new(crate::ScoreConfig::default());
@@ -310,6 +337,28 @@ mod tests {
         assert!(!scorer.join_profile(user(), &[record.as_slice(), &[0]].concat(), 0));
         assert_eq!(scorer.profile_record(&user()), None);
         assert!(scorer.join_profile(user(), &record, 0));
+    }
+
+    /// The node's side of an erasure: the fleet's record joined before it
+    /// is forgotten with the user. (The controller scrubs the earlier
+    /// records from its log and refuses observations made before the
+    /// erasure, so none arrives after it: controller tests.)
+    #[test]
+    fn an_erased_user_forgets_the_fleets_history_too() {
+        let scorer = Scorer::new(crate::ScoreConfig::default());
+        let mut fleet = ProfileRecord::new(1_700_000_000);
+        fleet.observe(&Learnt {
+            user: user(),
+            values: [1, 2, 3, 4, 5, 6],
+            which: 0x3f,
+            new_session: true,
+            trust: false,
+            at: 1_700_000_000,
+        });
+        assert!(scorer.join_profile(user(), &fleet.encode(), 1_700_000_100));
+        assert_eq!(scorer.profile_record(&user()), Some(fleet.encode()));
+        scorer.erase_user(user(), 1_700_000_200);
+        assert_eq!(scorer.profile_record(&user()), None);
     }
 
     #[test]
