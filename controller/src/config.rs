@@ -303,3 +303,41 @@ fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {
     let raw = <[u8; 32]>::try_from(hex::decode(text).ok()?).ok()?;
     Some(SessionHashKey::from_bytes(raw))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!("hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n{extra}"),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn histories_are_kept_ninety_days_unless_told_within_bounds() {
+        assert_eq!(load("").unwrap().keep_profiles, 90 * 86_400);
+        assert_eq!(
+            load("keep_profiles_days = 7").unwrap().keep_profiles,
+            7 * 86_400
+        );
+        for bad in ["0", "3651"] {
+            let e = load(&format!("keep_profiles_days = {bad}")).unwrap_err();
+            assert_eq!(
+                e.problems,
+                [format!(
+                    "keep_profiles_days: {bad} is out of range; expected 1 to 3650"
+                )]
+            );
+        }
+    }
+}
