@@ -1813,6 +1813,22 @@ async fn what_two_nodes_learn_of_a_user_is_one_history_for_every_node() {
         );
         let store = Store::open(&db.url()).await.unwrap();
         assert_eq!(store.user_profile(jo).await.unwrap(), Some(all));
+        // Older nodes: version 1 gets changes that do nothing in their
+        // place (numbers kept), version 2 the changes themselves (it reads
+        // them as unknown kinds and skips them), and neither has them in a
+        // snapshot.
+        let mut v1 = Stream::open_as(&c, NODE_A, 2, None).await;
+        v1.next().await;
+        assert_eq!(
+            v1.next_change().await,
+            Frame::Changes {
+                first: 3,
+                changes: vec![Change::nothing(), Change::nothing()]
+            }
+        );
+        let mut v2 = Stream::open_as(&c, NODE_A, 0, Some(2)).await;
+        assert!(matches!(v2.next().await, Frame::Hello { v: 2, .. }));
+        assert_eq!(v2.next().await, Frame::SnapshotEnd { seq: 4 });
         c.stop().await;
         db.drop_db().await;
     })
