@@ -140,6 +140,8 @@ pub async fn run(
                 Ok(n) => tracing::info!(deleted = n, "records past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "records past their retention not deleted"),
             }
+            // A call of its own rather than another argument to `expire`:
+            // the retention of histories is one concern, kept apart.
             match store.expire_profiles(api::now_secs(), keep_profiles).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "user histories past their retention deleted"),

@@ -240,6 +240,12 @@ impl Store {
     /// - A detection is recorded with its facts; an enforced one of a bound
     ///   user recounts the user's recent detections, streamed when the
     ///   count changes.
+    /// - An observation of a user is added to the user's history and the
+    ///   population (sums, `docs/controller.md`, Histories), unless it is
+    ///   from the future, older than `keep_profiles`, made before the
+    ///   user's erasure, or beyond [`MAX_LEARNT_PER_USER`] of the user in
+    ///   the batch; each user touched is one [`Change::UserProfile`], the
+    ///   counters touched a few [`Change::Population`].
     pub async fn take_events(
         &self,
         node: &str,

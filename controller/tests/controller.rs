@@ -1312,9 +1312,12 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
         vec![
             baseline("a-1", &ann, false),
             detection("a-2", Some(UserId(77)), true, t),
+            learned("a-3", UserId(77), HOME, true, t),
         ],
     )
     .await;
+    c.admin("/v1/admin/users/erase", serde_json::json!({"user": "di"}))
+        .await;
     c.admin(
         "/v1/admin/users/risk",
         serde_json::json!({"user": "bo", "points": 30, "ttl_seconds": 600}),
@@ -1341,6 +1344,13 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     assert_eq!(
         target.bounds().await.unwrap(),
         source.bounds().await.unwrap()
+    );
+    let (_, state) = source.snapshot().await.unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|c| matches!(c, Change::UserProfile { user, .. } if *user == UserId(77))),
+        "a user's history is part of what is copied"
     );
     assert_eq!(
         target.snapshot().await.unwrap(),
