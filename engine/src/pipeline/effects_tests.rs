@@ -417,6 +417,7 @@ fn operator_calls_are_told() {
             "user_learned",
             "session_seen",
             "partner_reported",
+            "user_learned",
             "feedback_applied",
             "user_revoked",
             "session_revoked"
@@ -431,8 +432,21 @@ fn operator_calls_are_told() {
             at: T + 1
         }
     );
+    let Event::UserLearned(trusted) = &*told[4] else {
+        panic!("{:?}", told[4])
+    };
     assert_eq!(
-        *told[5],
+        (
+            trusted.user,
+            trusted.which,
+            trusted.trust,
+            trusted.new_session
+        ),
+        (olga, 0b10, true, false),
+        "the trusted ASN, for the fleet"
+    );
+    assert_eq!(
+        *told[6],
         Event::UserRevoked {
             user: olga,
             sessions: 1,
@@ -440,7 +454,7 @@ fn operator_calls_are_told() {
         }
     );
     // Every one of them is for the fleet too.
-    assert_eq!(streams.fleet.try_iter().count(), 7);
+    assert_eq!(streams.fleet.try_iter().count(), 8);
 }
 
 #[test]

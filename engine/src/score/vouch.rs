@@ -166,8 +166,10 @@ impl Scorer {
     }
 
     /// Applies an operator's feedback; `place` is where the geo stage puts
-    /// a false positive's network. Returns what a false positive taught
-    /// of its user, for the fleet.
+    /// a false positive's network. Returns what it taught of the user, for
+    /// the fleet: a false positive's device and network, learnt and
+    /// trusted, or the device or network an operator trusted (which the
+    /// fleet counts as one sighting of it, trusted).
     pub(crate) fn feedback(
         &self,
         feedback: Feedback,
@@ -184,7 +186,7 @@ impl Scorer {
                 p.trust(f, v, now);
             }
         };
-        let mut learnt = None;
+        let learnt;
         match feedback {
             Feedback::FalsePositive {
                 session,
@@ -216,10 +218,16 @@ impl Scorer {
             }
             Feedback::TrustDevice { user, device } => {
                 let f = Features::of(&NetworkMark::default(), device);
-                trust(
+                let which = [Feature::Device, Feature::Browser, Feature::Platform];
+                trust(user, &which.map(|k| (k, f.get(k))));
+                learnt = Some(super::Learnt::new(
                     user,
-                    &[Feature::Device, Feature::Browser, Feature::Platform].map(|k| (k, f.get(k))),
-                );
+                    &f,
+                    &which,
+                    false,
+                    true,
+                    u64::from(now),
+                ));
             }
             Feedback::TrustNetwork { user, network } => {
                 let (feature, facts) = match network {
@@ -239,8 +247,16 @@ impl Scorer {
                         },
                     ),
                 };
-                let value = Features::of(&facts, DeviceId(0)).get(feature);
-                trust(user, &[(feature, value)]);
+                let f = Features::of(&facts, DeviceId(0));
+                trust(user, &[(feature, f.get(feature))]);
+                learnt = Some(super::Learnt::new(
+                    user,
+                    &f,
+                    &[feature],
+                    false,
+                    true,
+                    u64::from(now),
+                ));
             }
         }
         Ok(learnt)
