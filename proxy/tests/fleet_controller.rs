@@ -613,7 +613,18 @@ fn history_node(c: Config) -> Config {
 /// through the balancer) and makes the session's first request: the
 /// reasons and score the proxy told the app for it.
 async fn login_from(proxy: &Proxy, user: &str, session: &str, client: &str) -> (String, String) {
-    let browser = Browser::firefox().via_address([127, 0, 0, 2].into());
+    login_with(Browser::firefox(), proxy, user, session, client).await
+}
+
+/// [`login_from`] with another browser.
+async fn login_with(
+    browser: Browser,
+    proxy: &Proxy,
+    user: &str,
+    session: &str,
+    client: &str,
+) -> (String, String) {
+    let browser = browser.via_address([127, 0, 0, 2].into());
     let r = browser
         .request(&proxy.url(&format!("/login?user={user}&session={session}")))
         .header("x-forwarded-for", client)
@@ -642,10 +653,17 @@ async fn a_users_history_learnt_on_node_a_gives_login_risk_on_node_b(postgres: b
     // Hal logs in three times at home, on node A only: still learning
     // there, so no login risk. Each login teaches the controller, which
     // streams hal's history (and the population's counts) to node B.
+    // Ivy does the same with Firefox.
     for i in 1..=3 {
         let told = login_from(&fleet.a, "hal", &format!("s-hal-{i}"), HOME).await;
         assert_eq!(told, (String::new(), "0".to_owned()), "login {i} on A");
-        applied(&fleet.b, "user_profile", f64::from(i)).await;
+        let told = login_from(&fleet.a, "ivy", &format!("s-ivy-{i}"), HOME).await;
+        assert_eq!(
+            told,
+            (String::new(), "0".to_owned()),
+            "ivy's login {i} on A"
+        );
+        applied(&fleet.b, "user_profile", f64::from(2 * i)).await;
         applied(&fleet.b, "population", f64::from(i)).await;
     }
     // Node B never saw hal, yet knows him: a login from a new network is
@@ -665,6 +683,16 @@ async fn a_users_history_learnt_on_node_a_gives_login_risk_on_node_b(postgres: b
         login_from(&fleet.b, "hal", "s-hal-5", HOME).await,
         (String::new(), "0".to_owned()),
         "hal at home on B"
+    );
+    // Ivy on B from home, with Chrome on the same platform: a new device
+    // and browser for her. Each never seen value weighs ln(4·(1 + T/2D))
+    // nats for T population sightings of the feature (at most 10 here):
+    // the device (D = 20,000) 1.3865 × 4 points, the browser family
+    // (D = 200) 1.39 to 1.41 × 2 points; 8.3 to 8.4 in all, so 8.
+    assert_eq!(
+        login_with(Browser::chrome(), &fleet.b, "ivy", "s-ivy-4", HOME).await,
+        ("new_device_for_user".to_owned(), "8".to_owned()),
+        "a new device for ivy on B"
     );
     // The control: a user with no history anywhere, from that same new
     // network, is still learning — the points above came from A.
