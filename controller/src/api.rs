@@ -208,7 +208,8 @@ pub enum Allowance {
     /// Revocations, detections and anything else a stolen node token could
     /// harm users with: `node_events_per_minute`.
     Events,
-    /// Session records: `node_sightings_per_minute`.
+    /// Session records and observations of users:
+    /// `node_sightings_per_minute`.
     Sightings,
 }
 
@@ -220,6 +221,11 @@ impl Allowance {
             NodeEventKind::SessionBaseline {
                 confirmed: false, ..
             } => Allowance::Sightings,
+            // What a node learnt of a user is a sighting too: real traffic
+            // sends one a session and one a move of network. A trusted
+            // value is never evicted and never counts against the user on
+            // any node: counted with what can harm.
+            NodeEventKind::UserLearned { trusted: false, .. } => Allowance::Sightings,
             _ => Allowance::Events,
         }
     }
@@ -681,6 +687,7 @@ async fn events(
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
         revocations_left: app.events_left(&node),
+        keep_profiles: app.config.keep_profiles,
     };
     let started = tokio::time::Instant::now();
     let (ack, taken, head) = app
@@ -730,6 +737,8 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
                  reason codes (64, at most 32) are bounded; score 0 to 100",
             )
         }
+        NodeEventKind::UserLearned { which, .. } => (*which >= 0x40)
+            .then_some("an observation's `which` names features 0 to 5 only (below 0x40)"),
         _ => None,
     }
 }

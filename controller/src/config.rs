@@ -44,6 +44,11 @@ pub struct Config {
     pub keep_sessions: u64,
     /// Seconds a detection and its facts are kept.
     pub keep_detections: u64,
+    /// Seconds a user's fleet-wide history (profile) is kept after its
+    /// last update (`keep_profiles_days`, 1 to 3,650, default 90: the
+    /// engine's `user_idle_timeout`); also the oldest observation a node
+    /// may report.
+    pub keep_profiles: u64,
     /// How often this controller reads the store for changes nobody told
     /// it of: another replica's, when the PostgreSQL notification that
     /// should have woken it was lost (its listener's connection down), or
@@ -101,6 +106,7 @@ struct Raw {
     detection_window_seconds: Option<u64>,
     keep_sessions_days: Option<u64>,
     keep_detections_days: Option<u64>,
+    keep_profiles_days: Option<u64>,
     poll_ms: Option<u64>,
     #[serde(default)]
     nodes: Vec<RawNode>,
@@ -240,6 +246,12 @@ impl Config {
                 "keep_detections_days: {keep_detections_days} is out of range; expected 1 to 3650"
             ));
         }
+        let keep_profiles_days = raw.keep_profiles_days.unwrap_or(90);
+        if !(1..=3650).contains(&keep_profiles_days) {
+            problems.push(format!(
+                "keep_profiles_days: {keep_profiles_days} is out of range; expected 1 to 3650"
+            ));
+        }
         let poll_ms = raw.poll_ms.unwrap_or(1_000);
         if !(10..=3_600_000).contains(&poll_ms) {
             problems.push(format!(
@@ -272,6 +284,7 @@ impl Config {
                 detection_window,
                 keep_sessions: keep_sessions_days * 86_400,
                 keep_detections: keep_detections_days * 86_400,
+                keep_profiles: keep_profiles_days * 86_400,
                 poll: std::time::Duration::from_millis(poll_ms),
                 test_drop_seq: crate::tail::drop_seq_from(
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
@@ -289,4 +302,42 @@ fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {
     let text = std::str::from_utf8(bytes).ok()?.trim();
     let raw = <[u8; 32]>::try_from(hex::decode(text).ok()?).ok()?;
     Some(SessionHashKey::from_bytes(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!("hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n{extra}"),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn histories_are_kept_ninety_days_unless_told_within_bounds() {
+        assert_eq!(load("").unwrap().keep_profiles, 90 * 86_400);
+        assert_eq!(
+            load("keep_profiles_days = 7").unwrap().keep_profiles,
+            7 * 86_400
+        );
+        for bad in ["0", "3651"] {
+            let e = load(&format!("keep_profiles_days = {bad}")).unwrap_err();
+            assert_eq!(
+                e.problems,
+                [format!(
+                    "keep_profiles_days: {bad} is out of range; expected 1 to 3650"
+                )]
+            );
+        }
+    }
 }

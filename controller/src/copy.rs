@@ -95,6 +95,27 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     ("disabled_nodes", &[("name", Kind::Text), ("at", Kind::Int)]),
+    (
+        "user_profiles",
+        &[
+            ("user_key", Kind::Text),
+            ("record", Kind::Text),
+            ("seq", Kind::Int),
+            ("updated", Kind::Int),
+        ],
+    ),
+    (
+        "population_counters",
+        &[("cell", Kind::Int), ("count", Kind::Int)],
+    ),
+    (
+        "population_totals",
+        &[("feature", Kind::Int), ("total", Kind::Int)],
+    ),
+    (
+        "erased_users",
+        &[("user_key", Kind::Text), ("at", Kind::Int)],
+    ),
 ];
 
 /// One value read.

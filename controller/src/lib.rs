@@ -122,6 +122,7 @@ pub async fn run(
     }
     let keep = config.keep_changes;
     let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
+    let keep_profiles = config.keep_profiles;
     let compaction = tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMPACT_EVERY);
         loop {
@@ -138,6 +139,15 @@ pub async fn run(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "records past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "records past their retention not deleted"),
+            }
+            // A call of its own rather than another argument to `expire`:
+            // the retention of histories is one concern, kept apart.
+            match store.expire_profiles(api::now_secs(), keep_profiles).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "user histories past their retention deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "user histories past their retention not deleted")
+                }
             }
         }
     });

@@ -18,8 +18,11 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Row, Transaction};
 use std::collections::HashMap;
 
-use vigil_engine::SessionState;
-use vigil_fleet::{Change, EventAck, NodeEvent, NodeEventKind, Record, SessionId, UserId};
+use vigil_engine::{Learnt, ProfileRecord, SessionState};
+use vigil_fleet::{
+    Change, EventAck, MAX_POPULATION_COUNTERS, NodeEvent, NodeEventKind, POPULATION_FEATURES,
+    Record, SessionId, UserId,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +76,16 @@ pub struct Intake {
     /// of the node's `node_events_per_minute`, so that records cannot end
     /// sessions faster than revocations can.
     pub revocations_left: u32,
+    /// An observation of a user ([`NodeEventKind::UserLearned`]) made
+    /// longer than this many seconds ago is refused: the controller
+    /// forgets a history unused that long (`keep_profiles_days`).
+    pub keep_profiles: u64,
 }
+
+/// Most observations of one user taken from one batch: a node's batch
+/// cannot rewrite a user's history in one go (more are ignored; real
+/// traffic learns a user once a session and once a move of network).
+pub const MAX_LEARNT_PER_USER: u32 = 16;
 
 /// What became of the events of one batch, beyond the ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,6 +101,8 @@ pub struct Taken {
     /// Session records that became revocations; charged to the node's
     /// `node_events_per_minute`.
     pub revocations: u32,
+    /// Observations of users added to their histories and the population.
+    pub learnt: usize,
 }
 
 /// What the store holds of a session's baseline.
@@ -226,6 +240,12 @@ impl Store {
     /// - A detection is recorded with its facts; an enforced one of a bound
     ///   user recounts the user's recent detections, streamed when the
     ///   count changes.
+    /// - An observation of a user is added to the user's history and the
+    ///   population (sums, `docs/controller.md`, Histories), unless it is
+    ///   from the future, older than `keep_profiles`, made before the
+    ///   user's erasure, or beyond [`MAX_LEARNT_PER_USER`] of the user in
+    ///   the batch; each user touched is one [`Change::UserProfile`], the
+    ///   counters touched a few [`Change::Population`].
     pub async fn take_events(
         &self,
         node: &str,
@@ -249,6 +269,8 @@ impl Store {
         let mut pending: HashMap<SessionId, Held> = HashMap::new();
         let mut recount: Vec<UserId> = Vec::new();
         let mut cleared: Vec<UserId> = Vec::new();
+        let mut histories = Histories::default();
+        histories.prefetch(&mut tx, events).await?;
         let mut new_ids = take_ids(&mut tx, node, events, now).await?;
         for event in events {
             // Each id once: a second of the same in one batch is a
@@ -352,11 +374,40 @@ impl Store {
                         recount.push(*user);
                     }
                 }
+                NodeEventKind::UserLearned {
+                    user,
+                    values,
+                    which,
+                    new_session,
+                    trusted,
+                    at,
+                } => {
+                    let learnt = (*at <= now.saturating_add(300)
+                        && *at >= now.saturating_sub(intake.keep_profiles))
+                    .then(|| {
+                        Some(Learnt {
+                            user: vigil_engine::UserKey::from_u64(user.0)?,
+                            values: *values,
+                            which: *which & 0x3f,
+                            new_session: *new_session,
+                            trust: *trusted,
+                            at: (*at).min(now),
+                        })
+                    })
+                    .flatten();
+                    match learnt {
+                        Some(learnt) if histories.observe(&mut tx, *user, &learnt).await? => {
+                            taken.learnt += 1;
+                        }
+                        _ => taken.ignored += 1,
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
             }
         }
+        histories.changes(&mut tx, &mut changes).await?;
         for user in &cleared {
             changes.push(Change::UserDetections {
                 user: *user,
@@ -519,8 +570,69 @@ impl Store {
                 until: to_u64(row.try_get(2)?),
             });
         }
+        for row in sqlx::query("SELECT user_key, record FROM user_profiles ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let record: String = row.try_get(1)?;
+            let (Some(user), Some(record)) = (UserId::parse(&user), Record::parse(&record)) else {
+                continue;
+            };
+            out.push(Change::UserProfile { user, record });
+        }
+        let totals = population_totals(&mut tx).await?;
+        if totals.iter().any(|&t| t > 0) {
+            let counters: Vec<(u32, u32)> = sqlx::query(
+                "SELECT cell, count FROM population_counters WHERE count > 0 ORDER BY cell",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| -> Result<(u32, u32), sqlx::Error> {
+                Ok((
+                    u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(u32::MAX),
+                    u32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(u32::MAX),
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+            out.extend(population_changes(&totals, &counters));
+        }
         tx.commit().await?;
         Ok((head, out))
+    }
+
+    /// Deletes users' histories not updated for `keep_profiles` seconds,
+    /// and the erasures older than that (an observation that old is
+    /// refused anyway). Nodes are not told: each forgets a profile unused
+    /// for its `user_idle_timeout` on its own.
+    pub async fn expire_profiles(&self, now: u64, keep_profiles: u64) -> Result<u64, StoreError> {
+        let before = to_i64(now.saturating_sub(keep_profiles));
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM user_profiles WHERE updated < $1",
+            "DELETE FROM erased_users WHERE at < $1",
+        ] {
+            n += sqlx::query(sql)
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// The fleet's record of `user`'s history, if it holds one.
+    pub async fn user_profile(&self, user: UserId) -> Result<Option<ProfileRecord>, StoreError> {
+        let row = sqlx::query("SELECT record FROM user_profiles WHERE user_key = $1")
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Record::parse(&row.try_get::<String, _>(0)?)
+                .and_then(|r| ProfileRecord::decode(&r.0)),
+            None => None,
+        })
     }
 
     /// The nodes an operator disabled through the admin API.
@@ -732,12 +844,23 @@ async fn append_in(
                 .bind(key.as_str())
                 .execute(&mut **tx)
                 .await?;
+                // Observations of the user made before now, still queued
+                // on a node, must not bring their history back.
+                sqlx::query(
+                    "INSERT INTO erased_users (user_key, at) VALUES ($1, $2) \
+                     ON CONFLICT (user_key) DO UPDATE SET at = excluded.at",
+                )
+                .bind(key.as_str())
+                .bind(to_i64(now.max(*at)))
+                .execute(&mut **tx)
+                .await?;
                 for table in [
                     "session_baselines",
                     "detections",
                     "user_risk",
                     "user_detections",
                     "revoked_users",
+                    "user_profiles",
                 ] {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DELETE FROM {table} WHERE user_key = $1"
@@ -772,6 +895,22 @@ async fn append_in(
                 .execute(&mut **tx)
                 .await?;
             }
+            Change::UserProfile { user, record } => {
+                sqlx::query(
+                    "INSERT INTO user_profiles (user_key, record, seq, updated) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_key) DO UPDATE SET record = excluded.record, \
+                     seq = excluded.seq, updated = excluded.updated",
+                )
+                .bind(user.to_string())
+                .bind(record.to_string())
+                .bind(seq)
+                .bind(to_i64(now))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Change::Population { totals, counters } => {
+                write_population(tx, totals, counters).await?;
+            }
             // Never written: the controller appends only kinds it knows.
             Change::Unknown => {}
             Change::UserRisk {
@@ -805,6 +944,257 @@ async fn append_in(
     }
     insert_revocations(tx, &revoked).await?;
     Ok(to_u64(head))
+}
+
+/// Users' histories and population counts touched by one batch, before
+/// they become changes: one [`Change::UserProfile`] per user touched and
+/// the population's counters touched, in as few [`Change::Population`]
+/// as [`MAX_POPULATION_COUNTERS`] allows.
+#[derive(Default)]
+struct Histories {
+    /// Per user, in the order first touched: the profile (`None` until an
+    /// observation is taken), the time of the user's erasure (0: none),
+    /// and the observations taken from this batch.
+    users: Vec<(UserId, Option<ProfileRecord>, u64, u32)>,
+    /// Increments per population counter.
+    counters: HashMap<u32, u32>,
+    /// Increments per feature's total.
+    totals: [u64; POPULATION_FEATURES],
+}
+
+impl Histories {
+    /// Reads what the store holds of every user the batch's observations
+    /// name — their histories and erasures — a few hundred users to a
+    /// statement, not two round trips per user under the log's lock.
+    async fn prefetch(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[NodeEvent],
+    ) -> Result<(), StoreError> {
+        let mut users: Vec<UserId> = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                NodeEventKind::UserLearned { user, .. } => Some(user),
+                _ => None,
+            })
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        for chunk in users.chunks(CELLS_PER_STATEMENT) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let mut held: HashMap<String, (Option<ProfileRecord>, u64)> = HashMap::new();
+            for (sql, erasures) in [
+                ("SELECT user_key, record FROM user_profiles", false),
+                ("SELECT user_key, at FROM erased_users", true),
+            ] {
+                let sql = format!("{sql} WHERE user_key IN ({})", list.join(", "));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for user in chunk {
+                    query = query.bind(user.to_string());
+                }
+                for row in query.fetch_all(&mut **tx).await? {
+                    let entry = held.entry(row.try_get::<String, _>(0)?).or_default();
+                    if erasures {
+                        entry.1 = to_u64(row.try_get(1)?);
+                    } else {
+                        entry.0 = Record::parse(&row.try_get::<String, _>(1)?)
+                            .and_then(|r| ProfileRecord::decode(&r.0));
+                    }
+                }
+            }
+            for user in chunk {
+                let (profile, erased_at) = held.remove(&user.to_string()).unwrap_or_default();
+                self.users.push((*user, profile, erased_at, 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `learnt` to the user's history (as [`Histories::prefetch`]
+    /// read it, or from the store now for a user it did not) and to the
+    /// population.
+    /// Returns false, changing nothing, when the user was erased after it
+    /// was made or the batch already brought [`MAX_LEARNT_PER_USER`] of
+    /// theirs.
+    async fn observe(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        user: UserId,
+        learnt: &Learnt,
+    ) -> Result<bool, StoreError> {
+        let i = match self.users.iter().position(|(u, ..)| *u == user) {
+            Some(i) => i,
+            None => {
+                let key = user.to_string();
+                let erased_at = sqlx::query("SELECT at FROM erased_users WHERE user_key = $1")
+                    .bind(key.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| row.try_get::<i64, _>(0))
+                    .transpose()?
+                    .map_or(0, to_u64);
+                let held = sqlx::query("SELECT record FROM user_profiles WHERE user_key = $1")
+                    .bind(key.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| row.try_get::<String, _>(0))
+                    .transpose()?
+                    .and_then(|r| Record::parse(&r))
+                    .and_then(|r| ProfileRecord::decode(&r.0));
+                self.users.push((user, held, erased_at, 0));
+                self.users.len() - 1
+            }
+        };
+        let Some((_, profile, erased_at, taken)) = self.users.get_mut(i) else {
+            return Ok(false);
+        };
+        if learnt.at <= *erased_at || *taken >= MAX_LEARNT_PER_USER {
+            return Ok(false);
+        }
+        *taken += 1;
+        profile
+            .get_or_insert_with(|| ProfileRecord::new(learnt.at))
+            .observe(learnt);
+        for (_, cell) in vigil_engine::population_cells(learnt) {
+            let c = self.counters.entry(cell).or_insert(0);
+            *c = c.saturating_add(1);
+        }
+        for (k, total) in self.totals.iter_mut().enumerate() {
+            if learnt.which & (1 << k) != 0 && learnt.values.get(k).is_some_and(|&v| v != 0) {
+                *total += 1;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The changes: each touched user's profile, then the population's
+    /// touched counters with their new counts (the store's plus this
+    /// batch's) and every feature's new total.
+    async fn changes(
+        self,
+        tx: &mut Transaction<'static, Any>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        // Only users an observation of this batch was taken for: the
+        // others were read ahead and are unchanged.
+        for (user, profile, _, taken) in &self.users {
+            if let (Some(profile), 1..) = (profile, taken) {
+                changes.push(Change::UserProfile {
+                    user: *user,
+                    record: Record(profile.encode().to_vec()),
+                });
+            }
+        }
+        if self.counters.is_empty() {
+            return Ok(());
+        }
+        let mut totals = population_totals(tx).await?;
+        for (total, add) in totals.iter_mut().zip(self.totals) {
+            *total = total.saturating_add(add);
+        }
+        let mut cells: Vec<(u32, u32)> = self.counters.into_iter().collect();
+        cells.sort_unstable();
+        let mut counted = Vec::with_capacity(cells.len());
+        for chunk in cells.chunks(CELLS_PER_STATEMENT) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT cell, count FROM population_counters WHERE cell IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (cell, _) in chunk {
+                query = query.bind(i64::from(*cell));
+            }
+            let mut held = HashMap::new();
+            for row in query.fetch_all(&mut **tx).await? {
+                held.insert(row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+            for &(cell, add) in chunk {
+                let before = held
+                    .get(&i64::from(cell))
+                    .map_or(0, |&n| u32::try_from(n).unwrap_or(u32::MAX));
+                counted.push((cell, before.saturating_add(add)));
+            }
+        }
+        changes.extend(population_changes(&totals, &counted));
+        Ok(())
+    }
+}
+
+/// Counters per statement reading or writing the population.
+const CELLS_PER_STATEMENT: usize = 500;
+
+/// Each feature's total sightings held.
+async fn population_totals(
+    tx: &mut Transaction<'static, Any>,
+) -> Result<[u64; POPULATION_FEATURES], StoreError> {
+    let mut totals = [0u64; POPULATION_FEATURES];
+    for row in sqlx::query("SELECT feature, total FROM population_totals")
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let k = usize::try_from(row.try_get::<i64, _>(0)?).unwrap_or(usize::MAX);
+        if let Some(t) = totals.get_mut(k) {
+            *t = to_u64(row.try_get(1)?);
+        }
+    }
+    Ok(totals)
+}
+
+/// `counters` as population changes of at most [`MAX_POPULATION_COUNTERS`]
+/// each, every one with all the totals.
+fn population_changes(totals: &[u64; POPULATION_FEATURES], counters: &[(u32, u32)]) -> Vec<Change> {
+    counters
+        .chunks(MAX_POPULATION_COUNTERS)
+        .map(|chunk| Change::Population {
+            totals: totals.to_vec(),
+            counters: chunk.to_vec(),
+        })
+        .collect()
+}
+
+/// Writes a population change: each total and counter takes the larger
+/// of the one held and the one given (counts only grow; a change applied
+/// twice, or out of order, changes nothing).
+async fn write_population(
+    tx: &mut Transaction<'static, Any>,
+    totals: &[u64],
+    counters: &[(u32, u32)],
+) -> Result<(), StoreError> {
+    let totals: Vec<(i64, i64)> = totals
+        .iter()
+        .take(POPULATION_FEATURES)
+        .enumerate()
+        .map(|(k, &t)| (i64::try_from(k).unwrap_or(0), to_i64(t)))
+        .collect();
+    let counters: Vec<(i64, i64)> = counters
+        .iter()
+        .filter(|(cell, _)| *cell < vigil_engine::POPULATION_CELLS)
+        .map(|&(cell, count)| (i64::from(cell), i64::from(count)))
+        .collect();
+    for (table, key, value, rows) in [
+        ("population_totals", "feature", "total", &totals),
+        ("population_counters", "cell", "count", &counters),
+    ] {
+        for chunk in rows.chunks(CELLS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} ({key}, {value}) VALUES {} \
+                 ON CONFLICT ({key}) DO UPDATE SET {value} = CASE \
+                 WHEN excluded.{value} > {table}.{value} THEN excluded.{value} \
+                 ELSE {table}.{value} END",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (k, v) in chunk {
+                query = query.bind(*k).bind(*v);
+            }
+            query.execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
 }
 
 /// What a node's session record comes to.

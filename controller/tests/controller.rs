@@ -1312,9 +1312,12 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
         vec![
             baseline("a-1", &ann, false),
             detection("a-2", Some(UserId(77)), true, t),
+            learned("a-3", UserId(77), HOME, true, t),
         ],
     )
     .await;
+    c.admin("/v1/admin/users/erase", serde_json::json!({"user": "di"}))
+        .await;
     c.admin(
         "/v1/admin/users/risk",
         serde_json::json!({"user": "bo", "points": 30, "ttl_seconds": 600}),
@@ -1341,6 +1344,13 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     assert_eq!(
         target.bounds().await.unwrap(),
         source.bounds().await.unwrap()
+    );
+    let (_, state) = source.snapshot().await.unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|c| matches!(c, Change::UserProfile { user, .. } if *user == UserId(77))),
+        "a user's history is part of what is copied"
     );
     assert_eq!(
         target.snapshot().await.unwrap(),
@@ -1647,4 +1657,256 @@ async fn futures_join_all<F: std::future::Future>(
     })
     .await;
     out.into_iter().map(Option::unwrap).collect()
+}
+
+/// What a node learnt of `user`: a login (all six features) or a move of
+/// network (the first three), with these feature values.
+fn learned(id: &str, user: UserId, values: [u32; 6], login: bool, at: u64) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::UserLearned {
+            user,
+            values,
+            which: if login { 0x3f } else { 0x07 },
+            new_session: login,
+            trusted: false,
+            at,
+        },
+    }
+}
+
+/// The engine's sum of `events`' observations: what the controller's
+/// record of the user must be.
+fn summed(events: &[&NodeEvent]) -> vigil_engine::ProfileRecord {
+    let mut p: Option<vigil_engine::ProfileRecord> = None;
+    for e in events {
+        let NodeEventKind::UserLearned {
+            user,
+            values,
+            which,
+            new_session,
+            trusted,
+            at,
+        } = e.kind
+        else {
+            panic!()
+        };
+        let learnt = vigil_engine::Learnt {
+            user: vigil_engine::UserKey::from_u64(user.0).unwrap(),
+            values,
+            which,
+            new_session,
+            trust: trusted,
+            at,
+        };
+        p.get_or_insert_with(|| vigil_engine::ProfileRecord::new(at))
+            .observe(&learnt);
+    }
+    p.unwrap()
+}
+
+/// The population counters `events` reach, with how often, and the
+/// totals per feature.
+fn counted(events: &[&NodeEvent]) -> (Vec<u64>, Vec<(u32, u32)>) {
+    let mut totals = vec![0u64; 6];
+    let mut cells = std::collections::BTreeMap::new();
+    for e in events {
+        let NodeEventKind::UserLearned {
+            user,
+            values,
+            which,
+            new_session,
+            at,
+            ..
+        } = e.kind
+        else {
+            panic!()
+        };
+        let learnt = vigil_engine::Learnt {
+            user: vigil_engine::UserKey::from_u64(user.0).unwrap(),
+            values,
+            which,
+            new_session,
+            trust: false,
+            at,
+        };
+        for (_, cell) in vigil_engine::population_cells(&learnt) {
+            *cells.entry(cell).or_insert(0u32) += 1;
+        }
+        for (k, total) in totals.iter_mut().enumerate() {
+            if which & (1 << k) != 0 && values[k] != 0 {
+                *total += 1;
+            }
+        }
+    }
+    (totals, cells.into_iter().collect())
+}
+
+const HOME: [u32; 6] = [0x0a00_0001, 3320, 0x4445, 77, 0x1_0003, 0x104];
+const HOTEL: [u32; 6] = [0x0b00_0002, 16509, 0x4445, 77, 0x1_0003, 0x104];
+
+/// What nodes learn of a user becomes one history, streamed to every node
+/// and in every snapshot: the sum of what each node posted, once per event
+/// id, one change per user a batch touched; the population's counters
+/// likewise, as the sums.
+#[tokio::test]
+async fn what_two_nodes_learn_of_a_user_is_one_history_for_every_node() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 100;
+        let jo = UserId(0x0123_4567_89ab_cdef);
+        let mut node = Stream::open(&c, NODE_B, 0).await;
+        assert!(matches!(node.next().await, Frame::Hello { .. }));
+        assert!(matches!(node.next().await, Frame::SnapshotEnd { seq: 0 }));
+        // Two logins at home on node A, in one batch: one change for jo.
+        let a1 = learned("a-1", jo, HOME, true, t);
+        let a2 = learned("a-2", jo, HOME, true, t + 10);
+        let r = post_events(&c, NODE_A, vec![a1.clone(), a2.clone()]).await;
+        assert_eq!(r.status(), 200);
+        let Frame::Changes { first: 1, changes } = node.next_change().await else {
+            panic!()
+        };
+        let (totals, counters) = counted(&[&a1, &a2]);
+        assert_eq!(
+            changes,
+            vec![
+                Change::UserProfile {
+                    user: jo,
+                    record: vigil_fleet::Record(summed(&[&a1, &a2]).encode().to_vec()),
+                },
+                Change::Population { totals, counters },
+            ]
+        );
+        // A move to a hotel network on node B, and A's batch again: the
+        // sum of the three, the repeat counted once.
+        let b1 = learned("b-1", jo, HOTEL, false, t + 20);
+        assert_eq!(post_events(&c, NODE_B, vec![b1.clone()]).await.status(), 200);
+        let r = post_events(&c, NODE_A, vec![a1.clone(), a2.clone()]).await;
+        let ack: EventAck = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(ack.duplicates, 2);
+        let Frame::Changes { first: 3, changes } = node.next_change().await else {
+            panic!()
+        };
+        let all = summed(&[&a1, &a2, &b1]);
+        assert_eq!(all.sessions(), 2);
+        assert_eq!(all.count(0, HOME[0]), (3, 2));
+        assert_eq!(all.count(0, HOTEL[0]), (3, 1));
+        assert_eq!(
+            changes[0],
+            Change::UserProfile {
+                user: jo,
+                record: vigil_fleet::Record(all.encode().to_vec()),
+            }
+        );
+        let (totals, _) = counted(&[&a1, &a2, &b1]);
+        assert!(
+            matches!(&changes[1], Change::Population { totals: t, counters } if *t == totals && counters.len() == 12),
+            "{changes:?}"
+        );
+        // A node starting now gets the history and every counter reached.
+        let mut fresh = Stream::open(&c, NODE_A, 0).await;
+        fresh.next().await;
+        let Frame::Snapshot { seq: 4, changes } = fresh.next().await else {
+            panic!()
+        };
+        let (totals, counters) = counted(&[&a1, &a2, &b1]);
+        assert_eq!(
+            changes,
+            vec![
+                Change::UserProfile {
+                    user: jo,
+                    record: vigil_fleet::Record(all.encode().to_vec()),
+                },
+                Change::Population { totals, counters },
+            ]
+        );
+        let store = Store::open(&db.url()).await.unwrap();
+        assert_eq!(store.user_profile(jo).await.unwrap(), Some(all));
+        // Older nodes: version 1 gets changes that do nothing in their
+        // place (numbers kept), version 2 the changes themselves (it reads
+        // them as unknown kinds and skips them), and neither has them in a
+        // snapshot.
+        let mut v1 = Stream::open_as(&c, NODE_A, 2, None).await;
+        v1.next().await;
+        assert_eq!(
+            v1.next_change().await,
+            Frame::Changes {
+                first: 3,
+                changes: vec![Change::nothing(), Change::nothing()]
+            }
+        );
+        let mut v2 = Stream::open_as(&c, NODE_A, 0, Some(2)).await;
+        assert!(matches!(v2.next().await, Frame::Hello { v: 2, .. }));
+        assert_eq!(v2.next().await, Frame::SnapshotEnd { seq: 4 });
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// An erased user's history is deleted, and an observation of theirs made
+/// before the erasure (queued on a node that was cut off) does not bring
+/// it back; one made after it starts a new history. Observations are
+/// sightings of the node's allowance, and one batch teaches at most
+/// `MAX_LEARNT_PER_USER` of one user.
+#[tokio::test]
+async fn an_erased_history_stays_erased_and_a_node_teaches_within_its_allowance() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "node_sightings_per_minute = 25").await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let key = vigil_engine::UserKey::for_name(
+            &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+            "kim",
+        );
+        let kim = UserId(key.as_u64());
+        let before = now() - 30;
+        let a1 = learned("a-1", kim, HOME, true, before);
+        post_events(&c, NODE_A, vec![a1]).await;
+        assert!(store.user_profile(kim).await.unwrap().is_some());
+        assert_eq!(
+            c.admin("/v1/admin/users/erase", serde_json::json!({"user": "kim"}))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(store.user_profile(kim).await.unwrap(), None);
+        let head = store.bounds().await.unwrap().head;
+        // Queued before the erasure, posted after: ignored.
+        let late = learned("a-2", kim, HOTEL, true, before + 1);
+        assert_eq!(post_events(&c, NODE_A, vec![late]).await.status(), 200);
+        assert_eq!(store.user_profile(kim).await.unwrap(), None);
+        assert_eq!(store.bounds().await.unwrap().head, head);
+        let (_, state) = store.snapshot().await.unwrap();
+        assert!(
+            !state
+                .iter()
+                .any(|c| matches!(c, Change::UserProfile { user, .. } if *user == kim)),
+            "{state:?}"
+        );
+        // A batch of 20 observations of one user: 16 taken.
+        let lee = UserId(0x00ee);
+        let t = now();
+        let batch: Vec<NodeEvent> = (0..20)
+            .map(|i| learned(&format!("b-{i}"), lee, HOME, true, t))
+            .collect();
+        assert_eq!(post_events(&c, NODE_B, batch).await.status(), 200);
+        let held = store.user_profile(lee).await.unwrap().unwrap();
+        assert_eq!(held.sessions(), 16);
+        // Node B has 5 of its 25 sightings left this minute: 6 more wait.
+        let batch: Vec<NodeEvent> = (20..26)
+            .map(|i| learned(&format!("b-{i}"), lee, HOME, true, t))
+            .collect();
+        assert_eq!(post_events(&c, NODE_B, batch).await.status(), 429);
+        // A feature mask naming no feature of the model is refused whole.
+        let mut bad = learned("a-3", lee, HOME, true, t);
+        if let NodeEventKind::UserLearned { which, .. } = &mut bad.kind {
+            *which = 0x40;
+        }
+        assert_eq!(post_events(&c, NODE_A, vec![bad]).await.status(), 400);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
 }

@@ -123,6 +123,12 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         at: u64,
     },
+    /// What an allowed request of a bound user taught: its feature values
+    /// were learnt for the user's history and the population model (a
+    /// session's login, a move of network, a step-up, a false positive).
+    /// For the fleet, which adds them up for every node
+    /// (`docs/risk.md`, fleet-wide history).
+    UserLearned(crate::score::Learnt),
     /// Fleet events that could not be delivered because the fleet lane was
     /// full: the consumer's view has a gap of this many events and must
     /// resynchronise. Only ever on the fleet lane.
@@ -299,12 +305,13 @@ impl Event {
             Event::Confirmed { .. } => "confirmed",
             Event::FeedbackApplied { .. } => "feedback_applied",
             Event::PartnerReported { .. } => "partner_reported",
+            Event::UserLearned(_) => "user_learned",
             Event::Lost { .. } => "lost",
         }
     }
 
     /// Every kind, for metrics initialisation and docs.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "session_seen",
         "session_issued",
         "session_bound",
@@ -314,6 +321,7 @@ impl Event {
         "confirmed",
         "feedback_applied",
         "partner_reported",
+        "user_learned",
         "lost",
     ];
 }

@@ -65,6 +65,7 @@ pub use score::{
     Risk, RiskLevel, Risks, ScoreConfig, Scorer, SessionState, SnapshotError, TrustedNetwork,
     UserKey, UserModelConfig,
 };
+pub use score::{Learnt, POPULATION_CELLS, PROFILE_FEATURES, ProfileRecord, population_cells};
 pub use session::{
     Ambiguity, CredentialSource, Credentials, HASH_KEY_LEN, MAX_CREDENTIALS, Session,
     SessionConfig, SessionError, SessionHashKey, SessionKey, SessionLimits, SessionStage, ShortKey,

@@ -500,7 +500,9 @@ impl Engine {
         let mut applied = Applied::default();
         for (observation, commit) in effects.commits.iter().filter(|_| commits) {
             let first = observation.first_sighting();
-            self.scorer.commit(*observation, *commit, now);
+            if let Some(learnt) = self.scorer.commit(*observation, *commit, now) {
+                self.emit(|| Event::UserLearned(learnt));
+            }
             let learnt = *commit == Commit::Allowed && observation.is_session();
             applied.learnt |= learnt;
             applied.detection_recorded |= *commit == Commit::Detected
@@ -706,7 +708,9 @@ impl Engine {
             Feedback::TrustDevice { user, .. } => (FeedbackKind::TrustDevice, None, Some(*user)),
             Feedback::TrustNetwork { user, .. } => (FeedbackKind::TrustNetwork, None, Some(*user)),
         };
-        self.scorer.feedback(feedback, place, now_secs)?;
+        if let Some(learnt) = self.scorer.feedback(feedback, place, now_secs)? {
+            self.emit(|| Event::UserLearned(learnt));
+        }
         self.emit(|| Event::FeedbackApplied {
             kind,
             session,

@@ -32,6 +32,7 @@
 
 mod config;
 mod entity;
+mod history;
 mod profile;
 mod reason;
 mod snapshot;
@@ -57,6 +58,7 @@ use crate::network::{NetworkChange, NetworkMark};
 use crate::session::SessionKey;
 pub use config::{FeatureWeights, ScoreConfig, UserModelConfig};
 use entity::EntityState;
+pub use history::{Learnt, POPULATION_CELLS, PROFILE_FEATURES, ProfileRecord, population_cells};
 use profile::{ALL, Evidence, Feature, Features, NETWORK, Population, UserProfile};
 pub use reason::{Contribution, Reason, Risk, RiskLevel, Risks};
 pub use snapshot::{Adopted, Restored, SnapshotError};
@@ -553,7 +555,13 @@ impl Scorer {
     /// device), and its features are learnt for the user and the population.
     /// A refused request teaches nothing, except that a high one counts
     /// against its user for a while.
-    pub(crate) fn commit(&self, observation: Observation, verdict: Commit, now_secs: u64) {
+    /// Returns what was learnt of the session's user, for the fleet.
+    pub(crate) fn commit(
+        &self,
+        observation: Observation,
+        verdict: Commit,
+        now_secs: u64,
+    ) -> Option<Learnt> {
         let Observation::Session {
             key,
             prior,
@@ -561,7 +569,7 @@ impl Scorer {
             learn,
         } = observation
         else {
-            return;
+            return None;
         };
         let now = secs32(now_secs);
         match verdict {
@@ -570,9 +578,9 @@ impl Scorer {
                 if let Some(user) = next.user {
                     self.record_detection(user, now);
                 }
-                return;
+                return None;
             }
-            Commit::Refused => return,
+            Commit::Refused => return None,
         }
         if prior == Some(next) {
             // Nothing new to keep but the count: mark the session used as
@@ -602,16 +610,18 @@ impl Scorer {
                 next
             });
         }
-        self.learn(next.user, &learn, now);
+        self.learn(next.user, &learn, now)
     }
 
-    fn learn(&self, user: Option<UserKey>, learn: &Learn, now: u32) {
+    /// Learns `learn` for `user` and the population; returns what was
+    /// learnt, for the fleet ([`Learnt`]).
+    fn learn(&self, user: Option<UserKey>, learn: &Learn, now: u32) -> Option<Learnt> {
         // The population counts only sessions an app bound to a user:
         // anyone can open unbound sessions by the thousand to make their
         // network look common.
-        let Some(user) = user else { return };
+        let user = user?;
         if learn.which.is_empty() {
-            return;
+            return None;
         }
         self.population.observe(&learn.features, learn.which);
         let profile = self
@@ -627,6 +637,14 @@ impl Scorer {
                 p.trust(f, learn.features.get(f), now);
             }
         }
+        Some(Learnt::new(
+            user,
+            &learn.features,
+            learn.which,
+            learn.new_session,
+            learn.trust,
+            u64::from(now),
+        ))
     }
 
     /// Binds a session to its user (the app or identity provider said who

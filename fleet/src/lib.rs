@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks.
 ///
 /// Version 2 added session baselines, user detection counts and node
-/// detections. The rules that keep a fleet mid-upgrade working
+/// detections; version 3 users' histories and the population model
+/// ([`Change::UserProfile`], [`Change::Population`],
+/// [`NodeEventKind::UserLearned`]). The rules that keep a fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -180,12 +182,43 @@ pub enum Change {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// A user's history as the fleet learnt it (version 3): the sum of
+    /// every observation the nodes posted ([`NodeEventKind::UserLearned`]),
+    /// as the engine's fixed profile record. A node joins it with its own
+    /// (the maximum of each number: `docs/risk.md`, fleet-wide history);
+    /// a record of another length is skipped.
+    UserProfile {
+        /// The user.
+        user: UserId,
+        /// The engine's profile record ([`vigil_engine` `ProfileRecord`],
+        /// 288 bytes).
+        record: Record,
+    },
+    /// Counters of the fleet's population model (version 3): per feature
+    /// the total sightings, and counters by number (feature × 65,536 +
+    /// row × 16,384 + column) with their counts, at most
+    /// [`MAX_POPULATION_COUNTERS`]. A node takes the larger of each count
+    /// and total; a counter out of range is skipped.
+    Population {
+        /// Total sightings per feature, in the model's order (at most 6).
+        totals: Vec<u64>,
+        /// `(counter, count)` pairs.
+        counters: Vec<(u32, u32)>,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
     #[serde(other)]
     Unknown,
 }
+
+/// Most counters in one [`Change::Population`]: its line stays under a
+/// kilobyte, so that a frame of [`MAX_BATCH`] changes stays under
+/// [`MAX_LINE_BYTES`].
+pub const MAX_POPULATION_COUNTERS: usize = 40;
+
+/// Most totals in one [`Change::Population`]: one per feature of the model.
+pub const POPULATION_FEATURES: usize = 6;
 
 /// What a node posts: events of its engine, each with an id unique to the
 /// node, so that a batch sent twice changes nothing the second time.
@@ -256,6 +289,26 @@ pub enum NodeEventKind {
         /// When.
         at: u64,
     },
+    /// The node's engine learnt from an allowed request of a bound user
+    /// (version 3): the request's feature values, folded or hashed to
+    /// `u32`s (0: unknown), and which of them it learnt. The controller
+    /// adds it to the user's history and the population model, and
+    /// streams both ([`Change::UserProfile`], [`Change::Population`]).
+    UserLearned {
+        /// The user.
+        user: UserId,
+        /// Client prefix, ASN, country, device, browser, platform.
+        values: [u32; POPULATION_FEATURES],
+        /// Bit `k` set: feature `k` was learnt (below `0x40`).
+        which: u8,
+        /// The first request of a session of the user.
+        new_session: bool,
+        /// An operator trusted the values (a false positive's feedback).
+        #[serde(default)]
+        trusted: bool,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -280,6 +333,9 @@ impl Change {
             Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
                 Change::nothing()
             }
+            // A version 2 node reads these as `Unknown` and skips them; a
+            // version 1 node would refuse the frame.
+            Change::UserProfile { .. } | Change::Population { .. } if v < 2 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -287,6 +343,9 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
+        if matches!(self, Change::UserProfile { .. } | Change::Population { .. }) {
+            return v >= 3;
+        }
         !matches!(
             self,
             Change::SessionBaseline { .. }
@@ -314,6 +373,7 @@ impl NodeEventKind {
         match self {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
+            NodeEventKind::UserLearned { .. } => 3,
         }
     }
 }

@@ -203,3 +203,52 @@ fn records_are_bounded_lower_case_hex() {
     assert!(Record::parse(&"00".repeat(MAX_RECORD_BYTES)).is_some());
     assert_eq!(Record::parse(&"00".repeat(MAX_RECORD_BYTES + 1)), None);
 }
+
+/// Version 3's history kinds: read back as written; a full population
+/// change stays under a kilobyte, so a frame of them stays under the line
+/// limit; older nodes get nothing in their place (numbers kept) and none in
+/// a snapshot.
+#[test]
+fn histories_read_back_as_written_and_older_nodes_do_without() {
+    let profile = Change::UserProfile {
+        user: UserId(9),
+        record: Record(vec![0xab; 288]),
+    };
+    let population = Change::Population {
+        totals: vec![u64::MAX; POPULATION_FEATURES],
+        counters: vec![(393_215, u32::MAX); MAX_POPULATION_COUNTERS],
+    };
+    let frame = Frame::Changes {
+        first: 1,
+        changes: vec![profile.clone(), population.clone()],
+    };
+    let line = write_frame(&frame);
+    assert_eq!(read_frame(&line[..line.len() - 1]).unwrap(), frame);
+    let biggest = serde_json::to_vec(&population).unwrap().len();
+    assert!(biggest < 1_000, "{biggest} bytes");
+    assert!(serde_json::to_vec(&profile).unwrap().len() < 1_000);
+    for change in [&profile, &population] {
+        assert_eq!(change.for_version(1), Change::nothing());
+        assert_eq!(&change.for_version(2), change);
+        assert!(!change.in_snapshot_of(2));
+        assert!(change.in_snapshot_of(3));
+    }
+    let learnt = NodeEventKind::UserLearned {
+        user: UserId(9),
+        values: [1, 2, 3, 4, 5, 6],
+        which: 0x3f,
+        new_session: true,
+        trusted: false,
+        at: 7,
+    };
+    assert_eq!(learnt.since(), 3);
+    let batch = EventBatch {
+        v: VERSION,
+        events: vec![NodeEvent {
+            id: "n-2".into(),
+            kind: learnt,
+        }],
+    };
+    let json = serde_json::to_string(&batch).unwrap();
+    assert_eq!(serde_json::from_str::<EventBatch>(&json).unwrap(), batch);
+}

@@ -68,6 +68,7 @@ use vigil_fleet::{
     Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
     VERSION, VERSION_HEADER,
 };
+use vigil_fleet::{MAX_POPULATION_COUNTERS, POPULATION_FEATURES};
 
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
@@ -971,6 +972,26 @@ impl FleetSync {
                         self.engine.scorer().erase_user(user, at.min(now));
                     }
                     "user_erased"
+                }
+                Change::UserProfile { user, ref record } => match UserKey::from_u64(user.0) {
+                    Some(user) if self.engine.scorer().join_profile(user, &record.0, now) => {
+                        "user_profile"
+                    }
+                    // A record of another length (a later release's):
+                    // this node does without.
+                    _ => "user_profile_refused",
+                },
+                Change::Population {
+                    ref totals,
+                    ref counters,
+                } => {
+                    // Bounded as the protocol says; a longer change is not
+                    // one this version's controller writes.
+                    self.engine.scorer().join_population(
+                        totals.get(..POPULATION_FEATURES).unwrap_or(totals),
+                        counters.get(..MAX_POPULATION_COUNTERS).unwrap_or(counters),
+                    );
+                    "population"
                 }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",

@@ -414,15 +414,17 @@ fn operator_calls_are_told() {
         kinds(&told),
         [
             "session_bound",
+            "user_learned",
             "session_seen",
             "partner_reported",
+            "user_learned",
             "feedback_applied",
             "user_revoked",
             "session_revoked"
         ]
     );
     assert_eq!(
-        *told[2],
+        *told[3],
         Event::PartnerReported {
             user: olga,
             points: 40,
@@ -430,8 +432,21 @@ fn operator_calls_are_told() {
             at: T + 1
         }
     );
+    let Event::UserLearned(trusted) = &*told[4] else {
+        panic!("{:?}", told[4])
+    };
     assert_eq!(
-        *told[4],
+        (
+            trusted.user,
+            trusted.which,
+            trusted.trust,
+            trusted.new_session
+        ),
+        (olga, 0b10, true, false),
+        "the trusted ASN, for the fleet"
+    );
+    assert_eq!(
+        *told[6],
         Event::UserRevoked {
             user: olga,
             sessions: 1,
@@ -439,7 +454,7 @@ fn operator_calls_are_told() {
         }
     );
     // Every one of them is for the fleet too.
-    assert_eq!(streams.fleet.try_iter().count(), 6);
+    assert_eq!(streams.fleet.try_iter().count(), 8);
 }
 
 #[test]
@@ -515,7 +530,11 @@ fn an_app_naming_the_user_on_every_response_binds_once() {
         e.respond(&v, &response(&resp, false), Enforcement::Enforce);
     }
     let told = drain(&streams);
-    assert_eq!(kinds(&told), ["session_seen", "session_bound"]);
+    // The second request is the bound session's login: learnt, once.
+    assert_eq!(
+        kinds(&told),
+        ["session_seen", "session_bound", "user_learned"]
+    );
 }
 
 #[test]

@@ -187,7 +187,7 @@ impl Engine {
 
     /// Confirms `session` from `verdict`'s device and network.
     fn confirm_verdict(&self, session: SessionKey, verdict: &Verdict, now: u64) -> bool {
-        let Some(user) = self.scorer.confirm(
+        let Some((user, learnt)) = self.scorer.confirm(
             session,
             &verdict.device,
             &verdict.network.mark(),
@@ -196,6 +196,9 @@ impl Engine {
         ) else {
             return false;
         };
+        if let Some(learnt) = learnt {
+            self.emit(|| Event::UserLearned(learnt));
+        }
         self.emit(|| Event::Confirmed {
             session,
             user,

@@ -242,6 +242,73 @@ impl UserProfile {
         Some(profile)
     }
 
+    /// Joins `other` into this profile: per value the larger count (the
+    /// trusted mark if either has it) and the later day, per feature the
+    /// larger number of sightings and the [`SLOTS`] strongest values
+    /// (trusted first, then by count, day and value), the larger number of
+    /// sessions and the earlier first sighting.
+    ///
+    /// Why a maximum and not a sum: the controller's record of a user is
+    /// the sum of every observation the nodes posted, this node's
+    /// included, so each of its numbers is at least this node's own.
+    /// Once the node's observations are delivered, the maximum is the
+    /// controller's sum; before, it is the larger of the two partial
+    /// views, never counting anything twice however often a record is
+    /// received. The join is commutative, associative and idempotent, and
+    /// its slot order canonical, so order and repetition of delivery do
+    /// not matter (tests: `profile_join_*`).
+    pub(crate) fn join(&mut self, other: &UserProfile) {
+        for k in 0..FEATURES {
+            let mut merged: [Slot; 2 * SLOTS] = [Slot::default(); 2 * SLOTS];
+            let mut n = 0;
+            for s in self.slots[k].iter().chain(other.slots[k].iter()) {
+                if s.value == 0 {
+                    continue;
+                }
+                if let Some(m) = merged[..n].iter_mut().find(|m| m.value == s.value) {
+                    let trusted = (m.count | s.count) & Self::TRUSTED;
+                    m.count = (m.count & !Self::TRUSTED).max(s.count & !Self::TRUSTED) | trusted;
+                    m.day = m.day.max(s.day);
+                } else if let Some(m) = merged.get_mut(n) {
+                    *m = *s;
+                    n += 1;
+                }
+            }
+            let kept = &mut merged[..n];
+            kept.sort_unstable_by_key(|s| {
+                (
+                    std::cmp::Reverse(s.count & Self::TRUSTED),
+                    std::cmp::Reverse(s.count & !Self::TRUSTED),
+                    std::cmp::Reverse(s.day),
+                    s.value,
+                )
+            });
+            let mut slots = [Slot::default(); SLOTS];
+            for (dst, src) in slots.iter_mut().zip(kept.iter()) {
+                *dst = *src;
+            }
+            self.slots[k] = slots;
+            self.seen[k] = self.seen[k].max(other.seen[k]);
+        }
+        self.sessions = self.sessions.max(other.sessions);
+        self.first_seen = self.first_seen.min(other.first_seen);
+    }
+
+    /// Moves the first sighting back to `now` if it is later.
+    pub(crate) fn first_seen_by(&mut self, now: u32) {
+        self.first_seen = self.first_seen.min(now);
+    }
+
+    /// The user's sessions counted.
+    pub(crate) fn sessions(&self) -> u32 {
+        self.sessions
+    }
+
+    /// How often any value of feature `f` was seen.
+    pub(crate) fn seen(&self, f: Feature) -> u32 {
+        self.seen[f as usize]
+    }
+
     /// Counts one more session of the user.
     pub(crate) fn add_session(&mut self) {
         self.sessions = self.sessions.saturating_add(1);
@@ -403,6 +470,59 @@ impl Population {
                 self.totals[f as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counters of one feature's sketch.
+    pub(crate) const CELLS_PER_FEATURE: usize = Sketch::ROWS * Sketch::WIDTH;
+
+    /// The counters (numbered across features: feature × 65,536 + row ×
+    /// 16,384 + column) a sighting of `value` of feature `f` adds one to.
+    pub(crate) fn cells(f: Feature, value: u32) -> [u32; Sketch::ROWS] {
+        let base = f as usize * Self::CELLS_PER_FEATURE;
+        std::array::from_fn(|row| {
+            u32::try_from(base + Sketch::index(row, value)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Joins counts from the fleet: each counter named (as by
+    /// [`Population::cells`]) takes the larger of its count and the one
+    /// given, each feature's total the larger of the two; counters out of
+    /// range are skipped. As for profiles ([`UserProfile::join`]), the
+    /// fleet's counts are sums this node's own are part of, so the maximum
+    /// converges on them without counting anything twice.
+    pub(crate) fn join(&self, totals: &[u64], counters: &[(u32, u32)]) {
+        for (total, held) in totals.iter().zip(&self.totals) {
+            held.fetch_max(*total, Ordering::Relaxed);
+        }
+        for &(cell, count) in counters {
+            let cell = cell as usize;
+            let (k, index) = (
+                cell / Self::CELLS_PER_FEATURE,
+                cell % Self::CELLS_PER_FEATURE,
+            );
+            if let Some(c) = self.sketches.get(k).and_then(|s| s.counters.get(index)) {
+                c.fetch_max(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A feature's total sightings.
+    pub(crate) fn total(&self, f: Feature) -> u64 {
+        self.totals[f as usize].load(Ordering::Relaxed)
+    }
+
+    /// The count held by counter `cell` (numbered as by
+    /// [`Population::cells`]); 0 out of range.
+    pub(crate) fn counter(&self, cell: u32) -> u32 {
+        let cell = cell as usize;
+        let (k, index) = (
+            cell / Self::CELLS_PER_FEATURE,
+            cell % Self::CELLS_PER_FEATURE,
+        );
+        self.sketches
+            .get(k)
+            .and_then(|s| s.counters.get(index))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// `p(x)`, smoothed with `domain` pseudo-values.

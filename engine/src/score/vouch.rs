@@ -131,8 +131,8 @@ impl Scorer {
     /// network (a step-up passed): those become the session's baseline and
     /// are learnt for the user, and the user's recent detections are
     /// cleared. The session's step-up time becomes `now_secs`. Returns the
-    /// session's user, or `None` when nothing was confirmed (the session is
-    /// revoked).
+    /// session's user and what was learnt of them (for the fleet), or
+    /// `None` when nothing was confirmed (the session is revoked).
     pub(crate) fn confirm(
         &self,
         key: SessionKey,
@@ -140,7 +140,7 @@ impl Scorer {
         network: &NetworkMark,
         place: Option<Place>,
         now_secs: u64,
-    ) -> Option<Option<UserKey>> {
+    ) -> Option<(Option<UserKey>, Option<super::Learnt>)> {
         if self.is_revoked(&key) {
             return None;
         }
@@ -158,21 +158,24 @@ impl Scorer {
             new_session: false,
             trust: false,
         };
-        self.learn(next.user, &learn, now);
+        let learnt = self.learn(next.user, &learn, now);
         if let Some(user) = next.user {
             self.clear_detections(user);
         }
-        Some(next.user)
+        Some((next.user, learnt))
     }
 
     /// Applies an operator's feedback; `place` is where the geo stage puts
-    /// a false positive's network.
+    /// a false positive's network. Returns what it taught of the user, for
+    /// the fleet: a false positive's device and network, learnt and
+    /// trusted, or the device or network an operator trusted (which the
+    /// fleet counts as one sighting of it, trusted).
     pub(crate) fn feedback(
         &self,
         feedback: Feedback,
         place: Option<Place>,
         now_secs: u64,
-    ) -> Result<(), FeedbackError> {
+    ) -> Result<Option<super::Learnt>, FeedbackError> {
         let now = secs32(now_secs);
         let trust = |user: UserKey, values: &[(Feature, u32)]| {
             let profile = self
@@ -183,6 +186,7 @@ impl Scorer {
                 p.trust(f, v, now);
             }
         };
+        let learnt;
         match feedback {
             Feedback::FalsePositive {
                 session,
@@ -207,17 +211,23 @@ impl Scorer {
                     new_session: false,
                     trust: true,
                 };
-                self.learn(state.user, &learn, now);
+                learnt = self.learn(state.user, &learn, now);
                 if let Some(user) = state.user {
                     self.clear_detections(user);
                 }
             }
             Feedback::TrustDevice { user, device } => {
                 let f = Features::of(&NetworkMark::default(), device);
-                trust(
+                let which = [Feature::Device, Feature::Browser, Feature::Platform];
+                trust(user, &which.map(|k| (k, f.get(k))));
+                learnt = Some(super::Learnt::new(
                     user,
-                    &[Feature::Device, Feature::Browser, Feature::Platform].map(|k| (k, f.get(k))),
-                );
+                    &f,
+                    &which,
+                    false,
+                    true,
+                    u64::from(now),
+                ));
             }
             Feedback::TrustNetwork { user, network } => {
                 let (feature, facts) = match network {
@@ -237,11 +247,19 @@ impl Scorer {
                         },
                     ),
                 };
-                let value = Features::of(&facts, DeviceId(0)).get(feature);
-                trust(user, &[(feature, value)]);
+                let f = Features::of(&facts, DeviceId(0));
+                trust(user, &[(feature, f.get(feature))]);
+                learnt = Some(super::Learnt::new(
+                    user,
+                    &f,
+                    &[feature],
+                    false,
+                    true,
+                    u64::from(now),
+                ));
             }
         }
-        Ok(())
+        Ok(learnt)
     }
 }
 

@@ -12,6 +12,11 @@
 //!   facts (bounded as the controller takes them), at most one per session
 //!   per [`DETECTION_EVERY`]: a replay loop is one detection to the fleet,
 //!   and one of nobody's session is no one's risk.
+//! - What the engine learnt of a bound user (a login, a move of network, a
+//!   step-up, a false positive): the feature values, for the user's
+//!   fleet-wide history and the population model (`docs/risk.md`,
+//!   fleet-wide history). The engine only learns from sessions an app
+//!   bound to a user, so nobody can mint these by the thousand.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -97,6 +102,14 @@ impl Outgoing {
                     at: d.at,
                 })
             }
+            Event::UserLearned(learnt) => Some(NodeEventKind::UserLearned {
+                user: UserId(learnt.user.as_u64()),
+                values: learnt.values,
+                which: learnt.which,
+                new_session: learnt.new_session,
+                trusted: learnt.trust,
+                at: learnt.at,
+            }),
             _ => None,
         }
     }
