@@ -41,6 +41,12 @@ struct Setup {
 /// with one and hold a WebSocket with the other allow (they are about
 /// revocations, not detections).
 async fn setup(high: &str) -> Setup {
+    setup_with(high, false).await
+}
+
+/// [`setup`], with cleartext HTTP/2 (prior knowledge) on the listener
+/// when `h2c`.
+async fn setup_with(high: &str, h2c: bool) -> Setup {
     let origin = Origin::start();
     let ws_origin = WsOrigin::start();
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +54,11 @@ async fn setup(high: &str) -> Setup {
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let key = dir.path().join("hash.key");
     std::fs::write(&key, "5a".repeat(32)).unwrap();
-    let config = Config::new()
+    let mut config = Config::new();
+    if h2c {
+        config = config.h2c();
+    }
+    let config = config
         .admin_token_file(&token)
         .section(&format!(
             "[session]\nhash_key_file = {:?}\n",
@@ -310,4 +320,72 @@ async fn when_every_request_ends_nothing_stays_filed() {
     proxy
         .wait_for_metric("vigil_proxy_open_requests_tracked", &[], |v| v == 0.0)
         .await;
+}
+
+#[tokio::test]
+async fn over_http2_a_revoked_stream_ends_at_its_next_chunk_and_the_connections_other_streams_go_on()
+ {
+    let s = setup_with("allow", true).await;
+    let proxy = &s.proxy;
+    // One HTTP/2 connection carries the thief's idle stream and another
+    // session's requests.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .user_agent(FIREFOX)
+        .build()
+        .unwrap();
+    let mut thief = client
+        .get(proxy.url("/stream?gated"))
+        .header("cookie", "session=h2-stolen")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thief.version(), reqwest::Version::HTTP_2);
+    assert_eq!(thief.status(), 200);
+    let mut got = 0;
+    while got < STREAM_CHUNK_BYTES {
+        got += tokio::time::timeout(REQUEST_TIMEOUT, thief.chunk())
+            .await
+            .expect("the first chunk in time")
+            .unwrap()
+            .expect("the first chunk")
+            .len();
+    }
+    let other = |path: &str| {
+        client
+            .get(proxy.url(path))
+            .header("cookie", "session=h2-other")
+            .send()
+    };
+    assert_eq!(other("/echo").await.unwrap().status(), 200);
+
+    operator(
+        proxy,
+        "/v1/sessions/revoke",
+        serde_json::json!({"session": session_key(s.dir.path(), "h2-stolen")}),
+    )
+    .await;
+    // The connection is not shut down (it carries another session's
+    // traffic): the idle stream is flagged...
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_open_requests_ended_total",
+            &[("how", "flagged")],
+            |v| v == 1.0,
+        )
+        .await;
+    assert_eq!(
+        proxy
+            .metric(
+                "vigil_proxy_open_requests_ended_total",
+                &[("how", "closed")]
+            )
+            .await,
+        0.0
+    );
+    // ...and when the app sends more, it never reaches the thief.
+    s.origin.release_stream();
+    until_cut(&mut thief).await;
+    // The other session's requests on the same connection go on.
+    assert_eq!(other("/echo").await.unwrap().status(), 200);
 }
