@@ -244,3 +244,31 @@ async fn sqlite_a_user_revoked_at_the_controller_loses_the_websockets_open_on_no
     )
     .await;
 }
+
+#[tokio::test]
+async fn sqlite_erasing_a_user_at_the_controller_ends_their_open_websocket_on_node_b() {
+    let fleet = Fleet::start().await;
+    let b = &fleet.b;
+    for (user, session) in [("gina", "s-gina"), ("hal", "s-hal")] {
+        let r = Browser::firefox()
+            .get(&b.url(&format!("/login?user={user}&session={session}")))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let mut gina = websocket(b, FIREFOX, "session=s-gina").await;
+    let mut hal = websocket(b, FIREFOX, "session=s-hal").await;
+    echoes(&mut gina, "before").await;
+    echoes(&mut hal, "before").await;
+
+    fleet
+        .admin("/v1/admin/users/erase", serde_json::json!({"user": "gina"}))
+        .await;
+
+    until_closed(&mut gina).await;
+    echoes(&mut hal, "after").await;
+    let next = Browser::firefox()
+        .cookie("session=s-gina")
+        .get(&b.url("/echo"))
+        .await;
+    assert_eq!(next.status(), 401);
+}

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Browser, CHROME, Config, FIREFOX, Origin, Proxy, REQUEST_TIMEOUT, Route, STREAM_CHUNK_BYTES,
-    WsOrigin,
+    Browser, CHROME, Ca, Config, FIREFOX, Origin, Proxy, REQUEST_TIMEOUT, Route,
+    STREAM_CHUNK_BYTES, WsOrigin,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -388,4 +388,68 @@ async fn over_http2_a_revoked_stream_ends_at_its_next_chunk_and_the_connections_
     until_cut(&mut thief).await;
     // The other session's requests on the same connection go on.
     assert_eq!(other("/echo").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn over_tls_a_revoked_sessions_idle_stream_ends_at_once() {
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("hash.key"), "5a".repeat(32)).unwrap();
+    let ca = Ca::new("Test CA");
+    let leaf = ca.leaf(&["app.test"]);
+    let config = Config::new()
+        .admin_token_file(&token)
+        .section(&format!(
+            "[session]\nhash_key_file = {:?}\n",
+            dir.path().join("hash.key").display().to_string()
+        ))
+        .tls_listener("https", common::free_addr(), false, &[&leaf])
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"));
+    let proxy = Proxy::start(&config.render()).await;
+    let https = proxy.listener("https");
+    let client = common::tls_client_builder()
+        .tls_certs_only([ca.root()])
+        .resolve("app.test", https)
+        .http1_only()
+        .user_agent(FIREFOX)
+        .build()
+        .unwrap();
+    let mut stream = client
+        .get(format!("https://app.test:{}/stream?gated", https.port()))
+        .header("cookie", "session=tls-stolen")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut got = 0;
+    while got < STREAM_CHUNK_BYTES {
+        got += tokio::time::timeout(REQUEST_TIMEOUT, stream.chunk())
+            .await
+            .expect("the first chunk in time")
+            .unwrap()
+            .expect("the first chunk")
+            .len();
+    }
+
+    operator(
+        &proxy,
+        "/v1/sessions/revoke",
+        serde_json::json!({"session": session_key(dir.path(), "tls-stolen")}),
+    )
+    .await;
+
+    // Under TLS too the client socket is shut down: the stream ends now,
+    // not when the app next sends.
+    until_cut(&mut stream).await;
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_open_requests_ended_total",
+            &[("how", "closed")],
+            |v| v == 1.0,
+        )
+        .await;
+    origin.release_stream();
 }
