@@ -126,8 +126,9 @@ pub struct Metrics {
     /// `vigil_proxy_open_requests_ended_total{how}`: requests in flight
     /// that a revocation of their session or user ended
     /// ([`crate::open_requests`]): `closed` (their HTTP/1 connection was
-    /// shut down at once) or `flagged` (HTTP/2: refused at their next
-    /// chunk, or when the app answers).
+    /// shut down, a second after the revocation) or `flagged` (refused at
+    /// their next chunk or when the app answers: HTTP/2, or HTTP/1 gone
+    /// within the second).
     pub open_requests_ended: IntCounterVec,
     /// `vigil_proxy_open_requests_untracked_total`: requests with a
     /// session served unfiled because the registry of requests in flight

@@ -17,8 +17,8 @@
 //!
 //! Pingora (0.9) offers no handle to cancel a request from another task:
 //! its proxy loop polls the client and the upstream, never anything of
-//! ours, and calls our phases only when bytes move. Two things are done,
-//! under the shard's lock, to each request ended:
+//! ours, and calls our phases only when bytes move. Two things are done
+//! to each request ended:
 //!
 //! - **Its flag is set.** The request's own phases look at it: the request
 //!   body filter (client to app, WebSocket frames included), the response
@@ -28,7 +28,10 @@
 //!   idle HTTP/2 long poll when the app finally answers: the answer never
 //!   reaches the client.
 //! - **On HTTP/1, the client's socket is shut down** (`shutdown(2)`, both
-//!   directions). An HTTP/1 connection carries one request at a time, so
+//!   directions) when the request is still in flight [`GRACE`] (1 s)
+//!   later: a request about to complete when the revocation arrived
+//!   completes or is answered `401` by its flag, rather than cut. An
+//!   HTTP/1 connection carries one request at a time, so
 //!   this ends exactly the revoked request, idle or not: Pingora's read of
 //!   the client returns end-of-file at once (a closed client aborts the
 //!   request), the upstream connection is dropped, and the client sees the
@@ -73,6 +76,12 @@ pub const SHARDS: usize = 64;
 /// full): far more long-lived connections than one node holds.
 pub const MAX_TRACKED: usize = 262_144;
 const PER_SHARD: usize = MAX_TRACKED / SHARDS;
+/// How long an ended HTTP/1 request has before its connection is shut
+/// down: a request about to complete (judged a moment before the
+/// revocation arrived) completes, or its flag answers it `401`, rather
+/// than its client seeing the connection cut; a WebSocket or long poll
+/// is closed after it.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The registry of requests in flight, by session. Cheap to clone: the
 /// request path, the admin API and the controller client share one.
@@ -120,14 +129,31 @@ pub struct Open {
     ended: Arc<AtomicBool>,
 }
 
+/// What one revocation ended: how many requests, and the HTTP/1 ones
+/// whose sockets are to be shut down after [`GRACE`].
+struct Pending {
+    ended: usize,
+    sockets: SmallVec<[(SessionKey, u64); 2]>,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            ended: 0,
+            sockets: SmallVec::new(),
+        }
+    }
+}
+
 /// How a revocation ended a request, the `how` label of
 /// `vigil_proxy_open_requests_ended_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum How {
     /// Its HTTP/1 connection was shut down: it ends now, idle or not.
     Closed,
-    /// Flagged only (HTTP/2, or a socket no longer the request's): it ends
-    /// at its next chunk either way, or when the app answers.
+    /// Flagged only (HTTP/2; or HTTP/1 gone within the grace, or whose
+    /// descriptor is no longer its socket): it ends at its next chunk
+    /// either way, or when the app answers.
     Flagged,
 }
 
@@ -183,24 +209,28 @@ impl OpenRequests {
         Some(open)
     }
 
-    /// Ends every request filed under `session`; returns how many.
+    /// Ends every request filed under `session`; returns how many (not
+    /// counting those a revocation ended already).
     pub fn end_session(&self, session: &SessionKey) -> usize {
-        let mut shard = self.shard(session);
-        let Some(entries) = shard.by_session.remove(session) else {
-            return 0;
-        };
-        shard.len -= entries.len();
-        for entry in &entries {
-            self.end(entry);
+        let mut later = Pending::new();
+        let shard = self.shard(session);
+        if let Some(entries) = shard.by_session.get(session) {
+            for entry in entries {
+                self.end(*session, entry, &mut later);
+            }
         }
         drop(shard);
-        tracing::debug!(
-            target: "vigil::open_requests",
-            session = %session.short(),
-            ended = entries.len(),
-            "revoked session: open requests ended"
-        );
-        entries.len()
+        let ended = later.ended;
+        if ended > 0 {
+            tracing::debug!(
+                target: "vigil::open_requests",
+                session = %session.short(),
+                ended,
+                "revoked session: open requests ended"
+            );
+        }
+        self.shut_down_later(later);
+        ended
     }
 
     /// Ends every request of `user`'s sessions: filed as bound to `user`,
@@ -210,38 +240,31 @@ impl OpenRequests {
     /// shard: a user revocation is rare, and a request holds no user
     /// index of its own. Returns how many were ended.
     pub fn end_user(&self, user: UserKey, revoked: impl Fn(&SessionKey) -> bool) -> usize {
-        let mut total = 0;
+        let mut later = Pending::new();
         for shard in &self.0.shards {
-            let mut shard = lock(shard);
-            let Shard { by_session, len } = &mut *shard;
-            by_session.retain(|session, entries| {
+            let shard = lock(shard);
+            for (session, entries) in &shard.by_session {
                 let whole = revoked(session);
-                let before = entries.len();
-                entries.retain(|entry| {
-                    let end = whole || entry.user == Some(user);
-                    if end {
-                        self.end(entry);
-                    }
-                    !end
-                });
-                let n = before - entries.len();
-                *len -= n;
-                total += n;
-                !entries.is_empty()
-            });
+                for entry in entries.iter().filter(|e| whole || e.user == Some(user)) {
+                    self.end(*session, entry, &mut later);
+                }
+            }
         }
-        if total > 0 {
+        let ended = later.ended;
+        if ended > 0 {
             tracing::debug!(
                 target: "vigil::open_requests",
                 %user,
-                ended = total,
+                ended,
                 "revoked user: open requests ended"
             );
         }
-        total
+        self.shut_down_later(later);
+        ended
     }
 
-    /// Requests filed now, all shards together.
+    /// Requests filed now, all shards together (ended ones included until
+    /// they are gone).
     pub fn len(&self) -> usize {
         self.0.shards.iter().map(|s| lock(s).len).sum()
     }
@@ -251,25 +274,72 @@ impl OpenRequests {
         self.len() == 0
     }
 
-    /// Sets `entry`'s flag and, for HTTP/1, shuts its client socket down.
-    /// Called with the entry's shard locked: the request cannot take
-    /// itself out (and its connection be closed) meanwhile.
-    fn end(&self, entry: &Entry) {
-        entry.ended.store(true, Ordering::Release);
-        let how = match entry.socket {
-            // The same socket still: its kernel cookie matches.
-            Some(s) if get_socket_cookie(s.fd).ok() == Some(s.cookie) => {
-                match nix::sys::socket::shutdown(s.fd, nix::sys::socket::Shutdown::Both) {
-                    Ok(()) => How::Closed,
-                    Err(e) => {
-                        // Already shut (the client left first): the flag ends it.
-                        tracing::debug!(target: "vigil::open_requests", error = %e, "shutdown failed");
-                        How::Flagged
+    /// Sets `entry`'s flag, unless a revocation did already; an HTTP/1
+    /// request is put down for its socket to be shut down after [`GRACE`].
+    fn end(&self, session: SessionKey, entry: &Entry, later: &mut Pending) {
+        if entry.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        later.ended += 1;
+        if entry.socket.is_some() {
+            later.sockets.push((session, entry.id));
+        } else {
+            self.count(How::Flagged);
+        }
+    }
+
+    /// After [`GRACE`], shuts down the client socket of each request in
+    /// `later` still in flight; at once when there is no runtime to wait
+    /// on (nothing is in flight then in practice: start-up replays).
+    fn shut_down_later(&self, later: Pending) {
+        if later.sockets.is_empty() {
+            return;
+        }
+        let registry = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(GRACE).await;
+                    registry.shut_down(&later.sockets);
+                });
+            }
+            Err(_) => registry.shut_down(&later.sockets),
+        }
+    }
+
+    /// Shuts down the client socket of each of `requests` still filed.
+    /// Under the entry's shard lock: the request cannot take itself out
+    /// (and Pingora close or reuse its connection) meanwhile; and only
+    /// while the descriptor's kernel cookie is the one filed.
+    fn shut_down(&self, requests: &[(SessionKey, u64)]) {
+        for (session, id) in requests {
+            let shard = self.shard(session);
+            let socket = shard
+                .by_session
+                .get(session)
+                .and_then(|entries| entries.iter().find(|e| e.id == *id))
+                .and_then(|e| e.socket);
+            let how = match socket {
+                Some(s) if get_socket_cookie(s.fd).ok() == Some(s.cookie) => {
+                    match nix::sys::socket::shutdown(s.fd, nix::sys::socket::Shutdown::Both) {
+                        Ok(()) => How::Closed,
+                        Err(e) => {
+                            // The client went first: the flag ended it.
+                            tracing::debug!(target: "vigil::open_requests", error = %e, "shutdown failed");
+                            How::Flagged
+                        }
                     }
                 }
-            }
-            _ => How::Flagged,
-        };
+                // Gone within the grace (refused by its flag, or done), or
+                // the descriptor is another socket's now.
+                _ => How::Flagged,
+            };
+            drop(shard);
+            self.count(how);
+        }
+    }
+
+    fn count(&self, how: How) {
         self.0
             .ended
             .with_label_values(&[match how {
@@ -376,14 +446,16 @@ mod tests {
         assert_eq!(r.end_session(&key(1)), 2);
         assert!(a1.ended() && a2.ended());
         assert!(!b.ended());
-        assert_eq!(r.len(), 1);
         assert_eq!(
             m.open_requests_ended.with_label_values(&["flagged"]).get(),
             2
         );
-        // Ended requests were taken out: a second revocation finds none.
+        // Ended, not counted twice: a second revocation ends none.
         assert_eq!(r.end_session(&key(1)), 0);
+        // Still filed until they are gone.
+        assert_eq!(r.len(), 3);
         drop((a1, a2));
+        assert_eq!(r.len(), 1);
         drop(b);
         assert!(r.is_empty());
     }
@@ -400,7 +472,7 @@ mod tests {
         assert_eq!(r.end_user(alice, |s| *s == key(3)), 2);
         assert!(a.ended() && late.ended());
         assert!(!b.ended());
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.end_user(alice, |s| *s == key(3)), 0);
     }
 
     #[test]
@@ -410,6 +482,8 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r.end_session(&key(2)), 1);
         assert!(both.ended());
+        // One request, ended once.
+        assert_eq!(r.end_session(&key(1)), 0);
         drop(both);
         assert!(r.is_empty());
     }
@@ -425,6 +499,43 @@ mod tests {
         drop(held);
         assert!(r.is_empty());
         assert!(r.open(&[key(9)], None, None).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_http1_socket_is_shut_down_after_the_grace_unless_the_request_ended() {
+        let (r, m) = registry();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            use std::os::fd::AsRawFd;
+            let fd = server.as_raw_fd();
+            let socket = Socket {
+                fd,
+                cookie: get_socket_cookie(fd).unwrap(),
+            };
+            (client, server, socket)
+        };
+        let (client, _server, socket) = pair();
+        let held = r.open(&[key(1)], None, Some(socket)).unwrap();
+        let (_client2, _server2, socket2) = pair();
+        let done = r.open(&[key(1)], None, Some(socket2)).unwrap();
+        assert_eq!(r.end_session(&key(1)), 2);
+        assert!(held.ended() && done.ended());
+        // One completes within the grace: its socket is left alone.
+        drop(done);
+        let flagged = m.open_requests_ended.with_label_values(&["flagged"]);
+        let closed = m.open_requests_ended.with_label_values(&["closed"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while closed.get() + flagged.get() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never shut down");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!((closed.get(), flagged.get()), (1, 1));
+        // The held one's peer reads end-of-file.
+        use std::io::Read;
+        let mut buf = [0u8; 1];
+        assert_eq!((&client).read(&mut buf).unwrap(), 0);
     }
 
     #[test]

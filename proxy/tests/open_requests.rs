@@ -391,7 +391,7 @@ async fn over_http2_a_revoked_stream_ends_at_its_next_chunk_and_the_connections_
 }
 
 #[tokio::test]
-async fn over_tls_a_revoked_sessions_idle_stream_ends_at_once() {
+async fn over_tls_a_revoked_sessions_idle_stream_is_closed_without_waiting_for_the_app() {
     let origin = Origin::start();
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("admin.token");
@@ -441,8 +441,8 @@ async fn over_tls_a_revoked_sessions_idle_stream_ends_at_once() {
     )
     .await;
 
-    // Under TLS too the client socket is shut down: the stream ends now,
-    // not when the app next sends.
+    // Under TLS too the client socket is shut down (after the second's
+    // grace): the stream ends without the app sending anything more.
     until_cut(&mut stream).await;
     proxy
         .wait_for_metric(
