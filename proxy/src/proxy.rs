@@ -1034,7 +1034,7 @@ impl ProxyHttp for VigilProxy {
         // Out of the registry before Pingora closes or reuses the
         // connection: a revocation must never shut down a socket that is
         // no longer this request's.
-        ctx.open = None;
+        let revoked = ctx.open.take().is_some_and(|o| o.ended());
         // The next byte on this connection starts a new head.
         crate::conn_limits::request_finished();
         if session.is_http2()
@@ -1043,7 +1043,11 @@ impl ProxyHttp for VigilProxy {
                 .and_then(|d| d.socket_digest.as_ref())
                 .and_then(|s| s.socket_cookie().ok())
         {
-            let client_error = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+            // A stream Vigil ended for a revocation is not the client's
+            // reset: it must not count towards closing a connection that
+            // may carry other sessions' streams.
+            let client_error =
+                !revoked && e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
             self.h2.stream_ended(cookie, client_error);
         }
         let Some(e) = e else { return };
