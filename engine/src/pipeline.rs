@@ -447,6 +447,20 @@ impl Engine {
             .copied())
     }
 
+    /// The keys of every session credential the request carries, in the
+    /// order read; what could not be read is left out. Not an evaluation:
+    /// for a request judged with more than one credential, whose verdict
+    /// names only the worst, so that the proxy can file the request under
+    /// each of them and a revocation of any one ends it.
+    pub fn credential_keys(&self, headers: &http::HeaderMap) -> SmallVec<[SessionKey; 2]> {
+        self.session
+            .credentials(headers)
+            .sessions()
+            .iter()
+            .map(|s| s.key)
+            .collect()
+    }
+
     /// [`Engine::decide`] for a request whose credentials could not be read
     /// (the route fails open): judged as carrying no session, so that the
     /// response side still has its client and device — a session the app

@@ -15,6 +15,7 @@ use vigil_engine::Engine;
 
 use crate::generation::Current;
 use crate::metrics::Metrics;
+use crate::open_requests::OpenRequests;
 use crate::operator::{self, Decisions};
 
 /// Serves the admin endpoints.
@@ -27,6 +28,8 @@ pub struct AdminApp {
     /// signal would be lost.
     signals: Arc<AtomicBool>,
     decisions: Decisions,
+    /// Requests in flight, which the operator's revocations end.
+    open: Option<OpenRequests>,
     /// Held while a scrape copies the engine's counters.
     catching_up: Arc<std::sync::Mutex<()>>,
 }
@@ -50,6 +53,7 @@ impl AdminApp {
             listeners,
             signals,
             decisions: Decisions::new(),
+            open: None,
         }
     }
 
@@ -58,6 +62,13 @@ impl AdminApp {
     /// a token they are refused.
     pub fn with_operator_api(mut self, decisions: Decisions) -> Self {
         self.decisions = decisions;
+        self
+    }
+
+    /// Ends the requests in flight `open` holds when the operator revokes
+    /// their session or user, and reports how many it holds.
+    pub fn with_open_requests(mut self, open: OpenRequests) -> Self {
+        self.open = Some(open);
         self
     }
 
@@ -113,6 +124,7 @@ impl AdminApp {
         let answer = operator::handle(
             &self.engine,
             &self.decisions,
+            self.open.as_ref(),
             &path,
             &body,
             crate::proxy::now_secs(),
@@ -162,6 +174,11 @@ impl AdminApp {
         self.metrics
             .users_tracked
             .set(i64::try_from(scorer.tracked_users()).unwrap_or(i64::MAX));
+        if let Some(open) = &self.open {
+            self.metrics
+                .open_requests_tracked
+                .set(i64::try_from(open.len()).unwrap_or(i64::MAX));
+        }
         {
             // One scrape at a time brings the engine's counters up, or two
             // would both add the same difference.

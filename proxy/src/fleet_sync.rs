@@ -72,6 +72,7 @@ use vigil_fleet::{MAX_POPULATION_COUNTERS, POPULATION_FEATURES};
 
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
+use crate::open_requests::OpenRequests;
 use crate::outbound::{self, error_chain};
 
 pub mod journal;
@@ -705,6 +706,8 @@ pub struct FleetSync {
     version: AtomicU32,
     /// Wakes the poster when the version becomes known.
     heard: Notify,
+    /// Requests in flight on this node, which the fleet's revocations end.
+    open: Option<OpenRequests>,
 }
 
 /// Why a sync stream ended.
@@ -780,7 +783,32 @@ impl FleetSync {
             metrics,
             version: AtomicU32::new(0),
             heard: Notify::new(),
+            open: None,
         })
+    }
+
+    /// Ends the requests in flight `open` holds of every session and user
+    /// the fleet revokes or erases ([`crate::open_requests`]).
+    pub fn with_open_requests(mut self, open: OpenRequests) -> Self {
+        self.open = Some(open);
+        self
+    }
+
+    /// Ends this node's requests in flight of a session just revoked.
+    fn end_session(&self, key: &SessionKey) {
+        if let Some(open) = &self.open {
+            open.end_session(key);
+        }
+    }
+
+    /// Ends this node's requests in flight of a user just revoked or
+    /// erased: filed as theirs, or of a session the engine now holds
+    /// revoked.
+    fn end_user(&self, user: UserKey) {
+        if let Some(open) = &self.open {
+            let scorer = self.engine.scorer();
+            open.end_user(user, |s| scorer.is_revoked(s));
+        }
     }
 
     async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
@@ -921,11 +949,13 @@ impl FleetSync {
                     } else {
                         self.engine.revoke(key, at.min(now));
                     }
+                    self.end_session(&key);
                     "session_revoked"
                 }
                 Change::UserRevoked { user, at } => {
                     if let Some(user) = UserKey::from_u64(user.0) {
                         self.engine.revoke_user(user, at.min(now));
+                        self.end_user(user);
                     }
                     "user_revoked"
                 }
@@ -970,6 +1000,7 @@ impl FleetSync {
                 Change::UserErased { user, at } => {
                     if let Some(user) = UserKey::from_u64(user.0) {
                         self.engine.scorer().erase_user(user, at.min(now));
+                        self.end_user(user);
                     }
                     "user_erased"
                 }

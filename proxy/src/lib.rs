@@ -17,6 +17,7 @@ pub mod hello;
 pub mod keyfile;
 pub mod logging;
 pub mod metrics;
+pub mod open_requests;
 pub mod operator;
 pub mod outbound;
 pub mod path;

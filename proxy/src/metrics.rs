@@ -123,6 +123,20 @@ pub struct Metrics {
     /// set aside at start (`unauthenticated`, `other_key`, `tampered`,
     /// `rolled_back`, `contents`).
     pub snapshots_rejected: IntCounterVec,
+    /// `vigil_proxy_open_requests_ended_total{how}`: requests in flight
+    /// that a revocation of their session or user ended
+    /// ([`crate::open_requests`]): `closed` (their HTTP/1 connection was
+    /// shut down, a second after the revocation) or `flagged` (refused at
+    /// their next chunk or when the app answers: HTTP/2, or HTTP/1 gone
+    /// within the second).
+    pub open_requests_ended: IntCounterVec,
+    /// `vigil_proxy_open_requests_untracked_total`: requests with a
+    /// session served unfiled because the registry of requests in flight
+    /// was full; a revocation does not end them before they end.
+    pub open_requests_untracked: IntCounter,
+    /// `vigil_proxy_open_requests_tracked`: requests in flight filed by
+    /// session, at the last scrape.
+    pub open_requests_tracked: IntGauge,
     /// The sync stream from the fleet controller and the events posted to
     /// it (`vigil_proxy_fleet_*`).
     pub fleet: FleetMetrics,
@@ -380,6 +394,23 @@ impl Metrics {
         ] {
             snapshots_rejected.with_label_values(&[reason]);
         }
+        let open_requests_ended = counter(
+            "vigil_proxy_open_requests_ended_total",
+            "Requests in flight ended by a revocation of their session or user, by how (closed, flagged).",
+            &["how"],
+        )?;
+        for how in ["closed", "flagged"] {
+            open_requests_ended.with_label_values(&[how]);
+        }
+        let open_requests_untracked = plain(
+            "vigil_proxy_open_requests_untracked_total",
+            "Requests with a session served unfiled: the registry of requests in flight was full.",
+        )?;
+        let open_requests_tracked = IntGauge::new(
+            "vigil_proxy_open_requests_tracked",
+            "Requests in flight filed by session, at the last scrape.",
+        )?;
+        registry.register(Box::new(open_requests_tracked.clone()))?;
         let fleet = FleetMetrics::new(&registry)?;
         for kind in vigil_engine::Event::KINDS {
             events.with_label_values(&[kind]);
@@ -425,6 +456,9 @@ impl Metrics {
             events_dropped,
             events_lost,
             snapshots_rejected,
+            open_requests_ended,
+            open_requests_untracked,
+            open_requests_tracked,
             fleet,
         })
     }

@@ -1,6 +1,7 @@
 //! The operator's side of the risk engine, on the admin listener:
-//! authenticated `POST /v1/…` calls that revoke a user everywhere on this
-//! node, raise a user's risk for a while, trust a device or network for a
+//! authenticated `POST /v1/…` calls that revoke a user or a session
+//! everywhere on this node (their requests in flight included: see
+//! [`crate::open_requests`]), raise a user's risk for a while, trust a device or network for a
 //! user, or mark a decision a false positive.
 //!
 //! Every call needs `Authorization: Bearer <token>` with the token in
@@ -24,6 +25,8 @@ use sha2::{Digest, Sha256};
 use vigil_engine::{
     DeviceId, DeviceSummary, Engine, Feedback, NetworkFacts, SessionKey, TrustedNetwork,
 };
+
+use crate::open_requests::OpenRequests;
 
 /// References of refusals remembered for false-positive feedback.
 pub const DECISIONS_KEPT: u64 = 100_000;
@@ -95,6 +98,9 @@ pub enum CallError {
     /// Not a device id as logged.
     #[error("{0:?} is not a device id (16 hex digits)")]
     Device(String),
+    /// Not a session key as logged and as the controller takes them.
+    #[error("{0:?} is not a session key (32 hex digits)")]
+    Session(String),
     /// Not a user name as Vigil takes them.
     #[error("{0:?} is not a user name (1 to 256 visible characters)")]
     User(String),
@@ -127,6 +133,14 @@ pub struct Answer {
 #[serde(deny_unknown_fields)]
 struct UserBody {
     user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionBody {
+    /// The session key: 32 hex digits, as the controller's admin API and
+    /// the decision log name sessions; never the credential.
+    session: String,
 }
 
 #[derive(Deserialize)]
@@ -240,10 +254,20 @@ impl std::fmt::Debug for AdminToken {
 
 // === the calls ===
 
-/// Carries out `POST path` with `body`, already authenticated.
-pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], now: u64) -> Answer {
+/// Carries out `POST path` with `body`, already authenticated. A
+/// revocation also ends the requests in flight `open` holds of the session
+/// or user.
+pub fn handle(
+    engine: &Engine,
+    decisions: &Decisions,
+    open: Option<&OpenRequests>,
+    path: &str,
+    body: &[u8],
+    now: u64,
+) -> Answer {
     let result = match path {
-        "/v1/users/revoke" => revoke_user(engine, body, now),
+        "/v1/users/revoke" => revoke_user(engine, open, body, now),
+        "/v1/sessions/revoke" => revoke_session(engine, open, body, now),
         "/v1/users/report" => report_user(engine, body, now),
         "/v1/users/trust-network" => trust_network(engine, body, now),
         "/v1/users/trust-device" => trust_device(engine, body, now),
@@ -268,10 +292,43 @@ pub fn handle(engine: &Engine, decisions: &Decisions, path: &str, body: &[u8], n
     }
 }
 
-fn revoke_user(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
+fn revoke_user(
+    engine: &Engine,
+    open: Option<&OpenRequests>,
+    body: &[u8],
+    now: u64,
+) -> Result<&'static str, CallError> {
     let b: UserBody = parse(body)?;
-    engine.revoke_user(user_key(engine, &b.user)?, now);
+    let user = user_key(engine, &b.user)?;
+    engine.revoke_user(user, now);
+    if let Some(open) = open {
+        let scorer = engine.scorer();
+        open.end_user(user, |s| scorer.is_revoked(s));
+    }
     Ok("revoked every session bound to the user so far")
+}
+
+fn revoke_session(
+    engine: &Engine,
+    open: Option<&OpenRequests>,
+    body: &[u8],
+    now: u64,
+) -> Result<&'static str, CallError> {
+    let b: SessionBody = parse(body)?;
+    let key = session_key(&b.session).ok_or_else(|| CallError::Session(b.session.clone()))?;
+    // The operator's word: kept whatever this node knows of the session.
+    engine.revoke_vouched(key, now);
+    if let Some(open) = open {
+        open.end_session(&key);
+    }
+    Ok("revoked the session")
+}
+
+/// A session key written as 32 hex digits.
+fn session_key(text: &str) -> Option<SessionKey> {
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(SessionKey::from_bytes(bytes))
 }
 
 fn report_user(engine: &Engine, body: &[u8], now: u64) -> Result<&'static str, CallError> {
@@ -410,7 +467,7 @@ mod tests {
     fn bad_calls_say_what_is_wrong() {
         let e = engine();
         let d = Decisions::new();
-        let call = |path: &str, body: &str| handle(&e, &d, path, body.as_bytes(), 1);
+        let call = |path: &str, body: &str| handle(&e, &d, None, path, body.as_bytes(), 1);
         assert_eq!(call("/v1/nope", "{}").status, StatusCode::NOT_FOUND);
         let bad = call("/v1/users/revoke", "{\"usr\": \"a\"}");
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -425,6 +482,16 @@ mod tests {
             "{\"user\": \"a\", \"device\": \"xyz\"}",
         );
         assert!(bad.body.contains("not a device id"), "{}", bad.body);
+        let bad = call("/v1/sessions/revoke", "{\"session\": \"abc\"}");
+        assert!(bad.body.contains("not a session key"), "{}", bad.body);
+        assert_eq!(
+            call(
+                "/v1/sessions/revoke",
+                "{\"session\": \"000102030405060708090a0b0c0d0e0f\"}"
+            )
+            .status,
+            StatusCode::OK
+        );
         let bad = call("/v1/users/revoke", "{\"user\": \"  \"}");
         assert!(bad.body.contains("not a user name"), "{}", bad.body);
         let bad = call("/v1/decisions/false-positive", "{\"reference\": \"r-1\"}");

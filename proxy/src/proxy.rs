@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -27,6 +28,7 @@ use crate::forwarding;
 use crate::generation::{Current, Generation};
 use crate::hello::ConnectionFingerprints;
 use crate::metrics::Metrics;
+use crate::open_requests::{self, Open, OpenRequests};
 use crate::operator::{Decisions, Refused};
 use crate::respond::{self, Refusal};
 use crate::stepup::{self, Outcome, StepUps};
@@ -63,6 +65,8 @@ pub struct VigilProxy {
     /// The controller client's state, when there is one: how old this
     /// node's fleet state is, for routes with `stale_after`.
     fleet: Option<Arc<FleetState>>,
+    /// Requests in flight by session, which revocations end.
+    open: Option<OpenRequests>,
 }
 
 /// Per-request state.
@@ -83,6 +87,10 @@ pub struct RequestCtx {
     /// The request's verdict: the response side is judged against it, so
     /// that a request is evaluated once.
     verdict: Option<Verdict>,
+    /// The request's place among the requests in flight, when it carries
+    /// a session on an enforcing route; taken (and so taken out) in
+    /// `logging`, before its connection can be closed or reused.
+    open: Option<Open>,
 }
 
 /// Header values built once the verdict is known; the common case (low risk,
@@ -121,7 +129,17 @@ impl VigilProxy {
             h2: H2Connections::default(),
             step_ups: Arc::new(StepUps::new()),
             fleet: None,
+            open: None,
         }
+    }
+
+    /// Files every request with a session on an enforcing route in `open`,
+    /// so that a revocation ends it while it is in flight
+    /// ([`crate::open_requests`]); revocations this proxy decides end them
+    /// there too.
+    pub fn with_open_requests(mut self, open: OpenRequests) -> Self {
+        self.open = Some(open);
+        self
     }
 
     /// Judges routes with `stale_after` by the age of `fleet`, the
@@ -250,6 +268,43 @@ impl VigilProxy {
                 },
             );
         }
+    }
+
+    /// Files an allowed request among the requests in flight, under each
+    /// session it carries (a verdict names only the worst of several, and
+    /// a thief could add a made-up one), with the user it is bound to and,
+    /// on HTTP/1, its client socket. Returns true when one of its sessions
+    /// was revoked since its verdict: a revocation that looked for it
+    /// before it was filed would miss it, so it is refused instead. That
+    /// second look is two cache lookups; the filing, one insert.
+    fn file_open(&self, session: &Session, verdict: &Verdict, ctx: &mut RequestCtx) -> bool {
+        let (Some(open), Some(s)) = (&self.open, verdict.session) else {
+            return false;
+        };
+        let keys = if verdict.credentials > 1 {
+            self.engine.credential_keys(&session.req_header().headers)
+        } else {
+            smallvec::smallvec![s.key]
+        };
+        ctx.open = open.open(&keys, verdict.user, open_requests::socket_of(session));
+        let scorer = self.engine.scorer();
+        keys.iter().any(|k| scorer.is_revoked(k))
+    }
+
+    /// Whether a revocation ended this request while it was in flight: its
+    /// phases then carry nothing more (see [`crate::open_requests`]).
+    fn ended(ctx: &RequestCtx) -> Result<()> {
+        if ctx.open.as_ref().is_some_and(Open::ended) {
+            // 401 when nothing of the response was sent (the session's
+            // next request is answered the same); the stream cut otherwise.
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(401),
+                "the session was revoked while the request was open",
+            );
+            e.esource = ErrorSource::Downstream;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Refuses a revoked session on a route that does not judge requests:
@@ -398,7 +453,7 @@ impl VigilProxy {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        self.engine.apply(
+        let applied = self.engine.apply(
             verdict,
             &Decision {
                 enforcement: enforcement(route.mode),
@@ -408,6 +463,12 @@ impl VigilProxy {
                 tags: tags.as_deref(),
             },
         );
+        // A revoked session's other requests in flight end with it.
+        if let (true, Some(open)) = (applied.revoked, &self.open) {
+            for key in verdict.effects.revokes() {
+                open.end_session(key);
+            }
+        }
         // Shadow rules change nothing; what they would have done is told.
         for r in verdict
             .ruling
@@ -545,6 +606,7 @@ impl ProxyHttp for VigilProxy {
             attempts: 0,
             client: None,
             verdict: None,
+            open: None,
         }
     }
 
@@ -677,6 +739,10 @@ impl ProxyHttp for VigilProxy {
                     return Ok(true);
                 }
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
+                if !refused && route.mode == Mode::Enforce && self.file_open(session, &verdict, ctx)
+                {
+                    return self.refuse_revoked(session, route).await;
+                }
                 ctx.verdict = Some(verdict);
                 Ok(refused)
             }
@@ -894,12 +960,38 @@ impl ProxyHttp for VigilProxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // Client to app, WebSocket frames included.
+        Self::ended(ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        // App to client: a stream that flows ends at its next chunk.
+        Self::ended(ctx)?;
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // An idle request (an HTTP/2 long poll) revoked while the app took
+        // its time: its answer never reaches the client.
+        Self::ended(ctx)?;
         let generation = &ctx.generation;
         let config = &generation.config;
         // Judged against the request's verdict: the response side is part
@@ -939,6 +1031,10 @@ impl ProxyHttp for VigilProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // Out of the registry before Pingora closes or reuses the
+        // connection: a revocation must never shut down a socket that is
+        // no longer this request's.
+        let revoked = ctx.open.take().is_some_and(|o| o.ended());
         // The next byte on this connection starts a new head.
         crate::conn_limits::request_finished();
         if session.is_http2()
@@ -947,7 +1043,11 @@ impl ProxyHttp for VigilProxy {
                 .and_then(|d| d.socket_digest.as_ref())
                 .and_then(|s| s.socket_cookie().ok())
         {
-            let client_error = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+            // A stream Vigil ended for a revocation is not the client's
+            // reset: it must not count towards closing a connection that
+            // may carry other sessions' streams.
+            let client_error =
+                !revoked && e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
             self.h2.stream_ended(cookie, client_error);
         }
         let Some(e) = e else { return };

@@ -142,8 +142,9 @@ pub enum Failure {
     UpstreamError,
     /// Vigil itself failed: `500 internal_error`.
     Internal,
-    /// A phase asked for this status explicitly (Pingora's `HTTPStatus`;
-    /// nothing in Vigil does today): `http_status`.
+    /// A phase asked for this status explicitly (Pingora's `HTTPStatus`):
+    /// `http_status`. Vigil's phases do for a request a revocation ended
+    /// while it was in flight (`401`, see [`crate::open_requests`]).
     Status(StatusCode),
 }
 

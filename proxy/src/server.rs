@@ -23,6 +23,7 @@ use crate::generation::{ApplyLock, Generation};
 use crate::hello::{ConnectionFingerprints, HelloCapture};
 use crate::keyfile;
 use crate::metrics::Metrics;
+use crate::open_requests::OpenRequests;
 use crate::operator::Decisions;
 use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
@@ -120,6 +121,10 @@ impl Vigil {
             Some(geo)
         };
         let metrics = Metrics::new()?;
+        // Requests in flight by session: the request path files them, and
+        // every revocation — decided here, by the operator, by the fleet —
+        // ends them.
+        let open_requests = OpenRequests::new(&metrics);
         // What this node decides for the controller, held on disk while
         // it is away.
         let outbox = match &config.controller {
@@ -186,7 +191,8 @@ impl Vigil {
                     outbox.clone(),
                     metrics.fleet.clone(),
                 )
-                .map_err(StartError::Controller)?;
+                .map_err(StartError::Controller)?
+                .with_open_requests(open_requests.clone());
                 // What was applied since the snapshot, back before anything
                 // is served; journaled from here on. Only beside a
                 // snapshot, which is what compacts it.
@@ -260,7 +266,8 @@ impl Vigil {
             decisions.clone(),
         )
         .with_h2_connections(h2_connections.clone())
-        .with_fleet_state(fleet_state.clone());
+        .with_fleet_state(fleet_state.clone())
+        .with_open_requests(open_requests.clone());
         let mut certificates = Vec::new();
         for listener in &config.listeners {
             let mut proxy =
@@ -379,7 +386,8 @@ impl Vigil {
 
         let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
         let admin = AdminApp::new(metrics, engine, current.clone(), listen_addrs, listening)
-            .with_operator_api(decisions);
+            .with_operator_api(decisions)
+            .with_open_requests(open_requests);
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora_core::apps::http_app::HttpServer::new_app(admin),
