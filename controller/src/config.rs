@@ -52,6 +52,21 @@ pub struct Config {
     /// The test hook: this change is left out of every live stream. From
     /// the environment ([`crate::tail::DROP_SEQ_ENV`]), never the file.
     pub test_drop_seq: Option<u64>,
+    /// Whether user names given in admin calls are kept beside their keys
+    /// (`user_names`, default [`UserNames::Keyed`]; `docs/privacy.md`).
+    pub user_names: UserNames,
+}
+
+/// What the controller keeps of the user names given in admin calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserNames {
+    /// Only the keyed hash of a name is stored and shown (`"keyed"`, the
+    /// default); names kept under `"clear"` before are deleted at start.
+    #[default]
+    Keyed,
+    /// Names given in admin calls are stored and shown beside their keys
+    /// (`"clear"`), until the user's erasure.
+    Clear,
 }
 
 /// An edge node allowed to sync.
@@ -74,6 +89,7 @@ impl std::fmt::Debug for Config {
             .field("nodes", &self.nodes.len())
             .field("keep_changes", &self.keep_changes)
             .field("poll", &self.poll)
+            .field("user_names", &self.user_names)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +118,7 @@ struct Raw {
     keep_sessions_days: Option<u64>,
     keep_detections_days: Option<u64>,
     poll_ms: Option<u64>,
+    user_names: Option<String>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -246,6 +263,16 @@ impl Config {
                 "poll_ms: {poll_ms} is out of range; expected 10 to 3600000"
             ));
         }
+        let user_names = match raw.user_names.as_deref() {
+            None | Some("keyed") => UserNames::Keyed,
+            Some("clear") => UserNames::Clear,
+            Some(other) => {
+                problems.push(format!(
+                    "user_names: {other:?}: expected \"keyed\" or \"clear\""
+                ));
+                UserNames::Keyed
+            }
+        };
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -276,6 +303,7 @@ impl Config {
                 test_drop_seq: crate::tail::drop_seq_from(
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
                 ),
+                user_names,
             }),
             _ => Err(fail(problems)),
         }

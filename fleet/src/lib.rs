@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks.
 ///
 /// Version 2 added session baselines, user detection counts and node
-/// detections. The rules that keep a fleet mid-upgrade working
+/// detections; version 3 devices and networks trusted for a user and
+/// false positives reported at the controller. The rules that keep a fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -180,9 +181,80 @@ pub enum Change {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// An operator trusted a device for a user, fleet-wide: on every node
+    /// the device (whatever its browser version) costs the user no model
+    /// points, as the node's own `trust-device` call does. Kept in
+    /// snapshots. Since version 3.
+    DeviceTrusted {
+        /// The user.
+        user: UserId,
+        /// The device as nodes log it.
+        device: DeviceId,
+        /// When it was trusted (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// An operator trusted a network for a user, fleet-wide: on every node
+    /// it is familiar to the user and costs no model points, as the node's
+    /// own `trust-network` call does. Kept in snapshots. Since version 3.
+    NetworkTrusted {
+        /// The user.
+        user: UserId,
+        /// The network.
+        network: TrustedNetwork,
+        /// When it was trusted (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// An operator reported the refusal with this reference id a false
+    /// positive: the node that refused it (and still holds the reference)
+    /// makes the refused request's device and network the session's and
+    /// trusts them for its user, as its own `false-positive` call does;
+    /// every other node has no such reference and does nothing. Not in
+    /// snapshots: it acts once, on the node's own state. Since version 3.
+    FalsePositive {
+        /// The decision's reference id (at most 64 bytes).
+        reference: String,
+        /// When it was reported (seconds since the Unix epoch).
+        at: u64,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A device as nodes log it: its traits' id, 8 bytes, written as 16
+/// lower-case hex digits (the form a node's `trust-device` call takes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u64);
+
+/// A country: two upper-case ASCII letters (ISO 3166-1 alpha-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(pub [u8; 2]);
+
+/// A network trusted for a user: one autonomous system, the /24 (IPv4) or
+/// /48 (IPv6) holding an address, or a country.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrustedNetwork {
+    /// Every address of an autonomous system (never 0).
+    Asn {
+        /// The ASN.
+        asn: u32,
+    },
+    /// The /24 or /48 holding this address (the controller sends the
+    /// prefix's first address).
+    Prefix {
+        /// The address.
+        prefix: std::net::IpAddr,
+    },
+    /// A country: it costs the user no model points; its networks are not
+    /// made familiar.
+    Country {
+        /// The country.
+        country: Country,
+    },
+    /// A network type of a later build: a node does without it.
     #[serde(other)]
     Unknown,
 }
@@ -280,6 +352,15 @@ impl Change {
             Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
                 Change::nothing()
             }
+            // Version 2 would read these as unknown kinds and skip them;
+            // version 1 knows no such thing.
+            Change::DeviceTrusted { .. }
+            | Change::NetworkTrusted { .. }
+            | Change::FalsePositive { .. }
+                if v < 3 =>
+            {
+                Change::nothing()
+            }
             other => other.clone(),
         }
     }
@@ -287,6 +368,14 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
+        if matches!(
+            self,
+            Change::DeviceTrusted { .. }
+                | Change::NetworkTrusted { .. }
+                | Change::FalsePositive { .. }
+        ) {
+            return v >= 3;
+        }
         !matches!(
             self,
             Change::SessionBaseline { .. }
@@ -424,6 +513,48 @@ impl SessionId {
     }
 }
 
+impl DeviceId {
+    /// Reads 16 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        parse_hex::<8>(s).map(|b| Self(u64::from_be_bytes(b)))
+    }
+}
+
+impl Country {
+    /// Reads two upper-case ASCII letters.
+    pub fn parse(s: &str) -> Option<Self> {
+        match *s.as_bytes() {
+            [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => Some(Self([a, b])),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Two ASCII letters by construction (`Country::parse`); anything
+        // else is written as `?`.
+        for b in self.0 {
+            write!(
+                f,
+                "{}",
+                if b.is_ascii_uppercase() {
+                    char::from(b)
+                } else {
+                    '?'
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl UserId {
     /// Reads 16 lower-case hex digits of a non-zero key.
     pub fn parse(s: &str) -> Option<Self> {
@@ -463,6 +594,8 @@ macro_rules! hex_serde {
 hex_serde!(SessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
 hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
+hex_serde!(DeviceId, "expected 16 lower-case hex digits");
+hex_serde!(Country, "expected two upper-case letters");
 
 #[cfg(test)]
 mod tests;

@@ -63,14 +63,15 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use vigil_engine::{Adopted, Engine, SessionKey, UserKey};
+use vigil_engine::{Adopted, DeviceId, Engine, Feedback, SessionKey, UserKey};
 use vigil_fleet::{
     Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
-    VERSION, VERSION_HEADER,
+    TrustedNetwork, VERSION, VERSION_HEADER,
 };
 
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
+use crate::operator::Decisions;
 use crate::outbound::{self, error_chain};
 
 pub mod journal;
@@ -704,6 +705,10 @@ pub struct FleetSync {
     version: AtomicU32,
     /// Wakes the poster when the version becomes known.
     heard: Notify,
+    /// This node's recent refusals, for false positives reported at the
+    /// controller ([`FleetSync::with_decisions`]); none: such reports are
+    /// skipped.
+    decisions: Option<Decisions>,
 }
 
 /// Why a sync stream ended.
@@ -779,7 +784,16 @@ impl FleetSync {
             metrics,
             version: AtomicU32::new(0),
             heard: Notify::new(),
+            decisions: None,
         })
+    }
+
+    /// Carries out false positives reported at the controller
+    /// ([`Change::FalsePositive`]) for refusals kept in `decisions` (the
+    /// operator API's own): the node that refused the request acts on it.
+    pub fn with_decisions(mut self, decisions: Decisions) -> Self {
+        self.decisions = Some(decisions);
+        self
     }
 
     async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
@@ -972,10 +986,75 @@ impl FleetSync {
                     }
                     "user_erased"
                 }
+                Change::DeviceTrusted { user, device, .. } => match UserKey::from_u64(user.0) {
+                    Some(user) => self.feedback(
+                        Feedback::TrustDevice {
+                            user,
+                            device: DeviceId(device.0),
+                        },
+                        now,
+                        "device_trusted",
+                    ),
+                    None => "device_trusted_refused",
+                },
+                Change::NetworkTrusted { user, network, .. } => {
+                    let network = match network {
+                        TrustedNetwork::Asn { asn } => Some(vigil_engine::TrustedNetwork::Asn(asn)),
+                        TrustedNetwork::Prefix { prefix } => {
+                            Some(vigil_engine::TrustedNetwork::Prefix(prefix))
+                        }
+                        TrustedNetwork::Country { country } => {
+                            Some(vigil_engine::TrustedNetwork::Country(country.0))
+                        }
+                        // A later version's network: this node does without.
+                        TrustedNetwork::Unknown => None,
+                    };
+                    match (UserKey::from_u64(user.0), network) {
+                        (Some(user), Some(network)) => self.feedback(
+                            Feedback::TrustNetwork { user, network },
+                            now,
+                            "network_trusted",
+                        ),
+                        _ => "network_trusted_refused",
+                    }
+                }
+                Change::FalsePositive { ref reference, .. } => {
+                    // Only the node that refused the request holds its
+                    // reference; every other node has nothing to do.
+                    match self.decisions.as_ref().and_then(|d| d.get(reference)) {
+                        Some(refused) => self.feedback(
+                            Feedback::FalsePositive {
+                                session: refused.session,
+                                device: refused.device,
+                                network: refused.network,
+                            },
+                            now,
+                            "false_positive",
+                        ),
+                        None => "false_positive_elsewhere",
+                    }
+                }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
             };
             self.metrics.changes.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Gives the engine an operator's feedback from the controller; the
+    /// metric kind: `kind`, or `<kind>_refused` when the engine refused it
+    /// (the session was revoked since, or is no longer known).
+    fn feedback(&self, feedback: Feedback, now: u64, kind: &'static str) -> &'static str {
+        match self.engine.feedback(feedback, now) {
+            Ok(()) => kind,
+            Err(e) => {
+                tracing::info!(error = %e, kind, "fleet sync: operator feedback from the controller not applied");
+                match kind {
+                    "false_positive" => "false_positive_refused",
+                    "device_trusted" => "device_trusted_refused",
+                    _ => "network_trusted_refused",
+                }
+            }
         }
     }
 

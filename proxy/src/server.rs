@@ -177,6 +177,9 @@ impl Vigil {
             }
             Arc::new(FleetState::new(from, current_at))
         });
+        // Refusals kept for false positives: reported here, on the admin
+        // listener, or at the controller, through the sync stream.
+        let decisions = Decisions::new();
         let fleet_sync = match (&config.controller, &fleet_state, &outbox) {
             (Some(controller), Some(state), Some(outbox)) => {
                 let sync = FleetSync::new(
@@ -186,7 +189,8 @@ impl Vigil {
                     outbox.clone(),
                     metrics.fleet.clone(),
                 )
-                .map_err(StartError::Controller)?;
+                .map_err(StartError::Controller)?
+                .with_decisions(decisions.clone());
                 // What was applied since the snapshot, back before anything
                 // is served; journaled from here on. Only beside a
                 // snapshot, which is what compacts it.
@@ -250,7 +254,6 @@ impl Vigil {
             .fingerprint
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
-        let decisions = Decisions::new();
         let h2_connections = H2Connections::new();
         let app = VigilProxy::new(
             current.clone(),
