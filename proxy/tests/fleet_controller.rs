@@ -33,6 +33,11 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 impl Fleet {
     async fn start(postgres: bool) -> Fleet {
+        Fleet::start_with(postgres, "revoke").await
+    }
+
+    /// A fleet whose nodes answer a high risk with `high`.
+    async fn start_with(postgres: bool, high: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
         std::fs::write(&key, "5a".repeat(32)).unwrap();
@@ -97,7 +102,7 @@ impl Fleet {
             Config::new()
                 .state_dir(&state)
                 .upstream("app", origin.addr())
-                .route(Route::new("app", "/", "app").high("revoke"))
+                .route(Route::new("app", "/", "app").high(high))
                 .section(&format!(
                     "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{controller}\"\ntoken_file = {:?}\n",
                     key.display().to_string(),
@@ -133,6 +138,24 @@ impl Fleet {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
+    }
+
+    /// An admin call's status and JSON answer.
+    async fn admin_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.controller))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+        )
     }
 
     async fn stop(mut self) {
@@ -449,6 +472,85 @@ async fn sqlite_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
 #[tokio::test]
 async fn postgres_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
     an_erased_user_is_logged_out_and_forgotten_on_every_node(true).await;
+}
+
+/// Carl, on a new device, is refused on node A; node B counts it against
+/// him. His security team reports the refusal a false positive at the
+/// controller: node A, which kept the refused request's facts, lets that
+/// device through on the session (the old one no longer), and node B no
+/// longer counts the detection.
+async fn a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(postgres: bool) {
+    let fleet = Fleet::start_with(postgres, "block").await;
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=carl&session=s-carl-1"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-carl-1");
+    assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 200);
+    let phone = Browser::chrome();
+    assert_eq!(
+        phone
+            .get(&fleet.b.url("/login?user=carl&session=s-carl-2"))
+            .await
+            .status(),
+        200
+    );
+    let phone = phone.cookie("session=s-carl-2");
+    assert_eq!(reasons(&fleet.b, &phone).await, "");
+    // Carl's laptop session from his new desktop: refused on node A.
+    let desktop = Browser::chrome().cookie("session=s-carl-1");
+    let refused = desktop.get(&fleet.a.url("/echo")).await;
+    assert_eq!(refused.status(), 403);
+    let reference = refused.headers()["vigil-reference"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Node B hears of it: entity risk on carl's phone.
+    applied(&fleet.b, "user_detections", 1.0).await;
+    assert_eq!(reasons(&fleet.b, &phone).await, "recent_detections");
+
+    let (status, answer) = fleet
+        .admin_json(
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({ "reference": reference }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], true);
+    assert_eq!(answer["nodes"], serde_json::json!(["a"]));
+    // Node A carries it out: the desktop is the session's device now, and
+    // the laptop's copy of the cookie is what looks stolen.
+    applied(&fleet.a, "false_positive", 1.0).await;
+    assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
+    assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
+    assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 403);
+    // Node B has no such refusal, and takes the count's clear.
+    applied(&fleet.b, "false_positive_elsewhere", 1.0).await;
+    applied(&fleet.b, "user_detections", 2.0).await;
+    assert_eq!(reasons(&fleet.b, &phone).await, "");
+    // Reported again: nothing changes.
+    let (status, again) = fleet
+        .admin_json(
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({ "reference": reference }),
+        )
+        .await;
+    assert_eq!((status, again["changed"].as_bool()), (200, Some(false)));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk() {
+    a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk() {
+    a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(true).await;
 }
 
 /// A controller whose live stream leaves out change `drop_seq` (its test
