@@ -318,3 +318,42 @@ fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {
     let raw = <[u8; 32]>::try_from(hex::decode(text).ok()?).ok()?;
     Some(SessionHashKey::from_bytes(raw))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!("hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n{extra}"),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn user_names_are_keyed_unless_clear_is_chosen() {
+        assert_eq!(load("").unwrap().user_names, UserNames::Keyed);
+        assert_eq!(
+            load("user_names = \"keyed\"").unwrap().user_names,
+            UserNames::Keyed
+        );
+        assert_eq!(
+            load("user_names = \"clear\"").unwrap().user_names,
+            UserNames::Clear
+        );
+        let e = load("user_names = \"plain\"\nkeep_changes = 1").unwrap_err();
+        assert_eq!(
+            e.problems,
+            vec![
+                "keep_changes: 1 is out of range; expected 1000 to 100000000".to_owned(),
+                "user_names: \"plain\": expected \"keyed\" or \"clear\"".to_owned(),
+            ]
+        );
+    }
+}
