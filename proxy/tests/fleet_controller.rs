@@ -38,6 +38,12 @@ impl Fleet {
 
     /// A fleet whose nodes answer a high risk with `high`.
     async fn start_with(postgres: bool, high: &str) -> Fleet {
+        Fleet::start_configured(postgres, high, "").await
+    }
+
+    /// A fleet whose nodes answer a high risk with `high` and have `extra`
+    /// in their config.
+    async fn start_configured(postgres: bool, high: &str, extra: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
         std::fs::write(&key, "5a".repeat(32)).unwrap();
@@ -108,6 +114,7 @@ impl Fleet {
                     key.display().to_string(),
                     token_file.display().to_string()
                 ))
+                .section(extra)
                 .render()
         };
         let a = Proxy::start(&node("a", NODE_A, replicas[0])).await;
@@ -541,6 +548,107 @@ async fn a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk
         .await;
     assert_eq!((status, again["changed"].as_bool()), (200, Some(false)));
     fleet.stop().await;
+}
+
+/// Kim has used only Firefox on node B; she signs in with Chrome on node
+/// A. Her security team finds that Chrome device in her detail at the
+/// controller and trusts it for her: node B no longer counts it against
+/// her, while it still counts for Lee, whose history is the same.
+async fn a_device_trusted_at_the_controller_is_no_evidence_on_another_node(postgres: bool) {
+    let fleet = Fleet::start_configured(
+        postgres,
+        "revoke",
+        "[risk.model]\nlearning_sessions = 1\nlearning_period_days = 0\n",
+    )
+    .await;
+    for user in ["kim", "lee"] {
+        for i in 1..=3 {
+            let firefox = Browser::firefox();
+            let session = format!("s-{user}-{i}");
+            assert_eq!(
+                firefox
+                    .get(
+                        &fleet
+                            .b
+                            .url(&format!("/login?user={user}&session={session}"))
+                    )
+                    .await
+                    .status(),
+                200
+            );
+            let firefox = firefox.cookie(&format!("session={session}"));
+            assert_eq!(firefox.get(&fleet.b.url("/echo")).await.status(), 200);
+        }
+    }
+    // Kim's new Chrome, on node A; its record reaches the controller.
+    let chrome = Browser::chrome();
+    assert_eq!(
+        chrome
+            .get(&fleet.a.url("/login?user=kim&session=s-kim-a"))
+            .await
+            .status(),
+        200
+    );
+    let on_a = session_key(&fleet.dir.path().join("fleet-hash.key"), "s-kim-a");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let device = loop {
+        let (status, detail) = fleet
+            .admin_json("/v1/admin/users/detail", serde_json::json!({"user": "kim"}))
+            .await;
+        assert_eq!(status, 200, "{detail}");
+        let held = detail["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == on_a.as_str())
+            .and_then(|s| s["device"].as_str().map(str::to_owned));
+        if let Some(device) = held {
+            assert_eq!(detail["devices"].as_array().unwrap().len(), 2, "{detail}");
+            break device;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node A's record never reached the controller: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, answer) = fleet
+        .admin_json(
+            "/v1/admin/users/trust-device",
+            serde_json::json!({"user": "kim", "device": device}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    applied(&fleet.b, "device_trusted", 1.0).await;
+    // On node B, Chrome is new to both; only Lee is judged for it.
+    for (user, expected) in [("kim", ""), ("lee", "new_device_for_user")] {
+        let chrome = Browser::chrome();
+        let session = format!("s-{user}-chrome");
+        assert_eq!(
+            chrome
+                .get(
+                    &fleet
+                        .b
+                        .url(&format!("/login?user={user}&session={session}"))
+                )
+                .await
+                .status(),
+            200
+        );
+        let chrome = chrome.cookie(&format!("session={session}"));
+        assert_eq!(reasons(&fleet.b, &chrome).await, expected, "{user}");
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_device_trusted_at_the_controller_is_no_evidence_on_another_node() {
+    a_device_trusted_at_the_controller_is_no_evidence_on_another_node(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_device_trusted_at_the_controller_is_no_evidence_on_another_node() {
+    a_device_trusted_at_the_controller_is_no_evidence_on_another_node(true).await;
 }
 
 #[tokio::test]
