@@ -3,7 +3,8 @@
 //!
 //! **Down.** [`FleetSync`] keeps `GET {url}/v1/sync?since={cursor}` open
 //! and applies every change it streams to the engine: sessions and users
-//! revoked, user risk set. The stream is read through a bounded line
+//! revoked, user risk set, devices and networks trusted, and false
+//! positives of this node's own refusals (kept in [`Decisions`]). The stream is read through a bounded line
 //! splitter ([`Lines`]) and the protocol is judged by a pure state machine
 //! ([`Cursor::on_frame`]) that says what to do with each frame; the shell
 //! here only does it (STYLE.md 18). A change numbered other than the next
@@ -993,7 +994,7 @@ impl FleetSync {
                             device: DeviceId(device.0),
                         },
                         now,
-                        "device_trusted",
+                        ("device_trusted", "device_trusted_refused"),
                     ),
                     None => "device_trusted_refused",
                 },
@@ -1013,7 +1014,7 @@ impl FleetSync {
                         (Some(user), Some(network)) => self.feedback(
                             Feedback::TrustNetwork { user, network },
                             now,
-                            "network_trusted",
+                            ("network_trusted", "network_trusted_refused"),
                         ),
                         _ => "network_trusted_refused",
                     }
@@ -1029,7 +1030,7 @@ impl FleetSync {
                                 network: refused.network,
                             },
                             now,
-                            "false_positive",
+                            ("false_positive", "false_positive_refused"),
                         ),
                         None => "false_positive_elsewhere",
                     }
@@ -1042,18 +1043,19 @@ impl FleetSync {
     }
 
     /// Gives the engine an operator's feedback from the controller; the
-    /// metric kind: `kind`, or `<kind>_refused` when the engine refused it
-    /// (the session was revoked since, or is no longer known).
-    fn feedback(&self, feedback: Feedback, now: u64, kind: &'static str) -> &'static str {
+    /// metric kind: `applied`, or `refused` when the engine refused it (the
+    /// session was revoked since, or is no longer known).
+    fn feedback(
+        &self,
+        feedback: Feedback,
+        now: u64,
+        (applied, refused): (&'static str, &'static str),
+    ) -> &'static str {
         match self.engine.feedback(feedback, now) {
-            Ok(()) => kind,
+            Ok(()) => applied,
             Err(e) => {
-                tracing::info!(error = %e, kind, "fleet sync: operator feedback from the controller not applied");
-                match kind {
-                    "false_positive" => "false_positive_refused",
-                    "device_trusted" => "device_trusted_refused",
-                    _ => "network_trusted_refused",
-                }
+                tracing::info!(error = %e, kind = applied, "fleet sync: operator feedback from the controller not applied");
+                refused
             }
         }
     }
