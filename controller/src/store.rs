@@ -744,9 +744,9 @@ async fn append_in(
                     "user_risk",
                     "user_detections",
                     "revoked_users",
-                    // What the admin API kept of them:
-                    // trusted devices and networks, the name. Their false
-                    // positive marks are on their detections, above.
+                    // What the admin API kept of them: trusted devices
+                    // and networks, the name. Their false-positive marks
+                    // went with their detections, above.
                     "user_trust",
                     "user_names",
                 ] {
