@@ -23,6 +23,10 @@ use vigil_fleet::{
     VERSION, VERSION_HEADER, write_frame,
 };
 
+// The admin API for security teams.
+use crate::admin::{
+    false_positive, keep_name, list_users, trust_device, trust_network, user_detail,
+};
 use crate::config::{Config, Node, token_hash};
 use crate::metrics::Metrics;
 use crate::store::{Intake, Store, StoreError};
@@ -254,7 +258,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -310,6 +314,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/nodes/disable", post(disable_node))
         .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
+        .route("/v1/admin/users", get(list_users))
+        .route("/v1/admin/users/detail", post(user_detail))
+        .route("/v1/admin/users/trust-device", post(trust_device))
+        .route("/v1/admin/users/trust-network", post(trust_network))
+        .route("/v1/admin/detections/false-positive", post(false_positive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -349,7 +358,7 @@ fn node<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Node, ApiError> {
         .ok_or_else(ApiError::unauthorized)
 }
 
-fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     if token_hash(token) == app.config.admin_token {
         Ok(())
@@ -360,7 +369,7 @@ fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Reads a JSON body, after the caller is authenticated: an unknown
 /// caller learns nothing about what a good body looks like.
-fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
 }
@@ -380,7 +389,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 /// Commits an admin change, with whatever others are waiting
 /// ([`committer`]), and wakes the tail; its sequence number.
-async fn commit(app: &App, change: Change) -> Result<u64, ApiError> {
+pub(crate) async fn commit(app: &App, change: Change) -> Result<u64, ApiError> {
     let unavailable = || {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -791,7 +800,7 @@ struct UserRef {
     user: String,
 }
 
-fn user_id(app: &App, name: &str) -> Result<UserId, ApiError> {
+pub(crate) fn user_id(app: &App, name: &str) -> Result<UserId, ApiError> {
     let name = vigil_engine::valid_user_name(name).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -813,6 +822,7 @@ async fn revoke_user(
     let req: UserRef = json(&body)?;
     let user = user_id(&app, &req.user)?;
     let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
     let seq = app.store.revoke_user(user, now, now).await?;
     app.head.send_replace(seq);
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
@@ -944,6 +954,7 @@ async fn user_risk(
     }
     let user = user_id(&app, &req.user)?;
     let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
     let seq = commit(
         &app,
         Change::UserRisk {

@@ -57,6 +57,21 @@ pub struct Config {
     /// The test hook: this change is left out of every live stream. From
     /// the environment ([`crate::tail::DROP_SEQ_ENV`]), never the file.
     pub test_drop_seq: Option<u64>,
+    /// Whether user names given in admin calls are kept beside their keys
+    /// (`user_names`, default [`UserNames::Keyed`]; `docs/privacy.md`).
+    pub user_names: UserNames,
+}
+
+/// What the controller keeps of the user names given in admin calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserNames {
+    /// Only the keyed hash of a name is stored and shown (`"keyed"`, the
+    /// default); names kept under `"clear"` before are deleted at start.
+    #[default]
+    Keyed,
+    /// Names given in admin calls are stored and shown beside their keys
+    /// (`"clear"`), until the user's erasure.
+    Clear,
 }
 
 /// An edge node allowed to sync.
@@ -79,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("nodes", &self.nodes.len())
             .field("keep_changes", &self.keep_changes)
             .field("poll", &self.poll)
+            .field("user_names", &self.user_names)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +124,7 @@ struct Raw {
     keep_detections_days: Option<u64>,
     keep_profiles_days: Option<u64>,
     poll_ms: Option<u64>,
+    user_names: Option<String>,
     #[serde(default)]
     nodes: Vec<RawNode>,
 }
@@ -258,6 +275,16 @@ impl Config {
                 "poll_ms: {poll_ms} is out of range; expected 10 to 3600000"
             ));
         }
+        let user_names = match raw.user_names.as_deref() {
+            None | Some("keyed") => UserNames::Keyed,
+            Some("clear") => UserNames::Clear,
+            Some(other) => {
+                problems.push(format!(
+                    "user_names: {other:?}: expected \"keyed\" or \"clear\""
+                ));
+                UserNames::Keyed
+            }
+        };
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -289,6 +316,7 @@ impl Config {
                 test_drop_seq: crate::tail::drop_seq_from(
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
                 ),
+                user_names,
             }),
             _ => Err(fail(problems)),
         }
@@ -339,5 +367,26 @@ mod tests {
                 )]
             );
         }
+    }
+
+    #[test]
+    fn user_names_are_keyed_unless_clear_is_chosen() {
+        assert_eq!(load("").unwrap().user_names, UserNames::Keyed);
+        assert_eq!(
+            load("user_names = \"keyed\"").unwrap().user_names,
+            UserNames::Keyed
+        );
+        assert_eq!(
+            load("user_names = \"clear\"").unwrap().user_names,
+            UserNames::Clear
+        );
+        let e = load("user_names = \"plain\"\nkeep_changes = 1").unwrap_err();
+        assert_eq!(
+            e.problems,
+            vec![
+                "keep_changes: 1 is out of range; expected 1000 to 100000000".to_owned(),
+                "user_names: \"plain\": expected \"keyed\" or \"clear\"".to_owned(),
+            ]
+        );
     }
 }

@@ -67,6 +67,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("confirmed", Kind::Int),
             ("seq", Kind::Int),
             ("updated", Kind::Int),
+            ("node", Kind::Text),
         ],
     ),
     (
@@ -83,6 +84,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("score", Kind::Int),
             ("reasons", Kind::Text),
             ("at", Kind::Int),
+            ("false_positive", Kind::Int),
         ],
     ),
     (
@@ -115,6 +117,24 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     (
         "erased_users",
         &[("user_key", Kind::Text), ("at", Kind::Int)],
+    ),
+    (
+        "user_trust",
+        &[
+            ("user_key", Kind::Text),
+            ("what", Kind::Text),
+            ("value", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "user_names",
+        &[
+            ("user_key", Kind::Text),
+            ("name", Kind::Text),
+            ("at", Kind::Int),
+        ],
     ),
 ];
 

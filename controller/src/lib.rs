@@ -5,6 +5,7 @@
 //! builds; the API ([`api`]) streams it to nodes, takes their events, and
 //! lets an operator revoke a session or a user everywhere.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod copy;
@@ -74,6 +75,13 @@ pub async fn run(
         drop_seq,
     )?);
     app.refresh_disabled().await?;
+    if config.user_names == config::UserNames::Keyed {
+        // Names kept while `user_names` was "clear" go once it is not.
+        let forgotten = store.forget_names().await?;
+        if forgotten > 0 {
+            tracing::info!(forgotten, "user names deleted: user_names is \"keyed\"");
+        }
+    }
     let watcher = Arc::downgrade(&app);
     let mut tasks = Tasks(Vec::new());
     tasks.0.push(

@@ -121,6 +121,10 @@ pub struct Store {
     backend: Backend,
 }
 
+mod admin;
+
+pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 fn to_i64(v: u64) -> i64 {
@@ -424,6 +428,7 @@ impl Store {
             }
         }
         let head = append_in(&mut tx, &changes, now).await?;
+        admin::set_baseline_node(&mut tx, node, pending.keys()).await?;
         tx.commit().await?;
         Ok((ack, taken, head))
     }
@@ -598,6 +603,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
             out.extend(population_changes(&totals, &counters));
         }
+        out.extend(admin::trust_snapshot(&mut tx).await?);
         tx.commit().await?;
         Ok((head, out))
     }
@@ -861,6 +867,11 @@ async fn append_in(
                     "user_detections",
                     "revoked_users",
                     "user_profiles",
+                    // What the admin API kept of them: trusted devices
+                    // and networks, the name. Their false-positive marks
+                    // went with their detections, above.
+                    "user_trust",
+                    "user_names",
                 ] {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DELETE FROM {table} WHERE user_key = $1"
@@ -913,6 +924,16 @@ async fn append_in(
             }
             // Never written: the controller appends only kinds it knows.
             Change::Unknown => {}
+            Change::DeviceTrusted { user, device, at } => {
+                admin::insert_trust(tx, *user, "device", &device.to_string(), *at, seq).await?;
+            }
+            Change::NetworkTrusted { user, network, at } => {
+                if let Some((what, value)) = admin::trust_row(network) {
+                    admin::insert_trust(tx, *user, what, &value, *at, seq).await?;
+                }
+            }
+            // The marks are written with it ([`Store::false_positive`]).
+            Change::FalsePositive { .. } => {}
             Change::UserRisk {
                 user, points: 0, ..
             } => {
@@ -1462,7 +1483,8 @@ async fn recount_detections(
             .map_or(0, to_u64);
     let row = sqlx::query(
         "SELECT COUNT(DISTINCT node), MAX(at) FROM detections \
-         WHERE user_key = $1 AND enforced = 1 AND at > $2 AND at >= $3",
+         WHERE user_key = $1 AND enforced = 1 AND at > $2 AND at >= $3 \
+         AND false_positive IS NULL",
     )
     .bind(user.to_string())
     .bind(to_i64(since))

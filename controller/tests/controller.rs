@@ -1910,3 +1910,731 @@ async fn an_erased_history_stays_erased_and_a_node_teaches_within_its_allowance(
     })
     .await;
 }
+
+// === the admin API for security teams ===
+
+/// The key of `name` under the test controller's hash key.
+fn user_key(name: &str) -> UserId {
+    UserId(
+        vigil_engine::UserKey::for_name(
+            &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+            name,
+        )
+        .as_u64(),
+    )
+}
+
+/// An enforced detection of `user`'s `session` with reference `reference`.
+fn caught(id: &str, reference: &str, session: SessionId, user: UserId, at: u64) -> NodeEvent {
+    let mut event = detection(id, Some(user), true, at);
+    if let NodeEventKind::Detection {
+        reference: r,
+        session: s,
+        ..
+    } = &mut event.kind
+    {
+        *r = reference.to_owned();
+        *s = Some(session);
+    }
+    event
+}
+
+/// An admin call's status and JSON body.
+async fn admin_call(
+    c: &Controller,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = c.admin(path, body).await;
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// The log's head as the admin API tells it.
+async fn log_head(c: &Controller) -> u64 {
+    c.admin_get("/v1/admin/log").await["head"].as_u64().unwrap()
+}
+
+fn keys_of(list: &serde_json::Value) -> Vec<String> {
+    list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn users_are_listed_by_entity_risk_from_every_nodes_detections() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(
+            &db.url(),
+            "detection_window_seconds = 600\nuser_names = \"clear\"",
+        )
+        .await;
+        let t = now() - 10;
+        let [carl, dora, eve, fay] = ["carl", "dora", "eve", "fay"].map(user_key);
+        // Carl is caught on both nodes, Dora on one; a partner reports Eve
+        // at 20 points; every session of Fay's is revoked.
+        assert_eq!(
+            post_events(
+                &c,
+                NODE_A,
+                vec![
+                    caught("a-1", "r-a-1", session(1), carl, t),
+                    caught("a-2", "r-a-2", session(2), dora, t),
+                ],
+            )
+            .await
+            .status(),
+            200
+        );
+        assert_eq!(
+            post_events(
+                &c,
+                NODE_B,
+                vec![caught("b-1", "r-b-1", session(1), carl, t + 1)]
+            )
+            .await
+            .status(),
+            200
+        );
+        let (status, _) = admin_call(
+            &c,
+            "/v1/admin/users/risk",
+            serde_json::json!({"user": "eve", "points": 20, "ttl_seconds": 600}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = admin_call(
+            &c,
+            "/v1/admin/users/revoke",
+            serde_json::json!({"user": "fay"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+
+        let list = c.admin_get("/v1/admin/users").await;
+        assert_eq!(
+            keys_of(&list),
+            [carl, eve, dora, fay].map(|u| u.to_string()).to_vec(),
+            "{list}"
+        );
+        let users = list["users"].as_array().unwrap();
+        // Two nodes caught Carl: two detections at the engine's 15 each.
+        assert_eq!(users[0]["detections"], 2);
+        assert_eq!(users[0]["detections_until"], t + 601);
+        assert_eq!(users[0]["entity_risk"], 30);
+        assert_eq!(users[0]["revoked_at"], serde_json::Value::Null);
+        assert_eq!(users[1]["risk_points"], 20);
+        assert_eq!(users[1]["entity_risk"], 20);
+        assert_eq!(users[2]["entity_risk"], 15);
+        assert_eq!(users[3]["entity_risk"], 0);
+        assert!(users[3]["revoked_at"].as_u64().is_some());
+        // Names are kept from admin calls only (user_names = "clear").
+        assert_eq!(users[0]["name"], serde_json::Value::Null);
+        assert_eq!(users[1]["name"], "eve");
+        assert_eq!(users[3]["name"], "fay");
+        assert_eq!(list["next_offset"], serde_json::Value::Null);
+
+        // Paged.
+        let first = c.admin_get("/v1/admin/users?limit=2").await;
+        assert_eq!(keys_of(&first), [carl, eve].map(|u| u.to_string()).to_vec());
+        assert_eq!(first["next_offset"], 2);
+        let rest = c.admin_get("/v1/admin/users?limit=2&offset=2").await;
+        assert_eq!(keys_of(&rest), [dora, fay].map(|u| u.to_string()).to_vec());
+        assert_eq!(rest["next_offset"], serde_json::Value::Null);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=2&limit=3",
+            "offset=-1",
+            "user=carl",
+        ] {
+            let r = client()
+                .get(c.url(&format!("/v1/admin/users?{bad}")))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{bad}");
+            let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_users_detail_shows_their_sessions_devices_networks_and_detections() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 20;
+        let gil = user_key("gil");
+        let laptop = record(&engine(), "s-gil-1", FIREFOX, "81.2.69.10", Some("gil"), t);
+        let phone = record(
+            &engine(),
+            "s-gil-2",
+            CHROME,
+            "31.94.1.10",
+            Some("gil"),
+            t + 1,
+        );
+        let laptop_key = SessionId(laptop.0[..16].try_into().unwrap());
+        let (_, laptop_state) = vigil_engine::SessionState::decode(&laptop.0).unwrap();
+        let (_, phone_state) = vigil_engine::SessionState::decode(&phone.0).unwrap();
+        post_events(&c, NODE_A, vec![baseline("a-1", &laptop, false)]).await;
+        post_events(&c, NODE_B, vec![baseline("b-1", &phone, false)]).await;
+        // Caught on node A on the laptop session, and on a session whose
+        // record the controller never had.
+        post_events(
+            &c,
+            NODE_A,
+            vec![
+                caught("a-2", "r-gil-1", laptop_key, gil, t + 5),
+                caught("a-3", "r-gil-2", session(7), gil, t + 6),
+            ],
+        )
+        .await;
+        let (status, detail) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"user": "gil"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{detail}");
+        assert_eq!(detail["key"], gil.to_string());
+        // Names are not kept (user_names = "keyed", the default).
+        assert!(detail.get("name").is_none(), "{detail}");
+        let sessions = detail["sessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), 3, "{detail}");
+        let by_key = |key: &str| {
+            sessions
+                .iter()
+                .find(|s| s["session"] == key)
+                .unwrap_or_else(|| panic!("{key} in {detail}"))
+                .clone()
+        };
+        let s = by_key(&laptop_key.to_string());
+        assert_eq!(s["node"], "a");
+        assert_eq!(s["first_seen"], t);
+        assert_eq!(s["last_seen"], t);
+        assert_eq!(s["confirmed"], false);
+        assert_eq!(s["revoked"], false);
+        assert_eq!(s["device"], laptop_state.device().id.to_string());
+        let s = by_key(&SessionId(phone.0[..16].try_into().unwrap()).to_string());
+        assert_eq!(s["node"], "b");
+        assert_eq!(s["device"], phone_state.device().id.to_string());
+        let s = by_key(&session(7).to_string());
+        assert_eq!(s["first_seen"], serde_json::Value::Null);
+        assert_eq!(s["node"], serde_json::Value::Null);
+        // Two devices, two networks, each on one session.
+        let mut devices: Vec<&str> = detail["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device"].as_str().unwrap())
+            .collect();
+        devices.sort_unstable();
+        let mut expected = vec![
+            laptop_state.device().id.to_string(),
+            phone_state.device().id.to_string(),
+        ];
+        expected.sort();
+        assert_eq!(devices, expected);
+        assert_eq!(detail["networks"].as_array().unwrap().len(), 2, "{detail}");
+        // Detections newest first, with their facts.
+        let detections = detail["detections"].as_array().unwrap();
+        assert_eq!(detections.len(), 2);
+        assert_eq!(detections[0]["reference"], "r-gil-2");
+        assert_eq!(detections[1]["reference"], "r-gil-1");
+        assert_eq!(detections[1]["node"], "a");
+        assert_eq!(detections[1]["session"], laptop_key.to_string());
+        assert_eq!(detections[1]["route"], "app");
+        assert_eq!(detections[1]["action"], "revoke");
+        assert_eq!(detections[1]["score"], 85);
+        assert_eq!(detections[1]["at"], t + 5);
+        assert_eq!(detections[1]["false_positive"], false);
+        assert_eq!(
+            detections[1]["reasons"],
+            serde_json::json!([
+                {"code": "device_changed", "points": 45},
+                {"code": "network_changed", "points": 40}
+            ])
+        );
+        assert_eq!(detail["detections_in_force"]["count"], 1);
+        // By key, as the list shows it; bounded.
+        let (status, by_key) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"key": gil.to_string(), "limit": 1}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(by_key["sessions"].as_array().unwrap().len(), 1);
+        assert_eq!(by_key["detections"].as_array().unwrap().len(), 1);
+        assert_eq!(by_key["detections"][0]["reference"], "r-gil-2");
+        for (body, code) in [
+            (
+                serde_json::json!({"user": "gil", "key": gil.to_string()}),
+                "bad_user",
+            ),
+            (serde_json::json!({}), "bad_user"),
+            (serde_json::json!({"key": "0000000000000000"}), "bad_user"),
+            (serde_json::json!({"key": "GIL"}), "bad_user"),
+            (
+                serde_json::json!({"user": "gil", "limit": 1001}),
+                "bad_limit",
+            ),
+            (serde_json::json!({"user": "gil", "limit": 0}), "bad_limit"),
+            (serde_json::json!({"user": "gil", "extra": 1}), "bad_body"),
+        ] {
+            let (status, answer) = admin_call(&c, "/v1/admin/users/detail", body.clone()).await;
+            assert_eq!(
+                (status, answer["error"].as_str()),
+                (400, Some(code)),
+                "{body}"
+            );
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_admin_calls_for_security_teams_need_the_admin_token() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let calls = [
+            ("GET", "/v1/admin/users", ""),
+            ("POST", "/v1/admin/users/detail", r#"{"user": "ann"}"#),
+            (
+                "POST",
+                "/v1/admin/users/trust-device",
+                r#"{"user": "ann", "device": "00000000000000ab"}"#,
+            ),
+            (
+                "POST",
+                "/v1/admin/users/trust-network",
+                r#"{"user": "ann", "asn": 5089}"#,
+            ),
+            (
+                "POST",
+                "/v1/admin/detections/false-positive",
+                r#"{"reference": "r-1"}"#,
+            ),
+        ];
+        for (method, path, body) in calls {
+            for token in [None, Some("admin-token-012345678"), Some(NODE_A)] {
+                let mut request = client()
+                    .request(method.parse().unwrap(), c.url(path))
+                    .header("content-type", "application/json")
+                    .body(body);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let r = request.send().await.unwrap();
+                assert_eq!(r.status(), 401, "{method} {path} with {token:?}");
+                let answer: serde_json::Value =
+                    serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                assert_eq!(answer["error"], "unauthorized");
+            }
+        }
+        // Nothing was done.
+        assert_eq!(log_head(&c).await, 0);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_device_or_network_trusted_at_the_controller_is_streamed_and_kept_in_snapshots() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let gus = user_key("gus");
+        let mut node = Stream::open(&c, NODE_A, 0).await;
+        node.next().await;
+        assert!(matches!(node.next().await, Frame::SnapshotEnd { seq: 0 }));
+        let calls = [
+            serde_json::json!({"user": "gus", "device": "00AB0000000000cd"}),
+            serde_json::json!({"user": "gus", "prefix": "81.2.69.10"}),
+            serde_json::json!({"user": "gus", "country": "gb"}),
+            serde_json::json!({"key": gus.to_string(), "asn": 5089}),
+        ];
+        for (i, body) in calls.iter().enumerate() {
+            let path = if i == 0 {
+                "/v1/admin/users/trust-device"
+            } else {
+                "/v1/admin/users/trust-network"
+            };
+            let (status, answer) = admin_call(&c, path, body.clone()).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["seq"], i + 1);
+        }
+        let expected = |change: &Change| match change {
+            Change::DeviceTrusted { user, device, .. } => {
+                *user == gus && *device == vigil_fleet::DeviceId(0x00ab_0000_0000_00cd)
+            }
+            Change::NetworkTrusted { user, network, .. } => {
+                *user == gus
+                    && [
+                        vigil_fleet::TrustedNetwork::Prefix {
+                            prefix: "81.2.69.0".parse().unwrap(),
+                        },
+                        vigil_fleet::TrustedNetwork::Country {
+                            country: vigil_fleet::Country(*b"GB"),
+                        },
+                        vigil_fleet::TrustedNetwork::Asn { asn: 5089 },
+                    ]
+                    .contains(network)
+            }
+            _ => false,
+        };
+        let mut streamed = Vec::new();
+        while streamed.len() < 4 {
+            let Frame::Changes { changes, .. } = node.next_change().await else {
+                panic!()
+            };
+            streamed.extend(changes);
+        }
+        assert!(streamed.iter().all(expected), "{streamed:?}");
+        // A node that resyncs gets them in its snapshot.
+        let mut fresh = Stream::open(&c, NODE_B, 0).await;
+        fresh.next().await;
+        let Frame::Snapshot { seq: 4, changes } = fresh.next().await else {
+            panic!()
+        };
+        assert_eq!(changes, streamed);
+        // A version 2 node cannot carry them out: left out of its snapshot.
+        let mut old = Stream::open_as(&c, NODE_B, 0, Some(2)).await;
+        assert!(matches!(old.next().await, Frame::Hello { v: 2, .. }));
+        assert!(matches!(old.next().await, Frame::SnapshotEnd { seq: 4 }));
+        // Bad calls, each refused with what is wrong, nothing streamed.
+        for (path, body, status, code) in [
+            (
+                "/v1/admin/users/trust-device",
+                serde_json::json!({"user": "gus", "device": "xyz"}),
+                400,
+                "bad_device",
+            ),
+            (
+                "/v1/admin/users/trust-device",
+                serde_json::json!({"user": "gus", "device": "+0ab0000000000cd"}),
+                400,
+                "bad_device",
+            ),
+            (
+                "/v1/admin/users/trust-device",
+                serde_json::json!({"device": "00ab0000000000cd"}),
+                400,
+                "bad_user",
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "gus", "asn": 1, "country": "GB"}),
+                400,
+                "bad_network",
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "gus", "asn": 0}),
+                400,
+                "bad_network",
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "gus", "country": "GBR"}),
+                400,
+                "bad_network",
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "gus", "prefix": "81.2.69"}),
+                400,
+                "bad_body",
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "gus", "asn": 1, "note": "x".repeat(20_000)}),
+                413,
+                "body_too_large",
+            ),
+        ] {
+            let (got, answer) = admin_call(&c, path, body).await;
+            assert_eq!(
+                (got, answer["error"].as_str()),
+                (status, Some(code)),
+                "{answer}"
+            );
+        }
+        assert_eq!(log_head(&c).await, 4);
+        // The user's detail lists them.
+        let (_, detail) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"user": "gus"}),
+        )
+        .await;
+        assert_eq!(
+            detail["trusted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t.as_object_mut().unwrap().remove("at");
+                    t
+                })
+                .collect::<Vec<_>>(),
+            vec![
+                serde_json::json!({"device": "00ab0000000000cd"}),
+                serde_json::json!({"prefix": "81.2.69.0"}),
+                serde_json::json!({"country": "GB"}),
+                serde_json::json!({"asn": "5089"}),
+            ]
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_false_positive_by_reference_lowers_the_users_count_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "detection_window_seconds = 600").await;
+        let t = now() - 10;
+        let hal = user_key("hal");
+        post_events(
+            &c,
+            NODE_A,
+            vec![caught("a-1", "r-hal-a", session(1), hal, t)],
+        )
+        .await;
+        post_events(
+            &c,
+            NODE_B,
+            vec![caught("b-1", "r-hal-b", session(1), hal, t + 1)],
+        )
+        .await;
+        let head = log_head(&c).await;
+        assert_eq!(head, 2, "a count of 1, then of 2");
+        let mut node = Stream::open(&c, NODE_B, head).await;
+        node.next().await;
+
+        let (status, answer) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-hal-a"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["changed"], true);
+        assert_eq!(answer["nodes"], serde_json::json!(["a"]));
+        // Every node is told of the reference; the count falls to 1: a
+        // clear (nodes take a count only when it is higher than theirs),
+        // then the count without the false positive.
+        let Frame::Changes { first: 3, changes } = node.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(
+            matches!(&changes[0], Change::FalsePositive { reference, .. } if reference == "r-hal-a")
+        );
+        assert!(
+            matches!(changes[1], Change::UserDetections { user, count: 0, .. } if user == hal),
+            "{changes:?}"
+        );
+        assert_eq!(
+            changes[2],
+            Change::UserDetections {
+                user: hal,
+                count: 1,
+                until: t + 601
+            }
+        );
+        // Reported again: nothing changes, and the answer says so.
+        let (status, again) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-hal-a"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(again["changed"], false);
+        assert!(
+            again["message"].as_str().unwrap().contains("already"),
+            "{again}"
+        );
+        assert_eq!(log_head(&c).await, 5);
+        // The other node's: the count falls to nothing.
+        let (status, _) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-hal-b"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let Frame::Changes { first: 6, changes } = node.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(
+                &changes[..],
+                [
+                    Change::FalsePositive { .. },
+                    Change::UserDetections { count: 0, .. }
+                ]
+            ),
+            "{changes:?}"
+        );
+        // Hal is no longer listed as at risk; his detections say why.
+        assert!(keys_of(&c.admin_get("/v1/admin/users").await).is_empty());
+        let (_, detail) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"user": "hal"}),
+        )
+        .await;
+        for d in detail["detections"].as_array().unwrap() {
+            assert_eq!(d["false_positive"], true, "{detail}");
+        }
+        // A reference nobody reported, and ones that are no reference.
+        let (status, answer) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-nobody"}),
+        )
+        .await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (404, Some("unknown_reference"))
+        );
+        for reference in [String::new(), "r".repeat(65)] {
+            let (status, answer) = admin_call(
+                &c,
+                "/v1/admin/detections/false-positive",
+                serde_json::json!({ "reference": reference }),
+            )
+            .await;
+            assert_eq!(
+                (status, answer["error"].as_str()),
+                (400, Some("bad_reference"))
+            );
+        }
+        assert_eq!(log_head(&c).await, 7);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn erasing_a_user_deletes_their_name_trust_and_false_positive_marks() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let clear = "user_names = \"clear\"";
+        let c = Controller::start_with(&db.url(), clear).await;
+        let ivy = user_key("ivy");
+        let hex = ivy.to_string();
+        post_events(
+            &c,
+            NODE_A,
+            vec![caught("a-1", "r-ivy", session(3), ivy, now() - 5)],
+        )
+        .await;
+        for (path, body) in [
+            (
+                "/v1/admin/users/trust-device",
+                serde_json::json!({"user": "ivy", "device": "00000000000000ab"}),
+            ),
+            (
+                "/v1/admin/users/trust-network",
+                serde_json::json!({"user": "ivy", "asn": 5089}),
+            ),
+            (
+                "/v1/admin/detections/false-positive",
+                serde_json::json!({"reference": "r-ivy"}),
+            ),
+        ] {
+            assert_eq!(admin_call(&c, path, body).await.0, 200, "{path}");
+        }
+        let by_key = serde_json::json!({"key": hex});
+        let (_, before) = admin_call(&c, "/v1/admin/users/detail", by_key.clone()).await;
+        assert_eq!(before["name"], "ivy");
+        assert_eq!(before["trusted"].as_array().unwrap().len(), 2);
+        assert_eq!(before["detections"][0]["false_positive"], true);
+
+        let (status, _) = admin_call(
+            &c,
+            "/v1/admin/users/erase",
+            serde_json::json!({"user": "ivy"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (_, after) = admin_call(&c, "/v1/admin/users/detail", by_key).await;
+        assert_eq!(after["name"], serde_json::Value::Null, "{after}");
+        assert_eq!(after["trusted"], serde_json::json!([]));
+        assert_eq!(after["detections"], serde_json::json!([]));
+        assert_eq!(after["sessions"], serde_json::json!([]));
+        // The false positive's mark went with the detection.
+        let (status, _) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-ivy"}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        // Neither the snapshot nor the log names her.
+        let store = Store::open(&db.url()).await.unwrap();
+        let (_, state) = store.snapshot().await.unwrap();
+        assert!(!serde_json::to_string(&state).unwrap().contains(&hex));
+        let log = store.since(0, 100).await.unwrap();
+        for (seq, change) in &log[..log.len() - 1] {
+            let body = serde_json::to_string(change).unwrap();
+            assert!(!body.contains(&hex), "change {seq}: {body}");
+        }
+        c.stop().await;
+
+        // With user_names = "keyed", names are neither kept nor shown, and
+        // those kept before are deleted at start.
+        let c = Controller::start_with(&db.url(), clear).await;
+        let jo = user_key("jo").to_string();
+        let trust = serde_json::json!({"user": "jo", "asn": 1});
+        assert_eq!(
+            admin_call(&c, "/v1/admin/users/trust-network", trust.clone())
+                .await
+                .0,
+            200
+        );
+        c.stop().await;
+        let c = Controller::start(&db.url()).await;
+        let (_, detail) =
+            admin_call(&c, "/v1/admin/users/detail", serde_json::json!({"key": jo})).await;
+        assert!(detail.get("name").is_none(), "{detail}");
+        c.stop().await;
+        let c = Controller::start_with(&db.url(), clear).await;
+        let (_, detail) =
+            admin_call(&c, "/v1/admin/users/detail", serde_json::json!({"key": jo})).await;
+        assert_eq!(
+            detail["name"],
+            serde_json::Value::Null,
+            "deleted at the keyed start"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}

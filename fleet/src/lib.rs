@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 /// Version 2 added session baselines, user detection counts and node
 /// detections; version 3 users' histories and the population model
 /// ([`Change::UserProfile`], [`Change::Population`],
-/// [`NodeEventKind::UserLearned`]). The rules that keep a fleet mid-upgrade working
+/// [`NodeEventKind::UserLearned`]), devices and networks trusted for a
+/// user and false positives reported at the controller. The rules that keep a fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -205,6 +206,41 @@ pub enum Change {
         /// `(counter, count)` pairs.
         counters: Vec<(u32, u32)>,
     },
+    /// An operator trusted a device for a user, fleet-wide: on every node
+    /// the device (whatever its browser version) costs the user no model
+    /// points, as the node's own `trust-device` call does. Kept in
+    /// snapshots. Since version 3.
+    DeviceTrusted {
+        /// The user.
+        user: UserId,
+        /// The device as nodes log it.
+        device: DeviceId,
+        /// When it was trusted (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// An operator trusted a network for a user, fleet-wide: on every node
+    /// it is familiar to the user and costs no model points, as the node's
+    /// own `trust-network` call does. Kept in snapshots. Since version 3.
+    NetworkTrusted {
+        /// The user.
+        user: UserId,
+        /// The network.
+        network: TrustedNetwork,
+        /// When it was trusted (seconds since the Unix epoch).
+        at: u64,
+    },
+    /// An operator reported the refusal with this reference id a false
+    /// positive: the node that refused it (and still holds the reference)
+    /// makes the refused request's device and network the session's and
+    /// trusts them for its user, as its own `false-positive` call does;
+    /// every other node has no such reference and does nothing. Not in
+    /// snapshots: it acts once, on the node's own state. Since version 3.
+    FalsePositive {
+        /// The decision's reference id (at most 64 bytes).
+        reference: String,
+        /// When it was reported (seconds since the Unix epoch).
+        at: u64,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -219,6 +255,41 @@ pub const MAX_POPULATION_COUNTERS: usize = 40;
 
 /// Most totals in one [`Change::Population`]: one per feature of the model.
 pub const POPULATION_FEATURES: usize = 6;
+/// A device as nodes log it: its traits' id, 8 bytes, written as 16
+/// lower-case hex digits (the form a node's `trust-device` call takes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u64);
+
+/// A country: two upper-case ASCII letters (ISO 3166-1 alpha-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(pub [u8; 2]);
+
+/// A network trusted for a user: one autonomous system, the /24 (IPv4) or
+/// /48 (IPv6) holding an address, or a country.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TrustedNetwork {
+    /// Every address of an autonomous system (never 0).
+    Asn {
+        /// The ASN.
+        asn: u32,
+    },
+    /// The /24 or /48 holding this address (the controller sends the
+    /// prefix's first address).
+    Prefix {
+        /// The address.
+        prefix: std::net::IpAddr,
+    },
+    /// A country: it costs the user no model points; its networks are not
+    /// made familiar.
+    Country {
+        /// The country.
+        country: Country,
+    },
+    /// A network type of a later build: a node does without it.
+    #[serde(other)]
+    Unknown,
+}
 
 /// What a node posts: events of its engine, each with an id unique to the
 /// node, so that a batch sent twice changes nothing the second time.
@@ -333,9 +404,17 @@ impl Change {
             Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
                 Change::nothing()
             }
-            // A version 2 node reads these as `Unknown` and skips them; a
-            // version 1 node would refuse the frame.
-            Change::UserProfile { .. } | Change::Population { .. } if v < 2 => Change::nothing(),
+            // Version 2 would read these as unknown kinds and skip them;
+            // version 1 knows no such thing.
+            Change::UserProfile { .. }
+            | Change::Population { .. }
+            | Change::DeviceTrusted { .. }
+            | Change::NetworkTrusted { .. }
+            | Change::FalsePositive { .. }
+                if v < 3 =>
+            {
+                Change::nothing()
+            }
             other => other.clone(),
         }
     }
@@ -343,7 +422,14 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
-        if matches!(self, Change::UserProfile { .. } | Change::Population { .. }) {
+        if matches!(
+            self,
+            Change::UserProfile { .. }
+                | Change::Population { .. }
+                | Change::DeviceTrusted { .. }
+                | Change::NetworkTrusted { .. }
+                | Change::FalsePositive { .. }
+        ) {
             return v >= 3;
         }
         !matches!(
@@ -484,6 +570,48 @@ impl SessionId {
     }
 }
 
+impl DeviceId {
+    /// Reads 16 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        parse_hex::<8>(s).map(|b| Self(u64::from_be_bytes(b)))
+    }
+}
+
+impl Country {
+    /// Reads two upper-case ASCII letters.
+    pub fn parse(s: &str) -> Option<Self> {
+        match *s.as_bytes() {
+            [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => Some(Self([a, b])),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Two ASCII letters by construction (`Country::parse`); anything
+        // else is written as `?`.
+        for b in self.0 {
+            write!(
+                f,
+                "{}",
+                if b.is_ascii_uppercase() {
+                    char::from(b)
+                } else {
+                    '?'
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl UserId {
     /// Reads 16 lower-case hex digits of a non-zero key.
     pub fn parse(s: &str) -> Option<Self> {
@@ -523,6 +651,8 @@ macro_rules! hex_serde {
 hex_serde!(SessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
 hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
+hex_serde!(DeviceId, "expected 16 lower-case hex digits");
+hex_serde!(Country, "expected two upper-case letters");
 
 #[cfg(test)]
 mod tests;

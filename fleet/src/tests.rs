@@ -172,7 +172,7 @@ fn baselines_and_detections_read_back_as_written() {
 /// holds its number, so the sequence stays contiguous.
 #[test]
 fn a_later_versions_kinds_and_frames_are_read_as_unknown() {
-    let line = br#"{"type":"changes","first":4,"changes":[{"kind":"device_trusted","user":"0000000000000001","device":"x"},{"kind":"user_revoked","user":"0000000000000002","at":5}]}"#;
+    let line = br#"{"type":"changes","first":4,"changes":[{"kind":"a_later_kind","user":"0000000000000001","device":"x"},{"kind":"user_revoked","user":"0000000000000002","at":5}]}"#;
     assert_eq!(
         read_frame(line).unwrap(),
         Frame::Changes {
@@ -229,7 +229,7 @@ fn histories_read_back_as_written_and_older_nodes_do_without() {
     assert!(serde_json::to_vec(&profile).unwrap().len() < 1_000);
     for change in [&profile, &population] {
         assert_eq!(change.for_version(1), Change::nothing());
-        assert_eq!(&change.for_version(2), change);
+        assert_eq!(change.for_version(2), Change::nothing());
         assert!(!change.in_snapshot_of(2));
         assert!(change.in_snapshot_of(3));
     }
@@ -251,4 +251,73 @@ fn histories_read_back_as_written_and_older_nodes_do_without() {
     };
     let json = serde_json::to_string(&batch).unwrap();
     assert_eq!(serde_json::from_str::<EventBatch>(&json).unwrap(), batch);
+}
+
+#[test]
+fn trust_and_false_positive_changes_read_back_and_older_nodes_get_nothing() {
+    let changes = vec![
+        Change::DeviceTrusted {
+            user: UserId(7),
+            device: DeviceId(0x00ab_0000_0000_00cd),
+            at: 5,
+        },
+        Change::NetworkTrusted {
+            user: UserId(7),
+            network: TrustedNetwork::Asn { asn: 5089 },
+            at: 6,
+        },
+        Change::NetworkTrusted {
+            user: UserId(7),
+            network: TrustedNetwork::Prefix {
+                prefix: "81.2.69.0".parse().unwrap(),
+            },
+            at: 6,
+        },
+        Change::NetworkTrusted {
+            user: UserId(7),
+            network: TrustedNetwork::Country {
+                country: Country(*b"GB"),
+            },
+            at: 6,
+        },
+        Change::FalsePositive {
+            reference: "00000000000000ff".to_owned(),
+            at: 7,
+        },
+    ];
+    let frame = Frame::Changes {
+        first: 1,
+        changes: changes.clone(),
+    };
+    let line = write_frame(&frame);
+    let text = std::str::from_utf8(&line).unwrap();
+    assert!(text.contains(r#""device":"00ab0000000000cd""#), "{text}");
+    assert!(
+        text.contains(r#""network":{"type":"country","country":"GB"}"#),
+        "{text}"
+    );
+    assert_eq!(read_frame(&line[..line.len() - 1]).unwrap(), frame);
+    for change in &changes {
+        assert_eq!(change.for_version(2), Change::nothing());
+        assert_eq!(change.for_version(1), Change::nothing());
+        assert_eq!(&change.for_version(3), change);
+        assert!(!change.in_snapshot_of(2));
+        assert!(change.in_snapshot_of(3));
+    }
+    // A later network type is a network this build does without, not a
+    // frame it cannot read.
+    let later = br#"{"type":"changes","first":1,"changes":[{"kind":"network_trusted","user":"0000000000000007","network":{"type":"city","city":"x"},"at":1}]}"#;
+    let Frame::Changes { changes, .. } = read_frame(later).unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        changes[..],
+        [Change::NetworkTrusted {
+            network: TrustedNetwork::Unknown,
+            ..
+        }]
+    ));
+    // Lower-case countries are not written by any controller.
+    assert_eq!(Country::parse("gb"), None);
+    assert_eq!(DeviceId::parse("00AB0000000000CD"), None);
 }

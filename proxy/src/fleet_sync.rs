@@ -3,7 +3,8 @@
 //!
 //! **Down.** [`FleetSync`] keeps `GET {url}/v1/sync?since={cursor}` open
 //! and applies every change it streams to the engine: sessions and users
-//! revoked, user risk set. The stream is read through a bounded line
+//! revoked, user risk set, devices and networks trusted, and false
+//! positives of this node's own refusals (kept in [`Decisions`]). The stream is read through a bounded line
 //! splitter ([`Lines`]) and the protocol is judged by a pure state machine
 //! ([`Cursor::on_frame`]) that says what to do with each frame; the shell
 //! here only does it (STYLE.md 18). A change numbered other than the next
@@ -63,16 +64,17 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use vigil_engine::{Adopted, Engine, SessionKey, UserKey};
+use vigil_engine::{Adopted, DeviceId, Engine, Feedback, SessionKey, UserKey};
 use vigil_fleet::{
     Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
-    VERSION, VERSION_HEADER,
+    TrustedNetwork, VERSION, VERSION_HEADER,
 };
 use vigil_fleet::{MAX_POPULATION_COUNTERS, POPULATION_FEATURES};
 
 use crate::config::Controller;
 use crate::metrics::FleetMetrics;
 use crate::open_requests::OpenRequests;
+use crate::operator::Decisions;
 use crate::outbound::{self, error_chain};
 
 pub mod journal;
@@ -708,6 +710,10 @@ pub struct FleetSync {
     heard: Notify,
     /// Requests in flight on this node, which the fleet's revocations end.
     open: Option<OpenRequests>,
+    /// This node's recent refusals, for false positives reported at the
+    /// controller ([`FleetSync::with_decisions`]); none: such reports are
+    /// skipped.
+    decisions: Option<Decisions>,
 }
 
 /// Why a sync stream ended.
@@ -784,6 +790,7 @@ impl FleetSync {
             version: AtomicU32::new(0),
             heard: Notify::new(),
             open: None,
+            decisions: None,
         })
     }
 
@@ -809,6 +816,14 @@ impl FleetSync {
             let scorer = self.engine.scorer();
             open.end_user(user, |s| scorer.is_revoked(s));
         }
+    }
+
+    /// Carries out false positives reported at the controller
+    /// ([`Change::FalsePositive`]) for refusals kept in `decisions` (the
+    /// operator API's own): the node that refused the request acts on it.
+    pub fn with_decisions(mut self, decisions: Decisions) -> Self {
+        self.decisions = Some(decisions);
+        self
     }
 
     async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
@@ -1024,10 +1039,76 @@ impl FleetSync {
                     );
                     "population"
                 }
+                Change::DeviceTrusted { user, device, .. } => match UserKey::from_u64(user.0) {
+                    Some(user) => self.feedback(
+                        Feedback::TrustDevice {
+                            user,
+                            device: DeviceId(device.0),
+                        },
+                        now,
+                        ("device_trusted", "device_trusted_refused"),
+                    ),
+                    None => "device_trusted_refused",
+                },
+                Change::NetworkTrusted { user, network, .. } => {
+                    let network = match network {
+                        TrustedNetwork::Asn { asn } => Some(vigil_engine::TrustedNetwork::Asn(asn)),
+                        TrustedNetwork::Prefix { prefix } => {
+                            Some(vigil_engine::TrustedNetwork::Prefix(prefix))
+                        }
+                        TrustedNetwork::Country { country } => {
+                            Some(vigil_engine::TrustedNetwork::Country(country.0))
+                        }
+                        // A later version's network: this node does without.
+                        TrustedNetwork::Unknown => None,
+                    };
+                    match (UserKey::from_u64(user.0), network) {
+                        (Some(user), Some(network)) => self.feedback(
+                            Feedback::TrustNetwork { user, network },
+                            now,
+                            ("network_trusted", "network_trusted_refused"),
+                        ),
+                        _ => "network_trusted_refused",
+                    }
+                }
+                Change::FalsePositive { ref reference, .. } => {
+                    // Only the node that refused the request holds its
+                    // reference; every other node has nothing to do.
+                    match self.decisions.as_ref().and_then(|d| d.get(reference)) {
+                        Some(refused) => self.feedback(
+                            Feedback::FalsePositive {
+                                session: refused.session,
+                                device: refused.device,
+                                network: refused.network,
+                            },
+                            now,
+                            ("false_positive", "false_positive_refused"),
+                        ),
+                        None => "false_positive_elsewhere",
+                    }
+                }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
             };
             self.metrics.changes.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Gives the engine an operator's feedback from the controller; the
+    /// metric kind: `applied`, or `refused` when the engine refused it (the
+    /// session was revoked since, or is no longer known).
+    fn feedback(
+        &self,
+        feedback: Feedback,
+        now: u64,
+        (applied, refused): (&'static str, &'static str),
+    ) -> &'static str {
+        match self.engine.feedback(feedback, now) {
+            Ok(()) => applied,
+            Err(e) => {
+                tracing::info!(error = %e, kind = applied, "fleet sync: operator feedback from the controller not applied");
+                refused
+            }
         }
     }
 

@@ -195,7 +195,9 @@ impl Decisions {
         self.0.insert(reference.to_owned(), refused);
     }
 
-    fn get(&self, reference: &str) -> Option<Refused> {
+    /// The refusal kept under `reference`, if this node made it within
+    /// [`DECISIONS_TTL`] and has not evicted it.
+    pub fn get(&self, reference: &str) -> Option<Refused> {
         self.0.get(reference)
     }
 }

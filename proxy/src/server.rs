@@ -182,6 +182,9 @@ impl Vigil {
             }
             Arc::new(FleetState::new(from, current_at))
         });
+        // Refusals kept for false positives: reported here, on the admin
+        // listener, or at the controller, through the sync stream.
+        let decisions = Decisions::new();
         let fleet_sync = match (&config.controller, &fleet_state, &outbox) {
             (Some(controller), Some(state), Some(outbox)) => {
                 let sync = FleetSync::new(
@@ -192,7 +195,8 @@ impl Vigil {
                     metrics.fleet.clone(),
                 )
                 .map_err(StartError::Controller)?
-                .with_open_requests(open_requests.clone());
+                .with_open_requests(open_requests.clone())
+                .with_decisions(decisions.clone());
                 // What was applied since the snapshot, back before anything
                 // is served; journaled from here on. Only beside a
                 // snapshot, which is what compacts it.
@@ -256,7 +260,6 @@ impl Vigil {
             .fingerprint
             .capture
             .then(|| ConnectionFingerprints::new(&config.fingerprint.settings));
-        let decisions = Decisions::new();
         let h2_connections = H2Connections::new();
         let app = VigilProxy::new(
             current.clone(),

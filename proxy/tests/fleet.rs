@@ -647,7 +647,7 @@ async fn a_later_versions_changes_and_frames_are_skipped_in_order() {
     controller.send_line(
         0,
         &format!(
-            r#"{{"type":"changes","first":1,"changes":[{{"kind":"device_trusted","user":"00000000000000aa","device":"d"}},{{"kind":"session_revoked","session":"{victim_id}","at":{},"vouched":true}}]}}"#,
+            r#"{{"type":"changes","first":1,"changes":[{{"kind":"a_later_kind","user":"00000000000000aa","device":"d"}},{{"kind":"session_revoked","session":"{victim_id}","at":{},"vouched":true}}]}}"#,
             now()
         ),
     );

@@ -33,11 +33,27 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 impl Fleet {
     async fn start(postgres: bool) -> Fleet {
-        Fleet::start_with(postgres, |c| c).await
+        Fleet::start_with(postgres, "revoke").await
+    }
+
+    /// A fleet whose nodes answer a high risk with `high`.
+    async fn start_with(postgres: bool, high: &str) -> Fleet {
+        Fleet::start_configured(postgres, high, "", |c| c).await
     }
 
     /// A fleet whose nodes' configs are `tweak` of the usual one.
-    async fn start_with(postgres: bool, tweak: impl Fn(Config) -> Config) -> Fleet {
+    async fn start_tweaked(postgres: bool, tweak: impl Fn(Config) -> Config) -> Fleet {
+        Fleet::start_configured(postgres, "revoke", "", tweak).await
+    }
+
+    /// A fleet whose nodes answer a high risk with `high`, have `extra`
+    /// in their config and are `tweak` of the usual one.
+    async fn start_configured(
+        postgres: bool,
+        high: &str,
+        extra: &str,
+        tweak: impl Fn(Config) -> Config,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
         std::fs::write(&key, "5a".repeat(32)).unwrap();
@@ -102,12 +118,13 @@ impl Fleet {
             tweak(Config::new())
                 .state_dir(&state)
                 .upstream("app", origin.addr())
-                .route(Route::new("app", "/", "app").high("revoke"))
+                .route(Route::new("app", "/", "app").high(high))
                 .section(&format!(
                     "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{controller}\"\ntoken_file = {:?}\n",
                     key.display().to_string(),
                     token_file.display().to_string()
                 ))
+                .section(extra)
                 .render()
         };
         let a = Proxy::start(&node("a", NODE_A, replicas[0])).await;
@@ -138,6 +155,24 @@ impl Fleet {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
+    }
+
+    /// An admin call's status and JSON answer.
+    async fn admin_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.controller))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+        )
     }
 
     async fn stop(mut self) {
@@ -456,6 +491,187 @@ async fn postgres_an_erased_user_is_logged_out_and_forgotten_on_every_node() {
     an_erased_user_is_logged_out_and_forgotten_on_every_node(true).await;
 }
 
+/// Carl, on a new device, is refused on node A; node B counts it against
+/// him. His security team reports the refusal a false positive at the
+/// controller: node A, which kept the refused request's facts, lets that
+/// device through on the session (the old one no longer), and node B no
+/// longer counts the detection.
+async fn a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(postgres: bool) {
+    let fleet = Fleet::start_with(postgres, "block").await;
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=carl&session=s-carl-1"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-carl-1");
+    assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 200);
+    let phone = Browser::chrome();
+    assert_eq!(
+        phone
+            .get(&fleet.b.url("/login?user=carl&session=s-carl-2"))
+            .await
+            .status(),
+        200
+    );
+    let phone = phone.cookie("session=s-carl-2");
+    assert_eq!(reasons(&fleet.b, &phone).await, "");
+    // Carl's laptop session from his new desktop: refused on node A.
+    let desktop = Browser::chrome().cookie("session=s-carl-1");
+    let refused = desktop.get(&fleet.a.url("/echo")).await;
+    assert_eq!(refused.status(), 403);
+    let reference = refused.headers()["vigil-reference"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Node B hears of it: entity risk on carl's phone.
+    applied(&fleet.b, "user_detections", 1.0).await;
+    assert_eq!(reasons(&fleet.b, &phone).await, "recent_detections");
+
+    let (status, answer) = fleet
+        .admin_json(
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({ "reference": reference }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], true);
+    assert_eq!(answer["nodes"], serde_json::json!(["a"]));
+    // Node A carries it out: the desktop is the session's device now, and
+    // the laptop's copy of the cookie is what looks stolen.
+    applied(&fleet.a, "false_positive", 1.0).await;
+    assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
+    assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
+    assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 403);
+    // Node B has no such refusal, and takes the count's clear.
+    applied(&fleet.b, "false_positive_elsewhere", 1.0).await;
+    applied(&fleet.b, "user_detections", 2.0).await;
+    assert_eq!(reasons(&fleet.b, &phone).await, "");
+    // Reported again: nothing changes.
+    let (status, again) = fleet
+        .admin_json(
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({ "reference": reference }),
+        )
+        .await;
+    assert_eq!((status, again["changed"].as_bool()), (200, Some(false)));
+    fleet.stop().await;
+}
+
+/// Kim has used only Firefox on node B; she signs in with Chrome on node
+/// A. Her security team finds that Chrome device in her detail at the
+/// controller and trusts it for her: node B no longer counts it against
+/// her, while it still counts for Lee, whose history is the same.
+async fn a_device_trusted_at_the_controller_is_no_evidence_on_another_node(postgres: bool) {
+    let fleet = Fleet::start_configured(
+        postgres,
+        "revoke",
+        "[risk.model]\nlearning_sessions = 1\nlearning_period_days = 0\n",
+        |c| c,
+    )
+    .await;
+    for user in ["kim", "lee"] {
+        for i in 1..=3 {
+            let firefox = Browser::firefox();
+            let session = format!("s-{user}-{i}");
+            assert_eq!(
+                firefox
+                    .get(
+                        &fleet
+                            .b
+                            .url(&format!("/login?user={user}&session={session}"))
+                    )
+                    .await
+                    .status(),
+                200
+            );
+            let firefox = firefox.cookie(&format!("session={session}"));
+            assert_eq!(firefox.get(&fleet.b.url("/echo")).await.status(), 200);
+        }
+    }
+    // Kim's new Chrome, on node A; its record reaches the controller.
+    let chrome = Browser::chrome();
+    assert_eq!(
+        chrome
+            .get(&fleet.a.url("/login?user=kim&session=s-kim-a"))
+            .await
+            .status(),
+        200
+    );
+    let on_a = session_key(&fleet.dir.path().join("fleet-hash.key"), "s-kim-a");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let device = loop {
+        let (status, detail) = fleet
+            .admin_json("/v1/admin/users/detail", serde_json::json!({"user": "kim"}))
+            .await;
+        assert_eq!(status, 200, "{detail}");
+        let held = detail["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session"] == on_a.as_str())
+            .and_then(|s| s["device"].as_str().map(str::to_owned));
+        if let Some(device) = held {
+            assert_eq!(detail["devices"].as_array().unwrap().len(), 2, "{detail}");
+            break device;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node A's record never reached the controller: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, answer) = fleet
+        .admin_json(
+            "/v1/admin/users/trust-device",
+            serde_json::json!({"user": "kim", "device": device}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    applied(&fleet.b, "device_trusted", 1.0).await;
+    // On node B, Chrome is new to both; only Lee is judged for it.
+    for (user, expected) in [("kim", ""), ("lee", "new_device_for_user")] {
+        let chrome = Browser::chrome();
+        let session = format!("s-{user}-chrome");
+        assert_eq!(
+            chrome
+                .get(
+                    &fleet
+                        .b
+                        .url(&format!("/login?user={user}&session={session}"))
+                )
+                .await
+                .status(),
+            200
+        );
+        let chrome = chrome.cookie(&format!("session={session}"));
+        assert_eq!(reasons(&fleet.b, &chrome).await, expected, "{user}");
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_device_trusted_at_the_controller_is_no_evidence_on_another_node() {
+    a_device_trusted_at_the_controller_is_no_evidence_on_another_node(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_device_trusted_at_the_controller_is_no_evidence_on_another_node() {
+    a_device_trusted_at_the_controller_is_no_evidence_on_another_node(true).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk() {
+    a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk() {
+    a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk(true).await;
+}
+
 /// A controller whose live stream leaves out change `drop_seq` (its test
 /// hook, `VIGIL_CONTROLLER_TEST_DROP_SEQ`, set here on the loaded config so
 /// that no other test's controller in this process sees it) and one node.
@@ -649,7 +865,7 @@ const HOME: &str = "198.51.100.7";
 const HOTEL: &str = "203.0.113.9";
 
 async fn a_users_history_learnt_on_node_a_gives_login_risk_on_node_b(postgres: bool) {
-    let fleet = Fleet::start_with(postgres, history_node).await;
+    let fleet = Fleet::start_tweaked(postgres, history_node).await;
     // Hal logs in three times at home, on node A only: still learning
     // there, so no login risk. Each login teaches the controller, which
     // streams hal's history (and the population's counts) to node B.

@@ -247,6 +247,12 @@ impl SessionState {
             (self.flags & Self::STORED_FLAGS) | (n.min(Self::MAX_MOVES) << Self::MOVES_SHIFT);
     }
 
+    /// The network the session last accepted: hashes of its client,
+    /// prefix, provider and egress, and its ASN and country as looked up.
+    pub fn network(&self) -> NetworkMark {
+        self.network
+    }
+
     /// The user the session is bound to.
     pub fn user(&self) -> Option<UserKey> {
         self.user
