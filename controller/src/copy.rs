@@ -95,6 +95,29 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     ("disabled_nodes", &[("name", Kind::Text), ("at", Kind::Int)]),
+    (
+        "rule_bundles",
+        &[
+            ("version", Kind::Int),
+            ("text", Kind::Text),
+            ("sha256", Kind::Text),
+            ("created_at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "node_rules",
+        &[
+            ("node", Kind::Text),
+            ("version", Kind::Int),
+            ("sha256", Kind::Text),
+            ("applied_at", Kind::Int),
+            ("failed_version", Kind::Int),
+            ("failed_sha256", Kind::Text),
+            ("failure", Kind::Text),
+            ("failed_at", Kind::Int),
+        ],
+    ),
 ];
 
 /// One value read.

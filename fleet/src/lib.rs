@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks.
 ///
 /// Version 2 added session baselines, user detection counts and node
-/// detections. The rules that keep a fleet mid-upgrade working
+/// detections; version 3 rule bundles ([`Change::RulesBundle`],
+/// [`NodeEventKind::RulesBundle`]). The rules that keep a fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -180,6 +181,26 @@ pub enum Change {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// The rule bundle in force on every node that takes its rules from
+    /// the controller (`[rules] source = "controller"`): a whole rule
+    /// file, validated at the controller, published (or rolled back to) by
+    /// an operator. Only the latest one matters; it replaces the node's
+    /// rules whole once it compiles against the node's own config. Always
+    /// a frame of its own ([`Change::travels_alone`]); its text is at most
+    /// [`MAX_RULES_BYTES`] and its frame fits in [`MAX_LINE_BYTES`].
+    /// Since version 3.
+    RulesBundle {
+        /// The bundle's version: 1, 2, … in order of publication; a
+        /// rollback publishes an earlier version again under its number.
+        version: u64,
+        /// SHA-256 of `text`, 64 lower-case hex digits.
+        sha256: String,
+        /// When the version was first published (seconds since the Unix
+        /// epoch).
+        created_at: u64,
+        /// The rule file's text (TOML, `docs/rules.md`).
+        text: String,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -256,11 +277,43 @@ pub enum NodeEventKind {
         /// When.
         at: u64,
     },
+    /// What the node did with a rule bundle ([`Change::RulesBundle`]):
+    /// applied it (it is the node's rules now), or rejected it (it does not
+    /// compile against the node's config; the node's rules are unchanged).
+    /// Since version 3.
+    RulesBundle {
+        /// The bundle's version.
+        version: u64,
+        /// Its SHA-256, 64 lower-case hex digits.
+        sha256: String,
+        /// Applied (`true`) or rejected.
+        applied: bool,
+        /// Why it was rejected: each problem as `vigil-proxy check` words
+        /// it (at most [`MAX_RULES_PROBLEMS`], each at most
+        /// [`MAX_RULES_PROBLEM_BYTES`]); empty when applied.
+        #[serde(default)]
+        problems: Vec<String>,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
     Unknown,
 }
+
+/// Longest rule bundle text, in bytes ([`Change::RulesBundle`]).
+pub const MAX_RULES_BYTES: usize = 256 * 1024;
+
+/// The file name a rule bundle's problems are reported under, at the
+/// controller and on a node (`bundle.toml:LINE:COLUMN: …`).
+pub const RULES_BUNDLE_FILE: &str = "bundle.toml";
+
+/// Most problems a node reports of a rejected bundle.
+pub const MAX_RULES_PROBLEMS: usize = 32;
+
+/// Longest problem a node reports of a rejected bundle, in bytes.
+pub const MAX_RULES_PROBLEM_BYTES: usize = 1024;
 
 impl Change {
     /// This change as a node of protocol version `v` can take it. A
@@ -280,6 +333,9 @@ impl Change {
             Change::SessionBaseline { .. } | Change::UserDetections { .. } if v < 2 => {
                 Change::nothing()
             }
+            // Version 2 would skip it as unknown: a small change in place
+            // of up to 256 KiB it cannot use.
+            Change::RulesBundle { .. } if v < 3 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -287,12 +343,41 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
+        if matches!(self, Change::RulesBundle { .. }) {
+            return v >= 3;
+        }
         !matches!(
             self,
             Change::SessionBaseline { .. }
                 | Change::UserDetections { .. }
                 | Change::UserErased { .. }
         ) || v >= 2
+    }
+
+    /// Whether this change is sent in a frame of its own (a rule bundle,
+    /// up to [`MAX_RULES_BYTES`] of text): so that no frame holding it
+    /// and other changes can outgrow [`MAX_LINE_BYTES`].
+    pub fn travels_alone(&self) -> bool {
+        matches!(self, Change::RulesBundle { .. })
+    }
+
+    /// Whether this change alone, in a frame of the longest sequence
+    /// numbers, fits in one line of [`MAX_LINE_BYTES`] (a rule bundle's
+    /// text is JSON-escaped: what fits as text may not as a line).
+    pub fn fits_in_a_frame(&self) -> bool {
+        let changes = vec![self.clone()];
+        let delta = Frame::Changes {
+            first: u64::MAX,
+            changes: changes.clone(),
+        };
+        let snapshot = Frame::Snapshot {
+            seq: u64::MAX,
+            changes,
+        };
+        // The newline is not part of the line.
+        [delta, snapshot]
+            .iter()
+            .all(|f| write_frame(f).len() <= MAX_LINE_BYTES + 1)
     }
 
     /// The change a version 1 node gets in place of one it does not know,
@@ -314,6 +399,7 @@ impl NodeEventKind {
         match self {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
+            NodeEventKind::RulesBundle { .. } => 3,
         }
     }
 }
