@@ -704,6 +704,13 @@ pub struct FleetSync {
     version: AtomicU32,
     /// Wakes the poster when the version becomes known.
     heard: Notify,
+    /// Applies rule bundles (`[rules] source = "controller"`); `None`
+    /// until attached ([`FleetSync::with_rules`]), and on a node that
+    /// takes its rules from files.
+    rules: Option<Arc<crate::rules_bundle::BundleApplier>>,
+    /// The last bundle the journal's replay met before the applier was
+    /// attached: applied when it is.
+    replayed_rules: Mutex<Option<crate::rules_bundle::StoredBundle>>,
 }
 
 /// Why a sync stream ended.
@@ -779,7 +786,25 @@ impl FleetSync {
             metrics,
             version: AtomicU32::new(0),
             heard: Notify::new(),
+            rules: None,
+            replayed_rules: Mutex::new(None),
         })
+    }
+
+    /// Takes the rule bundles the controller streams with `applier`
+    /// (built once the first generation is), starting with the last one
+    /// the journal's replay met, if any.
+    pub fn with_rules(mut self, applier: Arc<crate::rules_bundle::BundleApplier>) -> Self {
+        let replayed = self
+            .replayed_rules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(bundle) = replayed {
+            applier.take(bundle);
+        }
+        self.rules = Some(applier);
+        self
     }
 
     async fn sync_loop(&self, mut shutdown: ShutdownWatch) {
@@ -971,6 +996,35 @@ impl FleetSync {
                         self.engine.scorer().erase_user(user, at.min(now));
                     }
                     "user_erased"
+                }
+                Change::RulesBundle {
+                    version,
+                    ref sha256,
+                    created_at,
+                    ref text,
+                } => {
+                    let bundle = crate::rules_bundle::StoredBundle {
+                        version,
+                        sha256: sha256.clone(),
+                        created_at,
+                        text: text.clone(),
+                    };
+                    match &self.rules {
+                        Some(rules) => match rules.take(bundle) {
+                            crate::rules_bundle::Outcome::Applied => "rules_bundle",
+                            crate::rules_bundle::Outcome::Unchanged => "rules_bundle_unchanged",
+                            crate::rules_bundle::Outcome::Rejected(_) => "rules_bundle_rejected",
+                        },
+                        // Replayed from the journal at start, before the
+                        // first generation; or a node on its own files.
+                        None => {
+                            *self
+                                .replayed_rules
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner) = Some(bundle);
+                            "rules_bundle_skipped"
+                        }
+                    }
                 }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
