@@ -1130,8 +1130,10 @@ async fn an_operator_disables_a_node_at_once_and_its_stream_ends() {
         assert_eq!(
             list["nodes"],
             serde_json::json!([
-                {"node": "a", "disabled": true, "disabled_by": "admin_api"},
-                {"node": "b", "disabled": false, "disabled_by": ""},
+                {"node": "a", "disabled": true, "disabled_by": "admin_api",
+                 "rules": null, "rules_failure": null},
+                {"node": "b", "disabled": false, "disabled_by": "",
+                 "rules": null, "rules_failure": null},
             ])
         );
         // An unknown node is an error, not a silent no-op.
