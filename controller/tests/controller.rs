@@ -1753,6 +1753,13 @@ async fn a_published_rule_bundle_is_streamed_versioned_and_rolled_back() {
         ] {
             assert_eq!(post_events(&c, token, events).await.status(), 200);
         }
+        // A report is bounded like every event: a hash that is not one is
+        // refused whole.
+        let mut bad = rules_report("b-9", 2, BLOCK_OPS, false);
+        if let NodeEventKind::RulesBundle { sha256, .. } = &mut bad.kind {
+            *sha256 = "XYZ".to_owned();
+        }
+        assert_eq!(post_events(&c, NODE_B, vec![bad]).await.status(), 400);
         // A report of rules never published changes nothing.
         assert_eq!(
             post_events(&c, NODE_B, vec![rules_report("b-2", 7, "forged", true)])

@@ -78,8 +78,9 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order; at least one.
     pub routes: Vec<Route>,
-    /// The rules in front of every route's policy (`[rules] dir`), compiled;
-    /// empty when none are configured.
+    /// The rules in front of every route's policy, compiled: the
+    /// controller's bundle in force when there is one (`rules_bundle`),
+    /// else those of `[rules] dir`; empty when there are none.
     pub rules: Arc<RuleSet>,
     /// Where they were read from, for `check` and reload logs.
     pub rules_dir: Option<PathBuf>,
