@@ -14,6 +14,10 @@
 //! on-disk event queue, so the report survives a controller away and a
 //! restart.
 //!
+//! A rejected bundle is tried again after each successful reload (the
+//! operator may have added the route it names), as long as it is the
+//! latest one streamed.
+//!
 //! **Fail-static.** The bundle written to the state directory is the one
 //! in force: the config loader reads it (`crate::config`, `[rules]`), so a
 //! node restarted while the controller is away enforces the same rules,
@@ -81,6 +85,11 @@ pub struct BundleApplier {
     /// The last bundle rejected and reported (version, SHA-256): the same
     /// one sent again (a resync's snapshot) is not reported twice.
     rejected: Mutex<Option<(u64, String)>>,
+    /// The latest bundle streamed, when it was rejected: a reload that
+    /// gives the node what it lacked (a route) tries it again
+    /// ([`BundleApplier::retry`]). Cleared by any bundle taken since,
+    /// so that a retry never applies one the controller moved on from.
+    latest_rejected: Mutex<Option<StoredBundle>>,
 }
 
 // === impl StoredBundle ===
@@ -156,6 +165,21 @@ impl BundleApplier {
             metrics,
             outbox,
             rejected: Mutex::new(None),
+            latest_rejected: Mutex::new(None),
+        }
+    }
+
+    /// Tries the latest bundle streamed again, if it was rejected: called
+    /// after a reload, which may have given the node what the bundle
+    /// needs. Nothing to do otherwise.
+    pub fn retry(&self) {
+        let latest = self
+            .latest_rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(bundle) = latest {
+            self.take(bundle);
         }
     }
 
@@ -164,6 +188,13 @@ impl BundleApplier {
     /// counts, logs and reports the outcome.
     pub fn take(&self, bundle: StoredBundle) -> Outcome {
         let outcome = self.try_take(&bundle);
+        *self
+            .latest_rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = match &outcome {
+            Outcome::Rejected(_) => Some(bundle.clone()),
+            Outcome::Applied | Outcome::Unchanged => None,
+        };
         let result = match &outcome {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",

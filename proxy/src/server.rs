@@ -226,15 +226,19 @@ impl Vigil {
         }
         // Rule bundles from the controller, once there is a generation to
         // apply them to (the journal's last one first).
-        let fleet_sync = match (fleet_sync, &outbox) {
-            (Some(sync), Some(outbox)) if rules_source == RulesSource::Controller => {
-                Some(sync.with_rules(Arc::new(BundleApplier::new(
+        let bundles = match (&fleet_sync, &outbox) {
+            (Some(_), Some(outbox)) if rules_source == RulesSource::Controller => {
+                Some(Arc::new(BundleApplier::new(
                     current.clone(),
                     apply.clone(),
                     metrics.clone(),
                     outbox.clone(),
-                ))))
+                )))
             }
+            _ => None,
+        };
+        let fleet_sync = match (fleet_sync, &bundles) {
+            (Some(sync), Some(bundles)) => Some(sync.with_rules(bundles.clone())),
             (sync, _) => sync,
         };
         // The start-time settings: sockets, stores and services are built
@@ -382,14 +386,18 @@ impl Vigil {
         let reloader = Reloader::new(config.server.file_check, watched, metrics.reloads.clone());
         server.add_service(background_service("file reload", reloader));
 
-        let config_reloader = Arc::new(ConfigReloader::new(
+        let mut config_reloader = ConfigReloader::new(
             options.config_file,
             engine.clone(),
             current.clone(),
             metrics.clone(),
             certificates,
             apply,
-        ));
+        );
+        if let Some(bundles) = bundles {
+            config_reloader = config_reloader.with_rules(bundles);
+        }
+        let config_reloader = Arc::new(config_reloader);
         server.add_service(background_service(
             "config watch",
             ConfigWatch::new(config_reloader.clone(), config.server.file_check),

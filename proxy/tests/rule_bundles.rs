@@ -291,7 +291,8 @@ async fn a_bundle_is_enforced_everywhere_rejected_where_it_cannot_compile_and_su
     };
     let a_config = node("a", NODE_A, true);
     let mut a = Proxy::start(&a_config).await;
-    let b = Proxy::start(&node("b", NODE_B, false)).await;
+    let b_config = node("b", NODE_B, false);
+    let b = Proxy::start(&b_config).await;
     until_connected(&a, 1.0).await;
     until_connected(&b, 1.0).await;
     // No bundle yet, no rule files: the policy tables decide.
@@ -340,6 +341,22 @@ async fn a_bundle_is_enforced_everywhere_rejected_where_it_cannot_compile_and_su
     assert_eq!(b.metric("vigil_proxy_rules_bundle_version", &[]).await, 1.0);
     assert_eq!(status(&b, "/admin/users").await, 403, "B keeps version 1");
     assert_eq!(status(&b, "/ops/deploy").await, 200);
+
+    // B's operator adds the route and reloads: B tries the latest bundle
+    // again, applies it, and the controller sees B at version 2.
+    let mut with_ops: toml::Table = b_config.parse().unwrap();
+    let routes = with_ops["routes"].as_array_mut().unwrap();
+    let mut ops = routes[0].as_table().unwrap().clone();
+    ops.insert("name".into(), "ops".into());
+    ops.insert("path_prefix".into(), "/ops".into());
+    routes.insert(0, toml::Value::Table(ops));
+    b.rewrite_config(&toml::to_string(&with_ops).unwrap());
+    b.hangup();
+    until_status(&b, "/ops/deploy", 200, 403).await;
+    let nodes = controller
+        .until_nodes(|n| n["b"]["rules"]["version"] == 2)
+        .await;
+    assert_eq!(nodes["b"]["rules_failure"], serde_json::Value::Null);
 
     // The controller goes away; node A is killed outright and started
     // again: it enforces version 2 from its state directory before the
@@ -390,6 +407,7 @@ async fn a_bundle_is_enforced_everywhere_rejected_where_it_cannot_compile_and_su
     );
     until_status(&a, "/ops/deploy", 403, 200).await;
     assert_eq!(status(&a, "/admin/users").await, 403);
+    until_status(&b, "/ops/deploy", 403, 200).await;
     controller
         .until_nodes(|n| n["a"]["rules"]["version"] == 1 && n["b"]["rules"]["version"] == 1)
         .await;
