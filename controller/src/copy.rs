@@ -5,7 +5,8 @@
 //! The source is read in one consistent view (a read transaction; on
 //! PostgreSQL `REPEATABLE READ`), so a copy taken while the controller
 //! runs is the store as of one moment: the change log with its numbers and
-//! the state it built, node event ids, disabled nodes. The destination
+//! the state it built, node event ids, disabled nodes, rule bundles and
+//! what nodes reported of them. The destination
 //! must be empty (its schema is applied first) and is written in one
 //! transaction: a copy that fails leaves it empty.
 

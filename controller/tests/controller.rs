@@ -1331,6 +1331,8 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     .await;
     c.admin("/v1/admin/nodes/disable", serde_json::json!({"node": "b"}))
         .await;
+    assert_eq!(publish(&c, BLOCK_ADMIN).await.status(), 200);
+    post_events(&c, NODE_A, vec![rules_report("a-3", 1, BLOCK_ADMIN, true)]).await;
     c.stop().await;
 
     let source = Store::open(&sqlite.url()).await.unwrap();
@@ -1356,6 +1358,11 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
         target.disabled_nodes().await.unwrap(),
         source.disabled_nodes().await.unwrap()
     );
+    assert_eq!(
+        target.rule_bundle(1).await.unwrap(),
+        source.rule_bundle(1).await.unwrap()
+    );
+    assert!(target.node_rules().await.unwrap()["a"].applied.is_some());
     // Never over data: a second copy into the same store is refused.
     assert!(matches!(
         vigil_controller::copy::copy(&source, &target).await,
