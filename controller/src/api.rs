@@ -555,12 +555,9 @@ async fn stream(
         changes.retain(|c| c.in_snapshot_of(v));
         // A rule bundle in a chunk of its own (`Change::travels_alone`),
         // after the rest.
-        let (alone, mut changes): (Vec<Change>, Vec<Change>) =
+        let (alone, together): (Vec<Change>, Vec<Change>) =
             changes.into_iter().partition(Change::travels_alone);
-        let rest = changes.len();
-        changes.extend(alone);
-        let (rest, alone) = changes.split_at(rest);
-        for chunk in rest.chunks(MAX_BATCH).chain(alone.chunks(1)) {
+        for chunk in together.chunks(MAX_BATCH).chain(alone.chunks(1)) {
             send(
                 tx,
                 &Frame::Snapshot {
@@ -1042,7 +1039,18 @@ async fn publish_rules(
             "a rule file is UTF-8 text",
         )
     })?;
-    let problems = rules_problems(text);
+    // Compiling is CPU work of up to tens of milliseconds: off the
+    // runtime's threads.
+    let owned = text.to_owned();
+    let problems = tokio::task::spawn_blocking(move || rules_problems(&owned))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the rule file could not be checked",
+            )
+        })?;
     if !problems.is_empty() {
         let mut e = ApiError::new(
             StatusCode::BAD_REQUEST,
