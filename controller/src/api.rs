@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +21,9 @@ use vigil_engine::UserKey;
 use vigil_fleet::{
     Change, EventBatch, Frame, MAX_BATCH, MAX_EVENTS, NodeEvent, NodeEventKind, SessionId, UserId,
     VERSION, VERSION_HEADER, write_frame,
+};
+use vigil_fleet::{
+    MAX_RULES_BYTES, MAX_RULES_PROBLEM_BYTES, MAX_RULES_PROBLEMS, RULES_BUNDLE_FILE,
 };
 
 // The admin API for security teams.
@@ -255,6 +258,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Every problem found, when there are several (a rule bundle's);
+    /// the body's `problems` when not empty.
+    problems: Vec<serde_json::Value>,
 }
 
 impl ApiError {
@@ -263,6 +269,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            problems: Vec::new(),
         }
     }
 
@@ -288,7 +295,10 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let mut body = serde_json::json!({"error": self.code, "message": self.message});
+        if !self.problems.is_empty() {
+            body["problems"] = serde_json::Value::Array(self.problems);
+        }
         (
             self.status,
             [(header::CACHE_CONTROL, "no-store")],
@@ -319,6 +329,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/trust-device", post(trust_device))
         .route("/v1/admin/users/trust-network", post(trust_network))
         .route("/v1/admin/detections/false-positive", post(false_positive))
+        .route("/v1/admin/rules", get(list_rules))
+        .route("/v1/admin/rules", post(publish_rules))
+        .route("/v1/admin/rules/{version}", get(get_rules))
+        .route("/v1/admin/rules/rollback", post(rollback_rules))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -554,7 +568,11 @@ async fn stream(
     if snapshot {
         let (seq, mut changes) = app.store.snapshot().await?;
         changes.retain(|c| c.in_snapshot_of(v));
-        for chunk in changes.chunks(MAX_BATCH) {
+        // A rule bundle in a chunk of its own (`Change::travels_alone`),
+        // after the rest.
+        let (alone, together): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(Change::travels_alone);
+        for chunk in together.chunks(MAX_BATCH).chain(alone.chunks(1)) {
             send(
                 tx,
                 &Frame::Snapshot {
@@ -748,6 +766,20 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
         }
         NodeEventKind::UserLearned { which, .. } => (*which >= 0x40)
             .then_some("an observation's `which` names features 0 to 5 only (below 0x40)"),
+        NodeEventKind::RulesBundle {
+            sha256, problems, ..
+        } => {
+            let ok = sha256.len() == 64
+                && sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                && problems.len() <= MAX_RULES_PROBLEMS
+                && problems.iter().all(|p| p.len() <= MAX_RULES_PROBLEM_BYTES);
+            (!ok).then_some(
+                "a rule bundle report's sha256 is 64 lower-case hex digits; at most 32 \
+                 problems of at most 1024 bytes",
+            )
+        }
         _ => None,
     }
 }
@@ -841,7 +873,7 @@ async fn list_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
     admin(&app, &headers)?;
     app.refresh_disabled().await?;
     let disabled = app.disabled.borrow().clone();
-    let nodes: Vec<_> = app
+    let mut nodes: Vec<_> = app
         .config
         .nodes
         .iter()
@@ -853,6 +885,7 @@ async fn list_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
             })
         })
         .collect();
+    add_rules_status(&app, &mut nodes).await?;
     Ok(Json(serde_json::json!({ "nodes": nodes })).into_response())
 }
 
@@ -966,6 +999,217 @@ async fn user_risk(
     )
     .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+// === rule bundles ===
+
+/// The problems `text` has as a rule file, each as `vigil-proxy check`
+/// reports it (`bundle.toml:LINE:COLUMN: rule "NAME": …`); empty when it
+/// compiles. What only a node can check (the routes it names, a way to
+/// step up or sign in on each route it reaches) is checked on each node.
+fn rules_problems(text: &str) -> Vec<serde_json::Value> {
+    let files = [(std::path::PathBuf::from(RULES_BUNDLE_FILE), text.to_owned())];
+    match vigil_rules::RuleSet::parse_files(&files) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .0
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "line": e.line,
+                    "column": e.column,
+                    "rule": e.rule,
+                    "message": e.message,
+                    "text": e.to_string(),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn rules_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "rules_too_large",
+        format!(
+            "a rule bundle is at most {MAX_RULES_BYTES} bytes of text, and fits one line of the sync stream once JSON-escaped"
+        ),
+    )
+}
+
+/// `POST /v1/admin/rules`: the body (a rule file's text, at most
+/// [`MAX_RULES_BYTES`]) becomes the next version of the rule bundle, in
+/// force on every node that takes its rules from the controller — if it
+/// compiles: otherwise `400 invalid_rules` with every problem, and nothing
+/// is stored.
+async fn publish_rules(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    // Read only now, after the token, and never past the bound.
+    let bytes = axum::body::to_bytes(body, MAX_RULES_BYTES)
+        .await
+        .map_err(|_| rules_too_large())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "a rule file is UTF-8 text",
+        )
+    })?;
+    // Compiling is CPU work of up to tens of milliseconds: off the
+    // runtime's threads.
+    let owned = text.to_owned();
+    let problems = tokio::task::spawn_blocking(move || rules_problems(&owned))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the rule file could not be checked",
+            )
+        })?;
+    if !problems.is_empty() {
+        let mut e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_rules",
+            format!(
+                "the rule file has {} problem(s); nothing was published",
+                problems.len()
+            ),
+        );
+        e.problems = problems;
+        return Err(e);
+    }
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    let now = now_secs();
+    let change = Change::RulesBundle {
+        version: u64::MAX,
+        sha256: sha256.clone(),
+        created_at: now,
+        text: text.to_owned(),
+    };
+    if !change.fits_in_a_frame() {
+        return Err(rules_too_large());
+    }
+    let (version, seq) = app.store.publish_rules(text, &sha256, now).await?;
+    app.head.send_replace(seq);
+    tracing::info!(
+        version,
+        seq,
+        sha256,
+        "rule bundle published by the admin API"
+    );
+    Ok(Json(serde_json::json!({"version": version, "sha256": sha256, "seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesVersion {
+    version: u64,
+}
+
+fn unknown_version() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_version",
+        "no rule bundle of that version was published",
+    )
+}
+
+/// `POST /v1/admin/rules/rollback` `{"version":N}`: the stored bundle `N`
+/// is published again as the one in force (a new change; its version
+/// number stays `N`).
+async fn rollback_rules(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let req: RulesVersion = json(&body)?;
+    let (bundle, seq) = app
+        .store
+        .republish_rules(req.version, now_secs())
+        .await?
+        .ok_or_else(unknown_version)?;
+    app.head.send_replace(seq);
+    tracing::warn!(
+        version = bundle.version,
+        seq,
+        "rule bundle rolled back by the admin API"
+    );
+    Ok(
+        Json(serde_json::json!({"version": bundle.version, "sha256": bundle.sha256, "seq": seq}))
+            .into_response(),
+    )
+}
+
+/// `GET /v1/admin/rules`: every version published, and which is in force.
+async fn list_rules(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let bundles = app.store.rule_bundles().await?;
+    let in_force = bundles.iter().max_by_key(|b| b.seq).map(|b| b.version);
+    let list: Vec<_> = bundles
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "version": b.version,
+                "sha256": b.sha256,
+                "created_at": b.created_at,
+                "in_force": Some(b.version) == in_force,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"in_force": in_force, "bundles": list})).into_response())
+}
+
+/// `GET /v1/admin/rules/{version}`: one version with its text.
+async fn get_rules(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers)?;
+    let version: u64 = version.parse().map_err(|_| unknown_version())?;
+    let bundle = app
+        .store
+        .rule_bundle(version)
+        .await?
+        .ok_or_else(unknown_version)?;
+    Ok(Json(serde_json::json!({
+        "version": bundle.version,
+        "sha256": bundle.sha256,
+        "created_at": bundle.created_at,
+        "text": bundle.text,
+    }))
+    .into_response())
+}
+
+/// Adds to each node of `GET /v1/admin/nodes` what it last reported of
+/// its rule bundles: `rules` (the version in force, `null` before any)
+/// and `rules_failure` (its last rejection since, `null` when none).
+async fn add_rules_status(app: &App, nodes: &mut [serde_json::Value]) -> Result<(), ApiError> {
+    let reported = app.store.node_rules().await?;
+    for node in nodes {
+        let status = node["node"]
+            .as_str()
+            .and_then(|name| reported.get(name))
+            .cloned()
+            .unwrap_or_default();
+        node["rules"] = status.applied.map_or(
+            serde_json::Value::Null,
+            |(v, sha, at)| serde_json::json!({"version": v, "sha256": sha, "applied_at": at}),
+        );
+        node["rules_failure"] = status.failure.map_or(
+            serde_json::Value::Null,
+            |(v, sha, problems, at)| {
+                serde_json::json!({"version": v, "sha256": sha, "problems": problems, "at": at})
+            },
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

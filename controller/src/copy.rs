@@ -5,7 +5,8 @@
 //! The source is read in one consistent view (a read transaction; on
 //! PostgreSQL `REPEATABLE READ`), so a copy taken while the controller
 //! runs is the store as of one moment: the change log with its numbers and
-//! the state it built, node event ids, disabled nodes. The destination
+//! the state it built, node event ids, disabled nodes, rule bundles and
+//! what nodes reported of them. The destination
 //! must be empty (its schema is applied first) and is written in one
 //! transaction: a copy that fails leaves it empty.
 
@@ -134,6 +135,29 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("user_key", Kind::Text),
             ("name", Kind::Text),
             ("at", Kind::Int),
+        ],
+    ),
+    (
+        "rule_bundles",
+        &[
+            ("version", Kind::Int),
+            ("text", Kind::Text),
+            ("sha256", Kind::Text),
+            ("created_at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
+        "node_rules",
+        &[
+            ("node", Kind::Text),
+            ("version", Kind::Int),
+            ("sha256", Kind::Text),
+            ("applied_at", Kind::Int),
+            ("failed_version", Kind::Int),
+            ("failed_sha256", Kind::Text),
+            ("failure", Kind::Text),
+            ("failed_at", Kind::Int),
         ],
     ),
 ];

@@ -114,6 +114,34 @@ struct Held {
     confirmed: bool,
 }
 
+/// A rule bundle as stored ([`Change::RulesBundle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBundle {
+    /// Its version, 1, 2, … in order of publication.
+    pub version: u64,
+    /// SHA-256 of its text, lower-case hex.
+    pub sha256: String,
+    /// When it was first published (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// The change that last published it (its publication or a rollback
+    /// to it): the bundle in force has the highest.
+    pub seq: u64,
+    /// The rule file's text; empty in [`Store::rule_bundles`]' list.
+    pub text: String,
+}
+
+/// What a node last reported of the rule bundles it was sent
+/// ([`NodeEventKind::RulesBundle`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRules {
+    /// The version it applied last (its rules now), with its SHA-256 and
+    /// when; `None` before it applied any.
+    pub applied: Option<(u64, String, u64)>,
+    /// Its last rejection since then: version, SHA-256, the problems, and
+    /// when; cleared when it applies one.
+    pub failure: Option<(u64, String, Vec<String>, u64)>,
+}
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -406,6 +434,24 @@ impl Store {
                         _ => taken.ignored += 1,
                     }
                 }
+                NodeEventKind::RulesBundle {
+                    version,
+                    sha256,
+                    applied,
+                    problems,
+                    at,
+                } => {
+                    record_node_rules(
+                        &mut tx,
+                        node,
+                        *version,
+                        sha256,
+                        *applied,
+                        problems,
+                        (*at).min(now),
+                    )
+                    .await?;
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -604,6 +650,10 @@ impl Store {
             out.extend(population_changes(&totals, &counters));
         }
         out.extend(admin::trust_snapshot(&mut tx).await?);
+        // Only the bundle in force: each replaces the one before whole.
+        if let Some(bundle) = bundle_in_force(&mut tx).await? {
+            out.push(bundle.into_change());
+        }
         tx.commit().await?;
         Ok((head, out))
     }
@@ -639,6 +689,128 @@ impl Store {
                 .and_then(|r| ProfileRecord::decode(&r.0)),
             None => None,
         })
+    }
+
+    /// Publishes a rule bundle of `text` (validated by the caller) as the
+    /// next version, in force from its change on; returns the version and
+    /// the change's sequence.
+    pub async fn publish_rules(
+        &self,
+        text: &str,
+        sha256: &str,
+        now: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The log's lock first: two publications get two versions, in the
+        // order of their changes.
+        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let version = to_u64(
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM rule_bundles")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get::<i64, _>(0)?,
+        ) + 1;
+        let change = Change::RulesBundle {
+            version,
+            sha256: sha256.to_owned(),
+            created_at: now,
+            text: text.to_owned(),
+        };
+        let head = append_in(&mut tx, &[change], now).await?;
+        tx.commit().await?;
+        Ok((version, head))
+    }
+
+    /// Publishes the stored bundle `version` again, as the one in force
+    /// (a rollback); returns it and the change's sequence, or `None` for a
+    /// version never published.
+    pub async fn republish_rules(
+        &self,
+        version: u64,
+        now: u64,
+    ) -> Result<Option<(RuleBundle, u64)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let Some(bundle) = read_bundle(&mut tx, Some(version)).await? else {
+            return Ok(None);
+        };
+        let head = append_in(&mut tx, &[bundle.clone().into_change()], now).await?;
+        tx.commit().await?;
+        Ok(Some((
+            RuleBundle {
+                seq: head,
+                ..bundle
+            },
+            head,
+        )))
+    }
+
+    /// Every bundle published, oldest version first, without their texts.
+    pub async fn rule_bundles(&self) -> Result<Vec<RuleBundle>, StoreError> {
+        sqlx::query("SELECT version, sha256, created_at, seq FROM rule_bundles ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(RuleBundle {
+                    version: to_u64(row.try_get(0)?),
+                    sha256: row.try_get(1)?,
+                    created_at: to_u64(row.try_get(2)?),
+                    seq: to_u64(row.try_get(3)?),
+                    text: String::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// The bundle `version` with its text, if it was published.
+    pub async fn rule_bundle(&self, version: u64) -> Result<Option<RuleBundle>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let bundle = read_bundle(&mut tx, Some(version)).await?;
+        tx.commit().await?;
+        Ok(bundle)
+    }
+
+    /// What each node last reported of its rule bundles, by node name.
+    pub async fn node_rules(&self) -> Result<HashMap<String, NodeRules>, StoreError> {
+        let mut out = HashMap::new();
+        for row in sqlx::query(
+            "SELECT node, version, sha256, applied_at, failed_version, failed_sha256, failure, \
+             failed_at FROM node_rules",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let node: String = row.try_get(0)?;
+            let applied = match (
+                row.try_get::<Option<i64>, _>(1)?,
+                row.try_get::<Option<String>, _>(2)?,
+                row.try_get::<Option<i64>, _>(3)?,
+            ) {
+                (Some(v), Some(sha), Some(at)) => Some((to_u64(v), sha, to_u64(at))),
+                _ => None,
+            };
+            let failure = match (
+                row.try_get::<Option<i64>, _>(4)?,
+                row.try_get::<Option<String>, _>(5)?,
+                row.try_get::<Option<String>, _>(6)?,
+                row.try_get::<Option<i64>, _>(7)?,
+            ) {
+                (Some(v), Some(sha), Some(problems), Some(at)) => Some((
+                    to_u64(v),
+                    sha,
+                    serde_json::from_str(&problems).unwrap_or_default(),
+                    to_u64(at),
+                )),
+                _ => None,
+            };
+            out.insert(node, NodeRules { applied, failure });
+        }
+        Ok(out)
     }
 
     /// The nodes an operator disabled through the admin API.
@@ -921,6 +1093,27 @@ async fn append_in(
             }
             Change::Population { totals, counters } => {
                 write_population(tx, totals, counters).await?;
+            }
+            Change::RulesBundle {
+                version,
+                sha256,
+                created_at,
+                text,
+            } => {
+                // A rollback publishes a stored version again: only its
+                // number in the log moves.
+                sqlx::query(
+                    "INSERT INTO rule_bundles (version, text, sha256, created_at, seq) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (version) DO UPDATE SET seq = excluded.seq",
+                )
+                .bind(to_i64(*version))
+                .bind(text.as_str())
+                .bind(sha256.as_str())
+                .bind(to_i64(*created_at))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
             }
             // Never written: the controller appends only kinds it knows.
             Change::Unknown => {}
@@ -1506,6 +1699,121 @@ async fn recount_detections(
         return Ok(None);
     }
     Ok(Some(Change::UserDetections { user, count, until }))
+}
+
+// === rule bundles ===
+
+impl RuleBundle {
+    fn into_change(self) -> Change {
+        Change::RulesBundle {
+            version: self.version,
+            sha256: self.sha256,
+            created_at: self.created_at,
+            text: self.text,
+        }
+    }
+}
+
+/// The bundle `version` (`None`: the one in force), with its text.
+async fn read_bundle(
+    tx: &mut Transaction<'static, Any>,
+    version: Option<u64>,
+) -> Result<Option<RuleBundle>, StoreError> {
+    let query = match version {
+        Some(v) => sqlx::query(
+            "SELECT version, sha256, created_at, seq, text FROM rule_bundles WHERE version = $1",
+        )
+        .bind(to_i64(v)),
+        None => sqlx::query(
+            "SELECT version, sha256, created_at, seq, text FROM rule_bundles ORDER BY seq DESC LIMIT 1",
+        ),
+    };
+    query
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| {
+            Ok(RuleBundle {
+                version: to_u64(row.try_get(0)?),
+                sha256: row.try_get(1)?,
+                created_at: to_u64(row.try_get(2)?),
+                seq: to_u64(row.try_get(3)?),
+                text: row.try_get(4)?,
+            })
+        })
+        .transpose()
+}
+
+/// The bundle in force: the one published last.
+async fn bundle_in_force(
+    tx: &mut Transaction<'static, Any>,
+) -> Result<Option<RuleBundle>, StoreError> {
+    read_bundle(tx, None).await
+}
+
+/// Records what `node` reports of a bundle: applied, it is the node's
+/// version in force (and its last failure is cleared); rejected, its last
+/// failure. A report of a bundle never published (version and hash) is
+/// ignored: a node cannot claim rules the controller never sent.
+async fn record_node_rules(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    version: u64,
+    sha256: &str,
+    applied: bool,
+    problems: &[String],
+    at: u64,
+) -> Result<(), StoreError> {
+    let known = sqlx::query("SELECT 1 FROM rule_bundles WHERE version = $1 AND sha256 = $2")
+        .bind(to_i64(version))
+        .bind(sha256)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+    if !known {
+        tracing::debug!(
+            node,
+            version,
+            "a node reported a rule bundle never published; ignored"
+        );
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO node_rules (node) VALUES ($1) ON CONFLICT (node) DO NOTHING")
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    if applied {
+        sqlx::query(
+            "UPDATE node_rules SET version = $1, sha256 = $2, applied_at = $3, \
+             failed_version = NULL, failed_sha256 = NULL, failure = NULL, failed_at = NULL \
+             WHERE node = $4",
+        )
+        .bind(to_i64(version))
+        .bind(sha256)
+        .bind(to_i64(at))
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        let problems = serde_json::to_string(problems).unwrap_or_else(|_| "[]".to_owned());
+        tracing::warn!(
+            node,
+            version,
+            problems = problems.as_str(),
+            "a node rejected a rule bundle; it keeps its rules"
+        );
+        sqlx::query(
+            "UPDATE node_rules SET failed_version = $1, failed_sha256 = $2, failure = $3, \
+             failed_at = $4 WHERE node = $5",
+        )
+        .bind(to_i64(version))
+        .bind(sha256)
+        .bind(problems)
+        .bind(to_i64(at))
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 impl FromStr for Backend {

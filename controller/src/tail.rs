@@ -107,7 +107,10 @@ fn encode(batch: Vec<(u64, Change)>, drop_seq: Option<u64>) -> Bytes {
     let mut part_first = first;
     let mut part = Vec::with_capacity(batch.len());
     for (seq, change) in batch {
-        if Some(seq) == drop_seq {
+        // A rule bundle goes in a frame of its own
+        // (`Change::travels_alone`): the frame before it ends here.
+        let alone = change.travels_alone();
+        if Some(seq) == drop_seq || alone {
             if !part.is_empty() {
                 out.extend(write_frame(&Frame::Changes {
                     first: part_first,
@@ -115,6 +118,12 @@ fn encode(batch: Vec<(u64, Change)>, drop_seq: Option<u64>) -> Bytes {
                 }));
             }
             part_first = seq + 1;
+            if alone && Some(seq) != drop_seq {
+                out.extend(write_frame(&Frame::Changes {
+                    first: seq,
+                    changes: vec![change],
+                }));
+            }
             continue;
         }
         part.push(change);
@@ -281,6 +290,28 @@ mod tests {
         assert_eq!(frames(&encode(batch(5, 3), Some(7))), vec![(5, 2)]);
         // Alone: nothing at all.
         assert!(encode(batch(5, 1), Some(5)).is_empty());
+    }
+
+    /// A rule bundle (up to 256 KiB of text) never shares a frame, so no
+    /// frame outgrows a line.
+    #[test]
+    fn a_rule_bundle_is_a_frame_of_its_own() {
+        let mut b = batch(5, 3);
+        b.insert(
+            1,
+            (
+                6,
+                Change::RulesBundle {
+                    version: 1,
+                    sha256: "0".repeat(64),
+                    created_at: 1,
+                    text: "a".repeat(vigil_fleet::MAX_RULES_BYTES),
+                },
+            ),
+        );
+        b[2].0 = 7;
+        b[3].0 = 8;
+        assert_eq!(frames(&encode(b, None)), vec![(5, 1), (6, 1), (7, 2)]);
     }
 
     #[test]

@@ -1130,8 +1130,10 @@ async fn an_operator_disables_a_node_at_once_and_its_stream_ends() {
         assert_eq!(
             list["nodes"],
             serde_json::json!([
-                {"node": "a", "disabled": true, "disabled_by": "admin_api"},
-                {"node": "b", "disabled": false, "disabled_by": ""},
+                {"node": "a", "disabled": true, "disabled_by": "admin_api",
+                 "rules": null, "rules_failure": null},
+                {"node": "b", "disabled": false, "disabled_by": "",
+                 "rules": null, "rules_failure": null},
             ])
         );
         // An unknown node is an error, not a silent no-op.
@@ -1332,6 +1334,8 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     .await;
     c.admin("/v1/admin/nodes/disable", serde_json::json!({"node": "b"}))
         .await;
+    assert_eq!(publish(&c, BLOCK_ADMIN).await.status(), 200);
+    post_events(&c, NODE_A, vec![rules_report("a-3", 1, BLOCK_ADMIN, true)]).await;
     c.stop().await;
 
     let source = Store::open(&sqlite.url()).await.unwrap();
@@ -1364,6 +1368,11 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
         target.disabled_nodes().await.unwrap(),
         source.disabled_nodes().await.unwrap()
     );
+    assert_eq!(
+        target.rule_bundle(1).await.unwrap(),
+        source.rule_bundle(1).await.unwrap()
+    );
+    assert!(target.node_rules().await.unwrap()["a"].applied.is_some());
     // Never over data: a second copy into the same store is refused.
     assert!(matches!(
         vigil_controller::copy::copy(&source, &target).await,
@@ -2637,4 +2646,278 @@ async fn erasing_a_user_deletes_their_name_trust_and_false_positive_marks() {
         db.drop_db().await;
     })
     .await;
+}
+
+// === rule bundles ===
+
+const BLOCK_ADMIN: &str =
+    "[[rule]]\nname = \"block-admin\"\npath_prefixes = [\"/admin\"]\naction = \"block\"\n";
+const BLOCK_OPS: &str =
+    "[[rule]]\nname = \"block-ops\"\npath_prefixes = [\"/ops\"]\naction = \"block\"\n";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+async fn publish(c: &Controller, text: &str) -> reqwest::Response {
+    client()
+        .post(c.url("/v1/admin/rules"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/toml")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn rules_report(id: &str, version: u64, text: &str, applied: bool) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::RulesBundle {
+            version,
+            sha256: sha256_hex(text),
+            applied,
+            problems: if applied {
+                Vec::new()
+            } else {
+                vec!["bundle.toml:4: rule \"block-ops\": route \"ops\" does not exist".to_owned()]
+            },
+            at: now(),
+        },
+    }
+}
+
+/// A bundle the controller accepts is stored as the next version and
+/// streamed to every node as one change carrying its text; a rollback
+/// publishes the earlier version again (a new change, the same version);
+/// a node starting now gets the bundle in force, alone, in its snapshot;
+/// and what each node reports of it is shown per node.
+#[tokio::test]
+async fn a_published_rule_bundle_is_streamed_versioned_and_rolled_back() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let mut a = Stream::open(&c, NODE_A, 0).await;
+        a.next().await;
+        assert_eq!(a.next().await, Frame::SnapshotEnd { seq: 0 });
+
+        let r = publish(&c, BLOCK_ADMIN).await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"version": 1, "sha256": sha256_hex(BLOCK_ADMIN), "seq": 1})
+        );
+        let Frame::Changes { first: 1, changes } = a.next_change().await else {
+            panic!()
+        };
+        let [Change::RulesBundle {
+            version: 1,
+            sha256,
+            text,
+            ..
+        }] = &changes[..]
+        else {
+            panic!("{changes:?}")
+        };
+        assert_eq!((sha256.as_str(), text.as_str()), (sha256_hex(BLOCK_ADMIN).as_str(), BLOCK_ADMIN));
+
+        // A revocation and the second version: each its own frame.
+        c.admin(
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": session(1).to_string()}),
+        )
+        .await;
+        let r = publish(&c, BLOCK_OPS).await;
+        assert_eq!(r.status(), 200);
+        assert!(matches!(a.next_change().await, Frame::Changes { first: 2, .. }));
+        let Frame::Changes { first: 3, changes } = a.next_change().await else {
+            panic!()
+        };
+        assert!(matches!(changes[..], [Change::RulesBundle { version: 2, .. }]));
+
+        // Node A applied 1, then rejected 2 (and keeps 1); node B applied 2.
+        for (token, events) in [
+            (
+                NODE_A,
+                vec![
+                    rules_report("a-1", 1, BLOCK_ADMIN, true),
+                    rules_report("a-2", 2, BLOCK_OPS, false),
+                ],
+            ),
+            (NODE_B, vec![rules_report("b-1", 2, BLOCK_OPS, true)]),
+        ] {
+            assert_eq!(post_events(&c, token, events).await.status(), 200);
+        }
+        // A report is bounded like every event: a hash that is not one is
+        // refused whole.
+        let mut bad = rules_report("b-9", 2, BLOCK_OPS, false);
+        if let NodeEventKind::RulesBundle { sha256, .. } = &mut bad.kind {
+            *sha256 = "XYZ".to_owned();
+        }
+        assert_eq!(post_events(&c, NODE_B, vec![bad]).await.status(), 400);
+        // A report of rules never published changes nothing.
+        assert_eq!(
+            post_events(&c, NODE_B, vec![rules_report("b-2", 7, "forged", true)])
+                .await
+                .status(),
+            200
+        );
+        let nodes = c.admin_get("/v1/admin/nodes").await;
+        let a_status = &nodes["nodes"][0];
+        assert_eq!(a_status["node"], "a");
+        assert_eq!(a_status["rules"]["version"], 1);
+        assert_eq!(a_status["rules"]["sha256"], sha256_hex(BLOCK_ADMIN));
+        assert_eq!(a_status["rules_failure"]["version"], 2);
+        assert_eq!(
+            a_status["rules_failure"]["problems"],
+            serde_json::json!(["bundle.toml:4: rule \"block-ops\": route \"ops\" does not exist"])
+        );
+        let b_status = &nodes["nodes"][1];
+        assert_eq!(b_status["rules"]["version"], 2);
+        assert_eq!(b_status["rules_failure"], serde_json::Value::Null);
+
+        // Roll back to 1: a new change, version 1 again.
+        let r = c
+            .admin("/v1/admin/rules/rollback", serde_json::json!({"version": 1}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"version": 1, "sha256": sha256_hex(BLOCK_ADMIN), "seq": 4})
+        );
+        let Frame::Changes { first: 4, changes } = a.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(&changes[..], [Change::RulesBundle { version: 1, text, .. }] if text == BLOCK_ADMIN)
+        );
+        let r = c
+            .admin("/v1/admin/rules/rollback", serde_json::json!({"version": 9}))
+            .await;
+        assert_eq!(r.status(), 404);
+        let list = c.admin_get("/v1/admin/rules").await;
+        assert_eq!(list["in_force"], 1);
+        assert_eq!(list["bundles"].as_array().unwrap().len(), 2);
+        assert_eq!(list["bundles"][0]["in_force"], true);
+        assert_eq!(list["bundles"][1]["in_force"], false);
+        let two = c.admin_get("/v1/admin/rules/2").await;
+        assert_eq!(two["text"], BLOCK_OPS);
+        assert_eq!(two["sha256"], sha256_hex(BLOCK_OPS));
+
+        // A node starting now: the revocation, then the bundle in force
+        // alone in a chunk of its own.
+        let mut late = Stream::open(&c, NODE_B, 0).await;
+        late.next().await;
+        let Frame::Snapshot { seq: 4, changes } = late.next().await else {
+            panic!()
+        };
+        assert!(matches!(changes[..], [Change::SessionRevoked { .. }]));
+        let Frame::Snapshot { seq: 4, changes } = late.next().await else {
+            panic!()
+        };
+        assert!(
+            matches!(&changes[..], [Change::RulesBundle { version: 1, text, .. }] if text == BLOCK_ADMIN)
+        );
+        assert_eq!(late.next().await, Frame::SnapshotEnd { seq: 4 });
+        // A version 2 node has no use for it: a change that does nothing
+        // in its place, and none in its snapshot.
+        let mut old = Stream::open_as(&c, NODE_B, 0, Some(2)).await;
+        old.next().await;
+        let Frame::Snapshot { changes, .. } = old.next().await else {
+            panic!()
+        };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(old.next().await, Frame::SnapshotEnd { seq: 4 });
+        let mut old = Stream::open_as(&c, NODE_B, 2, Some(2)).await;
+        old.next().await;
+        let Frame::Changes { first: 3, changes } = old.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes, vec![Change::nothing(), Change::nothing()]);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A bundle that does not compile is refused with every problem, as
+/// `vigil-proxy check` words them, and nothing is stored or streamed; so
+/// is one too large, or not text.
+#[tokio::test]
+async fn an_invalid_rule_bundle_is_refused_with_every_problem_and_nothing_is_stored() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let bad = "[[rule]]\nname = \"one\"\ncondition = 'risk.levle == \"high\"'\naction = \"block\"\n\n\
+                   [[rule]]\nname = \"two\"\npath_prefixes = [\"/x\"]\naction = \"explode\"\n";
+        let r = publish(&c, bad).await;
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "invalid_rules");
+        let problems = body["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0]["rule"], "one");
+        assert_eq!(problems[0]["line"], 3);
+        assert!(
+            problems[0]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("bundle.toml:3:"),
+            "{problems:?}"
+        );
+        assert!(problems[0]["message"].as_str().unwrap().contains("risk.levle"));
+        assert_eq!(problems[1]["rule"], "two");
+        assert_eq!(problems[1]["line"], 9);
+        // Too large, and not text.
+        let r = publish(&c, &"#".repeat(vigil_fleet::MAX_RULES_BYTES + 1)).await;
+        assert_eq!(r.status(), 413);
+        let r = client()
+            .post(c.url("/v1/admin/rules"))
+            .bearer_auth(ADMIN)
+            .body(vec![0xff_u8, 0xfe])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let list = c.admin_get("/v1/admin/rules").await;
+        assert_eq!(list, serde_json::json!({"in_force": null, "bundles": []}));
+        assert_eq!(c.admin_get("/v1/admin/log").await["head"], 0);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Only the admin publishes, lists and rolls back rules: no token, a
+/// wrong one and a node's are refused before the body is read.
+#[tokio::test]
+async fn rule_bundles_are_the_admins_alone() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    for (method, path) in [
+        ("POST", "/v1/admin/rules"),
+        ("GET", "/v1/admin/rules"),
+        ("GET", "/v1/admin/rules/1"),
+        ("POST", "/v1/admin/rules/rollback"),
+    ] {
+        for token in [None, Some("wrong-token-0123456789"), Some(NODE_A)] {
+            let mut req = client().request(method.parse().unwrap(), c.url(path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.body(BLOCK_ADMIN).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {token:?}");
+            let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(body["error"], "unauthorized");
+        }
+    }
+    assert_eq!(
+        c.admin_get("/v1/admin/rules").await,
+        serde_json::json!({"in_force": null, "bundles": []})
+    );
+    c.stop().await;
+    db.drop_db().await;
 }

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 /// detections; version 3 users' histories and the population model
 /// ([`Change::UserProfile`], [`Change::Population`],
 /// [`NodeEventKind::UserLearned`]), devices and networks trusted for a
-/// user and false positives reported at the controller. The rules that keep a fleet mid-upgrade working
+/// user and false positives reported at the controller, rule bundles
+/// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]). The rules that keep a fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -241,6 +242,26 @@ pub enum Change {
         /// When it was reported (seconds since the Unix epoch).
         at: u64,
     },
+    /// The rule bundle in force on every node that takes its rules from
+    /// the controller (`[rules] source = "controller"`): a whole rule
+    /// file, validated at the controller, published (or rolled back to) by
+    /// an operator. Only the latest one matters; it replaces the node's
+    /// rules whole once it compiles against the node's own config. Always
+    /// a frame of its own ([`Change::travels_alone`]); its text is at most
+    /// [`MAX_RULES_BYTES`] and its frame fits in [`MAX_LINE_BYTES`].
+    /// Since version 3.
+    RulesBundle {
+        /// The bundle's version: 1, 2, … in order of publication; a
+        /// rollback publishes an earlier version again under its number.
+        version: u64,
+        /// SHA-256 of `text`, 64 lower-case hex digits.
+        sha256: String,
+        /// When the version was first published (seconds since the Unix
+        /// epoch).
+        created_at: u64,
+        /// The rule file's text (TOML, `docs/rules.md`).
+        text: String,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -380,11 +401,43 @@ pub enum NodeEventKind {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// What the node did with a rule bundle ([`Change::RulesBundle`]):
+    /// applied it (it is the node's rules now), or rejected it (it does not
+    /// compile against the node's config; the node's rules are unchanged).
+    /// Since version 3.
+    RulesBundle {
+        /// The bundle's version.
+        version: u64,
+        /// Its SHA-256, 64 lower-case hex digits.
+        sha256: String,
+        /// Applied (`true`) or rejected.
+        applied: bool,
+        /// Why it was rejected: each problem as `vigil-proxy check` words
+        /// it (at most [`MAX_RULES_PROBLEMS`], each at most
+        /// [`MAX_RULES_PROBLEM_BYTES`]); empty when applied.
+        #[serde(default)]
+        problems: Vec<String>,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
     Unknown,
 }
+
+/// Longest rule bundle text, in bytes ([`Change::RulesBundle`]).
+pub const MAX_RULES_BYTES: usize = 256 * 1024;
+
+/// The file name a rule bundle's problems are reported under, at the
+/// controller and on a node (`bundle.toml:LINE:COLUMN: …`).
+pub const RULES_BUNDLE_FILE: &str = "bundle.toml";
+
+/// Most problems a node reports of a rejected bundle.
+pub const MAX_RULES_PROBLEMS: usize = 32;
+
+/// Longest problem a node reports of a rejected bundle, in bytes.
+pub const MAX_RULES_PROBLEM_BYTES: usize = 1024;
 
 impl Change {
     /// This change as a node of protocol version `v` can take it. A
@@ -411,6 +464,7 @@ impl Change {
             | Change::DeviceTrusted { .. }
             | Change::NetworkTrusted { .. }
             | Change::FalsePositive { .. }
+            | Change::RulesBundle { .. }
                 if v < 3 =>
             {
                 Change::nothing()
@@ -429,6 +483,7 @@ impl Change {
                 | Change::DeviceTrusted { .. }
                 | Change::NetworkTrusted { .. }
                 | Change::FalsePositive { .. }
+                | Change::RulesBundle { .. }
         ) {
             return v >= 3;
         }
@@ -438,6 +493,32 @@ impl Change {
                 | Change::UserDetections { .. }
                 | Change::UserErased { .. }
         ) || v >= 2
+    }
+
+    /// Whether this change is sent in a frame of its own (a rule bundle,
+    /// up to [`MAX_RULES_BYTES`] of text): so that no frame holding it
+    /// and other changes can outgrow [`MAX_LINE_BYTES`].
+    pub fn travels_alone(&self) -> bool {
+        matches!(self, Change::RulesBundle { .. })
+    }
+
+    /// Whether this change alone, in a frame of the longest sequence
+    /// numbers, fits in one line of [`MAX_LINE_BYTES`] (a rule bundle's
+    /// text is JSON-escaped: what fits as text may not as a line).
+    pub fn fits_in_a_frame(&self) -> bool {
+        let changes = vec![self.clone()];
+        let delta = Frame::Changes {
+            first: u64::MAX,
+            changes: changes.clone(),
+        };
+        let snapshot = Frame::Snapshot {
+            seq: u64::MAX,
+            changes,
+        };
+        // The newline is not part of the line.
+        [delta, snapshot]
+            .iter()
+            .all(|f| write_frame(f).len() <= MAX_LINE_BYTES + 1)
     }
 
     /// The change a version 1 node gets in place of one it does not know,
@@ -459,7 +540,7 @@ impl NodeEventKind {
         match self {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
-            NodeEventKind::UserLearned { .. } => 3,
+            NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
         }
     }
 }

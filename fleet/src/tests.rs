@@ -321,3 +321,47 @@ fn trust_and_false_positive_changes_read_back_and_older_nodes_get_nothing() {
     assert_eq!(Country::parse("gb"), None);
     assert_eq!(DeviceId::parse("00AB0000000000CD"), None);
 }
+
+/// A rule bundle of the longest text travels in a frame of its own that
+/// one line holds, even when every byte of it is escaped; a version 2 node
+/// gets a change that does nothing in its place, and no snapshot holds it.
+#[test]
+fn a_rule_bundle_fits_one_line_and_older_nodes_do_without() {
+    let bundle = |text: String| Change::RulesBundle {
+        version: u64::MAX,
+        sha256: "0".repeat(64),
+        created_at: u64::MAX,
+        text,
+    };
+    let plain = bundle("a".repeat(MAX_RULES_BYTES));
+    assert!(plain.travels_alone());
+    assert!(plain.fits_in_a_frame());
+    // Quotes escape to two bytes: still one line.
+    assert!(bundle("\"".repeat(MAX_RULES_BYTES)).fits_in_a_frame());
+    // Control characters escape to six (`\u0001`): too long a line, which
+    // the controller refuses to publish rather than stream.
+    assert!(!bundle("\u{1}".repeat(MAX_RULES_BYTES)).fits_in_a_frame());
+    let line = write_frame(&Frame::Changes {
+        first: 9,
+        changes: vec![plain.clone()],
+    });
+    assert_eq!(
+        read_frame(&line[..line.len() - 1]).unwrap(),
+        Frame::Changes {
+            first: 9,
+            changes: vec![plain.clone()]
+        }
+    );
+    assert_eq!(plain.for_version(2), Change::nothing());
+    assert_eq!(plain.for_version(3), plain);
+    assert!(!plain.in_snapshot_of(2));
+    assert!(plain.in_snapshot_of(3));
+    let report = NodeEventKind::RulesBundle {
+        version: 1,
+        sha256: "0".repeat(64),
+        applied: true,
+        problems: Vec::new(),
+        at: 1,
+    };
+    assert_eq!(report.since(), 3);
+}

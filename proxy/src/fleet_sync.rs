@@ -714,6 +714,13 @@ pub struct FleetSync {
     /// controller ([`FleetSync::with_decisions`]); none: such reports are
     /// skipped.
     decisions: Option<Decisions>,
+    /// Applies rule bundles (`[rules] source = "controller"`); `None`
+    /// until attached ([`FleetSync::with_rules`]), and on a node that
+    /// takes its rules from files.
+    rules: Option<Arc<crate::rules_bundle::BundleApplier>>,
+    /// The last bundle the journal's replay met before the applier was
+    /// attached: applied when it is.
+    replayed_rules: Mutex<Option<crate::rules_bundle::StoredBundle>>,
 }
 
 /// Why a sync stream ended.
@@ -791,6 +798,8 @@ impl FleetSync {
             heard: Notify::new(),
             open: None,
             decisions: None,
+            rules: None,
+            replayed_rules: Mutex::new(None),
         })
     }
 
@@ -823,6 +832,22 @@ impl FleetSync {
     /// operator API's own): the node that refused the request acts on it.
     pub fn with_decisions(mut self, decisions: Decisions) -> Self {
         self.decisions = Some(decisions);
+        self
+    }
+
+    /// Takes the rule bundles the controller streams with `applier`
+    /// (built once the first generation is), starting with the last one
+    /// the journal's replay met, if any.
+    pub fn with_rules(mut self, applier: Arc<crate::rules_bundle::BundleApplier>) -> Self {
+        let replayed = self
+            .replayed_rules
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(bundle) = replayed {
+            applier.take(bundle);
+        }
+        self.rules = Some(applier);
         self
     }
 
@@ -1085,6 +1110,35 @@ impl FleetSync {
                             ("false_positive", "false_positive_refused"),
                         ),
                         None => "false_positive_elsewhere",
+                    }
+                }
+                Change::RulesBundle {
+                    version,
+                    ref sha256,
+                    created_at,
+                    ref text,
+                } => {
+                    let bundle = crate::rules_bundle::StoredBundle {
+                        version,
+                        sha256: sha256.clone(),
+                        created_at,
+                        text: text.clone(),
+                    };
+                    match &self.rules {
+                        Some(rules) => match rules.take(bundle) {
+                            crate::rules_bundle::Outcome::Applied => "rules_bundle",
+                            crate::rules_bundle::Outcome::Unchanged => "rules_bundle_unchanged",
+                            crate::rules_bundle::Outcome::Rejected(_) => "rules_bundle_rejected",
+                        },
+                        // Replayed from the journal at start, before the
+                        // first generation; or a node on its own files.
+                        None => {
+                            *self
+                                .replayed_rules
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner) = Some(bundle);
+                            "rules_bundle_skipped"
+                        }
                     }
                 }
                 // A later version's change: skipped, its number kept.

@@ -90,6 +90,24 @@ impl Generation {
         })
     }
 
+    /// The next generation with `config`, which differs from this one's
+    /// in its rules only (a rule bundle applied): the upstream groups and
+    /// the admin token carried over, the rule counters resolved for the
+    /// new rules. Cannot fail: nothing is read.
+    pub fn with_config(&self, config: Config, metrics: &Metrics) -> Self {
+        let counters = RequestCounters::new(
+            metrics,
+            config.routes.iter().map(|r| r.name.as_str()),
+            &config.rules,
+        );
+        Self {
+            config,
+            upstreams: self.upstreams.clone(),
+            counters,
+            admin_token: self.admin_token.clone(),
+        }
+    }
+
     /// The route at `index`, as found by [`crate::routes::route_index`] in
     /// this generation.
     pub fn route(&self, index: Option<usize>) -> Option<&Route> {

@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod reload;
 pub mod respond;
 pub mod routes;
+pub mod rules_bundle;
 pub mod rules_cli;
 pub mod server;
 pub mod signal;

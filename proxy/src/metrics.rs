@@ -140,6 +140,14 @@ pub struct Metrics {
     /// The sync stream from the fleet controller and the events posted to
     /// it (`vigil_proxy_fleet_*`).
     pub fleet: FleetMetrics,
+    /// `vigil_proxy_rules_bundles_total{result}`: rule bundles from the
+    /// controller (`[rules] source = "controller"`): `applied`,
+    /// `unchanged` (in force already) or `rejected` (it does not compile
+    /// against this node's config; the running rules stay).
+    pub rules_bundles: IntCounterVec,
+    /// `vigil_proxy_rules_bundle_version`: the version of the controller's
+    /// rule bundle in force; 0 while the node's rules are its files'.
+    pub rules_bundle_version: IntGauge,
 }
 
 /// The controller client's metrics (`docs/controller.md`, Edge node).
@@ -424,6 +432,19 @@ impl Metrics {
                 decisions.with_label_values(&[action.as_str(), enforced]);
             }
         }
+        let rules_bundles = counter(
+            "vigil_proxy_rules_bundles_total",
+            "Rule bundles from the controller by result (applied, unchanged, rejected: the running rules stay).",
+            &["result"],
+        )?;
+        for result in ["applied", "unchanged", "rejected"] {
+            rules_bundles.with_label_values(&[result]);
+        }
+        let rules_bundle_version = IntGauge::new(
+            "vigil_proxy_rules_bundle_version",
+            "The version of the controller's rule bundle in force; 0 while the rules are the node's files'.",
+        )?;
+        registry.register(Box::new(rules_bundle_version.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -460,6 +481,8 @@ impl Metrics {
             open_requests_untracked,
             open_requests_tracked,
             fleet,
+            rules_bundles,
+            rules_bundle_version,
         })
     }
 }

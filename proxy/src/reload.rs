@@ -79,6 +79,9 @@ pub struct ConfigReloader {
     apply: ApplyLock,
     /// SHA-256 of the config text last read, for [`ConfigWatch`].
     seen: Mutex<Option<[u8; 32]>>,
+    /// The controller's rule bundles (`[rules] source = "controller"`): a
+    /// bundle this node rejected is tried again after a reload.
+    rules: Option<Arc<crate::rules_bundle::BundleApplier>>,
 }
 
 /// Listens for `SIGHUP` (reload) next to Pingora's own signals: `SIGTERM`
@@ -121,7 +124,15 @@ impl ConfigReloader {
             certificates,
             apply,
             seen: Mutex::new(seen),
+            rules: None,
         }
+    }
+
+    /// Tries the latest rule bundle again after each reload that applied,
+    /// if `applier` rejected it ([`crate::rules_bundle::BundleApplier::retry`]).
+    pub fn with_rules(mut self, applier: Arc<crate::rules_bundle::BundleApplier>) -> Self {
+        self.rules = Some(applier);
+        self
     }
 
     /// Reloads the file, logs and counts the outcome, and returns it.
@@ -175,6 +186,9 @@ impl ConfigReloader {
             .config_reloads
             .with_label_values(&[result])
             .inc();
+        if let (Some(rules), Outcome::Applied | Outcome::Partial { .. }) = (&self.rules, &outcome) {
+            rules.retry();
+        }
         outcome
     }
 

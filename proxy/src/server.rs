@@ -15,7 +15,7 @@ use pingora_core::services::background::background_service;
 use vigil_geoip::{GeoIp, GeoPaths};
 
 use crate::admin::AdminApp;
-use crate::config::{Config, HashKeySource, ListenerLimits};
+use crate::config::{Config, HashKeySource, ListenerLimits, RulesSource};
 use crate::conn_limits::{ConnectionLimits, H2Connections, LimitMetrics, Limited};
 use crate::file_watch::{GeoReload, Reloadable, Reloader, TrustedFiles};
 use crate::fleet_sync::{self, FleetState, FleetSync, Outbox};
@@ -27,6 +27,7 @@ use crate::open_requests::OpenRequests;
 use crate::operator::Decisions;
 use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
+use crate::rules_bundle::BundleApplier;
 use crate::snapshot::{self, Snapshotter};
 use crate::sweeper::Sweeper;
 use crate::tls::{CertificateCheck, ListenerCertificates, SniResolver};
@@ -223,9 +224,33 @@ impl Vigil {
             }
             _ => None,
         };
+        let rules_source = config.rules_source;
         let current = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
             config, None, &metrics,
         )?));
+        let apply = ApplyLock::default();
+        if let Some(bundle) = &current.load().config.rules_bundle {
+            metrics
+                .rules_bundle_version
+                .set(i64::try_from(bundle.version).unwrap_or(i64::MAX));
+        }
+        // Rule bundles from the controller, once there is a generation to
+        // apply them to (the journal's last one first).
+        let bundles = match (&fleet_sync, &outbox) {
+            (Some(_), Some(outbox)) if rules_source == RulesSource::Controller => {
+                Some(Arc::new(BundleApplier::new(
+                    current.clone(),
+                    apply.clone(),
+                    metrics.clone(),
+                    outbox.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let fleet_sync = match (fleet_sync, &bundles) {
+            (Some(sync), Some(bundles)) => Some(sync.with_rules(bundles.clone())),
+            (sync, _) => sync,
+        };
         // The start-time settings: sockets, stores and services are built
         // from these, and reloads keep them (see `config::merge`).
         let started = current.load_full();
@@ -359,7 +384,6 @@ impl Vigil {
             "session sweep",
             Sweeper::new(engine.clone(), std::time::Duration::from_secs(60)),
         ));
-        let apply = ApplyLock::default();
         // Always watched: a reload may add trusted sets read from files.
         let mut watched: Vec<Box<dyn Reloadable>> = vec![Box::new(TrustedFiles::new(
             engine.clone(),
@@ -372,14 +396,18 @@ impl Vigil {
         let reloader = Reloader::new(config.server.file_check, watched, metrics.reloads.clone());
         server.add_service(background_service("file reload", reloader));
 
-        let config_reloader = Arc::new(ConfigReloader::new(
+        let mut config_reloader = ConfigReloader::new(
             options.config_file,
             engine.clone(),
             current.clone(),
             metrics.clone(),
             certificates,
             apply,
-        ));
+        );
+        if let Some(bundles) = bundles {
+            config_reloader = config_reloader.with_rules(bundles);
+        }
+        let config_reloader = Arc::new(config_reloader);
         server.add_service(background_service(
             "config watch",
             ConfigWatch::new(config_reloader.clone(), config.server.file_check),

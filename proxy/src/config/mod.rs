@@ -78,17 +78,49 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Routes, in file order; at least one.
     pub routes: Vec<Route>,
-    /// The rules in front of every route's policy (`[rules] dir`), compiled;
-    /// empty when none are configured.
+    /// The rules in front of every route's policy, compiled: the
+    /// controller's bundle in force when there is one (`rules_bundle`),
+    /// else those of `[rules] dir`; empty when there are none.
     pub rules: Arc<RuleSet>,
     /// Where they were read from, for `check` and reload logs.
     pub rules_dir: Option<PathBuf>,
+    /// Where the node's rules come from (`[rules] source`, default
+    /// `files`); needs a restart to change.
+    pub rules_source: RulesSource,
+    /// The IANA time zone of `time.*` facts (`[rules] time_zone`, default
+    /// `UTC`), for the rules of the files and of a bundle alike.
+    pub rules_time_zone: String,
+    /// The controller's rule bundle `rules` were compiled from, when one
+    /// is in force (`source = "controller"` and a bundle in the state
+    /// directory); `None`: the rules of `[rules] dir`.
+    pub rules_bundle: Option<BundleInForce>,
     /// Vigil as an OpenID Connect relying party, for routes that step up
     /// at the identity provider (`[oidc]`); `None` when not configured.
     pub oidc: Option<Arc<Oidc>>,
     /// The fleet controller this node syncs with (`[controller]`); `None`
     /// when the node runs alone.
     pub controller: Option<Arc<Controller>>,
+}
+
+/// Where a node's rules come from (`[rules] source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesSource {
+    /// `files` (the default): the rule files of `[rules] dir`.
+    Files,
+    /// `controller`: the rule bundle the controller streams, which
+    /// replaces the files' rules whole once it compiles against this
+    /// config; the files' rules (or none) until the node has one
+    /// (`docs/rules.md`, Bundles from the controller).
+    Controller,
+}
+
+/// The controller's rule bundle a config's rules were compiled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleInForce {
+    /// Its version.
+    pub version: u64,
+    /// SHA-256 of its text, lower-case hex.
+    pub sha256: String,
 }
 
 /// `[controller]`: the fleet controller that streams revocations and
@@ -733,7 +765,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let upstreams = read_upstreams(&mut f, p);
     let has_controller = f.has("controller");
     let routes = read_routes(&mut f, &upstreams, has_controller, p);
-    let (rules, rules_dir) = read_rules(&mut f, base, &routes, p);
+    let read_rules = read_rules(&mut f, base, &routes, &server.state_dir, has_controller, p);
     let oidc = read_oidc(&mut f, base, p);
     check_step_up(&routes, oidc.as_ref(), p);
     let controller = read_controller(&mut f, base, p);
@@ -767,8 +799,11 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         listeners,
         upstreams,
         routes,
-        rules: Arc::new(rules),
-        rules_dir,
+        rules: Arc::new(read_rules.set),
+        rules_dir: read_rules.dir,
+        rules_source: read_rules.source,
+        rules_time_zone: read_rules.zone,
+        rules_bundle: read_rules.bundle,
         oidc: oidc.map(Arc::new),
         controller: controller.map(Arc::new),
     })
@@ -1648,23 +1683,60 @@ fn read_upstreams(f: &mut Fields<'_>, p: &mut Problems) -> Vec<Upstream> {
     out
 }
 
-/// `[rules]`: the rule directory (relative to the config file) and the
-/// time zone of `time.*` facts. Every problem of every rule file is
-/// reported under `rules.dir`, with its own file, line and column; rules
-/// that name a route that does not exist, or that step up or revoke on a
-/// route with nowhere to send the user, are problems too.
+/// What `[rules]` comes to.
+struct ReadRules {
+    set: RuleSet,
+    dir: Option<PathBuf>,
+    source: RulesSource,
+    zone: String,
+    bundle: Option<BundleInForce>,
+}
+
+/// `[rules]`: the rule directory (relative to the config file), the
+/// time zone of `time.*` facts and where the rules come from. Every
+/// problem of every rule file is reported under `rules.dir`, with its own
+/// file, line and column; rules that name a route that does not exist, or
+/// that step up or revoke on a route with nowhere to send the user, are
+/// problems too. With `source = "controller"` (which needs a
+/// `[controller]`), the bundle in force in the state directory, if any,
+/// replaces the files' rules, and its problems against this config are
+/// reported under `rules.source`: a reload that would drop the bundle's
+/// routes is refused, never a silent return to the files.
 fn read_rules(
     f: &mut Fields<'_>,
     base: &Path,
     routes: &[Route],
+    state_dir: &Path,
+    has_controller: bool,
     p: &mut Problems,
-) -> (RuleSet, Option<PathBuf>) {
+) -> ReadRules {
     let mut t = f.table(p, "rules");
     let dir: Option<PathBuf> = t.opt::<PathBuf>(p, "dir").map(|d| base.join(d));
     let zone: String = t.or(p, "time_zone", "UTC".to_owned());
+    let source_name: String = t.or(p, "source", "files".to_owned());
     let dir_key = t.key("dir");
     let zone_key = t.key("time_zone");
+    let source_key = t.key("source");
     t.finish(p);
+    let source = match source_name.as_str() {
+        "files" => RulesSource::Files,
+        "controller" => {
+            if !has_controller {
+                p.push(
+                    source_key.clone(),
+                    "source = \"controller\" needs a [controller] to take the rules from",
+                );
+            }
+            RulesSource::Controller
+        }
+        other => {
+            p.push(
+                source_key.clone(),
+                format!("{other:?} is not a rules source; expected \"files\" or \"controller\""),
+            );
+            RulesSource::Files
+        }
+    };
     let mut set = RuleSet::empty();
     if let Some(dir) = &dir {
         match RuleSet::load_dir(dir) {
@@ -1680,6 +1752,52 @@ fn read_rules(
         Ok(zoned) => set = zoned,
         Err(e) => p.push(zone_key, e),
     }
+    for problem in route_problems(&set, routes) {
+        p.push(dir_key.clone(), problem);
+    }
+    let mut bundle = None;
+    if source == RulesSource::Controller && has_controller {
+        let path = state_dir.join(crate::rules_bundle::FILE_NAME);
+        match crate::rules_bundle::read(state_dir) {
+            Ok(None) => {}
+            Ok(Some(stored)) => match compile_bundle(&stored.text, &zone, routes) {
+                Ok(compiled) => {
+                    set = compiled;
+                    bundle = Some(BundleInForce {
+                        version: stored.version,
+                        sha256: stored.sha256,
+                    });
+                }
+                Err(problems) => {
+                    for problem in problems {
+                        p.push(
+                            source_key.clone(),
+                            format!(
+                                "the controller's rule bundle v{} in force ({}) does not compile against this config: {problem}",
+                                stored.version,
+                                path.display()
+                            ),
+                        );
+                    }
+                }
+            },
+            Err(e) => p.push(source_key.clone(), format!("{}: {e}", path.display())),
+        }
+    }
+    ReadRules {
+        set,
+        dir,
+        source,
+        zone,
+        bundle,
+    }
+}
+
+/// What is wrong with `set` on a node with `routes`, beyond what the rule
+/// file alone shows: routes it names that do not exist, and step-up or
+/// revoke rules that reach a route with nowhere to send the user.
+fn route_problems(set: &RuleSet, routes: &[Route]) -> Vec<String> {
+    let mut out = Vec::new();
     for rule in set.rules() {
         let at = format!(
             "{}:{}: rule {:?}",
@@ -1689,10 +1807,7 @@ fn read_rules(
         );
         for name in &rule.scope.routes {
             if !routes.iter().any(|r| &r.name == name) {
-                p.push(
-                    dir_key.clone(),
-                    format!("{at}: route {name:?} does not exist"),
-                );
+                out.push(format!("{at}: route {name:?} does not exist"));
             }
         }
         let applies =
@@ -1703,20 +1818,56 @@ fn read_rules(
         };
         for route in routes.iter().filter(applies) {
             if enforces(Action::StepUp) && route.step_up.is_none() {
-                p.push(
-                    dir_key.clone(),
-                    format!("{at}: steps up on route {:?}, which has no step_up_url or step_up = \"oidc\" (scope the rule with `routes`, or set one)", route.name),
-                );
+                out.push(format!("{at}: steps up on route {:?}, which has no step_up_url or step_up = \"oidc\" (scope the rule with `routes`, or set one)", route.name));
             }
             if enforces(Action::Revoke) && route.login_url.is_none() {
-                p.push(
-                    dir_key.clone(),
-                    format!("{at}: revokes on route {:?}, which has no login_url (scope the rule with `routes`, or set one)", route.name),
-                );
+                out.push(format!("{at}: revokes on route {:?}, which has no login_url (scope the rule with `routes`, or set one)", route.name));
             }
         }
     }
-    (set, dir)
+    out
+}
+
+/// Compiles a rule bundle's `text` exactly as a reload compiles rule
+/// files: the file alone (problems named `bundle.toml:LINE:COLUMN`), the
+/// time zone `zone`, and against `routes`. Every problem, each as
+/// `vigil-proxy check` words it.
+pub fn compile_bundle(text: &str, zone: &str, routes: &[Route]) -> Result<RuleSet, Vec<String>> {
+    let files = [(
+        PathBuf::from(vigil_fleet::RULES_BUNDLE_FILE),
+        text.to_owned(),
+    )];
+    let set = RuleSet::parse_files(&files)
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?
+        .with_time_zone(zone)
+        .map_err(|e| vec![e])?;
+    let problems = route_problems(&set, routes);
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(problems)
+    }
+}
+
+impl Config {
+    /// This config with the rule bundle `bundle` (`version`, `sha256`,
+    /// `text`) in place of its rules, if it compiles against it
+    /// ([`compile_bundle`]); every problem otherwise.
+    pub fn with_bundle(
+        &self,
+        version: u64,
+        sha256: &str,
+        text: &str,
+    ) -> Result<Config, Vec<String>> {
+        let set = compile_bundle(text, &self.rules_time_zone, &self.routes)?;
+        let mut next = self.clone();
+        next.rules = Arc::new(set);
+        next.rules_bundle = Some(BundleInForce {
+            version,
+            sha256: sha256.to_owned(),
+        });
+        Ok(next)
+    }
 }
 
 fn read_routes(

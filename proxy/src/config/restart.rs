@@ -71,6 +71,15 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
         engine.score.user_idle_timeout
     );
 
+    // The bundle applier is started with the node; until a restart the
+    // rules stay as they run.
+    if next.rules_source != running.rules_source {
+        restart.push("rules.source".to_owned());
+        next.rules_source = running.rules_source;
+        next.rules = running.rules.clone();
+        next.rules_bundle = running.rules_bundle.clone();
+    }
+
     hold!("geoip.city", geoip.city);
     hold!("geoip.asn", geoip.asn);
 

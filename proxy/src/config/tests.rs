@@ -646,3 +646,84 @@ fn staleness_is_per_route_and_needs_a_controller() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn rules_from_the_controller_need_one_and_the_bundle_in_force_must_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "node-t0ken\n").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let head = format!(
+        "[server]\nstate_dir = {state:?}\n[controller]\nurl = \"http://127.0.0.1:7000\"\ntoken_file = {token:?}\n\
+         [rules]\nsource = \"controller\"\n"
+    );
+    // No bundle yet: the files' rules (none here).
+    let c = parse(&format!("{head}{MINIMAL}")).unwrap();
+    assert_eq!(c.rules_source, RulesSource::Controller);
+    assert_eq!(c.rules_bundle, None);
+    assert!(c.rules.is_empty());
+    assert_eq!(parse(MINIMAL).unwrap().rules_source, RulesSource::Files);
+
+    // The bundle in force in the state directory replaces them.
+    let store = |text: &str| {
+        crate::rules_bundle::write(
+            &state,
+            &crate::rules_bundle::StoredBundle {
+                version: 4,
+                sha256: crate::rules_bundle::sha256_hex(text),
+                created_at: 1,
+                text: text.to_owned(),
+            },
+        )
+        .unwrap();
+    };
+    store("[[rule]]\nname = \"block-admin\"\npath_prefixes = [\"/admin\"]\naction = \"block\"\n");
+    let c = parse(&format!("{head}{MINIMAL}")).unwrap();
+    assert_eq!(c.rules_bundle.as_ref().map(|b| b.version), Some(4));
+    assert_eq!(c.rules.rules()[0].name, "block-admin");
+    // A bundle this config cannot compile (a route it lacks) is a problem
+    // of the config: a reload that would drop it is refused.
+    store("[[rule]]\nname = \"block-ops\"\nroutes = [\"ops\"]\naction = \"block\"\n");
+    let problems = parse(&format!("{head}{MINIMAL}")).unwrap_err();
+    assert_eq!(keys(&problems), ["rules.source"], "{problems:#?}");
+    assert!(
+        problems[0]
+            .message
+            .contains("bundle.toml:1: rule \"block-ops\": route \"ops\" does not exist"),
+        "{problems:#?}"
+    );
+    let with_ops = format!(
+        "{head}{MINIMAL}[[routes]]\nname = \"ops\"\nupstream = \"app\"\npath_prefix = \"/ops\"\n"
+    );
+    assert_eq!(parse(&with_ops).unwrap().rules.rules()[0].name, "block-ops");
+    // A damaged file too.
+    std::fs::write(
+        state.join(crate::rules_bundle::FILE_NAME),
+        "{\"version\":1}",
+    )
+    .unwrap();
+    assert_eq!(
+        keys(&parse(&format!("{head}{MINIMAL}")).unwrap_err()),
+        ["rules.source"]
+    );
+
+    // From the controller without one, from nowhere, an unknown key.
+    for bad in [
+        "[rules]\nsource = \"controller\"\n",
+        "[rules]\nsource = \"peer\"\n",
+        "[rules]\nbundle = \"x\"\n",
+    ] {
+        let problems = parse(&format!("{bad}{MINIMAL}")).unwrap_err();
+        assert_eq!(keys(&problems).len(), 1, "{bad}: {problems:#?}");
+        assert!(keys(&problems)[0].starts_with("rules."), "{problems:#?}");
+    }
+
+    // Switching the source needs a restart: the running rules stay.
+    std::fs::remove_file(state.join(crate::rules_bundle::FILE_NAME)).unwrap();
+    let files = parse(MINIMAL).unwrap();
+    let merged = merge(&files, parse(&with_ops).unwrap());
+    assert!(merged.restart.contains(&"rules.source".to_owned()));
+    assert_eq!(merged.config.rules_source, RulesSource::Files);
+    assert!(merged.config.rules.is_empty());
+}
