@@ -411,7 +411,7 @@ impl Store {
                     values,
                     which,
                     new_session,
-                    trusted,
+                    trusted: _,
                     at,
                 } => {
                     let learnt = (*at <= now.saturating_add(300)
@@ -422,7 +422,13 @@ impl Store {
                             values: *values,
                             which: *which & 0x3f,
                             new_session: *new_session,
-                            trust: *trusted,
+                            // A node's word is a sighting, never trust:
+                            // with one stolen node token, trusted values
+                            // (never evicted, first in every join) would
+                            // make an attacker's device or network the
+                            // user's on every node for good. Trust across
+                            // the fleet comes from the admin API alone.
+                            trust: false,
                             at: (*at).min(now),
                         })
                     })

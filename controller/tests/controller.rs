@@ -1335,7 +1335,7 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
     c.admin("/v1/admin/nodes/disable", serde_json::json!({"node": "b"}))
         .await;
     assert_eq!(publish(&c, BLOCK_ADMIN).await.status(), 200);
-    post_events(&c, NODE_A, vec![rules_report("a-3", 1, BLOCK_ADMIN, true)]).await;
+    post_events(&c, NODE_A, vec![rules_report("a-4", 1, BLOCK_ADMIN, true)]).await;
     c.stop().await;
 
     let source = Store::open(&sqlite.url()).await.unwrap();

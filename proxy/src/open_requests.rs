@@ -76,6 +76,11 @@ pub const SHARDS: usize = 64;
 /// full): far more long-lived connections than one node holds.
 pub const MAX_TRACKED: usize = 262_144;
 const PER_SHARD: usize = MAX_TRACKED / SHARDS;
+/// Most requests one session may have filed at once: a browser holds a
+/// few dozen at most. Without it a thief could fill the session's shard
+/// with slow requests and have the next one served unfiled, out of a
+/// revocation's reach; past it the request is refused instead.
+pub const PER_SESSION: usize = 64;
 /// How long an ended HTTP/1 request has before its connection is shut
 /// down: a request about to complete (judged a moment before the
 /// revocation arrived) completes, or its flag answers it `401`, rather
@@ -190,7 +195,8 @@ impl OpenRequests {
         for &session in sessions {
             let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
             let mut shard = self.shard(&session);
-            if shard.len >= PER_SHARD {
+            let held = shard.by_session.get(&session).map_or(0, |v| v.len());
+            if shard.len >= PER_SHARD || held >= PER_SESSION {
                 drop(shard);
                 self.0.untracked.inc();
                 // What was filed already is taken out as `open` drops.
@@ -460,6 +466,29 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    /// The attack: a thief holds many slow requests of the stolen session
+    /// so that the next one (the WebSocket that matters) would be served
+    /// unfiled, out of a revocation's reach. Past [`PER_SESSION`] it is not
+    /// filed, which the proxy answers `429`; another session is unaffected,
+    /// and one request ending makes room again.
+    #[test]
+    fn one_session_cannot_hold_more_than_its_share_of_the_registry() {
+        let (r, m) = registry();
+        let mut held: Vec<_> = (0..PER_SESSION)
+            .map(|_| r.open(&[key(1)], None, None).unwrap())
+            .collect();
+        assert!(r.open(&[key(1)], None, None).is_none());
+        assert_eq!(m.open_requests_untracked.get(), 1);
+        // A request also naming the full session is not filed either.
+        assert!(r.open(&[key(2), key(1)], None, None).is_none());
+        assert_eq!(r.len(), PER_SESSION);
+        let other = r.open(&[key(2)], None, None).unwrap();
+        held.pop();
+        assert!(r.open(&[key(1)], None, None).is_some());
+        assert_eq!(r.end_session(&key(1)), PER_SESSION - 1);
+        assert!(!other.ended());
+    }
+
     #[test]
     fn a_user_revocation_ends_the_users_sessions_and_those_the_engine_says_are_revoked() {
         let (r, _) = registry();
@@ -491,14 +520,21 @@ mod tests {
     #[test]
     fn a_full_shard_refuses_and_counts() {
         let (r, m) = registry();
+        // Sessions whose keys share their first two bytes share a shard.
+        let in_shard = |i: usize| {
+            let mut b = [9u8; 16];
+            b[1] = 0;
+            b[2..10].copy_from_slice(&(i as u64).to_le_bytes());
+            SessionKey::from_bytes(b)
+        };
         let held: Vec<_> = (0..PER_SHARD)
-            .map(|_| r.open(&[key(9)], None, None).unwrap())
+            .map(|i| r.open(&[in_shard(i / PER_SESSION)], None, None).unwrap())
             .collect();
-        assert!(r.open(&[key(9)], None, None).is_none());
+        assert!(r.open(&[in_shard(PER_SHARD)], None, None).is_none());
         assert_eq!(m.open_requests_untracked.get(), 1);
         drop(held);
         assert!(r.is_empty());
-        assert!(r.open(&[key(9)], None, None).is_some());
+        assert!(r.open(&[in_shard(PER_SHARD)], None, None).is_some());
     }
 
     #[tokio::test]

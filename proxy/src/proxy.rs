@@ -277,9 +277,9 @@ impl VigilProxy {
     /// was revoked since its verdict: a revocation that looked for it
     /// before it was filed would miss it, so it is refused instead. That
     /// second look is two cache lookups; the filing, one insert.
-    fn file_open(&self, session: &Session, verdict: &Verdict, ctx: &mut RequestCtx) -> bool {
+    fn file_open(&self, session: &Session, verdict: &Verdict, ctx: &mut RequestCtx) -> Filing {
         let (Some(open), Some(s)) = (&self.open, verdict.session) else {
-            return false;
+            return Filing::Filed;
         };
         let keys = if verdict.credentials > 1 {
             self.engine.credential_keys(&session.req_header().headers)
@@ -287,8 +287,16 @@ impl VigilProxy {
             smallvec::smallvec![s.key]
         };
         ctx.open = open.open(&keys, verdict.user, open_requests::socket_of(session));
+        if ctx.open.is_none() {
+            // Served unfiled, it would be out of a revocation's reach.
+            return Filing::Full;
+        }
         let scorer = self.engine.scorer();
-        keys.iter().any(|k| scorer.is_revoked(k))
+        if keys.iter().any(|k| scorer.is_revoked(k)) {
+            Filing::Revoked
+        } else {
+            Filing::Filed
+        }
     }
 
     /// Whether a revocation ended this request while it was in flight: its
@@ -739,9 +747,19 @@ impl ProxyHttp for VigilProxy {
                     return Ok(true);
                 }
                 let refused = self.enforce(session, route, &verdict, ctx).await?;
-                if !refused && route.mode == Mode::Enforce && self.file_open(session, &verdict, ctx)
-                {
-                    return self.refuse_revoked(session, route).await;
+                if !refused && route.mode == Mode::Enforce {
+                    match self.file_open(session, &verdict, ctx) {
+                        Filing::Filed => {}
+                        Filing::Revoked => return self.refuse_revoked(session, route).await,
+                        Filing::Full => {
+                            self.metrics
+                                .request_errors
+                                .with_label_values(&["too_many_open_requests", "refused"])
+                                .inc();
+                            respond::send(session, Refusal::TooManyOpen).await?;
+                            return Ok(true);
+                        }
+                    }
                 }
                 ctx.verdict = Some(verdict);
                 Ok(refused)
@@ -1149,4 +1167,17 @@ mod tests {
         );
         assert_eq!(request_host(&req("/", None)), "");
     }
+}
+
+/// What filing a request for revocations came to ([`crate::open_requests`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filing {
+    /// Filed (or nothing to file): served.
+    Filed,
+    /// Revoked between its verdict and its filing: refused `401`.
+    Revoked,
+    /// Not filed: the session has [`open_requests::PER_SESSION`] requests
+    /// open, or the registry's shard is full. Refused `429`: served, it
+    /// would outlive a revocation.
+    Full,
 }

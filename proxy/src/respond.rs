@@ -55,6 +55,11 @@ pub enum Refusal<'a> {
     /// `stale_after` (`on_stale = "fail_closed"`): `503 fleet_stale`, with
     /// `retry-after` (`docs/controller.md`, Edge node).
     FleetStale,
+    /// The session has too many requests open at once (or the node's
+    /// registry of them is full): `429 too_many_open_requests`, with
+    /// `retry-after`. Served unfiled, the request would outlive a
+    /// revocation (`docs/security.md`, Open connections after a revocation).
+    TooManyOpen,
     /// The request names a host that the certificate its TLS connection
     /// was given does not cover: `421 misdirected_request`
     /// (`docs/security.md`, Hosts and certificates).
@@ -329,6 +334,7 @@ impl<'a> Refusal<'a> {
             | Refusal::Path { .. }
             | Refusal::Misdirected
             | Refusal::FleetStale
+            | Refusal::TooManyOpen
             | Refusal::StepUpRefused { .. } => None,
             Refusal::StepUpPassed { reference, .. } => Some(reference),
             Refusal::Blocked { reference }
@@ -390,6 +396,15 @@ impl<'a> Refusal<'a> {
                     "fleet_stale",
                     "Temporarily unavailable",
                     "This server cannot confirm right now that sessions are still valid. Try again shortly.",
+                )
+            },
+            Refusal::TooManyOpen => Answer {
+                headers: vec![("retry-after", "5".to_owned())],
+                ..plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_open_requests",
+                    "Too many requests",
+                    "This session has too many requests open at once. Try again shortly.",
                 )
             },
             Refusal::Misdirected => plain(

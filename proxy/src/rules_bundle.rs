@@ -267,12 +267,13 @@ impl BundleApplier {
         };
         // On disk before it is in force: a restart never enforces less
         // than what ran.
+        // Not in force unless on disk: a reload or restart reads the
+        // bundle back from there, and would silently go back to the one
+        // before while the controller lists this one as applied.
         if let Err(e) = write(&config.server.state_dir, bundle) {
-            tracing::warn!(
-                error = %e,
-                version = bundle.version,
-                "rule bundle not written to the state directory; a restart before the next one goes back to the one before"
-            );
+            return Outcome::Rejected(vec![format!(
+                "the bundle could not be written to the state directory: {e}"
+            )]);
         }
         self.metrics
             .rules_bundle_version
