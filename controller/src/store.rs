@@ -274,6 +274,7 @@ impl Store {
     ///   count changes.
     /// - An observation of a user is added to the user's history and the
     ///   population (sums, `docs/controller.md`, Histories), unless it is
+    ///   an operator's trust (not a sighting; never trust from a node), is
     ///   from the future, older than `keep_profiles`, made before the
     ///   user's erasure, or beyond [`MAX_LEARNT_PER_USER`] of the user in
     ///   the batch; each user touched is one [`Change::UserProfile`], the
@@ -411,10 +412,15 @@ impl Store {
                     values,
                     which,
                     new_session,
-                    trusted: _,
+                    trusted,
                     at,
                 } => {
-                    let learnt = (*at <= now.saturating_add(300)
+                    // What a node says an operator trusted is no sighting:
+                    // the user was not seen, an operator spoke. Trust that
+                    // came from the fleet is echoed back by every node
+                    // that applies it, and would count once a node.
+                    let learnt = (!*trusted
+                        && *at <= now.saturating_add(300)
                         && *at >= now.saturating_sub(intake.keep_profiles))
                     .then(|| {
                         Some(Learnt {

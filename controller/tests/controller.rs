@@ -1920,6 +1920,45 @@ async fn an_erased_history_stays_erased_and_a_node_teaches_within_its_allowance(
     .await;
 }
 
+/// A trust streamed from the controller is applied by every node, and
+/// each posts back what its engine learnt, marked trusted: none of it is a
+/// sighting of the user, so the fleet's history of them stays what it was
+/// however many nodes echo it — and a node cannot make its own operator's
+/// trust (or a thief's claim of it) the fleet's.
+#[tokio::test]
+async fn an_operators_trust_echoed_by_every_node_is_not_a_sighting() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let ann = UserId(0x0a11);
+        let t = now();
+        post_events(&c, NODE_A, vec![learned("a-1", ann, HOME, true, t)]).await;
+        let before = store.user_profile(ann).await.unwrap().unwrap();
+        let head = store.bounds().await.unwrap().head;
+        let echo = |id: &str| {
+            let mut e = learned(id, ann, HOTEL, false, t + 1);
+            if let NodeEventKind::UserLearned { trusted, .. } = &mut e.kind {
+                *trusted = true;
+            }
+            e
+        };
+        assert_eq!(
+            post_events(&c, NODE_A, vec![echo("a-2")]).await.status(),
+            200
+        );
+        assert_eq!(
+            post_events(&c, NODE_B, vec![echo("b-1")]).await.status(),
+            200
+        );
+        assert_eq!(store.user_profile(ann).await.unwrap().unwrap(), before);
+        assert_eq!(store.bounds().await.unwrap().head, head, "nothing streamed");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 // === the admin API for security teams ===
 
 /// The key of `name` under the test controller's hash key.
