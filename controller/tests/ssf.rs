@@ -773,3 +773,76 @@ fn a_bad_transmitter_config_names_every_problem() {
     assert!(p(6).starts_with("ssf.transmitters[0].actions.future-event: not an event"));
     assert!(p(7).starts_with("ssf.transmitters[0].actions.session-revoked: \"nothing\""));
 }
+
+/// A transmitter configured for ES256 (a P-256 key in a static JWK Set):
+/// its ES256 SETs are taken, and an RS256 one is refused even when signed
+/// by a key it also publishes — the algorithm is the operator's choice,
+/// not the SET's.
+#[tokio::test]
+async fn an_es256_transmitter_is_taken_and_rs256_from_it_is_not() {
+    use base64::Engine;
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    assert_eq!(point.len(), 65);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "ec-1", "use": "sig",
+         "x": b64(&point[1..33]), "y": b64(&point[33..65])},
+        t.key().public_jwk(),
+    ]});
+    let c = {
+        let toml = format!(
+            "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+             jwks_file = \"jwks.json\"\npush_token_file = \"idp.token\"\nalgorithms = [\"ES256\"]\n",
+            t.issuer()
+        );
+        // The JWK Set beside the config (the controller's directory is
+        // made by `start`): written through an absolute path instead.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), jwks.to_string()).unwrap();
+        let toml = toml.replace(
+            "\"jwks.json\"",
+            &format!("{:?}", file.path().display().to_string()),
+        );
+        let c = Controller::start(&db.url(), &toml).await;
+        drop(file);
+        c
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("secevent+jwt".into());
+    header.kid = Some("ec-1".into());
+    let set = jsonwebtoken::encode(
+        &header,
+        &claims(&t, SESSION_REVOKED, Some(email("erin@example.com"))),
+        &jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap();
+    let (status, body) = c.push(&set).await;
+    assert_eq!(status, 202, "{body}");
+    let rs256 = t.sign_set(&claims(
+        &t,
+        SESSION_REVOKED,
+        Some(email("erin@example.com")),
+    ));
+    let (status, body) = c.push(&rs256).await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (400, Some("invalid_key")),
+        "{body}"
+    );
+    // An ES256 header over the RSA key's kid: the key does not fit.
+    let mut header = header.clone();
+    header.kid = Some(t.key().key_id().into());
+    let set = jsonwebtoken::encode(
+        &header,
+        &claims(&t, SESSION_REVOKED, Some(email("erin@example.com"))),
+        &jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap();
+    assert_eq!(c.push(&set).await.1["err"], "invalid_key");
+    assert_eq!(c.head().await, 1);
+    c.stop().await;
+    db.drop_db().await;
+}
