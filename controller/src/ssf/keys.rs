@@ -251,9 +251,20 @@ impl Keys {
             }
             Err(e) => {
                 tracing::warn!(uri, error = %e, "transmitter keys not fetched");
-                // Stale keys serve until a fetch succeeds.
+                // Stale keys serve until a fetch succeeds, tried again
+                // after `jwks_refetch_seconds` rather than at every SET.
                 match held {
-                    Some((_, set)) => set.get(kid).ok_or(KeyError::Unknown),
+                    Some((_, set)) => {
+                        let retry_at = Instant::now()
+                            .checked_sub(self.cache_for.saturating_sub(self.refetch_every))
+                            .unwrap_or_else(Instant::now);
+                        *self
+                            .held
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some((retry_at, Arc::clone(&set)));
+                        set.get(kid).ok_or(KeyError::Unknown)
+                    }
                     None => Err(KeyError::Unavailable(e)),
                 }
             }
