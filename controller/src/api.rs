@@ -65,6 +65,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Admin changes on their way to the committer ([`committer`]).
     commits: mpsc::Sender<Pending>,
+    /// The Shared Signals receiver ([`crate::ssf`]).
+    pub ssf: crate::ssf::Receiver,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -121,6 +123,7 @@ impl App {
         let metrics = Metrics::new()?;
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
+        let ssf = crate::ssf::Receiver::new(&config.ssf);
         Ok(App {
             store,
             config,
@@ -130,6 +133,7 @@ impl App {
             tail: Arc::new(Tail::new(head, drop_seq)),
             metrics,
             commits,
+            ssf,
         })
     }
 
@@ -333,6 +337,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules", post(publish_rules))
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
+        .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

@@ -60,6 +60,9 @@ pub struct Config {
     /// Whether user names given in admin calls are kept beside their keys
     /// (`user_names`, default [`UserNames::Keyed`]; `docs/privacy.md`).
     pub user_names: UserNames,
+    /// The Shared Signals transmitters whose SETs are received
+    /// (`[[ssf.transmitters]]`, `docs/signals.md`).
+    pub ssf: Vec<crate::ssf::config::Transmitter>,
 }
 
 /// What the controller keeps of the user names given in admin calls.
@@ -127,6 +130,8 @@ struct Raw {
     user_names: Option<String>,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    #[serde(default)]
+    ssf: crate::ssf::RawSsf,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +290,7 @@ impl Config {
                 UserNames::Keyed
             }
         };
+        let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -317,6 +323,7 @@ impl Config {
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),
                 ),
                 user_names,
+                ssf,
             }),
             _ => Err(fail(problems)),
         }

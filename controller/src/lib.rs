@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod copy;
 pub mod metrics;
+pub mod ssf;
 pub mod store;
 pub mod tail;
 
@@ -156,6 +157,10 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(error = %e, "user histories past their retention not deleted")
                 }
+            }
+            // SET ids past the age at which their SETs are refused anyway.
+            if let Err(e) = store.expire_set_ids(api::now_secs()).await {
+                tracing::warn!(error = %e, "SET ids past their age not deleted");
             }
         }
     });

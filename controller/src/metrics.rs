@@ -35,6 +35,9 @@ pub struct Metrics {
     /// Node events posted, by outcome: `taken`, `duplicate`,
     /// `rate_limited`.
     pub events: IntCounterVec,
+    /// SETs pushed by Shared Signals transmitters, by transmitter (its
+    /// configured name, `-` for none) and result (`docs/signals.md`).
+    pub ssf_sets: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +108,14 @@ impl Metrics {
         registry.register(Box::new(frame_changes.clone()))?;
         registry.register(Box::new(notifications.clone()))?;
         registry.register(Box::new(events.clone()))?;
+        let ssf_sets = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_ssf_sets_total",
+                "SETs pushed by Shared Signals transmitters, by transmitter and result (accepted, verification, ignored, duplicate, unauthorized, too_large, unavailable, or the RFC 8935 error code).",
+            ),
+            &["transmitter", "result"],
+        )?;
+        registry.register(Box::new(ssf_sets.clone()))?;
         Ok(Metrics {
             registry,
             subscribers,
@@ -117,6 +128,7 @@ impl Metrics {
             frame_changes,
             notifications,
             events,
+            ssf_sets,
         })
     }
 

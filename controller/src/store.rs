@@ -150,6 +150,7 @@ pub struct Store {
 }
 
 mod admin;
+pub mod ssf;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
 
@@ -232,26 +233,7 @@ impl Store {
     /// it too. Returns the head after.
     pub async fn revoke_user(&self, user: UserId, at: u64, now: u64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let mut changes = vec![Change::UserRevoked { user, at }];
-        for row in
-            sqlx::query("SELECT session FROM session_baselines WHERE user_key = $1 ORDER BY seq")
-                .bind(user.to_string())
-                .fetch_all(&mut *tx)
-                .await?
-        {
-            let session: String = row.try_get(0)?;
-            if let Some(session) = SessionId::parse(&session) {
-                changes.push(Change::SessionRevoked {
-                    session,
-                    at,
-                    vouched: true,
-                });
-            }
-        }
-        let head = append_in(&mut tx, &changes, now).await?;
+        let head = revoke_user_in(&mut tx, user, at, now).await?;
         tx.commit().await?;
         Ok(head)
     }
@@ -918,6 +900,35 @@ async fn insert_log_rows(
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// [`Store::revoke_user`] inside `tx`, shared with the Shared Signals
+/// receiver ([`ssf`]), whose deduplication row commits with it.
+async fn revoke_user_in(
+    tx: &mut Transaction<'static, Any>,
+    user: UserId,
+    at: u64,
+    now: u64,
+) -> Result<u64, StoreError> {
+    sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    let mut changes = vec![Change::UserRevoked { user, at }];
+    for row in sqlx::query("SELECT session FROM session_baselines WHERE user_key = $1 ORDER BY seq")
+        .bind(user.to_string())
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let session: String = row.try_get(0)?;
+        if let Some(session) = SessionId::parse(&session) {
+            changes.push(Change::SessionRevoked {
+                session,
+                at,
+                vouched: true,
+            });
+        }
+    }
+    append_in(tx, &changes, now).await
 }
 
 /// Appends inside `tx`: the head row first (taking its lock), then each

@@ -1,0 +1,486 @@
+//! The receiver's configuration: `[[ssf.transmitters]]` in the
+//! controller's file (`docs/signals.md`, Connecting a transmitter). Every
+//! problem is reported with its key, all at once, like the rest of the
+//! file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::keys::{KeySet, parse_jwks};
+use crate::config::token_hash;
+
+/// `[ssf]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsf {
+    #[serde(default)]
+    transmitters: Vec<RawTransmitter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransmitter {
+    name: String,
+    issuer: String,
+    audience: String,
+    jwks_uri: Option<String>,
+    jwks_file: Option<PathBuf>,
+    algorithms: Option<Vec<String>>,
+    max_age_seconds: Option<u64>,
+    clock_skew_seconds: Option<u64>,
+    push_token_file: Option<PathBuf>,
+    push_token_sha256: Option<String>,
+    subjects: Option<Vec<String>>,
+    subject_issuers: Option<Vec<String>>,
+    #[serde(default)]
+    lowercase_email: bool,
+    risk_points: Option<u8>,
+    risk_ttl_seconds: Option<u64>,
+    jwks_cache_seconds: Option<u64>,
+    jwks_refetch_seconds: Option<u64>,
+    #[serde(default)]
+    actions: BTreeMap<String, String>,
+}
+
+/// A signing algorithm the receiver accepts, when the transmitter's
+/// `algorithms` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, keys of 2,048 bits or more: the
+    /// default.
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+}
+
+impl Alg {
+    /// Its JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Rs256 => "RS256",
+            Alg::Es256 => "ES256",
+        }
+    }
+
+    /// By JOSE name.
+    pub fn of(name: &str) -> Option<Alg> {
+        match name {
+            "RS256" => Some(Alg::Rs256),
+            "ES256" => Some(Alg::Es256),
+            _ => None,
+        }
+    }
+}
+
+/// A subject format that names a user (`subjects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectFormat {
+    /// `{"format":"email","email":…}`: the address is the user name.
+    Email,
+    /// `{"format":"iss_sub","iss":…,"sub":…}`: `sub` is the user name,
+    /// when `iss` is one of `subject_issuers`.
+    IssSub,
+    /// `{"format":"opaque","id":…}`: `id` is the user name.
+    Opaque,
+}
+
+/// What an event does (`actions`, by the event's short name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Every session of the user ends everywhere.
+    RevokeUser,
+    /// The user's entity risk is raised (`risk_points` for
+    /// `risk_ttl_seconds`). For `risk-level-change` and
+    /// `device-compliance-change`, the payload decides: raised for a
+    /// `HIGH` level or a `not-compliant` device, cleared for a `LOW`
+    /// level, nothing otherwise.
+    RaiseRisk,
+    /// The user's entity risk is cleared.
+    ClearRisk,
+    /// Accepted and counted as ignored.
+    Ignore,
+}
+
+impl Action {
+    fn of(name: &str) -> Option<Action> {
+        match name {
+            "revoke_user" => Some(Action::RevokeUser),
+            "raise_risk" => Some(Action::RaiseRisk),
+            "clear_risk" => Some(Action::ClearRisk),
+            "ignore" => Some(Action::Ignore),
+            _ => None,
+        }
+    }
+}
+
+/// CAEP event types (`https://schemas.openid.net/secevent/caep/event-type/NAME`).
+pub const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
+/// RISC event types.
+pub const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
+/// SSF's own event types (verification, stream updates).
+pub const SSF: &str = "https://schemas.openid.net/secevent/ssf/event-type/";
+
+/// The events the receiver knows by short name, with their default
+/// action; any other is accepted and ignored.
+pub const DEFAULT_ACTIONS: &[(&str, &str, Action)] = &[
+    (CAEP, "session-revoked", Action::RevokeUser),
+    (RISC, "account-disabled", Action::RevokeUser),
+    (RISC, "credential-compromise", Action::RevokeUser),
+    (RISC, "sessions-revoked", Action::RevokeUser),
+    (RISC, "account-purged", Action::RevokeUser),
+    (CAEP, "risk-level-change", Action::RaiseRisk),
+    (CAEP, "device-compliance-change", Action::RaiseRisk),
+    (CAEP, "credential-change", Action::Ignore),
+    (CAEP, "assurance-level-change", Action::Ignore),
+    (CAEP, "token-claims-change", Action::Ignore),
+    (CAEP, "session-established", Action::Ignore),
+    (CAEP, "session-presented", Action::Ignore),
+    (RISC, "account-enabled", Action::Ignore),
+    (RISC, "account-credential-change-required", Action::Ignore),
+    (RISC, "identifier-changed", Action::Ignore),
+    (RISC, "identifier-recycled", Action::Ignore),
+];
+
+/// A configured transmitter.
+#[derive(Clone)]
+pub struct Transmitter {
+    /// Its name: the push URL's last segment, in logs and metrics.
+    pub name: String,
+    /// Its `iss`.
+    pub issuer: String,
+    /// Ours: its SETs' `aud` must contain it.
+    pub audience: String,
+    /// Where its keys come from.
+    pub keys: KeySource,
+    /// Algorithms accepted.
+    pub algorithms: Vec<Alg>,
+    /// Oldest `iat` accepted, in seconds before now.
+    pub max_age: u64,
+    /// How far in the future an `iat` may be.
+    pub clock_skew: u64,
+    /// SHA-256 of the bearer token it pushes with.
+    pub push_token_sha256: [u8; 32],
+    /// Subject formats that name a user, in the order tried for a complex
+    /// subject's `user`.
+    pub subjects: Vec<SubjectFormat>,
+    /// `iss` values of `iss_sub` subjects accepted.
+    pub subject_issuers: Vec<String>,
+    /// Email addresses are lower-cased before they become user names.
+    pub lowercase_email: bool,
+    /// Entity-risk points of a raised risk.
+    pub risk_points: u8,
+    /// How long a raised risk holds.
+    pub risk_ttl: u64,
+    /// How long fetched keys are used before they are fetched again.
+    pub jwks_cache: std::time::Duration,
+    /// The least time between two refetches for an unknown `kid`.
+    pub jwks_refetch: std::time::Duration,
+    /// Event type URI → action, for every known event.
+    pub actions: BTreeMap<String, Action>,
+}
+
+impl std::fmt::Debug for Transmitter {
+    // The token's hash stays out of logs too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transmitter")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a transmitter's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Fetched from this URL, cached, refetched on an unknown `kid`.
+    Uri(String),
+    /// Read once from a file at start.
+    Static(std::sync::Arc<KeySet>),
+}
+
+/// Whether `uri` may be fetched from: HTTPS, or HTTP on loopback only.
+fn fetchable(uri: &str) -> bool {
+    let Ok(url) = url::Url::parse(uri) else {
+        return false;
+    };
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn ranged(
+    problems: &mut Vec<String>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    let v = value.unwrap_or(default);
+    if !range.contains(&v) {
+        problems.push(format!(
+            "{key}: {v} is out of range; expected {} to {}",
+            range.start(),
+            range.end()
+        ));
+    }
+    v
+}
+
+/// Validates `[ssf]`, resolving files against `base`; problems are added
+/// to `problems`, each with its key.
+pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmitter> {
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+    let mut out = Vec::new();
+    for (i, t) in raw.transmitters.iter().enumerate() {
+        let at = format!("ssf.transmitters[{i}]");
+        let before = problems.len();
+        if !valid_name(&t.name) {
+            problems.push(format!(
+                "{at}.name: {:?}: 1 to 64 of a-z A-Z 0-9 - _",
+                t.name
+            ));
+        }
+        if raw.transmitters[..i].iter().any(|o| o.name == t.name) {
+            problems.push(format!("{at}.name: {:?} appears twice", t.name));
+        }
+        if t.issuer.is_empty() || t.issuer.len() > 1024 {
+            problems.push(format!("{at}.issuer: 1 to 1024 characters"));
+        }
+        if raw.transmitters[..i].iter().any(|o| o.issuer == t.issuer) {
+            problems.push(format!(
+                "{at}.issuer: {:?} is another transmitter's: jti are deduplicated by issuer",
+                t.issuer
+            ));
+        }
+        if t.audience.is_empty() || t.audience.len() > 1024 {
+            problems.push(format!("{at}.audience: 1 to 1024 characters"));
+        }
+        let keys = match (&t.jwks_uri, &t.jwks_file) {
+            (Some(uri), None) => {
+                if !fetchable(uri) {
+                    problems.push(format!(
+                        "{at}.jwks_uri: {uri:?}: expected https://… (http:// only on loopback)"
+                    ));
+                }
+                Some(KeySource::Uri(uri.clone()))
+            }
+            (None, Some(file)) => match std::fs::read(resolve(file)) {
+                Ok(bytes) => match parse_jwks(&bytes) {
+                    Ok(set) => Some(KeySource::Static(std::sync::Arc::new(set))),
+                    Err(e) => {
+                        problems.push(format!("{at}.jwks_file: {}: {e}", file.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("{at}.jwks_file: {}: {e}", file.display()));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!("{at}: give exactly one of jwks_uri and jwks_file"));
+                None
+            }
+        };
+        let mut algorithms = Vec::new();
+        for a in t.algorithms.clone().unwrap_or_else(|| vec!["RS256".into()]) {
+            match Alg::of(&a) {
+                Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Some(_) => {}
+                None => problems.push(format!(
+                    "{at}.algorithms: {a:?}: expected \"RS256\" or \"ES256\""
+                )),
+            }
+        }
+        if algorithms.is_empty() && t.algorithms.as_ref().is_some_and(Vec::is_empty) {
+            problems.push(format!("{at}.algorithms: at least one"));
+        }
+        let max_age = ranged(
+            problems,
+            &format!("{at}.max_age_seconds"),
+            t.max_age_seconds,
+            86_400,
+            60..=30 * 86_400,
+        );
+        let clock_skew = ranged(
+            problems,
+            &format!("{at}.clock_skew_seconds"),
+            t.clock_skew_seconds,
+            60,
+            0..=600,
+        );
+        let token = match (&t.push_token_file, &t.push_token_sha256) {
+            (Some(file), None) => match std::fs::read_to_string(resolve(file)) {
+                Ok(tok) if tok.trim().len() >= 16 => Some(token_hash(&tok)),
+                Ok(_) => {
+                    problems.push(format!(
+                        "{at}.push_token_file: {}: a token of at least 16 characters",
+                        file.display()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("{at}.push_token_file: {}: {e}", file.display()));
+                    None
+                }
+            },
+            (None, Some(hash)) => {
+                match hex::decode(hash)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                {
+                    Some(h) => Some(h),
+                    None => {
+                        problems.push(format!(
+                            "{at}.push_token_sha256: expected 64 hex digits (vigil-controller hash-token)"
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => {
+                problems.push(format!(
+                    "{at}: give exactly one of push_token_file and push_token_sha256"
+                ));
+                None
+            }
+        };
+        let mut subjects = Vec::new();
+        for s in t
+            .subjects
+            .clone()
+            .unwrap_or_else(|| vec!["email".into(), "iss_sub".into()])
+        {
+            let f = match s.as_str() {
+                "email" => SubjectFormat::Email,
+                "iss_sub" => SubjectFormat::IssSub,
+                "opaque" => SubjectFormat::Opaque,
+                _ => {
+                    problems.push(format!(
+                        "{at}.subjects: {s:?}: expected \"email\", \"iss_sub\" or \"opaque\""
+                    ));
+                    continue;
+                }
+            };
+            if !subjects.contains(&f) {
+                subjects.push(f);
+            }
+        }
+        if subjects.is_empty() {
+            problems.push(format!("{at}.subjects: at least one"));
+        }
+        let risk_points = t.risk_points.unwrap_or(40);
+        if !(1..=100).contains(&risk_points) {
+            problems.push(format!(
+                "{at}.risk_points: {risk_points} is out of range; expected 1 to 100"
+            ));
+        }
+        let risk_ttl = ranged(
+            problems,
+            &format!("{at}.risk_ttl_seconds"),
+            t.risk_ttl_seconds,
+            86_400,
+            60..=365 * 86_400,
+        );
+        let jwks_cache = ranged(
+            problems,
+            &format!("{at}.jwks_cache_seconds"),
+            t.jwks_cache_seconds,
+            3_600,
+            60..=86_400,
+        );
+        let jwks_refetch = ranged(
+            problems,
+            &format!("{at}.jwks_refetch_seconds"),
+            t.jwks_refetch_seconds,
+            60,
+            1..=3_600,
+        );
+        let mut actions: BTreeMap<String, Action> = DEFAULT_ACTIONS
+            .iter()
+            .map(|(prefix, name, action)| (format!("{prefix}{name}"), *action))
+            .collect();
+        for (event, action) in &t.actions {
+            let Some((prefix, _, _)) = DEFAULT_ACTIONS.iter().find(|(_, n, _)| n == event) else {
+                problems.push(format!(
+                    "{at}.actions.{event}: not an event the receiver knows (docs/signals.md)"
+                ));
+                continue;
+            };
+            match Action::of(action) {
+                Some(a) => {
+                    actions.insert(format!("{prefix}{event}"), a);
+                }
+                None => problems.push(format!(
+                    "{at}.actions.{event}: {action:?}: expected \"revoke_user\", \"raise_risk\", \"clear_risk\" or \"ignore\""
+                )),
+            }
+        }
+        if let (Some(keys), Some(push_token_sha256), true) = (keys, token, problems.len() == before)
+        {
+            out.push(Transmitter {
+                name: t.name.clone(),
+                issuer: t.issuer.clone(),
+                audience: t.audience.clone(),
+                keys,
+                algorithms,
+                max_age,
+                clock_skew,
+                push_token_sha256,
+                subjects,
+                subject_issuers: t
+                    .subject_issuers
+                    .clone()
+                    .unwrap_or_else(|| vec![t.issuer.clone()]),
+                lowercase_email: t.lowercase_email,
+                risk_points,
+                risk_ttl,
+                jwks_cache: std::time::Duration::from_secs(jwks_cache),
+                jwks_refetch: std::time::Duration::from_secs(jwks_refetch),
+                actions,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fetchable;
+
+    #[test]
+    fn keys_are_fetched_over_https_or_from_loopback_only() {
+        assert!(fetchable("https://idp.example/jwks"));
+        assert!(fetchable("http://127.0.0.1:8080/jwks"));
+        assert!(fetchable("http://localhost/jwks"));
+        assert!(fetchable("http://[::1]:9/jwks"));
+        assert!(!fetchable("http://idp.example/jwks"));
+        assert!(!fetchable("http://127.0.0.1.evil.example/jwks"));
+        assert!(!fetchable("http://localhost.evil.example:80/jwks"));
+        assert!(!fetchable("ftp://127.0.0.1/jwks"));
+    }
+}

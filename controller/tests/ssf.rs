@@ -1,0 +1,848 @@
+//! The Shared Signals receiver end to end over real HTTP: SETs signed by an
+//! independent transmitter (the `easyssf-test` crate's, whose JWK Set it
+//! serves itself, behind a loopback listener), pushed to the controller
+//! (RFC 8935), and what reaches a node's sync stream; on SQLite and on the
+//! PostgreSQL server on 127.0.0.1:5432 (a fresh database per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use easyssf_test::subjects::{complex, email, iss_sub, opaque};
+use easyssf_test::{TestSigningKey, TestTransmitter};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_controller::store::Store;
+use vigil_fleet::{Change, Frame, UserId, read_frame};
+
+const ADMIN: &str = "admin-token-0123456789";
+const NODE: &str = "node-a-token-0123456789";
+const PUSH: &str = "idp-push-token-0123456789";
+const AUDIENCE: &str = "https://vigil.test/ssf";
+const HASH_KEY: [u8; 32] = [0x11; 32];
+const DEADLINE: Duration = Duration::from_secs(20);
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const RISK_LEVEL: &str = "https://schemas.openid.net/secevent/caep/event-type/risk-level-change";
+const COMPLIANCE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/device-compliance-change";
+const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+const ACCOUNT_DISABLED: &str =
+    "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
+
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres { name: String },
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Db {
+    async fn new(postgres: bool) -> Db {
+        if !postgres {
+            return Db::Sqlite(tempfile::tempdir().unwrap());
+        }
+        sqlx::any::install_default_drivers();
+        let name = format!("vigil_test_{:016x}", rand_u64());
+        let admin = sqlx::AnyPool::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Db::Postgres { name }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("controller.db").display()),
+            Db::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        }
+    }
+
+    async fn drop_db(self) {
+        if let Db::Postgres { name } = self {
+            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// The transmitter's documents (its JWK Set) served on loopback by the
+/// transmitter itself: each GET is handed to its in-process HTTP handler.
+struct Published {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Published {
+    async fn start(t: &TestTransmitter) -> Published {
+        use easyssf_receiver::http::{SsfHttpClient, SsfHttpRequest};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = t.clone();
+        let issuer = url::Url::parse(t.issuer()).unwrap();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let t = t.clone();
+            let mut url = issuer.clone();
+            async move {
+                url.set_path(uri.path());
+                let r = t.execute(SsfHttpRequest::of("GET", url)).await.unwrap();
+                (
+                    axum::http::StatusCode::from_u16(r.status).unwrap(),
+                    [("content-type", "application/json")],
+                    r.body,
+                )
+            }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Published { addr, task }
+    }
+
+    fn jwks_uri(&self) -> String {
+        format!("http://{}/realms/test/jwks", self.addr)
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Controller {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The `[[ssf.transmitters]]` of `t`, its keys at `jwks_uri`.
+fn transmitter_toml(t: &TestTransmitter, jwks_uri: &str, extra: &str) -> String {
+    format!(
+        "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+         jwks_uri = {jwks_uri:?}\npush_token_file = \"idp.token\"\njwks_refetch_seconds = 3600\n{extra}\n",
+        t.issuer()
+    )
+}
+
+impl Controller {
+    async fn start(store: &str, ssf: &str) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        std::fs::write(dir.path().join("idp.token"), PUSH).unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let toml = format!(
+            "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n{ssf}",
+            hex::encode(vigil_controller::config::token_hash(NODE)),
+        );
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = vigil_controller::Config::load(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            vigil_controller::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let c = Controller {
+            addr,
+            _dir: dir,
+            stop: Some(stop),
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while client().get(c.url("/healthz")).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Pushes `set` as the transmitter does; the status and the body.
+    async fn push(&self, set: &str) -> (u16, Value) {
+        self.push_as(set, PUSH, "application/secevent+jwt").await
+    }
+
+    async fn push_as(&self, set: &str, token: &str, content_type: &str) -> (u16, Value) {
+        let r = client()
+            .post(self.url("/v1/ssf/push/idp"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .header("accept", "application/json")
+            .body(set.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn head(&self) -> u64 {
+        let r = client()
+            .get(self.url("/v1/admin/log"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        v["head"].as_u64().unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn sets_counted(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        &format!("vigil_controller_ssf_sets_total{{result=\"{result}\",transmitter=\"idp\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// A node's sync stream.
+struct Stream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(c: &Controller) -> Stream {
+        let response = client()
+            .get(c.url("/v1/sync?since=0"))
+            .bearer_auth(NODE)
+            .header(vigil_fleet::VERSION_HEADER, vigil_fleet::VERSION)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut s = Stream {
+            response,
+            buffer: Vec::new(),
+        };
+        assert!(matches!(s.next().await, Frame::Hello { .. }));
+        assert!(matches!(s.next().await, Frame::SnapshotEnd { .. }));
+        s
+    }
+
+    async fn next(&mut self) -> Frame {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return read_frame(&line[..line.len() - 1]).unwrap();
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("a frame within the deadline")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The changes of the next frame that is not a heartbeat.
+    async fn next_changes(&mut self) -> Vec<Change> {
+        loop {
+            match self.next().await {
+                Frame::Heartbeat { .. } => continue,
+                Frame::Changes { changes, .. } => return changes,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+fn user(name: &str) -> UserId {
+    UserId(
+        vigil_engine::UserKey::for_name(&vigil_engine::SessionHashKey::from_bytes(HASH_KEY), name)
+            .as_u64(),
+    )
+}
+
+/// Claims of a SET of `t` to us.
+fn claims(t: &TestTransmitter, event: &str, sub: Option<Map<String, Value>>) -> Map<String, Value> {
+    let mut c = t.set_claims(event, sub);
+    c.insert("aud".into(), AUDIENCE.into());
+    c
+}
+
+fn claims_with(
+    t: &TestTransmitter,
+    event: &str,
+    sub: Map<String, Value>,
+    payload: Value,
+) -> Map<String, Value> {
+    let mut c = t.set_claims_with_payload(event, Some(sub), payload.as_object().unwrap().clone());
+    c.insert("aud".into(), AUDIENCE.into());
+    c
+}
+
+async fn both(test: impl AsyncFn(bool)) {
+    test(false).await;
+    test(true).await;
+}
+
+/// The attack: a session cookie stolen from alice keeps working after her
+/// identity provider revoked her session — unless the IdP's CAEP
+/// `session-revoked` reaches every node. A replay of the same SET (a
+/// retry, or an attacker's) is answered 202 and does nothing again.
+#[tokio::test]
+async fn a_pushed_session_revoked_reaches_every_node_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+        let mut node = Stream::open(&c).await;
+        let sub = complex(Some(iss_sub(t.issuer(), "alice")), Some(opaque("idp-session-1")));
+        let set = t.sign_set(&claims(&t, SESSION_REVOKED, Some(sub)));
+        let (status, body) = c.push(&set).await;
+        assert_eq!((status, &body), (202, &Value::Null), "{body}");
+        let changes = node.next_changes().await;
+        assert_eq!(changes.len(), 1);
+        assert!(
+            matches!(changes[0], Change::UserRevoked { user: u, .. } if u == user("alice")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        assert_eq!(head, 1);
+        // Delivered again: accepted, not acted on.
+        assert_eq!(c.push(&set).await.0, 202);
+        assert_eq!(c.head().await, head);
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 1.0);
+        assert_eq!(sets_counted(&m, "duplicate"), 1.0);
+        // RISC account-disabled with an email subject: another user.
+        let set = t.sign_set(&claims(&t, ACCOUNT_DISABLED, Some(email("bob@example.com"))));
+        assert_eq!(c.push(&set).await.0, 202);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRevoked { user: u, .. } if u == user("bob@example.com")),
+            "{changes:?}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Every SET a receiver must refuse, each answered `400` with its RFC 8935
+/// code — the independent transmitter's negative vectors (a weak key, a
+/// wrong `typ`, an unsigned SET) and Vigil's own — and none changes the
+/// fleet.
+#[tokio::test]
+async fn every_bad_set_is_refused_with_its_code_and_changes_nothing() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let weak = TestSigningKey::generate(1024, "weak");
+    t.publish_jwks(&[t.key(), &weak]);
+    let published = Published::start(&t).await;
+    let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+    let alice = || Some(iss_sub(t.issuer(), "alice"));
+    let good = || claims(&t, SESSION_REVOKED, alice());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let with = |k: &str, v: Value| {
+        let mut c = good();
+        c.insert(k.into(), v);
+        t.sign_set(&c)
+    };
+    let without = |k: &str| {
+        let mut c = good();
+        c.remove(k);
+        t.sign_set(&c)
+    };
+    let mut two_events = good();
+    two_events["events"]
+        .as_object_mut()
+        .unwrap()
+        .insert(ACCOUNT_DISABLED.into(), json!({}));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "weak key",
+            TestTransmitter::sign(&weak, Some("secevent+jwt"), &good()),
+            "invalid_key",
+        ),
+        (
+            "wrong typ",
+            TestTransmitter::sign(t.key(), Some("JWT"), &good()),
+            "invalid_request",
+        ),
+        (
+            "no typ",
+            TestTransmitter::sign(t.key(), None, &good()),
+            "invalid_request",
+        ),
+        (
+            "unsigned",
+            TestTransmitter::unsigned(&good()),
+            "invalid_request",
+        ),
+        (
+            "unsigned, typed",
+            {
+                use base64::Engine;
+                let b64 = |v: Value| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+                };
+                format!(
+                    "{}.{}.",
+                    b64(json!({"alg": "none", "typ": "secevent+jwt"})),
+                    b64(Value::Object(good()))
+                )
+            },
+            "authentication_failed",
+        ),
+        (
+            "RS384",
+            TestTransmitter::sign_with(
+                t.key(),
+                jsonwebtoken::Algorithm::RS384,
+                Some("secevent+jwt"),
+                &good(),
+            ),
+            "invalid_key",
+        ),
+        (
+            "unknown kid",
+            TestTransmitter::sign(&t.key().with_key_id("ghost"), Some("secevent+jwt"), &good()),
+            "invalid_key",
+        ),
+        (
+            "another key under our kid",
+            TestTransmitter::sign(&weak.with_key_id("test-key"), Some("secevent+jwt"), &good()),
+            "authentication_failed",
+        ),
+        (
+            "wrong iss",
+            with("iss", json!("https://evil.example")),
+            "invalid_issuer",
+        ),
+        (
+            "wrong aud",
+            with("aud", json!("https://other.example")),
+            "invalid_audience",
+        ),
+        (
+            "aud list without ours",
+            with("aud", json!(["a", "b"])),
+            "invalid_audience",
+        ),
+        (
+            "expired iat",
+            with("iat", json!(now - 86_400 - 120)),
+            "invalid_request",
+        ),
+        (
+            "future iat",
+            with("iat", json!(now + 600)),
+            "invalid_request",
+        ),
+        ("no jti", without("jti"), "invalid_request"),
+        ("two events", t.sign_set(&two_events), "invalid_request"),
+        ("no events", without("events"), "invalid_request"),
+        ("no sub_id", without("sub_id"), "invalid_request"),
+        (
+            "phone subject",
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(easyssf_test::subjects::phone_number("+15555550100")),
+            )),
+            "invalid_request",
+        ),
+        (
+            "iss_sub of another issuer",
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(iss_sub("https://evil.example", "alice")),
+            )),
+            "invalid_request",
+        ),
+        ("garbage", "not.a.set".to_owned(), "invalid_request"),
+        ("five parts", "a.b.c.d.e".to_owned(), "invalid_request"),
+    ];
+    for (what, set, err) in &cases {
+        let (status, body) = c.push(set).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["err"], *err, "{what}: {body}");
+        assert!(
+            body["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}"
+        );
+    }
+    let (status, body) = c
+        .push_as(&t.sign_set(&good()), PUSH, "application/json")
+        .await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(c.head().await, 0, "no refused SET changed anything");
+    let m = c.metrics().await;
+    assert_eq!(sets_counted(&m, "invalid_key"), 3.0);
+    assert_eq!(sets_counted(&m, "accepted"), 0.0);
+    // A refused SET's jti was not kept: the same SET, fixed, is taken.
+    assert_eq!(c.push(&t.sign_set(&good())).await.0, 202);
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// A transmitter is authenticated before the receiver reads a byte of
+/// what it sends: a caller without the bearer who announces a large body
+/// and sends none is answered 401 at once, as is one with another
+/// transmitter's or a node's token; a body over the bound is refused.
+#[tokio::test]
+async fn the_bearer_is_checked_before_the_body_is_read() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+    for auth in ["", "Authorization: Bearer node-a-token-0123456789\r\n"] {
+        let mut socket = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "POST /v1/ssf/push/idp HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/secevent+jwt\r\nContent-Length: 60000\r\n\r\neyJ"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = vec![0; 1024];
+        let n = tokio::time::timeout(DEADLINE, socket.read(&mut answer))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("authentication_failed"), "{answer}");
+    }
+    let set = t.sign_set(&claims(
+        &t,
+        SESSION_REVOKED,
+        Some(iss_sub(t.issuer(), "alice")),
+    ));
+    assert_eq!(
+        c.push_as(&set, "wrong-token-0123456789", "application/secevent+jwt")
+            .await
+            .0,
+        401
+    );
+    let r = client()
+        .post(c.url("/v1/ssf/push/nobody"))
+        .bearer_auth(PUSH)
+        .body(set.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "an unknown transmitter is not told apart");
+    let (status, body) = c.push(&"a".repeat(64 * 1024 + 1)).await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (413, Some("invalid_request"))
+    );
+    assert_eq!(c.head().await, 0);
+    let m = c.metrics().await;
+    assert_eq!(sets_counted(&m, "unauthorized"), 3.0);
+    assert_eq!(sets_counted(&m, "too_large"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "vigil_controller_ssf_sets_total{result=\"unauthorized\",transmitter=\"-\"}"
+        ),
+        Some(1.0)
+    );
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// The transmitter rotates its key: the first SET under the new `kid`
+/// fetches the JWK Set again and is taken; a made-up `kid` after that is
+/// refused without another fetch (one refetch per `jwks_refetch_seconds`),
+/// so a flood of them cannot make the receiver hammer the transmitter.
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_made_up_kids_are_not() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+    let sub = || Some(email("carol@example.com"));
+    let before = t.requests();
+    let mut v = claims(&t, VERIFICATION, None);
+    v["events"][VERIFICATION] = json!({"state": "s-1"});
+    assert_eq!(c.push(&t.sign_set(&v)).await.0, 202);
+    assert_eq!(t.requests(), before + 1, "the first SET fetched the keys");
+    let rotated = t.key().with_key_id("rotated");
+    t.publish_jwks(&[&rotated]);
+    let set = TestTransmitter::sign(
+        &rotated,
+        Some("secevent+jwt"),
+        &claims(&t, ACCOUNT_DISABLED, sub()),
+    );
+    assert_eq!(c.push(&set).await.0, 202);
+    assert_eq!(
+        t.requests(),
+        before + 2,
+        "the new kid fetched the keys again"
+    );
+    for _ in 0..5 {
+        let ghost = TestTransmitter::sign(
+            &t.key().with_key_id("ghost"),
+            Some("secevent+jwt"),
+            &claims(&t, ACCOUNT_DISABLED, sub()),
+        );
+        assert_eq!(c.push(&ghost).await.1["err"], "invalid_key");
+    }
+    assert_eq!(t.requests(), before + 2, "made-up kids fetched nothing");
+    // The verification was recorded as the stream's last.
+    let store = Store::open(&db.url()).await.unwrap();
+    let stream = store.ssf_stream("idp").await.unwrap().unwrap();
+    assert_eq!(stream.verification.unwrap().1, "s-1");
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// Risk signals set the user's entity risk on every node, as the admin
+/// API's `users/risk` does: a high risk level or a non-compliant device
+/// raises it, a low level clears it; a medium level, a compliant device
+/// and events Vigil does not act on are accepted and counted as ignored.
+#[tokio::test]
+async fn risk_signals_raise_and_clear_the_users_risk() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(
+            &db.url(),
+            &transmitter_toml(&t, &published.jwks_uri(), "risk_points = 55"),
+        )
+        .await;
+        let mut node = Stream::open(&c).await;
+        let dave = || email("dave@example.com");
+        let push = async |event: &str, payload: Value| {
+            let (status, body) = c
+                .push(&t.sign_set(&claims_with(&t, event, dave(), payload)))
+                .await;
+            assert_eq!(status, 202, "{event}: {body}");
+        };
+        push(RISK_LEVEL, json!({"principal": "USER", "current_level": "HIGH"})).await;
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRisk { user: u, points: 55, .. } if u == user("dave@example.com")),
+            "{changes:?}"
+        );
+        push(RISK_LEVEL, json!({"principal": "USER", "current_level": "LOW"})).await;
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRisk { points: 0, .. }),
+            "{changes:?}"
+        );
+        push(COMPLIANCE, json!({"current_status": "not-compliant", "previous_status": "compliant"}))
+            .await;
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRisk { points: 55, .. }),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        push(RISK_LEVEL, json!({"principal": "USER", "current_level": "MEDIUM"})).await;
+        push(COMPLIANCE, json!({"current_status": "compliant"})).await;
+        push(
+            "https://schemas.openid.net/secevent/caep/event-type/session-established",
+            json!({}),
+        )
+        .await;
+        push("https://vendor.example/event/unknown", json!({})).await;
+        assert_eq!(c.head().await, head, "nothing more was done");
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 3.0);
+        assert_eq!(sets_counted(&m, "ignored"), 4.0);
+        // A payload that does not say which way is refused.
+        let (status, body) = c
+            .push(&t.sign_set(&claims_with(&t, RISK_LEVEL, dave(), json!({"principal": "USER"}))))
+            .await;
+        assert_eq!((status, body["err"].as_str()), (400, Some("invalid_request")));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The receiver's configuration problems are reported together, each with
+/// its key, like the rest of the file.
+#[test]
+fn a_bad_transmitter_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    std::fs::write(dir.path().join("short.token"), "short").unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(
+        &path,
+        "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [[ssf.transmitters]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"v\"\n\
+         jwks_uri = \"http://idp.example/jwks\"\npush_token_file = \"short.token\"\n\
+         algorithms = [\"HS256\"]\nsubjects = [\"phone\"]\nmax_age_seconds = 1\n\
+         [ssf.transmitters.actions]\nsession-revoked = \"nothing\"\nfuture-event = \"ignore\"\n",
+    )
+    .unwrap();
+    let e = vigil_controller::Config::load(&path).err().unwrap();
+    let p = |i: usize| e.problems[i].as_str();
+    assert_eq!(e.problems.len(), 8, "{:?}", e.problems);
+    assert!(p(0).starts_with("ssf.transmitters[0].jwks_uri: \"http://idp.example/jwks\""));
+    assert_eq!(
+        p(1),
+        "ssf.transmitters[0].algorithms: \"HS256\": expected \"RS256\" or \"ES256\""
+    );
+    assert_eq!(
+        p(2),
+        "ssf.transmitters[0].max_age_seconds: 1 is out of range; expected 60 to 2592000"
+    );
+    assert!(
+        p(3).starts_with(
+            "ssf.transmitters[0].push_token_file: short.token: a token of at least 16"
+        )
+    );
+    assert!(p(4).starts_with("ssf.transmitters[0].subjects: \"phone\""));
+    assert_eq!(p(5), "ssf.transmitters[0].subjects: at least one");
+    assert!(p(6).starts_with("ssf.transmitters[0].actions.future-event: not an event"));
+    assert!(p(7).starts_with("ssf.transmitters[0].actions.session-revoked: \"nothing\""));
+}
+
+/// A transmitter configured for ES256 (a P-256 key in a static JWK Set):
+/// its ES256 SETs are taken, and an RS256 one is refused even when signed
+/// by a key it also publishes — the algorithm is the operator's choice,
+/// not the SET's.
+#[tokio::test]
+async fn an_es256_transmitter_is_taken_and_rs256_from_it_is_not() {
+    use base64::Engine;
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    assert_eq!(point.len(), 65);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "ec-1", "use": "sig",
+         "x": b64(&point[1..33]), "y": b64(&point[33..65])},
+        t.key().public_jwk(),
+    ]});
+    let c = {
+        let toml = format!(
+            "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+             jwks_file = \"jwks.json\"\npush_token_file = \"idp.token\"\nalgorithms = [\"ES256\"]\n",
+            t.issuer()
+        );
+        // The JWK Set beside the config (the controller's directory is
+        // made by `start`): written through an absolute path instead.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), jwks.to_string()).unwrap();
+        let toml = toml.replace(
+            "\"jwks.json\"",
+            &format!("{:?}", file.path().display().to_string()),
+        );
+        let c = Controller::start(&db.url(), &toml).await;
+        drop(file);
+        c
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("secevent+jwt".into());
+    header.kid = Some("ec-1".into());
+    let set = jsonwebtoken::encode(
+        &header,
+        &claims(&t, SESSION_REVOKED, Some(email("erin@example.com"))),
+        &jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap();
+    let (status, body) = c.push(&set).await;
+    assert_eq!(status, 202, "{body}");
+    let rs256 = t.sign_set(&claims(
+        &t,
+        SESSION_REVOKED,
+        Some(email("erin@example.com")),
+    ));
+    let (status, body) = c.push(&rs256).await;
+    assert_eq!(
+        (status, body["err"].as_str()),
+        (400, Some("invalid_key")),
+        "{body}"
+    );
+    // An ES256 header over the RSA key's kid: the key does not fit.
+    let mut header = header.clone();
+    header.kid = Some(t.key().key_id().into());
+    let set = jsonwebtoken::encode(
+        &header,
+        &claims(&t, SESSION_REVOKED, Some(email("erin@example.com"))),
+        &jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )
+    .unwrap();
+    assert_eq!(c.push(&set).await.1["err"], "invalid_key");
+    assert_eq!(c.head().await, 1);
+    c.stop().await;
+    db.drop_db().await;
+}
