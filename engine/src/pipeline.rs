@@ -521,7 +521,8 @@ impl Engine {
     }
 
     /// The keys of every session credential the request carries, in the
-    /// order read; what could not be read is left out. Not an evaluation:
+    /// order read (each followed by its key under the previous hash key,
+    /// during a rotation); what could not be read is left out. Not an evaluation:
     /// for a request judged with more than one credential, whose verdict
     /// names only the worst, so that the proxy can file the request under
     /// each of them and a revocation of any one ends it.
@@ -530,7 +531,7 @@ impl Engine {
             .credentials(headers)
             .sessions()
             .iter()
-            .map(|s| s.key)
+            .flat_map(|s| std::iter::once(s.key).chain(s.previous))
             .collect()
     }
 
