@@ -164,6 +164,15 @@ async fn revocations_and_baselines_made_under_the_old_key_hold_after_the_switch(
     let thief = Browser::chrome().cookie("session=s-bob");
     assert_eq!(thief.get(&a.url("/echo")).await.status(), 303);
     until_ended(&b, &bob).await;
+    // Carol's too; her cookie is not presented again until the end.
+    let carol = Browser::firefox();
+    let login = carol.get(&a.url("/login?user=carol&session=s-carol")).await;
+    assert_eq!(login.status(), 200);
+    let carol = carol.cookie("session=s-carol");
+    assert_eq!(carol.get(&a.url("/echo")).await.status(), 200);
+    let carol_thief = Browser::chrome().cookie("session=s-carol");
+    assert_eq!(carol_thief.get(&a.url("/echo")).await.status(), 303);
+    until_ended(&b, &carol).await;
 
     // The switch: K2 current, K1 previous, user keys kept on K1. A comes
     // back with its snapshot; B with an empty state directory.
@@ -227,6 +236,38 @@ async fn revocations_and_baselines_made_under_the_old_key_hold_after_the_switch(
     let ann_thief = Browser::chrome().cookie("session=s-ann");
     assert_eq!(ann_thief.get(&b.url("/echo")).await.status(), 303);
     until_ended(&a, &ann).await;
+
+    // The previous key dropped (too early: the point of this part). Node B
+    // comes back on K2 alone from nothing but the controller. Bob's
+    // revocation, re-keyed on sight during the overlap, was told under K2
+    // and holds; Carol's, never presented, was left under K1 alone and her
+    // revoked cookie is a fresh session: why the overlap must outlast the
+    // revocation lifetime (docs/controller.md, "Rotating the hash key").
+    b.terminate();
+    drop(b);
+    let dropped = format!(
+        "hash_key_file = {}\nuser_key_file = {}",
+        quoted(&k2),
+        quoted(&k1)
+    );
+    let c = Proxy::start(&node(
+        &dir.path().join("b3"),
+        origin.addr(),
+        listen,
+        NODE_B,
+        &dropped,
+    ))
+    .await;
+    connected(&c).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while bob.get(&c.url("/echo")).await.status() != 401 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's re-keyed revocation never reached the controller under K2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(carol.get(&c.url("/echo")).await.status(), 200);
 
     let _ = stop.send(());
 }
