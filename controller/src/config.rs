@@ -16,9 +16,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The store's URL: `sqlite://PATH` or `postgres://…`.
     pub store: String,
-    /// The fleet's session hash key: user names in admin calls become the
-    /// keys every node computes.
+    /// The key user names are hashed with (`user_key_file`, else
+    /// `hash_key_file`): user names in admin calls become the keys every
+    /// node computes. The controller hashes no session.
     pub hash_key: SessionHashKey,
+    /// The public ids of the configured keys, for logs and the admin API.
+    pub key_ids: vigil_engine::HashKeyIds,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
     /// The edge nodes allowed to sync, each with its token's SHA-256.
@@ -118,6 +121,8 @@ struct Raw {
     listen: Option<SocketAddr>,
     store: Option<String>,
     hash_key_file: PathBuf,
+    previous_hash_key_file: Option<PathBuf>,
+    user_key_file: Option<PathBuf>,
     admin_token_file: PathBuf,
     keep_changes: Option<u64>,
     node_events_per_minute: Option<u32>,
@@ -169,22 +174,7 @@ impl Config {
         };
         let mut problems = Vec::new();
 
-        let hash_key = match std::fs::read(resolve(&raw.hash_key_file)) {
-            Ok(bytes) => parse_key(&bytes).or_else(|| {
-                problems.push(format!(
-                    "hash_key_file: {}: expected 32 raw bytes or 64 hex digits",
-                    raw.hash_key_file.display()
-                ));
-                None
-            }),
-            Err(e) => {
-                problems.push(format!(
-                    "hash_key_file: {}: {e}",
-                    raw.hash_key_file.display()
-                ));
-                None
-            }
-        };
+        let keys = read_keys(&raw, &resolve, &mut problems);
         let admin_token = match std::fs::read_to_string(resolve(&raw.admin_token_file)) {
             Ok(t) if t.trim().len() >= 16 => Some(token_hash(&t)),
             Ok(_) => {
@@ -302,13 +292,14 @@ impl Config {
                 "store: {store:?}: expected sqlite://PATH or postgres://…"
             ));
         }
-        match (hash_key, admin_token, problems.is_empty()) {
-            (Some(hash_key), Some(admin_token), true) => Ok(Config {
+        match (keys, admin_token, problems.is_empty()) {
+            (Some((hash_key, key_ids)), Some(admin_token), true) => Ok(Config {
                 listen: raw
                     .listen
                     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9700))),
                 store,
                 hash_key,
+                key_ids,
                 admin_token,
                 nodes,
                 keep_changes,
@@ -328,6 +319,71 @@ impl Config {
             _ => Err(fail(problems)),
         }
     }
+}
+
+/// `hash_key_file`, `previous_hash_key_file` and `user_key_file`: the key
+/// user names are hashed with and the ids of all three. The rules are the
+/// nodes' (docs/controller.md, "Rotating the hash key"): a previous key
+/// must differ from the current one, and while one is set `user_key_file`
+/// must be too, or user keys would change with the session key.
+fn read_keys(
+    raw: &Raw,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<(SessionHashKey, vigil_engine::HashKeyIds)> {
+    let mut read = |key: &str, file: &Path| match std::fs::read(resolve(file)) {
+        Ok(bytes) => parse_key(&bytes).or_else(|| {
+            problems.push(format!(
+                "{key}: {}: expected 32 raw bytes or 64 hex digits",
+                file.display()
+            ));
+            None
+        }),
+        Err(e) => {
+            problems.push(format!("{key}: {}: {e}", file.display()));
+            None
+        }
+    };
+    let current = read("hash_key_file", &raw.hash_key_file);
+    let previous = raw
+        .previous_hash_key_file
+        .as_deref()
+        .map(|f| read("previous_hash_key_file", f));
+    let user = raw
+        .user_key_file
+        .as_deref()
+        .map(|f| read("user_key_file", f));
+    if let (Some(c), Some(Some(p)), Some(file)) = (&current, &previous, &raw.previous_hash_key_file)
+        && c == p
+    {
+        problems.push(format!(
+            "previous_hash_key_file: {}: holds the same key as hash_key_file; the previous key \
+             must be the one being retired",
+            file.display()
+        ));
+    }
+    if previous.is_some() && user.is_none() {
+        problems.push(
+            "user_key_file: must be set while previous_hash_key_file is: user keys would \
+             otherwise change with the session key; set it to the retiring key's file"
+                .to_owned(),
+        );
+    }
+    let current = current?;
+    let previous = previous.map(|p| p.map(|k| k.id()));
+    let user = match user {
+        Some(user) => user?,
+        None => current.clone(),
+    };
+    let ids = vigil_engine::HashKeyIds {
+        current: current.id(),
+        previous: match previous {
+            Some(p) => Some(p?),
+            None => None,
+        },
+        user: user.id(),
+    };
+    Some((user, ids))
 }
 
 fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {
@@ -374,6 +430,71 @@ mod tests {
                 )]
             );
         }
+    }
+
+    fn load_with(files: &[(&str, &str)], extra: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("admin.token"), "admin-token-0123456789").unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!("admin_token_file = \"admin.token\"\n{extra}"),
+        )
+        .unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn a_rotation_keeps_user_keys_on_the_pinned_key() {
+        let k1 = "11".repeat(32);
+        let k2 = "22".repeat(32);
+        let c = load_with(
+            &[("k1", &k1), ("k2", &k2)],
+            "hash_key_file = \"k2\"\nprevious_hash_key_file = \"k1\"\nuser_key_file = \"k1\"\n",
+        )
+        .unwrap();
+        let before = load_with(&[("k1", &k1)], "hash_key_file = \"k1\"\n").unwrap();
+        assert_eq!(c.hash_key.as_bytes(), before.hash_key.as_bytes());
+        assert_eq!(
+            c.key_ids.current,
+            SessionHashKey::from_bytes([0x22; 32]).id()
+        );
+        assert_eq!(c.key_ids.previous, Some(before.key_ids.current));
+        assert_eq!(c.key_ids.user, before.key_ids.current);
+        assert_eq!(before.key_ids.previous, None);
+    }
+
+    #[test]
+    fn rotation_mistakes_are_reported_together_with_their_files() {
+        let k1 = "11".repeat(32);
+        let e = load_with(
+            &[("k1", &k1), ("k1-copy", &k1)],
+            "hash_key_file = \"k1\"\nprevious_hash_key_file = \"k1-copy\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "previous_hash_key_file: k1-copy: holds the same key as hash_key_file; the \
+                 previous key must be the one being retired",
+                "user_key_file: must be set while previous_hash_key_file is: user keys would \
+                 otherwise change with the session key; set it to the retiring key's file",
+            ]
+        );
+        let e = load_with(
+            &[("k2", &"22".repeat(32)), ("short", "0102")],
+            "hash_key_file = \"k2\"\nprevious_hash_key_file = \"gone\"\nuser_key_file = \"short\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{:?}", e.problems);
+        assert!(e.problems[0].starts_with("previous_hash_key_file: gone: "));
+        assert_eq!(
+            e.problems[1],
+            "user_key_file: short: expected 32 raw bytes or 64 hex digits"
+        );
     }
 
     #[test]

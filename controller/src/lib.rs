@@ -165,6 +165,13 @@ pub async fn run(
         }
     });
     tasks.0.push(compaction.abort_handle());
+    let ids = app.config.key_ids;
+    tracing::info!(
+        current = %ids.current,
+        previous = ids.previous.map(|k| k.to_string()).as_deref().unwrap_or("none"),
+        user = %ids.user,
+        "session hash keys"
+    );
     tracing::info!(%listen, head = bounds.head, backend = ?app.store.backend(), "controller listening");
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown)

@@ -1,6 +1,7 @@
 //! The whole per-request pipeline on warm caches: one known session, same
 //! device, and a replay from another device; the stages alone; and the
-//! client IP chain through ~2,000 trusted CIDRs.
+//! client IP chain through ~2,000 trusted CIDRs; the session stage and the
+//! pipeline during a rotation of the hash key.
 #![allow(
     clippy::unwrap_used,
     reason = "bench set-up: a panic is a broken bench"
@@ -75,6 +76,20 @@ fn pipeline(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // During a rotation of the hash key: a second hash per credential and
+    // two revocation probes under the previous key (the session's state is
+    // under the current key once carried).
+    let rotating = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([6; 32]))
+        .with_previous_hash_key(SessionHashKey::from_bytes([5; 32]))
+        .with_user_key(SessionHashKey::from_bytes([5; 32]));
+    rotating.evaluate(&view(&owner), &policy).unwrap();
+    g.bench_function("known_session_same_device_rotating", |b| {
+        b.iter(|| {
+            rotating
+                .evaluate(black_box(&view(&owner)), &policy)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 
@@ -94,6 +109,12 @@ fn stages(c: &mut Criterion) {
     let device = vigil_engine::DeviceStage::default();
     let mut g = c.benchmark_group("stage");
     g.bench_function("session", |b| b.iter(|| session.credentials(black_box(&h))));
+    let rotating = session
+        .clone()
+        .with_previous(SessionHashKey::from_bytes([6; 32]));
+    g.bench_function("session_rotating", |b| {
+        b.iter(|| rotating.credentials(black_box(&h)))
+    });
     let tls = vigil_engine::TlsFingerprint::captured(
         "t13d1516h2_8daaf6152771_02713d6af862".parse().unwrap(),
     );

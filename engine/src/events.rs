@@ -69,6 +69,22 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         at: u64,
     },
+    /// A session known under the retiring hash key was presented after the
+    /// switch to a new one: its state (baseline, binding, revocation) is now
+    /// filed under its key of the current hash key (docs/controller.md,
+    /// "Rotating the hash key").
+    SessionRekeyed {
+        /// The session's key under the current hash key.
+        session: SessionKey,
+        /// Its key under the previous hash key.
+        previous: SessionKey,
+        /// Its user, when bound.
+        user: Option<UserKey>,
+        /// Whether what was carried is a revocation.
+        revoked: bool,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
     /// A request was (or, on a monitoring route, would have been) refused.
     Detection(Box<Detection>),
     /// A session was ended on this node.
@@ -299,6 +315,7 @@ impl Event {
             Event::SessionSeen { .. } => "session_seen",
             Event::SessionIssued { .. } => "session_issued",
             Event::SessionBound { .. } => "session_bound",
+            Event::SessionRekeyed { .. } => "session_rekeyed",
             Event::Detection(_) => "detection",
             Event::SessionRevoked { .. } => "session_revoked",
             Event::UserRevoked { .. } => "user_revoked",
@@ -311,10 +328,11 @@ impl Event {
     }
 
     /// Every kind, for metrics initialisation and docs.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "session_seen",
         "session_issued",
         "session_bound",
+        "session_rekeyed",
         "detection",
         "session_revoked",
         "user_revoked",

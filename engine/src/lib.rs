@@ -56,8 +56,8 @@ pub use network::{
     NetworkChange, NetworkFacts, NetworkMark, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,
 };
 pub use pipeline::{
-    Applied, Decision, Effects, Enforcement, Engine, EngineConfig, Responded, ResponseEffects,
-    Verdict, valid_user_name,
+    Applied, Decision, Effects, Enforcement, Engine, EngineConfig, HashKeyIds, Responded,
+    ResponseEffects, Verdict, valid_user_name,
 };
 pub use request::{RequestError, RequestFacts, RequestView, ResponseView};
 pub use score::{
@@ -67,6 +67,6 @@ pub use score::{
 };
 pub use score::{Learnt, POPULATION_CELLS, PROFILE_FEATURES, ProfileRecord, population_cells};
 pub use session::{
-    Ambiguity, CredentialSource, Credentials, HASH_KEY_LEN, MAX_CREDENTIALS, Session,
+    Ambiguity, CredentialSource, Credentials, HASH_KEY_LEN, KeyId, MAX_CREDENTIALS, Session,
     SessionConfig, SessionError, SessionHashKey, SessionKey, SessionLimits, SessionStage, ShortKey,
 };

@@ -19,10 +19,10 @@ use crate::fingerprint::UpstreamFingerprints;
 use crate::network::{NetworkChange, NetworkFacts};
 use crate::request::{RequestError, RequestView};
 use crate::score::{
-    Commit, Feedback, FeedbackError, Observation, Place, Risk, RiskLevel, Risks, ScoreConfig,
-    Scorer, UserKey,
+    Carried, Commit, Feedback, FeedbackError, Observation, Place, Risk, RiskLevel, Risks,
+    ScoreConfig, Scorer, UserKey,
 };
-use crate::session::{Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
+use crate::session::{KeyId, Session, SessionConfig, SessionHashKey, SessionKey, SessionStage};
 pub use respond::{Responded, ResponseEffects, valid_user_name};
 
 /// Everything the engine is configured with.
@@ -52,12 +52,25 @@ pub struct Engine {
     device: DeviceStage,
     geo: Option<Arc<GeoIp>>,
     scorer: Scorer,
-    /// The secret user keys are derived with (the session hash key's).
+    /// The secret user keys are derived with: the session hash key, unless
+    /// [`Engine::with_user_key`] pinned another (a rotation of the session
+    /// key must not re-key users).
     user_secret: SessionHashKey,
     /// Where state changes are told; `None`: nobody listens.
     events: Option<EventSink>,
     /// Requests evaluated so far ([`Engine::evaluations`]).
     evaluations: AtomicU64,
+}
+
+/// The public ids of the keys an engine hashes with ([`SessionHashKey::id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKeyIds {
+    /// The current session hash key.
+    pub current: KeyId,
+    /// The retiring one, during a rotation.
+    pub previous: Option<KeyId>,
+    /// The key user names are hashed with.
+    pub user: KeyId,
 }
 
 /// The engine's answer for one request, with the facts behind it.
@@ -205,6 +218,62 @@ impl Engine {
         }
     }
 
+    /// Also hashes every session credential under `previous`, the hash key
+    /// being retired: a session known (or revoked) under it is carried over
+    /// to its key under the current one on sight, a revocation under either
+    /// key refuses, and a revocation decided here is made under both keys,
+    /// so that nodes still on the old key alone honour it
+    /// (docs/controller.md, "Rotating the hash key"). User keys are not
+    /// affected ([`Engine::with_user_key`]).
+    pub fn with_previous_hash_key(mut self, previous: SessionHashKey) -> Self {
+        self.session = self.session.with_previous(previous);
+        self
+    }
+
+    /// Derives user keys ([`Engine::user_key`]) and the snapshot keys from
+    /// `key` instead of the session hash key: user keys name users in every
+    /// store of the fleet, the controller's included, and the controller
+    /// cannot re-key names it holds only hashed, so they stay on a key of
+    /// their own while the session key rotates.
+    pub fn with_user_key(mut self, key: SessionHashKey) -> Self {
+        self.user_secret = key;
+        self
+    }
+
+    /// The public ids of the keys this engine hashes with.
+    pub fn hash_key_ids(&self) -> HashKeyIds {
+        let (current, previous) = self.session.key_ids();
+        HashKeyIds {
+            current,
+            previous,
+            user: self.user_secret.id(),
+        }
+    }
+
+    /// Files what this node holds under each session's previous key under
+    /// its current key ([`Scorer::carry`]), and tells each move. Not a
+    /// decision's effect: the same state under its new name, nothing
+    /// learnt, so it happens on every route, whatever its mode.
+    fn carry(&self, sessions: &[Session], now_secs: u64) {
+        for session in sessions {
+            let Some(previous) = session.previous else {
+                continue;
+            };
+            let (user, revoked) = match self.scorer.carry(session.key, previous, now_secs) {
+                Carried::Nothing => continue,
+                Carried::Revocation(user) => (user, true),
+                Carried::State(user) => (user, false),
+            };
+            self.emit(|| Event::SessionRekeyed {
+                session: session.key,
+                previous,
+                user,
+                revoked,
+                at: now_secs,
+            });
+        }
+    }
+
     /// Tells every state change to `sink`; see [`crate::events`].
     pub fn with_events(mut self, sink: EventSink) -> Self {
         self.events = Some(sink);
@@ -330,6 +399,7 @@ impl Engine {
     ) -> Result<Verdict, RequestError> {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         let credentials = self.session.credentials(request.headers);
+        self.carry(credentials.sessions(), request.now_secs);
         let client_ip = self.client_ip.load();
         let client = client_ip.resolve_with(request, forwarded);
         let device = self.device.observe(request, &client_ip.config().trusted);
@@ -395,6 +465,8 @@ impl Engine {
             }
             if let (Action::Revoke, Some(s)) = (action, session) {
                 revoke.push(s.key);
+                // Under the retiring key too, for nodes not yet switched.
+                revoke.extend(s.previous);
             }
         }
         let worst = (0..judged.len())
@@ -440,6 +512,7 @@ impl Engine {
         if let Some(problem) = credentials.problem().filter(|p| p.fails_closed()) {
             return Err(RequestError::Session(problem.clone()));
         }
+        self.carry(credentials.sessions(), request.now_secs);
         Ok(credentials
             .sessions()
             .iter()
@@ -448,7 +521,8 @@ impl Engine {
     }
 
     /// The keys of every session credential the request carries, in the
-    /// order read; what could not be read is left out. Not an evaluation:
+    /// order read (each followed by its key under the previous hash key,
+    /// during a rotation); what could not be read is left out. Not an evaluation:
     /// for a request judged with more than one credential, whose verdict
     /// names only the worst, so that the proxy can file the request under
     /// each of them and a revocation of any one ends it.
@@ -457,7 +531,7 @@ impl Engine {
             .credentials(headers)
             .sessions()
             .iter()
-            .map(|s| s.key)
+            .flat_map(|s| std::iter::once(s.key).chain(s.previous))
             .collect()
     }
 
@@ -746,3 +820,6 @@ mod tests;
 
 #[cfg(test)]
 mod effects_tests;
+
+#[cfg(test)]
+mod rotation_tests;

@@ -120,6 +120,19 @@ pub(crate) struct Learn {
     trust: bool,
 }
 
+/// What [`Scorer::carry`] moved from a session's previous key to its
+/// current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carried {
+    /// Nothing: the current key holds the session's state or revocation
+    /// already, or neither key holds anything.
+    Nothing,
+    /// A revocation (by the user's revocation when `Some`).
+    Revocation(Option<UserKey>),
+    /// The session's state, bound to the user when `Some`.
+    State(Option<UserKey>),
+}
+
 /// What the decision made of a request, for [`Scorer::commit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Commit {
@@ -718,6 +731,52 @@ impl Scorer {
             },
         );
         self.sessions.remove(&key);
+    }
+
+    /// Files what this node holds of a session under `previous` (its key
+    /// under the retiring hash key) under `key` (its key under the current
+    /// one), on sight during a rotation:
+    ///
+    /// - a revocation under `previous` is copied to `key` (same budget,
+    ///   same user), whatever `key` holds: a revocation under either key
+    ///   refuses, and a revoked cookie never becomes a fresh session when
+    ///   the previous key is dropped;
+    /// - otherwise, when `key` has no state and `previous` has one, the
+    ///   state (baseline, binding, first sighting) moves to `key`, so the
+    ///   session is judged against the baseline it had — a thief's first
+    ///   request after the switch is judged against the owner's.
+    ///
+    /// State already under `key` is kept (it is newer). Costs two
+    /// revocation probes and, only when `key` has no state, one store read.
+    pub(crate) fn carry(&self, key: SessionKey, previous: SessionKey, now_secs: u64) -> Carried {
+        if self.revocation(&key).is_some() {
+            return Carried::Nothing;
+        }
+        if let Some(revocation) = self.revocation(&previous) {
+            if self.revoked.contains_key(&previous) {
+                self.revoked.insert(key, revocation);
+            } else {
+                self.minted.insert(key, revocation);
+            }
+            self.sessions.remove(&key);
+            return Carried::Revocation(revocation.by_user);
+        }
+        let now = secs32(now_secs);
+        if self.sessions.read(&key, now).is_some() {
+            return Carried::Nothing;
+        }
+        let Some(state) = self.sessions.read(&previous, now) else {
+            return Carried::Nothing;
+        };
+        let mut carried = state;
+        self.sessions.update(key, now, |held| {
+            // A state written under `key` meanwhile (another request of
+            // the session) is newer than the one being carried.
+            carried = held.copied().unwrap_or(state);
+            carried
+        });
+        self.sessions.remove(&previous);
+        Carried::State(carried.user)
     }
 
     /// The session's revocation, from either budget. `contains_key` first:

@@ -14,8 +14,14 @@ use smallvec::SmallVec;
 pub const HASH_KEY_LEN: usize = 32;
 
 /// The secret key for session hashing. Its `Debug` output is redacted.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionHashKey([u8; HASH_KEY_LEN]);
+
+/// The public name of a [`SessionHashKey`]: 8 hex digits of a hash derived
+/// from it (never the key), for logs, metrics and the fleet's view of which
+/// node runs which key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; 4]);
 
 /// A session credential reduced to a 128-bit keyed hash (BLAKE3 in keyed
 /// mode). Safe to store, log (see [`SessionKey::short`]) and send to the
@@ -72,6 +78,12 @@ pub struct Session {
     pub key: SessionKey,
     /// Where the credential came from.
     pub source: CredentialSource,
+    /// The keyed hash of the credential under the previous (retiring) hash
+    /// key, while one is configured ([`SessionStage::with_previous`]): the
+    /// name its state and revocation may still be filed under. Always the
+    /// same credential as `key`: which key judges a session is never the
+    /// client's choice.
+    pub previous: Option<SessionKey>,
 }
 
 /// Caps on the bytes the session stage reads from one request.
@@ -186,6 +198,9 @@ pub struct SessionStage {
     /// clones.
     config: Arc<ArcSwap<SessionConfig>>,
     key: SessionHashKey,
+    /// The key being retired, during a rotation: every credential is also
+    /// hashed under it (docs/controller.md, "Rotating the hash key").
+    previous: Option<SessionHashKey>,
     /// The configured cookie names as [`normalised_name`] makes them, once:
     /// they never change while the stage lives (a reload keeps them).
     names: Arc<[Vec<u8>]>,
@@ -202,6 +217,24 @@ impl SessionHashKey {
     /// The key bytes, for persisting a generated key.
     pub fn as_bytes(&self) -> &[u8; HASH_KEY_LEN] {
         &self.0
+    }
+
+    /// The key's public name: a one-way derivation, so that operators can
+    /// tell which nodes run which key without the key being shown.
+    pub fn id(&self) -> KeyId {
+        let id = blake3::derive_key("vigil 2026-12 session hash key id", &self.0);
+        KeyId([id[0], id[1], id[2], id[3]])
+    }
+}
+
+// === impl KeyId ===
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -294,8 +327,25 @@ impl SessionStage {
         Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             key,
+            previous: None,
             names,
         }
+    }
+
+    /// Also hashes every credential under `previous`, the key being retired
+    /// ([`Session::previous`]). A previous key equal to the current one is
+    /// ignored: it would name every session twice by one name.
+    pub fn with_previous(mut self, previous: SessionHashKey) -> Self {
+        self.previous = (previous != self.key).then_some(previous);
+        self
+    }
+
+    /// The ids of the current key and of the previous one, if any.
+    pub fn key_ids(&self) -> (KeyId, Option<KeyId>) {
+        (
+            self.key.id(),
+            self.previous.as_ref().map(SessionHashKey::id),
+        )
     }
 
     /// Applies a reloaded config's `bearer` and `limits` to requests from now
@@ -361,9 +411,10 @@ impl SessionStage {
                 }
                 let name = config.cookie_names.get(rank).map_or("", String::as_str);
                 match self.hash(b"cookie", name.as_bytes(), &value) {
-                    Ok(key) => out.push(Session {
+                    Ok((key, previous)) => out.push(Session {
                         key,
                         source: CredentialSource::Cookie(rank),
+                        previous,
                     }),
                     Err(e) => problem(&mut out, e),
                 }
@@ -377,9 +428,10 @@ impl SessionStage {
             }
             if let Some(token) = first.and_then(|v| bearer(v.as_bytes())) {
                 match self.hash(b"bearer", b"", token) {
-                    Ok(key) => out.push(Session {
+                    Ok((key, previous)) => out.push(Session {
                         key,
                         source: CredentialSource::Bearer,
+                        previous,
                     }),
                     Err(e) => problem(&mut out, e),
                 }
@@ -407,6 +459,7 @@ impl SessionStage {
         let name = config.cookie_names.get(rank)?;
         self.hash(b"cookie", name.as_bytes(), &canonical_value(value))
             .ok()
+            .map(|(key, _)| key)
     }
 
     /// The position of `name` among the configured session cookies.
@@ -417,7 +470,14 @@ impl SessionStage {
             .position(|n| name_matches(name.as_bytes(), n))
     }
 
-    fn hash(&self, kind: &[u8], name: &[u8], value: &[u8]) -> Result<SessionKey, SessionError> {
+    /// The credential's key under the current hash key, and under the
+    /// previous one while a rotation is under way.
+    fn hash(
+        &self,
+        kind: &[u8],
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<(SessionKey, Option<SessionKey>), SessionError> {
         let limit = self.config.load().limits.max_credential_bytes;
         if value.len() > limit {
             return Err(SessionError::CredentialTooLong {
@@ -425,18 +485,11 @@ impl SessionStage {
                 limit,
             });
         }
-        // Domain separation: the same bytes under another cookie name or as a
-        // bearer token are another session.
-        let mut h = blake3::Hasher::new_keyed(self.key.as_bytes());
-        h.update(kind);
-        h.update(&[0]);
-        h.update(name);
-        h.update(&[0]);
-        h.update(value);
-        let digest = h.finalize();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&digest.as_bytes()[..16]);
-        Ok(SessionKey(out))
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|k| keyed_hash(k, kind, name, value));
+        Ok((keyed_hash(&self.key, kind, name, value), previous))
     }
 }
 
@@ -446,6 +499,22 @@ impl fmt::Debug for SessionStage {
             .field("config", &self.config.load())
             .finish_non_exhaustive()
     }
+}
+
+/// The session key of a credential under `key`. Domain separation: the
+/// same bytes under another cookie name or as a bearer token are another
+/// session.
+fn keyed_hash(key: &SessionHashKey, kind: &[u8], name: &[u8], value: &[u8]) -> SessionKey {
+    let mut h = blake3::Hasher::new_keyed(key.as_bytes());
+    h.update(kind);
+    h.update(&[0]);
+    h.update(name);
+    h.update(&[0]);
+    h.update(value);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest.as_bytes()[..16]);
+    SessionKey(out)
 }
 
 /// The token of an `Authorization: Bearer <token>` value, if that is what it is.

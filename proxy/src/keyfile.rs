@@ -1,9 +1,13 @@
-//! The session hash key on disk: read it, or create it on first start.
+//! The session hash key on disk: read it, or create it on first start; and
+//! the keys of a rotation beside it (docs/controller.md, "Rotating the hash
+//! key").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use vigil_engine::{HASH_KEY_LEN, SessionHashKey};
+use vigil_engine::{Engine, EngineConfig, HASH_KEY_LEN, SessionHashKey};
+
+use crate::config::KeyRotation;
 
 /// Why the key file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,98 @@ pub enum KeyFileError {
         /// Its length.
         len: usize,
     },
+    /// The keys of a rotation cannot be used: every problem, each naming
+    /// its file.
+    #[error("session hash keys: {}", .0.join("; "))]
+    Rotation(Vec<String>),
+}
+
+/// The keys a node hashes with.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `hash_key_file`: every session credential is hashed under it.
+    pub current: SessionHashKey,
+    /// `previous_hash_key_file`: the key being retired.
+    pub previous: Option<SessionHashKey>,
+    /// `user_key_file`: user names are hashed under it (default: the
+    /// current key).
+    pub user: Option<SessionHashKey>,
+}
+
+// === impl Keys ===
+
+impl Keys {
+    /// An engine hashing with these keys.
+    pub fn engine(&self, config: EngineConfig) -> Engine {
+        let mut engine = Engine::new(config, self.current.clone());
+        if let Some(previous) = &self.previous {
+            engine = engine.with_previous_hash_key(previous.clone());
+        }
+        if let Some(user) = &self.user {
+            engine = engine.with_user_key(user.clone());
+        }
+        engine
+    }
+}
+
+/// Reads the session hash key at `current` (created when absent, as
+/// [`load_or_create`]) and the keys `rotation` names, which must exist: a
+/// key being retired or pinned for users is never made up. Reports every
+/// problem at once, each with its file; a previous key equal to the current
+/// one is a mistake (the rotation would not be one).
+pub fn load_keys(current: &Path, rotation: &KeyRotation) -> Result<Keys, KeyFileError> {
+    let mut problems = Vec::new();
+    let mut read = |key: &str, path: &Path| match load(path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.push(format!("session.{key}: {e}"));
+            None
+        }
+    };
+    let previous = rotation
+        .previous
+        .as_deref()
+        .and_then(|p| read("previous_hash_key_file", p));
+    let user = rotation
+        .user
+        .as_deref()
+        .and_then(|p| read("user_key_file", p));
+    let current = match load_or_create(current) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.push(format!("session.hash_key_file: {e}"));
+            None
+        }
+    };
+    if let (Some(c), Some(p), Some(path)) = (&current, &previous, &rotation.previous)
+        && c == p
+    {
+        problems.push(format!(
+            "session.previous_hash_key_file: {}: holds the same key as hash_key_file; \
+             the previous key must be the one being retired",
+            path.display()
+        ));
+    }
+    match current {
+        Some(current) if problems.is_empty() => Ok(Keys {
+            current,
+            previous,
+            user,
+        }),
+        _ => Err(KeyFileError::Rotation(problems)),
+    }
+}
+
+/// Reads the key at `path`, which must exist.
+fn load(path: &Path) -> Result<SessionHashKey, KeyFileError> {
+    let bytes = std::fs::read(path).map_err(|source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&bytes).ok_or(KeyFileError::Malformed {
+        path: path.to_owned(),
+        len: bytes.len(),
+    })
 }
 
 /// Reads the key at `path`, or creates the file (mode 0600, parent
@@ -85,6 +181,70 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rotation(previous: Option<&Path>, user: Option<&Path>) -> KeyRotation {
+        KeyRotation {
+            previous: previous.map(Path::to_owned),
+            user: user.map(Path::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_previous_key_equal_to_the_current_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("k2");
+        let copy = dir.path().join("k2-copy");
+        std::fs::write(&current, "02".repeat(32)).unwrap();
+        std::fs::write(&copy, [2u8; 32]).unwrap();
+        let err = load_keys(&current, &rotation(Some(&copy), Some(&copy))).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("session.previous_hash_key_file")
+                && shown.contains("k2-copy")
+                && shown.contains("holds the same key as hash_key_file"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn every_unusable_key_file_is_named_at_once_and_none_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("k2");
+        std::fs::write(&current, [2u8; 32]).unwrap();
+        let missing = dir.path().join("retired.key");
+        let short = dir.path().join("users.key");
+        std::fs::write(&short, b"0102").unwrap();
+        let err = load_keys(&current, &rotation(Some(&missing), Some(&short))).unwrap_err();
+        let KeyFileError::Rotation(problems) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("session.previous_hash_key_file: session hash key "));
+        assert!(problems[0].contains("retired.key"), "{}", problems[0]);
+        assert!(problems[1].starts_with("session.user_key_file: session hash key "));
+        assert!(problems[1].contains("users.key") && problems[1].contains("found 4 bytes"));
+        assert!(!missing.exists(), "a retired key is never made up");
+    }
+
+    #[test]
+    fn a_rotation_loads_both_keys_and_pins_the_user_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = dir.path().join("k1");
+        let k2 = dir.path().join("k2");
+        std::fs::write(&k1, [1u8; 32]).unwrap();
+        std::fs::write(&k2, [2u8; 32]).unwrap();
+        let keys = load_keys(&k2, &rotation(Some(&k1), Some(&k1))).unwrap();
+        let engine = keys.engine(EngineConfig::default());
+        let ids = engine.hash_key_ids();
+        assert_eq!(ids.current, SessionHashKey::from_bytes([2; 32]).id());
+        assert_eq!(ids.previous, Some(SessionHashKey::from_bytes([1; 32]).id()));
+        assert_eq!(ids.user, SessionHashKey::from_bytes([1; 32]).id());
+        let before = Engine::new(EngineConfig::default(), SessionHashKey::from_bytes([1; 32]));
+        assert_eq!(engine.user_key("alice"), before.user_key("alice"));
+        // Without a rotation, as before.
+        let plain = load_keys(&k2, &KeyRotation::default()).unwrap();
+        assert!(plain.previous.is_none() && plain.user.is_none());
+    }
 
     #[test]
     fn creates_then_reads_back_the_same_key() {

@@ -13,6 +13,21 @@ use vigil_rules::RuleSet;
 
 use crate::respond::Failure;
 
+/// Sets `vigil_proxy_hash_key_info` for the engine's keys.
+pub fn hash_keys(metrics: &Metrics, ids: vigil_engine::HashKeyIds) {
+    let set = |role: &str, id: vigil_engine::KeyId| {
+        metrics
+            .hash_key_info
+            .with_label_values(&[role, &id.to_string()])
+            .set(1);
+    };
+    set("current", ids.current);
+    if let Some(previous) = ids.previous {
+        set("previous", previous);
+    }
+    set("user", ids.user);
+}
+
 /// The proxy's metrics, registered in one registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -148,6 +163,11 @@ pub struct Metrics {
     /// `vigil_proxy_rules_bundle_version`: the version of the controller's
     /// rule bundle in force; 0 while the node's rules are its files'.
     pub rules_bundle_version: IntGauge,
+    /// `vigil_proxy_hash_key_info{role,id}`: 1 for each key the node
+    /// hashes with — `role` is `current`, `previous` (during a rotation)
+    /// or `user` — and its public id (never the key): which nodes run
+    /// which key pair.
+    pub hash_key_info: prometheus::IntGaugeVec,
 }
 
 /// The controller client's metrics (`docs/controller.md`, Edge node).
@@ -445,6 +465,14 @@ impl Metrics {
             "The version of the controller's rule bundle in force; 0 while the rules are the node's files'.",
         )?;
         registry.register(Box::new(rules_bundle_version.clone()))?;
+        let hash_key_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "vigil_proxy_hash_key_info",
+                "The session hash keys in use, by role (current, previous, user), named by their public id.",
+            ),
+            &["role", "id"],
+        )?;
+        registry.register(Box::new(hash_key_info.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -483,6 +511,7 @@ impl Metrics {
             fleet,
             rules_bundles,
             rules_bundle_version,
+            hash_key_info,
         })
     }
 }

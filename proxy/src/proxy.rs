@@ -284,7 +284,11 @@ impl VigilProxy {
         let keys = if verdict.credentials > 1 {
             self.engine.credential_keys(&session.req_header().headers)
         } else {
-            smallvec::smallvec![s.key]
+            // During a rotation of the hash key, under the retiring key
+            // too: a node still on it alone revokes under it.
+            let mut keys = smallvec::smallvec![s.key];
+            keys.extend(s.previous);
+            keys
         };
         ctx.open = open.open(&keys, verdict.user, open_requests::socket_of(session));
         if ctx.open.is_none() {

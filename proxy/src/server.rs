@@ -105,11 +105,15 @@ impl Vigil {
     /// Extra services (the demo app) can be added before [`Vigil::run`].
     pub fn build(config: Config, options: StartOptions) -> Result<Self, StartError> {
         crate::reload::ignore_hangup_until_listening();
-        let hash_key = match &config.hash_key {
-            HashKeySource::File(path) => keyfile::load_or_create(path)?,
-            HashKeySource::Ephemeral => SessionHashKey::from_bytes(rand::random()),
+        let keys = match &config.hash_key {
+            HashKeySource::File(path) => keyfile::load_keys(path, &config.key_rotation)?,
+            HashKeySource::Ephemeral => keyfile::Keys {
+                current: SessionHashKey::from_bytes(rand::random()),
+                previous: None,
+                user: None,
+            },
         };
-        let mut engine = Engine::new(config.engine.clone(), hash_key);
+        let mut engine = keys.engine(config.engine.clone());
         let paths = GeoPaths {
             geo: config.geoip.city.clone(),
             asn: config.geoip.asn.clone(),
@@ -122,6 +126,15 @@ impl Vigil {
             Some(geo)
         };
         let metrics = Metrics::new()?;
+        let ids = engine.hash_key_ids();
+        crate::metrics::hash_keys(&metrics, ids);
+        // Info: once per start, and what an operator checks in a rotation.
+        tracing::info!(
+            current = %ids.current,
+            previous = ids.previous.map(|k| k.to_string()).as_deref().unwrap_or("none"),
+            user = %ids.user,
+            "session hash keys"
+        );
         // Requests in flight by session: the request path files them, and
         // every revocation — decided here, by the operator, by the fleet —
         // ends them.

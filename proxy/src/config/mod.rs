@@ -50,6 +50,9 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Where the session hash key comes from.
     pub hash_key: HashKeySource,
+    /// The retiring hash key and the user key, during and after a rotation
+    /// of the session hash key.
+    pub key_rotation: KeyRotation,
     /// Whether risk headers are sent to the app.
     pub risk_to_app: bool,
     /// The response header in which the app names the user of the session
@@ -300,6 +303,18 @@ pub enum HashKeySource {
     File(PathBuf),
     /// A fresh random key for this process only (the demo).
     Ephemeral,
+}
+
+/// A rotation of the session hash key (`[session]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// `previous_hash_key_file`: the key being retired. While it is set,
+    /// every credential is also hashed under it, and what the node holds
+    /// under it is carried over to the current key on sight. Never created.
+    pub previous: Option<PathBuf>,
+    /// `user_key_file`: the key user names are hashed with. Default: the
+    /// session hash key. Never created.
+    pub user: Option<PathBuf>,
 }
 
 /// `[[listeners]]`.
@@ -787,6 +802,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         admin,
         engine,
         hash_key: session.hash_key,
+        key_rotation: session.key_rotation,
         risk_to_app,
         user_header: session.user_header,
         confirm_header: session.confirm_header,
@@ -886,6 +902,7 @@ struct SessionSection {
     confirm_header: Option<http::HeaderName>,
     snapshot_every: Option<Duration>,
     hash_key: HashKeySource,
+    key_rotation: KeyRotation,
     max_sessions: u64,
     idle: Duration,
     revocation_ttl: Duration,
@@ -953,10 +970,12 @@ fn read_session(
             "no way to find a session: list a cookie or set bearer = true",
         );
     }
-    let hash_key = HashKeySource::File(match t.opt::<PathBuf>(p, "hash_key_file") {
+    let hash_key_file = match t.opt::<PathBuf>(p, "hash_key_file") {
         Some(file) => resolve(base, file),
         None => state_dir.join("session-hash.key"),
-    });
+    };
+    let key_rotation = read_key_rotation(&mut t, base, &hash_key_file, p);
+    let hash_key = HashKeySource::File(hash_key_file);
     let max_sessions: u64 = t.or(p, "max_sessions", 1_000_000);
     within(p, t.key("max_sessions"), max_sessions, 1..=100_000_000);
     let idle: u64 = t.or(p, "idle_timeout_seconds", 2_592_000);
@@ -985,10 +1004,44 @@ fn read_session(
         confirm_header,
         snapshot_every,
         hash_key,
+        key_rotation,
         max_sessions,
         idle: Duration::from_secs(idle),
         revocation_ttl: Duration::from_secs(revocation_ttl),
     }
+}
+
+/// `[session] previous_hash_key_file` and `user_key_file`: a rotation of
+/// the session hash key (docs/controller.md, "Rotating the hash key").
+/// The files are read when the proxy starts ([`crate::keyfile::load_keys`]);
+/// here only what can be told from the names.
+fn read_key_rotation(
+    t: &mut Fields<'_>,
+    base: &Path,
+    hash_key_file: &Path,
+    p: &mut Problems,
+) -> KeyRotation {
+    let previous = t
+        .opt::<PathBuf>(p, "previous_hash_key_file")
+        .map(|f| resolve(base, f));
+    let user = t
+        .opt::<PathBuf>(p, "user_key_file")
+        .map(|f| resolve(base, f));
+    if previous.as_deref() == Some(hash_key_file) {
+        p.push(
+            t.key("previous_hash_key_file"),
+            "names the same file as hash_key_file: the previous key must be the one being retired",
+        );
+    }
+    if previous.is_some() && user.is_none() {
+        p.push(
+            t.key("user_key_file"),
+            "must be set while previous_hash_key_file is: user keys would otherwise change with \
+             the session key, orphaning every user's history, revocation and risk in the fleet; \
+             set it to the retiring key's file",
+        );
+    }
+    KeyRotation { previous, user }
 }
 
 /// `[limits]`: the session stage's bounds and the header section's.

@@ -49,6 +49,8 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
 
     // The session key: changing how it is derived orphans every session.
     hold!("session.hash_key_file", hash_key);
+    hold!("session.previous_hash_key_file", key_rotation.previous);
+    hold!("session.user_key_file", key_rotation.user);
     // A session's key is derived from its cookie's name.
     hold!("session.cookies", engine.session.cookie_names);
     if next.snapshot_every.is_some() != running.snapshot_every.is_some() {

@@ -727,3 +727,56 @@ fn rules_from_the_controller_need_one_and_the_bundle_in_force_must_compile() {
     assert_eq!(merged.config.rules_source, RulesSource::Files);
     assert!(merged.config.rules.is_empty());
 }
+
+#[test]
+fn a_rotation_names_the_retiring_key_and_pins_user_keys() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[session]\nhash_key_file = \"k2.key\"\nprevious_hash_key_file = \"k1.key\"\n\
+         user_key_file = \"/secrets/k1.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.hash_key, HashKeySource::File("/etc/vigil/k2.key".into()));
+    assert_eq!(
+        c.key_rotation,
+        KeyRotation {
+            previous: Some("/etc/vigil/k1.key".into()),
+            user: Some("/secrets/k1.key".into()),
+        }
+    );
+    assert_eq!(parse(MINIMAL).unwrap().key_rotation, KeyRotation::default());
+}
+
+#[test]
+fn a_rotation_that_would_re_key_users_or_retire_nothing_is_refused() {
+    // The previous key is the current file, and user keys would move with
+    // the session key: both reported at once.
+    let problems = parse(&format!(
+        "{MINIMAL}\n[session]\nhash_key_file = \"k.key\"\nprevious_hash_key_file = \"/etc/vigil/k.key\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        ["session.previous_hash_key_file", "session.user_key_file"]
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("orphaning every user's history")
+    );
+}
+
+#[test]
+fn changing_the_key_pair_waits_for_a_restart() {
+    let running = parse(MINIMAL).unwrap();
+    let next = parse(&format!(
+        "{MINIMAL}\n[session]\nhash_key_file = \"/var/lib/vigil/session-hash.key\"\n\
+         previous_hash_key_file = \"old.key\"\nuser_key_file = \"old.key\"\n"
+    ))
+    .unwrap();
+    let merged = restart::merge(&running, next);
+    assert_eq!(
+        merged.restart,
+        ["session.previous_hash_key_file", "session.user_key_file"]
+    );
+    assert_eq!(merged.config.key_rotation, KeyRotation::default());
+}

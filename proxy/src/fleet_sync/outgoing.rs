@@ -8,6 +8,11 @@
 //!   user's passed step-up (`confirmed`) — only for sessions bound to a
 //!   user, so that neither cookies minted by the thousand nor anonymous
 //!   sessions an app hands out to every visitor cost the fleet anything.
+//! - Sessions re-keyed during a rotation of the hash key
+//!   (`docs/controller.md`, "Rotating the hash key"): a carried state of a
+//!   bound session as its record under the new key, a carried revocation
+//!   as a revocation under the new key, so that the fleet holds both under
+//!   the key that outlives the rotation.
 //! - Enforced detections of a session bound to a user, with the decision's
 //!   facts (bounded as the controller takes them), at most one per session
 //!   per [`DETECTION_EVERY`]: a replay loop is one detection to the fleet,
@@ -77,6 +82,24 @@ impl Outgoing {
                 user: Some(_),
                 ..
             } => self.record(session, true),
+            Event::SessionRekeyed {
+                session,
+                user: Some(_),
+                revoked: false,
+                ..
+            } => self.record(session, false),
+            Event::SessionRekeyed {
+                session,
+                user,
+                revoked: true,
+                at,
+                ..
+            } => Some(NodeEventKind::SessionRevoked {
+                session: SessionId(*session.as_bytes()),
+                user: user.map(|u| UserId(u.as_u64())),
+                reference: None,
+                at: *at,
+            }),
             Event::Detection(d) if d.enforced && d.verdict.user.is_some() => {
                 let session = d.verdict.session.as_ref()?.key;
                 if !self.first_detection(session, d.at) {
