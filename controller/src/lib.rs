@@ -12,6 +12,7 @@ pub mod copy;
 pub mod metrics;
 pub mod store;
 pub mod tail;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,9 +161,18 @@ pub async fn run(
         }
     });
     tasks.0.push(compaction.abort_handle());
-    tracing::info!(%listen, head = bounds.head, backend = ?app.store.backend(), "controller listening");
-    axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| RunError::Listen(listen, e))
+    let https = config.tls.is_some();
+    tracing::info!(%listen, https, head = bounds.head, backend = ?app.store.backend(), "controller listening");
+    // Each request learns its connection's client certificate, if any.
+    let service = api::router(app).into_make_service_with_connect_info::<tls::Peer>();
+    match config.tls {
+        None => axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| RunError::Listen(listen, e)),
+        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls.server), service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| RunError::Listen(listen, e)),
+    }
 }
