@@ -161,6 +161,33 @@ pub async fn run(
         }
     });
     tasks.0.push(compaction.abort_handle());
+    if let Some(tls) = &config.tls {
+        // A renewed certificate is served from its files' next look.
+        let certs = Arc::clone(&tls.certs);
+        tasks.0.push(
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(tls::RELOAD_EVERY);
+                loop {
+                    tick.tick().await;
+                    let reloaded = tokio::task::spawn_blocking({
+                        let certs = Arc::clone(&certs);
+                        move || certs.reload()
+                    })
+                    .await;
+                    match reloaded {
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => tracing::info!("TLS certificate reloaded"),
+                        Ok(Err(problems)) => tracing::warn!(
+                            %problems,
+                            "TLS certificate files changed but not reloaded; the old certificate is served"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "TLS certificate not reloaded"),
+                    }
+                }
+            })
+            .abort_handle(),
+        );
+    }
     let https = config.tls.is_some();
     tracing::info!(%listen, https, head = bounds.head, backend = ?app.store.backend(), "controller listening");
     // Each request learns its connection's client certificate, if any.

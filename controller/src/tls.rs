@@ -11,16 +11,18 @@
 use std::convert::Infallible;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -30,6 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::Node;
+
+/// How often the certificate's files are looked at for a change.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// A handshake not finished in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +71,8 @@ pub struct Tls {
     pub client_ca_file: Option<PathBuf>,
     /// The rustls config built from them.
     pub server: Arc<ServerConfig>,
+    /// The certificate it serves, reread when its files change.
+    pub certs: Arc<Certs>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -86,27 +93,8 @@ pub(crate) fn load(
     problems: &mut Vec<String>,
 ) -> Option<Tls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = read_certs(&resolve(&raw.cert_file), "tls.cert_file", problems);
-    let key = {
-        let file = resolve(&raw.key_file);
-        match std::fs::read(&file) {
-            Err(e) => {
-                problems.push(format!("tls.key_file: {}: {e}", file.display()));
-                None
-            }
-            // The key's bytes are never part of a message.
-            Ok(pem) => match PrivateKeyDer::from_pem_slice(&pem) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    problems.push(format!(
-                        "tls.key_file: {}: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
-                        file.display()
-                    ));
-                    None
-                }
-            },
-        }
-    };
+    let (cert_file, key_file) = (resolve(&raw.cert_file), resolve(&raw.key_file));
+    let pair = read_pair(&cert_file, &key_file, &provider, problems);
     let verifier = match &raw.client_ca_file {
         None => Some(WebPkiClientVerifier::no_client_auth()),
         Some(ca) => read_certs(&resolve(ca), "tls.client_ca_file", problems).and_then(|certs| {
@@ -134,46 +122,140 @@ pub(crate) fn load(
                 .ok()
         }),
     };
-    let (chain, key) = (chain?, key?);
-    // The key is checked against the certificate even when the client CAs
-    // have a problem of their own: every problem at once.
-    let matched = rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider);
-    let built = matched.and_then(|_| {
-        ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(
-                verifier
-                    .clone()
-                    .unwrap_or_else(WebPkiClientVerifier::no_client_auth),
-            )
-            .with_single_cert(chain, key)
+    let (pair, verifier) = (pair?, verifier?);
+    let certs = Arc::new(Certs {
+        stamp: Mutex::new(stamp(&cert_file, &key_file)),
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        provider: Arc::clone(&provider),
+        current: RwLock::new(Arc::new(pair)),
     });
-    let mut server = match built {
-        Ok(s) => s,
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| problems.push(format!("tls: {e}")))
+        .ok()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::clone(&certs) as Arc<dyn ResolvesServerCert>);
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Some(Tls {
+        cert_file,
+        key_file,
+        client_ca_file: raw.client_ca_file.as_deref().map(&resolve),
+        server: Arc::new(server),
+        certs,
+    })
+}
+
+/// The certificate chain in `cert_file` and the key in `key_file`, which
+/// must be its: problems pushed under `tls.cert_file` and `tls.key_file`.
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+    problems: &mut Vec<String>,
+) -> Option<CertifiedKey> {
+    let chain = read_certs(cert_file, "tls.cert_file", problems);
+    let key = match std::fs::read(key_file) {
+        Err(e) => {
+            problems.push(format!("tls.key_file: {}: {e}", key_file.display()));
+            None
+        }
+        // The key's bytes are never part of a message.
+        Ok(pem) => match PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                problems.push(format!(
+                    "tls.key_file: {}: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
+                    key_file.display()
+                ));
+                None
+            }
+        },
+    };
+    match CertifiedKey::from_der(chain?, key?, provider) {
+        Ok(pair) => Some(pair),
         Err(rustls::Error::InconsistentKeys(_)) => {
             problems.push(format!(
                 "tls.key_file: {}: not the key of the certificate in tls.cert_file",
-                resolve(&raw.key_file).display()
+                key_file.display()
             ));
-            return None;
+            None
         }
         Err(e) => {
-            problems.push(format!(
-                "tls.key_file: {}: {e}",
-                resolve(&raw.key_file).display()
-            ));
-            return None;
+            problems.push(format!("tls.key_file: {}: {e}", key_file.display()));
+            None
         }
-    };
-    // Client CAs with a problem: reported above; no config.
-    verifier?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Some(Tls {
-        cert_file: resolve(&raw.cert_file),
-        key_file: resolve(&raw.key_file),
-        client_ca_file: raw.client_ca_file.as_deref().map(&resolve),
-        server: Arc::new(server),
-    })
+    }
+}
+
+/// What the certificate and key files hold, as one SHA-256 (a file's
+/// time may not move when it is rewritten within a clock tick).
+fn stamp(cert_file: &Path, key_file: &Path) -> Option<[u8; 32]> {
+    let mut hash = Sha256::new();
+    for file in [cert_file, key_file] {
+        let bytes = std::fs::read(file).ok()?;
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+    }
+    Some(hash.finalize().into())
+}
+
+/// The certificate served, reread when its files change
+/// ([`Certs::reload`]): a renewed certificate needs no restart.
+pub struct Certs {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' contents when last read ([`stamp`]).
+    stamp: Mutex<Option<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certs {
+    /// Rereads the files if either changed since last read: `Ok(true)`
+    /// when a new certificate is served from now on; `Err` (every problem)
+    /// when the files do not make a certificate and its key, and the one
+    /// served is kept. A file changed again is tried again.
+    pub fn reload(&self) -> Result<bool, String> {
+        let now = stamp(&self.cert_file, &self.key_file);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+            if now.is_none() || *last == now {
+                return Ok(false);
+            }
+            *last = now;
+        }
+        let mut problems = Vec::new();
+        match read_pair(
+            &self.cert_file,
+            &self.key_file,
+            &self.provider,
+            &mut problems,
+        ) {
+            Some(pair) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
+                Ok(true)
+            }
+            None => Err(problems.join("; ")),
+        }
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
 }
 
 /// The PEM certificates in `file`: at least one, or a problem under `key`.

@@ -92,7 +92,7 @@ impl Pki {
 /// A controller serving HTTPS on a free port.
 struct Controller {
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -143,7 +143,7 @@ impl Controller {
         });
         let c = Controller {
             addr,
-            _dir: dir,
+            dir,
             stop: Some(stop),
             task,
         };
@@ -576,6 +576,77 @@ async fn a_node_disabled_through_the_admin_api_loses_its_certificate_stream() {
     disabled_node_loses_its_certificate_stream(true).await;
 }
 
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let renewed_ca = Ca::new("Vigil controller, renewed");
+    let trusting_renewed = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(renewed_ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let renewed = renewed_ca.issue(&["127.0.0.1"]);
+    std::fs::write(c.dir.path().join("server.pem"), &renewed.cert).unwrap();
+    std::fs::write(c.dir.path().join("server.key"), &renewed.key).unwrap();
+    // Served from the next look at the files, to new connections.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match trusting_renewed.get(c.url("/healthz")).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the renewed certificate was never served: {}",
+                chain(&e)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A client that trusts only the old CA now refuses the controller.
+    let e = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pki.server_ca.pem().as_bytes()).unwrap(),
+        )
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .get(c.url("/healthz"))
+        .send()
+        .await
+        .expect_err("the old certificate is no longer served");
+    assert!(chain(&e).contains("UnknownIssuer"), "{}", chain(&e));
+    c.stop().await;
+}
+
+#[test]
+fn a_renewed_certificate_is_taken_only_with_its_own_key() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let path = write_config(dir.path(), &pki, "sqlite://x.db", addr);
+    let config = vigil_controller::Config::load(&path).unwrap();
+    let certs = &config.tls.as_ref().unwrap().certs;
+    assert_eq!(certs.reload(), Ok(false), "nothing changed");
+    let renewed = pki.server_ca.issue(&["127.0.0.1"]);
+    let stray = pki.server_ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("server.pem"), &renewed.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &stray.key).unwrap();
+    assert_eq!(
+        certs.reload(),
+        Err(format!(
+            "tls.key_file: {d}/server.key: not the key of the certificate in tls.cert_file"
+        ))
+    );
+    // Tried once per change, not again and again.
+    assert_eq!(certs.reload(), Ok(false));
+    std::fs::write(dir.path().join("server.key"), &renewed.key).unwrap();
+    assert_eq!(certs.reload(), Ok(true));
+    assert_eq!(certs.reload(), Ok(false));
+}
+
 fn problems(dir: &Path, tls: &str, nodes: &str) -> Vec<String> {
     std::fs::write(dir.join("hash.key"), "11".repeat(32)).unwrap();
     std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
@@ -619,8 +690,8 @@ fn bad_tls_config_names_every_file_key_and_problem_at_once() {
             ""
         ),
         [
-            format!("tls.client_ca_file: {d}/garbage.pem: no PEM certificate"),
             format!("tls.key_file: {d}/other.key: not the key of the certificate in tls.cert_file"),
+            format!("tls.client_ca_file: {d}/garbage.pem: no PEM certificate"),
         ]
     );
     // Missing files, each named; a key file holding a certificate only.
