@@ -34,6 +34,7 @@ use crate::config::{Config, Node, token_hash};
 use crate::metrics::Metrics;
 use crate::store::{Intake, Store, StoreError};
 use crate::tail::{Published, Tail};
+use crate::tls::Peer;
 
 /// A quiet stream gets a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -281,7 +282,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid bearer token is required",
+            "a valid bearer token or client certificate is required",
         )
     }
 }
@@ -365,16 +366,41 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// The node a request's token names, if enabled. Tokens are compared as
-/// their SHA-256: the stored form, which says nothing of the token.
-fn node<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Node, ApiError> {
-    let hash = token_hash(bearer(headers).ok_or_else(ApiError::unauthorized)?);
-    app.config
-        .nodes
-        .iter()
-        .find(|n| n.token_sha256 == hash && !n.disabled)
-        .filter(|n| !app.disabled.borrow().contains(&n.name))
-        .ok_or_else(ApiError::unauthorized)
+/// The node a request's credentials name, if enabled: its client
+/// certificate (verified in the TLS handshake), its bearer token, or both.
+/// Every credential presented must be valid and name the same one node: an
+/// unknown certificate is refused as an unknown token is, even beside a
+/// good token. Tokens are compared as their SHA-256: the stored form,
+/// which says nothing of the token.
+fn node<'a>(app: &'a App, headers: &HeaderMap, peer: &Peer) -> Result<&'a Node, ApiError> {
+    let nodes = &app.config.nodes;
+    let by_cert = match &peer.cert {
+        None => None,
+        Some(cert) => {
+            let mut named = nodes.iter().filter(|n| cert.names(n));
+            match (named.next(), named.next()) {
+                (Some(n), None) => Some(n),
+                _ => return Err(ApiError::unauthorized()),
+            }
+        }
+    };
+    let by_token = match bearer(headers) {
+        None => None,
+        Some(token) => {
+            let hash = token_hash(token);
+            let named = nodes.iter().find(|n| n.token_sha256 == Some(hash));
+            Some(named.ok_or_else(ApiError::unauthorized)?)
+        }
+    };
+    let node = match (by_cert, by_token) {
+        (Some(a), Some(b)) if a.name == b.name => a,
+        (Some(n), None) | (None, Some(n)) => n,
+        _ => return Err(ApiError::unauthorized()),
+    };
+    if node.disabled || app.disabled.borrow().contains(&node.name) {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(node)
 }
 
 pub(crate) fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -475,10 +501,11 @@ fn version_of(headers: &HeaderMap) -> Result<u32, ApiError> {
 /// first when `N` is zero, behind the log's oldest, or ahead of its head.
 async fn sync(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let node = node(&app, &headers)?.name.clone();
+    let node = node(&app, &headers, &peer)?.name.clone();
     let since = since_of(query.as_deref())?;
     let v = version_of(&headers)?;
     // Subscribed before anything is read: no frame published from here on
@@ -660,10 +687,11 @@ async fn catch_up(app: &App, tx: &Tx, v: u32, mut cursor: u64, to: u64) -> Resul
 /// `POST /v1/events`: a node's events, taken once each.
 async fn events(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let node = node(&app, &headers)?.name.clone();
+    let node = node(&app, &headers, &peer)?.name.clone();
     let batch: EventBatch = json(&body)?;
     if !(1..=VERSION).contains(&batch.v) || batch.events.iter().any(|e| e.kind.since() > batch.v) {
         return Err(ApiError::new(

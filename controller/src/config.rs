@@ -66,6 +66,8 @@ pub struct Config {
     /// The Shared Signals transmitters whose SETs are received
     /// (`[[ssf.transmitters]]`, `docs/signals.md`).
     pub ssf: Vec<crate::ssf::config::Transmitter>,
+    /// HTTPS (`[tls]`): without it the API is plain HTTP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// What the controller keeps of the user names given in admin calls.
@@ -80,13 +82,20 @@ pub enum UserNames {
     Clear,
 }
 
-/// An edge node allowed to sync.
+/// An edge node allowed to sync. It proves who it is with any one of the
+/// credentials given: its token, or its client certificate (both
+/// certificate keys must match when both are given).
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Its name, in logs and in the events it posts.
     pub name: String,
-    /// SHA-256 of its token.
-    pub token_sha256: [u8; 32],
+    /// SHA-256 of its token; none: no token names it.
+    pub token_sha256: Option<[u8; 32]>,
+    /// SHA-256 of its client certificate's DER (a pin).
+    pub certificate_sha256: Option<[u8; 32]>,
+    /// A DNS name (or IP address) its client certificate, issued by
+    /// `[tls] client_ca_file`, carries as a subject alternative name.
+    pub certificate_san: Option<rustls::pki_types::ServerName<'static>>,
     /// A disabled node's token is refused at once.
     pub disabled: bool,
 }
@@ -101,6 +110,7 @@ impl std::fmt::Debug for Config {
             .field("keep_changes", &self.keep_changes)
             .field("poll", &self.poll)
             .field("user_names", &self.user_names)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -137,13 +147,16 @@ struct Raw {
     nodes: Vec<RawNode>,
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
+    tls: Option<crate::tls::RawTls>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNode {
     name: String,
-    token_sha256: String,
+    token_sha256: Option<String>,
+    certificate_sha256: Option<String>,
+    certificate_san: Option<String>,
     #[serde(default)]
     disabled: bool,
 }
@@ -208,20 +221,15 @@ impl Config {
             if raw.nodes[..i].iter().any(|o| o.name == n.name) {
                 problems.push(format!("nodes[{i}].name: {:?} appears twice", n.name));
             }
-            match hex::decode(&n.token_sha256)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            {
-                Some(token_sha256) => nodes.push(Node {
-                    name: n.name.clone(),
-                    token_sha256,
-                    disabled: n.disabled,
-                }),
-                None => problems.push(format!(
-                    "nodes[{i}].token_sha256: expected 64 hex digits (vigil-controller hash-token)"
-                )),
+            if let Some(node) = node_credentials(i, n, &mut problems) {
+                nodes.push(node);
             }
         }
+        let tls = raw
+            .tls
+            .as_ref()
+            .and_then(|t| crate::tls::load(t, resolve, &mut problems));
+        check_node_certificates(&raw, &mut problems);
         let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
         if !(1_000..=100_000_000).contains(&keep_changes) {
             problems.push(format!(
@@ -315,6 +323,7 @@ impl Config {
                 ),
                 user_names,
                 ssf,
+                tls,
             }),
             _ => Err(fail(problems)),
         }
@@ -384,6 +393,92 @@ fn read_keys(
         user: user.id(),
     };
     Some((user, ids))
+}
+
+/// A `[[nodes]]` entry's credentials: a token's hash, a certificate, or
+/// both; problems pushed under `nodes[i].…`.
+fn node_credentials(i: usize, n: &RawNode, problems: &mut Vec<String>) -> Option<Node> {
+    let sha256 = |key: &str, value: &Option<String>, problems: &mut Vec<String>, hint: &str| {
+        let value = value.as_deref()?;
+        let parsed = hex::decode(value)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        if parsed.is_none() {
+            problems.push(format!("nodes[{i}].{key}: expected 64 hex digits ({hint})"));
+        }
+        Some(parsed)
+    };
+    let token = sha256(
+        "token_sha256",
+        &n.token_sha256,
+        problems,
+        "vigil-controller hash-token",
+    );
+    let pin = sha256(
+        "certificate_sha256",
+        &n.certificate_sha256,
+        problems,
+        "SHA-256 of the certificate's DER",
+    );
+    let san = n.certificate_san.as_deref().map(|san| {
+        let parsed = crate::tls::parse_san(san);
+        if parsed.is_none() {
+            problems.push(format!(
+                "nodes[{i}].certificate_san: {san:?} is not a DNS name or IP address"
+            ));
+        }
+        parsed
+    });
+    if token.is_none() && pin.is_none() && san.is_none() {
+        problems.push(format!(
+            "nodes[{i}]: no credential; expected token_sha256, certificate_sha256 or certificate_san"
+        ));
+    }
+    if matches!(token, Some(None)) || matches!(pin, Some(None)) || matches!(san, Some(None)) {
+        return None;
+    }
+    Some(Node {
+        name: n.name.clone(),
+        token_sha256: token.flatten(),
+        certificate_sha256: pin.flatten(),
+        certificate_san: san.flatten(),
+        disabled: n.disabled,
+    })
+}
+
+/// Node certificates need `[tls] client_ca_file` to be verified, and one
+/// certificate name names one node.
+fn check_node_certificates(raw: &Raw, problems: &mut Vec<String>) {
+    let verified = raw
+        .tls
+        .as_ref()
+        .is_some_and(crate::tls::RawTls::verifies_clients);
+    for (i, n) in raw.nodes.iter().enumerate() {
+        for (key, value) in [
+            ("certificate_sha256", &n.certificate_sha256),
+            ("certificate_san", &n.certificate_san),
+        ] {
+            let Some(value) = value else { continue };
+            if !verified {
+                problems.push(format!(
+                    "nodes[{i}].{key}: needs [tls] client_ca_file, which node certificates are verified against"
+                ));
+            }
+            let same = |o: &RawNode| {
+                let other = if key == "certificate_san" {
+                    &o.certificate_san
+                } else {
+                    &o.certificate_sha256
+                };
+                other
+                    .as_deref()
+                    .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            };
+            if raw.nodes[..i].iter().any(same) {
+                problems.push(format!("nodes[{i}].{key}: {value:?} is another node's too"));
+            }
+        }
+    }
 }
 
 fn parse_key(bytes: &[u8]) -> Option<SessionHashKey> {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ssf;
 pub mod store;
 pub mod tail;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,9 +173,45 @@ pub async fn run(
         user = %ids.user,
         "session hash keys"
     );
-    tracing::info!(%listen, head = bounds.head, backend = ?app.store.backend(), "controller listening");
-    axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| RunError::Listen(listen, e))
+    if let Some(tls) = &config.tls {
+        // A renewed certificate is served from its files' next look.
+        let certs = Arc::clone(&tls.certs);
+        tasks.0.push(
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(tls::RELOAD_EVERY);
+                loop {
+                    tick.tick().await;
+                    let reloaded = tokio::task::spawn_blocking({
+                        let certs = Arc::clone(&certs);
+                        move || certs.reload()
+                    })
+                    .await;
+                    match reloaded {
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => tracing::info!("TLS certificate reloaded"),
+                        Ok(Err(problems)) => tracing::warn!(
+                            %problems,
+                            "TLS certificate files changed but not reloaded; the old certificate is served"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "TLS certificate not reloaded"),
+                    }
+                }
+            })
+            .abort_handle(),
+        );
+    }
+    let https = config.tls.is_some();
+    tracing::info!(%listen, https, head = bounds.head, backend = ?app.store.backend(), "controller listening");
+    // Each request learns its connection's client certificate, if any.
+    let service = api::router(app).into_make_service_with_connect_info::<tls::Peer>();
+    match config.tls {
+        None => axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| RunError::Listen(listen, e)),
+        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls.server), service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| RunError::Listen(listen, e)),
+    }
 }

@@ -753,7 +753,9 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::Connect(e) => write!(f, "cannot connect: {e}"),
-            End::Unauthorized => f.write_str("the controller refused this node's token (401)"),
+            End::Unauthorized => {
+                f.write_str("the controller refused this node's token or certificate (401)")
+            }
             End::Status(s) => write!(f, "the controller answered {s}"),
             End::Protocol(e) => write!(f, "protocol error: {e}"),
             End::Silent => write!(f, "no line for {}s", SILENCE.as_secs()),
@@ -783,7 +785,11 @@ impl FleetSync {
         metrics: FleetMetrics,
     ) -> Result<Self, String> {
         // No whole-call timeout: the sync stream lives for hours.
-        let client = outbound::client(controller.ca_file.as_deref(), CONNECT_TIMEOUT, None)?;
+        let mut client = outbound::builder(controller.ca_file.as_deref(), CONNECT_TIMEOUT, None)?;
+        if let Some(cert) = &controller.client_cert {
+            client = client.identity(outbound::identity(cert)?);
+        }
+        let client = client.build().map_err(|e| error_chain(&e))?;
         metrics
             .applied
             .set(gauge(state.applied.load(Ordering::Acquire)));
@@ -895,14 +901,21 @@ impl FleetSync {
         }
     }
 
+    /// `request` with the node's token, when it has one (a node with a
+    /// client certificate alone proves who it is in the TLS handshake).
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.controller.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     /// One stream, until it ends; whether its hello was read.
     async fn stream(&self, cursor: &mut Cursor) -> (End, bool) {
         let since = cursor.since();
         let url = format!("{}/v1/sync?since={since}", self.controller.url);
         let request = self
-            .client
-            .get(&url)
-            .bearer_auth(&self.controller.token)
+            .authorized(self.client.get(&url))
             .header(http::header::ACCEPT, "application/x-ndjson")
             .header(VERSION_HEADER, VERSION)
             .send();
@@ -1303,9 +1316,10 @@ impl FleetSync {
         let body = serde_json::to_vec(&EventBatch { v, events })
             .map_err(|e| PostError::Retry(e.to_string()))?;
         let response = self
-            .client
-            .post(format!("{}/v1/events", self.controller.url))
-            .bearer_auth(&self.controller.token)
+            .authorized(
+                self.client
+                    .post(format!("{}/v1/events", self.controller.url)),
+            )
             .header(http::header::CONTENT_TYPE, "application/json")
             .timeout(POST_TIMEOUT)
             .body(body)

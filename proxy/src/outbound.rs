@@ -14,6 +14,18 @@ pub fn client(
     connect_timeout: Duration,
     timeout: Option<Duration>,
 ) -> Result<reqwest::Client, String> {
+    builder(ca_file, connect_timeout, timeout)?
+        .build()
+        .map_err(|e| error_chain(&e))
+}
+
+/// The builder of [`client`], for a caller that adds to it (the fleet
+/// client's certificate).
+pub fn builder(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+) -> Result<reqwest::ClientBuilder, String> {
     pingora_rustls::install_default_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -29,7 +41,27 @@ pub fn client(
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| error_chain(&e))
+    Ok(builder)
+}
+
+/// A client certificate and its key for mutual TLS, read from their PEM
+/// files (checked at config load; read again here).
+pub fn identity(cert: &crate::config::ClientCert) -> Result<reqwest::Identity, String> {
+    let mut pem =
+        std::fs::read(&cert.key_file).map_err(|e| format!("{}: {e}", cert.key_file.display()))?;
+    pem.push(b'\n');
+    pem.extend(
+        std::fs::read(&cert.cert_file).map_err(|e| format!("{}: {e}", cert.cert_file.display()))?,
+    );
+    // reqwest's message names no bytes of the key.
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        format!(
+            "{} and {}: {}",
+            cert.cert_file.display(),
+            cert.key_file.display(),
+            error_chain(&e)
+        )
+    })
 }
 
 /// A response's body, refused when longer than `max` bytes.

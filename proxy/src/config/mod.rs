@@ -135,11 +135,15 @@ pub struct Controller {
     /// `http` to a loopback host only (the node's token travels in it).
     pub url: String,
     /// The node's bearer token, read from `token_file` at load (surrounding
-    /// whitespace trimmed, never empty). Never logged.
-    pub token: String,
+    /// whitespace trimmed, never empty). Never logged. None: the node
+    /// proves who it is with its client certificate alone.
+    pub token: Option<String>,
     /// PEM certificates to trust for the controller's TLS besides the
     /// system's (`ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// The node's client certificate for mutual TLS
+    /// (`client_cert_file`, `client_key_file`), checked at load.
+    pub client_cert: Option<ClientCert>,
     /// Most events kept (on disk, in the state directory's
     /// `controller.events/`) for the controller while it is away
     /// (`events_queue`, default 10 000, 1 to 1 000 000); the oldest are
@@ -151,6 +155,17 @@ pub struct Controller {
     pub events_queue_bytes: u64,
 }
 
+/// A node's client certificate for mutual TLS with its controller: files
+/// read again when the client is built (the key is never held in the
+/// config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM certificate chain, leaf first (`client_cert_file`).
+    pub cert_file: PathBuf,
+    /// Its PEM private key (`client_key_file`).
+    pub key_file: PathBuf,
+}
+
 impl fmt::Debug for Controller {
     // The token is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,6 +173,7 @@ impl fmt::Debug for Controller {
             .field("url", &self.url)
             .field("token", &"…")
             .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
             .field("events_queue", &self.events_queue)
             .field("events_queue_bytes", &self.events_queue_bytes)
             .finish()
@@ -2240,7 +2256,17 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
             None
         }
     });
-    let token_file: Option<PathBuf> = t.req(p, "token_file", "a file holding this node's token");
+    let client_cert = read_client_cert(&mut t, p, base, url.as_deref());
+    let token_file: Option<PathBuf> = if t.has("token_file") || client_cert.is_none() {
+        t.req(
+            p,
+            "token_file",
+            "a file holding this node's token (or client_cert_file and client_key_file)",
+        )
+    } else {
+        None
+    };
+    let has_token_file = token_file.is_some();
     let token = token_file.and_then(|file| read_secret(&t, p, base, "token_file", file));
     if let Some(token) = &token
         && !token.bytes().all(|b| b.is_ascii_graphic())
@@ -2262,13 +2288,138 @@ fn read_controller(f: &mut Fields<'_>, base: &Path, p: &mut Problems) -> Option<
         (64 << 10)..=(16 << 30),
     );
     t.finish(p);
+    if has_token_file && token.is_none() {
+        return None;
+    }
     Some(Controller {
         url: url?,
-        token: token?,
+        token,
         ca_file,
+        client_cert: client_cert.flatten(),
         events_queue: events_queue.clamp(1, 1_000_000),
         events_queue_bytes: events_queue_bytes.clamp(64 << 10, 16 << 30),
     })
+}
+
+/// `[controller]`'s client certificate for mutual TLS: a PEM chain
+/// (`client_cert_file`) and its key (`client_key_file`), both or neither,
+/// parsed and matched at load; only over https. `None`: not configured;
+/// `Some(None)`: configured but with a problem.
+fn read_client_cert(
+    t: &mut Fields<'_>,
+    p: &mut Problems,
+    base: &Path,
+    url: Option<&str>,
+) -> Option<Option<ClientCert>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_file = t
+        .opt::<PathBuf>(p, "client_cert_file")
+        .map(|f| resolve(base, f));
+    let key_file = t
+        .opt::<PathBuf>(p, "client_key_file")
+        .map(|f| resolve(base, f));
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            p.push(
+                t.key("client_key_file"),
+                "missing; client_cert_file needs its key",
+            );
+            return Some(None);
+        }
+        (None, Some(_)) => {
+            p.push(
+                t.key("client_cert_file"),
+                "missing; client_key_file needs its certificate",
+            );
+            return Some(None);
+        }
+    };
+    if url.is_some_and(|u| !u.starts_with("https:")) {
+        p.push(
+            t.key("client_cert_file"),
+            "a client certificate needs an https url",
+        );
+    }
+    let chain = match std::fs::read(&cert_file) {
+        Err(e) => {
+            p.push(
+                t.key("client_cert_file"),
+                format!("{}: cannot read: {e}", cert_file.display()),
+            );
+            None
+        }
+        Ok(pem) => match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(chain) if !chain.is_empty() => Some(chain),
+            Ok(_) => {
+                p.push(
+                    t.key("client_cert_file"),
+                    format!("{}: no PEM certificate", cert_file.display()),
+                );
+                None
+            }
+            Err(e) => {
+                p.push(
+                    t.key("client_cert_file"),
+                    format!("{}: {e}", cert_file.display()),
+                );
+                None
+            }
+        },
+    };
+    let key = match std::fs::read(&key_file) {
+        Err(e) => {
+            p.push(
+                t.key("client_key_file"),
+                format!("{}: cannot read: {e}", key_file.display()),
+            );
+            None
+        }
+        // The key's bytes are never part of a message.
+        Ok(pem) => match PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                p.push(
+                    t.key("client_key_file"),
+                    format!(
+                        "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
+                        key_file.display()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return Some(None);
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(chain, key, &provider) {
+        Ok(_) => Some(Some(ClientCert {
+            cert_file,
+            key_file,
+        })),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            p.push(
+                t.key("client_key_file"),
+                format!(
+                    "{}: not the key of the certificate in client_cert_file",
+                    key_file.display()
+                ),
+            );
+            Some(None)
+        }
+        Err(e) => {
+            p.push(
+                t.key("client_key_file"),
+                format!("{}: {e}", key_file.display()),
+            );
+            Some(None)
+        }
+    }
 }
 
 /// A secret read from `file` (the value of `key`), trimmed: the client
@@ -2440,3 +2591,6 @@ impl fmt::Display for Problem {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_controller_tls;

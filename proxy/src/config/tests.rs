@@ -541,7 +541,7 @@ fn controller_is_checked_whole() {
     let ctl = c.controller.as_deref().unwrap();
     // The trailing slash is dropped; the token is read, trimmed, never printed.
     assert_eq!(ctl.url, "https://ctl.example.com");
-    assert_eq!(ctl.token, "node-t0ken");
+    assert_eq!(ctl.token.as_deref(), Some("node-t0ken"));
     assert_eq!(ctl.events_queue, 10_000);
     assert!(!format!("{c:?}").contains("node-t0ken"));
     assert!(parse(MINIMAL).unwrap().controller.is_none());

@@ -1,0 +1,797 @@
+//! The controller over HTTPS, with client certificates for nodes: real
+//! listeners on loopback, certificates made in the test (rcgen). Transport
+//! tests run on SQLite; what the store keeps (a node disabled through the
+//! admin API) runs on SQLite and PostgreSQL (127.0.0.1:5432, a fresh
+//! database per test, dropped after).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use vigil_fleet::{EventAck, EventBatch, Frame, NodeEvent, NodeEventKind, SessionId, UserId};
+use vigil_fleet::{VERSION, read_frame};
+
+const ADMIN: &str = "admin-token-0123456789";
+const NODE_B: &str = "node-b-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(20);
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A CA that issues certificates.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+struct Pair {
+    cert: String,
+    key: String,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// A leaf for `names` (DNS names, or `127.0.0.1`).
+    fn issue(&self, names: &[&str]) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        for name in names {
+            params.subject_alt_names.push(match name.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into().unwrap()),
+            });
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The fleet's certificates: the controller's, and its nodes'.
+struct Pki {
+    server_ca: Ca,
+    node_ca: Ca,
+    node_a: Pair,
+    node_c: Pair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let node_ca = Ca::new("Vigil nodes");
+        Pki {
+            server_ca: Ca::new("Vigil controller"),
+            node_a: node_ca.issue(&["node-a.nodes.example"]),
+            node_c: node_ca.issue(&["node-c.example"]),
+            node_ca,
+        }
+    }
+}
+
+/// A controller serving HTTPS on a free port.
+struct Controller {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The config used, besides `[tls]`: node `a` by its certificate's name,
+/// `b` by token, `c` by its certificate's pin.
+fn write_config(dir: &Path, pki: &Pki, store: &str, addr: SocketAddr) -> std::path::PathBuf {
+    let server = pki.server_ca.issue(&["127.0.0.1", "localhost"]);
+    std::fs::write(dir.join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    std::fs::write(dir.join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.join("server.key"), &server.key).unwrap();
+    std::fs::write(dir.join("nodes-ca.pem"), pki.node_ca.pem()).unwrap();
+    let toml = format!(
+        "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_ca_file = \"nodes-ca.pem\"\n\
+         [[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n\
+         [[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n\
+         [[nodes]]\nname = \"c\"\ncertificate_sha256 = \"{}\"\n",
+        hex::encode(vigil_controller::config::token_hash(NODE_B)),
+        sha256_hex(&pki.node_c.der),
+    );
+    let path = dir.join("controller.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+impl Controller {
+    async fn start(pki: &Pki, store: Option<&str>) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let store = store.map_or_else(
+            || format!("sqlite://{}", dir.path().join("controller.db").display()),
+            str::to_owned,
+        );
+        let path = write_config(dir.path(), pki, &store, addr);
+        let config = vigil_controller::Config::load(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            vigil_controller::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let c = Controller {
+            addr,
+            dir,
+            stop: Some(stop),
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let anonymous = client(pki, None);
+        while anonymous.get(c.url("/healthz")).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    async fn admin(&self, pki: &Pki, path: &str, body: serde_json::Value) -> reqwest::Response {
+        client(pki, None)
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// A client trusting the controller's CA, presenting `cert` if given.
+fn client(pki: &Pki, cert: Option<&Pair>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().add_root_certificate(
+        reqwest::Certificate::from_pem(pki.server_ca.pem().as_bytes()).unwrap(),
+    );
+    if let Some(cert) = cert {
+        builder = builder.identity(
+            reqwest::Identity::from_pem(format!("{}{}", cert.key, cert.cert).as_bytes()).unwrap(),
+        );
+    }
+    builder.build().unwrap()
+}
+
+fn revoked(id: &str, n: u8) -> EventBatch {
+    EventBatch {
+        v: VERSION,
+        events: vec![NodeEvent {
+            id: id.to_owned(),
+            kind: NodeEventKind::SessionRevoked {
+                session: SessionId([n; 16]),
+                user: Some(UserId(5)),
+                reference: None,
+                at: 100,
+            },
+        }],
+    }
+}
+
+/// A sync stream's frames as they come.
+struct Stream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Stream {
+    async fn open(c: &Controller, client: &reqwest::Client) -> Stream {
+        let response = client
+            .get(c.url("/v1/sync?since=0"))
+            .header(vigil_fleet::VERSION_HEADER, VERSION)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Stream {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Frame {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return read_frame(&line[..line.len() - 1]).unwrap();
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("a frame within the deadline")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next frame of changes, past heartbeats and the (empty) snapshot.
+    async fn next_change(&mut self) -> Frame {
+        loop {
+            match self.next().await {
+                Frame::Heartbeat { .. } | Frame::Snapshot { .. } | Frame::SnapshotEnd { .. } => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for the body to end (the server closed the stream).
+    async fn ended(mut self) -> bool {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match self.response.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// An error with its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_admin_api_is_served_over_https_and_plain_http_gets_nothing() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let r = client(&pki, None)
+        .get(c.url("/v1/admin/log"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // ALPN: HTTP/2 when the client offers it.
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // A wrong admin token is still refused over TLS.
+    let r = client(&pki, None)
+        .get(c.url("/v1/admin/log"))
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // HTTP/1.1 works as well.
+    let r = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pki.server_ca.pem().as_bytes()).unwrap(),
+        )
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(c.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+    // Plain HTTP to the TLS port: no HTTP answer at all.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", c.addr))
+        .bearer_auth(ADMIN)
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // A client that does not trust the controller's CA refuses it.
+    let untrusting = reqwest::Client::new().get(c.url("/healthz")).send().await;
+    let e = untrusting.expect_err("an unknown server certificate");
+    assert!(chain(&e).contains("UnknownIssuer"), "{}", chain(&e));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_with_its_certificate_syncs_and_posts_without_a_token() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let node_a = client(&pki, Some(&pki.node_a));
+    let mut a = Stream::open(&c, &node_a).await;
+    assert!(matches!(a.next().await, Frame::Hello { .. }));
+    // The node's event is taken as node a's, and reaches its own stream.
+    let r = node_a
+        .post(c.url("/v1/events"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&revoked("boot1-1", 3)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        serde_json::from_str::<EventAck>(&r.text().await.unwrap()).unwrap(),
+        EventAck {
+            accepted: 1,
+            duplicates: 0
+        }
+    );
+    assert!(matches!(
+        a.next_change().await,
+        Frame::Changes { first: 1, .. }
+    ));
+    // A revocation made by the admin reaches the certificate's stream.
+    let r = c
+        .admin(
+            &pki,
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": SessionId([9; 16]).to_string()}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(matches!(
+        a.next_change().await,
+        Frame::Changes { first: 2, .. }
+    ));
+    // Node c, named by its certificate's pin, gets in too; a token node
+    // still does with its token, and without a certificate.
+    let mut cs = Stream::open(&c, &client(&pki, Some(&pki.node_c))).await;
+    assert!(matches!(cs.next().await, Frame::Hello { .. }));
+    let b = client(&pki, None)
+        .get(c.url("/v1/sync?since=0"))
+        .bearer_auth(NODE_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.status(), 200);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_in_the_handshake() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    // TLS 1.3: the client's certificate is checked after the client's
+    // Finished; the server's fatal alert ends the connection before any
+    // HTTP answer, even with a good token beside the certificate.
+    // Node a's name, from a CA the controller does not know.
+    let stranger = Ca::new("Someone else").issue(&["node-a.nodes.example"]);
+    let e = client(&pki, Some(&stranger))
+        .get(c.url("/v1/sync?since=0"))
+        .bearer_auth(NODE_B)
+        .send()
+        .await
+        .expect_err("a certificate from an unknown CA gets no answer");
+    assert!(
+        chain(&e).ends_with("received fatal alert: UnknownCA"),
+        "{}",
+        chain(&e)
+    );
+    // A forger's CA with the very name of the nodes' CA: the signature
+    // does not verify.
+    let forged = Ca::new("Vigil nodes").issue(&["node-a.nodes.example"]);
+    let e = client(&pki, Some(&forged))
+        .post(c.url("/v1/events"))
+        .body(serde_json::to_string(&revoked("boot1-1", 3)).unwrap())
+        .send()
+        .await
+        .expect_err("a forged certificate gets no answer");
+    assert!(
+        chain(&e).ends_with("received fatal alert: DecryptError"),
+        "{}",
+        chain(&e)
+    );
+    // Nothing it sent was taken: the log is empty.
+    let log = client(&pki, None)
+        .get(c.url("/v1/admin/log"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let log: serde_json::Value = serde_json::from_str(&log.text().await.unwrap()).unwrap();
+    assert_eq!(log["head"], 0, "{log}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_valid_certificate_that_names_no_node_is_refused_as_a_bad_token() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let stranger = client(&pki, Some(&pki.node_ca.issue(&["stranger.example"])));
+    let bad_token = client(&pki, None)
+        .get(c.url("/v1/sync?since=0"))
+        .bearer_auth("not-a-node-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status(), 401);
+    let bad_body = bad_token.text().await.unwrap();
+    let sync = stranger
+        .get(c.url("/v1/sync?since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sync.status(), 401);
+    assert_eq!(sync.text().await.unwrap(), bad_body);
+    let post = stranger
+        .post(c.url("/v1/events"))
+        .body(serde_json::to_string(&revoked("boot1-1", 3)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 401);
+    // An unknown certificate is not made good by a good token beside it.
+    let r = stranger
+        .get(c.url("/v1/sync?since=0"))
+        .bearer_auth(NODE_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nor is one node's certificate with another node's token.
+    let r = client(&pki, Some(&pki.node_a))
+        .get(c.url("/v1/sync?since=0"))
+        .bearer_auth(NODE_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A certificate carrying node c's name but not pinned: not node c
+    // (c is named by its pin alone).
+    let other_c = client(&pki, Some(&pki.node_ca.issue(&["node-c.example"])));
+    let r = other_c.get(c.url("/v1/sync?since=0")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // A wildcard certificate from the nodes' CA covers node a's name,
+    // but names no node.
+    let wildcard = client(&pki, Some(&pki.node_ca.issue(&["*.nodes.example"])));
+    let r = wildcard
+        .get(c.url("/v1/sync?since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // No credential at all.
+    let r = client(&pki, None)
+        .get(c.url("/v1/sync?since=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    c.stop().await;
+}
+
+async fn disabled_node_loses_its_certificate_stream(postgres: bool) {
+    let pki = Pki::new();
+    let pg_name = format!("vigil_test_tls_{}", std::process::id());
+    let store = if postgres {
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Some(format!("postgres://postgres@127.0.0.1:5432/{pg_name}"))
+    } else {
+        None
+    };
+    let c = Controller::start(&pki, store.as_deref()).await;
+    let node_a = client(&pki, Some(&pki.node_a));
+    let mut a = Stream::open(&c, &node_a).await;
+    a.next().await;
+    a.next().await;
+    let r = c
+        .admin(
+            &pki,
+            "/v1/admin/nodes/disable",
+            serde_json::json!({"node": "a"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(a.ended().await, "the disabled node's stream ended");
+    let r = node_a.get(c.url("/v1/sync?since=0")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = node_a
+        .post(c.url("/v1/events"))
+        .body(serde_json::to_string(&revoked("boot1-1", 3)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Enabled again, its certificate gets it in again.
+    let r = c
+        .admin(
+            &pki,
+            "/v1/admin/nodes/enable",
+            serde_json::json!({"node": "a"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut a = Stream::open(&c, &node_a).await;
+    assert!(matches!(a.next().await, Frame::Hello { .. }));
+    c.stop().await;
+    if postgres {
+        let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_disabled_through_the_admin_api_loses_its_certificate_stream() {
+    disabled_node_loses_its_certificate_stream(false).await;
+    disabled_node_loses_its_certificate_stream(true).await;
+}
+
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let renewed_ca = Ca::new("Vigil controller, renewed");
+    let trusting_renewed = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(renewed_ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let renewed = renewed_ca.issue(&["127.0.0.1"]);
+    std::fs::write(c.dir.path().join("server.pem"), &renewed.cert).unwrap();
+    std::fs::write(c.dir.path().join("server.key"), &renewed.key).unwrap();
+    // Served from the next look at the files, to new connections.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match trusting_renewed.get(c.url("/healthz")).send().await {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the renewed certificate was never served: {}",
+                chain(&e)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A client that trusts only the old CA now refuses the controller.
+    let e = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pki.server_ca.pem().as_bytes()).unwrap(),
+        )
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .get(c.url("/healthz"))
+        .send()
+        .await
+        .expect_err("the old certificate is no longer served");
+    assert!(chain(&e).contains("UnknownIssuer"), "{}", chain(&e));
+    c.stop().await;
+}
+
+#[test]
+fn a_renewed_certificate_is_taken_only_with_its_own_key() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let addr = "127.0.0.1:1".parse().unwrap();
+    let path = write_config(dir.path(), &pki, "sqlite://x.db", addr);
+    let config = vigil_controller::Config::load(&path).unwrap();
+    let certs = &config.tls.as_ref().unwrap().certs;
+    assert_eq!(certs.reload(), Ok(false), "nothing changed");
+    let renewed = pki.server_ca.issue(&["127.0.0.1"]);
+    let stray = pki.server_ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("server.pem"), &renewed.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &stray.key).unwrap();
+    assert_eq!(
+        certs.reload(),
+        Err(format!(
+            "tls.key_file: {d}/server.key: not the key of the certificate in tls.cert_file"
+        ))
+    );
+    // Tried once per change, not again and again.
+    assert_eq!(certs.reload(), Ok(false));
+    std::fs::write(dir.path().join("server.key"), &renewed.key).unwrap();
+    assert_eq!(certs.reload(), Ok(true));
+    assert_eq!(certs.reload(), Ok(false));
+}
+
+fn problems(dir: &Path, tls: &str, nodes: &str) -> Vec<String> {
+    std::fs::write(dir.join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    let path = dir.join("controller.toml");
+    std::fs::write(
+        &path,
+        format!("hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n{nodes}\n{tls}"),
+    )
+    .unwrap();
+    match vigil_controller::Config::load(&path) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems,
+    }
+}
+
+#[test]
+fn bad_tls_config_names_every_file_key_and_problem_at_once() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let server = pki.server_ca.issue(&["127.0.0.1"]);
+    let other = pki.server_ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("other.key"), &other.key).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    std::fs::write(dir.path().join("garbage.pem"), "not PEM at all\n").unwrap();
+    // Good files: no problem, and client certificates are off.
+    assert_eq!(
+        problems(
+            dir.path(),
+            "[tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n",
+            ""
+        ),
+        Vec::<String>::new()
+    );
+    // A key that is not the certificate's; a CA file without certificates.
+    assert_eq!(
+        problems(
+            dir.path(),
+            "[tls]\ncert_file = \"server.pem\"\nkey_file = \"other.key\"\nclient_ca_file = \"garbage.pem\"\n",
+            ""
+        ),
+        [
+            format!("tls.key_file: {d}/other.key: not the key of the certificate in tls.cert_file"),
+            format!("tls.client_ca_file: {d}/garbage.pem: no PEM certificate"),
+        ]
+    );
+    // Missing files, each named; a key file holding a certificate only.
+    let p = problems(
+        dir.path(),
+        "[tls]\ncert_file = \"missing.pem\"\nkey_file = \"server.pem\"\nclient_ca_file = \"missing-ca.pem\"\n",
+        "",
+    );
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(
+        p[0].starts_with(&format!("tls.cert_file: {d}/missing.pem: ")),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with(&format!("tls.key_file: {d}/server.pem: no PEM private key")),
+        "{p:?}"
+    );
+    assert!(
+        p[2].starts_with(&format!("tls.client_ca_file: {d}/missing-ca.pem: ")),
+        "{p:?}"
+    );
+    // A key is never quoted in a problem.
+    let p = problems(
+        dir.path(),
+        "[tls]\ncert_file = \"server.key\"\nkey_file = \"server.key\"\n",
+        "",
+    );
+    assert_eq!(
+        p,
+        [format!("tls.cert_file: {d}/server.key: no PEM certificate")]
+    );
+    // An unknown key in [tls].
+    let p = problems(
+        dir.path(),
+        "[tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nca = \"x\"\n",
+        "",
+    );
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("unknown field `ca`"), "{p:?}");
+}
+
+#[test]
+fn node_certificates_need_a_client_ca_and_name_one_node_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let server = pki.server_ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.node_ca.pem()).unwrap();
+    let pin = "ab".repeat(32);
+    let nodes = format!(
+        "[[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n\
+         [[nodes]]\nname = \"b\"\ncertificate_sha256 = \"{pin}\"\n\
+         [[nodes]]\nname = \"c\"\n\
+         [[nodes]]\nname = \"d\"\ncertificate_san = \"not a name!\"\ncertificate_sha256 = \"12\"\n\
+         [[nodes]]\nname = \"e\"\ncertificate_san = \"NODE-A.nodes.example\"\ncertificate_sha256 = \"{}\"\n",
+        pin.to_uppercase()
+    );
+    // Without [tls] client_ca_file.
+    assert_eq!(
+        problems(
+            dir.path(),
+            "[tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n",
+            &nodes
+        ),
+        [
+            "nodes[2]: no credential; expected token_sha256, certificate_sha256 or certificate_san",
+            "nodes[3].certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)",
+            "nodes[3].certificate_san: \"not a name!\" is not a DNS name or IP address",
+            "nodes[0].certificate_san: needs [tls] client_ca_file, which node certificates are verified against",
+            "nodes[1].certificate_sha256: needs [tls] client_ca_file, which node certificates are verified against",
+            "nodes[3].certificate_sha256: needs [tls] client_ca_file, which node certificates are verified against",
+            "nodes[3].certificate_san: needs [tls] client_ca_file, which node certificates are verified against",
+            "nodes[4].certificate_sha256: needs [tls] client_ca_file, which node certificates are verified against",
+            &format!(
+                "nodes[4].certificate_sha256: {:?} is another node's too",
+                pin.to_uppercase()
+            ),
+            "nodes[4].certificate_san: needs [tls] client_ca_file, which node certificates are verified against",
+            "nodes[4].certificate_san: \"NODE-A.nodes.example\" is another node's too",
+        ]
+    );
+    // A node certificate with no [tls] at all is the same problem.
+    assert_eq!(
+        problems(
+            dir.path(),
+            "",
+            "[[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n"
+        ),
+        [
+            "nodes[0].certificate_san: needs [tls] client_ca_file, which node certificates are verified against"
+        ]
+    );
+    // With it, certificates alone are enough.
+    assert_eq!(
+        problems(
+            dir.path(),
+            "[tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_ca_file = \"ca.pem\"\n",
+            "[[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n[[nodes]]\nname = \"b\"\ncertificate_sha256 = \"12\"\n"
+        ),
+        ["nodes[1].certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)"]
+    );
+}
