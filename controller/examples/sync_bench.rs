@@ -15,10 +15,12 @@
 //!   The store's own throughput; a direct append is another writer to the
 //!   controller, as another replica is: on PostgreSQL its `NOTIFY` wakes the
 //!   controller's tail, on SQLite the tail finds it by its poll (1 s).
-//! - `events`: `POST /v1/events`, `--batch` node events per request (at
-//!   most 1000), posted as each node in turn (each allowed 1,000,000 a
-//!   minute): one transaction per request, and it wakes the streams. The
-//!   batched API path.
+//! - `events`: `POST /v1/events`, `--batch` revocations per request (at
+//!   most 500), each with its evidence (the node's detection just before
+//!   it: two events a revocation, `docs/controller.md`, Intake rules),
+//!   posted as each node in turn (each allowed 1,000,000 a minute): one
+//!   transaction per request, and it wakes the streams. The batched API
+//!   path.
 //! - `admin`: `POST /v1/admin/sessions/revoke`, one session per request and
 //!   per transaction, from `--writers` concurrent clients (default 8).
 //!
@@ -157,6 +159,9 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
     if args.batch == 0 || args.batch > vigil_fleet::MAX_EVENTS || args.rate == 0 {
         return Err("--batch 1 to 1000 and --rate above 0".into());
     }
+    if args.mode == Mode::Events && args.batch > vigil_fleet::MAX_EVENTS / 2 {
+        return Err("--batch 1 to 500 with --mode events (two events a revocation)".into());
+    }
     Ok(args)
 }
 
@@ -197,7 +202,7 @@ async fn bench(args: &Args, dir: &tempfile::TempDir, store_url: &str) -> Result<
     std::fs::write(dir.path().join("admin.token"), ADMIN)?;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut toml = format!(
-        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\nnode_events_per_minute = 1000000\n"
+        "listen = \"{addr}\"\nstore = {store_url:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\nnode_events_per_minute = 1000000\nnode_revocations_per_minute = 1000000\n"
     );
     for i in 0..args.subscribers.max(1) {
         toml.push_str(&format!(
@@ -424,14 +429,33 @@ async fn write(
                 let events = sessions
                     .iter()
                     .zip(first..)
-                    .map(|(&session, i)| NodeEvent {
-                        id: format!("e{i}"),
-                        kind: NodeEventKind::SessionRevoked {
-                            session,
-                            user: None,
-                            reference: None,
-                            at: now_secs,
-                        },
+                    .flat_map(|(&session, i)| {
+                        [
+                            NodeEvent {
+                                id: format!("d{i}"),
+                                kind: NodeEventKind::Detection {
+                                    reference: format!("r{i}"),
+                                    session: Some(session),
+                                    user: None,
+                                    route: "bench".to_owned(),
+                                    rule: None,
+                                    action: "revoke".to_owned(),
+                                    enforced: true,
+                                    score: 90,
+                                    reasons: Vec::new(),
+                                    at: now_secs,
+                                },
+                            },
+                            NodeEvent {
+                                id: format!("e{i}"),
+                                kind: NodeEventKind::SessionRevoked {
+                                    session,
+                                    user: None,
+                                    reference: Some(format!("r{i}")),
+                                    at: now_secs,
+                                },
+                            },
+                        ]
                     })
                     .collect();
                 let body = serde_json::to_string(&EventBatch { v: VERSION, events })?;

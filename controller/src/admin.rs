@@ -463,6 +463,8 @@ pub async fn false_positive(
         max_session_age: app.config.keep_sessions,
         revocations_left: 0,
         keep_profiles: app.config.keep_profiles,
+        budgets: app.config.budgets,
+        rotating: app.config.key_ids.previous.is_some(),
     };
     let Some(done) = app
         .store
@@ -473,7 +475,7 @@ pub async fn false_positive(
             StatusCode::NOT_FOUND,
             "unknown_reference",
             "no detection with that reference is held: unknown, not reported by a node \
-             (only enforced detections of bound sessions are), or past keep_detections_days",
+             (only enforced detections of bound sessions, or of sessions they revoked, are), or past keep_detections_days",
         ));
     };
     if done.changed {

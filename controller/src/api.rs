@@ -152,41 +152,40 @@ impl App {
         Ok(())
     }
 
-    /// What is left of `node`'s events allowance this minute.
-    fn events_left(&self, node: &str) -> u32 {
-        let posted = self
-            .posted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let used = posted
-            .get(&(node.to_owned(), Allowance::Events))
-            .filter(|(since, _)| since.elapsed() < Duration::from_secs(60))
-            .map_or(0, |(_, n)| *n);
-        self.config.node_events_per_minute.saturating_sub(used)
-    }
-
-    /// Charges `n` more to `node`'s events allowance this minute.
-    fn charge_events(&self, node: &str, n: u32) {
+    /// Gives back to `node`'s revocations allowance this minute what a
+    /// batch reserved ([`App::allow_events`]) and did not use.
+    fn give_back_revocations(&self, node: &str, unused: u32) {
         let mut posted = self
             .posted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = posted.get_mut(&(node.to_owned(), Allowance::Events)) {
-            entry.1 = entry.1.saturating_add(n);
+        if let Some(entry) = posted.get_mut(&(node.to_owned(), Allowance::Revocations)) {
+            entry.1 = entry.1.saturating_sub(unused);
         }
     }
 
     /// Counts a batch's events posted by `node` against its minute's
     /// allowances; `Err` names the first one it would go beyond (nothing is
-    /// counted then).
-    fn allow_events(&self, node: &str, events: &[NodeEvent]) -> Result<(), Allowance> {
-        let sightings = events
-            .iter()
-            .filter(|e| Allowance::of(&e.kind) == Allowance::Sightings)
-            .count();
+    /// counted then). Revocations are judged in the store: the batch
+    /// reserves what is left of the minute's revocations (returned; a
+    /// concurrent batch of the node's finds none left), and what it did
+    /// not use is given back after ([`App::give_back_revocations`]). A
+    /// batch is refused for its revocations only when the minute's
+    /// allowance is partly used: one with more revocations than the whole
+    /// allowance is taken in a fresh minute, its revocations beyond the
+    /// allowance refused, so that no batch is refused for ever.
+    fn allow_events(&self, node: &str, events: &[NodeEvent]) -> Result<u32, Allowance> {
+        let count = |a: Allowance| {
+            let n = events
+                .iter()
+                .filter(|e| Allowance::of(&e.kind) == a)
+                .count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
         let wanted = [
-            (Allowance::Events, events.len() - sightings),
-            (Allowance::Sightings, sightings),
+            (Allowance::Events, count(Allowance::Events)),
+            (Allowance::Sightings, count(Allowance::Sightings)),
+            (Allowance::Revocations, count(Allowance::Revocations)),
         ];
         let mut posted = self
             .posted
@@ -200,17 +199,25 @@ impl App {
             if now.duration_since(entry.0) >= Duration::from_secs(60) {
                 *entry = (now, 0);
             }
-            let n = u32::try_from(n).unwrap_or(u32::MAX);
-            if entry.1.saturating_add(n) > allowance.per_minute(&self.config) {
+            let over = entry.1.saturating_add(n) > allowance.per_minute(&self.config);
+            let fresh = allowance == Allowance::Revocations && entry.1 == 0;
+            if over && !fresh {
                 return Err(allowance);
             }
         }
+        let mut reserved = 0;
         for (allowance, n) in wanted {
             if let Some(entry) = posted.get_mut(&(node.to_owned(), allowance)) {
-                entry.1 += u32::try_from(n).unwrap_or(u32::MAX);
+                if allowance == Allowance::Revocations {
+                    let limit = allowance.per_minute(&self.config);
+                    reserved = limit.saturating_sub(entry.1);
+                    entry.1 = limit;
+                } else {
+                    entry.1 = entry.1.saturating_add(n);
+                }
             }
         }
-        Ok(())
+        Ok(reserved)
     }
 }
 
@@ -223,11 +230,17 @@ pub enum Allowance {
     /// Session records and observations of users:
     /// `node_sightings_per_minute`.
     Sightings,
+    /// Session revocations a node decided, and session records that
+    /// become revocations: `node_revocations_per_minute`, apart from the
+    /// rest, so that a stolen node token ends at most that many sessions
+    /// a minute however it spends its other allowances.
+    Revocations,
 }
 
 impl Allowance {
     fn of(kind: &NodeEventKind) -> Allowance {
         match kind {
+            NodeEventKind::SessionRevoked { .. } => Allowance::Revocations,
             // A confirmation replaces a baseline whatever its age: rare in
             // real traffic, and counted with what can harm.
             NodeEventKind::SessionBaseline {
@@ -246,6 +259,7 @@ impl Allowance {
         match self {
             Allowance::Events => config.node_events_per_minute,
             Allowance::Sightings => config.node_sightings_per_minute,
+            Allowance::Revocations => config.budgets.revocations_per_minute,
         }
     }
 
@@ -253,6 +267,7 @@ impl Allowance {
         match self {
             Allowance::Events => "node_events_per_minute",
             Allowance::Sightings => "node_sightings_per_minute",
+            Allowance::Revocations => "node_revocations_per_minute",
         }
     }
 }
@@ -724,43 +739,68 @@ async fn events(
     if let Some(bad) = batch.events.iter().find_map(|e| event_problem(&e.kind)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_event", bad));
     }
-    if let Err(allowance) = app.allow_events(&node, &batch.events) {
-        app.metrics
-            .events("rate_limited", batch.events.len() as u64);
-        tracing::warn!(
-            node,
-            events = batch.events.len(),
-            allowance = allowance.key(),
-            "node over its allowance per minute; batch refused"
-        );
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "at most {} per node per minute ({})",
-                allowance.per_minute(&app.config),
-                allowance.key()
-            ),
-        ));
-    }
+    let revocations_left = match app.allow_events(&node, &batch.events) {
+        Ok(reserved) => reserved,
+        Err(allowance) => {
+            app.metrics
+                .events("rate_limited", batch.events.len() as u64);
+            tracing::warn!(
+                node,
+                events = batch.events.len(),
+                allowance = allowance.key(),
+                "node over its allowance per minute; batch refused"
+            );
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "at most {} per node per minute ({})",
+                    allowance.per_minute(&app.config),
+                    allowance.key()
+                ),
+            ));
+        }
+    };
     let intake = Intake {
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
-        revocations_left: app.events_left(&node),
+        revocations_left,
         keep_profiles: app.config.keep_profiles,
+        budgets: app.config.budgets,
+        rotating: app.config.key_ids.previous.is_some(),
     };
     let started = tokio::time::Instant::now();
-    let (ack, taken, head) = app
+    let taken = app
         .store
         .take_events(&node, &batch.events, now_secs(), intake)
-        .await?;
-    app.charge_events(&node, taken.revocations);
+        .await;
+    let used = taken.as_ref().map_or(0, |(_, taken, _)| taken.revocations);
+    app.give_back_revocations(&node, revocations_left.saturating_sub(used));
+    let (ack, taken, head) = taken?;
     if taken.ignored > 0 {
         tracing::debug!(
             node,
             ignored = taken.ignored,
             "session records that changed nothing"
         );
+    }
+    for (refusal, n) in taken.refusals() {
+        app.metrics.refused(&node, refusal.as_str(), u64::from(n));
+        if refusal.is_revocation() {
+            tracing::warn!(
+                node,
+                reason = refusal.as_str(),
+                revocations = n,
+                "a node's revocations without evidence refused: not streamed"
+            );
+        } else {
+            tracing::info!(
+                node,
+                reason = refusal.as_str(),
+                observations = n,
+                "a node's observations beyond its daily budget ignored"
+            );
+        }
     }
     app.metrics
         .commit_seconds

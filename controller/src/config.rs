@@ -68,6 +68,67 @@ pub struct Config {
     pub ssf: Vec<crate::ssf::config::Transmitter>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
+    /// What one node may do to the fleet's state: its revocations a
+    /// minute, its observations of users a day.
+    pub budgets: NodeBudgets,
+}
+
+/// Per-node bounds on what a node's word can change (`docs/controller.md`,
+/// Intake rules): what one stolen node token can do at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeBudgets {
+    /// Session revocations a node may post per minute (its decided ones,
+    /// and records that become revocations), apart from its other events
+    /// (`node_revocations_per_minute`, default 300).
+    pub revocations_per_minute: u32,
+    /// Observations of one user a node may add to the user's history per
+    /// UTC day (`node_observations_per_user_per_day`, default 64).
+    pub observations_per_user_per_day: u32,
+    /// Of those, observations opening a session
+    /// (`node_new_sessions_per_user_per_day`, default 24).
+    pub new_sessions_per_user_per_day: u32,
+    /// Users a node may start a fleet history for (users with none yet)
+    /// per UTC day (`node_new_users_per_day`, default 20000).
+    pub new_users_per_day: u32,
+}
+
+impl NodeBudgets {
+    /// The budgets of `raw`, each default or checked against its bounds.
+    fn of(raw: &Raw, problems: &mut Vec<String>) -> NodeBudgets {
+        let mut key = |name: &str, value: Option<u32>, default: u32, max: u32| {
+            let v = value.unwrap_or(default);
+            if !(1..=max).contains(&v) {
+                problems.push(format!("{name}: {v} is out of range; expected 1 to {max}"));
+            }
+            v
+        };
+        NodeBudgets {
+            revocations_per_minute: key(
+                "node_revocations_per_minute",
+                raw.node_revocations_per_minute,
+                300,
+                1_000_000,
+            ),
+            observations_per_user_per_day: key(
+                "node_observations_per_user_per_day",
+                raw.node_observations_per_user_per_day,
+                64,
+                100_000,
+            ),
+            new_sessions_per_user_per_day: key(
+                "node_new_sessions_per_user_per_day",
+                raw.node_new_sessions_per_user_per_day,
+                24,
+                100_000,
+            ),
+            new_users_per_day: key(
+                "node_new_users_per_day",
+                raw.node_new_users_per_day,
+                20_000,
+                10_000_000,
+            ),
+        }
+    }
 }
 
 /// What the controller keeps of the user names given in admin calls.
@@ -143,6 +204,10 @@ struct Raw {
     keep_profiles_days: Option<u64>,
     poll_ms: Option<u64>,
     user_names: Option<String>,
+    node_revocations_per_minute: Option<u32>,
+    node_observations_per_user_per_day: Option<u32>,
+    node_new_sessions_per_user_per_day: Option<u32>,
+    node_new_users_per_day: Option<u32>,
     #[serde(default)]
     nodes: Vec<RawNode>,
     #[serde(default)]
@@ -288,6 +353,7 @@ impl Config {
                 UserNames::Keyed
             }
         };
+        let budgets = NodeBudgets::of(&raw, &mut problems);
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let store = raw
             .store
@@ -324,6 +390,7 @@ impl Config {
                 user_names,
                 ssf,
                 tls,
+                budgets,
             }),
             _ => Err(fail(problems)),
         }
@@ -589,6 +656,36 @@ mod tests {
         assert_eq!(
             e.problems[1],
             "user_key_file: short: expected 32 raw bytes or 64 hex digits"
+        );
+    }
+
+    #[test]
+    fn a_nodes_budgets_have_defaults_and_bounds_each_named() {
+        let c = load("").unwrap();
+        assert_eq!(
+            c.budgets,
+            NodeBudgets {
+                revocations_per_minute: 300,
+                observations_per_user_per_day: 64,
+                new_sessions_per_user_per_day: 24,
+                new_users_per_day: 20_000,
+            }
+        );
+        let e = load(
+            "node_revocations_per_minute = 0
+node_observations_per_user_per_day = 100001
+             node_new_sessions_per_user_per_day = 0
+node_new_users_per_day = 10000001",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.problems,
+            [
+                "node_revocations_per_minute: 0 is out of range; expected 1 to 1000000",
+                "node_observations_per_user_per_day: 100001 is out of range; expected 1 to 100000",
+                "node_new_sessions_per_user_per_day: 0 is out of range; expected 1 to 100000",
+                "node_new_users_per_day: 10000001 is out of range; expected 1 to 10000000",
+            ]
         );
     }
 

@@ -6,7 +6,7 @@
 //! PostgreSQL `REPEATABLE READ`), so a copy taken while the controller
 //! runs is the store as of one moment: the change log with its numbers and
 //! the state it built, node event ids, disabled nodes, rule bundles and
-//! what nodes reported of them. The destination
+//! what nodes reported of them, nodes' daily budgets. The destination
 //! must be empty (its schema is applied first) and is written in one
 //! transaction: a copy that fails leaves it empty.
 
@@ -158,6 +158,24 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("failed_sha256", Kind::Text),
             ("failure", Kind::Text),
             ("failed_at", Kind::Int),
+        ],
+    ),
+    (
+        "node_user_budget",
+        &[
+            ("node", Kind::Text),
+            ("day", Kind::Int),
+            ("user_key", Kind::Text),
+            ("observations", Kind::Int),
+            ("new_sessions", Kind::Int),
+        ],
+    ),
+    (
+        "node_day_budget",
+        &[
+            ("node", Kind::Text),
+            ("day", Kind::Int),
+            ("new_users", Kind::Int),
         ],
     ),
 ];

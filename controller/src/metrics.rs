@@ -1,7 +1,9 @@
 //! The controller's metrics, served as Prometheus text on `GET /metrics`
 //! (`docs/controller.md`, Metrics). Unauthenticated, like the proxy's: they
-//! are counts, sizes and durations, never a token, a session key, a user or
-//! a node's name.
+//! are counts, sizes and durations, never a token, a session key or a user.
+//! One counts per node (its configured name, as operators know it): what
+//! the intake refused of each node's word, so that a node whose token is
+//! misused stands out.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -38,6 +40,9 @@ pub struct Metrics {
     /// SETs pushed by Shared Signals transmitters, by transmitter (its
     /// configured name, `-` for none) and result (`docs/signals.md`).
     pub ssf_sets: IntCounterVec,
+    /// Node events taken but refused by the intake rules, by node and
+    /// reason (`docs/controller.md`, Intake rules).
+    pub refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -98,6 +103,14 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_node_events_refused_total",
+                "Node events refused by the intake rules (a revocation without evidence, an observation beyond the node's daily budget), by node and reason.",
+            ),
+            &["node", "reason"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(subscribers.clone()))?;
         registry.register(Box::new(frames_sent.clone()))?;
         registry.register(Box::new(changes_sent.clone()))?;
@@ -129,6 +142,7 @@ impl Metrics {
             notifications,
             events,
             ssf_sets,
+            refused,
         })
     }
 
@@ -143,6 +157,11 @@ impl Metrics {
     /// Counts the outcome of a batch of node events.
     pub fn events(&self, outcome: &str, n: u64) {
         self.events.with_label_values(&[outcome]).inc_by(n);
+    }
+
+    /// Counts `n` events of `node` refused for `reason`.
+    pub fn refused(&self, node: &str, reason: &str, n: u64) {
+        self.refused.with_label_values(&[node, reason]).inc_by(n);
     }
 
     /// The Prometheus text of every metric.

@@ -71,15 +71,98 @@ pub struct Intake {
     /// A session record whose last use is older than this many seconds is
     /// refused: no node keeps an idle session that long.
     pub max_session_age: u64,
-    /// Session records that may still become revocations in this batch
-    /// (a record of a session bound to a user revoked since): what is left
-    /// of the node's `node_events_per_minute`, so that records cannot end
-    /// sessions faster than revocations can.
+    /// Revocations this batch may still make: the node's decided
+    /// revocations (each one posted counts, taken or refused) and records
+    /// of sessions bound to a user revoked since. What is left of the
+    /// node's `node_revocations_per_minute`; beyond it a decided
+    /// revocation is refused ([`Refusal::RateLimited`]) and a record
+    /// changes nothing.
     pub revocations_left: u32,
     /// An observation of a user ([`NodeEventKind::UserLearned`]) made
     /// longer than this many seconds ago is refused: the controller
     /// forgets a history unused that long (`keep_profiles_days`).
     pub keep_profiles: u64,
+    /// The node's daily budgets of observations of users.
+    pub budgets: crate::config::NodeBudgets,
+    /// The fleet is rotating its hash key (the controller has a previous
+    /// key): a node's revocation with no evidence of its own session key
+    /// is taken unvouched (`docs/controller.md`, Rotating the hash key).
+    pub rotating: bool,
+}
+
+/// Why the intake refused a node's event (`docs/controller.md`, Intake
+/// rules): counted per node and reason, never streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A revocation naming no evidence (no reference).
+    NoEvidence,
+    /// A revocation whose reference names no detection of this node.
+    UnknownReference,
+    /// Its detection is of another session (or of none).
+    OtherSession,
+    /// Its detection was not carried out (a monitoring or shadow route).
+    NotEnforced,
+    /// Its detection's action is not `revoke`.
+    NotRevoking,
+    /// Its detection, the revocation or the baseline held name different
+    /// users.
+    OtherUser,
+    /// Beyond the node's revocations this minute
+    /// (`node_revocations_per_minute`).
+    RateLimited,
+    /// An observation beyond the node's budget of the user's today
+    /// (`node_observations_per_user_per_day`).
+    ObservationBudget,
+    /// A session-opening observation beyond the node's budget of the
+    /// user's today (`node_new_sessions_per_user_per_day`).
+    NewSessionBudget,
+    /// An observation of a user without a fleet history beyond the node's
+    /// budget of such users today (`node_new_users_per_day`).
+    NewUserBudget,
+}
+
+impl Refusal {
+    /// Every reason, in the order of [`Taken::refused`].
+    pub const ALL: [Refusal; 10] = [
+        Refusal::NoEvidence,
+        Refusal::UnknownReference,
+        Refusal::OtherSession,
+        Refusal::NotEnforced,
+        Refusal::NotRevoking,
+        Refusal::OtherUser,
+        Refusal::RateLimited,
+        Refusal::ObservationBudget,
+        Refusal::NewSessionBudget,
+        Refusal::NewUserBudget,
+    ];
+
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoEvidence => "no_evidence",
+            Refusal::UnknownReference => "unknown_reference",
+            Refusal::OtherSession => "other_session",
+            Refusal::NotEnforced => "not_enforced",
+            Refusal::NotRevoking => "not_revoking",
+            Refusal::OtherUser => "other_user",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::ObservationBudget => "observation_budget",
+            Refusal::NewSessionBudget => "new_session_budget",
+            Refusal::NewUserBudget => "new_user_budget",
+        }
+    }
+
+    /// Whether it refused a revocation (else an observation).
+    pub fn is_revocation(self) -> bool {
+        !matches!(
+            self,
+            Refusal::ObservationBudget | Refusal::NewSessionBudget | Refusal::NewUserBudget
+        )
+    }
+
+    fn index(self) -> usize {
+        Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
 }
 
 /// Most observations of one user taken from one batch: a node's batch
@@ -98,11 +181,31 @@ pub struct Taken {
     pub ignored: usize,
     /// Detections recorded.
     pub detections: usize,
-    /// Session records that became revocations; charged to the node's
-    /// `node_events_per_minute`.
+    /// Revocations made or refused (the node's decided ones, each posted,
+    /// and records that became revocations); charged to the node's
+    /// `node_revocations_per_minute`.
     pub revocations: u32,
     /// Observations of users added to their histories and the population.
     pub learnt: usize,
+    /// Events refused by the intake rules, per [`Refusal::ALL`].
+    pub refused: [u32; Refusal::ALL.len()],
+}
+
+impl Taken {
+    fn refuse(&mut self, why: Refusal) {
+        if let Some(n) = self.refused.get_mut(why.index()) {
+            *n = n.saturating_add(1);
+        }
+    }
+
+    /// Each reason with how many events it refused, those refusing some.
+    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u32)> + '_ {
+        Refusal::ALL
+            .iter()
+            .zip(self.refused)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+    }
 }
 
 /// What the store holds of a session's baseline.
@@ -242,8 +345,10 @@ impl Store {
     /// is judged and may become changes, all in one transaction. Returns
     /// what was taken and the head after.
     ///
-    /// - A decided revocation becomes a session revocation, vouched when
-    ///   the session was bound to a user.
+    /// - A decided revocation becomes a session revocation only on the
+    ///   node's evidence, within what is left of its revocations this
+    ///   minute ([`judge_revocation`]; refused otherwise, counted in
+    ///   [`Taken::refused`] and the ack's `refused`).
     /// - A session record becomes the session's baseline when the store has
     ///   none, when it was seen earlier than the one held (a thief's first
     ///   sighting on another node gives way to the owner's), when it binds
@@ -259,8 +364,10 @@ impl Store {
     ///   an operator's trust (not a sighting; never trust from a node), is
     ///   from the future, older than `keep_profiles`, made before the
     ///   user's erasure, or beyond [`MAX_LEARNT_PER_USER`] of the user in
-    ///   the batch; each user touched is one [`Change::UserProfile`], the
-    ///   counters touched a few [`Change::Population`].
+    ///   the batch (ignored), or beyond one of the node's daily budgets
+    ///   (refused: [`Histories::observe`]); each user touched is one
+    ///   [`Change::UserProfile`], the counters touched a few
+    ///   [`Change::Population`].
     pub async fn take_events(
         &self,
         node: &str,
@@ -274,17 +381,14 @@ impl Store {
         sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let mut ack = EventAck {
-            accepted: 0,
-            duplicates: 0,
-        };
+        let mut ack = EventAck::default();
         let mut taken = Taken::default();
         let mut changes = Vec::new();
         // Baselines taken earlier in this batch, not yet in the table.
         let mut pending: HashMap<SessionId, Held> = HashMap::new();
         let mut recount: Vec<UserId> = Vec::new();
         let mut cleared: Vec<UserId> = Vec::new();
-        let mut histories = Histories::default();
+        let mut histories = Histories::new(node, now, intake.budgets);
         histories.prefetch(&mut tx, events).await?;
         let mut new_ids = take_ids(&mut tx, node, events, now).await?;
         for event in events {
@@ -296,16 +400,53 @@ impl Store {
             }
             ack.accepted += 1;
             match &event.kind {
-                // A node vouches for a session bound to a user; a cookie
-                // it saw only as a replay could have been made up.
+                // Only on this node's evidence; vouched when the evidence
+                // binds the session to the user the fleet holds it for.
                 NodeEventKind::SessionRevoked {
-                    session, user, at, ..
+                    session,
+                    user,
+                    reference,
+                    at,
                 } => {
-                    changes.push(Change::SessionRevoked {
-                        session: *session,
-                        at: (*at).min(now),
-                        vouched: user.is_some(),
-                    });
+                    let judged = if taken.revocations >= intake.revocations_left {
+                        Err(Refusal::RateLimited)
+                    } else {
+                        taken.revocations += 1;
+                        judge_revocation(
+                            &mut tx,
+                            node,
+                            &pending,
+                            *session,
+                            *user,
+                            reference.as_deref(),
+                        )
+                        .await?
+                    };
+                    // While the fleet rotates its hash key, a node tells
+                    // revocations it re-keyed on sight, and the twin of
+                    // each it decides under the retiring key: neither can
+                    // name evidence of its own session key (the controller
+                    // never sees the cookie that links the two keys). They
+                    // are taken unvouched, within the revocation budget —
+                    // no more than a node could do with a detection it
+                    // made up — and only during a rotation.
+                    let judged = match judged {
+                        Err(Refusal::NoEvidence | Refusal::OtherSession) if intake.rotating => {
+                            Ok(false)
+                        }
+                        judged => judged,
+                    };
+                    match judged {
+                        Ok(vouched) => changes.push(Change::SessionRevoked {
+                            session: *session,
+                            at: (*at).min(now),
+                            vouched,
+                        }),
+                        Err(why) => {
+                            taken.refuse(why);
+                            ack.refused += 1;
+                        }
+                    }
                 }
                 NodeEventKind::SessionBaseline { record, confirmed } => {
                     let revocations_left =
@@ -421,11 +562,17 @@ impl Store {
                         })
                     })
                     .flatten();
-                    match learnt {
-                        Some(learnt) if histories.observe(&mut tx, *user, &learnt).await? => {
-                            taken.learnt += 1;
+                    let observed = match learnt {
+                        Some(learnt) => histories.observe(&mut tx, *user, &learnt).await?,
+                        None => Observed::Ignored,
+                    };
+                    match observed {
+                        Observed::Taken => taken.learnt += 1,
+                        Observed::Ignored => taken.ignored += 1,
+                        Observed::Refused(why) => {
+                            taken.refuse(why);
+                            ack.refused += 1;
                         }
-                        _ => taken.ignored += 1,
                     }
                 }
                 NodeEventKind::RulesBundle {
@@ -451,6 +598,7 @@ impl Store {
                 NodeEventKind::Unknown => {}
             }
         }
+        histories.spend(&mut tx).await?;
         histories.changes(&mut tx, &mut changes).await?;
         for user in &cleared {
             changes.push(Change::UserDetections {
@@ -475,7 +623,8 @@ impl Store {
 
     /// Deletes what is past its retention: session baselines not updated
     /// for `keep_sessions` seconds, detections older than
-    /// `keep_detections`, detection counts lapsed. Nodes are not told:
+    /// `keep_detections`, detection counts lapsed, nodes' daily budgets
+    /// before yesterday. Nodes are not told:
     /// each forgets idle sessions on its own, sooner.
     pub async fn expire(
         &self,
@@ -494,6 +643,15 @@ impl Store {
                 now.saturating_sub(keep_detections),
             ),
             ("DELETE FROM user_detections WHERE until < $1", now),
+            // A node's budgets of yesterday and today are kept.
+            (
+                "DELETE FROM node_user_budget WHERE day < $1",
+                (now / 86_400).saturating_sub(1),
+            ),
+            (
+                "DELETE FROM node_day_budget WHERE day < $1",
+                (now / 86_400).saturating_sub(1),
+            ),
         ] {
             n += sqlx::query(sql)
                 .bind(to_i64(before))
@@ -1067,6 +1225,8 @@ async fn append_in(
                     // went with their detections, above.
                     "user_trust",
                     "user_names",
+                    // What nodes taught of them today.
+                    "node_user_budget",
                 ] {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DELETE FROM {table} WHERE user_key = $1"
@@ -1187,7 +1347,6 @@ async fn append_in(
 /// they become changes: one [`Change::UserProfile`] per user touched and
 /// the population's counters touched, in as few [`Change::Population`]
 /// as [`MAX_POPULATION_COUNTERS`] allows.
-#[derive(Default)]
 struct Histories {
     /// Per user, in the order first touched: the profile (`None` until an
     /// observation is taken), the time of the user's erasure (0: none),
@@ -1197,9 +1356,52 @@ struct Histories {
     counters: HashMap<u32, u32>,
     /// Increments per feature's total.
     totals: [u64; POPULATION_FEATURES],
+    /// The node whose observations these are.
+    node: String,
+    /// Today (UTC days since the epoch): the budgets' day.
+    day: u64,
+    /// The node's daily budgets.
+    budgets: crate::config::NodeBudgets,
+    /// Per user: the node's observations and session-opening ones today,
+    /// as held before this batch, and those this batch took.
+    spent: HashMap<UserId, Spent>,
+    /// Users the node started a fleet history for today, before this
+    /// batch and in it.
+    new_users: (u32, u32),
+}
+
+/// A node's observations of one user today ([`Histories::spent`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    held: (u32, u32),
+    taken: (u32, u32),
+}
+
+/// What became of an observation.
+enum Observed {
+    /// Added to the user's history and the population.
+    Taken,
+    /// Changed nothing: made before the user's erasure, or beyond
+    /// [`MAX_LEARNT_PER_USER`] of the batch.
+    Ignored,
+    /// Beyond a budget of the node's.
+    Refused(Refusal),
 }
 
 impl Histories {
+    fn new(node: &str, now: u64, budgets: crate::config::NodeBudgets) -> Histories {
+        Histories {
+            users: Vec::new(),
+            counters: HashMap::new(),
+            totals: [0; POPULATION_FEATURES],
+            node: node.to_owned(),
+            day: now / 86_400,
+            budgets,
+            spent: HashMap::new(),
+            new_users: (0, 0),
+        }
+    }
+
     /// Reads what the store holds of every user the batch's observations
     /// name — their histories and erasures — a few hundred users to a
     /// statement, not two round trips per user under the log's lock.
@@ -1243,22 +1445,64 @@ impl Histories {
                 let (profile, erased_at) = held.remove(&user.to_string()).unwrap_or_default();
                 self.users.push((*user, profile, erased_at, 0));
             }
+            let sql = format!(
+                "SELECT user_key, observations, new_sessions FROM node_user_budget \
+                 WHERE node = $1 AND day = $2 AND user_key IN ({})",
+                (3..chunk.len() + 3)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(self.node.as_str())
+                .bind(to_i64(self.day));
+            for user in chunk {
+                query = query.bind(user.to_string());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let Some(user) = UserId::parse(&row.try_get::<String, _>(0)?) else {
+                    continue;
+                };
+                let count = |i| -> Result<u32, sqlx::Error> {
+                    Ok(u32::try_from(row.try_get::<i64, _>(i)?).unwrap_or(u32::MAX))
+                };
+                self.spent.entry(user).or_default().held = (count(1)?, count(2)?);
+            }
+        }
+        if !users.is_empty() {
+            self.new_users.0 = self.new_users_held(tx).await?;
         }
         Ok(())
+    }
+
+    /// Users the node started a fleet history for today, as held.
+    async fn new_users_held(&self, tx: &mut Transaction<'static, Any>) -> Result<u32, StoreError> {
+        Ok(
+            sqlx::query("SELECT new_users FROM node_day_budget WHERE node = $1 AND day = $2")
+                .bind(self.node.as_str())
+                .bind(to_i64(self.day))
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        )
     }
 
     /// Adds `learnt` to the user's history (as [`Histories::prefetch`]
     /// read it, or from the store now for a user it did not) and to the
     /// population.
-    /// Returns false, changing nothing, when the user was erased after it
-    /// was made or the batch already brought [`MAX_LEARNT_PER_USER`] of
-    /// theirs.
+    /// Changes nothing when the user was erased after it was made or the
+    /// batch already brought [`MAX_LEARNT_PER_USER`] of theirs (ignored),
+    /// or when it is beyond one of the node's daily budgets (refused):
+    /// observations of the user, session-opening ones, users without a
+    /// fleet history.
     async fn observe(
         &mut self,
         tx: &mut Transaction<'static, Any>,
         user: UserId,
         learnt: &Learnt,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Observed, StoreError> {
         let i = match self.users.iter().position(|(u, ..)| *u == user) {
             Some(i) => i,
             None => {
@@ -1283,11 +1527,28 @@ impl Histories {
             }
         };
         let Some((_, profile, erased_at, taken)) = self.users.get_mut(i) else {
-            return Ok(false);
+            return Ok(Observed::Ignored);
         };
         if learnt.at <= *erased_at || *taken >= MAX_LEARNT_PER_USER {
-            return Ok(false);
+            return Ok(Observed::Ignored);
         }
+        let spent = self.spent.entry(user).or_default();
+        let observations = spent.held.0.saturating_add(spent.taken.0);
+        let sessions = spent.held.1.saturating_add(spent.taken.1);
+        if observations >= self.budgets.observations_per_user_per_day {
+            return Ok(Observed::Refused(Refusal::ObservationBudget));
+        }
+        if learnt.new_session && sessions >= self.budgets.new_sessions_per_user_per_day {
+            return Ok(Observed::Refused(Refusal::NewSessionBudget));
+        }
+        if profile.is_none() {
+            if self.new_users.0.saturating_add(self.new_users.1) >= self.budgets.new_users_per_day {
+                return Ok(Observed::Refused(Refusal::NewUserBudget));
+            }
+            self.new_users.1 += 1;
+        }
+        spent.taken.0 += 1;
+        spent.taken.1 += u32::from(learnt.new_session);
         *taken += 1;
         profile
             .get_or_insert_with(|| ProfileRecord::new(learnt.at))
@@ -1301,7 +1562,58 @@ impl Histories {
                 *total += 1;
             }
         }
-        Ok(true)
+        Ok(Observed::Taken)
+    }
+
+    /// Adds what this batch took to the node's budgets of today.
+    async fn spend(&self, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+        let rows: Vec<(&UserId, &Spent)> =
+            self.spent.iter().filter(|(_, s)| s.taken.0 > 0).collect();
+        for chunk in rows.chunks(CELLS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 5 * i;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO node_user_budget (node, day, user_key, observations, new_sessions) \
+                 VALUES {} ON CONFLICT (node, day, user_key) DO UPDATE SET \
+                 observations = node_user_budget.observations + excluded.observations, \
+                 new_sessions = node_user_budget.new_sessions + excluded.new_sessions",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (user, spent) in chunk {
+                query = query
+                    .bind(self.node.as_str())
+                    .bind(to_i64(self.day))
+                    .bind(user.to_string())
+                    .bind(i64::from(spent.taken.0))
+                    .bind(i64::from(spent.taken.1));
+            }
+            query.execute(&mut **tx).await?;
+        }
+        if self.new_users.1 > 0 {
+            sqlx::query(
+                "INSERT INTO node_day_budget (node, day, new_users) VALUES ($1, $2, $3) \
+                 ON CONFLICT (node, day) DO UPDATE SET \
+                 new_users = node_day_budget.new_users + excluded.new_users",
+            )
+            .bind(self.node.as_str())
+            .bind(to_i64(self.day))
+            .bind(i64::from(self.new_users.1))
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// The changes: each touched user's profile, then the population's
@@ -1675,6 +1987,74 @@ async fn judge_baseline(
             confirmed,
         },
     ))
+}
+
+/// Judges a node's decided revocation of `session` (see
+/// [`Store::take_events`] and `docs/controller.md`, Intake rules): taken
+/// only on the node's own evidence — `reference` names a detection this
+/// node posted before (earlier in this batch, or in an earlier one) of
+/// this very session, enforced, whose action was `revoke`. Taken, it is
+/// vouched when the evidence binds the session to the user the fleet
+/// holds it for: the baseline held (recorded by any node) names a user,
+/// and the detection and the revocation name that same user. A
+/// detection, the revocation or the baseline naming different users
+/// refuses it. Returns whether it is vouched, or why it is refused.
+async fn judge_revocation(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    pending: &HashMap<SessionId, Held>,
+    session: SessionId,
+    user: Option<UserId>,
+    reference: Option<&str>,
+) -> Result<Result<bool, Refusal>, StoreError> {
+    let Some(reference) = reference else {
+        return Ok(Err(Refusal::NoEvidence));
+    };
+    let Some(row) = sqlx::query(
+        "SELECT session, user_key, action, enforced FROM detections \
+         WHERE node = $1 AND reference = $2",
+    )
+    .bind(node)
+    .bind(reference)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(Err(Refusal::UnknownReference));
+    };
+    let detected: Option<String> = row.try_get(0)?;
+    if detected.as_deref().and_then(SessionId::parse) != Some(session) {
+        return Ok(Err(Refusal::OtherSession));
+    }
+    if row.try_get::<i64, _>(3)? == 0 {
+        return Ok(Err(Refusal::NotEnforced));
+    }
+    if row.try_get::<String, _>(2)? != "revoke" {
+        return Ok(Err(Refusal::NotRevoking));
+    }
+    let detected_user = row
+        .try_get::<Option<String>, _>(1)?
+        .as_deref()
+        .and_then(UserId::parse);
+    let held = match pending.get(&session) {
+        Some(held) => held.user,
+        None => sqlx::query("SELECT user_key FROM session_baselines WHERE session = $1")
+            .bind(session.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten()
+            .as_deref()
+            .and_then(UserId::parse),
+    };
+    let named = [held, detected_user, user];
+    let mut users = named.iter().flatten();
+    if let Some(first) = users.next()
+        && users.any(|u| u != first)
+    {
+        return Ok(Err(Refusal::OtherUser));
+    }
+    Ok(Ok(held.is_some() && named.iter().all(Option::is_some)))
 }
 
 /// Counts the nodes that caught the user (enforced detections) within the

@@ -358,17 +358,21 @@ async fn a_node_event_posted_twice_is_one_change() {
     both(async |postgres| {
         let db = Db::new(postgres).await;
         let c = Controller::start(&db.url()).await;
+        // The revocation with its evidence: the node's detection first.
         let batch = EventBatch {
             v: VERSION,
-            events: vec![NodeEvent {
-                id: "boot1-1".to_owned(),
-                kind: NodeEventKind::SessionRevoked {
-                    session: session(3),
-                    user: Some(UserId(5)),
-                    reference: Some("abcd".to_owned()),
-                    at: 100,
+            events: vec![
+                caught("boot1-0", "abcd", session(3), UserId(5), 100),
+                NodeEvent {
+                    id: "boot1-1".to_owned(),
+                    kind: NodeEventKind::SessionRevoked {
+                        session: session(3),
+                        user: Some(UserId(5)),
+                        reference: Some("abcd".to_owned()),
+                        at: 100,
+                    },
                 },
-            }],
+            ],
         };
         let post = || async {
             let r = client()
@@ -385,21 +389,24 @@ async fn a_node_event_posted_twice_is_one_change() {
         assert_eq!(
             post().await,
             EventAck {
-                accepted: 1,
-                duplicates: 0
+                accepted: 2,
+                duplicates: 0,
+                refused: 0,
             }
         );
         assert_eq!(
             post().await,
             EventAck {
                 accepted: 0,
-                duplicates: 1
+                duplicates: 2,
+                refused: 0,
             }
         );
-        // The same id twice in one batch is one event too.
+        // The same id twice in one batch is one event too (and node B,
+        // which holds no evidence of its own, is refused it).
         let twice = EventBatch {
             v: VERSION,
-            events: vec![batch.events[0].clone(), batch.events[0].clone()],
+            events: vec![batch.events[1].clone(), batch.events[1].clone()],
         };
         let r = client()
             .post(c.url("/v1/events"))
@@ -412,23 +419,24 @@ async fn a_node_event_posted_twice_is_one_change() {
             serde_json::from_str::<EventAck>(&r.text().await.unwrap()).unwrap(),
             EventAck {
                 accepted: 1,
-                duplicates: 1
+                duplicates: 1,
+                refused: 1,
             }
         );
-        // Node B, subscribed after, sees the one revocation in its snapshot
-        // (B's own report of it is a second change of the same state).
+        // Node B, subscribed after, sees the one revocation in its snapshot.
         let mut b = Stream::open(&c, NODE_B, 0).await;
         b.next().await;
-        let Frame::Snapshot { seq: 2, changes } = b.next().await else {
+        let Frame::Snapshot { seq: 1, changes } = b.next().await else {
             panic!()
         };
         assert_eq!(
             changes,
-            // The node named the session's user: it vouches for it.
+            // No baseline binds the session to the user the node named:
+            // not vouched.
             vec![Change::SessionRevoked {
                 session: session(3),
                 at: 100,
-                vouched: true,
+                vouched: false,
             }]
         );
         c.stop().await;
@@ -485,7 +493,7 @@ async fn concurrent_writers_get_contiguous_numbers_and_compaction_forces_a_snaps
 async fn a_node_posting_beyond_its_allowance_is_held_back_and_others_are_not() {
     // A stolen node token ends sessions at this pace at most.
     let db = Db::new(false).await;
-    let c = Controller::start_with(&db.url(), "node_events_per_minute = 3").await;
+    let c = Controller::start_with(&db.url(), "node_revocations_per_minute = 3").await;
     let post = |token: &'static str, ids: &[&str]| {
         let batch = EventBatch {
             v: VERSION,
@@ -947,6 +955,25 @@ async fn a_node_of_the_previous_version_keeps_a_contiguous_stream() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A version 1 node posts no detections: its revocations carry no
+    // evidence, and stay on the node.
+    assert_eq!(
+        serde_json::from_str::<EventAck>(&r.text().await.unwrap()).unwrap(),
+        EventAck {
+            accepted: 1,
+            duplicates: 0,
+            refused: 1,
+        }
+    );
+    assert_eq!(
+        c.admin(
+            "/v1/admin/sessions/revoke",
+            serde_json::json!({"session": session(4).to_string()}),
+        )
+        .await
+        .status(),
+        200
+    );
     let Frame::Changes { first: 1, changes } = old.next_change().await else {
         panic!()
     };
@@ -1158,7 +1185,7 @@ async fn an_operator_disables_a_node_at_once_and_its_stream_ends() {
 #[tokio::test]
 async fn session_records_are_held_to_the_nodes_allowance_and_the_sessions_user() {
     let db = Db::new(false).await;
-    let c = Controller::start_with(&db.url(), "node_events_per_minute = 2").await;
+    let c = Controller::start_with(&db.url(), "node_revocations_per_minute = 2").await;
     let t = now() - 100;
     let a = engine();
     assert_eq!(
@@ -1234,6 +1261,455 @@ async fn session_records_are_held_to_the_nodes_allowance_and_the_sessions_user()
     );
     c.stop().await;
     db.drop_db().await;
+}
+
+// === a node's word: evidence for revocations, budgets for histories ===
+
+/// A detection by a node of `session` (`action`, carried out or not), with
+/// reference `reference`.
+fn evidence(
+    id: &str,
+    reference: &str,
+    session: Option<SessionId>,
+    user: Option<UserId>,
+    action: &str,
+    enforced: bool,
+) -> NodeEvent {
+    let mut event = detection(id, user, enforced, now());
+    if let NodeEventKind::Detection {
+        reference: r,
+        session: s,
+        action: a,
+        ..
+    } = &mut event.kind
+    {
+        *r = reference.to_owned();
+        *s = session;
+        *a = action.to_owned();
+    }
+    event
+}
+
+/// A node's decided revocation of `session`, naming `reference`.
+fn revocation(
+    id: &str,
+    session: SessionId,
+    user: Option<UserId>,
+    reference: Option<&str>,
+) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::SessionRevoked {
+            session,
+            user,
+            reference: reference.map(str::to_owned),
+            at: now(),
+        },
+    }
+}
+
+/// The ack of a batch that must be taken.
+async fn ack_of(c: &Controller, token: &str, events: Vec<NodeEvent>) -> EventAck {
+    let r = post_events(c, token, events).await;
+    assert_eq!(r.status(), 200);
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+/// Every session revocation in the log.
+async fn revocations_in_log(store: &Store) -> Vec<(SessionId, bool)> {
+    store
+        .since(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            Change::SessionRevoked {
+                session, vouched, ..
+            } => Some((session, vouched)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The attack: node B's token is stolen. The thief reads olga's session
+/// key in the stream (a baseline node A recorded) and tries to end her
+/// session everywhere — with no evidence, a made-up reference, node A's
+/// detection, a detection of B's that was only monitored, one of another
+/// session, one that only blocked. Each is refused, counted per node and
+/// reason, and her session is not revoked.
+#[tokio::test]
+async fn a_stolen_node_token_cannot_end_a_session_it_never_caught() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let a = engine();
+        let olga = user_key("olga");
+        let owners = record(&a, "s-olga", FIREFOX, "81.2.69.10", Some("olga"), now() - 20);
+        assert_eq!(
+            ack_of(&c, NODE_A, vec![baseline("a-1", &owners, false)]).await,
+            EventAck {
+                accepted: 1,
+                ..EventAck::default()
+            }
+        );
+        // What the thief reads with B's token: olga's session key.
+        let mut b = Stream::open(&c, NODE_B, 0).await;
+        b.next().await;
+        let Frame::Snapshot { changes, .. } = b.next().await else {
+            panic!()
+        };
+        let Some(Change::SessionBaseline { record, .. }) = changes.first() else {
+            panic!("{changes:?}")
+        };
+        let key = SessionId(record.0[..16].try_into().unwrap());
+        // Node A really caught someone on another of its sessions: its
+        // reference is not B's evidence.
+        ack_of(
+            &c,
+            NODE_A,
+            vec![evidence("a-2", "ref-a", Some(key), Some(olga), "revoke", true)],
+        )
+        .await;
+        let attempts: Vec<(&str, Vec<NodeEvent>)> = vec![
+            ("no_evidence", vec![revocation("b-1", key, Some(olga), None)]),
+            (
+                "unknown_reference",
+                vec![revocation("b-2", key, Some(olga), Some("made-up"))],
+            ),
+            (
+                "unknown_reference",
+                vec![revocation("b-3", key, Some(olga), Some("ref-a"))],
+            ),
+            (
+                "not_enforced",
+                vec![
+                    evidence("b-4", "ref-mon", Some(key), Some(olga), "revoke", false),
+                    revocation("b-5", key, Some(olga), Some("ref-mon")),
+                ],
+            ),
+            (
+                "other_session",
+                vec![
+                    evidence("b-6", "ref-other", Some(session(9)), Some(olga), "revoke", true),
+                    revocation("b-7", key, Some(olga), Some("ref-other")),
+                ],
+            ),
+            (
+                "not_revoking",
+                vec![
+                    evidence("b-8", "ref-block", Some(key), Some(olga), "block", true),
+                    revocation("b-9", key, Some(olga), Some("ref-block")),
+                ],
+            ),
+            (
+                "other_user",
+                vec![
+                    evidence("b-10", "ref-ivy", Some(key), Some(user_key("ivy")), "revoke", true),
+                    revocation("b-11", key, Some(user_key("ivy")), Some("ref-ivy")),
+                ],
+            ),
+        ];
+        for (reason, events) in attempts {
+            let n = events.len();
+            assert_eq!(
+                ack_of(&c, NODE_B, events).await,
+                EventAck {
+                    accepted: n,
+                    duplicates: 0,
+                    refused: 1,
+                },
+                "{reason}"
+            );
+        }
+        assert_eq!(revocations_in_log(&store).await, vec![]);
+        let (_, state) = store.snapshot().await.unwrap();
+        assert!(
+            state
+                .iter()
+                .any(|c| matches!(c, Change::SessionBaseline { record, .. } if *record == owners)),
+            "olga's session is still hers: {state:?}"
+        );
+        let text = metrics(&c).await;
+        for (reason, n) in [
+            ("no_evidence", 1.0),
+            ("unknown_reference", 2.0),
+            ("not_enforced", 1.0),
+            ("other_session", 1.0),
+            ("not_revoking", 1.0),
+            ("other_user", 1.0),
+        ] {
+            assert_eq!(
+                metric(
+                    &text,
+                    &format!(
+                        "vigil_controller_node_events_refused_total{{node=\"b\",reason=\"{reason}\"}}"
+                    )
+                ),
+                Some(n),
+                "{reason}"
+            );
+        }
+        assert!(!text.contains("node=\"a\""), "node A had nothing refused");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// What must keep working: pia signs in on node A (A's baseline); a thief
+/// replays her cookie on node B, which never recorded the session; B's
+/// decision revokes it, and B posts its detection and the revocation in
+/// one batch. The fleet ends her session, vouched (the baseline held binds
+/// it to her). A cookie nobody bound, caught the same way, is ended
+/// unvouched.
+#[tokio::test]
+async fn the_node_that_catches_a_thief_ends_the_session_everywhere_on_its_evidence() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let a = engine();
+        let pia = user_key("pia");
+        let owners = record(&a, "s-pia", FIREFOX, "81.2.69.10", Some("pia"), now() - 20);
+        let key = SessionId(owners.0[..16].try_into().unwrap());
+        ack_of(&c, NODE_A, vec![baseline("a-1", &owners, false)]).await;
+        let mut watching = Stream::open(&c, NODE_A, 1).await;
+        watching.next().await;
+        assert_eq!(
+            ack_of(
+                &c,
+                NODE_B,
+                vec![
+                    evidence("b-1", "4f2a9c", Some(key), Some(pia), "revoke", true),
+                    revocation("b-2", key, Some(pia), Some("4f2a9c")),
+                ],
+            )
+            .await,
+            EventAck {
+                accepted: 2,
+                ..EventAck::default()
+            }
+        );
+        let Frame::Changes { first: 2, changes } = watching.next_change().await else {
+            panic!()
+        };
+        assert!(
+            matches!(changes[0], Change::SessionRevoked { session, vouched: true, .. } if session == key),
+            "{changes:?}"
+        );
+        // A made-up cookie B caught (bound to nobody, no baseline): ended,
+        // in the budget nodes keep for cookies a client could have made.
+        assert_eq!(
+            ack_of(
+                &c,
+                NODE_B,
+                vec![
+                    evidence("b-3", "77e0aa", Some(session(12)), None, "revoke", true),
+                    revocation("b-4", session(12), None, Some("77e0aa")),
+                ],
+            )
+            .await,
+            EventAck {
+                accepted: 2,
+                ..EventAck::default()
+            }
+        );
+        assert_eq!(
+            revocations_in_log(&store).await,
+            vec![(key, true), (session(12), false)]
+        );
+        // The evidence stays valid in a later batch (the node's queue may
+        // split them), but names one session only.
+        ack_of(
+            &c,
+            NODE_B,
+            vec![evidence("b-5", "91bb03", Some(session(13)), None, "revoke", true)],
+        )
+        .await;
+        assert_eq!(
+            ack_of(
+                &c,
+                NODE_B,
+                vec![
+                    revocation("b-6", session(13), None, Some("91bb03")),
+                    revocation("b-7", session(14), None, Some("91bb03")),
+                ],
+            )
+            .await,
+            EventAck {
+                accepted: 2,
+                duplicates: 0,
+                refused: 1,
+            }
+        );
+        assert_eq!(
+            revocations_in_log(&store).await,
+            vec![(key, true), (session(12), false), (session(13), false)]
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A node's revocations are bounded a minute apart from its other events:
+/// beyond `node_revocations_per_minute` a batch waits (429); a first
+/// batch of a minute holding more than the whole allowance is taken, its
+/// revocations beyond it refused, so it is not refused for ever.
+#[tokio::test]
+async fn a_nodes_revocations_are_bounded_a_minute_apart_from_its_other_events() {
+    let db = Db::new(false).await;
+    let c = Controller::start_with(&db.url(), "node_revocations_per_minute = 2").await;
+    let caught = |i: u8| {
+        let reference = format!("r{i}");
+        vec![
+            evidence(
+                &format!("d{i}"),
+                &reference,
+                Some(session(i)),
+                None,
+                "revoke",
+                true,
+            ),
+            revocation(&format!("v{i}"), session(i), None, Some(&reference)),
+        ]
+    };
+    let batch: Vec<NodeEvent> = (1..=3).flat_map(caught).collect();
+    assert_eq!(
+        ack_of(&c, NODE_A, batch).await,
+        EventAck {
+            accepted: 6,
+            duplicates: 0,
+            refused: 1,
+        }
+    );
+    assert_eq!(post_events(&c, NODE_A, caught(4)).await.status(), 429);
+    // Detections are other events: still heard.
+    assert_eq!(
+        ack_of(&c, NODE_A, vec![caught(5).remove(0)]).await.accepted,
+        1
+    );
+    let text = metrics(&c).await;
+    assert_eq!(
+        metric(
+            &text,
+            "vigil_controller_node_events_refused_total{node=\"a\",reason=\"rate_limited\"}"
+        ),
+        Some(1.0)
+    );
+    c.stop().await;
+}
+
+/// History poisoning: one node posts the same user's observations batch
+/// after batch. Beyond the node's budgets of the day (observations of the
+/// user, session-opening ones, users without a history) the profile
+/// changes no further; another node has budgets of its own.
+#[tokio::test]
+async fn a_node_grows_a_users_history_only_so_far_a_day() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(
+            &db.url(),
+            "node_observations_per_user_per_day = 5\nnode_new_sessions_per_user_per_day = 2\nnode_new_users_per_day = 3",
+        )
+        .await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let quinn = UserId(0x0a11);
+        let t = now() - 5;
+        // Three logins: two taken, the third beyond the sessions' budget.
+        let first: Vec<NodeEvent> = (0..3)
+            .map(|i| learned(&format!("a-{i}"), quinn, HOME, true, t))
+            .collect();
+        assert_eq!(
+            ack_of(&c, NODE_A, first.clone()).await,
+            EventAck {
+                accepted: 3,
+                duplicates: 0,
+                refused: 1,
+            }
+        );
+        // Moves of network, batch after batch: three more taken (five in
+        // all), then nothing.
+        let moves: Vec<NodeEvent> = (3..7)
+            .map(|i| learned(&format!("a-{i}"), quinn, HOTEL, false, t))
+            .collect();
+        assert_eq!(
+            ack_of(&c, NODE_A, moves.clone()).await,
+            EventAck {
+                accepted: 4,
+                duplicates: 0,
+                refused: 1,
+            }
+        );
+        let held = store.user_profile(quinn).await.unwrap().unwrap();
+        let taken: Vec<&NodeEvent> = first[..2].iter().chain(&moves[..3]).collect();
+        assert_eq!(held, summed(&taken));
+        for batch in 0..3 {
+            let more: Vec<NodeEvent> = (0..4)
+                .map(|i| learned(&format!("a-x{batch}-{i}"), quinn, HOTEL, i % 2 == 0, t))
+                .collect();
+            assert_eq!(
+                ack_of(&c, NODE_A, more).await,
+                EventAck {
+                    accepted: 4,
+                    duplicates: 0,
+                    refused: 4,
+                }
+            );
+        }
+        assert_eq!(store.user_profile(quinn).await.unwrap().unwrap(), held);
+        // Node B's word counts apart.
+        let b = learned("b-1", quinn, HOME, false, t);
+        assert_eq!(
+            ack_of(&c, NODE_B, vec![b.clone()]).await,
+            EventAck {
+                accepted: 1,
+                ..EventAck::default()
+            }
+        );
+        let mut with_b = taken.clone();
+        with_b.push(&b);
+        assert_eq!(
+            store.user_profile(quinn).await.unwrap().unwrap(),
+            summed(&with_b)
+        );
+        // Users without a history: quinn was the first of node A's three
+        // today; two more are taken, the fourth is not.
+        let new: Vec<NodeEvent> = (1..=3u64)
+            .map(|i| learned(&format!("a-n{i}"), UserId(0x0b00 + i), HOME, true, t))
+            .collect();
+        assert_eq!(
+            ack_of(&c, NODE_A, new).await,
+            EventAck {
+                accepted: 3,
+                duplicates: 0,
+                refused: 1,
+            }
+        );
+        assert!(store.user_profile(UserId(0x0b02)).await.unwrap().is_some());
+        assert_eq!(store.user_profile(UserId(0x0b03)).await.unwrap(), None);
+        let text = metrics(&c).await;
+        for (reason, n) in [
+            ("new_session_budget", 1.0),
+            ("observation_budget", 13.0),
+            ("new_user_budget", 1.0),
+        ] {
+            assert_eq!(
+                metric(
+                    &text,
+                    &format!(
+                        "vigil_controller_node_events_refused_total{{node=\"a\",reason=\"{reason}\"}}"
+                    )
+                ),
+                Some(n),
+                "{reason}"
+            );
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
 }
 
 /// The OpenAPI document is served as committed and names exactly the

@@ -197,17 +197,37 @@ fn client(pki: &Pki, cert: Option<&Pair>) -> reqwest::Client {
 }
 
 fn revoked(id: &str, n: u8) -> EventBatch {
+    let reference = format!("ref-{id}");
     EventBatch {
         v: VERSION,
-        events: vec![NodeEvent {
-            id: id.to_owned(),
-            kind: NodeEventKind::SessionRevoked {
-                session: SessionId([n; 16]),
-                user: Some(UserId(5)),
-                reference: None,
-                at: 100,
+        events: vec![
+            // The node's evidence first: the controller takes a node's
+            // revocation only on its own enforced `revoke` detection.
+            NodeEvent {
+                id: format!("{id}-d"),
+                kind: NodeEventKind::Detection {
+                    reference: reference.clone(),
+                    session: Some(SessionId([n; 16])),
+                    user: Some(UserId(5)),
+                    route: "app".to_owned(),
+                    rule: None,
+                    action: "revoke".to_owned(),
+                    enforced: true,
+                    score: 90,
+                    reasons: vec![("new_device".to_owned(), 90)],
+                    at: 100,
+                },
             },
-        }],
+            NodeEvent {
+                id: id.to_owned(),
+                kind: NodeEventKind::SessionRevoked {
+                    session: SessionId([n; 16]),
+                    user: Some(UserId(5)),
+                    reference: Some(reference),
+                    at: 100,
+                },
+            },
+        ],
     }
 }
 
@@ -355,8 +375,9 @@ async fn a_node_with_its_certificate_syncs_and_posts_without_a_token() {
     assert_eq!(
         serde_json::from_str::<EventAck>(&r.text().await.unwrap()).unwrap(),
         EventAck {
-            accepted: 1,
-            duplicates: 0
+            accepted: 2,
+            duplicates: 0,
+            refused: 0
         }
     );
     assert!(matches!(

@@ -343,7 +343,11 @@ pub enum NodeEventKind {
         session: SessionId,
         /// Its user, when bound.
         user: Option<UserId>,
-        /// The decision's reference id, the evidence's handle.
+        /// The decision's reference id, the evidence's handle: the
+        /// reference of this node's enforced `revoke` detection of this
+        /// session ([`NodeEventKind::Detection`]), posted before it (earlier
+        /// in the batch or in an earlier one). A controller refuses a
+        /// revocation without it (`docs/controller.md`, Intake rules).
         reference: Option<String>,
         /// When.
         at: u64,
@@ -575,12 +579,25 @@ impl fmt::Display for Record {
 }
 
 /// What the controller answers to a posted batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventAck {
     /// Events taken now.
     pub accepted: usize,
     /// Events already taken before (same id): nothing changed.
     pub duplicates: usize,
+    /// Of the events taken now, those the controller's intake rules
+    /// refused (`docs/controller.md`, Intake rules): a revocation without
+    /// evidence of this node's, an observation of a user beyond the
+    /// node's daily budget. Taken (their ids are remembered; sending them
+    /// again changes nothing) but without effect. Written only when not
+    /// zero, and read as zero when absent: a controller or node of an
+    /// earlier build neither sends nor expects it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a line could not be read.

@@ -607,8 +607,9 @@ impl Outbox {
     /// ([`outgoing`]); durable at the next [`Outbox::commit`]. Never
     /// blocks on the network.
     pub fn offer(&self, event: &vigil_engine::Event) {
-        if let Some(kind) = self.outgoing.node_event(event) {
-            self.push(kind);
+        let kinds = self.outgoing.node_events(event);
+        if !kinds.is_empty() {
+            self.push_all(kinds);
         }
     }
 
@@ -620,14 +621,23 @@ impl Outbox {
     /// Queues `kind` under the next id; durable at the next
     /// [`Outbox::commit`].
     pub fn push(&self, kind: NodeEventKind) {
+        self.push_all(vec![kind]);
+    }
+
+    /// Queues `kinds` in order, in one step: no batch holds some of them
+    /// without those before (a revocation's evidence, then the
+    /// revocation).
+    fn push_all(&self, kinds: Vec<NodeEventKind>) {
         let mut q = self.lock();
-        let seq = q.next;
-        q.next += 1;
-        let dropped = q.queue.push(NodeEvent {
-            id: format!("{}-{seq}", self.prefix),
-            kind,
-        });
-        self.dropped.inc_by(dropped);
+        for kind in kinds {
+            let seq = q.next;
+            q.next += 1;
+            let dropped = q.queue.push(NodeEvent {
+                id: format!("{}-{seq}", self.prefix),
+                kind,
+            });
+            self.dropped.inc_by(dropped);
+        }
     }
 
     /// Writes what was queued since the last commit and makes it durable

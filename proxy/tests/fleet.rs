@@ -224,7 +224,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             }
             let ack = EventAck {
                 accepted: n,
-                duplicates: 0,
+                ..EventAck::default()
             };
             Ok(answer(
                 200,
@@ -474,17 +474,36 @@ async fn a_revocation_this_node_decides_is_posted_until_the_controller_takes_it(
     assert_eq!(posts[0], posts[1], "a retry sends the same batch");
     let batch = &posts[1];
     assert_eq!(batch.v, VERSION);
-    // The revocation; not the detection (of a session bound to nobody, it
-    // is nobody's risk) nor the owner's first sighting (anyone can mint
-    // those).
-    assert_eq!(batch.events.len(), 1, "{batch:?}");
-    let NodeEventKind::SessionRevoked { session, at, .. } = &batch.events[0].kind else {
+    // The revocation with its evidence just before it: the detection
+    // that revoked (of a session bound to nobody, posted only as that
+    // evidence); not the owner's first sighting (anyone can mint those).
+    assert_eq!(batch.events.len(), 2, "{batch:?}");
+    let NodeEventKind::Detection {
+        reference: evidence,
+        session: Some(caught),
+        action,
+        enforced: true,
+        ..
+    } = &batch.events[0].kind
+    else {
+        panic!("the detection: {batch:?}");
+    };
+    assert_eq!(action, "revoke");
+    let NodeEventKind::SessionRevoked {
+        session,
+        reference: Some(reference),
+        at,
+        ..
+    } = &batch.events[1].kind
+    else {
         panic!("the revocation: {batch:?}");
     };
     assert_eq!(*session, session_id(state.path(), "stolen"));
+    assert_eq!(caught, session);
+    assert_eq!(reference, evidence);
     assert!(now().abs_diff(*at) < 60);
     proxy
-        .wait_for_metric("vigil_proxy_fleet_events_sent_total", &[], |v| v == 1.0)
+        .wait_for_metric("vigil_proxy_fleet_events_sent_total", &[], |v| v == 2.0)
         .await;
     assert_eq!(
         proxy

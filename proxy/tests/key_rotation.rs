@@ -105,28 +105,33 @@ async fn revocations_and_baselines_made_under_the_old_key_hold_after_the_switch(
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{listen}\"\nstore = \"sqlite://{}\"\nhash_key_file = {}\nadmin_token_file = \"admin.token\"\n\
-             [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-            dir.path().join("controller.db").display(),
-            quoted(&k1),
-            hash(NODE_A),
-            hash(NODE_B),
-        ),
-    )
-    .unwrap();
-    let config = vigil_controller::Config::load(&config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        vigil_controller::run(config, async {
-            let _ = stopped.await;
-        })
-        .await
+    // The controller, on the same store each time, with `keys` (its
+    // hash key settings); it is stopped through the sender returned.
+    let controller = |keys: String| {
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\nstore = \"sqlite://{}\"\n{keys}\nadmin_token_file = \"admin.token\"\n\
+                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
+                dir.path().join("controller.db").display(),
+                hash(NODE_A),
+                hash(NODE_B),
+            ),
+        )
         .unwrap();
-    });
+        let config = vigil_controller::Config::load(&config).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            vigil_controller::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        (stop, running)
+    };
+    let (stop, running) = controller(format!("hash_key_file = {}", quoted(&k1)));
     let origin = Origin::start();
     let before = format!("hash_key_file = {}", quoted(&k1));
     let a = Proxy::start(&node(
@@ -183,6 +188,17 @@ async fn revocations_and_baselines_made_under_the_old_key_hold_after_the_switch(
     );
     b.terminate();
     drop((a, b));
+    // Step 2 of the procedure: the controller first, then the nodes. It
+    // takes what switched nodes re-key (no evidence of its own) only while
+    // it has a previous key itself.
+    let _ = stop.send(());
+    running.await.unwrap();
+    let (stop, _running) = controller(format!(
+        "hash_key_file = {}\nprevious_hash_key_file = {}\nuser_key_file = {}",
+        quoted(&k2),
+        quoted(&k1),
+        quoted(&k1)
+    ));
     let after = format!(
         "hash_key_file = {}\nprevious_hash_key_file = {}\nuser_key_file = {}",
         quoted(&k2),

@@ -2,7 +2,15 @@
 //! what form (`docs/controller.md`, Event intake).
 //!
 //! - Revocations this node decided (the controller's and operators' are
-//!   not echoed back).
+//!   not echoed back), each with its evidence: the reference of the
+//!   enforced `revoke` detection of that session, always queued with it,
+//!   just before it, in one step (the engine tells the detection first;
+//!   it is held until its revocation comes, so that both go in one
+//!   batch). The controller
+//!   takes a node's revocation on that evidence only (`docs/controller.md`,
+//!   Intake rules). A request carrying several credentials judged `revoke`
+//!   has one detection, of the worst; the others are revoked on this node
+//!   only.
 //! - Session records when a session's baseline or binding is made: its
 //!   first sighting, its issue by the app, its binding to a user, its
 //!   user's passed step-up (`confirmed`) — only for sessions bound to a
@@ -16,7 +24,9 @@
 //! - Enforced detections of a session bound to a user, with the decision's
 //!   facts (bounded as the controller takes them), at most one per session
 //!   per [`DETECTION_EVERY`]: a replay loop is one detection to the fleet,
-//!   and one of nobody's session is no one's risk.
+//!   and one of nobody's session is no one's risk. A detection that
+//!   revokes its session is always posted, bound or not: it is the
+//!   revocation's evidence.
 //! - What the engine learnt of a bound user (a login, a move of network, a
 //!   step-up, a false positive): the feature values, for the user's
 //!   fleet-wide history and the population model (`docs/risk.md`,
@@ -43,6 +53,10 @@ const RECENT_DETECTIONS: usize = 10_000;
 pub(super) struct Outgoing {
     engine: OnceLock<Weak<Engine>>,
     detected: Mutex<HashMap<SessionKey, u64>>,
+    /// Per session revoked by a detection just told, that detection (the
+    /// evidence, with its reference), held until its revocation event
+    /// takes it.
+    evidence: Mutex<HashMap<SessionKey, NodeEventKind>>,
 }
 
 impl Outgoing {
@@ -52,20 +66,39 @@ impl Outgoing {
         let _ = self.engine.set(Arc::downgrade(engine));
     }
 
-    /// The node event for `event`, if the controller wants it.
-    pub(super) fn node_event(&self, event: &Event) -> Option<NodeEventKind> {
-        match event {
-            Event::SessionRevoked {
-                session,
-                user,
-                cause: RevocationCause::Decision,
-                at,
-            } => Some(NodeEventKind::SessionRevoked {
+    /// The node events for `event` that the controller wants, in order.
+    pub(super) fn node_events(&self, event: &Event) -> Vec<NodeEventKind> {
+        if let Event::SessionRevoked {
+            session,
+            user,
+            cause: RevocationCause::Decision,
+            at,
+        } = event
+        {
+            // Without its evidence (another credential of the request
+            // the detection names, or the detection lost on the way) the
+            // controller would refuse it: not posted.
+            let Some(evidence) = self.evidence_of(session) else {
+                return Vec::new();
+            };
+            let NodeEventKind::Detection { reference, .. } = &evidence else {
+                return Vec::new();
+            };
+            let revocation = NodeEventKind::SessionRevoked {
                 session: SessionId(*session.as_bytes()),
                 user: user.map(|u| UserId(u.as_u64())),
-                reference: None,
+                reference: Some(reference.clone()),
                 at: *at,
-            }),
+            };
+            return vec![evidence, revocation];
+        }
+        self.node_event(event).into_iter().collect()
+    }
+
+    /// The node event for `event`, if the controller wants it (a decided
+    /// revocation: [`Outgoing::node_events`]).
+    fn node_event(&self, event: &Event) -> Option<NodeEventKind> {
+        match event {
             Event::SessionSeen {
                 session,
                 user: Some(_),
@@ -100,12 +133,15 @@ impl Outgoing {
                 reference: None,
                 at: *at,
             }),
-            Event::Detection(d) if d.enforced && d.verdict.user.is_some() => {
+            Event::Detection(d) if d.enforced => {
                 let session = d.verdict.session.as_ref()?.key;
-                if !self.first_detection(session, d.at) {
+                let revokes = d.verdict.action == vigil_engine::Action::Revoke
+                    && d.verdict.effects.revokes().contains(&session);
+                let first = self.first_detection(session, d.at);
+                if !revokes && (!first || d.verdict.user.is_none()) {
                     return None;
                 }
-                Some(NodeEventKind::Detection {
+                let detection = NodeEventKind::Detection {
                     reference: d.reference.to_string(),
                     session: Some(SessionId(*session.as_bytes())),
                     user: d.verdict.user.map(|u| UserId(u.as_u64())),
@@ -123,7 +159,18 @@ impl Outgoing {
                         .map(|c| (c.reason.code().to_owned(), c.points))
                         .collect(),
                     at: d.at,
-                })
+                };
+                if revokes {
+                    // Told with its revocation, next; during a hash key
+                    // rotation the engine also revokes the session under
+                    // the retiring key, whose twin names this detection.
+                    if let Some(previous) = d.verdict.session.as_ref().and_then(|s| s.previous) {
+                        self.keep_evidence(previous, detection.clone());
+                    }
+                    self.keep_evidence(session, detection);
+                    return None;
+                }
+                Some(detection)
             }
             Event::UserLearned(learnt) => Some(NodeEventKind::UserLearned {
                 user: UserId(learnt.user.as_u64()),
@@ -146,6 +193,24 @@ impl Outgoing {
             record: Record(record.to_vec()),
             confirmed,
         })
+    }
+
+    /// Keeps `detection` as the evidence of `session`'s revocation, told
+    /// next (the engine tells a revocation right after its detection).
+    fn keep_evidence(&self, session: SessionKey, detection: NodeEventKind) {
+        let mut evidence = self.evidence.lock().unwrap_or_else(PoisonError::into_inner);
+        if evidence.len() >= RECENT_DETECTIONS {
+            evidence.clear();
+        }
+        evidence.insert(session, detection);
+    }
+
+    /// The evidence kept of `session`'s revocation, taken.
+    fn evidence_of(&self, session: &SessionKey) -> Option<NodeEventKind> {
+        self.evidence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(session)
     }
 
     /// Whether a detection of `session` at `at` is the first of its window.
