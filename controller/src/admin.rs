@@ -24,6 +24,7 @@ use vigil_fleet::{Change, Country, DeviceId, TrustedNetwork, UserId};
 use crate::api::{ApiError, App, admin, commit, json, now_secs, user_id};
 use crate::config::UserNames;
 use crate::store::{DetectionRow, Intake, SessionRow, UserDetail};
+use crate::tls::Peer;
 
 /// Largest body of an admin call here: a few short fields.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -128,10 +129,11 @@ fn page_of(query: Option<&str>) -> Result<(usize, u64), ApiError> {
 /// highest first.
 pub async fn list_users(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let (limit, offset) = page_of(query.as_deref())?;
     let weight = vigil_engine::ScoreConfig::default().recent_detection;
     let (users, more) = app
@@ -174,10 +176,11 @@ struct DetailRequest {
 /// `POST /v1/admin/users/detail`: what the controller holds of one user.
 pub async fn user_detail(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: DetailRequest = small_json(&body)?;
     let limit = limit_of(req.limit)?;
     let user = who(&app, req.user.as_deref(), req.key.as_deref())?;
@@ -337,10 +340,11 @@ struct TrustNetworkRequest {
 /// (`{"user", "device"}`), carried to every node.
 pub async fn trust_device(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: TrustDeviceRequest = small_json(&body)?;
     // As the node's call reads it: 16 hex digits, either case.
     let device = u64::from_str_radix(&req.device, 16)
@@ -377,10 +381,11 @@ pub async fn trust_device(
 /// needed nor stored.
 pub async fn trust_network(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: TrustNetworkRequest = small_json(&body)?;
     let bad = |message: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_network", message);
     let network = match (req.asn, req.prefix, req.country.as_deref()) {
@@ -443,10 +448,11 @@ struct FalsePositiveRequest {
 /// the session. Reporting it again changes nothing, and says so.
 pub async fn false_positive(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: FalsePositiveRequest = small_json(&body)?;
     if req.reference.is_empty()
         || req.reference.len() > MAX_REFERENCE_BYTES

@@ -418,12 +418,24 @@ fn node<'a>(app: &'a App, headers: &HeaderMap, peer: &Peer) -> Result<&'a Node, 
     Ok(node)
 }
 
-pub(crate) fn admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    if token_hash(token) == app.config.admin_token {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
+/// The operator: the admin bearer token, or over HTTPS with
+/// `client_ca_file` the client certificate `admin_certificate_sha256`
+/// pins. As for nodes, every credential presented must be valid: a wrong
+/// token is refused beside the admin's certificate, and a certificate that
+/// is not the admin's (a node's) is refused beside the admin's token.
+pub(crate) fn admin(app: &App, headers: &HeaderMap, peer: &Peer) -> Result<(), ApiError> {
+    let by_cert = match (&peer.cert, app.config.admin_certificate_sha256) {
+        (None, _) => None,
+        (Some(cert), Some(pin)) if cert.sha256() == pin => Some(true),
+        // A node's certificate, or any other: not the admin's. Without a
+        // pin every client certificate is a node's, and the token decides.
+        (Some(_), Some(_)) => Some(false),
+        (Some(_), None) => None,
+    };
+    let by_token = bearer(headers).map(|token| token_hash(token) == app.config.admin_token);
+    match (by_cert, by_token) {
+        (Some(true), None | Some(true)) | (None, Some(true)) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
     }
 }
 
@@ -857,8 +869,12 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
     }
 }
 
-async fn log_bounds(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+async fn log_bounds(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
     let b = app.store.bounds().await?;
     Ok(Json(serde_json::json!({"head": b.head, "oldest": b.oldest})).into_response())
 }
@@ -872,10 +888,11 @@ struct RevokeSession {
 
 async fn revoke_session(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: RevokeSession = json(&body)?;
     let session = SessionId::parse(&req.session).ok_or_else(|| {
         ApiError::new(
@@ -920,10 +937,11 @@ pub(crate) fn user_id(app: &App, name: &str) -> Result<UserId, ApiError> {
 
 async fn revoke_user(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: UserRef = json(&body)?;
     let user = user_id(&app, &req.user)?;
     let now = now_secs();
@@ -942,8 +960,12 @@ struct NodeRef {
 
 /// `GET /v1/admin/nodes`: the configured nodes, each with whether it is
 /// disabled, and by what (the config, or the admin API).
-async fn list_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+async fn list_nodes(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
     app.refresh_disabled().await?;
     let disabled = app.disabled.borrow().clone();
     let mut nodes: Vec<_> = app
@@ -965,10 +987,11 @@ async fn list_nodes(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
 async fn set_node(
     app: &App,
     headers: &HeaderMap,
+    peer: &Peer,
     body: &Bytes,
     disabled: bool,
 ) -> Result<Response, ApiError> {
-    admin(app, headers)?;
+    admin(app, headers, peer)?;
     let req: NodeRef = json(body)?;
     if !app.config.nodes.iter().any(|n| n.name == req.node) {
         return Err(ApiError::new(
@@ -993,20 +1016,22 @@ async fn set_node(
 /// open streams ended, on every replica within [`NODES_REFRESH`].
 async fn disable_node(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    set_node(&app, &headers, &body, true).await
+    set_node(&app, &headers, &peer, &body, true).await
 }
 
 /// `POST /v1/admin/nodes/enable`: undoes the admin API's disable (not the
 /// config's).
 async fn enable_node(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    set_node(&app, &headers, &body, false).await
+    set_node(&app, &headers, &peer, &body, false).await
 }
 
 /// `POST /v1/admin/users/erase`: the user's data erased everywhere
@@ -1015,10 +1040,11 @@ async fn enable_node(
 /// every node told to forget them.
 async fn erase_user(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: UserRef = json(&body)?;
     let user = user_id(&app, &req.user)?;
     let seq = commit(
@@ -1046,10 +1072,11 @@ struct UserRisk {
 
 async fn user_risk(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: UserRisk = json(&body)?;
     if req.points > 100 || req.ttl_seconds > 365 * 86_400 {
         return Err(ApiError::new(
@@ -1117,10 +1144,11 @@ fn rules_too_large() -> ApiError {
 /// is stored.
 async fn publish_rules(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     // Read only now, after the token, and never past the bound.
     let bytes = axum::body::to_bytes(body, MAX_RULES_BYTES)
         .await
@@ -1197,10 +1225,11 @@ fn unknown_version() -> ApiError {
 /// number stays `N`).
 async fn rollback_rules(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let req: RulesVersion = json(&body)?;
     let (bundle, seq) = app
         .store
@@ -1220,8 +1249,12 @@ async fn rollback_rules(
 }
 
 /// `GET /v1/admin/rules`: every version published, and which is in force.
-async fn list_rules(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+async fn list_rules(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
     let bundles = app.store.rule_bundles().await?;
     let in_force = bundles.iter().max_by_key(|b| b.seq).map(|b| b.version);
     let list: Vec<_> = bundles
@@ -1241,10 +1274,11 @@ async fn list_rules(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
 /// `GET /v1/admin/rules/{version}`: one version with its text.
 async fn get_rules(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(version): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin(&app, &headers)?;
+    admin(&app, &headers, &peer)?;
     let version: u64 = version.parse().map_err(|_| unknown_version())?;
     let bundle = app
         .store

@@ -24,6 +24,10 @@ pub struct Config {
     pub key_ids: vigil_engine::HashKeyIds,
     /// SHA-256 of the admin token.
     pub admin_token: [u8; 32],
+    /// The operator's client certificate (SHA-256 of its DER,
+    /// `admin_certificate_sha256`): over HTTPS with `client_ca_file`, it
+    /// stands for the admin token.
+    pub admin_certificate_sha256: Option<[u8; 32]>,
     /// The edge nodes allowed to sync, each with its token's SHA-256.
     pub nodes: Vec<Node>,
     /// Changes kept in the log; older ones are compacted away and a node
@@ -195,6 +199,7 @@ struct Raw {
     previous_hash_key_file: Option<PathBuf>,
     user_key_file: Option<PathBuf>,
     admin_token_file: PathBuf,
+    admin_certificate_sha256: Option<String>,
     keep_changes: Option<u64>,
     node_events_per_minute: Option<u32>,
     node_sightings_per_minute: Option<u32>,
@@ -295,6 +300,7 @@ impl Config {
             .as_ref()
             .and_then(|t| crate::tls::load(t, resolve, &mut problems));
         check_node_certificates(&raw, &mut problems);
+        let admin_certificate_sha256 = admin_certificate(&raw, &mut problems);
         let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
         if !(1_000..=100_000_000).contains(&keep_changes) {
             problems.push(format!(
@@ -375,6 +381,7 @@ impl Config {
                 hash_key,
                 key_ids,
                 admin_token,
+                admin_certificate_sha256,
                 nodes,
                 keep_changes,
                 node_events_per_minute,
@@ -511,6 +518,42 @@ fn node_credentials(i: usize, n: &RawNode, problems: &mut Vec<String>) -> Option
         certificate_san: san.flatten(),
         disabled: n.disabled,
     })
+}
+
+/// `admin_certificate_sha256`: 64 hex digits pinning the operator's client
+/// certificate, which needs `[tls] client_ca_file` (it is verified in the
+/// handshake) and is no node's.
+fn admin_certificate(raw: &Raw, problems: &mut Vec<String>) -> Option<[u8; 32]> {
+    let value = raw.admin_certificate_sha256.as_deref()?;
+    let pin = hex::decode(value)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    if pin.is_none() {
+        problems.push(
+            "admin_certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)"
+                .to_owned(),
+        );
+    }
+    if !raw
+        .tls
+        .as_ref()
+        .is_some_and(crate::tls::RawTls::verifies_clients)
+    {
+        problems.push(
+            "admin_certificate_sha256: needs [tls] client_ca_file, which client certificates are verified against"
+                .to_owned(),
+        );
+    }
+    if raw.nodes.iter().any(|n| {
+        n.certificate_sha256
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    }) {
+        problems.push(format!(
+            "admin_certificate_sha256: {value:?} is a node's certificate too"
+        ));
+    }
+    pin
 }
 
 /// Node certificates need `[tls] client_ca_file` to be verified, and one

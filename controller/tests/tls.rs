@@ -75,6 +75,9 @@ struct Pki {
     node_ca: Ca,
     node_a: Pair,
     node_c: Pair,
+    /// The operator's certificate, from the nodes' CA, pinned as the
+    /// admin's.
+    operator: Pair,
 }
 
 impl Pki {
@@ -84,6 +87,7 @@ impl Pki {
             server_ca: Ca::new("Vigil controller"),
             node_a: node_ca.issue(&["node-a.nodes.example"]),
             node_c: node_ca.issue(&["node-c.example"]),
+            operator: node_ca.issue(&["operator.example"]),
             node_ca,
         }
     }
@@ -108,10 +112,12 @@ fn write_config(dir: &Path, pki: &Pki, store: &str, addr: SocketAddr) -> std::pa
     std::fs::write(dir.join("nodes-ca.pem"), pki.node_ca.pem()).unwrap();
     let toml = format!(
         "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         admin_certificate_sha256 = \"{}\"\n\
          [tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_ca_file = \"nodes-ca.pem\"\n\
          [[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n\
          [[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n\
          [[nodes]]\nname = \"c\"\ncertificate_sha256 = \"{}\"\n",
+        sha256_hex(&pki.operator.der),
         hex::encode(vigil_controller::config::token_hash(NODE_B)),
         sha256_hex(&pki.node_c.der),
     );
@@ -814,5 +820,95 @@ fn node_certificates_need_a_client_ca_and_name_one_node_each() {
             "[[nodes]]\nname = \"a\"\ncertificate_san = \"node-a.nodes.example\"\n[[nodes]]\nname = \"b\"\ncertificate_sha256 = \"12\"\n"
         ),
         ["nodes[1].certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)"]
+    );
+}
+
+/// The operator's pinned certificate stands for the admin token; every
+/// credential presented must be the admin's: a node's certificate is no
+/// admin, beside the admin token or alone, and a wrong token is refused
+/// beside the operator's certificate. The operator's certificate is no
+/// node's either.
+#[tokio::test]
+async fn the_operators_pinned_certificate_stands_for_the_admin_token_and_no_other_does() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let status = |cert: Option<&Pair>, token: Option<&str>| {
+        let mut r = client(&pki, cert).get(c.url("/v1/admin/log"));
+        if let Some(token) = token {
+            r = r.bearer_auth(token);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(Some(&pki.operator), None).await, 200);
+    assert_eq!(status(Some(&pki.operator), Some(ADMIN)).await, 200);
+    assert_eq!(status(None, Some(ADMIN)).await, 200);
+    assert_eq!(status(Some(&pki.operator), Some(NODE_B)).await, 401);
+    assert_eq!(status(Some(&pki.node_a), None).await, 401);
+    assert_eq!(status(Some(&pki.node_c), None).await, 401);
+    assert_eq!(status(Some(&pki.node_c), Some(ADMIN)).await, 401);
+    assert_eq!(status(None, None).await, 401);
+    let sync = client(&pki, Some(&pki.operator))
+        .get(c.url("/v1/sync?since=0"))
+        .header(vigil_fleet::VERSION_HEADER, VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sync.status(), 401);
+    // A write through the operator's certificate alone.
+    let r = client(&pki, Some(&pki.operator))
+        .post(c.url("/v1/admin/nodes/disable"))
+        .header("content-type", "application/json")
+        .body(r#"{"node":"b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.stop().await;
+}
+
+#[test]
+fn the_admin_certificate_needs_a_client_ca_and_is_no_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let server = pki.server_ca.issue(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("server.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.node_ca.pem()).unwrap();
+    let pin = "cd".repeat(32);
+    let no_ca = "[tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n";
+    assert_eq!(
+        problems(
+            dir.path(),
+            no_ca,
+            &format!(
+                "admin_certificate_sha256 = \"{pin}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{pin}\"\n"
+            )
+        ),
+        [
+            "admin_certificate_sha256: needs [tls] client_ca_file, which client certificates are verified against"
+        ]
+    );
+    let with_ca = format!("{no_ca}client_ca_file = \"ca.pem\"\n");
+    assert_eq!(
+        problems(
+            dir.path(),
+            &with_ca,
+            &format!(
+                "admin_certificate_sha256 = \"{}\"\n[[nodes]]\nname = \"c\"\ncertificate_sha256 = \"{pin}\"\n",
+                pin.to_uppercase()
+            )
+        ),
+        [format!(
+            "admin_certificate_sha256: {:?} is a node's certificate too",
+            pin.to_uppercase()
+        )]
+    );
+    assert_eq!(
+        problems(
+            dir.path(),
+            &with_ca,
+            "admin_certificate_sha256 = \"12\"\n[[nodes]]\nname = \"c\"\ncertificate_san = \"node-c.example\"\n"
+        ),
+        ["admin_certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)"]
     );
 }
