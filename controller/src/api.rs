@@ -532,6 +532,10 @@ async fn sync(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    // Subscribed to the disabled nodes before the node is judged: a
+    // disable landing after the judgement wakes the watch below, and
+    // never slips between the two unseen.
+    let mut disabled = app.disabled.subscribe();
     let node = node(&app, &headers, &peer)?.name.clone();
     let since = since_of(query.as_deref())?;
     let v = version_of(&headers)?;
@@ -542,7 +546,10 @@ async fn sync(
     let snapshot = since == 0 || since.saturating_add(1) < bounds.oldest || since > bounds.head;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     tracing::info!(node, since, head = bounds.head, snapshot, "node subscribed");
-    let mut disabled = app.disabled.subscribe();
+    // Disabled while the store was read: refused as at the door.
+    if disabled.borrow_and_update().contains(&node) {
+        return Err(ApiError::unauthorized());
+    }
     let name = node.clone();
     let mut task = tokio::spawn(async move {
         app.metrics.subscribers.inc();

@@ -37,7 +37,12 @@ use crate::config::Node;
 pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// A handshake not finished in this long is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshakes in progress at once from one client address; beyond, its
+/// new connections are closed at once. Nodes and operators connect a few
+/// times at most; a host holding more is starving the others.
+pub const PER_PEER_HANDSHAKES: usize = 16;
 
 /// Handshakes in progress at once; beyond, new connections wait in the
 /// kernel's backlog.
@@ -394,6 +399,46 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     }
 }
 
+/// Handshakes in flight per client address ([`PER_PEER_HANDSHAKES`]).
+#[derive(Debug, Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One handshake's place in [`PerPeer`], given back when dropped.
+#[derive(Debug)]
+struct PeerSlot(Arc<PerPeer>, std::net::IpAddr);
+
+impl PerPeer {
+    /// A slot for `ip`, unless it holds [`PER_PEER_HANDSHAKES`] already.
+    fn take(this: &Arc<PerPeer>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = this
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.entry(ip).or_insert(0);
+        if *n >= PER_PEER_HANDSHAKES {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(Arc::clone(this), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// A TCP listener whose connections are TLS: axum is handed each one once
 /// its handshake is done, with its [`Peer`].
 #[derive(Debug)]
@@ -414,6 +459,7 @@ impl TlsListener {
         let (tx, done) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_peer = Arc::new(PerPeer::default());
         let accepter = tokio::spawn(async move {
             loop {
                 let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
@@ -428,8 +474,16 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // One address holds at most its share of the handshakes in
+                // flight: silent connections from one host cannot take
+                // every slot and starve the nodes and the operator.
+                let Some(slot) = PerPeer::take(&per_peer, from.ip()) else {
+                    tracing::info!(%from, "TLS handshake refused: too many in flight from this address");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                         .await
                     {

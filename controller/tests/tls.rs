@@ -912,3 +912,50 @@ fn the_admin_certificate_needs_a_client_ca_and_is_no_nodes() {
         ["admin_certificate_sha256: expected 64 hex digits (SHA-256 of the certificate's DER)"]
     );
 }
+
+/// One host's silent connections hold at most its share of the TLS
+/// handshakes in flight: its next connection is closed at once, and the
+/// slots come back when its connections go.
+#[tokio::test]
+async fn one_host_cannot_hold_every_handshake() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let mut silent = Vec::new();
+    for _ in 0..vigil_controller::tls::PER_PEER_HANDSHAKES {
+        silent.push(tokio::net::TcpStream::connect(c.addr).await.unwrap());
+    }
+    // The listener takes connections in order: once one beyond the share
+    // is closed, every silent one holds its slot.
+    let mut extra = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), extra.read(&mut byte))
+        .await
+        .expect("the connection beyond the share is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Closed for the share, not by the handshake timeout: the silent ones,
+    // older, are all still open.
+    for s in &silent {
+        let mut probe = [0u8; 1];
+        let open = s.try_read(&mut probe);
+        assert!(
+            matches!(&open, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{open:?}"
+        );
+    }
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client(&pki, None)
+            .get(c.url("/v1/admin/log"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await;
+        if r.as_ref().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop().await;
+}
