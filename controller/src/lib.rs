@@ -51,17 +51,30 @@ impl Drop for Tasks {
     }
 }
 
-/// Opens the store and serves the API until `shutdown` resolves.
+/// Opens the store and serves the API on `config.listen` until `shutdown`
+/// resolves.
 pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let listen = config.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::Listen(listen, e))?;
+    run_on(listener, config, shutdown).await
+}
+
+/// [`run`] on a listener already bound (`config.listen` is then only
+/// named in logs): what a caller that must hold its port from the start
+/// uses, as tests running side by side do.
+pub async fn run_on(
+    listener: TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = Store::open(&config.store).await?;
     let bounds = store.bounds().await?;
-    let listen = config.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| RunError::Listen(listen, e))?;
+    let listen = listener.local_addr().unwrap_or(config.listen);
     let drop_seq = config.test_drop_seq;
     if let Some(seq) = drop_seq {
         tracing::warn!(

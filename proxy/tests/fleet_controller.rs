@@ -80,10 +80,11 @@ impl Fleet {
         let mut replicas = Vec::new();
         let mut stops = Vec::new();
         for i in 0..if postgres { 2 } else { 1 } {
-            let listen = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
+            // Held from here: a test beside this one cannot take the port
+            // before the controller serves on it.
+            let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            bound.set_nonblocking(true).unwrap();
+            let listen = bound.local_addr().unwrap();
             let config = dir.path().join(format!("controller-{i}.toml"));
             std::fs::write(
                 &config,
@@ -98,8 +99,9 @@ impl Fleet {
             .unwrap();
             let config = vigil_controller::Config::load(&config).unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let bound = tokio::net::TcpListener::from_std(bound).unwrap();
             tokio::spawn(async move {
-                vigil_controller::run(config, async {
+                vigil_controller::run_on(bound, config, async {
                     let _ = stopped.await;
                 })
                 .await
