@@ -344,6 +344,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/nodes/disable", post(disable_node))
         .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
+        .route("/v1/admin/users/step-up", post(step_up_user))
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/detail", post(user_detail))
         .route("/v1/admin/users/trust-device", post(trust_device))
@@ -1105,6 +1106,25 @@ async fn user_risk(
         },
     )
     .await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// `POST /v1/admin/users/step-up` `{"user"}`: every session of the user
+/// open now must pass a step-up (a fresh sign-in at the identity
+/// provider) at its next request, on every node (change `user_step_up`).
+async fn step_up_user(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
+    let seq = commit(&app, Change::UserStepUp { user, at: now }).await?;
+    tracing::info!(user = %user, seq, "a step-up asked of a user's sessions by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 

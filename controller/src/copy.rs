@@ -45,6 +45,14 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "user_step_ups",
+        &[
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
         "user_risk",
         &[
             ("user_key", Kind::Text),

@@ -341,6 +341,13 @@ impl Store {
         Ok(head)
     }
 
+    /// Asks every session of `user` first seen at or before `at` to pass a
+    /// step-up at its next request, on every node ([`Change::UserStepUp`]).
+    /// Returns the head after.
+    pub async fn step_up_user(&self, user: UserId, at: u64, now: u64) -> Result<u64, StoreError> {
+        self.append(&[Change::UserStepUp { user, at }], now).await
+    }
+
     /// Takes a node's events: each not taken before (by node and id)
     /// is judged and may become changes, all in one transaction. Returns
     /// what was taken and the head after.
@@ -722,6 +729,19 @@ impl Store {
                 continue;
             };
             out.push(Change::UserRevoked {
+                user,
+                at: to_u64(row.try_get(1)?),
+            });
+        }
+        for row in sqlx::query("SELECT user_key, at FROM user_step_ups ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let Some(user) = UserId::parse(&user) else {
+                continue;
+            };
+            out.push(Change::UserStepUp {
                 user,
                 at: to_u64(row.try_get(1)?),
             });
@@ -1155,6 +1175,21 @@ async fn append_in(
                     .execute(&mut **tx)
                     .await?;
             }
+            Change::UserStepUp { user, at } => {
+                // The latest ask wins; an earlier one changes nothing (as
+                // on a node).
+                sqlx::query(
+                    "INSERT INTO user_step_ups (user_key, at, seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_key) DO UPDATE SET \
+                     at = CASE WHEN excluded.at > user_step_ups.at THEN excluded.at ELSE user_step_ups.at END, \
+                     seq = excluded.seq",
+                )
+                .bind(user.to_string())
+                .bind(to_i64(*at))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            }
             Change::SessionBaseline { record, confirmed } => {
                 let Ok((key, state)) = SessionState::decode(&record.0) else {
                     // Judged before it was appended; nothing else writes one.
@@ -1219,6 +1254,7 @@ async fn append_in(
                     "user_risk",
                     "user_detections",
                     "revoked_users",
+                    "user_step_ups",
                     "user_profiles",
                     // What the admin API kept of them: trusted devices
                     // and networks, the name. Their false-positive marks

@@ -733,6 +733,73 @@ async fn risk_signals_raise_and_clear_the_users_risk() {
     .await;
 }
 
+/// A changed credential, changed token claims or a lowered assurance level
+/// ask every session of the user to step up at its next request (change
+/// `user_step_up`); a raised assurance level asks nothing; a level change
+/// that does not say what it is about is refused; a replay does nothing
+/// again.
+#[tokio::test]
+async fn credential_and_lower_assurance_signals_step_the_user_up() {
+    both(async |postgres| {
+        const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+        let mut node = Stream::open(&c).await;
+        let erin = || email("erin@example.com");
+        let sign = |event: &str, payload: Value| {
+            t.sign_set(&claims_with(&t, &format!("{CAEP}{event}"), erin(), payload))
+        };
+        let stepped_up = async |node: &mut Stream| {
+            let changes = node.next_changes().await;
+            assert!(
+                matches!(changes[..], [Change::UserStepUp { user: u, .. }] if u == user("erin@example.com")),
+                "{changes:?}"
+            );
+        };
+        let changed = sign(
+            "credential-change",
+            json!({"credential_type": "password", "change_type": "update"}),
+        );
+        assert_eq!(c.push(&changed).await.0, 202);
+        stepped_up(&mut node).await;
+        assert_eq!(
+            c.push(&sign("token-claims-change", json!({"claims": {"role": "ro"}}))).await.0,
+            202
+        );
+        stepped_up(&mut node).await;
+        let lower = json!({"namespace": "nist-aal", "previous_level": "nist-aal2", "current_level": "nist-aal1"});
+        assert_eq!(c.push(&sign("assurance-level-change", lower)).await.0, 202);
+        stepped_up(&mut node).await;
+
+        let head = c.head().await;
+        // The same SET again: taken before, nothing done again.
+        assert_eq!(c.push(&changed).await.0, 202);
+        for higher in [
+            json!({"namespace": "nist-aal", "previous_level": "nist-aal1", "current_level": "nist-aal2"}),
+            json!({"namespace": "custom", "current_level": "bronze", "change_direction": "increase"}),
+        ] {
+            assert_eq!(c.push(&sign("assurance-level-change", higher)).await.0, 202);
+        }
+        for bad in [
+            json!({"current_level": "nist-aal1"}),
+            json!({"namespace": "nist-aal", "current_level": "nist-aal1", "change_direction": "down"}),
+        ] {
+            let (status, body) = c.push(&sign("assurance-level-change", bad)).await;
+            assert_eq!((status, body["err"].as_str()), (400, Some("invalid_request")));
+        }
+        assert_eq!(c.head().await, head, "nothing more was done");
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 3.0);
+        assert_eq!(sets_counted(&m, "duplicate"), 1.0);
+        assert_eq!(sets_counted(&m, "ignored"), 2.0);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 /// The receiver's configuration problems are reported together, each with
 /// its key, like the rest of the file.
 #[test]

@@ -128,6 +128,15 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         at: u64,
     },
+    /// Every session of the user first seen at or before `at` must pass a
+    /// step-up at its next request (an operator's or a partner's ask,
+    /// streamed by the controller).
+    StepUpRequired {
+        /// The user.
+        user: UserKey,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
     /// A partner reported the user at risk.
     PartnerReported {
         /// The user.
@@ -305,6 +314,7 @@ impl Event {
                 | Event::Confirmed { .. }
                 | Event::FeedbackApplied { .. }
                 | Event::PartnerReported { .. }
+                | Event::StepUpRequired { .. }
                 | Event::Lost { .. }
         )
     }
@@ -322,13 +332,14 @@ impl Event {
             Event::Confirmed { .. } => "confirmed",
             Event::FeedbackApplied { .. } => "feedback_applied",
             Event::PartnerReported { .. } => "partner_reported",
+            Event::StepUpRequired { .. } => "step_up_required",
             Event::UserLearned(_) => "user_learned",
             Event::Lost { .. } => "lost",
         }
     }
 
     /// Every kind, for metrics initialisation and docs.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "session_seen",
         "session_issued",
         "session_bound",
@@ -339,6 +350,7 @@ impl Event {
         "confirmed",
         "feedback_applied",
         "partner_reported",
+        "step_up_required",
         "user_learned",
         "lost",
     ];

@@ -436,6 +436,16 @@ impl Engine {
                     default,
                 })
             };
+            // Rules cannot lower a step-up asked of the user (an operator
+            // or a partner spoke); one that blocks or revokes stands.
+            let ruling = match crate::decide::at_least_step_up(&risk, ruling.action) {
+                Action::StepUp if ruling.action == Action::Allow => Ruling {
+                    action: Action::StepUp,
+                    rule: None,
+                    ..ruling
+                },
+                _ => ruling,
+            };
             let action = ruling.action;
             (session, scored, risk, action, ruling)
         };
@@ -744,6 +754,13 @@ impl Engine {
             sessions,
             at: now_secs,
         });
+    }
+
+    /// Every session of `user` first seen at or before `at_secs` must pass
+    /// a step-up at its next request; see [`Scorer::require_step_up`].
+    pub fn require_step_up(&self, user: UserKey, at_secs: u64) {
+        self.scorer.require_step_up(user, at_secs);
+        self.emit(|| Event::StepUpRequired { user, at: at_secs });
     }
 
     /// A partner reported `user` at risk; see [`Scorer::report_user`].

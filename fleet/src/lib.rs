@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 /// ([`Change::UserProfile`], [`Change::Population`],
 /// [`NodeEventKind::UserLearned`]), devices and networks trusted for a
 /// user and false positives reported at the controller, rule bundles
-/// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]). The rules that keep a fleet mid-upgrade working
+/// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]); version 4
+/// user-level step-up ([`Change::UserStepUp`]). The rules that keep a
+/// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -38,7 +40,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -262,6 +264,18 @@ pub enum Change {
         /// The rule file's text (TOML, `docs/rules.md`).
         text: String,
     },
+    /// Every session of a user must pass a step-up (a fresh sign-in at the
+    /// identity provider) at its next request, unless it passed one at or
+    /// after `at`: an operator's call, or a partner's signal (a changed
+    /// credential, a lowered assurance level). Sessions first seen after
+    /// `at` are not affected (the user signed in afresh). Only the latest
+    /// per user matters; kept in snapshots. Since version 4.
+    UserStepUp {
+        /// The user.
+        user: UserId,
+        /// When the step-up was asked for (seconds since the Unix epoch).
+        at: u64,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -473,6 +487,10 @@ impl Change {
             {
                 Change::nothing()
             }
+            // A version 3 node would skip it as unknown; versions 1 and 2
+            // know no such thing. Either way it steps nobody up: the
+            // operator who needs the sessions ended revokes the user.
+            Change::UserStepUp { .. } if v < 4 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -480,6 +498,9 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
+        if matches!(self, Change::UserStepUp { .. }) {
+            return v >= 4;
+        }
         if matches!(
             self,
             Change::UserProfile { .. }

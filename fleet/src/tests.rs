@@ -365,3 +365,30 @@ fn a_rule_bundle_fits_one_line_and_older_nodes_do_without() {
     };
     assert_eq!(report.since(), 3);
 }
+
+/// A user's step-up (version 4) reads and writes as documented; nodes of
+/// versions 1 to 3 get a change that does nothing in its place, and no
+/// step-up in their snapshots.
+#[test]
+fn a_users_step_up_is_version_4_and_nothing_to_older_nodes() {
+    let change = Change::UserStepUp {
+        user: UserId(0x2a),
+        at: 1_700_000_000,
+    };
+    let line = br#"{"type":"changes","first":3,"changes":[{"kind":"user_step_up","user":"000000000000002a","at":1700000000}]}"#;
+    let frame = Frame::Changes {
+        first: 3,
+        changes: vec![change.clone()],
+    };
+    assert_eq!(read_frame(line).unwrap(), frame);
+    assert_eq!(write_frame(&frame), [&line[..], b"\n"].concat());
+    for v in 1..4 {
+        assert_eq!(change.for_version(v), Change::nothing(), "version {v}");
+        assert!(!change.in_snapshot_of(v), "version {v}");
+    }
+    assert_eq!(change.for_version(4), change);
+    assert!(change.in_snapshot_of(4));
+    // A zero user key is no user.
+    let zero = br#"{"type":"changes","first":1,"changes":[{"kind":"user_step_up","user":"0000000000000000","at":1}]}"#;
+    assert!(read_frame(zero).is_err());
+}

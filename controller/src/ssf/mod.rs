@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod keys;
+mod stepup;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -227,6 +228,11 @@ async fn take(
                 let user = UserId(UserKey::for_name(&app.config.hash_key, &name).as_u64());
                 let action = match (action, risk_direction(&claims.event, &claims.payload)?) {
                     (Action::RevokeUser, _) => SetAction::RevokeUser(user),
+                    (Action::StepUp, _) => match stepup::wanted(&claims.event, &claims.payload) {
+                        Ok(true) => SetAction::StepUp(user),
+                        Ok(false) => SetAction::Nothing,
+                        Err(e) => return Err(invalid(e)),
+                    },
                     (Action::ClearRisk, _) | (Action::RaiseRisk, Some(false)) => {
                         SetAction::UserRisk {
                             user,

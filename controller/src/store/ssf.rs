@@ -25,6 +25,9 @@ pub enum SetAction {
         /// Until when (seconds since the Unix epoch).
         until: u64,
     },
+    /// Every session of the user must pass a step-up at its next request
+    /// ([`Store::step_up_user`]).
+    StepUp(UserId),
     /// Nothing but the record of the SET (a verification, an event not
     /// acted on).
     Nothing,
@@ -123,6 +126,9 @@ impl Store {
                     now,
                 )
                 .await?
+            }
+            SetAction::StepUp(user) => {
+                append_in(&mut tx, &[Change::UserStepUp { user, at: now }], now).await?
             }
             SetAction::Nothing => {
                 let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
