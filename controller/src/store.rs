@@ -253,6 +253,7 @@ pub struct Store {
 }
 
 mod admin;
+pub mod idp_sessions;
 pub mod ssf;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
@@ -600,6 +601,26 @@ impl Store {
                     )
                     .await?;
                 }
+                NodeEventKind::IdpSession {
+                    session,
+                    user,
+                    idp_session,
+                    at,
+                } => {
+                    if let Err(why) = idp_sessions::take(
+                        &mut tx,
+                        &pending,
+                        *session,
+                        *user,
+                        *idp_session,
+                        (*at).min(now),
+                    )
+                    .await?
+                    {
+                        taken.refuse(why);
+                        ack.refused += 1;
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -643,6 +664,10 @@ impl Store {
         for (sql, before) in [
             (
                 "DELETE FROM session_baselines WHERE updated < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
+                "DELETE FROM idp_sessions WHERE at < $1",
                 now.saturating_sub(keep_sessions),
             ),
             (
@@ -1255,6 +1280,7 @@ async fn append_in(
                     "user_detections",
                     "revoked_users",
                     "user_step_ups",
+                    "idp_sessions",
                     "user_profiles",
                     // What the admin API kept of them: trusted devices
                     // and networks, the name. Their false-positive marks

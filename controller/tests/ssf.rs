@@ -800,6 +800,156 @@ async fn credential_and_lower_assurance_signals_step_the_user_up() {
     .await;
 }
 
+/// The record of `cookie` bound to `user`, after one request, as a node
+/// under the controller's key makes it.
+fn bound_record(cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes(HASH_KEY),
+    );
+    let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+    engine.bind_user(key, user, at);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+    headers.insert("user-agent", "Mozilla/5.0 Firefox/133.0".parse().unwrap());
+    let view = vigil_engine::RequestView {
+        peer: "81.2.69.10".parse().unwrap(),
+        headers: &headers,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    engine
+        .evaluate(&view, &vigil_engine::Policy::default())
+        .unwrap();
+    vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+}
+
+fn session_of(record: &vigil_fleet::Record) -> vigil_fleet::SessionId {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&record.0[..16]);
+    vigil_fleet::SessionId(key)
+}
+
+/// The provider session of `sid` at `t`, as a node keys it.
+fn idp_session(t: &TestTransmitter, sid: &str) -> vigil_fleet::IdpSessionId {
+    vigil_fleet::IdpSessionId(
+        vigil_engine::IdpSessionKey::for_sid(
+            &vigil_engine::SessionHashKey::from_bytes(HASH_KEY),
+            t.issuer(),
+            sid,
+        )
+        .unwrap()
+        .0,
+    )
+}
+
+/// The provider ends one of its sessions of alice: only the Vigil session
+/// that signed in under it at a step-up ends (a node told the controller
+/// which), not her other one. An unknown provider session ends all of
+/// hers, as before; a node cannot map a provider session to a session
+/// the controller holds for someone else.
+#[tokio::test]
+async fn a_revoked_idp_session_ends_the_vigil_sessions_learnt_for_it_alone() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+        let mut node = Stream::open(&c).await;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 5;
+        let laptop = bound_record("s-laptop", "alice", at);
+        let phone = bound_record("s-phone", "alice", at);
+        let bobs = bound_record("s-bob", "bob", at);
+        let event = |id: &str, kind: vigil_fleet::NodeEventKind| vigil_fleet::NodeEvent {
+            id: id.to_owned(),
+            kind,
+        };
+        let baseline = |record: &vigil_fleet::Record| vigil_fleet::NodeEventKind::SessionBaseline {
+            record: record.clone(),
+            confirmed: true,
+        };
+        let learnt = |record: &vigil_fleet::Record, user: &str, sid: &str| {
+            vigil_fleet::NodeEventKind::IdpSession {
+                session: session_of(record),
+                user: user_of(user),
+                idp_session: idp_session(&t, sid),
+                at,
+            }
+        };
+        let batch = vigil_fleet::EventBatch {
+            v: vigil_fleet::VERSION,
+            events: vec![
+                event("1", baseline(&laptop)),
+                event("2", baseline(&phone)),
+                event("3", baseline(&bobs)),
+                event("4", learnt(&laptop, "alice", "idp-sid-1")),
+                // A node naming bob's session as alice's: refused.
+                event("5", learnt(&bobs, "alice", "idp-sid-1")),
+            ],
+        };
+        let r = client()
+            .post(c.url("/v1/events"))
+            .bearer_auth(NODE)
+            .body(serde_json::to_string(&batch).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let ack: vigil_fleet::EventAck = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!((ack.accepted, ack.refused), (5, 1));
+        // The three baselines (and, for confirmed ones, the users'
+        // detection counts cleared).
+        let changes = node.next_changes().await;
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::SessionBaseline { .. }))
+                .count(),
+            3,
+            "{changes:?}"
+        );
+
+        let revoked = |sid: &str| {
+            let sub = complex(Some(iss_sub(t.issuer(), "alice")), Some(opaque(sid)));
+            t.sign_set(&claims(&t, SESSION_REVOKED, Some(sub)))
+        };
+        assert_eq!(c.push(&revoked("idp-sid-1")).await.0, 202);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::SessionRevoked { session, vouched: true, .. }] if session == session_of(&laptop)),
+            "{changes:?}"
+        );
+        // Its mapping is spent; another provider session is unknown: every
+        // session of alice ends.
+        assert_eq!(c.push(&revoked("idp-sid-2")).await.0, 202);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRevoked { user, .. } if user == user_of("alice")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().any(|c| matches!(c, Change::SessionRevoked { session, .. } if *session == session_of(&phone))),
+            "{changes:?}"
+        );
+        assert!(
+            !changes.iter().any(|c| matches!(c, Change::SessionRevoked { session, .. } if *session == session_of(&bobs))),
+            "{changes:?}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+fn user_of(name: &str) -> UserId {
+    user(name)
+}
+
 /// The receiver's configuration problems are reported together, each with
 /// its key, like the rest of the file.
 #[test]

@@ -137,6 +137,19 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         at: u64,
     },
+    /// The session's user passed a step-up at an identity provider whose
+    /// ID token named its own session: that provider session, hashed with
+    /// its issuer under the fleet's user key.
+    IdpSessionLearned {
+        /// The session.
+        session: SessionKey,
+        /// Its user.
+        user: UserKey,
+        /// The provider's session.
+        idp_session: crate::IdpSessionKey,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
     /// A partner reported the user at risk.
     PartnerReported {
         /// The user.
@@ -315,6 +328,7 @@ impl Event {
                 | Event::FeedbackApplied { .. }
                 | Event::PartnerReported { .. }
                 | Event::StepUpRequired { .. }
+                | Event::IdpSessionLearned { .. }
                 | Event::Lost { .. }
         )
     }
@@ -333,13 +347,14 @@ impl Event {
             Event::FeedbackApplied { .. } => "feedback_applied",
             Event::PartnerReported { .. } => "partner_reported",
             Event::StepUpRequired { .. } => "step_up_required",
+            Event::IdpSessionLearned { .. } => "idp_session_learned",
             Event::UserLearned(_) => "user_learned",
             Event::Lost { .. } => "lost",
         }
     }
 
     /// Every kind, for metrics initialisation and docs.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "session_seen",
         "session_issued",
         "session_bound",
@@ -351,6 +366,7 @@ impl Event {
         "feedback_applied",
         "partner_reported",
         "step_up_required",
+        "idp_session_learned",
         "user_learned",
         "lost",
     ];

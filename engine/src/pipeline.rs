@@ -690,6 +690,40 @@ impl Engine {
         UserKey::derive(self.user_secret.as_bytes(), name)
     }
 
+    /// The key of the identity provider session `sid` of `issuer` under
+    /// the fleet's user key ([`IdpSessionKey::for_sid`]).
+    pub fn idp_session_key(&self, issuer: &str, sid: &str) -> Option<crate::IdpSessionKey> {
+        crate::IdpSessionKey::derive(self.user_secret.as_bytes(), issuer, sid)
+    }
+
+    /// The user of `session` passed a step-up at the identity provider
+    /// `issuer`, whose ID token named its session `sid`: told to the fleet
+    /// ([`Event::IdpSessionLearned`], the `sid` hashed), so that the
+    /// provider's logout of that session can end this one. Nothing is
+    /// kept on the node. Returns whether it was told (a `sid` that is no
+    /// `sid`, or a session bound to nobody, is not).
+    pub fn learn_idp_session(
+        &self,
+        session: SessionKey,
+        issuer: &str,
+        sid: &str,
+        now_secs: u64,
+    ) -> bool {
+        let Some(user) = self.scorer.session(&session).and_then(|s| s.user()) else {
+            return false;
+        };
+        let Some(idp_session) = self.idp_session_key(issuer, sid) else {
+            return false;
+        };
+        self.emit(|| Event::IdpSessionLearned {
+            session,
+            user,
+            idp_session,
+            at: now_secs,
+        });
+        true
+    }
+
     /// The session key of a credential sent as the first configured session
     /// cookie, e.g. to bind the session a login response sets before its
     /// first request. `None` when no cookie is configured or the value is

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 /// [`NodeEventKind::UserLearned`]), devices and networks trusted for a
 /// user and false positives reported at the controller, rule bundles
 /// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]); version 4
-/// user-level step-up ([`Change::UserStepUp`]). The rules that keep a
+/// user-level step-up ([`Change::UserStepUp`]) and identity provider
+/// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]). The rules that keep a
 /// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
@@ -58,6 +59,12 @@ pub const MAX_EVENTS: usize = 1_000;
 /// A session key: 16 bytes, written as 32 lower-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
+
+/// An identity provider's session (its issuer and the `sid` of an ID
+/// token) as a keyed hash under the fleet's user key: 16 bytes, written as
+/// 32 lower-case hex digits. The raw `sid` never leaves the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdpSessionId(pub [u8; 16]);
 
 /// A user key: 8 bytes (non-zero), written as 16 lower-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -438,6 +445,21 @@ pub enum NodeEventKind {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// The session's user passed a step-up at the identity provider whose
+    /// ID token named the provider's session (`sid`): the controller maps
+    /// that provider session to this Vigil session, so that a provider's
+    /// logout of it (a CAEP `session-revoked` naming the session) ends
+    /// this one alone. Since version 4.
+    IdpSession {
+        /// The Vigil session.
+        session: SessionId,
+        /// Its user.
+        user: UserId,
+        /// The provider's session, hashed with its issuer.
+        idp_session: IdpSessionId,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -566,6 +588,7 @@ impl NodeEventKind {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
+            NodeEventKind::IdpSession { .. } => 4,
         }
     }
 }
@@ -689,6 +712,19 @@ impl SessionId {
     }
 }
 
+impl IdpSessionId {
+    /// Reads 32 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        parse_hex::<16>(s).map(Self)
+    }
+}
+
+impl fmt::Display for IdpSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl DeviceId {
     /// Reads 16 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Self> {
@@ -768,6 +804,7 @@ macro_rules! hex_serde {
 }
 
 hex_serde!(SessionId, "expected 32 lower-case hex digits");
+hex_serde!(IdpSessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
 hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
 hex_serde!(DeviceId, "expected 16 lower-case hex digits");

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{CLIENT_SECRET, Config, FormClient, Idp, IdpConfig, Origin, Page, Proxy, Route};
 use easyssf_test::TestTransmitter;
-use easyssf_test::subjects::iss_sub;
+use easyssf_test::subjects::{complex, iss_sub, opaque};
 
 const ADMIN: &str = "stepup-admin-token-0123456789";
 const NODE: &str = "stepup-node-token-0123";
@@ -36,13 +36,16 @@ struct Fleet {
     transmitter: TestTransmitter,
     controller: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    store: String,
     pg: Option<String>,
     _origin: Origin,
     _dir: tempfile::TempDir,
 }
 
 impl Fleet {
-    async fn start(postgres: bool) -> Fleet {
+    /// With `backchannel`, the provider's client has a back-channel
+    /// logout URI (`backchannel` itself), so its ID tokens carry `sid`.
+    async fn start(postgres: bool, backchannel: Option<&str>) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
@@ -71,6 +74,15 @@ impl Fleet {
             Some(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
             None => format!("sqlite://{}", dir.path().join("controller.db").display()),
         };
+        let node_config = Config::new();
+        let mut idp_config =
+            IdpConfig::new().redirect_uri(&format!("http://{}{CALLBACK}", node_config.http_addr()));
+        if let Some(uri) = backchannel {
+            idp_config = idp_config.backchannel_logout_uri(uri);
+        }
+        // The provider is its own transmitter: its SETs' `iss` is its
+        // OpenID issuer (signed with the `easyssf-test` transmitter's key).
+        let idp = Idp::start(&idp_config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let controller = listener.local_addr().unwrap();
         drop(listener);
@@ -84,7 +96,7 @@ impl Fleet {
                  jwks_file = \"idp-jwks.json\"\npush_token_file = \"idp.token\"\n",
                 key.display().to_string(),
                 hex::encode(vigil_controller::config::token_hash(NODE)),
-                transmitter.issuer(),
+                idp.issuer(),
             ),
         )
         .unwrap();
@@ -105,12 +117,7 @@ impl Fleet {
         std::fs::write(&token_file, NODE).unwrap();
         let secret = dir.path().join("client-secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
-        let config = Config::new()
-            .state_dir(&state)
-            .upstream("app", origin.addr());
-        let idp = Idp::start(
-            &IdpConfig::new().redirect_uri(&format!("http://{}{CALLBACK}", config.http_addr())),
-        );
+        let config = node_config.state_dir(&state).upstream("app", origin.addr());
         // The route allows at low risk: only the user's step-up sends
         // anyone to the provider here.
         let config = config
@@ -132,6 +139,7 @@ impl Fleet {
             transmitter,
             controller,
             stop: Some(stop),
+            store,
             pg,
             _origin: origin,
             _dir: dir,
@@ -219,12 +227,25 @@ impl Fleet {
             "credential_type": "password",
             "change_type": "update"
         });
+        self.push_set(event, iss_sub(self.idp.issuer(), user), payload)
+            .await
+    }
+
+    /// Pushes a SET of `event` about `subject` with `payload`, as the
+    /// provider (its issuer, the transmitter's key).
+    async fn push_set(
+        &self,
+        event: &str,
+        subject: serde_json::Map<String, serde_json::Value>,
+        payload: serde_json::Value,
+    ) -> reqwest::StatusCode {
         let mut claims = self.transmitter.set_claims_with_payload(
             &format!("https://schemas.openid.net/secevent/caep/event-type/{event}"),
-            Some(iss_sub(self.transmitter.issuer(), user)),
+            Some(subject),
             payload.as_object().unwrap().clone(),
         );
         claims.insert("aud".into(), AUDIENCE.into());
+        claims.insert("iss".into(), self.idp.issuer().into());
         let set = self.transmitter.sign_set(&claims);
         reqwest::Client::new()
             .post(format!("http://{}/v1/ssf/push/idp", self.controller))
@@ -252,6 +273,34 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// Polls the controller's store until it maps `n` Vigil sessions to
+    /// provider sessions.
+    async fn until_idp_sessions(&self, n: i64) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.store).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let held: i64 = sqlx::Row::try_get(
+                &sqlx::query("SELECT COUNT(*) FROM idp_sessions")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap(),
+                0,
+            )
+            .unwrap();
+            if held == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{held} provider sessions mapped, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -260,7 +309,7 @@ fn now_secs() -> u64 {
 }
 
 async fn a_users_step_up_reaches_the_node_and_only_their_sign_in_passes(postgres: bool) {
-    let fleet = Fleet::start(postgres).await;
+    let fleet = Fleet::start(postgres, None).await;
     let mut alice = fleet.signed_in("alice", "s-alice").await;
     let mut carol = fleet.signed_in("carol", "s-carol").await;
     // A thief with a copy of alice's cookie, on the same kind of client
@@ -377,4 +426,90 @@ async fn sqlite_a_users_step_up_reaches_the_node_and_only_their_sign_in_passes()
 #[tokio::test]
 async fn postgres_a_users_step_up_reaches_the_node_and_only_their_sign_in_passes() {
     a_users_step_up_reaches_the_node_and_only_their_sign_in_passes(true).await;
+}
+
+/// Vigil learns the provider's session (`sid`) from the ID token of each
+/// step-up login, and the controller maps it: when the provider ends one
+/// of alice's sessions (a CAEP `session-revoked` naming her and that
+/// session), the Vigil session that signed in under it is refused at the
+/// edge, and her other one — signed in under another provider session —
+/// goes on, as does a bystander's. The raw `sid` is never in the node's
+/// log nor in the controller's store.
+async fn a_revoked_idp_session_ends_only_the_session_signed_in_under_it(postgres: bool) {
+    let closed = common::closed_port();
+    let fleet = Fleet::start(postgres, Some(&format!("http://{closed}/logout"))).await;
+    let mut laptop = fleet.signed_in("alice", "s-laptop").await;
+    let mut phone = fleet.signed_in("alice", "s-phone").await;
+    let mut carol = fleet.signed_in("carol", "s-carol").await;
+    assert_eq!(fleet.admin_step_up("alice").await.status(), 200);
+    let mut sids = Vec::new();
+    for (person, path) in [(&mut laptop, "/echo?l=1"), (&mut phone, "/echo?p=1")] {
+        let sent = fleet.until_sent_to_sign_in(person, path).await;
+        let passed = fleet.sign_in(person, &sent, "alice", "pw-a").await;
+        assert_eq!(passed.status, 303, "{}", passed.body);
+        sids.push(fleet.idp.last_sid("alice").await.expect("a sid"));
+    }
+    // Two browsers, two provider sessions.
+    assert_ne!(sids[0], sids[1]);
+    fleet.until_idp_sessions(2).await;
+
+    let revoked = tokio::time::Instant::now();
+    let status = fleet
+        .push_set(
+            "session-revoked",
+            complex(
+                Some(iss_sub(fleet.idp.issuer(), "alice")),
+                Some(opaque(&sids[0])),
+            ),
+            serde_json::json!({"event_timestamp": now_secs()}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = laptop.get(&fleet.url("/echo?l=1")).await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200, "the page until the revocation arrives");
+        assert!(tokio::time::Instant::now() < deadline, "never revoked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "provider session revoked to the session refused at the edge: {} ms",
+        revoked.elapsed().as_millis()
+    );
+    assert_eq!(phone.get(&fleet.url("/echo?p=1")).await.status, 200);
+    assert_eq!(carol.get(&fleet.url("/echo")).await.status, 200);
+    // The raw sid is nowhere Vigil keeps things.
+    let log = fleet.node.log();
+    assert!(log.contains("sid_learnt=true"), "{log}");
+    for sid in &sids {
+        assert!(!log.contains(sid.as_str()), "raw sid in the node's log");
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&fleet.store).await.unwrap();
+    let rows = sqlx::query("SELECT idp_session, session, user_key FROM idp_sessions")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the revoked mapping is spent");
+    for row in rows {
+        for i in 0..3 {
+            let v: String = sqlx::Row::try_get(&row, i).unwrap();
+            assert!(sids.iter().all(|sid| !v.contains(sid.as_str())));
+        }
+    }
+    drop(pool);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_a_revoked_idp_session_ends_only_the_session_signed_in_under_it() {
+    a_revoked_idp_session_ends_only_the_session_signed_in_under_it(false).await;
+}
+
+#[tokio::test]
+async fn postgres_a_revoked_idp_session_ends_only_the_session_signed_in_under_it() {
+    a_revoked_idp_session_ends_only_the_session_signed_in_under_it(true).await;
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod keys;
+mod sessions;
 mod stepup;
 pub mod verify;
 
@@ -227,7 +228,15 @@ async fn take(
                 let name = user_name(t, claims.sub_id.as_ref())?;
                 let user = UserId(UserKey::for_name(&app.config.hash_key, &name).as_u64());
                 let action = match (action, risk_direction(&claims.event, &claims.payload)?) {
-                    (Action::RevokeUser, _) => SetAction::RevokeUser(user),
+                    (Action::RevokeUser, _) => match sessions::named(
+                        &app.config.hash_key,
+                        t,
+                        &claims.event,
+                        claims.sub_id.as_ref(),
+                    ) {
+                        Some(idp_session) => SetAction::RevokeIdpSession { user, idp_session },
+                        None => SetAction::RevokeUser(user),
+                    },
                     (Action::StepUp, _) => match stepup::wanted(&claims.event, &claims.payload) {
                         Ok(true) => SetAction::StepUp(user),
                         Ok(false) => SetAction::Nothing,
