@@ -25,3 +25,18 @@ CREATE TABLE idp_sessions (
 );
 CREATE INDEX idp_sessions_at ON idp_sessions (at);
 CREATE INDEX idp_sessions_user ON idp_sessions (user_key);
+
+-- Every OpenID Connect back-channel logout token taken, by its issuer and
+-- `jti`, written in the same transaction as the revocations it made: a
+-- token presented again (a replay) finds its row and is refused. Kept
+-- until `keep_until` (its `iat` plus the provider's maximum age and clock
+-- skew): after that it is refused as too old anyway.
+CREATE TABLE bcl_jtis (
+    issuer TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    received BIGINT NOT NULL,
+    keep_until BIGINT NOT NULL,
+    PRIMARY KEY (issuer, jti)
+);
+CREATE INDEX bcl_jtis_keep_until ON bcl_jtis (keep_until);

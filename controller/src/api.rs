@@ -3,6 +3,7 @@
 //! (the admin's bearer token). Every error is JSON `{"error", "message"}`
 //! with its status, from one place ([`ApiError`]).
 
+use crate::bcl::logout as bcl_logout;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct App {
     commits: mpsc::Sender<Pending>,
     /// The Shared Signals receiver ([`crate::ssf`]).
     pub ssf: crate::ssf::Receiver,
+    /// The back-channel logout receiver ([`crate::bcl`]).
+    pub bcl: crate::bcl::Receiver,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -125,6 +128,7 @@ impl App {
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf);
+        let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
             store,
             config,
@@ -135,6 +139,7 @@ impl App {
             metrics,
             commits,
             ssf,
+            bcl,
         })
     }
 
@@ -355,6 +360,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
+        .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

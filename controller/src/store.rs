@@ -253,6 +253,7 @@ pub struct Store {
 }
 
 mod admin;
+pub mod bcl;
 pub mod idp_sessions;
 pub mod ssf;
 
@@ -675,6 +676,9 @@ impl Store {
                 now.saturating_sub(keep_detections),
             ),
             ("DELETE FROM user_detections WHERE until < $1", now),
+            // Logout token ids past the age at which their tokens are
+            // refused anyway.
+            ("DELETE FROM bcl_jtis WHERE keep_until < $1", now),
             // A node's budgets of yesterday and today are kept.
             (
                 "DELETE FROM node_user_budget WHERE day < $1",

@@ -44,8 +44,9 @@ struct Fleet {
 
 impl Fleet {
     /// With `backchannel`, the provider's client has a back-channel
-    /// logout URI (`backchannel` itself), so its ID tokens carry `sid`.
-    async fn start(postgres: bool, backchannel: Option<&str>) -> Fleet {
+    /// logout URI (the controller's receiver, which takes the provider's
+    /// logout tokens as provider `op`), so its ID tokens carry `sid`.
+    async fn start(postgres: bool, backchannel: bool) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
@@ -75,17 +76,19 @@ impl Fleet {
             None => format!("sqlite://{}", dir.path().join("controller.db").display()),
         };
         let node_config = Config::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let controller = listener.local_addr().unwrap();
+        drop(listener);
         let mut idp_config =
             IdpConfig::new().redirect_uri(&format!("http://{}{CALLBACK}", node_config.http_addr()));
-        if let Some(uri) = backchannel {
-            idp_config = idp_config.backchannel_logout_uri(uri);
+        if backchannel {
+            idp_config = idp_config.backchannel_logout_uri(&format!(
+                "http://{controller}/v1/oidc/backchannel-logout/op"
+            ));
         }
         // The provider is its own transmitter: its SETs' `iss` is its
         // OpenID issuer (signed with the `easyssf-test` transmitter's key).
         let idp = Idp::start(&idp_config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let controller = listener.local_addr().unwrap();
-        drop(listener);
         let config = dir.path().join("controller.toml");
         std::fs::write(
             &config,
@@ -93,10 +96,13 @@ impl Fleet {
                 "listen = \"{controller}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
                  [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n\
                  [[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
-                 jwks_file = \"idp-jwks.json\"\npush_token_file = \"idp.token\"\n",
+                 jwks_file = \"idp-jwks.json\"\npush_token_file = \"idp.token\"\n\
+                 [[backchannel_logout.providers]]\nname = \"op\"\nissuer = {:?}\nclient_id = \"vigil\"\njwks_uri = {:?}\n",
                 key.display().to_string(),
                 hex::encode(vigil_controller::config::token_hash(NODE)),
                 idp.issuer(),
+                idp.issuer(),
+                idp.url("/jwks"),
             ),
         )
         .unwrap();
@@ -309,7 +315,7 @@ fn now_secs() -> u64 {
 }
 
 async fn a_users_step_up_reaches_the_node_and_only_their_sign_in_passes(postgres: bool) {
-    let fleet = Fleet::start(postgres, None).await;
+    let fleet = Fleet::start(postgres, false).await;
     let mut alice = fleet.signed_in("alice", "s-alice").await;
     let mut carol = fleet.signed_in("carol", "s-carol").await;
     // A thief with a copy of alice's cookie, on the same kind of client
@@ -436,8 +442,7 @@ async fn postgres_a_users_step_up_reaches_the_node_and_only_their_sign_in_passes
 /// goes on, as does a bystander's. The raw `sid` is never in the node's
 /// log nor in the controller's store.
 async fn a_revoked_idp_session_ends_only_the_session_signed_in_under_it(postgres: bool) {
-    let closed = common::closed_port();
-    let fleet = Fleet::start(postgres, Some(&format!("http://{closed}/logout"))).await;
+    let fleet = Fleet::start(postgres, true).await;
     let mut laptop = fleet.signed_in("alice", "s-laptop").await;
     let mut phone = fleet.signed_in("alice", "s-phone").await;
     let mut carol = fleet.signed_in("carol", "s-carol").await;
@@ -512,4 +517,97 @@ async fn sqlite_a_revoked_idp_session_ends_only_the_session_signed_in_under_it()
 #[tokio::test]
 async fn postgres_a_revoked_idp_session_ends_only_the_session_signed_in_under_it() {
     a_revoked_idp_session_ends_only_the_session_signed_in_under_it(true).await;
+}
+
+/// OpenID Connect back-channel logout from the real provider: alice signs
+/// out at the provider from her laptop (RP-initiated logout, confirmed on
+/// its form); the provider posts its logout token (`sub` and `sid`) to the
+/// controller, which ends the Vigil session signed in under that provider
+/// session on every node — the laptop's cookie is refused at the edge —
+/// while her phone (another provider session) and a bystander go on.
+async fn signing_out_at_the_provider_ends_that_session_at_the_edge(postgres: bool) {
+    let fleet = Fleet::start(postgres, true).await;
+    let mut laptop = fleet.signed_in("alice", "s-laptop").await;
+    let mut phone = fleet.signed_in("alice", "s-phone").await;
+    let mut carol = fleet.signed_in("carol", "s-carol").await;
+    assert_eq!(fleet.admin_step_up("alice").await.status(), 200);
+    for (person, path) in [(&mut laptop, "/echo?l=1"), (&mut phone, "/echo?p=1")] {
+        let sent = fleet.until_sent_to_sign_in(person, path).await;
+        let passed = fleet.sign_in(person, &sent, "alice", "pw-a").await;
+        assert_eq!(passed.status, 303, "{}", passed.body);
+    }
+    fleet.until_idp_sessions(2).await;
+
+    // Sign out at the provider: its logout page, then its confirmation.
+    let page = laptop.get(&fleet.idp.url("/session/end")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let action = page
+        .body
+        .split("action=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the logout form")
+        .to_owned();
+    let xsrf = page
+        .body
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the form's xsrf")
+        .to_owned();
+    let action = url::Url::parse(&fleet.idp.url("/"))
+        .unwrap()
+        .join(&action)
+        .unwrap();
+    let signed_out = tokio::time::Instant::now();
+    let done = laptop
+        .post_form(action.as_str(), &[("xsrf", &xsrf), ("logout", "yes")])
+        .await;
+    assert!(done.status < 400, "{}: {}", done.status, done.body);
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = laptop.get(&fleet.url("/echo?l=1")).await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200, "the page until the logout arrives");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never logged out; the provider's log:\n{}",
+            fleet.idp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "signed out at the provider to the session refused at the edge: {} ms",
+        signed_out.elapsed().as_millis()
+    );
+    assert_eq!(phone.get(&fleet.url("/echo?p=1")).await.status, 200);
+    assert_eq!(carol.get(&fleet.url("/echo")).await.status, 200);
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", fleet.controller))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "vigil_controller_backchannel_logout_tokens_total{provider=\"op\",result=\"accepted\"} 1"
+        ),
+        "{metrics}"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn sqlite_signing_out_at_the_provider_ends_that_session_at_the_edge() {
+    signing_out_at_the_provider_ends_that_session_at_the_edge(false).await;
+}
+
+#[tokio::test]
+async fn postgres_signing_out_at_the_provider_ends_that_session_at_the_edge() {
+    signing_out_at_the_provider_ends_that_session_at_the_edge(true).await;
 }

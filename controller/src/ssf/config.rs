@@ -208,7 +208,7 @@ pub enum KeySource {
 }
 
 /// Whether `uri` may be fetched from: HTTPS, or HTTP on loopback only.
-fn fetchable(uri: &str) -> bool {
+pub(crate) fn fetchable(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;
     };

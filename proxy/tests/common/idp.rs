@@ -475,6 +475,17 @@ impl FormClient {
         self.send(action.as_str(), request).await
     }
 
+    /// Posts `pairs` as a form to `url` with its cookies, keeping the
+    /// cookies the answer sets.
+    pub(crate) async fn post_form(&mut self, url: &str, pairs: &[(&str, &str)]) -> Page {
+        let request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form_body(pairs));
+        self.send(url, request).await
+    }
+
     async fn send(&mut self, url: &str, mut request: reqwest::RequestBuilder) -> Page {
         let host_port = host_port(url);
         if let Some(cookies) = self.jar.get(&host_port).filter(|c| !c.is_empty()) {

@@ -167,6 +167,15 @@ function newProvider(issuer) {
       },
     },
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    // oidc-provider refuses to send requests (back-channel logout tokens)
+    // to special-use addresses such as 127.0.0.1, a protection for a
+    // deployed provider against SSRF. This one exists only on loopback,
+    // where its relying party (Vigil's controller) listens too: its own
+    // dispatcher is left out so those requests go out.
+    fetch: (url, options) => {
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     findAccount: (_ctx, id) =>
       Object.hasOwn(accounts, id)
         ? { accountId: id, claims: () => ({ sub: id, email: accounts[id].email }) }
@@ -201,7 +210,7 @@ function newProvider(issuer) {
       lastSid.set(session.accountId, session.sidFor(client.clientId) ?? null);
     }
   });
-  p.on('backchannel.error', (_ctx, err) => console.error('idp: backchannel.error:', err?.message));
+  p.on('backchannel.error', (_ctx, err) => console.error('idp: backchannel.error:', err?.message, err?.cause?.code ?? '', err?.cause?.message ?? ''));
   p.on('server_error', (_ctx, err) => console.error('idp: server_error:', err));
   return p;
 }
