@@ -3,6 +3,7 @@
 //! (the admin's bearer token). Every error is JSON `{"error", "message"}`
 //! with its status, from one place ([`ApiError`]).
 
+use crate::bcl::logout as bcl_logout;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct App {
     pub ssf: crate::ssf::Receiver,
     /// The controller's signing keys (`[signing]`), when configured.
     pub signer: Option<Arc<crate::signing::Signer>>,
+    /// The back-channel logout receiver ([`crate::bcl`]).
+    pub bcl: crate::bcl::Receiver,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -128,6 +131,7 @@ impl App {
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf);
         let signer = config.signing.clone();
+        let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
             store,
             config,
@@ -139,6 +143,7 @@ impl App {
             commits,
             ssf,
             signer,
+            bcl,
         })
     }
 
@@ -349,6 +354,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/nodes/disable", post(disable_node))
         .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
+        .route("/v1/admin/users/step-up", post(step_up_user))
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/detail", post(user_detail))
         .route("/v1/admin/users/trust-device", post(trust_device))
@@ -359,6 +365,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
+        .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -1144,6 +1151,25 @@ async fn user_risk(
         },
     )
     .await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// `POST /v1/admin/users/step-up` `{"user"}`: every session of the user
+/// open now must pass a step-up (a fresh sign-in at the identity
+/// provider) at its next request, on every node (change `user_step_up`).
+async fn step_up_user(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
+    let seq = commit(&app, Change::UserStepUp { user, at: now }).await?;
+    tracing::info!(user = %user, seq, "a step-up asked of a user's sessions by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 

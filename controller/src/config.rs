@@ -70,6 +70,9 @@ pub struct Config {
     /// The Shared Signals transmitters whose SETs are received
     /// (`[[ssf.transmitters]]`, `docs/signals.md`).
     pub ssf: Vec<crate::ssf::config::Transmitter>,
+    /// The OpenID providers whose back-channel logout tokens are taken
+    /// (`[[backchannel_logout.providers]]`, `docs/signals.md`).
+    pub backchannel_logout: Vec<crate::bcl::config::Provider>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// The controller's signing keys and issuer (`[signing]`): what it
@@ -234,6 +237,8 @@ struct Raw {
     nodes: Vec<RawNode>,
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
+    #[serde(default)]
+    backchannel_logout: crate::bcl::RawBcl,
     tls: Option<crate::tls::RawTls>,
     signing: Option<crate::signing::RawSigning>,
 }
@@ -384,6 +389,8 @@ impl Config {
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let backchannel_logout =
+            crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -419,6 +426,7 @@ impl Config {
                 ),
                 user_names,
                 ssf,
+                backchannel_logout,
                 tls,
                 signing,
                 budgets,
