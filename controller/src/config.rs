@@ -70,6 +70,8 @@ pub struct Config {
     /// The Shared Signals transmitters whose SETs are received
     /// (`[[ssf.transmitters]]`, `docs/signals.md`).
     pub ssf: Vec<crate::ssf::config::Transmitter>,
+    /// The receiver's other settings (`[ssf]`: per-source rate limits).
+    pub ssf_inbound: crate::ssf::config::Inbound,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// What one node may do to the fleet's state: its revocations a
@@ -360,7 +362,7 @@ impl Config {
             }
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
-        let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -396,6 +398,7 @@ impl Config {
                 ),
                 user_names,
                 ssf,
+                ssf_inbound,
                 tls,
                 budgets,
             }),

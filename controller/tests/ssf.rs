@@ -90,8 +90,10 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
-/// The transmitter's documents (its JWK Set) served on loopback by the
-/// transmitter itself: each GET is handed to its in-process HTTP handler.
+/// The transmitter's documents (its JWK Set, its metadata) and endpoints
+/// (its RFC 8936 poll endpoint) served on loopback by the transmitter
+/// itself: each request — method, headers, body — is handed to its
+/// in-process HTTP handler.
 struct Published {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -104,19 +106,34 @@ impl Published {
         let addr = listener.local_addr().unwrap();
         let t = t.clone();
         let issuer = url::Url::parse(t.issuer()).unwrap();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let t = t.clone();
-            let mut url = issuer.clone();
-            async move {
-                url.set_path(uri.path());
-                let r = t.execute(SsfHttpRequest::of("GET", url)).await.unwrap();
-                (
-                    axum::http::StatusCode::from_u16(r.status).unwrap(),
-                    [("content-type", "application/json")],
-                    r.body,
-                )
-            }
-        });
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: String| {
+                let t = t.clone();
+                let mut url = issuer.clone();
+                async move {
+                    url.set_path(uri.path());
+                    url.set_query(uri.query());
+                    let mut request = SsfHttpRequest::of(method.as_str(), url);
+                    for (name, value) in &headers {
+                        if let Ok(v) = value.to_str() {
+                            request
+                                .headers
+                                .push((name.as_str().to_owned(), v.to_owned()));
+                        }
+                    }
+                    request.body = (!body.is_empty()).then_some(body);
+                    let r = t.execute(request).await.unwrap();
+                    (
+                        axum::http::StatusCode::from_u16(r.status).unwrap(),
+                        [("content-type", "application/json")],
+                        r.body,
+                    )
+                }
+            },
+        );
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -125,6 +142,10 @@ impl Published {
 
     fn jwks_uri(&self) -> String {
         format!("http://{}/realms/test/jwks", self.addr)
+    }
+
+    fn poll_uri(&self) -> String {
+        format!("http://{}/realms/test/poll", self.addr)
     }
 }
 
@@ -156,6 +177,7 @@ impl Controller {
         std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         std::fs::write(dir.path().join("idp.token"), PUSH).unwrap();
+        std::fs::write(dir.path().join("poll.token"), TestTransmitter::ACCESS_TOKEN).unwrap();
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -237,6 +259,18 @@ impl Controller {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/admin/ssf/streams`.
+    async fn streams(&self) -> Value {
+        let r = client()
+            .get(self.url("/v1/admin/ssf/streams"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_str(&r.text().await.unwrap()).unwrap()
     }
 
     async fn stop(mut self) {
@@ -843,6 +877,242 @@ async fn an_es256_transmitter_is_taken_and_rs256_from_it_is_not() {
     .unwrap();
     assert_eq!(c.push(&set).await.1["err"], "invalid_key");
     assert_eq!(c.head().await, 1);
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// Poll delivery (RFC 8936) against the independent transmitter's poll
+/// endpoint: the controller polls with `maxEvents` and
+/// `returnImmediately`; a valid SET goes the push path (the node sees the
+/// user revoked) and is acknowledged in the next poll's `ack`; each bad
+/// SET is reported in `setErrs` with its RFC 8935 code and not
+/// acknowledged; the same SET delivered again is acknowledged and does
+/// nothing again; a transmitter that fails is polled again after a
+/// back-off, and its failure is in the stream's status.
+#[tokio::test]
+async fn a_polled_transmitter_is_acknowledged_and_told_each_refusal() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let good = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "alice"))));
+        let mut wrong_aud = claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "bob")));
+        wrong_aud.insert("aud".into(), "https://someone-else.test".into());
+        let wrong_aud = t.sign_set(&wrong_aud);
+        // Carol's SET with another signature: refused, not acted on.
+        let forged = {
+            let set = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "carol"))));
+            let other = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "dan"))));
+            let (signed, _) = set.rsplit_once('.').unwrap();
+            format!("{signed}.{}", other.rsplit_once('.').unwrap().1)
+        };
+        let jti = |set: &str| {
+            TestTransmitter::claims_of(set)["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        t.queue_set(&good);
+        t.queue_set(&wrong_aud);
+        t.queue_set_with_jti("not-a-set", "a.b");
+        t.queue_set(&forged);
+        let extra = format!(
+            "delivery = \"poll\"\npoll_url = {:?}\npoll_token_file = \"poll.token\"\npoll_interval_seconds = 1\npoll_max_events = 3\n",
+            published.poll_uri()
+        );
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), &extra)).await;
+        let mut node = Stream::open(&c).await;
+        easyssf_test::eventually(DEADLINE, "every SET answered", || t.queued_set_count() == 0).await;
+        assert_eq!(t.acknowledged_sets(), vec![jti(&good)]);
+        let mut errors = t.reported_errors();
+        errors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut expected = vec![
+            (jti(&wrong_aud), "invalid_audience"),
+            ("not-a-set".to_owned(), "invalid_request"),
+            (jti(&forged), "authentication_failed"),
+        ];
+        expected.sort();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for ((jti, error), (want_jti, want_err)) in errors.iter().zip(&expected) {
+            assert_eq!(jti, want_jti);
+            assert_eq!(error["err"], *want_err, "{error}");
+            assert!(error["description"].is_string(), "{error}");
+            assert_eq!(error.as_object().unwrap().len(), 2, "{error}");
+        }
+        let request = t.last_poll_request();
+        assert_eq!(request["maxEvents"], 3);
+        assert_eq!(request["returnImmediately"], true);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("alice")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        assert_eq!(head, 1);
+        // Delivered again (a transmitter that lost the ack): acknowledged
+        // again, nothing done again.
+        t.queue_set(&good);
+        easyssf_test::eventually(DEADLINE, "the replay acknowledged", || {
+            t.acknowledged_sets().len() == 2
+        })
+        .await;
+        assert_eq!(c.head().await, head);
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 1.0);
+        assert_eq!(sets_counted(&m, "duplicate"), 1.0);
+        assert_eq!(sets_counted(&m, "invalid_audience"), 1.0);
+        // The transmitter fails: the failure is in the stream's status,
+        // and the SET queued meanwhile is taken once it is back.
+        t.set_available(false);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let status = loop {
+            let status = c.streams().await;
+            if status["streams"][0]["last_error"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("503"))
+            {
+                break status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let s = &status["streams"][0];
+        assert_eq!(s["name"], "idp");
+        assert_eq!(s["delivery"], "poll");
+        assert!(s["last_poll"].as_u64().is_some(), "{s}");
+        assert!(s["last_set"].as_u64().is_some(), "{s}");
+        let later = t.sign_set(&claims(&t, SESSION_REVOKED, Some(email("dave@example.com"))));
+        t.queue_set(&later);
+        t.set_available(true);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("dave@example.com")),
+            "{changes:?}"
+        );
+        easyssf_test::eventually(DEADLINE, "acknowledged after the outage", || {
+            t.acknowledged_sets().contains(&jti(&later))
+        })
+        .await;
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// One raw request with the headers of a push announcing a large body and
+/// sending none; the status line and headers answered.
+async fn push_without_body(c: &Controller, token: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "POST /v1/ssf/push/idp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/secevent+jwt\r\nContent-Length: 60000\r\n\r\neyJ"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 2048];
+    let n = tokio::time::timeout(DEADLINE, socket.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// A flood at the push endpoint: a transmitter past its burst is answered
+/// 429 with Retry-After before its body is read, and the SETs it sent
+/// within its allowance were taken; a source past its own burst is
+/// answered 429 whoever it claims to be (an unknown name, a wrong token,
+/// the right one). The rates are a few per hour: no refill during the
+/// test, so every count is exact.
+#[tokio::test]
+async fn a_flood_is_answered_429_per_transmitter_and_per_source() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let ssf = format!(
+        "[ssf]\nsource_rate_per_second = 0.001\nsource_burst = 12\n{}",
+        transmitter_toml(
+            &t,
+            &published.jwks_uri(),
+            "rate_per_second = 0.001\nburst = 5\n"
+        )
+    );
+    let c = Controller::start(&db.url(), &ssf).await;
+    // The transmitter's burst: five SETs, concurrently.
+    let sets: Vec<String> = (0..8)
+        .map(|i| {
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(email(&format!("user{i}@example.com"))),
+            ))
+        })
+        .collect();
+    let mut pushes = tokio::task::JoinSet::new();
+    for set in sets.clone() {
+        let url = c.url("/v1/ssf/push/idp");
+        pushes.spawn(async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(PUSH)
+                .header("content-type", "application/secevent+jwt")
+                .body(set)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry)
+        });
+    }
+    let mut answers: Vec<(u16, Option<String>)> = pushes.join_all().await;
+    answers.sort();
+    assert_eq!(answers[..5], vec![(202, None); 5][..], "{answers:?}");
+    for (status, retry) in &answers[5..] {
+        assert_eq!(*status, 429, "{answers:?}");
+        let secs: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&secs), "{retry:?}");
+    }
+    assert_eq!(c.head().await, 5, "the five taken were acted on");
+    // Past its burst, a push is refused before its body is read.
+    let answer = push_without_body(&c, PUSH).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    // 9 of the source's 12 spent; three more, then 429 whatever it sends.
+    for _ in 0..3 {
+        let answer = push_without_body(&c, "wrong-token-0123456789").await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    for token in ["wrong-token-0123456789", PUSH] {
+        let answer = push_without_body(&c, token).await;
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    }
+    let r = client()
+        .post(c.url("/v1/ssf/push/nobody"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let m = c.metrics().await;
+    assert_eq!(sets_counted(&m, "accepted"), 5.0);
+    assert_eq!(sets_counted(&m, "rate_limited"), 4.0);
+    assert_eq!(
+        metric(
+            &m,
+            "vigil_controller_ssf_sets_total{result=\"rate_limited\",transmitter=\"-\"}"
+        ),
+        Some(3.0)
+    );
     c.stop().await;
     db.drop_db().await;
 }

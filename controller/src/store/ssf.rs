@@ -7,7 +7,9 @@
 use sqlx::Row;
 use vigil_fleet::{Change, UserId};
 
-use super::{Store, StoreError, append_in, revoke_user_in, to_i64, to_u64};
+use std::collections::{BTreeMap, HashSet};
+
+use super::{Store, StoreError, append_in, to_i64, to_u64, user_revocation_changes};
 
 /// What a SET does to the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,16 +73,36 @@ pub struct StreamRecord {
     pub last_set: u64,
 }
 
+/// Most SETs taken in one transaction (six bound values each, well under
+/// SQLite's limit of 32,766).
+pub const MAX_SET_BATCH: usize = 512;
+
 impl Store {
-    /// Takes a validated SET: its `jti` row, `action`, and the stream's
-    /// record, in one transaction. A SET whose issuer and `jti` are held
-    /// already changes nothing ([`SetTaken::Duplicate`]).
+    /// Takes one validated SET ([`Store::take_sets`] of one).
     pub async fn take_set(
         &self,
         set: &SetReceipt<'_>,
         action: SetAction,
         now: u64,
     ) -> Result<SetTaken, StoreError> {
+        let taken = self.take_sets(&[(*set, action)], now).await?;
+        Ok(taken.first().copied().unwrap_or(SetTaken::Duplicate))
+    }
+
+    /// Takes validated SETs (at most [`MAX_SET_BATCH`]) in one
+    /// transaction — the group commit of concurrent deliveries: each
+    /// SET's `jti` row, what it does, and its stream's record. A SET whose
+    /// issuer and `jti` are held already (before, or earlier in the same
+    /// batch) changes nothing ([`SetTaken::Duplicate`]) and does not
+    /// affect the others. One answer per SET, in order.
+    pub async fn take_sets(
+        &self,
+        sets: &[(SetReceipt<'_>, SetAction)],
+        now: u64,
+    ) -> Result<Vec<SetTaken>, StoreError> {
+        if sets.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         // The head row first, as every writer takes it: two deliveries of
         // one SET (two replicas, two connections) queue here, and the
@@ -88,76 +110,118 @@ impl Store {
         sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO ssf_jtis (issuer, jti, transmitter, event, received, keep_until) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (issuer, jti) DO NOTHING",
-        )
-        .bind(set.issuer)
-        .bind(set.jti)
-        .bind(set.transmitter)
-        .bind(set.event)
-        .bind(to_i64(now))
-        .bind(to_i64(set.keep_until))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(SetTaken::Duplicate);
+        let mut sql = String::from(
+            "INSERT INTO ssf_jtis (issuer, jti, transmitter, event, received, keep_until) VALUES ",
+        );
+        for i in 0..sets.len() {
+            let b = i * 6;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            ));
         }
-        let head = match action {
-            SetAction::RevokeUser(user) => revoke_user_in(&mut tx, user, now, now).await?,
-            SetAction::UserRisk {
-                user,
-                points,
-                until,
-            } => {
-                append_in(
-                    &mut tx,
-                    &[Change::UserRisk {
-                        user,
-                        points,
-                        until,
-                        at: now,
-                    }],
-                    now,
-                )
-                .await?
+        sql.push_str(" ON CONFLICT (issuer, jti) DO NOTHING RETURNING issuer, jti");
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (set, _) in sets {
+            insert = insert
+                .bind(set.issuer)
+                .bind(set.jti)
+                .bind(set.transmitter)
+                .bind(set.event)
+                .bind(to_i64(now))
+                .bind(to_i64(set.keep_until));
+        }
+        let mut fresh: HashSet<(String, String)> = HashSet::new();
+        for row in insert.fetch_all(&mut *tx).await? {
+            fresh.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+        let mut taken = Vec::with_capacity(sets.len());
+        let mut changes = Vec::new();
+        // Each stream's record: its last verification in the batch, if any.
+        let mut streams: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        for (set, action) in sets {
+            // Removed when found: the same SET twice in a batch is taken
+            // once.
+            if !fresh.remove(&(set.issuer.to_owned(), set.jti.to_owned())) {
+                taken.push(false);
+                continue;
             }
-            SetAction::Nothing => {
-                let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                to_u64(row.try_get(0)?)
+            taken.push(true);
+            match *action {
+                SetAction::RevokeUser(user) => {
+                    changes.extend(user_revocation_changes(&mut tx, user, now).await?);
+                }
+                SetAction::UserRisk {
+                    user,
+                    points,
+                    until,
+                } => changes.push(Change::UserRisk {
+                    user,
+                    points,
+                    until,
+                    at: now,
+                }),
+                SetAction::Nothing => {}
             }
+            let entry = streams.entry(set.transmitter).or_default();
+            if set.verification.is_some() {
+                *entry = set.verification;
+            }
+        }
+        let head = if changes.is_empty() {
+            let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            to_u64(row.try_get(0)?)
+        } else {
+            append_in(&mut tx, &changes, now).await?
         };
-        match set.verification {
-            Some(state) => {
-                sqlx::query(
-                    "INSERT INTO ssf_streams (transmitter, last_verification, verification_state, last_set) \
-                     VALUES ($1, $2, $3, $2) ON CONFLICT (transmitter) DO UPDATE SET \
-                     last_verification = excluded.last_verification, \
-                     verification_state = excluded.verification_state, last_set = excluded.last_set",
-                )
-                .bind(set.transmitter)
-                .bind(to_i64(now))
-                .bind(state)
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO ssf_streams (transmitter, last_set) VALUES ($1, $2) \
-                     ON CONFLICT (transmitter) DO UPDATE SET last_set = excluded.last_set",
-                )
-                .bind(set.transmitter)
-                .bind(to_i64(now))
-                .execute(&mut *tx)
-                .await?;
+        for (transmitter, verification) in streams {
+            match verification {
+                Some(state) => {
+                    sqlx::query(
+                        "INSERT INTO ssf_streams (transmitter, last_verification, verification_state, last_set) \
+                         VALUES ($1, $2, $3, $2) ON CONFLICT (transmitter) DO UPDATE SET \
+                         last_verification = excluded.last_verification, \
+                         verification_state = excluded.verification_state, last_set = excluded.last_set",
+                    )
+                    .bind(transmitter)
+                    .bind(to_i64(now))
+                    .bind(state)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO ssf_streams (transmitter, last_set) VALUES ($1, $2) \
+                         ON CONFLICT (transmitter) DO UPDATE SET last_set = excluded.last_set",
+                    )
+                    .bind(transmitter)
+                    .bind(to_i64(now))
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         tx.commit().await?;
-        Ok(SetTaken::Taken { head })
+        Ok(taken
+            .into_iter()
+            .map(|t| {
+                if t {
+                    SetTaken::Taken { head }
+                } else {
+                    SetTaken::Duplicate
+                }
+            })
+            .collect())
     }
 
     /// The stream of `transmitter` as recorded; `None` before its first
