@@ -72,6 +72,9 @@ pub struct Config {
     pub ssf: Vec<crate::ssf::config::Transmitter>,
     /// The receiver's other settings (`[ssf]`: per-source rate limits).
     pub ssf_inbound: crate::ssf::config::Inbound,
+    /// The global token revocation endpoint's peers
+    /// (`[[global_token_revocation.peers]]`, `docs/signals.md`).
+    pub gtr: Vec<crate::ssf::gtr::Peer>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// What one node may do to the fleet's state: its revocations a
@@ -219,6 +222,8 @@ struct Raw {
     nodes: Vec<RawNode>,
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
+    #[serde(default)]
+    global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
 }
 
@@ -363,6 +368,7 @@ impl Config {
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
         let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let gtr = crate::ssf::gtr::load(raw.global_token_revocation, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -399,6 +405,7 @@ impl Config {
                 user_names,
                 ssf,
                 ssf_inbound,
+                gtr,
                 tls,
                 budgets,
             }),

@@ -1071,17 +1071,6 @@ async fn revoke_user_in(
     sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
         .execute(&mut **tx)
         .await?;
-    let changes = user_revocation_changes(tx, user, at).await?;
-    append_in(tx, &changes, now).await
-}
-
-/// What revoking `user` at `at` appends: the user's revocation, and each
-/// session the store holds a baseline of for the user.
-async fn user_revocation_changes(
-    tx: &mut Transaction<'static, Any>,
-    user: UserId,
-    at: u64,
-) -> Result<Vec<Change>, StoreError> {
     let mut changes = vec![Change::UserRevoked { user, at }];
     for row in sqlx::query("SELECT session FROM session_baselines WHERE user_key = $1 ORDER BY seq")
         .bind(user.to_string())
@@ -1097,7 +1086,7 @@ async fn user_revocation_changes(
             });
         }
     }
-    Ok(changes)
+    append_in(tx, &changes, now).await
 }
 
 /// Appends inside `tx`: the head row first (taking its lock), then each

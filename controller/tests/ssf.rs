@@ -912,16 +912,18 @@ async fn a_polled_transmitter_is_acknowledged_and_told_each_refusal() {
                 .unwrap()
                 .to_owned()
         };
-        t.queue_set(&good);
-        t.queue_set(&wrong_aud);
-        t.queue_set_with_jti("not-a-set", "a.b");
-        t.queue_set(&forged);
         let extra = format!(
             "delivery = \"poll\"\npoll_url = {:?}\npoll_token_file = \"poll.token\"\npoll_interval_seconds = 1\npoll_max_events = 3\n",
             published.poll_uri()
         );
         let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), &extra)).await;
         let mut node = Stream::open(&c).await;
+        // Queued once the node listens, so that the revocation comes as a
+        // change rather than in its snapshot.
+        t.queue_set(&good);
+        t.queue_set(&wrong_aud);
+        t.queue_set_with_jti("not-a-set", "a.b");
+        t.queue_set(&forged);
         easyssf_test::eventually(DEADLINE, "every SET answered", || t.queued_set_count() == 0).await;
         assert_eq!(t.acknowledged_sets(), vec![jti(&good)]);
         let mut errors = t.reported_errors();
@@ -1114,5 +1116,197 @@ async fn a_flood_is_answered_429_per_transmitter_and_per_source() {
         Some(3.0)
     );
     c.stop().await;
+    db.drop_db().await;
+}
+
+const GTR_TOKEN: &str = "gtr-static-token-0123456789";
+const GTR_AUDIENCE: &str = "https://vigil.test/v1/global-token-revocation";
+
+/// `POST /v1/global-token-revocation` as a peer does; the status and the
+/// body.
+async fn gtr(c: &Controller, auth: Option<&str>, content_type: &str, body: &str) -> (u16, Value) {
+    let mut r = client()
+        .post(c.url("/v1/global-token-revocation"))
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    if let Some(a) = auth {
+        r = r.bearer_auth(a);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A JWT bearer of the transmitter's issuer, signed by the independent
+/// easyssf-test crate, with `claims` over the defaults.
+fn gtr_jwt(t: &TestTransmitter, key: &TestSigningKey, claims: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({
+        "iss": t.issuer(),
+        "aud": GTR_AUDIENCE,
+        "iat": now,
+        "exp": now + 120,
+        "jti": format!("{:016x}", rand_u64()),
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.remove(k);
+        } else {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    TestTransmitter::sign(key, Some("JWT"), &c)
+}
+
+/// Global token revocation inbound, as an IdP's Universal Logout calls
+/// it: a static bearer and a signed JWT bearer each end every session of
+/// the user on the node (204); every bad call gets its exact status —
+/// no bearer, a wrong one, a JWT of another key, audience or issuer, an
+/// expired one (401); a malformed body (400); a subject format the peer may
+/// not use, an iss_sub of another issuer (403); a format Vigil does not
+/// support (422) — and changes nothing. On SQLite and PostgreSQL.
+#[tokio::test]
+async fn global_token_revocation_ends_the_users_sessions_and_refuses_the_rest() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let toml = format!(
+            "[[global_token_revocation.peers]]\nname = \"tool\"\ntoken_sha256 = \"{}\"\nsubjects = [\"email\"]\n\
+             [[global_token_revocation.peers]]\nname = \"idp\"\nissuer = {:?}\naudience = {GTR_AUDIENCE:?}\n\
+             jwks_uri = {:?}\nsubjects = [\"iss_sub\", \"email\"]\n",
+            hex::encode(vigil_controller::config::token_hash(GTR_TOKEN)),
+            t.issuer(),
+            published.jwks_uri(),
+        );
+        let c = Controller::start(&db.url(), &toml).await;
+        let mut node = Stream::open(&c).await;
+        let json_type = "application/json";
+        let body = |sub: Value| json!({ "sub_id": sub }).to_string();
+        let alice = body(json!({"format": "email", "email": "alice@example.com"}));
+        // The static bearer.
+        assert_eq!(gtr(&c, Some(GTR_TOKEN), json_type, &alice).await.0, 204);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("alice@example.com")),
+            "{changes:?}"
+        );
+        // The signed JWT bearer, an iss_sub subject.
+        let bob = body(json!({"format": "iss_sub", "iss": t.issuer(), "sub": "bob"}));
+        let jwt = gtr_jwt(&t, t.key(), json!({}));
+        assert_eq!(gtr(&c, Some(&jwt), json_type, &bob).await.0, 204);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("bob")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        assert_eq!(head, 2);
+        let other_key = TestSigningKey::generate(2048, t.key().key_id());
+        let now = vigil_controller::api::now_secs();
+        let unauthorized = [
+            ("no bearer", None),
+            ("a wrong token", Some("wrong-token-0123456789".to_owned())),
+            ("another key", Some(gtr_jwt(&t, &other_key, json!({})))),
+            ("another audience", Some(gtr_jwt(&t, t.key(), json!({"aud": "https://other.test"})))),
+            ("another issuer", Some(gtr_jwt(&t, t.key(), json!({"iss": "https://other.test"})))),
+            ("expired", Some(gtr_jwt(&t, t.key(), json!({"iat": now - 200, "exp": now - 100})))),
+            ("too old", Some(gtr_jwt(&t, t.key(), json!({"iat": now - 1000, "exp": now + 100})))),
+            ("no exp", Some(gtr_jwt(&t, t.key(), json!({"exp": null})))),
+            ("unsigned", Some(TestTransmitter::unsigned(
+                gtr_jwt(&t, t.key(), json!({})).split('.').nth(1).map(|p| {
+                    use base64::Engine;
+                    serde_json::from_slice::<Map<String, Value>>(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap(),
+                    )
+                    .unwrap()
+                }).as_ref().unwrap(),
+            ))),
+        ];
+        for (what, auth) in &unauthorized {
+            let (status, b) = gtr(&c, auth.as_deref(), json_type, &alice).await;
+            assert_eq!(status, 401, "{what}: {b}");
+            assert_eq!(b["error"], "invalid_token", "{what}");
+        }
+        let cases = [
+            ("not JSON", GTR_TOKEN, json_type, "{".to_owned(), 400, "invalid_request"),
+            ("no sub_id", GTR_TOKEN, json_type, "{}".to_owned(), 400, "invalid_request"),
+            ("not JSON typed", GTR_TOKEN, "text/plain", alice.clone(), 400, "invalid_request"),
+            ("an email without email", GTR_TOKEN, json_type, body(json!({"format": "email"})), 400, "invalid_request"),
+            ("iss_sub for the email-only peer", GTR_TOKEN, json_type, bob.clone(), 403, "access_denied"),
+            ("iss_sub of another issuer", &jwt, json_type, body(json!({"format": "iss_sub", "iss": "https://other.test", "sub": "bob"})), 403, "access_denied"),
+            ("opaque, not allowed to the peer", &jwt, json_type, body(json!({"format": "opaque", "id": "x"})), 403, "access_denied"),
+            ("a phone number", GTR_TOKEN, json_type, body(json!({"format": "phone_number", "phone_number": "+15551234567"})), 422, "unsupported_subject"),
+            ("a complex subject without user", GTR_TOKEN, json_type, body(json!({"format": "complex", "session": {"format": "opaque", "id": "s"}})), 422, "unsupported_subject"),
+        ];
+        for (what, token, content_type, b, status, error) in cases {
+            let (s, answer) = gtr(&c, Some(token), content_type, &b).await;
+            assert_eq!((s, answer["error"].as_str()), (status, Some(error)), "{what}: {answer}");
+        }
+        assert_eq!(c.head().await, head, "nothing refused changed the fleet");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Discovery: the transmitter's metadata gives the JWK Set's URL, and a
+/// SET verified with those keys is taken; metadata naming another issuer
+/// (a document swapped at a compromised or mistaken URL) is refused, so
+/// no key of it is used: the push is answered 503 and the refusal is in
+/// the stream's status.
+#[tokio::test]
+async fn discovered_keys_are_used_and_a_foreign_issuers_metadata_is_not() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let path = "/.well-known/ssf-configuration/realms/test";
+    t.publish_document(
+        path,
+        &json!({"issuer": t.issuer(), "jwks_uri": published.jwks_uri()}).to_string(),
+    );
+    let metadata = format!("http://{}{path}", published.addr);
+    let toml = format!(
+        "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+         metadata_url = {metadata:?}\npush_token_file = \"idp.token\"\n",
+        t.issuer()
+    );
+    let c = Controller::start(&db.url(), &toml).await;
+    let set = t.sign_set(&claims(
+        &t,
+        SESSION_REVOKED,
+        Some(email("erin@example.com")),
+    ));
+    assert_eq!(c.push(&set).await.0, 202);
+    c.stop().await;
+    for doc in [
+        json!({"issuer": "https://other.example/realms/test", "jwks_uri": published.jwks_uri()}),
+        json!({"issuer": t.issuer(), "jwks_uri": "http://keys.example/jwks"}),
+    ] {
+        t.publish_document(path, &doc.to_string());
+        let db = Db::new(false).await;
+        let c = Controller::start(&db.url(), &toml).await;
+        let (status, body) = c.push(&set).await;
+        assert_eq!(
+            (status, body["err"].as_str()),
+            (503, Some("unavailable")),
+            "{doc}"
+        );
+        let s = c.streams().await;
+        assert!(
+            s["streams"][0]["last_error"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("keys")),
+            "{s}"
+        );
+        c.stop().await;
+    }
     db.drop_db().await;
 }

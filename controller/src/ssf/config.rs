@@ -30,6 +30,9 @@ struct RawTransmitter {
     audience: String,
     jwks_uri: Option<String>,
     jwks_file: Option<PathBuf>,
+    metadata_url: Option<String>,
+    #[serde(default)]
+    discovery: bool,
     algorithms: Option<Vec<String>>,
     max_age_seconds: Option<u64>,
     clock_skew_seconds: Option<u64>,
@@ -256,10 +259,18 @@ pub enum KeySource {
     Uri(String),
     /// Read once from a file at start.
     Static(std::sync::Arc<KeySet>),
+    /// From the `jwks_uri` of the transmitter's metadata (SSF discovery),
+    /// read again at each fetch; its `issuer` must be the configured one.
+    Discovered {
+        /// The metadata's URL.
+        metadata_url: String,
+        /// The issuer it must name.
+        issuer: String,
+    },
 }
 
 /// Whether `uri` may be fetched from: HTTPS, or HTTP on loopback only.
-fn fetchable(uri: &str) -> bool {
+pub(crate) fn fetchable(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;
     };
@@ -283,7 +294,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn ranged(
+pub(crate) fn ranged(
     problems: &mut Vec<String>,
     key: &str,
     value: Option<u64>,
@@ -344,7 +355,29 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> (Vec<Transm
         if t.audience.is_empty() || t.audience.len() > 1024 {
             problems.push(format!("{at}.audience: 1 to 1024 characters"));
         }
+        let metadata_url = match (&t.metadata_url, t.discovery) {
+            (Some(url), false) => Some(url.clone()),
+            (None, true) => well_known(&t.issuer),
+            (None, false) => None,
+            (Some(_), true) => {
+                problems.push(format!(
+                    "{at}: give metadata_url or discovery = true, not both"
+                ));
+                None
+            }
+        };
+        if let Some(url) = &metadata_url
+            && !fetchable(url)
+        {
+            problems.push(format!(
+                "{at}.metadata_url: {url:?}: expected https://… (http:// only on loopback); with discovery = true, the issuer gives it"
+            ));
+        }
         let keys = match (&t.jwks_uri, &t.jwks_file) {
+            (None, None) if metadata_url.is_some() => Some(KeySource::Discovered {
+                metadata_url: metadata_url.clone().unwrap_or_default(),
+                issuer: t.issuer.clone(),
+            }),
             (Some(uri), None) => {
                 if !fetchable(uri) {
                     problems.push(format!(
@@ -367,7 +400,9 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> (Vec<Transm
                 }
             },
             _ => {
-                problems.push(format!("{at}: give exactly one of jwks_uri and jwks_file"));
+                problems.push(format!(
+                    "{at}: give exactly one of jwks_uri, jwks_file and metadata_url (or discovery = true)"
+                ));
                 None
             }
         };
@@ -574,7 +609,7 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> (Vec<Transm
 /// A rate's two keys: `per_second` (0.001 to 1,000,000, default
 /// `default`) and `burst` (1 to 2,000,000, default twice the rate, at
 /// least 1).
-fn rate(
+pub(crate) fn rate(
     problems: &mut Vec<String>,
     rate_key: &str,
     burst_key: &str,
@@ -597,6 +632,16 @@ fn rate(
         per_second,
         burst: burst as f64,
     }
+}
+
+/// The SSF metadata URL of `issuer`: `/.well-known/ssf-configuration`
+/// inserted between its host and its path (SSF 1.0, section 7.2).
+pub fn well_known(issuer: &str) -> Option<String> {
+    let mut url = url::Url::parse(issuer).ok()?;
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("/.well-known/ssf-configuration{path}"));
+    url.set_query(None);
+    Some(url.to_string())
 }
 
 /// Most SETs asked for in one poll.
@@ -685,5 +730,18 @@ mod tests {
         assert!(!fetchable("http://127.0.0.1.evil.example/jwks"));
         assert!(!fetchable("http://localhost.evil.example:80/jwks"));
         assert!(!fetchable("ftp://127.0.0.1/jwks"));
+    }
+
+    #[test]
+    fn the_metadata_url_goes_between_host_and_path() {
+        use super::well_known;
+        assert_eq!(
+            well_known("https://idp.example/realms/test").as_deref(),
+            Some("https://idp.example/.well-known/ssf-configuration/realms/test")
+        );
+        assert_eq!(
+            well_known("https://idp.example").as_deref(),
+            Some("https://idp.example/.well-known/ssf-configuration")
+        );
     }
 }

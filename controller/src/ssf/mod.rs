@@ -7,6 +7,7 @@
 
 pub mod commit;
 pub mod config;
+pub mod gtr;
 pub mod keys;
 pub mod limit;
 pub mod poll;
@@ -44,6 +45,8 @@ pub struct Receiver {
     /// Each source address's bucket (`ssf.source_rate_per_second`).
     pub sources: limit::Limiter<std::net::IpAddr>,
     commits: Option<tokio::sync::mpsc::Sender<commit::PendingSet>>,
+    /// The global token revocation endpoint's peers.
+    pub gtr: gtr::Inbound,
 }
 
 /// A configured transmitter at run time.
@@ -64,11 +67,12 @@ impl Receiver {
     pub fn new(
         transmitters: &[Transmitter],
         inbound: &config::Inbound,
+        gtr_peers: &[gtr::Peer],
         store: &crate::store::Store,
     ) -> Receiver {
         let client = if transmitters
             .iter()
-            .any(|t| matches!(t.keys, config::KeySource::Uri(_)))
+            .any(|t| !matches!(t.keys, config::KeySource::Static(_)))
         {
             keys::client()
         } else {
@@ -91,6 +95,7 @@ impl Receiver {
                 .collect(),
             sources: limit::Limiter::new(inbound.source_rate, limit::MAX_SOURCES),
             commits: (!transmitters.is_empty()).then(|| commit::start(store.clone())),
+            gtr: gtr::Inbound::new(gtr_peers),
         }
     }
 
@@ -113,6 +118,31 @@ impl Receiver {
         });
         self.sources.check(&key)
     }
+}
+
+/// Starts the receiver's tasks: each transmitter's keys read at once
+/// (through its metadata when discovered), and one poller per polled
+/// transmitter. Their handles, to abort them when the controller stops.
+pub fn start(app: &Arc<App>) -> Vec<tokio::task::AbortHandle> {
+    let mut tasks = poll::start(app);
+    for s in app.ssf.streams() {
+        if matches!(s.t.keys, config::KeySource::Static(_)) {
+            continue;
+        }
+        let (app, name) = (Arc::downgrade(app), s.t.name.clone());
+        tasks.push(
+            tokio::spawn(async move {
+                if let Some(app) = app.upgrade()
+                    && let Some(s) = app.ssf.stream(&name)
+                    && let Err(KeyError::Unavailable(e)) = s.keys.key("").await
+                {
+                    s.status.error(now_secs(), &format!("keys: {e}"));
+                }
+            })
+            .abort_handle(),
+        );
+    }
+    tasks
 }
 
 fn answer(status: StatusCode, err: &str, description: &str) -> Response {

@@ -5,11 +5,11 @@
 //! stream's last verification.
 
 use sqlx::Row;
-use vigil_fleet::{Change, UserId};
+use vigil_fleet::{Change, SessionId, UserId};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Store, StoreError, append_in, to_i64, to_u64, user_revocation_changes};
+use super::{Store, StoreError, append_in, to_i64, to_u64};
 
 /// What a SET does to the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,7 @@ impl Store {
         }
         let mut taken = Vec::with_capacity(sets.len());
         let mut changes = Vec::new();
+        let sessions = self.sessions_of(&mut tx, sets, &fresh).await?;
         // Each stream's record: its last verification in the batch, if any.
         let mut streams: BTreeMap<&str, Option<&str>> = BTreeMap::new();
         for (set, action) in sets {
@@ -157,7 +158,16 @@ impl Store {
             taken.push(true);
             match *action {
                 SetAction::RevokeUser(user) => {
-                    changes.extend(user_revocation_changes(&mut tx, user, now).await?);
+                    // As `Store::revoke_user`: the user, then each session
+                    // the store holds a baseline of for the user.
+                    changes.push(Change::UserRevoked { user, at: now });
+                    for session in sessions.get(&user).into_iter().flatten() {
+                        changes.push(Change::SessionRevoked {
+                            session: *session,
+                            at: now,
+                            vouched: true,
+                        });
+                    }
                 }
                 SetAction::UserRisk {
                     user,
@@ -222,6 +232,56 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// The sessions held of each user a SET of `sets` taken now
+    /// (`fresh`) revokes, each user's in the order they were recorded:
+    /// one query for the batch.
+    async fn sessions_of(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        sets: &[(SetReceipt<'_>, SetAction)],
+        fresh: &HashSet<(String, String)>,
+    ) -> Result<HashMap<UserId, Vec<SessionId>>, StoreError> {
+        let users: Vec<UserId> = sets
+            .iter()
+            .filter_map(|(set, action)| match action {
+                SetAction::RevokeUser(user)
+                    if fresh.contains(&(set.issuer.to_owned(), set.jti.to_owned())) =>
+                {
+                    Some(*user)
+                }
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut out: HashMap<UserId, Vec<SessionId>> = HashMap::new();
+        if users.is_empty() {
+            return Ok(out);
+        }
+        let mut sql =
+            String::from("SELECT user_key, session FROM session_baselines WHERE user_key IN (");
+        for i in 0..users.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", i + 1));
+        }
+        sql.push_str(") ORDER BY seq");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for user in &users {
+            query = query.bind(user.to_string());
+        }
+        let by_key: HashMap<String, UserId> = users.iter().map(|u| (u.to_string(), *u)).collect();
+        for row in query.fetch_all(&mut **tx).await? {
+            let key: String = row.try_get(0)?;
+            let session: String = row.try_get(1)?;
+            if let (Some(user), Some(session)) = (by_key.get(&key), SessionId::parse(&session)) {
+                out.entry(*user).or_default().push(session);
+            }
+        }
+        Ok(out)
     }
 
     /// The stream of `transmitter` as recorded; `None` before its first
