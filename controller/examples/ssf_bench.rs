@@ -8,8 +8,12 @@
 //!
 //! ```text
 //! cargo run --release -p vigil-controller --example ssf_bench -- \
-//!     --store sqlite|postgres --sets 20000 --connections 64
+//!     --store sqlite|postgres --sets 20000 --connections 64 [--event revoke|ignored]
 //! ```
+//!
+//! `--event ignored` pushes CAEP `session-established` instead, which the
+//! receiver takes and ignores by default: everything but the action (the
+//! `jti` is still committed), to tell the action's cost from the rest.
 //!
 //! Reports SETs/s (wall), the controller process's CPU seconds (from
 //! `/proc/PID/stat`, user + system) over the run and per SET — its
@@ -36,6 +40,8 @@ const PUSH: &str = "bench-push-token-0123456789";
 const AUDIENCE: &str = "https://vigil.bench/ssf";
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const SESSION_ESTABLISHED: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/session-established";
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -51,10 +57,15 @@ fn main() -> Result<(), BoxError> {
     let postgres = arg(&args, "--store").as_deref() == Some("postgres");
     let sets: usize = arg(&args, "--sets").map_or(Ok(20_000), |s| s.parse())?;
     let connections: usize = arg(&args, "--connections").map_or(Ok(64), |s| s.parse())?;
+    let event = if arg(&args, "--event").as_deref() == Some("ignored") {
+        SESSION_ESTABLISHED
+    } else {
+        SESSION_REVOKED
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(bench(postgres, sets, connections))
+    runtime.block_on(bench(postgres, sets, connections, event))
 }
 
 /// The child: the controller of `config` until its standard input closes.
@@ -103,12 +114,18 @@ impl Drop for ChildGuard {
     }
 }
 
-async fn bench(postgres: bool, n: usize, connections: usize) -> Result<(), BoxError> {
+async fn bench(
+    postgres: bool,
+    n: usize,
+    connections: usize,
+    event: &'static str,
+) -> Result<(), BoxError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir()?;
+    let db_name = format!("vigil_ssf_bench_{}", std::process::id());
     let store = if postgres {
         sqlx::any::install_default_drivers();
-        let name = format!("vigil_ssf_bench_{}", std::process::id());
+        let name = &db_name;
         let admin = sqlx::AnyPool::connect(PG_ADMIN).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -147,7 +164,7 @@ async fn bench(postgres: bool, n: usize, connections: usize) -> Result<(), BoxEr
         let config = vigil_controller::Config::load(&config_path)?;
         let transmitter = config.ssf.first().ok_or("no transmitter")?.clone();
         let keys = vigil_controller::ssf::keys::parse_jwks(&serde_json::to_vec(&t.jwk_set())?)?;
-        let set = t.sign_set(&claims(&t, 0));
+        let set = t.sign_set(&claims(&t, 0, event));
         let now = vigil_controller::api::now_secs();
         let rounds = 2000;
         let started = Instant::now();
@@ -162,7 +179,7 @@ async fn bench(postgres: bool, n: usize, connections: usize) -> Result<(), BoxEr
     };
 
     eprintln!("signing {n} SETs…");
-    let signed = sign_all(&t, n);
+    let signed = sign_all(&t, n, event);
 
     let child = Command::new(std::env::current_exe()?)
         .arg("--serve")
@@ -220,6 +237,27 @@ async fn bench(postgres: bool, n: usize, connections: usize) -> Result<(), BoxEr
     let refused: usize = tasks.join_all().await.into_iter().sum();
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - cpu_before;
+    // On PostgreSQL, the server's backends serving the controller (their
+    // whole life: connections, migrations, the run), read before the
+    // controller closes them.
+    let pg_cpu = if postgres {
+        let admin = sqlx::AnyPool::connect(PG_ADMIN).await?;
+        let mut total = 0.0;
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = '{db_name}'"
+        )))
+        .fetch_all(&admin)
+        .await?
+        {
+            let pid: i32 = sqlx::Row::try_get(&row, 0)?;
+            total += u32::try_from(pid)
+                .map_or(Ok(0.0), cpu_seconds)
+                .unwrap_or(0.0);
+        }
+        Some(total)
+    } else {
+        None
+    };
     let log: Value = serde_json::from_str(
         &client
             .get(format!("http://{addr}/v1/admin/log"))
@@ -233,21 +271,27 @@ async fn bench(postgres: bool, n: usize, connections: usize) -> Result<(), BoxEr
     #[allow(clippy::cast_precision_loss)]
     let nf = n as f64;
     println!(
-        "store {} sets {n} connections {connections}: {:.0} SETs/s wall ({wall:.2} s), \
+        "store {} sets {n} connections {connections} event {}: {:.0} SETs/s wall ({wall:.2} s), \
          controller CPU {cpu:.2} s = {:.1} µs/SET = {:.0} SETs/s per core; \
-         RS256 verification alone {verify_us:.1} µs; not 202: {refused}; log head {}",
+         RS256 verification alone {verify_us:.1} µs; not 202: {refused}; log head {}{}",
         if postgres { "postgres" } else { "sqlite" },
+        event.rsplit('/').next().unwrap_or(event),
         nf / wall,
         cpu * 1e6 / nf,
         nf / cpu,
         log["head"],
+        pg_cpu.map_or(String::new(), |c| format!(
+            "; PostgreSQL backends CPU {c:.2} s = {:.1} µs/SET, with the controller's {:.0} SETs/s per core",
+            c * 1e6 / nf,
+            nf / (cpu + c)
+        )),
     );
     Ok(())
 }
 
-fn claims(t: &TestTransmitter, i: usize) -> serde_json::Map<String, Value> {
+fn claims(t: &TestTransmitter, i: usize, event: &str) -> serde_json::Map<String, Value> {
     let mut c = t.set_claims(
-        SESSION_REVOKED,
+        event,
         Some(
             json!({"format": "email", "email": format!("user{i}@bench.example")})
                 .as_object()
@@ -260,7 +304,7 @@ fn claims(t: &TestTransmitter, i: usize) -> serde_json::Map<String, Value> {
 }
 
 /// Signs `n` SETs on every core.
-fn sign_all(t: &TestTransmitter, n: usize) -> Vec<String> {
+fn sign_all(t: &TestTransmitter, n: usize, event: &'static str) -> Vec<String> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let chunks: Vec<Vec<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -268,7 +312,7 @@ fn sign_all(t: &TestTransmitter, n: usize) -> Vec<String> {
                 s.spawn(move || {
                     (k..n)
                         .step_by(threads)
-                        .map(|i| t.sign_set(&claims(t, i)))
+                        .map(|i| t.sign_set(&claims(t, i, event)))
                         .collect::<Vec<_>>()
                 })
             })

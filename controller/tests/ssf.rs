@@ -1310,3 +1310,114 @@ async fn discovered_keys_are_used_and_a_foreign_issuers_metadata_is_not() {
     }
     db.drop_db().await;
 }
+
+/// Two replicas on one PostgreSQL database poll the same transmitter: each
+/// may be handed every SET (the transmitter gives them out until they are
+/// acknowledged), and every SET is acted on exactly once — the log holds
+/// one revocation per user — and acknowledged.
+#[tokio::test]
+async fn two_replicas_polling_one_transmitter_act_once() {
+    let db = Db::new(true).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let extra = format!(
+        "delivery = \"poll\"\npoll_url = {:?}\npoll_token_file = \"poll.token\"\npoll_interval_seconds = 1\npoll_max_events = 50\n",
+        published.poll_uri()
+    );
+    let toml = transmitter_toml(&t, &published.jwks_uri(), &extra);
+    let a = Controller::start(&db.url(), &toml).await;
+    let b = Controller::start(&db.url(), &toml).await;
+    let sets: Vec<String> = (0..40)
+        .map(|i| {
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(email(&format!("user{i}@example.com"))),
+            ))
+        })
+        .collect();
+    for set in &sets {
+        t.queue_set(set);
+    }
+    easyssf_test::eventually(DEADLINE, "every SET acknowledged", || {
+        t.queued_set_count() == 0
+    })
+    .await;
+    assert!(t.reported_errors().is_empty(), "{:?}", t.reported_errors());
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(
+        sets_counted(&ma, "accepted") + sets_counted(&mb, "accepted"),
+        40.0,
+        "each SET acted on once, by one replica or the other"
+    );
+    assert_eq!(a.head().await, 40);
+    let store = Store::open(&db.url()).await.unwrap();
+    let changes = store.since(0, 1000).await.unwrap();
+    let mut users: Vec<UserId> = changes
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Change::UserRevoked { user, .. } => Some(*user),
+            _ => None,
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 40);
+    assert_eq!(changes.len(), 40);
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+/// Bad poll, discovery, rate and global token revocation settings: every
+/// problem reported at once, each with its key.
+#[test]
+fn bad_poll_rate_and_gtr_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    std::fs::write(dir.path().join("short.token"), "short").unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(
+        &path,
+        "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [ssf]\nsource_rate_per_second = 0.0\n\
+         [[ssf.transmitters]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"v\"\n\
+         metadata_url = \"http://idp.example/.well-known/ssf-configuration\"\n\
+         delivery = \"poll\"\npoll_url = \"http://idp.example/poll\"\npoll_max_events = 5000\n\
+         burst = 0\n\
+         [[ssf.transmitters]]\nname = \"push\"\nissuer = \"https://push.example\"\naudience = \"v\"\n\
+         jwks_uri = \"https://push.example/jwks\"\npush_token_sha256 = \"00\"\npoll_url = \"https://push.example/poll\"\n\
+         [[global_token_revocation.peers]]\nname = \"both\"\ntoken_file = \"short.token\"\nissuer = \"https://idp.example\"\n\
+         [[global_token_revocation.peers]]\nname = \"jwt\"\nissuer = \"https://idp.example\"\n\
+         jwks_uri = \"https://idp.example/jwks\"\nmax_age_seconds = 99999\nsubjects = [\"phone\"]\n\
+         [[global_token_revocation.peers]]\nname = \"static\"\ntoken_file = \"short.token\"\nsubjects = [\"iss_sub\"]\n",
+    )
+    .unwrap();
+    let e = vigil_controller::Config::load(&path).err().unwrap();
+    let expected = [
+        "ssf.source_rate_per_second: 0 is out of range",
+        "ssf.transmitters[0].metadata_url: \"http://idp.example/.well-known/ssf-configuration\": expected https://",
+        "ssf.transmitters[0].poll_token_file: required with delivery = \"poll\"",
+        "ssf.transmitters[0].poll_url: \"http://idp.example/poll\": expected https://",
+        "ssf.transmitters[0].poll_max_events: 5000 is out of range; expected 1 to 1000",
+        "ssf.transmitters[0].burst: 0 is out of range",
+        "ssf.transmitters[1].push_token_sha256: expected 64 hex digits",
+        "ssf.transmitters[1].poll_url: only with delivery = \"poll\"",
+        "global_token_revocation.peers[0]: give a static bearer",
+        "global_token_revocation.peers[1].audience: required with a JWT bearer",
+        "global_token_revocation.peers[1].max_age_seconds: 99999 is out of range",
+        "global_token_revocation.peers[1].subjects: \"phone\"",
+        "global_token_revocation.peers[1].subjects: at least one",
+        "global_token_revocation.peers[2].token_file: short.token: a token of at least 16",
+        "global_token_revocation.peers[2].subject_issuers: required for iss_sub subjects",
+    ];
+    for want in expected {
+        assert!(
+            e.problems.iter().any(|p| p.starts_with(want)),
+            "{want:?} not in {:?}",
+            e.problems
+        );
+    }
+    assert_eq!(e.problems.len(), expected.len(), "{:?}", e.problems);
+}
