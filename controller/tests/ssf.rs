@@ -1181,7 +1181,9 @@ async fn global_token_revocation_ends_the_users_sessions_and_refuses_the_rest() 
         let toml = format!(
             "[[global_token_revocation.peers]]\nname = \"tool\"\ntoken_sha256 = \"{}\"\nsubjects = [\"email\"]\n\
              [[global_token_revocation.peers]]\nname = \"idp\"\nissuer = {:?}\naudience = {GTR_AUDIENCE:?}\n\
-             jwks_uri = {:?}\nsubjects = [\"iss_sub\", \"email\"]\n",
+             jwks_uri = {:?}\nsubjects = [\"iss_sub\", \"email\"]\n\
+             [[global_token_revocation.peers]]\nname = \"down\"\nissuer = \"https://down.example\"\n\
+             audience = {GTR_AUDIENCE:?}\njwks_uri = \"http://127.0.0.1:1/jwks\"\n",
             hex::encode(vigil_controller::config::token_hash(GTR_TOKEN)),
             t.issuer(),
             published.jwks_uri(),
@@ -1250,6 +1252,10 @@ async fn global_token_revocation_ends_the_users_sessions_and_refuses_the_rest() 
             let (s, answer) = gtr(&c, Some(token), content_type, &b).await;
             assert_eq!((s, answer["error"].as_str()), (status, Some(error)), "{what}: {answer}");
         }
+        // A peer whose keys cannot be fetched: 503, so that it calls again.
+        let down = gtr_jwt(&t, t.key(), json!({"iss": "https://down.example"}));
+        let (status, answer) = gtr(&c, Some(&down), json_type, &alice).await;
+        assert_eq!((status, answer["error"].as_str()), (503, Some("temporarily_unavailable")), "{answer}");
         assert_eq!(c.head().await, head, "nothing refused changed the fleet");
         c.stop().await;
         db.drop_db().await;

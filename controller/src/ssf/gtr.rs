@@ -442,9 +442,20 @@ pub async fn revoke(
         return unauthorized();
     };
     let now = now_secs();
-    let Some((p, _, limiter)) = authenticate(&app.ssf.gtr, token, now).await else {
-        count("-", "unauthorized");
-        return unauthorized();
+    let (p, _, limiter) = match authenticate(&app.ssf.gtr, token, now).await {
+        Ok(state) => state,
+        Err(Unauthenticated::Invalid) => {
+            count("-", "unauthorized");
+            return unauthorized();
+        }
+        Err(Unauthenticated::KeysUnavailable) => {
+            count("-", "unavailable");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the peer's keys could not be fetched; try again",
+            );
+        }
     };
     let label = format!("gtr:{}", p.name);
     if let Err(retry) = limiter.check(&()) {
@@ -532,17 +543,72 @@ pub async fn revoke(
 
 type PeerState = (Peer, Option<Keys>, limit::Limiter<()>);
 
+/// Why a bearer authenticated no peer.
+enum Unauthenticated {
+    /// Not a configured peer's (`401`).
+    Invalid,
+    /// A JWT of a configured issuer whose keys could not be fetched, none
+    /// held (`503`: the peer tries again).
+    KeysUnavailable,
+}
+
 /// The peer `token` authenticates: a static bearer by its hash, or a JWT
 /// bearer by its issuer, verified.
-async fn authenticate<'a>(inbound: &'a Inbound, token: &str, now: u64) -> Option<&'a PeerState> {
+async fn authenticate<'a>(
+    inbound: &'a Inbound,
+    token: &str,
+    now: u64,
+) -> Result<&'a PeerState, Unauthenticated> {
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         let hash = token_hash(token);
         return inbound
             .peers
             .iter()
-            .find(|(p, _, _)| matches!(p.auth, Auth::Token(h) if h == hash));
+            .find(|(p, _, _)| matches!(p.auth, Auth::Token(h) if h == hash))
+            .ok_or(Unauthenticated::Invalid);
     }
+    match verify_jwt(inbound, token, &parts, now).await {
+        Ok(Some(state)) => Ok(state),
+        Ok(None) => Err(Unauthenticated::Invalid),
+        Err(()) => Err(Unauthenticated::KeysUnavailable),
+    }
+}
+
+/// A JWT bearer's peer, verified; `Err` when its keys are unavailable.
+async fn verify_jwt<'a>(
+    inbound: &'a Inbound,
+    token: &str,
+    parts: &[&str],
+    now: u64,
+) -> Result<Option<&'a PeerState>, ()> {
+    let Some((peer_state, keys, claims_ok, alg, kid)) = jwt_peer(inbound, parts, now) else {
+        return Ok(None);
+    };
+    let key = match keys.key(&kid).await {
+        Ok(k) => k,
+        Err(KeyError::Unknown) => return Ok(None),
+        Err(KeyError::Unavailable(_)) => return Err(()),
+    };
+    if !claims_ok
+        || !key.kind.fits(alg)
+        || key.alg.as_deref().is_some_and(|a| a != alg.name())
+        || matches!(key.kind, KeyKind::Rsa(bits) if bits < MIN_RSA_BITS)
+    {
+        return Ok(None);
+    }
+    let signing_input = &token[..parts[0].len() + 1 + parts[1].len()];
+    Ok(key
+        .verifies(alg, signing_input.as_bytes(), parts[2])
+        .then_some(peer_state))
+}
+
+type JwtPeer<'a> = (&'a PeerState, &'a Keys, bool, Alg, String);
+
+/// The peer a JWT names by its `iss`, its keys, whether its claims hold
+/// (checked before the signature but answered after, all as one 401), its
+/// algorithm and `kid`.
+fn jwt_peer<'a>(inbound: &'a Inbound, parts: &[&str], now: u64) -> Option<JwtPeer<'a>> {
     let claims = decode(parts[1])?;
     let iss = claims.get("iss").and_then(Value::as_str)?;
     let state = inbound
@@ -576,21 +642,7 @@ async fn authenticate<'a>(inbound: &'a Inbound, token: &str, now: u64) -> Option
         .and_then(Value::as_str)
         .and_then(Alg::of)
         .filter(|a| algorithms.contains(a))?;
-    let kid = header.get("kid").and_then(Value::as_str)?;
-    let key = match keys.key(kid).await {
-        Ok(k) => k,
-        Err(KeyError::Unknown | KeyError::Unavailable(_)) => return None,
-    };
-    if !key.kind.fits(alg)
-        || key.alg.as_deref().is_some_and(|a| a != alg.name())
-        || matches!(key.kind, KeyKind::Rsa(bits) if bits < MIN_RSA_BITS)
-    {
-        return None;
-    }
-    let signing_input = &token[..parts[0].len() + 1 + parts[1].len()];
-    if !key.verifies(alg, signing_input.as_bytes(), parts[2]) {
-        return None;
-    }
+    let kid = header.get("kid").and_then(Value::as_str)?.to_owned();
     let aud_ok = match claims.get("aud") {
         Some(Value::String(a)) => a == audience,
         Some(Value::Array(l)) => l.iter().any(|a| a.as_str() == Some(audience)),
@@ -601,7 +653,7 @@ async fn authenticate<'a>(inbound: &'a Inbound, token: &str, now: u64) -> Option
     let fresh = exp.saturating_add(*clock_skew) >= now
         && iat <= now.saturating_add(*clock_skew)
         && iat.saturating_add(*max_age) >= now;
-    (aud_ok && fresh).then_some(state)
+    Some((state, keys, aud_ok && fresh, alg, kid))
 }
 
 fn decode(part: &str) -> Option<Map<String, Value>> {
