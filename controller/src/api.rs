@@ -68,6 +68,8 @@ pub struct App {
     commits: mpsc::Sender<Pending>,
     /// The Shared Signals receiver ([`crate::ssf`]).
     pub ssf: crate::ssf::Receiver,
+    /// The controller's signing keys (`[signing]`), when configured.
+    pub signer: Option<Arc<crate::signing::Signer>>,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -125,6 +127,7 @@ impl App {
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf, &config.ssf_inbound, &config.gtr, &store);
+        let signer = config.signing.clone();
         Ok(App {
             store,
             config,
@@ -135,6 +138,7 @@ impl App {
             metrics,
             commits,
             ssf,
+            signer,
         })
     }
 
@@ -334,6 +338,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/sync", get(sync))
         .route("/v1/events", post(events))
         .route("/v1/admin/log", get(log_bounds))
@@ -373,6 +378,29 @@ pub const OPENAPI: &str = include_str!("../api/openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The public halves of the controller's signing keys (`[signing]`), for
+/// the peers that verify what it signs; `404` when it signs nothing.
+/// Peers may cache it for five minutes: a key is published before it signs
+/// (`docs/controller.md`, "Signing keys").
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    match &app.signer {
+        Some(signer) => (
+            [
+                (header::CONTENT_TYPE, "application/jwk-set+json"),
+                (header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            signer.jwks().to_string(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "this controller has no [signing] keys",
+        )
+        .into_response(),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -803,6 +831,17 @@ async fn events(
             node,
             ignored = taken.ignored,
             "session records that changed nothing"
+        );
+    }
+    if taken.unvouched_over_budget > 0 {
+        app.metrics
+            .unvouched
+            .with_label_values(&[node.as_str()])
+            .inc_by(u64::from(taken.unvouched_over_budget));
+        tracing::warn!(
+            node,
+            revocations = taken.unvouched_over_budget,
+            "a node's revocations on its own baselines beyond node_vouched_revocations_per_day: taken unvouched"
         );
     }
     for (refusal, n) in taken.refusals() {

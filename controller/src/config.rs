@@ -77,6 +77,10 @@ pub struct Config {
     pub gtr: Vec<crate::ssf::gtr::Peer>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
+    /// The controller's signing keys and issuer (`[signing]`): what it
+    /// signs SETs, logout tokens and bearers with. Without it, nothing
+    /// that must be signed is sent.
+    pub signing: Option<std::sync::Arc<crate::signing::Signer>>,
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
@@ -99,6 +103,11 @@ pub struct NodeBudgets {
     /// Users a node may start a fleet history for (users with none yet)
     /// per UTC day (`node_new_users_per_day`, default 20000).
     pub new_users_per_day: u32,
+    /// Revocations a node may have vouched for per UTC day on a baseline
+    /// it recorded itself (`node_vouched_revocations_per_day`, default
+    /// 1000); beyond, they are taken unvouched. Revocations on a baseline
+    /// another node recorded are vouched regardless.
+    pub vouched_revocations_per_day: u32,
 }
 
 impl NodeBudgets {
@@ -135,6 +144,12 @@ impl NodeBudgets {
                 raw.node_new_users_per_day,
                 20_000,
                 10_000_000,
+            ),
+            vouched_revocations_per_day: key(
+                "node_vouched_revocations_per_day",
+                raw.node_vouched_revocations_per_day,
+                1_000,
+                1_000_000,
             ),
         }
     }
@@ -181,6 +196,7 @@ impl std::fmt::Debug for Config {
             .field("poll", &self.poll)
             .field("user_names", &self.user_names)
             .field("tls", &self.tls)
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +234,7 @@ struct Raw {
     node_observations_per_user_per_day: Option<u32>,
     node_new_sessions_per_user_per_day: Option<u32>,
     node_new_users_per_day: Option<u32>,
+    node_vouched_revocations_per_day: Option<u32>,
     #[serde(default)]
     nodes: Vec<RawNode>,
     #[serde(default)]
@@ -225,6 +242,7 @@ struct Raw {
     #[serde(default)]
     global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
+    signing: Option<crate::signing::RawSigning>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +324,11 @@ impl Config {
             .tls
             .as_ref()
             .and_then(|t| crate::tls::load(t, resolve, &mut problems));
+        let signing = raw
+            .signing
+            .as_ref()
+            .and_then(|s| crate::signing::load(s, &resolve, &mut problems))
+            .map(std::sync::Arc::new);
         check_node_certificates(&raw, &mut problems);
         let admin_certificate_sha256 = admin_certificate(&raw, &mut problems);
         let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
@@ -407,6 +430,7 @@ impl Config {
                 ssf_inbound,
                 gtr,
                 tls,
+                signing,
                 budgets,
             }),
             _ => Err(fail(problems)),
@@ -722,13 +746,15 @@ mod tests {
                 observations_per_user_per_day: 64,
                 new_sessions_per_user_per_day: 24,
                 new_users_per_day: 20_000,
+                vouched_revocations_per_day: 1_000,
             }
         );
         let e = load(
             "node_revocations_per_minute = 0
 node_observations_per_user_per_day = 100001
              node_new_sessions_per_user_per_day = 0
-node_new_users_per_day = 10000001",
+node_new_users_per_day = 10000001
+node_vouched_revocations_per_day = 0",
         )
         .unwrap_err();
         assert_eq!(
@@ -738,6 +764,7 @@ node_new_users_per_day = 10000001",
                 "node_observations_per_user_per_day: 100001 is out of range; expected 1 to 100000",
                 "node_new_sessions_per_user_per_day: 0 is out of range; expected 1 to 100000",
                 "node_new_users_per_day: 10000001 is out of range; expected 1 to 10000000",
+                "node_vouched_revocations_per_day: 0 is out of range; expected 1 to 1000000",
             ]
         );
     }

@@ -176,6 +176,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("node", Kind::Text),
             ("day", Kind::Int),
             ("new_users", Kind::Int),
+            ("vouched", Kind::Int),
         ],
     ),
 ];

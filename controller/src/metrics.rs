@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Node events taken but refused by the intake rules, by node and
     /// reason (`docs/controller.md`, Intake rules).
     pub refused: IntCounterVec,
+    /// Revocations of each node taken unvouched because its daily budget
+    /// of vouching on its own baselines was spent.
+    pub unvouched: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +114,14 @@ impl Metrics {
             &["node", "reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let unvouched = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_node_revocations_unvouched_total",
+                "A node's revocations on baselines it recorded itself taken unvouched: its node_vouched_revocations_per_day was spent.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(unvouched.clone()))?;
         registry.register(Box::new(subscribers.clone()))?;
         registry.register(Box::new(frames_sent.clone()))?;
         registry.register(Box::new(changes_sent.clone()))?;
@@ -143,6 +154,7 @@ impl Metrics {
             events,
             ssf_sets,
             refused,
+            unvouched,
         })
     }
 

@@ -92,22 +92,24 @@ impl Controller {
         std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Held from here to the controller's end: a port released and
+        // bound again later could be taken in between by another test.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let toml = format!(
             "{extra}\nlisten = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             [signing]\nissuer = \"http://{addr}\"\nkey_files = [{signing_key:?}]\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
             hash(NODE_A),
-            hash(NODE_B)
+            hash(NODE_B),
+            signing_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-test.pem"),
         );
         let path = dir.path().join("controller.toml");
         std::fs::write(&path, toml).unwrap();
         let config = vigil_controller::Config::load(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            vigil_controller::run(config, async {
+            vigil_controller::run_on(listener, config, async {
                 let _ = stopped.await;
             })
             .await
@@ -1451,6 +1453,101 @@ async fn a_stolen_node_token_cannot_end_a_session_it_never_caught() {
             );
         }
         assert!(!text.contains("node=\"a\""), "node A had nothing refused");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The attack: node B's token is stolen, and the thief files vouched
+/// revocations of sessions it makes up — in one batch a baseline naming a
+/// user, a detection of it and its revocation — to fill every node's main
+/// revocation store, which nothing evicts but age. Vouching on a baseline
+/// the revoking node recorded itself is bounded a day
+/// (`node_vouched_revocations_per_day`, 2 here): the third is taken
+/// unvouched, still ended, counted and logged. A thief B catches on a
+/// session whose baseline node A recorded is vouched for whatever B spent.
+#[tokio::test]
+async fn a_stolen_node_token_cannot_fill_the_fleets_revocation_store() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "node_vouched_revocations_per_day = 2").await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let a = engine();
+        let zed = user_key("zed");
+        let mut made_up = Vec::new();
+        for i in 0..3 {
+            let rec = record(
+                &a,
+                &format!("made-up-{i}"),
+                FIREFOX,
+                "81.2.69.10",
+                Some("zed"),
+                now() - 20,
+            );
+            let key = SessionId(rec.0[..16].try_into().unwrap());
+            let reference = format!("ref-{i}");
+            assert_eq!(
+                ack_of(
+                    &c,
+                    NODE_B,
+                    vec![
+                        baseline(&format!("b-{i}-1"), &rec, false),
+                        evidence(
+                            &format!("b-{i}-2"),
+                            &reference,
+                            Some(key),
+                            Some(zed),
+                            "revoke",
+                            true
+                        ),
+                        revocation(&format!("b-{i}-3"), key, Some(zed), Some(&reference)),
+                    ],
+                )
+                .await,
+                EventAck {
+                    accepted: 3,
+                    ..EventAck::default()
+                },
+                "made-up session {i}"
+            );
+            made_up.push(key);
+        }
+        // The real case, after B's budget is spent: pia's baseline is A's.
+        let pia = user_key("pia");
+        let owners = record(&a, "s-pia", FIREFOX, "81.2.69.11", Some("pia"), now() - 20);
+        let key = SessionId(owners.0[..16].try_into().unwrap());
+        ack_of(&c, NODE_A, vec![baseline("a-1", &owners, false)]).await;
+        ack_of(
+            &c,
+            NODE_B,
+            vec![
+                evidence("b-9", "ref-pia", Some(key), Some(pia), "revoke", true),
+                revocation("b-10", key, Some(pia), Some("ref-pia")),
+            ],
+        )
+        .await;
+        assert_eq!(
+            revocations_in_log(&store).await,
+            vec![
+                (made_up[0], true),
+                (made_up[1], true),
+                (made_up[2], false),
+                (key, true)
+            ]
+        );
+        let text = metrics(&c).await;
+        assert_eq!(
+            metric(
+                &text,
+                "vigil_controller_node_revocations_unvouched_total{node=\"b\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(
+            !text.contains("vigil_controller_node_events_refused_total{"),
+            "nothing was refused"
+        );
         c.stop().await;
         db.drop_db().await;
     })
@@ -3433,6 +3530,37 @@ async fn rule_bundles_are_the_admins_alone() {
         c.admin_get("/v1/admin/rules").await,
         serde_json::json!({"in_force": null, "bundles": []})
     );
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// The signing keys' public halves are served as a JWK Set a peer verifies
+/// with: every configured key, no private member.
+#[tokio::test]
+async fn the_signing_keys_are_published_as_a_jwk_set() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let r = client()
+        .get(c.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/jwk-set+json"
+    );
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    let jwk = &set.keys[0];
+    assert_eq!(
+        jwk.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Signature)
+    );
+    let published = serde_json::to_value(jwk).unwrap();
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(published.get(private).is_none(), "{private} is published");
+    }
     c.stop().await;
     db.drop_db().await;
 }
