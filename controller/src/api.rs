@@ -129,7 +129,7 @@ impl App {
         let metrics = Metrics::new()?;
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
-        let ssf = crate::ssf::Receiver::new(&config.ssf);
+        let ssf = crate::ssf::Receiver::new(&config.ssf, &config.ssf_inbound, &config.gtr, &store);
         let signer = config.signing.clone();
         let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
@@ -366,6 +366,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
         .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
+        .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
+        .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

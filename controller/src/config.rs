@@ -73,6 +73,11 @@ pub struct Config {
     /// The OpenID providers whose back-channel logout tokens are taken
     /// (`[[backchannel_logout.providers]]`, `docs/signals.md`).
     pub backchannel_logout: Vec<crate::bcl::config::Provider>,
+    /// The receiver's other settings (`[ssf]`: per-source rate limits).
+    pub ssf_inbound: crate::ssf::config::Inbound,
+    /// The global token revocation endpoint's peers
+    /// (`[[global_token_revocation.peers]]`, `docs/signals.md`).
+    pub gtr: Vec<crate::ssf::gtr::Peer>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// The controller's signing keys and issuer (`[signing]`): what it
@@ -239,6 +244,7 @@ struct Raw {
     ssf: crate::ssf::RawSsf,
     #[serde(default)]
     backchannel_logout: crate::bcl::RawBcl,
+    global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
     signing: Option<crate::signing::RawSigning>,
 }
@@ -388,9 +394,10 @@ impl Config {
             }
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
-        let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let backchannel_logout =
             crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
+        let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let gtr = crate::ssf::gtr::load(raw.global_token_revocation, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -427,6 +434,8 @@ impl Config {
                 user_names,
                 ssf,
                 backchannel_logout,
+                ssf_inbound,
+                gtr,
                 tls,
                 signing,
                 budgets,

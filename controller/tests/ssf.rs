@@ -90,8 +90,10 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
-/// The transmitter's documents (its JWK Set) served on loopback by the
-/// transmitter itself: each GET is handed to its in-process HTTP handler.
+/// The transmitter's documents (its JWK Set, its metadata) and endpoints
+/// (its RFC 8936 poll endpoint) served on loopback by the transmitter
+/// itself: each request — method, headers, body — is handed to its
+/// in-process HTTP handler.
 struct Published {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -104,19 +106,34 @@ impl Published {
         let addr = listener.local_addr().unwrap();
         let t = t.clone();
         let issuer = url::Url::parse(t.issuer()).unwrap();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-            let t = t.clone();
-            let mut url = issuer.clone();
-            async move {
-                url.set_path(uri.path());
-                let r = t.execute(SsfHttpRequest::of("GET", url)).await.unwrap();
-                (
-                    axum::http::StatusCode::from_u16(r.status).unwrap(),
-                    [("content-type", "application/json")],
-                    r.body,
-                )
-            }
-        });
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: String| {
+                let t = t.clone();
+                let mut url = issuer.clone();
+                async move {
+                    url.set_path(uri.path());
+                    url.set_query(uri.query());
+                    let mut request = SsfHttpRequest::of(method.as_str(), url);
+                    for (name, value) in &headers {
+                        if let Ok(v) = value.to_str() {
+                            request
+                                .headers
+                                .push((name.as_str().to_owned(), v.to_owned()));
+                        }
+                    }
+                    request.body = (!body.is_empty()).then_some(body);
+                    let r = t.execute(request).await.unwrap();
+                    (
+                        axum::http::StatusCode::from_u16(r.status).unwrap(),
+                        [("content-type", "application/json")],
+                        r.body,
+                    )
+                }
+            },
+        );
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -125,6 +142,10 @@ impl Published {
 
     fn jwks_uri(&self) -> String {
         format!("http://{}/realms/test/jwks", self.addr)
+    }
+
+    fn poll_uri(&self) -> String {
+        format!("http://{}/realms/test/poll", self.addr)
     }
 }
 
@@ -156,6 +177,7 @@ impl Controller {
         std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         std::fs::write(dir.path().join("idp.token"), PUSH).unwrap();
+        std::fs::write(dir.path().join("poll.token"), TestTransmitter::ACCESS_TOKEN).unwrap();
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -237,6 +259,18 @@ impl Controller {
             .text()
             .await
             .unwrap()
+    }
+
+    /// `GET /v1/admin/ssf/streams`.
+    async fn streams(&self) -> Value {
+        let r = client()
+            .get(self.url("/v1/admin/ssf/streams"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_str(&r.text().await.unwrap()).unwrap()
     }
 
     async fn stop(mut self) {
@@ -1272,4 +1306,551 @@ async fn an_es256_transmitter_is_taken_and_rs256_from_it_is_not() {
     assert_eq!(c.head().await, 1);
     c.stop().await;
     db.drop_db().await;
+}
+
+/// Poll delivery (RFC 8936) against the independent transmitter's poll
+/// endpoint: the controller polls with `maxEvents` and
+/// `returnImmediately`; a valid SET goes the push path (the node sees the
+/// user revoked) and is acknowledged in the next poll's `ack`; each bad
+/// SET is reported in `setErrs` with its RFC 8935 code and not
+/// acknowledged; the same SET delivered again is acknowledged and does
+/// nothing again; a transmitter that fails is polled again after a
+/// back-off, and its failure is in the stream's status.
+#[tokio::test]
+async fn a_polled_transmitter_is_acknowledged_and_told_each_refusal() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let good = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "alice"))));
+        let mut wrong_aud = claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "bob")));
+        wrong_aud.insert("aud".into(), "https://someone-else.test".into());
+        let wrong_aud = t.sign_set(&wrong_aud);
+        // Carol's SET with another signature: refused, not acted on.
+        let forged = {
+            let set = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "carol"))));
+            let other = t.sign_set(&claims(&t, SESSION_REVOKED, Some(iss_sub(t.issuer(), "dan"))));
+            let (signed, _) = set.rsplit_once('.').unwrap();
+            format!("{signed}.{}", other.rsplit_once('.').unwrap().1)
+        };
+        let jti = |set: &str| {
+            TestTransmitter::claims_of(set)["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let extra = format!(
+            "delivery = \"poll\"\npoll_url = {:?}\npoll_token_file = \"poll.token\"\npoll_interval_seconds = 1\npoll_max_events = 3\n",
+            published.poll_uri()
+        );
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), &extra)).await;
+        let mut node = Stream::open(&c).await;
+        // Queued once the node listens, so that the revocation comes as a
+        // change rather than in its snapshot.
+        t.queue_set(&good);
+        t.queue_set(&wrong_aud);
+        t.queue_set_with_jti("not-a-set", "a.b");
+        t.queue_set(&forged);
+        easyssf_test::eventually(DEADLINE, "every SET answered", || t.queued_set_count() == 0).await;
+        assert_eq!(t.acknowledged_sets(), vec![jti(&good)]);
+        let mut errors = t.reported_errors();
+        errors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut expected = vec![
+            (jti(&wrong_aud), "invalid_audience"),
+            ("not-a-set".to_owned(), "invalid_request"),
+            (jti(&forged), "authentication_failed"),
+        ];
+        expected.sort();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for ((jti, error), (want_jti, want_err)) in errors.iter().zip(&expected) {
+            assert_eq!(jti, want_jti);
+            assert_eq!(error["err"], *want_err, "{error}");
+            assert!(error["description"].is_string(), "{error}");
+            assert_eq!(error.as_object().unwrap().len(), 2, "{error}");
+        }
+        let request = t.last_poll_request();
+        assert_eq!(request["maxEvents"], 3);
+        assert_eq!(request["returnImmediately"], true);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("alice")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        assert_eq!(head, 1);
+        // Delivered again (a transmitter that lost the ack): acknowledged
+        // again, nothing done again.
+        t.queue_set(&good);
+        easyssf_test::eventually(DEADLINE, "the replay acknowledged", || {
+            t.acknowledged_sets().len() == 2
+        })
+        .await;
+        assert_eq!(c.head().await, head);
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 1.0);
+        assert_eq!(sets_counted(&m, "duplicate"), 1.0);
+        assert_eq!(sets_counted(&m, "invalid_audience"), 1.0);
+        // The transmitter fails: the failure is in the stream's status,
+        // and the SET queued meanwhile is taken once it is back.
+        t.set_available(false);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let status = loop {
+            let status = c.streams().await;
+            if status["streams"][0]["last_error"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("503"))
+            {
+                break status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let s = &status["streams"][0];
+        assert_eq!(s["name"], "idp");
+        assert_eq!(s["delivery"], "poll");
+        assert!(s["last_poll"].as_u64().is_some(), "{s}");
+        assert!(s["last_set"].as_u64().is_some(), "{s}");
+        let later = t.sign_set(&claims(&t, SESSION_REVOKED, Some(email("dave@example.com"))));
+        t.queue_set(&later);
+        t.set_available(true);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("dave@example.com")),
+            "{changes:?}"
+        );
+        easyssf_test::eventually(DEADLINE, "acknowledged after the outage", || {
+            t.acknowledged_sets().contains(&jti(&later))
+        })
+        .await;
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// One raw request with the headers of a push announcing a large body and
+/// sending none; the status line and headers answered.
+async fn push_without_body(c: &Controller, token: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "POST /v1/ssf/push/idp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/secevent+jwt\r\nContent-Length: 60000\r\n\r\neyJ"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 2048];
+    let n = tokio::time::timeout(DEADLINE, socket.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// A flood at the push endpoint: a transmitter past its burst is answered
+/// 429 with Retry-After before its body is read, and the SETs it sent
+/// within its allowance were taken; a source past its own burst is
+/// answered 429 whoever it claims to be (an unknown name, a wrong token,
+/// the right one). The rates are a few per hour: no refill during the
+/// test, so every count is exact.
+#[tokio::test]
+async fn a_flood_is_answered_429_per_transmitter_and_per_source() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let ssf = format!(
+        "[ssf]\nsource_rate_per_second = 0.001\nsource_burst = 12\n{}",
+        transmitter_toml(
+            &t,
+            &published.jwks_uri(),
+            "rate_per_second = 0.001\nburst = 5\n"
+        )
+    );
+    let c = Controller::start(&db.url(), &ssf).await;
+    // The transmitter's burst: five SETs, concurrently.
+    let sets: Vec<String> = (0..8)
+        .map(|i| {
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(email(&format!("user{i}@example.com"))),
+            ))
+        })
+        .collect();
+    let mut pushes = tokio::task::JoinSet::new();
+    for set in sets.clone() {
+        let url = c.url("/v1/ssf/push/idp");
+        pushes.spawn(async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(PUSH)
+                .header("content-type", "application/secevent+jwt")
+                .body(set)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry)
+        });
+    }
+    let mut answers: Vec<(u16, Option<String>)> = pushes.join_all().await;
+    answers.sort();
+    assert_eq!(answers[..5], vec![(202, None); 5][..], "{answers:?}");
+    for (status, retry) in &answers[5..] {
+        assert_eq!(*status, 429, "{answers:?}");
+        let secs: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&secs), "{retry:?}");
+    }
+    assert_eq!(c.head().await, 5, "the five taken were acted on");
+    // Past its burst, a push is refused before its body is read.
+    let answer = push_without_body(&c, PUSH).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    // 9 of the source's 12 spent; three more, then 429 whatever it sends.
+    for _ in 0..3 {
+        let answer = push_without_body(&c, "wrong-token-0123456789").await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    for token in ["wrong-token-0123456789", PUSH] {
+        let answer = push_without_body(&c, token).await;
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    }
+    let r = client()
+        .post(c.url("/v1/ssf/push/nobody"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let m = c.metrics().await;
+    assert_eq!(sets_counted(&m, "accepted"), 5.0);
+    assert_eq!(sets_counted(&m, "rate_limited"), 4.0);
+    assert_eq!(
+        metric(
+            &m,
+            "vigil_controller_ssf_sets_total{result=\"rate_limited\",transmitter=\"-\"}"
+        ),
+        Some(3.0)
+    );
+    c.stop().await;
+    db.drop_db().await;
+}
+
+const GTR_TOKEN: &str = "gtr-static-token-0123456789";
+const GTR_AUDIENCE: &str = "https://vigil.test/v1/global-token-revocation";
+
+/// `POST /v1/global-token-revocation` as a peer does; the status and the
+/// body.
+async fn gtr(c: &Controller, auth: Option<&str>, content_type: &str, body: &str) -> (u16, Value) {
+    let mut r = client()
+        .post(c.url("/v1/global-token-revocation"))
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    if let Some(a) = auth {
+        r = r.bearer_auth(a);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A JWT bearer of the transmitter's issuer, signed by the independent
+/// easyssf-test crate, with `claims` over the defaults.
+fn gtr_jwt(t: &TestTransmitter, key: &TestSigningKey, claims: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({
+        "iss": t.issuer(),
+        "aud": GTR_AUDIENCE,
+        "iat": now,
+        "exp": now + 120,
+        "jti": format!("{:016x}", rand_u64()),
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.remove(k);
+        } else {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    TestTransmitter::sign(key, Some("JWT"), &c)
+}
+
+/// Global token revocation inbound, as an IdP's Universal Logout calls
+/// it: a static bearer and a signed JWT bearer each end every session of
+/// the user on the node (204); every bad call gets its exact status —
+/// no bearer, a wrong one, a JWT of another key, audience or issuer, an
+/// expired one (401); a malformed body (400); a subject format the peer may
+/// not use, an iss_sub of another issuer (403); a format Vigil does not
+/// support (422) — and changes nothing. On SQLite and PostgreSQL.
+#[tokio::test]
+async fn global_token_revocation_ends_the_users_sessions_and_refuses_the_rest() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let toml = format!(
+            "[[global_token_revocation.peers]]\nname = \"tool\"\ntoken_sha256 = \"{}\"\nsubjects = [\"email\"]\n\
+             [[global_token_revocation.peers]]\nname = \"idp\"\nissuer = {:?}\naudience = {GTR_AUDIENCE:?}\n\
+             jwks_uri = {:?}\nsubjects = [\"iss_sub\", \"email\"]\n\
+             [[global_token_revocation.peers]]\nname = \"down\"\nissuer = \"https://down.example\"\n\
+             audience = {GTR_AUDIENCE:?}\njwks_uri = \"http://127.0.0.1:1/jwks\"\n",
+            hex::encode(vigil_controller::config::token_hash(GTR_TOKEN)),
+            t.issuer(),
+            published.jwks_uri(),
+        );
+        let c = Controller::start(&db.url(), &toml).await;
+        let mut node = Stream::open(&c).await;
+        let json_type = "application/json";
+        let body = |sub: Value| json!({ "sub_id": sub }).to_string();
+        let alice = body(json!({"format": "email", "email": "alice@example.com"}));
+        // The static bearer.
+        assert_eq!(gtr(&c, Some(GTR_TOKEN), json_type, &alice).await.0, 204);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("alice@example.com")),
+            "{changes:?}"
+        );
+        // The signed JWT bearer, an iss_sub subject.
+        let bob = body(json!({"format": "iss_sub", "iss": t.issuer(), "sub": "bob"}));
+        let jwt = gtr_jwt(&t, t.key(), json!({}));
+        assert_eq!(gtr(&c, Some(&jwt), json_type, &bob).await.0, 204);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::UserRevoked { user: u, .. }] if u == user("bob")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+        assert_eq!(head, 2);
+        let other_key = TestSigningKey::generate(2048, t.key().key_id());
+        let now = vigil_controller::api::now_secs();
+        let unauthorized = [
+            ("no bearer", None),
+            ("a wrong token", Some("wrong-token-0123456789".to_owned())),
+            ("another key", Some(gtr_jwt(&t, &other_key, json!({})))),
+            ("another audience", Some(gtr_jwt(&t, t.key(), json!({"aud": "https://other.test"})))),
+            ("another issuer", Some(gtr_jwt(&t, t.key(), json!({"iss": "https://other.test"})))),
+            ("expired", Some(gtr_jwt(&t, t.key(), json!({"iat": now - 200, "exp": now - 100})))),
+            ("too old", Some(gtr_jwt(&t, t.key(), json!({"iat": now - 1000, "exp": now + 100})))),
+            ("no exp", Some(gtr_jwt(&t, t.key(), json!({"exp": null})))),
+            ("unsigned", Some(TestTransmitter::unsigned(
+                gtr_jwt(&t, t.key(), json!({})).split('.').nth(1).map(|p| {
+                    use base64::Engine;
+                    serde_json::from_slice::<Map<String, Value>>(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap(),
+                    )
+                    .unwrap()
+                }).as_ref().unwrap(),
+            ))),
+        ];
+        for (what, auth) in &unauthorized {
+            let (status, b) = gtr(&c, auth.as_deref(), json_type, &alice).await;
+            assert_eq!(status, 401, "{what}: {b}");
+            assert_eq!(b["error"], "invalid_token", "{what}");
+        }
+        let cases = [
+            ("not JSON", GTR_TOKEN, json_type, "{".to_owned(), 400, "invalid_request"),
+            ("no sub_id", GTR_TOKEN, json_type, "{}".to_owned(), 400, "invalid_request"),
+            ("not JSON typed", GTR_TOKEN, "text/plain", alice.clone(), 400, "invalid_request"),
+            ("an email without email", GTR_TOKEN, json_type, body(json!({"format": "email"})), 400, "invalid_request"),
+            ("iss_sub for the email-only peer", GTR_TOKEN, json_type, bob.clone(), 403, "access_denied"),
+            ("iss_sub of another issuer", &jwt, json_type, body(json!({"format": "iss_sub", "iss": "https://other.test", "sub": "bob"})), 403, "access_denied"),
+            ("opaque, not allowed to the peer", &jwt, json_type, body(json!({"format": "opaque", "id": "x"})), 403, "access_denied"),
+            ("a phone number", GTR_TOKEN, json_type, body(json!({"format": "phone_number", "phone_number": "+15551234567"})), 422, "unsupported_subject"),
+            ("a complex subject without user", GTR_TOKEN, json_type, body(json!({"format": "complex", "session": {"format": "opaque", "id": "s"}})), 422, "unsupported_subject"),
+        ];
+        for (what, token, content_type, b, status, error) in cases {
+            let (s, answer) = gtr(&c, Some(token), content_type, &b).await;
+            assert_eq!((s, answer["error"].as_str()), (status, Some(error)), "{what}: {answer}");
+        }
+        // A peer whose keys cannot be fetched: 503, so that it calls again.
+        let down = gtr_jwt(&t, t.key(), json!({"iss": "https://down.example"}));
+        let (status, answer) = gtr(&c, Some(&down), json_type, &alice).await;
+        assert_eq!((status, answer["error"].as_str()), (503, Some("temporarily_unavailable")), "{answer}");
+        assert_eq!(c.head().await, head, "nothing refused changed the fleet");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Discovery: the transmitter's metadata gives the JWK Set's URL, and a
+/// SET verified with those keys is taken; metadata naming another issuer
+/// (a document swapped at a compromised or mistaken URL) is refused, so
+/// no key of it is used: the push is answered 503 and the refusal is in
+/// the stream's status.
+#[tokio::test]
+async fn discovered_keys_are_used_and_a_foreign_issuers_metadata_is_not() {
+    let db = Db::new(false).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let path = "/.well-known/ssf-configuration/realms/test";
+    t.publish_document(
+        path,
+        &json!({"issuer": t.issuer(), "jwks_uri": published.jwks_uri()}).to_string(),
+    );
+    let metadata = format!("http://{}{path}", published.addr);
+    let toml = format!(
+        "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+         metadata_url = {metadata:?}\npush_token_file = \"idp.token\"\n",
+        t.issuer()
+    );
+    let c = Controller::start(&db.url(), &toml).await;
+    let set = t.sign_set(&claims(
+        &t,
+        SESSION_REVOKED,
+        Some(email("erin@example.com")),
+    ));
+    assert_eq!(c.push(&set).await.0, 202);
+    c.stop().await;
+    for doc in [
+        json!({"issuer": "https://other.example/realms/test", "jwks_uri": published.jwks_uri()}),
+        json!({"issuer": t.issuer(), "jwks_uri": "http://keys.example/jwks"}),
+    ] {
+        t.publish_document(path, &doc.to_string());
+        let db = Db::new(false).await;
+        let c = Controller::start(&db.url(), &toml).await;
+        let (status, body) = c.push(&set).await;
+        assert_eq!(
+            (status, body["err"].as_str()),
+            (503, Some("unavailable")),
+            "{doc}"
+        );
+        let s = c.streams().await;
+        assert!(
+            s["streams"][0]["last_error"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("keys")),
+            "{s}"
+        );
+        c.stop().await;
+    }
+    db.drop_db().await;
+}
+
+/// Two replicas on one PostgreSQL database poll the same transmitter: each
+/// may be handed every SET (the transmitter gives them out until they are
+/// acknowledged), and every SET is acted on exactly once — the log holds
+/// one revocation per user — and acknowledged.
+#[tokio::test]
+async fn two_replicas_polling_one_transmitter_act_once() {
+    let db = Db::new(true).await;
+    let t = TestTransmitter::new();
+    let published = Published::start(&t).await;
+    let extra = format!(
+        "delivery = \"poll\"\npoll_url = {:?}\npoll_token_file = \"poll.token\"\npoll_interval_seconds = 1\npoll_max_events = 50\n",
+        published.poll_uri()
+    );
+    let toml = transmitter_toml(&t, &published.jwks_uri(), &extra);
+    let a = Controller::start(&db.url(), &toml).await;
+    let b = Controller::start(&db.url(), &toml).await;
+    let sets: Vec<String> = (0..40)
+        .map(|i| {
+            t.sign_set(&claims(
+                &t,
+                SESSION_REVOKED,
+                Some(email(&format!("user{i}@example.com"))),
+            ))
+        })
+        .collect();
+    for set in &sets {
+        t.queue_set(set);
+    }
+    easyssf_test::eventually(DEADLINE, "every SET acknowledged", || {
+        t.queued_set_count() == 0
+    })
+    .await;
+    assert!(t.reported_errors().is_empty(), "{:?}", t.reported_errors());
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(
+        sets_counted(&ma, "accepted") + sets_counted(&mb, "accepted"),
+        40.0,
+        "each SET acted on once, by one replica or the other"
+    );
+    assert_eq!(a.head().await, 40);
+    let store = Store::open(&db.url()).await.unwrap();
+    let changes = store.since(0, 1000).await.unwrap();
+    let mut users: Vec<UserId> = changes
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Change::UserRevoked { user, .. } => Some(*user),
+            _ => None,
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 40);
+    assert_eq!(changes.len(), 40);
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+/// Bad poll, discovery, rate and global token revocation settings: every
+/// problem reported at once, each with its key.
+#[test]
+fn bad_poll_rate_and_gtr_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    std::fs::write(dir.path().join("short.token"), "short").unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(
+        &path,
+        "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [ssf]\nsource_rate_per_second = 0.0\n\
+         [[ssf.transmitters]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"v\"\n\
+         metadata_url = \"http://idp.example/.well-known/ssf-configuration\"\n\
+         delivery = \"poll\"\npoll_url = \"http://idp.example/poll\"\npoll_max_events = 5000\n\
+         burst = 0\n\
+         [[ssf.transmitters]]\nname = \"push\"\nissuer = \"https://push.example\"\naudience = \"v\"\n\
+         jwks_uri = \"https://push.example/jwks\"\npush_token_sha256 = \"00\"\npoll_url = \"https://push.example/poll\"\n\
+         [[global_token_revocation.peers]]\nname = \"both\"\ntoken_file = \"short.token\"\nissuer = \"https://idp.example\"\n\
+         [[global_token_revocation.peers]]\nname = \"jwt\"\nissuer = \"https://idp.example\"\n\
+         jwks_uri = \"https://idp.example/jwks\"\nmax_age_seconds = 99999\nsubjects = [\"phone\"]\n\
+         [[global_token_revocation.peers]]\nname = \"static\"\ntoken_file = \"short.token\"\nsubjects = [\"iss_sub\"]\n",
+    )
+    .unwrap();
+    let e = vigil_controller::Config::load(&path).err().unwrap();
+    let expected = [
+        "ssf.source_rate_per_second: 0 is out of range",
+        "ssf.transmitters[0].metadata_url: \"http://idp.example/.well-known/ssf-configuration\": expected https://",
+        "ssf.transmitters[0].poll_token_file: required with delivery = \"poll\"",
+        "ssf.transmitters[0].poll_url: \"http://idp.example/poll\": expected https://",
+        "ssf.transmitters[0].poll_max_events: 5000 is out of range; expected 1 to 1000",
+        "ssf.transmitters[0].burst: 0 is out of range",
+        "ssf.transmitters[1].push_token_sha256: expected 64 hex digits",
+        "ssf.transmitters[1].poll_url: only with delivery = \"poll\"",
+        "global_token_revocation.peers[0]: give a static bearer",
+        "global_token_revocation.peers[1].audience: required with a JWT bearer",
+        "global_token_revocation.peers[1].max_age_seconds: 99999 is out of range",
+        "global_token_revocation.peers[1].subjects: \"phone\"",
+        "global_token_revocation.peers[1].subjects: at least one",
+        "global_token_revocation.peers[2].token_file: short.token: a token of at least 16",
+        "global_token_revocation.peers[2].subject_issuers: required for iss_sub subjects",
+    ];
+    for want in expected {
+        assert!(
+            e.problems.iter().any(|p| p.starts_with(want)),
+            "{want:?} not in {:?}",
+            e.problems
+        );
+    }
+    assert_eq!(e.problems.len(), expected.len(), "{:?}", e.problems);
 }

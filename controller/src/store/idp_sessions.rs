@@ -64,19 +64,14 @@ pub(super) async fn take(
     Ok(Ok(()))
 }
 
-/// The provider ended its session `idp_session` of `user`: the Vigil
-/// sessions mapped to it are revoked (vouched), on every node; when none
-/// is mapped, or the provider session is full, every session of the user
-/// is, as a logout of the user would (more than asked, never less).
-/// Returns the head after, and how many sessions were mapped (0: the
-/// user's).
-pub(super) async fn revoke_in(
+/// The sessions mapped to `idp_session` of `user`, their mapping deleted;
+/// `None` when none is, or the provider session is full: the caller then
+/// ends every session of the user.
+pub(super) async fn mapped_in(
     tx: &mut Transaction<'static, Any>,
     user: UserId,
     idp_session: IdpSessionId,
-    at: u64,
-    now: u64,
-) -> Result<(u64, usize), StoreError> {
+) -> Result<Option<Vec<SessionId>>, StoreError> {
     let sessions: Vec<SessionId> = sqlx::query(
         "SELECT session FROM idp_sessions WHERE idp_session = $1 AND user_key = $2 ORDER BY session",
     )
@@ -90,12 +85,31 @@ pub(super) async fn revoke_in(
     .collect();
     let full = sessions.len() >= usize::try_from(MAX_SESSIONS_PER_IDP_SESSION).unwrap_or(16);
     if sessions.is_empty() || full {
-        return Ok((revoke_user_in(tx, user, at, now).await?, 0));
+        return Ok(None);
     }
     sqlx::query("DELETE FROM idp_sessions WHERE idp_session = $1")
         .bind(idp_session.to_string())
         .execute(&mut **tx)
         .await?;
+    Ok(Some(sessions))
+}
+
+/// The provider ended its session `idp_session` of `user`: the Vigil
+/// sessions mapped to it are revoked (vouched), on every node; when none
+/// is mapped, or the provider session is full, every session of the user
+/// is, as a logout of the user would (more than asked, never less).
+/// Returns the head after, and how many sessions were mapped (0: the
+/// user's).
+pub(super) async fn revoke_in(
+    tx: &mut Transaction<'static, Any>,
+    user: UserId,
+    idp_session: IdpSessionId,
+    at: u64,
+    now: u64,
+) -> Result<(u64, usize), StoreError> {
+    let Some(sessions) = mapped_in(tx, user, idp_session).await? else {
+        return Ok((revoke_user_in(tx, user, at, now).await?, 0));
+    };
     let changes: Vec<Change> = sessions
         .iter()
         .map(|session| Change::SessionRevoked {
