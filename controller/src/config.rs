@@ -244,6 +244,7 @@ struct Raw {
     ssf: crate::ssf::RawSsf,
     #[serde(default)]
     backchannel_logout: crate::bcl::RawBcl,
+    #[serde(default)]
     global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
     signing: Option<crate::signing::RawSigning>,
