@@ -75,6 +75,12 @@ pub struct Config {
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
+    /// How outbound calls are delivered (`[outbox]`, `docs/webhooks.md`).
+    pub outbox: crate::outbox::Settings,
+    /// Remediation webhooks (`[[webhooks]]`, `docs/webhooks.md`).
+    pub webhooks: Vec<crate::outbox::Webhook>,
+    /// Universal logout's targets (`[logout]`, `docs/signals.md`).
+    pub logout: crate::logout::LogoutConfig,
 }
 
 /// Per-node bounds on what a node's word can change (`docs/controller.md`,
@@ -218,6 +224,12 @@ struct Raw {
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
     tls: Option<crate::tls::RawTls>,
+    #[serde(default)]
+    outbox: crate::outbox::config::RawOutbox,
+    #[serde(default)]
+    webhooks: Vec<crate::outbox::config::RawWebhook>,
+    #[serde(default)]
+    logout: crate::logout::RawLogout,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +373,9 @@ impl Config {
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let outbox = crate::outbox::config::settings(&raw.outbox, &mut problems);
+        let webhooks = crate::outbox::config::webhooks(&raw.webhooks, &outbox, base, &mut problems);
+        let logout = crate::logout::load(&raw.logout, &outbox, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -398,6 +413,9 @@ impl Config {
                 ssf,
                 tls,
                 budgets,
+                outbox,
+                webhooks,
+                logout,
             }),
             _ => Err(fail(problems)),
         }

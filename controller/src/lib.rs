@@ -9,11 +9,14 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod copy;
+pub mod logout;
 pub mod metrics;
+pub mod outbox;
 pub mod ssf;
 pub mod store;
 pub mod tail;
 pub mod tls;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +102,11 @@ pub async fn run_on(
     }
     let watcher = Arc::downgrade(&app);
     let mut tasks = Tasks(Vec::new());
+    if let Some(outbox) = &app.outbox {
+        tasks
+            .0
+            .push(tokio::spawn(outbox::Outbox::run(Arc::clone(outbox))).abort_handle());
+    }
     tasks.0.push(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(api::NODES_REFRESH);

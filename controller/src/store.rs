@@ -253,6 +253,7 @@ pub struct Store {
 }
 
 mod admin;
+pub mod outbox;
 pub mod ssf;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
