@@ -72,6 +72,10 @@ pub struct Config {
     pub ssf: Vec<crate::ssf::config::Transmitter>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
+    /// The controller's signing keys and issuer (`[signing]`): what it
+    /// signs SETs, logout tokens and bearers with. Without it, nothing
+    /// that must be signed is sent.
+    pub signing: Option<std::sync::Arc<crate::signing::Signer>>,
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
@@ -182,6 +186,7 @@ impl std::fmt::Debug for Config {
             .field("poll", &self.poll)
             .field("user_names", &self.user_names)
             .field("tls", &self.tls)
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +235,7 @@ struct Raw {
     webhooks: Vec<crate::outbox::config::RawWebhook>,
     #[serde(default)]
     logout: crate::logout::RawLogout,
+    signing: Option<crate::signing::RawSigning>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +317,11 @@ impl Config {
             .tls
             .as_ref()
             .and_then(|t| crate::tls::load(t, resolve, &mut problems));
+        let signing = raw
+            .signing
+            .as_ref()
+            .and_then(|s| crate::signing::load(s, &resolve, &mut problems))
+            .map(std::sync::Arc::new);
         check_node_certificates(&raw, &mut problems);
         let admin_certificate_sha256 = admin_certificate(&raw, &mut problems);
         let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
@@ -375,7 +386,8 @@ impl Config {
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let outbox = crate::outbox::config::settings(&raw.outbox, &mut problems);
         let webhooks = crate::outbox::config::webhooks(&raw.webhooks, &outbox, base, &mut problems);
-        let logout = crate::logout::load(&raw.logout, &outbox, base, &mut problems);
+        let logout =
+            crate::logout::load(&raw.logout, &outbox, signing.is_some(), base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -412,6 +424,7 @@ impl Config {
                 user_names,
                 ssf,
                 tls,
+                signing,
                 budgets,
                 outbox,
                 webhooks,

@@ -12,6 +12,7 @@ pub mod copy;
 pub mod logout;
 pub mod metrics;
 pub mod outbox;
+pub mod signing;
 pub mod ssf;
 pub mod store;
 pub mod tail;

@@ -151,6 +151,7 @@ pub struct LogoutConfig {
 pub fn load(
     raw: &RawLogout,
     settings: &crate::outbox::Settings,
+    signing: bool,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> LogoutConfig {
@@ -209,10 +210,16 @@ pub fn load(
                     read_secret(&key("bearer_token_file"), base, f, problems)
                         .map(|b| String::from_utf8_lossy(&b).into_owned())
                 });
+                if a.bearer_token_file.is_none() && !signing {
+                    problems.push(format!(
+                        "{}: a signed bearer needs [signing] (or give bearer_token_file)",
+                        key("kind")
+                    ));
+                }
                 let audience = a
                     .audience
                     .clone()
-                    .or_else(|| url.as_ref().map(|u| u.origin().ascii_serialization()))
+                    .or_else(|| url.as_ref().map(|u| u.as_str().to_owned()))
                     .unwrap_or_default();
                 Some(AppKind::GlobalTokenRevocation { audience, bearer })
             }
@@ -220,6 +227,12 @@ pub fn load(
                 unused("audience", a.audience.is_some(), problems);
                 unused("bearer_token_file", a.bearer_token_file.is_some(), problems);
                 unused("secret_file", a.secret_file.is_some(), problems);
+                if !signing {
+                    problems.push(format!(
+                        "{}: a logout_token is signed: needs [signing]",
+                        key("kind")
+                    ));
+                }
                 match &a.client_id {
                     Some(c) if !c.is_empty() && c.len() <= 256 => {
                         Some(AppKind::BackchannelLogout {
@@ -285,6 +298,8 @@ pub fn load(
 /// What signs the tokens of outbound logout calls, and their life.
 #[derive(Debug)]
 pub struct Signing {
+    /// The controller's signing keys (`[signing]`).
+    pub signer: Option<Arc<crate::signing::Signer>>,
     /// Life of a token, seconds.
     pub ttl: u64,
 }
@@ -339,20 +354,57 @@ pub fn request(
     }
 }
 
+/// The bearer of a global token revocation request: a JWT the controller
+/// signs (`typ` `JWT`): `iss` the signing issuer, `aud` the app's
+/// `audience`, `iat`, `exp` (`token_ttl_seconds` later), a fresh `jti`.
 fn sign_bearer(
-    _signing: Option<&Signing>,
-    _audience: &str,
+    signing: Option<&Signing>,
+    audience: &str,
     _stored: &Value,
 ) -> Result<String, String> {
-    Err("no [signing] key configured".to_owned())
+    let (signer, ttl) = signer_of(signing)?;
+    let now = now_secs();
+    let claims = json!({
+        "iss": signer.issuer(),
+        "aud": audience,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": new_id(),
+    });
+    signer.sign("JWT", &claims).map_err(|e| e.to_string())
 }
 
+/// An OIDC Back-Channel Logout 1.0 `logout_token` (`typ` `logout+jwt`):
+/// `iss` the signing issuer, `aud` the app's client id, `iat`, `exp`,
+/// a fresh `jti`, `sub` the user's name as the app knows it, the
+/// back-channel logout event; never a `nonce`. No `sid`: the controller
+/// does not know the app's session ids, so every session of `sub` ends.
 fn sign_logout_token(
-    _signing: Option<&Signing>,
-    _client_id: &str,
-    _stored: &Value,
+    signing: Option<&Signing>,
+    client_id: &str,
+    stored: &Value,
 ) -> Result<String, String> {
-    Err("no [signing] key configured".to_owned())
+    let (signer, ttl) = signer_of(signing)?;
+    let sub = stored["sub"].as_str().ok_or("bad stored call: no sub")?;
+    let now = now_secs();
+    let claims = json!({
+        "iss": signer.issuer(),
+        "aud": client_id,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": new_id(),
+        "sub": sub,
+        "events": {BACKCHANNEL_EVENT: {}},
+    });
+    signer
+        .sign("logout+jwt", &claims)
+        .map_err(|e| e.to_string())
+}
+
+fn signer_of(signing: Option<&Signing>) -> Result<(&crate::signing::Signer, u64), String> {
+    let s = signing.ok_or("no [signing] key configured")?;
+    let signer = s.signer.as_deref().ok_or("no [signing] key configured")?;
+    Ok((signer, s.ttl))
 }
 
 // === the admin API ===
