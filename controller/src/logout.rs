@@ -525,6 +525,8 @@ pub async fn logout_user(
             a.kind.as_str(),
         ));
     }
+    // As the store lists them.
+    targets.sort_by(|a, b| a.target.cmp(&b.target));
     let deliveries: Vec<NewDelivery<'_>> = calls
         .iter()
         .map(|(d, endpoint, body, kind)| NewDelivery {
