@@ -1133,6 +1133,8 @@ async fn erase_user(
         },
     )
     .await?;
+    // Universal logouts of the user, and their calls still owed.
+    app.store.forget_logouts(&user.to_string()).await?;
     // The key, not the name: the name is what is being erased.
     tracing::info!(user = %user, seq, "a user's data erased by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())

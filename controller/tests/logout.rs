@@ -341,7 +341,7 @@ async fn postgres_universal_logout_reaches_the_node_and_every_app() {
 
 /// Without user names kept, no app can be told who: each app target is
 /// recorded `not_supported` and nothing is sent; the fleet's revocation
-/// is made all the same.
+/// is made all the same. The user's erasure deletes the record.
 #[tokio::test]
 async fn an_app_without_names_is_not_supported() {
     let db = Db::new(false).await;
@@ -376,6 +376,20 @@ async fn an_app_without_names_is_not_supported() {
         "{m}"
     );
     assert!(rx.seen().is_empty());
+    // The user's erasure takes their logouts with it.
+    let (status, _) = c
+        .post("/v1/admin/users/erase", json!({"user": "bob"}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = c
+        .get(&format!(
+            "/v1/admin/logouts/{}",
+            record["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 404);
+    let (_, list) = c.get("/v1/admin/logouts?user=bob").await;
+    assert_eq!(list["logouts"], json!([]));
     // Without the admin's token: refused.
     let r = client()
         .post(c.url("/v1/admin/users/logout"))

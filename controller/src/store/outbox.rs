@@ -612,3 +612,31 @@ async fn set_target_attempts(
 fn target_of(endpoint: &str) -> &str {
     endpoint.strip_prefix("logout:").unwrap_or(endpoint)
 }
+
+impl Store {
+    /// Deletes what the outbox keeps of an erased user: their logouts,
+    /// their targets' results, and the calls of those logouts not yet
+    /// delivered (they carry the user's name). How many logouts.
+    pub async fn forget_logouts(&self, user_key: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM outbox WHERE logout_id IN (SELECT id FROM logouts WHERE user_key = $1)",
+        )
+        .bind(user_key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM logout_targets WHERE logout_id IN (SELECT id FROM logouts WHERE user_key = $1)",
+        )
+        .bind(user_key)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM logouts WHERE user_key = $1")
+            .bind(user_key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+}
