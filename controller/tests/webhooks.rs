@@ -594,3 +594,128 @@ fn a_bad_webhook_config_names_every_problem() {
         ]
     );
 }
+
+/// A SET acted on, from an independent transmitter (`easyssf-test`): a
+/// `signal` event and, since it revoked the user, a `revocation` by
+/// `ssf:<transmitter>`; the same SET pushed again is a replay the
+/// receiver takes once, and tells no webhook again.
+#[tokio::test]
+async fn a_set_acted_on_is_told_as_a_signal_and_a_revocation() {
+    use easyssf_test::TestTransmitter;
+    use easyssf_test::subjects::iss_sub;
+    const PUSH: &str = "idp-push-token-0123456789";
+    const AUDIENCE: &str = "https://vigil.test/ssf";
+    const SESSION_REVOKED: &str =
+        "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+    let db = Db::new(false).await;
+    let rx = Receiver::start(0, 500).await;
+    let t = TestTransmitter::new();
+    let jwks = serde_json::to_string(&t.jwk_set()).unwrap();
+    let extra = format!(
+        "{}[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+         jwks_file = \"idp-jwks.json\"\npush_token_file = \"idp.token\"\n",
+        webhook_toml(&rx.url("/hook"), "\"signal\", \"revocation\"", ""),
+        t.issuer()
+    );
+    let c = Controller::start(
+        &db.url(),
+        &extra,
+        &[
+            ("hook.secret", SECRET),
+            ("idp-jwks.json", &jwks),
+            ("idp.token", PUSH),
+        ],
+    )
+    .await;
+    let mut claims = t.set_claims(SESSION_REVOKED, Some(iss_sub(t.issuer(), "alice")));
+    claims.insert("aud".into(), AUDIENCE.into());
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+    let set = t.sign_set(&claims);
+    let push = || async {
+        client()
+            .post(c.url("/v1/ssf/push/idp"))
+            .bearer_auth(PUSH)
+            .header("content-type", "application/secevent+jwt")
+            .body(set.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(push().await, 202);
+    let seen = rx.wait_for("two deliveries", |s| s.len() >= 2).await;
+    let mut bodies: Vec<Value> = seen.iter().map(body).collect();
+    bodies.sort_by_key(|b| b["type"].as_str().unwrap().to_owned());
+    for s in &seen {
+        verify(
+            SECRET.as_bytes(),
+            header(s, "vigil-signature"),
+            &s.body,
+            now(),
+        )
+        .unwrap();
+    }
+    let (revocation, signal) = (&bodies[0], &bodies[1]);
+    assert_eq!(signal["type"], "signal");
+    assert_eq!(signal["signal"]["transmitter"], "idp");
+    assert_eq!(signal["signal"]["event"], SESSION_REVOKED);
+    assert_eq!(signal["signal"]["jti"], jti.as_str());
+    assert_eq!(signal["signal"]["action"], "revoke_user");
+    assert_eq!(revocation["type"], "revocation");
+    assert_eq!(revocation["revocation"]["by"], "ssf:idp");
+    assert_eq!(revocation["revocation"]["scope"], "user");
+    assert_eq!(
+        revocation["revocation"]["user"]["key"],
+        signal["signal"]["user"]["key"]
+    );
+    // The replay: taken once, told once.
+    assert_eq!(push().await, 202);
+    let m = c.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "vigil_controller_outbox_enqueued_total{endpoint=\"webhook:hook\",result=\"pending\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "vigil_controller_ssf_sets_total{result=\"duplicate\",transmitter=\"idp\"}"
+        ),
+        1.0
+    );
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// A universal logout is told to the webhooks that asked for `logout`.
+#[tokio::test]
+async fn a_logout_is_told_to_the_webhooks_that_asked() {
+    let db = Db::new(false).await;
+    let rx = Receiver::start(0, 500).await;
+    let extra = format!(
+        "user_names = \"clear\"\n{}",
+        webhook_toml(&rx.url("/hook"), "\"logout\"", "")
+    );
+    let c = Controller::start(&db.url(), &extra, &[("hook.secret", SECRET)]).await;
+    let (status, record) = c
+        .post("/v1/admin/users/logout", json!({"user": "frank"}))
+        .await;
+    assert_eq!(status, 200, "{record}");
+    let seen = rx.wait_for("the logout", |s| !s.is_empty()).await;
+    assert_eq!(seen.len(), 1);
+    verify(
+        SECRET.as_bytes(),
+        header(&seen[0], "vigil-signature"),
+        &seen[0].body,
+        now(),
+    )
+    .unwrap();
+    let b = body(&seen[0]);
+    assert_eq!(b["type"], "logout");
+    assert_eq!(b["logout"], record);
+    c.stop().await;
+    db.drop_db().await;
+}
