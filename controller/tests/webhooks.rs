@@ -719,3 +719,51 @@ async fn a_logout_is_told_to_the_webhooks_that_asked() {
     c.stop().await;
     db.drop_db().await;
 }
+
+/// A call pending for a webhook the config no longer has is not left
+/// pending for ever: the next controller dead-letters it at start.
+#[tokio::test]
+async fn a_call_to_a_removed_webhook_becomes_a_dead_letter() {
+    let db = Db::new(false).await;
+    let down = format!("http://127.0.0.1:{}/hook", closed_port());
+    let first = Controller::start(
+        &db.url(),
+        &webhook_toml(
+            &down,
+            "\"revocation\"",
+            "backoff_base_ms = 600000\nbackoff_max_ms = 600000",
+        ),
+        &[("hook.secret", SECRET)],
+    )
+    .await;
+    let (status, _) = first
+        .post("/v1/admin/users/revoke", json!({"user": "gina"}))
+        .await;
+    assert_eq!(status, 200);
+    eventually("the first attempt failed", || async {
+        let m = first.metrics().await;
+        (metric(
+            &m,
+            "vigil_controller_outbox_attempts_total{endpoint=\"webhook:hook\",result=\"failed\"}",
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    first.stop().await;
+    let renamed =
+        webhook_toml(&down, "\"revocation\"", "").replace("name = \"hook\"", "name = \"renamed\"");
+    let second = Controller::start(&db.url(), &renamed, &[("hook.secret", SECRET)]).await;
+    let dead = eventually("the orphan dead-lettered", || async {
+        let (_, v) = second.get("/v1/admin/outbox/dead").await;
+        (v["dead_letters"].as_array().unwrap().len() == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(dead["dead_letters"][0]["endpoint"], "webhook:hook");
+    assert_eq!(
+        dead["dead_letters"][0]["last_error"],
+        "endpoint no longer configured"
+    );
+    assert_eq!(dead["dead_letters"][0]["attempts"], 1);
+    second.stop().await;
+    db.drop_db().await;
+}

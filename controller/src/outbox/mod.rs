@@ -287,6 +287,14 @@ impl Outbox {
         {
             tracing::warn!(error = %e, "outbox: old calls not deleted");
         }
+        match self.store.orphans_dead(&keys, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                calls = n,
+                "outbound calls to endpoints no longer configured: dead letters"
+            ),
+            Err(e) => tracing::warn!(error = %e, "outbox: orphaned calls not given up"),
+        }
         for key in &keys {
             if let Ok(n) = self.store.pending(key).await {
                 self.metrics

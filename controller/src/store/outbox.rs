@@ -640,3 +640,36 @@ impl Store {
         Ok(n)
     }
 }
+
+impl Store {
+    /// Gives up the calls pending for an endpoint not in `configured`
+    /// (removed from the config since they were made): dead letters, to
+    /// be deleted or retried once it is back. How many.
+    pub async fn orphans_dead(
+        &self,
+        configured: &[String],
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT endpoint FROM outbox WHERE state = 'pending'")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut n = 0;
+        for row in rows {
+            let endpoint: String = row.try_get(0)?;
+            if configured.contains(&endpoint) {
+                continue;
+            }
+            n += sqlx::query(
+                "UPDATE outbox SET state = 'dead', done_ms = $1, lease_ms = 0, \
+                 last_error = 'endpoint no longer configured' \
+                 WHERE endpoint = $2 AND state = 'pending' AND lease_ms <= $1",
+            )
+            .bind(to_i64(now_ms))
+            .bind(&endpoint)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(n)
+    }
+}
