@@ -3,6 +3,7 @@
 //! (the admin's bearer token). Every error is JSON `{"error", "message"}`
 //! with its status, from one place ([`ApiError`]).
 
+use crate::bcl::logout as bcl_logout;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct App {
     pub outbox: Option<Arc<crate::outbox::Outbox>>,
     /// The controller's signing keys (`[signing]`), when configured.
     pub signer: Option<Arc<crate::signing::Signer>>,
+    /// The back-channel logout receiver ([`crate::bcl`]).
+    pub bcl: crate::bcl::Receiver,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -147,6 +150,7 @@ impl App {
             ))
         });
         let signer = config.signing.clone();
+        let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
             outbox,
             store,
@@ -159,6 +163,7 @@ impl App {
             commits,
             ssf,
             signer,
+            bcl,
         })
     }
 
@@ -369,6 +374,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/nodes/disable", post(disable_node))
         .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
+        .route("/v1/admin/users/step-up", post(step_up_user))
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/detail", post(user_detail))
         .route("/v1/admin/users/trust-device", post(trust_device))
@@ -385,6 +391,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/logout", post(logout_user))
         .route("/v1/admin/logouts", get(list_logouts))
         .route("/v1/admin/logouts/{id}", get(get_logout))
+        .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -857,6 +864,17 @@ async fn events(
             "session records that changed nothing"
         );
     }
+    if taken.unvouched_over_budget > 0 {
+        app.metrics
+            .unvouched
+            .with_label_values(&[node.as_str()])
+            .inc_by(u64::from(taken.unvouched_over_budget));
+        tracing::warn!(
+            node,
+            revocations = taken.unvouched_over_budget,
+            "a node's revocations on its own baselines beyond node_vouched_revocations_per_day: taken unvouched"
+        );
+    }
     for (refusal, n) in taken.refusals() {
         app.metrics.refused(&node, refusal.as_str(), u64::from(n));
         if refusal.is_revocation() {
@@ -1178,6 +1196,25 @@ async fn user_risk(
         },
     )
     .await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// `POST /v1/admin/users/step-up` `{"user"}`: every session of the user
+/// open now must pass a step-up (a fresh sign-in at the identity
+/// provider) at its next request, on every node (change `user_step_up`).
+async fn step_up_user(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
+    let seq = commit(&app, Change::UserStepUp { user, at: now }).await?;
+    tracing::info!(user = %user, seq, "a step-up asked of a user's sessions by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 

@@ -70,6 +70,9 @@ pub struct Config {
     /// The Shared Signals transmitters whose SETs are received
     /// (`[[ssf.transmitters]]`, `docs/signals.md`).
     pub ssf: Vec<crate::ssf::config::Transmitter>,
+    /// The OpenID providers whose back-channel logout tokens are taken
+    /// (`[[backchannel_logout.providers]]`, `docs/signals.md`).
+    pub backchannel_logout: Vec<crate::bcl::config::Provider>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// The controller's signing keys and issuer (`[signing]`): what it
@@ -104,6 +107,11 @@ pub struct NodeBudgets {
     /// Users a node may start a fleet history for (users with none yet)
     /// per UTC day (`node_new_users_per_day`, default 20000).
     pub new_users_per_day: u32,
+    /// Revocations a node may have vouched for per UTC day on a baseline
+    /// it recorded itself (`node_vouched_revocations_per_day`, default
+    /// 1000); beyond, they are taken unvouched. Revocations on a baseline
+    /// another node recorded are vouched regardless.
+    pub vouched_revocations_per_day: u32,
 }
 
 impl NodeBudgets {
@@ -140,6 +148,12 @@ impl NodeBudgets {
                 raw.node_new_users_per_day,
                 20_000,
                 10_000_000,
+            ),
+            vouched_revocations_per_day: key(
+                "node_vouched_revocations_per_day",
+                raw.node_vouched_revocations_per_day,
+                1_000,
+                1_000_000,
             ),
         }
     }
@@ -224,10 +238,13 @@ struct Raw {
     node_observations_per_user_per_day: Option<u32>,
     node_new_sessions_per_user_per_day: Option<u32>,
     node_new_users_per_day: Option<u32>,
+    node_vouched_revocations_per_day: Option<u32>,
     #[serde(default)]
     nodes: Vec<RawNode>,
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
+    #[serde(default)]
+    backchannel_logout: crate::bcl::RawBcl,
     tls: Option<crate::tls::RawTls>,
     #[serde(default)]
     outbox: crate::outbox::config::RawOutbox,
@@ -388,6 +405,8 @@ impl Config {
         let webhooks = crate::outbox::config::webhooks(&raw.webhooks, &outbox, base, &mut problems);
         let logout =
             crate::logout::load(&raw.logout, &outbox, signing.is_some(), base, &mut problems);
+        let backchannel_logout =
+            crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -423,6 +442,7 @@ impl Config {
                 ),
                 user_names,
                 ssf,
+                backchannel_logout,
                 tls,
                 signing,
                 budgets,
@@ -743,13 +763,15 @@ mod tests {
                 observations_per_user_per_day: 64,
                 new_sessions_per_user_per_day: 24,
                 new_users_per_day: 20_000,
+                vouched_revocations_per_day: 1_000,
             }
         );
         let e = load(
             "node_revocations_per_minute = 0
 node_observations_per_user_per_day = 100001
              node_new_sessions_per_user_per_day = 0
-node_new_users_per_day = 10000001",
+node_new_users_per_day = 10000001
+node_vouched_revocations_per_day = 0",
         )
         .unwrap_err();
         assert_eq!(
@@ -759,6 +781,7 @@ node_new_users_per_day = 10000001",
                 "node_observations_per_user_per_day: 100001 is out of range; expected 1 to 100000",
                 "node_new_sessions_per_user_per_day: 0 is out of range; expected 1 to 100000",
                 "node_new_users_per_day: 10000001 is out of range; expected 1 to 10000000",
+                "node_vouched_revocations_per_day: 0 is out of range; expected 1 to 1000000",
             ]
         );
     }

@@ -45,6 +45,23 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "idp_sessions",
+        &[
+            ("idp_session", Kind::Text),
+            ("session", Kind::Text),
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
+    (
+        "user_step_ups",
+        &[
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
         "user_risk",
         &[
             ("user_key", Kind::Text),
@@ -176,6 +193,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("node", Kind::Text),
             ("day", Kind::Int),
             ("new_users", Kind::Int),
+            ("vouched", Kind::Int),
         ],
     ),
 ];

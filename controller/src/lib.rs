@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod bcl;
 pub mod config;
 pub mod copy;
 pub mod logout;

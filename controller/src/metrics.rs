@@ -41,6 +41,9 @@ pub struct Metrics {
     /// SETs pushed by Shared Signals transmitters, by transmitter (its
     /// configured name, `-` for none) and result (`docs/signals.md`).
     pub ssf_sets: IntCounterVec,
+    /// OpenID Connect back-channel logout tokens posted, by provider (its
+    /// configured name, `-` for none) and result (`docs/signals.md`).
+    pub bcl_tokens: IntCounterVec,
     /// Node events taken but refused by the intake rules, by node and
     /// reason (`docs/controller.md`, Intake rules).
     pub refused: IntCounterVec,
@@ -54,6 +57,9 @@ pub struct Metrics {
     pub outbox_pending: IntGaugeVec,
     /// How long an outbound attempt took.
     pub outbox_seconds: Histogram,
+    /// Revocations of each node taken unvouched because its daily budget
+    /// of vouching on its own baselines was spent.
+    pub unvouched: IntCounterVec,
 }
 
 impl Metrics {
@@ -122,6 +128,14 @@ impl Metrics {
             &["node", "reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let unvouched = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_node_revocations_unvouched_total",
+                "A node's revocations on baselines it recorded itself taken unvouched: its node_vouched_revocations_per_day was spent.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(unvouched.clone()))?;
         registry.register(Box::new(subscribers.clone()))?;
         registry.register(Box::new(frames_sent.clone()))?;
         registry.register(Box::new(changes_sent.clone()))?;
@@ -174,6 +188,14 @@ impl Metrics {
         registry.register(Box::new(outbox_attempts.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(outbox_seconds.clone()))?;
+        let bcl_tokens = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_backchannel_logout_tokens_total",
+                "OpenID Connect back-channel logout tokens posted, by provider and result (accepted, invalid_request, rate_limited, too_large, unavailable, unknown_provider).",
+            ),
+            &["provider", "result"],
+        )?;
+        registry.register(Box::new(bcl_tokens.clone()))?;
         Ok(Metrics {
             outbox_enqueued,
             outbox_attempts,
@@ -191,7 +213,9 @@ impl Metrics {
             notifications,
             events,
             ssf_sets,
+            bcl_tokens,
             refused,
+            unvouched,
         })
     }
 

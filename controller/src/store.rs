@@ -189,6 +189,11 @@ pub struct Taken {
     pub learnt: usize,
     /// Events refused by the intake rules, per [`Refusal::ALL`].
     pub refused: [u32; Refusal::ALL.len()],
+    /// Revocations vouched for on a baseline this node recorded itself,
+    /// charged to its `node_vouched_revocations_per_day`.
+    pub vouched_own: u32,
+    /// Revocations taken unvouched because that budget was spent.
+    pub unvouched_over_budget: u32,
 }
 
 impl Taken {
@@ -253,6 +258,8 @@ pub struct Store {
 }
 
 mod admin;
+pub mod bcl;
+pub mod idp_sessions;
 pub mod outbox;
 pub mod ssf;
 
@@ -342,6 +349,13 @@ impl Store {
         Ok(head)
     }
 
+    /// Asks every session of `user` first seen at or before `at` to pass a
+    /// step-up at its next request, on every node ([`Change::UserStepUp`]).
+    /// Returns the head after.
+    pub async fn step_up_user(&self, user: UserId, at: u64, now: u64) -> Result<u64, StoreError> {
+        self.append(&[Change::UserStepUp { user, at }], now).await
+    }
+
     /// Takes a node's events: each not taken before (by node and id)
     /// is judged and may become changes, all in one transaction. Returns
     /// what was taken and the head after.
@@ -392,6 +406,11 @@ impl Store {
         let mut histories = Histories::new(node, now, intake.budgets);
         histories.prefetch(&mut tx, events).await?;
         let mut new_ids = take_ids(&mut tx, node, events, now).await?;
+        let day = now / 86_400;
+        let vouched_left = intake
+            .budgets
+            .vouched_revocations_per_day
+            .saturating_sub(vouched_spent(&mut tx, node, day).await?);
         for event in events {
             // Each id once: a second of the same in one batch is a
             // duplicate too.
@@ -433,9 +452,27 @@ impl Store {
                     // made up — and only during a rotation.
                     let judged = match judged {
                         Err(Refusal::NoEvidence | Refusal::OtherSession) if intake.rotating => {
-                            Ok(false)
+                            Ok((false, Poster::Other))
                         }
                         judged => judged,
+                    };
+                    // A vouched revocation on a baseline this node
+                    // recorded itself is the node's word twice over: a
+                    // stolen token could make up the session, its
+                    // baseline, its detection and its revocation in one
+                    // batch. Such vouching is bounded a day; beyond, the
+                    // revocation is taken unvouched — still streamed, kept
+                    // by nodes in the budget that made-up cookies share.
+                    let judged = match judged {
+                        Ok((true, Poster::This)) if taken.vouched_own >= vouched_left => {
+                            taken.unvouched_over_budget += 1;
+                            Ok(false)
+                        }
+                        Ok((true, Poster::This)) => {
+                            taken.vouched_own += 1;
+                            Ok(true)
+                        }
+                        judged => judged.map(|(vouched, _)| vouched),
                     };
                     match judged {
                         Ok(vouched) => changes.push(Change::SessionRevoked {
@@ -594,6 +631,26 @@ impl Store {
                     )
                     .await?;
                 }
+                NodeEventKind::IdpSession {
+                    session,
+                    user,
+                    idp_session,
+                    at,
+                } => {
+                    if let Err(why) = idp_sessions::take(
+                        &mut tx,
+                        &pending,
+                        *session,
+                        *user,
+                        *idp_session,
+                        (*at).min(now),
+                    )
+                    .await?
+                    {
+                        taken.refuse(why);
+                        ack.refused += 1;
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -618,6 +675,17 @@ impl Store {
         }
         let head = append_in(&mut tx, &changes, now).await?;
         admin::set_baseline_node(&mut tx, node, pending.keys()).await?;
+        if taken.vouched_own > 0 {
+            sqlx::query(
+                "INSERT INTO node_day_budget (node, day, new_users, vouched) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (node, day) DO UPDATE SET vouched = node_day_budget.vouched + excluded.vouched",
+            )
+            .bind(node)
+            .bind(to_i64(day))
+            .bind(i64::from(taken.vouched_own))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok((ack, taken, head))
     }
@@ -640,10 +708,17 @@ impl Store {
                 now.saturating_sub(keep_sessions),
             ),
             (
+                "DELETE FROM idp_sessions WHERE at < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
                 "DELETE FROM detections WHERE at < $1",
                 now.saturating_sub(keep_detections),
             ),
             ("DELETE FROM user_detections WHERE until < $1", now),
+            // Logout token ids past the age at which their tokens are
+            // refused anyway.
+            ("DELETE FROM bcl_jtis WHERE keep_until < $1", now),
             // A node's budgets of yesterday and today are kept.
             (
                 "DELETE FROM node_user_budget WHERE day < $1",
@@ -723,6 +798,19 @@ impl Store {
                 continue;
             };
             out.push(Change::UserRevoked {
+                user,
+                at: to_u64(row.try_get(1)?),
+            });
+        }
+        for row in sqlx::query("SELECT user_key, at FROM user_step_ups ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let Some(user) = UserId::parse(&user) else {
+                continue;
+            };
+            out.push(Change::UserStepUp {
                 user,
                 at: to_u64(row.try_get(1)?),
             });
@@ -1156,6 +1244,21 @@ async fn append_in(
                     .execute(&mut **tx)
                     .await?;
             }
+            Change::UserStepUp { user, at } => {
+                // The latest ask wins; an earlier one changes nothing (as
+                // on a node).
+                sqlx::query(
+                    "INSERT INTO user_step_ups (user_key, at, seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_key) DO UPDATE SET \
+                     at = CASE WHEN excluded.at > user_step_ups.at THEN excluded.at ELSE user_step_ups.at END, \
+                     seq = excluded.seq",
+                )
+                .bind(user.to_string())
+                .bind(to_i64(*at))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            }
             Change::SessionBaseline { record, confirmed } => {
                 let Ok((key, state)) = SessionState::decode(&record.0) else {
                     // Judged before it was appended; nothing else writes one.
@@ -1220,6 +1323,8 @@ async fn append_in(
                     "user_risk",
                     "user_detections",
                     "revoked_users",
+                    "user_step_ups",
+                    "idp_sessions",
                     "user_profiles",
                     // What the admin API kept of them: trusted devices
                     // and networks, the name. Their false-positive marks
@@ -1999,7 +2104,8 @@ async fn judge_baseline(
 /// holds it for: the baseline held (recorded by any node) names a user,
 /// and the detection and the revocation name that same user. A
 /// detection, the revocation or the baseline naming different users
-/// refuses it. Returns whether it is vouched, or why it is refused.
+/// refuses it. Returns whether it is vouched and which node recorded the
+/// baseline held, or why it is refused.
 async fn judge_revocation(
     tx: &mut Transaction<'static, Any>,
     node: &str,
@@ -2007,7 +2113,7 @@ async fn judge_revocation(
     session: SessionId,
     user: Option<UserId>,
     reference: Option<&str>,
-) -> Result<Result<bool, Refusal>, StoreError> {
+) -> Result<Result<(bool, Poster), Refusal>, StoreError> {
     let Some(reference) = reference else {
         return Ok(Err(Refusal::NoEvidence));
     };
@@ -2036,17 +2142,33 @@ async fn judge_revocation(
         .try_get::<Option<String>, _>(1)?
         .as_deref()
         .and_then(UserId::parse);
-    let held = match pending.get(&session) {
-        Some(held) => held.user,
-        None => sqlx::query("SELECT user_key FROM session_baselines WHERE session = $1")
-            .bind(session.to_string())
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|row| row.try_get::<Option<String>, _>(0))
-            .transpose()?
-            .flatten()
-            .as_deref()
-            .and_then(UserId::parse),
+    // A baseline taken earlier in this batch is this node's; one held
+    // with no poster recorded (taken before posters were) is counted as
+    // this node's too: the budget, not the benefit of the doubt.
+    let (held, poster) = match pending.get(&session) {
+        Some(held) => (held.user, Poster::This),
+        None => {
+            let row =
+                sqlx::query("SELECT user_key, node FROM session_baselines WHERE session = $1")
+                    .bind(session.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            match row {
+                None => (None, Poster::This),
+                Some(row) => {
+                    let user = row
+                        .try_get::<Option<String>, _>(0)?
+                        .as_deref()
+                        .and_then(UserId::parse);
+                    let by = row.try_get::<Option<String>, _>(1)?;
+                    let poster = match by {
+                        Some(by) if by != node => Poster::Other,
+                        _ => Poster::This,
+                    };
+                    (user, poster)
+                }
+            }
+        }
     };
     let named = [held, detected_user, user];
     let mut users = named.iter().flatten();
@@ -2055,7 +2177,37 @@ async fn judge_revocation(
     {
         return Ok(Err(Refusal::OtherUser));
     }
-    Ok(Ok(held.is_some() && named.iter().all(Option::is_some)))
+    Ok(Ok((
+        held.is_some() && named.iter().all(Option::is_some),
+        poster,
+    )))
+}
+
+/// Which node recorded the baseline a revocation is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poster {
+    /// The node posting the revocation (or no baseline, or none named).
+    This,
+    /// Another node.
+    Other,
+}
+
+/// Revocations `node` had vouched for on its own baselines on `day`.
+async fn vouched_spent(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    day: u64,
+) -> Result<u32, StoreError> {
+    Ok(
+        sqlx::query("SELECT vouched FROM node_day_budget WHERE node = $1 AND day = $2")
+            .bind(node)
+            .bind(to_i64(day))
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()?
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    )
 }
 
 /// Counts the nodes that caught the user (enforced detections) within the

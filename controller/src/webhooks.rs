@@ -39,6 +39,9 @@ pub enum Revoked<'a> {
     Session(&'a SessionId),
     /// Every session of a user; the name when the call gave one.
     User(UserId, Option<&'a str>),
+    /// The sessions of a user that signed in under one identity provider
+    /// session (every session of the user when none is known).
+    IdpSession(UserId),
 }
 
 /// A user as a body names them: the key, and the name when names are kept.
@@ -161,6 +164,9 @@ pub async fn revocation(
     let member = match revoked {
         Revoked::Session(s) => {
             json!({"scope": "session", "session": s.to_string(), "by": by, "seq": seq})
+        }
+        Revoked::IdpSession(u) => {
+            json!({"scope": "idp_session", "user": user(app, u, None), "by": by, "seq": seq})
         }
         Revoked::User(u, name) => {
             json!({"scope": "user", "user": user(app, u, name), "by": by, "seq": seq})
@@ -343,17 +349,18 @@ pub async fn set_taken(
             user, points: 0, ..
         } => ("clear_risk", Some(user)),
         SetAction::UserRisk { user, .. } => ("raise_risk", Some(user)),
+        SetAction::RevokeIdpSession { user, .. } => ("revoke_idp_session", Some(user)),
+        SetAction::StepUp(user) => ("step_up", Some(user)),
         SetAction::Nothing => ("none", None),
     };
     signal(app, transmitter, jti, event, name, who).await?;
-    if let SetAction::RevokeUser(u) = action {
-        revocation(
-            app,
-            Revoked::User(u, None),
-            &format!("ssf:{transmitter}"),
-            head,
-        )
-        .await?;
+    let by = format!("ssf:{transmitter}");
+    match action {
+        SetAction::RevokeUser(u) => revocation(app, Revoked::User(u, None), &by, head).await?,
+        SetAction::RevokeIdpSession { user, .. } => {
+            revocation(app, Revoked::IdpSession(user), &by, head).await?;
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -1024,6 +1024,103 @@ async fn a_node_of_the_previous_version_keeps_a_contiguous_stream() {
     db.drop_db().await;
 }
 
+/// A user's step-up (version 4): streamed to a node of this version, kept
+/// in the snapshots of nodes that start later (the latest ask per user),
+/// and, to a version 3 node, a change that does nothing in its place
+/// (numbers contiguous) and nothing in its snapshot. Only the admin asks.
+#[tokio::test]
+async fn a_users_step_up_reaches_current_nodes_and_older_ones_keep_their_numbers() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let gus = UserId(
+            vigil_engine::UserKey::for_name(
+                &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+                "gus",
+            )
+            .as_u64(),
+        );
+        let mut new = Stream::open(&c, NODE_A, 0).await;
+        assert!(matches!(new.next().await, Frame::Hello { v: VERSION, .. }));
+        new.next().await;
+        let mut old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        assert!(matches!(old.next().await, Frame::Hello { v: 3, .. }));
+        old.next().await;
+
+        // Not without the admin's token; not for a name that is none.
+        let r = client()
+            .post(c.url("/v1/admin/users/step-up"))
+            .bearer_auth(NODE_A)
+            .body(r#"{"user":"gus"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        for bad in [
+            serde_json::json!({"user": " "}),
+            serde_json::json!({"user": "gus", "at": 1}),
+        ] {
+            let r = c.admin("/v1/admin/users/step-up", bad.clone()).await;
+            assert_eq!(r.status(), 400, "{bad}");
+        }
+
+        let before = now();
+        let r = c
+            .admin("/v1/admin/users/step-up", serde_json::json!({"user": "gus"}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["seq"], 1);
+        let Frame::Changes { first: 1, changes } = new.next_change().await else {
+            panic!()
+        };
+        let [Change::UserStepUp { user, at }] = changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(user, gus);
+        assert!(at >= before && at <= now(), "{at}");
+        let Frame::Changes { first: 1, changes } = old.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes, vec![Change::nothing()]);
+        // A second ask: the latest is the one kept.
+        assert_eq!(
+            c.admin("/v1/admin/users/step-up", serde_json::json!({"user": "gus"}))
+                .await
+                .status(),
+            200
+        );
+        let Frame::Changes { first: 2, .. } = new.next_change().await else {
+            panic!()
+        };
+        let Frame::Changes { first: 2, changes } = old.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes, vec![Change::nothing()]);
+
+        // Nodes starting now: the current one is asked in its snapshot,
+        // once; the older one gets an empty snapshot at the same number.
+        let mut late = Stream::open(&c, NODE_A, 0).await;
+        late.next().await;
+        let Frame::Snapshot { seq: 2, changes } = late.next().await else {
+            panic!()
+        };
+        assert!(
+            matches!(changes[..], [Change::UserStepUp { user, at: last }] if user == gus && last >= at),
+            "{changes:?}"
+        );
+        let mut late_old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        late_old.next().await;
+        assert!(matches!(
+            late_old.next().await,
+            Frame::SnapshotEnd { seq: 2 }
+        ));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn erasing_a_user_leaves_nothing_that_names_them() {
     both(async |postgres| {
@@ -1453,6 +1550,101 @@ async fn a_stolen_node_token_cannot_end_a_session_it_never_caught() {
             );
         }
         assert!(!text.contains("node=\"a\""), "node A had nothing refused");
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The attack: node B's token is stolen, and the thief files vouched
+/// revocations of sessions it makes up — in one batch a baseline naming a
+/// user, a detection of it and its revocation — to fill every node's main
+/// revocation store, which nothing evicts but age. Vouching on a baseline
+/// the revoking node recorded itself is bounded a day
+/// (`node_vouched_revocations_per_day`, 2 here): the third is taken
+/// unvouched, still ended, counted and logged. A thief B catches on a
+/// session whose baseline node A recorded is vouched for whatever B spent.
+#[tokio::test]
+async fn a_stolen_node_token_cannot_fill_the_fleets_revocation_store() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "node_vouched_revocations_per_day = 2").await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let a = engine();
+        let zed = user_key("zed");
+        let mut made_up = Vec::new();
+        for i in 0..3 {
+            let rec = record(
+                &a,
+                &format!("made-up-{i}"),
+                FIREFOX,
+                "81.2.69.10",
+                Some("zed"),
+                now() - 20,
+            );
+            let key = SessionId(rec.0[..16].try_into().unwrap());
+            let reference = format!("ref-{i}");
+            assert_eq!(
+                ack_of(
+                    &c,
+                    NODE_B,
+                    vec![
+                        baseline(&format!("b-{i}-1"), &rec, false),
+                        evidence(
+                            &format!("b-{i}-2"),
+                            &reference,
+                            Some(key),
+                            Some(zed),
+                            "revoke",
+                            true
+                        ),
+                        revocation(&format!("b-{i}-3"), key, Some(zed), Some(&reference)),
+                    ],
+                )
+                .await,
+                EventAck {
+                    accepted: 3,
+                    ..EventAck::default()
+                },
+                "made-up session {i}"
+            );
+            made_up.push(key);
+        }
+        // The real case, after B's budget is spent: pia's baseline is A's.
+        let pia = user_key("pia");
+        let owners = record(&a, "s-pia", FIREFOX, "81.2.69.11", Some("pia"), now() - 20);
+        let key = SessionId(owners.0[..16].try_into().unwrap());
+        ack_of(&c, NODE_A, vec![baseline("a-1", &owners, false)]).await;
+        ack_of(
+            &c,
+            NODE_B,
+            vec![
+                evidence("b-9", "ref-pia", Some(key), Some(pia), "revoke", true),
+                revocation("b-10", key, Some(pia), Some("ref-pia")),
+            ],
+        )
+        .await;
+        assert_eq!(
+            revocations_in_log(&store).await,
+            vec![
+                (made_up[0], true),
+                (made_up[1], true),
+                (made_up[2], false),
+                (key, true)
+            ]
+        );
+        let text = metrics(&c).await;
+        assert_eq!(
+            metric(
+                &text,
+                "vigil_controller_node_revocations_unvouched_total{node=\"b\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(
+            !text.contains("vigil_controller_node_events_refused_total{"),
+            "nothing was refused"
+        );
         c.stop().await;
         db.drop_db().await;
     })

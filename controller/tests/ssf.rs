@@ -733,6 +733,433 @@ async fn risk_signals_raise_and_clear_the_users_risk() {
     .await;
 }
 
+/// A changed credential, changed token claims or a lowered assurance level
+/// ask every session of the user to step up at its next request (change
+/// `user_step_up`); a raised assurance level asks nothing; a level change
+/// that does not say what it is about is refused; a replay does nothing
+/// again.
+#[tokio::test]
+async fn credential_and_lower_assurance_signals_step_the_user_up() {
+    both(async |postgres| {
+        const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+        let mut node = Stream::open(&c).await;
+        let erin = || email("erin@example.com");
+        let sign = |event: &str, payload: Value| {
+            t.sign_set(&claims_with(&t, &format!("{CAEP}{event}"), erin(), payload))
+        };
+        let stepped_up = async |node: &mut Stream| {
+            let changes = node.next_changes().await;
+            assert!(
+                matches!(changes[..], [Change::UserStepUp { user: u, .. }] if u == user("erin@example.com")),
+                "{changes:?}"
+            );
+        };
+        let changed = sign(
+            "credential-change",
+            json!({"credential_type": "password", "change_type": "update"}),
+        );
+        assert_eq!(c.push(&changed).await.0, 202);
+        stepped_up(&mut node).await;
+        assert_eq!(
+            c.push(&sign("token-claims-change", json!({"claims": {"role": "ro"}}))).await.0,
+            202
+        );
+        stepped_up(&mut node).await;
+        let lower = json!({"namespace": "nist-aal", "previous_level": "nist-aal2", "current_level": "nist-aal1"});
+        assert_eq!(c.push(&sign("assurance-level-change", lower)).await.0, 202);
+        stepped_up(&mut node).await;
+
+        let head = c.head().await;
+        // The same SET again: taken before, nothing done again.
+        assert_eq!(c.push(&changed).await.0, 202);
+        for higher in [
+            json!({"namespace": "nist-aal", "previous_level": "nist-aal1", "current_level": "nist-aal2"}),
+            json!({"namespace": "custom", "current_level": "bronze", "change_direction": "increase"}),
+        ] {
+            assert_eq!(c.push(&sign("assurance-level-change", higher)).await.0, 202);
+        }
+        for bad in [
+            json!({"current_level": "nist-aal1"}),
+            json!({"namespace": "nist-aal", "current_level": "nist-aal1", "change_direction": "down"}),
+        ] {
+            let (status, body) = c.push(&sign("assurance-level-change", bad)).await;
+            assert_eq!((status, body["err"].as_str()), (400, Some("invalid_request")));
+        }
+        assert_eq!(c.head().await, head, "nothing more was done");
+        let m = c.metrics().await;
+        assert_eq!(sets_counted(&m, "accepted"), 3.0);
+        assert_eq!(sets_counted(&m, "duplicate"), 1.0);
+        assert_eq!(sets_counted(&m, "ignored"), 2.0);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The record of `cookie` bound to `user`, after one request, as a node
+/// under the controller's key makes it.
+fn bound_record(cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes(HASH_KEY),
+    );
+    let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+    engine.bind_user(key, user, at);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+    headers.insert("user-agent", "Mozilla/5.0 Firefox/133.0".parse().unwrap());
+    let view = vigil_engine::RequestView {
+        peer: "81.2.69.10".parse().unwrap(),
+        headers: &headers,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    engine
+        .evaluate(&view, &vigil_engine::Policy::default())
+        .unwrap();
+    vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+}
+
+fn session_of(record: &vigil_fleet::Record) -> vigil_fleet::SessionId {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&record.0[..16]);
+    vigil_fleet::SessionId(key)
+}
+
+/// The provider session of `sid` at `t`, as a node keys it.
+fn idp_session(t: &TestTransmitter, sid: &str) -> vigil_fleet::IdpSessionId {
+    vigil_fleet::IdpSessionId(
+        vigil_engine::IdpSessionKey::for_sid(
+            &vigil_engine::SessionHashKey::from_bytes(HASH_KEY),
+            t.issuer(),
+            sid,
+        )
+        .unwrap()
+        .0,
+    )
+}
+
+/// The provider ends one of its sessions of alice: only the Vigil session
+/// that signed in under it at a step-up ends (a node told the controller
+/// which), not her other one. An unknown provider session ends all of
+/// hers, as before; a node cannot map a provider session to a session
+/// the controller holds for someone else.
+#[tokio::test]
+async fn a_revoked_idp_session_ends_the_vigil_sessions_learnt_for_it_alone() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let t = TestTransmitter::new();
+        let published = Published::start(&t).await;
+        let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
+        let mut node = Stream::open(&c).await;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 5;
+        let laptop = bound_record("s-laptop", "alice", at);
+        let phone = bound_record("s-phone", "alice", at);
+        let bobs = bound_record("s-bob", "bob", at);
+        let event = |id: &str, kind: vigil_fleet::NodeEventKind| vigil_fleet::NodeEvent {
+            id: id.to_owned(),
+            kind,
+        };
+        let baseline = |record: &vigil_fleet::Record| vigil_fleet::NodeEventKind::SessionBaseline {
+            record: record.clone(),
+            confirmed: true,
+        };
+        let learnt = |record: &vigil_fleet::Record, user: &str, sid: &str| {
+            vigil_fleet::NodeEventKind::IdpSession {
+                session: session_of(record),
+                user: user_of(user),
+                idp_session: idp_session(&t, sid),
+                at,
+            }
+        };
+        let batch = vigil_fleet::EventBatch {
+            v: vigil_fleet::VERSION,
+            events: vec![
+                event("1", baseline(&laptop)),
+                event("2", baseline(&phone)),
+                event("3", baseline(&bobs)),
+                event("4", learnt(&laptop, "alice", "idp-sid-1")),
+                // A node naming bob's session as alice's: refused.
+                event("5", learnt(&bobs, "alice", "idp-sid-1")),
+            ],
+        };
+        let r = client()
+            .post(c.url("/v1/events"))
+            .bearer_auth(NODE)
+            .body(serde_json::to_string(&batch).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let ack: vigil_fleet::EventAck = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!((ack.accepted, ack.refused), (5, 1));
+        // The three baselines (and, for confirmed ones, the users'
+        // detection counts cleared).
+        let changes = node.next_changes().await;
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::SessionBaseline { .. }))
+                .count(),
+            3,
+            "{changes:?}"
+        );
+
+        let revoked = |sid: &str| {
+            let sub = complex(Some(iss_sub(t.issuer(), "alice")), Some(opaque(sid)));
+            t.sign_set(&claims(&t, SESSION_REVOKED, Some(sub)))
+        };
+        assert_eq!(c.push(&revoked("idp-sid-1")).await.0, 202);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[..], [Change::SessionRevoked { session, vouched: true, .. }] if session == session_of(&laptop)),
+            "{changes:?}"
+        );
+        // Its mapping is spent; another provider session is unknown: every
+        // session of alice ends.
+        assert_eq!(c.push(&revoked("idp-sid-2")).await.0, 202);
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRevoked { user, .. } if user == user_of("alice")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().any(|c| matches!(c, Change::SessionRevoked { session, .. } if *session == session_of(&phone))),
+            "{changes:?}"
+        );
+        assert!(
+            !changes.iter().any(|c| matches!(c, Change::SessionRevoked { session, .. } if *session == session_of(&bobs))),
+            "{changes:?}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+fn user_of(name: &str) -> UserId {
+    user(name)
+}
+
+const BCL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Claims of a valid logout token of `op` for `sub` and `sid`.
+fn logout_claims(op: &TestTransmitter, sub: Option<&str>, sid: Option<&str>) -> Map<String, Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = Map::new();
+    c.insert("iss".into(), op.issuer().into());
+    c.insert("aud".into(), json!(["vigil-rp", "another-rp"]));
+    c.insert("iat".into(), now.into());
+    c.insert("exp".into(), (now + 120).into());
+    c.insert("jti".into(), format!("jti-{:016x}", rand_u64()).into());
+    c.insert("events".into(), json!({ BCL_EVENT: {} }));
+    if let Some(sub) = sub {
+        c.insert("sub".into(), sub.into());
+    }
+    if let Some(sid) = sid {
+        c.insert("sid".into(), sid.into());
+    }
+    c
+}
+
+/// Every bad logout token is refused `400 invalid_request` and changes
+/// nothing, written as the attacks: a replayed token, another client's,
+/// one with a nonce (an ID token passed off as a logout token), the wrong
+/// event, unsigned, signed with `alg: none`, by an unknown key, another
+/// issuer, too old, expired, the wrong `typ`, neither `sub` nor `sid`; a
+/// form with the token twice; and a flood is cut by the provider's
+/// bucket. A valid one naming alice ends her sessions, with `200` and
+/// `Cache-Control: no-store`.
+#[tokio::test]
+async fn back_channel_logout_tokens_are_checked_as_the_spec_says() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let op = TestTransmitter::new();
+        let published = Published::start(&op).await;
+        let bcl = format!(
+            "[[backchannel_logout.providers]]\nname = \"op\"\nissuer = {:?}\nclient_id = \"vigil-rp\"\n\
+             jwks_uri = {:?}\nper_minute = 30\n",
+            op.issuer(),
+            published.jwks_uri(),
+        );
+        let c = Controller::start(&db.url(), &bcl).await;
+        let mut node = Stream::open(&c).await;
+        let post = async |body: String| {
+            let r = client()
+                .post(c.url("/v1/oidc/backchannel-logout/op"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let cache = r
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let text = r.text().await.unwrap();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (status, body, cache)
+        };
+        let form = |token: &str| format!("logout_token={token}");
+        let signed = |claims: &Map<String, Value>| {
+            TestTransmitter::sign(op.key(), Some("logout+jwt"), claims)
+        };
+
+        let good = logout_claims(&op, Some("alice"), None);
+        let (status, _, cache) = post(form(&signed(&good))).await;
+        assert_eq!(status, 200);
+        assert_eq!(cache.as_deref(), Some("no-store"));
+        let changes = node.next_changes().await;
+        assert!(
+            matches!(changes[0], Change::UserRevoked { user: u, .. } if u == user("alice")),
+            "{changes:?}"
+        );
+        let head = c.head().await;
+
+        let other_key = TestSigningKey::generate(2048, op.key().key_id());
+        let mut cases: Vec<(&str, String)> = vec![("replayed", form(&signed(&good)))];
+        let mut with = |what: &'static str, edit: &dyn Fn(&mut Map<String, Value>)| {
+            let mut claims = logout_claims(&op, Some("bob"), Some("sid-1"));
+            edit(&mut claims);
+            cases.push((what, form(&signed(&claims))));
+        };
+        with("wrong aud", &|c| {
+            c.insert("aud".into(), "another-rp".into());
+        });
+        with("nonce", &|c| {
+            c.insert("nonce".into(), "n-1".into());
+        });
+        with("wrong event", &|c| {
+            c.insert(
+                "events".into(),
+                json!({"http://schemas.openid.net/event/other": {}}),
+            );
+        });
+        with("event not an object", &|c| {
+            c.insert("events".into(), json!({ BCL_EVENT: "yes" }));
+        });
+        with("another issuer", &|c| {
+            c.insert("iss".into(), "https://evil.example".into());
+        });
+        with("too old", &|c| {
+            let old = c["iat"].as_u64().unwrap() - 3600;
+            c.insert("iat".into(), old.into());
+            c.insert("exp".into(), (old + 60).into());
+        });
+        with("expired", &|c| {
+            let iat = c["iat"].as_u64().unwrap();
+            c.insert("exp".into(), (iat - 600).into());
+        });
+        with("no jti", &|c| {
+            c.remove("jti");
+        });
+        with("neither sub nor sid", &|c| {
+            c.remove("sub");
+            c.remove("sid");
+        });
+        let claims = logout_claims(&op, Some("bob"), None);
+        cases.push(("unsigned", form(&TestTransmitter::unsigned(&claims))));
+        cases.push((
+            "wrong typ",
+            form(&TestTransmitter::sign(op.key(), Some("JWT"), &claims)),
+        ));
+        cases.push((
+            "secevent typ",
+            form(&op.sign_set(&claims)),
+        ));
+        cases.push((
+            "another key under the kid",
+            form(&TestTransmitter::sign(&other_key, Some("logout+jwt"), &claims)),
+        ));
+        let token = signed(&claims);
+        cases.push(("twice", format!("logout_token={token}&logout_token={token}")));
+        cases.push(("none", "other=1".to_owned()));
+        for (what, body) in &cases {
+            let (status, body, cache) = post(body.clone()).await;
+            assert_eq!(status, 400, "{what}: {body}");
+            assert_eq!(body["error"], "invalid_request", "{what}");
+            assert_eq!(cache.as_deref(), Some("no-store"), "{what}");
+        }
+        assert_eq!(c.head().await, head, "nothing was done");
+        // Not a form: refused before anything is read.
+        let r = client()
+            .post(c.url("/v1/oidc/backchannel-logout/op"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = client()
+            .post(c.url("/v1/oidc/backchannel-logout/nobody"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        // A flood: the bucket of 30 a minute is spent by now.
+        let mut limited = 0;
+        let replay = form(&signed(&good));
+        for _ in 0..40 {
+            if post(replay.clone()).await.0 == 429 {
+                limited += 1;
+            }
+        }
+        assert!(limited >= 10, "{limited}");
+        assert_eq!(c.head().await, head);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The back-channel logout receiver's configuration problems are reported
+/// together, each with its key.
+#[test]
+fn a_bad_backchannel_logout_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(
+        &path,
+        "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [[backchannel_logout.providers]]\nname = \"op one\"\nissuer = \"https://op.example\"\nclient_id = \"\"\n\
+         jwks_uri = \"http://op.example/jwks\"\nalgorithms = [\"HS256\"]\nmax_age_seconds = 1\nper_minute = 0\n\
+         [[backchannel_logout.providers]]\nname = \"two\"\nissuer = \"https://op.example\"\nclient_id = \"v\"\n",
+    )
+    .unwrap();
+    let e = vigil_controller::Config::load(&path).err().unwrap();
+    let want = [
+        "backchannel_logout.providers[0].name: \"op one\"",
+        "backchannel_logout.providers[0].client_id: 1 to 1024 characters",
+        "backchannel_logout.providers[0].jwks_uri: \"http://op.example/jwks\"",
+        "backchannel_logout.providers[0].algorithms: \"HS256\"",
+        "backchannel_logout.providers[0].max_age_seconds: 1 is out of range",
+        "backchannel_logout.providers[0].per_minute: 0 is out of range",
+        "backchannel_logout.providers[1].issuer: \"https://op.example\" is another provider's",
+        "backchannel_logout.providers[1]: give exactly one of jwks_uri and jwks_file",
+    ];
+    assert_eq!(e.problems.len(), want.len(), "{:?}", e.problems);
+    for (problem, want) in e.problems.iter().zip(want) {
+        assert!(problem.starts_with(want), "{problem:?} is not {want:?}");
+    }
+}
+
 /// The receiver's configuration problems are reported together, each with
 /// its key, like the rest of the file.
 #[test]

@@ -99,6 +99,11 @@ pub enum Action {
     RaiseRisk,
     /// The user's entity risk is cleared.
     ClearRisk,
+    /// Every session of the user must pass a step-up (a fresh sign-in at
+    /// the identity provider) at its next request. For
+    /// `assurance-level-change`, only when the level went down
+    /// (`ssf::stepup`).
+    StepUp,
     /// Accepted and counted as ignored.
     Ignore,
 }
@@ -109,6 +114,7 @@ impl Action {
             "revoke_user" => Some(Action::RevokeUser),
             "raise_risk" => Some(Action::RaiseRisk),
             "clear_risk" => Some(Action::ClearRisk),
+            "step_up" => Some(Action::StepUp),
             "ignore" => Some(Action::Ignore),
             _ => None,
         }
@@ -132,9 +138,9 @@ pub const DEFAULT_ACTIONS: &[(&str, &str, Action)] = &[
     (RISC, "account-purged", Action::RevokeUser),
     (CAEP, "risk-level-change", Action::RaiseRisk),
     (CAEP, "device-compliance-change", Action::RaiseRisk),
-    (CAEP, "credential-change", Action::Ignore),
-    (CAEP, "assurance-level-change", Action::Ignore),
-    (CAEP, "token-claims-change", Action::Ignore),
+    (CAEP, "credential-change", Action::StepUp),
+    (CAEP, "assurance-level-change", Action::StepUp),
+    (CAEP, "token-claims-change", Action::StepUp),
     (CAEP, "session-established", Action::Ignore),
     (CAEP, "session-presented", Action::Ignore),
     (RISC, "account-enabled", Action::Ignore),
@@ -202,7 +208,7 @@ pub enum KeySource {
 }
 
 /// Whether `uri` may be fetched from: HTTPS, or HTTP on loopback only.
-fn fetchable(uri: &str) -> bool {
+pub(crate) fn fetchable(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;
     };
@@ -436,7 +442,7 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
                     actions.insert(format!("{prefix}{event}"), a);
                 }
                 None => problems.push(format!(
-                    "{at}.actions.{event}: {action:?}: expected \"revoke_user\", \"raise_risk\", \"clear_risk\" or \"ignore\""
+                    "{at}.actions.{event}: {action:?}: expected \"revoke_user\", \"step_up\", \"raise_risk\", \"clear_risk\" or \"ignore\""
                 )),
             }
         }

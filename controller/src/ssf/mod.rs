@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod keys;
+mod sessions;
+mod stepup;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -226,7 +228,20 @@ async fn take(
                 let name = user_name(t, claims.sub_id.as_ref())?;
                 let user = UserId(UserKey::for_name(&app.config.hash_key, &name).as_u64());
                 let action = match (action, risk_direction(&claims.event, &claims.payload)?) {
-                    (Action::RevokeUser, _) => SetAction::RevokeUser(user),
+                    (Action::RevokeUser, _) => match sessions::named(
+                        &app.config.hash_key,
+                        t,
+                        &claims.event,
+                        claims.sub_id.as_ref(),
+                    ) {
+                        Some(idp_session) => SetAction::RevokeIdpSession { user, idp_session },
+                        None => SetAction::RevokeUser(user),
+                    },
+                    (Action::StepUp, _) => match stepup::wanted(&claims.event, &claims.payload) {
+                        Ok(true) => SetAction::StepUp(user),
+                        Ok(false) => SetAction::Nothing,
+                        Err(e) => return Err(invalid(e)),
+                    },
                     (Action::ClearRisk, _) | (Action::RaiseRisk, Some(false)) => {
                         SetAction::UserRisk {
                             user,

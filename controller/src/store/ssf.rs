@@ -5,7 +5,7 @@
 //! stream's last verification.
 
 use sqlx::Row;
-use vigil_fleet::{Change, UserId};
+use vigil_fleet::{Change, IdpSessionId, UserId};
 
 use super::{Store, StoreError, append_in, revoke_user_in, to_i64, to_u64};
 
@@ -25,6 +25,18 @@ pub enum SetAction {
         /// Until when (seconds since the Unix epoch).
         until: u64,
     },
+    /// The identity provider ended one of its sessions of the user: the
+    /// Vigil sessions that signed in under it end, or every session of
+    /// the user when none is known ([`idp_sessions`](super::idp_sessions)).
+    RevokeIdpSession {
+        /// The user.
+        user: UserId,
+        /// The provider's session.
+        idp_session: IdpSessionId,
+    },
+    /// Every session of the user must pass a step-up at its next request
+    /// ([`Store::step_up_user`]).
+    StepUp(UserId),
     /// Nothing but the record of the SET (a verification, an event not
     /// acted on).
     Nothing,
@@ -123,6 +135,14 @@ impl Store {
                     now,
                 )
                 .await?
+            }
+            SetAction::RevokeIdpSession { user, idp_session } => {
+                super::idp_sessions::revoke_in(&mut tx, user, idp_session, now, now)
+                    .await?
+                    .0
+            }
+            SetAction::StepUp(user) => {
+                append_in(&mut tx, &[Change::UserStepUp { user, at: now }], now).await?
             }
             SetAction::Nothing => {
                 let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
