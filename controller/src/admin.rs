@@ -101,7 +101,7 @@ fn who(app: &App, user: Option<&str>, key: Option<&str>) -> Result<UserId, ApiEr
 
 /// `limit` and `offset` of a list query: each at most once, decimal;
 /// nothing else.
-fn page_of(query: Option<&str>) -> Result<(usize, u64), ApiError> {
+pub(crate) fn page_of(query: Option<&str>) -> Result<(usize, u64), ApiError> {
     let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -32,10 +32,13 @@ use crate::admin::{
     false_positive, keep_name, list_users, trust_device, trust_network, user_detail,
 };
 use crate::config::{Config, Node, token_hash};
+// Outbound calls: dead letters, universal logout.
+use crate::logout::{get_logout, list_logouts, logout_user};
 use crate::metrics::Metrics;
 use crate::store::{Intake, Store, StoreError};
 use crate::tail::{Published, Tail};
 use crate::tls::Peer;
+use crate::webhooks::{delete_dead, list_dead, retry_dead};
 
 /// A quiet stream gets a heartbeat this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -69,6 +72,9 @@ pub struct App {
     commits: mpsc::Sender<Pending>,
     /// The Shared Signals receiver ([`crate::ssf`]).
     pub ssf: crate::ssf::Receiver,
+    /// Outbound calls: webhooks and universal logout targets
+    /// ([`crate::outbox`]); `None` when none is configured.
+    pub outbox: Option<Arc<crate::outbox::Outbox>>,
     /// The controller's signing keys (`[signing]`), when configured.
     pub signer: Option<Arc<crate::signing::Signer>>,
     /// The back-channel logout receiver ([`crate::bcl`]).
@@ -130,9 +136,23 @@ impl App {
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf, &config.ssf_inbound, &config.gtr, &store);
+        let outbox = (!config.webhooks.is_empty() || !config.logout.apps.is_empty()).then(|| {
+            Arc::new(crate::outbox::Outbox::new(
+                store.clone(),
+                config.outbox.clone(),
+                &config.webhooks,
+                &config.logout.apps,
+                Some(Arc::new(crate::logout::Signing {
+                    signer: config.signing.clone(),
+                    ttl: config.logout.token_ttl,
+                })),
+                metrics.clone(),
+            ))
+        });
         let signer = config.signing.clone();
         let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
+            outbox,
             store,
             config,
             head: watch::channel(head).0,
@@ -365,6 +385,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
+        .route("/v1/admin/outbox/dead", get(list_dead))
+        .route("/v1/admin/outbox/retry", post(retry_dead))
+        .route("/v1/admin/outbox/delete", post(delete_dead))
+        .route("/v1/admin/users/logout", post(logout_user))
+        .route("/v1/admin/logouts", get(list_logouts))
+        .route("/v1/admin/logouts/{id}", get(get_logout))
         .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
         .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))
@@ -875,6 +901,9 @@ async fn events(
     app.metrics.events("taken", ack.accepted as u64);
     app.metrics.events("duplicate", ack.duplicates as u64);
     app.head.send_replace(head);
+    // After the commit, for every detection of the batch: a batch posted
+    // again (no ack reached the node) enqueues the same delivery ids.
+    crate::webhooks::detections(&app, &node, &batch.events).await?;
     Ok(Json(ack).into_response())
 }
 
@@ -967,6 +996,13 @@ async fn revoke_session(
     )
     .await?;
     tracing::info!(session = %req.session.get(..8).unwrap_or(""), seq, "session revoked by the admin API");
+    crate::webhooks::revocation(
+        &app,
+        crate::webhooks::Revoked::Session(&session),
+        "admin_api",
+        seq,
+    )
+    .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 
@@ -1004,6 +1040,13 @@ async fn revoke_user(
     let seq = app.store.revoke_user(user, now, now).await?;
     app.head.send_replace(seq);
     tracing::info!(user = %user, seq, "every session of a user revoked by the admin API");
+    crate::webhooks::revocation(
+        &app,
+        crate::webhooks::Revoked::User(user, Some(&req.user)),
+        "admin_api",
+        seq,
+    )
+    .await?;
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 
@@ -1110,6 +1153,8 @@ async fn erase_user(
         },
     )
     .await?;
+    // Universal logouts of the user, and their calls still owed.
+    app.store.forget_logouts(&user.to_string()).await?;
     // The key, not the name: the name is what is being erased.
     tracing::info!(user = %user, seq, "a user's data erased by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())

@@ -87,6 +87,12 @@ pub struct Config {
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
+    /// How outbound calls are delivered (`[outbox]`, `docs/webhooks.md`).
+    pub outbox: crate::outbox::Settings,
+    /// Remediation webhooks (`[[webhooks]]`, `docs/webhooks.md`).
+    pub webhooks: Vec<crate::outbox::Webhook>,
+    /// Universal logout's targets (`[logout]`, `docs/signals.md`).
+    pub logout: crate::logout::LogoutConfig,
 }
 
 /// Per-node bounds on what a node's word can change (`docs/controller.md`,
@@ -247,6 +253,12 @@ struct Raw {
     #[serde(default)]
     global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
+    #[serde(default)]
+    outbox: crate::outbox::config::RawOutbox,
+    #[serde(default)]
+    webhooks: Vec<crate::outbox::config::RawWebhook>,
+    #[serde(default)]
+    logout: crate::logout::RawLogout,
     signing: Option<crate::signing::RawSigning>,
 }
 
@@ -395,6 +407,10 @@ impl Config {
             }
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
+        let outbox = crate::outbox::config::settings(&raw.outbox, &mut problems);
+        let webhooks = crate::outbox::config::webhooks(&raw.webhooks, &outbox, base, &mut problems);
+        let logout =
+            crate::logout::load(&raw.logout, &outbox, signing.is_some(), base, &mut problems);
         let backchannel_logout =
             crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
         let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
@@ -440,6 +456,9 @@ impl Config {
                 tls,
                 signing,
                 budgets,
+                outbox,
+                webhooks,
+                logout,
             }),
             _ => Err(fail(problems)),
         }

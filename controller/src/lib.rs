@@ -10,12 +10,15 @@ pub mod api;
 pub mod bcl;
 pub mod config;
 pub mod copy;
+pub mod logout;
 pub mod metrics;
+pub mod outbox;
 pub mod signing;
 pub mod ssf;
 pub mod store;
 pub mod tail;
 pub mod tls;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +107,11 @@ pub async fn run_on(
     // Keys read at start, one poller per polled transmitter
     // (`docs/signals.md`).
     tasks.0.extend(ssf::start(&app));
+    if let Some(outbox) = &app.outbox {
+        tasks
+            .0
+            .push(tokio::spawn(outbox::Outbox::run(Arc::clone(outbox))).abort_handle());
+    }
     tasks.0.push(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(api::NODES_REFRESH);

@@ -6,7 +6,8 @@
 //! misused stands out.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the controller keeps, registered in one registry.
@@ -46,6 +47,16 @@ pub struct Metrics {
     /// Node events taken but refused by the intake rules, by node and
     /// reason (`docs/controller.md`, Intake rules).
     pub refused: IntCounterVec,
+    /// Outbound calls enqueued, by endpoint (`webhook:<name>`,
+    /// `logout:<app>`) and result (`pending`, `duplicate`, `overflow`).
+    pub outbox_enqueued: IntCounterVec,
+    /// Outbound attempts, by endpoint and result (`delivered`, `failed`:
+    /// to be retried, `dead`: given up).
+    pub outbox_attempts: IntCounterVec,
+    /// Outbound calls pending, by endpoint (refreshed every minute).
+    pub outbox_pending: IntGaugeVec,
+    /// How long an outbound attempt took.
+    pub outbox_seconds: Histogram,
     /// Revocations of each node taken unvouched because its daily budget
     /// of vouching on its own baselines was spent.
     pub unvouched: IntCounterVec,
@@ -143,6 +154,40 @@ impl Metrics {
             &["transmitter", "result"],
         )?;
         registry.register(Box::new(ssf_sets.clone()))?;
+        let outbox_enqueued = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_outbox_enqueued_total",
+                "Outbound calls (webhooks, logout targets) enqueued, by endpoint and result (pending, duplicate, overflow: dead-lettered at once, the endpoint's queue full).",
+            ),
+            &["endpoint", "result"],
+        )?;
+        let outbox_attempts = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_outbox_attempts_total",
+                "Outbound attempts, by endpoint and result (delivered, failed: retried later, dead: given up).",
+            ),
+            &["endpoint", "result"],
+        )?;
+        let outbox_pending = IntGaugeVec::new(
+            Opts::new(
+                "vigil_controller_outbox_pending",
+                "Outbound calls pending, by endpoint (refreshed every minute).",
+            ),
+            &["endpoint"],
+        )?;
+        let outbox_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_controller_outbox_attempt_seconds",
+                "Duration of one outbound attempt.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        registry.register(Box::new(outbox_enqueued.clone()))?;
+        registry.register(Box::new(outbox_attempts.clone()))?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+        registry.register(Box::new(outbox_seconds.clone()))?;
         let bcl_tokens = IntCounterVec::new(
             Opts::new(
                 "vigil_controller_backchannel_logout_tokens_total",
@@ -152,6 +197,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(bcl_tokens.clone()))?;
         Ok(Metrics {
+            outbox_enqueued,
+            outbox_attempts,
+            outbox_pending,
+            outbox_seconds,
             registry,
             subscribers,
             frames_sent,

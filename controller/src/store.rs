@@ -260,6 +260,7 @@ pub struct Store {
 mod admin;
 pub mod bcl;
 pub mod idp_sessions;
+pub mod outbox;
 pub mod ssf;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};

@@ -423,6 +423,20 @@ pub(crate) async fn take(
             });
             if action != SetAction::Nothing {
                 tracing::info!(transmitter = %t.name, event = %claims.event, action = ?action, head, "SET taken");
+                // Told to the webhooks after the commit: a store failure
+                // here is the transmitter's retry, a duplicate, not told.
+                if let Err(e) = crate::webhooks::set_taken(
+                    app,
+                    &t.name,
+                    &claims.jti,
+                    &claims.event,
+                    action,
+                    head,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "SET taken; its webhooks not enqueued");
+                }
             }
             Ok(result)
         }
