@@ -68,6 +68,8 @@ pub struct App {
     commits: mpsc::Sender<Pending>,
     /// The Shared Signals receiver ([`crate::ssf`]).
     pub ssf: crate::ssf::Receiver,
+    /// The Shared Signals transmitter ([`crate::ssf::transmit`]).
+    pub ssf_tx: crate::ssf::transmit::Runtime,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -125,6 +127,7 @@ impl App {
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf);
+        let ssf_tx = crate::ssf::transmit::Runtime::new(config.ssf_tx.as_ref());
         Ok(App {
             store,
             config,
@@ -135,6 +138,7 @@ impl App {
             metrics,
             commits,
             ssf,
+            ssf_tx,
         })
     }
 
@@ -354,6 +358,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
+        .merge(crate::ssf::transmit::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

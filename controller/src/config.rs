@@ -75,6 +75,9 @@ pub struct Config {
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
+    /// The Shared Signals transmitter (`[ssf_transmitter]`,
+    /// `docs/signals.md`): none when not configured.
+    pub ssf_tx: Option<crate::ssf::transmit::config::TxConfig>,
 }
 
 /// Per-node bounds on what a node's word can change (`docs/controller.md`,
@@ -218,6 +221,7 @@ struct Raw {
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
     tls: Option<crate::tls::RawTls>,
+    ssf_transmitter: Option<crate::ssf::transmit::config::RawTx>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +365,9 @@ impl Config {
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let ssf_tx = raw
+            .ssf_transmitter
+            .and_then(|t| crate::ssf::transmit::config::load(t, base, user_names, &mut problems));
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -398,6 +405,7 @@ impl Config {
                 ssf,
                 tls,
                 budgets,
+                ssf_tx,
             }),
             _ => Err(fail(problems)),
         }

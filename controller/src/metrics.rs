@@ -43,6 +43,12 @@ pub struct Metrics {
     /// Node events taken but refused by the intake rules, by node and
     /// reason (`docs/controller.md`, Intake rules).
     pub refused: IntCounterVec,
+    /// SETs the transmitter handled, by receiver (its configured name)
+    /// and result: `enqueued`, `delivered` (a push taken or a poll's ack),
+    /// `refused` (a push's 400 or a poll's setErr), `retry` (a push that
+    /// failed, tried again after back-off), `dropped` (a full queue's
+    /// oldest), `polled` (handed out by a poll).
+    pub ssf_tx_sets: IntCounterVec,
 }
 
 impl Metrics {
@@ -129,6 +135,14 @@ impl Metrics {
             &["transmitter", "result"],
         )?;
         registry.register(Box::new(ssf_sets.clone()))?;
+        let ssf_tx_sets = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_ssf_tx_sets_total",
+                "SETs the Shared Signals transmitter handled, by receiver and result (enqueued, delivered, refused, retry, dropped, polled).",
+            ),
+            &["receiver", "result"],
+        )?;
+        registry.register(Box::new(ssf_tx_sets.clone()))?;
         Ok(Metrics {
             registry,
             subscribers,
@@ -143,6 +157,7 @@ impl Metrics {
             events,
             ssf_sets,
             refused,
+            ssf_tx_sets,
         })
     }
 

@@ -254,6 +254,7 @@ pub struct Store {
 
 mod admin;
 pub mod ssf;
+pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
 

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod transmit;
 pub mod verify;
 
 use std::collections::HashMap;

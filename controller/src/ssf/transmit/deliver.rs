@@ -1,0 +1,459 @@
+//! Delivery (`docs/signals.md`, Vigil as a transmitter): the loop that
+//! derives SETs from the change log and pushes them (RFC 8935), and the
+//! poll endpoint (RFC 8936). At least once: a SET leaves its queue only
+//! when the receiver took it (a push's `202`, a poll's `ack`) or refused
+//! it (a push's `400`, a poll's `setErrs`, recorded); any other answer is
+//! tried again after an exponential back-off.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::{POLL, PUSH, bad, body_of, client, configured, events, json_response, owned, sign};
+use crate::api::{ApiError, App, now_secs};
+use crate::store::ssf_tx::TxStream;
+
+/// Changes read per fan-out transaction.
+const FAN_OUT_BATCH: usize = 500;
+/// SETs pushed per stream per round, in order.
+const PUSH_BATCH: usize = 50;
+/// How long a controller holds a stream's pushes.
+const LEASE: Duration = Duration::from_secs(60);
+/// The deliverer looks at least this often (other replicas' commits
+/// without a notification, back-offs come due).
+const TICK: Duration = Duration::from_millis(250);
+/// Most SETs one poll returns.
+const MAX_POLL: u64 = 100;
+/// Most acknowledgements and errors one poll carries.
+const MAX_ACKS: usize = 1_000;
+/// Largest push answer read.
+const MAX_ANSWER: usize = 16 * 1024;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The client pushes go out with: rustls with ring, no redirects (a
+/// receiver's endpoint is checked against its `push_endpoints`; a
+/// redirect would go around it), every call bounded in time.
+pub fn http_client() -> Option<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no HTTP client for SSF pushes"))
+        .ok()
+}
+
+fn count(app: &App, receiver: &str, result: &str, n: u64) {
+    if n > 0 {
+        app.metrics
+            .ssf_tx_sets
+            .with_label_values(&[receiver, result])
+            .inc_by(n);
+    }
+}
+
+/// The deliverer: runs while the controller does (`app` dropped: it
+/// ends). Fans the log out into the streams' queues, then pushes what is
+/// due; again when woken (a commit, something enqueued) or every
+/// [`TICK`].
+pub async fn run(app: Weak<App>) {
+    let (wake, mut published) = match app.upgrade() {
+        Some(a) => (Arc::clone(&a.ssf_tx.wake), a.tail.subscribe()),
+        None => return,
+    };
+    loop {
+        {
+            let Some(app) = app.upgrade() else { return };
+            fan_out(&app).await;
+            push_due(&app).await;
+        }
+        tokio::select! {
+            _ = published.recv() => {}
+            () = wake.notified() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Enqueues what the changes after the cursor are, until none is left.
+pub async fn fan_out(app: &App) {
+    let Some(tx) = app.config.ssf_tx.as_ref() else {
+        return;
+    };
+    loop {
+        let receivers = &tx.receivers;
+        let mut counted: Vec<(String, String)> = Vec::new();
+        let done = app
+            .store
+            .ssf_tx_fan_out(FAN_OUT_BATCH, tx.max_queue, now_secs(), |input| {
+                if input.gap {
+                    tracing::warn!(
+                        "SSF transmitter: changes were compacted away before they were sent; their events are lost"
+                    );
+                }
+                let plan = events::plan(input, receivers);
+                for (stream, _, _) in &plan.enqueue {
+                    let owner = input
+                        .streams
+                        .iter()
+                        .find(|s| &s.stream_id == stream)
+                        .map_or_else(String::new, |s| s.client.clone());
+                    counted.push((owner, stream.clone()));
+                }
+                plan
+            })
+            .await;
+        match done {
+            Ok(done) => {
+                for (owner, _) in &counted {
+                    count(app, owner, "enqueued", 1);
+                }
+                if done.dropped > 0 {
+                    tracing::warn!(
+                        dropped = done.dropped,
+                        "SSF stream queues full: oldest SETs dropped"
+                    );
+                    count(app, "-", "dropped", done.dropped);
+                }
+                if done.enqueued > 0 {
+                    app.ssf_tx.queued.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                if done.changes < FAN_OUT_BATCH {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SSF transmitter: changes not fanned out; tried again");
+                return;
+            }
+        }
+    }
+}
+
+/// Pushes what is due on every push stream whose lease this controller
+/// takes, one task per stream.
+async fn push_due(app: &Arc<App>) {
+    let now = now_ms();
+    let due = match app.store.ssf_tx_due(&app.ssf_tx.owner, now).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "SSF transmitter: due streams not read");
+            return;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in due {
+        let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
+        if config["delivery"]["method"].as_str() != Some(PUSH) {
+            continue;
+        }
+        let lease = now.saturating_add(u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX));
+        match app
+            .store
+            .ssf_tx_lease(&stream.stream_id, &app.ssf_tx.owner, now, lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "SSF transmitter: lease not taken");
+                continue;
+            }
+        }
+        let app = Arc::clone(app);
+        tasks.spawn(async move {
+            push_stream(&app, &stream, &config).await;
+            if let Err(e) = app
+                .store
+                .ssf_tx_release(&stream.stream_id, &app.ssf_tx.owner)
+                .await
+            {
+                tracing::warn!(error = %e, "SSF transmitter: lease not released");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What became of one push.
+enum Pushed {
+    /// Taken (`202`).
+    Taken,
+    /// Refused for good (`400` with `err`).
+    Refused(String, String),
+    /// Anything else: tried again later.
+    Retry(String),
+}
+
+async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
+    let Some(tx) = app.config.ssf_tx.as_ref() else {
+        return;
+    };
+    let Some(http) = app.ssf_tx.client.as_ref() else {
+        return;
+    };
+    let Some(url) = config["delivery"]["endpoint_url"].as_str() else {
+        return;
+    };
+    let authorization = config["delivery"]["authorization_header"].as_str();
+    let receiver = stream.client.as_str();
+    let queued = match app
+        .store
+        .ssf_tx_peek(&stream.stream_id, PUSH_BATCH, None)
+        .await
+    {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "SSF transmitter: queue not read");
+            return;
+        }
+    };
+    for set in queued {
+        let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
+        let outcome = match sign(app, claims) {
+            Ok(jwt) => push_one(http, url, authorization, jwt).await,
+            Err(e) => Pushed::Retry(format!("not signed: {e}")),
+        };
+        let now = now_secs();
+        match outcome {
+            Pushed::Taken => {
+                count(app, receiver, "delivered", 1);
+                if let Err(e) = app
+                    .store
+                    .ssf_tx_done(&stream.stream_id, &set.jti, None, now)
+                    .await
+                {
+                    tracing::warn!(error = %e, "SSF transmitter: delivery not recorded; sent again");
+                    return;
+                }
+            }
+            Pushed::Refused(err, description) => {
+                count(app, receiver, "refused", 1);
+                tracing::warn!(
+                    receiver,
+                    stream = stream.stream_id,
+                    jti = set.jti,
+                    err,
+                    description,
+                    "SSF receiver refused a SET; not sent again"
+                );
+                if let Err(e) = app
+                    .store
+                    .ssf_tx_done(&stream.stream_id, &set.jti, Some((&err, &description)), now)
+                    .await
+                {
+                    tracing::warn!(error = %e, "SSF transmitter: refusal not recorded");
+                    return;
+                }
+            }
+            Pushed::Retry(why) => {
+                count(app, receiver, "retry", 1);
+                let failures = stream.failures.min(30);
+                let wait = tx
+                    .retry_min_ms
+                    .saturating_mul(1u64 << failures)
+                    .min(tx.retry_max_seconds.saturating_mul(1_000));
+                tracing::info!(
+                    receiver,
+                    stream = stream.stream_id,
+                    why,
+                    retry_in_ms = wait,
+                    "SSF push failed; tried again after back-off"
+                );
+                if let Err(e) = app
+                    .store
+                    .ssf_tx_failed(&stream.stream_id, now_ms().saturating_add(wait))
+                    .await
+                {
+                    tracing::warn!(error = %e, "SSF transmitter: back-off not recorded");
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn push_one(
+    http: &reqwest::Client,
+    url: &str,
+    authorization: Option<&str>,
+    jwt: String,
+) -> Pushed {
+    let mut request = http
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/secevent+jwt")
+        .header(header::ACCEPT, "application/json")
+        .body(jwt);
+    if let Some(a) = authorization {
+        request = request.header(header::AUTHORIZATION, a);
+    }
+    let mut response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Pushed::Retry(e.to_string()),
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Pushed::Taken;
+    }
+    if status != StatusCode::BAD_REQUEST {
+        return Pushed::Retry(format!("answered {status}"));
+    }
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let field = |k: &str, max: usize| {
+        answer[k]
+            .as_str()
+            .map(|s| s.chars().take(max).collect::<String>())
+    };
+    Pushed::Refused(
+        field("err", 64).unwrap_or_else(|| "invalid_request".to_owned()),
+        field("description", 1024).unwrap_or_default(),
+    )
+}
+
+/// `POST /v1/ssf/poll/{stream_id}` (RFC 8936): takes the receiver's
+/// `ack`s and `setErrs`, then answers `{"sets": {jti: SET}, "moreAvailable"}`
+/// with up to `maxEvents` (at most 100) SETs not handed out within
+/// `redeliver_seconds`; without `returnImmediately`, an empty answer waits
+/// up to `long_poll_seconds` for one. A paused stream hands out nothing
+/// (its SETs wait).
+pub async fn poll(
+    State(app): State<Arc<App>>,
+    Path(stream_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (tx, _, _) = configured(&app)?;
+    let receiver = client(tx, &headers)?;
+    let stream = owned(&app, receiver, &stream_id).await?;
+    let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
+    if config["delivery"]["method"].as_str() != Some(POLL) {
+        return Err(bad("this stream is delivered by push"));
+    }
+    let body = if body.is_empty() {
+        Map::new()
+    } else {
+        body_of(&body)?
+    };
+    let max = match body.get("maxEvents") {
+        None => MAX_POLL,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| bad("maxEvents: a whole number"))?
+            .min(MAX_POLL),
+    };
+    let immediately = match body.get("returnImmediately") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| bad("returnImmediately: true or false"))?,
+    };
+    let acks: Vec<&str> = match body.get("ack") {
+        None => Vec::new(),
+        Some(Value::Array(a)) if a.len() <= MAX_ACKS => a
+            .iter()
+            .map(|j| j.as_str().ok_or_else(|| bad("ack: jti strings")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad(format!("ack: at most {MAX_ACKS} jti strings"))),
+    };
+    let errs: Vec<(&String, &Value)> = match body.get("setErrs") {
+        None => Vec::new(),
+        Some(Value::Object(m)) if m.len() <= MAX_ACKS => m.iter().collect(),
+        Some(_) => return Err(bad(format!("setErrs: an object of at most {MAX_ACKS}"))),
+    };
+    let now = now_secs();
+    let name = receiver.name.as_str();
+    for jti in acks {
+        let n = app.store.ssf_tx_done(&stream_id, jti, None, now).await?;
+        count(&app, name, "delivered", n);
+    }
+    for (jti, e) in errs {
+        let err: String = e["err"]
+            .as_str()
+            .unwrap_or("invalid_request")
+            .chars()
+            .take(64)
+            .collect();
+        let description: String = e["description"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(1024)
+            .collect();
+        let n = app
+            .store
+            .ssf_tx_done(&stream_id, jti, Some((&err, &description)), now)
+            .await?;
+        count(&app, name, "refused", n);
+    }
+    let mut queued = app.ssf_tx.queued.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(tx.long_poll_seconds);
+    loop {
+        // Read again each time: a pause or a disable while waiting holds.
+        let status = owned(&app, receiver, &stream_id).await?.status;
+        let ready = if status == "enabled" && max > 0 {
+            let before = now_ms().saturating_sub(tx.redeliver_seconds.saturating_mul(1_000));
+            let limit = usize::try_from(max + 1).unwrap_or(usize::MAX);
+            app.store
+                .ssf_tx_peek(&stream_id, limit, Some(before))
+                .await?
+        } else {
+            Vec::new()
+        };
+        if !ready.is_empty() {
+            let more = ready.len() as u64 > max;
+            let mut sets = Map::new();
+            let mut seqs = Vec::new();
+            for set in ready.into_iter().take(usize::try_from(max).unwrap_or(0)) {
+                let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
+                let jwt = sign(&app, claims).map_err(|e| {
+                    tracing::warn!(error = e, "SSF transmitter: SET not signed");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "SETs cannot be signed now; poll again",
+                    )
+                })?;
+                sets.insert(set.jti, json!(jwt));
+                seqs.push(set.seq);
+            }
+            app.store
+                .ssf_tx_mark_sent(&stream_id, &seqs, now_ms())
+                .await?;
+            count(&app, name, "polled", seqs.len() as u64);
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"sets": sets, "moreAvailable": more}),
+            ));
+        }
+        if immediately || max == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"sets": {}, "moreAvailable": false}),
+            ));
+        }
+        // Woken by this process's enqueues; another replica's are seen
+        // at the next look, every second.
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(wait, queued.changed()).await;
+    }
+}
