@@ -1,0 +1,695 @@
+//! The Shared Signals transmitter end to end over real HTTP: an independent
+//! receiver (the `easyssf-receiver` crate: its metadata resolver, stream
+//! client, SET verifier and poller) pointed at the controller on loopback
+//! discovers it, creates streams, and verifies the SETs pushed to its own
+//! loopback endpoint (RFC 8935) or polled (RFC 8936) after an operator's
+//! revocation; on SQLite and on the PostgreSQL server on 127.0.0.1:5432 (a
+//! fresh database per test).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use easyssf_core::stream::SsfStreamConfiguration;
+use easyssf_receiver::event::SsfEventContext;
+use easyssf_receiver::http::{SsfHttpClient, SsfHttpRequest, SsfHttpResponse};
+use easyssf_receiver::poll::{SsfPoller, SsfPollerOptions};
+use easyssf_receiver::push::SsfPushHandler;
+use easyssf_receiver::set::{
+    HttpSsfJwkSetSource, InMemorySsfJtiDedupStore, JwtSsfSetVerifier, SsfSetProcessor,
+    SsfSetVerifierOptions,
+};
+use easyssf_receiver::stream::SsfStreamClient;
+use easyssf_receiver::transmitter::{
+    FixedSsfTransmitterTokenProvider, SsfTransmitterMetadataResolver, SsfTransmitterUriPolicy,
+};
+use serde_json::{Map, Value, json};
+use url::Url;
+use vigil_fleet::UserId;
+
+const ADMIN: &str = "admin-token-0123456789";
+const IDP_TOKEN: &str = "idp-receiver-token-0123456789";
+const OTHER_TOKEN: &str = "other-receiver-token-0123456789";
+const PUSH_AUTH: &str = "Bearer push-secret-0123456789";
+const AUDIENCE: &str = "https://idp.test/ssf";
+const HASH_KEY: [u8; 32] = [0x11; 32];
+const DEADLINE: Duration = Duration::from_secs(30);
+const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres { name: String },
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Db {
+    async fn new(postgres: bool) -> Db {
+        if !postgres {
+            return Db::Sqlite(tempfile::tempdir().unwrap());
+        }
+        sqlx::any::install_default_drivers();
+        let name = format!("vigil_test_{:016x}", rand_u64());
+        let admin = sqlx::AnyPool::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Db::Postgres { name }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("controller.db").display()),
+            Db::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        }
+    }
+
+    async fn drop_db(self) {
+        if let Db::Postgres { name } = self {
+            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+async fn both(test: impl AsyncFn(bool)) {
+    test(false).await;
+    test(true).await;
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().unwrap()
+}
+
+fn user(name: &str) -> UserId {
+    UserId(
+        vigil_engine::UserKey::for_name(&vigil_engine::SessionHashKey::from_bytes(HASH_KEY), name)
+            .as_u64(),
+    )
+}
+
+/// The receiver's HTTP client: the workspace's reqwest (rustls with
+/// ring), behind the crate's trait (its own `reqwest` feature would bring
+/// the aws-lc provider, which needs cmake).
+#[derive(Clone, Copy)]
+struct Http;
+
+impl SsfHttpClient for Http {
+    fn execute<'a, 'b>(
+        &'a self,
+        request: SsfHttpRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<SsfHttpResponse, easyssf_receiver::BoxError>,
+                > + Send
+                + 'b,
+        >,
+    >
+    where
+        'a: 'b,
+    {
+        Box::pin(async move {
+            let method = reqwest::Method::from_bytes(request.method.as_bytes())?;
+            let mut r = client().request(method, request.url.as_str());
+            for (k, v) in &request.headers {
+                r = r.header(k, v);
+            }
+            if let Some(t) = request.timeout {
+                r = r.timeout(t);
+            }
+            if let Some(b) = request.body {
+                r = r.body(b);
+            }
+            let response = r.send().await?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+                .collect();
+            let body = response.text().await?;
+            Ok(SsfHttpResponse {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+}
+
+/// Waits for `cond` to hold, polling it, up to [`DEADLINE`].
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The receiver's side: its push endpoint on loopback, which answers
+/// `500` to the first `fail` pushes and verifies every other with the
+/// crate's push handler, keeping each SET it took.
+struct Receiver {
+    addr: SocketAddr,
+    taken: Arc<Mutex<Vec<Map<String, Value>>>>,
+    pushes: Arc<AtomicUsize>,
+    fail: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A SET processor verifying the controller's SETs with its JWK Set,
+/// found through its metadata; every SET taken lands in `taken`.
+async fn processor(
+    metadata: &SsfTransmitterMetadataResolver,
+    taken: Arc<Mutex<Vec<Map<String, Value>>>>,
+) -> Arc<SsfSetProcessor> {
+    let m = metadata.resolve().await.unwrap();
+    let jwks = m.jwks_uri().unwrap().clone();
+    let keys = HttpSsfJwkSetSource::new(Http, jwks);
+    let options = SsfSetVerifierOptions {
+        expected_audiences: vec![AUDIENCE.to_owned()],
+        accepted_algorithms: vec![
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::ES256,
+        ],
+        ..SsfSetVerifierOptions::default()
+    };
+    let verifier = JwtSsfSetVerifier::new(m.issuer(), keys, options);
+    let keep = move |context: SsfEventContext| {
+        let taken = Arc::clone(&taken);
+        async move {
+            taken
+                .lock()
+                .unwrap()
+                .push(context.event_token().claims().clone());
+            Ok(())
+        }
+    };
+    Arc::new(
+        SsfSetProcessor::new(verifier, InMemorySsfJtiDedupStore::new(1_000)).handler(keep),
+    )
+}
+
+impl Receiver {
+    async fn start(metadata: &SsfTransmitterMetadataResolver) -> Receiver {
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let handler = SsfPushHandler::new(processor(metadata, Arc::clone(&taken)).await, Some(PUSH_AUTH));
+        let pushes = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/push",
+            axum::routing::post({
+                let (pushes, fail) = (Arc::clone(&pushes), Arc::clone(&fail));
+                move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                    let (handler, pushes, fail) = (handler.clone(), Arc::clone(&pushes), Arc::clone(&fail));
+                    async move {
+                        pushes.fetch_add(1, Ordering::SeqCst);
+                        let failing = fail
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        if failing {
+                            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
+                        }
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok());
+                        let r = handler.handle(auth, &body).await;
+                        (
+                            axum::http::StatusCode::from_u16(r.status).unwrap(),
+                            r.body.unwrap_or_default(),
+                        )
+                    }
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            addr,
+            taken,
+            pushes,
+            fail,
+            task,
+        }
+    }
+
+    fn url(&self) -> Url {
+        Url::parse(&format!("http://{}/push", self.addr)).unwrap()
+    }
+
+    fn events(&self, event: &str) -> Vec<Map<String, Value>> {
+        self.taken
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c["events"].get(event).is_some())
+            .cloned()
+            .collect()
+    }
+}
+
+struct Controller {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    /// A controller on `store` signing with a fresh P-256 key, its
+    /// transmitter's receivers `idp` and `other`; `extra` goes into
+    /// `[ssf_transmitter]`.
+    async fn start(store: &str, extra: &str) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        std::fs::write(dir.path().join("idp.token"), IDP_TOKEN).unwrap();
+        std::fs::write(dir.path().join("other.token"), OTHER_TOKEN).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("signing.pem"), key.serialize_pem()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let toml = format!(
+            "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             [signing]\nissuer = \"http://{addr}\"\nkey_files = [\"signing.pem\"]\n\
+             [ssf_transmitter]\nretry_min_ms = 100\nretry_max_seconds = 1\nredeliver_seconds = 1\n{extra}\n\
+             [[ssf_transmitter.receivers]]\nname = \"idp\"\ntoken_file = \"idp.token\"\naudience = {AUDIENCE:?}\n\
+             push_endpoints = [\"http://127.0.0.1:\"]\n\
+             [[ssf_transmitter.receivers]]\nname = \"other\"\ntoken_file = \"other.token\"\n",
+        );
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = vigil_controller::Config::load(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            vigil_controller::run_on(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let c = Controller {
+            addr,
+            _dir: dir,
+            stop: Some(stop),
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while client().get(c.url("/healthz")).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "controller did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn metadata(&self) -> Arc<SsfTransmitterMetadataResolver> {
+        Arc::new(
+            SsfTransmitterMetadataResolver::new(
+                self.issuer(),
+                None,
+                Http,
+                SsfTransmitterUriPolicy::DEFAULT,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn streams(&self, metadata: &Arc<SsfTransmitterMetadataResolver>, token: &str) -> SsfStreamClient {
+        SsfStreamClient::new(
+            Http,
+            FixedSsfTransmitterTokenProvider(token.to_owned()),
+            Arc::clone(metadata),
+        )
+    }
+
+    async fn admin(&self, path: &str, body: Value) -> Value {
+        let r = client()
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_str(&r.text().await.unwrap()).unwrap()
+    }
+
+    async fn revoke(&self, name: &str) {
+        self.admin("/v1/admin/users/revoke", json!({"user": name}))
+            .await;
+    }
+
+    async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+fn requested() -> Vec<String> {
+    vec![SESSION_REVOKED.to_owned()]
+}
+
+fn opaque_user(name: &str) -> Value {
+    json!({"format": "opaque", "id": user(name).to_string()})
+}
+
+/// The whole path: discovery, a push stream and a poll stream created by
+/// the independent receiver, a verification request round-tripping, and
+/// an operator's revocation of alice reaching both streams as a CAEP
+/// `session-revoked` the receiver verifies against the controller's JWK
+/// Set — once: acknowledged SETs are not handed out again.
+#[tokio::test]
+async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url(), "").await;
+        let metadata = c.metadata();
+        let m = metadata.resolve().await.unwrap();
+        assert_eq!(m.issuer(), c.issuer());
+        assert_eq!(
+            m.delivery_methods_supported(),
+            vec!["urn:ietf:rfc:8935".to_owned(), "urn:ietf:rfc:8936".to_owned()]
+        );
+        assert_eq!(m.claims()["spec_version"], "1_0");
+        let receiver = Receiver::start(&metadata).await;
+        let streams = c.streams(&metadata, IDP_TOKEN);
+        let push = streams
+            .create_stream(&SsfStreamConfiguration::push(
+                &receiver.url(),
+                Some(PUSH_AUTH),
+                &requested(),
+                Some("push"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(push.events_delivered(), requested());
+        assert_eq!(push.audience(), vec![AUDIENCE.to_owned()]);
+        let poll = streams
+            .create_stream(&SsfStreamConfiguration::poll(&requested(), Some("poll")))
+            .await
+            .unwrap();
+        let poll_url = poll.delivery_endpoint_url().unwrap();
+        assert!(poll_url.as_str().starts_with(&c.issuer()), "{poll_url}");
+        assert_eq!(streams.streams().await.unwrap().len(), 2);
+
+        // A verification request round-trips with its state.
+        streams
+            .request_verification(push.stream_id().unwrap(), Some("state-1"))
+            .await
+            .unwrap();
+        eventually("the verification SET is pushed", || {
+            !receiver.events(VERIFICATION).is_empty()
+        })
+        .await;
+        let v = &receiver.events(VERIFICATION)[0];
+        assert_eq!(v["events"][VERIFICATION]["state"], "state-1");
+        assert_eq!(
+            v["sub_id"],
+            json!({"format": "opaque", "id": push.stream_id().unwrap()})
+        );
+
+        c.revoke("alice").await;
+        eventually("the revocation is pushed", || {
+            !receiver.events(SESSION_REVOKED).is_empty()
+        })
+        .await;
+        let pushed = receiver.events(SESSION_REVOKED);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0]["sub_id"], opaque_user("alice"));
+        assert_eq!(pushed[0]["iss"], json!(c.issuer()));
+        assert!(pushed[0]["events"][SESSION_REVOKED]["reason_admin"]["en"].is_string());
+
+        // The poll stream: the same event, verified, then acknowledged.
+        let polled = Arc::new(Mutex::new(Vec::new()));
+        let poller = SsfPoller::new(
+            Http,
+            FixedSsfTransmitterTokenProvider(IDP_TOKEN.to_owned()),
+            Arc::new(move || Some(poll_url.clone())),
+            processor(&metadata, Arc::clone(&polled)).await,
+            SsfPollerOptions::default(),
+        );
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while polled.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the revocation is polled");
+            poller.poll_now().await.unwrap();
+        }
+        let got = polled.lock().unwrap().clone();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["sub_id"], opaque_user("alice"));
+        assert_eq!(got[0]["aud"], json!(AUDIENCE));
+        // The ack goes with the next poll; past `redeliver_seconds`
+        // nothing is handed out again.
+        poller.poll_now().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        poller.poll_now().await.unwrap();
+        assert_eq!(polled.lock().unwrap().len(), 1);
+        let metrics = c.metrics().await;
+        assert!(
+            metrics.contains("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"delivered\"}"),
+            "{metrics}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+async fn raw(method: reqwest::Method, url: String, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut r = client().request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b.to_string());
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The attack: a receiver (or anyone) reaching for another receiver's
+/// stream, or making the controller post where it likes. No token or a
+/// wrong one is `401`; another receiver's stream is `404` whatever the
+/// call (SSF 1.0: no such stream *for this receiver*); a push endpoint
+/// outside the receiver's `push_endpoints` is refused.
+#[tokio::test]
+async fn streams_belong_to_their_receiver() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url(), "").await;
+    let streams = c.url("/v1/ssf/streams");
+    let create = json!({"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": [SESSION_REVOKED]});
+    use reqwest::Method;
+    assert_eq!(raw(Method::POST, streams.clone(), None, Some(create.clone())).await.0, 401);
+    assert_eq!(
+        raw(Method::POST, streams.clone(), Some("not-a-receiver-token-01234"), Some(create.clone())).await.0,
+        401
+    );
+    let (status, mine) = raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(create.clone())).await;
+    assert_eq!(status, 201, "{mine}");
+    let id = mine["stream_id"].as_str().unwrap().to_owned();
+    let q = format!("{streams}?stream_id={id}");
+    assert_eq!(raw(Method::GET, q.clone(), Some(OTHER_TOKEN), None).await.0, 404);
+    assert_eq!(raw(Method::DELETE, q.clone(), Some(OTHER_TOKEN), None).await.0, 404);
+    assert_eq!(
+        raw(Method::PATCH, streams.clone(), Some(OTHER_TOKEN), Some(json!({"stream_id": id, "description": "x"}))).await.0,
+        404
+    );
+    assert_eq!(
+        raw(Method::POST, c.url("/v1/ssf/status"), Some(OTHER_TOKEN), Some(json!({"stream_id": id, "status": "disabled"}))).await.0,
+        404
+    );
+    assert_eq!(
+        raw(Method::POST, c.url("/v1/ssf/verify"), Some(OTHER_TOKEN), Some(json!({"stream_id": id}))).await.0,
+        404
+    );
+    assert_eq!(
+        raw(Method::POST, c.url(&format!("/v1/ssf/poll/{id}")), Some(OTHER_TOKEN), Some(json!({}))).await.0,
+        404
+    );
+    let (status, list) = raw(Method::GET, streams.clone(), Some(OTHER_TOKEN), None).await;
+    assert_eq!((status, list), (200, json!([])));
+    // Pushing to anywhere else than its allowed prefixes.
+    let elsewhere = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": "http://10.0.0.1/admin"}});
+    assert_eq!(raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(elsewhere)).await.0, 400);
+    let (status, _) = raw(
+        Method::POST,
+        streams.clone(),
+        Some(OTHER_TOKEN),
+        Some(json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": "http://127.0.0.1:1/push"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "a receiver without push_endpoints cannot push");
+    // The owner reads, then deletes.
+    let (status, read) = raw(Method::GET, q.clone(), Some(IDP_TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(read["stream_id"], json!(id));
+    assert_eq!(raw(Method::DELETE, q.clone(), Some(IDP_TOKEN), None).await.0, 204);
+    assert_eq!(raw(Method::GET, q, Some(IDP_TOKEN), None).await.0, 404);
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// Subjects: with `default_subjects = "NONE"` a stream carries only the
+/// subjects added, and a removed one no more. Status: a paused stream
+/// keeps its events and delivers them once enabled.
+#[tokio::test]
+async fn subjects_filter_and_a_pause_keeps_events() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url(), "default_subjects = \"NONE\"").await;
+        let metadata = c.metadata();
+        assert_eq!(metadata.resolve().await.unwrap().claims()["default_subjects"], "NONE");
+        let receiver = Receiver::start(&metadata).await;
+        let streams = c.streams(&metadata, IDP_TOKEN);
+        let s = streams
+            .create_stream(&SsfStreamConfiguration::push(&receiver.url(), Some(PUSH_AUTH), &requested(), None))
+            .await
+            .unwrap();
+        let id = s.stream_id().unwrap().to_owned();
+        let subject = |name: &str| opaque_user(name).as_object().unwrap().clone();
+        streams.add_subject(&id, &subject("alice"), true).await.unwrap();
+        c.revoke("bob").await;
+        c.revoke("alice").await;
+        eventually("alice's revocation is pushed", || {
+            !receiver.events(SESSION_REVOKED).is_empty()
+        })
+        .await;
+        streams.remove_subject(&id, &subject("alice")).await.unwrap();
+        streams.add_subject(&id, &subject("carol"), false).await.unwrap();
+        c.revoke("alice").await;
+        c.revoke("carol").await;
+        eventually("carol's revocation is pushed", || {
+            receiver.events(SESSION_REVOKED).len() >= 2
+        })
+        .await;
+        let subs: Vec<Value> = receiver
+            .events(SESSION_REVOKED)
+            .iter()
+            .map(|e| e["sub_id"].clone())
+            .collect();
+        assert_eq!(subs, vec![opaque_user("alice"), opaque_user("carol")]);
+
+        // Paused: carol's next revocation waits in the queue.
+        let paused = streams.update_status(&id, "paused", Some("maintenance")).await.unwrap();
+        assert_eq!(paused.status, "paused");
+        assert_eq!(streams.status(&id).await.unwrap().status, "paused");
+        c.revoke("carol").await;
+        let queued = |c: &Controller| {
+            let url = c.url("/metrics");
+            async move {
+                let text = client().get(url).send().await.unwrap().text().await.unwrap();
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"enqueued\"} ")
+                            .and_then(|v| v.parse::<f64>().ok())
+                    })
+                    .unwrap_or(0.0)
+            }
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while queued(&c).await < 3.0 {
+            assert!(tokio::time::Instant::now() < deadline, "the paused stream's event is queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(receiver.events(SESSION_REVOKED).len(), 2, "nothing pushed while paused");
+        streams.update_status(&id, "enabled", None).await.unwrap();
+        eventually("the held event is pushed once enabled", || {
+            receiver.events(SESSION_REVOKED).len() == 3
+        })
+        .await;
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A receiver that fails (`500`) gets the SET again after back-off, the
+/// same SET (its `jti`), until it takes it: at least once.
+#[tokio::test]
+async fn a_failing_receiver_gets_the_set_again_after_back_off() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url(), "").await;
+        let metadata = c.metadata();
+        let receiver = Receiver::start(&metadata).await;
+        receiver.fail.store(3, Ordering::SeqCst);
+        c.streams(&metadata, IDP_TOKEN)
+            .create_stream(&SsfStreamConfiguration::push(&receiver.url(), Some(PUSH_AUTH), &requested(), None))
+            .await
+            .unwrap();
+        c.revoke("alice").await;
+        eventually("the revocation is pushed after the failures", || {
+            !receiver.events(SESSION_REVOKED).is_empty()
+        })
+        .await;
+        assert_eq!(receiver.pushes.load(Ordering::SeqCst), 4, "three failures, then taken");
+        assert_eq!(receiver.events(SESSION_REVOKED).len(), 1);
+        let metrics = c.metrics().await;
+        assert!(
+            metrics.contains("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"retry\"} 3"),
+            "{metrics}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
