@@ -70,6 +70,8 @@ pub struct App {
     pub ssf: crate::ssf::Receiver,
     /// The Shared Signals transmitter ([`crate::ssf::transmit`]).
     pub ssf_tx: crate::ssf::transmit::Runtime,
+    /// The controller's signing keys (`[signing]`), when configured.
+    pub signer: Option<Arc<crate::signing::Signer>>,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -128,6 +130,7 @@ impl App {
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
         let ssf = crate::ssf::Receiver::new(&config.ssf);
         let ssf_tx = crate::ssf::transmit::Runtime::new(config.ssf_tx.as_ref());
+        let signer = config.signing.clone();
         Ok(App {
             store,
             config,
@@ -139,6 +142,7 @@ impl App {
             commits,
             ssf,
             ssf_tx,
+            signer,
         })
     }
 
@@ -338,6 +342,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/sync", get(sync))
         .route("/v1/events", post(events))
         .route("/v1/admin/log", get(log_bounds))
@@ -376,6 +381,29 @@ pub const OPENAPI: &str = include_str!("../api/openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The public halves of the controller's signing keys (`[signing]`), for
+/// the peers that verify what it signs; `404` when it signs nothing.
+/// Peers may cache it for five minutes: a key is published before it signs
+/// (`docs/controller.md`, "Signing keys").
+async fn jwks(State(app): State<Arc<App>>) -> Response {
+    match &app.signer {
+        Some(signer) => (
+            [
+                (header::CONTENT_TYPE, "application/jwk-set+json"),
+                (header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            signer.jwks().to_string(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "this controller has no [signing] keys",
+        )
+        .into_response(),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -72,6 +72,10 @@ pub struct Config {
     pub ssf: Vec<crate::ssf::config::Transmitter>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
+    /// The controller's signing keys and issuer (`[signing]`): what it
+    /// signs SETs, logout tokens and bearers with. Without it, nothing
+    /// that must be signed is sent.
+    pub signing: Option<std::sync::Arc<crate::signing::Signer>>,
     /// What one node may do to the fleet's state: its revocations a
     /// minute, its observations of users a day.
     pub budgets: NodeBudgets,
@@ -179,6 +183,7 @@ impl std::fmt::Debug for Config {
             .field("poll", &self.poll)
             .field("user_names", &self.user_names)
             .field("tls", &self.tls)
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -222,6 +227,7 @@ struct Raw {
     ssf: crate::ssf::RawSsf,
     tls: Option<crate::tls::RawTls>,
     ssf_transmitter: Option<crate::ssf::transmit::config::RawTx>,
+    signing: Option<crate::signing::RawSigning>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +309,11 @@ impl Config {
             .tls
             .as_ref()
             .and_then(|t| crate::tls::load(t, resolve, &mut problems));
+        let signing = raw
+            .signing
+            .as_ref()
+            .and_then(|s| crate::signing::load(s, &resolve, &mut problems))
+            .map(std::sync::Arc::new);
         check_node_certificates(&raw, &mut problems);
         let admin_certificate_sha256 = admin_certificate(&raw, &mut problems);
         let keep_changes = raw.keep_changes.unwrap_or(1_000_000);
@@ -365,6 +376,12 @@ impl Config {
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
         let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        if raw.ssf_transmitter.is_some() && raw.signing.is_none() {
+            problems.push(
+                "ssf_transmitter: the transmitter signs its SETs with the [signing] keys; configure [signing]"
+                    .to_owned(),
+            );
+        }
         let ssf_tx = raw
             .ssf_transmitter
             .and_then(|t| crate::ssf::transmit::config::load(t, base, user_names, &mut problems));
@@ -404,6 +421,7 @@ impl Config {
                 user_names,
                 ssf,
                 tls,
+                signing,
                 budgets,
                 ssf_tx,
             }),

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod copy;
 pub mod metrics;
+pub mod signing;
 pub mod ssf;
 pub mod store;
 pub mod tail;

@@ -92,22 +92,24 @@ impl Controller {
         std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Held from here to the controller's end: a port released and
+        // bound again later could be taken in between by another test.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let toml = format!(
             "{extra}\nlisten = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             [signing]\nissuer = \"http://{addr}\"\nkey_files = [{signing_key:?}]\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
             hash(NODE_A),
-            hash(NODE_B)
+            hash(NODE_B),
+            signing_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-test.pem"),
         );
         let path = dir.path().join("controller.toml");
         std::fs::write(&path, toml).unwrap();
         let config = vigil_controller::Config::load(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            vigil_controller::run(config, async {
+            vigil_controller::run_on(listener, config, async {
                 let _ = stopped.await;
             })
             .await
@@ -3433,6 +3435,37 @@ async fn rule_bundles_are_the_admins_alone() {
         c.admin_get("/v1/admin/rules").await,
         serde_json::json!({"in_force": null, "bundles": []})
     );
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// The signing keys' public halves are served as a JWK Set a peer verifies
+/// with: every configured key, no private member.
+#[tokio::test]
+async fn the_signing_keys_are_published_as_a_jwk_set() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let r = client()
+        .get(c.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/jwk-set+json"
+    );
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    let jwk = &set.keys[0];
+    assert_eq!(
+        jwk.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Signature)
+    );
+    let published = serde_json::to_value(jwk).unwrap();
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(published.get(private).is_none(), "{private} is published");
+    }
     c.stop().await;
     db.drop_db().await;
 }

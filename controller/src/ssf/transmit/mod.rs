@@ -102,21 +102,22 @@ pub fn routes() -> Router<Arc<App>> {
 
 // === signing ===
 
-/// The issuer of everything the controller signs, when it signs.
+/// The issuer of everything the controller signs (`[signing] issuer`),
+/// when it signs.
 pub fn issuer(app: &App) -> Option<String> {
-    let _ = app;
-    None
+    app.signer.as_ref().map(|s| s.issuer().to_owned())
 }
 
-/// Signs a SET's claims with the controller's current key, adding `iss`
-/// and `iat` (now).
+/// Signs a SET's claims with the controller's current key (`typ`
+/// `secevent+jwt`), adding `iss` and `iat` (now): a SET sent again after
+/// a key rotation is signed with the new key.
 pub fn sign(app: &App, mut claims: Value) -> Result<String, String> {
-    let Some(iss) = issuer(app) else {
-        return Err("no [signing] key".into());
-    };
-    claims["iss"] = json!(iss);
+    let signer = app.signer.as_ref().ok_or("no [signing] key")?;
+    claims["iss"] = json!(signer.issuer());
     claims["iat"] = json!(now_secs());
-    Err("no [signing] key".into())
+    signer
+        .sign("secevent+jwt", &claims)
+        .map_err(|e| e.to_string())
 }
 
 // === helpers ===
