@@ -12,7 +12,9 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, put};
+
+use crate::ssf::transmit as tx;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -363,7 +365,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/rules/{version}", get(get_rules))
         .route("/v1/admin/rules/rollback", post(rollback_rules))
         .route("/v1/ssf/push/{transmitter}", post(crate::ssf::push))
-        .merge(crate::ssf::transmit::routes())
+        // The Shared Signals transmitter (`crate::ssf::transmit`).
+        .route("/.well-known/ssf-configuration", get(tx::metadata))
+        .route("/v1/ssf/streams", get(tx::read_streams))
+        .route("/v1/ssf/streams", post(tx::create_stream))
+        .route("/v1/ssf/streams", patch(tx::update_stream))
+        .route("/v1/ssf/streams", put(tx::replace_stream))
+        .route("/v1/ssf/streams", delete(tx::delete_stream))
+        .route("/v1/ssf/status", get(tx::get_status))
+        .route("/v1/ssf/status", post(tx::set_status))
+        .route("/v1/ssf/subjects/add", post(tx::add_subject))
+        .route("/v1/ssf/subjects/remove", post(tx::remove_subject))
+        .route("/v1/ssf/verify", post(tx::verify))
+        .route("/v1/ssf/poll/{stream_id}", post(tx::deliver::poll))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

@@ -124,9 +124,8 @@ impl SsfHttpClient for Http {
         request: SsfHttpRequest,
     ) -> std::pin::Pin<
         Box<
-            dyn std::future::Future<
-                    Output = Result<SsfHttpResponse, easyssf_receiver::BoxError>,
-                > + Send
+            dyn std::future::Future<Output = Result<SsfHttpResponse, easyssf_receiver::BoxError>>
+                + Send
                 + 'b,
         >,
     >
@@ -216,15 +215,16 @@ async fn processor(
             Ok(())
         }
     };
-    Arc::new(
-        SsfSetProcessor::new(verifier, InMemorySsfJtiDedupStore::new(1_000)).handler(keep),
-    )
+    Arc::new(SsfSetProcessor::new(verifier, InMemorySsfJtiDedupStore::new(1_000)).handler(keep))
 }
 
 impl Receiver {
     async fn start(metadata: &SsfTransmitterMetadataResolver) -> Receiver {
         let taken = Arc::new(Mutex::new(Vec::new()));
-        let handler = SsfPushHandler::new(processor(metadata, Arc::clone(&taken)).await, Some(PUSH_AUTH));
+        let handler = SsfPushHandler::new(
+            processor(metadata, Arc::clone(&taken)).await,
+            Some(PUSH_AUTH),
+        );
         let pushes = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(AtomicUsize::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -234,7 +234,8 @@ impl Receiver {
             axum::routing::post({
                 let (pushes, fail) = (Arc::clone(&pushes), Arc::clone(&fail));
                 move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-                    let (handler, pushes, fail) = (handler.clone(), Arc::clone(&pushes), Arc::clone(&fail));
+                    let (handler, pushes, fail) =
+                        (handler.clone(), Arc::clone(&pushes), Arc::clone(&fail));
                     async move {
                         pushes.fetch_add(1, Ordering::SeqCst);
                         let failing = fail
@@ -243,9 +244,7 @@ impl Receiver {
                         if failing {
                             return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new());
                         }
-                        let auth = headers
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok());
+                        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
                         let r = handler.handle(auth, &body).await;
                         (
                             axum::http::StatusCode::from_u16(r.status).unwrap(),
@@ -332,7 +331,10 @@ impl Controller {
         };
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while client().get(c.url("/healthz")).send().await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "controller did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         c
@@ -358,7 +360,11 @@ impl Controller {
         )
     }
 
-    fn streams(&self, metadata: &Arc<SsfTransmitterMetadataResolver>, token: &str) -> SsfStreamClient {
+    fn streams(
+        &self,
+        metadata: &Arc<SsfTransmitterMetadataResolver>,
+        token: &str,
+    ) -> SsfStreamClient {
         SsfStreamClient::new(
             Http,
             FixedSsfTransmitterTokenProvider(token.to_owned()),
@@ -426,7 +432,10 @@ async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
         assert_eq!(m.issuer(), c.issuer());
         assert_eq!(
             m.delivery_methods_supported(),
-            vec!["urn:ietf:rfc:8935".to_owned(), "urn:ietf:rfc:8936".to_owned()]
+            vec![
+                "urn:ietf:rfc:8935".to_owned(),
+                "urn:ietf:rfc:8936".to_owned()
+            ]
         );
         assert_eq!(m.claims()["spec_version"], "1_0");
         let receiver = Receiver::start(&metadata).await;
@@ -488,7 +497,10 @@ async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
         );
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while polled.lock().unwrap().is_empty() {
-            assert!(tokio::time::Instant::now() < deadline, "the revocation is polled");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the revocation is polled"
+            );
             poller.poll_now().await.unwrap();
         }
         let got = polled.lock().unwrap().clone();
@@ -503,7 +515,9 @@ async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
         assert_eq!(polled.lock().unwrap().len(), 1);
         let metrics = c.metrics().await;
         assert!(
-            metrics.contains("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"delivered\"}"),
+            metrics.contains(
+                "vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"delivered\"}"
+            ),
             "{metrics}"
         );
         c.stop().await;
@@ -512,13 +526,20 @@ async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
     .await;
 }
 
-async fn raw(method: reqwest::Method, url: String, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn raw(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = client().request(method, url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }
     if let Some(b) = body {
-        r = r.header("content-type", "application/json").body(b.to_string());
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let r = r.send().await.unwrap();
     let status = r.status().as_u16();
@@ -536,40 +557,105 @@ async fn streams_belong_to_their_receiver() {
     let db = Db::new(false).await;
     let c = Controller::start(&db.url(), "").await;
     let streams = c.url("/v1/ssf/streams");
-    let create = json!({"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": [SESSION_REVOKED]});
+    let create =
+        json!({"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": [SESSION_REVOKED]});
     use reqwest::Method;
-    assert_eq!(raw(Method::POST, streams.clone(), None, Some(create.clone())).await.0, 401);
     assert_eq!(
-        raw(Method::POST, streams.clone(), Some("not-a-receiver-token-01234"), Some(create.clone())).await.0,
+        raw(Method::POST, streams.clone(), None, Some(create.clone()))
+            .await
+            .0,
         401
     );
-    let (status, mine) = raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(create.clone())).await;
+    assert_eq!(
+        raw(
+            Method::POST,
+            streams.clone(),
+            Some("not-a-receiver-token-01234"),
+            Some(create.clone())
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, mine) = raw(
+        Method::POST,
+        streams.clone(),
+        Some(IDP_TOKEN),
+        Some(create.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{mine}");
     let id = mine["stream_id"].as_str().unwrap().to_owned();
     let q = format!("{streams}?stream_id={id}");
-    assert_eq!(raw(Method::GET, q.clone(), Some(OTHER_TOKEN), None).await.0, 404);
-    assert_eq!(raw(Method::DELETE, q.clone(), Some(OTHER_TOKEN), None).await.0, 404);
     assert_eq!(
-        raw(Method::PATCH, streams.clone(), Some(OTHER_TOKEN), Some(json!({"stream_id": id, "description": "x"}))).await.0,
+        raw(Method::GET, q.clone(), Some(OTHER_TOKEN), None).await.0,
         404
     );
     assert_eq!(
-        raw(Method::POST, c.url("/v1/ssf/status"), Some(OTHER_TOKEN), Some(json!({"stream_id": id, "status": "disabled"}))).await.0,
+        raw(Method::DELETE, q.clone(), Some(OTHER_TOKEN), None)
+            .await
+            .0,
         404
     );
     assert_eq!(
-        raw(Method::POST, c.url("/v1/ssf/verify"), Some(OTHER_TOKEN), Some(json!({"stream_id": id}))).await.0,
+        raw(
+            Method::PATCH,
+            streams.clone(),
+            Some(OTHER_TOKEN),
+            Some(json!({"stream_id": id, "description": "x"}))
+        )
+        .await
+        .0,
         404
     );
     assert_eq!(
-        raw(Method::POST, c.url(&format!("/v1/ssf/poll/{id}")), Some(OTHER_TOKEN), Some(json!({}))).await.0,
+        raw(
+            Method::POST,
+            c.url("/v1/ssf/status"),
+            Some(OTHER_TOKEN),
+            Some(json!({"stream_id": id, "status": "disabled"}))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        raw(
+            Method::POST,
+            c.url("/v1/ssf/verify"),
+            Some(OTHER_TOKEN),
+            Some(json!({"stream_id": id}))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        raw(
+            Method::POST,
+            c.url(&format!("/v1/ssf/poll/{id}")),
+            Some(OTHER_TOKEN),
+            Some(json!({}))
+        )
+        .await
+        .0,
         404
     );
     let (status, list) = raw(Method::GET, streams.clone(), Some(OTHER_TOKEN), None).await;
     assert_eq!((status, list), (200, json!([])));
     // Pushing to anywhere else than its allowed prefixes.
     let elsewhere = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": "http://10.0.0.1/admin"}});
-    assert_eq!(raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(elsewhere)).await.0, 400);
+    assert_eq!(
+        raw(
+            Method::POST,
+            streams.clone(),
+            Some(IDP_TOKEN),
+            Some(elsewhere)
+        )
+        .await
+        .0,
+        400
+    );
     let (status, _) = raw(
         Method::POST,
         streams.clone(),
@@ -582,7 +668,12 @@ async fn streams_belong_to_their_receiver() {
     let (status, read) = raw(Method::GET, q.clone(), Some(IDP_TOKEN), None).await;
     assert_eq!(status, 200);
     assert_eq!(read["stream_id"], json!(id));
-    assert_eq!(raw(Method::DELETE, q.clone(), Some(IDP_TOKEN), None).await.0, 204);
+    assert_eq!(
+        raw(Method::DELETE, q.clone(), Some(IDP_TOKEN), None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(raw(Method::GET, q, Some(IDP_TOKEN), None).await.0, 404);
     c.stop().await;
     db.drop_db().await;
@@ -673,7 +764,12 @@ async fn a_failing_receiver_gets_the_set_again_after_back_off() {
         let receiver = Receiver::start(&metadata).await;
         receiver.fail.store(3, Ordering::SeqCst);
         c.streams(&metadata, IDP_TOKEN)
-            .create_stream(&SsfStreamConfiguration::push(&receiver.url(), Some(PUSH_AUTH), &requested(), None))
+            .create_stream(&SsfStreamConfiguration::push(
+                &receiver.url(),
+                Some(PUSH_AUTH),
+                &requested(),
+                None,
+            ))
             .await
             .unwrap();
         c.revoke("alice").await;
@@ -681,11 +777,17 @@ async fn a_failing_receiver_gets_the_set_again_after_back_off() {
             !receiver.events(SESSION_REVOKED).is_empty()
         })
         .await;
-        assert_eq!(receiver.pushes.load(Ordering::SeqCst), 4, "three failures, then taken");
+        assert_eq!(
+            receiver.pushes.load(Ordering::SeqCst),
+            4,
+            "three failures, then taken"
+        );
         assert_eq!(receiver.events(SESSION_REVOKED).len(), 1);
         let metrics = c.metrics().await;
         assert!(
-            metrics.contains("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"retry\"} 3"),
+            metrics.contains(
+                "vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"retry\"} 3"
+            ),
             "{metrics}"
         );
         c.stop().await;

@@ -14,7 +14,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{POLL, PUSH, bad, body_of, client, configured, events, json_response, owned, sign};
+use super::{POLL, PUSH, authenticated, bad, body_of, events, json_response, owned, sign};
 use crate::api::{ApiError, App, now_secs};
 use crate::store::ssf_tx::TxStream;
 
@@ -340,8 +340,7 @@ pub async fn poll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, _, _) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (tx, receiver, _, _) = authenticated(&app, &headers)?;
     let stream = owned(&app, receiver, &stream_id).await?;
     let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
     if config["delivery"]["method"].as_str() != Some(POLL) {

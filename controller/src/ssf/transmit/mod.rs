@@ -17,11 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, watch};
@@ -80,26 +78,6 @@ impl Runtime {
     }
 }
 
-/// The transmitter's routes (answered `404` when no
-/// `[ssf_transmitter]` is configured).
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/.well-known/ssf-configuration", get(metadata))
-        .route(
-            "/v1/ssf/streams",
-            get(read_streams)
-                .post(create_stream)
-                .patch(update_stream)
-                .put(replace_stream)
-                .delete(delete_stream),
-        )
-        .route("/v1/ssf/status", get(get_status).post(set_status))
-        .route("/v1/ssf/subjects/add", post(add_subject))
-        .route("/v1/ssf/subjects/remove", post(remove_subject))
-        .route("/v1/ssf/verify", post(verify))
-        .route("/v1/ssf/poll/{stream_id}", post(deliver::poll))
-}
-
 // === signing ===
 
 /// The issuer of everything the controller signs (`[signing] issuer`),
@@ -151,6 +129,26 @@ fn configured(app: &App) -> Result<(&TxConfig, String, String), ApiError> {
         .clone()
         .unwrap_or_else(|| iss.trim_end_matches('/').to_owned());
     Ok((tx, iss, base))
+}
+
+/// The transmitter's config, the issuer and the base of its URLs, and
+/// the receiver a request's bearer token names: `401` without one (also
+/// when no transmitter is configured: an unknown caller learns nothing).
+fn authenticated<'a>(
+    app: &'a App,
+    headers: &HeaderMap,
+) -> Result<(&'a TxConfig, &'a Receiver, String, String), ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a receiver's bearer token is required",
+        )
+    };
+    let tx = app.config.ssf_tx.as_ref().ok_or_else(unauthorized)?;
+    let receiver = client(tx, headers)?;
+    let (_, iss, base) = configured(app)?;
+    Ok((tx, receiver, iss, base))
 }
 
 /// The receiver a request's bearer token names.
@@ -331,7 +329,7 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 // === handlers ===
 
 /// `GET /.well-known/ssf-configuration` (SSF 1.0 §7.1).
-async fn metadata(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+pub(crate) async fn metadata(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let (tx, iss, base) = configured(&app)?;
     Ok(json_response(
         StatusCode::OK,
@@ -353,13 +351,12 @@ async fn metadata(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
 
 /// `POST /v1/ssf/streams`: creates a stream (`201` with its
 /// configuration); `409` when the receiver holds its most already.
-async fn create_stream(
+pub(crate) async fn create_stream(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, iss, base) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (tx, receiver, iss, base) = authenticated(&app, &headers)?;
     let body = body_of(&body)?;
     let supplied = receiver_supplied(receiver, &body, &None)?;
     let id = events::new_id();
@@ -396,13 +393,12 @@ async fn create_stream(
 
 /// `GET /v1/ssf/streams[?stream_id=…]`: one stream, or every stream of
 /// the receiver.
-async fn read_streams(
+pub(crate) async fn read_streams(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (tx, iss, base) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (_, receiver, iss, base) = authenticated(&app, &headers)?;
     match stream_id_of_query(query.as_deref()) {
         Some(id) => {
             let stream = owned(&app, receiver, &id).await?;
@@ -425,8 +421,7 @@ async fn change_stream(
     body: &Bytes,
     replace: bool,
 ) -> Result<Response, ApiError> {
-    let (tx, iss, base) = configured(app)?;
-    let receiver = client(tx, headers)?;
+    let (_, receiver, iss, base) = authenticated(app, headers)?;
     let body = body_of(body)?;
     let id = stream_id_of_body(&body)?;
     let stream = owned(app, receiver, &id).await?;
@@ -451,7 +446,7 @@ async fn change_stream(
 }
 
 /// `PATCH /v1/ssf/streams`: the members given replace the stream's.
-async fn update_stream(
+pub(crate) async fn update_stream(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
@@ -461,7 +456,7 @@ async fn update_stream(
 
 /// `PUT /v1/ssf/streams`: the stream's receiver-supplied members are
 /// replaced whole.
-async fn replace_stream(
+pub(crate) async fn replace_stream(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
@@ -470,13 +465,12 @@ async fn replace_stream(
 }
 
 /// `DELETE /v1/ssf/streams?stream_id=…`: `204`, its queue with it.
-async fn delete_stream(
+pub(crate) async fn delete_stream(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (tx, _, _) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers)?;
     let id = stream_id_of_query(query.as_deref()).ok_or_else(|| bad("stream_id is required"))?;
     owned(&app, receiver, &id).await?;
     app.store.ssf_tx_delete(&id).await?;
@@ -493,13 +487,12 @@ fn status_view(stream: &TxStream) -> Value {
 }
 
 /// `GET /v1/ssf/status?stream_id=…`.
-async fn get_status(
+pub(crate) async fn get_status(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (tx, _, _) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers)?;
     let id = stream_id_of_query(query.as_deref()).ok_or_else(|| bad("stream_id is required"))?;
     let stream = owned(&app, receiver, &id).await?;
     Ok(json_response(StatusCode::OK, status_view(&stream)))
@@ -508,13 +501,12 @@ async fn get_status(
 /// `POST /v1/ssf/status` `{"stream_id","status","reason"}`: `enabled`
 /// delivers, `paused` holds events in the queue, `disabled` drops them
 /// (and the queue).
-async fn set_status(
+pub(crate) async fn set_status(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, _, _) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers)?;
     let body = body_of(&body)?;
     let id = stream_id_of_body(&body)?;
     owned(&app, receiver, &id).await?;
@@ -543,8 +535,7 @@ async fn set_status(
 }
 
 async fn subject(app: &App, headers: &HeaderMap, body: &Bytes, add: bool) -> Result<(), ApiError> {
-    let (tx, _, _) = configured(app)?;
-    let receiver = client(tx, headers)?;
+    let (_, receiver, _, _) = authenticated(app, headers)?;
     let body = body_of(body)?;
     let id = stream_id_of_body(&body)?;
     owned(app, receiver, &id).await?;
@@ -566,7 +557,7 @@ async fn subject(app: &App, headers: &HeaderMap, body: &Bytes, add: bool) -> Res
 
 /// `POST /v1/ssf/subjects/add`: `200`; the subject's events are sent on
 /// the stream.
-async fn add_subject(
+pub(crate) async fn add_subject(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
@@ -577,7 +568,7 @@ async fn add_subject(
 
 /// `POST /v1/ssf/subjects/remove`: `204`; the subject's events are no
 /// longer sent on the stream.
-async fn remove_subject(
+pub(crate) async fn remove_subject(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
@@ -589,13 +580,12 @@ async fn remove_subject(
 /// `POST /v1/ssf/verify` `{"stream_id","state"}`: `204`, and a
 /// verification SET with the `state` is queued on the stream; `429` when
 /// asked again within [`MIN_VERIFICATION_INTERVAL`].
-async fn verify(
+pub(crate) async fn verify(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, _, _) = configured(&app)?;
-    let receiver = client(tx, &headers)?;
+    let (tx, receiver, _, _) = authenticated(&app, &headers)?;
     let body = body_of(&body)?;
     let id = stream_id_of_body(&body)?;
     let stream = owned(&app, receiver, &id).await?;
