@@ -77,3 +77,8 @@ CREATE TABLE ssf_tx_user_levels (
     level TEXT NOT NULL,
     at BIGINT NOT NULL
 );
+
+-- An operator's confirmed-compromise feedback on a detection (when),
+-- beside its false-positive mark: the user was revoked and RISC
+-- credential-compromise sent.
+ALTER TABLE detections ADD COLUMN confirmed_compromise BIGINT;

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 
 use crate::ssf::transmit as tx;
+// An operator's confirmed compromise (`crate::ssf::transmit::compromise`).
+use crate::ssf::transmit::compromise::confirmed_compromise as confirm;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -360,6 +362,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/trust-device", post(trust_device))
         .route("/v1/admin/users/trust-network", post(trust_network))
         .route("/v1/admin/detections/false-positive", post(false_positive))
+        .route("/v1/admin/detections/confirmed-compromise", post(confirm))
         .route("/v1/admin/rules", get(list_rules))
         .route("/v1/admin/rules", post(publish_rules))
         .route("/v1/admin/rules/{version}", get(get_rules))

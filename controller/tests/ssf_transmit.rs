@@ -31,6 +31,7 @@ use url::Url;
 use vigil_fleet::UserId;
 
 const ADMIN: &str = "admin-token-0123456789";
+const NODE: &str = "node-a-token-0123456789";
 const IDP_TOKEN: &str = "idp-receiver-token-0123456789";
 const OTHER_TOKEN: &str = "other-receiver-token-0123456789";
 const PUSH_AUTH: &str = "Bearer push-secret-0123456789";
@@ -304,11 +305,13 @@ impl Controller {
         let addr = listener.local_addr().unwrap();
         let toml = format!(
             "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{node}\"\n\
              [signing]\nissuer = \"http://{addr}\"\nkey_files = [\"signing.pem\"]\n\
              [ssf_transmitter]\nretry_min_ms = 100\nretry_max_seconds = 1\nredeliver_seconds = 1\n{extra}\n\
              [[ssf_transmitter.receivers]]\nname = \"idp\"\ntoken_file = \"idp.token\"\naudience = {AUDIENCE:?}\n\
              push_endpoints = [\"http://127.0.0.1:\"]\n\
              [[ssf_transmitter.receivers]]\nname = \"other\"\ntoken_file = \"other.token\"\n",
+            node = hex::encode(vigil_controller::config::token_hash(NODE)),
         );
         let path = dir.path().join("controller.toml");
         std::fs::write(&path, toml).unwrap();
@@ -790,6 +793,154 @@ async fn a_failing_receiver_gets_the_set_again_after_back_off() {
             ),
             "{metrics}"
         );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A node's enforced detection of alice's session, posted as a node does.
+async fn detected(c: &Controller, reference: &str, session: vigil_fleet::SessionId) {
+    let at = vigil_controller::api::now_secs() - 5;
+    let batch = vigil_fleet::EventBatch {
+        v: vigil_fleet::VERSION,
+        events: vec![vigil_fleet::NodeEvent {
+            id: format!("d-{reference}"),
+            kind: vigil_fleet::NodeEventKind::Detection {
+                reference: reference.to_owned(),
+                session: Some(session),
+                user: Some(user("alice")),
+                route: "app".to_owned(),
+                rule: Some("stolen-cookie".to_owned()),
+                action: "revoke".to_owned(),
+                enforced: true,
+                score: 85,
+                reasons: vec![("device_changed".to_owned(), 45)],
+                at,
+            },
+        }],
+    };
+    let r = client()
+        .post(c.url("/v1/events"))
+        .bearer_auth(NODE)
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&batch).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// An operator's confirmed compromise: the detection's user is revoked
+/// and every stream that asked gets a RISC `credential-compromise` and a
+/// CAEP `session-revoked` — once, however often it is reported. An
+/// operator's revocation of a session the store knows the user of is a
+/// `session-revoked` about user and session (a complex subject).
+#[tokio::test]
+async fn a_confirmed_compromise_is_sent_once_and_a_session_names_its_user() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url(), "").await;
+        let metadata = c.metadata();
+        let receiver = Receiver::start(&metadata).await;
+        let compromise =
+            "https://schemas.openid.net/secevent/risc/event-type/credential-compromise";
+        c.streams(&metadata, IDP_TOKEN)
+            .create_stream(&SsfStreamConfiguration::push(
+                &receiver.url(),
+                Some(PUSH_AUTH),
+                &[SESSION_REVOKED.to_owned(), compromise.to_owned()],
+                None,
+            ))
+            .await
+            .unwrap();
+        let session = vigil_fleet::SessionId([7; 16]);
+        detected(&c, "ref-7", session).await;
+        let r = c
+            .admin(
+                "/v1/admin/sessions/revoke",
+                json!({"session": session.to_string()}),
+            )
+            .await;
+        assert!(r["seq"].is_u64());
+        eventually("the session's revocation is pushed", || {
+            !receiver.events(SESSION_REVOKED).is_empty()
+        })
+        .await;
+        let s = &receiver.events(SESSION_REVOKED)[0];
+        assert_eq!(
+            s["sub_id"],
+            json!({"format": "complex", "user": opaque_user("alice"),
+                   "session": {"format": "opaque", "id": session.to_string()}})
+        );
+        assert_eq!(s["events"][SESSION_REVOKED]["initiating_entity"], "policy");
+
+        let (status, body) = raw(
+            reqwest::Method::POST,
+            c.url("/v1/admin/detections/confirmed-compromise"),
+            Some(ADMIN),
+            Some(json!({"reference": "ref-7", "credential_type": "password"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["changed"], true);
+        assert_eq!(body["users"], json!([user("alice").to_string()]));
+        eventually(
+            "the compromise and the user's revocation are pushed",
+            || {
+                !receiver.events(compromise).is_empty()
+                    && receiver.events(SESSION_REVOKED).len() == 2
+            },
+        )
+        .await;
+        let risc = &receiver.events(compromise)[0];
+        assert_eq!(risc["sub_id"], opaque_user("alice"));
+        assert_eq!(risc["events"][compromise]["credential_type"], "password");
+        // Reported again: nothing done again.
+        let (status, body) = raw(
+            reqwest::Method::POST,
+            c.url("/v1/admin/detections/confirmed-compromise"),
+            Some(ADMIN),
+            Some(json!({"reference": "ref-7"})),
+        )
+        .await;
+        assert_eq!((status, &body["changed"]), (200, &json!(false)));
+        for (bad, code) in [
+            (json!({"reference": "ref-unknown"}), 404),
+            (
+                json!({"reference": "ref-7", "credential_type": "cookie"}),
+                400,
+            ),
+            (json!({"reference": ""}), 400),
+        ] {
+            let (status, _) = raw(
+                reqwest::Method::POST,
+                c.url("/v1/admin/detections/confirmed-compromise"),
+                Some(ADMIN),
+                Some(bad.clone()),
+            )
+            .await;
+            assert_eq!(status, code, "{bad}");
+        }
+        assert_eq!(
+            raw(
+                reqwest::Method::POST,
+                c.url("/v1/admin/detections/confirmed-compromise"),
+                Some(IDP_TOKEN),
+                Some(json!({"reference": "ref-7"})),
+            )
+            .await
+            .0,
+            401,
+            "a receiver's token is not the admin's"
+        );
+        // A marker revocation: once it is through, nothing else came.
+        c.revoke("zoe").await;
+        eventually("the marker is pushed", || {
+            receiver.events(SESSION_REVOKED).len() == 3
+        })
+        .await;
+        assert_eq!(receiver.events(compromise).len(), 1);
         c.stop().await;
         db.drop_db().await;
     })

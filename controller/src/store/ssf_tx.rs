@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 use vigil_fleet::{Change, SessionId, UserId};
 
-use super::{Store, StoreError, to_i64, to_u64};
+use super::{Store, StoreError, revoke_user_in, to_i64, to_u64};
 
 /// A stream as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,7 +546,7 @@ impl Store {
                     }
                     if let Some(row) = sqlx::query(
                         "SELECT rule, reasons, user_key FROM detections WHERE session = $1 AND action = 'revoke' \
-                         ORDER BY at DESC LIMIT 1",
+                         AND enforced = 1 ORDER BY at DESC LIMIT 1",
                     )
                     .bind(session.to_string())
                     .fetch_optional(&mut *tx)
@@ -615,22 +615,7 @@ impl Store {
                 input.names.insert(user, row.try_get(0)?);
             }
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {STREAM_COLUMNS} FROM ssf_tx_streams WHERE status <> 'disabled' ORDER BY stream_id"
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
-        input.streams = rows.iter().map(stream_of).collect::<Result<_, _>>()?;
-        for row in sqlx::query("SELECT stream_id, subject, included FROM ssf_tx_subjects")
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            input
-                .subjects
-                .entry(row.try_get(0)?)
-                .or_default()
-                .insert(row.try_get(1)?, row.try_get::<i64, _>(2)? != 0);
-        }
+        read_streams(&mut tx, &mut input).await?;
         let planned = plan(&input);
         let mut done = FanOut {
             changes: input.changes.len(),
@@ -658,6 +643,136 @@ impl Store {
         tx.commit().await?;
         Ok(done)
     }
+}
+
+/// What an operator's confirmed compromise did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compromise {
+    /// The users the detection names, now revoked.
+    pub users: Vec<UserId>,
+    /// Whether it was marked now (`false`: marked before; nothing done
+    /// again).
+    pub changed: bool,
+    /// The log's head after.
+    pub head: u64,
+    /// SETs enqueued.
+    pub enqueued: usize,
+}
+
+impl Store {
+    /// Marks the detection `reference` a confirmed compromise, revokes
+    /// every user it names, and enqueues what `plan` makes of those users
+    /// (given the streams, subjects and names, as a fan-out is), in one
+    /// transaction; `None` when no detection has that reference.
+    pub async fn confirm_compromise(
+        &self,
+        reference: &str,
+        now: u64,
+        max_queue: u64,
+        plan: impl FnOnce(&FanOutInput, &[UserId]) -> FanOutPlan,
+    ) -> Result<Option<Compromise>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT user_key, confirmed_compromise FROM detections WHERE reference = $1 ORDER BY node",
+        )
+        .bind(reference)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut users = Vec::new();
+        let mut marked = false;
+        for row in &rows {
+            marked |= row.try_get::<Option<i64>, _>(1)?.is_some();
+            if let Some(user) = row
+                .try_get::<Option<String>, _>(0)?
+                .as_deref()
+                .and_then(UserId::parse)
+                && !users.contains(&user)
+            {
+                users.push(user);
+            }
+        }
+        let head_now =
+            |row: sqlx::any::AnyRow| -> Result<u64, StoreError> { Ok(to_u64(row.try_get(0)?)) };
+        if marked {
+            let head = head_now(
+                sqlx::query("SELECT head FROM log_head WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            return Ok(Some(Compromise {
+                users,
+                changed: false,
+                head,
+                enqueued: 0,
+            }));
+        }
+        sqlx::query("UPDATE detections SET confirmed_compromise = $1 WHERE reference = $2")
+            .bind(to_i64(now))
+            .bind(reference)
+            .execute(&mut *tx)
+            .await?;
+        let mut head = head_now(
+            sqlx::query("SELECT head FROM log_head WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?,
+        )?;
+        for user in &users {
+            head = revoke_user_in(&mut tx, *user, now, now).await?;
+        }
+        let mut input = FanOutInput::default();
+        for user in &users {
+            if let Some(row) = sqlx::query("SELECT name FROM user_names WHERE user_key = $1")
+                .bind(user.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                input.names.insert(*user, row.try_get(0)?);
+            }
+        }
+        read_streams(&mut tx, &mut input).await?;
+        let planned = plan(&input, &users);
+        for (stream, jti, claims) in &planned.enqueue {
+            enqueue_in(&mut tx, stream, jti, claims, max_queue).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Compromise {
+            users,
+            changed: true,
+            head,
+            enqueued: planned.enqueue.len(),
+        }))
+    }
+}
+
+/// The streams not disabled and their subjects, into `input`.
+async fn read_streams(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    input: &mut FanOutInput,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {STREAM_COLUMNS} FROM ssf_tx_streams WHERE status <> 'disabled' ORDER BY stream_id"
+    )))
+    .fetch_all(&mut **tx)
+    .await?;
+    input.streams = rows.iter().map(stream_of).collect::<Result<_, _>>()?;
+    for row in sqlx::query("SELECT stream_id, subject, included FROM ssf_tx_subjects")
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        input
+            .subjects
+            .entry(row.try_get(0)?)
+            .or_default()
+            .insert(row.try_get(1)?, row.try_get::<i64, _>(2)? != 0);
+    }
+    Ok(())
 }
 
 /// Enqueues inside `tx`, dropping the oldest beyond `max_queue`; how

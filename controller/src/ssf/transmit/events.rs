@@ -274,6 +274,65 @@ pub fn claims(receiver: &Receiver, jti: &str, sub_id: Value, event: &str, payloa
 /// fan-out.
 pub fn plan(input: &FanOutInput, receivers: &[Receiver]) -> FanOutPlan {
     let (events, levels) = derive(input);
+    FanOutPlan {
+        enqueue: address(input, receivers, &events),
+        levels,
+    }
+}
+
+/// The RISC credential types an operator may name
+/// (`credential-compromise`'s `credential_type`).
+pub const CREDENTIAL_TYPES: &[&str] = &[
+    "password",
+    "pin",
+    "x509",
+    "fido2-platform",
+    "fido2-roaming",
+    "fido-u2f",
+    "verifiable-credential",
+    "phone-voice",
+    "phone-sms",
+    "app",
+];
+
+/// RISC `credential-compromise` about each of `users`: an operator
+/// confirmed the compromise Vigil's detection `reference` caught.
+pub fn compromise(
+    input: &FanOutInput,
+    users: &[UserId],
+    receivers: &[Receiver],
+    credential_type: &str,
+    reference: &str,
+    at: u64,
+) -> FanOutPlan {
+    let events: Vec<Event> = users
+        .iter()
+        .map(|user| Event {
+            event: credential_compromise(),
+            user: *user,
+            session: None,
+            payload: json!({
+                "credential_type": credential_type,
+                "event_timestamp": at,
+                "reason_admin": {"en": format!(
+                    "An operator confirmed the compromise Vigil detected (reference {reference})"
+                )},
+            }),
+        })
+        .collect();
+    FanOutPlan {
+        enqueue: address(input, receivers, &events),
+        levels: Vec::new(),
+    }
+}
+
+/// Each event addressed to each stream that delivers its type and wants
+/// its subject: `(stream, jti, claims)`.
+fn address(
+    input: &FanOutInput,
+    receivers: &[Receiver],
+    events: &[Event],
+) -> Vec<(String, String, String)> {
     let mut enqueue = Vec::new();
     for stream in &input.streams {
         let Some(receiver) = receivers.iter().find(|r| r.name == stream.client) else {
@@ -281,7 +340,7 @@ pub fn plan(input: &FanOutInput, receivers: &[Receiver]) -> FanOutPlan {
         };
         let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
         let delivered = delivered(&config);
-        for e in &events {
+        for e in events {
             if !delivered.contains(&e.event) {
                 continue;
             }
@@ -308,7 +367,7 @@ pub fn plan(input: &FanOutInput, receivers: &[Receiver]) -> FanOutPlan {
             enqueue.push((stream.stream_id.clone(), jti, claims.to_string()));
         }
     }
-    FanOutPlan { enqueue, levels }
+    enqueue
 }
 
 #[cfg(test)]

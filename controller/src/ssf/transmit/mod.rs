@@ -9,6 +9,7 @@
 //! path that commits a revocation is sent once; each stream has its own
 //! queue in the store, bounded, delivered at least once ([`deliver`]).
 
+pub mod compromise;
 pub mod config;
 pub mod deliver;
 pub mod events;
