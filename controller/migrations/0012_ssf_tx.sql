@@ -82,3 +82,14 @@ CREATE TABLE ssf_tx_user_levels (
 -- beside its false-positive mark: the user was revoked and RISC
 -- credential-compromise sent.
 ALTER TABLE detections ADD COLUMN confirmed_compromise BIGINT;
+
+-- When each stream was last sent a user's session-revoked (by the
+-- subject's key): another within `echo_window_seconds` is not sent, so
+-- that two systems that each revoke on the other's signal (two Vigils,
+-- an IdP that reports its own revocations) stop after one round.
+CREATE TABLE ssf_tx_recent (
+    stream_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (stream_id, subject)
+);

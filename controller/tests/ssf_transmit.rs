@@ -722,11 +722,15 @@ async fn subjects_filter_and_a_pause_keeps_events() {
             .collect();
         assert_eq!(subs, vec![opaque_user("alice"), opaque_user("carol")]);
 
-        // Paused: carol's next revocation waits in the queue.
+        // Paused: dave's revocation waits in the queue.
         let paused = streams.update_status(&id, "paused", Some("maintenance")).await.unwrap();
         assert_eq!(paused.status, "paused");
         assert_eq!(streams.status(&id).await.unwrap().status, "paused");
-        c.revoke("carol").await;
+        streams
+            .add_subject(&id, &subject("dave"), false)
+            .await
+            .unwrap();
+        c.revoke("dave").await;
         let queued = |c: &Controller| {
             let url = c.url("/metrics");
             async move {

@@ -76,6 +76,11 @@ pub struct FanOutInput {
     pub streams: Vec<TxStream>,
     /// Each stream's subjects: key → included.
     pub subjects: HashMap<String, HashMap<String, bool>>,
+    /// When each stream was last sent a user's `session-revoked`, by
+    /// subject key, within the echo window.
+    pub recent: HashMap<(String, String), u64>,
+    /// Now (seconds since the epoch).
+    pub now: u64,
 }
 
 /// What a plan asks [`Store::ssf_tx_fan_out`] to write.
@@ -85,6 +90,8 @@ pub struct FanOutPlan {
     pub enqueue: Vec<(String, String, String)>,
     /// Entity-risk levels now sent, by user.
     pub levels: Vec<(UserId, String)>,
+    /// `(stream, subject key)` sent a user's `session-revoked` now.
+    pub recent: Vec<(String, String)>,
 }
 
 /// What a fan-out did.
@@ -494,6 +501,7 @@ impl Store {
         limit: usize,
         max_queue: u64,
         now: u64,
+        echo_window: u64,
         plan: impl FnOnce(&FanOutInput) -> FanOutPlan,
     ) -> Result<FanOut, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -508,7 +516,10 @@ impl Store {
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&mut *tx)
                 .await?;
-        let mut input = FanOutInput::default();
+        let mut input = FanOutInput {
+            now,
+            ..FanOutInput::default()
+        };
         for row in &rows {
             let seq = to_u64(row.try_get(0)?);
             let body: String = row.try_get(1)?;
@@ -616,6 +627,21 @@ impl Store {
             }
         }
         read_streams(&mut tx, &mut input).await?;
+        if echo_window > 0 {
+            let since = to_i64(now.saturating_sub(echo_window));
+            sqlx::query("DELETE FROM ssf_tx_recent WHERE at < $1")
+                .bind(since)
+                .execute(&mut *tx)
+                .await?;
+            for row in sqlx::query("SELECT stream_id, subject, at FROM ssf_tx_recent")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                input
+                    .recent
+                    .insert((row.try_get(0)?, row.try_get(1)?), to_u64(row.try_get(2)?));
+            }
+        }
         let planned = plan(&input);
         let mut done = FanOut {
             changes: input.changes.len(),
@@ -632,6 +658,17 @@ impl Store {
             )
             .bind(user.to_string())
             .bind(level)
+            .bind(to_i64(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (stream, subject) in &planned.recent {
+            sqlx::query(
+                "INSERT INTO ssf_tx_recent (stream_id, subject, at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (stream_id, subject) DO UPDATE SET at = excluded.at",
+            )
+            .bind(stream)
+            .bind(subject)
             .bind(to_i64(now))
             .execute(&mut *tx)
             .await?;

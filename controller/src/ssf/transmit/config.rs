@@ -20,6 +20,7 @@ pub struct RawTx {
     retry_max_seconds: Option<u64>,
     long_poll_seconds: Option<u64>,
     redeliver_seconds: Option<u64>,
+    echo_window_seconds: Option<u64>,
     #[serde(default)]
     receivers: Vec<RawReceiver>,
 }
@@ -109,6 +110,10 @@ pub struct TxConfig {
     /// A SET handed out by a poll and not acknowledged is handed out
     /// again after this many seconds.
     pub redeliver_seconds: u64,
+    /// A user's `session-revoked` is sent to a stream at most once in
+    /// this many seconds (0: every time), so that two systems that revoke
+    /// on each other's signal stop after one round.
+    pub echo_window: u64,
     /// The receivers.
     pub receivers: Vec<Receiver>,
 }
@@ -209,6 +214,13 @@ pub fn load(
         raw.redeliver_seconds,
         60,
         1..=86_400,
+    );
+    let echo_window = ranged(
+        problems,
+        &format!("{at}.echo_window_seconds"),
+        raw.echo_window_seconds,
+        60,
+        0..=3_600,
     );
     let mut receivers = Vec::new();
     for (i, r) in raw.receivers.iter().enumerate() {
@@ -327,6 +339,7 @@ pub fn load(
         retry_max_seconds,
         long_poll_seconds,
         redeliver_seconds,
+        echo_window,
         receivers,
     })
 }

@@ -96,13 +96,13 @@ pub async fn fan_out(app: &App) {
         let mut counted: Vec<(String, String)> = Vec::new();
         let done = app
             .store
-            .ssf_tx_fan_out(FAN_OUT_BATCH, tx.max_queue, now_secs(), |input| {
+            .ssf_tx_fan_out(FAN_OUT_BATCH, tx.max_queue, now_secs(), tx.echo_window, |input| {
                 if input.gap {
                     tracing::warn!(
                         "SSF transmitter: changes were compacted away before they were sent; their events are lost"
                     );
                 }
-                let plan = events::plan(input, receivers);
+                let plan = events::plan(input, receivers, tx.echo_window);
                 for (stream, _, _) in &plan.enqueue {
                     let owner = input
                         .streams

@@ -272,11 +272,31 @@ pub fn claims(receiver: &Receiver, jti: &str, sub_id: Value, event: &str, payloa
 
 /// Addresses `events` to every stream that wants them: the plan of a
 /// fan-out.
-pub fn plan(input: &FanOutInput, receivers: &[Receiver]) -> FanOutPlan {
+pub fn plan(input: &FanOutInput, receivers: &[Receiver], echo_window: u64) -> FanOutPlan {
     let (events, levels) = derive(input);
+    let mut recent = input.recent.clone();
+    let mut sent = Vec::new();
+    let enqueue = address(input, receivers, &events, |stream, key, e| {
+        // A user's revocation sent to this stream within the window is
+        // not sent again: a loop between two systems stops here.
+        if echo_window == 0 || e.event != session_revoked() || e.session.is_some() {
+            return true;
+        }
+        let k = (stream.to_owned(), key.to_owned());
+        if recent
+            .get(&k)
+            .is_some_and(|at| at.saturating_add(echo_window) > input.now)
+        {
+            return false;
+        }
+        recent.insert(k.clone(), input.now);
+        sent.push(k);
+        true
+    });
     FanOutPlan {
-        enqueue: address(input, receivers, &events),
+        enqueue,
         levels,
+        recent: sent,
     }
 }
 
@@ -321,8 +341,8 @@ pub fn compromise(
         })
         .collect();
     FanOutPlan {
-        enqueue: address(input, receivers, &events),
-        levels: Vec::new(),
+        enqueue: address(input, receivers, &events, |_, _, _| true),
+        ..FanOutPlan::default()
     }
 }
 
@@ -332,6 +352,7 @@ fn address(
     input: &FanOutInput,
     receivers: &[Receiver],
     events: &[Event],
+    mut send: impl FnMut(&str, &str, &Event) -> bool,
 ) -> Vec<(String, String, String)> {
     let mut enqueue = Vec::new();
     for stream in &input.streams {
@@ -351,7 +372,9 @@ fn address(
             let Some(key) = user.as_object().and_then(subject_key) else {
                 continue;
             };
-            if !wants(stream, input.subjects.get(&stream.stream_id), &key) {
+            if !wants(stream, input.subjects.get(&stream.stream_id), &key)
+                || !send(&stream.stream_id, &key, e)
+            {
                 continue;
             }
             let sub_id = match &e.session {
@@ -421,7 +444,7 @@ mod tests {
             ..FanOutInput::default()
         };
         input.session_users.insert(s, user);
-        let p = plan(&input, &[receiver()]);
+        let p = plan(&input, &[receiver()], 0);
         assert_eq!(p.enqueue.len(), 1);
         let claims: Value = serde_json::from_str(&p.enqueue[0].2).unwrap();
         assert_eq!(
@@ -470,11 +493,39 @@ mod tests {
         };
         input.session_users.insert(known, user);
         input.session_users.insert(unvouched, user);
-        let p = plan(&input, &[receiver()]);
+        let p = plan(&input, &[receiver()], 0);
         assert_eq!(p.enqueue.len(), 1);
         let claims: Value = serde_json::from_str(&p.enqueue[0].2).unwrap();
         assert_eq!(claims["sub_id"]["format"], "complex");
         assert_eq!(claims["sub_id"]["session"]["id"], known.to_string());
+    }
+
+    /// The loop: Vigil revokes alice on a partner's signal, tells the
+    /// partner, which revokes and tells Vigil again… A second revocation
+    /// of alice within the window is not sent to the same stream.
+    #[test]
+    fn a_users_revocation_is_sent_once_per_echo_window() {
+        let user = UserId(5);
+        let key = format!("opaque:{user}");
+        let mut input = FanOutInput {
+            changes: vec![
+                (1, Change::UserRevoked { user, at: 100 }),
+                (2, Change::UserRevoked { user, at: 100 }),
+            ],
+            streams: vec![stream(true)],
+            now: 100,
+            ..FanOutInput::default()
+        };
+        let p = plan(&input, &[receiver()], 60);
+        assert_eq!(p.enqueue.len(), 1);
+        assert_eq!(p.recent, vec![("s1".to_owned(), key.clone())]);
+        input.recent.insert(("s1".to_owned(), key.clone()), 100);
+        input.now = 159;
+        assert!(plan(&input, &[receiver()], 60).enqueue.is_empty());
+        input.now = 160;
+        assert_eq!(plan(&input, &[receiver()], 60).enqueue.len(), 1);
+        input.now = 100;
+        assert_eq!(plan(&input, &[receiver()], 0).enqueue.len(), 2);
     }
 
     #[test]
@@ -486,16 +537,16 @@ mod tests {
             streams: vec![stream(false)],
             ..FanOutInput::default()
         };
-        assert!(plan(&input, &[receiver()]).enqueue.is_empty());
+        assert!(plan(&input, &[receiver()], 0).enqueue.is_empty());
         input
             .subjects
             .insert("s1".into(), HashMap::from([(key.clone(), true)]));
-        assert_eq!(plan(&input, &[receiver()]).enqueue.len(), 1);
+        assert_eq!(plan(&input, &[receiver()], 0).enqueue.len(), 1);
         input.streams = vec![stream(true)];
         input
             .subjects
             .insert("s1".into(), HashMap::from([(key, false)]));
-        assert!(plan(&input, &[receiver()]).enqueue.is_empty());
+        assert!(plan(&input, &[receiver()], 0).enqueue.is_empty());
     }
 
     #[test]
