@@ -1023,3 +1023,138 @@ async fn replicas_deliver_each_set_once() {
     b.stop().await;
     db.drop_db().await;
 }
+
+/// The claims of a compact JWS, unverified (the other tests verify).
+fn payload(jwt: &str) -> Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// RFC 8936 by hand: the SETs a poll hands out, by `jti`.
+async fn poll(c: &Controller, id: &str, body: Value) -> Map<String, Value> {
+    let (status, answer) = raw(
+        reqwest::Method::POST,
+        c.url(&format!("/v1/ssf/poll/{id}")),
+        Some(IDP_TOKEN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["sets"].as_object().unwrap().clone()
+}
+
+/// A queue holds `max_queue` SETs: a flood drops the oldest (counted),
+/// never grows it. A SET the receiver reports in `setErrs` is not handed
+/// out again. A user's entity risk crossing a level is a CAEP
+/// `risk-level-change`, and back.
+#[tokio::test]
+async fn a_queue_is_bounded_refusals_stick_and_risk_levels_are_sent() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url(), "max_queue = 2").await;
+    let risk = "https://schemas.openid.net/secevent/caep/event-type/risk-level-change";
+    let (status, s) = raw(
+        reqwest::Method::POST,
+        c.url("/v1/ssf/streams"),
+        Some(IDP_TOKEN),
+        Some(json!({"delivery": {"method": "urn:ietf:rfc:8936"},
+                    "events_requested": [SESSION_REVOKED, risk]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = s["stream_id"].as_str().unwrap().to_owned();
+    for name in ["u1", "u2", "u3", "u4"] {
+        c.revoke(name).await;
+    }
+    let dropped = "vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"dropped\"} 2";
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !c.metrics().await.contains(dropped) {
+        assert!(tokio::time::Instant::now() < deadline, "two dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sets = poll(&c, &id, json!({"returnImmediately": true})).await;
+    let mut subjects: Vec<Value> = sets
+        .values()
+        .map(|j| payload(j.as_str().unwrap())["sub_id"].clone())
+        .collect();
+    subjects.sort_by_key(|v| v.to_string());
+    let mut newest = vec![opaque_user("u3"), opaque_user("u4")];
+    newest.sort_by_key(|v| v.to_string());
+    assert_eq!(subjects, newest, "the newest two are kept");
+    // One acknowledged, one refused: neither comes back.
+    let jtis: Vec<&String> = sets.keys().collect();
+    let mut errs = Map::new();
+    errs.insert(
+        jtis[1].clone(),
+        json!({"err": "invalid_key", "description": "test"}),
+    );
+    let again = poll(
+        &c,
+        &id,
+        json!({"returnImmediately": true, "ack": [jtis[0]], "setErrs": errs}),
+    )
+    .await;
+    assert!(again.is_empty(), "{again:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(
+        poll(&c, &id, json!({"returnImmediately": true}))
+            .await
+            .is_empty(),
+        "past redeliver_seconds too"
+    );
+    let metrics = c.metrics().await;
+    assert!(
+        metrics
+            .contains("vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"refused\"} 1"),
+        "{metrics}"
+    );
+
+    // Entity risk: high, then cleared.
+    c.admin(
+        "/v1/admin/users/risk",
+        json!({"user": "rita", "points": 80, "ttl_seconds": 600}),
+    )
+    .await;
+    let sets = poll(&c, &id, json!({})).await;
+    assert_eq!(sets.len(), 1);
+    let claims = payload(sets.values().next().unwrap().as_str().unwrap());
+    assert_eq!(claims["sub_id"], opaque_user("rita"));
+    let e = &claims["events"][risk];
+    assert_eq!(
+        (&e["principal"], &e["current_level"], &e["previous_level"]),
+        (&json!("USER"), &json!("HIGH"), &json!("LOW"))
+    );
+    let ack: Vec<&String> = sets.keys().collect();
+    c.admin(
+        "/v1/admin/users/risk",
+        json!({"user": "rita", "points": 0, "ttl_seconds": 0}),
+    )
+    .await;
+    let sets = poll(&c, &id, json!({"ack": ack})).await;
+    assert_eq!(sets.len(), 1);
+    let e = &payload(sets.values().next().unwrap().as_str().unwrap())["events"][risk];
+    assert_eq!(
+        (&e["current_level"], &e["previous_level"]),
+        (&json!("LOW"), &json!("HIGH"))
+    );
+    // Risk that stays within its level is not sent: the marker after it
+    // comes alone.
+    let ack: Vec<&String> = sets.keys().collect();
+    c.admin(
+        "/v1/admin/users/risk",
+        json!({"user": "rita", "points": 5, "ttl_seconds": 600}),
+    )
+    .await;
+    c.revoke("marker").await;
+    let sets = poll(&c, &id, json!({"ack": ack})).await;
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        payload(sets.values().next().unwrap().as_str().unwrap())["sub_id"],
+        opaque_user("marker")
+    );
+    c.stop().await;
+    db.drop_db().await;
+}

@@ -95,14 +95,14 @@ pub struct FanOutPlan {
 }
 
 /// What a fan-out did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FanOut {
     /// Changes read.
     pub changes: usize,
     /// SETs enqueued.
     pub enqueued: usize,
-    /// SETs dropped from full queues.
-    pub dropped: u64,
+    /// SETs dropped from full queues, by stream.
+    pub dropped: HashMap<String, u64>,
 }
 
 fn stream_of(row: &sqlx::any::AnyRow) -> Result<TxStream, StoreError> {
@@ -648,7 +648,10 @@ impl Store {
             ..FanOut::default()
         };
         for (stream, jti, claims) in &planned.enqueue {
-            done.dropped += enqueue_in(&mut tx, stream, jti, claims, max_queue).await?;
+            let dropped = enqueue_in(&mut tx, stream, jti, claims, max_queue).await?;
+            if dropped > 0 {
+                *done.dropped.entry(stream.clone()).or_default() += dropped;
+            }
             done.enqueued += 1;
         }
         for (user, level) in &planned.levels {

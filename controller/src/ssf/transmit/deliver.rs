@@ -119,12 +119,18 @@ pub async fn fan_out(app: &App) {
                 for (owner, _) in &counted {
                     count(app, owner, "enqueued", 1);
                 }
-                if done.dropped > 0 {
+                for (stream, dropped) in &done.dropped {
+                    let owner = counted
+                        .iter()
+                        .find(|(_, s)| s == stream)
+                        .map_or("-", |(o, _)| o.as_str());
                     tracing::warn!(
-                        dropped = done.dropped,
-                        "SSF stream queues full: oldest SETs dropped"
+                        receiver = owner,
+                        stream,
+                        dropped,
+                        "SSF stream queue full: its oldest SETs dropped"
                     );
-                    count(app, "-", "dropped", done.dropped);
+                    count(app, owner, "dropped", *dropped);
                 }
                 if done.enqueued > 0 {
                     app.ssf_tx.queued.send_modify(|n| *n = n.wrapping_add(1));
