@@ -225,7 +225,13 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
             return;
         }
     };
+    let started = tokio::time::Instant::now();
     for set in queued {
+        // Well inside the lease: no other controller pushes this stream
+        // while this one may still be.
+        if started.elapsed() > LEASE / 2 {
+            return;
+        }
         let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
         let outcome = match sign(app, claims) {
             Ok(jwt) => push_one(http, url, authorization, jwt).await,
