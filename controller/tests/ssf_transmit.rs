@@ -1158,3 +1158,126 @@ async fn a_queue_is_bounded_refusals_stick_and_risk_levels_are_sent() {
     c.stop().await;
     db.drop_db().await;
 }
+
+/// An authorization server's JWK Set served on loopback: the independent
+/// `easyssf-test` transmitter's, handed to its own in-process handler.
+async fn serve_jwks(t: &easyssf_test::TestTransmitter) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = t.clone();
+    let jwks = Url::parse(&t.jwks_uri()).unwrap();
+    let path = jwks.path().to_owned();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (t, mut url) = (t.clone(), jwks.clone());
+        async move {
+            url.set_path(uri.path());
+            let r = t.execute(SsfHttpRequest::of("GET", url)).await.unwrap();
+            (
+                axum::http::StatusCode::from_u16(r.status).unwrap(),
+                [("content-type", "application/json")],
+                r.body,
+            )
+        }
+    });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}{path}"), task)
+}
+
+/// The attack on OAuth client credentials: a receiver may authenticate
+/// with an access token of the configured authorization server for its
+/// `client_id` — and only with one: expired, for another audience, from
+/// another issuer, signed by another key, unsigned, or for a client no
+/// receiver is, it is `401`.
+#[tokio::test]
+async fn receivers_may_use_the_authorization_servers_access_tokens_only() {
+    use easyssf_test::{TestSigningKey, TestTransmitter};
+    let t = TestTransmitter::new();
+    let (jwks, served) = serve_jwks(&t).await;
+    let audience = "https://vigil.test/ssf-api";
+    let db = Db::new(false).await;
+    let c = Controller::start(
+        &db.url(),
+        &format!(
+            "[ssf_transmitter.oauth]\nissuer = {:?}\njwks_uri = {jwks:?}\naudience = {audience:?}\n\
+             [[ssf_transmitter.receivers]]\nname = \"oauth-rx\"\nclient_id = \"rx-client\"\n",
+            t.issuer()
+        ),
+    )
+    .await;
+    let now = vigil_controller::api::now_secs();
+    let token =
+        |claims: Value| TestTransmitter::sign(t.key(), Some("at+jwt"), claims.as_object().unwrap());
+    let good = json!({"iss": t.issuer(), "aud": audience, "exp": now + 300, "iat": now,
+                      "client_id": "rx-client", "sub": "rx-client"});
+    let create =
+        json!({"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": [SESSION_REVOKED]});
+    let streams = c.url("/v1/ssf/streams");
+    let (status, body) = raw(
+        reqwest::Method::POST,
+        streams.clone(),
+        Some(&token(good.clone())),
+        Some(create.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let metadata = c.metadata().resolve().await.unwrap();
+    assert_eq!(
+        metadata.claims()["authorization_schemes"],
+        json!([{"spec_urn": "urn:ietf:rfc:6750"}, {"spec_urn": "urn:ietf:rfc:6749"}])
+    );
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let other_key = TestSigningKey::generate(2048, t.key().key_id());
+    let bad = [
+        ("expired", token(with("exp", json!(now - 120)))),
+        (
+            "another audience",
+            token(with("aud", json!("https://elsewhere"))),
+        ),
+        (
+            "another issuer",
+            token(with("iss", json!("https://evil.example"))),
+        ),
+        (
+            "no receiver's client",
+            token(with("client_id", json!("nobody"))),
+        ),
+        ("not yet valid", token(with("nbf", json!(now + 3_600)))),
+        (
+            "another key under its kid",
+            TestTransmitter::sign(&other_key, Some("at+jwt"), good.as_object().unwrap()),
+        ),
+        (
+            "unsigned",
+            TestTransmitter::unsigned(good.as_object().unwrap()),
+        ),
+        (
+            "an ID token's typ",
+            TestTransmitter::sign(t.key(), Some("secevent+jwt"), good.as_object().unwrap()),
+        ),
+    ];
+    for (why, token) in bad {
+        let (status, _) = raw(reqwest::Method::GET, streams.clone(), Some(&token), None).await;
+        assert_eq!(status, 401, "{why}");
+    }
+    // The token's receiver sees its own stream, and only it.
+    let (status, list) = raw(
+        reqwest::Method::GET,
+        streams.clone(),
+        Some(&token(good.clone())),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, mine) = raw(reqwest::Method::GET, streams, Some(IDP_TOKEN), None).await;
+    assert_eq!(mine, json!([]));
+    served.abort();
+    c.stop().await;
+    db.drop_db().await;
+}

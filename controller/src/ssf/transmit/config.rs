@@ -21,8 +21,30 @@ pub struct RawTx {
     long_poll_seconds: Option<u64>,
     redeliver_seconds: Option<u64>,
     echo_window_seconds: Option<u64>,
+    oauth: Option<RawOAuth>,
     #[serde(default)]
     receivers: Vec<RawReceiver>,
+}
+
+/// `[ssf_transmitter.oauth]`: the authorization server whose access
+/// tokens (client credentials) authenticate receivers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    issuer: String,
+    jwks_uri: String,
+    audience: String,
+}
+
+/// The authorization server whose access tokens authenticate receivers.
+#[derive(Debug, Clone)]
+pub struct OAuth {
+    /// Its `iss`.
+    pub issuer: String,
+    /// Where its keys are.
+    pub jwks_uri: String,
+    /// The `aud` its tokens for this controller carry.
+    pub audience: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +53,7 @@ struct RawReceiver {
     name: String,
     token_file: Option<PathBuf>,
     token_sha256: Option<String>,
+    client_id: Option<String>,
     audience: Option<String>,
     subject_format: Option<String>,
     subject_issuer: Option<String>,
@@ -68,8 +91,11 @@ impl UserSubject {
 pub struct Receiver {
     /// Its name: the owner of its streams, in logs and metrics.
     pub name: String,
-    /// SHA-256 of its bearer token.
-    pub token_sha256: [u8; 32],
+    /// SHA-256 of its bearer token, if it has one.
+    pub token_sha256: Option<[u8; 32]>,
+    /// Its OAuth client id, when it authenticates with access tokens of
+    /// `[ssf_transmitter.oauth]`.
+    pub client_id: Option<String>,
     /// The `aud` of its streams' SETs.
     pub audience: String,
     /// How users are named to it.
@@ -114,6 +140,8 @@ pub struct TxConfig {
     /// this many seconds (0: every time), so that two systems that revoke
     /// on each other's signal stop after one round.
     pub echo_window: u64,
+    /// The authorization server, if receivers may use access tokens.
+    pub oauth: Option<OAuth>,
     /// The receivers.
     pub receivers: Vec<Receiver>,
 }
@@ -215,6 +243,34 @@ pub fn load(
         60,
         1..=86_400,
     );
+    let oauth = raw.oauth.as_ref().map(|o| {
+        let fetchable = url::Url::parse(&o.jwks_uri).is_ok_and(|u| match u.scheme() {
+            "https" => u.host().is_some(),
+            "http" => match u.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            },
+            _ => false,
+        });
+        if !fetchable {
+            problems.push(format!(
+                "{at}.oauth.jwks_uri: {:?}: expected https://… (http:// only on loopback)",
+                o.jwks_uri
+            ));
+        }
+        for (k, v) in [("issuer", &o.issuer), ("audience", &o.audience)] {
+            if v.is_empty() || v.len() > 1024 {
+                problems.push(format!("{at}.oauth.{k}: 1 to 1024 characters"));
+            }
+        }
+        OAuth {
+            issuer: o.issuer.clone(),
+            jwks_uri: o.jwks_uri.clone(),
+            audience: o.audience.clone(),
+        }
+    });
     let echo_window = ranged(
         problems,
         &format!("{at}.echo_window_seconds"),
@@ -269,15 +325,34 @@ pub fn load(
                     None
                 }
             },
+            (None, None) if r.client_id.is_some() => None,
             _ => {
                 problems.push(format!(
-                    "{at}: give exactly one of token_file and token_sha256"
+                    "{at}: give one of token_file and token_sha256, or client_id (with [ssf_transmitter.oauth])"
                 ));
                 None
             }
         };
+        if let Some(c) = &r.client_id {
+            if raw.oauth.is_none() {
+                problems.push(format!(
+                    "{at}.client_id: needs [ssf_transmitter.oauth], the server whose tokens carry it"
+                ));
+            }
+            if c.is_empty() || c.len() > 256 {
+                problems.push(format!("{at}.client_id: 1 to 256 characters"));
+            }
+            if raw.receivers[..i]
+                .iter()
+                .any(|o| o.client_id.as_deref() == Some(c))
+            {
+                problems.push(format!("{at}.client_id: {c:?} is another receiver's too"));
+            }
+        }
         if let Some(t) = token
-            && receivers.iter().any(|o: &Receiver| o.token_sha256 == t)
+            && receivers
+                .iter()
+                .any(|o: &Receiver| o.token_sha256 == Some(t))
         {
             problems.push(format!("{at}: its token is another receiver's too"));
         }
@@ -320,10 +395,11 @@ pub fn load(
                 ));
             }
         }
-        if let (Some(token_sha256), true) = (token, problems.len() == start) {
+        if problems.len() == start {
             receivers.push(Receiver {
                 name: r.name.clone(),
-                token_sha256,
+                token_sha256: token,
+                client_id: r.client_id.clone(),
                 audience,
                 subject,
                 push_endpoints: r.push_endpoints.clone(),
@@ -340,6 +416,7 @@ pub fn load(
         long_poll_seconds,
         redeliver_seconds,
         echo_window,
+        oauth,
         receivers,
     })
 }

@@ -352,7 +352,7 @@ pub async fn poll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, receiver, _, _) = authenticated(&app, &headers)?;
+    let (tx, receiver, _, _) = authenticated(&app, &headers).await?;
     let stream = owned(&app, receiver, &stream_id).await?;
     let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
     if config["delivery"]["method"].as_str() != Some(POLL) {

@@ -403,7 +403,8 @@ mod tests {
     fn receiver() -> Receiver {
         Receiver {
             name: "idp".into(),
-            token_sha256: [0; 32],
+            token_sha256: Some([0; 32]),
+            client_id: None,
             audience: "https://idp.example".into(),
             subject: UserSubject::OpaqueKey,
             push_endpoints: vec![],

@@ -13,6 +13,7 @@ pub mod compromise;
 pub mod config;
 pub mod deliver;
 pub mod events;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub struct Runtime {
     verified: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
     /// The client pushes go out with.
     pub client: Option<reqwest::Client>,
+    /// The authorization server's keys, when receivers may use access
+    /// tokens.
+    oauth_keys: Option<crate::ssf::keys::Keys>,
 }
 
 impl Runtime {
@@ -69,6 +73,14 @@ impl Runtime {
             wake: Arc::new(Notify::new()),
             verified: std::sync::Mutex::default(),
             client: config.and_then(|_| deliver::http_client()),
+            oauth_keys: config.and_then(|c| c.oauth.as_ref()).map(|o| {
+                crate::ssf::keys::Keys::new(
+                    crate::ssf::config::KeySource::Uri(o.jwks_uri.clone()),
+                    Duration::from_secs(3_600),
+                    Duration::from_secs(60),
+                    crate::ssf::keys::client(),
+                )
+            }),
         }
     }
 
@@ -135,7 +147,7 @@ fn configured(app: &App) -> Result<(&TxConfig, String, String), ApiError> {
 /// The transmitter's config, the issuer and the base of its URLs, and
 /// the receiver a request's bearer token names: `401` without one (also
 /// when no transmitter is configured: an unknown caller learns nothing).
-fn authenticated<'a>(
+async fn authenticated<'a>(
     app: &'a App,
     headers: &HeaderMap,
 ) -> Result<(&'a TxConfig, &'a Receiver, String, String), ApiError> {
@@ -147,23 +159,44 @@ fn authenticated<'a>(
         )
     };
     let tx = app.config.ssf_tx.as_ref().ok_or_else(unauthorized)?;
-    let receiver = client(tx, headers)?;
+    let receiver = match client(tx, headers) {
+        Ok(r) => r,
+        Err(e) => match (&tx.oauth, &app.ssf_tx.oauth_keys, bearer(headers)) {
+            (Some(o), Some(keys), Some(token)) if token.matches('.').count() == 2 => {
+                match oauth::client_of(token, &o.issuer, &o.audience, keys, now_secs()).await {
+                    Ok(id) => tx
+                        .receivers
+                        .iter()
+                        .find(|r| r.client_id.as_deref() == Some(id.as_str()))
+                        .ok_or_else(unauthorized)?,
+                    Err(why) => {
+                        tracing::info!(why, "SSF receiver access token refused");
+                        return Err(e);
+                    }
+                }
+            }
+            _ => return Err(e),
+        },
+    };
     let (_, iss, base) = configured(app)?;
     Ok((tx, receiver, iss, base))
 }
 
-/// The receiver a request's bearer token names.
-fn client<'a>(tx: &'a TxConfig, headers: &HeaderMap) -> Result<&'a Receiver, ApiError> {
-    let token = headers
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    let hash = token.map(crate::config::token_hash);
+        .map(|(_, t)| t.trim())
+}
+
+/// The receiver a request's bearer token names (by its SHA-256).
+fn client<'a>(tx: &'a TxConfig, headers: &HeaderMap) -> Result<&'a Receiver, ApiError> {
+    let hash = bearer(headers).map(crate::config::token_hash);
     tx.receivers
         .iter()
-        .find(|r| Some(r.token_sha256) == hash)
+        .find(|r| r.token_sha256.is_some() && r.token_sha256 == hash)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -332,6 +365,10 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 /// `GET /.well-known/ssf-configuration` (SSF 1.0 §7.1).
 pub(crate) async fn metadata(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let (tx, iss, base) = configured(&app)?;
+    let mut schemes = vec![json!({"spec_urn": "urn:ietf:rfc:6750"})];
+    if tx.oauth.is_some() {
+        schemes.push(json!({"spec_urn": "urn:ietf:rfc:6749"}));
+    }
     Ok(json_response(
         StatusCode::OK,
         json!({
@@ -344,7 +381,7 @@ pub(crate) async fn metadata(State(app): State<Arc<App>>) -> Result<Response, Ap
             "add_subject_endpoint": format!("{base}/v1/ssf/subjects/add"),
             "remove_subject_endpoint": format!("{base}/v1/ssf/subjects/remove"),
             "verification_endpoint": format!("{base}/v1/ssf/verify"),
-            "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
+            "authorization_schemes": schemes,
             "default_subjects": if tx.all_subjects { "ALL" } else { "NONE" },
         }),
     ))
@@ -357,7 +394,7 @@ pub(crate) async fn create_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, receiver, iss, base) = authenticated(&app, &headers)?;
+    let (tx, receiver, iss, base) = authenticated(&app, &headers).await?;
     let body = body_of(&body)?;
     let supplied = receiver_supplied(receiver, &body, &None)?;
     let id = events::new_id();
@@ -399,7 +436,7 @@ pub(crate) async fn read_streams(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (_, receiver, iss, base) = authenticated(&app, &headers)?;
+    let (_, receiver, iss, base) = authenticated(&app, &headers).await?;
     match stream_id_of_query(query.as_deref()) {
         Some(id) => {
             let stream = owned(&app, receiver, &id).await?;
@@ -422,7 +459,7 @@ async fn change_stream(
     body: &Bytes,
     replace: bool,
 ) -> Result<Response, ApiError> {
-    let (_, receiver, iss, base) = authenticated(app, headers)?;
+    let (_, receiver, iss, base) = authenticated(app, headers).await?;
     let body = body_of(body)?;
     let id = stream_id_of_body(&body)?;
     let stream = owned(app, receiver, &id).await?;
@@ -471,7 +508,7 @@ pub(crate) async fn delete_stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (_, receiver, _, _) = authenticated(&app, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers).await?;
     let id = stream_id_of_query(query.as_deref()).ok_or_else(|| bad("stream_id is required"))?;
     owned(&app, receiver, &id).await?;
     app.store.ssf_tx_delete(&id).await?;
@@ -493,7 +530,7 @@ pub(crate) async fn get_status(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (_, receiver, _, _) = authenticated(&app, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers).await?;
     let id = stream_id_of_query(query.as_deref()).ok_or_else(|| bad("stream_id is required"))?;
     let stream = owned(&app, receiver, &id).await?;
     Ok(json_response(StatusCode::OK, status_view(&stream)))
@@ -507,7 +544,7 @@ pub(crate) async fn set_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (_, receiver, _, _) = authenticated(&app, &headers)?;
+    let (_, receiver, _, _) = authenticated(&app, &headers).await?;
     let body = body_of(&body)?;
     let id = stream_id_of_body(&body)?;
     owned(&app, receiver, &id).await?;
@@ -536,7 +573,7 @@ pub(crate) async fn set_status(
 }
 
 async fn subject(app: &App, headers: &HeaderMap, body: &Bytes, add: bool) -> Result<(), ApiError> {
-    let (_, receiver, _, _) = authenticated(app, headers)?;
+    let (_, receiver, _, _) = authenticated(app, headers).await?;
     let body = body_of(body)?;
     let id = stream_id_of_body(&body)?;
     owned(app, receiver, &id).await?;
@@ -586,7 +623,7 @@ pub(crate) async fn verify(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (tx, receiver, _, _) = authenticated(&app, &headers)?;
+    let (tx, receiver, _, _) = authenticated(&app, &headers).await?;
     let body = body_of(&body)?;
     let id = stream_id_of_body(&body)?;
     let stream = owned(&app, receiver, &id).await?;
