@@ -504,12 +504,38 @@ impl Store {
         echo_window: u64,
         plan: impl FnOnce(&FanOutInput) -> FanOutPlan,
     ) -> Result<FanOut, StoreError> {
+        // Read first, without a lock: an idle transmitter takes no write
+        // lock (SQLite has one writer, and the intake needs it).
+        let row = sqlx::query(
+            "SELECT c.seq, h.head FROM ssf_tx_cursor c, log_head h WHERE c.id = 1 AND h.id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let (seen, head): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if seen >= head {
+            return Ok(FanOut::default());
+        }
         let mut tx = self.pool.begin().await?;
         let cursor: i64 =
             sqlx::query("UPDATE ssf_tx_cursor SET seq = seq WHERE id = 1 RETURNING seq")
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get(0)?;
+        let streams: i64 =
+            sqlx::query("SELECT COUNT(*) FROM ssf_tx_streams WHERE status <> 'disabled'")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        if streams == 0 {
+            // Nobody to tell: the cursor skips to the head unread.
+            sqlx::query(
+                "UPDATE ssf_tx_cursor SET seq = (SELECT head FROM log_head WHERE id = 1) WHERE id = 1",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(FanOut::default());
+        }
         let rows =
             sqlx::query("SELECT seq, body FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(cursor)
