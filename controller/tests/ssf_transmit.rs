@@ -194,11 +194,20 @@ async fn processor(
     metadata: &SsfTransmitterMetadataResolver,
     taken: Arc<Mutex<Vec<Map<String, Value>>>>,
 ) -> Arc<SsfSetProcessor> {
+    processor_for(metadata, taken, AUDIENCE).await
+}
+
+/// [`processor`] expecting SETs for `audience`.
+async fn processor_for(
+    metadata: &SsfTransmitterMetadataResolver,
+    taken: Arc<Mutex<Vec<Map<String, Value>>>>,
+    audience: &str,
+) -> Arc<SsfSetProcessor> {
     let m = metadata.resolve().await.unwrap();
     let jwks = m.jwks_uri().unwrap().clone();
     let keys = HttpSsfJwkSetSource::new(Http, jwks);
     let options = SsfSetVerifierOptions {
-        expected_audiences: vec![AUDIENCE.to_owned()],
+        expected_audiences: vec![audience.to_owned()],
         accepted_algorithms: vec![
             jsonwebtoken::Algorithm::RS256,
             jsonwebtoken::Algorithm::ES256,
@@ -221,9 +230,15 @@ async fn processor(
 
 impl Receiver {
     async fn start(metadata: &SsfTransmitterMetadataResolver) -> Receiver {
+        Receiver::start_for(metadata, AUDIENCE).await
+    }
+
+    /// A receiver that takes SETs for `audience` only (and answers others
+    /// `400 invalid_audience`).
+    async fn start_for(metadata: &SsfTransmitterMetadataResolver, audience: &str) -> Receiver {
         let taken = Arc::new(Mutex::new(Vec::new()));
         let handler = SsfPushHandler::new(
-            processor(metadata, Arc::clone(&taken)).await,
+            processor_for(metadata, Arc::clone(&taken), audience).await,
             Some(PUSH_AUTH),
         );
         let pushes = Arc::new(AtomicUsize::new(0));
@@ -1278,6 +1293,54 @@ async fn receivers_may_use_the_authorization_servers_access_tokens_only() {
     let (_, mine) = raw(reqwest::Method::GET, streams, Some(IDP_TOKEN), None).await;
     assert_eq!(mine, json!([]));
     served.abort();
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// A receiver's `400` is its refusal of that SET for good: the SET leaves
+/// the queue, is counted and recorded, and is not pushed again — the next
+/// one goes out after it, not behind it.
+#[tokio::test]
+async fn a_set_refused_with_400_is_not_pushed_again() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url(), "").await;
+    let metadata = c.metadata();
+    // It expects another audience: each SET is answered 400 invalid_audience.
+    let receiver = Receiver::start_for(&metadata, "https://another.example").await;
+    c.streams(&metadata, IDP_TOKEN)
+        .create_stream(&SsfStreamConfiguration::push(
+            &receiver.url(),
+            Some(PUSH_AUTH),
+            &requested(),
+            None,
+        ))
+        .await
+        .unwrap();
+    let refused = |n: u32| {
+        format!("vigil_controller_ssf_tx_sets_total{{receiver=\"idp\",result=\"refused\"}} {n}")
+    };
+    for (i, name) in ["alice", "bob"].into_iter().enumerate() {
+        c.revoke(name).await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !c
+            .metrics()
+            .await
+            .contains(&refused(u32::try_from(i).unwrap() + 1))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}'s SET refused"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        receiver.pushes.load(Ordering::SeqCst),
+        2,
+        "each pushed once"
+    );
+    assert!(receiver.events(SESSION_REVOKED).is_empty());
+    assert!(!c.metrics().await.contains("result=\"retry\""));
     c.stop().await;
     db.drop_db().await;
 }
