@@ -315,6 +315,16 @@ impl Controller {
     /// [`Controller::start`] with `issuer` (and the URLs it publishes)
     /// instead of its own address: replicas share one.
     async fn start_as(store: &str, extra: &str, issuer: Option<&str>) -> Controller {
+        Controller::start_full(store, extra, issuer, "").await
+    }
+
+    /// [`Controller::start`] with `top` added at the end of the file (other
+    /// sections).
+    async fn start_with(store: &str, extra: &str, top: &str) -> Controller {
+        Controller::start_full(store, extra, None, top).await
+    }
+
+    async fn start_full(store: &str, extra: &str, issuer: Option<&str>, top: &str) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
@@ -330,7 +340,7 @@ impl Controller {
              [ssf_transmitter]\nretry_min_ms = 100\nretry_max_seconds = 1\nredeliver_seconds = 1\n{extra}\n\
              [[ssf_transmitter.receivers]]\nname = \"idp\"\ntoken_file = \"idp.token\"\naudience = {AUDIENCE:?}\n\
              push_endpoints = [\"http://127.0.0.1:\"]\n\
-             [[ssf_transmitter.receivers]]\nname = \"other\"\ntoken_file = \"other.token\"\n",
+             [[ssf_transmitter.receivers]]\nname = \"other\"\ntoken_file = \"other.token\"\n{top}",
             node = hex::encode(vigil_controller::config::token_hash(NODE)),
             signing_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-test.pem"),
         );
@@ -1341,6 +1351,81 @@ async fn a_set_refused_with_400_is_not_pushed_again() {
     );
     assert!(receiver.events(SESSION_REVOKED).is_empty());
     assert!(!c.metrics().await.contains("result=\"retry\""));
+    c.stop().await;
+    db.drop_db().await;
+}
+
+/// Both directions: an identity provider's CAEP `session-revoked` (signed
+/// by the independent `easyssf-test` transmitter, pushed to Vigil's
+/// receiver) revokes alice, and Vigil tells its own receivers — once: the
+/// IdP's second signal about her within the echo window is taken (her
+/// sessions revoked again) but not sent again, so two systems revoking on
+/// each other's word stop after one round.
+#[tokio::test]
+async fn a_partners_revocation_is_passed_on_once() {
+    use easyssf_test::TestTransmitter;
+    use easyssf_test::subjects::iss_sub;
+    let t = TestTransmitter::new();
+    let (jwks, served) = serve_jwks(&t).await;
+    let inbound = "https://vigil.test/ssf-in";
+    let push_token = "idp-push-token-0123456789";
+    let db = Db::new(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idp-push.token"), push_token).unwrap();
+    let extra = format!(
+        "[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {inbound:?}\njwks_uri = {jwks:?}\n\
+         push_token_file = {:?}\n",
+        t.issuer(),
+        dir.path().join("idp-push.token").display().to_string(),
+    );
+    let c = Controller::start_with(&db.url(), "", &extra).await;
+    let metadata = c.metadata();
+    let receiver = Receiver::start(&metadata).await;
+    c.streams(&metadata, IDP_TOKEN)
+        .create_stream(&SsfStreamConfiguration::push(
+            &receiver.url(),
+            Some(PUSH_AUTH),
+            &requested(),
+            None,
+        ))
+        .await
+        .unwrap();
+    let push = async |t: &TestTransmitter| {
+        let mut claims = t.set_claims(SESSION_REVOKED, Some(iss_sub(t.issuer(), "alice")));
+        claims.insert("aud".into(), inbound.into());
+        let r = client()
+            .post(c.url("/v1/ssf/push/idp"))
+            .bearer_auth(push_token)
+            .header("content-type", "application/secevent+jwt")
+            .body(t.sign_set(&claims))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    };
+    push(&t).await;
+    eventually("the IdP's revocation is passed on", || {
+        !receiver.events(SESSION_REVOKED).is_empty()
+    })
+    .await;
+    assert_eq!(
+        receiver.events(SESSION_REVOKED)[0]["sub_id"],
+        opaque_user("alice")
+    );
+    // The IdP reports it again (its own echo): taken, not passed on.
+    push(&t).await;
+    c.revoke("marker").await;
+    eventually("the marker is pushed", || {
+        receiver.events(SESSION_REVOKED).len() >= 2
+    })
+    .await;
+    let subs: Vec<Value> = receiver
+        .events(SESSION_REVOKED)
+        .iter()
+        .map(|e| e["sub_id"].clone())
+        .collect();
+    assert_eq!(subs, vec![opaque_user("alice"), opaque_user("marker")]);
+    served.abort();
     c.stop().await;
     db.drop_db().await;
 }
