@@ -1429,3 +1429,47 @@ async fn a_partners_revocation_is_passed_on_once() {
     c.stop().await;
     db.drop_db().await;
 }
+
+/// A bad `[ssf_transmitter]` names every problem with its key, at once.
+#[test]
+fn a_bad_transmitter_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hash.key"), hex::encode(HASH_KEY)).unwrap();
+    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+    std::fs::write(dir.path().join("short.token"), "short").unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(
+        &path,
+        "hash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+         [ssf_transmitter]\ndefault_subjects = \"SOME\"\nmax_queue = 0\nlong_poll_seconds = 9999\n\
+         echo_window_seconds = 7200\nbase_url = \"ftp://x\"\n\
+         [[ssf_transmitter.receivers]]\nname = \"bad name\"\ntoken_file = \"short.token\"\n\
+         subject_format = \"email\"\npush_endpoints = [\"not a url\"]\n\
+         [[ssf_transmitter.receivers]]\nname = \"b\"\nsubject_format = \"iss_sub\"\nclient_id = \"c\"\n\
+         [[ssf_transmitter.receivers]]\nname = \"b\"\ntoken_sha256 = \"zz\"\n",
+    )
+    .unwrap();
+    let e = match vigil_controller::Config::load(&path) {
+        Ok(_) => panic!("a bad config is refused"),
+        Err(e) => e,
+    };
+    let text = e.problems.join("\n");
+    for key in [
+        "ssf_transmitter: the transmitter signs its SETs with the [signing] keys",
+        "ssf_transmitter.base_url",
+        "ssf_transmitter.default_subjects",
+        "ssf_transmitter.max_queue",
+        "ssf_transmitter.long_poll_seconds",
+        "ssf_transmitter.echo_window_seconds",
+        "ssf_transmitter.receivers[0].name",
+        "ssf_transmitter.receivers[0].token_file",
+        "ssf_transmitter.receivers[0].subject_format: user names are known only with user_names = \"clear\"",
+        "ssf_transmitter.receivers[0].push_endpoints[0]",
+        "ssf_transmitter.receivers[1].subject_issuer",
+        "ssf_transmitter.receivers[1].client_id: needs [ssf_transmitter.oauth]",
+        "ssf_transmitter.receivers[2].name: \"b\" appears twice",
+        "ssf_transmitter.receivers[2].token_sha256",
+    ] {
+        assert!(text.contains(key), "{key} in:\n{text}");
+    }
+}
