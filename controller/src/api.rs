@@ -363,6 +363,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/trust-network", post(trust_network))
         .route("/v1/admin/detections/false-positive", post(false_positive))
         .route("/v1/admin/detections/confirmed-compromise", post(confirm))
+        .route("/v1/admin/ssf/streams", get(tx::admin_streams))
         .route("/v1/admin/rules", get(list_rules))
         .route("/v1/admin/rules", post(publish_rules))
         .route("/v1/admin/rules/{version}", get(get_rules))

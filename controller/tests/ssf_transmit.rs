@@ -698,6 +698,30 @@ async fn streams_belong_to_their_receiver() {
     )
     .await;
     assert_eq!(status, 400, "a receiver without push_endpoints cannot push");
+    // The operator sees every receiver's streams, never the receiver's
+    // authorization header; a receiver's token is no admin's.
+    let (status, all) = raw(
+        Method::GET,
+        c.url("/v1/admin/ssf/streams"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(all["streams"][0]["stream_id"], json!(id));
+    assert_eq!(all["streams"][0]["receiver"], "idp");
+    assert_eq!(all["streams"][0]["queued"], 0);
+    assert_eq!(
+        raw(
+            Method::GET,
+            c.url("/v1/admin/ssf/streams"),
+            Some(IDP_TOKEN),
+            None
+        )
+        .await
+        .0,
+        401
+    );
     // The owner reads, then deletes.
     let (status, read) = raw(Method::GET, q.clone(), Some(IDP_TOKEN), None).await;
     assert_eq!(status, 200);

@@ -176,6 +176,16 @@ impl Store {
         row.as_ref().map(stream_of).transpose()
     }
 
+    /// Every stream, by receiver then age; at most 1,000.
+    pub async fn ssf_tx_all_streams(&self) -> Result<Vec<TxStream>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {STREAM_COLUMNS} FROM ssf_tx_streams ORDER BY client, created, stream_id LIMIT 1000"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stream_of).collect()
+    }
+
     /// Every stream of `client`, oldest first.
     pub async fn ssf_tx_streams(&self, client: &str) -> Result<Vec<TxStream>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -404,16 +414,19 @@ impl Store {
         Ok(n)
     }
 
-    /// SETs a stream's receiver refused, newest first: `(jti, err,
+    /// The newest `limit` SETs a stream's receiver refused: `(jti, err,
     /// description, at)`.
     pub async fn ssf_tx_refused(
         &self,
         stream_id: &str,
+        limit: usize,
     ) -> Result<Vec<(String, String, String, u64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT jti, err, description, at FROM ssf_tx_refused WHERE stream_id = $1 ORDER BY at DESC, jti",
+            "SELECT jti, err, description, at FROM ssf_tx_refused WHERE stream_id = $1 \
+             ORDER BY at DESC, jti LIMIT $2",
         )
         .bind(stream_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

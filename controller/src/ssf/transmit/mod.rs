@@ -682,3 +682,47 @@ pub(crate) async fn verify(
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// `GET /v1/admin/ssf/streams` (the admin token): every receiver's
+/// streams (at most 1,000) with what an operator needs to see one that is
+/// stuck: status, delivery (never the receiver's authorization header),
+/// events delivered, SETs queued, dropped from a full queue, push failures
+/// in a row and the next try, and the last ten SETs the receiver refused.
+pub(crate) async fn admin_streams(
+    State(app): State<Arc<App>>,
+    peer: crate::tls::Peer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::api::admin(&app, &headers, &peer)?;
+    let mut out = Vec::new();
+    for s in app.store.ssf_tx_all_streams().await? {
+        let config: Value = serde_json::from_str(&s.config).unwrap_or(json!({}));
+        let refused: Vec<Value> = app
+            .store
+            .ssf_tx_refused(&s.stream_id, 10)
+            .await?
+            .into_iter()
+            .map(|(jti, err, description, at)| {
+                json!({"jti": jti, "err": err, "description": description, "at": at})
+            })
+            .collect();
+        out.push(json!({
+            "stream_id": s.stream_id,
+            "receiver": s.client,
+            "status": s.status,
+            "reason": s.reason,
+            "delivery": {
+                "method": config["delivery"]["method"],
+                "endpoint_url": config["delivery"]["endpoint_url"],
+            },
+            "events_delivered": events::delivered(&config),
+            "all_subjects": s.all_subjects,
+            "queued": app.store.ssf_tx_queued(&s.stream_id).await?,
+            "dropped": s.dropped,
+            "failures": s.failures,
+            "next_try_ms": s.next_try,
+            "refused": refused,
+        }));
+    }
+    Ok(json_response(StatusCode::OK, json!({"streams": out})))
+}
