@@ -1373,6 +1373,17 @@ async fn a_set_refused_with_400_is_not_pushed_again() {
         2,
         "each pushed once"
     );
+    let (_, all) = raw(
+        reqwest::Method::GET,
+        c.url("/v1/admin/ssf/streams"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let s = &all["streams"][0];
+    assert_eq!((&s["queued"], &s["failures"]), (&json!(0), &json!(0)));
+    assert_eq!(s["refused"].as_array().unwrap().len(), 2);
+    assert_eq!(s["refused"][0]["err"], "invalid_audience");
     assert!(receiver.events(SESSION_REVOKED).is_empty());
     assert!(!c.metrics().await.contains("result=\"retry\""));
     c.stop().await;
