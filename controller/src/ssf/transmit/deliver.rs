@@ -239,8 +239,8 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
         };
         let now = now_secs();
         match outcome {
+            // Counted once recorded: what the metric says the store holds.
             Pushed::Taken => {
-                count(app, receiver, "delivered", 1);
                 if let Err(e) = app
                     .store
                     .ssf_tx_done(&stream.stream_id, &set.jti, None, now)
@@ -249,9 +249,9 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
                     tracing::warn!(error = %e, "SSF transmitter: delivery not recorded; sent again");
                     return;
                 }
+                count(app, receiver, "delivered", 1);
             }
             Pushed::Refused(err, description) => {
-                count(app, receiver, "refused", 1);
                 tracing::warn!(
                     receiver,
                     stream = stream.stream_id,
@@ -268,9 +268,9 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
                     tracing::warn!(error = %e, "SSF transmitter: refusal not recorded");
                     return;
                 }
+                count(app, receiver, "refused", 1);
             }
             Pushed::Retry(why) => {
-                count(app, receiver, "retry", 1);
                 let failures = stream.failures.min(30);
                 let wait = tx
                     .retry_min_ms
@@ -290,6 +290,7 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
                 {
                     tracing::warn!(error = %e, "SSF transmitter: back-off not recorded");
                 }
+                count(app, receiver, "retry", 1);
                 return;
             }
         }
