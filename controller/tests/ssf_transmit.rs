@@ -229,13 +229,17 @@ async fn processor_for(
 }
 
 impl Receiver {
-    async fn start(metadata: &SsfTransmitterMetadataResolver) -> Receiver {
-        Receiver::start_for(metadata, AUDIENCE).await
+    async fn start(c: &Controller, metadata: &SsfTransmitterMetadataResolver) -> Receiver {
+        Receiver::start_for(c, metadata, AUDIENCE).await
     }
 
     /// A receiver that takes SETs for `audience` only (and answers others
     /// `400 invalid_audience`).
-    async fn start_for(metadata: &SsfTransmitterMetadataResolver, audience: &str) -> Receiver {
+    async fn start_for(
+        c: &Controller,
+        metadata: &SsfTransmitterMetadataResolver,
+        audience: &str,
+    ) -> Receiver {
         let taken = Arc::new(Mutex::new(Vec::new()));
         let handler = SsfPushHandler::new(
             processor_for(metadata, Arc::clone(&taken), audience).await,
@@ -243,7 +247,14 @@ impl Receiver {
         );
         let pushes = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(AtomicUsize::new(0));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = c
+            .receiver_listener
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one receiver per controller");
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().route(
             "/push",
@@ -299,6 +310,8 @@ impl Receiver {
 
 struct Controller {
     addr: SocketAddr,
+    /// Where its receiver's push endpoint listens (the one allowed).
+    receiver_listener: Mutex<Option<std::net::TcpListener>>,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -333,13 +346,17 @@ impl Controller {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let issuer = issuer.map_or_else(|| format!("http://{addr}"), str::to_owned);
+        // The test receiver's port, held from now: its push endpoints are
+        // the only ones allowed.
+        let receiver_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let receiver_addr = receiver_listener.local_addr().unwrap();
         let toml = format!(
             "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{node}\"\n\
              [signing]\nissuer = {issuer:?}\nkey_files = [{signing_key:?}]\n\
              [ssf_transmitter]\nretry_min_ms = 100\nretry_max_seconds = 1\nredeliver_seconds = 1\n{extra}\n\
              [[ssf_transmitter.receivers]]\nname = \"idp\"\ntoken_file = \"idp.token\"\naudience = {AUDIENCE:?}\n\
-             push_endpoints = [\"http://127.0.0.1:\"]\n\
+             push_endpoints = [\"http://{receiver_addr}/\"]\n\
              [[ssf_transmitter.receivers]]\nname = \"other\"\ntoken_file = \"other.token\"\n{top}",
             node = hex::encode(vigil_controller::config::token_hash(NODE)),
             signing_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-test.pem"),
@@ -359,6 +376,7 @@ impl Controller {
         });
         let c = Controller {
             addr,
+            receiver_listener: Mutex::new(Some(receiver_listener)),
             _dir: dir,
             stop: Some(stop),
             task,
@@ -472,7 +490,7 @@ async fn an_admin_revocation_reaches_a_pushed_and_a_polled_receiver() {
             ]
         );
         assert_eq!(m.claims()["spec_version"], "1_0");
-        let receiver = Receiver::start(&metadata).await;
+        let receiver = Receiver::start(&c, &metadata).await;
         let streams = c.streams(&metadata, IDP_TOKEN);
         let push = streams
             .create_stream(&SsfStreamConfiguration::push(
@@ -677,19 +695,34 @@ async fn streams_belong_to_their_receiver() {
     );
     let (status, list) = raw(Method::GET, streams.clone(), Some(OTHER_TOKEN), None).await;
     assert_eq!((status, list), (200, json!([])));
-    // Pushing to anywhere else than its allowed prefixes.
-    let elsewhere = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": "http://10.0.0.1/admin"}});
-    assert_eq!(
-        raw(
-            Method::POST,
-            streams.clone(),
-            Some(IDP_TOKEN),
-            Some(elsewhere)
-        )
-        .await
-        .0,
-        400
+    // Pushing anywhere but under its allowed endpoint: another host,
+    // another port of the same host, a look-alike host, user info.
+    let allowed = c
+        .receiver_listener
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for elsewhere in [
+        "http://10.0.0.1/admin".to_owned(),
+        format!("http://127.0.0.1:{}/push", allowed.port() ^ 1),
+        format!("http://127.0.0.1.nip.io:{}/push", allowed.port()),
+        format!("http://user@{allowed}/push"),
+    ] {
+        let body = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": elsewhere}});
+        let (status, _) = raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(body)).await;
+        assert_eq!(status, 400, "{elsewhere}");
+    }
+    let here = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": format!("http://{allowed}/push")}});
+    let (status, pushing) = raw(Method::POST, streams.clone(), Some(IDP_TOKEN), Some(here)).await;
+    assert_eq!(status, 201, "{pushing}");
+    let q2 = format!(
+        "{streams}?stream_id={}",
+        pushing["stream_id"].as_str().unwrap()
     );
+    assert_eq!(raw(Method::DELETE, q2, Some(IDP_TOKEN), None).await.0, 204);
     let (status, _) = raw(
         Method::POST,
         streams.clone(),
@@ -747,7 +780,7 @@ async fn subjects_filter_and_a_pause_keeps_events() {
         let c = Controller::start(&db.url(), "default_subjects = \"NONE\"").await;
         let metadata = c.metadata();
         assert_eq!(metadata.resolve().await.unwrap().claims()["default_subjects"], "NONE");
-        let receiver = Receiver::start(&metadata).await;
+        let receiver = Receiver::start(&c, &metadata).await;
         let streams = c.streams(&metadata, IDP_TOKEN);
         let s = streams
             .create_stream(&SsfStreamConfiguration::push(&receiver.url(), Some(PUSH_AUTH), &requested(), None))
@@ -823,7 +856,7 @@ async fn a_failing_receiver_gets_the_set_again_after_back_off() {
         let db = Db::new(postgres).await;
         let c = Controller::start(&db.url(), "").await;
         let metadata = c.metadata();
-        let receiver = Receiver::start(&metadata).await;
+        let receiver = Receiver::start(&c, &metadata).await;
         receiver.fail.store(3, Ordering::SeqCst);
         c.streams(&metadata, IDP_TOKEN)
             .create_stream(&SsfStreamConfiguration::push(
@@ -901,7 +934,7 @@ async fn a_confirmed_compromise_is_sent_once_and_a_session_names_its_user() {
         let db = Db::new(postgres).await;
         let c = Controller::start(&db.url(), "").await;
         let metadata = c.metadata();
-        let receiver = Receiver::start(&metadata).await;
+        let receiver = Receiver::start(&c, &metadata).await;
         let compromise =
             "https://schemas.openid.net/secevent/risc/event-type/credential-compromise";
         c.streams(&metadata, IDP_TOKEN)
@@ -1016,7 +1049,7 @@ async fn replicas_deliver_each_set_once() {
     let a = Controller::start(&db.url(), "").await;
     let b = Controller::start_as(&db.url(), "", Some(&a.issuer())).await;
     let metadata = a.metadata();
-    let receiver = Receiver::start(&metadata).await;
+    let receiver = Receiver::start(&a, &metadata).await;
     a.streams(&metadata, IDP_TOKEN)
         .create_stream(&SsfStreamConfiguration::push(
             &receiver.url(),
@@ -1340,7 +1373,7 @@ async fn a_set_refused_with_400_is_not_pushed_again() {
     let c = Controller::start(&db.url(), "").await;
     let metadata = c.metadata();
     // It expects another audience: each SET is answered 400 invalid_audience.
-    let receiver = Receiver::start_for(&metadata, "https://another.example").await;
+    let receiver = Receiver::start_for(&c, &metadata, "https://another.example").await;
     c.streams(&metadata, IDP_TOKEN)
         .create_stream(&SsfStreamConfiguration::push(
             &receiver.url(),
@@ -1415,7 +1448,7 @@ async fn a_partners_revocation_is_passed_on_once() {
     );
     let c = Controller::start_with(&db.url(), "", &extra).await;
     let metadata = c.metadata();
-    let receiver = Receiver::start(&metadata).await;
+    let receiver = Receiver::start(&c, &metadata).await;
     c.streams(&metadata, IDP_TOKEN)
         .create_stream(&SsfStreamConfiguration::push(
             &receiver.url(),

@@ -100,9 +100,10 @@ pub struct Receiver {
     pub audience: String,
     /// How users are named to it.
     pub subject: UserSubject,
-    /// URL prefixes its push endpoints must start with: the controller
-    /// posts nowhere else on its behalf. Empty: push is refused.
-    pub push_endpoints: Vec<String>,
+    /// Where its push endpoints may be: the same scheme, host and port,
+    /// and a path under this one (by whole segments). The controller posts
+    /// nowhere else on its behalf. Empty: push is refused.
+    pub push_endpoints: Vec<url::Url>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -388,11 +389,22 @@ pub fn load(
                  without it only \"opaque_key\" (the user's keyed hash) can be sent"
             ));
         }
+        let mut push_endpoints = Vec::new();
         for (j, p) in r.push_endpoints.iter().enumerate() {
-            if !http_url(p) {
-                problems.push(format!(
-                    "{at}.push_endpoints[{j}]: {p:?}: expected an https:// URL prefix"
-                ));
+            match url::Url::parse(p) {
+                Ok(u)
+                    if matches!(u.scheme(), "https" | "http")
+                        && u.host().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                        && u.query().is_none()
+                        && u.fragment().is_none() =>
+                {
+                    push_endpoints.push(u);
+                }
+                _ => problems.push(format!(
+                    "{at}.push_endpoints[{j}]: {p:?}: expected an https:// URL (scheme, host, port and a path the endpoints are under; no query)"
+                )),
             }
         }
         if problems.len() == start {
@@ -402,7 +414,7 @@ pub fn load(
                 client_id: r.client_id.clone(),
                 audience,
                 subject,
-                push_endpoints: r.push_endpoints.clone(),
+                push_endpoints,
             });
         }
     }

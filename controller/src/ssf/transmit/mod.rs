@@ -289,11 +289,10 @@ fn receiver_supplied(
                     .ok_or_else(|| bad("delivery.endpoint_url is required for push"))?;
                 let parsed =
                     url::Url::parse(url).map_err(|_| bad("delivery.endpoint_url is not a URL"))?;
-                let allowed = matches!(parsed.scheme(), "https" | "http")
-                    && receiver
-                        .push_endpoints
-                        .iter()
-                        .any(|p| parsed.as_str().starts_with(p.as_str()));
+                let allowed = receiver
+                    .push_endpoints
+                    .iter()
+                    .any(|p| endpoint_under(p, &parsed));
                 if !allowed {
                     return Err(bad(
                         "delivery.endpoint_url is not one this receiver may push to (push_endpoints)",
@@ -323,6 +322,22 @@ fn receiver_supplied(
         out.insert("events_requested".into(), json!([]));
     }
     Ok(out)
+}
+
+/// Whether `url` is under `allowed`: the same scheme, host and port (a
+/// string prefix would let `https://idp.example` reach
+/// `https://idp.example.evil.net`), no user info, and a path under the
+/// allowed one by whole segments.
+fn endpoint_under(allowed: &url::Url, url: &url::Url) -> bool {
+    let (base, path) = (allowed.path(), url.path());
+    let under = path.starts_with(base)
+        && (base.ends_with('/') || path.len() == base.len() || path[base.len()..].starts_with('/'));
+    url.scheme() == allowed.scheme()
+        && url.host_str() == allowed.host_str()
+        && url.port_or_known_default() == allowed.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && under
 }
 
 /// A stream's configuration as the receiver reads it (SSF 1.0 §8.1.1):
@@ -725,4 +740,31 @@ pub(crate) async fn admin_streams(
         }));
     }
     Ok(json_response(StatusCode::OK, json!({"streams": out})))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::endpoint_under;
+
+    #[test]
+    fn a_push_endpoint_is_under_an_allowed_one_by_origin_and_whole_segments() {
+        let allowed = url::Url::parse("https://idp.example/ssf").unwrap();
+        let ok = |u: &str| endpoint_under(&allowed, &url::Url::parse(u).unwrap());
+        assert!(ok("https://idp.example/ssf"));
+        assert!(ok("https://idp.example/ssf/push/1"));
+        assert!(ok("https://idp.example:443/ssf/x"));
+        assert!(!ok("https://idp.example.evil.net/ssf"));
+        assert!(!ok("https://idp.example/ssfevil"));
+        assert!(!ok("https://idp.example:8443/ssf"));
+        assert!(!ok("http://idp.example/ssf"));
+        assert!(!ok("https://user:pw@idp.example/ssf"));
+        assert!(!ok("https://other.example/ssf"));
+        let root = url::Url::parse("https://idp.example").unwrap();
+        assert!(endpoint_under(
+            &root,
+            &url::Url::parse("https://idp.example/any/path").unwrap()
+        ));
+    }
 }
