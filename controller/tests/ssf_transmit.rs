@@ -1541,3 +1541,80 @@ fn a_bad_transmitter_config_names_every_problem() {
         assert!(text.contains(key), "{key} in:\n{text}");
     }
 }
+
+/// A measurement, not a check (`cargo test --test ssf_transmit -- --ignored
+/// --nocapture delivery_rate`): `N` user revocations committed through the
+/// admin API, 8 at a time, and the time until a push receiver that
+/// answers 202 at once (no verification: the transmitter is measured) has
+/// them all. Prints SETs per second.
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn delivery_rate() {
+    const N: usize = 500;
+    for postgres in [false, true] {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url(), "").await;
+        let listener = c.receiver_listener.lock().unwrap().take().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/push",
+            axum::routing::post({
+                let got = Arc::clone(&got);
+                move || {
+                    got.fetch_add(1, Ordering::SeqCst);
+                    async { axum::http::StatusCode::ACCEPTED }
+                }
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (status, _) = raw(
+            reqwest::Method::POST,
+            c.url("/v1/ssf/streams"),
+            Some(IDP_TOKEN),
+            Some(json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": format!("http://{addr}/push")},
+                        "events_requested": [SESSION_REVOKED]})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let started = std::time::Instant::now();
+        let url = c.url("/v1/admin/users/revoke");
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let url = url.clone();
+            workers.push(tokio::spawn(async move {
+                for i in (w..N).step_by(8) {
+                    let r = client()
+                        .post(&url)
+                        .bearer_auth(ADMIN)
+                        .header("content-type", "application/json")
+                        .body(json!({"user": format!("u{i}")}).to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let committed = started.elapsed();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while got.load(Ordering::SeqCst) < N {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all = started.elapsed();
+        println!(
+            "{}: {N} revocations committed in {committed:?}; all {N} SETs pushed after {all:?}: {:.0} SETs/s",
+            if postgres { "PostgreSQL" } else { "SQLite" },
+            N as f64 / all.as_secs_f64()
+        );
+        server.abort();
+        c.stop().await;
+        db.drop_db().await;
+    }
+}

@@ -14,14 +14,18 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{POLL, PUSH, authenticated, bad, body_of, events, json_response, owned, sign};
+use super::{POLL, PUSH, authenticated, bad, body_of, events, json_response, owned};
 use crate::api::{ApiError, App, now_secs};
 use crate::store::ssf_tx::TxStream;
 
 /// Changes read per fan-out transaction.
 const FAN_OUT_BATCH: usize = 500;
-/// SETs pushed per stream per round, in order.
-const PUSH_BATCH: usize = 50;
+/// SETs pushed per stream per round.
+const PUSH_BATCH: usize = 64;
+/// SETs of one stream pushed at once (RFC 8935 carries one SET a
+/// request; a receiver deduplicates by `jti`, and SETs are independent:
+/// order within a group is not kept).
+const IN_FLIGHT: usize = 8;
 /// How long a controller holds a stream's pushes.
 const LEASE: Duration = Duration::from_secs(60);
 /// The deliverer looks at least this often (other replicas' commits
@@ -202,17 +206,22 @@ enum Pushed {
     Retry(String),
 }
 
-async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
+/// Pushes the head of a stream's queue, [`IN_FLIGHT`] SETs at a time:
+/// each taken or refused leaves the queue; a failure sets the stream's
+/// back-off and ends the round (the others of its group are recorded).
+async fn push_stream(app: &Arc<App>, stream: &TxStream, config: &Value) {
     let Some(tx) = app.config.ssf_tx.as_ref() else {
         return;
     };
-    let Some(http) = app.ssf_tx.client.as_ref() else {
+    let Some(http) = app.ssf_tx.client.clone() else {
         return;
     };
     let Some(url) = config["delivery"]["endpoint_url"].as_str() else {
         return;
     };
-    let authorization = config["delivery"]["authorization_header"].as_str();
+    let authorization = config["delivery"]["authorization_header"]
+        .as_str()
+        .map(str::to_owned);
     let receiver = stream.client.as_str();
     let queued = match app
         .store
@@ -226,73 +235,94 @@ async fn push_stream(app: &App, stream: &TxStream, config: &Value) {
         }
     };
     let started = tokio::time::Instant::now();
-    for set in queued {
+    for group in queued.chunks(IN_FLIGHT) {
         // Well inside the lease: no other controller pushes this stream
         // while this one may still be.
         if started.elapsed() > LEASE / 2 {
             return;
         }
-        let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
-        let outcome = match sign(app, claims) {
-            Ok(jwt) => push_one(http, url, authorization, jwt).await,
-            Err(e) => Pushed::Retry(format!("not signed: {e}")),
-        };
-        let now = now_secs();
-        match outcome {
-            // Counted once recorded: what the metric says the store holds.
-            Pushed::Taken => {
-                if let Err(e) = app
-                    .store
-                    .ssf_tx_done(&stream.stream_id, &set.jti, None, now)
-                    .await
-                {
-                    tracing::warn!(error = %e, "SSF transmitter: delivery not recorded; sent again");
-                    return;
+        let mut pushes = tokio::task::JoinSet::new();
+        for (i, set) in group.iter().enumerate() {
+            let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
+            let (app, http, url, authorization) = (
+                Arc::clone(app),
+                http.clone(),
+                url.to_owned(),
+                authorization.clone(),
+            );
+            pushes.spawn(async move {
+                let outcome = match super::sign_off_runtime(&app, claims).await {
+                    Ok(jwt) => push_one(&http, &url, authorization.as_deref(), jwt).await,
+                    Err(e) => Pushed::Retry(format!("not signed: {e}")),
+                };
+                (i, outcome)
+            });
+        }
+        let mut outcomes: Vec<(usize, Pushed)> = pushes.join_all().await;
+        outcomes.sort_by_key(|(i, _)| *i);
+        let mut failed = None;
+        for (i, outcome) in outcomes {
+            let set = &group[i];
+            let now = now_secs();
+            match outcome {
+                // Counted once recorded: what the metric says the store holds.
+                Pushed::Taken => {
+                    if let Err(e) = app
+                        .store
+                        .ssf_tx_done(&stream.stream_id, &set.jti, None, now)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "SSF transmitter: delivery not recorded; sent again");
+                        return;
+                    }
+                    count(app, receiver, "delivered", 1);
                 }
-                count(app, receiver, "delivered", 1);
-            }
-            Pushed::Refused(err, description) => {
-                tracing::warn!(
-                    receiver,
-                    stream = stream.stream_id,
-                    jti = set.jti,
-                    err,
-                    description,
-                    "SSF receiver refused a SET; not sent again"
-                );
-                if let Err(e) = app
-                    .store
-                    .ssf_tx_done(&stream.stream_id, &set.jti, Some((&err, &description)), now)
-                    .await
-                {
-                    tracing::warn!(error = %e, "SSF transmitter: refusal not recorded");
-                    return;
+                Pushed::Refused(err, description) => {
+                    tracing::warn!(
+                        receiver,
+                        stream = stream.stream_id,
+                        jti = set.jti,
+                        err,
+                        description,
+                        "SSF receiver refused a SET; not sent again"
+                    );
+                    if let Err(e) = app
+                        .store
+                        .ssf_tx_done(&stream.stream_id, &set.jti, Some((&err, &description)), now)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "SSF transmitter: refusal not recorded");
+                        return;
+                    }
+                    count(app, receiver, "refused", 1);
                 }
-                count(app, receiver, "refused", 1);
-            }
-            Pushed::Retry(why) => {
-                let failures = stream.failures.min(30);
-                let wait = tx
-                    .retry_min_ms
-                    .saturating_mul(1u64 << failures)
-                    .min(tx.retry_max_seconds.saturating_mul(1_000));
-                tracing::info!(
-                    receiver,
-                    stream = stream.stream_id,
-                    why,
-                    retry_in_ms = wait,
-                    "SSF push failed; tried again after back-off"
-                );
-                if let Err(e) = app
-                    .store
-                    .ssf_tx_failed(&stream.stream_id, now_ms().saturating_add(wait))
-                    .await
-                {
-                    tracing::warn!(error = %e, "SSF transmitter: back-off not recorded");
+                Pushed::Retry(why) => {
+                    count(app, receiver, "retry", 1);
+                    failed.get_or_insert(why);
                 }
-                count(app, receiver, "retry", 1);
-                return;
             }
+        }
+        if let Some(why) = failed {
+            let failures = stream.failures.min(30);
+            let wait = tx
+                .retry_min_ms
+                .saturating_mul(1u64 << failures)
+                .min(tx.retry_max_seconds.saturating_mul(1_000));
+            tracing::info!(
+                receiver,
+                stream = stream.stream_id,
+                why,
+                retry_in_ms = wait,
+                "SSF push failed; tried again after back-off"
+            );
+            if let Err(e) = app
+                .store
+                .ssf_tx_failed(&stream.stream_id, now_ms().saturating_add(wait))
+                .await
+            {
+                tracing::warn!(error = %e, "SSF transmitter: back-off not recorded");
+            }
+            return;
         }
     }
 }
@@ -435,7 +465,7 @@ pub async fn poll(
             let mut seqs = Vec::new();
             for set in ready.into_iter().take(usize::try_from(max).unwrap_or(0)) {
                 let claims: Value = serde_json::from_str(&set.claims).unwrap_or(Value::Null);
-                let jwt = sign(&app, claims).map_err(|e| {
+                let jwt = super::sign_off_runtime(&app, claims).await.map_err(|e| {
                     tracing::warn!(error = e, "SSF transmitter: SET not signed");
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,

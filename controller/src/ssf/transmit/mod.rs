@@ -111,6 +111,15 @@ pub fn sign(app: &App, mut claims: Value) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// [`sign`] on a blocking thread: an RSA signature is CPU work the
+/// runtime's threads should not wait on.
+pub async fn sign_off_runtime(app: &Arc<App>, claims: Value) -> Result<String, String> {
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || sign(&app, claims))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
 // === helpers ===
 
 fn not_found() -> ApiError {
