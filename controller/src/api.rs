@@ -854,6 +854,17 @@ async fn events(
             "session records that changed nothing"
         );
     }
+    if taken.unvouched_over_budget > 0 {
+        app.metrics
+            .unvouched
+            .with_label_values(&[node.as_str()])
+            .inc_by(u64::from(taken.unvouched_over_budget));
+        tracing::warn!(
+            node,
+            revocations = taken.unvouched_over_budget,
+            "a node's revocations on its own baselines beyond node_vouched_revocations_per_day: taken unvouched"
+        );
+    }
     for (refusal, n) in taken.refusals() {
         app.metrics.refused(&node, refusal.as_str(), u64::from(n));
         if refusal.is_revocation() {

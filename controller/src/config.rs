@@ -101,6 +101,11 @@ pub struct NodeBudgets {
     /// Users a node may start a fleet history for (users with none yet)
     /// per UTC day (`node_new_users_per_day`, default 20000).
     pub new_users_per_day: u32,
+    /// Revocations a node may have vouched for per UTC day on a baseline
+    /// it recorded itself (`node_vouched_revocations_per_day`, default
+    /// 1000); beyond, they are taken unvouched. Revocations on a baseline
+    /// another node recorded are vouched regardless.
+    pub vouched_revocations_per_day: u32,
 }
 
 impl NodeBudgets {
@@ -137,6 +142,12 @@ impl NodeBudgets {
                 raw.node_new_users_per_day,
                 20_000,
                 10_000_000,
+            ),
+            vouched_revocations_per_day: key(
+                "node_vouched_revocations_per_day",
+                raw.node_vouched_revocations_per_day,
+                1_000,
+                1_000_000,
             ),
         }
     }
@@ -221,6 +232,7 @@ struct Raw {
     node_observations_per_user_per_day: Option<u32>,
     node_new_sessions_per_user_per_day: Option<u32>,
     node_new_users_per_day: Option<u32>,
+    node_vouched_revocations_per_day: Option<u32>,
     #[serde(default)]
     nodes: Vec<RawNode>,
     #[serde(default)]
@@ -738,13 +750,15 @@ mod tests {
                 observations_per_user_per_day: 64,
                 new_sessions_per_user_per_day: 24,
                 new_users_per_day: 20_000,
+                vouched_revocations_per_day: 1_000,
             }
         );
         let e = load(
             "node_revocations_per_minute = 0
 node_observations_per_user_per_day = 100001
              node_new_sessions_per_user_per_day = 0
-node_new_users_per_day = 10000001",
+node_new_users_per_day = 10000001
+node_vouched_revocations_per_day = 0",
         )
         .unwrap_err();
         assert_eq!(
@@ -754,6 +768,7 @@ node_new_users_per_day = 10000001",
                 "node_observations_per_user_per_day: 100001 is out of range; expected 1 to 100000",
                 "node_new_sessions_per_user_per_day: 0 is out of range; expected 1 to 100000",
                 "node_new_users_per_day: 10000001 is out of range; expected 1 to 10000000",
+                "node_vouched_revocations_per_day: 0 is out of range; expected 1 to 1000000",
             ]
         );
     }

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// failed, tried again after back-off), `dropped` (a full queue's
     /// oldest), `polled` (handed out by a poll).
     pub ssf_tx_sets: IntCounterVec,
+    /// Revocations of each node taken unvouched because its daily budget
+    /// of vouching on its own baselines was spent.
+    pub unvouched: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +120,14 @@ impl Metrics {
             &["node", "reason"],
         )?;
         registry.register(Box::new(refused.clone()))?;
+        let unvouched = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_node_revocations_unvouched_total",
+                "A node's revocations on baselines it recorded itself taken unvouched: its node_vouched_revocations_per_day was spent.",
+            ),
+            &["node"],
+        )?;
+        registry.register(Box::new(unvouched.clone()))?;
         registry.register(Box::new(subscribers.clone()))?;
         registry.register(Box::new(frames_sent.clone()))?;
         registry.register(Box::new(changes_sent.clone()))?;
@@ -158,6 +169,7 @@ impl Metrics {
             ssf_sets,
             refused,
             ssf_tx_sets,
+            unvouched,
         })
     }
 

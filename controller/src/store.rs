@@ -189,6 +189,11 @@ pub struct Taken {
     pub learnt: usize,
     /// Events refused by the intake rules, per [`Refusal::ALL`].
     pub refused: [u32; Refusal::ALL.len()],
+    /// Revocations vouched for on a baseline this node recorded itself,
+    /// charged to its `node_vouched_revocations_per_day`.
+    pub vouched_own: u32,
+    /// Revocations taken unvouched because that budget was spent.
+    pub unvouched_over_budget: u32,
 }
 
 impl Taken {
@@ -392,6 +397,11 @@ impl Store {
         let mut histories = Histories::new(node, now, intake.budgets);
         histories.prefetch(&mut tx, events).await?;
         let mut new_ids = take_ids(&mut tx, node, events, now).await?;
+        let day = now / 86_400;
+        let vouched_left = intake
+            .budgets
+            .vouched_revocations_per_day
+            .saturating_sub(vouched_spent(&mut tx, node, day).await?);
         for event in events {
             // Each id once: a second of the same in one batch is a
             // duplicate too.
@@ -433,9 +443,27 @@ impl Store {
                     // made up — and only during a rotation.
                     let judged = match judged {
                         Err(Refusal::NoEvidence | Refusal::OtherSession) if intake.rotating => {
-                            Ok(false)
+                            Ok((false, Poster::Other))
                         }
                         judged => judged,
+                    };
+                    // A vouched revocation on a baseline this node
+                    // recorded itself is the node's word twice over: a
+                    // stolen token could make up the session, its
+                    // baseline, its detection and its revocation in one
+                    // batch. Such vouching is bounded a day; beyond, the
+                    // revocation is taken unvouched — still streamed, kept
+                    // by nodes in the budget that made-up cookies share.
+                    let judged = match judged {
+                        Ok((true, Poster::This)) if taken.vouched_own >= vouched_left => {
+                            taken.unvouched_over_budget += 1;
+                            Ok(false)
+                        }
+                        Ok((true, Poster::This)) => {
+                            taken.vouched_own += 1;
+                            Ok(true)
+                        }
+                        judged => judged.map(|(vouched, _)| vouched),
                     };
                     match judged {
                         Ok(vouched) => changes.push(Change::SessionRevoked {
@@ -618,6 +646,17 @@ impl Store {
         }
         let head = append_in(&mut tx, &changes, now).await?;
         admin::set_baseline_node(&mut tx, node, pending.keys()).await?;
+        if taken.vouched_own > 0 {
+            sqlx::query(
+                "INSERT INTO node_day_budget (node, day, new_users, vouched) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (node, day) DO UPDATE SET vouched = node_day_budget.vouched + excluded.vouched",
+            )
+            .bind(node)
+            .bind(to_i64(day))
+            .bind(i64::from(taken.vouched_own))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok((ack, taken, head))
     }
@@ -1999,7 +2038,8 @@ async fn judge_baseline(
 /// holds it for: the baseline held (recorded by any node) names a user,
 /// and the detection and the revocation name that same user. A
 /// detection, the revocation or the baseline naming different users
-/// refuses it. Returns whether it is vouched, or why it is refused.
+/// refuses it. Returns whether it is vouched and which node recorded the
+/// baseline held, or why it is refused.
 async fn judge_revocation(
     tx: &mut Transaction<'static, Any>,
     node: &str,
@@ -2007,7 +2047,7 @@ async fn judge_revocation(
     session: SessionId,
     user: Option<UserId>,
     reference: Option<&str>,
-) -> Result<Result<bool, Refusal>, StoreError> {
+) -> Result<Result<(bool, Poster), Refusal>, StoreError> {
     let Some(reference) = reference else {
         return Ok(Err(Refusal::NoEvidence));
     };
@@ -2036,17 +2076,33 @@ async fn judge_revocation(
         .try_get::<Option<String>, _>(1)?
         .as_deref()
         .and_then(UserId::parse);
-    let held = match pending.get(&session) {
-        Some(held) => held.user,
-        None => sqlx::query("SELECT user_key FROM session_baselines WHERE session = $1")
-            .bind(session.to_string())
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|row| row.try_get::<Option<String>, _>(0))
-            .transpose()?
-            .flatten()
-            .as_deref()
-            .and_then(UserId::parse),
+    // A baseline taken earlier in this batch is this node's; one held
+    // with no poster recorded (taken before posters were) is counted as
+    // this node's too: the budget, not the benefit of the doubt.
+    let (held, poster) = match pending.get(&session) {
+        Some(held) => (held.user, Poster::This),
+        None => {
+            let row =
+                sqlx::query("SELECT user_key, node FROM session_baselines WHERE session = $1")
+                    .bind(session.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            match row {
+                None => (None, Poster::This),
+                Some(row) => {
+                    let user = row
+                        .try_get::<Option<String>, _>(0)?
+                        .as_deref()
+                        .and_then(UserId::parse);
+                    let by = row.try_get::<Option<String>, _>(1)?;
+                    let poster = match by {
+                        Some(by) if by != node => Poster::Other,
+                        _ => Poster::This,
+                    };
+                    (user, poster)
+                }
+            }
+        }
     };
     let named = [held, detected_user, user];
     let mut users = named.iter().flatten();
@@ -2055,7 +2111,37 @@ async fn judge_revocation(
     {
         return Ok(Err(Refusal::OtherUser));
     }
-    Ok(Ok(held.is_some() && named.iter().all(Option::is_some)))
+    Ok(Ok((
+        held.is_some() && named.iter().all(Option::is_some),
+        poster,
+    )))
+}
+
+/// Which node recorded the baseline a revocation is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poster {
+    /// The node posting the revocation (or no baseline, or none named).
+    This,
+    /// Another node.
+    Other,
+}
+
+/// Revocations `node` had vouched for on its own baselines on `day`.
+async fn vouched_spent(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    day: u64,
+) -> Result<u32, StoreError> {
+    Ok(
+        sqlx::query("SELECT vouched FROM node_day_budget WHERE node = $1 AND day = $2")
+            .bind(node)
+            .bind(to_i64(day))
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()?
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    )
 }
 
 /// Counts the nodes that caught the user (enforced detections) within the

@@ -1460,6 +1460,101 @@ async fn a_stolen_node_token_cannot_end_a_session_it_never_caught() {
     .await;
 }
 
+/// The attack: node B's token is stolen, and the thief files vouched
+/// revocations of sessions it makes up — in one batch a baseline naming a
+/// user, a detection of it and its revocation — to fill every node's main
+/// revocation store, which nothing evicts but age. Vouching on a baseline
+/// the revoking node recorded itself is bounded a day
+/// (`node_vouched_revocations_per_day`, 2 here): the third is taken
+/// unvouched, still ended, counted and logged. A thief B catches on a
+/// session whose baseline node A recorded is vouched for whatever B spent.
+#[tokio::test]
+async fn a_stolen_node_token_cannot_fill_the_fleets_revocation_store() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start_with(&db.url(), "node_vouched_revocations_per_day = 2").await;
+        let store = Store::open(&db.url()).await.unwrap();
+        let a = engine();
+        let zed = user_key("zed");
+        let mut made_up = Vec::new();
+        for i in 0..3 {
+            let rec = record(
+                &a,
+                &format!("made-up-{i}"),
+                FIREFOX,
+                "81.2.69.10",
+                Some("zed"),
+                now() - 20,
+            );
+            let key = SessionId(rec.0[..16].try_into().unwrap());
+            let reference = format!("ref-{i}");
+            assert_eq!(
+                ack_of(
+                    &c,
+                    NODE_B,
+                    vec![
+                        baseline(&format!("b-{i}-1"), &rec, false),
+                        evidence(
+                            &format!("b-{i}-2"),
+                            &reference,
+                            Some(key),
+                            Some(zed),
+                            "revoke",
+                            true
+                        ),
+                        revocation(&format!("b-{i}-3"), key, Some(zed), Some(&reference)),
+                    ],
+                )
+                .await,
+                EventAck {
+                    accepted: 3,
+                    ..EventAck::default()
+                },
+                "made-up session {i}"
+            );
+            made_up.push(key);
+        }
+        // The real case, after B's budget is spent: pia's baseline is A's.
+        let pia = user_key("pia");
+        let owners = record(&a, "s-pia", FIREFOX, "81.2.69.11", Some("pia"), now() - 20);
+        let key = SessionId(owners.0[..16].try_into().unwrap());
+        ack_of(&c, NODE_A, vec![baseline("a-1", &owners, false)]).await;
+        ack_of(
+            &c,
+            NODE_B,
+            vec![
+                evidence("b-9", "ref-pia", Some(key), Some(pia), "revoke", true),
+                revocation("b-10", key, Some(pia), Some("ref-pia")),
+            ],
+        )
+        .await;
+        assert_eq!(
+            revocations_in_log(&store).await,
+            vec![
+                (made_up[0], true),
+                (made_up[1], true),
+                (made_up[2], false),
+                (key, true)
+            ]
+        );
+        let text = metrics(&c).await;
+        assert_eq!(
+            metric(
+                &text,
+                "vigil_controller_node_revocations_unvouched_total{node=\"b\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(
+            !text.contains("vigil_controller_node_events_refused_total{"),
+            "nothing was refused"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 /// What must keep working: pia signs in on node A (A's baseline); a thief
 /// replays her cookie on node B, which never recorded the session; B's
 /// decision revokes it, and B posts its detection and the revocation in

@@ -1618,3 +1618,55 @@ async fn delivery_rate() {
         db.drop_db().await;
     }
 }
+
+/// A backup carries the transmitter: a stream, its queued SETs and the
+/// cursor, so that a restored controller neither loses nor re-sends them.
+#[tokio::test]
+async fn a_copied_store_keeps_streams_queues_and_the_cursor() {
+    let from = Db::new(false).await;
+    let c = Controller::start(&from.url(), "").await;
+    let (_, s) = raw(
+        reqwest::Method::POST,
+        c.url("/v1/ssf/streams"),
+        Some(IDP_TOKEN),
+        Some(json!({"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": [SESSION_REVOKED]})),
+    )
+    .await;
+    let id = s["stream_id"].as_str().unwrap().to_owned();
+    c.revoke("alice").await;
+    let enqueued = "vigil_controller_ssf_tx_sets_total{receiver=\"idp\",result=\"enqueued\"} 1";
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !c.metrics().await.contains(enqueued) {
+        assert!(tokio::time::Instant::now() < deadline, "enqueued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop().await;
+    let to = Db::new(true).await;
+    let (a, b) = (
+        vigil_controller::store::Store::open(&from.url())
+            .await
+            .unwrap(),
+        vigil_controller::store::Store::open(&to.url())
+            .await
+            .unwrap(),
+    );
+    vigil_controller::copy::copy(&a, &b).await.unwrap();
+    assert_eq!(b.ssf_tx_stream(&id).await.unwrap().unwrap().client, "idp");
+    assert_eq!(b.ssf_tx_queued(&id).await.unwrap(), 1);
+    // The cursor came too: the restored controller sends alice's SET
+    // once (it is queued), not twice.
+    let c = Controller::start(&to.url(), "").await;
+    let sets = poll(&c, &id, json!({"returnImmediately": true})).await;
+    assert_eq!(sets.len(), 1);
+    c.revoke("marker").await;
+    let ack: Vec<&String> = sets.keys().collect();
+    let sets = poll(&c, &id, json!({"ack": ack})).await;
+    let subs: Vec<Value> = sets
+        .values()
+        .map(|j| payload(j.as_str().unwrap())["sub_id"].clone())
+        .collect();
+    assert_eq!(subs, vec![opaque_user("marker")]);
+    c.stop().await;
+    from.drop_db().await;
+    to.drop_db().await;
+}

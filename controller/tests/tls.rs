@@ -129,10 +129,11 @@ fn write_config(dir: &Path, pki: &Pki, store: &str, addr: SocketAddr) -> std::pa
 impl Controller {
     async fn start(pki: &Pki, store: Option<&str>) -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Held until the controller takes it: a port released and bound
+        // again later could be taken in between by another test.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        held.set_nonblocking(true).unwrap();
+        let addr = held.local_addr().unwrap();
         let store = store.map_or_else(
             || format!("sqlite://{}", dir.path().join("controller.db").display()),
             str::to_owned,
@@ -141,9 +142,13 @@ impl Controller {
         let config = vigil_controller::Config::load(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            vigil_controller::run(config, async {
-                let _ = stopped.await;
-            })
+            vigil_controller::run_on(
+                tokio::net::TcpListener::from_std(held).unwrap(),
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
             .unwrap();
         });

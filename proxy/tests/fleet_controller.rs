@@ -691,10 +691,11 @@ impl GappyFleet {
         let key = dir.path().join("fleet-hash.key");
         std::fs::write(&key, "5a".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
-        let controller = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Held until the controller takes it: a port released and bound
+        // again later could be taken in between by another test.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        held.set_nonblocking(true).unwrap();
+        let controller = held.local_addr().unwrap();
         let config = dir.path().join("controller.toml");
         std::fs::write(
             &config,
@@ -710,9 +711,13 @@ impl GappyFleet {
         config.test_drop_seq = Some(drop_seq);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            vigil_controller::run(config, async {
-                let _ = stopped.await;
-            })
+            vigil_controller::run_on(
+                tokio::net::TcpListener::from_std(held).unwrap(),
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
             .unwrap();
         });

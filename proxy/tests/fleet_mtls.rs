@@ -69,10 +69,11 @@ async fn a_node_known_by_its_certificate_syncs_over_mutual_tls_and_obeys_a_revoc
     );
     std::fs::write(d.join("server-ca.pem"), server_ca.pem()).unwrap();
     std::fs::write(d.join("node-ca.pem"), node_ca.pem()).unwrap();
-    let controller = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held until the controller takes it: a port released and bound
+    // again later could be taken in between by another test.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    held.set_nonblocking(true).unwrap();
+    let controller = held.local_addr().unwrap();
     std::fs::write(
         d.join("controller.toml"),
         format!(
@@ -85,9 +86,13 @@ async fn a_node_known_by_its_certificate_syncs_over_mutual_tls_and_obeys_a_revoc
     let config = vigil_controller::Config::load(&d.join("controller.toml")).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        vigil_controller::run(config, async {
-            let _ = stopped.await;
-        })
+        vigil_controller::run_on(
+            tokio::net::TcpListener::from_std(held).unwrap(),
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await
         .unwrap();
     });

@@ -42,10 +42,11 @@ impl Fleet {
         std::fs::write(&key, "5a".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let controller = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // Held until the controller takes it: a port released and bound
+        // again later could be taken in between by another test.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        held.set_nonblocking(true).unwrap();
+        let controller = held.local_addr().unwrap();
         let config = dir.path().join("controller.toml");
         std::fs::write(
             &config,
@@ -61,9 +62,13 @@ impl Fleet {
         let config = vigil_controller::Config::load(&config).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            vigil_controller::run(config, async {
-                let _ = stopped.await;
-            })
+            vigil_controller::run_on(
+                tokio::net::TcpListener::from_std(held).unwrap(),
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
             .unwrap();
         });
