@@ -93,3 +93,7 @@ CREATE TABLE ssf_tx_recent (
     at BIGINT NOT NULL,
     PRIMARY KEY (stream_id, subject)
 );
+
+-- A revoked session's detection is looked up by session for each
+-- revocation the transmitter sends (its rule and reasons).
+CREATE INDEX detections_session ON detections (session);
