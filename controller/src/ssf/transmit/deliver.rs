@@ -5,6 +5,7 @@
 //! it (a push's `400`, a poll's `setErrs`, recorded); any other answer is
 //! tried again after an exponential back-off.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -76,16 +77,36 @@ pub async fn run(app: Weak<App>) {
         Some(a) => (Arc::clone(&a.ssf_tx.wake), a.tail.subscribe()),
         None => return,
     };
+    // Each stream's pushes run on a task of their own, so that a slow
+    // receiver holds up neither the fan-out nor the other streams; owned
+    // here, so that they end with this loop.
+    let mut pushing: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    let mut in_flight: InFlight = HashMap::new();
+    let ended = |in_flight: &mut InFlight,
+                 done: Result<(tokio::task::Id, ()), tokio::task::JoinError>| {
+        // A task that ended any way (a panic included) frees its stream.
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        in_flight.remove(&id);
+    };
     loop {
+        while let Some(done) = pushing.try_join_next_with_id() {
+            ended(&mut in_flight, done);
+        }
         {
             let Some(app) = app.upgrade() else { return };
             fan_out(&app).await;
-            push_due(&app).await;
+            push_due(&app, &mut pushing, &mut in_flight).await;
         }
         tokio::select! {
             _ = published.recv() => {}
             () = wake.notified() => {}
             () = tokio::time::sleep(TICK) => {}
+            Some(done) = pushing.join_next_with_id(), if !pushing.is_empty() => {
+                ended(&mut in_flight, done);
+            }
         }
     }
 }
@@ -151,9 +172,14 @@ pub async fn fan_out(app: &App) {
     }
 }
 
-/// Pushes what is due on every push stream whose lease this controller
-/// takes, one task per stream.
-async fn push_due(app: &Arc<App>) {
+/// Starts pushing what is due on every push stream whose lease this
+/// controller takes and that it is not pushing already, one task per
+/// stream.
+async fn push_due(
+    app: &Arc<App>,
+    pushing: &mut tokio::task::JoinSet<()>,
+    in_flight: &mut InFlight,
+) {
     let now = now_ms();
     let due = match app.store.ssf_tx_due(&app.ssf_tx.owner, now).await {
         Ok(d) => d,
@@ -162,8 +188,11 @@ async fn push_due(app: &Arc<App>) {
             return;
         }
     };
-    let mut tasks = tokio::task::JoinSet::new();
     for stream in due {
+        // Being pushed by this controller already (its lease is ours).
+        if in_flight.values().any(|s| *s == stream.stream_id) {
+            continue;
+        }
         let config: Value = serde_json::from_str(&stream.config).unwrap_or(Value::Null);
         if config["delivery"]["method"].as_str() != Some(PUSH) {
             continue;
@@ -182,7 +211,8 @@ async fn push_due(app: &Arc<App>) {
             }
         }
         let app = Arc::clone(app);
-        tasks.spawn(async move {
+        let id = stream.stream_id.clone();
+        let task = pushing.spawn(async move {
             push_stream(&app, &stream, &config).await;
             if let Err(e) = app
                 .store
@@ -192,9 +222,12 @@ async fn push_due(app: &Arc<App>) {
                 tracing::warn!(error = %e, "SSF transmitter: lease not released");
             }
         });
+        in_flight.insert(task.id(), id);
     }
-    while tasks.join_next().await.is_some() {}
 }
+
+/// The streams this controller is pushing, by task.
+type InFlight = HashMap<tokio::task::Id, String>;
 
 /// What became of one push.
 enum Pushed {
