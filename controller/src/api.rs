@@ -3,6 +3,7 @@
 //! (the admin's bearer token). Every error is JSON `{"error", "message"}`
 //! with its status, from one place ([`ApiError`]).
 
+use crate::bcl::logout as bcl_logout;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub struct App {
     pub ssf_tx: crate::ssf::transmit::Runtime,
     /// The controller's signing keys (`[signing]`), when configured.
     pub signer: Option<Arc<crate::signing::Signer>>,
+    /// The back-channel logout receiver ([`crate::bcl`]).
+    pub bcl: crate::bcl::Receiver,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -132,9 +135,10 @@ impl App {
         let metrics = Metrics::new()?;
         let (commits, waiting) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(committer(store.clone(), metrics.clone(), waiting));
-        let ssf = crate::ssf::Receiver::new(&config.ssf);
+        let ssf = crate::ssf::Receiver::new(&config.ssf, &config.ssf_inbound, &config.gtr, &store);
         let ssf_tx = crate::ssf::transmit::Runtime::new(config.ssf_tx.as_ref());
         let signer = config.signing.clone();
+        let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
             store,
             config,
@@ -147,6 +151,7 @@ impl App {
             ssf,
             ssf_tx,
             signer,
+            bcl,
         })
     }
 
@@ -357,13 +362,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/nodes/disable", post(disable_node))
         .route("/v1/admin/nodes/enable", post(enable_node))
         .route("/v1/admin/users/risk", post(user_risk))
+        .route("/v1/admin/users/step-up", post(step_up_user))
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/detail", post(user_detail))
         .route("/v1/admin/users/trust-device", post(trust_device))
         .route("/v1/admin/users/trust-network", post(trust_network))
         .route("/v1/admin/detections/false-positive", post(false_positive))
         .route("/v1/admin/detections/confirmed-compromise", post(confirm))
-        .route("/v1/admin/ssf/streams", get(tx::admin_streams))
+        .route("/v1/admin/ssf/transmit/streams", get(tx::admin_streams))
         .route("/v1/admin/rules", get(list_rules))
         .route("/v1/admin/rules", post(publish_rules))
         .route("/v1/admin/rules/{version}", get(get_rules))
@@ -382,6 +388,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/ssf/subjects/remove", post(tx::remove_subject))
         .route("/v1/ssf/verify", post(tx::verify))
         .route("/v1/ssf/poll/{stream_id}", post(tx::deliver::poll))
+        .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
+        .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
+        .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -1167,6 +1176,25 @@ async fn user_risk(
         },
     )
     .await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// `POST /v1/admin/users/step-up` `{"user"}`: every session of the user
+/// open now must pass a step-up (a fresh sign-in at the identity
+/// provider) at its next request, on every node (change `user_step_up`).
+async fn step_up_user(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admin(&app, &headers, &peer)?;
+    let req: UserRef = json(&body)?;
+    let user = user_id(&app, &req.user)?;
+    let now = now_secs();
+    keep_name(&app, user, &req.user).await?;
+    let seq = commit(&app, Change::UserStepUp { user, at: now }).await?;
+    tracing::info!(user = %user, seq, "a step-up asked of a user's sessions by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())
 }
 

@@ -70,6 +70,14 @@ pub struct Config {
     /// The Shared Signals transmitters whose SETs are received
     /// (`[[ssf.transmitters]]`, `docs/signals.md`).
     pub ssf: Vec<crate::ssf::config::Transmitter>,
+    /// The OpenID providers whose back-channel logout tokens are taken
+    /// (`[[backchannel_logout.providers]]`, `docs/signals.md`).
+    pub backchannel_logout: Vec<crate::bcl::config::Provider>,
+    /// The receiver's other settings (`[ssf]`: per-source rate limits).
+    pub ssf_inbound: crate::ssf::config::Inbound,
+    /// The global token revocation endpoint's peers
+    /// (`[[global_token_revocation.peers]]`, `docs/signals.md`).
+    pub gtr: Vec<crate::ssf::gtr::Peer>,
     /// HTTPS (`[tls]`): without it the API is plain HTTP.
     pub tls: Option<crate::tls::Tls>,
     /// The controller's signing keys and issuer (`[signing]`): what it
@@ -237,6 +245,10 @@ struct Raw {
     nodes: Vec<RawNode>,
     #[serde(default)]
     ssf: crate::ssf::RawSsf,
+    #[serde(default)]
+    backchannel_logout: crate::bcl::RawBcl,
+    #[serde(default)]
+    global_token_revocation: crate::ssf::gtr::RawGtr,
     tls: Option<crate::tls::RawTls>,
     ssf_transmitter: Option<crate::ssf::transmit::config::RawTx>,
     signing: Option<crate::signing::RawSigning>,
@@ -387,7 +399,10 @@ impl Config {
             }
         };
         let budgets = NodeBudgets::of(&raw, &mut problems);
-        let ssf = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let backchannel_logout =
+            crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
+        let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
+        let gtr = crate::ssf::gtr::load(raw.global_token_revocation, base, &mut problems);
         if raw.ssf_transmitter.is_some() && raw.signing.is_none() {
             problems.push(
                 "ssf_transmitter: the transmitter signs its SETs with the [signing] keys; configure [signing]"
@@ -432,6 +447,9 @@ impl Config {
                 ),
                 user_names,
                 ssf,
+                backchannel_logout,
+                ssf_inbound,
+                gtr,
                 tls,
                 signing,
                 budgets,

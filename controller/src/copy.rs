@@ -46,6 +46,23 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "idp_sessions",
+        &[
+            ("idp_session", Kind::Text),
+            ("session", Kind::Text),
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
+    (
+        "user_step_ups",
+        &[
+            ("user_key", Kind::Text),
+            ("at", Kind::Int),
+            ("seq", Kind::Int),
+        ],
+    ),
+    (
         "user_risk",
         &[
             ("user_key", Kind::Text),

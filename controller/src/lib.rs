@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod bcl;
 pub mod config;
 pub mod copy;
 pub mod metrics;
@@ -100,6 +101,9 @@ pub async fn run_on(
     }
     let watcher = Arc::downgrade(&app);
     let mut tasks = Tasks(Vec::new());
+    // Keys read at start, one poller per polled transmitter
+    // (`docs/signals.md`).
+    tasks.0.extend(ssf::start(&app));
     tasks.0.push(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(api::NODES_REFRESH);

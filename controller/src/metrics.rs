@@ -40,6 +40,9 @@ pub struct Metrics {
     /// SETs pushed by Shared Signals transmitters, by transmitter (its
     /// configured name, `-` for none) and result (`docs/signals.md`).
     pub ssf_sets: IntCounterVec,
+    /// OpenID Connect back-channel logout tokens posted, by provider (its
+    /// configured name, `-` for none) and result (`docs/signals.md`).
+    pub bcl_tokens: IntCounterVec,
     /// Node events taken but refused by the intake rules, by node and
     /// reason (`docs/controller.md`, Intake rules).
     pub refused: IntCounterVec,
@@ -154,6 +157,14 @@ impl Metrics {
             &["receiver", "result"],
         )?;
         registry.register(Box::new(ssf_tx_sets.clone()))?;
+        let bcl_tokens = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_backchannel_logout_tokens_total",
+                "OpenID Connect back-channel logout tokens posted, by provider and result (accepted, invalid_request, rate_limited, too_large, unavailable, unknown_provider).",
+            ),
+            &["provider", "result"],
+        )?;
+        registry.register(Box::new(bcl_tokens.clone()))?;
         Ok(Metrics {
             registry,
             subscribers,
@@ -167,6 +178,7 @@ impl Metrics {
             notifications,
             events,
             ssf_sets,
+            bcl_tokens,
             refused,
             ssf_tx_sets,
             unvouched,

@@ -258,6 +258,8 @@ pub struct Store {
 }
 
 mod admin;
+pub mod bcl;
+pub mod idp_sessions;
 pub mod ssf;
 pub mod ssf_tx;
 
@@ -345,6 +347,13 @@ impl Store {
         let head = revoke_user_in(&mut tx, user, at, now).await?;
         tx.commit().await?;
         Ok(head)
+    }
+
+    /// Asks every session of `user` first seen at or before `at` to pass a
+    /// step-up at its next request, on every node ([`Change::UserStepUp`]).
+    /// Returns the head after.
+    pub async fn step_up_user(&self, user: UserId, at: u64, now: u64) -> Result<u64, StoreError> {
+        self.append(&[Change::UserStepUp { user, at }], now).await
     }
 
     /// Takes a node's events: each not taken before (by node and id)
@@ -622,6 +631,26 @@ impl Store {
                     )
                     .await?;
                 }
+                NodeEventKind::IdpSession {
+                    session,
+                    user,
+                    idp_session,
+                    at,
+                } => {
+                    if let Err(why) = idp_sessions::take(
+                        &mut tx,
+                        &pending,
+                        *session,
+                        *user,
+                        *idp_session,
+                        (*at).min(now),
+                    )
+                    .await?
+                    {
+                        taken.refuse(why);
+                        ack.refused += 1;
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -679,10 +708,17 @@ impl Store {
                 now.saturating_sub(keep_sessions),
             ),
             (
+                "DELETE FROM idp_sessions WHERE at < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
                 "DELETE FROM detections WHERE at < $1",
                 now.saturating_sub(keep_detections),
             ),
             ("DELETE FROM user_detections WHERE until < $1", now),
+            // Logout token ids past the age at which their tokens are
+            // refused anyway.
+            ("DELETE FROM bcl_jtis WHERE keep_until < $1", now),
             // A node's budgets of yesterday and today are kept.
             (
                 "DELETE FROM node_user_budget WHERE day < $1",
@@ -762,6 +798,19 @@ impl Store {
                 continue;
             };
             out.push(Change::UserRevoked {
+                user,
+                at: to_u64(row.try_get(1)?),
+            });
+        }
+        for row in sqlx::query("SELECT user_key, at FROM user_step_ups ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let user: String = row.try_get(0)?;
+            let Some(user) = UserId::parse(&user) else {
+                continue;
+            };
+            out.push(Change::UserStepUp {
                 user,
                 at: to_u64(row.try_get(1)?),
             });
@@ -1195,6 +1244,21 @@ async fn append_in(
                     .execute(&mut **tx)
                     .await?;
             }
+            Change::UserStepUp { user, at } => {
+                // The latest ask wins; an earlier one changes nothing (as
+                // on a node).
+                sqlx::query(
+                    "INSERT INTO user_step_ups (user_key, at, seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_key) DO UPDATE SET \
+                     at = CASE WHEN excluded.at > user_step_ups.at THEN excluded.at ELSE user_step_ups.at END, \
+                     seq = excluded.seq",
+                )
+                .bind(user.to_string())
+                .bind(to_i64(*at))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            }
             Change::SessionBaseline { record, confirmed } => {
                 let Ok((key, state)) = SessionState::decode(&record.0) else {
                     // Judged before it was appended; nothing else writes one.
@@ -1259,6 +1323,8 @@ async fn append_in(
                     "user_risk",
                     "user_detections",
                     "revoked_users",
+                    "user_step_ups",
+                    "idp_sessions",
                     "user_profiles",
                     // What the admin API kept of them: trusted devices
                     // and networks, the name. Their false-positive marks

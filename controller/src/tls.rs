@@ -373,6 +373,8 @@ fn sibling(san: &ServerName<'_>) -> Option<ServerName<'static>> {
 pub struct Peer {
     /// The verified client certificate.
     pub cert: Option<Arc<ClientCert>>,
+    /// The client's address (for per-source rate limits, `crate::ssf::limit`).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
@@ -388,8 +390,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 }
 
 impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(_: IncomingStream<'_, TcpListener>) -> Self {
-        Peer::default()
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer {
+            cert: None,
+            addr: Some(*stream.remote_addr()),
+        }
     }
 }
 
@@ -504,7 +509,15 @@ impl TlsListener {
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|leaf| Arc::new(ClientCert::new(leaf.clone().into_owned())));
-                    let _ = tx.send((tls, Peer { cert })).await;
+                    let _ = tx
+                        .send((
+                            tls,
+                            Peer {
+                                cert,
+                                addr: Some(from),
+                            },
+                        ))
+                        .await;
                 });
             }
         })

@@ -1025,6 +1025,103 @@ async fn a_node_of_the_previous_version_keeps_a_contiguous_stream() {
     db.drop_db().await;
 }
 
+/// A user's step-up (version 4): streamed to a node of this version, kept
+/// in the snapshots of nodes that start later (the latest ask per user),
+/// and, to a version 3 node, a change that does nothing in its place
+/// (numbers contiguous) and nothing in its snapshot. Only the admin asks.
+#[tokio::test]
+async fn a_users_step_up_reaches_current_nodes_and_older_ones_keep_their_numbers() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let gus = UserId(
+            vigil_engine::UserKey::for_name(
+                &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+                "gus",
+            )
+            .as_u64(),
+        );
+        let mut new = Stream::open(&c, NODE_A, 0).await;
+        assert!(matches!(new.next().await, Frame::Hello { v: VERSION, .. }));
+        new.next().await;
+        let mut old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        assert!(matches!(old.next().await, Frame::Hello { v: 3, .. }));
+        old.next().await;
+
+        // Not without the admin's token; not for a name that is none.
+        let r = client()
+            .post(c.url("/v1/admin/users/step-up"))
+            .bearer_auth(NODE_A)
+            .body(r#"{"user":"gus"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        for bad in [
+            serde_json::json!({"user": " "}),
+            serde_json::json!({"user": "gus", "at": 1}),
+        ] {
+            let r = c.admin("/v1/admin/users/step-up", bad.clone()).await;
+            assert_eq!(r.status(), 400, "{bad}");
+        }
+
+        let before = now();
+        let r = c
+            .admin("/v1/admin/users/step-up", serde_json::json!({"user": "gus"}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["seq"], 1);
+        let Frame::Changes { first: 1, changes } = new.next_change().await else {
+            panic!()
+        };
+        let [Change::UserStepUp { user, at }] = changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(user, gus);
+        assert!(at >= before && at <= now(), "{at}");
+        let Frame::Changes { first: 1, changes } = old.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes, vec![Change::nothing()]);
+        // A second ask: the latest is the one kept.
+        assert_eq!(
+            c.admin("/v1/admin/users/step-up", serde_json::json!({"user": "gus"}))
+                .await
+                .status(),
+            200
+        );
+        let Frame::Changes { first: 2, .. } = new.next_change().await else {
+            panic!()
+        };
+        let Frame::Changes { first: 2, changes } = old.next_change().await else {
+            panic!()
+        };
+        assert_eq!(changes, vec![Change::nothing()]);
+
+        // Nodes starting now: the current one is asked in its snapshot,
+        // once; the older one gets an empty snapshot at the same number.
+        let mut late = Stream::open(&c, NODE_A, 0).await;
+        late.next().await;
+        let Frame::Snapshot { seq: 2, changes } = late.next().await else {
+            panic!()
+        };
+        assert!(
+            matches!(changes[..], [Change::UserStepUp { user, at: last }] if user == gus && last >= at),
+            "{changes:?}"
+        );
+        let mut late_old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        late_old.next().await;
+        assert!(matches!(
+            late_old.next().await,
+            Frame::SnapshotEnd { seq: 2 }
+        ));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn erasing_a_user_leaves_nothing_that_names_them() {
     both(async |postgres| {

@@ -735,7 +735,7 @@ async fn streams_belong_to_their_receiver() {
     // authorization header; a receiver's token is no admin's.
     let (status, all) = raw(
         Method::GET,
-        c.url("/v1/admin/ssf/streams"),
+        c.url("/v1/admin/ssf/transmit/streams"),
         Some(ADMIN),
         None,
     )
@@ -747,7 +747,7 @@ async fn streams_belong_to_their_receiver() {
     assert_eq!(
         raw(
             Method::GET,
-            c.url("/v1/admin/ssf/streams"),
+            c.url("/v1/admin/ssf/transmit/streams"),
             Some(IDP_TOKEN),
             None
         )
@@ -1408,7 +1408,7 @@ async fn a_set_refused_with_400_is_not_pushed_again() {
     );
     let (_, all) = raw(
         reqwest::Method::GET,
-        c.url("/v1/admin/ssf/streams"),
+        c.url("/v1/admin/ssf/transmit/streams"),
         Some(ADMIN),
         None,
     )

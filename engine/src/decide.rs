@@ -155,16 +155,20 @@ impl Default for Policy {
 impl Policy {
     /// The action for `risk`. A revoked session (or user) is refused
     /// whatever the policy says: revocation is not a risk to weigh but a
-    /// fact.
+    /// fact. A step-up asked of the user ([`Reason::forces_step_up`]) makes
+    /// an `allow` a `step_up`.
+    ///
+    /// [`Reason::forces_step_up`]: crate::score::Reason::forces_step_up
     pub fn decide(&self, risk: &Risk) -> Action {
         if risk.reasons.iter().any(|c| c.reason.is_final()) {
             return Action::Block;
         }
-        match self.level(risk) {
+        let action = match self.level(risk) {
             RiskLevel::Low => self.low,
             RiskLevel::Medium => self.medium,
             RiskLevel::High => self.high,
-        }
+        };
+        at_least_step_up(risk, action)
     }
 
     /// The level of `risk` on this route: its own, or re-read from its
@@ -176,6 +180,16 @@ impl Policy {
             Some(t) if risk.score >= t.medium_at => RiskLevel::Medium,
             Some(_) => RiskLevel::Low,
         }
+    }
+}
+
+/// `action`, or `step_up` in place of an `allow` when `risk` holds a
+/// reason that asks for one: what rules choose cannot lower it.
+pub(crate) fn at_least_step_up(risk: &Risk, action: Action) -> Action {
+    if action == Action::Allow && risk.reasons.iter().any(|c| c.reason.forces_step_up()) {
+        Action::StepUp
+    } else {
+        action
     }
 }
 
@@ -276,6 +290,28 @@ mod tests {
         for reason in [Reason::Revoked, Reason::UserRevoked] {
             assert_eq!(p.decide(&risk(RiskLevel::High, &[reason])), Action::Block);
         }
+    }
+
+    #[test]
+    fn a_step_up_asked_of_the_user_turns_allow_into_step_up_and_no_further() {
+        let p = Policy {
+            low: Action::Allow,
+            medium: Action::Block,
+            high: Action::Revoke,
+            thresholds: None,
+        };
+        let asked = [Reason::StepUpRequired];
+        assert_eq!(p.decide(&risk(RiskLevel::Low, &asked)), Action::StepUp);
+        assert_eq!(p.decide(&risk(RiskLevel::Medium, &asked)), Action::Block);
+        assert_eq!(p.decide(&risk(RiskLevel::High, &asked)), Action::Revoke);
+        // Revocation still wins.
+        assert_eq!(
+            p.decide(&risk(
+                RiskLevel::Low,
+                &[Reason::StepUpRequired, Reason::UserRevoked]
+            )),
+            Action::Block
+        );
     }
 
     #[test]

@@ -128,6 +128,28 @@ pub enum Event {
         /// Seconds since the Unix epoch.
         at: u64,
     },
+    /// Every session of the user first seen at or before `at` must pass a
+    /// step-up at its next request (an operator's or a partner's ask,
+    /// streamed by the controller).
+    StepUpRequired {
+        /// The user.
+        user: UserKey,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
+    /// The session's user passed a step-up at an identity provider whose
+    /// ID token named its own session: that provider session, hashed with
+    /// its issuer under the fleet's user key.
+    IdpSessionLearned {
+        /// The session.
+        session: SessionKey,
+        /// Its user.
+        user: UserKey,
+        /// The provider's session.
+        idp_session: crate::IdpSessionKey,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
     /// A partner reported the user at risk.
     PartnerReported {
         /// The user.
@@ -305,6 +327,8 @@ impl Event {
                 | Event::Confirmed { .. }
                 | Event::FeedbackApplied { .. }
                 | Event::PartnerReported { .. }
+                | Event::StepUpRequired { .. }
+                | Event::IdpSessionLearned { .. }
                 | Event::Lost { .. }
         )
     }
@@ -322,13 +346,15 @@ impl Event {
             Event::Confirmed { .. } => "confirmed",
             Event::FeedbackApplied { .. } => "feedback_applied",
             Event::PartnerReported { .. } => "partner_reported",
+            Event::StepUpRequired { .. } => "step_up_required",
+            Event::IdpSessionLearned { .. } => "idp_session_learned",
             Event::UserLearned(_) => "user_learned",
             Event::Lost { .. } => "lost",
         }
     }
 
     /// Every kind, for metrics initialisation and docs.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 14] = [
         "session_seen",
         "session_issued",
         "session_bound",
@@ -339,6 +365,8 @@ impl Event {
         "confirmed",
         "feedback_applied",
         "partner_reported",
+        "step_up_required",
+        "idp_session_learned",
         "user_learned",
         "lost",
     ];

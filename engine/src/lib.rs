@@ -26,6 +26,7 @@ mod decide;
 mod device;
 pub mod events;
 mod fingerprint;
+mod idp_session;
 mod ja4;
 mod network;
 mod pipeline;
@@ -49,6 +50,7 @@ pub use events::{Event, EventClass, EventSink, EventStreams, Reference};
 pub use fingerprint::{
     Ja3, ParseFingerprintError, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints,
 };
+pub use idp_session::{IdpSessionKey, MAX_SID_BYTES};
 pub use ja4::{
     ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, Transport, ja4, ja4_o, ja4_r, ja4_ro,
 };

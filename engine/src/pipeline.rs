@@ -436,6 +436,16 @@ impl Engine {
                     default,
                 })
             };
+            // Rules cannot lower a step-up asked of the user (an operator
+            // or a partner spoke); one that blocks or revokes stands.
+            let ruling = match crate::decide::at_least_step_up(&risk, ruling.action) {
+                Action::StepUp if ruling.action == Action::Allow => Ruling {
+                    action: Action::StepUp,
+                    rule: None,
+                    ..ruling
+                },
+                _ => ruling,
+            };
             let action = ruling.action;
             (session, scored, risk, action, ruling)
         };
@@ -680,6 +690,40 @@ impl Engine {
         UserKey::derive(self.user_secret.as_bytes(), name)
     }
 
+    /// The key of the identity provider session `sid` of `issuer` under
+    /// the fleet's user key ([`IdpSessionKey::for_sid`]).
+    pub fn idp_session_key(&self, issuer: &str, sid: &str) -> Option<crate::IdpSessionKey> {
+        crate::IdpSessionKey::derive(self.user_secret.as_bytes(), issuer, sid)
+    }
+
+    /// The user of `session` passed a step-up at the identity provider
+    /// `issuer`, whose ID token named its session `sid`: told to the fleet
+    /// ([`Event::IdpSessionLearned`], the `sid` hashed), so that the
+    /// provider's logout of that session can end this one. Nothing is
+    /// kept on the node. Returns whether it was told (a `sid` that is no
+    /// `sid`, or a session bound to nobody, is not).
+    pub fn learn_idp_session(
+        &self,
+        session: SessionKey,
+        issuer: &str,
+        sid: &str,
+        now_secs: u64,
+    ) -> bool {
+        let Some(user) = self.scorer.session(&session).and_then(|s| s.user()) else {
+            return false;
+        };
+        let Some(idp_session) = self.idp_session_key(issuer, sid) else {
+            return false;
+        };
+        self.emit(|| Event::IdpSessionLearned {
+            session,
+            user,
+            idp_session,
+            at: now_secs,
+        });
+        true
+    }
+
     /// The session key of a credential sent as the first configured session
     /// cookie, e.g. to bind the session a login response sets before its
     /// first request. `None` when no cookie is configured or the value is
@@ -744,6 +788,13 @@ impl Engine {
             sessions,
             at: now_secs,
         });
+    }
+
+    /// Every session of `user` first seen at or before `at_secs` must pass
+    /// a step-up at its next request; see [`Scorer::require_step_up`].
+    pub fn require_step_up(&self, user: UserKey, at_secs: u64) {
+        self.scorer.require_step_up(user, at_secs);
+        self.emit(|| Event::StepUpRequired { user, at: at_secs });
     }
 
     /// A partner reported `user` at risk; see [`Scorer::report_user`].

@@ -319,7 +319,15 @@ impl Scorer {
                 learn.which = &ALL;
                 learn.new_session = true;
             }
-            risks.entity = self.entity_risk(user, next.generation, now);
+            risks.entity = self.entity_risk(
+                user,
+                entity::SessionClock {
+                    generation: next.generation,
+                    first_seen: next.first_seen,
+                    stepped_up_at: next.stepped_up_at,
+                },
+                now,
+            );
         }
         Scored {
             risks,

@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 /// ([`Change::UserProfile`], [`Change::Population`],
 /// [`NodeEventKind::UserLearned`]), devices and networks trusted for a
 /// user and false positives reported at the controller, rule bundles
-/// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]). The rules that keep a fleet mid-upgrade working
+/// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]); version 4
+/// user-level step-up ([`Change::UserStepUp`]) and identity provider
+/// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]). The rules that keep a
+/// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
 /// - A node names its version in the [`VERSION_HEADER`] of its sync request
@@ -38,7 +41,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -56,6 +59,12 @@ pub const MAX_EVENTS: usize = 1_000;
 /// A session key: 16 bytes, written as 32 lower-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
+
+/// An identity provider's session (its issuer and the `sid` of an ID
+/// token) as a keyed hash under the fleet's user key: 16 bytes, written as
+/// 32 lower-case hex digits. The raw `sid` never leaves the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdpSessionId(pub [u8; 16]);
 
 /// A user key: 8 bytes (non-zero), written as 16 lower-case hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -262,6 +271,18 @@ pub enum Change {
         /// The rule file's text (TOML, `docs/rules.md`).
         text: String,
     },
+    /// Every session of a user must pass a step-up (a fresh sign-in at the
+    /// identity provider) at its next request, unless it passed one at or
+    /// after `at`: an operator's call, or a partner's signal (a changed
+    /// credential, a lowered assurance level). Sessions first seen after
+    /// `at` are not affected (the user signed in afresh). Only the latest
+    /// per user matters; kept in snapshots. Since version 4.
+    UserStepUp {
+        /// The user.
+        user: UserId,
+        /// When the step-up was asked for (seconds since the Unix epoch).
+        at: u64,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -424,6 +445,21 @@ pub enum NodeEventKind {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// The session's user passed a step-up at the identity provider whose
+    /// ID token named the provider's session (`sid`): the controller maps
+    /// that provider session to this Vigil session, so that a provider's
+    /// logout of it (a CAEP `session-revoked` naming the session) ends
+    /// this one alone. Since version 4.
+    IdpSession {
+        /// The Vigil session.
+        session: SessionId,
+        /// Its user.
+        user: UserId,
+        /// The provider's session, hashed with its issuer.
+        idp_session: IdpSessionId,
+        /// When (seconds since the Unix epoch).
+        at: u64,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -473,6 +509,10 @@ impl Change {
             {
                 Change::nothing()
             }
+            // A version 3 node would skip it as unknown; versions 1 and 2
+            // know no such thing. Either way it steps nobody up: the
+            // operator who needs the sessions ended revokes the user.
+            Change::UserStepUp { .. } if v < 4 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -480,6 +520,9 @@ impl Change {
     /// Whether a node of version `v` has this change in a snapshot: one it
     /// cannot take is left out (a snapshot has no numbers to keep).
     pub fn in_snapshot_of(&self, v: u32) -> bool {
+        if matches!(self, Change::UserStepUp { .. }) {
+            return v >= 4;
+        }
         if matches!(
             self,
             Change::UserProfile { .. }
@@ -545,6 +588,7 @@ impl NodeEventKind {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
+            NodeEventKind::IdpSession { .. } => 4,
         }
     }
 }
@@ -668,6 +712,19 @@ impl SessionId {
     }
 }
 
+impl IdpSessionId {
+    /// Reads 32 lower-case hex digits.
+    pub fn parse(s: &str) -> Option<Self> {
+        parse_hex::<16>(s).map(Self)
+    }
+}
+
+impl fmt::Display for IdpSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl DeviceId {
     /// Reads 16 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Self> {
@@ -747,6 +804,7 @@ macro_rules! hex_serde {
 }
 
 hex_serde!(SessionId, "expected 32 lower-case hex digits");
+hex_serde!(IdpSessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
 hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
 hex_serde!(DeviceId, "expected 16 lower-case hex digits");

@@ -365,3 +365,60 @@ fn a_rule_bundle_fits_one_line_and_older_nodes_do_without() {
     };
     assert_eq!(report.since(), 3);
 }
+
+/// A user's step-up (version 4) reads and writes as documented; nodes of
+/// versions 1 to 3 get a change that does nothing in its place, and no
+/// step-up in their snapshots.
+#[test]
+fn a_users_step_up_is_version_4_and_nothing_to_older_nodes() {
+    let change = Change::UserStepUp {
+        user: UserId(0x2a),
+        at: 1_700_000_000,
+    };
+    let line = br#"{"type":"changes","first":3,"changes":[{"kind":"user_step_up","user":"000000000000002a","at":1700000000}]}"#;
+    let frame = Frame::Changes {
+        first: 3,
+        changes: vec![change.clone()],
+    };
+    assert_eq!(read_frame(line).unwrap(), frame);
+    assert_eq!(write_frame(&frame), [&line[..], b"\n"].concat());
+    for v in 1..4 {
+        assert_eq!(change.for_version(v), Change::nothing(), "version {v}");
+        assert!(!change.in_snapshot_of(v), "version {v}");
+    }
+    assert_eq!(change.for_version(4), change);
+    assert!(change.in_snapshot_of(4));
+    // A zero user key is no user.
+    let zero = br#"{"type":"changes","first":1,"changes":[{"kind":"user_step_up","user":"0000000000000000","at":1}]}"#;
+    assert!(read_frame(zero).is_err());
+}
+
+/// An IdP session learnt at a step-up (version 4): read and written as
+/// documented, and a controller of version 3 is never sent one.
+#[test]
+fn an_idp_session_event_is_version_4() {
+    let line = br#"{"id":"n-1","kind":"idp_session","session":"0101010101010101010101010101010a","user":"000000000000002a","idp_session":"ff00ff00ff00ff00ff00ff00ff00ff00","at":1700000000}"#;
+    let event: NodeEvent = serde_json::from_slice(line).unwrap();
+    let NodeEventKind::IdpSession {
+        session,
+        user,
+        idp_session,
+        at,
+    } = &event.kind
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(session.0[15], 0x0a);
+    assert_eq!(*user, UserId(0x2a));
+    assert_eq!(idp_session.0[0], 0xff);
+    assert_eq!(*at, 1_700_000_000);
+    assert_eq!(event.kind.since(), 4);
+    assert_eq!(serde_json::to_vec(&event).unwrap(), line.to_vec());
+    // Not hex, or of another length: refused.
+    for bad in ["FF00ff00ff00ff00ff00ff00ff00ff00", "ff00"] {
+        let text = std::str::from_utf8(line)
+            .unwrap()
+            .replace("ff00ff00ff00ff00ff00ff00ff00ff00", bad);
+        assert!(serde_json::from_str::<NodeEvent>(&text).is_err(), "{bad}");
+    }
+}

@@ -1022,6 +1022,12 @@ impl FleetSync {
                     }
                     "user_revoked"
                 }
+                Change::UserStepUp { user, at } => {
+                    if let Some(user) = UserKey::from_u64(user.0) {
+                        self.engine.require_step_up(user, at.min(now));
+                    }
+                    "user_step_up"
+                }
                 Change::UserRisk {
                     user,
                     points,

@@ -555,7 +555,12 @@ impl FleetMetrics {
             "Changes from the controller applied to the engine, by kind.",
             "kind",
         )?;
-        for kind in ["session_revoked", "user_revoked", "user_risk"] {
+        for kind in [
+            "session_revoked",
+            "user_revoked",
+            "user_step_up",
+            "user_risk",
+        ] {
             changes.with_label_values(&[kind]);
         }
         Ok(Self {

@@ -453,10 +453,17 @@ impl StepUps {
         if !matches!(verdict.action, Action::Allow | Action::StepUp) || !engine.confirm(verdict) {
             return Outcome::Refuse(Problem::Refused);
         }
+        // The provider's session, for its logout to end this one (hashed
+        // in the engine; the raw `sid` is neither kept nor logged).
+        let sid_learnt = claims
+            .sid
+            .as_deref()
+            .is_some_and(|sid| engine.learn_idp_session(session.key, &oidc.issuer, sid, now));
         tracing::info!(
             target: LOG_TARGET,
             session = %session.key.short(),
             route,
+            sid_learnt,
             acr = claims.acr.as_deref().unwrap_or(""),
             amr = %claims.amr.join(" "),
             auth_time = claims.auth_time.unwrap_or(0),
@@ -603,6 +610,9 @@ pub struct Claims {
     pub amr: Vec<String>,
     /// `auth_time`, when present (Unix seconds).
     pub auth_time: Option<u64>,
+    /// `sid`, the provider's session, when present and a plain string
+    /// (at most [`vigil_engine::MAX_SID_BYTES`] visible ASCII characters).
+    pub sid: Option<String>,
 }
 
 impl Claims {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::keys::{KeySet, parse_jwks};
+pub use super::limit::Rate;
 use crate::config::token_hash;
 
 /// `[ssf]`.
@@ -17,6 +18,8 @@ use crate::config::token_hash;
 pub struct RawSsf {
     #[serde(default)]
     transmitters: Vec<RawTransmitter>,
+    source_rate_per_second: Option<f64>,
+    source_burst: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +30,9 @@ struct RawTransmitter {
     audience: String,
     jwks_uri: Option<String>,
     jwks_file: Option<PathBuf>,
+    metadata_url: Option<String>,
+    #[serde(default)]
+    discovery: bool,
     algorithms: Option<Vec<String>>,
     max_age_seconds: Option<u64>,
     clock_skew_seconds: Option<u64>,
@@ -42,6 +48,13 @@ struct RawTransmitter {
     jwks_refetch_seconds: Option<u64>,
     #[serde(default)]
     actions: BTreeMap<String, String>,
+    rate_per_second: Option<f64>,
+    burst: Option<u64>,
+    delivery: Option<String>,
+    poll_url: Option<String>,
+    poll_token_file: Option<PathBuf>,
+    poll_max_events: Option<u64>,
+    poll_interval_seconds: Option<u64>,
 }
 
 /// A signing algorithm the receiver accepts, when the transmitter's
@@ -99,6 +112,11 @@ pub enum Action {
     RaiseRisk,
     /// The user's entity risk is cleared.
     ClearRisk,
+    /// Every session of the user must pass a step-up (a fresh sign-in at
+    /// the identity provider) at its next request. For
+    /// `assurance-level-change`, only when the level went down
+    /// (`ssf::stepup`).
+    StepUp,
     /// Accepted and counted as ignored.
     Ignore,
 }
@@ -109,6 +127,7 @@ impl Action {
             "revoke_user" => Some(Action::RevokeUser),
             "raise_risk" => Some(Action::RaiseRisk),
             "clear_risk" => Some(Action::ClearRisk),
+            "step_up" => Some(Action::StepUp),
             "ignore" => Some(Action::Ignore),
             _ => None,
         }
@@ -132,9 +151,9 @@ pub const DEFAULT_ACTIONS: &[(&str, &str, Action)] = &[
     (RISC, "account-purged", Action::RevokeUser),
     (CAEP, "risk-level-change", Action::RaiseRisk),
     (CAEP, "device-compliance-change", Action::RaiseRisk),
-    (CAEP, "credential-change", Action::Ignore),
-    (CAEP, "assurance-level-change", Action::Ignore),
-    (CAEP, "token-claims-change", Action::Ignore),
+    (CAEP, "credential-change", Action::StepUp),
+    (CAEP, "assurance-level-change", Action::StepUp),
+    (CAEP, "token-claims-change", Action::StepUp),
     (CAEP, "session-established", Action::Ignore),
     (CAEP, "session-presented", Action::Ignore),
     (RISC, "account-enabled", Action::Ignore),
@@ -160,8 +179,13 @@ pub struct Transmitter {
     pub max_age: u64,
     /// How far in the future an `iat` may be.
     pub clock_skew: u64,
-    /// SHA-256 of the bearer token it pushes with.
-    pub push_token_sha256: [u8; 32],
+    /// SHA-256 of the bearer token it pushes with; `None` for a polled
+    /// transmitter, which cannot push.
+    pub push_token_sha256: Option<[u8; 32]>,
+    /// Its pushes' rate limit (`rate_per_second`, `burst`).
+    pub rate: Rate,
+    /// How it is polled (`delivery = "poll"`, RFC 8936); `None` for push.
+    pub poll: Option<Poll>,
     /// Subject formats that name a user, in the order tried for a complex
     /// subject's `user`.
     pub subjects: Vec<SubjectFormat>,
@@ -192,6 +216,48 @@ impl std::fmt::Debug for Transmitter {
     }
 }
 
+/// How a transmitter is polled (RFC 8936).
+#[derive(Clone)]
+pub struct Poll {
+    /// Its poll endpoint.
+    pub url: String,
+    /// The bearer the controller polls with (read from `poll_token_file`;
+    /// held in memory only, never logged).
+    pub token: String,
+    /// `maxEvents` of each request.
+    pub max_events: usize,
+    /// How long to wait after a poll that returned nothing more.
+    pub interval: std::time::Duration,
+}
+
+impl std::fmt::Debug for Poll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poll")
+            .field("url", &self.url)
+            .field("max_events", &self.max_events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiver's settings beside its transmitters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inbound {
+    /// Each source address's rate on the inbound signal endpoints
+    /// (`ssf.source_rate_per_second`, `ssf.source_burst`).
+    pub source_rate: Rate,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            source_rate: Rate {
+                per_second: 1000.0,
+                burst: 2000.0,
+            },
+        }
+    }
+}
+
 /// Where a transmitter's keys come from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
@@ -199,10 +265,18 @@ pub enum KeySource {
     Uri(String),
     /// Read once from a file at start.
     Static(std::sync::Arc<KeySet>),
+    /// From the `jwks_uri` of the transmitter's metadata (SSF discovery),
+    /// read again at each fetch; its `issuer` must be the configured one.
+    Discovered {
+        /// The metadata's URL.
+        metadata_url: String,
+        /// The issuer it must name.
+        issuer: String,
+    },
 }
 
 /// Whether `uri` may be fetched from: HTTPS, or HTTP on loopback only.
-fn fetchable(uri: &str) -> bool {
+pub(crate) fn fetchable(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;
     };
@@ -226,7 +300,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn ranged(
+pub(crate) fn ranged(
     problems: &mut Vec<String>,
     key: &str,
     value: Option<u64>,
@@ -246,7 +320,7 @@ fn ranged(
 
 /// Validates `[ssf]`, resolving files against `base`; problems are added
 /// to `problems`, each with its key.
-pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmitter> {
+pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> (Vec<Transmitter>, Inbound) {
     let resolve = |p: &Path| {
         if p.is_absolute() {
             p.to_owned()
@@ -254,6 +328,14 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
             base.join(p)
         }
     };
+    let source_rate = rate(
+        problems,
+        "ssf.source_rate_per_second",
+        "ssf.source_burst",
+        raw.source_rate_per_second,
+        raw.source_burst,
+        1000.0,
+    );
     let mut out = Vec::new();
     for (i, t) in raw.transmitters.iter().enumerate() {
         let at = format!("ssf.transmitters[{i}]");
@@ -279,7 +361,29 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
         if t.audience.is_empty() || t.audience.len() > 1024 {
             problems.push(format!("{at}.audience: 1 to 1024 characters"));
         }
+        let metadata_url = match (&t.metadata_url, t.discovery) {
+            (Some(url), false) => Some(url.clone()),
+            (None, true) => well_known(&t.issuer),
+            (None, false) => None,
+            (Some(_), true) => {
+                problems.push(format!(
+                    "{at}: give metadata_url or discovery = true, not both"
+                ));
+                None
+            }
+        };
+        if let Some(url) = &metadata_url
+            && !fetchable(url)
+        {
+            problems.push(format!(
+                "{at}.metadata_url: {url:?}: expected https://… (http:// only on loopback); with discovery = true, the issuer gives it"
+            ));
+        }
         let keys = match (&t.jwks_uri, &t.jwks_file) {
+            (None, None) if metadata_url.is_some() => Some(KeySource::Discovered {
+                metadata_url: metadata_url.clone().unwrap_or_default(),
+                issuer: t.issuer.clone(),
+            }),
             (Some(uri), None) => {
                 if !fetchable(uri) {
                     problems.push(format!(
@@ -302,7 +406,9 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
                 }
             },
             _ => {
-                problems.push(format!("{at}: give exactly one of jwks_uri and jwks_file"));
+                problems.push(format!(
+                    "{at}: give exactly one of jwks_uri, jwks_file and metadata_url (or discovery = true)"
+                ));
                 None
             }
         };
@@ -333,9 +439,20 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
             60,
             0..=600,
         );
+        let polled = match t.delivery.as_deref() {
+            None | Some("push") => false,
+            Some("poll") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.delivery: {other:?}: expected \"push\" or \"poll\""
+                ));
+                false
+            }
+        };
         let token = match (&t.push_token_file, &t.push_token_sha256) {
+            (None, None) if polled => Some(None),
             (Some(file), None) => match std::fs::read_to_string(resolve(file)) {
-                Ok(tok) if tok.trim().len() >= 16 => Some(token_hash(&tok)),
+                Ok(tok) if tok.trim().len() >= 16 => Some(Some(token_hash(&tok))),
                 Ok(_) => {
                     problems.push(format!(
                         "{at}.push_token_file: {}: a token of at least 16 characters",
@@ -353,7 +470,7 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 {
-                    Some(h) => Some(h),
+                    Some(h) => Some(Some(h)),
                     None => {
                         problems.push(format!(
                             "{at}.push_token_sha256: expected 64 hex digits (vigil-controller hash-token)"
@@ -364,11 +481,35 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
             }
             _ => {
                 problems.push(format!(
-                    "{at}: give exactly one of push_token_file and push_token_sha256"
+                    "{at}: give exactly one of push_token_file and push_token_sha256{}",
+                    if polled { ", or neither" } else { "" }
                 ));
                 None
             }
         };
+        let poll = if polled {
+            load_poll(t, &at, &resolve, problems)
+        } else {
+            for (set, key) in [
+                (t.poll_url.is_some(), "poll_url"),
+                (t.poll_token_file.is_some(), "poll_token_file"),
+                (t.poll_max_events.is_some(), "poll_max_events"),
+                (t.poll_interval_seconds.is_some(), "poll_interval_seconds"),
+            ] {
+                if set {
+                    problems.push(format!("{at}.{key}: only with delivery = \"poll\""));
+                }
+            }
+            None
+        };
+        let rate = rate(
+            problems,
+            &format!("{at}.rate_per_second"),
+            &format!("{at}.burst"),
+            t.rate_per_second,
+            t.burst,
+            1000.0,
+        );
         let mut subjects = Vec::new();
         for s in t
             .subjects
@@ -436,11 +577,12 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
                     actions.insert(format!("{prefix}{event}"), a);
                 }
                 None => problems.push(format!(
-                    "{at}.actions.{event}: {action:?}: expected \"revoke_user\", \"raise_risk\", \"clear_risk\" or \"ignore\""
+                    "{at}.actions.{event}: {action:?}: expected \"revoke_user\", \"step_up\", \"raise_risk\", \"clear_risk\" or \"ignore\""
                 )),
             }
         }
         if let (Some(keys), Some(push_token_sha256), true) = (keys, token, problems.len() == before)
+            && (poll.is_some() || !polled)
         {
             out.push(Transmitter {
                 name: t.name.clone(),
@@ -451,6 +593,8 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
                 max_age,
                 clock_skew,
                 push_token_sha256,
+                rate,
+                poll,
                 subjects,
                 subject_issuers: t
                     .subject_issuers
@@ -465,7 +609,117 @@ pub fn load(raw: RawSsf, base: &Path, problems: &mut Vec<String>) -> Vec<Transmi
             });
         }
     }
-    out
+    (out, Inbound { source_rate })
+}
+
+/// A rate's two keys: `per_second` (0.001 to 1,000,000, default
+/// `default`) and `burst` (1 to 2,000,000, default twice the rate, at
+/// least 1).
+pub(crate) fn rate(
+    problems: &mut Vec<String>,
+    rate_key: &str,
+    burst_key: &str,
+    per_second: Option<f64>,
+    burst: Option<u64>,
+    default: f64,
+) -> Rate {
+    let per_second = per_second.unwrap_or(default);
+    if !(0.001..=1_000_000.0).contains(&per_second) {
+        problems.push(format!(
+            "{rate_key}: {per_second} is out of range; expected 0.001 to 1000000"
+        ));
+    }
+    // At most two million: exact in f64, and the cast saturates anyway.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let twice = ((per_second * 2.0).ceil() as u64).max(1);
+    let burst = ranged(problems, burst_key, burst, twice, 1..=2_000_000);
+    #[allow(clippy::cast_precision_loss)]
+    Rate {
+        per_second,
+        burst: burst as f64,
+    }
+}
+
+/// The SSF metadata URL of `issuer`: `/.well-known/ssf-configuration`
+/// inserted between its host and its path (SSF 1.0, section 7.2).
+pub fn well_known(issuer: &str) -> Option<String> {
+    let mut url = url::Url::parse(issuer).ok()?;
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&format!("/.well-known/ssf-configuration{path}"));
+    url.set_query(None);
+    Some(url.to_string())
+}
+
+/// Most SETs asked for in one poll.
+pub const MAX_POLL_EVENTS: u64 = 1000;
+
+fn load_poll(
+    t: &RawTransmitter,
+    at: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problems: &mut Vec<String>,
+) -> Option<Poll> {
+    let before = problems.len();
+    let url = match &t.poll_url {
+        Some(url) if fetchable(url) => Some(url.clone()),
+        Some(url) => {
+            problems.push(format!(
+                "{at}.poll_url: {url:?}: expected https://… (http:// only on loopback)"
+            ));
+            None
+        }
+        None => {
+            problems.push(format!("{at}.poll_url: required with delivery = \"poll\""));
+            None
+        }
+    };
+    let token = match &t.poll_token_file {
+        Some(file) => match std::fs::read_to_string(resolve(file)) {
+            Ok(tok) if !tok.trim().is_empty() && tok.trim().len() <= 4096 => {
+                Some(tok.trim().to_owned())
+            }
+            Ok(_) => {
+                problems.push(format!(
+                    "{at}.poll_token_file: {}: a token of 1 to 4096 characters",
+                    file.display()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{at}.poll_token_file: {}: {e}", file.display()));
+                None
+            }
+        },
+        None => {
+            problems.push(format!(
+                "{at}.poll_token_file: required with delivery = \"poll\""
+            ));
+            None
+        }
+    };
+    let max_events = ranged(
+        problems,
+        &format!("{at}.poll_max_events"),
+        t.poll_max_events,
+        100,
+        1..=MAX_POLL_EVENTS,
+    );
+    let interval = ranged(
+        problems,
+        &format!("{at}.poll_interval_seconds"),
+        t.poll_interval_seconds,
+        5,
+        1..=3600,
+    );
+    match (url, token, problems.len() == before) {
+        (Some(url), Some(token), true) => Some(Poll {
+            url,
+            token,
+            max_events: usize::try_from(max_events).unwrap_or(100),
+            interval: std::time::Duration::from_secs(interval),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -482,5 +736,18 @@ mod tests {
         assert!(!fetchable("http://127.0.0.1.evil.example/jwks"));
         assert!(!fetchable("http://localhost.evil.example:80/jwks"));
         assert!(!fetchable("ftp://127.0.0.1/jwks"));
+    }
+
+    #[test]
+    fn the_metadata_url_goes_between_host_and_path() {
+        use super::well_known;
+        assert_eq!(
+            well_known("https://idp.example/realms/test").as_deref(),
+            Some("https://idp.example/.well-known/ssf-configuration/realms/test")
+        );
+        assert_eq!(
+            well_known("https://idp.example").as_deref(),
+            Some("https://idp.example/.well-known/ssf-configuration")
+        );
     }
 }

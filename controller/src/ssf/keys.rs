@@ -33,8 +33,45 @@ pub struct Key {
     pub kind: KeyKind,
     /// The JWK's `alg`, when it names one: the SET's must be the same.
     pub alg: Option<String>,
-    /// The parsed key.
+    /// The parsed key (jsonwebtoken's: it checks the components).
     pub decoding: DecodingKey,
+    /// The key as ring verifies with it: RSA `(n, e)` big-endian, or a
+    /// P-256 point uncompressed (`04 || x || y`).
+    public: Public,
+}
+
+#[derive(Clone)]
+enum Public {
+    Rsa(ring::signature::RsaPublicKeyComponents<Vec<u8>>),
+    P256(Vec<u8>),
+}
+
+impl Key {
+    /// Whether `signature` (base64url, as in a compact JWS) is this key's
+    /// over `signing_input` for `alg` (RS256: PKCS #1 v1.5 with SHA-256,
+    /// 2,048 to 8,192 bits; ES256: P-256 with SHA-256, `r || s`). The key
+    /// must fit `alg` ([`KeyKind::fits`]); ring checks the signature.
+    pub fn verifies(&self, alg: Alg, signing_input: &[u8], signature: &str) -> bool {
+        let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        match (&self.public, alg) {
+            (Public::Rsa(components), Alg::Rs256) => components
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    signing_input,
+                    &signature,
+                )
+                .is_ok(),
+            (Public::P256(point), Alg::Es256) => ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                point,
+            )
+            .verify(signing_input, &signature)
+            .is_ok(),
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -86,6 +123,12 @@ impl KeySet {
     }
 }
 
+fn strip_zeros(mut v: Vec<u8>) -> Vec<u8> {
+    let zeros = v.iter().take_while(|b| **b == 0).count();
+    v.drain(..zeros);
+    v
+}
+
 fn bits(n: &[u8]) -> usize {
     let n = match n.iter().position(|b| *b != 0) {
         Some(i) => &n[i..],
@@ -132,10 +175,18 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
                 let Ok(decoding) = DecodingKey::from_rsa_components(n, e) else {
                     continue;
                 };
+                let Ok(raw_e) = URL_SAFE_NO_PAD.decode(e) else {
+                    continue;
+                };
                 Key {
                     kind: KeyKind::Rsa(b),
                     alg: s("alg").map(str::to_owned),
                     decoding,
+                    // ring wants both without leading zeros.
+                    public: Public::Rsa(ring::signature::RsaPublicKeyComponents {
+                        n: strip_zeros(raw_n),
+                        e: strip_zeros(raw_e),
+                    }),
                 }
             }
             (Some("EC"), Some("P-256")) => {
@@ -145,10 +196,22 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
                 let Ok(decoding) = DecodingKey::from_ec_components(x, y) else {
                     continue;
                 };
+                let (Ok(raw_x), Ok(raw_y)) = (URL_SAFE_NO_PAD.decode(x), URL_SAFE_NO_PAD.decode(y))
+                else {
+                    continue;
+                };
+                if raw_x.len() != 32 || raw_y.len() != 32 {
+                    continue;
+                }
+                let mut point = Vec::with_capacity(65);
+                point.push(4);
+                point.extend_from_slice(&raw_x);
+                point.extend_from_slice(&raw_y);
                 Key {
                     kind: KeyKind::P256,
                     alg: s("alg").map(str::to_owned),
                     decoding,
+                    public: Public::P256(point),
                 }
             }
             _ => continue,
@@ -214,10 +277,9 @@ impl Keys {
 
     /// The key of `kid`.
     pub async fn key(&self, kid: &str) -> Result<Arc<Key>, KeyError> {
-        let uri = match &self.source {
-            KeySource::Static(set) => return set.get(kid).ok_or(KeyError::Unknown),
-            KeySource::Uri(uri) => uri,
-        };
+        if let KeySource::Static(set) = &self.source {
+            return set.get(kid).ok_or(KeyError::Unknown);
+        }
         if let Some((at, set)) = self.held()
             && at.elapsed() < self.cache_for
             && let Some(key) = set.get(kid)
@@ -239,7 +301,7 @@ impl Keys {
             }
             *last_refetch = Some(Instant::now());
         }
-        match self.fetch(uri).await {
+        match self.fetch_set().await {
             Ok(set) => {
                 let set = Arc::new(set);
                 *self
@@ -250,7 +312,7 @@ impl Keys {
                 set.get(kid).ok_or(KeyError::Unknown)
             }
             Err(e) => {
-                tracing::warn!(uri, error = %e, "transmitter keys not fetched");
+                tracing::warn!(source = ?self.source, error = %e, "transmitter keys not fetched");
                 // Stale keys serve until a fetch succeeds, tried again
                 // after `jwks_refetch_seconds` rather than at every SET.
                 match held {
@@ -271,8 +333,71 @@ impl Keys {
         }
     }
 
-    async fn fetch(&self, uri: &str) -> Result<KeySet, String> {
+    /// The key set, fetched from its URL, or from the URL the
+    /// transmitter's metadata gives (read again at each fetch, so that a
+    /// transmitter that moves its keys is followed).
+    async fn fetch_set(&self) -> Result<KeySet, String> {
+        let uri = match &self.source {
+            KeySource::Static(set) => return Ok((**set).clone()),
+            KeySource::Uri(uri) => uri.clone(),
+            KeySource::Discovered {
+                metadata_url,
+                issuer,
+            } => {
+                let client = self.client.as_ref().ok_or("no HTTP client")?;
+                discover(client, metadata_url, issuer).await?.jwks_uri
+            }
+        };
         let client = self.client.as_ref().ok_or("no HTTP client")?;
+        parse_jwks(&get_bounded(client, &uri, MAX_JWKS_BYTES).await?)
+    }
+}
+
+/// Largest transmitter metadata document read.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// What Vigil uses of a transmitter's metadata
+/// (`/.well-known/ssf-configuration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// `jwks_uri`: https://, or http:// on loopback only.
+    pub jwks_uri: String,
+}
+
+/// Reads the metadata at `url` (bounded in size and time, no redirect
+/// followed); its `issuer` must be `issuer` exactly, and its `jwks_uri`
+/// fetchable.
+pub async fn discover(
+    client: &reqwest::Client,
+    url: &str,
+    issuer: &str,
+) -> Result<Metadata, String> {
+    let body = get_bounded(client, url, MAX_METADATA_BYTES).await?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("metadata: not JSON: {e}"))?;
+    let got = doc.get("issuer").and_then(serde_json::Value::as_str);
+    if got != Some(issuer) {
+        return Err(format!(
+            "metadata: issuer {got:?} is not the configured {issuer:?}: refused"
+        ));
+    }
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("metadata: no jwks_uri")?;
+    if !super::config::fetchable(jwks_uri) {
+        return Err(format!(
+            "metadata: jwks_uri {jwks_uri:?} is not https:// (or http:// on loopback)"
+        ));
+    }
+    Ok(Metadata {
+        jwks_uri: jwks_uri.to_owned(),
+    })
+}
+
+/// The body of `GET uri`, at most `max` bytes, a 2xx answer only.
+async fn get_bounded(client: &reqwest::Client, uri: &str, max: usize) -> Result<Vec<u8>, String> {
+    {
         let mut response = client
             .get(uri)
             .header("accept", "application/jwk-set+json, application/json")
@@ -280,20 +405,20 @@ impl Keys {
             .await
             .map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()));
+            return Err(format!("{uri} answered {}", response.status()));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("a JWK Set of more than {MAX_JWKS_BYTES} bytes"));
+            if body.len() + chunk.len() > max {
+                return Err(format!("{uri}: a document of more than {max} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
-        parse_jwks(&body)
+        Ok(body)
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -5,8 +5,15 @@
 //! streamed to every node, or the user's entity risk — committed with the
 //! SET's `jti` so that it is done once.
 
+pub mod commit;
 pub mod config;
+pub mod gtr;
 pub mod keys;
+pub mod limit;
+pub mod poll;
+mod sessions;
+pub mod status;
+mod stepup;
 pub mod transmit;
 pub mod verify;
 
@@ -33,18 +40,42 @@ pub use config::RawSsf;
 /// not one.
 pub const MAX_SET_BYTES: usize = 64 * 1024;
 
-/// The receiver's state: each transmitter with its keys.
-#[derive(Debug, Default)]
+/// The receiver's state: each transmitter with its keys and rate limit,
+/// the per-source rate limit, and the group committer.
+#[derive(Debug)]
 pub struct Receiver {
-    transmitters: HashMap<String, (Transmitter, Keys)>,
+    transmitters: HashMap<String, Stream>,
+    /// Each source address's bucket (`ssf.source_rate_per_second`).
+    pub sources: limit::Limiter<std::net::IpAddr>,
+    commits: Option<tokio::sync::mpsc::Sender<commit::PendingSet>>,
+    /// The global token revocation endpoint's peers.
+    pub gtr: gtr::Inbound,
+}
+
+/// A configured transmitter at run time.
+#[derive(Debug)]
+pub struct Stream {
+    /// Its configuration.
+    pub t: Transmitter,
+    /// Its keys.
+    pub keys: Keys,
+    limit: limit::Limiter<()>,
+    /// What this process saw of it.
+    pub status: status::Status,
 }
 
 impl Receiver {
-    /// The receiver of `transmitters`.
-    pub fn new(transmitters: &[Transmitter]) -> Receiver {
+    /// The receiver of `transmitters`, its SETs committed to `store`.
+    /// Starts its committer task: call it within a Tokio runtime.
+    pub fn new(
+        transmitters: &[Transmitter],
+        inbound: &config::Inbound,
+        gtr_peers: &[gtr::Peer],
+        store: &crate::store::Store,
+    ) -> Receiver {
         let client = if transmitters
             .iter()
-            .any(|t| matches!(t.keys, config::KeySource::Uri(_)))
+            .any(|t| !matches!(t.keys, config::KeySource::Static(_)))
         {
             keys::client()
         } else {
@@ -56,11 +87,65 @@ impl Receiver {
                 .map(|t| {
                     let keys =
                         Keys::new(t.keys.clone(), t.jwks_cache, t.jwks_refetch, client.clone());
-                    (t.name.clone(), (t.clone(), keys))
+                    let stream = Stream {
+                        t: t.clone(),
+                        keys,
+                        limit: limit::Limiter::new(t.rate, 1),
+                        status: status::Status::default(),
+                    };
+                    (t.name.clone(), stream)
                 })
                 .collect(),
+            sources: limit::Limiter::new(inbound.source_rate, limit::MAX_SOURCES),
+            commits: (!transmitters.is_empty()).then(|| commit::start(store.clone())),
+            gtr: gtr::Inbound::new(gtr_peers),
         }
     }
+
+    /// The transmitter named `name`.
+    pub fn stream(&self, name: &str) -> Option<&Stream> {
+        self.transmitters.get(name)
+    }
+
+    /// The configured transmitters.
+    pub fn streams(&self) -> impl Iterator<Item = &Stream> {
+        self.transmitters.values()
+    }
+
+    /// Takes one request from `peer`'s source address: `Err(retry_after)`
+    /// when over its rate. A request without a known address (none in
+    /// tests that build requests by hand) shares one bucket.
+    pub fn check_source(&self, peer: &crate::tls::Peer) -> Result<(), std::time::Duration> {
+        let key = peer.addr.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| {
+            limit::source_key(a.ip())
+        });
+        self.sources.check(&key)
+    }
+}
+
+/// Starts the receiver's tasks: each transmitter's keys read at once
+/// (through its metadata when discovered), and one poller per polled
+/// transmitter. Their handles, to abort them when the controller stops.
+pub fn start(app: &Arc<App>) -> Vec<tokio::task::AbortHandle> {
+    let mut tasks = poll::start(app);
+    for s in app.ssf.streams() {
+        if matches!(s.t.keys, config::KeySource::Static(_)) {
+            continue;
+        }
+        let (app, name) = (Arc::downgrade(app), s.t.name.clone());
+        tasks.push(
+            tokio::spawn(async move {
+                if let Some(app) = app.upgrade()
+                    && let Some(s) = app.ssf.stream(&name)
+                    && let Err(KeyError::Unavailable(e)) = s.keys.key("").await
+                {
+                    s.status.error(now_secs(), &format!("keys: {e}"));
+                }
+            })
+            .abort_handle(),
+        );
+    }
+    tasks
 }
 
 fn answer(status: StatusCode, err: &str, description: &str) -> Response {
@@ -94,6 +179,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub async fn push(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    peer: crate::tls::Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -103,16 +189,28 @@ pub async fn push(
             .with_label_values(&[label, result])
             .inc();
     };
-    let Some((t, keys)) = app.ssf.transmitters.get(&name) else {
+    // The source's rate first, before anything of the request is looked
+    // at; the transmitter's once its bearer is known, so that a flood
+    // without it cannot spend the transmitter's allowance.
+    if let Err(retry) = app.ssf.check_source(&peer) {
+        count("-", "rate_limited");
+        return limit::too_many(retry);
+    }
+    let Some(stream) = app.ssf.transmitters.get(&name) else {
         count("-", "unauthorized");
         return unauthorized();
     };
+    let (t, keys) = (&stream.t, &stream.keys);
     let label = t.name.as_str();
     let authenticated = bearer(&headers)
-        .is_some_and(|token| crate::config::token_hash(token) == t.push_token_sha256);
+        .is_some_and(|token| t.push_token_sha256 == Some(crate::config::token_hash(token)));
     if !authenticated {
         count(label, "unauthorized");
         return unauthorized();
+    }
+    if let Err(retry) = stream.limit.check(&()) {
+        count(label, "rate_limited");
+        return limit::too_many(retry);
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -142,11 +240,15 @@ pub async fn push(
         }
         Err(Refused::Set(r)) => {
             count(label, r.err);
+            stream
+                .status
+                .error(now_secs(), &format!("{}: {}", r.err, r.description));
             tracing::info!(transmitter = label, err = r.err, description = %r.description, "SET refused");
             answer(StatusCode::BAD_REQUEST, r.err, &r.description)
         }
         Err(Refused::Unavailable(why)) => {
             count(label, "unavailable");
+            stream.status.error(now_secs(), why);
             answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
         }
     }
@@ -165,8 +267,12 @@ fn unauthorized() -> Response {
     r
 }
 
-enum Refused {
+/// Why a SET was not taken.
+#[derive(Debug)]
+pub enum Refused {
+    /// Refused: its RFC 8935 code and description (`400`, or `setErrs`).
     Set(Rejection),
+    /// Not now: the keys or the store are unavailable; deliver again.
     Unavailable(&'static str),
 }
 
@@ -183,8 +289,9 @@ fn invalid(description: impl Into<String>) -> Refused {
     })
 }
 
-/// Validates and takes one SET; the metric's result when taken.
-async fn take(
+/// Validates and takes one SET, delivered by push or by poll; the
+/// metric's result when taken.
+pub(crate) async fn take(
     app: &App,
     t: &Transmitter,
     keys: &Keys,
@@ -227,7 +334,20 @@ async fn take(
                 let name = user_name(t, claims.sub_id.as_ref())?;
                 let user = UserId(UserKey::for_name(&app.config.hash_key, &name).as_u64());
                 let action = match (action, risk_direction(&claims.event, &claims.payload)?) {
-                    (Action::RevokeUser, _) => SetAction::RevokeUser(user),
+                    (Action::RevokeUser, _) => match sessions::named(
+                        &app.config.hash_key,
+                        t,
+                        &claims.event,
+                        claims.sub_id.as_ref(),
+                    ) {
+                        Some(idp_session) => SetAction::RevokeIdpSession { user, idp_session },
+                        None => SetAction::RevokeUser(user),
+                    },
+                    (Action::StepUp, _) => match stepup::wanted(&claims.event, &claims.payload) {
+                        Ok(true) => SetAction::StepUp(user),
+                        Ok(false) => SetAction::Nothing,
+                        Err(e) => return Err(invalid(e)),
+                    },
                     (Action::ClearRisk, _) | (Action::RaiseRisk, Some(false)) => {
                         SetAction::UserRisk {
                             user,
@@ -267,7 +387,33 @@ async fn take(
             .saturating_add(t.clock_skew),
         verification: verification.as_deref(),
     };
-    match app.store.take_set(&receipt, action, now).await {
+    let taken = match &app.ssf.commits {
+        Some(commits) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let pending = commit::PendingSet {
+                transmitter: receipt.transmitter.to_owned(),
+                issuer: receipt.issuer.to_owned(),
+                jti: receipt.jti.to_owned(),
+                event: receipt.event.to_owned(),
+                keep_until: receipt.keep_until,
+                verification: receipt.verification.map(str::to_owned),
+                action,
+                reply,
+            };
+            match commits.send(pending).await {
+                Ok(()) => answer.await.ok().flatten().ok_or(()),
+                Err(_) => Err(()),
+            }
+        }
+        None => app
+            .store
+            .take_set(&receipt, action, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "store failed; SET not taken");
+            }),
+    };
+    match taken {
         Ok(SetTaken::Taken { head }) => {
             app.head.send_if_modified(|h| {
                 let newer = head > *h;
@@ -282,10 +428,7 @@ async fn take(
             Ok(result)
         }
         Ok(SetTaken::Duplicate) => Ok("duplicate"),
-        Err(e) => {
-            tracing::warn!(error = %e, "store failed; SET not taken");
-            Err(Refused::Unavailable("the store failed; try again"))
-        }
+        Err(()) => Err(Refused::Unavailable("the store failed; try again")),
     }
 }
 

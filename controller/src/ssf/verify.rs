@@ -1,14 +1,13 @@
 //! A pushed SET's validation, in the order `docs/signals.md` gives, each
 //! failure with its RFC 8935 error code.
 //!
-//! The JOSE crate is `jsonwebtoken`: the maintained, widely used one, with
-//! a pure-Rust backend (RustCrypto; the aws-lc one would need cmake). Only
-//! its signature primitive ([`jsonwebtoken::crypto::verify`]) and key
-//! parsing are used: the header and claims are read here, so that `typ`,
-//! `alg` (`none` included, which the crate cannot even represent), `kid`
+//! No JWT library decides: the signature is checked with `ring`
+//! ([`Key::verifies`]; `jsonwebtoken` only checks a JWK's components when
+//! the set is read), and the header and claims are read here, so that `typ`,
+//! `alg` (`none` included, which a JWT crate may not even represent), `kid`
 //! and the SET claims are checked in the order RFC 8935 and SSF expect and
 //! answered with their own codes, and so that nothing is accepted by a
-//! default of the crate's JWT validation (which expects `exp`, which SETs
+//! default of a JWT validation (which expects `exp`, which SETs
 //! do not carry).
 
 use base64::Engine;
@@ -156,19 +155,11 @@ pub fn verify(p: &Parsed<'_>, key: &Key, t: &Transmitter, now: u64) -> Result<Cl
             ),
         ));
     }
-    let alg = match p.alg {
-        Alg::Rs256 => jsonwebtoken::Algorithm::RS256,
-        Alg::Es256 => jsonwebtoken::Algorithm::ES256,
-    };
-    match jsonwebtoken::crypto::verify(p.signature, p.signing_input.as_bytes(), &key.decoding, alg)
-    {
-        Ok(true) => {}
-        _ => {
-            return Err(reject(
-                "authentication_failed",
-                "the signature does not verify",
-            ));
-        }
+    if !key.verifies(p.alg, p.signing_input.as_bytes(), p.signature) {
+        return Err(reject(
+            "authentication_failed",
+            "the signature does not verify",
+        ));
     }
     let c = decode_json(p.payload, "claims set")?;
     if c.get("iss").and_then(Value::as_str) != Some(t.issuer.as_str()) {

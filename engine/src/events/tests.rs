@@ -58,7 +58,7 @@ fn a_gone_consumer_counts_as_loss() {
 fn only_enforced_detections_are_for_the_fleet() {
     assert_eq!(revoked_user(1, 1).class(), EventClass::Fleet);
     assert_eq!(Event::Lost { count: 1 }.class(), EventClass::Fleet);
-    assert_eq!(Event::KINDS.len(), 12);
+    assert_eq!(Event::KINDS.len(), 14);
 }
 
 fn seen(n: u8) -> Event {

@@ -18,15 +18,33 @@ pub(super) struct EntityState {
     reported_until: u32,
     detections: u8,
     detections_until: u32,
+    /// Every session of the user first seen at or before this time (Unix
+    /// seconds; 0: none) must pass a step-up at or after it
+    /// ([`Scorer::require_step_up`]).
+    step_up_at: u32,
 }
 
 /// Other-session detections counted toward entity risk.
 const MAX_DETECTIONS: u8 = 3;
 
+/// What the entity risk needs of the session judged.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionClock {
+    /// The user's revocation count when the session was bound.
+    pub(super) generation: u16,
+    /// When the session was first seen (Unix seconds).
+    pub(super) first_seen: u32,
+    /// When its user last passed a step-up on it (0: never).
+    pub(super) stepped_up_at: u32,
+}
+
 // === impl EntityState ===
 
 impl EntityState {
-    pub(super) const RECORD_LEN: usize = 12;
+    pub(super) const RECORD_LEN: usize = 16;
+    /// The previous release's records, without the step-up time: still
+    /// restored from its snapshots.
+    pub(super) const RECORD_LEN_V1: usize = 12;
 
     pub(super) fn encode(&self) -> [u8; Self::RECORD_LEN] {
         let mut out = [0u8; Self::RECORD_LEN];
@@ -34,12 +52,17 @@ impl EntityState {
         out[2] = self.reported_points;
         out[3] = self.detections;
         out[4..8].copy_from_slice(&self.reported_until.to_le_bytes());
-        out[8..].copy_from_slice(&self.detections_until.to_le_bytes());
+        out[8..12].copy_from_slice(&self.detections_until.to_le_bytes());
+        out[12..].copy_from_slice(&self.step_up_at.to_le_bytes());
         out
     }
 
+    /// Reads a record of [`Self::RECORD_LEN`] bytes, or of
+    /// [`Self::RECORD_LEN_V1`] (no step-up asked).
     pub(super) fn decode(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::RECORD_LEN] = b.try_into().ok()?;
+        if b.len() != Self::RECORD_LEN && b.len() != Self::RECORD_LEN_V1 {
+            return None;
+        }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         Some(Self {
             generation: u16::from_le_bytes([b[0], b[1]]),
@@ -47,6 +70,11 @@ impl EntityState {
             detections: b[3].min(MAX_DETECTIONS),
             reported_until: u32_at(4),
             detections_until: u32_at(8),
+            step_up_at: if b.len() == Self::RECORD_LEN {
+                u32_at(12)
+            } else {
+                0
+            },
         })
     }
 }
@@ -55,8 +83,14 @@ impl EntityState {
 
 impl Scorer {
     /// The user's flags, for a session bound to them under revocation
-    /// `generation`.
-    pub(super) fn entity_risk(&self, user: UserKey, generation: u16, now: u32) -> Risk {
+    /// `generation`, first seen at `first_seen`, whose user last passed a
+    /// step-up on it at `stepped_up_at` (0: never).
+    pub(super) fn entity_risk(&self, user: UserKey, session: SessionClock, now: u32) -> Risk {
+        let SessionClock {
+            generation,
+            first_seen,
+            stepped_up_at,
+        } = session;
         let config = self.config.load();
         // Most users have no flags: `contains_key` answers without logging
         // a read (see `score`).
@@ -73,6 +107,15 @@ impl Scorer {
             reasons.push(Contribution {
                 reason: Reason::UserRevoked,
                 points: 100,
+            });
+        }
+        // A step-up passed in the same second as the ask counts as after
+        // it: seconds are all either clock has, and a user who has just
+        // signed in must not be sent back for it.
+        if e.step_up_at != 0 && first_seen <= e.step_up_at && stepped_up_at < e.step_up_at {
+            reasons.push(Contribution {
+                reason: Reason::StepUpRequired,
+                points: 0,
             });
         }
         if e.reported_until > now && e.reported_points > 0 {
@@ -215,6 +258,25 @@ impl Scorer {
         self.profiles.invalidate(&user);
         self.entities.invalidate(&user);
         keys.len() as u64
+    }
+
+    /// Every session of `user` first seen at or before `at_secs` must pass
+    /// a step-up at its next request, unless it passed one at or after
+    /// `at_secs`: its requests score [`Reason::StepUpRequired`], which
+    /// makes the decision at least `step_up` whatever the policy or rules
+    /// say, until the session's user passes one on it. Sessions this node
+    /// learns later are judged the same way (the check is made at each
+    /// request from the session's own first sighting and step-up time).
+    /// Only the latest ask is kept; an earlier one than held changes
+    /// nothing.
+    pub fn require_step_up(&self, user: UserKey, at_secs: u64) {
+        let at = secs32(at_secs).max(1);
+        let mut e = self.entities.get(&user).unwrap_or_default();
+        if e.step_up_at >= at {
+            return;
+        }
+        e.step_up_at = at;
+        self.entities.insert(user, e);
     }
 
     /// A partner reported the user at risk: `points` of entity risk

@@ -72,6 +72,12 @@ pub enum Reason {
     PartnerReported,
     /// Another session of the user was flagged high recently.
     RecentDetections,
+    /// The user must pass a step-up on every session opened before a
+    /// point in time (an operator's or a partner's ask: a changed
+    /// credential, a lowered assurance level), and this session has not
+    /// since. No points: the decision is at least `step_up` whatever the
+    /// policy or rules say ([`Reason::forces_step_up`]).
+    StepUpRequired,
 }
 
 /// One reason and the points it added.
@@ -176,7 +182,7 @@ impl Risks {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::DeviceChanged,
         Reason::Ja4Mismatch,
         Reason::DeviceUpgraded,
@@ -194,6 +200,7 @@ impl Reason {
         Reason::UserRevoked,
         Reason::PartnerReported,
         Reason::RecentDetections,
+        Reason::StepUpRequired,
     ];
 
     /// The stable code of this reason.
@@ -216,6 +223,7 @@ impl Reason {
             Reason::UserRevoked => "user_revoked",
             Reason::PartnerReported => "partner_reported",
             Reason::RecentDetections => "recent_detections",
+            Reason::StepUpRequired => "step_up_required",
         }
     }
 
@@ -223,6 +231,13 @@ impl Reason {
     /// refused whatever the policy says.
     pub fn is_final(self) -> bool {
         matches!(self, Reason::Revoked | Reason::UserRevoked)
+    }
+
+    /// Whether the reason is an ask rather than a weight: the decision is
+    /// at least `step_up` whatever the policy or rules say (a `block` or
+    /// `revoke` they choose stands).
+    pub fn forces_step_up(self) -> bool {
+        matches!(self, Reason::StepUpRequired)
     }
 }
 

@@ -14,10 +14,13 @@ use crate::session::SessionKey;
 /// profiles and entity flags (u64, little endian), then the session
 /// records, the revocations (key, time, user key or 0), the profiles (user
 /// key, profile record) and the entity flags (user key, record).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS3";
-/// The previous release's snapshots: the same but for version 1 session
-/// records ([`SessionState::RECORD_LEN_V1`] bytes). Still restored, so that
-/// an upgrade keeps every session.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS4";
+/// The previous release's snapshots: the same but for entity records
+/// without a step-up time ([`EntityState::RECORD_LEN_V1`] bytes). Still
+/// restored, so that an upgrade keeps every session and flag.
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"VIGILSS3";
+/// The release before: version 1 session records
+/// ([`SessionState::RECORD_LEN_V1`] bytes) and entity records as above.
 const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"VIGILSS2";
 const SNAPSHOT_HEADER: usize = 40;
 const REVOCATION_LEN: usize = 32;
@@ -73,7 +76,7 @@ impl Scorer {
     }
 
     /// The node's state as one snapshot, to restore after a restart with
-    /// [`Scorer::restore`]: a header (`VIGILSS3`, then the counts of
+    /// [`Scorer::restore`]: a header (`VIGILSS4`, then the counts of
     /// sessions, revocations, user profiles and entity flags as u64), the
     /// session records ([`SessionState::encode`]), each revocation as the
     /// session key, its time and the revoked user's key (0 for a session
@@ -160,15 +163,18 @@ impl Scorer {
     /// its time, every user profile and entity flag. A file that is not a
     /// snapshot, or whose length does not match its counts, is refused
     /// whole; a record that does not decode is skipped and counted. The
-    /// previous release's snapshots (`VIGILSS2`, version 1 session records)
+    /// earlier releases' snapshots (`VIGILSS3`, `VIGILSS2`)
     /// are restored too.
     pub fn restore(&self, snapshot: &[u8], now_secs: u64) -> Result<Restored, SnapshotError> {
         let (header, body) = snapshot
             .split_at_checked(SNAPSHOT_HEADER)
             .ok_or(SnapshotError::NotASnapshot)?;
-        let record_len = match &header[..8] {
-            m if m == SNAPSHOT_MAGIC => SessionState::RECORD_LEN,
-            m if m == SNAPSHOT_MAGIC_V1 => SessionState::RECORD_LEN_V1,
+        let (record_len, entity_len) = match &header[..8] {
+            m if m == SNAPSHOT_MAGIC => (SessionState::RECORD_LEN, EntityState::RECORD_LEN),
+            m if m == SNAPSHOT_MAGIC_V2 => (SessionState::RECORD_LEN, EntityState::RECORD_LEN_V1),
+            m if m == SNAPSHOT_MAGIC_V1 => {
+                (SessionState::RECORD_LEN_V1, EntityState::RECORD_LEN_V1)
+            }
             _ => return Err(SnapshotError::NotASnapshot),
         };
         let count = |i: usize| {
@@ -181,7 +187,7 @@ impl Scorer {
             record_len,
             REVOCATION_LEN,
             8 + UserProfile::RECORD_LEN,
-            8 + EntityState::RECORD_LEN,
+            8 + entity_len,
         ];
         let lengths: Option<Vec<usize>> = counts
             .iter()
@@ -249,7 +255,7 @@ impl Scorer {
                 _ => restored.refused += 1,
             }
         }
-        for entry in entities.chunks_exact(8 + EntityState::RECORD_LEN) {
+        for entry in entities.chunks_exact(8 + entity_len) {
             let (user, record) = entry.split_at(8);
             match (UserKey::from_u64(u64_of(user)), EntityState::decode(record)) {
                 (Some(user), Some(entity)) => self.entities.insert(user, entity),

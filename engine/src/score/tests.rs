@@ -1414,7 +1414,7 @@ proptest! {
     #[test]
     fn restoring_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let w = world();
-        let mut input = b"VIGILSS3".to_vec();
+        let mut input = b"VIGILSS4".to_vec();
         input.extend_from_slice(&bytes);
         let _ = w.engine.scorer().restore(&bytes, T0);
         let _ = w.engine.scorer().restore(&input, T0);
@@ -1605,4 +1605,137 @@ fn a_vouched_revocation_of_an_unseen_session_outlives_a_flood_of_minted_ones() {
         !scorer.is_revoked(&key("plain-ended")),
         "evicted by the flood"
     );
+}
+
+/// Rules that allow whatever they are shown, by their rule 0.
+#[derive(Debug, Default)]
+struct AllowAll;
+
+impl crate::decide::Rules for AllowAll {
+    fn rule(&self, _: &crate::decide::Facts<'_>) -> crate::decide::Ruling {
+        crate::decide::Ruling {
+            rule: Some(0),
+            ..crate::decide::Ruling::table(Action::Allow)
+        }
+    }
+}
+
+/// An operator's or partner's step-up of a user: every session of theirs
+/// opened before the ask is sent to step up at its next request — even by
+/// a lenient policy or rules that allow — until it passes one; a session
+/// opened after, and other users, are not. It holds through a snapshot,
+/// and for a session this node learns of later.
+#[test]
+fn a_users_step_up_holds_on_each_older_session_until_it_passes() {
+    let w = world();
+    let p = lenient();
+    for (s, user) in [("a", "vera"), ("b", "vera"), ("other", "walt")] {
+        w.login(s, user, T0);
+        assert_eq!(w.req(&p, s, FIREFOX, HOME, T0).action, Action::Allow);
+    }
+    let vera = w.engine.user_key("vera");
+    w.engine.require_step_up(vera, T0 + 10);
+
+    let v = w.req(&p, "a", FIREFOX, HOME, T0 + 20);
+    assert!(v.risks.entity.has(Reason::StepUpRequired), "{:?}", v.risks);
+    assert_eq!(v.risk.points(Reason::StepUpRequired), 0);
+    assert_eq!(v.action, Action::StepUp);
+    explained(&v);
+    // Rules that allow cannot lower it.
+    let h = headers("a", FIREFOX);
+    let ruled = w
+        .engine
+        .decide_with_rules(
+            &view(&h, HOME, T0 + 20),
+            &p,
+            &AllowAll,
+            crate::client_ip::ForwardedHeaders::default(),
+        )
+        .unwrap();
+    assert_eq!((ruled.action, ruled.ruling.rule), (Action::StepUp, None));
+    assert_eq!(
+        w.req(&p, "other", FIREFOX, HOME, T0 + 20).action,
+        Action::Allow
+    );
+    // A passed step-up clears it for that session alone.
+    assert!(w.engine.confirm(&v));
+    assert_eq!(w.req(&p, "a", FIREFOX, HOME, T0 + 21).action, Action::Allow);
+    assert_eq!(
+        w.req(&p, "b", FIREFOX, HOME, T0 + 22).action,
+        Action::StepUp
+    );
+    // A session opened after the ask is not asked; an older ask arriving
+    // late changes nothing.
+    w.login("c", "vera", T0 + 30);
+    assert_eq!(w.req(&p, "c", FIREFOX, HOME, T0 + 30).action, Action::Allow);
+    w.engine.require_step_up(vera, T0 + 5);
+    assert_eq!(w.req(&p, "a", FIREFOX, HOME, T0 + 40).action, Action::Allow);
+
+    // After a restart from a snapshot: the same.
+    let after = world();
+    after
+        .engine
+        .scorer()
+        .restore(&w.engine.scorer().snapshot(), T0 + 50)
+        .unwrap();
+    assert_eq!(
+        after.req(&p, "b", FIREFOX, HOME, T0 + 51).action,
+        Action::StepUp
+    );
+    assert_eq!(
+        after.req(&p, "a", FIREFOX, HOME, T0 + 52).action,
+        Action::Allow
+    );
+
+    // A node that learns of vera's sessions after the ask: b, bound
+    // before it, is asked; a's confirmed record brings its pass along.
+    let n = world();
+    n.engine.require_step_up(vera, T0 + 10);
+    for (s, confirmed) in [("b", false), ("a", true)] {
+        let key = w.engine.key_for_credential(s.as_bytes()).unwrap();
+        let record = w.engine.scorer().export(&key).unwrap();
+        assert_eq!(
+            n.engine.scorer().adopt(&record, confirmed, T0 + 60),
+            Ok((key, Adopted::New))
+        );
+    }
+    assert_eq!(
+        n.req(&p, "b", FIREFOX, HOME, T0 + 61).action,
+        Action::StepUp
+    );
+    assert_eq!(n.req(&p, "a", FIREFOX, HOME, T0 + 62).action, Action::Allow);
+    // A later ask asks a again.
+    n.engine.require_step_up(vera, T0 + 70);
+    assert_eq!(
+        n.req(&p, "a", FIREFOX, HOME, T0 + 71).action,
+        Action::StepUp
+    );
+}
+
+/// A snapshot of the previous release (`VIGILSS3`: entity records without
+/// a step-up time) is still restored whole.
+#[test]
+fn a_previous_snapshot_with_shorter_entity_records_is_restored() {
+    let w = world();
+    let p = lenient();
+    w.login("s", "xena", T0);
+    w.req(&p, "s", FIREFOX, HOME, T0);
+    let xena = w.engine.user_key("xena");
+    let month = std::time::Duration::from_secs(30 * DAY);
+    w.engine.scorer().report_user(xena, 40, month, T0);
+    let snapshot = w.engine.scorer().snapshot();
+    // Rewrite it as the previous release wrote it: the same sections, the
+    // entity records 4 bytes shorter.
+    let entities = u64::from_le_bytes(snapshot[32..40].try_into().unwrap());
+    assert_eq!(entities, 1);
+    let mut old = snapshot.clone();
+    old[..8].copy_from_slice(b"VIGILSS3");
+    old.truncate(old.len() - 4);
+    let after = world();
+    let restored = after.engine.scorer().restore(&old, T0 + 10).unwrap();
+    assert_eq!(restored.refused, 0);
+    let v = after.req(&p, "s", FIREFOX, HOME, T0 + 11);
+    assert_eq!(v.risks.entity.points(Reason::PartnerReported), 40);
+    assert!(!v.risk.has(Reason::StepUpRequired));
+    assert_eq!(v.action, Action::Allow);
 }

@@ -708,10 +708,10 @@ static IMPORT_ENGINE: LazyLock<Engine> = LazyLock::new(|| {
 });
 
 /// Snapshot magic of the current format.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS3";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILSS4";
 /// Record sizes of a snapshot's four sections, in header order: sessions,
 /// revocations, user profiles, user flags.
-const SECTION_SIZES: [usize; 4] = [SessionState::RECORD_LEN, 32, 328, 20];
+const SECTION_SIZES: [usize; 4] = [SessionState::RECORD_LEN, 32, 328, 24];
 
 /// Arbitrary bytes as a session snapshot file (`Scorer::restore`: bare,
 /// behind a valid header, and with counts shaped to the input so that the

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use vigil_engine::events::RevocationCause;
 use vigil_engine::{Engine, Event, SessionKey};
-use vigil_fleet::{NodeEventKind, Record, SessionId, UserId};
+use vigil_fleet::{IdpSessionId, NodeEventKind, Record, SessionId, UserId};
 
 /// Seconds between two detections of one session told to the controller.
 pub(super) const DETECTION_EVERY: u64 = 60;
@@ -172,6 +172,17 @@ impl Outgoing {
                 }
                 Some(detection)
             }
+            Event::IdpSessionLearned {
+                session,
+                user,
+                idp_session,
+                at,
+            } => Some(NodeEventKind::IdpSession {
+                session: SessionId(*session.as_bytes()),
+                user: UserId(user.as_u64()),
+                idp_session: IdpSessionId(idp_session.0),
+                at: *at,
+            }),
             Event::UserLearned(learnt) => Some(NodeEventKind::UserLearned {
                 user: UserId(learnt.user.as_u64()),
                 values: learnt.values,

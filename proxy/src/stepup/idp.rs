@@ -189,6 +189,10 @@ impl Provider {
             auth_time: claims
                 .auth_time()
                 .and_then(|t| u64::try_from(t.timestamp()).ok()),
+            // `openidconnect`'s core claims leave `sid` out: read from the
+            // payload of the token whose signature and claims were just
+            // verified.
+            sid: token_sid(&id_token.to_string()),
         })
     }
 }
@@ -380,6 +384,26 @@ async fn discover(oidc: &Arc<Oidc>) -> Result<Provider, IdpError> {
 }
 
 /// The `kid` in a compact JWT's header, if it names one.
+/// The `sid` claim of a (verified) JWT: a string of at most
+/// [`vigil_engine::MAX_SID_BYTES`] visible ASCII characters, or none.
+fn token_sid(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    // An ID token of a few kilobytes; a payload past 64 KiB is no ID
+    // token worth reading.
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sid = value.get("sid")?.as_str()?;
+    let ok = !sid.is_empty()
+        && sid.len() <= vigil_engine::MAX_SID_BYTES
+        && sid.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| sid.to_owned())
+}
+
 fn token_kid(jwt: &str) -> Option<String> {
     let header = jwt.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -456,5 +480,29 @@ mod tests {
         );
         assert_eq!(token_kid("not base64!.x.y"), None);
         assert_eq!(token_kid(""), None);
+    }
+
+    #[test]
+    fn the_sid_is_read_only_when_it_is_a_plain_string() {
+        let jwt = |payload: &str| {
+            format!(
+                "e30.{}.sig",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+            )
+        };
+        assert_eq!(
+            token_sid(&jwt(r#"{"sid":"a1-b2.c3"}"#)).as_deref(),
+            Some("a1-b2.c3")
+        );
+        for payload in [
+            r#"{"sub":"x"}"#.to_owned(),
+            r#"{"sid":""}"#.to_owned(),
+            r#"{"sid":7}"#.to_owned(),
+            r#"{"sid":"a b"}"#.to_owned(),
+            format!(r#"{{"sid":"{}"}}"#, "s".repeat(257)),
+        ] {
+            assert_eq!(token_sid(&jwt(&payload)), None, "{payload}");
+        }
+        assert_eq!(token_sid("only-one-part"), None);
     }
 }

@@ -75,6 +75,12 @@ pub(crate) struct IdpClient {
     pub(crate) client_id: String,
     pub(crate) client_secret: String,
     pub(crate) redirect_uris: Vec<String>,
+    /// Where the IdP posts its back-channel logout tokens; with it, the
+    /// IdP's ID tokens for this client carry `sid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backchannel_logout_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backchannel_logout_session_required: Option<bool>,
 }
 
 /// A user of the IdP.
@@ -231,6 +237,18 @@ impl Idp {
         }
     }
 
+    /// The `sid` of the IdP session that last signed `account` in to the
+    /// first client (the test hook `GET /test/sid`), if any.
+    pub(crate) async fn last_sid(&self, account: &str) -> Option<String> {
+        let r = crate::common::http_client()
+            .get(self.url(&format!("/test/sid?account={account}")))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        v["sid"].as_str().map(str::to_owned)
+    }
+
     /// `http://127.0.0.1:PORT`, where it serves discovery.
     pub(crate) fn issuer(&self) -> &str {
         &self.issuer
@@ -298,6 +316,8 @@ impl IdpConfig {
                 client_id: CLIENT_ID.to_owned(),
                 client_secret: CLIENT_SECRET.to_owned(),
                 redirect_uris: Vec::new(),
+                backchannel_logout_uri: None,
+                backchannel_logout_session_required: None,
             }],
             accounts: BTreeMap::from([
                 (
@@ -319,6 +339,14 @@ impl IdpConfig {
     /// Adds a redirect URI to the first client.
     pub(crate) fn redirect_uri(mut self, uri: &str) -> IdpConfig {
         self.clients[0].redirect_uris.push(uri.to_owned());
+        self
+    }
+
+    /// Has the first client take back-channel logout tokens at `uri`,
+    /// with the session's `sid` (so ID tokens carry `sid` too).
+    pub(crate) fn backchannel_logout_uri(mut self, uri: &str) -> IdpConfig {
+        self.clients[0].backchannel_logout_uri = Some(uri.to_owned());
+        self.clients[0].backchannel_logout_session_required = Some(true);
         self
     }
 
@@ -445,6 +473,17 @@ impl FormClient {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
         self.send(action.as_str(), request).await
+    }
+
+    /// Posts `pairs` as a form to `url` with its cookies, keeping the
+    /// cookies the answer sets.
+    pub(crate) async fn post_form(&mut self, url: &str, pairs: &[(&str, &str)]) -> Page {
+        let request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form_body(pairs));
+        self.send(url, request).await
     }
 
     async fn send(&mut self, url: &str, mut request: reqwest::RequestBuilder) -> Page {

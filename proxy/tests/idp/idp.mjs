@@ -15,6 +15,13 @@
 // - POST /interaction/:uid/login  checks it: an OTP makes acr urn:vigil:mfa,
 //                                 amr [pwd, otp]; without, urn:vigil:pwd, [pwd];
 // - POST /test/rotate-keys        a new signing key with a new kid: {"kid": …}.
+// - GET  /test/sid?account=ID      the sid of the IdP session that last
+//                                  signed ID in: {"sid": … or null}.
+//
+// A client with backchannel_logout_uri (and
+// backchannel_logout_session_required) turns on oidc-provider's
+// back-channel logout: its ID tokens carry sid, and ending the IdP session
+// posts a logout_token there.
 
 import { generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -38,6 +45,10 @@ const accounts = config.accounts ?? {};
 // does not advance auth_time when its user re-authenticates. Kept outside
 // the provider so a key rotation does not reset it.
 const firstLogin = new Map();
+
+// The sid of the IdP session each account last signed in with, for the
+// test hook: the relying party sees it only inside the ID token.
+const lastSid = new Map();
 
 // Cookie signing keys: any random value; sessions only live as long as the
 // process.
@@ -69,6 +80,10 @@ async function handle(req, res) {
     // in-memory sessions, codes and grants go with it, which the tests accept.
     provider = newProvider(provider.issuer);
     return send(res, 200, 'application/json', JSON.stringify({ kid: provider.kid }));
+  }
+  if (req.method === 'GET' && url.pathname === '/test/sid') {
+    const sid = lastSid.get(url.searchParams.get('account') ?? '') ?? null;
+    return send(res, 200, 'application/json', JSON.stringify({ sid }));
   }
   if (login && req.method === 'GET' && !login[2]) {
     const details = await provider.interactionDetails(req, res);
@@ -147,8 +162,20 @@ function newProvider(issuer) {
     features: {
       // Ours below, not the development forms.
       devInteractions: { enabled: false },
+      backchannelLogout: {
+        enabled: (config.clients ?? []).some((c) => c.backchannel_logout_uri),
+      },
     },
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    // oidc-provider refuses to send requests (back-channel logout tokens)
+    // to special-use addresses such as 127.0.0.1, a protection for a
+    // deployed provider against SSRF. This one exists only on loopback,
+    // where its relying party (Vigil's controller) listens too: its own
+    // dispatcher is left out so those requests go out.
+    fetch: (url, options) => {
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     findAccount: (_ctx, id) =>
       Object.hasOwn(accounts, id)
         ? { accountId: id, claims: () => ({ sub: id, email: accounts[id].email }) }
@@ -176,6 +203,14 @@ function newProvider(issuer) {
     },
   });
   p.kid = kid;
+  p.on('authorization.success', (ctx) => {
+    const session = ctx.oidc.session;
+    const client = ctx.oidc.client;
+    if (session?.accountId && client) {
+      lastSid.set(session.accountId, session.sidFor(client.clientId) ?? null);
+    }
+  });
+  p.on('backchannel.error', (_ctx, err) => console.error('idp: backchannel.error:', err?.message, err?.cause?.code ?? '', err?.cause?.message ?? ''));
   p.on('server_error', (_ctx, err) => console.error('idp: server_error:', err));
   return p;
 }

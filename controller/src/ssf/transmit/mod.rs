@@ -707,7 +707,7 @@ pub(crate) async fn verify(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /v1/admin/ssf/streams` (the admin token): every receiver's
+/// `GET /v1/admin/ssf/transmit/streams` (the admin token): every receiver's
 /// streams (at most 1,000) with what an operator needs to see one that is
 /// stuck: status, delivery (never the receiver's authorization header),
 /// events delivered, SETs queued, dropped from a full queue, push failures
