@@ -13,7 +13,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, put};
+
+use crate::ssf::transmit as tx;
+// An operator's confirmed compromise (`crate::ssf::transmit::compromise`).
+use crate::ssf::transmit::compromise::confirmed_compromise as confirm;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -75,6 +79,8 @@ pub struct App {
     /// Outbound calls: webhooks and universal logout targets
     /// ([`crate::outbox`]); `None` when none is configured.
     pub outbox: Option<Arc<crate::outbox::Outbox>>,
+    /// The Shared Signals transmitter ([`crate::ssf::transmit`]).
+    pub ssf_tx: crate::ssf::transmit::Runtime,
     /// The controller's signing keys (`[signing]`), when configured.
     pub signer: Option<Arc<crate::signing::Signer>>,
     /// The back-channel logout receiver ([`crate::bcl`]).
@@ -149,6 +155,7 @@ impl App {
                 metrics.clone(),
             ))
         });
+        let ssf_tx = crate::ssf::transmit::Runtime::new(config.ssf_tx.as_ref());
         let signer = config.signing.clone();
         let bcl = crate::bcl::Receiver::new(&config.backchannel_logout);
         Ok(App {
@@ -162,6 +169,7 @@ impl App {
             metrics,
             commits,
             ssf,
+            ssf_tx,
             signer,
             bcl,
         })
@@ -380,6 +388,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/trust-device", post(trust_device))
         .route("/v1/admin/users/trust-network", post(trust_network))
         .route("/v1/admin/detections/false-positive", post(false_positive))
+        .route("/v1/admin/detections/confirmed-compromise", post(confirm))
+        .route("/v1/admin/ssf/transmit/streams", get(tx::admin_streams))
         .route("/v1/admin/rules", get(list_rules))
         .route("/v1/admin/rules", post(publish_rules))
         .route("/v1/admin/rules/{version}", get(get_rules))
@@ -391,6 +401,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/users/logout", post(logout_user))
         .route("/v1/admin/logouts", get(list_logouts))
         .route("/v1/admin/logouts/{id}", get(get_logout))
+        // The Shared Signals transmitter (`crate::ssf::transmit`).
+        .route("/.well-known/ssf-configuration", get(tx::metadata))
+        .route("/v1/ssf/streams", get(tx::read_streams))
+        .route("/v1/ssf/streams", post(tx::create_stream))
+        .route("/v1/ssf/streams", patch(tx::update_stream))
+        .route("/v1/ssf/streams", put(tx::replace_stream))
+        .route("/v1/ssf/streams", delete(tx::delete_stream))
+        .route("/v1/ssf/status", get(tx::get_status))
+        .route("/v1/ssf/status", post(tx::set_status))
+        .route("/v1/ssf/subjects/add", post(tx::add_subject))
+        .route("/v1/ssf/subjects/remove", post(tx::remove_subject))
+        .route("/v1/ssf/verify", post(tx::verify))
+        .route("/v1/ssf/poll/{stream_id}", post(tx::deliver::poll))
         .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
         .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))

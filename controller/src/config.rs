@@ -93,6 +93,9 @@ pub struct Config {
     pub webhooks: Vec<crate::outbox::Webhook>,
     /// Universal logout's targets (`[logout]`, `docs/signals.md`).
     pub logout: crate::logout::LogoutConfig,
+    /// The Shared Signals transmitter (`[ssf_transmitter]`,
+    /// `docs/signals.md`): none when not configured.
+    pub ssf_tx: Option<crate::ssf::transmit::config::TxConfig>,
 }
 
 /// Per-node bounds on what a node's word can change (`docs/controller.md`,
@@ -259,6 +262,7 @@ struct Raw {
     webhooks: Vec<crate::outbox::config::RawWebhook>,
     #[serde(default)]
     logout: crate::logout::RawLogout,
+    ssf_transmitter: Option<crate::ssf::transmit::config::RawTx>,
     signing: Option<crate::signing::RawSigning>,
 }
 
@@ -415,6 +419,15 @@ impl Config {
             crate::bcl::config::load(raw.backchannel_logout, base, &mut problems);
         let (ssf, ssf_inbound) = crate::ssf::config::load(raw.ssf, base, &mut problems);
         let gtr = crate::ssf::gtr::load(raw.global_token_revocation, base, &mut problems);
+        if raw.ssf_transmitter.is_some() && raw.signing.is_none() {
+            problems.push(
+                "ssf_transmitter: the transmitter signs its SETs with the [signing] keys; configure [signing]"
+                    .to_owned(),
+            );
+        }
+        let ssf_tx = raw
+            .ssf_transmitter
+            .and_then(|t| crate::ssf::transmit::config::load(t, base, user_names, &mut problems));
         let store = raw
             .store
             .unwrap_or_else(|| format!("sqlite://{}", base.join("controller.db").display()));
@@ -459,6 +472,7 @@ impl Config {
                 outbox,
                 webhooks,
                 logout,
+                ssf_tx,
             }),
             _ => Err(fail(problems)),
         }

@@ -6,7 +6,8 @@
 //! PostgreSQL `REPEATABLE READ`), so a copy taken while the controller
 //! runs is the store as of one moment: the change log with its numbers and
 //! the state it built, node event ids, disabled nodes, rule bundles and
-//! what nodes reported of them, nodes' daily budgets. The destination
+//! what nodes reported of them, nodes' daily budgets, the Shared Signals
+//! transmitter's streams, queues and place in the log. The destination
 //! must be empty (its schema is applied first) and is written in one
 //! transaction: a copy that fails leaves it empty.
 
@@ -103,6 +104,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("reasons", Kind::Text),
             ("at", Kind::Int),
             ("false_positive", Kind::Int),
+            ("confirmed_compromise", Kind::Int),
         ],
     ),
     (
@@ -196,6 +198,71 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("vouched", Kind::Int),
         ],
     ),
+    // The Shared Signals transmitter's streams and queues (its cursor is
+    // one row, set like the log's head).
+    (
+        "ssf_tx_streams",
+        &[
+            ("stream_id", Kind::Text),
+            ("client", Kind::Text),
+            ("config", Kind::Text),
+            ("status", Kind::Text),
+            ("reason", Kind::Text),
+            ("all_subjects", Kind::Int),
+            ("created", Kind::Int),
+            ("updated", Kind::Int),
+            ("next_seq", Kind::Int),
+            ("dropped", Kind::Int),
+            ("lease_owner", Kind::Text),
+            ("lease_until", Kind::Int),
+            ("next_try", Kind::Int),
+            ("failures", Kind::Int),
+        ],
+    ),
+    (
+        "ssf_tx_subjects",
+        &[
+            ("stream_id", Kind::Text),
+            ("subject", Kind::Text),
+            ("included", Kind::Int),
+        ],
+    ),
+    (
+        "ssf_tx_queue",
+        &[
+            ("stream_id", Kind::Text),
+            ("seq", Kind::Int),
+            ("jti", Kind::Text),
+            ("claims", Kind::Text),
+            ("sent", Kind::Int),
+        ],
+    ),
+    (
+        "ssf_tx_refused",
+        &[
+            ("stream_id", Kind::Text),
+            ("jti", Kind::Text),
+            ("err", Kind::Text),
+            ("description", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
+    (
+        "ssf_tx_user_levels",
+        &[
+            ("user_key", Kind::Text),
+            ("level", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
+    (
+        "ssf_tx_recent",
+        &[
+            ("stream_id", Kind::Text),
+            ("subject", Kind::Text),
+            ("at", Kind::Int),
+        ],
+    ),
 ];
 
 /// One value read.
@@ -267,6 +334,14 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Copied, CopyError> {
     sqlx::query("UPDATE log_head SET head = $1, oldest = $2 WHERE id = 1")
         .bind(head)
         .bind(oldest)
+        .execute(&mut *dst)
+        .await?;
+    let cursor: i64 = sqlx::query("SELECT seq FROM ssf_tx_cursor WHERE id = 1")
+        .fetch_one(&mut *src)
+        .await?
+        .try_get(0)?;
+    sqlx::query("UPDATE ssf_tx_cursor SET seq = $1 WHERE id = 1")
+        .bind(cursor)
         .execute(&mut *dst)
         .await?;
     src.commit().await?;

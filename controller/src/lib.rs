@@ -156,6 +156,11 @@ pub async fn run_on(
             .abort_handle(),
         );
     }
+    if config.ssf_tx.is_some() {
+        tasks
+            .0
+            .push(tokio::spawn(ssf::transmit::deliver::run(Arc::downgrade(&app))).abort_handle());
+    }
     let keep = config.keep_changes;
     let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
     let keep_profiles = config.keep_profiles;

@@ -57,6 +57,12 @@ pub struct Metrics {
     pub outbox_pending: IntGaugeVec,
     /// How long an outbound attempt took.
     pub outbox_seconds: Histogram,
+    /// SETs the transmitter handled, by receiver (its configured name)
+    /// and result: `enqueued`, `delivered` (a push taken or a poll's ack),
+    /// `refused` (a push's 400 or a poll's setErr), `retry` (a push that
+    /// failed, tried again after back-off), `dropped` (a full queue's
+    /// oldest), `polled` (handed out by a poll).
+    pub ssf_tx_sets: IntCounterVec,
     /// Revocations of each node taken unvouched because its daily budget
     /// of vouching on its own baselines was spent.
     pub unvouched: IntCounterVec,
@@ -188,6 +194,14 @@ impl Metrics {
         registry.register(Box::new(outbox_attempts.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(outbox_seconds.clone()))?;
+        let ssf_tx_sets = IntCounterVec::new(
+            Opts::new(
+                "vigil_controller_ssf_tx_sets_total",
+                "SETs the Shared Signals transmitter handled, by receiver and result (enqueued, delivered, refused, retry, dropped, polled).",
+            ),
+            &["receiver", "result"],
+        )?;
+        registry.register(Box::new(ssf_tx_sets.clone()))?;
         let bcl_tokens = IntCounterVec::new(
             Opts::new(
                 "vigil_controller_backchannel_logout_tokens_total",
@@ -215,6 +229,7 @@ impl Metrics {
             ssf_sets,
             bcl_tokens,
             refused,
+            ssf_tx_sets,
             unvouched,
         })
     }

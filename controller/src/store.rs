@@ -262,6 +262,7 @@ pub mod bcl;
 pub mod idp_sessions;
 pub mod outbox;
 pub mod ssf;
+pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
 

@@ -99,6 +99,7 @@ impl Controller {
         let toml = format!(
             "{extra}\nlisten = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
              [signing]\nissuer = \"http://{addr}\"\nkey_files = [{signing_key:?}]\n\
+             [ssf_transmitter]\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
             hash(NODE_A),
             hash(NODE_B),

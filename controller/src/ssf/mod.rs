@@ -14,6 +14,7 @@ pub mod poll;
 mod sessions;
 pub mod status;
 mod stepup;
+pub mod transmit;
 pub mod verify;
 
 use std::collections::HashMap;
