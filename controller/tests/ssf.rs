@@ -1145,9 +1145,17 @@ async fn back_channel_logout_tokens_are_checked_as_the_spec_says() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
-        // A flood: the bucket of 30 a minute is spent by now.
-        let mut limited = 0;
+        // Junk from anyone (unsigned tokens) is answered on its merits and
+        // spends nothing of the provider's 30 a minute: the next token
+        // the provider signed is still judged (a replay: 400), not 429.
         let replay = form(&signed(&good));
+        let junk = form(&TestTransmitter::unsigned(&good));
+        for _ in 0..40 {
+            assert_eq!(post(junk.clone()).await.0, 400);
+        }
+        assert_eq!(post(replay.clone()).await.0, 400);
+        // A flood of its own tokens: the bucket of 30 a minute is spent.
+        let mut limited = 0;
         for _ in 0..40 {
             if post(replay.clone()).await.0 == 429 {
                 limited += 1;
@@ -1853,4 +1861,93 @@ fn bad_poll_rate_and_gtr_config_names_every_problem() {
         );
     }
     assert_eq!(e.problems.len(), expected.len(), "{:?}", e.problems);
+}
+
+/// The attack on the mapping's bound: a user (or whoever passes their
+/// step-up) signs 17 Vigil sessions in under one provider session, one
+/// more than the controller maps. A logout token naming only that `sid`
+/// must not spare the 17th: the mapping is full, so every session of the
+/// user it names ends.
+#[tokio::test]
+async fn a_provider_session_fuller_than_its_mapping_ends_every_session_of_its_user() {
+    let db = Db::new(false).await;
+    let op = TestTransmitter::new();
+    let published = Published::start(&op).await;
+    let bcl = format!(
+        "[[backchannel_logout.providers]]\nname = \"op\"\nissuer = {:?}\nclient_id = \"vigil-rp\"\n\
+         jwks_uri = {:?}\nsub_is_user = false\n",
+        op.issuer(),
+        published.jwks_uri(),
+    );
+    let c = Controller::start(&db.url(), &bcl).await;
+    let mut node = Stream::open(&c).await;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
+    let mut events = Vec::new();
+    for i in 0..17 {
+        let record = bound_record(&format!("s-{i}"), "alice", at);
+        events.push(vigil_fleet::NodeEvent {
+            id: format!("b-{i}"),
+            kind: vigil_fleet::NodeEventKind::SessionBaseline {
+                record: record.clone(),
+                confirmed: true,
+            },
+        });
+        events.push(vigil_fleet::NodeEvent {
+            id: format!("s-{i}"),
+            kind: vigil_fleet::NodeEventKind::IdpSession {
+                session: session_of(&record),
+                user: user_of("alice"),
+                idp_session: idp_session(&op, "crowded"),
+                at,
+            },
+        });
+    }
+    let batch = vigil_fleet::EventBatch {
+        v: vigil_fleet::VERSION,
+        events,
+    };
+    let r = client()
+        .post(c.url("/v1/events"))
+        .bearer_auth(NODE)
+        .body(serde_json::to_string(&batch).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: vigil_fleet::EventAck = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    // The 17th mapping is taken and dropped: the provider session is full.
+    assert_eq!((ack.accepted, ack.refused), (34, 0));
+    node.next_changes().await;
+    let token = TestTransmitter::sign(
+        op.key(),
+        Some("logout+jwt"),
+        &logout_claims(&op, None, Some("crowded")),
+    );
+    let r = client()
+        .post(c.url("/v1/oidc/backchannel-logout/op"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("logout_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let changes = node.next_changes().await;
+    assert!(
+        matches!(changes[0], Change::UserRevoked { user: u, .. } if u == user("alice")),
+        "{changes:?}"
+    );
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|c| matches!(c, Change::SessionRevoked { .. }))
+            .count(),
+        17,
+        "every session of alice, the unmapped 17th too: {changes:?}"
+    );
+    c.stop().await;
+    db.drop_db().await;
 }

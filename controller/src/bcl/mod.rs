@@ -124,6 +124,8 @@ enum Refused {
     Invalid(String),
     /// `503`: keys or store unavailable; the provider may retry.
     Unavailable(&'static str),
+    /// `429`: the provider's `per_minute` is spent (by tokens it signed).
+    RateLimited,
 }
 
 /// `POST /v1/oidc/backchannel-logout/{provider}` with
@@ -137,6 +139,7 @@ enum Refused {
 pub async fn logout(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    peer: crate::tls::Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -146,6 +149,12 @@ pub async fn logout(
             .with_label_values(&[label, result])
             .inc();
     };
+    // The source's rate first, as for every inbound signal endpoint
+    // (`[ssf] source_rate_per_second`), before anything is looked at.
+    if let Err(retry) = app.ssf.check_source(&peer) {
+        count("-", "rate_limited");
+        return crate::ssf::limit::too_many(retry);
+    }
     let Some((p, keys, bucket)) = app.bcl.providers.get(&name) else {
         // As for transmitters: a name not configured is refused before
         // anything is read.
@@ -157,17 +166,6 @@ pub async fn logout(
         );
     };
     let label = p.name.as_str();
-    if !bucket.take() {
-        count(label, "rate_limited");
-        let mut r = answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            "temporarily_unavailable",
-            "too many logout tokens from this provider; retry shortly",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -189,10 +187,21 @@ pub async fn logout(
             &format!("a body of at most {MAX_BODY_BYTES} bytes"),
         );
     };
-    match take(&app, p, keys, &bytes).await {
+    match take(&app, p, keys, bucket, &bytes).await {
         Ok(result) => {
             count(label, result);
             (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response()
+        }
+        Err(Refused::RateLimited) => {
+            count(label, "rate_limited");
+            let mut r = answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many logout tokens from this provider; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
         }
         Err(Refused::Invalid(description)) => {
             count(label, "invalid_request");
@@ -237,7 +246,13 @@ fn decode_json(part: &str, what: &str) -> Result<Map<String, Value>, Refused> {
 }
 
 /// Validates and takes one logout token (§2.6); the metric's result.
-async fn take(app: &App, p: &Provider, keys: &Keys, bytes: &[u8]) -> Result<&'static str, Refused> {
+async fn take(
+    app: &App,
+    p: &Provider,
+    keys: &Keys,
+    bucket: &Bucket,
+    bytes: &[u8],
+) -> Result<&'static str, Refused> {
     let token = logout_token(bytes)?;
     let parts: Vec<&str> = token.split('.').collect();
     let [header_b64, payload_b64, signature] = parts[..] else {
@@ -294,6 +309,12 @@ async fn take(app: &App, p: &Provider, keys: &Keys, bytes: &[u8]) -> Result<&'st
         Ok(true)
     ) {
         return Err(invalid("the signature does not verify"));
+    }
+    // The provider's allowance is spent only by tokens it signed: a flood
+    // of junk from anyone cannot starve its real logouts (the source's
+    // rate bounds the junk).
+    if !bucket.take() {
+        return Err(Refused::RateLimited);
     }
     let c = decode_json(payload_b64, "claims set")?;
     let now = now_secs();

@@ -399,7 +399,10 @@ impl Outbox {
             }
             Target::App(app) => crate::logout::request(client, app, call, self.signing.as_deref())?,
         };
-        let answer = request.send().await.map_err(|e| error_chain(&e))?;
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| error_chain(&e.without_url()))?;
         let status = answer.status();
         if status.is_success() {
             return Ok(format!("HTTP {}", status.as_u16()));

@@ -46,11 +46,12 @@ pub enum LogoutTaken {
 
 impl Store {
     /// Takes a validated logout token: its `jti` row and the revocations,
-    /// in one transaction. With `sid` and a user: the user's sessions
-    /// signed in under that provider session, or every session of the
-    /// user when none is known; with `sid` alone: the sessions signed in
-    /// under it (none known: nothing); with a user alone: every session
-    /// of the user.
+    /// in one transaction. With `sid`: the sessions signed in under that
+    /// provider session, whichever user they are bound to; when none is
+    /// known, every session of the user (with `sub`) or nothing (`sid`
+    /// alone); when more are known than the mapping holds (16), every
+    /// session of each user they are bound to, and of the user. With a
+    /// user alone: every session of the user.
     pub async fn take_logout(
         &self,
         token: &LogoutReceipt<'_>,
@@ -77,42 +78,77 @@ impl Store {
             tx.rollback().await?;
             return Ok(LogoutTaken::Replayed);
         }
-        let (head, by_sid) = match (of.user, of.idp_session) {
-            (Some(user), Some(sid)) => {
-                idp_sessions::revoke_in(&mut tx, user, sid, now, now).await?
-            }
-            (Some(user), None) => (revoke_user_in(&mut tx, user, now, now).await?, 0),
-            (None, Some(sid)) => {
-                let sessions: Vec<SessionId> = sqlx::query(
-                    "SELECT session FROM idp_sessions WHERE idp_session = $1 ORDER BY session",
-                )
+        // The sessions signed in under the provider session, whoever they
+        // are bound to: a mapping is made only for a session bound to the
+        // user who signed in with that provider-signed `sid`, so they are
+        // that login's, even when `sub` names users by another claim than
+        // the nodes do.
+        let mapped: Vec<(SessionId, Option<UserId>)> = match of.idp_session {
+            None => Vec::new(),
+            Some(sid) => sqlx::query(
+                "SELECT session, user_key FROM idp_sessions WHERE idp_session = $1 ORDER BY session",
+            )
+            .bind(sid.to_string())
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .filter_map(|row| {
+                let session = SessionId::parse(&row.try_get::<String, _>(0).ok()?)?;
+                let user = row
+                    .try_get::<Option<String>, _>(1)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    .and_then(UserId::parse);
+                Some((session, user))
+            })
+            .collect(),
+        };
+        let full = i64::try_from(mapped.len())
+            .is_ok_and(|n| n >= idp_sessions::MAX_SESSIONS_PER_IDP_SESSION);
+        if let Some(sid) = of.idp_session {
+            sqlx::query("DELETE FROM idp_sessions WHERE idp_session = $1")
                 .bind(sid.to_string())
-                .fetch_all(&mut *tx)
-                .await?
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (head, by_sid) = if !mapped.is_empty() && !full {
+            let changes: Vec<Change> = mapped
                 .iter()
-                .filter_map(|row| row.try_get::<String, _>(0).ok())
-                .filter_map(|s| SessionId::parse(&s))
+                .map(|(session, _)| Change::SessionRevoked {
+                    session: *session,
+                    at: now,
+                    vouched: true,
+                })
                 .collect();
-                sqlx::query("DELETE FROM idp_sessions WHERE idp_session = $1")
-                    .bind(sid.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let changes: Vec<Change> = sessions
-                    .iter()
-                    .map(|session| Change::SessionRevoked {
-                        session: *session,
-                        at: now,
-                        vouched: true,
-                    })
-                    .collect();
-                (append_in(&mut tx, &changes, now).await?, sessions.len())
+            (append_in(&mut tx, &changes, now).await?, mapped.len())
+        } else {
+            // None mapped (or more than the mapping holds, so some may be
+            // missing from it): every session of the user named, and with
+            // a full mapping of each user it names — more than asked,
+            // never less.
+            let mut users: Vec<UserId> = of.user.into_iter().collect();
+            if full {
+                for user in mapped.iter().filter_map(|(_, u)| *u) {
+                    if !users.contains(&user) {
+                        users.push(user);
+                    }
+                }
             }
-            (None, None) => {
-                let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                (to_u64(row.try_get(0)?), 0)
+            let mut head = None;
+            for user in users {
+                head = Some(revoke_user_in(&mut tx, user, now, now).await?);
             }
+            let head = match head {
+                Some(head) => head,
+                None => {
+                    let row = sqlx::query("SELECT head FROM log_head WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    to_u64(row.try_get(0)?)
+                }
+            };
+            (head, 0)
         };
         tx.commit().await?;
         Ok(LogoutTaken::Taken { head, by_sid })

@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 
 use sqlx::{Any, Row, Transaction};
-use vigil_fleet::{Change, IdpSessionId, SessionId, UserId};
+use vigil_fleet::{IdpSessionId, SessionId, UserId};
 
-use super::{Held, Refusal, StoreError, revoke_user_in, to_i64};
+use super::{Held, Refusal, StoreError, to_i64};
 
 /// Most Vigil sessions kept per provider session. One that reaches it is
 /// treated as unknown at its logout (every session of the user ends):
@@ -92,32 +92,4 @@ pub(super) async fn mapped_in(
         .execute(&mut **tx)
         .await?;
     Ok(Some(sessions))
-}
-
-/// The provider ended its session `idp_session` of `user`: the Vigil
-/// sessions mapped to it are revoked (vouched), on every node; when none
-/// is mapped, or the provider session is full, every session of the user
-/// is, as a logout of the user would (more than asked, never less).
-/// Returns the head after, and how many sessions were mapped (0: the
-/// user's).
-pub(super) async fn revoke_in(
-    tx: &mut Transaction<'static, Any>,
-    user: UserId,
-    idp_session: IdpSessionId,
-    at: u64,
-    now: u64,
-) -> Result<(u64, usize), StoreError> {
-    let Some(sessions) = mapped_in(tx, user, idp_session).await? else {
-        return Ok((revoke_user_in(tx, user, at, now).await?, 0));
-    };
-    let changes: Vec<Change> = sessions
-        .iter()
-        .map(|session| Change::SessionRevoked {
-            session: *session,
-            at,
-            vouched: true,
-        })
-        .collect();
-    let head = super::append_in(tx, &changes, now).await?;
-    Ok((head, sessions.len()))
 }

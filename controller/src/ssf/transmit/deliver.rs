@@ -376,7 +376,7 @@ async fn push_one(
     }
     let mut response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return Pushed::Retry(e.to_string()),
+        Err(e) => return Pushed::Retry(e.without_url().to_string()),
     };
     let status = response.status();
     if status.is_success() {
