@@ -1205,7 +1205,19 @@ async fn append_in(
     // Session revocations, the bulk of the log, are written together
     // after the rest ([`insert_revocations`]).
     let mut revoked: HashMap<SessionId, (u64, i64, bool)> = HashMap::new();
+    // User revocations not written yet: a run of them is written when a
+    // change of another kind (but a session revocation, written last
+    // anyway) comes, so that every change sees the ones before it.
+    let mut users_revoked: Vec<(UserId, u64, i64)> = Vec::new();
     for (seq, change) in (first..).zip(changes) {
+        if !matches!(
+            change,
+            Change::UserRevoked { .. } | Change::SessionRevoked { .. }
+        ) && !users_revoked.is_empty()
+        {
+            insert_user_revocations(tx, &users_revoked).await?;
+            users_revoked.clear();
+        }
         match change {
             Change::SessionRevoked {
                 session,
@@ -1218,32 +1230,11 @@ async fn append_in(
                     .or_insert((*at, seq, *vouched));
             }
             Change::UserRevoked { user, at } => {
-                sqlx::query(
-                    "INSERT INTO revoked_users (user_key, at, seq) VALUES ($1, $2, $3) \
-                     ON CONFLICT (user_key) DO UPDATE SET at = excluded.at, seq = excluded.seq",
-                )
-                .bind(user.to_string())
-                .bind(to_i64(*at))
-                .bind(seq)
-                .execute(&mut **tx)
-                .await?;
-                // The user's sessions known so far are revoked outright, so
-                // that a node starting from a snapshot ends them too (it
-                // learns their baselines after the user's revocation).
-                sqlx::query(
-                    "INSERT INTO revoked_sessions (session, at, seq, vouched) \
-                     SELECT session, $1, $2, 1 FROM session_baselines WHERE user_key = $3 \
-                     ON CONFLICT (session) DO UPDATE SET vouched = 1",
-                )
-                .bind(to_i64(*at))
-                .bind(seq)
-                .bind(user.to_string())
-                .execute(&mut **tx)
-                .await?;
-                sqlx::query("DELETE FROM session_baselines WHERE user_key = $1")
-                    .bind(user.to_string())
-                    .execute(&mut **tx)
-                    .await?;
+                // Written together with the run of user revocations it is
+                // in (a group commit of SETs or admin calls is mostly
+                // that): three statements for the run, not per user.
+                users_revoked.push((*user, *at, seq));
+                continue;
             }
             Change::UserStepUp { user, at } => {
                 // The latest ask wins; an earlier one changes nothing (as
@@ -1445,6 +1436,9 @@ async fn append_in(
                 .await?;
             }
         }
+    }
+    if !users_revoked.is_empty() {
+        insert_user_revocations(tx, &users_revoked).await?;
     }
     insert_revocations(tx, &revoked).await?;
     Ok(to_u64(head))
@@ -1905,6 +1899,66 @@ const REVOCATIONS_PER_STATEMENT: usize = 500;
 /// [`REVOCATIONS_PER_STATEMENT`] (and drops their baselines): a row each
 /// would make the commit, not the stream, the limit. A later vouched
 /// revocation of a session vouches for it; nothing takes a vouch back.
+/// Users revoked in a run of [`Change::UserRevoked`], each with its time
+/// and sequence, in three statements per [`USERS_PER_STATEMENT`]: their
+/// rows (the last of a user in the run wins, as one by one it would), the
+/// revocation of each session the store holds a baseline of for them — so
+/// that a node starting from a snapshot ends those too, learning their
+/// baselines after the user's revocation — and those baselines' removal.
+async fn insert_user_revocations(
+    tx: &mut Transaction<'static, Any>,
+    users: &[(UserId, u64, i64)],
+) -> Result<(), StoreError> {
+    let mut last: HashMap<UserId, (u64, i64)> = HashMap::new();
+    for (user, at, seq) in users {
+        last.insert(*user, (*at, *seq));
+    }
+    let rows: Vec<(&UserId, &(u64, i64))> = last.iter().collect();
+    for chunk in rows.chunks(USERS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect();
+        let values = values.join(", ");
+        let bind = |sql: String| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (user, (at, seq)) in chunk {
+                query = query.bind(user.to_string()).bind(to_i64(*at)).bind(*seq);
+            }
+            query
+        };
+        bind(format!(
+            "INSERT INTO revoked_users (user_key, at, seq) VALUES {values} \
+             ON CONFLICT (user_key) DO UPDATE SET at = excluded.at, seq = excluded.seq"
+        ))
+        .execute(&mut **tx)
+        .await?;
+        // `WHERE true`: SQLite reads an upsert's SELECT … JOIN … ON
+        // ambiguously without a WHERE.
+        bind(format!(
+            "WITH revoked (user_key, at, seq) AS (VALUES {values}) \
+             INSERT INTO revoked_sessions (session, at, seq, vouched) \
+             SELECT b.session, r.at, r.seq, 1 FROM session_baselines b \
+             JOIN revoked r ON b.user_key = r.user_key WHERE true \
+             ON CONFLICT (session) DO UPDATE SET vouched = 1"
+        ))
+        .execute(&mut **tx)
+        .await?;
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM session_baselines WHERE user_key IN ({})",
+            list.join(", ")
+        )));
+        for (user, _) in chunk {
+            query = query.bind(user.to_string());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// User revocations written by one statement (three values each).
+const USERS_PER_STATEMENT: usize = 300;
+
 async fn insert_revocations(
     tx: &mut Transaction<'static, Any>,
     revoked: &HashMap<SessionId, (u64, i64, bool)>,
