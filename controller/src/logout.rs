@@ -463,6 +463,49 @@ pub async fn logout_user(
     crate::admin::keep_name(&app, user, name).await?;
     let seq = app.store.revoke_user(user, now, now).await?;
     app.head.send_replace(seq);
+    let by = "admin_api";
+    let (id, shown) = record_apps(&app, user, name, by, seq).await?;
+    tracing::info!(user = %user, seq, logout = id, "universal logout by the admin API");
+    crate::webhooks::revocation(
+        &app,
+        crate::webhooks::Revoked::User(user, Some(name)),
+        &format!("logout:{id}"),
+        seq,
+    )
+    .await?;
+    crate::webhooks::logout(&app, &shown, &id).await?;
+    Ok(Json(shown).into_response())
+}
+
+/// Universal logout asked by a Shared Signals transmitter (an event whose
+/// action is `logout`): the fleet's revocation is committed with the SET,
+/// at `seq`; this records the logout and calls each app, as
+/// `users/logout` does. `by` is `ssf:<transmitter>`.
+pub(crate) async fn apps(
+    app: &App,
+    user: vigil_fleet::UserId,
+    name: &str,
+    by: &str,
+    seq: u64,
+) -> Result<(), ApiError> {
+    let name = vigil_engine::valid_user_name(name).unwrap_or(name);
+    let (id, shown) = record_apps(app, user, name, by, seq).await?;
+    tracing::info!(user = %user, seq, logout = id, by, "universal logout by a signal");
+    crate::webhooks::logout(app, &shown, &id).await?;
+    Ok(())
+}
+
+/// Records a universal logout of `user`, whose fleet revocation is at
+/// `seq`, with a target per configured app, and queues each app's call.
+/// Returns its id and its record as shown.
+async fn record_apps(
+    app: &App,
+    user: vigil_fleet::UserId,
+    name: &str,
+    by: &str,
+    seq: u64,
+) -> Result<(String, Value), ApiError> {
+    let now = now_secs();
     let id = new_id();
     let mut targets = vec![TargetResult {
         target: NODES.to_owned(),
@@ -505,7 +548,7 @@ pub async fn logout_user(
                     "id": id,
                     "user": {"key": user.to_string(), "name": name},
                     "sub_id": sub_id,
-                    "by": "admin_api",
+                    "by": by,
                 },
             }),
             _ => json!({"sub_id": sub_id, "sub": name}),
@@ -540,7 +583,7 @@ pub async fn logout_user(
     let record = LogoutRecord {
         id: id.clone(),
         user_key: user.to_string(),
-        by: "admin_api".to_owned(),
+        by: by.to_owned(),
         created: now,
         seq,
         targets,
@@ -551,18 +594,8 @@ pub async fn logout_user(
     if let Some(outbox) = &app.outbox {
         outbox.wake();
     }
-    tracing::info!(user = %user, seq, logout = id, apps = deliveries.len(), "universal logout by the admin API");
-    let by = format!("logout:{id}");
-    crate::webhooks::revocation(
-        &app,
-        crate::webhooks::Revoked::User(user, Some(name)),
-        &by,
-        seq,
-    )
-    .await?;
     let shown = record_json(&record);
-    crate::webhooks::logout(&app, &shown, &id).await?;
-    Ok(Json(shown).into_response())
+    Ok((id, shown))
 }
 
 fn unknown_logout() -> ApiError {

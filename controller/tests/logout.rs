@@ -438,3 +438,84 @@ fn a_bad_logout_config_names_every_problem() {
         ]
     );
 }
+
+/// A signal can be a universal logout: a transmitter whose
+/// `session-revoked` is configured `logout` ends the user's sessions on
+/// every node and calls every app, the logout recorded as the
+/// transmitter's. The same SET pushed again (a retry, a replay) logs out
+/// no one a second time.
+#[tokio::test]
+async fn a_signal_configured_as_logout_calls_every_app() {
+    use easyssf_test::TestTransmitter;
+    use easyssf_test::subjects::iss_sub;
+    const PUSH: &str = "idp-push-token-0123456789";
+    const AUDIENCE: &str = "https://vigil.test/ssf";
+    const SESSION_REVOKED: &str =
+        "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+    let db = Db::new(false).await;
+    let rx = Receiver::start(0, 500).await;
+    let t = TestTransmitter::new();
+    let jwks = serde_json::to_string(&t.jwk_set()).unwrap();
+    let extra = format!(
+        "{}[[ssf.transmitters]]\nname = \"idp\"\nissuer = {:?}\naudience = {AUDIENCE:?}\n\
+         jwks_file = \"idp-jwks.json\"\npush_token_file = \"idp.token\"\n\
+         [ssf.transmitters.actions]\nsession-revoked = \"logout\"\n",
+        logout_toml(&rx, "clear"),
+        t.issuer()
+    );
+    let c = Controller::start(
+        &db.url(),
+        &extra,
+        &[
+            ("signing.pem", &key_file()),
+            ("tickets.secret", SECRET),
+            ("idp-jwks.json", &jwks),
+            ("idp.token", PUSH),
+        ],
+    )
+    .await;
+    let mut stream = Stream::open(&c).await;
+    let mut claims = t.set_claims(
+        SESSION_REVOKED,
+        Some(iss_sub(t.issuer(), "alice@example.com")),
+    );
+    claims.insert("aud".into(), AUDIENCE.into());
+    let set = t.sign_set(&claims);
+    let push = || async {
+        client()
+            .post(c.url("/v1/ssf/push/idp"))
+            .bearer_auth(PUSH)
+            .header("content-type", "application/secevent+jwt")
+            .body(set.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(push().await, 202);
+    let changes = stream.next_changes().await;
+    assert!(
+        changes
+            .iter()
+            .any(|ch| matches!(ch, Change::UserRevoked { .. })),
+        "{changes:?}"
+    );
+    let record = eventually("the logout's apps delivered", || async {
+        let (_, list) = c.get("/v1/admin/logouts?user=alice@example.com").await;
+        let record = list["logouts"].as_array()?.first()?.clone();
+        ["crm", "wiki", "tickets"]
+            .iter()
+            .all(|a| target(&record, a)["state"] == "delivered")
+            .then_some(record)
+    })
+    .await;
+    assert_eq!(record["by"], "ssf:idp");
+    assert_eq!(target(&record, "nodes")["state"], "delivered");
+    // The replay: taken once, logged out once.
+    assert_eq!(push().await, 202);
+    let (_, list) = c.get("/v1/admin/logouts?user=alice@example.com").await;
+    assert_eq!(list["logouts"].as_array().unwrap().len(), 1, "{list}");
+    c.stop().await;
+    db.drop_db().await;
+}

@@ -104,6 +104,9 @@ pub enum SubjectFormat {
 pub enum Action {
     /// Every session of the user ends everywhere.
     RevokeUser,
+    /// Universal logout: what `RevokeUser` does, and each app of
+    /// `[logout]` called as the admin API's `users/logout` calls it.
+    Logout,
     /// The user's entity risk is raised (`risk_points` for
     /// `risk_ttl_seconds`). For `risk-level-change` and
     /// `device-compliance-change`, the payload decides: raised for a
@@ -125,6 +128,7 @@ impl Action {
     fn of(name: &str) -> Option<Action> {
         match name {
             "revoke_user" => Some(Action::RevokeUser),
+            "logout" => Some(Action::Logout),
             "raise_risk" => Some(Action::RaiseRisk),
             "clear_risk" => Some(Action::ClearRisk),
             "step_up" => Some(Action::StepUp),

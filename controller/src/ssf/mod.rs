@@ -317,6 +317,8 @@ pub(crate) async fn take(
     };
     let now = now_secs();
     let claims = verify::verify(&parsed, &key, t, now)?;
+    // The user's name when the event's action is universal logout.
+    let mut logout: Option<String> = None;
     let (action, result, verification) = if claims.event == format!("{SSF}verification") {
         let state = claims
             .payload
@@ -332,8 +334,14 @@ pub(crate) async fn take(
             None | Some(Action::Ignore) => (SetAction::Nothing, "ignored", None),
             Some(action) => {
                 let name = user_name(t, claims.sub_id.as_ref())?;
+                if action == Action::Logout {
+                    logout = Some(name.clone());
+                }
                 let user = UserId(UserKey::for_name(&app.config.hash_key, &name).as_u64());
                 let action = match (action, risk_direction(&claims.event, &claims.payload)?) {
+                    // Universal logout is of the user, never of one
+                    // provider session.
+                    (Action::Logout, _) => SetAction::RevokeUser(user),
                     (Action::RevokeUser, _) => match sessions::named(
                         &app.config.hash_key,
                         t,
@@ -437,6 +445,14 @@ pub(crate) async fn take(
                 .await
                 {
                     tracing::warn!(error = %e, "SET taken; its webhooks not enqueued");
+                }
+                // The apps of a universal logout, after the fleet's
+                // revocation committed with the SET.
+                if let (Some(name), SetAction::RevokeUser(user)) = (&logout, action)
+                    && let Err(e) =
+                        crate::logout::apps(app, user, name, &format!("ssf:{}", t.name), head).await
+                {
+                    tracing::warn!(error = ?e, "SET taken; its universal logout's apps not called");
                 }
             }
             Ok(result)
