@@ -9,15 +9,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod outbound;
 
 use std::path::PathBuf;
 
+use common::Stream;
 use hmac::{Hmac, Mac};
-use outbound::{Controller, DEADLINE, Db, NODE, Receiver, Seen, client, eventually};
+use outbound::{Controller, Db, NODE, Receiver, Seen, client, eventually};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use vigil_fleet::{Change, Frame, read_frame};
+use vigil_fleet::Change;
 
 const SECRET: &str = "app-hook-secret-0123456789abcdef0123";
 const ISSUER: &str = "https://vigil.test";
@@ -93,58 +95,6 @@ fn logout_toml(rx: &Receiver, names: &str) -> String {
     )
 }
 
-/// A node's sync stream, read frame by frame.
-struct Stream {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl Stream {
-    async fn open(c: &Controller) -> Stream {
-        let response = client()
-            .get(c.url("/v1/sync?since=0"))
-            .bearer_auth(NODE)
-            .header(vigil_fleet::VERSION_HEADER, vigil_fleet::VERSION)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let mut s = Stream {
-            response,
-            buffer: Vec::new(),
-        };
-        assert!(matches!(s.next().await, Frame::Hello { .. }));
-        assert!(matches!(s.next().await, Frame::SnapshotEnd { .. }));
-        s
-    }
-
-    async fn next(&mut self) -> Frame {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return read_frame(&line[..line.len() - 1]).unwrap();
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .expect("a frame within the deadline")
-                .unwrap()
-                .expect("the stream stays open");
-            self.buffer.extend_from_slice(&chunk);
-        }
-    }
-
-    async fn next_changes(&mut self) -> Vec<Change> {
-        loop {
-            match self.next().await {
-                Frame::Heartbeat { .. } => continue,
-                Frame::Changes { changes, .. } => return changes,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-}
-
 fn target<'a>(record: &'a Value, name: &str) -> &'a Value {
     record["targets"]
         .as_array()
@@ -168,7 +118,7 @@ async fn universal_logout_reaches_the_node_and_every_app(postgres: bool) {
         &[("signing.pem", &key_file()), ("tickets.secret", SECRET)],
     )
     .await;
-    let mut stream = Stream::open(&c).await;
+    let mut stream = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
     // The apps' endpoints are down until healed below.
     *rx.fail_first.lock().unwrap() = usize::MAX;
     let rx_apps = rx.clone();
@@ -474,7 +424,7 @@ async fn a_signal_configured_as_logout_calls_every_app() {
         ],
     )
     .await;
-    let mut stream = Stream::open(&c).await;
+    let mut stream = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
     let mut claims = t.set_claims(
         SESSION_REVOKED,
         Some(iss_sub(t.issuer(), "alice@example.com")),

@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::{Db, Stream, both, client, rand_u64};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use easyssf_test::{TestSigningKey, TestTransmitter};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vigil_controller::store::Store;
-use vigil_fleet::{Change, Frame, UserId, read_frame};
+use vigil_fleet::{Change, UserId};
 
 const ADMIN: &str = "admin-token-0123456789";
 const NODE: &str = "node-a-token-0123456789";
@@ -29,66 +32,6 @@ const COMPLIANCE: &str =
 const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
 const ACCOUNT_DISABLED: &str =
     "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
-
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres { name: String },
-}
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if !postgres {
-            return Db::Sqlite(tempfile::tempdir().unwrap());
-        }
-        sqlx::any::install_default_drivers();
-        let name = format!("vigil_test_{:016x}", rand_u64());
-        let admin = sqlx::AnyPool::connect(PG_ADMIN)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        Db::Postgres { name }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("controller.db").display()),
-            Db::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
-        }
-    }
-
-    async fn drop_db(self) {
-        if let Db::Postgres { name } = self {
-            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&admin)
-            .await;
-        }
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build().unwrap()
-}
 
 /// The transmitter's documents (its JWK Set, its metadata) and endpoints
 /// (its RFC 8936 poll endpoint) served on loopback by the transmitter
@@ -294,59 +237,6 @@ fn sets_counted(text: &str, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// A node's sync stream.
-struct Stream {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl Stream {
-    async fn open(c: &Controller) -> Stream {
-        let response = client()
-            .get(c.url("/v1/sync?since=0"))
-            .bearer_auth(NODE)
-            .header(vigil_fleet::VERSION_HEADER, vigil_fleet::VERSION)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let mut s = Stream {
-            response,
-            buffer: Vec::new(),
-        };
-        assert!(matches!(s.next().await, Frame::Hello { .. }));
-        assert!(matches!(s.next().await, Frame::SnapshotEnd { .. }));
-        s
-    }
-
-    async fn next(&mut self) -> Frame {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return read_frame(&line[..line.len() - 1]).unwrap();
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .expect("a frame within the deadline")
-                .unwrap()
-                .expect("the stream stays open");
-            self.buffer.extend_from_slice(&chunk);
-        }
-    }
-
-    /// The changes of the next frame that is not a heartbeat.
-    async fn next_changes(&mut self) -> Vec<Change> {
-        loop {
-            match self.next().await {
-                Frame::Heartbeat { .. } => continue,
-                Frame::Changes { changes, .. } => return changes,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-}
-
 fn user(name: &str) -> UserId {
     UserId(
         vigil_engine::UserKey::for_name(&vigil_engine::SessionHashKey::from_bytes(HASH_KEY), name)
@@ -372,11 +262,6 @@ fn claims_with(
     c
 }
 
-async fn both(test: impl AsyncFn(bool)) {
-    test(false).await;
-    test(true).await;
-}
-
 /// The attack: a session cookie stolen from alice keeps working after her
 /// identity provider revoked her session — unless the IdP's CAEP
 /// `session-revoked` reaches every node. A replay of the same SET (a
@@ -388,7 +273,7 @@ async fn a_pushed_session_revoked_reaches_every_node_once() {
         let t = TestTransmitter::new();
         let published = Published::start(&t).await;
         let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let sub = complex(Some(iss_sub(t.issuer(), "alice")), Some(opaque("idp-session-1")));
         let set = t.sign_set(&claims(&t, SESSION_REVOKED, Some(sub)));
         let (status, body) = c.push(&set).await;
@@ -716,7 +601,7 @@ async fn risk_signals_raise_and_clear_the_users_risk() {
             &transmitter_toml(&t, &published.jwks_uri(), "risk_points = 55"),
         )
         .await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let dave = || email("dave@example.com");
         let push = async |event: &str, payload: Value| {
             let (status, body) = c
@@ -780,7 +665,7 @@ async fn credential_and_lower_assurance_signals_step_the_user_up() {
         let t = TestTransmitter::new();
         let published = Published::start(&t).await;
         let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let erin = || email("erin@example.com");
         let sign = |event: &str, payload: Value| {
             t.sign_set(&claims_with(&t, &format!("{CAEP}{event}"), erin(), payload))
@@ -890,7 +775,7 @@ async fn a_revoked_idp_session_ends_the_vigil_sessions_learnt_for_it_alone() {
         let t = TestTransmitter::new();
         let published = Published::start(&t).await;
         let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), "")).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -1029,7 +914,7 @@ async fn back_channel_logout_tokens_are_checked_as_the_spec_says() {
             published.jwks_uri(),
         );
         let c = Controller::start(&db.url(), &bcl).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let post = async |body: String| {
             let r = client()
                 .post(c.url("/v1/oidc/backchannel-logout/op"))
@@ -1352,7 +1237,7 @@ async fn a_polled_transmitter_is_acknowledged_and_told_each_refusal() {
             published.poll_uri()
         );
         let c = Controller::start(&db.url(), &transmitter_toml(&t, &published.jwks_uri(), &extra)).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         // Queued once the node listens, so that the revocation comes as a
         // change rather than in its snapshot.
         t.queue_set(&good);
@@ -1624,7 +1509,7 @@ async fn global_token_revocation_ends_the_users_sessions_and_refuses_the_rest() 
             published.jwks_uri(),
         );
         let c = Controller::start(&db.url(), &toml).await;
-        let mut node = Stream::open(&c).await;
+        let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
         let json_type = "application/json";
         let body = |sub: Value| json!({ "sub_id": sub }).to_string();
         let alice = body(json!({"format": "email", "email": "alice@example.com"}));
@@ -1880,7 +1765,7 @@ async fn a_provider_session_fuller_than_its_mapping_ends_every_session_of_its_us
         published.jwks_uri(),
     );
     let c = Controller::start(&db.url(), &bcl).await;
-    let mut node = Stream::open(&c).await;
+    let mut node = Stream::open(c.url("/v1/sync?since=0"), NODE).await;
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

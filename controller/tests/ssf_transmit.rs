@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::{Db, both, client};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,71 +43,6 @@ const HASH_KEY: [u8; 32] = [0x11; 32];
 const DEADLINE: Duration = Duration::from_secs(30);
 const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
-
-enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres { name: String },
-}
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-impl Db {
-    async fn new(postgres: bool) -> Db {
-        if !postgres {
-            return Db::Sqlite(tempfile::tempdir().unwrap());
-        }
-        sqlx::any::install_default_drivers();
-        let name = format!("vigil_test_{:016x}", rand_u64());
-        let admin = sqlx::AnyPool::connect(PG_ADMIN)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        Db::Postgres { name }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("controller.db").display()),
-            Db::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
-        }
-    }
-
-    async fn drop_db(self) {
-        if let Db::Postgres { name } = self {
-            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&admin)
-            .await;
-        }
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
-async fn both(test: impl AsyncFn(bool)) {
-    test(false).await;
-    test(true).await;
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build().unwrap()
-}
 
 fn user(name: &str) -> UserId {
     UserId(

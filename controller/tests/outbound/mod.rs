@@ -14,53 +14,8 @@ pub(crate) const ADMIN: &str = "admin-token-0123456789";
 pub(crate) const NODE: &str = "node-a-token-0123456789";
 pub(crate) const HASH_KEY: [u8; 32] = [0x11; 32];
 pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-pub(crate) enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres { name: String },
-}
-
-impl Db {
-    pub(crate) async fn new(postgres: bool) -> Db {
-        if !postgres {
-            return Db::Sqlite(tempfile::tempdir().unwrap());
-        }
-        sqlx::any::install_default_drivers();
-        let name = format!("vigil_test_{}", hex::encode(rand::random::<[u8; 8]>()));
-        let admin = sqlx::AnyPool::connect(PG_ADMIN)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        Db::Postgres { name }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        match self {
-            Db::Sqlite(dir) => format!("sqlite://{}", dir.path().join("controller.db").display()),
-            Db::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
-        }
-    }
-
-    pub(crate) async fn drop_db(self) {
-        if let Db::Postgres { name } = self {
-            let admin = sqlx::AnyPool::connect(PG_ADMIN).await.unwrap();
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&admin)
-            .await;
-        }
-    }
-}
-
-pub(crate) fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build().unwrap()
-}
+pub(crate) use crate::common::{Db, client};
 
 /// A controller on loopback, its files in a temp dir.
 pub(crate) struct Controller {
