@@ -27,7 +27,7 @@ use vigil_fleet::{IdpSessionId, UserId};
 
 use crate::api::{App, now_secs};
 use crate::ssf::config::Alg;
-use crate::ssf::keys::{KeyError, KeyKind, Keys, MIN_RSA_BITS};
+use crate::ssf::keys::{KeyError, KeyRefusal, Keys};
 use crate::store::bcl::{LogoutOf, LogoutReceipt, LogoutTaken};
 use config::Provider;
 
@@ -295,21 +295,12 @@ async fn take(
             ));
         }
     };
-    let fits = key.kind.fits(alg) && key.alg.as_deref().is_none_or(|a| a == alg.name());
-    if !fits || matches!(key.kind, KeyKind::Rsa(bits) if bits < MIN_RSA_BITS) {
-        return Err(invalid(format!("key {kid:?} does not verify {alg_name}")));
-    }
-    let jwt_alg = match alg {
-        Alg::Rs256 => jsonwebtoken::Algorithm::RS256,
-        Alg::Es256 => jsonwebtoken::Algorithm::ES256,
-    };
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    if !matches!(
-        jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.decoding, jwt_alg),
-        Ok(true)
-    ) {
-        return Err(invalid("the signature does not verify"));
-    }
+    key.check(alg, kid, signing_input.as_bytes(), signature)
+        .map_err(|why| match why {
+            KeyRefusal::Unfit(what) => invalid(what),
+            KeyRefusal::BadSignature => invalid("the signature does not verify"),
+        })?;
     // The provider's allowance is spent only by tokens it signed: a flood
     // of junk from anyone cannot starve its real logouts (the source's
     // rate bounds the junk).

@@ -23,7 +23,7 @@ use vigil_engine::UserKey;
 use vigil_fleet::UserId;
 
 use super::config::{Alg, KeySource, Rate, fetchable, ranged, rate};
-use super::keys::{KeyError, KeyKind, Keys, MIN_RSA_BITS, parse_jwks};
+use super::keys::{KeyError, Keys, parse_jwks};
 use super::limit;
 use crate::api::{App, now_secs};
 use crate::config::token_hash;
@@ -594,17 +594,12 @@ async fn verify_jwt<'a>(
         Err(KeyError::Unknown) => return Ok(None),
         Err(KeyError::Unavailable(_)) => return Err(()),
     };
-    if !claims_ok
-        || !key.kind.fits(alg)
-        || key.alg.as_deref().is_some_and(|a| a != alg.name())
-        || matches!(key.kind, KeyKind::Rsa(bits) if bits < MIN_RSA_BITS)
-    {
-        return Ok(None);
-    }
     let signing_input = &token[..parts[0].len() + 1 + parts[1].len()];
-    Ok(key
-        .verifies(alg, signing_input.as_bytes(), parts[2])
-        .then_some(peer_state))
+    Ok((claims_ok
+        && key
+            .check(alg, &kid, signing_input.as_bytes(), parts[2])
+            .is_ok())
+    .then_some(peer_state))
 }
 
 type JwtPeer<'a> = (&'a PeerState, &'a Keys, bool, Alg, String);

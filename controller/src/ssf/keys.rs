@@ -47,6 +47,37 @@ enum Public {
 }
 
 impl Key {
+    /// Checks a JWS signed with this key, as every inbound endpoint
+    /// (SETs, logout tokens, global token revocation bearers) must: the
+    /// key's kind fits `alg`, the JWK's own `alg` (if any) is the same, an
+    /// RSA key has [`MIN_RSA_BITS`] or more, then the signature. `kid`
+    /// names the key in the refusal.
+    pub fn check(
+        &self,
+        alg: Alg,
+        kid: &str,
+        signing_input: &[u8],
+        signature: &str,
+    ) -> Result<(), KeyRefusal> {
+        if !self.kind.fits(alg) || self.alg.as_deref().is_some_and(|a| a != alg.name()) {
+            return Err(KeyRefusal::Unfit(format!(
+                "key {kid:?} does not verify {}",
+                alg.name()
+            )));
+        }
+        if let KeyKind::Rsa(bits) = self.kind
+            && bits < MIN_RSA_BITS
+        {
+            return Err(KeyRefusal::Unfit(format!(
+                "key {kid:?} is {bits} bits; at least {MIN_RSA_BITS} are required"
+            )));
+        }
+        if !self.verifies(alg, signing_input, signature) {
+            return Err(KeyRefusal::BadSignature);
+        }
+        Ok(())
+    }
+
     /// Whether `signature` (base64url, as in a compact JWS) is this key's
     /// over `signing_input` for `alg` (RS256: PKCS #1 v1.5 with SHA-256,
     /// 2,048 to 8,192 bits; ES256: P-256 with SHA-256, `r || s`). The key
@@ -81,6 +112,15 @@ impl std::fmt::Debug for Key {
             .field("alg", &self.alg)
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`Key::check`] refused a JWS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// The key cannot verify this algorithm, or is too small: what.
+    Unfit(String),
+    /// The signature does not verify.
+    BadSignature,
 }
 
 /// A key's type.

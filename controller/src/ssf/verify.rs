@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use super::config::{Alg, Transmitter};
-use super::keys::{Key, KeyKind, MIN_RSA_BITS};
+use super::keys::{Key, KeyRefusal};
 
 /// An RFC 8935 error: the `err` code and a `description`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,29 +138,13 @@ pub struct Claims {
 /// `aud`, `iat` (against `now`), `jti`, exactly one event. `sub_id` is
 /// checked by the caller, for the events it acts on.
 pub fn verify(p: &Parsed<'_>, key: &Key, t: &Transmitter, now: u64) -> Result<Claims, Rejection> {
-    if !key.kind.fits(p.alg) || key.alg.as_deref().is_some_and(|a| a != p.alg.name()) {
-        return Err(reject(
-            "invalid_key",
-            format!("key {:?} does not verify {}", p.kid, p.alg.name()),
-        ));
-    }
-    if let KeyKind::Rsa(bits) = key.kind
-        && bits < MIN_RSA_BITS
-    {
-        return Err(reject(
-            "invalid_key",
-            format!(
-                "key {:?} is {bits} bits; at least {MIN_RSA_BITS} are required",
-                p.kid
-            ),
-        ));
-    }
-    if !key.verifies(p.alg, p.signing_input.as_bytes(), p.signature) {
-        return Err(reject(
-            "authentication_failed",
-            "the signature does not verify",
-        ));
-    }
+    key.check(p.alg, &p.kid, p.signing_input.as_bytes(), p.signature)
+        .map_err(|why| match why {
+            KeyRefusal::Unfit(what) => reject("invalid_key", what),
+            KeyRefusal::BadSignature => {
+                reject("authentication_failed", "the signature does not verify")
+            }
+        })?;
     let c = decode_json(p.payload, "claims set")?;
     if c.get("iss").and_then(Value::as_str) != Some(t.issuer.as_str()) {
         return Err(reject(
