@@ -84,6 +84,9 @@ struct RunArgs {
     /// Hard cap on requests per run (logins included).
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     max_requests: u64,
+    /// Stop after playing the corpus this many times.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    laps: Option<u64>,
     /// Worker threads (each a single-threaded runtime).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -337,6 +340,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         load,
         duration: a.duration,
         max_requests: a.max_requests,
+        laps: a.laps,
         threads: usize::from(a.threads),
         max_in_flight: a.max_in_flight,
         timeout: a.timeout,

@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub duration: Duration,
     /// Hard cap on requests sent, logins included.
     pub max_requests: u64,
+    /// Stop after playing the corpus this many times (each thread its share).
+    pub laps: Option<u64>,
     /// Worker threads.
     pub threads: usize,
     /// Most requests in flight per thread in rate mode.
@@ -221,6 +223,12 @@ async fn worker_loop(
         let Ok(permit) = slots_sem.clone().acquire_owned().await else {
             break;
         };
+        if w.cfg
+            .laps
+            .is_some_and(|l| i >= l.saturating_mul(mine.len() as u64))
+        {
+            break;
+        }
         let idx = usize::try_from(i % mine.len() as u64).unwrap_or(0);
         let lap = i / mine.len() as u64;
         let Some(step) = mine.get(idx).and_then(|s| w.plan.steps.get(*s)) else {

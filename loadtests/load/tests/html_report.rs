@@ -50,6 +50,7 @@ fn the_html_report_draws_its_charts_offline_in_chromium() {
         load: Load::Rate(400),
         duration: Duration::from_secs(2),
         max_requests: 5_000,
+        laps: None,
         threads: 1,
         max_in_flight: 64,
         timeout: Duration::from_secs(10),
