@@ -90,9 +90,10 @@ pub fn profile(device: usize, alpn: &[&[u8]], trust: &Trust) -> Result<ClientCon
             .with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Each device resumes its own sessions only: the proxy sees a full
-    // hello (and its JA4) on every new connection, as it would from
-    // distinct browsers.
+    // No resumption: every connection's hello is the device's full one,
+    // with one extension list, so one JA4 per device across a run (a
+    // resumed hello carries pre_shared_key besides).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -250,7 +250,11 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
     let (report, lap) = play(&plan, &format!("http://{plain}/"), 0);
     check(&report, lap, &received, before);
 
-    // TLS: no header; each device's connections carry its own hello.
+    // TLS: no header; each device's connections carry its own hello. The
+    // users are those of the cleartext run, whose devices Vigil learnt
+    // with the corpus's JA4 strings: their new sessions come from stacks
+    // new to them, so owners get stepped up more often here (never
+    // blocked); what this run shows is the thieves' stacks told apart.
     let plan = Arc::new(Plan::from_corpus(&corpus, &PlanOptions::default()).unwrap());
     let before = received.requests.load(Ordering::SeqCst);
     let (report, lap) = play(
