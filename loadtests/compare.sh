@@ -63,6 +63,7 @@ http {
   server {
     listen 127.0.0.1:$nginx_port;
     listen 127.0.0.1:$nginx_tls ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
     location / {
@@ -102,8 +103,10 @@ else
   extra=(--ja4-header x-load-ja4)
 fi
 
-# Warm-up: connection pools, code paths, user profiles.
-taskset -c 0 "$load_bin" run --target "name=warm,url=http://127.0.0.1:$vigil/" --ja4-header x-load-ja4 \
+# Warm-up over the same transport (users' profiles learn the devices' JA4s
+# as this transport shows them): connection pools, code paths, profiles.
+# shellcheck disable=SC2086
+taskset -c 0 "$load_bin" run "${targets[0]}" "${targets[1]}" "${extra[@]}" \
   --concurrency 16 --duration 2s >/dev/null
 
 # shellcheck disable=SC2086
