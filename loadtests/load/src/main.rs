@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -368,13 +368,20 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
     let mut tallies: Vec<Tally> = specs.iter().map(|_| Tally::new(cfg.interval)).collect();
     let mut elapsed = vec![Duration::ZERO; specs.len()];
     let mut cpu_used = vec![(0u64, true); specs.len()];
-    for round in 0..a.rounds {
+    let interrupted = interrupt_flag();
+    let started = std::time::Instant::now();
+    'rounds: for round in 0..a.rounds {
         for (i, (spec, endpoint)) in specs.iter().zip(&endpoints).enumerate() {
+            if interrupted.load(Ordering::Relaxed) {
+                break 'rounds;
+            }
             let progress = Arc::new(Progress::default());
+            let offset = started.elapsed();
             let before = spec.pid.and_then(cpu::cpu_micros);
             let ticker = progress_ticker(
                 &bar,
                 &progress,
+                &interrupted,
                 format!("{} round {}/{}", spec.name, round + 1, a.rounds),
             );
             let id =
@@ -382,7 +389,10 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
             let result = run(&plan, endpoint, &cfg, id, &progress).map_err(|e| e.to_string());
             progress.stop.store(true, Ordering::Relaxed);
             let _ = ticker.join();
-            let result = result?;
+            let mut result = result?;
+            // Rounds run one after the other: place this one's timeline
+            // where it ran, so that the chart shows rounds side by side.
+            result.tally.delay(offset);
             if let (Some(b), Some(a)) = (before, spec.pid.and_then(cpu::cpu_micros))
                 && let Some(c) = cpu_used.get_mut(i)
             {
@@ -397,6 +407,9 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         }
     }
     bar.finish_and_clear();
+    if interrupted.load(Ordering::Relaxed) {
+        eprintln!("interrupted: reporting the requests completed so far");
+    }
     let transport = format!(
         "{} over {}",
         if a.http2 { "HTTP/2" } else { "HTTP/1.1" },
@@ -496,17 +509,60 @@ fn ratios(
         .collect())
 }
 
-/// Updates the progress line every 200 ms until the run's `stop` is set.
+/// Set on the first Ctrl-C (SIGINT): the run stops sending, lets what is
+/// in flight finish and reports what was done. A second Ctrl-C exits at
+/// once (status 130).
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let (ready, registered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            let _ = ready.send(());
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut sigint) = signal(SignalKind::interrupt()) else {
+                let _ = ready.send(());
+                return;
+            };
+            let _ = ready.send(());
+            sigint.recv().await;
+            eprintln!(
+                "
+interrupted: finishing the requests in flight (Ctrl-C again to quit)"
+            );
+            set.store(true, Ordering::Relaxed);
+            sigint.recv().await;
+            std::process::exit(130);
+        });
+    });
+    // Registered before the run starts: an early Ctrl-C must not kill it.
+    let _ = registered.recv();
+    flag
+}
+
+/// Updates the progress line every 200 ms until the run's `stop` is set;
+/// passes an interruption on to the run.
 fn progress_ticker(
     bar: &indicatif::ProgressBar,
     p: &Arc<Progress>,
+    interrupted: &Arc<AtomicBool>,
     what: String,
 ) -> std::thread::JoinHandle<()> {
     let bar = bar.clone();
     let p = p.clone();
+    let interrupted = interrupted.clone();
     std::thread::spawn(move || {
         let start = std::time::Instant::now();
         while !p.stop.load(Ordering::Relaxed) {
+            if interrupted.load(Ordering::Relaxed) {
+                p.stop.store(true, Ordering::Relaxed);
+            }
             let done = p.done.load(Ordering::Relaxed);
             let secs = start.elapsed().as_secs_f64().max(1e-3);
             bar.set_message(format!(

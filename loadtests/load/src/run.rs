@@ -8,34 +8,42 @@
 //! browser's navigation would.
 //!
 //! - **Rate** (open loop): request `i` of a worker is due at
-//!   [`Schedule::intended`]`(i)`; latency runs from that instant, so time
-//!   spent waiting for a connection, for the session's previous request or
-//!   for an in-flight slot (`max_in_flight`) counts against the target.
-//! - **Concurrency** (closed loop): `n` requests in flight at all times;
-//!   latency runs from the moment a slot became free.
+//!   [`Schedule::intended`]`(i)` and sent by a task of its own; latency
+//!   runs from that instant, so time spent waiting for a connection, for
+//!   the session's previous request or for an in-flight slot
+//!   (`max_in_flight`) counts against the target.
+//! - **Concurrency** (closed loop): `n` lanes per run, each a task owning a
+//!   share of the sessions and sending their requests back to back;
+//!   latency runs from the moment the lane was free.
+//!
+//! HTTP/1.1 connections are driven by the task that uses them (no task of
+//! their own) and pooled per device profile; every request's headers are
+//! a clone of the step's, built once.
 //!
 //! The corpus is replayed in laps until the duration or the request cap is
 //! reached; each lap's sessions are new ones (the cookie carries the lap),
 //! so a lap never replays a session Vigil has already judged.
 
 use std::cell::RefCell;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use tokio::sync::{Semaphore, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use vigil_eval::scenario::Actor;
 
 use crate::outcome::{Outcome, classify};
 use crate::plan::{Plan, Step};
 use crate::schedule::Schedule;
 use crate::stats::Tally;
-use crate::target::{Endpoint, Protocol, Sender};
+use crate::target::{Endpoint, H1Conn, Protocol, Sender};
 
 /// Open or closed loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +153,7 @@ pub fn run(
 /// connection per device profile.
 #[derive(Debug, Default)]
 struct Pool {
-    h1: Vec<Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
+    h1: Vec<Vec<H1Conn>>,
     h2: Vec<Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>>>,
 }
 
@@ -158,6 +166,12 @@ struct Worker {
     tally: RefCell<Tally>,
     pool: RefCell<Pool>,
     progress: Arc<Progress>,
+    /// Per step of this worker (by plan index; others empty): the request's
+    /// headers, built once, with `Host` (HTTP/1.1) and a `Cookie` slot
+    /// already in place so that filling the slot never grows the map.
+    headers: Vec<HeaderMap>,
+    /// Per session: its cookie for the lap it was last built for.
+    cookies: RefCell<Vec<Option<(u64, HeaderValue)>>>,
 }
 
 async fn worker_loop(
@@ -176,10 +190,18 @@ async fn worker_loop(
         .filter(|(_, s)| usize::try_from(s.session).unwrap_or(0) % threads == worker)
         .map(|(i, _)| i)
         .collect();
+    let mut headers = vec![HeaderMap::new(); plan.steps.len()];
+    for &i in &mine {
+        if let (Some(h), Some(step)) = (headers.get_mut(i), plan.steps.get(i)) {
+            *h = template(step, &endpoint);
+        }
+    }
     let w = Rc::new(Worker {
         tally: RefCell::new(Tally::new(cfg.interval)),
         pool: RefCell::new(Pool::default()),
         start: Instant::now(),
+        cookies: RefCell::new(vec![None; plan.sessions.len()]),
+        headers,
         plan,
         endpoint,
         round,
@@ -189,16 +211,75 @@ async fn worker_loop(
     if mine.is_empty() {
         return w.tally.replace(Tally::new(w.cfg.interval));
     }
-    let (schedule, slots) = match w.cfg.load {
+    match w.cfg.load {
         Load::Rate(rate) => {
             let share = rate / threads as u64 + u64::from((worker as u64) < rate % threads as u64);
-            (Schedule::new(share.max(1)).ok(), w.cfg.max_in_flight.max(1))
+            open_loop(&w, &mine, share.max(1)).await;
         }
-        Load::Concurrency(n) => (
-            None,
-            (n / threads + usize::from(worker < n % threads)).max(1),
-        ),
-    };
+        Load::Concurrency(n) => {
+            let n = (n / threads + usize::from(worker < n % threads)).max(1);
+            closed_loop(&w, &mine, n, threads).await;
+        }
+    }
+    w.tally.replace(Tally::new(w.cfg.interval))
+}
+
+/// Whether the run must stop before sending `cost` more requests; counts
+/// them as sent otherwise.
+fn over(w: &Worker, cost: u64, now: Instant) -> bool {
+    w.progress.stop.load(Ordering::Relaxed)
+        || now >= w.start + w.cfg.duration
+        || w.progress.sent.fetch_add(cost, Ordering::Relaxed) + cost > w.cfg.max_requests
+}
+
+/// Closed loop: `n` lanes, each sending its own sessions' requests back to
+/// back. A session belongs to one lane (its index among this worker's
+/// sessions modulo `n`), so its requests go in corpus order without any
+/// hand-off between tasks; a lane reuses one timer for all its requests.
+async fn closed_loop(w: &Rc<Worker>, mine: &[usize], n: usize, threads: usize) {
+    let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &i in mine {
+        let session = w.plan.steps.get(i).map_or(0, |s| s.session as usize);
+        if let Some(l) = lanes.get_mut((session / threads) % n) {
+            l.push(i);
+        }
+    }
+    let mut tasks = Vec::new();
+    for steps in lanes.into_iter().filter(|l| !l.is_empty()) {
+        let w = w.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            let len = steps.len() as u64;
+            let mut i: u64 = 0;
+            loop {
+                if w.cfg.laps.is_some_and(|l| i >= l.saturating_mul(len)) {
+                    break;
+                }
+                let lap = i / len;
+                let Some(&index) = usize::try_from(i % len).ok().and_then(|j| steps.get(j)) else {
+                    break;
+                };
+                let login = w.plan.steps.get(index).is_some_and(|s| s.login);
+                let now = Instant::now();
+                if over(&w, 1 + u64::from(login), now) {
+                    break;
+                }
+                w.play(index, lap, now, timer.as_mut()).await;
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Open loop: request `i` is due at [`Schedule::intended`]`(i)` and sent
+/// by a task of its own, which first waits for the session's previous
+/// request; at most `max_in_flight` at a time.
+async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
+    let schedule = Schedule::new(rate).ok();
+    let slots = w.cfg.max_in_flight.max(1);
     let slots_sem = Arc::new(Semaphore::new(slots));
     let sessions = w.plan.sessions.len();
     let mut chains: Vec<Option<oneshot::Receiver<()>>> = Vec::new();
@@ -216,9 +297,9 @@ async fn worker_loop(
                     tokio::time::sleep_until(at.min(deadline)).await;
                     continue;
                 }
-                Some(at)
+                at
             }
-            None => None,
+            None => Instant::now(),
         };
         let Ok(permit) = slots_sem.clone().acquire_owned().await else {
             break;
@@ -235,7 +316,7 @@ async fn worker_loop(
             break;
         };
         let cost = 1 + u64::from(step.login);
-        if w.progress.sent.fetch_add(cost, Ordering::Relaxed) + cost > w.cfg.max_requests {
+        if over(w, cost, intended.min(deadline - Duration::from_nanos(1))) {
             break;
         }
         if lap != lap_of_chains {
@@ -245,14 +326,14 @@ async fn worker_loop(
         let session = usize::try_from(step.session).unwrap_or(0);
         let (done, wait) = oneshot::channel();
         let previous = chains.get_mut(session).and_then(|c| c.replace(wait));
-        let intended = intended.unwrap_or_else(Instant::now);
         let w2 = w.clone();
         let step_index = mine.get(idx).copied().unwrap_or(0);
         tokio::task::spawn_local(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            w2.play(step_index, lap, intended).await;
+            let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+            w2.play(step_index, lap, intended, timer).await;
             drop(done);
             drop(permit);
         });
@@ -265,43 +346,76 @@ async fn worker_loop(
         slots_sem.acquire_many(all),
     )
     .await;
-    w.tally.replace(Tally::new(w.cfg.interval))
+}
+
+/// A step's request headers: the event's, `Host` in HTTP/1.1, and a
+/// placeholder cookie.
+fn template(step: &Step, e: &Endpoint) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(step.headers.len() + 2);
+    if e.protocol == Protocol::Http1 {
+        h.insert(http::header::HOST, e.authority.clone());
+    }
+    for (k, v) in &step.headers {
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(http::header::COOKIE, HeaderValue::from_static(""));
+    h
 }
 
 // === impl Worker ===
 
 impl Worker {
     /// Sends one step (its login first when it has one) and records it.
-    async fn play(&self, index: usize, lap: u64, intended: Instant) {
+    /// `timer` bounds each request (`--timeout`); it is reset, not
+    /// re-created, per request.
+    async fn play(&self, index: usize, lap: u64, intended: Instant, mut timer: Pin<&mut Sleep>) {
         let Some(step) = self.plan.steps.get(index) else {
             return;
         };
-        let Some(info) = self
-            .plan
-            .sessions
-            .get(usize::try_from(step.session).unwrap_or(0))
-        else {
+        let session = usize::try_from(step.session).unwrap_or(0);
+        let Some(info) = self.plan.sessions.get(session) else {
             return;
         };
-        let lap = u32::try_from(lap).unwrap_or(u32::MAX);
-        let id = format!("{}.{}.{lap}", info.id, self.round);
-        let epoch = self.round.wrapping_mul(1 << 16).wrapping_add(lap);
+        let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
+        let epoch = self.round.wrapping_mul(1 << 16).wrapping_add(lap32);
+        let mut headers = self.headers.get(index).cloned().unwrap_or_default();
         let mut from = intended;
         if step.login {
+            let id = format!("{}.{}.{lap32}", info.id, self.round);
             let path = format!(
                 "{}?session={}&user={}",
                 self.cfg.login_path,
                 query_safe(&id),
                 query_safe(&info.user)
             );
-            let outcome = self.exchange(step, &path, None).await;
+            let uri = match self.endpoint.protocol {
+                Protocol::Http1 => path.parse::<Uri>(),
+                Protocol::Http2 => format!(
+                    "{}://{}{path}",
+                    self.endpoint.scheme,
+                    self.endpoint.authority.to_str().unwrap_or_default()
+                )
+                .parse::<Uri>(),
+            };
+            let mut login_headers = headers.clone();
+            login_headers.remove(http::header::COOKIE);
+            let outcome = match uri {
+                Ok(uri) => {
+                    self.exchange(step, uri, login_headers, timer.as_mut())
+                        .await
+                }
+                Err(_) => Outcome::Error("request".into()),
+            };
             let now = Instant::now();
             self.record(from, now, (epoch, step.session), step.actor, &outcome);
             from = now;
         }
-        let cookie = HeaderValue::from_str(&format!("session={id}")).ok();
-        let path = self.endpoint.path.clone();
-        let outcome = self.exchange(step, &path, cookie).await;
+        if let Some(c) = self.cookie(session, lap) {
+            headers.insert(http::header::COOKIE, c);
+        }
+        let outcome = self
+            .exchange(step, self.endpoint.uri.clone(), headers, timer)
+            .await;
         self.record(
             from,
             Instant::now(),
@@ -309,6 +423,23 @@ impl Worker {
             step.actor,
             &outcome,
         );
+    }
+
+    /// `session=<corpus id>.<round>.<lap>`, built once per session and lap.
+    fn cookie(&self, session: usize, lap: u64) -> Option<HeaderValue> {
+        let mut cookies = self.cookies.borrow_mut();
+        let slot = cookies.get_mut(session)?;
+        if let Some((l, v)) = slot
+            && *l == lap
+        {
+            return Some(v.clone());
+        }
+        let info = self.plan.sessions.get(session)?;
+        let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
+        let v =
+            HeaderValue::from_str(&format!("session={}.{}.{lap32}", info.id, self.round)).ok()?;
+        *slot = Some((lap, v.clone()));
+        Some(v)
     }
 
     fn record(
@@ -337,91 +468,110 @@ impl Worker {
     }
 
     /// One request and its whole response, within the timeout.
-    async fn exchange(&self, step: &Step, path: &str, cookie: Option<HeaderValue>) -> Outcome {
-        match tokio::time::timeout(self.cfg.timeout, self.exchange_inner(step, path, cookie)).await
-        {
-            Ok(o) => o,
-            Err(_) => Outcome::Error("timeout".into()),
-        }
-    }
-
-    async fn exchange_inner(
+    async fn exchange(
         &self,
         step: &Step,
-        path: &str,
-        cookie: Option<HeaderValue>,
+        uri: Uri,
+        headers: HeaderMap,
+        mut timer: Pin<&mut Sleep>,
     ) -> Outcome {
-        let e = &self.endpoint;
-        let device = if e.per_device() {
+        timer.as_mut().reset(Instant::now() + self.cfg.timeout);
+        let mut request = Request::new(Empty::<Bytes>::new());
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let device = if self.endpoint.per_device() {
             usize::try_from(step.device).unwrap_or(0)
         } else {
             0
         };
-        let uri = match e.protocol {
-            Protocol::Http1 => path.to_owned(),
-            Protocol::Http2 => format!(
-                "{}://{}{path}",
-                e.scheme,
-                e.authority.to_str().unwrap_or_default()
-            ),
+        let sender = tokio::select! {
+            biased;
+            s = self.checkout(device) => s,
+            () = timer.as_mut() => return Outcome::Error("timeout".into()),
         };
-        let mut builder = Request::builder().method(Method::GET).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            if e.protocol == Protocol::Http1 {
-                h.insert(http::header::HOST, e.authority.clone());
-            }
-            for (k, v) in &step.headers {
-                h.append(k.clone(), v.clone());
-            }
-            if let Some(c) = cookie {
-                h.insert(http::header::COOKIE, c);
-            }
-        }
-        let Ok(request) = builder.body(Empty::<Bytes>::new()) else {
-            return Outcome::Error("request".into());
-        };
-        let sender = match self.checkout(device).await {
+        let sender = match sender {
             Ok(s) => s,
             Err(e) => return Outcome::Error(e.to_string()),
         };
         match sender {
-            Sender::H1(mut send) => {
-                let response = match send.send_request(request).await {
-                    Ok(r) => r,
-                    Err(_) => return Outcome::Error("send".into()),
+            Sender::H1(conn) => self.exchange_h1(conn, request, device, timer).await,
+            Sender::H2(send) => {
+                let exchange = async move {
+                    let mut send = send;
+                    let response = send.send_request(request).await.map_err(|_| "send")?;
+                    let (parts, body) = response.into_parts();
+                    drain(body).await.map_err(|()| "body")?;
+                    Ok::<_, &str>(classify(parts.status, &parts.headers))
                 };
-                let (parts, body) = response.into_parts();
-                if body.collect().await.is_err() {
-                    return Outcome::Error("body".into());
+                let result = tokio::select! {
+                    biased;
+                    r = exchange => r,
+                    () = timer => return Outcome::Error("timeout".into()),
+                };
+                match result {
+                    Ok(o) => o,
+                    Err(kind) => {
+                        if kind == "send" {
+                            // The connection is gone: open a new one next time.
+                            if let Some(slot) = self.pool.borrow_mut().h2.get_mut(device) {
+                                *slot = None;
+                            }
+                        }
+                        Outcome::Error(kind.into())
+                    }
                 }
-                if !send.is_closed() {
+            }
+        }
+    }
+
+    /// An HTTP/1.1 exchange, driving the connection's I/O in this task;
+    /// the connection goes back to the pool if it stays open.
+    async fn exchange_h1(
+        &self,
+        conn: H1Conn,
+        request: Request<Empty<Bytes>>,
+        device: usize,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Outcome {
+        let H1Conn { mut send, mut io } = conn;
+        let mut io_done = false;
+        let result = {
+            let exchange = async {
+                send.ready().await.map_err(|_| "send")?;
+                let response = send.send_request(request).await.map_err(|_| "send")?;
+                let (parts, body) = response.into_parts();
+                drain(body).await.map_err(|()| "body")?;
+                Ok::<_, &str>(classify(parts.status, &parts.headers))
+            };
+            let mut exchange = std::pin::pin!(exchange);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut exchange => break r,
+                    _ = &mut io, if !io_done => io_done = true,
+                    () = timer.as_mut() => break Err("timeout"),
+                }
+            }
+        };
+        if !io_done {
+            // One more turn of the I/O: a response that closed the
+            // connection ends it here.
+            io_done = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx).is_ready())).await;
+        }
+        match result {
+            Ok(outcome) => {
+                if !io_done && !send.is_closed() {
                     let mut pool = self.pool.borrow_mut();
                     if pool.h1.len() <= device {
                         pool.h1.resize_with(device + 1, Vec::new);
                     }
                     if let Some(idle) = pool.h1.get_mut(device) {
-                        idle.push(send);
+                        idle.push(H1Conn { send, io });
                     }
                 }
-                classify(parts.status, &parts.headers)
+                outcome
             }
-            Sender::H2(mut send) => {
-                let response = match send.send_request(request).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // The connection is gone: open a new one next time.
-                        if let Some(slot) = self.pool.borrow_mut().h2.get_mut(device) {
-                            *slot = None;
-                        }
-                        return Outcome::Error("send".into());
-                    }
-                };
-                let (parts, body) = response.into_parts();
-                if body.collect().await.is_err() {
-                    return Outcome::Error("body".into());
-                }
-                classify(parts.status, &parts.headers)
-            }
+            Err(kind) => Outcome::Error(kind.into()),
         }
     }
 
@@ -431,13 +581,17 @@ impl Worker {
             Protocol::Http1 => {
                 loop {
                     let idle = self.pool.borrow_mut().h1.get_mut(device).and_then(Vec::pop);
-                    match idle {
-                        Some(mut s) => {
-                            if s.ready().await.is_ok() {
-                                return Ok(Sender::H1(s));
-                            }
-                        }
-                        None => break,
+                    let Some(mut c) = idle else {
+                        break;
+                    };
+                    // An idle connection's I/O is not polled: let it see
+                    // now whether the server closed it meanwhile. Cheap:
+                    // tokio only reads a socket the kernel said is ready.
+                    let ended =
+                        std::future::poll_fn(|cx| Poll::Ready(c.io.as_mut().poll(cx).is_ready()))
+                            .await;
+                    if !ended && !c.send.is_closed() {
+                        return Ok(Sender::H1(c));
                     }
                 }
                 self.endpoint.connect(device).await
@@ -467,6 +621,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// Reads a response body to its end, keeping nothing.
+async fn drain(mut body: hyper::body::Incoming) -> Result<(), ()> {
+    while let Some(frame) = body.frame().await {
+        frame.map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// Percent-encodes everything but unreserved characters.

@@ -156,6 +156,24 @@ impl Tally {
         }
     }
 
+    /// Moves the timeline `by` later (whole intervals, rounded down): a
+    /// round that started `by` after the first one is charted where it ran.
+    pub fn delay(&mut self, by: Duration) {
+        let n = usize::try_from(by.as_nanos() / self.interval.as_nanos().max(1))
+            .unwrap_or(usize::MAX)
+            .min(100_000usize.saturating_sub(self.timeline.len()));
+        if n == 0 || self.timeline.is_empty() {
+            return;
+        }
+        let mut shifted = Vec::with_capacity(n + self.timeline.len());
+        shifted.resize_with(n, || Interval {
+            latency: histogram(2),
+            errors: 0,
+        });
+        shifted.append(&mut self.timeline);
+        self.timeline = shifted;
+    }
+
     /// Adds `other`'s records to these. Histograms merge losslessly;
     /// sessions seen by both add up (a session lives on one worker, so in
     /// practice they are disjoint).
@@ -215,6 +233,25 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_later_round_is_charted_after_the_first_not_on_top_of_it() {
+        let interval = Duration::from_secs(1);
+        let mut first = Tally::new(interval);
+        first.record(ms(1), ms(500), (0, 0), Actor::Owner, &Outcome::Served);
+        let mut second = Tally::new(interval);
+        second.record(ms(9), ms(500), (1, 0), Actor::Owner, &Outcome::Served);
+        // The second round began 3.2 s after the first.
+        second.delay(ms(3_200));
+        let mut all = Tally::new(interval);
+        all.merge(&first);
+        all.merge(&second);
+        let counts: Vec<u64> = all.timeline.iter().map(|i| i.latency.len()).collect();
+        assert_eq!(counts, [1, 0, 0, 1]);
+        // Each where it ran: 1 ms in the first second, 9 ms in the fourth.
+        assert!(all.timeline[0].latency.max() < 2_000);
+        assert!(all.timeline[3].latency.min() > 8_000);
     }
 
     #[test]

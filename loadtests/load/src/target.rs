@@ -3,7 +3,9 @@
 //! A target is only ever the address of its URL: `vigil-load` resolves
 //! nothing else and follows no redirects.
 
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,12 +51,31 @@ pub enum Protocol {
     Http2,
 }
 
+/// An HTTP/1.1 connection's I/O: polled by the task that uses the
+/// connection, in the same task as the request (no task of its own, so no
+/// wake-up hand-off between tasks per request).
+pub type H1Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// An HTTP/1.1 connection: the request handle and the I/O that serves it.
+pub struct H1Conn {
+    /// Sends one request at a time.
+    pub send: http1::SendRequest<Empty<Bytes>>,
+    /// Reads and writes the socket; must be polled while a request is out.
+    pub io: H1Driver,
+}
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Conn").finish_non_exhaustive()
+    }
+}
+
 /// A connection ready to send.
 #[derive(Debug)]
 pub enum Sender {
-    /// HTTP/1.1, one request at a time.
-    H1(http1::SendRequest<Empty<Bytes>>),
-    /// HTTP/2, shared by concurrent requests.
+    /// HTTP/1.1, one request at a time, driven by its user.
+    H1(H1Conn),
+    /// HTTP/2, shared by concurrent requests; its I/O runs in a task.
     H2(http2::SendRequest<Empty<Bytes>>),
 }
 
@@ -69,6 +90,9 @@ pub struct Endpoint {
     pub scheme: &'static str,
     /// The path of browsing requests.
     pub path: String,
+    /// The request target of browsing requests: the path in HTTP/1.1, the
+    /// absolute URI in HTTP/2. Built once; cloning it shares its bytes.
+    pub uri: Uri,
     /// Wire protocol.
     pub protocol: Protocol,
     /// Per device profile, over TLS.
@@ -209,7 +233,19 @@ impl TargetSpec {
             "" => "/".to_owned(),
             p => p.to_owned(),
         };
+        let uri = match protocol {
+            Protocol::Http1 => path.clone(),
+            Protocol::Http2 => format!(
+                "{}://{}{path}",
+                if https { "https" } else { "http" },
+                authority.to_str().unwrap_or_default()
+            ),
+        };
+        let uri: Uri = uri
+            .parse()
+            .map_err(|_| format!("{}: {uri:?} is not a request target", self.name))?;
         Ok(Endpoint {
+            uri,
             addr,
             authority,
             scheme: if https { "https" } else { "http" },
@@ -265,8 +301,10 @@ impl Endpoint {
                 let (send, conn) = http1::handshake(io)
                     .await
                     .map_err(|_| ConnectError::Handshake)?;
-                tokio::spawn(conn);
-                Ok(Sender::H1(send))
+                Ok(Sender::H1(H1Conn {
+                    send,
+                    io: Box::pin(conn),
+                }))
             }
             Protocol::Http2 => {
                 let (send, conn) = http2::handshake(TokioExecutor::new(), io)

@@ -124,9 +124,8 @@ fn tls_files(dir: &Path) -> (String, String) {
 }
 
 /// Plays the plan once, exactly: the request cap is one lap.
-fn play(plan: &Arc<Plan>, target: &str, round: u32) -> (Report, u64) {
+fn play(plan: &Arc<Plan>, target: &str, protocol: Protocol, round: u32) -> (Report, u64) {
     let spec = TargetSpec::parse(target).unwrap();
-    let protocol = Protocol::Http1;
     let endpoint = Arc::new(
         spec.endpoint(protocol, plan.devices.len(), &Trust::Insecure)
             .unwrap(),
@@ -247,7 +246,14 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         .unwrap(),
     );
     let before = received.requests.load(Ordering::SeqCst);
-    let (report, lap) = play(&plan, &format!("http://{plain}/"), 0);
+    let (report, lap) = play(&plan, &format!("http://{plain}/"), Protocol::Http1, 0);
+    check(&report, lap, &received, before);
+
+    // The same over cleartext HTTP/2 (prior knowledge; the listener has
+    // `h2c = true`): many sessions' requests multiplexed on one connection
+    // per device, Vigil's refusals included.
+    let before = received.requests.load(Ordering::SeqCst);
+    let (report, lap) = play(&plan, &format!("http://{plain}/"), Protocol::Http2, 2);
     check(&report, lap, &received, before);
 
     // TLS: no header; each device's connections carry its own hello. The
@@ -263,6 +269,7 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
             "name=tls,url=https://127.0.0.1:{}/,host=localhost",
             tls.port()
         ),
+        Protocol::Http1,
         1,
     );
     check(&report, lap, &received, before);
@@ -272,4 +279,28 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         .find(|r| r.class == Scenario::ReplayCopiedUaOtherTls)
         .unwrap();
     assert_eq!(copied.rate, 1.0, "the thief's TLS stack gives it away");
+
+    // TLS with ALPN h2 (the listener has `http2 = true`): each device's
+    // hello offers only h2, so a response at all means h2 was agreed, and
+    // the thieves' stacks are still told apart.
+    let before = received.requests.load(Ordering::SeqCst);
+    let (report, lap) = play(
+        &plan,
+        &format!(
+            "name=tls-h2,url=https://127.0.0.1:{}/,host=localhost",
+            tls.port()
+        ),
+        Protocol::Http2,
+        3,
+    );
+    check(&report, lap, &received, before);
+    let copied = report
+        .classes
+        .iter()
+        .find(|r| r.class == Scenario::ReplayCopiedUaOtherTls)
+        .unwrap();
+    assert_eq!(
+        copied.rate, 1.0,
+        "the thief's TLS stack gives it away over h2"
+    );
 }
