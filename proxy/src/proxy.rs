@@ -1041,6 +1041,13 @@ impl ProxyHttp for VigilProxy {
                     .with_label_values(&["bad_user_header", "ignored"])
                     .inc();
             }
+            crate::binding::add_companions(
+                &self.engine,
+                verdict,
+                upstream_response,
+                now_secs(),
+                enforcement(route.mode),
+            )?;
         }
         // Never for the client's eyes, judged route or not.
         for name in [&config.confirm_header, &config.user_header]
