@@ -798,7 +798,17 @@ impl BindingStore {
         let k = (ages.len() / 16).max(1);
         let (_, cut, _) = ages.select_nth_unstable(k - 1);
         let cut = *cut;
-        shard.retain(|_, s| s.touched() > cut);
+        // At most k go, however many share the cut's age (a burst of
+        // sessions issued in one second must not empty the shard).
+        let old: Vec<SessionKey> = shard
+            .iter()
+            .filter(|(_, s)| s.touched() <= cut)
+            .map(|(k, _)| *k)
+            .take(k)
+            .collect();
+        for key in old {
+            shard.remove(&key);
+        }
     }
 
     /// Bindings held.

@@ -123,6 +123,12 @@ async fn a_thief_with_only_the_app_cookie_is_refused() {
     let (_origin, proxy) = bound_proxy(&ca, 300, 30).await;
     let out = scenario(&ca, &proxy, "app_cookie_only", &[]).await;
     assert_eq!(out["thief"], 303, "{out}");
+    // The companion is Vigil's: taken out before the request reaches the app.
+    assert_eq!(
+        out["app_saw"],
+        serde_json::json!({"session": true, "companion": false, "status": 200}),
+        "{out}"
+    );
     assert_eq!(reason_count(&proxy, "binding_missing").await, 1.0);
 }
 

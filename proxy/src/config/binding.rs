@@ -77,7 +77,10 @@ upstream = "app"
 "#;
 
     fn problems(extra: &str) -> Vec<String> {
-        match Config::parse(&format!("{BASE}{extra}"), Path::new("/etc/vigil/proxy.toml")) {
+        match Config::parse(
+            &format!("{BASE}{extra}"),
+            Path::new("/etc/vigil/proxy.toml"),
+        ) {
             Ok(_) => Vec::new(),
             Err(ConfigError::Invalid { problems, .. }) => {
                 problems.iter().map(|p| p.key.clone()).collect()

@@ -75,6 +75,11 @@ status, comp = victim.get("/login?user=alice&session=alice-session-0123456789")
 out["login"] = [status, len(comp)]
 status, comp = victim.get("/echo")
 out["first"] = [status, len(comp)]
+# What the app saw of the jar: its own cookie, never Vigil's companion.
+r = requests.get(BASE + "/echo", headers={"Cookie": victim.header()}, verify=CA,
+                 timeout=10, impersonate=UA_BROWSER)
+out["app_saw"] = {"session": "alice-session" in r.text, "companion": "vigil_bind" in r.text,
+                  "status": r.status_code}
 thief = victim.copy()
 
 if SCENARIO == "victim_first":
