@@ -49,6 +49,9 @@ const AAD: &[u8] = b"vigil binding v1";
 /// Chrome's cap on a cookie's lifetime: the companion must outlive any
 /// app cookie it stands beside, or a browser restart would lose it.
 const MAX_AGE_SECS: u64 = 400 * 86_400;
+/// A presentation refreshes a state's idle clock at most this often, so
+/// that a session in use is not evicted while its requests write nothing.
+const SEEN_EVERY: u32 = 60;
 
 /// The rotating binding's settings (`[binding]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +159,13 @@ pub enum UnsealError {
 pub struct Sealer {
     current: LessSafeKey,
     previous: Option<LessSafeKey>,
+    /// Keys the deterministic successor nonces ([`Sealer::successor_nonce`]).
+    successor: [u8; 32],
     random: SystemRandom,
 }
 
-/// The binding state of one session: 20 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The binding state of one session: 24 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct BindingState {
     /// The latest generation issued.
     pub generation: u32,
@@ -173,6 +178,14 @@ pub(crate) struct BindingState {
     pub issued_at: u32,
     /// When it was first presented; 0: not yet.
     pub presented_at: u32,
+    /// When a presentation last kept the state from idling out (written
+    /// at most once a minute).
+    pub seen_at: u32,
+    /// Two holders were seen: every later request of the session, whatever
+    /// generation it brings, is [`Finding::Reused`], so that neither the
+    /// owner nor the copy goes on however the policy answers the first
+    /// refusal (docs/bound-sessions.md, "Once reused, always reused").
+    pub compromised: bool,
 }
 
 /// What a request's companion was, read once per request.
@@ -205,6 +218,10 @@ pub struct Check {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Record {
     Nothing,
+    /// Two holders were seen: the session is marked, for good.
+    Compromised,
+    /// A presentation of a known issuance keeps the state from idling out.
+    Seen,
     /// The current issuance was presented for the first time.
     Presented {
         generation: u32,
@@ -422,8 +439,33 @@ impl Sealer {
         Self {
             current: Self::key(current),
             previous: previous.map(Self::key),
+            successor: blake3::derive_key("vigil 2026-12 binding successor", current.as_bytes()),
             random: SystemRandom::new(),
         }
+    }
+
+    /// The issuance nonce of generation `generation` of `session` following
+    /// the issuance `previous_nonce` (0 for generation 1): a keyed hash of
+    /// the three, never 0. Every node sharing the hash key computes the
+    /// same one, so that two nodes rotating one session at once issue the
+    /// identical successor instead of two that tell each other apart as
+    /// reuse (docs/bound-sessions.md, "Several nodes"). Who cannot compute
+    /// it: anyone without the fleet's key, so a successor is still
+    /// unguessable to a client.
+    pub fn successor_nonce(
+        &self,
+        session: &SessionKey,
+        generation: u32,
+        previous_nonce: u32,
+    ) -> u32 {
+        let mut h = blake3::Hasher::new_keyed(&self.successor);
+        h.update(session.as_bytes());
+        h.update(&generation.to_le_bytes());
+        h.update(&previous_nonce.to_le_bytes());
+        let out = h.finalize();
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&out.as_bytes()[..4]);
+        u32::from_le_bytes(b).max(1)
     }
 
     fn key(hash_key: &SessionHashKey) -> LessSafeKey {
@@ -584,14 +626,108 @@ fn read_attr(p: &[u8]) -> Option<(Attr, &[u8])> {
 
 // === impl Companion ===
 
+/// Companion values read from one request: at most this many.
+pub const MAX_COMPANIONS: usize = 4;
+
+/// The companion values a request carries (a browser sends one per scope:
+/// an app with sessions on `/` and `/admin`, or a cookie a sibling host
+/// tossed in on the parent domain), each opened once.
+#[derive(Debug, Clone, Default)]
+pub struct Companions {
+    values: smallvec::SmallVec<[Result<Seal, UnsealError>; 1]>,
+    /// More than [`MAX_COMPANIONS`] values were sent.
+    overflow: bool,
+}
+
+/// The `name=value` pairs of a `Cookie` header value, split strictly on
+/// `;` as browsers send them (RFC 6265 §4.2.1), blanks trimmed: Vigil
+/// reads its own cookie, so a value like `prefs=a,vigil_bind=x` holds no
+/// companion.
+fn strict_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    line.split(|b| *b == b';').filter_map(|piece| {
+        let piece = piece.trim_ascii();
+        let eq = piece.iter().position(|b| *b == b'=')?;
+        Some((
+            piece.get(..eq)?.trim_ascii(),
+            piece.get(eq + 1..)?.trim_ascii(),
+        ))
+    })
+}
+
+impl Companions {
+    /// Reads every companion named `name` from a request's `Cookie`
+    /// headers (exact name, strict split), at most [`MAX_COMPANIONS`].
+    pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companions {
+        let mut out = Companions::default();
+        let mut seen: smallvec::SmallVec<[&[u8]; 1]> = smallvec::SmallVec::new();
+        for value in headers.get_all(http::header::COOKIE) {
+            for (n, v) in strict_pairs(value.as_bytes()) {
+                if n != name.as_bytes() || seen.contains(&v) {
+                    continue;
+                }
+                if seen.len() == MAX_COMPANIONS {
+                    out.overflow = true;
+                    return out;
+                }
+                seen.push(v);
+                out.values.push(sealer.unseal(v));
+            }
+        }
+        out
+    }
+
+    /// The companion standing for `session` (also known as `previous`):
+    /// the seal naming it (of several, the latest generation; two of one
+    /// generation that differ are [`Companion::Duplicated`]). Values that
+    /// do not open are ignored when one does; a seal naming only other
+    /// sessions is [`UnsealError::Fields`]-invalid for this one.
+    pub fn for_session(&self, session: SessionKey, previous: Option<SessionKey>) -> Companion {
+        if self.overflow {
+            return Companion::Duplicated;
+        }
+        let mut best: Option<Seal> = None;
+        let mut opened = false;
+        let mut first_error = None;
+        for value in &self.values {
+            match value {
+                Ok(seal) => {
+                    opened = true;
+                    if seal.session != session && Some(seal.session) != previous {
+                        continue;
+                    }
+                    match best {
+                        Some(b) if b.generation > seal.generation => {}
+                        Some(b) if b.generation == seal.generation && b.nonce != seal.nonce => {
+                            return Companion::Duplicated;
+                        }
+                        _ => best = Some(*seal),
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(*e);
+                }
+            }
+        }
+        match (best, opened, first_error) {
+            (Some(seal), _, _) => Companion::Sealed(seal),
+            // Only others' seals: a foreign companion.
+            (None, true, _) => Companion::Invalid(UnsealError::Fields),
+            (None, false, Some(e)) => Companion::Invalid(e),
+            (None, false, None) => Companion::Absent,
+        }
+    }
+}
+
 impl Companion {
     /// Reads the companion named `name` from a request's `Cookie` headers:
-    /// the exact name only (Vigil reads its own cookie; no app does), at
-    /// most `max_pairs` pairs looked at.
+    /// the exact name only (Vigil reads its own cookie; no app does),
+    /// split strictly on `;`. Several different values are
+    /// [`Companion::Duplicated`]; [`Companions`] tells them apart per
+    /// session, as the engine does.
     pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companion {
         let mut found: Option<&[u8]> = None;
         for value in headers.get_all(http::header::COOKIE) {
-            for (n, v) in crate::session::cookie_pairs(value.as_bytes()) {
+            for (n, v) in strict_pairs(value.as_bytes()) {
                 if n != name.as_bytes() {
                     continue;
                 }
@@ -632,8 +768,27 @@ pub(crate) fn check(
         issue: Issue::Nothing,
         scope: None,
     };
+    if state.is_some_and(|s| s.compromised) {
+        // Once two holders were seen, no generation vouches for anyone.
+        out.finding = Some(Finding::Reused);
+        return out;
+    }
+    // With nothing held for the session, a seal no key opens (sealed before
+    // a key rotation, by an older format, or for a binding this node lost)
+    // or one naming only other sessions (a sibling host's tossed cookie,
+    // an older session's) proves nothing either way: as if none were
+    // sent, it is replaced.
+    let unknown = state.is_none()
+        && matches!(
+            companion,
+            Companion::Invalid(UnsealError::Seal | UnsealError::Version | UnsealError::Fields)
+        );
     let seal = match companion {
         Companion::Sealed(seal) => *seal,
+        _ if unknown => {
+            out.issue = Issue::First;
+            return out;
+        }
         Companion::Absent => {
             match state {
                 // A binding its holder presented, and now none: someone
@@ -678,7 +833,7 @@ pub(crate) fn check(
         if seal.nonce != s.nonce {
             // Replaced by another issuance of the same generation, which
             // went to whoever brought the old one: two holders.
-            out.finding = Some(Finding::Reused);
+            reused(&mut out);
         } else if s.presented_at == 0 {
             out.record = Record::Presented {
                 generation: s.generation,
@@ -691,12 +846,14 @@ pub(crate) fn check(
                 generation: s.generation,
                 nonce: s.nonce,
             };
+        } else if now.saturating_sub(s.seen_at) >= SEEN_EVERY {
+            out.record = Record::Seen;
         }
         return out;
     }
     let superseded_nonce = s.previous_nonce != 0 && seal.nonce != s.previous_nonce;
     if seal.generation + 1 < s.generation || superseded_nonce {
-        out.finding = Some(Finding::Reused);
+        reused(&mut out);
     } else if s.presented_at == 0 {
         // The successor was issued and never presented: the response that
         // carried it may have been lost. Accepted; issued again (a new
@@ -709,9 +866,15 @@ pub(crate) fn check(
             };
         }
     } else if now.saturating_sub(s.presented_at) >= grace {
-        out.finding = Some(Finding::Reused);
+        reused(&mut out);
     }
     out
+}
+
+/// Two holders: found, and the session marked for good once applied.
+fn reused(out: &mut Check) {
+    out.finding = Some(Finding::Reused);
+    out.record = Record::Compromised;
 }
 
 // === impl BindingStore ===
@@ -732,7 +895,7 @@ impl Hasher for KeyHasher {
 impl BindingState {
     /// The last time the state was written, for idle expiry.
     fn touched(&self) -> u32 {
-        self.issued_at.max(self.presented_at)
+        self.issued_at.max(self.presented_at).max(self.seen_at)
     }
 }
 

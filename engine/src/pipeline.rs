@@ -623,7 +623,7 @@ impl Engine {
             Enforcement::Off => return Applied::default(),
         };
         let mut applied = Applied::default();
-        if commits && verdict.action == Action::Allow {
+        if commits {
             self.record_binding(verdict);
         }
         for (observation, commit) in effects.commits.iter().filter(|_| commits) {

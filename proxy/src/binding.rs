@@ -62,7 +62,8 @@ pub(crate) fn add_companions(
     view_now: u64,
     enforcement: Enforcement,
 ) -> Result<usize> {
-    let cookies = engine.binding_cookies(
+    let status = response.status.as_u16();
+    let cookies = engine.binding_cookies_for_status(
         verdict,
         &ResponseView {
             headers: &response.headers,
@@ -72,6 +73,7 @@ pub(crate) fn add_companions(
             app_confirms: false,
         },
         enforcement,
+        status,
     );
     for cookie in &cookies {
         response.append_header(http::header::SET_COOKIE, cookie.as_str())?;

@@ -17,12 +17,17 @@ use common::{Ca, Config, Origin, Proxy, Route, free_addr};
 /// A TLS proxy in front of the echo origin with the binding on, rotating
 /// after `rotate` seconds with a grace of `grace`, revoking at high risk.
 async fn bound_proxy(ca: &Ca, rotate: u64, grace: u64) -> (Origin, Proxy) {
+    bound_proxy_high(ca, rotate, grace, "revoke").await
+}
+
+/// [`bound_proxy`] answering high risk with `high` (the default: `block`).
+async fn bound_proxy_high(ca: &Ca, rotate: u64, grace: u64, high: &str) -> (Origin, Proxy) {
     let leaf = ca.leaf(&["localhost"]);
     let origin = Origin::start();
     let config = Config::new()
         .tls_listener("https", free_addr(), true, &[&leaf])
         .upstream("app", origin.addr())
-        .route(Route::new("app", "/", "app").high("revoke"))
+        .route(Route::new("app", "/", "app").high(high))
         .section(&format!(
             "[binding]\nenabled = true\nrotate_after_seconds = {rotate}\ngrace_seconds = {grace}\n"
         ));
@@ -93,8 +98,8 @@ async fn a_perfect_clone_is_refused_at_the_first_rotation_when_the_victim_return
     assert_eq!(out["victim_presents"], 200, "{out}");
     // Revoked: a redirect to the login page, for both holders after.
     allowed_until(&out["thief"], 303);
-    assert_ne!(out["victim_after"], 200, "{out}");
-    assert_ne!(out["thief_after"], 200, "{out}");
+    assert_eq!(out["victim_after"], 403, "{out}");
+    assert_eq!(out["thief_after"], 403, "{out}");
     // The refusal's reason; the requests refused after it count it too.
     assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
     assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
@@ -110,11 +115,58 @@ async fn a_perfect_clone_is_refused_at_the_first_rotation_when_the_thief_comes_f
     // The owner's superseded generation gives the copy away; the session
     // ends for both, and the owner signs in again.
     allowed_until(&out["victim"], 303);
-    assert_ne!(out["thief_after"], 200, "{out}");
-    assert_ne!(out["victim_after"], 200, "{out}");
+    assert_eq!(out["thief_after"], 403, "{out}");
+    assert_eq!(out["victim_after"], 403, "{out}");
     // The refusal's reason; the requests refused after it count it too.
     assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
     assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
+}
+
+/// Under the default policy (high risk blocks, nothing is revoked) the
+/// holder who rotated first must not keep the session: after the reuse
+/// both are refused, whatever generation they bring.
+#[tokio::test]
+async fn under_the_default_policy_a_thief_who_rotates_first_is_refused_with_the_owner() {
+    let ca = Ca::new("Test CA");
+    let (_origin, proxy) = bound_proxy_high(&ca, 1, 1, "block").await;
+    let out = scenario(&ca, &proxy, "thief_first", &[]).await;
+    allowed_until(&out["thief_rotation"], 200);
+    assert_eq!(out["thief_presents"], 200, "{out}");
+    allowed_until(&out["victim"], 403);
+    assert_eq!(out["thief_after"], 403, "{out}");
+    assert_eq!(out["victim_after"], 403, "{out}");
+    // The reuse, then each holder's request after it.
+    assert_eq!(reason_count(&proxy, "binding_reused").await, 3.0);
+    assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
+}
+
+#[tokio::test]
+async fn under_the_default_policy_a_thief_who_returns_after_the_owner_is_refused_with_the_owner() {
+    let ca = Ca::new("Test CA");
+    let (_origin, proxy) = bound_proxy_high(&ca, 1, 1, "block").await;
+    let out = scenario(&ca, &proxy, "victim_first", &[]).await;
+    allowed_until(&out["victim_rotation"], 200);
+    assert_eq!(out["victim_presents"], 200, "{out}");
+    allowed_until(&out["thief"], 403);
+    assert_eq!(out["victim_after"], 403, "{out}");
+    assert_eq!(out["thief_after"], 403, "{out}");
+    assert_eq!(reason_count(&proxy, "binding_reused").await, 3.0);
+    assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
+}
+
+/// An app re-sending its session cookie on every response (a rolling
+/// expiry) still has its sessions rotated, and a copy caught.
+#[tokio::test]
+async fn an_app_with_a_rolling_session_cookie_still_rotates_and_a_copy_is_refused() {
+    let ca = Ca::new("Test CA");
+    let (_origin, proxy) = bound_proxy_high(&ca, 1, 1, "block").await;
+    let out = scenario(&ca, &proxy, "rolling", &[]).await;
+    allowed_until(&out["victim_rotation"], 200);
+    assert_eq!(out["victim_presents"], 200, "{out}");
+    allowed_until(&out["thief"], 403);
+    assert_eq!(out["victim_after"], 403, "{out}");
+    assert_eq!(out["thief_after"], 403, "{out}");
+    assert_eq!(reason_count(&proxy, "binding_reused").await, 3.0);
 }
 
 #[tokio::test]
@@ -123,6 +175,8 @@ async fn a_thief_with_only_the_app_cookie_is_refused() {
     let (_origin, proxy) = bound_proxy(&ca, 300, 30).await;
     let out = scenario(&ca, &proxy, "app_cookie_only", &[]).await;
     assert_eq!(out["thief"], 303, "{out}");
+    // The owner, with the companion, goes on.
+    assert_eq!(out["victim_after"], 200, "{out}");
     // The companion is Vigil's: taken out before the request reaches the app.
     assert_eq!(
         out["app_saw"],

@@ -130,7 +130,7 @@ fn a_full_store_evicts_a_sixteenth_even_when_every_entry_has_one_age() {
         nonce: 1,
         previous_nonce: 0,
         issued_at: 100,
-        presented_at: 0,
+        ..BindingState::default()
     };
     for i in 0..10_000u32 {
         let mut k = [0u8; 16];

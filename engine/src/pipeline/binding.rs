@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use super::{Enforcement, Engine, Verdict};
 use crate::binding::{
-    self, BindingState, Check, Companion, Finding, Issue, Record, SameSite, Scope, Seal,
+    self, BindingState, Check, Companions, Finding, Issue, Record, SameSite, Scope, Seal,
 };
 use crate::decide::Action;
 use crate::request::ResponseView;
@@ -23,9 +23,9 @@ const MAX_SET_COOKIES: usize = 32;
 impl Engine {
     /// The request's companion cookie, read once per request; `None` when
     /// the binding is off.
-    pub(super) fn companion(&self, headers: &http::HeaderMap) -> Option<Companion> {
+    pub(super) fn companion(&self, headers: &http::HeaderMap) -> Option<Companions> {
         let b = self.binding.as_ref()?;
-        Some(Companion::read(&b.sealer, headers, &b.config.cookie_name))
+        Some(Companions::read(&b.sealer, headers, &b.config.cookie_name))
     }
 
     /// The binding's judgement of `session`: only a cookie session is
@@ -33,7 +33,7 @@ impl Engine {
     pub(super) fn check_binding(
         &self,
         session: Option<Session>,
-        companion: Option<&Companion>,
+        companions: Option<&Companions>,
         now: u64,
     ) -> Option<Check> {
         let b = self.binding.as_ref()?;
@@ -46,7 +46,7 @@ impl Engine {
             &b.config,
             session.key,
             session.previous,
-            companion?,
+            &companions?.for_session(session.key, session.previous),
             state,
             now,
         ))
@@ -74,21 +74,45 @@ impl Engine {
         })
     }
 
-    /// Records what an allowed request's companion showed: the first
-    /// presentation of an issuance, or a generation issued elsewhere.
+    /// Records what a request's companion showed: two holders (whatever
+    /// the verdict), or, for an allowed request, the first presentation of
+    /// an issuance, a generation issued elsewhere, or that the session is
+    /// still in use. Called only as the route's mode allows.
     pub(super) fn record_binding(&self, verdict: &Verdict) {
         let (Some(b), Some(check)) = (&self.binding, &verdict.binding) else {
             return;
         };
         let now = secs32(verdict.at);
+        if verdict.action != Action::Allow && check.record != Record::Compromised {
+            return;
+        }
         match check.record {
             Record::Nothing => {}
+            Record::Compromised => {
+                b.store.update(check.session, verdict.at, |held| {
+                    Some(BindingState {
+                        compromised: true,
+                        seen_at: now,
+                        ..held.unwrap_or_default()
+                    })
+                });
+            }
+            Record::Seen => {
+                b.store.update(check.session, verdict.at, |held| {
+                    let s = held.filter(|s| !s.compromised)?;
+                    Some(BindingState { seen_at: now, ..s })
+                });
+            }
             Record::Presented { generation, nonce } => {
                 b.store.update(check.session, verdict.at, |held| {
                     let s = held?;
-                    (s.generation == generation && s.nonce == nonce && s.presented_at == 0)
+                    (s.generation == generation
+                        && s.nonce == nonce
+                        && s.presented_at == 0
+                        && !s.compromised)
                         .then_some(BindingState {
                             presented_at: now.max(1),
+                            seen_at: now,
                             ..s
                         })
                 });
@@ -99,7 +123,7 @@ impl Engine {
                 issued_at,
             } => {
                 b.store.update(check.session, verdict.at, |held| {
-                    if held.is_some_and(|s| s.generation >= generation) {
+                    if held.is_some_and(|s| s.generation >= generation || s.compromised) {
                         return None;
                     }
                     let previous_nonce = held
@@ -109,8 +133,11 @@ impl Engine {
                         generation,
                         nonce,
                         previous_nonce,
-                        issued_at,
+                        // A seal's time is the issuer's: never later than now.
+                        issued_at: issued_at.min(now),
                         presented_at: now.max(1),
+                        seen_at: now,
+                        compromised: false,
                     })
                 });
             }
@@ -118,23 +145,40 @@ impl Engine {
     }
 
     /// The companion cookies the response to `verdict`'s request sets, as
-    /// `Set-Cookie` values: generation 1 for each session the app's
-    /// response opens (its scope from the app's `Set-Cookie`), otherwise
-    /// the request session's first binding, rotation or re-issuance the
-    /// verdict called for. Each issuance is a compare-and-set against the
-    /// state judged, so that of requests crossing a rotation together one
-    /// rotates. Only for an allowed request on an enforcing or monitoring
-    /// route; never on `off`. The values are never logged.
+    /// `Set-Cookie` values, for a response of status 200: see
+    /// [`Engine::binding_cookies_for_status`].
     pub fn binding_cookies(
         &self,
         verdict: &Verdict,
         response: &ResponseView<'_>,
         enforcement: Enforcement,
     ) -> SmallVec<[String; 1]> {
+        self.binding_cookies_for_status(verdict, response, enforcement, 200)
+    }
+
+    /// The companion cookies the response (of HTTP status `status`) to
+    /// `verdict`'s request sets, as `Set-Cookie` values: generation 1 for
+    /// each session the app's response opens that has no binding yet (its
+    /// scope from the app's `Set-Cookie`); unless one was, the request
+    /// session's first binding (on a 2xx or 3xx response only: an app's
+    /// 401 to a made-up session value binds nothing), rotation or
+    /// re-issuance the verdict called for. An app re-sending its session
+    /// cookie on every response (a rolling expiry) opens nothing new, so
+    /// its sessions still rotate. Each issuance is a compare-and-set
+    /// against the state judged, so that of requests crossing a rotation
+    /// together one rotates. Only for an allowed request on an enforcing
+    /// or monitoring route; never on `off`. The values are never logged.
+    pub fn binding_cookies_for_status(
+        &self,
+        verdict: &Verdict,
+        response: &ResponseView<'_>,
+        enforcement: Enforcement,
+        status: u16,
+    ) -> SmallVec<[String; 1]> {
         let mut out = SmallVec::new();
-        if self.binding.is_none() {
+        let Some(b) = self.binding.as_ref() else {
             return out;
-        }
+        };
         let allowed = match enforcement {
             Enforcement::Enforce | Enforcement::Monitor => verdict.action == Action::Allow,
             Enforcement::Off => false,
@@ -143,48 +187,48 @@ impl Engine {
             return out;
         }
         let now = response.now_secs;
-        let mut opened = false;
+        let first = |held: Option<BindingState>| {
+            held.is_none().then_some(BindingState {
+                generation: 1,
+                ..BindingState::default()
+            })
+        };
         for (key, scope) in self.opened_sessions(response) {
-            opened = true;
-            if let Some(c) = self.issue(key, scope, now, |held| {
-                held.is_none().then_some(BindingState {
-                    generation: 1,
-                    nonce: 0,
-                    previous_nonce: 0,
-                    issued_at: 0,
-                    presented_at: 0,
-                })
-            }) {
+            let nonce = b.sealer.successor_nonce(&key, 1, 0);
+            if let Some(c) = self.issue(key, scope, now, Some(nonce), first) {
                 out.push(c);
             }
         }
+        // A response that opened a session replaces the request's: one
+        // companion per response, so that the browser keeps the new one.
         let Some(check) = verdict
             .binding
-            .filter(|_| !opened && verdict.credentials == 1)
+            .filter(|_| out.is_empty() && verdict.credentials == 1)
         else {
             return out;
         };
+        let session = check.session;
         let scope = check.scope.unwrap_or(Scope::DEFAULT);
         let issued = match check.issue {
             Issue::Nothing => None,
-            Issue::First => self.issue(check.session, scope, now, |held| {
-                held.is_none().then_some(BindingState {
-                    generation: 1,
-                    nonce: 0,
-                    previous_nonce: 0,
-                    issued_at: 0,
-                    presented_at: 0,
+            Issue::First if !(200..400).contains(&status) => None,
+            Issue::First => {
+                let nonce = b.sealer.successor_nonce(&session, 1, 0);
+                self.issue(session, scope, now, Some(nonce), first)
+            }
+            Issue::Rotate { generation, nonce } => {
+                let next = generation.saturating_add(1);
+                let successor = b.sealer.successor_nonce(&session, next, nonce);
+                self.issue(session, scope, now, Some(successor), |held| {
+                    let s = held.filter(|s| s.generation == generation && s.nonce == nonce)?;
+                    Some(BindingState {
+                        generation: next,
+                        previous_nonce: nonce,
+                        ..s
+                    })
                 })
-            }),
-            Issue::Rotate { generation, nonce } => self.issue(check.session, scope, now, |held| {
-                let s = held.filter(|s| s.generation == generation && s.nonce == nonce)?;
-                Some(BindingState {
-                    generation: generation.saturating_add(1),
-                    previous_nonce: nonce,
-                    ..s
-                })
-            }),
-            Issue::Again { generation, nonce } => self.issue(check.session, scope, now, |held| {
+            }
+            Issue::Again { generation, nonce } => self.issue(session, scope, now, None, |held| {
                 held.filter(|s| {
                     s.generation == generation && s.nonce == nonce && s.presented_at == 0
                 })
@@ -195,28 +239,37 @@ impl Engine {
     }
 
     /// Applies `next` (which sets the generation and previous nonce; the
-    /// nonce and times are filled in here) and seals the result.
+    /// nonce — `nonce`, or a random one — and times are filled in here)
+    /// and seals the result. A compromised session is issued nothing.
     fn issue(
         &self,
         session: SessionKey,
         scope: Scope,
         now: u64,
+        nonce: Option<u32>,
         next: impl FnOnce(Option<BindingState>) -> Option<BindingState>,
     ) -> Option<String> {
         let b = self.binding.as_ref()?;
-        let nonce = loop {
-            let n = b.sealer.random_u32()?;
-            if n != 0 {
-                break n;
-            }
+        let nonce = match nonce {
+            Some(n) => n,
+            None => loop {
+                let n = b.sealer.random_u32()?;
+                if n != 0 {
+                    break n;
+                }
+            },
         };
         let now32 = secs32(now);
         let state = b.store.update(session, now, |held| {
+            if held.is_some_and(|s| s.compromised) {
+                return None;
+            }
             let n = next(held)?;
             Some(BindingState {
                 nonce,
                 issued_at: now32,
                 presented_at: 0,
+                seen_at: now32,
                 ..n
             })
         })?;

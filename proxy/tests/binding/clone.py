@@ -98,6 +98,16 @@ elif SCENARIO == "thief_first":
     out["victim"] = [s for s, _ in seen]
     out["thief_after"] = thief.get("/echo")[0]
     out["victim_after"] = victim.get("/echo")[0]
+elif SCENARIO == "rolling":
+    # The app re-sends its session cookie on every response: the binding
+    # rotates all the same, and the copy is caught.
+    rot = poll(lambda: victim.get("/rolling"), lambda r: r[1])
+    out["victim_rotation"] = [s for s, _ in rot]
+    out["victim_presents"] = victim.get("/rolling")[0]
+    seen = poll(lambda: thief.get("/rolling"), lambda r: r[0] != 200)
+    out["thief"] = [s for s, _ in seen]
+    out["victim_after"] = victim.get("/rolling")[0]
+    out["thief_after"] = thief.get("/rolling")[0]
 elif SCENARIO == "app_cookie_only":
     bare = Jar()
     bare.cookies = {"session": victim.cookies["session"]}
