@@ -98,8 +98,9 @@ async fn a_perfect_clone_is_refused_at_the_first_rotation_when_the_victim_return
     assert_eq!(out["victim_presents"], 200, "{out}");
     // Revoked: a redirect to the login page, for both holders after.
     allowed_until(&out["thief"], 303);
-    assert_eq!(out["victim_after"], 403, "{out}");
-    assert_eq!(out["thief_after"], 403, "{out}");
+    // Revoked: 401 for both from then on.
+    assert_eq!(out["victim_after"], 401, "{out}");
+    assert_eq!(out["thief_after"], 401, "{out}");
     // The refusal's reason; the requests refused after it count it too.
     assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
     assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
@@ -115,8 +116,8 @@ async fn a_perfect_clone_is_refused_at_the_first_rotation_when_the_thief_comes_f
     // The owner's superseded generation gives the copy away; the session
     // ends for both, and the owner signs in again.
     allowed_until(&out["victim"], 303);
-    assert_eq!(out["thief_after"], 403, "{out}");
-    assert_eq!(out["victim_after"], 403, "{out}");
+    assert_eq!(out["thief_after"], 401, "{out}");
+    assert_eq!(out["victim_after"], 401, "{out}");
     // The refusal's reason; the requests refused after it count it too.
     assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
     assert_eq!(reason_count(&proxy, "binding_missing").await, 0.0);
@@ -175,8 +176,9 @@ async fn a_thief_with_only_the_app_cookie_is_refused() {
     let (_origin, proxy) = bound_proxy(&ca, 300, 30).await;
     let out = scenario(&ca, &proxy, "app_cookie_only", &[]).await;
     assert_eq!(out["thief"], 303, "{out}");
-    // The owner, with the companion, goes on.
-    assert_eq!(out["victim_after"], 200, "{out}");
+    // Revoked by the thief's request: the owner, companion and all, is
+    // refused too (401) and signs in again.
+    assert_eq!(out["victim_after"], 401, "{out}");
     // The companion is Vigil's: taken out before the request reaches the app.
     assert_eq!(
         out["app_saw"],
