@@ -6,7 +6,9 @@
 //! cargo run --release -p vigil-engine --example session_memory -- [sessions] [users]
 //! ```
 //!
-//! Defaults: 1,000,000 sessions, then 200,000 users with one session each.
+//! Defaults: 1,000,000 sessions, then 200,000 users with one session each,
+//! then as many sessions again on an engine with the rotating binding on,
+//! each with its companion issued (docs/bound-sessions.md).
 //! RSS counts what the allocator took from the kernel, so the figure
 //! includes the cache's own bookkeeping and allocator overhead, not just
 //! `size_of` of the state.
@@ -15,8 +17,10 @@ use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr};
 
 use http::HeaderMap;
+use vigil_engine::binding::BindingConfig;
 use vigil_engine::{
-    Engine, EngineConfig, Policy, RequestView, ScoreConfig, SessionHashKey, SessionState,
+    Enforcement, Engine, EngineConfig, Policy, RequestView, ResponseView, ScoreConfig,
+    SessionHashKey, SessionState,
 };
 
 const UAS: [&str; 3] = [
@@ -37,6 +41,7 @@ fn rss_bytes() -> Result<u64, Box<dyn Error>> {
 
 fn fill(engine: &Engine, from: u64, n: u64, bind: bool) -> Result<(), Box<dyn Error>> {
     let policy = Policy::default();
+    let empty = HeaderMap::new();
     for i in from..from + n {
         let mut h = HeaderMap::new();
         h.insert("cookie", format!("session=s{i}").parse()?);
@@ -50,7 +55,7 @@ fn fill(engine: &Engine, from: u64, n: u64, bind: bool) -> Result<(), Box<dyn Er
         }
         let host = u32::try_from(i % (1 << 24)).unwrap_or(0);
         let peer = IpAddr::V4(Ipv4Addr::from(0x5100_0000 + host));
-        engine.evaluate(
+        let verdict = engine.evaluate(
             &RequestView {
                 peer,
                 headers: &h,
@@ -60,6 +65,18 @@ fn fill(engine: &Engine, from: u64, n: u64, bind: bool) -> Result<(), Box<dyn Er
             },
             &policy,
         )?;
+        // Issues the companion on an engine with the binding on.
+        engine.binding_cookies(
+            &verdict,
+            &ResponseView {
+                headers: &empty,
+                now_secs: 1_700_000_000,
+                user_header: None,
+                confirm_header: None,
+                app_confirms: false,
+            },
+            Enforcement::Enforce,
+        );
     }
     engine.scorer().run_pending_tasks();
     Ok(())
@@ -97,5 +114,29 @@ fn main() -> Result<(), Box<dyn Error>> {
     let profiles = engine.scorer().tracked_users();
     let per_user = (after - before) as f64 / profiles as f64 - per_session;
     println!("users: {profiles} profiles, {per_user:.0} bytes each beyond their session's");
+    drop(engine);
+
+    let config = EngineConfig {
+        score: ScoreConfig {
+            max_sessions: sessions + 10,
+            ..ScoreConfig::default()
+        },
+        binding: BindingConfig {
+            enabled: true,
+            ..BindingConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(config, SessionHashKey::from_bytes([1; 32]));
+    fill(&engine, 0, 1000, false)?;
+    let before = rss_bytes()?;
+    fill(&engine, 1000, sessions, false)?;
+    let after = rss_bytes()?;
+    let bound = engine.bindings() - 1000;
+    let per_bound = (after - before) as f64 / bound as f64;
+    println!(
+        "bound sessions: {bound} with a binding, {per_bound:.0} bytes each, {:.0} of them the binding's",
+        per_bound - per_session
+    );
     Ok(())
 }

@@ -21,6 +21,7 @@
 //! assert_eq!(verdict.action, Action::Allow);
 //! ```
 
+pub mod binding;
 mod client_ip;
 mod decide;
 mod device;

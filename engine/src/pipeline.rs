@@ -2,6 +2,7 @@
 //! effects do. The response side — what the app's response asks of the
 //! engine — is in [`respond`].
 
+mod binding;
 mod respond;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use vigil_geoip::GeoIp;
 
+use crate::binding::{Binding, BindingConfig, Check};
 use crate::client_ip::{ClientIp, ClientIpConfig, ClientIpStage, ForwardedHeaders};
 use crate::decide::{Action, Facts, NoRules, Policy, Rules, Ruling};
 use crate::device::{Device, DeviceStage};
@@ -38,6 +40,8 @@ pub struct EngineConfig {
     /// Fingerprint headers believed from trusted balancers that end TLS
     /// before Vigil. Default: none.
     pub upstream_fingerprints: UpstreamFingerprints,
+    /// The rotating binding (docs/bound-sessions.md). Default: off.
+    pub binding: BindingConfig,
 }
 
 /// The engine: the stages and the session store they share.
@@ -60,6 +64,8 @@ pub struct Engine {
     events: Option<EventSink>,
     /// Requests evaluated so far ([`Engine::evaluations`]).
     evaluations: AtomicU64,
+    /// The rotating binding, when enabled.
+    binding: Option<Binding>,
 }
 
 /// The public ids of the keys an engine hashes with ([`SessionHashKey::id`]).
@@ -109,6 +115,9 @@ pub struct Verdict {
     pub credentials: usize,
     /// The request's time, in seconds since the Unix epoch.
     pub at: u64,
+    /// The rotating binding's judgement of the deciding session (a cookie
+    /// session on an engine with the binding on).
+    pub binding: Option<Check>,
     /// Where the geo stage placed the client, for the response side.
     place: Option<Place>,
 }
@@ -206,7 +215,16 @@ pub struct Applied {
 impl Engine {
     /// Builds an engine with an empty session store.
     pub fn new(config: EngineConfig, hash_key: SessionHashKey) -> Self {
+        let binding = config.binding.enabled.then(|| {
+            Binding::new(
+                config.binding.clone(),
+                &hash_key,
+                config.score.max_sessions,
+                config.score.session_idle_timeout,
+            )
+        });
         Self {
+            binding,
             session: SessionStage::new(config.session, hash_key.clone()),
             client_ip: ArcSwap::from_pointee(ClientIpStage::new(config.client_ip)),
             device: DeviceStage::new(config.upstream_fingerprints),
@@ -226,6 +244,7 @@ impl Engine {
     /// (docs/controller.md, "Rotating the hash key"). User keys are not
     /// affected ([`Engine::with_user_key`]).
     pub fn with_previous_hash_key(mut self, previous: SessionHashKey) -> Self {
+        self.binding = self.binding.map(|b| b.with_previous(&previous));
         self.session = self.session.with_previous(previous);
         self
     }
@@ -406,16 +425,22 @@ impl Engine {
         let (network, place) = self.locate(&client);
         let mark = network.mark();
         let config = self.scorer.config();
+        let companion = self.companion(request.headers);
         // Every credential an app could honour is judged; the worst verdict
         // decides (docs/security.md, "Which session is judged").
         let judge = |session: Option<Session>| {
-            let scored = self.scorer.score(
+            let mut scored = self.scorer.score(
                 session.map(|s| s.key),
                 &device,
                 &mark,
                 place,
                 request.now_secs,
             );
+            let binding = self.check_binding(session, companion.as_ref(), request.now_secs);
+            if let Some(contribution) = binding.and_then(|c| self.binding_contribution(&c, &config))
+            {
+                scored.risks.add_session(&config, contribution);
+            }
             let risk = scored.risks.overall(&config);
             let default = policy.decide(&risk);
             let ruling = if risk.reasons.iter().any(|c| c.reason.is_final()) {
@@ -447,7 +472,7 @@ impl Engine {
                 _ => ruling,
             };
             let action = ruling.action;
-            (session, scored, risk, action, ruling)
+            (session, scored, risk, action, ruling, binding)
         };
         let sessions = credentials.sessions();
         let commit_of = |risk: &Risk, action: Action| {
@@ -469,7 +494,7 @@ impl Engine {
         let all_allowed = judged.iter().all(|j| j.3 == Action::Allow);
         let mut commits: SmallVec<[(Observation, Commit); 1]> = SmallVec::new();
         let mut revoke: SmallVec<[SessionKey; 1]> = SmallVec::new();
-        for (session, scored, risk, action, _) in &judged {
+        for (session, scored, risk, action, _, _) in &judged {
             if all_allowed || *action != Action::Allow {
                 commits.push((scored.observation, commit_of(risk, *action)));
             }
@@ -483,7 +508,7 @@ impl Engine {
             .max_by_key(|&i| (severity(judged[i].3), judged[i].2.score))
             .unwrap_or(0);
         let count = judged.len();
-        let (session, scored, risk, action, ruling) = judged.swap_remove(worst);
+        let (session, scored, risk, action, ruling, binding) = judged.swap_remove(worst);
         // What could not be read never turns a session into an unjudged one:
         // a refusal of a readable credential holds; otherwise the route's
         // fail mode decides.
@@ -506,6 +531,7 @@ impl Engine {
             effects: Effects { commits, revoke },
             credentials: if sessions.is_empty() { 0 } else { count },
             at: request.now_secs,
+            binding,
             place,
         })
     }
@@ -579,6 +605,7 @@ impl Engine {
             },
             credentials: 0,
             at: request.now_secs,
+            binding: None,
             place,
         }
     }
@@ -596,6 +623,9 @@ impl Engine {
             Enforcement::Off => return Applied::default(),
         };
         let mut applied = Applied::default();
+        if commits {
+            self.record_binding(verdict);
+        }
         for (observation, commit) in effects.commits.iter().filter(|_| commits) {
             let first = observation.first_sighting();
             if let Some(learnt) = self.scorer.commit(*observation, *commit, now) {
@@ -874,3 +904,6 @@ mod effects_tests;
 
 #[cfg(test)]
 mod rotation_tests;
+
+#[cfg(test)]
+mod binding_tests;

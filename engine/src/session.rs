@@ -546,7 +546,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 /// Each `;` piece is read whole too, so that a name with a space in it
 /// (which PHP reads with `_`) is found as well as the pairs a whitespace
 /// splitter sees in it.
-fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(crate) fn cookie_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     fn pair(piece: &[u8]) -> Option<(&[u8], &[u8])> {
         let eq = piece.iter().position(|b| *b == b'=')?;
         let name = piece.get(..eq)?.trim_ascii();

@@ -2,6 +2,7 @@
 //! apps. The binary in `main.rs` only parses the command line and calls in.
 
 pub mod admin;
+pub mod binding;
 pub mod cidrs;
 pub mod config;
 pub mod conn_limits;

@@ -934,6 +934,9 @@ impl ProxyHttp for VigilProxy {
         for name in &config.client_ip.strip_headers {
             upstream_request.remove_header(name);
         }
+        if config.engine.binding.enabled {
+            crate::binding::strip_companion(upstream_request, &config.engine.binding.cookie_name)?;
+        }
         let proto = if self.tls { "https" } else { "http" };
         if !(from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-proto")) {
             upstream_request.insert_header("x-forwarded-proto", proto)?;
@@ -1041,6 +1044,13 @@ impl ProxyHttp for VigilProxy {
                     .with_label_values(&["bad_user_header", "ignored"])
                     .inc();
             }
+            crate::binding::add_companions(
+                &self.engine,
+                verdict,
+                upstream_response,
+                now_secs(),
+                enforcement(route.mode),
+            )?;
         }
         // Never for the client's eyes, judged route or not.
         for name in [&config.confirm_header, &config.user_header]

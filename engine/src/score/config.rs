@@ -93,6 +93,16 @@ pub struct ScoreConfig {
     pub recent_detection: u8,
     /// How long a detection raises the user's entity risk. Default 1 hour.
     pub detection_window: Duration,
+    /// Points when a superseded generation of the companion cookie came
+    /// after its successor was presented (docs/bound-sessions.md).
+    /// Default 100.
+    pub binding_reused: u8,
+    /// Points when a session whose binding was presented arrives without
+    /// it. Default 70.
+    pub binding_missing: u8,
+    /// Points when the companion does not unseal, is sent twice, or names
+    /// another session. Default 70.
+    pub binding_invalid: u8,
     /// The user model.
     pub model: UserModelConfig,
     /// Score at which risk becomes medium. Default 30.
@@ -138,6 +148,9 @@ impl Default for ScoreConfig {
             concurrent_window: Duration::from_secs(600),
             recent_detection: 15,
             detection_window: Duration::from_secs(3600),
+            binding_reused: 100,
+            binding_missing: 70,
+            binding_invalid: 70,
             model: UserModelConfig::default(),
             medium_at: 30,
             high_at: 60,

@@ -78,6 +78,16 @@ pub enum Reason {
     /// since. No points: the decision is at least `step_up` whatever the
     /// policy or rules say ([`Reason::forces_step_up`]).
     StepUpRequired,
+    /// The rotating binding (docs/bound-sessions.md): a superseded
+    /// generation of Vigil's companion cookie came after its successor was
+    /// presented, outside the grace: two holders of one cookie jar.
+    BindingReused,
+    /// The session's binding was presented before, and this request
+    /// brings none: someone holds the app's cookie without its companion.
+    BindingMissing,
+    /// The companion cookie does not unseal, is sent twice, or names
+    /// another session.
+    BindingInvalid,
 }
 
 /// One reason and the points it added.
@@ -153,6 +163,14 @@ impl Risk {
 }
 
 impl Risks {
+    /// Adds `contribution` to the session risk, its score and level
+    /// recomputed under `config`.
+    pub(crate) fn add_session(&mut self, config: &ScoreConfig, contribution: Contribution) {
+        let mut reasons = std::mem::take(&mut self.session.reasons);
+        reasons.push(contribution);
+        self.session = Risk::from_contributions(config, reasons);
+    }
+
     /// No risk of any kind.
     pub fn none() -> Self {
         Self {
@@ -182,7 +200,7 @@ impl Risks {
 
 impl Reason {
     /// Every reason, for metrics initialisation and docs.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::DeviceChanged,
         Reason::Ja4Mismatch,
         Reason::DeviceUpgraded,
@@ -201,6 +219,9 @@ impl Reason {
         Reason::PartnerReported,
         Reason::RecentDetections,
         Reason::StepUpRequired,
+        Reason::BindingReused,
+        Reason::BindingMissing,
+        Reason::BindingInvalid,
     ];
 
     /// The stable code of this reason.
@@ -224,6 +245,9 @@ impl Reason {
             Reason::PartnerReported => "partner_reported",
             Reason::RecentDetections => "recent_detections",
             Reason::StepUpRequired => "step_up_required",
+            Reason::BindingReused => "binding_reused",
+            Reason::BindingMissing => "binding_missing",
+            Reason::BindingInvalid => "binding_invalid",
         }
     }
 

@@ -265,5 +265,31 @@ fn main() {
         "snapshot-body",
         &engine.scorer().snapshot()[8..],
     );
+    // binding_seal: real seals under the target's key, and edits of one.
+    let sealer = vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None);
+    for (i, (domain, path)) in [(None, None), (Some("example.com"), Some("/app"))]
+        .into_iter()
+        .enumerate()
+    {
+        let seal = vigil_engine::binding::Seal {
+            session: engine.key_for_cookie("session", b"a").unwrap(),
+            generation: 3,
+            nonce: 0x1234_5678,
+            issued_at: 1_700_000_000,
+            scope: vigil_engine::binding::Scope::of(
+                domain,
+                path,
+                vigil_engine::binding::SameSite::Lax,
+            ),
+        };
+        let value = sealer.seal(&seal).unwrap();
+        write(&dir, "binding_seal", &format!("seal-{i}"), value.as_bytes());
+        write(
+            &dir,
+            "binding_seal",
+            &format!("cookie-{i}"),
+            format!("session=a; vigil_bind={value}; vigil_bind={value}x").as_bytes(),
+        );
+    }
     println!("seeds written to {}", dir.display());
 }

@@ -36,6 +36,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     #[cfg(feature = "proxy")]
     ("config", config),
+    ("binding_seal", binding_seal),
     ("cookies", cookies),
     ("fleet_frames", fleet_frames),
     ("forwarded_headers", forwarded_headers),
@@ -762,5 +763,32 @@ pub fn session_record(data: &[u8]) {
             held == Some(state) || (before.is_some() && held == before),
             "import lost the record: held {held:?}, imported {state:?}"
         );
+    }
+}
+
+// === binding_seal ===
+
+/// The fleet key companion values are opened with.
+static SEALER: LazyLock<vigil_engine::binding::Sealer> = LazyLock::new(|| {
+    vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None)
+});
+
+/// Arbitrary bytes as a companion value (`Sealer::unseal`: bounded, never
+/// panics; what opens re-seals to the same fields) and as a `Cookie`
+/// header carrying it (`Companion::read`). Nothing but a seal made with
+/// the key opens: the seeds include real seals, so that the opening path
+/// and the field checks behind it are reached.
+pub fn binding_seal(data: &[u8]) {
+    use vigil_engine::binding::{Companion, MAX_COMPANION_LEN};
+    if let Ok(seal) = SEALER.unseal(data) {
+        assert!(data.len() <= MAX_COMPANION_LEN);
+        if let Some(again) = SEALER.seal(&seal) {
+            assert_eq!(SEALER.unseal(again.as_bytes()), Ok(seal));
+        }
+    }
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::COOKIE, value);
+        let _ = Companion::read(&SEALER, &headers, "vigil_bind");
     }
 }

@@ -99,6 +99,11 @@ fn response_headers() {
 }
 
 #[test]
+fn binding_seal() {
+    replay("binding_seal");
+}
+
+#[test]
 fn session_record() {
     replay("session_record");
 }

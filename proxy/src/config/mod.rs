@@ -5,6 +5,7 @@
 //! (STYLE.md 7). Unknown keys are problems. Nothing here binds sockets or
 //! starts anything; certificate and key files are read to prove they load.
 
+mod binding;
 mod fields;
 mod restart;
 
@@ -800,6 +801,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let oidc = read_oidc(&mut f, base, p);
     check_step_up(&routes, oidc.as_ref(), p);
     let controller = read_controller(&mut f, base, p);
+    let binding = binding::read_binding(&mut f, &session.cookies, p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -812,6 +814,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     engine.score = score;
     engine.client_ip = client_ip_config(&client_ip, &trusted_proxies, p);
     engine.upstream_fingerprints = upstream_fingerprints;
+    engine.binding = binding;
     Some(Config {
         server,
         log,
@@ -1142,6 +1145,9 @@ fn read_risk(f: &mut Fields<'_>, session: &SessionSection, p: &mut Problems) -> 
         network_churn: points(&mut t, "network_churn", d.network_churn),
         churn_moves,
         recent_detection: points(&mut t, "recent_detection", d.recent_detection),
+        binding_reused: points(&mut t, "binding_reused", d.binding_reused),
+        binding_missing: points(&mut t, "binding_missing", d.binding_missing),
+        binding_invalid: points(&mut t, "binding_invalid", d.binding_invalid),
         medium_at: points(&mut t, "medium_at", d.medium_at),
         high_at: points(&mut t, "high_at", d.high_at),
         max_kmh,

@@ -67,6 +67,8 @@ pub fn merge(running: &Config, mut next: Config) -> Merged {
         "session.revocation_ttl_seconds",
         engine.score.revocation_ttl
     );
+    // The binding's store and keys are built with the engine.
+    hold!("binding", engine.binding);
     hold!("risk.max_users", engine.score.max_users);
     hold!(
         "risk.user_idle_timeout_seconds",

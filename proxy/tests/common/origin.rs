@@ -40,6 +40,8 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// - `/login?user=NAME[&session=VALUE]`: what an app's login does — names
 ///   the user in `Vigil-User`, and with `session`, opens a session with
 ///   `Set-Cookie: session=VALUE`.
+/// - `/rolling`: the echo, with `Set-Cookie: session=VALUE; Max-Age=1800`
+///   re-sending the request's `session` cookie (an app's rolling expiry).
 /// - `/reauth`: what an app says once its user re-authenticated (passed a
 ///   step-up): `Vigil-Confirm: 1`.
 /// - any other path: 200 with `<METHOD> <path?query>` on the first line, then
@@ -164,6 +166,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         }
         "/upload" => upload(req).await,
         "/login" => login(&req),
+        "/rolling" => rolling(&req),
         "/reauth" => Response::builder()
             .header("vigil-confirm", "1")
             .body(Full::new(Bytes::from("welcome back\n")).boxed_unsync())
@@ -186,6 +189,29 @@ fn echo(req: &Request<Incoming>) -> Response<Body> {
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from(text)).boxed_unsync())
         .unwrap()
+}
+
+/// An app with a rolling expiry: the echo, re-sending the request's
+/// `session` cookie with a fresh `Max-Age` on every response.
+fn rolling(req: &Request<Incoming>) -> Response<Body> {
+    let session = req
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("session="))
+        .map(str::to_owned);
+    let mut response = echo(req);
+    if let Some(session) = session {
+        response.headers_mut().append(
+            "set-cookie",
+            format!("session={session}; Path=/; Max-Age=1800; HttpOnly")
+                .parse()
+                .unwrap(),
+        );
+    }
+    response
 }
 
 fn login(req: &Request<Incoming>) -> Response<Body> {

@@ -1,0 +1,334 @@
+//! The rotating binding's part in the pipeline (docs/bound-sessions.md):
+//! judged with each cookie session on the request side, its presentation
+//! recorded when the verdict is applied, and its companion cookie issued
+//! or rotated on the response side — each as the route's mode allows.
+
+use smallvec::SmallVec;
+
+use super::{Enforcement, Engine, Verdict};
+use crate::binding::{
+    self, BindingState, Check, Companions, Finding, Issue, Record, SameSite, Scope, Seal,
+};
+use crate::decide::Action;
+use crate::request::ResponseView;
+use crate::score::{Contribution, Reason, ScoreConfig, secs32};
+use crate::session::{CredentialSource, Session, SessionKey};
+
+/// `Set-Cookie` lines read from one response for issuances; more are
+/// ignored, as on the rest of the response side.
+const MAX_SET_COOKIES: usize = 32;
+
+// === impl Engine ===
+
+impl Engine {
+    /// The request's companion cookie, read once per request; `None` when
+    /// the binding is off.
+    pub(super) fn companion(&self, headers: &http::HeaderMap) -> Option<Companions> {
+        let b = self.binding.as_ref()?;
+        Some(Companions::read(&b.sealer, headers, &b.config.cookie_name))
+    }
+
+    /// The binding's judgement of `session`: only a cookie session is
+    /// bound (an API client with a bearer token keeps no cookies).
+    pub(super) fn check_binding(
+        &self,
+        session: Option<Session>,
+        companions: Option<&Companions>,
+        now: u64,
+    ) -> Option<Check> {
+        let b = self.binding.as_ref()?;
+        let session = session.filter(|s| matches!(s.source, CredentialSource::Cookie(_)))?;
+        let state = b
+            .store
+            .get(&session.key, now)
+            .or_else(|| session.previous.and_then(|p| b.store.get(&p, now)));
+        Some(binding::check(
+            &b.config,
+            session.key,
+            session.previous,
+            &companions?.for_session(session.key, session.previous),
+            state,
+            now,
+        ))
+    }
+
+    /// The reason and points of a check's finding.
+    pub(super) fn binding_contribution(
+        &self,
+        check: &Check,
+        config: &ScoreConfig,
+    ) -> Option<Contribution> {
+        Some(match check.finding? {
+            Finding::Reused => Contribution {
+                reason: Reason::BindingReused,
+                points: config.binding_reused,
+            },
+            Finding::Missing => Contribution {
+                reason: Reason::BindingMissing,
+                points: config.binding_missing,
+            },
+            Finding::Invalid => Contribution {
+                reason: Reason::BindingInvalid,
+                points: config.binding_invalid,
+            },
+        })
+    }
+
+    /// Records what a request's companion showed: two holders (whatever
+    /// the verdict), or, for an allowed request, the first presentation of
+    /// an issuance, a generation issued elsewhere, or that the session is
+    /// still in use. Called only as the route's mode allows.
+    pub(super) fn record_binding(&self, verdict: &Verdict) {
+        let (Some(b), Some(check)) = (&self.binding, &verdict.binding) else {
+            return;
+        };
+        let now = secs32(verdict.at);
+        if verdict.action != Action::Allow && check.record != Record::Compromised {
+            return;
+        }
+        match check.record {
+            Record::Nothing => {}
+            Record::Compromised => {
+                b.store.update(check.session, verdict.at, |held| {
+                    Some(BindingState {
+                        compromised: true,
+                        seen_at: now,
+                        ..held.unwrap_or_default()
+                    })
+                });
+            }
+            Record::Seen => {
+                b.store.update(check.session, verdict.at, |held| {
+                    let s = held.filter(|s| !s.compromised)?;
+                    Some(BindingState { seen_at: now, ..s })
+                });
+            }
+            Record::Presented { generation, nonce } => {
+                b.store.update(check.session, verdict.at, |held| {
+                    let s = held?;
+                    (s.generation == generation
+                        && s.nonce == nonce
+                        && s.presented_at == 0
+                        && !s.compromised)
+                        .then_some(BindingState {
+                            presented_at: now.max(1),
+                            seen_at: now,
+                            ..s
+                        })
+                });
+            }
+            Record::Adopt {
+                generation,
+                nonce,
+                issued_at,
+            } => {
+                b.store.update(check.session, verdict.at, |held| {
+                    if held.is_some_and(|s| s.generation >= generation || s.compromised) {
+                        return None;
+                    }
+                    let previous_nonce = held
+                        .filter(|s| s.generation + 1 == generation)
+                        .map_or(0, |s| s.nonce);
+                    Some(BindingState {
+                        generation,
+                        nonce,
+                        previous_nonce,
+                        // A seal's time is the issuer's: never later than now.
+                        issued_at: issued_at.min(now),
+                        presented_at: now.max(1),
+                        seen_at: now,
+                        compromised: false,
+                    })
+                });
+            }
+        }
+    }
+
+    /// The companion cookies the response to `verdict`'s request sets, as
+    /// `Set-Cookie` values, for a response of status 200: see
+    /// [`Engine::binding_cookies_for_status`].
+    pub fn binding_cookies(
+        &self,
+        verdict: &Verdict,
+        response: &ResponseView<'_>,
+        enforcement: Enforcement,
+    ) -> SmallVec<[String; 1]> {
+        self.binding_cookies_for_status(verdict, response, enforcement, 200)
+    }
+
+    /// The companion cookies the response (of HTTP status `status`) to
+    /// `verdict`'s request sets, as `Set-Cookie` values: generation 1 for
+    /// each session the app's response opens that has no binding yet (its
+    /// scope from the app's `Set-Cookie`); unless one was, the request
+    /// session's first binding (on a 2xx or 3xx response only: an app's
+    /// 401 to a made-up session value binds nothing), rotation or
+    /// re-issuance the verdict called for. An app re-sending its session
+    /// cookie on every response (a rolling expiry) opens nothing new, so
+    /// its sessions still rotate. Each issuance is a compare-and-set
+    /// against the state judged, so that of requests crossing a rotation
+    /// together one rotates. Only for an allowed request on an enforcing
+    /// or monitoring route; never on `off`. The values are never logged.
+    pub fn binding_cookies_for_status(
+        &self,
+        verdict: &Verdict,
+        response: &ResponseView<'_>,
+        enforcement: Enforcement,
+        status: u16,
+    ) -> SmallVec<[String; 1]> {
+        let mut out = SmallVec::new();
+        let Some(b) = self.binding.as_ref() else {
+            return out;
+        };
+        let allowed = match enforcement {
+            Enforcement::Enforce | Enforcement::Monitor => verdict.action == Action::Allow,
+            Enforcement::Off => false,
+        };
+        if !allowed {
+            return out;
+        }
+        let now = response.now_secs;
+        let first = |held: Option<BindingState>| {
+            held.is_none().then_some(BindingState {
+                generation: 1,
+                ..BindingState::default()
+            })
+        };
+        for (key, scope) in self.opened_sessions(response) {
+            let nonce = b.sealer.successor_nonce(&key, 1, 0);
+            if let Some(c) = self.issue(key, scope, now, Some(nonce), first) {
+                out.push(c);
+            }
+        }
+        // A response that opened a session replaces the request's: one
+        // companion per response, so that the browser keeps the new one.
+        let Some(check) = verdict
+            .binding
+            .filter(|_| out.is_empty() && verdict.credentials == 1)
+        else {
+            return out;
+        };
+        let session = check.session;
+        let scope = check.scope.unwrap_or(Scope::DEFAULT);
+        let issued = match check.issue {
+            Issue::Nothing => None,
+            Issue::First if !(200..400).contains(&status) => None,
+            Issue::First => {
+                let nonce = b.sealer.successor_nonce(&session, 1, 0);
+                self.issue(session, scope, now, Some(nonce), first)
+            }
+            Issue::Rotate { generation, nonce } => {
+                let next = generation.saturating_add(1);
+                let successor = b.sealer.successor_nonce(&session, next, nonce);
+                self.issue(session, scope, now, Some(successor), |held| {
+                    let s = held.filter(|s| s.generation == generation && s.nonce == nonce)?;
+                    Some(BindingState {
+                        generation: next,
+                        previous_nonce: nonce,
+                        ..s
+                    })
+                })
+            }
+            Issue::Again { generation, nonce } => self.issue(session, scope, now, None, |held| {
+                held.filter(|s| {
+                    s.generation == generation && s.nonce == nonce && s.presented_at == 0
+                })
+            }),
+        };
+        out.extend(issued);
+        out
+    }
+
+    /// Applies `next` (which sets the generation and previous nonce; the
+    /// nonce — `nonce`, or a random one — and times are filled in here)
+    /// and seals the result. A compromised session is issued nothing.
+    fn issue(
+        &self,
+        session: SessionKey,
+        scope: Scope,
+        now: u64,
+        nonce: Option<u32>,
+        next: impl FnOnce(Option<BindingState>) -> Option<BindingState>,
+    ) -> Option<String> {
+        let b = self.binding.as_ref()?;
+        let nonce = match nonce {
+            Some(n) => n,
+            None => loop {
+                let n = b.sealer.random_u32()?;
+                if n != 0 {
+                    break n;
+                }
+            },
+        };
+        let now32 = secs32(now);
+        let state = b.store.update(session, now, |held| {
+            if held.is_some_and(|s| s.compromised) {
+                return None;
+            }
+            let n = next(held)?;
+            Some(BindingState {
+                nonce,
+                issued_at: now32,
+                presented_at: 0,
+                seen_at: now32,
+                ..n
+            })
+        })?;
+        let value = b.sealer.seal(&Seal {
+            session,
+            generation: state.generation,
+            nonce: state.nonce,
+            issued_at: state.issued_at,
+            scope,
+        })?;
+        Some(scope.set_cookie(&b.config.cookie_name, &value))
+    }
+
+    /// The sessions the response opens (app session cookies it sets, not
+    /// deleting), each with its `Set-Cookie`'s scope.
+    fn opened_sessions(&self, response: &ResponseView<'_>) -> SmallVec<[(SessionKey, Scope); 1]> {
+        let mut out: SmallVec<[(SessionKey, Scope); 1]> = SmallVec::new();
+        let now = i64::try_from(response.now_secs).unwrap_or(i64::MAX);
+        for value in response
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .take(MAX_SET_COOKIES)
+        {
+            let Some(cookie) = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| cookie::Cookie::parse(v).ok())
+            else {
+                continue;
+            };
+            let deleted = cookie.value().is_empty()
+                || match cookie.max_age() {
+                    Some(age) => age.is_zero() || age.is_negative(),
+                    None => cookie
+                        .expires_datetime()
+                        .is_some_and(|t| t.unix_timestamp() <= now),
+                };
+            if deleted {
+                continue;
+            }
+            let Some(key) = self.key_for_cookie(cookie.name(), cookie.value().as_bytes()) else {
+                continue;
+            };
+            if out.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let same_site = match cookie.same_site() {
+                None => SameSite::Unset,
+                Some(cookie::SameSite::Lax) => SameSite::Lax,
+                Some(cookie::SameSite::Strict) => SameSite::Strict,
+                Some(cookie::SameSite::None) => SameSite::None,
+            };
+            out.push((key, Scope::of(cookie.domain(), cookie.path(), same_site)));
+        }
+        out
+    }
+
+    /// Bindings held on this node, for a gauge and the memory measurement.
+    pub fn bindings(&self) -> usize {
+        self.binding.as_ref().map_or(0, |b| b.store.len())
+    }
+}
