@@ -387,7 +387,7 @@ impl Evaluator {
                 peer: event.peer,
                 headers: &headers,
                 now_secs: event.t,
-                tls: TlsFingerprint::captured(ja4.clone()),
+                tls: TlsFingerprint::captured(ja4),
                 facts: Default::default(),
             };
             if let Some(value) = self.login(&view, event).map_err(&bad)? {
