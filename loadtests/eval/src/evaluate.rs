@@ -19,6 +19,15 @@
 //! The attacker cannot pass a step-up and simply goes on. Traces are open
 //! loop: a blocked owner also goes on, as a user would after logging in
 //! again, so one false block does not hide later ones.
+//!
+//! The rotating binding (docs/bound-sessions.md) is modelled with cookie
+//! jars: unless [`Options::binding`] is off, the engine runs with
+//! `[binding] enabled = true` (defaults otherwise), each client of a
+//! session (owner, attacker) keeps its own jar, sends the companion it
+//! holds beside the app cookie, and stores the companion the engine's
+//! response side ([`Engine::binding_cookies`], as the proxy calls it) sets
+//! on its response. The thief's jar is a copy of the owner's as it stood
+//! at the moment of theft ([`Event::steal`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -30,7 +39,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use vigil_engine::{
     Action, ClientIpConfig, Decision, Enforcement, Engine, EngineConfig, ForwardedHeaders, Ja4,
-    Policy, RequestView, ResponseView, SessionHashKey, TlsFingerprint, TrustedProxies,
+    Policy, RequestView, ResponseView, SessionHashKey, TlsFingerprint, TrustedProxies, Verdict,
 };
 use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
 use vigil_geoip::{GeoIp, GeoPaths};
@@ -52,6 +61,10 @@ pub struct Options {
     /// Session ids listed per class for misses and false positives, so that
     /// a trace can be looked up. Default 3.
     pub examples: usize,
+    /// Run the engine with the rotating binding on and model the clients'
+    /// cookie jars. Default true: the binding is what answers the perfect
+    /// clones; set false for the passive signals alone.
+    pub binding: bool,
 }
 
 /// Why a corpus could not be evaluated.
@@ -84,6 +97,9 @@ pub struct Evaluator {
     events: u64,
     engine_errors: u64,
     options: Options,
+    /// Each client's companion cookie, when it holds one: the owner's and
+    /// the thief's jar per session (the app cookie is the session id).
+    jars: HashMap<(String, Actor), Option<String>>,
     /// Keeps the database file alive as long as the engine.
     _dir: tempfile::TempDir,
 }
@@ -108,6 +124,14 @@ struct SessionTally {
     last_owner: Option<u64>,
     /// Seconds from the owner's latest request to the attacker's first.
     replay_gap: Option<u64>,
+    /// Attacker requests allowed before the session was caught (the
+    /// attacker refused, or the owner refused for a `binding_*` reason
+    /// after the replay began); `None` while not caught.
+    caught_after: Option<u64>,
+    /// The catch was on the owner's request (the thief came first).
+    caught_on_owner: bool,
+    /// A `binding_*` reason was seen on any request of the session.
+    binding_reason: bool,
 }
 
 /// Actions one actor of a session got.
@@ -124,6 +148,8 @@ struct Tally {
 /// The report: one row per class, the targets and whether they were met.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Whether the rotating binding was on ([`Options::binding`]).
+    pub binding: bool,
     /// Requests evaluated.
     pub events: u64,
     /// Sessions seen.
@@ -204,8 +230,8 @@ pub struct AttackFigures {
     pub requests_until_detection: Option<Summary>,
     /// Attacker requests allowed, over all sessions.
     pub attacker_requests_allowed: u64,
-    /// The target detection rate.
-    pub target: f64,
+    /// The target detection rate; `None` for the perfect clones.
+    pub target: Option<f64>,
     /// Reason codes seen on the attacker's requests of undetected
     /// sessions: sessions per code; `(none)` when there was none.
     pub miss_reasons: BTreeMap<String, u64>,
@@ -216,6 +242,19 @@ pub struct AttackFigures {
     /// sessions]`. Shows what a session store that forgets idle sessions
     /// misses.
     pub by_replay_gap: BTreeMap<String, [u64; 2]>,
+    /// Sessions caught: the attacker got an action other than allow, or,
+    /// after the replay began, the owner was refused for a `binding_*`
+    /// reason (the thief came first and rotated the binding; with a route
+    /// whose `high` is `revoke`, that refusal ends the session for both).
+    pub caught: u64,
+    /// `caught / sessions`.
+    pub caught_rate: f64,
+    /// Of `caught`, those caught on the owner's request only.
+    pub caught_on_owner: u64,
+    /// Attacker requests allowed before the catch, over caught sessions.
+    pub allowed_before_caught: Option<Summary>,
+    /// Sessions with a `binding_*` reason on any request.
+    pub binding_sessions: u64,
 }
 
 /// Mean, median and 95th percentile.
@@ -263,7 +302,10 @@ pub struct TargetOutcome {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { examples: 3 }
+        Self {
+            examples: 3,
+            binding: true,
+        }
     }
 }
 
@@ -299,8 +341,10 @@ impl Evaluator {
             .map_err(|e| EvalError::Plan(e.to_string()))?;
         let geo = GeoIp::open(&GeoPaths::new().with_geo(&path))
             .map_err(|e| EvalError::Plan(e.to_string()))?;
-        let engine = Engine::new(engine_config(plan)?, SessionHashKey::from_bytes([0x5e; 32]))
-            .with_geo(Arc::new(geo));
+        let mut config = engine_config(plan)?;
+        config.binding.enabled = options.binding;
+        let engine =
+            Engine::new(config, SessionHashKey::from_bytes([0x5e; 32])).with_geo(Arc::new(geo));
         Ok(Self {
             engine,
             policy: policy(),
@@ -308,6 +352,7 @@ impl Evaluator {
             events: 0,
             engine_errors: 0,
             options,
+            jars: HashMap::new(),
             _dir: dir,
         })
     }
@@ -321,11 +366,37 @@ impl Evaluator {
             session: event.session.clone(),
             what,
         };
-        let headers = headers(event).map_err(&bad)?;
+        let jar_key = (event.session.clone(), event.actor);
+        if event.actor == Actor::Attacker && !self.jars.contains_key(&jar_key) {
+            // No theft marked before: the jar as it stands now.
+            let owner = self
+                .jars
+                .get(&(event.session.clone(), Actor::Owner))
+                .cloned()
+                .flatten();
+            self.jars.insert(jar_key.clone(), owner);
+        }
         let ja4: Ja4 = event
             .ja4
             .parse()
             .map_err(|e| bad(format!("ja4 {:?}: {e}", event.ja4)))?;
+        let first_bind = event.bind && !self.sessions.get(&event.session).is_some_and(|t| t.bound);
+        if first_bind {
+            let headers = headers(event, None).map_err(&bad)?;
+            let view = RequestView {
+                peer: event.peer,
+                headers: &headers,
+                now_secs: event.t,
+                tls: TlsFingerprint::captured(ja4),
+                facts: Default::default(),
+            };
+            if let Some(value) = self.login(&view, event).map_err(&bad)? {
+                self.jars.insert(jar_key.clone(), Some(value));
+            }
+        }
+        // The request after the login carries what the login response set.
+        let companion = self.jars.get(&jar_key).cloned().flatten();
+        let headers = headers(event, companion.as_deref()).map_err(&bad)?;
         let view = RequestView {
             peer: event.peer,
             headers: &headers,
@@ -333,15 +404,10 @@ impl Evaluator {
             tls: TlsFingerprint::captured(ja4),
             facts: Default::default(),
         };
-        let first_bind = event.bind && !self.sessions.get(&event.session).is_some_and(|t| t.bound);
-        if first_bind {
-            self.login(&view, event).map_err(bad)?;
-        }
-        let tally = self
-            .sessions
+        self.sessions
             .entry(event.session.clone())
-            .or_insert_with(|| SessionTally::new(event.scenario));
-        tally.bound |= first_bind;
+            .or_insert_with(|| SessionTally::new(event.scenario))
+            .bound |= first_bind;
         let verdict = match self.engine.evaluate(&view, &self.policy) {
             Ok(v) => v,
             Err(_) => {
@@ -349,8 +415,35 @@ impl Evaluator {
                 return Ok(());
             }
         };
+        // The response: the companion the engine sets goes into the jar of
+        // the client that made the request (the proxy adds it to the app's
+        // response; here the app sets no cookie of its own).
+        if let Some(value) = self.companion_set(&verdict, &HeaderMap::new(), event.t) {
+            self.jars.insert(jar_key.clone(), Some(value));
+        }
+        if event.steal && event.actor == Actor::Owner {
+            let jar = self.jars.get(&jar_key).cloned().flatten();
+            self.jars
+                .insert((event.session.clone(), Actor::Attacker), jar);
+        }
+        let Some(tally) = self.sessions.get_mut(&event.session) else {
+            return Ok(());
+        };
         let codes = || verdict.risk.reasons.iter().map(|c| c.reason.code());
+        let binding_reason = codes().any(|c| c.starts_with("binding_"));
+        tally.binding_reason |= binding_reason;
         let action = verdict.action;
+        let replaying = tally.attacker.requests > 0 || event.actor == Actor::Attacker;
+        if tally.caught_after.is_none() && replaying && action != Action::Allow {
+            match event.actor {
+                Actor::Attacker => tally.caught_after = Some(tally.attacker.allowed),
+                Actor::Owner if binding_reason => {
+                    tally.caught_after = Some(tally.attacker.allowed);
+                    tally.caught_on_owner = true;
+                }
+                Actor::Owner => {}
+            }
+        }
         match event.actor {
             Actor::Owner => {
                 tally.last_owner = Some(event.t);
@@ -455,6 +548,7 @@ impl Evaluator {
             met: actual.is_some_and(|v| v <= LEGIT_HIGH_TARGET),
         });
         Report {
+            binding: self.options.binding,
             events: self.events,
             sessions: self.sessions.len() as u64,
             engine_errors: self.engine_errors,
@@ -537,7 +631,10 @@ impl Evaluator {
     /// without the cookie, whose response sets it and names the user. It
     /// goes through the engine's response side, the same code the proxy
     /// runs, so the session is baselined at issuance and bound.
-    fn login(&self, request: &RequestView<'_>, event: &Event) -> Result<(), String> {
+    ///
+    /// Returns the companion cookie the login response sets, when the
+    /// binding is on.
+    fn login(&self, request: &RequestView<'_>, event: &Event) -> Result<Option<String>, String> {
         let mut headers = request.headers.clone();
         headers.remove(COOKIE);
         let view = RequestView {
@@ -588,20 +685,53 @@ impl Evaluator {
                 event.session
             ));
         }
-        Ok(())
+        Ok(self.companion_set(&verdict, &response, event.t))
+    }
+
+    /// The companion cookie's value the engine sets on the response to
+    /// `verdict`'s request (`response`: the app's response headers), as
+    /// the proxy asks for it on an enforcing route; `None` when it sets
+    /// none.
+    fn companion_set(&self, verdict: &Verdict, response: &HeaderMap, now: u64) -> Option<String> {
+        if !self.options.binding {
+            return None;
+        }
+        let cookies = self.engine.binding_cookies(
+            verdict,
+            &ResponseView {
+                headers: response,
+                now_secs: now,
+                user_header: None,
+                confirm_header: None,
+                app_confirms: false,
+            },
+            Enforcement::Enforce,
+        );
+        let name = &EngineConfig::default().binding.cookie_name;
+        cookies.iter().find_map(|c| {
+            let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name).then(|| v.trim().to_owned())
+        })
     }
 }
 
-/// The request headers an event describes.
-fn headers(event: &Event) -> Result<HeaderMap, String> {
+/// The request headers an event describes, with the companion cookie
+/// `companion` the client holds beside the app cookie.
+fn headers(event: &Event, companion: Option<&str>) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::new();
     let value = |name: &str, v: &str| {
         HeaderValue::from_str(v).map_err(|_| format!("{name} {v:?} is not a valid header value"))
     };
-    h.insert(
-        COOKIE,
-        value("session", &format!("session={}", event.session))?,
-    );
+    let cookie = match companion {
+        Some(c) => format!(
+            "session={}; {}={c}",
+            event.session,
+            EngineConfig::default().binding.cookie_name
+        ),
+        None => format!("session={}", event.session),
+    };
+    h.insert(COOKIE, value("session", &cookie)?);
     h.insert(USER_AGENT, value("ua", &event.ua)?);
     if let Some(v) = &event.accept_language {
         h.insert(ACCEPT_LANGUAGE, value("accept_language", v)?);
@@ -645,6 +775,9 @@ impl SessionTally {
             blocked_by: BTreeSet::new(),
             last_owner: None,
             replay_gap: None,
+            caught_after: None,
+            caught_on_owner: false,
+            binding_reason: false,
         }
     }
 }
@@ -706,8 +839,9 @@ impl ClassReport {
             step_up_reasons: count_codes(&|s| (s.owner.step_ups > 0).then_some(&s.step_up_reasons)),
             false_positive_examples: ids(&|s| s.owner.blocked > 0),
         });
-        let attack = match (class.label(), class.detection_target()) {
-            (Label::Attack, Some(target)) => {
+        let attack = match class.label() {
+            Label::Attack => {
+                let target = class.detection_target();
                 let detected = sum(&|s| u64::from(s.attacker.first_detection.is_some()));
                 let detected_high = sum(&|s| u64::from(s.attacker.blocked > 0));
                 let mut until: Vec<u64> = list
@@ -715,6 +849,10 @@ impl ClassReport {
                     .filter_map(|(_, s)| s.attacker.first_detection)
                     .collect();
                 until.sort_unstable();
+                let caught = sum(&|s| u64::from(s.caught_after.is_some()));
+                let mut before: Vec<u64> =
+                    list.iter().filter_map(|(_, s)| s.caught_after).collect();
+                before.sort_unstable();
                 Some(AttackFigures {
                     attacker_requests,
                     detected,
@@ -732,9 +870,16 @@ impl ClassReport {
                     }),
                     miss_examples: ids(&|s| s.attacker.first_detection.is_none()),
                     by_replay_gap: by_gap(list),
+                    caught,
+                    caught_rate: ratio(caught, sessions),
+                    caught_on_owner: sum(&|s| {
+                        u64::from(s.caught_on_owner && s.attacker.first_detection.is_none())
+                    }),
+                    allowed_before_caught: summary(&before),
+                    binding_sessions: sum(&|s| u64::from(s.binding_reason)),
                 })
             }
-            _ => None,
+            Label::Legit => None,
         };
         Self {
             class,
@@ -810,9 +955,10 @@ impl Report {
             "{} requests in {} sessions; {} engine errors\n",
             self.events, self.sessions, self.engine_errors
         );
+        let _ = writeln!(out, "binding {}\n", if self.binding { "on" } else { "off" });
         let _ = writeln!(
             out,
-            "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9}",
+            "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9} {:>9} {:>16}",
             "attack class",
             "sessions",
             "attacker",
@@ -820,7 +966,9 @@ impl Report {
             "at high",
             "until mean/med/p95",
             "allowed",
-            "owner blk"
+            "owner blk",
+            "caught",
+            "allowed before"
         );
         for c in &self.classes {
             let Some(a) = &c.attack else { continue };
@@ -828,9 +976,13 @@ impl Report {
                 || "-".to_owned(),
                 |s| format!("{:.2}/{}/{}", s.mean, s.median, s.p95),
             );
+            let before = a.allowed_before_caught.map_or_else(
+                || "-".to_owned(),
+                |s| format!("{:.2}/{}/{}", s.mean, s.median, s.p95),
+            );
             let _ = writeln!(
                 out,
-                "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9}",
+                "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9} {:>9} {:>16}",
                 c.class.as_str(),
                 c.sessions,
                 a.attacker_requests,
@@ -838,7 +990,9 @@ impl Report {
                 pct(a.detection_high_rate),
                 until,
                 a.attacker_requests_allowed,
-                c.owner_blocked_sessions
+                c.owner_blocked_sessions,
+                pct(a.caught_rate),
+                before
             );
         }
         let _ = writeln!(

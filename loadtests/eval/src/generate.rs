@@ -228,12 +228,18 @@ pub fn generate(cfg: &GenerateConfig) -> (Corpus, Stats) {
     for u in 0..g.users.len() {
         g.history(u);
     }
+    // Each user's first slot after their other scenarios, for the clones.
+    let mut next_free: Vec<usize> = plan
+        .iter()
+        .map(|slots| slots.iter().map(|(s, c)| s + span(*c)).max().unwrap_or(0))
+        .collect();
     for (u, slots) in plan.into_iter().enumerate() {
         for (slot, scenario) in slots {
             let day = cfg.history_days + slot as u64 * SLOT_DAYS;
             g.scenario(u, scenario, day);
         }
     }
+    g.clones(&mut next_free);
     // Stable: events of one session keep their order on equal times.
     g.events.sort_by_key(|e| e.t);
     let mut stats = g.stats;
@@ -371,9 +377,12 @@ impl Gen<'_> {
         }
         self.shortfall(Scenario::SharedNat, n - made);
 
+        // The perfect clones are assigned apart ([`Gen::clones`]), so that
+        // adding them changed no draw of the other classes.
         let classes: Vec<Scenario> = Scenario::ALL
             .into_iter()
             .filter(|s| !matches!(s, Scenario::History | Scenario::SharedNat))
+            .filter(|s| !Scenario::CLONES.contains(s))
             .collect();
         let eligible: Vec<Vec<usize>> = classes
             .iter()
@@ -467,7 +476,10 @@ fn span(class: Scenario) -> usize {
         | Scenario::ReplaySameCountryOtherAsn
         | Scenario::ReplaySameIpOtherDevice
         | Scenario::ReplayCopiedUaOtherTls
-        | Scenario::ReplayImpersonatedJa4OtherNetwork => 3,
+        | Scenario::ReplayImpersonatedJa4OtherNetwork
+        | Scenario::CloneSameIp
+        | Scenario::CloneSameIsp
+        | Scenario::CloneThiefFirst => 3,
         Scenario::IdleGap => 2,
         _ => 1,
     }
@@ -680,6 +692,7 @@ impl Gen<'_> {
             ch_ua: fp.ch_ua.clone(),
             fetch_metadata: fp.fetch_metadata,
             ja4: fp.ja4.clone(),
+            steal: false,
             note,
         });
     }
@@ -814,6 +827,9 @@ impl Gen<'_> {
             | Scenario::ReplayCopiedUaOtherTls
             | Scenario::ReplayImpersonatedJa4OtherNetwork
             | Scenario::Interleaved => self.attack(u, scenario, day),
+            Scenario::CloneSameIp | Scenario::CloneSameIsp | Scenario::CloneThiefFirst => {
+                self.clone_attack(u, scenario, day);
+            }
         }
     }
 
@@ -1178,6 +1194,7 @@ impl Gen<'_> {
         } else {
             (self.rng.random_range(HOUR..=48 * HOUR), "infostealer")
         };
+        mark_theft(&mut s, how == "aitm");
         let (fp, mut link, what) = self.attacker(u, scenario, slot, &owner_fp, &owner_link);
         let start = last + delay;
         let note = format!("cookie replay ({how}, {what})");
@@ -1257,6 +1274,8 @@ impl Gen<'_> {
                 }
             }
         }
+        // Phished at login: the jar as the login left it.
+        mark_theft(s, true);
     }
 
     /// The attacker's client and network for `scenario`, and a short
@@ -1457,6 +1476,188 @@ impl Gen<'_> {
             if family(d.ja4()) != family(victim_ja4) {
                 return d.ja4().to_owned();
             }
+        }
+    }
+}
+
+/// Marks the moment of theft: the owner's first request (adversary in the
+/// middle at login: the jar the login response left) or, for an
+/// infostealer, the owner's latest so far (the jar on disk afterwards).
+fn mark_theft(s: &mut Session, at_login: bool) {
+    let mut owners = s.events.iter_mut().filter(|e| e.actor == Actor::Owner);
+    let event = if at_login {
+        owners.next()
+    } else {
+        owners.last()
+    };
+    if let Some(e) = event {
+        e.steal = true;
+    }
+}
+
+// === impl Gen: perfect clones ===
+
+impl Gen<'_> {
+    /// The perfect-clone classes, `sessions_per_class` each, after every
+    /// other scenario of their user (so no earlier session of the user sees
+    /// their effects) and from a random stream of their own (so that adding
+    /// them changed no draw of the rest of the corpus).
+    fn clones(&mut self, next_free: &mut [usize]) {
+        if self.users.is_empty() {
+            return;
+        }
+        self.rng = Rng::seed_from_u64(self.cfg.seed ^ 0xc10e_c10e_c10e_c10e);
+        let n_users = self.users.len();
+        for _ in 0..self.cfg.sessions_per_class {
+            for class in Scenario::CLONES {
+                // The least busy of a few random users.
+                let mut best = self.rng.random_range(0..n_users);
+                for _ in 0..5 {
+                    let u = self.rng.random_range(0..n_users);
+                    if next_free[u] < next_free[best] {
+                        best = u;
+                    }
+                }
+                let slot = next_free[best];
+                next_free[best] += span(class);
+                let day = self.cfg.history_days + slot as u64 * SLOT_DAYS;
+                self.clone_attack(best, class, day);
+            }
+        }
+    }
+
+    /// A perfect clone: the victim's User-Agent, every header and the JA4,
+    /// replaying the jar as it was at the moment of theft.
+    ///
+    /// * `clone_same_ip`, `clone_same_isp`: stolen by adversary in the
+    ///   middle at login (40%; the replay 1 to 30 minutes after the owner's
+    ///   latest request) or by an infostealer (60%; 1 to 48 hours), and the
+    ///   owner comes back while the thief is at it (the owner's return
+    ///   starts within two hours of the replay's start): the victim active
+    ///   in between. From the victim's exact address, or from another
+    ///   address of the network the victim was on.
+    /// * `clone_thief_first`: an infostealer; the victim is offline for 2
+    ///   to 12 hours, the thief (the victim's address or ISP, half each)
+    ///   uses the session first, the victim returns 10 minutes to 8 hours
+    ///   after the thief's last request, and the thief comes back 10
+    ///   minutes to 8 hours after the victim's.
+    fn clone_attack(&mut self, u: usize, scenario: Scenario, day: u64) {
+        let slot = self.pick_slot(u, 0.4);
+        let has_office = self.users[u].office.is_some();
+        let r: f64 = self.rng.random();
+        let place = if r < 0.3 && has_office {
+            Place::Office
+        } else if r < 0.55 && slot == Slot::Phone {
+            Place::Cellular
+        } else {
+            Place::Home
+        };
+        let mut s = self.new_session(u, scenario);
+        let fp = self.fingerprint(u, slot);
+        let mut owner_link = self.link(u, slot, place);
+        let hour = self.hours(7.0, 21.0);
+        let t0 = self.local(u, day, hour);
+        let n = self.count(3, 20);
+        let last = self.burst(&mut s, t0, n, Actor::Owner, &fp, &mut owner_link, CLICKS);
+        let same_ip = match scenario {
+            Scenario::CloneSameIp => true,
+            Scenario::CloneSameIsp => false,
+            _ => self.rng.random_bool(0.5),
+        };
+        let mut thief = if same_ip {
+            let mut link = owner_link.clone();
+            link.last_egress = None;
+            link
+        } else {
+            self.same_isp_link(&owner_link)
+        };
+        let what = if same_ip {
+            "perfect clone, same address"
+        } else {
+            "perfect clone, same ISP"
+        };
+        if scenario == Scenario::CloneThiefFirst {
+            mark_theft(&mut s, false);
+            let start = last + self.rng.random_range(2 * HOUR..=12 * HOUR);
+            let note = format!("cookie replay (infostealer, {what}, victim offline)");
+            self.send(&mut s, start, Actor::Attacker, &fp, &mut thief, Some(note));
+            let n = self.count(2, 19);
+            let t = start + log_uniform(&mut self.rng, CLICKS.0, CLICKS.1);
+            let end = self.burst(&mut s, t, n, Actor::Attacker, &fp, &mut thief, CLICKS);
+            let back = end + self.rng.random_range(10 * MINUTE..=8 * HOUR);
+            let n = self.count(3, 15);
+            let end = self.burst(&mut s, back, n, Actor::Owner, &fp, &mut owner_link, CLICKS);
+            let again = end + self.rng.random_range(10 * MINUTE..=8 * HOUR);
+            let n = self.count(2, 10);
+            self.burst(&mut s, again, n, Actor::Attacker, &fp, &mut thief, CLICKS);
+            self.finish(s);
+            return;
+        }
+        let (delay, how) = if self.rng.random_bool(0.4) {
+            (self.rng.random_range(MINUTE..=30 * MINUTE), "aitm")
+        } else {
+            (self.rng.random_range(HOUR..=48 * HOUR), "infostealer")
+        };
+        mark_theft(&mut s, how == "aitm");
+        let start = last + delay;
+        let mut times: Vec<(u64, Actor)> = Vec::new();
+        let mut t = start;
+        for i in 0..self.count(3, 20) {
+            if i > 0 {
+                t += log_uniform(&mut self.rng, CLICKS.0, CLICKS.1);
+            }
+            times.push((t, Actor::Attacker));
+        }
+        let mut t = start + self.rng.random_range(MINUTE..=2 * HOUR);
+        for i in 0..self.count(3, 15) {
+            if i > 0 {
+                t += log_uniform(&mut self.rng, CLICKS.0, CLICKS.1);
+            }
+            times.push((t, Actor::Owner));
+        }
+        times.sort_by_key(|(t, a)| (*t, *a == Actor::Attacker));
+        let mut first_attack = true;
+        for (t, actor) in times {
+            match actor {
+                Actor::Owner => self.send(&mut s, t, actor, &fp, &mut owner_link, None),
+                Actor::Attacker => {
+                    let note = first_attack.then(|| format!("cookie replay ({how}, {what})"));
+                    first_attack = false;
+                    self.send(&mut s, t, actor, &fp, &mut thief, note);
+                }
+            }
+        }
+        self.finish(s);
+    }
+
+    /// Another address of the network the victim was on (the home ISP's
+    /// range, the carrier's NAT pool, the office's business line): what a
+    /// residential proxy in the victim's ISP gives. Never through the
+    /// company's proxy.
+    fn same_isp_link(&mut self, owner: &Link) -> Link {
+        let own: Vec<Ipv4Addr> = match &owner.client {
+            Client::Fixed(ip) | Client::Cgnat { ip, .. } => vec![*ip],
+            Client::Pool(pool) => pool.clone(),
+            Client::Rotating => Vec::new(),
+        };
+        let cgnat = matches!(owner.client, Client::Cgnat { .. });
+        let mut ip = Ipv4Addr::UNSPECIFIED;
+        for _ in 0..64 {
+            ip = if cgnat {
+                self.world.cgnat_ip(&mut self.rng, owner.net)
+            } else {
+                self.world.random_ip(&mut self.rng, owner.net)
+            };
+            if !own.contains(&ip) {
+                break;
+            }
+        }
+        Link {
+            client: Client::Fixed(ip),
+            via: None,
+            last_egress: None,
+            net: owner.net,
+            at_office: false,
         }
     }
 }

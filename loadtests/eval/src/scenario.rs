@@ -143,6 +143,17 @@ pub enum Scenario {
     ReplayImpersonatedJa4OtherNetwork,
     /// Victim and attacker use the session in turns, minutes apart.
     Interleaved,
+    /// A perfect clone (the victim's User-Agent, headers and JA4) from the
+    /// victim's own address, replaying the copied cookie jar while the
+    /// victim is active too.
+    CloneSameIp,
+    /// A perfect clone from another address of the victim's ISP (the
+    /// network the victim was on), the victim active too.
+    CloneSameIsp,
+    /// A perfect clone from the victim's address or ISP while the victim is
+    /// offline for hours: the thief uses the jar first, then the victim
+    /// returns, then the thief again.
+    CloneThiefFirst,
 }
 
 /// A scenario name that is not one of [`Scenario::ALL`].
@@ -194,6 +205,12 @@ pub struct Event {
     pub fetch_metadata: bool,
     /// JA4 of the connection (`a_b_c`).
     pub ja4: String,
+    /// The thief copies this client's cookie jar as it stands after this
+    /// request's response (the app cookie and Vigil's companion cookie, if
+    /// one was set): the moment of theft. Without one in a session, the
+    /// jar is copied as it stands at the attacker's first request.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub steal: bool,
     /// Free text for humans (e.g. `cookie stolen`, `landed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -249,7 +266,7 @@ pub enum CorpusError {
 
 impl Scenario {
     /// Every class, legit ones first.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::History,
         Scenario::Roaming,
         Scenario::Zscaler,
@@ -264,6 +281,18 @@ impl Scenario {
         Scenario::ReplayCopiedUaOtherTls,
         Scenario::ReplayImpersonatedJa4OtherNetwork,
         Scenario::Interleaved,
+        Scenario::CloneSameIp,
+        Scenario::CloneSameIsp,
+        Scenario::CloneThiefFirst,
+    ];
+
+    /// The perfect-clone classes: the victim's exact stack replaying a
+    /// copied jar, which passive signals cannot tell apart by construction
+    /// and only the rotating binding can. They have no detection target.
+    pub const CLONES: [Scenario; 3] = [
+        Scenario::CloneSameIp,
+        Scenario::CloneSameIsp,
+        Scenario::CloneThiefFirst,
     ];
 
     /// The file and report name.
@@ -283,6 +312,9 @@ impl Scenario {
             Scenario::ReplayCopiedUaOtherTls => "replay_copied_ua_other_tls",
             Scenario::ReplayImpersonatedJa4OtherNetwork => "replay_impersonated_ja4_other_network",
             Scenario::Interleaved => "interleaved",
+            Scenario::CloneSameIp => "clone_same_ip",
+            Scenario::CloneSameIsp => "clone_same_isp",
+            Scenario::CloneThiefFirst => "clone_thief_first",
         }
     }
 
@@ -302,17 +334,23 @@ impl Scenario {
             | Scenario::ReplaySameIpOtherDevice
             | Scenario::ReplayCopiedUaOtherTls
             | Scenario::ReplayImpersonatedJa4OtherNetwork
-            | Scenario::Interleaved => Label::Attack,
+            | Scenario::Interleaved
+            | Scenario::CloneSameIp
+            | Scenario::CloneSameIsp
+            | Scenario::CloneThiefFirst => Label::Attack,
         }
     }
 
     /// For attack classes, the share of sessions that must be detected (the
     /// attacker gets at least one action other than allow): 95% for a replay
     /// from the victim's own address, 99% for every other. `None` for legit
-    /// classes.
+    /// classes and for the perfect clones ([`Scenario::CLONES`]), which are
+    /// reported without a target: they are caught by the binding or not at
+    /// all.
     pub fn detection_target(self) -> Option<f64> {
         match (self.label(), self) {
             (Label::Legit, _) => None,
+            (_, s) if Scenario::CLONES.contains(&s) => None,
             (Label::Attack, Scenario::ReplaySameIpOtherDevice) => Some(0.95),
             (Label::Attack, _) => Some(0.99),
         }
@@ -334,6 +372,10 @@ impl FromStr for Scenario {
             .find(|c| c.as_str() == s)
             .ok_or_else(|| UnknownScenario(s.to_owned()))
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 // === impl Label, Actor ===
@@ -532,6 +574,9 @@ mod tests {
             Some(0.95)
         );
         assert_eq!(Scenario::Interleaved.detection_target(), Some(0.99));
+        for c in Scenario::CLONES {
+            assert_eq!((c.label(), c.detection_target()), (Label::Attack, None));
+        }
     }
 
     #[test]
@@ -563,6 +608,7 @@ mod tests {
             ch_ua: None,
             fetch_metadata: false,
             ja4: "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6".into(),
+            steal: false,
             note: None,
         };
         let corpus = Corpus {

@@ -34,6 +34,9 @@ struct Args {
     /// Exit with status 1 when a target is missed.
     #[arg(long)]
     check: bool,
+    /// Run the engine without the rotating binding (passive signals only).
+    #[arg(long)]
+    no_binding: bool,
     /// Session ids listed per class for misses and false positives.
     #[arg(long, default_value_t = 3)]
     examples: usize,
@@ -43,6 +46,7 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let args = Args::parse();
     let options = Options {
         examples: args.examples,
+        binding: !args.no_binding,
     };
     let started = Instant::now();
     let report = match &args.corpus {

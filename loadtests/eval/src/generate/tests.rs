@@ -119,6 +119,29 @@ fn attacks_keep_to_their_class() {
                         assert_ne!(v.asn, a.asn);
                     }
                     Scenario::Interleaved => assert_ne!(v.asn, a.asn),
+                    Scenario::CloneSameIp | Scenario::CloneSameIsp | Scenario::CloneThiefFirst => {
+                        // The victim's exact stack, headers and all.
+                        let shape = |e: &Event| {
+                            (
+                                e.ua.clone(),
+                                e.ja4.clone(),
+                                e.accept_language.clone(),
+                                e.ch_ua.clone(),
+                                e.ch_platform.clone(),
+                                e.ch_mobile.clone(),
+                                e.fetch_metadata,
+                            )
+                        };
+                        assert_eq!(shape(victim), shape(e));
+                        assert_eq!(v.asn, a.asn);
+                        if e.scenario == Scenario::CloneSameIp {
+                            assert_eq!(v.name, a.name);
+                        }
+                        if e.scenario == Scenario::CloneSameIsp {
+                            assert_eq!(v.name, a.name, "the network the victim was on");
+                            assert_ne!(client(victim), client(e));
+                        }
+                    }
                     _ => unreachable!("attacker in {}", e.scenario),
                 }
             }
