@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cidrs;
 pub mod config;
 pub mod conn_limits;
+pub mod dbsc;
 pub mod demo;
 pub mod events;
 pub mod explain;
