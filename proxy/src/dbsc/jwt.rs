@@ -370,6 +370,49 @@ mod tests {
         }
     }
 
+    /// RS256, which the draft allows and Chromium does not use: a 2048-bit
+    /// test key (`testdata/rsa2048.der`, PKCS#1 DER made with `openssl genpkey` and `openssl rsa -traditional`,
+    /// used nowhere else).
+    #[test]
+    fn rs256_registration_and_refresh() {
+        let der = include_bytes!("testdata/rsa2048.der");
+        let pair = signature::RsaKeyPair::from_der(der).unwrap();
+        let parts = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let (n, e) = (parts.n, parts.e);
+        let sign = |header: serde_json::Value, jti: &str| {
+            let h = b64(header.to_string().as_bytes());
+            let p = b64(serde_json::json!({ "jti": jti }).to_string().as_bytes());
+            let input = format!("{h}.{p}");
+            let mut sig = vec![0; pair.public().modulus_len()];
+            pair.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+            format!("{input}.{}", b64(&sig))
+        };
+        let jwk = serde_json::json!({"kty": "RSA", "n": b64(&n), "e": b64(&e)});
+        let reg = sign(
+            serde_json::json!({"alg":"RS256","typ":"dbsc+jwt","jwk":jwk}),
+            "r1",
+        );
+        let key = verify_registration(&reg).unwrap().key.unwrap();
+        assert!(matches!(key, PublicKey::Rs256 { .. }));
+        let refresh = sign(serde_json::json!({"alg":"RS256","typ":"dbsc+jwt"}), "r2");
+        assert_eq!(verify_refresh(&refresh, &key).unwrap().jti, "r2");
+        // An RSA proof for a session bound to a P-256 key: refused.
+        let ec = PublicKey::Es256(Box::new([4; 65]));
+        assert_eq!(verify_refresh(&refresh, &ec), Err(ProofError::BadAlgorithm));
+        // ES256 named with an RSA key: refused.
+        let mixed = sign(
+            serde_json::json!({"alg":"ES256","typ":"dbsc+jwt","jwk":jwk}),
+            "r1",
+        );
+        assert_eq!(verify_registration(&mixed), Err(ProofError::BadKey));
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(s in ".{0,600}") {

@@ -226,7 +226,8 @@ impl Dbsc {
         {
             return Check::Pass("excluded");
         }
-        let cookie = bound_cookie(headers, &settings.cookie_name).map(|v| hash(v.as_bytes()));
+        let cookie =
+            bound_cookie(headers, &settings.cookie_name).map(|v| cookie_hash(v.as_bytes()));
         match self
             .store
             .standing(session, cookie.as_ref(), now, settings.registration_window)
@@ -330,7 +331,7 @@ impl Dbsc {
         let Some(id) = self.store.bind(
             session,
             key,
-            hash(encode(&cookie).as_bytes()),
+            cookie_hash(encode(&cookie).as_bytes()),
             until,
             next,
             now,
@@ -399,7 +400,7 @@ impl Dbsc {
             &bound.challenge,
             (
                 next,
-                hash(encode(&cookie).as_bytes()),
+                cookie_hash(encode(&cookie).as_bytes()),
                 now + s.cookie_lifetime + COOKIE_GRACE,
             ),
             now,
@@ -609,7 +610,7 @@ fn decode(s: &str) -> Option<Token> {
 }
 
 /// The first 16 bytes of BLAKE3: bound cookies are kept only as hashes.
-fn hash(value: &[u8]) -> Token {
+pub fn cookie_hash(value: &[u8]) -> Token {
     let mut t = [0u8; 16];
     t.copy_from_slice(&blake3::hash(value).as_bytes()[..16]);
     t
