@@ -509,14 +509,24 @@ impl VigilProxy {
         let Some(s) = verdict.session.filter(|_| route.dbsc != RouteDbsc::Off) else {
             return Ok(false);
         };
-        let check = self.dbsc.check(
-            settings,
-            route.dbsc,
-            &s.key,
-            &session.req_header().headers,
-            path,
-            verdict.at,
-        );
+        // Every credential the request carries, not only the one whose
+        // verdict was worst: a thief must not be able to add a fresh,
+        // unbound session next to the bound one he copied.
+        let headers = &session.req_header().headers;
+        let keys = if verdict.credentials > 1 {
+            self.engine.credential_keys(headers)
+        } else {
+            smallvec::smallvec![s.key]
+        };
+        let mut check = dbsc::Check::Pass("proven");
+        for key in &keys {
+            check = self
+                .dbsc
+                .check(settings, route.dbsc, key, headers, path, verdict.at);
+            if matches!(check, dbsc::Check::Refuse { .. }) {
+                break;
+            }
+        }
         let dbsc::Check::Refuse { why, challenge } = check else {
             if let dbsc::Check::Pass(how) = check {
                 self.metrics.dbsc.with_label_values(&["check", how]).inc();

@@ -269,6 +269,10 @@ async fn a_bound_session_needs_its_cookie_and_refreshes_with_proofs_of_its_key()
     let r = edge.get("/echo", "session=s1").await;
     assert!(r.headers().get("secure-session-challenge").is_some());
     assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+    // A fresh session of the thief's own beside the copied one: each
+    // credential must prove, not only the one judged worst.
+    let r = edge.get("/echo", "session=s1; session=thiefs-own").await;
+    assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
     // A made-up bound cookie, or the bound cookie twice: the same.
     for jar in [
         format!("session=s1; {COOKIE}=AAAAAAAAAAAAAAAAAAAAAA"),
