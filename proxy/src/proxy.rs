@@ -542,7 +542,7 @@ impl VigilProxy {
             ])
             .inc();
         self.metrics.dbsc.with_label_values(&["check", why]).inc();
-        tracing::debug!(route = %route.name, session = %s.key.short(), why, enforced, "dbsc_proof_failed");
+        tracing::debug!(route = %route.name, session = %s.key.short(), path, why, enforced, "dbsc_proof_failed");
         if !enforced {
             return Ok(false);
         }

@@ -607,9 +607,15 @@ async fn excluded_paths_need_no_proof() {
 /// that the refusal is DBSC's alone.
 #[tokio::test]
 async fn chromium_registers_refreshes_and_its_exported_jar_dies_without_the_key() {
+    // The favicon is excluded as a site would exclude it (a static asset).
+    // Debug logs name the path of any refusal, should the browser be
+    // refused.
     let edge = Edge::start(
         dbsc_route().high("allow").medium("allow"),
-        &format!("{ROOMY}cookie_lifetime_seconds = 3\n"),
+        &format!(
+            "{ROOMY}cookie_lifetime_seconds = 3\nexclude_paths = [\"/favicon.ico\"]\n\
+             [log]\nlevel = \"info,vigil_proxy=debug\"\n"
+        ),
     )
     .await;
     let out = common::run_script(
@@ -642,7 +648,13 @@ async fn chromium_registers_refreshes_and_its_exported_jar_dies_without_the_key(
             &[("code", "dbsc_proof_failed"), ("outcome", "refused")]
         ),
         0.0,
-        "the browser itself was never refused"
+        "the browser itself was never refused: {}",
+        edge.proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("dbsc"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // The thief: the exported jar, the browser's User-Agent, another client.
