@@ -13,6 +13,7 @@ pub mod copy;
 pub mod logout;
 pub mod metrics;
 pub mod outbox;
+pub mod service_manager;
 pub mod signing;
 pub mod ssf;
 pub mod store;
@@ -235,6 +236,9 @@ pub async fn run_on(
     tracing::info!(%listen, https, head = bounds.head, backend = ?app.store.backend(), "controller listening");
     // Each request learns its connection's client certificate, if any.
     let service = api::router(app).into_make_service_with_connect_info::<tls::Peer>();
+    // The listener was bound before the store opened: connections made
+    // meanwhile wait in its backlog and are served from here on.
+    service_manager::ready("serving");
     match config.tls {
         None => axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)

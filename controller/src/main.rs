@@ -130,7 +130,25 @@ fn main() -> ExitCode {
                         let _ = tokio::signal::ctrl_c().await;
                     }
                 }
+                vigil_controller::service_manager::stopping();
             };
+            // SIGHUP would end the process by default; there is no config
+            // reload to give it (`service_manager`), so it is refused aloud.
+            // Registered before anything starts, so that no SIGHUP finds
+            // the default action.
+            let hangup = {
+                let _in_runtime = runtime.enter();
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            };
+            if let Ok(mut hangup) = hangup {
+                runtime.spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP: vigil-controller has no config reload; restart it to apply a new config (TLS certificates are reread on their own)"
+                        );
+                    }
+                });
+            }
             match runtime.block_on(vigil_controller::run(config, shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

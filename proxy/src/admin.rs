@@ -1,10 +1,9 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the
 //! authenticated operator calls under `/v1/` ([`crate::operator`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -142,24 +141,8 @@ impl AdminApp {
     /// listener accepts a connection. Services start independently, so the
     /// admin listener answering says nothing by itself.
     async fn ready(&self) -> bool {
-        if !self.signals.load(Ordering::Acquire) {
-            return false;
-        }
-        for addr in &self.listeners {
-            let mut target = *addr;
-            if target.ip().is_unspecified() {
-                target.set_ip(match target.ip() {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                });
-            }
-            let connect = tokio::net::TcpStream::connect(target);
-            match tokio::time::timeout(Duration::from_secs(1), connect).await {
-                Ok(Ok(_)) => {}
-                _ => return false,
-            }
-        }
-        true
+        self.signals.load(Ordering::Acquire)
+            && crate::service_manager::listeners_accept(&self.listeners).await
     }
 
     fn metrics_text(&self) -> Result<Vec<u8>, prometheus::Error> {

@@ -128,7 +128,25 @@ pub struct Limited<A> {
     permits: Arc<Semaphore>,
     metrics: LimitMetrics,
     h2: H2Connections,
+    /// HTTP/1 connections whose first request head is not in yet.
+    fresh: Arc<Fresh>,
 }
+
+/// Counts the HTTP/1 connections whose first request head is not in yet.
+/// Pingora's cleanup at a stop or an upgrade drops a connection still
+/// waiting for its head, unanswered: a client that just connected — to the
+/// old process, a moment before it let go of the sockets — would see its
+/// connection closed (`an_upgrade_hands_every_socket_to_a_new_main_process_without_a_refusal`
+/// caught it). [`Limited`]'s cleanup waits for them first.
+#[derive(Debug, Default)]
+struct Fresh {
+    count: AtomicUsize,
+    drained: Notify,
+}
+
+/// One connection counted in [`Fresh`] until dropped.
+#[derive(Debug)]
+struct FreshGuard(Arc<Fresh>);
 
 /// Where a connection is in reading its current request head.
 #[derive(Debug)]
@@ -142,6 +160,8 @@ struct HeadClock {
     started: Notify,
     /// Set when a head ran past the size cap.
     too_large: AtomicBool,
+    /// Held until the first head is in.
+    fresh: Mutex<Option<FreshGuard>>,
 }
 
 /// Between requests: no head deadline (Pingora's keep-alive timeout runs).
@@ -169,7 +189,12 @@ pub struct HeadLimited {
 /// Called from the proxy's first phase; does nothing on HTTP/2 streams and
 /// outside a limited connection.
 pub fn head_received() {
-    let _ = CLOCK.try_with(|c| c.state.store(BODY, Ordering::Release));
+    let _ = CLOCK.try_with(|c| {
+        c.state.store(BODY, Ordering::Release);
+        if let Ok(mut fresh) = c.fresh.lock() {
+            fresh.take();
+        }
+    });
 }
 
 /// Tells the connection's head clock that its request is over: the next
@@ -196,6 +221,7 @@ impl<A> Limited<A> {
             limits,
             metrics,
             h2,
+            fresh: Arc::default(),
         }
     }
 }
@@ -249,6 +275,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         }
 
         let clock = Arc::new(HeadClock::started_at(accepted));
+        if let Ok(mut fresh) = clock.fresh.lock() {
+            *fresh = Some(FreshGuard::new(&self.fresh));
+        }
         let limited: Stream = Box::new(HeadLimited {
             inner: stream,
             clock: clock.clone(),
@@ -269,7 +298,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         None
     }
 
+    /// Lets the connections just accepted get their first head in (up to
+    /// `header_timeout`), then lets Pingora close the rest. A connection
+    /// still in its TLS handshake is not counted.
     async fn cleanup(&self) {
+        let drained = self.fresh.drained();
+        if tokio::time::timeout(self.limits.header_timeout, drained)
+            .await
+            .is_err()
+        {
+            tracing::debug!("stopping with connections whose first request head is not in");
+        }
         self.inner.cleanup().await;
     }
 }
@@ -362,6 +401,38 @@ impl Drop for H2Entry {
     }
 }
 
+// === impl Fresh ===
+
+impl Fresh {
+    /// Resolves once no connection is counted.
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl FreshGuard {
+    fn new(fresh: &Arc<Fresh>) -> Self {
+        fresh.count.fetch_add(1, Ordering::AcqRel);
+        Self(fresh.clone())
+    }
+}
+
+impl Drop for FreshGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
 // === impl HeadClock ===
 
 impl HeadClock {
@@ -372,6 +443,7 @@ impl HeadClock {
             state: AtomicU64::new(1),
             started: Notify::new(),
             too_large: AtomicBool::new(false),
+            fresh: Mutex::new(None),
         }
     }
 

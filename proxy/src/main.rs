@@ -53,6 +53,16 @@ enum Command {
         #[arg(short, long, env = "VIGIL_CONFIG")]
         config: PathBuf,
     },
+    /// Check a config file with this binary, then tell the proxy running
+    /// with it (found by the pid file in its state_dir) to start this
+    /// binary's path anew and hand it its sockets: the zero-downtime binary
+    /// upgrade (docs/deployment.md). Install the new binary at the running
+    /// one's path first.
+    Upgrade {
+        /// The config file (TOML).
+        #[arg(short, long, env = "VIGIL_CONFIG")]
+        config: PathBuf,
+    },
     /// Check a config file and list every problem in it.
     Check {
         /// The config file (TOML).
@@ -199,6 +209,25 @@ fn main() -> ExitCode {
                     Ok(pid) => {
                         println!(
                             "{}: ok; asked process {pid} to reload it (the outcome is in its log and vigil_proxy_config_reloads_total)",
+                            config.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Upgrade { config } => match Config::load(&config) {
+            Ok(c) => {
+                let pid_file = vigil_proxy::server::pid_file(&c.server.state_dir);
+                match vigil_proxy::signal::upgrade(&pid_file) {
+                    Ok(pid) => {
+                        println!(
+                            "{}: ok; asked process {pid} to start a new process from its binary's path and hand it the sockets (the outcome is in its log)",
                             config.display()
                         );
                         ExitCode::SUCCESS

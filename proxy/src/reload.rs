@@ -30,7 +30,9 @@ use vigil_engine::Engine;
 use crate::config::{Config, ConfigError, Merged, merge};
 use crate::generation::{ApplyLock, Current, Generation, GenerationError};
 use crate::metrics::Metrics;
+use crate::service_manager;
 use crate::tls::{ListenerCertificates, SniResolver, TlsError};
+use crate::upgrade::Upgrader;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -84,13 +86,16 @@ pub struct ConfigReloader {
     rules: Option<Arc<crate::rules_bundle::BundleApplier>>,
 }
 
-/// Listens for `SIGHUP` (reload) next to Pingora's own signals: `SIGTERM`
-/// (graceful stop), `SIGINT` (fast stop) and `SIGQUIT` (hand the sockets to
-/// a new binary started with `run --upgrade`).
+/// Listens for `SIGHUP` (reload) and `SIGUSR2` (start a new binary and hand
+/// it the sockets, [`crate::upgrade`]) next to Pingora's own signals:
+/// `SIGTERM` (graceful stop), `SIGINT` (fast stop) and `SIGQUIT` (hand the
+/// sockets to a new binary started with `run --upgrade`). Each is told to
+/// the service manager ([`crate::service_manager`]).
 #[derive(Debug)]
 pub struct Signals {
     reloader: Arc<ConfigReloader>,
     listening: Arc<AtomicBool>,
+    upgrader: Option<Upgrader>,
 }
 
 /// Reloads the config when its file's content changes and
@@ -271,7 +276,15 @@ impl Signals {
         Self {
             reloader,
             listening,
+            upgrader: None,
         }
+    }
+
+    /// Starts a successor with `upgrader` on `SIGUSR2`; without one the
+    /// signal is logged and ignored.
+    pub fn with_upgrader(mut self, upgrader: Upgrader) -> Self {
+        self.upgrader = Some(upgrader);
+        self
     }
 }
 
@@ -283,8 +296,11 @@ impl ShutdownSignalWatch for Signals {
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined2()),
         );
-        let (Ok(mut hangup), Ok(mut quit), Ok(mut terminate), Ok(mut interrupt)) = streams else {
+        let (Ok(mut hangup), Ok(mut quit), Ok(mut terminate), Ok(mut interrupt), Ok(mut upgrade)) =
+            streams
+        else {
             tracing::warn!("cannot listen for SIGHUP; config reload by signal is off");
             self.listening.store(true, Ordering::Release);
             return pingora_core::server::UnixShutdownSignalWatch.recv().await;
@@ -295,11 +311,38 @@ impl ShutdownSignalWatch for Signals {
                 _ = hangup.recv() => {
                     // On the main thread, which does nothing else: a reload
                     // takes milliseconds and a stop signal waits for it.
-                    self.reloader.reload();
+                    // READY=1 whatever the outcome: a refused file leaves
+                    // the running config, and the process as ready as it was.
+                    service_manager::reloading();
+                    let status = match self.reloader.reload() {
+                        Outcome::Applied => "serving; config reloaded",
+                        Outcome::Partial { .. } => "serving; config reloaded but for settings that need a restart",
+                        Outcome::Failed(_) => "serving; config reload refused, the running config stays",
+                    };
+                    service_manager::ready(status);
+                }
+                _ = upgrade.recv() => {
+                    let Some(upgrader) = &self.upgrader else {
+                        tracing::warn!("SIGUSR2: binary upgrade is off in this process");
+                        continue;
+                    };
+                    match upgrader.start_successor().await {
+                        Ok(pid) => {
+                            tracing::info!(pid, "binary upgrade: handing the sockets to the new process");
+                            return ShutdownSignal::GracefulUpgrade;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "binary upgrade failed; this process serves on"),
+                    }
                 }
                 _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
-                _ = terminate.recv() => return ShutdownSignal::GracefulTerminate,
-                _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+                _ = terminate.recv() => {
+                    service_manager::stopping();
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = interrupt.recv() => {
+                    service_manager::stopping();
+                    return ShutdownSignal::FastShutdown;
+                }
             }
         }
     }

@@ -28,9 +28,11 @@ use crate::operator::Decisions;
 use crate::proxy::VigilProxy;
 use crate::reload::{ConfigReloader, ConfigWatch, Signals};
 use crate::rules_bundle::BundleApplier;
+use crate::service_manager::Readiness;
 use crate::snapshot::{self, Snapshotter};
 use crate::sweeper::Sweeper;
 use crate::tls::{CertificateCheck, ListenerCertificates, SniResolver};
+use crate::upgrade::Upgrader;
 use crate::upstream::HealthChecks;
 
 /// Why the server could not start.
@@ -281,12 +283,8 @@ impl Vigil {
         // Pingora's defaults put these in /tmp, shared by every instance.
         let pid_file = pid_file(&config.server.state_dir);
         conf.pid_file = pid_file.display().to_string();
-        conf.upgrade_sock = config
-            .server
-            .state_dir
-            .join("vigil-proxy.upgrade.sock")
-            .display()
-            .to_string();
+        let upgrade_sock = config.server.state_dir.join("vigil-proxy.upgrade.sock");
+        conf.upgrade_sock = upgrade_sock.display().to_string();
         let opt = Opt {
             upgrade: options.upgrade,
             ..Opt::default()
@@ -410,7 +408,7 @@ impl Vigil {
         server.add_service(background_service("file reload", reloader));
 
         let mut config_reloader = ConfigReloader::new(
-            options.config_file,
+            options.config_file.clone(),
             engine.clone(),
             current.clone(),
             metrics.clone(),
@@ -426,9 +424,17 @@ impl Vigil {
             ConfigWatch::new(config_reloader.clone(), config.server.file_check),
         ));
         let listening = Arc::new(AtomicBool::new(false));
-        let signals = Signals::new(config_reloader, listening.clone());
+        let upgrader = Upgrader::new(options.config_file.clone(), upgrade_sock);
+        let signals = Signals::new(config_reloader, listening.clone()).with_upgrader(upgrader);
 
-        let listen_addrs = config.listeners.iter().map(|l| l.listen).collect();
+        let listen_addrs: Vec<_> = config.listeners.iter().map(|l| l.listen).collect();
+        // READY=1 for systemd once the proxy and admin listeners accept.
+        let mut everything = listen_addrs.clone();
+        everything.push(config.admin.listen);
+        server.add_service(background_service(
+            "service manager readiness",
+            Readiness::new(everything, listening.clone()),
+        ));
         let admin = AdminApp::new(metrics, engine, current.clone(), listen_addrs, listening)
             .with_operator_api(decisions)
             .with_open_requests(open_requests);

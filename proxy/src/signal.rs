@@ -1,5 +1,7 @@
-//! `vigil-proxy reload`: finds the running proxy by its pid file and sends
-//! it `SIGHUP`, the signal `systemctl reload` sends.
+//! `vigil-proxy reload` and `vigil-proxy upgrade`: find the running proxy by
+//! its pid file and send it `SIGHUP` (reload the config, the signal
+//! `systemctl reload` sends) or `SIGUSR2` (start the binary installed at
+//! its path and hand it the sockets, [`crate::upgrade`]).
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,15 @@ pub enum SignalError {
 
 /// Sends `SIGHUP` to the process named in `pid_file`; returns its pid.
 pub fn reload(pid_file: &Path) -> Result<i32, SignalError> {
+    send(pid_file, Signal::SIGHUP)
+}
+
+/// Sends `SIGUSR2` to the process named in `pid_file`; returns its pid.
+pub fn upgrade(pid_file: &Path) -> Result<i32, SignalError> {
+    send(pid_file, Signal::SIGUSR2)
+}
+
+fn send(pid_file: &Path, signal: Signal) -> Result<i32, SignalError> {
     let text = std::fs::read_to_string(pid_file).map_err(|source| SignalError::PidFile {
         path: pid_file.to_owned(),
         source,
@@ -50,6 +61,6 @@ pub fn reload(pid_file: &Path) -> Result<i32, SignalError> {
             path: pid_file.to_owned(),
             text: text.to_owned(),
         })?;
-    kill(Pid::from_raw(pid), Signal::SIGHUP).map_err(|source| SignalError::Kill { pid, source })?;
+    kill(Pid::from_raw(pid), signal).map_err(|source| SignalError::Kill { pid, source })?;
     Ok(pid)
 }

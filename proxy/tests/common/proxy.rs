@@ -77,6 +77,15 @@ impl Proxy {
     /// unless the config names one. Panics, with the proxy's log, if it exits
     /// or is not ready within the deadline.
     pub(crate) async fn start(config: &str) -> Proxy {
+        let proxy = Self::launch(config, &[]);
+        proxy.wait_until_serving().await;
+        proxy
+    }
+
+    /// Runs `vigil-proxy run -c FILE` as [`Proxy::start`] does, with `env`
+    /// added to its environment, and returns at once: the caller watches
+    /// its start its own way (then [`Proxy::wait_until_serving`]).
+    pub(crate) fn launch(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Proxy {
         let dir = TempDir::new().unwrap();
         let table = with_state_dir(config, dir.path());
         let listeners = listeners_of(&table);
@@ -93,7 +102,7 @@ impl Proxy {
             "-c".to_owned(),
             config_path.display().to_string(),
         ];
-        Self::spawn(dir, config_path, &args, listeners, admin).await
+        Self::spawn_process(dir, config_path, &args, listeners, admin, env)
     }
 
     /// Runs `vigil-proxy demo` with the given addresses (node A is the proxy
@@ -163,16 +172,30 @@ impl Proxy {
         listeners: Vec<Listener>,
         admin: Option<SocketAddr>,
     ) -> Proxy {
+        let proxy = Self::spawn_process(dir, config_path, args, listeners, admin, &[]);
+        proxy.wait_until_serving().await;
+        proxy
+    }
+
+    fn spawn_process(
+        dir: TempDir,
+        config_path: PathBuf,
+        args: &[String],
+        listeners: Vec<Listener>,
+        admin: Option<SocketAddr>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Proxy {
         let log_path = dir.path().join("stderr.log");
         let child = Command::new(proxy_bin())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(File::create(dir.path().join("stdout.log")).unwrap())
             .stderr(File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
-        let proxy = Proxy {
+        Proxy {
             child: Mutex::new(child),
             dir,
             config_path,
@@ -180,12 +203,12 @@ impl Proxy {
             listeners,
             admin,
             http: http_client(),
-        };
-        proxy.wait_until_serving().await;
-        proxy
+        }
     }
 
-    async fn wait_until_serving(&self) {
+    /// Waits until every listener accepts and admin `/readyz` answers 200;
+    /// panics, with the log, if the process exits or the deadline passes.
+    pub(crate) async fn wait_until_serving(&self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.exit_status() {
@@ -365,7 +388,7 @@ impl Proxy {
         self.exit_status().is_none()
     }
 
-    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exit_status(&self) -> Option<std::process::ExitStatus> {
         self.child.lock().unwrap().try_wait().unwrap()
     }
 
