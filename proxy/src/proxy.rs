@@ -466,6 +466,7 @@ impl VigilProxy {
             },
         };
         let client = self.engine.resolve_client(&view, self.forwarded).addr;
+        let sessions = self.engine.credential_keys(&req.headers);
         let reply = self.dbsc.endpoint(
             settings,
             &dbsc::Ask {
@@ -474,6 +475,7 @@ impl VigilProxy {
                 headers: &req.headers,
                 host: request_host(req),
                 client,
+                sessions: &sessions,
                 now: now_secs(),
             },
         );
@@ -917,7 +919,10 @@ impl ProxyHttp for VigilProxy {
                 // only for a confirmation, and there is none to be had. Input
                 // no browser sends is refused everywhere: a client must not
                 // choose the fail-open path.
+                // A DBSC route fails closed on every one: a request whose
+                // credentials cannot be read cannot be checked for a proof.
                 let open = !e.fails_closed()
+                    && route.dbsc == RouteDbsc::Off
                     && (route.on_error == FailMode::Open || route.mode == Mode::Off);
                 let outcome = if open { "forwarded" } else { "refused" };
                 self.metrics
@@ -1166,7 +1171,7 @@ impl ProxyHttp for VigilProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -1200,35 +1205,28 @@ impl ProxyHttp for VigilProxy {
                     .with_label_values(&["bad_user_header", "ignored"])
                     .inc();
             }
-            // A session the app opens here on a DBSC route is offered a
-            // binding; an allowed request only (a monitoring route's too),
-            // over TLS, which DBSC requires.
-            if route.dbsc != RouteDbsc::Off
-                && self.tls
-                && (verdict.action == Action::Allow || route.mode == Mode::Monitor)
-            {
-                let view = ResponseView {
-                    headers: &upstream_response.headers,
-                    now_secs: now_secs(),
-                    user_header: None,
-                    confirm_header: None,
-                    app_confirms: false,
+            // Sessions the app opens here on a DBSC route, new to the
+            // engine (so on an allowed request, or one a monitoring route
+            // would allow), over TLS, which DBSC requires: offered a
+            // binding, or given the request's own ([`Dbsc::issued`]).
+            if route.dbsc != RouteDbsc::Off && self.tls && !done.new.is_empty() {
+                let req = session.req_header();
+                let carried = self.engine.credential_keys(&req.headers);
+                let path = crate::path::normalise(req.uri.path()).unwrap_or_default();
+                let issue = self
+                    .dbsc
+                    .issued(&config.dbsc, &carried, &path, &done.new, now_secs());
+                let outcome = match &issue {
+                    dbsc::Issue::Offer(_) => "offered",
+                    dbsc::Issue::Inherited => "inherited",
+                    dbsc::Issue::None(why) => *why,
                 };
-                let issued = self.engine.response_effects(&view).issued;
-                if let Some(&key) = issued.first() {
-                    let offer = self.dbsc.offer(&config.dbsc, key, now_secs());
-                    let outcome = if offer.is_some() {
-                        "offered"
-                    } else {
-                        "not_offered"
-                    };
-                    self.metrics
-                        .dbsc
-                        .with_label_values(&["offer", outcome])
-                        .inc();
-                    if let Some(value) = offer {
-                        upstream_response.append_header(dbsc::REGISTRATION, value)?;
-                    }
+                self.metrics
+                    .dbsc
+                    .with_label_values(&["offer", outcome])
+                    .inc();
+                if let dbsc::Issue::Offer(value) = issue {
+                    upstream_response.append_header(dbsc::REGISTRATION, value)?;
                 }
             }
         }

@@ -169,6 +169,16 @@ impl Edge {
             .await
     }
 
+    /// A registration as the browser sends it: with the app's cookie.
+    async fn register_with(&self, session: &str, proof: &str) -> reqwest::Response {
+        let cookie = format!("session={session}");
+        self.post(
+            "/register",
+            &[("secure-session-response", proof), ("cookie", &cookie)],
+        )
+        .await
+    }
+
     async fn refresh(&self, id: &str, proof: Option<&str>) -> reqwest::Response {
         let mut h = vec![("sec-secure-session-id", id)];
         if let Some(p) = proof {
@@ -180,7 +190,9 @@ impl Edge {
     /// Logs `session` in and registers `key` for it.
     async fn bind(&self, session: &str, key: &Key) -> Granted {
         let challenge = self.login(session).await.expect("a registration offer");
-        let r = self.register(&key.registration(&challenge)).await;
+        let r = self
+            .register_with(session, &key.registration(&challenge))
+            .await;
         assert_eq!(r.status(), 200);
         granted(r).await
     }
@@ -404,19 +416,15 @@ async fn every_bad_proof_gets_its_exact_status() {
             .status(),
         401
     );
-    // The real one: once.
+    // The real one, without the app's cookie (a challenge seen by another):
+    // 401; with it, once.
     let proof = key.registration(&challenge);
-    assert_eq!(edge.register(&proof).await.status(), 200);
     assert_eq!(edge.register(&proof).await.status(), 401);
-    // The same session opened again is offered again, but stays bound to
-    // the first key.
-    let again = edge.login("p1").await.unwrap();
-    assert_eq!(
-        edge.register(&Key::new().registration(&again))
-            .await
-            .status(),
-        409
-    );
+    assert_eq!(edge.register_with("other", &proof).await.status(), 401);
+    assert_eq!(edge.register_with("p1", &proof).await.status(), 200);
+    assert_eq!(edge.register_with("p1", &proof).await.status(), 401);
+    // The same session set again is not offered again: it is bound.
+    assert_eq!(edge.login("p1").await, None);
 
     // Refresh.
     let g = edge.bind("p2", &key).await;
@@ -466,8 +474,9 @@ async fn a_full_store_and_rate_limits_answer_503_which_browsers_back_off_from() 
     let (mut ok, mut full) = (0, 0);
     for i in 0..40 {
         let key = Key::new();
-        let c = edge.login(&format!("full{i}")).await.unwrap();
-        let r = edge.register(&key.registration(&c)).await;
+        let session = format!("full{i}");
+        let c = edge.login(&session).await.unwrap();
+        let r = edge.register_with(&session, &key.registration(&c)).await;
         match r.status().as_u16() {
             200 => ok += 1,
             503 => {
@@ -488,18 +497,34 @@ async fn a_full_store_and_rate_limits_answer_503_which_browsers_back_off_from() 
         f64::from(full)
     );
 
-    // Per session: the third refresh of one session in a minute.
+    // Per session: the third verified proof of one session in a minute.
+    // Asking for challenges (anyone holding the app cookie can) spends
+    // nothing of the owner's budget.
     let edge = Edge::start(
         dbsc_route(),
         "per_client_per_minute = 10000\nper_session_per_minute = 2\n",
     )
     .await;
-    let g = edge.bind("rl", &Key::new()).await;
-    assert_eq!(edge.refresh(&g.id, None).await.status(), 403);
-    assert_eq!(edge.refresh(&g.id, None).await.status(), 403);
-    let r = edge.refresh(&g.id, None).await;
+    let key = Key::new();
+    let g = edge.bind("rl", &key).await;
+    for _ in 0..5 {
+        assert_eq!(edge.refresh(&g.id, None).await.status(), 403);
+    }
+    let mut c = g.challenge.clone();
+    for _ in 0..2 {
+        let r = edge.refresh(&g.id, Some(&key.refresh(&c))).await;
+        assert_eq!(r.status(), 200);
+        c = granted(r).await.challenge;
+    }
+    let r = edge.refresh(&g.id, Some(&key.refresh(&c))).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
+    // Made-up session ids are not counted: a flood of them neither fills
+    // the limiter nor refuses anyone.
+    for i in 0..50u8 {
+        let id = URL_SAFE_NO_PAD.encode([i; 16]);
+        assert_eq!(edge.refresh(&id, None).await.status(), 404);
+    }
 
     // Per client address: the sixth request from one address.
     let edge = Edge::start(
@@ -577,16 +602,18 @@ async fn monitor_mode_never_refuses_and_counts_what_it_would() {
 async fn excluded_paths_need_no_proof() {
     let edge = Edge::start(
         dbsc_route(),
-        &format!("{ROOMY}exclude_paths = [\"/static/\"]\n"),
+        &format!("{ROOMY}exclude_paths = [\"/static\"]\n"),
     )
     .await;
     let challenge = edge.login("st").await.unwrap();
-    let r = edge.register(&Key::new().registration(&challenge)).await;
+    let r = edge
+        .register_with("st", &Key::new().registration(&challenge))
+        .await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(
         body["scope"]["scope_specification"],
-        serde_json::json!([{"type": "exclude", "domain": HOST, "path": "/static/"}])
+        serde_json::json!([{"type": "exclude", "domain": HOST, "path": "/static"}])
     );
     assert_eq!(
         edge.get("/static/app.css", "session=st").await.status(),
@@ -598,6 +625,199 @@ async fn excluded_paths_need_no_proof() {
         403
     );
     assert_eq!(edge.get("/echo", "session=st").await.status(), 403);
+    // On a segment boundary: `/static` does not exclude `/static-admin`.
+    assert_eq!(
+        code(edge.get("/static-admin", "session=st").await).await,
+        (403, "dbsc_proof_failed".to_owned())
+    );
+}
+
+/// Issue 1 of the review: a thief holding a victim's unbound session (a
+/// browser without DBSC) makes the app set the same cookie again, hoping
+/// for an offer he can register his own key with.
+#[tokio::test]
+async fn a_thief_cannot_register_his_key_for_a_session_the_app_sets_again() {
+    let edge = Edge::start(
+        Route::new("app", "/", "app").dbsc("require"),
+        &format!("{ROOMY}registration_window_seconds = 1\n"),
+    )
+    .await;
+    // The victim's browser has no DBSC: the offer is never taken.
+    let offered = edge.login("victim").await.unwrap();
+    let thief = Key::new();
+    // The thief re-opens the same session: no offer, within the window...
+    let r = edge
+        .get("/login?user=ann&session=victim", "session=victim")
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("secure-session-registration").is_none());
+    // ...and the window, timed from the first issuance, is not reopened.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while edge.get("/echo", "session=victim").await.status() == 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = edge
+        .get("/login?user=ann&session=victim", "session=victim")
+        .await;
+    assert!(r.headers().get("secure-session-registration").is_none());
+    assert_eq!(code(edge.get("/echo", "session=victim").await).await.0, 403);
+    // Nor does the victim's own challenge work for him once it is past.
+    assert_eq!(
+        edge.register_with("victim", &thief.registration(&offered))
+            .await
+            .status(),
+        401
+    );
+    let m = edge.proxy.metrics().await;
+    assert_eq!(
+        m.value(
+            "vigil_proxy_dbsc_total",
+            &[("step", "offer"), ("outcome", "offered")]
+        ),
+        1.0
+    );
+}
+
+/// Issue 2: the app rotates its session cookie. The new session is the
+/// bound one's: it inherits the binding, and nobody gets an offer for it,
+/// not even a thief coming in through an excluded path.
+#[tokio::test]
+async fn a_rotated_session_inherits_the_binding_and_gives_no_offer() {
+    let edge = Edge::start(
+        dbsc_route(),
+        &format!("{ROOMY}exclude_paths = [\"/login\"]\n"),
+    )
+    .await;
+    // Logged in on an excluded path: no offer. The registration comes
+    // from a login elsewhere.
+    let r = edge.get("/login?user=ann&session=x0", "").await;
+    assert!(r.headers().get("secure-session-registration").is_none());
+    let edge = Edge::start(dbsc_route(), ROOMY).await;
+    let key = Key::new();
+    let g = edge.bind("r1", &key).await;
+    let owner = format!("session=r1; {COOKIE}={}", g.cookie);
+    // The owner's proven request; the app rotates r1 to r2.
+    let r = edge.get("/login?user=ann&session=r2", &owner).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("secure-session-registration").is_none());
+    // r2 needs the same bound cookie, which the owner's refreshes rotate.
+    assert_eq!(
+        edge.get("/echo", &format!("session=r2; {COOKIE}={}", g.cookie))
+            .await
+            .status(),
+        200
+    );
+    let r = edge.get("/echo", "session=r2").await;
+    assert!(r.headers().get("secure-session-challenge").is_some());
+    assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+    let r = edge.refresh(&g.id, Some(&key.refresh(&g.challenge))).await;
+    assert_eq!(r.status(), 200);
+    let g2 = granted(r).await;
+    assert_eq!(
+        edge.get("/echo", &format!("session=r2; {COOKIE}={}", g2.cookie))
+            .await
+            .status(),
+        200
+    );
+    // A thief with only the app cookie whose request reaches the app
+    // unproven (here a monitoring route; an excluded path alike) and makes
+    // it rotate: the new session is bound too, and he gets no offer.
+    let edge = Edge::start(
+        Route::new("app", "/", "app")
+            .dbsc("require")
+            .mode("monitor"),
+        ROOMY,
+    )
+    .await;
+    edge.bind("m1", &Key::new()).await;
+    let r = edge.get("/login?user=ann&session=t1", "session=m1").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("secure-session-registration").is_none());
+    assert_eq!(edge.get("/echo", "session=t1").await.status(), 200);
+    let m = edge.proxy.metrics().await;
+    assert_eq!(
+        m.value(
+            "vigil_proxy_dbsc_total",
+            &[("step", "offer"), ("outcome", "inherited")]
+        ),
+        1.0
+    );
+    // Both the thief's requests would have been refused.
+    assert_eq!(
+        m.value(
+            "vigil_proxy_request_errors_total",
+            &[("code", "dbsc_proof_failed"), ("outcome", "monitored")]
+        ),
+        2.0
+    );
+}
+
+/// Issue 3: more cookies than the engine reads make the credentials
+/// unreadable. On a DBSC route that is a refusal, whatever `on_error`
+/// says: a thief must not switch the proof off by padding the jar.
+#[tokio::test]
+async fn cookie_padding_does_not_switch_dbsc_off_on_a_fail_open_route() {
+    let edge = Edge::start(
+        Route::new("app", "/", "app").dbsc("offer").on_error("open"),
+        ROOMY,
+    )
+    .await;
+    edge.bind("pad", &Key::new()).await;
+    let junk: Vec<String> = (0..250).map(|i| format!("j{i}=1")).collect();
+    let jar = format!("session=pad; {}", junk.join("; "));
+    assert_eq!(
+        code(edge.get("/echo", &jar).await).await,
+        (400, "malformed_request".to_owned())
+    );
+    let m = edge.proxy.metrics().await;
+    assert_eq!(
+        m.value(
+            "vigil_proxy_request_errors_total",
+            &[("code", "too_many_cookies"), ("outcome", "refused")]
+        ),
+        1.0
+    );
+}
+
+/// Issue 5: anyone holding the app cookie sees the session id (in the
+/// 403's challenge) and can ask for challenges. Asking again keeps the
+/// current one while it is fresh, so the owner's proof never goes stale.
+#[tokio::test]
+async fn asking_for_challenges_does_not_make_the_owners_proof_stale() {
+    let edge = Edge::start(dbsc_route(), ROOMY).await;
+    let key = Key::new();
+    let g = edge.bind("busy", &key).await;
+    for _ in 0..3 {
+        let r = edge.refresh(&g.id, None).await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(challenge_value(&next_challenge(&r)), g.challenge);
+    }
+    let r = edge.refresh(&g.id, Some(&key.refresh(&g.challenge))).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Vigil's endpoints are judged on the normalised path too: an encoded
+/// letter does not carry a request past them to the app.
+#[tokio::test]
+async fn an_encoded_endpoint_path_never_reaches_the_app() {
+    let edge = Edge::start(dbsc_route(), ROOMY).await;
+    let r = edge
+        .client
+        .post(format!("{}/.vigil/dbsc/%72egister", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers().get("x-frame-options").unwrap(), "DENY");
+    let m = edge.proxy.metrics().await;
+    assert_eq!(
+        m.value(
+            "vigil_proxy_dbsc_total",
+            &[("step", "register"), ("outcome", "not_found")]
+        ),
+        1.0
+    );
 }
 
 /// The real browser: Debian's Chromium registers, refreshes once its short

@@ -2176,6 +2176,14 @@ fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
             t.key("cookie_name"),
             format!("{cookie_name:?} is not a cookie name"),
         );
+    } else if !cookie_name.starts_with("__Host-") || cookie_name.len() == "__Host-".len() {
+        // The prefix makes the browser refuse the cookie from a subdomain
+        // or over cleartext: a bound cookie set by anyone else would prove
+        // nothing, but could shadow the real one.
+        p.push(
+            t.key("cookie_name"),
+            format!("{cookie_name:?} must start with __Host-"),
+        );
     }
     let mut num = |t: &mut Fields<'_>, key: &'static str, default: u64, lo: u64, hi: u64| {
         let v: u64 = t.or(p, key, default);
@@ -2183,12 +2191,14 @@ fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
         v.clamp(lo, hi)
     };
     let cookie_lifetime = num(&mut t, "cookie_lifetime_seconds", d.cookie_lifetime, 1, DAY);
+    // By default a challenge outlives the bound cookie it was handed out
+    // with: the browser signs that challenge when the cookie expires.
     let challenge_lifetime = num(
         &mut t,
         "challenge_lifetime_seconds",
-        d.challenge_lifetime,
+        cookie_lifetime + 60,
         1,
-        DAY,
+        2 * DAY,
     );
     let registration_window = num(
         &mut t,
@@ -2231,6 +2241,11 @@ fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
             p.push(
                 format!("{}[{i}]", t.key("exclude_paths")),
                 format!("{x:?} must start with /"),
+            );
+        } else if x == "/" {
+            p.push(
+                format!("{}[{i}]", t.key("exclude_paths")),
+                "\"/\" would exclude the whole site: nothing would need a proof".to_owned(),
             );
         }
     }

@@ -69,6 +69,8 @@ struct Header {
     typ: Option<String>,
     alg: Option<String>,
     jwk: Option<Jwk>,
+    /// Any `crit` makes the proof refused: Vigil understands no extension.
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +81,15 @@ struct Jwk {
     y: Option<String>,
     n: Option<String>,
     e: Option<String>,
+    /// Private members (EC `d`; RSA `d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`):
+    /// a key sent with its private part is not a device-bound key.
+    d: Option<serde::de::IgnoredAny>,
+    p: Option<serde::de::IgnoredAny>,
+    q: Option<serde::de::IgnoredAny>,
+    dp: Option<serde::de::IgnoredAny>,
+    dq: Option<serde::de::IgnoredAny>,
+    qi: Option<serde::de::IgnoredAny>,
+    oth: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +167,9 @@ fn split(token: &str) -> Result<Parts<'_>, ProofError> {
     if header.typ.as_deref() != Some("dbsc+jwt") {
         return Err(ProofError::BadType);
     }
+    if header.crit.is_some() {
+        return Err(ProofError::Malformed);
+    }
     let signed = token
         .get(..h.len() + 1 + p.len())
         .ok_or(ProofError::Malformed)?
@@ -169,6 +183,10 @@ fn split(token: &str) -> Result<Parts<'_>, ProofError> {
 }
 
 fn key_of(alg: Option<&str>, jwk: &Jwk) -> Result<PublicKey, ProofError> {
+    let private = [&jwk.d, &jwk.p, &jwk.q, &jwk.dp, &jwk.dq, &jwk.qi, &jwk.oth];
+    if private.iter().any(|m| m.is_some()) {
+        return Err(ProofError::BadKey);
+    }
     let field = |v: &Option<String>| {
         v.as_deref()
             .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
@@ -341,6 +359,19 @@ mod tests {
         assert_eq!(
             verify_registration(&sign(&k, &none, "c")),
             Err(ProofError::BadAlgorithm)
+        );
+        // A private member in the key, or any `crit`: refused.
+        let mut private = jwk(&k);
+        private["d"] = serde_json::json!("AAAA");
+        let h = serde_json::json!({"alg":"ES256","typ":"dbsc+jwt","jwk":private});
+        assert_eq!(
+            verify_registration(&sign(&k, &h, "c")),
+            Err(ProofError::BadKey)
+        );
+        let crit = serde_json::json!({"alg":"ES256","typ":"dbsc+jwt","jwk":jwk(&k),"crit":["x"]});
+        assert_eq!(
+            verify_registration(&sign(&k, &crit, "c")),
+            Err(ProofError::Malformed)
         );
         // A key in a refresh header: refused, whoever's it is.
         let with_key = serde_json::json!({"alg":"ES256","typ":"dbsc+jwt","jwk":jwk(&k)});

@@ -79,7 +79,9 @@ pub struct Settings {
     /// default 600, 1 to 86 400): how long a copied jar outlives the key.
     pub cookie_lifetime: u64,
     /// How long a refresh challenge may be signed after it was issued
-    /// (`challenge_lifetime_seconds`, default 300).
+    /// (`challenge_lifetime_seconds`, default `cookie_lifetime_seconds` +
+    /// 60: the challenge handed out with a bound cookie is the one the
+    /// browser signs when that cookie expires).
     pub challenge_lifetime: u64,
     /// How long a registration offer stays open (`registration_window_seconds`,
     /// default 30): also how long a `require` route lets a new session in
@@ -108,7 +110,7 @@ impl Default for Settings {
             path: "/.vigil/dbsc".to_owned(),
             cookie_name: "__Host-vigil-dbsc".to_owned(),
             cookie_lifetime: 600,
-            challenge_lifetime: 300,
+            challenge_lifetime: 660,
             registration_window: 30,
             max_sessions: 100_000,
             idle_timeout: 30 * 86_400,
@@ -161,6 +163,9 @@ pub struct Ask<'a> {
     pub host: &'a str,
     /// The client address, for the per-client rate limit.
     pub client: IpAddr,
+    /// The app sessions whose cookies the request carries: a registration
+    /// is taken only for a session the registering request holds.
+    pub sessions: &'a [SessionKey],
     /// Seconds since the Unix epoch.
     pub now: u64,
 }
@@ -169,7 +174,12 @@ pub struct Ask<'a> {
 #[derive(Debug, Default)]
 pub struct Dbsc {
     store: Store,
-    limits: Limiter,
+    /// Per client address: every request to the endpoints.
+    clients: Limiter,
+    /// Per bound session: verified proofs only (a session id is visible to
+    /// anyone holding the app cookie; unproven requests must not spend the
+    /// owner's budget).
+    sessions: Limiter,
 }
 
 /// Fixed one-minute windows per key (a client address or a session id),
@@ -179,9 +189,26 @@ struct Limiter {
     counts: Mutex<HashMap<[u8; 17], (u64, u32)>>,
 }
 
-/// Keys the rate limiter holds at most; past it, new keys are refused
-/// until a window ends (a flood of addresses cannot grow memory).
+/// Keys each rate limiter holds at most; past it, counts of past windows
+/// are dropped, then an arbitrary key's count (a flood of addresses can
+/// neither grow memory nor lock everyone else out; it can at worst reset
+/// someone's count, which the per-session limit and the proofs bound).
 const LIMITER_KEYS: usize = 65_536;
+
+/// What [`Dbsc::issued`] did with the sessions a response opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issue {
+    /// Offer registration: the `Secure-Session-Registration` value.
+    Offer(String),
+    /// The request carried a bound session: the new sessions inherit its
+    /// binding (the app rotated or renewed its cookie).
+    Inherited,
+    /// Nothing offered, and why (the metric's `outcome`): `unproven` (an
+    /// excluded path), `not_new` (every session was carried by the request
+    /// or bound), `not_offered` (offered before, or offers full),
+    /// `store_unavailable`.
+    None(&'static str),
+}
 
 // === impl Dbsc ===
 
@@ -191,12 +218,20 @@ impl Dbsc {
         &self.store
     }
 
-    /// The `Secure-Session-Registration` value for a session the app just
-    /// opened, or `None` when no offer can be made (one is already open,
-    /// or the offers are full).
-    pub fn offer(&self, settings: &Settings, session: SessionKey, now: u64) -> Option<String> {
+    /// The `Secure-Session-Registration` value for `session`, a session
+    /// the app just opened (with `also`, the others the same response
+    /// opened), or `None` when no offer can be made (offered before,
+    /// bound, or the offers are full).
+    pub fn offer(
+        &self,
+        settings: &Settings,
+        session: SessionKey,
+        also: Vec<SessionKey>,
+        now: u64,
+    ) -> Option<String> {
         let challenge = self.store.offer(
             session,
+            also,
             now,
             settings.registration_window,
             settings.max_sessions,
@@ -206,6 +241,53 @@ impl Dbsc {
             settings.path,
             encode(&challenge)
         ))
+    }
+
+    /// The app's response opened `new` (sessions new to the engine) in
+    /// answer to a request for `path` (normalised) carrying the sessions
+    /// `carried`. Decides what DBSC does with them:
+    ///
+    /// - a session the request itself carried, or one bound already, is
+    ///   never offered (a thief presenting a victim's unbound cookie that
+    ///   the app sets again must not register his key for it);
+    /// - a request that carried a bound session passes its binding on to
+    ///   the new sessions, proven or not (the app rotated or renewed its
+    ///   cookie: the new session needs the same key's proofs, and whoever
+    ///   asked gets no offer of his own for it);
+    /// - a request on an excluded path (no proof asked) gets no offer;
+    /// - otherwise the first new session is offered, and the others are
+    ///   bound with it when it registers.
+    pub fn issued(
+        &self,
+        settings: &Settings,
+        carried: &[SessionKey],
+        path: &str,
+        new: &[SessionKey],
+        now: u64,
+    ) -> Issue {
+        let fresh: Vec<SessionKey> = new
+            .iter()
+            .filter(|k| !carried.contains(k) && !self.store.is_bound(k))
+            .copied()
+            .collect();
+        let Some((&first, rest)) = fresh.split_first() else {
+            return Issue::None("not_new");
+        };
+        if let Some(root) = carried.iter().find_map(|k| self.store.root(k)) {
+            for key in &fresh {
+                if self.store.alias(*key, root, now).is_err() {
+                    return Issue::None("store_unavailable");
+                }
+            }
+            return Issue::Inherited;
+        }
+        if excluded(settings, path) {
+            return Issue::None("unproven");
+        }
+        match self.offer(settings, first, rest.to_vec(), now) {
+            Some(value) => Issue::Offer(value),
+            None => Issue::None("not_offered"),
+        }
     }
 
     /// Judges a request of `session` on a route with `mode` (not `Off`),
@@ -219,11 +301,7 @@ impl Dbsc {
         path: &str,
         now: u64,
     ) -> Check {
-        if settings
-            .exclude_paths
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
-        {
+        if excluded(settings, path) {
             return Check::Pass("excluded");
         }
         let cookie =
@@ -248,10 +326,15 @@ impl Dbsc {
         }
     }
 
-    /// Whether `settings.path` covers `path`: the request is Vigil's.
+    /// Whether `settings.path` covers `path`, as sent or once normalised
+    /// (`/.vigil/dbsc/%72egister` is Vigil's too, and gets `404` rather
+    /// than reaching the app): the request is Vigil's.
     pub fn owns(settings: &Settings, path: &str) -> bool {
-        path.strip_prefix(settings.path.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        let covers = |path: &str| {
+            path.strip_prefix(settings.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+        };
+        covers(path) || crate::path::normalise(path).is_ok_and(|p| covers(p.as_ref()))
     }
 
     /// Answers a request to one of Vigil's DBSC endpoints.
@@ -262,6 +345,7 @@ impl Dbsc {
             headers,
             host,
             client,
+            sessions,
             now,
         } = *ask;
         let rest = path.strip_prefix(settings.path.as_str()).unwrap_or("");
@@ -277,7 +361,7 @@ impl Dbsc {
             };
         }
         if !self
-            .limits
+            .clients
             .allow(&client_key(client), now, settings.per_client_per_minute)
         {
             return limited();
@@ -285,7 +369,7 @@ impl Dbsc {
         let result = if refresh {
             self.refresh(settings, headers, host, now)
         } else {
-            self.register(settings, headers, host, now)
+            self.register(settings, headers, host, sessions, now)
         };
         result.unwrap_or_else(|e| match e {
             StoreError::Full => Reply {
@@ -301,6 +385,7 @@ impl Dbsc {
         s: &Settings,
         headers: &HeaderMap,
         host: &str,
+        carried: &[SessionKey],
         now: u64,
     ) -> Result<Reply, StoreError> {
         let Some(token) = one(headers, RESPONSE) else {
@@ -313,18 +398,14 @@ impl Dbsc {
         let (Some(challenge), Some(key)) = (decode(&proof.jti), proof.key) else {
             return Ok(reply(401, "unknown_challenge"));
         };
-        let Some(session) = self
-            .store
-            .take_offer(&challenge, now, s.registration_window)?
+        // Only a request holding the offered session's cookie registers for
+        // it: a challenge seen by someone else is of no use to him.
+        let Some((session, also)) =
+            self.store
+                .take_offer(&challenge, carried, now, s.registration_window)?
         else {
             return Ok(reply(401, "unknown_challenge"));
         };
-        let mut skey = [0u8; 17];
-        skey[0] = b's';
-        skey[1..].copy_from_slice(session.as_bytes());
-        if !self.limits.allow(&skey, now, s.per_session_per_minute) {
-            return Ok(limited());
-        }
         let cookie: Token = rand::random();
         let next: Token = rand::random();
         let until = now + s.cookie_lifetime + COOKIE_GRACE;
@@ -340,6 +421,9 @@ impl Dbsc {
         else {
             return Ok(reply(409, "already_bound"));
         };
+        for other in also {
+            self.store.alias(other, session, now)?;
+        }
         Ok(granted(s, "registered", &id, &cookie, &next, host))
     }
 
@@ -357,15 +441,10 @@ impl Dbsc {
         else {
             return Ok(reply(400, "bad_session_id"));
         };
-        let mut skey = [0u8; 17];
-        skey[0] = b'i';
-        skey[1..].copy_from_slice(&id);
-        if !self.limits.allow(&skey, now, s.per_session_per_minute) {
-            return Ok(limited());
-        }
         let Some(bound) = self.store.by_id(&id)? else {
             return Ok(reply(404, "unknown_session"));
         };
+        let fresh = bound.challenge_at + s.challenge_lifetime > now;
         let challenge_again = |outcome| -> Result<Reply, StoreError> {
             let next: Token = rand::random();
             self.store.rechallenge(&id, next, now)?;
@@ -375,16 +454,31 @@ impl Dbsc {
             })
         };
         let Some(token) = one(headers, RESPONSE) else {
+            // The current challenge while it is fresh: anyone holding the
+            // app cookie can ask, and must not be able to make the owner's
+            // proof stale by asking again and again.
+            if fresh {
+                return Ok(Reply {
+                    headers: vec![(CHALLENGE, challenge_header(&bound.challenge, &id))],
+                    ..reply(403, "challenged")
+                });
+            }
             return challenge_again("challenged");
         };
         let proof = match jwt::verify_refresh(token, &bound.key) {
             Ok(p) => p,
             Err(e) => return Ok(proof_refused(e)),
         };
+        // Verified proofs only count against the session's budget.
+        let mut skey = [0u8; 17];
+        skey[0] = b'i';
+        skey[1..].copy_from_slice(&id);
+        if !self.sessions.allow(&skey, now, s.per_session_per_minute) {
+            return Ok(limited());
+        }
         // Signed by the key, but not the live challenge: stale, replayed or
         // made up. The protocol's retry path: a browser that raced a
         // rotation signs the new one; a replayer cannot.
-        let fresh = bound.challenge_at + s.challenge_lifetime > now;
         let signed = decode(&proof.jti);
         if !fresh || signed != Some(bound.challenge) {
             return challenge_again(if fresh {
@@ -423,8 +517,10 @@ impl Limiter {
         let window = now / WINDOW;
         if !counts.contains_key(key) && counts.len() >= LIMITER_KEYS {
             counts.retain(|_, (w, _)| *w == window);
-            if counts.len() >= LIMITER_KEYS {
-                return false;
+            if counts.len() >= LIMITER_KEYS
+                && let Some(evicted) = counts.keys().next().copied()
+            {
+                counts.remove(&evicted);
             }
         }
         let entry = counts.entry(*key).or_insert((window, 0));
@@ -536,6 +632,15 @@ fn challenge_header(challenge: &Token, id: &Token) -> String {
     format!("\"{}\";id=\"{}\"", encode(challenge), encode(id))
 }
 
+/// Whether `path` (normalised) is under one of the excluded prefixes, on a
+/// segment boundary: `/static` excludes `/static/a`, not `/static-admin`.
+fn excluded(settings: &Settings, path: &str) -> bool {
+    settings
+        .exclude_paths
+        .iter()
+        .any(|p| vigil_rules::prefix_matches(p, path))
+}
+
 /// The only value of header `name`; `None` when absent, repeated or not text.
 fn one<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     let mut values = headers.get_all(name).iter();
@@ -549,9 +654,11 @@ fn one<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// The value of the bound cookie, when the request carries it exactly once.
 fn bound_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     let mut found = None;
-    for value in headers.get_all(http::header::COOKIE).iter().take(16) {
+    // Every `Cookie` header (the request's header size cap bounds them):
+    // stopping early would miss a second copy placed after the cut.
+    for value in headers.get_all(http::header::COOKIE).iter() {
         let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';').take(256) {
+        for pair in value.split(';') {
             if let Some((n, v)) = pair.trim().split_once('=')
                 && n == name
             {
@@ -567,24 +674,23 @@ fn bound_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// Removes the bound cookie from the `Cookie` header sent to the app: it is
 /// Vigil's, and a credential of sorts. Returns the rewritten value when it
-/// was there.
-pub fn without_bound_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// was there. Split as bytes: a `Cookie` value that is not UTF-8 must not
+/// carry the bound cookie through, and its other pairs go on as they were.
+pub fn without_bound_cookie(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     let mut seen = false;
-    let mut kept = Vec::new();
+    let mut kept: Vec<&[u8]> = Vec::new();
     for value in headers.get_all(http::header::COOKIE).iter() {
-        let Ok(value) = value.to_str() else {
-            return None;
-        };
-        for pair in value.split(';') {
-            let pair = pair.trim();
-            if pair.split_once('=').is_some_and(|(n, _)| n == name) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let pair_name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            if pair.contains(&b'=') && pair_name == name.as_bytes() {
                 seen = true;
             } else if !pair.is_empty() {
                 kept.push(pair);
             }
         }
     }
-    seen.then(|| kept.join("; "))
+    seen.then(|| kept.join(&b"; "[..]))
 }
 
 fn client_key(ip: IpAddr) -> [u8; 17] {
@@ -627,7 +733,17 @@ mod tests {
         assert_eq!(bound_cookie(&h, "__Host-vigil-dbsc"), Some("x"));
         assert_eq!(
             without_bound_cookie(&h, "__Host-vigil-dbsc").as_deref(),
-            Some("a=1; b=2")
+            Some(&b"a=1; b=2"[..])
+        );
+        // A value that is not UTF-8 does not carry it through.
+        let mut raw = HeaderMap::new();
+        raw.append(
+            "cookie",
+            http::HeaderValue::from_bytes(b"a=\xff; __Host-vigil-dbsc=x").unwrap(),
+        );
+        assert_eq!(
+            without_bound_cookie(&raw, "__Host-vigil-dbsc").as_deref(),
+            Some(&b"a=\xff"[..])
         );
         h.append("cookie", "__Host-vigil-dbsc=y".parse().unwrap());
         // Twice: neither counts.
@@ -635,8 +751,32 @@ mod tests {
     }
 
     #[test]
+    fn bound_cookie_is_found_past_many_cookie_headers() {
+        let mut h = HeaderMap::new();
+        for i in 0..20 {
+            h.append("cookie", format!("c{i}=v").parse().unwrap());
+        }
+        h.append("cookie", "__Host-vigil-dbsc=late".parse().unwrap());
+        assert_eq!(bound_cookie(&h, "__Host-vigil-dbsc"), Some("late"));
+    }
+
+    #[test]
+    fn exclusions_end_on_a_segment() {
+        let s = Settings {
+            exclude_paths: vec!["/static".to_owned()],
+            ..Settings::default()
+        };
+        assert!(excluded(&s, "/static"));
+        assert!(excluded(&s, "/static/app.js"));
+        assert!(!excluded(&s, "/static-admin"));
+        assert!(!excluded(&s, "/staticx/a"));
+    }
+
+    #[test]
     fn owns_only_its_prefix() {
         let s = Settings::default();
+        assert!(Dbsc::owns(&s, "/.vigil/dbsc/%72egister"));
+        assert!(Dbsc::owns(&s, "/x/../.vigil/dbsc/register"));
         assert!(Dbsc::owns(&s, "/.vigil/dbsc/refresh"));
         assert!(Dbsc::owns(&s, "/.vigil/dbsc"));
         assert!(!Dbsc::owns(&s, "/.vigil/dbscx"));
@@ -686,7 +826,7 @@ mod tests {
         let ip = IpAddr::from([127, 0, 0, 1]);
         let k = key();
         let session = SessionKey::from_bytes([3; 16]);
-        let offer = d.offer(&s, session, 1_000).unwrap();
+        let offer = d.offer(&s, session, Vec::new(), 1_000).unwrap();
         let c = offer
             .split("challenge=\"")
             .nth(1)
@@ -701,12 +841,14 @@ mod tests {
                 headers: &late,
                 host: "h",
                 client: ip,
+                sessions: &[session],
                 now: 1_000 + s.registration_window,
             },
         );
         assert_eq!((r.status, r.outcome), (401, "unknown_challenge"));
 
-        let offer = d.offer(&s, session, 2_000).unwrap();
+        let session = SessionKey::from_bytes([4; 16]);
+        let offer = d.offer(&s, session, Vec::new(), 2_000).unwrap();
         let c = offer
             .split("challenge=\"")
             .nth(1)
@@ -721,6 +863,7 @@ mod tests {
                 headers: &first,
                 host: "h",
                 client: ip,
+                sessions: &[session],
                 now: 2_001,
             },
         );
@@ -745,6 +888,7 @@ mod tests {
                 headers: &stale,
                 host: "h",
                 client: ip,
+                sessions: &[session],
                 now: 2_001 + s.challenge_lifetime,
             },
         );
@@ -766,6 +910,7 @@ mod tests {
                 headers: &fresh,
                 host: "h",
                 client: ip,
+                sessions: &[session],
                 now: 2_002 + s.challenge_lifetime,
             },
         );

@@ -44,10 +44,12 @@ pub struct Bound {
     pub touched: u64,
 }
 
-/// A registration offered at issuance and not yet made.
-#[derive(Debug, Clone, Copy)]
+/// A registration offered at issuance and not yet made: the session
+/// offered, and the other sessions the same response opened, bound with it.
+#[derive(Debug, Clone)]
 struct Pending {
     session: SessionKey,
+    also: Vec<SessionKey>,
     at: u64,
 }
 
@@ -55,11 +57,17 @@ struct Pending {
 struct Shard {
     by_session: HashMap<SessionKey, Bound>,
     by_id: HashMap<Token, SessionKey>,
+    /// Sessions that inherited another's binding (the app rotated or added
+    /// a session cookie on a proven request; a second cookie of a bound
+    /// registration): the session whose entry holds the binding, and when.
+    aliases: HashMap<SessionKey, (SessionKey, u64)>,
 }
 
 #[derive(Debug, Default)]
 struct Offers {
     by_challenge: HashMap<Token, Pending>,
+    /// When each session was first offered: a session is offered once, and
+    /// its `require` window runs from then only.
     by_session: HashMap<SessionKey, u64>,
 }
 
@@ -145,53 +153,110 @@ impl Store {
             .map_err(|_| StoreError::Unavailable)
     }
 
-    /// Records a registration offer for `session`; returns its challenge,
-    /// or `None` when `capacity` offers are pending (expired ones swept
-    /// first) or the session already has a fresh one.
+    /// Records a registration offer for `session` (and `also`, the other
+    /// sessions the same response opened); returns its challenge, or `None`
+    /// when the session was offered before (a session is offered once: a
+    /// re-offer would reopen its `require` window and let whoever asked
+    /// next register), is bound, or `capacity` offers are held (expired
+    /// ones swept first).
     pub fn offer(
         &self,
         session: SessionKey,
+        also: Vec<SessionKey>,
         now: u64,
         window: u64,
         capacity: usize,
     ) -> Option<Token> {
-        let mut offers = self.offers.lock().ok()?;
-        if offers
-            .by_session
-            .get(&session)
-            .is_some_and(|at| at + window > now)
-        {
+        if self.is_bound(&session) {
             return None;
         }
-        if offers.by_challenge.len() >= capacity {
+        let mut offers = self.offers.lock().ok()?;
+        if offers.by_session.contains_key(&session) {
+            return None;
+        }
+        if offers.by_session.len() >= capacity {
             offers.by_challenge.retain(|_, p| p.at + window > now);
             offers.by_session.retain(|_, at| *at + window > now);
-            if offers.by_challenge.len() >= capacity {
+            if offers.by_session.len() >= capacity {
                 return None;
             }
         }
         let challenge: Token = rand::random();
-        offers
-            .by_challenge
-            .insert(challenge, Pending { session, at: now });
+        offers.by_challenge.insert(
+            challenge,
+            Pending {
+                session,
+                also,
+                at: now,
+            },
+        );
         offers.by_session.insert(session, now);
         Some(challenge)
     }
 
-    /// Takes the offer `challenge` names, if it is within the window: a
-    /// challenge is good for one registration.
+    /// Takes the offer `challenge` names, if it is within the window and
+    /// its session is among `carried` (the sessions whose cookies the
+    /// registration request itself sent: whoever registers must hold the
+    /// session). A challenge is good for one registration. Returns the
+    /// session and the others opened with it.
     pub fn take_offer(
         &self,
         challenge: &Token,
+        carried: &[SessionKey],
         now: u64,
         window: u64,
-    ) -> Result<Option<SessionKey>, StoreError> {
+    ) -> Result<Option<(SessionKey, Vec<SessionKey>)>, StoreError> {
         let mut offers = self.offers.lock().map_err(|_| StoreError::Unavailable)?;
+        let Some(p) = offers.by_challenge.get(challenge) else {
+            return Ok(None);
+        };
+        if !carried.contains(&p.session) {
+            return Ok(None);
+        }
         let Some(p) = offers.by_challenge.remove(challenge) else {
             return Ok(None);
         };
+        // Taken: the session is bound next (or the store is full), and is
+        // never offered again either way (only a session new to the engine
+        // is offered).
         offers.by_session.remove(&p.session);
-        Ok((p.at + window > now).then_some(p.session))
+        Ok((p.at + window > now).then_some((p.session, p.also)))
+    }
+
+    /// Whether `session` is bound here, itself or as an alias.
+    pub fn is_bound(&self, session: &SessionKey) -> bool {
+        self.shard_for(session)
+            .is_ok_and(|s| s.by_session.contains_key(session) || s.aliases.contains_key(session))
+    }
+
+    /// The session holding `session`'s binding: itself, or the one it is
+    /// an alias of. `None` when not bound.
+    pub fn root(&self, session: &SessionKey) -> Option<SessionKey> {
+        let shard = self.shard_for(session).ok()?;
+        if shard.by_session.contains_key(session) {
+            return Some(*session);
+        }
+        shard.aliases.get(session).map(|(root, _)| *root)
+    }
+
+    /// `session` inherits the binding of `root` (a bound session, not an
+    /// alias): from now on it is proven by `root`'s bound cookies, which
+    /// `root`'s refreshes rotate. Nothing when `session` is bound already.
+    pub fn alias(
+        &self,
+        session: SessionKey,
+        root: SessionKey,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        if session == root {
+            return Ok(false);
+        }
+        let mut shard = self.shard_for(&session)?;
+        if shard.by_session.contains_key(&session) || shard.aliases.contains_key(&session) {
+            return Ok(false);
+        }
+        shard.aliases.insert(session, (root, now));
+        Ok(true)
     }
 
     /// Binds `session` to `key` with a first cookie and challenge. A
@@ -211,10 +276,11 @@ impl Store {
         let (capacity, idle) = limits;
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         let mut shard = self.shard_for(&session)?;
-        if shard.by_session.contains_key(&session) {
+        if shard.by_session.contains_key(&session) || shard.aliases.contains_key(&session) {
             return Ok(None);
         }
-        if shard.by_session.len() >= per_shard {
+        if shard.by_session.len() + shard.aliases.len() >= per_shard {
+            shard.aliases.retain(|_, (_, at)| *at + idle > now);
             let mut gone = Vec::new();
             shard.by_session.retain(|_, b| {
                 let keep = b.touched + idle > now;
@@ -226,7 +292,7 @@ impl Store {
             for id in gone {
                 shard.by_id.remove(&id);
             }
-            if shard.by_session.len() >= per_shard {
+            if shard.by_session.len() + shard.aliases.len() >= per_shard {
                 return Err(StoreError::Full);
             }
         }
@@ -329,6 +395,20 @@ impl Store {
                 challenge: [0; 16],
             };
         };
+        if let Some(&(root, _)) = shard.aliases.get(session) {
+            drop(shard);
+            let Ok(shard) = self.shard_for(&root) else {
+                return Standing::Unproven {
+                    id: [0; 16],
+                    challenge: [0; 16],
+                };
+            };
+            return match shard.by_session.get(&root) {
+                Some(b) => Self::judge(b, cookie, now),
+                // The binding it inherited was swept as idle.
+                None => Standing::Unbound { pending: false },
+            };
+        }
         let Some(b) = shard.by_session.get(session) else {
             drop(shard);
             let pending = self
@@ -339,6 +419,10 @@ impl Store {
                 .is_some_and(|at| at + window > now);
             return Standing::Unbound { pending };
         };
+        Self::judge(b, cookie, now)
+    }
+
+    fn judge(b: &Bound, cookie: Option<&Token>, now: u64) -> Standing {
         let proven = cookie.is_some_and(|c| {
             (*c == b.cookie && now < b.cookie_until) || (*c == b.previous && now < b.previous_until)
         });
@@ -445,16 +529,53 @@ mod tests {
     fn offers_are_single_use_bounded_and_expire() {
         let s = Store::default();
         let k = SessionKey::from_bytes([1; 16]);
-        let c = s.offer(k, 10, 30, 1).unwrap();
-        assert_eq!(s.offer(SessionKey::from_bytes([2; 16]), 11, 30, 1), None);
+        let c = s.offer(k, Vec::new(), 10, 30, 1).unwrap();
+        assert_eq!(
+            s.offer(SessionKey::from_bytes([2; 16]), Vec::new(), 11, 30, 1),
+            None
+        );
         assert_eq!(
             s.standing(&k, None, 20, 30),
             Standing::Unbound { pending: true }
         );
-        assert_eq!(s.take_offer(&c, 20, 30), Ok(Some(k)));
-        assert_eq!(s.take_offer(&c, 20, 30), Ok(None));
-        let c = s.offer(k, 10, 30, 1).unwrap();
-        assert_eq!(s.take_offer(&c, 40, 30), Ok(None));
+        // Only for a request that carries the session.
+        assert_eq!(s.take_offer(&c, &[], 20, 30), Ok(None));
+        assert_eq!(s.take_offer(&c, &[k], 20, 30), Ok(Some((k, Vec::new()))));
+        assert_eq!(s.take_offer(&c, &[k], 20, 30), Ok(None));
+        // Offered once: the window is not reopened.
+        let other = SessionKey::from_bytes([3; 16]);
+        let c = s.offer(other, Vec::new(), 50, 30, 2).unwrap();
+        assert_eq!(s.offer(other, Vec::new(), 60, 30, 2), None);
+        assert_eq!(s.offer(other, Vec::new(), 90, 30, 2), None);
+        assert_eq!(
+            s.standing(&other, None, 90, 30),
+            Standing::Unbound { pending: false }
+        );
+        assert_eq!(s.take_offer(&c, &[other], 80, 30), Ok(None));
+    }
+
+    #[test]
+    fn an_alias_is_proven_by_its_roots_cookie() {
+        let s = Store::default();
+        let root = SessionKey::from_bytes([1; 16]);
+        let new = SessionKey::from_bytes([2; 16]);
+        s.bind(root, key(), [1; 16], 100, [9; 16], 10, (32, 1000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.alias(new, root, 20), Ok(true));
+        assert_eq!(s.root(&new), Some(root));
+        assert!(s.is_bound(&new));
+        assert_eq!(s.standing(&new, Some(&[1; 16]), 50, 30), Standing::Proven);
+        assert!(matches!(
+            s.standing(&new, None, 50, 30),
+            Standing::Unproven { .. }
+        ));
+        // Bound already: neither offered nor bound again.
+        assert_eq!(s.offer(new, Vec::new(), 50, 30, 10), None);
+        assert_eq!(
+            s.bind(new, key(), [2; 16], 100, [9; 16], 50, (32, 1000)),
+            Ok(None)
+        );
     }
 
     #[test]
