@@ -12,7 +12,7 @@
 #          (libFuzzer -merge=1, what `cargo fuzz cmin` does) back into
 #          fuzz/corpus/<target>/; the seeds (seed-*) are always kept.
 # --only   a comma-separated list of targets instead of all of them.
-# --no-proxy  build without the proxy crate (no config or paths target, no rendering
+# --no-proxy  build without the proxy crate (no config, paths or dbsc_proof target, no rendering
 #          of forwarding headers): leaves Pingora out of the build, about 5
 #          minutes cold on 2 cores instead of about 18. The CI smoke uses it.
 #
@@ -50,7 +50,7 @@ fi
 # those that require it.
 mapfile -t all < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^vigil-fuzz$')
 if [ ${#build_flags[@]} -gt 0 ]; then
-  mapfile -t all < <(printf '%s\n' "${all[@]}" | grep -v -x -e config -e paths)
+  mapfile -t all < <(printf '%s\n' "${all[@]}" | grep -v -x -e config -e paths -e dbsc_proof)
 fi
 if [ -n "$only" ]; then
   IFS=, read -r -a targets <<< "$only"

@@ -6,6 +6,7 @@ pub mod binding;
 pub mod cidrs;
 pub mod config;
 pub mod conn_limits;
+pub mod dbsc;
 pub mod demo;
 pub mod events;
 pub mod explain;

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// `ambiguous_path` and `nul_in_path` (a path with more than one meaning),
     /// `misdirected` (a host the connection's certificate does not cover).
     pub request_errors: IntCounterVec,
+    /// `vigil_proxy_dbsc_total{step,outcome}`: DBSC at the edge; `step` is
+    /// `offer`, `register`, `refresh` or `check`, `outcome` what came of it
+    /// (`docs/bound-sessions.md`).
+    pub dbsc: IntCounterVec,
     /// `vigil_proxy_upstream_errors_total{upstream}`: requests that ended in an
     /// upstream error (the client got a 5xx).
     pub upstream_errors: IntCounterVec,
@@ -275,6 +279,11 @@ impl Metrics {
             "Requests the engine could not evaluate, by code and what was done.",
             &["code", "outcome"],
         )?;
+        let dbsc = counter(
+            "vigil_proxy_dbsc_total",
+            "DBSC registrations, refreshes and checks, by step and outcome.",
+            &["step", "outcome"],
+        )?;
         let upstream_errors = counter(
             "vigil_proxy_upstream_errors_total",
             "Requests that ended in an upstream error.",
@@ -483,6 +492,7 @@ impl Metrics {
             step_ups,
             pipeline_seconds,
             request_errors,
+            dbsc,
             upstream_errors,
             failures,
             connect_failures,

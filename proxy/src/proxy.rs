@@ -22,6 +22,7 @@ use crate::config::{
     FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia, VIGIL_HEADER_PREFIX,
 };
 use crate::conn_limits::H2Connections;
+use crate::dbsc::{self, Dbsc, RouteDbsc};
 use crate::events::reasons_list;
 use crate::fleet_sync::FleetState;
 use crate::forwarding;
@@ -67,6 +68,8 @@ pub struct VigilProxy {
     fleet: Option<Arc<FleetState>>,
     /// Requests in flight by session, which revocations end.
     open: Option<OpenRequests>,
+    /// DBSC bindings and the endpoints' limits; kept across reloads.
+    dbsc: Arc<Dbsc>,
 }
 
 /// Per-request state.
@@ -130,6 +133,7 @@ impl VigilProxy {
             step_ups: Arc::new(StepUps::new()),
             fleet: None,
             open: None,
+            dbsc: Arc::new(Dbsc::default()),
         }
     }
 
@@ -437,6 +441,123 @@ impl VigilProxy {
         Ok(true)
     }
 
+    /// Answers a request to Vigil's own DBSC endpoints
+    /// ([`crate::dbsc`]): never forwarded.
+    async fn dbsc_endpoint(&self, session: &mut Session, generation: &Generation) -> Result<bool> {
+        let settings = &generation.config.dbsc;
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let path = req.uri.path();
+        let view = RequestView {
+            peer,
+            headers: &req.headers,
+            now_secs: now_secs(),
+            tls: TlsFingerprint::NONE,
+            facts: RequestFacts {
+                method: req.method.as_str(),
+                scheme: if self.tls { "https" } else { "http" },
+                host: request_host(req),
+                path,
+                listener: &self.listener,
+                route: "",
+            },
+        };
+        let client = self.engine.resolve_client(&view, self.forwarded).addr;
+        let sessions = self.engine.credential_keys(&req.headers);
+        let reply = self.dbsc.endpoint(
+            settings,
+            &dbsc::Ask {
+                method: req.method.as_str(),
+                path,
+                headers: &req.headers,
+                host: request_host(req),
+                client,
+                sessions: &sessions,
+                now: now_secs(),
+            },
+        );
+        let step = if path.ends_with("/refresh") {
+            "refresh"
+        } else {
+            "register"
+        };
+        self.metrics
+            .dbsc
+            .with_label_values(&[step, reply.outcome])
+            .inc();
+        tracing::debug!(
+            step,
+            outcome = reply.outcome,
+            status = reply.status,
+            "dbsc endpoint"
+        );
+        dbsc::write(session, reply).await?;
+        Ok(true)
+    }
+
+    /// Whether a request of a device-bound session lacks its proof and
+    /// is refused: on an enforcing route only; a monitoring one counts it.
+    async fn dbsc_refuses(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        settings: &dbsc::Settings,
+        verdict: &Verdict,
+        path: &str,
+    ) -> Result<bool> {
+        let Some(s) = verdict.session.filter(|_| route.dbsc != RouteDbsc::Off) else {
+            return Ok(false);
+        };
+        // Every credential the request carries, not only the one whose
+        // verdict was worst: a thief must not be able to add a fresh,
+        // unbound session next to the bound one he copied.
+        let headers = &session.req_header().headers;
+        let keys = if verdict.credentials > 1 {
+            self.engine.credential_keys(headers)
+        } else {
+            smallvec::smallvec![s.key]
+        };
+        let mut check = dbsc::Check::Pass("proven");
+        for key in &keys {
+            check = self
+                .dbsc
+                .check(settings, route.dbsc, key, headers, path, verdict.at);
+            if matches!(check, dbsc::Check::Refuse { .. }) {
+                break;
+            }
+        }
+        let dbsc::Check::Refuse { why, challenge } = check else {
+            if let dbsc::Check::Pass(how) = check {
+                self.metrics.dbsc.with_label_values(&["check", how]).inc();
+            }
+            return Ok(false);
+        };
+        let enforced = route.mode == Mode::Enforce;
+        self.metrics
+            .request_errors
+            .with_label_values(&[
+                "dbsc_proof_failed",
+                if enforced { "refused" } else { "monitored" },
+            ])
+            .inc();
+        self.metrics.dbsc.with_label_values(&["check", why]).inc();
+        tracing::debug!(route = %route.name, session = %s.key.short(), path, why, enforced, "dbsc_proof_failed");
+        if !enforced {
+            return Ok(false);
+        }
+        respond::send(
+            session,
+            Refusal::DbscProofFailed {
+                challenge: challenge.as_deref(),
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Carries out a verdict as far as the route's mode allows: its
     /// effects through the engine, the refusal as a response. Returns true
     /// when a response was sent.
@@ -653,6 +774,15 @@ impl ProxyHttp for VigilProxy {
             respond::send(session, Refusal::Misdirected).await?;
             return Ok(true);
         }
+        if generation
+            .config
+            .routes
+            .iter()
+            .any(|r| r.dbsc != RouteDbsc::Off)
+            && Dbsc::owns(&generation.config.dbsc, req.uri.path())
+        {
+            return self.dbsc_endpoint(session, &generation).await;
+        }
         let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
         {
             Ok(selected) => selected,
@@ -688,6 +818,8 @@ impl ProxyHttp for VigilProxy {
                 .step_up_callback(session, route, oidc, rules, &path)
                 .await;
         }
+        // Scope exclusions are judged on the path the route was chosen by.
+        let dbsc_path = (route.dbsc != RouteDbsc::Off).then(|| path.to_string());
         let view = self.request_view(session, route, &path);
         if route.mode == Mode::Off && !route.app_confirms {
             // `off` skips scoring and learning, not the revocation lookup.
@@ -750,7 +882,21 @@ impl ProxyHttp for VigilProxy {
                     .await?;
                     return Ok(true);
                 }
-                let refused = self.enforce(session, route, &verdict, ctx).await?;
+                let mut refused = self.enforce(session, route, &verdict, ctx).await?;
+                if !refused {
+                    refused = self
+                        .dbsc_refuses(
+                            session,
+                            route,
+                            &generation.config.dbsc,
+                            &verdict,
+                            dbsc_path.as_deref().unwrap_or("/"),
+                        )
+                        .await?;
+                    if refused {
+                        return Ok(true);
+                    }
+                }
                 if !refused && route.mode == Mode::Enforce {
                     match self.file_open(session, &verdict, ctx) {
                         Filing::Filed => {}
@@ -773,7 +919,10 @@ impl ProxyHttp for VigilProxy {
                 // only for a confirmation, and there is none to be had. Input
                 // no browser sends is refused everywhere: a client must not
                 // choose the fail-open path.
+                // A DBSC route fails closed on every one: a request whose
+                // credentials cannot be read cannot be checked for a proof.
                 let open = !e.fails_closed()
+                    && route.dbsc == RouteDbsc::Off
                     && (route.on_error == FailMode::Open || route.mode == Mode::Off);
                 let outcome = if open { "forwarded" } else { "refused" };
                 self.metrics
@@ -877,6 +1026,21 @@ impl ProxyHttp for VigilProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // The bound cookie is Vigil's: never the app's to see.
+        if ctx
+            .generation
+            .route(ctx.route)
+            .is_some_and(|r| r.dbsc != RouteDbsc::Off)
+            && let Some(rest) = dbsc::without_bound_cookie(
+                &upstream_request.headers,
+                &ctx.generation.config.dbsc.cookie_name,
+            )
+        {
+            upstream_request.remove_header(&http::header::COOKIE);
+            if !rest.is_empty() {
+                upstream_request.insert_header(http::header::COOKIE, rest)?;
+            }
+        }
         // The app must be able to trust every Vigil-* header it sees.
         let spoofed: Vec<_> = upstream_request
             .headers
@@ -1010,7 +1174,7 @@ impl ProxyHttp for VigilProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -1051,6 +1215,30 @@ impl ProxyHttp for VigilProxy {
                 now_secs(),
                 enforcement(route.mode),
             )?;
+            // Sessions the app opens here on a DBSC route, new to the
+            // engine (so on an allowed request, or one a monitoring route
+            // would allow), over TLS, which DBSC requires: offered a
+            // binding, or given the request's own ([`Dbsc::issued`]).
+            if route.dbsc != RouteDbsc::Off && self.tls && !done.new.is_empty() {
+                let req = session.req_header();
+                let carried = self.engine.credential_keys(&req.headers);
+                let path = crate::path::normalise(req.uri.path()).unwrap_or_default();
+                let issue = self
+                    .dbsc
+                    .issued(&config.dbsc, &carried, &path, &done.new, now_secs());
+                let outcome = match &issue {
+                    dbsc::Issue::Offer(_) => "offered",
+                    dbsc::Issue::Inherited => "inherited",
+                    dbsc::Issue::None(why) => *why,
+                };
+                self.metrics
+                    .dbsc
+                    .with_label_values(&["offer", outcome])
+                    .inc();
+                if let dbsc::Issue::Offer(value) = issue {
+                    upstream_response.append_header(dbsc::REGISTRATION, value)?;
+                }
+            }
         }
         // Never for the client's eyes, judged route or not.
         for name in [&config.confirm_header, &config.user_header]

@@ -64,6 +64,13 @@ pub enum Refusal<'a> {
     /// was given does not cover: `421 misdirected_request`
     /// (`docs/security.md`, Hosts and certificates).
     Misdirected,
+    /// A device-bound session without a valid proof of its key:
+    /// `403 dbsc_proof_failed`, with the session's refresh challenge when
+    /// it is bound (`docs/bound-sessions.md`, DBSC at the edge).
+    DbscProofFailed {
+        /// The `Secure-Session-Challenge` value, when there is one.
+        challenge: Option<&'a str>,
+    },
     /// The decision was `block`.
     Blocked {
         /// The decision's reference id.
@@ -335,6 +342,7 @@ impl<'a> Refusal<'a> {
             | Refusal::Misdirected
             | Refusal::FleetStale
             | Refusal::TooManyOpen
+            | Refusal::DbscProofFailed { .. }
             | Refusal::StepUpRefused { .. } => None,
             Refusal::StepUpPassed { reference, .. } => Some(reference),
             Refusal::Blocked { reference }
@@ -413,6 +421,18 @@ impl<'a> Refusal<'a> {
                 "Misdirected request",
                 "This connection cannot serve the requested host. Connect to it by its own name.",
             ),
+            Refusal::DbscProofFailed { challenge } => Answer {
+                headers: challenge
+                    .map(|c| (crate::dbsc::CHALLENGE, c.to_owned()))
+                    .into_iter()
+                    .collect(),
+                ..plain(
+                    StatusCode::FORBIDDEN,
+                    "dbsc_proof_failed",
+                    "Access blocked",
+                    "This session is bound to a device key, and this request did not prove it holds the key.",
+                )
+            },
             Refusal::Blocked { .. } => plain(
                 StatusCode::FORBIDDEN,
                 "blocked",

@@ -119,6 +119,7 @@ mod tests {
             revocation_check: true,
             policy: vigil_engine::Policy::default(),
             stale: None,
+            dbsc: crate::dbsc::RouteDbsc::Off,
         }
     }
 

@@ -29,10 +29,14 @@ pub struct ResponseEffects {
 }
 
 /// What [`Engine::respond`] changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Responded {
     /// Sessions baselined at issuance.
     pub issued: usize,
+    /// Those sessions: new to the engine (not a known session the app set
+    /// again), so that what is offered per new session (DBSC) is offered
+    /// once.
+    pub new: SmallVec<[SessionKey; 2]>,
     /// The request's own session was bound to the named user.
     pub bound: bool,
     /// The request's session was confirmed.
@@ -147,6 +151,7 @@ impl Engine {
                 {
                     Issued::New => {
                         done.issued += 1;
+                        done.new.push(key);
                         self.emit(|| Event::SessionIssued {
                             session: key,
                             user: effects.user,

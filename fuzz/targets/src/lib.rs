@@ -38,6 +38,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("binding_seal", binding_seal),
     ("cookies", cookies),
+    #[cfg(feature = "proxy")]
+    ("dbsc_proof", dbsc_proof),
     ("fleet_frames", fleet_frames),
     ("forwarded_headers", forwarded_headers),
     ("ja4", ja4),
@@ -98,6 +100,33 @@ pub fn config(data: &[u8]) {
         let _ = e.to_string();
     }
     let _ = vigil_proxy::cidrs::parse(&text);
+}
+
+// === dbsc_proof ===
+
+/// Arbitrary bytes (lossy UTF-8) as a DBSC proof through both verifiers
+/// (`vigil_proxy::dbsc::jwt`): as a registration proof, and as a refresh
+/// proof against a fixed P-256 key and a fixed RSA key. Refusals are
+/// expected, a panic is a bug; a proof that verifies must carry a `jti`
+/// within bounds, and a registration key.
+#[cfg(feature = "proxy")]
+pub fn dbsc_proof(data: &[u8]) {
+    use vigil_proxy::dbsc::jwt::{self, PublicKey};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(proof) = jwt::verify_registration(&text) {
+        assert!(proof.key.is_some(), "a registration binds a key");
+        assert!(!proof.jti.is_empty() && proof.jti.len() <= 256);
+    }
+    let ec = PublicKey::Es256(Box::new([4; 65]));
+    let rsa = PublicKey::Rs256 {
+        n: vec![0xc5; 256].into(),
+        e: vec![1, 0, 1].into(),
+    };
+    for key in [&ec, &rsa] {
+        if let Ok(proof) = jwt::verify_refresh(&text, key) {
+            assert!(proof.key.is_none(), "a refresh never brings a key");
+        }
+    }
 }
 
 // === paths ===

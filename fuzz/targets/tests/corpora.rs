@@ -17,7 +17,7 @@ use vigil_fuzz_targets::TARGETS;
 
 /// Targets that need the proxy crate (feature `proxy`, on by default; off in
 /// `fuzz/run-all.sh --no-proxy`).
-const PROXY_ONLY: [&str; 2] = ["config", "paths"];
+const PROXY_ONLY: [&str; 3] = ["config", "dbsc_proof", "paths"];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -60,6 +60,12 @@ fn replay(target: &str) {
 #[test]
 fn config() {
     replay("config");
+}
+
+#[cfg(feature = "proxy")]
+#[test]
+fn dbsc_proof() {
+    replay("dbsc_proof");
 }
 
 #[test]

@@ -104,6 +104,8 @@ pub struct Config {
     /// The fleet controller this node syncs with (`[controller]`); `None`
     /// when the node runs alone.
     pub controller: Option<Arc<Controller>>,
+    /// DBSC at the edge (`[dbsc]`): endpoints, bound cookie, limits.
+    pub dbsc: crate::dbsc::Settings,
 }
 
 /// Where a node's rules come from (`[rules] source`).
@@ -570,6 +572,8 @@ pub struct Route {
     /// How old this node's fleet state may grow before the route treats
     /// it as stale (`stale_after`, `on_stale`); `None` (the default): never.
     pub stale: Option<Stale>,
+    /// Device-bound sessions (`dbsc`, default `off`; `docs/bound-sessions.md`).
+    pub dbsc: crate::dbsc::RouteDbsc,
 }
 
 /// A route's limit on the age of the node's fleet state
@@ -802,6 +806,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     check_step_up(&routes, oidc.as_ref(), p);
     let controller = read_controller(&mut f, base, p);
     let binding = binding::read_binding(&mut f, &session.cookies, p);
+    let dbsc = read_dbsc(&mut f, p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -841,6 +846,7 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         rules_bundle: read_rules.bundle,
         oidc: oidc.map(Arc::new),
         controller: controller.map(Arc::new),
+        dbsc,
     })
 }
 
@@ -2050,6 +2056,7 @@ fn read_routes(
         let app_confirms = t.or(p, "app_confirms", false);
         let revocation_check = t.or(p, "revocation_check", true);
         let stale = read_stale(&mut t, has_controller, p);
+        let dbsc = read_route_dbsc(&mut t, mode, p);
         let mut pt = t.table(p, "policy");
         let medium_at: Option<u8> = pt.opt(p, "medium_at");
         let high_at: Option<u8> = pt.opt(p, "high_at");
@@ -2124,10 +2131,143 @@ fn read_routes(
                 revocation_check,
                 policy,
                 stale,
+                dbsc,
             });
         }
     }
     out
+}
+
+/// A route's `dbsc`: `off` (default), `offer` or `require`; not on an
+/// `off` route, which judges nothing.
+fn read_route_dbsc(t: &mut Fields<'_>, mode: Mode, p: &mut Problems) -> crate::dbsc::RouteDbsc {
+    use crate::dbsc::RouteDbsc;
+    let dbsc = match t.or(p, "dbsc", "off".to_owned()).as_str() {
+        "off" => RouteDbsc::Off,
+        "offer" => RouteDbsc::Offer,
+        "require" => RouteDbsc::Require,
+        other => {
+            p.push(
+                t.key("dbsc"),
+                format!("{other:?} is not a choice; expected \"off\", \"offer\" or \"require\""),
+            );
+            RouteDbsc::Off
+        }
+    };
+    if dbsc != RouteDbsc::Off && mode == Mode::Off {
+        p.push(
+            t.key("dbsc"),
+            "needs mode \"enforce\" or \"monitor\": an off route judges no session",
+        );
+    }
+    dbsc
+}
+
+/// `[dbsc]`: Vigil's DBSC endpoints, bound cookie and limits
+/// (`docs/configuration.md`).
+fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
+    let d = crate::dbsc::Settings::default();
+    let mut t = f.table(p, "dbsc");
+    let path: String = t.or(p, "path", d.path.clone());
+    if !is_callback_path(&path) || path.ends_with('/') || path == "/" {
+        p.push(
+            t.key("path"),
+            format!("{path:?} is not a plain absolute path without a trailing / (no query, fragment, dot segments, `//`, `%` or spaces)"),
+        );
+    }
+    let cookie_name: String = t.or(p, "cookie_name", d.cookie_name.clone());
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if cookie_name.is_empty() || !cookie_name.chars().all(token) {
+        p.push(
+            t.key("cookie_name"),
+            format!("{cookie_name:?} is not a cookie name"),
+        );
+    } else if !cookie_name.starts_with("__Host-") || cookie_name.len() == "__Host-".len() {
+        // The prefix makes the browser refuse the cookie from a subdomain
+        // or over cleartext: a bound cookie set by anyone else would prove
+        // nothing, but could shadow the real one.
+        p.push(
+            t.key("cookie_name"),
+            format!("{cookie_name:?} must start with __Host-"),
+        );
+    }
+    let mut num = |t: &mut Fields<'_>, key: &'static str, default: u64, lo: u64, hi: u64| {
+        let v: u64 = t.or(p, key, default);
+        within(p, t.key(key), v, lo..=hi);
+        v.clamp(lo, hi)
+    };
+    let cookie_lifetime = num(&mut t, "cookie_lifetime_seconds", d.cookie_lifetime, 1, DAY);
+    // By default a challenge outlives the bound cookie it was handed out
+    // with: the browser signs that challenge when the cookie expires.
+    let challenge_lifetime = num(
+        &mut t,
+        "challenge_lifetime_seconds",
+        cookie_lifetime + 60,
+        1,
+        2 * DAY,
+    );
+    let registration_window = num(
+        &mut t,
+        "registration_window_seconds",
+        d.registration_window,
+        1,
+        600,
+    );
+    let max_sessions = num(
+        &mut t,
+        "max_sessions",
+        d.max_sessions as u64,
+        16,
+        100_000_000,
+    );
+    let idle_timeout = num(
+        &mut t,
+        "idle_timeout_seconds",
+        d.idle_timeout,
+        60,
+        400 * DAY,
+    );
+    let per_client = num(
+        &mut t,
+        "per_client_per_minute",
+        d.per_client_per_minute.into(),
+        1,
+        100_000,
+    );
+    let per_session = num(
+        &mut t,
+        "per_session_per_minute",
+        d.per_session_per_minute.into(),
+        1,
+        10_000,
+    );
+    let exclude_paths: Vec<String> = t.or(p, "exclude_paths", Vec::new());
+    for (i, x) in exclude_paths.iter().enumerate() {
+        if !x.starts_with('/') {
+            p.push(
+                format!("{}[{i}]", t.key("exclude_paths")),
+                format!("{x:?} must start with /"),
+            );
+        } else if x == "/" {
+            p.push(
+                format!("{}[{i}]", t.key("exclude_paths")),
+                "\"/\" would exclude the whole site: nothing would need a proof".to_owned(),
+            );
+        }
+    }
+    t.finish(p);
+    crate::dbsc::Settings {
+        path,
+        cookie_name,
+        cookie_lifetime,
+        challenge_lifetime,
+        registration_window,
+        max_sessions: usize::try_from(max_sessions).unwrap_or(usize::MAX),
+        idle_timeout,
+        exclude_paths,
+        per_client_per_minute: u32::try_from(per_client).unwrap_or(u32::MAX),
+        per_session_per_minute: u32::try_from(per_session).unwrap_or(u32::MAX),
+    }
 }
 
 /// A route's `stale_after` and `on_stale`: only with a `[controller]`,

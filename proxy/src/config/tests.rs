@@ -780,3 +780,52 @@ fn changing_the_key_pair_waits_for_a_restart() {
     );
     assert_eq!(merged.config.key_rotation, KeyRotation::default());
 }
+
+#[test]
+fn dbsc_is_per_route_and_every_bad_setting_is_named() {
+    let routes = "[[routes]]\nname = \"bound\"\nupstream = \"app\"\npath_prefix = \"/b\"\ndbsc = \"require\"\n";
+    let c = parse(&format!(
+        "[dbsc]\ncookie_lifetime_seconds = 60\nexclude_paths = [\"/static/\"]\n{MINIMAL}{routes}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.routes[0].dbsc,
+        crate::dbsc::RouteDbsc::Off,
+        "off by default"
+    );
+    assert_eq!(c.routes[1].dbsc, crate::dbsc::RouteDbsc::Require);
+    assert_eq!(c.dbsc.cookie_lifetime, 60);
+    // The challenge handed out with a cookie outlives it.
+    assert_eq!(c.dbsc.challenge_lifetime, 120);
+    assert_eq!(c.dbsc.path, "/.vigil/dbsc");
+    assert_eq!(c.dbsc.exclude_paths, ["/static/"]);
+
+    // A bad choice, DBSC on an off route, a bad path, cookie name, bound,
+    // exclusion and an unknown key: all at once.
+    let bad = "[[routes]]\nname = \"a\"\nupstream = \"app\"\npath_prefix = \"/a\"\ndbsc = \"maybe\"\n\
+               [[routes]]\nname = \"b\"\nupstream = \"app\"\npath_prefix = \"/b\"\nmode = \"off\"\ndbsc = \"offer\"\n";
+    let problems = parse(&format!(
+        "[dbsc]\npath = \"/x/\"\ncookie_name = \"a b\"\ncookie_lifetime_seconds = 0\nexclude_paths = [\"static\", \"/\"]\nlifetime = 1\n{MINIMAL}{bad}"
+    ))
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "routes[1].dbsc",
+            "routes[2].dbsc",
+            "dbsc.path",
+            "dbsc.cookie_name",
+            "dbsc.cookie_lifetime_seconds",
+            "dbsc.exclude_paths[0]",
+            "dbsc.exclude_paths[1]",
+            "dbsc.lifetime"
+        ],
+        "{problems:#?}"
+    );
+    // A custom name keeps the __Host- prefix.
+    let problems = parse(&format!(
+        "[dbsc]\ncookie_name = \"vigil-dbsc\"\n{MINIMAL}{routes}"
+    ))
+    .unwrap_err();
+    assert_eq!(keys(&problems), ["dbsc.cookie_name"], "{problems:#?}");
+}

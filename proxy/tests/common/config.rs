@@ -51,6 +51,8 @@ pub(crate) struct Route {
     oidc: bool,
     /// `stale_after` and `on_stale`, when set.
     stale: Option<(u64, String)>,
+    /// `dbsc`, when set.
+    dbsc: Option<String>,
 }
 
 /// A loopback address with a port that was free a moment ago and that no
@@ -246,7 +248,14 @@ impl Route {
             app_confirms: false,
             oidc: false,
             stale: None,
+            dbsc: None,
         }
+    }
+
+    /// `dbsc = "offer"` or `"require"` (`off` when never called).
+    pub(crate) fn dbsc(mut self, dbsc: &str) -> Route {
+        self.dbsc = Some(dbsc.to_owned());
+        self
     }
 
     /// `stale_after = after` and `on_stale = on_stale` (needs a
@@ -312,6 +321,9 @@ impl Route {
         );
         if !self.hosts.is_empty() {
             writeln!(out, "hosts = {:?}", self.hosts).unwrap();
+        }
+        if let Some(dbsc) = &self.dbsc {
+            writeln!(out, "dbsc = {dbsc:?}").unwrap();
         }
         if let Some((after, on_stale)) = &self.stale {
             writeln!(out, "stale_after = {after}\non_stale = {on_stale:?}").unwrap();

@@ -156,8 +156,15 @@ pub(crate) fn form_body(pairs: &[(&str, &str)]) -> String {
 /// it prints: `{"url", "status", "body", "hops"}`. Panics, with its stderr,
 /// if it fails or takes longer than [`BROWSER_DEADLINE`].
 pub(crate) async fn run_browser(args: serde_json::Value) -> serde_json::Value {
+    run_script("browser.mjs", args).await
+}
+
+/// Runs `node <script> '<args>'` from `tests/idp` (a browser script: its
+/// deadline and output contract are [`run_browser`]'s) and returns the
+/// JSON line it printed.
+pub(crate) async fn run_script(script: &str, args: serde_json::Value) -> serde_json::Value {
     let child = Command::new("node")
-        .arg(idp_dir().join("browser.mjs"))
+        .arg(idp_dir().join(script))
         .arg(args.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -174,14 +181,14 @@ pub(crate) async fn run_browser(args: serde_json::Value) -> serde_json::Value {
             // Our own child, still unreaped (its waiter holds it), so the pid
             // is still its.
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            panic!("browser.mjs ran longer than {BROWSER_DEADLINE:?}");
+            panic!("{script} ran longer than {BROWSER_DEADLINE:?}");
         }
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "browser.mjs failed: {stderr}");
+    assert!(output.status.success(), "{script} failed: {stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("browser.mjs printed {stdout:?} ({e}); stderr: {stderr}"))
+        .unwrap_or_else(|e| panic!("{script} printed {stdout:?} ({e}); stderr: {stderr}"))
 }
 
 fn idp_dir() -> PathBuf {

@@ -37,7 +37,7 @@ pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free
 #[allow(unused_imports)]
 pub(crate) use idp::{
     ACR_MFA, ACR_PWD, Account, CLIENT_ID, CLIENT_SECRET, Followed, FormClient, Idp, IdpClient,
-    IdpConfig, Page, form_body, json_body, jwt_header, jwt_payload, run_browser,
+    IdpConfig, Page, form_body, json_body, jwt_header, jwt_payload, run_browser, run_script,
 };
 #[allow(unused_imports)]
 pub(crate) use origin::{

@@ -22,6 +22,8 @@ pub(crate) struct Leaf {
     cert_path: PathBuf,
     key_path: PathBuf,
     der: Vec<u8>,
+    /// The key's SubjectPublicKeyInfo, DER.
+    spki: Vec<u8>,
 }
 
 // === impl Ca ===
@@ -69,6 +71,7 @@ impl Ca {
             cert_path,
             key_path,
             der: cert.der().to_vec(),
+            spki: rcgen::PublicKeyData::subject_public_key_info(&key),
         }
     }
 
@@ -104,6 +107,14 @@ impl Leaf {
     /// The private key's PEM file.
     pub(crate) fn key_path(&self) -> &Path {
         &self.key_path
+    }
+
+    /// Base64 of the SHA-256 of the key's SubjectPublicKeyInfo: what
+    /// Chromium's `--ignore-certificate-errors-spki-list` takes.
+    pub(crate) fn spki_sha256_base64(&self) -> String {
+        use base64::Engine as _;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.spki);
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
     }
 
     /// The certificate in DER, to compare with what a server presented.

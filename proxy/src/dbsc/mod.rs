@@ -1,0 +1,929 @@
+//! Device Bound Session Credentials (DBSC) terminated at the edge, for apps
+//! that know nothing of it (`docs/bound-sessions.md`, DBSC at the edge).
+//!
+//! When the app opens a session on a route with `dbsc = "offer"` or
+//! `"require"`, Vigil adds `Secure-Session-Registration` to the response.
+//! A browser with DBSC signs the challenge with a key of its own and posts
+//! the proof to `<[dbsc] path>/register`; Vigil binds the app's session to
+//! that key and sets a short-lived bound cookie, which the browser renews at
+//! `<path>/refresh` with a fresh proof each time it expires. From then on a
+//! request of that session without a current bound cookie is refused
+//! (`403 dbsc_proof_failed`, with a new challenge): a copied cookie jar
+//! without the key dies with the short cookie.
+//!
+//! What is decided here is data ([`Check`], [`Reply`]); the proxy writes
+//! it, and a `monitor` route only counts what it would refuse. State lives
+//! in [`store::Store`], one per process, kept across reloads.
+
+pub mod jwt;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use vigil_engine::SessionKey;
+
+use self::jwt::ProofError;
+use self::store::{Standing, Store, StoreError, Token};
+
+/// Headers of the protocol, as the current draft and Chromium 156 name them.
+pub const REGISTRATION: &str = "secure-session-registration";
+/// The request header carrying a proof.
+pub const RESPONSE: &str = "secure-session-response";
+/// The request header naming the session on a refresh.
+pub const SESSION_ID: &str = "sec-secure-session-id";
+/// The response header giving the next challenge.
+pub const CHALLENGE: &str = "secure-session-challenge";
+
+/// Longest session id header accepted (Vigil's are 22 characters).
+const MAX_ID_BYTES: usize = 64;
+/// Seconds a bound cookie is honoured past its `Max-Age`: the browser
+/// times it in milliseconds from when it got the response, Vigil in whole
+/// seconds from when it sent it, so a cookie the browser still sends may
+/// be up to a second older than Vigil's count, plus the request's transit.
+const COOKIE_GRACE: u64 = 2;
+/// Rate-limit window, in seconds.
+const WINDOW: u64 = 60;
+
+/// A route's use of DBSC (`dbsc`, default `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteDbsc {
+    /// Nothing offered, nothing checked.
+    #[default]
+    Off,
+    /// Registration offered at issuance; bound sessions must prove
+    /// possession, others go on (other mechanisms cover them).
+    Offer,
+    /// As `offer`, and a session that is not bound once the registration
+    /// window has passed is refused: browsers without DBSC cannot use the
+    /// route.
+    Require,
+}
+
+/// `[dbsc]`: the endpoints, cookie and limits, shared by every route
+/// that uses DBSC. Reloadable except nothing: the store keeps its entries
+/// across reloads and applies the new limits to what comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Path prefix of Vigil's own endpoints (`path`, default
+    /// `/.vigil/dbsc`): `<path>/register` and `<path>/refresh`. Never
+    /// forwarded, on any route.
+    pub path: String,
+    /// The bound cookie's name (`cookie_name`, default `__Host-vigil-dbsc`).
+    pub cookie_name: String,
+    /// Lifetime of a bound cookie, in seconds (`cookie_lifetime_seconds`,
+    /// default 600, 1 to 86 400): how long a copied jar outlives the key.
+    pub cookie_lifetime: u64,
+    /// How long a refresh challenge may be signed after it was issued
+    /// (`challenge_lifetime_seconds`, default `cookie_lifetime_seconds` +
+    /// 60: the challenge handed out with a bound cookie is the one the
+    /// browser signs when that cookie expires).
+    pub challenge_lifetime: u64,
+    /// How long a registration offer stays open (`registration_window_seconds`,
+    /// default 30): also how long a `require` route lets a new session in
+    /// before it is bound.
+    pub registration_window: u64,
+    /// Bound sessions held (`max_sessions`, default 100 000); as many
+    /// registration offers may be pending.
+    pub max_sessions: usize,
+    /// A bound session not refreshed for this long may be dropped to make
+    /// room (`idle_timeout_seconds`, default 30 days).
+    pub idle_timeout: u64,
+    /// Path prefixes kept out of the session's scope (`exclude_paths`):
+    /// static assets, which would otherwise each wait on a refresh.
+    pub exclude_paths: Vec<String>,
+    /// Registration and refresh requests per client address per minute
+    /// (`per_client_per_minute`, default 60).
+    pub per_client_per_minute: u32,
+    /// Registration and refresh requests per session per minute
+    /// (`per_session_per_minute`, default 12).
+    pub per_session_per_minute: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            path: "/.vigil/dbsc".to_owned(),
+            cookie_name: "__Host-vigil-dbsc".to_owned(),
+            cookie_lifetime: 600,
+            challenge_lifetime: 660,
+            registration_window: 30,
+            max_sessions: 100_000,
+            idle_timeout: 30 * 86_400,
+            exclude_paths: Vec::new(),
+            per_client_per_minute: 60,
+            per_session_per_minute: 12,
+        }
+    }
+}
+
+/// An answer Vigil gives itself at its DBSC endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// What happened, for the metric and the log (`registered`,
+    /// `challenged`, `bad_proof`, ...).
+    pub outcome: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body; empty for none.
+    pub body: String,
+}
+
+/// What a request of a session on a DBSC route comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Proven, excluded from scope, or unbound where that is allowed.
+    Pass(&'static str),
+    /// No valid proof: refuse (`dbsc_proof_failed`), with the challenge
+    /// header to send when the session is bound.
+    Refuse {
+        /// Why, for the metric: `unproven` or `unbound`.
+        why: &'static str,
+        /// `Secure-Session-Challenge` value, when there is a session.
+        challenge: Option<String>,
+    },
+}
+
+/// A request to Vigil's DBSC endpoints, as [`Dbsc::endpoint`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The path as sent.
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request's host, without port (the scope rules name it).
+    pub host: &'a str,
+    /// The client address, for the per-client rate limit.
+    pub client: IpAddr,
+    /// The app sessions whose cookies the request carries: a registration
+    /// is taken only for a session the registering request holds.
+    pub sessions: &'a [SessionKey],
+    /// Seconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// DBSC on this node: the store and the endpoints' rate limits.
+#[derive(Debug, Default)]
+pub struct Dbsc {
+    store: Store,
+    /// Per client address: every request to the endpoints.
+    clients: Limiter,
+    /// Per bound session: verified proofs only (a session id is visible to
+    /// anyone holding the app cookie; unproven requests must not spend the
+    /// owner's budget).
+    sessions: Limiter,
+}
+
+/// Fixed one-minute windows per key (a client address or a session id),
+/// in a bounded map.
+#[derive(Debug, Default)]
+struct Limiter {
+    counts: Mutex<HashMap<[u8; 17], (u64, u32)>>,
+}
+
+/// Keys each rate limiter holds at most; past it, counts of past windows
+/// are dropped, then an arbitrary key's count (a flood of addresses can
+/// neither grow memory nor lock everyone else out; it can at worst reset
+/// someone's count, which the per-session limit and the proofs bound).
+const LIMITER_KEYS: usize = 65_536;
+
+/// What [`Dbsc::issued`] did with the sessions a response opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issue {
+    /// Offer registration: the `Secure-Session-Registration` value.
+    Offer(String),
+    /// The request carried a bound session: the new sessions inherit its
+    /// binding (the app rotated or renewed its cookie).
+    Inherited,
+    /// Nothing offered, and why (the metric's `outcome`): `unproven` (an
+    /// excluded path), `not_new` (every session was carried by the request
+    /// or bound), `not_offered` (offered before, or offers full),
+    /// `store_unavailable`.
+    None(&'static str),
+}
+
+// === impl Dbsc ===
+
+impl Dbsc {
+    /// The store, for reports.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The `Secure-Session-Registration` value for `session`, a session
+    /// the app just opened (with `also`, the others the same response
+    /// opened), or `None` when no offer can be made (offered before,
+    /// bound, or the offers are full).
+    pub fn offer(
+        &self,
+        settings: &Settings,
+        session: SessionKey,
+        also: Vec<SessionKey>,
+        now: u64,
+    ) -> Option<String> {
+        let challenge = self.store.offer(
+            session,
+            also,
+            now,
+            settings.registration_window,
+            settings.max_sessions,
+        )?;
+        Some(format!(
+            "(ES256 RS256);path=\"{}/register\";challenge=\"{}\"",
+            settings.path,
+            encode(&challenge)
+        ))
+    }
+
+    /// The app's response opened `new` (sessions new to the engine) in
+    /// answer to a request for `path` (normalised) carrying the sessions
+    /// `carried`. Decides what DBSC does with them:
+    ///
+    /// - a session the request itself carried, or one bound already, is
+    ///   never offered (a thief presenting a victim's unbound cookie that
+    ///   the app sets again must not register his key for it);
+    /// - a request that carried a bound session passes its binding on to
+    ///   the new sessions, proven or not (the app rotated or renewed its
+    ///   cookie: the new session needs the same key's proofs, and whoever
+    ///   asked gets no offer of his own for it);
+    /// - a request on an excluded path (no proof asked) gets no offer;
+    /// - otherwise the first new session is offered, and the others are
+    ///   bound with it when it registers.
+    pub fn issued(
+        &self,
+        settings: &Settings,
+        carried: &[SessionKey],
+        path: &str,
+        new: &[SessionKey],
+        now: u64,
+    ) -> Issue {
+        let fresh: Vec<SessionKey> = new
+            .iter()
+            .filter(|k| !carried.contains(k) && !self.store.is_bound(k))
+            .copied()
+            .collect();
+        let Some((&first, rest)) = fresh.split_first() else {
+            return Issue::None("not_new");
+        };
+        if let Some(root) = carried.iter().find_map(|k| self.store.root(k)) {
+            for key in &fresh {
+                if self.store.alias(*key, root, now).is_err() {
+                    return Issue::None("store_unavailable");
+                }
+            }
+            return Issue::Inherited;
+        }
+        if excluded(settings, path) {
+            return Issue::None("unproven");
+        }
+        match self.offer(settings, first, rest.to_vec(), now) {
+            Some(value) => Issue::Offer(value),
+            None => Issue::None("not_offered"),
+        }
+    }
+
+    /// Judges a request of `session` on a route with `mode` (not `Off`),
+    /// for `path`, carrying `headers`.
+    pub fn check(
+        &self,
+        settings: &Settings,
+        mode: RouteDbsc,
+        session: &SessionKey,
+        headers: &HeaderMap,
+        path: &str,
+        now: u64,
+    ) -> Check {
+        if excluded(settings, path) {
+            return Check::Pass("excluded");
+        }
+        let cookie =
+            bound_cookie(headers, &settings.cookie_name).map(|v| cookie_hash(v.as_bytes()));
+        match self
+            .store
+            .standing(session, cookie.as_ref(), now, settings.registration_window)
+        {
+            Standing::Proven => Check::Pass("proven"),
+            Standing::Unbound { pending: true } => Check::Pass("pending"),
+            Standing::Unbound { pending: false } if mode == RouteDbsc::Offer => {
+                Check::Pass("unbound")
+            }
+            Standing::Unbound { .. } => Check::Refuse {
+                why: "unbound",
+                challenge: None,
+            },
+            Standing::Unproven { id, challenge } => Check::Refuse {
+                why: "unproven",
+                challenge: Some(challenge_header(&challenge, &id)),
+            },
+        }
+    }
+
+    /// Whether `settings.path` covers `path`, as sent or once normalised
+    /// (`/.vigil/dbsc/%72egister` is Vigil's too, and gets `404` rather
+    /// than reaching the app): the request is Vigil's.
+    pub fn owns(settings: &Settings, path: &str) -> bool {
+        let covers = |path: &str| {
+            path.strip_prefix(settings.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+        };
+        covers(path) || crate::path::normalise(path).is_ok_and(|p| covers(p.as_ref()))
+    }
+
+    /// Answers a request to one of Vigil's DBSC endpoints.
+    pub fn endpoint(&self, settings: &Settings, ask: &Ask<'_>) -> Reply {
+        let Ask {
+            method,
+            path,
+            headers,
+            host,
+            client,
+            sessions,
+            now,
+        } = *ask;
+        let rest = path.strip_prefix(settings.path.as_str()).unwrap_or("");
+        let refresh = match rest {
+            "/register" => false,
+            "/refresh" => true,
+            _ => return reply(404, "not_found"),
+        };
+        if method != "POST" {
+            return Reply {
+                headers: vec![("allow", "POST".to_owned())],
+                ..reply(405, "bad_method")
+            };
+        }
+        if !self
+            .clients
+            .allow(&client_key(client), now, settings.per_client_per_minute)
+        {
+            return limited();
+        }
+        let result = if refresh {
+            self.refresh(settings, headers, host, now)
+        } else {
+            self.register(settings, headers, host, sessions, now)
+        };
+        result.unwrap_or_else(|e| match e {
+            StoreError::Full => Reply {
+                headers: vec![("retry-after", "60".to_owned())],
+                ..reply(503, "store_full")
+            },
+            StoreError::Unavailable => reply(500, "store_unavailable"),
+        })
+    }
+
+    fn register(
+        &self,
+        s: &Settings,
+        headers: &HeaderMap,
+        host: &str,
+        carried: &[SessionKey],
+        now: u64,
+    ) -> Result<Reply, StoreError> {
+        let Some(token) = one(headers, RESPONSE) else {
+            return Ok(reply(400, "no_proof"));
+        };
+        let proof = match jwt::verify_registration(token) {
+            Ok(p) => p,
+            Err(e) => return Ok(proof_refused(e)),
+        };
+        let (Some(challenge), Some(key)) = (decode(&proof.jti), proof.key) else {
+            return Ok(reply(401, "unknown_challenge"));
+        };
+        // Only a request holding the offered session's cookie registers for
+        // it: a challenge seen by someone else is of no use to him.
+        let Some((session, also)) =
+            self.store
+                .take_offer(&challenge, carried, now, s.registration_window)?
+        else {
+            return Ok(reply(401, "unknown_challenge"));
+        };
+        let cookie: Token = rand::random();
+        let next: Token = rand::random();
+        let until = now + s.cookie_lifetime + COOKIE_GRACE;
+        let Some(id) = self.store.bind(
+            session,
+            key,
+            cookie_hash(encode(&cookie).as_bytes()),
+            until,
+            next,
+            now,
+            (s.max_sessions, s.idle_timeout),
+        )?
+        else {
+            return Ok(reply(409, "already_bound"));
+        };
+        for other in also {
+            self.store.alias(other, session, now)?;
+        }
+        Ok(granted(s, "registered", &id, &cookie, &next, host))
+    }
+
+    fn refresh(
+        &self,
+        s: &Settings,
+        headers: &HeaderMap,
+        host: &str,
+        now: u64,
+    ) -> Result<Reply, StoreError> {
+        let Some(id) = one(headers, SESSION_ID)
+            .map(jwt::unquote)
+            .filter(|v| v.len() <= MAX_ID_BYTES)
+            .and_then(decode)
+        else {
+            return Ok(reply(400, "bad_session_id"));
+        };
+        let Some(bound) = self.store.by_id(&id)? else {
+            return Ok(reply(404, "unknown_session"));
+        };
+        let fresh = bound.challenge_at + s.challenge_lifetime > now;
+        let challenge_again = |outcome| -> Result<Reply, StoreError> {
+            let next: Token = rand::random();
+            self.store.rechallenge(&id, next, now)?;
+            Ok(Reply {
+                headers: vec![(CHALLENGE, challenge_header(&next, &id))],
+                ..reply(403, outcome)
+            })
+        };
+        let Some(token) = one(headers, RESPONSE) else {
+            // The current challenge while it is fresh: anyone holding the
+            // app cookie can ask, and must not be able to make the owner's
+            // proof stale by asking again and again.
+            if fresh {
+                return Ok(Reply {
+                    headers: vec![(CHALLENGE, challenge_header(&bound.challenge, &id))],
+                    ..reply(403, "challenged")
+                });
+            }
+            return challenge_again("challenged");
+        };
+        let proof = match jwt::verify_refresh(token, &bound.key) {
+            Ok(p) => p,
+            Err(e) => return Ok(proof_refused(e)),
+        };
+        // Verified proofs only count against the session's budget.
+        let mut skey = [0u8; 17];
+        skey[0] = b'i';
+        skey[1..].copy_from_slice(&id);
+        if !self.sessions.allow(&skey, now, s.per_session_per_minute) {
+            return Ok(limited());
+        }
+        // Signed by the key, but not the live challenge: stale, replayed or
+        // made up. The protocol's retry path: a browser that raced a
+        // rotation signs the new one; a replayer cannot.
+        let signed = decode(&proof.jti);
+        if !fresh || signed != Some(bound.challenge) {
+            return challenge_again(if fresh {
+                "stale_or_replayed"
+            } else {
+                "expired_challenge"
+            });
+        }
+        let cookie: Token = rand::random();
+        let next: Token = rand::random();
+        let rotated = self.store.refreshed(
+            &id,
+            &bound.challenge,
+            (
+                next,
+                cookie_hash(encode(&cookie).as_bytes()),
+                now + s.cookie_lifetime + COOKIE_GRACE,
+            ),
+            now,
+        )?;
+        if !rotated {
+            return challenge_again("stale_or_replayed");
+        }
+        Ok(granted(s, "refreshed", &id, &cookie, &next, host))
+    }
+}
+
+// === impl Limiter ===
+
+impl Limiter {
+    /// Counts one request for `key`; false past `limit` in this window.
+    fn allow(&self, key: &[u8; 17], now: u64, limit: u32) -> bool {
+        let Ok(mut counts) = self.counts.lock() else {
+            return false;
+        };
+        let window = now / WINDOW;
+        if !counts.contains_key(key) && counts.len() >= LIMITER_KEYS {
+            counts.retain(|_, (w, _)| *w == window);
+            if counts.len() >= LIMITER_KEYS
+                && let Some(evicted) = counts.keys().next().copied()
+            {
+                counts.remove(&evicted);
+            }
+        }
+        let entry = counts.entry(*key).or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 <= limit
+    }
+}
+
+/// Writes `reply` as the whole response. Never cached, never framed.
+pub async fn write(
+    session: &mut pingora_proxy::Session,
+    reply: Reply,
+) -> pingora_error::Result<()> {
+    let mut resp =
+        pingora_http::ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
+    for (name, value) in reply.headers {
+        resp.append_header(name, value)?;
+    }
+    resp.append_header("cache-control", "no-store")?;
+    resp.append_header("x-frame-options", "DENY")?;
+    resp.append_header("content-length", reply.body.len().to_string())?;
+    session
+        .write_response_header(Box::new(resp), reply.body.is_empty())
+        .await?;
+    if !reply.body.is_empty() {
+        session
+            .write_response_body(Some(bytes::Bytes::from(reply.body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The session instructions, the bound cookie and the next challenge.
+fn granted(
+    s: &Settings,
+    outcome: &'static str,
+    id: &Token,
+    cookie: &Token,
+    next: &Token,
+    host: &str,
+) -> Reply {
+    let attributes = "Path=/; Secure; HttpOnly; SameSite=Lax";
+    let excluded: Vec<_> = s
+        .exclude_paths
+        .iter()
+        .map(|p| serde_json::json!({ "type": "exclude", "domain": host, "path": p }))
+        .collect();
+    let body = serde_json::json!({
+        "session_identifier": encode(id),
+        "refresh_url": format!("{}/refresh", s.path),
+        "scope": { "include_site": false, "scope_specification": excluded },
+        "credentials": [{ "type": "cookie", "name": s.cookie_name, "attributes": attributes }],
+    });
+    Reply {
+        status: 200,
+        outcome,
+        headers: vec![
+            (
+                "set-cookie",
+                format!(
+                    "{}={}; Max-Age={}; {attributes}",
+                    s.cookie_name,
+                    encode(cookie),
+                    s.cookie_lifetime
+                ),
+            ),
+            (CHALLENGE, challenge_header(next, id)),
+            ("content-type", "application/json".to_owned()),
+        ],
+        body: body.to_string(),
+    }
+}
+
+fn reply(status: u16, outcome: &'static str) -> Reply {
+    Reply {
+        status,
+        outcome,
+        headers: Vec::new(),
+        body: String::new(),
+    }
+}
+
+/// `503` with `Retry-After`: a browser backs off from a 5xx and keeps its
+/// session, where any 4xx but 403 would end it.
+fn limited() -> Reply {
+    Reply {
+        headers: vec![("retry-after", WINDOW.to_string())],
+        ..reply(503, "rate_limited")
+    }
+}
+
+/// A proof that does not verify: `400` when it is not a proof at all,
+/// `401` otherwise. Either ends the sender's DBSC session at the browser;
+/// the binding here stays (a thief must not be able to unbind the owner).
+fn proof_refused(e: ProofError) -> Reply {
+    match e {
+        ProofError::Malformed => reply(400, "malformed_proof"),
+        ProofError::BadType => reply(401, "bad_typ"),
+        ProofError::BadAlgorithm => reply(401, "bad_alg"),
+        ProofError::BadKey => reply(401, "bad_key"),
+        ProofError::BadSignature => reply(401, "bad_signature"),
+    }
+}
+
+fn challenge_header(challenge: &Token, id: &Token) -> String {
+    format!("\"{}\";id=\"{}\"", encode(challenge), encode(id))
+}
+
+/// Whether `path` (normalised) is under one of the excluded prefixes, on a
+/// segment boundary: `/static` excludes `/static/a`, not `/static-admin`.
+fn excluded(settings: &Settings, path: &str) -> bool {
+    settings
+        .exclude_paths
+        .iter()
+        .any(|p| vigil_rules::prefix_matches(p, path))
+}
+
+/// The only value of header `name`; `None` when absent, repeated or not text.
+fn one<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
+}
+
+/// The value of the bound cookie, when the request carries it exactly once.
+fn bound_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut found = None;
+    // Every `Cookie` header (the request's header size cap bounds them):
+    // stopping early would miss a second copy placed after the cut.
+    for value in headers.get_all(http::header::COOKIE).iter() {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some((n, v)) = pair.trim().split_once('=')
+                && n == name
+            {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v);
+            }
+        }
+    }
+    found
+}
+
+/// Removes the bound cookie from the `Cookie` header sent to the app: it is
+/// Vigil's, and a credential of sorts. Returns the rewritten value when it
+/// was there. Split as bytes: a `Cookie` value that is not UTF-8 must not
+/// carry the bound cookie through, and its other pairs go on as they were.
+pub fn without_bound_cookie(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    let mut seen = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for value in headers.get_all(http::header::COOKIE).iter() {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let pair_name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            if pair.contains(&b'=') && pair_name == name.as_bytes() {
+                seen = true;
+            } else if !pair.is_empty() {
+                kept.push(pair);
+            }
+        }
+    }
+    seen.then(|| kept.join(&b"; "[..]))
+}
+
+fn client_key(ip: IpAddr) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'c';
+    match ip {
+        IpAddr::V4(v4) => k[1..5].copy_from_slice(&v4.octets()),
+        // A /64 is one client: a host chooses freely within it.
+        IpAddr::V6(v6) => k[1..9].copy_from_slice(&v6.octets()[..8]),
+    }
+    k
+}
+
+fn encode(t: &Token) -> String {
+    URL_SAFE_NO_PAD.encode(t)
+}
+
+fn decode(s: &str) -> Option<Token> {
+    if s.len() != 22 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(s).ok()?.try_into().ok()
+}
+
+/// The first 16 bytes of BLAKE3: bound cookies are kept only as hashes.
+pub fn cookie_hash(value: &[u8]) -> Token {
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&blake3::hash(value).as_bytes()[..16]);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_cookie_is_read_once_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; __Host-vigil-dbsc=x; b=2".parse().unwrap());
+        assert_eq!(bound_cookie(&h, "__Host-vigil-dbsc"), Some("x"));
+        assert_eq!(
+            without_bound_cookie(&h, "__Host-vigil-dbsc").as_deref(),
+            Some(&b"a=1; b=2"[..])
+        );
+        // A value that is not UTF-8 does not carry it through.
+        let mut raw = HeaderMap::new();
+        raw.append(
+            "cookie",
+            http::HeaderValue::from_bytes(b"a=\xff; __Host-vigil-dbsc=x").unwrap(),
+        );
+        assert_eq!(
+            without_bound_cookie(&raw, "__Host-vigil-dbsc").as_deref(),
+            Some(&b"a=\xff"[..])
+        );
+        h.append("cookie", "__Host-vigil-dbsc=y".parse().unwrap());
+        // Twice: neither counts.
+        assert_eq!(bound_cookie(&h, "__Host-vigil-dbsc"), None);
+    }
+
+    #[test]
+    fn bound_cookie_is_found_past_many_cookie_headers() {
+        let mut h = HeaderMap::new();
+        for i in 0..20 {
+            h.append("cookie", format!("c{i}=v").parse().unwrap());
+        }
+        h.append("cookie", "__Host-vigil-dbsc=late".parse().unwrap());
+        assert_eq!(bound_cookie(&h, "__Host-vigil-dbsc"), Some("late"));
+    }
+
+    #[test]
+    fn exclusions_end_on_a_segment() {
+        let s = Settings {
+            exclude_paths: vec!["/static".to_owned()],
+            ..Settings::default()
+        };
+        assert!(excluded(&s, "/static"));
+        assert!(excluded(&s, "/static/app.js"));
+        assert!(!excluded(&s, "/static-admin"));
+        assert!(!excluded(&s, "/staticx/a"));
+    }
+
+    #[test]
+    fn owns_only_its_prefix() {
+        let s = Settings::default();
+        assert!(Dbsc::owns(&s, "/.vigil/dbsc/%72egister"));
+        assert!(Dbsc::owns(&s, "/x/../.vigil/dbsc/register"));
+        assert!(Dbsc::owns(&s, "/.vigil/dbsc/refresh"));
+        assert!(Dbsc::owns(&s, "/.vigil/dbsc"));
+        assert!(!Dbsc::owns(&s, "/.vigil/dbscx"));
+        assert!(!Dbsc::owns(&s, "/app"));
+    }
+
+    fn key() -> ring::signature::EcdsaKeyPair {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+    }
+
+    fn proof(k: &ring::signature::EcdsaKeyPair, jwk: bool, jti: &str) -> String {
+        use ring::signature::KeyPair;
+        let p = k.public_key().as_ref();
+        let mut h = serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt"});
+        if jwk {
+            h["jwk"] = serde_json::json!({"kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])});
+        }
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(h.to_string()),
+            URL_SAFE_NO_PAD.encode(serde_json::json!({ "jti": jti }).to_string())
+        );
+        let sig = k
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, v.parse().unwrap());
+        }
+        h
+    }
+
+    /// Time-bound paths, with the clock as an argument: an offer past its
+    /// window and a challenge past its lifetime.
+    #[test]
+    fn offers_and_challenges_expire() {
+        let s = Settings::default();
+        let d = Dbsc::default();
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let k = key();
+        let session = SessionKey::from_bytes([3; 16]);
+        let offer = d.offer(&s, session, Vec::new(), 1_000).unwrap();
+        let c = offer
+            .split("challenge=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let late = headers(&[(RESPONSE, &proof(&k, true, c))]);
+        let r = d.endpoint(
+            &s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/register",
+                headers: &late,
+                host: "h",
+                client: ip,
+                sessions: &[session],
+                now: 1_000 + s.registration_window,
+            },
+        );
+        assert_eq!((r.status, r.outcome), (401, "unknown_challenge"));
+
+        let session = SessionKey::from_bytes([4; 16]);
+        let offer = d.offer(&s, session, Vec::new(), 2_000).unwrap();
+        let c = offer
+            .split("challenge=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let first = headers(&[(RESPONSE, &proof(&k, true, c))]);
+        let r = d.endpoint(
+            &s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/register",
+                headers: &first,
+                host: "h",
+                client: ip,
+                sessions: &[session],
+                now: 2_001,
+            },
+        );
+        assert_eq!(r.status, 200);
+        let next = r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == CHALLENGE)
+            .unwrap()
+            .1
+            .clone();
+        let (c, id) = (
+            next.split('"').nth(1).unwrap(),
+            next.split('"').nth(3).unwrap(),
+        );
+        let stale = headers(&[(SESSION_ID, id), (RESPONSE, &proof(&k, false, c))]);
+        let r = d.endpoint(
+            &s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/refresh",
+                headers: &stale,
+                host: "h",
+                client: ip,
+                sessions: &[session],
+                now: 2_001 + s.challenge_lifetime,
+            },
+        );
+        assert_eq!((r.status, r.outcome), (403, "expired_challenge"));
+        let next = r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == CHALLENGE)
+            .unwrap()
+            .1
+            .clone();
+        let c = next.split('"').nth(1).unwrap();
+        let fresh = headers(&[(SESSION_ID, id), (RESPONSE, &proof(&k, false, c))]);
+        let r = d.endpoint(
+            &s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/refresh",
+                headers: &fresh,
+                host: "h",
+                client: ip,
+                sessions: &[session],
+                now: 2_002 + s.challenge_lifetime,
+            },
+        );
+        assert_eq!((r.status, r.outcome), (200, "refreshed"));
+    }
+
+    #[test]
+    fn limiter_counts_per_window() {
+        let l = Limiter::default();
+        let k = client_key(IpAddr::from([127, 0, 0, 1]));
+        assert!(l.allow(&k, 60, 2));
+        assert!(l.allow(&k, 61, 2));
+        assert!(!l.allow(&k, 62, 2));
+        assert!(l.allow(&k, 120, 2));
+    }
+}
