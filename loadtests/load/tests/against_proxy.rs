@@ -234,13 +234,20 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
     .unwrap();
     let _proxy = start_proxy(dir.path(), admin);
 
+    // The perfect clones are caught only by the rotating binding, which
+    // needs a client that keeps the companion cookie in its jar: vigil-load
+    // does not (docs/load-testing.md), so they are left out here.
+    let passive: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| !Scenario::CLONES.contains(s))
+        .collect();
     // Cleartext: the JA4 arrives from the trusted balancer in a header.
     let plan = Arc::new(
         Plan::from_corpus(
             &corpus,
             &PlanOptions {
                 ja4_header: Some(http::HeaderName::from_static("x-load-ja4")),
-                classes: Vec::new(),
+                classes: passive.clone(),
             },
         )
         .unwrap(),
@@ -261,7 +268,16 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
     // with the corpus's JA4 strings: their new sessions come from stacks
     // new to them, so owners get stepped up more often here (never
     // blocked); what this run shows is the thieves' stacks told apart.
-    let plan = Arc::new(Plan::from_corpus(&corpus, &PlanOptions::default()).unwrap());
+    let plan = Arc::new(
+        Plan::from_corpus(
+            &corpus,
+            &PlanOptions {
+                ja4_header: None,
+                classes: passive,
+            },
+        )
+        .unwrap(),
+    );
     let before = received.requests.load(Ordering::SeqCst);
     let (report, lap) = play(
         &plan,
