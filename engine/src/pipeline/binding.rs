@@ -14,10 +14,6 @@ use crate::request::ResponseView;
 use crate::score::{Contribution, Reason, ScoreConfig, secs32};
 use crate::session::{CredentialSource, Session, SessionKey};
 
-/// `Set-Cookie` lines read from one response for issuances; more are
-/// ignored, as on the rest of the response side.
-const MAX_SET_COOKIES: usize = 32;
-
 // === impl Engine ===
 
 impl Engine {
@@ -287,32 +283,7 @@ impl Engine {
     /// deleting), each with its `Set-Cookie`'s scope.
     fn opened_sessions(&self, response: &ResponseView<'_>) -> SmallVec<[(SessionKey, Scope); 1]> {
         let mut out: SmallVec<[(SessionKey, Scope); 1]> = SmallVec::new();
-        let now = i64::try_from(response.now_secs).unwrap_or(i64::MAX);
-        for value in response
-            .headers
-            .get_all(http::header::SET_COOKIE)
-            .iter()
-            .take(MAX_SET_COOKIES)
-        {
-            let Some(cookie) = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| cookie::Cookie::parse(v).ok())
-            else {
-                continue;
-            };
-            let deleted = cookie.value().is_empty()
-                || match cookie.max_age() {
-                    Some(age) => age.is_zero() || age.is_negative(),
-                    None => cookie
-                        .expires_datetime()
-                        .is_some_and(|t| t.unix_timestamp() <= now),
-                };
-            if deleted {
-                continue;
-            }
-            let Some(key) = self.key_for_cookie(cookie.name(), cookie.value().as_bytes()) else {
-                continue;
-            };
+        for (key, cookie) in self.session_cookies_set(response) {
             if out.iter().any(|(k, _)| *k == key) {
                 continue;
             }

@@ -72,37 +72,48 @@ impl Engine {
                 let mut values = response.headers.get_all(name).iter();
                 values.next().is_some_and(|v| v.as_bytes() == b"1") && values.next().is_none()
             });
-        let now = i64::try_from(response.now_secs).unwrap_or(i64::MAX);
-        for value in response
-            .headers
-            .get_all(http::header::SET_COOKIE)
-            .iter()
-            .take(MAX_SET_COOKIES)
-        {
-            let Some(cookie) = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| cookie::Cookie::parse(v).ok())
-            else {
-                continue;
-            };
-            // Max-Age wins over Expires (RFC 6265, 5.3 step 3).
-            let deleted = cookie.value().is_empty()
-                || match cookie.max_age() {
-                    Some(age) => age.is_zero() || age.is_negative(),
-                    None => cookie
-                        .expires_datetime()
-                        .is_some_and(|t| t.unix_timestamp() <= now),
-                };
-            if deleted {
-                continue;
-            }
-            if let Some(key) = self.key_for_cookie(cookie.name(), cookie.value().as_bytes())
-                && !out.issued.contains(&key)
-            {
+        for (key, _) in self.session_cookies_set(response) {
+            if !out.issued.contains(&key) {
                 out.issued.push(key);
             }
         }
         out
+    }
+
+    /// The app session cookies the response sets (at most
+    /// `MAX_SET_COOKIES` `Set-Cookie` lines read; deleting ones left out),
+    /// each with its session key: what the response side and the binding
+    /// both read, parsed one way.
+    pub(super) fn session_cookies_set<'a>(
+        &'a self,
+        response: &'a ResponseView<'_>,
+    ) -> impl Iterator<Item = (SessionKey, cookie::Cookie<'a>)> + 'a {
+        let now = i64::try_from(response.now_secs).unwrap_or(i64::MAX);
+        response
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .take(MAX_SET_COOKIES)
+            .filter_map(|value| {
+                std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| cookie::Cookie::parse(v).ok())
+            })
+            .filter(move |cookie| {
+                // Max-Age wins over Expires (RFC 6265, 5.3 step 3).
+                let deleted = cookie.value().is_empty()
+                    || match cookie.max_age() {
+                        Some(age) => age.is_zero() || age.is_negative(),
+                        None => cookie
+                            .expires_datetime()
+                            .is_some_and(|t| t.unix_timestamp() <= now),
+                    };
+                !deleted
+            })
+            .filter_map(|cookie| {
+                let key = self.key_for_cookie(cookie.name(), cookie.value().as_bytes())?;
+                Some((key, cookie))
+            })
     }
 
     /// The response side of the request `verdict` judged: one evaluation
