@@ -41,6 +41,17 @@ use vigil_load::tls::Trust;
 /// Generous: a debug proxy on a busy machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The tests of this file run one at a time: each starts a debug proxy
+/// and loads it, and two at once on a small machine push TLS handshakes
+/// past the generator's connect timeout.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Proxy(Child);
 
 impl Drop for Proxy {
@@ -216,6 +227,7 @@ fn check(report: &Report, lap: u64, received: &Received, before: u64) {
 
 #[test]
 fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = generate(&GenerateConfig {
         seed: 7,
@@ -403,6 +415,7 @@ fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
 /// the thief's first request.
 #[test]
 fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
+    let _serial = serial();
     let (corpus, _) = generate(&GenerateConfig {
         seed: 9,
         users: 40,
