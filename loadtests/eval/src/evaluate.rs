@@ -27,9 +27,11 @@
 //! holds beside the app cookie, and stores the companion the engine's
 //! response side ([`Engine::binding_cookies`], as the proxy calls it) sets
 //! on its response. The thief's jar is a copy of the owner's as it stood
-//! at the moment of theft ([`Event::steal`]).
+//! at the moment of theft ([`Event::steal`]). A client marked
+//! [`Event::lose_rotation`] does not store the next companion it is set
+//! (its response was lost) and goes on with the one it held.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -100,6 +102,13 @@ pub struct Evaluator {
     /// Each client's companion cookie, when it holds one: the owner's and
     /// the thief's jar per session (the app cookie is the session id).
     jars: HashMap<(String, Actor), Option<String>>,
+    /// Clients whose next response that sets a companion is lost
+    /// ([`Event::lose_rotation`]).
+    losing: HashSet<(String, Actor)>,
+    /// Companions set on a response that never reached its client.
+    lost_responses: u64,
+    /// Sessions with at least one such lost response.
+    lost_sessions: BTreeSet<String>,
     /// Keeps the database file alive as long as the engine.
     _dir: tempfile::TempDir,
 }
@@ -156,6 +165,11 @@ pub struct Report {
     pub sessions: u64,
     /// Requests the engine could not evaluate (counted as allowed).
     pub engine_errors: u64,
+    /// Companion cookies set on a response its client lost
+    /// ([`Event::lose_rotation`]): the client went on with what it held.
+    pub lost_responses: u64,
+    /// Sessions with at least one lost response.
+    pub lost_response_sessions: u64,
     /// Per class, in [`Scenario::ALL`] order.
     pub classes: Vec<ClassReport>,
     /// All legitimate sessions together.
@@ -353,6 +367,9 @@ impl Evaluator {
             engine_errors: 0,
             options,
             jars: HashMap::new(),
+            losing: HashSet::new(),
+            lost_responses: 0,
+            lost_sessions: BTreeSet::new(),
             _dir: dir,
         })
     }
@@ -376,6 +393,9 @@ impl Evaluator {
                 .flatten();
             self.jars.insert(jar_key.clone(), owner);
         }
+        if event.lose_rotation {
+            self.losing.insert(jar_key.clone());
+        }
         let ja4: Ja4 = event
             .ja4
             .parse()
@@ -391,7 +411,7 @@ impl Evaluator {
                 facts: Default::default(),
             };
             if let Some(value) = self.login(&view, event).map_err(&bad)? {
-                self.jars.insert(jar_key.clone(), Some(value));
+                self.store(&jar_key, value);
             }
         }
         // The request after the login carries what the login response set.
@@ -419,7 +439,7 @@ impl Evaluator {
         // the client that made the request (the proxy adds it to the app's
         // response; here the app sets no cookie of its own).
         if let Some(value) = self.companion_set(&verdict, &HeaderMap::new(), event.t) {
-            self.jars.insert(jar_key.clone(), Some(value));
+            self.store(&jar_key, value);
         }
         if event.steal && event.actor == Actor::Owner {
             let jar = self.jars.get(&jar_key).cloned().flatten();
@@ -552,6 +572,8 @@ impl Evaluator {
             events: self.events,
             sessions: self.sessions.len() as u64,
             engine_errors: self.engine_errors,
+            lost_responses: self.lost_responses,
+            lost_response_sessions: self.lost_sessions.len() as u64,
             classes,
             legit,
             targets,
@@ -686,6 +708,17 @@ impl Evaluator {
             ));
         }
         Ok(self.companion_set(&verdict, &response, event.t))
+    }
+
+    /// Puts the companion a response set into its client's jar, unless
+    /// that client is losing its next such response.
+    fn store(&mut self, jar: &(String, Actor), value: String) {
+        if self.losing.remove(jar) {
+            self.lost_responses += 1;
+            self.lost_sessions.insert(jar.0.clone());
+            return;
+        }
+        self.jars.insert(jar.clone(), Some(value));
     }
 
     /// The companion cookie's value the engine sets on the response to
@@ -955,7 +988,12 @@ impl Report {
             "{} requests in {} sessions; {} engine errors\n",
             self.events, self.sessions, self.engine_errors
         );
-        let _ = writeln!(out, "binding {}\n", if self.binding { "on" } else { "off" });
+        let _ = writeln!(out, "binding {}", if self.binding { "on" } else { "off" });
+        let _ = writeln!(
+            out,
+            "companions lost with their response (rotation_lost): {} in {} sessions\n",
+            self.lost_responses, self.lost_response_sessions
+        );
         let _ = writeln!(
             out,
             "{:<38} {:>8} {:>9} {:>9} {:>9} {:>18} {:>9} {:>9} {:>9} {:>16}",

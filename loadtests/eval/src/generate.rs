@@ -240,6 +240,7 @@ pub fn generate(cfg: &GenerateConfig) -> (Corpus, Stats) {
         }
     }
     g.clones(&mut next_free);
+    g.lost_rotations(&mut next_free);
     // Stable: events of one session keep their order on equal times.
     g.events.sort_by_key(|e| e.t);
     let mut stats = g.stats;
@@ -377,12 +378,13 @@ impl Gen<'_> {
         }
         self.shortfall(Scenario::SharedNat, n - made);
 
-        // The perfect clones are assigned apart ([`Gen::clones`]), so that
-        // adding them changed no draw of the other classes.
+        // The perfect clones and the lost rotations are assigned apart
+        // ([`Gen::clones`], [`Gen::lost_rotations`]), so that adding them
+        // changed no draw of the other classes.
         let classes: Vec<Scenario> = Scenario::ALL
             .into_iter()
             .filter(|s| !matches!(s, Scenario::History | Scenario::SharedNat))
-            .filter(|s| !Scenario::CLONES.contains(s))
+            .filter(|s| !Scenario::CLONES.contains(s) && *s != Scenario::RotationLost)
             .collect();
         let eligible: Vec<Vec<usize>> = classes
             .iter()
@@ -693,6 +695,7 @@ impl Gen<'_> {
             fetch_metadata: fp.fetch_metadata,
             ja4: fp.ja4.clone(),
             steal: false,
+            lose_rotation: false,
             note,
         });
     }
@@ -830,6 +833,7 @@ impl Gen<'_> {
             Scenario::CloneSameIp | Scenario::CloneSameIsp | Scenario::CloneThiefFirst => {
                 self.clone_attack(u, scenario, day);
             }
+            Scenario::RotationLost => self.rotation_lost(u, day),
         }
     }
 
@@ -1659,6 +1663,69 @@ impl Gen<'_> {
             net: owner.net,
             at_office: false,
         }
+    }
+}
+
+// === impl Gen: lost rotations ===
+
+impl Gen<'_> {
+    /// The `rotation_lost` sessions, `sessions_per_class` of them, after
+    /// every other session of their user and from a random stream of their
+    /// own, as the clones are (so adding them changed no draw of the rest
+    /// of the corpus, clones included).
+    fn lost_rotations(&mut self, next_free: &mut [usize]) {
+        if self.users.is_empty() {
+            return;
+        }
+        self.rng = Rng::seed_from_u64(self.cfg.seed ^ 0x1057_1057_1057_1057);
+        let n_users = self.users.len();
+        for _ in 0..self.cfg.sessions_per_class {
+            let mut best = self.rng.random_range(0..n_users);
+            for _ in 0..5 {
+                let u = self.rng.random_range(0..n_users);
+                if next_free[u] < next_free[best] {
+                    best = u;
+                }
+            }
+            let slot = next_free[best];
+            next_free[best] += span(Scenario::RotationLost);
+            let day = self.cfg.history_days + slot as u64 * SLOT_DAYS;
+            self.rotation_lost(best, day);
+        }
+    }
+
+    /// An owner whose browser does not store one rotation of the
+    /// companion cookie: 12 to 40 requests at one of their places, long
+    /// enough for rotations (300 s) to happen; from the 3rd to the middle
+    /// request on, the next response that sets a cookie is lost, and the
+    /// browser goes on with the generation it held. In 30% of the sessions
+    /// a later rotation is lost too (a flaky connection).
+    fn rotation_lost(&mut self, u: usize, day: u64) {
+        let slot = self.pick_slot(u, 0.5);
+        let mut places = self.own_places(u);
+        if slot == Slot::Desktop {
+            places.retain(|p| *p != Place::Cellular);
+        }
+        let place = *places.choose(&mut self.rng).unwrap_or(&Place::Home);
+        let mut s = self.new_session(u, Scenario::RotationLost);
+        let fp = self.fingerprint(u, slot);
+        let mut link = self.link(u, slot, place);
+        let hour = self.hours(8.0, 20.0);
+        let t = self.local(u, day, hour);
+        let n = self.count(12, 40);
+        self.burst(&mut s, t, n, Actor::Owner, &fp, &mut link, CLICKS);
+        let first = self.rng.random_range(2..=n / 2);
+        let mut marks = vec![first];
+        if self.rng.random_bool(0.3) && first + 4 < n {
+            marks.push(self.rng.random_range(first + 4..n));
+        }
+        for i in marks {
+            if let Some(e) = s.events.get_mut(i) {
+                e.lose_rotation = true;
+                e.note = Some("the next rotation's response is lost".into());
+            }
+        }
+        self.finish(s);
     }
 }
 

@@ -128,6 +128,11 @@ pub enum Scenario {
     SharedNat,
     /// Idle for 8 to 30 hours, then resumed.
     IdleGap,
+    /// A browser that does not store one rotation of the binding's
+    /// companion cookie (the response timed out, the user navigated away)
+    /// and comes back with the generation it held: a lost response, which
+    /// the binding must not take for a copy.
+    RotationLost,
     /// Replay from another country with the attacker's own device.
     ReplayOtherCountry,
     /// Replay from the victim's country, another ASN, own device.
@@ -211,6 +216,13 @@ pub struct Event {
     /// jar is copied as it stands at the attacker's first request.
     #[serde(default, skip_serializing_if = "is_false")]
     pub steal: bool,
+    /// From this request on, the next response that sets this client a
+    /// cookie never reaches it (a timeout, a navigation away): the client
+    /// keeps the cookies it held. With the rotating binding that response
+    /// is a rotation of the companion cookie, and the client comes back
+    /// with the previous generation (a lost response, not a copy).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lose_rotation: bool,
     /// Free text for humans (e.g. `cookie stolen`, `landed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -266,7 +278,7 @@ pub enum CorpusError {
 
 impl Scenario {
     /// Every class, legit ones first.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::History,
         Scenario::Roaming,
         Scenario::Zscaler,
@@ -275,6 +287,7 @@ impl Scenario {
         Scenario::Flight,
         Scenario::SharedNat,
         Scenario::IdleGap,
+        Scenario::RotationLost,
         Scenario::ReplayOtherCountry,
         Scenario::ReplaySameCountryOtherAsn,
         Scenario::ReplaySameIpOtherDevice,
@@ -306,6 +319,7 @@ impl Scenario {
             Scenario::Flight => "flight",
             Scenario::SharedNat => "shared_nat",
             Scenario::IdleGap => "idle_gap",
+            Scenario::RotationLost => "rotation_lost",
             Scenario::ReplayOtherCountry => "replay_other_country",
             Scenario::ReplaySameCountryOtherAsn => "replay_same_country_other_asn",
             Scenario::ReplaySameIpOtherDevice => "replay_same_ip_other_device",
@@ -328,7 +342,8 @@ impl Scenario {
             | Scenario::UpgradeMajor
             | Scenario::Flight
             | Scenario::SharedNat
-            | Scenario::IdleGap => Label::Legit,
+            | Scenario::IdleGap
+            | Scenario::RotationLost => Label::Legit,
             Scenario::ReplayOtherCountry
             | Scenario::ReplaySameCountryOtherAsn
             | Scenario::ReplaySameIpOtherDevice
@@ -609,6 +624,7 @@ mod tests {
             fetch_metadata: false,
             ja4: "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6".into(),
             steal: false,
+            lose_rotation: false,
             note: None,
         };
         let corpus = Corpus {

@@ -58,6 +58,7 @@ fn event(t: u64, actor: Actor) -> Event {
         fetch_metadata: true,
         ja4: "t13d1516h2_8daaf6152771_02713d6af862".into(),
         steal: false,
+        lose_rotation: false,
         note: None,
     }
 }
@@ -163,6 +164,52 @@ fn a_thief_who_comes_first_is_caught_when_the_victim_returns() {
     );
 }
 
+/// A lost rotation: the owner's browser does not store the response that
+/// rotated the companion (generation 2) and comes back with generation 1,
+/// within the grace and after it. That is a lost response, not a copy: the
+/// owner is never refused and no `binding_*` reason is seen, and the
+/// binding goes on rotating afterwards.
+#[test]
+fn an_owner_whose_rotation_response_was_lost_is_not_flagged() {
+    let t0 = 1_736_121_600 + 14 * 86_400;
+    let owner = |t| Event {
+        scenario: Scenario::RotationLost,
+        label: Label::Legit,
+        ..event(t, Actor::Owner)
+    };
+    let mut login = owner(t0);
+    login.bind = true;
+    let mut lossy = owner(t0 + 400); // rotates: generation 2 set, and lost
+    lossy.lose_rotation = true;
+    let events = vec![
+        login,
+        owner(t0 + 10), // presents generation 1
+        lossy,
+        owner(t0 + 410), // generation 1 again, within the grace
+        owner(t0 + 500), // and after it: generation 2 issued anew
+        owner(t0 + 510), // presents the new generation 2
+        owner(t0 + 900), // rotates to generation 3
+        owner(t0 + 910),
+    ];
+    let corpus = Corpus {
+        networks: home(),
+        events,
+        manifest: None,
+    };
+    let on = evaluate(&corpus, true);
+    assert_eq!((on.lost_responses, on.lost_response_sessions), (1, 1));
+    let r = row(&on, Scenario::RotationLost);
+    assert_eq!(r.owner_requests, 8);
+    assert_eq!((r.owner_blocked_sessions, r.owner_step_ups), (0, 0));
+    let l = r.legit.as_ref().unwrap();
+    assert!(l.false_positive_reasons.is_empty() && l.step_up_reasons.is_empty());
+
+    // Without the binding nothing is set, so nothing is lost.
+    let off = evaluate(&corpus, false);
+    assert_eq!(off.lost_responses, 0);
+    assert_eq!(row(&off, Scenario::RotationLost).owner_blocked_sessions, 0);
+}
+
 /// On a generated corpus: every attack session marks one theft before the
 /// replay; the clone classes are caught only with the binding on, the
 /// thief-first class every time; legitimate sessions are disturbed no
@@ -244,6 +291,15 @@ fn on_a_generated_corpus_the_binding_catches_clones_and_spares_owners() {
             a.caught
         );
     }
+    // Lost rotations happened, and disturbed no owner (the legit loop
+    // above holds `rotation_lost` to the same figures with and without).
+    let lost = row(&on, Scenario::RotationLost);
+    assert!(
+        on.lost_response_sessions * 10 >= lost.sessions * 9,
+        "{}",
+        on.table()
+    );
+    assert_eq!(lost.owner_blocked_sessions, 0);
     // The victim always returns after the thief had requests enough to
     // rotate: every such session is caught.
     let sessions = row(&on, Scenario::CloneThiefFirst).sessions;

@@ -13,6 +13,7 @@
 
 pub mod cpu;
 pub mod html;
+pub mod jar;
 pub mod origin;
 pub mod outcome;
 pub mod plan;

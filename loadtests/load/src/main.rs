@@ -129,6 +129,10 @@ struct RunArgs {
     /// Width of a latency-over-time interval.
     #[arg(long, default_value = "1s", value_parser = duration)]
     interval: Duration,
+    /// Closed loop: pause of each lane after each request (e.g. 1100ms,
+    /// so that a session's requests cross the binding's rotation time).
+    #[arg(long, default_value = "0s", value_parser = duration, conflicts_with = "rate")]
+    think: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +163,10 @@ struct PrepareArgs {
     /// The proxy's worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The rotating binding's rotation time (`[binding]
+    /// rotate_after_seconds`); the grace is 30 s or this, if shorter.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    rotate_after: u32,
 }
 
 #[derive(Args, Debug)]
@@ -240,6 +248,7 @@ fn prepare_cmd(a: PrepareArgs) -> Result<(), String> {
         admin: a.admin,
         threads: a.threads,
         step_up_url: "/step-up".into(),
+        rotate_after_seconds: a.rotate_after,
     };
     prepare::write(&a.out, &corpus.networks, &setup)?;
     println!(
@@ -346,6 +355,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         timeout: a.timeout,
         login_path: a.login_path.clone(),
         interval: a.interval,
+        think: a.think,
     };
     let mut endpoints = Vec::new();
     for s in &specs {

@@ -9,7 +9,8 @@
 //!   its peer wrote, for a Zscaler egress) arrives in `X-Forwarded-For`, as
 //!   a trusted balancer in front of Vigil would write it;
 //! - User-Agent, Accept-Language, client hints and `Sec-Fetch-Site` as the
-//!   event has them, and `Cookie: session=<id>`;
+//!   event has them, and `Cookie: session=<id>` with the cookies the
+//!   client's jar holds ([`crate::jar`]);
 //! - the device's TLS stack: each distinct JA4 of the corpus is a *device
 //!   profile*, and over TLS every connection of that profile uses its own
 //!   client configuration ([`crate::tls`]), so the proxy's JA4 differs
@@ -42,6 +43,13 @@ pub struct Step {
     pub login: bool,
     /// Index of the device profile (distinct JA4 of the corpus).
     pub device: u32,
+    /// The moment of theft (the event's `steal`, an owner's request): the
+    /// thief's cookie jar becomes a copy of the owner's as it stands after
+    /// this request's response.
+    pub steal: bool,
+    /// The event's `lose_rotation`: from this request on, the next response
+    /// that sets this client a cookie does not reach its jar.
+    pub lose_rotation: bool,
     /// Request headers other than `Cookie` and `Host`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -129,6 +137,8 @@ impl Plan {
                 actor: event.actor,
                 login,
                 device,
+                steal: event.steal && event.actor == Actor::Owner,
+                lose_rotation: event.lose_rotation,
                 headers: headers(event, options).map_err(bad)?,
             });
         }

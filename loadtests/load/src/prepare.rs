@@ -2,7 +2,7 @@
 //! its IP plan as a geo database, its egress networks as a trusted proxy
 //! set, loopback trusted as the balancer the generator plays, and a
 //! config with the evaluation's policy (low → allow, medium → step-up,
-//! high → block).
+//! high → block) and the rotating binding on, as `vigil-eval` runs it.
 //!
 //! `vigil-load prepare --out DIR` writes `geo.mmdb`, `zscaler.txt` and
 //! `vigil-proxy.toml` (listeners and upstream filled in from its options);
@@ -29,6 +29,9 @@ pub struct ProxySetup {
     pub threads: usize,
     /// Path of the login requests (answered by the app).
     pub step_up_url: String,
+    /// `[binding] rotate_after_seconds` (1 to 86,400; 300 is the
+    /// engine's default); the grace is 30 s or this, if shorter.
+    pub rotate_after_seconds: u32,
 }
 
 /// Writes `geo.mmdb`, `zscaler.txt` and `vigil-proxy.toml` into `dir`.
@@ -73,6 +76,16 @@ user_header = "vigil-user"
 # Every lap of a long run brings new sessions: keep room for them.
 max_sessions = 2000000
 
+# The rotating companion cookie (docs/bound-sessions.md): vigil-load keeps
+# a cookie jar per client, so a thief replaying a copied jar is caught once
+# both holders come back across a rotation. The companion is `Secure`:
+# play it over the TLS listener (or the cleartext one as a balancer that
+# ended TLS).
+[binding]
+enabled = true
+rotate_after_seconds = {rotate}
+grace_seconds = {grace}
+
 # The generator connects from loopback: it is the balancer in front of
 # Vigil, and writes the simulated client in X-Forwarded-For.
 [[trusted_proxies]]
@@ -102,6 +115,8 @@ max_connections = 100000
         state = dir.join("state").display(),
         admin = s.admin,
         listen = s.listen,
+        rotate = s.rotate_after_seconds.clamp(1, 86_400),
+        grace = s.rotate_after_seconds.clamp(1, 30),
     );
     if let Some((listen, cert, key)) = &s.tls {
         let _ = write!(

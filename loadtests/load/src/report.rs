@@ -8,7 +8,9 @@
 //!   (step-up, block, revoke, session ended); **blocked** — at least one
 //!   hard refusal; **requests until detection** — the thief's requests up
 //!   to and including the first refusal (mean, median, p95 over caught
-//!   sessions);
+//!   sessions); **owner blocked after the replay** — the owner got a hard
+//!   refusal after the thief's first request (the rotating binding's catch
+//!   when the thief came first);
 //! - legitimate classes: **disturbed** — the owner got at least one
 //!   refusal; **blocked** — at least one hard refusal.
 //!
@@ -65,6 +67,10 @@ pub struct ClassRow {
     pub until_detection: Option<Summary>,
     /// Attack: thief requests served in all.
     pub attacker_served: u64,
+    /// Attack: sessions whose owner was hard-refused after the replay
+    /// began (with the rotating binding, the catch of a thief who came
+    /// first lands on the owner's return).
+    pub owner_blocked_after_replay: u64,
 }
 
 /// Mean, median, p95 (nearest rank).
@@ -418,6 +424,14 @@ fn class_rows(plan: &Plan, tally: &Tally) -> Vec<ClassRow> {
                     n as f64 / sessions as f64
                 },
                 until_detection,
+                owner_blocked_after_replay: if label == Label::Attack {
+                    judged
+                        .iter()
+                        .filter(|s| s.owner_blocks_after_replay > 0)
+                        .count() as u64
+                } else {
+                    0
+                },
                 attacker_served: judged
                     .iter()
                     .map(|s| {

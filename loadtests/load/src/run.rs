@@ -23,6 +23,17 @@
 //! The corpus is replayed in laps until the duration or the request cap is
 //! reached; each lap's sessions are new ones (the cookie carries the lap),
 //! so a lap never replays a session Vigil has already judged.
+//!
+//! Cookies: each client of a session (the owner; the thief from the theft
+//! on) keeps a [`Jar`], per lap, on the session's worker. A session's
+//! requests never overlap (above), so its jars are read and written in
+//! corpus order without locks: the request sends what its client's jar
+//! holds, the response's `Set-Cookie` goes into that jar (Vigil's
+//! companion cookie, [`crate::jar`]), and the owner's request marked
+//! `steal` leaves a copy of the owner's jar to the thief (without a mark,
+//! the thief copies it at its first request). The think time
+//! ([`RunConfig::think`]) paces a lane's requests, so that a session's
+//! requests are that far apart in the proxy's clock too.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -39,6 +50,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 use vigil_eval::scenario::Actor;
 
+use crate::jar::{Jar, SetCookie, set_cookies};
 use crate::outcome::{Outcome, classify};
 use crate::plan::{Plan, Step};
 use crate::schedule::Schedule;
@@ -75,6 +87,10 @@ pub struct RunConfig {
     pub login_path: String,
     /// Width of a timeline interval.
     pub interval: Duration,
+    /// Closed loop only: how long a lane pauses after each request before
+    /// its next (a user reading the page). Zero by default; the lane's
+    /// latency clock starts after the pause.
+    pub think: Duration,
 }
 
 /// Counters the progress line reads while a run goes on.
@@ -170,8 +186,18 @@ struct Worker {
     /// headers, built once, with `Host` (HTTP/1.1) and a `Cookie` slot
     /// already in place so that filling the slot never grows the map.
     headers: Vec<HeaderMap>,
-    /// Per session: its cookie for the lap it was last built for.
-    cookies: RefCell<Vec<Option<(u64, HeaderValue)>>>,
+    /// Per session: its clients' cookie jars for the lap they were last
+    /// made for.
+    jars: RefCell<Vec<Option<Jars>>>,
+}
+
+/// The cookie jars of one session in one lap.
+#[derive(Debug, Clone)]
+struct Jars {
+    lap: u64,
+    owner: Jar,
+    /// From the theft on.
+    thief: Option<Jar>,
 }
 
 async fn worker_loop(
@@ -200,7 +226,7 @@ async fn worker_loop(
         tally: RefCell::new(Tally::new(cfg.interval)),
         pool: RefCell::new(Pool::default()),
         start: Instant::now(),
-        cookies: RefCell::new(vec![None; plan.sessions.len()]),
+        jars: RefCell::new(vec![None; plan.sessions.len()]),
         headers,
         plan,
         endpoint,
@@ -266,6 +292,9 @@ async fn closed_loop(w: &Rc<Worker>, mine: &[usize], n: usize, threads: usize) {
                 }
                 w.play(index, lap, now, timer.as_mut()).await;
                 i += 1;
+                if !w.cfg.think.is_zero() {
+                    tokio::time::sleep(w.cfg.think).await;
+                }
             }
         }));
     }
@@ -401,8 +430,11 @@ impl Worker {
             login_headers.remove(http::header::COOKIE);
             let outcome = match uri {
                 Ok(uri) => {
-                    self.exchange(step, uri, login_headers, timer.as_mut())
-                        .await
+                    let (outcome, set) = self
+                        .exchange(step, uri, login_headers, timer.as_mut())
+                        .await;
+                    self.store(session, lap, Actor::Owner, set);
+                    outcome
                 }
                 Err(_) => Outcome::Error("request".into()),
             };
@@ -410,12 +442,16 @@ impl Worker {
             self.record(from, now, (epoch, step.session), step.actor, &outcome);
             from = now;
         }
-        if let Some(c) = self.cookie(session, lap) {
+        if let Some(c) = self.cookie(session, lap, step) {
             headers.insert(http::header::COOKIE, c);
         }
-        let outcome = self
+        let (outcome, set) = self
             .exchange(step, self.endpoint.uri.clone(), headers, timer)
             .await;
+        self.store(session, lap, step.actor, set);
+        if step.steal {
+            self.steal(session, lap);
+        }
         self.record(
             from,
             Instant::now(),
@@ -425,21 +461,65 @@ impl Worker {
         );
     }
 
-    /// `session=<corpus id>.<round>.<lap>`, built once per session and lap.
-    fn cookie(&self, session: usize, lap: u64) -> Option<HeaderValue> {
-        let mut cookies = self.cookies.borrow_mut();
-        let slot = cookies.get_mut(session)?;
-        if let Some((l, v)) = slot
-            && *l == lap
-        {
-            return Some(v.clone());
+    /// The `Cookie` header `step`'s client sends: `session=<corpus
+    /// id>.<round>.<lap>` and what its jar holds. Makes the session's jars
+    /// for a new lap; copies the owner's jar to a thief who has none yet;
+    /// marks the jar as losing its next response when the step says so.
+    fn cookie(&self, session: usize, lap: u64, step: &Step) -> Option<HeaderValue> {
+        let mut jars = self.jars.borrow_mut();
+        let slot = jars.get_mut(session)?;
+        if slot.as_ref().is_none_or(|j| j.lap != lap) {
+            let info = self.plan.sessions.get(session)?;
+            let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
+            let value = format!("{}.{}.{lap32}", info.id, self.round);
+            *slot = Some(Jars {
+                lap,
+                owner: Jar::new("session", &value),
+                thief: None,
+            });
         }
-        let info = self.plan.sessions.get(session)?;
-        let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
-        let v =
-            HeaderValue::from_str(&format!("session={}.{}.{lap32}", info.id, self.round)).ok()?;
-        *slot = Some((lap, v.clone()));
-        Some(v)
+        let jars = slot.as_mut()?;
+        let jar = match step.actor {
+            Actor::Owner => &mut jars.owner,
+            Actor::Attacker => jars.thief.get_or_insert_with(|| jars.owner.copy()),
+        };
+        if step.lose_rotation {
+            jar.lose_next();
+        }
+        jar.header()
+    }
+
+    /// Puts what a response set into the jar of the client that sent the
+    /// request (nothing to do for the usual response that sets nothing).
+    fn store(&self, session: usize, lap: u64, actor: Actor, set: Vec<SetCookie>) {
+        if set.is_empty() {
+            return;
+        }
+        let mut jars = self.jars.borrow_mut();
+        let Some(Some(jars)) = jars.get_mut(session) else {
+            return;
+        };
+        if jars.lap != lap {
+            return;
+        }
+        let jar = match actor {
+            Actor::Owner => Some(&mut jars.owner),
+            Actor::Attacker => jars.thief.as_mut(),
+        };
+        if let Some(jar) = jar {
+            jar.store(set);
+        }
+    }
+
+    /// The theft: the thief's jar becomes a copy of the owner's as it
+    /// stands now.
+    fn steal(&self, session: usize, lap: u64) {
+        let mut jars = self.jars.borrow_mut();
+        if let Some(Some(jars)) = jars.get_mut(session)
+            && jars.lap == lap
+        {
+            jars.thief = Some(jars.owner.copy());
+        }
     }
 
     fn record(
@@ -467,14 +547,16 @@ impl Worker {
         };
     }
 
-    /// One request and its whole response, within the timeout.
+    /// One request and its whole response, within the timeout: what it
+    /// came to, and the cookies the response set (empty when the response
+    /// was lost).
     async fn exchange(
         &self,
         step: &Step,
         uri: Uri,
         headers: HeaderMap,
         mut timer: Pin<&mut Sleep>,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<SetCookie>) {
         timer.as_mut().reset(Instant::now() + self.cfg.timeout);
         let mut request = Request::new(Empty::<Bytes>::new());
         *request.uri_mut() = uri;
@@ -487,11 +569,11 @@ impl Worker {
         let sender = tokio::select! {
             biased;
             s = self.checkout(device) => s,
-            () = timer.as_mut() => return Outcome::Error("timeout".into()),
+            () = timer.as_mut() => return (Outcome::Error("timeout".into()), Vec::new()),
         };
         let sender = match sender {
             Ok(s) => s,
-            Err(e) => return Outcome::Error(e.to_string()),
+            Err(e) => return (Outcome::Error(e.to_string()), Vec::new()),
         };
         match sender {
             Sender::H1(conn) => self.exchange_h1(conn, request, device, timer).await,
@@ -501,12 +583,15 @@ impl Worker {
                     let response = send.send_request(request).await.map_err(|_| "send")?;
                     let (parts, body) = response.into_parts();
                     drain(body).await.map_err(|()| "body")?;
-                    Ok::<_, &str>(classify(parts.status, &parts.headers))
+                    Ok::<_, &str>((
+                        classify(parts.status, &parts.headers),
+                        set_cookies(&parts.headers),
+                    ))
                 };
                 let result = tokio::select! {
                     biased;
                     r = exchange => r,
-                    () = timer => return Outcome::Error("timeout".into()),
+                    () = timer => return (Outcome::Error("timeout".into()), Vec::new()),
                 };
                 match result {
                     Ok(o) => o,
@@ -517,7 +602,7 @@ impl Worker {
                                 *slot = None;
                             }
                         }
-                        Outcome::Error(kind.into())
+                        (Outcome::Error(kind.into()), Vec::new())
                     }
                 }
             }
@@ -532,7 +617,7 @@ impl Worker {
         request: Request<Empty<Bytes>>,
         device: usize,
         mut timer: Pin<&mut Sleep>,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<SetCookie>) {
         let H1Conn { mut send, mut io } = conn;
         let mut io_done = false;
         let result = {
@@ -541,7 +626,10 @@ impl Worker {
                 let response = send.send_request(request).await.map_err(|_| "send")?;
                 let (parts, body) = response.into_parts();
                 drain(body).await.map_err(|()| "body")?;
-                Ok::<_, &str>(classify(parts.status, &parts.headers))
+                Ok::<_, &str>((
+                    classify(parts.status, &parts.headers),
+                    set_cookies(&parts.headers),
+                ))
             };
             let mut exchange = std::pin::pin!(exchange);
             loop {
@@ -571,7 +659,7 @@ impl Worker {
                 }
                 outcome
             }
-            Err(kind) => Outcome::Error(kind.into()),
+            Err(kind) => (Outcome::Error(kind.into()), Vec::new()),
         }
     }
 

@@ -35,6 +35,10 @@ pub struct SessionTally {
     pub owner_step_ups: u32,
     /// Owner requests Vigil blocked, revoked or found ended.
     pub owner_blocks: u32,
+    /// Of those, the ones after the thief's first request: with the
+    /// rotating binding, a thief who came first is caught on the owner's
+    /// return (docs/bound-sessions.md).
+    pub owner_blocks_after_replay: u32,
     /// Requests of the thief.
     pub attacker_requests: u32,
     /// Thief requests refused in any way.
@@ -138,7 +142,10 @@ impl Tally {
                 *self.refusals.entry(*r).or_default() += 1;
                 let hard = *r != Refusal::StepUp;
                 match actor {
-                    Actor::Owner if hard => s.owner_blocks += 1,
+                    Actor::Owner if hard => {
+                        s.owner_blocks += 1;
+                        s.owner_blocks_after_replay += u32::from(s.attacker_requests > 0);
+                    }
                     Actor::Owner => s.owner_step_ups += 1,
                     Actor::Attacker => {
                         s.attacker_refused += 1;
@@ -208,6 +215,7 @@ impl Tally {
             s.owner_requests += v.owner_requests;
             s.owner_step_ups += v.owner_step_ups;
             s.owner_blocks += v.owner_blocks;
+            s.owner_blocks_after_replay += v.owner_blocks_after_replay;
             s.attacker_refused += v.attacker_refused;
             s.attacker_blocked += v.attacker_blocked;
             s.first_refusal = match (s.first_refusal, v.first_refusal) {

@@ -73,6 +73,7 @@ fn every_request_of_a_lap_arrives_once_over_h1_and_h2c() {
                 timeout: Duration::from_secs(20),
                 login_path: "/login".into(),
                 interval: Duration::from_secs(1),
+                think: Duration::ZERO,
             };
             let (r0, l0, c0) = (
                 received.requests.load(Ordering::SeqCst),

@@ -4,6 +4,11 @@
 //! trusted balancer's header) and over TLS (each device's own TLS client
 //! configuration, the proxy computing JA4 from the real ClientHello).
 //!
+//! The rotating binding is on in the prepared config (`rotate_after` 1 s),
+//! and the generator keeps each client's cookie jar: a second test plays
+//! the perfect clones over TLS with a think time that puts every request of
+//! a session past the rotation time, and every clone is caught.
+//!
 //! The proxy is `VIGIL_PROXY_BIN` when set, else `vigil-proxy` beside this
 //! test's build (built with `cargo build -p vigil-proxy` if absent).
 
@@ -29,11 +34,23 @@ use vigil_load::plan::{Plan, PlanOptions};
 use vigil_load::prepare::{ProxySetup, write};
 use vigil_load::report::Report;
 use vigil_load::run::{Load, Progress, RunConfig, run};
+use vigil_load::stats::Tally;
 use vigil_load::target::{Protocol, TargetSpec};
 use vigil_load::tls::Trust;
 
 /// Generous: a debug proxy on a busy machine.
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The tests of this file run one at a time: each starts a debug proxy
+/// and loads it, and two at once on a small machine push TLS handshakes
+/// past the generator's connect timeout.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 struct Proxy(Child);
 
@@ -125,6 +142,20 @@ fn tls_files(dir: &Path) -> (String, String) {
 
 /// Plays the plan once, exactly: the request cap is one lap.
 fn play(plan: &Arc<Plan>, target: &str, protocol: Protocol, round: u32) -> (Report, u64) {
+    let (report, lap, _) = play_paced(plan, target, protocol, round, 16, Duration::ZERO);
+    (report, lap)
+}
+
+/// [`play`] with `concurrency` lanes pausing `think` after each request;
+/// also returns the per-session tallies.
+fn play_paced(
+    plan: &Arc<Plan>,
+    target: &str,
+    protocol: Protocol,
+    round: u32,
+    concurrency: usize,
+    think: Duration,
+) -> (Report, u64, Tally) {
     let spec = TargetSpec::parse(target).unwrap();
     let endpoint = Arc::new(
         spec.endpoint(protocol, plan.devices.len(), &Trust::Insecure)
@@ -132,8 +163,8 @@ fn play(plan: &Arc<Plan>, target: &str, protocol: Protocol, round: u32) -> (Repo
     );
     let lap: u64 = plan.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
     let cfg = RunConfig {
-        load: Load::Concurrency(16),
-        duration: Duration::from_secs(120),
+        load: Load::Concurrency(concurrency),
+        duration: Duration::from_secs(240),
         max_requests: lap * 2,
         laps: Some(1),
         threads: 2,
@@ -141,6 +172,7 @@ fn play(plan: &Arc<Plan>, target: &str, protocol: Protocol, round: u32) -> (Repo
         timeout: Duration::from_secs(20),
         login_path: "/login".into(),
         interval: Duration::from_secs(1),
+        think,
     };
     let progress = Arc::new(Progress::default());
     let result = run(plan, &endpoint, &cfg, round, &progress).unwrap();
@@ -152,7 +184,7 @@ fn play(plan: &Arc<Plan>, target: &str, protocol: Protocol, round: u32) -> (Repo
         &result.tally,
         result.elapsed,
     );
-    (report, lap)
+    (report, lap, result.tally)
 }
 
 fn check(report: &Report, lap: u64, received: &Received, before: u64) {
@@ -184,18 +216,18 @@ fn check(report: &Report, lap: u64, received: &Received, before: u64) {
             Label::Legit => {}
         }
     }
-    // … and steady users are left alone.
-    let history = report
-        .classes
-        .iter()
-        .find(|r| r.class == Scenario::History)
-        .unwrap();
-    assert_eq!(history.blocked, 0, "history sessions blocked");
+    // … and steady users are left alone, a browser that lost a rotation's
+    // response included.
+    for class in [Scenario::History, Scenario::RotationLost] {
+        let row = report.classes.iter().find(|r| r.class == class).unwrap();
+        assert_eq!(row.blocked, 0, "{class} sessions blocked");
+    }
     assert!(report.detect.unwrap() >= 0.9);
 }
 
 #[test]
 fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = generate(&GenerateConfig {
         seed: 7,
@@ -229,14 +261,16 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
             admin: admin.to_string(),
             threads: 1,
             step_up_url: "/step-up".into(),
+            rotate_after_seconds: 1,
         },
     )
     .unwrap();
     let _proxy = start_proxy(dir.path(), admin);
 
-    // The perfect clones are caught only by the rotating binding, which
-    // needs a client that keeps the companion cookie in its jar: vigil-load
-    // does not (docs/load-testing.md), so they are left out here.
+    // The perfect clones are caught only by the rotating binding, once both
+    // holders came back across a rotation: at full speed that depends on
+    // where the second boundaries fall, so they are played paced, in the
+    // test below.
     let passive: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| !Scenario::CLONES.contains(s))
@@ -319,4 +353,145 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         copied.rate, 1.0,
         "the thief's TLS stack gives it away over h2"
     );
+}
+
+/// Starts an origin and a proxy prepared for `corpus` with the binding
+/// rotating every second; returns the TLS listener.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+    _proxy: Proxy,
+    tls: SocketAddr,
+}
+
+fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = Arc::new(Received::default());
+    let (origin, _task) = rt
+        .block_on(start(
+            "127.0.0.1:0".parse().unwrap(),
+            "/login".into(),
+            received,
+        ))
+        .unwrap();
+    let (plain, tls, admin) = (free_port(), free_port(), free_port());
+    let (cert, key) = tls_files(dir.path());
+    write(
+        dir.path(),
+        &corpus.networks,
+        &ProxySetup {
+            listen: plain.to_string(),
+            tls: Some((tls.to_string(), cert, key)),
+            origin: origin.to_string(),
+            admin: admin.to_string(),
+            threads: 1,
+            step_up_url: "/step-up".into(),
+            rotate_after_seconds: 1,
+        },
+    )
+    .unwrap();
+    let proxy = start_proxy(dir.path(), admin);
+    Setup {
+        _dir: dir,
+        _rt: rt,
+        _proxy: proxy,
+        tls,
+    }
+}
+
+/// The perfect clones over TLS, each client with its own cookie jar and
+/// the thief's a copy of the victim's at the moment of theft. A think time
+/// of 1.1 s puts every request of a session in a later second of the
+/// proxy's clock than the one before, past `rotate_after` (1 s) and the
+/// grace (1 s): the binding rotates, both holders come back across a
+/// rotation, and every clone is caught — the thief refused, or, when the
+/// thief came first, the owner on return. A browser that lost a
+/// rotation's response is never blocked, and no owner is blocked before
+/// the thief's first request.
+#[test]
+fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
+    let _serial = serial();
+    let (corpus, _) = generate(&GenerateConfig {
+        seed: 9,
+        users: 40,
+        sessions_per_class: 3,
+        history_days: 1,
+        ..GenerateConfig::default()
+    });
+    let s = setup(&corpus);
+    let target = format!(
+        "name=tls,url=https://127.0.0.1:{}/,host=localhost",
+        s.tls.port()
+    );
+    let plan_of = |classes: Vec<Scenario>| {
+        Arc::new(
+            Plan::from_corpus(
+                &corpus,
+                &PlanOptions {
+                    ja4_header: None,
+                    classes,
+                },
+            )
+            .unwrap(),
+        )
+    };
+    // The users' history first, at full speed, so that Vigil knows their
+    // devices as the generator's TLS stacks present them.
+    let history = plan_of(vec![Scenario::History]);
+    let (report, _, _) = play_paced(&history, &target, Protocol::Http1, 0, 4, Duration::ZERO);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let mut classes = Scenario::CLONES.to_vec();
+    classes.push(Scenario::RotationLost);
+    let plan = plan_of(classes);
+    // One lane per session (2 workers × 16 lanes).
+    assert!(plan.sessions.len() <= 32, "{}", plan.sessions.len());
+    let (report, lap, tally) = play_paced(
+        &plan,
+        &target,
+        Protocol::Http1,
+        1,
+        32,
+        Duration::from_millis(1_100),
+    );
+    println!("{}", report.text());
+    assert_eq!(report.requests, lap);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut clones = 0;
+    for (index, info) in plan.sessions.iter().enumerate() {
+        let key = (1 << 16, u32::try_from(index).unwrap());
+        let t = tally.sessions.get(&key).unwrap();
+        if Scenario::CLONES.contains(&info.scenario) {
+            clones += 1;
+            assert!(
+                t.attacker_refused > 0 || t.owner_blocks_after_replay > 0,
+                "{} {}: not caught: {t:?}",
+                info.scenario,
+                info.id
+            );
+            assert_eq!(
+                t.owner_blocks, t.owner_blocks_after_replay,
+                "{} {}: owner blocked before the replay",
+                info.scenario, info.id
+            );
+        } else {
+            assert_eq!(
+                t.owner_blocks, 0,
+                "{} {}: owner blocked",
+                info.scenario, info.id
+            );
+        }
+    }
+    assert_eq!(clones, 9);
+    let lost = report
+        .classes
+        .iter()
+        .find(|r| r.class == Scenario::RotationLost)
+        .unwrap();
+    assert_eq!((lost.sessions, lost.blocked), (3, 0));
 }
