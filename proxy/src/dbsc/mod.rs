@@ -782,7 +782,9 @@ impl Dbsc {
             false,
         )?;
         if bound != Bind::New {
-            return Ok(reply(409, "already_bound"));
+            // The offer is spent: its session is bound, here or (the
+            // fleet's record) on another node.
+            return Ok(reply(401, "already_bound"));
         }
         if let Some(b) = self.store.bound(&session) {
             self.tell(session, None, &b);
