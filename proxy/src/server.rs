@@ -90,17 +90,21 @@ const EVENT_LANE: usize = 65_536;
 /// is not a browser, and each connection's buffer stays bounded.
 const REQUEST_LINE_ALLOWANCE: usize = 8192;
 
+/// What the last snapshot is written from: the engine, where it goes,
+/// the controller cursor and the DBSC bindings.
+type FinalSnapshot = (
+    Arc<Engine>,
+    std::path::PathBuf,
+    Option<Arc<FleetState>>,
+    Arc<crate::dbsc::Dbsc>,
+);
+
 /// A server with every service added, ready to run.
 pub struct Vigil {
     server: Server,
     /// The engine and where its snapshot goes, written once more after the
     /// last request has been served, with the controller cursor.
-    snapshot: Option<(
-        Arc<Engine>,
-        std::path::PathBuf,
-        Option<Arc<FleetState>>,
-        Arc<crate::dbsc::Dbsc>,
-    )>,
+    snapshot: Option<FinalSnapshot>,
     /// Where this process writes its pid, for `vigil-proxy reload`.
     pid_file: PathBuf,
     signals: Signals,

@@ -342,16 +342,24 @@ async fn a_copied_jar_without_the_key_dies_with_the_short_cookie() {
     )
     .await;
     let owner = Key::new();
+    let issued = tokio::time::Instant::now();
     let g = edge.bind("victim", &owner).await;
     // The thief copies the whole jar, bound cookie included.
     let jar = format!("session=victim; {COOKIE}={}", g.cookie);
     assert_eq!(edge.get("/echo", &jar).await.status(), 200);
-    // Until the short cookie expires; then refused.
+    // Until the short cookie expires; then refused: within its lifetime
+    // (2 s) and the 2 s grace, counted in whole seconds from the second
+    // it was issued in (so up to one more).
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let r = edge.get("/echo", &jar).await;
         if r.status() == 403 {
             assert_eq!(code(r).await.1, "dbsc_proof_failed");
+            let lived = issued.elapsed();
+            assert!(
+                lived <= Duration::from_secs(2 + 2 + 1),
+                "the copied cookie lived {lived:?}"
+            );
             break;
         }
         assert_eq!(r.status(), 200);
