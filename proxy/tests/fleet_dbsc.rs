@@ -407,6 +407,15 @@ async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
 async fn the_window_from_a_registration_on_a_to_b_knowing_it() {
     let fleet = Fleet::start("").await;
     let key = Key::new();
+    // The first registration after the fleet starts is slower (seconds,
+    // not yet explained): measured and printed apart, bounded only by the
+    // deadline.
+    let offer = fleet.a.login("first").await;
+    let r = fleet.a.register("first", &key.registration(&offer)).await;
+    assert_eq!(r.status(), 200);
+    let start = std::time::Instant::now();
+    fleet.b.until_bound("first").await;
+    let first = start.elapsed();
     let mut took = Vec::new();
     for i in 0..20 {
         let session = format!("w{i}");
@@ -427,12 +436,14 @@ async fn the_window_from_a_registration_on_a_to_b_knowing_it() {
         .metric("vigil_proxy_fleet_events_retried_total", &[])
         .await;
     println!(
-        "registration on A → B knows it, 20 trials: median {} ms, max {} ms \
-         (in order: {:?} ms; A's posts retried: {retried})",
+        "registration on A → B knows it: first after start {} ms; then 20 trials: \
+         median {} ms, max {} ms (in order: {:?} ms; A's posts retried: {retried})",
+        first.as_millis(),
         median.as_millis(),
         max.as_millis(),
         order
     );
+    assert!(median < Duration::from_secs(1), "{took:?}");
     assert!(max < Duration::from_secs(5), "{took:?}");
 }
 
