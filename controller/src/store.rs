@@ -20,8 +20,8 @@ use std::collections::HashMap;
 
 use vigil_engine::{Learnt, ProfileRecord, SessionState};
 use vigil_fleet::{
-    Change, EventAck, MAX_POPULATION_COUNTERS, NodeEvent, NodeEventKind, POPULATION_FEATURES,
-    Record, SessionId, UserId,
+    Change, DbscBinding, DbscKey, EventAck, MAX_POPULATION_COUNTERS, NodeEvent, NodeEventKind,
+    POPULATION_FEATURES, Record, SessionId, UserId,
 };
 
 /// Why the store failed.
@@ -119,11 +119,15 @@ pub enum Refusal {
     /// An observation of a user without a fleet history beyond the node's
     /// budget of such users today (`node_new_users_per_day`).
     NewUserBudget,
+    /// A DBSC binding for a session the controller holds another binding
+    /// of (the first registration stays), or one naming a session it has
+    /// no binding of as its root.
+    DbscConflict,
 }
 
 impl Refusal {
     /// Every reason, in the order of [`Taken::refused`].
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::NoEvidence,
         Refusal::UnknownReference,
         Refusal::OtherSession,
@@ -134,6 +138,7 @@ impl Refusal {
         Refusal::ObservationBudget,
         Refusal::NewSessionBudget,
         Refusal::NewUserBudget,
+        Refusal::DbscConflict,
     ];
 
     /// Its name in metrics and logs.
@@ -149,6 +154,7 @@ impl Refusal {
             Refusal::ObservationBudget => "observation_budget",
             Refusal::NewSessionBudget => "new_session_budget",
             Refusal::NewUserBudget => "new_user_budget",
+            Refusal::DbscConflict => "dbsc_conflict",
         }
     }
 
@@ -156,7 +162,10 @@ impl Refusal {
     pub fn is_revocation(self) -> bool {
         !matches!(
             self,
-            Refusal::ObservationBudget | Refusal::NewSessionBudget | Refusal::NewUserBudget
+            Refusal::ObservationBudget
+                | Refusal::NewSessionBudget
+                | Refusal::NewUserBudget
+                | Refusal::DbscConflict
         )
     }
 
@@ -402,6 +411,9 @@ impl Store {
         let mut changes = Vec::new();
         // Baselines taken earlier in this batch, not yet in the table.
         let mut pending: HashMap<SessionId, Held> = HashMap::new();
+        // DBSC bindings taken earlier in this batch, and by which node.
+        let mut dbsc_pending: HashMap<SessionId, DbscBinding> = HashMap::new();
+        let mut dbsc_nodes: Vec<(SessionId, String)> = Vec::new();
         let mut recount: Vec<UserId> = Vec::new();
         let mut cleared: Vec<UserId> = Vec::new();
         let mut histories = Histories::new(node, now, intake.budgets);
@@ -652,6 +664,28 @@ impl Store {
                         ack.refused += 1;
                     }
                 }
+                // The first binding of a session is kept: the same again
+                // (another node's echo, a retry) changes nothing, another
+                // one is refused.
+                NodeEventKind::DbscBound { binding } => {
+                    match judge_dbsc(&mut tx, &dbsc_pending, binding).await? {
+                        Ok(true) => {
+                            dbsc_pending.insert(binding.session, binding.clone());
+                            dbsc_nodes.push((binding.session, node.to_owned()));
+                            changes.push(Change::DbscBound {
+                                binding: DbscBinding {
+                                    at: binding.at.min(now),
+                                    ..binding.clone()
+                                },
+                            });
+                        }
+                        Ok(false) => taken.ignored += 1,
+                        Err(why) => {
+                            taken.refuse(why);
+                            ack.refused += 1;
+                        }
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -676,6 +710,13 @@ impl Store {
         }
         let head = append_in(&mut tx, &changes, now).await?;
         admin::set_baseline_node(&mut tx, node, pending.keys()).await?;
+        for (session, node) in &dbsc_nodes {
+            sqlx::query("UPDATE dbsc_bindings SET node = $1 WHERE session = $2")
+                .bind(node.as_str())
+                .bind(session.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         if taken.vouched_own > 0 {
             sqlx::query(
                 "INSERT INTO node_day_budget (node, day, new_users, vouched) VALUES ($1, $2, 0, $3) \
@@ -710,6 +751,10 @@ impl Store {
             ),
             (
                 "DELETE FROM idp_sessions WHERE at < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
+                "DELETE FROM dbsc_bindings WHERE at < $1",
                 now.saturating_sub(keep_sessions),
             ),
             (
@@ -845,6 +890,35 @@ impl Store {
             out.push(Change::SessionBaseline {
                 record,
                 confirmed: row.try_get::<i64, _>(1)? != 0,
+            });
+        }
+        // Registered sessions before those that inherited their binding.
+        for row in sqlx::query(
+            "SELECT session, dbsc_id, root, public_key, at FROM dbsc_bindings \
+             ORDER BY (root IS NOT NULL), seq",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let session: String = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            let root: Option<String> = row.try_get(2)?;
+            let key: String = row.try_get(3)?;
+            let (Some(session), Some(id), Some(key)) = (
+                SessionId::parse(&session),
+                SessionId::parse(&id),
+                DbscKey::parse(&key),
+            ) else {
+                continue;
+            };
+            out.push(Change::DbscBound {
+                binding: DbscBinding {
+                    session,
+                    id,
+                    root: root.as_deref().and_then(SessionId::parse),
+                    key,
+                    at: to_u64(row.try_get(4)?),
+                },
             });
         }
         for row in sqlx::query(
@@ -1309,6 +1383,13 @@ async fn append_in(
                 .bind(to_i64(now.max(*at)))
                 .execute(&mut **tx)
                 .await?;
+                sqlx::query(
+                    "DELETE FROM dbsc_bindings WHERE session IN \
+                     (SELECT session FROM session_baselines WHERE user_key = $1)",
+                )
+                .bind(key.as_str())
+                .execute(&mut **tx)
+                .await?;
                 for table in [
                     "session_baselines",
                     "detections",
@@ -1398,6 +1479,21 @@ async fn append_in(
             }
             // Never written: the controller appends only kinds it knows.
             Change::Unknown => {}
+            // Judged before it was appended: the first binding stays.
+            Change::DbscBound { binding } => {
+                sqlx::query(
+                    "INSERT INTO dbsc_bindings (session, dbsc_id, root, public_key, node, at, seq) \
+                     VALUES ($1, $2, $3, $4, '', $5, $6) ON CONFLICT (session) DO NOTHING",
+                )
+                .bind(binding.session.to_string())
+                .bind(binding.id.to_string())
+                .bind(binding.root.map(|r| r.to_string()))
+                .bind(binding.key.to_string())
+                .bind(to_i64(binding.at))
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            }
             Change::DeviceTrusted { user, device, at } => {
                 admin::insert_trust(tx, *user, "device", &device.to_string(), *at, seq).await?;
             }
@@ -2439,4 +2535,60 @@ impl FromStr for Backend {
             )),
         }
     }
+}
+
+/// Judges a node's DBSC binding: `Ok(true)` to take it (the session has
+/// no binding yet; an inherited one names a session that has), `Ok(false)`
+/// when the very same binding is held (nothing to do), and a refusal when
+/// another binding is held for the session, or the root has none.
+async fn judge_dbsc(
+    tx: &mut Transaction<'static, Any>,
+    pending: &HashMap<SessionId, DbscBinding>,
+    binding: &DbscBinding,
+) -> Result<Result<bool, Refusal>, StoreError> {
+    let held = |id: &str, key: &str, root: Option<String>| {
+        id == binding.id.to_string()
+            && key == binding.key.to_string()
+            && root == binding.root.map(|r| r.to_string())
+    };
+    if let Some(p) = pending.get(&binding.session) {
+        return Ok(if p == binding {
+            Ok(false)
+        } else {
+            Err(Refusal::DbscConflict)
+        });
+    }
+    let row = sqlx::query("SELECT dbsc_id, public_key, root FROM dbsc_bindings WHERE session = $1")
+        .bind(binding.session.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = row {
+        let (id, key, root): (String, String, Option<String>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        return Ok(if held(&id, &key, root) {
+            Ok(false)
+        } else {
+            Err(Refusal::DbscConflict)
+        });
+    }
+    // An inherited binding must be the root's: same id and key.
+    if let Some(root) = binding.root {
+        let root_held = match pending.get(&root) {
+            Some(p) => Some((p.id.to_string(), p.key.to_string())),
+            None => sqlx::query(
+                "SELECT dbsc_id, public_key FROM dbsc_bindings WHERE session = $1 AND root IS NULL",
+            )
+            .bind(root.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| -> Result<(String, String), sqlx::Error> {
+                Ok((r.try_get(0)?, r.try_get(1)?))
+            })
+            .transpose()?,
+        };
+        if root_held != Some((binding.id.to_string(), binding.key.to_string())) {
+            return Ok(Err(Refusal::DbscConflict));
+        }
+    }
+    Ok(Ok(true))
 }

@@ -283,11 +283,77 @@ pub enum Change {
         /// When the step-up was asked for (seconds since the Unix epoch).
         at: u64,
     },
+    /// A session bound to a DBSC key (`docs/bound-sessions.md`, DBSC at
+    /// the edge): the registration a node verified, as the controller
+    /// keeps it (the first for the session). A node binds the session to
+    /// the key unless it holds another binding for it. Added within
+    /// version 4: an older build of it skips it as [`Change::Unknown`]
+    /// (and does not know the session is bound, as before). Kept in
+    /// snapshots.
+    DbscBound {
+        /// The binding.
+        binding: DbscBinding,
+    },
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
     #[serde(other)]
     Unknown,
+}
+
+/// A DBSC registration as the fleet carries it: made once per DBSC
+/// session, never changed after. No credential: a public key and keyed
+/// hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbscBinding {
+    /// The app session bound (its session key).
+    pub session: SessionId,
+    /// The DBSC session id given to the browser (16 bytes).
+    pub id: SessionId,
+    /// When the session inherited another's binding (the app rotated its
+    /// cookie, or one response opened two session cookies): the session
+    /// whose registration it is. `None` for the registered session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<SessionId>,
+    /// The public key registered, in Vigil's own encoding (`1 ‖ SEC1
+    /// point` for P-256, `2 ‖ len(e) ‖ e ‖ n` for RSA), at most
+    /// [`MAX_DBSC_KEY_BYTES`].
+    pub key: DbscKey,
+    /// When it was registered (seconds since the Unix epoch).
+    pub at: u64,
+}
+
+/// A DBSC public key carried opaquely: lower-case hex of at most
+/// [`MAX_DBSC_KEY_BYTES`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbscKey(pub Vec<u8>);
+
+/// Longest DBSC key carried: an 8192-bit RSA modulus, a 4-byte exponent,
+/// and the two bytes of the encoding.
+pub const MAX_DBSC_KEY_BYTES: usize = 1024 + 4 + 2;
+
+impl DbscKey {
+    /// Reads lower-case hex of 1 to [`MAX_DBSC_KEY_BYTES`] bytes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        if bytes.is_empty()
+            || !bytes.len().is_multiple_of(2)
+            || bytes.len() > MAX_DBSC_KEY_BYTES * 2
+        {
+            return None;
+        }
+        bytes
+            .chunks_exact(2)
+            .map(|pair| Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?))
+            .collect::<Option<Vec<u8>>>()
+            .map(Self)
+    }
+}
+
+impl fmt::Display for DbscKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 /// Most counters in one [`Change::Population`]: its line stays under a
@@ -460,6 +526,15 @@ pub enum NodeEventKind {
         /// When (seconds since the Unix epoch).
         at: u64,
     },
+    /// This node verified a DBSC registration (or passed a binding on to
+    /// a session the app opened on a proven request). The controller keeps
+    /// the first binding of each session and streams it
+    /// ([`Change::DbscBound`]); a different one for a session it holds a
+    /// binding of is refused. Added within version 4.
+    DbscBound {
+        /// The binding.
+        binding: DbscBinding,
+    },
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -513,6 +588,8 @@ impl Change {
             // know no such thing. Either way it steps nobody up: the
             // operator who needs the sessions ended revokes the user.
             Change::UserStepUp { .. } if v < 4 => Change::nothing(),
+            // Nodes before version 4 know no DBSC bindings.
+            Change::DbscBound { .. } if v < 4 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -588,7 +665,7 @@ impl NodeEventKind {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
-            NodeEventKind::IdpSession { .. } => 4,
+            NodeEventKind::IdpSession { .. } | NodeEventKind::DbscBound { .. } => 4,
         }
     }
 }
@@ -807,6 +884,7 @@ hex_serde!(SessionId, "expected 32 lower-case hex digits");
 hex_serde!(IdpSessionId, "expected 32 lower-case hex digits");
 hex_serde!(UserId, "expected 16 lower-case hex digits, not all zero");
 hex_serde!(Record, "expected lower-case hex of at most 512 bytes");
+hex_serde!(DbscKey, "expected lower-case hex of 1 to 1030 bytes");
 hex_serde!(DeviceId, "expected 16 lower-case hex digits");
 hex_serde!(Country, "expected two upper-case letters");
 

@@ -422,3 +422,32 @@ fn an_idp_session_event_is_version_4() {
         assert!(serde_json::from_str::<NodeEvent>(&text).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_dbsc_binding_is_read_back_and_a_bad_key_is_an_error() {
+    let change = Change::DbscBound {
+        binding: DbscBinding {
+            session: SessionId([1; 16]),
+            id: SessionId([2; 16]),
+            root: None,
+            key: DbscKey(vec![1; 66]),
+            at: 5,
+        },
+    };
+    let text = serde_json::to_string(&change).unwrap();
+    assert!(text.starts_with(r#"{"kind":"dbsc_bound","binding":{"session":"0101"#));
+    assert!(!text.contains("root"));
+    assert_eq!(serde_json::from_str::<Change>(&text).unwrap(), change);
+    // Too long, upper case, or empty: an error, not an unknown kind.
+    for key in [
+        "00".repeat(MAX_DBSC_KEY_BYTES + 1),
+        "AB".to_owned(),
+        String::new(),
+    ] {
+        let bad = text.replace(&"01".repeat(66), &key);
+        assert!(serde_json::from_str::<Change>(&bad).is_err(), "{key}");
+    }
+    // Older nodes get a change that does nothing.
+    assert_eq!(change.for_version(3), Change::nothing());
+    assert_eq!(change.for_version(4), change);
+}

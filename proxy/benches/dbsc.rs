@@ -1,6 +1,6 @@
 //! The DBSC check every request of a session on a DBSC route pays: find
-//! the bound cookie among the request's cookies, hash it, and look the
-//! session up in a store of 100,000 bound sessions. Verifying a proof
+//! the bound cookie among the request's cookies, check its seal, and look
+//! the session up in a store of 100,000 bound sessions. Verifying a proof
 //! (ES256), paid once per refresh, is measured beside it.
 #![allow(
     clippy::unwrap_used,
@@ -16,7 +16,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use vigil_engine::SessionKey;
 use vigil_proxy::dbsc::jwt::{self, PublicKey};
-use vigil_proxy::dbsc::{Dbsc, RouteDbsc, Settings, cookie_hash};
+use vigil_proxy::dbsc::store::Store;
+use vigil_proxy::dbsc::{Dbsc, RouteDbsc, Settings};
 
 fn session(i: u32) -> SessionKey {
     let mut k = [0u8; 16];
@@ -32,24 +33,28 @@ fn dbsc(c: &mut Criterion) {
     };
     let d = Dbsc::default();
     let key = PublicKey::Es256(Box::new([4; 65]));
+    let mut probe = String::new();
     for i in 0..100_000u32 {
-        let cookie = format!("cookie-{i:016}");
+        let id = Store::id_for(&session(i));
         d.store()
             .bind(
                 session(i),
                 key.clone(),
-                cookie_hash(cookie.as_bytes()),
-                u64::MAX,
-                [0; 16],
+                id,
+                1,
                 1,
                 (settings.max_sessions, 3_600),
+                false,
             )
             .unwrap();
+        if i == 42_424 {
+            probe = d.sealed_cookie(&id, u64::MAX, 0);
+        }
     }
     let mut headers = http::HeaderMap::new();
     headers.insert(
         "cookie",
-        "session=abcdefabcdefabcdef; theme=dark; __Host-vigil-dbsc=cookie-0000000000042424"
+        format!("session=abcdefabcdefabcdef; theme=dark; __Host-vigil-dbsc={probe}")
             .parse()
             .unwrap(),
     );

@@ -731,6 +731,9 @@ pub struct FleetSync {
     /// The last bundle the journal's replay met before the applier was
     /// attached: applied when it is.
     replayed_rules: Mutex<Option<crate::rules_bundle::StoredBundle>>,
+    /// DBSC bindings, which the fleet's records feed
+    /// ([`FleetSync::with_dbsc`]), with the limits in force at start.
+    dbsc: Option<(Arc<crate::dbsc::Dbsc>, crate::dbsc::Settings)>,
 }
 
 /// Why a sync stream ended.
@@ -816,7 +819,19 @@ impl FleetSync {
             decisions: None,
             rules: None,
             replayed_rules: Mutex::new(None),
+            dbsc: None,
         })
+    }
+
+    /// Binds sessions in `dbsc` as the fleet's DBSC records say
+    /// ([`Change::DbscBound`]).
+    pub fn with_dbsc(
+        mut self,
+        dbsc: Arc<crate::dbsc::Dbsc>,
+        settings: crate::dbsc::Settings,
+    ) -> Self {
+        self.dbsc = Some((dbsc, settings));
+        self
     }
 
     /// Ends the requests in flight `open` holds of every session and user
@@ -1170,6 +1185,10 @@ impl FleetSync {
                         }
                     }
                 }
+                Change::DbscBound { ref binding } => match &self.dbsc {
+                    Some((dbsc, settings)) if dbsc.adopt(settings, binding, now) => "dbsc_bound",
+                    _ => "dbsc_bound_unchanged",
+                },
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
             };

@@ -146,6 +146,13 @@ impl VigilProxy {
         self
     }
 
+    /// Uses `dbsc` (keyed by the fleet's session hash key, fed by the
+    /// sync stream) rather than a store of this process alone.
+    pub fn with_dbsc(mut self, dbsc: Arc<Dbsc>) -> Self {
+        self.dbsc = dbsc;
+        self
+    }
+
     /// Judges routes with `stale_after` by the age of `fleet`, the
     /// controller client's state.
     pub fn with_fleet_state(mut self, fleet: Option<Arc<FleetState>>) -> Self {

@@ -90,12 +90,21 @@ const EVENT_LANE: usize = 65_536;
 /// is not a browser, and each connection's buffer stays bounded.
 const REQUEST_LINE_ALLOWANCE: usize = 8192;
 
+/// What the last snapshot is written from: the engine, where it goes,
+/// the controller cursor and the DBSC bindings.
+type FinalSnapshot = (
+    Arc<Engine>,
+    std::path::PathBuf,
+    Option<Arc<FleetState>>,
+    Arc<crate::dbsc::Dbsc>,
+);
+
 /// A server with every service added, ready to run.
 pub struct Vigil {
     server: Server,
     /// The engine and where its snapshot goes, written once more after the
     /// last request has been served, with the controller cursor.
-    snapshot: Option<(Arc<Engine>, std::path::PathBuf, Option<Arc<FleetState>>)>,
+    snapshot: Option<FinalSnapshot>,
     /// Where this process writes its pid, for `vigil-proxy reload`.
     pid_file: PathBuf,
     signals: Signals,
@@ -116,6 +125,9 @@ impl Vigil {
             },
         };
         let mut engine = keys.engine(config.engine.clone());
+        // DBSC: its seals are keyed by the fleet's session hash key, so
+        // that every node takes the others' bound cookies and challenges.
+        let dbsc = Arc::new(crate::dbsc::Dbsc::new(keys.current.as_bytes()));
         let paths = GeoPaths {
             geo: config.geoip.city.clone(),
             asn: config.geoip.asn.clone(),
@@ -178,9 +190,30 @@ impl Vigil {
             .snapshot_every
             .filter(|_| matches!(config.hash_key, HashKeySource::File(_)))
             .map(|every| (config.server.state_dir.join(snapshot::FILE_NAME), every));
-        let restored = snapshot
-            .as_ref()
-            .is_some_and(|(path, _)| snapshot::restore(&engine, path, &metrics.snapshots_rejected));
+        let restored = snapshot.as_ref().is_some_and(|(path, _)| {
+            snapshot::restore(
+                &engine,
+                path,
+                &metrics.snapshots_rejected,
+                Some((&dbsc, &config.dbsc)),
+            )
+        });
+        // Bindings made here go to the controller, which streams them to
+        // every node (this one included).
+        if let Some(outbox) = &outbox {
+            let outbox = outbox.clone();
+            dbsc.set_sink(Box::new(move |binding| {
+                outbox.push(vigil_fleet::NodeEventKind::DbscBound { binding });
+                // Durable (one fsync) off the request's thread.
+                let outbox = outbox.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn_blocking(move || outbox.commit());
+                    }
+                    Err(_) => outbox.commit(),
+                }
+            }));
+        }
         // The controller cursor counts only with the snapshot it was
         // written beside; without that snapshot the node asks for all, and
         // counts as never current.
@@ -212,7 +245,8 @@ impl Vigil {
                 )
                 .map_err(StartError::Controller)?
                 .with_open_requests(open_requests.clone())
-                .with_decisions(decisions.clone());
+                .with_decisions(decisions.clone())
+                .with_dbsc(dbsc.clone(), config.dbsc.clone());
                 // What was applied since the snapshot, back before anything
                 // is served; journaled from here on. Only beside a
                 // snapshot, which is what compacts it.
@@ -306,7 +340,8 @@ impl Vigil {
         )
         .with_h2_connections(h2_connections.clone())
         .with_fleet_state(fleet_state.clone())
-        .with_open_requests(open_requests.clone());
+        .with_open_requests(open_requests.clone())
+        .with_dbsc(dbsc.clone());
         let mut certificates = Vec::new();
         for listener in &config.listeners {
             let mut proxy =
@@ -379,13 +414,19 @@ impl Vigil {
             HealthChecks::new(current.clone()),
         ));
 
-        let final_snapshot = snapshot
-            .as_ref()
-            .map(|(path, _)| (engine.clone(), path.clone(), fleet_state.clone()));
+        let final_snapshot = snapshot.as_ref().map(|(path, _)| {
+            (
+                engine.clone(),
+                path.clone(),
+                fleet_state.clone(),
+                dbsc.clone(),
+            )
+        });
         if let Some((path, every)) = snapshot {
             server.add_service(background_service(
                 "session snapshot",
-                Snapshotter::new(engine.clone(), path, every, fleet_state.clone()),
+                Snapshotter::new(engine.clone(), path, every, fleet_state.clone())
+                    .with_dbsc(dbsc.clone()),
             ));
         }
         if let Some(fleet_sync) = fleet_sync {
@@ -470,8 +511,8 @@ impl Vigil {
         self.server.run(pingora_core::server::RunArgs {
             shutdown_signal: Box::new(self.signals),
         });
-        if let Some((engine, path, fleet)) = &self.snapshot {
-            snapshot::write_logged(engine, path, fleet.as_deref());
+        if let Some((engine, path, fleet, dbsc)) = &self.snapshot {
+            snapshot::write_logged(engine, path, fleet.as_deref(), Some(dbsc));
         }
         remove_pid_file(&self.pid_file);
         std::process::exit(0)

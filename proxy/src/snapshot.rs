@@ -28,6 +28,13 @@
 //! both files with older copies of both does too — a rollback the node
 //! cannot tell (`docs/security.md`).
 //!
+//! **DBSC bindings.** With DBSC in use, the node's bindings
+//! (`crate::dbsc`: session key, DBSC id, public key) follow the engine's
+//! bytes inside the same MAC and generation, as a section ending in its
+//! length and [`DBSC_MAGIC`]; on restore at most twice `[dbsc]
+//! max_sessions` entries are read. A snapshot without the section (an
+//! older one) restores the engine alone.
+//!
 //! **The controller cursor.** With a `[controller]`, each write also
 //! records in `controller.cursor` the controller sequence the engine held
 //! everything up to — read before the engine's bytes are taken, written
@@ -49,12 +56,16 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use vigil_engine::Engine;
 
+use crate::dbsc::Dbsc;
 use crate::fleet_sync::FleetState;
 
 /// The snapshot's file name in the state directory.
 pub const FILE_NAME: &str = "sessions.snapshot";
 /// The generation of the last snapshot written, beside the snapshot.
 pub const GENERATION_FILE: &str = "sessions.generation";
+
+/// Ends the DBSC section (after its length, u64 LE).
+pub const DBSC_MAGIC: &[u8; 8] = b"VIGDBSCS";
 
 /// The trailer after the engine's bytes: magic, generation (u64 LE), key
 /// fingerprint, MAC.
@@ -178,14 +189,28 @@ pub struct Snapshotter {
     path: PathBuf,
     every: Duration,
     fleet: Option<Arc<FleetState>>,
+    dbsc: Option<Arc<Dbsc>>,
 }
 
 /// Restores the snapshot at `path`, if there is one; whether one was.
 /// Problems are logged, never fatal; a snapshot that is not authentic is
 /// set aside and counted in `rejected`
 /// (`vigil_proxy_snapshots_rejected_total{reason}`).
-pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVec) -> bool {
-    let cap = engine.scorer().max_snapshot_bytes();
+pub fn restore(
+    engine: &Engine,
+    path: &Path,
+    rejected: &prometheus::IntCounterVec,
+    dbsc: Option<(&Dbsc, &crate::dbsc::Settings)>,
+) -> bool {
+    // Each DBSC entry is at most 1 + 16 + 16 + 4 + 8 + 8 + 2 bytes and a
+    // key of at most 1030.
+    let dbsc_cap = dbsc.map_or(0, |(_, s)| {
+        u64::try_from(s.max_sessions.saturating_mul(2 * 1085)).unwrap_or(u64::MAX) + 64
+    });
+    let cap = engine
+        .scorer()
+        .max_snapshot_bytes()
+        .saturating_add(dbsc_cap);
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() > cap
     {
@@ -222,6 +247,16 @@ pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVe
             return false;
         }
     };
+    let (body, section) = split_dbsc(body);
+    if let (Some(section), Some((dbsc, settings))) = (section, dbsc) {
+        match dbsc.restore_section(settings, section, crate::proxy::now_secs()) {
+            Some(n) => tracing::info!(bindings = n, "dbsc bindings restored"),
+            None => {
+                reject(Rejected::Contents);
+                return false;
+            }
+        }
+    }
     match engine.scorer().restore(body, crate::proxy::now_secs()) {
         Ok(r) => {
             tracing::info!(
@@ -241,6 +276,20 @@ pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVe
     }
 }
 
+/// The engine's bytes and the DBSC section, when there is one.
+fn split_dbsc(body: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let found = body.strip_suffix(DBSC_MAGIC.as_slice()).and_then(|rest| {
+        let at = rest.len().checked_sub(8)?;
+        let len = u64::from_le_bytes(rest[at..].try_into().ok()?);
+        let start = at.checked_sub(usize::try_from(len).ok()?)?;
+        Some((&rest[..start], &rest[start..at]))
+    });
+    match found {
+        Some((engine, section)) => (engine, Some(section)),
+        None => (body, None),
+    }
+}
+
 /// One writer at a time: the timer's and the final one share the
 /// temporary file.
 static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -257,7 +306,12 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// snapshot holds; then the applied-changes journal drops what the
 /// snapshot holds. Without one, a cursor left from an earlier run is
 /// removed: it would describe another snapshot.
-pub fn write(engine: &Engine, path: &Path, fleet: Option<&FleetState>) -> std::io::Result<u64> {
+pub fn write(
+    engine: &Engine,
+    path: &Path,
+    fleet: Option<&FleetState>,
+    dbsc: Option<&Dbsc>,
+) -> std::io::Result<u64> {
     let _one_at_a_time = WRITING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -288,6 +342,16 @@ pub fn write(engine: &Engine, path: &Path, fleet: Option<&FleetState>) -> std::i
     let mut file = out
         .into_inner()
         .map_err(std::io::IntoInnerError::into_error)?;
+    if let Some(dbsc) = dbsc {
+        use std::io::{Seek, SeekFrom};
+        // Taken after `applied` was read: it holds at least every binding
+        // the cursor claims.
+        let section = dbsc.snapshot_section();
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(&section)?;
+        file.write_all(&(section.len() as u64).to_le_bytes())?;
+        file.write_all(DBSC_MAGIC)?;
+    }
     // The engine seeks back to fill in its header, so the MAC is taken over
     // the finished bytes, read back in chunks.
     let generation = read_generation(path).unwrap_or(0).saturating_add(1);
@@ -356,13 +420,20 @@ impl Snapshotter {
             path,
             every,
             fleet,
+            dbsc: None,
         }
+    }
+
+    /// Writes `dbsc`'s bindings into each snapshot.
+    pub fn with_dbsc(mut self, dbsc: Arc<Dbsc>) -> Self {
+        self.dbsc = Some(dbsc);
+        self
     }
 }
 
 /// [`write`], with the outcome logged.
-pub fn write_logged(engine: &Engine, path: &Path, fleet: Option<&FleetState>) {
-    match write(engine, path, fleet) {
+pub fn write_logged(engine: &Engine, path: &Path, fleet: Option<&FleetState>, dbsc: Option<&Dbsc>) {
+    match write(engine, path, fleet, dbsc) {
         Ok(bytes) => tracing::info!(path = %path.display(), bytes, "session snapshot written"),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "session snapshot not written")
@@ -376,7 +447,12 @@ impl BackgroundService for Snapshotter {
         // The last snapshot is written after the server has stopped
         // (`Vigil::run`), when no request can change it any more.
         crate::periodic::every(self.every, shutdown, || {
-            write_logged(&self.engine, &self.path, self.fleet.as_deref());
+            write_logged(
+                &self.engine,
+                &self.path,
+                self.fleet.as_deref(),
+                self.dbsc.as_deref(),
+            );
         })
         .await;
     }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 /// Longest proof accepted, in bytes: an RS256 proof with a 4096-bit key
 /// in its header is about 1.5 KiB.
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
-/// Longest `jti` accepted (Vigil's challenges are 22 characters).
+/// Longest `jti` accepted (Vigil's challenges are 43 characters).
 const MAX_JTI_BYTES: usize = 256;
 /// Smallest and largest RSA modulus accepted, in bytes (2048 to 8192 bits,
 /// ring's own range for PKCS#1 v1.5 with SHA-256).
@@ -266,6 +266,44 @@ impl PublicKey {
         match self {
             PublicKey::Es256(_) => 65,
             PublicKey::Rs256 { n, e } => n.len() + e.len(),
+        }
+    }
+
+    /// Vigil's own encoding, as the fleet and the snapshot carry it:
+    /// `1 ‖ SEC1 point` for P-256, `2 ‖ len(e) ‖ e ‖ n` for RSA.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            PublicKey::Es256(point) => [&[1u8][..], &point[..]].concat(),
+            PublicKey::Rs256 { n, e } => {
+                let len = u8::try_from(e.len()).unwrap_or(0);
+                [&[2u8, len][..], e, n].concat()
+            }
+        }
+    }
+
+    /// Reads [`PublicKey::to_bytes`] back, within the bounds a proof's key
+    /// is held to; `None` for anything else.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        match b {
+            [1, point @ ..] if point.len() == 65 && point[0] == 4 => {
+                let mut p = Box::new([0u8; 65]);
+                p.copy_from_slice(point);
+                Some(PublicKey::Es256(p))
+            }
+            [2, len, rest @ ..] => {
+                let len = usize::from(*len);
+                if !(1..=4).contains(&len) || rest.len() < len {
+                    return None;
+                }
+                let (e, n) = rest.split_at(len);
+                (RSA_MODULUS_BYTES.contains(&n.len()) && n[0] != 0 && e[0] != 0).then(|| {
+                    PublicKey::Rs256 {
+                        n: n.into(),
+                        e: e.into(),
+                    }
+                })
+            }
+            _ => None,
         }
     }
 }

@@ -14,6 +14,16 @@
 //! What is decided here is data ([`Check`], [`Reply`]); the proxy writes
 //! it, and a `monitor` route only counts what it would refuse. State lives
 //! in [`store::Store`], one per process, kept across reloads.
+//!
+//! **Across the fleet.** What is made once per DBSC session — the
+//! registration: session key, DBSC id, public key — goes to the
+//! controller ([`Dbsc::set_sink`]) and comes back to every node through
+//! the sync stream ([`Dbsc::adopt`]); it is in the node's snapshot too
+//! ([`Dbsc::snapshot_section`]). What changes on every refresh needs no
+//! sync: the bound cookie, the refresh challenge and the registration
+//! offer are sealed (a 128-bit BLAKE3 MAC under keys derived from the
+//! fleet's session hash key, each with its own context), so any node of
+//! the fleet checks what another issued without a lookup.
 
 pub mod jwt;
 pub mod store;
@@ -27,8 +37,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use vigil_engine::SessionKey;
 
-use self::jwt::ProofError;
-use self::store::{Standing, Store, StoreError, Token};
+use vigil_fleet::{DbscBinding, DbscKey, SessionId};
+
+use self::jwt::{ProofError, PublicKey};
+use self::store::{Bind, Bound, OfferToken, Presented, Standing, Store, StoreError, Token};
 
 /// Headers of the protocol, as the current draft and Chromium 156 name them.
 pub const REGISTRATION: &str = "secure-session-registration";
@@ -170,16 +182,79 @@ pub struct Ask<'a> {
     pub now: u64,
 }
 
-/// DBSC on this node: the store and the endpoints' rate limits.
-#[derive(Debug, Default)]
+/// Where this node's new bindings go: the controller's outbox.
+pub type Sink = Box<dyn Fn(DbscBinding) + Send + Sync>;
+
+/// Ends the DBSC section of a snapshot.
+pub const SECTION_MAGIC: &[u8; 8] = b"VIGDBSC1";
+
+/// Seconds an offer or challenge may be dated ahead of this node's clock
+/// (another node's clock may run ahead).
+const SKEW: u64 = 60;
+
+/// DBSC on this node: the store, the seal keys and the endpoints' rate
+/// limits.
+#[derive(Default)]
 pub struct Dbsc {
     store: Store,
+    keys: Keys,
+    /// New bindings made here, for the fleet.
+    sink: std::sync::OnceLock<Sink>,
     /// Per client address: every request to the endpoints.
     clients: Limiter,
     /// Per bound session: verified proofs only (a session id is visible to
     /// anyone holding the app cookie; unproven requests must not spend the
     /// owner's budget).
     sessions: Limiter,
+}
+
+/// The seal keys, derived from the fleet's session hash key: every node
+/// of the fleet derives the same.
+struct Keys {
+    cookie: [u8; 32],
+    challenge: [u8; 32],
+    offer: [u8; 32],
+}
+
+impl Default for Keys {
+    /// Keys of this process alone (tests, a node without a key file).
+    fn default() -> Self {
+        Keys::from_secret(&rand::random())
+    }
+}
+
+impl Keys {
+    fn from_secret(secret: &[u8; 32]) -> Self {
+        Keys {
+            cookie: blake3::derive_key("vigil 2026-12 dbsc bound cookie", secret),
+            challenge: blake3::derive_key("vigil 2026-12 dbsc refresh challenge", secret),
+            offer: blake3::derive_key("vigil 2026-12 dbsc registration offer", secret),
+        }
+    }
+}
+
+impl std::fmt::Debug for Dbsc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dbsc")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first 16 bytes of the keyed BLAKE3 of `parts`.
+fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    for p in parts {
+        h.update(p);
+    }
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    t
+}
+
+/// Compares two tags in time independent of where they differ.
+fn same_tag(a: &[u8], b: &[u8; 16]) -> bool {
+    a.len() == 16 && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Fixed one-minute windows per key (a client address or a session id),
@@ -213,9 +288,293 @@ pub enum Issue {
 // === impl Dbsc ===
 
 impl Dbsc {
+    /// DBSC whose seals are keyed by `secret`, the fleet's session hash
+    /// key: every node of the fleet accepts the others' cookies and
+    /// challenges.
+    pub fn new(secret: &[u8; 32]) -> Self {
+        Dbsc {
+            keys: Keys::from_secret(secret),
+            ..Dbsc::default()
+        }
+    }
+
+    /// Sends every binding made on this node to `sink` (the controller's
+    /// outbox). Once.
+    pub fn set_sink(&self, sink: Sink) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn tell(&self, session: SessionKey, root: Option<SessionKey>, b: &Bound) {
+        if let Some(sink) = self.sink.get() {
+            sink(DbscBinding {
+                session: SessionId(*session.as_bytes()),
+                id: SessionId(b.id),
+                root: root.map(|r| SessionId(*r.as_bytes())),
+                key: DbscKey(b.key.to_bytes()),
+                at: b.at,
+            });
+        }
+    }
+
+    /// Takes a binding from the fleet (the controller's record of a
+    /// registration another node, or this one, verified). The record is
+    /// the first registration the controller took for the session: it
+    /// replaces a different one this node may hold (two registrations in
+    /// the window before either was heard of end with the first). Returns
+    /// whether anything changed.
+    pub fn adopt(&self, settings: &Settings, binding: &DbscBinding, now: u64) -> bool {
+        let session = SessionKey::from_bytes(binding.session.0);
+        if let Some(root) = binding.root {
+            return self
+                .store
+                .alias(session, SessionKey::from_bytes(root.0), binding.at)
+                == Ok(true);
+        }
+        let Some(key) = PublicKey::from_bytes(&binding.key.0) else {
+            return false;
+        };
+        let bound = self.store.bind(
+            session,
+            key,
+            binding.id.0,
+            binding.at.min(now),
+            now,
+            (settings.max_sessions, settings.idle_timeout),
+            true,
+        );
+        bound == Ok(Bind::New)
+    }
+
+    /// The bindings as a section of the node's snapshot (written inside
+    /// its MAC, `crate::snapshot`): each entry, then the count (u32 LE),
+    /// then [`SECTION_MAGIC`].
+    pub fn snapshot_section(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut n = 0u32;
+        for entry in self.store.entries() {
+            match entry {
+                store::Entry::Root {
+                    session,
+                    id,
+                    key,
+                    counter,
+                    at,
+                    touched,
+                } => {
+                    let key = key.to_bytes();
+                    let Ok(len) = u16::try_from(key.len()) else {
+                        continue;
+                    };
+                    out.push(1);
+                    out.extend_from_slice(session.as_bytes());
+                    out.extend_from_slice(&id);
+                    out.extend_from_slice(&counter.to_le_bytes());
+                    out.extend_from_slice(&at.to_le_bytes());
+                    out.extend_from_slice(&touched.to_le_bytes());
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(&key);
+                }
+                store::Entry::Alias { session, root, at } => {
+                    out.push(2);
+                    out.extend_from_slice(session.as_bytes());
+                    out.extend_from_slice(root.as_bytes());
+                    out.extend_from_slice(&at.to_le_bytes());
+                }
+            }
+            n += 1;
+        }
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(SECTION_MAGIC);
+        out
+    }
+
+    /// Takes back a [`Dbsc::snapshot_section`] (authenticated by the
+    /// snapshot's MAC); at most `2 × max_sessions` entries are read, and
+    /// bindings idle past `idle_timeout` are left out. Returns the entries
+    /// taken, or `None` for a section that does not parse (nothing is
+    /// taken then).
+    pub fn restore_section(&self, settings: &Settings, section: &[u8], now: u64) -> Option<usize> {
+        let body = section.strip_suffix(SECTION_MAGIC.as_slice())?;
+        let split = body.len().checked_sub(4)?;
+        let (mut rest, count) = body.split_at(split);
+        let count = u32::from_le_bytes(count.try_into().ok()?);
+        let limit = settings.max_sessions.saturating_mul(2);
+        if usize::try_from(count).ok()? > limit {
+            return None;
+        }
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if rest.len() < n {
+                return None;
+            }
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            Some(head)
+        }
+        let key16 = |b: &[u8]| -> Option<[u8; 16]> { b.try_into().ok() };
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let entry = match take(&mut rest, 1)?[0] {
+                1 => {
+                    let session = SessionKey::from_bytes(key16(take(&mut rest, 16)?)?);
+                    let id = key16(take(&mut rest, 16)?)?;
+                    let counter = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
+                    let at = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+                    let touched = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+                    let len = u16::from_le_bytes(take(&mut rest, 2)?.try_into().ok()?);
+                    let key = PublicKey::from_bytes(take(&mut rest, usize::from(len))?)?;
+                    store::Entry::Root {
+                        session,
+                        id,
+                        key,
+                        counter,
+                        at,
+                        touched,
+                    }
+                }
+                2 => store::Entry::Alias {
+                    session: SessionKey::from_bytes(key16(take(&mut rest, 16)?)?),
+                    root: SessionKey::from_bytes(key16(take(&mut rest, 16)?)?),
+                    at: u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?),
+                },
+                _ => return None,
+            };
+            entries.push(entry);
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let limits = (settings.max_sessions, settings.idle_timeout);
+        Some(
+            entries
+                .into_iter()
+                .filter(|e| self.store.restore(e.clone(), now, limits))
+                .count(),
+        )
+    }
+
     /// The store, for reports.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A sealed registration offer for `session`, made at `now`:
+    /// `at ‖ nonce ‖ tag`.
+    fn offer_token(&self, session: &SessionKey, now: u64) -> OfferToken {
+        let nonce: [u8; 8] = rand::random();
+        let at = now.to_be_bytes();
+        let mut t = [0u8; 32];
+        t[..8].copy_from_slice(&at);
+        t[8..16].copy_from_slice(&nonce);
+        t[16..].copy_from_slice(&tag(&self.keys.offer, &[session.as_bytes(), &at, &nonce]));
+        t
+    }
+
+    /// Which of `carried` the offer `token` was made for, if its seal
+    /// verifies for one of them and it is within `window`.
+    fn offered(
+        &self,
+        token: &OfferToken,
+        carried: &[SessionKey],
+        now: u64,
+        window: u64,
+    ) -> Option<SessionKey> {
+        let at = u64::from_be_bytes(token[..8].try_into().ok()?);
+        if at + window <= now || at > now + SKEW {
+            return None;
+        }
+        carried.iter().copied().find(|s| {
+            same_tag(
+                &token[16..],
+                &tag(
+                    &self.keys.offer,
+                    &[s.as_bytes(), &token[..8], &token[8..16]],
+                ),
+            )
+        })
+    }
+
+    /// A sealed refresh challenge for DBSC session `id` at refresh counter
+    /// `counter`: `at ‖ counter ‖ nonce ‖ tag`.
+    fn challenge(&self, id: &Token, counter: u32, now: u64) -> [u8; 32] {
+        let nonce: [u8; 4] = rand::random();
+        let mut t = [0u8; 32];
+        t[..8].copy_from_slice(&now.to_be_bytes());
+        t[8..12].copy_from_slice(&counter.to_be_bytes());
+        t[12..16].copy_from_slice(&nonce);
+        let mac = tag(&self.keys.challenge, &[id, &t[..16]]);
+        t[16..].copy_from_slice(&mac);
+        t
+    }
+
+    /// A challenge's issue time and counter, if its seal verifies for `id`.
+    fn challenge_of(&self, id: &Token, t: &[u8; 32]) -> Option<(u64, u32)> {
+        if !same_tag(&t[16..], &tag(&self.keys.challenge, &[id, &t[..16]])) {
+            return None;
+        }
+        Some((
+            u64::from_be_bytes(t[..8].try_into().ok()?),
+            u32::from_be_bytes(t[8..12].try_into().ok()?),
+        ))
+    }
+
+    /// A sealed bound cookie: `id ‖ until ‖ counter ‖ tag`.
+    fn cookie(&self, id: &Token, until: u64, counter: u32) -> String {
+        let mut c = [0u8; 44];
+        c[..16].copy_from_slice(id);
+        c[16..24].copy_from_slice(&until.to_be_bytes());
+        c[24..28].copy_from_slice(&counter.to_be_bytes());
+        let mac = tag(&self.keys.cookie, &[&c[..28]]);
+        c[28..].copy_from_slice(&mac);
+        URL_SAFE_NO_PAD.encode(c)
+    }
+
+    /// A bound cookie for `id` as [`Dbsc`] issues it (benches and tests).
+    pub fn sealed_cookie(&self, id: &Token, until: u64, counter: u32) -> String {
+        self.cookie(id, until, counter)
+    }
+
+    /// What a bound cookie says, if its seal verifies.
+    fn presented(&self, value: &str) -> Option<Presented> {
+        let c: [u8; 44] = decode_n(value)?;
+        if !same_tag(&c[28..], &tag(&self.keys.cookie, &[&c[..28]])) {
+            return None;
+        }
+        Some(Presented {
+            id: c[..16].try_into().ok()?,
+            until: u64::from_be_bytes(c[16..24].try_into().ok()?),
+            counter: u32::from_be_bytes(c[24..28].try_into().ok()?),
+        })
+    }
+
+    /// The `Secure-Session-Challenge` value for `id` at `counter`.
+    fn challenge_header(&self, id: &Token, counter: u32, now: u64) -> String {
+        format!(
+            "\"{}\";id=\"{}\"",
+            URL_SAFE_NO_PAD.encode(self.challenge(id, counter, now)),
+            encode(id)
+        )
+    }
+
+    /// The session instructions, a sealed bound cookie at `counter` and the
+    /// next challenge.
+    fn granted(
+        &self,
+        s: &Settings,
+        outcome: &'static str,
+        id: &Token,
+        counter: u32,
+        host: &str,
+        now: u64,
+    ) -> Reply {
+        let cookie = self.cookie(id, now + s.cookie_lifetime + COOKIE_GRACE, counter);
+        granted(
+            s,
+            outcome,
+            id,
+            &cookie,
+            self.challenge_header(id, counter, now),
+            host,
+        )
     }
 
     /// The `Secure-Session-Registration` value for `session`, a session
@@ -229,18 +588,23 @@ impl Dbsc {
         also: Vec<SessionKey>,
         now: u64,
     ) -> Option<String> {
-        let challenge = self.store.offer(
-            session,
-            also,
-            now,
-            settings.registration_window,
-            settings.max_sessions,
-        )?;
-        Some(format!(
-            "(ES256 RS256);path=\"{}/register\";challenge=\"{}\"",
-            settings.path,
-            encode(&challenge)
-        ))
+        let challenge = self.offer_token(&session, now);
+        self.store
+            .offer(
+                session,
+                also,
+                now,
+                settings.registration_window,
+                settings.max_sessions,
+                challenge,
+            )
+            .then(|| {
+                format!(
+                    "(ES256 RS256);path=\"{}/register\";challenge=\"{}\"",
+                    settings.path,
+                    URL_SAFE_NO_PAD.encode(challenge)
+                )
+            })
     }
 
     /// The app's response opened `new` (sessions new to the engine) in
@@ -274,9 +638,16 @@ impl Dbsc {
             return Issue::None("not_new");
         };
         if let Some(root) = carried.iter().find_map(|k| self.store.root(k)) {
+            let bound = self.store.bound(&root);
             for key in &fresh {
-                if self.store.alias(*key, root, now).is_err() {
-                    return Issue::None("store_unavailable");
+                match self.store.alias(*key, root, now) {
+                    Ok(true) => {
+                        if let Some(b) = &bound {
+                            self.tell(*key, Some(root), b);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(_) => return Issue::None("store_unavailable"),
                 }
             }
             return Issue::Inherited;
@@ -304,8 +675,7 @@ impl Dbsc {
         if excluded(settings, path) {
             return Check::Pass("excluded");
         }
-        let cookie =
-            bound_cookie(headers, &settings.cookie_name).map(|v| cookie_hash(v.as_bytes()));
+        let cookie = bound_cookie(headers, &settings.cookie_name).and_then(|v| self.presented(v));
         match self
             .store
             .standing(session, cookie.as_ref(), now, settings.registration_window)
@@ -319,9 +689,9 @@ impl Dbsc {
                 why: "unbound",
                 challenge: None,
             },
-            Standing::Unproven { id, challenge } => Check::Refuse {
+            Standing::Unproven { id, counter } => Check::Refuse {
                 why: "unproven",
-                challenge: Some(challenge_header(&challenge, &id)),
+                challenge: Some(self.challenge_header(&id, counter, now)),
             },
         }
     }
@@ -395,36 +765,41 @@ impl Dbsc {
             Ok(p) => p,
             Err(e) => return Ok(proof_refused(e)),
         };
-        let (Some(challenge), Some(key)) = (decode(&proof.jti), proof.key) else {
+        let (Some(challenge), Some(key)) = (decode_n::<32>(&proof.jti), proof.key) else {
             return Ok(reply(401, "unknown_challenge"));
         };
         // Only a request holding the offered session's cookie registers for
-        // it: a challenge seen by someone else is of no use to him.
-        let Some((session, also)) =
-            self.store
-                .take_offer(&challenge, carried, now, s.registration_window)?
-        else {
+        // it: a challenge seen by someone else is of no use to him. The
+        // offer may have been made by another node: its seal says for
+        // which session and when.
+        let Some(session) = self.offered(&challenge, carried, now, s.registration_window) else {
             return Ok(reply(401, "unknown_challenge"));
         };
-        let cookie: Token = rand::random();
-        let next: Token = rand::random();
-        let until = now + s.cookie_lifetime + COOKIE_GRACE;
-        let Some(id) = self.store.bind(
+        let also = self.store.take_offer(&challenge, &session)?;
+        let id = Store::id_for(&session);
+        let bound = self.store.bind(
             session,
             key,
-            cookie_hash(encode(&cookie).as_bytes()),
-            until,
-            next,
+            id,
+            now,
             now,
             (s.max_sessions, s.idle_timeout),
-        )?
-        else {
-            return Ok(reply(409, "already_bound"));
-        };
-        for other in also {
-            self.store.alias(other, session, now)?;
+            false,
+        )?;
+        if bound != Bind::New {
+            // The offer is spent: its session is bound, here or (the
+            // fleet's record) on another node.
+            return Ok(reply(401, "already_bound"));
         }
-        Ok(granted(s, "registered", &id, &cookie, &next, host))
+        if let Some(b) = self.store.bound(&session) {
+            self.tell(session, None, &b);
+            for other in also {
+                if self.store.alias(other, session, now)? {
+                    self.tell(other, Some(session), &b);
+                }
+            }
+        }
+        Ok(self.granted(s, "registered", &id, 0, host, now))
     }
 
     fn refresh(
@@ -444,25 +819,16 @@ impl Dbsc {
         let Some(bound) = self.store.by_id(&id)? else {
             return Ok(reply(404, "unknown_session"));
         };
-        let fresh = bound.challenge_at + s.challenge_lifetime > now;
         let challenge_again = |outcome| -> Result<Reply, StoreError> {
-            let next: Token = rand::random();
-            self.store.rechallenge(&id, next, now)?;
             Ok(Reply {
-                headers: vec![(CHALLENGE, challenge_header(&next, &id))],
+                headers: vec![(CHALLENGE, self.challenge_header(&id, bound.counter, now))],
                 ..reply(403, outcome)
             })
         };
         let Some(token) = one(headers, RESPONSE) else {
-            // The current challenge while it is fresh: anyone holding the
-            // app cookie can ask, and must not be able to make the owner's
-            // proof stale by asking again and again.
-            if fresh {
-                return Ok(Reply {
-                    headers: vec![(CHALLENGE, challenge_header(&bound.challenge, &id))],
-                    ..reply(403, "challenged")
-                });
-            }
+            // A new challenge each time: the ones handed out before stay
+            // good while fresh, so anyone holding the app cookie can ask
+            // without making the owner's proof stale.
             return challenge_again("challenged");
         };
         let proof = match jwt::verify_refresh(token, &bound.key) {
@@ -476,33 +842,22 @@ impl Dbsc {
         if !self.sessions.allow(&skey, now, s.per_session_per_minute) {
             return Ok(limited());
         }
-        // Signed by the key, but not the live challenge: stale, replayed or
-        // made up. The protocol's retry path: a browser that raced a
-        // rotation signs the new one; a replayer cannot.
-        let signed = decode(&proof.jti);
-        if !fresh || signed != Some(bound.challenge) {
-            return challenge_again(if fresh {
-                "stale_or_replayed"
-            } else {
-                "expired_challenge"
-            });
-        }
-        let cookie: Token = rand::random();
-        let next: Token = rand::random();
-        let rotated = self.store.refreshed(
-            &id,
-            &bound.challenge,
-            (
-                next,
-                cookie_hash(encode(&cookie).as_bytes()),
-                now + s.cookie_lifetime + COOKIE_GRACE,
-            ),
-            now,
-        )?;
-        if !rotated {
+        // Signed by the key, but not a challenge of this session (made
+        // up), too old, or minted before a refresh this node has seen
+        // (stale or replayed). The protocol's retry path: a browser that
+        // raced a rotation signs the new one; a replayer cannot.
+        let Some((at, counter)) =
+            decode_n::<32>(&proof.jti).and_then(|c| self.challenge_of(&id, &c))
+        else {
             return challenge_again("stale_or_replayed");
+        };
+        if at + s.challenge_lifetime <= now || at > now + SKEW {
+            return challenge_again("expired_challenge");
         }
-        Ok(granted(s, "refreshed", &id, &cookie, &next, host))
+        let Some(next) = self.store.refreshed(&id, counter, now)? else {
+            return challenge_again("stale_or_replayed");
+        };
+        Ok(self.granted(s, "refreshed", &id, next, host, now))
     }
 }
 
@@ -561,8 +916,8 @@ fn granted(
     s: &Settings,
     outcome: &'static str,
     id: &Token,
-    cookie: &Token,
-    next: &Token,
+    cookie: &str,
+    challenge: String,
     host: &str,
 ) -> Reply {
     let attributes = "Path=/; Secure; HttpOnly; SameSite=Lax";
@@ -585,12 +940,10 @@ fn granted(
                 "set-cookie",
                 format!(
                     "{}={}; Max-Age={}; {attributes}",
-                    s.cookie_name,
-                    encode(cookie),
-                    s.cookie_lifetime
+                    s.cookie_name, cookie, s.cookie_lifetime
                 ),
             ),
-            (CHALLENGE, challenge_header(next, id)),
+            (CHALLENGE, challenge),
             ("content-type", "application/json".to_owned()),
         ],
         body: body.to_string(),
@@ -626,10 +979,6 @@ fn proof_refused(e: ProofError) -> Reply {
         ProofError::BadKey => reply(401, "bad_key"),
         ProofError::BadSignature => reply(401, "bad_signature"),
     }
-}
-
-fn challenge_header(challenge: &Token, id: &Token) -> String {
-    format!("\"{}\";id=\"{}\"", encode(challenge), encode(id))
 }
 
 /// Whether `path` (normalised) is under one of the excluded prefixes, on a
@@ -709,17 +1058,15 @@ fn encode(t: &Token) -> String {
 }
 
 fn decode(s: &str) -> Option<Token> {
-    if s.len() != 22 {
+    decode_n(s)
+}
+
+/// `N` bytes from unpadded base64url of exactly their length.
+fn decode_n<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != (N * 4).div_ceil(3) {
         return None;
     }
     URL_SAFE_NO_PAD.decode(s).ok()?.try_into().ok()
-}
-
-/// The first 16 bytes of BLAKE3: bound cookies are kept only as hashes.
-pub fn cookie_hash(value: &[u8]) -> Token {
-    let mut t = [0u8; 16];
-    t.copy_from_slice(&blake3::hash(value).as_bytes()[..16]);
-    t
 }
 
 #[cfg(test)]
@@ -915,6 +1262,146 @@ mod tests {
             },
         );
         assert_eq!((r.status, r.outcome), (200, "refreshed"));
+    }
+
+    /// Two nodes of one fleet (one secret): B knows A's binding only from
+    /// the record A sent, and takes A's cookie and challenge; a node of
+    /// another secret takes neither; a tampered cookie is nobody's.
+    #[test]
+    fn another_node_of_the_fleet_takes_the_cookie_and_the_challenge() {
+        let s = Settings::default();
+        let (a, b) = (Dbsc::new(&[7; 32]), Dbsc::new(&[7; 32]));
+        let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let to = sent.clone();
+        a.set_sink(Box::new(move |r| to.lock().unwrap().push(r)));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let k = key();
+        let session = SessionKey::from_bytes([3; 16]);
+        // Offered by B, registered at A: the offer's seal is the fleet's.
+        let offer = b.offer(&s, session, Vec::new(), 1_000).unwrap();
+        let c = offer
+            .split("challenge=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let h = headers(&[(RESPONSE, &proof(&k, true, c))]);
+        let ask = |path, headers, now| Ask {
+            method: "POST",
+            path,
+            headers,
+            host: "h",
+            client: ip,
+            sessions: std::slice::from_ref(&session),
+            now,
+        };
+        let r = a.endpoint(&s, &ask("/.vigil/dbsc/register", &h, 1_001));
+        assert_eq!((r.status, r.outcome), (200, "registered"));
+        let records = sent.lock().unwrap().clone();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].session.0, *session.as_bytes());
+        let set = &r
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "set-cookie")
+            .unwrap()
+            .1;
+        let value = set
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        let jar = headers(&[("cookie", &format!("{}={value}", s.cookie_name))]);
+        // B before the record: the session is not bound there (its offer
+        // is pending there).
+        assert_eq!(
+            b.check(&s, RouteDbsc::Offer, &session, &jar, "/", 1_002),
+            Check::Pass("pending")
+        );
+        assert!(b.adopt(&s, &records[0], 1_002));
+        assert!(!b.adopt(&s, &records[0], 1_002));
+        assert_eq!(
+            b.check(&s, RouteDbsc::Require, &session, &jar, "/", 1_002),
+            Check::Pass("proven")
+        );
+        let other = Dbsc::new(&[8; 32]);
+        other.adopt(&s, &records[0], 1_002);
+        assert!(matches!(
+            other.check(&s, RouteDbsc::Require, &session, &jar, "/", 1_002),
+            Check::Refuse {
+                why: "unproven",
+                ..
+            }
+        ));
+        let mut forged = value.clone().into_bytes();
+        forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
+        let forged = headers(&[(
+            "cookie",
+            &format!("{}={}", s.cookie_name, String::from_utf8(forged).unwrap()),
+        )]);
+        assert!(matches!(
+            b.check(&s, RouteDbsc::Require, &session, &forged, "/", 1_002),
+            Check::Refuse { .. }
+        ));
+        // The challenge A handed out, signed and sent to B: refreshed.
+        let next = &r.headers.iter().find(|(n, _)| *n == CHALLENGE).unwrap().1;
+        let (c, id) = (
+            next.split('"').nth(1).unwrap(),
+            next.split('"').nth(3).unwrap(),
+        );
+        let p = proof(&k, false, c);
+        let h = headers(&[(SESSION_ID, id), (RESPONSE, &p)]);
+        let r = b.endpoint(&s, &ask("/.vigil/dbsc/refresh", &h, 1_003));
+        assert_eq!((r.status, r.outcome), (200, "refreshed"));
+        // The same proof again at B: stale. At A, which has not seen the
+        // refresh, it is taken once (the window the docs state).
+        let r = b.endpoint(&s, &ask("/.vigil/dbsc/refresh", &h, 1_004));
+        assert_eq!((r.status, r.outcome), (403, "stale_or_replayed"));
+        let r = a.endpoint(&s, &ask("/.vigil/dbsc/refresh", &h, 1_004));
+        assert_eq!((r.status, r.outcome), (200, "refreshed"));
+        let r = a.endpoint(&s, &ask("/.vigil/dbsc/refresh", &h, 1_005));
+        assert_eq!((r.status, r.outcome), (403, "stale_or_replayed"));
+    }
+
+    /// The section a snapshot carries comes back whole, and a damaged one
+    /// is refused whole.
+    #[test]
+    fn the_snapshot_section_round_trips_and_is_bounded() {
+        let s = Settings::default();
+        let a = Dbsc::new(&[7; 32]);
+        let session = SessionKey::from_bytes([3; 16]);
+        let id = Store::id_for(&session);
+        a.store
+            .bind(
+                session,
+                PublicKey::Es256(Box::new([4; 65])),
+                id,
+                10,
+                10,
+                (10, 1000),
+                false,
+            )
+            .unwrap();
+        a.store
+            .alias(SessionKey::from_bytes([4; 16]), session, 11)
+            .unwrap();
+        let section = a.snapshot_section();
+        let b = Dbsc::new(&[7; 32]);
+        assert_eq!(b.restore_section(&s, &section, 20), Some(2));
+        assert!(b.store.by_id(&id).unwrap().is_some());
+        for cut in [1, 5, section.len() - 9] {
+            assert_eq!(
+                Dbsc::default().restore_section(&s, &section[cut..], 20),
+                None
+            );
+        }
+        let tight = Settings {
+            max_sessions: 0,
+            ..Settings::default()
+        };
+        assert_eq!(Dbsc::default().restore_section(&tight, &section, 20), None);
     }
 
     #[test]

@@ -23,24 +23,21 @@ const SHARDS: usize = 16;
 /// Random bytes of a challenge, a bound cookie and a session id.
 pub type Token = [u8; 16];
 
-/// One bound session.
+/// One bound session: what its registration fixed, and the highest
+/// refresh counter this node issued or saw on a bound cookie.
 #[derive(Debug, Clone)]
 pub struct Bound {
     /// The DBSC session identifier given to the browser.
     pub id: Token,
     /// The key the browser registered.
     pub key: PublicKey,
-    /// The challenge the next refresh proof must sign, and when it was made.
-    pub challenge: Token,
-    pub challenge_at: u64,
-    /// BLAKE3 of the bound cookie in force (first 16 bytes), and when it
-    /// expires; the previous one stays valid until its own expiry (requests
-    /// sent just before a refresh).
-    pub cookie: Token,
-    pub cookie_until: u64,
-    pub previous: Token,
-    pub previous_until: u64,
-    /// Last registration or refresh, for the idle sweep.
+    /// The highest refresh counter this node issued or saw presented: a
+    /// challenge minted under a lower one is stale here, and a bound
+    /// cookie more than one refresh behind it is not accepted.
+    pub counter: u32,
+    /// When the session was registered.
+    pub at: u64,
+    /// Last registration, refresh or proven request, for the idle sweep.
     pub touched: u64,
 }
 
@@ -65,11 +62,14 @@ struct Shard {
 
 #[derive(Debug, Default)]
 struct Offers {
-    by_challenge: HashMap<Token, Pending>,
+    by_challenge: HashMap<OfferToken, Pending>,
     /// When each session was first offered: a session is offered once, and
     /// its `require` window runs from then only.
     by_session: HashMap<SessionKey, u64>,
 }
+
+/// An offer's challenge as sent (stateless: MAC'd, see `super`).
+pub type OfferToken = [u8; 32];
 
 /// Why the store could not take a registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -97,14 +97,56 @@ pub enum Standing {
         /// A registration was offered within the window and not made yet.
         pending: bool,
     },
-    /// Bound, and the cookie is current (or the previous, unexpired).
+    /// Bound, and the cookie is current (or one refresh behind, unexpired).
     Proven,
     /// Bound, and the cookie is missing, expired or not this session's:
     /// the refresh challenge is owed.
     Unproven {
-        /// The session's id and its current challenge.
+        /// The session's id and its refresh counter here.
         id: Token,
-        challenge: Token,
+        counter: u32,
+    },
+}
+
+/// A bound cookie whose seal verified: what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presented {
+    /// The DBSC session it was issued to.
+    pub id: Token,
+    /// Until when it is honoured (its `Max-Age` plus the grace).
+    pub until: u64,
+    /// The refresh counter it was issued at.
+    pub counter: u32,
+}
+
+/// What [`Store::bind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Bound now.
+    New,
+    /// Bound already, to this very registration: nothing changed.
+    Same,
+    /// Bound already to another registration, which stays.
+    Other,
+}
+
+/// One entry of the store as the snapshot and the fleet carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A registered session.
+    Root {
+        session: SessionKey,
+        id: Token,
+        key: PublicKey,
+        counter: u32,
+        at: u64,
+        touched: u64,
+    },
+    /// A session that inherited `root`'s binding.
+    Alias {
+        session: SessionKey,
+        root: SessionKey,
+        at: u64,
     },
 }
 
@@ -135,8 +177,9 @@ impl Store {
     }
 
     /// A fresh session id that lands in `session`'s shard, so that both
-    /// lookups lock one shard.
-    fn id_for(session: &SessionKey) -> Token {
+    /// lookups lock one shard (on every node: the shard is a function of
+    /// the session key alone).
+    pub fn id_for(session: &SessionKey) -> Token {
         let mut id: Token = rand::random();
         let shard = usize::from(session.as_bytes()[0]) % SHARDS;
         // SHARDS divides 256: the low bits pick the shard, the rest stay random.
@@ -153,12 +196,11 @@ impl Store {
             .map_err(|_| StoreError::Unavailable)
     }
 
-    /// Records a registration offer for `session` (and `also`, the other
-    /// sessions the same response opened); returns its challenge, or `None`
-    /// when the session was offered before (a session is offered once: a
-    /// re-offer would reopen its `require` window and let whoever asked
-    /// next register), is bound, or `capacity` offers are held (expired
-    /// ones swept first).
+    /// Whether `session` may be offered a registration now: not offered
+    /// before here (a session is offered once: a re-offer would reopen its
+    /// `require` window and let whoever asked next register), not bound,
+    /// and fewer than `capacity` offers held (expired ones swept first).
+    /// When it may, the offer is recorded under `challenge`.
     pub fn offer(
         &self,
         session: SessionKey,
@@ -166,22 +208,24 @@ impl Store {
         now: u64,
         window: u64,
         capacity: usize,
-    ) -> Option<Token> {
+        challenge: OfferToken,
+    ) -> bool {
         if self.is_bound(&session) {
-            return None;
+            return false;
         }
-        let mut offers = self.offers.lock().ok()?;
+        let Ok(mut offers) = self.offers.lock() else {
+            return false;
+        };
         if offers.by_session.contains_key(&session) {
-            return None;
+            return false;
         }
         if offers.by_session.len() >= capacity {
             offers.by_challenge.retain(|_, p| p.at + window > now);
             offers.by_session.retain(|_, at| *at + window > now);
             if offers.by_session.len() >= capacity {
-                return None;
+                return false;
             }
         }
-        let challenge: Token = rand::random();
         offers.by_challenge.insert(
             challenge,
             Pending {
@@ -191,36 +235,24 @@ impl Store {
             },
         );
         offers.by_session.insert(session, now);
-        Some(challenge)
+        true
     }
 
-    /// Takes the offer `challenge` names, if it is within the window and
-    /// its session is among `carried` (the sessions whose cookies the
-    /// registration request itself sent: whoever registers must hold the
-    /// session). A challenge is good for one registration. Returns the
-    /// session and the others opened with it.
+    /// Takes this node's record of the offer `challenge` (whose seal the
+    /// caller verified for `session`): the other sessions opened with it.
+    /// Empty when this node did not make the offer (it was made by
+    /// another node of the fleet).
     pub fn take_offer(
         &self,
-        challenge: &Token,
-        carried: &[SessionKey],
-        now: u64,
-        window: u64,
-    ) -> Result<Option<(SessionKey, Vec<SessionKey>)>, StoreError> {
+        challenge: &OfferToken,
+        session: &SessionKey,
+    ) -> Result<Vec<SessionKey>, StoreError> {
         let mut offers = self.offers.lock().map_err(|_| StoreError::Unavailable)?;
-        let Some(p) = offers.by_challenge.get(challenge) else {
-            return Ok(None);
-        };
-        if !carried.contains(&p.session) {
-            return Ok(None);
+        offers.by_session.remove(session);
+        match offers.by_challenge.remove(challenge) {
+            Some(p) if p.session == *session => Ok(p.also),
+            _ => Ok(Vec::new()),
         }
-        let Some(p) = offers.by_challenge.remove(challenge) else {
-            return Ok(None);
-        };
-        // Taken: the session is bound next (or the store is full), and is
-        // never offered again either way (only a session new to the engine
-        // is offered).
-        offers.by_session.remove(&p.session);
-        Ok((p.at + window > now).then_some((p.session, p.also)))
     }
 
     /// Whether `session` is bound here, itself or as an alias.
@@ -239,9 +271,14 @@ impl Store {
         shard.aliases.get(session).map(|(root, _)| *root)
     }
 
+    /// The binding `root` holds, cloned.
+    pub fn bound(&self, root: &SessionKey) -> Option<Bound> {
+        self.shard_for(root).ok()?.by_session.get(root).cloned()
+    }
+
     /// `session` inherits the binding of `root` (a bound session, not an
-    /// alias): from now on it is proven by `root`'s bound cookies, which
-    /// `root`'s refreshes rotate. Nothing when `session` is bound already.
+    /// alias): from now on it is proven by `root`'s bound cookies. Nothing
+    /// when `session` is bound already.
     pub fn alias(
         &self,
         session: SessionKey,
@@ -259,25 +296,47 @@ impl Store {
         Ok(true)
     }
 
-    /// Binds `session` to `key` with a first cookie and challenge. A
-    /// session already bound keeps its key: the first registration wins
-    /// (a thief holding a copy cannot re-bind it to his own key).
+    /// Binds `session` to `key` under `id` (made by [`Store::id_for`],
+    /// here or on the node that verified the registration). A session
+    /// already bound keeps its binding: the first registration wins (a
+    /// thief holding a copy cannot re-bind it to his own key) — unless
+    /// `replace`, for the fleet's record, which is the first registration
+    /// the controller took and so the fleet's first (two nodes that each
+    /// took one in the window before either heard of the other end with
+    /// the controller's).
     #[allow(clippy::too_many_arguments)] // each is one fact of the binding
     pub fn bind(
         &self,
         session: SessionKey,
         key: PublicKey,
-        cookie: Token,
-        cookie_until: u64,
-        challenge: Token,
+        id: Token,
+        at: u64,
         now: u64,
         limits: (usize, u64),
-    ) -> Result<Option<Token>, StoreError> {
+        replace: bool,
+    ) -> Result<Bind, StoreError> {
         let (capacity, idle) = limits;
         let per_shard = capacity.div_ceil(SHARDS).max(1);
+        if Self::shard_of(&id) != usize::from(session.as_bytes()[0]) % SHARDS {
+            // Not an id made for this session: never from a Vigil node.
+            return Ok(Bind::Other);
+        }
         let mut shard = self.shard_for(&session)?;
-        if shard.by_session.contains_key(&session) || shard.aliases.contains_key(&session) {
-            return Ok(None);
+        if let Some(b) = shard.by_session.get(&session) {
+            if b.id == id && b.key == key {
+                return Ok(Bind::Same);
+            }
+            if !replace {
+                return Ok(Bind::Other);
+            }
+            let old = b.id;
+            shard.by_id.remove(&old);
+            shard.by_session.remove(&session);
+        } else if shard.aliases.contains_key(&session) {
+            if !replace {
+                return Ok(Bind::Other);
+            }
+            shard.aliases.remove(&session);
         }
         if shard.by_session.len() + shard.aliases.len() >= per_shard {
             shard.aliases.retain(|_, (_, at)| *at + idle > now);
@@ -296,23 +355,21 @@ impl Store {
                 return Err(StoreError::Full);
             }
         }
-        let id = Self::id_for(&session);
+        if shard.by_id.contains_key(&id) {
+            return Ok(Bind::Other);
+        }
         shard.by_id.insert(id, session);
         shard.by_session.insert(
             session,
             Bound {
                 id,
                 key,
-                challenge,
-                challenge_at: now,
-                cookie,
-                cookie_until,
-                previous: [0; 16],
-                previous_until: 0,
-                touched: now,
+                counter: 0,
+                at,
+                touched: now.max(at),
             },
         );
-        Ok(Some(id))
+        Ok(Bind::New)
     }
 
     /// The bound session with id `id`, cloned.
@@ -327,8 +384,11 @@ impl Store {
             .cloned())
     }
 
-    /// Replaces the challenge of session `id` (the 403 of a refresh).
-    pub fn rechallenge(&self, id: &Token, challenge: Token, now: u64) -> Result<bool, StoreError> {
+    /// A refresh proof of a challenge minted at refresh counter `signed`
+    /// verified: unless a refresh at or past it happened here since (the
+    /// challenge is stale, or the proof replayed), moves the counter past
+    /// it and returns the new counter, the one of the next bound cookie.
+    pub fn refreshed(&self, id: &Token, signed: u32, now: u64) -> Result<Option<u32>, StoreError> {
         let mut guard = self.shards[Self::shard_of(id)]
             .lock()
             .map_err(|_| StoreError::Unavailable)?;
@@ -338,78 +398,52 @@ impl Store {
             .get(id)
             .and_then(|s| shard.by_session.get_mut(s))
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        b.challenge = challenge;
-        b.challenge_at = now;
-        Ok(true)
-    }
-
-    /// A refresh proof for `signed` verified: if `signed` is still the
-    /// session's challenge (not consumed by a racing refresh), rotates
-    /// the challenge and the cookie. Returns false when it was not.
-    pub fn refreshed(
-        &self,
-        id: &Token,
-        signed: &Token,
-        next: (Token, Token, u64),
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let (challenge, cookie, cookie_until) = next;
-        let mut guard = self.shards[Self::shard_of(id)]
-            .lock()
-            .map_err(|_| StoreError::Unavailable)?;
-        let shard = &mut *guard;
-        let Some(b) = shard
-            .by_id
-            .get(id)
-            .and_then(|s| shard.by_session.get_mut(s))
-        else {
-            return Ok(false);
-        };
-        if b.challenge != *signed {
-            return Ok(false);
+        if signed < b.counter {
+            return Ok(None);
         }
-        b.challenge = challenge;
-        b.challenge_at = now;
-        b.previous = b.cookie;
-        b.previous_until = b.cookie_until;
-        b.cookie = cookie;
-        b.cookie_until = cookie_until;
+        b.counter = signed.saturating_add(1);
         b.touched = now;
-        Ok(true)
+        Ok(Some(b.counter))
     }
 
-    /// Where `session` stands given the hash of the bound cookie the
-    /// request carries. Unavailable (a poisoned lock) stands as unproven.
+    /// Where `session` stands given the bound cookie the request carries
+    /// (its seal verified). Proven when the cookie is of the session's
+    /// binding, unexpired, and at most one refresh behind the newest this
+    /// node knows (the previous cookie stays good until its own expiry for
+    /// requests sent just before a refresh). Unavailable (a poisoned lock)
+    /// stands as unproven.
     pub fn standing(
         &self,
         session: &SessionKey,
-        cookie: Option<&Token>,
+        cookie: Option<&Presented>,
         now: u64,
         window: u64,
     ) -> Standing {
+        const UNAVAILABLE: Standing = Standing::Unproven {
+            id: [0; 16],
+            counter: 0,
+        };
         let Ok(shard) = self.shard_for(session) else {
-            return Standing::Unproven {
-                id: [0; 16],
-                challenge: [0; 16],
-            };
+            return UNAVAILABLE;
         };
         if let Some(&(root, _)) = shard.aliases.get(session) {
             drop(shard);
-            let Ok(shard) = self.shard_for(&root) else {
-                return Standing::Unproven {
-                    id: [0; 16],
-                    challenge: [0; 16],
-                };
+            let Ok(mut shard) = self.shard_for(&root) else {
+                return UNAVAILABLE;
             };
-            return match shard.by_session.get(&root) {
+            return match shard.by_session.get_mut(&root) {
                 Some(b) => Self::judge(b, cookie, now),
                 // The binding it inherited was swept as idle.
                 None => Standing::Unbound { pending: false },
             };
         }
-        let Some(b) = shard.by_session.get(session) else {
+        drop(shard);
+        let Ok(mut shard) = self.shard_for(session) else {
+            return UNAVAILABLE;
+        };
+        let Some(b) = shard.by_session.get_mut(session) else {
             drop(shard);
             let pending = self
                 .offers
@@ -422,17 +456,78 @@ impl Store {
         Self::judge(b, cookie, now)
     }
 
-    fn judge(b: &Bound, cookie: Option<&Token>, now: u64) -> Standing {
+    fn judge(b: &mut Bound, cookie: Option<&Presented>, now: u64) -> Standing {
         let proven = cookie.is_some_and(|c| {
-            (*c == b.cookie && now < b.cookie_until) || (*c == b.previous && now < b.previous_until)
+            c.id == b.id && now < c.until && c.counter.saturating_add(1) >= b.counter
         });
-        if proven {
-            Standing::Proven
-        } else {
-            Standing::Unproven {
-                id: b.id,
-                challenge: b.challenge,
+        match cookie {
+            Some(c) if proven => {
+                // A cookie of a refresh made on another node: from now on
+                // this node holds its challenges and cookies to it.
+                b.counter = b.counter.max(c.counter);
+                Standing::Proven
             }
+            _ => Standing::Unproven {
+                id: b.id,
+                counter: b.counter,
+            },
+        }
+    }
+
+    /// Every entry, for the snapshot: bound sessions first, then aliases.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut roots = Vec::new();
+        let mut aliases = Vec::new();
+        for shard in &self.shards {
+            let Ok(shard) = shard.lock() else { continue };
+            for (session, b) in &shard.by_session {
+                roots.push(Entry::Root {
+                    session: *session,
+                    id: b.id,
+                    key: b.key.clone(),
+                    counter: b.counter,
+                    at: b.at,
+                    touched: b.touched,
+                });
+            }
+            for (session, (root, at)) in &shard.aliases {
+                aliases.push(Entry::Alias {
+                    session: *session,
+                    root: *root,
+                    at: *at,
+                });
+            }
+        }
+        roots.extend(aliases);
+        roots
+    }
+
+    /// Takes back an entry of a snapshot; whether it was new.
+    pub fn restore(&self, entry: Entry, now: u64, limits: (usize, u64)) -> bool {
+        match entry {
+            Entry::Root {
+                session,
+                id,
+                key,
+                counter,
+                at,
+                touched,
+            } => {
+                let (_, idle) = limits;
+                if touched + idle <= now {
+                    return false;
+                }
+                let bound = self.bind(session, key, id, at, touched, limits, false);
+                if bound == Ok(Bind::New)
+                    && let Ok(mut shard) = self.shard_for(&session)
+                    && let Some(b) = shard.by_session.get_mut(&session)
+                {
+                    b.counter = counter;
+                    b.touched = touched;
+                }
+                bound == Ok(Bind::New)
+            }
+            Entry::Alias { session, root, at } => self.alias(session, root, at) == Ok(true),
         }
     }
 
@@ -458,48 +553,101 @@ mod tests {
         PublicKey::Es256(Box::new([4; 65]))
     }
 
+    fn bind(s: &Store, k: SessionKey, now: u64, limits: (usize, u64)) -> Result<Token, StoreError> {
+        let id = Store::id_for(&k);
+        match s.bind(k, key(), id, now, now, limits, false)? {
+            Bind::New => Ok(id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cookie(id: Token, until: u64, counter: u32) -> Presented {
+        Presented { id, until, counter }
+    }
+
     #[test]
-    fn first_registration_wins_and_cookies_rotate() {
+    fn first_registration_wins_and_counters_move() {
         let s = Store::default();
         let k = SessionKey::from_bytes([7; 16]);
-        let id = s
-            .bind(k, key(), [1; 16], 100, [9; 16], 10, (10, 1000))
-            .unwrap()
-            .unwrap();
+        let id = bind(&s, k, 10, (10, 1000)).unwrap();
+        let other = Store::id_for(&k);
         assert_eq!(
-            s.bind(k, key(), [2; 16], 100, [9; 16], 10, (10, 1000)),
-            Ok(None)
+            s.bind(k, key(), other, 10, 10, (10, 1000), false),
+            Ok(Bind::Other)
         );
-        assert_eq!(s.standing(&k, Some(&[1; 16]), 50, 30), Standing::Proven);
+        assert_eq!(
+            s.bind(k, key(), id, 10, 10, (10, 1000), false),
+            Ok(Bind::Same)
+        );
+        assert_eq!(
+            s.standing(&k, Some(&cookie(id, 100, 0)), 50, 30),
+            Standing::Proven
+        );
+        // Expired, another session's, or none: unproven.
+        for c in [Some(cookie(id, 50, 0)), Some(cookie(other, 100, 0)), None] {
+            assert!(matches!(
+                s.standing(&k, c.as_ref(), 50, 30),
+                Standing::Unproven { .. }
+            ));
+        }
+        // A challenge at counter 0 refreshes once; then it is stale.
+        assert_eq!(s.refreshed(&id, 0, 60), Ok(Some(1)));
+        assert_eq!(s.refreshed(&id, 0, 61), Ok(None));
+        assert_eq!(s.refreshed(&id, 1, 62), Ok(Some(2)));
+        // The previous cookie (counter 1) until its own expiry; two behind
+        // (counter 0) no longer.
+        assert_eq!(
+            s.standing(&k, Some(&cookie(id, 100, 1)), 70, 30),
+            Standing::Proven
+        );
         assert!(matches!(
-            s.standing(&k, Some(&[1; 16]), 100, 30),
-            Standing::Unproven { .. }
+            s.standing(&k, Some(&cookie(id, 100, 0)), 70, 30),
+            Standing::Unproven { counter: 2, .. }
         ));
-        assert!(matches!(
-            s.standing(&k, None, 50, 30),
-            Standing::Unproven { .. }
-        ));
-        // A proof of a challenge that is not the current one changes nothing.
+    }
+
+    #[test]
+    fn the_fleets_record_replaces_a_different_local_binding() {
+        let s = Store::default();
+        let k = SessionKey::from_bytes([5; 16]);
+        let thiefs = bind(&s, k, 10, (10, 1000)).unwrap();
+        let owners = Store::id_for(&k);
         assert_eq!(
-            s.refreshed(&id, &[8; 16], ([5; 16], [3; 16], 200), 60),
-            Ok(false)
+            s.bind(k, key(), owners, 5, 20, (10, 1000), true),
+            Ok(Bind::New)
         );
+        assert!(s.by_id(&thiefs).unwrap().is_none());
+        assert!(s.by_id(&owners).unwrap().is_some());
+        // An id that is not of the session's shard is never a node's.
+        let mut foreign = owners;
+        foreign[0] ^= 1;
         assert_eq!(
-            s.refreshed(&id, &[9; 16], ([5; 16], [3; 16], 200), 60),
-            Ok(true)
+            s.bind(
+                SessionKey::from_bytes([6; 16]),
+                key(),
+                foreign,
+                5,
+                20,
+                (10, 1000),
+                true
+            ),
+            Ok(Bind::Other)
         );
-        // Replayed: the challenge has rotated.
+    }
+
+    #[test]
+    fn a_cookie_of_a_refresh_elsewhere_moves_the_counter_here() {
+        let s = Store::default();
+        let k = SessionKey::from_bytes([9; 16]);
+        let id = bind(&s, k, 10, (10, 1000)).unwrap();
+        // Another node refreshed three times: its cookie is proven here,
+        // and challenges minted here before it are stale from then on.
         assert_eq!(
-            s.refreshed(&id, &[9; 16], ([6; 16], [4; 16], 300), 61),
-            Ok(false)
+            s.standing(&k, Some(&cookie(id, 100, 3)), 50, 30),
+            Standing::Proven
         );
-        assert_eq!(s.standing(&k, Some(&[3; 16]), 150, 30), Standing::Proven);
-        // The previous cookie until its own expiry.
-        assert_eq!(s.standing(&k, Some(&[1; 16]), 99, 30), Standing::Proven);
-        assert!(matches!(
-            s.standing(&k, Some(&[1; 16]), 100, 30),
-            Standing::Unproven { .. }
-        ));
+        assert_eq!(s.refreshed(&id, 0, 51), Ok(None));
+        assert_eq!(s.refreshed(&id, 3, 51), Ok(Some(4)));
     }
 
     #[test]
@@ -508,20 +656,9 @@ mod tests {
         // Capacity 16: one per shard; two keys in shard 0.
         let a = SessionKey::from_bytes([0; 16]);
         let b = SessionKey::from_bytes([16; 16]);
-        assert!(
-            s.bind(a, key(), [1; 16], 100, [1; 16], 10, (16, 100))
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            s.bind(b, key(), [1; 16], 100, [1; 16], 20, (16, 100)),
-            Err(StoreError::Full)
-        );
-        assert!(
-            s.bind(b, key(), [1; 16], 300, [1; 16], 110, (16, 100))
-                .unwrap()
-                .is_some()
-        );
+        bind(&s, a, 10, (16, 100)).unwrap();
+        assert_eq!(bind(&s, b, 20, (16, 100)), Err(StoreError::Full));
+        bind(&s, b, 110, (16, 100)).unwrap();
         assert_eq!(s.len(), 1);
     }
 
@@ -529,29 +666,33 @@ mod tests {
     fn offers_are_single_use_bounded_and_expire() {
         let s = Store::default();
         let k = SessionKey::from_bytes([1; 16]);
-        let c = s.offer(k, Vec::new(), 10, 30, 1).unwrap();
-        assert_eq!(
-            s.offer(SessionKey::from_bytes([2; 16]), Vec::new(), 11, 30, 1),
-            None
-        );
+        assert!(s.offer(k, vec![SessionKey::from_bytes([8; 16])], 10, 30, 1, [1; 32]));
+        assert!(!s.offer(
+            SessionKey::from_bytes([2; 16]),
+            Vec::new(),
+            11,
+            30,
+            1,
+            [2; 32]
+        ));
         assert_eq!(
             s.standing(&k, None, 20, 30),
             Standing::Unbound { pending: true }
         );
-        // Only for a request that carries the session.
-        assert_eq!(s.take_offer(&c, &[], 20, 30), Ok(None));
-        assert_eq!(s.take_offer(&c, &[k], 20, 30), Ok(Some((k, Vec::new()))));
-        assert_eq!(s.take_offer(&c, &[k], 20, 30), Ok(None));
+        assert_eq!(
+            s.take_offer(&[1; 32], &k),
+            Ok(vec![SessionKey::from_bytes([8; 16])])
+        );
+        assert_eq!(s.take_offer(&[1; 32], &k), Ok(Vec::new()));
         // Offered once: the window is not reopened.
         let other = SessionKey::from_bytes([3; 16]);
-        let c = s.offer(other, Vec::new(), 50, 30, 2).unwrap();
-        assert_eq!(s.offer(other, Vec::new(), 60, 30, 2), None);
-        assert_eq!(s.offer(other, Vec::new(), 90, 30, 2), None);
+        assert!(s.offer(other, Vec::new(), 50, 30, 2, [3; 32]));
+        assert!(!s.offer(other, Vec::new(), 60, 30, 2, [4; 32]));
+        assert!(!s.offer(other, Vec::new(), 90, 30, 2, [5; 32]));
         assert_eq!(
             s.standing(&other, None, 90, 30),
             Standing::Unbound { pending: false }
         );
-        assert_eq!(s.take_offer(&c, &[other], 80, 30), Ok(None));
     }
 
     #[test]
@@ -559,22 +700,45 @@ mod tests {
         let s = Store::default();
         let root = SessionKey::from_bytes([1; 16]);
         let new = SessionKey::from_bytes([2; 16]);
-        s.bind(root, key(), [1; 16], 100, [9; 16], 10, (32, 1000))
-            .unwrap()
-            .unwrap();
+        let id = bind(&s, root, 10, (32, 1000)).unwrap();
         assert_eq!(s.alias(new, root, 20), Ok(true));
         assert_eq!(s.root(&new), Some(root));
         assert!(s.is_bound(&new));
-        assert_eq!(s.standing(&new, Some(&[1; 16]), 50, 30), Standing::Proven);
+        assert_eq!(
+            s.standing(&new, Some(&cookie(id, 100, 0)), 50, 30),
+            Standing::Proven
+        );
         assert!(matches!(
             s.standing(&new, None, 50, 30),
             Standing::Unproven { .. }
         ));
         // Bound already: neither offered nor bound again.
-        assert_eq!(s.offer(new, Vec::new(), 50, 30, 10), None);
+        assert!(!s.offer(new, Vec::new(), 50, 30, 10, [6; 32]));
         assert_eq!(
-            s.bind(new, key(), [2; 16], 100, [9; 16], 50, (32, 1000)),
-            Ok(None)
+            s.bind(new, key(), Store::id_for(&new), 50, 50, (32, 1000), false),
+            Ok(Bind::Other)
+        );
+    }
+
+    #[test]
+    fn entries_come_back() {
+        let s = Store::default();
+        let root = SessionKey::from_bytes([1; 16]);
+        let id = bind(&s, root, 10, (32, 1000)).unwrap();
+        s.alias(SessionKey::from_bytes([2; 16]), root, 20).unwrap();
+        s.refreshed(&id, 0, 30).unwrap();
+        let back = Store::default();
+        for e in s.entries() {
+            assert!(back.restore(e, 40, (32, 1000)));
+        }
+        assert_eq!(back.by_id(&id).unwrap().unwrap().counter, 1);
+        assert_eq!(back.root(&SessionKey::from_bytes([2; 16])), Some(root));
+        // Idle past the timeout: left out.
+        let late = Store::default();
+        assert!(
+            !s.entries()
+                .into_iter()
+                .any(|e| matches!(e, Entry::Root { .. }) && late.restore(e, 2_000, (32, 1000)))
         );
     }
 

@@ -1,0 +1,502 @@
+//! DBSC across the fleet, through the real binaries: `vigil-controller`
+//! (in this test process, on SQLite) and two `vigil-proxy` processes over
+//! real TLS sharing one session hash key, with a protocol-level client that
+//! signs as Chromium 156 does (`docs/bound-sessions.md`, DBSC at the edge,
+//! Across the fleet). Each test is the attack: a balancer sends the thief
+//! (or the owner) to whichever node it likes.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{CHROME, Ca, Config, Leaf, Origin, Proxy, REQUEST_TIMEOUT, Route, free_addr};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+const HOST: &str = "app.test";
+const COOKIE: &str = "__Host-vigil-dbsc";
+const NODE_A: &str = "dbsc-node-a-token-0123456";
+const NODE_B: &str = "dbsc-node-b-token-0123456";
+const ADMIN: &str = "dbsc-admin-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A browser's session key, signing as Chromium does.
+struct Key(EcdsaKeyPair);
+
+impl Key {
+    fn new() -> Key {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        Key(
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap(),
+        )
+    }
+
+    fn sign(&self, header: serde_json::Value, jti: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header.to_string());
+        let p = URL_SAFE_NO_PAD.encode(serde_json::json!({ "jti": jti }).to_string());
+        let input = format!("{h}.{p}");
+        let sig = self.0.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn registration(&self, challenge: &str) -> String {
+        let p = self.0.public_key().as_ref();
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..]),
+        });
+        self.sign(
+            serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt", "jwk": jwk}),
+            challenge,
+        )
+    }
+
+    fn refresh(&self, challenge: &str) -> String {
+        self.sign(
+            serde_json::json!({"alg": "ES256", "typ": "dbsc+jwt"}),
+            challenge,
+        )
+    }
+}
+
+/// One node as a client reaches it.
+struct Node {
+    proxy: Proxy,
+    config: String,
+    client: reqwest::Client,
+    base: String,
+}
+
+struct Fleet {
+    a: Node,
+    b: Node,
+    controller: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _origin: Origin,
+    _ca: Ca,
+    _leaf: Leaf,
+    _dir: tempfile::TempDir,
+}
+
+/// What registration or refresh gave.
+#[derive(Debug)]
+struct Granted {
+    id: String,
+    cookie: String,
+    challenge: String,
+}
+
+impl Fleet {
+    async fn start(dbsc: &str) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("fleet-hash.key");
+        std::fs::write(&key, "5a".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        bound.set_nonblocking(true).unwrap();
+        let listen = bound.local_addr().unwrap();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\nstore = \"sqlite://{}\"\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
+                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
+                dir.path().join("controller.db").display(),
+                key.display().to_string(),
+                hash(NODE_A),
+                hash(NODE_B),
+            ),
+        )
+        .unwrap();
+        let config = vigil_controller::Config::load(&config).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let bound = tokio::net::TcpListener::from_std(bound).unwrap();
+        tokio::spawn(async move {
+            vigil_controller::run_on(bound, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let ca = Ca::new("Test CA");
+        let leaf = ca.leaf(&[HOST]);
+        let origin = Origin::start();
+        let node = |name: &str, token: &str| -> String {
+            let state = dir.path().join(name);
+            std::fs::create_dir_all(&state).unwrap();
+            let token_file = state.join("controller.token");
+            std::fs::write(&token_file, token).unwrap();
+            Config::new()
+                .state_dir(&state)
+                .tls_listener("https", free_addr(), true, &[&leaf])
+                .upstream("app", origin.addr())
+                .route(Route::new("app", "/", "app").dbsc("offer"))
+                .section(&format!("[dbsc]\nper_client_per_minute = 10000\nper_session_per_minute = 10000\n{dbsc}"))
+                .section(&format!(
+                    "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{listen}\"\ntoken_file = {:?}\n",
+                    key.display().to_string(),
+                    token_file.display().to_string()
+                ))
+                .render()
+        };
+        let a = Node::start(node("a", NODE_A), &ca).await;
+        let b = Node::start(node("b", NODE_B), &ca).await;
+        Fleet {
+            a,
+            b,
+            controller: listen,
+            stop: Some(stop),
+            _origin: origin,
+            _ca: ca,
+            _leaf: leaf,
+            _dir: dir,
+        }
+    }
+}
+
+impl Node {
+    async fn start(config: String, ca: &Ca) -> Node {
+        let proxy = Proxy::start(&config).await;
+        proxy
+            .wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
+            .await;
+        Node::attach(proxy, config, ca)
+    }
+
+    fn attach(proxy: Proxy, config: String, ca: &Ca) -> Node {
+        let addr: SocketAddr = proxy.listener("https");
+        let client = common::tls_client_builder()
+            .tls_certs_only([ca.root()])
+            .resolve(HOST, addr)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap();
+        Node {
+            proxy,
+            config,
+            client,
+            base: format!("https://{HOST}:{}", addr.port()),
+        }
+    }
+
+    /// Stops this node (SIGTERM: its last snapshot is written) and starts
+    /// it again on the same state directory and ports.
+    async fn restart(self, ca: &Ca) -> Node {
+        let log = self.proxy.terminate();
+        assert!(log.contains("session snapshot written"), "{log}");
+        let proxy = Proxy::start(&self.config).await;
+        Node::attach(proxy, self.config, ca)
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> reqwest::Response {
+        let mut req = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("user-agent", CHROME)
+            .header("accept", "application/json");
+        if !cookie.is_empty() {
+            req = req.header("cookie", cookie);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/.vigil/dbsc{path}", self.base))
+            .header("user-agent", CHROME);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The app opens `session`; returns the registration challenge offered.
+    async fn login(&self, session: &str) -> String {
+        let r = self
+            .get(&format!("/login?user=ann&session={session}"), "")
+            .await;
+        assert_eq!(r.status(), 200);
+        let header = r
+            .headers()
+            .get("secure-session-registration")
+            .expect("a registration offer")
+            .to_str()
+            .unwrap();
+        header
+            .split("challenge=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned()
+    }
+
+    async fn register(&self, session: &str, proof: &str) -> reqwest::Response {
+        let cookie = format!("session={session}");
+        self.post(
+            "/register",
+            &[("secure-session-response", proof), ("cookie", &cookie)],
+        )
+        .await
+    }
+
+    async fn refresh(&self, id: &str, proof: Option<&str>) -> reqwest::Response {
+        let mut h = vec![("sec-secure-session-id", id)];
+        if let Some(p) = proof {
+            h.push(("secure-session-response", p));
+        }
+        self.post("/refresh", &h).await
+    }
+
+    /// Polls until a request carrying only the app's cookie of `session`
+    /// is refused here as unproven: this node knows the binding.
+    async fn until_bound(&self, session: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let r = self.get("/echo", &format!("session={session}")).await;
+            if r.status() == 403 {
+                assert_eq!(code(r).await.1, "dbsc_proof_failed");
+                return;
+            }
+            assert_eq!(r.status(), 200);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the binding never reached this node"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+async fn granted(r: reqwest::Response) -> Granted {
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .strip_prefix(&format!("{COOKIE}="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let challenge = challenge_of(&r);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    Granted {
+        id: body["session_identifier"].as_str().unwrap().to_owned(),
+        cookie,
+        challenge,
+    }
+}
+
+/// The challenge value of a `Secure-Session-Challenge` header.
+fn challenge_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("secure-session-challenge")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+async fn code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    let code = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, code)
+}
+
+#[tokio::test]
+async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
+    let mut fleet = Fleet::start("").await;
+    let owner = Key::new();
+    let offer = fleet.a.login("s1").await;
+    let g = granted(fleet.a.register("s1", &owner.registration(&offer)).await).await;
+    fleet.b.until_bound("s1").await;
+
+    // The owner's jar on B: the cookie A sealed is taken without a lookup.
+    let jar = format!("session=s1; {COOKIE}={}", g.cookie);
+    assert_eq!(fleet.b.get("/echo", &jar).await.status(), 200);
+    // A refresh on B signing the challenge A handed out: 200, and the new
+    // cookie is good on A too.
+    let r = fleet
+        .b
+        .refresh(&g.id, Some(&owner.refresh(&g.challenge)))
+        .await;
+    let g2 = granted(r).await;
+    assert_ne!(g2.cookie, g.cookie);
+    assert_ne!(g2.challenge, g.challenge);
+    let jar2 = format!("session=s1; {COOKIE}={}", g2.cookie);
+    assert_eq!(fleet.a.get("/echo", &jar2).await.status(), 200);
+    // The refresh protocol on B: 403 with a challenge, then 200.
+    let r = fleet.b.refresh(&g.id, None).await;
+    assert_eq!(r.status(), 403);
+    let c = challenge_of(&r);
+    let g3 = granted(fleet.b.refresh(&g.id, Some(&owner.refresh(&c))).await).await;
+
+    // The thief with the app's cookie alone, on either node: refused, and
+    // his own key cannot answer the challenge.
+    let thief = Key::new();
+    for node in [&fleet.a, &fleet.b] {
+        let r = node.get("/echo", "session=s1").await;
+        assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+        let r = node.refresh(&g.id, None).await;
+        assert_eq!(r.status(), 403);
+        let c = challenge_of(&r);
+        assert_eq!(
+            node.refresh(&g.id, Some(&thief.refresh(&c))).await.status(),
+            401
+        );
+    }
+    // Nor can he register his key for the session on B, with the offer he
+    // saw: the fleet's record is there.
+    assert_eq!(
+        code(fleet.b.register("s1", &thief.registration(&offer)).await).await,
+        (401, String::new())
+    );
+    // A cookie sealed for another session does not prove this one.
+    let offer2 = fleet.b.login("s2").await;
+    let other = granted(fleet.b.register("s2", &thief.registration(&offer2)).await).await;
+    fleet.a.until_bound("s2").await;
+    let mixed = format!("session=s1; {COOKIE}={}", other.cookie);
+    assert_eq!(fleet.a.get("/echo", &mixed).await.status(), 403);
+
+    // B restarts with the controller gone: what it knows, it knows from its
+    // snapshot alone.
+    let _ = fleet.stop.take().unwrap().send(());
+    let ca = fleet._ca;
+    let b = fleet.b.restart(&ca).await;
+    b.proxy.wait_for_log("dbsc bindings restored").await;
+    let r = b.get("/echo", "session=s1").await;
+    assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+    let jar3 = format!("session=s1; {COOKIE}={}", g3.cookie);
+    assert_eq!(b.get("/echo", &jar3).await.status(), 200);
+    // And the refresh counter it had reached: the challenge it handed out
+    // before the last refresh there is stale.
+    let r = b.refresh(&g.id, Some(&owner.refresh(&c))).await;
+    assert_eq!(r.status(), 403);
+    let r = b
+        .refresh(&g.id, Some(&owner.refresh(&challenge_of(&r))))
+        .await;
+    assert_eq!(r.status(), 200);
+    fleet.b = b;
+    fleet._ca = ca;
+}
+
+/// How long after a registration on A node B knows the session is bound:
+/// 20 trials, median and maximum printed (`cargo test -p vigil-proxy
+/// --test fleet_dbsc -- --nocapture`) and written in the docs.
+#[tokio::test]
+async fn the_window_from_a_registration_on_a_to_b_knowing_it() {
+    let fleet = Fleet::start("").await;
+    let key = Key::new();
+    // The first registration after the fleet starts is slower (seconds,
+    // not yet explained): measured and printed apart, bounded only by the
+    // deadline.
+    let offer = fleet.a.login("first").await;
+    let r = fleet.a.register("first", &key.registration(&offer)).await;
+    assert_eq!(r.status(), 200);
+    let start = std::time::Instant::now();
+    fleet.b.until_bound("first").await;
+    let first = start.elapsed();
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let session = format!("w{i}");
+        let offer = fleet.a.login(&session).await;
+        let r = fleet.a.register(&session, &key.registration(&offer)).await;
+        assert_eq!(r.status(), 200);
+        let start = std::time::Instant::now();
+        fleet.b.until_bound(&session).await;
+        took.push(start.elapsed());
+    }
+    let order: Vec<u128> = took.iter().map(Duration::as_millis).collect();
+    took.sort();
+    let median = (took[9] + took[10]) / 2;
+    let max = took[19];
+    let retried = fleet
+        .a
+        .proxy
+        .metric("vigil_proxy_fleet_events_retried_total", &[])
+        .await;
+    println!(
+        "registration on A → B knows it: first after start {} ms; then 20 trials: \
+         median {} ms, max {} ms (in order: {:?} ms; A's posts retried: {retried})",
+        first.as_millis(),
+        median.as_millis(),
+        max.as_millis(),
+        order
+    );
+    assert!(median < Duration::from_secs(1), "{took:?}");
+    assert!(max < Duration::from_secs(5), "{took:?}");
+}
+
+/// A registration the controller refuses: a node posting a second, other
+/// binding for a session the fleet holds one of (a forged record, or a
+/// thief's registration on a node that had not heard of the owner's).
+#[tokio::test]
+async fn the_controller_keeps_the_first_binding_of_a_session() {
+    let fleet = Fleet::start("").await;
+    let owner = Key::new();
+    let offer = fleet.a.login("first").await;
+    let g = granted(fleet.a.register("first", &owner.registration(&offer)).await).await;
+    fleet.b.until_bound("first").await;
+    // Node B's token posts another binding for the same session.
+    let url = format!("http://{}", fleet.controller);
+    let session = session_key("first");
+    let forged = serde_json::json!({
+        "v": 4,
+        "events": [{
+            "id": "forged-1", "kind": "dbsc_bound",
+            "binding": {
+                "session": session, "id": "00".repeat(16),
+                "key": format!("01{}", "04".repeat(65)), "at": 1,
+            }
+        }]
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(NODE_B)
+        .header("content-type", "application/json")
+        .body(forged.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(ack["accepted"], 1);
+    assert_eq!(ack["refused"], 1);
+    // The owner's binding holds on both nodes.
+    let jar = format!("session=first; {COOKIE}={}", g.cookie);
+    for node in [&fleet.a, &fleet.b] {
+        assert_eq!(node.get("/echo", &jar).await.status(), 200);
+    }
+}
+
+/// The session key of cookie value `value` under the fleet's test key.
+fn session_key(value: &str) -> String {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes([0x5a; 32]),
+    );
+    engine
+        .key_for_cookie("session", value.as_bytes())
+        .unwrap()
+        .to_string()
+}
