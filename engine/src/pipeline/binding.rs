@@ -273,20 +273,28 @@ impl Engine {
     }
 
     /// The rotation a confirmation of `check`'s session calls for: the
-    /// generation held, if its issuance was presented and nothing was
-    /// found wrong. Compare-and-set on it, as any rotation.
+    /// generation held, if its issuance was presented (before, or by this
+    /// very request: Vigil's step-up callback records nothing) and nothing
+    /// was found wrong. Compare-and-set on it, as any rotation.
     fn confirmed_rotation(&self, check: &Check, now: u64) -> Issue {
         let Some(b) = self.binding.as_ref() else {
             return Issue::Nothing;
         };
-        match b.store.get(&check.session, now) {
-            Some(s) if check.finding.is_none() && !s.compromised && s.presented_at != 0 => {
-                Issue::Rotate {
+        let Some(s) = b.store.get(&check.session, now) else {
+            return Issue::Nothing;
+        };
+        let presented = s.presented_at != 0
+            || check.record
+                == Record::Presented {
                     generation: s.generation,
                     nonce: s.nonce,
-                }
-            }
-            _ => Issue::Nothing,
+                };
+        if check.finding.is_some() || s.compromised || !presented {
+            return Issue::Nothing;
+        }
+        Issue::Rotate {
+            generation: s.generation,
+            nonce: s.nonce,
         }
     }
 

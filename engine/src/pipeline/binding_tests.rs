@@ -1060,3 +1060,58 @@ fn confirmed_exchange(
     let set = e.binding_cookies_confirmed(&v, &response, Enforcement::Enforce, 200, done.confirmed);
     (v, set)
 }
+
+/// Vigil's own OIDC step-up: the callback request is judged but nothing of
+/// it is applied (it is Vigil's page), its verdict is `step_up`, and the
+/// engine confirms the session from it. The redirect back carries the next
+/// generation, even when the callback's own request was the first to
+/// present the current one; without the confirmation nothing is issued.
+#[test]
+fn vigils_own_step_up_callback_rotates_the_binding_it_confirms() {
+    let e = engine();
+    let p = Policy::default();
+    let (_, set) = exchange(&e, &p, "session=cb", NOW, Enforcement::Enforce, None, 200);
+    assert_eq!(set.len(), 1);
+    let first = value_of(&set[0]);
+    let stepping = Policy {
+        low: Action::StepUp,
+        ..Policy::default()
+    };
+    let mut h = HeaderMap::new();
+    let cookie = format!("session=cb; __Host-vigil_bind={first}");
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("user-agent", UA.parse().unwrap());
+    let view = RequestView {
+        peer: "192.0.2.10".parse().unwrap(),
+        headers: &h,
+        now_secs: NOW + 1,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let v = e
+        .decide(&view, &stepping, ForwardedHeaders::default())
+        .unwrap();
+    assert_eq!(v.action, Action::StepUp);
+    let empty = HeaderMap::new();
+    let back = ResponseView {
+        headers: &empty,
+        now_secs: NOW + 1,
+        user_header: None,
+        confirm_header: None,
+        app_confirms: false,
+    };
+    let unconfirmed = e.binding_cookies_confirmed(&v, &back, Enforcement::Enforce, 303, false);
+    assert!(unconfirmed.is_empty(), "{unconfirmed:?}");
+    assert!(e.confirm(&v));
+    let set = e.binding_cookies_confirmed(&v, &back, Enforcement::Enforce, 303, true);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].starts_with("__Host-vigil_bind="), "{}", set[0]);
+    let sealer = &e.binding.as_ref().unwrap().sealer;
+    assert_eq!(
+        sealer
+            .unseal(value_of(&set[0]).as_bytes())
+            .unwrap()
+            .generation,
+        2
+    );
+}
