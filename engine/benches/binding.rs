@@ -75,6 +75,13 @@ fn seal(c: &mut Criterion) {
     g.bench_function("unseal", |b| {
         b.iter(|| sealer.unseal(black_box(value.as_bytes())))
     });
+    // A format 1 seal under the same key (the fuzz corpus's seed, made
+    // before format 2): the cost of the old format, in the same run.
+    let format_1 = include_bytes!("../../fuzz/corpus/binding_seal/seed-seal-0");
+    assert!(sealer.unseal(format_1).is_ok());
+    g.bench_function("unseal_format_1", |b| {
+        b.iter(|| sealer.unseal(black_box(format_1)))
+    });
     g.bench_function("unseal_longest_scope", |b| {
         b.iter(|| sealer.unseal(black_box(longest.as_bytes())))
     });

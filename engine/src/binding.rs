@@ -227,6 +227,10 @@ pub(crate) struct BindingState {
 
 /// What a request's companion was, read once per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a seal carries its scope inline (up to 255 bytes of Domain and of Path) so that opening one allocates nothing; a Companion lives on the stack for one request and is never stored"
+)]
 pub enum Companion {
     /// None sent.
     Absent,
