@@ -24,7 +24,7 @@ fn headers(companion: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("user-agent", CHROME.parse().unwrap());
     h.insert("accept-language", "en-GB,en;q=0.9".parse().unwrap());
-    let bind = companion.map_or(String::new(), |c| format!("; vigil_bind={c}"));
+    let bind = companion.map_or(String::new(), |c| format!("; __Host-vigil_bind={c}"));
     h.insert(
         "cookie",
         format!("_ga=GA1.2.123456789.1700000000; theme=dark; session={SESSION}{bind}; csrftoken=abcdef0123456789")
@@ -49,6 +49,23 @@ fn seal(c: &mut Criterion) {
             scope: Scope::of(Some("example.com"), Some("/"), SameSite::Lax),
         })
         .unwrap();
+    // The longest scope a seal carries: 253-byte domain, 255-byte path.
+    let longest = sealer
+        .seal(&Seal {
+            session: engine
+                .key_for_cookie("session", SESSION.as_bytes())
+                .unwrap(),
+            generation: 12,
+            nonce: 0x1234_5678,
+            issued_at: 1_700_000_000,
+            scope: Scope::of(
+                Some(&"d".repeat(253)),
+                Some(&format!("/{}", "p".repeat(254))),
+                SameSite::None,
+            )
+            .partitioned(true),
+        })
+        .unwrap();
     let h = headers(Some(&value));
     let mut forged = value.clone().into_bytes();
     forged[20] ^= 1;
@@ -57,6 +74,30 @@ fn seal(c: &mut Criterion) {
     let mut g = c.benchmark_group("binding");
     g.bench_function("unseal", |b| {
         b.iter(|| sealer.unseal(black_box(value.as_bytes())))
+    });
+    // A format 1 seal under the same key (the fuzz corpus's seed, made
+    // before format 2): the cost of the old format, in the same run.
+    let format_1 = include_bytes!("../../fuzz/corpus/binding_seal/seed-seal-0");
+    assert!(sealer.unseal(format_1).is_ok());
+    g.bench_function("unseal_format_1", |b| {
+        b.iter(|| sealer.unseal(black_box(format_1)))
+    });
+    g.bench_function("unseal_longest_scope", |b| {
+        b.iter(|| sealer.unseal(black_box(longest.as_bytes())))
+    });
+    let session = engine
+        .key_for_cookie("session", SESSION.as_bytes())
+        .unwrap();
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            sealer.seal(black_box(&Seal {
+                session,
+                generation: 13,
+                nonce: 0x1234_5679,
+                issued_at: 1_700_000_300,
+                scope: Scope::of(Some("example.com"), Some("/"), SameSite::Lax),
+            }))
+        })
     });
     g.bench_function("read_and_unseal", |b| {
         b.iter(|| Companion::read(&sealer, black_box(&h), "vigil_bind"))

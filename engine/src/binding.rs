@@ -3,12 +3,14 @@
 //! shares, rotated every `rotate_after`, so that a copied cookie jar shows
 //! itself as soon as the copy and its owner both come back.
 //!
-//! * [`Sealer`] seals and unseals the companion value: AES-256-GCM over the
-//!   session key, a generation number, a nonce of the issuance and its
-//!   time, plus the scope (`Domain`, `Path`, `SameSite`) the companion is
-//!   set with, so that any node verifies it and rotates it without a
-//!   lookup. Unsealing reads untrusted bytes: every length is capped,
-//!   nothing panics.
+//! * [`Sealer`] seals and unseals the companion value: AES-256-GCM under
+//!   a key of its own per seal (format 2: derived from a random 128-bit
+//!   salt), over the session key, a generation number, a nonce of the
+//!   issuance and its time, plus the scope (`Domain`, `Path`, `SameSite`,
+//!   `Partitioned`) the companion is set with, so that any node verifies
+//!   it and rotates it without a lookup. Format 1 seals still open.
+//!   Unsealing reads untrusted bytes: every length is capped, nothing
+//!   panics.
 //! * [`BindingStore`] keeps, per session, the latest generation issued,
 //!   the nonces of it and of the one before, and when it was issued and
 //!   first presented: 20 bytes.
@@ -33,19 +35,38 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::score::secs32;
 use crate::session::{SessionHashKey, SessionKey};
 
-/// Longest companion value read, in bytes: a longer one is invalid
-/// unread. A seal with the longest scope is 251 characters.
-pub const MAX_COMPANION_LEN: usize = 256;
-/// Longest `Domain` or `Path` carried in a seal; an app cookie with a
-/// longer one gets a companion with the default scope instead.
-pub const MAX_SCOPE_ATTR: usize = 48;
-/// The seal format's version, its first byte.
-const VERSION: u8 = 1;
+/// Longest companion value read, in characters: a longer one is invalid
+/// unread. A seal with the longest scope is 766 characters; one without
+/// `Domain` and `Path` 86.
+pub const MAX_COMPANION_LEN: usize = 768;
+/// Longest `Domain` or `Path` carried in a seal (a DNS name is at most
+/// 253). A longer `Path` is cut to its longest prefix ending in `/` that
+/// fits, so that the companion is sent wherever the app cookie is (and on
+/// some sibling paths besides); a longer `Domain` cannot be a host's, and
+/// gives the default scope.
+pub const MAX_SCOPE_ATTR: usize = 255;
+/// The prefix of a companion's name in the host-wide scope: a browser
+/// takes a `__Host-` cookie only from the host itself (`Secure`, `Path=/`,
+/// no `Domain`), so a sibling host cannot set or replace one.
+pub const HOST_PREFIX: &str = "__Host-";
+/// The seal format's version, its first byte: 2 seals, 1 still opens.
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
+/// Format 2's random salt, from which each seal's own AES key is derived.
+const SALT_LEN: usize = 16;
 const TAG_LEN: usize = 16;
-/// generation, nonce, issued, session key, same-site, two lengths.
+/// generation, nonce, issued, session key, same-site (and flags), two
+/// lengths.
 const FIXED_PLAINTEXT: usize = 4 + 4 + 4 + 16 + 1 + 1 + 1;
-const MAX_SEALED: usize = 1 + NONCE_LEN + FIXED_PLAINTEXT + 2 * MAX_SCOPE_ATTR + TAG_LEN;
-const AAD: &[u8] = b"vigil binding v1";
+/// The longest sealed part (plaintext and tag) of either format.
+const MAX_SEALED: usize = FIXED_PLAINTEXT + 2 * MAX_SCOPE_ATTR + TAG_LEN;
+/// The longest seal of either format, decoded.
+const MAX_RAW: usize = 1 + SALT_LEN + MAX_SEALED;
+const AAD_1: &[u8] = b"vigil binding v1";
+/// Format 1 carried at most this many bytes of `Domain` and of `Path`.
+const MAX_SCOPE_ATTR_1: usize = 48;
+/// In format 2's same-site byte: the app cookie is `Partitioned`.
+const PARTITIONED: u8 = 0x80;
 /// Chrome's cap on a cookie's lifetime: the companion must outlive any
 /// app cookie it stands beside, or a browser restart would lose it.
 const MAX_AGE_SECS: u64 = 400 * 86_400;
@@ -69,6 +90,15 @@ pub struct BindingConfig {
     /// with the old generation gets it again (a lost response). Default
     /// 30 seconds.
     pub grace: Duration,
+    /// The `Domain` of companions for sessions whose app cookie Vigil has
+    /// not seen set (sessions that predate Vigil, or a binding lost):
+    /// the app's cookie domain, for an app whose session cookie is
+    /// domain-wide. Default none: the host-wide `__Host-` companion.
+    pub domain: Option<String>,
+    /// Whether the response that completes a step-up or confirmation of a
+    /// session also issues a new generation, so that a copy taken before
+    /// the owner proved themselves is superseded at once. Default true.
+    pub rotate_on_step_up: bool,
 }
 
 /// What a presentation of the companion tells.
@@ -90,7 +120,9 @@ pub enum Finding {
 /// The `SameSite` of the app's session cookie, carried to the companion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
-    /// Not set by the app: the companion says `Lax`, as browsers default.
+    /// Not set by the app: nor on the companion, so that the browser
+    /// applies its own default (`Lax`, with Chrome's two-minute allowance
+    /// for top-level `POST`s, or `None`) to both alike.
     Unset,
     /// `Lax`.
     Lax,
@@ -100,12 +132,13 @@ pub enum SameSite {
     None,
 }
 
-/// Where the companion is sent: the app cookie's `Domain`, `Path` and
-/// `SameSite`, so that the companion goes wherever the session cookie
-/// goes. Fixed-size, so that unsealing allocates nothing.
+/// Where the companion is sent: the app cookie's `Domain`, `Path`,
+/// `SameSite` and `Partitioned`, so that the companion goes wherever the
+/// session cookie goes. Fixed-size, so that unsealing allocates nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
     same_site: SameSite,
+    partitioned: bool,
     domain: Attr,
     path: Attr,
 }
@@ -157,8 +190,12 @@ pub enum UnsealError {
 /// one being retired), which every node already shares and rotates with
 /// an overlap, so the binding needs no secret of its own to provision.
 pub struct Sealer {
-    current: LessSafeKey,
-    previous: Option<LessSafeKey>,
+    /// Format 2: keys each seal's own AES key from its salt.
+    current: [u8; 32],
+    previous: Option<[u8; 32]>,
+    /// Format 1: one AES key, random nonces; opened only.
+    current_1: LessSafeKey,
+    previous_1: Option<LessSafeKey>,
     /// Keys the deterministic successor nonces ([`Sealer::successor_nonce`]).
     successor: [u8; 32],
     random: SystemRandom,
@@ -190,6 +227,10 @@ pub(crate) struct BindingState {
 
 /// What a request's companion was, read once per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a seal carries its scope inline (up to 255 bytes of Domain and of Path) so that opening one allocates nothing; a Companion lives on the stack for one request and is never stored"
+)]
 pub enum Companion {
     /// None sent.
     Absent,
@@ -212,6 +253,10 @@ pub struct Check {
     pub(crate) record: Record,
     pub(crate) issue: Issue,
     pub(crate) scope: Option<Scope>,
+    /// The request brought this session's companion under the name
+    /// without [`HOST_PREFIX`] only (set before the prefix was used): a
+    /// host-wide issuance then also expires that one.
+    pub(crate) unprefixed: bool,
 }
 
 /// The request-side change a check implies.
@@ -318,6 +363,21 @@ impl Default for BindingConfig {
             cookie_name: "vigil_bind".into(),
             rotate_after: Duration::from_secs(300),
             grace: Duration::from_secs(30),
+            domain: None,
+            rotate_on_step_up: true,
+        }
+    }
+}
+
+impl BindingConfig {
+    /// The scope of a companion for a session whose app cookie was not
+    /// seen set: host-wide (or on [`BindingConfig::domain`]), `Path=/`,
+    /// `SameSite=None`, so that it is sent wherever an app cookie of any
+    /// scope on this host (or domain) could be.
+    pub fn fallback_scope(&self) -> Scope {
+        match self.domain.as_deref() {
+            Some(d) => Scope::of(Some(d), Some("/"), SameSite::None),
+            None => Scope::DEFAULT,
         }
     }
 }
@@ -344,19 +404,24 @@ impl Scope {
     /// app cookie of any scope on this host is sent.
     pub const DEFAULT: Scope = Scope {
         same_site: SameSite::None,
+        partitioned: false,
         domain: Attr::EMPTY,
         path: Attr::EMPTY,
     };
 
-    /// The scope of an app's `Set-Cookie`; attributes too long to carry
-    /// give [`Scope::DEFAULT`].
+    /// The scope of an app's `Set-Cookie`. A `Path` longer than
+    /// [`MAX_SCOPE_ATTR`] is cut to its longest prefix ending in `/` that
+    /// fits (a path the app cookie's paths all lie under); a `Domain` or
+    /// `Path` that no browser would take (too long, or bytes a cookie
+    /// attribute cannot hold) gives [`Scope::DEFAULT`].
     pub fn of(domain: Option<&str>, path: Option<&str>, same_site: SameSite) -> Scope {
         match (
             Attr::new(domain.unwrap_or("")),
-            Attr::new(path.unwrap_or("")),
+            Attr::path(path.unwrap_or("")),
         ) {
             (Some(domain), Some(path)) => Scope {
                 same_site,
+                partitioned: false,
                 domain,
                 path,
             },
@@ -364,26 +429,73 @@ impl Scope {
         }
     }
 
-    /// The `Set-Cookie` value of the companion `value` in this scope:
-    /// `Secure`, `HttpOnly`, a lifetime longer than any app cookie's.
+    /// This scope, `Partitioned` (CHIPS) as the app cookie is when
+    /// `partitioned`: a partitioned app cookie is sent only in its
+    /// top-level site's partition, and an unpartitioned companion would be
+    /// missing from third-party contexts where it is sent.
+    pub fn partitioned(self, partitioned: bool) -> Scope {
+        Scope {
+            partitioned,
+            ..self
+        }
+    }
+
+    /// Whether the companion covers the whole host and nothing more (no
+    /// `Domain`, `Path=/`): it is then named with [`HOST_PREFIX`].
+    pub fn is_host_wide(&self) -> bool {
+        self.domain.is_empty() && matches!(self.path.as_bytes(), b"" | b"/")
+    }
+
+    /// The `Set-Cookie` value of the companion `value` in this scope,
+    /// named `name`, or `__Host-name` for a host-wide scope: `Secure`,
+    /// `HttpOnly`, a lifetime longer than any app cookie's, `SameSite`
+    /// as the app's (left out when the app leaves it out), `Partitioned`
+    /// when the app's is.
     pub fn set_cookie(&self, name: &str, value: &str) -> String {
         let path = if self.path.is_empty() {
             "/"
         } else {
             self.path.as_str()
         };
-        let mut out = format!("{name}={value}; Path={path}");
+        let prefix = if self.is_host_wide() { HOST_PREFIX } else { "" };
+        let mut out = format!("{prefix}{name}={value}; Path={path}");
         if !self.domain.is_empty() {
             out.push_str("; Domain=");
             out.push_str(self.domain.as_str());
         }
         out.push_str(&format!("; Max-Age={MAX_AGE_SECS}; Secure; HttpOnly"));
         out.push_str(match self.same_site {
-            SameSite::Unset | SameSite::Lax => "; SameSite=Lax",
+            SameSite::Unset => "",
+            SameSite::Lax => "; SameSite=Lax",
             SameSite::Strict => "; SameSite=Strict",
             SameSite::None => "; SameSite=None",
         });
+        if self.partitioned {
+            out.push_str("; Partitioned");
+        }
         out
+    }
+
+    /// The `Set-Cookie` value that expires a companion named `name`
+    /// (no prefix) set host-wide before the prefix was used, so that it
+    /// does not linger beside its `__Host-` successor.
+    pub fn expire_unprefixed(name: &str) -> String {
+        format!("{name}=; Path=/; Max-Age=0; Secure; HttpOnly")
+    }
+
+    /// Format 2's same-site byte: the mode, and [`PARTITIONED`].
+    fn flags(&self) -> u8 {
+        let mode = match self.same_site {
+            SameSite::Unset => 0,
+            SameSite::Lax => 1,
+            SameSite::Strict => 2,
+            SameSite::None => 3,
+        };
+        if self.partitioned {
+            mode | PARTITIONED
+        } else {
+            mode
+        }
     }
 }
 
@@ -391,6 +503,7 @@ impl std::fmt::Debug for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scope")
             .field("same_site", &self.same_site)
+            .field("partitioned", &self.partitioned)
             .field("domain", &self.domain.as_str())
             .field("path", &self.path.as_str())
             .finish()
@@ -404,7 +517,7 @@ impl Attr {
     };
 
     /// An attribute value as a cookie may carry it: visible ASCII without
-    /// `;` and `,`, at most [`MAX_SCOPE_ATTR`] bytes.
+    /// `;`, at most [`MAX_SCOPE_ATTR`] bytes.
     fn new(s: &str) -> Option<Attr> {
         let b = s.as_bytes();
         if b.len() > MAX_SCOPE_ATTR || !b.iter().all(|c| c.is_ascii_graphic() && *c != b';') {
@@ -414,6 +527,22 @@ impl Attr {
         a.bytes[..b.len()].copy_from_slice(b);
         a.len = u8::try_from(b.len()).ok()?;
         Some(a)
+    }
+
+    /// A `Path`: as [`Attr::new`], but one too long is cut after its last
+    /// `/` that leaves it short enough. Cookie path matching (RFC 6265
+    /// §5.1.4) sends a cookie of path `/a/` with every request a cookie
+    /// of path `/a/b...` is sent with, so the cut companion still goes
+    /// wherever the app cookie goes.
+    fn path(s: &str) -> Option<Attr> {
+        let b = s.as_bytes();
+        if b.len() <= MAX_SCOPE_ATTR {
+            return Attr::new(s);
+        }
+        let head = b.get(..MAX_SCOPE_ATTR)?;
+        let cut = head.iter().rposition(|c| *c == b'/')?;
+        // The cut keeps its `/`, and ASCII splits on any byte boundary.
+        Attr::new(s.get(..=cut)?)
     }
 
     fn is_empty(&self) -> bool {
@@ -439,6 +568,8 @@ impl Sealer {
         Self {
             current: Self::key(current),
             previous: previous.map(Self::key),
+            current_1: Self::key_1(current),
+            previous_1: previous.map(Self::key_1),
             successor: blake3::derive_key("vigil 2026-12 binding successor", current.as_bytes()),
             random: SystemRandom::new(),
         }
@@ -468,7 +599,14 @@ impl Sealer {
         u32::from_le_bytes(b).max(1)
     }
 
-    fn key(hash_key: &SessionHashKey) -> LessSafeKey {
+    /// Format 2's master key: it keys the derivation of each seal's own
+    /// AES key from the seal's salt, and encrypts nothing itself.
+    fn key(hash_key: &SessionHashKey) -> [u8; 32] {
+        blake3::derive_key("vigil 2026-12 binding seal v2", hash_key.as_bytes())
+    }
+
+    /// Format 1's AES key, for opening seals made before format 2.
+    fn key_1(hash_key: &SessionHashKey) -> LessSafeKey {
         let bytes = blake3::derive_key("vigil 2026-12 binding seal", hash_key.as_bytes());
         // AES-256 takes exactly the 32 bytes derive_key returns, so this
         // cannot fail; the fallback keeps the code free of panics.
@@ -476,38 +614,45 @@ impl Sealer {
         LessSafeKey::new(unbound)
     }
 
-    /// Seals `seal` as a companion value (unpadded base64url). `None` only
-    /// if the system's random source fails.
+    /// The AES key of the seal salted `salt` under `master`: a keyed
+    /// BLAKE3 hash of the salt. Each seal has a key of its own, used for
+    /// that one seal with the all-zero nonce, so no (key, nonce) pair
+    /// ever encrypts twice unless two 128-bit random salts collide.
+    fn seal_key(master: &[u8; 32], salt: &[u8; SALT_LEN]) -> LessSafeKey {
+        let bytes = blake3::keyed_hash(master, salt);
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, bytes.as_bytes()).unwrap_or_else(|_| fallback_key());
+        LessSafeKey::new(unbound)
+    }
+
+    /// Seals `seal` as a companion value (unpadded base64url, format 2).
+    /// `None` only if the system's random source fails.
     pub fn seal(&self, seal: &Seal) -> Option<String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.random.fill(&mut nonce).ok()?;
-        let mut buf = Vec::with_capacity(MAX_SEALED);
+        let mut salt = [0u8; SALT_LEN];
+        self.random.fill(&mut salt).ok()?;
+        let mut header = [0u8; 1 + SALT_LEN];
+        header[0] = VERSION;
+        header[1..].copy_from_slice(&salt);
+        let mut buf = Vec::with_capacity(MAX_RAW);
+        buf.extend_from_slice(&header);
         buf.extend_from_slice(&seal.generation.to_le_bytes());
         buf.extend_from_slice(&seal.nonce.to_le_bytes());
         buf.extend_from_slice(&seal.issued_at.to_le_bytes());
         buf.extend_from_slice(seal.session.as_bytes());
-        buf.push(match seal.scope.same_site {
-            SameSite::Unset => 0,
-            SameSite::Lax => 1,
-            SameSite::Strict => 2,
-            SameSite::None => 3,
-        });
+        buf.push(seal.scope.flags());
         buf.push(seal.scope.domain.len);
         buf.extend_from_slice(seal.scope.domain.as_bytes());
         buf.push(seal.scope.path.len);
         buf.extend_from_slice(seal.scope.path.as_bytes());
-        self.current
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
-                &mut buf,
+        let tag = Self::seal_key(&self.current, &salt)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                Aad::from(&header),
+                buf.get_mut(header.len()..)?,
             )
             .ok()?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
-        out.push(VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&buf);
-        Some(URL_SAFE_NO_PAD.encode(out))
+        buf.extend_from_slice(tag.as_ref());
+        Some(URL_SAFE_NO_PAD.encode(buf))
     }
 
     /// A random number from the system's source (an issuance's nonce);
@@ -518,9 +663,10 @@ impl Sealer {
         Some(u32::from_le_bytes(b))
     }
 
-    /// Opens a companion value: bounded, allocation-free, never panics.
+    /// Opens a companion value of format 2 or 1: bounded, allocation-free,
+    /// never panics.
     pub fn unseal(&self, value: &[u8]) -> Result<Seal, UnsealError> {
-        let min = (1 + NONCE_LEN + FIXED_PLAINTEXT + TAG_LEN).div_ceil(3) * 4 - 2;
+        let min = (1 + SALT_LEN.min(NONCE_LEN) + FIXED_PLAINTEXT + TAG_LEN).div_ceil(3) * 4 - 2;
         if value.len() > MAX_COMPANION_LEN || value.len() < min {
             return Err(UnsealError::Length);
         }
@@ -529,37 +675,71 @@ impl Sealer {
             .decode_slice(value, &mut raw)
             .map_err(|_| UnsealError::Encoding)?;
         let raw = raw.get_mut(..n).ok_or(UnsealError::Length)?;
-        let (version, rest) = raw.split_first_mut().ok_or(UnsealError::Length)?;
-        if *version != VERSION {
-            return Err(UnsealError::Version);
-        }
-        if rest.len() < NONCE_LEN + FIXED_PLAINTEXT + TAG_LEN || rest.len() > MAX_SEALED - 1 {
+        let (header, max_attr) = match raw.first() {
+            Some(&VERSION) => (1 + SALT_LEN, MAX_SCOPE_ATTR),
+            Some(&VERSION_1) => (1 + NONCE_LEN, MAX_SCOPE_ATTR_1),
+            Some(_) => return Err(UnsealError::Version),
+            None => return Err(UnsealError::Length),
+        };
+        let longest = header + FIXED_PLAINTEXT + 2 * max_attr + TAG_LEN;
+        if raw.len() < header + FIXED_PLAINTEXT + TAG_LEN || raw.len() > longest {
             return Err(UnsealError::Length);
         }
-        let (nonce, sealed) = rest.split_at_mut(NONCE_LEN);
-        let mut nonce_bytes = [0u8; NONCE_LEN];
-        nonce_bytes.copy_from_slice(nonce);
+        let (head, sealed) = raw.split_at_mut(header);
+        let (version, salt) = head.split_first().ok_or(UnsealError::Length)?;
         // A failed open may leave the buffer scrambled: keep a copy for the
         // previous key, only when there is one.
         let mut copy = [0u8; MAX_SEALED];
         let copy = copy.get_mut(..sealed.len()).ok_or(UnsealError::Length)?;
+        if *version == VERSION_1 {
+            if self.previous_1.is_some() {
+                copy.copy_from_slice(sealed);
+            }
+            return self.unseal_1(salt, sealed, copy);
+        }
         if self.previous.is_some() {
             copy.copy_from_slice(sealed);
         }
+        let salt: [u8; SALT_LEN] = salt.try_into().map_err(|_| UnsealError::Length)?;
         let open = |key: &LessSafeKey, buf: &mut [u8]| -> Option<Seal> {
             let plain = key
                 .open_in_place(
-                    Nonce::assume_unique_for_key(nonce_bytes),
-                    Aad::from(AAD),
+                    Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                    Aad::from(&*head),
                     buf,
                 )
                 .ok()?;
-            parse_plaintext(plain)
+            parse_plaintext(plain, VERSION)
         };
-        if let Some(seal) = open(&self.current, sealed) {
+        if let Some(seal) = open(&Self::seal_key(&self.current, &salt), sealed) {
             return Ok(seal);
         }
         match &self.previous {
+            Some(previous) => open(&Self::seal_key(previous, &salt), copy).ok_or(UnsealError::Seal),
+            None => Err(UnsealError::Seal),
+        }
+    }
+
+    /// Opens the sealed part of a format 1 value (`nonce`: its random
+    /// AES-GCM nonce; `copy`: the sealed part again, filled when there is
+    /// a previous key).
+    fn unseal_1(
+        &self,
+        nonce: &[u8],
+        sealed: &mut [u8],
+        copy: &mut [u8],
+    ) -> Result<Seal, UnsealError> {
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| UnsealError::Length)?;
+        let open = |key: &LessSafeKey, buf: &mut [u8]| -> Option<Seal> {
+            let plain = key
+                .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(AAD_1), buf)
+                .ok()?;
+            parse_plaintext(plain, VERSION_1)
+        };
+        if let Some(seal) = open(&self.current_1, sealed) {
+            return Ok(seal);
+        }
+        match &self.previous_1 {
             Some(previous) => open(previous, copy).ok_or(UnsealError::Seal),
             None => Err(UnsealError::Seal),
         }
@@ -581,8 +761,9 @@ fn fallback_key() -> UnboundKey {
     UnboundKey::new(&AES_256_GCM, &[0u8; 32]).expect("AES-256 takes a 32-byte key")
 }
 
-/// The fields of an opened seal; `None` for any that no node writes.
-fn parse_plaintext(p: &[u8]) -> Option<Seal> {
+/// The fields of an opened seal of format `version`; `None` for any that
+/// no node writes.
+fn parse_plaintext(p: &[u8], version: u8) -> Option<Seal> {
     let u32_at = |i: usize| -> Option<u32> {
         let b: [u8; 4] = p.get(i..i + 4)?.try_into().ok()?;
         Some(u32::from_le_bytes(b))
@@ -591,15 +772,24 @@ fn parse_plaintext(p: &[u8]) -> Option<Seal> {
     let nonce = u32_at(4)?;
     let issued_at = u32_at(8)?;
     let session: [u8; 16] = p.get(12..28)?.try_into().ok()?;
-    let same_site = match p.get(28)? {
+    let flags = *p.get(28)?;
+    // Format 1 knew no `Partitioned`, nor scope attributes past 48 bytes.
+    let (partitioned, max_attr) = match version {
+        VERSION => (flags & PARTITIONED != 0, MAX_SCOPE_ATTR),
+        _ => (false, MAX_SCOPE_ATTR_1),
+    };
+    let same_site = match flags & !PARTITIONED {
         0 => SameSite::Unset,
         1 => SameSite::Lax,
         2 => SameSite::Strict,
         3 => SameSite::None,
         _ => return None,
     };
-    let (domain, rest) = read_attr(p.get(29..)?)?;
-    let (path, rest) = read_attr(rest)?;
+    if version != VERSION && flags & PARTITIONED != 0 {
+        return None;
+    }
+    let (domain, rest) = read_attr(p.get(29..)?, max_attr)?;
+    let (path, rest) = read_attr(rest, max_attr)?;
     if !rest.is_empty() || generation == 0 || nonce == 0 {
         return None;
     }
@@ -610,15 +800,19 @@ fn parse_plaintext(p: &[u8]) -> Option<Seal> {
         issued_at,
         scope: Scope {
             same_site,
+            partitioned,
             domain,
             path,
         },
     })
 }
 
-fn read_attr(p: &[u8]) -> Option<(Attr, &[u8])> {
+fn read_attr(p: &[u8], max: usize) -> Option<(Attr, &[u8])> {
     let (len, rest) = p.split_first()?;
     let len = usize::from(*len);
+    if len > max {
+        return None;
+    }
     let value = rest.get(..len)?;
     let attr = Attr::new(std::str::from_utf8(value).ok()?)?;
     Some((attr, rest.get(len..)?))
@@ -631,12 +825,24 @@ pub const MAX_COMPANIONS: usize = 4;
 
 /// The companion values a request carries (a browser sends one per scope:
 /// an app with sessions on `/` and `/admin`, or a cookie a sibling host
-/// tossed in on the parent domain), each opened once.
+/// tossed in on the parent domain), each opened once, each marked whether
+/// it came under the `__Host-` name.
 #[derive(Debug, Clone, Default)]
 pub struct Companions {
-    values: smallvec::SmallVec<[Result<Seal, UnsealError>; 1]>,
+    values: smallvec::SmallVec<[(bool, Result<Seal, UnsealError>); 1]>,
     /// More than [`MAX_COMPANIONS`] values were sent.
     overflow: bool,
+}
+
+/// Whether a cookie named `n` is the companion `name`: `Some(true)` under
+/// the `__Host-` name, `Some(false)` under the bare one (companions set
+/// before the prefix was used, and those of a scope that cannot take it).
+fn companion_name(n: &[u8], name: &str) -> Option<bool> {
+    if n == name.as_bytes() {
+        return Some(false);
+    }
+    let prefixed = n.strip_prefix(HOST_PREFIX.as_bytes())? == name.as_bytes();
+    prefixed.then_some(true)
 }
 
 /// The `name=value` pairs of a `Cookie` header value, split strictly on
@@ -655,40 +861,73 @@ fn strict_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 impl Companions {
-    /// Reads every companion named `name` from a request's `Cookie`
-    /// headers (exact name, strict split), at most [`MAX_COMPANIONS`].
+    /// Reads every companion named `name` or `__Host-name` from a
+    /// request's `Cookie` headers (exact names, strict split), at most
+    /// [`MAX_COMPANIONS`] in all.
     pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companions {
         let mut out = Companions::default();
-        let mut seen: smallvec::SmallVec<[&[u8]; 1]> = smallvec::SmallVec::new();
+        let mut seen: smallvec::SmallVec<[(bool, &[u8]); 1]> = smallvec::SmallVec::new();
         for value in headers.get_all(http::header::COOKIE) {
             for (n, v) in strict_pairs(value.as_bytes()) {
-                if n != name.as_bytes() || seen.contains(&v) {
+                let Some(host) = companion_name(n, name) else {
+                    continue;
+                };
+                if seen.contains(&(host, v)) {
                     continue;
                 }
                 if seen.len() == MAX_COMPANIONS {
                     out.overflow = true;
                     return out;
                 }
-                seen.push(v);
-                out.values.push(sealer.unseal(v));
+                seen.push((host, v));
+                out.values.push((host, sealer.unseal(v)));
             }
         }
         out
     }
 
+    /// Whether a `__Host-` value names `session` (or `previous`): the
+    /// bare-named values are then not read for it. Only the host itself
+    /// sets a `__Host-` cookie; a bare-named one may have been tossed in
+    /// by a sibling host on the parent domain, and must not stand in for
+    /// the owner's (not even a valid later generation of the same
+    /// session that a thief rotated to and planted in the owner's browser,
+    /// which would make the two holders look like one).
+    fn host_named(&self, session: SessionKey, previous: Option<SessionKey>) -> bool {
+        self.values.iter().any(|(host, v)| {
+            *host && matches!(v, Ok(s) if s.session == session || Some(s.session) == previous)
+        })
+    }
+
+    /// Whether `session`'s companion came under the bare name only (a
+    /// host-wide companion set before the prefix was used): see
+    /// [`Check::unprefixed`].
+    pub(crate) fn unprefixed(&self, session: SessionKey, previous: Option<SessionKey>) -> bool {
+        !self.host_named(session, previous)
+            && self.values.iter().any(|(host, v)| {
+                !*host
+                    && matches!(v, Ok(s) if (s.session == session || Some(s.session) == previous) && s.scope.is_host_wide())
+            })
+    }
+
     /// The companion standing for `session` (also known as `previous`):
     /// the seal naming it (of several, the latest generation; two of one
-    /// generation that differ are [`Companion::Duplicated`]). Values that
-    /// do not open are ignored when one does; a seal naming only other
-    /// sessions is [`UnsealError::Fields`]-invalid for this one.
+    /// generation that differ are [`Companion::Duplicated`]), under the
+    /// `__Host-` name if one names it there. Values that do not open are
+    /// ignored when one does; a seal naming only other sessions is
+    /// [`UnsealError::Fields`]-invalid for this one.
     pub fn for_session(&self, session: SessionKey, previous: Option<SessionKey>) -> Companion {
         if self.overflow {
             return Companion::Duplicated;
         }
+        let host_only = self.host_named(session, previous);
         let mut best: Option<Seal> = None;
         let mut opened = false;
         let mut first_error = None;
-        for value in &self.values {
+        for (host, value) in &self.values {
+            if host_only && !*host {
+                continue;
+            }
             match value {
                 Ok(seal) => {
                     opened = true;
@@ -719,16 +958,16 @@ impl Companions {
 }
 
 impl Companion {
-    /// Reads the companion named `name` from a request's `Cookie` headers:
-    /// the exact name only (Vigil reads its own cookie; no app does),
-    /// split strictly on `;`. Several different values are
+    /// Reads the companion named `name` or `__Host-name` from a request's
+    /// `Cookie` headers: the exact names only (Vigil reads its own cookie;
+    /// no app does), split strictly on `;`. Several different values are
     /// [`Companion::Duplicated`]; [`Companions`] tells them apart per
     /// session, as the engine does.
     pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companion {
         let mut found: Option<&[u8]> = None;
         for value in headers.get_all(http::header::COOKIE) {
             for (n, v) in strict_pairs(value.as_bytes()) {
-                if n != name.as_bytes() {
+                if companion_name(n, name).is_none() {
                     continue;
                 }
                 match found {
@@ -767,6 +1006,7 @@ pub(crate) fn check(
         record: Record::Nothing,
         issue: Issue::Nothing,
         scope: None,
+        unprefixed: false,
     };
     if state.is_some_and(|s| s.compromised) {
         // Once two holders were seen, no generation vouches for anyone.

@@ -4,13 +4,14 @@
 
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
+use vigil_engine::binding::HOST_PREFIX;
 use vigil_engine::{Enforcement, Engine, ResponseView, Verdict};
 
-/// Takes the companion cookie `name` out of the request's `Cookie`
-/// headers before it goes to the app: it is Vigil's, and the app has no
-/// use for it (nor any business logging it). Other cookies are kept as
-/// sent; a header left with none is removed. Exact name match, as the
-/// engine reads it.
+/// Takes the companion cookie `name` (and `__Host-name`) out of the
+/// request's `Cookie` headers before it goes to the app: it is Vigil's,
+/// and the app has no use for it (nor any business logging it). Other
+/// cookies are kept as sent; a header left with none is removed. Exact
+/// name match, as the engine reads it.
 pub(crate) fn strip_companion(request: &mut RequestHeader, name: &str) -> Result<()> {
     let values: Vec<_> = request
         .headers
@@ -47,23 +48,25 @@ pub(crate) fn strip_companion(request: &mut RequestHeader, name: &str) -> Result
 }
 
 fn is_companion(piece: &[u8], name: &str) -> bool {
-    piece
-        .split(|b| *b == b'=')
-        .next()
-        .is_some_and(|n| n.trim_ascii() == name.as_bytes())
+    piece.split(|b| *b == b'=').next().is_some_and(|n| {
+        let n = n.trim_ascii();
+        n == name.as_bytes() || n.strip_prefix(HOST_PREFIX.as_bytes()) == Some(name.as_bytes())
+    })
 }
 
-/// Adds the companion cookies the engine issues for `verdict`'s response.
-/// Returns how many were added. The values are never logged.
+/// Adds the companion cookies the engine issues for `verdict`'s response
+/// (`confirmed`: the response confirmed the request's session, which may
+/// rotate it). Returns how many were added. The values are never logged.
 pub(crate) fn add_companions(
     engine: &Engine,
     verdict: &Verdict,
     response: &mut ResponseHeader,
     view_now: u64,
     enforcement: Enforcement,
+    confirmed: bool,
 ) -> Result<usize> {
     let status = response.status.as_u16();
-    let cookies = engine.binding_cookies_for_status(
+    let cookies = engine.binding_cookies_confirmed(
         verdict,
         &ResponseView {
             headers: &response.headers,
@@ -74,6 +77,7 @@ pub(crate) fn add_companions(
         },
         enforcement,
         status,
+        confirmed,
     );
     for cookie in &cookies {
         response.append_header(http::header::SET_COOKIE, cookie.as_str())?;

@@ -412,6 +412,7 @@ impl VigilProxy {
         let decided = self
             .engine
             .decide_with_rules(&view, &route.policy, rules, self.forwarded);
+        let mut cookies = Vec::new();
         let outcome = match decided {
             // Only an enforcing route sends users to step up; a route
             // switched to monitor or off since confirms nothing. A session
@@ -426,9 +427,32 @@ impl VigilProxy {
             }
             Ok(verdict) => {
                 let query = session.req_header().uri.query();
-                self.step_ups
+                let outcome = self
+                    .step_ups
                     .callback(oidc, &self.engine, &route.name, query, &verdict, verdict.at)
-                    .await
+                    .await;
+                // Passed: the session was confirmed; the binding may
+                // rotate on it (`[binding] rotate_on_step_up`).
+                if matches!(outcome, Outcome::Redirect(_)) {
+                    let empty = http::HeaderMap::new();
+                    cookies = self
+                        .engine
+                        .binding_cookies_confirmed(
+                            &verdict,
+                            &ResponseView {
+                                headers: &empty,
+                                now_secs: now_secs(),
+                                user_header: None,
+                                confirm_header: None,
+                                app_confirms: false,
+                            },
+                            Enforcement::Enforce,
+                            303,
+                            true,
+                        )
+                        .into_vec();
+                }
+                outcome
             }
             Err(_) => Outcome::Refuse(stepup::Problem::NoSession),
         };
@@ -438,6 +462,7 @@ impl VigilProxy {
             Outcome::Redirect(url) => Refusal::StepUpPassed {
                 reference: &reference,
                 url,
+                cookies: &cookies,
             },
             Outcome::Refuse(problem) => Refusal::StepUpRefused {
                 problem: *problem,
@@ -1221,6 +1246,7 @@ impl ProxyHttp for VigilProxy {
                 upstream_response,
                 now_secs(),
                 enforcement(route.mode),
+                done.confirmed,
             )?;
             // Sessions the app opens here on a DBSC route, new to the
             // engine (so on an allowed request, or one a monitoring route

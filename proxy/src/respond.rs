@@ -113,6 +113,9 @@ pub enum Refusal<'a> {
         reference: &'a str,
         /// The page: a relative URL on this host.
         url: &'a str,
+        /// `Set-Cookie` values to send with it: the binding's next
+        /// generation, issued on the passed step-up.
+        cookies: &'a [String],
     },
     /// The decision was `revoke`: the session has just been ended.
     Revoked {
@@ -474,9 +477,11 @@ impl<'a> Refusal<'a> {
             Refusal::Revoked {
                 login_url, cookie, ..
             } => redirect(plain, "session_revoked", login_url, cookie),
-            Refusal::StepUpPassed { url, .. } => Answer {
+            Refusal::StepUpPassed { url, cookies, .. } => Answer {
                 link: Some(("location", url, "Continue")),
-                headers: vec![("location", url.to_owned())],
+                headers: std::iter::once(("location", url.to_owned()))
+                    .chain(cookies.iter().map(|c| ("set-cookie", c.clone())))
+                    .collect(),
                 ..plain(
                     StatusCode::SEE_OTHER,
                     "step_up_passed",

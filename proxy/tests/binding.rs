@@ -212,3 +212,54 @@ async fn twenty_concurrent_requests_of_the_owner_across_a_rotation_are_all_allow
     assert_eq!(out["rotations"], 1, "one rotation among the twenty: {out}");
     assert_eq!(statuses(&out["after"]), vec![200, 200, 200], "{out}");
 }
+
+/// A sibling host can set a cookie on the parent domain under the bare
+/// name, never under `__Host-`: a thief who rotated a copied jar and
+/// plants the successor in the owner's browser that way does not replace
+/// the owner's companion, and the owner's own generation gives the copy
+/// away.
+#[tokio::test]
+async fn a_successor_planted_under_the_bare_name_does_not_replace_the_owners_companion() {
+    let ca = Ca::new("Test CA");
+    let (_origin, proxy) = bound_proxy(&ca, 1, 1).await;
+    let out = scenario(&ca, &proxy, "tossed", &[]).await;
+    // The app's cookie is host-wide (`Path=/`, no `Domain`): so is the
+    // companion, under the prefix.
+    assert_eq!(
+        out["names"],
+        serde_json::json!(["__Host-vigil_bind"]),
+        "{out}"
+    );
+    allowed_until(&out["thief_rotation"], 200);
+    assert_eq!(out["thief_presents"], 200, "{out}");
+    // Revoked: a redirect to the login page.
+    allowed_until(&out["victim"], 303);
+    assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
+}
+
+/// `rotate_on_step_up` (the default): the response on which the app
+/// confirms a step-up carries the next generation, so a copy taken before
+/// it is refused after the grace — long before `rotate_after`.
+#[tokio::test]
+async fn a_confirmed_step_up_rotates_the_binding_and_the_older_copy_is_refused() {
+    let ca = Ca::new("Test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let origin = Origin::start();
+    let config = Config::new()
+        .tls_listener("https", free_addr(), true, &[&leaf])
+        .upstream("app", origin.addr())
+        .route(
+            Route::new("reauth", "/reauth", "app")
+                .app_confirms()
+                .high("revoke"),
+        )
+        .route(Route::new("app", "/", "app").high("revoke"))
+        .section("[binding]\nenabled = true\nrotate_after_seconds = 3600\ngrace_seconds = 1\n");
+    let proxy = Proxy::start(&config.render()).await;
+    let out = scenario(&ca, &proxy, "step_up", &[]).await;
+    assert_eq!(out["reauth"], serde_json::json!([200, 1]), "{out}");
+    assert_eq!(out["victim_presents"], 200, "{out}");
+    allowed_until(&out["thief"], 303);
+    assert_eq!(out["victim_after"], 401, "{out}");
+    assert!(reason_count(&proxy, "binding_reused").await >= 1.0);
+}

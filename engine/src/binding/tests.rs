@@ -27,20 +27,171 @@ fn a_seal_opens_to_what_was_sealed() {
     assert_eq!(s.unseal(value.as_bytes()), Ok(seal()));
 }
 
+/// A seal of format 1, as nodes made before format 2: the random-nonce
+/// AES-GCM seal under the fleet's one derived key.
+fn seal_1(s: &Sealer, seal: &Seal) -> String {
+    let nonce = [0x5a; NONCE_LEN];
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&seal.generation.to_le_bytes());
+    buf.extend_from_slice(&seal.nonce.to_le_bytes());
+    buf.extend_from_slice(&seal.issued_at.to_le_bytes());
+    buf.extend_from_slice(seal.session.as_bytes());
+    buf.push(seal.scope.flags());
+    buf.push(seal.scope.domain.len);
+    buf.extend_from_slice(seal.scope.domain.as_bytes());
+    buf.push(seal.scope.path.len);
+    buf.extend_from_slice(seal.scope.path.as_bytes());
+    s.current_1
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(AAD_1),
+            &mut buf,
+        )
+        .unwrap();
+    let mut out = vec![VERSION_1];
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&buf);
+    URL_SAFE_NO_PAD.encode(out)
+}
+
 #[test]
 fn the_longest_scope_fits_the_bound() {
     let s = sealer();
     let long = "a".repeat(MAX_SCOPE_ATTR);
     let mut v = seal();
-    v.scope = Scope::of(Some(&long), Some(&long), SameSite::None);
+    v.scope = Scope::of(Some(&long), Some(&long), SameSite::None).partitioned(true);
     let value = s.seal(&v).unwrap();
     assert!(value.len() <= MAX_COMPANION_LEN, "{}", value.len());
     assert_eq!(s.unseal(value.as_bytes()), Ok(v));
-    // One byte more does not fit: the default scope is used.
+    // A domain one byte longer is no host's: the default scope is used.
     let longer = "a".repeat(MAX_SCOPE_ATTR + 1);
     assert_eq!(
         Scope::of(Some(&longer), None, SameSite::Lax),
         Scope::DEFAULT
+    );
+}
+
+/// An app whose session cookie lives on a long path: the companion keeps
+/// the longest `/`-ended prefix that fits, so it is sent with every
+/// request the app cookie is sent with (and seals and opens as such).
+#[test]
+fn a_long_path_is_cut_to_a_prefix_the_app_cookie_lies_under() {
+    let segment = "segment-of-thirty-one-bytes-xx/";
+    let long = format!("/{}", segment.repeat(10)); // 311 bytes
+    assert!(long.len() > MAX_SCOPE_ATTR);
+    let scope = Scope::of(None, Some(&long), SameSite::Lax);
+    let cut = scope.path.as_str();
+    assert!(cut.len() <= MAX_SCOPE_ATTR && cut.ends_with('/'), "{cut}");
+    assert!(long.starts_with(cut), "{cut}");
+    assert_eq!(cut.len(), 1 + 31 * 8);
+    assert!(!scope.is_host_wide());
+    let c = scope.set_cookie("vigil_bind", "v");
+    assert!(c.starts_with("vigil_bind=v; Path=/segment-of"), "{c}");
+    let s = sealer();
+    let mut v = seal();
+    v.scope = scope;
+    assert_eq!(s.unseal(s.seal(&v).unwrap().as_bytes()), Ok(v));
+    // No `/` to cut at past the first: the whole host.
+    let one = format!("/{}", "x".repeat(300));
+    assert_eq!(
+        Scope::of(None, Some(&one), SameSite::Lax).path.as_str(),
+        "/"
+    );
+}
+
+#[test]
+fn same_site_is_mirrored_exactly_and_partitioned_is_copied() {
+    let c = Scope::of(Some("example.com"), Some("/app"), SameSite::Unset).set_cookie("b", "v");
+    assert!(!c.contains("SameSite"), "{c}");
+    assert!(!c.contains("Partitioned"), "{c}");
+    for (mode, attr) in [
+        (SameSite::Lax, "; SameSite=Lax"),
+        (SameSite::Strict, "; SameSite=Strict"),
+        (SameSite::None, "; SameSite=None"),
+    ] {
+        let c = Scope::of(None, Some("/app"), mode).set_cookie("b", "v");
+        assert!(c.contains(attr), "{c}");
+        assert_eq!(c.matches("SameSite").count(), 1, "{c}");
+    }
+    let scope = Scope::of(None, Some("/"), SameSite::None).partitioned(true);
+    let c = scope.set_cookie("b", "v");
+    assert!(c.ends_with("; SameSite=None; Partitioned"), "{c}");
+    // Carried through the seal, so that a rotation keeps it.
+    let s = sealer();
+    let mut v = seal();
+    v.scope = scope;
+    assert_eq!(s.unseal(s.seal(&v).unwrap().as_bytes()), Ok(v));
+}
+
+#[test]
+fn a_host_wide_companion_is_named_with_the_host_prefix_and_no_other_is() {
+    for scope in [
+        Scope::DEFAULT,
+        Scope::of(None, None, SameSite::Lax),
+        Scope::of(None, Some("/"), SameSite::Strict),
+    ] {
+        let c = scope.set_cookie("vigil_bind", "v");
+        assert!(c.starts_with("__Host-vigil_bind=v; Path=/;"), "{c}");
+        assert!(c.contains("; Secure") && !c.contains("Domain"), "{c}");
+    }
+    for scope in [
+        Scope::of(Some("example.com"), Some("/"), SameSite::Lax),
+        Scope::of(None, Some("/app"), SameSite::Lax),
+    ] {
+        let c = scope.set_cookie("vigil_bind", "v");
+        assert!(c.starts_with("vigil_bind=v;"), "{c}");
+    }
+}
+
+/// Format 1 seals, made before format 2, open during the change (under
+/// the current and the retiring key); new seals are format 2.
+#[test]
+fn format_1_seals_still_open_and_new_seals_are_format_2() {
+    let s = sealer();
+    let v1 = seal_1(&s, &seal());
+    assert_eq!(s.unseal(v1.as_bytes()), Ok(seal()));
+    let new = Sealer::new(
+        &SessionHashKey::from_bytes([4; 32]),
+        Some(&SessionHashKey::from_bytes([3; 32])),
+    );
+    assert_eq!(new.unseal(v1.as_bytes()), Ok(seal()));
+    let v2 = s.seal(&seal()).unwrap();
+    assert_eq!(URL_SAFE_NO_PAD.decode(&v2).unwrap()[0], 2);
+    // Format 1 never carried `Partitioned` nor long attributes: a format 1
+    // value claiming either is not one any node wrote.
+    let mut p = seal();
+    p.scope = p.scope.partitioned(true);
+    assert_eq!(s.unseal(seal_1(&s, &p).as_bytes()), Err(UnsealError::Seal));
+    let mut long = seal();
+    long.scope = Scope::of(Some(&"a".repeat(49)), None, SameSite::Lax);
+    assert_eq!(
+        s.unseal(seal_1(&s, &long).as_bytes()),
+        Err(UnsealError::Seal)
+    );
+    // An unknown version is refused as such.
+    let mut raw = URL_SAFE_NO_PAD.decode(&v2).unwrap();
+    raw[0] = 3;
+    assert_eq!(
+        s.unseal(URL_SAFE_NO_PAD.encode(&raw).as_bytes()),
+        Err(UnsealError::Version)
+    );
+}
+
+/// Format 2: each seal has a salt of its own, and so an AES key of its
+/// own; the same fields sealed twice share no salt and no ciphertext, and
+/// a salt moved onto another seal's body opens nothing.
+#[test]
+fn every_seal_has_its_own_salt_and_a_salt_swapped_in_opens_nothing() {
+    let s = sealer();
+    let a = URL_SAFE_NO_PAD.decode(s.seal(&seal()).unwrap()).unwrap();
+    let b = URL_SAFE_NO_PAD.decode(s.seal(&seal()).unwrap()).unwrap();
+    assert_ne!(a[1..1 + SALT_LEN], b[1..1 + SALT_LEN]);
+    assert_ne!(a[1 + SALT_LEN..], b[1 + SALT_LEN..]);
+    let mut swapped = a.clone();
+    swapped[1..1 + SALT_LEN].copy_from_slice(&b[1..1 + SALT_LEN]);
+    assert_eq!(
+        s.unseal(URL_SAFE_NO_PAD.encode(&swapped).as_bytes()),
+        Err(UnsealError::Seal)
     );
 }
 
@@ -107,6 +258,34 @@ proptest! {
         generation in 1u32..,
         nonce in 1u32..,
         issued_at in any::<u32>(),
+        domain in "[a-z.]{0,253}",
+        path in "/[a-z/]{0,400}",
+        mode in 0u8..4,
+        partitioned in any::<bool>(),
+    ) {
+        let same_site = [SameSite::Unset, SameSite::Lax, SameSite::Strict, SameSite::None][usize::from(mode)];
+        let v = Seal {
+            session: SessionKey::from_bytes(session),
+            generation,
+            nonce,
+            issued_at,
+            scope: Scope::of(Some(&domain), Some(&path), same_site).partitioned(partitioned),
+        };
+        let s = sealer();
+        let value = s.seal(&v).unwrap();
+        prop_assert!(value.len() <= MAX_COMPANION_LEN);
+        prop_assert_eq!(s.unseal(value.as_bytes()), Ok(v));
+        // The path kept is one the app's lies under.
+        prop_assert!(path.starts_with(v.scope.path.as_str()));
+    }
+
+    /// Any format 1 seal a node wrote opens to its fields under format 2's
+    /// sealer, through the whole change.
+    #[test]
+    fn any_format_1_seal_still_opens(
+        session in any::<[u8; 16]>(),
+        generation in 1u32..,
+        nonce in 1u32..,
         domain in "[a-z.]{0,48}",
         path in "/[a-z/]{0,47}",
     ) {
@@ -114,11 +293,36 @@ proptest! {
             session: SessionKey::from_bytes(session),
             generation,
             nonce,
-            issued_at,
+            issued_at: 1_700_000_000,
             scope: Scope::of(Some(&domain), Some(&path), SameSite::Lax),
         };
         let s = sealer();
-        prop_assert_eq!(s.unseal(s.seal(&v).unwrap().as_bytes()), Ok(v));
+        prop_assert_eq!(s.unseal(seal_1(&s, &v).as_bytes()), Ok(v));
+    }
+
+    /// Two companions under the bare name and the `__Host-` name: the
+    /// `__Host-` one naming the session is the one read, whatever the
+    /// bare one carries or where it stands in the header.
+    #[test]
+    fn a_host_named_companion_is_never_outweighed_by_a_bare_one(
+        later in 8u32..1000, bare_first in any::<bool>(),
+    ) {
+        let s = sealer();
+        let mine = s.seal(&seal()).unwrap();
+        let mut tossed = seal();
+        tossed.generation = later;
+        tossed.nonce = 77;
+        let tossed = s.seal(&tossed).unwrap();
+        let cookie = if bare_first {
+            format!("vigil_bind={tossed}; __Host-vigil_bind={mine}")
+        } else {
+            format!("__Host-vigil_bind={mine}; vigil_bind={tossed}")
+        };
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::COOKIE, cookie.parse().unwrap());
+        let c = Companions::read(&s, &h, "vigil_bind");
+        prop_assert_eq!(c.for_session(seal().session, None), Companion::Sealed(seal()));
+        prop_assert!(!c.unprefixed(seal().session, None));
     }
 }
 

@@ -38,14 +38,17 @@ impl Engine {
             .store
             .get(&session.key, now)
             .or_else(|| session.previous.and_then(|p| b.store.get(&p, now)));
-        Some(binding::check(
+        let companions = companions?;
+        let mut check = binding::check(
             &b.config,
             session.key,
             session.previous,
-            &companions?.for_session(session.key, session.previous),
+            &companions.for_session(session.key, session.previous),
             state,
             now,
-        ))
+        );
+        check.unprefixed = companions.unprefixed(session.key, session.previous);
+        Some(check)
     }
 
     /// The reason and points of a check's finding.
@@ -171,12 +174,34 @@ impl Engine {
         enforcement: Enforcement,
         status: u16,
     ) -> SmallVec<[String; 1]> {
+        self.binding_cookies_confirmed(verdict, response, enforcement, status, false)
+    }
+
+    /// [`Engine::binding_cookies_for_status`] for a response that may
+    /// complete a step-up or confirmation of the request's session
+    /// (`confirmed`: the engine confirmed it, [`Engine::respond`] or
+    /// [`Engine::confirm`]). With `rotate_on_step_up`, such a response
+    /// also issues the next generation when nothing else is issued (the
+    /// current one presented, the check clean), so that whatever copy of
+    /// the jar was taken before the owner proved themselves is superseded
+    /// by a generation only the owner holds; a request Vigil sent to step
+    /// up (its verdict `step_up`) counts as allowed once confirmed.
+    pub fn binding_cookies_confirmed(
+        &self,
+        verdict: &Verdict,
+        response: &ResponseView<'_>,
+        enforcement: Enforcement,
+        status: u16,
+        confirmed: bool,
+    ) -> SmallVec<[String; 1]> {
         let mut out = SmallVec::new();
         let Some(b) = self.binding.as_ref() else {
             return out;
         };
         let allowed = match enforcement {
-            Enforcement::Enforce | Enforcement::Monitor => verdict.action == Action::Allow,
+            Enforcement::Enforce | Enforcement::Monitor => {
+                verdict.action == Action::Allow || (confirmed && verdict.action == Action::StepUp)
+            }
             Enforcement::Off => false,
         };
         if !allowed {
@@ -204,8 +229,14 @@ impl Engine {
             return out;
         };
         let session = check.session;
-        let scope = check.scope.unwrap_or(Scope::DEFAULT);
-        let issued = match check.issue {
+        let scope = check.scope.unwrap_or_else(|| b.config.fallback_scope());
+        let issue = match check.issue {
+            Issue::Nothing if confirmed && b.config.rotate_on_step_up => {
+                self.confirmed_rotation(&check, now)
+            }
+            other => other,
+        };
+        let issued = match issue {
             Issue::Nothing => None,
             Issue::First if !(200..400).contains(&status) => None,
             Issue::First => {
@@ -230,8 +261,41 @@ impl Engine {
                 })
             }),
         };
-        out.extend(issued);
+        if let Some(cookie) = issued {
+            out.push(cookie);
+            // The bare-named companion this one succeeds under the
+            // `__Host-` name: expired, so that it does not linger.
+            if check.unprefixed && scope.is_host_wide() {
+                out.push(Scope::expire_unprefixed(&b.config.cookie_name));
+            }
+        }
         out
+    }
+
+    /// The rotation a confirmation of `check`'s session calls for: the
+    /// generation held, if its issuance was presented (before, or by this
+    /// very request: Vigil's step-up callback records nothing) and nothing
+    /// was found wrong. Compare-and-set on it, as any rotation.
+    fn confirmed_rotation(&self, check: &Check, now: u64) -> Issue {
+        let Some(b) = self.binding.as_ref() else {
+            return Issue::Nothing;
+        };
+        let Some(s) = b.store.get(&check.session, now) else {
+            return Issue::Nothing;
+        };
+        let presented = s.presented_at != 0
+            || check.record
+                == Record::Presented {
+                    generation: s.generation,
+                    nonce: s.nonce,
+                };
+        if check.finding.is_some() || s.compromised || !presented {
+            return Issue::Nothing;
+        }
+        Issue::Rotate {
+            generation: s.generation,
+            nonce: s.nonce,
+        }
     }
 
     /// Applies `next` (which sets the generation and previous nonce; the
@@ -293,7 +357,9 @@ impl Engine {
                 Some(cookie::SameSite::Strict) => SameSite::Strict,
                 Some(cookie::SameSite::None) => SameSite::None,
             };
-            out.push((key, Scope::of(cookie.domain(), cookie.path(), same_site)));
+            let scope = Scope::of(cookie.domain(), cookie.path(), same_site)
+                .partitioned(cookie.partitioned().unwrap_or(false));
+            out.push((key, scope));
         }
         out
     }

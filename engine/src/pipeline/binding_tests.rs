@@ -56,7 +56,9 @@ impl Jar {
     /// does; the companion cookies of the response are kept when `keep`.
     fn send(&mut self, e: &Engine, p: &Policy, at: u64, keep: bool) -> (Verdict, usize) {
         let (v, set) = request(e, p, &self.session, self.companion.as_deref(), at);
-        if keep && let Some(last) = set.last() {
+        // The companion kept: the last one set (not an expiry).
+        let last = set.iter().rev().find(|c| !value_of(c).is_empty());
+        if keep && let Some(last) = last {
             self.companion = Some(value_of(last));
         }
         (v, set.len())
@@ -76,8 +78,9 @@ fn request(
     at: u64,
 ) -> (Verdict, SmallVec<[String; 1]>) {
     let mut h = HeaderMap::new();
+    // As a browser holds a host-wide companion: under the `__Host-` name.
     let cookie = match companion {
-        Some(c) => format!("session={session}; vigil_bind={c}"),
+        Some(c) => format!("session={session}; __Host-vigil_bind={c}"),
         None => format!("session={session}"),
     };
     h.insert("cookie", cookie.parse().unwrap());
@@ -212,7 +215,7 @@ fn parallel_requests_across_a_rotation_rotate_once_and_are_all_allowed() {
     // All judged before any is applied, as requests in flight together.
     let mut h = HeaderMap::new();
     let cookie = format!(
-        "session=victim; vigil_bind={}",
+        "session=victim; __Host-vigil_bind={}",
         victim.companion.as_deref().unwrap()
     );
     h.insert("cookie", cookie.parse().unwrap());
@@ -396,6 +399,7 @@ fn the_app_issuing_a_session_gets_a_companion_in_its_scope() {
     );
     assert_eq!(set.len(), 1);
     let c = &set[0];
+    // Not host-wide: no `__Host-` prefix (a browser would refuse it).
     assert!(c.starts_with("vigil_bind="), "{c}");
     for attr in [
         "; Path=/app",
@@ -468,7 +472,7 @@ fn exchange(
 
 fn jar_cookie(j: &Jar) -> String {
     match &j.companion {
-        Some(c) => format!("session={}; vigil_bind={c}", j.session),
+        Some(c) => format!("session={}; __Host-vigil_bind={c}", j.session),
         None => format!("session={}", j.session),
     }
 }
@@ -672,7 +676,7 @@ fn a_rolling_session_cookie_still_rotates_and_a_copy_is_caught() {
             Some(roll),
             200,
         );
-        if let Some(c) = set.last() {
+        if let Some(c) = set.iter().rev().find(|c| !value_of(c).is_empty()) {
             jar.companion = Some(value_of(c));
         }
         (v, set.len())
@@ -737,4 +741,377 @@ fn monitor_never_marks_a_session_and_off_binds_nothing() {
     let (v, _) = victim.send(&e, &p, NOW + ROTATE + 5 + GRACE, true);
     assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
     assert_eq!(v.action, Action::Block);
+}
+
+/// A sibling host (or a thief holding one) tosses a companion onto the
+/// parent domain under the bare name: `Domain=example.com` reaches the
+/// owner's browser beside the owner's `__Host-` companion, which a sibling
+/// cannot set. The tossed one is never read for the owner's session, so it
+/// neither spoils the owner's binding (junk, another session's seal) nor
+/// replaces it: not even the thief's own later generation of the owner's
+/// session, which would otherwise make the owner present the thief's
+/// generation and hide the two holders.
+#[test]
+fn a_companion_tossed_under_the_bare_name_cannot_spoil_or_replace_the_owners() {
+    let e = engine();
+    let p = Policy::default();
+    let victim = bound_victim(&e, &p);
+    let other = bound_victim_named(&e, &p, "other");
+    let mine = victim.companion.clone().unwrap();
+    let theirs = other.companion.clone().unwrap();
+    for tossed in ["junk".to_string(), theirs, format!("AQ{}", "A".repeat(100))] {
+        for cookie in [
+            format!("vigil_bind={tossed}; session=victim; __Host-vigil_bind={mine}"),
+            format!("session=victim; __Host-vigil_bind={mine}; vigil_bind={tossed}"),
+        ] {
+            let (v, set) = exchange(&e, &p, &cookie, NOW + 2, Enforcement::Enforce, None, 200);
+            assert_eq!(
+                (v.action, set.len()),
+                (Action::Allow, 0),
+                "{cookie}: {:?}",
+                v.risk
+            );
+        }
+    }
+
+    // The thief copied the jar, rotated to generation 2 and presented it,
+    // then plants generation 2 in the owner's browser under the bare name.
+    let mut thief = victim.clone();
+    let (_, set) = thief.send(&e, &p, NOW + ROTATE + 1, true);
+    assert_eq!(set, 1);
+    let (v, _) = thief.send(&e, &p, NOW + ROTATE + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    let planted = thief.companion.clone().unwrap();
+    let cookie = format!("session=victim; vigil_bind={planted}; __Host-vigil_bind={mine}");
+    let (v, set) = exchange(
+        &e,
+        &p,
+        &cookie,
+        NOW + ROTATE + 2 + GRACE,
+        Enforcement::Enforce,
+        None,
+        200,
+    );
+    // The owner's own generation 1 is judged: superseded, the copy shows.
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+    assert_eq!((v.action, set.len()), (Action::Block, 0));
+}
+
+/// A companion set before the `__Host-` prefix was used (bare name,
+/// host-wide) keeps working; the next issuance moves it to the prefixed
+/// name and expires the bare one, once.
+#[test]
+fn a_companion_set_before_the_prefix_keeps_working_and_moves_to_the_prefixed_name() {
+    let e = engine();
+    let p = Policy::default();
+    let victim = bound_victim(&e, &p);
+    let old = victim.companion.clone().unwrap();
+    let bare = format!("session=victim; vigil_bind={old}");
+    let (v, set) = exchange(&e, &p, &bare, NOW + 2, Enforcement::Enforce, None, 200);
+    assert_eq!((v.action, set.len()), (Action::Allow, 0), "{:?}", v.risk);
+    // The rotation: the successor under `__Host-`, the bare one expired.
+    let (v, set) = exchange(
+        &e,
+        &p,
+        &bare,
+        NOW + ROTATE + 1,
+        Enforcement::Enforce,
+        None,
+        200,
+    );
+    assert_eq!(v.action, Action::Allow);
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert!(set[0].starts_with("__Host-vigil_bind="), "{}", set[0]);
+    assert_eq!(set[1], "vigil_bind=; Path=/; Max-Age=0; Secure; HttpOnly");
+    let next = value_of(&set[0]);
+    let (v, set) = exchange(
+        &e,
+        &p,
+        &format!("session=victim; __Host-vigil_bind={next}"),
+        NOW + ROTATE + 2,
+        Enforcement::Enforce,
+        None,
+        200,
+    );
+    assert_eq!((v.action, set.len()), (Action::Allow, 0), "{:?}", v.risk);
+}
+
+/// The companion is sent exactly where the app cookie is: `SameSite` left
+/// out when the app leaves it out, `Partitioned` copied, a long `Path`
+/// cut to a prefix the app's lies under; each kept across a rotation.
+#[test]
+fn the_companion_mirrors_same_site_partitioned_and_a_long_path_across_rotations() {
+    let e = engine();
+    let p = Policy::default();
+    let long = format!("/{}", "segment-of-thirty-one-bytes-xx/".repeat(10));
+    let cut = format!("/{}", "segment-of-thirty-one-bytes-xx/".repeat(8));
+    let cut_attr = format!("; Path={cut};");
+    let cases = [
+        (
+            "session=s1; Path=/app; Secure; HttpOnly".to_string(),
+            "vigil_bind=",
+            vec!["; Path=/app;"],
+            vec!["SameSite", "Partitioned"],
+        ),
+        (
+            "session=s2; Path=/; Secure; SameSite=None; Partitioned".to_string(),
+            "__Host-vigil_bind=",
+            vec!["; SameSite=None; Partitioned"],
+            vec!["Domain"],
+        ),
+        (
+            format!("session=s3; Path={long}; Secure; SameSite=Strict"),
+            "vigil_bind=",
+            vec![cut_attr.as_str(), "; SameSite=Strict"],
+            vec!["Partitioned"],
+        ),
+    ];
+    for (i, (app, name, has, lacks)) in cases.iter().enumerate() {
+        let (_, set) = exchange(
+            &e,
+            &p,
+            "theme=dark",
+            NOW,
+            Enforcement::Enforce,
+            Some(app),
+            200,
+        );
+        assert_eq!(set.len(), 1, "{app}");
+        let issued = set[0].clone();
+        // Presented, then rotated: the successor keeps the scope.
+        let session = app.split(';').next().unwrap();
+        let cookie = format!("{session}; {name}{}", value_of(&issued));
+        let (v, _) = exchange(&e, &p, &cookie, NOW + 1, Enforcement::Enforce, None, 200);
+        assert_eq!(v.action, Action::Allow, "{i}: {:?}", v.risk);
+        let (v, set) = exchange(
+            &e,
+            &p,
+            &cookie,
+            NOW + ROTATE + 2,
+            Enforcement::Enforce,
+            None,
+            200,
+        );
+        assert_eq!(
+            (v.action, set.len()),
+            (Action::Allow, 1),
+            "{i}: {:?}",
+            v.risk
+        );
+        for c in [&issued, &set[0]] {
+            assert!(c.starts_with(name), "{i}: {c}");
+            for attr in has {
+                assert!(c.contains(attr), "{i}: {c} lacks {attr}");
+            }
+            for attr in lacks {
+                assert!(!c.contains(attr), "{i}: {c} has {attr}");
+            }
+        }
+    }
+}
+
+/// `[binding] domain`: a session first seen without its app's
+/// `Set-Cookie` (it predates Vigil) gets its companion on the configured
+/// domain, so that it goes to the app's other hosts as the domain-wide
+/// app cookie does; not `__Host-`, which could not carry a `Domain`.
+#[test]
+fn a_configured_domain_scopes_companions_of_sessions_seen_without_their_cookie() {
+    let e = Engine::new(
+        EngineConfig {
+            binding: BindingConfig {
+                enabled: true,
+                domain: Some("example.com".into()),
+                ..BindingConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        SessionHashKey::from_bytes([7; 32]),
+    );
+    let p = Policy::default();
+    let (v, set) = exchange(&e, &p, "session=old", NOW, Enforcement::Enforce, None, 200);
+    assert_eq!((v.action, set.len()), (Action::Allow, 1));
+    let c = &set[0];
+    assert!(c.starts_with("vigil_bind="), "{c}");
+    for attr in ["; Path=/;", "; Domain=example.com;", "; SameSite=None"] {
+        assert!(c.contains(attr), "{c} lacks {attr}");
+    }
+}
+
+/// The app confirms a step-up on the response (`confirm_header: 1`):
+/// with `rotate_on_step_up`, that response carries the next generation,
+/// so a copy of the jar taken before the owner proved themselves is
+/// caught after the grace, not only at the next `rotate_after`.
+#[test]
+fn a_confirmation_rotates_the_binding_so_a_copy_taken_before_it_is_caught() {
+    for rotate_on_step_up in [true, false] {
+        let e = Engine::new(
+            EngineConfig {
+                binding: BindingConfig {
+                    enabled: true,
+                    rotate_after: std::time::Duration::from_secs(ROTATE),
+                    grace: std::time::Duration::from_secs(GRACE),
+                    rotate_on_step_up,
+                    ..BindingConfig::default()
+                },
+                ..EngineConfig::default()
+            },
+            SessionHashKey::from_bytes([7; 32]),
+        );
+        let p = Policy::default();
+        let mut victim = bound_victim(&e, &p);
+        let thief = victim.clone();
+        // Long before rotate_after: the owner passes a step-up the app
+        // confirms on its response.
+        let at = NOW + 10;
+        let (v, set) = confirmed_exchange(&e, &p, &jar_cookie(&victim), at);
+        assert_eq!(v.action, Action::Allow);
+        if !rotate_on_step_up {
+            assert!(set.is_empty(), "{set:?}");
+            let (v, _) = exchange(
+                &e,
+                &p,
+                &jar_cookie(&thief),
+                at + 1 + GRACE,
+                Enforcement::Enforce,
+                None,
+                200,
+            );
+            assert_eq!(
+                v.action,
+                Action::Allow,
+                "no rotation, nothing to tell apart"
+            );
+            continue;
+        }
+        assert_eq!(set.len(), 1, "{set:?}");
+        let sealer = &e.binding.as_ref().unwrap().sealer;
+        assert_eq!(
+            sealer
+                .unseal(value_of(&set[0]).as_bytes())
+                .unwrap()
+                .generation,
+            2
+        );
+        victim.companion = Some(value_of(&set[0]));
+        let (v, _) = victim.send(&e, &p, at + 1, true);
+        assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
+        let (v, set) = exchange(
+            &e,
+            &p,
+            &jar_cookie(&thief),
+            at + 1 + GRACE,
+            Enforcement::Enforce,
+            None,
+            200,
+        );
+        assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+        assert_eq!((v.action, set.len()), (Action::Block, 0));
+        // A confirmation of a session whose generation is not yet
+        // presented issues nothing more (one rotation at a time).
+        let fresh = bound_victim_named(&e, &p, "fresh");
+        let (_, set) = confirmed_exchange(&e, &p, &jar_cookie(&fresh), at);
+        assert_eq!(set.len(), 1);
+        let (_, set) = confirmed_exchange(&e, &p, &jar_cookie(&fresh), at);
+        assert_eq!(set.len(), 0, "generation 2 issued, not yet presented");
+    }
+}
+
+/// One request judged and applied on an enforcing route, answered by a
+/// response on which the (trusted) app confirms a step-up.
+fn confirmed_exchange(
+    e: &Engine,
+    p: &Policy,
+    cookie: &str,
+    at: u64,
+) -> (Verdict, SmallVec<[String; 1]>) {
+    let mut h = HeaderMap::new();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("user-agent", UA.parse().unwrap());
+    let view = RequestView {
+        peer: "192.0.2.10".parse().unwrap(),
+        headers: &h,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let v = e.decide(&view, p, ForwardedHeaders::default()).unwrap();
+    e.apply(
+        &v,
+        &Decision {
+            enforcement: Enforcement::Enforce,
+            route: "r",
+            reference: None,
+            rule: None,
+            tags: None,
+        },
+    );
+    let confirm = http::HeaderName::from_static("vigil-confirm");
+    let mut rh = HeaderMap::new();
+    rh.insert(confirm.clone(), "1".parse().unwrap());
+    let response = ResponseView {
+        headers: &rh,
+        now_secs: at,
+        user_header: None,
+        confirm_header: Some(&confirm),
+        app_confirms: true,
+    };
+    let done = e.respond(&v, &response, Enforcement::Enforce);
+    assert!(done.confirmed);
+    let set = e.binding_cookies_confirmed(&v, &response, Enforcement::Enforce, 200, done.confirmed);
+    (v, set)
+}
+
+/// Vigil's own OIDC step-up: the callback request is judged but nothing of
+/// it is applied (it is Vigil's page), its verdict is `step_up`, and the
+/// engine confirms the session from it. The redirect back carries the next
+/// generation, even when the callback's own request was the first to
+/// present the current one; without the confirmation nothing is issued.
+#[test]
+fn vigils_own_step_up_callback_rotates_the_binding_it_confirms() {
+    let e = engine();
+    let p = Policy::default();
+    let (_, set) = exchange(&e, &p, "session=cb", NOW, Enforcement::Enforce, None, 200);
+    assert_eq!(set.len(), 1);
+    let first = value_of(&set[0]);
+    let stepping = Policy {
+        low: Action::StepUp,
+        ..Policy::default()
+    };
+    let mut h = HeaderMap::new();
+    let cookie = format!("session=cb; __Host-vigil_bind={first}");
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("user-agent", UA.parse().unwrap());
+    let view = RequestView {
+        peer: "192.0.2.10".parse().unwrap(),
+        headers: &h,
+        now_secs: NOW + 1,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let v = e
+        .decide(&view, &stepping, ForwardedHeaders::default())
+        .unwrap();
+    assert_eq!(v.action, Action::StepUp);
+    let empty = HeaderMap::new();
+    let back = ResponseView {
+        headers: &empty,
+        now_secs: NOW + 1,
+        user_header: None,
+        confirm_header: None,
+        app_confirms: false,
+    };
+    let unconfirmed = e.binding_cookies_confirmed(&v, &back, Enforcement::Enforce, 303, false);
+    assert!(unconfirmed.is_empty(), "{unconfirmed:?}");
+    assert!(e.confirm(&v));
+    let set = e.binding_cookies_confirmed(&v, &back, Enforcement::Enforce, 303, true);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].starts_with("__Host-vigil_bind="), "{}", set[0]);
+    let sealer = &e.binding.as_ref().unwrap().sealer;
+    assert_eq!(
+        sealer
+            .unseal(value_of(&set[0]).as_bytes())
+            .unwrap()
+            .generation,
+        2
+    );
 }

@@ -265,11 +265,17 @@ fn main() {
         "snapshot-body",
         &engine.scorer().snapshot()[8..],
     );
-    // binding_seal: real seals under the target's key, and edits of one.
+    // binding_seal: real seals (format 2) under the target's key, and
+    // edits of one; `seed-seal-0` and `-1` in the corpus are format 1.
     let sealer = vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None);
-    for (i, (domain, path)) in [(None, None), (Some("example.com"), Some("/app"))]
-        .into_iter()
-        .enumerate()
+    let long = format!("/{}", "segment/".repeat(40));
+    for (i, (domain, path)) in [
+        (None, None),
+        (Some("example.com"), Some("/app")),
+        (Some("a.example.com"), Some(long.as_str())),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let seal = vigil_engine::binding::Seal {
             session: engine.key_for_cookie("session", b"a").unwrap(),
@@ -280,15 +286,21 @@ fn main() {
                 domain,
                 path,
                 vigil_engine::binding::SameSite::Lax,
-            ),
+            )
+            .partitioned(i == 2),
         };
         let value = sealer.seal(&seal).unwrap();
-        write(&dir, "binding_seal", &format!("seal-{i}"), value.as_bytes());
         write(
             &dir,
             "binding_seal",
-            &format!("cookie-{i}"),
-            format!("session=a; vigil_bind={value}; vigil_bind={value}x").as_bytes(),
+            &format!("seal2-{i}"),
+            value.as_bytes(),
+        );
+        write(
+            &dir,
+            "binding_seal",
+            &format!("cookie2-{i}"),
+            format!("session=a; __Host-vigil_bind={value}; vigil_bind={value}x").as_bytes(),
         );
     }
     println!("seeds written to {}", dir.display());

@@ -802,16 +802,20 @@ static SEALER: LazyLock<vigil_engine::binding::Sealer> = LazyLock::new(|| {
     vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None)
 });
 
-/// Arbitrary bytes as a companion value (`Sealer::unseal`: bounded, never
-/// panics; what opens re-seals to the same fields) and as a `Cookie`
-/// header carrying it (`Companion::read`). Nothing but a seal made with
-/// the key opens: the seeds include real seals, so that the opening path
-/// and the field checks behind it are reached.
+/// Arbitrary bytes as a companion value (`Sealer::unseal`, both seal
+/// formats: bounded, never panics; what opens re-seals, as format 2, to
+/// the same fields, scope included) and as a `Cookie` header carrying it
+/// under the bare and the `__Host-` name (`Companion::read`,
+/// `Companions::read` and the choice among them per session). Nothing but
+/// a seal made with the key opens: the seeds include real seals of both
+/// formats, so that the opening paths and the field checks behind them
+/// are reached.
 pub fn binding_seal(data: &[u8]) {
-    use vigil_engine::binding::{Companion, MAX_COMPANION_LEN};
+    use vigil_engine::binding::{Companion, Companions, MAX_COMPANION_LEN};
     if let Ok(seal) = SEALER.unseal(data) {
         assert!(data.len() <= MAX_COMPANION_LEN);
         if let Some(again) = SEALER.seal(&seal) {
+            assert!(again.len() <= MAX_COMPANION_LEN);
             assert_eq!(SEALER.unseal(again.as_bytes()), Ok(seal));
         }
     }
@@ -819,5 +823,8 @@ pub fn binding_seal(data: &[u8]) {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::COOKIE, value);
         let _ = Companion::read(&SEALER, &headers, "vigil_bind");
+        let all = Companions::read(&SEALER, &headers, "vigil_bind");
+        let session = vigil_engine::SessionKey::from_bytes([0x11; 16]);
+        let _ = all.for_session(session, None);
     }
 }

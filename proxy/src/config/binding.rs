@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vigil_engine::binding::BindingConfig;
+use vigil_engine::binding::{BindingConfig, HOST_PREFIX};
 
 use super::fields::{Fields, Problems};
 use super::within;
@@ -28,10 +28,18 @@ pub(super) fn read_binding(
             format!("{cookie_name:?} is not a cookie name; expected 1 to 64 of a-z A-Z 0-9 _ - ."),
         );
     }
-    if session_cookies
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(&cookie_name))
-    {
+    // Vigil adds the `__Host-` prefix itself where the scope allows it.
+    let lower = cookie_name.to_ascii_lowercase();
+    if lower.starts_with("__host-") || lower.starts_with("__secure-") {
+        p.push(
+            t.key("cookie_name"),
+            format!("{cookie_name:?} starts with a cookie prefix; Vigil adds __Host- itself to host-wide companions"),
+        );
+    }
+    if session_cookies.iter().any(|c| {
+        c.eq_ignore_ascii_case(&cookie_name)
+            || c.eq_ignore_ascii_case(&format!("{HOST_PREFIX}{cookie_name}"))
+    }) {
         p.push(
             t.key("cookie_name"),
             format!("{cookie_name:?} is a session cookie of the app ([session] cookies)"),
@@ -47,13 +55,49 @@ pub(super) fn read_binding(
             format!("{grace} is longer than rotate_after_seconds ({rotate_after}); a generation must outlive its grace"),
         );
     }
+    let domain: Option<String> = t.opt(p, "domain");
+    let domain = domain.and_then(|d| match valid_domain(&d) {
+        Some(d) => Some(d),
+        None => {
+            p.push(
+                t.key("domain"),
+                format!("{d:?} is not a cookie domain; expected a host name such as \"example.com\" (labels of a-z 0-9 -, at most 253 bytes, no port, no IP address)"),
+            );
+            None
+        }
+    });
+    let rotate_on_step_up = t.or(p, "rotate_on_step_up", d.rotate_on_step_up);
     t.finish(p);
     BindingConfig {
         enabled,
         cookie_name,
         rotate_after: Duration::from_secs(rotate_after),
         grace: Duration::from_secs(grace),
+        domain,
+        rotate_on_step_up,
     }
+}
+
+/// A `Domain` a browser takes: a host name (a leading dot, which browsers
+/// ignore, dropped; lower-cased), at least two labels of 1 to 63 of
+/// a-z 0-9 and inner `-`, at most 253 bytes, not all digits in the last
+/// label (an IPv4 address cannot be a cookie domain for other hosts).
+fn valid_domain(d: &str) -> Option<String> {
+    let d = d.strip_prefix('.').unwrap_or(d).to_ascii_lowercase();
+    let labels: Vec<&str> = d.split('.').collect();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = d.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| label_ok(l))
+        && !labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some(d)
 }
 
 #[cfg(test)]
@@ -111,6 +155,20 @@ upstream = "app"
             (s.binding_reused, s.binding_missing, s.binding_invalid),
             (90, 50, 40)
         );
+        // Defaults: no domain (host-wide `__Host-` companions), rotation on
+        // a step-up.
+        assert_eq!(b.domain, None);
+        assert!(b.rotate_on_step_up);
+        let c = Config::parse(
+            &format!(
+                "{BASE}[binding]\nenabled = true\ndomain = \".Example.COM\"\nrotate_on_step_up = false\n"
+            ),
+            Path::new("/etc/vigil/proxy.toml"),
+        )
+        .unwrap();
+        let b = &c.engine.binding;
+        assert_eq!(b.domain.as_deref(), Some("example.com"));
+        assert!(!b.rotate_on_step_up);
     }
 
     #[test]
@@ -130,5 +188,40 @@ upstream = "app"
         }
         let keys = problems("[binding]\ncookie_name = \"a b;c\"\n");
         assert_eq!(keys, vec!["binding.cookie_name"]);
+        let keys = problems("[binding]\ncookie_name = \"__Host-bind\"\n");
+        assert_eq!(keys, vec!["binding.cookie_name"]);
+        let keys = problems("[binding]\nrotate_on_step_up = \"yes\"\n");
+        assert_eq!(keys, vec!["binding.rotate_on_step_up"]);
+    }
+
+    /// A bad `domain` names the file, the key and what was expected.
+    #[test]
+    fn a_bad_binding_domain_is_reported_with_file_key_and_expectation() {
+        for bad in [
+            "",
+            "localhost",
+            "example.com:443",
+            "192.0.2.1",
+            "exa mple.com",
+            "-example.com",
+            "example..com",
+            "example.com;Path=/",
+        ] {
+            let text = format!("{BASE}[binding]\ndomain = {bad:?}\n");
+            match Config::parse(&text, Path::new("/etc/vigil/proxy.toml")) {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let shown = e.to_string();
+                    assert!(shown.contains("/etc/vigil/proxy.toml"), "{shown}");
+                    assert!(shown.contains("binding.domain"), "{shown}");
+                    assert!(shown.contains("not a cookie domain"), "{shown}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let long = format!("{}com", format!("{}.", "a".repeat(63)).repeat(4));
+        assert_eq!(
+            problems(&format!("[binding]\ndomain = {long:?}\n")),
+            vec!["binding.domain"]
+        );
     }
 }

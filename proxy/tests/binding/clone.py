@@ -35,14 +35,21 @@ class Jar:
         r = requests.get(BASE + path, headers=headers, verify=CA, timeout=10,
                          impersonate=UA_BROWSER, allow_redirects=False)
         sets = [v for k, v in r.headers.multi_items() if k.lower() == "set-cookie"]
-        companions = [s for s in sets if s.startswith("vigil_bind=")]
+        # Host-wide companions are named with the __Host- prefix.
+        companions = [s for s in sets
+                      if s.startswith(("vigil_bind=", "__Host-vigil_bind="))]
         # Only an answered request's cookies are kept: a refusal's deletion
         # of the session cookie is ignored, as a thief would, so that the
         # next request shows whether the session itself is still honoured.
         if keep and r.status_code == 200:
             for s in sets:
                 name, _, rest = s.partition("=")
-                self.cookies[name] = rest.split(";", 1)[0]
+                value = rest.split(";", 1)[0]
+                # An expiry (Max-Age=0) removes the cookie, as a browser does.
+                if "Max-Age=0" in rest:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = value
         return r.status_code, companions
 
 
@@ -139,8 +146,31 @@ elif SCENARIO == "concurrent":
     rotations = [c for _, cs in results for c in cs]
     out["rotations"] = len(rotations)
     if rotations:
-        victim.cookies["vigil_bind"] = rotations[0].split(";", 1)[0].partition("=")[2]
+        name, _, value = rotations[0].split(";", 1)[0].partition("=")
+        victim.cookies[name] = value
     out["after"] = [victim.get("/echo")[0] for _ in range(3)]
+elif SCENARIO == "tossed":
+    # The thief rotates the copy and presents its successor, then plants
+    # it in the victim's browser under the bare name, as a sibling host's
+    # `Set-Cookie: vigil_bind=...; Domain=<parent>` would; the victim's own
+    # companion is the `__Host-` one.
+    out["names"] = sorted(k for k in victim.cookies if "vigil_bind" in k)
+    rot = poll(lambda: thief.get("/echo"), lambda r: r[1])
+    out["thief_rotation"] = [s for s, _ in rot]
+    out["thief_presents"] = thief.get("/echo")[0]
+    planted = [v for k, v in thief.cookies.items() if k.endswith("vigil_bind")][0]
+    victim.cookies["vigil_bind"] = planted
+    seen = poll(lambda: victim.get("/echo"), lambda r: r[0] != 200)
+    out["victim"] = [s for s, _ in seen]
+elif SCENARIO == "step_up":
+    # Long before rotate_after: the victim re-authenticates, the app
+    # confirms it, and that response carries the next generation.
+    status, comp = victim.get("/reauth")
+    out["reauth"] = [status, len(comp)]
+    out["victim_presents"] = victim.get("/echo")[0]
+    seen = poll(lambda: thief.get("/echo"), lambda r: r[0] != 200)
+    out["thief"] = [s for s, _ in seen]
+    out["victim_after"] = victim.get("/echo")[0]
 else:
     raise SystemExit(f"unknown scenario {SCENARIO}")
 
