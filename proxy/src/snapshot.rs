@@ -185,7 +185,10 @@ pub struct Snapshotter {
 /// set aside and counted in `rejected`
 /// (`vigil_proxy_snapshots_rejected_total{reason}`).
 pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVec) -> bool {
-    let cap = engine.scorer().max_snapshot_bytes();
+    let cap = engine
+        .scorer()
+        .max_snapshot_bytes()
+        .saturating_add(engine.max_binding_snapshot_bytes());
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() > cap
     {
@@ -222,13 +225,26 @@ pub fn restore(engine: &Engine, path: &Path, rejected: &prometheus::IntCounterVe
             return false;
         }
     };
-    match engine.scorer().restore(body, crate::proxy::now_secs()) {
+    // The binding states follow the scorer's bytes (a snapshot of a
+    // release before them has none).
+    let (scorer, bindings) = vigil_engine::binding::fleet::split_snapshot(body);
+    let now = crate::proxy::now_secs();
+    match engine.scorer().restore(scorer, now) {
         Ok(r) => {
+            let bindings = match bindings.map(|b| engine.restore_binding_snapshot(b, now)) {
+                None => (0, 0),
+                Some(Some(counts)) => counts,
+                Some(None) => {
+                    tracing::warn!(path = %path.display(), "session snapshot: the binding section is malformed; bindings start empty");
+                    (0, 0)
+                }
+            };
             tracing::info!(
                 path = %path.display(),
                 sessions = r.sessions,
                 revocations = r.revocations,
-                skipped = r.refused,
+                bindings = bindings.0,
+                skipped = r.refused + bindings.1,
                 "session snapshot restored"
             );
             true
@@ -284,6 +300,9 @@ pub fn write(engine: &Engine, path: &Path, fleet: Option<&FleetState>) -> std::i
     }
     let mut out = std::io::BufWriter::new(file);
     engine.scorer().write_snapshot(&mut out)?;
+    // Generations and compromised marks outlive a restart: a holder
+    // without the companion is not handed a fresh generation 1.
+    engine.write_binding_snapshot(&mut out)?;
     out.flush()?;
     let mut file = out
         .into_inner()
