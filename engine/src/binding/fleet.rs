@@ -310,7 +310,7 @@ impl BindingStore {
                     e[16 + 4 * i..20 + 4 * i].copy_from_slice(&v.to_le_bytes());
                 }
                 e[SNAPSHOT_ENTRY_LEN - 1] =
-                    u8::from(s.compromised) * COMPROMISED | u8::from(s.unsent) * UNSENT;
+                    (u8::from(s.compromised) * COMPROMISED) | (u8::from(s.unsent) * UNSENT);
                 w.write_all(&e)?;
                 n += 1;
             }
