@@ -288,6 +288,10 @@ impl Allowance {
             // value is never evicted and never counts against the user on
             // any node: counted with what can harm.
             NodeEventKind::UserLearned { trusted: false, .. } => Allowance::Sightings,
+            // A binding's advance is one a session per rotation; a mark
+            // refuses the session everywhere, as a revocation does.
+            NodeEventKind::SessionBinding(r) if r.compromised => Allowance::Revocations,
+            NodeEventKind::SessionBinding(_) => Allowance::Sightings,
             _ => Allowance::Events,
         }
     }
@@ -972,6 +976,8 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
                  problems of at most 1024 bytes",
             )
         }
+        NodeEventKind::SessionBinding(r) => (r.generation == 0 || r.nonce == 0)
+            .then_some("a binding's generation and nonce are not 0"),
         _ => None,
     }
 }

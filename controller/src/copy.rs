@@ -90,6 +90,20 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "session_bindings",
+        &[
+            ("session", Kind::Text),
+            ("generation", Kind::Int),
+            ("nonce", Kind::Int),
+            ("previous_nonce", Kind::Int),
+            ("issued_at", Kind::Int),
+            ("presented_at", Kind::Int),
+            ("compromised", Kind::Int),
+            ("seq", Kind::Int),
+            ("updated", Kind::Int),
+        ],
+    ),
+    (
         "detections",
         &[
             ("node", Kind::Text),

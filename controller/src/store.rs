@@ -203,6 +203,8 @@ pub struct Taken {
     pub vouched_own: u32,
     /// Revocations taken unvouched because that budget was spent.
     pub unvouched_over_budget: u32,
+    /// Binding records that changed the fleet's binding of their session.
+    pub bindings: usize,
 }
 
 impl Taken {
@@ -268,6 +270,7 @@ pub struct Store {
 
 mod admin;
 pub mod bcl;
+pub mod bindings;
 pub mod idp_sessions;
 pub mod outbox;
 pub mod ssf;
@@ -414,6 +417,8 @@ impl Store {
         // DBSC bindings taken earlier in this batch, and by which node.
         let mut dbsc_pending: HashMap<SessionId, DbscBinding> = HashMap::new();
         let mut dbsc_nodes: Vec<(SessionId, String)> = Vec::new();
+        // Bindings joined earlier in this batch, not yet in the table.
+        let mut bindings_pending: HashMap<SessionId, vigil_fleet::BindingRecord> = HashMap::new();
         let mut recount: Vec<UserId> = Vec::new();
         let mut cleared: Vec<UserId> = Vec::new();
         let mut histories = Histories::new(node, now, intake.budgets);
@@ -427,7 +432,9 @@ impl Store {
         for event in events {
             // Each id once: a second of the same in one batch is a
             // duplicate too.
-            if !new_ids.remove(event.id.as_str()) {
+            if !matches!(event.kind, NodeEventKind::SessionBinding(_))
+                && !new_ids.remove(event.id.as_str())
+            {
                 ack.duplicates += 1;
                 continue;
             }
@@ -686,6 +693,35 @@ impl Store {
                         }
                     }
                 }
+                // Joined with what the fleet holds: only a record that
+                // changes it is streamed. A compromised mark refuses the
+                // session on every node, as a revocation ends it: each new
+                // one counts against the node's revocations this minute,
+                // and beyond them the record is taken without its mark.
+                NodeEventKind::SessionBinding(record) => {
+                    let mut record = *record;
+                    let mut judged =
+                        bindings::judge(&mut tx, &bindings_pending, &record, now).await?;
+                    if matches!(judged, bindings::Judged::Joined { marks: true, .. })
+                        && taken.revocations >= intake.revocations_left
+                    {
+                        taken.refuse(Refusal::RateLimited);
+                        ack.refused += 1;
+                        record.compromised = false;
+                        judged = bindings::judge(&mut tx, &bindings_pending, &record, now).await?;
+                    }
+                    match judged {
+                        bindings::Judged::Joined { record, marks } => {
+                            if marks {
+                                taken.revocations += 1;
+                            }
+                            changes.push(Change::SessionBinding(record));
+                            bindings_pending.insert(record.session, record);
+                            taken.bindings += 1;
+                        }
+                        bindings::Judged::Nothing => taken.ignored += 1,
+                    }
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -755,6 +791,10 @@ impl Store {
             ),
             (
                 "DELETE FROM dbsc_bindings WHERE at < $1",
+                now.saturating_sub(keep_sessions),
+            ),
+            (
+                "DELETE FROM session_bindings WHERE updated < $1",
                 now.saturating_sub(keep_sessions),
             ),
             (
@@ -965,6 +1005,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
             out.extend(population_changes(&totals, &counters));
         }
+        out.extend(bindings::snapshot(&mut tx).await?);
         out.extend(admin::trust_snapshot(&mut tx).await?);
         // Only the bundle in force: each replaces the one before whole.
         if let Some(bundle) = bundle_in_force(&mut tx).await? {
@@ -1346,6 +1387,9 @@ async fn append_in(
                 .bind(to_i64(now))
                 .execute(&mut **tx)
                 .await?;
+            }
+            Change::SessionBinding(record) => {
+                bindings::write(tx, record, seq, now).await?;
             }
             Change::UserDetections { user, count, until } => {
                 sqlx::query(
@@ -1967,6 +2011,13 @@ async fn take_ids(
     now: u64,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     let mut new = std::collections::HashSet::new();
+    // A binding record is a join: taken twice it changes nothing the
+    // second time, so its id is not kept (one a session per rotation
+    // would outgrow every other row of the store).
+    let events: Vec<&NodeEvent> = events
+        .iter()
+        .filter(|e| !matches!(e.kind, NodeEventKind::SessionBinding(_)))
+        .collect();
     for chunk in events.chunks(IDS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))

@@ -981,7 +981,7 @@ async fn a_users_step_up_reaches_current_nodes_and_older_ones_keep_their_numbers
         let mut new = Stream::open(&c, NODE_A, 0).await;
         assert!(matches!(new.next().await, Frame::Hello { v: VERSION, .. }));
         new.next().await;
-        let mut old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        let mut old = Stream::open_as(&c, NODE_B, 0, Some(3)).await;
         assert!(matches!(old.next().await, Frame::Hello { v: 3, .. }));
         old.next().await;
 
@@ -1047,7 +1047,7 @@ async fn a_users_step_up_reaches_current_nodes_and_older_ones_keep_their_numbers
             matches!(changes[..], [Change::UserStepUp { user, at: last }] if user == gus && last >= at),
             "{changes:?}"
         );
-        let mut late_old = Stream::open_as(&c, NODE_B, 0, Some(VERSION - 1)).await;
+        let mut late_old = Stream::open_as(&c, NODE_B, 0, Some(3)).await;
         late_old.next().await;
         assert!(matches!(
             late_old.next().await,
@@ -3598,4 +3598,163 @@ async fn the_signing_keys_are_published_as_a_jwk_set() {
     }
     c.stop().await;
     db.drop_db().await;
+}
+
+fn binding_event(id: &str, r: vigil_fleet::BindingRecord) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::SessionBinding(r),
+    }
+}
+
+fn binding(session_n: u8, generation: u32, presented_at: u64) -> vigil_fleet::BindingRecord {
+    let at = u32::try_from(presented_at).unwrap();
+    vigil_fleet::BindingRecord {
+        session: session(session_n),
+        generation,
+        nonce: generation * 11,
+        previous_nonce: (generation - 1) * 11,
+        issued_at: at - 1,
+        presented_at: at,
+        compromised: false,
+    }
+}
+
+/// The attack on the fleet's bindings: records arriving late, twice, out
+/// of order or from the future, and a mark a later record would clear.
+/// The controller keeps one row per session, the join of what nodes
+/// posted: a generation is never lowered, a compromised mark never
+/// undone, only a record that changes the row is streamed, a record from
+/// the future is brought back to now, and neither a node of an older
+/// version nor a controller of one gets what it cannot read.
+#[tokio::test]
+async fn the_fleets_binding_of_a_session_only_advances_and_its_mark_sticks() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 100;
+        let mut b = Stream::open(&c, NODE_B, 0).await;
+        assert!(matches!(b.next().await, Frame::Hello { v: 5, .. }));
+        assert!(matches!(b.next().await, Frame::SnapshotEnd { seq: 0 }));
+        let expect = async |b: &mut Stream, want: vigil_fleet::BindingRecord| {
+            let Frame::Changes { changes, .. } = b.next_change().await else {
+                panic!()
+            };
+            assert_eq!(changes, vec![Change::SessionBinding(want)]);
+        };
+
+        // Node A: the owner presented generation 2.
+        let g2 = binding(1, 2, t);
+        assert_eq!(
+            ack_of(&c, NODE_A, vec![binding_event("a-1", g2)])
+                .await
+                .accepted,
+            1
+        );
+        expect(&mut b, g2).await;
+        // Late and lower, the same again, out of order: nothing changes.
+        let ack = ack_of(
+            &c,
+            NODE_B,
+            vec![
+                binding_event("b-1", binding(1, 1, t - 50)),
+                binding_event("b-2", g2),
+                binding_event("b-2", g2),
+            ],
+        )
+        .await;
+        assert_eq!((ack.accepted, ack.duplicates, ack.refused), (3, 0, 0));
+        // The mark, then a later generation without it: the mark stays.
+        let mut marked = g2;
+        marked.compromised = true;
+        ack_of(&c, NODE_A, vec![binding_event("a-2", marked)]).await;
+        expect(&mut b, marked).await;
+        let g3 = binding(1, 3, t + 10);
+        ack_of(&c, NODE_B, vec![binding_event("b-3", g3)]).await;
+        expect(
+            &mut b,
+            vigil_fleet::BindingRecord {
+                compromised: true,
+                ..g3
+            },
+        )
+        .await;
+        // Of one generation, a presented issuance wins over one that
+        // was not, whichever came first; a time from the future is now.
+        let far = now() + 100_000;
+        let mut other = binding(2, 1, far);
+        other.issued_at = u32::try_from(far).unwrap();
+        ack_of(&c, NODE_A, vec![binding_event("a-3", other)]).await;
+        let Frame::Changes { changes, .. } = b.next_change().await else {
+            panic!()
+        };
+        let [Change::SessionBinding(taken)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert!(u64::from(taken.presented_at) <= now());
+        assert!(u64::from(taken.issued_at) <= now());
+
+        // What the store holds, and what a node starting afresh gets.
+        let store = Store::open(&db.url()).await.unwrap();
+        assert_eq!(
+            store
+                .binding(session(1))
+                .await
+                .unwrap()
+                .map(|r| (r.generation, r.compromised)),
+            Some((3, true))
+        );
+        // No ids kept for records: a join taken twice changes nothing.
+        let ack = ack_of(&c, NODE_A, vec![binding_event("a-1", g2)]).await;
+        assert_eq!((ack.accepted, ack.duplicates), (1, 0));
+        let mut fresh = Stream::open(&c, NODE_A, 0).await;
+        fresh.next().await;
+        let Frame::Snapshot { changes, .. } = fresh.next().await else {
+            panic!()
+        };
+        assert!(
+            changes.contains(&Change::SessionBinding(vigil_fleet::BindingRecord {
+                compromised: true,
+                ..g3
+            }))
+        );
+        // A version 4 node is streamed none, not even in its snapshot.
+        let mut old = Stream::open_as(&c, NODE_A, 0, Some(4)).await;
+        assert!(matches!(old.next().await, Frame::Hello { v: 4, .. }));
+        match old.next().await {
+            Frame::Snapshot { changes, .. } => assert!(
+                !changes
+                    .iter()
+                    .any(|c| matches!(c, Change::SessionBinding(_))),
+                "{changes:?}"
+            ),
+            Frame::SnapshotEnd { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        // A batch of version 4 naming a binding, or a record no node
+        // writes: refused whole.
+        let r = client()
+            .post(c.url("/v1/events"))
+            .bearer_auth(NODE_A)
+            .header("content-type", "application/json")
+            .body(
+                serde_json::to_string(&EventBatch {
+                    v: 4,
+                    events: vec![binding_event("a-9", g3)],
+                })
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let mut zero = g3;
+        zero.generation = 0;
+        let r = post_events(&c, NODE_A, vec![binding_event("a-10", zero)]).await;
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("bad_event"));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
 }

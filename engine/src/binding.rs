@@ -223,6 +223,10 @@ pub(crate) struct BindingState {
     /// owner nor the copy goes on however the policy answers the first
     /// refusal (docs/bound-sessions.md, "Once reused, always reused").
     pub compromised: bool,
+    /// An advance or a mark the fleet has not been told yet: the session
+    /// waits, once, in the store's queue of records to publish
+    /// ([`fleet`]).
+    pub unsent: bool,
 }
 
 /// What a request's companion was, read once per request.
@@ -328,6 +332,12 @@ pub(crate) struct BindingStore {
     shards: Box<[Mutex<Shard>]>,
     shard_cap: usize,
     idle: u32,
+    /// Sessions whose state changed in a way the fleet must learn, each
+    /// at most once (its state's `unsent`), oldest first ([`fleet`]).
+    unsent: Mutex<std::collections::VecDeque<SessionKey>>,
+    /// Whether advances are queued for the fleet (a controller is
+    /// configured); without one nothing is queued.
+    publishing: std::sync::atomic::AtomicBool,
 }
 
 // === impl Binding ===
@@ -1146,6 +1156,8 @@ impl BindingStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_cap: (max / SHARDS).max(1),
             idle: secs32(idle.as_secs()).max(1),
+            unsent: Mutex::new(std::collections::VecDeque::new()),
+            publishing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1231,5 +1243,6 @@ impl std::fmt::Debug for BindingStore {
     }
 }
 
+pub mod fleet;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod binding;
+pub use binding::fleet::FleetBinding;
 mod client_ip;
 mod decide;
 mod device;

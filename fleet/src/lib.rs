@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 /// user and false positives reported at the controller, rule bundles
 /// ([`Change::RulesBundle`], [`NodeEventKind::RulesBundle`]); version 4
 /// user-level step-up ([`Change::UserStepUp`]) and identity provider
-/// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]). The rules that keep a
+/// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]); version 5
+/// sessions' rotating bindings ([`Change::SessionBinding`],
+/// [`NodeEventKind::SessionBinding`]). The rules that keep a
 /// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
@@ -41,7 +43,7 @@ use serde::{Deserialize, Serialize};
 /// - Change kinds, event kinds and frame types added within a version are
 ///   read by older builds of it as [`Change::Unknown`],
 ///   [`NodeEventKind::Unknown`] and [`Frame::Unknown`].
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The request header in which a node names the protocol version it
 /// speaks.
@@ -294,6 +296,13 @@ pub enum Change {
         /// The binding.
         binding: DbscBinding,
     },
+    /// A session's rotating binding as the fleet knows it: the latest
+    /// issuance presented on any node, and whether two holders were seen
+    /// (`docs/bound-sessions.md`, "Across the fleet"). A node joins it
+    /// with its own state (never lowering a generation, never undoing a
+    /// mark); the controller keeps the join of every node's records, one
+    /// per session, in snapshots too. Since version 5.
+    SessionBinding(BindingRecord),
     /// A change kind of a later version. A node skips it but counts its
     /// number (the sequence stays contiguous): kinds are only ever added,
     /// each one something an older node can do without.
@@ -354,6 +363,27 @@ impl fmt::Display for DbscKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
+}
+
+/// A session's rotating binding ([`Change::SessionBinding`],
+/// [`NodeEventKind::SessionBinding`]): the engine's `FleetBinding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    /// The session.
+    pub session: SessionId,
+    /// The generation, from 1.
+    pub generation: u32,
+    /// Its issuance's nonce (not 0).
+    pub nonce: u32,
+    /// The previous generation's nonce (0: not known).
+    pub previous_nonce: u32,
+    /// When the generation was issued (seconds since the Unix epoch).
+    pub issued_at: u32,
+    /// When it was first presented (seconds since the Unix epoch; 0: not
+    /// yet, in a record of a mark).
+    pub presented_at: u32,
+    /// Two holders of the session were seen.
+    pub compromised: bool,
 }
 
 /// Most counters in one [`Change::Population`]: its line stays under a
@@ -535,6 +565,11 @@ pub enum NodeEventKind {
         /// The binding.
         binding: DbscBinding,
     },
+    /// A session's rotating binding advanced on the node (a generation
+    /// presented there first, or learnt from another node's seal) or was
+    /// marked compromised: the node's state of it, at most one per session
+    /// pending. Since version 5.
+    SessionBinding(BindingRecord),
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -590,6 +625,9 @@ impl Change {
             Change::UserStepUp { .. } if v < 4 => Change::nothing(),
             // Nodes before version 4 know no DBSC bindings.
             Change::DbscBound { .. } if v < 4 => Change::nothing(),
+            // An older node would skip it as unknown, or not know it at
+            // all: it judges bindings by the seals it sees, as before.
+            Change::SessionBinding(_) if v < 5 => Change::nothing(),
             other => other.clone(),
         }
     }
@@ -599,6 +637,9 @@ impl Change {
     pub fn in_snapshot_of(&self, v: u32) -> bool {
         if matches!(self, Change::UserStepUp { .. }) {
             return v >= 4;
+        }
+        if matches!(self, Change::SessionBinding(_)) {
+            return v >= 5;
         }
         if matches!(
             self,
@@ -666,6 +707,7 @@ impl NodeEventKind {
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
             NodeEventKind::IdpSession { .. } | NodeEventKind::DbscBound { .. } => 4,
+            NodeEventKind::SessionBinding(_) => 5,
         }
     }
 }

@@ -451,3 +451,55 @@ fn a_dbsc_binding_is_read_back_and_a_bad_key_is_an_error() {
     assert_eq!(change.for_version(3), Change::nothing());
     assert_eq!(change.for_version(4), change);
 }
+
+/// A session's binding (version 5): read and written as documented in
+/// both directions; nodes of versions 1 to 4 get a change that does
+/// nothing in its place and none in their snapshots, and a controller of
+/// version 4 is never sent one.
+#[test]
+fn a_session_binding_is_version_5_and_nothing_to_older_nodes() {
+    let record = BindingRecord {
+        session: SessionId([1; 16]),
+        generation: 3,
+        nonce: 7,
+        previous_nonce: 5,
+        issued_at: 1_700_000_000,
+        presented_at: 1_700_000_002,
+        compromised: false,
+    };
+    let change = Change::SessionBinding(record);
+    let line = br#"{"type":"changes","first":3,"changes":[{"kind":"session_binding","session":"01010101010101010101010101010101","generation":3,"nonce":7,"previous_nonce":5,"issued_at":1700000000,"presented_at":1700000002,"compromised":false}]}"#;
+    let frame = Frame::Changes {
+        first: 3,
+        changes: vec![change.clone()],
+    };
+    assert_eq!(read_frame(line).unwrap(), frame);
+    assert_eq!(write_frame(&frame), [&line[..], b"\n"].concat());
+    for v in 1..5 {
+        assert_eq!(change.for_version(v), Change::nothing(), "version {v}");
+        assert!(!change.in_snapshot_of(v), "version {v}");
+    }
+    assert_eq!(change.for_version(5), change);
+    assert!(change.in_snapshot_of(5));
+    let event = NodeEvent {
+        id: "n-1".into(),
+        kind: NodeEventKind::SessionBinding(record),
+    };
+    let json = serde_json::to_string(&event).unwrap();
+    assert_eq!(
+        json,
+        r#"{"id":"n-1","kind":"session_binding","session":"01010101010101010101010101010101","generation":3,"nonce":7,"previous_nonce":5,"issued_at":1700000000,"presented_at":1700000002,"compromised":false}"#
+    );
+    assert_eq!(serde_json::from_str::<NodeEvent>(&json).unwrap(), event);
+    assert_eq!(event.kind.since(), 5);
+    // A generation beyond u32, or a missing field: refused.
+    assert!(
+        serde_json::from_str::<NodeEvent>(
+            &json.replace("\"generation\":3", "\"generation\":4294967296")
+        )
+        .is_err()
+    );
+    assert!(
+        serde_json::from_str::<NodeEvent>(&json.replace(",\"compromised\":false", "")).is_err()
+    );
+}

@@ -66,8 +66,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use vigil_engine::{Adopted, DeviceId, Engine, Feedback, SessionKey, UserKey};
 use vigil_fleet::{
-    Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent, NodeEventKind,
-    TrustedNetwork, VERSION, VERSION_HEADER,
+    BindingRecord, Change, EventAck, EventBatch, Frame, MAX_EVENTS, MAX_LINE_BYTES, NodeEvent,
+    NodeEventKind, SessionId, TrustedNetwork, VERSION, VERSION_HEADER,
 };
 use vigil_fleet::{MAX_POPULATION_COUNTERS, POPULATION_FEATURES};
 
@@ -104,6 +104,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer to a post read.
 const MAX_ACK_BYTES: usize = 64 * 1024;
+/// How often the poster looks for binding records to send when nothing
+/// else wakes it: the part of the fleet's window of undetectable reuse
+/// that this node adds (docs/bound-sessions.md, "Across the fleet").
+const BINDINGS_EVERY: Duration = Duration::from_millis(50);
+/// The protocol version that carries bindings.
+const BINDINGS_SINCE: u32 = 5;
 
 // === the pure core ===
 
@@ -734,6 +740,9 @@ pub struct FleetSync {
     /// DBSC bindings, which the fleet's records feed
     /// ([`FleetSync::with_dbsc`]), with the limits in force at start.
     dbsc: Option<(Arc<crate::dbsc::Dbsc>, crate::dbsc::Settings)>,
+    /// Numbers the binding records posted (their ids; the controller keeps
+    /// none of them: a record taken twice changes nothing).
+    bindings_posted: AtomicU64,
 }
 
 /// Why a sync stream ended.
@@ -806,6 +815,9 @@ impl FleetSync {
         metrics
             .applied
             .set(gauge(state.applied.load(Ordering::Acquire)));
+        // With a controller to take them, the binding's advances and marks
+        // are queued for the fleet.
+        engine.publish_bindings();
         Ok(Self {
             engine,
             controller,
@@ -820,6 +832,7 @@ impl FleetSync {
             rules: None,
             replayed_rules: Mutex::new(None),
             dbsc: None,
+            bindings_posted: AtomicU64::new(0),
         })
     }
 
@@ -1189,6 +1202,15 @@ impl FleetSync {
                     Some((dbsc, settings)) if dbsc.adopt(settings, binding, now) => "dbsc_bound",
                     _ => "dbsc_bound_unchanged",
                 },
+                // Joined with what this node holds: never lower, never a
+                // mark undone; not published again.
+                Change::SessionBinding(ref record) => {
+                    if self.engine.merge_binding(&binding_of(record), now) {
+                        "session_binding"
+                    } else {
+                        "session_binding_unchanged"
+                    }
+                }
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
             };
@@ -1295,9 +1317,33 @@ impl FleetSync {
                     _ = shutdown.changed() => return,
                 }
             }
+            // Binding records first, a batch at a time, so that neither
+            // kind of event waits for the other to run dry.
+            let bindings = tokio::select! {
+                r = self.post_bindings() => r,
+                _ = shutdown.changed() => return,
+            };
+            let bindings = match bindings {
+                Ok(n) => n,
+                Err(e) => {
+                    self.metrics.events_retried.inc();
+                    tracing::debug!(error = %e, attempt, "fleet events: binding records not delivered; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(jittered(attempt)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+            };
             let Some((last, events)) = self.outbox.batch() else {
+                if bindings > 0 {
+                    attempt = 0;
+                    continue;
+                }
                 tokio::select! {
                     () = self.outbox.ready.notified() => continue,
+                    () = tokio::time::sleep(BINDINGS_EVERY) => continue,
                     _ = shutdown.changed() => return,
                 }
             };
@@ -1336,6 +1382,52 @@ impl FleetSync {
             tokio::select! {
                 () = tokio::time::sleep(jittered(attempt)) => {}
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Posts the binding records waiting (at most a batch): each session's
+    /// state as it is now, once however often it advanced since the last
+    /// post. Records that could not be delivered wait again; a controller
+    /// of a version before bindings takes none, so they are dropped.
+    /// Returns how many were delivered.
+    async fn post_bindings(&self) -> Result<usize, String> {
+        let now = crate::proxy::now_secs();
+        let records = self.engine.unsent_bindings(MAX_EVENTS, now);
+        if records.is_empty() {
+            return Ok(0);
+        }
+        if self.version.load(Ordering::Acquire) < BINDINGS_SINCE {
+            return Ok(0);
+        }
+        let events = records
+            .iter()
+            .map(|r| NodeEvent {
+                id: format!(
+                    "{}-b{}",
+                    self.outbox.prefix,
+                    self.bindings_posted.fetch_add(1, Ordering::Relaxed)
+                ),
+                kind: NodeEventKind::SessionBinding(record_of(r)),
+            })
+            .collect();
+        match self.post(events).await {
+            Ok(()) => {
+                self.metrics.events_sent.inc_by(records.len() as u64);
+                Ok(records.len())
+            }
+            Err(PostError::Refused(status)) => {
+                self.metrics.events_dropped.inc_by(records.len() as u64);
+                tracing::warn!(
+                    status,
+                    records = records.len(),
+                    "fleet events: the controller refused binding records as malformed; dropped"
+                );
+                Ok(0)
+            }
+            Err(PostError::Retry(e)) => {
+                self.engine.bindings_unsent_again(&records);
+                Err(e)
             }
         }
     }
@@ -1410,6 +1502,32 @@ impl std::fmt::Debug for FleetSync {
             .field("controller", &self.controller)
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+/// The engine's form of a streamed binding record.
+fn binding_of(r: &BindingRecord) -> vigil_engine::FleetBinding {
+    vigil_engine::FleetBinding {
+        session: SessionKey::from_bytes(r.session.0),
+        generation: r.generation,
+        nonce: r.nonce,
+        previous_nonce: r.previous_nonce,
+        issued_at: r.issued_at,
+        presented_at: r.presented_at,
+        compromised: r.compromised,
+    }
+}
+
+/// The protocol's form of this node's binding record.
+fn record_of(r: &vigil_engine::FleetBinding) -> BindingRecord {
+    BindingRecord {
+        session: SessionId(*r.session.as_bytes()),
+        generation: r.generation,
+        nonce: r.nonce,
+        previous_nonce: r.previous_nonce,
+        issued_at: r.issued_at,
+        presented_at: r.presented_at,
+        compromised: r.compromised,
     }
 }
 

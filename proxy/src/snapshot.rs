@@ -210,6 +210,7 @@ pub fn restore(
     let cap = engine
         .scorer()
         .max_snapshot_bytes()
+        .saturating_add(engine.max_binding_snapshot_bytes())
         .saturating_add(dbsc_cap);
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() > cap
@@ -247,6 +248,8 @@ pub fn restore(
             return false;
         }
     };
+    // The DBSC section is last; the binding states follow the scorer's
+    // bytes (a snapshot of a release before either has neither).
     let (body, section) = split_dbsc(body);
     if let (Some(section), Some((dbsc, settings))) = (section, dbsc) {
         match dbsc.restore_section(settings, section, crate::proxy::now_secs()) {
@@ -257,13 +260,24 @@ pub fn restore(
             }
         }
     }
-    match engine.scorer().restore(body, crate::proxy::now_secs()) {
+    let (scorer, bindings) = vigil_engine::binding::fleet::split_snapshot(body);
+    let now = crate::proxy::now_secs();
+    match engine.scorer().restore(scorer, now) {
         Ok(r) => {
+            let bindings = match bindings.map(|b| engine.restore_binding_snapshot(b, now)) {
+                None => (0, 0),
+                Some(Some(counts)) => counts,
+                Some(None) => {
+                    tracing::warn!(path = %path.display(), "session snapshot: the binding section is malformed; bindings start empty");
+                    (0, 0)
+                }
+            };
             tracing::info!(
                 path = %path.display(),
                 sessions = r.sessions,
                 revocations = r.revocations,
-                skipped = r.refused,
+                bindings = bindings.0,
+                skipped = r.refused + bindings.1,
                 "session snapshot restored"
             );
             true
@@ -338,6 +352,9 @@ pub fn write(
     }
     let mut out = std::io::BufWriter::new(file);
     engine.scorer().write_snapshot(&mut out)?;
+    // Generations and compromised marks outlive a restart: a holder
+    // without the companion is not handed a fresh generation 1.
+    engine.write_binding_snapshot(&mut out)?;
     out.flush()?;
     let mut file = out
         .into_inner()

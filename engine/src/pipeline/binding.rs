@@ -6,6 +6,7 @@
 use smallvec::SmallVec;
 
 use super::{Enforcement, Engine, Verdict};
+use crate::binding::fleet::FleetBinding;
 use crate::binding::{
     self, BindingState, Check, Companions, Finding, Issue, Record, SameSite, Scope, Seal,
 };
@@ -88,7 +89,7 @@ impl Engine {
         match check.record {
             Record::Nothing => {}
             Record::Compromised => {
-                b.store.update(check.session, verdict.at, |held| {
+                b.store.update_published(check.session, verdict.at, |held| {
                     Some(BindingState {
                         compromised: true,
                         seen_at: now,
@@ -103,7 +104,7 @@ impl Engine {
                 });
             }
             Record::Presented { generation, nonce } => {
-                b.store.update(check.session, verdict.at, |held| {
+                b.store.update_published(check.session, verdict.at, |held| {
                     let s = held?;
                     (s.generation == generation
                         && s.nonce == nonce
@@ -121,7 +122,7 @@ impl Engine {
                 nonce,
                 issued_at,
             } => {
-                b.store.update(check.session, verdict.at, |held| {
+                b.store.update_published(check.session, verdict.at, |held| {
                     if held.is_some_and(|s| s.generation >= generation || s.compromised) {
                         return None;
                     }
@@ -137,6 +138,7 @@ impl Engine {
                         presented_at: now.max(1),
                         seen_at: now,
                         compromised: false,
+                        unsent: false,
                     })
                 });
             }
@@ -367,5 +369,78 @@ impl Engine {
     /// Bindings held on this node, for a gauge and the memory measurement.
     pub fn bindings(&self) -> usize {
         self.binding.as_ref().map_or(0, |b| b.store.len())
+    }
+
+    /// From now on, queues each binding advance and compromised mark of
+    /// this node for the fleet ([`Engine::unsent_bindings`]); call once a
+    /// controller is configured (without one nothing would take them).
+    pub fn publish_bindings(&self) {
+        if let Some(b) = &self.binding {
+            b.store.publish();
+        }
+    }
+
+    /// Up to `max` binding records waiting to be told to the fleet, each
+    /// session at most once and as its state is now (a newer change
+    /// replaced any older one): see docs/bound-sessions.md, "Across the
+    /// fleet". Taken: give back with [`Engine::bindings_unsent_again`]
+    /// what could not be sent.
+    pub fn unsent_bindings(&self, max: usize, now: u64) -> Vec<FleetBinding> {
+        self.binding
+            .as_ref()
+            .map_or_else(Vec::new, |b| b.store.take_unsent(max, now))
+    }
+
+    /// Queues again records [`Engine::unsent_bindings`] gave that could
+    /// not be sent.
+    pub fn bindings_unsent_again(&self, records: &[FleetBinding]) {
+        if let Some(b) = &self.binding {
+            b.store.unsent_again(records);
+        }
+    }
+
+    /// Binding records waiting to be told to the fleet.
+    pub fn bindings_unsent(&self) -> usize {
+        self.binding.as_ref().map_or(0, |b| b.store.unsent_len())
+    }
+
+    /// Takes a session's binding as the fleet knows it (another node's
+    /// record, streamed by the controller), at `now`: joined with the
+    /// state held, monotonically (never a lower generation, never a mark
+    /// undone; in any order, any number of times). Whether it changed
+    /// anything. A record that is not one a node writes is ignored.
+    pub fn merge_binding(&self, record: &FleetBinding, now: u64) -> bool {
+        self.binding
+            .as_ref()
+            .is_some_and(|b| b.store.merge(record, now))
+    }
+
+    /// Writes the binding states as a snapshot section, after the
+    /// scorer's ([`crate::binding::fleet::split_snapshot`] finds it);
+    /// returns how many. Nothing (not even an empty section) with the
+    /// binding off, so that the file is the scorer's alone.
+    pub fn write_binding_snapshot<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<u64> {
+        match &self.binding {
+            Some(b) => b.store.write_snapshot(w),
+            None => Ok(0),
+        }
+    }
+
+    /// Restores a binding section at `now`: (restored, skipped), or
+    /// `None` when the section is malformed. With the binding off it is
+    /// ignored.
+    pub fn restore_binding_snapshot(&self, section: &[u8], now: u64) -> Option<(u64, u64)> {
+        match &self.binding {
+            Some(b) => b.store.restore_snapshot(section, now),
+            None => Some((0, 0)),
+        }
+    }
+
+    /// The largest binding section this engine writes (0 with the binding
+    /// off).
+    pub fn max_binding_snapshot_bytes(&self) -> u64 {
+        self.binding
+            .as_ref()
+            .map_or(0, |b| b.store.max_snapshot_bytes())
     }
 }
