@@ -99,7 +99,7 @@ pub struct Evaluator {
     events: u64,
     engine_errors: u64,
     options: Options,
-    /// Each client's companion cookie, when it holds one: the owner's and
+    /// Each client's companion cookie (`name=value`), when it holds one: the owner's and
     /// the thief's jar per session (the app cookie is the session id).
     jars: HashMap<(String, Actor), Option<String>>,
     /// Clients whose next response that sets a companion is lost
@@ -721,7 +721,7 @@ impl Evaluator {
         self.jars.insert(jar.clone(), Some(value));
     }
 
-    /// The companion cookie's value the engine sets on the response to
+    /// The companion cookie (`name=value`) the engine sets on the response to
     /// `verdict`'s request (`response`: the app's response headers), as
     /// the proxy asks for it on an enforcing route; `None` when it sets
     /// none.
@@ -740,11 +740,19 @@ impl Evaluator {
             },
             Enforcement::Enforce,
         );
+        // Kept as `name=value`: a host-wide companion is named
+        // `__Host-<cookie_name>`, one of another scope `<cookie_name>`; a
+        // cookie that deletes a superseded bare-named one is not kept.
         let name = &EngineConfig::default().binding.cookie_name;
         cookies.iter().find_map(|c| {
-            let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+            let (pair, attributes) = c.split_once(';').unwrap_or((c, ""));
             let (n, v) = pair.split_once('=')?;
-            (n.trim() == name).then(|| v.trim().to_owned())
+            let n = n.trim();
+            let ours = n == name || n.strip_prefix(vigil_engine::binding::HOST_PREFIX) == Some(name);
+            let deletes = attributes
+                .split(';')
+                .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+            (ours && !deletes).then(|| format!("{n}={}", v.trim()))
         })
     }
 }
@@ -757,11 +765,7 @@ fn headers(event: &Event, companion: Option<&str>) -> Result<HeaderMap, String> 
         HeaderValue::from_str(v).map_err(|_| format!("{name} {v:?} is not a valid header value"))
     };
     let cookie = match companion {
-        Some(c) => format!(
-            "session={}; {}={c}",
-            event.session,
-            EngineConfig::default().binding.cookie_name
-        ),
+        Some(pair) => format!("session={}; {pair}", event.session),
         None => format!("session={}", event.session),
     };
     h.insert(COOKIE, value("session", &cookie)?);
