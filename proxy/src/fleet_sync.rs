@@ -1186,8 +1186,8 @@ impl FleetSync {
                     }
                 }
                 Change::DbscBound { ref binding } => match &self.dbsc {
-                    Some((dbsc, settings)) if dbsc.adopt(settings, binding, now) => "dbsc_bound",
-                    _ => "dbsc_bound_unchanged",
+                    Some((dbsc, settings)) => dbsc.adopt(settings, binding, now),
+                    None => "dbsc_bound_unchanged",
                 },
                 // A later version's change: skipped, its number kept.
                 Change::Unknown => "unknown",
