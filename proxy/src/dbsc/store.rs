@@ -539,16 +539,29 @@ impl Store {
         let Ok(shard) = self.shard_for(session) else {
             return UNAVAILABLE;
         };
-        if let Some(&(root, _)) = shard.aliases.get(session) {
+        if let Some(&(root, used)) = shard.aliases.get(session) {
             drop(shard);
             let Ok(mut shard) = self.shard_for(&root) else {
                 return UNAVAILABLE;
             };
-            return match shard.by_session.get_mut(&root) {
+            let standing = match shard.by_session.get_mut(&root) {
                 Some(b) => Self::judge(b, cookie, now),
                 // The binding it inherited was swept as idle.
                 None => Standing::Unbound { pending: false },
             };
+            drop(shard);
+            // In use: not idle either (its time is its last use, throttled
+            // as the root's), so a rotated session is not swept, and left
+            // unbound, while the browser uses it.
+            if standing == Standing::Proven && now >= used.saturating_add(TOUCH_EVERY) {
+                let Ok(mut shard) = self.shard_for(session) else {
+                    return UNAVAILABLE;
+                };
+                if let Some((_, at)) = shard.aliases.get_mut(session) {
+                    *at = (*at).max(now);
+                }
+            }
+            return standing;
         }
         drop(shard);
         let Ok(mut shard) = self.shard_for(session) else {
@@ -932,6 +945,26 @@ mod tests {
         let b = SessionKey::from_bytes([16; 16]);
         assert_eq!(bind(&s, b, 120, (16, 100)), Err(StoreError::Full));
         bind(&s, b, 10 + TOUCH_EVERY + 100, (16, 100)).unwrap();
+    }
+
+    /// An alias in use is not idle either: its rotated session is not
+    /// swept, and left unbound, while the browser uses it.
+    #[test]
+    fn proven_requests_keep_an_alias_from_the_idle_sweep() {
+        let s = Store::default();
+        let root = SessionKey::from_bytes([1; 16]);
+        let new = SessionKey::from_bytes([0; 16]);
+        let id = bind(&s, root, 10, (16, 100)).unwrap();
+        assert_eq!(s.alias(new, root, 10, (16, 100)), Ok(true));
+        assert_eq!(
+            s.standing(&new, Some(&cookie(id, 1_000, 0)), 10 + TOUCH_EVERY, 30),
+            Standing::Proven
+        );
+        // Shard 0 (the alias's) is full: past `idle` from the alias's
+        // making, but not from its last use, there is no room.
+        let other = SessionKey::from_bytes([16; 16]);
+        assert_eq!(bind(&s, other, 120, (16, 100)), Err(StoreError::Full));
+        assert_eq!(s.root(&new), Some(root));
     }
 
     /// Finding 9: a poisoned lock is an outage, not a verdict.
