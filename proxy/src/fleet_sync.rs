@@ -1199,8 +1199,8 @@ impl FleetSync {
                     }
                 }
                 Change::DbscBound { ref binding } => match &self.dbsc {
-                    Some((dbsc, settings)) if dbsc.adopt(settings, binding, now) => "dbsc_bound",
-                    _ => "dbsc_bound_unchanged",
+                    Some((dbsc, settings)) => dbsc.adopt(settings, binding, now),
+                    None => "dbsc_bound_unchanged",
                 },
                 // Joined with what this node holds: never lower, never a
                 // mark undone; not published again.

@@ -557,15 +557,30 @@ impl VigilProxy {
             check = self
                 .dbsc
                 .check(settings, route.dbsc, key, headers, path, verdict.at);
-            if matches!(check, dbsc::Check::Refuse { .. }) {
+            if !matches!(check, dbsc::Check::Pass(_)) {
                 break;
             }
         }
-        let dbsc::Check::Refuse { why, challenge } = check else {
-            if let dbsc::Check::Pass(how) = check {
+        let (why, challenge) = match check {
+            dbsc::Check::Refuse { why, challenge } => (why, challenge),
+            dbsc::Check::Pass(how) => {
                 self.metrics.dbsc.with_label_values(&["check", how]).inc();
+                return Ok(false);
             }
-            return Ok(false);
+            // An outage, not a verdict on the request: 503, never 403
+            // (the browser keeps its DBSC session and retries); a
+            // `monitor` route never refuses.
+            dbsc::Check::Unavailable => {
+                self.metrics
+                    .dbsc
+                    .with_label_values(&["check", "store_unavailable"])
+                    .inc();
+                if route.mode != Mode::Enforce {
+                    return Ok(false);
+                }
+                respond::send(session, Refusal::DbscUnavailable).await?;
+                return Ok(true);
+            }
         };
         let enforced = route.mode == Mode::Enforce;
         self.metrics

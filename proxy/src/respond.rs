@@ -71,6 +71,11 @@ pub enum Refusal<'a> {
         /// The `Secure-Session-Challenge` value, when there is one.
         challenge: Option<&'a str>,
     },
+    /// The DBSC store could not be read (a poisoned lock: a bug):
+    /// `503 dbsc_unavailable`, with `retry-after`. Not a `403`: the
+    /// browser would ask for a challenge for a session Vigil cannot name,
+    /// and a `4xx` at refresh ends its DBSC session.
+    DbscUnavailable,
     /// The decision was `block`.
     Blocked {
         /// The decision's reference id.
@@ -346,6 +351,7 @@ impl<'a> Refusal<'a> {
             | Refusal::FleetStale
             | Refusal::TooManyOpen
             | Refusal::DbscProofFailed { .. }
+            | Refusal::DbscUnavailable
             | Refusal::StepUpRefused { .. } => None,
             Refusal::StepUpPassed { reference, .. } => Some(reference),
             Refusal::Blocked { reference }
@@ -434,6 +440,15 @@ impl<'a> Refusal<'a> {
                     "dbsc_proof_failed",
                     "Access blocked",
                     "This session is bound to a device key, and this request did not prove it holds the key.",
+                )
+            },
+            Refusal::DbscUnavailable => Answer {
+                headers: vec![("retry-after", "5".to_owned())],
+                ..plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dbsc_unavailable",
+                    "Temporarily unavailable",
+                    "This server cannot check the session's device binding right now. Try again shortly.",
                 )
             },
             Refusal::Blocked { .. } => plain(

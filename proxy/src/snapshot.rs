@@ -254,9 +254,15 @@ pub fn restore(
     if let (Some(section), Some((dbsc, settings))) = (section, dbsc) {
         match dbsc.restore_section(settings, section, crate::proxy::now_secs()) {
             Some(n) => tracing::info!(bindings = n, "dbsc bindings restored"),
+            // The engine's part is good on its own (the MAC covered both):
+            // the sessions' baselines and revocations are not lost with
+            // the bindings.
             None => {
-                reject(Rejected::Contents);
-                return false;
+                rejected.with_label_values(&["dbsc_section"]).inc();
+                tracing::warn!(
+                    path = %path.display(),
+                    "dbsc section of the session snapshot refused; bindings start empty"
+                );
             }
         }
     }
@@ -481,5 +487,59 @@ impl std::fmt::Debug for Snapshotter {
             .field("path", &self.path)
             .field("every", &self.every)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dbsc::jwt::PublicKey;
+    use vigil_engine::{EngineConfig, SessionHashKey, SessionKey};
+
+    /// A snapshot written under a larger `max_sessions` than the node now
+    /// runs with: the engine's part comes back whole (a revocation in it
+    /// holds) and the DBSC section is cut to its bound, not the whole
+    /// snapshot refused.
+    #[test]
+    fn a_dbsc_section_over_its_bound_is_cut_and_the_engine_part_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let key = || SessionHashKey::from_bytes([1; 32]);
+        let engine = Engine::new(EngineConfig::default(), key());
+        let revoked = SessionKey::from_bytes([9; 16]);
+        engine.scorer().revoke(revoked, crate::proxy::now_secs());
+        let dbsc = Dbsc::new(&[1; 32]);
+        let now = crate::proxy::now_secs();
+        for i in 0..4u8 {
+            let session = SessionKey::from_bytes([i; 16]);
+            let mut id = [i; 16];
+            id[0] = i;
+            dbsc.store()
+                .bind(
+                    session,
+                    PublicKey::Es256(Box::new([4; 65])),
+                    id,
+                    now,
+                    now,
+                    (100, 1000),
+                    false,
+                )
+                .unwrap();
+        }
+        write(&engine, &path, None, Some(&dbsc)).unwrap();
+
+        let back = Engine::new(EngineConfig::default(), key());
+        let bindings = Dbsc::new(&[1; 32]);
+        let tight = crate::dbsc::Settings {
+            max_sessions: 1,
+            ..crate::dbsc::Settings::default()
+        };
+        let rejected =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
+        assert!(restore(&back, &path, &rejected, Some((&bindings, &tight))));
+        assert!(back.scorer().is_revoked(&revoked));
+        // 2 × max_sessions entries taken, the rest left out.
+        assert_eq!(bindings.store().len(), 2);
+        assert_eq!(rejected.with_label_values(&["dbsc_section"]).get(), 0);
     }
 }

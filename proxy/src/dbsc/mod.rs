@@ -60,6 +60,10 @@ const MAX_ID_BYTES: usize = 64;
 const COOKIE_GRACE: u64 = 2;
 /// Rate-limit window, in seconds.
 const WINDOW: u64 = 60;
+/// `Retry-After` for a refresh naming a DBSC id a node of the fleet made
+/// that this node does not hold (yet): the fleet's record is usually
+/// there within a second.
+const UNKNOWN_HERE_RETRY: u64 = 5;
 
 /// A route's use of DBSC (`dbsc`, default `off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +164,9 @@ pub enum Check {
         /// `Secure-Session-Challenge` value, when there is a session.
         challenge: Option<String>,
     },
+    /// The store could not be read (a poisoned lock): answered `503`, not
+    /// judged.
+    Unavailable,
 }
 
 /// A request to Vigil's DBSC endpoints, as [`Dbsc::endpoint`] reads it.
@@ -214,6 +221,7 @@ struct Keys {
     cookie: [u8; 32],
     challenge: [u8; 32],
     offer: [u8; 32],
+    id: [u8; 32],
 }
 
 impl Default for Keys {
@@ -229,6 +237,7 @@ impl Keys {
             cookie: blake3::derive_key("vigil 2026-12 dbsc bound cookie", secret),
             challenge: blake3::derive_key("vigil 2026-12 dbsc refresh challenge", secret),
             offer: blake3::derive_key("vigil 2026-12 dbsc registration offer", secret),
+            id: blake3::derive_key("vigil 2026-12 dbsc session id", secret),
         }
     }
 }
@@ -254,7 +263,13 @@ fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
 
 /// Compares two tags in time independent of where they differ.
 fn same_tag(a: &[u8], b: &[u8; 16]) -> bool {
-    a.len() == 16 && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    same_bytes(a, b)
+}
+
+/// Compares two byte strings of one length in time independent of where
+/// they differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Fixed one-minute windows per key (a client address or a session id),
@@ -321,28 +336,72 @@ impl Dbsc {
     /// the first registration the controller took for the session: it
     /// replaces a different one this node may hold (two registrations in
     /// the window before either was heard of end with the first). Returns
-    /// whether anything changed.
-    pub fn adopt(&self, settings: &Settings, binding: &DbscBinding, now: u64) -> bool {
-        let session = SessionKey::from_bytes(binding.session.0);
-        if let Some(root) = binding.root {
-            return self
-                .store
-                .alias(session, SessionKey::from_bytes(root.0), binding.at)
-                == Ok(true);
+    /// what it came to, the kind of
+    /// `vigil_proxy_fleet_changes_applied_total`: `dbsc_bound` (taken),
+    /// `dbsc_bound_evicting` (taken in place of the entry used least
+    /// recently: the store is full), `dbsc_bound_unchanged` (held
+    /// already, or an alias of a binding not held here), `dbsc_bound_full`
+    /// (not taken: no room could be made), `dbsc_bound_refused` (an id no
+    /// node of this fleet made, or a key that does not read).
+    pub fn adopt(&self, settings: &Settings, binding: &DbscBinding, now: u64) -> &'static str {
+        let limits = (settings.max_sessions, settings.idle_timeout);
+        if !self.id_ok(&binding.id.0) {
+            return "dbsc_bound_refused";
         }
-        let Some(key) = PublicKey::from_bytes(&binding.key.0) else {
-            return false;
+        let session = SessionKey::from_bytes(binding.session.0);
+        let done = if let Some(root) = binding.root {
+            self.store
+                .alias(
+                    session,
+                    SessionKey::from_bytes(root.0),
+                    binding.at.min(now),
+                    limits,
+                )
+                .map(|new| if new { Bind::New } else { Bind::Same })
+        } else {
+            let Some(key) = PublicKey::from_bytes(&binding.key.0) else {
+                return "dbsc_bound_refused";
+            };
+            self.store.bind(
+                session,
+                key,
+                binding.id.0,
+                binding.at.min(now),
+                now,
+                limits,
+                true,
+            )
         };
-        let bound = self.store.bind(
-            session,
-            key,
-            binding.id.0,
-            binding.at.min(now),
-            now,
-            (settings.max_sessions, settings.idle_timeout),
-            true,
-        );
-        bound == Ok(Bind::New)
+        match done {
+            Ok(Bind::New) => "dbsc_bound",
+            Ok(Bind::Evicted) => "dbsc_bound_evicting",
+            Ok(Bind::Same | Bind::Other) => "dbsc_bound_unchanged",
+            Err(StoreError::Full) => "dbsc_bound_full",
+            Err(StoreError::Unavailable) => "dbsc_bound_unavailable",
+        }
+    }
+
+    /// The DBSC id of a registration: of `offer` by `key`, for `session`.
+    /// Its first half is a keyed hash of the offer and the key (the same
+    /// registration gets the same id on every node, so a registration
+    /// replayed on another node is the very binding the controller
+    /// already holds), in `session`'s shard; its second half seals the
+    /// first under the fleet's key, so any node tells an id a node made
+    /// from a made-up one without holding it.
+    fn new_id(&self, session: &SessionKey, offer: &OfferToken, key: &PublicKey) -> Token {
+        let mut id: Token = [0; 16];
+        let half = tag(&self.keys.id, &[b"id", offer, &key.to_bytes()]);
+        id[..8].copy_from_slice(&half[..8]);
+        // SHARDS divides 256: the low bits pick the shard.
+        id[0] = (id[0] & 0xf0) | (session.as_bytes()[0] & 0x0f);
+        let seal = tag(&self.keys.id, &[b"seal", &id[..8]]);
+        id[8..].copy_from_slice(&seal[..8]);
+        id
+    }
+
+    /// Whether `id` is one a node of this fleet made.
+    fn id_ok(&self, id: &Token) -> bool {
+        same_bytes(&id[8..], &tag(&self.keys.id, &[b"seal", &id[..8]])[..8])
     }
 
     /// The bindings as a section of the node's snapshot (written inside
@@ -389,17 +448,21 @@ impl Dbsc {
     }
 
     /// Takes back a [`Dbsc::snapshot_section`] (authenticated by the
-    /// snapshot's MAC); at most `2 × max_sessions` entries are read, and
-    /// bindings idle past `idle_timeout` are left out. Returns the entries
-    /// taken, or `None` for a section that does not parse (nothing is
-    /// taken then).
+    /// snapshot's MAC); bindings idle past `idle_timeout` are left out,
+    /// and past `2 × max_sessions` entries (a snapshot written under a
+    /// larger `max_sessions`) the rest are parsed but not taken. Returns
+    /// the entries taken, or `None` for a section that does not parse
+    /// (nothing is taken then; the caller restores the engine's part
+    /// anyway).
     pub fn restore_section(&self, settings: &Settings, section: &[u8], now: u64) -> Option<usize> {
         let body = section.strip_suffix(SECTION_MAGIC.as_slice())?;
         let split = body.len().checked_sub(4)?;
         let (mut rest, count) = body.split_at(split);
         let count = u32::from_le_bytes(count.try_into().ok()?);
         let limit = settings.max_sessions.saturating_mul(2);
-        if usize::try_from(count).ok()? > limit {
+        // Every entry is at least 41 bytes: a count the bytes cannot hold
+        // is refused before anything is read.
+        if usize::try_from(count).ok()?.saturating_mul(41) > rest.len() {
             return None;
         }
         fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -438,7 +501,9 @@ impl Dbsc {
                 },
                 _ => return None,
             };
-            entries.push(entry);
+            if entries.len() < limit {
+                entries.push(entry);
+            }
         }
         if !rest.is_empty() {
             return None;
@@ -478,11 +543,9 @@ impl Dbsc {
         now: u64,
         window: u64,
     ) -> Option<SessionKey> {
-        let at = u64::from_be_bytes(token[..8].try_into().ok()?);
-        if at + window <= now || at > now + SKEW {
-            return None;
-        }
-        carried.iter().copied().find(|s| {
+        // The seal first: nothing the client chose is computed with before
+        // it verifies.
+        let session = carried.iter().copied().find(|s| {
             same_tag(
                 &token[16..],
                 &tag(
@@ -490,7 +553,12 @@ impl Dbsc {
                     &[s.as_bytes(), &token[..8], &token[8..16]],
                 ),
             )
-        })
+        })?;
+        let at = u64::from_be_bytes(token[..8].try_into().ok()?);
+        if at.saturating_add(window) <= now || at > now.saturating_add(SKEW) {
+            return None;
+        }
+        Some(session)
     }
 
     /// A sealed refresh challenge for DBSC session `id` at refresh counter
@@ -566,7 +634,10 @@ impl Dbsc {
         host: &str,
         now: u64,
     ) -> Reply {
-        let cookie = self.cookie(id, now + s.cookie_lifetime + COOKIE_GRACE, counter);
+        let until = now
+            .saturating_add(s.cookie_lifetime)
+            .saturating_add(COOKIE_GRACE);
+        let cookie = self.cookie(id, until, counter);
         granted(
             s,
             outcome,
@@ -639,15 +710,17 @@ impl Dbsc {
         };
         if let Some(root) = carried.iter().find_map(|k| self.store.root(k)) {
             let bound = self.store.bound(&root);
+            let limits = (settings.max_sessions, settings.idle_timeout);
             for key in &fresh {
-                match self.store.alias(*key, root, now) {
+                match self.store.alias(*key, root, now, limits) {
                     Ok(true) => {
                         if let Some(b) = &bound {
                             self.tell(*key, Some(root), b);
                         }
                     }
                     Ok(false) => {}
-                    Err(_) => return Issue::None("store_unavailable"),
+                    Err(StoreError::Full) => return Issue::None("store_full"),
+                    Err(StoreError::Unavailable) => return Issue::None("store_unavailable"),
                 }
             }
             return Issue::Inherited;
@@ -675,7 +748,15 @@ impl Dbsc {
         if excluded(settings, path) {
             return Check::Pass("excluded");
         }
-        let cookie = bound_cookie(headers, &settings.cookie_name).and_then(|v| self.presented(v));
+        // A cookie sealed to outlive any this fleet issues (a node whose
+        // clock runs ahead) proves nothing.
+        let latest = now
+            .saturating_add(settings.cookie_lifetime)
+            .saturating_add(COOKIE_GRACE)
+            .saturating_add(SKEW);
+        let cookie = bound_cookie(headers, &settings.cookie_name)
+            .and_then(|v| self.presented(v))
+            .filter(|c| c.until <= latest);
         match self
             .store
             .standing(session, cookie.as_ref(), now, settings.registration_window)
@@ -693,6 +774,7 @@ impl Dbsc {
                 why: "unproven",
                 challenge: Some(self.challenge_header(&id, counter, now)),
             },
+            Standing::Unavailable => Check::Unavailable,
         }
     }
 
@@ -776,7 +858,7 @@ impl Dbsc {
             return Ok(reply(401, "unknown_challenge"));
         };
         let also = self.store.take_offer(&challenge, &session)?;
-        let id = Store::id_for(&session);
+        let id = self.new_id(&session, &challenge, &key);
         let bound = self.store.bind(
             session,
             key,
@@ -793,8 +875,11 @@ impl Dbsc {
         }
         if let Some(b) = self.store.bound(&session) {
             self.tell(session, None, &b);
+            let limits = (s.max_sessions, s.idle_timeout);
             for other in also {
-                if self.store.alias(other, session, now)? {
+                // Bound already: the others go on unbound if there is no
+                // room (a 503 now would lose the registration made).
+                if self.store.alias(other, session, now, limits) == Ok(true) {
                     self.tell(other, Some(session), &b);
                 }
             }
@@ -816,8 +901,19 @@ impl Dbsc {
         else {
             return Ok(reply(400, "bad_session_id"));
         };
-        let Some(bound) = self.store.by_id(&id)? else {
+        // `404` ends the browser's DBSC session: only for an id no node of
+        // this fleet made. An id a node made that this one does not hold
+        // (the record on its way, the controller away, a node restarted
+        // without its snapshot) is `503`: the browser keeps its session
+        // and comes back, here or on a node that holds it.
+        if !self.id_ok(&id) {
             return Ok(reply(404, "unknown_session"));
+        }
+        let Some(bound) = self.store.by_id(&id)? else {
+            return Ok(Reply {
+                headers: vec![("retry-after", UNKNOWN_HERE_RETRY.to_string())],
+                ..reply(503, "unknown_here")
+            });
         };
         let challenge_again = |outcome| -> Result<Reply, StoreError> {
             Ok(Reply {
@@ -851,7 +947,7 @@ impl Dbsc {
         else {
             return challenge_again("stale_or_replayed");
         };
-        if at + s.challenge_lifetime <= now || at > now + SKEW {
+        if at.saturating_add(s.challenge_lifetime) <= now || at > now.saturating_add(SKEW) {
             return challenge_again("expired_challenge");
         }
         let Some(next) = self.store.refreshed(&id, counter, now)? else {
@@ -1320,20 +1416,19 @@ mod tests {
             b.check(&s, RouteDbsc::Offer, &session, &jar, "/", 1_002),
             Check::Pass("pending")
         );
-        assert!(b.adopt(&s, &records[0], 1_002));
-        assert!(!b.adopt(&s, &records[0], 1_002));
+        assert_eq!(b.adopt(&s, &records[0], 1_002), "dbsc_bound");
+        assert_eq!(b.adopt(&s, &records[0], 1_002), "dbsc_bound_unchanged");
         assert_eq!(
             b.check(&s, RouteDbsc::Require, &session, &jar, "/", 1_002),
             Check::Pass("proven")
         );
         let other = Dbsc::new(&[8; 32]);
-        other.adopt(&s, &records[0], 1_002);
+        // A node of another fleet takes neither the record (its id is not
+        // one of its fleet's) nor the cookie.
+        assert_eq!(other.adopt(&s, &records[0], 1_002), "dbsc_bound_refused");
         assert!(matches!(
             other.check(&s, RouteDbsc::Require, &session, &jar, "/", 1_002),
-            Check::Refuse {
-                why: "unproven",
-                ..
-            }
+            Check::Refuse { .. }
         ));
         let mut forged = value.clone().into_bytes();
         forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
@@ -1385,7 +1480,7 @@ mod tests {
             )
             .unwrap();
         a.store
-            .alias(SessionKey::from_bytes([4; 16]), session, 11)
+            .alias(SessionKey::from_bytes([4; 16]), session, 11, (10, 1000))
             .unwrap();
         let section = a.snapshot_section();
         let b = Dbsc::new(&[7; 32]);
@@ -1397,11 +1492,219 @@ mod tests {
                 None
             );
         }
+        // Written under a larger `max_sessions`: the section is read whole
+        // and only the first `2 × max_sessions` entries are taken.
         let tight = Settings {
             max_sessions: 0,
             ..Settings::default()
         };
-        assert_eq!(Dbsc::default().restore_section(&tight, &section, 20), None);
+        assert_eq!(
+            Dbsc::default().restore_section(&tight, &section, 20),
+            Some(0)
+        );
+        // A count the bytes cannot hold: refused before anything is read.
+        let mut lying = section.clone();
+        let at = lying.len() - 12;
+        lying[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Dbsc::default().restore_section(&s, &lying, 20), None);
+    }
+
+    /// Registers `session` at `d` with the offer `d` made, at `now`; the
+    /// reply.
+    fn register_at(
+        d: &Dbsc,
+        s: &Settings,
+        k: &ring::signature::EcdsaKeyPair,
+        session: SessionKey,
+        now: u64,
+    ) -> Reply {
+        let offer = d.offer(s, session, Vec::new(), now).unwrap();
+        let c = offer
+            .split("challenge=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let h = headers(&[(RESPONSE, &proof(k, true, c))]);
+        d.endpoint(
+            s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/register",
+                headers: &h,
+                host: "h",
+                client: IpAddr::from([127, 0, 0, 1]),
+                sessions: &[session],
+                now,
+            },
+        )
+    }
+
+    fn refresh_at(d: &Dbsc, s: &Settings, id: &str, now: u64) -> Reply {
+        let h = headers(&[(SESSION_ID, id)]);
+        d.endpoint(
+            s,
+            &Ask {
+                method: "POST",
+                path: "/.vigil/dbsc/refresh",
+                headers: &h,
+                host: "h",
+                client: IpAddr::from([127, 0, 0, 1]),
+                sessions: &[],
+                now,
+            },
+        )
+    }
+
+    fn id_of(r: &Reply) -> String {
+        let c = &r.headers.iter().find(|(n, _)| *n == CHALLENGE).unwrap().1;
+        c.split('"').nth(3).unwrap().to_owned()
+    }
+
+    /// Finding 1: a refresh naming the owner's id at a node that does not
+    /// hold the binding (yet) is `503` with `Retry-After` — the browser
+    /// keeps its DBSC session — and never `404`, which would end it; a
+    /// made-up id, or one a node of another fleet made, is `404`.
+    #[test]
+    fn a_node_without_the_binding_does_not_end_the_owners_session() {
+        let s = Settings::default();
+        let (a, b) = (Dbsc::new(&[7; 32]), Dbsc::new(&[7; 32]));
+        let r = register_at(&a, &s, &key(), SessionKey::from_bytes([3; 16]), 1_000);
+        assert_eq!((r.status, r.outcome), (200, "registered"));
+        let id = id_of(&r);
+        let r = refresh_at(&b, &s, &id, 1_001);
+        assert_eq!((r.status, r.outcome), (503, "unknown_here"));
+        assert_eq!(r.headers, vec![("retry-after", "5".to_owned())]);
+        // Made up: every bit of the id's seal counts.
+        let raw = decode(&id).unwrap();
+        for i in [0, 8, 15] {
+            let mut bad = raw;
+            bad[i] ^= 1;
+            let r = refresh_at(&b, &s, &encode(&bad), 1_001);
+            assert_eq!((r.status, r.outcome), (404, "unknown_session"), "byte {i}");
+        }
+        // Another fleet's id.
+        let other = Dbsc::new(&[8; 32]);
+        let r = register_at(&other, &s, &key(), SessionKey::from_bytes([4; 16]), 1_000);
+        let r = refresh_at(&b, &s, &id_of(&r), 1_001);
+        assert_eq!((r.status, r.outcome), (404, "unknown_session"));
+        // The node that holds it: the refresh protocol.
+        let r = refresh_at(&a, &s, &id, 1_001);
+        assert_eq!((r.status, r.outcome), (403, "challenged"));
+    }
+
+    /// Finding 5 (its first half): the id is a function of the offer and
+    /// the key, so one registration is the same binding on every node.
+    #[test]
+    fn one_registration_has_one_id_on_every_node() {
+        let (a, b) = (Dbsc::new(&[7; 32]), Dbsc::new(&[7; 32]));
+        let session = SessionKey::from_bytes([5; 16]);
+        let offer = a.offer_token(&session, 1_000);
+        let k = PublicKey::Es256(Box::new([4; 65]));
+        let id = a.new_id(&session, &offer, &k);
+        assert_eq!(b.new_id(&session, &offer, &k), id);
+        assert!(b.id_ok(&id));
+        assert_eq!(usize::from(id[0]) % 16, usize::from(5u8) % 16);
+        let thiefs = PublicKey::Es256(Box::new([5; 65]));
+        assert_ne!(a.new_id(&session, &offer, &thiefs), id);
+    }
+
+    /// Finding 7: client-chosen times are never added to before their
+    /// seal verifies, and sealed ones saturate: an offer dated at the end
+    /// of time, made up or sealed, is refused without a panic (tests run
+    /// with overflow checks).
+    #[test]
+    fn times_at_the_end_of_the_clock_do_not_panic() {
+        let s = Settings::default();
+        let d = Dbsc::new(&[7; 32]);
+        let k = key();
+        let session = SessionKey::from_bytes([3; 16]);
+        let mut forged = [0xffu8; 32];
+        forged[8..].fill(0);
+        let h = headers(&[(RESPONSE, &proof(&k, true, &URL_SAFE_NO_PAD.encode(forged)))]);
+        let ask = |headers, now| Ask {
+            method: "POST",
+            path: "/.vigil/dbsc/register",
+            headers,
+            host: "h",
+            client: IpAddr::from([127, 0, 0, 1]),
+            sessions: std::slice::from_ref(&session),
+            now,
+        };
+        let r = d.endpoint(&s, &ask(&h, 1_000));
+        assert_eq!((r.status, r.outcome), (401, "unknown_challenge"));
+        // Sealed, at the clock's end: taken, and its cookie and challenge
+        // made without overflowing.
+        let end = u64::MAX - 1;
+        let r = register_at(&d, &s, &k, session, end);
+        assert_eq!((r.status, r.outcome), (200, "registered"));
+        let r = refresh_at(&d, &s, &id_of(&r), u64::MAX);
+        assert_eq!((r.status, r.outcome), (403, "challenged"));
+    }
+
+    /// Finding 6: a cookie sealed to outlive any the fleet issues (a node
+    /// whose clock runs ahead) proves nothing; one at the bound does.
+    #[test]
+    fn a_cookie_expiring_past_any_the_fleet_issues_is_refused() {
+        let s = Settings::default();
+        let d = Dbsc::new(&[7; 32]);
+        let session = SessionKey::from_bytes([3; 16]);
+        let r = register_at(&d, &s, &key(), session, 1_000);
+        let id = decode(&id_of(&r)).unwrap();
+        let latest = 1_000 + s.cookie_lifetime + COOKIE_GRACE + SKEW;
+        let jar = |until| {
+            headers(&[(
+                "cookie",
+                &format!("{}={}", s.cookie_name, d.sealed_cookie(&id, until, 0)),
+            )])
+        };
+        assert_eq!(
+            d.check(&s, RouteDbsc::Offer, &session, &jar(latest), "/", 1_000),
+            Check::Pass("proven")
+        );
+        assert!(matches!(
+            d.check(&s, RouteDbsc::Offer, &session, &jar(latest + 1), "/", 1_000),
+            Check::Refuse {
+                why: "unproven",
+                ..
+            }
+        ));
+        assert!(matches!(
+            d.check(&s, RouteDbsc::Offer, &session, &jar(u64::MAX), "/", 1_000),
+            Check::Refuse {
+                why: "unproven",
+                ..
+            }
+        ));
+    }
+
+    /// Findings 3 and 4: a fleet record arriving at a full node takes the
+    /// place of the entry used least recently (counted apart), never
+    /// dropped; a record whose id no node made is refused.
+    #[test]
+    fn a_fleet_record_at_a_full_node_is_held_and_counted() {
+        let s = Settings {
+            max_sessions: 16,
+            ..Settings::default()
+        };
+        let (a, b) = (Dbsc::new(&[7; 32]), Dbsc::new(&[7; 32]));
+        let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let to = sent.clone();
+        a.set_sink(Box::new(move |r| to.lock().unwrap().push(r)));
+        // One entry per shard; B's shard 0 is full with its own binding.
+        let r = register_at(&b, &s, &key(), SessionKey::from_bytes([0; 16]), 1_000);
+        assert_eq!(r.status, 200);
+        let r = register_at(&a, &s, &key(), SessionKey::from_bytes([16; 16]), 1_001);
+        assert_eq!(r.status, 200);
+        let record = sent.lock().unwrap()[0].clone();
+        assert_eq!(b.adopt(&s, &record, 1_002), "dbsc_bound_evicting");
+        assert!(b.store.is_bound(&SessionKey::from_bytes([16; 16])));
+        assert!(!b.store.is_bound(&SessionKey::from_bytes([0; 16])));
+        // A local registration on a full shard is refused instead (503).
+        let r = register_at(&b, &s, &key(), SessionKey::from_bytes([32; 16]), 1_003);
+        assert_eq!((r.status, r.outcome), (503, "store_full"));
+        let mut forged = record;
+        forged.id.0[9] ^= 1;
+        assert_eq!(b.adopt(&s, &forged, 1_004), "dbsc_bound_refused");
     }
 
     #[test]

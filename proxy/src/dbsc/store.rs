@@ -23,6 +23,17 @@ const SHARDS: usize = 16;
 /// Random bytes of a challenge, a bound cookie and a session id.
 pub type Token = [u8; 16];
 
+/// Sessions that may inherit one binding at once (an app rotating its
+/// session cookie makes one per rotation): past it, the oldest alias of
+/// that binding is dropped (its cookie is the one the app rotated away
+/// longest ago), so one bound session cannot fill the store nor every
+/// node's snapshot with aliases.
+pub const MAX_ALIASES: usize = 8;
+
+/// Seconds between two updates of a binding's `touched` by proven
+/// requests (the idle sweep counts in days).
+pub const TOUCH_EVERY: u64 = 60;
+
 /// One bound session: what its registration fixed, and the highest
 /// refresh counter this node issued or saw on a bound cookie.
 #[derive(Debug, Clone)]
@@ -37,8 +48,12 @@ pub struct Bound {
     pub counter: u32,
     /// When the session was registered.
     pub at: u64,
-    /// Last registration, refresh or proven request, for the idle sweep.
+    /// Last registration, refresh or proven request (at most
+    /// [`TOUCH_EVERY`] stale), for the idle sweep.
     pub touched: u64,
+    /// The sessions that inherited this binding, oldest first (at most
+    /// [`MAX_ALIASES`]).
+    pub aliases: Vec<SessionKey>,
 }
 
 /// A registration offered at issuance and not yet made: the session
@@ -58,6 +73,58 @@ struct Shard {
     /// a session cookie on a proven request; a second cookie of a bound
     /// registration): the session whose entry holds the binding, and when.
     aliases: HashMap<SessionKey, (SessionKey, u64)>,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.by_session.len() + self.aliases.len()
+    }
+
+    /// Drops the entries idle past `idle`: aliases made, and bindings
+    /// last used, that long ago.
+    fn sweep(&mut self, now: u64, idle: u64) {
+        self.aliases
+            .retain(|_, (_, at)| at.saturating_add(idle) > now);
+        let mut gone = Vec::new();
+        self.by_session.retain(|_, b| {
+            let keep = b.touched.saturating_add(idle) > now;
+            if !keep {
+                gone.push(b.id);
+            }
+            keep
+        });
+        for id in gone {
+            self.by_id.remove(&id);
+        }
+    }
+
+    /// Drops the entry used least recently (an alias by when it was made,
+    /// a binding by its last use), to make room for a record of the
+    /// fleet's. Whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        let alias = self
+            .aliases
+            .iter()
+            .map(|(k, (_, at))| (*at, *k))
+            .min_by_key(|(at, _)| *at);
+        let root = self
+            .by_session
+            .iter()
+            .map(|(k, b)| (b.touched, *k))
+            .min_by_key(|(at, _)| *at);
+        match (alias, root) {
+            (Some((a, k)), Some((r, _))) if a <= r => self.aliases.remove(&k).is_some(),
+            (Some((_, k)), None) => self.aliases.remove(&k).is_some(),
+            (_, Some((_, k))) => match self.by_session.remove(&k) {
+                Some(b) => {
+                    self.by_id.remove(&b.id);
+                    true
+                }
+                None => false,
+            },
+            (None, None) => false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +173,8 @@ pub enum Standing {
         id: Token,
         counter: u32,
     },
+    /// The store could not be read (a poisoned lock): no verdict.
+    Unavailable,
 }
 
 /// A bound cookie whose seal verified: what it says.
@@ -128,6 +197,9 @@ pub enum Bind {
     Same,
     /// Bound already to another registration, which stays.
     Other,
+    /// Bound now (the fleet's record), and the shard being full of entries
+    /// in use, the one used least recently was dropped to make room.
+    Evicted,
 }
 
 /// One entry of the store as the snapshot and the fleet carry it.
@@ -220,8 +292,12 @@ impl Store {
             return false;
         }
         if offers.by_session.len() >= capacity {
-            offers.by_challenge.retain(|_, p| p.at + window > now);
-            offers.by_session.retain(|_, at| *at + window > now);
+            offers
+                .by_challenge
+                .retain(|_, p| p.at.saturating_add(window) > now);
+            offers
+                .by_session
+                .retain(|_, at| at.saturating_add(window) > now);
             if offers.by_session.len() >= capacity {
                 return false;
             }
@@ -277,23 +353,56 @@ impl Store {
     }
 
     /// `session` inherits the binding of `root` (a bound session, not an
-    /// alias): from now on it is proven by `root`'s bound cookies. Nothing
-    /// when `session` is bound already.
+    /// alias, held here): from now on it is proven by `root`'s bound
+    /// cookies. Nothing when `session` is bound already or `root` is not
+    /// held here. Counted against `capacity` like a binding (idle entries
+    /// swept first; `Full` when none is); past [`MAX_ALIASES`] for one
+    /// root, its oldest alias is dropped.
     pub fn alias(
         &self,
         session: SessionKey,
         root: SessionKey,
         now: u64,
+        limits: (usize, u64),
     ) -> Result<bool, StoreError> {
         if session == root {
             return Ok(false);
         }
+        let (capacity, idle) = limits;
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        {
+            let mut shard = self.shard_for(&session)?;
+            if shard.by_session.contains_key(&session) || shard.aliases.contains_key(&session) {
+                return Ok(false);
+            }
+            if shard.len() >= per_shard {
+                shard.sweep(now, idle);
+                if shard.len() >= per_shard {
+                    return Err(StoreError::Full);
+                }
+            }
+        }
+        // One shard locked at a time (no lock order to keep): the root's
+        // list first, then the alias itself.
+        let dropped = {
+            let mut shard = self.shard_for(&root)?;
+            let Some(b) = shard.by_session.get_mut(&root) else {
+                return Ok(false);
+            };
+            b.aliases.push(session);
+            (b.aliases.len() > MAX_ALIASES).then(|| b.aliases.remove(0))
+        };
+        if let Some(old) = dropped {
+            let mut shard = self.shard_for(&old)?;
+            if shard.aliases.get(&old).is_some_and(|(r, _)| *r == root) {
+                shard.aliases.remove(&old);
+            }
+        }
         let mut shard = self.shard_for(&session)?;
-        if shard.by_session.contains_key(&session) || shard.aliases.contains_key(&session) {
+        if shard.by_session.contains_key(&session) {
             return Ok(false);
         }
-        shard.aliases.insert(session, (root, now));
-        Ok(true)
+        Ok(shard.aliases.insert(session, (root, now)).is_none())
     }
 
     /// Binds `session` to `key` under `id` (made by [`Store::id_for`],
@@ -322,6 +431,7 @@ impl Store {
             return Ok(Bind::Other);
         }
         let mut shard = self.shard_for(&session)?;
+        let mut aliases = Vec::new();
         if let Some(b) = shard.by_session.get(&session) {
             if b.id == id && b.key == key {
                 return Ok(Bind::Same);
@@ -331,32 +441,34 @@ impl Store {
             }
             let old = b.id;
             shard.by_id.remove(&old);
-            shard.by_session.remove(&session);
+            // Its aliases are of the session, whichever key it is bound to.
+            aliases = shard
+                .by_session
+                .remove(&session)
+                .map(|b| b.aliases)
+                .unwrap_or_default();
         } else if shard.aliases.contains_key(&session) {
             if !replace {
                 return Ok(Bind::Other);
             }
             shard.aliases.remove(&session);
         }
-        if shard.by_session.len() + shard.aliases.len() >= per_shard {
-            shard.aliases.retain(|_, (_, at)| *at + idle > now);
-            let mut gone = Vec::new();
-            shard.by_session.retain(|_, b| {
-                let keep = b.touched + idle > now;
-                if !keep {
-                    gone.push(b.id);
-                }
-                keep
-            });
-            for id in gone {
-                shard.by_id.remove(&id);
-            }
-            if shard.by_session.len() + shard.aliases.len() >= per_shard {
-                return Err(StoreError::Full);
-            }
-        }
         if shard.by_id.contains_key(&id) {
             return Ok(Bind::Other);
+        }
+        let mut made = Bind::New;
+        if shard.len() >= per_shard {
+            shard.sweep(now, idle);
+            if shard.len() >= per_shard {
+                // The fleet's record is a binding the owner's browser holds
+                // on every node: not taking it would leave the session
+                // unbound here. It takes the place of the entry used least
+                // recently; a local registration is refused instead (503).
+                if !replace || !shard.evict_oldest() {
+                    return Err(StoreError::Full);
+                }
+                made = Bind::Evicted;
+            }
         }
         shard.by_id.insert(id, session);
         shard.by_session.insert(
@@ -367,9 +479,10 @@ impl Store {
                 counter: 0,
                 at,
                 touched: now.max(at),
+                aliases,
             },
         );
-        Ok(Bind::New)
+        Ok(made)
     }
 
     /// The bound session with id `id`, cloned.
@@ -412,8 +525,9 @@ impl Store {
     /// (its seal verified). Proven when the cookie is of the session's
     /// binding, unexpired, and at most one refresh behind the newest this
     /// node knows (the previous cookie stays good until its own expiry for
-    /// requests sent just before a refresh). Unavailable (a poisoned lock)
-    /// stands as unproven.
+    /// requests sent just before a refresh). A poisoned lock stands as
+    /// [`Standing::Unavailable`] (answered `503`: a `403` would hand out a
+    /// challenge for no session).
     pub fn standing(
         &self,
         session: &SessionKey,
@@ -421,23 +535,33 @@ impl Store {
         now: u64,
         window: u64,
     ) -> Standing {
-        const UNAVAILABLE: Standing = Standing::Unproven {
-            id: [0; 16],
-            counter: 0,
-        };
+        const UNAVAILABLE: Standing = Standing::Unavailable;
         let Ok(shard) = self.shard_for(session) else {
             return UNAVAILABLE;
         };
-        if let Some(&(root, _)) = shard.aliases.get(session) {
+        if let Some(&(root, used)) = shard.aliases.get(session) {
             drop(shard);
             let Ok(mut shard) = self.shard_for(&root) else {
                 return UNAVAILABLE;
             };
-            return match shard.by_session.get_mut(&root) {
+            let standing = match shard.by_session.get_mut(&root) {
                 Some(b) => Self::judge(b, cookie, now),
                 // The binding it inherited was swept as idle.
                 None => Standing::Unbound { pending: false },
             };
+            drop(shard);
+            // In use: not idle either (its time is its last use, throttled
+            // as the root's), so a rotated session is not swept, and left
+            // unbound, while the browser uses it.
+            if standing == Standing::Proven && now >= used.saturating_add(TOUCH_EVERY) {
+                let Ok(mut shard) = self.shard_for(session) else {
+                    return UNAVAILABLE;
+                };
+                if let Some((_, at)) = shard.aliases.get_mut(session) {
+                    *at = (*at).max(now);
+                }
+            }
+            return standing;
         }
         drop(shard);
         let Ok(mut shard) = self.shard_for(session) else {
@@ -445,12 +569,13 @@ impl Store {
         };
         let Some(b) = shard.by_session.get_mut(session) else {
             drop(shard);
-            let pending = self
-                .offers
-                .lock()
-                .ok()
-                .and_then(|o| o.by_session.get(session).copied())
-                .is_some_and(|at| at + window > now);
+            let Ok(offers) = self.offers.lock() else {
+                return UNAVAILABLE;
+            };
+            let pending = offers
+                .by_session
+                .get(session)
+                .is_some_and(|at| at.saturating_add(window) > now);
             return Standing::Unbound { pending };
         };
         Self::judge(b, cookie, now)
@@ -465,6 +590,11 @@ impl Store {
                 // A cookie of a refresh made on another node: from now on
                 // this node holds its challenges and cookies to it.
                 b.counter = b.counter.max(c.counter);
+                // In use: not idle (refreshes happen on whichever node the
+                // browser reaches; every node sees its requests).
+                if now >= b.touched.saturating_add(TOUCH_EVERY) {
+                    b.touched = now;
+                }
                 Standing::Proven
             }
             _ => Standing::Unproven {
@@ -498,6 +628,12 @@ impl Store {
                 });
             }
         }
+        // Oldest first: restored in this order, each root's list of
+        // aliases keeps its order.
+        aliases.sort_by_key(|e| match e {
+            Entry::Alias { at, .. } => *at,
+            Entry::Root { .. } => 0,
+        });
         roots.extend(aliases);
         roots
     }
@@ -514,7 +650,7 @@ impl Store {
                 touched,
             } => {
                 let (_, idle) = limits;
-                if touched + idle <= now {
+                if touched.saturating_add(idle) <= now {
                     return false;
                 }
                 let bound = self.bind(session, key, id, at, touched, limits, false);
@@ -527,7 +663,10 @@ impl Store {
                 }
                 bound == Ok(Bind::New)
             }
-            Entry::Alias { session, root, at } => self.alias(session, root, at) == Ok(true),
+            Entry::Alias { session, root, at } => {
+                let (_, idle) = limits;
+                at.saturating_add(idle) > now && self.alias(session, root, at, limits) == Ok(true)
+            }
         }
     }
 
@@ -701,7 +840,7 @@ mod tests {
         let root = SessionKey::from_bytes([1; 16]);
         let new = SessionKey::from_bytes([2; 16]);
         let id = bind(&s, root, 10, (32, 1000)).unwrap();
-        assert_eq!(s.alias(new, root, 20), Ok(true));
+        assert_eq!(s.alias(new, root, 20, (32, 1000)), Ok(true));
         assert_eq!(s.root(&new), Some(root));
         assert!(s.is_bound(&new));
         assert_eq!(
@@ -725,7 +864,8 @@ mod tests {
         let s = Store::default();
         let root = SessionKey::from_bytes([1; 16]);
         let id = bind(&s, root, 10, (32, 1000)).unwrap();
-        s.alias(SessionKey::from_bytes([2; 16]), root, 20).unwrap();
+        s.alias(SessionKey::from_bytes([2; 16]), root, 20, (32, 1000))
+            .unwrap();
         s.refreshed(&id, 0, 30).unwrap();
         let back = Store::default();
         for e in s.entries() {
@@ -740,6 +880,112 @@ mod tests {
                 .into_iter()
                 .any(|e| matches!(e, Entry::Root { .. }) && late.restore(e, 2_000, (32, 1000)))
         );
+    }
+
+    /// Finding 4: aliases count against the store's capacity, and one
+    /// binding holds at most `MAX_ALIASES` (the oldest dropped first).
+    #[test]
+    fn aliases_are_bounded_per_root_and_by_capacity() {
+        let s = Store::default();
+        let root = SessionKey::from_bytes([1; 16]);
+        bind(&s, root, 10, (1_000, 1_000)).unwrap();
+        let alias = |i: u8| {
+            let mut k = [i; 16];
+            k[0] = 2;
+            SessionKey::from_bytes(k)
+        };
+        for i in 0..=u8::try_from(MAX_ALIASES).unwrap() {
+            assert_eq!(
+                s.alias(alias(i), root, 20 + u64::from(i), (1_000, 1_000)),
+                Ok(true)
+            );
+        }
+        assert_eq!(s.root(&alias(0)), None, "the oldest was dropped");
+        for i in 1..=u8::try_from(MAX_ALIASES).unwrap() {
+            assert_eq!(s.root(&alias(i)), Some(root));
+        }
+        assert_eq!(s.bound(&root).unwrap().aliases.len(), MAX_ALIASES);
+        // Capacity 16: one entry per shard. Shard 3 holds a binding: no
+        // alias fits there; nor is one made of a root not held here.
+        let tight = Store::default();
+        let root = SessionKey::from_bytes([3; 16]);
+        bind(&tight, root, 10, (16, 1_000)).unwrap();
+        assert_eq!(
+            tight.alias(SessionKey::from_bytes([19; 16]), root, 20, (16, 1_000)),
+            Err(StoreError::Full)
+        );
+        assert_eq!(
+            tight.alias(
+                SessionKey::from_bytes([4; 16]),
+                SessionKey::from_bytes([5; 16]),
+                20,
+                (16, 1_000)
+            ),
+            Ok(false)
+        );
+    }
+
+    /// Finding 8: a binding in use is not idle, though never refreshed
+    /// here (its refreshes happen on other nodes): proven requests keep it
+    /// from the sweep.
+    #[test]
+    fn proven_requests_keep_a_binding_from_the_idle_sweep() {
+        let s = Store::default();
+        let a = SessionKey::from_bytes([0; 16]);
+        let id = bind(&s, a, 10, (16, 100)).unwrap();
+        assert_eq!(
+            s.standing(&a, Some(&cookie(id, 1_000, 0)), 10 + TOUCH_EVERY, 30),
+            Standing::Proven
+        );
+        assert_eq!(s.bound(&a).unwrap().touched, 10 + TOUCH_EVERY);
+        // Within `TOUCH_EVERY` of the last: not written again.
+        s.standing(&a, Some(&cookie(id, 1_000, 0)), 11 + TOUCH_EVERY, 30);
+        assert_eq!(s.bound(&a).unwrap().touched, 10 + TOUCH_EVERY);
+        // Past `idle` from registration, not from last use: no room.
+        let b = SessionKey::from_bytes([16; 16]);
+        assert_eq!(bind(&s, b, 120, (16, 100)), Err(StoreError::Full));
+        bind(&s, b, 10 + TOUCH_EVERY + 100, (16, 100)).unwrap();
+    }
+
+    /// An alias in use is not idle either: its rotated session is not
+    /// swept, and left unbound, while the browser uses it.
+    #[test]
+    fn proven_requests_keep_an_alias_from_the_idle_sweep() {
+        let s = Store::default();
+        let root = SessionKey::from_bytes([1; 16]);
+        let new = SessionKey::from_bytes([0; 16]);
+        let id = bind(&s, root, 10, (16, 100)).unwrap();
+        assert_eq!(s.alias(new, root, 10, (16, 100)), Ok(true));
+        assert_eq!(
+            s.standing(&new, Some(&cookie(id, 1_000, 0)), 10 + TOUCH_EVERY, 30),
+            Standing::Proven
+        );
+        // Shard 0 (the alias's) is full: past `idle` from the alias's
+        // making, but not from its last use, there is no room.
+        let other = SessionKey::from_bytes([16; 16]);
+        assert_eq!(bind(&s, other, 120, (16, 100)), Err(StoreError::Full));
+        assert_eq!(s.root(&new), Some(root));
+    }
+
+    /// Finding 9: a poisoned lock is an outage, not a verdict.
+    #[test]
+    fn a_poisoned_shard_stands_unavailable() {
+        let s = Store::default();
+        let k = SessionKey::from_bytes([0; 16]);
+        let id = bind(&s, k, 10, (16, 100)).unwrap();
+        std::thread::scope(|t| {
+            let _ = t
+                .spawn(|| {
+                    let _held = s.shards[0].lock();
+                    panic!("poisons shard 0");
+                })
+                .join();
+        });
+        assert_eq!(
+            s.standing(&k, Some(&cookie(id, 1_000, 0)), 20, 30),
+            Standing::Unavailable
+        );
+        assert_eq!(s.by_id(&id).err(), Some(StoreError::Unavailable));
     }
 
     #[test]
