@@ -13,7 +13,7 @@
 //!   panics.
 //! * [`BindingStore`] keeps, per session, the latest generation issued,
 //!   the nonces of it and of the one before, and when it was issued and
-//!   first presented: 20 bytes.
+//!   first presented, and two flags: 28 bytes.
 //! * [`check`] judges one presentation against that state and returns what
 //!   it found and what applying should change, as data: nothing changes
 //!   until the caller applies it as the route's mode allows.
@@ -201,7 +201,7 @@ pub struct Sealer {
     random: SystemRandom,
 }
 
-/// The binding state of one session: 24 bytes.
+/// The binding state of one session: 28 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct BindingState {
     /// The latest generation issued.

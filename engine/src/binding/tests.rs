@@ -425,6 +425,13 @@ fn the_configured_domain_covers_only_hosts_under_it() {
     assert!(c.fallback_scope(true).has_domain());
 }
 
+/// The per-session state stays as small as documented
+/// (docs/bound-sessions.md, "State and cost").
+#[test]
+fn a_binding_state_is_28_bytes() {
+    assert_eq!(std::mem::size_of::<BindingState>(), 28);
+}
+
 #[test]
 fn a_full_store_evicts_a_sixteenth_even_when_every_entry_has_one_age() {
     let store = BindingStore::new(64 * 32, std::time::Duration::from_secs(3600));

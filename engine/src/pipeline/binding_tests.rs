@@ -1423,7 +1423,17 @@ fn a_step_up_on_a_node_behind_rotates_from_the_presented_generation() {
     let sealer = &b.binding.as_ref().unwrap().sealer;
     let g = sealer.unseal(value_of(&set[0]).as_bytes()).unwrap();
     assert_eq!(g.generation, 3);
-    assert_ne!(Some(value_of(&set[0])), thief.companion);
+    // Not the successor any node would issue to whoever presents 2 next
+    // (the copy): that one is deterministic, this one is not.
+    let held = sealer
+        .unseal(thief.companion.as_deref().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(held.generation, 2);
+    assert_ne!(
+        g.nonce,
+        sealer.successor_nonce(&g.session, 3, held.nonce),
+        "a confirmed rotation's nonce is its own"
+    );
     victim.companion = Some(value_of(&set[0]));
     let (v, _) = victim.send(&b, &p, NOW + ROTATE + 4, true);
     assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
@@ -1462,4 +1472,53 @@ fn a_step_up_presenting_the_previous_generation_within_the_grace_rotates_nothing
     assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
     let set = step_up_callback(&e, &jar_cookie(&victim), NOW + ROTATE + 5);
     assert_eq!(set.len(), 1, "{set:?}");
+}
+
+/// An app (or whoever injects into its responses) sets the session cookie
+/// with a hostile `Domain` or `Path`: control characters, bytes beyond
+/// ASCII, a `Domain` longer than any host name. No such attribute is
+/// carried to the companion (which could split its `Set-Cookie` or send
+/// it elsewhere): the companion falls back to the host-wide `__Host-`
+/// scope, `Path=/`, no `Domain`.
+#[test]
+fn a_hostile_app_domain_or_path_falls_back_to_the_host_wide_scope() {
+    let e = engine();
+    let p = Policy::default();
+    let long = format!("{}.example.com", "a".repeat(300));
+    let cases: Vec<Vec<u8>> = vec![
+        format!("session=h1; Domain={long}; Path=/; Secure").into_bytes(),
+        b"session=h2; Domain=exa\tmple.com; Path=/; Secure".to_vec(),
+        b"session=h3; Domain=\xc3\xa9xample.com; Path=/; Secure".to_vec(),
+        b"session=h4; Path=/\xc3\xa9; Secure".to_vec(),
+        b"session=h5; Path=/a\tb; Secure".to_vec(),
+    ];
+    for (i, set_cookie) in cases.iter().enumerate() {
+        let (v, _) = request(&e, &p, "anon", None, NOW);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "set-cookie",
+            http::HeaderValue::from_bytes(set_cookie).unwrap(),
+        );
+        let set = e.binding_cookies(
+            &v,
+            &ResponseView {
+                headers: &h,
+                now_secs: NOW,
+                user_header: None,
+                confirm_header: None,
+                app_confirms: false,
+            },
+            Enforcement::Enforce,
+        );
+        assert_eq!(set.len(), 1, "case {i}: {set:?}");
+        let c = &set[0];
+        assert!(c.starts_with("__Host-vigil_bind="), "case {i}: {c}");
+        assert!(c.contains("; Path=/;"), "case {i}: {c}");
+        assert!(!c.contains("Domain"), "case {i}: {c}");
+        assert!(c.is_ascii() && !c.contains('\t'), "case {i}: {c}");
+        // The session it opened is bound: presenting it is allowed.
+        let session = format!("h{}", i + 1);
+        let (v, _) = request(&e, &p, &session, Some(&value_of(c)), NOW + 1);
+        assert_eq!(v.action, Action::Allow, "case {i}: {:?}", v.risk);
+    }
 }
