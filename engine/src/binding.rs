@@ -13,7 +13,7 @@
 //!   panics.
 //! * [`BindingStore`] keeps, per session, the latest generation issued,
 //!   the nonces of it and of the one before, and when it was issued and
-//!   first presented: 20 bytes.
+//!   first presented, and two flags: 28 bytes.
 //! * [`check`] judges one presentation against that state and returns what
 //!   it found and what applying should change, as data: nothing changes
 //!   until the caller applies it as the route's mode allows.
@@ -201,7 +201,7 @@ pub struct Sealer {
     random: SystemRandom,
 }
 
-/// The binding state of one session: 24 bytes.
+/// The binding state of one session: 28 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct BindingState {
     /// The latest generation issued.
@@ -227,6 +227,11 @@ pub(crate) struct BindingState {
     /// waits, once, in the store's queue of records to publish
     /// ([`fleet`]).
     pub unsent: bool,
+    /// The latest issuance was scoped with a `Domain` (sent to sibling
+    /// hosts too): only then may an issuance lost before it was presented
+    /// be issued again on [`BindingConfig::domain`]; a host-only one is
+    /// issued again host-only.
+    pub domain_wide: bool,
 }
 
 /// What a request's companion was, read once per request.
@@ -261,6 +266,13 @@ pub struct Check {
     /// without [`HOST_PREFIX`] only (set before the prefix was used): a
     /// host-wide issuance then also expires that one.
     pub(crate) unprefixed: bool,
+    /// The generation and nonce of the seal judged, if one named the
+    /// session: a rotation on a confirmation starts from it, never from a
+    /// state it does not match.
+    pub(crate) presented: Option<(u32, u32)>,
+    /// The request's host lies under [`BindingConfig::domain`]: only then
+    /// is that domain a companion's fallback scope.
+    pub(crate) in_domain: bool,
 }
 
 /// The request-side change a check implies.
@@ -282,6 +294,7 @@ pub(crate) enum Record {
         generation: u32,
         nonce: u32,
         issued_at: u32,
+        domain_wide: bool,
     },
 }
 
@@ -381,14 +394,37 @@ impl Default for BindingConfig {
 
 impl BindingConfig {
     /// The scope of a companion for a session whose app cookie was not
-    /// seen set: host-wide (or on [`BindingConfig::domain`]), `Path=/`,
+    /// seen set, on a request for `host` (`in_domain`: see
+    /// [`BindingConfig::covers`]): host-wide (or on
+    /// [`BindingConfig::domain`] when the host lies under it), `Path=/`,
     /// `SameSite=None`, so that it is sent wherever an app cookie of any
     /// scope on this host (or domain) could be.
-    pub fn fallback_scope(&self) -> Scope {
+    pub fn fallback_scope(&self, in_domain: bool) -> Scope {
         match self.domain.as_deref() {
-            Some(d) => Scope::of(Some(d), Some("/"), SameSite::None),
-            None => Scope::DEFAULT,
+            Some(d) if in_domain => Scope::of(Some(d), Some("/"), SameSite::None),
+            _ => Scope::DEFAULT,
         }
+    }
+
+    /// Whether a request for `host` (without port) may be given a
+    /// companion on [`BindingConfig::domain`]: the host is the domain or
+    /// lies under it (RFC 6265 §5.1.3 domain-matching, ASCII
+    /// case-insensitive). A browser refuses a `Domain` the host is not
+    /// under; for such a host the companion stays host-wide.
+    pub fn covers(&self, host: &str) -> bool {
+        let Some(d) = self.domain.as_deref() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.');
+        if host.eq_ignore_ascii_case(d) {
+            return true;
+        }
+        host.len() > d.len() + 1
+            && host
+                .get(host.len() - d.len()..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(d))
+            && host.as_bytes()[host.len() - d.len() - 1] == b'.'
+            && host.parse::<std::net::IpAddr>().is_err()
     }
 }
 
@@ -454,6 +490,12 @@ impl Scope {
     /// `Domain`, `Path=/`): it is then named with [`HOST_PREFIX`].
     pub fn is_host_wide(&self) -> bool {
         self.domain.is_empty() && matches!(self.path.as_bytes(), b"" | b"/")
+    }
+
+    /// Whether the companion is scoped with a `Domain` (sent to sibling
+    /// hosts under it too).
+    pub(crate) fn has_domain(&self) -> bool {
+        !self.domain.is_empty()
     }
 
     /// The `Set-Cookie` value of the companion `value` in this scope,
@@ -830,17 +872,29 @@ fn read_attr(p: &[u8], max: usize) -> Option<(Attr, &[u8])> {
 
 // === impl Companion ===
 
-/// Companion values read from one request: at most this many.
+/// Companion values read from one request under each name (the bare
+/// name and the `__Host-` name counted apart): at most this many.
 pub const MAX_COMPANIONS: usize = 4;
 
 /// The companion values a request carries (a browser sends one per scope:
 /// an app with sessions on `/` and `/admin`, or a cookie a sibling host
-/// tossed in on the parent domain), each opened once, each marked whether
-/// it came under the `__Host-` name.
+/// tossed in on the parent domain), each opened once, kept apart by name:
+/// those under the `__Host-` name (only the host itself sets one) and
+/// those under the bare name (a sibling host on the parent domain can set
+/// any number). Each name has its own cap, so that bare values a sibling
+/// tossed in can neither push the owner's `__Host-` value out nor make the
+/// request overflow.
 #[derive(Debug, Clone, Default)]
 pub struct Companions {
-    values: smallvec::SmallVec<[(bool, Result<Seal, UnsealError>); 1]>,
-    /// More than [`MAX_COMPANIONS`] values were sent.
+    host: Named,
+    bare: Named,
+}
+
+/// The values sent under one of the two names.
+#[derive(Debug, Clone, Default)]
+struct Named {
+    values: smallvec::SmallVec<[Result<Seal, UnsealError>; 1]>,
+    /// More than [`MAX_COMPANIONS`] different values were sent.
     overflow: bool,
 }
 
@@ -855,28 +909,47 @@ fn companion_name(n: &[u8], name: &str) -> Option<bool> {
     prefixed.then_some(true)
 }
 
+/// `b` without leading and trailing spaces and horizontal tabs: what a
+/// browser trims from a cookie's name and value (RFC 6265bis §5.6), and no
+/// more: a form feed, CR or LF is part of the name, so that
+/// `\x0c__Host-vigil_bind` is not read as the `__Host-` companion.
+fn trim_sp_tab(b: &[u8]) -> &[u8] {
+    let blank = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !blank(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !blank(c)).map_or(start, |i| i + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
 /// The `name=value` pairs of a `Cookie` header value, split strictly on
-/// `;` as browsers send them (RFC 6265 §4.2.1), blanks trimmed: Vigil
-/// reads its own cookie, so a value like `prefs=a,vigil_bind=x` holds no
-/// companion.
+/// `;` as browsers send them (RFC 6265 §4.2.1), spaces and tabs trimmed:
+/// Vigil reads its own cookie, so a value like `prefs=a,vigil_bind=x`
+/// holds no companion.
 fn strict_pairs(line: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     line.split(|b| *b == b';').filter_map(|piece| {
-        let piece = piece.trim_ascii();
         let eq = piece.iter().position(|b| *b == b'=')?;
         Some((
-            piece.get(..eq)?.trim_ascii(),
-            piece.get(eq + 1..)?.trim_ascii(),
+            trim_sp_tab(piece.get(..eq)?),
+            trim_sp_tab(piece.get(eq + 1..)?),
         ))
     })
+}
+
+impl Named {
+    /// Whether a value names `session` (or `previous`).
+    fn names(&self, session: SessionKey, previous: Option<SessionKey>) -> bool {
+        self.values
+            .iter()
+            .any(|v| matches!(v, Ok(s) if s.session == session || Some(s.session) == previous))
+    }
 }
 
 impl Companions {
     /// Reads every companion named `name` or `__Host-name` from a
     /// request's `Cookie` headers (exact names, strict split), at most
-    /// [`MAX_COMPANIONS`] in all.
+    /// [`MAX_COMPANIONS`] different values under each name.
     pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companions {
         let mut out = Companions::default();
-        let mut seen: smallvec::SmallVec<[(bool, &[u8]); 1]> = smallvec::SmallVec::new();
+        let mut seen: smallvec::SmallVec<[(bool, &[u8]); 2]> = smallvec::SmallVec::new();
         for value in headers.get_all(http::header::COOKIE) {
             for (n, v) in strict_pairs(value.as_bytes()) {
                 let Some(host) = companion_name(n, name) else {
@@ -885,28 +958,28 @@ impl Companions {
                 if seen.contains(&(host, v)) {
                     continue;
                 }
-                if seen.len() == MAX_COMPANIONS {
-                    out.overflow = true;
-                    return out;
+                let named = if host { &mut out.host } else { &mut out.bare };
+                if named.values.len() == MAX_COMPANIONS {
+                    named.overflow = true;
+                    continue;
                 }
                 seen.push((host, v));
-                out.values.push((host, sealer.unseal(v)));
+                named.values.push(sealer.unseal(v));
             }
         }
         out
     }
 
     /// Whether a `__Host-` value names `session` (or `previous`): the
-    /// bare-named values are then not read for it. Only the host itself
-    /// sets a `__Host-` cookie; a bare-named one may have been tossed in
-    /// by a sibling host on the parent domain, and must not stand in for
-    /// the owner's (not even a valid later generation of the same
-    /// session that a thief rotated to and planted in the owner's browser,
-    /// which would make the two holders look like one).
+    /// bare-named values are then not read for it at all, nor their
+    /// overflow. Only the host itself sets a `__Host-` cookie; a
+    /// bare-named one may have been tossed in by a sibling host on the
+    /// parent domain, and must neither spoil the owner's nor stand in for
+    /// it (not even a valid later generation of the same session that a
+    /// thief rotated to and planted in the owner's browser, which would
+    /// make the two holders look like one).
     fn host_named(&self, session: SessionKey, previous: Option<SessionKey>) -> bool {
-        self.values.iter().any(|(host, v)| {
-            *host && matches!(v, Ok(s) if s.session == session || Some(s.session) == previous)
-        })
+        self.host.names(session, previous)
     }
 
     /// Whether `session`'s companion came under the bare name only (a
@@ -914,30 +987,53 @@ impl Companions {
     /// [`Check::unprefixed`].
     pub(crate) fn unprefixed(&self, session: SessionKey, previous: Option<SessionKey>) -> bool {
         !self.host_named(session, previous)
-            && self.values.iter().any(|(host, v)| {
-                !*host
-                    && matches!(v, Ok(s) if (s.session == session || Some(s.session) == previous) && s.scope.is_host_wide())
+            && self.bare.values.iter().any(|v| {
+                matches!(v, Ok(s) if (s.session == session || Some(s.session) == previous) && s.scope.is_host_wide())
             })
+    }
+
+    /// The values read for `session`: the `__Host-` ones if one names it,
+    /// else both names'; and whether they overflowed.
+    fn judged(
+        &self,
+        session: SessionKey,
+        previous: Option<SessionKey>,
+    ) -> (impl Iterator<Item = &Result<Seal, UnsealError>>, bool) {
+        let host_only = self.host_named(session, previous);
+        let bare: &[Result<Seal, UnsealError>] = if host_only { &[] } else { &self.bare.values };
+        let overflow = self.host.overflow || (!host_only && self.bare.overflow);
+        (self.host.values.iter().chain(bare.iter()), overflow)
+    }
+
+    /// The seals naming `session` (also known as `previous`) among the
+    /// values judged for it ([`Companions::for_session`]): each is judged,
+    /// so that a superseded one beside its successor shows two holders.
+    pub fn seals_for(&self, session: SessionKey, previous: Option<SessionKey>) -> SmallSeals {
+        let (values, _) = self.judged(session, previous);
+        values
+            .filter_map(|v| v.as_ref().ok())
+            .filter(|s| s.session == session || Some(s.session) == previous)
+            .copied()
+            .collect()
     }
 
     /// The companion standing for `session` (also known as `previous`):
     /// the seal naming it (of several, the latest generation; two of one
-    /// generation that differ are [`Companion::Duplicated`]), under the
-    /// `__Host-` name if one names it there. Values that do not open are
-    /// ignored when one does; a seal naming only other sessions is
-    /// [`UnsealError::Fields`]-invalid for this one.
+    /// generation that differ are [`Companion::Duplicated`]; [`check_all`]
+    /// judges the others too), under the `__Host-` name if one names it
+    /// there. Values that do not open are ignored when one does; a seal
+    /// naming only other sessions is [`UnsealError::Fields`]-invalid for
+    /// this one. More values than are read under a name judged is
+    /// [`Companion::Duplicated`].
     pub fn for_session(&self, session: SessionKey, previous: Option<SessionKey>) -> Companion {
-        if self.overflow {
+        let (values, overflow) = self.judged(session, previous);
+        if overflow {
             return Companion::Duplicated;
         }
-        let host_only = self.host_named(session, previous);
         let mut best: Option<Seal> = None;
         let mut opened = false;
         let mut first_error = None;
-        for (host, value) in &self.values {
-            if host_only && !*host {
-                continue;
-            }
+        for value in values {
             match value {
                 Ok(seal) => {
                     opened = true;
@@ -965,35 +1061,85 @@ impl Companions {
             (None, false, None) => Companion::Absent,
         }
     }
+
+    /// The one companion of a request whose session is not known (the
+    /// bench, the fuzz target): read as [`Companions::for_session`] reads
+    /// them, the `__Host-` values if there are any, else the bare ones;
+    /// several different values under that name are
+    /// [`Companion::Duplicated`], as is an overflow of it.
+    pub fn single(&self) -> Companion {
+        let named = if self.host.values.is_empty() && !self.host.overflow {
+            &self.bare
+        } else {
+            &self.host
+        };
+        match named.values.as_slice() {
+            _ if named.overflow => Companion::Duplicated,
+            [] => Companion::Absent,
+            [Ok(seal)] => Companion::Sealed(*seal),
+            [Err(e)] => Companion::Invalid(*e),
+            _ => Companion::Duplicated,
+        }
+    }
 }
+
+/// The seals of one session a request brings (one per scope, in practice).
+pub type SmallSeals = smallvec::SmallVec<[Seal; 1]>;
 
 impl Companion {
     /// Reads the companion named `name` or `__Host-name` from a request's
     /// `Cookie` headers: the exact names only (Vigil reads its own cookie;
-    /// no app does), split strictly on `;`. Several different values are
-    /// [`Companion::Duplicated`]; [`Companions`] tells them apart per
-    /// session, as the engine does.
+    /// no app does), split strictly on `;`, as [`Companions::read`] and
+    /// [`Companions::single`]: a `__Host-` value outweighs bare ones, and
+    /// several different values under one name are
+    /// [`Companion::Duplicated`].
     pub fn read(sealer: &Sealer, headers: &http::HeaderMap, name: &str) -> Companion {
-        let mut found: Option<&[u8]> = None;
-        for value in headers.get_all(http::header::COOKIE) {
-            for (n, v) in strict_pairs(value.as_bytes()) {
-                if companion_name(n, name).is_none() {
-                    continue;
-                }
-                match found {
-                    Some(prev) if prev != v => return Companion::Duplicated,
-                    _ => found = Some(v),
-                }
-            }
+        Companions::read(sealer, headers, name).single()
+    }
+}
+
+/// Judges the binding of `session` given every companion value the
+/// request brings for it: the one [`Companions::for_session`] picks, and
+/// each other seal naming the session under the same name, so that a
+/// superseded generation sent beside its successor (two holders' values
+/// in one browser, one of them planted) is [`Finding::Reused`] as it
+/// would be alone. A previous generation within the grace is not.
+pub(crate) fn check_all(
+    config: &BindingConfig,
+    session: SessionKey,
+    previous: Option<SessionKey>,
+    companions: &Companions,
+    state: Option<BindingState>,
+    now: u64,
+) -> Check {
+    let picked = companions.for_session(session, previous);
+    let out = check(config, session, previous, &picked, state, now);
+    let Companion::Sealed(judged) = picked else {
+        return out;
+    };
+    if out.finding.is_some() {
+        return out;
+    }
+    for other in companions.seals_for(session, previous) {
+        if other.generation == judged.generation && other.nonce == judged.nonce {
+            continue;
         }
-        match found {
-            None => Companion::Absent,
-            Some(v) => match sealer.unseal(v) {
-                Ok(seal) => Companion::Sealed(seal),
-                Err(e) => Companion::Invalid(e),
-            },
+        let c = check(
+            config,
+            session,
+            previous,
+            &Companion::Sealed(other),
+            state,
+            now,
+        );
+        if c.finding == Some(Finding::Reused) {
+            return Check {
+                unprefixed: out.unprefixed,
+                ..c
+            };
         }
     }
+    out
 }
 
 /// Judges the binding of `session` (also known as `previous` under the
@@ -1017,6 +1163,8 @@ pub(crate) fn check(
         issue: Issue::Nothing,
         scope: None,
         unprefixed: false,
+        presented: None,
+        in_domain: false,
     };
     if state.is_some_and(|s| s.compromised) {
         // Once two holders were seen, no generation vouches for anyone.
@@ -1052,6 +1200,12 @@ pub(crate) fn check(
                     out.issue = Issue::Again {
                         generation: s.generation,
                         nonce: s.nonce,
+                    };
+                    // The lost issuance's scope is not kept: one that
+                    // was host-only is issued again host-only, never on
+                    // the configured domain.
+                    if !s.domain_wide {
+                        out.scope = Some(Scope::DEFAULT);
                     }
                 }
                 Some(_) => {}
@@ -1069,6 +1223,7 @@ pub(crate) fn check(
         return out;
     }
     out.scope = Some(seal.scope);
+    out.presented = Some((seal.generation, seal.nonce));
     let Some(s) = state.filter(|s| seal.generation <= s.generation) else {
         // Unknown here, or a later generation than this node has seen:
         // another node issued it (seals cannot be forged), so it is learnt.
@@ -1076,6 +1231,7 @@ pub(crate) fn check(
             generation: seal.generation,
             nonce: seal.nonce,
             issued_at: seal.issued_at,
+            domain_wide: seal.scope.has_domain(),
         };
         return out;
     };

@@ -436,7 +436,12 @@ impl Engine {
                 place,
                 request.now_secs,
             );
-            let binding = self.check_binding(session, companion.as_ref(), request.now_secs);
+            let binding = self.check_binding(
+                session,
+                companion.as_ref(),
+                request.facts.host,
+                request.now_secs,
+            );
             if let Some(contribution) = binding.and_then(|c| self.binding_contribution(&c, &config))
             {
                 scored.risks.add_session(&config, contribution);

@@ -59,6 +59,7 @@ pub const SNAPSHOT_MAGIC: &[u8; 8] = b"VIGILBN1";
 const SECTION_TRAILER: usize = 8 + 8;
 const COMPROMISED: u8 = 1;
 const UNSENT: u8 = 2;
+const DOMAIN_WIDE: u8 = 4;
 
 // === impl FleetBinding ===
 
@@ -163,6 +164,9 @@ pub(crate) fn merge(
             seen_at: touched,
             compromised: r.compromised,
             unsent: false,
+            // The record carries no scope: a lost issuance of it is issued
+            // again host-only, never wider than the app's cookie may be.
+            domain_wide: false,
         });
     };
     let joined = FleetBinding::of(SessionKey::from_bytes([0; 16]), &s).join(&r);
@@ -309,8 +313,9 @@ impl BindingStore {
                 {
                     e[16 + 4 * i..20 + 4 * i].copy_from_slice(&v.to_le_bytes());
                 }
-                e[SNAPSHOT_ENTRY_LEN - 1] =
-                    (u8::from(s.compromised) * COMPROMISED) | (u8::from(s.unsent) * UNSENT);
+                e[SNAPSHOT_ENTRY_LEN - 1] = (u8::from(s.compromised) * COMPROMISED)
+                    | (u8::from(s.unsent) * UNSENT)
+                    | (u8::from(s.domain_wide) * DOMAIN_WIDE);
                 w.write_all(&e)?;
                 n += 1;
             }
@@ -356,6 +361,7 @@ impl BindingStore {
                 seen_at: u(5).min(now32),
                 compromised: flags & COMPROMISED != 0,
                 unsent: flags & UNSENT != 0,
+                domain_wide: flags & DOMAIN_WIDE != 0,
             };
             if s.generation == 0 || s.nonce == 0 || now32.saturating_sub(s.touched()) >= self.idle {
                 skipped += 1;

@@ -326,6 +326,112 @@ proptest! {
     }
 }
 
+/// Browsers trim only spaces and tabs around a cookie's name and value: a
+/// name with a form feed, CR or LF before it is another cookie's, never
+/// the `__Host-` companion.
+#[test]
+fn only_spaces_and_tabs_are_trimmed_from_cookie_names_and_values() {
+    let pairs: Vec<(&[u8], &[u8])> =
+        strict_pairs(b" \t__Host-vigil_bind = a \t;\x0c__Host-vigil_bind=b;\r\nvigil_bind=c\x0b")
+            .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (&b"__Host-vigil_bind"[..], &b"a"[..]),
+            (&b"\x0c__Host-vigil_bind"[..], &b"b"[..]),
+            (&b"\r\nvigil_bind"[..], &b"c\x0b"[..]),
+        ]
+    );
+    assert_eq!(companion_name(pairs[1].0, "vigil_bind"), None);
+    assert_eq!(companion_name(pairs[2].0, "vigil_bind"), None);
+    assert_eq!(trim_sp_tab(b" \t "), b"");
+}
+
+/// A `__Host-` value and four bare ones a sibling tossed in, in either
+/// order: each name has its own cap, and the single reading the bench and
+/// fuzz target use agrees with the engine's ([`Companions`]): the
+/// `__Host-` value, not a duplicate.
+#[test]
+fn the_single_reading_agrees_with_the_per_session_one() {
+    let s = sealer();
+    let mine = s.seal(&seal()).unwrap();
+    let bare = "vigil_bind=j1; vigil_bind=j2; vigil_bind=j3; vigil_bind=j4; vigil_bind=j5";
+    for cookie in [
+        format!("{bare}; __Host-vigil_bind={mine}"),
+        format!("__Host-vigil_bind={mine}; {bare}"),
+    ] {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::COOKIE, cookie.parse().unwrap());
+        let c = Companions::read(&s, &h, "vigil_bind");
+        assert_eq!(
+            c.for_session(seal().session, None),
+            Companion::Sealed(seal())
+        );
+        assert_eq!(
+            Companion::read(&s, &h, "vigil_bind"),
+            Companion::Sealed(seal())
+        );
+    }
+    // Bare only: five are more than are read; two different ones are
+    // duplicated; one is read.
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::COOKIE, bare.parse().unwrap());
+    assert_eq!(Companion::read(&s, &h, "vigil_bind"), Companion::Duplicated);
+    h.insert(
+        http::header::COOKIE,
+        format!("vigil_bind={mine}; vigil_bind={mine}")
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(
+        Companion::read(&s, &h, "vigil_bind"),
+        Companion::Sealed(seal())
+    );
+    h.insert(
+        http::header::COOKIE,
+        format!("vigil_bind={mine}; vigil_bind=x").parse().unwrap(),
+    );
+    assert_eq!(Companion::read(&s, &h, "vigil_bind"), Companion::Duplicated);
+}
+
+/// `[binding] domain` is used only for a host that is the domain or lies
+/// under it.
+#[test]
+fn the_configured_domain_covers_only_hosts_under_it() {
+    let c = BindingConfig {
+        domain: Some("example.com".into()),
+        ..BindingConfig::default()
+    };
+    for host in [
+        "example.com",
+        "app.example.com",
+        "A.B.Example.COM",
+        "app.example.com.",
+    ] {
+        assert!(c.covers(host), "{host}");
+    }
+    for host in [
+        "",
+        "com",
+        "badexample.com",
+        "example.com.evil.test",
+        "example.org",
+        ".example.com",
+    ] {
+        assert!(!c.covers(host), "{host}");
+    }
+    assert!(!BindingConfig::default().covers("example.com"));
+    assert_eq!(c.fallback_scope(false), Scope::DEFAULT);
+    assert!(c.fallback_scope(true).has_domain());
+}
+
+/// The per-session state stays as small as documented
+/// (docs/bound-sessions.md, "State and cost").
+#[test]
+fn a_binding_state_is_28_bytes() {
+    assert_eq!(std::mem::size_of::<BindingState>(), 28);
+}
+
 #[test]
 fn a_full_store_evicts_a_sixteenth_even_when_every_entry_has_one_age() {
     let store = BindingStore::new(64 * 32, std::time::Duration::from_secs(3600));

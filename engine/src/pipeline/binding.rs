@@ -31,6 +31,7 @@ impl Engine {
         &self,
         session: Option<Session>,
         companions: Option<&Companions>,
+        host: &str,
         now: u64,
     ) -> Option<Check> {
         let b = self.binding.as_ref()?;
@@ -40,15 +41,16 @@ impl Engine {
             .get(&session.key, now)
             .or_else(|| session.previous.and_then(|p| b.store.get(&p, now)));
         let companions = companions?;
-        let mut check = binding::check(
+        let mut check = binding::check_all(
             &b.config,
             session.key,
             session.previous,
-            &companions.for_session(session.key, session.previous),
+            companions,
             state,
             now,
         );
         check.unprefixed = companions.unprefixed(session.key, session.previous);
+        check.in_domain = b.config.covers(host);
         Some(check)
     }
 
@@ -117,31 +119,7 @@ impl Engine {
                         })
                 });
             }
-            Record::Adopt {
-                generation,
-                nonce,
-                issued_at,
-            } => {
-                b.store.update_published(check.session, verdict.at, |held| {
-                    if held.is_some_and(|s| s.generation >= generation || s.compromised) {
-                        return None;
-                    }
-                    let previous_nonce = held
-                        .filter(|s| s.generation + 1 == generation)
-                        .map_or(0, |s| s.nonce);
-                    Some(BindingState {
-                        generation,
-                        nonce,
-                        previous_nonce,
-                        // A seal's time is the issuer's: never later than now.
-                        issued_at: issued_at.min(now),
-                        presented_at: now.max(1),
-                        seen_at: now,
-                        compromised: false,
-                        unsent: false,
-                    })
-                });
-            }
+            Record::Adopt { .. } => adopt(b, check.session, check.record, verdict.at),
         }
     }
 
@@ -231,12 +209,14 @@ impl Engine {
             return out;
         };
         let session = check.session;
-        let scope = check.scope.unwrap_or_else(|| b.config.fallback_scope());
-        let issue = match check.issue {
+        let scope = check
+            .scope
+            .unwrap_or_else(|| b.config.fallback_scope(check.in_domain));
+        let (issue, on_confirmation) = match check.issue {
             Issue::Nothing if confirmed && b.config.rotate_on_step_up => {
-                self.confirmed_rotation(&check, now)
+                (self.confirmed_rotation(&check, now), true)
             }
-            other => other,
+            other => (other, false),
         };
         let issued = match issue {
             Issue::Nothing => None,
@@ -247,8 +227,13 @@ impl Engine {
             }
             Issue::Rotate { generation, nonce } => {
                 let next = generation.saturating_add(1);
-                let successor = b.sealer.successor_nonce(&session, next, nonce);
-                self.issue(session, scope, now, Some(successor), |held| {
+                // A rotation on a confirmation takes a random nonce: the
+                // deterministic successor is what any node would issue to
+                // whoever presents this generation next, a copy too, and
+                // the generation only the owner holds must differ from it.
+                let successor =
+                    (!on_confirmation).then(|| b.sealer.successor_nonce(&session, next, nonce));
+                self.issue(session, scope, now, successor, |held| {
                     let s = held.filter(|s| s.generation == generation && s.nonce == nonce)?;
                     Some(BindingState {
                         generation: next,
@@ -275,16 +260,31 @@ impl Engine {
     }
 
     /// The rotation a confirmation of `check`'s session calls for: the
-    /// generation held, if its issuance was presented (before, or by this
-    /// very request: Vigil's step-up callback records nothing) and nothing
-    /// was found wrong. Compare-and-set on it, as any rotation.
+    /// generation held, if the request presented exactly that issuance
+    /// (a generation this node had not seen is learnt first; a previous
+    /// generation within the grace rotates nothing), it was presented
+    /// (before, or by this very request: Vigil's step-up callback records
+    /// nothing) and nothing was found wrong. Compare-and-set on it, as any
+    /// rotation.
     fn confirmed_rotation(&self, check: &Check, now: u64) -> Issue {
         let Some(b) = self.binding.as_ref() else {
             return Issue::Nothing;
         };
+        if check.finding.is_some() {
+            return Issue::Nothing;
+        }
+        let Some(presented) = check.presented else {
+            return Issue::Nothing;
+        };
+        if matches!(check.record, Record::Adopt { .. }) {
+            adopt(b, check.session, check.record, now);
+        }
         let Some(s) = b.store.get(&check.session, now) else {
             return Issue::Nothing;
         };
+        if (s.generation, s.nonce) != presented {
+            return Issue::Nothing;
+        }
         let presented = s.presented_at != 0
             || check.record
                 == Record::Presented {
@@ -332,6 +332,7 @@ impl Engine {
                 issued_at: now32,
                 presented_at: 0,
                 seen_at: now32,
+                domain_wide: scope.has_domain(),
                 ..n
             })
         })?;
@@ -443,4 +444,40 @@ impl Engine {
             .as_ref()
             .map_or(0, |b| b.store.max_snapshot_bytes())
     }
+}
+
+/// Learns a generation issued elsewhere (`record`: a [`Record::Adopt`]),
+/// as presented now, unless this node holds it (or a later one) already
+/// or the session is marked.
+fn adopt(b: &binding::Binding, session: SessionKey, record: Record, at: u64) {
+    let Record::Adopt {
+        generation,
+        nonce,
+        issued_at,
+        domain_wide,
+    } = record
+    else {
+        return;
+    };
+    let now = secs32(at);
+    b.store.update_published(session, at, |held| {
+        if held.is_some_and(|s| s.generation >= generation || s.compromised) {
+            return None;
+        }
+        let previous_nonce = held
+            .filter(|s| s.generation + 1 == generation)
+            .map_or(0, |s| s.nonce);
+        Some(BindingState {
+            generation,
+            nonce,
+            previous_nonce,
+            // A seal's time is the issuer's: never later than now.
+            issued_at: issued_at.min(now),
+            presented_at: now.max(1),
+            seen_at: now,
+            compromised: false,
+            unsent: false,
+            domain_wide,
+        })
+    });
 }

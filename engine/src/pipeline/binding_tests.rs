@@ -430,6 +430,24 @@ fn exchange(
     set_cookie: Option<&str>,
     status: u16,
 ) -> (Verdict, SmallVec<[String; 1]>) {
+    exchange_for(e, p, cookie, at, mode, set_cookie, status, "")
+}
+
+/// [`exchange`] of a request for `host`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a test helper spelling out one exchange"
+)]
+fn exchange_for(
+    e: &Engine,
+    p: &Policy,
+    cookie: &str,
+    at: u64,
+    mode: Enforcement,
+    set_cookie: Option<&str>,
+    status: u16,
+    host: &str,
+) -> (Verdict, SmallVec<[String; 1]>) {
     let mut h = HeaderMap::new();
     h.insert("cookie", cookie.parse().unwrap());
     h.insert("user-agent", UA.parse().unwrap());
@@ -438,7 +456,10 @@ fn exchange(
         headers: &h,
         now_secs: at,
         tls: Default::default(),
-        facts: Default::default(),
+        facts: crate::request::RequestFacts {
+            host,
+            ..Default::default()
+        },
     };
     let v = e.decide(&view, p, ForwardedHeaders::default()).unwrap();
     e.apply(
@@ -928,13 +949,130 @@ fn a_configured_domain_scopes_companions_of_sessions_seen_without_their_cookie()
         SessionHashKey::from_bytes([7; 32]),
     );
     let p = Policy::default();
-    let (v, set) = exchange(&e, &p, "session=old", NOW, Enforcement::Enforce, None, 200);
-    assert_eq!((v.action, set.len()), (Action::Allow, 1));
-    let c = &set[0];
-    assert!(c.starts_with("vigil_bind="), "{c}");
-    for attr in ["; Path=/;", "; Domain=example.com;", "; SameSite=None"] {
-        assert!(c.contains(attr), "{c} lacks {attr}");
+    for host in ["app.example.com", "EXAMPLE.com", "a.b.example.com"] {
+        let (v, set) = exchange_for(
+            &e,
+            &p,
+            &format!("session=old-{host}"),
+            NOW,
+            Enforcement::Enforce,
+            None,
+            200,
+            host,
+        );
+        assert_eq!((v.action, set.len()), (Action::Allow, 1));
+        let c = &set[0];
+        assert!(c.starts_with("vigil_bind="), "{c}");
+        for attr in ["; Path=/;", "; Domain=example.com;", "; SameSite=None"] {
+            assert!(c.contains(attr), "{c} lacks {attr}");
+        }
     }
+    // A host not under the domain (a browser would refuse the `Domain`,
+    // leaving the session without a companion): host-wide, `__Host-`.
+    for host in ["example.org", "badexample.com", "example.com.evil.test", ""] {
+        let (v, set) = exchange_for(
+            &e,
+            &p,
+            &format!("session=elsewhere-{host}"),
+            NOW,
+            Enforcement::Enforce,
+            None,
+            200,
+            host,
+        );
+        assert_eq!((v.action, set.len()), (Action::Allow, 1), "{host}");
+        assert!(
+            set[0].starts_with("__Host-vigil_bind="),
+            "{host}: {}",
+            set[0]
+        );
+        assert!(!set[0].contains("Domain="), "{host}: {}", set[0]);
+    }
+}
+
+/// The app opens a host-only session (no `Domain`) and the response
+/// carrying its companion is lost: the companion issued again after the
+/// grace stays host-only (`__Host-`), even with `[binding] domain` set
+/// and the host under it, so that sibling hosts never receive it.
+#[test]
+fn a_lost_first_issuance_of_a_host_only_session_is_not_widened_to_the_domain() {
+    let e = Engine::new(
+        EngineConfig {
+            binding: BindingConfig {
+                enabled: true,
+                grace: std::time::Duration::from_secs(GRACE),
+                domain: Some("example.com".into()),
+                ..BindingConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        SessionHashKey::from_bytes([7; 32]),
+    );
+    let p = Policy::default();
+    let host = "app.example.com";
+    let (_, set) = exchange_for(
+        &e,
+        &p,
+        "x=1",
+        NOW,
+        Enforcement::Enforce,
+        Some("session=hostonly; Path=/app; Secure; HttpOnly; SameSite=Lax"),
+        200,
+        host,
+    );
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].starts_with("vigil_bind="), "{}", set[0]);
+    assert!(!set[0].contains("Domain="), "{}", set[0]);
+    // Lost: the browser never got it. Within the grace, nothing again.
+    let (v, set) = exchange_for(
+        &e,
+        &p,
+        "session=hostonly",
+        NOW + 1,
+        Enforcement::Enforce,
+        None,
+        200,
+        host,
+    );
+    assert_eq!((v.action, set.len()), (Action::Allow, 0), "{set:?}");
+    let (v, set) = exchange_for(
+        &e,
+        &p,
+        "session=hostonly",
+        NOW + GRACE,
+        Enforcement::Enforce,
+        None,
+        200,
+        host,
+    );
+    assert_eq!((v.action, set.len()), (Action::Allow, 1), "{set:?}");
+    assert!(set[0].starts_with("__Host-vigil_bind="), "{}", set[0]);
+    assert!(!set[0].contains("Domain="), "{}", set[0]);
+
+    // A session first bound on the configured domain is issued again on it.
+    let (_, set) = exchange_for(
+        &e,
+        &p,
+        "session=wide",
+        NOW,
+        Enforcement::Enforce,
+        None,
+        200,
+        host,
+    );
+    assert!(set[0].contains("; Domain=example.com;"), "{}", set[0]);
+    let (_, set) = exchange_for(
+        &e,
+        &p,
+        "session=wide",
+        NOW + GRACE,
+        Enforcement::Enforce,
+        None,
+        200,
+        host,
+    );
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(set[0].contains("; Domain=example.com;"), "{}", set[0]);
 }
 
 /// The app confirms a step-up on the response (`confirm_header: 1`):
@@ -1114,4 +1252,273 @@ fn vigils_own_step_up_callback_rotates_the_binding_it_confirms() {
             .generation,
         2
     );
+}
+
+/// A sibling host (`evil.example.com`) tosses four bare-named junk
+/// companions onto the parent domain, one per `Path` (`/`, `/a`, `/a/`,
+/// `/a/b`); the owner's browser sends all four beside its own `__Host-`
+/// companion on `/a/b`, in either order. The bare name has a cap of its
+/// own and is not read at all when a `__Host-` value names the session:
+/// neither overflow nor duplication spoils the owner's binding, however
+/// many bare values come.
+#[test]
+fn bare_values_tossed_by_a_sibling_cannot_overflow_or_spoil_the_host_companion() {
+    let e = engine();
+    let p = Policy::default();
+    let victim = bound_victim(&e, &p);
+    let other = bound_victim_named(&e, &p, "other");
+    let mine = victim.companion.clone().unwrap();
+    let theirs = other.companion.clone().unwrap();
+    for tossed in [
+        vec!["junk1", "junk2", "junk3", "junk4"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        (0..9).map(|i| format!("junk{i}")).collect(),
+        vec![
+            theirs.clone(),
+            theirs.clone(),
+            "junk".into(),
+            theirs.clone(),
+        ],
+    ] {
+        let bare: Vec<String> = tossed.iter().map(|t| format!("vigil_bind={t}")).collect();
+        let bare = bare.join("; ");
+        for cookie in [
+            format!("{bare}; session=victim; __Host-vigil_bind={mine}"),
+            format!("session=victim; __Host-vigil_bind={mine}; {bare}"),
+        ] {
+            let (v, set) = exchange(&e, &p, &cookie, NOW + 2, Enforcement::Enforce, None, 200);
+            assert_eq!(
+                (v.action, set.len()),
+                (Action::Allow, 0),
+                "{cookie}: {:?}",
+                v.risk
+            );
+            assert!(!v.risk.has(Reason::BindingInvalid), "{:?}", v.risk);
+        }
+    }
+    // Without a `__Host-` value for the session, five bare values are
+    // still more than are read: refused unread.
+    let five: Vec<String> = (0..5).map(|i| format!("vigil_bind=junk{i}")).collect();
+    let (v, _) = exchange(
+        &e,
+        &p,
+        &format!("session=victim; {}", five.join("; ")),
+        NOW + 2,
+        Enforcement::Enforce,
+        None,
+        200,
+    );
+    assert!(v.risk.has(Reason::BindingInvalid), "{:?}", v.risk);
+    assert_eq!(v.action, Action::Block);
+}
+
+/// The nameless-cookie trick: a sibling sets `=__Host-vigil_bind=<g2>;
+/// Domain=example.com`, which older browsers send as a `__Host-`
+/// companion, with the thief's rotated generation 2. The owner's browser
+/// then sends its own generation 1 and the planted 2 under one name.
+/// Every value naming the session is judged: the owner's superseded 1
+/// shows the two holders (not hidden behind the later one).
+#[test]
+fn a_planted_later_generation_under_the_host_name_does_not_hide_the_owners_superseded_one() {
+    let e = engine();
+    let p = Policy::default();
+    let victim = bound_victim(&e, &p);
+    let mine = victim.companion.clone().unwrap();
+    let mut thief = victim.clone();
+    let (_, set) = thief.send(&e, &p, NOW + ROTATE + 1, true);
+    assert_eq!(set, 1);
+    let (v, _) = thief.send(&e, &p, NOW + ROTATE + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    let planted = thief.companion.clone().unwrap();
+    // Inside the grace (the previous generation beside its successor, as
+    // requests in flight carry it), allowed; after it, reuse — in either
+    // order.
+    for cookie in [
+        format!("session=victim; __Host-vigil_bind={planted}; __Host-vigil_bind={mine}"),
+        format!("session=victim; __Host-vigil_bind={mine}; __Host-vigil_bind={planted}"),
+    ] {
+        let (v, _) = exchange(
+            &e,
+            &p,
+            &cookie,
+            NOW + ROTATE + 3,
+            Enforcement::Monitor,
+            None,
+            200,
+        );
+        assert_eq!(v.action, Action::Allow, "{cookie}: {:?}", v.risk);
+        let (v, set) = exchange(
+            &e,
+            &p,
+            &cookie,
+            NOW + ROTATE + 2 + GRACE,
+            Enforcement::Monitor,
+            None,
+            200,
+        );
+        assert!(v.risk.has(Reason::BindingReused), "{cookie}: {:?}", v.risk);
+        assert_eq!((v.action, set.len()), (Action::Block, 0), "{cookie}");
+    }
+}
+
+/// Vigil's OIDC step-up callback, as [`vigils_own_step_up_callback_rotates_the_binding_it_confirms`]
+/// drives it: judged (a `step_up` verdict), nothing applied, confirmed;
+/// returns the companions of the redirect back.
+fn step_up_callback(e: &Engine, cookie: &str, at: u64) -> SmallVec<[String; 1]> {
+    let stepping = Policy {
+        low: Action::StepUp,
+        ..Policy::default()
+    };
+    let mut h = HeaderMap::new();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert("user-agent", UA.parse().unwrap());
+    let view = RequestView {
+        peer: "192.0.2.10".parse().unwrap(),
+        headers: &h,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let v = e
+        .decide(&view, &stepping, ForwardedHeaders::default())
+        .unwrap();
+    assert_eq!(v.action, Action::StepUp, "{:?}", v.risk);
+    assert!(e.confirm(&v));
+    let back = ResponseView {
+        headers: &HeaderMap::new(),
+        now_secs: at,
+        user_header: None,
+        confirm_header: None,
+        app_confirms: false,
+    };
+    e.binding_cookies_confirmed(&v, &back, Enforcement::Enforce, 303, true)
+}
+
+/// The owner passes a step-up on a node that is behind: it holds
+/// generation 1, the owner presents 2 (issued by another node, and held
+/// by a copy of the jar taken after it). The rotation starts from the
+/// presented 2 (learnt first), so the owner gets a generation 3 the copy
+/// does not hold, and the copy's 2 is caught after the grace — not a
+/// "rotation" of 1 to the very 2 both already hold.
+#[test]
+fn a_step_up_on_a_node_behind_rotates_from_the_presented_generation() {
+    let a = engine();
+    let b = engine();
+    let p = Policy::default();
+    let mut victim = bound_victim(&a, &p);
+    // Node B learns generation 1.
+    let (v, _) = victim.send(&b, &p, NOW + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    // Node A rotates to 2; the owner presents it there.
+    let (_, set) = victim.send(&a, &p, NOW + ROTATE + 1, true);
+    assert_eq!(set, 1);
+    let (v, _) = victim.send(&a, &p, NOW + ROTATE + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    let thief = victim.clone();
+    // The step-up on node B, presenting 2.
+    let set = step_up_callback(&b, &jar_cookie(&victim), NOW + ROTATE + 3);
+    assert_eq!(set.len(), 1, "{set:?}");
+    let sealer = &b.binding.as_ref().unwrap().sealer;
+    let g = sealer.unseal(value_of(&set[0]).as_bytes()).unwrap();
+    assert_eq!(g.generation, 3);
+    // Not the successor any node would issue to whoever presents 2 next
+    // (the copy): that one is deterministic, this one is not.
+    let held = sealer
+        .unseal(thief.companion.as_deref().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(held.generation, 2);
+    assert_ne!(
+        g.nonce,
+        sealer.successor_nonce(&g.session, 3, held.nonce),
+        "a confirmed rotation's nonce is its own"
+    );
+    victim.companion = Some(value_of(&set[0]));
+    let (v, _) = victim.send(&b, &p, NOW + ROTATE + 4, true);
+    assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
+    let (v, set) = exchange(
+        &b,
+        &p,
+        &jar_cookie(&thief),
+        NOW + ROTATE + 5 + GRACE,
+        Enforcement::Enforce,
+        None,
+        200,
+    );
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+    assert_eq!((v.action, set.len()), (Action::Block, 0));
+}
+
+/// A step-up passed with the previous generation (an old tab, within the
+/// grace of its successor) rotates nothing: the successor held by the
+/// same browser is not replaced by a generation issued on a superseded
+/// seal.
+#[test]
+fn a_step_up_presenting_the_previous_generation_within_the_grace_rotates_nothing() {
+    let e = engine();
+    let p = Policy::default();
+    let mut victim = bound_victim(&e, &p);
+    let old_tab = victim.clone();
+    let (_, set) = victim.send(&e, &p, NOW + ROTATE + 1, true);
+    assert_eq!(set, 1);
+    let (v, _) = victim.send(&e, &p, NOW + ROTATE + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    let set = step_up_callback(&e, &jar_cookie(&old_tab), NOW + ROTATE + 3);
+    assert!(set.is_empty(), "{set:?}");
+    // The current generation still goes on, and a step-up presenting it
+    // rotates.
+    let (v, _) = victim.send(&e, &p, NOW + ROTATE + 4, true);
+    assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
+    let set = step_up_callback(&e, &jar_cookie(&victim), NOW + ROTATE + 5);
+    assert_eq!(set.len(), 1, "{set:?}");
+}
+
+/// An app (or whoever injects into its responses) sets the session cookie
+/// with a hostile `Domain` or `Path`: control characters, bytes beyond
+/// ASCII, a `Domain` longer than any host name. No such attribute is
+/// carried to the companion (which could split its `Set-Cookie` or send
+/// it elsewhere): the companion falls back to the host-wide `__Host-`
+/// scope, `Path=/`, no `Domain`.
+#[test]
+fn a_hostile_app_domain_or_path_falls_back_to_the_host_wide_scope() {
+    let e = engine();
+    let p = Policy::default();
+    let long = format!("{}.example.com", "a".repeat(300));
+    let cases: Vec<Vec<u8>> = vec![
+        format!("session=h1; Domain={long}; Path=/; Secure").into_bytes(),
+        b"session=h2; Domain=exa\tmple.com; Path=/; Secure".to_vec(),
+        b"session=h3; Domain=\xc3\xa9xample.com; Path=/; Secure".to_vec(),
+        b"session=h4; Path=/\xc3\xa9; Secure".to_vec(),
+        b"session=h5; Path=/a\tb; Secure".to_vec(),
+    ];
+    for (i, set_cookie) in cases.iter().enumerate() {
+        let (v, _) = request(&e, &p, "anon", None, NOW);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "set-cookie",
+            http::HeaderValue::from_bytes(set_cookie).unwrap(),
+        );
+        let set = e.binding_cookies(
+            &v,
+            &ResponseView {
+                headers: &h,
+                now_secs: NOW,
+                user_header: None,
+                confirm_header: None,
+                app_confirms: false,
+            },
+            Enforcement::Enforce,
+        );
+        assert_eq!(set.len(), 1, "case {i}: {set:?}");
+        let c = &set[0];
+        assert!(c.starts_with("__Host-vigil_bind="), "case {i}: {c}");
+        assert!(c.contains("; Path=/;"), "case {i}: {c}");
+        assert!(!c.contains("Domain"), "case {i}: {c}");
+        assert!(c.is_ascii() && !c.contains('\t'), "case {i}: {c}");
+        // The session it opened is bound: presenting it is allowed.
+        let session = format!("h{}", i + 1);
+        let (v, _) = request(&e, &p, &session, Some(&value_of(c)), NOW + 1);
+        assert_eq!(v.action, Action::Allow, "case {i}: {:?}", v.risk);
+    }
 }

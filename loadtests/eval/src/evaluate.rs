@@ -748,7 +748,8 @@ impl Evaluator {
             let (pair, attributes) = c.split_once(';').unwrap_or((c, ""));
             let (n, v) = pair.split_once('=')?;
             let n = n.trim();
-            let ours = n == name || n.strip_prefix(vigil_engine::binding::HOST_PREFIX) == Some(name);
+            let ours =
+                n == name || n.strip_prefix(vigil_engine::binding::HOST_PREFIX) == Some(name);
             let deletes = attributes
                 .split(';')
                 .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));

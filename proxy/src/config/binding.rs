@@ -57,6 +57,13 @@ pub(super) fn read_binding(
     }
     let domain: Option<String> = t.opt(p, "domain");
     let domain = domain.and_then(|d| match valid_domain(&d) {
+        Some(d) if public_suffix(&d) => {
+            p.push(
+                t.key("domain"),
+                format!("{d:?} is a public suffix: every site under it would receive the companion, and browsers refuse such a Domain; expected the app's own domain, such as \"example.co.uk\""),
+            );
+            None
+        }
         Some(d) => Some(d),
         None => {
             p.push(
@@ -98,6 +105,38 @@ fn valid_domain(d: &str) -> Option<String> {
             .last()
             .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     ok.then_some(d)
+}
+
+/// Whether `d` (valid, lower-cased) is an obvious public suffix: a
+/// well-known second-level registry under a country code (`co.uk`,
+/// `com.au`, `ac.jp`, ...) or one of a few hosting suffixes where sites of
+/// different owners sit side by side. Not the Public Suffix List (that
+/// would be a dependency and a list to keep current): a heuristic that
+/// catches the usual mistakes; single labels are refused already.
+fn public_suffix(d: &str) -> bool {
+    const REGISTRIES: &[&str] = &[
+        "ac", "co", "com", "edu", "gob", "go", "gov", "ltd", "me", "mil", "ne", "net", "nic", "or",
+        "org", "plc", "sch",
+    ];
+    const HOSTING: &[&str] = &[
+        "appspot.com",
+        "azurewebsites.net",
+        "blogspot.com",
+        "cloudfront.net",
+        "github.io",
+        "herokuapp.com",
+        "netlify.app",
+        "pages.dev",
+        "vercel.app",
+        "workers.dev",
+    ];
+    if HOSTING.contains(&d) {
+        return true;
+    }
+    match d.split('.').collect::<Vec<_>>().as_slice() {
+        [second, cc] => cc.len() == 2 && REGISTRIES.contains(second),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +231,42 @@ upstream = "app"
         assert_eq!(keys, vec!["binding.cookie_name"]);
         let keys = problems("[binding]\nrotate_on_step_up = \"yes\"\n");
         assert_eq!(keys, vec!["binding.rotate_on_step_up"]);
+    }
+
+    /// An obvious public suffix is refused: a companion on it would go to
+    /// every site registered under it (and browsers refuse it anyway).
+    #[test]
+    fn a_public_suffix_as_binding_domain_is_refused() {
+        for bad in [
+            "co.uk",
+            ".CO.UK",
+            "com.au",
+            "ac.jp",
+            "github.io",
+            "herokuapp.com",
+        ] {
+            let text = format!("{BASE}[binding]\ndomain = {bad:?}\n");
+            match Config::parse(&text, Path::new("/etc/vigil/proxy.toml")) {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let shown = e.to_string();
+                    assert!(shown.contains("binding.domain"), "{shown}");
+                    assert!(shown.contains("is a public suffix"), "{shown}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for good in [
+            "example.co.uk",
+            "example.com",
+            "app.github.io",
+            "co.example",
+        ] {
+            assert_eq!(
+                problems(&format!("[binding]\ndomain = {good:?}\n")),
+                Vec::<String>::new(),
+                "{good}"
+            );
+        }
     }
 
     /// A bad `domain` names the file, the key and what was expected.

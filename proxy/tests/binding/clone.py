@@ -171,6 +171,21 @@ elif SCENARIO == "step_up":
     seen = poll(lambda: thief.get("/echo"), lambda r: r[0] != 200)
     out["thief"] = [s for s, _ in seen]
     out["victim_after"] = victim.get("/echo")[0]
+elif SCENARIO == "tossed_four":
+    # A sibling host sets four bare-named junk companions on the parent
+    # domain, one per Path (/, /a, /a/, /a/b): the victim's browser sends
+    # them beside its own __Host- companion, before it (longer paths first)
+    # or after it.
+    out["names"] = sorted(k for k in victim.cookies if "vigil_bind" in k)
+    bare = "; ".join(f"vigil_bind=junk{i}" for i in range(4))
+
+    def raw(cookie):
+        r = requests.get(BASE + "/a/b", headers={"Cookie": cookie}, verify=CA, timeout=10,
+                         impersonate=UA_BROWSER, allow_redirects=False)
+        return r.status_code
+    out["bare_first"] = raw(bare + "; " + victim.header())
+    out["host_first"] = raw(victim.header() + "; " + bare)
+    out["after"] = victim.get("/echo")[0]
 else:
     raise SystemExit(f"unknown scenario {SCENARIO}")
 

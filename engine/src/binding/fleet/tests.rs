@@ -63,6 +63,7 @@ fn on_b() -> BindingState {
         seen_at: T + 1,
         compromised: false,
         unsent: false,
+        domain_wide: false,
     }
 }
 
