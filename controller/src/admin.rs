@@ -468,6 +468,7 @@ pub async fn false_positive(
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
         revocations_left: 0,
+        marks_left: 0,
         keep_profiles: app.config.keep_profiles,
         budgets: app.config.budgets,
         rotating: app.config.key_ids.previous.is_some(),

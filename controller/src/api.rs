@@ -189,14 +189,14 @@ impl App {
         Ok(())
     }
 
-    /// Gives back to `node`'s revocations allowance this minute what a
-    /// batch reserved ([`App::allow_events`]) and did not use.
-    fn give_back_revocations(&self, node: &str, unused: u32) {
+    /// Gives back to `node`'s revocations or marks allowance this minute
+    /// what a batch reserved ([`App::allow_events`]) and did not use.
+    fn give_back(&self, node: &str, allowance: Allowance, unused: u32) {
         let mut posted = self
             .posted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = posted.get_mut(&(node.to_owned(), Allowance::Revocations)) {
+        if let Some(entry) = posted.get_mut(&(node.to_owned(), allowance)) {
             entry.1 = entry.1.saturating_sub(unused);
         }
     }
@@ -206,12 +206,18 @@ impl App {
     /// counted then). Revocations are judged in the store: the batch
     /// reserves what is left of the minute's revocations (returned; a
     /// concurrent batch of the node's finds none left), and what it did
-    /// not use is given back after ([`App::give_back_revocations`]). A
+    /// not use is given back after ([`App::give_back`]). A
     /// batch is refused for its revocations only when the minute's
     /// allowance is partly used: one with more revocations than the whole
     /// allowance is taken in a fresh minute, its revocations beyond the
-    /// allowance refused, so that no batch is refused for ever.
-    fn allow_events(&self, node: &str, events: &[NodeEvent]) -> Result<u32, Allowance> {
+    /// allowance refused, so that no batch is refused for ever. Binding
+    /// records' compromised marks are reserved the same way from an
+    /// allowance of their own (returned second), but never refuse a batch:
+    /// a mark beyond it is answered to be posted again
+    /// ([`vigil_fleet::EventAck::retry`]), so that a node whose own
+    /// sessions are marked by the hundred (a thief cloning his own) neither
+    /// holds back its revocations nor loses a victim's mark.
+    fn allow_events(&self, node: &str, events: &[NodeEvent]) -> Result<(u32, u32), Allowance> {
         let count = |a: Allowance| {
             let n = events
                 .iter()
@@ -223,7 +229,11 @@ impl App {
             (Allowance::Events, count(Allowance::Events)),
             (Allowance::Sightings, count(Allowance::Sightings)),
             (Allowance::Revocations, count(Allowance::Revocations)),
+            (Allowance::Bindings, count(Allowance::Bindings)),
         ];
+        let marks = events
+            .iter()
+            .any(|e| matches!(&e.kind, NodeEventKind::SessionBinding(r) if r.compromised));
         let mut posted = self
             .posted
             .lock()
@@ -237,7 +247,10 @@ impl App {
                 *entry = (now, 0);
             }
             let over = entry.1.saturating_add(n) > allowance.per_minute(&self.config);
-            let fresh = allowance == Allowance::Revocations && entry.1 == 0;
+            // A batch larger than a whole allowance is taken in a fresh
+            // minute: never refused for ever.
+            let fresh =
+                matches!(allowance, Allowance::Revocations | Allowance::Bindings) && entry.1 == 0;
             if over && !fresh {
                 return Err(allowance);
             }
@@ -254,7 +267,19 @@ impl App {
                 }
             }
         }
-        Ok(reserved)
+        let mut marks_reserved = 0;
+        if marks {
+            let limit = Allowance::Marks.per_minute(&self.config);
+            let entry = posted
+                .entry((node.to_owned(), Allowance::Marks))
+                .or_insert((now, 0));
+            if now.duration_since(entry.0) >= Duration::from_secs(60) {
+                *entry = (now, 0);
+            }
+            marks_reserved = limit.saturating_sub(entry.1);
+            entry.1 = limit;
+        }
+        Ok((reserved, marks_reserved))
     }
 }
 
@@ -272,6 +297,16 @@ pub enum Allowance {
     /// rest, so that a stolen node token ends at most that many sessions
     /// a minute however it spends its other allowances.
     Revocations,
+    /// Binding records (advances and marks alike):
+    /// `node_sightings_per_minute`, counted apart from the node's other
+    /// sightings, so that a burst of rotations holds back no session
+    /// record and no revocation.
+    Bindings,
+    /// Binding records' new compromised marks:
+    /// `node_revocations_per_minute`, counted apart from revocations.
+    /// Never a reason to refuse a batch: a mark beyond it waits on the
+    /// node ([`vigil_fleet::EventAck::retry`]).
+    Marks,
 }
 
 impl Allowance {
@@ -288,10 +323,9 @@ impl Allowance {
             // value is never evicted and never counts against the user on
             // any node: counted with what can harm.
             NodeEventKind::UserLearned { trusted: false, .. } => Allowance::Sightings,
-            // A binding's advance is one a session per rotation; a mark
-            // refuses the session everywhere, as a revocation does.
-            NodeEventKind::SessionBinding(r) if r.compromised => Allowance::Revocations,
-            NodeEventKind::SessionBinding(_) => Allowance::Sightings,
+            // One a session per rotation; its mark is judged apart
+            // (`Allowance::Marks`, in the store).
+            NodeEventKind::SessionBinding(_) => Allowance::Bindings,
             _ => Allowance::Events,
         }
     }
@@ -300,7 +334,8 @@ impl Allowance {
         match self {
             Allowance::Events => config.node_events_per_minute,
             Allowance::Sightings => config.node_sightings_per_minute,
-            Allowance::Revocations => config.budgets.revocations_per_minute,
+            Allowance::Revocations | Allowance::Marks => config.budgets.revocations_per_minute,
+            Allowance::Bindings => config.node_sightings_per_minute,
         }
     }
 
@@ -309,6 +344,8 @@ impl Allowance {
             Allowance::Events => "node_events_per_minute",
             Allowance::Sightings => "node_sightings_per_minute",
             Allowance::Revocations => "node_revocations_per_minute",
+            Allowance::Bindings => "node_sightings_per_minute (binding records)",
+            Allowance::Marks => "node_revocations_per_minute (compromised marks)",
         }
     }
 }
@@ -848,7 +885,7 @@ async fn events(
     if let Some(bad) = batch.events.iter().find_map(|e| event_problem(&e.kind)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_event", bad));
     }
-    let revocations_left = match app.allow_events(&node, &batch.events) {
+    let (revocations_left, marks_left) = match app.allow_events(&node, &batch.events) {
         Ok(reserved) => reserved,
         Err(allowance) => {
             app.metrics
@@ -874,6 +911,7 @@ async fn events(
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
         revocations_left,
+        marks_left,
         keep_profiles: app.config.keep_profiles,
         budgets: app.config.budgets,
         rotating: app.config.key_ids.previous.is_some(),
@@ -883,9 +921,35 @@ async fn events(
         .store
         .take_events(&node, &batch.events, now_secs(), intake)
         .await;
-    let used = taken.as_ref().map_or(0, |(_, taken, _)| taken.revocations);
-    app.give_back_revocations(&node, revocations_left.saturating_sub(used));
+    let (used, marked) = taken
+        .as_ref()
+        .map_or((0, 0), |(_, taken, _)| (taken.revocations, taken.marks));
+    app.give_back(
+        &node,
+        Allowance::Revocations,
+        revocations_left.saturating_sub(used),
+    );
+    app.give_back(&node, Allowance::Marks, marks_left.saturating_sub(marked));
     let (ack, taken, head) = taken?;
+    if taken.malformed > 0 {
+        tracing::warn!(
+            node,
+            records = taken.malformed,
+            "binding records no node writes (generation or nonce 0) refused; the rest taken"
+        );
+    }
+    if !ack.retry.is_empty() {
+        app.metrics.refused(
+            &node,
+            "marks_rate_limited",
+            u64::try_from(ack.retry.len()).unwrap_or(u64::MAX),
+        );
+        tracing::warn!(
+            node,
+            marks = ack.retry.len(),
+            "compromised marks beyond the node's marks this minute: advances taken, marks to be posted again"
+        );
+    }
     if taken.ignored > 0 {
         tracing::debug!(
             node,
@@ -976,8 +1040,6 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
                  problems of at most 1024 bytes",
             )
         }
-        NodeEventKind::SessionBinding(r) => (r.generation == 0 || r.nonce == 0)
-            .then_some("a binding's generation and nonce are not 0"),
         _ => None,
     }
 }

@@ -78,6 +78,13 @@ pub struct Intake {
     /// revocation is refused ([`Refusal::RateLimited`]) and a record
     /// changes nothing.
     pub revocations_left: u32,
+    /// New compromised marks (binding records) this batch may still make:
+    /// what is left of the node's marks this minute, counted apart from
+    /// its revocations (`node_revocations_per_minute` each), so that
+    /// neither starves the other. Beyond it a record is taken without its
+    /// mark and its id answered in [`EventAck::retry`]: the node posts the
+    /// mark again later.
+    pub marks_left: u32,
     /// An observation of a user ([`NodeEventKind::UserLearned`]) made
     /// longer than this many seconds ago is refused: the controller
     /// forgets a history unused that long (`keep_profiles_days`).
@@ -205,6 +212,12 @@ pub struct Taken {
     pub unvouched_over_budget: u32,
     /// Binding records that changed the fleet's binding of their session.
     pub bindings: usize,
+    /// New compromised marks taken; charged to the node's marks this
+    /// minute.
+    pub marks: u32,
+    /// Binding records refused as no node writes them (generation or
+    /// nonce 0): each alone, the rest of the batch taken.
+    pub malformed: u32,
 }
 
 impl Taken {
@@ -700,20 +713,27 @@ impl Store {
                 // and beyond them the record is taken without its mark.
                 NodeEventKind::SessionBinding(record) => {
                     let mut record = *record;
+                    if !bindings::to_engine(&record).is_valid() {
+                        // Refused alone: the rest of the batch is taken.
+                        ack.refused += 1;
+                        taken.malformed += 1;
+                        continue;
+                    }
                     let mut judged =
                         bindings::judge(&mut tx, &bindings_pending, &record, now).await?;
                     if matches!(judged, bindings::Judged::Joined { marks: true, .. })
-                        && taken.revocations >= intake.revocations_left
+                        && taken.marks >= intake.marks_left
                     {
-                        taken.refuse(Refusal::RateLimited);
-                        ack.refused += 1;
+                        // Not lost: the advance is taken now, the mark
+                        // when the node posts it again (`retry`).
+                        ack.retry.push(event.id.clone());
                         record.compromised = false;
                         judged = bindings::judge(&mut tx, &bindings_pending, &record, now).await?;
                     }
                     match judged {
                         bindings::Judged::Joined { record, marks } => {
                             if marks {
-                                taken.revocations += 1;
+                                taken.marks += 1;
                             }
                             changes.push(Change::SessionBinding(record));
                             bindings_pending.insert(record.session, record);

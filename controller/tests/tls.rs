@@ -388,7 +388,8 @@ async fn a_node_with_its_certificate_syncs_and_posts_without_a_token() {
         EventAck {
             accepted: 2,
             duplicates: 0,
-            refused: 0
+            refused: 0,
+            retry: Vec::new(),
         }
     );
     assert!(matches!(

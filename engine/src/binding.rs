@@ -1359,13 +1359,23 @@ impl BindingStore {
     }
 
     /// Makes room in a full shard: the idle first, then the least
-    /// recently written sixteenth.
+    /// recently written sixteenth. A compromised session's state is never
+    /// written again (its requests are all refused), so it would always be
+    /// the oldest: it goes only when the shard holds nothing else, or
+    /// idles out — else a thief could push its mark out with a flood of
+    /// new sessions and be adopted afresh.
     fn evict(&self, shard: &mut Shard, now: u32) {
         shard.retain(|_, s| now.saturating_sub(s.touched()) < self.idle);
         if shard.len() < self.shard_cap {
             return;
         }
-        let mut ages: Vec<u32> = shard.values().map(BindingState::touched).collect();
+        let spare_marks = shard.values().any(|s| !s.compromised);
+        let candidate = |s: &BindingState| !(spare_marks && s.compromised);
+        let mut ages: Vec<u32> = shard
+            .values()
+            .filter(|s| candidate(s))
+            .map(BindingState::touched)
+            .collect();
         let k = (ages.len() / 16).max(1);
         let (_, cut, _) = ages.select_nth_unstable(k - 1);
         let cut = *cut;
@@ -1373,7 +1383,7 @@ impl BindingStore {
         // sessions issued in one second must not empty the shard).
         let old: Vec<SessionKey> = shard
             .iter()
-            .filter(|(_, s)| s.touched() <= cut)
+            .filter(|(_, s)| candidate(s) && s.touched() <= cut)
             .map(|(k, _)| *k)
             .take(k)
             .collect();

@@ -757,6 +757,13 @@ pub struct EventAck {
     /// earlier build neither sends nor expects it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refused: usize,
+    /// Ids of events of the batch not taken *yet*, to be posted again
+    /// later: binding records whose compromised mark is beyond the node's
+    /// marks this minute (their advance was taken; the mark waits). Written
+    /// only when not empty; a controller of an earlier build sends none.
+    /// Since version 5.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -503,3 +503,30 @@ fn a_session_binding_is_version_5_and_nothing_to_older_nodes() {
         serde_json::from_str::<NodeEvent>(&json.replace(",\"compromised\":false", "")).is_err()
     );
 }
+
+/// The ack's `retry` (binding records' marks beyond the node's allowance,
+/// to be posted again): absent when empty, so that an ack reads as ever on
+/// an earlier build, and read as empty when absent.
+#[test]
+fn an_acks_retry_is_absent_when_empty_and_read_as_empty_when_absent() {
+    let plain = EventAck {
+        accepted: 2,
+        ..EventAck::default()
+    };
+    assert_eq!(
+        serde_json::to_string(&plain).unwrap(),
+        r#"{"accepted":2,"duplicates":0}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<EventAck>(r#"{"accepted":2,"duplicates":0}"#).unwrap(),
+        plain
+    );
+    let waiting = EventAck {
+        accepted: 2,
+        retry: vec!["n-b7".into()],
+        ..EventAck::default()
+    };
+    let json = serde_json::to_string(&waiting).unwrap();
+    assert_eq!(json, r#"{"accepted":2,"duplicates":0,"retry":["n-b7"]}"#);
+    assert_eq!(serde_json::from_str::<EventAck>(&json).unwrap(), waiting);
+}

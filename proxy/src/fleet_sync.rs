@@ -102,8 +102,9 @@ const HEALTHY: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a posted batch's answer.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest answer to a post read.
-const MAX_ACK_BYTES: usize = 64 * 1024;
+/// Largest answer to a post read: room for the ids of a whole batch in
+/// its `retry` ([`MAX_EVENTS`] ids of at most 128 bytes).
+const MAX_ACK_BYTES: usize = 256 * 1024;
 /// How often the poster looks for binding records to send when nothing
 /// else wakes it: the part of the fleet's window of undetectable reuse
 /// that this node adds (docs/bound-sessions.md, "Across the fleet").
@@ -1317,33 +1318,9 @@ impl FleetSync {
                     _ = shutdown.changed() => return,
                 }
             }
-            // Binding records first, a batch at a time, so that neither
-            // kind of event waits for the other to run dry.
-            let bindings = tokio::select! {
-                r = self.post_bindings() => r,
-                _ = shutdown.changed() => return,
-            };
-            let bindings = match bindings {
-                Ok(n) => n,
-                Err(e) => {
-                    self.metrics.events_retried.inc();
-                    tracing::debug!(error = %e, attempt, "fleet events: binding records not delivered; retrying");
-                    attempt = attempt.saturating_add(1);
-                    tokio::select! {
-                        () = tokio::time::sleep(jittered(attempt)) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    continue;
-                }
-            };
             let Some((last, events)) = self.outbox.batch() else {
-                if bindings > 0 {
-                    attempt = 0;
-                    continue;
-                }
                 tokio::select! {
                     () = self.outbox.ready.notified() => continue,
-                    () = tokio::time::sleep(BINDINGS_EVERY) => continue,
                     _ = shutdown.changed() => return,
                 }
             };
@@ -1353,7 +1330,7 @@ impl FleetSync {
                 _ = shutdown.changed() => return,
             };
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     self.outbox.remove_through(last);
                     self.metrics.events_sent.inc_by(count as u64);
                     attempt = 0;
@@ -1386,6 +1363,45 @@ impl FleetSync {
         }
     }
 
+    /// Posts binding records apart from the durable queue of events, so
+    /// that neither waits for the other: a refusal (429) or a failure of
+    /// one leaves the other going (review finding 2).
+    async fn bindings_loop(&self, mut shutdown: ShutdownWatch) {
+        let mut attempt: u32 = 0;
+        loop {
+            // Until the controller's hello is heard (`heard` wakes one
+            // waiter, the events' poster): looked at every 50 ms.
+            if self.version.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(BINDINGS_EVERY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            let posted = tokio::select! {
+                r = self.post_bindings() => r,
+                _ = shutdown.changed() => return,
+            };
+            let wait = match posted {
+                // More may be waiting: at once.
+                Ok(n) if n > 0 => {
+                    attempt = 0;
+                    continue;
+                }
+                Ok(_) => BINDINGS_EVERY,
+                Err(e) => {
+                    self.metrics.events_retried.inc();
+                    tracing::debug!(error = %e, attempt, "fleet events: binding records not delivered; retrying");
+                    attempt = attempt.saturating_add(1);
+                    jittered(attempt)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     /// Posts the binding records waiting (at most a batch): each session's
     /// state as it is now, once however often it advanced since the last
     /// post. Records that could not be delivered wait again; a controller
@@ -1400,7 +1416,7 @@ impl FleetSync {
         if self.version.load(Ordering::Acquire) < BINDINGS_SINCE {
             return Ok(0);
         }
-        let events = records
+        let events: Vec<NodeEvent> = records
             .iter()
             .map(|r| NodeEvent {
                 id: format!(
@@ -1411,10 +1427,30 @@ impl FleetSync {
                 kind: NodeEventKind::SessionBinding(record_of(r)),
             })
             .collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         match self.post(events).await {
-            Ok(()) => {
-                self.metrics.events_sent.inc_by(records.len() as u64);
-                Ok(records.len())
+            Ok(ack) => {
+                // Marks beyond the node's allowance this minute: taken
+                // without the mark, which waits to be posted again.
+                let again: Vec<vigil_engine::FleetBinding> = records
+                    .iter()
+                    .zip(&ids)
+                    .filter(|(_, id)| ack.retry.contains(id))
+                    .map(|(r, _)| *r)
+                    .collect();
+                if !again.is_empty() {
+                    self.engine.bindings_unsent_again(&again);
+                    tracing::debug!(
+                        marks = again.len(),
+                        "fleet events: compromised marks beyond the controller's allowance; posted again later"
+                    );
+                }
+                self.metrics
+                    .events_sent
+                    .inc_by((records.len() - again.len()) as u64);
+                // Only what was taken counts: marks waiting do not make
+                // the loop post again at once.
+                Ok(records.len() - again.len())
             }
             Err(PostError::Refused(status)) => {
                 self.metrics.events_dropped.inc_by(records.len() as u64);
@@ -1432,13 +1468,13 @@ impl FleetSync {
         }
     }
 
-    async fn post(&self, events: Vec<NodeEvent>) -> Result<(), PostError> {
+    async fn post(&self, events: Vec<NodeEvent>) -> Result<EventAck, PostError> {
         // A controller of an older version would refuse the whole batch
         // for an event it does not know: those are left out.
         let v = self.version.load(Ordering::Acquire).clamp(1, VERSION);
         let events: Vec<NodeEvent> = events.into_iter().filter(|e| e.kind.since() <= v).collect();
         if events.is_empty() {
-            return Ok(());
+            return Ok(EventAck::default());
         }
         let body = serde_json::to_vec(&EventBatch { v, events })
             .map_err(|e| PostError::Retry(e.to_string()))?;
@@ -1470,18 +1506,18 @@ impl FleetSync {
             }
         }
         // The status says the batch was taken; the ack's counts are for
-        // the log only.
+        // the log, its `retry` for binding records' marks.
         let body = outbound::body(response, MAX_ACK_BYTES)
             .await
             .unwrap_or_default();
-        if let Ok(ack) = serde_json::from_slice::<EventAck>(&body) {
-            tracing::debug!(
-                accepted = ack.accepted,
-                duplicates = ack.duplicates,
-                "fleet events: delivered"
-            );
-        }
-        Ok(())
+        let ack = serde_json::from_slice::<EventAck>(&body).unwrap_or_default();
+        tracing::debug!(
+            accepted = ack.accepted,
+            duplicates = ack.duplicates,
+            retry = ack.retry.len(),
+            "fleet events: delivered"
+        );
+        Ok(ack)
     }
 }
 
@@ -1491,6 +1527,7 @@ impl BackgroundService for FleetSync {
         tokio::join!(
             self.sync_loop(shutdown.clone()),
             self.post_loop(shutdown.clone()),
+            self.bindings_loop(shutdown.clone()),
             self.age_loop(shutdown)
         );
     }

@@ -5,7 +5,9 @@
 //! on node B is refused once A's record reached B, without the owner ever
 //! touching B; a compromised mark made on A refuses the session on B; and
 //! node B restarted from its snapshot, with no controller to ask, still
-//! refuses the stale jar. The window of undetectable reuse is measured.
+//! refuses the stale jar. Parallel requests of one owner spread over both
+//! nodes across a rotation are all allowed. The window of undetectable
+//! reuse is measured (printed, never asserted).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,6 +36,8 @@ struct Fleet {
     /// Node B's config, to restart it from.
     b_config: String,
     key: std::path::PathBuf,
+    /// The controller's store, read to wait on one session's record.
+    store: vigil_controller::store::Store,
 }
 
 impl Fleet {
@@ -63,6 +67,7 @@ impl Fleet {
             ),
         )
         .unwrap();
+        let store_url = format!("sqlite://{}", dir.path().join("controller.db").display());
         let config = vigil_controller::Config::load(&config).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let bound = tokio::net::TcpListener::from_std(bound).unwrap();
@@ -82,6 +87,9 @@ impl Fleet {
             p.wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
                 .await;
         }
+        let store = vigil_controller::store::Store::open(&store_url)
+            .await
+            .unwrap();
         Fleet {
             stop: Some(stop),
             task,
@@ -91,8 +99,42 @@ impl Fleet {
             b_config,
             key,
             _dir: dir,
+            store,
         }
     }
+
+    /// Waits until the fleet's record of `session` holds a presented
+    /// generation `generation` or later (that record, not any record) and
+    /// `node` applied the controller's log through it.
+    async fn synced(&self, node: &Proxy, session: &str, generation: u32) {
+        let id = session_id(session);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let row = self.store.binding(id).await.unwrap();
+            if row.is_some_and(|r| r.generation >= generation && r.presented_at != 0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "generation {generation} of {session} never reached the controller: {row:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let head = self.store.bounds().await.unwrap().head as f64;
+        node.wait_for_metric("vigil_proxy_fleet_applied_sequence", &[], |v| v >= head)
+            .await;
+    }
+}
+
+/// The fleet's id of the app session `value` (cookie `session`) under the
+/// fleet's hash key.
+fn session_id(value: &str) -> vigil_fleet::SessionId {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes([0x5a; 32]),
+    );
+    let key = engine.key_for_cookie("session", value.as_bytes()).unwrap();
+    vigil_fleet::SessionId(*key.as_bytes())
 }
 
 /// A node's config: the binding on (rotation after 1 s, grace 1 s), high
@@ -163,16 +205,6 @@ async fn sign_in_and_rotate(proxy: &Proxy, session: &str) -> (String, String) {
     }
 }
 
-/// Binding records `proxy` applied from the fleet that changed something.
-async fn bindings_applied(proxy: &Proxy) -> f64 {
-    proxy
-        .metric(
-            "vigil_proxy_fleet_changes_applied_total",
-            &[("kind", "session_binding")],
-        )
-        .await
-}
-
 /// Polls `proxy` with `browser` until it answers [`REFUSED`], every answer
 /// before being 200; returns how long it took.
 async fn until_refused(proxy: &Proxy, browser: &Browser) -> Duration {
@@ -211,14 +243,12 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
     for i in 0..20 {
         let session = format!("s-{i}");
         let (stolen, next) = sign_in_and_rotate(&fleet.a, &session).await;
-        let before = bindings_applied(&fleet.b).await;
         let r = jar(&session, &next).get(&fleet.a.url("/echo")).await;
         assert_eq!(r.status(), 200);
         let presented = tokio::time::Instant::now();
-        while bindings_applied(&fleet.b).await <= before {
-            assert!(presented.elapsed() < DEADLINE, "the record never arrived");
-            tokio::time::sleep(POLL).await;
-        }
+        // This session's generation 2, not any record (a late generation
+        // 1 of it or of an earlier trial's would do for a counter).
+        fleet.synced(&fleet.b, &session, 2).await;
         arrival.push(presented.elapsed());
         until_refused(&fleet.b, &jar(&session, &stolen)).await;
         window.push(presented.elapsed());
@@ -230,10 +260,6 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
         arrival[arrival.len() - 1].as_millis(),
         arrival[0].as_millis(),
         arrival.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
-    );
-    eprintln!(
-        "window per trial, in order (ms): {:?}",
-        window.iter().map(Duration::as_millis).collect::<Vec<_>>()
     );
     window.sort();
     let ms = |d: Duration| d.as_millis();
@@ -295,13 +321,6 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
     // Node B learns a rotation it never saw, then restarts from its
     // snapshot with no controller to ask: the stale jar is still refused
     // (without the snapshot, B would take it as a first sight).
-    let before = fleet
-        .b
-        .metric(
-            "vigil_proxy_fleet_changes_applied_total",
-            &[("kind", "session_binding")],
-        )
-        .await;
     let (stolen, next) = sign_in_and_rotate(&fleet.a, "s-restart").await;
     assert_eq!(
         jar("s-restart", &next)
@@ -310,14 +329,7 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
             .status(),
         200
     );
-    fleet
-        .b
-        .wait_for_metric(
-            "vigil_proxy_fleet_changes_applied_total",
-            &[("kind", "session_binding")],
-            |v| v >= before + 2.0,
-        )
-        .await;
+    fleet.synced(&fleet.b, "s-restart", 2).await;
     let Fleet {
         stop,
         task,
@@ -327,6 +339,7 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
         b_config,
         key,
         _dir,
+        store: _,
     } = fleet;
     b.terminate();
     drop(b);
@@ -368,6 +381,59 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
     let _ = key;
     drop(a);
     drop(b);
+    if let Some(stop) = stop {
+        let _ = stop.send(());
+    }
+    task.abort();
+}
+
+/// An owner's browser sends 20 requests at once, spread over both nodes,
+/// just as its binding falls due for rotation: the binding rotates and no
+/// request of the owner's is refused.
+#[tokio::test]
+async fn parallel_owner_requests_over_two_nodes_across_a_rotation_are_all_allowed() {
+    let fleet = Fleet::start().await;
+    let login = Browser::firefox()
+        .get(&fleet.a.url("/login?user=u-par&session=s-par"))
+        .await;
+    assert_eq!(login.status(), 200);
+    let first = companion(&login).expect("a companion with the session");
+    assert_eq!(
+        jar("s-par", &first)
+            .get(&fleet.a.url("/echo"))
+            .await
+            .status(),
+        200
+    );
+    // Node B holds the presented generation 1 from the fleet.
+    fleet.synced(&fleet.b, "s-par", 1).await;
+    // The rotation falls due (rotate_after and grace are 1 s, on a clock
+    // of whole seconds): a wait for time, not for another task.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let owner = jar("s-par", &first);
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let node = if i % 2 == 0 { &fleet.a } else { &fleet.b };
+        let url = node.url("/echo");
+        let owner = &owner;
+        async move {
+            let r = owner.get(&url).await;
+            (r.status().as_u16(), companion(&r))
+        }
+    }))
+    .await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    let successors: std::collections::BTreeSet<&String> =
+        answers.iter().filter_map(|(_, c)| c.as_ref()).collect();
+    assert!(!successors.is_empty(), "the binding rotated");
+    // Not asserted: that every response carries the same successor. A
+    // burst straddling a second (the clock is whole seconds, the grace 1 s)
+    // can get a node's re-issuance beside the rotation's successor; which
+    // one a browser keeps then is the single-node lost-response limit
+    // (docs/bound-sessions.md, Remaining work).
+    let Fleet { stop, task, .. } = fleet;
     if let Some(stop) = stop {
         let _ = stop.send(());
     }

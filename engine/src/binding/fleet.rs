@@ -70,6 +70,14 @@ impl FleetBinding {
         self.generation != 0 && self.nonce != 0
     }
 
+    /// Whether a node publishes the record: a valid one of an issuance
+    /// presented, or of a mark. An issuance alone (nobody showed it yet,
+    /// its response may be lost) is never published: receivers would
+    /// open the lost-response allowance for the old generation early.
+    pub fn is_publishable(&self) -> bool {
+        self.is_valid() && (self.presented_at != 0 || self.compromised)
+    }
+
     /// The record of `state` of `session`.
     pub(crate) fn of(session: SessionKey, state: &BindingState) -> FleetBinding {
         FleetBinding {
@@ -202,25 +210,28 @@ impl BindingStore {
         if !self.publishing.load(Ordering::Acquire) {
             return self.update(key, now, f);
         }
-        let mut queue = false;
-        let next = self.update(key, now, |held| {
+        self.update(key, now, |held| {
             let mut next = f(held)?;
-            queue = !held.is_some_and(|h| h.unsent);
-            next.unsent = true;
+            // Queued once: the flag says the session is in the queue, so
+            // it is set only when it is (or already was). The queue's
+            // lock is taken inside the shard's, never the other way.
+            next.unsent = held.is_some_and(|h| h.unsent)
+                || (FleetBinding::of(key, &next).is_publishable() && self.enqueue(key));
             Some(next)
-        });
-        if next.is_some() && queue {
-            self.enqueue(key);
-        }
-        next
+        })
     }
 
-    fn enqueue(&self, key: SessionKey) {
+    /// Queues `key`; false when the queue is full (the caller leaves the
+    /// state's flag unset, so that its next change queues it).
+    fn enqueue(&self, key: SessionKey) -> bool {
         let mut q = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
         // At most one entry per state held (each state's `unsent`); more
         // only after evictions, which the cap bounds.
         if q.len() < self.shard_cap.saturating_mul(self.shards.len()) {
             q.push_back(key);
+            true
+        } else {
+            false
         }
     }
 
@@ -244,7 +255,13 @@ impl BindingStore {
                 continue;
             };
             s.unsent = false;
-            out.push(FleetBinding::of(key, s));
+            // An issuance made since it was queued (a rotation) is not
+            // published until presented: its presentation queues it
+            // again. Nor is anything no node writes.
+            let record = FleetBinding::of(key, s);
+            if record.is_publishable() {
+                out.push(record);
+            }
         }
         out
     }
@@ -253,18 +270,11 @@ impl BindingStore {
     /// unless already waiting (a newer change queued them).
     pub(crate) fn unsent_again(&self, records: &[FleetBinding]) {
         for r in records {
-            let queue = {
-                let mut shard = self.shard(&r.session);
-                match shard.get_mut(&r.session) {
-                    Some(s) if !s.unsent => {
-                        s.unsent = true;
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if queue {
-                self.enqueue(r.session);
+            let mut shard = self.shard(&r.session);
+            if let Some(s) = shard.get_mut(&r.session)
+                && !s.unsent
+            {
+                s.unsent = self.enqueue(r.session);
             }
         }
     }
@@ -370,10 +380,12 @@ impl BindingStore {
             let key = SessionKey::from_bytes(key);
             // The store's own order wins over a stale entry: a request
             // served before the restore finished is newer.
-            let taken = self.update(key, now, |held| held.is_none().then_some(s));
-            if taken.is_some_and(|s| s.unsent) {
-                self.enqueue(key);
-            }
+            self.update(key, now, |held| {
+                let mut s = held.is_none().then_some(s)?;
+                s.unsent =
+                    s.unsent && FleetBinding::of(key, &s).is_publishable() && self.enqueue(key);
+                Some(s)
+            });
             restored += 1;
         }
         Some((restored, skipped))

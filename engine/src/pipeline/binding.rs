@@ -91,11 +91,22 @@ impl Engine {
         match check.record {
             Record::Nothing => {}
             Record::Compromised => {
+                // During a hash-key rotation the state judged may be held
+                // under the session's previous key: the mark is written
+                // under the current key on a copy of it, so that the
+                // record the fleet gets names the generation and nonce
+                // judged (never an empty generation 0).
+                let found = verdict
+                    .session
+                    .filter(|s| s.key == check.session)
+                    .and_then(|s| s.previous)
+                    .and_then(|p| b.store.get(&p, verdict.at));
                 b.store.update_published(check.session, verdict.at, |held| {
+                    let s = held.or(found)?;
                     Some(BindingState {
                         compromised: true,
                         seen_at: now,
-                        ..held.unwrap_or_default()
+                        ..s
                     })
                 });
             }
@@ -464,8 +475,11 @@ fn adopt(b: &binding::Binding, session: SessionKey, record: Record, at: u64) {
         if held.is_some_and(|s| s.generation >= generation || s.compromised) {
             return None;
         }
+        // The previous nonce only from an issuance presented here: one
+        // never presented (an issuance whose response was lost, replaced
+        // elsewhere) must not become the fleet's (0: not known).
         let previous_nonce = held
-            .filter(|s| s.generation + 1 == generation)
+            .filter(|s| s.generation + 1 == generation && s.presented_at != 0)
             .map_or(0, |s| s.nonce);
         Some(BindingState {
             generation,

@@ -1522,3 +1522,144 @@ fn a_hostile_app_domain_or_path_falls_back_to_the_host_wide_scope() {
         assert_eq!(v.action, Action::Allow, "case {i}: {:?}", v.risk);
     }
 }
+
+/// The pipeline queues for the fleet what advances a binding — a first
+/// presentation, a rotation's presentation, a mark — and nothing else: not
+/// an issuance nobody showed yet, not a request that only shows the
+/// session is in use (docs/bound-sessions.md, "Across the fleet").
+#[test]
+fn the_pipeline_queues_advances_and_marks_and_nothing_else() {
+    let e = engine();
+    e.publish_bindings();
+    let p = revoking();
+    let mut victim = Jar::new("victim");
+    let (_, set) = victim.send(&e, &p, NOW, true);
+    assert_eq!(set, 1);
+    assert!(
+        e.unsent_bindings(10, NOW).is_empty(),
+        "an issuance alone is not published"
+    );
+    victim.send(&e, &p, NOW + 1, true);
+    let first = e.unsent_bindings(10, NOW + 1);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (
+            first[0].generation,
+            first[0].presented_at,
+            first[0].compromised
+        ),
+        (1, u32::try_from(NOW + 1).unwrap(), false)
+    );
+    // Requests that only show the session is in use queue nothing.
+    for t in 2..40 {
+        victim.send(&e, &p, NOW + t * 3, true);
+    }
+    assert!(e.unsent_bindings(10, NOW + 120).is_empty());
+    let mut thief = victim.clone();
+    // The rotation's issuance is not published; its presentation is.
+    let (_, set) = victim.send(&e, &p, NOW + ROTATE + 1, true);
+    assert_eq!(set, 1);
+    assert!(e.unsent_bindings(10, NOW + ROTATE + 1).is_empty());
+    victim.send(&e, &p, NOW + ROTATE + 2, true);
+    let second = e.unsent_bindings(10, NOW + ROTATE + 2);
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        (second[0].generation, second[0].previous_nonce),
+        (2, first[0].nonce)
+    );
+    // The thief's replay marks the session: published with the issuance
+    // judged.
+    let (v, _) = thief.send(&e, &p, NOW + ROTATE + 3 + GRACE, true);
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+    let mark = e.unsent_bindings(10, NOW + ROTATE + 3 + GRACE);
+    assert_eq!(mark.len(), 1);
+    assert_eq!(
+        (mark[0].generation, mark[0].nonce, mark[0].compromised),
+        (2, second[0].nonce, true)
+    );
+    assert!(mark[0].is_valid());
+}
+
+/// An engine switched to a new hash key, the old one previous, holding the
+/// binding states `old` held (as a restart carries them in the snapshot).
+fn rekeyed(old: &Engine, at: u64) -> Engine {
+    let config = EngineConfig {
+        binding: BindingConfig {
+            enabled: true,
+            rotate_after: std::time::Duration::from_secs(ROTATE),
+            grace: std::time::Duration::from_secs(GRACE),
+            ..BindingConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let new = Engine::new(config, SessionHashKey::from_bytes([8; 32]))
+        .with_previous_hash_key(SessionHashKey::from_bytes([7; 32]));
+    let mut section = Vec::new();
+    old.write_binding_snapshot(&mut section).unwrap();
+    assert!(new.restore_binding_snapshot(&section, at).is_some());
+    new
+}
+
+/// Review finding 1, the attack: a thief replays a superseded generation
+/// while the fleet's hash key rotates. The state judged is held under the
+/// session's previous key; the mark must be published with that state's
+/// generation and nonce under the current key — never as an empty
+/// generation-0 record the controller would refuse (and, before, lose the
+/// whole batch with it).
+#[test]
+fn a_mark_during_a_hash_key_rotation_is_published_with_the_state_judged() {
+    let old = engine();
+    let p = revoking();
+    let mut victim = bound_victim(&old, &p);
+    let mut thief = victim.clone();
+    victim.send(&old, &p, NOW + ROTATE + 1, true);
+    let (v, _) = victim.send(&old, &p, NOW + ROTATE + 2, true);
+    assert_eq!(v.action, Action::Allow);
+    let held = old
+        .binding
+        .as_ref()
+        .unwrap()
+        .store
+        .get(
+            &old.key_for_cookie("session", b"victim").unwrap(),
+            NOW + ROTATE + 2,
+        )
+        .unwrap();
+    assert_eq!(held.generation, 2);
+
+    let new = rekeyed(&old, NOW + ROTATE + 2);
+    new.publish_bindings();
+    let at = NOW + ROTATE + 3 + GRACE;
+    let (v, set) = thief.send(&new, &p, at, true);
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+    assert_eq!(set, 0);
+    let records = new.unsent_bindings(10, at);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = records[0];
+    let current = new.key_for_cookie("session", b"victim").unwrap();
+    assert_eq!(r.session, current, "under the current key");
+    assert_eq!(
+        (r.generation, r.nonce, r.previous_nonce, r.compromised),
+        (2, held.nonce, held.previous_nonce, true)
+    );
+    assert!(r.is_valid());
+    // Both holders stay refused on this node, through the overlap and
+    // once the previous key is gone.
+    let (v, _) = victim.send(&new, &p, at + 1, true);
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+    let mut section = Vec::new();
+    new.write_binding_snapshot(&mut section).unwrap();
+    let after = Engine::new(
+        EngineConfig {
+            binding: BindingConfig {
+                enabled: true,
+                ..BindingConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        SessionHashKey::from_bytes([8; 32]),
+    );
+    after.restore_binding_snapshot(&section, at + 2).unwrap();
+    let (v, _) = request(&after, &p, "victim", victim.companion.as_deref(), at + 2);
+    assert!(v.risk.has(Reason::BindingReused), "{:?}", v.risk);
+}

@@ -321,3 +321,111 @@ fn a_snapshot_section_restores_generations_marks_and_what_was_unsent() {
         (b"scorer bytes".as_slice(), None)
     );
 }
+
+/// Review finding 9: a full queue must not leave a session flagged as
+/// queued when it is not, or it would never be published again.
+#[test]
+fn a_session_the_full_queue_could_not_take_is_queued_by_its_next_change() {
+    // One entry a shard: the queue holds as many as the store.
+    let store = BindingStore::new(1, Duration::from_secs(3600));
+    store.publish();
+    let cap = store.shard_cap * store.shards.len();
+    let now = u64::from(T + 1);
+    for i in 0..cap {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        k[15] = u8::try_from(i % 256).unwrap();
+        store.update_published(SessionKey::from_bytes(k), now, |_| Some(on_b()));
+    }
+    assert_eq!(store.unsent_len(), cap);
+    store.update_published(key(), now, |_| Some(on_b()));
+    assert!(
+        !store.get(&key(), now).unwrap().unsent,
+        "not queued, not flagged"
+    );
+    let _ = store.take_unsent(cap, now);
+    let newer = BindingState {
+        generation: 2,
+        nonce: 22,
+        previous_nonce: 11,
+        presented_at: T + 5,
+        ..on_b()
+    };
+    store.update_published(key(), now + 5, |_| Some(newer));
+    let sent = store.take_unsent(cap, now + 5);
+    assert_eq!(sent.iter().filter(|r| r.session == key()).count(), 1);
+}
+
+/// Review finding 6: an issuance made after the session was queued (a
+/// rotation) is not published before it is presented, and its
+/// presentation publishes it.
+#[test]
+fn an_issuance_nobody_presented_is_not_published_its_presentation_is() {
+    let store = BindingStore::new(1024, Duration::from_secs(3600));
+    store.publish();
+    let now = u64::from(T + 1);
+    store.update_published(key(), now, |_| Some(on_b()));
+    // Rotated before the poster took the record: generation 2 issued,
+    // never shown (the flag is kept, as `issue` keeps it).
+    store.update(key(), now + 300, |held| {
+        Some(BindingState {
+            generation: 2,
+            nonce: 22,
+            previous_nonce: 11,
+            issued_at: T + 300,
+            presented_at: 0,
+            ..held?
+        })
+    });
+    assert!(store.take_unsent(10, now + 300).is_empty());
+    store.update_published(key(), now + 301, |held| {
+        Some(BindingState {
+            presented_at: T + 301,
+            ..held?
+        })
+    });
+    let sent = store.take_unsent(10, now + 301);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].generation, sent[0].presented_at), (2, T + 301));
+    // Nor is a record no node writes published (a mark on nothing).
+    let empty = SessionKey::from_bytes([9; 16]);
+    store.update_published(empty, now, |_| {
+        Some(BindingState {
+            compromised: true,
+            seen_at: T + 1,
+            ..BindingState::default()
+        })
+    });
+    assert!(store.take_unsent(10, now).is_empty());
+}
+
+/// Review finding 3, the attack: a thief whose session was marked floods
+/// the node with new sessions, so that the store evicts the oldest states
+/// — a mark is never written again, so it would be the oldest — and then
+/// comes back to be adopted afresh. The mark outlives the flood.
+#[test]
+fn a_flood_of_new_sessions_does_not_evict_a_compromised_mark() {
+    let store = BindingStore::new(16 * 64, Duration::from_secs(3600));
+    let marked = BindingState {
+        compromised: true,
+        ..on_b()
+    };
+    store.update(key(), u64::from(T + 1), |_| Some(marked));
+    for i in 0..5_000u32 {
+        let mut k = [1u8; 16];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        // The marked session's shard, every one of them.
+        k[15] = 7;
+        let at = T + 2 + i / 100;
+        store.update(SessionKey::from_bytes(k), u64::from(at), |_| {
+            Some(BindingState {
+                issued_at: at,
+                presented_at: at,
+                seen_at: at,
+                ..on_b()
+            })
+        });
+    }
+    let held = store.get(&key(), u64::from(T + 60)).expect("still held");
+    assert!(held.compromised);
+}
