@@ -164,20 +164,23 @@ fn node(
         .render()
 }
 
-/// The companion a response sets, if any.
+/// The companion a response sets, if any, as `name=value`: host-wide
+/// companions are named `__Host-vigil_bind` (a cookie deleting a
+/// superseded bare-named one is not a companion).
 fn companion(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("vigil_bind="))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .filter(|v| v.starts_with("__Host-vigil_bind=") || v.starts_with("vigil_bind="))
+        .filter(|v| !v.to_ascii_lowercase().contains("max-age=0"))
+        .find_map(|v| v.split(';').next().map(str::to_owned))
 }
 
-/// A jar: the app's cookie and a companion.
+/// A jar: the app's cookie and a companion (`name=value`).
 fn jar(session: &str, bind: &str) -> Browser {
-    Browser::firefox().cookie(&format!("session={session}; vigil_bind={bind}"))
+    Browser::firefox().cookie(&format!("session={session}; {bind}"))
 }
 
 /// The owner signs in on `proxy`, presents the first companion, and uses
