@@ -288,10 +288,11 @@ pub enum Change {
     /// A session bound to a DBSC key (`docs/bound-sessions.md`, DBSC at
     /// the edge): the registration a node verified, as the controller
     /// keeps it (the first for the session). A node binds the session to
-    /// the key unless it holds another binding for it. Added within
-    /// version 4: an older build of it skips it as [`Change::Unknown`]
-    /// (and does not know the session is bound, as before). Kept in
-    /// snapshots.
+    /// the key unless it holds another binding for it. Since version 5
+    /// (released with it: a version 4 controller would take a node's
+    /// registration as an unknown kind and lose it silently, so a node
+    /// keeps it until its controller speaks 5); older nodes get a change
+    /// that does nothing and none in snapshots.
     DbscBound {
         /// The binding.
         binding: DbscBinding,
@@ -560,7 +561,7 @@ pub enum NodeEventKind {
     /// a session the app opened on a proven request). The controller keeps
     /// the first binding of each session and streams it
     /// ([`Change::DbscBound`]); a different one for a session it holds a
-    /// binding of is refused. Added within version 4.
+    /// binding of is refused. Since version 5.
     DbscBound {
         /// The binding.
         binding: DbscBinding,
@@ -623,8 +624,8 @@ impl Change {
             // know no such thing. Either way it steps nobody up: the
             // operator who needs the sessions ended revokes the user.
             Change::UserStepUp { .. } if v < 4 => Change::nothing(),
-            // Nodes before version 4 know no DBSC bindings.
-            Change::DbscBound { .. } if v < 4 => Change::nothing(),
+            // Nodes before version 5 know no DBSC bindings.
+            Change::DbscBound { .. } if v < 5 => Change::nothing(),
             // An older node would skip it as unknown, or not know it at
             // all: it judges bindings by the seals it sees, as before.
             Change::SessionBinding(_) if v < 5 => Change::nothing(),
@@ -638,7 +639,7 @@ impl Change {
         if matches!(self, Change::UserStepUp { .. }) {
             return v >= 4;
         }
-        if matches!(self, Change::SessionBinding(_)) {
+        if matches!(self, Change::SessionBinding(_) | Change::DbscBound { .. }) {
             return v >= 5;
         }
         if matches!(
@@ -706,8 +707,8 @@ impl NodeEventKind {
             NodeEventKind::SessionRevoked { .. } | NodeEventKind::Unknown => 1,
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
-            NodeEventKind::IdpSession { .. } | NodeEventKind::DbscBound { .. } => 4,
-            NodeEventKind::SessionBinding(_) => 5,
+            NodeEventKind::IdpSession { .. } => 4,
+            NodeEventKind::SessionBinding(_) | NodeEventKind::DbscBound { .. } => 5,
         }
     }
 }

@@ -447,9 +447,24 @@ fn a_dbsc_binding_is_read_back_and_a_bad_key_is_an_error() {
         let bad = text.replace(&"01".repeat(66), &key);
         assert!(serde_json::from_str::<Change>(&bad).is_err(), "{key}");
     }
-    // Older nodes get a change that does nothing.
-    assert_eq!(change.for_version(3), Change::nothing());
-    assert_eq!(change.for_version(4), change);
+    // Nodes before version 5 get a change that does nothing, and none in
+    // their snapshots: a version 1 build has no unknown kind to skip it as.
+    for v in 1..5 {
+        assert_eq!(change.for_version(v), Change::nothing(), "version {v}");
+        assert!(!change.in_snapshot_of(v), "version {v}");
+    }
+    assert_eq!(change.for_version(5), change);
+    assert!(change.in_snapshot_of(5));
+    let event = NodeEventKind::DbscBound {
+        binding: DbscBinding {
+            session: SessionId([1; 16]),
+            id: SessionId([2; 16]),
+            root: None,
+            key: DbscKey(vec![1; 66]),
+            at: 5,
+        },
+    };
+    assert_eq!(event.since(), 5);
 }
 
 /// A session's binding (version 5): read and written as documented in

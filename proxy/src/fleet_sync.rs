@@ -744,6 +744,12 @@ pub struct FleetSync {
     /// Numbers the binding records posted (their ids; the controller keeps
     /// none of them: a record taken twice changes nothing).
     bindings_posted: AtomicU64,
+    /// Compromised marks the controller answered in `retry` (its
+    /// allowance of marks for the minute was spent), held until that
+    /// minute is over: posting them again at once would only spend the
+    /// node's allowance of binding records on refusals, and with it hold
+    /// back every other session's records.
+    parked_marks: Mutex<(u64, Vec<vigil_engine::FleetBinding>)>,
 }
 
 /// Why a sync stream ended.
@@ -834,6 +840,7 @@ impl FleetSync {
             replayed_rules: Mutex::new(None),
             dbsc: None,
             bindings_posted: AtomicU64::new(0),
+            parked_marks: Mutex::new((0, Vec::new())),
         })
     }
 
@@ -1409,6 +1416,16 @@ impl FleetSync {
     /// Returns how many were delivered.
     async fn post_bindings(&self) -> Result<usize, String> {
         let now = crate::proxy::now_secs();
+        {
+            let mut parked = self
+                .parked_marks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !parked.1.is_empty() && now >= parked.0 {
+                let marks = std::mem::take(&mut parked.1);
+                self.engine.bindings_unsent_again(&marks);
+            }
+        }
         let records = self.engine.unsent_bindings(MAX_EVENTS, now);
         if records.is_empty() {
             return Ok(0);
@@ -1439,11 +1456,18 @@ impl FleetSync {
                     .map(|(r, _)| *r)
                     .collect();
                 if !again.is_empty() {
-                    self.engine.bindings_unsent_again(&again);
                     tracing::debug!(
                         marks = again.len(),
-                        "fleet events: compromised marks beyond the controller's allowance; posted again later"
+                        "fleet events: compromised marks beyond the controller's allowance; posted again next minute"
                     );
+                    let mut parked = self
+                        .parked_marks
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    // The controller's allowance is per minute of its
+                    // clock: held until the next minute of this one.
+                    parked.0 = (now / 60 + 1) * 60;
+                    parked.1.extend(again.iter().copied());
                 }
                 self.metrics
                     .events_sent

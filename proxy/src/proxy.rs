@@ -1073,11 +1073,16 @@ impl ProxyHttp for VigilProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // The bound cookie is Vigil's: never the app's to see.
+        // The bound cookie is Vigil's: never the app's to see, on any
+        // route — it is host-wide (`__Host-`, `Path=/`), so the browser
+        // sends it to the apps behind routes without DBSC too, and any
+        // node of the fleet would take a leaked copy.
         if ctx
             .generation
-            .route(ctx.route)
-            .is_some_and(|r| r.dbsc != RouteDbsc::Off)
+            .config
+            .routes
+            .iter()
+            .any(|r| r.dbsc != RouteDbsc::Off)
             && let Some(rest) = dbsc::without_bound_cookie(
                 &upstream_request.headers,
                 &ctx.generation.config.dbsc.cookie_name,

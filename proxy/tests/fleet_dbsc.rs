@@ -538,7 +538,7 @@ async fn the_controller_keeps_the_first_binding_of_a_session() {
     let session = session_key("first");
     let thief = Key::new();
     let forged = serde_json::json!({
-        "v": 4,
+        "v": 5,
         "events": [{
             "id": "forged-1", "kind": "dbsc_bound",
             "binding": {
