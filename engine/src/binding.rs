@@ -1308,9 +1308,13 @@ impl BindingState {
 impl BindingStore {
     pub(crate) fn new(max_sessions: u64, idle: Duration) -> Self {
         let max = usize::try_from(max_sessions).unwrap_or(usize::MAX).max(1);
+        // The session store's layout for a large store (`crate::shards`),
+        // so that a full table is 80–82% used here too.
+        let (shards, shard_cap) =
+            crate::shards::large_layout(max).unwrap_or((SHARDS, (max / SHARDS).max(1)));
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_cap: (max / SHARDS).max(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_cap,
             idle: secs32(idle.as_secs()).max(1),
             unsent: Mutex::new(std::collections::VecDeque::new()),
             publishing: std::sync::atomic::AtomicBool::new(false),
@@ -1318,7 +1322,7 @@ impl BindingStore {
     }
 
     fn shard(&self, key: &SessionKey) -> std::sync::MutexGuard<'_, Shard> {
-        let i = usize::from(key.as_bytes()[15]) % self.shards.len();
+        let i = crate::shards::index(key, self.shards.len());
         // A poisoned shard still holds consistent entries: each is
         // replaced whole.
         self.shards[i]
@@ -1351,8 +1355,11 @@ impl BindingStore {
             .filter(|s| now32.saturating_sub(s.touched()) < self.idle)
             .copied();
         let next = f(held)?;
-        if held.is_none() && shard.len() >= self.shard_cap && !shard.contains_key(&key) {
-            self.evict(&mut shard, now32);
+        if held.is_none() && !shard.contains_key(&key) {
+            if shard.len() >= self.shard_cap {
+                self.evict(&mut shard, now32);
+            }
+            crate::shards::make_space(&mut shard, self.shard_cap);
         }
         shard.insert(key, next);
         Some(next)
