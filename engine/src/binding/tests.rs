@@ -532,3 +532,38 @@ fn a_full_store_evicts_a_sixteenth_even_when_every_entry_has_one_age() {
     // One shard, capped at 32: never emptied by a pass.
     assert!((30..=32).contains(&store.len()), "{}", store.len());
 }
+
+/// The binding store's tables, like the session store's
+/// (`a_churned_full_store_keeps_its_tables_at_their_size`): a full large
+/// store churned by a flood of new sessions keeps every shard's table at
+/// the size its cap needs, instead of doubling on the tombstones its
+/// evictions leave.
+#[test]
+fn a_churned_full_binding_store_keeps_its_tables_at_their_size() {
+    let max = crate::shards::LARGE;
+    let store = BindingStore::new(max as u64, std::time::Duration::from_secs(1 << 30));
+    let (shards, cap) = crate::shards::large_layout(max).unwrap();
+    assert_eq!((store.shards.len(), store.shard_cap), (shards, cap));
+    let room = (cap * 8 / 7).next_power_of_two() / 8 * 7;
+    for i in 0..(4 * max) as u64 {
+        let h = blake3::hash(&i.to_le_bytes());
+        let key = SessionKey::from_bytes(h.as_bytes()[..16].try_into().unwrap());
+        let at = 1_000 + u32::try_from(i / 64).unwrap();
+        store.update(key, u64::from(at), |_| {
+            Some(BindingState {
+                generation: 1,
+                nonce: 1,
+                issued_at: at,
+                ..BindingState::default()
+            })
+        });
+    }
+    assert!(store.len() >= shards * cap * 3 / 4, "{}", store.len());
+    let largest = store
+        .shards
+        .iter()
+        .map(|s| s.lock().unwrap().capacity())
+        .max()
+        .unwrap();
+    assert!(largest <= room, "{largest} > {room}");
+}
