@@ -1,5 +1,6 @@
 //! The rotating binding's cost per request (docs/bound-sessions.md): the
-//! companion read from a real browser's `Cookie` header and unsealed, a
+//! companion read from a real browser's `Cookie` header and unsealed (the
+//! current seal format 3, and the formats 2 and 1 that still open), a
 //! forged one refused, and the whole pipeline for a bound session against
 //! the same request with the binding off.
 #![allow(
@@ -71,12 +72,33 @@ fn seal(c: &mut Criterion) {
     forged[20] ^= 1;
     let forged = String::from_utf8(forged).unwrap();
     let hf = headers(Some(&forged));
+    let session = engine
+        .key_for_cookie("session", SESSION.as_bytes())
+        .unwrap();
     let mut g = c.benchmark_group("binding");
     g.bench_function("unseal", |b| {
         b.iter(|| sealer.unseal(black_box(value.as_bytes())))
     });
-    // A format 1 seal under the same key (the fuzz corpus's seed, made
-    // before format 2): the cost of the old format, in the same run.
+    // Seals of formats 2 and 1 under the same key (the fuzz corpus's
+    // seeds, made by earlier releases): the cost of the old formats, in
+    // the same run, of values of the same scope (none) as `unseal_no_scope`.
+    let no_scope = sealer
+        .seal(&Seal {
+            session,
+            generation: 3,
+            nonce: 0x1234_5678,
+            issued_at: 1_700_000_000,
+            scope: Scope::of(None, None, SameSite::Lax),
+        })
+        .unwrap();
+    g.bench_function("unseal_no_scope", |b| {
+        b.iter(|| sealer.unseal(black_box(no_scope.as_bytes())))
+    });
+    let format_2 = include_bytes!("../../fuzz/corpus/binding_seal/seed-seal2-0");
+    assert!(sealer.unseal(format_2).is_ok());
+    g.bench_function("unseal_format_2", |b| {
+        b.iter(|| sealer.unseal(black_box(format_2)))
+    });
     let format_1 = include_bytes!("../../fuzz/corpus/binding_seal/seed-seal-0");
     assert!(sealer.unseal(format_1).is_ok());
     g.bench_function("unseal_format_1", |b| {
@@ -85,9 +107,6 @@ fn seal(c: &mut Criterion) {
     g.bench_function("unseal_longest_scope", |b| {
         b.iter(|| sealer.unseal(black_box(longest.as_bytes())))
     });
-    let session = engine
-        .key_for_cookie("session", SESSION.as_bytes())
-        .unwrap();
     g.bench_function("seal", |b| {
         b.iter(|| {
             sealer.seal(black_box(&Seal {

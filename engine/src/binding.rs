@@ -3,12 +3,13 @@
 //! shares, rotated every `rotate_after`, so that a copied cookie jar shows
 //! itself as soon as the copy and its owner both come back.
 //!
-//! * [`Sealer`] seals and unseals the companion value: AES-256-GCM under
-//!   a key of its own per seal (format 2: derived from a random 128-bit
-//!   salt), over the session key, a generation number, a nonce of the
-//!   issuance and its time, plus the scope (`Domain`, `Path`, `SameSite`,
-//!   `Partitioned`) the companion is set with, so that any node verifies
-//!   it and rotates it without a lookup. Format 1 seals still open.
+//! * [`Sealer`] seals and unseals the companion value: ChaCha20-Poly1305
+//!   under a key of its own per seal (format 3: derived from a random
+//!   128-bit salt), over the session key, a generation number, a nonce of
+//!   the issuance and its time, plus the scope (`Domain`, `Path`,
+//!   `SameSite`, `Partitioned`) the companion is set with, so that any
+//!   node verifies it and rotates it without a lookup. Format 2 (the same
+//!   with AES-256-GCM) and format 1 seals still open.
 //!   Unsealing reads untrusted bytes: every length is capped, nothing
 //!   panics.
 //! * [`BindingStore`] keeps, per session, the latest generation issued,
@@ -26,10 +27,18 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 // ring rather than another AEAD crate: it is already built for rustls and
-// the controller's signatures, its AES-GCM uses the CPU's AES instructions
-// (the seal is opened on every request of a bound session), and its API
-// cannot reuse a nonce by accident within one call.
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+// the controller's signatures, it has both AEADs the formats use, and its
+// API cannot reuse a nonce by accident within one call. Format 3 is
+// ChaCha20-Poly1305 because each seal has a key of its own: a ChaCha key
+// needs no set-up, where every AES-GCM key costs a key schedule and the
+// GHASH tables (format 2 spent most of an opening there; figures in
+// docs/performance.md, "Rotating binding"). XChaCha20-Poly1305 under the
+// master key with a random 192-bit nonce is the same construction (its
+// HChaCha20 subkey plays the part of the BLAKE3 one) but needs another
+// crate for a few tens of nanoseconds.
+use ring::aead::{
+    AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::score::secs32;
@@ -49,10 +58,13 @@ pub const MAX_SCOPE_ATTR: usize = 255;
 /// takes a `__Host-` cookie only from the host itself (`Secure`, `Path=/`,
 /// no `Domain`), so a sibling host cannot set or replace one.
 pub const HOST_PREFIX: &str = "__Host-";
-/// The seal format's version, its first byte: 2 seals, 1 still opens.
-const VERSION: u8 = 2;
+/// The seal format's version, its first byte: 3 seals, 2 and 1 still
+/// open.
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const VERSION_1: u8 = 1;
-/// Format 2's random salt, from which each seal's own AES key is derived.
+/// Formats 3 and 2: the random salt from which each seal's own key is
+/// derived.
 const SALT_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 /// generation, nonce, issued, session key, same-site (and flags), two
@@ -65,7 +77,8 @@ const MAX_RAW: usize = 1 + SALT_LEN + MAX_SEALED;
 const AAD_1: &[u8] = b"vigil binding v1";
 /// Format 1 carried at most this many bytes of `Domain` and of `Path`.
 const MAX_SCOPE_ATTR_1: usize = 48;
-/// In format 2's same-site byte: the app cookie is `Partitioned`.
+/// In the same-site byte of formats 2 and 3: the app cookie is
+/// `Partitioned`.
 const PARTITIONED: u8 = 0x80;
 /// Chrome's cap on a cookie's lifetime: the companion must outlive any
 /// app cookie it stands beside, or a browser restart would lose it.
@@ -190,9 +203,13 @@ pub enum UnsealError {
 /// one being retired), which every node already shares and rotates with
 /// an overlap, so the binding needs no secret of its own to provision.
 pub struct Sealer {
-    /// Format 2: keys each seal's own AES key from its salt.
+    /// Format 3: keys each seal's own ChaCha20-Poly1305 key from its salt.
     current: [u8; 32],
     previous: Option<[u8; 32]>,
+    /// Format 2: keys each seal's own AES-256-GCM key from its salt;
+    /// opened only.
+    current_2: [u8; 32],
+    previous_2: Option<[u8; 32]>,
     /// Format 1: one AES key, random nonces; opened only.
     current_1: LessSafeKey,
     previous_1: Option<LessSafeKey>,
@@ -620,6 +637,8 @@ impl Sealer {
         Self {
             current: Self::key(current),
             previous: previous.map(Self::key),
+            current_2: Self::key_2(current),
+            previous_2: previous.map(Self::key_2),
             current_1: Self::key_1(current),
             previous_1: previous.map(Self::key_1),
             successor: blake3::derive_key("vigil 2026-12 binding successor", current.as_bytes()),
@@ -651,9 +670,17 @@ impl Sealer {
         u32::from_le_bytes(b).max(1)
     }
 
-    /// Format 2's master key: it keys the derivation of each seal's own
-    /// AES key from the seal's salt, and encrypts nothing itself.
+    /// Format 3's master key: it keys the derivation of each seal's own
+    /// ChaCha20-Poly1305 key from the seal's salt, and encrypts nothing
+    /// itself. A context of its own, so that no derived key ever serves
+    /// both AEADs.
     fn key(hash_key: &SessionHashKey) -> [u8; 32] {
+        blake3::derive_key("vigil 2026-12 binding seal v3", hash_key.as_bytes())
+    }
+
+    /// Format 2's master key (per-seal AES keys), for opening seals made
+    /// before format 3.
+    fn key_2(hash_key: &SessionHashKey) -> [u8; 32] {
         blake3::derive_key("vigil 2026-12 binding seal v2", hash_key.as_bytes())
     }
 
@@ -666,24 +693,40 @@ impl Sealer {
         LessSafeKey::new(unbound)
     }
 
-    /// The AES key of the seal salted `salt` under `master`: a keyed
+    /// The key of the seal salted `salt` under `master`, for `algorithm`
+    /// (ChaCha20-Poly1305 in format 3, AES-256-GCM in format 2): a keyed
     /// BLAKE3 hash of the salt. Each seal has a key of its own, used for
     /// that one seal with the all-zero nonce, so no (key, nonce) pair
     /// ever encrypts twice unless two 128-bit random salts collide.
-    fn seal_key(master: &[u8; 32], salt: &[u8; SALT_LEN]) -> LessSafeKey {
+    fn seal_key(
+        algorithm: &'static Algorithm,
+        master: &[u8; 32],
+        salt: &[u8; SALT_LEN],
+    ) -> LessSafeKey {
         let bytes = blake3::keyed_hash(master, salt);
         let unbound =
-            UnboundKey::new(&AES_256_GCM, bytes.as_bytes()).unwrap_or_else(|_| fallback_key());
+            UnboundKey::new(algorithm, bytes.as_bytes()).unwrap_or_else(|_| fallback_key());
         LessSafeKey::new(unbound)
     }
 
-    /// Seals `seal` as a companion value (unpadded base64url, format 2).
+    /// Seals `seal` as a companion value (unpadded base64url, format 3).
     /// `None` only if the system's random source fails.
     pub fn seal(&self, seal: &Seal) -> Option<String> {
+        self.seal_as(VERSION, seal)
+    }
+
+    /// Seals `seal` in format 3, or 2 (as nodes made before format 3; for
+    /// the tests of the change only).
+    fn seal_as(&self, version: u8, seal: &Seal) -> Option<String> {
+        let (algorithm, master) = match version {
+            VERSION => (&CHACHA20_POLY1305, &self.current),
+            VERSION_2 => (&AES_256_GCM, &self.current_2),
+            _ => return None,
+        };
         let mut salt = [0u8; SALT_LEN];
         self.random.fill(&mut salt).ok()?;
         let mut header = [0u8; 1 + SALT_LEN];
-        header[0] = VERSION;
+        header[0] = version;
         header[1..].copy_from_slice(&salt);
         let mut buf = Vec::with_capacity(MAX_RAW);
         buf.extend_from_slice(&header);
@@ -696,7 +739,7 @@ impl Sealer {
         buf.extend_from_slice(seal.scope.domain.as_bytes());
         buf.push(seal.scope.path.len);
         buf.extend_from_slice(seal.scope.path.as_bytes());
-        let tag = Self::seal_key(&self.current, &salt)
+        let tag = Self::seal_key(algorithm, master, &salt)
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key([0; NONCE_LEN]),
                 Aad::from(&header),
@@ -715,8 +758,8 @@ impl Sealer {
         Some(u32::from_le_bytes(b))
     }
 
-    /// Opens a companion value of format 2 or 1: bounded, allocation-free,
-    /// never panics.
+    /// Opens a companion value of format 3, 2 or 1: bounded,
+    /// allocation-free, never panics.
     pub fn unseal(&self, value: &[u8]) -> Result<Seal, UnsealError> {
         let min = (1 + SALT_LEN.min(NONCE_LEN) + FIXED_PLAINTEXT + TAG_LEN).div_ceil(3) * 4 - 2;
         if value.len() > MAX_COMPANION_LEN || value.len() < min {
@@ -728,7 +771,7 @@ impl Sealer {
             .map_err(|_| UnsealError::Encoding)?;
         let raw = raw.get_mut(..n).ok_or(UnsealError::Length)?;
         let (header, max_attr) = match raw.first() {
-            Some(&VERSION) => (1 + SALT_LEN, MAX_SCOPE_ATTR),
+            Some(&(VERSION | VERSION_2)) => (1 + SALT_LEN, MAX_SCOPE_ATTR),
             Some(&VERSION_1) => (1 + NONCE_LEN, MAX_SCOPE_ATTR_1),
             Some(_) => return Err(UnsealError::Version),
             None => return Err(UnsealError::Length),
@@ -738,36 +781,40 @@ impl Sealer {
             return Err(UnsealError::Length);
         }
         let (head, sealed) = raw.split_at_mut(header);
-        let (version, salt) = head.split_first().ok_or(UnsealError::Length)?;
+        let (&version, salt) = head.split_first().ok_or(UnsealError::Length)?;
         // A failed open may leave the buffer scrambled: keep a copy for the
         // previous key, only when there is one.
         let mut copy = [0u8; MAX_SEALED];
         let copy = copy.get_mut(..sealed.len()).ok_or(UnsealError::Length)?;
-        if *version == VERSION_1 {
+        if version == VERSION_1 {
             if self.previous_1.is_some() {
                 copy.copy_from_slice(sealed);
             }
             return self.unseal_1(salt, sealed, copy);
         }
-        if self.previous.is_some() {
+        let (algorithm, current, previous) = match version {
+            VERSION => (&CHACHA20_POLY1305, &self.current, &self.previous),
+            _ => (&AES_256_GCM, &self.current_2, &self.previous_2),
+        };
+        if previous.is_some() {
             copy.copy_from_slice(sealed);
         }
         let salt: [u8; SALT_LEN] = salt.try_into().map_err(|_| UnsealError::Length)?;
-        let open = |key: &LessSafeKey, buf: &mut [u8]| -> Option<Seal> {
-            let plain = key
+        let open = |master: &[u8; 32], buf: &mut [u8]| -> Option<Seal> {
+            let plain = Self::seal_key(algorithm, master, &salt)
                 .open_in_place(
                     Nonce::assume_unique_for_key([0; NONCE_LEN]),
                     Aad::from(&*head),
                     buf,
                 )
                 .ok()?;
-            parse_plaintext(plain, VERSION)
+            parse_plaintext(plain, version)
         };
-        if let Some(seal) = open(&Self::seal_key(&self.current, &salt), sealed) {
+        if let Some(seal) = open(current, sealed) {
             return Ok(seal);
         }
-        match &self.previous {
-            Some(previous) => open(&Self::seal_key(previous, &salt), copy).ok_or(UnsealError::Seal),
+        match previous {
+            Some(previous) => open(previous, copy).ok_or(UnsealError::Seal),
             None => Err(UnsealError::Seal),
         }
     }
@@ -806,8 +853,9 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-/// Never used: AES-256 accepts every 32-byte key. A key of zeros would
-/// seal nothing another node opens, so it fails safe.
+/// Never used: AES-256 and ChaCha20 accept every 32-byte key. A key of
+/// zeros (of the other algorithm, even) would seal nothing another node
+/// opens, so it fails safe.
 fn fallback_key() -> UnboundKey {
     #[allow(clippy::expect_used, reason = "32 bytes is AES-256's key length")]
     UnboundKey::new(&AES_256_GCM, &[0u8; 32]).expect("AES-256 takes a 32-byte key")
@@ -827,8 +875,8 @@ fn parse_plaintext(p: &[u8], version: u8) -> Option<Seal> {
     let flags = *p.get(28)?;
     // Format 1 knew no `Partitioned`, nor scope attributes past 48 bytes.
     let (partitioned, max_attr) = match version {
-        VERSION => (flags & PARTITIONED != 0, MAX_SCOPE_ATTR),
-        _ => (false, MAX_SCOPE_ATTR_1),
+        VERSION_1 => (false, MAX_SCOPE_ATTR_1),
+        _ => (flags & PARTITIONED != 0, MAX_SCOPE_ATTR),
     };
     let same_site = match flags & !PARTITIONED {
         0 => SameSite::Unset,
@@ -837,7 +885,7 @@ fn parse_plaintext(p: &[u8], version: u8) -> Option<Seal> {
         3 => SameSite::None,
         _ => return None,
     };
-    if version != VERSION && flags & PARTITIONED != 0 {
+    if version == VERSION_1 && flags & PARTITIONED != 0 {
         return None;
     }
     let (domain, rest) = read_attr(p.get(29..)?, max_attr)?;
@@ -1308,9 +1356,13 @@ impl BindingState {
 impl BindingStore {
     pub(crate) fn new(max_sessions: u64, idle: Duration) -> Self {
         let max = usize::try_from(max_sessions).unwrap_or(usize::MAX).max(1);
+        // The session store's layout for a large store (`crate::shards`),
+        // so that a full table is 80–82% used here too.
+        let (shards, shard_cap) =
+            crate::shards::large_layout(max).unwrap_or((SHARDS, (max / SHARDS).max(1)));
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_cap: (max / SHARDS).max(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_cap,
             idle: secs32(idle.as_secs()).max(1),
             unsent: Mutex::new(std::collections::VecDeque::new()),
             publishing: std::sync::atomic::AtomicBool::new(false),
@@ -1318,7 +1370,7 @@ impl BindingStore {
     }
 
     fn shard(&self, key: &SessionKey) -> std::sync::MutexGuard<'_, Shard> {
-        let i = usize::from(key.as_bytes()[15]) % self.shards.len();
+        let i = crate::shards::index(key, self.shards.len());
         // A poisoned shard still holds consistent entries: each is
         // replaced whole.
         self.shards[i]
@@ -1351,8 +1403,11 @@ impl BindingStore {
             .filter(|s| now32.saturating_sub(s.touched()) < self.idle)
             .copied();
         let next = f(held)?;
-        if held.is_none() && shard.len() >= self.shard_cap && !shard.contains_key(&key) {
-            self.evict(&mut shard, now32);
+        if held.is_none() && !shard.contains_key(&key) {
+            if shard.len() >= self.shard_cap {
+                self.evict(&mut shard, now32);
+            }
+            crate::shards::make_space(&mut shard, self.shard_cap);
         }
         shard.insert(key, next);
         Some(next)

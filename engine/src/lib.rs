@@ -35,6 +35,7 @@ mod pipeline;
 mod request;
 mod score;
 mod session;
+mod shards;
 
 pub use client_ip::{
     Chain, ChainFlags, ChainSource, ChainStrategy, ClientIp, ClientIpConfig, ClientIpStage,

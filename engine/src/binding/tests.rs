@@ -144,9 +144,9 @@ fn a_host_wide_companion_is_named_with_the_host_prefix_and_no_other_is() {
 }
 
 /// Format 1 seals, made before format 2, open during the change (under
-/// the current and the retiring key); new seals are format 2.
+/// the current and the retiring key); new seals are format 3.
 #[test]
-fn format_1_seals_still_open_and_new_seals_are_format_2() {
+fn format_1_seals_still_open_and_new_seals_are_format_3() {
     let s = sealer();
     let v1 = seal_1(&s, &seal());
     assert_eq!(s.unseal(v1.as_bytes()), Ok(seal()));
@@ -155,8 +155,8 @@ fn format_1_seals_still_open_and_new_seals_are_format_2() {
         Some(&SessionHashKey::from_bytes([3; 32])),
     );
     assert_eq!(new.unseal(v1.as_bytes()), Ok(seal()));
-    let v2 = s.seal(&seal()).unwrap();
-    assert_eq!(URL_SAFE_NO_PAD.decode(&v2).unwrap()[0], 2);
+    let v3 = s.seal(&seal()).unwrap();
+    assert_eq!(URL_SAFE_NO_PAD.decode(&v3).unwrap()[0], 3);
     // Format 1 never carried `Partitioned` nor long attributes: a format 1
     // value claiming either is not one any node wrote.
     let mut p = seal();
@@ -169,42 +169,101 @@ fn format_1_seals_still_open_and_new_seals_are_format_2() {
         Err(UnsealError::Seal)
     );
     // An unknown version is refused as such.
-    let mut raw = URL_SAFE_NO_PAD.decode(&v2).unwrap();
-    raw[0] = 3;
-    assert_eq!(
-        s.unseal(URL_SAFE_NO_PAD.encode(&raw).as_bytes()),
-        Err(UnsealError::Version)
-    );
+    for version in [0, 4, 0xff] {
+        let mut raw = URL_SAFE_NO_PAD.decode(&v3).unwrap();
+        raw[0] = version;
+        assert_eq!(
+            s.unseal(URL_SAFE_NO_PAD.encode(&raw).as_bytes()),
+            Err(UnsealError::Version)
+        );
+    }
 }
 
-/// Format 2: each seal has a salt of its own, and so an AES key of its
+/// Format 2 seals (AES-256-GCM under a per-seal key), made before format
+/// 3, open during the change, under the current and the retiring key,
+/// with every scope they could carry; the same fields sealed in format 3
+/// open to the same seal.
+#[test]
+fn format_2_seals_still_open_beside_format_3() {
+    let s = sealer();
+    let mut v = seal();
+    v.scope = Scope::of(Some(&"d".repeat(253)), Some("/app/"), SameSite::None).partitioned(true);
+    let v2 = s.seal_as(VERSION_2, &v).unwrap();
+    let v3 = s.seal(&v).unwrap();
+    // The same size: only the AEAD differs.
+    assert_eq!(v2.len(), v3.len());
+    assert_eq!(URL_SAFE_NO_PAD.decode(&v2).unwrap()[0], 2);
+    assert_eq!(s.unseal(v2.as_bytes()), Ok(v));
+    assert_eq!(s.unseal(v3.as_bytes()), Ok(v));
+    let new = Sealer::new(
+        &SessionHashKey::from_bytes([4; 32]),
+        Some(&SessionHashKey::from_bytes([3; 32])),
+    );
+    assert_eq!(new.unseal(v2.as_bytes()), Ok(v));
+    assert_eq!(new.unseal(v3.as_bytes()), Ok(v));
+    // Under a key the node does not hold, neither opens.
+    let other = Sealer::new(&SessionHashKey::from_bytes([4; 32]), None);
+    assert_eq!(other.unseal(v2.as_bytes()), Err(UnsealError::Seal));
+    assert_eq!(other.unseal(v3.as_bytes()), Err(UnsealError::Seal));
+}
+
+/// A seal relabelled as the other format (version byte 2 ↔ 3) opens
+/// nothing: the version is authenticated, and each format derives its
+/// per-seal keys from a master key of its own, so that no key ever serves
+/// both AEADs.
+#[test]
+fn a_seal_relabelled_as_the_other_format_opens_nothing() {
+    let s = sealer();
+    for (value, to) in [
+        (s.seal(&seal()).unwrap(), VERSION_2),
+        (s.seal_as(VERSION_2, &seal()).unwrap(), VERSION),
+    ] {
+        let mut raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
+        raw[0] = to;
+        assert_eq!(
+            s.unseal(URL_SAFE_NO_PAD.encode(&raw).as_bytes()),
+            Err(UnsealError::Seal)
+        );
+    }
+    assert_ne!(s.current, s.current_2);
+}
+
+/// Formats 3 and 2: each seal has a salt of its own, and so a key of its
 /// own; the same fields sealed twice share no salt and no ciphertext, and
 /// a salt moved onto another seal's body opens nothing.
 #[test]
 fn every_seal_has_its_own_salt_and_a_salt_swapped_in_opens_nothing() {
     let s = sealer();
-    let a = URL_SAFE_NO_PAD.decode(s.seal(&seal()).unwrap()).unwrap();
-    let b = URL_SAFE_NO_PAD.decode(s.seal(&seal()).unwrap()).unwrap();
-    assert_ne!(a[1..1 + SALT_LEN], b[1..1 + SALT_LEN]);
-    assert_ne!(a[1 + SALT_LEN..], b[1 + SALT_LEN..]);
-    let mut swapped = a.clone();
-    swapped[1..1 + SALT_LEN].copy_from_slice(&b[1..1 + SALT_LEN]);
-    assert_eq!(
-        s.unseal(URL_SAFE_NO_PAD.encode(&swapped).as_bytes()),
-        Err(UnsealError::Seal)
-    );
+    for version in [VERSION, VERSION_2] {
+        let a = URL_SAFE_NO_PAD
+            .decode(s.seal_as(version, &seal()).unwrap())
+            .unwrap();
+        let b = URL_SAFE_NO_PAD
+            .decode(s.seal_as(version, &seal()).unwrap())
+            .unwrap();
+        assert_ne!(a[1..1 + SALT_LEN], b[1..1 + SALT_LEN]);
+        assert_ne!(a[1 + SALT_LEN..], b[1 + SALT_LEN..]);
+        let mut swapped = a.clone();
+        swapped[1..1 + SALT_LEN].copy_from_slice(&b[1..1 + SALT_LEN]);
+        assert_eq!(
+            s.unseal(URL_SAFE_NO_PAD.encode(&swapped).as_bytes()),
+            Err(UnsealError::Seal)
+        );
+    }
 }
 
 #[test]
 fn every_single_bit_flip_is_refused() {
     let s = sealer();
-    let value = s.seal(&seal()).unwrap();
-    let raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
-    for i in 0..raw.len() * 8 {
-        let mut edited = raw.clone();
-        edited[i / 8] ^= 1 << (i % 8);
-        let v = URL_SAFE_NO_PAD.encode(&edited);
-        assert!(s.unseal(v.as_bytes()).is_err(), "bit {i}");
+    for version in [VERSION, VERSION_2] {
+        let value = s.seal_as(version, &seal()).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&value).unwrap();
+        for i in 0..raw.len() * 8 {
+            let mut edited = raw.clone();
+            edited[i / 8] ^= 1 << (i % 8);
+            let v = URL_SAFE_NO_PAD.encode(&edited);
+            assert!(s.unseal(v.as_bytes()).is_err(), "format {version}, bit {i}");
+        }
     }
 }
 
@@ -279,7 +338,29 @@ proptest! {
         prop_assert!(path.starts_with(v.scope.path.as_str()));
     }
 
-    /// Any format 1 seal a node wrote opens to its fields under format 2's
+    /// Any format 2 seal a node wrote opens to its fields under format 3's
+    /// sealer, through the whole change.
+    #[test]
+    fn any_format_2_seal_still_opens(
+        session in any::<[u8; 16]>(),
+        generation in 1u32..,
+        nonce in 1u32..,
+        domain in "[a-z.]{0,253}",
+        path in "/[a-z/]{0,254}",
+        partitioned in any::<bool>(),
+    ) {
+        let v = Seal {
+            session: SessionKey::from_bytes(session),
+            generation,
+            nonce,
+            issued_at: 1_700_000_000,
+            scope: Scope::of(Some(&domain), Some(&path), SameSite::Lax).partitioned(partitioned),
+        };
+        let s = sealer();
+        prop_assert_eq!(s.unseal(s.seal_as(VERSION_2, &v).unwrap().as_bytes()), Ok(v));
+    }
+
+    /// Any format 1 seal a node wrote opens to its fields under format 3's
     /// sealer, through the whole change.
     #[test]
     fn any_format_1_seal_still_opens(
@@ -450,4 +531,39 @@ fn a_full_store_evicts_a_sixteenth_even_when_every_entry_has_one_age() {
     }
     // One shard, capped at 32: never emptied by a pass.
     assert!((30..=32).contains(&store.len()), "{}", store.len());
+}
+
+/// The binding store's tables, like the session store's
+/// (`a_churned_full_store_keeps_its_tables_at_their_size`): a full large
+/// store churned by a flood of new sessions keeps every shard's table at
+/// the size its cap needs, instead of doubling on the tombstones its
+/// evictions leave.
+#[test]
+fn a_churned_full_binding_store_keeps_its_tables_at_their_size() {
+    let max = crate::shards::LARGE;
+    let store = BindingStore::new(max as u64, std::time::Duration::from_secs(1 << 30));
+    let (shards, cap) = crate::shards::large_layout(max).unwrap();
+    assert_eq!((store.shards.len(), store.shard_cap), (shards, cap));
+    let room = (cap * 8 / 7).next_power_of_two() / 8 * 7;
+    for i in 0..(4 * max) as u64 {
+        let h = blake3::hash(&i.to_le_bytes());
+        let key = SessionKey::from_bytes(h.as_bytes()[..16].try_into().unwrap());
+        let at = 1_000 + u32::try_from(i / 64).unwrap();
+        store.update(key, u64::from(at), |_| {
+            Some(BindingState {
+                generation: 1,
+                nonce: 1,
+                issued_at: at,
+                ..BindingState::default()
+            })
+        });
+    }
+    assert!(store.len() >= shards * cap * 3 / 4, "{}", store.len());
+    let largest = store
+        .shards
+        .iter()
+        .map(|s| s.lock().unwrap().capacity())
+        .max()
+        .unwrap();
+    assert!(largest <= room, "{largest} > {room}");
 }

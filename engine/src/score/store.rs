@@ -6,12 +6,15 @@
 //! 433 bytes per 136-byte entry at a million entries), which alone breaks
 //! the budget of 256 bytes per tracked session. Here an entry is the 16-byte
 //! key and the 104-byte state in the table itself, nothing else: 121 bytes
-//! with the control byte, at most 254 bytes per session when a table has
-//! just doubled (263 measured with the allocator's share).
+//! with the control byte. A large store's shards are sized so that, full,
+//! their tables are 80–82% used: about 150 bytes per session at capacity
+//! (`crate::shards`; before, a million sessions sat at a table doubling's
+//! worst point, 254 bytes, 263 measured with the allocator's share).
 //!
 //! * Keys are keyed BLAKE3 hashes ([`SessionKey`]), uniform and not chosen by
 //!   clients, so the table hashes them by taking their first eight bytes
-//!   (no second hash), and the shard is picked by their last byte.
+//!   (no second hash), and the shard is picked by their last two
+//!   ([`crate::shards::index`]).
 //! * Each shard holds at most its share of `max_sessions`. When a full shard
 //!   must take a new key, it drops the entries idle for longer than the
 //!   timeout, and if that is not enough, the least recently used sixteenth
@@ -30,6 +33,7 @@ use std::time::Duration;
 
 use super::state::{SessionState, secs32};
 use crate::session::SessionKey;
+use crate::shards;
 
 /// Most shards; a small store has fewer, so that shards are never tiny.
 const MAX_SHARDS: usize = 64;
@@ -64,17 +68,20 @@ impl Hasher for KeyHasher {
 impl SessionStore {
     pub(crate) fn new(max_sessions: u64, idle: Duration) -> Self {
         let max = usize::try_from(max_sessions).unwrap_or(usize::MAX).max(1);
-        let shards = (max / MIN_SHARD).clamp(1, MAX_SHARDS);
+        let (shards, shard_cap) = shards::large_layout(max).unwrap_or_else(|| {
+            let shards = (max / MIN_SHARD).clamp(1, MAX_SHARDS);
+            // Rounded down: the store never holds more than `max_sessions`.
+            (shards, max / shards)
+        });
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            // Rounded down: the store never holds more than `max_sessions`.
-            shard_cap: max / shards,
+            shard_cap,
             idle: secs32(idle.as_secs()).max(1),
         }
     }
 
     fn shard(&self, key: &SessionKey) -> std::sync::MutexGuard<'_, Shard> {
-        let i = usize::from(key.as_bytes()[15]) % self.shards.len();
+        let i = shards::index(key, self.shards.len());
         // A poisoned shard still holds consistent entries: each is replaced
         // whole.
         self.shards[i]
@@ -127,8 +134,11 @@ impl SessionStore {
             .filter(|s| now.saturating_sub(s.touched) < self.idle);
         let mut state = f(held);
         state.touched = state.touched.max(now);
-        if shard.len() >= self.shard_cap && !shard.contains_key(&key) {
-            self.make_room(&mut shard, now);
+        if !shard.contains_key(&key) {
+            if shard.len() >= self.shard_cap {
+                self.make_room(&mut shard, now);
+            }
+            shards::make_space(&mut shard, self.shard_cap);
         }
         shard.insert(key, state);
     }
@@ -294,6 +304,40 @@ mod tests {
         assert!(store.read(&key(2), 100).is_none());
         store.sweep(1_000);
         assert_eq!(store.len(), 0);
+    }
+
+    /// The memory budget's attack: a full large store churned by a flood
+    /// of new sessions (each evicting, erased entries piling up as
+    /// tombstones) and by revocations keeps every shard's table at the
+    /// size its cap needs; without the rebuild the tables doubled and
+    /// never shrank, back to the ~250 bytes a session of the worst
+    /// doubling point (`crate::shards`).
+    #[test]
+    fn a_churned_full_store_keeps_its_tables_at_their_size() {
+        let max = crate::shards::LARGE;
+        let store = SessionStore::new(max as u64, Duration::from_secs(1_000_000));
+        let (shards, cap) = crate::shards::large_layout(max).unwrap();
+        assert_eq!((store.shards.len(), store.shard_cap), (shards, cap));
+        // The most a table of the size for `cap` holds before it grows.
+        let room = (cap * 8 / 7).next_power_of_two() / 8 * 7;
+        let largest = || {
+            store
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap().capacity())
+                .max()
+                .unwrap()
+        };
+        for i in 0..(4 * max) as u64 {
+            let now = u32::try_from(i / 64).unwrap();
+            store.update(key(i), now, |_| state(now));
+            // Every third session is revoked a little later.
+            if i % 3 == 0 && i >= 300 {
+                store.remove(&key(i - 300));
+            }
+        }
+        assert!(store.len() >= store.capacity() * 3 / 4, "{}", store.len());
+        assert!(largest() <= room, "{} > {room}", largest());
     }
 
     #[test]

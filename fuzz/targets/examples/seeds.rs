@@ -265,8 +265,9 @@ fn main() {
         "snapshot-body",
         &engine.scorer().snapshot()[8..],
     );
-    // binding_seal: real seals (format 2) under the target's key, and
-    // edits of one; `seed-seal-0` and `-1` in the corpus are format 1.
+    // binding_seal: real seals (format 3) under the target's key, and
+    // edits of one; `seed-seal-0` and `-1` in the corpus are format 1,
+    // `seed-seal2-*` and `seed-cookie2-*` format 2.
     let sealer = vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None);
     let long = format!("/{}", "segment/".repeat(40));
     for (i, (domain, path)) in [
@@ -293,13 +294,13 @@ fn main() {
         write(
             &dir,
             "binding_seal",
-            &format!("seal2-{i}"),
+            &format!("seal3-{i}"),
             value.as_bytes(),
         );
         write(
             &dir,
             "binding_seal",
-            &format!("cookie2-{i}"),
+            &format!("cookie3-{i}"),
             format!("session=a; __Host-vigil_bind={value}; vigil_bind={value}x").as_bytes(),
         );
     }

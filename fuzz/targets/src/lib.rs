@@ -802,13 +802,13 @@ static SEALER: LazyLock<vigil_engine::binding::Sealer> = LazyLock::new(|| {
     vigil_engine::binding::Sealer::new(&SessionHashKey::from_bytes([5; 32]), None)
 });
 
-/// Arbitrary bytes as a companion value (`Sealer::unseal`, both seal
-/// formats: bounded, never panics; what opens re-seals, as format 2, to
+/// Arbitrary bytes as a companion value (`Sealer::unseal`, every seal
+/// format: bounded, never panics; what opens re-seals, as format 3, to
 /// the same fields, scope included) and as a `Cookie` header carrying it
 /// under the bare and the `__Host-` name (`Companion::read`,
 /// `Companions::read` and the choice among them per session). Nothing but
-/// a seal made with the key opens: the seeds include real seals of both
-/// formats, so that the opening paths and the field checks behind them
+/// a seal made with the key opens: the seeds include real seals of all
+/// three formats, so that the opening paths and the field checks behind them
 /// are reached.
 pub fn binding_seal(data: &[u8]) {
     use vigil_engine::binding::{Companion, Companions, MAX_COMPANION_LEN};
