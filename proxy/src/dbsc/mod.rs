@@ -118,6 +118,46 @@ pub struct Settings {
     /// Registration and refresh requests per session per minute
     /// (`per_session_per_minute`, default 12).
     pub per_session_per_minute: u32,
+    /// What registration does while this node's stream to the controller
+    /// is down (`when_cut_off`, default `serve`).
+    pub when_cut_off: CutOff,
+}
+
+/// What a node cut off from its controller does with registrations
+/// (`[dbsc] when_cut_off`; docs/bound-sessions.md, "A node cut off from
+/// the controller").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CutOff {
+    /// `serve`: registrations are taken on this node alone; the other
+    /// nodes learn them once the controller is back (the records wait in
+    /// the outbox, and are sent again should the outbox drop any).
+    #[default]
+    Serve,
+    /// `refuse_registration`: `503` + `Retry-After` at the registration
+    /// endpoint: the browser registers no DBSC session, and the app
+    /// session goes on unbound everywhere (under `offer`: the rotating
+    /// binding and passive signals; under `require`: refused as unbound),
+    /// so that no node holds a binding the others do not. Refreshes and
+    /// bound sessions are served as ever.
+    RefuseRegistration,
+}
+
+impl Dbsc {
+    /// Whether `path` is the registration endpoint (as sent; an encoded
+    /// variant is `404` at [`Dbsc::endpoint`] anyway).
+    pub fn is_registration(settings: &Settings, path: &str) -> bool {
+        path.strip_prefix(settings.path.as_str()) == Some("/register")
+    }
+
+    /// The answer to a registration on a node cut off from its controller
+    /// under `when_cut_off = "refuse_registration"`: a `5xx`, which the
+    /// browser takes as "not now" rather than as the end of anything.
+    pub fn cut_off() -> Reply {
+        Reply {
+            headers: vec![("retry-after", "5".to_owned())],
+            ..reply(503, "cut_off")
+        }
+    }
 }
 
 impl Default for Settings {
@@ -133,6 +173,7 @@ impl Default for Settings {
             exclude_paths: Vec::new(),
             per_client_per_minute: 60,
             per_session_per_minute: 12,
+            when_cut_off: CutOff::Serve,
         }
     }
 }
@@ -340,7 +381,9 @@ impl Dbsc {
     /// `vigil_proxy_fleet_changes_applied_total`: `dbsc_bound` (taken),
     /// `dbsc_bound_evicting` (taken in place of the entry used least
     /// recently: the store is full), `dbsc_bound_unchanged` (held
-    /// already, or an alias of a binding not held here), `dbsc_bound_full`
+    /// already, or an alias of a binding not held here),
+    /// `dbsc_bound_replacing` (taken in place of a different registration
+    /// of the session made on this node, which lost), `dbsc_bound_full`
     /// (not taken: no room could be made), `dbsc_bound_refused` (an id no
     /// node of this fleet made, or a key that does not read).
     pub fn adopt(&self, settings: &Settings, binding: &DbscBinding, now: u64) -> &'static str {
@@ -375,10 +418,65 @@ impl Dbsc {
         match done {
             Ok(Bind::New) => "dbsc_bound",
             Ok(Bind::Evicted) => "dbsc_bound_evicting",
+            Ok(Bind::Replaced) => {
+                // The registration race lost here: whoever registered on
+                // this node (possibly a thief holding the owner's offer)
+                // holds a key the session is no longer bound to, and is
+                // refused from now on.
+                tracing::warn!(
+                    session = %session.short(),
+                    "dbsc: the fleet's binding replaced another registration of this session taken here; the local one lost the race"
+                );
+                "dbsc_bound_replacing"
+            }
             Ok(Bind::Same | Bind::Other) => "dbsc_bound_unchanged",
             Err(StoreError::Full) => "dbsc_bound_full",
             Err(StoreError::Unavailable) => "dbsc_bound_unavailable",
         }
+    }
+
+    /// Every binding this node holds, as the fleet's records (roots, then
+    /// the sessions that inherited one): what a node sends the controller
+    /// again when some of its own records may have been lost on the way
+    /// (`crate::fleet_sync`). The controller takes a record it holds as
+    /// held and refuses one that differs from the first it took, so
+    /// sending what came from the fleet again changes nothing.
+    pub fn records(&self) -> Vec<DbscBinding> {
+        let mut roots = HashMap::new();
+        let mut out = Vec::new();
+        for entry in self.store.entries() {
+            match entry {
+                store::Entry::Root {
+                    session,
+                    id,
+                    key,
+                    at,
+                    ..
+                } => {
+                    let key = DbscKey(key.to_bytes());
+                    roots.insert(session, (id, key.clone()));
+                    out.push(DbscBinding {
+                        session: SessionId(*session.as_bytes()),
+                        id: SessionId(id),
+                        root: None,
+                        key,
+                        at,
+                    });
+                }
+                store::Entry::Alias { session, root, at } => {
+                    if let Some((id, key)) = roots.get(&root) {
+                        out.push(DbscBinding {
+                            session: SessionId(*session.as_bytes()),
+                            id: SessionId(*id),
+                            root: Some(SessionId(*root.as_bytes())),
+                            key: key.clone(),
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The DBSC id of a registration: of `offer` by `key`, for `session`.

@@ -26,6 +26,7 @@ mod idp;
 mod origin;
 mod proxy;
 mod raw;
+mod relay;
 mod tls;
 
 #[allow(unused_imports)] // Each test crate uses a subset.
@@ -48,5 +49,7 @@ pub(crate) use origin::{
 pub(crate) use proxy::{DemoAddrs, Metrics, Proxy};
 #[allow(unused_imports)]
 pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get, read_response};
+#[allow(unused_imports)]
+pub(crate) use relay::Relay;
 #[allow(unused_imports)]
 pub(crate) use tls::{Ca, Leaf};
