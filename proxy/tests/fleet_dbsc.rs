@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{CHROME, Ca, Config, Leaf, Origin, Proxy, REQUEST_TIMEOUT, Relay, Route, free_addr};
+use common::{
+    CHROME, Ca, Config, FLEET_KEY, InProcessController, Leaf, Origin, Proxy, REQUEST_TIMEOUT,
+    Relay, Route, free_addr, write_fleet_key,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 
@@ -80,12 +83,11 @@ struct Node {
 struct Fleet {
     a: Node,
     b: Node,
-    controller: SocketAddr,
+    controller: InProcessController,
     /// Each node reaches the controller through a relay of its own, which
     /// a test cuts to cut that node off.
     relay_a: Relay,
     relay_b: Relay,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     _origin: Origin,
     _ca: Ca,
     _leaf: Leaf,
@@ -108,36 +110,17 @@ impl Fleet {
     /// With `controller` lines added to each node's `[controller]`.
     async fn start_with(dbsc: &str, controller: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("fleet-hash.key");
-        std::fs::write(&key, "5a".repeat(32)).unwrap();
-        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
-        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        bound.set_nonblocking(true).unwrap();
-        let listen = bound.local_addr().unwrap();
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{listen}\"\nstore = \"sqlite://{}\"\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
-                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-                dir.path().join("controller.db").display(),
-                key.display().to_string(),
-                hash(NODE_A),
-                hash(NODE_B),
-            ),
-        )
-        .unwrap();
-        let config = vigil_controller::Config::load(&config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let bound = tokio::net::TcpListener::from_std(bound).unwrap();
-        tokio::spawn(async move {
-            vigil_controller::run_on(bound, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let key = write_fleet_key(dir.path());
+        let store = format!("sqlite://{}", dir.path().join("controller.db").display());
+        let ctl = InProcessController::start(
+            dir.path(),
+            "controller.toml",
+            &store,
+            &key,
+            ADMIN,
+            &[("a", NODE_A), ("b", NODE_B)],
+        );
+        let listen = ctl.addr();
         let ca = Ca::new("Test CA");
         let leaf = ca.leaf(&[HOST]);
         let origin = Origin::start();
@@ -166,10 +149,9 @@ impl Fleet {
         Fleet {
             a,
             b,
-            controller: listen,
+            controller: ctl,
             relay_a,
             relay_b,
-            stop: Some(stop),
             _origin: origin,
             _ca: ca,
             _leaf: leaf,
@@ -433,7 +415,7 @@ async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
 
     // B restarts with the controller gone: what it knows, it knows from its
     // snapshot alone.
-    let _ = fleet.stop.take().unwrap().send(());
+    fleet.controller.stop();
     let ca = fleet._ca;
     let b = fleet.b.restart(&ca).await;
     b.proxy.wait_for_log("dbsc bindings restored").await;
@@ -557,7 +539,7 @@ async fn the_controller_keeps_the_first_binding_of_a_session() {
     // real key under an id a node would take (in the session's shard, its
     // seal good under the fleet's key), so only the controller stands in
     // the way.
-    let url = format!("http://{}", fleet.controller);
+    let url = format!("http://{}", fleet.controller.addr());
     let session = session_key("first");
     let thief = Key::new();
     let forged = serde_json::json!({
@@ -611,7 +593,7 @@ fn dbsc_id(session: &str) -> [u8; 16] {
     let shard = u8::from_str_radix(&session[..2], 16).unwrap() % 16;
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&[0x70 | shard, 1, 2, 3, 4, 5, 6, 7]);
-    let key = blake3::derive_key("vigil 2026-12 dbsc session id", &[0x5a; 32]);
+    let key = blake3::derive_key("vigil 2026-12 dbsc session id", &FLEET_KEY);
     let mut seal = blake3::Hasher::new_keyed(&key);
     seal.update(b"seal").update(&id[..8]);
     id[8..].copy_from_slice(&seal.finalize().as_bytes()[..8]);
@@ -622,7 +604,7 @@ fn dbsc_id(session: &str) -> [u8; 16] {
 fn session_key(value: &str) -> String {
     let engine = vigil_engine::Engine::new(
         vigil_engine::EngineConfig::default(),
-        vigil_engine::SessionHashKey::from_bytes([0x5a; 32]),
+        vigil_engine::SessionHashKey::from_bytes(FLEET_KEY),
     );
     engine
         .key_for_cookie("session", value.as_bytes())

@@ -22,6 +22,7 @@
 
 mod client;
 mod config;
+mod controller;
 mod idp;
 mod origin;
 mod proxy;
@@ -35,6 +36,8 @@ pub(crate) use client::{
 };
 #[allow(unused_imports)]
 pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
+#[allow(unused_imports)]
+pub(crate) use controller::{FLEET_KEY, InProcessController, write_fleet_key};
 #[allow(unused_imports)]
 pub(crate) use idp::{
     ACR_MFA, ACR_PWD, Account, CLIENT_ID, CLIENT_SECRET, Followed, FormClient, Idp, IdpClient,
