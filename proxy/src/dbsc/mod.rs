@@ -291,6 +291,21 @@ impl std::fmt::Debug for Dbsc {
     }
 }
 
+/// An offer or a challenge: `body ‖ tag(subject ‖ body)`, the subject
+/// (the session key of an offer, the DBSC id of a challenge) bound in
+/// without being carried. One layout for both, each under its own key.
+fn seal_token(key: &[u8; 32], subject: &[u8], body: [u8; 16]) -> [u8; 32] {
+    let mut t = [0u8; 32];
+    t[..16].copy_from_slice(&body);
+    t[16..].copy_from_slice(&tag(key, &[subject, &body]));
+    t
+}
+
+/// Whether `t` was sealed by [`seal_token`] under `key` for `subject`.
+fn token_opens(key: &[u8; 32], subject: &[u8], t: &[u8; 32]) -> bool {
+    same_tag(&t[16..], &tag(key, &[subject, &t[..16]]))
+}
+
 /// The first 16 bytes of the keyed BLAKE3 of `parts`.
 fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
     let mut h = blake3::Hasher::new_keyed(key);
@@ -623,13 +638,10 @@ impl Dbsc {
     /// A sealed registration offer for `session`, made at `now`:
     /// `at ‖ nonce ‖ tag`.
     fn offer_token(&self, session: &SessionKey, now: u64) -> OfferToken {
-        let nonce: [u8; 8] = rand::random();
-        let at = now.to_be_bytes();
-        let mut t = [0u8; 32];
-        t[..8].copy_from_slice(&at);
-        t[8..16].copy_from_slice(&nonce);
-        t[16..].copy_from_slice(&tag(&self.keys.offer, &[session.as_bytes(), &at, &nonce]));
-        t
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&now.to_be_bytes());
+        body[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+        seal_token(&self.keys.offer, session.as_bytes(), body)
     }
 
     /// Which of `carried` the offer `token` was made for, if its seal
@@ -643,15 +655,10 @@ impl Dbsc {
     ) -> Option<SessionKey> {
         // The seal first: nothing the client chose is computed with before
         // it verifies.
-        let session = carried.iter().copied().find(|s| {
-            same_tag(
-                &token[16..],
-                &tag(
-                    &self.keys.offer,
-                    &[s.as_bytes(), &token[..8], &token[8..16]],
-                ),
-            )
-        })?;
+        let session = carried
+            .iter()
+            .copied()
+            .find(|s| token_opens(&self.keys.offer, s.as_bytes(), token))?;
         let at = u64::from_be_bytes(token[..8].try_into().ok()?);
         if at.saturating_add(window) <= now || at > now.saturating_add(SKEW) {
             return None;
@@ -662,19 +669,16 @@ impl Dbsc {
     /// A sealed refresh challenge for DBSC session `id` at refresh counter
     /// `counter`: `at ‖ counter ‖ nonce ‖ tag`.
     fn challenge(&self, id: &Token, counter: u32, now: u64) -> [u8; 32] {
-        let nonce: [u8; 4] = rand::random();
-        let mut t = [0u8; 32];
-        t[..8].copy_from_slice(&now.to_be_bytes());
-        t[8..12].copy_from_slice(&counter.to_be_bytes());
-        t[12..16].copy_from_slice(&nonce);
-        let mac = tag(&self.keys.challenge, &[id, &t[..16]]);
-        t[16..].copy_from_slice(&mac);
-        t
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&now.to_be_bytes());
+        body[8..12].copy_from_slice(&counter.to_be_bytes());
+        body[12..].copy_from_slice(&rand::random::<[u8; 4]>());
+        seal_token(&self.keys.challenge, id, body)
     }
 
     /// A challenge's issue time and counter, if its seal verifies for `id`.
     fn challenge_of(&self, id: &Token, t: &[u8; 32]) -> Option<(u64, u32)> {
-        if !same_tag(&t[16..], &tag(&self.keys.challenge, &[id, &t[..16]])) {
+        if !token_opens(&self.keys.challenge, id, t) {
             return None;
         }
         Some((
@@ -683,8 +687,9 @@ impl Dbsc {
         ))
     }
 
-    /// A sealed bound cookie: `id ‖ until ‖ counter ‖ tag`.
-    fn cookie(&self, id: &Token, until: u64, counter: u32) -> String {
+    /// A sealed bound cookie: `id ‖ until ‖ counter ‖ tag` (public for
+    /// the benches and tests, which need a cookie as issued).
+    pub fn sealed_cookie(&self, id: &Token, until: u64, counter: u32) -> String {
         let mut c = [0u8; 44];
         c[..16].copy_from_slice(id);
         c[16..24].copy_from_slice(&until.to_be_bytes());
@@ -692,11 +697,6 @@ impl Dbsc {
         let mac = tag(&self.keys.cookie, &[&c[..28]]);
         c[28..].copy_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(c)
-    }
-
-    /// A bound cookie for `id` as [`Dbsc`] issues it (benches and tests).
-    pub fn sealed_cookie(&self, id: &Token, until: u64, counter: u32) -> String {
-        self.cookie(id, until, counter)
     }
 
     /// What a bound cookie says, if its seal verifies.
@@ -735,7 +735,7 @@ impl Dbsc {
         let until = now
             .saturating_add(s.cookie_lifetime)
             .saturating_add(COOKIE_GRACE);
-        let cookie = self.cookie(id, until, counter);
+        let cookie = self.sealed_cookie(id, until, counter);
         granted(
             s,
             outcome,
