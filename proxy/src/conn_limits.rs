@@ -238,6 +238,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             return None;
         };
         let _open = Open::new(&self.metrics.open, permit);
+        // Counted before the first await (the h2c preface peek waits for
+        // the client's bytes): a stop beginning meanwhile waits for this
+        // connection's first head too. What is left uncovered is the
+        // instant between Pingora's accept and this task's first poll.
+        let fresh = FreshGuard::new(&self.fresh);
         let accepted = Instant::now();
         let deadline = accepted + self.limits.header_timeout;
         let h2 = if stream.get_ssl_digest().is_some() {
@@ -256,6 +261,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             false
         };
         if h2 {
+            // HTTP/2 has no first head to wait for here.
+            drop(fresh);
             let cookie = stream
                 .get_socket_digest()
                 .and_then(|d| d.socket_cookie().ok())
@@ -275,8 +282,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         }
 
         let clock = Arc::new(HeadClock::started_at(accepted));
-        if let Ok(mut fresh) = clock.fresh.lock() {
-            *fresh = Some(FreshGuard::new(&self.fresh));
+        if let Ok(mut held) = clock.fresh.lock() {
+            *held = Some(fresh);
         }
         let limited: Stream = Box::new(HeadLimited {
             inner: stream,

@@ -750,6 +750,14 @@ pub struct FleetSync {
     /// node's allowance of binding records on refusals, and with it hold
     /// back every other session's records.
     parked_marks: Mutex<(u64, Vec<vigil_engine::FleetBinding>)>,
+    /// The outbox's count of dropped events when this node last sent its
+    /// DBSC bindings again; more dropped since (the outbox was full while
+    /// the controller was away) and the next stream's hello sends them all
+    /// again ([`FleetSync::dbsc_resend`]).
+    dbsc_resent_at: AtomicU64,
+    /// DBSC records waiting to be sent again, posted by the bindings loop
+    /// a batch at a time, kept on failure.
+    dbsc_resend: Mutex<Vec<vigil_fleet::DbscBinding>>,
 }
 
 /// Why a sync stream ended.
@@ -841,6 +849,8 @@ impl FleetSync {
             dbsc: None,
             bindings_posted: AtomicU64::new(0),
             parked_marks: Mutex::new((0, Vec::new())),
+            dbsc_resent_at: AtomicU64::new(0),
+            dbsc_resend: Mutex::new(Vec::new()),
         })
     }
 
@@ -1023,6 +1033,7 @@ impl FleetSync {
                     self.version.store(cursor.version(), Ordering::Release);
                     self.heard.notify_one();
                     self.metrics.connected.set(1);
+                    self.dbsc_resend();
                     tracing::debug!(since, head = cursor.head(), "fleet sync: stream open");
                 }
                 self.metrics.head.set(gauge(cursor.head()));
@@ -1370,6 +1381,85 @@ impl FleetSync {
         }
     }
 
+    /// On a stream's hello: when the outbox dropped events since the last
+    /// time (it drops its oldest when full, as while the controller is
+    /// away long), this node's DBSC registrations may be among them, and
+    /// the other nodes would never learn those bindings. So every binding
+    /// this node holds is queued to be sent again (the controller takes
+    /// what it holds already as held). Rotating-binding records and marks
+    /// need nothing of the kind: they wait in the engine until taken.
+    fn dbsc_resend(&self) {
+        let Some((dbsc, _)) = &self.dbsc else { return };
+        let dropped = self.metrics.events_dropped.get();
+        if dropped <= self.dbsc_resent_at.swap(dropped, Ordering::AcqRel) {
+            return;
+        }
+        let records = dbsc.records();
+        if records.is_empty() {
+            return;
+        }
+        tracing::info!(
+            bindings = records.len(),
+            "fleet events: events were dropped while the controller was away; sending this node's DBSC bindings again"
+        );
+        *self
+            .dbsc_resend
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = records;
+    }
+
+    /// Posts a batch of the DBSC records waiting to be sent again
+    /// ([`FleetSync::dbsc_resend`]); how many were taken.
+    async fn post_dbsc_resend(&self) -> Result<usize, String> {
+        let batch: Vec<vigil_fleet::DbscBinding> = {
+            let mut waiting = self
+                .dbsc_resend
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = waiting.len().min(MAX_EVENTS);
+            waiting.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<NodeEvent> = batch
+            .iter()
+            .map(|binding| NodeEvent {
+                id: format!(
+                    "{}-b{}",
+                    self.outbox.prefix,
+                    self.bindings_posted.fetch_add(1, Ordering::Relaxed)
+                ),
+                kind: NodeEventKind::DbscBound {
+                    binding: binding.clone(),
+                },
+            })
+            .collect();
+        match self.post(events).await {
+            Ok(_) => {
+                self.metrics.events_sent.inc_by(batch.len() as u64);
+                Ok(batch.len())
+            }
+            Err(PostError::Refused(status)) => {
+                tracing::warn!(
+                    status,
+                    records = batch.len(),
+                    "fleet events: the controller refused DBSC records sent again as malformed; dropped"
+                );
+                Ok(0)
+            }
+            Err(PostError::Retry(e)) => {
+                let mut waiting = self
+                    .dbsc_resend
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let later = std::mem::replace(&mut *waiting, batch);
+                waiting.extend(later);
+                Err(e)
+            }
+        }
+    }
+
     /// Posts binding records apart from the durable queue of events, so
     /// that neither waits for the other: a refusal (429) or a failure of
     /// one leaves the other going (review finding 2).
@@ -1385,7 +1475,10 @@ impl FleetSync {
                 }
             }
             let posted = tokio::select! {
-                r = self.post_bindings() => r,
+                r = async {
+                    let again = self.post_dbsc_resend().await?;
+                    Ok::<usize, String>(again + self.post_bindings().await?)
+                } => r,
                 _ = shutdown.changed() => return,
             };
             let wait = match posted {

@@ -499,18 +499,28 @@ impl VigilProxy {
         };
         let client = self.engine.resolve_client(&view, self.forwarded).addr;
         let sessions = self.engine.credential_keys(&req.headers);
-        let reply = self.dbsc.endpoint(
-            settings,
-            &dbsc::Ask {
-                method: req.method.as_str(),
-                path,
-                headers: &req.headers,
-                host: request_host(req),
-                client,
-                sessions: &sessions,
-                now: now_secs(),
-            },
-        );
+        // Cut off from the controller: no binding the other nodes would
+        // not learn, if the operator said so.
+        let cut_off = settings.when_cut_off == dbsc::CutOff::RefuseRegistration
+            && self.fleet.is_some()
+            && self.metrics.fleet.connected.get() == 0
+            && Dbsc::is_registration(settings, path);
+        let reply = if cut_off {
+            Dbsc::cut_off()
+        } else {
+            self.dbsc.endpoint(
+                settings,
+                &dbsc::Ask {
+                    method: req.method.as_str(),
+                    path,
+                    headers: &req.headers,
+                    host: request_host(req),
+                    client,
+                    sessions: &sessions,
+                    now: now_secs(),
+                },
+            )
+        };
         let step = if path.ends_with("/refresh") {
             "refresh"
         } else {

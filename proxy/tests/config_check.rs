@@ -367,3 +367,74 @@ impl Bounds {
         connection_idle: 1,
     };
 }
+
+/// Vigil's companion, its DBSC cookie and the app's session cookie named
+/// alike: `check` and `run` refuse the file alike, each collision named
+/// with the file and its key in one run (the companion's `__Host-` name is
+/// the DBSC cookie's; the DBSC cookie is the app's session cookie, which
+/// Vigil would take out of every request to the app).
+#[test]
+fn check_and_run_refuse_colliding_cookie_names_alike() {
+    let dir = TempDir::new().unwrap();
+    let config = format!(
+        "[server]\nstate_dir = {:?}\n\n[[listeners]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[upstreams]]\nname = \"app\"\naddresses = [\"127.0.0.1:3000\"]\n\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\ndbsc = \"offer\"\n\n\
+         [session]\ncookies = [\"sid\", \"__Host-sid\"]\n\n[binding]\nenabled = true\ncookie_name = \"vigil-dbsc\"\n\n\
+         [dbsc]\ncookie_name = \"__Host-sid\"\n",
+        dir.path().display().to_string()
+    );
+    let path = write(&dir, "collide.toml", &config);
+    let prefix = format!("error: {}: ", path.display());
+    // The DBSC cookie named as the app's session cookie.
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let checked = text(&output.stderr);
+    assert!(
+        checked.contains(&format!(
+            "{prefix}dbsc.cookie_name: \"__Host-sid\" is a session cookie of the app"
+        )),
+        "{checked}"
+    );
+
+    // With the default DBSC name, the companion's `__Host-` name is it.
+    let config = config.replace("[dbsc]\ncookie_name = \"__Host-sid\"\n", "");
+    let path = write(&dir, "collide.toml", &config);
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let checked = text(&output.stderr);
+    assert!(
+        checked.contains(&format!(
+            "{prefix}binding.cookie_name: \"vigil-dbsc\" collides with [dbsc] cookie_name \"__Host-vigil-dbsc\""
+        )),
+        "{checked}"
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Polls the process itself; a proxy that starts anyway is killed here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("run exits on colliding cookie names instead of serving");
+    assert!(!status.success());
+    let mut ran = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut ran).unwrap();
+    for line in checked.lines().filter(|l| l.starts_with(&prefix)) {
+        assert!(ran.contains(line), "check said {line:?}; run said:\n{ran}");
+    }
+}

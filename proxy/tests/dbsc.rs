@@ -88,14 +88,20 @@ struct Granted {
 
 impl Edge {
     async fn start(route: Route, dbsc: &str) -> Edge {
+        Edge::start_routes(vec![route], dbsc).await
+    }
+
+    async fn start_routes(routes: Vec<Route>, dbsc: &str) -> Edge {
         let ca = Ca::new("Test CA");
         let leaf = ca.leaf(&[HOST]);
         let origin = Origin::start();
-        let config = Config::new()
+        let mut config = Config::new()
             .tls_listener("https", free_addr(), true, &[&leaf])
             .section(&format!("[dbsc]\n{dbsc}"))
-            .upstream("app", origin.addr())
-            .route(route);
+            .upstream("app", origin.addr());
+        for route in routes {
+            config = config.route(route);
+        }
         let proxy = Proxy::start(&config.render()).await;
         let addr = proxy.listener("https");
         let client = common::tls_client_builder()
@@ -332,6 +338,61 @@ async fn a_bound_session_needs_its_cookie_and_refreshes_with_proofs_of_its_key()
         ),
         1.0
     );
+}
+
+/// The bound cookie is host-wide (`__Host-`, `Path=/`): the browser sends
+/// it to every route of the host, those without DBSC too. The apps behind
+/// them must never see it (an app that logs cookies would leak a value any
+/// node of the fleet takes as proof), however the jar is sent: in a second
+/// `Cookie` header, twice, with spaces around it, first or last.
+#[tokio::test]
+async fn the_bound_cookie_never_reaches_the_app_of_a_route_without_dbsc() {
+    let edge = Edge::start_routes(
+        vec![
+            dbsc_route(),
+            Route::new("plain", "/plain", "app").dbsc("off"),
+        ],
+        ROOMY,
+    )
+    .await;
+    let key = Key::new();
+    let g = edge.bind("s1", &key).await;
+    let bound = format!("{COOKIE}={}", g.cookie);
+    for cookies in [
+        vec![format!("session=s1; {bound}; theme=dark")],
+        vec![format!("{bound}; session=s1;theme=dark")],
+        vec![format!("session=s1;{bound};theme=dark;{bound}")],
+        vec!["session=s1; theme=dark".to_owned(), bound.clone()],
+        vec![format!("  {bound} ; session=s1"), "theme=dark".to_owned()],
+    ] {
+        let mut req = edge
+            .client
+            .get(format!("{}/plain/page", edge.base))
+            .header("user-agent", CHROME);
+        for c in &cookies {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{cookies:?}");
+        let echo = r.text().await.unwrap();
+        assert!(echo.starts_with("GET /plain/page\n"), "{echo}");
+        assert!(!echo.contains(COOKIE), "{cookies:?}: {echo}");
+        assert!(!echo.contains(&g.cookie), "{cookies:?}: {echo}");
+        // The app's own cookies all arrive.
+        let sent: Vec<&str> = echo
+            .lines()
+            .filter_map(|l| l.strip_prefix("cookie: "))
+            .flat_map(|l| l.split(';'))
+            .map(str::trim)
+            .collect();
+        for own in ["session=s1", "theme=dark"] {
+            assert!(sent.contains(&own), "{own} lost: {echo}");
+        }
+    }
+    // No bound cookie: the jar goes as sent.
+    let r = edge.get("/plain/page", "session=s1; theme=dark").await;
+    let echo = r.text().await.unwrap();
+    assert!(echo.contains("cookie: session=s1; theme=dark\n"), "{echo}");
 }
 
 #[tokio::test]

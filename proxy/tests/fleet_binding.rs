@@ -16,7 +16,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Browser, Config, Origin, Proxy, Route, closed_port};
+use common::{
+    Browser, Config, FLEET_KEY, InProcessController, Origin, Proxy, Route, closed_port,
+    write_fleet_key,
+};
 
 const NODE_A: &str = "fleet-node-a-token-0123";
 const NODE_B: &str = "fleet-node-b-token-0123";
@@ -27,8 +30,7 @@ const POLL: Duration = Duration::from_millis(10);
 const REFUSED: u16 = 403;
 
 struct Fleet {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    _controller: InProcessController,
     a: Proxy,
     b: Proxy,
     _origin: Origin,
@@ -43,41 +45,17 @@ struct Fleet {
 impl Fleet {
     async fn start() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("fleet-hash.key");
-        std::fs::write(&key, "5a".repeat(32)).unwrap();
-        std::fs::write(
-            dir.path().join("admin.token"),
-            "fleet-admin-token-0123456789",
-        )
-        .unwrap();
-        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        bound.set_nonblocking(true).unwrap();
-        let listen = bound.local_addr().unwrap();
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{listen}\"\nstore = \"sqlite://{}\"\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
-                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-                dir.path().join("controller.db").display(),
-                key.display().to_string(),
-                hash(NODE_A),
-                hash(NODE_B),
-            ),
-        )
-        .unwrap();
+        let key = write_fleet_key(dir.path());
         let store_url = format!("sqlite://{}", dir.path().join("controller.db").display());
-        let config = vigil_controller::Config::load(&config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let bound = tokio::net::TcpListener::from_std(bound).unwrap();
-        let task = tokio::spawn(async move {
-            vigil_controller::run_on(bound, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let controller = InProcessController::start(
+            dir.path(),
+            "controller.toml",
+            &store_url,
+            &key,
+            "fleet-admin-token-0123456789",
+            &[("a", NODE_A), ("b", NODE_B)],
+        );
+        let listen = controller.addr();
         let origin = Origin::start();
         let a_config = node(dir.path(), &key, "a", NODE_A, listen, origin.addr());
         let b_config = node(dir.path(), &key, "b", NODE_B, listen, origin.addr());
@@ -91,8 +69,7 @@ impl Fleet {
             .await
             .unwrap();
         Fleet {
-            stop: Some(stop),
-            task,
+            _controller: controller,
             a,
             b,
             _origin: origin,
@@ -131,7 +108,7 @@ impl Fleet {
 fn session_id(value: &str) -> vigil_fleet::SessionId {
     let engine = vigil_engine::Engine::new(
         vigil_engine::EngineConfig::default(),
-        vigil_engine::SessionHashKey::from_bytes([0x5a; 32]),
+        vigil_engine::SessionHashKey::from_bytes(FLEET_KEY),
     );
     let key = engine.key_for_cookie("session", value.as_bytes()).unwrap();
     vigil_fleet::SessionId(*key.as_bytes())
@@ -334,8 +311,7 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
     );
     fleet.synced(&fleet.b, "s-restart", 2).await;
     let Fleet {
-        stop,
-        task,
+        _controller: mut controller,
         a,
         b,
         _origin,
@@ -384,10 +360,7 @@ async fn a_copied_jar_is_refused_on_the_other_node_once_the_owners_rotation_reac
     let _ = key;
     drop(a);
     drop(b);
-    if let Some(stop) = stop {
-        let _ = stop.send(());
-    }
-    task.abort();
+    controller.stop();
 }
 
 /// An owner's browser sends 20 requests at once, spread over both nodes,
@@ -436,9 +409,9 @@ async fn parallel_owner_requests_over_two_nodes_across_a_rotation_are_all_allowe
     // can get a node's re-issuance beside the rotation's successor; which
     // one a browser keeps then is the single-node lost-response limit
     // (docs/bound-sessions.md, Remaining work).
-    let Fleet { stop, task, .. } = fleet;
-    if let Some(stop) = stop {
-        let _ = stop.send(());
-    }
-    task.abort();
+    let Fleet {
+        _controller: mut controller,
+        ..
+    } = fleet;
+    controller.stop();
 }

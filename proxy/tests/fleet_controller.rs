@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Browser, Config, Echo, Origin, Proxy, Route};
+use common::{Browser, Config, Echo, InProcessController, Origin, Proxy, Route, write_fleet_key};
 
 const ADMIN: &str = "fleet-admin-token-0123456789";
 const NODE_A: &str = "fleet-node-a-token-0123";
@@ -21,7 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Fleet {
     controller: SocketAddr,
-    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    stop: Vec<InProcessController>,
     a: Proxy,
     b: Proxy,
     _origin: Origin,
@@ -55,9 +55,7 @@ impl Fleet {
         tweak: impl Fn(Config) -> Config,
     ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("fleet-hash.key");
-        std::fs::write(&key, "5a".repeat(32)).unwrap();
-        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        let key = write_fleet_key(dir.path());
         let pg = if postgres {
             sqlx::any::install_default_drivers();
             let name = format!("vigil_fleet_{:016x}", rand::random::<u64>());
@@ -74,41 +72,21 @@ impl Fleet {
             Some(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
             None => format!("sqlite://{}", dir.path().join("controller.db").display()),
         };
-        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
         // On PostgreSQL, two replicas of one database: node A on the
         // first, node B on the second.
         let mut replicas = Vec::new();
         let mut stops = Vec::new();
         for i in 0..if postgres { 2 } else { 1 } {
-            // Held from here: a test beside this one cannot take the port
-            // before the controller serves on it.
-            let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            bound.set_nonblocking(true).unwrap();
-            let listen = bound.local_addr().unwrap();
-            let config = dir.path().join(format!("controller-{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"{listen}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
-                     [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-                    key.display().to_string(),
-                    hash(NODE_A),
-                    hash(NODE_B),
-                ),
-            )
-            .unwrap();
-            let config = vigil_controller::Config::load(&config).unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let bound = tokio::net::TcpListener::from_std(bound).unwrap();
-            tokio::spawn(async move {
-                vigil_controller::run_on(bound, config, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-            replicas.push(listen);
-            stops.push(stop);
+            let controller = InProcessController::start(
+                dir.path(),
+                &format!("controller-{i}.toml"),
+                &store,
+                &key,
+                ADMIN,
+                &[("a", NODE_A), ("b", NODE_B)],
+            );
+            replicas.push(controller.addr());
+            stops.push(controller);
         }
         let controller = replicas[0];
         let origin = Origin::start();
@@ -178,8 +156,8 @@ impl Fleet {
     }
 
     async fn stop(mut self) {
-        for stop in self.stop.drain(..) {
-            let _ = stop.send(());
+        for mut controller in self.stop.drain(..) {
+            controller.stop();
         }
         drop(self.a);
         drop(self.b);
@@ -688,8 +666,7 @@ struct GappyFleet {
 impl GappyFleet {
     async fn start(drop_seq: u64) -> GappyFleet {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("fleet-hash.key");
-        std::fs::write(&key, "5a".repeat(32)).unwrap();
+        let key = write_fleet_key(dir.path());
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         // Held until the controller takes it: a port released and bound
         // again later could be taken in between by another test.

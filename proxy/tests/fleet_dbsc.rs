@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{CHROME, Ca, Config, Leaf, Origin, Proxy, REQUEST_TIMEOUT, Route, free_addr};
+use common::{
+    CHROME, Ca, Config, FLEET_KEY, InProcessController, Leaf, Origin, Proxy, REQUEST_TIMEOUT,
+    Relay, Route, free_addr, write_fleet_key,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 
@@ -24,7 +27,9 @@ const COOKIE: &str = "__Host-vigil-dbsc";
 const NODE_A: &str = "dbsc-node-a-token-0123456";
 const NODE_B: &str = "dbsc-node-b-token-0123456";
 const ADMIN: &str = "dbsc-admin-token-0123456789";
-const DEADLINE: Duration = Duration::from_secs(30);
+/// Generous: a debug build on a busy machine, and a node's back-off after
+/// the controller was away for a few seconds.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A browser's session key, signing as Chromium does.
 struct Key(EcdsaKeyPair);
@@ -78,8 +83,11 @@ struct Node {
 struct Fleet {
     a: Node,
     b: Node,
-    controller: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    controller: InProcessController,
+    /// Each node reaches the controller through a relay of its own, which
+    /// a test cuts to cut that node off.
+    relay_a: Relay,
+    relay_b: Relay,
     _origin: Origin,
     _ca: Ca,
     _leaf: Leaf,
@@ -96,41 +104,29 @@ struct Granted {
 
 impl Fleet {
     async fn start(dbsc: &str) -> Fleet {
+        Fleet::start_with(dbsc, "").await
+    }
+
+    /// With `controller` lines added to each node's `[controller]`.
+    async fn start_with(dbsc: &str, controller: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("fleet-hash.key");
-        std::fs::write(&key, "5a".repeat(32)).unwrap();
-        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
-        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        bound.set_nonblocking(true).unwrap();
-        let listen = bound.local_addr().unwrap();
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{listen}\"\nstore = \"sqlite://{}\"\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n\
-                 [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n[[nodes]]\nname = \"b\"\ntoken_sha256 = \"{}\"\n",
-                dir.path().join("controller.db").display(),
-                key.display().to_string(),
-                hash(NODE_A),
-                hash(NODE_B),
-            ),
-        )
-        .unwrap();
-        let config = vigil_controller::Config::load(&config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let bound = tokio::net::TcpListener::from_std(bound).unwrap();
-        tokio::spawn(async move {
-            vigil_controller::run_on(bound, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let key = write_fleet_key(dir.path());
+        let store = format!("sqlite://{}", dir.path().join("controller.db").display());
+        let ctl = InProcessController::start(
+            dir.path(),
+            "controller.toml",
+            &store,
+            &key,
+            ADMIN,
+            &[("a", NODE_A), ("b", NODE_B)],
+        );
+        let listen = ctl.addr();
         let ca = Ca::new("Test CA");
         let leaf = ca.leaf(&[HOST]);
         let origin = Origin::start();
-        let node = |name: &str, token: &str| -> String {
+        let relay_a = Relay::start(listen).await;
+        let relay_b = Relay::start(listen).await;
+        let node = |name: &str, token: &str, via: SocketAddr| -> String {
             let state = dir.path().join(name);
             std::fs::create_dir_all(&state).unwrap();
             let token_file = state.join("controller.token");
@@ -142,19 +138,20 @@ impl Fleet {
                 .route(Route::new("app", "/", "app").dbsc("offer"))
                 .section(&format!("[dbsc]\nper_client_per_minute = 10000\nper_session_per_minute = 10000\n{dbsc}"))
                 .section(&format!(
-                    "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{listen}\"\ntoken_file = {:?}\n",
+                    "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{via}\"\ntoken_file = {:?}\n{controller}",
                     key.display().to_string(),
                     token_file.display().to_string()
                 ))
                 .render()
         };
-        let a = Node::start(node("a", NODE_A), &ca).await;
-        let b = Node::start(node("b", NODE_B), &ca).await;
+        let a = Node::start(node("a", NODE_A, relay_a.addr()), &ca).await;
+        let b = Node::start(node("b", NODE_B, relay_b.addr()), &ca).await;
         Fleet {
             a,
             b,
-            controller: listen,
-            stop: Some(stop),
+            controller: ctl,
+            relay_a,
+            relay_b,
             _origin: origin,
             _ca: ca,
             _leaf: leaf,
@@ -279,6 +276,14 @@ impl Node {
             h.push(("secure-session-response", p));
         }
         self.post("/refresh", &h).await
+    }
+
+    /// Waits until this node's stream to the controller is `up` (or down).
+    async fn until_connected(&self, up: bool) {
+        let want = if up { 1.0 } else { 0.0 };
+        self.proxy
+            .wait_for_metric("vigil_proxy_fleet_connected", &[], move |v| v == want)
+            .await;
     }
 
     /// Polls until a request carrying only the app's cookie of `session`
@@ -410,7 +415,7 @@ async fn a_binding_made_on_one_node_holds_on_the_other_and_across_a_restart() {
 
     // B restarts with the controller gone: what it knows, it knows from its
     // snapshot alone.
-    let _ = fleet.stop.take().unwrap().send(());
+    fleet.controller.stop();
     let ca = fleet._ca;
     let b = fleet.b.restart(&ca).await;
     b.proxy.wait_for_log("dbsc bindings restored").await;
@@ -534,7 +539,7 @@ async fn the_controller_keeps_the_first_binding_of_a_session() {
     // real key under an id a node would take (in the session's shard, its
     // seal good under the fleet's key), so only the controller stands in
     // the way.
-    let url = format!("http://{}", fleet.controller);
+    let url = format!("http://{}", fleet.controller.addr());
     let session = session_key("first");
     let thief = Key::new();
     let forged = serde_json::json!({
@@ -588,7 +593,7 @@ fn dbsc_id(session: &str) -> [u8; 16] {
     let shard = u8::from_str_radix(&session[..2], 16).unwrap() % 16;
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&[0x70 | shard, 1, 2, 3, 4, 5, 6, 7]);
-    let key = blake3::derive_key("vigil 2026-12 dbsc session id", &[0x5a; 32]);
+    let key = blake3::derive_key("vigil 2026-12 dbsc session id", &FLEET_KEY);
     let mut seal = blake3::Hasher::new_keyed(&key);
     seal.update(b"seal").update(&id[..8]);
     id[8..].copy_from_slice(&seal.finalize().as_bytes()[..8]);
@@ -599,10 +604,199 @@ fn dbsc_id(session: &str) -> [u8; 16] {
 fn session_key(value: &str) -> String {
     let engine = vigil_engine::Engine::new(
         vigil_engine::EngineConfig::default(),
-        vigil_engine::SessionHashKey::from_bytes([0x5a; 32]),
+        vigil_engine::SessionHashKey::from_bytes(FLEET_KEY),
     );
     engine
         .key_for_cookie("session", value.as_bytes())
         .unwrap()
         .to_string()
+}
+
+/// A node cut off from the controller goes on registering (its own
+/// bindings hold there at once); once the controller is reachable again,
+/// the other node learns every one of them — those its outbox kept and
+/// also the one it dropped for room (`events_queue = 2`, three
+/// registrations): after a drop, a node sends its bindings again on the
+/// next stream's hello. Without that, the dropped registration would stay
+/// unknown on B for good, and a thief with the app cookie alone would pass
+/// there.
+#[tokio::test]
+async fn registrations_made_while_the_controller_is_away_reach_the_fleet_when_it_is_back() {
+    let fleet = Fleet::start_with("", "events_queue = 2\n").await;
+    let owner = Key::new();
+    fleet.relay_a.cut();
+    fleet.a.until_connected(false).await;
+    let mut granted_on_a = Vec::new();
+    for session in ["away0", "away1", "away2"] {
+        let offer = fleet.a.login(session).await;
+        let g = granted(fleet.a.register(session, &owner.registration(&offer)).await).await;
+        // Bound on A at once, controller or not.
+        let r = fleet.a.get("/echo", &format!("session={session}")).await;
+        assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+        granted_on_a.push((session, g));
+    }
+    // The first record was dropped from A's full outbox.
+    assert!(
+        fleet
+            .a
+            .proxy
+            .metric("vigil_proxy_fleet_events_dropped_total", &[])
+            .await
+            >= 1.0
+    );
+    // B has heard of none: the thief's jar of the app cookie alone passes
+    // there while A is away (the limit "Remaining work (DBSC)" names).
+    let r = fleet.b.get("/echo", "session=away0").await;
+    assert_eq!(r.status(), 200);
+
+    fleet.relay_a.mend();
+    fleet.a.until_connected(true).await;
+    for (session, g) in &granted_on_a {
+        fleet.b.until_bound(session).await;
+        // The owner's own cookie from A is good on B.
+        let jar = format!("session={session}; {COOKIE}={}", g.cookie);
+        assert_eq!(fleet.b.get("/echo", &jar).await.status(), 200);
+    }
+}
+
+/// The registration race: the owner registers on A; a thief holding the
+/// owner's offer and app cookie registers his own key on B before the
+/// owner's record reaches B (B is cut off from the controller meanwhile,
+/// which makes the window as long as the test needs). The controller took
+/// the owner's registration first, so it refuses B's (`dbsc_conflict`);
+/// once B hears again, the fleet's record replaces the thief's binding
+/// there (`dbsc_bound_replacing`), the thief's cookie and key are refused
+/// on B as on A, and the owner's work on both.
+#[tokio::test]
+async fn a_thiefs_registration_racing_the_owners_loses_on_every_node() {
+    let fleet = Fleet::start("").await;
+    let owner = Key::new();
+    let thief = Key::new();
+    let offer = fleet.a.login("race").await;
+    fleet.relay_b.cut();
+    fleet.b.until_connected(false).await;
+    let g = granted(fleet.a.register("race", &owner.registration(&offer)).await).await;
+    // The controller has the owner's record: it came back to A itself.
+    fleet
+        .a
+        .proxy
+        .wait_for_metric(
+            "vigil_proxy_fleet_changes_applied_total",
+            &[("kind", "dbsc_bound_unchanged")],
+            |v| v >= 1.0,
+        )
+        .await;
+    // B has not heard of it: the thief's registration with the owner's
+    // offer is taken there, and his cookie works there — for now.
+    let stolen = granted(fleet.b.register("race", &thief.registration(&offer)).await).await;
+    assert_ne!(stolen.id, g.id);
+    let thiefs_jar = format!("session=race; {COOKIE}={}", stolen.cookie);
+    assert_eq!(fleet.b.get("/echo", &thiefs_jar).await.status(), 200);
+
+    fleet.relay_b.mend();
+    fleet.b.until_connected(true).await;
+    // B takes the fleet's record in place of the thief's.
+    fleet
+        .b
+        .proxy
+        .wait_for_metric(
+            "vigil_proxy_fleet_changes_applied_total",
+            &[("kind", "dbsc_bound_replacing")],
+            |v| v == 1.0,
+        )
+        .await;
+    fleet
+        .b
+        .proxy
+        .wait_for_log("the local one lost the race")
+        .await;
+    let owners_jar = format!("session=race; {COOKIE}={}", g.cookie);
+    for node in [&fleet.a, &fleet.b] {
+        let r = node.get("/echo", &thiefs_jar).await;
+        assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+        assert_eq!(node.get("/echo", &owners_jar).await.status(), 200);
+        // His id is held nowhere now; a node made it, so `503` (never
+        // `404`, which would end an owner's session whose record is late).
+        let r = node
+            .refresh(&stolen.id, Some(&thief.refresh(&stolen.challenge)))
+            .await;
+        assert_eq!(r.status(), 503);
+        // His key cannot answer the owner's session's challenge.
+        let r = node.refresh(&g.id, None).await;
+        assert_eq!(r.status(), 403);
+        let c = challenge_of(&r);
+        assert_eq!(
+            node.refresh(&g.id, Some(&thief.refresh(&c))).await.status(),
+            401
+        );
+        // Nor register again with the offer: spent.
+        let r = node.register("race", &thief.registration(&offer)).await;
+        assert_eq!(r.status(), 401);
+    }
+    // The owner refreshes on B with A's challenge.
+    let r = fleet
+        .b
+        .refresh(&g.id, Some(&owner.refresh(&g.challenge)))
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// `when_cut_off = "refuse_registration"`: while a node's stream to the
+/// controller is down, its registration endpoint answers `503` +
+/// `Retry-After` (a browser ends nothing on a 5xx), so that it holds no
+/// binding the other nodes cannot learn; the session goes on unbound
+/// (`offer`) on every node alike. Bound sessions and refreshes are served
+/// as ever, and registration works again once the stream is back.
+#[tokio::test]
+async fn a_node_cut_off_refuses_registrations_when_told_to() {
+    let fleet = Fleet::start("when_cut_off = \"refuse_registration\"\n").await;
+    let owner = Key::new();
+    let offer = fleet.a.login("before").await;
+    let g = granted(
+        fleet
+            .a
+            .register("before", &owner.registration(&offer))
+            .await,
+    )
+    .await;
+
+    fleet.relay_a.cut();
+    fleet.a.until_connected(false).await;
+    let offer = fleet.a.login("during").await;
+    let r = fleet
+        .a
+        .register("during", &owner.registration(&offer))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert!(r.headers().get("set-cookie").is_none());
+    let cut_off = [("step", "register"), ("outcome", "cut_off")];
+    assert_eq!(
+        fleet
+            .a
+            .proxy
+            .metric("vigil_proxy_dbsc_total", &cut_off)
+            .await,
+        1.0
+    );
+    // Unbound, alike on both nodes: the app cookie alone goes on.
+    for node in [&fleet.a, &fleet.b] {
+        assert_eq!(node.get("/echo", "session=during").await.status(), 200);
+    }
+    // A session bound before is held to its proof as ever, and refreshes.
+    let r = fleet.a.get("/echo", "session=before").await;
+    assert_eq!(code(r).await, (403, "dbsc_proof_failed".to_owned()));
+    let r = fleet
+        .a
+        .refresh(&g.id, Some(&owner.refresh(&g.challenge)))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // Back: registration works again, and the fleet learns it.
+    fleet.relay_a.mend();
+    fleet.a.until_connected(true).await;
+    let offer = fleet.a.login("after").await;
+    let r = fleet.a.register("after", &owner.registration(&offer)).await;
+    assert_eq!(r.status(), 200);
+    fleet.b.until_bound("after").await;
 }

@@ -85,6 +85,42 @@ pub(super) fn read_binding(
     }
 }
 
+/// Vigil's two cookies and the app's must not share a name: one would be
+/// read for the other, and the companion or the DBSC cookie is taken out
+/// of the `Cookie` header before the app sees it, so the app would lose
+/// its session. Compared without case (some frameworks fold it), and the
+/// companion under both names it is set with (bare, and `__Host-`).
+pub(super) fn check_cookie_names(
+    binding: &BindingConfig,
+    dbsc_cookie: &str,
+    session_cookies: &[String],
+    p: &mut Problems,
+) {
+    let host = format!("{HOST_PREFIX}{}", binding.cookie_name);
+    if dbsc_cookie.eq_ignore_ascii_case(&binding.cookie_name)
+        || dbsc_cookie.eq_ignore_ascii_case(&host)
+    {
+        p.push(
+            "binding.cookie_name",
+            format!(
+                "{:?} collides with [dbsc] cookie_name {dbsc_cookie:?} (the companion is set as {:?} and {host:?}); the DBSC cookie and the companion must have different names",
+                binding.cookie_name, binding.cookie_name
+            ),
+        );
+    }
+    if let Some(c) = session_cookies
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(dbsc_cookie))
+    {
+        p.push(
+            "dbsc.cookie_name",
+            format!(
+                "{dbsc_cookie:?} is a session cookie of the app ([session] cookies has {c:?}); Vigil takes its DBSC cookie out of every request, so the app would never see its session"
+            ),
+        );
+    }
+}
+
 /// A `Domain` a browser takes: a host name (a leading dot, which browsers
 /// ignore, dropped; lower-cased), at least two labels of 1 to 63 of
 /// a-z 0-9 and inner `-`, at most 253 bytes, not all digits in the last
@@ -231,6 +267,70 @@ upstream = "app"
         assert_eq!(keys, vec!["binding.cookie_name"]);
         let keys = problems("[binding]\nrotate_on_step_up = \"yes\"\n");
         assert_eq!(keys, vec!["binding.rotate_on_step_up"]);
+    }
+
+    /// The companion (under either of its names), the DBSC cookie and the
+    /// app's session cookies are four names: any two alike would make
+    /// Vigil read one for the other, or take the app's own session out of
+    /// its requests. Each collision is named with its key, all at once.
+    #[test]
+    fn colliding_cookie_names_are_refused_with_their_keys() {
+        for (extra, want) in [
+            // The companion's `__Host-` name is the DBSC cookie's.
+            (
+                "[binding]\ncookie_name = \"vigil-dbsc\"\n",
+                vec!["binding.cookie_name"],
+            ),
+            // Case folded: a framework folding case would mix them up.
+            (
+                "[binding]\ncookie_name = \"Vigil-DBSC\"\n",
+                vec!["binding.cookie_name"],
+            ),
+            (
+                "[binding]\ncookie_name = \"b\"\n[dbsc]\ncookie_name = \"__Host-b\"\n",
+                vec!["binding.cookie_name"],
+            ),
+            // The DBSC cookie named as the app's session cookie.
+            (
+                "[session]\ncookies = [\"sid\", \"__Host-sid\"]\n[dbsc]\ncookie_name = \"__Host-sid\"\n",
+                vec!["dbsc.cookie_name"],
+            ),
+            // Both at once, with another problem beside them.
+            (
+                "[session]\ncookies = [\"__host-x\"]\n[binding]\ncookie_name = \"x\"\n[dbsc]\ncookie_name = \"__Host-x\"\nmax_sessions = 1\n",
+                vec![
+                    "binding.cookie_name",
+                    "dbsc.max_sessions",
+                    "binding.cookie_name",
+                    "dbsc.cookie_name",
+                ],
+            ),
+        ] {
+            let mut keys = problems(extra);
+            keys.sort();
+            let mut want: Vec<String> = want.into_iter().map(str::to_owned).collect();
+            want.sort();
+            assert_eq!(keys, want, "{extra}");
+        }
+        // Names that only look alike are fine.
+        for extra in [
+            "[binding]\ncookie_name = \"vigil-dbsc2\"\n",
+            "[dbsc]\ncookie_name = \"__Host-vigil_bind2\"\n",
+            "[session]\ncookies = [\"vigil-dbsc\"]\n",
+        ] {
+            assert_eq!(problems(extra), Vec::<String>::new(), "{extra}");
+        }
+        let text = format!("{BASE}[binding]\ncookie_name = \"vigil-dbsc\"\n");
+        let shown = Config::parse(&text, Path::new("/etc/vigil/proxy.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains("/etc/vigil/proxy.toml"), "{shown}");
+        assert!(
+            shown.contains(
+                "binding.cookie_name: \"vigil-dbsc\" collides with [dbsc] cookie_name \"__Host-vigil-dbsc\""
+            ),
+            "{shown}"
+        );
     }
 
     /// An obvious public suffix is refused: a companion on it would go to

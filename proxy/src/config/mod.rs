@@ -806,7 +806,8 @@ fn read(root: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     check_step_up(&routes, oidc.as_ref(), p);
     let controller = read_controller(&mut f, base, p);
     let binding = binding::read_binding(&mut f, &session.cookies, p);
-    let dbsc = read_dbsc(&mut f, p);
+    let dbsc = read_dbsc(&mut f, has_controller, p);
+    binding::check_cookie_names(&binding, &dbsc.cookie_name, &session.cookies, p);
     f.finish(p);
 
     let mut engine = EngineConfig::default();
@@ -2165,7 +2166,7 @@ fn read_route_dbsc(t: &mut Fields<'_>, mode: Mode, p: &mut Problems) -> crate::d
 
 /// `[dbsc]`: Vigil's DBSC endpoints, bound cookie and limits
 /// (`docs/configuration.md`).
-fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
+fn read_dbsc(f: &mut Fields<'_>, has_controller: bool, p: &mut Problems) -> crate::dbsc::Settings {
     let d = crate::dbsc::Settings::default();
     let mut t = f.table(p, "dbsc");
     let path: String = t.or(p, "path", d.path.clone());
@@ -2255,6 +2256,25 @@ fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
             );
         }
     }
+    let when_cut_off = match t.or(p, "when_cut_off", "serve".to_owned()).as_str() {
+        "serve" => crate::dbsc::CutOff::Serve,
+        "refuse_registration" => {
+            if !has_controller {
+                p.push(
+                    t.key("when_cut_off"),
+                    "\"refuse_registration\" only with a [controller]: a node without one is never cut off",
+                );
+            }
+            crate::dbsc::CutOff::RefuseRegistration
+        }
+        other => {
+            p.push(
+                t.key("when_cut_off"),
+                format!("{other:?} is not a choice; expected \"serve\" or \"refuse_registration\""),
+            );
+            crate::dbsc::CutOff::Serve
+        }
+    };
     t.finish(p);
     crate::dbsc::Settings {
         path,
@@ -2267,6 +2287,7 @@ fn read_dbsc(f: &mut Fields<'_>, p: &mut Problems) -> crate::dbsc::Settings {
         exclude_paths,
         per_client_per_minute: u32::try_from(per_client).unwrap_or(u32::MAX),
         per_session_per_minute: u32::try_from(per_session).unwrap_or(u32::MAX),
+        when_cut_off,
     }
 }
 

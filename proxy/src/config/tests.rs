@@ -828,4 +828,27 @@ fn dbsc_is_per_route_and_every_bad_setting_is_named() {
     ))
     .unwrap_err();
     assert_eq!(keys(&problems), ["dbsc.cookie_name"], "{problems:#?}");
+
+    // What a node cut off from the controller does: `serve` by default;
+    // `refuse_registration` only where there is a controller to be cut
+    // off from; anything else named.
+    assert_eq!(c.dbsc.when_cut_off, crate::dbsc::CutOff::Serve);
+    let problems = parse(&format!(
+        "[dbsc]\nwhen_cut_off = \"refuse_registration\"\n{MINIMAL}{routes}"
+    ))
+    .unwrap_err();
+    assert_eq!(keys(&problems), ["dbsc.when_cut_off"], "{problems:#?}");
+    assert!(
+        problems[0].message.contains("only with a [controller]"),
+        "{problems:#?}"
+    );
+    let problems = parse(&format!(
+        "[dbsc]\nwhen_cut_off = \"refuse\"\n{MINIMAL}{routes}"
+    ))
+    .unwrap_err();
+    assert_eq!(keys(&problems), ["dbsc.when_cut_off"], "{problems:#?}");
+    assert_eq!(
+        problems[0].message,
+        "\"refuse\" is not a choice; expected \"serve\" or \"refuse_registration\""
+    );
 }

@@ -118,6 +118,46 @@ pub struct Settings {
     /// Registration and refresh requests per session per minute
     /// (`per_session_per_minute`, default 12).
     pub per_session_per_minute: u32,
+    /// What registration does while this node's stream to the controller
+    /// is down (`when_cut_off`, default `serve`).
+    pub when_cut_off: CutOff,
+}
+
+/// What a node cut off from its controller does with registrations
+/// (`[dbsc] when_cut_off`; docs/bound-sessions.md, "A node cut off from
+/// the controller").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CutOff {
+    /// `serve`: registrations are taken on this node alone; the other
+    /// nodes learn them once the controller is back (the records wait in
+    /// the outbox, and are sent again should the outbox drop any).
+    #[default]
+    Serve,
+    /// `refuse_registration`: `503` + `Retry-After` at the registration
+    /// endpoint: the browser registers no DBSC session, and the app
+    /// session goes on unbound everywhere (under `offer`: the rotating
+    /// binding and passive signals; under `require`: refused as unbound),
+    /// so that no node holds a binding the others do not. Refreshes and
+    /// bound sessions are served as ever.
+    RefuseRegistration,
+}
+
+impl Dbsc {
+    /// Whether `path` is the registration endpoint (as sent; an encoded
+    /// variant is `404` at [`Dbsc::endpoint`] anyway).
+    pub fn is_registration(settings: &Settings, path: &str) -> bool {
+        path.strip_prefix(settings.path.as_str()) == Some("/register")
+    }
+
+    /// The answer to a registration on a node cut off from its controller
+    /// under `when_cut_off = "refuse_registration"`: a `5xx`, which the
+    /// browser takes as "not now" rather than as the end of anything.
+    pub fn cut_off() -> Reply {
+        Reply {
+            headers: vec![("retry-after", "5".to_owned())],
+            ..reply(503, "cut_off")
+        }
+    }
 }
 
 impl Default for Settings {
@@ -133,6 +173,7 @@ impl Default for Settings {
             exclude_paths: Vec::new(),
             per_client_per_minute: 60,
             per_session_per_minute: 12,
+            when_cut_off: CutOff::Serve,
         }
     }
 }
@@ -250,6 +291,21 @@ impl std::fmt::Debug for Dbsc {
     }
 }
 
+/// An offer or a challenge: `body ‖ tag(subject ‖ body)`, the subject
+/// (the session key of an offer, the DBSC id of a challenge) bound in
+/// without being carried. One layout for both, each under its own key.
+fn seal_token(key: &[u8; 32], subject: &[u8], body: [u8; 16]) -> [u8; 32] {
+    let mut t = [0u8; 32];
+    t[..16].copy_from_slice(&body);
+    t[16..].copy_from_slice(&tag(key, &[subject, &body]));
+    t
+}
+
+/// Whether `t` was sealed by [`seal_token`] under `key` for `subject`.
+fn token_opens(key: &[u8; 32], subject: &[u8], t: &[u8; 32]) -> bool {
+    same_tag(&t[16..], &tag(key, &[subject, &t[..16]]))
+}
+
 /// The first 16 bytes of the keyed BLAKE3 of `parts`.
 fn tag(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 16] {
     let mut h = blake3::Hasher::new_keyed(key);
@@ -340,7 +396,9 @@ impl Dbsc {
     /// `vigil_proxy_fleet_changes_applied_total`: `dbsc_bound` (taken),
     /// `dbsc_bound_evicting` (taken in place of the entry used least
     /// recently: the store is full), `dbsc_bound_unchanged` (held
-    /// already, or an alias of a binding not held here), `dbsc_bound_full`
+    /// already, or an alias of a binding not held here),
+    /// `dbsc_bound_replacing` (taken in place of a different registration
+    /// of the session made on this node, which lost), `dbsc_bound_full`
     /// (not taken: no room could be made), `dbsc_bound_refused` (an id no
     /// node of this fleet made, or a key that does not read).
     pub fn adopt(&self, settings: &Settings, binding: &DbscBinding, now: u64) -> &'static str {
@@ -375,10 +433,65 @@ impl Dbsc {
         match done {
             Ok(Bind::New) => "dbsc_bound",
             Ok(Bind::Evicted) => "dbsc_bound_evicting",
+            Ok(Bind::Replaced) => {
+                // The registration race lost here: whoever registered on
+                // this node (possibly a thief holding the owner's offer)
+                // holds a key the session is no longer bound to, and is
+                // refused from now on.
+                tracing::warn!(
+                    session = %session.short(),
+                    "dbsc: the fleet's binding replaced another registration of this session taken here; the local one lost the race"
+                );
+                "dbsc_bound_replacing"
+            }
             Ok(Bind::Same | Bind::Other) => "dbsc_bound_unchanged",
             Err(StoreError::Full) => "dbsc_bound_full",
             Err(StoreError::Unavailable) => "dbsc_bound_unavailable",
         }
+    }
+
+    /// Every binding this node holds, as the fleet's records (roots, then
+    /// the sessions that inherited one): what a node sends the controller
+    /// again when some of its own records may have been lost on the way
+    /// (`crate::fleet_sync`). The controller takes a record it holds as
+    /// held and refuses one that differs from the first it took, so
+    /// sending what came from the fleet again changes nothing.
+    pub fn records(&self) -> Vec<DbscBinding> {
+        let mut roots = HashMap::new();
+        let mut out = Vec::new();
+        for entry in self.store.entries() {
+            match entry {
+                store::Entry::Root {
+                    session,
+                    id,
+                    key,
+                    at,
+                    ..
+                } => {
+                    let key = DbscKey(key.to_bytes());
+                    roots.insert(session, (id, key.clone()));
+                    out.push(DbscBinding {
+                        session: SessionId(*session.as_bytes()),
+                        id: SessionId(id),
+                        root: None,
+                        key,
+                        at,
+                    });
+                }
+                store::Entry::Alias { session, root, at } => {
+                    if let Some((id, key)) = roots.get(&root) {
+                        out.push(DbscBinding {
+                            session: SessionId(*session.as_bytes()),
+                            id: SessionId(*id),
+                            root: Some(SessionId(*root.as_bytes())),
+                            key: key.clone(),
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The DBSC id of a registration: of `offer` by `key`, for `session`.
@@ -525,13 +638,10 @@ impl Dbsc {
     /// A sealed registration offer for `session`, made at `now`:
     /// `at ‖ nonce ‖ tag`.
     fn offer_token(&self, session: &SessionKey, now: u64) -> OfferToken {
-        let nonce: [u8; 8] = rand::random();
-        let at = now.to_be_bytes();
-        let mut t = [0u8; 32];
-        t[..8].copy_from_slice(&at);
-        t[8..16].copy_from_slice(&nonce);
-        t[16..].copy_from_slice(&tag(&self.keys.offer, &[session.as_bytes(), &at, &nonce]));
-        t
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&now.to_be_bytes());
+        body[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+        seal_token(&self.keys.offer, session.as_bytes(), body)
     }
 
     /// Which of `carried` the offer `token` was made for, if its seal
@@ -545,15 +655,10 @@ impl Dbsc {
     ) -> Option<SessionKey> {
         // The seal first: nothing the client chose is computed with before
         // it verifies.
-        let session = carried.iter().copied().find(|s| {
-            same_tag(
-                &token[16..],
-                &tag(
-                    &self.keys.offer,
-                    &[s.as_bytes(), &token[..8], &token[8..16]],
-                ),
-            )
-        })?;
+        let session = carried
+            .iter()
+            .copied()
+            .find(|s| token_opens(&self.keys.offer, s.as_bytes(), token))?;
         let at = u64::from_be_bytes(token[..8].try_into().ok()?);
         if at.saturating_add(window) <= now || at > now.saturating_add(SKEW) {
             return None;
@@ -564,19 +669,16 @@ impl Dbsc {
     /// A sealed refresh challenge for DBSC session `id` at refresh counter
     /// `counter`: `at ‖ counter ‖ nonce ‖ tag`.
     fn challenge(&self, id: &Token, counter: u32, now: u64) -> [u8; 32] {
-        let nonce: [u8; 4] = rand::random();
-        let mut t = [0u8; 32];
-        t[..8].copy_from_slice(&now.to_be_bytes());
-        t[8..12].copy_from_slice(&counter.to_be_bytes());
-        t[12..16].copy_from_slice(&nonce);
-        let mac = tag(&self.keys.challenge, &[id, &t[..16]]);
-        t[16..].copy_from_slice(&mac);
-        t
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&now.to_be_bytes());
+        body[8..12].copy_from_slice(&counter.to_be_bytes());
+        body[12..].copy_from_slice(&rand::random::<[u8; 4]>());
+        seal_token(&self.keys.challenge, id, body)
     }
 
     /// A challenge's issue time and counter, if its seal verifies for `id`.
     fn challenge_of(&self, id: &Token, t: &[u8; 32]) -> Option<(u64, u32)> {
-        if !same_tag(&t[16..], &tag(&self.keys.challenge, &[id, &t[..16]])) {
+        if !token_opens(&self.keys.challenge, id, t) {
             return None;
         }
         Some((
@@ -585,8 +687,9 @@ impl Dbsc {
         ))
     }
 
-    /// A sealed bound cookie: `id ‖ until ‖ counter ‖ tag`.
-    fn cookie(&self, id: &Token, until: u64, counter: u32) -> String {
+    /// A sealed bound cookie: `id ‖ until ‖ counter ‖ tag` (public for
+    /// the benches and tests, which need a cookie as issued).
+    pub fn sealed_cookie(&self, id: &Token, until: u64, counter: u32) -> String {
         let mut c = [0u8; 44];
         c[..16].copy_from_slice(id);
         c[16..24].copy_from_slice(&until.to_be_bytes());
@@ -594,11 +697,6 @@ impl Dbsc {
         let mac = tag(&self.keys.cookie, &[&c[..28]]);
         c[28..].copy_from_slice(&mac);
         URL_SAFE_NO_PAD.encode(c)
-    }
-
-    /// A bound cookie for `id` as [`Dbsc`] issues it (benches and tests).
-    pub fn sealed_cookie(&self, id: &Token, until: u64, counter: u32) -> String {
-        self.cookie(id, until, counter)
     }
 
     /// What a bound cookie says, if its seal verifies.
@@ -637,7 +735,7 @@ impl Dbsc {
         let until = now
             .saturating_add(s.cookie_lifetime)
             .saturating_add(COOKIE_GRACE);
-        let cookie = self.cookie(id, until, counter);
+        let cookie = self.sealed_cookie(id, until, counter);
         granted(
             s,
             outcome,

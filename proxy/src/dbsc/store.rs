@@ -200,6 +200,11 @@ pub enum Bind {
     /// Bound now (the fleet's record), and the shard being full of entries
     /// in use, the one used least recently was dropped to make room.
     Evicted,
+    /// Bound now (the fleet's record) in place of another registration of
+    /// the session this node had taken: the controller took a different
+    /// one first, and the local one lost (the registration race, or a
+    /// thief's registration in the window before the owner's record came).
+    Replaced,
 }
 
 /// One entry of the store as the snapshot and the fleet carry it.
@@ -432,6 +437,7 @@ impl Store {
         }
         let mut shard = self.shard_for(&session)?;
         let mut aliases = Vec::new();
+        let mut made = Bind::New;
         if let Some(b) = shard.by_session.get(&session) {
             if b.id == id && b.key == key {
                 return Ok(Bind::Same);
@@ -440,6 +446,7 @@ impl Store {
                 return Ok(Bind::Other);
             }
             let old = b.id;
+            made = Bind::Replaced;
             shard.by_id.remove(&old);
             // Its aliases are of the session, whichever key it is bound to.
             aliases = shard
@@ -452,11 +459,11 @@ impl Store {
                 return Ok(Bind::Other);
             }
             shard.aliases.remove(&session);
+            made = Bind::Replaced;
         }
         if shard.by_id.contains_key(&id) {
             return Ok(Bind::Other);
         }
-        let mut made = Bind::New;
         if shard.len() >= per_shard {
             shard.sweep(now, idle);
             if shard.len() >= per_shard {
@@ -753,9 +760,14 @@ mod tests {
         let owners = Store::id_for(&k);
         assert_eq!(
             s.bind(k, key(), owners, 5, 20, (10, 1000), true),
-            Ok(Bind::New)
+            Ok(Bind::Replaced)
         );
         assert!(s.by_id(&thiefs).unwrap().is_none());
+        // Again: held already, nothing replaced.
+        assert_eq!(
+            s.bind(k, key(), owners, 5, 21, (10, 1000), true),
+            Ok(Bind::Same)
+        );
         assert!(s.by_id(&owners).unwrap().is_some());
         // An id that is not of the session's shard is never a node's.
         let mut foreign = owners;

@@ -22,10 +22,12 @@
 
 mod client;
 mod config;
+mod controller;
 mod idp;
 mod origin;
 mod proxy;
 mod raw;
+mod relay;
 mod tls;
 
 #[allow(unused_imports)] // Each test crate uses a subset.
@@ -34,6 +36,8 @@ pub(crate) use client::{
 };
 #[allow(unused_imports)]
 pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
+#[allow(unused_imports)]
+pub(crate) use controller::{FLEET_KEY, InProcessController, write_fleet_key};
 #[allow(unused_imports)]
 pub(crate) use idp::{
     ACR_MFA, ACR_PWD, Account, CLIENT_ID, CLIENT_SECRET, Followed, FormClient, Idp, IdpClient,
@@ -48,5 +52,7 @@ pub(crate) use origin::{
 pub(crate) use proxy::{DemoAddrs, Metrics, Proxy};
 #[allow(unused_imports)]
 pub(crate) use raw::{RawResponse, raw_chunked_upload, raw_exchange, raw_get, read_response};
+#[allow(unused_imports)]
+pub(crate) use relay::Relay;
 #[allow(unused_imports)]
 pub(crate) use tls::{Ca, Leaf};
