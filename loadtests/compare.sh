@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Side by side on loopback with vigil-load's comparison mode: Vigil
 # enforcing vs Vigil as a plain proxy (mode off) vs nginx as a plain reverse
-# proxy vs the origin directly, in alternating rounds, over cleartext or TLS,
+# proxy vs HAProxy (one thread) vs nginx with `auth_request` to an nginx
+# auth endpoint (the oauth2-proxy pattern: a subrequest per request that
+# checks only that a session cookie is present; its CPU counts the auth
+# service's too) vs the origin directly, in alternating rounds, over cleartext or TLS,
 # with throughput, p50/p99, ratios against nginx, proxy CPU per request from
 # /proc/PID/stat, and the detection figures under load. Everything started
 # here is stopped by its pid on exit.
@@ -10,7 +13,8 @@
 #
 # load is vigil-load's: "--concurrency 64" (default) or "--rate 5000".
 # Layout on a 2-core machine: the proxies under test (one worker each) on
-# CPU 1; vigil-load (one thread) and the origin on CPU 0. Reports go to
+# CPU 1; vigil-load (one thread), the origin and the auth service on CPU 0.
+# NO_HAPROXY=1 / NO_AUTH=1 leave those targets out. Reports go to
 # $OUT (default ./compare-<transport>.{html,json}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +44,15 @@ bin=${VIGIL_BIN:-$target_dir/release/vigil-proxy}
 load_bin=${VIGIL_LOAD_BIN:-$target_dir/release/vigil-load}
 
 origin=18091; vigil=18092; admin=18093; nginx_port=18094; vigil_tls=18095; nginx_tls=18096
+haproxy_port=18097; haproxy_tls=18098; authreq_port=18099; authreq_tls=18100; auth_port=18101
+with_haproxy=1; with_auth=1
+[ -n "${NO_HAPROXY:-}" ] || command -v haproxy >/dev/null || { echo "no haproxy: left out"; with_haproxy=; }
+[ -z "${NO_HAPROXY:-}" ] || with_haproxy=
+[ -z "${NO_AUTH:-}" ] || with_auth=
+if [ -n "$with_auth" ] && ! nginx -V 2>&1 | grep -q -- --with-http_auth_request_module; then
+  echo "this nginx lacks the auth_request module (nginx-light does; install nginx-core): left out"
+  with_auth=
+fi
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=localhost -addext subjectAltName=DNS:localhost \
@@ -72,20 +85,95 @@ http {
       proxy_set_header Connection "";
     }
   }
+  # nginx + auth_request: every request first asks the auth service (a
+  # subrequest over a kept-alive connection), then goes to the origin.
+  upstream auth { server 127.0.0.1:$auth_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$authreq_port;
+    listen 127.0.0.1:$authreq_tls ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    location / {
+      auth_request /_auth;
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location = /_auth {
+      internal;
+      proxy_pass http://auth/check;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
 }
 NGINX
+
+# The auth service: judges nothing but whether a cookie is there.
+cat > "$work/auth.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/auth.pid;
+error_log $work/auth.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$auth_port;
+    location = /check {
+      if (\$http_cookie = "") { return 401; }
+      return 204;
+    }
+  }
+}
+NGINX
+
+# HAProxy as a plain reverse proxy, one thread, connections to the origin reused.
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+cat > "$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 4096
+  log stderr format short local0 err
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend load
+  bind 127.0.0.1:$haproxy_port
+  bind 127.0.0.1:$haproxy_tls ssl crt $work/haproxy.pem alpn http/1.1
+  default_backend origin
+backend origin
+  server o1 127.0.0.1:$origin
+HAPROXY
 
 taskset -c 0 "$load_bin" origin --listen 127.0.0.1:$origin 2>/dev/null & pids+=($!)
 taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" & npid=$!; pids+=($npid)
 taskset -c 1 "$bin" run -c "$work/vigil-proxy.toml" 2>"$work/vigil.err" & vpid=$!; pids+=($vpid)
+if [ -n "$with_auth" ]; then
+  taskset -c 0 nginx -c "$work/auth.conf" -p "$work" & apid=$!; pids+=($apid)
+fi
+if [ -n "$with_haproxy" ]; then
+  taskset -c 1 haproxy -db -f "$work/haproxy.cfg" & hpid=$!; pids+=($hpid)
+fi
 
-wait_for() { # url
-  for _ in $(seq 100); do curl -skf -o /dev/null "$1" && return 0; sleep 0.1; done
+wait_for() { # url [curl options]
+  for _ in $(seq 100); do curl -skf -o /dev/null "$@" && return 0; sleep 0.1; done
   echo "not serving: $1"; cat "$work/vigil.err"; exit 1
 }
 wait_for "http://127.0.0.1:$origin/"
 wait_for "http://127.0.0.1:$nginx_port/"
 wait_for "http://127.0.0.1:$admin/readyz"
+[ -z "$with_haproxy" ] || wait_for "http://127.0.0.1:$haproxy_port/"
+# (the auth service refuses a request without a cookie)
+[ -z "$with_auth" ] || wait_for "http://127.0.0.1:$authreq_port/" -H "Cookie: probe=1"
 
 if [ "$transport" = tls ]; then
   # Each simulated device brings its own TLS stack; Vigil reads JA4 from it.
@@ -93,6 +181,8 @@ if [ "$transport" = tls ]; then
            --target "name=vigil-off,url=https://127.0.0.1:$vigil_tls/,host=off.test,pid=$vpid"
            --target "name=nginx,url=https://127.0.0.1:$nginx_tls/,host=localhost,pid=$npid"
            --target "name=origin,url=http://127.0.0.1:$origin/")
+  [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=https://127.0.0.1:$haproxy_tls/,host=localhost,pid=$hpid")
+  [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=https://127.0.0.1:$authreq_tls/,host=localhost,pid=$npid+$apid")
   extra=(--insecure)
 else
   # The corpus's JA4 arrives from the (simulated) balancer in a header.
@@ -100,6 +190,8 @@ else
            --target "name=vigil-off,url=http://127.0.0.1:$vigil/,host=off.test,pid=$vpid"
            --target "name=nginx,url=http://127.0.0.1:$nginx_port/,pid=$npid"
            --target "name=origin,url=http://127.0.0.1:$origin/")
+  [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=http://127.0.0.1:$haproxy_port/,pid=$hpid")
+  [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=http://127.0.0.1:$authreq_port/,pid=$npid+$apid")
   extra=(--ja4-header x-load-ja4)
 fi
 

@@ -67,14 +67,46 @@ pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
 
 /// `X-Forwarded-For` for the app.
 pub fn x_forwarded_for(path: &[IpAddr]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(path.len() * 17);
     for (i, ip) in path.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{ip}");
+        push_ip(&mut out, *ip);
     }
     out
+}
+
+/// `ip` as text, as `Display` writes it.
+pub fn ip_text(ip: IpAddr) -> String {
+    let mut out = String::with_capacity(15);
+    push_ip(&mut out, ip);
+    out
+}
+
+/// Appends `ip` as `Display` writes it. IPv4 by hand: `Display` (padding
+/// support, a formatter per octet) cost about 1,250 instructions per
+/// address under callgrind, on every request, three times.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// Whether a request header named `name` is one a CGI-style server would
@@ -94,21 +126,23 @@ pub fn is_underscore_alias(name: &str) -> bool {
 /// RFC 7239 `Forwarded` for the app; `proto` is the scheme the client used
 /// to reach Vigil, on the last element.
 pub fn forwarded(path: &[IpAddr], proto: &str) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(path.len() * 22 + 12);
     for (i, ip) in path.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
         match ip {
-            IpAddr::V4(v4) => {
-                let _ = write!(out, "for={v4}");
+            IpAddr::V4(_) => {
+                out.push_str("for=");
+                push_ip(&mut out, *ip);
             }
             IpAddr::V6(v6) => {
                 let _ = write!(out, "for=\"[{v6}]\"");
             }
         }
         if i + 1 == path.len() {
-            let _ = write!(out, ";proto={proto}");
+            out.push_str(";proto=");
+            out.push_str(proto);
         }
     }
     out
@@ -122,6 +156,30 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "1.23.45.199",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Every octet value in every position.
+        for b in 0..=255u8 {
+            ips.push(IpAddr::from([b, 255 - b, b / 3, b.wrapping_mul(7)]));
+        }
+        for ip in ips {
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn resolve(peer: &str, xff: &str) -> ClientIp {
         let trusted = TrustedProxies::new(vec![

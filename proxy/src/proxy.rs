@@ -1196,7 +1196,8 @@ impl ProxyHttp for VigilProxy {
                 upstream_request
                     .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
                 upstream_request.insert_header("forwarded", forwarding::forwarded(&path, proto))?;
-                upstream_request.insert_header("vigil-client-ip", client.addr.to_string())?;
+                upstream_request
+                    .insert_header("vigil-client-ip", forwarding::ip_text(client.addr))?;
             }
         }
         // Not taken: a retried connection builds the upstream request again.

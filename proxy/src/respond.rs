@@ -32,6 +32,15 @@ pub const LOG_TARGET: &str = "vigil::error";
 /// ignored, so a hostile header costs a bounded amount of work.
 const MAX_MEDIA_RANGES: usize = 32;
 
+/// A refused request's body up to this size (by its `Content-Length`) is
+/// read and dropped so that its connection can carry the client's next
+/// request; a larger one closes the connection unread.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024;
+
+/// How long reading that body may take before the connection is closed
+/// instead: a client dripping its body holds nothing longer than this.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why Vigil answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, Copy)]
 pub enum Refusal<'a> {
@@ -214,8 +223,14 @@ fn reference() -> String {
 }
 
 /// Writes the response for `refusal` and ends the exchange. A refusal that
-/// is not a decision gets a fresh reference, logged here.
+/// is not a decision gets a fresh reference, logged here. The connection
+/// stays open for the client's next request when this one's end is known
+/// for certain ([`reusable_after_answer`]); otherwise the answer says
+/// `Connection: close` and the connection closes.
 pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error::Result<()> {
+    if !reusable_after_answer(session).await {
+        session.set_keepalive(None);
+    }
     let format = Format::of(&session.req_header().headers);
     let own;
     let reference = match refusal.reference() {
@@ -255,6 +270,9 @@ pub async fn fail(session: &mut Session, e: &Error, scope: Scope<'_>, metrics: &
     let started = session.response_written().is_some();
     let mut status = 0;
     if let Some(s) = failure.status().filter(|_| !started) {
+        // Pingora does not reuse a connection after a failure
+        // (`can_reuse_downstream: false`); the answer says so.
+        session.set_keepalive(None);
         let format = Format::of(&session.req_header().headers);
         match write(session, &failure.answer(&reference), format).await {
             Ok(()) => status = s.as_u16(),
@@ -308,8 +326,65 @@ pub async fn fail(session: &mut Session, e: &Error, scope: Scope<'_>, metrics: &
     status
 }
 
-/// Renders `answer` in `format` and writes it as the whole response; the
-/// connection is not kept alive afterwards.
+/// Whether a request Vigil answers itself leaves its HTTP/1 connection
+/// ready for the next request. Only when the request's framing is beyond
+/// doubt and its body is read to the end: none, already read, or a
+/// `Content-Length` of at most [`DRAIN_MAX_BYTES`] read (and dropped) here
+/// within [`DRAIN_TIMEOUT`]. Any `Transfer-Encoding`, a repeated or
+/// unparsable `Content-Length`, or `Expect: 100-continue` (the client may
+/// or may not send the body it announced) close the connection: a body
+/// left unread or read differently from the client's intent would be taken
+/// for the next request — request smuggling. Bytes sent after the body
+/// (pipelining) close it too: Pingora does not reuse a connection that
+/// read past a request's end. Connection reuse of HTTP/1.0 and
+/// `Connection: close` stay as the client asked (Pingora's).
+/// An HTTP/2 stream ends on its own; its connection is not at stake.
+async fn reusable_after_answer(session: &mut Session) -> bool {
+    if session.is_http2() {
+        return true;
+    }
+    let headers = &session.req_header().headers;
+    let Some(length) = request_length(headers) else {
+        return false;
+    };
+    let expects_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if session.is_body_done() {
+        return true;
+    }
+    if length > DRAIN_MAX_BYTES || expects_continue {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await,
+        Ok(Ok(()))
+    )
+}
+
+/// The request body's length when its framing is a single, plain
+/// `Content-Length` or nothing (no body); `None` for anything else.
+fn request_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Some(0),
+        (Some(v), None) => {
+            let digits = v.as_bytes();
+            // Digits only: no sign, no spaces, no list ("5, 5"), and short
+            // enough not to overflow.
+            if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(digits).ok()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Renders `answer` in `format` and writes it as the whole response.
 async fn write(
     session: &mut Session,
     answer: &Answer<'_>,
@@ -329,7 +404,6 @@ async fn write(
     // The body depends on Accept.
     resp.append_header("vary", "accept")?;
     resp.append_header("content-length", body.len().to_string())?;
-    session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)

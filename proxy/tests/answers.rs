@@ -11,7 +11,7 @@ mod common;
 
 use common::{
     BadOrigin, Browser, Config, Misbehaviour, Origin, Proxy, RawResponse, Route, closed_port,
-    raw_exchange, raw_get,
+    raw_exchange, raw_get, read_response,
 };
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::Value;
@@ -434,3 +434,174 @@ async fn a_failure_over_http2_gets_the_same_answer() {
     assert_eq!(json_body(&body)["error"], "upstream_unavailable");
     assert_failure_logged(&proxy, &reference, "upstream_unavailable", 502).await;
 }
+
+// --- Vigil's own answers keep the connection when it is safe ---
+
+/// A connection to `proxy`, and `/app` routed to `origin` (so `/other` has
+/// no route: Vigil answers `404` itself, before reading any body).
+async fn keep_alive_setup() -> (Origin, Proxy, tokio::net::TcpStream) {
+    let origin = Origin::start();
+    let proxy = proxy_with(
+        &upstream(origin.addr(), ""),
+        Route::new("app", "/app", "app"),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    (origin, proxy, stream)
+}
+
+/// Writes `bytes` and reads one response, bounded in time.
+async fn exchange_on(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> RawResponse {
+    use tokio::io::AsyncWriteExt;
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(bytes).await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), read_response(stream))
+        .await
+        .expect("no response: the proxy hung")
+}
+
+/// Whether the server has closed `stream`: a read ends (EOF or reset)
+/// without any byte, within a bounded wait.
+async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut byte)).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("the connection neither closed nor sent anything"),
+    }
+}
+
+fn connection_header(response: &RawResponse) -> Option<&str> {
+    head_header(response, "connection")
+}
+
+#[tokio::test]
+async fn refused_requests_keep_their_connection_for_the_next_request() {
+    let (origin, proxy, mut stream) = keep_alive_setup().await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr());
+
+    let first = exchange_on(&mut stream, get("/other").as_bytes()).await;
+    let second = exchange_on(&mut stream, get("/other").as_bytes()).await;
+    let third = exchange_on(&mut stream, get("/app/next").as_bytes()).await;
+
+    for refused in [&first, &second] {
+        assert_eq!(refused.status, Some(404), "{}", refused.head);
+        assert_eq!(connection_header(refused), Some("keep-alive"));
+    }
+    assert_eq!(third.status, Some(200), "{}", third.head);
+    assert!(
+        third.text().starts_with("GET /app/next\n"),
+        "{}",
+        third.text()
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_requests_body_is_read_whole_and_never_taken_for_a_request() {
+    let (origin, proxy, mut stream) = keep_alive_setup().await;
+    // The body looks like a request: read as one, it would reach the app.
+    let body = format!(
+        "GET /app/smuggled HTTP/1.1\r\nHost: {}\r\n\r\n",
+        proxy.addr()
+    );
+    let post = format!(
+        "POST /other HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        proxy.addr(),
+        body.len()
+    );
+
+    let refused = exchange_on(&mut stream, post.as_bytes()).await;
+    let next = exchange_on(
+        &mut stream,
+        format!("GET /app/next HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr()).as_bytes(),
+    )
+    .await;
+
+    assert_eq!(refused.status, Some(404), "{}", refused.head);
+    assert_eq!(connection_header(&refused), Some("keep-alive"));
+    assert_eq!(next.status, Some(200), "{}", next.head);
+    assert!(
+        next.text().starts_with("GET /app/next\n"),
+        "{}",
+        next.text()
+    );
+    assert_eq!(origin.hits(), 1, "the body never became a request");
+}
+
+#[tokio::test]
+async fn a_request_pipelined_behind_a_refused_body_closes_the_connection() {
+    let (origin, proxy, mut stream) = keep_alive_setup().await;
+    let body = "0123456789";
+    let both = format!(
+        "POST /other HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\n\r\n{body}\
+         GET /app/pipelined HTTP/1.1\r\nHost: {a}\r\n\r\n",
+        body.len(),
+        a = proxy.addr(),
+    );
+
+    let refused = exchange_on(&mut stream, both.as_bytes()).await;
+
+    assert_eq!(refused.status, Some(404), "{}", refused.head);
+    // Pingora reads past the body's end and does not reuse such a
+    // connection: the pipelined request is never served out of step.
+    assert!(closed(&mut stream).await);
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_request_with_doubtful_framing_closes_its_connection() {
+    let addr_body = "GET /app/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let heads = [
+        // Chunked: never drained, whatever its chunks say.
+        "Transfer-Encoding: chunked\r\n".to_owned(),
+        // Both framings: the classic desync.
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            addr_body.len()
+        ),
+        // Too large to read for nothing.
+        format!("Content-Length: {}\r\n", DRAIN_LIMIT + 1),
+        // The client waits for a 100 it will never get, or not.
+        format!(
+            "Content-Length: {}\r\nExpect: 100-continue\r\n",
+            addr_body.len()
+        ),
+    ];
+    for extra in heads {
+        let (origin, proxy, mut stream) = keep_alive_setup().await;
+        let post = format!(
+            "POST /other HTTP/1.1\r\nHost: {}\r\n{extra}\r\n",
+            proxy.addr()
+        );
+
+        let refused = exchange_on(&mut stream, post.as_bytes()).await;
+        // The body (a request, read the wrong way) comes after the answer.
+        let smuggled = exchange_on(&mut stream, addr_body.as_bytes()).await;
+
+        assert_eq!(refused.status, Some(404), "{extra}: {}", refused.head);
+        assert_eq!(connection_header(&refused), Some("close"), "{extra}");
+        assert_eq!(smuggled.status, None, "{extra}: {}", smuggled.head);
+        assert_eq!(origin.hits(), 0, "{extra}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_content_length_is_refused_before_any_body_is_read() {
+    let (origin, proxy, mut stream) = keep_alive_setup().await;
+    let post = format!(
+        "POST /app/x HTTP/1.1\r\nHost: {}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        proxy.addr()
+    );
+
+    let refused = exchange_on(&mut stream, post.as_bytes()).await;
+
+    assert_eq!(refused.status, Some(400), "{}", refused.head);
+    assert!(closed(&mut stream).await);
+    assert_eq!(origin.hits(), 0);
+}
+
+/// `respond::DRAIN_MAX_BYTES`: the largest refused body read to keep the
+/// connection (docs/answers.md).
+const DRAIN_LIMIT: usize = 64 * 1024;

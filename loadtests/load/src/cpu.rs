@@ -14,6 +14,16 @@ pub fn cpu_micros(pid: u32) -> Option<u64> {
     parse_stat(&stat)
 }
 
+/// The CPU time of all of `pids` so far, summed, in microseconds; `None`
+/// when there are none or one of them cannot be read.
+pub fn cpu_micros_of(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .try_fold(0u64, |sum, &p| Some(sum.saturating_add(cpu_micros(p)?)))
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in µs. The
 /// command name (field 2) may hold spaces and parentheses, so fields are
 /// counted after its last `)`.
@@ -41,6 +51,9 @@ mod tests {
 
     #[test]
     fn our_own_process_has_a_cpu_time() {
-        assert!(cpu_micros(std::process::id()).is_some());
+        let me = std::process::id();
+        assert!(cpu_micros(me).is_some());
+        assert!(cpu_micros_of(&[me, me]).is_some());
+        assert_eq!(cpu_micros_of(&[]), None);
     }
 }

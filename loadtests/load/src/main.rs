@@ -64,7 +64,7 @@ struct CorpusArgs {
 struct RunArgs {
     /// Target URL (shorthand for one --target).
     url: Option<String>,
-    /// A target: `URL`, or `name=N,url=URL[,host=H][,pid=P]`. Repeat to compare.
+    /// A target: `URL`, or `name=N,url=URL[,host=H][,pid=P[+P…]]`. Repeat to compare.
     #[arg(long = "target")]
     targets: Vec<String>,
     #[command(flatten)]
@@ -387,7 +387,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
             }
             let progress = Arc::new(Progress::default());
             let offset = started.elapsed();
-            let before = spec.pid.and_then(cpu::cpu_micros);
+            let before = cpu::cpu_micros_of(&spec.pids);
             let ticker = progress_ticker(
                 &bar,
                 &progress,
@@ -403,7 +403,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
             // Rounds run one after the other: place this one's timeline
             // where it ran, so that the chart shows rounds side by side.
             result.tally.delay(offset);
-            if let (Some(b), Some(a)) = (before, spec.pid.and_then(cpu::cpu_micros))
+            if let (Some(b), Some(a)) = (before, cpu::cpu_micros_of(&spec.pids))
                 && let Some(c) = cpu_used.get_mut(i)
             {
                 c.0 += a.saturating_sub(b);
@@ -439,7 +439,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
             t,
             *e,
         );
-        if spec.pid.is_some() && c.1 && t.requests > 0 {
+        if !spec.pids.is_empty() && c.1 && t.requests > 0 {
             r.cpu_us_per_request = Some(c.0 as f64 / t.requests as f64);
         }
         reports.push(r);

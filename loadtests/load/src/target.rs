@@ -30,8 +30,9 @@ pub struct TargetSpec {
     pub url: Uri,
     /// `Host` to send instead of the URL's authority (routes by host).
     pub host: Option<String>,
-    /// A process whose CPU time is charged to this target (`/proc/PID/stat`).
-    pub pid: Option<u32>,
+    /// Processes whose CPU time is charged to this target
+    /// (`/proc/PID/stat`), summed: a proxy and the auth service it asks.
+    pub pids: Vec<u32>,
 }
 
 /// A `--target` that cannot be used.
@@ -121,7 +122,7 @@ pub enum ConnectError {
 // === impl TargetSpec ===
 
 impl TargetSpec {
-    /// Parses `URL` or `name=N,url=URL[,host=H][,pid=P]`.
+    /// Parses `URL` or `name=N,url=URL[,host=H][,pid=P[+P…]]`.
     pub fn parse(spec: &str) -> Result<Self, TargetError> {
         let bad = |problem: &str| TargetError {
             spec: spec.to_owned(),
@@ -165,9 +166,14 @@ impl TargetSpec {
         if url.host().is_none() {
             return Err(bad("the url has no host"));
         }
-        let pid = pid
-            .map(|p| p.parse::<u32>().map_err(|_| bad("pid is not a process id")))
-            .transpose()?;
+        let pids = match pid {
+            None => Vec::new(),
+            Some(p) => p
+                .split('+')
+                .map(|p| p.trim().parse::<u32>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad("pid is not a process id (or P+P… for several)"))?,
+        };
         let name = name.unwrap_or_else(|| url_text.clone());
         if name.is_empty() {
             return Err(bad("empty name"));
@@ -176,7 +182,7 @@ impl TargetSpec {
             name,
             url,
             host,
-            pid,
+            pids,
         })
     }
 
@@ -329,7 +335,9 @@ mod tests {
                 .unwrap();
         assert_eq!(t.name, "enforce");
         assert_eq!(t.host.as_deref(), Some("enforce.test"));
-        assert_eq!(t.pid, Some(42));
+        assert_eq!(t.pids, [42]);
+        let t = TargetSpec::parse("name=auth,url=http://127.0.0.1:8080/,pid=42+43").unwrap();
+        assert_eq!(t.pids, [42, 43]);
         let t = TargetSpec::parse("https://127.0.0.1:8443/app").unwrap();
         assert_eq!(t.name, "https://127.0.0.1:8443/app");
         assert_eq!(t.url.path(), "/app");
@@ -343,6 +351,8 @@ mod tests {
             ("name=a,url=http://x,colour=red", "unknown key \"colour\""),
             ("name=a,name=b,url=http://x", "name given twice"),
             ("name=a,url=http://x,pid=me", "pid is not a process id"),
+            ("name=a,url=http://x,pid=1+", "pid is not a process id"),
+            ("name=a,url=http://x,pid=1+-2", "pid is not a process id"),
             ("enforce", "expected name=…,url=…"),
         ] {
             let e = TargetSpec::parse(spec).unwrap_err().to_string();

@@ -393,3 +393,41 @@ proptest::proptest! {
         proptest::prop_assert_eq!(quality(&text), want);
     }
 }
+
+// --- Keeping the connection after an answer ---
+
+fn framing(lines: &[(&str, &[u8])]) -> Option<u64> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in lines {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    request_length(&headers)
+}
+
+#[test]
+fn only_a_single_plain_content_length_or_none_frames_a_body_we_may_drain() {
+    assert_eq!(framing(&[]), Some(0));
+    assert_eq!(framing(&[("content-length", b"0")]), Some(0));
+    assert_eq!(framing(&[("content-length", b"1234")]), Some(1234));
+    assert_eq!(framing(&[("Content-Length", b"007")]), Some(7));
+    // Anything a parser might read two ways closes the connection.
+    for bad in [
+        &[("transfer-encoding", &b"chunked"[..])][..],
+        &[("transfer-encoding", b"identity")],
+        &[("content-length", b"5"), ("transfer-encoding", b"chunked")],
+        &[("content-length", b"5"), ("content-length", b"5")],
+        &[("content-length", b"5, 5")],
+        &[("content-length", b"+5")],
+        &[("content-length", b"-1")],
+        &[("content-length", b" 5")],
+        &[("content-length", b"5 ")],
+        &[("content-length", b"0x10")],
+        &[("content-length", b"")],
+        &[("content-length", b"99999999999999999999999")],
+    ] {
+        assert_eq!(framing(bad), None, "{bad:?}");
+    }
+}

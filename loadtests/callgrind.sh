@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Instructions per request of the release proxy, counted by callgrind: a
+# figure that holds on a busy machine where wall-clock load runs do not.
+#
+#   loadtests/callgrind.sh [requests] [top]
+#
+# Runs vigil-proxy (one worker thread) under `valgrind --tool=callgrind`
+# behind nothing, in front of an nginx origin, and drives it from one
+# keep-alive connection with loadtests/callgrind-client.py (the browser
+# headers of proxy-baseline.sh, 1,000 sessions in turn). For each route —
+# `off.test` (mode off, passthrough) and `enforce.test` (enforcing) — it
+# warms up (every session seen once, pools filled), zeroes the counters
+# (`callgrind_control --zero`), sends the requests, dumps the counters
+# (`callgrind_control --dump`), and prints total instructions (Ir) divided
+# by the requests, with the top inclusive functions of that window (per
+# request). An idle
+# window of the same length (no requests) is dumped too: its Ir is the
+# background (timers, the sweeper) and is subtracted. Only request handling
+# is counted: startup, warm-up and shutdown fall outside the windows.
+#
+# VIGIL_BIN=path profiles another build; KEEP=dir keeps the profiles there
+# (callgrind_annotate them). Needs valgrind, nginx, python3, curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requests=${1:-2000}
+top=${2:-25}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.out "$KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for tool in valgrind callgrind_control callgrind_annotate nginx python3 curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
+done
+if [ -z "${VIGIL_BIN:-}" ]; then
+  cargo build --release -p vigil-proxy >/dev/null
+fi
+bin=${VIGIL_BIN:-${CARGO_TARGET_DIR:-target}/release/vigil-proxy}
+client=loadtests/callgrind-client.py
+
+origin=18191; vigil=18192; admin=18193
+
+cat > "$work/origin.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/origin.pid;
+error_log $work/origin.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$origin;
+    location / { default_type text/plain; return 200 "hello from the origin\n"; }
+  }
+}
+NGINX
+
+cat > "$work/vigil.toml" <<TOML
+[server]
+threads = 1
+state_dir = "$work/vigil-state"
+[log]
+level = "warn"
+[admin]
+listen = "127.0.0.1:$admin"
+[[listeners]]
+name = "load"
+listen = "127.0.0.1:$vigil"
+[[upstreams]]
+name = "origin"
+addresses = ["127.0.0.1:$origin"]
+[upstreams.health]
+interval_seconds = 0
+[[routes]]
+name = "enforce"
+hosts = ["enforce.test"]
+upstream = "origin"
+mode = "enforce"
+[[routes]]
+name = "off"
+hosts = ["off.test"]
+upstream = "origin"
+mode = "off"
+TOML
+
+nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
+valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+  "$bin" run -c "$work/vigil.toml" 2>"$work/vigil.err" & vpid=$!; pids+=($vpid)
+
+for _ in $(seq 600); do
+  curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && break
+  kill -0 "$vpid" 2>/dev/null || { cat "$work/vigil.err"; exit 1; }
+  sleep 0.2
+done
+curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" || { echo "proxy not ready"; exit 1; }
+
+window() { # label command...: zero, run, dump; echoes "Ir seconds"
+  local label=$1; shift
+  callgrind_control --zero "$vpid" >/dev/null 2>&1
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >&2
+  t1=$(date +%s.%N)
+  # Dumps are numbered from 1; this function runs in a subshell, so count
+  # the files rather than keep a counter.
+  local file
+  file="$work/cg.out.$(( $(find "$work" -maxdepth 1 -name 'cg.out.*' | wc -l) + 1 ))"
+  callgrind_control --dump="$label" "$vpid" >/dev/null 2>&1
+  for _ in $(seq 300); do
+    [ -s "$file" ] && grep -q '^totals:' "$file" && break
+    sleep 0.1
+  done
+  cp "$file" "$work/$label.out"
+  local ir
+  ir=$(awk '/^totals:/ {print $2; exit}' "$file")
+  echo "$ir $(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
+}
+
+echo "vigil-proxy under callgrind, $requests requests per route on one keep-alive connection"
+read -r idle_ir idle_s < <(window idle sleep 5)
+idle_rate=$(awk -v i="$idle_ir" -v s="$idle_s" 'BEGIN {print i / s}')
+printf 'idle: %.0f Ir/s of background\n' "$idle_rate"
+for route in off enforce; do
+  python3 "$client" "127.0.0.1:$vigil" "$route.test" 1000 1000 0   # every session once
+  python3 "$client" "127.0.0.1:$vigil" "$route.test" 200 1000 0    # steady
+  read -r ir secs < <(window "$route" python3 "$client" "127.0.0.1:$vigil" "$route.test" "$requests" 1000 0)
+  awk -v ir="$ir" -v s="$secs" -v r="$requests" -v idle="$idle_rate" -v n="$route" \
+    'BEGIN { printf "%-8s %12.0f Ir / %d requests = %8.0f Ir/request (%.0f after the idle background; window %.1f s)\n",
+             n, ir, r, ir / r, (ir - idle * s) / r, s }'
+  echo "$route $ir $secs" >> "$work/results"
+done
+read -r _ off_ir off_s < <(grep '^off ' "$work/results")
+read -r _ enf_ir enf_s < <(grep '^enforce ' "$work/results")
+awk -v a="$enf_ir" -v b="$off_ir" -v as="$enf_s" -v bs="$off_s" -v r="$requests" -v idle="$idle_rate" \
+  'BEGIN { printf "enforcement increment: %.0f Ir/request\n", ((a - idle * as) - (b - idle * bs)) / r }'
+
+for route in off enforce; do
+  # (callgrind_annotate 3.19's --inclusive=no listed inclusive costs on
+  # these dumps, so only the inclusive view is printed.)
+  for mode in yes; do
+    echo
+    echo "== $route: top inclusive functions (Ir per request) =="
+    callgrind_annotate --inclusive=$mode --auto=no --threshold=100 "$work/$route.out" 2>/dev/null |
+      awk -v r="$requests" -v top="$top" '
+        /^-+$/ { dashes++; next }
+        dashes >= 4 && $1 ~ /^[0-9,]+$/ {
+          ir = $1; gsub(",", "", ir); line = $0;
+          sub(/^ *[0-9,]+ +(\([^)]*\))? */, "", line);
+          printf "%10.0f  %s\n", ir / r, substr(line, 1, 150);
+          if (++n >= top) exit }' || true   # awk stops reading early
+  done
+done
