@@ -454,9 +454,16 @@ pub async fn false_positive(
 ) -> Result<Response, ApiError> {
     admin(&app, &headers, &peer)?;
     let req: FalsePositiveRequest = small_json(&body)?;
-    if req.reference.is_empty()
-        || req.reference.len() > MAX_REFERENCE_BYTES
-        || req.reference.chars().any(char::is_control)
+    let done = mark_false_positive(&app, &req.reference, "the admin API").await?;
+    Ok(Json(done).into_response())
+}
+
+/// Checks a reference id as the refusal page shows it: 1 to
+/// [`MAX_REFERENCE_BYTES`] bytes, no control character.
+pub(crate) fn check_reference(reference: &str) -> Result<(), ApiError> {
+    if reference.is_empty()
+        || reference.len() > MAX_REFERENCE_BYTES
+        || reference.chars().any(char::is_control)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -464,6 +471,18 @@ pub async fn false_positive(
             format!("a reference id is 1 to {MAX_REFERENCE_BYTES} bytes, as on the refusal page"),
         ));
     }
+    Ok(())
+}
+
+/// Marks the detections with `reference` a false positive, as
+/// `POST /v1/admin/detections/false-positive` does for the admin API and
+/// the dashboard's form for a responder (`by`, logged); the API's answer.
+pub(crate) async fn mark_false_positive(
+    app: &App,
+    reference: &str,
+    by: &str,
+) -> Result<Value, ApiError> {
+    check_reference(reference)?;
     let intake = Intake {
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
@@ -475,7 +494,7 @@ pub async fn false_positive(
     };
     let Some(done) = app
         .store
-        .false_positive(&req.reference, now_secs(), intake)
+        .false_positive(reference, now_secs(), intake)
         .await?
     else {
         return Err(ApiError::new(
@@ -487,7 +506,7 @@ pub async fn false_positive(
     };
     if done.changed {
         app.head.send_replace(done.head);
-        tracing::info!(reference = %req.reference, head = done.head, "a false positive reported by the admin API");
+        tracing::info!(%reference, head = done.head, by, "a false positive reported");
     }
     let counts: Vec<Value> = done
         .counts
@@ -499,8 +518,8 @@ pub async fn false_positive(
             _ => None,
         })
         .collect();
-    Ok(Json(json!({
-        "reference": req.reference,
+    Ok(json!({
+        "reference": reference,
         "changed": done.changed,
         "message": if done.changed {
             "marked a false positive; every node told"
@@ -511,7 +530,6 @@ pub async fn false_positive(
         "counts": counts,
         "seq": done.head,
     }))
-    .into_response())
 }
 
 #[cfg(test)]
