@@ -437,6 +437,25 @@ async fn a_forged_post_is_refused_and_a_responders_false_positive_is_the_admin_a
                 .await;
             assert_eq!(r.status(), 403, "{origin:?} {site:?}");
         }
+        // What a browser sends for the controller's own form under
+        // `Referrer-Policy: no-referrer`: `Origin: null` with
+        // `Sec-Fetch-Site: same-origin`. Taken (the wrong token here
+        // shows it got as far as the token).
+        let r = c
+            .post_from(
+                "/dashboard/act",
+                &cookie,
+                &form(other_token),
+                Some("null"),
+                Some("same-origin"),
+            )
+            .await;
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("CSRF token is missing or not this session")
+        );
         // A sign-in from another site is refused before it is judged.
         let r = c.login_with(ADMIN, Some("http://evil.example")).await;
         assert_eq!(r.status(), 403);
@@ -673,4 +692,129 @@ async fn the_overview_and_user_page_show_what_the_store_holds() {
         db.drop_db().await;
     })
     .await;
+}
+
+/// Where the browser test's npm packages are (`npm ci --prefix
+/// controller/tests/browser`, as `.ci/run` does).
+fn browser_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Runs `tests/browser/dashboard.mjs` with `args` (and `out`) and returns
+/// what it wrote; panics, with its stderr, when it fails or runs past
+/// 90 s (its own steps have 20 s each, plus Chromium's start).
+async fn run_browser(mut args: serde_json::Value) -> serde_json::Value {
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix controller/tests/browser` first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    args["out"] = serde_json::json!(out);
+    let mut child = std::process::Command::new("node")
+        .arg(browser_dir().join("dashboard.mjs"))
+        .arg(args.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dashboard.mjs ran longer than 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "dashboard.mjs failed: {stderr}");
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+/// An operator with a real browser: signs in, finds a detection by the
+/// reference id a user's ticket quotes, reads its facts, marks it a false
+/// positive — with no CSP violation and no axe-core (WCAG 2.1 A/AA)
+/// violation on any page on the way.
+#[tokio::test]
+async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_in_a_browser() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let dave = user_of("dave");
+    c.events(vec![detection("ref-browser-1", "app", Some(dave), 5)])
+        .await;
+    let mut args = serde_json::json!({
+        "base": c.origin(),
+        "token": ADMIN,
+        "reference": "ref-browser-1",
+        "user": dave.to_string(),
+    });
+    // VIGIL_SCREENSHOTS=docs/images keeps the screenshots in the docs current.
+    if let Ok(dir) = std::env::var("VIGIL_SCREENSHOTS") {
+        args["screenshots"] = serde_json::json!(dir);
+    }
+    let seen = run_browser(args).await;
+    assert_eq!(
+        seen["steps"],
+        serde_json::json!([
+            "/dashboard/login",
+            "/dashboard",
+            "/dashboard/search",
+            "/dashboard/detection",
+            "/dashboard/confirm",
+            "/dashboard/act",
+            "/dashboard/user"
+        ])
+    );
+    let detection = seen["detection"].as_str().unwrap();
+    for fact in [
+        "Detection ref-browser-1",
+        "Reported by node a",
+        "block-risky",
+        "device_changed\t45",
+        "network_changed\t40",
+        "85 / 100",
+        &dave.to_string(),
+    ] {
+        assert!(detection.contains(fact), "{fact:?} in {detection}");
+    }
+    assert!(
+        seen["done"]
+            .as_str()
+            .unwrap()
+            .contains("Marked a false positive; every node told."),
+        "{seen}"
+    );
+    assert!(
+        seen["labelled"]
+            .as_str()
+            .unwrap()
+            .contains("Label\nfalse positive at "),
+        "{seen}"
+    );
+    let user = seen["user"].as_str().unwrap();
+    assert!(user.contains("Detections (1)"), "{user}");
+    assert!(user.contains(&"05".repeat(16)), "{user}");
+    assert_eq!(seen["csp"], serde_json::json!([]), "no CSP violation");
+    for (page, violations) in seen["axe"].as_object().unwrap() {
+        assert_eq!(violations, &serde_json::json!([]), "axe on {page}");
+    }
+    let store = vigil_controller::store::Store::open(&db.url())
+        .await
+        .unwrap();
+    let held = store
+        .detections_by_reference("ref-browser-1", 4)
+        .await
+        .unwrap();
+    assert!(held[0].row.false_positive_at.is_some());
+    c.stop().await;
+    db.drop_db().await;
 }

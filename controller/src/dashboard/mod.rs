@@ -312,31 +312,31 @@ pub(crate) fn operator(app: &App, headers: &HeaderMap) -> Result<Operator, PageE
     })
 }
 
-/// Whether a POST comes from a page of this controller: a browser's
-/// `Sec-Fetch-Site`, when sent, must say `same-origin`, and its `Origin`,
-/// when sent, must be this controller's. A client that sends neither (no
-/// browser of the last years) is judged by the CSRF token alone.
+/// Whether a POST comes from a page of this controller. A browser that
+/// sends `Sec-Fetch-Site` (every current one; pages cannot forge it) is
+/// judged by it: `same-origin` only. Its `Origin` then is `null` for our
+/// own forms (the pages' `Referrer-Policy: no-referrer` makes it so), or
+/// must be this controller's. Without `Sec-Fetch-Site`, an `Origin` must
+/// be this controller's (`null` is refused: a sandboxed frame anywhere
+/// sends it); a client that sends neither (no browser of recent years) is
+/// judged by the CSRF token alone.
 fn same_origin(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<(), PageError> {
+    let refused = || PageError::Forgery("a form posted from another site is refused");
     let mut sites = headers.get_all("sec-fetch-site").iter();
-    match (sites.next(), sites.next()) {
-        (None, _) => {}
-        (Some(site), None) if site.as_bytes() == b"same-origin" => {}
-        _ => {
-            return Err(PageError::Forgery(
-                "a form posted from another site is refused",
-            ));
-        }
-    }
+    let fetch_site = match (sites.next(), sites.next()) {
+        (None, _) => false,
+        (Some(site), None) if site.as_bytes() == b"same-origin" => true,
+        _ => return Err(refused()),
+    };
     let mut origins = headers.get_all(header::ORIGIN).iter();
     let origin = match (origins.next(), origins.next()) {
         (None, _) => return Ok(()),
         (Some(o), None) => o.as_bytes(),
-        _ => {
-            return Err(PageError::Forgery(
-                "a form posted from another site is refused",
-            ));
-        }
+        _ => return Err(refused()),
     };
+    if origin == b"null" {
+        return if fetch_site { Ok(()) } else { Err(refused()) };
+    }
     let host = headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
@@ -354,9 +354,7 @@ fn same_origin(app: &App, headers: &HeaderMap, uri: &Uri) -> Result<(), PageErro
         {
             Ok(())
         }
-        _ => Err(PageError::Forgery(
-            "a form posted from another site is refused",
-        )),
+        _ => Err(refused()),
     }
 }
 
