@@ -291,7 +291,7 @@ pub mod ssf;
 pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
-pub use dashboard::{Buckets, DetectionFacts, SessionHit};
+pub use dashboard::{AuditEntry, Buckets, DetectionFacts, SessionHit};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

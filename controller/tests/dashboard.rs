@@ -488,6 +488,22 @@ async fn a_forged_post_is_refused_and_a_responders_false_positive_is_the_admin_a
                 .unwrap()
                 .contains("Already marked a false positive; nothing changed.")
         );
+        // Audited: the sign-ins, the two posts that got past the checks
+        // (the extra field, the false positive) and the repeat; the
+        // forged ones are not (no session's word is in them).
+        let (audit, _) = store.audit_entries(20, 0).await.unwrap();
+        let acts: Vec<&str> = audit
+            .iter()
+            .filter(|e| e.action == "false-positive")
+            .map(|e| e.outcome.as_str())
+            .collect();
+        assert_eq!(acts.len(), 3, "{audit:?}");
+        assert!(acts.contains(&"Marked a false positive; every node told."));
+        assert!(acts.contains(&"Already marked a false positive; nothing changed."));
+        assert!(
+            acts.iter()
+                .any(|o| o.starts_with("refused: field \"session\""))
+        );
         // An unknown reference: the admin API's 404.
         let r = c
             .post(
@@ -561,6 +577,37 @@ async fn a_viewer_reads_but_cannot_act() {
             .unwrap();
         let held = store.detections_by_reference("ref-v-1", 4).await.unwrap();
         assert_eq!(held[0].row.false_positive_at, None);
+        // Each attempt is in the audit trail, refused, with who and from
+        // where; the viewer reads the trail.
+        let (audit, more) = store.audit_entries(10, 0).await.unwrap();
+        assert!(!more);
+        let mut seen: Vec<(&str, &str, &str)> = audit
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.outcome.as_str()))
+            .collect();
+        seen.sort();
+        let bob_key = bob.to_string();
+        let refused = "refused: only a responder may do this; you are signed in as a viewer";
+        let session = "02".repeat(16);
+        let mut expected = vec![
+            ("false-positive", "ref-v-1", refused),
+            ("logout-user", bob_key.as_str(), refused),
+            ("revoke-session", session.as_str(), refused),
+            ("sign-in", "", "signed in"),
+        ];
+        expected.sort();
+        assert_eq!(seen, expected);
+        let viewer = format!(
+            "viewer token {}",
+            &hex::encode(vigil_controller::config::token_hash(VIEWER))[..8]
+        );
+        for e in &audit {
+            assert_eq!(e.who, viewer);
+            assert_eq!(e.role, "viewer");
+            assert_eq!(e.client.as_deref(), Some("127.0.0.1"));
+        }
+        let html = c.page("/dashboard/audit", &cookie).await;
+        assert!(html.contains("<td>revoke-session</td>"));
         let detail = store.user_detail(bob, 10).await.unwrap();
         assert_eq!(detail.revoked_at, None);
         // The viewer still signs out.

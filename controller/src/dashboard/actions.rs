@@ -19,6 +19,7 @@ use super::session::Role;
 use super::view::Nav;
 use super::{Operator, PageError, checked_post, operator, page, query};
 use crate::api::{App, user_id};
+use crate::tls::Peer;
 
 /// What a responder can do from the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,15 +220,52 @@ struct DonePage {
 }
 
 /// `POST /dashboard/act`: a responder's action, from this controller's
-/// page, with the session's CSRF token.
+/// page, with the session's CSRF token. Once the session and its token
+/// are good, the attempt is audited whatever its outcome (a viewer's
+/// refusal included).
 pub(crate) async fn act(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, PageError> {
     let (operator, fields) = checked_post(&app, &headers, &uri, &body, &FIELDS)?;
-    responder(&operator)?;
+    let done = carry_out(&app, &operator, &fields).await;
+    let target = ["reference", "session", "key"]
+        .iter()
+        .find_map(|k| fields.get(*k))
+        .map_or("", String::as_str);
+    let outcome = match &done {
+        Ok((_, message, _)) => message.clone(),
+        Err(e) => format!("refused: {e}"),
+    };
+    super::audit(
+        &app,
+        &operator.session,
+        &peer,
+        fields.get("action").map_or("", String::as_str),
+        target,
+        &outcome,
+    )
+    .await;
+    let (title, message, link) = done?;
+    page(&DonePage {
+        nav: operator.nav(),
+        title,
+        message,
+        link,
+    })
+}
+
+/// What a checked form asks, done by the admin API's functions: the
+/// action's title, what the operator is told, and a link back.
+async fn carry_out(
+    app: &App,
+    operator: &Operator,
+    fields: &HashMap<String, String>,
+) -> Result<(&'static str, String, (String, String)), PageError> {
+    responder(operator)?;
     let action = Action::parse(fields.get("action").map(String::as_str).unwrap_or(""))?;
     if let Some(extra) = fields
         .keys()
@@ -242,8 +280,8 @@ pub(crate) async fn act(
     let by = format!("dashboard ({who})");
     let (message, link) = match action {
         Action::FalsePositive => {
-            let r = reference_of(&fields)?;
-            let done = crate::admin::mark_false_positive(&app, r, &by).await?;
+            let r = reference_of(fields)?;
+            let done = crate::admin::mark_false_positive(app, r, &by).await?;
             let changed = done["changed"].as_bool().unwrap_or(false);
             (
                 if changed {
@@ -255,12 +293,12 @@ pub(crate) async fn act(
             )
         }
         Action::ConfirmedCompromise => {
-            let r = reference_of(&fields)?;
+            let r = reference_of(fields)?;
             let credential = fields
                 .get("credential_type")
                 .map(String::as_str)
                 .filter(|c| !c.is_empty());
-            let done = crate::ssf::transmit::compromise::confirm(&app, r, credential, &by).await?;
+            let done = crate::ssf::transmit::compromise::confirm(app, r, credential, &by).await?;
             let users = done["users"].as_array().map_or(0, Vec::len);
             let changed = done["changed"].as_bool().unwrap_or(false);
             (
@@ -273,8 +311,8 @@ pub(crate) async fn act(
             )
         }
         Action::RevokeSession => {
-            let s = session_of(&fields)?;
-            let seq = crate::api::revoke_one_session(&app, s, "dashboard").await?;
+            let s = session_of(fields)?;
+            let seq = crate::api::revoke_one_session(app, s, "dashboard").await?;
             tracing::info!(who, seq, "session revoked from the dashboard");
             (
                 format!("Session {s} revoked on every node (change {seq})."),
@@ -285,17 +323,17 @@ pub(crate) async fn act(
             )
         }
         Action::LogoutUser => {
-            let key = key_of(&fields)?;
+            let key = key_of(fields)?;
             let name = fields.get("name").map(String::as_str).unwrap_or_default();
             // The name must be the user's: a slip of the keyboard logs out
             // nobody else.
-            if user_id(&app, name)? != key {
+            if user_id(app, name)? != key {
                 return Err(PageError::BadRequest(
                     "that name is not this user's: its key differs".into(),
                 ));
             }
             let done =
-                crate::logout::universal_logout(&app, name, &format!("dashboard:{who}")).await?;
+                crate::logout::universal_logout(app, name, &format!("dashboard:{who}")).await?;
             let id = done["id"].as_str().unwrap_or("").to_owned();
             (
                 format!(
@@ -308,12 +346,7 @@ pub(crate) async fn act(
             )
         }
     };
-    page(&DonePage {
-        nav: operator.nav(),
-        title: action.title(),
-        message,
-        link,
-    })
+    Ok((action.title(), message, link))
 }
 
 fn detection_link(reference: &str) -> (String, String) {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -79,6 +79,7 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/detections", get(pages::detections))
         .route("/dashboard/detection", get(pages::detection))
         .route("/dashboard/search", get(pages::search))
+        .route("/dashboard/audit", get(pages::audit))
         .route("/dashboard/confirm", get(actions::confirm_page))
         .route("/dashboard/act", post(actions::act))
         .route("/dashboard/static/dashboard.css", get(css))
@@ -416,6 +417,44 @@ pub(crate) fn checked_post(
     Ok((operator, fields))
 }
 
+// === audit ===
+
+/// Longest action or target kept in the audit trail; longer ones are cut.
+const MAX_AUDIT_FIELD: usize = 128;
+
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Adds to the audit trail what `session`'s operator did from `peer`: a
+/// failure to write it is logged at `warn` (what was done is done).
+pub(crate) async fn audit(
+    app: &App,
+    session: &Session,
+    peer: &Peer,
+    action: &str,
+    target: &str,
+    outcome: &str,
+) {
+    let entry = crate::store::AuditEntry {
+        id: crate::outbox::new_id(),
+        at: now_secs(),
+        who: session.identity.label(),
+        role: session.role.as_str().to_owned(),
+        client: peer.addr.map(|a| a.ip().to_string()),
+        action: cut(action, MAX_AUDIT_FIELD),
+        target: cut(target, MAX_AUDIT_FIELD),
+        outcome: cut(outcome, 4 * MAX_AUDIT_FIELD),
+    };
+    if let Err(e) = app.store.audit(&entry).await {
+        tracing::warn!(error = %e, who = entry.who, action = entry.action, "dashboard action not audited");
+    }
+}
+
 // === sign in and out ===
 
 #[derive(Template)]
@@ -508,6 +547,9 @@ async fn login(
             PageError::Internal
         })?;
     tracing::info!(who = label, role = role.as_str(), client = ?client, "dashboard sign-in");
+    if let Some(session) = app.dashboard.get(&id, now, config) {
+        audit(&app, &session, &peer, "sign-in", "", "signed in").await;
+    }
     let mut response = Redirect::to("/dashboard").into_response();
     response
         .headers_mut()
@@ -531,9 +573,9 @@ fn set_cookie(app: &App, value: &str, max_age: u64) -> Result<HeaderValue, PageE
 /// `POST /dashboard/logout`: ends the session and clears its cookie.
 async fn logout(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     uri: Uri,
-    RawQuery(_): RawQuery,
     body: Bytes,
 ) -> Result<Response, PageError> {
     let (operator, _) = checked_post(&app, &headers, &uri, &body, &[])?;
@@ -542,6 +584,7 @@ async fn logout(
         who = operator.session.identity.label(),
         "dashboard sign-out"
     );
+    audit(&app, &operator.session, &peer, "sign-out", "", "signed out").await;
     let mut response = Redirect::to("/dashboard/login").into_response();
     response
         .headers_mut()

@@ -442,3 +442,57 @@ pub(crate) async fn search(
     }
     page(&found)
 }
+
+// === audit ===
+
+struct AuditRow {
+    at: String,
+    who: String,
+    role: String,
+    client: String,
+    action: String,
+    target: String,
+    outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/audit.html")]
+struct AuditPage {
+    nav: Nav,
+    entries: Vec<AuditRow>,
+    offset: u64,
+    previous: Option<u64>,
+    next: Option<u64>,
+}
+
+/// `GET /dashboard/audit?offset=`: what operators did through the
+/// dashboard, newest first, [`PAGE_SIZE`] a page.
+pub(crate) async fn audit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["offset"])?;
+    let offset = offset_of(&q)?;
+    let (list, more) = app.store.audit_entries(PAGE_SIZE, offset).await?;
+    let size = PAGE_SIZE as u64;
+    page(&AuditPage {
+        nav: operator.nav(),
+        entries: list
+            .into_iter()
+            .map(|e| AuditRow {
+                at: time(e.at),
+                who: e.who,
+                role: e.role,
+                client: e.client.unwrap_or_else(|| "-".to_owned()),
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome,
+            })
+            .collect(),
+        offset,
+        previous: (offset > 0).then(|| offset.saturating_sub(size)),
+        next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+    })
+}

@@ -247,3 +247,78 @@ impl Store {
         Ok(hits.into_iter().find(|h| h.session == session))
     }
 }
+
+/// One line of the audit trail: an operator's action through the
+/// dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Random, 32 hex digits.
+    pub id: String,
+    /// When (seconds since the Unix epoch).
+    pub at: u64,
+    /// The session's identity (`admin token`, `viewer token 1a2b3c4d`).
+    pub who: String,
+    /// `viewer` or `responder`.
+    pub role: String,
+    /// The client's address, when known.
+    pub client: Option<String>,
+    /// `sign-in`, `sign-out`, or an action (`false-positive`, …).
+    pub action: String,
+    /// What it was done to: a reference id, a session or user key.
+    pub target: String,
+    /// How it ended: what the operator was told.
+    pub outcome: String,
+}
+
+impl Store {
+    /// Adds `entry` to the audit trail.
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (id, at, who, role, client, action, target, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(entry.id.as_str())
+        .bind(to_i64(entry.at))
+        .bind(entry.who.as_str())
+        .bind(entry.role.as_str())
+        .bind(entry.client.clone())
+        .bind(entry.action.as_str())
+        .bind(entry.target.as_str())
+        .bind(entry.outcome.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` audit entries from the `offset`th, newest first;
+    /// whether more follow.
+    pub async fn audit_entries(
+        &self,
+        limit: usize,
+        offset: u64,
+    ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, who, role, client, action, target, outcome FROM audit \
+             ORDER BY at DESC, id LIMIT $1 OFFSET $2",
+        )
+        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .bind(to_i64(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit;
+        let mut list = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            list.push(AuditEntry {
+                id: row.try_get(0)?,
+                at: to_u64(row.try_get(1)?),
+                who: row.try_get(2)?,
+                role: row.try_get(3)?,
+                client: row.try_get(4)?,
+                action: row.try_get(5)?,
+                target: row.try_get(6)?,
+                outcome: row.try_get(7)?,
+            });
+        }
+        Ok((list, more))
+    }
+}
