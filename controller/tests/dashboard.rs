@@ -719,6 +719,11 @@ async fn the_overview_and_user_page_show_what_the_store_holds() {
             .page(&format!("/dashboard/search?q={}", "04".repeat(4)), &cookie)
             .await;
         assert!(html.contains(&format!("<code>{}</code>", "04".repeat(16))));
+        // A LIKE wildcard finds nothing: a prefix is hex or no prefix.
+        for q in ["0404%25", "0404_4", "%25%25%25%25%25%25"] {
+            let html = c.page(&format!("/dashboard/search?q={q}"), &cookie).await;
+            assert!(!html.contains(&"04".repeat(16)), "{q}");
+        }
         // Bad queries: a clear 400, never a panic.
         for path in [
             "/dashboard/user?key=xyz",

@@ -185,19 +185,26 @@ impl Store {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<SessionHit>, StoreError> {
-        // A prefix of hex digits has no LIKE wildcard in it; the caller
-        // checks, and this refuses anything else rather than trust it.
-        if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Keys are lower-case hex: every key starting with the prefix is
+        // at least the prefix and below the prefix followed by `g` (above
+        // every hex digit). A range, unlike LIKE, is read from the keys'
+        // index on both stores. Anything but lower-case hex is refused
+        // rather than trusted.
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Ok(Vec::new());
         }
-        let pattern = format!("{prefix}%");
+        let upper = format!("{prefix}g");
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut hits = Vec::new();
         for row in sqlx::query(
             "SELECT session, user_key, node, record FROM session_baselines \
-             WHERE session LIKE $1 ORDER BY session LIMIT $2",
+             WHERE session >= $1 AND session < $2 ORDER BY session LIMIT $3",
         )
-        .bind(pattern.as_str())
+        .bind(prefix)
+        .bind(upper.as_str())
         .bind(limit_i)
         .fetch_all(&self.pool)
         .await?
@@ -217,11 +224,12 @@ impl Store {
         }
         if hits.len() < limit {
             for row in sqlx::query(
-                "SELECT session, MAX(user_key) FROM detections WHERE session LIKE $1 \
+                "SELECT session, MAX(user_key) FROM detections WHERE session >= $1 AND session < $2 \
                  AND NOT EXISTS (SELECT 1 FROM session_baselines b WHERE b.session = detections.session) \
-                 GROUP BY session ORDER BY session LIMIT $2",
+                 GROUP BY session ORDER BY session LIMIT $3",
             )
-            .bind(pattern.as_str())
+            .bind(prefix)
+            .bind(upper.as_str())
             .bind(i64::try_from(limit - hits.len()).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?
