@@ -346,10 +346,20 @@ pub async fn trust_device(
 ) -> Result<Response, ApiError> {
     admin(&app, &headers, &peer)?;
     let req: TrustDeviceRequest = small_json(&body)?;
-    // As the node's call reads it: 16 hex digits, either case.
-    let device = u64::from_str_radix(&req.device, 16)
+    let device = parse_device(&req.device)?;
+    let user = who(&app, req.user.as_deref(), req.key.as_deref())?;
+    if let Some(name) = &req.user {
+        keep_name(&app, user, name).await?;
+    }
+    let seq = commit_trust(&app, user, Trusted::Device(device), "the admin API").await?;
+    Ok(Json(json!({"seq": seq})).into_response())
+}
+
+/// A device id as the node's call reads it: 16 hex digits, either case.
+pub(crate) fn parse_device(text: &str) -> Result<DeviceId, ApiError> {
+    u64::from_str_radix(text, 16)
         .ok()
-        .filter(|_| req.device.len() == 16 && req.device.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|_| text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(DeviceId)
         .ok_or_else(|| {
             ApiError::new(
@@ -357,22 +367,40 @@ pub async fn trust_device(
                 "bad_device",
                 "a device id is 16 hex digits, as nodes log it",
             )
-        })?;
-    let user = who(&app, req.user.as_deref(), req.key.as_deref())?;
-    if let Some(name) = &req.user {
-        keep_name(&app, user, name).await?;
+        })
+}
+
+/// What an operator trusts for a user on every node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Trusted {
+    Device(DeviceId),
+    Network(TrustedNetwork),
+}
+
+/// Trusts `what` for `user` on every node, as the admin API's
+/// `trust-device` and `trust-network` do and the dashboard's form for a
+/// responder (`by`, logged); the change's sequence number.
+pub(crate) async fn commit_trust(
+    app: &App,
+    user: UserId,
+    what: Trusted,
+    by: &str,
+) -> Result<u64, ApiError> {
+    let at = now_secs();
+    let change = match what {
+        Trusted::Device(device) => Change::DeviceTrusted { user, device, at },
+        Trusted::Network(network) => Change::NetworkTrusted { user, network, at },
+    };
+    let seq = commit(app, change).await?;
+    match what {
+        Trusted::Device(device) => {
+            tracing::info!(user = %user, device = %device, seq, by, "a device trusted for a user");
+        }
+        Trusted::Network(_) => {
+            tracing::info!(user = %user, seq, by, "a network trusted for a user")
+        }
     }
-    let seq = commit(
-        &app,
-        Change::DeviceTrusted {
-            user,
-            device,
-            at: now_secs(),
-        },
-    )
-    .await?;
-    tracing::info!(user = %user, device = %device, seq, "a device trusted for a user by the admin API");
-    Ok(Json(json!({"seq": seq})).into_response())
+    Ok(seq)
 }
 
 /// `POST /v1/admin/users/trust-network`: the node call's body
@@ -404,16 +432,7 @@ pub async fn trust_network(
     if let Some(name) = &req.user {
         keep_name(&app, user, name).await?;
     }
-    let seq = commit(
-        &app,
-        Change::NetworkTrusted {
-            user,
-            network,
-            at: now_secs(),
-        },
-    )
-    .await?;
-    tracing::info!(user = %user, seq, "a network trusted for a user by the admin API");
+    let seq = commit_trust(&app, user, Trusted::Network(network), "the admin API").await?;
     Ok(Json(json!({"seq": seq})).into_response())
 }
 

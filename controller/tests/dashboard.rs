@@ -504,6 +504,29 @@ async fn a_forged_post_is_refused_and_a_responders_false_positive_is_the_admin_a
             acts.iter()
                 .any(|o| o.starts_with("refused: field \"session\""))
         );
+        // Trusting a network for the user: the admin API's change.
+        let alice_key = alice.to_string();
+        for (asn, status) in [("+5", 400), ("0", 400), ("x", 400), ("64500", 200)] {
+            let r = c
+                .post(
+                    "/dashboard/act",
+                    &cookie,
+                    &[
+                        ("csrf", token),
+                        ("action", "trust-network"),
+                        ("key", &alice_key),
+                        ("asn", asn),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status(), status, "{asn}");
+        }
+        let trusted = store.user_detail(alice, 10).await.unwrap().trusted;
+        assert_eq!(trusted.len(), 1);
+        assert_eq!(
+            (trusted[0].what.as_str(), trusted[0].value.as_str()),
+            ("asn", "64500")
+        );
         // An unknown reference: the admin API's 404.
         let r = c
             .post(

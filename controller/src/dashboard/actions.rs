@@ -13,11 +13,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use bytes::Bytes;
-use vigil_fleet::{SessionId, UserId};
+use vigil_fleet::{Country, SessionId, TrustedNetwork, UserId};
 
 use super::session::Role;
 use super::view::Nav;
 use super::{Operator, PageError, checked_post, operator, page, query};
+use crate::admin::Trusted;
 use crate::api::{App, user_id};
 use crate::tls::Peer;
 
@@ -28,6 +29,8 @@ enum Action {
     ConfirmedCompromise,
     RevokeSession,
     LogoutUser,
+    TrustDevice,
+    TrustNetwork,
 }
 
 impl Action {
@@ -37,9 +40,13 @@ impl Action {
             "confirmed-compromise" => Action::ConfirmedCompromise,
             "revoke-session" => Action::RevokeSession,
             "logout-user" => Action::LogoutUser,
+            "trust-device" => Action::TrustDevice,
+            "trust-network" => Action::TrustNetwork,
             _ => {
                 return Err(PageError::BadRequest(
-                    "action is one of false-positive, confirmed-compromise, revoke-session, logout-user".into(),
+                    "action is one of false-positive, confirmed-compromise, revoke-session, \
+                     logout-user, trust-device, trust-network"
+                        .into(),
                 ));
             }
         })
@@ -51,6 +58,8 @@ impl Action {
             Action::ConfirmedCompromise => "confirmed-compromise",
             Action::RevokeSession => "revoke-session",
             Action::LogoutUser => "logout-user",
+            Action::TrustDevice => "trust-device",
+            Action::TrustNetwork => "trust-network",
         }
     }
 
@@ -60,6 +69,8 @@ impl Action {
             Action::ConfirmedCompromise => "Confirm a compromise",
             Action::RevokeSession => "Revoke a session",
             Action::LogoutUser => "Log a user out everywhere",
+            Action::TrustDevice => "Trust a device for a user",
+            Action::TrustNetwork => "Trust a network for a user",
         }
     }
 
@@ -84,6 +95,14 @@ impl Action {
                 "Every session of the user is revoked on every node.",
                 "Each app configured for universal logout is called (back-channel logout, global token revocation).",
             ],
+            Action::TrustDevice => &[
+                "Every node trusts this device for this user: seeing it is no evidence against them.",
+                "It is kept in every snapshot; there is no untrust yet.",
+            ],
+            Action::TrustNetwork => &[
+                "Every node trusts this network (an ASN or a country) for this user: seeing it is no evidence against them.",
+                "It is kept in every snapshot; there is no untrust yet.",
+            ],
         }
     }
 
@@ -94,17 +113,22 @@ impl Action {
             Action::ConfirmedCompromise => &["reference", "credential_type"],
             Action::RevokeSession => &["session"],
             Action::LogoutUser => &["key", "name"],
+            Action::TrustDevice => &["key", "device"],
+            Action::TrustNetwork => &["key", "asn", "country"],
         }
     }
 }
 
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 9] = [
     "action",
     "reference",
     "credential_type",
     "session",
     "key",
     "name",
+    "device",
+    "asn",
+    "country",
 ];
 
 #[derive(Template)]
@@ -145,6 +169,33 @@ fn key_of(fields: &HashMap<String, String>) -> Result<UserId, PageError> {
         .get("key")
         .and_then(|k| UserId::parse(k))
         .ok_or_else(|| PageError::BadRequest("a user key is 16 lower-case hex digits".into()))
+}
+
+/// The device, ASN or country a trust form names: exactly one.
+fn trusted_of(action: Action, fields: &HashMap<String, String>) -> Result<Trusted, PageError> {
+    let bad = |m: &str| PageError::BadRequest(m.to_owned());
+    match (
+        action,
+        fields.get("device"),
+        fields.get("asn"),
+        fields.get("country"),
+    ) {
+        (Action::TrustDevice, Some(d), None, None) => {
+            Ok(Trusted::Device(crate::admin::parse_device(d)?))
+        }
+        (Action::TrustNetwork, None, Some(asn), None) => match asn.parse::<u32>() {
+            Ok(n) if n != 0 && asn.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Trusted::Network(TrustedNetwork::Asn { asn: n }))
+            }
+            _ => Err(bad("an ASN is a decimal number from 1")),
+        },
+        (Action::TrustNetwork, None, None, Some(c)) => Country::parse(&c.to_ascii_uppercase())
+            .map(|country| Trusted::Network(TrustedNetwork::Country { country }))
+            .ok_or_else(|| bad("a country is a two-letter code")),
+        _ => Err(bad(
+            "trust-device names a device; trust-network exactly one of asn and country",
+        )),
+    }
 }
 
 fn reference_of(fields: &HashMap<String, String>) -> Result<&str, PageError> {
@@ -190,6 +241,22 @@ pub(crate) async fn confirm_page(
             match q.get("name") {
                 Some(name) => hidden.push(("name".to_owned(), name.clone())),
                 None => ask_name = true,
+            }
+            back = format!("/dashboard/user?key={key}");
+        }
+        Action::TrustDevice | Action::TrustNetwork => {
+            let key = key_of(&q)?;
+            let what = trusted_of(action, &q)?;
+            hidden.push(("key".to_owned(), key.to_string()));
+            match what {
+                Trusted::Device(d) => hidden.push(("device".to_owned(), d.to_string())),
+                Trusted::Network(TrustedNetwork::Asn { asn }) => {
+                    hidden.push(("asn".to_owned(), asn.to_string()));
+                }
+                Trusted::Network(TrustedNetwork::Country { country }) => {
+                    hidden.push(("country".to_owned(), country.to_string()));
+                }
+                Trusted::Network(_) => {}
             }
             back = format!("/dashboard/user?key={key}");
         }
@@ -339,6 +406,18 @@ async fn carry_out(
                 format!(
                     "Every session of the user revoked on every node; logout {id} recorded and its apps called."
                 ),
+                (
+                    format!("/dashboard/user?key={key}"),
+                    "Back to the user".to_owned(),
+                ),
+            )
+        }
+        Action::TrustDevice | Action::TrustNetwork => {
+            let key = key_of(fields)?;
+            let what = trusted_of(action, fields)?;
+            let seq = crate::admin::commit_trust(app, key, what, &by).await?;
+            (
+                format!("Trusted for the user on every node (change {seq})."),
                 (
                     format!("/dashboard/user?key={key}"),
                     "Back to the user".to_owned(),

@@ -105,6 +105,8 @@ pub(crate) struct Baseline {
     pub(crate) browser_major: String,
     pub(crate) ja4: String,
     pub(crate) asn: String,
+    /// The ASN as a number, when known: what a trust form posts.
+    pub(crate) asn_number: Option<u32>,
     pub(crate) country: String,
     pub(crate) prefix_hash: String,
     pub(crate) via_provider: bool,
@@ -120,6 +122,7 @@ impl Baseline {
             device: device.id.to_string(),
             browser_major: device.id.major().to_string(),
             ja4: device.ja4.map_or_else(|| "-".to_owned(), |j| j.to_string()),
+            asn_number: (mark.asn != 0).then_some(mark.asn),
             asn: if mark.asn == 0 {
                 "-".to_owned()
             } else {
