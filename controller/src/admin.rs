@@ -346,10 +346,20 @@ pub async fn trust_device(
 ) -> Result<Response, ApiError> {
     admin(&app, &headers, &peer)?;
     let req: TrustDeviceRequest = small_json(&body)?;
-    // As the node's call reads it: 16 hex digits, either case.
-    let device = u64::from_str_radix(&req.device, 16)
+    let device = parse_device(&req.device)?;
+    let user = who(&app, req.user.as_deref(), req.key.as_deref())?;
+    if let Some(name) = &req.user {
+        keep_name(&app, user, name).await?;
+    }
+    let seq = commit_trust(&app, user, Trusted::Device(device), "the admin API").await?;
+    Ok(Json(json!({"seq": seq})).into_response())
+}
+
+/// A device id as the node's call reads it: 16 hex digits, either case.
+pub(crate) fn parse_device(text: &str) -> Result<DeviceId, ApiError> {
+    u64::from_str_radix(text, 16)
         .ok()
-        .filter(|_| req.device.len() == 16 && req.device.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|_| text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(DeviceId)
         .ok_or_else(|| {
             ApiError::new(
@@ -357,22 +367,40 @@ pub async fn trust_device(
                 "bad_device",
                 "a device id is 16 hex digits, as nodes log it",
             )
-        })?;
-    let user = who(&app, req.user.as_deref(), req.key.as_deref())?;
-    if let Some(name) = &req.user {
-        keep_name(&app, user, name).await?;
+        })
+}
+
+/// What an operator trusts for a user on every node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Trusted {
+    Device(DeviceId),
+    Network(TrustedNetwork),
+}
+
+/// Trusts `what` for `user` on every node, as the admin API's
+/// `trust-device` and `trust-network` do and the dashboard's form for a
+/// responder (`by`, logged); the change's sequence number.
+pub(crate) async fn commit_trust(
+    app: &App,
+    user: UserId,
+    what: Trusted,
+    by: &str,
+) -> Result<u64, ApiError> {
+    let at = now_secs();
+    let change = match what {
+        Trusted::Device(device) => Change::DeviceTrusted { user, device, at },
+        Trusted::Network(network) => Change::NetworkTrusted { user, network, at },
+    };
+    let seq = commit(app, change).await?;
+    match what {
+        Trusted::Device(device) => {
+            tracing::info!(user = %user, device = %device, seq, by, "a device trusted for a user");
+        }
+        Trusted::Network(_) => {
+            tracing::info!(user = %user, seq, by, "a network trusted for a user")
+        }
     }
-    let seq = commit(
-        &app,
-        Change::DeviceTrusted {
-            user,
-            device,
-            at: now_secs(),
-        },
-    )
-    .await?;
-    tracing::info!(user = %user, device = %device, seq, "a device trusted for a user by the admin API");
-    Ok(Json(json!({"seq": seq})).into_response())
+    Ok(seq)
 }
 
 /// `POST /v1/admin/users/trust-network`: the node call's body
@@ -404,16 +432,7 @@ pub async fn trust_network(
     if let Some(name) = &req.user {
         keep_name(&app, user, name).await?;
     }
-    let seq = commit(
-        &app,
-        Change::NetworkTrusted {
-            user,
-            network,
-            at: now_secs(),
-        },
-    )
-    .await?;
-    tracing::info!(user = %user, seq, "a network trusted for a user by the admin API");
+    let seq = commit_trust(&app, user, Trusted::Network(network), "the admin API").await?;
     Ok(Json(json!({"seq": seq})).into_response())
 }
 
@@ -454,9 +473,16 @@ pub async fn false_positive(
 ) -> Result<Response, ApiError> {
     admin(&app, &headers, &peer)?;
     let req: FalsePositiveRequest = small_json(&body)?;
-    if req.reference.is_empty()
-        || req.reference.len() > MAX_REFERENCE_BYTES
-        || req.reference.chars().any(char::is_control)
+    let done = mark_false_positive(&app, &req.reference, "the admin API").await?;
+    Ok(Json(done).into_response())
+}
+
+/// Checks a reference id as the refusal page shows it: 1 to
+/// [`MAX_REFERENCE_BYTES`] bytes, no control character.
+pub(crate) fn check_reference(reference: &str) -> Result<(), ApiError> {
+    if reference.is_empty()
+        || reference.len() > MAX_REFERENCE_BYTES
+        || reference.chars().any(char::is_control)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -464,6 +490,18 @@ pub async fn false_positive(
             format!("a reference id is 1 to {MAX_REFERENCE_BYTES} bytes, as on the refusal page"),
         ));
     }
+    Ok(())
+}
+
+/// Marks the detections with `reference` a false positive, as
+/// `POST /v1/admin/detections/false-positive` does for the admin API and
+/// the dashboard's form for a responder (`by`, logged); the API's answer.
+pub(crate) async fn mark_false_positive(
+    app: &App,
+    reference: &str,
+    by: &str,
+) -> Result<Value, ApiError> {
+    check_reference(reference)?;
     let intake = Intake {
         detection_window: app.config.detection_window,
         max_session_age: app.config.keep_sessions,
@@ -475,7 +513,7 @@ pub async fn false_positive(
     };
     let Some(done) = app
         .store
-        .false_positive(&req.reference, now_secs(), intake)
+        .false_positive(reference, now_secs(), intake)
         .await?
     else {
         return Err(ApiError::new(
@@ -487,7 +525,7 @@ pub async fn false_positive(
     };
     if done.changed {
         app.head.send_replace(done.head);
-        tracing::info!(reference = %req.reference, head = done.head, "a false positive reported by the admin API");
+        tracing::info!(%reference, head = done.head, by, "a false positive reported");
     }
     let counts: Vec<Value> = done
         .counts
@@ -499,8 +537,8 @@ pub async fn false_positive(
             _ => None,
         })
         .collect();
-    Ok(Json(json!({
-        "reference": req.reference,
+    Ok(json!({
+        "reference": reference,
         "changed": done.changed,
         "message": if done.changed {
             "marked a false positive; every node told"
@@ -511,7 +549,6 @@ pub async fn false_positive(
         "counts": counts,
         "seq": done.head,
     }))
-    .into_response())
 }
 
 #[cfg(test)]

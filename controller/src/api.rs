@@ -85,6 +85,11 @@ pub struct App {
     pub signer: Option<Arc<crate::signing::Signer>>,
     /// The back-channel logout receiver ([`crate::bcl`]).
     pub bcl: crate::bcl::Receiver,
+    /// What this process saw of each node, for the dashboard's fleet
+    /// health ([`crate::dashboard::fleet`]).
+    pub fleet: crate::dashboard::fleet::Fleet,
+    /// The dashboard's sessions ([`crate::dashboard::session`]).
+    pub dashboard: crate::dashboard::session::Sessions,
 }
 
 /// An admin change waiting to be committed, and where its sequence (and
@@ -172,6 +177,8 @@ impl App {
             ssf_tx,
             signer,
             bcl,
+            fleet: crate::dashboard::fleet::Fleet::default(),
+            dashboard: crate::dashboard::session::Sessions::default(),
         })
     }
 
@@ -371,6 +378,16 @@ impl ApiError {
         }
     }
 
+    /// The status it answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What it says, for a person (the dashboard's error page).
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -458,6 +475,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
         .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))
+        .merge(crate::dashboard::router(&app))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -678,10 +696,12 @@ async fn sync(
         return Err(ApiError::unauthorized());
     }
     let name = node.clone();
+    app.fleet.opened(&node, now_secs());
     let mut task = tokio::spawn(async move {
         app.metrics.subscribers.inc();
-        let ended = stream(&app, &tx, live, v, since, snapshot, bounds).await;
+        let ended = stream(&app, &node, &tx, live, v, since, snapshot, bounds).await;
         app.metrics.subscribers.dec();
+        app.fleet.closed(&node);
         if let Err(e) = ended {
             tracing::info!(node, error = %e, "stream ended");
         }
@@ -738,8 +758,10 @@ async fn send_bytes(tx: &Tx, bytes: Bytes) -> Result<(), StreamEnd> {
 /// its cursor — the tail's shared frames ([`crate::tail`]) whenever the
 /// next one starts right after the cursor, and the stream's own reads of
 /// the store otherwise (joining behind, or lagging) up to a frame boundary.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
 async fn stream(
     app: &App,
+    node: &str,
     tx: &Tx,
     mut live: broadcast::Receiver<Published>,
     v: u32,
@@ -779,6 +801,7 @@ async fn stream(
         cursor = seq;
     }
     cursor = catch_up(app, tx, v, cursor, app.tail.published()).await?;
+    app.fleet.sent(node, cursor);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
@@ -809,6 +832,7 @@ async fn stream(
             }
             Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::Gone),
         }
+        app.fleet.sent(node, cursor);
         last_sent = tokio::time::Instant::now();
     }
 }
@@ -853,6 +877,7 @@ async fn events(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let node = node(&app, &headers, &peer)?.name.clone();
+    app.fleet.events(&node, now_secs());
     let batch: EventBatch = json(&body)?;
     if !(1..=VERSION).contains(&batch.v) || batch.events.iter().any(|e| e.kind.since() > batch.v) {
         return Err(ApiError::new(
@@ -1076,8 +1101,21 @@ async fn revoke_session(
             "expected 32 lower-case hex digits",
         )
     })?;
+    let seq = revoke_one_session(&app, session, "admin_api").await?;
+    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+}
+
+/// Revokes `session` on every node, an operator's word, as
+/// `POST /v1/admin/sessions/revoke` does and the dashboard's form for a
+/// responder; `by` names the caller in the log and the webhook
+/// (`admin_api`, `dashboard`). The change's sequence number.
+pub(crate) async fn revoke_one_session(
+    app: &App,
+    session: SessionId,
+    by: &str,
+) -> Result<u64, ApiError> {
     let seq = commit(
-        &app,
+        app,
         // An operator's word: every node keeps it, seen the session or not.
         Change::SessionRevoked {
             session,
@@ -1086,15 +1124,10 @@ async fn revoke_session(
         },
     )
     .await?;
-    tracing::info!(session = %req.session.get(..8).unwrap_or(""), seq, "session revoked by the admin API");
-    crate::webhooks::revocation(
-        &app,
-        crate::webhooks::Revoked::Session(&session),
-        "admin_api",
-        seq,
-    )
-    .await?;
-    Ok(Json(serde_json::json!({"seq": seq})).into_response())
+    let shown = session.to_string();
+    tracing::info!(session = %shown.get(..8).unwrap_or(""), seq, by, "session revoked by an operator");
+    crate::webhooks::revocation(app, crate::webhooks::Revoked::Session(&session), by, seq).await?;
+    Ok(seq)
 }
 
 #[derive(Deserialize)]
@@ -1565,7 +1598,7 @@ mod tests {
         let bounds = store.bounds().await.unwrap();
         let streaming = tokio::spawn({
             let app = Arc::clone(&app);
-            async move { stream(&app, &tx, live, VERSION, 0, false, bounds).await }
+            async move { stream(&app, "a", &tx, live, VERSION, 0, false, bounds).await }
         });
         // One frame per commit: wait for each to be published.
         let mut published = app.tail.subscribe();

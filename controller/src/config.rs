@@ -96,6 +96,8 @@ pub struct Config {
     /// The Shared Signals transmitter (`[ssf_transmitter]`,
     /// `docs/signals.md`): none when not configured.
     pub ssf_tx: Option<crate::ssf::transmit::config::TxConfig>,
+    /// The dashboard (`[dashboard]`, `docs/dashboard.md`).
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 /// Per-node bounds on what a node's word can change (`docs/controller.md`,
@@ -264,6 +266,8 @@ struct Raw {
     logout: crate::logout::RawLogout,
     ssf_transmitter: Option<crate::ssf::transmit::config::RawTx>,
     signing: Option<crate::signing::RawSigning>,
+    #[serde(default)]
+    dashboard: crate::dashboard::config::RawDashboard,
 }
 
 #[derive(Deserialize)]
@@ -439,6 +443,7 @@ impl Config {
                 "store: {store:?}: expected sqlite://PATH or postgres://…"
             ));
         }
+        let dashboard = raw.dashboard.validate(admin_token.as_ref(), &mut problems);
         match (keys, admin_token, problems.is_empty()) {
             (Some((hash_key, key_ids)), Some(admin_token), true) => Ok(Config {
                 listen: raw
@@ -473,6 +478,7 @@ impl Config {
                 webhooks,
                 logout,
                 ssf_tx,
+                dashboard,
             }),
             _ => Err(fail(problems)),
         }

@@ -277,6 +277,21 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("at", Kind::Int),
         ],
     ),
+    // The dashboard's audit trail (`docs/dashboard.md`): a backup keeps
+    // who did what.
+    (
+        "audit",
+        &[
+            ("id", Kind::Text),
+            ("at", Kind::Int),
+            ("who", Kind::Text),
+            ("role", Kind::Text),
+            ("client", Kind::Text),
+            ("action", Kind::Text),
+            ("target", Kind::Text),
+            ("outcome", Kind::Text),
+        ],
+    ),
 ];
 
 /// One value read.

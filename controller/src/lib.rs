@@ -10,6 +10,7 @@ pub mod api;
 pub mod bcl;
 pub mod config;
 pub mod copy;
+pub mod dashboard;
 pub mod logout;
 pub mod metrics;
 pub mod outbox;

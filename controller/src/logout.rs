@@ -457,24 +457,32 @@ pub async fn logout_user(
         ));
     }
     let req: LogoutRequest = json(&body)?;
-    let user = user_id(&app, &req.user)?;
-    let name = vigil_engine::valid_user_name(&req.user).unwrap_or(&req.user);
+    let shown = universal_logout(&app, &req.user, "admin_api").await?;
+    Ok(Json(shown).into_response())
+}
+
+/// Universal logout of the user named `name`, as
+/// `POST /v1/admin/users/logout` does and the dashboard's form for a
+/// responder: `by` is recorded as who asked (`admin_api`,
+/// `dashboard:<identity>`). The logout's record as the API shows it.
+pub(crate) async fn universal_logout(app: &App, name: &str, by: &str) -> Result<Value, ApiError> {
+    let user = user_id(app, name)?;
+    let name = vigil_engine::valid_user_name(name).unwrap_or(name);
     let now = now_secs();
-    crate::admin::keep_name(&app, user, name).await?;
+    crate::admin::keep_name(app, user, name).await?;
     let seq = app.store.revoke_user(user, now, now).await?;
     app.head.send_replace(seq);
-    let by = "admin_api";
-    let (id, shown) = record_apps(&app, user, name, by, seq).await?;
-    tracing::info!(user = %user, seq, logout = id, "universal logout by the admin API");
+    let (id, shown) = record_apps(app, user, name, by, seq).await?;
+    tracing::info!(user = %user, seq, logout = id, by, "universal logout by an operator");
     crate::webhooks::revocation(
-        &app,
+        app,
         crate::webhooks::Revoked::User(user, Some(name)),
         &format!("logout:{id}"),
         seq,
     )
     .await?;
-    crate::webhooks::logout(&app, &shown, &id).await?;
-    Ok(Json(shown).into_response())
+    crate::webhooks::logout(app, &shown, &id).await?;
+    Ok(shown)
 }
 
 /// Universal logout asked by a Shared Signals transmitter (an event whose

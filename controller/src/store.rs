@@ -284,12 +284,14 @@ pub struct Store {
 mod admin;
 pub mod bcl;
 pub mod bindings;
+mod dashboard;
 pub mod idp_sessions;
 pub mod outbox;
 pub mod ssf;
 pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
+pub use dashboard::{AuditEntry, Buckets, DetectionFacts, SessionHit};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -965,3 +965,123 @@ async fn one_host_cannot_hold_every_handshake() {
     }
     c.stop().await;
 }
+
+/// The dashboard over HTTPS (`docs/dashboard.md`, Access): its cookie is
+/// `__Host-` and `Secure` (the plain name opens nothing), the `Origin`
+/// check holds over HTTP/2 (no `Host` header there), and the operator's
+/// pinned certificate signs in as a responder where a node's does not.
+#[tokio::test]
+async fn over_https_the_dashboard_cookie_is_host_only_and_the_pinned_certificate_signs_in() {
+    let pki = Pki::new();
+    let c = Controller::start(&pki, None).await;
+    let origin = format!("https://{}", c.addr);
+    let browser = |cert: Option<&Pair>| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(pki.server_ca.pem().as_bytes()).unwrap(),
+            );
+        if let Some(cert) = cert {
+            b = b.identity(
+                reqwest::Identity::from_pem(format!("{}{}", cert.key, cert.cert).as_bytes())
+                    .unwrap(),
+            );
+        }
+        b.build().unwrap()
+    };
+    let sign_in = async |cert: Option<&Pair>, body: &str| {
+        browser(cert)
+            .post(c.url("/dashboard/login"))
+            .header("origin", &origin)
+            .header("sec-fetch-site", "same-origin")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    };
+    let page = async |cert: Option<&Pair>, cookie: &str| {
+        browser(cert)
+            .get(c.url("/dashboard"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = sign_in(None, &format!("token={ADMIN}")).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let (value, attributes) = set
+        .strip_prefix("__Host-vigil-dashboard=")
+        .unwrap()
+        .split_once(';')
+        .unwrap();
+    assert_eq!(
+        attributes,
+        " Path=/; Max-Age=43200; HttpOnly; SameSite=Strict; Secure"
+    );
+    let r = page(None, &format!("__Host-vigil-dashboard={value}")).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("admin token · <strong>responder</strong>")
+    );
+    let r = page(None, &format!("vigil-dashboard={value}")).await;
+    assert_eq!(r.status(), 303, "the plain name is not the session's");
+    // From the http:// origin of the same host and port: another origin.
+    let r = browser(None)
+        .post(c.url("/dashboard/login"))
+        .header("origin", format!("http://{}", c.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The sign-in page offers the certificate only to its holder.
+    let login = async |cert: Option<&Pair>| {
+        browser(cert)
+            .get(c.url("/dashboard/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let offer = "Sign in with the admin client certificate";
+    assert!(login(Some(&pki.operator)).await.contains(offer));
+    assert!(!login(None).await.contains(offer));
+    assert!(!login(Some(&pki.node_a)).await.contains(offer));
+    let r = sign_in(Some(&pki.operator), "certificate=1").await;
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let value = set
+        .strip_prefix("__Host-vigil-dashboard=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    let r = page(
+        Some(&pki.operator),
+        &format!("__Host-vigil-dashboard={value}"),
+    )
+    .await;
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("admin certificate · <strong>responder</strong>")
+    );
+    // A node's certificate, and no certificate, sign in as nobody.
+    assert_eq!(
+        sign_in(Some(&pki.node_a), "certificate=1").await.status(),
+        401
+    );
+    assert_eq!(sign_in(None, "certificate=1").await.status(), 401);
+    c.stop().await;
+}

@@ -495,7 +495,7 @@ async fn lowered_count(
 }
 
 /// Reads `code:points,code:points` as stored by the event intake.
-fn parse_reasons(text: &str) -> Vec<(String, u8)> {
+pub(super) fn parse_reasons(text: &str) -> Vec<(String, u8)> {
     text.split(',')
         .filter_map(|pair| {
             let (code, points) = pair.rsplit_once(':')?;

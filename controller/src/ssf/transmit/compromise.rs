@@ -29,9 +29,6 @@ struct Confirmed {
     credential_type: Option<String>,
 }
 
-/// Longest reference id (the false-positive feedback's bound).
-const MAX_REFERENCE_BYTES: usize = 64;
-
 /// The handler: `200` with the users revoked (their keys) and whether it
 /// was marked now; `404` for a reference no detection has; `400` for a
 /// bad body.
@@ -43,17 +40,27 @@ pub async fn confirmed_compromise(
 ) -> Result<Response, ApiError> {
     admin(&app, &headers, &peer)?;
     let req: Confirmed = json(&body)?;
-    if req.reference.is_empty()
-        || req.reference.len() > MAX_REFERENCE_BYTES
-        || req.reference.chars().any(char::is_control)
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_reference",
-            format!("a reference id is 1 to {MAX_REFERENCE_BYTES} bytes, as on the refusal page"),
-        ));
-    }
-    let credential_type = req.credential_type.as_deref().unwrap_or("password");
+    let done = confirm(
+        &app,
+        &req.reference,
+        req.credential_type.as_deref(),
+        "the admin API",
+    )
+    .await?;
+    Ok(Json(done).into_response())
+}
+
+/// Confirms the detections with `reference` a compromise, as the admin
+/// API's call does and the dashboard's form for a responder (`by`,
+/// logged); the API's answer.
+pub(crate) async fn confirm(
+    app: &App,
+    reference: &str,
+    credential_type: Option<&str>,
+    by: &str,
+) -> Result<serde_json::Value, ApiError> {
+    crate::admin::check_reference(reference)?;
+    let credential_type = credential_type.unwrap_or("password");
     if !events::CREDENTIAL_TYPES.contains(&credential_type) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -73,15 +80,8 @@ pub async fn confirmed_compromise(
     let max_queue = app.config.ssf_tx.as_ref().map_or(1, |t| t.max_queue);
     let done = app
         .store
-        .confirm_compromise(&req.reference, now, max_queue, |input, users| {
-            events::compromise(
-                input,
-                users,
-                receivers,
-                credential_type,
-                &req.reference,
-                now,
-            )
+        .confirm_compromise(reference, now, max_queue, |input, users| {
+            events::compromise(input, users, receivers, credential_type, reference, now)
         })
         .await?
         .ok_or_else(|| {
@@ -95,18 +95,18 @@ pub async fn confirmed_compromise(
         app.head.send_replace(done.head);
         app.ssf_tx.notify();
         tracing::warn!(
-            reference = %req.reference,
+            %reference,
             users = done.users.len(),
             sets = done.enqueued,
-            "a compromise confirmed by the admin API: its users revoked"
+            by,
+            "a compromise confirmed: its users revoked"
         );
     }
     let users: Vec<String> = done.users.iter().map(ToString::to_string).collect();
-    Ok(Json(json!({
-        "reference": req.reference,
+    Ok(json!({
+        "reference": reference,
         "changed": done.changed,
         "users": users,
         "seq": done.head,
     }))
-    .into_response())
 }

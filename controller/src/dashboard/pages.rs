@@ -1,0 +1,498 @@
+//! The dashboard's pages: overview, detections, one detection, one user,
+//! search. Each reads the store (bounded lists), prepares plain values
+//! ([`super::view`]) and renders its template.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use vigil_fleet::UserId;
+
+use super::chart::{Chart, chart};
+use super::view::{Baseline, Detection, Nav, time};
+use super::{PageError, operator, page, query};
+use crate::api::{App, now_secs, user_id};
+use crate::config::UserNames;
+
+/// Rows on a page of a list.
+pub(crate) const PAGE_SIZE: usize = 50;
+
+/// Rows in each list of the overview.
+const OVERVIEW_ROWS: usize = 15;
+
+/// The chart's buckets: 24 of an hour.
+const BUCKET_SECS: u64 = 3_600;
+const BUCKETS: u32 = 24;
+
+/// Detections whose reasons the overview counts at most.
+const REASON_CAP: usize = 10_000;
+
+/// Sessions and detections a user page shows at most.
+const USER_ROWS: usize = 100;
+
+/// Offsets a list may be paged to: beyond, a search serves better.
+const MAX_OFFSET: u64 = 100_000;
+
+fn offset_of(q: &std::collections::HashMap<String, String>) -> Result<u64, PageError> {
+    match q.get("offset") {
+        None => Ok(0),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|o| *o <= MAX_OFFSET && !v.starts_with('+'))
+            .ok_or_else(|| PageError::BadRequest(format!("offset is 0 to {MAX_OFFSET}"))),
+    }
+}
+
+// === overview ===
+
+struct RiskyRow {
+    key: String,
+    name: Option<String>,
+    entity_risk: u8,
+    detections: u8,
+    risk_points: u8,
+    revoked_at: Option<String>,
+}
+
+struct NodeRow {
+    name: String,
+    disabled: Option<&'static str>,
+    streams: u32,
+    last_sync: String,
+    last_events: String,
+    lag: Option<u64>,
+    rules: String,
+    rules_failure: bool,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/overview.html")]
+struct Overview {
+    nav: Nav,
+    now: String,
+    head: u64,
+    chart: Chart,
+    total_day: u64,
+    reasons: Vec<(String, u64)>,
+    reasons_capped: bool,
+    risky: Vec<RiskyRow>,
+    more_risky: bool,
+    detections: Vec<Detection>,
+    nodes: Vec<NodeRow>,
+}
+
+/// `GET /dashboard`.
+pub(crate) async fn overview(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    query(raw.as_deref(), &[])?;
+    let now = now_secs();
+    let since =
+        (now / BUCKET_SECS * BUCKET_SECS).saturating_sub(BUCKET_SECS * u64::from(BUCKETS - 1));
+    let buckets = app.store.detection_buckets(since, BUCKET_SECS).await?;
+    let chart = chart(&buckets, now, BUCKET_SECS, BUCKETS);
+    let total_day = buckets.counts.values().flat_map(|a| a.values()).sum();
+    let (reasons, read) = app.store.reason_counts(since, REASON_CAP).await?;
+    let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    reasons.truncate(OVERVIEW_ROWS);
+    let weight = vigil_engine::ScoreConfig::default().recent_detection;
+    let (users, more_risky) = app.store.risky_users(now, weight, OVERVIEW_ROWS, 0).await?;
+    let names = app.config.user_names == UserNames::Clear;
+    let risky = users
+        .iter()
+        .map(|u| RiskyRow {
+            key: u.user.to_string(),
+            name: if names { u.name.clone() } else { None },
+            entity_risk: u.entity_risk,
+            detections: u.detections,
+            risk_points: u.risk_points,
+            revoked_at: u.revoked_at.map(time),
+        })
+        .collect();
+    let (recent, _) = app.store.recent_detections(OVERVIEW_ROWS, 0).await?;
+    let head = app.store.bounds().await?.head;
+    app.refresh_disabled().await?;
+    let disabled = app.disabled.borrow().clone();
+    let reported = app.store.node_rules().await?;
+    let nodes = app
+        .config
+        .nodes
+        .iter()
+        .map(|n| {
+            let seen = app.fleet.get(&n.name);
+            let status = reported.get(&n.name);
+            NodeRow {
+                name: n.name.clone(),
+                disabled: if n.disabled {
+                    Some("config")
+                } else if disabled.contains(&n.name) {
+                    Some("admin API")
+                } else {
+                    None
+                },
+                streams: seen.streams,
+                last_sync: time(seen.last_sync),
+                last_events: time(seen.last_events),
+                lag: (seen.streams > 0).then(|| head.saturating_sub(seen.cursor)),
+                rules: status.and_then(|s| s.applied.as_ref()).map_or_else(
+                    || "-".to_owned(),
+                    |(v, _, at)| format!("v{v} at {}", time(*at)),
+                ),
+                rules_failure: status.is_some_and(|s| s.failure.is_some()),
+            }
+        })
+        .collect();
+    page(&Overview {
+        nav: operator.nav(),
+        now: time(now),
+        head,
+        chart,
+        total_day,
+        reasons,
+        reasons_capped: read >= REASON_CAP,
+        risky,
+        more_risky,
+        detections: recent.iter().map(Detection::of).collect(),
+        nodes,
+    })
+}
+
+// === detections ===
+
+#[derive(Template)]
+#[template(path = "dashboard/detections.html")]
+struct Detections {
+    nav: Nav,
+    detections: Vec<Detection>,
+    offset: u64,
+    previous: Option<u64>,
+    next: Option<u64>,
+}
+
+/// `GET /dashboard/detections?offset=`: every detection held, newest
+/// first, [`PAGE_SIZE`] a page.
+pub(crate) async fn detections(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["offset"])?;
+    let offset = offset_of(&q)?;
+    let (list, more) = app.store.recent_detections(PAGE_SIZE, offset).await?;
+    let size = PAGE_SIZE as u64;
+    page(&Detections {
+        nav: operator.nav(),
+        detections: list.iter().map(Detection::of).collect(),
+        offset,
+        previous: (offset > 0).then(|| offset.saturating_sub(size)),
+        next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+    })
+}
+
+// === one detection ===
+
+#[derive(Template)]
+#[template(path = "dashboard/detection.html")]
+struct DetectionPage {
+    nav: Nav,
+    reference: String,
+    detections: Vec<(Detection, Option<Baseline>)>,
+}
+
+/// `GET /dashboard/detection?reference=`: every node's detection with
+/// that reference id, with all its stored facts and, when the session's
+/// record is held, the device and network it was baselined on.
+pub(crate) async fn detection(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["reference"])?;
+    let reference = q.get("reference").map(|r| r.trim()).unwrap_or_default();
+    crate::admin::check_reference(reference)?;
+    let found = app.store.detections_by_reference(reference, 16).await?;
+    if found.is_empty() {
+        return Err(PageError::NotFound(format!(
+            "no detection with reference {reference:?} is held: unknown, not reported by a node, or past keep_detections_days"
+        )));
+    }
+    let mut detections = Vec::with_capacity(found.len());
+    for d in &found {
+        let baseline = match &d.row.session {
+            Some(s) => app
+                .store
+                .session_record(s)
+                .await?
+                .and_then(|h| h.state)
+                .map(|s| Baseline::of(&s)),
+            None => None,
+        };
+        detections.push((Detection::of(d), baseline));
+    }
+    page(&DetectionPage {
+        nav: operator.nav(),
+        reference: reference.to_owned(),
+        detections,
+    })
+}
+
+// === one user ===
+
+struct SessionView {
+    session: String,
+    node: String,
+    confirmed: bool,
+    revoked: bool,
+    baseline: Option<Baseline>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/user.html")]
+struct UserPage {
+    nav: Nav,
+    key: String,
+    name: Option<String>,
+    names_kept: bool,
+    entity_risk: u8,
+    detections_in_force: Option<(u8, String)>,
+    risk: Option<(u8, String)>,
+    revoked_at: Option<String>,
+    sessions: Vec<SessionView>,
+    detections: Vec<Detection>,
+    trusted: Vec<(String, String, String)>,
+}
+
+/// `GET /dashboard/user?key=` (16 hex digits) or `?name=` (hashed as
+/// nodes hash it).
+pub(crate) async fn user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["key", "name"])?;
+    let (user, given) = match (q.get("key"), q.get("name")) {
+        (Some(key), None) => (
+            UserId::parse(key).ok_or_else(|| {
+                PageError::BadRequest("a user key is 16 lower-case hex digits, not all zero".into())
+            })?,
+            None,
+        ),
+        (None, Some(name)) => (user_id(&app, name)?, Some(name.clone())),
+        _ => {
+            return Err(PageError::BadRequest(
+                "give exactly one of key and name".into(),
+            ));
+        }
+    };
+    if given.is_some() {
+        // A name is never in a link: the page's address is by key.
+        return Ok(Redirect::to(&format!("/dashboard/user?key={user}")).into_response());
+    }
+    let d = app.store.user_detail(user, USER_ROWS).await?;
+    let now = now_secs();
+    let count = d
+        .detection_count
+        .filter(|(c, until)| *c > 0 && *until > now);
+    let risk = d.risk.filter(|(p, until)| *p > 0 && *until > now);
+    let weight = u64::from(vigil_engine::ScoreConfig::default().recent_detection);
+    let entity = count.map_or(0, |(c, _)| u64::from(c.min(3)) * weight)
+        + risk.map_or(0, |(p, _)| u64::from(p));
+    let names_kept = app.config.user_names == UserNames::Clear;
+    let found = app.store.detections_by_user(user, USER_ROWS).await?;
+    page(&UserPage {
+        nav: operator.nav(),
+        key: user.to_string(),
+        name: if names_kept { d.name.clone() } else { None },
+        names_kept,
+        entity_risk: u8::try_from(entity.min(100)).unwrap_or(100),
+        detections_in_force: count.map(|(c, until)| (c, time(until))),
+        risk: risk.map(|(p, until)| (p, time(until))),
+        revoked_at: d.revoked_at.map(time),
+        sessions: d
+            .sessions
+            .iter()
+            .map(|s| SessionView {
+                session: s.session.clone(),
+                node: s.node.clone().unwrap_or_else(|| "-".to_owned()),
+                confirmed: s.confirmed,
+                revoked: s.revoked,
+                baseline: s.state.as_ref().map(Baseline::of),
+            })
+            .collect(),
+        detections: found.iter().map(Detection::of).collect(),
+        trusted: d
+            .trusted
+            .iter()
+            .map(|t| (t.what.clone(), t.value.clone(), time(t.at)))
+            .collect(),
+    })
+}
+
+// === search ===
+
+struct SessionHitView {
+    session: String,
+    user: Option<String>,
+    node: String,
+    baseline: Option<Baseline>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/search.html")]
+struct SearchPage {
+    nav: Nav,
+    q: String,
+    searched: bool,
+    user_by_key: Option<String>,
+    user_by_name: Option<String>,
+    detections: Vec<Detection>,
+    sessions: Vec<SessionHitView>,
+    notes: Vec<String>,
+}
+
+/// Shortest session key prefix searched: shorter ones match too much.
+const MIN_PREFIX: usize = 6;
+
+/// `GET /dashboard/search?q=`: a user key, a user name, a session key
+/// prefix, a reference id — whatever `q` can be, each looked up.
+pub(crate) async fn search(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["q"])?;
+    let text = q.get("q").map(|q| q.trim().to_owned()).unwrap_or_default();
+    let mut found = SearchPage {
+        nav: operator.nav(),
+        q: text.clone(),
+        searched: !text.is_empty(),
+        user_by_key: None,
+        user_by_name: None,
+        detections: Vec::new(),
+        sessions: Vec::new(),
+        notes: Vec::new(),
+    };
+    if text.is_empty() {
+        return page(&found);
+    }
+    if text.len() > 256 {
+        return Err(PageError::BadRequest(
+            "a search is at most 256 bytes".into(),
+        ));
+    }
+    let lower = text.to_ascii_lowercase();
+    let hex = lower.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(user) = UserId::parse(&lower) {
+        found.user_by_key = Some(user.to_string());
+    }
+    if crate::admin::check_reference(&text).is_ok() {
+        let list = app.store.detections_by_reference(&text, 16).await?;
+        found.detections = list.iter().map(Detection::of).collect();
+    }
+    if hex && (MIN_PREFIX..=32).contains(&lower.len()) {
+        found.sessions = app
+            .store
+            .sessions_by_prefix(&lower, PAGE_SIZE)
+            .await?
+            .into_iter()
+            .map(|h| SessionHitView {
+                session: h.session,
+                user: h.user.map(|u| u.to_string()),
+                node: h.node.unwrap_or_else(|| "-".to_owned()),
+                baseline: h.state.as_ref().map(Baseline::of),
+            })
+            .collect();
+    } else if hex && lower.len() < MIN_PREFIX {
+        found.notes.push(format!(
+            "a session key prefix is at least {MIN_PREFIX} hex digits"
+        ));
+    }
+    if let Ok(user) = user_id(&app, &text) {
+        let d = app.store.user_detail(user, 1).await?;
+        let held = !(d.sessions.is_empty()
+            && d.detections.is_empty()
+            && d.detection_count.is_none()
+            && d.risk.is_none()
+            && d.revoked_at.is_none());
+        if held {
+            found.user_by_name = Some(user.to_string());
+        }
+    }
+    if text.parse::<std::net::IpAddr>().is_ok()
+        || text.to_ascii_uppercase().starts_with("AS")
+        || text.starts_with('t') && text.contains('_')
+    {
+        found.notes.push(
+            "client addresses, ASNs and JA4s are not searchable yet: nodes report a detection \
+             without them, and session records keep them only in encoded form (see the \
+             detection and user pages for a session's ASN and JA4)"
+                .to_owned(),
+        );
+    }
+    page(&found)
+}
+
+// === audit ===
+
+struct AuditRow {
+    at: String,
+    who: String,
+    role: String,
+    client: String,
+    action: String,
+    target: String,
+    outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/audit.html")]
+struct AuditPage {
+    nav: Nav,
+    entries: Vec<AuditRow>,
+    offset: u64,
+    previous: Option<u64>,
+    next: Option<u64>,
+}
+
+/// `GET /dashboard/audit?offset=`: what operators did through the
+/// dashboard, newest first, [`PAGE_SIZE`] a page.
+pub(crate) async fn audit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["offset"])?;
+    let offset = offset_of(&q)?;
+    let (list, more) = app.store.audit_entries(PAGE_SIZE, offset).await?;
+    let size = PAGE_SIZE as u64;
+    page(&AuditPage {
+        nav: operator.nav(),
+        entries: list
+            .into_iter()
+            .map(|e| AuditRow {
+                at: time(e.at),
+                who: e.who,
+                role: e.role,
+                client: e.client.unwrap_or_else(|| "-".to_owned()),
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome,
+            })
+            .collect(),
+        offset,
+        previous: (offset > 0).then(|| offset.saturating_sub(size)),
+        next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+    })
+}

@@ -1,0 +1,895 @@
+//! The dashboard (`docs/dashboard.md`) through HTTP, on SQLite and on
+//! PostgreSQL: sign-in and its limits, sessions and cookies, roles, CSRF
+//! and origin checks, the security headers, escaping of what nodes and
+//! callers send, and a responder's false positive carried out as the
+//! admin API's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::{Db, both};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use vigil_fleet::{EventBatch, NodeEvent, NodeEventKind, SessionId, UserId, VERSION};
+
+const ADMIN: &str = "admin-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+const NODE_A: &str = "node-a-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(20);
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+struct Controller {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A client that follows no redirect: the tests read each one.
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl Controller {
+    async fn start(store: &str) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
+        let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let toml = format!(
+            "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
+             user_names = \"clear\"\n\
+             [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n\
+             [dashboard]\nviewer_tokens_sha256 = [\"{}\"]\nfailed_logins_per_minute = 3\n",
+            hash(NODE_A),
+            hash(VIEWER),
+        );
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = vigil_controller::Config::load(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            vigil_controller::run_on(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let c = Controller {
+            addr,
+            _dir: dir,
+            stop: Some(stop),
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while client().get(c.url("/healthz")).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A browser's sign-in: the session cookie's value.
+    async fn login(&self, token: &str) -> String {
+        let r = self.login_with(token, Some(&self.origin())).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/dashboard");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let value = set
+            .strip_prefix("vigil-dashboard=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        value.to_owned()
+    }
+
+    async fn login_with(&self, token: &str, origin: Option<&str>) -> reqwest::Response {
+        let mut r = client()
+            .post(self.url("/dashboard/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(format!(
+                "token={}",
+                url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+            ));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut r = client().get(self.url(path));
+        if let Some(c) = cookie {
+            r = r.header("cookie", format!("vigil-dashboard={c}"));
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn page(&self, path: &str, cookie: &str) -> String {
+        let r = self.get(path, Some(cookie)).await;
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
+    /// A form posted as a browser on this controller's page would.
+    async fn post(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.post_from(
+            path,
+            cookie,
+            form,
+            Some(&self.origin()),
+            Some("same-origin"),
+        )
+        .await
+    }
+
+    async fn post_from(
+        &self,
+        path: &str,
+        cookie: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+        site: Option<&str>,
+    ) -> reqwest::Response {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut r = client()
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("vigil-dashboard={cookie}"))
+            .body(body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(s) = site {
+            r = r.header("sec-fetch-site", s);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn events(&self, events: Vec<NodeEvent>) {
+        let r = client()
+            .post(self.url("/v1/events"))
+            .bearer_auth(NODE_A)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(&EventBatch { v: VERSION, events }).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..at + 43].to_owned()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn user_of(name: &str) -> UserId {
+    UserId(
+        vigil_engine::UserKey::for_name(
+            &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+            name,
+        )
+        .as_u64(),
+    )
+}
+
+fn detection(reference: &str, route: &str, user: Option<UserId>, session: u8) -> NodeEvent {
+    NodeEvent {
+        id: format!("event-{reference}"),
+        kind: NodeEventKind::Detection {
+            reference: reference.to_owned(),
+            session: Some(SessionId([session; 16])),
+            user,
+            route: route.to_owned(),
+            rule: Some("block-risky".to_owned()),
+            action: "block".to_owned(),
+            enforced: true,
+            score: 85,
+            reasons: vec![
+                ("device_changed".to_owned(), 45),
+                ("network_changed".to_owned(), 40),
+            ],
+            at: now() - 5,
+        },
+    }
+}
+
+fn assert_headers(r: &reqwest::Response) {
+    let h = r.headers();
+    assert_eq!(h["content-security-policy"], CSP);
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
+}
+
+#[tokio::test]
+async fn every_page_needs_a_session_and_every_answer_the_security_headers() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        for path in [
+            "/dashboard",
+            "/dashboard/detections",
+            "/dashboard/detection?reference=x",
+            "/dashboard/user?key=0123456789abcdef",
+            "/dashboard/search?q=alice",
+            "/dashboard/confirm?action=false-positive&reference=x",
+        ] {
+            let r = c.get(path, None).await;
+            assert_eq!(r.status(), 303, "{path}");
+            assert_eq!(r.headers()["location"], "/dashboard/login", "{path}");
+            assert_headers(&r);
+            // A cookie no session has is no session.
+            let r = c.get(path, Some(&"A".repeat(43))).await;
+            assert_eq!(r.status(), 303, "{path}");
+        }
+        let r = c.get("/dashboard/login", None).await;
+        assert_eq!(r.status(), 200);
+        assert_headers(&r);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+        let html = r.text().await.unwrap();
+        assert!(!html.contains("<script>"), "no inline script");
+        assert!(!html.contains("style="), "no inline style");
+        // Posts need a session too, before anything else is judged.
+        let r = c
+            .post("/dashboard/act", "", &[("action", "false-positive")])
+            .await;
+        assert_eq!(r.status(), 303);
+        for (path, kind) in [
+            ("/dashboard/static/dashboard.css", "text/css; charset=utf-8"),
+            (
+                "/dashboard/static/dashboard.js",
+                "text/javascript; charset=utf-8",
+            ),
+        ] {
+            let r = c.get(path, None).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["content-type"], kind);
+            assert_headers(&r);
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_failed_sign_ins_are_limited() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        // The limit is 3 a minute (the config above).
+        for bad in ["wrong-token-0123456789", " ", &format!("{ADMIN}x")] {
+            let r = c.login_with(bad, Some(&c.origin())).await;
+            assert_eq!(r.status(), 401, "{bad:?}");
+            assert!(r.headers().get("set-cookie").is_none());
+            assert_headers(&r);
+            let html = r.text().await.unwrap();
+            assert!(html.contains("does not sign in to this dashboard"));
+        }
+        // Over the limit even the right token is not judged.
+        let r = c.login_with(ADMIN, Some(&c.origin())).await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().get("set-cookie").is_none());
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_cookie_is_strict_and_signing_out_ends_it() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let r = c.login_with(ADMIN, Some(&c.origin())).await;
+        assert_eq!(r.status(), 303);
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let (value, attributes) = set
+            .strip_prefix("vigil-dashboard=")
+            .unwrap()
+            .split_once(';')
+            .unwrap();
+        assert_eq!(value.len(), 43);
+        // Over plain HTTP: not Secure, so not `__Host-` either.
+        assert_eq!(
+            attributes,
+            " Path=/; Max-Age=43200; HttpOnly; SameSite=Strict"
+        );
+        assert!(!set.contains(ADMIN), "the token is not in the cookie");
+        let html = c.page("/dashboard", value).await;
+        assert!(html.contains("admin token · <strong>responder</strong>"));
+        // A second sign-in is a second session; the first stays.
+        let other = c.login(ADMIN).await;
+        assert_ne!(other, value);
+        // The cookie twice (one planted by a sibling host): no session.
+        let r = client()
+            .get(c.url("/dashboard"))
+            .header(
+                "cookie",
+                format!("vigil-dashboard={value}; vigil-dashboard={other}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        // Sign out: the session ends, the cookie is cleared.
+        let token = csrf(&html);
+        let r = c
+            .post("/dashboard/logout", value, &[("csrf", &token)])
+            .await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/dashboard/login");
+        assert!(
+            r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .starts_with("vigil-dashboard=; Path=/; Max-Age=0;")
+        );
+        assert_eq!(c.get("/dashboard", Some(value)).await.status(), 303);
+        assert_eq!(c.get("/dashboard", Some(&other)).await.status(), 200);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_forged_post_is_refused_and_a_responders_false_positive_is_the_admin_apis() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let alice = user_of("alice");
+        c.events(vec![detection("ref-fp-1", "app", Some(alice), 1)])
+            .await;
+        let cookie = c.login(ADMIN).await;
+        let html = c
+            .page("/dashboard/detection?reference=ref-fp-1", &cookie)
+            .await;
+        assert!(html.contains("device_changed"));
+        assert!(html.contains(&alice.to_string()));
+        assert!(html.contains("Mark false positive"));
+        let confirm = c
+            .page(
+                "/dashboard/confirm?action=false-positive&reference=ref-fp-1",
+                &cookie,
+            )
+            .await;
+        assert!(confirm.contains("stops counting toward its user&#39;s entity risk"));
+        let token = csrf(&confirm);
+        let form = |csrf: &'static str| {
+            vec![
+                ("csrf", csrf),
+                ("action", "false-positive"),
+                ("reference", "ref-fp-1"),
+            ]
+        };
+        let token: &'static str = Box::leak(token.into_boxed_str());
+        let other_session = c.login(ADMIN).await;
+        let other_token: &'static str =
+            Box::leak(csrf(&c.page("/dashboard", &other_session).await).into_boxed_str());
+        // No token, another session's token, a token one character off.
+        let mut off = token.to_owned().into_bytes();
+        off[0] = if off[0] == b'A' { b'B' } else { b'A' };
+        let off: &'static str = Box::leak(String::from_utf8(off).unwrap().into_boxed_str());
+        for bad in ["", other_token, off] {
+            let r = c.post("/dashboard/act", &cookie, &form(bad)).await;
+            assert_eq!(r.status(), 403, "{bad:?}");
+            assert_headers(&r);
+        }
+        let r = c.post("/dashboard/act", &cookie, &form(token)[1..]).await;
+        assert_eq!(r.status(), 403, "no csrf field at all");
+        // The right token from another site, however it says so.
+        for (origin, site) in [
+            (Some("http://evil.example"), Some("cross-site")),
+            (Some("http://evil.example"), None),
+            (None, Some("cross-site")),
+            (None, Some("same-site")),
+            (Some("null"), None),
+            (Some(&*format!("{}.evil.example", c.origin())), None),
+            (Some(&*format!("https://{}", c.addr)), None),
+        ] {
+            let r = c
+                .post_from("/dashboard/act", &cookie, &form(token), origin, site)
+                .await;
+            assert_eq!(r.status(), 403, "{origin:?} {site:?}");
+        }
+        // What a browser sends for the controller's own form under
+        // `Referrer-Policy: no-referrer`: `Origin: null` with
+        // `Sec-Fetch-Site: same-origin`. Taken (the wrong token here
+        // shows it got as far as the token).
+        let r = c
+            .post_from(
+                "/dashboard/act",
+                &cookie,
+                &form(other_token),
+                Some("null"),
+                Some("same-origin"),
+            )
+            .await;
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("CSRF token is missing or not this session")
+        );
+        // A sign-in from another site is refused before it is judged.
+        let r = c.login_with(ADMIN, Some("http://evil.example")).await;
+        assert_eq!(r.status(), 403);
+        // Nothing was marked so far.
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        let held = store.detections_by_reference("ref-fp-1", 4).await.unwrap();
+        assert_eq!(held[0].row.false_positive_at, None);
+        // Unknown and extra fields are refused.
+        let mut extra = form(token);
+        extra.push(("session", "00"));
+        let r = c.post("/dashboard/act", &cookie, &extra).await;
+        assert_eq!(r.status(), 400);
+        // The real thing.
+        let r = c.post("/dashboard/act", &cookie, &form(token)).await;
+        assert_eq!(r.status(), 200);
+        let done = r.text().await.unwrap();
+        assert!(
+            done.contains("Marked a false positive; every node told."),
+            "{done}"
+        );
+        let held = store.detections_by_reference("ref-fp-1", 4).await.unwrap();
+        assert!(held[0].row.false_positive_at.is_some());
+        // Again: nothing changes, as the admin API says.
+        let r = c.post("/dashboard/act", &cookie, &form(token)).await;
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("Already marked a false positive; nothing changed.")
+        );
+        // Audited: the sign-ins, the two posts that got past the checks
+        // (the extra field, the false positive) and the repeat; the
+        // forged ones are not (no session's word is in them).
+        let (audit, _) = store.audit_entries(20, 0).await.unwrap();
+        let acts: Vec<&str> = audit
+            .iter()
+            .filter(|e| e.action == "false-positive")
+            .map(|e| e.outcome.as_str())
+            .collect();
+        assert_eq!(acts.len(), 3, "{audit:?}");
+        assert!(acts.contains(&"Marked a false positive; every node told."));
+        assert!(acts.contains(&"Already marked a false positive; nothing changed."));
+        assert!(
+            acts.iter()
+                .any(|o| o.starts_with("refused: field \"session\""))
+        );
+        // Trusting a network for the user: the admin API's change.
+        let alice_key = alice.to_string();
+        for (asn, status) in [("+5", 400), ("0", 400), ("x", 400), ("64500", 200)] {
+            let r = c
+                .post(
+                    "/dashboard/act",
+                    &cookie,
+                    &[
+                        ("csrf", token),
+                        ("action", "trust-network"),
+                        ("key", &alice_key),
+                        ("asn", asn),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status(), status, "{asn}");
+        }
+        let trusted = store.user_detail(alice, 10).await.unwrap().trusted;
+        assert_eq!(trusted.len(), 1);
+        assert_eq!(
+            (trusted[0].what.as_str(), trusted[0].value.as_str()),
+            ("asn", "64500")
+        );
+        // An unknown reference: the admin API's 404.
+        let r = c
+            .post(
+                "/dashboard/act",
+                &cookie,
+                &[
+                    ("csrf", token),
+                    ("action", "false-positive"),
+                    ("reference", "ref-none"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 404);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_viewer_reads_but_cannot_act() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let bob = user_of("bob");
+        c.events(vec![detection("ref-v-1", "app", Some(bob), 2)])
+            .await;
+        let cookie = c.login(VIEWER).await;
+        let html = c
+            .page("/dashboard/detection?reference=ref-v-1", &cookie)
+            .await;
+        assert!(html.contains("<strong>viewer</strong>"));
+        assert!(!html.contains("Mark false positive"), "no action offered");
+        let r = c
+            .get(
+                "/dashboard/confirm?action=false-positive&reference=ref-v-1",
+                Some(&cookie),
+            )
+            .await;
+        assert_eq!(r.status(), 403);
+        let token = csrf(&html);
+        for form in [
+            vec![
+                ("csrf", token.as_str()),
+                ("action", "false-positive"),
+                ("reference", "ref-v-1"),
+            ],
+            vec![
+                ("csrf", token.as_str()),
+                ("action", "revoke-session"),
+                ("session", &"02".repeat(16)),
+            ],
+            vec![
+                ("csrf", token.as_str()),
+                ("action", "logout-user"),
+                ("key", &bob.to_string()),
+                ("name", "bob"),
+            ],
+        ] {
+            let r = c.post("/dashboard/act", &cookie, &form).await;
+            assert_eq!(r.status(), 403, "{form:?}");
+            assert!(
+                r.text()
+                    .await
+                    .unwrap()
+                    .contains("only a responder may do this")
+            );
+        }
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        let held = store.detections_by_reference("ref-v-1", 4).await.unwrap();
+        assert_eq!(held[0].row.false_positive_at, None);
+        // Each attempt is in the audit trail, refused, with who and from
+        // where; the viewer reads the trail.
+        let (audit, more) = store.audit_entries(10, 0).await.unwrap();
+        assert!(!more);
+        let mut seen: Vec<(&str, &str, &str)> = audit
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.outcome.as_str()))
+            .collect();
+        seen.sort();
+        let bob_key = bob.to_string();
+        let refused = "refused: only a responder may do this; you are signed in as a viewer";
+        let session = "02".repeat(16);
+        let mut expected = vec![
+            ("false-positive", "ref-v-1", refused),
+            ("logout-user", bob_key.as_str(), refused),
+            ("revoke-session", session.as_str(), refused),
+            ("sign-in", "", "signed in"),
+        ];
+        expected.sort();
+        assert_eq!(seen, expected);
+        let viewer = format!(
+            "viewer token {}",
+            &hex::encode(vigil_controller::config::token_hash(VIEWER))[..8]
+        );
+        for e in &audit {
+            assert_eq!(e.who, viewer);
+            assert_eq!(e.role, "viewer");
+            assert_eq!(e.client.as_deref(), Some("127.0.0.1"));
+        }
+        let html = c.page("/dashboard/audit", &cookie).await;
+        assert!(html.contains("<td>revoke-session</td>"));
+        let detail = store.user_detail(bob, 10).await.unwrap();
+        assert_eq!(detail.revoked_at, None);
+        // The viewer still signs out.
+        let r = c
+            .post("/dashboard/logout", &cookie, &[("csrf", &token)])
+            .await;
+        assert_eq!(r.status(), 303);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn what_nodes_and_callers_send_is_escaped_on_every_page() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let evil = "<script>alert(1)</script>";
+        let evil_user = user_of(evil);
+        let reference = "\"><img src=x onerror=alert(2)>";
+        c.events(vec![detection(reference, evil, Some(evil_user), 3)])
+            .await;
+        // A user name kept (user_names = "clear") from an admin call.
+        let r = client()
+            .post(c.url("/v1/admin/users/revoke"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"user": evil}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cookie = c.login(ADMIN).await;
+        let encoded: String = url::form_urlencoded::byte_serialize(reference.as_bytes()).collect();
+        let pages = [
+            "/dashboard".to_owned(),
+            "/dashboard/detections".to_owned(),
+            format!("/dashboard/detection?reference={encoded}"),
+            format!("/dashboard/user?key={evil_user}"),
+            format!("/dashboard/search?q={encoded}"),
+            format!(
+                "/dashboard/search?q={}",
+                url::form_urlencoded::byte_serialize(evil.as_bytes()).collect::<String>()
+            ),
+            format!("/dashboard/confirm?action=false-positive&reference={encoded}"),
+        ];
+        for path in &pages {
+            let html = c.page(path, &cookie).await;
+            assert!(!html.contains(evil), "{path}");
+            assert!(!html.contains("<img src=x"), "{path}");
+            assert!(
+                html.contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+                    || html.contains("&#34;&#62;&#60;img src=x onerror=alert(2)&#62;"),
+                "{path}: {html}"
+            );
+        }
+        // The route, on the detection page, and the name, on the overview
+        // and the user page.
+        let html = c.page(&pages[2], &cookie).await;
+        assert!(html.contains("<dd>&#60;script&#62;alert(1)&#60;/script&#62;</dd>"));
+        let html = c.page(&pages[3], &cookie).await;
+        assert!(html.contains("<h1>User &#60;script&#62;alert(1)&#60;/script&#62; <code>"));
+        // A name asked for by search leads to the user's page by key.
+        let html = c.page(&pages[5], &cookie).await;
+        assert!(html.contains(&format!("/dashboard/user?key={evil_user}")));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_overview_and_user_page_show_what_the_store_holds() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let carol = user_of("carol");
+        c.events(vec![
+            detection("ref-o-1", "app", Some(carol), 4),
+            detection("ref-o-2", "api", Some(carol), 4),
+        ])
+        .await;
+        let cookie = c.login(ADMIN).await;
+        let html = c.page("/dashboard", &cookie).await;
+        assert!(html.contains("Detections per hour, last 24 hours (2)"));
+        assert!(html.contains("<rect class=\"a-block\""));
+        assert!(html.contains("<code>device_changed</code></td><td>2</td>"));
+        assert!(html.contains(&format!("/dashboard/user?key={carol}")));
+        assert!(html.contains("ref-o-1") && html.contains("ref-o-2"));
+        assert!(html.contains("<td>a</td>"), "the configured node");
+        let html = c
+            .page(&format!("/dashboard/user?key={carol}"), &cookie)
+            .await;
+        assert!(html.contains("Detections (2)"));
+        assert!(
+            html.contains(&"04".repeat(16)),
+            "the session from the detections"
+        );
+        // A user by name is the page by key.
+        let r = c.get("/dashboard/user?name=carol", Some(&cookie)).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(
+            r.headers()["location"],
+            format!("/dashboard/user?key={carol}").as_str()
+        );
+        // A session by key prefix.
+        let html = c
+            .page(&format!("/dashboard/search?q={}", "04".repeat(4)), &cookie)
+            .await;
+        assert!(html.contains(&format!("<code>{}</code>", "04".repeat(16))));
+        // A LIKE wildcard finds nothing: a prefix is hex or no prefix.
+        for q in ["0404%25", "0404_4", "%25%25%25%25%25%25"] {
+            let html = c.page(&format!("/dashboard/search?q={q}"), &cookie).await;
+            assert!(!html.contains(&"04".repeat(16)), "{q}");
+        }
+        // Bad queries: a clear 400, never a panic.
+        for path in [
+            "/dashboard/user?key=xyz",
+            "/dashboard/user?key=0123456789abcdef&name=x",
+            "/dashboard/detections?offset=-1",
+            "/dashboard/detections?offset=1&offset=2",
+            "/dashboard?x=1",
+            "/dashboard/detection?reference=",
+        ] {
+            let r = c.get(path, Some(&cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+        }
+        let r = c
+            .get("/dashboard/detection?reference=nope", Some(&cookie))
+            .await;
+        assert_eq!(r.status(), 404);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// Where the browser test's npm packages are (`npm ci --prefix
+/// controller/tests/browser`, as `.ci/run` does).
+fn browser_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Runs `tests/browser/dashboard.mjs` with `args` (and `out`) and returns
+/// what it wrote; panics, with its stderr, when it fails or runs past
+/// 90 s (its own steps have 20 s each, plus Chromium's start).
+async fn run_browser(mut args: serde_json::Value) -> serde_json::Value {
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix controller/tests/browser` first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    args["out"] = serde_json::json!(out);
+    let mut child = std::process::Command::new("node")
+        .arg(browser_dir().join("dashboard.mjs"))
+        .arg(args.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dashboard.mjs ran longer than 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "dashboard.mjs failed: {stderr}");
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+/// An operator with a real browser: signs in, finds a detection by the
+/// reference id a user's ticket quotes, reads its facts, marks it a false
+/// positive — with no CSP violation and no axe-core (WCAG 2.1 A/AA)
+/// violation on any page on the way.
+#[tokio::test]
+async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_in_a_browser() {
+    let db = Db::new(false).await;
+    let c = Controller::start(&db.url()).await;
+    let dave = user_of("dave");
+    c.events(vec![detection("ref-browser-1", "app", Some(dave), 5)])
+        .await;
+    let mut args = serde_json::json!({
+        "base": c.origin(),
+        "token": ADMIN,
+        "reference": "ref-browser-1",
+        "user": dave.to_string(),
+    });
+    // VIGIL_SCREENSHOTS=docs/images keeps the screenshots in the docs current.
+    if let Ok(dir) = std::env::var("VIGIL_SCREENSHOTS") {
+        args["screenshots"] = serde_json::json!(dir);
+    }
+    let seen = run_browser(args).await;
+    assert_eq!(
+        seen["steps"],
+        serde_json::json!([
+            "/dashboard/login",
+            "/dashboard",
+            "/dashboard/search",
+            "/dashboard/detection",
+            "/dashboard/confirm",
+            "/dashboard/act",
+            "/dashboard/user"
+        ])
+    );
+    let detection = seen["detection"].as_str().unwrap();
+    for fact in [
+        "Detection ref-browser-1",
+        "Reported by node a",
+        "block-risky",
+        "device_changed\t45",
+        "network_changed\t40",
+        "85 / 100",
+        &dave.to_string(),
+    ] {
+        assert!(detection.contains(fact), "{fact:?} in {detection}");
+    }
+    assert!(
+        seen["done"]
+            .as_str()
+            .unwrap()
+            .contains("Marked a false positive; every node told."),
+        "{seen}"
+    );
+    assert!(
+        seen["labelled"]
+            .as_str()
+            .unwrap()
+            .contains("Label\nfalse positive at "),
+        "{seen}"
+    );
+    let user = seen["user"].as_str().unwrap();
+    assert!(user.contains("Detections (1)"), "{user}");
+    assert!(user.contains(&"05".repeat(16)), "{user}");
+    assert_eq!(seen["csp"], serde_json::json!([]), "no CSP violation");
+    for (page, violations) in seen["axe"].as_object().unwrap() {
+        assert_eq!(violations, &serde_json::json!([]), "axe on {page}");
+    }
+    let store = vigil_controller::store::Store::open(&db.url())
+        .await
+        .unwrap();
+    let held = store
+        .detections_by_reference("ref-browser-1", 4)
+        .await
+        .unwrap();
+    assert!(held[0].row.false_positive_at.is_some());
+    c.stop().await;
+    db.drop_db().await;
+}
