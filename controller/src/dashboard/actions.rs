@@ -299,6 +299,16 @@ pub(crate) async fn act(
 ) -> Result<Response, PageError> {
     let (operator, fields) = checked_post(&app, &headers, &uri, &body, &FIELDS)?;
     let done = carry_out(&app, &operator, &fields).await;
+    if matches!(done, Err(PageError::NotResponder)) {
+        // Not written to the audit trail: a viewer posting refused
+        // actions in a loop would otherwise bury the responders' entries
+        // under rows of text of its choosing. The log keeps the attempt.
+        tracing::warn!(
+            operator = %operator.session.identity.label(),
+            "dashboard action refused: a viewer may not act"
+        );
+        return Err(PageError::NotResponder);
+    }
     let target = ["reference", "session", "key"]
         .iter()
         .find_map(|k| fields.get(*k))

@@ -529,6 +529,10 @@ async fn login(
         _ => None,
     };
     let Some((identity, role, credential)) = signed else {
+        if app.dashboard.all_over(now, config.failed_logins_per_minute) {
+            tracing::warn!(client = ?client, "dashboard sign-in refused: too many failures of every client this minute");
+            return Err(PageError::TooMany);
+        }
         app.dashboard.failed(client, now);
         tracing::warn!(client = ?client, "dashboard sign-in failed");
         return Err(PageError::BadCredential);

@@ -23,6 +23,9 @@ use super::DashboardConfig;
 /// Sessions held at most; beyond, the one closest to its end goes.
 pub const MAX_SESSIONS: usize = 10_000;
 
+/// Sessions one credential may hold at once.
+pub const MAX_PER_CREDENTIAL: usize = 16;
+
 /// Client addresses whose failed sign-ins are counted at most; beyond,
 /// only the limit of every client together applies to new ones.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
@@ -198,6 +201,20 @@ impl Sessions {
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One credential holds at most `MAX_PER_CREDENTIAL` sessions: its
+        // oldest goes first, so that one credential signing in again and
+        // again (a viewer token, say) fills only its own share and never
+        // pushes another operator's session out.
+        let mine: Vec<_> = held
+            .iter()
+            .filter(|(_, s)| s.credential == credential)
+            .map(|(k, s)| (s.created, *k))
+            .collect();
+        if mine.len() >= MAX_PER_CREDENTIAL
+            && let Some((_, k)) = mine.iter().min()
+        {
+            held.remove(k);
+        }
         if held.len() >= MAX_SESSIONS {
             held.retain(|_, s| live(s, now, config));
         }
@@ -259,21 +276,32 @@ impl Sessions {
 
     /// Whether `client` (when known) may try to sign in at `now`: fewer
     /// than `per_minute` failures in its window of a minute (which starts
-    /// at its first failure), and fewer than ten times as many of every
-    /// client together. Judged before the credential is: a client over
-    /// the limit learns nothing of its guesses.
+    /// at its first failure). Judged before the credential is: a client
+    /// over its limit learns nothing of its guesses.
     pub fn may_try(&self, client: Option<IpAddr>, now: u64, per_minute: u32) -> bool {
         let mut failed = self
             .failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if failed.total.count(now) >= per_minute.saturating_mul(10) {
-            return false;
-        }
         client
             .map(client_of)
             .and_then(|c| failed.by_client.get_mut(&c))
             .is_none_or(|w| w.count(now) < per_minute)
+    }
+
+    /// Whether every client together has failed ten times `per_minute` in
+    /// the minute: then a wrong credential is answered as a refusal of
+    /// the rate, not as a wrong credential. It is judged after the
+    /// credential, so that a right one (or the pinned certificate, which
+    /// cannot be guessed) still signs in: otherwise anyone spreading bad
+    /// guesses over many addresses could keep every operator out.
+    pub fn all_over(&self, now: u64, per_minute: u32) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .total
+            .count(now)
+            >= per_minute.saturating_mul(10)
     }
 
     /// Counts a failed sign-in of `client` at `now`.
@@ -420,27 +448,71 @@ mod tests {
         // A minute after the first failure, the window starts afresh.
         assert!(!s.may_try(Some(one), 119, 5));
         assert!(s.may_try(Some(one), 120, 5));
-        // Everyone together: ten times a client's allowance.
+        // Everyone together: ten times a client's allowance. A fresh
+        // client may still try (a right credential signs in); a wrong one
+        // is then answered as over the rate.
+        assert!(!s.all_over(180, 5));
         for i in 0..50u8 {
             s.failed(Some(IpAddr::from([198, 51, 100, i])), 180);
         }
-        assert!(!s.may_try(Some("203.0.113.9".parse().unwrap()), 180, 5));
+        assert!(s.all_over(180, 5));
+        assert!(s.may_try(Some("203.0.113.9".parse().unwrap()), 180, 5));
+        assert!(!s.all_over(240, 5));
+    }
+
+    #[test]
+    fn one_credential_signing_in_again_and_again_pushes_out_only_its_own_sessions() {
+        let s = Sessions::default();
+        let c = config();
+        let responder = s
+            .open(Identity::AdminToken, Role::Responder, [9; 32], 0, &c)
+            .unwrap();
+        let viewer: Vec<_> = (0..MAX_SESSIONS as u64 * 2)
+            .map(|i| {
+                s.open(Identity::AdminToken, Role::Viewer, [1; 32], 1 + i, &c)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(s.len(), MAX_PER_CREDENTIAL + 1);
+        assert!(s.get(&responder, 30, &c).is_some());
+        // The viewer's newest sessions are the ones kept.
+        assert!(s.get(&viewer[viewer.len() - 1], 30, &c).is_some());
+        assert!(
+            s.get(&viewer[viewer.len() - MAX_PER_CREDENTIAL], 30, &c)
+                .is_some()
+        );
+        assert!(
+            s.get(&viewer[viewer.len() - MAX_PER_CREDENTIAL - 1], 30, &c)
+                .is_none()
+        );
     }
 
     #[test]
     fn a_full_store_drops_the_session_closest_to_its_end() {
         let s = Sessions::default();
         let c = config();
+        // Credentials of their own, each under its cap.
+        let credential = |i: usize| {
+            let mut c = [0u8; 32];
+            c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            c
+        };
         let first = s
-            .open(Identity::AdminToken, Role::Viewer, [1; 32], 0, &c)
+            .open(Identity::AdminToken, Role::Viewer, credential(0), 0, &c)
             .unwrap();
-        for _ in 1..MAX_SESSIONS {
-            s.open(Identity::AdminToken, Role::Viewer, [1; 32], 10, &c)
+        for i in 1..MAX_SESSIONS {
+            s.open(Identity::AdminToken, Role::Viewer, credential(i), 10, &c)
                 .unwrap();
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         let last = s
-            .open(Identity::AdminToken, Role::Viewer, [1; 32], 20, &c)
+            .open(
+                Identity::AdminToken,
+                Role::Viewer,
+                credential(MAX_SESSIONS),
+                20,
+                &c,
+            )
             .unwrap();
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(s.get(&first, 20, &c).is_none());
