@@ -111,6 +111,13 @@ const MAX_ACK_BYTES: usize = 256 * 1024;
 const BINDINGS_EVERY: Duration = Duration::from_millis(50);
 /// The protocol version that carries bindings.
 const BINDINGS_SINCE: u32 = 5;
+/// DBSC bindings sent again after dropped events: at most this many a
+/// batch, one batch every [`RESEND_EVERY`] (3,000 a minute, half the
+/// default allowance of a node's events), and a pause of
+/// [`RESEND_PAUSE`] after a batch the controller did not take.
+const RESEND_BATCH: usize = 50;
+const RESEND_EVERY: Duration = Duration::from_secs(1);
+const RESEND_PAUSE: Duration = Duration::from_secs(60);
 
 // === the pure core ===
 
@@ -758,6 +765,11 @@ pub struct FleetSync {
     /// DBSC records waiting to be sent again, posted by the bindings loop
     /// a batch at a time, kept on failure.
     dbsc_resend: Mutex<Vec<vigil_fleet::DbscBinding>>,
+    /// When the next batch sent again may go: one small batch a second,
+    /// and a minute's pause after the controller refused or failed one,
+    /// so that sending every binding again never spends the node's
+    /// allowance of events nor holds up its binding records.
+    dbsc_resend_next: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Why a sync stream ended.
@@ -851,6 +863,7 @@ impl FleetSync {
             parked_marks: Mutex::new((0, Vec::new())),
             dbsc_resent_at: AtomicU64::new(0),
             dbsc_resend: Mutex::new(Vec::new()),
+            dbsc_resend_next: Mutex::new(None),
         })
     }
 
@@ -1411,12 +1424,23 @@ impl FleetSync {
     /// Posts a batch of the DBSC records waiting to be sent again
     /// ([`FleetSync::dbsc_resend`]); how many were taken.
     async fn post_dbsc_resend(&self) -> Result<usize, String> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut next = self
+                .dbsc_resend_next
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if next.is_some_and(|at| now < at) {
+                return Ok(0);
+            }
+            *next = Some(now + RESEND_EVERY);
+        }
         let batch: Vec<vigil_fleet::DbscBinding> = {
             let mut waiting = self
                 .dbsc_resend
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let n = waiting.len().min(MAX_EVENTS);
+            let n = waiting.len().min(RESEND_BATCH);
             waiting.drain(..n).collect()
         };
         if batch.is_empty() {
@@ -1455,6 +1479,10 @@ impl FleetSync {
                     .unwrap_or_else(PoisonError::into_inner);
                 let later = std::mem::replace(&mut *waiting, batch);
                 waiting.extend(later);
+                *self
+                    .dbsc_resend_next
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(now + RESEND_PAUSE);
                 Err(e)
             }
         }
@@ -1476,8 +1504,17 @@ impl FleetSync {
             }
             let posted = tokio::select! {
                 r = async {
-                    let again = self.post_dbsc_resend().await?;
-                    Ok::<usize, String>(again + self.post_bindings().await?)
+                    // Binding records (a compromised mark among them)
+                    // first, whatever becomes of the bindings sent again:
+                    // a batch of those the controller does not take
+                    // pauses only them (review of the re-send, finding 1).
+                    let posted = self.post_bindings().await?;
+                    if let Err(e) = self.post_dbsc_resend().await {
+                        tracing::debug!(error = %e, "fleet events: DBSC bindings sent again not taken; pausing them");
+                    }
+                    // Only binding records call for the next post at
+                    // once; those sent again keep their own pace.
+                    Ok::<usize, String>(posted)
                 } => r,
                 _ = shutdown.changed() => return,
             };
