@@ -802,11 +802,24 @@ impl ProxyHttp for VigilProxy {
 
     async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
         // The head is in: the connection's head deadline and size cap stop.
         crate::conn_limits::head_received();
+        // A connection kept for another request waits at most
+        // `KEEPALIVE_IDLE_SECONDS` for it. Pingora's default for HTTP/1.1
+        // is to wait for ever, or as long as the client's own
+        // `Keep-Alive: timeout=` asks: either way a client could hold
+        // every slot of `max_connections` by going quiet after one
+        // answer (a refusal included, now that refusals keep the
+        // connection). A client's `Connection: close` still closes.
+        match session.get_keepalive() {
+            Some(secs) if secs == 0 || secs > KEEPALIVE_IDLE_SECONDS => {
+                session.set_keepalive(Some(KEEPALIVE_IDLE_SECONDS));
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -1399,6 +1412,10 @@ fn enforcement(mode: Mode) -> Enforcement {
         Mode::Off => Enforcement::Off,
     }
 }
+
+/// Longest wait, in seconds, for the next request on a kept HTTP/1
+/// connection (nginx's `keepalive_timeout` is 75 s by default).
+pub const KEEPALIVE_IDLE_SECONDS: u64 = 60;
 
 /// Wall-clock seconds since the Unix epoch: the time the engine is given.
 pub(crate) fn now_secs() -> u64 {
