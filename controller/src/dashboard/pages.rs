@@ -46,6 +46,26 @@ fn offset_of(q: &std::collections::HashMap<String, String>) -> Result<u64, PageE
     }
 }
 
+/// Where a paged list stands: its first row's offset, and the offsets of
+/// the pages before and after it, when there are.
+struct Paging {
+    offset: u64,
+    previous: Option<u64>,
+    next: Option<u64>,
+}
+
+impl Paging {
+    /// The page at `offset`, `more` rows held after it.
+    fn of(offset: u64, more: bool) -> Self {
+        let size = PAGE_SIZE as u64;
+        Self {
+            offset,
+            previous: (offset > 0).then(|| offset.saturating_sub(size)),
+            next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+        }
+    }
+}
+
 // === overview ===
 
 struct RiskyRow {
@@ -171,9 +191,7 @@ pub(crate) async fn overview(
 struct Detections {
     nav: Nav,
     detections: Vec<Detection>,
-    offset: u64,
-    previous: Option<u64>,
-    next: Option<u64>,
+    paging: Paging,
 }
 
 /// `GET /dashboard/detections?offset=`: every detection held, newest
@@ -187,13 +205,10 @@ pub(crate) async fn detections(
     let q = query(raw.as_deref(), &["offset"])?;
     let offset = offset_of(&q)?;
     let (list, more) = app.store.recent_detections(PAGE_SIZE, offset).await?;
-    let size = PAGE_SIZE as u64;
     page(&Detections {
         nav: operator.nav(),
         detections: list.iter().map(Detection::of).collect(),
-        offset,
-        previous: (offset > 0).then(|| offset.saturating_sub(size)),
-        next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+        paging: Paging::of(offset, more),
     })
 }
 
@@ -460,9 +475,7 @@ struct AuditRow {
 struct AuditPage {
     nav: Nav,
     entries: Vec<AuditRow>,
-    offset: u64,
-    previous: Option<u64>,
-    next: Option<u64>,
+    paging: Paging,
 }
 
 /// `GET /dashboard/audit?offset=`: what operators did through the
@@ -476,7 +489,6 @@ pub(crate) async fn audit(
     let q = query(raw.as_deref(), &["offset"])?;
     let offset = offset_of(&q)?;
     let (list, more) = app.store.audit_entries(PAGE_SIZE, offset).await?;
-    let size = PAGE_SIZE as u64;
     page(&AuditPage {
         nav: operator.nav(),
         entries: list
@@ -491,8 +503,29 @@ pub(crate) async fn audit(
                 outcome: e.outcome,
             })
             .collect(),
-        offset,
-        previous: (offset > 0).then(|| offset.saturating_sub(size)),
-        next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+        paging: Paging::of(offset, more),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_OFFSET, PAGE_SIZE, Paging};
+
+    #[test]
+    fn paging_links_the_pages_around_it_and_never_past_the_offset_cap() {
+        let size = PAGE_SIZE as u64;
+        let first = Paging::of(0, true);
+        assert_eq!((first.previous, first.next), (None, Some(size)));
+        let last = Paging::of(size, false);
+        assert_eq!((last.previous, last.next), (Some(0), None));
+        // An offset not on a page boundary (typed by hand) goes back to 0,
+        // not below it.
+        let odd = Paging::of(7, true);
+        assert_eq!((odd.previous, odd.next), (Some(0), Some(7 + size)));
+        // The next page's offset would pass the cap: no link to it.
+        let deep = Paging::of(MAX_OFFSET - size + 1, true);
+        assert_eq!(deep.next, None);
+        let edge = Paging::of(MAX_OFFSET - size, true);
+        assert_eq!(edge.next, Some(MAX_OFFSET));
+    }
 }
