@@ -18,4 +18,5 @@
 
 pub mod evaluate;
 pub mod generate;
+pub mod replay;
 pub mod scenario;
