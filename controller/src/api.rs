@@ -594,6 +594,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Ap
 /// `GET /metrics`: Prometheus text; counts and durations only
 /// (`crate::metrics`), so it needs no token.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    crate::feedback::refresh_metrics(&app).await;
     (
         [
             (header::CONTENT_TYPE, "text/plain; version=0.0.4"),

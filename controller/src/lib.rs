@@ -11,6 +11,7 @@ pub mod bcl;
 pub mod config;
 pub mod copy;
 pub mod dashboard;
+pub mod feedback;
 pub mod logout;
 pub mod metrics;
 pub mod outbox;

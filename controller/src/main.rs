@@ -38,6 +38,29 @@ enum Command {
         /// The empty store written (its schema is applied first).
         to: String,
     },
+    /// Write the detections operators labelled (false positive, confirmed
+    /// compromise) as JSON Lines for the offline evaluator's `vigil-replay`
+    /// (docs/evaluation.md). No session or user key is written.
+    ExportLabels {
+        /// The controller's config file (its store is read).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Decisions from this time: seconds since the Unix epoch or a UTC
+        /// date YYYY-MM-DD. Default: 7 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Decisions before this time (same forms). Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many decisions (the oldest first); the end line
+        /// says whether more were left out.
+        #[arg(long, default_value_t = 1_000_000)]
+        max: u64,
+        /// The file written (through a temporary file renamed over it), or
+        /// `-` for standard output.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +105,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ExportLabels {
+            config,
+            since,
+            until,
+            max,
+            out,
+        } => export_labels(&config, since.as_deref(), until.as_deref(), max, &out),
         Command::Check { config } => match vigil_controller::Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -156,6 +186,99 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `vigil-controller export-labels`.
+fn export_labels(
+    config: &std::path::Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    max: u64,
+    out: &std::path::Path,
+) -> ExitCode {
+    use vigil_controller::feedback::{export, parse_time};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let times = (
+        since.map_or(Ok(now.saturating_sub(7 * 86_400)), parse_time),
+        until.map_or(Ok(now), parse_time),
+    );
+    let (since, until) = match times {
+        (Ok(s), Ok(u)) if s < u => (s, u),
+        (Ok(_), Ok(_)) => {
+            eprintln!("vigil-controller: export-labels: --since must be before --until");
+            return ExitCode::FAILURE;
+        }
+        (Err(e), _) => {
+            eprintln!("vigil-controller: export-labels: --since {e}");
+            return ExitCode::FAILURE;
+        }
+        (_, Err(e)) => {
+            eprintln!("vigil-controller: export-labels: --until {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match vigil_controller::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil-controller: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let to_stdout = out.as_os_str() == "-";
+    let exported = runtime.block_on(async {
+        let store = vigil_controller::store::Store::open(&config.store).await?;
+        if to_stdout {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            return export(&store, since, until, max, now, &mut w).await;
+        }
+        // Written beside the target and renamed over it: a failed export
+        // leaves no half file where a whole one is expected.
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        let done = export(&store, since, until, max, now, &mut w).await;
+        let done = done.and_then(|d| {
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&partial, out)?;
+            Ok(d)
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        done
+    });
+    match exported {
+        Ok(e) => {
+            eprintln!(
+                "exported {} labelled decisions{}",
+                e.decisions,
+                if e.complete {
+                    ""
+                } else {
+                    " (--max reached: more were left out)"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigil-controller: export-labels: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -66,6 +66,18 @@ pub struct Metrics {
     /// Revocations of each node taken unvouched because its daily budget
     /// of vouching on its own baselines was spent.
     pub unvouched: IntCounterVec,
+    /// Labelled detections of the last 30 days, by `by` (`all`, `reason`,
+    /// `rule`), `name` (a reason code, a rule name, `(policy)`, `(other)`,
+    /// `(other rules)`: bounded, `crate::feedback`) and `label`
+    /// (`confirmed_compromise`, `false_positive`); recounted on a scrape at
+    /// most every ten seconds.
+    pub labelled: IntGaugeVec,
+    /// 1 when the labelled detections counted were cut at
+    /// `feedback::LABELLED_CAP`.
+    pub labels_capped: IntGauge,
+    /// When `labelled` was last recounted (held while recounting, so
+    /// that concurrent scrapes count once).
+    pub labels_counted: std::sync::Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Metrics {
@@ -210,7 +222,23 @@ impl Metrics {
             &["provider", "result"],
         )?;
         registry.register(Box::new(bcl_tokens.clone()))?;
+        let labelled = IntGaugeVec::new(
+            Opts::new(
+                "vigil_controller_labelled_detections",
+                "Detections of the last 30 days an operator labelled, by what they are counted under (by: all, reason, rule; name: the reason code or rule name, bounded) and label (confirmed_compromise, false_positive).",
+            ),
+            &["by", "name", "label"],
+        )?;
+        registry.register(Box::new(labelled.clone()))?;
+        let labels_capped = IntGauge::new(
+            "vigil_controller_labelled_detections_capped",
+            "1 when the labelled detections counted were cut at the newest 100,000.",
+        )?;
+        registry.register(Box::new(labels_capped.clone()))?;
         Ok(Metrics {
+            labelled,
+            labels_capped,
+            labels_counted: std::sync::Arc::default(),
             outbox_enqueued,
             outbox_attempts,
             outbox_pending,

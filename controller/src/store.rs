@@ -286,6 +286,7 @@ pub mod bcl;
 pub mod bindings;
 mod dashboard;
 pub mod idp_sessions;
+pub mod labels;
 pub mod outbox;
 pub mod ssf;
 pub mod ssf_tx;
@@ -545,6 +546,9 @@ impl Store {
                             // node's own does.
                             if *confirmed && let Some(user) = held.user {
                                 cleared.push(user);
+                            }
+                            if *confirmed {
+                                labels::step_up_passed(&mut tx, session, now).await?;
                             }
                             pending.insert(session, held);
                             taken.baselines += 1;

@@ -18,6 +18,7 @@ pub mod session;
 
 mod actions;
 mod chart;
+mod feedback;
 mod pages;
 mod view;
 
@@ -80,6 +81,7 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/detection", get(pages::detection))
         .route("/dashboard/search", get(pages::search))
         .route("/dashboard/audit", get(pages::audit))
+        .route("/dashboard/precision", get(feedback::precision))
         .route("/dashboard/confirm", get(actions::confirm_page))
         .route("/dashboard/act", post(actions::act))
         .route("/dashboard/static/dashboard.css", get(css))
