@@ -616,3 +616,61 @@ async fn what_nodes_send_is_escaped_on_the_precision_page() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn labelled_pages_walk_every_decision_once_across_equal_times() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 600;
+        // Five at one second, one before, one after: pages of two must cut
+        // inside the tie and still give each once, in order.
+        let mut events: Vec<NodeEvent> = (1..=5)
+            .map(|i| detection(&format!("tie-{i}"), i, None, &[("ip_changed", 10)], t))
+            .collect();
+        events.push(detection("before", 6, None, &[("ip_changed", 10)], t - 1));
+        events.push(detection("after", 7, None, &[("ip_changed", 10)], t + 1));
+        events.push(detection("unlabelled", 8, None, &[("ip_changed", 10)], t));
+        c.events(events).await;
+        for r in [
+            "tie-3", "after", "tie-1", "tie-5", "before", "tie-2", "tie-4",
+        ] {
+            c.admin(
+                "/v1/admin/detections/false-positive",
+                serde_json::json!({ "reference": r }),
+            )
+            .await;
+        }
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        let mut cursor = None;
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (page, next) = store
+                .labelled_page(t - 1, t + 2, cursor.as_ref(), 2)
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(pages <= 5, "the walk ends");
+            seen.extend(page.iter().map(|l| l.reference.clone()));
+            if page.len() < 2 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(
+            seen,
+            [
+                "before", "tie-1", "tie-2", "tie-3", "tie-4", "tie-5", "after"
+            ]
+        );
+        // The period's bounds: from `since`, before `until`.
+        let (page, _) = store.labelled_page(t, t + 1, None, 100).await.unwrap();
+        assert_eq!(page.len(), 5);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
