@@ -119,6 +119,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("at", Kind::Int),
             ("false_positive", Kind::Int),
             ("confirmed_compromise", Kind::Int),
+            ("stepped_up", Kind::Int),
         ],
     ),
     (

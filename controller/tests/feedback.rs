@@ -575,6 +575,28 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
         .await;
         let now_labels = labels(&store).await;
         assert_eq!(now_labels[0].1, "confirmed_compromise");
+        // A copy of the store (backup, move to PostgreSQL) keeps the
+        // user's label beside the operator's.
+        c.events(vec![
+            detection_of(
+                "su-erin-2",
+                erin_id,
+                None,
+                &[("asn_changed", 30)],
+                now() - 1,
+            ),
+            baseline("b-4", &erin, true),
+        ])
+        .await;
+        let held = labels(&store).await;
+        assert_eq!(held.len(), 3, "{held:?}");
+        let copy_dir = tempfile::tempdir().unwrap();
+        let copy_url = format!("sqlite://{}", copy_dir.path().join("copy.db").display());
+        let copied = vigil_controller::store::Store::open(&copy_url)
+            .await
+            .unwrap();
+        vigil_controller::copy::copy(&store, &copied).await.unwrap();
+        assert_eq!(labels(&copied).await, held);
 
         c.stop().await;
         db.drop_db().await;
