@@ -11,7 +11,7 @@
 //! outside the engine's fixed set are counted as `(other)`. So the
 //! metrics' label values are bounded whatever nodes send.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -436,20 +436,6 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86_400).map_err(|_| bad())
-}
-
-/// Counts per `(by, name)` of a [`Precision`], for tests and callers that
-/// want a map.
-pub fn as_map(p: &Precision) -> BTreeMap<(String, String), Tally> {
-    let mut m = BTreeMap::new();
-    m.insert(("all".to_owned(), "all".to_owned()), p.all.total);
-    for r in &p.reasons {
-        m.insert(("reason".to_owned(), r.name.clone()), r.total);
-    }
-    for r in &p.rules {
-        m.insert(("rule".to_owned(), r.name.clone()), r.total);
-    }
-    m
 }
 
 #[cfg(test)]

@@ -546,9 +546,7 @@ impl Store {
                             // node's own does.
                             if *confirmed && let Some(user) = held.user {
                                 cleared.push(user);
-                            }
-                            if *confirmed {
-                                labels::step_up_passed(&mut tx, session, now).await?;
+                                labels::step_up_passed(&mut tx, user, session, now).await?;
                             }
                             pending.insert(session, held);
                             taken.baselines += 1;

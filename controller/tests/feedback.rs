@@ -12,7 +12,7 @@ use common::{Db, both, client};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vigil_fleet::{EventBatch, NodeEvent, NodeEventKind, SessionId, VERSION};
+use vigil_fleet::{EventBatch, NodeEvent, NodeEventKind, SessionId, UserId, VERSION};
 
 const ADMIN: &str = "admin-token-0123456789";
 const NODE_A: &str = "node-a-token-0123456789";
@@ -166,6 +166,17 @@ fn detection_of(
     reasons: &[(&str, u8)],
     at: u64,
 ) -> NodeEvent {
+    detection_by(reference, session, None, rule, reasons, at)
+}
+
+fn detection_by(
+    reference: &str,
+    session: SessionId,
+    user: Option<UserId>,
+    rule: Option<&str>,
+    reasons: &[(&str, u8)],
+    at: u64,
+) -> NodeEvent {
     let score: u32 = reasons.iter().map(|(_, p)| u32::from(*p)).sum();
     let action = if rule.is_some() || score >= 60 {
         "block"
@@ -177,7 +188,7 @@ fn detection_of(
         kind: NodeEventKind::Detection {
             reference: reference.to_owned(),
             session: Some(session),
-            user: None,
+            user,
             route: "app".to_owned(),
             rule: rule.map(str::to_owned),
             action: action.to_owned(),
@@ -460,9 +471,11 @@ fn engine() -> vigil_engine::Engine {
     )
 }
 
-/// The record of `cookie` after one allowed request at `at`.
-fn record(engine: &vigil_engine::Engine, cookie: &str, at: u64) -> vigil_fleet::Record {
+/// The record of `cookie`, bound to `user`, after one allowed request at
+/// `at`.
+fn record(engine: &vigil_engine::Engine, cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
     let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+    engine.bind_user(key, user, at);
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("cookie", format!("session={cookie}").parse().unwrap());
     headers.insert(
@@ -486,6 +499,16 @@ fn record(engine: &vigil_engine::Engine, cookie: &str, at: u64) -> vigil_fleet::
     };
     engine.evaluate(&view, &allow).unwrap();
     vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+}
+
+fn user_of(name: &str) -> UserId {
+    UserId(
+        vigil_engine::UserKey::for_name(
+            &vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+            name,
+        )
+        .as_u64(),
+    )
 }
 
 fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEvent {
@@ -519,13 +542,21 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
             .unwrap();
         let e = engine();
         let t = now();
-        let dana = record(&e, "s-dana", t - 5);
+        let dana = record(&e, "s-dana", "dana", t - 5);
         let dana_id = SessionId(dana.0[..16].try_into().unwrap());
-        let erin = record(&e, "s-erin", t - 5);
+        let erin = record(&e, "s-erin", "erin", t - 5);
         let erin_id = SessionId(erin.0[..16].try_into().unwrap());
+        let (dana_user, erin_user) = (user_of("dana"), user_of("erin"));
         c.events(vec![
             // Asked for a step-up a minute ago: what a pass labels.
-            detection_of("su-dana", dana_id, None, &[("asn_changed", 30)], t - 60),
+            detection_by(
+                "su-dana",
+                dana_id,
+                Some(dana_user),
+                None,
+                &[("asn_changed", 30)],
+                t - 60,
+            ),
             // Asked two hours ago: too long before to say it was this.
             detection_of(
                 "su-dana-old",
@@ -543,7 +574,14 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
                 t - 30,
             ),
             // Another session's: Dana's pass says nothing of it.
-            detection_of("su-erin", erin_id, None, &[("asn_changed", 30)], t - 60),
+            detection_by(
+                "su-erin",
+                erin_id,
+                Some(erin_user),
+                None,
+                &[("asn_changed", 30)],
+                t - 60,
+            ),
         ])
         .await;
         // A sighting that is no pass (whoever was challenged may be the
@@ -560,7 +598,7 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
         );
         // The same event again, and a second pass: nothing more, nothing
         // relabelled.
-        let again = record(&e, "s-dana", t - 1);
+        let again = record(&e, "s-dana", "dana", t - 1);
         c.events(vec![
             baseline("b-2", &dana, true),
             baseline("b-3", &again, true),
@@ -578,9 +616,10 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
         // A copy of the store (backup, move to PostgreSQL) keeps the
         // user's label beside the operator's.
         c.events(vec![
-            detection_of(
+            detection_by(
                 "su-erin-2",
                 erin_id,
+                Some(erin_user),
                 None,
                 &[("asn_changed", 30)],
                 now() - 1,

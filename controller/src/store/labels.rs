@@ -6,7 +6,7 @@
 //! them without holding them all.
 
 use sqlx::{Any, Row, Transaction};
-use vigil_fleet::SessionId;
+use vigil_fleet::{SessionId, UserId};
 
 use super::admin::parse_reasons;
 use super::{Store, StoreError, to_i64, to_u64};
@@ -19,20 +19,25 @@ pub const STEP_UP_WINDOW: u64 = 3_600;
 /// [`STEP_UP_WINDOW`] passed (`stepped_up` = `now`): a node reported that
 /// the session's user passed a step-up (a confirmed baseline). Only
 /// detections that asked for a step-up: a blocked or revoked session's
-/// user has nothing to pass on it.
+/// user has nothing to pass on it. Read by the session's `user` (nodes
+/// report detections of bound sessions), through the index on
+/// `(user_key, at)`: a pass reads the user's detections of the hour, not
+/// the fleet's.
 pub(super) async fn step_up_passed(
     tx: &mut Transaction<'static, Any>,
+    user: UserId,
     session: SessionId,
     now: u64,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "UPDATE detections SET stepped_up = $1 WHERE session = $2 AND action = 'step_up' \
-         AND stepped_up IS NULL AND false_positive IS NULL AND confirmed_compromise IS NULL \
-         AND at >= $3 AND at <= $1",
+        "UPDATE detections SET stepped_up = $1 WHERE user_key = $2 AND at >= $3 AND at <= $1 \
+         AND session = $4 AND action = 'step_up' AND stepped_up IS NULL \
+         AND false_positive IS NULL AND confirmed_compromise IS NULL",
     )
     .bind(to_i64(now))
-    .bind(session.to_string())
+    .bind(user.to_string())
     .bind(to_i64(now.saturating_sub(STEP_UP_WINDOW)))
+    .bind(session.to_string())
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
