@@ -669,7 +669,7 @@ async fn oidc_start(State(app): State<Arc<App>>, peer: Peer) -> Result<Response,
     let (cookie, url) = app
         .dashboard
         .oidc
-        .start(oidc, now_secs())
+        .start(oidc, peer.addr.map(|a| a.ip()), now_secs())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, client = ?peer.addr.map(|a| a.ip()), "dashboard sign-in through the identity provider not started");

@@ -35,6 +35,11 @@ use super::session::{NoRandom, Role, random32};
 /// Sign-ins under way held at most; beyond, the oldest goes.
 pub const MAX_PENDING: usize = 10_000;
 
+/// Sign-ins under way one client (an IPv4 address, an IPv6 /64) holds at
+/// most; beyond, its oldest goes: one client starting sign-ins in a loop
+/// pushes out only its own.
+pub const MAX_PENDING_PER_CLIENT: usize = 16;
+
 /// Seconds a sign-in may take at the provider.
 pub const PENDING_TTL: u64 = 600;
 
@@ -99,6 +104,8 @@ pub struct Pending {
     verifier: String,
     /// When it started.
     pub created: u64,
+    /// Who started it ([`super::session::client_of`]), when known.
+    client: Option<std::net::IpAddr>,
 }
 
 /// Who the provider vouched for.
@@ -135,7 +142,12 @@ fn hash(value: &str) -> [u8; 32] {
 impl Runtime {
     /// Starts a sign-in at `now`: the pre-login cookie's value and the
     /// provider's authorization URL to send the browser to.
-    pub async fn start(&self, oidc: &OidcConfig, now: u64) -> Result<(String, String), OidcError> {
+    pub async fn start(
+        &self,
+        oidc: &OidcConfig,
+        from: Option<std::net::IpAddr>,
+        now: u64,
+    ) -> Result<(String, String), OidcError> {
         let metadata = self.metadata(oidc, false).await?;
         let client = client(oidc, &metadata)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -156,11 +168,32 @@ impl Runtime {
             nonce: nonce.secret().clone(),
             verifier: verifier.secret().clone(),
             created: now,
+            client: from.map(super::session::client_of),
         };
+        self.hold(&cookie, pending, now);
+        Ok((cookie, url.to_string()))
+    }
+
+    /// Holds `pending` under `cookie`'s hash: its client's oldest goes
+    /// beyond [`MAX_PENDING_PER_CLIENT`], the oldest of all beyond
+    /// [`MAX_PENDING`].
+    fn hold(&self, cookie: &str, pending: Pending, now: u64) {
         let mut held = self
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = pending.client {
+            let mine: Vec<_> = held
+                .iter()
+                .filter(|(_, p)| p.client == Some(client))
+                .map(|(k, p)| (p.created, *k))
+                .collect();
+            if mine.len() >= MAX_PENDING_PER_CLIENT
+                && let Some((_, k)) = mine.iter().min()
+            {
+                held.remove(k);
+            }
+        }
         if held.len() >= MAX_PENDING {
             held.retain(|_, p| now < p.created.saturating_add(PENDING_TTL));
         }
@@ -169,8 +202,7 @@ impl Runtime {
         {
             held.remove(&oldest);
         }
-        held.insert(hash(&cookie), pending);
-        Ok((cookie, url.to_string()))
+        held.insert(hash(cookie), pending);
     }
 
     /// Takes out the sign-in of pre-login cookie `cookie`, if it is under
@@ -527,6 +559,7 @@ mod tests {
             nonce: "n".to_owned(),
             verifier: "v".to_owned(),
             created: 100,
+            client: None,
         };
         r.pending.lock().unwrap().insert(hash("cookie"), p.clone());
         assert!(r.take("other", 101).is_none());
@@ -535,5 +568,28 @@ mod tests {
         r.pending.lock().unwrap().insert(hash("cookie"), p);
         assert!(r.take("cookie", 100 + PENDING_TTL).is_none(), "expired");
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn one_client_starting_sign_ins_in_a_loop_pushes_out_only_its_own() {
+        let r = Runtime::default();
+        let pending = |client: &str, created| Pending {
+            state: String::new(),
+            nonce: String::new(),
+            verifier: String::new(),
+            created,
+            client: Some(super::super::session::client_of(client.parse().unwrap())),
+        };
+        r.hold("operator", pending("192.0.2.1", 0), 0);
+        for i in 0..(MAX_PENDING_PER_CLIENT as u64 * 3) {
+            // Another address of the same IPv6 /64 is the same client.
+            let addr = format!("2001:db8::{:x}", i + 1);
+            r.hold(&format!("flood-{i}"), pending(&addr, 1 + i), 1 + i);
+        }
+        assert_eq!(r.pending(), MAX_PENDING_PER_CLIENT + 1);
+        assert!(r.take("operator", 60).is_some());
+        assert!(r.take("flood-0", 60).is_none(), "the flood's oldest went");
+        let last = format!("flood-{}", MAX_PENDING_PER_CLIENT * 3 - 1);
+        assert!(r.take(&last, 60).is_some());
     }
 }

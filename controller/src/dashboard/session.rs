@@ -186,7 +186,7 @@ fn id_hash(id: &str) -> [u8; 32] {
 
 /// The client a failed sign-in counts against: its address, an IPv6 one
 /// as its /64 (one host holds a whole /64).
-fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(a) => IpAddr::V4(a),
         IpAddr::V6(a) => {
