@@ -475,7 +475,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/oidc/backchannel-logout/{provider}", post(bcl_logout))
         .route("/v1/admin/ssf/streams", get(crate::ssf::status::streams))
         .route("/v1/global-token-revocation", post(crate::ssf::gtr::revoke))
+        .route("/v1/admin/audit", get(crate::admin_audit::list))
         .merge(crate::dashboard::router(&app))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::admin_audit::audit_admin,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
@@ -1280,6 +1285,9 @@ async fn erase_user(
     .await?;
     // Universal logouts of the user, and their calls still owed.
     app.store.forget_logouts(&user.to_string()).await?;
+    // The audit rows naming the user's key (the dashboard's actions on
+    // them) keep who did what, not to whom.
+    app.store.scrub_audit(&user.to_string()).await?;
     // The key, not the name: the name is what is being erased.
     tracing::info!(user = %user, seq, "a user's data erased by the admin API");
     Ok(Json(serde_json::json!({"seq": seq})).into_response())

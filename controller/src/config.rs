@@ -56,6 +56,9 @@ pub struct Config {
     /// engine's `user_idle_timeout`); also the oldest observation a node
     /// may report.
     pub keep_profiles: u64,
+    /// Seconds an audit row is kept (`keep_audit_days`, 1 to 3,650,
+    /// default 365).
+    pub keep_audit: u64,
     /// How often this controller reads the store for changes nobody told
     /// it of: another replica's, when the PostgreSQL notification that
     /// should have woken it was lost (its listener's connection down), or
@@ -242,6 +245,7 @@ struct Raw {
     keep_sessions_days: Option<u64>,
     keep_detections_days: Option<u64>,
     keep_profiles_days: Option<u64>,
+    keep_audit_days: Option<u64>,
     poll_ms: Option<u64>,
     user_names: Option<String>,
     node_revocations_per_minute: Option<u32>,
@@ -392,6 +396,12 @@ impl Config {
                 "keep_detections_days: {keep_detections_days} is out of range; expected 1 to 3650"
             ));
         }
+        let keep_audit_days = raw.keep_audit_days.unwrap_or(365);
+        if !(1..=3650).contains(&keep_audit_days) {
+            problems.push(format!(
+                "keep_audit_days: {keep_audit_days} is out of range; expected 1 to 3650"
+            ));
+        }
         let keep_profiles_days = raw.keep_profiles_days.unwrap_or(90);
         if !(1..=3650).contains(&keep_profiles_days) {
             problems.push(format!(
@@ -443,7 +453,9 @@ impl Config {
                 "store: {store:?}: expected sqlite://PATH or postgres://…"
             ));
         }
-        let dashboard = raw.dashboard.validate(admin_token.as_ref(), &mut problems);
+        let dashboard = raw
+            .dashboard
+            .validate(admin_token.as_ref(), base, &mut problems);
         match (keys, admin_token, problems.is_empty()) {
             (Some((hash_key, key_ids)), Some(admin_token), true) => Ok(Config {
                 listen: raw
@@ -462,6 +474,7 @@ impl Config {
                 keep_sessions: keep_sessions_days * 86_400,
                 keep_detections: keep_detections_days * 86_400,
                 keep_profiles: keep_profiles_days * 86_400,
+                keep_audit: keep_audit_days * 86_400,
                 poll: std::time::Duration::from_millis(poll_ms),
                 test_drop_seq: crate::tail::drop_seq_from(
                     std::env::var(crate::tail::DROP_SEQ_ENV).ok().as_deref(),

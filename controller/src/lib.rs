@@ -6,6 +6,7 @@
 //! lets an operator revoke a session or a user everywhere.
 
 pub mod admin;
+mod admin_audit;
 pub mod api;
 pub mod bcl;
 pub mod config;
@@ -167,6 +168,7 @@ pub async fn run_on(
     let keep = config.keep_changes;
     let (keep_sessions, keep_detections) = (config.keep_sessions, config.keep_detections);
     let keep_profiles = config.keep_profiles;
+    let keep_audit = config.keep_audit;
     let compaction = tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMPACT_EVERY);
         loop {
@@ -192,6 +194,14 @@ pub async fn run_on(
                 Err(e) => {
                     tracing::warn!(error = %e, "user histories past their retention not deleted")
                 }
+            }
+            match store
+                .expire_audit(api::now_secs().saturating_sub(keep_audit))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "audit rows past keep_audit_days deleted"),
+                Err(e) => tracing::warn!(error = %e, "audit rows past keep_audit_days not deleted"),
             }
             // SET ids past the age at which their SETs are refused anyway.
             if let Err(e) = store.expire_set_ids(api::now_secs()).await {

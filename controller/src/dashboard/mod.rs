@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod fleet;
+pub mod oidc;
 pub mod session;
 
 mod actions;
@@ -27,11 +28,12 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use sha2::Digest as _;
 
 pub use config::DashboardConfig;
 use session::{Identity, Role, Session};
@@ -66,6 +68,12 @@ const COOKIE_TLS: &str = "__Host-vigil-dashboard";
 /// The cookie's name over plain HTTP (loopback, tests).
 const COOKIE_PLAIN: &str = "vigil-dashboard";
 
+/// The pre-login cookie of a sign-in through the OpenID provider, over
+/// HTTPS and over plain HTTP: `SameSite=Lax`, as the provider's redirect
+/// back is a navigation from another site.
+const PRELOGIN_TLS: &str = "__Host-vigil-dashboard-oidc";
+const PRELOGIN_PLAIN: &str = "vigil-dashboard-oidc";
+
 /// The dashboard's routes, none when `[dashboard] enabled = false`.
 pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
     if !app.config.dashboard.enabled {
@@ -76,6 +84,8 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/", get(|| async { Redirect::to("/dashboard") }))
         .route("/dashboard/login", get(login_page).post(login))
         .route("/dashboard/logout", post(logout))
+        .route("/dashboard/oidc/start", get(oidc_start))
+        .route(config::CALLBACK_PATH, get(oidc_callback))
         .route("/dashboard/user", get(pages::user))
         .route("/dashboard/detections", get(pages::detections))
         .route("/dashboard/detection", get(pages::detection))
@@ -175,6 +185,16 @@ pub enum PageError {
     /// An admin call the dashboard shares failed.
     #[error("{}", .0.message())]
     Api(ApiError),
+    /// The identity provider did not vouch for the operator.
+    #[error("{0}")]
+    NotSignedIn(String),
+    /// The identity provider vouched for an operator whose claims map to
+    /// no role.
+    #[error("your identity has no role on this dashboard; ask to be given one")]
+    NoRole,
+    /// Something the sign-in needs cannot be reached.
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// The page could not be rendered, or no random session id drawn.
     #[error("the page could not be made; try again")]
     Internal,
@@ -204,7 +224,9 @@ impl PageError {
     fn status(&self) -> StatusCode {
         match self {
             PageError::SignIn => StatusCode::SEE_OTHER,
-            PageError::BadCredential => StatusCode::UNAUTHORIZED,
+            PageError::BadCredential | PageError::NotSignedIn(_) => StatusCode::UNAUTHORIZED,
+            PageError::NoRole => StatusCode::FORBIDDEN,
+            PageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             PageError::TooMany => StatusCode::TOO_MANY_REQUESTS,
             PageError::Forgery(_) | PageError::NotResponder => StatusCode::FORBIDDEN,
             PageError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -235,7 +257,14 @@ impl IntoResponse for PageError {
             status: status.as_u16(),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             message: self.to_string(),
-            signed_in: !matches!(self, PageError::BadCredential | PageError::TooMany),
+            signed_in: !matches!(
+                self,
+                PageError::BadCredential
+                    | PageError::TooMany
+                    | PageError::NotSignedIn(_)
+                    | PageError::NoRole
+                    | PageError::Unavailable(_)
+            ),
         };
         match page.render() {
             Ok(html) => (status, html_type(), html).into_response(),
@@ -442,11 +471,35 @@ pub(crate) async fn audit(
     target: &str,
     outcome: &str,
 ) {
+    let role = session.role.as_str();
+    audit_as(
+        app,
+        &session.identity.label(),
+        role,
+        peer,
+        action,
+        target,
+        outcome,
+    )
+    .await;
+}
+
+/// Adds to the audit trail what `who` with `role` did from `peer` (a
+/// sign-in refused to a verified identity has no session).
+pub(crate) async fn audit_as(
+    app: &App,
+    who: &str,
+    role: &str,
+    peer: &Peer,
+    action: &str,
+    target: &str,
+    outcome: &str,
+) {
     let entry = crate::store::AuditEntry {
         id: crate::outbox::new_id(),
         at: now_secs(),
-        who: session.identity.label(),
-        role: session.role.as_str().to_owned(),
+        who: cut(who, 4 * MAX_AUDIT_FIELD),
+        role: role.to_owned(),
         client: peer.addr.map(|a| a.ip().to_string()),
         action: cut(action, MAX_AUDIT_FIELD),
         target: cut(target, MAX_AUDIT_FIELD),
@@ -463,7 +516,15 @@ pub(crate) async fn audit(
 #[template(path = "dashboard/login.html")]
 struct LoginPage {
     certificate: bool,
+    oidc: bool,
     message: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/signed_in.html")]
+struct SignedInPage {
+    who: String,
+    role: &'static str,
 }
 
 fn admin_certificate(app: &App, peer: &Peer) -> Option<[u8; 32]> {
@@ -484,6 +545,7 @@ async fn login_page(
     }
     page(&LoginPage {
         certificate: admin_certificate(&app, &peer).is_some(),
+        oidc: app.config.dashboard.oidc.is_some(),
         message: None,
     })
 }
@@ -574,6 +636,219 @@ fn set_cookie(app: &App, value: &str, max_age: u64) -> Result<HeaderValue, PageE
         cookie_name(app)
     ))
     .map_err(|_| PageError::Internal)
+}
+
+fn prelogin_name(app: &App) -> &'static str {
+    if app.config.tls.is_some() {
+        PRELOGIN_TLS
+    } else {
+        PRELOGIN_PLAIN
+    }
+}
+
+fn prelogin_cookie(app: &App, value: &str, max_age: u64) -> Result<HeaderValue, PageError> {
+    let secure = if app.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
+        prelogin_name(app)
+    ))
+    .map_err(|_| PageError::Internal)
+}
+
+/// `GET /dashboard/oidc/start`: a sign-in through the OpenID provider
+/// begins: its state, nonce and PKCE verifier are kept under a new
+/// pre-login cookie, and the browser goes to the provider.
+async fn oidc_start(State(app): State<Arc<App>>, peer: Peer) -> Result<Response, PageError> {
+    let Some(oidc) = &app.config.dashboard.oidc else {
+        return Err(PageError::NotFound(
+            "sign-in through an identity provider is not configured".to_owned(),
+        ));
+    };
+    let (cookie, url) = app
+        .dashboard
+        .oidc
+        .start(oidc, peer.addr.map(|a| a.ip()), now_secs())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, client = ?peer.addr.map(|a| a.ip()), "dashboard sign-in through the identity provider not started");
+            PageError::Unavailable(
+                "the identity provider cannot be reached; try again, or sign in with a token",
+            )
+        })?;
+    let mut response = Redirect::to(&url).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        prelogin_cookie(&app, &cookie, oidc::PENDING_TTL)?,
+    );
+    Ok(response)
+}
+
+/// `GET /dashboard/oidc/callback`: the provider sends the browser back.
+/// The sign-in under the request's pre-login cookie is taken out (a
+/// replay finds nothing: `400`), its `state` must match (`403`), the code
+/// is exchanged and the ID token checked (`401` when the provider refuses
+/// or the token fails), and the identity must map to a role (`403`).
+/// Then a session opens as with a token, and a page sends the browser on
+/// to the overview (a redirect would not carry the `SameSite=Strict`
+/// session cookie, as the navigation began at another site).
+async fn oidc_callback(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let Some(oidc) = &app.config.dashboard.oidc else {
+        return Err(PageError::NotFound(
+            "sign-in through an identity provider is not configured".to_owned(),
+        ));
+    };
+    let client = peer.addr.map(|a| a.ip());
+    let now = now_secs();
+    // The pre-login cookie is cleared by every answer: a sign-in is tried
+    // once.
+    let clear = prelogin_cookie(&app, "", 0)?;
+    let result = oidc_finish(&app, oidc, &peer, &headers, raw.as_deref(), now).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(client = ?client, error = %e, "dashboard sign-in through the identity provider refused");
+            e.into_response()
+        }
+    };
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    Ok(response)
+}
+
+async fn oidc_finish(
+    app: &App,
+    oidc: &config::OidcConfig,
+    peer: &Peer,
+    headers: &HeaderMap,
+    raw: Option<&str>,
+    now: u64,
+) -> Result<Response, PageError> {
+    let fields = query(
+        raw,
+        &[
+            "code",
+            "state",
+            "iss",
+            "error",
+            "error_description",
+            "error_uri",
+            "session_state",
+        ],
+    )?;
+    let not_started = || {
+        PageError::BadRequest(
+            "this sign-in was not started in this browser, was used already, or took longer than 10 minutes; start again"
+                .to_owned(),
+        )
+    };
+    let cookie = cookie(headers, prelogin_name(app)).ok_or_else(not_started)?;
+    let pending = app
+        .dashboard
+        .oidc
+        .take(cookie, now)
+        .ok_or_else(not_started)?;
+    let state = fields
+        .get("state")
+        .map(String::as_bytes)
+        .unwrap_or_default();
+    if !constant_time_eq(state, pending.state.as_bytes()) {
+        return Err(PageError::Forgery(
+            "this sign-in's state is not the one this browser was sent with",
+        ));
+    }
+    if let Some(iss) = fields.get("iss")
+        && *iss != oidc.issuer
+    {
+        return Err(PageError::Forgery(
+            "this sign-in comes back from another identity provider",
+        ));
+    }
+    if let Some(error) = fields.get("error") {
+        tracing::warn!(error = %error, "the identity provider refused a dashboard sign-in");
+        return Err(PageError::NotSignedIn(format!(
+            "the identity provider refused the sign-in ({})",
+            cut(error, 64)
+        )));
+    }
+    let code = fields
+        .get("code")
+        .filter(|c| !c.is_empty() && c.len() <= 4_096)
+        .ok_or_else(|| PageError::BadRequest("no authorization code".to_owned()))?;
+    let verified = app
+        .dashboard
+        .oidc
+        .finish(oidc, &pending, code)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "dashboard sign-in: the identity provider's answer refused");
+            match e {
+                oidc::OidcError::Unavailable(_) => {
+                    PageError::Unavailable("the identity provider cannot be reached; try again")
+                }
+                _ => PageError::NotSignedIn(
+                    "the identity provider did not confirm this sign-in; start again".to_owned(),
+                ),
+            }
+        })?;
+    let identity = Identity::Oidc {
+        issuer: verified.issuer.clone(),
+        subject: verified.subject.clone(),
+        name: verified.name.clone(),
+    };
+    let Some(role) = verified.role else {
+        audit_as(
+            app,
+            &identity.label(),
+            "none",
+            peer,
+            "sign-in",
+            "",
+            "refused: no dashboard role in the identity's claims",
+        )
+        .await;
+        return Err(PageError::NoRole);
+    };
+    if let Some(old) = self::cookie(headers, cookie_name(app)) {
+        app.dashboard.close(old);
+    }
+    let credential: [u8; 32] =
+        sha2::Sha256::digest(format!("oidc\0{}\0{}", verified.issuer, verified.subject).as_bytes())
+            .into();
+    let config = &app.config.dashboard;
+    let label = identity.label();
+    let id = app
+        .dashboard
+        .open(identity, role, credential, now, config)
+        .map_err(|e| {
+            tracing::error!(error = %e, "dashboard session not opened");
+            PageError::Internal
+        })?;
+    tracing::info!(who = label, role = role.as_str(), client = ?peer.addr.map(|a| a.ip()), "dashboard sign-in");
+    if let Some(session) = app.dashboard.get(&id, now, config) {
+        audit(app, &session, peer, "sign-in", "", "signed in").await;
+    }
+    let mut response = page(&SignedInPage {
+        who: label,
+        role: role.as_str(),
+    })?;
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(app, &id, config.max_age)?);
+    Ok(response)
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths
+/// only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `POST /dashboard/logout`: ends the session and clears its cookie.

@@ -53,9 +53,7 @@ impl Role {
     }
 }
 
-/// Who opened a session: what the dashboard shows and logs of them. An
-/// operator signed in through OIDC will be one more variant (issuer and
-/// subject); nothing else about a session changes.
+/// Who opened a session: what the dashboard shows and logs of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Identity {
@@ -65,6 +63,17 @@ pub enum Identity {
     AdminCertificate,
     /// A viewer token, named by the first 8 hex digits of its SHA-256.
     ViewerToken(String),
+    /// An operator signed in through the OpenID provider of
+    /// `[dashboard.oidc]`: its issuer and the operator's subject there
+    /// (who they are), and the name claim (only shown).
+    Oidc {
+        /// The ID token's `iss`.
+        issuer: String,
+        /// The ID token's `sub`.
+        subject: String,
+        /// The configured name claim, when the token had one.
+        name: Option<String>,
+    },
 }
 
 impl Identity {
@@ -74,6 +83,16 @@ impl Identity {
             Identity::AdminToken => "admin token".to_owned(),
             Identity::AdminCertificate => "admin certificate".to_owned(),
             Identity::ViewerToken(id) => format!("viewer token {id}"),
+            Identity::Oidc {
+                issuer,
+                subject,
+                name: Some(name),
+            } => format!("{name} (oidc {issuer} sub {subject})"),
+            Identity::Oidc {
+                issuer,
+                subject,
+                name: None,
+            } => format!("oidc {issuer} sub {subject}"),
         }
     }
 }
@@ -135,6 +154,9 @@ pub struct Sessions {
     /// Failed sign-ins in the current minute: per client (an IPv4 address,
     /// an IPv6 /64) and of every client together.
     failed: Mutex<Failed>,
+    /// Sign-ins through the OpenID provider under way, and the provider
+    /// as discovered.
+    pub(crate) oidc: super::oidc::Runtime,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +172,7 @@ struct Window {
     count: u32,
 }
 
-fn random32() -> Result<[u8; 32], NoRandom> {
+pub(crate) fn random32() -> Result<[u8; 32], NoRandom> {
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
@@ -164,7 +186,7 @@ fn id_hash(id: &str) -> [u8; 32] {
 
 /// The client a failed sign-in counts against: its address, an IPv6 one
 /// as its /64 (one host holds a whole /64).
-fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(a) => IpAddr::V4(a),
         IpAddr::V6(a) => {

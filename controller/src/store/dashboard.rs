@@ -298,6 +298,27 @@ impl Store {
         Ok(())
     }
 
+    /// Scrubs the audit rows whose target is `target` (an erased user's
+    /// key): the rows stay (who did what, when), naming nobody.
+    pub async fn scrub_audit(&self, target: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE audit SET target = '(erased user)', outcome = '(erased)' WHERE target = $1",
+        )
+        .bind(target)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Deletes the audit rows older than `before` (`keep_audit_days`).
+    pub async fn expire_audit(&self, before: u64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(to_i64(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Up to `limit` audit entries from the `offset`th, newest first;
     /// whether more follow.
     pub async fn audit_entries(

@@ -4,7 +4,10 @@
 //
 // CONFIG.json: {"port": 0, "clients": [{client_id, client_secret,
 // redirect_uris}], "accounts": {"alice": {password, otp, email,
-// stale_auth_time?}}}. Port 0 takes any free port.
+// stale_auth_time?, groups?}}}. Port 0 takes any free port. An account's
+// groups (a list of strings) are its "groups" claim, in the ID token when
+// the client asks for the "groups" scope (the controller's dashboard
+// sign-in maps them to roles).
 //
 // Serves http://127.0.0.1:PORT only. Once it serves, it prints one line to
 // stdout, {"issuer":"http://127.0.0.1:PORT"}, and nothing else there; every
@@ -144,12 +147,12 @@ function newProvider(issuer) {
     jwks: { keys: [jwk] },
     cookies: { keys: cookieKeys },
     acrValues: [PWD, MFA],
-    scopes: ['openid', 'email'],
+    scopes: ['openid', 'email', 'groups'],
     // oidc-provider puts acr, amr and auth_time in an ID token only when the
     // request asks for them (acr_values, the claims parameter, max_age);
     // as claims of the openid scope they are in every one, as the relying
     // party expects.
-    claims: { openid: ['sub', 'acr', 'amr', 'auth_time'], email: ['email'] },
+    claims: { openid: ['sub', 'acr', 'amr', 'auth_time'], email: ['email'], groups: ['groups'] },
     // By default a code flow's ID token leaves the scope's claims (email)
     // to userinfo; the relying party reads them from the ID token.
     conformIdTokenClaims: false,
@@ -178,9 +181,12 @@ function newProvider(issuer) {
     },
     findAccount: (_ctx, id) =>
       Object.hasOwn(accounts, id)
-        ? { accountId: id, claims: () => ({ sub: id, email: accounts[id].email }) }
+        ? {
+            accountId: id,
+            claims: () => ({ sub: id, email: accounts[id].email, groups: accounts[id].groups }),
+          }
         : undefined,
-    // No consent page: every client is granted openid and email once the
+    // No consent page: every client is granted openid, email and groups once the
     // user has logged in.
     loadExistingGrant: async (ctx) => {
       const grantId =
@@ -193,7 +199,7 @@ function newProvider(issuer) {
         clientId: ctx.oidc.client.clientId,
         accountId: ctx.oidc.session.accountId,
       });
-      grant.addOIDCScope('openid email');
+      grant.addOIDCScope('openid email groups');
       await grant.save();
       return grant;
     },
