@@ -819,8 +819,11 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
     let db = Db::new(false).await;
     let c = Controller::start(&db.url()).await;
     let dave = user_of("dave");
-    c.events(vec![detection("ref-browser-1", "app", Some(dave), 5)])
-        .await;
+    c.events(vec![with_facts(
+        detection("ref-browser-1", "app", Some(dave), 5),
+        Some(request_facts("192.0.2.50")),
+    )])
+    .await;
     let mut args = serde_json::json!({
         "base": c.origin(),
         "token": ADMIN,
@@ -853,6 +856,9 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         "network_changed\t40",
         "85 / 100",
         &dave.to_string(),
+        "Client address (as judged)\n192.0.2.50 · via the trusted provider zscaler",
+        "Forwarding chain\n?, 192.0.2.50, 198.51.100.10",
+        "AS64496 · NL",
     ] {
         assert!(detection.contains(fact), "{fact:?} in {detection}");
     }
