@@ -898,6 +898,7 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
 // === the request's facts (docs/dashboard.md, Detection page) ===
 
 const JA4: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+const ALPN_UPPER: &str = "t13d1516XY_8daaf6152771_e5627efa2ab1";
 
 fn request_facts(client: &str) -> RequestFacts {
     RequestFacts {
@@ -958,6 +959,12 @@ async fn a_detections_request_facts_are_shown_and_searched() {
             with_facts(detection("ref-f-1", "app", Some(dora), 5), Some(request_facts("192.0.2.50"))),
             with_facts(detection("ref-f-2", "app", Some(dora), 5), Some(request_facts("2001:db8:1::7"))),
             detection("ref-f-3", "app", Some(dora), 5),
+            // A client's ALPN of upper-case letters is in its JA4.
+            with_facts(detection("ref-f-4", "app", Some(dora), 5), {
+                let mut f = request_facts("198.18.0.4");
+                f.ja4 = Some(ALPN_UPPER.to_owned());
+                Some(f)
+            }),
         ])
         .await;
         let cookie = c.login(VIEWER).await;
@@ -992,7 +999,8 @@ async fn a_detections_request_facts_are_shown_and_searched() {
             ("AS64496", &["ref-f-1", "ref-f-2"], &["ref-f-3"]),
             ("as64496", &["ref-f-1", "ref-f-2"], &[]),
             ("AS64497", &[], &["ref-f-1"]),
-            (JA4, &["ref-f-1", "ref-f-2"], &["ref-f-3"]),
+            (JA4, &["ref-f-1", "ref-f-2"], &["ref-f-3", "ref-f-4"]),
+            (ALPN_UPPER, &["ref-f-4"], &["ref-f-1"]),
             (&JA4.to_ascii_uppercase(), &["ref-f-1", "ref-f-2"], &[]),
         ] {
             let html = c.page(&search(q), &cookie).await;
@@ -1060,7 +1068,7 @@ async fn a_nodes_oversized_or_bogus_facts_are_refused_and_duplicates_change_noth
                 Box::new(|f| f.ja4 = Some("<script>alert(1)</script>_8daaf6152771".to_owned())),
             ),
             (
-                "a JA4 upper case",
+                "a JA4 with upper-case hex",
                 Box::new(|f| f.ja4 = Some(JA4.to_ascii_uppercase())),
             ),
             (

@@ -635,14 +635,15 @@ pub struct RequestFacts {
 pub const MAX_CHAIN_HOPS: usize = 16;
 
 /// Longest provider name, browser or platform a detection's facts carry
-/// (the engine's provider names are at most 64 bytes).
+/// (the engine's provider names are at most 32 bytes).
 pub const MAX_FACT_BYTES: usize = 64;
 
 impl RequestFacts {
     /// What is out of bounds in these facts, if anything: a chain longer
-    /// than [`MAX_CHAIN_HOPS`], a name longer than [`MAX_FACT_BYTES`] or
-    /// not printable ASCII, a JA4 not of the `a_b_c` form (10 lower-case
-    /// letters and digits, then twice 12 lower-case hex digits), ASN 0.
+    /// than [`MAX_CHAIN_HOPS`], a name longer than [`MAX_FACT_BYTES`] or of
+    /// other bytes than ASCII letters, digits, `-`, `_`, `.` (as the engine
+    /// names providers, browsers and platforms), a JA4 not of the `a_b_c`
+    /// form ([`is_ja4`]), ASN 0.
     pub fn problem(&self) -> Option<&'static str> {
         let name = |s: &str, empty: bool| {
             (empty || !s.is_empty())
@@ -663,7 +664,7 @@ impl RequestFacts {
         }
         if !self.ja4.as_deref().is_none_or(is_ja4) {
             return Some(
-                "a detection's JA4 is `a_b_c`: 10 lower-case letters or digits, 12 and 12 lower-case hex digits",
+                "a detection's JA4 is `a_b_c`: 10 ASCII letters or digits, 12 and 12 lower-case hex digits",
             );
         }
         if self.asn == Some(0) {
@@ -673,16 +674,16 @@ impl RequestFacts {
     }
 }
 
-/// Whether `s` is a JA4 as the engine writes it: `a_b_c`, `a` 10 lower-case
-/// ASCII letters or digits, `b` and `c` 12 lower-case hex digits each.
+/// Whether `s` is a JA4 as the engine writes it: `a_b_c`, `a` 10 ASCII
+/// letters or digits (upper case too: the last two are the first and last
+/// characters of the client's first ALPN value, as it sent them), `b` and
+/// `c` 12 lower-case hex digits each.
 pub fn is_ja4(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b[10] == b'_'
         && b[23] == b'_'
-        && b[..10]
-            .iter()
-            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        && b[..10].iter().all(u8::is_ascii_alphanumeric)
         && b[11..23]
             .iter()
             .chain(&b[24..])

@@ -664,9 +664,14 @@ fn out_of_bound_facts_are_problems() {
     assert_eq!(f.problem(), None);
     f.chain.push(None);
     assert!(f.problem().unwrap().contains("16 entries"));
+    // The ALPN characters are the client's, upper case included.
+    let mut f = facts();
+    f.ja4 = Some("t13d1516H2_8daaf6152771_e5627efa2ab1".into());
+    assert_eq!(f.problem(), None);
     for bad in [
-        "T13d1516h2_8daaf6152771_e5627efa2ab1",
         "t13d1516h2_8DAAF6152771_e5627efa2ab1",
+        "t13d1516h2_8daaf6152771_E5627efa2ab1",
+        "t13d1516\u{e9}_8daaf6152771_e5627efa2ab1",
         "<script>a_8daaf6152771_e5627efa2ab1",
         "t13d1516h2_8daaf6152771_e5627efa2ab",
         "t13d1516h2_8daaf6152771_e5627efa2ab1x",

@@ -491,9 +491,18 @@ async fn search_facts(app: &App, text: &str, found: &mut SearchPage) -> Result<(
         }
         return Ok(());
     }
+    // The hex parts are lower case; `a` is kept as the client made it (its
+    // ALPN characters) and tried in lower case too.
     let lower = text.to_ascii_lowercase();
-    if vigil_fleet::is_ja4(&lower) {
-        let list = app.store.detections_by_ja4(&lower, PAGE_SIZE).await?;
+    let typed = match (text.get(..11), text.get(11..)) {
+        (Some(a), Some(rest)) => format!("{a}{}", rest.to_ascii_lowercase()),
+        _ => lower.clone(),
+    };
+    if vigil_fleet::is_ja4(&typed) {
+        let list = app
+            .store
+            .detections_by_ja4(&[&typed, &lower], PAGE_SIZE)
+            .await?;
         found.by_fact = Some("JA4".to_owned());
         found.by_fact_hits = list.iter().map(Detection::of).collect();
     }

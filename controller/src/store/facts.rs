@@ -271,18 +271,19 @@ impl Store {
         Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` detections of connections with JA4 `ja4`, newest
-    /// first.
+    /// Up to `limit` detections of connections with either JA4 of `ja4`,
+    /// newest first.
     pub async fn detections_by_ja4(
         &self,
-        ja4: &str,
+        ja4: &[&str; 2],
         limit: usize,
     ) -> Result<Vec<DetectionFacts>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections WHERE ja4 = $1 \
-             ORDER BY at DESC, node, reference LIMIT $2"
+            "SELECT {DETECTION_COLUMNS} FROM detections WHERE ja4 IN ($1, $2) \
+             ORDER BY at DESC, node, reference LIMIT $3"
         )))
-        .bind(ja4)
+        .bind(ja4[0])
+        .bind(ja4[1])
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;

@@ -54,7 +54,18 @@ const RECENT_DETECTIONS: usize = 10_000;
 /// What the decision saw of the request, bounded as the controller takes
 /// it (`vigil_fleet::RequestFacts::problem`). Made from the detection's
 /// verdict on the fleet lane's thread: an allowed request never pays for it.
-fn request_facts(v: &vigil_engine::Verdict) -> RequestFacts {
+/// Facts the controller would refuse are never sent: a refused batch is
+/// dropped whole (its revocations with it), and the JA4 is the client's to
+/// shape. Without such a JA4, or else without facts, the detection goes.
+fn request_facts(v: &vigil_engine::Verdict) -> Option<RequestFacts> {
+    let mut facts = facts_of(v);
+    if facts.problem().is_some() {
+        facts.ja4 = None;
+    }
+    facts.problem().is_none().then_some(facts)
+}
+
+fn facts_of(v: &vigil_engine::Verdict) -> RequestFacts {
     let hops = v.client.chain.as_slice();
     let kept = &hops[hops.len().saturating_sub(MAX_CHAIN_HOPS)..];
     let chain = kept
@@ -199,7 +210,7 @@ impl Outgoing {
                         .map(|c| (c.reason.code().to_owned(), c.points))
                         .collect(),
                     at: d.at,
-                    facts: Some(Box::new(request_facts(&d.verdict))),
+                    facts: request_facts(&d.verdict).map(Box::new),
                 };
                 if revokes {
                     // Told with its revocation, next; during a hash key
