@@ -444,6 +444,7 @@ async fn write(
                                     score: 90,
                                     reasons: Vec::new(),
                                     at: now_secs,
+                                    facts: None,
                                 },
                             },
                             NodeEvent {

@@ -1041,8 +1041,15 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
             action,
             score,
             reasons,
+            facts,
             ..
         } => {
+            if let Some(problem) = facts
+                .as_deref()
+                .and_then(vigil_fleet::RequestFacts::problem)
+            {
+                return Some(problem);
+            }
             let ok = short(reference, 64)
                 && short(route, 128)
                 && rule.as_deref().is_none_or(|r| short(r, 128))

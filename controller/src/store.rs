@@ -285,6 +285,7 @@ mod admin;
 pub mod bcl;
 pub mod bindings;
 mod dashboard;
+mod facts;
 pub mod idp_sessions;
 pub mod labels;
 pub mod outbox;
@@ -293,6 +294,7 @@ pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
 pub use dashboard::{AuditEntry, Buckets, DetectionFacts, SessionHit};
+pub use facts::{IpRange, StoredFacts, ip_key};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -573,31 +575,37 @@ impl Store {
                     score,
                     reasons,
                     at,
+                    facts,
                 } => {
                     let reasons = reasons
                         .iter()
                         .map(|(code, points)| format!("{code}:{points}"))
                         .collect::<Vec<_>>()
                         .join(",");
-                    sqlx::query(
+                    let q = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "INSERT INTO detections (node, reference, session, user_key, route, rule, \
-                         action, enforced, score, reasons, at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         action, enforced, score, reasons, at, {}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                         $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
                          ON CONFLICT (node, reference) DO NOTHING",
-                    )
-                    .bind(node)
-                    .bind(reference.as_str())
-                    .bind(session.map(|s| s.to_string()))
-                    .bind(user.map(|u| u.to_string()))
-                    .bind(route.as_str())
-                    .bind(rule.clone())
-                    .bind(action.as_str())
-                    .bind(i64::from(*enforced))
-                    .bind(i64::from(*score))
-                    .bind(reasons)
-                    .bind(to_i64((*at).min(now)))
-                    .execute(&mut *tx)
-                    .await?;
+                        facts::FACT_COLUMNS
+                    )));
+                    facts::FactColumns::of(facts.as_deref())
+                        .bind(
+                            q.bind(node)
+                                .bind(reference.as_str())
+                                .bind(session.map(|s| s.to_string()))
+                                .bind(user.map(|u| u.to_string()))
+                                .bind(route.as_str())
+                                .bind(rule.clone())
+                                .bind(action.as_str())
+                                .bind(i64::from(*enforced))
+                                .bind(i64::from(*score))
+                                .bind(reasons)
+                                .bind(to_i64((*at).min(now))),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
                     taken.detections += 1;
                     if let (true, Some(user)) = (*enforced, user)
                         && !recount.contains(user)

@@ -120,6 +120,7 @@ pub async fn detections(app: &App, node: &str, events: &[NodeEvent]) -> Result<(
             score,
             reasons,
             at,
+            ..
         } = &e.kind
         else {
             continue;

@@ -766,6 +766,7 @@ fn detection(id: &str, user: Option<UserId>, enforced: bool, at: u64) -> NodeEve
                 ("network_changed".to_owned(), 40),
             ],
             at,
+            facts: None,
         },
     }
 }

@@ -12,7 +12,10 @@ use common::{Db, both};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vigil_fleet::{EventBatch, NodeEvent, NodeEventKind, SessionId, UserId, VERSION};
+use vigil_fleet::{
+    Country, DeviceId, EventBatch, NodeEvent, NodeEventKind, RequestFacts, SessionId, UserId,
+    VERSION,
+};
 
 const ADMIN: &str = "admin-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
@@ -232,6 +235,7 @@ fn detection(reference: &str, route: &str, user: Option<UserId>, session: u8) ->
                 ("network_changed".to_owned(), 40),
             ],
             at: now() - 5,
+            facts: None,
         },
     }
 }
@@ -815,8 +819,11 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
     let db = Db::new(false).await;
     let c = Controller::start(&db.url()).await;
     let dave = user_of("dave");
-    c.events(vec![detection("ref-browser-1", "app", Some(dave), 5)])
-        .await;
+    c.events(vec![with_facts(
+        detection("ref-browser-1", "app", Some(dave), 5),
+        Some(request_facts("192.0.2.50")),
+    )])
+    .await;
     let mut args = serde_json::json!({
         "base": c.origin(),
         "token": ADMIN,
@@ -849,6 +856,9 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         "network_changed\t40",
         "85 / 100",
         &dave.to_string(),
+        "Client address (as judged)\n192.0.2.50 · via the trusted provider zscaler",
+        "Forwarding chain\n?, 192.0.2.50, 198.51.100.10",
+        "AS64496 · NL",
     ] {
         assert!(detection.contains(fact), "{fact:?} in {detection}");
     }
@@ -883,4 +893,285 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
     assert!(held[0].row.false_positive_at.is_some());
     c.stop().await;
     db.drop_db().await;
+}
+
+// === the request's facts (docs/dashboard.md, Detection page) ===
+
+const JA4: &str = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+const ALPN_UPPER: &str = "t13d1516XY_8daaf6152771_e5627efa2ab1";
+
+fn request_facts(client: &str) -> RequestFacts {
+    RequestFacts {
+        client: client.parse().unwrap(),
+        peer: "10.0.0.2".parse().unwrap(),
+        chain: vec![
+            None,
+            Some(client.parse().unwrap()),
+            Some("198.51.100.10".parse().unwrap()),
+        ],
+        chain_truncated: true,
+        provider: Some("zscaler".to_owned()),
+        ja4: Some(JA4.to_owned()),
+        device: DeviceId(0x00c0_ffee_0000_0083),
+        browser: "chrome".to_owned(),
+        major: 131,
+        platform: "linux".to_owned(),
+        country: Some(Country(*b"NL")),
+        asn: Some(64496),
+    }
+}
+
+fn with_facts(mut event: NodeEvent, facts: Option<RequestFacts>) -> NodeEvent {
+    if let NodeEventKind::Detection { facts: f, .. } = &mut event.kind {
+        *f = facts.map(Box::new);
+    }
+    event
+}
+
+impl Controller {
+    /// A node's batch as posted: its status and answer.
+    async fn post_events(&self, events: Vec<NodeEvent>) -> (u16, String) {
+        let r = client()
+            .post(self.url("/v1/events"))
+            .bearer_auth(NODE_A)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(&EventBatch { v: VERSION, events }).unwrap())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// A detection's page shows the request's facts as its node reported them
+/// (and, for one from a node of an earlier build, says they were not
+/// reported), apart from the session's baseline; search finds detections
+/// by client address, CIDR prefix (IPv4 and IPv6), ASN and JA4, typed in
+/// any case; an erased user's detections, facts with them, are found no
+/// more.
+#[tokio::test]
+async fn a_detections_request_facts_are_shown_and_searched() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let dora = user_of("dora");
+        c.events(vec![
+            with_facts(detection("ref-f-1", "app", Some(dora), 5), Some(request_facts("192.0.2.50"))),
+            with_facts(detection("ref-f-2", "app", Some(dora), 5), Some(request_facts("2001:db8:1::7"))),
+            detection("ref-f-3", "app", Some(dora), 5),
+            // A client's ALPN of upper-case letters is in its JA4.
+            with_facts(detection("ref-f-4", "app", Some(dora), 5), {
+                let mut f = request_facts("198.18.0.4");
+                f.ja4 = Some(ALPN_UPPER.to_owned());
+                Some(f)
+            }),
+        ])
+        .await;
+        let cookie = c.login(VIEWER).await;
+        let html = c.page("/dashboard/detection?reference=ref-f-1", &cookie).await;
+        for want in [
+            "<dt>Client address (as judged)</dt><dd><a href=\"/dashboard/search?q=192.0.2.50\"><code>192.0.2.50</code></a> · via the trusted provider <code>zscaler</code></dd>",
+            "<code>?, 192.0.2.50, 198.51.100.10</code> <span class=\"muted\">(entries left out",
+            "<dt>Peer</dt><dd><code>10.0.0.2</code></dd>",
+            "<code>00c0ffee00000083</code> · chrome 131 on linux",
+            &format!("<a href=\"/dashboard/search?q={JA4}\"><code>{JA4}</code></a>"),
+            "<a href=\"/dashboard/search?q=AS64496\">AS64496</a> · NL",
+            "The session's baseline",
+        ] {
+            assert!(html.contains(want), "{want}\n{html}");
+        }
+        let html = c.page("/dashboard/detection?reference=ref-f-3", &cookie).await;
+        assert!(html.contains("Not reported: the node that made this decision reports detections without"));
+        let search = |q: &str| {
+            let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+            format!("/dashboard/search?q={q}")
+        };
+        for (q, found, not) in [
+            ("192.0.2.50", &["ref-f-1"][..], &["ref-f-2", "ref-f-3"][..]),
+            ("192.0.2.0/24", &["ref-f-1"], &["ref-f-2"]),
+            ("192.0.0.0/8", &["ref-f-1"], &["ref-f-2"]),
+            ("::ffff:192.0.2.0/120", &["ref-f-1"], &["ref-f-2"]),
+            ("192.0.2.51", &[], &["ref-f-1"]),
+            ("192.0.3.0/24", &[], &["ref-f-1"]),
+            ("2001:db8:1::7", &["ref-f-2"], &["ref-f-1"]),
+            ("2001:db8::/32", &["ref-f-2"], &["ref-f-1"]),
+            ("2001:db8:2::/48", &[], &["ref-f-2"]),
+            ("AS64496", &["ref-f-1", "ref-f-2"], &["ref-f-3"]),
+            ("as64496", &["ref-f-1", "ref-f-2"], &[]),
+            ("AS64497", &[], &["ref-f-1"]),
+            (JA4, &["ref-f-1", "ref-f-2"], &["ref-f-3", "ref-f-4"]),
+            (ALPN_UPPER, &["ref-f-4"], &["ref-f-1"]),
+            (&JA4.to_ascii_uppercase(), &["ref-f-1", "ref-f-2"], &[]),
+        ] {
+            let html = c.page(&search(q), &cookie).await;
+            for r in found {
+                assert!(html.contains(&format!(">{r}</code>")), "{q} finds {r}");
+            }
+            for r in not {
+                assert!(!html.contains(&format!(">{r}</code>")), "{q} does not find {r}");
+            }
+            if found.is_empty() {
+                assert!(html.contains("No detection held was judged on it."), "{q}");
+            }
+        }
+        // Prefixes out of bounds are said so, not searched.
+        for (q, why) in [
+            ("10.0.0.0/7", "a prefix length of this family is 8 to 32"),
+            ("10.0.0.0/33", "a prefix length of this family is 8 to 32"),
+            ("::/15", "a prefix length of this family is 16 to 128"),
+            ("AS0", "an ASN is `AS` and a number from 1 to 4294967295"),
+            ("AS4294967296", "an ASN is `AS` and a number from 1 to 4294967295"),
+        ] {
+            let html = c.page(&search(q), &cookie).await;
+            assert!(html.contains(&why.replace('`', "&#96;")) || html.contains(why), "{q}: {html}");
+        }
+        // Erased, the user's detections and their facts are gone.
+        let r = client()
+            .post(c.url("/v1/admin/users/erase"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"user": "dora"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        for q in ["192.0.2.50", "AS64496", JA4] {
+            let html = c.page(&search(q), &cookie).await;
+            assert!(!html.contains(">ref-f-1</code>"), "{q}");
+            assert!(html.contains("No detection held was judged on it."), "{q}");
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A change that puts facts out of bounds.
+type Spoil = Box<dyn Fn(&mut RequestFacts)>;
+
+/// A node's facts are bounded and checked, a batch with one out of bounds
+/// refused whole (`400`, nothing stored): a chain of 17 entries, a JA4 of
+/// markup or upper case, a browser, platform or provider of markup, ASN 0,
+/// an entry of the chain that is no address. A batch posted again, or the
+/// same reference under a new event id with other facts, changes nothing:
+/// the first facts stand.
+#[tokio::test]
+async fn a_nodes_oversized_or_bogus_facts_are_refused_and_duplicates_change_nothing() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let eve = user_of("eve");
+        let bad: Vec<(&str, Spoil)> = vec![
+            ("a long chain", Box::new(|f| f.chain = vec![None; 17])),
+            (
+                "a JA4 of markup",
+                Box::new(|f| f.ja4 = Some("<script>alert(1)</script>_8daaf6152771".to_owned())),
+            ),
+            (
+                "a JA4 with upper-case hex",
+                Box::new(|f| f.ja4 = Some(JA4.to_ascii_uppercase())),
+            ),
+            (
+                "a browser of markup",
+                Box::new(|f| f.browser = "<script>alert(1)</script>".to_owned()),
+            ),
+            (
+                "a platform of markup",
+                Box::new(|f| f.platform = "\"><img src=x>".to_owned()),
+            ),
+            (
+                "a long provider",
+                Box::new(|f| f.provider = Some("p".repeat(65))),
+            ),
+            ("ASN 0", Box::new(|f| f.asn = Some(0))),
+        ];
+        for (what, spoil) in &bad {
+            let mut f = request_facts("192.0.2.66");
+            spoil(&mut f);
+            let (status, body) = c
+                .post_events(vec![with_facts(
+                    detection("ref-bad", "app", Some(eve), 6),
+                    Some(f),
+                )])
+                .await;
+            assert_eq!(status, 400, "{what}: {body}");
+        }
+        // Not an address, in the chain or as the client: the batch does
+        // not read.
+        let json = serde_json::to_string(&EventBatch {
+            v: VERSION,
+            events: vec![with_facts(
+                detection("ref-bad", "app", Some(eve), 6),
+                Some(request_facts("192.0.2.66")),
+            )],
+        })
+        .unwrap();
+        for spoilt in [
+            json.replace("\"198.51.100.10\"", "\"<script>\""),
+            json.replacen("\"192.0.2.66\"", "\"192.0.2.666\"", 1),
+        ] {
+            assert_ne!(spoilt, json);
+            let r = client()
+                .post(c.url("/v1/events"))
+                .bearer_auth(NODE_A)
+                .header("content-type", "application/json")
+                .body(spoilt)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+        }
+        let cookie = c.login(ADMIN).await;
+        assert_eq!(
+            c.get("/dashboard/detection?reference=ref-bad", Some(&cookie))
+                .await
+                .status(),
+            404
+        );
+        // The same batch twice, then the reference again under another
+        // event id with other facts: the first facts stand.
+        let first = with_facts(
+            detection("ref-dup", "app", Some(eve), 6),
+            Some(request_facts("192.0.2.66")),
+        );
+        let (status, body) = c.post_events(vec![first.clone()]).await;
+        assert_eq!(
+            (status, body.contains("\"accepted\":1")),
+            (200, true),
+            "{body}"
+        );
+        let (status, body) = c.post_events(vec![first.clone()]).await;
+        assert_eq!(
+            (status, body.contains("\"duplicates\":1")),
+            (200, true),
+            "{body}"
+        );
+        let mut other = with_facts(first, Some(request_facts("203.0.113.1")));
+        other.id = "event-ref-dup-again".to_owned();
+        let (status, _) = c.post_events(vec![other]).await;
+        assert_eq!(status, 200);
+        let html = c
+            .page("/dashboard/detection?reference=ref-dup", &cookie)
+            .await;
+        assert!(html.contains("<code>192.0.2.66</code>"));
+        assert!(!html.contains("203.0.113.1"));
+        // What an operator types is shown, never run.
+        for q in [
+            "<script>alert(1)</script>/24",
+            "AS<script>",
+            "\"><img src=x onerror=alert(2)>",
+        ] {
+            let encoded: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+            let html = c
+                .page(&format!("/dashboard/search?q={encoded}"), &cookie)
+                .await;
+            assert!(
+                !html.contains("<script>alert") && !html.contains("<img src=x"),
+                "{q}"
+            );
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
 }

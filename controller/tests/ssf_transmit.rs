@@ -847,6 +847,7 @@ async fn detected(c: &Controller, reference: &str, session: vigil_fleet::Session
                 score: 85,
                 reasons: vec![("device_changed".to_owned(), 45)],
                 at,
+                facts: None,
             },
         }],
     };

@@ -227,6 +227,7 @@ fn revoked(id: &str, n: u8) -> EventBatch {
                     score: 90,
                     reasons: vec![("new_device".to_owned(), 90)],
                     at: 100,
+                    facts: None,
                 },
             },
             NodeEvent {

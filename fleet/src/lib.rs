@@ -502,6 +502,13 @@ pub enum NodeEventKind {
         reasons: Vec<(String, u8)>,
         /// When.
         at: u64,
+        /// What the decision saw of the request: client address and
+        /// chain, device and JA4, network. Absent from a node of an
+        /// earlier build (and then not written: its batch reads the same
+        /// as before); a controller of an earlier build skips it as an
+        /// unknown field. Added within version 5.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<Box<RequestFacts>>,
     },
     /// The node's engine learnt from an allowed request of a bound user
     /// (version 3): the request's feature values, folded or hashed to
@@ -575,6 +582,112 @@ pub enum NodeEventKind {
     /// is remembered) and does nothing with it.
     #[serde(other)]
     Unknown,
+}
+
+/// What a decision saw of its request, as a node reports it with a
+/// detection ([`NodeEventKind::Detection`]): the facts an operator needs to
+/// tell a thief from the user (`docs/dashboard.md`, Detection page). No
+/// credential, no header value but addresses, and every field bounded
+/// ([`RequestFacts::problem`]): a controller refuses a detection whose
+/// facts are not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFacts {
+    /// The client address the request was judged as.
+    pub client: std::net::IpAddr,
+    /// The TCP peer that sent it.
+    pub peer: std::net::IpAddr,
+    /// The forwarding chain as read (the header the node believes),
+    /// leftmost (farthest from the node) first, without the peer; an entry
+    /// naming no address (`unknown`, an obfuscated identifier, a malformed
+    /// entry) as `null`. At most [`MAX_CHAIN_HOPS`]: the rightmost.
+    #[serde(default)]
+    pub chain: Vec<Option<std::net::IpAddr>>,
+    /// Entries of the chain were left out: the node read at most its
+    /// `max_hops`, and tells at most [`MAX_CHAIN_HOPS`].
+    #[serde(default)]
+    pub chain_truncated: bool,
+    /// The trusted provider (its set's name in the node's config) the
+    /// client came through; `None` when it came directly.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The connection's JA4 (`a_b_c`, as the engine writes it), when known.
+    #[serde(default)]
+    pub ja4: Option<String>,
+    /// The device as nodes log it (the traits' id).
+    pub device: DeviceId,
+    /// The browser family as the engine names it (`chrome`, `firefox`, …).
+    pub browser: String,
+    /// The browser's major version (0: unknown).
+    #[serde(default)]
+    pub major: u16,
+    /// The platform as the engine names it (`windows`, `ios`, …).
+    #[serde(default)]
+    pub platform: String,
+    /// The client's country from the node's geo data, when known.
+    #[serde(default)]
+    pub country: Option<Country>,
+    /// The client's autonomous system, when known.
+    #[serde(default)]
+    pub asn: Option<u32>,
+}
+
+/// Most entries of a chain a detection's facts carry ([`RequestFacts`]).
+pub const MAX_CHAIN_HOPS: usize = 16;
+
+/// Longest provider name, browser or platform a detection's facts carry
+/// (the engine's provider names are at most 32 bytes).
+pub const MAX_FACT_BYTES: usize = 64;
+
+impl RequestFacts {
+    /// What is out of bounds in these facts, if anything: a chain longer
+    /// than [`MAX_CHAIN_HOPS`], a name longer than [`MAX_FACT_BYTES`] or of
+    /// other bytes than ASCII letters, digits, `-`, `_`, `.` (as the engine
+    /// names providers, browsers and platforms), a JA4 not of the `a_b_c`
+    /// form ([`is_ja4`]), ASN 0.
+    pub fn problem(&self) -> Option<&'static str> {
+        let name = |s: &str, empty: bool| {
+            (empty || !s.is_empty())
+                && s.len() <= MAX_FACT_BYTES
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if self.chain.len() > MAX_CHAIN_HOPS {
+            return Some("a detection's chain holds at most 16 entries");
+        }
+        if !self.provider.as_deref().is_none_or(|p| name(p, false))
+            || !name(&self.browser, false)
+            || !name(&self.platform, true)
+        {
+            return Some(
+                "a detection's provider, browser and platform are at most 64 ASCII letters, digits, `-`, `_` or `.`",
+            );
+        }
+        if !self.ja4.as_deref().is_none_or(is_ja4) {
+            return Some(
+                "a detection's JA4 is `a_b_c`: 10 ASCII letters or digits, 12 and 12 lower-case hex digits",
+            );
+        }
+        if self.asn == Some(0) {
+            return Some("a detection's ASN is 1 or more");
+        }
+        None
+    }
+}
+
+/// Whether `s` is a JA4 as the engine writes it: `a_b_c`, `a` 10 ASCII
+/// letters or digits (upper case too: the last two are the first and last
+/// characters of the client's first ALPN value, as it sent them), `b` and
+/// `c` 12 lower-case hex digits each.
+pub fn is_ja4(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b[10] == b'_'
+        && b[23] == b'_'
+        && b[..10].iter().all(u8::is_ascii_alphanumeric)
+        && b[11..23]
+            .iter()
+            .chain(&b[24..])
+            .all(|&c| hex_digit(c).is_some())
 }
 
 /// Longest rule bundle text, in bytes ([`Change::RulesBundle`]).

@@ -160,6 +160,7 @@ fn baselines_and_detections_read_back_as_written() {
                 score: 80,
                 reasons: vec![("device_changed".into(), 40)],
                 at: 3,
+                facts: None,
             },
         }],
     };
@@ -544,4 +545,166 @@ fn an_acks_retry_is_absent_when_empty_and_read_as_empty_when_absent() {
     let json = serde_json::to_string(&waiting).unwrap();
     assert_eq!(json, r#"{"accepted":2,"duplicates":0,"retry":["n-b7"]}"#);
     assert_eq!(serde_json::from_str::<EventAck>(&json).unwrap(), waiting);
+}
+
+fn facts() -> RequestFacts {
+    RequestFacts {
+        client: "81.2.69.160".parse().unwrap(),
+        peer: "10.0.0.1".parse().unwrap(),
+        chain: vec![
+            None,
+            Some("81.2.69.160".parse().unwrap()),
+            Some("2001:db8::1".parse().unwrap()),
+        ],
+        chain_truncated: false,
+        provider: Some("zscaler".into()),
+        ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
+        device: DeviceId(0x0123_4567_89ab_cdef),
+        browser: "chrome".into(),
+        major: 120,
+        platform: "windows".into(),
+        country: Some(Country(*b"GB")),
+        asn: Some(20712),
+    }
+}
+
+fn detection_with(facts: Option<RequestFacts>) -> NodeEventKind {
+    NodeEventKind::Detection {
+        reference: "00000000000000ff".into(),
+        session: None,
+        user: None,
+        route: "app".into(),
+        rule: Some("r".into()),
+        action: "block".into(),
+        enforced: true,
+        score: 80,
+        reasons: vec![("device_changed".into(), 40)],
+        at: 3,
+        facts: facts.map(Box::new),
+    }
+}
+
+/// A detection's request facts read back as written; a detection without
+/// them is written exactly as an earlier build wrote it (no `facts` key),
+/// and an earlier build's detection reads as one without facts.
+#[test]
+fn a_detections_facts_read_back_and_are_absent_when_none() {
+    let with = NodeEvent {
+        id: "n-1".into(),
+        kind: detection_with(Some(facts())),
+    };
+    let json = serde_json::to_string(&with).unwrap();
+    assert!(
+        json.contains(r#""chain":[null,"81.2.69.160","2001:db8::1"]"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""device":"0123456789abcdef""#), "{json}");
+    assert_eq!(serde_json::from_str::<NodeEvent>(&json).unwrap(), with);
+    let without = NodeEvent {
+        id: "n-1".into(),
+        kind: detection_with(None),
+    };
+    let json = serde_json::to_string(&without).unwrap();
+    assert!(!json.contains("facts"), "{json}");
+    let earlier = r#"{"id":"n-1","kind":"detection","reference":"00000000000000ff","session":null,"user":null,"route":"app","rule":"r","action":"block","enforced":true,"score":80,"reasons":[["device_changed",40]],"at":3}"#;
+    assert_eq!(serde_json::from_str::<NodeEvent>(earlier).unwrap(), without);
+}
+
+/// A controller of an earlier build reads a detection with facts as the
+/// detection it knows: its `Detection` had no `facts` field, and serde
+/// skips a field it does not know (`NodeEventKind` has no
+/// `deny_unknown_fields`). The earlier shape is copied here as it was.
+#[test]
+fn an_earlier_controller_reads_a_detection_with_facts() {
+    #[derive(Deserialize, Debug)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Earlier {
+        #[allow(dead_code)]
+        Detection {
+            reference: String,
+            session: Option<SessionId>,
+            user: Option<UserId>,
+            route: String,
+            rule: Option<String>,
+            action: String,
+            enforced: bool,
+            score: u8,
+            reasons: Vec<(String, u8)>,
+            at: u64,
+        },
+    }
+    #[derive(Deserialize, Debug)]
+    struct EarlierEvent {
+        #[allow(dead_code)]
+        id: String,
+        #[serde(flatten)]
+        kind: Earlier,
+    }
+    let json = serde_json::to_string(&NodeEvent {
+        id: "n-1".into(),
+        kind: detection_with(Some(facts())),
+    })
+    .unwrap();
+    let read: EarlierEvent = serde_json::from_str(&json).unwrap();
+    let Earlier::Detection {
+        reference, score, ..
+    } = read.kind;
+    assert_eq!((reference.as_str(), score), ("00000000000000ff", 80));
+}
+
+/// Facts out of bounds are named: a long chain, a bogus JA4 (upper case,
+/// markup, wrong lengths), a name with markup, spaces, control bytes or
+/// beyond ASCII, ASN 0. A chain entry that is no address is no address to serde either:
+/// the batch does not read.
+#[test]
+fn out_of_bound_facts_are_problems() {
+    assert_eq!(facts().problem(), None);
+    let mut f = facts();
+    f.chain = vec![None; MAX_CHAIN_HOPS];
+    assert_eq!(f.problem(), None);
+    f.chain.push(None);
+    assert!(f.problem().unwrap().contains("16 entries"));
+    // The ALPN characters are the client's, upper case included.
+    let mut f = facts();
+    f.ja4 = Some("t13d1516H2_8daaf6152771_e5627efa2ab1".into());
+    assert_eq!(f.problem(), None);
+    for bad in [
+        "t13d1516h2_8DAAF6152771_e5627efa2ab1",
+        "t13d1516h2_8daaf6152771_E5627efa2ab1",
+        "t13d1516\u{e9}_8daaf6152771_e5627efa2ab1",
+        "<script>a_8daaf6152771_e5627efa2ab1",
+        "t13d1516h2_8daaf6152771_e5627efa2ab",
+        "t13d1516h2_8daaf6152771_e5627efa2ab1x",
+        "t13d1516h2-8daaf6152771-e5627efa2ab1",
+        "t13d1516h2_8daaf615277g_e5627efa2ab1",
+        "",
+    ] {
+        let mut f = facts();
+        f.ja4 = Some(bad.into());
+        assert!(f.problem().unwrap().contains("JA4"), "{bad}");
+    }
+    for bad in [
+        String::new(),
+        "x".repeat(65),
+        "a\nb".into(),
+        "a b".into(),
+        "<script>alert(1)</script>".into(),
+        "\u{e9}dge".into(),
+    ] {
+        let mut f = facts();
+        f.browser = bad.clone();
+        assert!(f.problem().unwrap().contains("browser"), "{bad:?}");
+    }
+    let mut f = facts();
+    f.provider = Some("x".repeat(65));
+    assert!(f.problem().is_some());
+    let mut f = facts();
+    f.platform = String::new();
+    assert_eq!(f.problem(), None);
+    f.asn = Some(0);
+    assert!(f.problem().unwrap().contains("ASN"));
+    let json = serde_json::to_string(&detection_with(Some(facts())))
+        .unwrap()
+        .replace("2001:db8::1", "<script>");
+    assert!(serde_json::from_str::<NodeEventKind>(&json).is_err());
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use vigil_fleet::UserId;
 
 use super::chart::{Chart, chart};
-use super::view::{Baseline, Detection, Nav, time};
+use super::view::{Baseline, Detection, Nav, RequestFacts, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs, user_id};
 use crate::config::UserNames;
@@ -219,12 +219,13 @@ pub(crate) async fn detections(
 struct DetectionPage {
     nav: Nav,
     reference: String,
-    detections: Vec<(Detection, Option<Baseline>)>,
+    detections: Vec<(Detection, Option<RequestFacts>, Option<Baseline>)>,
 }
 
 /// `GET /dashboard/detection?reference=`: every node's detection with
-/// that reference id, with all its stored facts and, when the session's
-/// record is held, the device and network it was baselined on.
+/// that reference id, with all its stored facts — the request's as the
+/// node reported them — and, when the session's record is held, the
+/// device and network it was baselined on.
 pub(crate) async fn detection(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -251,7 +252,12 @@ pub(crate) async fn detection(
                 .map(|s| Baseline::of(&s)),
             None => None,
         };
-        detections.push((Detection::of(d), baseline));
+        let facts = app
+            .store
+            .request_facts(&d.row.node, &d.row.reference)
+            .await?
+            .map(|f| RequestFacts::of(&f));
+        detections.push((Detection::of(d), facts, baseline));
     }
     page(&DetectionPage {
         nav: operator.nav(),
@@ -373,6 +379,10 @@ struct SearchPage {
     detections: Vec<Detection>,
     sessions: Vec<SessionHitView>,
     notes: Vec<String>,
+    /// What the detections below were found by (client address, ASN,
+    /// JA4), when `q` named one.
+    by_fact: Option<String>,
+    by_fact_hits: Vec<Detection>,
 }
 
 /// Shortest session key prefix searched: shorter ones match too much.
@@ -397,6 +407,8 @@ pub(crate) async fn search(
         detections: Vec::new(),
         sessions: Vec::new(),
         notes: Vec::new(),
+        by_fact: None,
+        by_fact_hits: Vec::new(),
     };
     if text.is_empty() {
         return page(&found);
@@ -444,18 +456,57 @@ pub(crate) async fn search(
             found.user_by_name = Some(user.to_string());
         }
     }
-    if text.parse::<std::net::IpAddr>().is_ok()
-        || text.to_ascii_uppercase().starts_with("AS")
-        || text.starts_with('t') && text.contains('_')
-    {
-        found.notes.push(
-            "client addresses, ASNs and JA4s are not searchable yet: nodes report a detection \
-             without them, and session records keep them only in encoded form (see the \
-             detection and user pages for a session's ASN and JA4)"
-                .to_owned(),
-        );
-    }
+    search_facts(&app, &text, &mut found).await?;
     page(&found)
+}
+
+/// Detections by the facts their requests were judged on: a client
+/// address or CIDR prefix (a range of keys), `AS` and a number, a JA4.
+async fn search_facts(app: &App, text: &str, found: &mut SearchPage) -> Result<(), PageError> {
+    if let Some(range) = crate::store::IpRange::parse(text) {
+        match range {
+            Ok(range) => {
+                let list = app.store.detections_by_client(&range, PAGE_SIZE).await?;
+                found.by_fact = Some("client address".to_owned());
+                found.by_fact_hits = list.iter().map(Detection::of).collect();
+            }
+            Err(why) => found.notes.push(why),
+        }
+        return Ok(());
+    }
+    let upper = text.to_ascii_uppercase();
+    if let Some(number) = upper
+        .strip_prefix("AS")
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        match number.parse::<u32>() {
+            Ok(asn) if asn > 0 => {
+                let list = app.store.detections_by_asn(asn, PAGE_SIZE).await?;
+                found.by_fact = Some(format!("ASN AS{asn}"));
+                found.by_fact_hits = list.iter().map(Detection::of).collect();
+            }
+            _ => found
+                .notes
+                .push("an ASN is `AS` and a number from 1 to 4294967295".to_owned()),
+        }
+        return Ok(());
+    }
+    // The hex parts are lower case; `a` is kept as the client made it (its
+    // ALPN characters) and tried in lower case too.
+    let lower = text.to_ascii_lowercase();
+    let typed = match (text.get(..11), text.get(11..)) {
+        (Some(a), Some(rest)) => format!("{a}{}", rest.to_ascii_lowercase()),
+        _ => lower.clone(),
+    };
+    if vigil_fleet::is_ja4(&typed) {
+        let list = app
+            .store
+            .detections_by_ja4(&[&typed, &lower], PAGE_SIZE)
+            .await?;
+        found.by_fact = Some("JA4".to_owned());
+        found.by_fact_hits = list.iter().map(Detection::of).collect();
+    }
+    Ok(())
 }
 
 // === audit ===

@@ -3,7 +3,7 @@
 
 use vigil_engine::SessionState;
 
-use crate::store::DetectionFacts;
+use crate::store::{DetectionFacts, StoredFacts};
 
 /// Who is signed in, on every page.
 #[derive(Debug, Clone)]
@@ -135,6 +135,53 @@ impl Baseline {
             },
             prefix_hash: format!("{:08x}", mark.prefix),
             via_provider: mark.provider != 0,
+        }
+    }
+}
+
+/// What a detection's request was judged on, as its node reported it.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestFacts {
+    pub(crate) client: String,
+    pub(crate) peer: String,
+    /// The chain, leftmost first, or `none`.
+    pub(crate) chain: String,
+    pub(crate) chain_truncated: bool,
+    pub(crate) provider: Option<String>,
+    pub(crate) ja4: String,
+    pub(crate) device: String,
+    pub(crate) browser: String,
+    pub(crate) platform: String,
+    pub(crate) country: String,
+    pub(crate) asn: String,
+}
+
+impl RequestFacts {
+    pub(crate) fn of(f: &StoredFacts) -> RequestFacts {
+        RequestFacts {
+            client: f.client.clone(),
+            peer: f.peer.clone(),
+            chain: if f.chain.is_empty() {
+                "none (no forwarding header was read)".to_owned()
+            } else {
+                f.chain.join(", ")
+            },
+            chain_truncated: f.chain_truncated,
+            provider: f.provider.clone(),
+            ja4: f.ja4.clone().unwrap_or_else(|| "-".to_owned()),
+            device: f.device.clone(),
+            browser: if f.browser_major == 0 {
+                f.browser.clone()
+            } else {
+                format!("{} {}", f.browser, f.browser_major)
+            },
+            platform: if f.platform.is_empty() {
+                "-".to_owned()
+            } else {
+                f.platform.clone()
+            },
+            country: f.country.clone().unwrap_or_else(|| "-".to_owned()),
+            asn: f.asn.map_or_else(|| "-".to_owned(), |a| format!("AS{a}")),
         }
     }
 }

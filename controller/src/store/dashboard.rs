@@ -44,10 +44,10 @@ pub struct Buckets {
     pub counts: BTreeMap<u64, BTreeMap<String, u64>>,
 }
 
-const DETECTION_COLUMNS: &str = "node, reference, session, route, rule, action, enforced, score, \
+pub(super) const DETECTION_COLUMNS: &str = "node, reference, session, route, rule, action, enforced, score, \
      reasons, at, false_positive, user_key, confirmed_compromise";
 
-fn facts(row: &sqlx::any::AnyRow) -> Result<DetectionFacts, sqlx::Error> {
+pub(super) fn facts(row: &sqlx::any::AnyRow) -> Result<DetectionFacts, sqlx::Error> {
     let reasons: String = row.try_get(8)?;
     Ok(DetectionFacts {
         row: DetectionRow {

@@ -38,7 +38,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use vigil_engine::events::RevocationCause;
 use vigil_engine::{Engine, Event, SessionKey};
-use vigil_fleet::{IdpSessionId, NodeEventKind, Record, SessionId, UserId};
+use vigil_fleet::{
+    Country, DeviceId, IdpSessionId, MAX_CHAIN_HOPS, MAX_FACT_BYTES, NodeEventKind, Record,
+    RequestFacts, SessionId, UserId,
+};
 
 /// Seconds between two detections of one session told to the controller.
 pub(super) const DETECTION_EVERY: u64 = 60;
@@ -47,6 +50,54 @@ pub(super) const DETECTION_EVERY: u64 = 60;
 /// full (a flood of distinct sessions gets one detection each per window
 /// anyway).
 const RECENT_DETECTIONS: usize = 10_000;
+
+/// What the decision saw of the request, bounded as the controller takes
+/// it (`vigil_fleet::RequestFacts::problem`). Made from the detection's
+/// verdict on the fleet lane's thread: an allowed request never pays for it.
+/// Facts the controller would refuse are never sent: a refused batch is
+/// dropped whole (its revocations with it), and the JA4 is the client's to
+/// shape. Without such a JA4, or else without facts, the detection goes.
+fn request_facts(v: &vigil_engine::Verdict) -> Option<RequestFacts> {
+    let mut facts = facts_of(v);
+    if facts.problem().is_some() {
+        facts.ja4 = None;
+    }
+    facts.problem().is_none().then_some(facts)
+}
+
+fn facts_of(v: &vigil_engine::Verdict) -> RequestFacts {
+    let hops = v.client.chain.as_slice();
+    let kept = &hops[hops.len().saturating_sub(MAX_CHAIN_HOPS)..];
+    let chain = kept
+        .iter()
+        .map(|hop| match hop.node {
+            vigil_engine::Node::Ip(ip) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    RequestFacts {
+        client: v.client.addr,
+        peer: v.client.peer,
+        chain,
+        chain_truncated: v.client.flags.truncated || kept.len() < hops.len(),
+        provider: v
+            .client
+            .provider
+            .as_ref()
+            .map(|p| bounded(p.as_str(), MAX_FACT_BYTES)),
+        ja4: v.device.tls.ja4.map(|j| j.to_string()),
+        device: DeviceId(v.device.id.0),
+        browser: bounded(v.device.browser.as_str(), MAX_FACT_BYTES),
+        major: v.device.major,
+        platform: bounded(v.device.platform.as_str(), MAX_FACT_BYTES),
+        country: v
+            .network
+            .country
+            .map(|c| c.map(|b| b.to_ascii_uppercase()))
+            .and_then(|c| Country::parse(std::str::from_utf8(&c).ok()?)),
+        asn: v.network.asn.filter(|&a| a != 0),
+    }
+}
 
 /// Turns engine events into node events.
 #[derive(Default)]
@@ -159,6 +210,7 @@ impl Outgoing {
                         .map(|c| (c.reason.code().to_owned(), c.points))
                         .collect(),
                     at: d.at,
+                    facts: request_facts(&d.verdict).map(Box::new),
                 };
                 if revokes {
                     // Told with its revocation, next; during a hash key
