@@ -18,6 +18,17 @@
 # background (timers, the sweeper) and is subtracted. Only request handling
 # is counted: startup, warm-up and shutdown fall outside the windows.
 #
+# Over TLS (TLS=0 skips it), on the enforcing route: `tls-keepalive`, the
+# requests on one kept-alive TLS 1.3 connection (Ir per request over TLS),
+# and `tls-close` / `tls-full`, every request on a connection of its own
+# (`Connection: close`) with the previous session resumed / with a full
+# handshake each time; their difference from `tls-keepalive` is the Ir per
+# connection: accept, handshake, the ClientHello's capture and JA4,
+# connection set-up and teardown. TLS windows send requests/4 requests.
+#
+# PORT_BASE=n moves its four loopback ports (default 18191-18194).
+# THREADS=n and WORK_STEALING=true set those `[server]` settings (one
+# thread, no work stealing by default, as shipped).
 # VIGIL_BIN=path profiles another build; KEEP=dir keeps the profiles there
 # (callgrind_annotate them). Needs valgrind, nginx, python3, curl.
 set -euo pipefail
@@ -35,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in valgrind callgrind_control callgrind_annotate nginx python3 curl; do
+for tool in valgrind callgrind_control callgrind_annotate nginx python3 curl openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
 done
 if [ -z "${VIGIL_BIN:-}" ]; then
@@ -44,7 +55,11 @@ fi
 bin=${VIGIL_BIN:-${CARGO_TARGET_DIR:-target}/release/vigil-proxy}
 client=loadtests/callgrind-client.py
 
-origin=18191; vigil=18192; admin=18193
+base=${PORT_BASE:-18191}   # four ports from here
+origin=$base; vigil=$((base + 1)); admin=$((base + 2)); vigil_tls=$((base + 3))
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=enforce.test -addext subjectAltName=DNS:enforce.test,DNS:off.test \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
 cat > "$work/origin.conf" <<NGINX
 worker_processes 1;
@@ -65,7 +80,8 @@ NGINX
 
 cat > "$work/vigil.toml" <<TOML
 [server]
-threads = 1
+threads = ${THREADS:-1}
+work_stealing = ${WORK_STEALING:-false}
 state_dir = "$work/vigil-state"
 [log]
 level = "warn"
@@ -74,6 +90,13 @@ listen = "127.0.0.1:$admin"
 [[listeners]]
 name = "load"
 listen = "127.0.0.1:$vigil"
+[[listeners]]
+name = "tls"
+listen = "127.0.0.1:$vigil_tls"
+[[listeners.certificates]]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+server_names = ["enforce.test", "off.test"]
 [[upstreams]]
 name = "origin"
 addresses = ["127.0.0.1:$origin"]
@@ -137,19 +160,44 @@ for route in off enforce; do
              n, ir, r, ir / r, (ir - idle * s) / r, s }'
   echo "$route $ir $secs" >> "$work/results"
 done
+if [ "${TLS:-1}" != 0 ]; then
+  tls_requests=$(( requests / 4 ))
+  c="python3 $client --tls"
+  $c "127.0.0.1:$vigil_tls" enforce.test 1000 1000 0          # every session once, over TLS
+  $c --close "127.0.0.1:$vigil_tls" enforce.test 200 1000 0 2>/dev/null  # connections, resumption
+  for w in "tls-keepalive:" "tls-close:--close" "tls-full:--close --no-resume"; do
+    label=${w%%:*}; opts=${w#*:}
+    # shellcheck disable=SC2086
+    read -r ir secs < <(window "$label" $c $opts "127.0.0.1:$vigil_tls" enforce.test "$tls_requests" 1000 0)
+    awk -v ir="$ir" -v s="$secs" -v r="$tls_requests" -v idle="$idle_rate" -v n="$label" \
+      'BEGIN { printf "%-14s %12.0f Ir / %d requests = %8.0f Ir/request (%.0f after the idle background; window %.1f s)\n",
+               n, ir, r, ir / r, (ir - idle * s) / r, s }'
+    echo "$label $ir $secs" >> "$work/results"
+  done
+  read -r _ ka_ir ka_s < <(grep '^tls-keepalive ' "$work/results")
+  for label in tls-close tls-full; do
+    read -r _ cl_ir cl_s < <(grep "^$label " "$work/results")
+    awk -v a="$cl_ir" -v b="$ka_ir" -v as="$cl_s" -v bs="$ka_s" -v r="$tls_requests" -v idle="$idle_rate" -v n="$label" \
+      'BEGIN { printf "per connection (%s − tls-keepalive): %.0f Ir\n", n, ((a - idle * as) - (b - idle * bs)) / r }'
+  done
+fi
 read -r _ off_ir off_s < <(grep '^off ' "$work/results")
 read -r _ enf_ir enf_s < <(grep '^enforce ' "$work/results")
 awk -v a="$enf_ir" -v b="$off_ir" -v as="$enf_s" -v bs="$off_s" -v r="$requests" -v idle="$idle_rate" \
   'BEGIN { printf "enforcement increment: %.0f Ir/request\n", ((a - idle * as) - (b - idle * bs)) / r }'
 
-for route in off enforce; do
+tops="off enforce"
+[ "${TLS:-1}" = 0 ] || tops="$tops tls-keepalive tls-close"
+for route in $tops; do
   # (callgrind_annotate 3.19's --inclusive=no listed inclusive costs on
   # these dumps, so only the inclusive view is printed.)
   for mode in yes; do
     echo
     echo "== $route: top inclusive functions (Ir per request) =="
+    r=$requests
+    [[ $route != tls-* ]] || r=$tls_requests
     callgrind_annotate --inclusive=$mode --auto=no --threshold=100 "$work/$route.out" 2>/dev/null |
-      awk -v r="$requests" -v top="$top" '
+      awk -v r="$r" -v top="$top" '
         /^-+$/ { dashes++; next }
         dashes >= 4 && $1 ~ /^[0-9,]+$/ {
           ir = $1; gsub(",", "", ir); line = $0;

@@ -9,13 +9,23 @@
 # /proc/PID/stat, and the detection figures under load. Everything started
 # here is stopped by its pid on exit.
 #
-#   loadtests/compare.sh [cleartext|tls] [seconds-per-round] [rounds] [load]
+#   loadtests/compare.sh [cleartext|tls|all] [seconds-per-round] [rounds] [load]
 #
 # load is vigil-load's: "--concurrency 64" (default) or "--rate 5000".
+# Each transport is measured on kept-alive connections; TLS also with a new
+# connection per request (`Connection: close`, resumption allowed), and the
+# difference of the two CPU figures is the per-connection cost (handshake,
+# hello capture, connection set-up). With a closed-loop load, each
+# transport gets an open-loop run (before the TLS connection-per-request
+# round) of Vigil off and enforcing at a fixed
+# rate of half the lower of their measured peaks (RATE=N fixes it;
+# OPEN_LOOP=0 skips it): p99 from the intended send times, and enforce − off.
 # Layout on a 2-core machine: the proxies under test (one worker each) on
 # CPU 1; vigil-load (one thread), the origin and the auth service on CPU 0.
-# NO_HAPROXY=1 / NO_AUTH=1 leave those targets out. Reports go to
-# $OUT (default ./compare-<transport>.{html,json}).
+# NO_HAPROXY=1 / NO_AUTH=1 leave those targets out; CLASSES=history plays
+# only those corpus classes (steady owners: Vigil's allow path, no
+# refusals). Reports go to $OUT-<transport>-<mode>.{txt,html,json} (OUT default
+# ./compare), a summary table to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +33,17 @@ transport=${1:-cleartext}
 secs=${2:-10}
 rounds=${3:-2}
 load=${4:---concurrency 64}
-out=${OUT:-compare-$transport}
+out=${OUT:-compare}
+case $transport in
+  cleartext|tls) transports=("$transport") ;;
+  all)
+    # One after the other, each with a fresh proxy: users' profiles learnt
+    # over cleartext (the corpus's JA4 strings in a header) would make the
+    # same users' TLS stacks look new, and the TLS run would measure refusals.
+    "$0" cleartext "$secs" "$rounds" "$load"
+    exec "$0" tls "$secs" "$rounds" "$load" ;;
+  *) echo "transport: cleartext, tls or all"; exit 1 ;;
+esac
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -175,32 +195,67 @@ wait_for "http://127.0.0.1:$admin/readyz"
 # (the auth service refuses a request without a cookie)
 [ -z "$with_auth" ] || wait_for "http://127.0.0.1:$authreq_port/" -H "Cookie: probe=1"
 
-if [ "$transport" = tls ]; then
-  # Each simulated device brings its own TLS stack; Vigil reads JA4 from it.
-  targets=(--target "name=vigil-enforce,url=https://127.0.0.1:$vigil_tls/,host=localhost,pid=$vpid"
-           --target "name=vigil-off,url=https://127.0.0.1:$vigil_tls/,host=off.test,pid=$vpid"
-           --target "name=nginx,url=https://127.0.0.1:$nginx_tls/,host=localhost,pid=$npid"
-           --target "name=origin,url=http://127.0.0.1:$origin/")
-  [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=https://127.0.0.1:$haproxy_tls/,host=localhost,pid=$hpid")
-  [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=https://127.0.0.1:$authreq_tls/,host=localhost,pid=$npid+$apid")
-  extra=(--insecure)
-else
-  # The corpus's JA4 arrives from the (simulated) balancer in a header.
-  targets=(--target "name=vigil-enforce,url=http://127.0.0.1:$vigil/,pid=$vpid"
-           --target "name=vigil-off,url=http://127.0.0.1:$vigil/,host=off.test,pid=$vpid"
-           --target "name=nginx,url=http://127.0.0.1:$nginx_port/,pid=$npid"
-           --target "name=origin,url=http://127.0.0.1:$origin/")
-  [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=http://127.0.0.1:$haproxy_port/,pid=$hpid")
-  [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=http://127.0.0.1:$authreq_port/,pid=$npid+$apid")
-  extra=(--ja4-header x-load-ja4)
-fi
+targets_for() { # transport: sets targets and extra
+  if [ "$1" = tls ]; then
+    # Each simulated device brings its own TLS stack; Vigil reads JA4 from it.
+    targets=(--target "name=vigil-enforce,url=https://127.0.0.1:$vigil_tls/,host=localhost,pid=$vpid"
+             --target "name=vigil-off,url=https://127.0.0.1:$vigil_tls/,host=off.test,pid=$vpid"
+             --target "name=nginx,url=https://127.0.0.1:$nginx_tls/,host=localhost,pid=$npid"
+             --target "name=origin,url=http://127.0.0.1:$origin/")
+    [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=https://127.0.0.1:$haproxy_tls/,host=localhost,pid=$hpid")
+    [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=https://127.0.0.1:$authreq_tls/,host=localhost,pid=$npid+$apid")
+    extra=(--insecure)
+  else
+    # The corpus's JA4 arrives from the (simulated) balancer in a header.
+    targets=(--target "name=vigil-enforce,url=http://127.0.0.1:$vigil/,pid=$vpid"
+             --target "name=vigil-off,url=http://127.0.0.1:$vigil/,host=off.test,pid=$vpid"
+             --target "name=nginx,url=http://127.0.0.1:$nginx_port/,pid=$npid"
+             --target "name=origin,url=http://127.0.0.1:$origin/")
+    [ -z "$with_haproxy" ] || targets+=(--target "name=haproxy,url=http://127.0.0.1:$haproxy_port/,pid=$hpid")
+    [ -z "$with_auth" ] || targets+=(--target "name=nginx+auth_request,url=http://127.0.0.1:$authreq_port/,pid=$npid+$apid")
+    extra=(--ja4-header x-load-ja4)
+  fi
+  [ -z "${CLASSES:-}" ] || extra+=(--classes "$CLASSES")
+}
 
-# Warm-up over the same transport (users' profiles learn the devices' JA4s
-# as this transport shows them): connection pools, code paths, profiles.
-# shellcheck disable=SC2086
-taskset -c 0 "$load_bin" run "${targets[0]}" "${targets[1]}" "${extra[@]}" \
-  --concurrency 16 --duration 2s >/dev/null
+compare() { # report-name vigil-load options...: one comparison run
+  local name=$1; shift
+  echo "== $name: $* =="
+  # shellcheck disable=SC2086
+  taskset -c 0 "$load_bin" run "$@" "${extra[@]}" --duration "${secs}s" \
+    --rounds "$rounds" --baseline nginx --html "$out-$name.html" --json "$out-$name.json" \
+    ${SLO:+--slo "$SLO"} >"$out-$name.txt"
+  python3 loadtests/compare-table.py "$out-$name.json"
+  echo
+}
 
-# shellcheck disable=SC2086
-taskset -c 0 "$load_bin" run "${targets[@]}" "${extra[@]}" $load --duration "${secs}s" \
-  --rounds "$rounds" --baseline nginx --html "$out.html" --json "$out.json" ${SLO:+--slo "$SLO"}
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%F %H:%M UTC')"
+for t in "${transports[@]}"; do
+  targets_for "$t"
+  # Warm-up over the same transport (users' profiles learn the devices' JA4s
+  # as this transport shows them): connection pools, code paths, profiles.
+  taskset -c 0 "$load_bin" run "${targets[0]}" "${targets[1]}" "${extra[@]}" \
+    --concurrency 16 --duration 2s >/dev/null
+  # shellcheck disable=SC2086
+  compare "$t-keepalive" "${targets[@]}" $load
+  if [ "${OPEN_LOOP:-1}" != 0 ] && [[ "$load" != *--rate* ]]; then
+    # Open loop at half the measured peak: the p99 enforcement adds when
+    # the proxy is not saturated (coordinated omission corrected: latency
+    # from each request's intended send time).
+    rate=${RATE:-$(python3 loadtests/compare-table.py --half-peak "$out-$t-keepalive.json")}
+    # (vigil-enforce, vigil-off and nginx: the first three targets)
+    compare "$t-open" "${targets[@]:0:6}" --rate "$rate"
+    python3 loadtests/compare-table.py --p99-increment "$out-$t-open.json"
+    echo
+  fi
+  if [ "$t" = tls ]; then
+    # A new connection per request, resumption allowed: what a handshake
+    # and a hello capture cost beside a request. Last: a resumed hello's
+    # JA4 differs from a full one's (pre_shared_key), and users' profiles
+    # learn both.
+    # shellcheck disable=SC2086
+    compare "$t-close" "${targets[@]}" $load --new-connection --tls-resume
+    python3 loadtests/compare-table.py --per-connection "$out-$t-keepalive.json" "$out-$t-close.json"
+    echo
+  fi
+done

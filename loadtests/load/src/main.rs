@@ -99,6 +99,14 @@ struct RunArgs {
     /// Speak HTTP/2 (ALPN h2 over TLS, prior knowledge in cleartext).
     #[arg(long)]
     http2: bool,
+    /// HTTP/1.1: a new connection for every request (`Connection: close`),
+    /// so that each pays a connect, and over TLS a handshake.
+    #[arg(long, conflicts_with = "http2")]
+    new_connection: bool,
+    /// Over TLS: resume the sessions the server gives (each device profile
+    /// its own), as browsers do; without it every handshake is a full one.
+    #[arg(long)]
+    tls_resume: bool,
     /// Accept any server certificate (self-signed loopback targets).
     #[arg(long)]
     insecure: bool,
@@ -356,19 +364,27 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         login_path: a.login_path.clone(),
         interval: a.interval,
         think: a.think,
+        new_connection: a.new_connection,
     };
     let mut endpoints = Vec::new();
     for s in &specs {
-        endpoints.push(Arc::new(s.endpoint(
+        endpoints.push(Arc::new(s.endpoint_with(
             protocol,
             plan.devices.len(),
             &trust,
+            a.tls_resume,
         )?));
     }
-    let load_text = match load {
+    let mut load_text = match load {
         Load::Rate(r) => format!("rate {r}/s"),
         Load::Concurrency(c) => format!("concurrency {c}"),
     };
+    if a.new_connection {
+        load_text.push_str(", a connection per request");
+    }
+    if a.tls_resume {
+        load_text.push_str(", TLS resumption");
+    }
     let quiet = a.json.as_deref() == Some(std::path::Path::new("-"));
     let bar = if std::io::stderr().is_terminal() && !quiet {
         indicatif::ProgressBar::new_spinner()
@@ -441,6 +457,10 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         );
         if !spec.pids.is_empty() && c.1 && t.requests > 0 {
             r.cpu_us_per_request = Some(c.0 as f64 / t.requests as f64);
+        }
+        if let Some(e) = endpoints.get(i) {
+            r.connections = e.opened.load(Ordering::Relaxed);
+            r.tls_resumed = e.resumed.load(Ordering::Relaxed);
         }
         reports.push(r);
     }

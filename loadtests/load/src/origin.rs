@@ -27,6 +27,8 @@ pub struct Received {
     pub logins: AtomicU64,
     /// Requests that carried a session cookie.
     pub with_session: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
 }
 
 /// The origin's answer body.
@@ -41,6 +43,7 @@ pub async fn serve(listener: TcpListener, login_path: String, received: Arc<Rece
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        received.connections.fetch_add(1, Ordering::Relaxed);
         let received = received.clone();
         let login_path = login_path.clone();
         tokio::spawn(async move {

@@ -140,6 +140,10 @@ pub struct Report {
     pub legit_blocked: Option<f64>,
     /// CPU µs per request of the target's process, when a pid was given.
     pub cpu_us_per_request: Option<f64>,
+    /// Connections opened (TCP, and TLS handshakes over TLS).
+    pub connections: u64,
+    /// Of those, TLS handshakes that resumed an earlier session.
+    pub tls_resumed: u64,
 }
 
 // === impl Report ===
@@ -239,6 +243,8 @@ impl Report {
             legit_blocked: ratio(Label::Legit, |r| r.blocked),
             classes,
             cpu_us_per_request: None,
+            connections: 0,
+            tls_resumed: 0,
         }
     }
 
@@ -274,6 +280,13 @@ impl Report {
         );
         if let Some(cpu) = self.cpu_us_per_request {
             let _ = writeln!(o, "  target process CPU: {cpu:.1} µs/request");
+        }
+        if self.connections > 0 {
+            let _ = writeln!(
+                o,
+                "  connections: {} opened, {} TLS resumed",
+                self.connections, self.tls_resumed
+            );
         }
         if !self.refusals.is_empty() {
             let r: Vec<_> = self

@@ -91,6 +91,10 @@ pub struct RunConfig {
     /// its next (a user reading the page). Zero by default; the lane's
     /// latency clock starts after the pause.
     pub think: Duration,
+    /// HTTP/1.1 only: every request on a connection of its own, sent with
+    /// `Connection: close` and never pooled (`--new-connection`), so that
+    /// each request pays a connect (and over TLS a handshake).
+    pub new_connection: bool,
 }
 
 /// Counters the progress line reads while a run goes on.
@@ -219,7 +223,7 @@ async fn worker_loop(
     let mut headers = vec![HeaderMap::new(); plan.steps.len()];
     for &i in &mine {
         if let (Some(h), Some(step)) = (headers.get_mut(i), plan.steps.get(i)) {
-            *h = template(step, &endpoint);
+            *h = template(step, &endpoint, cfg.new_connection);
         }
     }
     let w = Rc::new(Worker {
@@ -379,10 +383,13 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
 
 /// A step's request headers: the event's, `Host` in HTTP/1.1, and a
 /// placeholder cookie.
-fn template(step: &Step, e: &Endpoint) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(step.headers.len() + 2);
+fn template(step: &Step, e: &Endpoint, new_connection: bool) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(step.headers.len() + 3);
     if e.protocol == Protocol::Http1 {
         h.insert(http::header::HOST, e.authority.clone());
+        if new_connection {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     for (k, v) in &step.headers {
         h.append(k.clone(), v.clone());
@@ -648,7 +655,7 @@ impl Worker {
         }
         match result {
             Ok(outcome) => {
-                if !io_done && !send.is_closed() {
+                if !io_done && !send.is_closed() && !self.cfg.new_connection {
                     let mut pool = self.pool.borrow_mut();
                     if pool.h1.len() <= device {
                         pool.h1.resize_with(device + 1, Vec::new);

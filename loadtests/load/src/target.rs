@@ -7,6 +7,7 @@ use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,6 +101,10 @@ pub struct Endpoint {
     tls: Option<(Vec<Arc<ClientConfig>>, ServerName<'static>)>,
     /// Longest wait for a connection.
     connect_timeout: Duration,
+    /// Connections opened (TCP connected; over TLS, handshake done).
+    pub opened: AtomicU64,
+    /// TLS handshakes that resumed a session.
+    pub resumed: AtomicU64,
 }
 
 /// Why a connection failed, as an error kind of the report.
@@ -187,12 +192,25 @@ impl TargetSpec {
     }
 
     /// Resolves the target for connecting: its address, and over TLS one
-    /// connector per device profile (at most `devices`).
+    /// connector per device profile (at most `devices`), without TLS
+    /// resumption.
     pub fn endpoint(
         &self,
         protocol: Protocol,
         devices: usize,
         trust: &Trust,
+    ) -> Result<Endpoint, String> {
+        self.endpoint_with(protocol, devices, trust, false)
+    }
+
+    /// As [`TargetSpec::endpoint`]; `resume` lets each device profile
+    /// resume the TLS sessions the server gave it (`--tls-resume`).
+    pub fn endpoint_with(
+        &self,
+        protocol: Protocol,
+        devices: usize,
+        trust: &Trust,
+        resume: bool,
     ) -> Result<Endpoint, String> {
         let host = self.url.host().unwrap_or_default();
         let https = self.url.scheme_str() == Some("https");
@@ -228,7 +246,7 @@ impl TargetSpec {
             let mut connectors = Vec::new();
             for d in 0..devices.clamp(1, PROFILES) {
                 let config: ClientConfig =
-                    tls::profile(d, alpn, trust).map_err(|e| e.to_string())?;
+                    tls::profile(d, alpn, trust, resume).map_err(|e| e.to_string())?;
                 connectors.push(Arc::new(config));
             }
             Some((connectors, sni))
@@ -259,6 +277,8 @@ impl TargetSpec {
             protocol,
             tls,
             connect_timeout: Duration::from_secs(5),
+            opened: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
         })
     }
 }
@@ -279,7 +299,10 @@ impl Endpoint {
             .map_err(|_| ConnectError::Connect)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => self.handshake(tcp).await,
+            None => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                self.handshake(tcp).await
+            }
             Some((connectors, sni)) => {
                 let connector = TlsConnector::from(
                     connectors
@@ -292,6 +315,10 @@ impl Endpoint {
                         .await
                         .map_err(|_| ConnectError::Timeout)?
                         .map_err(|_| ConnectError::Tls)?;
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 self.handshake(stream).await
             }
         }

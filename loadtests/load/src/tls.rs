@@ -36,8 +36,15 @@ pub struct ProfileError {
 }
 
 /// The client configuration of device profile `device` (wrapping at
-/// [`PROFILES`]), offering `alpn` (e.g. `[b"h2"]`).
-pub fn profile(device: usize, alpn: &[&[u8]], trust: &Trust) -> Result<ClientConfig, ProfileError> {
+/// [`PROFILES`]), offering `alpn` (e.g. `[b"h2"]`). `resume`: keep
+/// sessions the server offers (rustls's in-memory store, 256 per profile)
+/// and offer them on the profile's next connections, as a browser does.
+pub fn profile(
+    device: usize,
+    alpn: &[&[u8]],
+    trust: &Trust,
+    resume: bool,
+) -> Result<ClientConfig, ProfileError> {
     let index = device % PROFILES;
     let base = ring::default_provider();
     let (tls13, tls12): (Vec<_>, Vec<_>) = base
@@ -90,10 +97,12 @@ pub fn profile(device: usize, alpn: &[&[u8]], trust: &Trust) -> Result<ClientCon
             .with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // No resumption: every connection's hello is the device's full one,
+    // Without resumption every connection's hello is the device's full one,
     // with one extension list, so one JA4 per device across a run (a
-    // resumed hello carries pre_shared_key besides).
-    config.resumption = rustls::client::Resumption::disabled();
+    // resumed hello carries pre_shared_key besides: the same JA4 family).
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(config)
 }
 
@@ -159,7 +168,7 @@ mod tests {
     fn every_profile_offers_its_own_cipher_list() {
         let mut seen = BTreeSet::new();
         for i in 0..PROFILES {
-            let c = profile(i, &[b"http/1.1"], &Trust::Insecure).unwrap();
+            let c = profile(i, &[b"http/1.1"], &Trust::Insecure, false).unwrap();
             let suites: Vec<_> = c
                 .crypto_provider()
                 .cipher_suites

@@ -1,6 +1,7 @@
 //! Runs against the crate's own loopback origin, no proxy: every request
 //! of a lap arrives once, over HTTP/1.1 and cleartext HTTP/2 (prior
-//! knowledge), in closed and open loop; and the binary, interrupted with
+//! knowledge), in closed and open loop; a connection per request when
+//! asked (`--new-connection`); and the binary, interrupted with
 //! Ctrl-C, stops early and still reports what it did.
 
 #![allow(
@@ -74,6 +75,7 @@ fn every_request_of_a_lap_arrives_once_over_h1_and_h2c() {
                 login_path: "/login".into(),
                 interval: Duration::from_secs(1),
                 think: Duration::ZERO,
+                new_connection: false,
             };
             let (r0, l0, c0) = (
                 received.requests.load(Ordering::SeqCst),
@@ -109,6 +111,62 @@ fn every_request_of_a_lap_arrives_once_over_h1_and_h2c() {
                 lap - logins,
                 "{what}"
             );
+        }
+    }
+}
+
+#[test]
+fn a_connection_per_request_opens_one_for_every_request() {
+    let (_rt, addr, received) = origin();
+    let (corpus, _) = generate(&GenerateConfig {
+        seed: 3,
+        users: 10,
+        sessions_per_class: 1,
+        history_days: 1,
+        ..GenerateConfig::default()
+    });
+    let plan = Arc::new(Plan::from_corpus(&corpus, &PlanOptions::default()).unwrap());
+    let lap: u64 = plan.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
+    let spec = TargetSpec::parse(&format!("http://{addr}/")).unwrap();
+    for (load, new_connection) in [
+        (Load::Concurrency(8), true),
+        (Load::Rate(5_000), true),
+        (Load::Concurrency(8), false),
+    ] {
+        let endpoint = Arc::new(
+            spec.endpoint(Protocol::Http1, plan.devices.len(), &Trust::Insecure)
+                .unwrap(),
+        );
+        let cfg = RunConfig {
+            load,
+            duration: Duration::from_secs(120),
+            max_requests: lap * 2,
+            laps: Some(1),
+            threads: 2,
+            max_in_flight: 64,
+            timeout: Duration::from_secs(20),
+            login_path: "/login".into(),
+            interval: Duration::from_secs(1),
+            think: Duration::ZERO,
+            new_connection,
+        };
+        let before = received.connections.load(Ordering::SeqCst);
+        let result = run(&plan, &endpoint, &cfg, 0, &Arc::new(Progress::default())).unwrap();
+        let what = format!("{load:?} new_connection={new_connection}");
+        assert!(
+            result.tally.errors.is_empty(),
+            "{what}: {:?}",
+            result.tally.errors
+        );
+        assert_eq!(result.tally.served, lap, "{what}");
+        let accepted = received.connections.load(Ordering::SeqCst) - before;
+        let opened = endpoint.opened.load(Ordering::SeqCst);
+        assert_eq!(accepted, opened, "{what}");
+        if new_connection {
+            assert_eq!(opened, lap, "{what}");
+        } else {
+            // At most one per lane and thread: reused.
+            assert!(opened <= 16, "{what}: {opened}");
         }
     }
 }

@@ -162,18 +162,7 @@ fn play_paced(
             .unwrap(),
     );
     let lap: u64 = plan.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
-    let cfg = RunConfig {
-        load: Load::Concurrency(concurrency),
-        duration: Duration::from_secs(240),
-        max_requests: lap * 2,
-        laps: Some(1),
-        threads: 2,
-        max_in_flight: 64,
-        timeout: Duration::from_secs(20),
-        login_path: "/login".into(),
-        interval: Duration::from_secs(1),
-        think,
-    };
+    let cfg = config(Load::Concurrency(concurrency), lap, think);
     let progress = Arc::new(Progress::default());
     let result = run(plan, &endpoint, &cfg, round, &progress).unwrap();
     let report = Report::new(
@@ -353,6 +342,76 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         copied.rate, 1.0,
         "the thief's TLS stack gives it away over h2"
     );
+
+    // A connection per request (`Connection: close`), TLS resumption
+    // allowed: every request opens its own connection, and the devices'
+    // later handshakes resume the sessions Vigil's listener gave them.
+    let history = Arc::new(
+        Plan::from_corpus(
+            &corpus,
+            &PlanOptions {
+                ja4_header: None,
+                classes: vec![Scenario::History],
+            },
+        )
+        .unwrap(),
+    );
+    let spec = TargetSpec::parse(&format!(
+        "name=tls-close,url=https://127.0.0.1:{}/,host=localhost",
+        tls.port()
+    ))
+    .unwrap();
+    let endpoint = Arc::new(
+        spec.endpoint_with(
+            Protocol::Http1,
+            history.devices.len(),
+            &Trust::Insecure,
+            true,
+        )
+        .unwrap(),
+    );
+    let lap: u64 = history.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
+    let mut cfg = config(Load::Concurrency(16), lap, Duration::ZERO);
+    cfg.new_connection = true;
+    let before = received.connections.load(Ordering::SeqCst);
+    let result = run(&history, &endpoint, &cfg, 4, &Arc::new(Progress::default())).unwrap();
+    assert!(result.tally.errors.is_empty(), "{:?}", result.tally.errors);
+    assert_eq!(result.tally.requests, lap);
+    let opened = endpoint.opened.load(Ordering::SeqCst);
+    let resumed = endpoint.resumed.load(Ordering::SeqCst);
+    assert_eq!(opened, lap, "one connection per request");
+    // A device's first handshake is a full one; most later ones resume.
+    let devices = history
+        .steps
+        .iter()
+        .map(|s| s.device)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let devices = u64::try_from(devices).unwrap();
+    assert!(
+        resumed >= lap.saturating_sub(devices) / 2,
+        "{resumed} of {opened} resumed ({devices} devices)"
+    );
+    // Vigil kept its upstream connections: the origin saw far fewer
+    // connections than requests.
+    assert!(received.connections.load(Ordering::SeqCst) - before < lap / 2);
+}
+
+/// A one-lap run's configuration.
+fn config(load: Load, lap: u64, think: Duration) -> RunConfig {
+    RunConfig {
+        load,
+        duration: Duration::from_secs(240),
+        max_requests: lap * 2,
+        laps: Some(1),
+        threads: 2,
+        max_in_flight: 64,
+        timeout: Duration::from_secs(20),
+        login_path: "/login".into(),
+        interval: Duration::from_secs(1),
+        think,
+        new_connection: false,
+    }
 }
 
 /// Starts an origin and a proxy prepared for `corpus` with the binding

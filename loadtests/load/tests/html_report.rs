@@ -57,6 +57,7 @@ fn the_html_report_draws_its_charts_offline_in_chromium() {
         login_path: "/login".into(),
         interval: Duration::from_millis(250),
         think: Duration::ZERO,
+        new_connection: false,
     };
     let result = run(&plan, &endpoint, &cfg, 0, &Arc::new(Progress::default())).unwrap();
     let report = Report::new(
