@@ -195,6 +195,7 @@ fn detection_by(
             enforced: true,
             score: u8::try_from(score.min(100)).unwrap(),
             reasons: reasons.iter().map(|(c, p)| ((*c).to_owned(), *p)).collect(),
+            facts: None,
             at,
         },
     }
