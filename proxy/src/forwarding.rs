@@ -109,6 +109,74 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// Whether `name` (a lower-case header name, as `http::HeaderName` keeps
+/// it) is in [`SPOOFABLE`]: one `match`, the same set.
+pub fn is_spoofable(name: &str) -> bool {
+    matches!(
+        name,
+        "true-client-ip"
+            | "cf-connecting-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "fastly-client-ip"
+            | "client-ip"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-server"
+            | "x-forwarded-scheme"
+            | "x-forwarded-prefix"
+            | "x-forwarded-ssl"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
+}
+
+/// What the app must not get of a client's request headers, beyond the
+/// fixed sets: the configuration's part, resolved once per generation.
+#[derive(Debug, Clone, Copy)]
+pub struct Strip<'a> {
+    /// The peer is a trusted balancer: its `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` stand.
+    pub from_trusted_peer: bool,
+    /// Vigil writes the forwarding headers ([`REPLACED`] go).
+    pub client_ip_to_app: bool,
+    /// `[client_ip] strip_headers`.
+    pub extra: &'a [http::HeaderName],
+    /// A balancer's fingerprint headers (`upstream_ja4_header`, ...).
+    pub fingerprints: [Option<&'a http::HeaderName>; 2],
+}
+
+impl Strip<'_> {
+    /// Whether a request header named `name` goes before the request is
+    /// sent to the app: a `Vigil-*` header (the app must be able to trust
+    /// every one it sees), a spoofable one, one Vigil replaces, an
+    /// underscore alias of any of those, or one the configuration names.
+    pub fn strips(&self, name: &http::HeaderName) -> bool {
+        let s = name.as_str();
+        if s.starts_with(crate::config::VIGIL_HEADER_PREFIX) {
+            return true;
+        }
+        if is_spoofable(s) {
+            return !(self.from_trusted_peer
+                && matches!(s, "x-forwarded-proto" | "x-forwarded-host"));
+        }
+        if self.client_ip_to_app && REPLACED.contains(&s) {
+            return true;
+        }
+        is_underscore_alias(s)
+            || self.extra.contains(name)
+            || self.fingerprints.iter().flatten().any(|n| *n == name)
+    }
+
+    /// The names of `headers` that go, each once: one pass over the names
+    /// present (a request carries a handful), instead of a removal per
+    /// name that could be there.
+    pub fn present(&self, headers: &http::HeaderMap) -> smallvec::SmallVec<[http::HeaderName; 4]> {
+        headers.keys().filter(|n| self.strips(n)).cloned().collect()
+    }
+}
+
 /// Whether a request header named `name` is one a CGI-style server would
 /// read as a spoofable or Vigil header once `_` becomes `-` (WSGI, Rack and
 /// PHP map both to the same `HTTP_*` variable): `X_Forwarded_Host`,
@@ -223,6 +291,101 @@ mod tests {
     fn an_untrusted_peer_is_the_whole_path() {
         let c = resolve("203.0.113.9", "1.2.3.4, 5.6.7.8");
         assert_eq!(shown(&verified_path(&c)), "203.0.113.9");
+    }
+
+    #[test]
+    fn the_spoofable_match_is_the_spoofable_list() {
+        for name in SPOOFABLE {
+            assert!(is_spoofable(name), "{name}");
+        }
+        for name in [
+            "x-forwarded-for",
+            "forwarded",
+            "cookie",
+            "x-forwarded",
+            "client-ipx",
+            "",
+        ] {
+            assert!(!is_spoofable(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn one_pass_finds_every_header_that_goes_and_only_those() {
+        let extra = [http::HeaderName::from_static("x-auth-user")];
+        let ja4 = http::HeaderName::from_static("x-lb-ja4");
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "a.test"),
+            ("cookie", "s=1"),
+            ("user-agent", "ua"),
+            ("vigil-risk-level", "low"),
+            ("Vigil-Client-IP", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("true-client-ip", "1.1.1.1"),
+            ("x_forwarded_host", "evil.test"),
+            ("vigil_risk_level", "low"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("X-Auth-User", "admin"),
+            ("x-lb-ja4", "t13d"),
+            ("accept-language", "en"),
+            ("x_custom", "kept"),
+        ] {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        // A duplicate is one name, removed once.
+        headers.append("true-client-ip", "2.2.2.2".parse().unwrap());
+        let strip = Strip {
+            from_trusted_peer: false,
+            client_ip_to_app: true,
+            extra: &extra,
+            fingerprints: [Some(&ja4), None],
+        };
+        let names = |s: &Strip| {
+            let mut v: Vec<String> = s.present(&headers).iter().map(|n| n.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(&strip),
+            [
+                "true-client-ip",
+                "vigil-client-ip",
+                "vigil-risk-level",
+                "vigil_risk_level",
+                "x-auth-user",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-lb-ja4",
+                "x-real-ip",
+                "x_forwarded_host",
+            ]
+        );
+        // Behind a trusted balancer its scheme and host stand; without the
+        // forwarding headers to the app, the client's chain is left as is.
+        let trusted = Strip {
+            from_trusted_peer: true,
+            client_ip_to_app: false,
+            ..strip
+        };
+        assert_eq!(
+            names(&trusted),
+            [
+                "true-client-ip",
+                "vigil-client-ip",
+                "vigil-risk-level",
+                "vigil_risk_level",
+                "x-auth-user",
+                "x-lb-ja4",
+                "x_forwarded_host",
+            ]
+        );
     }
 
     #[test]

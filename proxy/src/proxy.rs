@@ -18,9 +18,7 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{
-    FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia, VIGIL_HEADER_PREFIX,
-};
+use crate::config::{FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia};
 use crate::conn_limits::H2Connections;
 use crate::dbsc::{self, Dbsc, RouteDbsc};
 use crate::events::reasons_list;
@@ -1116,25 +1114,32 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header(http::header::COOKIE, rest)?;
             }
         }
-        // The app must be able to trust every Vigil-* header it sees.
-        let spoofed: Vec<_> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| n.as_str().starts_with(VIGIL_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            upstream_request.remove_header(&name);
-        }
-        // A balancer's fingerprint headers were read by the engine (from a
-        // trusted peer only); the app gets Vigil's own headers instead.
+        // Whatever a client said about its address, scheme or host goes;
+        // Vigil says what it saw. A trusted balancer in front (the peer is
+        // in a trusted set) ends TLS itself, so its scheme and host stand.
+        // The app must be able to trust every Vigil-* header it sees; a
+        // balancer's fingerprint headers were read by the engine (from a
+        // trusted peer only), and the app gets Vigil's own instead. One
+        // pass over the names the request carries finds all of them.
         let config = &ctx.generation.config;
+        let client = ctx
+            .verdict
+            .as_ref()
+            .map(|v| &v.client)
+            .or(ctx.client.as_ref());
+        let from_trusted_peer = client.is_some_and(|c| c.provider.is_some());
         let upstream_fp = &config.engine.upstream_fingerprints;
-        for name in [&upstream_fp.ja4_header, &upstream_fp.ja3_header]
-            .into_iter()
-            .flatten()
-        {
-            upstream_request.remove_header(name);
+        let strip = forwarding::Strip {
+            from_trusted_peer,
+            client_ip_to_app: config.client_ip.to_app,
+            extra: &config.client_ip.strip_headers,
+            fingerprints: [
+                upstream_fp.ja4_header.as_ref(),
+                upstream_fp.ja3_header.as_ref(),
+            ],
+        };
+        for name in strip.present(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
         }
         if config.fingerprint.to_app
             && let Some(tls) = ctx.verdict.as_ref().map(|v| v.device.tls)
@@ -1146,39 +1151,12 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
-        // Whatever a client said about its address, scheme or host goes;
-        // Vigil says what it saw. A trusted balancer in front (the peer is
-        // in a trusted set) ends TLS itself, so its scheme and host stand.
-        let client = ctx
-            .verdict
-            .as_ref()
-            .map(|v| &v.client)
-            .or(ctx.client.as_ref());
-        let from_trusted_peer = client.is_some_and(|c| c.provider.is_some());
-        let aliases: Vec<_> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| forwarding::is_underscore_alias(n.as_str()))
-            .cloned()
-            .collect();
-        for name in aliases {
-            upstream_request.remove_header(&name);
-        }
-        for name in forwarding::SPOOFABLE {
-            if from_trusted_peer && matches!(name, "x-forwarded-proto" | "x-forwarded-host") {
-                continue;
-            }
-            upstream_request.remove_header(name);
-        }
-        for name in &config.client_ip.strip_headers {
-            upstream_request.remove_header(name);
-        }
         if config.engine.binding.enabled {
             crate::binding::strip_companion(upstream_request, &config.engine.binding.cookie_name)?;
         }
         let proto = if self.tls { "https" } else { "http" };
         if !(from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-proto")) {
-            upstream_request.insert_header("x-forwarded-proto", proto)?;
+            upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
         }
         if from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-host") {
             // The balancer's word on the host stands.
@@ -1196,15 +1174,9 @@ impl ProxyHttp for VigilProxy {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
         if config.client_ip.to_app {
-            for name in forwarding::REPLACED {
-                upstream_request.remove_header(name);
-            }
-            if let Some(client) = ctx
-                .verdict
-                .as_ref()
-                .map(|v| &v.client)
-                .or(ctx.client.as_ref())
-            {
+            // `X-Forwarded-For`, `Forwarded` and `X-Real-IP` went with the
+            // spoofable ones above.
+            if let Some(client) = client {
                 let path = forwarding::verified_path(client);
                 upstream_request
                     .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
