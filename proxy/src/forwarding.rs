@@ -9,6 +9,9 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use bytes::Bytes;
+use http::HeaderValue;
+
 use vigil_engine::{ClientIp, Node};
 
 /// Header names replaced on the way to the app.
@@ -36,9 +39,13 @@ pub const SPOOFABLE: [&str; 15] = [
     "x-rewrite-url",
 ];
 
+/// A verified path: a client and its peer, and the few trusted hops
+/// between, in place.
+pub type Path = smallvec::SmallVec<[IpAddr; 4]>;
+
 /// The verified path from the client to Vigil: the client first, the peer
 /// last. Entries left of the client came from the client and are dropped.
-pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
+pub fn verified_path(client: &ClientIp) -> Path {
     let hops = client.chain.as_slice();
     // The walk went right to left and stopped at the client, so everything
     // right of the client's rightmost appearance was trusted.
@@ -46,7 +53,7 @@ pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
         .iter()
         .rposition(|h| h.node == Node::Ip(client.addr))
         .filter(|_| client.addr != client.peer);
-    let mut path: Vec<IpAddr> = match from {
+    let mut path: Path = match from {
         Some(i) => hops[i..]
             .iter()
             .filter_map(|h| match h.node {
@@ -54,7 +61,7 @@ pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
                 _ => None,
             })
             .collect(),
-        None => Vec::new(),
+        None => Path::new(),
     };
     if path.first() != Some(&client.addr) {
         path.insert(0, client.addr);
@@ -68,13 +75,51 @@ pub fn verified_path(client: &ClientIp) -> Vec<IpAddr> {
 /// `X-Forwarded-For` for the app.
 pub fn x_forwarded_for(path: &[IpAddr]) -> String {
     let mut out = String::with_capacity(path.len() * 17);
+    push_x_forwarded_for(&mut out, path);
+    out
+}
+
+fn push_x_forwarded_for(out: &mut String, path: &[IpAddr]) {
     for (i, ip) in path.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        push_ip(&mut out, *ip);
+        push_ip(out, *ip);
     }
-    out
+}
+
+/// The three forwarding header values for the app.
+#[derive(Debug)]
+pub struct Values {
+    /// `X-Forwarded-For`: the verified path.
+    pub x_forwarded_for: HeaderValue,
+    /// `Forwarded` (RFC 7239): the same path, and the scheme.
+    pub forwarded: HeaderValue,
+    /// `Vigil-Client-IP`: the client alone.
+    pub client_ip: HeaderValue,
+}
+
+/// The forwarding header values for `client`, who reached Vigil over
+/// `proto`: written into one buffer, one allocation shared by the three
+/// values (they were three strings and a vector per request).
+pub fn values(client: &ClientIp, proto: &str) -> Values {
+    let path = verified_path(client);
+    let mut out = String::with_capacity(path.len() * 64 + 48);
+    push_x_forwarded_for(&mut out, &path);
+    let a = out.len();
+    push_forwarded(&mut out, &path, proto);
+    let b = out.len();
+    push_ip(&mut out, client.addr);
+    let all = Bytes::from(out);
+    let value = |bytes: Bytes| {
+        // Addresses, separators and a scheme: visible ASCII always.
+        HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""))
+    };
+    Values {
+        x_forwarded_for: value(all.slice(..a)),
+        forwarded: value(all.slice(a..b)),
+        client_ip: value(all.slice(b..)),
+    }
 }
 
 /// `ip` as text, as `Display` writes it.
@@ -195,6 +240,11 @@ pub fn is_underscore_alias(name: &str) -> bool {
 /// to reach Vigil, on the last element.
 pub fn forwarded(path: &[IpAddr], proto: &str) -> String {
     let mut out = String::with_capacity(path.len() * 22 + 12);
+    push_forwarded(&mut out, path, proto);
+    out
+}
+
+fn push_forwarded(out: &mut String, path: &[IpAddr], proto: &str) {
     for (i, ip) in path.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -202,7 +252,7 @@ pub fn forwarded(path: &[IpAddr], proto: &str) -> String {
         match ip {
             IpAddr::V4(_) => {
                 out.push_str("for=");
-                push_ip(&mut out, *ip);
+                push_ip(out, *ip);
             }
             IpAddr::V6(v6) => {
                 let _ = write!(out, "for=\"[{v6}]\"");
@@ -213,7 +263,6 @@ pub fn forwarded(path: &[IpAddr], proto: &str) -> String {
             out.push_str(proto);
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -386,6 +435,22 @@ mod tests {
                 "x_forwarded_host",
             ]
         );
+    }
+
+    #[test]
+    fn the_shared_values_are_the_separate_ones() {
+        for (peer, xff) in [
+            ("10.0.0.2", "6.6.6.6, 198.51.100.7, 185.46.212.10"),
+            ("203.0.113.9", "1.2.3.4"),
+            ("10.0.0.2", "2001:db8::1"),
+        ] {
+            let c = resolve(peer, xff);
+            let path = verified_path(&c);
+            let v = values(&c, "https");
+            assert_eq!(v.x_forwarded_for, x_forwarded_for(&path).as_str());
+            assert_eq!(v.forwarded, forwarded(&path, "https").as_str());
+            assert_eq!(v.client_ip, ip_text(c.addr).as_str());
+        }
     }
 
     #[test]

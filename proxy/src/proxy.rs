@@ -682,7 +682,7 @@ impl VigilProxy {
             if generation.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
                     level: HeaderValue::from_static(verdict.risk.level.as_str()),
-                    score: HeaderValue::from(u16::from(verdict.risk.score)),
+                    score: score_value(verdict.risk.score),
                     reasons: if verdict.risk.reasons.is_empty() {
                         HeaderValue::from_static("")
                     } else {
@@ -1177,12 +1177,10 @@ impl ProxyHttp for VigilProxy {
             // `X-Forwarded-For`, `Forwarded` and `X-Real-IP` went with the
             // spoofable ones above.
             if let Some(client) = client {
-                let path = forwarding::verified_path(client);
-                upstream_request
-                    .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
-                upstream_request.insert_header("forwarded", forwarding::forwarded(&path, proto))?;
-                upstream_request
-                    .insert_header("vigil-client-ip", forwarding::ip_text(client.addr))?;
+                let values = forwarding::values(client, proto);
+                upstream_request.insert_header("x-forwarded-for", values.x_forwarded_for)?;
+                upstream_request.insert_header("forwarded", values.forwarded)?;
+                upstream_request.insert_header("vigil-client-ip", values.client_ip)?;
             }
         }
         // Not taken: a retried connection builds the upstream request again.
@@ -1374,6 +1372,17 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum()
+}
+
+/// `Vigil-Risk-Score`'s value: one of 256 built once (formatting the
+/// number allocated on every request).
+fn score_value(score: u8) -> HeaderValue {
+    static SCORES: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..=u8::MAX)
+            .map(|s| HeaderValue::from(u16::from(s)))
+            .collect()
+    });
+    SCORES[usize::from(score)].clone()
 }
 
 /// How far a route's mode lets a verdict go.
