@@ -842,13 +842,7 @@ impl ProxyHttp for VigilProxy {
             respond::send(session, Refusal::Misdirected).await?;
             return Ok(true);
         }
-        if generation
-            .config
-            .routes
-            .iter()
-            .any(|r| r.dbsc != RouteDbsc::Off)
-            && Dbsc::owns(&generation.config.dbsc, req.uri.path())
-        {
+        if generation.dbsc && Dbsc::owns(&generation.config.dbsc, req.uri.path()) {
             return self.dbsc_endpoint(session, &generation).await;
         }
         let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
@@ -1098,12 +1092,7 @@ impl ProxyHttp for VigilProxy {
         // route — it is host-wide (`__Host-`, `Path=/`), so the browser
         // sends it to the apps behind routes without DBSC too, and any
         // node of the fleet would take a leaked copy.
-        if ctx
-            .generation
-            .config
-            .routes
-            .iter()
-            .any(|r| r.dbsc != RouteDbsc::Off)
+        if ctx.generation.dbsc
             && let Some(rest) = dbsc::without_bound_cookie(
                 &upstream_request.headers,
                 &ctx.generation.config.dbsc.cookie_name,
@@ -1237,11 +1226,12 @@ impl ProxyHttp for VigilProxy {
             generation.route(ctx.route),
             upstream_response.status.is_informational(),
         ) {
+            let now = now_secs();
             let done = self.engine.respond(
                 verdict,
                 &ResponseView {
                     headers: &upstream_response.headers,
-                    now_secs: now_secs(),
+                    now_secs: now,
                     user_header: config.user_header.as_ref(),
                     confirm_header: config.confirm_header.as_ref(),
                     app_confirms: route.app_confirms,
@@ -1254,14 +1244,17 @@ impl ProxyHttp for VigilProxy {
                     .with_label_values(&["bad_user_header", "ignored"])
                     .inc();
             }
-            crate::binding::add_companions(
-                &self.engine,
-                verdict,
-                upstream_response,
-                now_secs(),
-                enforcement(route.mode),
-                done.confirmed,
-            )?;
+            // Cookie binding, when configured: nothing to issue otherwise.
+            if config.engine.binding.enabled {
+                crate::binding::add_companions(
+                    &self.engine,
+                    verdict,
+                    upstream_response,
+                    now,
+                    enforcement(route.mode),
+                    done.confirmed,
+                )?;
+            }
             // Sessions the app opens here on a DBSC route, new to the
             // engine (so on an allowed request, or one a monitoring route
             // would allow), over TLS, which DBSC requires: offered a
@@ -1272,7 +1265,7 @@ impl ProxyHttp for VigilProxy {
                 let path = crate::path::normalise(req.uri.path()).unwrap_or_default();
                 let issue = self
                     .dbsc
-                    .issued(&config.dbsc, &carried, &path, &done.new, now_secs());
+                    .issued(&config.dbsc, &carried, &path, &done.new, now);
                 let outcome = match &issue {
                     dbsc::Issue::Offer(_) => "offered",
                     dbsc::Issue::Inherited => "inherited",
