@@ -50,6 +50,9 @@ pub struct VigilProxy {
     misdirected: Misdirected,
     /// Whether this cleartext listener refuses sessions baselined over TLS.
     tls_required: bool,
+    /// The listener's `keepalive_idle_seconds`: longest wait for the next
+    /// request on a kept HTTP/1 connection.
+    keepalive_idle: u64,
     /// This listener's name, a fact of every request it takes.
     listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
@@ -124,6 +127,7 @@ impl VigilProxy {
             tls: false,
             misdirected: Misdirected::Refuse,
             tls_required: false,
+            keepalive_idle: crate::config::ListenerLimits::default().keepalive_idle_seconds,
             listener: Arc::from(""),
             fingerprints,
             decisions,
@@ -173,6 +177,7 @@ impl VigilProxy {
         app.tls = !listener.certificates.is_empty();
         app.misdirected = listener.misdirected;
         app.tls_required = listener.tls_required_for_tls_sessions;
+        app.keepalive_idle = listener.limits.keepalive_idle_seconds;
         app.listener = Arc::from(listener.name.as_str());
         app
     }
@@ -805,16 +810,16 @@ impl ProxyHttp for VigilProxy {
     ) -> Result<()> {
         // The head is in: the connection's head deadline and size cap stop.
         crate::conn_limits::head_received();
-        // A connection kept for another request waits at most
-        // `KEEPALIVE_IDLE_SECONDS` for it. Pingora's default for HTTP/1.1
-        // is to wait for ever, or as long as the client's own
+        // A connection kept for another request waits at most the
+        // listener's `keepalive_idle_seconds` for it. Pingora's default for
+        // HTTP/1.1 is to wait for ever, or as long as the client's own
         // `Keep-Alive: timeout=` asks: either way a client could hold
         // every slot of `max_connections` by going quiet after one
         // answer (a refusal included, now that refusals keep the
         // connection). A client's `Connection: close` still closes.
         match session.get_keepalive() {
-            Some(secs) if secs == 0 || secs > KEEPALIVE_IDLE_SECONDS => {
-                session.set_keepalive(Some(KEEPALIVE_IDLE_SECONDS));
+            Some(secs) if secs == 0 || secs > self.keepalive_idle => {
+                session.set_keepalive(Some(self.keepalive_idle));
             }
             _ => {}
         }
@@ -1386,10 +1391,6 @@ fn enforcement(mode: Mode) -> Enforcement {
         Mode::Off => Enforcement::Off,
     }
 }
-
-/// Longest wait, in seconds, for the next request on a kept HTTP/1
-/// connection (nginx's `keepalive_timeout` is 75 s by default).
-pub const KEEPALIVE_IDLE_SECONDS: u64 = 60;
 
 /// Wall-clock seconds since the Unix epoch: the time the engine is given.
 pub(crate) fn now_secs() -> u64 {
