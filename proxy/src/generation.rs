@@ -36,6 +36,9 @@ pub struct Generation {
     /// generation was built (a reload rotates it); `None` turns the calls
     /// off.
     pub admin_token: Option<AdminToken>,
+    /// Some route binds sessions with DBSC: its endpoints and its bound
+    /// cookie are looked for. Resolved once, not on every request.
+    pub dbsc: bool,
 }
 
 /// Why a generation could not be built from a valid config.
@@ -83,6 +86,7 @@ impl Generation {
             .map(AdminToken::load)
             .transpose()?;
         Ok(Self {
+            dbsc: any_dbsc(&config),
             config,
             upstreams,
             counters,
@@ -101,6 +105,7 @@ impl Generation {
             &config.rules,
         );
         Self {
+            dbsc: any_dbsc(&config),
             config,
             upstreams: self.upstreams.clone(),
             counters,
@@ -120,4 +125,12 @@ impl Generation {
             .and_then(|r| self.upstreams.get(r.upstream))
             .map(Arc::as_ref)
     }
+}
+
+/// Whether some route of `config` binds sessions with DBSC.
+fn any_dbsc(config: &Config) -> bool {
+    config
+        .routes
+        .iter()
+        .any(|r| r.dbsc != crate::dbsc::RouteDbsc::Off)
 }

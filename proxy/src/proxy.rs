@@ -18,9 +18,7 @@ use vigil_engine::{
     NetworkFacts, RequestFacts, RequestView, ResponseView, TlsFingerprint, Verdict,
 };
 
-use crate::config::{
-    FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia, VIGIL_HEADER_PREFIX,
-};
+use crate::config::{FailMode, Listener, Misdirected, Mode, OnStale, Route, StepUpVia};
 use crate::conn_limits::H2Connections;
 use crate::dbsc::{self, Dbsc, RouteDbsc};
 use crate::events::reasons_list;
@@ -52,6 +50,9 @@ pub struct VigilProxy {
     misdirected: Misdirected,
     /// Whether this cleartext listener refuses sessions baselined over TLS.
     tls_required: bool,
+    /// The listener's `keepalive_idle_seconds`: longest wait for the next
+    /// request on a kept HTTP/1 connection.
+    keepalive_idle: u64,
     /// This listener's name, a fact of every request it takes.
     listener: Arc<str>,
     /// TLS fingerprints of live connections; `None` when capture is off.
@@ -126,6 +127,7 @@ impl VigilProxy {
             tls: false,
             misdirected: Misdirected::Refuse,
             tls_required: false,
+            keepalive_idle: crate::config::ListenerLimits::default().keepalive_idle_seconds,
             listener: Arc::from(""),
             fingerprints,
             decisions,
@@ -175,6 +177,7 @@ impl VigilProxy {
         app.tls = !listener.certificates.is_empty();
         app.misdirected = listener.misdirected;
         app.tls_required = listener.tls_required_for_tls_sessions;
+        app.keepalive_idle = listener.limits.keepalive_idle_seconds;
         app.listener = Arc::from(listener.name.as_str());
         app
     }
@@ -684,7 +687,7 @@ impl VigilProxy {
             if generation.config.risk_to_app {
                 ctx.risk = Some(RiskHeaders {
                     level: HeaderValue::from_static(verdict.risk.level.as_str()),
-                    score: HeaderValue::from(u16::from(verdict.risk.score)),
+                    score: score_value(verdict.risk.score),
                     reasons: if verdict.risk.reasons.is_empty() {
                         HeaderValue::from_static("")
                     } else {
@@ -807,16 +810,16 @@ impl ProxyHttp for VigilProxy {
     ) -> Result<()> {
         // The head is in: the connection's head deadline and size cap stop.
         crate::conn_limits::head_received();
-        // A connection kept for another request waits at most
-        // `KEEPALIVE_IDLE_SECONDS` for it. Pingora's default for HTTP/1.1
-        // is to wait for ever, or as long as the client's own
+        // A connection kept for another request waits at most the
+        // listener's `keepalive_idle_seconds` for it. Pingora's default for
+        // HTTP/1.1 is to wait for ever, or as long as the client's own
         // `Keep-Alive: timeout=` asks: either way a client could hold
         // every slot of `max_connections` by going quiet after one
         // answer (a refusal included, now that refusals keep the
         // connection). A client's `Connection: close` still closes.
         match session.get_keepalive() {
-            Some(secs) if secs == 0 || secs > KEEPALIVE_IDLE_SECONDS => {
-                session.set_keepalive(Some(KEEPALIVE_IDLE_SECONDS));
+            Some(secs) if secs == 0 || secs > self.keepalive_idle => {
+                session.set_keepalive(Some(self.keepalive_idle));
             }
             _ => {}
         }
@@ -844,13 +847,7 @@ impl ProxyHttp for VigilProxy {
             respond::send(session, Refusal::Misdirected).await?;
             return Ok(true);
         }
-        if generation
-            .config
-            .routes
-            .iter()
-            .any(|r| r.dbsc != RouteDbsc::Off)
-            && Dbsc::owns(&generation.config.dbsc, req.uri.path())
-        {
+        if generation.dbsc && Dbsc::owns(&generation.config.dbsc, req.uri.path()) {
             return self.dbsc_endpoint(session, &generation).await;
         }
         let selected = match crate::routes::select(&generation.config.routes, host, req.uri.path())
@@ -1100,12 +1097,7 @@ impl ProxyHttp for VigilProxy {
         // route — it is host-wide (`__Host-`, `Path=/`), so the browser
         // sends it to the apps behind routes without DBSC too, and any
         // node of the fleet would take a leaked copy.
-        if ctx
-            .generation
-            .config
-            .routes
-            .iter()
-            .any(|r| r.dbsc != RouteDbsc::Off)
+        if ctx.generation.dbsc
             && let Some(rest) = dbsc::without_bound_cookie(
                 &upstream_request.headers,
                 &ctx.generation.config.dbsc.cookie_name,
@@ -1116,25 +1108,32 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header(http::header::COOKIE, rest)?;
             }
         }
-        // The app must be able to trust every Vigil-* header it sees.
-        let spoofed: Vec<_> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| n.as_str().starts_with(VIGIL_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            upstream_request.remove_header(&name);
-        }
-        // A balancer's fingerprint headers were read by the engine (from a
-        // trusted peer only); the app gets Vigil's own headers instead.
+        // Whatever a client said about its address, scheme or host goes;
+        // Vigil says what it saw. A trusted balancer in front (the peer is
+        // in a trusted set) ends TLS itself, so its scheme and host stand.
+        // The app must be able to trust every Vigil-* header it sees; a
+        // balancer's fingerprint headers were read by the engine (from a
+        // trusted peer only), and the app gets Vigil's own instead. One
+        // pass over the names the request carries finds all of them.
         let config = &ctx.generation.config;
+        let client = ctx
+            .verdict
+            .as_ref()
+            .map(|v| &v.client)
+            .or(ctx.client.as_ref());
+        let from_trusted_peer = client.is_some_and(|c| c.provider.is_some());
         let upstream_fp = &config.engine.upstream_fingerprints;
-        for name in [&upstream_fp.ja4_header, &upstream_fp.ja3_header]
-            .into_iter()
-            .flatten()
-        {
-            upstream_request.remove_header(name);
+        let strip = forwarding::Strip {
+            from_trusted_peer,
+            client_ip_to_app: config.client_ip.to_app,
+            extra: &config.client_ip.strip_headers,
+            fingerprints: [
+                upstream_fp.ja4_header.as_ref(),
+                upstream_fp.ja3_header.as_ref(),
+            ],
+        };
+        for name in strip.present(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
         }
         if config.fingerprint.to_app
             && let Some(tls) = ctx.verdict.as_ref().map(|v| v.device.tls)
@@ -1146,39 +1145,12 @@ impl ProxyHttp for VigilProxy {
                 upstream_request.insert_header("vigil-ja3", ja3.to_string())?;
             }
         }
-        // Whatever a client said about its address, scheme or host goes;
-        // Vigil says what it saw. A trusted balancer in front (the peer is
-        // in a trusted set) ends TLS itself, so its scheme and host stand.
-        let client = ctx
-            .verdict
-            .as_ref()
-            .map(|v| &v.client)
-            .or(ctx.client.as_ref());
-        let from_trusted_peer = client.is_some_and(|c| c.provider.is_some());
-        let aliases: Vec<_> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| forwarding::is_underscore_alias(n.as_str()))
-            .cloned()
-            .collect();
-        for name in aliases {
-            upstream_request.remove_header(&name);
-        }
-        for name in forwarding::SPOOFABLE {
-            if from_trusted_peer && matches!(name, "x-forwarded-proto" | "x-forwarded-host") {
-                continue;
-            }
-            upstream_request.remove_header(name);
-        }
-        for name in &config.client_ip.strip_headers {
-            upstream_request.remove_header(name);
-        }
         if config.engine.binding.enabled {
             crate::binding::strip_companion(upstream_request, &config.engine.binding.cookie_name)?;
         }
         let proto = if self.tls { "https" } else { "http" };
         if !(from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-proto")) {
-            upstream_request.insert_header("x-forwarded-proto", proto)?;
+            upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
         }
         if from_trusted_peer && upstream_request.headers.contains_key("x-forwarded-host") {
             // The balancer's word on the host stands.
@@ -1196,21 +1168,13 @@ impl ProxyHttp for VigilProxy {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
         if config.client_ip.to_app {
-            for name in forwarding::REPLACED {
-                upstream_request.remove_header(name);
-            }
-            if let Some(client) = ctx
-                .verdict
-                .as_ref()
-                .map(|v| &v.client)
-                .or(ctx.client.as_ref())
-            {
-                let path = forwarding::verified_path(client);
-                upstream_request
-                    .insert_header("x-forwarded-for", forwarding::x_forwarded_for(&path))?;
-                upstream_request.insert_header("forwarded", forwarding::forwarded(&path, proto))?;
-                upstream_request
-                    .insert_header("vigil-client-ip", forwarding::ip_text(client.addr))?;
+            // `X-Forwarded-For`, `Forwarded` and `X-Real-IP` went with the
+            // spoofable ones above.
+            if let Some(client) = client {
+                let values = forwarding::values(client, proto);
+                upstream_request.insert_header("x-forwarded-for", values.x_forwarded_for)?;
+                upstream_request.insert_header("forwarded", values.forwarded)?;
+                upstream_request.insert_header("vigil-client-ip", values.client_ip)?;
             }
         }
         // Not taken: a retried connection builds the upstream request again.
@@ -1267,11 +1231,12 @@ impl ProxyHttp for VigilProxy {
             generation.route(ctx.route),
             upstream_response.status.is_informational(),
         ) {
+            let now = now_secs();
             let done = self.engine.respond(
                 verdict,
                 &ResponseView {
                     headers: &upstream_response.headers,
-                    now_secs: now_secs(),
+                    now_secs: now,
                     user_header: config.user_header.as_ref(),
                     confirm_header: config.confirm_header.as_ref(),
                     app_confirms: route.app_confirms,
@@ -1284,14 +1249,17 @@ impl ProxyHttp for VigilProxy {
                     .with_label_values(&["bad_user_header", "ignored"])
                     .inc();
             }
-            crate::binding::add_companions(
-                &self.engine,
-                verdict,
-                upstream_response,
-                now_secs(),
-                enforcement(route.mode),
-                done.confirmed,
-            )?;
+            // Cookie binding, when configured: nothing to issue otherwise.
+            if config.engine.binding.enabled {
+                crate::binding::add_companions(
+                    &self.engine,
+                    verdict,
+                    upstream_response,
+                    now,
+                    enforcement(route.mode),
+                    done.confirmed,
+                )?;
+            }
             // Sessions the app opens here on a DBSC route, new to the
             // engine (so on an allowed request, or one a monitoring route
             // would allow), over TLS, which DBSC requires: offered a
@@ -1302,7 +1270,7 @@ impl ProxyHttp for VigilProxy {
                 let path = crate::path::normalise(req.uri.path()).unwrap_or_default();
                 let issue = self
                     .dbsc
-                    .issued(&config.dbsc, &carried, &path, &done.new, now_secs());
+                    .issued(&config.dbsc, &carried, &path, &done.new, now);
                 let outcome = match &issue {
                     dbsc::Issue::Offer(_) => "offered",
                     dbsc::Issue::Inherited => "inherited",
@@ -1404,6 +1372,17 @@ fn header_bytes(req: &RequestHeader) -> usize {
         .sum()
 }
 
+/// `Vigil-Risk-Score`'s value: one of 256 built once (formatting the
+/// number allocated on every request).
+fn score_value(score: u8) -> HeaderValue {
+    static SCORES: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..=u8::MAX)
+            .map(|s| HeaderValue::from(u16::from(s)))
+            .collect()
+    });
+    SCORES[usize::from(score)].clone()
+}
+
 /// How far a route's mode lets a verdict go.
 fn enforcement(mode: Mode) -> Enforcement {
     match mode {
@@ -1412,10 +1391,6 @@ fn enforcement(mode: Mode) -> Enforcement {
         Mode::Off => Enforcement::Off,
     }
 }
-
-/// Longest wait, in seconds, for the next request on a kept HTTP/1
-/// connection (nginx's `keepalive_timeout` is 75 s by default).
-pub const KEEPALIVE_IDLE_SECONDS: u64 = 60;
 
 /// Wall-clock seconds since the Unix epoch: the time the engine is given.
 pub(crate) fn now_secs() -> u64 {

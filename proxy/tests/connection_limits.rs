@@ -217,6 +217,39 @@ async fn a_served_request_and_an_idle_keep_alive_outlive_the_head_deadline() {
 }
 
 #[tokio::test]
+async fn a_client_quiet_after_an_answer_is_disconnected_at_the_keep_alive_cap() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_origin, proxy) = proxy("keepalive_idle_seconds = 1", "").await;
+    // It asks to be kept ten minutes, is answered, and says nothing more:
+    // it would hold a `max_connections` slot for as long as it liked.
+    let mut quiet = TcpStream::connect(proxy.addr()).await.unwrap();
+    quiet
+        .write_all(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nCookie: session=quiet\r\n\
+              Connection: keep-alive\r\nKeep-Alive: timeout=600\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(BOUND, read_response(&mut quiet))
+        .await
+        .unwrap();
+    assert_eq!(first.status, Some(200), "{}", first.head);
+    let answered = Instant::now();
+    // A client whose next request comes before the cap is served on the
+    // same connection, each time.
+    let mut busy = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(get_on(&mut busy).await, Some(200));
+    assert_eq!(get_on(&mut busy).await, Some(200));
+    assert_eq!(get_on(&mut busy).await, Some(200));
+    // The quiet one is closed, unanswered, once the cap has passed (the
+    // proxy's clock started a moment before the client read its answer).
+    let after = closed_by_peer(&mut quiet).await;
+    assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(800), "closed after {idle:?}");
+}
+
+#[tokio::test]
 async fn partial_heads_of_900_kib_are_cut_at_the_cap_and_memory_stays_bounded() {
     let _serial = ONE_AT_A_TIME.lock().await;
     const CLIENTS: usize = 200;

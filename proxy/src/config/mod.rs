@@ -365,7 +365,7 @@ pub struct Listener {
 }
 
 /// A listener's connection limits (`max_connections`, `header_timeout_ms`,
-/// `h2_*` in `[[listeners]]`). All need a restart to change.
+/// `keepalive_idle_seconds`, `h2_*` in `[[listeners]]`). All need a restart to change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
     /// Most connections held at once; more are closed on accept. Default
@@ -375,6 +375,10 @@ pub struct ListenerLimits {
     /// accept for a connection's first request). Default 10 s, 100 ms to
     /// 300 s.
     pub header_timeout: Duration,
+    /// Longest wait, in seconds, for the next request on a kept HTTP/1
+    /// connection, whatever the client's `Keep-Alive: timeout=` asks
+    /// (`keepalive_idle_seconds`). Default 60, 1 to 3600.
+    pub keepalive_idle_seconds: u64,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`. Default 100, 1 to 1000.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`, in decoded bytes. Default
@@ -393,6 +397,7 @@ impl Default for ListenerLimits {
         Self {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
+            keepalive_idle_seconds: 60,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 65_536,
             h2_max_pending_resets: 20,
@@ -1493,6 +1498,7 @@ fn read_listener_limits(t: &mut Fields<'_>, p: &mut Problems) -> ListenerLimits 
     };
     let max_connections = ranged(t, "max_connections", 10_000, 1, 1_000_000);
     let header_timeout_ms = ranged(t, "header_timeout_ms", 10_000, 100, 300_000);
+    let keepalive_idle_seconds = ranged(t, "keepalive_idle_seconds", 60, 1, 3600);
     let streams = ranged(t, "h2_max_concurrent_streams", 100, 1, 1000);
     let header_list = ranged(t, "h2_max_header_list_bytes", 65_536, 1024, 1 << 20);
     let resets = ranged(t, "h2_max_pending_resets", 20, 1, 1000);
@@ -1500,6 +1506,7 @@ fn read_listener_limits(t: &mut Fields<'_>, p: &mut Problems) -> ListenerLimits 
     ListenerLimits {
         max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
         header_timeout: Duration::from_millis(header_timeout_ms),
+        keepalive_idle_seconds,
         h2_max_concurrent_streams: u32::try_from(streams).unwrap_or(d.h2_max_concurrent_streams),
         h2_max_header_list_bytes: u32::try_from(header_list).unwrap_or(d.h2_max_header_list_bytes),
         h2_max_pending_resets: usize::try_from(resets).unwrap_or(d.h2_max_pending_resets),

@@ -167,6 +167,10 @@ fn merge_listeners(running: &Config, next: &mut Config, restart: &mut Vec<String
             ("max_connections", n.max_connections != o.max_connections),
             ("header_timeout_ms", n.header_timeout != o.header_timeout),
             (
+                "keepalive_idle_seconds",
+                n.keepalive_idle_seconds != o.keepalive_idle_seconds,
+            ),
+            (
                 "h2_max_concurrent_streams",
                 n.h2_max_concurrent_streams != o.h2_max_concurrent_streams,
             ),

@@ -396,6 +396,7 @@ fn connection_limits_default_and_every_out_of_range_one_is_reported() {
     let text = MINIMAL.replace(
         "listen = \"127.0.0.1:8080\"",
         "listen = \"127.0.0.1:8080\"\nmax_connections = 0\nheader_timeout_ms = 10\n\
+         keepalive_idle_seconds = 0\n\
          h2_max_concurrent_streams = 5000\nh2_max_header_list_bytes = 100\n\
          h2_max_pending_resets = 0",
     );
@@ -405,6 +406,7 @@ fn connection_limits_default_and_every_out_of_range_one_is_reported() {
         [
             "listeners[0].max_connections",
             "listeners[0].header_timeout_ms",
+            "listeners[0].keepalive_idle_seconds",
             "listeners[0].h2_max_concurrent_streams",
             "listeners[0].h2_max_header_list_bytes",
             "listeners[0].h2_max_pending_resets",
@@ -414,6 +416,13 @@ fn connection_limits_default_and_every_out_of_range_one_is_reported() {
         problems[1].message.contains("expected 100 to 300000"),
         "{problems:#?}"
     );
+    assert!(
+        problems[2]
+            .message
+            .contains("0 is out of range; expected 1 to 3600"),
+        "{problems:#?}"
+    );
+    assert_eq!(c.listeners[0].limits.keepalive_idle_seconds, 60);
 }
 
 #[test]
