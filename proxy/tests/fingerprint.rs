@@ -536,7 +536,7 @@ upstream_trusted = ["nobody"]
 /// ClientHello records, read until they parse (or 10 s pass). The client
 /// then fails its handshake, which is all this listener wants of it.
 async fn capture_hello(client: impl FnOnce(SocketAddr) -> Command) -> Vec<u8> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::from_std(common::held_listener()).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut cmd = client(addr);
     let child = tokio::task::spawn_blocking(move || cmd.output());

@@ -67,8 +67,7 @@ struct Shared {
 impl FakeController {
     fn start() -> FakeController {
         let shared = Arc::new(Shared::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
+        let listener = common::held_listener();
         let addr = listener.local_addr().unwrap();
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let served = shared.clone();

@@ -670,8 +670,7 @@ impl GappyFleet {
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
         // Held until the controller takes it: a port released and bound
         // again later could be taken in between by another test.
-        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        held.set_nonblocking(true).unwrap();
+        let held = common::held_listener();
         let controller = held.local_addr().unwrap();
         let config = dir.path().join("controller.toml");
         std::fs::write(

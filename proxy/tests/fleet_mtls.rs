@@ -71,8 +71,7 @@ async fn a_node_known_by_its_certificate_syncs_over_mutual_tls_and_obeys_a_revoc
     std::fs::write(d.join("node-ca.pem"), node_ca.pem()).unwrap();
     // Held until the controller takes it: a port released and bound
     // again later could be taken in between by another test.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    held.set_nonblocking(true).unwrap();
+    let held = common::held_listener();
     let controller = held.local_addr().unwrap();
     std::fs::write(
         d.join("controller.toml"),

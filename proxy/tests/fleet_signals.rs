@@ -52,10 +52,7 @@ async fn a_session_revoked_by_the_idp_ends_the_users_session_on_the_node(postgre
         Some(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
         None => format!("sqlite://{}", dir.path().join("controller.db").display()),
     };
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let listen = common::free_addr();
     let config = dir.path().join("controller.toml");
     std::fs::write(
         &config,

@@ -76,9 +76,7 @@ impl Fleet {
             None => format!("sqlite://{}", dir.path().join("controller.db").display()),
         };
         let node_config = Config::new();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let controller = listener.local_addr().unwrap();
-        drop(listener);
+        let controller = common::free_addr();
         let mut idp_config =
             IdpConfig::new().redirect_uri(&format!("http://{}{CALLBACK}", node_config.http_addr()));
         if backchannel {

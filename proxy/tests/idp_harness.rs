@@ -358,7 +358,7 @@ struct Landing {
 
 impl Landing {
     async fn start() -> Landing {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::from_std(common::held_listener()).unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {

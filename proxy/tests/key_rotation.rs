@@ -101,10 +101,7 @@ async fn revocations_and_baselines_made_under_the_old_key_hold_after_the_switch(
     std::fs::write(&k2, "a5".repeat(32)).unwrap();
     std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
     let hash = |t: &str| hex::encode(vigil_controller::config::token_hash(t));
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let listen = common::free_addr();
     // The controller, on the same store each time, with `keys` (its
     // hash key settings); it is stopped through the sender returned.
     let controller = |keys: String| {

@@ -55,22 +55,47 @@ pub(crate) struct Route {
     dbsc: Option<String>,
 }
 
+/// The ports this test process has handed out, for [`free_addr`] and
+/// [`held_listener`] alike.
+static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Binds a loopback port that no other caller in this test process has
+/// been given (see [`free_addr`]), and records it.
+fn bind_unique() -> TcpListener {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return listener;
+        }
+    }
+}
+
 /// A loopback address with a port that was free a moment ago and that no
 /// other caller in this test process has been given.
 ///
 /// The proxy binds it later, so another process could take it in between;
 /// the kernel hands out ephemeral ports in turn, which makes that rare.
+/// Within the process nothing can: every listener a test binds for itself
+/// comes from [`held_listener`], which skips the ports given here. (A bare
+/// `bind("127.0.0.1:0")` could be handed a port given here and not yet
+/// bound by its proxy; that proxy then failed to bind while its test,
+/// connecting to the port, talked to the other test's listener.)
 pub(crate) fn free_addr() -> SocketAddr {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let mut given = GIVEN.lock().unwrap();
-        if given.get_or_insert_with(HashSet::new).insert(addr.port()) {
-            return addr;
-        }
-    }
+    bind_unique().local_addr().unwrap()
+}
+
+/// A listening loopback socket on a port no other caller in this test
+/// process has been given, held (non-blocking, ready for tokio) for as long
+/// as the caller keeps it: for the origins, relays and controllers tests
+/// run in-process.
+pub(crate) fn held_listener() -> TcpListener {
+    let listener = bind_unique();
+    listener.set_nonblocking(true).unwrap();
+    listener
 }
 
 /// An address nothing listens on: connections to it are refused.

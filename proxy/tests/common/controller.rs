@@ -34,8 +34,7 @@ impl InProcessController {
         nodes: &[(&str, &str)],
     ) -> InProcessController {
         std::fs::write(dir.join("admin.token"), admin).unwrap();
-        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        bound.set_nonblocking(true).unwrap();
+        let bound = super::config::held_listener();
         let addr = bound.local_addr().unwrap();
         let mut text = format!(
             "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = {:?}\nadmin_token_file = \"admin.token\"\n",

@@ -35,7 +35,9 @@ pub(crate) use client::{
     Browser, CHROME, Echo, FIREFOX, REQUEST_TIMEOUT, curl, http_client, tls_client_builder,
 };
 #[allow(unused_imports)]
-pub(crate) use config::{Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr};
+pub(crate) use config::{
+    Config, LOGIN_URL, Route, STEP_UP_URL, closed_port, free_addr, held_listener,
+};
 #[allow(unused_imports)]
 pub(crate) use controller::{FLEET_KEY, InProcessController, write_fleet_key};
 #[allow(unused_imports)]

@@ -368,8 +368,7 @@ impl Server {
     {
         // Binding port 0 here, before the thread starts, means the address is
         // ours and listening by the time the caller writes it into a config.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
+        let listener = super::config::held_listener();
         let addr = listener.local_addr().unwrap();
         let (shutdown, mut stop) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

@@ -19,7 +19,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// Relays connections to `to` from a fresh loopback port.
     pub(crate) async fn start(to: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::from_std(super::config::held_listener()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, watch) = watch::channel(true);
         let task = tokio::spawn(async move {
