@@ -33,6 +33,20 @@ impl InProcessController {
         admin: &str,
         nodes: &[(&str, &str)],
     ) -> InProcessController {
+        InProcessController::start_with(dir, file, store, key, admin, nodes, "")
+    }
+
+    /// [`InProcessController::start`] with `extra` at the end of its
+    /// config (a `[dashboard]` table, say).
+    pub(crate) fn start_with(
+        dir: &Path,
+        file: &str,
+        store: &str,
+        key: &Path,
+        admin: &str,
+        nodes: &[(&str, &str)],
+        extra: &str,
+    ) -> InProcessController {
         std::fs::write(dir.join("admin.token"), admin).unwrap();
         let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         bound.set_nonblocking(true).unwrap();
@@ -47,6 +61,7 @@ impl InProcessController {
                 hex::encode(vigil_controller::config::token_hash(token))
             ));
         }
+        text.push_str(extra);
         let path = dir.join(file);
         std::fs::write(&path, text).unwrap();
         let config = vigil_controller::Config::load(&path).unwrap();
