@@ -12,7 +12,8 @@
 //    positive through the confirmation page.
 // 2. They search for the reference id `revoke`, read its facts, go on to
 //    its user and revoke the user's session through the confirmation page.
-// 3. A page of another origin (http://localhost:1, served by the test)
+// 3. A page of another origin (http://localhost:1, served by this script
+//    through Playwright's routing: no server listens there)
 //    posts the responder's own form, with their valid CSRF token, to revoke
 //    the session `forged`: the answer's status is recorded.
 // 4. A viewer signs in: the detection `fp` offers no action; the
