@@ -464,7 +464,10 @@ struct FalsePositiveRequest {
 /// reference was a false positive. It stops counting toward its user's
 /// entity risk (the lowered count is streamed) and every node is told;
 /// the node that refused the request adopts its device and network for
-/// the session. Reporting it again changes nothing, and says so.
+/// the session (and posts that baseline, confirmed, which every node
+/// takes), and every node trusts them for the user from the detection's
+/// facts (`trusted`; none for a detection without facts). Reporting it
+/// again changes nothing, and says so.
 pub async fn false_positive(
     State(app): State<Arc<App>>,
     peer: Peer,
@@ -537,6 +540,20 @@ pub(crate) async fn mark_false_positive(
             _ => None,
         })
         .collect();
+    let trusted: Vec<Value> = done
+        .trusted
+        .iter()
+        .filter_map(|c| match c {
+            Change::DeviceTrusted { user, device, .. } => {
+                Some(json!({"key": user.to_string(), "device": device.to_string()}))
+            }
+            Change::NetworkTrusted { user, network, .. } => Some(json!({
+                "key": user.to_string(),
+                "network": serde_json::to_value(network).unwrap_or(Value::Null),
+            })),
+            _ => None,
+        })
+        .collect();
     Ok(json!({
         "reference": reference,
         "changed": done.changed,
@@ -546,6 +563,7 @@ pub(crate) async fn mark_false_positive(
             "already marked a false positive; nothing changed"
         },
         "nodes": done.nodes,
+        "trusted": trusted,
         "counts": counts,
         "seq": done.head,
     }))

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use vigil_controller::store::Store;
 use vigil_fleet::{
-    Change, EventAck, EventBatch, Frame, NodeEvent, NodeEventKind, SessionId, UserId, VERSION,
-    read_frame,
+    Change, Country, DeviceId, EventAck, EventBatch, Frame, NodeEvent, NodeEventKind, RequestFacts,
+    SessionId, UserId, VERSION, read_frame,
 };
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -3111,6 +3111,9 @@ async fn a_false_positive_by_reference_lowers_the_users_count_once() {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["changed"], true);
         assert_eq!(answer["nodes"], serde_json::json!(["a"]));
+        // Reported without facts (a node of an earlier build): nothing is
+        // trusted for the user.
+        assert_eq!(answer["trusted"], serde_json::json!([]));
         // Every node is told of the reference; the count falls to 1: a
         // clear (nodes take a count only when it is higher than theirs),
         // then the count without the false positive.
@@ -3203,6 +3206,116 @@ async fn a_false_positive_by_reference_lowers_the_users_count_once() {
             );
         }
         assert_eq!(log_head(&c).await, 7);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A false positive trusts, on every node, what the refusing node reported
+/// of the refused request — its device, and its /24, ASN and country — for
+/// the detection's user, and nothing else: no ASN when none was known. A detection without facts (a node of an earlier build) trusts
+/// nothing (`a_false_positive_by_reference_lowers_the_users_count_once`).
+#[tokio::test]
+async fn a_false_positive_trusts_the_detections_own_device_and_network_for_its_user() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let t = now() - 10;
+        let ivy = user_key("ivy");
+        let facts = |asn: Option<u32>| RequestFacts {
+            client: "192.0.2.77".parse().unwrap(),
+            peer: "10.0.0.2".parse().unwrap(),
+            chain: Vec::new(),
+            chain_truncated: false,
+            provider: None,
+            ja4: None,
+            device: DeviceId(0x00c0_ffee_0000_0042),
+            browser: "chrome".to_owned(),
+            major: 131,
+            platform: "linux".to_owned(),
+            country: Some(Country(*b"NL")),
+            asn,
+        };
+        let mut with_facts = caught("a-1", "r-ivy-a", session(1), ivy, t);
+        let mut no_asn = caught("a-2", "r-ivy-b", session(2), ivy, t);
+        for (event, asn) in [(&mut with_facts, Some(64496)), (&mut no_asn, None)] {
+            if let NodeEventKind::Detection { facts: f, .. } = &mut event.kind {
+                *f = Some(Box::new(facts(asn)));
+            }
+        }
+        let r = post_events(&c, NODE_A, vec![with_facts, no_asn]).await;
+        assert_eq!(r.status(), 200);
+        let head = log_head(&c).await;
+        let mut node = Stream::open(&c, NODE_B, head).await;
+        node.next().await;
+
+        let (status, answer) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-ivy-a"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let key = ivy.to_string();
+        assert_eq!(
+            answer["trusted"],
+            serde_json::json!([
+                {"key": key, "device": "00c0ffee00000042"},
+                {"key": key, "network": {"type": "prefix", "prefix": "192.0.2.0"}},
+                {"key": key, "network": {"type": "asn", "asn": 64496}},
+                {"key": key, "network": {"type": "country", "country": "NL"}},
+            ])
+        );
+        let Frame::Changes { changes, .. } = node.next_change().await else {
+            panic!()
+        };
+        let trusted: Vec<&Change> = changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Change::DeviceTrusted { .. } | Change::NetworkTrusted { .. }
+                )
+            })
+            .collect();
+        assert_eq!(trusted.len(), 4, "{changes:?}");
+        for change in trusted {
+            match change {
+                Change::DeviceTrusted { user, device, .. } => {
+                    assert_eq!((*user, *device), (ivy, DeviceId(0x00c0_ffee_0000_0042)));
+                }
+                Change::NetworkTrusted { user, .. } => assert_eq!(*user, ivy),
+                _ => unreachable!(),
+            }
+        }
+        // Kept as the admin API's trusts are: in the user's detail.
+        let (_, detail) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"user": "ivy"}),
+        )
+        .await;
+        assert_eq!(
+            detail["trusted"].as_array().map(Vec::len),
+            Some(4),
+            "{detail}"
+        );
+        // The same facts without an ASN (not known): no ASN is trusted.
+        let (status, answer) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-ivy-b"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let networks: Vec<&str> = answer["trusted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["network"]["type"].as_str())
+            .collect();
+        assert_eq!(networks, ["prefix", "country"], "{answer}");
         c.stop().await;
         db.drop_db().await;
     })

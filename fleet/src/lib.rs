@@ -244,9 +244,15 @@ pub enum Change {
     /// An operator reported the refusal with this reference id a false
     /// positive: the node that refused it (and still holds the reference)
     /// makes the refused request's device and network the session's and
-    /// trusts them for its user, as its own `false-positive` call does;
-    /// every other node has no such reference and does nothing. Not in
-    /// snapshots: it acts once, on the node's own state. Since version 3.
+    /// trusts them for its user, as its own `false-positive` call does,
+    /// and posts the session's new baseline `confirmed`
+    /// ([`NodeEventKind::SessionBaseline`]), which every node takes;
+    /// every other node has no such reference and does nothing with this
+    /// change. The controller streams with it, from the facts the
+    /// detection was reported with, [`Change::DeviceTrusted`] and
+    /// [`Change::NetworkTrusted`] for its user (none when it has no
+    /// facts), and the user's lowered detection count. Not in snapshots:
+    /// it acts once, on the node's own state. Since version 3.
     FalsePositive {
         /// The decision's reference id (at most 64 bytes).
         reference: String,

@@ -1187,7 +1187,11 @@ impl FleetSync {
                 }
                 Change::FalsePositive { ref reference, .. } => {
                     // Only the node that refused the request holds its
-                    // reference; every other node has nothing to do.
+                    // reference: it adopts the request for the session
+                    // and posts the baseline, confirmed, which reaches
+                    // every other node as a change of its own (the
+                    // controller streams the trust for the user from the
+                    // detection's facts with this change).
                     match self.decisions.as_ref().and_then(|d| d.get(reference)) {
                         Some(refused) => self.feedback(
                             Feedback::FalsePositive {

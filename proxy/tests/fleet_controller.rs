@@ -17,6 +17,8 @@ use common::{Browser, Config, Echo, InProcessController, Origin, Proxy, Route, w
 const ADMIN: &str = "fleet-admin-token-0123456789";
 const NODE_A: &str = "fleet-node-a-token-0123";
 const NODE_B: &str = "fleet-node-b-token-0123";
+/// A dashboard viewer's token (reads, never acts).
+const VIEWER: &str = "fleet-viewer-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Fleet {
@@ -77,13 +79,17 @@ impl Fleet {
         let mut replicas = Vec::new();
         let mut stops = Vec::new();
         for i in 0..if postgres { 2 } else { 1 } {
-            let controller = InProcessController::start(
+            let controller = InProcessController::start_with(
                 dir.path(),
                 &format!("controller-{i}.toml"),
                 &store,
                 &key,
                 ADMIN,
                 &[("a", NODE_A), ("b", NODE_B)],
+                &format!(
+                    "[dashboard]\nviewer_tokens_sha256 = [\"{}\"]\n",
+                    hex::encode(vigil_controller::config::token_hash(VIEWER))
+                ),
             );
             replicas.push(controller.addr());
             stops.push(controller);
@@ -519,16 +525,37 @@ async fn a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["changed"], true);
     assert_eq!(answer["nodes"], serde_json::json!(["a"]));
+    // Trusted for carl from what node A saw of the request: the desktop
+    // and its network (no geo data here: the /24 alone).
+    assert_eq!(
+        answer["trusted"][0]["device"].as_str().map(str::len),
+        Some(16)
+    );
+    assert_eq!(
+        answer["trusted"][1]["network"],
+        serde_json::json!({"type": "prefix", "prefix": "127.0.0.0"})
+    );
+    assert_eq!(
+        answer["trusted"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
     // Node A carries it out: the desktop is the session's device now, and
     // the laptop's copy of the cookie is what looks stolen.
     applied(&fleet.a, "false_positive", 1.0).await;
     assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
     assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
     assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 403);
-    // Node B has no such refusal, and takes the count's clear.
+    // Node B has no such refusal, and takes the count's clear, the trust
+    // of the desktop (from the detection's facts) and, from node A, the
+    // session's new baseline: the desktop is let through there too, and
+    // the laptop's copy of the cookie is not.
     applied(&fleet.b, "false_positive_elsewhere", 1.0).await;
     applied(&fleet.b, "user_detections", 2.0).await;
+    applied(&fleet.b, "device_trusted", 1.0).await;
     assert_eq!(reasons(&fleet.b, &phone).await, "");
+    until_status(&fleet.b, &desktop, 403, 200, "the false positive").await;
+    assert_eq!(laptop.get(&fleet.b.url("/echo")).await.status(), 403);
     // Reported again: nothing changes.
     let (status, again) = fleet
         .admin_json(
@@ -641,6 +668,210 @@ async fn sqlite_a_device_trusted_at_the_controller_is_no_evidence_on_another_nod
 async fn postgres_a_device_trusted_at_the_controller_is_no_evidence_on_another_node() {
     a_device_trusted_at_the_controller_is_no_evidence_on_another_node(true).await;
 }
+
+/// Where the dashboard's browser test packages are (`npm ci --prefix
+/// controller/tests/browser`, as `.ci/run` does).
+fn browser_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../controller/tests/browser")
+}
+
+/// Runs `controller/tests/browser/fleet.mjs` with `args` (and `out`) and
+/// returns what it wrote; panics, with its stderr, when it fails or runs
+/// past 120 s (its own steps have 20 s each, plus Chromium's start).
+async fn run_browser(mut args: serde_json::Value) -> serde_json::Value {
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "run `npm ci --prefix controller/tests/browser` first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    args["out"] = serde_json::json!(out);
+    let mut child = std::process::Command::new("node")
+        .arg(browser_dir().join("fleet.mjs"))
+        .arg(args.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is installed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fleet.mjs ran longer than 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "fleet.mjs failed: {stderr}");
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+/// Polls `browser`'s request on `proxy` until it answers `want`; until
+/// then it must answer `before`.
+async fn until_status(proxy: &Proxy, browser: &Browser, before: u16, want: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = browser.get(&proxy.url("/echo")).await.status().as_u16();
+        if status == want {
+            return;
+        }
+        assert_eq!(
+            status, before,
+            "{what}: {before} until it arrives, then {want}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The reference id of a refusal.
+fn reference_of(r: &reqwest::Response) -> String {
+    r.headers()["vigil-reference"].to_str().unwrap().to_owned()
+}
+
+/// Security teams at the dashboard, in a real browser, and what two edge
+/// nodes do of it (issue 15). Carl, on his new desktop, is refused on
+/// node A; a responder finds the refusal by the reference id Carl quotes,
+/// reads its facts and marks it a false positive: Carl's next request
+/// from that desktop lands on node B, which never saw it, and is allowed —
+/// while his cookie from any other device is still refused there. A thief
+/// with Dave's cookie is refused on node A; the responder finds Dave from
+/// that reference id and revokes the session: node B ends it. A page of
+/// another origin posting the responder's own form (valid token and all)
+/// is refused and changes nothing; a viewer is offered no action and is
+/// refused the confirmation page and the post.
+#[tokio::test]
+async fn operators_in_a_browser_free_a_false_positive_and_revoke_a_session_on_every_node() {
+    let fleet = Fleet::start_with(false, "block").await;
+    let laptop = Browser::firefox();
+    assert_eq!(
+        laptop
+            .get(&fleet.a.url("/login?user=carl&session=s-carl-1"))
+            .await
+            .status(),
+        200
+    );
+    let laptop = laptop.cookie("session=s-carl-1");
+    assert_eq!(laptop.get(&fleet.a.url("/echo")).await.status(), 200);
+    // Carl's session from his new desktop: refused on node A.
+    let desktop = Browser::chrome().cookie("session=s-carl-1");
+    let refused = desktop.get(&fleet.a.url("/echo")).await;
+    assert_eq!(refused.status(), 403);
+    let carls = reference_of(&refused);
+    // Dave's session, stolen: refused on node A.
+    let dave = Browser::firefox();
+    assert_eq!(
+        dave.get(&fleet.a.url("/login?user=dave&session=s-dave-1"))
+            .await
+            .status(),
+        200
+    );
+    let dave = dave.cookie("session=s-dave-1");
+    assert_eq!(dave.get(&fleet.a.url("/echo")).await.status(), 200);
+    let thief = Browser::chrome().cookie("session=s-dave-1");
+    let refused = thief.get(&fleet.a.url("/echo")).await;
+    assert_eq!(refused.status(), 403);
+    let daves = reference_of(&refused);
+    // Both detections are at the controller once node B has both users'
+    // counts; before the false positive, node B refuses the desktop too.
+    applied(&fleet.b, "user_detections", 2.0).await;
+    applied(&fleet.b, "session_baseline", 2.0).await;
+    assert_eq!(desktop.get(&fleet.b.url("/echo")).await.status(), 403);
+    assert_eq!(dave.get(&fleet.b.url("/echo")).await.status(), 200);
+
+    let carl_session = session_key(&fleet.dir.path().join("fleet-hash.key"), "s-carl-1");
+    let seen = run_browser(serde_json::json!({
+        "base": format!("http://{}", fleet.controller),
+        "token": ADMIN,
+        "viewer": VIEWER,
+        "fp": carls,
+        "revoke": daves,
+        "forged": carl_session,
+    }))
+    .await;
+    assert_eq!(
+        seen["steps"],
+        serde_json::json!([
+            "/dashboard/login",
+            "/dashboard",
+            "/dashboard/detection",
+            "/dashboard/confirm",
+            "/dashboard/act",
+            "/dashboard/user",
+            "/dashboard/confirm",
+            "/dashboard/act",
+            "/dashboard/detection",
+            "/dashboard/confirm",
+        ])
+    );
+    let detection = seen["fp"]["detection"].as_str().unwrap();
+    for fact in [
+        &*format!("Detection {carls}"),
+        "Reported by node a",
+        "device_changed",
+        "chrome 131 on linux",
+    ] {
+        assert!(detection.contains(fact), "{fact:?} in {detection}");
+    }
+    let done = seen["fp"]["done"].as_str().unwrap();
+    assert!(
+        done.contains("Marked a false positive; every node told."),
+        "{done}"
+    );
+    let detection = seen["revoke"]["detection"].as_str().unwrap();
+    assert!(
+        detection.contains(&format!("Detection {daves}")),
+        "{detection}"
+    );
+    let done = seen["revoke"]["done"].as_str().unwrap();
+    assert!(
+        done.contains(&format!(
+            "Session {} revoked on every node",
+            session_key(&fleet.dir.path().join("fleet-hash.key"), "s-dave-1")
+        )),
+        "{done}"
+    );
+    assert_eq!(seen["forged"], 403, "a forged cross-site post");
+    assert_eq!(
+        seen["viewer"],
+        serde_json::json!({"actions": 0, "confirm": 403, "post": 403})
+    );
+    assert_eq!(seen["csp"], serde_json::json!([]), "no CSP violation");
+    for (page, violations) in seen["axe"].as_object().unwrap() {
+        assert_eq!(violations, &serde_json::json!([]), "axe on {page}");
+    }
+
+    // Node B, which never saw the desktop, lets it through now…
+    applied(&fleet.b, "device_trusted", 1.0).await;
+    until_status(&fleet.b, &desktop, 403, 200, "the false positive").await;
+    assert_eq!(desktop.get(&fleet.b.url("/echo")).await.status(), 200);
+    // …and Carl's cookie from any other device is still refused there.
+    let safari = Browser::new(SAFARI).cookie("session=s-carl-1");
+    assert_eq!(safari.get(&fleet.b.url("/echo")).await.status(), 403);
+    assert_eq!(laptop.get(&fleet.b.url("/echo")).await.status(), 403);
+    // Dave's session is ended on node B (the revocation's status).
+    until_ended(&fleet.b, &dave).await;
+    assert_eq!(dave.get(&fleet.a.url("/echo")).await.status(), 401);
+    // Neither the forged post nor the viewer revoked Carl's session.
+    assert_eq!(desktop.get(&fleet.a.url("/echo")).await.status(), 200);
+    fleet.stop().await;
+}
+
+/// Safari on a Mac: a device neither Carl nor the nodes have seen.
+const SAFARI: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 \
+                      (KHTML, like Gecko) Version/17.5 Safari/605.1.15";
 
 #[tokio::test]
 async fn sqlite_a_false_positive_at_the_controller_frees_the_device_and_lowers_the_risk() {

@@ -79,7 +79,8 @@ impl Action {
         match self {
             Action::FalsePositive => &[
                 "The detection stops counting toward its user's entity risk, on every node.",
-                "The node that refused the request adopts the request's device and network for the session.",
+                "The request's device and network become the session's on every node: the user's next request from that device is allowed wherever it lands.",
+                "Every node trusts that device and network (its /24 or /48, ASN and country) for its user, as the detection's facts name them; a detection without facts (an older node's) trusts nothing more.",
                 "Marking it again changes nothing.",
             ],
             Action::ConfirmedCompromise => &[

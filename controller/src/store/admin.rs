@@ -128,6 +128,10 @@ pub struct FalsePositive {
     /// Whether anything changed: `false` when every such detection was
     /// marked before (nothing is streamed again).
     pub changed: bool,
+    /// The devices and networks trusted for its users, from the facts
+    /// the refusing node reported with each detection (none for a
+    /// detection without facts: a node of an earlier build).
+    pub trusted: Vec<Change>,
     /// The detection counts streamed for its users.
     pub counts: Vec<Change>,
     /// The log's head after.
@@ -346,7 +350,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let rows = sqlx::query(
-            "SELECT node, user_key, false_positive FROM detections WHERE reference = $1 ORDER BY node",
+            "SELECT node, user_key, false_positive, device, client_ip, asn, country \
+             FROM detections WHERE reference = $1 ORDER BY node",
         )
         .bind(reference)
         .fetch_all(&mut *tx)
@@ -356,16 +361,23 @@ impl Store {
         }
         let mut nodes = Vec::new();
         let mut users: Vec<UserId> = Vec::new();
+        let mut trusted: Vec<Change> = Vec::new();
         let mut changed = false;
         for row in &rows {
             nodes.push(row.try_get::<String, _>(0)?);
             if row.try_get::<Option<i64>, _>(2)?.is_none() {
                 changed = true;
                 let user = row.try_get::<Option<String>, _>(1)?;
-                if let Some(user) = user.as_deref().and_then(UserId::parse)
-                    && !users.contains(&user)
-                {
+                let Some(user) = user.as_deref().and_then(UserId::parse) else {
+                    continue;
+                };
+                if !users.contains(&user) {
                     users.push(user);
+                }
+                for change in trust_of_facts(user, row, now)? {
+                    if !trusted.contains(&change) {
+                        trusted.push(change);
+                    }
                 }
             }
         }
@@ -380,6 +392,7 @@ impl Store {
             return Ok(Some(FalsePositive {
                 nodes,
                 changed,
+                trusted: Vec::new(),
                 counts: Vec::new(),
                 head,
             }));
@@ -395,6 +408,7 @@ impl Store {
             reference: reference.to_owned(),
             at: now,
         }];
+        changes.extend(trusted.iter().cloned());
         let mut counts = Vec::new();
         for user in users {
             counts.extend(lowered_count(&mut tx, user, now, intake).await?);
@@ -405,6 +419,7 @@ impl Store {
         Ok(Some(FalsePositive {
             nodes,
             changed,
+            trusted,
             counts,
             head,
         }))
@@ -513,6 +528,42 @@ pub(super) fn trust_row(network: &TrustedNetwork) -> Option<(&'static str, Strin
         TrustedNetwork::Country { country } => Some(("country", country.to_string())),
         TrustedNetwork::Unknown => None,
     }
+}
+
+/// What a false positive trusts for `user` fleet-wide, from the facts the
+/// refusing node reported with the detection (`row`: its `device`,
+/// `client_ip`, `asn` and `country` columns, from index 3): the refused
+/// request's device, and its network — the client's /24 or /48, ASN and
+/// country — as the refusing node itself trusts them when it carries the
+/// false positive out (the engine's `Feedback::FalsePositive`). Only the
+/// detection's own facts, never an operator's choice; nothing for a
+/// detection without facts (a node of an earlier build reported none).
+fn trust_of_facts(
+    user: UserId,
+    row: &sqlx::any::AnyRow,
+    at: u64,
+) -> Result<Vec<Change>, sqlx::Error> {
+    let mut out = Vec::new();
+    let device: Option<String> = row.try_get(3)?;
+    if let Some(device) = device.as_deref().and_then(DeviceId::parse) {
+        out.push(Change::DeviceTrusted { user, device, at });
+    }
+    let client: Option<String> = row.try_get(4)?;
+    let mut network = |network| out.push(Change::NetworkTrusted { user, network, at });
+    if let Some(ip) = client.as_deref().and_then(|c| c.parse().ok()) {
+        network(TrustedNetwork::Prefix {
+            prefix: crate::admin::prefix_of(ip),
+        });
+    }
+    let asn: Option<i64> = row.try_get(5)?;
+    if let Some(asn) = asn.and_then(|a| u32::try_from(a).ok()).filter(|&a| a != 0) {
+        network(TrustedNetwork::Asn { asn });
+    }
+    let country: Option<String> = row.try_get(6)?;
+    if let Some(country) = country.as_deref().and_then(Country::parse) {
+        network(TrustedNetwork::Country { country });
+    }
+    Ok(out)
 }
 
 /// Records a device or network trusted for `user` (the state the log

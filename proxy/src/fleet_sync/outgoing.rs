@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use vigil_engine::events::RevocationCause;
+use vigil_engine::events::{FeedbackKind, RevocationCause};
 use vigil_engine::{Engine, Event, SessionKey};
 use vigil_fleet::{
     Country, DeviceId, IdpSessionId, MAX_CHAIN_HOPS, MAX_FACT_BYTES, NodeEventKind, Record,
@@ -163,6 +163,17 @@ impl Outgoing {
             | Event::SessionBound { session, .. } => self.record(session, false),
             Event::Confirmed {
                 session,
+                user: Some(_),
+                ..
+            } => self.record(session, true),
+            // An operator vouched for a refused request (a false
+            // positive): its device and network are the session's
+            // baseline now, confirmed as a step-up's is, so that every
+            // node takes it in place of the one it holds and the user's
+            // next request from that device is allowed wherever it lands.
+            Event::FeedbackApplied {
+                kind: FeedbackKind::FalsePositive,
+                session: Some(session),
                 user: Some(_),
                 ..
             } => self.record(session, true),

@@ -33,6 +33,20 @@ impl InProcessController {
         admin: &str,
         nodes: &[(&str, &str)],
     ) -> InProcessController {
+        InProcessController::start_with(dir, file, store, key, admin, nodes, "")
+    }
+
+    /// [`InProcessController::start`] with `extra` at the end of its
+    /// config (a `[dashboard]` table, say).
+    pub(crate) fn start_with(
+        dir: &Path,
+        file: &str,
+        store: &str,
+        key: &Path,
+        admin: &str,
+        nodes: &[(&str, &str)],
+        extra: &str,
+    ) -> InProcessController {
         std::fs::write(dir.join("admin.token"), admin).unwrap();
         let bound = super::config::held_listener();
         let addr = bound.local_addr().unwrap();
@@ -46,6 +60,7 @@ impl InProcessController {
                 hex::encode(vigil_controller::config::token_hash(token))
             ));
         }
+        text.push_str(extra);
         let path = dir.join(file);
         std::fs::write(&path, text).unwrap();
         let config = vigil_controller::Config::load(&path).unwrap();
