@@ -319,7 +319,47 @@ fn ja4(c: &mut Criterion) {
             vigil_engine::ja4(&hello, tcp)
         })
     });
+    // Both forms, as the proxy computes them per connection: for a full
+    // hello (nothing left out: `c` hashed once) and for the same hello
+    // resumed (pre_shared_key added: `c` hashed twice, `b` once).
+    let resumed =
+        vigil_engine::ClientHello::from_records(&with_extension(&bytes, 41, &[0; 40])).unwrap();
+    g.bench_function("fingerprint_resumed_chrome_hello", |b| {
+        b.iter(|| vigil_engine::ja4(black_box(&resumed), tcp))
+    });
+    g.bench_function("both_forms_chrome_hello", |b| {
+        b.iter(|| vigil_engine::ja4_both(black_box(&hello), tcp))
+    });
+    g.bench_function("both_forms_resumed_chrome_hello", |b| {
+        b.iter(|| vigil_engine::ja4_both(black_box(&resumed), tcp))
+    });
     g.finish();
+}
+
+/// `record` (one handshake record holding a ClientHello) with an extension
+/// of type `ty` appended, every length fixed up.
+fn with_extension(record: &[u8], ty: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = record.to_vec();
+    let grow = u16::try_from(4 + body.len()).unwrap();
+    out.extend_from_slice(&ty.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    let add16 = |buf: &mut Vec<u8>, at: usize| {
+        let v = u16::from_be_bytes([buf[at], buf[at + 1]]) + grow;
+        buf[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    };
+    add16(&mut out, 3);
+    // The handshake length is 24 bits; the hello stays under 64 KiB.
+    add16(&mut out, 7);
+    // Past the record and handshake headers, version and random: the
+    // session id, the ciphers and the compression methods, then the
+    // extensions' length.
+    let mut at = 5 + 4 + 2 + 32;
+    at += 1 + usize::from(out[at]);
+    at += 2 + usize::from(u16::from_be_bytes([out[at], out[at + 1]]));
+    at += 1 + usize::from(out[at]);
+    add16(&mut out, at);
+    out
 }
 
 criterion_group!(ja4_benches, ja4);

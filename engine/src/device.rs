@@ -27,7 +27,7 @@ use http::HeaderMap;
 use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
 
 use crate::client_ip::TrustedProxies;
-use crate::fingerprint::{TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints};
+use crate::fingerprint::{Ja4Form, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints};
 use crate::ja4::Ja4;
 use crate::request::RequestView;
 
@@ -149,8 +149,12 @@ pub struct DeviceSummary {
     pub shape: HeaderShape,
     /// Where the TLS fingerprint came from.
     pub tls_source: TlsSource,
-    /// The JA4, when known.
+    /// The JA4, when known, in the form [`DeviceSummary::ja4_form`] says:
+    /// the resumption-stable form of a captured hello where it differs
+    /// from the spec form ([`TlsFingerprint::baseline_ja4`]).
     pub ja4: Option<Ja4>,
+    /// Which form `ja4` is.
+    pub ja4_form: Ja4Form,
 }
 
 /// How the HTTP traits of two observations compare.
@@ -297,11 +301,13 @@ fn platform_hint(value: &[u8]) -> Option<Platform> {
 impl Device {
     /// What a session keeps of this device.
     pub fn summary(&self) -> DeviceSummary {
+        let (ja4, ja4_form) = self.tls.baseline_ja4();
         DeviceSummary {
             id: self.id,
             shape: self.shape,
             tls_source: self.tls.source,
-            ja4: self.tls.ja4,
+            ja4,
+            ja4_form,
         }
     }
 
@@ -329,14 +335,20 @@ impl DeviceSummary {
         shape: HeaderShape(0),
         tls_source: TlsSource::None,
         ja4: None,
+        ja4_form: Ja4Form::Spec,
     };
 
-    /// The TLS fingerprint as remembered (JA3 is not kept: it is never
-    /// compared).
+    /// The TLS fingerprint as remembered, its JA4 in the field of its form
+    /// (JA3 is not kept: it is never compared).
     pub fn tls(&self) -> TlsFingerprint {
+        let (ja4, ja4_stable) = match self.ja4_form {
+            Ja4Form::Spec => (self.ja4, None),
+            Ja4Form::Stable => (None, self.ja4),
+        };
         TlsFingerprint {
             source: self.tls_source,
-            ja4: self.ja4,
+            ja4,
+            ja4_stable,
             ja3: None,
         }
     }

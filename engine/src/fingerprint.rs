@@ -16,6 +16,15 @@
 //! long, not a ClientHello) is [`TlsSource::Unreadable`], a fact of its own:
 //! a client that hides its hello is compared as such, not waved through.
 //!
+//! A captured fingerprint has two JA4 forms: the specification's, which
+//! logs, facts and the app's header show, and the resumption-stable form
+//! ([`crate::ja4::ja4_stable`]), which leaves out the extensions a client
+//! adds when it resumes its TLS session (pre_shared_key, early_data) or as
+//! its hello's size or the server's retry asks (padding, cookie). Sessions
+//! are compared by the stable form, so that the owner resuming a TLS
+//! session is not another device. A balancer's JA4 is a hash: it cannot be
+//! reduced, and is compared as sent.
+//!
 //! JA3 is recorded and reported but never compared: browsers that permute
 //! their extension order (Chrome since version 110) change their JA3 on every
 //! connection, so a JA3 difference is no evidence. JA4 sorts what JA3 hashes
@@ -49,13 +58,30 @@ pub enum TlsSource {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ja3([u8; 16]);
 
-/// The TLS fingerprint facts of one request's connection. 42 bytes, `Copy`.
+/// Which form of JA4 a value is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Ja4Form {
+    /// JA4 as its specification defines it: what logs and facts show, and
+    /// all a balancer can send.
+    #[default]
+    Spec,
+    /// The resumption-stable form ([`crate::ja4::ja4_stable`]), where it
+    /// differs from the spec form.
+    Stable,
+}
+
+/// The TLS fingerprint facts of one request's connection. 64 bytes, `Copy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TlsFingerprint {
     /// Where the facts came from.
     pub source: TlsSource,
-    /// JA4 (`a_b_c`), when known.
+    /// JA4 (`a_b_c`, the specification's form), when known.
     pub ja4: Option<Ja4>,
+    /// The resumption-stable form of the JA4, when Vigil read the hello
+    /// itself ([`crate::ja4::ja4_stable`]; equal to `ja4` for a hello
+    /// without the extensions it leaves out). `None` for a balancer's JA4,
+    /// which cannot be reduced.
+    pub ja4_stable: Option<Ja4>,
     /// JA3, when a trusted balancer sent one.
     pub ja3: Option<Ja3>,
 }
@@ -108,14 +134,29 @@ impl TlsFingerprint {
     pub const NONE: Self = Self {
         source: TlsSource::None,
         ja4: None,
+        ja4_stable: None,
         ja3: None,
     };
 
-    /// A JA4 Vigil read from the connection's ClientHello.
+    /// A JA4 Vigil read from the connection's ClientHello, its stable form
+    /// unknown (as from a recorded string): compared as the spec form.
     pub fn captured(ja4: Ja4) -> Self {
         Self {
             source: TlsSource::Captured,
             ja4: Some(ja4),
+            ja4_stable: None,
+            ja3: None,
+        }
+    }
+
+    /// Both JA4 forms of the ClientHello Vigil read on the connection
+    /// ([`crate::ja4::ja4_both`]).
+    pub fn of_hello(hello: &crate::ja4::ClientHello, transport: crate::ja4::Transport) -> Self {
+        let (spec, stable) = crate::ja4::ja4_both(hello, transport);
+        Self {
+            source: TlsSource::Captured,
+            ja4: Some(spec),
+            ja4_stable: Some(stable),
             ja3: None,
         }
     }
@@ -125,24 +166,57 @@ impl TlsFingerprint {
         Self {
             source: TlsSource::Unreadable,
             ja4: None,
+            ja4_stable: None,
             ja3: None,
         }
     }
 
+    /// The JA4 a session keeps of this connection, and its form: the
+    /// stable form where it differs from the spec form (a captured hello
+    /// with padding, pre_shared_key, early_data or cookie), else the spec
+    /// form (which is then the stable form too, for a captured hello).
+    pub fn baseline_ja4(&self) -> (Option<Ja4>, Ja4Form) {
+        match (self.ja4, self.ja4_stable) {
+            (Some(spec), Some(stable)) if spec != stable => (Some(stable), Ja4Form::Stable),
+            (ja4, _) => (ja4, Ja4Form::Spec),
+        }
+    }
+
     /// Compares a session's baseline fingerprint with this request's.
+    ///
+    /// Every JA4 form known on one side is compared with every form known
+    /// on the other: the same if any two are equal, the same family if any
+    /// two are. Comparing a spec form with a stable one is sound: the two
+    /// can be equal only when the spec form's hello had none of the
+    /// extensions the stable form leaves out, and its spec form is then its
+    /// stable form. So a resumed connection matches its full handshake's
+    /// baseline in either form, and a balancer's JA4 (spec form only)
+    /// matches a captured baseline of a hello without those extensions.
     pub fn compare(&self, baseline: &TlsFingerprint) -> TlsMatch {
         use TlsSource::{Captured, None, Unreadable, Upstream};
         match (baseline.source, self.source) {
             (None, _) | (_, None) => TlsMatch::NoEvidence,
             (Unreadable, Unreadable) => TlsMatch::Same,
             (Unreadable, _) | (_, Unreadable) => TlsMatch::Different,
-            (Captured | Upstream, Captured | Upstream) => match (baseline.ja4, self.ja4) {
-                (Some(a), Some(b)) if a == b => TlsMatch::Same,
-                (Some(a), Some(b)) if a.same_family(&b) => TlsMatch::SameFamily,
-                (Some(_), Some(_)) => TlsMatch::Different,
-                // A balancer that sent only JA3: nothing comparable.
-                _ => TlsMatch::NoEvidence,
-            },
+            (Captured | Upstream, Captured | Upstream) => {
+                let old = [baseline.ja4, baseline.ja4_stable];
+                let new = [self.ja4, self.ja4_stable];
+                let pairs = || {
+                    old.iter()
+                        .flatten()
+                        .flat_map(|a| new.iter().flatten().map(move |b| (a, b)))
+                };
+                if pairs().next().is_none() {
+                    // A balancer that sent only JA3: nothing comparable.
+                    TlsMatch::NoEvidence
+                } else if pairs().any(|(a, b)| a == b) {
+                    TlsMatch::Same
+                } else if pairs().any(|(a, b)| a.same_family(b)) {
+                    TlsMatch::SameFamily
+                } else {
+                    TlsMatch::Different
+                }
+            }
         }
     }
 }
@@ -158,7 +232,8 @@ impl TlsSource {
         }
     }
 
-    /// The byte a compact record stores.
+    /// The byte a compact record stores (bits 0–1; version 3 records use
+    /// bit 7 for the JA4's form).
     pub(crate) fn to_u8(self) -> u8 {
         match self {
             TlsSource::None => 0,
@@ -245,6 +320,7 @@ impl UpstreamFingerprints {
         Some(TlsFingerprint {
             source: TlsSource::Upstream,
             ja4,
+            ja4_stable: None,
             ja3,
         })
     }

@@ -14,6 +14,17 @@
 //! GREASE values (RFC 8701) are dropped everywhere before counting, sorting
 //! or hashing.
 //!
+//! Besides the specification's form, [`ja4_stable`] computes a
+//! **resumption-stable** form (not part of JA4+): the same `a_b_c` with the
+//! extensions a client adds or drops from one connection to the next of the
+//! same TLS stack left out of the extension count and the `c` list —
+//! padding (21), pre_shared_key (41), early_data (42) and cookie (44). A
+//! client resuming its TLS session sends pre_shared_key (and perhaps
+//! early_data), its hello's length changes and with it whether padding is
+//! needed, and a HelloRetryRequest's cookie comes and goes: none of that is
+//! another device. A hello carrying none of them has a stable form equal to
+//! its JA4. [`ja4_both`] gives both forms in one pass.
+//!
 //! Parsing is bounded: [`ClientHello::from_records`] reads TLS records as they
 //! come off the socket and reassembles a ClientHello spread over several of
 //! them, up to [`MAX_HELLO_BYTES`]; [`ClientHello::from_handshake`] reads a
@@ -68,6 +79,15 @@ const EXT_SERVER_NAME: u16 = 0x0000;
 const EXT_SIGNATURE_ALGORITHMS: u16 = 0x000d;
 const EXT_ALPN: u16 = 0x0010;
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+const EXT_PADDING: u16 = 0x0015;
+const EXT_PRE_SHARED_KEY: u16 = 0x0029;
+const EXT_EARLY_DATA: u16 = 0x002a;
+const EXT_COOKIE: u16 = 0x002c;
+
+/// The extensions the resumption-stable form leaves out: what one TLS stack
+/// sends on some connections and not on others (see the module docs).
+pub const RESUMPTION_EXTENSIONS: [u16; 4] =
+    [EXT_PADDING, EXT_PRE_SHARED_KEY, EXT_EARLY_DATA, EXT_COOKIE];
 
 /// Room for the sorted lists without touching the heap in the common case.
 const INLINE_LIST: usize = 32;
@@ -437,6 +457,52 @@ pub fn ja4(hello: &ClientHello, transport: Transport) -> Ja4 {
     fingerprint(hello, transport, Order::Sorted)
 }
 
+/// The resumption-stable form of [`ja4`]: the extensions in
+/// [`RESUMPTION_EXTENSIONS`] are neither counted in `a` nor listed in `c`.
+/// Equal to [`ja4`] when the hello has none of them. Not a JA4+ fingerprint:
+/// compare it only with another stable form (or a JA4 of a hello without
+/// those extensions).
+pub fn ja4_stable(hello: &ClientHello, transport: Transport) -> Ja4 {
+    ja4_both(hello, transport).1
+}
+
+/// [`ja4`] and [`ja4_stable`] of `hello` in one pass: the ciphers are sorted
+/// and hashed once (`b` is the same in both), and `c` is hashed a second
+/// time only when the hello holds an extension the stable form leaves out.
+pub fn ja4_both(hello: &ClientHello, transport: Transport) -> (Ja4, Ja4) {
+    let (ciphers, extensions, sigalgs) = lists(hello, Order::Sorted);
+    let b = hash_b(&ciphers);
+    let a = part_a(hello, transport);
+    let spec = Ja4 {
+        a,
+        b,
+        c: hash_c(&extensions, &sigalgs),
+    };
+    let left_out = extensions
+        .iter()
+        .filter(|e| RESUMPTION_EXTENSIONS.contains(e))
+        .count();
+    if left_out == 0 {
+        return (spec, spec);
+    }
+    let kept: List = extensions
+        .iter()
+        .copied()
+        .filter(|e| !RESUMPTION_EXTENSIONS.contains(e))
+        .collect();
+    let mut stable_a = a;
+    let counted = hello.extensions.iter().filter(|v| !is_grease(**v)).count();
+    let [e1, e2] = count(counted.saturating_sub(left_out));
+    stable_a[6] = e1;
+    stable_a[7] = e2;
+    let stable = Ja4 {
+        a: stable_a,
+        b,
+        c: hash_c(&kept, &sigalgs),
+    };
+    (spec, stable)
+}
+
 /// The `ja4_o` fingerprint: as [`ja4`] but with ciphers and extensions in
 /// wire order, SNI and ALPN kept in the extension list.
 pub fn ja4_o(hello: &ClientHello, transport: Transport) -> Ja4 {
@@ -464,32 +530,44 @@ fn is_grease(v: u16) -> bool {
 
 fn fingerprint(hello: &ClientHello, transport: Transport, order: Order) -> Ja4 {
     let (ciphers, extensions, sigalgs) = lists(hello, order);
-    let b = if ciphers.is_empty() {
-        [0; 6]
-    } else {
-        let mut h = Sha256::new();
-        hash_list(&mut h, &ciphers);
-        truncate(h)
-    };
     // Both orders zero `c` when nothing but SNI and ALPN remains: the
     // specification's rule names the sorted list, and `ja4plus` applies it
     // to `ja4_o` too.
     let c = if !has_hashed_extensions(hello) {
         [0; 6]
     } else {
-        let mut h = Sha256::new();
-        hash_list(&mut h, &extensions);
-        if !sigalgs.is_empty() {
-            h.update(b"_");
-            hash_list(&mut h, &sigalgs);
-        }
-        truncate(h)
+        hash_c(&extensions, &sigalgs)
     };
     Ja4 {
         a: part_a(hello, transport),
-        b,
+        b: hash_b(&ciphers),
         c,
     }
+}
+
+/// `b`: the cipher list hashed, zeros when empty.
+fn hash_b(ciphers: &[u16]) -> [u8; 6] {
+    if ciphers.is_empty() {
+        return [0; 6];
+    }
+    let mut h = Sha256::new();
+    hash_list(&mut h, ciphers);
+    truncate(h)
+}
+
+/// `c` of the sorted form: the extension list (SNI and ALPN already out)
+/// and the signature algorithms hashed; zeros when the list is empty.
+fn hash_c(extensions: &[u16], sigalgs: &[u16]) -> [u8; 6] {
+    if extensions.is_empty() {
+        return [0; 6];
+    }
+    let mut h = Sha256::new();
+    hash_list(&mut h, extensions);
+    if !sigalgs.is_empty() {
+        h.update(b"_");
+        hash_list(&mut h, sigalgs);
+    }
+    truncate(h)
 }
 
 fn raw(hello: &ClientHello, transport: Transport, order: Order) -> String {

@@ -51,11 +51,12 @@ pub use device::{
 };
 pub use events::{Event, EventClass, EventSink, EventStreams, Reference};
 pub use fingerprint::{
-    Ja3, ParseFingerprintError, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints,
+    Ja3, Ja4Form, ParseFingerprintError, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints,
 };
 pub use idp_session::{IdpSessionKey, MAX_SID_BYTES};
 pub use ja4::{
-    ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, Transport, ja4, ja4_o, ja4_r, ja4_ro,
+    ClientHello, HelloError, Ja4, MAX_HELLO_BYTES, Malformed, RESUMPTION_EXTENSIONS, Transport,
+    ja4, ja4_both, ja4_o, ja4_r, ja4_ro, ja4_stable,
 };
 pub use network::{
     NetworkChange, NetworkFacts, NetworkMark, SAME_PREFIX_V4, SAME_PREFIX_V6, classify, same_prefix,

@@ -53,7 +53,7 @@ use vigil_geoip::travel::{Travel, TravelConfig, classify as travel};
 
 use crate::decide::SessionFacts;
 use crate::device::{Device, TraitMatch};
-use crate::fingerprint::{TlsMatch, TlsSource};
+use crate::fingerprint::{Ja4Form, TlsMatch, TlsSource};
 use crate::network::{NetworkChange, NetworkMark};
 use crate::session::SessionKey;
 pub use config::{FeatureWeights, ScoreConfig, UserModelConfig};
@@ -365,8 +365,10 @@ impl Scorer {
                 let mut upgraded = device.summary();
                 if m.tls == TlsMatch::NoEvidence && s.tls_source != TlsSource::None {
                     // No TLS evidence this time: the fingerprint stays.
-                    upgraded.tls_source = s.tls_source;
-                    upgraded.ja4 = s.ja4;
+                    let kept = s.device();
+                    upgraded.tls_source = kept.tls_source;
+                    upgraded.ja4 = kept.ja4;
+                    upgraded.ja4_form = kept.ja4_form;
                 }
                 next.set_device(&upgraded);
             }
@@ -375,12 +377,25 @@ impl Scorer {
             }
         }
         match m.tls {
-            TlsMatch::Same => {}
+            TlsMatch::Same => {
+                // A baseline kept in the spec form — by a release before
+                // the stable form, from a hello with padding or a resumed
+                // one — that this hello matches moves to the hello's stable
+                // form where that differs: from then on the owner's full
+                // and resumed handshakes both match it. Once per session.
+                let seen = device.summary();
+                let kept = s.device();
+                if kept.ja4_form == Ja4Form::Spec
+                    && seen.ja4_form == Ja4Form::Stable
+                    && kept.ja4 != seen.ja4
+                {
+                    next.set_tls(&seen);
+                }
+            }
             TlsMatch::NoEvidence => {
                 // A first fingerprint for a session that had none is learnt.
                 if s.tls_source == TlsSource::None && device.tls.source != TlsSource::None {
-                    next.tls_source = device.tls.source;
-                    next.ja4 = device.tls.ja4;
+                    next.set_tls(&device.summary());
                 }
                 // A session that had one and now shows none lost evidence:
                 // a thief replaying on a cleartext listener must not score

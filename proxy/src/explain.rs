@@ -89,11 +89,13 @@ pub fn explain(config: &Config, input: &Input) -> Result<Value, ExplainError> {
         Some(bytes) => {
             let hello =
                 ClientHello::from_records(bytes).map_err(|e| ExplainError::Hello(e.to_string()))?;
+            let fingerprint = TlsFingerprint::of_hello(&hello, Transport::Tcp);
             let j = ja4(&hello, Transport::Tcp);
             (
-                TlsFingerprint::captured(j),
+                fingerprint,
                 json!({
                     "ja4": j.to_string(),
+                    "ja4_stable": fingerprint.ja4_stable.map(|s| s.to_string()),
                     "ja4_r": ja4_r(&hello, Transport::Tcp),
                     "ja4_o": ja4_o(&hello, Transport::Tcp).to_string(),
                 }),

@@ -6,7 +6,9 @@
 //! pre-TLS callback on each accepted TLS connection ([`PreTlsProcess`]) and
 //! lets it put bytes back (`Stream::rewind`). So [`HelloCapture`] reads the
 //! TLS records that hold the ClientHello (bounded in bytes, records and
-//! time), computes the JA4 with the engine's parser, rewinds every byte it
+//! time), computes the JA4 with the engine's parser (the specification's
+//! form and the resumption-stable form the session baseline is compared
+//! by, see `docs/fingerprint.md`), rewinds every byte it
 //! read so that rustls sees an untouched stream, and files the fingerprint
 //! under the connection's kernel socket cookie (`SO_COOKIE`: unique per
 //! socket for the life of the host, unlike a file descriptor). A request —
@@ -41,7 +43,7 @@ use pingora_core::upstreams::peer::{Tracer, Tracing};
 use pingora_error::Result;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::AsyncReadExt;
-use vigil_engine::{ClientHello, HelloError, TlsFingerprint, Transport, ja4};
+use vigil_engine::{ClientHello, HelloError, TlsFingerprint, Transport};
 
 /// Most TLS records a ClientHello may be spread over before Vigil gives up
 /// reading it. Real stacks send one (two with large post-quantum key
@@ -184,10 +186,11 @@ impl PreTlsProcess for HelloCapture {
         {
             Ok(Ok(hello)) => {
                 if let Some(cookie) = cookie {
-                    self.store.insert(
-                        cookie,
-                        TlsFingerprint::captured(ja4(&hello, Transport::Tcp)),
-                    );
+                    // Both JA4 forms in one pass: the spec form for logs,
+                    // facts and the app, the resumption-stable form for
+                    // comparing with the session's baseline.
+                    self.store
+                        .insert(cookie, TlsFingerprint::of_hello(&hello, Transport::Tcp));
                 }
                 Outcome::Captured
             }

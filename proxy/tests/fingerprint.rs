@@ -378,6 +378,110 @@ async fn a_replayed_cookie_with_the_victims_user_agent_is_caught_by_ja4_alone() 
     );
 }
 
+/// `curl_cffi` (Chrome's hello over BoringSSL) making `n` requests with one
+/// curl handle, each on a fresh connection: the first is a full handshake,
+/// every later one resumes the TLS session of the one before (libcurl's
+/// session cache), so its hello adds pre_shared_key.
+async fn with_resuming_python(ca: &Ca, addr: SocketAddr, cookie: &str, n: usize) -> Vec<Seen> {
+    let script = r#"
+import json, sys
+from io import BytesIO
+from curl_cffi import Curl, CurlInfo, CurlOpt
+url, ca, ua, cookie, n = sys.argv[1:6]
+c = Curl()
+c.impersonate("chrome")
+for _ in range(int(n)):
+    buf = BytesIO()
+    c.setopt(CurlOpt.URL, url.encode())
+    c.setopt(CurlOpt.CAINFO, ca.encode())
+    c.setopt(CurlOpt.USERAGENT, ua.encode())
+    c.setopt(CurlOpt.COOKIE, cookie.encode())
+    c.setopt(CurlOpt.FRESH_CONNECT, 1)
+    c.setopt(CurlOpt.WRITEDATA, buf)
+    c.perform()
+    print(json.dumps({"status": c.getinfo(CurlInfo.RESPONSE_CODE), "body": buf.getvalue().decode()}))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &url(addr, "/echo")])
+        .arg(ca.pem_path())
+        .args([CHROME, cookie, &n.to_string()]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            Seen {
+                status: u16::try_from(v["status"].as_u64().unwrap()).unwrap(),
+                body: v["body"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The bug load tests found: a client resuming its TLS session sends
+/// pre_shared_key (and its hello's size, and with it padding, changes),
+/// so its JA4 is not the one of the full handshake its session's baseline
+/// was taken on. The owner resuming five times is the owner every time;
+/// a thief with the cookie and another stack is refused as before.
+#[tokio::test]
+async fn the_owner_resuming_tls_passes_and_a_thief_with_the_cookie_still_does_not() {
+    let ca = Ca::new("Test CA");
+    let (origin, proxy) = tls_proxy(&ca, "").await;
+    let https = proxy.listener("https");
+    let cookie = "session=resumed-session-token";
+
+    let seen = with_resuming_python(&ca, https, cookie, 6).await;
+    assert_eq!(seen.len(), 6);
+    let ja4s: Vec<String> = seen.iter().map(Seen::ja4).collect();
+    // Five resumed connections: their spec JA4 — what the app and the logs
+    // still see — is not the full handshake's, and is one and the same.
+    for resumed in &ja4s[1..] {
+        assert_ne!(resumed, &ja4s[0], "no resumption happened: {ja4s:?}");
+        assert_eq!(resumed, &ja4s[1], "{ja4s:?}");
+        // Only the extension count and `c` moved.
+        assert_eq!(resumed[..6], ja4s[0][..6], "{ja4s:?}");
+        assert_eq!(resumed[8..24], ja4s[0][8..24], "{ja4s:?}");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.value(
+            "vigil_proxy_decision_reasons_total",
+            &[("reason", "ja4_mismatch")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value(
+            "vigil_proxy_decisions_total",
+            &[("action", "allow"), ("enforced", "true")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        m.value("vigil_proxy_tls_hello_total", &[("outcome", "captured")]),
+        6.0
+    );
+
+    // The thief: the cookie and the User-Agent, from curl.
+    let thief = with_curl(&ca, https, CHROME, Some(cookie)).await;
+    assert_eq!(thief.status, 403, "{}", thief.body);
+    proxy
+        .wait_for_metric(
+            "vigil_proxy_decision_reasons_total",
+            &[("reason", "ja4_mismatch")],
+            |v| v == 1.0,
+        )
+        .await;
+    assert_eq!(origin.hits(), 6);
+}
+
 #[tokio::test]
 async fn the_ja4_header_to_the_app_can_be_turned_off() {
     let ca = Ca::new("Test CA");

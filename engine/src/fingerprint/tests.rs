@@ -114,6 +114,7 @@ fn comparison_covers_every_pair_of_sources() {
     let ja3_only = TlsFingerprint {
         source: TlsSource::Upstream,
         ja4: None,
+        ja4_stable: None,
         ja3: Some("e7d705a3286e19ea42f587b344ee6865".parse().unwrap()),
     };
 
@@ -128,6 +129,102 @@ fn comparison_covers_every_pair_of_sources() {
     assert_eq!(unreadable.compare(&unreadable), TlsMatch::Same);
     assert_eq!(ja3_only.compare(&chrome), TlsMatch::NoEvidence);
     assert_eq!(ja3_only.compare(&ja3_only), TlsMatch::NoEvidence);
+}
+
+/// Chrome resuming its TLS session: pre_shared_key added, 17 extensions.
+const CHROME_RESUMED: &str = "t13d1517h2_8daaf6152771_4b22cc4a5f4e";
+/// Chrome's hello with padding: the stable form is Chrome's JA4.
+const CHROME_PADDED: &str = "t13d1517h2_8daaf6152771_9e2b5d0c1a77";
+
+/// A captured hello's two forms, as `TlsFingerprint::of_hello` gives them.
+fn hello(spec: &str, stable: &str) -> TlsFingerprint {
+    TlsFingerprint {
+        ja4_stable: Some(ja4(stable)),
+        ..TlsFingerprint::captured(ja4(spec))
+    }
+}
+
+/// What a session keeps of a fingerprint, compared as the engine does.
+fn against(request: &TlsFingerprint, baseline: &TlsFingerprint) -> TlsMatch {
+    let (ja4, form) = baseline.baseline_ja4();
+    let kept = crate::device::DeviceSummary {
+        ja4,
+        ja4_form: form,
+        tls_source: baseline.source,
+        ..crate::device::DeviceSummary::NONE
+    };
+    request.compare(&kept.tls())
+}
+
+#[test]
+fn a_resumed_connection_matches_its_full_handshake_and_the_reverse() {
+    let full = hello(CHROME, CHROME);
+    let resumed = hello(CHROME_RESUMED, CHROME);
+    let padded = hello(CHROME_PADDED, CHROME);
+    // A full hello keeps the spec form: it is its stable form too.
+    assert_eq!(full.baseline_ja4(), (Some(ja4(CHROME)), Ja4Form::Spec));
+    assert_eq!(resumed.baseline_ja4(), (Some(ja4(CHROME)), Ja4Form::Stable));
+    for (a, b) in [(&full, &resumed), (&resumed, &full), (&padded, &resumed)] {
+        assert_eq!(against(a, b), TlsMatch::Same, "{a:?} {b:?}");
+    }
+    // The spec forms alone differ (what was compared before).
+    assert_eq!(
+        TlsFingerprint::captured(ja4(CHROME_RESUMED))
+            .compare(&TlsFingerprint::captured(ja4(CHROME))),
+        TlsMatch::SameFamily
+    );
+    // A baseline of a previous release: the spec form of a resumed hello.
+    // The same resumed hello matches it; a full one is the same family.
+    let old = TlsFingerprint::captured(ja4(CHROME_RESUMED));
+    assert_eq!(resumed.compare(&old), TlsMatch::Same);
+    assert_eq!(full.compare(&old), TlsMatch::SameFamily);
+}
+
+#[test]
+fn a_thiefs_hello_still_differs_in_either_form() {
+    let owner = hello(CHROME, CHROME);
+    // Another stack, resumed or not.
+    let curl = hello(CURL, CURL);
+    let curl_resumed = hello("t13d3113h2_e8f1e7e78f70_0c0ffee0c0de", CURL);
+    // Chrome's ciphers with one extension more, resumed: still only a
+    // family match, never the same.
+    let trial_resumed = hello("t13d1518h2_8daaf6152771_aaaaaaaaaaaa", CHROME_TRIAL);
+    for (thief, want) in [
+        (&curl, TlsMatch::Different),
+        (&curl_resumed, TlsMatch::Different),
+        (&trial_resumed, TlsMatch::SameFamily),
+    ] {
+        assert_eq!(against(thief, &owner), want, "{thief:?}");
+        assert_eq!(against(&owner, thief), want, "{thief:?}");
+    }
+}
+
+#[test]
+fn a_balancers_ja4_is_compared_as_sent() {
+    let upstream = |s: &str| TlsFingerprint {
+        source: TlsSource::Upstream,
+        ..TlsFingerprint::captured(ja4(s))
+    };
+    // Against a captured baseline of a hello without the left-out
+    // extensions (its spec form is its stable form): the same.
+    assert_eq!(
+        against(&upstream(CHROME), &hello(CHROME, CHROME)),
+        TlsMatch::Same
+    );
+    // A resumed hello's JA4 from a balancer cannot be reduced: the same
+    // family only, as before.
+    assert_eq!(
+        against(&upstream(CHROME_RESUMED), &hello(CHROME, CHROME)),
+        TlsMatch::SameFamily
+    );
+    assert_eq!(
+        against(&upstream(CHROME), &upstream(CHROME)),
+        TlsMatch::Same
+    );
+    assert_eq!(
+        against(&upstream(CURL), &hello(CHROME_RESUMED, CHROME)),
+        TlsMatch::Different
+    );
 }
 
 #[test]

@@ -9,6 +9,15 @@
 //! its sessions and the controller can sync them without a schema; decoding
 //! checks every field and never panics on foreign bytes.
 //!
+//! A record is written at the oldest version that holds it: version 3 (the
+//! same layout, bit 7 of the TLS source byte set: the JA4 kept is the
+//! resumption-stable form) only for a baseline whose stable form differs
+//! from its spec form; every other record is written as version 2, byte for
+//! byte what the previous release wrote and reads. A release that does not
+//! know version 3 refuses such a record as a version it does not read
+//! ([`RecordError::Version`]) rather than compare a stable form as a spec
+//! form.
+//!
 //! The layout is written by hand rather than through serde: it is fixed-size
 //! (a snapshot's sessions are `n × 112` bytes, seekable), it is the wire format between
 //! releases and nodes, so it must not move when a field's Rust type does,
@@ -19,7 +28,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use crate::device::{DeviceId, DeviceSummary, HeaderShape};
-use crate::fingerprint::TlsSource;
+use crate::fingerprint::{Ja4Form, TlsSource};
 use crate::ja4::Ja4;
 use crate::network::NetworkMark;
 use crate::session::SessionKey;
@@ -50,7 +59,9 @@ pub struct SessionState {
     pub(crate) device_id: DeviceId,
     pub(crate) shape: HeaderShape,
     pub(crate) tls_source: TlsSource,
-    pub(crate) ja4: Option<Ja4>,
+    /// The JA4 and its form (the form's niche keeps this 23 bytes, as
+    /// `Option<Ja4>` alone is).
+    pub(crate) ja4: Option<(Ja4, Ja4Form)>,
     /// The network last accepted.
     pub(crate) network: NetworkMark,
     /// Where that network was placed, when the geo stage knew.
@@ -98,7 +109,7 @@ pub enum RecordError {
         got: usize,
     },
     /// A version this release does not read.
-    #[error("session record version {0} is not supported (expected 1 or 2)")]
+    #[error("session record version {0} is not supported (expected 1, 2 or 3)")]
     Version(u8),
     /// A field holds a value no release writes.
     #[error("session record field {0} holds an invalid value")]
@@ -179,6 +190,12 @@ impl SessionState {
     pub const RECORD_LEN_V1: usize = 104;
     const VERSION: u8 = 2;
     const VERSION_1: u8 = 1;
+    /// Version 2's layout with the JA4's form in the TLS source byte
+    /// ([`Self::JA4_STABLE_SOURCE`]): written only for a stable-form JA4.
+    const VERSION_3: u8 = 3;
+    /// Bit of the TLS source byte that marks, in a version 3 record, a JA4
+    /// kept in the resumption-stable form.
+    const JA4_STABLE_SOURCE: u8 = 0x80;
 
     /// A state holding only a user binding, for a session not seen yet.
     pub(crate) fn bound(user: UserKey, now: u32) -> Self {
@@ -199,7 +216,7 @@ impl SessionState {
             device_id: device.id,
             shape: device.shape,
             tls_source: device.tls_source,
-            ja4: device.ja4,
+            ja4: device.ja4.map(|j| (j, device.ja4_form)),
             network,
             place,
             user: None,
@@ -221,15 +238,21 @@ impl SessionState {
             id: self.device_id,
             shape: self.shape,
             tls_source: self.tls_source,
-            ja4: self.ja4,
+            ja4: self.ja4.map(|(j, _)| j),
+            ja4_form: self.ja4.map_or(Ja4Form::Spec, |(_, f)| f),
         }
     }
 
     pub(crate) fn set_device(&mut self, device: &DeviceSummary) {
         self.device_id = device.id;
         self.shape = device.shape;
+        self.set_tls(device);
+    }
+
+    /// Takes `device`'s TLS source and JA4 (with its form), not its traits.
+    pub(crate) fn set_tls(&mut self, device: &DeviceSummary) {
         self.tls_source = device.tls_source;
-        self.ja4 = device.ja4;
+        self.ja4 = device.ja4.map(|j| (j, device.ja4_form));
     }
 
     pub(crate) fn has(&self, flag: u8) -> bool {
@@ -282,7 +305,8 @@ impl SessionState {
     /// accuracy (u16), user (8), first seen, last seen, previous prefix,
     /// moved at (4 each), the user's revocation count at binding (u16),
     /// then (version 2) the request count and the step-up time (4 each,
-    /// 0: never).
+    /// 0: never). Version 3 when the JA4 is kept in the resumption-stable
+    /// form (bit 7 of the TLS source byte), version 2 otherwise.
     pub fn encode(&self, key: &SessionKey) -> [u8; Self::RECORD_LEN] {
         let mut w = Writer {
             buf: [0; Self::RECORD_LEN],
@@ -295,11 +319,18 @@ impl SessionState {
         if self.ja4.is_some() {
             flags |= Self::HAS_JA4;
         }
+        let (version, source) = match self.ja4 {
+            Some((_, Ja4Form::Stable)) => (
+                Self::VERSION_3,
+                self.tls_source.to_u8() | Self::JA4_STABLE_SOURCE,
+            ),
+            _ => (Self::VERSION, self.tls_source.to_u8()),
+        };
         w.put(key.as_bytes());
-        w.put(&[Self::VERSION, flags]);
+        w.put(&[version, flags]);
         w.put(&self.device_id.0.to_le_bytes());
-        w.put(&[self.shape.bits(), self.tls_source.to_u8()]);
-        w.put(&self.ja4.map_or([0; 22], Ja4::to_raw));
+        w.put(&[self.shape.bits(), source]);
+        w.put(&self.ja4.map_or([0; 22], |(j, _)| j.to_raw()));
         let n = &self.network;
         for v in [n.client, n.prefix, n.provider, n.egress, n.asn] {
             w.put(&v.to_le_bytes());
@@ -328,8 +359,8 @@ impl SessionState {
         w.buf
     }
 
-    /// `record` bound to `user` instead of its own (re-encoded at this
-    /// release's version): the fleet's controller joins one node's
+    /// `record` bound to `user` instead of its own (re-encoded at the
+    /// version [`SessionState::encode`] picks): the fleet's controller joins one node's
     /// baseline of a session with another node's binding of it.
     pub fn with_user(
         record: &[u8],
@@ -363,7 +394,7 @@ impl SessionState {
         let mut r = Reader { buf: record };
         let key = SessionKey::from_bytes(r.take::<16>());
         let [version, flags] = r.take::<2>();
-        if version != Self::VERSION && version != Self::VERSION_1 {
+        if ![Self::VERSION_1, Self::VERSION, Self::VERSION_3].contains(&version) {
             return Err(RecordError::Version(version));
         }
         let device_id = DeviceId(u64::from_le_bytes(r.take()));
@@ -371,10 +402,25 @@ impl SessionState {
         if HeaderShape::from_bits(shape).bits() != shape {
             return Err(RecordError::Field("header shape"));
         }
+        // Only version 3 has the form bit; a stable form needs a JA4.
+        let stable = version == Self::VERSION_3 && source & Self::JA4_STABLE_SOURCE != 0;
+        if stable && flags & Self::HAS_JA4 == 0 {
+            return Err(RecordError::Field("tls source"));
+        }
+        let source = if stable {
+            source & !Self::JA4_STABLE_SOURCE
+        } else {
+            source
+        };
         let tls_source = TlsSource::from_u8(source).ok_or(RecordError::Field("tls source"))?;
         let raw = r.take::<22>();
         let ja4 = if flags & Self::HAS_JA4 != 0 {
-            Some(Ja4::from_raw(&raw).ok_or(RecordError::Field("ja4"))?)
+            let form = if stable {
+                Ja4Form::Stable
+            } else {
+                Ja4Form::Spec
+            };
+            Some((Ja4::from_raw(&raw).ok_or(RecordError::Field("ja4"))?, form))
         } else {
             None
         };
@@ -410,7 +456,7 @@ impl SessionState {
         let (first_seen, last_seen, previous, moved_at) = (u32s(), u32s(), u32s(), u32s());
         let generation = u16::from_le_bytes(r.take());
         // Version 1 ends here: the reader yields zeros past its end.
-        let (requests, stepped_up_at) = if version == Self::VERSION {
+        let (requests, stepped_up_at) = if version != Self::VERSION_1 {
             let mut u32s = || u32::from_le_bytes(r.take());
             (u32s(), u32s())
         } else {

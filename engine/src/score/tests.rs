@@ -1034,6 +1034,154 @@ fn erasing_a_user_ends_their_sessions_and_forgets_them() {
     );
 }
 
+/// Chrome's full hello: no padding, pre_shared_key, early_data or cookie,
+/// so both forms are its JA4.
+const CHROME_JA4: &str = "t13d1516h2_8daaf6152771_02713d6af862";
+/// The same Chrome resuming its TLS session (pre_shared_key added).
+const CHROME_RESUMED_JA4: &str = "t13d1517h2_8daaf6152771_4b22cc4a5f4e";
+
+fn hello_tls(spec: &str, stable: &str) -> TlsFingerprint {
+    TlsFingerprint {
+        ja4_stable: Some(stable.parse().unwrap()),
+        ..TlsFingerprint::captured(spec.parse().unwrap())
+    }
+}
+
+fn req_tls(w: &World, p: &Policy, session: &str, tls: TlsFingerprint, at: u64) -> Verdict {
+    let h = headers(session, FIREFOX);
+    let mut v = view(&h, HOME, at);
+    v.tls = tls;
+    w.engine.evaluate(&v, p).unwrap()
+}
+
+#[test]
+fn the_owner_resuming_tls_is_the_same_device_and_a_thief_is_not() {
+    let w = world();
+    let p = strict();
+    let full = hello_tls(CHROME_JA4, CHROME_JA4);
+    let resumed = hello_tls(CHROME_RESUMED_JA4, CHROME_JA4);
+    for (session, first, then) in [("a", full, resumed), ("b", resumed, full)] {
+        let v = req_tls(&w, &p, session, first, T0);
+        assert_eq!(v.action, Action::Allow);
+        for i in 1..=5 {
+            for tls in [then, first] {
+                let v = req_tls(&w, &p, session, tls, T0 + i);
+                assert_eq!(v.action, Action::Allow, "{session} {i}: {:?}", v.risk);
+                assert!(!v.risk.has(Reason::Ja4Mismatch), "{:?}", v.risk);
+            }
+        }
+        // The thief: the cookie, User-Agent and address, another stack,
+        // full or resumed.
+        for thief in [
+            hello_tls(
+                "t13d3112h2_e8f1e7e78f70_6bebaf5329ac",
+                "t13d3112h2_e8f1e7e78f70_6bebaf5329ac",
+            ),
+            hello_tls(
+                "t13d3113h2_e8f1e7e78f70_0c0ffee0c0de",
+                "t13d3112h2_e8f1e7e78f70_6bebaf5329ac",
+            ),
+        ] {
+            let v = req_tls(&w, &p, session, thief, T0 + 10);
+            assert!(v.risk.has(Reason::Ja4Mismatch), "{:?}", v.risk);
+            assert_eq!(v.action, Action::Block, "{:?}", v.risk);
+        }
+    }
+    // Session a keeps its full hello's JA4 (the two forms are one): a
+    // version 2 record, byte for byte what the previous release wrote.
+    // Session b's first hello was resumed: it keeps the stable form, which
+    // only a version 3 record holds.
+    let record = |s: &str| {
+        let key = w.engine.key_for_credential(s.as_bytes()).unwrap();
+        w.engine.scorer().export(&key).unwrap()
+    };
+    let (a, b) = (record("a"), record("b"));
+    assert_eq!((a[16], a[27]), (2, 1));
+    assert_eq!((b[16], b[27]), (3, 0x81));
+    for r in [a, b] {
+        let (_, state) = SessionState::decode(&r).unwrap();
+        assert_eq!(state.device().ja4, Some(CHROME_JA4.parse().unwrap()));
+    }
+    let (_, state) = SessionState::decode(&b).unwrap();
+    assert_eq!(state.device().ja4_form, crate::Ja4Form::Stable);
+}
+
+#[test]
+fn a_previous_releases_spec_baseline_moves_to_the_stable_form_once_it_matches() {
+    // The previous release kept the spec form of whatever hello came
+    // first: here a resumed one.
+    let old = world();
+    let p = strict();
+    let resumed_spec_only = TlsFingerprint::captured(CHROME_RESUMED_JA4.parse().unwrap());
+    req_tls(&old, &p, "s", resumed_spec_only, T0);
+    let key = old.engine.key_for_credential(b"s").unwrap();
+    let record = old.engine.scorer().export(&key).unwrap();
+    assert_eq!((record[16], record[27]), (2, 1));
+
+    let w = world();
+    w.engine.scorer().import(&record, T0 + 1).unwrap();
+    let full = hello_tls(CHROME_JA4, CHROME_JA4);
+    let resumed = hello_tls(CHROME_RESUMED_JA4, CHROME_JA4);
+    // A full hello against that baseline is only the same family (a limit:
+    // a spec form cannot be reduced); it is not learnt.
+    let v = req_tls(&w, &lenient(), "s", full, T0 + 2);
+    assert!(v.risk.has(Reason::Ja4Mismatch), "{:?}", v.risk);
+    // The next resumed hello matches it, and the baseline becomes its
+    // stable form: from then on full and resumed hellos both match.
+    let v = req_tls(&w, &p, "s", resumed, T0 + 3);
+    assert!(v.risk.reasons.is_empty(), "{:?}", v.risk);
+    let state = w.engine.scorer().session(&key).unwrap();
+    assert_eq!(state.device().ja4, Some(CHROME_JA4.parse().unwrap()));
+    assert_eq!(state.device().ja4_form, crate::Ja4Form::Stable);
+    assert_eq!(w.engine.scorer().export(&key).unwrap()[16], 3);
+    for tls in [full, resumed, full] {
+        let v = req_tls(&w, &p, "s", tls, T0 + 4);
+        assert_eq!(v.action, Action::Allow, "{:?}", v.risk);
+        assert!(v.risk.reasons.is_empty(), "{:?}", v.risk);
+    }
+}
+
+#[test]
+fn a_version_3_record_restores_and_its_form_bit_is_nowhere_else() {
+    let w = world();
+    req_tls(
+        &w,
+        &strict(),
+        "s",
+        hello_tls(CHROME_RESUMED_JA4, CHROME_JA4),
+        T0,
+    );
+    let key = w.engine.key_for_credential(b"s").unwrap();
+    let v3 = w.engine.scorer().export(&key).unwrap();
+    assert_eq!(v3[16], 3);
+    // A snapshot of version 3 records restores whole, under the same header.
+    let fresh = world();
+    let restored = fresh
+        .engine
+        .scorer()
+        .restore(&w.engine.scorer().snapshot(), T0 + 10)
+        .unwrap();
+    assert_eq!((restored.sessions, restored.refused), (1, 0));
+    assert_eq!(
+        fresh.engine.scorer().session(&key).unwrap().device(),
+        w.engine.scorer().session(&key).unwrap().device()
+    );
+    // The form bit in a version 1 or 2 record is a value no release
+    // writes; so is a stable form without a JA4.
+    let mut v2 = v3;
+    v2[16] = 2;
+    assert_eq!(
+        SessionState::decode(&v2),
+        Err(RecordError::Field("tls source"))
+    );
+    let mut no_ja4 = v3;
+    no_ja4[17] &= !16;
+    assert_eq!(
+        SessionState::decode(&no_ja4),
+        Err(RecordError::Field("tls source"))
+    );
+}
+
 #[test]
 fn records_refuse_what_no_release_writes() {
     let w = world();
@@ -1107,7 +1255,7 @@ fn arb_state() -> impl Strategy<Value = SessionState> {
         any::<u64>(),
         0u8..8,
         0u8..4,
-        proptest::option::of("t1[23]d[0-9]{4}h2"),
+        proptest::option::of(("t1[23]d[0-9]{4}h2", any::<bool>())),
         any::<[u32; 5]>(),
         proptest::option::of(("[A-Z]{2}", -9000i16..=9000, -18000i16..=18000, any::<u16>())),
         (
@@ -1128,7 +1276,15 @@ fn arb_state() -> impl Strategy<Value = SessionState> {
             |(id, shape, src, a, [client, prefix, provider, egress, asn], place, rest)| {
                 let (user, first, last, previous, moved, flags, generation, requests, stepped) =
                     rest;
-                let ja4 = a.and_then(|a| format!("{a}_0123456789ab_ba9876543210").parse().ok());
+                let ja4 = a.and_then(|(a, stable)| {
+                    let form = if stable {
+                        Ja4Form::Stable
+                    } else {
+                        Ja4Form::Spec
+                    };
+                    let ja4 = format!("{a}_0123456789ab_ba9876543210").parse().ok()?;
+                    Some((ja4, form))
+                });
                 let (country, place) = match place {
                     Some((c, lat, lon, acc)) => {
                         let b = c.as_bytes();
@@ -1188,7 +1344,7 @@ proptest! {
         for (d, s) in fixed.iter_mut().zip(&bytes) {
             *d = *s;
         }
-        fixed[16] = 2;
+        fixed[16] = 2 + (bytes.first().copied().unwrap_or(0) & 1);
         if let Ok((k, s)) = SessionState::decode(&fixed) {
             // Whatever decodes re-encodes to a record that decodes the same.
             prop_assert_eq!(SessionState::decode(&s.encode(&k)), Ok((k, s)));

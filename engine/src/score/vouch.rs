@@ -283,8 +283,10 @@ fn adopt(
     }
     let mut device = *device;
     if device.tls_source == TlsSource::None && next.tls_source != TlsSource::None {
-        device.tls_source = next.tls_source;
-        device.ja4 = next.ja4;
+        let kept = next.device();
+        device.tls_source = kept.tls_source;
+        device.ja4 = kept.ja4;
+        device.ja4_form = kept.ja4_form;
     }
     next.set_device(&device);
     next.network = *network;

@@ -26,7 +26,7 @@ use vigil_engine::{
     Enforcement, Engine, EngineConfig, ForwardedHeaders, MAX_HELLO_BYTES, NetworkFacts, Node,
     Policy, RequestView, ResponseView, ScoreConfig, SessionConfig, SessionError, SessionHashKey,
     SessionLimits, SessionStage, SessionState, TlsFingerprint, Transport, TrustedProxies,
-    UpstreamFingerprints, classify, ja4 as ja4_of, ja4_o, ja4_r, ja4_ro,
+    UpstreamFingerprints, classify, ja4 as ja4_of, ja4_both, ja4_o, ja4_r, ja4_ro,
 };
 
 /// A target's body: takes any bytes, panics only on a broken promise.
@@ -562,6 +562,11 @@ pub fn ja4(data: &[u8]) {
             assert_eq!(ja4_o(&hello, t).a(), ja4_of(&hello, t).a());
             assert!(ja4_r(&hello, t).starts_with(&fp[..10]));
             assert!(ja4_ro(&hello, t).starts_with(&fp[..10]));
+            // The one-pass pair: its spec form is JA4, and the stable form
+            // differs from it in the extension count and `c` at most.
+            let (spec, stable) = ja4_both(&hello, t);
+            assert_eq!(spec, ja4_of(&hello, t));
+            assert!(spec.same_family(&stable), "{spec} {stable}");
         }
     }
 }
