@@ -732,6 +732,20 @@ async fn the_overview_and_user_page_show_what_the_store_holds() {
             r.headers()["location"],
             format!("/dashboard/user?key={carol}").as_str()
         );
+        // A user by key is offered when the store holds them; a value of
+        // the same form (a node's reference id is 16 hex digits too) that
+        // names nobody offers no empty user page.
+        let html = c
+            .page(&format!("/dashboard/search?q={carol}"), &cookie)
+            .await;
+        assert!(html.contains(&format!(
+            "User by key: <a href=\"/dashboard/user?key={carol}\">"
+        )));
+        let html = c
+            .page("/dashboard/search?q=00112233445566ff", &cookie)
+            .await;
+        assert!(!html.contains("User by key"));
+        assert!(html.contains("<p>Nothing found.</p>"));
         // A session by key prefix.
         let html = c
             .page(&format!("/dashboard/search?q={}", "04".repeat(4)), &cookie)

@@ -420,7 +420,12 @@ pub(crate) async fn search(
     }
     let lower = text.to_ascii_lowercase();
     let hex = lower.bytes().all(|b| b.is_ascii_hexdigit());
-    if let Some(user) = UserId::parse(&lower) {
+    // A reference id is 16 hex digits, as a user key is: offer the user
+    // only when the store holds something of theirs, or every reference
+    // searched would lead first to an empty user page.
+    if let Some(user) = UserId::parse(&lower)
+        && user_held(&app, user).await?
+    {
         found.user_by_key = Some(user.to_string());
     }
     if crate::admin::check_reference(&text).is_ok() {
@@ -445,19 +450,24 @@ pub(crate) async fn search(
             "a session key prefix is at least {MIN_PREFIX} hex digits"
         ));
     }
-    if let Ok(user) = user_id(&app, &text) {
-        let d = app.store.user_detail(user, 1).await?;
-        let held = !(d.sessions.is_empty()
-            && d.detections.is_empty()
-            && d.detection_count.is_none()
-            && d.risk.is_none()
-            && d.revoked_at.is_none());
-        if held {
-            found.user_by_name = Some(user.to_string());
-        }
+    if let Ok(user) = user_id(&app, &text)
+        && user_held(&app, user).await?
+    {
+        found.user_by_name = Some(user.to_string());
     }
     search_facts(&app, &text, &mut found).await?;
     page(&found)
+}
+
+/// Whether the store holds anything of `user`: a session, a detection,
+/// a count, risk points or a revocation.
+async fn user_held(app: &App, user: UserId) -> Result<bool, PageError> {
+    let d = app.store.user_detail(user, 1).await?;
+    Ok(!(d.sessions.is_empty()
+        && d.detections.is_empty()
+        && d.detection_count.is_none()
+        && d.risk.is_none()
+        && d.revoked_at.is_none()))
 }
 
 /// Detections by the facts their requests were judged on: a client
