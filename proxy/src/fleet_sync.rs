@@ -770,6 +770,10 @@ pub struct FleetSync {
     /// so that sending every binding again never spends the node's
     /// allowance of events nor holds up its binding records.
     dbsc_resend_next: Mutex<Option<tokio::time::Instant>>,
+    /// The proxy's metrics and the generation in force, which the counts
+    /// per minute are read from ([`FleetSync::with_counts`]); `None`: no
+    /// counts are posted.
+    counts: Option<(crate::metrics::Metrics, crate::generation::Current)>,
 }
 
 /// Why a sync stream ended.
@@ -864,6 +868,7 @@ impl FleetSync {
             dbsc_resent_at: AtomicU64::new(0),
             dbsc_resend: Mutex::new(Vec::new()),
             dbsc_resend_next: Mutex::new(None),
+            counts: None,
         })
     }
 
@@ -875,6 +880,18 @@ impl FleetSync {
         settings: crate::dbsc::Settings,
     ) -> Self {
         self.dbsc = Some((dbsc, settings));
+        self
+    }
+
+    /// Posts this node's counts every minute ([`vigil_fleet::NodeCounts`]),
+    /// read from `metrics`, with rules' actions from the generation in
+    /// force in `current`.
+    pub fn with_counts(
+        mut self,
+        metrics: crate::metrics::Metrics,
+        current: crate::generation::Current,
+    ) -> Self {
+        self.counts = Some((metrics, current));
         self
     }
 
@@ -1339,6 +1356,33 @@ impl FleetSync {
         }
     }
 
+    /// Once a minute, just after it turns: the counts of the minute just
+    /// over into the outbox, sent like every other event (durable,
+    /// retried with the same id; the controller replaces rather than adds,
+    /// so a count sent twice counts once).
+    async fn counts_loop(&self, mut shutdown: ShutdownWatch) {
+        let Some((metrics, current)) = &self.counts else {
+            return;
+        };
+        let mut tally = counts::Tally::new(metrics.clone());
+        loop {
+            let now = crate::proxy::now_secs();
+            let next = Duration::from_secs(60 - now % 60) + Duration::from_millis(200);
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                _ = shutdown.changed() => return,
+            }
+            let minute = (crate::proxy::now_secs() / 60).saturating_sub(1);
+            let generation = current.load();
+            if let Some(counts) = tally.take(minute, &generation.config.rules) {
+                self.outbox.push(NodeEventKind::Counts(counts));
+                let outbox = self.outbox.clone();
+                // One fsync, off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || outbox.commit()).await;
+            }
+        }
+    }
+
     async fn post_loop(&self, mut shutdown: ShutdownWatch) {
         let mut attempt: u32 = 0;
         loop {
@@ -1682,6 +1726,7 @@ impl BackgroundService for FleetSync {
             self.sync_loop(shutdown.clone()),
             self.post_loop(shutdown.clone()),
             self.bindings_loop(shutdown.clone()),
+            self.counts_loop(shutdown.clone()),
             self.age_loop(shutdown)
         );
     }
@@ -1727,6 +1772,7 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+mod counts;
 mod outgoing;
 #[cfg(test)]
 mod tests;
