@@ -226,6 +226,27 @@ mod tests {
     }
 
     #[test]
+    fn each_minute_of_a_run_is_posted_once_and_nothing_counted_is_lost() {
+        let metrics = Metrics::new().unwrap();
+        let rules = RuleSet::empty();
+        let allow = metrics.decisions.with_label_values(&["allow", "true"]);
+        let mut tally = Tally::new(metrics.clone());
+        assert_eq!(tally.take(10, &rules), None, "nothing counted yet");
+        allow.inc_by(3);
+        let first = tally.take(11, &rules).unwrap();
+        assert_eq!(first.minute, 11);
+        assert_eq!(first.counts, vec![count("action", "allow", 3)]);
+        allow.inc_by(2);
+        // The clock stepped back, or a second turn in the same minute:
+        // nothing posted, the counts wait.
+        assert_eq!(tally.take(11, &rules), None);
+        assert_eq!(tally.take(9, &rules), None);
+        let second = tally.take(12, &rules).unwrap();
+        assert_eq!(second.counts, vec![count("action", "allow", 2)]);
+        assert_eq!(second.run, first.run);
+    }
+
+    #[test]
     fn under_the_cap_everything_is_named() {
         let out = bounded(
             vec![count("action", "block", 1)],
