@@ -824,6 +824,20 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         Some(request_facts("192.0.2.50")),
     )])
     .await;
+    // A node's counts: the overview's chart of requests judged and the
+    // rules page have something to draw.
+    c.events(vec![counts_event(
+        "browser-counts",
+        "0123456789abcdef",
+        now() / 60 - 1,
+        vec![
+            count("action", "allow", None, 40),
+            count("action", "block", None, 3),
+            count("rule", "block-risky", Some("block"), 3),
+            count("shadow", "try-revoke", Some("revoke"), 6),
+        ],
+    )])
+    .await;
     let mut args = serde_json::json!({
         "base": c.origin(),
         "token": ADMIN,
@@ -840,6 +854,7 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         serde_json::json!([
             "/dashboard/login",
             "/dashboard",
+            "/dashboard/rules",
             "/dashboard/search",
             "/dashboard/detection",
             "/dashboard/confirm",
@@ -847,6 +862,10 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
             "/dashboard/user"
         ])
     );
+    let rules = seen["rules"].as_str().unwrap();
+    for row in ["block-risky\tblock\t3", "try-revoke\trevoke\t6"] {
+        assert!(rules.contains(row), "{row:?} in {rules}");
+    }
     let detection = seen["detection"].as_str().unwrap();
     for fact in [
         "Detection ref-browser-1",

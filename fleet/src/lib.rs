@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 /// user-level step-up ([`Change::UserStepUp`]) and identity provider
 /// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]); version 5
 /// sessions' rotating bindings ([`Change::SessionBinding`],
-/// [`NodeEventKind::SessionBinding`]). The rules that keep a
+/// [`NodeEventKind::SessionBinding`]); within version 5, a detection's
+/// request facts and nodes' counts per minute ([`NodeEventKind::Counts`]).
+/// The rules that keep a
 /// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
