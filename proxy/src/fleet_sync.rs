@@ -716,6 +716,10 @@ impl std::fmt::Debug for Outbox {
 
 // === the service ===
 
+/// Most minutes of counts a node holds for a controller that does not
+/// take them: an hour.
+const MAX_PENDING_COUNTS: usize = 60;
+
 /// The controller client: the sync stream and the event poster.
 pub struct FleetSync {
     engine: Arc<Engine>,
@@ -1357,14 +1361,19 @@ impl FleetSync {
     }
 
     /// Once a minute, just after it turns: the counts of the minute just
-    /// over into the outbox, sent like every other event (durable,
-    /// retried with the same id; the controller replaces rather than adds,
-    /// so a count sent twice counts once).
+    /// over, posted in a batch of their own (the same authenticated post
+    /// as every event; id `c-<run>-<minute>`, so a retry is a duplicate,
+    /// and the controller replaces rather than adds anyway). Held in memory
+    /// until taken, at most [`MAX_PENDING_COUNTS`] minutes (the oldest
+    /// dropped beyond), never in the on-disk queue: counts are telemetry,
+    /// and must not take the room of revocations and detections while the
+    /// controller is away. A controller of version 4 or older is sent none.
     async fn counts_loop(&self, mut shutdown: ShutdownWatch) {
         let Some((metrics, current)) = &self.counts else {
             return;
         };
         let mut tally = counts::Tally::new(metrics.clone());
+        let mut pending: std::collections::VecDeque<NodeEvent> = std::collections::VecDeque::new();
         loop {
             let now = crate::proxy::now_secs();
             let next = Duration::from_secs(60 - now % 60) + Duration::from_millis(200);
@@ -1375,10 +1384,37 @@ impl FleetSync {
             let minute = (crate::proxy::now_secs() / 60).saturating_sub(1);
             let generation = current.load();
             if let Some(counts) = tally.take(minute, &generation.config.rules) {
-                self.outbox.push(NodeEventKind::Counts(counts));
-                let outbox = self.outbox.clone();
-                // One fsync, off the runtime's threads.
-                let _ = tokio::task::spawn_blocking(move || outbox.commit()).await;
+                if pending.len() >= MAX_PENDING_COUNTS {
+                    pending.pop_front();
+                    tracing::debug!(
+                        "fleet counts: the oldest minute held for the controller dropped"
+                    );
+                }
+                pending.push_back(NodeEvent {
+                    id: format!("c-{}-{}", counts.run, counts.minute),
+                    kind: NodeEventKind::Counts(counts),
+                });
+            }
+            if pending.is_empty() || self.version.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let result = tokio::select! {
+                r = self.post(pending.iter().cloned().collect()) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(_) => pending.clear(),
+                Err(PostError::Refused(status)) => {
+                    tracing::warn!(
+                        status,
+                        minutes = pending.len(),
+                        "fleet counts: the controller refused them; dropped"
+                    );
+                    pending.clear();
+                }
+                Err(PostError::Retry(e)) => {
+                    tracing::debug!(error = %e, minutes = pending.len(), "fleet counts: not delivered; held for the next minute");
+                }
             }
         }
     }
