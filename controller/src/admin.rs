@@ -513,6 +513,7 @@ pub(crate) async fn mark_false_positive(
         keep_profiles: app.config.keep_profiles,
         budgets: app.config.budgets,
         rotating: app.config.key_ids.previous.is_some(),
+        keep_counts: app.config.keep_detections,
     };
     let Some(done) = app
         .store

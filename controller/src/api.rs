@@ -946,6 +946,7 @@ async fn events(
         keep_profiles: app.config.keep_profiles,
         budgets: app.config.budgets,
         rotating: app.config.key_ids.previous.is_some(),
+        keep_counts: app.config.keep_detections,
     };
     let started = tokio::time::Instant::now();
     let taken = app
@@ -1062,6 +1063,7 @@ fn event_problem(kind: &NodeEventKind) -> Option<&'static str> {
                  reason codes (64, at most 32) are bounded; score 0 to 100",
             )
         }
+        NodeEventKind::Counts(counts) => counts.problem(),
         NodeEventKind::UserLearned { which, .. } => (*which >= 0x40)
             .then_some("an observation's `which` names features 0 to 5 only (below 0x40)"),
         NodeEventKind::RulesBundle {

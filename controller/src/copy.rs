@@ -293,6 +293,20 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("outcome", Kind::Text),
         ],
     ),
+    // Nodes' counts per minute: the overview's and the rules page's
+    // history.
+    (
+        "node_counts",
+        &[
+            ("node", Kind::Text),
+            ("run", Kind::Text),
+            ("minute", Kind::Int),
+            ("kind", Kind::Text),
+            ("name", Kind::Text),
+            ("action", Kind::Text),
+            ("n", Kind::Int),
+        ],
+    ),
 ];
 
 /// One value read.

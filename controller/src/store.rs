@@ -95,6 +95,9 @@ pub struct Intake {
     /// key): a node's revocation with no evidence of its own session key
     /// is taken unvouched (`docs/controller.md`, Rotating the hash key).
     pub rotating: bool,
+    /// Nodes' counts of a minute older than this many seconds are ignored
+    /// (`keep_detections_days`: what the expiry would delete at once).
+    pub keep_counts: u64,
 }
 
 /// Why the intake refused a node's event (`docs/controller.md`, Intake
@@ -284,6 +287,7 @@ pub struct Store {
 mod admin;
 pub mod bcl;
 pub mod bindings;
+pub mod counts;
 mod dashboard;
 mod facts;
 pub mod idp_sessions;
@@ -754,6 +758,9 @@ impl Store {
                         bindings::Judged::Nothing => taken.ignored += 1,
                     }
                 }
+                NodeEventKind::Counts(counts) => {
+                    counts::take(&mut tx, node, counts, now, intake.keep_counts).await?;
+                }
                 // A later version's event: its id is remembered, nothing
                 // else is done.
                 NodeEventKind::Unknown => {}
@@ -832,6 +839,11 @@ impl Store {
             (
                 "DELETE FROM detections WHERE at < $1",
                 now.saturating_sub(keep_detections),
+            ),
+            // Nodes' counts per minute: kept as long as the detections.
+            (
+                "DELETE FROM node_counts WHERE minute < $1",
+                now.saturating_sub(keep_detections) / 60,
             ),
             ("DELETE FROM user_detections WHERE until < $1", now),
             // Logout token ids past the age at which their tokens are

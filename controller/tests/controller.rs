@@ -1935,6 +1935,19 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
             baseline("a-1", &ann, false),
             detection("a-2", Some(UserId(77)), true, t),
             learned("a-3", UserId(77), HOME, true, t),
+            vigil_fleet::NodeEvent {
+                id: "a-counts".to_owned(),
+                kind: vigil_fleet::NodeEventKind::Counts(vigil_fleet::NodeCounts {
+                    run: "0123456789abcdef".to_owned(),
+                    minute: t / 60,
+                    counts: vec![vigil_fleet::Count {
+                        kind: "shadow".to_owned(),
+                        name: "try-revoke".to_owned(),
+                        action: Some("revoke".to_owned()),
+                        n: 6,
+                    }],
+                }),
+            },
         ],
     )
     .await;
@@ -1993,6 +2006,10 @@ async fn a_store_copied_to_postgresql_and_back_is_the_same_fleet() {
         source.rule_bundle(1).await.unwrap()
     );
     assert!(target.node_rules().await.unwrap()["a"].applied.is_some());
+    // Nodes' counts per minute are copied too.
+    let (counts, _) = source.rule_counts(0, 3_600).await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.n).sum::<u64>(), 6);
+    assert_eq!(target.rule_counts(0, 3_600).await.unwrap(), (counts, false));
     // Never over data: a second copy into the same store is refused.
     assert!(matches!(
         vigil_controller::copy::copy(&source, &target).await,

@@ -838,6 +838,20 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         Some(request_facts("192.0.2.50")),
     )])
     .await;
+    // A node's counts: the overview's chart of requests judged and the
+    // rules page have something to draw.
+    c.events(vec![counts_event(
+        "browser-counts",
+        "0123456789abcdef",
+        now() / 60 - 1,
+        vec![
+            count("action", "allow", None, 40),
+            count("action", "block", None, 3),
+            count("rule", "block-risky", Some("block"), 3),
+            count("shadow", "try-revoke", Some("revoke"), 6),
+        ],
+    )])
+    .await;
     let mut args = serde_json::json!({
         "base": c.origin(),
         "token": ADMIN,
@@ -854,6 +868,7 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         serde_json::json!([
             "/dashboard/login",
             "/dashboard",
+            "/dashboard/rules",
             "/dashboard/search",
             "/dashboard/detection",
             "/dashboard/confirm",
@@ -861,6 +876,10 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
             "/dashboard/user"
         ])
     );
+    let rules = seen["rules"].as_str().unwrap();
+    for row in ["block-risky\tblock\t3", "try-revoke\trevoke\t6"] {
+        assert!(rules.contains(row), "{row:?} in {rules}");
+    }
     let detection = seen["detection"].as_str().unwrap();
     for fact in [
         "Detection ref-browser-1",
@@ -1184,6 +1203,282 @@ async fn a_nodes_oversized_or_bogus_facts_are_refused_and_duplicates_change_noth
                 "{q}"
             );
         }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+fn count(kind: &str, name: &str, action: Option<&str>, n: u64) -> vigil_fleet::Count {
+    vigil_fleet::Count {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        action: action.map(str::to_owned),
+        n,
+    }
+}
+
+fn counts_event(id: &str, run: &str, minute: u64, counts: Vec<vigil_fleet::Count>) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::Counts(vigil_fleet::NodeCounts {
+            run: run.to_owned(),
+            minute,
+            counts,
+        }),
+    }
+}
+
+/// A node's counts per minute become the overview's requests judged and
+/// the rules page, exactly; a batch posted again, or the same counts under
+/// another event id, count once, while another run of the node in the same
+/// minute adds its own; counts out of bounds are refused with the whole
+/// batch; a post without the node's token is `401`; a minute far ahead is
+/// ignored; what the store holds is escaped.
+#[tokio::test]
+async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let minute = now() / 60 - 1;
+        let run = "0123456789abcdef";
+        let first = counts_event(
+            "counts-1",
+            run,
+            minute,
+            vec![
+                count("action", "allow", None, 7),
+                count("action", "block", None, 2),
+                count("monitored", "step_up", None, 3),
+                count("reason", "new_asn", None, 4),
+                count("rule", "block-tor", Some("block"), 2),
+                count("shadow", "try-geo", Some("step_up"), 5),
+            ],
+        );
+        let (status, body) = c.post_events(vec![first.clone()]).await;
+        assert_eq!(
+            (status, body.contains("\"accepted\":1")),
+            (200, true),
+            "{body}"
+        );
+        // The retry of a batch whose ack was lost: a duplicate.
+        let (status, body) = c.post_events(vec![first.clone()]).await;
+        assert_eq!(
+            (status, body.contains("\"duplicates\":1")),
+            (200, true),
+            "{body}"
+        );
+        // The same counts under another id (a node's queue replayed after
+        // a crash): taken, and replacing, not adding.
+        let mut again = first.clone();
+        again.id = "counts-1-again".to_owned();
+        let (status, body) = c.post_events(vec![again]).await;
+        assert_eq!(
+            (status, body.contains("\"accepted\":1")),
+            (200, true),
+            "{body}"
+        );
+        // The node restarted within the minute: its new run counts beside.
+        let (status, _) = c
+            .post_events(vec![counts_event(
+                "counts-2",
+                "fedcba9876543210",
+                minute,
+                vec![count("action", "allow", None, 1)],
+            )])
+            .await;
+        assert_eq!(status, 200);
+        // Ten minutes ahead: taken as an event, its counts ignored.
+        let (status, _) = c
+            .post_events(vec![counts_event(
+                "counts-ahead",
+                run,
+                minute + 11,
+                vec![count("action", "revoke", None, 99)],
+            )])
+            .await;
+        assert_eq!(status, 200);
+
+        // Refused whole: a detection in the same batch is not taken.
+        let eve = user_of("eve");
+        let many: Vec<_> = (0..257)
+            .map(|i| count("rule", &format!("r{i}"), Some("block"), 1))
+            .collect();
+        let bad: Vec<(&str, NodeEvent)> = vec![
+            ("257 entries", counts_event("bad-1", run, minute, many)),
+            (
+                "a rule of markup",
+                counts_event(
+                    "bad-2",
+                    run,
+                    minute,
+                    vec![count("rule", "<script>alert(1)</script>", Some("block"), 1)],
+                ),
+            ),
+            (
+                "an action of markup",
+                counts_event(
+                    "bad-3",
+                    run,
+                    minute,
+                    vec![count("shadow", "r", Some("\"><img src=x>"), 1)],
+                ),
+            ),
+            (
+                "a run not hex",
+                counts_event(
+                    "bad-4",
+                    "<run>",
+                    minute,
+                    vec![count("action", "allow", None, 1)],
+                ),
+            ),
+            (
+                "a count of 0",
+                counts_event(
+                    "bad-5",
+                    run,
+                    minute,
+                    vec![count("action", "allow", None, 0)],
+                ),
+            ),
+            (
+                "a count past the cap",
+                counts_event(
+                    "bad-6",
+                    run,
+                    minute,
+                    vec![count("action", "allow", None, 1_000_000_001)],
+                ),
+            ),
+            (
+                "an entry twice",
+                counts_event(
+                    "bad-7",
+                    run,
+                    minute,
+                    vec![
+                        count("action", "allow", None, 1),
+                        count("action", "allow", None, 1),
+                    ],
+                ),
+            ),
+            (
+                "a long name",
+                counts_event(
+                    "bad-8",
+                    run,
+                    minute,
+                    vec![count("reason", &"r".repeat(65), None, 1)],
+                ),
+            ),
+        ];
+        for (what, event) in bad {
+            let (status, body) = c
+                .post_events(vec![
+                    detection("ref-with-bad-counts", "app", Some(eve), 6),
+                    event,
+                ])
+                .await;
+            assert_eq!(status, 400, "{what}: {body}");
+            assert!(body.contains("bad_event"), "{what}: {body}");
+        }
+        // Without the node's token, or with another: nothing is read.
+        let batch = serde_json::to_string(&EventBatch {
+            v: VERSION,
+            events: vec![counts_event(
+                "counts-anon",
+                run,
+                minute,
+                vec![count("action", "allow", None, 500)],
+            )],
+        })
+        .unwrap();
+        for token in [None, Some("not-a-node-token-0123")] {
+            let mut r = client()
+                .post(c.url("/v1/events"))
+                .header("content-type", "application/json")
+                .body(batch.clone());
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            assert_eq!(r.send().await.unwrap().status(), 401);
+        }
+
+        let cookie = c.login(VIEWER).await;
+        assert_eq!(
+            c.get(
+                "/dashboard/detection?reference=ref-with-bad-counts",
+                Some(&cookie)
+            )
+            .await
+            .status(),
+            404
+        );
+        let overview = c.page("/dashboard", &cookie).await;
+        assert!(
+            overview.contains("Requests judged per hour, last 24 hours (13)</h2>"),
+            "{overview}"
+        );
+        for row in [
+            "<tr><td>allow</td><td>8</td><td>0</td></tr>",
+            "<tr><td>step_up</td><td>0</td><td>3</td></tr>",
+            "<tr><td>block</td><td>2</td><td>0</td></tr>",
+        ] {
+            assert!(overview.contains(row), "{row}: {overview}");
+        }
+        assert!(!overview.contains("<td>revoke</td>"), "{overview}");
+        assert!(overview.contains("<a href=\"/dashboard/rules\">"));
+        let hour = {
+            let t = minute * 60 / 3600 * 3600;
+            let secs = t % 86_400;
+            format!("{:02}:00Z", secs / 3600)
+        };
+        let rules = c.page("/dashboard/rules", &cookie).await;
+        assert!(
+            rules.contains("<tr><td><code>block-tor</code></td><td>block</td><td>2</td>"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("<tr><td><code>try-geo</code></td><td>step_up</td><td>5</td>"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(&format!("<span class=\"muted\">{hour}: 5</span>")),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(&format!("<span class=\"muted\">{hour}: 2</span>")),
+            "{rules}"
+        );
+        // Strict query; no session: sign in.
+        for bad in ["/dashboard/rules?x=1", "/dashboard/rules?days=1"] {
+            assert_eq!(c.get(bad, Some(&cookie)).await.status(), 400, "{bad}");
+        }
+        let r = c.get("/dashboard/rules", None).await;
+        assert_eq!(r.status(), 303);
+        assert_headers(&r);
+
+        // Markup the intake never lets in, written to the store directly:
+        // the page escapes it all the same.
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&db.url()).await.unwrap();
+        sqlx::query(
+            "INSERT INTO node_counts (node, run, minute, kind, name, action, n) \
+             VALUES ('a', 'x', $1, 'shadow', '<script>alert(1)</script>', '\"><img src=x>', 1)",
+        )
+        .bind(i64::try_from(minute).unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let rules = c.page("/dashboard/rules", &cookie).await;
+        assert!(!rules.contains("<script>alert"), "{rules}");
+        assert!(!rules.contains("<img src=x>"), "{rules}");
+        assert!(
+            rules.contains("<code>&#60;script&#62;alert(1)&#60;/script&#62;</code>"),
+            "{rules}"
+        );
         c.stop().await;
         db.drop_db().await;
     })

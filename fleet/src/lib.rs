@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 /// user-level step-up ([`Change::UserStepUp`]) and identity provider
 /// sessions learnt at step-ups ([`NodeEventKind::IdpSession`]); version 5
 /// sessions' rotating bindings ([`Change::SessionBinding`],
-/// [`NodeEventKind::SessionBinding`]). The rules that keep a
+/// [`NodeEventKind::SessionBinding`]); within version 5, a detection's
+/// request facts and nodes' counts per minute ([`NodeEventKind::Counts`]).
+/// The rules that keep a
 /// fleet mid-upgrade working
 /// (`docs/controller.md`, Versions):
 ///
@@ -584,6 +586,11 @@ pub enum NodeEventKind {
     /// marked compromised: the node's state of it, at most one per session
     /// pending. Since version 5.
     SessionBinding(BindingRecord),
+    /// The node's counts of one minute: requests judged by action, by
+    /// reason code, and each rule's matches ([`NodeCounts`]). Added within
+    /// version 5: a controller of an earlier build of it takes it as
+    /// [`NodeEventKind::Unknown`] (its id remembered, nothing done).
+    Counts(NodeCounts),
     /// An event kind of a later version: the controller takes it (the id
     /// is remembered) and does nothing with it.
     #[serde(other)]
@@ -635,6 +642,124 @@ pub struct RequestFacts {
     /// The client's autonomous system, when known.
     #[serde(default)]
     pub asn: Option<u32>,
+}
+
+/// What a node counted in one minute ([`NodeEventKind::Counts`]): every
+/// request judged, by action; the reason codes behind the decisions; each
+/// rule's matches. Counts, not events: no session, user or address.
+///
+/// Keyed at the controller by node, `run`, `minute` and each entry's kind
+/// and name, and a second post of the same key *replaces* the first: a
+/// batch posted again (no ack reached the node), or the same counts under
+/// another event id, never counts twice. A node posts each minute of a
+/// run once; a restart is a new `run`, so the minute a node restarted in
+/// keeps both runs' counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    /// This run of the node: 16 lower-case hex digits, random at start.
+    pub run: String,
+    /// The minute counted, as seconds since the Unix epoch divided by 60.
+    pub minute: u64,
+    /// The counts, at most [`MAX_COUNTS`], each kind and name once; zero
+    /// counts are left out.
+    #[serde(default)]
+    pub counts: Vec<Count>,
+}
+
+/// One count of a [`NodeCounts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// What is counted: [`COUNT_KINDS`] (`action`: requests judged and
+    /// enforced by the action named; `monitored`: judged on a monitoring
+    /// route, the action decided but not carried out; `reason`: decisions
+    /// that carried the reason code named; `rule`: matches of the rule
+    /// named that decided; `shadow`: matches recorded only — a shadow
+    /// rule's, or a deciding rule's on a monitoring route). A kind of a
+    /// later build is skipped by a controller that does not know it.
+    pub kind: String,
+    /// The action, reason code or rule: 1 to [`MAX_COUNT_NAME_BYTES`] ASCII
+    /// letters, digits, `-`, `_`, `.`, or [`OTHER_RULES`].
+    pub name: String,
+    /// A rule's action (`rule` and `shadow`): what it did, or would have
+    /// done — an engine action or `tag`; `None` when the node no longer
+    /// holds the rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// How many, 1 to [`MAX_COUNT`].
+    pub n: u64,
+}
+
+/// Most entries in one [`NodeCounts`]. A node's actions and reason codes
+/// are fixed sets (under 40 entries); past the cap, the rules matched
+/// least that minute are summed into one entry named [`OTHER_RULES`].
+pub const MAX_COUNTS: usize = 256;
+
+/// Longest name of a [`Count`] (a rule name is at most 64 bytes).
+pub const MAX_COUNT_NAME_BYTES: usize = 64;
+
+/// Largest count of one entry in a minute: a billion (16 million requests
+/// a second on one node).
+pub const MAX_COUNT: u64 = 1_000_000_000;
+
+/// The name of the entry that sums the rules left out past
+/// [`MAX_COUNTS`] (kinds `rule` and `shadow`).
+pub const OTHER_RULES: &str = "(other rules)";
+
+/// The kinds of [`Count`] this build knows.
+pub const COUNT_KINDS: [&str; 5] = ["action", "monitored", "reason", "rule", "shadow"];
+
+/// The actions a rule's [`Count::action`] may name.
+pub const COUNT_ACTIONS: [&str; 5] = ["allow", "step_up", "block", "revoke", "tag"];
+
+impl NodeCounts {
+    /// What is out of bounds in these counts, if anything: a run that is
+    /// not 16 lower-case hex digits, more than [`MAX_COUNTS`] entries, a
+    /// kind or name that is not 1 to 64 ASCII letters, digits, `-`, `_`,
+    /// `.` ([`OTHER_RULES`] for a rule), a rule's action not in
+    /// [`COUNT_ACTIONS`], a count of 0 or above [`MAX_COUNT`], a kind and
+    /// name twice.
+    pub fn problem(&self) -> Option<&'static str> {
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.len() <= MAX_COUNT_NAME_BYTES
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if self.run.len() != 16
+            || !self
+                .run
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Some("counts' run is 16 lower-case hex digits");
+        }
+        if self.counts.len() > MAX_COUNTS {
+            return Some("counts hold at most 256 entries");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.counts {
+            let rule = matches!(c.kind.as_str(), "rule" | "shadow");
+            if !word(&c.kind) || !(word(&c.name) || (rule && c.name == OTHER_RULES)) {
+                return Some(
+                    "a count's kind and name are 1 to 64 ASCII letters, digits, `-`, `_` or `.`",
+                );
+            }
+            if !c
+                .action
+                .as_deref()
+                .is_none_or(|a| COUNT_ACTIONS.contains(&a))
+            {
+                return Some("a count's action is allow, step_up, block, revoke or tag");
+            }
+            if !(1..=MAX_COUNT).contains(&c.n) {
+                return Some("a count is 1 to 1000000000");
+            }
+            if !seen.insert((c.kind.as_str(), c.name.as_str())) {
+                return Some("counts name each kind and name once");
+            }
+        }
+        None
+    }
 }
 
 /// Most entries of a chain a detection's facts carry ([`RequestFacts`]).
@@ -827,7 +952,9 @@ impl NodeEventKind {
             NodeEventKind::SessionBaseline { .. } | NodeEventKind::Detection { .. } => 2,
             NodeEventKind::UserLearned { .. } | NodeEventKind::RulesBundle { .. } => 3,
             NodeEventKind::IdpSession { .. } => 4,
-            NodeEventKind::SessionBinding(_) | NodeEventKind::DbscBound { .. } => 5,
+            NodeEventKind::SessionBinding(_)
+            | NodeEventKind::DbscBound { .. }
+            | NodeEventKind::Counts(_) => 5,
         }
     }
 }

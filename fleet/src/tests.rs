@@ -708,3 +708,50 @@ fn out_of_bound_facts_are_problems() {
         .replace("2001:db8::1", "<script>");
     assert!(serde_json::from_str::<NodeEventKind>(&json).is_err());
 }
+
+#[test]
+fn counts_read_back_and_are_bounded() {
+    let counts = NodeCounts {
+        run: "0123456789abcdef".to_owned(),
+        minute: 29_000_000,
+        counts: vec![
+            Count {
+                kind: "shadow".to_owned(),
+                name: "try-geo".to_owned(),
+                action: Some("step_up".to_owned()),
+                n: 5,
+            },
+            Count {
+                kind: "rule".to_owned(),
+                name: OTHER_RULES.to_owned(),
+                action: None,
+                n: 1,
+            },
+        ],
+    };
+    assert_eq!(counts.problem(), None);
+    let batch = EventBatch {
+        v: VERSION,
+        events: vec![NodeEvent {
+            id: "x".to_owned(),
+            kind: NodeEventKind::Counts(counts.clone()),
+        }],
+    };
+    let json = serde_json::to_string(&batch).unwrap();
+    assert_eq!(serde_json::from_str::<EventBatch>(&json).unwrap(), batch);
+    assert_eq!(batch.events[0].kind.since(), 5);
+    // `(other rules)` names rules only.
+    let mut other = counts.clone();
+    other.counts[1].kind = "reason".to_owned();
+    assert!(other.problem().is_some());
+    let mut long = counts;
+    long.counts = (0..=MAX_COUNTS)
+        .map(|i| Count {
+            kind: "rule".to_owned(),
+            name: format!("r{i}"),
+            action: None,
+            n: 1,
+        })
+        .collect();
+    assert!(long.problem().is_some());
+}

@@ -716,6 +716,10 @@ impl std::fmt::Debug for Outbox {
 
 // === the service ===
 
+/// Most minutes of counts a node holds for a controller that does not
+/// take them: an hour.
+const MAX_PENDING_COUNTS: usize = 60;
+
 /// The controller client: the sync stream and the event poster.
 pub struct FleetSync {
     engine: Arc<Engine>,
@@ -770,6 +774,10 @@ pub struct FleetSync {
     /// so that sending every binding again never spends the node's
     /// allowance of events nor holds up its binding records.
     dbsc_resend_next: Mutex<Option<tokio::time::Instant>>,
+    /// The proxy's metrics and the generation in force, which the counts
+    /// per minute are read from ([`FleetSync::with_counts`]); `None`: no
+    /// counts are posted.
+    counts: Option<(crate::metrics::Metrics, crate::generation::Current)>,
 }
 
 /// Why a sync stream ended.
@@ -864,6 +872,7 @@ impl FleetSync {
             dbsc_resent_at: AtomicU64::new(0),
             dbsc_resend: Mutex::new(Vec::new()),
             dbsc_resend_next: Mutex::new(None),
+            counts: None,
         })
     }
 
@@ -875,6 +884,18 @@ impl FleetSync {
         settings: crate::dbsc::Settings,
     ) -> Self {
         self.dbsc = Some((dbsc, settings));
+        self
+    }
+
+    /// Posts this node's counts every minute ([`vigil_fleet::NodeCounts`]),
+    /// read from `metrics`, with rules' actions from the generation in
+    /// force in `current`.
+    pub fn with_counts(
+        mut self,
+        metrics: crate::metrics::Metrics,
+        current: crate::generation::Current,
+    ) -> Self {
+        self.counts = Some((metrics, current));
         self
     }
 
@@ -1343,6 +1364,65 @@ impl FleetSync {
         }
     }
 
+    /// Once a minute, just after it turns: the counts of the minute just
+    /// over, posted in a batch of their own (the same authenticated post
+    /// as every event; id `c-<run>-<minute>`, so a retry is a duplicate,
+    /// and the controller replaces rather than adds anyway). Held in memory
+    /// until taken, at most [`MAX_PENDING_COUNTS`] minutes (the oldest
+    /// dropped beyond), never in the on-disk queue: counts are telemetry,
+    /// and must not take the room of revocations and detections while the
+    /// controller is away. A controller of version 4 or older is sent none.
+    async fn counts_loop(&self, mut shutdown: ShutdownWatch) {
+        let Some((metrics, current)) = &self.counts else {
+            return;
+        };
+        let mut tally = counts::Tally::new(metrics.clone());
+        let mut pending: std::collections::VecDeque<NodeEvent> = std::collections::VecDeque::new();
+        loop {
+            let now = crate::proxy::now_secs();
+            let next = Duration::from_secs(60 - now % 60) + Duration::from_millis(200);
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                _ = shutdown.changed() => return,
+            }
+            let minute = (crate::proxy::now_secs() / 60).saturating_sub(1);
+            let generation = current.load();
+            if let Some(counts) = tally.take(minute, &generation.config.rules) {
+                if pending.len() >= MAX_PENDING_COUNTS {
+                    pending.pop_front();
+                    tracing::debug!(
+                        "fleet counts: the oldest minute held for the controller dropped"
+                    );
+                }
+                pending.push_back(NodeEvent {
+                    id: format!("c-{}-{}", counts.run, counts.minute),
+                    kind: NodeEventKind::Counts(counts),
+                });
+            }
+            if pending.is_empty() || self.version.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let result = tokio::select! {
+                r = self.post(pending.iter().cloned().collect()) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(_) => pending.clear(),
+                Err(PostError::Refused(status)) => {
+                    tracing::warn!(
+                        status,
+                        minutes = pending.len(),
+                        "fleet counts: the controller refused them; dropped"
+                    );
+                    pending.clear();
+                }
+                Err(PostError::Retry(e)) => {
+                    tracing::debug!(error = %e, minutes = pending.len(), "fleet counts: not delivered; held for the next minute");
+                }
+            }
+        }
+    }
+
     async fn post_loop(&self, mut shutdown: ShutdownWatch) {
         let mut attempt: u32 = 0;
         loop {
@@ -1686,6 +1766,7 @@ impl BackgroundService for FleetSync {
             self.sync_loop(shutdown.clone()),
             self.post_loop(shutdown.clone()),
             self.bindings_loop(shutdown.clone()),
+            self.counts_loop(shutdown.clone()),
             self.age_loop(shutdown)
         );
     }
@@ -1731,6 +1812,7 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+mod counts;
 mod outgoing;
 #[cfg(test)]
 mod tests;

@@ -300,6 +300,8 @@ impl Vigil {
             (Some(sync), Some(bundles)) => Some(sync.with_rules(bundles.clone())),
             (sync, _) => sync,
         };
+        // Counts per minute for the controller's overview and rules page.
+        let fleet_sync = fleet_sync.map(|sync| sync.with_counts(metrics.clone(), current.clone()));
         // The start-time settings: sockets, stores and services are built
         // from these, and reloads keep them (see `config::merge`).
         let started = current.load_full();

@@ -213,6 +213,23 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let batch: EventBatch = serde_json::from_slice(&body).unwrap();
             let n = batch.events.len();
+            // A node's counts per minute come in batches of their own,
+            // whenever a minute turns: taken, and not what these tests read.
+            if batch
+                .events
+                .iter()
+                .all(|e| matches!(e.kind, NodeEventKind::Counts(_)))
+            {
+                let ack = EventAck {
+                    accepted: n,
+                    ..EventAck::default()
+                };
+                return Ok(answer(
+                    200,
+                    "application/json",
+                    &serde_json::to_string(&ack).unwrap(),
+                ));
+            }
             shared.posts.lock().unwrap().push(batch);
             let failing = shared
                 .fail_posts

@@ -4,6 +4,9 @@
 //! SQLite) carries the client address and chain, the provider, the device
 //! and geo as the decision saw them, and the controller's dashboard shows
 //! them on the detection's page and finds it by address, prefix and ASN.
+//! And a node's counts per minute end to end: the requests it judged, by
+//! action, and its rules' matches (a shadow rule's with what it would
+//! have done) on the controller's overview and rules page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,6 +16,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{Browser, Config, InProcessController, Origin, Proxy, Route, write_fleet_key};
+use reqwest::StatusCode;
 use vigil_geoip::testdb::{Layout, TestDb, TestRecord};
 
 const ADMIN: &str = "facts-admin-token-0123456789";
@@ -191,6 +195,147 @@ async fn a_refused_requests_facts_reach_the_controllers_detection_page() {
             body.contains("No detection held was judged on it."),
             "{q}: {body}"
         );
+    }
+    drop(node);
+    controller.stop();
+}
+
+/// Signs in to the dashboard of the controller at `addr` with `token`:
+/// the session cookie as a `Cookie` header's value.
+async fn dashboard_cookie(addr: std::net::SocketAddr, token: &str) -> String {
+    let r = client()
+        .post(format!("http://{addr}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", format!("http://{addr}"))
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A real node judges requests — allowed, blocked by a rule, matched by a
+/// shadow rule that would have revoked — and posts its counts at the turn
+/// of the minute; the controller's rules page and overview show exactly
+/// those counts.
+#[tokio::test]
+async fn a_nodes_counts_reach_the_controllers_overview_and_rules_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_fleet_key(dir.path());
+    let store = format!("sqlite://{}", dir.path().join("controller.db").display());
+    let mut controller = InProcessController::start(
+        dir.path(),
+        "controller.toml",
+        &store,
+        &key,
+        ADMIN,
+        &[("a", NODE_A)],
+    );
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("10-rules.toml"),
+        r#"
+[[rule]]
+name = "block-admin"
+path_prefixes = ["/admin"]
+action = "block"
+
+[[rule]]
+name = "revoke-every-session"
+condition = 'session.present'
+action = "revoke"
+mode = "shadow"
+"#,
+    )
+    .unwrap();
+    let origin = Origin::start();
+    let state = dir.path().join("a");
+    std::fs::create_dir_all(&state).unwrap();
+    let token_file = state.join("controller.token");
+    std::fs::write(&token_file, NODE_A).unwrap();
+    let config = Config::new()
+        .state_dir(&state)
+        .upstream("app", origin.addr())
+        .route(Route::new("app", "/", "app"))
+        .section(&format!(
+            "[rules]\ndir = {:?}\n\n[session]\nhash_key_file = {:?}\n\n\
+             [controller]\nurl = \"http://{}\"\ntoken_file = {:?}\n",
+            rules.display().to_string(),
+            key.display().to_string(),
+            controller.addr(),
+            token_file.display().to_string()
+        ))
+        .render();
+    let node = Proxy::start(&config).await;
+    node.wait_for_metric("vigil_proxy_fleet_connected", &[], |v| v == 1.0)
+        .await;
+
+    // Three allowed without a session, two allowed with one (the shadow
+    // rule matches), four blocked by the rule.
+    for _ in 0..3 {
+        let r = Browser::firefox().get(&node.url("/echo")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let alice = Browser::firefox().cookie("session=alice");
+    for _ in 0..2 {
+        let r = alice.get(&node.url("/echo")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    for _ in 0..4 {
+        let r = Browser::firefox().get(&node.url("/admin/users")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+
+    let cookie = dashboard_cookie(controller.addr(), ADMIN).await;
+    let get = |path: &str| {
+        let cookie = cookie.clone();
+        let url = format!("http://{}{path}", controller.addr());
+        async move {
+            let r = client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // The node posts each minute once it is over: up to a minute, then
+    // its next post.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let enforced = "<tr><td><code>block-admin</code></td><td>block</td><td>4</td>";
+    let shadow = "<tr><td><code>revoke-every-session</code></td><td>revoke</td><td>2</td>";
+    let rules_page = loop {
+        let (status, body) = get("/dashboard/rules").await;
+        assert_eq!(status, 200, "{body}");
+        if body.contains(enforced) && body.contains(shadow) {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node's counts never reached the rules page:\n{body}\nthe node's log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(rules_page.contains("Shadow matches"));
+    let (status, overview) = get("/dashboard").await;
+    assert_eq!(status, 200);
+    for want in [
+        "Requests judged per hour, last 24 hours (9)</h2>",
+        "<tr><td>allow</td><td>5</td><td>0</td></tr>",
+        "<tr><td>block</td><td>4</td><td>0</td></tr>",
+    ] {
+        assert!(overview.contains(want), "{want}\n{overview}");
     }
     drop(node);
     controller.stop();

@@ -21,6 +21,7 @@ mod actions;
 mod chart;
 mod feedback;
 mod pages;
+mod rules;
 mod view;
 
 use std::collections::HashMap;
@@ -92,6 +93,7 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/search", get(pages::search))
         .route("/dashboard/audit", get(pages::audit))
         .route("/dashboard/precision", get(feedback::precision))
+        .route("/dashboard/rules", get(rules::rules))
         .route("/dashboard/confirm", get(actions::confirm_page))
         .route("/dashboard/act", post(actions::act))
         .route("/dashboard/static/dashboard.css", get(css))

@@ -96,6 +96,8 @@ struct Overview {
     head: u64,
     chart: Chart,
     total_day: u64,
+    /// Requests judged, as nodes count them (`super::rules`).
+    judged: super::rules::Judged,
     reasons: Vec<(String, u64)>,
     reasons_capped: bool,
     risky: Vec<RiskyRow>,
@@ -118,6 +120,7 @@ pub(crate) async fn overview(
     let buckets = app.store.detection_buckets(since, BUCKET_SECS).await?;
     let chart = chart(&buckets, now, BUCKET_SECS, BUCKETS);
     let total_day = buckets.counts.values().flat_map(|a| a.values()).sum();
+    let judged = super::rules::judged(&app, now).await?;
     let (reasons, read) = app.store.reason_counts(since, REASON_CAP).await?;
     let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -175,6 +178,7 @@ pub(crate) async fn overview(
         head,
         chart,
         total_day,
+        judged,
         reasons,
         reasons_capped: read >= REASON_CAP,
         risky,

@@ -65,6 +65,18 @@ try {
   ]);
   await step('overview');
 
+  // The rules page, from the overview's link, and back.
+  await Promise.all([
+    page.waitForURL(/\/dashboard\/rules$/),
+    page.getByRole('link', { name: 'Rules: matches and shadow results' }).click(),
+  ]);
+  await step('rules');
+  result.rules = await page.innerText('main');
+  await Promise.all([
+    page.waitForURL(/\/dashboard$/),
+    page.getByRole('link', { name: 'Overview', exact: true }).click(),
+  ]);
+
   await page.getByRole('searchbox', { name: 'Search' }).fill(args.reference);
   await page.keyboard.press('Enter');
   await page.waitForURL(/\/dashboard\/search\?q=/);
