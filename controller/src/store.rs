@@ -528,7 +528,11 @@ impl Store {
                         }
                     }
                 }
-                NodeEventKind::SessionBaseline { record, confirmed } => {
+                NodeEventKind::SessionBaseline {
+                    record,
+                    confirmed,
+                    false_positive,
+                } => {
                     let revocations_left =
                         intake.revocations_left.saturating_sub(taken.revocations);
                     match judge_baseline(
@@ -547,12 +551,15 @@ impl Store {
                                 record: held.record.clone(),
                                 confirmed: held.confirmed,
                             });
-                            // The user proved themselves: the fleet's count
-                            // of their detections starts over, as the
-                            // node's own does.
+                            // The user proved themselves (or an operator
+                            // vouched for them): the fleet's count of their
+                            // detections starts over, as the node's own
+                            // does. Only a step-up is the user's word.
                             if *confirmed && let Some(user) = held.user {
                                 cleared.push(user);
-                                labels::step_up_passed(&mut tx, user, session, now).await?;
+                                if !*false_positive {
+                                    labels::step_up_passed(&mut tx, user, session, now).await?;
+                                }
                             }
                             pending.insert(session, held);
                             taken.baselines += 1;

@@ -541,6 +541,7 @@ fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEven
         kind: NodeEventKind::SessionBaseline {
             record: record.clone(),
             confirmed,
+            false_positive: false,
         },
     }
 }

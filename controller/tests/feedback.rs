@@ -518,6 +518,7 @@ fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEven
         kind: NodeEventKind::SessionBaseline {
             record: record.clone(),
             confirmed,
+            false_positive: false,
         },
     }
 }
@@ -603,6 +604,31 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
         c.events(vec![
             baseline("b-2", &dana, true),
             baseline("b-3", &again, true),
+        ])
+        .await;
+        assert_eq!(labels(&store).await, after);
+        // A baseline confirmed by an operator's false positive (the node
+        // moved the session to the refused request's device) is not the
+        // user's word: Fay's step-up detection stays unlabelled.
+        let fay = record(&e, "s-fay", "fay", t - 5);
+        let fay_id = SessionId(fay.0[..16].try_into().unwrap());
+        c.events(vec![
+            detection_by(
+                "su-fay",
+                fay_id,
+                Some(user_of("fay")),
+                None,
+                &[("asn_changed", 30)],
+                t - 60,
+            ),
+            NodeEvent {
+                id: "b-fay".to_owned(),
+                kind: NodeEventKind::SessionBaseline {
+                    record: fay.clone(),
+                    confirmed: true,
+                    false_positive: true,
+                },
+            },
         ])
         .await;
         assert_eq!(labels(&store).await, after);

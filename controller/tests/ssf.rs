@@ -791,6 +791,7 @@ async fn a_revoked_idp_session_ends_the_vigil_sessions_learnt_for_it_alone() {
         let baseline = |record: &vigil_fleet::Record| vigil_fleet::NodeEventKind::SessionBaseline {
             record: record.clone(),
             confirmed: true,
+            false_positive: false,
         };
         let learnt = |record: &vigil_fleet::Record, user: &str, sid: &str| {
             vigil_fleet::NodeEventKind::IdpSession {
@@ -1779,6 +1780,7 @@ async fn a_provider_session_fuller_than_its_mapping_ends_every_session_of_its_us
             kind: vigil_fleet::NodeEventKind::SessionBaseline {
                 record: record.clone(),
                 confirmed: true,
+                false_positive: false,
             },
         });
         events.push(vigil_fleet::NodeEvent {

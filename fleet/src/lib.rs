@@ -486,6 +486,13 @@ pub enum NodeEventKind {
         /// The user passed a step-up on this baseline.
         #[serde(default)]
         confirmed: bool,
+        /// Confirmed by an operator's false positive, not by the user's
+        /// step-up: every node takes it as it takes a step-up's, and the
+        /// controller labels nothing `step_up_passed` for it (the user
+        /// proved nothing). Left out when false; a controller of an
+        /// earlier build ignores it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        false_positive: bool,
     },
     /// A request was refused (or, on a monitoring route, would have been):
     /// the decision's facts, the evidence a detection is counted on.

@@ -160,12 +160,12 @@ impl Outgoing {
                 user: Some(_),
                 ..
             }
-            | Event::SessionBound { session, .. } => self.record(session, false),
+            | Event::SessionBound { session, .. } => self.record(session, false, false),
             Event::Confirmed {
                 session,
                 user: Some(_),
                 ..
-            } => self.record(session, true),
+            } => self.record(session, true, false),
             // An operator vouched for a refused request (a false
             // positive): its device and network are the session's
             // baseline now, confirmed as a step-up's is, so that every
@@ -176,13 +176,13 @@ impl Outgoing {
                 session: Some(session),
                 user: Some(_),
                 ..
-            } => self.record(session, true),
+            } => self.record(session, true, true),
             Event::SessionRekeyed {
                 session,
                 user: Some(_),
                 revoked: false,
                 ..
-            } => self.record(session, false),
+            } => self.record(session, false, false),
             Event::SessionRekeyed {
                 session,
                 user,
@@ -260,12 +260,18 @@ impl Outgoing {
 
     /// The session's record as the engine holds it now (it may have moved
     /// on since the event: what is sent is never older than the event).
-    fn record(&self, session: &SessionKey, confirmed: bool) -> Option<NodeEventKind> {
+    fn record(
+        &self,
+        session: &SessionKey,
+        confirmed: bool,
+        false_positive: bool,
+    ) -> Option<NodeEventKind> {
         let engine = self.engine.get()?.upgrade()?;
         let record = engine.scorer().export(session)?;
         Some(NodeEventKind::SessionBaseline {
             record: Record(record.to_vec()),
             confirmed,
+            false_positive,
         })
     }
 
