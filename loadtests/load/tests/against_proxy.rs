@@ -89,11 +89,25 @@ fn proxy_bin() -> PathBuf {
     bin
 }
 
+/// A loopback address whose port was free a moment ago and that no other
+/// caller in this test process has been given: the origins bind theirs
+/// through it too, so that one test's origin cannot take the port another
+/// test's proxy is about to bind.
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 fn ready(admin: SocketAddr) -> bool {
@@ -232,11 +246,7 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         .unwrap();
     let received = Arc::new(Received::default());
     let (origin, _task) = rt
-        .block_on(start(
-            "127.0.0.1:0".parse().unwrap(),
-            "/login".into(),
-            received.clone(),
-        ))
+        .block_on(start(free_port(), "/login".into(), received.clone()))
         .unwrap();
     let (plain, tls, admin) = (free_port(), free_port(), free_port());
     let (cert, key) = tls_files(dir.path());
@@ -432,11 +442,7 @@ fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
         .unwrap();
     let received = Arc::new(Received::default());
     let (origin, _task) = rt
-        .block_on(start(
-            "127.0.0.1:0".parse().unwrap(),
-            "/login".into(),
-            received,
-        ))
+        .block_on(start(free_port(), "/login".into(), received))
         .unwrap();
     let (plain, tls, admin) = (free_port(), free_port(), free_port());
     let (cert, key) = tls_files(dir.path());
