@@ -551,15 +551,19 @@ impl Store {
                                 record: held.record.clone(),
                                 confirmed: held.confirmed,
                             });
-                            // The user proved themselves (or an operator
-                            // vouched for them): the fleet's count of their
-                            // detections starts over, as the node's own
-                            // does. Only a step-up is the user's word.
-                            if *confirmed && let Some(user) = held.user {
+                            // The user proved themselves: the fleet's count
+                            // of their detections starts over, as the
+                            // node's own does. A record an operator's false
+                            // positive confirmed is no such proof: that
+                            // call lowered the count by its own detection
+                            // already, and the user's other detections
+                            // (another session's theft) stand.
+                            if *confirmed
+                                && !*false_positive
+                                && let Some(user) = held.user
+                            {
                                 cleared.push(user);
-                                if !*false_positive {
-                                    labels::step_up_passed(&mut tx, user, session, now).await?;
-                                }
+                                labels::step_up_passed(&mut tx, user, session, now).await?;
                             }
                             pending.insert(session, held);
                             taken.baselines += 1;

@@ -3334,6 +3334,43 @@ async fn a_false_positive_trusts_the_detections_own_device_and_network_for_its_u
             .filter_map(|t| t["network"]["type"].as_str())
             .collect();
         assert_eq!(networks, ["prefix", "country"], "{answer}");
+        // The attack: node A refused Mallory on her own account (reference
+        // r-mal on her refusal page); a hostile node posts a detection
+        // under the same reference naming Ivy and Mallory's own device.
+        // Marking r-mal a false positive must not trust Mallory's device
+        // for Ivy: rows that disagree trust nothing.
+        let mallory = user_key("mallory");
+        let mut hers = caught("a-3", "r-mal", session(3), mallory, t);
+        let mut forged = caught("b-1", "r-mal", session(4), ivy, t);
+        for event in [&mut hers, &mut forged] {
+            if let NodeEventKind::Detection { facts: f, .. } = &mut event.kind {
+                let mut own = facts(Some(64511));
+                own.device = DeviceId(0x0bad_0bad_0bad_0bad);
+                *f = Some(Box::new(own));
+            }
+        }
+        assert_eq!(post_events(&c, NODE_A, vec![hers]).await.status(), 200);
+        assert_eq!(post_events(&c, NODE_B, vec![forged]).await.status(), 200);
+        let (status, answer) = admin_call(
+            &c,
+            "/v1/admin/detections/false-positive",
+            serde_json::json!({"reference": "r-mal"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["trusted"], serde_json::json!([]), "{answer}");
+        let (_, detail) = admin_call(
+            &c,
+            "/v1/admin/users/detail",
+            serde_json::json!({"user": "ivy"}),
+        )
+        .await;
+        assert_eq!(
+            detail["trusted"].as_array().map(Vec::len),
+            Some(4),
+            "{detail}"
+        );
+        assert!(!detail.to_string().contains("0bad0bad0bad0bad"), "{detail}");
         c.stop().await;
         db.drop_db().await;
     })

@@ -1232,9 +1232,12 @@ fn counts_event(id: &str, run: &str, minute: u64, counts: Vec<vigil_fleet::Count
 /// A node's counts per minute become the overview's requests judged and
 /// the rules page, exactly; a batch posted again, or the same counts under
 /// another event id, count once, while another run of the node in the same
-/// minute adds its own; counts out of bounds are refused with the whole
-/// batch; a post without the node's token is `401`; a minute far ahead is
-/// ignored; what the store holds is escaped.
+/// minute adds its own (a third does not), and a minute posted again
+/// replaces its run's rows; counts out of bounds (an action no engine
+/// decides among them) are refused with the whole batch; a post without
+/// the node's token is `401`; a minute far ahead or backdated past the
+/// hour is ignored, a reason code outside the engine's set left out; what
+/// the store holds is escaped.
 #[tokio::test]
 async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
     both(async |postgres| {
@@ -1250,7 +1253,7 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
                 count("action", "allow", None, 7),
                 count("action", "block", None, 2),
                 count("monitored", "step_up", None, 3),
-                count("reason", "new_asn", None, 4),
+                count("reason", "asn_changed", None, 4),
                 count("rule", "block-tor", Some("block"), 2),
                 count("shadow", "try-geo", Some("step_up"), 5),
             ],
@@ -1279,12 +1282,43 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
             "{body}"
         );
         // The node restarted within the minute: its new run counts beside.
+        // A minute posted again replaces what its run posted for it (the
+        // revocations below are gone), and a reason code outside the
+        // engine's set is left out.
+        for (id, counts) in [
+            ("counts-2-early", vec![count("action", "revoke", None, 40)]),
+            (
+                "counts-2",
+                vec![
+                    count("action", "allow", None, 1),
+                    count("reason", "made_up_reason", None, 9),
+                ],
+            ),
+        ] {
+            let (status, _) = c
+                .post_events(vec![counts_event(id, "fedcba9876543210", minute, counts)])
+                .await;
+            assert_eq!(status, 200);
+        }
+        // A third run in the same minute (a node inventing runs to add
+        // rows): taken as an event, its counts ignored.
         let (status, _) = c
             .post_events(vec![counts_event(
-                "counts-2",
-                "fedcba9876543210",
+                "counts-3",
+                "1111111111111111",
                 minute,
-                vec![count("action", "allow", None, 1)],
+                vec![count("action", "allow", None, 1000)],
+            )])
+            .await;
+        assert_eq!(status, 200);
+        // Two hours old (backdated: a node holds at most the last hour):
+        // ignored.
+        let (status, _) = c
+            .post_events(vec![counts_event(
+                "counts-old",
+                run,
+                minute - 120,
+                vec![count("action", "revoke", None, 77)],
             )])
             .await;
         assert_eq!(status, 200);
@@ -1361,6 +1395,15 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
                         count("action", "allow", None, 1),
                         count("action", "allow", None, 1),
                     ],
+                ),
+            ),
+            (
+                "an action no engine decides",
+                counts_event(
+                    "bad-9",
+                    run,
+                    minute,
+                    vec![count("action", "everything", None, 1)],
                 ),
             ),
             (
@@ -1463,6 +1506,12 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
         // the page escapes it all the same.
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect(&db.url()).await.unwrap();
+        let reasons: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM node_counts WHERE kind = 'reason' ORDER BY name")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(reasons, ["asn_changed"]);
         sqlx::query(
             "INSERT INTO node_counts (node, run, minute, kind, name, action, n) \
              VALUES ('a', 'x', $1, 'shadow', '<script>alert(1)</script>', '\"><img src=x>', 1)",

@@ -715,7 +715,9 @@ pub const OTHER_RULES: &str = "(other rules)";
 /// The kinds of [`Count`] this build knows.
 pub const COUNT_KINDS: [&str; 5] = ["action", "monitored", "reason", "rule", "shadow"];
 
-/// The actions a rule's [`Count::action`] may name.
+/// The actions a rule's [`Count::action`] may name; the first four are
+/// the engine's decisions, the only names of `action` and `monitored`
+/// counts.
 pub const COUNT_ACTIONS: [&str; 5] = ["allow", "step_up", "block", "revoke", "tag"];
 
 impl NodeCounts {
@@ -757,6 +759,14 @@ impl NodeCounts {
                 .is_none_or(|a| COUNT_ACTIONS.contains(&a))
             {
                 return Some("a count's action is allow, step_up, block, revoke or tag");
+            }
+            // Decisions are the engine's four actions, so that what a
+            // node posts under `action` and `monitored` is a fixed, small
+            // set of rows whatever it sends.
+            if matches!(c.kind.as_str(), "action" | "monitored")
+                && !COUNT_ACTIONS[..4].contains(&c.name.as_str())
+            {
+                return Some("a decision's count names allow, step_up, block or revoke");
             }
             if !(1..=MAX_COUNT).contains(&c.n) {
                 return Some("a count is 1 to 1000000000");

@@ -67,13 +67,15 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
         };
         for (action, n) in actions {
             let (name, _) = class_of(action);
-            *column.entry(name).or_insert(0) += n;
-            *totals.entry(name).or_insert(0) += n;
+            let cell = column.entry(name).or_insert(0);
+            *cell = cell.saturating_add(*n);
+            let total = totals.entry(name).or_insert(0);
+            *total = total.saturating_add(*n);
         }
     }
     let max = columns
         .iter()
-        .map(|c| c.values().sum::<u64>())
+        .map(|c| c.values().fold(0u64, |t, n| t.saturating_add(*n)))
         .max()
         .unwrap_or(0);
     let w = WIDTH / count;
@@ -92,7 +94,7 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
         for name in ACTIONS {
             let Some(&n) = column.get(name) else { continue };
             // At least one unit tall: a single detection is visible.
-            let h = u32::try_from(n * u64::from(HEIGHT) / max.max(1))
+            let h = u32::try_from(n.saturating_mul(u64::from(HEIGHT)) / max.max(1))
                 .unwrap_or(HEIGHT)
                 .clamp(1, HEIGHT);
             top = top.saturating_sub(h);

@@ -54,10 +54,16 @@ pub(crate) async fn judged(app: &App, now: u64) -> Result<Judged, PageError> {
         .await?;
     let mut actions: Vec<(String, u64, u64)> =
         totals.into_iter().map(|(a, (e, m))| (a, e, m)).collect();
-    actions.sort_by(|a, b| (b.1 + b.2).cmp(&(a.1 + a.2)).then_with(|| a.0.cmp(&b.0)));
+    actions.sort_by(|a, b| {
+        (b.1.saturating_add(b.2))
+            .cmp(&a.1.saturating_add(a.2))
+            .then_with(|| a.0.cmp(&b.0))
+    });
     Ok(Judged {
         chart: chart(&buckets, now, BUCKET_SECS, BUCKETS),
-        total: actions.iter().map(|(_, e, m)| e + m).sum(),
+        total: actions
+            .iter()
+            .fold(0u64, |t, (_, e, m)| t.saturating_add(*e).saturating_add(*m)),
         actions,
     })
 }
@@ -128,7 +134,8 @@ pub(crate) async fn rules(
         if !c.action.is_empty() {
             entry.0 = c.action;
         }
-        *entry.1.entry(c.at).or_insert(0) += c.n;
+        let cell = entry.1.entry(c.at).or_insert(0);
+        *cell = cell.saturating_add(c.n);
     }
     let w = SPARK_WIDTH / BUCKETS;
     let mut enforced = Vec::new();
@@ -144,7 +151,7 @@ pub(crate) async fn rules(
             }
             let hour = time(at);
             let title = format!("{}Z: {n}", hour.get(11..16).unwrap_or(""));
-            let h = u32::try_from(n * u64::from(SPARK_HEIGHT) / max)
+            let h = u32::try_from(n.saturating_mul(u64::from(SPARK_HEIGHT)) / max)
                 .unwrap_or(SPARK_HEIGHT)
                 .clamp(1, SPARK_HEIGHT);
             bars.push(Spark {
@@ -163,7 +170,7 @@ pub(crate) async fn rules(
             } else {
                 action
             },
-            total: hours.values().sum(),
+            total: hours.values().fold(0u64, |t, n| t.saturating_add(*n)),
             name,
             bars,
             hours: shown,

@@ -363,23 +363,43 @@ impl Store {
         let mut users: Vec<UserId> = Vec::new();
         let mut trusted: Vec<Change> = Vec::new();
         let mut changed = false;
+        // Each node names its own reference ids, so rows of one reference
+        // from two nodes need not be one decision: a hostile node can post
+        // a detection under a reference an honest node showed its user,
+        // naming another user and its own device. What is trusted must be
+        // what every row says: rows naming different users, or different
+        // facts, trust nothing (the count still falls).
+        let mut facts: Option<(Option<UserId>, Vec<Change>)> = None;
+        let mut agree = true;
         for row in &rows {
             nodes.push(row.try_get::<String, _>(0)?);
+            let user = row.try_get::<Option<String>, _>(1)?;
+            let user = user.as_deref().and_then(UserId::parse);
+            let row_trust = match user {
+                Some(user) => trust_of_facts(user, row, now)?,
+                None => Vec::new(),
+            };
+            match &facts {
+                None => facts = Some((user, row_trust.clone())),
+                Some(first) => agree &= *first == (user, row_trust.clone()),
+            }
             if row.try_get::<Option<i64>, _>(2)?.is_none() {
                 changed = true;
-                let user = row.try_get::<Option<String>, _>(1)?;
-                let Some(user) = user.as_deref().and_then(UserId::parse) else {
+                let Some(user) = user else {
                     continue;
                 };
                 if !users.contains(&user) {
                     users.push(user);
                 }
-                for change in trust_of_facts(user, row, now)? {
+                for change in row_trust {
                     if !trusted.contains(&change) {
                         trusted.push(change);
                     }
                 }
             }
+        }
+        if !agree {
+            trusted.clear();
         }
         if !changed {
             let head = to_u64(

@@ -17,6 +17,16 @@ use super::{Buckets, Store, StoreError, to_i64, to_u64};
 /// node's clock gone wrong must not fill tomorrow's chart).
 pub const AHEAD_SECS: u64 = 120;
 
+/// Oldest minute kept from a post: 65 minutes before the controller's
+/// clock. A node holds at most the last 60 minutes it could not post, so
+/// nothing it sends honestly is older; a hostile node cannot backdate
+/// rows over the whole retention.
+pub const BEHIND_SECS: u64 = 65 * 60;
+
+/// Most runs of one node counted in one minute: a node that restarts
+/// within a minute is two runs; a node inventing runs gets no more rows.
+pub const RUNS_PER_MINUTE: i64 = 2;
+
 /// Most rows the rules page reads (rule, kind, hour): 200 rules matched
 /// in every hour of a day in both modes is 9,600.
 pub const RULE_ROWS_CAP: usize = 20_000;
@@ -34,15 +44,42 @@ pub(super) async fn take(
     keep: u64,
 ) -> Result<u64, StoreError> {
     let at = counts.minute.saturating_mul(60);
-    if at > now.saturating_add(AHEAD_SECS) || at.saturating_add(keep) < now {
+    if at > now.saturating_add(AHEAD_SECS) || at.saturating_add(keep.min(BEHIND_SECS)) < now {
         return Ok(0);
     }
+    let runs: i64 = sqlx::query(
+        "SELECT COUNT(DISTINCT run) FROM node_counts \
+         WHERE node = $1 AND minute = $2 AND run <> $3",
+    )
+    .bind(node)
+    .bind(to_i64(counts.minute))
+    .bind(counts.run.as_str())
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get(0)?;
+    if runs >= RUNS_PER_MINUTE {
+        return Ok(0);
+    }
+    // A minute posted again is the same minute resent: it replaces what
+    // its run posted for it, so that a run holds at most one post's
+    // entries (MAX_COUNTS) per minute whatever it sends.
+    sqlx::query("DELETE FROM node_counts WHERE node = $1 AND run = $2 AND minute = $3")
+        .bind(node)
+        .bind(counts.run.as_str())
+        .bind(to_i64(counts.minute))
+        .execute(&mut **tx)
+        .await?;
     let mut written = 0;
-    for c in counts
-        .counts
-        .iter()
-        .filter(|c| COUNT_KINDS.contains(&c.kind.as_str()))
-    {
+    for c in counts.counts.iter().filter(|c| {
+        COUNT_KINDS.contains(&c.kind.as_str())
+            // Reason codes are the engine's fixed set; a code outside it
+            // (a later build's) is left out rather than kept as a name a
+            // node chose.
+            && (c.kind != "reason"
+                || vigil_engine::Reason::ALL
+                    .iter()
+                    .any(|r| r.code() == c.name))
+    }) {
         written += sqlx::query(
             "INSERT INTO node_counts (node, run, minute, kind, name, action, n) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -107,11 +144,12 @@ impl Store {
             let n = to_u64(row.try_get(3)?);
             let total = totals.entry(action.clone()).or_default();
             if kind == "action" {
-                total.0 += n;
+                total.0 = total.0.saturating_add(n);
             } else {
-                total.1 += n;
+                total.1 = total.1.saturating_add(n);
             }
-            *out.counts.entry(b).or_default().entry(action).or_insert(0) += n;
+            let cell = out.counts.entry(b).or_default().entry(action).or_insert(0);
+            *cell = cell.saturating_add(n);
         }
         Ok((out, totals))
     }
