@@ -15,6 +15,9 @@
 //! ```
 //!
 //! A smoke run: `--sessions 20000 --users 2000 --detections 6000 --runs 3`.
+//! `--explain` prints the plan and time of each heavier query of the
+//! pages; `--old-indexes` puts back the indexes as they were before
+//! migration 0023, to compare.
 //! PostgreSQL is the server on 127.0.0.1:5432 (trust), in a fresh database
 //! made through `test` and dropped after. The fill is multi-row `INSERT`s
 //! of generated values, one transaction per table.
@@ -150,6 +153,11 @@ struct Sizes {
     detections: u64,
     days: u64,
     runs: usize,
+    /// Print each query's plan and time (`--explain`).
+    explain: bool,
+    /// The indexes as they were before migration 0023 (`--old-indexes`),
+    /// to compare.
+    old_indexes: bool,
 }
 
 const ACTIONS: [&str; 4] = ["block", "step_up", "step_up", "log"];
@@ -366,6 +374,120 @@ async fn populate(url: &str, s: &Sizes, now: u64) -> Result<String, Box<dyn Erro
     Ok(top)
 }
 
+/// Each of the pages' heavier queries: its plan and how long it took.
+async fn explain(
+    pool: &AnyPool,
+    postgres: bool,
+    now: u64,
+    top: &str,
+) -> Result<(), Box<dyn Error>> {
+    let since = (now / 3_600 * 3_600).saturating_sub(23 * 3_600);
+    let columns = "node, reference, session, route, rule, action, enforced, score, reasons, at, \
+                   false_positive, user_key, confirmed_compromise";
+    let deep: (i64, String, String) = sqlx::query_as(
+        "SELECT at, node, reference FROM detections ORDER BY at DESC, node DESC, reference DESC \
+         LIMIT 1 OFFSET 500",
+    )
+    .fetch_one(pool)
+    .await?;
+    let queries = [
+        (
+            "overview: per hour",
+            format!(
+                "SELECT at / 3600 AS b, action, COUNT(*) FROM detections WHERE at >= {since} \
+                 GROUP BY b, action ORDER BY b, action"
+            ),
+        ),
+        (
+            "overview: reasons",
+            format!(
+                "SELECT reasons FROM detections WHERE at >= {since} ORDER BY at DESC LIMIT 10000"
+            ),
+        ),
+        (
+            "overview: users at risk",
+            format!(
+                "SELECT k.user_key, COALESCE(d.count, 0) AS dc, COALESCE(r.points, 0) AS rp, v.at, n.name, \
+                 (CASE WHEN COALESCE(d.count, 0) > 3 THEN 3 ELSE COALESCE(d.count, 0) END) * 30 \
+                 + COALESCE(r.points, 0) AS score \
+                 FROM (SELECT user_key FROM user_detections WHERE count > 0 AND until > {now} \
+                       UNION SELECT user_key FROM user_risk WHERE points > 0 AND until > {now} \
+                       UNION SELECT user_key FROM revoked_users) k \
+                 LEFT JOIN user_detections d ON d.user_key = k.user_key AND d.count > 0 AND d.until > {now} \
+                 LEFT JOIN user_risk r ON r.user_key = k.user_key AND r.points > 0 AND r.until > {now} \
+                 LEFT JOIN revoked_users v ON v.user_key = k.user_key \
+                 LEFT JOIN user_names n ON n.user_key = k.user_key \
+                 ORDER BY score DESC, dc DESC, rp DESC, CASE WHEN v.at IS NULL THEN 1 ELSE 0 END, k.user_key \
+                 LIMIT 16"
+            ),
+        ),
+        (
+            "overview: newest",
+            format!(
+                "SELECT {columns} FROM detections ORDER BY at DESC, node DESC, reference DESC LIMIT 16"
+            ),
+        ),
+        (
+            "list: page by cursor",
+            format!(
+                "SELECT {columns} FROM detections WHERE at <= {at} AND (at, node, reference) < \
+                 ({at}, '{node}', '{reference}') ORDER BY at DESC, node DESC, reference DESC LIMIT 51",
+                at = deep.0,
+                node = deep.1,
+                reference = deep.2
+            ),
+        ),
+        (
+            "list: offset 100,000",
+            format!(
+                "SELECT {columns} FROM detections ORDER BY at DESC, node DESC, reference DESC \
+                 LIMIT 51 OFFSET 100000"
+            ),
+        ),
+        (
+            "user: sessions",
+            format!(
+                "SELECT b.session, b.record, b.confirmed, b.node, r.session FROM session_baselines b \
+                 LEFT JOIN revoked_sessions r ON r.session = b.session \
+                 WHERE b.user_key = '{top}' ORDER BY b.updated DESC, b.session LIMIT 100"
+            ),
+        ),
+        (
+            "user: detections",
+            format!(
+                "SELECT {columns} FROM detections WHERE user_key = '{top}' \
+                 ORDER BY at DESC, node DESC, reference DESC LIMIT 101"
+            ),
+        ),
+    ];
+    for (what, sql) in &queries {
+        let started = Instant::now();
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(pool)
+            .await?
+            .len();
+        let took = started.elapsed();
+        println!("  {what}: {n} rows in {:.1} ms", took.as_secs_f64() * 1e3);
+        let plan = if postgres {
+            format!("EXPLAIN {sql}")
+        } else {
+            format!("EXPLAIN QUERY PLAN {sql}")
+        };
+        for row in sqlx::query(sqlx::AssertSqlSafe(plan))
+            .fetch_all(pool)
+            .await?
+        {
+            let line: String = if postgres {
+                sqlx::Row::try_get(&row, 0)?
+            } else {
+                sqlx::Row::try_get(&row, 3)?
+            };
+            println!("      {line}");
+        }
+    }
+    Ok(())
+}
+
 /// Median and max of `runs` answers to `path`, after one unmeasured.
 async fn time(
     client: &reqwest::Client,
@@ -450,6 +572,29 @@ async fn measure(url: &str, dir: &std::path::Path, s: &Sizes) -> Result<(), Box<
     let started = Instant::now();
     let top = populate(url, s, now).await?;
     println!("  filled in {:.1} s", started.elapsed().as_secs_f64());
+    if s.old_indexes || s.explain {
+        let pool = AnyPool::connect(url).await?;
+        if s.old_indexes {
+            for sql in [
+                "DROP INDEX detections_newest",
+                "DROP INDEX detections_user_newest",
+                "DROP INDEX audit_newest",
+                "DROP INDEX session_baselines_user_seen",
+                "CREATE INDEX detections_at ON detections (at)",
+                "CREATE INDEX detections_user ON detections (user_key, at)",
+                "CREATE INDEX audit_at ON audit (at)",
+                "CREATE INDEX session_baselines_user ON session_baselines (user_key)",
+                "ANALYZE",
+            ] {
+                sqlx::query(sql).execute(&pool).await?;
+            }
+            println!("  (indexes as before migration 0023)");
+        }
+        if s.explain {
+            explain(&pool, url.starts_with("postgres"), now, &top).await?;
+        }
+        pool.close().await;
+    }
 
     std::fs::write(dir.join("hash.key"), "11".repeat(32))?;
     std::fs::write(dir.join("admin.token"), ADMIN)?;
@@ -524,6 +669,13 @@ async fn measure(url: &str, dir: &std::path::Path, s: &Sizes) -> Result<(), Box<
         ("user page", format!("/dashboard/user?key={top}")),
         ("detections, page 11", deep[0].clone()),
         ("audit, page 11", deep[1].clone()),
+        (
+            "detections, offset",
+            format!(
+                "/dashboard/detections?offset={}",
+                (s.detections / 2).min(100_000)
+            ),
+        ),
     ];
     for (what, path) in &pages {
         let (median, max, size) = time(&client, &base, &cookie, path, s.runs).await?;
@@ -546,6 +698,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         detections: arg("--detections", "300000").parse()?,
         days: arg("--days", "30").parse::<u64>()?.max(1),
         runs: arg("--runs", "9").parse::<usize>()?.max(1),
+        explain: std::env::args().any(|a| a == "--explain"),
+        old_indexes: std::env::args().any(|a| a == "--old-indexes"),
     };
     let store = arg("--store", "both");
     if store == "sqlite" || store == "both" {
