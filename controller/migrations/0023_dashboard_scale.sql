@@ -3,10 +3,11 @@
 -- each page is a range of one index rather than rows counted past.
 --
 -- Detections newest first, ties by node and reference (the key): the
--- detections list, the overview's newest, and, with `action` carried in
--- the index, the overview's per-hour counts read from the index alone.
+-- detections list, the overview's newest, and, with `action` and `reasons`
+-- carried in the index, the overview's per-hour counts and its reasons
+-- (the newest 10,000 of the last 24 hours) read from the index alone.
 -- It starts with `at`, so it serves everything `detections_at` did.
-CREATE INDEX detections_newest ON detections (at, node, reference, action);
+CREATE INDEX detections_newest ON detections (at, node, reference, action, reasons);
 DROP INDEX detections_at;
 -- A user's detections newest first (the user page, its timeline and risk
 -- history, the list filtered by user); it starts with (user_key, at), so
