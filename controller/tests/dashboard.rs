@@ -1530,6 +1530,7 @@ async fn the_overview_shows_the_signal_streams_and_escapes_what_they_carry() {
         .await;
         let cookie = c.login(ADMIN).await;
         let html = c.page("/dashboard", &cookie).await;
+        assert_eq!(html.matches("<h2 id=\"streams-h\">").count(), 1);
         assert!(html.contains("<td>idp</td><td><code>https://idp.example</code></td><td>push</td><td>none yet</td>\n<td>-</td>"), "{html}");
         assert!(html.contains("<td colspan=\"6\">No receiver has made a stream.</td>"));
         // A SET taken with a verification, and a receiver's stream paused
