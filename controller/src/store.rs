@@ -297,7 +297,10 @@ pub mod ssf;
 pub mod ssf_tx;
 
 pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
-pub use dashboard::{AuditEntry, Buckets, DetectionFacts, SessionHit};
+pub use dashboard::{
+    AuditCursor, AuditEntry, Buckets, DetectionCursor, DetectionFacts, RiskInputs, SessionHit,
+    TimelineEntry,
+};
 pub use facts::{IpRange, StoredFacts, ip_key};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -41,6 +41,12 @@ fn client() -> reqwest::Client {
 
 impl Controller {
     async fn start(store: &str) -> Controller {
+        Controller::start_with(store, "").await
+    }
+
+    /// [`Controller::start`] with `extra` at the end of its file (other
+    /// sections).
+    async fn start_with(store: &str, extra: &str) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hash.key"), "11".repeat(32)).unwrap();
         std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
@@ -51,7 +57,7 @@ impl Controller {
             "listen = \"{addr}\"\nstore = {store:?}\nhash_key_file = \"hash.key\"\nadmin_token_file = \"admin.token\"\n\
              user_names = \"clear\"\n\
              [[nodes]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n\
-             [dashboard]\nviewer_tokens_sha256 = [\"{}\"]\nfailed_logins_per_minute = 3\n",
+             [dashboard]\nviewer_tokens_sha256 = [\"{}\"]\nfailed_logins_per_minute = 3\n{extra}",
             hash(NODE_A),
             hash(VIEWER),
         );
@@ -182,6 +188,28 @@ impl Controller {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+    }
+
+    /// An admin API call with the admin token; its status.
+    async fn admin(&self, path: &str, body: serde_json::Value) -> u16 {
+        client()
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// `events` posted in batches of 50.
+    async fn events_in_batches(&self, mut events: Vec<NodeEvent>) {
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(50));
+            self.events(std::mem::replace(&mut events, rest)).await;
+        }
     }
 
     async fn stop(mut self) {
@@ -689,6 +717,10 @@ async fn what_nodes_and_callers_send_is_escaped_on_every_page() {
         assert!(html.contains("<dd>&#60;script&#62;alert(1)&#60;/script&#62;</dd>"));
         let html = c.page(&pages[3], &cookie).await;
         assert!(html.contains("<h1>User &#60;script&#62;alert(1)&#60;/script&#62; <code>"));
+        // The reference in the user's timeline too.
+        assert!(html.contains(
+            "<code>&#34;&#62;&#60;img src=x onerror=alert(2)&#62;</code></a> <code>block on node a</code></td>"
+        ));
         // A name asked for by search leads to the user's page by key.
         let html = c.page(&pages[5], &cookie).await;
         assert!(html.contains(&format!("/dashboard/user?key={evil_user}")));
@@ -1528,6 +1560,367 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
             rules.contains("<code>&#60;script&#62;alert(1)&#60;/script&#62;</code>"),
             "{rules}"
         );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The reference ids a list page links to, in order.
+fn references(html: &str) -> Vec<String> {
+    html.split("<a href=\"/dashboard/detection?reference=")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].to_owned())
+        .collect()
+}
+
+/// The "Older" link of a list page (`&amp;` read as `&`), when there is one.
+fn older(html: &str, list: &str) -> Option<String> {
+    let start = html.find(&format!("<a href=\"{list}?before="))? + 9;
+    let end = start + html[start..].find('"').unwrap();
+    Some(html[start..end].replace("&amp;", "&"))
+}
+
+/// Every page of a list from `first`, following its "Older" links: each
+/// page's HTML.
+async fn walk(c: &Controller, cookie: &str, first: &str, list: &str) -> Vec<String> {
+    let mut pages = Vec::new();
+    let mut path = Some(first.to_owned());
+    while let Some(p) = path {
+        let html = c.page(&p, cookie).await;
+        path = older(&html, list);
+        pages.push(html);
+        assert!(pages.len() <= 10, "a list that never ends");
+    }
+    pages
+}
+
+#[tokio::test]
+async fn deep_lists_page_by_cursor_and_give_each_row_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let dave = user_of("dave");
+        let t = now() - 1_000;
+        // 130 detections: 70 in one second (a run of equal times that a
+        // page ends inside), then one a second older each. Dave's are all
+        // but every tenth.
+        let mut events = Vec::new();
+        for i in 0..130u64 {
+            let mut e = detection(
+                &format!("ref-k-{i:03}"),
+                "app",
+                (i % 10 != 0).then_some(dave),
+                5,
+            );
+            if let NodeEventKind::Detection { at, .. } = &mut e.kind {
+                *at = if i < 70 { t } else { t - i };
+            }
+            events.push(e);
+        }
+        c.events_in_batches(events).await;
+        // Newest first, ties by reference descending.
+        let expected: Vec<String> = (0..70u64)
+            .rev()
+            .chain(70..130)
+            .map(|i| format!("ref-k-{i:03}"))
+            .collect();
+        let cookie = c.login(ADMIN).await;
+        let pages = walk(
+            &c,
+            &cookie,
+            "/dashboard/detections",
+            "/dashboard/detections",
+        )
+        .await;
+        let sizes: Vec<usize> = pages.iter().map(|p| references(p).len()).collect();
+        assert_eq!(sizes, [50, 50, 30]);
+        let seen: Vec<String> = pages.iter().flat_map(|p| references(p)).collect();
+        assert_eq!(seen, expected);
+        // The first page links to no newer one; the others to the newest.
+        assert!(!pages[0].contains("rel=\"first\""));
+        assert!(pages[1].contains("<a href=\"/dashboard/detections\" rel=\"first\">Newest</a>"));
+        // A link made before cursors still reads, in the same order.
+        let html = c.page("/dashboard/detections?offset=50", &cookie).await;
+        assert_eq!(references(&html), expected[50..100]);
+
+        // Dave's: 117, the user page shows the newest 100 and links to
+        // the rest through the list by user.
+        let daves: Vec<String> = expected
+            .iter()
+            .filter(|r| !r.ends_with('0'))
+            .cloned()
+            .collect();
+        assert_eq!(daves.len(), 117);
+        let user_page = c
+            .page(&format!("/dashboard/user?key={dave}"), &cookie)
+            .await;
+        assert!(user_page.contains("Detections (100, newest)"));
+        let start = user_page
+            .find("<a href=\"/dashboard/detections?before=")
+            .unwrap()
+            + 9;
+        let link =
+            user_page[start..start + user_page[start..].find('"').unwrap()].replace("&amp;", "&");
+        assert!(link.ends_with(&format!("&user={dave}")), "{link}");
+        let rest = walk(&c, &cookie, &link, "/dashboard/detections").await;
+        let rest: Vec<String> = rest.iter().flat_map(|p| references(p)).collect();
+        assert_eq!(rest, daves[100..]);
+        let mine = walk(
+            &c,
+            &cookie,
+            &format!("/dashboard/detections?user={dave}"),
+            "/dashboard/detections",
+        )
+        .await;
+        assert_eq!(mine.len(), 3);
+        let mine: Vec<String> = mine.iter().flat_map(|p| references(p)).collect();
+        assert_eq!(mine, daves);
+
+        // The audit trail: 120 entries in one second, ties by id.
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        for i in 0..120u32 {
+            store
+                .audit(&vigil_controller::store::AuditEntry {
+                    id: format!("{i:032x}"),
+                    at: t,
+                    who: "admin token".into(),
+                    role: "responder".into(),
+                    client: None,
+                    action: "false-positive".into(),
+                    target: format!("target-{i:03}"),
+                    outcome: "marked".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let pages = walk(&c, &cookie, "/dashboard/audit", "/dashboard/audit").await;
+        let targets: Vec<String> = pages
+            .iter()
+            .flat_map(|p| {
+                p.split("<td><code>target-")
+                    .skip(1)
+                    .map(|rest| rest[..3].to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let expected: Vec<String> = (0..120).rev().map(|i| format!("{i:03}")).collect();
+        assert_eq!(targets, expected);
+        // The sign-in above is newer: the first page holds it and 49.
+        assert_eq!(pages.len(), 3);
+
+        // A malformed cursor: 400 with its reason.
+        for (path, why) in [
+            (
+                "/dashboard/detections?before=abc",
+                "before: a detections cursor is TIME-NODE-REFERENCE",
+            ),
+            (
+                "/dashboard/detections?before=12-6-61",
+                "before: the node of a cursor is lower-case hex",
+            ),
+            (
+                "/dashboard/detections?before=12-61-6G",
+                "before: the reference of a cursor is lower-case hex",
+            ),
+            (
+                "/dashboard/detections?before=12-ff-61",
+                "before: the node of a cursor is not UTF-8",
+            ),
+            (
+                "/dashboard/detections?before=-61-61",
+                "before: a cursor starts with its time",
+            ),
+            (
+                "/dashboard/detections?before=%2B12-61-61",
+                "before: a cursor starts with its time",
+            ),
+            (
+                "/dashboard/detections?before=9223372036854775808-61-61",
+                "before: the time of a cursor is out of range",
+            ),
+            (
+                "/dashboard/detections?before=12-61-61-61",
+                "before: a detections cursor is TIME-NODE-REFERENCE",
+            ),
+            (
+                "/dashboard/detections?before=12-61-61&offset=50",
+                "give before or offset, not both",
+            ),
+            (
+                "/dashboard/detections?user=xyz",
+                "user: a user key is 16 lower-case hex digits",
+            ),
+            (
+                "/dashboard/audit?before=12",
+                "before: an audit cursor is TIME-ID",
+            ),
+            (
+                "/dashboard/audit?before=12-XY",
+                "before: the id of an audit cursor is 1 to 64 lower-case hex digits",
+            ),
+            (
+                "/dashboard/audit?before=",
+                "before: an audit cursor is TIME-ID",
+            ),
+        ] {
+            let r = c.get(path, Some(&cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains(why), "{path}: {body}");
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The record of `cookie` after one request, bound to `user`.
+fn session_record(cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+    );
+    let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+    engine.bind_user(key, user, at);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+    headers.insert(
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+            .parse()
+            .unwrap(),
+    );
+    let view = vigil_engine::RequestView {
+        peer: "192.0.2.10".parse().unwrap(),
+        headers: &headers,
+        now_secs: at,
+        tls: Default::default(),
+        facts: Default::default(),
+    };
+    let allow = vigil_engine::Policy {
+        low: vigil_engine::Action::Allow,
+        medium: vigil_engine::Action::Allow,
+        high: vigil_engine::Action::Allow,
+        thresholds: None,
+    };
+    engine.evaluate(&view, &allow).unwrap();
+    vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn a_users_page_shows_their_risk_over_time_and_their_timeline() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let erin = user_of("erin");
+        c.events(vec![NodeEvent {
+            id: "baseline-erin".into(),
+            kind: NodeEventKind::SessionBaseline {
+                record: session_record("erin-cookie", "erin", now() - 60),
+                confirmed: false,
+                false_positive: false,
+            },
+        }])
+        .await;
+        c.events(vec![
+            detection("ref-u-1", "app", Some(erin), 6),
+            detection("ref-u-2", "app", Some(erin), 6),
+        ])
+        .await;
+        for (path, body) in [
+            ("/v1/admin/detections/false-positive", serde_json::json!({"reference": "ref-u-2"})),
+            ("/v1/admin/users/risk", serde_json::json!({"user": "erin", "points": 7, "ttl_seconds": 600})),
+            ("/v1/admin/users/trust-device", serde_json::json!({"user": "erin", "device": "0123456789abcdef"})),
+            ("/v1/admin/users/step-up", serde_json::json!({"user": "erin"})),
+        ] {
+            assert_eq!(c.admin(path, body).await, 200, "{path}");
+        }
+        let cookie = c.login(ADMIN).await;
+        let html = c.page(&format!("/dashboard/user?key={erin}"), &cookie).await;
+        // Entity risk now: one node's enforced detection (the other is a
+        // false positive) at the engine's weight, and the 7 points.
+        let weight = u64::from(vigil_engine::ScoreConfig::default().recent_detection);
+        let risk = weight + 7;
+        assert!(html.contains(&format!("Entity risk per hour, last 7 days, highest {risk}:")), "{html}");
+        assert!(html.contains(&format!("Z: {risk}</title></rect>")));
+        // The timeline: each thing held, with its time.
+        for row in [
+            "<td>session first seen</td><td><code>".to_owned(),
+            "<td>detection</td><td><a href=\"/dashboard/detection?reference=ref-u-1\"><code>ref-u-1</code></a> <code>block on node a</code></td>".to_owned(),
+            "<td>false positive</td><td><a href=\"/dashboard/detection?reference=ref-u-2\"><code>ref-u-2</code></a> </td>".to_owned(),
+            "<td>risk points</td><td><code>7</code></td>".to_owned(),
+            "<td>trusted</td><td><code>device 0123456789abcdef</code></td>".to_owned(),
+            "<td>step-up asked</td><td></td>".to_owned(),
+        ] {
+            assert!(html.contains(&row), "{row}: {html}");
+        }
+        assert_eq!(html.matches("<td>detection</td>").count(), 2);
+        assert!(!html.contains("The newest 50 only."));
+        // A user with nothing held: no bar, an empty timeline.
+        let html = c.page(&format!("/dashboard/user?key={}", user_of("nobody")), &cookie).await;
+        assert!(!html.contains("<rect class=\"risk\""));
+        assert!(html.contains("<td colspan=\"3\">Nothing held.</td>"));
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_overview_shows_the_signal_streams_and_escapes_what_they_carry() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("push.token");
+        std::fs::write(&token, "push-token-0123456789-abcdef").unwrap();
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-test.pem");
+        let c = Controller::start_with(
+            &db.url(),
+            &format!(
+                "[[ssf.transmitters]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"vigil\"\n\
+                 jwks_uri = \"http://127.0.0.1:9/jwks\"\npush_token_file = {token:?}\n\
+                 [signing]\nissuer = \"http://127.0.0.1:1\"\nkey_files = [{key:?}]\n\
+                 [ssf_transmitter]\n[[ssf_transmitter.receivers]]\nname = \"siem\"\ntoken_file = {token:?}\n"
+            ),
+        )
+        .await;
+        let cookie = c.login(ADMIN).await;
+        let html = c.page("/dashboard", &cookie).await;
+        assert_eq!(html.matches("<h2 id=\"streams-h\">").count(), 1);
+        assert!(html.contains("<td>idp</td><td><code>https://idp.example</code></td><td>push</td><td>none yet</td>\n<td>-</td>"), "{html}");
+        assert!(html.contains("<td colspan=\"6\">No receiver has made a stream.</td>"));
+        // A SET taken with a verification, and a receiver's stream paused
+        // with a reason holding markup.
+        let store = vigil_controller::store::Store::open(&db.url()).await.unwrap();
+        let evil = "<script>alert(3)</script>";
+        let at = now();
+        store
+            .take_set(
+                &vigil_controller::store::ssf::SetReceipt {
+                    transmitter: "idp",
+                    issuer: "https://idp.example",
+                    jti: "jti-1",
+                    event: "https://schemas.openid.net/secevent/ssf/event-type/verification",
+                    keep_until: at + 600,
+                    verification: Some(evil),
+                },
+                vigil_controller::store::ssf::SetAction::Nothing,
+                at,
+            )
+            .await
+            .unwrap();
+        assert!(store.ssf_tx_create("stream-1", "siem", "{}", true, 10, at).await.unwrap());
+        store.ssf_tx_set_status("stream-1", "paused", Some(evil), at).await.unwrap();
+        let html = c.page("/dashboard", &cookie).await;
+        assert!(!html.contains(evil));
+        let escaped = "&#60;script&#62;alert(3)&#60;/script&#62;";
+        assert!(html.contains(&format!("<span class=\"muted\">state</span> <code>{escaped}</code>")), "{html}");
+        assert!(html.contains(&format!(
+            "<td>siem</td><td><code>stream-1</code></td>\n<td><span class=\"tag warn\">paused</span> <span class=\"muted\">{escaped}</span></td>\n<td>0</td><td>0</td>\n<td>0</td>"
+        )), "{html}");
         c.stop().await;
         db.drop_db().await;
     })

@@ -10,11 +10,12 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use vigil_fleet::UserId;
 
-use super::chart::{Chart, chart};
+use super::chart::{Chart, RiskChart, chart, risk_chart};
 use super::view::{Baseline, Detection, Nav, RequestFacts, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs, user_id};
 use crate::config::UserNames;
+use crate::store::{AuditCursor, DetectionCursor};
 
 /// Rows on a page of a list.
 pub(crate) const PAGE_SIZE: usize = 50;
@@ -32,6 +33,16 @@ const REASON_CAP: usize = 10_000;
 /// Sessions and detections a user page shows at most.
 const USER_ROWS: usize = 100;
 
+/// Hours of a user's entity risk charted.
+const RISK_HOURS: u32 = 168;
+
+/// A user's detections their risk chart is rebuilt from at most (the
+/// newest).
+const RISK_CAP: usize = 2_000;
+
+/// Entries of a user's timeline shown (the newest).
+const TIMELINE_ROWS: usize = 50;
+
 /// Offsets a list may be paged to: beyond, a search serves better.
 const MAX_OFFSET: u64 = 100_000;
 
@@ -46,23 +57,39 @@ fn offset_of(q: &std::collections::HashMap<String, String>) -> Result<u64, PageE
     }
 }
 
-/// Where a paged list stands: its first row's offset, and the offsets of
-/// the pages before and after it, when there are.
+/// Where a paged list stands, paged by keyset: whether this is a page
+/// after the first (a link back to the newest), and the cursor of the
+/// page after it, when more rows follow.
 struct Paging {
-    offset: u64,
-    previous: Option<u64>,
-    next: Option<u64>,
+    deeper: bool,
+    next: Option<String>,
 }
 
 impl Paging {
-    /// The page at `offset`, `more` rows held after it.
-    fn of(offset: u64, more: bool) -> Self {
-        let size = PAGE_SIZE as u64;
+    /// The page after `before`, or from `offset` (links made before
+    /// cursors), whose last row's cursor is `last`; `more` rows follow.
+    fn of(before: bool, offset: u64, more: bool, last: Option<String>) -> Self {
         Self {
-            offset,
-            previous: (offset > 0).then(|| offset.saturating_sub(size)),
-            next: (more && offset + size <= MAX_OFFSET).then_some(offset + size),
+            deeper: before || offset > 0,
+            next: if more { last } else { None },
         }
+    }
+}
+
+/// The `before` cursor of a list's query, read by `parse`: `400` with
+/// what is wrong with it; `offset` and `before` together are `400` too.
+fn cursor_of<C>(
+    q: &std::collections::HashMap<String, String>,
+    parse: impl Fn(&str) -> Result<C, String>,
+) -> Result<Option<C>, PageError> {
+    match q.get("before") {
+        None => Ok(None),
+        Some(_) if q.contains_key("offset") => Err(PageError::BadRequest(
+            "give before or offset, not both".into(),
+        )),
+        Some(c) => parse(c)
+            .map(Some)
+            .map_err(|why| PageError::BadRequest(format!("before: {why}"))),
     }
 }
 
@@ -104,6 +131,7 @@ struct Overview {
     more_risky: bool,
     detections: Vec<Detection>,
     nodes: Vec<NodeRow>,
+    streams: SignalStreams,
 }
 
 /// `GET /dashboard`.
@@ -139,7 +167,10 @@ pub(crate) async fn overview(
             revoked_at: u.revoked_at.map(time),
         })
         .collect();
-    let (recent, _) = app.store.recent_detections(OVERVIEW_ROWS, 0).await?;
+    let (recent, _) = app
+        .store
+        .recent_detections(OVERVIEW_ROWS, None, None, 0)
+        .await?;
     let head = app.store.bounds().await?.head;
     app.refresh_disabled().await?;
     let disabled = app.disabled.borrow().clone();
@@ -185,6 +216,86 @@ pub(crate) async fn overview(
         more_risky,
         detections: recent.iter().map(Detection::of).collect(),
         nodes,
+        streams: signal_streams(&app, now).await?,
+    })
+}
+
+// === overview: signal streams ===
+
+/// A transmitter the controller receives SETs from (`[[ssf.transmitters]]`).
+struct ReceivedRow {
+    name: String,
+    issuer: String,
+    delivery: &'static str,
+    last_set: String,
+    verified: Option<(String, String)>,
+}
+
+/// A stream the controller transmits on (`[ssf_transmitter]`).
+struct TransmittedRow {
+    receiver: String,
+    stream_id: String,
+    status: String,
+    reason: Option<String>,
+    queued: u64,
+    dropped: u64,
+    failures: u64,
+    next_try: Option<String>,
+}
+
+/// The Shared Signals streams, received and transmitted, and their state.
+struct SignalStreams {
+    received: Vec<ReceivedRow>,
+    /// `None` when the controller transmits none (`[ssf_transmitter]` unset).
+    transmitted: Option<Vec<TransmittedRow>>,
+    /// More streams are held than shown.
+    more_transmitted: bool,
+}
+
+/// Streams transmitted shown at most.
+const STREAM_ROWS: usize = 20;
+
+async fn signal_streams(app: &App, now: u64) -> Result<SignalStreams, PageError> {
+    let mut received = Vec::with_capacity(app.config.ssf.len());
+    for t in &app.config.ssf {
+        let record = app.store.ssf_stream(&t.name).await?;
+        received.push(ReceivedRow {
+            name: t.name.clone(),
+            issuer: t.issuer.clone(),
+            delivery: if t.poll.is_some() { "poll" } else { "push" },
+            last_set: record
+                .as_ref()
+                .map_or_else(|| "none yet".to_owned(), |r| time(r.last_set)),
+            verified: record
+                .and_then(|r| r.verification)
+                .map(|(at, state)| (time(at), state)),
+        });
+    }
+    let (transmitted, more_transmitted) = if app.config.ssf_tx.is_some() {
+        let all = app.store.ssf_tx_all_streams().await?;
+        let more = all.len() > STREAM_ROWS;
+        let mut rows = Vec::with_capacity(all.len().min(STREAM_ROWS));
+        for s in all.into_iter().take(STREAM_ROWS) {
+            rows.push(TransmittedRow {
+                queued: app.store.ssf_tx_queued(&s.stream_id).await?,
+                receiver: s.client,
+                stream_id: s.stream_id,
+                status: s.status,
+                reason: s.reason,
+                dropped: s.dropped,
+                failures: s.failures,
+                next_try: (s.failures > 0 && s.next_try / 1_000 > now)
+                    .then(|| time(s.next_try / 1_000)),
+            });
+        }
+        (Some(rows), more)
+    } else {
+        (None, false)
+    };
+    Ok(SignalStreams {
+        received,
+        transmitted,
+        more_transmitted,
     })
 }
 
@@ -194,25 +305,44 @@ pub(crate) async fn overview(
 #[template(path = "dashboard/detections.html")]
 struct Detections {
     nav: Nav,
+    /// The user the list is of, when one: `&user=KEY` in its links.
+    user: Option<String>,
     detections: Vec<Detection>,
     paging: Paging,
 }
 
-/// `GET /dashboard/detections?offset=`: every detection held, newest
-/// first, [`PAGE_SIZE`] a page.
+/// `GET /dashboard/detections?before=&user=`: every detection held (of
+/// one user with `user=KEY`), newest first, [`PAGE_SIZE`] a page, paged by
+/// keyset (`before`, the last row's cursor); `offset` still reads.
 pub(crate) async fn detections(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let operator = operator(&app, &headers)?;
-    let q = query(raw.as_deref(), &["offset"])?;
+    let q = query(raw.as_deref(), &["offset", "before", "user"])?;
     let offset = offset_of(&q)?;
-    let (list, more) = app.store.recent_detections(PAGE_SIZE, offset).await?;
+    let before = cursor_of(&q, DetectionCursor::parse)?;
+    let user = match q.get("user") {
+        None => None,
+        Some(key) => Some(UserId::parse(key).ok_or_else(|| {
+            PageError::BadRequest(
+                "user: a user key is 16 lower-case hex digits, not all zero".into(),
+            )
+        })?),
+    };
+    let (list, more) = app
+        .store
+        .recent_detections(PAGE_SIZE, user, before.as_ref(), offset)
+        .await?;
+    let last = list
+        .last()
+        .map(|d| DetectionCursor::after(&d.row).to_string());
     page(&Detections {
         nav: operator.nav(),
+        user: user.map(|u| u.to_string()),
         detections: list.iter().map(Detection::of).collect(),
-        paging: Paging::of(offset, more),
+        paging: Paging::of(before.is_some(), offset, more, last),
     })
 }
 
@@ -293,7 +423,20 @@ struct UserPage {
     revoked_at: Option<String>,
     sessions: Vec<SessionView>,
     detections: Vec<Detection>,
+    /// The cursor of the detections list after the last one shown, when
+    /// the user has more.
+    older_detections: Option<String>,
     trusted: Vec<(String, String, String)>,
+    risk_chart: RiskChart,
+    timeline: Vec<TimelineRow>,
+    timeline_capped: bool,
+}
+
+struct TimelineRow {
+    at: String,
+    what: &'static str,
+    detail: String,
+    reference: Option<String>,
 }
 
 /// `GET /dashboard/user?key=` (16 hex digits) or `?name=` (hashed as
@@ -333,7 +476,21 @@ pub(crate) async fn user(
     let entity = count.map_or(0, |(c, _)| u64::from(c.min(3)) * weight)
         + risk.map_or(0, |(p, _)| u64::from(p));
     let names_kept = app.config.user_names == UserNames::Clear;
-    let found = app.store.detections_by_user(user, USER_ROWS).await?;
+    let (found, more) = app
+        .store
+        .recent_detections(USER_ROWS, Some(user), None, 0)
+        .await?;
+    let window = app.config.detection_window;
+    let since = now.saturating_sub(u64::from(RISK_HOURS) * 3_600 + window);
+    let inputs = app.store.risk_inputs(user, since, RISK_CAP).await?;
+    let risk_chart = risk_chart(
+        &inputs,
+        now,
+        window,
+        vigil_engine::ScoreConfig::default().recent_detection,
+        RISK_HOURS,
+    );
+    let (timeline, timeline_capped) = app.store.user_timeline(user, TIMELINE_ROWS).await?;
     page(&UserPage {
         nav: operator.nav(),
         key: user.to_string(),
@@ -355,6 +512,24 @@ pub(crate) async fn user(
             })
             .collect(),
         detections: found.iter().map(Detection::of).collect(),
+        older_detections: if more {
+            found
+                .last()
+                .map(|d| DetectionCursor::after(&d.row).to_string())
+        } else {
+            None
+        },
+        risk_chart,
+        timeline: timeline
+            .into_iter()
+            .map(|e| TimelineRow {
+                at: time(e.at),
+                what: e.what,
+                detail: e.detail,
+                reference: e.reference,
+            })
+            .collect(),
+        timeline_capped,
         trusted: d
             .trusted
             .iter()
@@ -543,17 +718,23 @@ struct AuditPage {
     paging: Paging,
 }
 
-/// `GET /dashboard/audit?offset=`: what operators did through the
-/// dashboard, newest first, [`PAGE_SIZE`] a page.
+/// `GET /dashboard/audit?before=`: what operators did through the
+/// dashboard, newest first, [`PAGE_SIZE`] a page, paged by keyset
+/// (`before`); `offset` still reads.
 pub(crate) async fn audit(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let operator = operator(&app, &headers)?;
-    let q = query(raw.as_deref(), &["offset"])?;
+    let q = query(raw.as_deref(), &["offset", "before"])?;
     let offset = offset_of(&q)?;
-    let (list, more) = app.store.audit_entries(PAGE_SIZE, offset).await?;
+    let before = cursor_of(&q, AuditCursor::parse)?;
+    let (list, more) = app
+        .store
+        .audit_page(PAGE_SIZE, before.as_ref(), offset)
+        .await?;
+    let last = list.last().map(|e| AuditCursor::after(e).to_string());
     page(&AuditPage {
         nav: operator.nav(),
         entries: list
@@ -568,29 +749,6 @@ pub(crate) async fn audit(
                 outcome: e.outcome,
             })
             .collect(),
-        paging: Paging::of(offset, more),
+        paging: Paging::of(before.is_some(), offset, more, last),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{MAX_OFFSET, PAGE_SIZE, Paging};
-
-    #[test]
-    fn paging_links_the_pages_around_it_and_never_past_the_offset_cap() {
-        let size = PAGE_SIZE as u64;
-        let first = Paging::of(0, true);
-        assert_eq!((first.previous, first.next), (None, Some(size)));
-        let last = Paging::of(size, false);
-        assert_eq!((last.previous, last.next), (Some(0), None));
-        // An offset not on a page boundary (typed by hand) goes back to 0,
-        // not below it.
-        let odd = Paging::of(7, true);
-        assert_eq!((odd.previous, odd.next), (Some(0), Some(7 + size)));
-        // The next page's offset would pass the cap: no link to it.
-        let deep = Paging::of(MAX_OFFSET - size + 1, true);
-        assert_eq!(deep.next, None);
-        let edge = Paging::of(MAX_OFFSET - size, true);
-        assert_eq!(edge.next, Some(MAX_OFFSET));
-    }
 }

@@ -4,6 +4,7 @@
 //! sessions by key prefix. Every list is bounded by its caller's `limit`.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use sqlx::Row;
 use vigil_engine::SessionState;
@@ -91,37 +92,58 @@ impl Store {
         Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` of `user`'s detections, newest first.
-    pub async fn detections_by_user(
-        &self,
-        user: UserId,
-        limit: usize,
-    ) -> Result<Vec<DetectionFacts>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections WHERE user_key = $1 \
-             ORDER BY at DESC, node, reference LIMIT $2"
-        )))
-        .bind(user.to_string())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
-    }
-
-    /// Up to `limit` detections from the `offset`th, newest first; whether
-    /// more follow.
+    /// Up to `limit` detections newest first (ties by node then reference,
+    /// both descending), of `user` only when given: those after `before`
+    /// (a keyset page: the last row of the page before), then from the
+    /// `offset`th of those (links made before cursors); whether more
+    /// follow.
     pub async fn recent_detections(
         &self,
         limit: usize,
+        user: Option<UserId>,
+        before: Option<&DetectionCursor>,
         offset: u64,
     ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections ORDER BY at DESC, node, reference LIMIT $1 OFFSET $2"
-        )))
-        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-        .bind(to_i64(offset))
-        .fetch_all(&self.pool)
-        .await?;
+        let user = user.map(|u| u.to_string());
+        let mut sql = format!("SELECT {DETECTION_COLUMNS} FROM detections WHERE 1 = 1");
+        let mut n = 0;
+        if user.is_some() {
+            n += 1;
+            let _ = write!(sql, " AND user_key = ${n}");
+        }
+        if before.is_some() {
+            // `at <= …` first: the range of the index that the comparison
+            // of the whole key then narrows, on either store.
+            let _ = write!(
+                sql,
+                " AND at <= ${} AND (at, node, reference) < (${}, ${}, ${})",
+                n + 1,
+                n + 1,
+                n + 2,
+                n + 3
+            );
+            n += 3;
+        }
+        let _ = write!(
+            sql,
+            " ORDER BY at DESC, node DESC, reference DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(u) = &user {
+            q = q.bind(u.as_str());
+        }
+        if let Some(c) = before {
+            q = q
+                .bind(to_i64(c.at))
+                .bind(c.node.as_str())
+                .bind(c.reference.as_str());
+        }
+        let q = q
+            .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+            .bind(to_i64(offset));
+        let rows = q.fetch_all(&self.pool).await?;
         let more = rows.len() > limit;
         let list = rows
             .iter()
@@ -349,5 +371,424 @@ impl Store {
             });
         }
         Ok((list, more))
+    }
+
+    /// Up to `limit` audit entries newest first (ties by id, descending):
+    /// those after `before` (a keyset page), then from the `offset`th of
+    /// those (links made before cursors); whether more follow.
+    pub async fn audit_page(
+        &self,
+        limit: usize,
+        before: Option<&AuditCursor>,
+        offset: u64,
+    ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+        let columns = "SELECT id, at, who, role, client, action, target, outcome FROM audit";
+        let order = "ORDER BY at DESC, id DESC";
+        let limit_i = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows =
+            match before {
+                Some(c) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{columns} WHERE at <= $1 AND (at, id) < ($1, $2) {order} LIMIT $3 OFFSET $4"
+                )))
+                .bind(to_i64(c.at))
+                .bind(c.id.as_str())
+                .bind(limit_i)
+                .bind(to_i64(offset))
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "{columns} {order} LIMIT $1 OFFSET $2"
+                    )))
+                    .bind(limit_i)
+                    .bind(to_i64(offset))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        let more = rows.len() > limit;
+        let mut list = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            list.push(AuditEntry {
+                id: row.try_get(0)?,
+                at: to_u64(row.try_get(1)?),
+                who: row.try_get(2)?,
+                role: row.try_get(3)?,
+                client: row.try_get(4)?,
+                action: row.try_get(5)?,
+                target: row.try_get(6)?,
+                outcome: row.try_get(7)?,
+            });
+        }
+        Ok((list, more))
+    }
+}
+
+// === keyset cursors ===
+
+/// Where a keyset page of detections starts: after the detection with
+/// this key, newest first. Written `AT-NODE-REFERENCE`, the node and
+/// reference as lower-case hex of their bytes (any text, safe in a URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionCursor {
+    /// Its time (seconds since the Unix epoch).
+    pub at: u64,
+    /// The node that reported it.
+    pub node: String,
+    /// Its reference id.
+    pub reference: String,
+}
+
+/// Where a keyset page of the audit trail starts: after the entry with
+/// this time and id. Written `AT-ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCursor {
+    /// Its time.
+    pub at: u64,
+    /// Its id (hex).
+    pub id: String,
+}
+
+/// Longest node name or reference a cursor carries (bytes).
+const MAX_CURSOR_PART: usize = 256;
+
+fn cursor_time(s: &str) -> Result<u64, String> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a cursor starts with its time: decimal seconds".to_owned());
+    }
+    s.parse::<u64>()
+        .ok()
+        .filter(|t| i64::try_from(*t).is_ok())
+        .ok_or_else(|| "the time of a cursor is out of range".to_owned())
+}
+
+fn cursor_text(s: &str, what: &str) -> Result<String, String> {
+    let bad =
+        || format!("the {what} of a cursor is lower-case hex of at most {MAX_CURSOR_PART} bytes");
+    if s.is_empty()
+        || s.len() > MAX_CURSOR_PART * 2
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(bad());
+    }
+    let bytes = hex::decode(s).map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| format!("the {what} of a cursor is not UTF-8"))
+}
+
+impl DetectionCursor {
+    /// The cursor of the page after `row`.
+    pub fn after(row: &super::DetectionRow) -> Self {
+        Self {
+            at: row.at,
+            node: row.node.clone(),
+            reference: row.reference.clone(),
+        }
+    }
+
+    /// Reads `AT-NODE-REFERENCE`; what is wrong with it otherwise.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('-');
+        let (Some(at), Some(node), Some(reference), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("a detections cursor is TIME-NODE-REFERENCE".to_owned());
+        };
+        Ok(Self {
+            at: cursor_time(at)?,
+            node: cursor_text(node, "node")?,
+            reference: cursor_text(reference, "reference")?,
+        })
+    }
+}
+
+impl std::fmt::Display for DetectionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-{}-{}",
+            self.at,
+            hex::encode(&self.node),
+            hex::encode(&self.reference)
+        )
+    }
+}
+
+impl AuditCursor {
+    /// The cursor of the page after `entry`.
+    pub fn after(entry: &AuditEntry) -> Self {
+        Self {
+            at: entry.at,
+            id: entry.id.clone(),
+        }
+    }
+
+    /// Reads `AT-ID`; what is wrong with it otherwise.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some((at, id)) = s.split_once('-') else {
+            return Err("an audit cursor is TIME-ID".to_owned());
+        };
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err("the id of an audit cursor is 1 to 64 lower-case hex digits".to_owned());
+        }
+        Ok(Self {
+            at: cursor_time(at)?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for AuditCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.at, self.id)
+    }
+}
+
+// === a user's timeline and risk history ===
+
+/// One thing that happened to a user, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// When (seconds since the Unix epoch).
+    pub at: u64,
+    /// What: `session first seen`, `detection`, `false positive`,
+    /// `confirmed compromise`, `step-up passed`, `trusted`, `session
+    /// revoked`, `user revoked`, `risk points`, `step-up asked`,
+    /// `universal logout`.
+    pub what: &'static str,
+    /// Its subject: a session key, a detection's reference and action, a
+    /// trusted value, points, who asked.
+    pub detail: String,
+    /// A detection's reference, for its link.
+    pub reference: Option<String>,
+}
+
+/// What a user's entity risk is rebuilt from: their enforced detections
+/// not marked false positive (time and node), newest first, and the
+/// standing risk points and clear.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RiskInputs {
+    /// Enforced detections since the period's start, newest first; at
+    /// most the cap asked for.
+    pub detections: Vec<(u64, String)>,
+    /// The user's risk points: points, since, until.
+    pub risk: Option<(u8, u64, u64)>,
+    /// When their detections were last cleared (a passed step-up): only
+    /// later ones count after it.
+    pub cleared_at: Option<u64>,
+}
+
+impl Store {
+    /// The newest `limit` things the store holds of `user` with a time
+    /// (each source read newest first, at most `limit` of it, one
+    /// indexed query each), newest first; whether more were held.
+    pub async fn user_timeline(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<(Vec<TimelineEntry>, bool), StoreError> {
+        let key = user.to_string();
+        let lim = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut out: Vec<TimelineEntry> = Vec::new();
+        let entry = |at: i64, what: &'static str, detail: String, reference: Option<String>| {
+            TimelineEntry {
+                at: to_u64(at),
+                what,
+                detail,
+                reference,
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        for row in sqlx::query(
+            "SELECT first_seen, session FROM session_baselines WHERE user_key = $1 \
+             ORDER BY first_seen DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(lim)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.push(entry(
+                row.try_get(0)?,
+                "session first seen",
+                row.try_get(1)?,
+                None,
+            ));
+        }
+        for row in sqlx::query(
+            "SELECT at, reference, action, enforced, node FROM detections WHERE user_key = $1 \
+             ORDER BY at DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(lim)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let reference: String = row.try_get(1)?;
+            let action: String = row.try_get(2)?;
+            let enforced = row.try_get::<i64, _>(3)? != 0;
+            let node: String = row.try_get(4)?;
+            out.push(entry(
+                row.try_get(0)?,
+                "detection",
+                format!(
+                    "{action}{} on node {node}",
+                    if enforced { "" } else { " (not enforced)" }
+                ),
+                Some(reference),
+            ));
+        }
+        // Labels: each kind's newest, through the user's detections.
+        for (column, what) in [
+            ("false_positive", "false positive"),
+            ("confirmed_compromise", "confirmed compromise"),
+            ("stepped_up", "step-up passed"),
+        ] {
+            for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {column}, reference FROM detections WHERE user_key = $1 \
+                 AND {column} IS NOT NULL ORDER BY {column} DESC LIMIT $2"
+            )))
+            .bind(key.as_str())
+            .bind(lim)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let reference: String = row.try_get(1)?;
+                out.push(entry(row.try_get(0)?, what, String::new(), Some(reference)));
+            }
+        }
+        for row in sqlx::query(
+            "SELECT at, what, value FROM user_trust WHERE user_key = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(lim)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let what: String = row.try_get(1)?;
+            let value: String = row.try_get(2)?;
+            out.push(entry(
+                row.try_get(0)?,
+                "trusted",
+                format!("{what} {value}"),
+                None,
+            ));
+        }
+        // The user's sessions revoked: those held and those caught.
+        for row in sqlx::query(
+            "SELECT r.at, r.session FROM revoked_sessions r WHERE r.session IN \
+             (SELECT session FROM session_baselines WHERE user_key = $1 \
+              UNION SELECT session FROM detections WHERE user_key = $1 AND session IS NOT NULL) \
+             ORDER BY r.at DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(lim)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.push(entry(
+                row.try_get(0)?,
+                "session revoked",
+                row.try_get(1)?,
+                None,
+            ));
+        }
+        for (sql, what) in [
+            (
+                "SELECT at, '' FROM revoked_users WHERE user_key = $1",
+                "user revoked",
+            ),
+            (
+                "SELECT at, '' FROM user_step_ups WHERE user_key = $1",
+                "step-up asked",
+            ),
+            (
+                "SELECT at, CAST(points AS TEXT) FROM user_risk WHERE user_key = $1",
+                "risk points",
+            ),
+        ] {
+            if let Some(row) = sqlx::query(sql)
+                .bind(key.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                out.push(entry(row.try_get(0)?, what, row.try_get(1)?, None));
+            }
+        }
+        for row in sqlx::query(
+            "SELECT created, by_whom FROM logouts WHERE user_key = $1 ORDER BY created DESC LIMIT $2",
+        )
+        .bind(key.as_str())
+        .bind(lim)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let by: String = row.try_get(1)?;
+            out.push(entry(row.try_get(0)?, "universal logout", format!("by {by}"), None));
+        }
+        tx.commit().await?;
+        out.sort_by(|a, b| {
+            b.at.cmp(&a.at)
+                .then_with(|| a.what.cmp(b.what))
+                .then_with(|| a.detail.cmp(&b.detail))
+                .then_with(|| a.reference.cmp(&b.reference))
+        });
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    /// What `user`'s entity risk since `since` is rebuilt from; at most
+    /// `cap` detections, the newest.
+    pub async fn risk_inputs(
+        &self,
+        user: UserId,
+        since: u64,
+        cap: usize,
+    ) -> Result<RiskInputs, StoreError> {
+        let key = user.to_string();
+        let mut tx = self.pool.begin().await?;
+        let mut out = RiskInputs::default();
+        for row in sqlx::query(
+            "SELECT at, node FROM detections WHERE user_key = $1 AND at >= $2 AND enforced = 1 \
+             AND false_positive IS NULL ORDER BY at DESC LIMIT $3",
+        )
+        .bind(key.as_str())
+        .bind(to_i64(since))
+        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            out.detections
+                .push((to_u64(row.try_get(0)?), row.try_get::<String, _>(1)?));
+        }
+        if let Some(row) =
+            sqlx::query("SELECT points, at, until FROM user_risk WHERE user_key = $1")
+                .bind(key.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+        {
+            out.risk = Some((
+                u8::try_from(to_u64(row.try_get(0)?)).unwrap_or(100),
+                to_u64(row.try_get(1)?),
+                to_u64(row.try_get(2)?),
+            ));
+        }
+        out.cleared_at =
+            sqlx::query("SELECT until FROM user_detections WHERE user_key = $1 AND count = 0")
+                .bind(key.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?
+                .map(to_u64);
+        tx.commit().await?;
+        Ok(out)
     }
 }
