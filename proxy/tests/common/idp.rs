@@ -34,8 +34,10 @@ pub(crate) const ACR_PWD: &str = "urn:vigil:pwd";
 pub(crate) const ACR_MFA: &str = "urn:vigil:mfa";
 
 /// Longest wait for the IdP to print its issuer. Generous: node loads
-/// oidc-provider and makes an RSA key before it listens.
-const START_DEADLINE: Duration = Duration::from_secs(30);
+/// oidc-provider and makes an RSA key before it listens, and a test binary
+/// starts one per test, a dozen at once on two busy cores (30 s was once
+/// not enough while another build ran beside the suite).
+const START_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest run of `browser.mjs`: its own 20 s, plus Chromium's start.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(40);
 
