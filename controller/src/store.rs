@@ -535,6 +535,7 @@ impl Store {
                     record,
                     confirmed,
                     false_positive,
+                    disputed,
                 } => {
                     let revocations_left =
                         intake.revocations_left.saturating_sub(taken.revocations);
@@ -567,6 +568,10 @@ impl Store {
                             {
                                 cleared.push(user);
                                 labels::step_up_passed(&mut tx, user, session, now).await?;
+                                if let Some(reference) = disputed {
+                                    labels::disputed(&mut tx, node, user, session, reference, now)
+                                        .await?;
+                                }
                             }
                             pending.insert(session, held);
                             taken.baselines += 1;

@@ -542,6 +542,7 @@ fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEven
             record: record.clone(),
             confirmed,
             false_positive: false,
+            disputed: None,
         },
     }
 }

@@ -1822,6 +1822,7 @@ async fn a_users_page_shows_their_risk_over_time_and_their_timeline() {
                 record: session_record("erin-cookie", "erin", now() - 60),
                 confirmed: false,
                 false_positive: false,
+                disputed: None,
             },
         }])
         .await;

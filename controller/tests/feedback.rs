@@ -519,6 +519,7 @@ fn baseline(id: &str, record: &vigil_fleet::Record, confirmed: bool) -> NodeEven
             record: record.clone(),
             confirmed,
             false_positive: false,
+            disputed: None,
         },
     }
 }
@@ -627,6 +628,7 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
                     record: fay.clone(),
                     confirmed: true,
                     false_positive: true,
+                    disputed: None,
                 },
             },
         ])
@@ -663,6 +665,98 @@ async fn a_passed_step_up_labels_only_its_own_sessions_step_up_detections_once()
             .unwrap();
         vigil_controller::copy::copy(&store, &copied).await.unwrap();
         assert_eq!(labels(&copied).await, held);
+
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// `record`'s baseline, confirmed or not, naming `disputed` as the block
+/// its user said "it was me" to.
+fn disputing(id: &str, record: &vigil_fleet::Record, confirmed: bool, disputed: &str) -> NodeEvent {
+    NodeEvent {
+        id: id.to_owned(),
+        kind: NodeEventKind::SessionBaseline {
+            record: record.clone(),
+            confirmed,
+            false_positive: false,
+            disputed: Some(disputed.to_owned()),
+        },
+    }
+}
+
+#[tokio::test]
+async fn it_was_me_labels_only_the_block_its_user_disputed() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        let e = engine();
+        let t = now();
+        let gil = record(&e, "s-gil", "gil", t - 5);
+        let gil_id = SessionId(gil.0[..16].try_into().unwrap());
+        let hal = record(&e, "s-hal", "hal", t - 5);
+        let hal_id = SessionId(hal.0[..16].try_into().unwrap());
+        let block = |reference: &str, session: SessionId, user: &str, at: u64| {
+            detection_by(
+                reference,
+                session,
+                Some(user_of(user)),
+                None,
+                &[("device_changed", 70)],
+                at,
+            )
+        };
+        c.events(vec![
+            block("block-gil", gil_id, "gil", t - 30),
+            block("block-gil-2", gil_id, "gil", t - 20),
+            block("block-gil-old", gil_id, "gil", t - 7_200),
+            block("block-hal", hal_id, "hal", t - 30),
+        ])
+        .await;
+        // Whoever was blocked may be the thief: saying so without passing
+        // (a sighting, not confirmed) labels nothing.
+        c.events(vec![disputing("d-1", &gil, false, "block-gil")])
+            .await;
+        assert_eq!(labels(&store).await, []);
+        // Gil's pass naming another user's block, or a block of his older
+        // than the hour: nothing labelled.
+        c.events(vec![
+            disputing("d-2", &gil, true, "block-hal"),
+            disputing("d-3", &gil, true, "block-gil-old"),
+        ])
+        .await;
+        assert_eq!(labels(&store).await, []);
+        // Gil's pass naming his block: that one, and only that one.
+        c.events(vec![disputing("d-4", &gil, true, "block-gil")])
+            .await;
+        let after = labels(&store).await;
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(
+            (after[0].0.as_str(), after[0].1),
+            ("block-gil", "step_up_passed")
+        );
+        // Said again: labelled once, at the first pass.
+        c.events(vec![disputing("d-5", &gil, true, "block-gil")])
+            .await;
+        assert_eq!(labels(&store).await, after);
+        // Hal's block is labelled only by Hal's own pass.
+        c.events(vec![disputing("d-6", &hal, true, "block-hal")])
+            .await;
+        let both_labels = labels(&store).await;
+        assert_eq!(
+            both_labels
+                .iter()
+                .map(|(r, l, _)| (r.as_str(), *l))
+                .collect::<Vec<_>>(),
+            [
+                ("block-gil", "step_up_passed"),
+                ("block-hal", "step_up_passed")
+            ]
+        );
 
         c.stop().await;
         db.drop_db().await;

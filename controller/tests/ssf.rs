@@ -792,6 +792,7 @@ async fn a_revoked_idp_session_ends_the_vigil_sessions_learnt_for_it_alone() {
             record: record.clone(),
             confirmed: true,
             false_positive: false,
+            disputed: None,
         };
         let learnt = |record: &vigil_fleet::Record, user: &str, sid: &str| {
             vigil_fleet::NodeEventKind::IdpSession {
@@ -1781,6 +1782,7 @@ async fn a_provider_session_fuller_than_its_mapping_ends_every_session_of_its_us
                 record: record.clone(),
                 confirmed: true,
                 false_positive: false,
+                disputed: None,
             },
         });
         events.push(vigil_fleet::NodeEvent {

@@ -116,6 +116,9 @@ pub enum Event {
         user: Option<UserKey>,
         /// Seconds since the Unix epoch.
         at: u64,
+        /// The refusal the user disputed ("it was me" on a block page)
+        /// and this step-up answered, if any: their word on that decision.
+        disputed: Option<Reference>,
     },
     /// An operator's feedback was applied.
     FeedbackApplied {

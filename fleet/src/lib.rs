@@ -493,6 +493,13 @@ pub enum NodeEventKind {
         /// earlier build ignores it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         false_positive: bool,
+        /// The reference of this node's refusal (a block) that the user
+        /// disputed ("it was me" on the block page) and answered with this
+        /// step-up: the controller labels that detection with the user's
+        /// word. A reference as on the refusal page (16 hex digits); left
+        /// out when none, and a controller of an earlier build ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disputed: Option<String>,
     },
     /// A request was refused (or, on a monitoring route, would have been):
     /// the decision's facts, the evidence a detection is counted on.

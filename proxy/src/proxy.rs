@@ -415,6 +415,11 @@ impl VigilProxy {
         let decided = self
             .engine
             .decide_with_rules(&view, &route.policy, rules, self.forwarded);
+        if let Some(token) = stepup::dispute_token(session.req_header().uri.query()) {
+            return self
+                .dispute(session, route, oidc, path, &token, decided)
+                .await;
+        }
         let mut cookies = Vec::new();
         let outcome = match decided {
             // Only an enforcing route sends users to step up; a route
@@ -473,6 +478,61 @@ impl VigilProxy {
             },
         };
         respond::send(session, refusal).await?;
+        Ok(true)
+    }
+
+    /// An "it was me" link followed (`docs/step-up.md`): the block it
+    /// names is disputed by a step-up at the provider, which the callback
+    /// then answers as any. The link's request is judged like the
+    /// callback (nothing applied), and must be of the session the link
+    /// was made for.
+    async fn dispute(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        oidc: &Arc<crate::config::Oidc>,
+        callback_path: &str,
+        token: &str,
+        decided: std::result::Result<Verdict, vigil_engine::RequestError>,
+    ) -> Result<bool> {
+        let offered = matches!(
+            route.step_up,
+            Some(StepUpVia::Oidc {
+                it_was_me: true,
+                ..
+            })
+        );
+        let outcome = match decided {
+            Ok(_) if !offered => Outcome::Refuse(stepup::Problem::LinkInvalid),
+            Ok(verdict)
+                if route.mode != Mode::Enforce
+                    || (self.tls_required
+                        && verdict.risk.has(vigil_engine::Reason::TlsEvidenceLost)) =>
+            {
+                Outcome::Refuse(stepup::Problem::Refused)
+            }
+            Ok(verdict) => {
+                let start = stepup::Start {
+                    route: &route.name,
+                    scheme: if self.tls { "https" } else { "http" },
+                    authority: request_authority(session.req_header()),
+                    callback_path,
+                    // The page to return to is the link's own.
+                    target: "/",
+                    acr_values: None,
+                    max_age: None,
+                    now: verdict.at,
+                };
+                self.step_ups.dispute(oidc, &verdict, &start, token).await
+            }
+            Err(_) => Outcome::Refuse(stepup::Problem::NoSession),
+        };
+        StepUps::count(&self.metrics, "dispute", &outcome);
+        let reference = respond::new_reference().to_string();
+        if matches!(outcome, Outcome::Redirect(_)) {
+            tracing::info!(target: stepup::LOG_TARGET, reference, route = %route.name, "it was me: sent to step up");
+        }
+        respond::send(session, sent_to_step_up(&outcome, &reference, route)).await?;
         Ok(true)
     }
 
@@ -678,6 +738,7 @@ impl VigilProxy {
                 "shadow rule matched"
             );
         }
+        let decision_reference = reference;
         let reference = reference.map(|r| r.to_string()).unwrap_or_default();
         if verdict.action != Action::Allow {
             self.remember(&reference, verdict);
@@ -711,7 +772,7 @@ impl VigilProxy {
             verdict.session.map(|s| s.source),
             Some(CredentialSource::Bearer)
         );
-        if let (Action::StepUp, false, Some(StepUpVia::Oidc { callback_path }), Some(oidc)) = (
+        if let (Action::StepUp, false, Some(StepUpVia::Oidc { callback_path, .. }), Some(oidc)) = (
             verdict.action,
             bearer,
             &route.step_up,
@@ -733,20 +794,7 @@ impl VigilProxy {
             };
             let outcome = self.step_ups.start(oidc, verdict, &start).await;
             StepUps::count(&self.metrics, "start", &outcome);
-            let refusal = match &outcome {
-                Outcome::Redirect(url) => Refusal::StepUp {
-                    reference: &reference,
-                    url,
-                    bearer: false,
-                    acr_values: None,
-                    max_age: None,
-                },
-                Outcome::Refuse(problem) => Refusal::StepUpRefused {
-                    problem: *problem,
-                    login_url: route.login_url.as_deref(),
-                },
-            };
-            respond::send(session, refusal).await?;
+            respond::send(session, sent_to_step_up(&outcome, &reference, route)).await?;
             return Ok(true);
         }
         let issuer = generation.config.oidc.as_ref().map(|o| o.issuer.as_str());
@@ -777,13 +825,71 @@ impl VigilProxy {
                 login_url: route.login_url.as_deref().unwrap_or("/"),
                 cookie: cookie.map(String::as_str),
             },
-            // Block, and any action this build does not know: refused.
+            Action::Block => {
+                let it_was_me = self.it_was_me_link(
+                    session,
+                    route,
+                    verdict,
+                    decision_reference,
+                    cookie.is_some(),
+                );
+                return respond::send(
+                    session,
+                    Refusal::Blocked {
+                        reference: &reference,
+                        it_was_me: it_was_me.as_deref(),
+                    },
+                )
+                .await
+                .map(|()| true);
+            }
+            // Any action this build does not know: refused.
             _ => Refusal::Blocked {
                 reference: &reference,
+                it_was_me: None,
             },
         };
         respond::send(session, refusal).await?;
         Ok(true)
+    }
+
+    /// The "it was me" link a block page offers (`docs/step-up.md`): only
+    /// on a route that offers it (`it_was_me`, stepping up at `[oidc]`),
+    /// only to a browser's one session cookie whose user is known (a
+    /// step-up confirms who a session belongs to, nothing else), and only
+    /// for this block of this session on this route.
+    fn it_was_me_link(
+        &self,
+        session: &Session,
+        route: &Route,
+        verdict: &Verdict,
+        reference: Option<vigil_engine::Reference>,
+        by_cookie: bool,
+    ) -> Option<String> {
+        let Some(StepUpVia::Oidc {
+            callback_path,
+            it_was_me: true,
+        }) = &route.step_up
+        else {
+            return None;
+        };
+        let key = verdict.session.filter(|_| verdict.credentials == 1)?.key;
+        if !by_cookie || verdict.user.is_none() {
+            return None;
+        }
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        Some(self.step_ups.dispute_link(
+            callback_path,
+            &route.name,
+            key,
+            reference?,
+            target,
+            verdict.at,
+        ))
     }
 }
 
@@ -875,7 +981,7 @@ impl ProxyHttp for VigilProxy {
             respond::send(session, Refusal::FleetStale).await?;
             return Ok(true);
         }
-        if let (Some(StepUpVia::Oidc { callback_path }), Some(oidc)) =
+        if let (Some(StepUpVia::Oidc { callback_path, .. }), Some(oidc)) =
             (&route.step_up, &generation.config.oidc)
             && *path == **callback_path
         {
@@ -944,6 +1050,7 @@ impl ProxyHttp for VigilProxy {
                         session,
                         Refusal::Blocked {
                             reference: &reference,
+                            it_was_me: None,
                         },
                     )
                     .await?;
@@ -1347,6 +1454,24 @@ fn request_host(req: &RequestHeader) -> &str {
         return raw.split_inclusive(']').next().unwrap_or(raw);
     }
     raw.split(':').next().unwrap_or(raw)
+}
+
+/// The answer to a step-up start (a `step_up` decision, or an "it was me"
+/// link followed): `303` to the provider, or the refusal's page.
+fn sent_to_step_up<'a>(outcome: &'a Outcome, reference: &'a str, route: &'a Route) -> Refusal<'a> {
+    match outcome {
+        Outcome::Redirect(url) => Refusal::StepUp {
+            reference,
+            url,
+            bearer: false,
+            acr_values: None,
+            max_age: None,
+        },
+        Outcome::Refuse(problem) => Refusal::StepUpRefused {
+            problem: *problem,
+            login_url: route.login_url.as_deref(),
+        },
+    }
 }
 
 /// The host a request is for as the browser wrote it, port included:

@@ -89,6 +89,9 @@ pub enum Refusal<'a> {
     Blocked {
         /// The decision's reference id.
         reference: &'a str,
+        /// The "it was me" link, when the route offers one to this
+        /// session (`it_was_me`, `docs/step-up.md`): JSON's `it_was_me_url`.
+        it_was_me: Option<&'a str>,
     },
     /// The session was revoked earlier.
     SessionEnded {
@@ -428,7 +431,7 @@ impl<'a> Refusal<'a> {
             | Refusal::DbscUnavailable
             | Refusal::StepUpRefused { .. } => None,
             Refusal::StepUpPassed { reference, .. } => Some(reference),
-            Refusal::Blocked { reference }
+            Refusal::Blocked { reference, .. }
             | Refusal::SessionEnded { reference, .. }
             | Refusal::StepUp { reference, .. }
             | Refusal::Revoked { reference, .. } => Some(reference),
@@ -525,12 +528,16 @@ impl<'a> Refusal<'a> {
                     "This server cannot check the session's device binding right now. Try again shortly.",
                 )
             },
-            Refusal::Blocked { .. } => plain(
-                StatusCode::FORBIDDEN,
-                "blocked",
-                "Access blocked",
-                "This request was blocked to protect your account.",
-            ),
+            Refusal::Blocked { it_was_me, .. } => Answer {
+                link: it_was_me
+                    .map(|url| ("it_was_me_url", url, "It was me: sign in again to continue")),
+                ..plain(
+                    StatusCode::FORBIDDEN,
+                    "blocked",
+                    "Access blocked",
+                    "This request was blocked to protect your account.",
+                )
+            },
             Refusal::SessionEnded { login_url, .. } => Answer {
                 link: login_url.map(|url| ("login_url", url, "Sign in again")),
                 ..plain(
@@ -674,6 +681,11 @@ fn step_up_page(problem: crate::stepup::Problem) -> (StatusCode, &'static str, &
             StatusCode::FORBIDDEN,
             "Access blocked",
             "This session cannot continue.",
+        ),
+        P::LinkInvalid => (
+            StatusCode::FORBIDDEN,
+            "Link expired",
+            "This link has expired, was used already, or belongs to another session. Go back to the page and try again.",
         ),
     }
 }

@@ -41,8 +41,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::Nonce;
-use vigil_engine::{Action, Engine, SessionKey, UserKey, Verdict};
+use vigil_engine::{Action, Engine, Reference, SessionKey, UserKey, Verdict};
 
 use crate::config::{Oidc, UserClaim};
 use crate::metrics::Metrics;
@@ -72,6 +74,19 @@ const MAX_TARGET_BYTES: usize = 2_048;
 
 /// Longest callback query read.
 const MAX_QUERY_BYTES: usize = 8_192;
+
+/// How long an "it was me" link on a block page can be followed: long
+/// enough to read the page, short enough that a link copied off a screen
+/// or a log is soon worth nothing (it is only ever good for its own
+/// session, which must pass a step-up besides).
+const LINK_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The query parameter of an "it was me" link, on the callback path.
+const LINK_PARAM: &str = "it_was_me";
+
+/// What an "it was me" link's MAC starts with: its purpose and version,
+/// so that no other MAC this key might ever make can pass for one.
+const LINK_CONTEXT: &[u8] = b"vigil it_was_me v1\0";
 
 /// Why a step-up was refused: each is a page with its own code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +128,9 @@ pub enum Problem {
     WrongUser,
     /// The session was revoked, or the callback itself is refused.
     Refused,
+    /// An "it was me" link that is not this session's, was altered, has
+    /// expired or was answered already.
+    LinkInvalid,
 }
 
 impl Problem {
@@ -136,6 +154,7 @@ impl Problem {
             Problem::UnknownUser => "step_up_unknown_user",
             Problem::WrongUser => "step_up_wrong_user",
             Problem::Refused => "step_up_refused",
+            Problem::LinkInvalid => "step_up_link_invalid",
         }
     }
 }
@@ -163,6 +182,9 @@ struct Pending {
     acr_values: Vec<String>,
     /// Seconds since authentication the rule allows.
     max_age: Option<u32>,
+    /// The block the user disputes ("it was me"), when they asked for
+    /// this step-up themselves.
+    disputed: Option<Reference>,
 }
 
 impl Pending {
@@ -202,6 +224,11 @@ pub enum Outcome {
 pub struct StepUps {
     pending: moka::sync::Cache<String, Arc<Pending>>,
     passed: moka::sync::Cache<SessionKey, Passed>,
+    /// Signs "it was me" links: this process's own key, drawn at start
+    /// (a link outlives neither its [`LINK_LIFETIME`] nor the process).
+    link_key: ring::hmac::Key,
+    /// Blocks whose "it was me" step-up passed: their link is spent.
+    disputes_passed: moka::sync::Cache<Reference, ()>,
     /// Starts per session.
     per_session: Limiter<SessionKey>,
     /// Starts per client network.
@@ -263,6 +290,11 @@ impl StepUps {
                 .max_capacity(MAX_TRACKED)
                 .time_to_live(PENDING_CEILING)
                 .build(),
+            link_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
+            disputes_passed: moka::sync::Cache::builder()
+                .max_capacity(MAX_TRACKED)
+                .time_to_live(LINK_LIFETIME)
+                .build(),
             per_session: Limiter::new(MAX_TRACKED),
             starts_per_client: Limiter::new(MAX_TRACKED),
             callbacks_per_client: Limiter::new(MAX_TRACKED),
@@ -289,11 +321,135 @@ impl StepUps {
         if self.start_limited(oidc, session.key, verdict.client.addr) {
             return Outcome::Refuse(Problem::RateLimited);
         }
+        self.send(oidc, session.key, start, safe_target(start.target), None)
+            .await
+    }
+
+    /// The "it was me" link for the block `reference` of `session` on
+    /// `route`, answered at `callback_path`: a relative URL carrying when
+    /// it expires, the block's reference, the page to return to and a MAC
+    /// over those, the session and the route under this process's key.
+    /// It names no session (the browser's own cookie does) and is good
+    /// for no other session, route or block.
+    pub fn dispute_link(
+        &self,
+        callback_path: &str,
+        route: &str,
+        session: SessionKey,
+        reference: Reference,
+        target: &str,
+        now: u64,
+    ) -> String {
+        let expires = now.saturating_add(LINK_LIFETIME.as_secs());
+        let target = safe_target(target);
+        let message = Self::link_message(route, session, reference, expires, &target);
+        let tag = ring::hmac::sign(&self.link_key, &message);
+        format!(
+            "{callback_path}?{LINK_PARAM}={expires}.{reference}.{}.{}",
+            URL_SAFE_NO_PAD.encode(target.as_bytes()),
+            URL_SAFE_NO_PAD.encode(tag.as_ref()),
+        )
+    }
+
+    /// What an "it was me" link's MAC covers: its purpose, the session,
+    /// the route, the block, when it expires and the page to return to.
+    fn link_message(
+        route: &str,
+        session: SessionKey,
+        reference: Reference,
+        expires: u64,
+        target: &str,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(LINK_CONTEXT.len() + 64 + route.len() + target.len());
+        out.extend_from_slice(LINK_CONTEXT);
+        out.extend_from_slice(session.as_bytes());
+        // Lengths first: no two field lists read as the same bytes.
+        out.extend_from_slice(&(route.len() as u64).to_be_bytes());
+        out.extend_from_slice(route.as_bytes());
+        out.extend_from_slice(&reference.0.to_be_bytes());
+        out.extend_from_slice(&expires.to_be_bytes());
+        out.extend_from_slice(target.as_bytes());
+        out
+    }
+
+    /// The block and the page an "it was me" link `token` names, when it
+    /// is this session's on this route, unaltered and unexpired.
+    fn dispute_of(
+        &self,
+        token: &str,
+        route: &str,
+        session: SessionKey,
+        now: u64,
+    ) -> Option<(Reference, String)> {
+        let mut parts = token.split('.');
+        let (expires, reference, target, tag) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let expires: u64 = expires.parse().ok()?;
+        if now > expires || expires > now.saturating_add(LINK_LIFETIME.as_secs()) {
+            return None;
+        }
+        if reference.len() != 16 {
+            return None;
+        }
+        let reference = Reference(u64::from_str_radix(reference, 16).ok()?);
+        let target = String::from_utf8(URL_SAFE_NO_PAD.decode(target).ok()?).ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        // Checked over the bytes as sent (in constant time), then the
+        // target must be one this node would have put in a link.
+        let message = Self::link_message(route, session, reference, expires, &target);
+        ring::hmac::verify(&self.link_key, &message, &tag).ok()?;
+        (safe_target(&target) == target).then_some((reference, target))
+    }
+
+    /// Starts the step-up that answers an "it was me" link (`token`, from
+    /// the callback path's query) for the request `verdict` judged: the
+    /// block it names is disputed, and a pass labels it with the user's
+    /// word. Refused unless the link is this session's, on this route,
+    /// unaltered, unexpired and unspent, and the session is one a step-up
+    /// could confirm (not revoked, not ended).
+    pub async fn dispute(
+        &self,
+        oidc: &Arc<Oidc>,
+        verdict: &Verdict,
+        start: &Start<'_>,
+        token: &str,
+    ) -> Outcome {
+        let Some(session) = verdict.session.filter(|_| verdict.credentials == 1) else {
+            return Outcome::Refuse(Problem::NoSession);
+        };
+        if self.start_limited(oidc, session.key, verdict.client.addr) {
+            return Outcome::Refuse(Problem::RateLimited);
+        }
+        let Some((reference, target)) = self.dispute_of(token, start.route, session.key, start.now)
+        else {
+            return Outcome::Refuse(Problem::LinkInvalid);
+        };
+        if self.disputes_passed.contains_key(&reference) {
+            return Outcome::Refuse(Problem::LinkInvalid);
+        }
+        if !disputable(verdict) {
+            return Outcome::Refuse(Problem::Refused);
+        }
+        self.send(oidc, session.key, start, target, Some(reference))
+            .await
+    }
+
+    /// Sends `session` to the provider, to return to `target`.
+    async fn send(
+        &self,
+        oidc: &Arc<Oidc>,
+        session: SessionKey,
+        start: &Start<'_>,
+        target: String,
+        disputed: Option<Reference>,
+    ) -> Outcome {
         let Some(authority) = plain_authority(start.authority) else {
             return Outcome::Refuse(Problem::BadHost);
         };
-        let target = safe_target(start.target);
-        if let Some(p) = self.passed.get(&session.key)
+        if let Some(p) = self.passed.get(&session)
             && p.target == target
             && start.now.saturating_sub(p.at) < oidc.loop_window.as_secs()
         {
@@ -321,7 +477,7 @@ impl StepUps {
         self.pending.insert(
             request.state,
             Arc::new(Pending {
-                session: session.key,
+                session,
                 route: start.route.to_owned(),
                 issuer: oidc.issuer.clone(),
                 redirect_uri,
@@ -331,6 +487,7 @@ impl StepUps {
                 sent_at: start.now,
                 acr_values,
                 max_age: start.max_age,
+                disputed,
             }),
         );
         Outcome::Redirect(request.url)
@@ -449,9 +606,24 @@ impl StepUps {
             return Outcome::Refuse(Problem::WrongUser);
         }
         // The callback is a request like any: a session the engine would
-        // block or has revoked does not pass by signing in.
-        if !matches!(verdict.action, Action::Allow | Action::StepUp) || !engine.confirm(verdict) {
+        // block or has revoked does not pass by signing in — unless the
+        // user disputed that block themselves ("it was me"), which is what
+        // the step-up answers; a revoked or ended session never passes.
+        let passable = match verdict.action {
+            Action::Allow | Action::StepUp => true,
+            Action::Block => pending.disputed.is_some() && disputable(verdict),
+            _ => false,
+        };
+        let confirmed = passable
+            && match pending.disputed {
+                Some(reference) => engine.confirm_disputed(verdict, reference),
+                None => engine.confirm(verdict),
+            };
+        if !confirmed {
             return Outcome::Refuse(Problem::Refused);
+        }
+        if let Some(reference) = pending.disputed {
+            self.disputes_passed.insert(reference, ());
         }
         // The provider's session, for its logout to end this one (hashed
         // in the engine; the raw `sid` is neither kept nor logged).
@@ -467,6 +639,7 @@ impl StepUps {
             acr = claims.acr.as_deref().unwrap_or(""),
             amr = %claims.amr.join(" "),
             auth_time = claims.auth_time.unwrap_or(0),
+            disputed = %pending.disputed.map(|r| r.to_string()).unwrap_or_default(),
             "step-up passed"
         );
         self.passed.insert(
@@ -482,7 +655,7 @@ impl StepUps {
     /// Counts an outcome.
     pub fn count(metrics: &Metrics, stage: &str, outcome: &Outcome) {
         let label = match outcome {
-            Outcome::Redirect(_) if stage == "start" => "sent",
+            Outcome::Redirect(_) if stage != "callback" => "sent",
             Outcome::Redirect(_) => "passed",
             Outcome::Refuse(p) => p.code(),
         };
@@ -520,6 +693,41 @@ impl Callback {
             *slot = Some(value.into_owned());
         }
         Some(out)
+    }
+}
+
+/// Whether a step-up may answer this verdict's block: not for a session
+/// ended (revoked, here or by the fleet), which signing in never restores.
+fn disputable(verdict: &Verdict) -> bool {
+    verdict.action != Action::Revoke && !verdict.risk.reasons.iter().any(|c| c.reason.is_final())
+}
+
+/// The token of an "it was me" link when `query` carries one: the
+/// parameter's value when it is there once and nothing of a provider's
+/// answer is, an empty token (never valid) when it is there otherwise.
+/// `None` when the query is a provider's answer.
+pub fn dispute_token(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    if query.len() > MAX_QUERY_BYTES {
+        return None;
+    }
+    let mut token: Option<String> = None;
+    let mut seen = 0usize;
+    let mut other = false;
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            LINK_PARAM => {
+                seen += 1;
+                token = Some(value.into_owned());
+            }
+            "code" | "state" | "error" | "iss" => other = true,
+            _ => {}
+        }
+    }
+    match (seen, other) {
+        (0, _) => None,
+        (1, false) => token,
+        _ => Some(String::new()),
     }
 }
 

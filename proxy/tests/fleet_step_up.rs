@@ -47,6 +47,12 @@ impl Fleet {
     /// logout URI (the controller's receiver, which takes the provider's
     /// logout tokens as provider `op`), so its ID tokens carry `sid`.
     async fn start(postgres: bool, backchannel: bool) -> Fleet {
+        // The route allows at low risk: only the user's step-up sends
+        // anyone to the provider here.
+        Fleet::with_route(postgres, backchannel, Route::new("app", "/", "app").oidc()).await
+    }
+
+    async fn with_route(postgres: bool, backchannel: bool, route: Route) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("fleet-hash.key");
@@ -122,10 +128,8 @@ impl Fleet {
         let secret = dir.path().join("client-secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
         let config = node_config.state_dir(&state).upstream("app", origin.addr());
-        // The route allows at low risk: only the user's step-up sends
-        // anyone to the provider here.
         let config = config
-            .route(Route::new("app", "/", "app").oidc())
+            .route(route)
             .section(&format!(
                 "[session]\nhash_key_file = {:?}\n\n[controller]\nurl = \"http://{controller}\"\ntoken_file = {:?}\n\n\
                  [oidc]\nissuer = {:?}\nclient_id = \"vigil\"\nclient_secret_file = {:?}\n",
@@ -303,6 +307,69 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controller() {
+    let route = Route::new("app", "/", "app")
+        .medium("block")
+        .high("block")
+        .it_was_me();
+    let fleet = Fleet::with_route(false, false, route).await;
+    // Alice signs in from Firefox, then goes on from a new laptop: blocked.
+    let login = common::Browser::firefox()
+        .get(&fleet.url("/login?user=alice&session=s-alice"))
+        .await;
+    assert_eq!(login.status(), 200);
+    let mut laptop = FormClient::new();
+    laptop.set_cookie(
+        fleet.url("").trim_start_matches("http://"),
+        "session",
+        "s-alice",
+    );
+    let blocked = laptop.get(&fleet.url("/reports")).await;
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    let block = blocked.header("vigil-reference").unwrap().to_owned();
+    let href = format!("href=\"{CALLBACK}?it_was_me=");
+    let start = blocked.body.find(&href).unwrap() + "href=\"".len();
+    let end = start + blocked.body[start..].find('"').unwrap();
+    let link = fleet.url(&blocked.body[start..end]);
+
+    // "It was me": she signs in at the provider and lands on the page.
+    let sent = laptop.get(&link).await;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let passed = fleet.sign_in(&mut laptop, &sent, "alice", "pw-a").await;
+    assert_eq!(passed.status, 303, "{}", passed.body);
+    assert_eq!(passed.header("location"), Some("/reports"));
+    assert_eq!(laptop.get(&fleet.url("/reports")).await.status, 200);
+
+    // The controller holds her word on that block: labelled
+    // step_up_passed (the precision page and the export count it).
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&fleet.store).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let row = sqlx::query("SELECT action, stepped_up FROM detections WHERE reference = $1")
+            .bind(&block)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        let labelled = row.as_ref().map(|r| {
+            let action: String = sqlx::Row::try_get(r, 0).unwrap();
+            let stepped_up: Option<i64> = sqlx::Row::try_get(r, 1).unwrap();
+            (action, stepped_up.is_some())
+        });
+        if labelled == Some(("block".to_owned(), true)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the block was never labelled: {labelled:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+    fleet.stop().await;
 }
 
 fn now_secs() -> u64 {

@@ -38,6 +38,27 @@ impl Stage {
     }
 
     async fn with_route(route: Route, oidc_extra: &str, extra: &str) -> Stage {
+        Stage::build(
+            route.medium("step_up").high("step_up").oidc(),
+            oidc_extra,
+            extra,
+        )
+        .await
+    }
+
+    /// A route that blocks at medium and high risk, stepping up at the
+    /// provider only when asked (`it_was_me`, when `offered`).
+    async fn blocking(offered: bool) -> Stage {
+        let route = Route::new("app", "/", "app").medium("block").high("block");
+        let route = if offered {
+            route.it_was_me()
+        } else {
+            route.oidc()
+        };
+        Stage::build(route, "", "").await
+    }
+
+    async fn build(route: Route, oidc_extra: &str, extra: &str) -> Stage {
         let origin = Origin::start();
         let config = Config::new().upstream("app", origin.addr());
         let callback = format!("http://{}{CALLBACK}", config.http_addr());
@@ -46,7 +67,7 @@ impl Stage {
         let secret = dir.path().join("client-secret");
         std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
         let config = config
-            .route(route.medium("step_up").high("step_up").oidc())
+            .route(route)
             .section(&format!(
                 "[oidc]\nissuer = {:?}\nclient_id = \"vigil\"\nclient_secret_file = {:?}\n{oidc_extra}\n{extra}",
                 idp.issuer(),
@@ -194,6 +215,110 @@ async fn the_user_on_a_new_device_signs_in_again_and_gets_the_page() {
     assert!(log.contains("step-up passed"), "{log}");
     assert!(!log.contains(CLIENT_SECRET), "client secret in the log");
     assert!(!log.contains("s-alice"), "raw session cookie in the log");
+}
+
+/// The "it was me" link a block page offers, as an absolute URL.
+fn it_was_me_link(stage: &Stage, page: &Page) -> Option<String> {
+    let start = page.body.find(&format!("href=\"{CALLBACK}?it_was_me="))? + "href=\"".len();
+    let end = start + page.body[start..].find('"')?;
+    Some(stage.url(&page.body[start..end]))
+}
+
+#[tokio::test]
+async fn a_blocked_user_says_it_was_me_passes_a_step_up_and_gets_the_page() {
+    let stage = Stage::blocking(true).await;
+    let mut laptop = stage.session_elsewhere("alice", "s-alice-new").await;
+
+    // The new device is refused, and the page offers to dispute it.
+    let blocked = laptop.get(&stage.url("/account?tab=keys")).await;
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    let block = blocked.header("vigil-reference").unwrap().to_owned();
+    let link = it_was_me_link(&stage, &blocked).expect("an it-was-me link");
+
+    // The link is not for anyone else: another session (a thief who read
+    // it off the victim's screen or history) or no session at all; nor
+    // once altered.
+    let mut other = stage.session_elsewhere("mallory", "s-mallory").await;
+    let page = other.get(&link).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_link_invalid");
+    let page = FormClient::new().get(&link).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_no_session");
+    let altered = link.replace(&block, &"0".repeat(block.len()));
+    assert_ne!(altered, link);
+    let page = laptop.get(&altered).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_link_invalid");
+    // Refused, nothing was confirmed: still blocked.
+    assert_eq!(
+        laptop.get(&stage.url("/account?tab=keys")).await.status,
+        403
+    );
+
+    // The user follows it: off to the provider, and back to the page.
+    let form = stage
+        .to_login_form(&mut laptop, &link.replace(&stage.url(""), ""))
+        .await;
+    let callback = stage
+        .sign_in(&mut laptop, &form, "alice", "pw-a", None)
+        .await;
+    let passed = laptop.get(&callback).await;
+    assert_eq!(passed.status, 303, "{}", passed.body);
+    assert_eq!(passed.header("location"), Some("/account?tab=keys"));
+    assert_eq!(stage.step_ups("dispute", "sent").await, 1.0);
+    assert_eq!(stage.step_ups("callback", "passed").await, 1.0);
+    let page = laptop.get(&stage.url("/account?tab=keys")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("vigil-risk-level: low"), "{}", page.body);
+    // The pass names the block the user disputed, for the labels.
+    let log = stage.proxy.wait_for_log(&format!("disputed={block}")).await;
+    assert!(log.contains("step-up passed"), "{log}");
+
+    // Spent: the same link starts nothing more.
+    let again = laptop.get(&link).await;
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert_eq!(stage.code_of(&again).await, "step_up_link_invalid");
+}
+
+#[tokio::test]
+async fn a_thief_who_says_it_was_me_must_sign_in_as_the_owner() {
+    let stage = Stage::blocking(true).await;
+    // A thief replays alice's cookie from his own machine: blocked, and
+    // offered the link like anyone.
+    let mut thief = stage.session_elsewhere("alice", "s-stolen").await;
+    let blocked = thief.get(&stage.url("/")).await;
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    let link = it_was_me_link(&stage, &blocked).unwrap();
+    // Signing in with his own account at the provider takes nothing.
+    let form = stage
+        .to_login_form(&mut thief, &link.replace(&stage.url(""), ""))
+        .await;
+    let callback = stage.sign_in(&mut thief, &form, "bob", "pw-b", None).await;
+    let page = thief.get(&callback).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_wrong_user");
+    assert_eq!(thief.get(&stage.url("/")).await.status, 403);
+    assert_eq!(stage.step_ups("callback", "passed").await, 0.0);
+    assert!(!stage.proxy.log().contains("disputed="));
+}
+
+#[tokio::test]
+async fn a_route_that_does_not_offer_it_was_me_shows_no_link_and_takes_none() {
+    let stage = Stage::blocking(false).await;
+    let mut laptop = stage.session_elsewhere("alice", "s-a1").await;
+    let blocked = laptop.get(&stage.url("/")).await;
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    assert!(!blocked.body.contains("it_was_me"), "{}", blocked.body);
+    // A link made up (or made before a reload turned the offer off) is
+    // refused here, and the block stands.
+    let block = blocked.header("vigil-reference").unwrap();
+    let made_up = format!("{CALLBACK}?it_was_me=9999999999.{block}.Lw.AAAA");
+    let page = laptop.get(&stage.url(&made_up)).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_link_invalid");
+    assert_eq!(stage.step_ups("dispute", "step_up_link_invalid").await, 1.0);
+    assert_eq!(laptop.get(&stage.url("/")).await.status, 403);
 }
 
 #[tokio::test]

@@ -43,6 +43,37 @@ pub(super) async fn step_up_passed(
     Ok(done.rows_affected())
 }
 
+/// Labels the block `reference` of `node` passed (`stepped_up` = `now`):
+/// its user said "it was me" on the block page and passed the step-up the
+/// link started (`docs/dashboard.md`, Feedback pipeline). Only that
+/// decision, only if it was this node's, of this session and user, a
+/// block, within [`STEP_UP_WINDOW`] and not labelled yet: a node's word
+/// about one user's pass labels no other user's decision.
+pub(super) async fn disputed(
+    tx: &mut Transaction<'static, Any>,
+    node: &str,
+    user: UserId,
+    session: SessionId,
+    reference: &str,
+    now: u64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE detections SET stepped_up = $1 WHERE node = $2 AND reference = $3 \
+         AND user_key = $4 AND session = $5 AND action = 'block' \
+         AND at >= $6 AND at <= $1 AND stepped_up IS NULL \
+         AND false_positive IS NULL AND confirmed_compromise IS NULL",
+    )
+    .bind(to_i64(now))
+    .bind(node)
+    .bind(reference)
+    .bind(user.to_string())
+    .bind(session.to_string())
+    .bind(to_i64(now.saturating_sub(STEP_UP_WINDOW)))
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// An operator's label on a detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Label {
@@ -51,9 +82,9 @@ pub enum Label {
     /// Marked a confirmed compromise: the session was stolen.
     ConfirmedCompromise,
     /// No operator's label, but the user passed a step-up on the session
-    /// after the detection asked for one: they proved it was them (as far
-    /// as the step-up proves anything: a thief holding the second factor
-    /// passes too).
+    /// after the detection asked for one, or after they said "it was me"
+    /// on its block page: they proved it was them (as far as the step-up
+    /// proves anything: a thief holding the second factor passes too).
     StepUpPassed,
 }
 

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use super::{Enforcement, Engine, Verdict};
 use crate::decide::Action;
-use crate::events::Event;
+use crate::events::{Event, Reference};
 use crate::request::ResponseView;
 use crate::score::{Issued, UserKey};
 use crate::session::SessionKey;
@@ -196,13 +196,19 @@ impl Engine {
             }
         }
         if let (true, Some(session)) = (confirming, verdict.session) {
-            done.confirmed = self.confirm_verdict(session.key, verdict, now);
+            done.confirmed = self.confirm_verdict(session.key, verdict, now, None);
         }
         done
     }
 
     /// Confirms `session` from `verdict`'s device and network.
-    fn confirm_verdict(&self, session: SessionKey, verdict: &Verdict, now: u64) -> bool {
+    fn confirm_verdict(
+        &self,
+        session: SessionKey,
+        verdict: &Verdict,
+        now: u64,
+        disputed: Option<Reference>,
+    ) -> bool {
         let Some((user, learnt)) = self.scorer.confirm(
             session,
             &verdict.device,
@@ -219,6 +225,7 @@ impl Engine {
             session,
             user,
             at: now,
+            disputed,
         });
         true
     }
@@ -232,7 +239,19 @@ impl Engine {
         let now = self.now_of(verdict);
         verdict
             .session
-            .is_some_and(|s| self.confirm_verdict(s.key, verdict, now))
+            .is_some_and(|s| self.confirm_verdict(s.key, verdict, now, None))
+    }
+
+    /// As [`Engine::confirm`], for a step-up the user asked for to dispute
+    /// the refusal `disputed` ("it was me" on a block page): the
+    /// [`Event::Confirmed`] names it, so that the fleet labels that
+    /// decision with the user's word. Whether a blocked session may be
+    /// confirmed at all is the caller's choice; a revoked one never is.
+    pub fn confirm_disputed(&self, verdict: &Verdict, disputed: Reference) -> bool {
+        let now = self.now_of(verdict);
+        verdict
+            .session
+            .is_some_and(|s| self.confirm_verdict(s.key, verdict, now, Some(disputed)))
     }
 }
 

@@ -261,6 +261,10 @@ pub enum StepUpVia {
         /// The callback's path (`callback_path`, default
         /// `/.vigil/oidc/callback`); it must select this route.
         callback_path: String,
+        /// `it_was_me`: a block page of a signed-in browser session offers
+        /// a link to dispute the block by passing a step-up
+        /// (`docs/step-up.md`, "It was me"). Default off.
+        it_was_me: bool,
     },
 }
 
@@ -2034,6 +2038,13 @@ fn read_routes(
         if via.is_none() && callback_path.is_some() {
             p.push(t.key("callback_path"), "only with step_up = \"oidc\"");
         }
+        let it_was_me: Option<bool> = t.opt(p, "it_was_me");
+        if via.is_none() && it_was_me == Some(true) {
+            p.push(
+                t.key("it_was_me"),
+                "only with step_up = \"oidc\": the link is answered by a step-up at the provider",
+            );
+        }
         let step_up = match (via.as_deref(), step_up_url) {
             (None, url) => url.map(StepUpVia::Url),
             (Some("oidc"), url) => {
@@ -2051,7 +2062,10 @@ fn read_routes(
                         format!("{callback_path:?} is not a plain absolute path (no query, fragment, dot segments, `//`, `%` or spaces)"),
                     );
                 }
-                Some(StepUpVia::Oidc { callback_path })
+                Some(StepUpVia::Oidc {
+                    callback_path,
+                    it_was_me: it_was_me.unwrap_or(false),
+                })
             }
             (Some(other), _) => {
                 p.push(
@@ -2662,7 +2676,7 @@ fn check_outbound_url(issuer: &str) -> Result<(), String> {
 /// provider's answer would reach another route (or the app).
 fn check_step_up(routes: &[Route], oidc: Option<&Oidc>, p: &mut Problems) {
     for (i, route) in routes.iter().enumerate() {
-        let Some(StepUpVia::Oidc { callback_path }) = &route.step_up else {
+        let Some(StepUpVia::Oidc { callback_path, .. }) = &route.step_up else {
             continue;
         };
         let key = format!("routes[{i}].step_up");

@@ -492,7 +492,17 @@ high = "step_up"
     assert_eq!(
         c.routes[0].step_up,
         Some(StepUpVia::Oidc {
-            callback_path: DEFAULT_CALLBACK_PATH.to_owned()
+            callback_path: DEFAULT_CALLBACK_PATH.to_owned(),
+            it_was_me: false,
+        })
+    );
+    let offered =
+        parse(&good.replace("step_up = \"oidc\"", "step_up = \"oidc\"\nit_was_me = true")).unwrap();
+    assert_eq!(
+        offered.routes[0].step_up,
+        Some(StepUpVia::Oidc {
+            callback_path: DEFAULT_CALLBACK_PATH.to_owned(),
+            it_was_me: true,
         })
     );
 
@@ -536,6 +546,18 @@ high = "step_up"
         keys(&parse(&stray).unwrap_err()),
         ["routes[0].callback_path"]
     );
+    // The "it was me" link is answered by a step-up at the provider: a
+    // route without one cannot offer it (or not at all).
+    let stray = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nit_was_me = true\n",
+    );
+    assert_eq!(keys(&parse(&stray).unwrap_err()), ["routes[0].it_was_me"]);
+    let off = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nit_was_me = false\n",
+    );
+    assert!(parse(&off).is_ok());
 }
 
 #[test]

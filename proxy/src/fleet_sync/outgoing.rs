@@ -160,12 +160,13 @@ impl Outgoing {
                 user: Some(_),
                 ..
             }
-            | Event::SessionBound { session, .. } => self.record(session, false, false),
+            | Event::SessionBound { session, .. } => self.record(session, false, false, None),
             Event::Confirmed {
                 session,
                 user: Some(_),
+                disputed,
                 ..
-            } => self.record(session, true, false),
+            } => self.record(session, true, false, disputed.map(|r| r.to_string())),
             // An operator vouched for a refused request (a false
             // positive): its device and network are the session's
             // baseline now, confirmed as a step-up's is, so that every
@@ -176,13 +177,13 @@ impl Outgoing {
                 session: Some(session),
                 user: Some(_),
                 ..
-            } => self.record(session, true, true),
+            } => self.record(session, true, true, None),
             Event::SessionRekeyed {
                 session,
                 user: Some(_),
                 revoked: false,
                 ..
-            } => self.record(session, false, false),
+            } => self.record(session, false, false, None),
             Event::SessionRekeyed {
                 session,
                 user,
@@ -265,6 +266,7 @@ impl Outgoing {
         session: &SessionKey,
         confirmed: bool,
         false_positive: bool,
+        disputed: Option<String>,
     ) -> Option<NodeEventKind> {
         let engine = self.engine.get()?.upgrade()?;
         let record = engine.scorer().export(session)?;
@@ -272,6 +274,7 @@ impl Outgoing {
             record: Record(record.to_vec()),
             confirmed,
             false_positive,
+            disputed,
         })
     }
 

@@ -29,6 +29,7 @@ fn accept(values: &[&str]) -> Format {
 fn block_page_carries_the_reference() {
     let answer = Refusal::Blocked {
         reference: "abc123",
+        it_was_me: None,
     }
     .answer("abc123");
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
@@ -38,7 +39,11 @@ fn block_page_carries_the_reference() {
 
 #[test]
 fn a_block_in_json_names_its_code_and_reference() {
-    let answer = Refusal::Blocked { reference: "r1" }.answer("r1");
+    let answer = Refusal::Blocked {
+        reference: "r1",
+        it_was_me: None,
+    }
+    .answer("r1");
     assert_eq!(
         json(&answer),
         serde_json::json!({
@@ -48,6 +53,27 @@ fn a_block_in_json_names_its_code_and_reference() {
             "reference": "r1",
         })
     );
+}
+
+#[test]
+fn a_block_offering_it_was_me_links_to_it_in_html_and_json() {
+    let link = "/.vigil/oidc/callback?it_was_me=1.00ab.Lw.x\"><script>";
+    let answer = Refusal::Blocked {
+        reference: "r2",
+        it_was_me: Some(link),
+    }
+    .answer("r2");
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(json(&answer)["it_was_me_url"], link);
+    assert_eq!(json(&answer)["error"], "blocked");
+    let html = answer.html();
+    assert!(
+        html.contains(
+            "href=\"/.vigil/oidc/callback?it_was_me=1.00ab.Lw.x&quot;&gt;&lt;script&gt;\""
+        ),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
 }
 
 #[test]
@@ -97,7 +123,14 @@ fn refusals_that_are_not_decisions_have_no_reference_of_their_own() {
     ] {
         assert_eq!(refusal.reference(), None, "{refusal:?}");
     }
-    assert_eq!(Refusal::Blocked { reference: "r" }.reference(), Some("r"));
+    assert_eq!(
+        Refusal::Blocked {
+            reference: "r",
+            it_was_me: None
+        }
+        .reference(),
+        Some("r")
+    );
 }
 
 #[test]

@@ -161,3 +161,122 @@ fn ipv6_clients_are_counted_by_their_64() {
     let v4: IpAddr = "192.0.2.7".parse().unwrap();
     assert_eq!(network(v4), v4);
 }
+
+/// The token of a link as the block page carries it.
+fn token_of(link: &str) -> &str {
+    link.split_once("?it_was_me=").unwrap().1
+}
+
+#[test]
+fn an_it_was_me_link_is_good_for_its_own_session_route_and_block_only() {
+    let ups = StepUps::new();
+    let alice = SessionKey::from_bytes([1; 16]);
+    let mallory = SessionKey::from_bytes([2; 16]);
+    let block = Reference(0x00ab_cdef_0123_4567);
+    let now = 1_800_000_000;
+    let link = ups.dispute_link("/cb", "app", alice, block, "/account?tab=keys", now);
+    assert!(link.starts_with("/cb?it_was_me="), "{link}");
+    let token = token_of(&link);
+    // A link is one query parameter of URL-safe characters.
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'),
+        "{token}"
+    );
+    assert_eq!(
+        ups.dispute_of(token, "app", alice, now + 1),
+        Some((block, "/account?tab=keys".to_owned()))
+    );
+
+    // Another session (the thief's cookie with the owner's link, or the
+    // owner's link sent to someone else), another route, too late.
+    assert_eq!(ups.dispute_of(token, "app", mallory, now), None);
+    assert_eq!(ups.dispute_of(token, "admin", alice, now), None);
+    let lifetime = LINK_LIFETIME.as_secs();
+    assert!(
+        ups.dispute_of(token, "app", alice, now + lifetime)
+            .is_some()
+    );
+    assert_eq!(
+        ups.dispute_of(token, "app", alice, now + lifetime + 1),
+        None
+    );
+    // Another process's key (a restarted node, another node): nothing.
+    assert_eq!(StepUps::new().dispute_of(token, "app", alice, now), None);
+
+    // Every field is covered: a changed expiry, block, page or tag fails,
+    // and so does a token of the wrong shape.
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 4);
+    let with = |i: usize, value: &str| {
+        let mut p = parts.clone();
+        p[i] = value;
+        p.join(".")
+    };
+    let later = (now + 300 + lifetime).to_string();
+    let other_block = Reference(block.0 + 1).to_string();
+    let elsewhere = URL_SAFE_NO_PAD.encode("/admin");
+    let mut tag = URL_SAFE_NO_PAD.decode(parts[3]).unwrap();
+    tag[0] ^= 1;
+    let flipped = URL_SAFE_NO_PAD.encode(&tag);
+    for forged in [
+        with(0, &later),
+        with(1, &other_block),
+        with(2, &elsewhere),
+        with(3, &flipped),
+        with(3, ""),
+        format!("{token}.x"),
+        parts[..3].join("."),
+        String::new(),
+        "...".to_owned(),
+    ] {
+        assert_eq!(ups.dispute_of(&forged, "app", alice, now), None, "{forged}");
+    }
+    // A link whose expiry lies further ahead than any this node makes is
+    // refused even when a key were known to sign it.
+    let far = ups.dispute_link("/cb", "app", alice, block, "/", now + lifetime * 10);
+    assert_eq!(ups.dispute_of(token_of(&far), "app", alice, now), None);
+
+    // The page to return to stays on this host, whatever was asked.
+    let link = ups.dispute_link("/cb", "app", alice, block, "//evil.example/", now);
+    assert_eq!(
+        ups.dispute_of(token_of(&link), "app", alice, now),
+        Some((block, "/".to_owned()))
+    );
+}
+
+#[test]
+fn a_link_in_a_callback_query_is_read_once_and_alone() {
+    assert_eq!(dispute_token(None), None);
+    assert_eq!(dispute_token(Some("code=a&state=s")), None);
+    assert_eq!(dispute_token(Some("it_was_me=t1")).as_deref(), Some("t1"));
+    assert_eq!(
+        dispute_token(Some("x=1&it_was_me=t1")).as_deref(),
+        Some("t1")
+    );
+    // Twice (a client choosing which counts), or mixed with a provider's
+    // answer (a callback choosing to be a link): an empty token, which no
+    // link matches.
+    for query in [
+        "it_was_me=t1&it_was_me=t2",
+        "it_was_me=t1&%69t_was_me=t2",
+        "it_was_me=t1&state=s&code=c",
+        "error=x&it_was_me=t1",
+    ] {
+        assert_eq!(dispute_token(Some(query)).as_deref(), Some(""), "{query}");
+    }
+}
+
+proptest::proptest! {
+    /// Whatever a client puts in a link or a callback query, reading it
+    /// never panics, and nothing but a link this node made is a link.
+    #[test]
+    fn no_made_up_link_is_taken(token in "[0-9a-zA-Z._%=&-]{0,300}", query in "\\PC{0,300}") {
+        let ups = StepUps::new();
+        let alice = SessionKey::from_bytes([1; 16]);
+        proptest::prop_assert_eq!(ups.dispute_of(&token, "app", alice, 1_800_000_000), None);
+        let _ = dispute_token(Some(&query));
+        let _ = dispute_token(Some(&token));
+    }
+}

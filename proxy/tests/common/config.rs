@@ -49,6 +49,8 @@ pub(crate) struct Route {
     app_confirms: bool,
     /// Steps up at `[oidc]`'s provider instead of `step_up_url`.
     oidc: bool,
+    /// Offers the "it was me" link on block pages (with `oidc`).
+    it_was_me: bool,
     /// `stale_after` and `on_stale`, when set.
     stale: Option<(u64, String)>,
     /// `dbsc`, when set.
@@ -272,6 +274,7 @@ impl Route {
             high: "block".to_owned(),
             app_confirms: false,
             oidc: false,
+            it_was_me: false,
             stale: None,
             dbsc: None,
         }
@@ -294,6 +297,14 @@ impl Route {
     /// default callback path.
     pub(crate) fn oidc(mut self) -> Route {
         self.oidc = true;
+        self
+    }
+
+    /// Block pages offer the "it was me" link (`it_was_me = true`);
+    /// steps up at `[oidc]`.
+    pub(crate) fn it_was_me(mut self) -> Route {
+        self.oidc = true;
+        self.it_was_me = true;
         self
     }
 
@@ -354,7 +365,7 @@ impl Route {
             writeln!(out, "stale_after = {after}\non_stale = {on_stale:?}").unwrap();
         }
         let step_up = if self.oidc {
-            "step_up = \"oidc\"".to_owned()
+            format!("step_up = \"oidc\"\nit_was_me = {}", self.it_was_me)
         } else {
             format!("step_up_url = {STEP_UP_URL:?}")
         };
