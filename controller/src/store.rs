@@ -296,7 +296,9 @@ pub mod outbox;
 pub mod ssf;
 pub mod ssf_tx;
 
-pub use admin::{DetectionRow, FalsePositive, RiskyUser, SessionRow, TrustRow, UserDetail};
+pub use admin::{
+    DetectionRow, FalsePositive, FalsePositivePlan, RiskyUser, SessionRow, TrustRow, UserDetail,
+};
 pub use dashboard::{
     AuditCursor, AuditEntry, Buckets, DetectionCursor, DetectionFacts, RiskInputs, SessionHit,
     TimelineEntry,

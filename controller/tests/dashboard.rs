@@ -410,6 +410,73 @@ async fn a_session_cookie_is_strict_and_signing_out_ends_it() {
 }
 
 #[tokio::test]
+async fn the_false_positive_confirmation_lists_exactly_what_it_will_trust() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let alice = user_of("alice");
+        c.events(vec![
+            with_facts(
+                detection("ref-plan-1", "app", Some(alice), 1),
+                Some(request_facts("203.0.113.77")),
+            ),
+            detection("ref-plan-2", "app", Some(alice), 2),
+        ])
+        .await;
+        let cookie = c.login(ADMIN).await;
+        let confirm = |reference: &str| {
+            format!("/dashboard/confirm?action=false-positive&reference={reference}")
+        };
+        // The facts the node reported, each trust named for its user.
+        let html = c.page(&confirm("ref-plan-1"), &cookie).await;
+        for line in [
+            format!("Trust device 00c0ffee00000083 for user {alice}."),
+            format!("Trust network 203.0.113.0/24 for user {alice}."),
+            format!("Trust ASN 64496 for user {alice}."),
+            format!("Trust country NL for user {alice}."),
+        ] {
+            assert!(html.contains(&format!("<li>{line}</li>")), "{line}: {html}");
+        }
+        // Confirmed, the trusts streamed are exactly those listed.
+        let token = csrf(&html);
+        let r = c
+            .post(
+                "/dashboard/act",
+                &cookie,
+                &[
+                    ("csrf", &token),
+                    ("action", "false-positive"),
+                    ("reference", "ref-plan-1"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let store = vigil_controller::store::Store::open(&db.url())
+            .await
+            .unwrap();
+        let detail = store.user_detail(alice, 10).await.unwrap();
+        assert_eq!(detail.trusted.len(), 4, "{:?}", detail.trusted);
+        // Marked: confirming again changes nothing, and the page says so.
+        let html = c.page(&confirm("ref-plan-1"), &cookie).await;
+        assert!(html.contains("marked a false positive already"), "{html}");
+        assert!(!html.contains("Trust device"), "{html}");
+        // No facts (a node of an earlier build): nothing trusted, said.
+        let html = c.page(&confirm("ref-plan-2"), &cookie).await;
+        assert!(html.contains("carries no request facts"), "{html}");
+        assert!(!html.contains("Trust "), "{html}");
+        // Unknown: nothing to do.
+        let html = c.page(&confirm("ref-none"), &cookie).await;
+        assert!(
+            html.contains("No detection with this reference is held"),
+            "{html}"
+        );
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_forged_post_is_refused_and_a_responders_false_positive_is_the_admin_apis() {
     both(async |postgres| {
         let db = Db::new(postgres).await;

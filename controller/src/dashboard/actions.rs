@@ -13,13 +13,13 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use bytes::Bytes;
-use vigil_fleet::{Country, SessionId, TrustedNetwork, UserId};
+use vigil_fleet::{Change, Country, SessionId, TrustedNetwork, UserId};
 
 use super::session::Role;
 use super::view::Nav;
 use super::{Operator, PageError, checked_post, operator, page, query};
 use crate::admin::Trusted;
-use crate::api::{App, user_id};
+use crate::api::{App, now_secs, user_id};
 use crate::tls::Peer;
 
 /// What a responder can do from the dashboard.
@@ -146,6 +146,9 @@ struct ConfirmPage {
     /// Whether the user's name is asked for (universal logout needs it
     /// and the controller keeps none).
     ask_name: bool,
+    /// What this very action will do, read from the store now (a false
+    /// positive: the devices and networks it will trust, for whom).
+    plan: Vec<String>,
     /// Where "cancel" goes.
     back: String,
 }
@@ -221,11 +224,15 @@ pub(crate) async fn confirm_page(
     let action = Action::parse(q.get("action").map(String::as_str).unwrap_or(""))?;
     let mut hidden = Vec::new();
     let mut ask_name = false;
+    let mut plan = Vec::new();
     let back;
     match action {
         Action::FalsePositive | Action::ConfirmedCompromise => {
             let r = reference_of(&q)?;
             hidden.push(("reference".to_owned(), r.to_owned()));
+            if action == Action::FalsePositive {
+                plan = false_positive_plan(&app, r).await?;
+            }
             back = format!(
                 "/dashboard/detection?reference={}",
                 url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
@@ -274,8 +281,59 @@ pub(crate) async fn confirm_page(
             Vec::new()
         },
         ask_name,
+        plan,
         back,
     })
+}
+
+/// What marking `reference` a false positive will do, line by line, by
+/// the store's own rule ([`crate::store::FalsePositivePlan`]): the page
+/// shows exactly what the action trusts, not what it might.
+async fn false_positive_plan(app: &App, reference: &str) -> Result<Vec<String>, PageError> {
+    let Some(plan) = app
+        .store
+        .false_positive_preview(reference, now_secs())
+        .await?
+    else {
+        return Ok(vec![
+            "No detection with this reference is held (unknown, not reported, or past keep_detections_days): confirming changes nothing.".to_owned(),
+        ]);
+    };
+    if !plan.changed {
+        return Ok(vec![
+            "Every detection with this reference is marked a false positive already: confirming changes nothing.".to_owned(),
+        ]);
+    }
+    let mut out = Vec::new();
+    for change in &plan.trusted {
+        match change {
+            Change::DeviceTrusted { user, device, .. } => {
+                out.push(format!("Trust device {device} for user {user}."));
+            }
+            Change::NetworkTrusted { user, network, .. } => {
+                let what = match network {
+                    TrustedNetwork::Prefix { prefix } => {
+                        let bits = if prefix.is_ipv4() { 24 } else { 48 };
+                        format!("network {prefix}/{bits}")
+                    }
+                    TrustedNetwork::Asn { asn } => format!("ASN {asn}"),
+                    TrustedNetwork::Country { country } => format!("country {country}"),
+                    TrustedNetwork::Unknown => continue,
+                };
+                out.push(format!("Trust {what} for user {user}."));
+            }
+            _ => {}
+        }
+    }
+    if !plan.agree {
+        out.push(format!(
+            "Nodes ({}) reported this reference with different users or request facts: nothing is trusted; the detections still stop counting.",
+            plan.nodes.join(", ")
+        ));
+    } else if out.is_empty() {
+        out.push("The detection carries no request facts (a node of an earlier build) or no user: nothing is trusted; it still stops counting.".to_owned());
+    }
+    Ok(out)
 }
 
 #[derive(Template)]

@@ -138,6 +138,78 @@ pub struct FalsePositive {
     pub head: u64,
 }
 
+/// The detections with a reference, as [`FalsePositivePlan::of`] reads them.
+const FALSE_POSITIVE_ROWS: &str = "SELECT node, user_key, false_positive, device, client_ip, asn, country \
+     FROM detections WHERE reference = $1 ORDER BY node";
+
+/// What marking a reference a false positive does, from the detections
+/// reported with it ([`Store::false_positive`], and its preview).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FalsePositivePlan {
+    /// The nodes that reported a detection with the reference.
+    pub nodes: Vec<String>,
+    /// The users whose detections it unmarks from their count.
+    pub users: Vec<UserId>,
+    /// The devices and networks it trusts for them: none when the
+    /// detections disagree (`agree`), have no facts, or were all marked.
+    pub trusted: Vec<Change>,
+    /// Whether every detection with the reference names the same user and
+    /// the same facts. Each node names its own reference ids, so rows of
+    /// one reference from two nodes need not be one decision: a hostile
+    /// node can post a detection under a reference an honest node showed
+    /// its user, naming another user and its own device. What is trusted
+    /// must be what every row says.
+    pub agree: bool,
+    /// Whether a detection with it is not marked yet: otherwise marking it
+    /// again changes nothing.
+    pub changed: bool,
+}
+
+impl FalsePositivePlan {
+    /// From the rows of [`FALSE_POSITIVE_ROWS`].
+    fn of(rows: &[sqlx::any::AnyRow], now: u64) -> Result<FalsePositivePlan, sqlx::Error> {
+        let mut plan = FalsePositivePlan {
+            nodes: Vec::new(),
+            users: Vec::new(),
+            trusted: Vec::new(),
+            agree: true,
+            changed: false,
+        };
+        let mut facts: Option<(Option<UserId>, Vec<Change>)> = None;
+        for row in rows {
+            plan.nodes.push(row.try_get::<String, _>(0)?);
+            let user = row.try_get::<Option<String>, _>(1)?;
+            let user = user.as_deref().and_then(UserId::parse);
+            let row_trust = match user {
+                Some(user) => trust_of_facts(user, row, now)?,
+                None => Vec::new(),
+            };
+            match &facts {
+                None => facts = Some((user, row_trust.clone())),
+                Some(first) => plan.agree &= *first == (user, row_trust.clone()),
+            }
+            if row.try_get::<Option<i64>, _>(2)?.is_none() {
+                plan.changed = true;
+                let Some(user) = user else {
+                    continue;
+                };
+                if !plan.users.contains(&user) {
+                    plan.users.push(user);
+                }
+                for change in row_trust {
+                    if !plan.trusted.contains(&change) {
+                        plan.trusted.push(change);
+                    }
+                }
+            }
+        }
+        if !plan.agree {
+            plan.trusted.clear();
+        }
+        Ok(plan)
+    }
+}
+
 // === impl Store ===
 
 impl Store {
@@ -349,58 +421,20 @@ impl Store {
         sqlx::query("UPDATE log_head SET head = head WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(
-            "SELECT node, user_key, false_positive, device, client_ip, asn, country \
-             FROM detections WHERE reference = $1 ORDER BY node",
-        )
-        .bind(reference)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(FALSE_POSITIVE_ROWS)
+            .bind(reference)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut nodes = Vec::new();
-        let mut users: Vec<UserId> = Vec::new();
-        let mut trusted: Vec<Change> = Vec::new();
-        let mut changed = false;
-        // Each node names its own reference ids, so rows of one reference
-        // from two nodes need not be one decision: a hostile node can post
-        // a detection under a reference an honest node showed its user,
-        // naming another user and its own device. What is trusted must be
-        // what every row says: rows naming different users, or different
-        // facts, trust nothing (the count still falls).
-        let mut facts: Option<(Option<UserId>, Vec<Change>)> = None;
-        let mut agree = true;
-        for row in &rows {
-            nodes.push(row.try_get::<String, _>(0)?);
-            let user = row.try_get::<Option<String>, _>(1)?;
-            let user = user.as_deref().and_then(UserId::parse);
-            let row_trust = match user {
-                Some(user) => trust_of_facts(user, row, now)?,
-                None => Vec::new(),
-            };
-            match &facts {
-                None => facts = Some((user, row_trust.clone())),
-                Some(first) => agree &= *first == (user, row_trust.clone()),
-            }
-            if row.try_get::<Option<i64>, _>(2)?.is_none() {
-                changed = true;
-                let Some(user) = user else {
-                    continue;
-                };
-                if !users.contains(&user) {
-                    users.push(user);
-                }
-                for change in row_trust {
-                    if !trusted.contains(&change) {
-                        trusted.push(change);
-                    }
-                }
-            }
-        }
-        if !agree {
-            trusted.clear();
-        }
+        let FalsePositivePlan {
+            nodes,
+            users,
+            trusted,
+            changed,
+            ..
+        } = FalsePositivePlan::of(&rows, now)?;
         if !changed {
             let head = to_u64(
                 sqlx::query("SELECT head FROM log_head WHERE id = 1")
@@ -443,6 +477,24 @@ impl Store {
             counts,
             head,
         }))
+    }
+
+    /// What [`Store::false_positive`] would do for `reference` now, read
+    /// without marking anything: the dashboard's confirmation page shows
+    /// it before the operator confirms. `None`: no detection has it.
+    pub async fn false_positive_preview(
+        &self,
+        reference: &str,
+        now: u64,
+    ) -> Result<Option<FalsePositivePlan>, StoreError> {
+        let rows = sqlx::query(FALSE_POSITIVE_ROWS)
+            .bind(reference)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(FalsePositivePlan::of(&rows, now)?))
     }
 
     /// Keeps `name` as `user`'s (`user_names = "clear"`).
