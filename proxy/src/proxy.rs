@@ -874,7 +874,7 @@ impl VigilProxy {
             return None;
         };
         let key = verdict.session.filter(|_| verdict.credentials == 1)?.key;
-        if !by_cookie || verdict.user.is_none() {
+        if !by_cookie || verdict.user.is_none() || !stepup::disputable(verdict) {
             return None;
         }
         let target = session
@@ -882,14 +882,15 @@ impl VigilProxy {
             .uri
             .path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str);
-        Some(self.step_ups.dispute_link(
-            callback_path,
-            &route.name,
-            key,
-            reference?,
-            target,
-            verdict.at,
-        ))
+        let holder = stepup::LinkFor {
+            route: &route.name,
+            session: key,
+            device: verdict.device.id,
+        };
+        Some(
+            self.step_ups
+                .dispute_link(callback_path, holder, reference?, target, verdict.at),
+        )
     }
 }
 

@@ -44,7 +44,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::Nonce;
-use vigil_engine::{Action, Engine, Reference, SessionKey, UserKey, Verdict};
+use vigil_engine::{Action, DeviceId, Engine, Reason, Reference, SessionKey, UserKey, Verdict};
 
 use crate::config::{Oidc, UserClaim};
 use crate::metrics::Metrics;
@@ -184,7 +184,7 @@ struct Pending {
     max_age: Option<u32>,
     /// The block the user disputes ("it was me"), when they asked for
     /// this step-up themselves.
-    disputed: Option<Reference>,
+    disputed: Option<Disputed>,
 }
 
 impl Pending {
@@ -267,6 +267,28 @@ pub struct Start<'a> {
     pub now: u64,
 }
 
+/// Whom an "it was me" link is for: one session on one device, on one
+/// route. A link followed with the session's cookie from another device
+/// (the thief's link passed to the owner, or the owner's to the thief)
+/// is no link.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkFor<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// The session blocked.
+    pub session: SessionKey,
+    /// The device it was blocked on (the engine's device id).
+    pub device: DeviceId,
+}
+
+/// The block a step-up answers, when the user disputed it ("it was me").
+#[derive(Debug, Clone, Copy)]
+struct Disputed {
+    reference: Reference,
+    /// The device it was blocked on: the callback must come from it.
+    device: DeviceId,
+}
+
 // === impl StepUps ===
 
 impl StepUps {
@@ -325,24 +347,23 @@ impl StepUps {
             .await
     }
 
-    /// The "it was me" link for the block `reference` of `session` on
-    /// `route`, answered at `callback_path`: a relative URL carrying when
-    /// it expires, the block's reference, the page to return to and a MAC
-    /// over those, the session and the route under this process's key.
-    /// It names no session (the browser's own cookie does) and is good
-    /// for no other session, route or block.
+    /// The "it was me" link for the block `reference` of `holder`,
+    /// answered at `callback_path`: a relative URL carrying when it
+    /// expires, the block's reference, the page to return to and a MAC
+    /// over those, the session, its device and the route under this
+    /// process's key. It names no session (the browser's own cookie does)
+    /// and is good for no other session, device, route or block.
     pub fn dispute_link(
         &self,
         callback_path: &str,
-        route: &str,
-        session: SessionKey,
+        holder: LinkFor<'_>,
         reference: Reference,
         target: &str,
         now: u64,
     ) -> String {
         let expires = now.saturating_add(LINK_LIFETIME.as_secs());
         let target = safe_target(target);
-        let message = Self::link_message(route, session, reference, expires, &target);
+        let message = Self::link_message(holder, reference, expires, &target);
         let tag = ring::hmac::sign(&self.link_key, &message);
         format!(
             "{callback_path}?{LINK_PARAM}={expires}.{reference}.{}.{}",
@@ -352,17 +373,19 @@ impl StepUps {
     }
 
     /// What an "it was me" link's MAC covers: its purpose, the session,
-    /// the route, the block, when it expires and the page to return to.
+    /// its device, the route, the block, when it expires and the page to
+    /// return to.
     fn link_message(
-        route: &str,
-        session: SessionKey,
+        holder: LinkFor<'_>,
         reference: Reference,
         expires: u64,
         target: &str,
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(LINK_CONTEXT.len() + 64 + route.len() + target.len());
+        let route = holder.route;
+        let mut out = Vec::with_capacity(LINK_CONTEXT.len() + 72 + route.len() + target.len());
         out.extend_from_slice(LINK_CONTEXT);
-        out.extend_from_slice(session.as_bytes());
+        out.extend_from_slice(holder.session.as_bytes());
+        out.extend_from_slice(&holder.device.0.to_be_bytes());
         // Lengths first: no two field lists read as the same bytes.
         out.extend_from_slice(&(route.len() as u64).to_be_bytes());
         out.extend_from_slice(route.as_bytes());
@@ -373,12 +396,11 @@ impl StepUps {
     }
 
     /// The block and the page an "it was me" link `token` names, when it
-    /// is this session's on this route, unaltered and unexpired.
+    /// is `holder`'s, unaltered and unexpired.
     fn dispute_of(
         &self,
         token: &str,
-        route: &str,
-        session: SessionKey,
+        holder: LinkFor<'_>,
         now: u64,
     ) -> Option<(Reference, String)> {
         let mut parts = token.split('.');
@@ -387,11 +409,22 @@ impl StepUps {
         if parts.next().is_some() {
             return None;
         }
+        // Digits only: `+1` or leading zeros would be other spellings of
+        // one link.
+        let digits =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+        if !digits(expires) {
+            return None;
+        }
         let expires: u64 = expires.parse().ok()?;
         if now > expires || expires > now.saturating_add(LINK_LIFETIME.as_secs()) {
             return None;
         }
-        if reference.len() != 16 {
+        if reference.len() != 16
+            || !reference
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return None;
         }
         let reference = Reference(u64::from_str_radix(reference, 16).ok()?);
@@ -399,7 +432,7 @@ impl StepUps {
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // Checked over the bytes as sent (in constant time), then the
         // target must be one this node would have put in a link.
-        let message = Self::link_message(route, session, reference, expires, &target);
+        let message = Self::link_message(holder, reference, expires, &target);
         ring::hmac::verify(&self.link_key, &message, &tag).ok()?;
         (safe_target(&target) == target).then_some((reference, target))
     }
@@ -407,9 +440,12 @@ impl StepUps {
     /// Starts the step-up that answers an "it was me" link (`token`, from
     /// the callback path's query) for the request `verdict` judged: the
     /// block it names is disputed, and a pass labels it with the user's
-    /// word. Refused unless the link is this session's, on this route,
-    /// unaltered, unexpired and unspent, and the session is one a step-up
-    /// could confirm (not revoked, not ended).
+    /// word. Refused unless the link is this session's and device's, on
+    /// this route, unaltered, unexpired and unspent, and the block is one
+    /// a step-up may answer ([`disputable`]). A link that fails spends
+    /// only its client network's budget of starts, never the session's:
+    /// a thief holding the cookie cannot lock the owner out of step-ups
+    /// with made-up links.
     pub async fn dispute(
         &self,
         oidc: &Arc<Oidc>,
@@ -420,20 +456,37 @@ impl StepUps {
         let Some(session) = verdict.session.filter(|_| verdict.credentials == 1) else {
             return Outcome::Refuse(Problem::NoSession);
         };
-        if self.start_limited(oidc, session.key, verdict.client.addr) {
+        if self
+            .starts_per_client
+            .hit(network(verdict.client.addr), oidc.per_client_per_minute)
+        {
             return Outcome::Refuse(Problem::RateLimited);
         }
-        let Some((reference, target)) = self.dispute_of(token, start.route, session.key, start.now)
-        else {
+        let holder = LinkFor {
+            route: start.route,
+            session: session.key,
+            device: verdict.device.id,
+        };
+        let Some((reference, target)) = self.dispute_of(token, holder, start.now) else {
             return Outcome::Refuse(Problem::LinkInvalid);
         };
         if self.disputes_passed.contains_key(&reference) {
             return Outcome::Refuse(Problem::LinkInvalid);
         }
+        if self
+            .per_session
+            .hit(session.key, oidc.per_session_per_minute)
+        {
+            return Outcome::Refuse(Problem::RateLimited);
+        }
         if !disputable(verdict) {
             return Outcome::Refuse(Problem::Refused);
         }
-        self.send(oidc, session.key, start, target, Some(reference))
+        let disputed = Disputed {
+            reference,
+            device: verdict.device.id,
+        };
+        self.send(oidc, session.key, start, target, Some(disputed))
             .await
     }
 
@@ -444,7 +497,7 @@ impl StepUps {
         session: SessionKey,
         start: &Start<'_>,
         target: String,
-        disputed: Option<Reference>,
+        disputed: Option<Disputed>,
     ) -> Outcome {
         let Some(authority) = plain_authority(start.authority) else {
             return Outcome::Refuse(Problem::BadHost);
@@ -614,16 +667,30 @@ impl StepUps {
             Action::Block => pending.disputed.is_some() && disputable(verdict),
             _ => false,
         };
+        // A dispute is answered from the device that was blocked (the
+        // owner signing in for a link the thief passed on confirms
+        // nothing under it), and once: of two step-ups started from one
+        // link, the first to pass spends it.
+        if let Some(d) = pending.disputed {
+            if verdict.device.id != d.device {
+                return Outcome::Refuse(Problem::Refused);
+            }
+            let first = self
+                .disputes_passed
+                .entry(d.reference)
+                .or_insert_with(|| ())
+                .is_fresh();
+            if !first {
+                return Outcome::Refuse(Problem::LinkInvalid);
+            }
+        }
         let confirmed = passable
             && match pending.disputed {
-                Some(reference) => engine.confirm_disputed(verdict, reference),
+                Some(d) => engine.confirm_disputed(verdict, d.reference),
                 None => engine.confirm(verdict),
             };
         if !confirmed {
             return Outcome::Refuse(Problem::Refused);
-        }
-        if let Some(reference) = pending.disputed {
-            self.disputes_passed.insert(reference, ());
         }
         // The provider's session, for its logout to end this one (hashed
         // in the engine; the raw `sid` is neither kept nor logged).
@@ -639,7 +706,7 @@ impl StepUps {
             acr = claims.acr.as_deref().unwrap_or(""),
             amr = %claims.amr.join(" "),
             auth_time = claims.auth_time.unwrap_or(0),
-            disputed = %pending.disputed.map(|r| r.to_string()).unwrap_or_default(),
+            disputed = %pending.disputed.map(|d| d.reference.to_string()).unwrap_or_default(),
             "step-up passed"
         );
         self.passed.insert(
@@ -696,10 +763,27 @@ impl Callback {
     }
 }
 
-/// Whether a step-up may answer this verdict's block: not for a session
-/// ended (revoked, here or by the fleet), which signing in never restores.
-fn disputable(verdict: &Verdict) -> bool {
-    verdict.action != Action::Revoke && !verdict.risk.reasons.iter().any(|c| c.reason.is_final())
+/// Whether a step-up may answer this verdict's block ("it was me"): a
+/// block the risk score decided, which a sign-in as the owner answers.
+/// Not a session ended (revoked, here or by the fleet), which signing in
+/// never restores; not a block an operator's rule decided (policy, not a
+/// guess about who holds the session); not a partner's report of
+/// compromise, nor a binding's evidence that two parties hold the cookie
+/// (a reused, missing or invalid companion): evidence a sign-in does not
+/// answer.
+pub fn disputable(verdict: &Verdict) -> bool {
+    verdict.action != Action::Revoke
+        && verdict.ruling.rule.is_none()
+        && !verdict.risk.reasons.iter().any(|c| {
+            c.reason.is_final()
+                || matches!(
+                    c.reason,
+                    Reason::PartnerReported
+                        | Reason::BindingReused
+                        | Reason::BindingMissing
+                        | Reason::BindingInvalid
+                )
+        })
 }
 
 /// The token of an "it was me" link when `query` carries one: the

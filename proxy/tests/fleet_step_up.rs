@@ -327,9 +327,16 @@ async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controlle
         "session",
         "s-alice",
     );
+    // Her first refused request is the one the node tells the controller
+    // (one detection a session a minute); the page she disputes is the
+    // next one, which that detection stands for.
+    let first = laptop.get(&fleet.url("/")).await;
+    assert_eq!(first.status, 403, "{}", first.body);
+    let block = first.header("vigil-reference").unwrap().to_owned();
     let blocked = laptop.get(&fleet.url("/reports")).await;
     assert_eq!(blocked.status, 403, "{}", blocked.body);
-    let block = blocked.header("vigil-reference").unwrap().to_owned();
+    let disputed = blocked.header("vigil-reference").unwrap().to_owned();
+    assert_ne!(disputed, block);
     let href = format!("href=\"{CALLBACK}?it_was_me=");
     let start = blocked.body.find(&href).unwrap() + "href=\"".len();
     let end = start + blocked.body[start..].find('"').unwrap();
@@ -343,8 +350,9 @@ async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controlle
     assert_eq!(passed.header("location"), Some("/reports"));
     assert_eq!(laptop.get(&fleet.url("/reports")).await.status, 200);
 
-    // The controller holds her word on that block: labelled
-    // step_up_passed (the precision page and the export count it).
+    // The controller holds her word on the block that stands for the one
+    // she disputed: labelled step_up_passed (counted apart on the
+    // precision page and in the export).
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&fleet.store).await.unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -368,6 +376,17 @@ async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controlle
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The page she disputed was never told on its own: no such row.
+    let held: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) FROM detections WHERE reference = $1")
+            .bind(&disputed)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(held, 0);
     pool.close().await;
     fleet.stop().await;
 }

@@ -250,6 +250,13 @@ async fn a_blocked_user_says_it_was_me_passes_a_step_up_and_gets_the_page() {
     let page = laptop.get(&altered).await;
     assert_eq!(page.status, 403, "{}", page.body);
     assert_eq!(stage.code_of(&page).await, "step_up_link_invalid");
+    // The same cookie on another device (the thief's link passed to the
+    // owner, or here the owner's Firefox following the laptop's link):
+    // the link is the blocked device's alone.
+    let firefox = Browser::firefox().cookie("session=s-alice-new");
+    let r = firefox.get(&link).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(stage.step_ups("dispute", "step_up_link_invalid").await, 3.0);
     // Refused, nothing was confirmed: still blocked.
     assert_eq!(
         laptop.get(&stage.url("/account?tab=keys")).await.status,
@@ -301,6 +308,43 @@ async fn a_thief_who_says_it_was_me_must_sign_in_as_the_owner() {
     assert_eq!(thief.get(&stage.url("/")).await.status, 403);
     assert_eq!(stage.step_ups("callback", "passed").await, 0.0);
     assert!(!stage.proxy.log().contains("disputed="));
+}
+
+#[tokio::test]
+async fn a_block_an_operators_rule_decided_offers_no_it_was_me() {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("admin.toml"),
+        r#"
+[[rule]]
+name = "admin-from-known-devices"
+description = "admin pages only from a device the session knows"
+path_prefixes = ["/admin"]
+condition = 'risk.level != "low"'
+action = "block"
+"#,
+    )
+    .unwrap();
+    let route = Route::new("app", "/", "app")
+        .medium("block")
+        .high("block")
+        .it_was_me();
+    let extra = format!(
+        "[rules]
+dir = {:?}
+",
+        rules.path().display().to_string()
+    );
+    let stage = Stage::build(route, "", &extra).await;
+    let mut laptop = stage.session_elsewhere("alice", "s-rule").await;
+    // The rule's block: policy, which a sign-in does not answer.
+    let ruled = laptop.get(&stage.url("/admin/users")).await;
+    assert_eq!(ruled.status, 403, "{}", ruled.body);
+    assert_eq!(it_was_me_link(&stage, &ruled), None, "{}", ruled.body);
+    // The score's block on the same session and device: offered.
+    let scored = laptop.get(&stage.url("/reports")).await;
+    assert_eq!(scored.status, 403, "{}", scored.body);
+    assert!(it_was_me_link(&stage, &scored).is_some(), "{}", scored.body);
 }
 
 #[tokio::test]

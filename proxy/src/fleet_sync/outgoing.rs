@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use vigil_engine::events::{FeedbackKind, RevocationCause};
-use vigil_engine::{Engine, Event, SessionKey};
+use vigil_engine::{Engine, Event, Reference, SessionKey};
 use vigil_fleet::{
     Country, DeviceId, IdpSessionId, MAX_CHAIN_HOPS, MAX_FACT_BYTES, NodeEventKind, Record,
     RequestFacts, SessionId, UserId,
@@ -103,7 +103,13 @@ fn facts_of(v: &vigil_engine::Verdict) -> RequestFacts {
 #[derive(Default)]
 pub(super) struct Outgoing {
     engine: OnceLock<Weak<Engine>>,
-    detected: Mutex<HashMap<SessionKey, u64>>,
+    /// Per session, when its last detection was told and its reference.
+    detected: Mutex<HashMap<SessionKey, (u64, Reference)>>,
+    /// Detections not told (one a session per [`DETECTION_EVERY`]), each
+    /// with the told detection that stands for it: a user who disputes
+    /// one of them ("it was me") is taken to dispute that one, which the
+    /// controller holds. Forgotten all at once when full.
+    represented: Mutex<HashMap<Reference, Reference>>,
     /// Per session revoked by a detection just told, that detection (the
     /// evidence, with its reference), held until its revocation event
     /// takes it.
@@ -166,7 +172,10 @@ impl Outgoing {
                 user: Some(_),
                 disputed,
                 ..
-            } => self.record(session, true, false, disputed.map(|r| r.to_string())),
+            } => {
+                let disputed = disputed.map(|r| self.representative(r).to_string());
+                self.record(session, true, false, disputed)
+            }
             // An operator vouched for a refused request (a false
             // positive): its device and network are the session's
             // baseline now, confirmed as a step-up's is, so that every
@@ -200,7 +209,7 @@ impl Outgoing {
                 let session = d.verdict.session.as_ref()?.key;
                 let revokes = d.verdict.action == vigil_engine::Action::Revoke
                     && d.verdict.effects.revokes().contains(&session);
-                let first = self.first_detection(session, d.at);
+                let first = self.first_detection(session, d.at, d.reference);
                 if !revokes && (!first || d.verdict.user.is_none()) {
                     return None;
                 }
@@ -296,20 +305,40 @@ impl Outgoing {
             .remove(session)
     }
 
-    /// Whether a detection of `session` at `at` is the first of its window.
-    fn first_detection(&self, session: SessionKey, at: u64) -> bool {
+    /// Whether a detection of `session` at `at` is the first of its window;
+    /// one that is not is remembered as represented by the one that was.
+    fn first_detection(&self, session: SessionKey, at: u64, reference: Reference) -> bool {
         let mut detected = self.detected.lock().unwrap_or_else(PoisonError::into_inner);
-        if detected
-            .get(&session)
-            .is_some_and(|&told| at < told.saturating_add(DETECTION_EVERY))
+        if let Some(&(told, told_reference)) = detected.get(&session)
+            && at < told.saturating_add(DETECTION_EVERY)
         {
+            drop(detected);
+            let mut represented = self
+                .represented
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if represented.len() >= RECENT_DETECTIONS {
+                represented.clear();
+            }
+            represented.insert(reference, told_reference);
             return false;
         }
         if detected.len() >= RECENT_DETECTIONS {
             detected.clear();
         }
-        detected.insert(session, at);
+        detected.insert(session, (at, reference));
         true
+    }
+
+    /// The told detection that stands for `reference` (itself when it was
+    /// told, or when this node no longer remembers).
+    fn representative(&self, reference: Reference) -> Reference {
+        self.represented
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&reference)
+            .copied()
+            .unwrap_or(reference)
     }
 }
 

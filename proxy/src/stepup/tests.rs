@@ -168,13 +168,16 @@ fn token_of(link: &str) -> &str {
 }
 
 #[test]
-fn an_it_was_me_link_is_good_for_its_own_session_route_and_block_only() {
+fn an_it_was_me_link_is_good_for_its_own_session_device_route_and_block_only() {
     let ups = StepUps::new();
-    let alice = SessionKey::from_bytes([1; 16]);
-    let mallory = SessionKey::from_bytes([2; 16]);
+    let alice = LinkFor {
+        route: "app",
+        session: SessionKey::from_bytes([1; 16]),
+        device: DeviceId(0xa11ce),
+    };
     let block = Reference(0x00ab_cdef_0123_4567);
     let now = 1_800_000_000;
-    let link = ups.dispute_link("/cb", "app", alice, block, "/account?tab=keys", now);
+    let link = ups.dispute_link("/cb", alice, block, "/account?tab=keys", now);
     assert!(link.starts_with("/cb?it_was_me="), "{link}");
     let token = token_of(&link);
     // A link is one query parameter of URL-safe characters.
@@ -185,28 +188,37 @@ fn an_it_was_me_link_is_good_for_its_own_session_route_and_block_only() {
         "{token}"
     );
     assert_eq!(
-        ups.dispute_of(token, "app", alice, now + 1),
+        ups.dispute_of(token, alice, now + 1),
         Some((block, "/account?tab=keys".to_owned()))
     );
 
-    // Another session (the thief's cookie with the owner's link, or the
-    // owner's link sent to someone else), another route, too late.
-    assert_eq!(ups.dispute_of(token, "app", mallory, now), None);
-    assert_eq!(ups.dispute_of(token, "admin", alice, now), None);
+    // Another session (the owner's link sent to someone else), the same
+    // session on another device (the thief's link passed to the owner,
+    // or the owner's to the thief), another route, too late.
+    let mallory = LinkFor {
+        session: SessionKey::from_bytes([2; 16]),
+        ..alice
+    };
+    let elsewhere = LinkFor {
+        device: DeviceId(0xbad),
+        ..alice
+    };
+    let admin = LinkFor {
+        route: "admin",
+        ..alice
+    };
+    for other in [mallory, elsewhere, admin] {
+        assert_eq!(ups.dispute_of(token, other, now), None, "{other:?}");
+    }
     let lifetime = LINK_LIFETIME.as_secs();
-    assert!(
-        ups.dispute_of(token, "app", alice, now + lifetime)
-            .is_some()
-    );
-    assert_eq!(
-        ups.dispute_of(token, "app", alice, now + lifetime + 1),
-        None
-    );
+    assert!(ups.dispute_of(token, alice, now + lifetime).is_some());
+    assert_eq!(ups.dispute_of(token, alice, now + lifetime + 1), None);
     // Another process's key (a restarted node, another node): nothing.
-    assert_eq!(StepUps::new().dispute_of(token, "app", alice, now), None);
+    assert_eq!(StepUps::new().dispute_of(token, alice, now), None);
 
     // Every field is covered: a changed expiry, block, page or tag fails,
-    // and so does a token of the wrong shape.
+    // and so does a token of the wrong shape or another spelling of the
+    // same numbers.
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 4);
     let with = |i: usize, value: &str| {
@@ -216,14 +228,17 @@ fn an_it_was_me_link_is_good_for_its_own_session_route_and_block_only() {
     };
     let later = (now + 300 + lifetime).to_string();
     let other_block = Reference(block.0 + 1).to_string();
-    let elsewhere = URL_SAFE_NO_PAD.encode("/admin");
+    let page = URL_SAFE_NO_PAD.encode("/admin");
     let mut tag = URL_SAFE_NO_PAD.decode(parts[3]).unwrap();
     tag[0] ^= 1;
     let flipped = URL_SAFE_NO_PAD.encode(&tag);
     for forged in [
         with(0, &later),
+        with(0, &format!("+{}", parts[0])),
+        with(0, &format!("0{}", parts[0])),
         with(1, &other_block),
-        with(2, &elsewhere),
+        with(1, &parts[1].to_ascii_uppercase()),
+        with(2, &page),
         with(3, &flipped),
         with(3, ""),
         format!("{token}.x"),
@@ -231,17 +246,19 @@ fn an_it_was_me_link_is_good_for_its_own_session_route_and_block_only() {
         String::new(),
         "...".to_owned(),
     ] {
-        assert_eq!(ups.dispute_of(&forged, "app", alice, now), None, "{forged}");
+        if forged != token {
+            assert_eq!(ups.dispute_of(&forged, alice, now), None, "{forged}");
+        }
     }
     // A link whose expiry lies further ahead than any this node makes is
-    // refused even when a key were known to sign it.
-    let far = ups.dispute_link("/cb", "app", alice, block, "/", now + lifetime * 10);
-    assert_eq!(ups.dispute_of(token_of(&far), "app", alice, now), None);
+    // refused even though this node's key signed it.
+    let far = ups.dispute_link("/cb", alice, block, "/", now + lifetime * 10);
+    assert_eq!(ups.dispute_of(token_of(&far), alice, now), None);
 
     // The page to return to stays on this host, whatever was asked.
-    let link = ups.dispute_link("/cb", "app", alice, block, "//evil.example/", now);
+    let link = ups.dispute_link("/cb", alice, block, "//evil.example/", now);
     assert_eq!(
-        ups.dispute_of(token_of(&link), "app", alice, now),
+        ups.dispute_of(token_of(&link), alice, now),
         Some((block, "/".to_owned()))
     );
 }
@@ -274,8 +291,12 @@ proptest::proptest! {
     #[test]
     fn no_made_up_link_is_taken(token in "[0-9a-zA-Z._%=&-]{0,300}", query in "\\PC{0,300}") {
         let ups = StepUps::new();
-        let alice = SessionKey::from_bytes([1; 16]);
-        proptest::prop_assert_eq!(ups.dispute_of(&token, "app", alice, 1_800_000_000), None);
+        let alice = LinkFor {
+            route: "app",
+            session: SessionKey::from_bytes([1; 16]),
+            device: DeviceId(1),
+        };
+        proptest::prop_assert_eq!(ups.dispute_of(&token, alice, 1_800_000_000), None);
         let _ = dispute_token(Some(&query));
         let _ = dispute_token(Some(&token));
     }
