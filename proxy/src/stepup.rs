@@ -313,9 +313,11 @@ impl StepUps {
                 .time_to_live(PENDING_CEILING)
                 .build(),
             link_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
+            // Held as long as a step-up started from a link can be
+            // answered: the link's lifetime, then the longest pending.
             disputes_passed: moka::sync::Cache::builder()
                 .max_capacity(MAX_TRACKED)
-                .time_to_live(LINK_LIFETIME)
+                .time_to_live(LINK_LIFETIME + PENDING_CEILING)
                 .build(),
             per_session: Limiter::new(MAX_TRACKED),
             starts_per_client: Limiter::new(MAX_TRACKED),
@@ -667,10 +669,14 @@ impl StepUps {
             Action::Block => pending.disputed.is_some() && disputable(verdict),
             _ => false,
         };
+        if !passable {
+            return Outcome::Refuse(Problem::Refused);
+        }
         // A dispute is answered from the device that was blocked (the
         // owner signing in for a link the thief passed on confirms
         // nothing under it), and once: of two step-ups started from one
-        // link, the first to pass spends it.
+        // link, the first to pass spends it (a claim given back if the
+        // engine then confirms nothing).
         if let Some(d) = pending.disputed {
             if verdict.device.id != d.device {
                 return Outcome::Refuse(Problem::Refused);
@@ -684,12 +690,14 @@ impl StepUps {
                 return Outcome::Refuse(Problem::LinkInvalid);
             }
         }
-        let confirmed = passable
-            && match pending.disputed {
-                Some(d) => engine.confirm_disputed(verdict, d.reference),
-                None => engine.confirm(verdict),
-            };
+        let confirmed = match pending.disputed {
+            Some(d) => engine.confirm_disputed(verdict, d.reference),
+            None => engine.confirm(verdict),
+        };
         if !confirmed {
+            if let Some(d) = pending.disputed {
+                self.disputes_passed.invalidate(&d.reference);
+            }
             return Outcome::Refuse(Problem::Refused);
         }
         // The provider's session, for its logout to end this one (hashed

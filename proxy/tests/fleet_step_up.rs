@@ -311,25 +311,47 @@ impl Fleet {
 
 #[tokio::test]
 async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controller() {
+    it_was_me_across_the_fleet(false).await;
+}
+
+#[tokio::test]
+async fn the_owners_it_was_me_never_labels_a_thiefs_detection() {
+    it_was_me_across_the_fleet(true).await;
+}
+
+/// Alice signs in from Firefox, then goes on from a new laptop: blocked
+/// twice within a minute, she disputes the second block and passes. A
+/// node tells the controller one detection a session a minute: the first
+/// block stands for the second, and is labelled — unless (`thief_first`)
+/// the minute's told detection is a thief's, replaying her cookie from
+/// another device just before: then nothing is labelled, since her word
+/// is not about his request.
+async fn it_was_me_across_the_fleet(thief_first: bool) {
     let route = Route::new("app", "/", "app")
         .medium("block")
         .high("block")
         .it_was_me();
     let fleet = Fleet::with_route(false, false, route).await;
-    // Alice signs in from Firefox, then goes on from a new laptop: blocked.
     let login = common::Browser::firefox()
         .get(&fleet.url("/login?user=alice&session=s-alice"))
         .await;
     assert_eq!(login.status(), 200);
+    let thiefs = if thief_first {
+        let r = common::Browser::chrome()
+            .cookie("session=s-alice")
+            .get(&fleet.url("/"))
+            .await;
+        assert_eq!(r.status(), 403);
+        Some(r.headers()["vigil-reference"].to_str().unwrap().to_owned())
+    } else {
+        None
+    };
     let mut laptop = FormClient::new();
     laptop.set_cookie(
         fleet.url("").trim_start_matches("http://"),
         "session",
         "s-alice",
     );
-    // Her first refused request is the one the node tells the controller
-    // (one detection a session a minute); the page she disputes is the
-    // next one, which that detection stands for.
     let first = laptop.get(&fleet.url("/")).await;
     assert_eq!(first.status, 403, "{}", first.body);
     let block = first.header("vigil-reference").unwrap().to_owned();
@@ -350,43 +372,54 @@ async fn a_user_who_says_it_was_me_and_passes_labels_that_block_at_the_controlle
     assert_eq!(passed.header("location"), Some("/reports"));
     assert_eq!(laptop.get(&fleet.url("/reports")).await.status, 200);
 
-    // The controller holds her word on the block that stands for the one
-    // she disputed: labelled step_up_passed (counted apart on the
-    // precision page and in the export).
+    // Once the controller holds her confirmed baseline (the pass, and any
+    // label with it, are one transaction), what is labelled.
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&fleet.store).await.unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let row = sqlx::query("SELECT action, stepped_up FROM detections WHERE reference = $1")
-            .bind(&block)
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
-        let labelled = row.as_ref().map(|r| {
-            let action: String = sqlx::Row::try_get(r, 0).unwrap();
-            let stepped_up: Option<i64> = sqlx::Row::try_get(r, 1).unwrap();
-            (action, stepped_up.is_some())
-        });
-        if labelled == Some(("block".to_owned(), true)) {
+        let confirmed: i64 = sqlx::Row::try_get(
+            &sqlx::query("SELECT COUNT(*) FROM session_baselines WHERE confirmed = 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap(),
+            0,
+        )
+        .unwrap();
+        if confirmed == 1 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the block was never labelled: {labelled:?}"
+            "the pass never reached the controller"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The page she disputed was never told on its own: no such row.
-    let held: i64 = sqlx::Row::try_get(
-        &sqlx::query("SELECT COUNT(*) FROM detections WHERE reference = $1")
-            .bind(&disputed)
-            .fetch_one(&pool)
-            .await
-            .unwrap(),
-        0,
-    )
-    .unwrap();
-    assert_eq!(held, 0);
+    let rows = sqlx::query("SELECT reference, action, stepped_up FROM detections")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut held: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| {
+            let stepped_up: Option<i64> = sqlx::Row::try_get(r, 2).unwrap();
+            (
+                sqlx::Row::try_get(r, 0).unwrap(),
+                sqlx::Row::try_get(r, 1).unwrap(),
+                stepped_up.is_some(),
+            )
+        })
+        .collect();
+    held.sort();
+    match thiefs {
+        // Her first block stands for the page she disputed, which was
+        // never told on its own: labelled step_up_passed (counted apart
+        // on the precision page and in the export).
+        None => assert_eq!(held, [(block, "block".to_owned(), true)]),
+        // The minute's told detection is the thief's: her blocks were
+        // not told, and his is not labelled with her word.
+        Some(thiefs) => assert_eq!(held, [(thiefs, "block".to_owned(), false)]),
+    }
     pool.close().await;
     fleet.stop().await;
 }

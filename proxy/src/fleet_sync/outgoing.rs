@@ -99,21 +99,54 @@ fn facts_of(v: &vigil_engine::Verdict) -> RequestFacts {
     }
 }
 
+/// How long a detection not told is remembered with the one that stands
+/// for it: longer than an "it was me" link and its step-up can last.
+const REPRESENTED_FOR: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// The detection told for a session's window.
+#[derive(Debug, Clone, Copy)]
+struct Told {
+    at: u64,
+    reference: Reference,
+    /// The device it was decided on.
+    device: vigil_engine::DeviceId,
+    /// Whether it is a block a user may dispute ("it was me").
+    disputable: bool,
+}
+
 /// Turns engine events into node events.
-#[derive(Default)]
 pub(super) struct Outgoing {
     engine: OnceLock<Weak<Engine>>,
-    /// Per session, when its last detection was told and its reference.
-    detected: Mutex<HashMap<SessionKey, (u64, Reference)>>,
-    /// Detections not told (one a session per [`DETECTION_EVERY`]), each
-    /// with the told detection that stands for it: a user who disputes
-    /// one of them ("it was me") is taken to dispute that one, which the
-    /// controller holds. Forgotten all at once when full.
-    represented: Mutex<HashMap<Reference, Reference>>,
+    /// Per session, the detection last told.
+    detected: Mutex<HashMap<SessionKey, Told>>,
+    /// Disputable blocks not told (one detection a session per
+    /// [`DETECTION_EVERY`]), each with the told block that stands for it —
+    /// only one of the same session on the same device that may be
+    /// disputed too: a user who disputes one of them ("it was me") is
+    /// taken to dispute that one, which the controller holds; never a
+    /// thief's detection on another device, nor a rule's block. Bounded
+    /// in count and time, least recently used first: a session blocked
+    /// in a loop pushes out only the oldest.
+    represented: moka::sync::Cache<Reference, Reference>,
     /// Per session revoked by a detection just told, that detection (the
     /// evidence, with its reference), held until its revocation event
     /// takes it.
     evidence: Mutex<HashMap<SessionKey, NodeEventKind>>,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Self {
+            engine: OnceLock::new(),
+            detected: Mutex::default(),
+            represented: moka::sync::Cache::builder()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .max_capacity(100_000)
+                .time_to_live(REPRESENTED_FOR)
+                .build(),
+            evidence: Mutex::default(),
+        }
+    }
 }
 
 impl Outgoing {
@@ -209,7 +242,7 @@ impl Outgoing {
                 let session = d.verdict.session.as_ref()?.key;
                 let revokes = d.verdict.action == vigil_engine::Action::Revoke
                     && d.verdict.effects.revokes().contains(&session);
-                let first = self.first_detection(session, d.at, d.reference);
+                let first = self.first_detection(session, d);
                 if !revokes && (!first || d.verdict.user.is_none()) {
                     return None;
                 }
@@ -305,40 +338,39 @@ impl Outgoing {
             .remove(session)
     }
 
-    /// Whether a detection of `session` at `at` is the first of its window;
-    /// one that is not is remembered as represented by the one that was.
-    fn first_detection(&self, session: SessionKey, at: u64, reference: Reference) -> bool {
+    /// Whether detection `d` of `session` is the first of its window; a
+    /// disputable block that is not is remembered as represented by the
+    /// one that was, when that one is a disputable block of the same
+    /// device.
+    fn first_detection(&self, session: SessionKey, d: &vigil_engine::events::Detection) -> bool {
+        let this = Told {
+            at: d.at,
+            reference: d.reference,
+            device: d.verdict.device.id,
+            disputable: d.verdict.action == vigil_engine::Action::Block
+                && crate::stepup::disputable(&d.verdict),
+        };
         let mut detected = self.detected.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&(told, told_reference)) = detected.get(&session)
-            && at < told.saturating_add(DETECTION_EVERY)
+        if let Some(&told) = detected.get(&session)
+            && this.at < told.at.saturating_add(DETECTION_EVERY)
         {
             drop(detected);
-            let mut represented = self
-                .represented
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if represented.len() >= RECENT_DETECTIONS {
-                represented.clear();
+            if this.disputable && told.disputable && told.device == this.device {
+                self.represented.insert(this.reference, told.reference);
             }
-            represented.insert(reference, told_reference);
             return false;
         }
         if detected.len() >= RECENT_DETECTIONS {
             detected.clear();
         }
-        detected.insert(session, (at, reference));
+        detected.insert(session, this);
         true
     }
 
     /// The told detection that stands for `reference` (itself when it was
-    /// told, or when this node no longer remembers).
+    /// told, or when no told one may stand for it).
     fn representative(&self, reference: Reference) -> Reference {
-        self.represented
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&reference)
-            .copied()
-            .unwrap_or(reference)
+        self.represented.get(&reference).unwrap_or(reference)
     }
 }
 
