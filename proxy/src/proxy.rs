@@ -434,10 +434,16 @@ impl VigilProxy {
                 Outcome::Refuse(stepup::Problem::Refused)
             }
             Ok(verdict) => {
-                let query = session.req_header().uri.query();
+                let req = session.req_header();
+                let returned = stepup::Returned {
+                    route: &route.name,
+                    query: req.uri.query(),
+                    browser: stepup::browser_mark(&req.headers),
+                    now: verdict.at,
+                };
                 let outcome = self
                     .step_ups
-                    .callback(oidc, &self.engine, &route.name, query, &verdict, verdict.at)
+                    .callback(oidc, &self.engine, returned, &verdict)
                     .await;
                 // Passed: the session was confirmed; the binding may
                 // rotate on it (`[binding] rotate_on_step_up`).
@@ -523,7 +529,10 @@ impl VigilProxy {
                     max_age: None,
                     now: verdict.at,
                 };
-                self.step_ups.dispute(oidc, &verdict, &start, token).await
+                let browser = stepup::browser_mark(&session.req_header().headers);
+                self.step_ups
+                    .dispute(oidc, &verdict, &start, token, browser)
+                    .await
             }
             Err(_) => Outcome::Refuse(stepup::Problem::NoSession),
         };
@@ -826,7 +835,7 @@ impl VigilProxy {
                 cookie: cookie.map(String::as_str),
             },
             Action::Block => {
-                let it_was_me = self.it_was_me_link(
+                let offer = self.it_was_me_link(
                     session,
                     route,
                     verdict,
@@ -837,7 +846,8 @@ impl VigilProxy {
                     session,
                     Refusal::Blocked {
                         reference: &reference,
-                        it_was_me: it_was_me.as_deref(),
+                        it_was_me: offer.as_ref().map(|(link, _)| link.as_str()),
+                        set_cookie: offer.as_ref().map(|(_, cookie)| cookie.as_str()),
                     },
                 )
                 .await
@@ -847,17 +857,21 @@ impl VigilProxy {
             _ => Refusal::Blocked {
                 reference: &reference,
                 it_was_me: None,
+                set_cookie: None,
             },
         };
         respond::send(session, refusal).await?;
         Ok(true)
     }
 
-    /// The "it was me" link a block page offers (`docs/step-up.md`): only
-    /// on a route that offers it (`it_was_me`, stepping up at `[oidc]`),
-    /// only to a browser's one session cookie whose user is known (a
-    /// step-up confirms who a session belongs to, nothing else), and only
-    /// for this block of this session on this route.
+    /// The "it was me" link a block page offers (`docs/step-up.md`), and
+    /// the `Set-Cookie` that marks the browser it is for: only on a route
+    /// that offers it (`it_was_me`, stepping up at `[oidc]`), only to a
+    /// browser's one session cookie whose user is known (a step-up
+    /// confirms who a session belongs to, nothing else), only for a block
+    /// a sign-in answers, and only for this block of this session in this
+    /// browser on this route. A browser that carries a mark keeps it (its
+    /// page's blocked images must not void the page's link).
     fn it_was_me_link(
         &self,
         session: &Session,
@@ -865,7 +879,7 @@ impl VigilProxy {
         verdict: &Verdict,
         reference: Option<vigil_engine::Reference>,
         by_cookie: bool,
-    ) -> Option<String> {
+    ) -> Option<(String, String)> {
         let Some(StepUpVia::Oidc {
             callback_path,
             it_was_me: true,
@@ -877,20 +891,25 @@ impl VigilProxy {
         if !by_cookie || verdict.user.is_none() || !stepup::disputable(verdict) {
             return None;
         }
-        let target = session
-            .req_header()
+        let req = session.req_header();
+        let target = req
             .uri
             .path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str);
+        let browser = stepup::browser_mark(&req.headers).unwrap_or_else(rand::random);
         let holder = stepup::LinkFor {
             route: &route.name,
             session: key,
             device: verdict.device.id,
+            browser,
         };
-        Some(
+        let link =
             self.step_ups
-                .dispute_link(callback_path, holder, reference?, target, verdict.at),
-        )
+                .dispute_link(callback_path, holder, reference?, target, verdict.at);
+        Some((
+            link,
+            stepup::browser_cookie(&browser, callback_path, self.tls),
+        ))
     }
 }
 
@@ -1052,6 +1071,7 @@ impl ProxyHttp for VigilProxy {
                         Refusal::Blocked {
                             reference: &reference,
                             it_was_me: None,
+                            set_cookie: None,
                         },
                     )
                     .await?;

@@ -92,6 +92,8 @@ pub enum Refusal<'a> {
         /// The "it was me" link, when the route offers one to this
         /// session (`it_was_me`, `docs/step-up.md`): JSON's `it_was_me_url`.
         it_was_me: Option<&'a str>,
+        /// The `Set-Cookie` value marking the browser the link is for.
+        set_cookie: Option<&'a str>,
     },
     /// The session was revoked earlier.
     SessionEnded {
@@ -528,7 +530,14 @@ impl<'a> Refusal<'a> {
                     "This server cannot check the session's device binding right now. Try again shortly.",
                 )
             },
-            Refusal::Blocked { it_was_me, .. } => Answer {
+            Refusal::Blocked {
+                it_was_me,
+                set_cookie,
+                ..
+            } => Answer {
+                headers: set_cookie
+                    .map(|c| vec![("set-cookie", c.to_owned())])
+                    .unwrap_or_default(),
                 link: it_was_me
                     .map(|url| ("it_was_me_url", url, "It was me: sign in again to continue")),
                 ..plain(

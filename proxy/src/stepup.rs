@@ -279,7 +279,19 @@ pub struct LinkFor<'a> {
     pub session: SessionKey,
     /// The device it was blocked on (the engine's device id).
     pub device: DeviceId,
+    /// The browser it was blocked in: the random mark of its
+    /// [`BROWSER_COOKIE`] (the device id is read from headers a thief can
+    /// copy; this cookie he cannot read).
+    pub browser: BrowserMark,
 }
+
+/// A browser's random mark, in its [`BROWSER_COOKIE`].
+pub type BrowserMark = [u8; 16];
+
+/// The cookie that marks the browser a block page with an "it was me"
+/// link was shown in: HttpOnly, on the callback path only (never
+/// forwarded to the app), for the link's lifetime.
+pub const BROWSER_COOKIE: &str = "vigil-dispute";
 
 /// The block a step-up answers, when the user disputed it ("it was me").
 #[derive(Debug, Clone, Copy)]
@@ -287,6 +299,21 @@ struct Disputed {
     reference: Reference,
     /// The device it was blocked on: the callback must come from it.
     device: DeviceId,
+    /// The browser it was blocked in: the callback must carry its mark.
+    browser: BrowserMark,
+}
+
+/// A step-up's callback as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Returned<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// The callback's query string.
+    pub query: Option<&'a str>,
+    /// The browser's mark ([`browser_mark`]), if it carries one.
+    pub browser: Option<BrowserMark>,
+    /// The request's time.
+    pub now: u64,
 }
 
 // === impl StepUps ===
@@ -388,6 +415,7 @@ impl StepUps {
         out.extend_from_slice(LINK_CONTEXT);
         out.extend_from_slice(holder.session.as_bytes());
         out.extend_from_slice(&holder.device.0.to_be_bytes());
+        out.extend_from_slice(&holder.browser);
         // Lengths first: no two field lists read as the same bytes.
         out.extend_from_slice(&(route.len() as u64).to_be_bytes());
         out.extend_from_slice(route.as_bytes());
@@ -454,6 +482,7 @@ impl StepUps {
         verdict: &Verdict,
         start: &Start<'_>,
         token: &str,
+        browser: Option<BrowserMark>,
     ) -> Outcome {
         let Some(session) = verdict.session.filter(|_| verdict.credentials == 1) else {
             return Outcome::Refuse(Problem::NoSession);
@@ -464,10 +493,14 @@ impl StepUps {
         {
             return Outcome::Refuse(Problem::RateLimited);
         }
+        let Some(browser) = browser else {
+            return Outcome::Refuse(Problem::LinkInvalid);
+        };
         let holder = LinkFor {
             route: start.route,
             session: session.key,
             device: verdict.device.id,
+            browser,
         };
         let Some((reference, target)) = self.dispute_of(token, holder, start.now) else {
             return Outcome::Refuse(Problem::LinkInvalid);
@@ -487,6 +520,7 @@ impl StepUps {
         let disputed = Disputed {
             reference,
             device: verdict.device.id,
+            browser,
         };
         self.send(oidc, session.key, start, target, Some(disputed))
             .await
@@ -556,11 +590,15 @@ impl StepUps {
         &self,
         oidc: &Arc<Oidc>,
         engine: &Engine,
-        route: &str,
-        query: Option<&str>,
+        returned: Returned<'_>,
         verdict: &Verdict,
-        now: u64,
     ) -> Outcome {
+        let Returned {
+            route,
+            query,
+            browser,
+            now,
+        } = returned;
         let session = verdict.session.filter(|_| verdict.credentials == 1);
         if self
             .callbacks_per_client
@@ -678,7 +716,8 @@ impl StepUps {
         // link, the first to pass spends it (a claim given back if the
         // engine then confirms nothing).
         if let Some(d) = pending.disputed {
-            if verdict.device.id != d.device {
+            let same_browser = browser == Some(d.browser);
+            if verdict.device.id != d.device || !same_browser {
                 return Outcome::Refuse(Problem::Refused);
             }
             let first = self
@@ -792,6 +831,52 @@ pub fn disputable(verdict: &Verdict) -> bool {
                         | Reason::BindingInvalid
                 )
         })
+}
+
+/// The browser's mark: its [`BROWSER_COOKIE`], when the request carries it
+/// exactly once (over every `Cookie` header) as 32 lower-case hex digits.
+/// Twice is none: a client does not choose which counts.
+pub fn browser_mark(headers: &http::HeaderMap) -> Option<BrowserMark> {
+    let mut found = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if name != BROWSER_COOKIE {
+                continue;
+            }
+            if found.is_some() {
+                return None;
+            }
+            found = Some(value);
+        }
+    }
+    let value = found?;
+    if value.len() != 32
+        || !value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    let mut mark = [0u8; 16];
+    hex::decode_to_slice(value, &mut mark).ok()?;
+    Some(mark)
+}
+
+/// The `Set-Cookie` value that gives a browser `mark`, on `callback_path`
+/// only, for an "it was me" link's lifetime.
+pub fn browser_cookie(mark: &BrowserMark, callback_path: &str, secure: bool) -> String {
+    format!(
+        "{BROWSER_COOKIE}={}; Path={callback_path}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        hex::encode(mark),
+        LINK_LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// The token of an "it was me" link when `query` carries one: the

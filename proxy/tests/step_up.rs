@@ -257,6 +257,15 @@ async fn a_blocked_user_says_it_was_me_passes_a_step_up_and_gets_the_page() {
     let r = firefox.get(&link).await;
     assert_eq!(r.status(), 403);
     assert_eq!(stage.step_ups("dispute", "step_up_link_invalid").await, 3.0);
+    // The same cookie and the same headers from another browser (an
+    // antidetect browser copying the laptop's): the same device to the
+    // engine, but not the browser the block page marked.
+    let mut copy = FormClient::new();
+    copy.set_cookie(&stage.host_port(), "session", "s-alice-new");
+    let page = copy.get(&link).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(stage.code_of(&page).await, "step_up_link_invalid");
+    assert!(laptop.cookie(&stage.host_port(), "vigil-dispute").is_some());
     // Refused, nothing was confirmed: still blocked.
     assert_eq!(
         laptop.get(&stage.url("/account?tab=keys")).await.status,

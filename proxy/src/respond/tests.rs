@@ -30,6 +30,7 @@ fn block_page_carries_the_reference() {
     let answer = Refusal::Blocked {
         reference: "abc123",
         it_was_me: None,
+        set_cookie: None,
     }
     .answer("abc123");
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
@@ -42,6 +43,7 @@ fn a_block_in_json_names_its_code_and_reference() {
     let answer = Refusal::Blocked {
         reference: "r1",
         it_was_me: None,
+        set_cookie: None,
     }
     .answer("r1");
     assert_eq!(
@@ -61,6 +63,7 @@ fn a_block_offering_it_was_me_links_to_it_in_html_and_json() {
     let answer = Refusal::Blocked {
         reference: "r2",
         it_was_me: Some(link),
+        set_cookie: Some("vigil-dispute=00; Path=/cb; HttpOnly"),
     }
     .answer("r2");
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
@@ -74,6 +77,10 @@ fn a_block_offering_it_was_me_links_to_it_in_html_and_json() {
         "{html}"
     );
     assert!(!html.contains("<script>"), "{html}");
+    assert_eq!(
+        header(&answer, "set-cookie"),
+        Some("vigil-dispute=00; Path=/cb; HttpOnly")
+    );
 }
 
 #[test]
@@ -126,7 +133,8 @@ fn refusals_that_are_not_decisions_have_no_reference_of_their_own() {
     assert_eq!(
         Refusal::Blocked {
             reference: "r",
-            it_was_me: None
+            it_was_me: None,
+            set_cookie: None
         }
         .reference(),
         Some("r")

@@ -174,6 +174,7 @@ fn an_it_was_me_link_is_good_for_its_own_session_device_route_and_block_only() {
         route: "app",
         session: SessionKey::from_bytes([1; 16]),
         device: DeviceId(0xa11ce),
+        browser: [7; 16],
     };
     let block = Reference(0x00ab_cdef_0123_4567);
     let now = 1_800_000_000;
@@ -207,7 +208,13 @@ fn an_it_was_me_link_is_good_for_its_own_session_device_route_and_block_only() {
         route: "admin",
         ..alice
     };
-    for other in [mallory, elsewhere, admin] {
+    // The same headers from another browser (an antidetect browser
+    // copying the owner's): another mark.
+    let copied = LinkFor {
+        browser: [8; 16],
+        ..alice
+    };
+    for other in [mallory, elsewhere, admin, copied] {
         assert_eq!(ups.dispute_of(token, other, now), None, "{other:?}");
     }
     let lifetime = LINK_LIFETIME.as_secs();
@@ -295,9 +302,49 @@ proptest::proptest! {
             route: "app",
             session: SessionKey::from_bytes([1; 16]),
             device: DeviceId(1),
+            browser: [1; 16],
         };
         proptest::prop_assert_eq!(ups.dispute_of(&token, alice, 1_800_000_000), None);
         let _ = dispute_token(Some(&query));
         let _ = dispute_token(Some(&token));
     }
+}
+
+#[test]
+fn a_browser_mark_is_one_cookie_of_32_hex_digits() {
+    let headers = |values: &[&str]| {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(http::header::COOKIE, v.parse().unwrap());
+        }
+        h
+    };
+    let good = "00112233445566778899aabbccddeeff";
+    let mark = browser_mark(&headers(&[&format!("session=s; vigil-dispute={good}")]));
+    assert_eq!(mark.map(hex::encode).as_deref(), Some(good));
+    // Split across Cookie headers (HTTP/2) is still one.
+    assert!(browser_mark(&headers(&["session=s", &format!("vigil-dispute={good}")])).is_some());
+    for bad in [
+        vec![format!("vigil-dispute={good}; vigil-dispute={good}")],
+        vec![
+            format!("vigil-dispute={good}"),
+            format!("vigil-dispute={good}"),
+        ],
+        vec![format!("vigil-dispute={}", good.to_ascii_uppercase())],
+        vec![format!("vigil-dispute={}", &good[1..])],
+        vec![format!("vigil-dispute={good}0")],
+        vec!["vigil-dispute=".to_owned()],
+        vec!["session=s".to_owned()],
+    ] {
+        let values: Vec<&str> = bad.iter().map(String::as_str).collect();
+        assert_eq!(browser_mark(&headers(&values)), None, "{bad:?}");
+    }
+    let cookie = browser_cookie(&[0xab; 16], "/cb", true);
+    assert_eq!(
+        cookie,
+        format!(
+            "vigil-dispute={}; Path=/cb; Max-Age=600; HttpOnly; SameSite=Lax; Secure",
+            "ab".repeat(16)
+        )
+    );
 }
