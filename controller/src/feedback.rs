@@ -202,11 +202,26 @@ pub async fn measure(
     days: u64,
     buckets: usize,
 ) -> Result<Precision, StoreError> {
+    let [p] = measure_each(store, now, days, [buckets]).await?;
+    Ok(p)
+}
+
+/// Precision over the `days` days before `now`, once for each count of
+/// buckets in `buckets` (the dashboard's table by quarter and its chart by
+/// day): the labelled detections are read once.
+pub async fn measure_each<const N: usize>(
+    store: &Store,
+    now: u64,
+    days: u64,
+    buckets: [usize; N],
+) -> Result<[Precision; N], StoreError> {
     let period = days.max(1) * 86_400;
     let since = now.saturating_sub(period);
     let (rows, capped) = store.labelled_recent(since, LABELLED_CAP).await?;
-    let bucket_secs = period.div_ceil(u64::try_from(buckets.max(1)).unwrap_or(1));
-    Ok(precision(&rows, since, bucket_secs, buckets, capped))
+    Ok(buckets.map(|n| {
+        let bucket_secs = period.div_ceil(u64::try_from(n.max(1)).unwrap_or(1));
+        precision(&rows, since, bucket_secs, n, capped)
+    }))
 }
 
 /// Recounts `vigil_controller_labelled_detections` over the last

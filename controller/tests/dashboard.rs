@@ -310,16 +310,55 @@ async fn every_page_needs_a_session_and_every_answer_the_security_headers() {
             .post("/dashboard/act", "", &[("action", "false-positive")])
             .await;
         assert_eq!(r.status(), 303);
-        for (path, kind) in [
-            ("/dashboard/static/dashboard.css", "text/css; charset=utf-8"),
+        // The static files, the chart library's the very bytes the
+        // workspace vendors (checked against its lockfile elsewhere).
+        let vendor = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/uplot");
+        for (path, kind, same_as) in [
+            (
+                "/dashboard/static/dashboard.css",
+                "text/css; charset=utf-8",
+                None,
+            ),
             (
                 "/dashboard/static/dashboard.js",
                 "text/javascript; charset=utf-8",
+                None,
+            ),
+            (
+                "/dashboard/static/uplot.js",
+                "text/javascript; charset=utf-8",
+                Some("uPlot.iife.min.js"),
+            ),
+            (
+                "/dashboard/static/uplot.css",
+                "text/css; charset=utf-8",
+                Some("uPlot.min.css"),
+            ),
+            (
+                "/dashboard/static/uplot-LICENSE.txt",
+                "text/plain; charset=utf-8",
+                Some("LICENSE"),
             ),
         ] {
             let r = c.get(path, None).await;
-            assert_eq!(r.status(), 200);
+            assert_eq!(r.status(), 200, "{path}");
             assert_eq!(r.headers()["content-type"], kind);
+            assert_eq!(r.headers()["cache-control"], "private, max-age=300");
+            assert_headers(&r);
+            let body = r.bytes().await.unwrap();
+            if let Some(file) = same_as {
+                assert_eq!(body, std::fs::read(vendor.join(file)).unwrap(), "{path}");
+            }
+        }
+        // Nothing else is served from there: no path out of the table.
+        for path in [
+            "/dashboard/static/",
+            "/dashboard/static/uplot.mjs",
+            "/dashboard/static/..%2f..%2fCargo.toml",
+            "/dashboard/static/dashboard.js%00",
+        ] {
+            let r = c.get(path, None).await;
+            assert_eq!(r.status(), 404, "{path}");
             assert_headers(&r);
         }
         c.stop().await;
@@ -946,6 +985,8 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
         vec![
             count("action", "allow", None, 40),
             count("action", "block", None, 3),
+            count("reason", "device_changed", None, 3),
+            count("reason", "asn_changed", None, 2),
             count("rule", "block-risky", Some("block"), 3),
             count("shadow", "try-revoke", Some("revoke"), 6),
         ],
@@ -972,7 +1013,8 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
             "/dashboard/detection",
             "/dashboard/confirm",
             "/dashboard/act",
-            "/dashboard/user"
+            "/dashboard/user",
+            "/dashboard/precision"
         ])
     );
     let rules = seen["rules"].as_str().unwrap();
@@ -1011,6 +1053,75 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
     let user = seen["user"].as_str().unwrap();
     assert!(user.contains("Detections (1)"), "{user}");
     assert!(user.contains(&"05".repeat(16)), "{user}");
+    let precision = seen["precision"].as_str().unwrap();
+    assert!(
+        precision.contains("Every labelled detection\nConfirmed\tFalse positive\tPrecision"),
+        "{precision}"
+    );
+    assert!(precision.contains("\n0\t1\t0.0%\t0\t"), "{precision}");
+    // Every chart drawn by the chart library, each with the series the
+    // page's data names — the script ran under the page's CSP.
+    let legends = |page: &str| -> Vec<(String, bool, Vec<String>)> {
+        seen["charts"][page]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["label"].as_str().unwrap().to_owned(),
+                    c["drawn"].as_bool().unwrap(),
+                    c["legend"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|l| l.as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        legends("overview"),
+        vec![
+            (
+                "Detections per hour by action over the last 24 hours".to_owned(),
+                true,
+                strings(&["Time (UTC)", "block"])
+            ),
+            (
+                "Requests judged per hour by action decided over the last 24 hours".to_owned(),
+                true,
+                strings(&["Time (UTC)", "block", "allow"])
+            ),
+            (
+                "Decisions per hour by the reasons they carried over the last 24 hours, every node together".to_owned(),
+                true,
+                strings(&["Time (UTC)", "device_changed", "asn_changed"])
+            ),
+        ]
+    );
+    assert_eq!(
+        legends("user"),
+        vec![(
+            "Entity risk per hour over the last 7 days, the highest in each hour".to_owned(),
+            true,
+            strings(&["Time (UTC)", "entity risk"])
+        )]
+    );
+    let precision_charts = legends("precision");
+    assert_eq!(precision_charts.len(), 2);
+    assert_eq!(
+        precision_charts[0].2,
+        strings(&[
+            "Time (UTC)",
+            "passed step-up",
+            "false positive",
+            "confirmed"
+        ])
+    );
+    assert_eq!(precision_charts[1].2, strings(&["Time (UTC)", "precision"]));
+    assert!(precision_charts.iter().all(|c| c.1), "{precision_charts:?}");
     assert_eq!(seen["csp"], serde_json::json!([]), "no CSP violation");
     for (page, violations) in seen["axe"].as_object().unwrap() {
         assert_eq!(violations, &serde_json::json!([]), "axe on {page}");
@@ -1317,6 +1428,23 @@ fn count(kind: &str, name: &str, action: Option<&str>, n: u64) -> vigil_fleet::C
     }
 }
 
+/// The data a page hands its chart library for the figure whose
+/// `data-chart-label` starts with `label`: the attribute's JSON, its HTML
+/// escapes undone as a browser would.
+fn chart_data(html: &str, label: &str) -> serde_json::Value {
+    let end = html
+        .find(&format!("\" data-chart-label=\"{label}"))
+        .unwrap_or_else(|| panic!("no chart {label:?} in {html}"));
+    let start = html[..end].rfind("data-chart=\"").unwrap() + "data-chart=\"".len();
+    let json = html[start..end]
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#38;", "&");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
 fn counts_event(id: &str, run: &str, minute: u64, counts: Vec<vigil_fleet::Count>) -> NodeEvent {
     NodeEvent {
         id: id.to_owned(),
@@ -1571,6 +1699,41 @@ async fn a_nodes_counts_are_shown_exactly_and_a_replayed_post_counts_once() {
         }
         assert!(!overview.contains("<td>revoke</td>"), "{overview}");
         assert!(overview.contains("<a href=\"/dashboard/rules\">"));
+        // Decisions by reason, from the same counts: the engine's codes
+        // only.
+        assert!(
+            overview.contains("<tr><td><code>asn_changed</code></td><td>4</td></tr>"),
+            "{overview}"
+        );
+        assert!(!overview.contains("made_up_reason"), "{overview}");
+        // What the script draws: the same counts, in the hour they fell.
+        let hour_start = minute * 60 / 3600 * 3600;
+        let judged = chart_data(&overview, "Requests judged per hour");
+        assert_eq!(judged["kind"], "stacked");
+        let at = judged["t"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|t| t.as_u64() == Some(hour_start))
+            .unwrap();
+        let value_of = |data: &serde_json::Value, label: &str| {
+            data["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["label"] == label)
+                .map(|s| s["values"][at].clone())
+        };
+        assert_eq!(value_of(&judged, "allow"), Some(serde_json::json!(8.0)));
+        assert_eq!(value_of(&judged, "step_up"), Some(serde_json::json!(3.0)));
+        assert_eq!(value_of(&judged, "revoke"), None);
+        let reasons = chart_data(&overview, "Decisions per hour by the reasons");
+        assert_eq!(reasons["kind"], "lines");
+        assert_eq!(
+            value_of(&reasons, "asn_changed"),
+            Some(serde_json::json!(4.0))
+        );
+        assert_eq!(reasons["series"].as_array().unwrap().len(), 1);
         let hour = {
             let t = minute * 60 / 3600 * 3600;
             let secs = t % 86_400;

@@ -1,10 +1,126 @@
-//! The overview's chart: detections per hour, stacked by action, laid out
-//! here as SVG rectangles (no chart library, no script): the template
-//! draws them, the stylesheet colours them by class.
+//! The dashboard's charts. Each is laid out here twice: as SVG rectangles
+//! the template draws and the stylesheet colours by class — what a
+//! browser without script shows, and what a screen reader reads, bar by
+//! bar — and as the [`Data`] the dashboard's script hands to the chart
+//! library (uPlot, served from the binary), which draws the same figures
+//! with axes, a legend and a cursor that reads each bucket's values.
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
 use crate::store::{Buckets, RiskInputs};
+
+/// What the dashboard's script draws a chart from: the `data-chart`
+/// attribute of its figure, as JSON (HTML-escaped in the attribute like
+/// every other value).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Data {
+    /// `stacked` (bars, each series on the one before), `bars` (one
+    /// series) or `lines`.
+    pub(crate) kind: &'static str,
+    /// Each bucket's start, seconds since the Unix epoch.
+    pub(crate) t: Vec<u64>,
+    /// The series, bottom of the stack first.
+    pub(crate) series: Vec<Series>,
+    /// The value axis's top when fixed (a score's 100); from the data when
+    /// `None`.
+    pub(crate) max: Option<u64>,
+    /// Written after each value in the legend (`%`), or empty.
+    pub(crate) unit: &'static str,
+}
+
+/// One series of a [`Data`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Series {
+    pub(crate) label: String,
+    /// A class of the stylesheet whose `background-color` is the series'
+    /// colour (`a-block`, `s-0`).
+    pub(crate) class: &'static str,
+    /// One per bucket of [`Data::t`]; `None`: nothing to show there.
+    pub(crate) values: Vec<Option<f64>>,
+}
+
+impl Data {
+    /// The JSON the template puts in `data-chart`.
+    pub(crate) fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// Colour classes of series that have no meaning of their own (reasons):
+/// `s-0` to `s-7` in the stylesheet, then `s-other`.
+pub(crate) const PALETTE: [&str; 8] = ["s-0", "s-1", "s-2", "s-3", "s-4", "s-5", "s-6", "s-7"];
+
+/// Counts per bucket of many names (reasons), as lines: the `top` names
+/// with the most in all, each its own series, the rest summed as `other`;
+/// the `count` buckets of `bucket` seconds ending with the one holding
+/// `now`. Also every name's total, most first.
+pub(crate) fn lines(
+    buckets: &Buckets,
+    now: u64,
+    bucket: u64,
+    count: u32,
+    top: usize,
+) -> (Data, Vec<(String, u64)>) {
+    let bucket = bucket.max(1);
+    let count = count.max(1);
+    let last = now / bucket * bucket;
+    let first = last.saturating_sub(bucket * u64::from(count - 1));
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for names in buckets.counts.range(first..=last).map(|(_, n)| n) {
+        for (name, n) in names {
+            let total = totals.entry(name.as_str()).or_insert(0);
+            *total = total.saturating_add(*n);
+        }
+    }
+    let mut ranked: Vec<(String, u64)> =
+        totals.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let named = ranked.len().min(top.min(PALETTE.len()));
+    let t: Vec<u64> = (0..count).map(|i| first + u64::from(i) * bucket).collect();
+    let value = |start: u64, pick: &dyn Fn(&str) -> bool| -> Option<f64> {
+        let n = buckets.counts.get(&start).map_or(0u64, |names| {
+            names
+                .iter()
+                .filter(|(name, _)| pick(name))
+                .fold(0u64, |s, (_, n)| s.saturating_add(*n))
+        });
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+        Some(n as f64)
+    };
+    let mut series: Vec<Series> = ranked
+        .iter()
+        .take(named)
+        .zip(PALETTE)
+        .map(|((name, _), class)| Series {
+            label: name.clone(),
+            class,
+            values: t.iter().map(|s| value(*s, &|n| n == name)).collect(),
+        })
+        .collect();
+    if ranked.len() > named {
+        let shown: Vec<&str> = ranked.iter().take(named).map(|(n, _)| n.as_str()).collect();
+        series.push(Series {
+            label: "other".to_owned(),
+            class: "s-other",
+            values: t
+                .iter()
+                .map(|s| value(*s, &|n| !shown.contains(&n)))
+                .collect(),
+        });
+    }
+    (
+        Data {
+            kind: "lines",
+            t,
+            series,
+            max: None,
+            unit: "",
+        },
+        ranked,
+    )
+}
 
 /// Width of the drawing, in SVG units.
 pub(crate) const WIDTH: u32 = 720;
@@ -28,7 +144,7 @@ pub(crate) struct Bar {
 }
 
 /// The chart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Chart {
     pub(crate) width: u32,
     pub(crate) height: u32,
@@ -39,6 +155,8 @@ pub(crate) struct Chart {
     pub(crate) max: u64,
     /// Every action drawn, with its class and total.
     pub(crate) legend: Vec<(&'static str, &'static str, u64)>,
+    /// The same, for the chart library.
+    pub(crate) data: Data,
 }
 
 fn class_of(action: &str) -> (&'static str, &'static str) {
@@ -108,10 +226,31 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
             });
         }
     }
-    let legend = ACTIONS
+    let legend: Vec<(&'static str, &'static str, u64)> = ACTIONS
         .iter()
         .filter_map(|name| totals.get(name).map(|n| (*name, class_of(name).1, *n)))
         .collect();
+    // Bottom of the stack first, as the bars are drawn.
+    let series = legend
+        .iter()
+        .rev()
+        .map(|(name, class, _)| Series {
+            label: (*name).to_owned(),
+            class,
+            #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+            values: columns
+                .iter()
+                .map(|c| Some(c.get(name).copied().unwrap_or(0) as f64))
+                .collect(),
+        })
+        .collect();
+    let data = Data {
+        kind: "stacked",
+        t: (0..count).map(|i| first + u64::from(i) * bucket).collect(),
+        series,
+        max: None,
+        unit: "",
+    };
     Chart {
         width: WIDTH,
         height: HEIGHT,
@@ -119,6 +258,7 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
         labels,
         max,
         legend,
+        data,
     }
 }
 
@@ -126,7 +266,7 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
 
 /// A user's entity risk per hour: each hour's bar is the highest it was
 /// in the hour, rebuilt from what the store holds now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RiskChart {
     pub(crate) width: u32,
     pub(crate) height: u32,
@@ -136,6 +276,8 @@ pub(crate) struct RiskChart {
     pub(crate) labels: Vec<(u32, String)>,
     /// The highest it was over the period.
     pub(crate) peak: u64,
+    /// The same, for the chart library.
+    pub(crate) data: Data,
 }
 
 /// Entity risk at `t` as the controller counts it: the nodes that caught
@@ -174,6 +316,8 @@ pub(crate) fn risk_chart(
     let mut bars = Vec::new();
     let mut labels = Vec::new();
     let mut peak = 0;
+    let mut t = Vec::with_capacity(hours as usize);
+    let mut values = Vec::with_capacity(hours as usize);
     for i in 0..hours {
         let start = first + u64::from(i) * HOUR;
         let end = (start + HOUR - 1).min(now);
@@ -199,6 +343,9 @@ pub(crate) fn risk_chart(
             .max()
             .unwrap_or(0);
         peak = peak.max(value);
+        t.push(start);
+        #[allow(clippy::cast_precision_loss, reason = "at most 100")]
+        values.push(Some(value as f64));
         let x = i * w;
         let when = super::view::time(start);
         if start.is_multiple_of(86_400) {
@@ -224,6 +371,17 @@ pub(crate) fn risk_chart(
         bars,
         labels,
         peak,
+        data: Data {
+            kind: "bars",
+            t,
+            series: vec![Series {
+                label: "entity risk".to_owned(),
+                class: "risk",
+                values,
+            }],
+            max: Some(100),
+            unit: "",
+        },
     }
 }
 
@@ -270,6 +428,54 @@ mod tests {
             ]
         );
         assert_eq!(c.labels.len(), 4);
+        // The chart library's data: the same counts per hour, bottom of
+        // the stack first, one value per bucket.
+        assert_eq!(c.data.kind, "stacked");
+        assert_eq!(c.data.t.len(), 24);
+        assert_eq!(c.data.t[23], 100 * 3_600);
+        assert_eq!(c.data.t[0], 77 * 3_600);
+        let labels: Vec<&str> = c.data.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["other", "block", "revoke"]);
+        assert_eq!(c.data.series[1].values[23], Some(4.0));
+        assert_eq!(c.data.series[1].values[22], Some(0.0));
+        assert_eq!(c.data.series[0].values[22], Some(2.0));
+        // An action outside the engine's four is drawn as `other`: its
+        // name is never shown.
+        assert!(!c.data.json().contains("weird"), "{}", c.data.json());
+    }
+
+    #[test]
+    fn reasons_are_lines_of_the_most_frequent_and_the_rest_as_other() {
+        let mut b = Buckets::default();
+        let hour = 3_600;
+        let now = 50 * hour + 5;
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let n = 10 - u64::try_from(i).unwrap_or(0);
+            b.counts
+                .entry(50 * hour)
+                .or_default()
+                .insert((*name).into(), n);
+        }
+        b.counts.entry(49 * hour).or_default().insert("c".into(), 5);
+        let (data, totals) = lines(&b, now, hour, 24, 2);
+        assert_eq!(data.kind, "lines");
+        assert_eq!(
+            totals,
+            vec![
+                ("c".to_owned(), 13),
+                ("a".to_owned(), 10),
+                ("b".to_owned(), 9)
+            ]
+        );
+        let labels: Vec<&str> = data.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["c", "a", "other"]);
+        assert_eq!(data.series[0].values[22], Some(5.0));
+        assert_eq!(data.series[0].values[23], Some(8.0));
+        assert_eq!(data.series[2].values[23], Some(9.0));
+        assert_eq!(data.series[2].class, "s-other");
+        // Nothing: no series, every name's total empty.
+        let (empty, none) = lines(&Buckets::default(), now, hour, 24, 8);
+        assert!(empty.series.is_empty() && none.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
+use super::chart::{Data, Series};
 use super::view::{Nav, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs};
@@ -21,8 +22,12 @@ const DEFAULT_DAYS: u64 = 28;
 /// The longest period shown.
 const MAX_DAYS: u64 = 365;
 
-/// Buckets of the period.
+/// Buckets of the period in the tables.
 const BUCKETS: usize = 4;
+
+/// Buckets of the period in the charts: a day each up to this many days,
+/// a week each beyond (at most 53).
+const DAILY_UP_TO: u64 = 60;
 
 /// One row as shown.
 struct PrecisionRow {
@@ -48,6 +53,49 @@ struct PrecisionPage {
     capped: bool,
     labelled_cap: usize,
     rule_cap: usize,
+    /// Labelled detections per day (or week), stacked by label.
+    labels_chart: Data,
+    /// Precision per day (or week), where an operator labelled any.
+    precision_chart: Data,
+    /// `day` or `week`.
+    per: &'static str,
+}
+
+/// The charts of `all` over `starts`: labels stacked, and precision.
+fn charts(all: &Row, starts: &[u64]) -> (Data, Data) {
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    let series = |label: &str, class: &'static str, pick: fn(&Tally) -> u64| Series {
+        label: label.to_owned(),
+        class,
+        values: all.buckets.iter().map(|t| Some(pick(t) as f64)).collect(),
+    };
+    let labels = Data {
+        kind: "stacked",
+        t: starts.to_vec(),
+        series: vec![
+            series("confirmed", "l-confirmed", |t| t.confirmed),
+            series("false positive", "l-false_positive", |t| t.false_positive),
+            series("passed step-up", "l-step_up_passed", |t| t.step_up_passed),
+        ],
+        max: None,
+        unit: "",
+    };
+    let precision = Data {
+        kind: "lines",
+        t: starts.to_vec(),
+        series: vec![Series {
+            label: "precision".to_owned(),
+            class: "l-confirmed",
+            values: all
+                .buckets
+                .iter()
+                .map(|t| t.precision().map(|p| (p * 1_000.0).round() / 10.0))
+                .collect(),
+        }],
+        max: Some(100),
+        unit: "%",
+    };
+    (labels, precision)
 }
 
 fn percent(t: &Tally) -> String {
@@ -99,7 +147,14 @@ pub(crate) async fn precision(
             .ok_or_else(|| PageError::BadRequest(format!("days is 1 to {MAX_DAYS}")))?,
     };
     let now = now_secs();
-    let p = feedback::measure(&app.store, now, days, BUCKETS).await?;
+    let (fine, per) = if days <= DAILY_UP_TO {
+        (days, "day")
+    } else {
+        (days.div_ceil(7), "week")
+    };
+    let fine = usize::try_from(fine).unwrap_or(BUCKETS);
+    let [p, by_day] = feedback::measure_each(&app.store, now, days, [BUCKETS, fine]).await?;
+    let (labels_chart, precision_chart) = charts(&by_day.all, &by_day.starts);
     page(&PrecisionPage {
         nav: operator.nav(),
         days,
@@ -111,5 +166,8 @@ pub(crate) async fn precision(
         capped: p.capped,
         labelled_cap: LABELLED_CAP,
         rule_cap: RULE_CAP,
+        labels_chart,
+        precision_chart,
+        per,
     })
 }

@@ -56,6 +56,28 @@ const CSS: &str = include_str!("../../assets/dashboard.css");
 /// form works without it.
 const JS: &str = include_str!("../../assets/dashboard.js");
 
+/// The chart library the script draws charts with: uPlot (MIT), the copy
+/// the workspace vendors at the version its lockfile pins
+/// (`vendor/uplot/`, checked by `loadtests/load/tests/assets.rs`). Loaded
+/// only by pages with charts; each chart is also drawn as SVG for a
+/// browser without script (`docs/dashboard.md`, Technology).
+const UPLOT_JS: &str = include_str!("../../../vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../../vendor/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../../../vendor/uplot/LICENSE");
+
+/// Every static file: its path under `/dashboard/static/`, type and body.
+const STATIC: [(&str, &str, &str); 5] = [
+    ("dashboard.css", "text/css; charset=utf-8", CSS),
+    ("dashboard.js", "text/javascript; charset=utf-8", JS),
+    ("uplot.css", "text/css; charset=utf-8", UPLOT_CSS),
+    ("uplot.js", "text/javascript; charset=utf-8", UPLOT_JS),
+    (
+        "uplot-LICENSE.txt",
+        "text/plain; charset=utf-8",
+        UPLOT_LICENSE,
+    ),
+];
+
 /// Largest form body: a few short fields.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
@@ -96,8 +118,7 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/rules", get(rules::rules))
         .route("/dashboard/confirm", get(actions::confirm_page))
         .route("/dashboard/act", post(actions::act))
-        .route("/dashboard/static/dashboard.css", get(css))
-        .route("/dashboard/static/dashboard.js", get(js))
+        .route("/dashboard/static/{file}", get(static_file))
         .layer(axum::middleware::map_response(secure))
 }
 
@@ -132,26 +153,21 @@ async fn secure(mut response: Response) -> Response {
     response
 }
 
-async fn css() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "private, max-age=300"),
-        ],
-        CSS,
-    )
-        .into_response()
-}
-
-async fn js() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "private, max-age=300"),
-        ],
-        JS,
-    )
-        .into_response()
+/// `GET /dashboard/static/FILE`: one of [`STATIC`], or `404`. Cached by
+/// the browser alone for five minutes: a new build's files are picked up
+/// soon after an upgrade.
+async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match STATIC.iter().find(|(name, _, _)| *name == file) {
+        Some((_, kind, body)) => (
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "private, max-age=300"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file\n").into_response(),
+    }
 }
 
 // === errors ===

@@ -12,7 +12,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::chart::{Chart, chart};
+use super::chart::{Chart, Data, chart, lines};
 use super::view::{Nav, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs};
@@ -31,7 +31,8 @@ const SPARK_WIDTH: u32 = 240;
 const SPARK_HEIGHT: u32 = 24;
 
 /// The overview's section: requests judged per hour over the last day,
-/// every node together, stacked by the action decided.
+/// every node together, stacked by the action decided; and decisions per
+/// hour by the reasons they carried.
 #[derive(Debug, Clone)]
 pub(crate) struct Judged {
     pub(crate) chart: Chart,
@@ -39,6 +40,11 @@ pub(crate) struct Judged {
     pub(crate) total: u64,
     /// Per action decided: (action, enforced, monitored), most first.
     pub(crate) actions: Vec<(String, u64, u64)>,
+    /// Decisions per hour by reason: the most frequent reasons, each a
+    /// line, the rest as `other`.
+    pub(crate) reasons: Data,
+    /// Every reason's decisions in the day, most first.
+    pub(crate) reason_totals: Vec<(String, u64)>,
 }
 
 /// The first bucket's start of the day ending with the hour of `now`.
@@ -46,25 +52,34 @@ fn day_start(now: u64) -> u64 {
     (now / BUCKET_SECS * BUCKET_SECS).saturating_sub(BUCKET_SECS * u64::from(BUCKETS - 1))
 }
 
+/// Reasons drawn as lines of their own; the rest are summed as `other`.
+const REASON_LINES: usize = 8;
+
 /// The overview's section of requests judged, as of `now`.
 pub(crate) async fn judged(app: &App, now: u64) -> Result<Judged, PageError> {
-    let (buckets, totals) = app
+    let judged = app
         .store
         .judged_buckets(day_start(now), BUCKET_SECS)
         .await?;
-    let mut actions: Vec<(String, u64, u64)> =
-        totals.into_iter().map(|(a, (e, m))| (a, e, m)).collect();
+    let mut actions: Vec<(String, u64, u64)> = judged
+        .totals
+        .into_iter()
+        .map(|(a, (e, m))| (a, e, m))
+        .collect();
     actions.sort_by(|a, b| {
         (b.1.saturating_add(b.2))
             .cmp(&a.1.saturating_add(a.2))
             .then_with(|| a.0.cmp(&b.0))
     });
+    let (reasons, reason_totals) = lines(&judged.reasons, now, BUCKET_SECS, BUCKETS, REASON_LINES);
     Ok(Judged {
-        chart: chart(&buckets, now, BUCKET_SECS, BUCKETS),
+        chart: chart(&judged.actions, now, BUCKET_SECS, BUCKETS),
         total: actions
             .iter()
             .fold(0u64, |t, (_, e, m)| t.saturating_add(*e).saturating_add(*m)),
         actions,
+        reasons,
+        reason_totals,
     })
 }
 

@@ -115,43 +115,59 @@ pub struct RuleCount {
     pub n: u64,
 }
 
+/// Requests judged as nodes count them, per bucket: what
+/// [`Store::judged_buckets`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Requests judged per action decided, enforced and monitored together.
+    pub actions: Buckets,
+    /// Per action over the period: `(enforced, monitored)`.
+    pub totals: BTreeMap<String, (u64, u64)>,
+    /// Decisions that carried each reason code.
+    pub reasons: Buckets,
+}
+
 impl Store {
     /// Requests judged since `since` (seconds since the Unix epoch; whole
     /// minutes), every node together, per `bucket` seconds and action
     /// decided — enforced and monitored together — and the totals of the
-    /// period per action as `(enforced, monitored)`.
-    pub async fn judged_buckets(
-        &self,
-        since: u64,
-        bucket: u64,
-    ) -> Result<(Buckets, BTreeMap<String, (u64, u64)>), StoreError> {
+    /// period per action as `(enforced, monitored)`; and the decisions that
+    /// carried each reason code, per bucket. One grouped query: reasons
+    /// are the engine's fixed set, so at most about 40 rows a bucket.
+    pub async fn judged_buckets(&self, since: u64, bucket: u64) -> Result<Judged, StoreError> {
         let per = (bucket / 60).max(1);
         let rows = sqlx::query(
             "SELECT minute / $2 AS b, kind, name, CAST(SUM(n) AS BIGINT) FROM node_counts \
-             WHERE minute >= $1 AND kind IN ('action', 'monitored') \
+             WHERE minute >= $1 AND kind IN ('action', 'monitored', 'reason') \
              GROUP BY b, kind, name ORDER BY b, kind, name",
         )
         .bind(to_i64(since / 60))
         .bind(to_i64(per))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Buckets::default();
-        let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut out = Judged::default();
         for row in rows {
             let b = to_u64(row.try_get(0)?).saturating_mul(per * 60);
             let kind: String = row.try_get(1)?;
-            let action: String = row.try_get(2)?;
+            let name: String = row.try_get(2)?;
             let n = to_u64(row.try_get(3)?);
-            let total = totals.entry(action.clone()).or_default();
-            if kind == "action" {
-                total.0 = total.0.saturating_add(n);
-            } else {
-                total.1 = total.1.saturating_add(n);
-            }
-            let cell = out.counts.entry(b).or_default().entry(action).or_insert(0);
+            let into = match kind.as_str() {
+                "reason" => &mut out.reasons,
+                "action" | "monitored" => {
+                    let total = out.totals.entry(name.clone()).or_default();
+                    if kind == "action" {
+                        total.0 = total.0.saturating_add(n);
+                    } else {
+                        total.1 = total.1.saturating_add(n);
+                    }
+                    &mut out.actions
+                }
+                _ => continue,
+            };
+            let cell = into.counts.entry(b).or_default().entry(name).or_insert(0);
             *cell = cell.saturating_add(n);
         }
-        Ok((out, totals))
+        Ok(out)
     }
 
     /// Rules' matches since `since`, every node together, per `bucket`

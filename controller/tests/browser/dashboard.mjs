@@ -8,10 +8,12 @@
 // Signs in with the token, searches for the reference id from the
 // navigation bar, opens the detection, reads its facts, marks it a false
 // positive through the confirmation page, goes back to the detection and
-// on to its user's page. Writes one JSON object to `out`: {"steps":
-// [path…], "detection", "done", "labelled", "user": TEXT, "axe": {PAGE:
-// [violations]}, "csp": [messages]}. Screenshots of each page to DIR when
-// given. Fails (exit 1) on any step that does not happen within 20 s.
+// on to its user's page, then to the precision of the labels. Writes one
+// JSON object to `out`: {"steps": [path…], "detection", "done",
+// "labelled", "user", "precision": TEXT, "axe": {PAGE: [violations]},
+// "charts": {PAGE: [{"label", "drawn", "legend": [series…]}]}, "csp":
+// [messages]}. Screenshots of each page to DIR when given. Fails (exit 1)
+// on any step that does not happen within 20 s.
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -28,7 +30,7 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 
-const result = { steps: [], axe: {}, csp: [] };
+const result = { steps: [], axe: {}, charts: {}, csp: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
@@ -49,6 +51,14 @@ try {
       return r.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
     });
     result.axe[name] = found;
+    // Each figure with chart data: whether the chart library drew it (a
+    // canvas of a plot), and the series its legend names.
+    result.charts[name] = await page.evaluate(() =>
+      [...document.querySelectorAll('figure[data-chart]')].map((f) => ({
+        label: f.dataset.chartLabel,
+        drawn: f.classList.contains('drawn') && f.querySelector('.uplot canvas') !== null,
+        legend: [...f.querySelectorAll('.u-legend .u-series .u-label')].map((l) => l.textContent),
+      })));
     if (args.screenshots) {
       await page.screenshot({ path: `${args.screenshots}/dashboard-${name}.png`, fullPage: true });
     }
@@ -112,6 +122,19 @@ try {
   ]);
   await step('user');
   result.user = await page.innerText('main');
+
+  // The precision of operators' labels, from the overview's link: the
+  // false positive just marked is counted there.
+  await Promise.all([
+    page.waitForURL(/\/dashboard$/),
+    page.getByRole('link', { name: 'Overview', exact: true }).click(),
+  ]);
+  await Promise.all([
+    page.waitForURL(/\/dashboard\/precision$/),
+    page.getByRole('link', { name: "Precision of detections (operators' labels)" }).click(),
+  ]);
+  await step('precision');
+  result.precision = await page.innerText('main');
   writeFileSync(args.out, JSON.stringify(result));
 } finally {
   await browser.close();

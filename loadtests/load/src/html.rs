@@ -3,10 +3,12 @@
 //! The charts are drawn by uPlot (MIT), embedded in the page. Why uPlot:
 //! about 50 KB minified with no dependencies, made for time series of many
 //! points, and a plain IIFE build that works from an inline `<script>`. Its
-//! files come from the npm registry at the version `assets/package-lock.json`
-//! pins; only the minified file, its stylesheet and licence are committed
-//! (`assets/uplot/`), with their hashes (`assets/uplot/SHA256SUMS`), and a
-//! test checks them against the lockfile (`tests/assets.rs`). They are
+//! files come from the npm registry at the version
+//! `vendor/package-lock.json` (at the workspace's root) pins; only the
+//! minified file, its stylesheet and licence are committed
+//! (`vendor/uplot/`), with their hashes (`vendor/uplot/SHA256SUMS`), and a
+//! test checks them against the lockfile (`tests/assets.rs`). The
+//! controller's dashboard serves the same copy. They are
 //! compiled in with `include_str!`, so the binary writes the page without
 //! any file around it and the page loads nothing from the network.
 
@@ -15,9 +17,9 @@ use serde::Serialize;
 use crate::report::Report;
 use crate::slo::Check;
 
-const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
-const UPLOT_LICENSE: &str = include_str!("../assets/uplot/LICENSE");
+const UPLOT_JS: &str = include_str!("../../../vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../../vendor/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../../../vendor/uplot/LICENSE");
 
 #[derive(Serialize)]
 struct Data<'a> {

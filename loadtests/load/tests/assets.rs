@@ -1,7 +1,8 @@
-//! The chart library embedded in the HTML report is the one the lockfile
-//! pins: the committed files hash to what `assets/uplot/SHA256SUMS`
-//! records, and that record names the tarball integrity of
-//! `assets/package-lock.json`. With `npm ci --prefix loadtests/load/assets`
+//! The chart library embedded in the HTML report (and served by the
+//! controller's dashboard) is the one the lockfile pins: the committed
+//! files hash to what `vendor/uplot/SHA256SUMS` records, and that record
+//! names the tarball integrity of `vendor/package-lock.json`. With
+//! `npm ci --prefix vendor`
 //! run first (CI does), the committed files are also compared byte for
 //! byte with the ones npm unpacked from the verified tarball.
 
@@ -17,7 +18,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 fn assets() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../vendor"))
 }
 
 #[test]
