@@ -300,8 +300,8 @@ pub use admin::{
     DetectionRow, FalsePositive, FalsePositivePlan, RiskyUser, SessionRow, TrustRow, UserDetail,
 };
 pub use dashboard::{
-    AuditCursor, AuditEntry, Buckets, DetectionCursor, DetectionFacts, RiskInputs, SessionHit,
-    TimelineEntry,
+    AuditCursor, AuditEntry, Buckets, DetectionCursor, DetectionFacts, RiskInputs, SessionCursor,
+    SessionHit, TIMELINE_SECOND_CAP, TimelineEntry, TimelinePage,
 };
 pub use facts::{IpRange, StoredFacts, ip_key};
 

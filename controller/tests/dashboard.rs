@@ -2007,6 +2007,292 @@ async fn deep_lists_page_by_cursor_and_give_each_row_once() {
     .await;
 }
 
+/// A user's sessions are paged: the user page shows the 100 most recently
+/// updated and links to the rest, and the sessions list pages them by
+/// keyset — every session exactly once, many sharing one second of update
+/// (one batch) — and a cursor that is not one is `400`.
+#[tokio::test]
+async fn a_users_sessions_are_paged_every_one_shown_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let fran = user_of("fran");
+        let cookies: Vec<String> = (0..120).map(|i| format!("fran-cookie-{i}")).collect();
+        let records = session_records(&cookies, "fran", now() - 60);
+        let mut keys: Vec<String> = Vec::new();
+        for chunk in records.chunks(40) {
+            c.events(
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (key, record))| {
+                        keys.push(key.clone());
+                        NodeEvent {
+                            id: format!("baseline-fran-{key}-{i}"),
+                            kind: NodeEventKind::SessionBaseline {
+                                record: record.clone(),
+                                confirmed: false,
+                                false_positive: false,
+                                disputed: None,
+                            },
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 120);
+        let cookie = c.login(VIEWER).await;
+        // The sessions table only (the user's timeline names sessions too).
+        let sessions_in = |html: &str| -> Vec<String> {
+            let start = html
+                .find("<th scope=\"col\">Session</th>")
+                .expect("a sessions table");
+            let html = &html[start..start + html[start..].find("</table>").unwrap()];
+            keys.iter()
+                .filter(|k| html.contains(&format!("<code>{k}</code>")))
+                .cloned()
+                .collect()
+        };
+        let next_of = |html: &str, link: &str| -> Option<String> {
+            let at = html.find(&format!("\" rel=\"next\">{link}</a>"))?;
+            let start = html[..at].rfind("before=")? + "before=".len();
+            Some(html[start..at].to_owned())
+        };
+        let user = c
+            .page(&format!("/dashboard/user?key={fran}"), &cookie)
+            .await;
+        assert!(
+            user.contains("Sessions (100, most recently updated)"),
+            "{user}"
+        );
+        let first = sessions_in(&user);
+        assert_eq!(first.len(), 100);
+        let cursor = next_of(&user, "Older sessions").expect("a link to the rest");
+        let rest = c
+            .page(
+                &format!("/dashboard/sessions?user={fran}&before={cursor}"),
+                &cookie,
+            )
+            .await;
+        let rest_keys = sessions_in(&rest);
+        assert_eq!(rest_keys.len(), 20, "{rest}");
+        assert!(next_of(&rest, "Older").is_none(), "the last page");
+        let mut all: Vec<String> = first.iter().chain(&rest_keys).cloned().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all, keys, "each session once across the pages");
+        // The list from its start: 50, 50, 20, each once.
+        let mut seen: Vec<String> = Vec::new();
+        let mut path = format!("/dashboard/sessions?user={fran}");
+        let mut sizes = Vec::new();
+        loop {
+            let html = c.page(&path, &cookie).await;
+            let found = sessions_in(&html);
+            sizes.push(found.len());
+            seen.extend(found);
+            match next_of(&html, "Older") {
+                Some(cursor) => path = format!("/dashboard/sessions?user={fran}&before={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(sizes, vec![50, 50, 20]);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, keys);
+        // Bad queries: a clear 400 with the reason; no session: sign in.
+        for (path, why) in [
+            (
+                "/dashboard/sessions",
+                "user: a user key is 16 lower-case hex digits",
+            ),
+            (
+                &format!("/dashboard/sessions?user={fran}&before=12"),
+                "before: a sessions cursor is TIME-SESSION",
+            ),
+            (
+                &format!("/dashboard/sessions?user={fran}&before=12-XY"),
+                "before: the session of a cursor is 1 to 64 lower-case hex digits",
+            ),
+            (
+                &format!("/dashboard/sessions?user={fran}&before=99999999999999999999-ab"),
+                "before: a cursor starts with its time",
+            ),
+            (
+                &format!("/dashboard/sessions?user={fran}&before=1-ab&offset=3"),
+                "unknown",
+            ),
+            (&format!("/dashboard/sessions?user={fran}&user={fran}"), ""),
+        ] {
+            let r = c.get(path, Some(&cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains(why), "{path}: {body}");
+        }
+        let r = c
+            .get(&format!("/dashboard/sessions?user={fran}"), None)
+            .await;
+        assert_eq!(r.status(), 303);
+        assert_headers(&r);
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// A user's timeline is paged by time: each page the newest 50 and the
+/// rest of its last second, the next page before that second — every
+/// thing held shown exactly once, three sharing each second. A second
+/// holding more of one kind than a page reads beyond its end is said on
+/// the page, not silently cut.
+#[tokio::test]
+async fn a_users_timeline_is_paged_by_whole_seconds() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let gail = user_of("gail");
+        let base = now() - 3_600;
+        let events: Vec<NodeEvent> = (0..120u64)
+            .map(|i| {
+                let mut e = detection(&format!("ref-t-{i:03}"), "app", Some(gail), 7);
+                if let NodeEventKind::Detection { at, .. } = &mut e.kind {
+                    // Three a second: 40 seconds.
+                    *at = base + i / 3;
+                }
+                e
+            })
+            .collect();
+        c.events_in_batches(events).await;
+        let cookie = c.login(VIEWER).await;
+        let refs_in = |html: &str| -> Vec<String> {
+            let start = html
+                .find("What the store holds of this user with a time")
+                .expect("a timeline");
+            let html = &html[start..start + html[start..].find("</table>").unwrap()];
+            (0..120)
+                .map(|i| format!("ref-t-{i:03}"))
+                .filter(|r| html.contains(&format!("<code>{r}</code>")))
+                .collect()
+        };
+        let next_of = |html: &str| -> Option<String> {
+            let at = html.find("\" rel=\"next\">Older</a>")?;
+            let start = html[..at].rfind("before=")? + "before=".len();
+            Some(html[start..at].to_owned())
+        };
+        let mut html = c
+            .page(&format!("/dashboard/user?key={gail}"), &cookie)
+            .await;
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            let found = refs_in(&html);
+            sizes.push(found.len());
+            seen.extend(found);
+            let Some(before) = next_of(&html) else { break };
+            html = c
+                .page(
+                    &format!("/dashboard/timeline?user={gail}&before={before}"),
+                    &cookie,
+                )
+                .await;
+        }
+        // 50 would end inside a second: 51, then 51, then the 18 left.
+        assert_eq!(sizes, vec![51, 51, 18]);
+        let mut all = seen.clone();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 120, "each once");
+        assert_eq!(seen.len(), 120);
+        assert!(!html.contains("the rest of that second is not listed"));
+
+        // 260 detections in one second: a page reads 250 of them, lists
+        // them all, and says the second holds more.
+        let hal = user_of("hal");
+        let at_once = base + 100;
+        let events: Vec<NodeEvent> = (0..260u64)
+            .map(|i| {
+                let mut e = detection(&format!("ref-h-{i:03}"), "app", Some(hal), 8);
+                if let NodeEventKind::Detection { at, .. } = &mut e.kind {
+                    *at = at_once;
+                }
+                e
+            })
+            .collect();
+        c.events_in_batches(events).await;
+        let html = c.page(&format!("/dashboard/user?key={hal}"), &cookie).await;
+        assert_eq!(
+            html.matches("<td>detection</td>").count(),
+            250,
+            "all read of the second"
+        );
+        assert!(
+            html.contains("the rest of that second is not listed"),
+            "{html}"
+        );
+        let before = next_of(&html).expect("a next page");
+        assert_eq!(before, at_once.to_string());
+        let older = c
+            .page(
+                &format!("/dashboard/timeline?user={hal}&before={before}"),
+                &cookie,
+            )
+            .await;
+        assert!(older.contains("<td colspan=\"3\">Nothing held.</td>"));
+        // Bad queries.
+        for path in [
+            format!("/dashboard/timeline?user={gail}"),
+            format!("/dashboard/timeline?user={gail}&before=x"),
+            format!("/dashboard/timeline?user={gail}&before=+5"),
+            format!("/dashboard/timeline?user={gail}&before=99999999999999999999"),
+            "/dashboard/timeline?before=5".to_owned(),
+            format!("/dashboard/timeline?user={gail}&before=5&x=1"),
+        ] {
+            assert_eq!(c.get(&path, Some(&cookie)).await.status(), 400, "{path}");
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
+/// The records of `cookies` after one request each, bound to `user`, with
+/// their session keys: one engine for them all.
+fn session_records(cookies: &[String], user: &str, at: u64) -> Vec<(String, vigil_fleet::Record)> {
+    let engine = vigil_engine::Engine::new(
+        vigil_engine::EngineConfig::default(),
+        vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
+    );
+    let allow = vigil_engine::Policy {
+        low: vigil_engine::Action::Allow,
+        medium: vigil_engine::Action::Allow,
+        high: vigil_engine::Action::Allow,
+        thresholds: None,
+    };
+    cookies
+        .iter()
+        .map(|cookie| {
+            let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
+            engine.bind_user(key, user, at);
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+            let view = vigil_engine::RequestView {
+                peer: "192.0.2.10".parse().unwrap(),
+                headers: &headers,
+                now_secs: at,
+                tls: Default::default(),
+                facts: Default::default(),
+            };
+            engine.evaluate(&view, &allow).unwrap();
+            (
+                key.to_string(),
+                vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec()),
+            )
+        })
+        .collect()
+}
+
 /// The record of `cookie` after one request, bound to `user`.
 fn session_record(cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
     let engine = vigil_engine::Engine::new(
@@ -2089,7 +2375,7 @@ async fn a_users_page_shows_their_risk_over_time_and_their_timeline() {
             assert!(html.contains(&row), "{row}: {html}");
         }
         assert_eq!(html.matches("<td>detection</td>").count(), 2);
-        assert!(!html.contains("The newest 50 only."));
+        assert!(!html.contains("rel=\"next\">Older</a>"), "one page");
         // A user with nothing held: no bar, an empty timeline.
         let html = c.page(&format!("/dashboard/user?key={}", user_of("nobody")), &cookie).await;
         assert!(!html.contains("<rect class=\"risk\""));

@@ -110,6 +110,8 @@ pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/dashboard/oidc/start", get(oidc_start))
         .route(config::CALLBACK_PATH, get(oidc_callback))
         .route("/dashboard/user", get(pages::user))
+        .route("/dashboard/sessions", get(pages::sessions))
+        .route("/dashboard/timeline", get(pages::timeline))
         .route("/dashboard/detections", get(pages::detections))
         .route("/dashboard/detection", get(pages::detection))
         .route("/dashboard/search", get(pages::search))

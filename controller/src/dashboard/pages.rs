@@ -15,7 +15,9 @@ use super::view::{Baseline, Detection, Nav, RequestFacts, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs, user_id};
 use crate::config::UserNames;
-use crate::store::{AuditCursor, DetectionCursor};
+use crate::store::{
+    AuditCursor, DetectionCursor, SessionCursor, SessionRow, TIMELINE_SECOND_CAP, TimelinePage,
+};
 
 /// Rows on a page of a list.
 pub(crate) const PAGE_SIZE: usize = 50;
@@ -410,6 +412,18 @@ struct SessionView {
     baseline: Option<Baseline>,
 }
 
+impl SessionView {
+    fn of(s: &SessionRow) -> Self {
+        Self {
+            session: s.session.clone(),
+            node: s.node.clone().unwrap_or_else(|| "-".to_owned()),
+            confirmed: s.confirmed,
+            revoked: s.revoked,
+            baseline: s.state.as_ref().map(Baseline::of),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "dashboard/user.html")]
 struct UserPage {
@@ -422,14 +436,16 @@ struct UserPage {
     risk: Option<(u8, String)>,
     revoked_at: Option<String>,
     sessions: Vec<SessionView>,
+    /// The cursor of the sessions list after the last record shown, when
+    /// the user has more.
+    older_sessions: Option<String>,
     detections: Vec<Detection>,
     /// The cursor of the detections list after the last one shown, when
     /// the user has more.
     older_detections: Option<String>,
     trusted: Vec<(String, String, String)>,
     risk_chart: RiskChart,
-    timeline: Vec<TimelineRow>,
-    timeline_capped: bool,
+    timeline: TimelineView,
 }
 
 struct TimelineRow {
@@ -437,6 +453,36 @@ struct TimelineRow {
     what: &'static str,
     detail: String,
     reference: Option<String>,
+}
+
+/// A page of a user's timeline as shown.
+struct TimelineView {
+    entries: Vec<TimelineRow>,
+    /// The `before` of the next page.
+    next: Option<u64>,
+    /// The second of this page some of which is not listed.
+    crowded: Option<String>,
+    second_cap: usize,
+}
+
+impl TimelineView {
+    fn of(page: TimelinePage) -> Self {
+        Self {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|e| TimelineRow {
+                    at: time(e.at),
+                    what: e.what,
+                    detail: e.detail,
+                    reference: e.reference,
+                })
+                .collect(),
+            next: page.next,
+            crowded: page.crowded.map(time),
+            second_cap: TIMELINE_SECOND_CAP,
+        }
+    }
 }
 
 /// `GET /dashboard/user?key=` (16 hex digits) or `?name=` (hashed as
@@ -490,7 +536,7 @@ pub(crate) async fn user(
         vigil_engine::ScoreConfig::default().recent_detection,
         RISK_HOURS,
     );
-    let (timeline, timeline_capped) = app.store.user_timeline(user, TIMELINE_ROWS).await?;
+    let timeline = app.store.user_timeline(user, TIMELINE_ROWS, None).await?;
     page(&UserPage {
         nav: operator.nav(),
         key: user.to_string(),
@@ -500,17 +546,8 @@ pub(crate) async fn user(
         detections_in_force: count.map(|(c, until)| (c, time(until))),
         risk: risk.map(|(p, until)| (p, time(until))),
         revoked_at: d.revoked_at.map(time),
-        sessions: d
-            .sessions
-            .iter()
-            .map(|s| SessionView {
-                session: s.session.clone(),
-                node: s.node.clone().unwrap_or_else(|| "-".to_owned()),
-                confirmed: s.confirmed,
-                revoked: s.revoked,
-                baseline: s.state.as_ref().map(Baseline::of),
-            })
-            .collect(),
+        sessions: d.sessions.iter().map(SessionView::of).collect(),
+        older_sessions: d.more_sessions.as_ref().map(ToString::to_string),
         detections: found.iter().map(Detection::of).collect(),
         older_detections: if more {
             found
@@ -520,21 +557,106 @@ pub(crate) async fn user(
             None
         },
         risk_chart,
-        timeline: timeline
-            .into_iter()
-            .map(|e| TimelineRow {
-                at: time(e.at),
-                what: e.what,
-                detail: e.detail,
-                reference: e.reference,
-            })
-            .collect(),
-        timeline_capped,
+        timeline: TimelineView::of(timeline),
         trusted: d
             .trusted
             .iter()
             .map(|t| (t.what.clone(), t.value.clone(), time(t.at)))
             .collect(),
+    })
+}
+
+// === one user's sessions ===
+
+#[derive(Template)]
+#[template(path = "dashboard/sessions.html")]
+struct SessionsPage {
+    nav: Nav,
+    key: String,
+    sessions: Vec<SessionView>,
+    next: Option<String>,
+}
+
+/// `GET /dashboard/sessions?user=KEY&before=CURSOR`: a user's held
+/// session records, most recently updated first, [`PAGE_SIZE`] a page,
+/// by keyset (the user page shows the first [`USER_ROWS`] and links here
+/// when there are more).
+pub(crate) async fn sessions(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["user", "before"])?;
+    let user = q
+        .get("user")
+        .and_then(|k| UserId::parse(k))
+        .ok_or_else(|| {
+            PageError::BadRequest(
+                "user: a user key is 16 lower-case hex digits, not all zero".into(),
+            )
+        })?;
+    let before = cursor_of(&q, SessionCursor::parse)?;
+    let (rows, next) = app
+        .store
+        .user_sessions(user, PAGE_SIZE, before.as_ref())
+        .await?;
+    page(&SessionsPage {
+        nav: operator.nav(),
+        key: user.to_string(),
+        sessions: rows.iter().map(SessionView::of).collect(),
+        next: next.as_ref().map(ToString::to_string),
+    })
+}
+
+// === one user's timeline ===
+
+#[derive(Template)]
+#[template(path = "dashboard/timeline.html")]
+struct TimelinePageView {
+    nav: Nav,
+    key: String,
+    before: String,
+    timeline: TimelineView,
+}
+
+/// `GET /dashboard/timeline?user=KEY&before=T`: a user's timeline older
+/// than `T` (seconds since the Unix epoch), [`TIMELINE_ROWS`] a page and
+/// the rest of its last second (the user page shows the first).
+pub(crate) async fn timeline(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let operator = operator(&app, &headers)?;
+    let q = query(raw.as_deref(), &["user", "before"])?;
+    let user = q
+        .get("user")
+        .and_then(|k| UserId::parse(k))
+        .ok_or_else(|| {
+            PageError::BadRequest(
+                "user: a user key is 16 lower-case hex digits, not all zero".into(),
+            )
+        })?;
+    let before = q
+        .get("before")
+        .ok_or_else(|| PageError::BadRequest("before: give the time the page ends".into()))?;
+    let before = before
+        .parse::<u64>()
+        .ok()
+        .filter(|t| !before.starts_with('+') && i64::try_from(*t).is_ok())
+        .ok_or_else(|| {
+            PageError::BadRequest("before: decimal seconds since the Unix epoch".into())
+        })?;
+    let page_of = app
+        .store
+        .user_timeline(user, TIMELINE_ROWS, Some(before))
+        .await?;
+    page(&TimelinePageView {
+        nav: operator.nav(),
+        key: user.to_string(),
+        before: time(before),
+        timeline: TimelineView::of(page_of),
     })
 }
 

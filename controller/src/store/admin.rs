@@ -12,7 +12,7 @@ use sqlx::{Any, Row, Transaction};
 use vigil_engine::SessionState;
 use vigil_fleet::{Change, Country, DeviceId, Record, TrustedNetwork, UserId};
 
-use super::{Intake, Store, StoreError, append_in, to_i64, to_u64};
+use super::{Intake, SessionCursor, Store, StoreError, append_in, to_i64, to_u64};
 
 /// Sessions whose node is set per statement.
 const SESSIONS_PER_STATEMENT: usize = 500;
@@ -108,6 +108,9 @@ pub struct UserDetail {
     /// Their sessions: held records, most recently updated first, then
     /// sessions known only from detections.
     pub sessions: Vec<SessionRow>,
+    /// Where the next page of held records starts ([`Store::user_sessions`]),
+    /// when there are more than the limit.
+    pub more_sessions: Option<SessionCursor>,
     /// Their detections, newest first.
     pub detections: Vec<DetectionRow>,
     /// Devices and networks trusted for them, oldest first.
@@ -271,6 +274,22 @@ impl Store {
         Ok((users, more))
     }
 
+    /// A page of `user`'s held session records, most recently updated
+    /// first, after `before`: at most `limit`, and where the next page
+    /// starts when there are more. One range of
+    /// `session_baselines_user_updated`, however deep.
+    pub async fn user_sessions(
+        &self,
+        user: UserId,
+        limit: usize,
+        before: Option<&SessionCursor>,
+    ) -> Result<(Vec<SessionRow>, Option<SessionCursor>), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let key = user.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        baselines(&mut conn, key.as_str(), limit, before).await
+    }
+
     /// What the store holds of `user`: at most `limit` sessions and
     /// `limit` detections, newest first, read in one transaction.
     pub async fn user_detail(&self, user: UserId, limit: usize) -> Result<UserDetail, StoreError> {
@@ -286,27 +305,9 @@ impl Store {
                 .transpose()?,
             ..UserDetail::default()
         };
-        for row in sqlx::query(
-            "SELECT b.session, b.record, b.confirmed, b.node, r.session FROM session_baselines b \
-             LEFT JOIN revoked_sessions r ON r.session = b.session \
-             WHERE b.user_key = $1 ORDER BY b.updated DESC, b.session LIMIT $2",
-        )
-        .bind(key.as_str())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            let record: String = row.try_get(1)?;
-            detail.sessions.push(SessionRow {
-                session: row.try_get(0)?,
-                state: Record::parse(&record)
-                    .and_then(|r| SessionState::decode(&r.0).ok())
-                    .map(|(_, state)| state),
-                confirmed: row.try_get::<i64, _>(2)? != 0,
-                node: row.try_get(3)?,
-                revoked: row.try_get::<Option<String>, _>(4)?.is_some(),
-            });
-        }
+        let (sessions, more) = baselines(&mut tx, key.as_str(), limit, None).await?;
+        detail.sessions = sessions;
+        detail.more_sessions = more;
         // Sessions the user was caught on whose records are gone: a
         // revoked session's baseline is dropped with its revocation.
         let room = limit.saturating_sub(i64::try_from(detail.sessions.len()).unwrap_or(0));
@@ -719,4 +720,57 @@ pub(super) async fn set_baseline_node<'a>(
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A page of the held session records of the user `key`, most recently
+/// updated first, after `before`; and the cursor after its last row when
+/// more follow.
+async fn baselines(
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+    limit: i64,
+    before: Option<&SessionCursor>,
+) -> Result<(Vec<SessionRow>, Option<SessionCursor>), StoreError> {
+    // Past the cursor: an earlier update, or the same one and a lower key.
+    let (after, updated, session) = match before {
+        Some(c) => (1i64, to_i64(c.updated), c.session.as_str()),
+        None => (0, 0, ""),
+    };
+    let rows = sqlx::query(
+        "SELECT b.session, b.record, b.confirmed, b.node, r.session, b.updated \
+         FROM session_baselines b LEFT JOIN revoked_sessions r ON r.session = b.session \
+         WHERE b.user_key = $1 AND ($3 = 0 OR b.updated < $4 OR (b.updated = $4 AND b.session < $5)) \
+         ORDER BY b.updated DESC, b.session DESC LIMIT $2",
+    )
+    .bind(key)
+    .bind(limit.saturating_add(1))
+    .bind(after)
+    .bind(updated)
+    .bind(session)
+    .fetch_all(&mut *conn)
+    .await?;
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut next = None;
+    for row in rows
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+    {
+        let record: String = row.try_get(1)?;
+        let session: String = row.try_get(0)?;
+        next = Some(SessionCursor {
+            updated: to_u64(row.try_get(5)?),
+            session: session.clone(),
+        });
+        out.push(SessionRow {
+            session,
+            state: Record::parse(&record)
+                .and_then(|r| SessionState::decode(&r.0).ok())
+                .map(|(_, state)| state),
+            confirmed: row.try_get::<i64, _>(2)? != 0,
+            node: row.try_get(3)?,
+            revoked: row.try_get::<Option<String>, _>(4)?.is_some(),
+        });
+    }
+    Ok((out, if more { next } else { None }))
 }

@@ -424,6 +424,32 @@ impl Store {
     }
 }
 
+/// A page of a user's timeline ([`Store::user_timeline`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimelinePage {
+    /// Newest first; the last second whole.
+    pub entries: Vec<TimelineEntry>,
+    /// The `before` of the next page (the last entry's second), when more
+    /// are held.
+    pub next: Option<u64>,
+    /// A second of this page (its last) of which one source holds more
+    /// than [`TIMELINE_SECOND_CAP`] things beyond the page: the next page
+    /// starts before it, so the rest of that second is not listed.
+    pub crowded: Option<u64>,
+}
+
+/// How many things of one source the timeline reads beyond a page, so
+/// that a page's last second is whole.
+pub const TIMELINE_SECOND_CAP: usize = 200;
+
+/// The oldest time of a source's read that filled `fetch` (so may have
+/// been cut): the entries it pushed are `out[from..]`, newest first.
+fn cut_at(out: &[TimelineEntry], from: usize, fetch: usize) -> Option<u64> {
+    (out.len().saturating_sub(from) >= fetch)
+        .then(|| out.last().map(|e| e.at))
+        .flatten()
+}
+
 // === keyset cursors ===
 
 /// Where a keyset page of detections starts: after the detection with
@@ -447,6 +473,44 @@ pub struct AuditCursor {
     pub at: u64,
     /// Its id (hex).
     pub id: String,
+}
+
+/// Where a keyset page of a user's sessions starts: after the session
+/// with this last update and key, most recently updated first (ties by
+/// key, descending). Written `UPDATED-SESSION`, the key as held (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// When its record was last updated (seconds since the Unix epoch).
+    pub updated: u64,
+    /// Its session key.
+    pub session: String,
+}
+
+impl SessionCursor {
+    /// Reads `UPDATED-SESSION`; what is wrong with it otherwise.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some((updated, session)) = s.split_once('-') else {
+            return Err("a sessions cursor is TIME-SESSION".to_owned());
+        };
+        if session.is_empty()
+            || session.len() > 64
+            || !session
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err("the session of a cursor is 1 to 64 lower-case hex digits".to_owned());
+        }
+        Ok(Self {
+            updated: cursor_time(updated)?,
+            session: session.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.updated, self.session)
+    }
 }
 
 /// Longest node name or reference a cursor carries (bytes).
@@ -585,16 +649,25 @@ pub struct RiskInputs {
 }
 
 impl Store {
-    /// The newest `limit` things the store holds of `user` with a time
-    /// (each source read newest first, at most `limit` of it, one
-    /// indexed query each), newest first; whether more were held.
+    /// A page of the things the store holds of `user` with a time, newest
+    /// first, older than `before` (seconds since the Unix epoch; all when
+    /// `None`): the newest `limit`, and every other of the last one's
+    /// second, so that a page ends between seconds and the next one,
+    /// before that second, misses nothing. Each source is read newest
+    /// first, at most `limit` + [`TIMELINE_SECOND_CAP`] of it, one indexed
+    /// query each.
     pub async fn user_timeline(
         &self,
         user: UserId,
         limit: usize,
-    ) -> Result<(Vec<TimelineEntry>, bool), StoreError> {
+        before: Option<u64>,
+    ) -> Result<TimelinePage, StoreError> {
         let key = user.to_string();
-        let lim = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let fetch = limit.saturating_add(TIMELINE_SECOND_CAP);
+        let lim = i64::try_from(fetch).unwrap_or(i64::MAX);
+        let before = before.map_or(i64::MAX, to_i64);
+        // Sources whose read was cut at `lim`: the oldest time each read.
+        let mut cut: Vec<u64> = Vec::new();
         let mut out: Vec<TimelineEntry> = Vec::new();
         let entry = |at: i64, what: &'static str, detail: String, reference: Option<String>| {
             TimelineEntry {
@@ -605,12 +678,14 @@ impl Store {
             }
         };
         let mut tx = self.pool.begin().await?;
+        let from = out.len();
         for row in sqlx::query(
             "SELECT first_seen, session FROM session_baselines WHERE user_key = $1 \
-             ORDER BY first_seen DESC LIMIT $2",
+             AND first_seen < $3 ORDER BY first_seen DESC LIMIT $2",
         )
         .bind(key.as_str())
         .bind(lim)
+        .bind(before)
         .fetch_all(&mut *tx)
         .await?
         {
@@ -621,12 +696,15 @@ impl Store {
                 None,
             ));
         }
+        cut.extend(cut_at(&out, from, fetch));
+        let from = out.len();
         for row in sqlx::query(
             "SELECT at, reference, action, enforced, node FROM detections WHERE user_key = $1 \
-             ORDER BY at DESC LIMIT $2",
+             AND at < $3 ORDER BY at DESC LIMIT $2",
         )
         .bind(key.as_str())
         .bind(lim)
+        .bind(before)
         .fetch_all(&mut *tx)
         .await?
         {
@@ -644,30 +722,37 @@ impl Store {
                 Some(reference),
             ));
         }
+        cut.extend(cut_at(&out, from, fetch));
         // Labels: each kind's newest, through the user's detections.
         for (column, what) in [
             ("false_positive", "false positive"),
             ("confirmed_compromise", "confirmed compromise"),
             ("stepped_up", "step-up passed"),
         ] {
+            let from = out.len();
             for row in sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {column}, reference FROM detections WHERE user_key = $1 \
-                 AND {column} IS NOT NULL ORDER BY {column} DESC LIMIT $2"
+                 AND {column} IS NOT NULL AND {column} < $3 ORDER BY {column} DESC LIMIT $2"
             )))
             .bind(key.as_str())
             .bind(lim)
+            .bind(before)
             .fetch_all(&mut *tx)
             .await?
             {
                 let reference: String = row.try_get(1)?;
                 out.push(entry(row.try_get(0)?, what, String::new(), Some(reference)));
             }
+            cut.extend(cut_at(&out, from, fetch));
         }
+        let from = out.len();
         for row in sqlx::query(
-            "SELECT at, what, value FROM user_trust WHERE user_key = $1 ORDER BY at DESC LIMIT $2",
+            "SELECT at, what, value FROM user_trust WHERE user_key = $1 AND at < $3 \
+             ORDER BY at DESC LIMIT $2",
         )
         .bind(key.as_str())
         .bind(lim)
+        .bind(before)
         .fetch_all(&mut *tx)
         .await?
         {
@@ -680,15 +765,18 @@ impl Store {
                 None,
             ));
         }
+        cut.extend(cut_at(&out, from, fetch));
         // The user's sessions revoked: those held and those caught.
+        let from = out.len();
         for row in sqlx::query(
             "SELECT r.at, r.session FROM revoked_sessions r WHERE r.session IN \
              (SELECT session FROM session_baselines WHERE user_key = $1 \
               UNION SELECT session FROM detections WHERE user_key = $1 AND session IS NOT NULL) \
-             ORDER BY r.at DESC LIMIT $2",
+             AND r.at < $3 ORDER BY r.at DESC LIMIT $2",
         )
         .bind(key.as_str())
         .bind(lim)
+        .bind(before)
         .fetch_all(&mut *tx)
         .await?
         {
@@ -699,39 +787,50 @@ impl Store {
                 None,
             ));
         }
+        cut.extend(cut_at(&out, from, fetch));
         for (sql, what) in [
             (
-                "SELECT at, '' FROM revoked_users WHERE user_key = $1",
+                "SELECT at, '' FROM revoked_users WHERE user_key = $1 AND at < $2",
                 "user revoked",
             ),
             (
-                "SELECT at, '' FROM user_step_ups WHERE user_key = $1",
+                "SELECT at, '' FROM user_step_ups WHERE user_key = $1 AND at < $2",
                 "step-up asked",
             ),
             (
-                "SELECT at, CAST(points AS TEXT) FROM user_risk WHERE user_key = $1",
+                "SELECT at, CAST(points AS TEXT) FROM user_risk WHERE user_key = $1 AND at < $2",
                 "risk points",
             ),
         ] {
             if let Some(row) = sqlx::query(sql)
                 .bind(key.as_str())
+                .bind(before)
                 .fetch_optional(&mut *tx)
                 .await?
             {
                 out.push(entry(row.try_get(0)?, what, row.try_get(1)?, None));
             }
         }
+        let from = out.len();
         for row in sqlx::query(
-            "SELECT created, by_whom FROM logouts WHERE user_key = $1 ORDER BY created DESC LIMIT $2",
+            "SELECT created, by_whom FROM logouts WHERE user_key = $1 AND created < $3 \
+             ORDER BY created DESC LIMIT $2",
         )
         .bind(key.as_str())
         .bind(lim)
+        .bind(before)
         .fetch_all(&mut *tx)
         .await?
         {
             let by: String = row.try_get(1)?;
-            out.push(entry(row.try_get(0)?, "universal logout", format!("by {by}"), None));
+            out.push(entry(
+                row.try_get(0)?,
+                "universal logout",
+                format!("by {by}"),
+                None,
+            ));
         }
+        cut.extend(cut_at(&out, from, fetch));
         tx.commit().await?;
         out.sort_by(|a, b| {
             b.at.cmp(&a.at)
@@ -739,9 +838,28 @@ impl Store {
                 .then_with(|| a.detail.cmp(&b.detail))
                 .then_with(|| a.reference.cmp(&b.reference))
         });
-        let more = out.len() > limit;
-        out.truncate(limit);
-        Ok((out, more))
+        // The newest `limit`, and the rest of the last one's second.
+        let mut take = out.len().min(limit);
+        if let Some(last) = take.checked_sub(1).map(|i| out[i].at) {
+            while out.get(take).is_some_and(|e| e.at == last) {
+                take += 1;
+            }
+        }
+        let more = out.len() > take;
+        out.truncate(take);
+        let last = out.last().map(|e| e.at);
+        // A source cut at or after the page's last second may hold more of
+        // that second than it read: said, not hidden.
+        let crowded = last.filter(|l| cut.iter().any(|c| c >= l));
+        Ok(TimelinePage {
+            next: if more || crowded.is_some() {
+                last
+            } else {
+                None
+            },
+            entries: out,
+            crowded,
+        })
     }
 
     /// What `user`'s entity risk since `since` is rebuilt from; at most
