@@ -15,9 +15,10 @@ function colourOf(cls) {
   return colour;
 }
 
-// Steps between a value axis's ticks: whole numbers only.
-const COUNT_STEPS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3,
-  1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8, 1e9];
+// Steps between a value axis's ticks: whole numbers only, 1-2-5 up to
+// far beyond any count a bucket can hold.
+const COUNT_STEPS = [];
+for (let p = 1; p <= 1e18; p *= 10) COUNT_STEPS.push(p, 2 * p, 5 * p);
 
 function utcTime(seconds) {
   return new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ") + "Z";
@@ -42,10 +43,14 @@ function drawChart(figure) {
     shown = raw.map((values) => (below = below.map((b, i) => b + (values[i] ?? 0))));
   }
   const order = d.kind === "stacked" ? [...raw.keys()].reverse() : [...raw.keys()];
-  const bars = uPlot.paths.bars({ size: [0.8, 48], align: 1 });
+  // Each bucket is drawn at its middle, so the cursor's nearest point is
+  // the bucket under it; the legend names the bucket by its start.
+  const step = d.step > 0 ? d.step : 3600;
+  const mid = d.t.map((t) => t + step / 2);
+  const bars = uPlot.paths.bars({ size: [0.8, 48], align: 0 });
   const unit = d.unit || "";
-  const series = [{ label: "Time (UTC)", value: (u, v) => (v == null ? "-" : utcTime(v)) }];
-  const data = [d.t];
+  const series = [{ label: "Time (UTC)", value: (u, v) => (v == null ? "-" : utcTime(v - step / 2)) }];
+  const data = [mid];
   for (const i of order) {
     const s = d.series[i];
     const colour = colourOf(s.class);
@@ -62,7 +67,7 @@ function drawChart(figure) {
     });
     data.push(shown[i]);
   }
-  const step = d.t.length > 1 ? d.t[1] - d.t[0] : 3600;
+  const daily = step >= 86400;
   const width = () => Math.max(280, figure.clientWidth);
   const plot = new uPlot(
     {
@@ -76,18 +81,32 @@ function drawChart(figure) {
       },
       axes: [
         // 24-hour UTC times under hourly data, dates under daily.
-        { space: 80, values: (u, ticks) => ticks.map((t) => utcTime(t).slice(step >= 86400 || t % 86400 === 0 ? 5 : 11, step >= 86400 || t % 86400 === 0 ? 10 : 17)) },
+        {
+          space: 80,
+          values: (u, ticks) =>
+            ticks.map((t) => (daily || t % 86400 === 0 ? utcTime(t).slice(5, 10) : utcTime(t).slice(11, 17))),
+        },
         // Counts are whole: no tick between 0 and 1.
         { size: 64, incrs: COUNT_STEPS, values: (u, ticks) => ticks.map((v) => v + unit) },
       ],
       cursor: { drag: { x: false, y: false } },
+      // The legend reads values; it does not hide series (a hidden one
+      // would leave the stack above it counting it).
+      legend: { live: true },
     },
     data,
   );
-  const canvas = plot.root.querySelector(".u-over");
-  if (canvas) {
-    canvas.setAttribute("role", "img");
-    canvas.setAttribute("aria-label", figure.dataset.chartLabel || "chart");
+  const hasSvg = figure.querySelector("svg.chart") !== null;
+  if (hasSvg) {
+    // The server's SVG (visually hidden) reads every bar's value to a
+    // screen reader; the canvas would only repeat it.
+    plot.root.setAttribute("aria-hidden", "true");
+  } else {
+    const over = plot.root.querySelector(".u-over");
+    if (over) {
+      over.setAttribute("role", "img");
+      over.setAttribute("aria-label", figure.dataset.chartLabel || "chart");
+    }
   }
   figure.prepend(plot.root);
   figure.classList.add("drawn");

@@ -202,25 +202,59 @@ pub async fn measure(
     days: u64,
     buckets: usize,
 ) -> Result<Precision, StoreError> {
-    let [p] = measure_each(store, now, days, [buckets]).await?;
+    let [p] = measure_each(store, [Split::even(now, days, buckets)]).await?;
     Ok(p)
 }
 
-/// Precision over the `days` days before `now`, once for each count of
-/// buckets in `buckets` (the dashboard's table by quarter and its chart by
-/// day): the labelled detections are read once.
+/// One way to count a period: from `since`, `buckets` buckets of
+/// `bucket_secs` each (a detection decided after the last counts in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub since: u64,
+    pub bucket_secs: u64,
+    pub buckets: usize,
+}
+
+impl Split {
+    /// The `days` days before `now` in `buckets` equal parts.
+    pub fn even(now: u64, days: u64, buckets: usize) -> Self {
+        let period = days.max(1) * 86_400;
+        Self {
+            since: now.saturating_sub(period),
+            bucket_secs: period.div_ceil(u64::try_from(buckets.max(1)).unwrap_or(1)),
+            buckets: buckets.max(1),
+        }
+    }
+
+    /// Whole UTC days (`per` = 1) or weeks of days (`per` = 7), the last
+    /// ending with the UTC day of `now`: the last `days` days, today
+    /// included (in weeks, `days` rounded up to whole weeks).
+    pub fn calendar(now: u64, days: u64, per: u64) -> Self {
+        const DAY: u64 = 86_400;
+        let bucket_secs = per.max(1) * DAY;
+        let buckets = days.max(1).div_ceil(per.max(1));
+        let last = now / DAY * DAY - (per.max(1) - 1) * DAY;
+        Self {
+            since: last.saturating_sub((buckets - 1) * bucket_secs),
+            bucket_secs,
+            buckets: usize::try_from(buckets).unwrap_or(1),
+        }
+    }
+}
+
+/// Precision counted once for each of `splits` (the dashboard's table by
+/// quarter and its chart by day): the labelled detections are read once,
+/// from the earliest start, and each split counts those from its own.
 pub async fn measure_each<const N: usize>(
     store: &Store,
-    now: u64,
-    days: u64,
-    buckets: [usize; N],
+    splits: [Split; N],
 ) -> Result<[Precision; N], StoreError> {
-    let period = days.max(1) * 86_400;
-    let since = now.saturating_sub(period);
+    let since = splits.iter().map(|s| s.since).min().unwrap_or(0);
+    // Newest first: each split's rows are a prefix.
     let (rows, capped) = store.labelled_recent(since, LABELLED_CAP).await?;
-    Ok(buckets.map(|n| {
-        let bucket_secs = period.div_ceil(u64::try_from(n.max(1)).unwrap_or(1));
-        precision(&rows, since, bucket_secs, n, capped)
+    Ok(splits.map(|s| {
+        let within = rows.partition_point(|l| l.at >= s.since);
+        precision(&rows[..within], s.since, s.bucket_secs, s.buckets, capped)
     }))
 }
 
@@ -471,6 +505,32 @@ mod tests {
             label,
             labelled_at: at + 1,
         }
+    }
+
+    #[test]
+    fn calendar_splits_are_whole_utc_days_or_weeks_ending_with_today() {
+        let day = 86_400;
+        let now = 20_000 * day + 15 * 3_600;
+        let d = Split::calendar(now, 28, 1);
+        assert_eq!((d.since, d.bucket_secs, d.buckets), (19_973 * day, day, 28));
+        // Today is the last bucket; yesterday the one before.
+        assert_eq!(d.since + 27 * day, 20_000 * day);
+        let w = Split::calendar(now, 365, 7);
+        assert_eq!((w.bucket_secs, w.buckets), (7 * day, 53));
+        // The last week ends with today.
+        assert_eq!(w.since + 53 * 7 * day, 20_001 * day);
+        let one = Split::calendar(now, 1, 1);
+        assert_eq!((one.since, one.buckets), (20_000 * day, 1));
+        // A detection is counted in its day.
+        let rows = [
+            row(20_000 * day + 10, None, &[], Label::FalsePositive),
+            row(19_999 * day + 10, None, &[], Label::ConfirmedCompromise),
+            row(19_999 * day + 20, None, &[], Label::ConfirmedCompromise),
+        ];
+        let p = precision(&rows, d.since, d.bucket_secs, d.buckets, false);
+        assert_eq!(p.all.buckets[27].false_positive, 1);
+        assert_eq!(p.all.buckets[26].confirmed, 2);
+        assert_eq!(p.starts[26], 19_999 * day);
     }
 
     #[test]

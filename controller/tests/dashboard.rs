@@ -1081,6 +1081,20 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
             .collect()
     };
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // The cursor over the counts' hour reads that hour, each action's own
+    // count (block is stacked on allow: 43 at its top).
+    let start = seen["hoverStart"].as_u64().unwrap();
+    let hour = {
+        let secs = start % 86_400;
+        format!("{:02}:00Z", secs / 3600)
+    };
+    let hover: Vec<String> = serde_json::from_value(seen["hover"].clone()).unwrap();
+    assert_eq!(hover.len(), 3, "{hover:?}");
+    assert!(
+        hover[0].starts_with("Time (UTC)=") && hover[0].ends_with(&hour),
+        "{hover:?} at {hour}"
+    );
+    assert_eq!(hover[1..], ["allow=40".to_owned(), "block=3".to_owned()]);
     assert_eq!(
         legends("overview"),
         vec![
@@ -1092,7 +1106,7 @@ async fn an_operator_finds_a_detection_by_reference_and_marks_it_false_positive_
             (
                 "Requests judged per hour by action decided over the last 24 hours".to_owned(),
                 true,
-                strings(&["Time (UTC)", "block", "allow"])
+                strings(&["Time (UTC)", "allow", "block"])
             ),
             (
                 "Decisions per hour by the reasons they carried over the last 24 hours, every node together".to_owned(),

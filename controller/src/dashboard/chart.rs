@@ -21,6 +21,8 @@ pub(crate) struct Data {
     pub(crate) kind: &'static str,
     /// Each bucket's start, seconds since the Unix epoch.
     pub(crate) t: Vec<u64>,
+    /// Each bucket's length in seconds.
+    pub(crate) step: u64,
     /// The series, bottom of the stack first.
     pub(crate) series: Vec<Series>,
     /// The value axis's top when fixed (a score's 100); from the data when
@@ -114,6 +116,7 @@ pub(crate) fn lines(
         Data {
             kind: "lines",
             t,
+            step: bucket,
             series,
             max: None,
             unit: "",
@@ -230,10 +233,9 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
         .iter()
         .filter_map(|name| totals.get(name).map(|n| (*name, class_of(name).1, *n)))
         .collect();
-    // Bottom of the stack first, as the bars are drawn.
+    // Bottom of the stack first, as the SVG stacks them.
     let series = legend
         .iter()
-        .rev()
         .map(|(name, class, _)| Series {
             label: (*name).to_owned(),
             class,
@@ -247,6 +249,7 @@ pub(crate) fn chart(buckets: &Buckets, now: u64, bucket: u64, count: u32) -> Cha
     let data = Data {
         kind: "stacked",
         t: (0..count).map(|i| first + u64::from(i) * bucket).collect(),
+        step: bucket,
         series,
         max: None,
         unit: "",
@@ -374,6 +377,7 @@ pub(crate) fn risk_chart(
         data: Data {
             kind: "bars",
             t,
+            step: HOUR,
             series: vec![Series {
                 label: "entity risk".to_owned(),
                 class: "risk",
@@ -435,10 +439,11 @@ mod tests {
         assert_eq!(c.data.t[23], 100 * 3_600);
         assert_eq!(c.data.t[0], 77 * 3_600);
         let labels: Vec<&str> = c.data.series.iter().map(|s| s.label.as_str()).collect();
-        assert_eq!(labels, ["other", "block", "revoke"]);
+        assert_eq!(labels, ["revoke", "block", "other"]);
+        assert_eq!(c.data.step, 3_600);
         assert_eq!(c.data.series[1].values[23], Some(4.0));
         assert_eq!(c.data.series[1].values[22], Some(0.0));
-        assert_eq!(c.data.series[0].values[22], Some(2.0));
+        assert_eq!(c.data.series[2].values[22], Some(2.0));
         // An action outside the engine's four is drawn as `other`: its
         // name is never shown.
         assert!(!c.data.json().contains("weird"), "{}", c.data.json());

@@ -1,7 +1,8 @@
 //! `GET /dashboard/precision`: what operators' labels say about the
 //! detections (`docs/dashboard.md`, Feedback pipeline) — per reason and per
 //! rule, how many detections were confirmed a compromise and how many
-//! marked a false positive, in all and per week (a quarter of the period).
+//! marked a false positive, in all and per quarter of the period; and
+//! charted per UTC day (or week).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use super::chart::{Data, Series};
 use super::view::{Nav, time};
 use super::{PageError, operator, page, query};
 use crate::api::{App, now_secs};
-use crate::feedback::{self, LABELLED_CAP, RULE_CAP, Row, Tally};
+use crate::feedback::{self, LABELLED_CAP, RULE_CAP, Row, Split, Tally};
 
 /// The period shown when none is asked for: four weeks.
 const DEFAULT_DAYS: u64 = 28;
@@ -61,8 +62,9 @@ struct PrecisionPage {
     per: &'static str,
 }
 
-/// The charts of `all` over `starts`: labels stacked, and precision.
-fn charts(all: &Row, starts: &[u64]) -> (Data, Data) {
+/// The charts of `all` over buckets of `step` seconds from `starts`:
+/// labels stacked, and precision.
+fn charts(all: &Row, starts: &[u64], step: u64) -> (Data, Data) {
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^53")]
     let series = |label: &str, class: &'static str, pick: fn(&Tally) -> u64| Series {
         label: label.to_owned(),
@@ -72,6 +74,7 @@ fn charts(all: &Row, starts: &[u64]) -> (Data, Data) {
     let labels = Data {
         kind: "stacked",
         t: starts.to_vec(),
+        step,
         series: vec![
             series("confirmed", "l-confirmed", |t| t.confirmed),
             series("false positive", "l-false_positive", |t| t.false_positive),
@@ -83,6 +86,7 @@ fn charts(all: &Row, starts: &[u64]) -> (Data, Data) {
     let precision = Data {
         kind: "lines",
         t: starts.to_vec(),
+        step,
         series: vec![Series {
             label: "precision".to_owned(),
             class: "l-confirmed",
@@ -147,14 +151,20 @@ pub(crate) async fn precision(
             .ok_or_else(|| PageError::BadRequest(format!("days is 1 to {MAX_DAYS}")))?,
     };
     let now = now_secs();
-    let (fine, per) = if days <= DAILY_UP_TO {
-        (days, "day")
+    let (per_days, per) = if days <= DAILY_UP_TO {
+        (1, "day")
     } else {
-        (days.div_ceil(7), "week")
+        (7, "week")
     };
-    let fine = usize::try_from(fine).unwrap_or(BUCKETS);
-    let [p, by_day] = feedback::measure_each(&app.store, now, days, [BUCKETS, fine]).await?;
-    let (labels_chart, precision_chart) = charts(&by_day.all, &by_day.starts);
+    let [p, by_day] = feedback::measure_each(
+        &app.store,
+        [
+            Split::even(now, days, BUCKETS),
+            Split::calendar(now, days, per_days),
+        ],
+    )
+    .await?;
+    let (labels_chart, precision_chart) = charts(&by_day.all, &by_day.starts, per_days * 86_400);
     page(&PrecisionPage {
         nav: operator.nav(),
         days,
@@ -170,4 +180,34 @@ pub(crate) async fn precision(
         precision_chart,
         per,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_charts_carry_each_days_labels_and_precision_only_where_labelled() {
+        let tally = |confirmed, false_positive, step_up_passed| Tally {
+            confirmed,
+            false_positive,
+            step_up_passed,
+        };
+        let all = Row {
+            name: "all".to_owned(),
+            total: tally(4, 2, 1),
+            buckets: vec![tally(3, 1, 0), tally(0, 0, 1), tally(1, 1, 0)],
+        };
+        let (labels, precision) = charts(&all, &[0, 86_400, 172_800], 86_400);
+        assert_eq!((labels.kind, labels.step), ("stacked", 86_400));
+        let values = |d: &Data, i: usize| d.series[i].values.clone();
+        assert_eq!(values(&labels, 0), vec![Some(3.0), Some(0.0), Some(1.0)]);
+        assert_eq!(values(&labels, 1), vec![Some(1.0), Some(0.0), Some(1.0)]);
+        assert_eq!(values(&labels, 2), vec![Some(0.0), Some(1.0), Some(0.0)]);
+        assert_eq!(labels.series[0].label, "confirmed");
+        // 3 of 4, none labelled by an operator (a passed step-up is not
+        // a label), 1 of 2.
+        assert_eq!(values(&precision, 0), vec![Some(75.0), None, Some(50.0)]);
+        assert_eq!((precision.max, precision.unit), (Some(100), "%"));
+    }
 }

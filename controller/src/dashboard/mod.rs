@@ -59,8 +59,9 @@ const JS: &str = include_str!("../../assets/dashboard.js");
 /// The chart library the script draws charts with: uPlot (MIT), the copy
 /// the workspace vendors at the version its lockfile pins
 /// (`vendor/uplot/`, checked by `loadtests/load/tests/assets.rs`). Loaded
-/// only by pages with charts; each chart is also drawn as SVG for a
-/// browser without script (`docs/dashboard.md`, Technology).
+/// only by pages with charts; a browser without script reads the SVG or
+/// the table the server puts in each chart's figure (`docs/dashboard.md`,
+/// Technology).
 const UPLOT_JS: &str = include_str!("../../../vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../../../vendor/uplot/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../../../vendor/uplot/LICENSE");

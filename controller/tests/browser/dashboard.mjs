@@ -74,6 +74,21 @@ try {
     page.getByRole('button', { name: 'Sign in', exact: true }).click(),
   ]);
   await step('overview');
+  // The cursor over the hour a node's counts fell in (found from the
+  // figure's own data: bucket i is drawn at (i + ½) / n of the plot's
+  // width): the legend reads that hour's counts, each action's own, not
+  // the stack's running total.
+  const judged = 'figure[data-chart-label^="Requests judged"]';
+  const data = JSON.parse(await page.getAttribute(judged, 'data-chart'));
+  const busy = data.t.findIndex((_, i) => data.series.some((s) => s.values[i] > 0));
+  const box = await page.locator(`${judged} .u-over`).boundingBox();
+  await page.mouse.move(box.x + ((busy + 0.5) / data.t.length) * box.width, box.y + box.height / 2);
+  result.hover = await page.evaluate((sel) =>
+    [...document.querySelectorAll(`${sel} .u-legend .u-series`)].map(
+      (tr) => `${tr.querySelector('.u-label').textContent}=${tr.querySelector('.u-value').textContent}`,
+    ), judged);
+  result.hoverStart = data.t[busy];
+  await page.mouse.move(0, 0);
 
   // The rules page, from the overview's link, and back.
   await Promise.all([
