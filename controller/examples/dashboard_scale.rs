@@ -672,6 +672,12 @@ async fn measure(url: &str, dir: &std::path::Path, s: &Sizes) -> Result<(), Box<
     let pages = [
         ("overview", "/dashboard".to_owned()),
         ("user page", format!("/dashboard/user?key={top}")),
+        ("user's sessions", format!("/dashboard/sessions?user={top}")),
+        (
+            "user's timeline",
+            format!("/dashboard/timeline?user={top}&before={now}"),
+        ),
+        ("precision, 28 days", "/dashboard/precision".to_owned()),
         ("detections, page 11", deep[0].clone()),
         ("audit, page 11", deep[1].clone()),
         (

@@ -2271,6 +2271,92 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
     .await;
 }
 
+/// Detections found by a fact are paged like the detections list: by
+/// ASN, by a /24 and by JA4, 120 of them in few seconds come back 50, 50
+/// and 20, each exactly once; a cursor on a search that is no fact
+/// search, or a bad one, is `400`.
+#[tokio::test]
+async fn detections_found_by_a_fact_are_paged_every_one_once() {
+    both(async |postgres| {
+        let db = Db::new(postgres).await;
+        let c = Controller::start(&db.url()).await;
+        let ivy = user_of("ivy");
+        let base = now() - 600;
+        let events: Vec<NodeEvent> = (0..120u64)
+            .map(|i| {
+                let mut e = with_facts(
+                    detection(&format!("ref-f-{i:03}"), "app", Some(ivy), 9),
+                    Some(request_facts(&format!("198.51.100.{}", i % 200))),
+                );
+                if let NodeEventKind::Detection { at, .. } = &mut e.kind {
+                    // Eight a second.
+                    *at = base + i / 8;
+                }
+                e
+            })
+            .collect();
+        c.events_in_batches(events).await;
+        let cookie = c.login(VIEWER).await;
+        let refs_in = |html: &str| -> Vec<String> {
+            let Some(start) = html.find("<h3>Detections by ") else {
+                return Vec::new();
+            };
+            (0..120)
+                .map(|i| format!("ref-f-{i:03}"))
+                .filter(|r| html[start..].contains(&format!("<code>{r}</code>")))
+                .collect()
+        };
+        let next_of = |html: &str| -> Option<String> {
+            let at = html.find("\" rel=\"next\">Older</a>")?;
+            let start = html[..at].rfind("before=")? + "before=".len();
+            Some(html[start..at].to_owned())
+        };
+        for q in ["AS64496", "198.51.100.0%2F24", JA4] {
+            let mut path = format!("/dashboard/search?q={q}");
+            let mut sizes = Vec::new();
+            let mut seen = Vec::new();
+            loop {
+                let html = c.page(&path, &cookie).await;
+                let found = refs_in(&html);
+                // A later page links back to the newest.
+                assert_eq!(
+                    html.contains("rel=\"first\">Newest</a>"),
+                    !sizes.is_empty(),
+                    "{path}"
+                );
+                sizes.push(found.len());
+                seen.extend(found);
+                match next_of(&html) {
+                    Some(cursor) => path = format!("/dashboard/search?q={q}&before={cursor}"),
+                    None => break,
+                }
+            }
+            assert_eq!(sizes, vec![50, 50, 20], "{q}");
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 120, "{q}: each once");
+        }
+        for (path, why) in [
+            (
+                "/dashboard/search?q=ivy&before=1-61-62".to_owned(),
+                "only a search by client address, ASN or JA4 has pages",
+            ),
+            (
+                "/dashboard/search?q=AS64496&before=x".to_owned(),
+                "before: a detections cursor is TIME-NODE-REFERENCE",
+            ),
+        ] {
+            let r = c.get(&path, Some(&cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains(why), "{path}: {body}");
+        }
+        c.stop().await;
+        db.drop_db().await;
+    })
+    .await;
+}
+
 /// The records of `cookies` after one request each, bound to `user`, with
 /// their session keys: one engine for them all.
 fn session_records(cookies: &[String], user: &str, at: u64) -> Vec<(String, vigil_fleet::Record)> {

@@ -684,6 +684,8 @@ struct SearchPage {
     /// JA4), when `q` named one.
     by_fact: Option<String>,
     by_fact_hits: Vec<Detection>,
+    /// Their pages: 50 each, by the detections list's cursor.
+    by_fact_paging: Paging,
 }
 
 /// Shortest session key prefix searched: shorter ones match too much.
@@ -697,8 +699,10 @@ pub(crate) async fn search(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let operator = operator(&app, &headers)?;
-    let q = query(raw.as_deref(), &["q"])?;
+    let q = query(raw.as_deref(), &["q", "before"])?;
     let text = q.get("q").map(|q| q.trim().to_owned()).unwrap_or_default();
+    // A later page of detections by a fact: only that search runs.
+    let before = cursor_of(&q, DetectionCursor::parse)?;
     let mut found = SearchPage {
         nav: operator.nav(),
         q: text.clone(),
@@ -710,6 +714,7 @@ pub(crate) async fn search(
         notes: Vec::new(),
         by_fact: None,
         by_fact_hits: Vec::new(),
+        by_fact_paging: Paging::of(before.is_some(), 0, false, None),
     };
     if text.is_empty() {
         return page(&found);
@@ -718,6 +723,15 @@ pub(crate) async fn search(
         return Err(PageError::BadRequest(
             "a search is at most 256 bytes".into(),
         ));
+    }
+    if before.is_some() {
+        search_facts(&app, &text, before.as_ref(), &mut found).await?;
+        if found.by_fact.is_none() {
+            return Err(PageError::BadRequest(
+                "before: only a search by client address, ASN or JA4 has pages".into(),
+            ));
+        }
+        return page(&found);
     }
     let lower = text.to_ascii_lowercase();
     let hex = lower.bytes().all(|b| b.is_ascii_hexdigit());
@@ -756,7 +770,7 @@ pub(crate) async fn search(
     {
         found.user_by_name = Some(user.to_string());
     }
-    search_facts(&app, &text, &mut found).await?;
+    search_facts(&app, &text, None, &mut found).await?;
     page(&found)
 }
 
@@ -773,14 +787,28 @@ async fn user_held(app: &App, user: UserId) -> Result<bool, PageError> {
 
 /// Detections by the facts their requests were judged on: a client
 /// address or CIDR prefix (a range of keys), `AS` and a number, a JA4.
-async fn search_facts(app: &App, text: &str, found: &mut SearchPage) -> Result<(), PageError> {
+async fn search_facts(
+    app: &App,
+    text: &str,
+    before: Option<&DetectionCursor>,
+    found: &mut SearchPage,
+) -> Result<(), PageError> {
+    let mut show = |by: String, (list, more): (Vec<crate::store::DetectionFacts>, bool)| {
+        found.by_fact = Some(by);
+        found.by_fact_hits = list.iter().map(Detection::of).collect();
+        let last = list
+            .last()
+            .map(|d| DetectionCursor::after(&d.row).to_string());
+        found.by_fact_paging = Paging::of(before.is_some(), 0, more, last);
+    };
     if let Some(range) = crate::store::IpRange::parse(text) {
         match range {
-            Ok(range) => {
-                let list = app.store.detections_by_client(&range, PAGE_SIZE).await?;
-                found.by_fact = Some("client address".to_owned());
-                found.by_fact_hits = list.iter().map(Detection::of).collect();
-            }
+            Ok(range) => show(
+                "client address".to_owned(),
+                app.store
+                    .detections_by_client(&range, PAGE_SIZE, before)
+                    .await?,
+            ),
             Err(why) => found.notes.push(why),
         }
         return Ok(());
@@ -791,11 +819,10 @@ async fn search_facts(app: &App, text: &str, found: &mut SearchPage) -> Result<(
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     {
         match number.parse::<u32>() {
-            Ok(asn) if asn > 0 => {
-                let list = app.store.detections_by_asn(asn, PAGE_SIZE).await?;
-                found.by_fact = Some(format!("ASN AS{asn}"));
-                found.by_fact_hits = list.iter().map(Detection::of).collect();
-            }
+            Ok(asn) if asn > 0 => show(
+                format!("ASN AS{asn}"),
+                app.store.detections_by_asn(asn, PAGE_SIZE, before).await?,
+            ),
             _ => found
                 .notes
                 .push("an ASN is `AS` and a number from 1 to 4294967295".to_owned()),
@@ -810,12 +837,12 @@ async fn search_facts(app: &App, text: &str, found: &mut SearchPage) -> Result<(
         _ => lower.clone(),
     };
     if vigil_fleet::is_ja4(&typed) {
-        let list = app
-            .store
-            .detections_by_ja4(&[&typed, &lower], PAGE_SIZE)
-            .await?;
-        found.by_fact = Some("JA4".to_owned());
-        found.by_fact_hits = list.iter().map(Detection::of).collect();
+        show(
+            "JA4".to_owned(),
+            app.store
+                .detections_by_ja4(&[&typed, &lower], PAGE_SIZE, before)
+                .await?,
+        );
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use sqlx::Row;
 use vigil_fleet::RequestFacts;
 
 use super::dashboard::{DETECTION_COLUMNS, facts};
-use super::{DetectionFacts, Store, StoreError, to_u64};
+use super::{DetectionCursor, DetectionFacts, Store, StoreError, to_i64, to_u64};
 
 /// A client address as its key: 32 lower-case hex digits of its IPv6 form
 /// (IPv4 as `::ffff:a.b.c.d`). Fixed width, so that keys sort as the
@@ -193,6 +193,27 @@ pub struct StoredFacts {
     pub asn: Option<u64>,
 }
 
+/// What follows a search's own `n` parameters: the rows after `before`
+/// (`at <= …` first, the index's range, which the comparison of the whole
+/// key then narrows), newest first with ties by node then reference, both
+/// descending — the detections list's order — and the limit.
+fn page_clause(n: usize, before: Option<&DetectionCursor>) -> String {
+    match before {
+        Some(_) => format!(
+            " AND at <= ${a} AND (at, node, reference) < (${a}, ${b}, ${c}) \
+             ORDER BY at DESC, node DESC, reference DESC LIMIT ${d}",
+            a = n + 1,
+            b = n + 2,
+            c = n + 3,
+            d = n + 4
+        ),
+        None => format!(
+            " ORDER BY at DESC, node DESC, reference DESC LIMIT ${}",
+            n + 1
+        ),
+    }
+}
+
 // === impl Store ===
 
 impl Store {
@@ -234,60 +255,84 @@ impl Store {
         }))
     }
 
-    /// Up to `limit` detections whose client address is in `range`, newest
-    /// first.
+    /// A page of the detections whose client address is in `range`: up to
+    /// `limit` after `before`, newest first (the detections list's order),
+    /// and whether more follow.
     pub async fn detections_by_client(
         &self,
         range: &IpRange,
         limit: usize,
-    ) -> Result<Vec<DetectionFacts>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections WHERE client_key >= $1 AND client_key <= $2 \
-             ORDER BY at DESC, node, reference LIMIT $3"
+        before: Option<&DetectionCursor>,
+    ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETECTION_COLUMNS} FROM detections WHERE client_key >= $1 AND client_key <= $2{}",
+            page_clause(2, before)
         )))
         .bind(range.first.as_str())
-        .bind(range.last.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
+        .bind(range.last.as_str());
+        self.fact_page(q, limit, before).await
     }
 
-    /// Up to `limit` detections of clients in autonomous system `asn`,
-    /// newest first.
+    /// A page of the detections of clients in autonomous system `asn`, as
+    /// [`Store::detections_by_client`].
     pub async fn detections_by_asn(
         &self,
         asn: u32,
         limit: usize,
-    ) -> Result<Vec<DetectionFacts>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections WHERE asn = $1 \
-             ORDER BY at DESC, node, reference LIMIT $2"
+        before: Option<&DetectionCursor>,
+    ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETECTION_COLUMNS} FROM detections WHERE asn = $1{}",
+            page_clause(1, before)
         )))
-        .bind(i64::from(asn))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
+        .bind(i64::from(asn));
+        self.fact_page(q, limit, before).await
     }
 
-    /// Up to `limit` detections of connections with either JA4 of `ja4`,
-    /// newest first.
+    /// A page of the detections of connections with either JA4 of `ja4`,
+    /// as [`Store::detections_by_client`].
     pub async fn detections_by_ja4(
         &self,
         ja4: &[&str; 2],
         limit: usize,
-    ) -> Result<Vec<DetectionFacts>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DETECTION_COLUMNS} FROM detections WHERE ja4 IN ($1, $2) \
-             ORDER BY at DESC, node, reference LIMIT $3"
+        before: Option<&DetectionCursor>,
+    ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DETECTION_COLUMNS} FROM detections WHERE ja4 IN ($1, $2){}",
+            page_clause(2, before)
         )))
         .bind(ja4[0])
-        .bind(ja4[1])
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(facts).collect::<Result<_, _>>()?)
+        .bind(ja4[1]);
+        self.fact_page(q, limit, before).await
+    }
+
+    /// Binds the page's cursor and limit (one more row than `limit`, to
+    /// learn whether more follow) after a search's own parameters, and
+    /// reads the page.
+    async fn fact_page<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        limit: usize,
+        before: Option<&'q DetectionCursor>,
+    ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
+        let mut q = q;
+        if let Some(c) = before {
+            q = q
+                .bind(to_i64(c.at))
+                .bind(c.node.as_str())
+                .bind(c.reference.as_str());
+        }
+        let rows = q
+            .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() > limit;
+        let list = rows
+            .iter()
+            .take(limit)
+            .map(facts)
+            .collect::<Result<_, _>>()?;
+        Ok((list, more))
     }
 }
 
