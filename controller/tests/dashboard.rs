@@ -2021,18 +2021,23 @@ async fn deep_lists_page_by_cursor_and_give_each_row_once() {
     .await;
 }
 
-/// A user's sessions are paged: the user page shows the 100 most recently
-/// updated and links to the rest, and the sessions list pages them by
-/// keyset — every session exactly once, many sharing one second of update
-/// (one batch) — and a cursor that is not one is `400`.
+/// A user's sessions are paged: the user page shows the 100 newest first
+/// seen and links to the rest, and the sessions list pages them by keyset
+/// — every session exactly once, three first seen in each second so that
+/// every page ends inside one — and a cursor that is not one is `400`.
 #[tokio::test]
 async fn a_users_sessions_are_paged_every_one_shown_once() {
     both(async |postgres| {
         let db = Db::new(postgres).await;
         let c = Controller::start(&db.url()).await;
         let fran = user_of("fran");
-        let cookies: Vec<String> = (0..120).map(|i| format!("fran-cookie-{i}")).collect();
-        let records = session_records(&cookies, "fran", now() - 60);
+        // Three sessions first seen in each second: every page edge (100,
+        // 50) falls inside a second.
+        let base = now() - 3_600;
+        let cookies: Vec<(String, u64)> = (0..120)
+            .map(|i| (format!("fran-cookie-{i}"), base + i / 3))
+            .collect();
+        let records = session_records(&cookies, "fran");
         let mut keys: Vec<String> = Vec::new();
         for chunk in records.chunks(40) {
             c.events(
@@ -2078,10 +2083,7 @@ async fn a_users_sessions_are_paged_every_one_shown_once() {
         let user = c
             .page(&format!("/dashboard/user?key={fran}"), &cookie)
             .await;
-        assert!(
-            user.contains("Sessions (100, most recently updated)"),
-            "{user}"
-        );
+        assert!(user.contains("Sessions (100, newest first seen)"), "{user}");
         let first = sessions_in(&user);
         assert_eq!(first.len(), 100);
         let cursor = next_of(&user, "Older sessions").expect("a link to the rest");
@@ -2158,9 +2160,9 @@ async fn a_users_sessions_are_paged_every_one_shown_once() {
 
 /// A user's timeline is paged by time: each page the newest 50 and the
 /// rest of its last second, the next page before that second — every
-/// thing held shown exactly once, three sharing each second. A second
-/// holding more of one kind than a page reads beyond its end is said on
-/// the page, not silently cut.
+/// thing held shown exactly once, three or four sharing each second from
+/// two sources. A second holding more of one kind than a page reads
+/// beyond its end is said on the page, not silently cut.
 #[tokio::test]
 async fn a_users_timeline_is_paged_by_whole_seconds() {
     both(async |postgres| {
@@ -2179,6 +2181,28 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
             })
             .collect();
         c.events_in_batches(events).await;
+        // And a session first seen in each of the first 30 of those
+        // seconds: another source in the same seconds, at page edges.
+        let cookies: Vec<(String, u64)> = (0..30)
+            .map(|i| (format!("gail-cookie-{i}"), base + i))
+            .collect();
+        let records = session_records(&cookies, "gail");
+        let sessions: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+        c.events(
+            records
+                .into_iter()
+                .map(|(key, record)| NodeEvent {
+                    id: format!("baseline-gail-{key}"),
+                    kind: NodeEventKind::SessionBaseline {
+                        record,
+                        confirmed: false,
+                        false_positive: false,
+                        disputed: None,
+                    },
+                })
+                .collect(),
+        )
+        .await;
         let cookie = c.login(VIEWER).await;
         let refs_in = |html: &str| -> Vec<String> {
             let start = html
@@ -2187,6 +2211,7 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
             let html = &html[start..start + html[start..].find("</table>").unwrap()];
             (0..120)
                 .map(|i| format!("ref-t-{i:03}"))
+                .chain(sessions.iter().cloned())
                 .filter(|r| html.contains(&format!("<code>{r}</code>")))
                 .collect()
         };
@@ -2212,17 +2237,21 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
                 )
                 .await;
         }
-        // 50 would end inside a second: 51, then 51, then the 18 left.
-        assert_eq!(sizes, vec![51, 51, 18]);
+        // Seconds 39 to 30 hold three things each, 29 to 0 four (three
+        // detections and a session): the first page ends with second 25
+        // whole (50), the second would end inside second 12 (52), the
+        // third is the 48 left.
+        assert_eq!(sizes, vec![50, 52, 48]);
         let mut all = seen.clone();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 120, "each once");
-        assert_eq!(seen.len(), 120);
+        assert_eq!(all.len(), 150, "each once");
+        assert_eq!(seen.len(), 150);
         assert!(!html.contains("the rest of that second is not listed"));
 
-        // 260 detections in one second: a page reads 250 of them, lists
-        // them all, and says the second holds more.
+        // 260 detections in one second: a page reads 251 of them (the
+        // page and 200 beyond, and one to learn of more), lists them all,
+        // and says the second holds more.
         let hal = user_of("hal");
         let at_once = base + 100;
         let events: Vec<NodeEvent> = (0..260u64)
@@ -2238,13 +2267,14 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
         let html = c.page(&format!("/dashboard/user?key={hal}"), &cookie).await;
         assert_eq!(
             html.matches("<td>detection</td>").count(),
-            250,
+            251,
             "all read of the second"
         );
         assert!(
-            html.contains("the rest of that second is not listed"),
+            html.contains("More rows of <em>detection</em> are held at"),
             "{html}"
         );
+        assert!(html.contains("The user's detections list shows every detection."));
         let before = next_of(&html).expect("a next page");
         assert_eq!(before, at_once.to_string());
         let older = c
@@ -2254,16 +2284,34 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
             )
             .await;
         assert!(older.contains("<td colspan=\"3\">Nothing held.</td>"));
-        // Bad queries.
-        for path in [
-            format!("/dashboard/timeline?user={gail}"),
-            format!("/dashboard/timeline?user={gail}&before=x"),
-            format!("/dashboard/timeline?user={gail}&before=+5"),
-            format!("/dashboard/timeline?user={gail}&before=99999999999999999999"),
-            "/dashboard/timeline?before=5".to_owned(),
-            format!("/dashboard/timeline?user={gail}&before=5&x=1"),
+        // Bad queries: 400, with the reason.
+        for (path, why) in [
+            (
+                format!("/dashboard/timeline?user={gail}"),
+                "before: give the time the page ends",
+            ),
+            (
+                format!("/dashboard/timeline?user={gail}&before=x"),
+                "before: decimal seconds since the Unix epoch",
+            ),
+            (
+                format!("/dashboard/timeline?user={gail}&before=+5"),
+                "before: decimal seconds since the Unix epoch",
+            ),
+            (
+                format!("/dashboard/timeline?user={gail}&before=99999999999999999999"),
+                "before: decimal seconds since the Unix epoch",
+            ),
+            (
+                "/dashboard/timeline?before=5".to_owned(),
+                "user: a user key is 16 lower-case hex digits",
+            ),
+            (format!("/dashboard/timeline?user={gail}&before=5&x=1"), "x"),
         ] {
-            assert_eq!(c.get(&path, Some(&cookie)).await.status(), 400, "{path}");
+            let r = c.get(&path, Some(&cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains(why), "{path}: {body}");
         }
         c.stop().await;
         db.drop_db().await;
@@ -2357,9 +2405,9 @@ async fn detections_found_by_a_fact_are_paged_every_one_once() {
     .await;
 }
 
-/// The records of `cookies` after one request each, bound to `user`, with
-/// their session keys: one engine for them all.
-fn session_records(cookies: &[String], user: &str, at: u64) -> Vec<(String, vigil_fleet::Record)> {
+/// The records of `cookies` after one request each (at its time), bound
+/// to `user`, with their session keys: one engine for them all.
+fn session_records(cookies: &[(String, u64)], user: &str) -> Vec<(String, vigil_fleet::Record)> {
     let engine = vigil_engine::Engine::new(
         vigil_engine::EngineConfig::default(),
         vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
@@ -2372,7 +2420,8 @@ fn session_records(cookies: &[String], user: &str, at: u64) -> Vec<(String, vigi
     };
     cookies
         .iter()
-        .map(|cookie| {
+        .map(|(cookie, at)| {
+            let at = *at;
             let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
             engine.bind_user(key, user, at);
             let mut headers = axum::http::HeaderMap::new();

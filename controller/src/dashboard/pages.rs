@@ -460,8 +460,8 @@ struct TimelineView {
     entries: Vec<TimelineRow>,
     /// The `before` of the next page.
     next: Option<u64>,
-    /// The second of this page some of which is not listed.
-    crowded: Option<String>,
+    /// The second of this page some of which is not listed, and of what.
+    crowded: Option<(String, &'static str)>,
     second_cap: usize,
 }
 
@@ -479,7 +479,7 @@ impl TimelineView {
                 })
                 .collect(),
             next: page.next,
-            crowded: page.crowded.map(time),
+            crowded: page.crowded.map(|(at, what)| (time(at), what)),
             second_cap: TIMELINE_SECOND_CAP,
         }
     }

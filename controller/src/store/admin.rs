@@ -105,8 +105,8 @@ pub struct TrustRow {
 pub struct UserDetail {
     /// The name given in an admin call, when names are kept.
     pub name: Option<String>,
-    /// Their sessions: held records, most recently updated first, then
-    /// sessions known only from detections.
+    /// Their sessions: held records, newest first seen, then sessions
+    /// known only from detections (as many as fit under the limit).
     pub sessions: Vec<SessionRow>,
     /// Where the next page of held records starts ([`Store::user_sessions`]),
     /// when there are more than the limit.
@@ -274,10 +274,10 @@ impl Store {
         Ok((users, more))
     }
 
-    /// A page of `user`'s held session records, most recently updated
-    /// first, after `before`: at most `limit`, and where the next page
-    /// starts when there are more. One range of
-    /// `session_baselines_user_updated`, however deep.
+    /// A page of `user`'s held session records, newest first seen, after
+    /// `before`: at most `limit`, and where the next page starts when
+    /// there are more. One range of `session_baselines_user_first`,
+    /// however deep.
     pub async fn user_sessions(
         &self,
         user: UserId,
@@ -722,33 +722,40 @@ pub(super) async fn set_baseline_node<'a>(
     Ok(())
 }
 
-/// A page of the held session records of the user `key`, most recently
-/// updated first, after `before`; and the cursor after its last row when
-/// more follow.
+/// A page of the held session records of the user `key`, newest first
+/// seen (ties by key, descending), after `before`; and the cursor after its
+/// last row when more follow.
 async fn baselines(
     conn: &mut sqlx::AnyConnection,
     key: &str,
     limit: i64,
     before: Option<&SessionCursor>,
 ) -> Result<(Vec<SessionRow>, Option<SessionCursor>), StoreError> {
-    // Past the cursor: an earlier update, or the same one and a lower key.
-    let (after, updated, session) = match before {
-        Some(c) => (1i64, to_i64(c.updated), c.session.as_str()),
-        None => (0, 0, ""),
-    };
-    let rows = sqlx::query(
-        "SELECT b.session, b.record, b.confirmed, b.node, r.session, b.updated \
+    const COLUMNS: &str = "SELECT b.session, b.record, b.confirmed, b.node, r.session, b.first_seen \
          FROM session_baselines b LEFT JOIN revoked_sessions r ON r.session = b.session \
-         WHERE b.user_key = $1 AND ($3 = 0 OR b.updated < $4 OR (b.updated = $4 AND b.session < $5)) \
-         ORDER BY b.updated DESC, b.session DESC LIMIT $2",
-    )
-    .bind(key)
-    .bind(limit.saturating_add(1))
-    .bind(after)
-    .bind(updated)
-    .bind(session)
-    .fetch_all(&mut *conn)
-    .await?;
+         WHERE b.user_key = $1";
+    const ORDER: &str = " ORDER BY b.first_seen DESC, b.session DESC LIMIT $2";
+    // Past the cursor, as one range of `session_baselines_user_first`:
+    // `first_seen <= …` bounds it, the whole key's comparison narrows it.
+    let rows =
+        match before {
+            Some(c) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} AND b.first_seen <= $3 AND (b.first_seen, b.session) < ($3, $4){ORDER}"
+            )))
+            .bind(key)
+            .bind(limit.saturating_add(1))
+            .bind(to_i64(c.first_seen))
+            .bind(c.session.as_str())
+            .fetch_all(&mut *conn)
+            .await?,
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COLUMNS}{ORDER}")))
+                    .bind(key)
+                    .bind(limit.saturating_add(1))
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+        };
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
     let mut out = Vec::with_capacity(rows.len());
     let mut next = None;
@@ -759,7 +766,7 @@ async fn baselines(
         let record: String = row.try_get(1)?;
         let session: String = row.try_get(0)?;
         next = Some(SessionCursor {
-            updated: to_u64(row.try_get(5)?),
+            first_seen: to_u64(row.try_get(5)?),
             session: session.clone(),
         });
         out.push(SessionRow {

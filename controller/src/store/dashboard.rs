@@ -433,20 +433,22 @@ pub struct TimelinePage {
     /// are held.
     pub next: Option<u64>,
     /// A second of this page (its last) of which one source holds more
-    /// than [`TIMELINE_SECOND_CAP`] things beyond the page: the next page
-    /// starts before it, so the rest of that second is not listed.
-    pub crowded: Option<u64>,
+    /// than [`TIMELINE_SECOND_CAP`] things beyond the page, and what it
+    /// holds (`detection`, `trusted`…): the next page starts before that
+    /// second, so the rest of it is not listed.
+    pub crowded: Option<(u64, &'static str)>,
 }
 
 /// How many things of one source the timeline reads beyond a page, so
 /// that a page's last second is whole.
 pub const TIMELINE_SECOND_CAP: usize = 200;
 
-/// The oldest time of a source's read that filled `fetch` (so may have
-/// been cut): the entries it pushed are `out[from..]`, newest first.
-fn cut_at(out: &[TimelineEntry], from: usize, fetch: usize) -> Option<u64> {
-    (out.len().saturating_sub(from) >= fetch)
-        .then(|| out.last().map(|e| e.at))
+/// The oldest time, and what, of a source's read that found more than
+/// `fetch` (one more than that was asked for: so it holds more than it
+/// read): the entries it pushed are `out[from..]`, newest first.
+fn cut_at(out: &[TimelineEntry], from: usize, fetch: usize) -> Option<(u64, &'static str)> {
+    (out.len().saturating_sub(from) > fetch)
+        .then(|| out.last().map(|e| (e.at, e.what)))
         .flatten()
 }
 
@@ -476,20 +478,20 @@ pub struct AuditCursor {
 }
 
 /// Where a keyset page of a user's sessions starts: after the session
-/// with this last update and key, most recently updated first (ties by
-/// key, descending). Written `UPDATED-SESSION`, the key as held (hex).
+/// with this first sight and key, newest first seen (ties by key,
+/// descending). Written `FIRST_SEEN-SESSION`, the key as held (hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionCursor {
-    /// When its record was last updated (seconds since the Unix epoch).
-    pub updated: u64,
+    /// When it was first seen (seconds since the Unix epoch).
+    pub first_seen: u64,
     /// Its session key.
     pub session: String,
 }
 
 impl SessionCursor {
-    /// Reads `UPDATED-SESSION`; what is wrong with it otherwise.
+    /// Reads `FIRST_SEEN-SESSION`; what is wrong with it otherwise.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((updated, session)) = s.split_once('-') else {
+        let Some((first_seen, session)) = s.split_once('-') else {
             return Err("a sessions cursor is TIME-SESSION".to_owned());
         };
         if session.is_empty()
@@ -501,7 +503,7 @@ impl SessionCursor {
             return Err("the session of a cursor is 1 to 64 lower-case hex digits".to_owned());
         }
         Ok(Self {
-            updated: cursor_time(updated)?,
+            first_seen: cursor_time(first_seen)?,
             session: session.to_owned(),
         })
     }
@@ -509,7 +511,7 @@ impl SessionCursor {
 
 impl std::fmt::Display for SessionCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.updated, self.session)
+        write!(f, "{}-{}", self.first_seen, self.session)
     }
 }
 
@@ -664,10 +666,12 @@ impl Store {
     ) -> Result<TimelinePage, StoreError> {
         let key = user.to_string();
         let fetch = limit.saturating_add(TIMELINE_SECOND_CAP);
-        let lim = i64::try_from(fetch).unwrap_or(i64::MAX);
+        // One more than read in full, to learn whether a source holds more.
+        let lim = i64::try_from(fetch.saturating_add(1)).unwrap_or(i64::MAX);
         let before = before.map_or(i64::MAX, to_i64);
-        // Sources whose read was cut at `lim`: the oldest time each read.
-        let mut cut: Vec<u64> = Vec::new();
+        // Sources holding more than they were read for: the oldest time
+        // each read, and what they hold.
+        let mut cut: Vec<(u64, &'static str)> = Vec::new();
         let mut out: Vec<TimelineEntry> = Vec::new();
         let entry = |at: i64, what: &'static str, detail: String, reference: Option<String>| {
             TimelineEntry {
@@ -848,9 +852,14 @@ impl Store {
         let more = out.len() > take;
         out.truncate(take);
         let last = out.last().map(|e| e.at);
-        // A source cut at or after the page's last second may hold more of
+        // A source cut in the page's last second (it cannot be cut in a
+        // later one: it read more than the page holds) may hold more of
         // that second than it read: said, not hidden.
-        let crowded = last.filter(|l| cut.iter().any(|c| c >= l));
+        let crowded = last.and_then(|l| {
+            cut.iter()
+                .find(|(c, _)| *c >= l)
+                .map(|(_, what)| (l, *what))
+        });
         Ok(TimelinePage {
             next: if more || crowded.is_some() {
                 last
