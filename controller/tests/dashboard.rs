@@ -204,6 +204,34 @@ impl Controller {
             .as_u16()
     }
 
+    /// Each of `cases` (a path and the reason its page must give) is
+    /// answered `400` with that reason.
+    async fn bad_queries<P: AsRef<str>>(&self, cookie: &str, cases: &[(P, &str)]) {
+        for (path, why) in cases {
+            let path = path.as_ref();
+            let r = self.get(path, Some(cookie)).await;
+            assert_eq!(r.status(), 400, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains(why), "{path}: {body}");
+        }
+    }
+
+    /// A list's pages from `first`, following each page's next link (its
+    /// text `link`) to `next(cursor)`: each page's HTML, in order.
+    async fn follow(
+        &self,
+        cookie: &str,
+        first: &str,
+        link: &str,
+        next: impl Fn(&str) -> String,
+    ) -> Vec<String> {
+        let mut pages = vec![self.page(first, cookie).await];
+        while let Some(cursor) = pages.last().and_then(|html| next_cursor(html, link)) {
+            pages.push(self.page(&next(&cursor), cookie).await);
+        }
+        pages
+    }
+
     /// `events` posted in batches of 50.
     async fn events_in_batches(&self, mut events: Vec<NodeEvent>) {
         while !events.is_empty() {
@@ -218,6 +246,14 @@ impl Controller {
         }
         self.task.abort();
     }
+}
+
+/// The `before=` cursor of a page's link to the next page, whose text is
+/// `link` (`rel="next"`), when it has one.
+fn next_cursor(html: &str, link: &str) -> Option<String> {
+    let at = html.find(&format!("\" rel=\"next\">{link}</a>"))?;
+    let start = html[..at].rfind("before=")? + "before=".len();
+    Some(html[start..at].to_owned())
 }
 
 /// The CSRF token in a page's forms.
@@ -1956,65 +1992,64 @@ async fn deep_lists_page_by_cursor_and_give_each_row_once() {
         assert_eq!(pages.len(), 3);
 
         // A malformed cursor: 400 with its reason.
-        for (path, why) in [
-            (
-                "/dashboard/detections?before=abc",
-                "before: a detections cursor is TIME-NODE-REFERENCE",
-            ),
-            (
-                "/dashboard/detections?before=12-6-61",
-                "before: the node of a cursor is lower-case hex",
-            ),
-            (
-                "/dashboard/detections?before=12-61-6G",
-                "before: the reference of a cursor is lower-case hex",
-            ),
-            (
-                "/dashboard/detections?before=12-ff-61",
-                "before: the node of a cursor is not UTF-8",
-            ),
-            (
-                "/dashboard/detections?before=-61-61",
-                "before: a cursor starts with its time",
-            ),
-            (
-                "/dashboard/detections?before=%2B12-61-61",
-                "before: a cursor starts with its time",
-            ),
-            (
-                "/dashboard/detections?before=9223372036854775808-61-61",
-                "before: the time of a cursor is out of range",
-            ),
-            (
-                "/dashboard/detections?before=12-61-61-61",
-                "before: a detections cursor is TIME-NODE-REFERENCE",
-            ),
-            (
-                "/dashboard/detections?before=12-61-61&offset=50",
-                "give before or offset, not both",
-            ),
-            (
-                "/dashboard/detections?user=xyz",
-                "user: a user key is 16 lower-case hex digits",
-            ),
-            (
-                "/dashboard/audit?before=12",
-                "before: an audit cursor is TIME-ID",
-            ),
-            (
-                "/dashboard/audit?before=12-XY",
-                "before: the id of an audit cursor is 1 to 64 lower-case hex digits",
-            ),
-            (
-                "/dashboard/audit?before=",
-                "before: an audit cursor is TIME-ID",
-            ),
-        ] {
-            let r = c.get(path, Some(&cookie)).await;
-            assert_eq!(r.status(), 400, "{path}");
-            let body = r.text().await.unwrap();
-            assert!(body.contains(why), "{path}: {body}");
-        }
+        c.bad_queries(
+            &cookie,
+            &[
+                (
+                    "/dashboard/detections?before=abc",
+                    "before: a detections cursor is TIME-NODE-REFERENCE",
+                ),
+                (
+                    "/dashboard/detections?before=12-6-61",
+                    "before: the node of a cursor is lower-case hex",
+                ),
+                (
+                    "/dashboard/detections?before=12-61-6G",
+                    "before: the reference of a cursor is lower-case hex",
+                ),
+                (
+                    "/dashboard/detections?before=12-ff-61",
+                    "before: the node of a cursor is not UTF-8",
+                ),
+                (
+                    "/dashboard/detections?before=-61-61",
+                    "before: a cursor starts with its time",
+                ),
+                (
+                    "/dashboard/detections?before=%2B12-61-61",
+                    "before: a cursor starts with its time",
+                ),
+                (
+                    "/dashboard/detections?before=9223372036854775808-61-61",
+                    "before: the time of a cursor is out of range",
+                ),
+                (
+                    "/dashboard/detections?before=12-61-61-61",
+                    "before: a detections cursor is TIME-NODE-REFERENCE",
+                ),
+                (
+                    "/dashboard/detections?before=12-61-61&offset=50",
+                    "give before or offset, not both",
+                ),
+                (
+                    "/dashboard/detections?user=xyz",
+                    "user: a user key is 16 lower-case hex digits",
+                ),
+                (
+                    "/dashboard/audit?before=12",
+                    "before: an audit cursor is TIME-ID",
+                ),
+                (
+                    "/dashboard/audit?before=12-XY",
+                    "before: the id of an audit cursor is 1 to 64 lower-case hex digits",
+                ),
+                (
+                    "/dashboard/audit?before=",
+                    "before: an audit cursor is TIME-ID",
+                ),
+            ],
+        )
+        .await;
         c.stop().await;
         db.drop_db().await;
     })
@@ -2075,18 +2110,13 @@ async fn a_users_sessions_are_paged_every_one_shown_once() {
                 .cloned()
                 .collect()
         };
-        let next_of = |html: &str, link: &str| -> Option<String> {
-            let at = html.find(&format!("\" rel=\"next\">{link}</a>"))?;
-            let start = html[..at].rfind("before=")? + "before=".len();
-            Some(html[start..at].to_owned())
-        };
         let user = c
             .page(&format!("/dashboard/user?key={fran}"), &cookie)
             .await;
         assert!(user.contains("Sessions (100, newest first seen)"), "{user}");
         let first = sessions_in(&user);
         assert_eq!(first.len(), 100);
-        let cursor = next_of(&user, "Older sessions").expect("a link to the rest");
+        let cursor = next_cursor(&user, "Older sessions").expect("a link to the rest");
         let rest = c
             .page(
                 &format!("/dashboard/sessions?user={fran}&before={cursor}"),
@@ -2095,58 +2125,58 @@ async fn a_users_sessions_are_paged_every_one_shown_once() {
             .await;
         let rest_keys = sessions_in(&rest);
         assert_eq!(rest_keys.len(), 20, "{rest}");
-        assert!(next_of(&rest, "Older").is_none(), "the last page");
+        assert!(next_cursor(&rest, "Older").is_none(), "the last page");
         let mut all: Vec<String> = first.iter().chain(&rest_keys).cloned().collect();
         all.sort();
         all.dedup();
         assert_eq!(all, keys, "each session once across the pages");
         // The list from its start: 50, 50, 20, each once.
-        let mut seen: Vec<String> = Vec::new();
-        let mut path = format!("/dashboard/sessions?user={fran}");
-        let mut sizes = Vec::new();
-        loop {
-            let html = c.page(&path, &cookie).await;
-            let found = sessions_in(&html);
-            sizes.push(found.len());
-            seen.extend(found);
-            match next_of(&html, "Older") {
-                Some(cursor) => path = format!("/dashboard/sessions?user={fran}&before={cursor}"),
-                None => break,
-            }
-        }
+        let pages = c
+            .follow(
+                &cookie,
+                &format!("/dashboard/sessions?user={fran}"),
+                "Older",
+                |cursor| format!("/dashboard/sessions?user={fran}&before={cursor}"),
+            )
+            .await;
+        let found: Vec<Vec<String>> = pages.iter().map(|html| sessions_in(html)).collect();
+        let sizes: Vec<usize> = found.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![50, 50, 20]);
+        let mut seen: Vec<String> = found.concat();
         seen.sort();
         seen.dedup();
         assert_eq!(seen, keys);
         // Bad queries: a clear 400 with the reason; no session: sign in.
-        for (path, why) in [
-            (
-                "/dashboard/sessions",
-                "user: a user key is 16 lower-case hex digits",
-            ),
-            (
-                &format!("/dashboard/sessions?user={fran}&before=12"),
-                "before: a sessions cursor is TIME-SESSION",
-            ),
-            (
-                &format!("/dashboard/sessions?user={fran}&before=12-XY"),
-                "before: the session of a cursor is 1 to 64 lower-case hex digits",
-            ),
-            (
-                &format!("/dashboard/sessions?user={fran}&before=99999999999999999999-ab"),
-                "before: a cursor starts with its time",
-            ),
-            (
-                &format!("/dashboard/sessions?user={fran}&before=1-ab&offset=3"),
-                "unknown",
-            ),
-            (&format!("/dashboard/sessions?user={fran}&user={fran}"), ""),
-        ] {
-            let r = c.get(path, Some(&cookie)).await;
-            assert_eq!(r.status(), 400, "{path}");
-            let body = r.text().await.unwrap();
-            assert!(body.contains(why), "{path}: {body}");
-        }
+        c.bad_queries(
+            &cookie,
+            &[
+                (
+                    "/dashboard/sessions",
+                    "user: a user key is 16 lower-case hex digits",
+                ),
+                (
+                    &format!("/dashboard/sessions?user={fran}&before=12"),
+                    "before: a sessions cursor is TIME-SESSION",
+                ),
+                (
+                    &format!("/dashboard/sessions?user={fran}&before=12-XY"),
+                    "before: the session of a cursor is 1 to 64 lower-case hex digits",
+                ),
+                (
+                    &format!("/dashboard/sessions?user={fran}&before=99999999999999999999-ab"),
+                    "before: a cursor starts with its time",
+                ),
+                (
+                    &format!("/dashboard/sessions?user={fran}&before=1-ab&offset=3"),
+                    "unknown field",
+                ),
+                (
+                    &format!("/dashboard/sessions?user={fran}&user={fran}"),
+                    "given twice",
+                ),
+            ],
+        )
+        .await;
         let r = c
             .get(&format!("/dashboard/sessions?user={fran}"), None)
             .await;
@@ -2215,28 +2245,18 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
                 .filter(|r| html.contains(&format!("<code>{r}</code>")))
                 .collect()
         };
-        let next_of = |html: &str| -> Option<String> {
-            let at = html.find("\" rel=\"next\">Older</a>")?;
-            let start = html[..at].rfind("before=")? + "before=".len();
-            Some(html[start..at].to_owned())
-        };
-        let mut html = c
-            .page(&format!("/dashboard/user?key={gail}"), &cookie)
+        let pages = c
+            .follow(
+                &cookie,
+                &format!("/dashboard/user?key={gail}"),
+                "Older",
+                |before| format!("/dashboard/timeline?user={gail}&before={before}"),
+            )
             .await;
-        let mut sizes = Vec::new();
-        let mut seen = Vec::new();
-        loop {
-            let found = refs_in(&html);
-            sizes.push(found.len());
-            seen.extend(found);
-            let Some(before) = next_of(&html) else { break };
-            html = c
-                .page(
-                    &format!("/dashboard/timeline?user={gail}&before={before}"),
-                    &cookie,
-                )
-                .await;
-        }
+        let found: Vec<Vec<String>> = pages.iter().map(|html| refs_in(html)).collect();
+        let sizes: Vec<usize> = found.iter().map(Vec::len).collect();
+        let seen = found.concat();
+        let html = pages.last().unwrap();
         // Seconds 39 to 30 hold three things each, 29 to 0 four (three
         // detections and a session): the first page ends with second 25
         // whole (50), the second would end inside second 12 (52), the
@@ -2275,7 +2295,7 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
             "{html}"
         );
         assert!(html.contains("The user's detections list shows every detection."));
-        let before = next_of(&html).expect("a next page");
+        let before = next_cursor(&html, "Older").expect("a next page");
         assert_eq!(before, at_once.to_string());
         let older = c
             .page(
@@ -2285,34 +2305,36 @@ async fn a_users_timeline_is_paged_by_whole_seconds() {
             .await;
         assert!(older.contains("<td colspan=\"3\">Nothing held.</td>"));
         // Bad queries: 400, with the reason.
-        for (path, why) in [
-            (
-                format!("/dashboard/timeline?user={gail}"),
-                "before: give the time the page ends",
-            ),
-            (
-                format!("/dashboard/timeline?user={gail}&before=x"),
-                "before: decimal seconds since the Unix epoch",
-            ),
-            (
-                format!("/dashboard/timeline?user={gail}&before=+5"),
-                "before: decimal seconds since the Unix epoch",
-            ),
-            (
-                format!("/dashboard/timeline?user={gail}&before=99999999999999999999"),
-                "before: decimal seconds since the Unix epoch",
-            ),
-            (
-                "/dashboard/timeline?before=5".to_owned(),
-                "user: a user key is 16 lower-case hex digits",
-            ),
-            (format!("/dashboard/timeline?user={gail}&before=5&x=1"), "x"),
-        ] {
-            let r = c.get(&path, Some(&cookie)).await;
-            assert_eq!(r.status(), 400, "{path}");
-            let body = r.text().await.unwrap();
-            assert!(body.contains(why), "{path}: {body}");
-        }
+        c.bad_queries(
+            &cookie,
+            &[
+                (
+                    format!("/dashboard/timeline?user={gail}"),
+                    "before: give the time the page ends",
+                ),
+                (
+                    format!("/dashboard/timeline?user={gail}&before=x"),
+                    "before: decimal seconds since the Unix epoch",
+                ),
+                (
+                    format!("/dashboard/timeline?user={gail}&before=+5"),
+                    "before: decimal seconds since the Unix epoch",
+                ),
+                (
+                    format!("/dashboard/timeline?user={gail}&before=99999999999999999999"),
+                    "before: decimal seconds since the Unix epoch",
+                ),
+                (
+                    "/dashboard/timeline?before=5".to_owned(),
+                    "user: a user key is 16 lower-case hex digits",
+                ),
+                (
+                    format!("/dashboard/timeline?user={gail}&before=5&x=1"),
+                    "unknown field",
+                ),
+            ],
+        )
+        .await;
         c.stop().await;
         db.drop_db().await;
     })
@@ -2354,51 +2376,45 @@ async fn detections_found_by_a_fact_are_paged_every_one_once() {
                 .filter(|r| html[start..].contains(&format!("<code>{r}</code>")))
                 .collect()
         };
-        let next_of = |html: &str| -> Option<String> {
-            let at = html.find("\" rel=\"next\">Older</a>")?;
-            let start = html[..at].rfind("before=")? + "before=".len();
-            Some(html[start..at].to_owned())
-        };
         for q in ["AS64496", "198.51.100.0%2F24", JA4] {
-            let mut path = format!("/dashboard/search?q={q}");
-            let mut sizes = Vec::new();
-            let mut seen = Vec::new();
-            loop {
-                let html = c.page(&path, &cookie).await;
-                let found = refs_in(&html);
-                // A later page links back to the newest.
+            let pages = c
+                .follow(
+                    &cookie,
+                    &format!("/dashboard/search?q={q}"),
+                    "Older",
+                    |cursor| format!("/dashboard/search?q={q}&before={cursor}"),
+                )
+                .await;
+            // A later page links back to the newest.
+            for (i, html) in pages.iter().enumerate() {
                 assert_eq!(
                     html.contains("rel=\"first\">Newest</a>"),
-                    !sizes.is_empty(),
-                    "{path}"
+                    i > 0,
+                    "{q} page {i}"
                 );
-                sizes.push(found.len());
-                seen.extend(found);
-                match next_of(&html) {
-                    Some(cursor) => path = format!("/dashboard/search?q={q}&before={cursor}"),
-                    None => break,
-                }
             }
+            let found: Vec<Vec<String>> = pages.iter().map(|html| refs_in(html)).collect();
+            let sizes: Vec<usize> = found.iter().map(Vec::len).collect();
+            let mut seen = found.concat();
             assert_eq!(sizes, vec![50, 50, 20], "{q}");
             seen.sort();
             seen.dedup();
             assert_eq!(seen.len(), 120, "{q}: each once");
         }
-        for (path, why) in [
-            (
-                "/dashboard/search?q=ivy&before=1-61-62".to_owned(),
-                "only a search by client address, ASN or JA4 has pages",
-            ),
-            (
-                "/dashboard/search?q=AS64496&before=x".to_owned(),
-                "before: a detections cursor is TIME-NODE-REFERENCE",
-            ),
-        ] {
-            let r = c.get(&path, Some(&cookie)).await;
-            assert_eq!(r.status(), 400, "{path}");
-            let body = r.text().await.unwrap();
-            assert!(body.contains(why), "{path}: {body}");
-        }
+        c.bad_queries(
+            &cookie,
+            &[
+                (
+                    "/dashboard/search?q=ivy&before=1-61-62".to_owned(),
+                    "only a search by client address, ASN or JA4 has pages",
+                ),
+                (
+                    "/dashboard/search?q=AS64496&before=x".to_owned(),
+                    "before: a detections cursor is TIME-NODE-REFERENCE",
+                ),
+            ],
+        )
+        .await;
         c.stop().await;
         db.drop_db().await;
     })
@@ -2426,6 +2442,12 @@ fn session_records(cookies: &[(String, u64)], user: &str) -> Vec<(String, vigil_
             engine.bind_user(key, user, at);
             let mut headers = axum::http::HeaderMap::new();
             headers.insert("cookie", format!("session={cookie}").parse().unwrap());
+            headers.insert(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+                    .parse()
+                    .unwrap(),
+            );
             let view = vigil_engine::RequestView {
                 peer: "192.0.2.10".parse().unwrap(),
                 headers: &headers,
@@ -2444,35 +2466,9 @@ fn session_records(cookies: &[(String, u64)], user: &str) -> Vec<(String, vigil_
 
 /// The record of `cookie` after one request, bound to `user`.
 fn session_record(cookie: &str, user: &str, at: u64) -> vigil_fleet::Record {
-    let engine = vigil_engine::Engine::new(
-        vigil_engine::EngineConfig::default(),
-        vigil_engine::SessionHashKey::from_bytes([0x11; 32]),
-    );
-    let key = engine.key_for_credential(cookie.as_bytes()).unwrap();
-    engine.bind_user(key, user, at);
-    let mut headers = axum::http::HeaderMap::new();
-    headers.insert("cookie", format!("session={cookie}").parse().unwrap());
-    headers.insert(
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
-            .parse()
-            .unwrap(),
-    );
-    let view = vigil_engine::RequestView {
-        peer: "192.0.2.10".parse().unwrap(),
-        headers: &headers,
-        now_secs: at,
-        tls: Default::default(),
-        facts: Default::default(),
-    };
-    let allow = vigil_engine::Policy {
-        low: vigil_engine::Action::Allow,
-        medium: vigil_engine::Action::Allow,
-        high: vigil_engine::Action::Allow,
-        thresholds: None,
-    };
-    engine.evaluate(&view, &allow).unwrap();
-    vigil_fleet::Record(engine.scorer().export(&key).unwrap().to_vec())
+    session_records(&[(cookie.to_owned(), at)], user)
+        .remove(0)
+        .1
 }
 
 #[tokio::test]

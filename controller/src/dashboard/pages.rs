@@ -95,6 +95,13 @@ fn cursor_of<C>(
     }
 }
 
+/// The `user` of a list's query: a user key, or `400`.
+fn user_param(key: Option<&String>) -> Result<UserId, PageError> {
+    key.and_then(|k| UserId::parse(k)).ok_or_else(|| {
+        PageError::BadRequest("user: a user key is 16 lower-case hex digits, not all zero".into())
+    })
+}
+
 // === overview ===
 
 struct RiskyRow {
@@ -325,14 +332,7 @@ pub(crate) async fn detections(
     let q = query(raw.as_deref(), &["offset", "before", "user"])?;
     let offset = offset_of(&q)?;
     let before = cursor_of(&q, DetectionCursor::parse)?;
-    let user = match q.get("user") {
-        None => None,
-        Some(key) => Some(UserId::parse(key).ok_or_else(|| {
-            PageError::BadRequest(
-                "user: a user key is 16 lower-case hex digits, not all zero".into(),
-            )
-        })?),
-    };
+    let user = q.get("user").map(|k| user_param(Some(k))).transpose()?;
     let (list, more) = app
         .store
         .recent_detections(PAGE_SIZE, user, before.as_ref(), offset)
@@ -578,7 +578,7 @@ struct SessionsPage {
 }
 
 /// `GET /dashboard/sessions?user=KEY&before=CURSOR`: a user's held
-/// session records, most recently updated first, [`PAGE_SIZE`] a page,
+/// session records, newest first seen, [`PAGE_SIZE`] a page,
 /// by keyset (the user page shows the first [`USER_ROWS`] and links here
 /// when there are more).
 pub(crate) async fn sessions(
@@ -588,14 +588,7 @@ pub(crate) async fn sessions(
 ) -> Result<Response, PageError> {
     let operator = operator(&app, &headers)?;
     let q = query(raw.as_deref(), &["user", "before"])?;
-    let user = q
-        .get("user")
-        .and_then(|k| UserId::parse(k))
-        .ok_or_else(|| {
-            PageError::BadRequest(
-                "user: a user key is 16 lower-case hex digits, not all zero".into(),
-            )
-        })?;
+    let user = user_param(q.get("user"))?;
     let before = cursor_of(&q, SessionCursor::parse)?;
     let (rows, next) = app
         .store
@@ -630,14 +623,7 @@ pub(crate) async fn timeline(
 ) -> Result<Response, PageError> {
     let operator = operator(&app, &headers)?;
     let q = query(raw.as_deref(), &["user", "before"])?;
-    let user = q
-        .get("user")
-        .and_then(|k| UserId::parse(k))
-        .ok_or_else(|| {
-            PageError::BadRequest(
-                "user: a user key is 16 lower-case hex digits, not all zero".into(),
-            )
-        })?;
+    let user = user_param(q.get("user"))?;
     let before = q
         .get("before")
         .ok_or_else(|| PageError::BadRequest("before: give the time the page ends".into()))?;

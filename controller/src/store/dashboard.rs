@@ -106,51 +106,15 @@ impl Store {
     ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
         let user = user.map(|u| u.to_string());
         let mut sql = format!("SELECT {DETECTION_COLUMNS} FROM detections WHERE 1 = 1");
-        let mut n = 0;
         if user.is_some() {
-            n += 1;
-            let _ = write!(sql, " AND user_key = ${n}");
+            sql.push_str(" AND user_key = $1");
         }
-        if before.is_some() {
-            // `at <= …` first: the range of the index that the comparison
-            // of the whole key then narrows, on either store.
-            let _ = write!(
-                sql,
-                " AND at <= ${} AND (at, node, reference) < (${}, ${}, ${})",
-                n + 1,
-                n + 1,
-                n + 2,
-                n + 3
-            );
-            n += 3;
-        }
-        let _ = write!(
-            sql,
-            " ORDER BY at DESC, node DESC, reference DESC LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
+        sql.push_str(&page_clause(usize::from(user.is_some()), before, true));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         if let Some(u) = &user {
             q = q.bind(u.as_str());
         }
-        if let Some(c) = before {
-            q = q
-                .bind(to_i64(c.at))
-                .bind(c.node.as_str())
-                .bind(c.reference.as_str());
-        }
-        let q = q
-            .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-            .bind(to_i64(offset));
-        let rows = q.fetch_all(&self.pool).await?;
-        let more = rows.len() > limit;
-        let list = rows
-            .iter()
-            .take(limit)
-            .map(facts)
-            .collect::<Result<_, _>>()?;
-        Ok((list, more))
+        read_page(&self.pool, q, limit, before, Some(offset)).await
     }
 
     /// Detections since `since` (seconds since the Unix epoch), counted
@@ -491,20 +455,14 @@ pub struct SessionCursor {
 impl SessionCursor {
     /// Reads `FIRST_SEEN-SESSION`; what is wrong with it otherwise.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((first_seen, session)) = s.split_once('-') else {
-            return Err("a sessions cursor is TIME-SESSION".to_owned());
-        };
-        if session.is_empty()
-            || session.len() > 64
-            || !session
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err("the session of a cursor is 1 to 64 lower-case hex digits".to_owned());
-        }
+        let (first_seen, session) = time_and_hex(
+            s,
+            "a sessions cursor is TIME-SESSION",
+            "the session of a cursor",
+        )?;
         Ok(Self {
-            first_seen: cursor_time(first_seen)?,
-            session: session.to_owned(),
+            first_seen,
+            session,
         })
     }
 }
@@ -513,6 +471,67 @@ impl std::fmt::Display for SessionCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.first_seen, self.session)
     }
+}
+
+/// What follows a query of detections after its own `n` parameters: the
+/// rows after `before` (`at <= …` first: the range of the index that the
+/// comparison of the whole key then narrows, on either store), newest
+/// first with ties by node then reference, both descending, and the limit
+/// (and an offset, when `offset`). [`read_page`] binds them.
+pub(super) fn page_clause(n: usize, before: Option<&DetectionCursor>, offset: bool) -> String {
+    let mut sql = String::new();
+    let mut n = n;
+    if before.is_some() {
+        let _ = write!(
+            sql,
+            " AND at <= ${a} AND (at, node, reference) < (${a}, ${b}, ${c})",
+            a = n + 1,
+            b = n + 2,
+            c = n + 3
+        );
+        n += 3;
+    }
+    let _ = write!(
+        sql,
+        " ORDER BY at DESC, node DESC, reference DESC LIMIT ${}",
+        n + 1
+    );
+    if offset {
+        let _ = write!(sql, " OFFSET ${}", n + 2);
+    }
+    sql
+}
+
+/// Binds what [`page_clause`] wrote after `q`'s own parameters — the
+/// cursor, one row more than `limit` (to learn whether more follow), the
+/// offset — and reads the page: up to `limit` detections, and whether more
+/// follow.
+pub(super) async fn read_page<'q>(
+    pool: &sqlx::AnyPool,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    limit: usize,
+    before: Option<&'q DetectionCursor>,
+    offset: Option<u64>,
+) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
+    let mut q = q;
+    if let Some(c) = before {
+        q = q
+            .bind(to_i64(c.at))
+            .bind(c.node.as_str())
+            .bind(c.reference.as_str());
+    }
+    q = q.bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX));
+    if let Some(o) = offset {
+        q = q.bind(to_i64(o));
+    }
+    let rows = q.fetch_all(pool).await?;
+    let more = rows.len() > limit;
+    let list = rows
+        .iter()
+        .take(limit)
+        .map(facts)
+        .collect::<Result<_, _>>()?;
+    Ok((list, more))
 }
 
 /// Longest node name or reference a cursor carries (bytes).
@@ -526,6 +545,24 @@ fn cursor_time(s: &str) -> Result<u64, String> {
         .ok()
         .filter(|t| i64::try_from(*t).is_ok())
         .ok_or_else(|| "the time of a cursor is out of range".to_owned())
+}
+
+/// Reads `TIME-HEX` (a cursor naming a row by its time and a key of 1 to
+/// 64 lower-case hex digits): `shape` when it is not that, `what` and why
+/// when its key is bad.
+fn time_and_hex(s: &str, shape: &str, what: &str) -> Result<(u64, String), String> {
+    let Some((at, key)) = s.split_once('-') else {
+        return Err(shape.to_owned());
+    };
+    if key.is_empty()
+        || key.len() > 64
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("{what} is 1 to 64 lower-case hex digits"));
+    }
+    Ok((cursor_time(at)?, key.to_owned()))
 }
 
 fn cursor_text(s: &str, what: &str) -> Result<String, String> {
@@ -592,21 +629,8 @@ impl AuditCursor {
 
     /// Reads `AT-ID`; what is wrong with it otherwise.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((at, id)) = s.split_once('-') else {
-            return Err("an audit cursor is TIME-ID".to_owned());
-        };
-        if id.is_empty()
-            || id.len() > 64
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err("the id of an audit cursor is 1 to 64 lower-case hex digits".to_owned());
-        }
-        Ok(Self {
-            at: cursor_time(at)?,
-            id: id.to_owned(),
-        })
+        let (at, id) = time_and_hex(s, "an audit cursor is TIME-ID", "the id of an audit cursor")?;
+        Ok(Self { at, id })
     }
 }
 

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use sqlx::Row;
 use vigil_fleet::RequestFacts;
 
-use super::dashboard::{DETECTION_COLUMNS, facts};
-use super::{DetectionCursor, DetectionFacts, Store, StoreError, to_i64, to_u64};
+use super::dashboard::{DETECTION_COLUMNS, page_clause, read_page};
+use super::{DetectionCursor, DetectionFacts, Store, StoreError, to_u64};
 
 /// A client address as its key: 32 lower-case hex digits of its IPv6 form
 /// (IPv4 as `::ffff:a.b.c.d`). Fixed width, so that keys sort as the
@@ -193,27 +193,6 @@ pub struct StoredFacts {
     pub asn: Option<u64>,
 }
 
-/// What follows a search's own `n` parameters: the rows after `before`
-/// (`at <= …` first, the index's range, which the comparison of the whole
-/// key then narrows), newest first with ties by node then reference, both
-/// descending — the detections list's order — and the limit.
-fn page_clause(n: usize, before: Option<&DetectionCursor>) -> String {
-    match before {
-        Some(_) => format!(
-            " AND at <= ${a} AND (at, node, reference) < (${a}, ${b}, ${c}) \
-             ORDER BY at DESC, node DESC, reference DESC LIMIT ${d}",
-            a = n + 1,
-            b = n + 2,
-            c = n + 3,
-            d = n + 4
-        ),
-        None => format!(
-            " ORDER BY at DESC, node DESC, reference DESC LIMIT ${}",
-            n + 1
-        ),
-    }
-}
-
 // === impl Store ===
 
 impl Store {
@@ -266,11 +245,11 @@ impl Store {
     ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
         let q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETECTION_COLUMNS} FROM detections WHERE client_key >= $1 AND client_key <= $2{}",
-            page_clause(2, before)
+            page_clause(2, before, false)
         )))
         .bind(range.first.as_str())
         .bind(range.last.as_str());
-        self.fact_page(q, limit, before).await
+        read_page(&self.pool, q, limit, before, None).await
     }
 
     /// A page of the detections of clients in autonomous system `asn`, as
@@ -283,10 +262,10 @@ impl Store {
     ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
         let q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETECTION_COLUMNS} FROM detections WHERE asn = $1{}",
-            page_clause(1, before)
+            page_clause(1, before, false)
         )))
         .bind(i64::from(asn));
-        self.fact_page(q, limit, before).await
+        read_page(&self.pool, q, limit, before, None).await
     }
 
     /// A page of the detections of connections with either JA4 of `ja4`,
@@ -299,40 +278,11 @@ impl Store {
     ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
         let q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {DETECTION_COLUMNS} FROM detections WHERE ja4 IN ($1, $2){}",
-            page_clause(2, before)
+            page_clause(2, before, false)
         )))
         .bind(ja4[0])
         .bind(ja4[1]);
-        self.fact_page(q, limit, before).await
-    }
-
-    /// Binds the page's cursor and limit (one more row than `limit`, to
-    /// learn whether more follow) after a search's own parameters, and
-    /// reads the page.
-    async fn fact_page<'q>(
-        &self,
-        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-        limit: usize,
-        before: Option<&'q DetectionCursor>,
-    ) -> Result<(Vec<DetectionFacts>, bool), StoreError> {
-        let mut q = q;
-        if let Some(c) = before {
-            q = q
-                .bind(to_i64(c.at))
-                .bind(c.node.as_str())
-                .bind(c.reference.as_str());
-        }
-        let rows = q
-            .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let more = rows.len() > limit;
-        let list = rows
-            .iter()
-            .take(limit)
-            .map(facts)
-            .collect::<Result<_, _>>()?;
-        Ok((list, more))
+        read_page(&self.pool, q, limit, before, None).await
     }
 }
 
