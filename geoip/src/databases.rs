@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use maxminddb::Reader;
 
+use crate::cache::{FactsCache, SLOTS};
 use crate::error::{DatabaseRole, GeoError};
 use crate::facts::GeoFacts;
 use crate::record::{Raw, Record};
@@ -46,6 +47,9 @@ pub struct GeoDatabases {
     geo: Vec<Arc<Database>>,
     asn: Vec<Arc<Database>>,
     paths: GeoPaths,
+    /// The request path's answers for recent addresses, from these files
+    /// only: a new set starts empty.
+    cache: FactsCache,
 }
 
 /// Facts about one open database file, for logs and the CLI.
@@ -130,11 +134,26 @@ impl GeoDatabases {
                 .map(|path| Database::open(role, path).map(Arc::new))
                 .collect()
         };
-        Ok(Self {
-            geo: open_all(DatabaseRole::Geo, &paths.geo)?,
-            asn: open_all(DatabaseRole::Asn, &paths.asn)?,
-            paths: paths.clone(),
-        })
+        Ok(Self::of(
+            open_all(DatabaseRole::Geo, &paths.geo)?,
+            open_all(DatabaseRole::Asn, &paths.asn)?,
+            paths.clone(),
+        ))
+    }
+
+    fn of(geo: Vec<Arc<Database>>, asn: Vec<Arc<Database>>, paths: GeoPaths) -> Self {
+        // A set of no files answers nothing, at once.
+        let slots = if geo.is_empty() && asn.is_empty() {
+            0
+        } else {
+            SLOTS
+        };
+        Self {
+            geo,
+            asn,
+            paths,
+            cache: FactsCache::with_slots(slots),
+        }
     }
 
     /// Country, location and AS number of `ip`, without names: the
@@ -142,8 +161,13 @@ impl GeoDatabases {
     /// database covers, or a record that cannot be decoded, gives `None`
     /// fields. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are looked up as
     /// the IPv4 address they carry.
+    ///
+    /// The answers for the last few thousand addresses are remembered
+    /// (`crate::cache`), so a client's next request from the same address
+    /// reads no file.
     pub fn lookup(&self, ip: IpAddr) -> GeoFacts {
-        self.facts::<false>(ip)
+        let ip = ip.to_canonical();
+        self.cache.get(ip, || self.facts::<false>(ip))
     }
 
     /// Like [`lookup`](Self::lookup), and also the city and organisation
@@ -197,8 +221,7 @@ impl GeoDatabases {
         if reopened.is_empty() {
             return Ok(None);
         }
-        let paths = self.paths.clone();
-        Ok(Some((Self { geo, asn, paths }, reopened)))
+        Ok(Some((Self::of(geo, asn, self.paths.clone()), reopened)))
     }
 
     fn facts<const NAMES: bool>(&self, ip: IpAddr) -> GeoFacts {

@@ -120,6 +120,7 @@
 //! The crate starts no thread or timer; the proxy calls `reload` from its
 //! own background task and counts failures.
 
+mod cache;
 mod databases;
 mod error;
 mod facts;

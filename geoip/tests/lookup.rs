@@ -115,6 +115,41 @@ fn geolite2_city_and_asn_together() {
     assert_eq!((asn_only.country, asn_only.asn), (None, Some(20712)));
 }
 
+/// `lookup` remembers recent answers per address (4,096 slots): asked
+/// again — straight away, after thousands of other addresses took slots,
+/// and in its IPv4-mapped IPv6 form — it still gives what the files say.
+#[test]
+fn remembered_answers_are_the_files_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dbs = GeoDatabases::open(&geolite2(dir.path())).unwrap();
+    let files = |text: &str| GeoFacts {
+        city: None,
+        org: None,
+        ..dbs.describe(ip(text))
+    };
+    let probes = [
+        "81.2.69.160",
+        "81.2.64.1",
+        "90.0.7.1",
+        "90.0.8.1",
+        "2a02:8100::1",
+        "192.0.2.1",
+    ];
+    for _ in 0..2 {
+        for probe in probes {
+            assert_eq!(dbs.lookup(ip(probe)), files(probe), "{probe}");
+        }
+        // 20,000 addresses across the networks, each asked twice.
+        for n in 0u32..20_000 {
+            let text = format!("90.0.{}.{}", (n >> 8) & 0xff, n & 0xff);
+            let first = dbs.lookup(ip(&text));
+            assert_eq!(dbs.lookup(ip(&text)), first);
+            assert_eq!(first, files(&text), "{text}");
+        }
+    }
+    assert_eq!(dbs.lookup(ip("::ffff:81.2.69.160")), files("81.2.69.160"));
+}
+
 #[test]
 fn ipv6_and_ipv4_mapped_addresses() {
     let dir = tempfile::tempdir().unwrap();
