@@ -35,14 +35,23 @@ pub(crate) const SLOTS: usize = 4096;
 /// One slot: the address it answers for, and the answer.
 type Slot = Mutex<Option<(IpAddr, GeoFacts)>>;
 
-/// One set's cache; see the module docs.
-#[derive(Debug, Default)]
+/// One set's cache; see the module docs. Its `Debug` shows the size,
+/// never the addresses it holds.
+#[derive(Default)]
 pub(crate) struct FactsCache {
     slots: Box<[Slot]>,
     keys: RandomState,
 }
 
 // === impl FactsCache ===
+
+impl std::fmt::Debug for FactsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FactsCache")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl FactsCache {
     /// A cache of `slots` slots; none caches nothing.
@@ -63,9 +72,9 @@ impl FactsCache {
         // so it fits a usize).
         let len = self.slots.len();
         let index = usize::try_from(self.keys.hash_one(ip) % len as u64).unwrap_or(0);
-        // Poisoned or held by another thread: read the files instead. No
-        // code here panics while holding a slot, and a slot only ever holds
-        // a whole (address, facts) pair.
+        // Held by another thread, or poisoned (a decoding that panicked
+        // while holding it — the decoder is written not to): read the files
+        // instead. A slot only ever holds a whole (address, facts) pair.
         let Ok(mut slot) = self.slots[index].try_lock() else {
             return look_up();
         };

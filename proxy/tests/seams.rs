@@ -164,6 +164,11 @@ async fn a_reflected_confirmation_re_baselines_nobody() {
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("vigil-confirm").is_none(), "leaked");
     assert_eq!(away.get(&proxy.url("/echo")).await.status(), 303);
+    // Events are told in order: once the second refusal's detection is
+    // counted, a confirmation the callback had sent would have been too.
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "detection")], |v| v == 2.0)
+        .await;
     assert_eq!(proxy.metric(EVENTS, &[("kind", "confirmed")]).await, 0.0);
 }
 
@@ -251,7 +256,6 @@ async fn an_unreadable_cookie_header_cannot_lock_anyone_out_of_re_authentication
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(proxy.metric(EVENTS, &[("kind", "confirmed")]).await, 0.0);
     // On the enforcing route the same header is refused (fail closed).
     let r = Browser::firefox()
         .request(&proxy.url("/echo"))
@@ -260,6 +264,17 @@ async fn an_unreadable_cookie_header_cannot_lock_anyone_out_of_re_authentication
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // Events are told in order: once a later session's first sight is
+    // counted, a confirmation the padded callback had sent would have been.
+    let r = Browser::firefox()
+        .cookie("session=m1")
+        .get(&proxy.url("/echo"))
+        .await;
+    assert_eq!(r.status(), 200);
+    proxy
+        .wait_for_metric(EVENTS, &[("kind", "session_seen")], |v| v == 1.0)
+        .await;
+    assert_eq!(proxy.metric(EVENTS, &[("kind", "confirmed")]).await, 0.0);
 }
 
 #[tokio::test]
