@@ -192,8 +192,8 @@ pub struct HeadLimited {
 /// head's cap. Safe code can only hand the inner stream a buffer it has
 /// zeroed, and Pingora offers a fresh, uninitialised one of 4 KiB or more
 /// on every read, also on the read that finds nothing and waits: zeroing
-/// all of it cost 4.1 k instructions per read, 12.3 k per request (a
-/// tenth of passthrough: docs/performance.md, "A head's read buffer").
+/// all of it cost 4.1 k instructions per read, 12.3 k per request (9 %
+/// of passthrough: docs/performance.md, "A head's read buffer").
 /// Request heads are mostly under 1 KiB; a larger one takes a read or two
 /// more, once per connection.
 const FIRST_HEAD_READ: usize = 1024;
