@@ -28,8 +28,11 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvError, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvError, RecvTimeoutError, SyncSender, TryRecvError, sync_channel,
+};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::pipeline::Verdict;
 use crate::score::UserKey;
@@ -382,6 +385,13 @@ impl FleetStream {
     /// every sender are gone.
     pub fn recv(&self) -> Result<Arc<Event>, RecvError> {
         let event = self.rx.recv()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(event)
+    }
+
+    /// The next fleet event, waiting at most `timeout` for one.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Arc<Event>, RecvTimeoutError> {
+        let event = self.rx.recv_timeout(timeout)?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         Ok(event)
     }

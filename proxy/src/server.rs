@@ -108,6 +108,8 @@ pub struct Vigil {
     /// Where this process writes its pid, for `vigil-proxy reload`.
     pid_file: PathBuf,
     signals: Signals,
+    /// The event lanes, finished before the process exits.
+    lanes: crate::events::Lanes,
 }
 
 impl Vigil {
@@ -173,7 +175,7 @@ impl Vigil {
         // Events are told to logs and metrics, and to the controller; room
         // for a burst of refusals without a request ever waiting.
         let (sink, streams) = vigil_engine::events::channel(EVENT_LANE, EVENT_LANE);
-        crate::events::consume(
+        let mut lanes = crate::events::consume(
             streams,
             metrics.events.clone(),
             metrics.fleet_events.clone(),
@@ -181,6 +183,7 @@ impl Vigil {
         )
         .map_err(StartError::Events)?;
         let engine = Arc::new(engine.with_events(sink));
+        lanes.hold(engine.clone());
         if let Some(outbox) = &outbox {
             outbox.attach(&engine);
         }
@@ -493,6 +496,7 @@ impl Vigil {
             snapshot: final_snapshot,
             pid_file,
             signals,
+            lanes,
         })
     }
 
@@ -505,14 +509,16 @@ impl Vigil {
     }
 
     /// Runs until SIGTERM (graceful), SIGINT (fast) or SIGQUIT (sockets
-    /// handed to a new binary), reloading the config on SIGHUP; writes the
-    /// session snapshot once every service has stopped, and exits the
-    /// process.
+    /// handed to a new binary), reloading the config on SIGHUP; once every
+    /// service has stopped, takes what the event lanes still hold (the
+    /// controller's outbox made durable) and writes the session snapshot,
+    /// and exits the process.
     pub fn run(self) -> ! {
         write_pid_file(&self.pid_file);
         self.server.run(pingora_core::server::RunArgs {
             shutdown_signal: Box::new(self.signals),
         });
+        self.lanes.finish();
         if let Some((engine, path, fleet, dbsc)) = &self.snapshot {
             snapshot::write_logged(engine, path, fleet.as_deref(), Some(dbsc));
         }

@@ -3,6 +3,7 @@
 //! started. Nodes keep enforcing what they have, queue what they decide
 //! on disk, and deliver it when the controller is back; a node killed
 //! while the controller is away still refuses what it had revoked; a
+//! node stopped the moment it decided a revocation still delivers it; a
 //! route that fails closed on stale fleet state says so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -454,6 +455,43 @@ async fn a_node_killed_while_the_controller_is_away_still_refuses_and_still_deli
     );
     until_ended(&fleet.a, &eve).await;
     assert_eq!(status(&fleet.b, &dan, "/echo").await, 401);
+}
+
+#[tokio::test]
+async fn a_revocation_decided_as_the_node_stops_is_still_delivered() {
+    let mut fleet = Fleet::start().await;
+    fleet.controller.kill();
+    until_metric(&fleet.b, "vigil_proxy_fleet_connected", |v| v == 0.0).await;
+    // Fay's session is stolen on B, and B is stopped fast (SIGINT: no
+    // grace period) the moment the thief has its answer, without waiting
+    // for the events of that request to reach the queue's file. (Whether
+    // they had is a race this test does not control; the lanes' own tests
+    // pin down what finishing them guarantees.)
+    let fay = sign_in(&fleet.b, "fay", "s-fay").await;
+    stolen_on(&fleet.b, "s-fay").await;
+    let log = fleet.b.interrupt();
+    assert_eq!(
+        fleet.b.exit_status().map(|s| s.code()),
+        Some(Some(0)),
+        "{log}"
+    );
+
+    // Started again: her record, the detection and the revocation wait on
+    // disk, and reach A once the controller is back.
+    let b_config = fleet.b_config.clone();
+    fleet.b = Proxy::start(&b_config).await;
+    assert_eq!(
+        fleet.b.metric("vigil_proxy_fleet_events_queued", &[]).await,
+        3.0,
+        "{}",
+        fleet.b.log()
+    );
+    assert_eq!(status(&fleet.b, &fay, "/echo").await, 401);
+    assert_eq!(status(&fleet.a, &fay, "/echo").await, 200);
+    fleet.controller.restart();
+    fleet.until_connected(&fleet.b).await;
+    until_metric(&fleet.b, "vigil_proxy_fleet_events_queued", |v| v == 0.0).await;
+    until_ended(&fleet.a, &fay).await;
 }
 
 impl Controller {

@@ -345,13 +345,33 @@ impl Proxy {
     /// Asks the proxy to shut down gracefully (SIGTERM to the pid this
     /// harness started) and waits for it to exit; returns its log.
     pub(crate) fn terminate(&self) -> String {
+        self.stop_with("-TERM")
+    }
+
+    /// Stops the proxy fast (SIGINT to the pid this harness started: no
+    /// grace for requests in flight) and waits for it to exit; returns its
+    /// log.
+    pub(crate) fn interrupt(&self) -> String {
+        self.stop_with("-INT")
+    }
+
+    /// Sends `signal` and waits (within the deadline) for the exit.
+    fn stop_with(&self, signal: &str) -> String {
         let mut child = self.child.lock().unwrap();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
-        assert!(status.success(), "kill -TERM failed");
-        child.wait().unwrap();
+        assert!(status.success(), "kill {signal} failed");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy did not exit after {signal}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
         drop(child);
         self.log()
     }
