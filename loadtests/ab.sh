@@ -25,18 +25,9 @@ rounds=${4:-4}
 load_bin=${VIGIL_LOAD_BIN:-${CARGO_TARGET_DIR:-target}/release/vigil-load}
 base=${PORT_BASE:-28101}
 origin=$base
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. loadtests/lib.sh
 
-for tool in taskset curl python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
-done
+need taskset curl python3
 
 taskset -c 0 "$load_bin" origin --listen "127.0.0.1:$origin" 2>/dev/null & pids+=($!)
 targets=()
@@ -46,12 +37,7 @@ for side in A B; do
   "$load_bin" prepare --out "$work/$side" --listen "127.0.0.1:$listen" \
     --origin "127.0.0.1:$origin" --admin "127.0.0.1:$admin" >/dev/null
   taskset -c 1 "$bin" run -c "$work/$side/vigil-proxy.toml" 2>"$work/$side.err" & pid=$!; pids+=($pid)
-  ready=
-  for _ in $(seq 100); do
-    if curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz"; then ready=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$ready" ] || { echo "$side not serving:"; cat "$work/$side.err"; exit 1; }
+  wait_for "$work/$side.err" "http://127.0.0.1:$admin/readyz"
   targets+=(--target "name=$side-enforce,url=http://127.0.0.1:$listen/,pid=$pid"
             --target "name=$side-off,url=http://127.0.0.1:$listen/,host=off.test,pid=$pid")
 done

@@ -36,19 +36,12 @@ cd "$(dirname "$0")/.."
 
 requests=${1:-2000}
 top=${2:-25}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+. loadtests/lib.sh
+on_exit() {
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.out "$KEEP"/ 2>/dev/null || true; fi
-  rm -rf "$work"
 }
-trap cleanup EXIT
 
-for tool in valgrind callgrind_control callgrind_annotate nginx python3 curl openssl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
-done
+need valgrind callgrind_control callgrind_annotate nginx python3 curl openssl
 if [ -z "${VIGIL_BIN:-}" ]; then
   cargo build --release -p vigil-proxy >/dev/null
 fi

@@ -44,18 +44,9 @@ case $transport in
     exec "$0" tls "$secs" "$rounds" "$load" ;;
   *) echo "transport: cleartext, tls or all"; exit 1 ;;
 esac
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. loadtests/lib.sh
 
-for tool in nginx taskset openssl curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
-done
+need nginx taskset openssl curl
 if [ -z "${VIGIL_BIN:-}" ]; then
   cargo build --release -p vigil-proxy -p vigil-load >/dev/null
 fi
@@ -184,16 +175,12 @@ if [ -n "$with_haproxy" ]; then
   taskset -c 1 haproxy -db -f "$work/haproxy.cfg" & hpid=$!; pids+=($hpid)
 fi
 
-wait_for() { # url [curl options]
-  for _ in $(seq 100); do curl -skf -o /dev/null "$@" && return 0; sleep 0.1; done
-  echo "not serving: $1"; cat "$work/vigil.err"; exit 1
-}
-wait_for "http://127.0.0.1:$origin/"
-wait_for "http://127.0.0.1:$nginx_port/"
-wait_for "http://127.0.0.1:$admin/readyz"
-[ -z "$with_haproxy" ] || wait_for "http://127.0.0.1:$haproxy_port/"
+wait_for "$work/vigil.err" "http://127.0.0.1:$origin/"
+wait_for "$work/vigil.err" "http://127.0.0.1:$nginx_port/"
+wait_for "$work/vigil.err" "http://127.0.0.1:$admin/readyz"
+[ -z "$with_haproxy" ] || wait_for "$work/vigil.err" "http://127.0.0.1:$haproxy_port/"
 # (the auth service refuses a request without a cookie)
-[ -z "$with_auth" ] || wait_for "http://127.0.0.1:$authreq_port/" -H "Cookie: probe=1"
+[ -z "$with_auth" ] || wait_for "$work/vigil.err" "http://127.0.0.1:$authreq_port/" -H "Cookie: probe=1"
 
 targets_for() { # transport: sets targets and extra
   if [ "$1" = tls ]; then

@@ -15,18 +15,9 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-10}
 conns=${2:-32}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. loadtests/lib.sh
 
-for tool in wrk nginx taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light util-linux)"; exit 1; }
-done
+NEED_HINT="apt-get install wrk nginx-light util-linux" need wrk nginx taskset
 
 # VIGIL_BIN runs another build (e.g. one without mimalloc); VIGIL_WORK_STEALING=true
 # turns on tokio's work-stealing runtime.
@@ -125,13 +116,9 @@ taskset -c 0 nginx -c "$work/origin.conf" -p "$work" & pids+=($!)
 taskset -c 1 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 taskset -c 1 "$bin" run -c "$work/vigil.toml" 2>"$work/vigil.err" & pids+=($!)
 
-wait_for() { # url
-  for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "not serving: $1"; exit 1
-}
-wait_for "http://127.0.0.1:$origin_port/"
-wait_for "http://127.0.0.1:$nginx_port/"
-wait_for "http://127.0.0.1:$vigil_admin/readyz"
+wait_for "$work/vigil.err" "http://127.0.0.1:$origin_port/"
+wait_for "$work/vigil.err" "http://127.0.0.1:$nginx_port/"
+wait_for "$work/vigil.err" "http://127.0.0.1:$vigil_admin/readyz"
 
 run() { # name url host
   local out
