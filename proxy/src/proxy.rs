@@ -89,8 +89,11 @@ pub struct RequestCtx {
     /// when the request has no verdict to carry it (routes not judged).
     client: Option<ClientIp>,
     /// The request's verdict: the response side is judged against it, so
-    /// that a request is evaluated once.
-    verdict: Option<Verdict>,
+    /// that a request is evaluated once. Boxed: Pingora moves the context
+    /// inside its request futures (boxed, and so copied, on every
+    /// request), and inline the verdict made three quarters of its 2 KB
+    /// (docs/performance.md, "The request context").
+    verdict: Option<Box<Verdict>>,
     /// The request's place among the requests in flight, when it carries
     /// a session on an enforcing route; taken (and so taken out) in
     /// `logging`, before its connection can be closed or reused.
@@ -1049,7 +1052,7 @@ impl ProxyHttp for VigilProxy {
                 {
                     return self.refuse_revoked(session, route).await;
                 }
-                ctx.verdict = Some(verdict);
+                ctx.verdict = Some(Box::new(verdict));
                 Ok(false)
             }
             Ok(verdict) => {
@@ -1106,7 +1109,7 @@ impl ProxyHttp for VigilProxy {
                         }
                     }
                 }
-                ctx.verdict = Some(verdict);
+                ctx.verdict = Some(Box::new(verdict));
                 Ok(refused)
             }
             Err(e) => {
@@ -1135,7 +1138,7 @@ impl ProxyHttp for VigilProxy {
                     if route.mode == Mode::Off {
                         ctx.client = Some(verdict.client);
                     } else {
-                        ctx.verdict = Some(verdict);
+                        ctx.verdict = Some(Box::new(verdict));
                     }
                     return Ok(false);
                 }
@@ -1548,6 +1551,20 @@ pub(crate) fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pingora copies the request context each time it boxes a request's
+    /// future: what grows it costs every request, on every route
+    /// (docs/performance.md, "The request context"). 2,000 bytes with the
+    /// verdict inline; a field that pushes it past this bound belongs
+    /// behind a box, as the verdict is.
+    #[test]
+    fn the_request_context_stays_small() {
+        assert!(
+            std::mem::size_of::<RequestCtx>() <= 512,
+            "{} bytes",
+            std::mem::size_of::<RequestCtx>()
+        );
+    }
 
     fn req(uri: &str, host: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
