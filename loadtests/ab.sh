@@ -14,9 +14,11 @@
 # each target's throughput, latency and CPU µs per request (from
 # /proc/PID/stat). PORT_BASE=n moves the seven ports (default 28101-28113);
 # VIGIL_LOAD_BIN picks vigil-load (default the release build).
-# Run it both ways (A B, then B A) and average: whichever build was named
-# first came out 2-7 % ahead in every pair of close builds measured so far
-# (docs/performance.md, "Issue 17, third pass").
+# On a shared host one run is noisy: the same build against itself came
+# out up to 11 % apart with the host's load at 1.5 (within 1 % when idle).
+# Run it both ways (A B, then B A), average, and count instructions
+# (callgrind.sh) for changes of a few per cent (docs/performance.md,
+# "Issue 17, third pass").
 # Everything started here is stopped by its pid on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
