@@ -138,8 +138,9 @@ impl Lanes {
 }
 
 /// How long a lane with nothing queued waits before it looks whether it
-/// is [finished](Lanes::finish): the most an exit waits for it. Ten
-/// wake-ups a second of an idle lane cost nothing measurable.
+/// is [finished](Lanes::finish): the most an exit waits for an idle lane.
+/// An idle lane wakes ten times a second, a busy one up to 500 (see
+/// [`REST`]).
 const IDLE: Duration = Duration::from_millis(100);
 
 /// How long a lane rests after emptying its queue before it waits on it
@@ -169,20 +170,21 @@ fn observe_lane(rx: &Receiver<Arc<Event>>, told: &IntCounterVec, stop: &AtomicBo
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        if stop.load(Ordering::Acquire) {
-            // The services have stopped. What a runtime that outlived its
-            // shutdown still emits after this is counted as dropped.
-            first
-                .into_iter()
-                .chain(rx.try_iter())
-                .for_each(|e| observe(&e));
+        // Finishing: everything queued, then end. What a runtime that
+        // outlived its shutdown still emits after this is counted as
+        // dropped.
+        let finishing = stop.load(Ordering::Acquire);
+        let mut taken = 0;
+        for event in first.into_iter().chain(rx.try_iter()) {
+            observe(&event);
+            taken += 1;
+        }
+        if finishing {
             return;
         }
-        let Some(first) = first else { continue };
-        std::iter::once(first)
-            .chain(rx.try_iter())
-            .for_each(|e| observe(&e));
-        std::thread::sleep(REST);
+        if taken > 0 {
+            std::thread::sleep(REST);
+        }
     }
 }
 
@@ -331,6 +333,17 @@ mod tests {
         Arc::new(Outbox::open(dir, LIMITS, &metrics.fleet).unwrap())
     }
 
+    /// The lanes of `streams`, counted in `metrics`.
+    fn start(streams: EventStreams, metrics: &Metrics, outbox: Option<Arc<Outbox>>) -> Lanes {
+        consume(
+            streams,
+            metrics.events.clone(),
+            metrics.fleet_events.clone(),
+            outbox,
+        )
+        .unwrap()
+    }
+
     /// What a restart finds queued for the controller in `dir`.
     fn queued_after_restart(dir: &std::path::Path) -> i64 {
         let restarted = Metrics::new().unwrap();
@@ -384,13 +397,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let outbox = outbox(dir.path(), &metrics);
         let (sink, streams) = vigil_engine::events::channel(1_024, 1_024);
-        let lanes = consume(
-            streams,
-            metrics.events.clone(),
-            metrics.fleet_events.clone(),
-            Some(outbox.clone()),
-        )
-        .unwrap();
+        let lanes = start(streams, &metrics, Some(outbox.clone()));
         let burst: u16 = 300;
         for n in 0..burst {
             sink.emit(carried_revocation(n));
@@ -422,13 +429,7 @@ mod tests {
     fn idle_lanes_finish() {
         let metrics = Metrics::new().unwrap();
         let (_sink, streams) = vigil_engine::events::channel(4, 4);
-        let lanes = consume(
-            streams,
-            metrics.events.clone(),
-            metrics.fleet_events.clone(),
-            None,
-        )
-        .unwrap();
+        let lanes = start(streams, &metrics, None);
         assert!(lanes.finish(), "both lanes ended");
     }
 }
