@@ -26,7 +26,12 @@
 # connection: accept, handshake, the ClientHello's capture and JA4,
 # connection set-up and teardown. TLS windows send requests/4 requests.
 #
-# PORT_BASE=n moves its four loopback ports (default 18191-18194).
+# The same client then drives nginx as a plain reverse proxy (one worker,
+# upstream keep-alive: compare.sh's nginx) under callgrind too, so Vigil's
+# passthrough and enforcing figures have a reference counted the same way:
+# `nginx` Ir per request and each route's ratio to it (NGINX_REFERENCE=0 skips it).
+#
+# PORT_BASE=n moves its five loopback ports (default 18191-18195).
 # THREADS=n and WORK_STEALING=true set those `[server]` settings (one
 # thread, no work stealing by default, as shipped).
 # VIGIL_BIN=path profiles another build; KEEP=dir keeps the profiles there
@@ -50,6 +55,7 @@ client=loadtests/callgrind-client.py
 
 base=${PORT_BASE:-18191}   # four ports from here
 origin=$base; vigil=$((base + 1)); admin=$((base + 2)); vigil_tls=$((base + 3))
+nginx_port=$((base + 4))
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=enforce.test -addext subjectAltName=DNS:enforce.test,DNS:off.test \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -120,7 +126,8 @@ curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" || { echo "proxy not read
 
 window() { # label command...: zero, run, dump; echoes "Ir seconds"
   local label=$1; shift
-  callgrind_control --zero "$vpid" >/dev/null 2>&1
+  local pid=${cg_pid:-$vpid} base=${cg_base:-cg.out}
+  callgrind_control --zero "$pid" >/dev/null 2>&1
   local t0 t1
   t0=$(date +%s.%N)
   "$@" >&2
@@ -128,8 +135,8 @@ window() { # label command...: zero, run, dump; echoes "Ir seconds"
   # Dumps are numbered from 1; this function runs in a subshell, so count
   # the files rather than keep a counter.
   local file
-  file="$work/cg.out.$(( $(find "$work" -maxdepth 1 -name 'cg.out.*' | wc -l) + 1 ))"
-  callgrind_control --dump="$label" "$vpid" >/dev/null 2>&1
+  file="$work/$base.$(( $(find "$work" -maxdepth 1 -name "$base.*" | wc -l) + 1 ))"
+  callgrind_control --dump="$label" "$pid" >/dev/null 2>&1
   for _ in $(seq 300); do
     [ -s "$file" ] && grep -q '^totals:' "$file" && break
     sleep 0.1
@@ -174,12 +181,55 @@ if [ "${TLS:-1}" != 0 ]; then
       'BEGIN { printf "per connection (%s − tls-keepalive): %.0f Ir\n", n, ((a - idle * as) - (b - idle * bs)) / r }'
   done
 fi
+if [ "${NGINX_REFERENCE:-1}" != 0 ]; then
+  # nginx as a plain reverse proxy, counted the same way: its own idle
+  # background, the same warm-up, the same requests.
+  cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$origin; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+  valgrind --tool=callgrind --callgrind-out-file="$work/ng.out" \
+    nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx-valgrind.err" & npid=$!; pids+=($npid)
+  wait_for "$work/nginx-valgrind.err" "http://127.0.0.1:$nginx_port/"
+  read -r nidle_ir nidle_s < <(cg_pid=$npid cg_base=ng.out window nginx-idle sleep 5)
+  python3 "$client" "127.0.0.1:$nginx_port" off.test 1000 1000 0
+  python3 "$client" "127.0.0.1:$nginx_port" off.test 200 1000 0
+  read -r ir secs < <(cg_pid=$npid cg_base=ng.out window nginx python3 "$client" "127.0.0.1:$nginx_port" off.test "$requests" 1000 0)
+  awk -v ir="$ir" -v s="$secs" -v r="$requests" -v ii="$nidle_ir" -v is="$nidle_s" \
+    'BEGIN { printf "%-8s %12.0f Ir / %d requests = %8.0f Ir/request (%.0f after its idle background; window %.1f s)\n",
+             "nginx", ir, r, ir / r, (ir - ii / is * s) / r, s }'
+  echo "nginx $ir $secs $(awk -v i="$nidle_ir" -v s="$nidle_s" 'BEGIN {print i / s}')" >> "$work/results"
+  read -r _ ng_ir ng_s ng_idle < <(grep '^nginx ' "$work/results")
+  for route in off enforce; do
+    read -r _ v_ir v_s < <(grep "^$route " "$work/results")
+    awk -v a="$v_ir" -v as="$v_s" -v idle="$idle_rate" -v b="$ng_ir" -v bs="$ng_s" -v bidle="$ng_idle" -v n="$route" \
+      'BEGIN { printf "%s ÷ nginx: %.2f× in instructions\n", n, (a - idle * as) / (b - bidle * bs) }'
+  done
+fi
 read -r _ off_ir off_s < <(grep '^off ' "$work/results")
 read -r _ enf_ir enf_s < <(grep '^enforce ' "$work/results")
 awk -v a="$enf_ir" -v b="$off_ir" -v as="$enf_s" -v bs="$off_s" -v r="$requests" -v idle="$idle_rate" \
   'BEGIN { printf "enforcement increment: %.0f Ir/request\n", ((a - idle * as) - (b - idle * bs)) / r }'
 
 tops="off enforce"
+[ "${NGINX_REFERENCE:-1}" = 0 ] || tops="$tops nginx"
 [ "${TLS:-1}" = 0 ] || tops="$tops tls-keepalive tls-close"
 for route in $tops; do
   # (callgrind_annotate 3.19's --inclusive=no listed inclusive costs on
