@@ -232,7 +232,16 @@ fn reference() -> String {
 /// stays open for the client's next request when this one's end is known
 /// for certain ([`reusable_after_answer`]); otherwise the answer says
 /// `Connection: close` and the connection closes.
+///
+/// The answer's own future is boxed: refusals are the rare path, and held
+/// inline it would add its size (over a kilobyte) to every caller's future,
+/// so to the request filter's, which Pingora copies into a box of its own
+/// on every request (docs/performance.md, "The request filter's future").
 pub async fn send(session: &mut Session, refusal: Refusal<'_>) -> pingora_error::Result<()> {
+    Box::pin(write_refusal(session, refusal)).await
+}
+
+async fn write_refusal(session: &mut Session, refusal: Refusal<'_>) -> pingora_error::Result<()> {
     if !reusable_after_answer(session).await {
         session.set_keepalive(None);
     }
