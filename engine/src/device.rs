@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use http::HeaderMap;
 use http::header::{ACCEPT_LANGUAGE, USER_AGENT};
+use http::{HeaderMap, HeaderName};
 
 use crate::client_ip::TrustedProxies;
 use crate::fingerprint::{Ja4Form, TlsFingerprint, TlsMatch, TlsSource, UpstreamFingerprints};
@@ -34,6 +34,15 @@ use crate::request::RequestView;
 /// Longest prefix of a header the device stage reads, in bytes. Real
 /// User-Agents are well under this; longer ones are truncated, not rejected.
 const MAX_TRAIT_BYTES: usize = 512;
+
+// The traits' header names, built once: looked up by a `&str`, a name is
+// validated, lower-cased and matched against the standard names on every
+// request before it is hashed.
+static SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
+static SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
+static SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Longest language tag kept.
 const MAX_LANG_BYTES: usize = 16;
 /// Most major versions a browser may move forward within one session and
@@ -250,10 +259,10 @@ impl DeviceStage {
             .unwrap_or_default();
         let t = self.ua.traits(ua);
         let platform = headers
-            .get("sec-ch-ua-platform")
+            .get(&SEC_CH_UA_PLATFORM)
             .and_then(|v| platform_hint(bounded(v.as_bytes())))
             .unwrap_or(t.platform);
-        let class = match headers.get("sec-ch-ua-mobile").map(|v| v.as_bytes()) {
+        let class = match headers.get(&SEC_CH_UA_MOBILE).map(|v| v.as_bytes()) {
             Some(b"?1") => DeviceClass::Mobile,
             _ => t.class,
         };
@@ -423,10 +432,10 @@ impl HeaderShape {
     /// (Accept-Encoding is not: browsers change it for media range requests.)
     pub fn of(headers: &HeaderMap) -> Self {
         let mut bits = 0;
-        if headers.contains_key("sec-ch-ua") {
+        if headers.contains_key(&SEC_CH_UA) {
             bits |= Self::CLIENT_HINTS;
         }
-        if headers.contains_key("sec-fetch-site") {
+        if headers.contains_key(&SEC_FETCH_SITE) {
             bits |= Self::FETCH_METADATA;
         }
         if headers.contains_key(ACCEPT_LANGUAGE) {
