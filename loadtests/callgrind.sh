@@ -60,22 +60,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=enforce.test -addext subjectAltName=DNS:enforce.test,DNS:off.test \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-cat > "$work/origin.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$origin;
-    location / { default_type text/plain; return 200 "hello from the origin\n"; }
-  }
-}
-NGINX
+nginx_origin_conf "$work/origin.conf" "$origin"
 
 cat > "$work/vigil.toml" <<TOML
 [server]
@@ -184,39 +169,18 @@ fi
 if [ "${NGINX_REFERENCE:-1}" != 0 ]; then
   # nginx as a plain reverse proxy, counted the same way: its own idle
   # background, the same warm-up, the same requests.
-  cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:$origin; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
+  nginx_proxy_conf "$work/nginx.conf" "$nginx_port" "$origin"
   valgrind --tool=callgrind --callgrind-out-file="$work/ng.out" \
     nginx -c "$work/nginx.conf" -p "$work" 2>"$work/nginx-valgrind.err" & npid=$!; pids+=($npid)
   wait_for "$work/nginx-valgrind.err" "http://127.0.0.1:$nginx_port/"
   read -r nidle_ir nidle_s < <(cg_pid=$npid cg_base=ng.out window nginx-idle sleep 5)
   python3 "$client" "127.0.0.1:$nginx_port" off.test 1000 1000 0
   python3 "$client" "127.0.0.1:$nginx_port" off.test 200 1000 0
-  read -r ir secs < <(cg_pid=$npid cg_base=ng.out window nginx python3 "$client" "127.0.0.1:$nginx_port" off.test "$requests" 1000 0)
-  awk -v ir="$ir" -v s="$secs" -v r="$requests" -v ii="$nidle_ir" -v is="$nidle_s" \
+  read -r ng_ir ng_s < <(cg_pid=$npid cg_base=ng.out window nginx python3 "$client" "127.0.0.1:$nginx_port" off.test "$requests" 1000 0)
+  ng_idle=$(awk -v i="$nidle_ir" -v s="$nidle_s" 'BEGIN {print i / s}')
+  awk -v ir="$ng_ir" -v s="$ng_s" -v r="$requests" -v idle="$ng_idle" \
     'BEGIN { printf "%-8s %12.0f Ir / %d requests = %8.0f Ir/request (%.0f after its idle background; window %.1f s)\n",
-             "nginx", ir, r, ir / r, (ir - ii / is * s) / r, s }'
-  echo "nginx $ir $secs $(awk -v i="$nidle_ir" -v s="$nidle_s" 'BEGIN {print i / s}')" >> "$work/results"
-  read -r _ ng_ir ng_s ng_idle < <(grep '^nginx ' "$work/results")
+             "nginx", ir, r, ir / r, (ir - idle * s) / r, s }'
   for route in off enforce; do
     read -r _ v_ir v_s < <(grep "^$route " "$work/results")
     awk -v a="$v_ir" -v as="$v_s" -v idle="$idle_rate" -v b="$ng_ir" -v bs="$ng_s" -v bidle="$ng_idle" -v n="$route" \

@@ -8,6 +8,8 @@
 #   some-server & pids+=($!)       # stopped on exit
 #   wait_for "$work/x.err" URL     # up to 10 s; shows the log if not
 #   on_exit() { ...; }             # optional: runs before $work goes
+#   nginx_origin_conf F PORT       # writes nginx configs: the origin, and
+#   nginx_proxy_conf F PORT ORIGIN # the plain reverse proxy measured against
 
 work=$(mktemp -d)
 pids=()
@@ -32,4 +34,52 @@ wait_for() { # log url [curl options]: until the url answers 2xx
   echo "not serving: $1" >&2
   [ ! -f "$log" ] || cat "$log" >&2
   exit 1
+}
+
+# nginx answering a small fixed body: the origin behind every proxy measured.
+# One worker, no master process (its pid is the one `$!` gives).
+nginx_origin_conf() { # file port
+  cat > "$1" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid ${1%.conf}.pid;
+error_log ${1%.conf}.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$2;
+    location / { default_type text/plain; return 200 "hello from the origin\n"; }
+  }
+}
+NGINX
+}
+
+# nginx as a plain reverse proxy, connections to the origin kept alive: the
+# reference Vigil is measured against (compare.sh's nginx target is the same
+# server, with TLS listeners and the auth_request one beside it).
+nginx_proxy_conf() { # file port origin-port
+  cat > "$1" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid ${1%.conf}.pid;
+error_log ${1%.conf}.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$3; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
 }

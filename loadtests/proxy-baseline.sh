@@ -30,43 +30,10 @@ work_stealing=${VIGIL_WORK_STEALING:-false}
 origin_port=18091; vigil_port=18092; vigil_admin=18093; nginx_port=18094
 
 # Origin: a single nginx worker answering a small fixed body.
-cat > "$work/origin.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$origin_port;
-    location / { default_type text/plain; return 200 "hello from the origin\n"; }
-  }
-}
-NGINX
+nginx_origin_conf "$work/origin.conf" "$origin_port"
 
 # nginx as a plain reverse proxy, one worker, keep-alive to the origin.
-cat > "$work/proxy.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx-proxy.pid;
-error_log $work/nginx-proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:$origin_port; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
+nginx_proxy_conf "$work/proxy.conf" "$nginx_port" "$origin_port"
 
 # Vigil: one worker thread; host enforce.test runs the engine, off.test does not.
 cat > "$work/vigil.toml" <<TOML
