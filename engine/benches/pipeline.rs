@@ -333,6 +333,10 @@ fn ja4(c: &mut Criterion) {
     g.bench_function("both_forms_resumed_chrome_hello", |b| {
         b.iter(|| vigil_engine::ja4_both(black_box(&resumed), tcp))
     });
+    // Its text, as the app's `Vigil-JA4` header carries it on every
+    // request when `fingerprint.to_app` is on.
+    let ja4 = vigil_engine::ja4(&hello, tcp);
+    g.bench_function("text", |b| b.iter(|| black_box(&ja4).to_string()));
     g.finish();
 }
 

@@ -347,7 +347,20 @@ impl FromStr for Ja3 {
 
 impl fmt::Display for Ja3 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut out = [0; 32];
+        encode_hex(&self.0, &mut out);
+        f.write_str(std::str::from_utf8(&out).unwrap_or(""))
+    }
+}
+
+/// Writes `bytes` as lower-case hex into `out`, which holds exactly
+/// `2 * bytes.len()` characters (the inverse of [`decode_hex`]).
+pub(crate) fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
 }
 

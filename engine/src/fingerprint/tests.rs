@@ -306,6 +306,19 @@ proptest! {
         prop_assert_eq!(parsed.to_string(), s);
         prop_assert!(parsed.same_family(&parsed));
     }
+
+    #[test]
+    fn ja3_round_trips(s in "[0-9a-f]{32}") {
+        prop_assert_eq!(s.parse::<Ja3>().unwrap().to_string(), s);
+    }
+
+    #[test]
+    fn hex_is_written_as_the_formatter_writes_it(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+        let mut out = vec![0; 2 * bytes.len()];
+        encode_hex(&bytes, &mut out);
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
 }
 
 #[test]
