@@ -40,12 +40,13 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::ext::get_socket_cookie;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -185,6 +186,10 @@ pub struct HeadLimited {
     head_bytes: usize,
     /// Most bytes one read of a head may take (see [`FIRST_HEAD_READ`]).
     window: usize,
+    /// The socket's kernel cookie (`SO_COOKIE`), 0 where the kernel gives
+    /// none: read by the first request that asks ([`socket_cookie`]) and
+    /// kept for the connection's life, as the cookie is the socket's.
+    cookie: OnceLock<u64>,
 }
 
 /// Bytes the first read of a connection's head may take; doubled for the
@@ -214,6 +219,30 @@ pub fn head_received() {
 /// byte read starts a new head.
 pub fn request_finished() {
     let _ = CLOCK.try_with(|c| c.state.store(IDLE, Ordering::Release));
+}
+
+/// The kernel's cookie for the client socket of `session` (`SO_COOKIE`,
+/// unique for the socket's life; never 0), or `None` where the kernel gives
+/// none (not Linux). On an HTTP/1 connection Vigil limits it is read once
+/// per connection, not per request: a `getsockopt(2)` cost about 0.4 µs of
+/// each enforced request's CPU (docs/performance.md, "Issue 17, fifth
+/// pass"); HTTP/2 streams read it from the connection's socket digest.
+pub fn socket_cookie(session: &pingora_proxy::Session) -> Option<u64> {
+    let limited = session
+        .downstream_session
+        .stream()
+        .and_then(|s| (**s).as_any().downcast_ref::<HeadLimited>());
+    let cookie = match limited {
+        Some(limited) => *limited
+            .cookie
+            .get_or_init(|| get_socket_cookie(limited.inner.id()).unwrap_or(0)),
+        None => session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|d| d.socket_cookie().ok())
+            .unwrap_or(0),
+    };
+    (cookie != 0).then_some(cookie)
 }
 
 // === impl Limited ===
@@ -304,6 +333,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             max_head_bytes: self.limits.max_head_bytes,
             head_bytes: 0,
             window: FIRST_HEAD_READ,
+            cookie: OnceLock::new(),
         });
         let serve = CLOCK.scope(clock.clone(), self.serve(limited, shutdown));
         tokio::select! {
@@ -655,7 +685,44 @@ impl Peek for HeadLimited {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
+
+    /// A request finds its own connection's socket cookie — the kernel's
+    /// answer for that socket, not the peer's — and the connection keeps
+    /// it for the requests after (read once, not per request).
+    #[tokio::test]
+    async fn a_connections_socket_cookie_is_its_own_and_kept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let want = get_socket_cookie(server.as_raw_fd()).unwrap();
+        assert_ne!(want, 0);
+        assert_ne!(get_socket_cookie(client.as_raw_fd()).unwrap(), want);
+        let limited = HeadLimited {
+            inner: Box::new(pingora_core::protocols::l4::stream::Stream::from(server)),
+            clock: Arc::new(HeadClock::started_at(Instant::now())),
+            max_head_bytes: 1024,
+            head_bytes: 0,
+            window: FIRST_HEAD_READ,
+            cookie: OnceLock::new(),
+        };
+        let session = pingora_proxy::Session::new_h1(Box::new(limited));
+        let kept = || {
+            session
+                .downstream_session
+                .stream()
+                .and_then(|s| (**s).as_any().downcast_ref::<HeadLimited>())
+                .and_then(|l| l.cookie.get().copied())
+        };
+        assert_eq!(kept(), None, "nothing read before a request asks");
+        assert_eq!(socket_cookie(&session), Some(want));
+        assert_eq!(kept(), Some(want));
+        assert_eq!(socket_cookie(&session), Some(want));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_that_never_ends_expires_and_one_that_ends_does_not() {

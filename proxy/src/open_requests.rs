@@ -45,7 +45,9 @@
 //! the request takes itself out in `logging`, before Pingora closes or
 //! reuses its connection, under the same lock the revocation holds while
 //! it shuts down; and the socket's kernel cookie (`SO_COOKIE`, unique for
-//! the socket's life), taken when the request was filed, must still match
+//! the socket's life, read once per connection:
+//! [`crate::conn_limits::socket_cookie`]), taken when the request was
+//! filed, must still match
 //! — a request that vanished without `logging` cannot get another
 //! connection shut down.
 //!
@@ -425,7 +427,7 @@ pub fn socket_of(session: &Session) -> Option<Socket> {
         return None;
     }
     let fd = session.downstream_session.stream()?.id();
-    let cookie = get_socket_cookie(fd).ok().filter(|&c| c != 0)?;
+    let cookie = crate::conn_limits::socket_cookie(session)?;
     Some(Socket { fd, cookie })
 }
 

@@ -196,11 +196,7 @@ impl VigilProxy {
         let Some(store) = self.fingerprints.as_ref().filter(|_| self.tls) else {
             return TlsFingerprint::NONE;
         };
-        let found = session
-            .digest()
-            .and_then(|d| d.socket_digest.as_ref())
-            .and_then(|s| s.socket_cookie().ok())
-            .and_then(|cookie| store.get(cookie));
+        let found = crate::conn_limits::socket_cookie(session).and_then(|cookie| store.get(cookie));
         found.unwrap_or_else(|| {
             self.metrics.tls_fingerprint_missing.inc();
             TlsFingerprint::NONE
@@ -1456,10 +1452,7 @@ impl ProxyHttp for VigilProxy {
         // The next byte on this connection starts a new head.
         crate::conn_limits::request_finished();
         if session.is_http2()
-            && let Some(cookie) = session
-                .digest()
-                .and_then(|d| d.socket_digest.as_ref())
-                .and_then(|s| s.socket_cookie().ok())
+            && let Some(cookie) = crate::conn_limits::socket_cookie(session)
         {
             // A stream Vigil ended for a revocation is not the client's
             // reset: it must not count towards closing a connection that
