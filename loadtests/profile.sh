@@ -14,7 +14,9 @@
 # proxy for the given seconds (default 6) with DWARF call graphs (the
 # release build keeps line tables; it has no frame pointers). Prints:
 #
-# - the proxy's CPU µs per request over the sampled window (/proc/PID/stat);
+# - the proxy's CPU µs per request over the sampled window (/proc/PID/stat;
+#   sampling with DWARF call graphs adds its own cost to the proxy's CPU,
+#   so compare it only with other runs of this script, not with ab.sh);
 # - the functions with the most samples of their own (self);
 # - the share of the proxy's samples under each of Vigil's phases and the
 #   engine's stages (inclusive: the function and what it calls).
@@ -26,6 +28,8 @@
 # VIGIL_BIN and VIGIL_LOAD_BIN pick the builds; KEEP=dir keeps perf.data.
 # Everything started here is stopped by its pid on exit.
 set -euo pipefail
+# KEEP names a directory from where the script was started.
+[ -z "${KEEP:-}" ] || KEEP=$(realpath -m "$KEEP")
 cd "$(dirname "$0")/.."
 
 route=${1:-enforce}
@@ -64,11 +68,17 @@ taskset -c 0 "$load_bin" run "${target[@]}" "${extra[@]}" --concurrency 64 \
   --duration "$((secs + 2))s" --json "$work/load.json" >"$work/load.txt" & load=$!; pids+=($load)
 sleep 1 # the load's ramp-up is not sampled; nothing waits on this
 ticks() { awk '{print $14 + $15}' "/proc/$proxy/stat"; }
-requests() { curl -sf "http://127.0.0.1:$admin/metrics" | awk '/^vigil_proxy_requests_total/ {s += $2} END {print s + 0}'; }
+requests() {
+  curl -sf "http://127.0.0.1:$admin/metrics" | awk '/^vigil_proxy_requests_total/ {s += $2} END {print s + 0}' ||
+    { echo "the proxy's metrics did not answer" >&2; exit 1; }
+}
 t0=$(ticks); r0=$(requests)
-perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$proxy" -o "$work/perf.data" -- sleep "$secs" 2>"$work/perf.err"
+perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$proxy" -o "$work/perf.data" -- sleep "$secs" 2>"$work/perf.err" ||
+  { cat "$work/perf.err" >&2; exit 1; }
 t1=$(ticks); r1=$(requests)
-wait "$load"
+wait "$load" || { cat "$work/load.txt" >&2; exit 1; }
+# Reaped: its pid is no longer ours to stop.
+keep=(); for p in "${pids[@]}"; do [ "$p" = "$load" ] || keep+=("$p"); done; pids=("${keep[@]}")
 
 hz=$(getconf CLK_TCK)
 awk -v t=$((t1 - t0)) -v r=$((r1 - r0)) -v hz="$hz" -v route="$route" 'BEGIN {
