@@ -73,16 +73,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 "$load_bin" prepare --out "$work" --listen 127.0.0.1:$vigil --tls-listen 127.0.0.1:$vigil_tls \
   --cert "$work/cert.pem" --key "$work/key.pem" --origin 127.0.0.1:$origin --admin 127.0.0.1:$admin >/dev/null
 
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+nginx_conf "$work/nginx.conf" <<NGINX
   upstream origin { server 127.0.0.1:$origin; keepalive 64; }
   server {
     listen 127.0.0.1:$nginx_port;
@@ -120,20 +111,10 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 NGINX
 
 # The auth service: judges nothing but whether a cookie is there.
-cat > "$work/auth.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/auth.pid;
-error_log $work/auth.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+nginx_conf "$work/auth.conf" <<NGINX
   server {
     listen 127.0.0.1:$auth_port;
     location = /check {
@@ -141,7 +122,6 @@ http {
       return 204;
     }
   }
-}
 NGINX
 
 # HAProxy as a plain reverse proxy, one thread, connections to the origin reused.

@@ -10,6 +10,7 @@
 #   on_exit() { ...; }             # optional: runs before $work goes
 #   nginx_origin_conf F PORT       # writes nginx configs: the origin, and
 #   nginx_proxy_conf F PORT ORIGIN # the plain reverse proxy measured against
+#   nginx_conf F < HTTP_BLOCK      # (both through this one)
 
 work=$(mktemp -d)
 pids=()
@@ -36,10 +37,13 @@ wait_for() { # log url [curl options]: until the url answers 2xx
   exit 1
 }
 
-# nginx answering a small fixed body: the origin behind every proxy measured.
-# One worker, no master process (its pid is the one `$!` gives).
-nginx_origin_conf() { # file port
-  cat > "$1" <<NGINX
+# An nginx config at FILE (FILE.conf: its pid and error log beside it as
+# FILE.pid and FILE.err): one worker, no master process (its pid is the one
+# `$!` gives), no access log, connections kept alive for as long as a run
+# lasts, and the http block's contents read from stdin.
+nginx_conf() { # file < http-block
+  {
+    cat <<NGINX
 worker_processes 1;
 master_process off;
 daemon off;
@@ -49,11 +53,19 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+NGINX
+    cat
+    echo "}"
+  } > "$1"
+}
+
+# nginx answering a small fixed body: the origin behind every proxy measured.
+nginx_origin_conf() { # file port
+  nginx_conf "$1" <<NGINX
   server {
     listen 127.0.0.1:$2;
     location / { default_type text/plain; return 200 "hello from the origin\n"; }
   }
-}
 NGINX
 }
 
@@ -61,16 +73,7 @@ NGINX
 # reference Vigil is measured against (compare.sh's nginx target is the same
 # server, with TLS listeners and the auth_request one beside it).
 nginx_proxy_conf() { # file port origin-port
-  cat > "$1" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid ${1%.conf}.pid;
-error_log ${1%.conf}.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+  nginx_conf "$1" <<NGINX
   upstream origin { server 127.0.0.1:$3; keepalive 64; }
   server {
     listen 127.0.0.1:$2;
@@ -80,6 +83,5 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 NGINX
 }

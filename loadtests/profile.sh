@@ -56,9 +56,9 @@ taskset -c 0 "$load_bin" origin --listen "127.0.0.1:$origin" 2>/dev/null & pids+
 taskset -c 1 "$bin" run -c "$work/cfg/vigil-proxy.toml" 2>"$work/proxy.err" & proxy=$!; pids+=($proxy)
 wait_for "$work/proxy.err" "http://127.0.0.1:$admin/readyz"
 
-host=()
-[ "$route" = off ] && host=(,host=off.test)
-target=(--target "name=$route,url=http://127.0.0.1:$listen/${host[*]},pid=$proxy")
+host=""
+[ "$route" = enforce ] || host=",host=off.test"
+target=(--target "name=$route,url=http://127.0.0.1:$listen/$host,pid=$proxy")
 extra=(--ja4-header x-load-ja4 --classes "${CLASSES:-history}")
 taskset -c 0 "$load_bin" run "${target[@]}" "${extra[@]}" --concurrency 16 --duration 2s >/dev/null
 
