@@ -74,6 +74,12 @@ def p99_increment(path):
     print(f"open loop, {off['load']}: p99 vigil-off {us(off['latency']['p99'])}, "
           f"vigil-enforce {us(enf['latency']['p99'])}: enforce adds {d:+.0f} µs at p99 "
           f"(goal ≤ 50 µs; p50 {enf['latency']['p50'] - off['latency']['p50']:+.0f} µs)")
+    # The generator's own lateness is in every target's latency: what it
+    # cannot tell apart.
+    late = [(n, r["sent_late"]) for n, r in rs.items() if r.get("sent_late")]
+    if late:
+        print("the generator sent late by p50/p99 " + ", ".join(
+            f"{n} {us(l['p50'])}/{us(l['p99'])}" for n, l in late))
 
 
 def main(argv):

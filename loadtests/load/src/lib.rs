@@ -16,6 +16,7 @@ pub mod html;
 pub mod jar;
 pub mod origin;
 pub mod outcome;
+pub mod pacer;
 pub mod plan;
 pub mod prepare;
 pub mod report;

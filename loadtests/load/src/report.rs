@@ -84,6 +84,18 @@ pub struct Summary {
     pub p95: u32,
 }
 
+/// How late the generator itself sent requests after their intended
+/// times (open loop): the floor under the latency it reports, µs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SentLate {
+    /// Median, µs.
+    pub p50: u64,
+    /// 99th percentile, µs.
+    pub p99: u64,
+    /// Largest, µs.
+    pub max: u64,
+}
+
 /// One point of the latency-over-time plot.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TimelinePoint {
@@ -128,6 +140,9 @@ pub struct Report {
     pub latency: Latency,
     /// (percentile, µs) points of the latency distribution.
     pub percentiles: Vec<(f64, u64)>,
+    /// Open loop: how late the generator sent requests after their
+    /// intended times; `None` in a closed loop.
+    pub sent_late: Option<SentLate>,
     /// Latency over time.
     pub timeline: Vec<TimelinePoint>,
     /// Per class.
@@ -190,6 +205,12 @@ impl Report {
             v.push((100.0, h.max()));
             v
         };
+        let late = &tally.sent_late;
+        let sent_late = (!late.is_empty()).then(|| SentLate {
+            p50: late.value_at_quantile(0.5),
+            p99: late.value_at_quantile(0.99),
+            max: late.max(),
+        });
         let width = tally.interval.as_secs_f64();
         let timeline = tally
             .timeline
@@ -237,6 +258,7 @@ impl Report {
             throughput: tally.requests as f64 / secs,
             latency,
             percentiles,
+            sent_late,
             timeline,
             detect: ratio(Label::Attack, |r| r.caught),
             disturbed: ratio(Label::Legit, |r| r.disturbed),
@@ -278,6 +300,15 @@ impl Report {
             fmt_us(l.p999 as f64),
             fmt_us(l.max as f64)
         );
+        if let Some(late) = &self.sent_late {
+            let _ = writeln!(
+                o,
+                "  sent late (the generator's own share of the latency): p50 {}  p99 {}  max {}",
+                fmt_us(late.p50 as f64),
+                fmt_us(late.p99 as f64),
+                fmt_us(late.max as f64)
+            );
+        }
         if let Some(cpu) = self.cpu_us_per_request {
             let _ = writeln!(o, "  target process CPU: {cpu:.1} µs/request");
         }

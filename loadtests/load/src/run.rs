@@ -11,7 +11,10 @@
 //!   [`Schedule::intended`]`(i)` and sent by a task of its own; latency
 //!   runs from that instant, so time spent waiting for a connection, for
 //!   the session's previous request or for an in-flight slot
-//!   (`max_in_flight`) counts against the target.
+//!   (`max_in_flight`) counts against the target. The wait for that
+//!   instant is a [`Pacer`]'s (a microsecond timer; tokio's tick is a
+//!   millisecond), and how late each request still left is recorded apart
+//!   ([`Tally::sent_late`]): the generator's own share of the latency.
 //! - **Concurrency** (closed loop): `n` lanes per run, each a task owning a
 //!   share of the sessions and sending their requests back to back;
 //!   latency runs from the moment the lane was free.
@@ -52,6 +55,7 @@ use vigil_eval::scenario::Actor;
 
 use crate::jar::{Jar, SetCookie, set_cookies};
 use crate::outcome::{Outcome, classify};
+use crate::pacer::Pacer;
 use crate::plan::{Plan, Step};
 use crate::schedule::Schedule;
 use crate::stats::Tally;
@@ -318,6 +322,16 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
     let mut chains: Vec<Option<oneshot::Receiver<()>>> = Vec::new();
     let mut lap_of_chains = u64::MAX;
     let deadline = w.start + w.cfg.duration;
+    // Without a timerfd (never seen on Linux) the wait falls back to
+    // tokio's millisecond timer; the run's `sent_late` shows the price.
+    let mut pacer = Pacer::new()
+        .inspect_err(|e| {
+            eprintln!("no microsecond timer ({e}): sends are paced to the millisecond")
+        })
+        .ok();
+    // When the loop last waited for an in-flight slot: the requests due
+    // meanwhile are late because of the target, not of the generator.
+    let mut slot_freed = w.start;
     let mut i: u64 = 0;
     loop {
         if w.progress.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
@@ -327,16 +341,37 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
             Some(s) => {
                 let at = w.start + s.intended(i);
                 if at > Instant::now() {
-                    tokio::time::sleep_until(at.min(deadline)).await;
+                    let wake = at.min(deadline);
+                    match pacer.as_mut() {
+                        Some(p) => {
+                            if let Err(e) = p.until(wake).await {
+                                eprintln!(
+                                    "the microsecond timer failed ({e}): sends are paced to the millisecond"
+                                );
+                                pacer = None;
+                            }
+                        }
+                        None => tokio::time::sleep_until(wake).await,
+                    }
                     continue;
                 }
                 at
             }
             None => Instant::now(),
         };
-        let Ok(permit) = slots_sem.clone().acquire_owned().await else {
-            break;
+        let permit = match slots_sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let Ok(p) = slots_sem.clone().acquire_owned().await else {
+                    break;
+                };
+                slot_freed = Instant::now();
+                p
+            }
         };
+        // Open loop: the instant from which any further delay in sending
+        // is the generator's own.
+        let owed_from = schedule.as_ref().map(|_| intended.max(slot_freed));
         if w.cfg
             .laps
             .is_some_and(|l| i >= l.saturating_mul(mine.len() as u64))
@@ -362,6 +397,14 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
         let w2 = w.clone();
         let step_index = mine.get(idx).copied().unwrap_or(0);
         tokio::task::spawn_local(async move {
+            // Taken up by its own task: the loop's lateness and the wait
+            // for this worker's other tasks are the generator's; what
+            // follows (the session's previous request, a connection) is
+            // the target's.
+            if let Some(from) = owed_from {
+                let late = Instant::now().saturating_duration_since(from);
+                w2.tally.borrow_mut().record_sent_late(late);
+            }
             if let Some(previous) = previous {
                 let _ = previous.await;
             }

@@ -56,6 +56,13 @@ pub struct SessionTally {
 pub struct Tally {
     /// Latency of every completed request, µs from its intended send time.
     pub latency: Histogram<u64>,
+    /// Open loop only: how late the generator itself sent each request,
+    /// µs from its intended send time (or from the end of the loop's last
+    /// wait for an in-flight slot, a wait the target caused, when later)
+    /// to the moment the request's own task began, before it waits for the
+    /// session's previous request or a connection (the target's). The
+    /// floor under [`Tally::latency`]: what the generator cannot tell apart.
+    pub sent_late: Histogram<u64>,
     /// Per interval of [`Tally::interval`], by completion time.
     pub timeline: Vec<Interval>,
     /// Width of a timeline interval.
@@ -92,6 +99,7 @@ impl Tally {
     pub fn new(interval: Duration) -> Self {
         Self {
             latency: histogram(3),
+            sent_late: histogram(3),
             timeline: Vec::new(),
             interval: interval.max(Duration::from_millis(10)),
             requests: 0,
@@ -163,6 +171,15 @@ impl Tally {
         }
     }
 
+    /// Records how late the generator sent a request (open loop; see
+    /// [`Tally::sent_late`]).
+    pub fn record_sent_late(&mut self, late: Duration) {
+        let micros = u64::try_from(late.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(MAX_MICROS);
+        self.sent_late.saturating_record(micros);
+    }
+
     /// Moves the timeline `by` later (whole intervals, rounded down): a
     /// round that started `by` after the first one is charted where it ran.
     pub fn delay(&mut self, by: Duration) {
@@ -188,6 +205,7 @@ impl Tally {
         // Same bounds on both sides: `add` only fails on a value beyond
         // this histogram's range, which the shared layout rules out.
         let _ = self.latency.add(&other.latency);
+        let _ = self.sent_late.add(&other.sent_late);
         let factor = other.interval.as_nanos().max(1) / self.interval.as_nanos().max(1);
         for (i, interval) in other.timeline.iter().enumerate() {
             let slot = i * usize::try_from(factor.max(1)).unwrap_or(1);
@@ -285,9 +303,21 @@ mod tests {
                 Actor::Owner,
                 &Outcome::Served,
             );
+            // Zero late included: a request sent on time.
+            let late = Duration::from_micros(i * 13 % 700);
+            t.record_sent_late(late);
+            all.record_sent_late(late);
         }
         a.merge(&b);
         assert_eq!(a.latency.len(), 1000);
+        assert_eq!(a.sent_late.len(), 1000);
+        assert_eq!(a.sent_late.min(), 0);
+        for q in [0.5, 0.99, 1.0] {
+            assert_eq!(
+                a.sent_late.value_at_quantile(q),
+                all.sent_late.value_at_quantile(q)
+            );
+        }
         for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
             assert_eq!(
                 a.latency.value_at_quantile(q),

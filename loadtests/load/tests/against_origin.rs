@@ -1,6 +1,7 @@
 //! Runs against the crate's own loopback origin, no proxy: every request
 //! of a lap arrives once, over HTTP/1.1 and cleartext HTTP/2 (prior
-//! knowledge), in closed and open loop; a connection per request when
+//! knowledge), in closed and open loop (which also records how late it
+//! sent each request); a connection per request when
 //! asked (`--new-connection`); and the binary, interrupted with
 //! Ctrl-C, stops early and still reports what it did.
 
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use vigil_eval::generate::{GenerateConfig, generate};
 use vigil_load::origin::{Received, start};
+use vigil_load::pacer::Pacer;
 use vigil_load::plan::{Plan, PlanOptions};
+use vigil_load::report::Report;
 use vigil_load::run::{Load, Progress, RunConfig, run};
 use vigil_load::target::{Protocol, TargetSpec};
 use vigil_load::tls::Trust;
@@ -41,6 +44,18 @@ fn origin() -> (tokio::runtime::Runtime, std::net::SocketAddr, Arc<Received>) {
         ))
         .unwrap();
     (rt, addr, received)
+}
+
+/// The open loop's microsecond timer is there on this machine: without it
+/// the open loop falls back to tokio's millisecond tick, and its latency
+/// figures carry up to two milliseconds of the generator's own.
+#[test]
+fn the_open_loops_microsecond_timer_is_available() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { Pacer::new().map(drop) }).unwrap();
 }
 
 #[test]
@@ -111,6 +126,32 @@ fn every_request_of_a_lap_arrives_once_over_h1_and_h2c() {
                 lap - logins,
                 "{what}"
             );
+            // The open loop records how late it sent each step (a login
+            // and the request after it leave as one step), and the report
+            // says so; the closed loop has no intended times to be late for.
+            let report = Report::new(
+                "origin",
+                String::new(),
+                String::new(),
+                &plan,
+                &result.tally,
+                result.elapsed,
+            );
+            match load {
+                Load::Rate(_) => {
+                    assert_eq!(
+                        result.tally.sent_late.len(),
+                        plan.steps.len() as u64,
+                        "{what}"
+                    );
+                    let late = report.sent_late.expect("an open loop reports it");
+                    assert!(late.p50 <= late.p99 && late.p99 <= late.max, "{what}");
+                }
+                Load::Concurrency(_) => {
+                    assert!(result.tally.sent_late.is_empty(), "{what}");
+                    assert_eq!(report.sent_late, None, "{what}");
+                }
+            }
         }
     }
 }
