@@ -67,6 +67,9 @@ taskset -c 0 "$load_bin" run "${target[@]}" "${extra[@]}" --concurrency 16 --dur
 taskset -c 0 "$load_bin" run "${target[@]}" "${extra[@]}" --concurrency 64 \
   --duration "$((secs + 2))s" --json "$work/load.json" >"$work/load.txt" & load=$!; pids+=($load)
 sleep 1 # the load's ramp-up is not sampled; nothing waits on this
+# perf pads its symbol column to the terminal's width and ends each row
+# with empty columns; the report keeps only the figures and the name.
+trim() { sed -E 's/ +- +- *$//; s/ +$//'; }
 ticks() { awk '{print $14 + $15}' "/proc/$proxy/stat"; }
 requests() {
   curl -sf "http://127.0.0.1:$admin/metrics" | awk '/^vigil_proxy_requests_total/ {s += $2} END {print s + 0}' ||
@@ -86,14 +89,14 @@ awk -v t=$((t1 - t0)) -v r=$((r1 - r0)) -v hz="$hz" -v route="$route" 'BEGIN {
 }'
 echo "== where the samples are (the kernel's share is the TCP path's)"
 perf report -i "$work/perf.data" --sort dso --stdio -g none 2>/dev/null |
-  grep -E '^ +[0-9]' | grep -E 'kernel|vigil-proxy|libc' || true
+  grep -E '^ +[0-9]' | grep -E 'kernel|vigil-proxy|libc' | trim || true
 echo
 echo "== self (the function's own samples), top 30"
 perf report -i "$work/perf.data" --no-children --sort symbol --percent-limit 0.4 --stdio -g none 2>/dev/null |
-  grep -E '^ +[0-9]' | head -30 || true
+  grep -E '^ +[0-9]' | head -30 | trim || true
 echo
 echo "== inclusive: Vigil's phases, the engine's stages, Pingora's header inserts"
 perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
   grep -E '^ +[0-9]' | grep -v '(inlined)' |
   grep -E 'VigilProxy::(judge|file_open)|ProxyHttp>::[a-z_]+::|vigil_engine::pipeline::Engine::|Stage::(observe|credentials|resolve)|Scorer::score|respond::send|insert_header_value|forwarding::values|HeadLimited' |
-  head -30 || true
+  head -30 | trim || true
