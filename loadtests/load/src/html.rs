@@ -81,7 +81,7 @@ th:first-child, td:first-child { text-align: left; } th { background: #f6f7f9; f
 <div id="checks"></div>
 <h2>Latency</h2>
 <div class="charts"><div id="over-time"></div><div id="percentiles"></div></div>
-<div class="muted">Latency is measured from each request's intended send time (open loop) or from when a slot freed (fixed concurrency).</div>
+<div class="muted">Latency is measured from each request's intended send time (open loop) or from when a slot freed (fixed concurrency). In an open loop, "sent late" is how late the generator itself sent requests: the floor under every latency here.</div>
 <h2>Detection by scenario class</h2>
 <div id="classes"></div>
 <script>/*
@@ -103,9 +103,10 @@ function table(target, head, rows) {
 }
 document.getElementById("command").textContent = DATA.command;
 table(document.getElementById("summary"),
-  ["target", "load", "transport", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "errors", "CPU µs/req", "hijacks caught", "legit disturbed"],
+  ["target", "load", "transport", "requests", "req/s", "p50", "p90", "p99", "p99.9", "max", "sent late p99", "errors", "CPU µs/req", "hijacks caught", "legit disturbed"],
   DATA.reports.map(r => [r.target, r.load, r.transport, String(r.requests), r.throughput.toFixed(0), us(r.latency.p50), us(r.latency.p90),
-    us(r.latency.p99), us(r.latency.p999), us(r.latency.max), pct(r.error_rate), r.cpu_us_per_request == null ? "–" : r.cpu_us_per_request.toFixed(1),
+    us(r.latency.p99), us(r.latency.p999), us(r.latency.max), r.sent_late == null ? "–" : us(r.sent_late.p99),
+    pct(r.error_rate), r.cpu_us_per_request == null ? "–" : r.cpu_us_per_request.toFixed(1),
     pct(r.detect), pct(r.disturbed)]));
 if (DATA.ratios.length) {
   const d = document.getElementById("ratios"); d.appendChild(el("h2", "Ratios"));

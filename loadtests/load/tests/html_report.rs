@@ -73,6 +73,8 @@ fn the_html_report_draws_its_charts_offline_in_chromium() {
         .iter()
         .map(|t| t.check(&report))
         .collect();
+    // An open loop: the generator's own lateness goes in the summary.
+    let late = report.sent_late.as_ref().expect("an open loop").p99;
     let page = html::render(&[report], &checks, &[], "vigil-load run …");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.html");
@@ -107,4 +109,28 @@ fn the_html_report_draws_its_charts_offline_in_chromium() {
         "the name was not escaped"
     );
     assert!(dom.contains(">pass<"));
+    // The summary's one row, cell by cell, under its header.
+    let head = "<th>legit disturbed</th></tr><tr>";
+    let row = dom
+        .split_once(head)
+        .and_then(|(_, rest)| rest.split_once("</tr>"))
+        .map(|(row, _)| row)
+        .expect("the summary's row");
+    let cells: Vec<&str> = row
+        .split("<td>")
+        .skip(1)
+        .map(|c| c.trim_end_matches("</td>"))
+        .collect();
+    assert!(dom.contains("<th>sent late p99</th>"), "{dom}");
+    let shown = cells.get(10).expect("a sent-late cell");
+    let shown_us = match shown.split_once(' ') {
+        Some((n, "µs")) => n.parse::<f64>().unwrap(),
+        Some((n, "ms")) => n.parse::<f64>().unwrap() * 1000.0,
+        _ => panic!("sent late shown as {shown:?}"),
+    };
+    // Milliseconds are shown to two decimals.
+    assert!(
+        (shown_us - late as f64).abs() <= 5.0,
+        "sent late p99 {late} µs shown as {shown}"
+    );
 }
