@@ -88,7 +88,11 @@ nginx_conf "$work/nginx.conf" <<NGINX
     }
   }
   # nginx + auth_request: every request first asks the auth service (a
-  # subrequest over a kept-alive connection), then goes to the origin.
+  # subrequest over a kept-alive connection), then goes to the origin;
+  # the sign-in route goes straight there, as an oauth2-proxy deployment
+  # exempts its own. (The corpus's logins carry no cookie yet: behind the
+  # check they were answered 401 and never reached the origin, while every
+  # other target proxies them.)
   upstream auth { server 127.0.0.1:$auth_port; keepalive 64; }
   server {
     listen 127.0.0.1:$authreq_port;
@@ -98,6 +102,11 @@ nginx_conf "$work/nginx.conf" <<NGINX
     ssl_certificate_key $work/key.pem;
     location / {
       auth_request /_auth;
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location = /login {
       proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
