@@ -24,10 +24,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 /// A one-shot timer on the current runtime's reactor, re-armed for each
-/// wait. One per worker; `&mut` because one wait at a time.
+/// wait. One per worker; `&mut` because one wait at a time. Where no
+/// timerfd can be had or one fails (never seen on Linux), it says so once
+/// and waits on tokio's millisecond timer instead: the run's `sent_late`
+/// then shows the price.
 #[derive(Debug)]
 pub struct Pacer {
-    fd: AsyncFd<Timer>,
+    /// `None` once it has fallen back to tokio's timer.
+    fd: Option<AsyncFd<Timer>>,
     /// Waits that found their instant ahead and armed the timer, and
     /// firings read (the tests hold each such wait to end on a firing).
     armed: u64,
@@ -48,7 +52,45 @@ impl AsRawFd for Timer {
 
 impl Pacer {
     /// A pacer on the current tokio runtime (which needs its I/O driver).
-    pub fn new() -> io::Result<Self> {
+    #[expect(
+        clippy::new_without_default,
+        reason = "it registers with the current runtime: not a plain default"
+    )]
+    pub fn new() -> Self {
+        let fd = Self::timer()
+            .inspect_err(|e| {
+                eprintln!("no microsecond timer ({e}): sends are paced to the millisecond")
+            })
+            .ok();
+        Self {
+            fd,
+            armed: 0,
+            fired: 0,
+        }
+    }
+
+    /// Whether waits end on the microsecond timer (not tokio's).
+    pub fn is_precise(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Returns once `at` has passed (at once when it has), never before.
+    pub async fn until(&mut self, at: Instant) {
+        if self.fd.is_some() {
+            match self.on_timer(at).await {
+                Ok(()) => return,
+                Err(e) => {
+                    eprintln!(
+                        "the microsecond timer failed ({e}): sends are paced to the millisecond"
+                    );
+                    self.fd = None;
+                }
+            }
+        }
+        tokio::time::sleep_until(at).await;
+    }
+
+    fn timer() -> io::Result<AsyncFd<Timer>> {
         let fd = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -63,16 +105,14 @@ impl Pacer {
             deprecated,
             reason = "the invariant holds (above); unsafe is forbidden"
         )]
-        let fd = AsyncFd::new(Timer(fd))?;
-        Ok(Self {
-            fd,
-            armed: 0,
-            fired: 0,
-        })
+        AsyncFd::new(Timer(fd))
     }
 
-    /// Returns once `at` has passed (at once when it has), never before.
-    pub async fn until(&mut self, at: Instant) -> io::Result<()> {
+    /// [`Pacer::until`] on the timerfd.
+    async fn on_timer(&mut self, at: Instant) -> io::Result<()> {
+        let Some(fd) = self.fd.as_ref() else {
+            return Err(io::Error::other("no timer"));
+        };
         let mut armed = false;
         loop {
             let now = Instant::now();
@@ -84,7 +124,7 @@ impl Pacer {
             // the two readings only make the wake later, never earlier.
             // Never zero (that would disarm the timer and the wait would
             // never end): `at > now` here.
-            self.fd.get_ref().0.set(
+            fd.get_ref().0.set(
                 Expiration::OneShot(TimeSpec::from_duration(at - now)),
                 TimerSetTimeFlags::empty(),
             )?;
@@ -92,7 +132,7 @@ impl Pacer {
                 armed = true;
                 self.armed += 1;
             }
-            let mut ready = self.fd.readable().await?;
+            let mut ready = fd.readable().await?;
             // Reading the expiration count disarms the readiness; a stale
             // readiness (a timer re-armed after it fired) reads nothing
             // and is cleared by `try_io`, and the loop waits again.
@@ -129,14 +169,14 @@ mod tests {
     async fn wait(pacer: &mut Pacer, at: Instant) {
         tokio::time::timeout(HANG, pacer.until(at))
             .await
-            .expect("the timer's wake-up was lost")
-            .unwrap();
+            .expect("the timer's wake-up was lost");
+        assert!(pacer.is_precise(), "fell back to tokio's timer");
     }
 
     #[test]
     fn each_wait_ends_on_the_timer_and_never_before_its_instant() {
         runtime().block_on(async {
-            let mut pacer = Pacer::new().unwrap();
+            let mut pacer = Pacer::new();
             let start = Instant::now();
             // Spaced below tokio's millisecond tick, where its own timer
             // could not tell them apart.
@@ -156,7 +196,7 @@ mod tests {
     #[test]
     fn a_past_instant_returns_at_once_and_the_timer_is_reusable_after_it() {
         runtime().block_on(async {
-            let mut pacer = Pacer::new().unwrap();
+            let mut pacer = Pacer::new();
             let now = Instant::now();
             wait(&mut pacer, now - Duration::from_millis(5)).await;
             wait(&mut pacer, now).await;
@@ -171,19 +211,18 @@ mod tests {
     #[test]
     fn a_timer_that_fired_unread_does_not_end_the_next_wait_early() {
         runtime().block_on(async {
-            let mut pacer = Pacer::new().unwrap();
+            let mut pacer = Pacer::new();
             // Armed, left to fire with nobody reading: its readiness is
             // stale when the next wait begins.
-            pacer
-                .fd
-                .get_ref()
+            let fd = pacer.fd.as_ref().unwrap();
+            fd.get_ref()
                 .0
                 .set(
                     Expiration::OneShot(TimeSpec::from_duration(Duration::from_micros(1))),
                     TimerSetTimeFlags::empty(),
                 )
                 .unwrap();
-            let fired = tokio::time::timeout(HANG, pacer.fd.readable())
+            let fired = tokio::time::timeout(HANG, fd.readable())
                 .await
                 .unwrap()
                 .unwrap();

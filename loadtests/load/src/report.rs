@@ -84,18 +84,6 @@ pub struct Summary {
     pub p95: u32,
 }
 
-/// How late the generator itself sent requests after their intended
-/// times (open loop): the floor under the latency it reports, µs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SentLate {
-    /// Median, µs.
-    pub p50: u64,
-    /// 99th percentile, µs.
-    pub p99: u64,
-    /// Largest, µs.
-    pub max: u64,
-}
-
 /// One point of the latency-over-time plot.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TimelinePoint {
@@ -140,9 +128,10 @@ pub struct Report {
     pub latency: Latency,
     /// (percentile, µs) points of the latency distribution.
     pub percentiles: Vec<(f64, u64)>,
-    /// Open loop: how late the generator sent requests after their
-    /// intended times; `None` in a closed loop.
-    pub sent_late: Option<SentLate>,
+    /// Open loop: how late the generator itself sent requests after their
+    /// intended times, µs (the floor under `latency`); `None` in a closed
+    /// loop.
+    pub sent_late: Option<Latency>,
     /// Latency over time.
     pub timeline: Vec<TimelinePoint>,
     /// Per class.
@@ -161,6 +150,32 @@ pub struct Report {
     pub tls_resumed: u64,
 }
 
+// === impl Latency ===
+
+impl Latency {
+    /// The figures of `h`, µs; all zero when it is empty.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self {
+                mean: 0.0,
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+            };
+        }
+        Self {
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
 // === impl Report ===
 
 impl Report {
@@ -174,21 +189,7 @@ impl Report {
         elapsed: Duration,
     ) -> Self {
         let h = &tally.latency;
-        let q = |p: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(p)
-            }
-        };
-        let latency = Latency {
-            mean: if h.is_empty() { 0.0 } else { h.mean() },
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: if h.is_empty() { 0 } else { h.max() },
-        };
+        let latency = Latency::of(h);
         let percentiles = if h.is_empty() {
             Vec::new()
         } else {
@@ -205,12 +206,7 @@ impl Report {
             v.push((100.0, h.max()));
             v
         };
-        let late = &tally.sent_late;
-        let sent_late = (!late.is_empty()).then(|| SentLate {
-            p50: late.value_at_quantile(0.5),
-            p99: late.value_at_quantile(0.99),
-            max: late.max(),
-        });
+        let sent_late = (!tally.sent_late.is_empty()).then(|| Latency::of(&tally.sent_late));
         let width = tally.interval.as_secs_f64();
         let timeline = tally
             .timeline

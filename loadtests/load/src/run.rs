@@ -322,13 +322,7 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
     let mut chains: Vec<Option<oneshot::Receiver<()>>> = Vec::new();
     let mut lap_of_chains = u64::MAX;
     let deadline = w.start + w.cfg.duration;
-    // Without a timerfd (never seen on Linux) the wait falls back to
-    // tokio's millisecond timer; the run's `sent_late` shows the price.
-    let mut pacer = Pacer::new()
-        .inspect_err(|e| {
-            eprintln!("no microsecond timer ({e}): sends are paced to the millisecond")
-        })
-        .ok();
+    let mut pacer = Pacer::new();
     // When the loop last waited for an in-flight slot: the requests due
     // meanwhile are late because of the target, not of the generator.
     let mut slot_freed = w.start;
@@ -341,18 +335,7 @@ async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
             Some(s) => {
                 let at = w.start + s.intended(i);
                 if at > Instant::now() {
-                    let wake = at.min(deadline);
-                    match pacer.as_mut() {
-                        Some(p) => {
-                            if let Err(e) = p.until(wake).await {
-                                eprintln!(
-                                    "the microsecond timer failed ({e}): sends are paced to the millisecond"
-                                );
-                                pacer = None;
-                            }
-                        }
-                        None => tokio::time::sleep_until(wake).await,
-                    }
+                    pacer.until(at.min(deadline)).await;
                     continue;
                 }
                 at

@@ -86,6 +86,13 @@ pub fn histogram(digits: u8) -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(digits.min(5)).unwrap_or_else(|_| empty_histogram()))
 }
 
+/// `d` in whole microseconds, at most [`MAX_MICROS`].
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(MAX_MICROS)
+}
+
 fn empty_histogram() -> Histogram<u64> {
     // `new(0)` is always valid in hdrhistogram (0..=5 digits).
     #[allow(clippy::unwrap_used, reason = "0 significant digits is always valid")]
@@ -121,9 +128,7 @@ impl Tally {
         actor: Actor,
         outcome: &Outcome,
     ) {
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, MAX_MICROS);
+        let micros = micros(latency).max(1);
         self.latency.saturating_record(micros);
         let slot = usize::try_from(completed.as_nanos() / self.interval.as_nanos().max(1))
             .unwrap_or(usize::MAX)
@@ -174,10 +179,7 @@ impl Tally {
     /// Records how late the generator sent a request (open loop; see
     /// [`Tally::sent_late`]).
     pub fn record_sent_late(&mut self, late: Duration) {
-        let micros = u64::try_from(late.as_micros())
-            .unwrap_or(u64::MAX)
-            .min(MAX_MICROS);
-        self.sent_late.saturating_record(micros);
+        self.sent_late.saturating_record(micros(late));
     }
 
     /// Moves the timeline `by` later (whole intervals, rounded down): a
