@@ -33,7 +33,7 @@ shopt -s inherit_errexit # a failed build inside $(...) stops the script too
 # Paths given relative to where the script was started.
 [ -z "${CARGO_TARGET_DIR:-}" ] || CARGO_TARGET_DIR=$(realpath -m "$CARGO_TARGET_DIR")
 [ -z "${VIGIL_LOAD_BIN:-}" ] || VIGIL_LOAD_BIN=$(realpath -m "$VIGIL_LOAD_BIN")
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." >/dev/null # (CDPATH would print it: stdout is the path alone)
 
 secs=${1:-5}
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
