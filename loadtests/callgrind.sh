@@ -56,9 +56,7 @@ client=loadtests/callgrind-client.py
 base=${PORT_BASE:-18191}   # four ports from here
 origin=$base; vigil=$((base + 1)); admin=$((base + 2)); vigil_tls=$((base + 3))
 nginx_port=$((base + 4))
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=enforce.test -addext subjectAltName=DNS:enforce.test,DNS:off.test \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert enforce.test off.test
 
 nginx_origin_conf "$work/origin.conf" "$origin"
 

@@ -65,9 +65,7 @@ if [ -n "$with_auth" ] && ! nginx -V 2>&1 | grep -q -- --with-http_auth_request_
   with_auth=
 fi
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert localhost
 
 # The proxy's config, geo database and trusted egress list for the corpus.
 "$load_bin" prepare --out "$work" --listen 127.0.0.1:$vigil --tls-listen 127.0.0.1:$vigil_tls \

@@ -7,6 +7,10 @@
 #   need nginx wrk                 # exits naming the first tool missing
 #   some-server & pids+=($!)       # stopped on exit
 #   wait_for "$work/x.err" URL     # up to 10 s; shows the log if not
+#   stop PID                       # SIGTERM, wait, forget; fails if it did
+#                                  # not exit 0 (a pid stopped before the end)
+#   self_signed_cert NAME...       # $work/cert.pem and key.pem, P-256, for
+#                                  # the DNS names given
 #   on_exit() { ...; }             # optional: runs before $work goes
 #   nginx_origin_conf F PORT       # writes nginx configs: the origin, and
 #   nginx_proxy_conf F PORT ORIGIN # the plain reverse proxy measured against
@@ -41,6 +45,26 @@ wait_for() { # log url [curl options]: until the url answers 2xx
 # FILE.pid and FILE.err): one worker, no master process (its pid is the one
 # `$!` gives), no access log, connections kept alive for as long as a run
 # lasts, and the http block's contents read from stdin.
+# Stops one of $pids before the script ends (SIGTERM, then waits for it) and
+# drops it from $pids: once reaped, its pid may be reused, and cleanup must
+# not signal it. Returns the process's exit status.
+stop() { # pid
+  kill -TERM "$1"
+  local rc=0 p kept=()
+  wait "$1" || rc=$?
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+  pids=("${kept[@]}")
+  return "$rc"
+}
+
+self_signed_cert() { # dns-name...: $work/cert.pem and $work/key.pem
+  local san
+  san=$(printf 'DNS:%s,' "$@")
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=$1" -addext "subjectAltName=${san%,}" \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+}
+
 nginx_conf() { # file < http-block
   {
     cat <<NGINX

@@ -72,9 +72,7 @@ echo "== 1. instrumented build" >&2
 instrumented=$(build pgo-generate "-Cprofile-generate=$target_dir/pgo-generate/profiles")
 
 echo "== 2. training ($secs s per phase)" >&2
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert localhost
 "$load_bin" origin --listen "127.0.0.1:$origin" >/dev/null 2>&1 & pids+=($!)
 wait_for /dev/null "http://127.0.0.1:$origin/"
 mkdir "$work/profiles"
@@ -92,14 +90,9 @@ serve() { # name: starts the proxy, sets $proxy
     "$instrumented" run -c "$work/$1/vigil-proxy.toml" >/dev/null 2>"$work/$1.err" & proxy=$!; pids+=($proxy)
   wait_for "$work/$1.err" "http://127.0.0.1:$admin/readyz"
 }
-stop() { # name: a graceful stop ends in exit(3), which writes the profile
-  kill -TERM "$proxy"
+stop_proxy() { # name: a graceful stop ends in exit(3), which writes the profile
   local stopped=0
-  wait "$proxy" || stopped=$?
-  # Reaped: no longer ours to stop on exit (its pid may be reused).
-  local running=() p
-  for p in "${pids[@]}"; do [ "$p" = "$proxy" ] || running+=("$p"); done
-  pids=("${running[@]}")
+  stop "$proxy" || stopped=$?
   [ "$stopped" = 0 ] || { echo "the instrumented proxy did not stop cleanly ($stopped):" >&2; cat "$work/$1.err" >&2; exit 1; }
 }
 train() { # phase-name vigil-load options...
@@ -130,13 +123,13 @@ clear=(--ja4-header x-load-ja4)
 while read -r t; do clear+=(--target "$t"); done < <(routes http "$listen")
 train "owners, cleartext, kept alive" "${clear[@]}" "${owners[@]}"
 train "the whole corpus, cleartext, kept alive" "${clear[@]}"
-stop cleartext
+stop_proxy cleartext
 serve tls
 over_tls=(--insecure)
 while read -r t; do over_tls+=(--target "$t"); done < <(routes https "$tls")
 train "owners, TLS, kept alive" "${over_tls[@]}" "${owners[@]}"
 train "owners, TLS, a new connection per request" "${over_tls[@]}" "${owners[@]}" --new-connection --tls-resume
-stop tls
+stop_proxy tls
 [ "$(find "$work/profiles" -name '*.profraw' | wc -l)" = 2 ] || { echo "the proxies did not write their two profiles" >&2; exit 1; }
 
 echo "== 3. merging" >&2
