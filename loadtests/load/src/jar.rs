@@ -3,7 +3,7 @@
 //!
 //! Every client of a session — the owner, and the thief once the jar is
 //! copied — has a jar of its own. It always holds the app's session cookie
-//! as the corpus names it (`session=<id>.<round>.<lap>`: a thief replays
+//! as the corpus names it (`session=<id>.<run>.<round>.<lap>`: a thief replays
 //! that cookie whatever Vigil answers, so a response never removes it from
 //! the jar), and whatever other cookie a response sets, Vigil's companion
 //! cookie above all: `Set-Cookie` stores a name and value, a `Max-Age` of

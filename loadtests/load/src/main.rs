@@ -365,6 +365,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         interval: a.interval,
         think: a.think,
         new_connection: a.new_connection,
+        run_id: rand::random(),
     };
     let mut endpoints = Vec::new();
     for s in &specs {

@@ -99,6 +99,13 @@ pub struct RunConfig {
     /// `Connection: close` and never pooled (`--new-connection`), so that
     /// each request pays a connect (and over TLS a handshake).
     pub new_connection: bool,
+    /// This invocation's id, carried by every session cookie beside the
+    /// round and the lap: rounds tell one invocation's runs apart, this
+    /// tells invocations apart, so that a second `vigil-load run` against
+    /// the same proxy (a warm-up, then the measured run) never replays a
+    /// session the proxy already judged. `vigil-load run` draws it at
+    /// random.
+    pub run_id: u32,
 }
 
 /// Counters the progress line reads while a run goes on.
@@ -128,8 +135,9 @@ pub struct RunResult {
 }
 
 /// Runs `plan` against `endpoint`. `round` tells sessions of different
-/// runs apart (cookies and tallies), so that runs against the same proxy
-/// never share sessions.
+/// runs of one invocation apart (cookies and tallies) and
+/// [`RunConfig::run_id`] those of different invocations, so that runs
+/// against the same proxy never share sessions.
 pub fn run(
     plan: &Arc<Plan>,
     endpoint: &Arc<Endpoint>,
@@ -443,7 +451,7 @@ impl Worker {
         let mut headers = self.headers.get(index).cloned().unwrap_or_default();
         let mut from = intended;
         if step.login {
-            let id = format!("{}.{}.{lap32}", info.id, self.round);
+            let id = self.session_value(&info.id, lap32);
             let path = format!(
                 "{}?session={}&user={}",
                 self.cfg.login_path,
@@ -494,17 +502,25 @@ impl Worker {
         );
     }
 
-    /// The `Cookie` header `step`'s client sends: `session=<corpus
-    /// id>.<round>.<lap>` and what its jar holds. Makes the session's jars
-    /// for a new lap; copies the owner's jar to a thief who has none yet;
-    /// marks the jar as losing its next response when the step says so.
+    /// The app's session value of corpus session `id` in `lap`:
+    /// `<id>.<run id>.<round>.<lap>`, never the same in two runs, two
+    /// rounds or two laps.
+    fn session_value(&self, id: &str, lap: u32) -> String {
+        format!("{id}.{:08x}.{}.{lap}", self.cfg.run_id, self.round)
+    }
+
+    /// The `Cookie` header `step`'s client sends: `session=` the
+    /// [`Worker::session_value`] and what its jar holds. Makes the
+    /// session's jars for a new lap; copies the owner's jar to a thief who
+    /// has none yet; marks the jar as losing its next response when the
+    /// step says so.
     fn cookie(&self, session: usize, lap: u64, step: &Step) -> Option<HeaderValue> {
         let mut jars = self.jars.borrow_mut();
         let slot = jars.get_mut(session)?;
         if slot.as_ref().is_none_or(|j| j.lap != lap) {
             let info = self.plan.sessions.get(session)?;
             let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
-            let value = format!("{}.{}.{lap32}", info.id, self.round);
+            let value = self.session_value(&info.id, lap32);
             *slot = Some(Jars {
                 lap,
                 owner: Jar::new("session", &value),

@@ -91,6 +91,7 @@ fn every_request_of_a_lap_arrives_once_over_h1_and_h2c() {
                 interval: Duration::from_secs(1),
                 think: Duration::ZERO,
                 new_connection: false,
+                run_id: 0,
             };
             let (r0, l0, c0) = (
                 received.requests.load(Ordering::SeqCst),
@@ -190,6 +191,7 @@ fn a_connection_per_request_opens_one_for_every_request() {
             interval: Duration::from_secs(1),
             think: Duration::ZERO,
             new_connection,
+            run_id: 0,
         };
         let before = received.connections.load(Ordering::SeqCst);
         let result = run(&plan, &endpoint, &cfg, 0, &Arc::new(Progress::default())).unwrap();

@@ -421,6 +421,7 @@ fn config(load: Load, lap: u64, think: Duration) -> RunConfig {
         interval: Duration::from_secs(1),
         think,
         new_connection: false,
+        run_id: 0,
     }
 }
 
@@ -559,4 +560,66 @@ fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
         .find(|r| r.class == Scenario::RotationLost)
         .unwrap();
     assert_eq!((lost.sessions, lost.blocked), (3, 0));
+}
+
+/// Two `vigil-load run` invocations against one proxy — a warm-up, then
+/// the measured run, as `compare.sh` plays them — share no session: the
+/// second's steady owners are judged on sessions of their own, with jars
+/// of their own, and none is refused. (When the cookie carried only the
+/// round and the lap, the second invocation replayed the first's session
+/// values with empty jars: `binding_missing` on every session the first
+/// had bound, and `recent_detections` spreading to the users' others.)
+#[test]
+fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = ["--users", "20", "--sessions-per-class", "2"];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = Arc::new(Received::default());
+    let (origin, _task) = rt
+        .block_on(start(free_port(), "/login".into(), received.clone()))
+        .unwrap();
+    let (plain, admin) = (free_port(), free_port());
+    let status = Command::new(env!("CARGO_BIN_EXE_vigil-load"))
+        .arg("prepare")
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", &plain.to_string()])
+        .args(["--origin", &origin.to_string()])
+        .args(["--admin", &admin.to_string()])
+        .args(corpus)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _proxy = start_proxy(dir.path(), admin);
+
+    for invocation in ["warm-up", "measured"] {
+        let before = received.requests.load(Ordering::SeqCst);
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil-load"))
+            .args(["run", &format!("http://{plain}/")])
+            .args(["--ja4-header", "x-load-ja4", "--classes", "history"])
+            .args(["--laps", "1", "--concurrency", "8", "--json", "-"])
+            .args(corpus)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{invocation}: {stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = &json["reports"][0];
+        let requests = report["requests"].as_u64().unwrap();
+        assert!(requests > 0, "{invocation}: {report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{invocation}");
+        assert_eq!(report["refusals"], serde_json::json!({}), "{invocation}");
+        assert_eq!(report["served"].as_u64(), Some(requests), "{invocation}");
+        assert_eq!(
+            received.requests.load(Ordering::SeqCst) - before,
+            requests,
+            "{invocation}: the origin got every request"
+        );
+    }
 }

@@ -58,6 +58,7 @@ fn the_html_report_draws_its_charts_offline_in_chromium() {
         interval: Duration::from_millis(250),
         think: Duration::ZERO,
         new_connection: false,
+        run_id: 0,
     };
     let result = run(&plan, &endpoint, &cfg, 0, &Arc::new(Progress::default())).unwrap();
     let report = Report::new(
