@@ -28,9 +28,12 @@
 //! so a lap never replays a session Vigil has already judged.
 //!
 //! Cookies: each client of a session (the owner; the thief from the theft
-//! on) keeps a [`Jar`], per lap, on the session's worker. A session's
-//! requests never overlap (above), so its jars are read and written in
-//! corpus order without locks: the request sends what its client's jar
+//! on) keeps a [`Jar`], per lap, on the session's worker, from the lap's
+//! first request of the session to its last. A session's requests in one
+//! lap never overlap (above), so its jars are read and written in corpus
+//! order without locks; in the open loop a late target can hold the end
+//! of one lap of a session while the next lap's begins, and each lap
+//! keeps its own jars throughout: the request sends what its client's jar
 //! holds, the response's `Set-Cookie` goes into that jar (Vigil's
 //! companion cookie, [`crate::jar`]), and the owner's request marked
 //! `steal` leaves a copy of the owner's jar to the thief (without a mark,
@@ -202,9 +205,13 @@ struct Worker {
     /// headers, built once, with `Host` (HTTP/1.1) and a `Cookie` slot
     /// already in place so that filling the slot never grows the map.
     headers: Vec<HeaderMap>,
-    /// Per session: its clients' cookie jars for the lap they were last
-    /// made for.
-    jars: RefCell<Vec<Option<Jars>>>,
+    /// Per session: its clients' cookie jars in each lap that has begun
+    /// and not ended (one, unless a late target holds a lap's end while
+    /// the next begins).
+    jars: RefCell<Vec<Vec<Jars>>>,
+    /// Per step (by plan index): whether it is its session's last, after
+    /// which the lap's jars of the session are dropped.
+    last: Vec<bool>,
 }
 
 /// The cookie jars of one session in one lap.
@@ -238,11 +245,22 @@ async fn worker_loop(
             *h = template(step, &endpoint, cfg.new_connection);
         }
     }
+    let mut last = vec![false; plan.steps.len()];
+    let mut seen = vec![false; plan.sessions.len()];
+    for (i, step) in plan.steps.iter().enumerate().rev() {
+        if let Some(s) = seen.get_mut(usize::try_from(step.session).unwrap_or(usize::MAX))
+            && !std::mem::replace(s, true)
+            && let Some(l) = last.get_mut(i)
+        {
+            *l = true;
+        }
+    }
     let w = Rc::new(Worker {
         tally: RefCell::new(Tally::new(cfg.interval)),
         pool: RefCell::new(Pool::default()),
         start: Instant::now(),
-        jars: RefCell::new(vec![None; plan.sessions.len()]),
+        jars: RefCell::new(vec![Vec::new(); plan.sessions.len()]),
+        last,
         headers,
         plan,
         endpoint,
@@ -493,6 +511,9 @@ impl Worker {
         if step.steal {
             self.steal(session, lap);
         }
+        if self.last.get(index).copied().unwrap_or(false) {
+            self.end_lap(session, lap);
+        }
         self.record(
             from,
             Instant::now(),
@@ -516,18 +537,7 @@ impl Worker {
     /// step says so.
     fn cookie(&self, session: usize, lap: u64, step: &Step) -> Option<HeaderValue> {
         let mut jars = self.jars.borrow_mut();
-        let slot = jars.get_mut(session)?;
-        if slot.as_ref().is_none_or(|j| j.lap != lap) {
-            let info = self.plan.sessions.get(session)?;
-            let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
-            let value = self.session_value(&info.id, lap32);
-            *slot = Some(Jars {
-                lap,
-                owner: Jar::new("session", &value),
-                thief: None,
-            });
-        }
-        let jars = slot.as_mut()?;
+        let jars = self.jars_of(&mut jars, session, lap)?;
         let jar = match step.actor {
             Actor::Owner => &mut jars.owner,
             Actor::Attacker => jars.thief.get_or_insert_with(|| jars.owner.copy()),
@@ -538,6 +548,31 @@ impl Worker {
         jar.header()
     }
 
+    /// The jars of `session` in `lap`, made when the lap's first request
+    /// of the session (its login, if it has one) needs them.
+    fn jars_of<'a>(
+        &self,
+        jars: &'a mut [Vec<Jars>],
+        session: usize,
+        lap: u64,
+    ) -> Option<&'a mut Jars> {
+        let laps = jars.get_mut(session)?;
+        let at = match laps.iter().position(|j| j.lap == lap) {
+            Some(at) => at,
+            None => {
+                let info = self.plan.sessions.get(session)?;
+                let lap32 = u32::try_from(lap).unwrap_or(u32::MAX);
+                laps.push(Jars {
+                    lap,
+                    owner: Jar::new("session", &self.session_value(&info.id, lap32)),
+                    thief: None,
+                });
+                laps.len() - 1
+            }
+        };
+        laps.get_mut(at)
+    }
+
     /// Puts what a response set into the jar of the client that sent the
     /// request (nothing to do for the usual response that sets nothing).
     fn store(&self, session: usize, lap: u64, actor: Actor, set: Vec<SetCookie>) {
@@ -545,12 +580,9 @@ impl Worker {
             return;
         }
         let mut jars = self.jars.borrow_mut();
-        let Some(Some(jars)) = jars.get_mut(session) else {
+        let Some(jars) = self.jars_of(&mut jars, session, lap) else {
             return;
         };
-        if jars.lap != lap {
-            return;
-        }
         let jar = match actor {
             Actor::Owner => Some(&mut jars.owner),
             Actor::Attacker => jars.thief.as_mut(),
@@ -563,11 +595,15 @@ impl Worker {
     /// The theft: the thief's jar becomes a copy of the owner's as it
     /// stands now.
     fn steal(&self, session: usize, lap: u64) {
-        let mut jars = self.jars.borrow_mut();
-        if let Some(Some(jars)) = jars.get_mut(session)
-            && jars.lap == lap
-        {
+        if let Some(jars) = self.jars_of(&mut self.jars.borrow_mut(), session, lap) {
             jars.thief = Some(jars.owner.copy());
+        }
+    }
+
+    /// The session's last request of `lap` is done: its jars go.
+    fn end_lap(&self, session: usize, lap: u64) {
+        if let Some(laps) = self.jars.borrow_mut().get_mut(session) {
+            laps.retain(|j| j.lap != lap);
         }
     }
 

@@ -623,3 +623,112 @@ fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() 
         );
     }
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to the proxy this test started.
+fn signal(proxy: &Proxy, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &proxy.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until `counter` reaches `n` (the run's own progress), within
+/// [`DEADLINE`].
+fn until(counter: &std::sync::atomic::AtomicU64, n: u64, what: &str) {
+    let started = Instant::now();
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(started.elapsed() < DEADLINE, "{what}: {counter:?} of {n}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The open loop sends each request at its time, so a proxy that stops
+/// answering for a while holds the end of one lap of a session while the
+/// next lap's requests of it begin. Each lap keeps its own cookie jars
+/// throughout: the late lap's remaining requests still carry the
+/// companion its earlier ones presented, and no owner is refused. (When a
+/// session had one jar for the lap it was last made for, the next lap took
+/// it over and the late lap's requests went out without their companion:
+/// `binding_missing`.)
+#[test]
+fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, _) = generate(&GenerateConfig {
+        seed: 3,
+        users: 20,
+        sessions_per_class: 1,
+        history_days: 1,
+        ..GenerateConfig::default()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (origin, _task) = rt
+        .block_on(start(
+            free_port(),
+            "/login".into(),
+            Arc::new(Received::default()),
+        ))
+        .unwrap();
+    let (plain, admin) = (free_port(), free_port());
+    write(
+        dir.path(),
+        &corpus.networks,
+        &ProxySetup {
+            listen: plain.to_string(),
+            tls: None,
+            origin: origin.to_string(),
+            admin: admin.to_string(),
+            threads: 1,
+            step_up_url: "/step-up".into(),
+            // Nothing rotates within the run: only the companion's
+            // presence is judged.
+            rotate_after_seconds: 300,
+        },
+    )
+    .unwrap();
+    let proxy = start_proxy(dir.path(), admin);
+    let plan = Arc::new(
+        Plan::from_corpus(
+            &corpus,
+            &PlanOptions {
+                ja4_header: Some(http::HeaderName::from_static("x-load-ja4")),
+                classes: vec![Scenario::History],
+            },
+        )
+        .unwrap(),
+    );
+    let lap: u64 = plan.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
+    let spec = TargetSpec::parse(&format!("http://{plain}/")).unwrap();
+    let endpoint = Arc::new(
+        spec.endpoint(Protocol::Http1, plan.devices.len(), &Trust::Insecure)
+            .unwrap(),
+    );
+    let mut cfg = config(Load::Rate(400), lap, Duration::ZERO);
+    cfg.laps = Some(2);
+    cfg.max_requests = lap * 3;
+    cfg.max_in_flight = 100_000;
+    cfg.threads = 1;
+    let progress = Arc::new(Progress::default());
+    let runner = {
+        let (plan, endpoint, cfg, progress) =
+            (plan.clone(), endpoint.clone(), cfg, progress.clone());
+        std::thread::spawn(move || run(&plan, &endpoint, &cfg, 0, &progress).unwrap())
+    };
+    // Half of the first lap answered (its sessions' companions issued and
+    // presented), then the proxy stops while the rest of the first lap
+    // and the start of the second are sent.
+    until(&progress.done, lap / 2, "first half of lap 1 answered");
+    signal(&proxy, "-STOP");
+    until(&progress.sent, lap + lap / 2, "half of lap 2 sent");
+    signal(&proxy, "-CONT");
+    let result = runner.join().unwrap();
+    let tally = &result.tally;
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    assert_eq!(tally.requests, 2 * lap);
+    assert_eq!(tally.served, 2 * lap, "refused: {:?}", tally.refusals);
+}
