@@ -57,7 +57,8 @@ pub struct Step {
 /// One session of the corpus.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
-    /// The corpus's session id (the cookie's value, before the round suffix).
+    /// The corpus's session id (the cookie's value, before the run, round
+    /// and lap suffix).
     pub id: String,
     /// The owner's user name.
     pub user: String,

@@ -3,9 +3,9 @@
 //! `threads` worker threads, each a single-threaded tokio runtime with its
 //! own connections and [`Tally`], so that nothing is shared on the hot path
 //! but a few counters for the progress line. A session lives on one worker
-//! (session index modulo `threads`), and its requests are sent in corpus
-//! order: a request waits for the session's previous one to complete, as a
-//! browser's navigation would.
+//! (session index modulo `threads`), and its requests of one lap are sent
+//! in corpus order: a request waits for the session's previous one in the
+//! lap to complete, as a browser's navigation would.
 //!
 //! - **Rate** (open loop): request `i` of a worker is due at
 //!   [`Schedule::intended`]`(i)` and sent by a task of its own; latency
@@ -24,8 +24,9 @@
 //! a clone of the step's, built once.
 //!
 //! The corpus is replayed in laps until the duration or the request cap is
-//! reached; each lap's sessions are new ones (the cookie carries the lap),
-//! so a lap never replays a session Vigil has already judged.
+//! reached; each lap's sessions are new ones (the cookie carries the run
+//! id, the round and the lap), so a lap never replays a session Vigil has
+//! already judged.
 //!
 //! Cookies: each client of a session (the owner; the thief from the theft
 //! on) keeps a [`Jar`], per lap, on the session's worker, from the lap's
@@ -339,7 +340,7 @@ async fn closed_loop(w: &Rc<Worker>, mine: &[usize], n: usize, threads: usize) {
 
 /// Open loop: request `i` is due at [`Schedule::intended`]`(i)` and sent
 /// by a task of its own, which first waits for the session's previous
-/// request; at most `max_in_flight` at a time.
+/// request in the same lap; at most `max_in_flight` at a time.
 async fn open_loop(w: &Rc<Worker>, mine: &[usize], rate: u64) {
     let schedule = Schedule::new(rate).ok();
     let slots = w.cfg.max_in_flight.max(1);
@@ -524,16 +525,16 @@ impl Worker {
     }
 
     /// The app's session value of corpus session `id` in `lap`:
-    /// `<id>.<run id>.<round>.<lap>`, never the same in two runs, two
-    /// rounds or two laps.
+    /// `<id>.<run id>.<round>.<lap>`: never the same in two rounds or two
+    /// laps, nor (but for a 1 in 2^32 draw) in two invocations.
     fn session_value(&self, id: &str, lap: u32) -> String {
         format!("{id}.{:08x}.{}.{lap}", self.cfg.run_id, self.round)
     }
 
     /// The `Cookie` header `step`'s client sends: `session=` the
     /// [`Worker::session_value`] and what its jar holds. Makes the
-    /// session's jars for a new lap; copies the owner's jar to a thief who
-    /// has none yet; marks the jar as losing its next response when the
+    /// session's jars for the lap unless its login made them; copies the
+    /// owner's jar to a thief who has none yet; marks the jar as losing its next response when the
     /// step says so.
     fn cookie(&self, session: usize, lap: u64, step: &Step) -> Option<HeaderValue> {
         let mut jars = self.jars.borrow_mut();
@@ -574,7 +575,9 @@ impl Worker {
     }
 
     /// Puts what a response set into the jar of the client that sent the
-    /// request (nothing to do for the usual response that sets nothing).
+    /// request (nothing to do for the usual response that sets nothing),
+    /// making the lap's jars if this is their first need (a login's
+    /// response).
     fn store(&self, session: usize, lap: u64, actor: Actor, set: Vec<SetCookie>) {
         if set.is_empty() {
             return;

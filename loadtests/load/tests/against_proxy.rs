@@ -725,6 +725,8 @@ fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
     until(&progress.done, lap / 2, "first half of lap 1 answered");
     signal(&proxy, "-STOP");
     until(&progress.sent, lap + lap / 2, "half of lap 2 sent");
+    // The overlap is there: lap 1 is not all answered while lap 2 is sent.
+    assert!(progress.done.load(Ordering::SeqCst) < lap);
     signal(&proxy, "-CONT");
     let result = runner.join().unwrap();
     let tally = &result.tally;
