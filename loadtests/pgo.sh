@@ -78,10 +78,11 @@ wait_for /dev/null "http://127.0.0.1:$origin/"
 mkdir "$work/profiles"
 
 # One instrumented proxy per transport, each from its own freshly prepared
-# config and state: a proxy that learnt the owners' devices in cleartext
-# (a header's JA4) would see them over TLS as new devices (their TLS
-# stacks' JA4) and refuse them, as compare.sh's comment says. Each writes
-# its own profile when it stops.
+# config and state, so that each transport's training starts from the
+# same empty state. (The first version trained both on one proxy and saw
+# 94-95 % refused over TLS: that was vigil-load replaying the cleartext
+# phases' sessions, fixed since by its run id; docs/performance.md, eighth
+# pass.) Each writes its own profile when it stops.
 serve() { # name: starts the proxy, sets $proxy
   "$load_bin" prepare --out "$work/$1" --listen "127.0.0.1:$listen" --tls-listen "127.0.0.1:$tls" \
     --cert "$work/cert.pem" --key "$work/key.pem" --origin "127.0.0.1:$origin" \
