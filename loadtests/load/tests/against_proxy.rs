@@ -231,7 +231,6 @@ fn check(report: &Report, lap: u64, received: &Received, before: u64) {
 #[test]
 fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = generate(&GenerateConfig {
         seed: 7,
         users: 60,
@@ -239,32 +238,8 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         history_days: 1,
         ..GenerateConfig::default()
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let received = Arc::new(Received::default());
-    let (origin, _task) = rt
-        .block_on(start(free_port(), "/login".into(), received.clone()))
-        .unwrap();
-    let (plain, tls, admin) = (free_port(), free_port(), free_port());
-    let (cert, key) = tls_files(dir.path());
-    write(
-        dir.path(),
-        &corpus.networks,
-        &ProxySetup {
-            listen: plain.to_string(),
-            tls: Some((tls.to_string(), cert, key)),
-            origin: origin.to_string(),
-            admin: admin.to_string(),
-            threads: 1,
-            step_up_url: "/step-up".into(),
-            rotate_after_seconds: 1,
-        },
-    )
-    .unwrap();
-    let _proxy = start_proxy(dir.path(), admin);
+    let s = setup(&corpus, 1);
+    let (received, plain, tls) = (&s.received, s.plain, s.tls);
 
     // The perfect clones are caught only by the rotating binding, once both
     // holders came back across a rotation: at full speed that depends on
@@ -287,14 +262,14 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
     );
     let before = received.requests.load(Ordering::SeqCst);
     let (report, lap) = play(&plan, &format!("http://{plain}/"), Protocol::Http1, 0);
-    check(&report, lap, &received, before);
+    check(&report, lap, received, before);
 
     // The same over cleartext HTTP/2 (prior knowledge; the listener has
     // `h2c = true`): many sessions' requests multiplexed on one connection
     // per device, Vigil's refusals included.
     let before = received.requests.load(Ordering::SeqCst);
     let (report, lap) = play(&plan, &format!("http://{plain}/"), Protocol::Http2, 2);
-    check(&report, lap, &received, before);
+    check(&report, lap, received, before);
 
     // TLS: no header; each device's connections carry its own hello. The
     // users are those of the cleartext run, whose devices Vigil learnt
@@ -321,7 +296,7 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         Protocol::Http1,
         1,
     );
-    check(&report, lap, &received, before);
+    check(&report, lap, received, before);
     let copied = report
         .classes
         .iter()
@@ -342,7 +317,7 @@ fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() 
         Protocol::Http2,
         3,
     );
-    check(&report, lap, &received, before);
+    check(&report, lap, received, before);
     let copied = report
         .classes
         .iter()
@@ -425,26 +400,34 @@ fn config(load: Load, lap: u64, think: Duration) -> RunConfig {
     }
 }
 
-/// Starts an origin and a proxy prepared for `corpus` with the binding
-/// rotating every second; returns the TLS listener.
-struct Setup {
-    _dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
-    _proxy: Proxy,
-    tls: SocketAddr,
-}
-
-fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
+/// A loopback origin on a runtime of its own, and what it received.
+fn origin() -> (tokio::runtime::Runtime, SocketAddr, Arc<Received>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let received = Arc::new(Received::default());
-    let (origin, _task) = rt
-        .block_on(start(free_port(), "/login".into(), received))
+    let (addr, _task) = rt
+        .block_on(start(free_port(), "/login".into(), received.clone()))
         .unwrap();
+    (rt, addr, received)
+}
+
+/// An origin and a proxy prepared for `corpus` (cleartext and TLS
+/// listeners) with the binding rotating after `rotate_after_seconds`.
+struct Setup {
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+    proxy: Proxy,
+    received: Arc<Received>,
+    plain: SocketAddr,
+    tls: SocketAddr,
+}
+
+fn setup(corpus: &vigil_eval::scenario::Corpus, rotate_after_seconds: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, origin, received) = origin();
     let (plain, tls, admin) = (free_port(), free_port(), free_port());
     let (cert, key) = tls_files(dir.path());
     write(
@@ -457,7 +440,7 @@ fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
             admin: admin.to_string(),
             threads: 1,
             step_up_url: "/step-up".into(),
-            rotate_after_seconds: 1,
+            rotate_after_seconds,
         },
     )
     .unwrap();
@@ -465,7 +448,9 @@ fn setup(corpus: &vigil_eval::scenario::Corpus) -> Setup {
     Setup {
         _dir: dir,
         _rt: rt,
-        _proxy: proxy,
+        proxy,
+        received,
+        plain,
         tls,
     }
 }
@@ -489,7 +474,7 @@ fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
         history_days: 1,
         ..GenerateConfig::default()
     });
-    let s = setup(&corpus);
+    let s = setup(&corpus, 1);
     let target = format!(
         "name=tls,url=https://127.0.0.1:{}/,host=localhost",
         s.tls.port()
@@ -574,15 +559,7 @@ fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() 
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let corpus = ["--users", "20", "--sessions-per-class", "2"];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let received = Arc::new(Received::default());
-    let (origin, _task) = rt
-        .block_on(start(free_port(), "/login".into(), received.clone()))
-        .unwrap();
+    let (_rt, origin, received) = origin();
     let (plain, admin) = (free_port(), free_port());
     let status = Command::new(env!("CARGO_BIN_EXE_vigil-load"))
         .arg("prepare")
@@ -654,7 +631,6 @@ fn until(counter: &std::sync::atomic::AtomicU64, n: u64, what: &str) {
 #[test]
 fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
     let (corpus, _) = generate(&GenerateConfig {
         seed: 3,
         users: 20,
@@ -662,36 +638,9 @@ fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
         history_days: 1,
         ..GenerateConfig::default()
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (origin, _task) = rt
-        .block_on(start(
-            free_port(),
-            "/login".into(),
-            Arc::new(Received::default()),
-        ))
-        .unwrap();
-    let (plain, admin) = (free_port(), free_port());
-    write(
-        dir.path(),
-        &corpus.networks,
-        &ProxySetup {
-            listen: plain.to_string(),
-            tls: None,
-            origin: origin.to_string(),
-            admin: admin.to_string(),
-            threads: 1,
-            step_up_url: "/step-up".into(),
-            // Nothing rotates within the run: only the companion's
-            // presence is judged.
-            rotate_after_seconds: 300,
-        },
-    )
-    .unwrap();
-    let proxy = start_proxy(dir.path(), admin);
+    // Nothing rotates within the run: only the companion's presence is
+    // judged.
+    let s = setup(&corpus, 300);
     let plan = Arc::new(
         Plan::from_corpus(
             &corpus,
@@ -703,7 +652,7 @@ fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
         .unwrap(),
     );
     let lap: u64 = plan.steps.iter().map(|s| 1 + u64::from(s.login)).sum();
-    let spec = TargetSpec::parse(&format!("http://{plain}/")).unwrap();
+    let spec = TargetSpec::parse(&format!("http://{}/", s.plain)).unwrap();
     let endpoint = Arc::new(
         spec.endpoint(Protocol::Http1, plan.devices.len(), &Trust::Insecure)
             .unwrap(),
@@ -723,11 +672,11 @@ fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
     // presented), then the proxy stops while the rest of the first lap
     // and the start of the second are sent.
     until(&progress.done, lap / 2, "first half of lap 1 answered");
-    signal(&proxy, "-STOP");
+    signal(&s.proxy, "-STOP");
     until(&progress.sent, lap + lap / 2, "half of lap 2 sent");
     // The overlap is there: lap 1 is not all answered while lap 2 is sent.
     assert!(progress.done.load(Ordering::SeqCst) < lap);
-    signal(&proxy, "-CONT");
+    signal(&s.proxy, "-CONT");
     let result = runner.join().unwrap();
     let tally = &result.tally;
     assert!(tally.errors.is_empty(), "{:?}", tally.errors);
