@@ -87,10 +87,13 @@ fn lookups(c: &mut Criterion) {
         n += 1;
         list[n % list.len()]
     };
-    // `lookup` remembers the last answers per address (4,096 slots): an
-    // address not asked for lately (`_city_asn`: each of 586 networks at
-    // 250 offsets, 146,500 addresses in turn) reads the files; the same
-    // 586 asked again and again (`_remembered`) are answered from memory.
+    // `lookup` remembers the last answers per address (16,384 slots), and
+    // each file its last decoded records (4,096 slots): an address not
+    // asked for lately (`_city_asn`: each of 586 networks at 250 offsets,
+    // 146,500 addresses in turn) walks the files' trees, and finds its
+    // networks' records (512 cities, 256 organisations) decoded already;
+    // the same 586 asked again and again (`_remembered`) are answered from
+    // memory. `lookup_v4_records_unshared` below is the files' whole cost.
     let mut m: u32 = 0;
     let mut fresh = |list: &[IpAddr]| {
         m = m.wrapping_add(1);
@@ -127,6 +130,44 @@ fn lookups(c: &mut Criterion) {
     assert!(ild.lookup(hits[1]).location.is_some());
     c.bench_function("geoip/lookup_v4_ip_location_db", |b| {
         b.iter(|| ild.lookup(black_box(fresh(&hits))));
+    });
+}
+
+/// The files' whole cost: 16,384 networks, each with a city record and an
+/// AS record of its own, asked in turn at a new address each time, so that
+/// neither the address table nor the record tables can answer.
+fn unshared(c: &mut Criterion) {
+    const NETWORKS: u32 = 16_384;
+    let dir = tempfile::tempdir().unwrap();
+    let mut city = TestDb::new(Layout::GeoLite2);
+    let mut asn = TestDb::new(Layout::GeoLite2);
+    for i in 0..NETWORKS {
+        let f = f64::from(i);
+        city.push(
+            &format!("{}/24", v4_net(i)),
+            TestRecord::new()
+                .country(["GB", "FR", "DE", "US", "JP", "BR", "IN", "AU"][(i % 8) as usize])
+                .city(&format!("City {i}"))
+                .location(-60.0 + f * 0.007, -170.0 + f * 0.02)
+                .accuracy_km(u16::try_from(i % 200).unwrap() + 1),
+        );
+        asn.push(
+            &format!("{}/24", v4_net(i)),
+            TestRecord::new().asn(64_512 + i).org(&format!("Org {i}")),
+        );
+    }
+    let (city_path, asn_path) = (dir.path().join("city.mmdb"), dir.path().join("asn.mmdb"));
+    city.write(&city_path).unwrap();
+    asn.write(&asn_path).unwrap();
+    let dbs = GeoDatabases::open(&GeoPaths::new().with_geo(city_path).with_asn(asn_path)).unwrap();
+    let mut m: u32 = 0;
+    c.bench_function("geoip/lookup_v4_records_unshared", |b| {
+        b.iter(|| {
+            m = m.wrapping_add(1);
+            let host = (m / NETWORKS) % 250 + 1;
+            let ip = Ipv4Addr::from(u32::from(v4_net(m % NETWORKS)) + host);
+            dbs.lookup(black_box(IpAddr::V4(ip)))
+        });
     });
 }
 
@@ -169,5 +210,5 @@ fn travel_math(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, travel_math, open);
+criterion_group!(benches, lookups, unshared, travel_math, open);
 criterion_main!(benches);

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use maxminddb::Reader;
 
-use crate::cache::{FactsCache, SLOTS};
+use crate::cache::{ADDRESS_SLOTS, DirectMapped, FactsCache, RECORD_SLOTS};
 use crate::error::{DatabaseRole, GeoError};
 use crate::facts::GeoFacts;
 use crate::record::{Raw, Record};
@@ -78,6 +78,10 @@ struct Database {
     reader: Reader<Vec<u8>>,
     bytes: usize,
     stamp: FileStamp,
+    /// The request path's records (without names) by their offset in this
+    /// file's data section: records are shared between networks, so an
+    /// address seen for the first time is often decoded already.
+    records: DirectMapped<usize, Option<Raw<'static>>>,
 }
 
 /// What identifies one version of a file on disk. Any difference means the
@@ -146,7 +150,7 @@ impl GeoDatabases {
         let slots = if geo.is_empty() && asn.is_empty() {
             0
         } else {
-            SLOTS
+            ADDRESS_SLOTS
         };
         Self {
             geo,
@@ -162,9 +166,10 @@ impl GeoDatabases {
     /// fields. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are looked up as
     /// the IPv4 address they carry.
     ///
-    /// The answers for the last few thousand addresses are remembered
-    /// (`crate::cache`), so a client's next request from the same address
-    /// reads no file.
+    /// The answers for the last ten thousand addresses or so are
+    /// remembered (`crate::cache`), so a client's next request from the
+    /// same address reads no file, and each file's recently decoded records
+    /// too, so a new address in a known city or network decodes nothing.
     pub fn lookup(&self, ip: IpAddr) -> GeoFacts {
         let ip = ip.to_canonical();
         self.cache.get(ip, || self.facts::<false>(ip))
@@ -287,6 +292,7 @@ impl Database {
             reader,
             bytes: read,
             stamp: FileStamp::of(&meta),
+            records: DirectMapped::with_slots(RECORD_SLOTS),
         })
     }
 
@@ -298,8 +304,14 @@ impl Database {
             return None;
         }
         let found = self.reader.lookup(ip).ok()?;
-        let record = found.decode::<Record<'_, NAMES>>().ok()??;
-        Some(record.0)
+        let decode = || Some(found.decode::<Record<'_, NAMES>>().ok()??.0);
+        if NAMES {
+            return decode();
+        }
+        // No data for the address: no offset, nothing to remember.
+        let offset = found.offset()?;
+        self.records
+            .get(offset, || decode().map(Raw::without_names))
     }
 
     fn info(&self) -> DatabaseInfo<'_> {

@@ -101,6 +101,20 @@ impl<'a> Raw<'a> {
         let pick = |c: Coordinates| Location::new(c.lat?, c.lon?, accuracy);
         pick(self.nested).or_else(|| pick(self.top))
     }
+
+    /// The record without its names (the request path's form), owning
+    /// nothing of the database it was read from.
+    pub(crate) fn without_names(self) -> Raw<'static> {
+        Raw {
+            country: self.country,
+            city: None,
+            nested: self.nested,
+            top: self.top,
+            accuracy_km: self.accuracy_km,
+            asn: self.asn,
+            org: None,
+        }
+    }
 }
 
 // === impl Record ===

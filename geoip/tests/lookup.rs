@@ -115,7 +115,7 @@ fn geolite2_city_and_asn_together() {
     assert_eq!((asn_only.country, asn_only.asn), (None, Some(20712)));
 }
 
-/// `lookup` remembers recent answers per address (4,096 slots): asked
+/// `lookup` remembers recent answers per address (16,384 slots): asked
 /// again — straight away, after thousands of other addresses took slots,
 /// and in its IPv4-mapped IPv6 form — it still gives what the files say.
 #[test]
@@ -148,6 +148,64 @@ fn remembered_answers_are_the_files_answers() {
         }
     }
     assert_eq!(dbs.lookup(ip("::ffff:81.2.69.160")), files("81.2.69.160"));
+}
+
+/// Each file also remembers its decoded records by their place in the
+/// file (4,096 slots), and networks share records: 600 networks point at 12
+/// shared city records and 300 more at records of their own, over an ASN
+/// file whose 40 records cover only some of them, with a city file that
+/// also carries AS numbers for a few. Addresses asked in any order, far
+/// more of them than either table holds, each get their own network's
+/// facts, never a neighbour's or a shared record's for a network that
+/// has its own.
+#[test]
+fn remembered_records_are_each_networks_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = |k: u32| {
+        TestRecord::new()
+            .country(["GB", "FR", "DE"][(k % 3) as usize])
+            .city(&format!("Shared {k}"))
+            .location(40.0 + f64::from(k), 2.0 * f64::from(k))
+            .accuracy_km(10 + u16::try_from(k).unwrap())
+    };
+    let own = |n: u32| {
+        let mut r = TestRecord::new()
+            .country("JP")
+            .city(&format!("Own {n}"))
+            .location(-30.0 + f64::from(n) * 0.1, 100.0 + f64::from(n) * 0.1)
+            .accuracy_km(u16::try_from(n % 500).unwrap() + 1);
+        if n.is_multiple_of(7) {
+            r = r.asn(4_200_000_000 + n).org(&format!("City-carried {n}"));
+        }
+        r
+    };
+    let net = |n: u32| format!("10.{}.{}.0/24", n >> 8, n & 0xff);
+    let mut city = TestDb::new(Layout::GeoLite2);
+    let mut asn = TestDb::new(Layout::GeoLite2);
+    for n in 0..900u32 {
+        city.push(&net(n), if n < 600 { shared(n % 12) } else { own(n) });
+        if !n.is_multiple_of(3) {
+            asn.push(
+                &net(n),
+                TestRecord::new()
+                    .asn(64_512 + n % 40)
+                    .org(&format!("Org {}", n % 40)),
+            );
+        }
+    }
+    let dbs = GeoDatabases::open(
+        &GeoPaths::new()
+            .with_geo(write(dir.path(), "city.mmdb", &city))
+            .with_asn(write(dir.path(), "asn.mmdb", &asn)),
+    )
+    .unwrap();
+    proptest::proptest!(|(order in proptest::collection::vec((0u32..920, 0u8..=255), 1..3000))| {
+        for (n, host) in order {
+            let text = format!("10.{}.{}.{host}", n >> 8, n & 0xff);
+            let files = GeoFacts { city: None, org: None, ..dbs.describe(ip(&text)) };
+            proptest::prop_assert_eq!(dbs.lookup(ip(&text)), files, "{}", text);
+        }
+    });
 }
 
 #[test]
