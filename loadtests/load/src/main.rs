@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Play the corpus's sessions against one or more targets.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the geo database, trusted egress list and proxy config a
     /// target Vigil needs to judge the corpus.
     Prepare(PrepareArgs),
@@ -141,6 +141,12 @@ struct RunArgs {
     /// so that a session's requests cross the binding's rotation time).
     #[arg(long, default_value = "0s", value_parser = duration, conflicts_with = "rate")]
     think: Duration,
+    /// The id every session cookie of this invocation carries, eight hex
+    /// digits (random by default, and shown in the report). Give one only
+    /// to repeat a run against a fresh proxy: against the proxy that saw
+    /// it, the same id replays sessions it already judged.
+    #[arg(long, value_parser = run_id)]
+    run_id: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -190,7 +196,7 @@ struct OriginArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => run_cmd(a),
+        Command::Run(a) => run_cmd(*a),
         Command::Prepare(a) => prepare_cmd(a).map(|()| ExitCode::SUCCESS),
         Command::Origin(a) => origin_cmd(a).map(|()| ExitCode::SUCCESS),
     };
@@ -208,6 +214,15 @@ fn parse_slo(s: &str) -> Result<Vec<slo::Threshold>, String> {
 }
 
 /// `10s`, `500ms`, `2m`, `1h`.
+/// A run id as the report shows it: eight hex digits.
+fn run_id(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s:?} is not a run id (eight hex digits, e.g. 1a2b3c4d)");
+    if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    u32::from_str_radix(s, 16).map_err(|_| bad())
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -365,7 +380,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
         interval: a.interval,
         think: a.think,
         new_connection: a.new_connection,
-        run_id: rand::random(),
+        run_id: a.run_id.unwrap_or_else(rand::random),
     };
     let mut endpoints = Vec::new();
     for s in &specs {
@@ -386,6 +401,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, String> {
     if a.tls_resume {
         load_text.push_str(", TLS resumption");
     }
+    load_text.push_str(&format!(", run id {:08x}", cfg.run_id));
     let quiet = a.json.as_deref() == Some(std::path::Path::new("-"));
     let bar = if std::io::stderr().is_terminal() && !quiet {
         indicatif::ProgressBar::new_spinner()

@@ -575,19 +575,33 @@ fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() 
     assert!(status.success());
     let _proxy = start_proxy(dir.path(), admin);
 
-    for invocation in ["warm-up", "measured"] {
-        let before = received.requests.load(Ordering::SeqCst);
-        let out = Command::new(env!("CARGO_BIN_EXE_vigil-load"))
+    let play = |run_id: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil-load"));
+        command
             .args(["run", &format!("http://{plain}/")])
             .args(["--ja4-header", "x-load-ja4", "--classes", "history"])
             .args(["--laps", "1", "--concurrency", "8", "--json", "-"])
-            .args(corpus)
-            .output()
-            .unwrap();
+            .args(corpus);
+        if let Some(id) = run_id {
+            command.args(["--run-id", id]);
+        }
+        let out = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{invocation}: {stderr}");
+        assert!(out.status.success(), "{stderr}");
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let report = &json["reports"][0];
+        json["reports"][0].clone()
+    };
+    // The run id the report's load line names ("…, run id 1a2b3c4d").
+    let id_of = |report: &serde_json::Value| -> String {
+        let load = report["load"].as_str().unwrap();
+        let (_, id) = load.rsplit_once(", run id ").unwrap();
+        assert_eq!(id.len(), 8, "{load}");
+        id.to_owned()
+    };
+    let mut ids = Vec::new();
+    for invocation in ["warm-up", "measured"] {
+        let before = received.requests.load(Ordering::SeqCst);
+        let report = play(None);
         let requests = report["requests"].as_u64().unwrap();
         assert!(requests > 0, "{invocation}: {report}");
         assert_eq!(report["errors"], serde_json::json!({}), "{invocation}");
@@ -597,6 +611,38 @@ fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() 
             received.requests.load(Ordering::SeqCst) - before,
             requests,
             "{invocation}: the origin got every request"
+        );
+        ids.push(id_of(&report));
+    }
+    assert_ne!(ids[0], ids[1], "each invocation draws its own id");
+    // The first invocation's id given again: its sessions are replayed
+    // with empty jars, and the proxy refuses what it bound (the replay the
+    // run id exists to prevent, so `--run-id` is for a fresh proxy only).
+    let again = play(Some(&ids[0]));
+    assert_eq!(id_of(&again), ids[0]);
+    let refused: u64 = again["refusals"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(refused > 0, "{again}");
+}
+
+/// A run id that is not eight hex digits is refused before anything is
+/// sent, naming the flag and the value.
+#[test]
+fn a_malformed_run_id_is_refused_with_its_value() {
+    for bad in ["1a2b3c4", "1a2b3c4d5", "+1a2b3c4", "1a2b3c4g", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil-load"))
+            .args(["run", "http://127.0.0.1:9/", "--run-id", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--run-id") && stderr.contains(&format!("{bad:?} is not a run id")),
+            "{bad:?}: {stderr}"
         );
     }
 }
