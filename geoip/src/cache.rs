@@ -40,8 +40,10 @@ use std::sync::Mutex;
 
 use crate::facts::GeoFacts;
 
-/// Slots of a set's address table (1.75 MiB), for the addresses of
-/// ten thousand clients or so at a time.
+/// Slots of a set's address table (1.75 MiB). One slot per address, so
+/// addresses that meet in a slot take turns: of 4,000 clients' addresses
+/// about 22 % are evicted so, of 10,000 about half (4,096 slots kept 9 %
+/// of 10,000).
 pub(crate) const ADDRESS_SLOTS: usize = 16_384;
 
 /// Slots of a file's record table (0.5 MiB).

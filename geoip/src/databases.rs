@@ -166,10 +166,10 @@ impl GeoDatabases {
     /// fields. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are looked up as
     /// the IPv4 address they carry.
     ///
-    /// The answers for the last ten thousand addresses or so are
-    /// remembered (`crate::cache`), so a client's next request from the
-    /// same address reads no file, and each file's recently decoded records
-    /// too, so a new address in a known city or network decodes nothing.
+    /// The answers for recent addresses are remembered (`crate::cache`, up
+    /// to 16,384), so a client's next request from the same address reads
+    /// no file, and each file's recently decoded records too, so a new
+    /// address in a known city or network decodes nothing.
     pub fn lookup(&self, ip: IpAddr) -> GeoFacts {
         let ip = ip.to_canonical();
         self.cache.get(ip, || self.facts::<false>(ip))

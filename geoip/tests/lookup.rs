@@ -154,10 +154,12 @@ fn remembered_answers_are_the_files_answers() {
 /// file (4,096 slots), and networks share records: 600 networks point at 12
 /// shared city records and 300 more at records of their own, over an ASN
 /// file whose 40 records cover only some of them, with a city file that
-/// also carries AS numbers for a few. Addresses asked in any order, far
-/// more of them than either table holds, each get their own network's
-/// facts, never a neighbour's or a shared record's for a network that
-/// has its own.
+/// also carries AS numbers for a few. Addresses asked in any order (far
+/// more of them than the address table holds; records that meet in a slot
+/// take turns) each get their own network's facts, never a neighbour's or
+/// a shared record's for a network that has its own. The tables' slots
+/// come from per-process hash keys, so a failing order is not replayed by
+/// a later run: the failure message has it.
 #[test]
 fn remembered_records_are_each_networks_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -213,7 +213,6 @@ fn parse_slo(s: &str) -> Result<Vec<slo::Threshold>, String> {
     slo::parse(s).map_err(|e| e.to_string())
 }
 
-/// `10s`, `500ms`, `2m`, `1h`.
 /// A run id as the report shows it: eight hex digits.
 fn run_id(s: &str) -> Result<u32, String> {
     let bad = || format!("{s:?} is not a run id (eight hex digits, e.g. 1a2b3c4d)");
@@ -223,6 +222,7 @@ fn run_id(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 16).map_err(|_| bad())
 }
 
+/// `10s`, `500ms`, `2m`, `1h`.
 fn duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -554,6 +554,8 @@ fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
 /// round and the lap, the second invocation replayed the first's session
 /// values with empty jars: `binding_missing` on every session the first
 /// had bound, and `recent_detections` spreading to the users' others.)
+/// A third invocation given the first's id (`--run-id`, read from the
+/// report) replays exactly that, and is refused.
 #[test]
 fn a_second_invocation_against_the_same_proxy_replays_no_session_of_the_first() {
     let _serial = serial();
