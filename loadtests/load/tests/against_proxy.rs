@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vigil_eval::generate::{GenerateConfig, generate};
-use vigil_eval::scenario::{Label, Scenario};
+use vigil_eval::scenario::{Corpus, Label, Scenario};
 use vigil_load::origin::{Received, start};
 use vigil_load::plan::{Plan, PlanOptions};
 use vigil_load::prepare::{ProxySetup, write};
@@ -228,16 +228,23 @@ fn check(report: &Report, lap: u64, received: &Received, before: u64) {
     assert!(report.detect.unwrap() >= 0.9);
 }
 
+/// A corpus of one day's history: `users` users, `per_class` sessions of
+/// each scenario class, from `seed`.
+fn corpus(seed: u64, users: usize, per_class: usize) -> Corpus {
+    generate(&GenerateConfig {
+        seed,
+        users,
+        sessions_per_class: per_class,
+        history_days: 1,
+        ..GenerateConfig::default()
+    })
+    .0
+}
+
 #[test]
 fn a_run_against_the_proxy_counts_what_the_origin_got_and_catches_the_hijacks() {
     let _serial = serial();
-    let (corpus, _) = generate(&GenerateConfig {
-        seed: 7,
-        users: 60,
-        sessions_per_class: 4,
-        history_days: 1,
-        ..GenerateConfig::default()
-    });
+    let corpus = corpus(7, 60, 4);
     let s = setup(&corpus, 1);
     let (received, plain, tls) = (&s.received, s.plain, s.tls);
 
@@ -425,7 +432,7 @@ struct Setup {
     tls: SocketAddr,
 }
 
-fn setup(corpus: &vigil_eval::scenario::Corpus, rotate_after_seconds: u32) -> Setup {
+fn setup(corpus: &Corpus, rotate_after_seconds: u32) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (rt, origin, received) = origin();
     let (plain, tls, admin) = (free_port(), free_port(), free_port());
@@ -467,13 +474,7 @@ fn setup(corpus: &vigil_eval::scenario::Corpus, rotate_after_seconds: u32) -> Se
 #[test]
 fn perfect_clones_are_caught_by_the_rotating_binding_over_tls() {
     let _serial = serial();
-    let (corpus, _) = generate(&GenerateConfig {
-        seed: 9,
-        users: 40,
-        sessions_per_class: 3,
-        history_days: 1,
-        ..GenerateConfig::default()
-    });
+    let corpus = corpus(9, 40, 3);
     let s = setup(&corpus, 1);
     let target = format!(
         "name=tls,url=https://127.0.0.1:{}/,host=localhost",
@@ -679,13 +680,7 @@ fn until(counter: &std::sync::atomic::AtomicU64, n: u64, what: &str) {
 #[test]
 fn a_stalled_proxy_holding_one_lap_while_the_next_begins_refuses_no_owner() {
     let _serial = serial();
-    let (corpus, _) = generate(&GenerateConfig {
-        seed: 3,
-        users: 20,
-        sessions_per_class: 1,
-        history_days: 1,
-        ..GenerateConfig::default()
-    });
+    let corpus = corpus(3, 20, 1);
     // Nothing rotates within the run: only the companion's presence is
     // judged.
     let s = setup(&corpus, 300);
